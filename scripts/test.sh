@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Runs every test: unit and property tests, and the integration tests against real
+# PostgreSQL clusters the harness starts on free ports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+cargo test --locked

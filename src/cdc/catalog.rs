@@ -1,0 +1,326 @@
+//! SQL against the source's catalog: publications, slots, table shapes, type names.
+//!
+//! Everything here runs on a normal (non-replication) connection to the source. It never
+//! writes user data; the only objects it creates or drops are the job's publication and
+//! replication slot.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio_postgres::Client;
+
+use crate::cdc::error::CdcError;
+use crate::cdc::pgoutput::{Relation, ReplicaIdentity};
+use crate::change::{parse_lsn, ColumnInfo, Identity, Lsn, TableInfo};
+use crate::sql_text::{quote_ident, quote_qualified};
+
+/// What the source says about a replication slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotState {
+    /// The output plugin the slot was created with.
+    pub plugin: String,
+    /// The position confirmed so far (the stream resumes here).
+    pub confirmed_flush: Lsn,
+    /// Whether some session is reading the slot right now.
+    pub active: bool,
+}
+
+/// Connects to the source for catalog work; the connection task runs on the current runtime.
+pub async fn connect(dsn: &str) -> Result<Client, CdcError> {
+    let (client, connection) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+        .await
+        .map_err(CdcError::connect)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "source catalog connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Checks the source can do logical replication at all.
+pub async fn check_wal_level(client: &Client) -> Result<(), CdcError> {
+    let row = client
+        .query_one("SELECT current_setting('wal_level')", &[])
+        .await
+        .map_err(CdcError::query("read wal_level"))?;
+    let level: String = row.get(0);
+    if level != "logical" {
+        return Err(CdcError::Definite(format!(
+            "source wal_level is `{level}`, logical replication needs `logical` (set it in postgresql.conf and restart the source)"
+        )));
+    }
+    Ok(())
+}
+
+/// Creates the publication for `tables` if it is missing, and adds any job table it lacks.
+pub async fn ensure_publication(
+    client: &Client,
+    publication: &str,
+    tables: &[(String, String)],
+) -> Result<(), CdcError> {
+    for (schema, name) in tables {
+        let found = client
+            .query_opt(
+                "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+                &[schema, name],
+            )
+            .await
+            .map_err(CdcError::query("look up table"))?;
+        if found.is_none() {
+            return Err(CdcError::Definite(format!(
+                "table {schema}.{name} named by the job does not exist on the source"
+            )));
+        }
+    }
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(CdcError::query("look up publication"))?
+        .is_some();
+    let list = |ts: &[&(String, String)]| {
+        ts.iter()
+            .map(|(s, n)| quote_qualified(s, n))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !exists {
+        let all: Vec<&(String, String)> = tables.iter().collect();
+        let sql = format!(
+            "CREATE PUBLICATION {} FOR TABLE {}",
+            quote_ident(publication),
+            list(&all)
+        );
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(CdcError::query("create publication"))?;
+        tracing::info!(publication, "created publication");
+        return Ok(());
+    }
+    let rows = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(CdcError::query("list publication tables"))?;
+    let present: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let missing: Vec<&(String, String)> = tables.iter().filter(|t| !present.contains(t)).collect();
+    if !missing.is_empty() {
+        let sql = format!(
+            "ALTER PUBLICATION {} ADD TABLE {}",
+            quote_ident(publication),
+            list(&missing)
+        );
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(CdcError::query("add tables to publication"))?;
+        tracing::info!(
+            publication,
+            added = missing.len(),
+            "added tables to publication"
+        );
+    }
+    Ok(())
+}
+
+/// The slot's state, `None` if it does not exist.
+pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>, CdcError> {
+    let row = client
+        .query_opt(
+            "SELECT plugin::text, confirmed_flush_lsn::text, active, database::text = current_database()
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(CdcError::query("look up replication slot"))?;
+    let Some(row) = row else { return Ok(None) };
+    let plugin: Option<String> = row.get(0);
+    let confirmed: Option<String> = row.get(1);
+    let same_db: Option<bool> = row.get(3);
+    if plugin.as_deref() != Some("pgoutput") || same_db != Some(true) {
+        return Err(CdcError::Definite(format!(
+            "replication slot `{slot}` exists but is not a pgoutput slot of this database; choose another slot name"
+        )));
+    }
+    Ok(Some(SlotState {
+        plugin: plugin.unwrap_or_default(),
+        confirmed_flush: confirmed.as_deref().and_then(parse_lsn).unwrap_or(0),
+        active: row.get(2),
+    }))
+}
+
+/// Drops the slot if it exists (it must not be in use).
+pub async fn drop_slot(client: &Client, slot: &str) -> Result<(), CdcError> {
+    client
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(CdcError::query("drop replication slot"))?;
+    Ok(())
+}
+
+/// Reads a table's current shape from the catalog.
+pub async fn table_info(client: &Client, schema: &str, name: &str) -> Result<TableInfo, CdcError> {
+    let row = client
+        .query_opt(
+            "SELECT c.oid, c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&schema, &name],
+        )
+        .await
+        .map_err(CdcError::query("look up table"))?
+        .ok_or_else(|| {
+            CdcError::Definite(format!("table {schema}.{name} does not exist on the source"))
+        })?;
+    let oid: u32 = row.get(0);
+    let ident: String = row.get(1);
+    let identity = match ident.as_str() {
+        "n" => Identity::Nothing,
+        "f" => Identity::Full,
+        "i" => Identity::Index,
+        _ => Identity::Default,
+    };
+    let cols = client
+        .query(
+            "SELECT a.attname::text, a.atttypid, a.atttypmod, format_type(a.atttypid, a.atttypmod)
+             FROM pg_attribute a
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+             ORDER BY a.attnum",
+            &[&oid],
+        )
+        .await
+        .map_err(CdcError::query("read table columns"))?;
+    let identity_rows = client
+        .query(
+            "SELECT a.attname::text FROM pg_index i
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+             WHERE i.indrelid = $1 AND CASE $2::text WHEN 'd' THEN i.indisprimary
+                                                 WHEN 'i' THEN i.indisreplident ELSE false END",
+            &[&oid, &ident],
+        )
+        .await
+        .map_err(CdcError::query("read replica identity"))?;
+    let identity_names: Vec<String> = identity_rows.iter().map(|r| r.get(0)).collect();
+    let columns: Vec<ColumnInfo> = cols
+        .iter()
+        .map(|r| {
+            let name: String = r.get(0);
+            ColumnInfo {
+                in_identity: identity == Identity::Full || identity_names.contains(&name),
+                name,
+                type_oid: r.get(1),
+                type_modifier: r.get(2),
+                type_name: r.get(3),
+            }
+        })
+        .collect();
+    let primary_key = primary_key(client, oid, &columns).await?;
+    Ok(TableInfo {
+        oid,
+        schema: schema.to_string(),
+        name: name.to_string(),
+        columns,
+        primary_key,
+        identity,
+    })
+}
+
+/// Positions of the primary-key columns of table `oid` within `columns`.
+async fn primary_key(
+    client: &Client,
+    oid: u32,
+    columns: &[ColumnInfo],
+) -> Result<Vec<usize>, CdcError> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text FROM pg_index i
+             JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+             WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord",
+            &[&oid],
+        )
+        .await
+        .map_err(CdcError::query("read primary key"))?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let name: String = r.get(0);
+            columns.iter().position(|c| c.name == name)
+        })
+        .collect())
+}
+
+/// Turns pgoutput Relation messages into [`TableInfo`]s, asking the catalog for type names
+/// and the primary key. Caches type names by (oid, typmod).
+#[derive(Default)]
+pub struct RelationResolver {
+    type_names: HashMap<(u32, i32), String>,
+}
+
+impl RelationResolver {
+    /// Resolves one Relation message.
+    pub async fn resolve(
+        &mut self,
+        client: &Client,
+        rel: &Relation,
+    ) -> Result<Arc<TableInfo>, CdcError> {
+        let mut columns = Vec::with_capacity(rel.columns.len());
+        for c in &rel.columns {
+            let key = (c.type_oid, c.type_modifier);
+            let type_name = match self.type_names.get(&key) {
+                Some(n) => n.clone(),
+                None => {
+                    let row = client
+                        .query_one(
+                            "SELECT format_type($1::oid, nullif($2::int4, -1))",
+                            &[&c.type_oid, &c.type_modifier],
+                        )
+                        .await
+                        .map_err(CdcError::query("resolve column type"))?;
+                    let n: Option<String> = row.get(0);
+                    // An OID the catalog no longer knows (type dropped since): carry as text.
+                    let n = n
+                        .filter(|n| n != "???")
+                        .unwrap_or_else(|| "text".to_string());
+                    self.type_names.insert(key, n.clone());
+                    n
+                }
+            };
+            columns.push(ColumnInfo {
+                name: c.name.clone(),
+                type_oid: c.type_oid,
+                type_modifier: c.type_modifier,
+                type_name,
+                in_identity: c.is_key,
+            });
+        }
+        let primary_key = primary_key(client, rel.oid, &columns).await?;
+        let identity = match rel.replica_identity {
+            ReplicaIdentity::Default => Identity::Default,
+            ReplicaIdentity::Nothing => Identity::Nothing,
+            ReplicaIdentity::Full => Identity::Full,
+            ReplicaIdentity::Index => Identity::Index,
+        };
+        Ok(Arc::new(TableInfo {
+            oid: rel.oid,
+            schema: if rel.namespace.is_empty() {
+                "pg_catalog".to_string()
+            } else {
+                rel.namespace.clone()
+            },
+            name: rel.name.clone(),
+            columns,
+            primary_key,
+            identity,
+        }))
+    }
+}

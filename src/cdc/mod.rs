@@ -1,0 +1,9 @@
+//! The only code that talks to the source PostgreSQL: replication connection and slot,
+//! pgoutput decoding, the initial snapshot, and LSN acknowledgement.
+
+pub mod ack;
+pub mod catalog;
+pub mod error;
+pub mod pgoutput;
+pub mod snapshot;
+pub mod stream;

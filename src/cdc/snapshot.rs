@@ -1,0 +1,133 @@
+//! The consistent initial snapshot.
+//!
+//! # Snapshot
+//! The slot is created on a gated replication session with `(SNAPSHOT 'export')`, which
+//! returns the slot's consistent point and the name of a snapshot that lives until that
+//! session runs its next command. Meanwhile a normal connection opens a REPEATABLE READ
+//! transaction on that snapshot and copies each table, filtered to the job's tenants.
+//! Only then does the gated session send START_REPLICATION (from the consistent point):
+//! every change committed before the point is in the copy, every later one in the stream,
+//! none in both.
+
+use futures_util::Stream;
+use pgwire_replication::ReplicationClient;
+use tokio_postgres::Client;
+
+use crate::cdc::error::CdcError;
+use crate::change::{parse_lsn, Lsn, TableInfo};
+use crate::control::job_spec::TenantFilter;
+use crate::sql_text::{quote_ident, quote_literal, quote_qualified};
+
+/// A freshly created slot and its exported snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotSnapshot {
+    /// Where the slot's stream starts: the snapshot holds everything committed before.
+    pub consistent_point: Lsn,
+    /// The exported snapshot's name, for `SET TRANSACTION SNAPSHOT`.
+    pub snapshot_name: String,
+}
+
+/// Creates a pgoutput slot on the gated session, exporting its snapshot.
+pub async fn create_slot_exporting_snapshot(
+    repl: &mut ReplicationClient,
+    slot: &str,
+) -> Result<SlotSnapshot, CdcError> {
+    let rows = repl
+        .simple_query(&format!(
+            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
+            quote_ident(slot)
+        ))
+        .await
+        .map_err(|e| CdcError::Definite(format!("create replication slot `{slot}`: {e}")))?;
+    let row = rows
+        .first()
+        .ok_or_else(|| CdcError::Stream("CREATE_REPLICATION_SLOT returned no row".into()))?;
+    let text = |i: usize| {
+        row.get(i)
+            .and_then(|v| v.as_ref())
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    };
+    let consistent_point = text(1).as_deref().and_then(parse_lsn).ok_or_else(|| {
+        CdcError::Stream("CREATE_REPLICATION_SLOT returned no consistent point".into())
+    })?;
+    let snapshot_name = text(2).ok_or_else(|| {
+        CdcError::Stream("CREATE_REPLICATION_SLOT returned no snapshot name".into())
+    })?;
+    Ok(SlotSnapshot {
+        consistent_point,
+        snapshot_name,
+    })
+}
+
+/// Opens a read-only transaction on the exported snapshot (end it with `COMMIT`).
+pub async fn begin_on_snapshot(client: &Client, snapshot_name: &str) -> Result<(), CdcError> {
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            quote_literal(snapshot_name)
+        ))
+        .await
+        .map_err(CdcError::query("open snapshot transaction"))
+}
+
+/// The `COPY … TO STDOUT` that reads the job's tenants' rows of `table`.
+pub fn copy_out_sql(table: &TableInfo, tenant_column: &str, include: &TenantFilter) -> String {
+    let cols: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let name = quote_qualified(&table.schema, &table.name);
+    match include {
+        TenantFilter::All => format!("COPY {name} ({}) TO STDOUT", cols.join(", ")),
+        TenantFilter::Only(tenants) => {
+            let list: Vec<String> = tenants.iter().map(|t| quote_literal(t)).collect();
+            format!(
+                "COPY (SELECT {} FROM {name} WHERE {}::text IN ({})) TO STDOUT",
+                cols.join(", "),
+                quote_ident(tenant_column),
+                list.join(", ")
+            )
+        }
+    }
+}
+
+/// Starts copying rows out of the source, in COPY text format.
+pub async fn copy_out(
+    client: &Client,
+    sql: &str,
+) -> Result<impl Stream<Item = Result<bytes::Bytes, tokio_postgres::Error>>, CdcError> {
+    client
+        .copy_out(sql)
+        .await
+        .map_err(CdcError::query("copy out"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::{ColumnInfo, Identity};
+
+    #[test]
+    fn copy_filters_by_tenant_text() {
+        let table = TableInfo {
+            oid: 1,
+            schema: "app".into(),
+            name: "t".into(),
+            columns: vec![ColumnInfo {
+                name: "tenant_id".into(),
+                type_oid: 23,
+                type_modifier: -1,
+                type_name: "integer".into(),
+                in_identity: true,
+            }],
+            primary_key: vec![0],
+            identity: Identity::Default,
+        };
+        let only = TenantFilter::Only(["3".to_string(), "7".to_string()].into_iter().collect());
+        assert_eq!(
+            copy_out_sql(&table, "tenant_id", &only),
+            "COPY (SELECT \"tenant_id\" FROM \"app\".\"t\" WHERE \"tenant_id\"::text IN ('3', '7')) TO STDOUT"
+        );
+        assert_eq!(
+            copy_out_sql(&table, "tenant_id", &TenantFilter::All),
+            "COPY \"app\".\"t\" (\"tenant_id\") TO STDOUT"
+        );
+    }
+}

@@ -1,0 +1,5 @@
+//! Jobs: their specs and their lifecycle (start, snapshot or resume, run, stop).
+
+pub mod job_runner;
+pub mod job_spec;
+pub mod secret;

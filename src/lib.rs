@@ -1,0 +1,16 @@
+//! HeliosDB Tenant Replication: per-tenant PostgreSQL replication through Timely dataflows.
+//!
+//! The data path (see ARCHITECTURE.md): [`cdc`] reads the source's pgoutput stream,
+//! [`dataflow`] runs every change through a Timely dataflow whose [`operators`] partition
+//! by tenant, and [`sinks`] apply the changes to their targets and report what is durable,
+//! which is the only position the source ever confirms. [`control`] holds job specs and the
+//! job lifecycle; [`embedded`] starts throwaway PostgreSQL clusters for the demo and tests.
+
+pub mod cdc;
+pub mod change;
+pub mod control;
+pub mod dataflow;
+pub mod embedded;
+pub mod operators;
+pub mod sinks;
+pub mod sql_text;

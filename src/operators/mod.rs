@@ -1,0 +1,4 @@
+//! Pure Timely operators, one per file, as extension traits on streams. No sockets, no
+//! tokio, no clocks: they see only the data and the frontier.
+
+pub mod partition;

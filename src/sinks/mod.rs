@@ -1,0 +1,70 @@
+//! Sinks: where a job's changes end up. One folder per sink, each with the same files.
+//!
+//! # The contract every sink keeps
+//! - Batches arrive **at least once**, in commit-LSN order, each holding one source
+//!   transaction's changes for the tenants this worker owns, sorted by their position in
+//!   the transaction. After a crash the stream resumes at the last confirmed position, so a
+//!   sink sees again batches it already applied: it must skip what its own checkpoint
+//!   covers (exactly-once effect, DESIGN.md invariant 2).
+//! - [`Sink::apply`] returns only once everything it was given is **durable**; the worker
+//!   then reports that LSN and the source may confirm it (invariant 1).
+//! - A transaction is never exposed half-applied for a tenant (invariant 3).
+//! - Errors are typed: transient ones are retried with back-off by the caller and nothing
+//!   is acknowledged meanwhile; a table the sink cannot apply is put in a visible error
+//!   state by the sink itself, its changes kept, never dropped.
+
+pub mod pg_apply;
+pub mod worker;
+
+use std::future::Future;
+
+use crate::change::{Lsn, TenantChange};
+
+/// One source transaction's changes for one worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyBatch {
+    /// The transaction's commit LSN (its timely timestamp).
+    pub commit_lsn: Lsn,
+    /// Its changes for this worker's tenants, in transaction order.
+    pub changes: Vec<TenantChange>,
+}
+
+/// What one `apply` call did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Rows inserted or updated.
+    pub upserted: u64,
+    /// Rows deleted (including per-tenant truncates).
+    pub deleted: u64,
+    /// Changes skipped because the checkpoint already covered them (replays).
+    pub skipped: u64,
+    /// Changes kept in the dead-letter table because their table is in error.
+    pub dead_lettered: u64,
+}
+
+/// Why a sink could not apply a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Connection lost, serialization failure, deadlock: retry the same batch later.
+    #[error("sink (transient): {0}")]
+    Transient(String),
+    /// Needs a person (permissions, missing bookkeeping tables); retried with back-off too,
+    /// since nothing may be acknowledged past it.
+    #[error("sink: {0}")]
+    Definite(String),
+}
+
+/// A destination for a job's changes. See the module doc for the contract.
+pub trait Sink: Send + 'static {
+    /// A short name for logs and metrics (`postgres`, `nats`, `parquet`).
+    fn kind(&self) -> &'static str;
+
+    /// Applies `batches` (ascending commit LSN) and returns once they are durable.
+    fn apply(
+        &mut self,
+        batches: &[ApplyBatch],
+    ) -> impl Future<Output = Result<ApplyReport, SinkError>> + Send;
+
+    /// Re-establishes connections after a transient error.
+    fn reconnect(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
+}

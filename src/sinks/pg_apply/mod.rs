@@ -1,0 +1,17 @@
+//! The PostgreSQL apply sink: applies each tenant's changes to a target PostgreSQL in commit
+//! order, batched into set-based statements, and writes the job's checkpoints in the same
+//! target transaction (exactly-once effect).
+//!
+//! Files: `sink.rs` (the [`crate::sinks::Sink`] implementation), `plan.rs` (reducing
+//! changes to steps), `statements.rs` (SQL for each step), `target_schema.rs` (creating and
+//! altering target tables), `store.rs` (checkpoints, progress, table states, dead letters),
+//! `snapshot.rs` (loading the initial snapshot).
+
+pub mod plan;
+pub mod sink;
+pub mod snapshot;
+pub mod statements;
+pub mod store;
+pub mod target_schema;
+
+pub use sink::PgApplySink;

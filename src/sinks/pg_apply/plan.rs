@@ -1,0 +1,488 @@
+//! Turns one table's ordered changes into few set-based steps.
+//!
+//! For a table with a key, consecutive changes reduce to the final action per key (upsert
+//! or delete): keys are distinct after reduction, so all deletes and all upserts of a run
+//! can each go out as one statement, whatever their order. A change that needs the target's
+//! current row (an UPDATE whose TOASTed column is unchanged and whose full row is not in the
+//! run) or that acts on a set of rows (TRUNCATE, a delete scoped to a worker's tenants) ends
+//! the run: what was reduced so far is emitted first, so per-key order is kept.
+//! Keyless tables (insert-only, REPLICA IDENTITY FULL) append runs of inserts and apply
+//! updates and deletes one row at a time, in order.
+//!
+//! Pure: no I/O. The SQL for each step is in `statements.rs`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::change::{Cell, Lsn, Row, Scope, TableInfo, TenantAction, TenantChange};
+
+/// One set-based action on the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Make the target table match this shape (add or retype columns).
+    SyncShape(Arc<TableInfo>),
+    /// Insert or overwrite full rows (no [`Cell::Unchanged`]); keys are distinct.
+    Upsert {
+        table: Arc<TableInfo>,
+        rows: Vec<Row>,
+    },
+    /// Delete rows by key (cells in `key_columns()` order).
+    DeleteKeys {
+        table: Arc<TableInfo>,
+        keys: Vec<Row>,
+    },
+    /// Update the row with key `key`; unchanged cells keep the target's value.
+    UpdateRow {
+        table: Arc<TableInfo>,
+        key: Row,
+        new: Row,
+    },
+    /// Append rows to a keyless table.
+    Append {
+        table: Arc<TableInfo>,
+        rows: Vec<Row>,
+    },
+    /// Delete one row of a keyless table equal to `old` (by text form).
+    DeleteMatching { table: Arc<TableInfo>, old: Row },
+    /// Update one row of a keyless table equal to `old`.
+    UpdateMatching {
+        table: Arc<TableInfo>,
+        old: Row,
+        new: Row,
+    },
+    /// Delete the row(s) matching `old` among the tenants worker `index` owns.
+    DeleteOwned {
+        table: Arc<TableInfo>,
+        old: Row,
+        index: u32,
+    },
+    /// Delete all rows of one tenant.
+    TruncateTenant {
+        table: Arc<TableInfo>,
+        tenant: String,
+    },
+    /// Delete all rows of the tenants worker `index` owns.
+    TruncateOwned { table: Arc<TableInfo>, index: u32 },
+    /// Keep the change in the dead-letter table; it cannot be applied.
+    DeadLetter {
+        lsn: Lsn,
+        change: TenantChange,
+        reason: String,
+    },
+}
+
+/// Projects the cells at `cols`.
+pub fn project(row: &Row, cols: &[usize]) -> Row {
+    cols.iter()
+        .map(|&i| row.get(i).cloned().unwrap_or(Cell::Null))
+        .collect()
+}
+
+/// The reduction in progress for one table shape.
+struct Run {
+    table: Arc<TableInfo>,
+    key_cols: Vec<usize>,
+    /// key → `Some(full row)` to upsert, `None` to delete.
+    by_key: HashMap<Row, Option<Row>>,
+    appends: Vec<Row>,
+}
+
+impl Run {
+    fn new(table: Arc<TableInfo>) -> Run {
+        Run {
+            key_cols: table.key_columns(),
+            table,
+            by_key: HashMap::new(),
+            appends: Vec::new(),
+        }
+    }
+
+    fn flush(&mut self, steps: &mut Vec<Step>) {
+        if !self.by_key.is_empty() {
+            let mut deletes = Vec::new();
+            let mut upserts = Vec::new();
+            for (key, row) in self.by_key.drain() {
+                match row {
+                    Some(row) => upserts.push(row),
+                    None => deletes.push(key),
+                }
+            }
+            // A stable order keeps lock order stable across concurrent writers.
+            deletes.sort();
+            let key_cols = &self.key_cols;
+            upserts.sort_by_key(|r| project(r, key_cols));
+            if !deletes.is_empty() {
+                steps.push(Step::DeleteKeys {
+                    table: self.table.clone(),
+                    keys: deletes,
+                });
+            }
+            if !upserts.is_empty() {
+                steps.push(Step::Upsert {
+                    table: self.table.clone(),
+                    rows: upserts,
+                });
+            }
+        }
+        if !self.appends.is_empty() {
+            steps.push(Step::Append {
+                table: self.table.clone(),
+                rows: std::mem::take(&mut self.appends),
+            });
+        }
+    }
+}
+
+/// Plans one table's changes (all of the same `schema.table`, in commit and transaction
+/// order). The first step is always a [`Step::SyncShape`].
+pub fn plan_table<'a>(changes: impl IntoIterator<Item = (Lsn, &'a TenantChange)>) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let mut run: Option<Run> = None;
+    for (lsn, change) in changes {
+        let same_shape = run
+            .as_ref()
+            .is_some_and(|r| Arc::ptr_eq(&r.table, &change.table) || *r.table == *change.table);
+        if !same_shape {
+            if let Some(r) = run.as_mut() {
+                r.flush(&mut steps);
+            }
+            steps.push(Step::SyncShape(change.table.clone()));
+            run = Some(Run::new(change.table.clone()));
+        }
+        let Some(r) = run.as_mut() else { continue };
+        plan_change(r, lsn, change, &mut steps);
+    }
+    if let Some(r) = run.as_mut() {
+        r.flush(&mut steps);
+    }
+    steps
+}
+
+fn plan_change(r: &mut Run, lsn: Lsn, change: &TenantChange, steps: &mut Vec<Step>) {
+    let table = r.table.clone();
+    match (&change.scope, &change.action) {
+        (_, TenantAction::Unroutable { reason }) => {
+            r.flush(steps);
+            steps.push(Step::DeadLetter {
+                lsn,
+                change: change.clone(),
+                reason: reason.clone(),
+            });
+        }
+        (Scope::Tenant(tenant), TenantAction::Truncate) => {
+            r.flush(steps);
+            steps.push(Step::TruncateTenant {
+                table,
+                tenant: tenant.clone(),
+            });
+        }
+        (Scope::Worker { index, .. }, TenantAction::Truncate) => {
+            r.flush(steps);
+            steps.push(Step::TruncateOwned {
+                table,
+                index: *index,
+            });
+        }
+        (Scope::Worker { index, .. }, TenantAction::Delete { old }) => {
+            r.flush(steps);
+            steps.push(Step::DeleteOwned {
+                table,
+                old: old.clone(),
+                index: *index,
+            });
+        }
+        (Scope::Worker { .. }, TenantAction::Upsert { .. }) => {
+            r.flush(steps);
+            steps.push(Step::DeadLetter {
+                lsn,
+                change: change.clone(),
+                reason: "an upsert without a tenant cannot be applied".into(),
+            });
+        }
+        (Scope::Tenant(_), TenantAction::Delete { old }) => {
+            if r.key_cols.is_empty() {
+                r.flush(steps);
+                steps.push(Step::DeleteMatching {
+                    table,
+                    old: old.clone(),
+                });
+            } else {
+                r.by_key.insert(project(old, &r.key_cols), None);
+            }
+        }
+        (Scope::Tenant(_), TenantAction::Upsert { old, new, insert }) => {
+            if r.key_cols.is_empty() {
+                plan_keyless_upsert(r, lsn, change, old.as_ref(), new, *insert, steps);
+                return;
+            }
+            let new_key = project(new, &r.key_cols);
+            let old_key = old
+                .as_ref()
+                .map(|o| project(o, &r.key_cols))
+                .filter(|k| *k != new_key);
+            let mut row = new.clone();
+            if row.contains(&Cell::Unchanged) {
+                let base = old_key.as_ref().unwrap_or(&new_key);
+                if let Some(Some(prev)) = r.by_key.get(base) {
+                    for (cell, prev) in row.iter_mut().zip(prev) {
+                        if *cell == Cell::Unchanged {
+                            *cell = prev.clone();
+                        }
+                    }
+                }
+            }
+            if row.contains(&Cell::Unchanged) {
+                // The target holds the unchanged values: update in place, in order.
+                r.flush(steps);
+                steps.push(Step::UpdateRow {
+                    table,
+                    key: old_key.unwrap_or(new_key),
+                    new: row,
+                });
+                return;
+            }
+            if let Some(old_key) = old_key {
+                r.by_key.insert(old_key, None);
+            }
+            r.by_key.insert(new_key, Some(row));
+        }
+    }
+}
+
+fn plan_keyless_upsert(
+    r: &mut Run,
+    lsn: Lsn,
+    change: &TenantChange,
+    old: Option<&Row>,
+    new: &Row,
+    insert: bool,
+    steps: &mut Vec<Step>,
+) {
+    if insert {
+        r.appends.push(new.clone());
+        return;
+    }
+    r.flush(steps);
+    match old {
+        Some(old) => steps.push(Step::UpdateMatching {
+            table: r.table.clone(),
+            old: old.clone(),
+            new: new.clone(),
+        }),
+        None => steps.push(Step::DeadLetter {
+            lsn,
+            change: change.clone(),
+            reason: "update of a table without key or REPLICA IDENTITY FULL".into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::{ColumnInfo, Identity};
+
+    fn table(pk: Vec<usize>) -> Arc<TableInfo> {
+        let col = |name: &str| ColumnInfo {
+            name: name.into(),
+            type_oid: 25,
+            type_modifier: -1,
+            type_name: "text".into(),
+            in_identity: false,
+        };
+        Arc::new(TableInfo {
+            oid: 1,
+            schema: "app".into(),
+            name: "t".into(),
+            columns: vec![col("tenant_id"), col("id"), col("body")],
+            primary_key: pk,
+            identity: Identity::Default,
+        })
+    }
+
+    fn t(s: &str) -> Cell {
+        Cell::Text(s.into())
+    }
+
+    fn change(table: &Arc<TableInfo>, seq: u32, action: TenantAction) -> TenantChange {
+        TenantChange {
+            scope: Scope::Tenant("1".into()),
+            seq,
+            table: table.clone(),
+            action,
+        }
+    }
+
+    fn upsert(old: Option<Row>, new: Row) -> TenantAction {
+        TenantAction::Upsert {
+            old,
+            new,
+            insert: false,
+        }
+    }
+
+    #[test]
+    fn reduces_a_run_to_final_state_per_key() {
+        let tb = table(vec![0, 1]);
+        let changes = [
+            change(&tb, 0, upsert(None, vec![t("1"), t("a"), t("v1")])),
+            change(&tb, 1, upsert(None, vec![t("1"), t("a"), t("v2")])),
+            change(&tb, 2, upsert(None, vec![t("1"), t("b"), t("x")])),
+            change(
+                &tb,
+                3,
+                TenantAction::Delete {
+                    old: vec![t("1"), t("b"), Cell::Null],
+                },
+            ),
+        ];
+        let steps = plan_table(changes.iter().map(|c| (10, c)));
+        assert_eq!(
+            steps,
+            vec![
+                Step::SyncShape(tb.clone()),
+                Step::DeleteKeys {
+                    table: tb.clone(),
+                    keys: vec![vec![t("1"), t("b")]]
+                },
+                Step::Upsert {
+                    table: tb.clone(),
+                    rows: vec![vec![t("1"), t("a"), t("v2")]]
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn key_change_deletes_old_key() {
+        let tb = table(vec![0, 1]);
+        let c = change(
+            &tb,
+            0,
+            upsert(
+                Some(vec![t("1"), t("a"), Cell::Null]),
+                vec![t("1"), t("z"), t("v")],
+            ),
+        );
+        let steps = plan_table([(5, &c)]);
+        assert_eq!(
+            steps[1],
+            Step::DeleteKeys {
+                table: tb.clone(),
+                keys: vec![vec![t("1"), t("a")]]
+            }
+        );
+        assert_eq!(
+            steps[2],
+            Step::Upsert {
+                table: tb,
+                rows: vec![vec![t("1"), t("z"), t("v")]]
+            }
+        );
+    }
+
+    #[test]
+    fn unchanged_toast_is_filled_from_the_run_or_updated_in_place() {
+        let tb = table(vec![0, 1]);
+        let ins = change(&tb, 0, upsert(None, vec![t("1"), t("a"), t("big")]));
+        let upd = change(&tb, 1, upsert(None, vec![t("1"), t("a"), Cell::Unchanged]));
+        let steps = plan_table([(1, &ins), (2, &upd)]);
+        assert_eq!(
+            steps[1],
+            Step::Upsert {
+                table: tb.clone(),
+                rows: vec![vec![t("1"), t("a"), t("big")]]
+            }
+        );
+
+        let steps = plan_table([(2, &upd)]);
+        assert_eq!(
+            steps[1],
+            Step::UpdateRow {
+                table: tb,
+                key: vec![t("1"), t("a")],
+                new: vec![t("1"), t("a"), Cell::Unchanged]
+            }
+        );
+    }
+
+    #[test]
+    fn truncate_ends_the_run_in_order() {
+        let tb = table(vec![0, 1]);
+        let a = change(&tb, 0, upsert(None, vec![t("1"), t("a"), t("x")]));
+        let tr = change(&tb, 1, TenantAction::Truncate);
+        let b = change(&tb, 2, upsert(None, vec![t("1"), t("b"), t("y")]));
+        let steps = plan_table([(1, &a), (1, &tr), (1, &b)]);
+        assert!(matches!(steps[1], Step::Upsert { .. }));
+        assert!(matches!(steps[2], Step::TruncateTenant { .. }));
+        assert!(matches!(steps[3], Step::Upsert { .. }));
+    }
+
+    #[test]
+    fn keyless_tables_append_and_match_in_order() {
+        let tb = table(vec![]);
+        let a = change(
+            &tb,
+            0,
+            TenantAction::Upsert {
+                old: None,
+                new: vec![t("1"), t("a"), t("x")],
+                insert: true,
+            },
+        );
+        let b = change(
+            &tb,
+            1,
+            TenantAction::Upsert {
+                old: None,
+                new: vec![t("1"), t("a"), t("x")],
+                insert: true,
+            },
+        );
+        let d = change(
+            &tb,
+            2,
+            TenantAction::Delete {
+                old: vec![t("1"), t("a"), t("x")],
+            },
+        );
+        let steps = plan_table([(1, &a), (1, &b), (1, &d)]);
+        assert_eq!(
+            steps[1],
+            Step::Append {
+                table: tb.clone(),
+                rows: vec![vec![t("1"), t("a"), t("x")]; 2]
+            }
+        );
+        assert_eq!(
+            steps[2],
+            Step::DeleteMatching {
+                table: tb,
+                old: vec![t("1"), t("a"), t("x")]
+            }
+        );
+    }
+
+    #[test]
+    fn shape_change_flushes_and_syncs() {
+        let tb = table(vec![0, 1]);
+        let mut wider = (*tb).clone();
+        wider.columns.push(ColumnInfo {
+            name: "extra".into(),
+            type_oid: 23,
+            type_modifier: -1,
+            type_name: "integer".into(),
+            in_identity: false,
+        });
+        let wider = Arc::new(wider);
+        let a = change(&tb, 0, upsert(None, vec![t("1"), t("a"), t("x")]));
+        let b = change(
+            &wider,
+            1,
+            upsert(None, vec![t("1"), t("a"), t("x"), t("5")]),
+        );
+        let steps = plan_table([(1, &a), (2, &b)]);
+        assert_eq!(steps.len(), 4);
+        assert_eq!(steps[2], Step::SyncShape(wider.clone()));
+    }
+}

@@ -1,0 +1,350 @@
+//! The PostgreSQL apply sink: applies a group of batches in one target transaction together
+//! with the checkpoints that cover them.
+//!
+//! Per table the changes are planned into set-based steps (`plan.rs`), each table inside
+//! its own savepoint. A table whose steps fail with a definite error (a column type the
+//! target lacks, a constraint the target adds) is rolled back to its savepoint, put in
+//! error state, and its changes go to `helios.dead_letters` in the same transaction: the
+//! other tables keep flowing and nothing is lost. Transient errors abort the whole
+//! transaction; the caller retries the same batches after reconnecting.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Transaction};
+
+use crate::change::{Lsn, TableInfo, TenantAction, TenantChange};
+use crate::operators::partition::{owned_tenants_sql, TenantPlan};
+use crate::sinks::pg_apply::plan::{plan_table, Step};
+use crate::sinks::pg_apply::statements::{self, Param, Statement};
+use crate::sinks::pg_apply::store::{self, scope_key, sink_error, DeadLetter};
+use crate::sinks::pg_apply::target_schema::ensure_shape;
+use crate::sinks::{ApplyBatch, ApplyReport, Sink, SinkError};
+
+/// Connects to a target database; the connection task runs on the current runtime.
+pub async fn connect(dsn: &str) -> Result<Client, SinkError> {
+    let (client, connection) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| sink_error("connect to target", &e))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "target connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Caches that live as long as one connection.
+#[derive(Default)]
+struct ConnectionCache {
+    /// Table shapes known to match the target.
+    shapes: HashMap<String, Arc<TableInfo>>,
+    /// Prepared statements by SQL text.
+    statements: HashMap<String, tokio_postgres::Statement>,
+}
+
+/// The apply sink of one worker.
+pub struct PgApplySink {
+    job: String,
+    dsn: String,
+    plan: Arc<TenantPlan>,
+    worker: u32,
+    client: Option<Client>,
+    cache: ConnectionCache,
+    checkpoints: HashMap<String, Lsn>,
+    failed_tables: HashMap<String, String>,
+}
+
+impl PgApplySink {
+    /// A sink for worker `worker`; it connects on its first [`Sink::reconnect`].
+    pub fn new(job: &str, dsn: &str, plan: Arc<TenantPlan>, worker: u32) -> PgApplySink {
+        PgApplySink {
+            job: job.to_string(),
+            dsn: dsn.to_string(),
+            plan,
+            worker,
+            client: None,
+            cache: ConnectionCache::default(),
+            checkpoints: HashMap::new(),
+            failed_tables: HashMap::new(),
+        }
+    }
+
+    async fn apply_inner(
+        &mut self,
+        client: &mut Client,
+        batches: &[ApplyBatch],
+    ) -> Result<ApplyReport, SinkError> {
+        let mut report = ApplyReport::default();
+        let mut by_table: BTreeMap<String, Vec<(Lsn, &TenantChange)>> = BTreeMap::new();
+        let mut new_checkpoints: HashMap<String, Lsn> = HashMap::new();
+        for batch in batches {
+            for change in &batch.changes {
+                let key = scope_key(&change.scope);
+                if self
+                    .checkpoints
+                    .get(&key)
+                    .is_some_and(|&c| c >= batch.commit_lsn)
+                {
+                    report.skipped += 1;
+                    continue;
+                }
+                let e = new_checkpoints.entry(key).or_insert(batch.commit_lsn);
+                *e = (*e).max(batch.commit_lsn);
+                by_table
+                    .entry(change.table.qualified_name())
+                    .or_default()
+                    .push((batch.commit_lsn, change));
+            }
+        }
+        if by_table.is_empty() {
+            return Ok(report);
+        }
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| sink_error("begin", &e))?;
+        for (table, changes) in &by_table {
+            if let Some(reason) = self.failed_tables.get(table) {
+                let reason = format!("table is in error state: {reason}");
+                report.dead_lettered +=
+                    dead_letter_all(&tx, &self.job, table, changes, &reason).await?;
+                continue;
+            }
+            tx.batch_execute("SAVEPOINT helios_table")
+                .await
+                .map_err(|e| sink_error("savepoint", &e))?;
+            let steps = plan_table(changes.iter().copied());
+            match apply_steps(
+                &tx,
+                &mut self.cache,
+                &self.plan,
+                &self.job,
+                table,
+                steps,
+                &mut report,
+            )
+            .await
+            {
+                Ok(()) => {
+                    tx.batch_execute("RELEASE SAVEPOINT helios_table")
+                        .await
+                        .map_err(|e| sink_error("release savepoint", &e))?;
+                }
+                Err(SinkError::Definite(reason)) => {
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT helios_table")
+                        .await
+                        .map_err(|e| sink_error("rollback to savepoint", &e))?;
+                    self.cache.shapes.remove(table);
+                    tracing::error!(job = %self.job, table = %table, error = %reason, "table put in error state; its changes are kept in helios.dead_letters");
+                    let first_lsn = changes.first().map(|c| c.0).unwrap_or(0);
+                    store::mark_table_failed(&tx, &self.job, table, &reason, first_lsn).await?;
+                    report.dead_lettered +=
+                        dead_letter_all(&tx, &self.job, table, changes, &reason).await?;
+                    self.failed_tables.insert(table.clone(), reason);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        store::store_checkpoints(&tx, &self.job, &new_checkpoints).await?;
+        tx.commit().await.map_err(|e| sink_error("commit", &e))?;
+        for (k, v) in new_checkpoints {
+            self.checkpoints.insert(k, v);
+        }
+        Ok(report)
+    }
+}
+
+impl Sink for PgApplySink {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn apply(&mut self, batches: &[ApplyBatch]) -> Result<ApplyReport, SinkError> {
+        let mut client = self
+            .client
+            .take()
+            .ok_or_else(|| SinkError::Transient("not connected to the target".into()))?;
+        let result = self.apply_inner(&mut client, batches).await;
+        match &result {
+            Err(SinkError::Transient(_)) if client.is_closed() => {}
+            _ => self.client = Some(client),
+        }
+        if result.is_err() {
+            // Shapes created inside the failed transaction were rolled back with it.
+            self.cache.shapes.clear();
+        }
+        result
+    }
+
+    async fn reconnect(&mut self) -> Result<(), SinkError> {
+        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
+            return Ok(());
+        }
+        self.cache = ConnectionCache::default();
+        let client = connect(&self.dsn).await?;
+        self.checkpoints = store::load_checkpoints(&client, &self.job).await?;
+        self.failed_tables = store::load_failed_tables(&client, &self.job).await?;
+        tracing::debug!(job = %self.job, worker = self.worker, checkpoints = self.checkpoints.len(), "target connected");
+        self.client = Some(client);
+        Ok(())
+    }
+}
+
+async fn dead_letter_all(
+    tx: &Transaction<'_>,
+    job: &str,
+    table: &str,
+    changes: &[(Lsn, &TenantChange)],
+    reason: &str,
+) -> Result<u64, SinkError> {
+    let letters: Vec<DeadLetter> = changes
+        .iter()
+        .map(|(lsn, c)| DeadLetter {
+            scope: scope_key(&c.scope),
+            table,
+            lsn: *lsn,
+            seq: c.seq,
+            change: letter_body(c),
+            reason,
+        })
+        .collect();
+    store::store_dead_letters(tx, job, &letters).await?;
+    Ok(letters.len() as u64)
+}
+
+/// The stored form of a change: its values only when they belong to a job tenant.
+fn letter_body(change: &TenantChange) -> Option<serde_json::Value> {
+    match (&change.scope, &change.action) {
+        (_, TenantAction::Unroutable { .. }) => None,
+        _ => serde_json::to_value(&change.action).ok(),
+    }
+}
+
+async fn apply_steps(
+    tx: &Transaction<'_>,
+    cache: &mut ConnectionCache,
+    plan: &TenantPlan,
+    job: &str,
+    table_name: &str,
+    steps: Vec<Step>,
+    report: &mut ApplyReport,
+) -> Result<(), SinkError> {
+    for step in steps {
+        let owned = |table: &TableInfo, index: u32| {
+            plan.tenant_columns
+                .get(&table.qualified_name())
+                .and_then(|col| owned_tenants_sql(plan, col, index))
+        };
+        match step {
+            Step::SyncShape(table) => {
+                if cache
+                    .shapes
+                    .get(table_name)
+                    .is_some_and(|known| **known == *table)
+                {
+                    continue;
+                }
+                let ddl = ensure_shape(tx, &table).await?;
+                if !ddl.is_empty() {
+                    tracing::info!(
+                        job,
+                        table = table_name,
+                        statements = ddl.len(),
+                        "target table brought to the source's shape"
+                    );
+                }
+                cache.shapes.insert(table_name.to_string(), table);
+            }
+            Step::Upsert { table, rows } => {
+                report.upserted += run(tx, cache, statements::upsert(&table, &rows)).await?;
+            }
+            Step::Append { table, rows } => {
+                report.upserted += run(tx, cache, statements::append(&table, &rows)).await?;
+            }
+            Step::DeleteKeys { table, keys } => {
+                report.deleted += run(tx, cache, statements::delete_keys(&table, &keys)).await?;
+            }
+            Step::UpdateRow { table, key, new } => {
+                report.upserted +=
+                    run(tx, cache, statements::update_row(&table, &key, &new)).await?;
+            }
+            Step::DeleteMatching { table, old } => {
+                report.deleted +=
+                    run(tx, cache, statements::delete_matching(&table, &old, None)).await?;
+            }
+            Step::UpdateMatching { table, old, new } => {
+                report.upserted +=
+                    run(tx, cache, statements::update_matching(&table, &old, &new)).await?;
+            }
+            Step::DeleteOwned { table, old, index } => {
+                if let Some(pred) = owned(&table, index) {
+                    report.deleted +=
+                        run(tx, cache, statements::delete_owned(&table, &old, &pred)).await?;
+                }
+            }
+            Step::TruncateTenant { table, tenant } => {
+                let Some(col) = plan.tenant_columns.get(&table.qualified_name()) else {
+                    continue;
+                };
+                let n = run(tx, cache, statements::truncate_tenant(&table, col, &tenant)).await?;
+                tracing::info!(job, table = table_name, tenant = %tenant, rows = n, "source TRUNCATE applied as a delete of this tenant's rows");
+                report.deleted += n;
+            }
+            Step::TruncateOwned { table, index } => {
+                if let Some(pred) = owned(&table, index) {
+                    let n = run(tx, cache, statements::truncate_owned(&table, &pred)).await?;
+                    tracing::info!(
+                        job,
+                        table = table_name,
+                        worker = index,
+                        rows = n,
+                        "source TRUNCATE applied as a delete of the job's tenants' rows"
+                    );
+                    report.deleted += n;
+                }
+            }
+            Step::DeadLetter {
+                lsn,
+                change,
+                reason,
+            } => {
+                tracing::error!(job, table = table_name, reason = %reason, "change kept in helios.dead_letters");
+                store::mark_table_failed(tx, job, table_name, &reason, lsn).await?;
+                dead_letter_all(tx, job, table_name, &[(lsn, &change)], &reason).await?;
+                report.dead_lettered += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run(
+    tx: &Transaction<'_>,
+    cache: &mut ConnectionCache,
+    stmt: Statement,
+) -> Result<u64, SinkError> {
+    let prepared = match cache.statements.get(&stmt.text) {
+        Some(p) => p.clone(),
+        None => {
+            let p = tx
+                .prepare(&stmt.text)
+                .await
+                .map_err(|e| sink_error("prepare", &e))?;
+            cache.statements.insert(stmt.text.clone(), p.clone());
+            p
+        }
+    };
+    let params: Vec<&(dyn ToSql + Sync)> = stmt
+        .params
+        .iter()
+        .map(|p| match p {
+            Param::Column(v) => v as &(dyn ToSql + Sync),
+            Param::Value(v) => v as &(dyn ToSql + Sync),
+        })
+        .collect();
+    tx.execute(&prepared, &params)
+        .await
+        .map_err(|e| sink_error("apply", &e))
+}

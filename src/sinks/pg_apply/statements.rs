@@ -1,0 +1,361 @@
+//! SQL text and parameters for each apply step.
+//!
+//! Values travel as text (`text[]` columns of an `unnest`, or `text` scalars) and are cast
+//! to the column's type on the target with the type name the source gave
+//! (`format_type`), so the target parses exactly the text form the source printed. Rows of
+//! keyless tables are matched by text form (`col::text`), which also works for types
+//! without an equality operator (json, point).
+//!
+//! Pure: builds strings, runs nothing.
+
+use crate::change::{Cell, Row, TableInfo};
+use crate::sql_text::{quote_ident, quote_qualified};
+
+/// A statement parameter: a `text[]` column of values or one `text` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Param {
+    /// One text array (one element per row).
+    Column(Vec<Option<String>>),
+    /// One text value.
+    Value(Option<String>),
+}
+
+/// A statement ready to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    /// The SQL text (the prepared-statement cache key).
+    pub text: String,
+    /// Its parameters, `$1..`.
+    pub params: Vec<Param>,
+}
+
+fn cell_value(cell: &Cell) -> Option<String> {
+    cell.as_text().map(str::to_string)
+}
+
+fn table_name(table: &TableInfo) -> String {
+    quote_qualified(&table.schema, &table.name)
+}
+
+/// `$1::text[], $2::text[], …` and `v(c0, c1, …)` for `n` columns.
+fn unnest_of(n: usize, first_param: usize) -> String {
+    let arrays: Vec<String> = (0..n)
+        .map(|i| format!("${}::text[]", first_param + i))
+        .collect();
+    let names: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+    format!("unnest({}) AS v({})", arrays.join(", "), names.join(", "))
+}
+
+fn columns_of(rows: &[Row], cols: &[usize]) -> Vec<Param> {
+    cols.iter()
+        .map(|&c| Param::Column(rows.iter().map(|r| r.get(c).and_then(cell_value)).collect()))
+        .collect()
+}
+
+fn cast(table: &TableInfo, col: usize, expr: &str) -> String {
+    format!("{expr}::{}", table.columns[col].type_name)
+}
+
+/// Multi-row upsert of full rows with distinct keys.
+pub fn upsert(table: &TableInfo, rows: &[Row]) -> Statement {
+    let all: Vec<usize> = (0..table.columns.len()).collect();
+    let key = table.key_columns();
+    let names: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let values: Vec<String> = all
+        .iter()
+        .map(|&i| cast(table, i, &format!("v.c{i}")))
+        .collect();
+    let key_names: Vec<String> = key.iter().map(|&i| names[i].clone()).collect();
+    let updates: Vec<String> = all
+        .iter()
+        .filter(|i| !key.contains(i))
+        .map(|&i| format!("{0} = EXCLUDED.{0}", names[i]))
+        .collect();
+    let on_conflict = if updates.is_empty() {
+        "DO NOTHING".to_string()
+    } else {
+        format!("DO UPDATE SET {}", updates.join(", "))
+    };
+    Statement {
+        text: format!(
+            "INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {}",
+            table_name(table),
+            names.join(", "),
+            values.join(", "),
+            unnest_of(all.len(), 1),
+            key_names.join(", "),
+            on_conflict
+        ),
+        params: columns_of(rows, &all),
+    }
+}
+
+/// Multi-row append (keyless tables).
+pub fn append(table: &TableInfo, rows: &[Row]) -> Statement {
+    let all: Vec<usize> = (0..table.columns.len()).collect();
+    let names: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let values: Vec<String> = all
+        .iter()
+        .map(|&i| cast(table, i, &format!("v.c{i}")))
+        .collect();
+    Statement {
+        text: format!(
+            "INSERT INTO {} ({}) SELECT {} FROM {}",
+            table_name(table),
+            names.join(", "),
+            values.join(", "),
+            unnest_of(all.len(), 1)
+        ),
+        params: columns_of(rows, &all),
+    }
+}
+
+/// Delete rows by key; `keys` hold the key cells in `key_columns()` order.
+pub fn delete_keys(table: &TableInfo, keys: &[Row]) -> Statement {
+    let key = table.key_columns();
+    let conds: Vec<String> = key
+        .iter()
+        .enumerate()
+        .map(|(j, &i)| {
+            format!(
+                "t.{} = {}",
+                quote_ident(&table.columns[i].name),
+                cast(table, i, &format!("v.c{j}"))
+            )
+        })
+        .collect();
+    let positions: Vec<usize> = (0..key.len()).collect();
+    Statement {
+        text: format!(
+            "DELETE FROM {} AS t USING {} WHERE {}",
+            table_name(table),
+            unnest_of(key.len(), 1),
+            conds.join(" AND ")
+        ),
+        params: columns_of(keys, &positions),
+    }
+}
+
+/// Update one row by key, leaving unchanged (TOASTed) columns as they are.
+pub fn update_row(table: &TableInfo, key: &Row, new: &Row) -> Statement {
+    let mut params = Vec::new();
+    let mut sets = Vec::new();
+    for (i, cell) in new.iter().enumerate() {
+        if *cell == Cell::Unchanged {
+            continue;
+        }
+        params.push(Param::Value(cell_value(cell)));
+        sets.push(format!(
+            "{} = {}",
+            quote_ident(&table.columns[i].name),
+            cast(table, i, &format!("${}::text", params.len()))
+        ));
+    }
+    let mut conds = Vec::new();
+    for (j, &i) in table.key_columns().iter().enumerate() {
+        params.push(Param::Value(key.get(j).and_then(cell_value)));
+        conds.push(format!(
+            "{} = {}",
+            quote_ident(&table.columns[i].name),
+            cast(table, i, &format!("${}::text", params.len()))
+        ));
+    }
+    if sets.is_empty() {
+        // Nothing but unchanged values: a no-op that still checks the row exists.
+        sets.push(format!(
+            "{0} = {0}",
+            quote_ident(&table.columns[table.key_columns()[0]].name)
+        ));
+    }
+    Statement {
+        text: format!(
+            "UPDATE {} SET {} WHERE {}",
+            table_name(table),
+            sets.join(", "),
+            conds.join(" AND ")
+        ),
+        params,
+    }
+}
+
+/// Conditions matching `old` by text form, numbering parameters after `params`.
+fn match_row(table: &TableInfo, old: &Row, params: &mut Vec<Param>) -> Vec<String> {
+    let mut conds = Vec::new();
+    for (i, cell) in old.iter().enumerate() {
+        let name = quote_ident(&table.columns[i].name);
+        match cell {
+            Cell::Unchanged => {}
+            Cell::Null => conds.push(format!("{name} IS NULL")),
+            Cell::Text(t) => {
+                params.push(Param::Value(Some(t.clone())));
+                conds.push(format!("{name}::text = ${}::text", params.len()));
+            }
+        }
+    }
+    if conds.is_empty() {
+        conds.push("true".into());
+    }
+    conds
+}
+
+/// Delete one row equal to `old` (keyless tables), optionally only among owned tenants.
+pub fn delete_matching(table: &TableInfo, old: &Row, owned: Option<&str>) -> Statement {
+    let mut params = Vec::new();
+    let mut conds = match_row(table, old, &mut params);
+    conds.extend(owned.map(str::to_string));
+    let name = table_name(table);
+    Statement {
+        text: format!(
+            "DELETE FROM {name} WHERE ctid = (SELECT ctid FROM {name} WHERE {} LIMIT 1)",
+            conds.join(" AND ")
+        ),
+        params,
+    }
+}
+
+/// Update one row equal to `old` (keyless tables).
+pub fn update_matching(table: &TableInfo, old: &Row, new: &Row) -> Statement {
+    let mut params = Vec::new();
+    let mut sets = Vec::new();
+    for (i, cell) in new.iter().enumerate() {
+        if *cell == Cell::Unchanged {
+            continue;
+        }
+        params.push(Param::Value(cell_value(cell)));
+        sets.push(format!(
+            "{} = {}",
+            quote_ident(&table.columns[i].name),
+            cast(table, i, &format!("${}::text", params.len()))
+        ));
+    }
+    let conds = match_row(table, old, &mut params);
+    let name = table_name(table);
+    Statement {
+        text: format!(
+            "UPDATE {name} SET {} WHERE ctid = (SELECT ctid FROM {name} WHERE {} LIMIT 1)",
+            sets.join(", "),
+            conds.join(" AND ")
+        ),
+        params,
+    }
+}
+
+/// Delete rows by key among the tenants a worker owns (`owned` is a SQL predicate).
+pub fn delete_owned(table: &TableInfo, old: &Row, owned: &str) -> Statement {
+    let key = table.key_columns();
+    if key.is_empty() {
+        return delete_matching(table, old, Some(owned));
+    }
+    let mut params = Vec::new();
+    let mut conds = Vec::new();
+    for &i in &key {
+        params.push(Param::Value(old.get(i).and_then(cell_value)));
+        conds.push(format!(
+            "{} = {}",
+            quote_ident(&table.columns[i].name),
+            cast(table, i, &format!("${}::text", params.len()))
+        ));
+    }
+    conds.push(owned.to_string());
+    Statement {
+        text: format!(
+            "DELETE FROM {} WHERE {}",
+            table_name(table),
+            conds.join(" AND ")
+        ),
+        params,
+    }
+}
+
+/// Delete every row of one tenant.
+pub fn truncate_tenant(table: &TableInfo, tenant_column: &str, tenant: &str) -> Statement {
+    Statement {
+        text: format!(
+            "DELETE FROM {} WHERE {}::text = $1::text",
+            table_name(table),
+            quote_ident(tenant_column)
+        ),
+        params: vec![Param::Value(Some(tenant.to_string()))],
+    }
+}
+
+/// Delete every row the predicate `owned` selects.
+pub fn truncate_owned(table: &TableInfo, owned: &str) -> Statement {
+    Statement {
+        text: format!("DELETE FROM {} WHERE {owned}", table_name(table)),
+        params: vec![],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::{ColumnInfo, Identity};
+
+    fn table() -> TableInfo {
+        let col = |name: &str, ty: &str| ColumnInfo {
+            name: name.into(),
+            type_oid: 0,
+            type_modifier: -1,
+            type_name: ty.into(),
+            in_identity: false,
+        };
+        TableInfo {
+            oid: 1,
+            schema: "app".into(),
+            name: "orders".into(),
+            columns: vec![
+                col("tenant_id", "integer"),
+                col("id", "bigint"),
+                col("note", "text"),
+            ],
+            primary_key: vec![0, 1],
+            identity: Identity::Default,
+        }
+    }
+
+    #[test]
+    fn upsert_casts_text_columns_and_updates_non_key_columns() {
+        let s = upsert(
+            &table(),
+            &[vec![
+                Cell::Text("1".into()),
+                Cell::Text("2".into()),
+                Cell::Null,
+            ]],
+        );
+        assert_eq!(
+            s.text,
+            "INSERT INTO \"app\".\"orders\" (\"tenant_id\", \"id\", \"note\") SELECT v.c0::integer, v.c1::bigint, v.c2::text \
+             FROM unnest($1::text[], $2::text[], $3::text[]) AS v(c0, c1, c2) \
+             ON CONFLICT (\"tenant_id\", \"id\") DO UPDATE SET \"note\" = EXCLUDED.\"note\""
+        );
+        assert_eq!(s.params[2], Param::Column(vec![None]));
+    }
+
+    #[test]
+    fn update_row_skips_unchanged_columns() {
+        let s = update_row(
+            &table(),
+            &vec![Cell::Text("1".into()), Cell::Text("2".into())],
+            &vec![
+                Cell::Text("1".into()),
+                Cell::Text("2".into()),
+                Cell::Unchanged,
+            ],
+        );
+        assert!(!s.text.contains("\"note\" ="), "{}", s.text);
+        assert_eq!(s.params.len(), 4);
+    }
+
+    #[test]
+    fn keyless_match_uses_text_form_and_is_null() {
+        let s = delete_matching(
+            &table(),
+            &vec![Cell::Text("1".into()), Cell::Null, Cell::Text("x".into())],
+            None,
+        );
+        assert!(s.text.contains("\"id\" IS NULL"), "{}", s.text);
+        assert!(s.text.contains("\"note\"::text = $2::text"), "{}", s.text);
+    }
+}

@@ -1,0 +1,278 @@
+//! The sink's bookkeeping tables in the target database (schema `helios`): checkpoints
+//! (job, scope, LSN) written in the same transaction as the rows they cover, the job's
+//! snapshot and confirmed positions, table error states and dead letters.
+
+use std::collections::HashMap;
+
+use tokio_postgres::types::PgLsn;
+use tokio_postgres::{Client, GenericClient};
+
+use crate::change::{Lsn, Scope};
+use crate::sinks::SinkError;
+use crate::sql_text::describe_pg_error;
+
+/// Creates the bookkeeping schema; idempotent. Run once per job start, before workers.
+pub const MIGRATION: &str = "
+CREATE SCHEMA IF NOT EXISTS helios;
+CREATE TABLE IF NOT EXISTS helios.checkpoints (
+    job text NOT NULL,
+    scope text NOT NULL,
+    commit_lsn pg_lsn NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job, scope)
+);
+CREATE TABLE IF NOT EXISTS helios.job_progress (
+    job text PRIMARY KEY,
+    slot text NOT NULL,
+    snapshot_lsn pg_lsn,
+    confirmed_lsn pg_lsn,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS helios.table_state (
+    job text NOT NULL,
+    table_name text NOT NULL,
+    state text NOT NULL,
+    error text,
+    since_lsn pg_lsn,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job, table_name)
+);
+CREATE TABLE IF NOT EXISTS helios.dead_letters (
+    id bigserial PRIMARY KEY,
+    job text NOT NULL,
+    scope text NOT NULL,
+    table_name text NOT NULL,
+    commit_lsn pg_lsn NOT NULL,
+    seq integer NOT NULL,
+    change jsonb,
+    reason text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+";
+
+/// Maps a driver error to a sink error, transient when retrying can help.
+pub fn sink_error(what: &str, err: &tokio_postgres::Error) -> SinkError {
+    let transient = match err.code() {
+        None => true,
+        Some(code) => {
+            let c = code.code();
+            c.starts_with("08")
+                || c.starts_with("57")
+                || c == "40001"
+                || c == "40P01"
+                || c == "55P03"
+        }
+    };
+    let text = format!("{what}: {}", describe_pg_error(err));
+    if transient {
+        SinkError::Transient(text)
+    } else {
+        SinkError::Definite(text)
+    }
+}
+
+/// The text key of a checkpoint scope.
+pub fn scope_key(scope: &Scope) -> String {
+    match scope {
+        Scope::Tenant(t) => format!("tenant:{t}"),
+        Scope::Worker { index, peers } => format!("worker:{index}/{peers}"),
+    }
+}
+
+/// Creates the bookkeeping tables.
+pub async fn migrate(client: &Client) -> Result<(), SinkError> {
+    client
+        .batch_execute(MIGRATION)
+        .await
+        .map_err(|e| sink_error("create helios bookkeeping tables", &e))
+}
+
+/// The job's recorded positions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobProgress {
+    /// Where the completed initial snapshot was taken (`None`: no snapshot yet).
+    pub snapshot_lsn: Option<Lsn>,
+    /// The last position recorded before confirming it to the source.
+    pub confirmed_lsn: Option<Lsn>,
+}
+
+/// Reads the job's progress row.
+pub async fn load_progress(client: &Client, job: &str) -> Result<JobProgress, SinkError> {
+    let row = client
+        .query_opt(
+            "SELECT snapshot_lsn, confirmed_lsn FROM helios.job_progress WHERE job = $1",
+            &[&job],
+        )
+        .await
+        .map_err(|e| sink_error("read job progress", &e))?;
+    Ok(match row {
+        None => JobProgress::default(),
+        Some(r) => JobProgress {
+            snapshot_lsn: r.get::<_, Option<PgLsn>>(0).map(u64::from),
+            confirmed_lsn: r.get::<_, Option<PgLsn>>(1).map(u64::from),
+        },
+    })
+}
+
+/// Records a completed snapshot (and that the stream starts there).
+pub async fn record_snapshot(
+    client: &Client,
+    job: &str,
+    slot: &str,
+    lsn: Lsn,
+) -> Result<(), SinkError> {
+    client
+        .execute(
+            "INSERT INTO helios.job_progress (job, slot, snapshot_lsn, confirmed_lsn, updated_at)
+             VALUES ($1, $2, $3, $3, now())
+             ON CONFLICT (job) DO UPDATE SET slot = $2, snapshot_lsn = $3, confirmed_lsn = $3, updated_at = now()",
+            &[&job, &slot, &PgLsn::from(lsn)],
+        )
+        .await
+        .map_err(|e| sink_error("record snapshot", &e))?;
+    Ok(())
+}
+
+/// Forgets the snapshot (a new one must be taken, e.g. after the slot was lost).
+pub async fn clear_snapshot(client: &Client, job: &str) -> Result<(), SinkError> {
+    client
+        .execute(
+            "UPDATE helios.job_progress SET snapshot_lsn = NULL, confirmed_lsn = NULL, updated_at = now() WHERE job = $1",
+            &[&job],
+        )
+        .await
+        .map_err(|e| sink_error("clear snapshot", &e))?;
+    Ok(())
+}
+
+/// Records the position about to be confirmed to the source.
+pub async fn record_confirmed(client: &Client, job: &str, lsn: Lsn) -> Result<(), SinkError> {
+    client
+        .execute(
+            "UPDATE helios.job_progress SET confirmed_lsn = greatest(confirmed_lsn, $2), updated_at = now() WHERE job = $1",
+            &[&job, &PgLsn::from(lsn)],
+        )
+        .await
+        .map_err(|e| sink_error("record confirmed position", &e))?;
+    Ok(())
+}
+
+/// All checkpoints of the job, by scope key.
+pub async fn load_checkpoints(
+    client: &Client,
+    job: &str,
+) -> Result<HashMap<String, Lsn>, SinkError> {
+    let rows = client
+        .query(
+            "SELECT scope, commit_lsn FROM helios.checkpoints WHERE job = $1",
+            &[&job],
+        )
+        .await
+        .map_err(|e| sink_error("read checkpoints", &e))?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<_, String>(0), u64::from(r.get::<_, PgLsn>(1))))
+        .collect())
+}
+
+/// Writes checkpoints (inside the caller's transaction).
+pub async fn store_checkpoints(
+    client: &impl GenericClient,
+    job: &str,
+    checkpoints: &HashMap<String, Lsn>,
+) -> Result<(), SinkError> {
+    if checkpoints.is_empty() {
+        return Ok(());
+    }
+    let scopes: Vec<&str> = checkpoints.keys().map(String::as_str).collect();
+    let lsns: Vec<PgLsn> = checkpoints.values().map(|&l| PgLsn::from(l)).collect();
+    client
+        .execute(
+            "INSERT INTO helios.checkpoints (job, scope, commit_lsn, updated_at)
+             SELECT $1, s, l, now() FROM unnest($2::text[], $3::pg_lsn[]) AS u(s, l)
+             ON CONFLICT (job, scope) DO UPDATE SET commit_lsn = greatest(helios.checkpoints.commit_lsn, EXCLUDED.commit_lsn),
+                                                  updated_at = now()",
+            &[&job, &scopes, &lsns],
+        )
+        .await
+        .map_err(|e| sink_error("write checkpoints", &e))?;
+    Ok(())
+}
+
+/// Tables of the job in error state, with their reasons.
+pub async fn load_failed_tables(
+    client: &Client,
+    job: &str,
+) -> Result<HashMap<String, String>, SinkError> {
+    let rows = client
+        .query(
+            "SELECT table_name, coalesce(error, '') FROM helios.table_state WHERE job = $1 AND state = 'error'",
+            &[&job],
+        )
+        .await
+        .map_err(|e| sink_error("read table states", &e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Puts a table in error state (inside the caller's transaction).
+pub async fn mark_table_failed(
+    client: &impl GenericClient,
+    job: &str,
+    table: &str,
+    error: &str,
+    lsn: Lsn,
+) -> Result<(), SinkError> {
+    client
+        .execute(
+            "INSERT INTO helios.table_state (job, table_name, state, error, since_lsn, updated_at)
+             VALUES ($1, $2, 'error', $3, $4, now())
+             ON CONFLICT (job, table_name) DO UPDATE SET state = 'error', error = $3, since_lsn = $4, updated_at = now()",
+            &[&job, &table, &error, &PgLsn::from(lsn)],
+        )
+        .await
+        .map_err(|e| sink_error("record table error", &e))?;
+    Ok(())
+}
+
+/// One change kept because it could not be applied.
+pub struct DeadLetter<'a> {
+    /// Checkpoint scope key of the change.
+    pub scope: String,
+    /// `schema.table`.
+    pub table: &'a str,
+    /// Commit LSN of its transaction.
+    pub lsn: Lsn,
+    /// Position in the transaction.
+    pub seq: u32,
+    /// The change as JSON (`None` when its values must not be stored).
+    pub change: Option<serde_json::Value>,
+    /// Why it was not applied.
+    pub reason: &'a str,
+}
+
+/// Stores dead letters (inside the caller's transaction).
+pub async fn store_dead_letters(
+    client: &impl GenericClient,
+    job: &str,
+    letters: &[DeadLetter<'_>],
+) -> Result<(), SinkError> {
+    for l in letters {
+        client
+            .execute(
+                "INSERT INTO helios.dead_letters (job, scope, table_name, commit_lsn, seq, change, reason)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &job,
+                    &l.scope,
+                    &l.table,
+                    &PgLsn::from(l.lsn),
+                    &(l.seq as i32),
+                    &l.change.as_ref().map(tokio_postgres::types::Json),
+                    &l.reason,
+                ],
+            )
+            .await
+            .map_err(|e| sink_error("store dead letter", &e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! The task that drives one sink for one dataflow worker: takes batches from the dataflow,
+//! groups consecutive ones into one apply (up to a row budget), retries failures with
+//! exponential back-off, and reports each durable LSN back.
+//!
+//! Nothing is reported durable while a batch keeps failing, so the source never confirms
+//! past it (DESIGN.md invariant 6); every failure is counted for metrics.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::change::Lsn;
+use crate::sinks::{ApplyBatch, Sink};
+
+/// First wait after a failure.
+pub const RETRY_INITIAL: Duration = Duration::from_millis(200);
+/// Longest wait between retries.
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Counters one sink task keeps.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    /// Rows inserted or updated.
+    pub upserted: AtomicU64,
+    /// Rows deleted.
+    pub deleted: AtomicU64,
+    /// Changes skipped as already applied (replays).
+    pub skipped: AtomicU64,
+    /// Changes kept in dead letters.
+    pub dead_lettered: AtomicU64,
+    /// Failed apply attempts.
+    pub errors: AtomicU64,
+    /// The highest commit LSN durable at this sink.
+    pub durable_lsn: AtomicU64,
+}
+
+/// Runs until the dataflow closes the channel. `on_durable(lsn)` is called after every
+/// batch up to `lsn` is durable.
+pub async fn run_sink<S: Sink>(
+    mut sink: S,
+    mut batches: mpsc::Receiver<ApplyBatch>,
+    max_rows: usize,
+    stats: Arc<SinkStats>,
+    on_durable: impl Fn(Lsn) + Send,
+) {
+    let mut wait = RETRY_INITIAL;
+    while let Err(err) = sink.reconnect().await {
+        stats.errors.fetch_add(1, Relaxed);
+        tracing::warn!(sink = sink.kind(), error = %err, retry_in_ms = wait.as_millis() as u64, "cannot reach the sink; retrying");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(RETRY_MAX);
+    }
+    while let Some(first) = batches.recv().await {
+        let mut rows = first.changes.len();
+        let mut group = vec![first];
+        while rows < max_rows {
+            match batches.try_recv() {
+                Ok(b) => {
+                    rows += b.changes.len();
+                    group.push(b);
+                }
+                Err(_) => break,
+            }
+        }
+        let last = group.last().map(|b| b.commit_lsn).unwrap_or(0);
+        let mut wait = RETRY_INITIAL;
+        loop {
+            match sink.apply(&group).await {
+                Ok(report) => {
+                    stats.upserted.fetch_add(report.upserted, Relaxed);
+                    stats.deleted.fetch_add(report.deleted, Relaxed);
+                    stats.skipped.fetch_add(report.skipped, Relaxed);
+                    stats.dead_lettered.fetch_add(report.dead_lettered, Relaxed);
+                    stats.durable_lsn.fetch_max(last, Relaxed);
+                    on_durable(last);
+                    break;
+                }
+                Err(err) => {
+                    stats.errors.fetch_add(1, Relaxed);
+                    tracing::warn!(sink = sink.kind(), error = %err, retry_in_ms = wait.as_millis() as u64, "apply failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(RETRY_MAX);
+                    if let Err(err) = sink.reconnect().await {
+                        tracing::warn!(sink = sink.kind(), error = %err, "reconnect failed");
+                    }
+                }
+            }
+        }
+    }
+}

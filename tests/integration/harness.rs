@@ -1,0 +1,182 @@
+//! The integration-test harness: throwaway source and target PostgreSQL clusters on free
+//! ports under a temp dir, the real `helios-repl` binary as the replicator, and `wait_for`
+//! helpers. No mocks.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use helios_repl::embedded::pg_cluster::PgCluster;
+
+/// A source and a target cluster with databases `app` and `replica`.
+pub struct Env {
+    pub source: PgCluster,
+    pub target: PgCluster,
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// Starts both clusters; `setup_sql` runs on the source database `app`.
+    pub fn start(setup_sql: &str) -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("helios-it")
+            .tempdir()
+            .expect("temp dir");
+        // The server may run as another user (we are root): let it reach its directory.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod temp dir");
+        let source = PgCluster::start(&dir.path().join("source")).expect("start source cluster");
+        let target = PgCluster::start(&dir.path().join("target")).expect("start target cluster");
+        source.create_database("app").expect("create app");
+        target.create_database("replica").expect("create replica");
+        if !setup_sql.is_empty() {
+            source.psql("app", setup_sql).expect("source setup");
+        }
+        Env {
+            source,
+            target,
+            dir,
+        }
+    }
+
+    pub fn source_dsn(&self) -> String {
+        self.source.dsn("app")
+    }
+
+    pub fn target_dsn(&self) -> String {
+        self.target.dsn("replica")
+    }
+
+    /// Writes a job file and returns its path.
+    pub fn job_file(&self, name: &str, tenants: &str, tables: &[&str]) -> PathBuf {
+        let tables: String = tables
+            .iter()
+            .map(|t| format!("[[tables]]\nname = \"{t}\"\n"))
+            .collect();
+        let text = format!(
+            "name = \"{name}\"\n[source]\ndsn = \"{}\"\npublication = \"pub_{slot}\"\nslot = \"slot_{slot}\"\n\
+             [tenants]\ninclude = {tenants}\n{tables}[[sinks]]\nkind = \"postgres\"\ndsn = \"{}\"\nbatch_max_rows = 2000\n",
+            self.source_dsn(),
+            self.target_dsn(),
+            slot = name.replace('-', "_"),
+        );
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).expect("write job file");
+        path
+    }
+
+    /// Runs SQL on the source (`app`).
+    pub fn on_source(&self, sql: &str) -> String {
+        self.source
+            .psql("app", sql)
+            .unwrap_or_else(|e| panic!("source SQL failed: {e}\n{sql}"))
+    }
+
+    /// Runs SQL on the target (`replica`).
+    pub fn on_target(&self, sql: &str) -> String {
+        self.target
+            .psql("replica", sql)
+            .unwrap_or_else(|e| panic!("target SQL failed: {e}\n{sql}"))
+    }
+
+    /// Like [`Env::on_target`] but an error (e.g. table not created yet) gives `None`.
+    pub fn try_on_target(&self, sql: &str) -> Option<String> {
+        self.target.psql("replica", sql).ok()
+    }
+
+    /// Waits until `query` returns the same text on source and target.
+    pub fn wait_converged(&self, query: &str, limit: Duration) {
+        let expected = self.on_source(query);
+        wait_for(
+            &format!("target to match source for `{query}`"),
+            limit,
+            || self.try_on_target(query).as_deref() == Some(expected.as_str()),
+        );
+    }
+}
+
+/// Polls `check` every 200 ms until true; panics after `limit` naming `what`.
+pub fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The replicator as a child process; killed on drop.
+pub struct Replicator {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Replicator {
+    /// Starts `helios-repl run --job <file>`.
+    pub fn start(job: &Path) -> Replicator {
+        let log = job.with_extension(format!(
+            "{}.log",
+            Instant::now().elapsed().as_nanos() + rand_suffix()
+        ));
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_helios-repl"))
+            .args(["run", "--job"])
+            .arg(job)
+            .args(["--progress-secs", "1"])
+            .env("HELIOS_LOG", "info,tokio_postgres=warn")
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn helios-repl");
+        Replicator { child, log }
+    }
+
+    /// The combined stdout/stderr so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                self.kill();
+                panic!("replicator did not stop within 60s:\n{}", self.output());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Replicator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn rand_suffix() -> u128 {
+    use rand::Rng;
+    rand::thread_rng().gen::<u32>() as u128
+}
