@@ -52,6 +52,10 @@ pub struct ColumnInfo {
     pub type_name: String,
     /// Whether the column is part of the replica identity.
     pub in_identity: bool,
+    /// The value rows that existed before the column was added read for it
+    /// (`attmissingval`, PostgreSQL's "fast default"); `None` when there is none.
+    #[serde(default)]
+    pub missing_value: Option<String>,
 }
 
 /// The shape of a replicated table at some point of the stream.

@@ -216,6 +216,7 @@ pub async fn table_info(client: &Client, schema: &str, name: &str) -> Result<Tab
             let name: String = r.get(0);
             ColumnInfo {
                 in_identity: identity == Identity::Full || identity_names.contains(&name),
+                missing_value: None,
                 name,
                 type_oid: r.get(1),
                 type_modifier: r.get(2),
@@ -301,7 +302,24 @@ impl RelationResolver {
                 type_modifier: c.type_modifier,
                 type_name,
                 in_identity: c.is_key,
+                missing_value: None,
             });
+        }
+        // Rows that existed before a column was added read its "fast default": the target
+        // must give its existing rows the same value when it adds the column.
+        let missing = client
+            .query(
+                "SELECT attname::text, (attmissingval::text::text[])[1] FROM pg_attribute
+                 WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND atthasmissing",
+                &[&rel.oid],
+            )
+            .await
+            .map_err(CdcError::query("read column defaults"))?;
+        for row in missing {
+            let name: String = row.get(0);
+            if let Some(col) = columns.iter_mut().find(|c| c.name == name) {
+                col.missing_value = row.get(1);
+            }
         }
         let primary_key = primary_key(client, rel.oid, &columns).await?;
         let identity = match rel.replica_identity {

@@ -116,6 +116,7 @@ mod tests {
                 type_modifier: -1,
                 type_name: "integer".into(),
                 in_identity: true,
+                missing_value: None,
             }],
             primary_key: vec![0],
             identity: Identity::Default,

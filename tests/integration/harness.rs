@@ -173,6 +173,9 @@ impl Replicator {
 impl Drop for Replicator {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            eprintln!("---- replicator output ----\n{}", self.output());
+        }
     }
 }
 

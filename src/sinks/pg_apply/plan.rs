@@ -289,6 +289,7 @@ mod tests {
             type_modifier: -1,
             type_name: "text".into(),
             in_identity: false,
+            missing_value: None,
         };
         Arc::new(TableInfo {
             oid: 1,
@@ -473,6 +474,7 @@ mod tests {
             type_modifier: -1,
             type_name: "integer".into(),
             in_identity: false,
+            missing_value: None,
         });
         let wider = Arc::new(wider);
         let a = change(&tb, 0, upsert(None, vec![t("1"), t("a"), t("x")]));

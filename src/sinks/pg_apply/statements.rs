@@ -299,6 +299,7 @@ mod tests {
             type_modifier: -1,
             type_name: ty.into(),
             in_identity: false,
+            missing_value: None,
         };
         TableInfo {
             oid: 1,

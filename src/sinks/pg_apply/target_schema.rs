@@ -12,7 +12,7 @@ use tokio_postgres::GenericClient;
 use crate::change::TableInfo;
 use crate::sinks::pg_apply::store::sink_error;
 use crate::sinks::SinkError;
-use crate::sql_text::{quote_ident, quote_qualified};
+use crate::sql_text::{quote_ident, quote_literal, quote_qualified};
 
 /// The target's columns of a table: name → `format_type` name.
 pub type TargetColumns = HashMap<String, String>;
@@ -68,10 +68,17 @@ pub fn alter_statements(table: &TableInfo, existing: &TargetColumns) -> Vec<Stri
     for c in &table.columns {
         let col = quote_ident(&c.name);
         match existing.get(&c.name) {
-            None => out.push(format!(
-                "ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {col} {}",
-                c.type_name
-            )),
+            None => {
+                let default = c
+                    .missing_value
+                    .as_ref()
+                    .map(|v| format!(" DEFAULT {}::{}", quote_literal(v), c.type_name))
+                    .unwrap_or_default();
+                out.push(format!(
+                    "ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {col} {}{default}",
+                    c.type_name
+                ))
+            }
             Some(ty) if *ty != c.type_name => out.push(format!(
                 "ALTER TABLE {name} ALTER COLUMN {col} TYPE {ty2} USING {col}::text::{ty2}",
                 ty2 = c.type_name
@@ -125,6 +132,7 @@ mod tests {
             type_modifier: -1,
             type_name: ty.into(),
             in_identity: false,
+            missing_value: None,
         };
         TableInfo {
             oid: 1,
