@@ -4,5 +4,6 @@
 mod apply_semantics;
 mod bad_input;
 mod harness;
+mod isolation_crash_idle;
 mod job_spec_files;
 mod snapshot_stream;
