@@ -73,6 +73,10 @@ pub struct TableInfo {
     pub primary_key: Vec<usize>,
     /// How old rows are identified.
     pub identity: Identity,
+    /// Idempotent DDL that creates the user-defined types (enums, domains, composites,
+    /// ranges, extension types) the columns use, dependencies first.
+    #[serde(default)]
+    pub type_ddl: Vec<String>,
 }
 
 impl TableInfo {

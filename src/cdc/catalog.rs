@@ -11,6 +11,7 @@ use tokio_postgres::Client;
 
 use crate::cdc::error::CdcError;
 use crate::cdc::pgoutput::{Relation, ReplicaIdentity};
+use crate::cdc::user_types::TypeDdlCache;
 use crate::change::{parse_lsn, ColumnInfo, Identity, Lsn, TableInfo};
 use crate::sql_text::{quote_ident, quote_qualified};
 
@@ -225,6 +226,8 @@ pub async fn table_info(client: &Client, schema: &str, name: &str) -> Result<Tab
         })
         .collect();
     let primary_key = primary_key(client, oid, &columns).await?;
+    let type_oids: Vec<u32> = columns.iter().map(|c| c.type_oid).collect();
+    let type_ddl = TypeDdlCache::default().ddl_for(client, &type_oids).await?;
     Ok(TableInfo {
         oid,
         schema: schema.to_string(),
@@ -232,6 +235,7 @@ pub async fn table_info(client: &Client, schema: &str, name: &str) -> Result<Tab
         columns,
         primary_key,
         identity,
+        type_ddl,
     })
 }
 
@@ -265,6 +269,7 @@ async fn primary_key(
 #[derive(Default)]
 pub struct RelationResolver {
     type_names: HashMap<(u32, i32), String>,
+    type_ddl: TypeDdlCache,
 }
 
 impl RelationResolver {
@@ -322,6 +327,8 @@ impl RelationResolver {
             }
         }
         let primary_key = primary_key(client, rel.oid, &columns).await?;
+        let type_oids: Vec<u32> = columns.iter().map(|c| c.type_oid).collect();
+        let type_ddl = self.type_ddl.ddl_for(client, &type_oids).await?;
         let identity = match rel.replica_identity {
             ReplicaIdentity::Default => Identity::Default,
             ReplicaIdentity::Nothing => Identity::Nothing,
@@ -339,6 +346,7 @@ impl RelationResolver {
             columns,
             primary_key,
             identity,
+            type_ddl,
         }))
     }
 }

@@ -7,3 +7,4 @@ pub mod error;
 pub mod pgoutput;
 pub mod snapshot;
 pub mod stream;
+pub mod user_types;

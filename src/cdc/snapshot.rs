@@ -120,6 +120,7 @@ mod tests {
             }],
             primary_key: vec![0],
             identity: Identity::Default,
+            type_ddl: vec![],
         };
         let only = TenantFilter::Only(["3".to_string(), "7".to_string()].into_iter().collect());
         assert_eq!(

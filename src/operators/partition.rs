@@ -316,6 +316,7 @@ mod tests {
             columns: vec![col("tenant_id", tenant_in_key), col("id", true)],
             primary_key: if tenant_in_key { vec![0, 1] } else { vec![1] },
             identity: Identity::Default,
+            type_ddl: vec![],
         })
     }
 

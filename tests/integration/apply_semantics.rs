@@ -267,3 +267,44 @@ fn all_tenants_job_applies_tenantless_deletes_and_truncate_on_every_worker() {
     assert_eq!(env.on_target("SELECT count(*) FROM public.bykey"), "1");
     assert_eq!(repl.stop().code(), Some(0));
 }
+
+const FANCY: &str = "
+CREATE EXTENSION citext;
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE DOMAIN posint AS int CHECK (VALUE > 0);
+CREATE TYPE money_amount AS (currency char(3), cents bigint);
+CREATE TYPE floatrange AS RANGE (subtype = float8);
+CREATE SCHEMA app;
+CREATE TYPE app.level AS ENUM ('low', 'high');
+CREATE TABLE public.fancy (
+    tenant_id int NOT NULL, id int NOT NULL, m mood, moods mood[], p posint, amt money_amount,
+    r floatrange, ir int4range, email citext, lvl app.level, PRIMARY KEY (tenant_id, id));
+INSERT INTO public.fancy VALUES
+  (1, 1, 'ok', '{sad,happy}', 5, ('EUR', 1234), '[1.5,2.5)', '[1,10)', 'Ann@Example.com', 'low'),
+  (1, 2, NULL, '{}', NULL, NULL, 'empty', NULL, NULL, NULL);
+";
+
+#[test]
+fn user_defined_types_are_created_on_the_target() {
+    let env = Env::start(FANCY);
+    let job = env.job_file("fancy", "[1]", &["public.fancy"]);
+    let mut repl = streaming(&env, &job);
+    env.on_source(
+        "INSERT INTO public.fancy VALUES (1, 3, 'happy', '{ok}', 7, ('USD', -5), '(,3]', '[2,3]', 'BOB@x.org', 'high');
+         CREATE TYPE color AS ENUM ('red', 'green');
+         ALTER TABLE public.fancy ADD COLUMN c color;
+         INSERT INTO public.fancy VALUES (1, 4, 'sad', NULL, 1, NULL, NULL, NULL, 'c@d', NULL, 'green');
+         UPDATE public.fancy SET amt = ('GBP', 1), c = 'red' WHERE id = 1;",
+    );
+    let q = "SELECT t::text FROM public.fancy t ORDER BY id";
+    env.wait_converged(q, WAIT);
+    assert_eq!(
+        env.on_target("SELECT pg_typeof(email)::text FROM public.fancy WHERE id = 1"),
+        "citext"
+    );
+    assert_eq!(
+        env.on_target("SELECT count(*) FROM helios.table_state"),
+        "0"
+    );
+    assert_eq!(repl.stop().code(), Some(0));
+}

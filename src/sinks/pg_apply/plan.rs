@@ -298,6 +298,7 @@ mod tests {
             columns: vec![col("tenant_id"), col("id"), col("body")],
             primary_key: pk,
             identity: Identity::Default,
+            type_ddl: vec![],
         })
     }
 

@@ -312,6 +312,7 @@ mod tests {
             ],
             primary_key: vec![0, 1],
             identity: Identity::Default,
+            type_ddl: vec![],
         }
     }
 

@@ -94,6 +94,14 @@ pub async fn ensure_shape(
     client: &impl GenericClient,
     table: &TableInfo,
 ) -> Result<Vec<String>, SinkError> {
+    for ddl in &table.type_ddl {
+        client.batch_execute(ddl).await.map_err(|e| {
+            sink_error(
+                &format!("create a column type of {}", table.qualified_name()),
+                &e,
+            )
+        })?;
+    }
     match target_columns(client, &table.schema, &table.name).await? {
         None => {
             let sql = create_table_sql(table);
@@ -145,6 +153,7 @@ mod tests {
             ],
             primary_key: vec![0, 1],
             identity: Identity::Default,
+            type_ddl: vec![],
         }
     }
 
