@@ -409,9 +409,11 @@ async fn load(
         let stmt = statements::append(table, &rows);
         client.execute(&stmt.text, &params_of(&stmt)).await?;
     }
+    // Separate simple queries: VACUUM refuses to run in a multi-statement batch.
     client
-        .batch_execute(&format!("VACUUM ANALYZE {name}; CHECKPOINT"))
+        .batch_execute(&format!("VACUUM ANALYZE {name}"))
         .await?;
+    client.batch_execute("CHECKPOINT").await?;
     Ok(())
 }
 

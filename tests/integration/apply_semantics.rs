@@ -222,6 +222,12 @@ fn alter_table_mid_stream_flows_through_and_failures_are_visible() {
     env.wait_converged(q, WAIT);
     env.on_source("ALTER TABLE public.items DROP COLUMN tags; INSERT INTO public.items VALUES (1, 13, 'dropped', 3)");
     env.wait_converged("SELECT id, v, extra FROM public.items ORDER BY id", WAIT);
+    env.on_source("ALTER TABLE public.items ALTER COLUMN extra TYPE numeric(12,4); UPDATE public.items SET extra = 1.2345 WHERE id = 4");
+    env.wait_converged("SELECT id, v, extra FROM public.items ORDER BY id", WAIT);
+    assert_eq!(
+        env.on_target("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'public.items'::regclass AND attname = 'extra'"),
+        "numeric(12,4)"
+    );
 
     // A change the target cannot take puts the table in error; others keep flowing.
     env.on_target("ALTER TABLE public.items ADD CONSTRAINT no_bad CHECK (v <> 'bad')");
