@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use helios_repl::control::job_runner::{self, JobStats, RunOptions};
 use helios_repl::control::job_spec::JobSpec;
-use helios_repl::embedded::demo::{self, DemoOptions};
+use helios_repl::embedded::demo::{self, DemoOptions, DemoOutcome};
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -105,15 +105,16 @@ fn main() -> anyhow::Result<()> {
                 writers,
                 workers,
             };
-            let ok = runtime.block_on(async move {
+            let outcome = runtime.block_on(async move {
                 let (stop_tx, stop_rx) = watch::channel(false);
                 tokio::spawn(stop_on_signal(stop_tx));
                 demo::run_demo(options, stop_rx).await
             })?;
-            if !ok {
-                anyhow::bail!("demo: the target does not match the source");
+            match outcome {
+                DemoOutcome::Passed => Ok(()),
+                DemoOutcome::Interrupted => std::process::exit(130),
+                DemoOutcome::Failed => anyhow::bail!("demo: the target does not match the source"),
             }
-            Ok(())
         }
     }
 }

@@ -57,11 +57,22 @@ INSERT INTO app.orders (tenant_id, account_id, total, payload, note)
     FROM generate_series(1, 24) t, generate_series(1, 200) o;
 ";
 
-/// Runs the demo; returns whether the target matched the source.
+/// How a demo run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoOutcome {
+    /// The target matched the source for every job tenant.
+    Passed,
+    /// It did not.
+    Failed,
+    /// Ctrl-C before the verification.
+    Interrupted,
+}
+
+/// Runs the demo.
 pub async fn run_demo(
     options: DemoOptions,
     mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<DemoOutcome> {
     if options.dir.exists() {
         std::fs::remove_dir_all(&options.dir)?;
     }
@@ -104,7 +115,7 @@ pub async fn run_demo(
             let _ = job_stop_tx.send(true);
             let _ = job.await;
             println!("interrupted; stopping the clusters");
-            return Ok(false);
+            return Ok(DemoOutcome::Interrupted);
         }
     };
     let load_secs = started.elapsed().as_secs_f64();
@@ -172,7 +183,11 @@ pub async fn run_demo(
             "FAILED"
         }
     );
-    Ok(ok)
+    Ok(if ok {
+        DemoOutcome::Passed
+    } else {
+        DemoOutcome::Failed
+    })
 }
 
 /// The demo job's spec text.
