@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use helios_repl::control::job_runner::{self, JobStats, RunOptions};
+use helios_repl::control::job_runner::{self, Desired, JobStats};
 use helios_repl::control::job_spec::JobSpec;
+use helios_repl::dataflow::host::DataflowHost;
 use helios_repl::embedded::demo::{self, DemoOptions, DemoOutcome};
 use tokio::sync::watch;
 
@@ -79,17 +80,16 @@ fn main() -> anyhow::Result<()> {
             let spec = JobSpec::from_toml_str(&text)
                 .with_context(|| format!("job file {}", job.display()))?;
             runtime.block_on(async move {
-                let (stop_tx, stop_rx) = watch::channel(false);
-                tokio::spawn(stop_on_signal(stop_tx));
-                let stats = Arc::new(JobStats {
-                    reader: Default::default(),
-                    sinks: spec.sinks.iter().map(|_| Default::default()).collect(),
-                });
-                let options = RunOptions {
-                    workers,
-                    progress_every: (progress_secs > 0).then(|| Duration::from_secs(progress_secs)),
-                };
-                job_runner::run_job(spec, options, stats, stop_rx).await
+                let (stop_tx, stop_rx) = watch::channel(Desired::Run);
+                tokio::spawn(stop_on_signal(move || {
+                    let _ = stop_tx.send(Desired::Stop);
+                }));
+                let host = DataflowHost::start(workers, tokio::runtime::Handle::current())
+                    .map_err(anyhow::Error::msg)?;
+                let stats = Arc::new(JobStats::new(spec.sinks.len()));
+                let every = (progress_secs > 0).then(|| Duration::from_secs(progress_secs));
+                job_runner::run_job(spec, &host, stats, stop_rx, every).await?;
+                host.shutdown().map_err(anyhow::Error::msg)
             })?;
             Ok(())
         }
@@ -107,7 +107,9 @@ fn main() -> anyhow::Result<()> {
             };
             let outcome = runtime.block_on(async move {
                 let (stop_tx, stop_rx) = watch::channel(false);
-                tokio::spawn(stop_on_signal(stop_tx));
+                tokio::spawn(stop_on_signal(move || {
+                    let _ = stop_tx.send(true);
+                }));
                 demo::run_demo(options, stop_rx).await
             })?;
             match outcome {
@@ -119,8 +121,8 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Turns Ctrl-C / SIGTERM into a shutdown signal; a second one exits at once.
-async fn stop_on_signal(stop: watch::Sender<bool>) {
+/// Turns Ctrl-C / SIGTERM into a call of `stop`; a second one exits at once.
+async fn stop_on_signal(stop: impl FnOnce()) {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(t) => t,
         Err(_) => return,
@@ -130,7 +132,7 @@ async fn stop_on_signal(stop: watch::Sender<bool>) {
         _ = term.recv() => {}
     }
     eprintln!("stopping (press Ctrl-C again to exit at once)");
-    let _ = stop.send(true);
+    stop();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

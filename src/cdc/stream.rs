@@ -136,7 +136,7 @@ impl ReaderState {
 }
 
 /// Everything [`read_stream`] talks to.
-pub struct ReaderIo<'a, S: ConfirmedStore> {
+pub struct ReaderIo<'a, S: ConfirmedStore, C> {
     /// The started replication session.
     pub client: &'a mut ReplicationClient,
     /// A catalog connection to the source (type names, primary keys).
@@ -151,13 +151,13 @@ pub struct ReaderIo<'a, S: ConfirmedStore> {
     pub store: &'a mut S,
     /// Counters for progress and metrics.
     pub stats: &'a ReaderStats,
-    /// Resolves when the job should stop.
-    pub shutdown: &'a mut watch::Receiver<bool>,
+    /// The reader returns as soon as this changes (stop, pause).
+    pub control: &'a mut watch::Receiver<C>,
 }
 
 /// Reads the stream until shutdown (`Ok`) or an error.
-pub async fn read_stream<S: ConfirmedStore>(
-    io: ReaderIo<'_, S>,
+pub async fn read_stream<S: ConfirmedStore, C>(
+    io: ReaderIo<'_, S, C>,
     state: &mut ReaderState,
 ) -> Result<(), CdcError> {
     use std::sync::atomic::Ordering::Relaxed;
@@ -168,7 +168,7 @@ pub async fn read_stream<S: ConfirmedStore>(
     loop {
         let event = tokio::select! {
             biased;
-            _ = io.shutdown.changed() => return Ok(()),
+            _ = io.control.changed() => return Ok(()),
             _ = ack_tick.tick() => {
                 confirm(&mut *io.store, io.client, state, io.durable, io.stats).await?;
                 continue;
@@ -255,7 +255,10 @@ pub async fn read_stream<S: ConfirmedStore>(
     }
 }
 
-async fn send<S: ConfirmedStore>(io: &ReaderIo<'_, S>, event: SourceEvent) -> Result<(), CdcError> {
+async fn send<S: ConfirmedStore, C>(
+    io: &ReaderIo<'_, S, C>,
+    event: SourceEvent,
+) -> Result<(), CdcError> {
     io.out
         .send(event)
         .await

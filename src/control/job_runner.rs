@@ -16,8 +16,8 @@
 //! exponential back-off and logged; definite ones end the job with a message naming what
 //! to fix.
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pgwire_replication::ReplicationClient;
@@ -28,8 +28,10 @@ use crate::cdc::error::CdcError;
 use crate::cdc::snapshot;
 use crate::cdc::stream::{self, ConfirmedStore, ReaderIo, ReaderState, ReaderStats, SourceEvent};
 use crate::change::{format_lsn, Lsn};
+use crate::control::job_control::JobState;
 use crate::control::job_spec::{JobSpec, SinkSpec, TenantFilter};
-use crate::dataflow::worker::{run_dataflow, DataflowConfig, FeederThread, SinkTarget};
+use crate::dataflow::host::DataflowHost;
+use crate::dataflow::worker::{JobDataflow, SinkTarget};
 use crate::operators::partition::TenantPlan;
 use crate::sinks::pg_apply::{self, store};
 use crate::sinks::worker::{SinkStats, RETRY_INITIAL, RETRY_MAX};
@@ -56,25 +58,45 @@ pub enum JobError {
     Dataflow(String),
 }
 
-/// How to run a job.
-#[derive(Debug, Clone)]
-pub struct RunOptions {
-    /// Number of timely workers.
-    pub workers: usize,
-    /// Interval between progress lines (`None`: no progress lines).
-    pub progress_every: Option<Duration>,
-}
-
 /// Live figures of a running job.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct JobStats {
     /// The reader's counters.
     pub reader: Arc<ReaderStats>,
     /// Per sink counters (summed over workers).
     pub sinks: Vec<Arc<SinkStats>>,
+    /// Stream interruptions and failed start attempts.
+    pub errors: AtomicU64,
+    /// State and the reason for it (failure, or the last transient error).
+    state: Mutex<(JobState, Option<String>)>,
 }
 
 impl JobStats {
+    /// Figures for a job with `sinks` sinks.
+    pub fn new(sinks: usize) -> JobStats {
+        JobStats {
+            reader: Default::default(),
+            sinks: (0..sinks).map(|_| Default::default()).collect(),
+            errors: AtomicU64::new(0),
+            state: Mutex::new((JobState::Snapshotting, None)),
+        }
+    }
+
+    /// Records the job's state.
+    pub fn set_state(&self, state: JobState, reason: Option<String>) {
+        if let Ok(mut s) = self.state.lock() {
+            *s = (state, reason);
+        }
+    }
+
+    /// The job's state and its reason.
+    pub fn state(&self) -> (JobState, Option<String>) {
+        self.state
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or((JobState::Failed, None))
+    }
+
     /// Rows applied (upserted + deleted) over all sinks.
     pub fn rows_applied(&self) -> u64 {
         self.sinks
@@ -154,45 +176,81 @@ impl ConfirmedStore for ProgressStore {
     }
 }
 
-/// Runs `spec` until `shutdown` turns true or a definite error.
+/// What the job's owner wants it to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Desired {
+    /// Replicate.
+    Run,
+    /// Stop reading the source, keep the position and the dataflow.
+    Pause,
+    /// Finish what is in flight and stop.
+    Stop,
+}
+
+/// How long a stopping job waits for in-flight changes to become durable.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// Runs `spec` on `host` until `control` says stop, or a definite error.
 pub async fn run_job(
     spec: JobSpec,
-    options: RunOptions,
+    host: &DataflowHost,
     stats: Arc<JobStats>,
-    mut shutdown: watch::Receiver<bool>,
+    mut control: watch::Receiver<Desired>,
+    progress_every: Option<Duration>,
 ) -> Result<(), JobError> {
-    let workers = options.workers.max(1);
-    let plan = Arc::new(tenant_plan(&spec, workers));
-    let sinks = sink_dsns(&spec);
+    let result = run_job_inner(&spec, host, &stats, &mut control, progress_every).await;
+    match &result {
+        Ok(()) => stats.set_state(JobState::Stopping, None),
+        Err(e) => {
+            tracing::error!(job = %spec.name, error = %e, "job failed");
+            stats.set_state(JobState::Failed, Some(e.to_string()));
+        }
+    }
+    result
+}
+
+async fn run_job_inner(
+    spec: &JobSpec,
+    host: &DataflowHost,
+    stats: &Arc<JobStats>,
+    control: &mut watch::Receiver<Desired>,
+    progress_every: Option<Duration>,
+) -> Result<(), JobError> {
+    let plan = Arc::new(tenant_plan(spec, host.workers()));
+    let sinks = sink_dsns(spec);
     let Some((progress_dsn, _)) = sinks.first().cloned() else {
         return Err(JobError::Dataflow("the job has no sink".into()));
     };
 
-    // Start-up: retried while transient, until shutdown.
+    // Start-up: retried while transient, until stopped.
+    stats.set_state(JobState::Snapshotting, None);
     let mut wait = RETRY_INITIAL;
     let (client, confirmed) = loop {
-        match prepare(&spec, &plan).await {
+        if *control.borrow() == Desired::Stop {
+            return Ok(());
+        }
+        match prepare(spec, &plan).await {
             Ok(ready) => break ready,
             Err(e) if is_transient(&e) => {
+                stats.errors.fetch_add(1, Relaxed);
+                stats.set_state(JobState::Snapshotting, Some(e.to_string()));
                 tracing::warn!(job = %spec.name, error = %e, retry_in_s = wait.as_secs_f32(), "cannot start the job yet; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.changed() => return Ok(()),
+                    _ = control.changed() => {}
                 }
                 wait = (wait * 2).min(RETRY_MAX);
             }
             Err(e) => return Err(e),
         }
     };
+    stats.set_state(JobState::Streaming, None);
     tracing::info!(job = %spec.name, position = %format_lsn(confirmed), "streaming");
 
     let (events_tx, events_rx) = mpsc::channel::<SourceEvent>(8192);
     let (durable_tx, mut durable_rx) = watch::channel::<Lsn>(0);
-    let feeder: FeederThread = Default::default();
-    let abort = Arc::new(AtomicBool::new(false));
-    let config = DataflowConfig {
+    host.install(JobDataflow {
         job: spec.name.clone(),
-        workers,
         plan: plan.clone(),
         sinks: sinks
             .iter()
@@ -203,62 +261,44 @@ pub async fn run_job(
                 stats: stats.clone(),
             })
             .collect(),
-        runtime: tokio::runtime::Handle::current(),
-        abort: abort.clone(),
-    };
-    let feeder_for_thread = feeder.clone();
-    let dataflow = std::thread::Builder::new()
-        .name("helios-dataflow".into())
-        .spawn(move || run_dataflow(config, events_rx, durable_tx, feeder_for_thread))
-        .map_err(|e| JobError::Dataflow(e.to_string()))?;
-
-    let progress = options.progress_every.map(|every| {
-        let stats = stats.clone();
-        let name = spec.name.clone();
-        tokio::spawn(print_progress(name, stats, every))
+        events: Arc::new(std::sync::Mutex::new(Some(events_rx))),
+        durable: Arc::new(durable_tx),
     });
-
-    let wake = move || {
-        if let Ok(slot) = feeder.lock() {
-            if let Some(t) = slot.as_ref() {
-                t.unpark();
-            }
-        }
-    };
+    let progress = progress_every
+        .map(|every| tokio::spawn(print_progress(spec.name.clone(), stats.clone(), every)));
+    let wake = host.waker();
     let mut store = ProgressStore {
         job: spec.name.clone(),
         dsn: progress_dsn,
         client: None,
     };
     let mut state = ReaderState::new(confirmed);
-    let result = read_with_reconnect(
-        &spec,
+    let result = read_until_stopped(
+        spec,
         client,
         &mut state,
         &events_tx,
         &wake,
         &mut durable_rx,
         &mut store,
-        &stats.reader,
-        &mut shutdown,
+        stats,
+        control,
     )
     .await;
 
-    // Stop feeding; let what is in flight become durable, then confirm it.
+    // Stop feeding; let what is in flight become durable before the dataflow goes.
     drop(events_tx);
-    if result.is_err() {
-        abort.store(true, Relaxed);
+    wake();
+    if result.is_ok() {
+        let drained =
+            tokio::time::timeout(DRAIN_LIMIT, durable_rx.wait_for(|&f| f == Lsn::MAX)).await;
+        if drained.is_err() {
+            tracing::warn!(job = %spec.name, "in-flight changes not durable after {DRAIN_LIMIT:?}; they are replayed on the next start");
+        }
     }
-    let joined = tokio::task::spawn_blocking(move || dataflow.join())
-        .await
-        .map_err(|e| JobError::Dataflow(e.to_string()))?;
+    host.remove(&spec.name);
     if let Some(p) = progress {
         p.abort();
-    }
-    match joined {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(JobError::Dataflow(e)),
-        Err(_) => return Err(JobError::Dataflow("a dataflow worker panicked".into())),
     }
     result
 }
@@ -271,51 +311,46 @@ fn is_transient(e: &JobError) -> bool {
     }
 }
 
+/// Reads the stream, reconnecting after transient errors and pausing on request, until
+/// `control` says stop (`Ok`) or a definite error.
 #[allow(clippy::too_many_arguments)]
-async fn read_with_reconnect(
+async fn read_until_stopped(
     spec: &JobSpec,
-    mut client: ReplicationClient,
+    client: ReplicationClient,
     state: &mut ReaderState,
     events: &mpsc::Sender<SourceEvent>,
     wake: &(dyn Fn() + Send + Sync),
     durable: &mut watch::Receiver<Lsn>,
     store: &mut ProgressStore,
-    stats: &ReaderStats,
-    shutdown: &mut watch::Receiver<bool>,
+    stats: &JobStats,
+    control: &mut watch::Receiver<Desired>,
 ) -> Result<(), JobError> {
     let dsn = spec.source.dsn.expose();
+    let mut client = Some(client);
     let mut wait = RETRY_INITIAL;
     loop {
-        let outcome = match catalog::connect(dsn).await {
-            Ok(catalog) => {
-                let io = ReaderIo {
-                    client: &mut client,
-                    catalog: &catalog,
-                    out: events,
-                    wake,
-                    durable,
-                    store,
-                    stats,
-                    shutdown,
-                };
-                stream::read_stream(io, state).await
-            }
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok(()) => {
-                // Shutdown: give the sinks a moment to finish what is in flight and confirm it.
-                let _ = client.shutdown().await;
+        let desired = *control.borrow_and_update();
+        match desired {
+            Desired::Stop => {
+                if let Some(mut c) = client.take() {
+                    let _ = c.shutdown().await;
+                }
                 return Ok(());
             }
-            Err(e) if e.is_transient() => {
-                tracing::warn!(job = %spec.name, error = %e, retry_in_s = wait.as_secs_f32(), "replication stream interrupted; reconnecting");
-                client.abort();
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.changed() => return Ok(()),
+            Desired::Pause => {
+                if let Some(mut c) = client.take() {
+                    let _ = c.shutdown().await;
+                    tracing::info!(job = %spec.name, position = %format_lsn(state.tracker.confirmed()), "paused");
                 }
-                wait = (wait * 2).min(RETRY_MAX);
+                stats.set_state(JobState::Paused, None);
+                let _ = control.changed().await;
+                continue;
+            }
+            Desired::Run => {}
+        }
+        let mut active = match client.take() {
+            Some(c) => c,
+            None => {
                 let cfg = stream::replication_config(
                     dsn,
                     &spec.source.slot,
@@ -324,15 +359,56 @@ async fn read_with_reconnect(
                 )?;
                 match connect_started(cfg).await {
                     Ok(c) => {
-                        client = c;
-                        wait = RETRY_INITIAL;
+                        stats.set_state(JobState::Streaming, None);
+                        c
                     }
-                    Err(e) => tracing::warn!(job = %spec.name, error = %e, "reconnect failed"),
+                    Err(e) if e.is_transient() => {
+                        stats.errors.fetch_add(1, Relaxed);
+                        stats.set_state(JobState::Streaming, Some(e.to_string()));
+                        tracing::warn!(job = %spec.name, error = %e, retry_in_s = wait.as_secs_f32(), "cannot reconnect to the source; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = control.changed() => {}
+                        }
+                        wait = (wait * 2).min(RETRY_MAX);
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
+        };
+        let outcome = match catalog::connect(dsn).await {
+            Ok(catalog) => {
+                let io = ReaderIo {
+                    client: &mut active,
+                    catalog: &catalog,
+                    out: events,
+                    wake,
+                    durable,
+                    store,
+                    stats: &stats.reader,
+                    control,
+                };
+                stream::read_stream(io, state).await
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            // `control` changed: handled at the top of the loop.
+            Ok(()) => client = Some(active),
+            Err(e) if e.is_transient() => {
+                stats.errors.fetch_add(1, Relaxed);
+                stats.set_state(JobState::Streaming, Some(e.to_string()));
+                tracing::warn!(job = %spec.name, error = %e, retry_in_s = wait.as_secs_f32(), "replication stream interrupted; reconnecting");
+                active.abort();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = control.changed() => {}
+                }
+                wait = (wait * 2).min(RETRY_MAX);
+            }
             Err(e) => {
-                tracing::error!(job = %spec.name, error = %e, "job stopped");
-                client.abort();
+                active.abort();
                 return Err(e.into());
             }
         }

@@ -11,5 +11,6 @@
 //! ```
 
 pub mod deliver;
+pub mod host;
 pub mod render;
 pub mod worker;

@@ -1,11 +1,8 @@
-//! Runs a job's Timely workers: builds the same dataflow on every worker, feeds the
-//! reader's events into worker 0's input, starts each worker's sink tasks on the tokio
-//! runtime, and publishes the durable frontier for the reader to confirm.
+//! What one timely worker does for one job: build the job's dataflow, start the worker's
+//! sink tasks on the tokio runtime, and (worker 0 only) move the reader's events into the
+//! job's input.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::Thread;
-use std::time::Duration;
 
 use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle};
@@ -21,12 +18,10 @@ use crate::sinks::ApplyBatch;
 
 /// Batches queued per sink task before the worker blocks (back-pressure).
 pub const SINK_QUEUE_BATCHES: usize = 64;
-/// Events taken from the reader per worker step.
-const EVENTS_PER_STEP: usize = 4096;
-/// Longest a worker parks without being woken.
-const PARK: Duration = Duration::from_millis(10);
+/// Events taken from a job's reader per worker step.
+pub const EVENTS_PER_STEP: usize = 4096;
 
-/// One sink of the job, as every worker instantiates it.
+/// One sink of a job, as every worker instantiates it.
 #[derive(Debug, Clone)]
 pub struct SinkTarget {
     /// Target connection string.
@@ -37,167 +32,150 @@ pub struct SinkTarget {
     pub stats: Arc<SinkStats>,
 }
 
-/// What the workers need.
-pub struct DataflowConfig {
+/// Everything the workers need to run one job's dataflow.
+#[derive(Clone)]
+pub struct JobDataflow {
     /// The job's name (checkpoint key).
     pub job: String,
-    /// Number of timely workers (threads).
-    pub workers: usize,
     /// Tenant routing.
     pub plan: Arc<TenantPlan>,
     /// The job's sinks.
     pub sinks: Vec<SinkTarget>,
-    /// Where sink tasks run.
-    pub runtime: tokio::runtime::Handle,
-    /// Set to stop at once, without waiting for in-flight changes to become durable.
-    pub abort: Arc<AtomicBool>,
+    /// The reader's events; worker 0 takes the receiver.
+    pub events: Arc<Mutex<Option<mpsc::Receiver<SourceEvent>>>>,
+    /// Where worker 0 publishes the durable frontier.
+    pub durable: Arc<watch::Sender<Lsn>>,
 }
 
-/// The wake-up handle of the worker that reads events (set once it runs).
-pub type FeederThread = Arc<Mutex<Option<Thread>>>;
-
-/// Runs the workers until the event channel closes and everything is durable (or abort).
-pub fn run_dataflow(
-    config: DataflowConfig,
-    events: mpsc::Receiver<SourceEvent>,
-    durable: watch::Sender<Lsn>,
-    feeder: FeederThread,
-) -> Result<(), String> {
-    let config = Arc::new(config);
-    let events = Arc::new(Mutex::new(Some(events)));
-    let durable = Arc::new(durable);
-    let guards = timely::execute(
-        timely::Config::process(config.workers.max(1)),
-        move |worker| {
-            let index = worker.index();
-            let peers = worker.peers();
-            let mut input: InputHandleVec<Lsn, SourceRecord> = InputHandleVec::new();
-            let probe: ProbeHandle<Lsn> = ProbeHandle::new();
-            let (report_tx, report_rx) = crossbeam_channel::unbounded::<(usize, Lsn)>();
-            let mut senders = Vec::new();
-            let mut receivers = Vec::new();
-            for _ in &config.sinks {
-                let (tx, rx) = mpsc::channel::<ApplyBatch>(SINK_QUEUE_BATCHES);
-                senders.push(tx);
-                receivers.push(rx);
-            }
-            let mut activator = None;
-            worker.dataflow::<Lsn, _, _>(|scope| {
-                let source = scope.input_from(&mut input);
-                render_job(source, config.plan.clone(), senders, report_rx, |a| {
-                    activator = Some(a)
-                })
-                .probe_with(&probe);
-            });
-            let activator = Arc::new(activator.expect("render_job hands over an activator"));
-            for (i, (rx, target)) in receivers.into_iter().zip(&config.sinks).enumerate() {
-                let sink =
-                    PgApplySink::new(&config.job, &target.dsn, config.plan.clone(), index as u32);
-                let report_tx = report_tx.clone();
-                let activator = activator.clone();
-                config.runtime.spawn(run_sink(
-                    sink,
-                    rx,
-                    target.batch_max_rows,
-                    target.stats.clone(),
-                    move |lsn| {
-                        let _ = report_tx.send((i, lsn));
-                        let _ = activator.activate();
-                    },
-                ));
-            }
-            drop(report_tx);
-            let report = |probe: &ProbeHandle<Lsn>| {
-                if index != 0 {
-                    return;
-                }
-                let frontier = probe.with_frontier(|f| f.first().copied().unwrap_or(Lsn::MAX));
-                durable.send_if_modified(|v| {
-                    if frontier > *v {
-                        *v = frontier;
-                        true
-                    } else {
-                        false
-                    }
-                });
-            };
-            if index == 0 {
-                if let Ok(mut slot) = feeder.lock() {
-                    *slot = Some(std::thread::current());
-                }
-                let rx = events.lock().ok().and_then(|mut e| e.take());
-                if let Some(mut rx) = rx {
-                    feed(worker, &mut input, &mut rx, &probe, &config.abort, &report);
-                }
-            }
-            drop(input);
-            let _ = peers;
-            while !probe.done() && !config.abort.load(Ordering::Relaxed) {
-                worker.step_or_park(Some(PARK));
-                report(&probe);
-            }
-        },
-    )?;
-    for result in guards.join() {
-        result?;
-    }
-    Ok(())
+/// A job's dataflow as one worker holds it.
+pub struct WorkerJob {
+    /// The dataflow's index (for `drop_dataflow`).
+    pub dataflow: usize,
+    /// The input (only worker 0 keeps it open).
+    input: Option<InputHandleVec<Lsn, SourceRecord>>,
+    /// The reader's events (worker 0).
+    events: Option<mpsc::Receiver<SourceEvent>>,
+    /// The durable frontier probe.
+    probe: ProbeHandle<Lsn>,
+    durable: Arc<watch::Sender<Lsn>>,
+    /// Skipping a transaction older than the input's time.
+    discarding: bool,
 }
 
-/// Worker 0's loop: moves reader events into the input until the channel closes.
-fn feed(
-    worker: &mut timely::worker::Worker,
-    input: &mut InputHandleVec<Lsn, SourceRecord>,
-    rx: &mut mpsc::Receiver<SourceEvent>,
-    probe: &ProbeHandle<Lsn>,
-    abort: &AtomicBool,
-    report: &impl Fn(&ProbeHandle<Lsn>),
-) {
-    let mut discarding = false;
-    loop {
-        let mut taken = 0;
-        let mut closed = false;
-        while taken < EVENTS_PER_STEP {
-            match rx.try_recv() {
-                Ok(event) => {
-                    taken += 1;
-                    match event {
-                        SourceEvent::Begin { commit_lsn, .. } => {
-                            discarding = commit_lsn < *input.time();
-                            if discarding {
-                                tracing::error!(commit_lsn, "transaction older than the dataflow's input time; not fed again");
-                            } else {
-                                input.advance_to(commit_lsn);
-                            }
-                        }
-                        SourceEvent::Record(record) => {
-                            if !discarding {
-                                input.send(record);
-                            }
-                        }
-                        SourceEvent::Commit { commit_lsn, .. } => {
-                            if !discarding {
-                                input.advance_to(commit_lsn + 1);
-                            }
-                            discarding = false;
-                        }
-                    }
-                }
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    closed = true;
-                    break;
-                }
-            }
+impl WorkerJob {
+    /// Builds the job's dataflow on this worker and starts its sink tasks.
+    pub fn build(
+        worker: &mut timely::worker::Worker,
+        job: &JobDataflow,
+        runtime: &tokio::runtime::Handle,
+    ) -> WorkerJob {
+        let index = worker.index();
+        let mut input: InputHandleVec<Lsn, SourceRecord> = InputHandleVec::new();
+        let probe: ProbeHandle<Lsn> = ProbeHandle::new();
+        let (report_tx, report_rx) = crossbeam_channel::unbounded::<(usize, Lsn)>();
+        let (senders, receivers): (Vec<_>, Vec<_>) = job
+            .sinks
+            .iter()
+            .map(|_| mpsc::channel::<ApplyBatch>(SINK_QUEUE_BATCHES))
+            .unzip();
+        let mut activator = None;
+        let dataflow = worker.next_dataflow_index();
+        worker.dataflow_named::<Lsn, _, _>(&format!("job {}", job.job), |scope| {
+            let source = scope.input_from(&mut input);
+            render_job(source, job.plan.clone(), senders, report_rx, |a| {
+                activator = Some(a)
+            })
+            .probe_with(&probe);
+        });
+        let activator = Arc::new(activator.expect("render_job hands over an activator"));
+        for (i, (rx, target)) in receivers.into_iter().zip(&job.sinks).enumerate() {
+            let sink = PgApplySink::new(&job.job, &target.dsn, job.plan.clone(), index as u32);
+            let report_tx = report_tx.clone();
+            let activator = activator.clone();
+            runtime.spawn(run_sink(
+                sink,
+                rx,
+                target.batch_max_rows,
+                target.stats.clone(),
+                move |lsn| {
+                    let _ = report_tx.send((i, lsn));
+                    let _ = activator.activate();
+                },
+            ));
         }
-        if taken == EVENTS_PER_STEP {
-            worker.step();
+        let (input, events) = if index == 0 {
+            (
+                Some(input),
+                job.events.lock().ok().and_then(|mut e| e.take()),
+            )
         } else {
-            worker.step_or_park(Some(PARK));
+            drop(input);
+            (None, None)
+        };
+        WorkerJob {
+            dataflow,
+            input,
+            events,
+            probe,
+            durable: job.durable.clone(),
+            discarding: false,
         }
-        report(probe);
-        if closed || abort.load(Ordering::Relaxed) {
-            return;
+    }
+
+    /// Worker 0: moves up to [`EVENTS_PER_STEP`] events into the input. Returns whether
+    /// more may be waiting. Closes the input when the reader's channel closes.
+    pub fn feed(&mut self) -> bool {
+        let (Some(input), Some(rx)) = (self.input.as_mut(), self.events.as_mut()) else {
+            return false;
+        };
+        for _ in 0..EVENTS_PER_STEP {
+            match rx.try_recv() {
+                Ok(SourceEvent::Begin { commit_lsn, .. }) => {
+                    self.discarding = commit_lsn < *input.time();
+                    if self.discarding {
+                        tracing::error!(
+                            commit_lsn,
+                            "transaction older than the dataflow's input time; not fed again"
+                        );
+                    } else {
+                        input.advance_to(commit_lsn);
+                    }
+                }
+                Ok(SourceEvent::Record(record)) => {
+                    if !self.discarding {
+                        input.send(record);
+                    }
+                }
+                Ok(SourceEvent::Commit { commit_lsn, .. }) => {
+                    if !self.discarding {
+                        input.advance_to(commit_lsn + 1);
+                    }
+                    self.discarding = false;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => return false,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.input = None;
+                    self.events = None;
+                    return false;
+                }
+            }
         }
+        true
+    }
+
+    /// Worker 0: publishes the durable frontier (every commit LSN below it is durable at
+    /// every sink on every worker).
+    pub fn report(&self) {
+        let frontier = self
+            .probe
+            .with_frontier(|f| f.first().copied().unwrap_or(Lsn::MAX));
+        self.durable.send_if_modified(|v| {
+            if frontier > *v {
+                *v = frontier;
+                true
+            } else {
+                false
+            }
+        });
     }
 }

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 
-use crate::control::job_runner::{self, JobStats, RunOptions};
+use crate::control::job_runner::{self, Desired, JobStats};
 use crate::control::job_spec::JobSpec;
+use crate::dataflow::host::DataflowHost;
 use crate::embedded::pg_cluster::PgCluster;
 
 /// Tenants the demo database holds.
@@ -92,27 +93,32 @@ pub async fn run_demo(
     );
 
     let spec = JobSpec::from_toml_str(&demo_job(&source.dsn("app"), &target.dsn("replica")))?;
-    let stats = Arc::new(JobStats {
-        reader: Default::default(),
-        sinks: vec![Default::default()],
-    });
-    let (job_stop_tx, job_stop_rx) = watch::channel(false);
-    let job = tokio::spawn(job_runner::run_job(
-        spec,
-        RunOptions {
-            workers: options.workers,
-            progress_every: Some(Duration::from_secs(2)),
-        },
-        stats.clone(),
-        job_stop_rx,
-    ));
+    let stats = Arc::new(JobStats::new(1));
+    let host = Arc::new(
+        DataflowHost::start(options.workers, tokio::runtime::Handle::current())
+            .map_err(anyhow::Error::msg)?,
+    );
+    let (job_stop_tx, job_stop_rx) = watch::channel(Desired::Run);
+    let job = {
+        let (host, stats) = (host.clone(), stats.clone());
+        tokio::spawn(async move {
+            job_runner::run_job(
+                spec,
+                &host,
+                stats,
+                job_stop_rx,
+                Some(Duration::from_secs(2)),
+            )
+            .await
+        })
+    };
 
     let started = Instant::now();
     let source_dsn = source.dsn("app");
     let load = tokio::select! {
         r = run_load(&source_dsn, options.writers, options.load) => r?,
         _ = stop.changed() => {
-            let _ = job_stop_tx.send(true);
+            let _ = job_stop_tx.send(Desired::Stop);
             let _ = job.await;
             println!("interrupted; stopping the clusters");
             return Ok(DemoOutcome::Interrupted);
@@ -137,7 +143,7 @@ pub async fn run_demo(
         report = compare(&source_client, &target_client).await?;
     }
     let caught_up_secs = started.elapsed().as_secs_f64();
-    let _ = job_stop_tx.send(true);
+    let _ = job_stop_tx.send(Desired::Stop);
     match job.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => println!("job ended with an error: {e}"),
