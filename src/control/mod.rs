@@ -3,4 +3,5 @@
 pub mod job_control;
 pub mod job_runner;
 pub mod job_spec;
+pub mod metadata;
 pub mod secret;

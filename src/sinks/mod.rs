@@ -40,6 +40,21 @@ pub struct ApplyReport {
     pub skipped: u64,
     /// Changes kept in the dead-letter table because their table is in error.
     pub dead_lettered: u64,
+    /// What was applied per tenant (tenant-scoped changes only).
+    pub tenants: Vec<TenantApplied>,
+}
+
+/// One tenant's share of an apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantApplied {
+    /// The tenant id.
+    pub tenant: String,
+    /// The highest commit LSN now durable for it.
+    pub lsn: Lsn,
+    /// Inserts and updates applied.
+    pub upserts: u64,
+    /// Deletes (and truncates) applied.
+    pub deletes: u64,
 }
 
 /// Why a sink could not apply a batch.

@@ -5,8 +5,9 @@
 //! Nothing is reported durable while a batch keeps failing, so the source never confirms
 //! past it (DESIGN.md invariant 6); every failure is counted for metrics.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -34,6 +35,25 @@ pub struct SinkStats {
     pub errors: AtomicU64,
     /// The highest commit LSN durable at this sink.
     pub durable_lsn: AtomicU64,
+    /// Per tenant: (durable LSN, upserts, deletes), summed over workers.
+    pub tenants: Mutex<HashMap<String, (Lsn, u64, u64)>>,
+    /// Durations of apply calls not yet collected by the metrics (seconds).
+    pub apply_seconds: Mutex<Vec<f64>>,
+}
+
+impl SinkStats {
+    /// Takes the apply durations recorded since the last call.
+    pub fn take_apply_seconds(&self) -> Vec<f64> {
+        self.apply_seconds
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
+
+    /// A copy of the per-tenant progress.
+    pub fn tenant_progress(&self) -> HashMap<String, (Lsn, u64, u64)> {
+        self.tenants.lock().map(|t| t.clone()).unwrap_or_default()
+    }
 }
 
 /// Runs until the dataflow closes the channel. `on_durable(lsn)` is called after every
@@ -67,8 +87,24 @@ pub async fn run_sink<S: Sink>(
         let last = group.last().map(|b| b.commit_lsn).unwrap_or(0);
         let mut wait = RETRY_INITIAL;
         loop {
+            let started = std::time::Instant::now();
             match sink.apply(&group).await {
                 Ok(report) => {
+                    if let Ok(mut v) = stats.apply_seconds.lock() {
+                        // Bounded: a scrape-less server keeps only the latest figures.
+                        if v.len() >= 4096 {
+                            v.clear();
+                        }
+                        v.push(started.elapsed().as_secs_f64());
+                    }
+                    if let Ok(mut t) = stats.tenants.lock() {
+                        for a in &report.tenants {
+                            let e = t.entry(a.tenant.clone()).or_default();
+                            e.0 = e.0.max(a.lsn);
+                            e.1 += a.upserts;
+                            e.2 += a.deletes;
+                        }
+                    }
                     stats.upserted.fetch_add(report.upserted, Relaxed);
                     stats.deleted.fetch_add(report.deleted, Relaxed);
                     stats.skipped.fetch_add(report.skipped, Relaxed);

@@ -14,13 +14,13 @@ use std::sync::Arc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Transaction};
 
-use crate::change::{Lsn, TableInfo, TenantAction, TenantChange};
+use crate::change::{Lsn, Scope, TableInfo, TenantAction, TenantChange};
 use crate::operators::partition::{owned_tenants_sql, TenantPlan};
 use crate::sinks::pg_apply::plan::{plan_table, Step};
 use crate::sinks::pg_apply::statements::{self, Param, Statement};
 use crate::sinks::pg_apply::store::{self, scope_key, sink_error, DeadLetter};
 use crate::sinks::pg_apply::target_schema::ensure_shape;
-use crate::sinks::{ApplyBatch, ApplyReport, Sink, SinkError};
+use crate::sinks::{ApplyBatch, ApplyReport, Sink, SinkError, TenantApplied};
 
 /// Connects to a target database; the connection task runs on the current runtime.
 pub async fn connect(dsn: &str) -> Result<Client, SinkError> {
@@ -79,6 +79,7 @@ impl PgApplySink {
         let mut report = ApplyReport::default();
         let mut by_table: BTreeMap<String, Vec<(Lsn, &TenantChange)>> = BTreeMap::new();
         let mut new_checkpoints: HashMap<String, Lsn> = HashMap::new();
+        let mut tenants: BTreeMap<String, TenantApplied> = BTreeMap::new();
         for batch in batches {
             for change in &batch.changes {
                 let key = scope_key(&change.scope);
@@ -92,6 +93,17 @@ impl PgApplySink {
                 }
                 let e = new_checkpoints.entry(key).or_insert(batch.commit_lsn);
                 *e = (*e).max(batch.commit_lsn);
+                if let Scope::Tenant(t) = &change.scope {
+                    let entry = tenants.entry(t.clone()).or_insert_with(|| TenantApplied {
+                        tenant: t.clone(),
+                        ..Default::default()
+                    });
+                    entry.lsn = entry.lsn.max(batch.commit_lsn);
+                    match change.action {
+                        TenantAction::Upsert { .. } => entry.upserts += 1,
+                        _ => entry.deletes += 1,
+                    }
+                }
                 by_table
                     .entry(change.table.qualified_name())
                     .or_default()
@@ -152,6 +164,7 @@ impl PgApplySink {
         for (k, v) in new_checkpoints {
             self.checkpoints.insert(k, v);
         }
+        report.tenants = tenants.into_values().collect();
         Ok(report)
     }
 }

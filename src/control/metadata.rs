@@ -1,0 +1,266 @@
+//! The metadata store: a PostgreSQL database (`--meta-dsn`) holding submitted job specs
+//! (versioned, with their desired state), per-tenant progress, job events and named
+//! connection strings. Migrations live in `schemas/migrations/` and are applied at start.
+//!
+//! Secrets: a spec is stored with every DSN replaced by a `helios_connection=<name>` reference to
+//! the `connections` table, so the spec column can be read, logged or shown without them.
+
+use tokio_postgres::types::PgLsn;
+use tokio_postgres::Client;
+
+use crate::change::Lsn;
+use crate::control::job_spec::{JobSpec, SinkSpec};
+use crate::control::secret::Dsn;
+use crate::sql_text::describe_pg_error;
+
+/// The migrations, in order (version, SQL).
+pub const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    include_str!("../../schemas/migrations/0001_metadata.sql"),
+)];
+
+/// Why the metadata store could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    /// The database could not be reached or refused the statement.
+    #[error("metadata store: {0}")]
+    Database(String),
+    /// A stored spec no longer parses (edited by hand?).
+    #[error("metadata store: stored spec of job `{job}` is invalid: {reason}")]
+    BadSpec { job: String, reason: String },
+}
+
+fn db(what: &str) -> impl Fn(tokio_postgres::Error) -> MetadataError + '_ {
+    move |e| MetadataError::Database(format!("{what}: {}", describe_pg_error(&e)))
+}
+
+/// A stored job and what its owner wants of it.
+#[derive(Debug, Clone)]
+pub struct StoredJob {
+    /// The spec with its DSNs restored.
+    pub spec: JobSpec,
+    /// Its version.
+    pub version: i32,
+    /// `running` or `paused`.
+    pub desired_state: String,
+}
+
+/// The metadata store.
+pub struct MetadataStore {
+    client: Client,
+}
+
+impl MetadataStore {
+    /// Connects and applies pending migrations (under an advisory lock).
+    pub async fn open(dsn: &str) -> Result<MetadataStore, MetadataError> {
+        let (client, connection) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+            .await
+            .map_err(db("connect"))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "metadata store connection closed");
+            }
+        });
+        let store = MetadataStore { client };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), MetadataError> {
+        self.client
+            .batch_execute(
+                "SELECT pg_advisory_lock(7300);
+                 CREATE SCHEMA IF NOT EXISTS helios_meta;
+                 CREATE TABLE IF NOT EXISTS helios_meta.schema_migrations (
+                     version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+            )
+            .await
+            .map_err(db("prepare migrations"))?;
+        let result = async {
+            for (version, sql) in MIGRATIONS {
+                let done = self
+                    .client
+                    .query_opt("SELECT 1 FROM helios_meta.schema_migrations WHERE version = $1", &[version])
+                    .await
+                    .map_err(db("read migrations"))?
+                    .is_some();
+                if !done {
+                    self.client
+                        .batch_execute(&format!("BEGIN; {sql}; INSERT INTO helios_meta.schema_migrations (version) VALUES ({version}); COMMIT;"))
+                        .await
+                        .map_err(db("apply migration"))?;
+                    tracing::info!(version, "metadata store migrated");
+                }
+            }
+            Ok(())
+        }
+        .await;
+        let _ = self
+            .client
+            .batch_execute("SELECT pg_advisory_unlock(7300)")
+            .await;
+        result
+    }
+
+    /// Whether the store answers.
+    pub async fn ping(&self) -> bool {
+        !self.client.is_closed() && self.client.simple_query("SELECT 1").await.is_ok()
+    }
+
+    /// Stores a new version of a job's spec with its desired state; returns the version.
+    pub async fn save_job(
+        &self,
+        spec: &JobSpec,
+        desired_state: &str,
+    ) -> Result<i32, MetadataError> {
+        let mut stored = spec.clone();
+        self.save_connection(&format!("{}.source", spec.name), &spec.source.dsn)
+            .await?;
+        stored.source.dsn = Dsn::new(format!("helios_connection={}.source", spec.name));
+        for (i, sink) in stored.sinks.iter_mut().enumerate() {
+            match sink {
+                SinkSpec::Postgres(p) => {
+                    let name = format!("{}.sinks.{i}", spec.name);
+                    self.save_connection(&name, &p.dsn).await?;
+                    p.dsn = Dsn::new(format!("helios_connection={name}"));
+                }
+            }
+        }
+        let json =
+            serde_json::to_value(&stored).map_err(|e| MetadataError::Database(e.to_string()))?;
+        let row = self
+            .client
+            .query_one(
+                "INSERT INTO helios_meta.replication_configs (job, version, spec, desired_state)
+                 SELECT $1, coalesce(max(version), 0) + 1, $2, $3 FROM helios_meta.replication_configs WHERE job = $1
+                 RETURNING version",
+                &[&spec.name, &tokio_postgres::types::Json(&json), &desired_state],
+            )
+            .await
+            .map_err(db("save job"))?;
+        Ok(row.get(0))
+    }
+
+    async fn save_connection(&self, name: &str, dsn: &Dsn) -> Result<(), MetadataError> {
+        self.client
+            .execute(
+                "INSERT INTO helios_meta.connections (name, dsn) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET dsn = EXCLUDED.dsn",
+                &[&name, &dsn.expose()],
+            )
+            .await
+            .map_err(db("save connection"))?;
+        Ok(())
+    }
+
+    /// Changes the desired state of a job's latest version.
+    pub async fn set_desired_state(
+        &self,
+        job: &str,
+        desired_state: &str,
+    ) -> Result<(), MetadataError> {
+        self.client
+            .execute(
+                "UPDATE helios_meta.replication_configs SET desired_state = $2, updated_at = now()
+                 WHERE job = $1 AND version = (SELECT max(version) FROM helios_meta.replication_configs WHERE job = $1)",
+                &[&job, &desired_state],
+            )
+            .await
+            .map_err(db("update job state"))?;
+        Ok(())
+    }
+
+    /// Jobs whose latest version is running or paused, with DSNs restored.
+    pub async fn live_jobs(&self) -> Result<Vec<StoredJob>, MetadataError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT DISTINCT ON (job) job, version, spec, desired_state FROM helios_meta.replication_configs
+                 ORDER BY job, version DESC",
+                &[],
+            )
+            .await
+            .map_err(db("read jobs"))?;
+        let mut jobs = Vec::new();
+        for row in rows {
+            let desired: String = row.get(3);
+            if desired == "deleted" {
+                continue;
+            }
+            let job: String = row.get(0);
+            let tokio_postgres::types::Json(value): tokio_postgres::types::Json<serde_json::Value> =
+                row.get(2);
+            let bad = |reason: String| MetadataError::BadSpec {
+                job: job.clone(),
+                reason,
+            };
+            let mut spec =
+                JobSpec::from_json_str(&value.to_string()).map_err(|e| bad(e.to_string()))?;
+            spec.source.dsn = self.connection(&spec.source.dsn).await?;
+            for sink in spec.sinks.iter_mut() {
+                match sink {
+                    SinkSpec::Postgres(p) => p.dsn = self.connection(&p.dsn).await?,
+                }
+            }
+            jobs.push(StoredJob {
+                spec,
+                version: row.get(1),
+                desired_state: desired,
+            });
+        }
+        Ok(jobs)
+    }
+
+    async fn connection(&self, reference: &Dsn) -> Result<Dsn, MetadataError> {
+        let Some(name) = reference.expose().strip_prefix("helios_connection=") else {
+            return Ok(reference.clone());
+        };
+        let row = self
+            .client
+            .query_opt(
+                "SELECT dsn FROM helios_meta.connections WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(db("read connection"))?
+            .ok_or_else(|| MetadataError::Database(format!("connection `{name}` is missing")))?;
+        Ok(Dsn::new(row.get(0)))
+    }
+
+    /// Records a state change or error of a job.
+    pub async fn record_event(&self, job: &str, kind: &str, detail: Option<&str>) {
+        let result = self
+            .client
+            .execute(
+                "INSERT INTO helios_meta.replication_events (job, kind, detail) VALUES ($1, $2, $3)",
+                &[&job, &kind, &detail],
+            )
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(job, error = %describe_pg_error(&e), "cannot record job event");
+        }
+    }
+
+    /// Mirrors per-tenant durable positions.
+    pub async fn record_checkpoints(
+        &self,
+        job: &str,
+        tenants: &[(String, Lsn)],
+    ) -> Result<(), MetadataError> {
+        if tenants.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = tenants.iter().map(|(t, _)| t.as_str()).collect();
+        let lsns: Vec<PgLsn> = tenants.iter().map(|(_, l)| PgLsn::from(*l)).collect();
+        self.client
+            .execute(
+                "INSERT INTO helios_meta.replication_checkpoints (job, tenant, lsn, updated_at)
+                 SELECT $1, t, l, now() FROM unnest($2::text[], $3::pg_lsn[]) AS u(t, l)
+                 ON CONFLICT (job, tenant) DO UPDATE SET lsn = EXCLUDED.lsn, updated_at = now()",
+                &[&job, &names, &lsns],
+            )
+            .await
+            .map_err(db("record checkpoints"))?;
+        Ok(())
+    }
+}
