@@ -11,6 +11,7 @@ pub mod change;
 pub mod control;
 pub mod dataflow;
 pub mod embedded;
+pub mod metrics;
 pub mod operators;
 pub mod sinks;
 pub mod sql_text;

@@ -1,6 +1,7 @@
 //! Jobs: their specs and their lifecycle (start, snapshot or resume, run, stop).
 
 pub mod job_control;
+pub mod job_manager;
 pub mod job_runner;
 pub mod job_spec;
 pub mod metadata;

@@ -42,6 +42,8 @@ pub struct ApplyReport {
     pub dead_lettered: u64,
     /// What was applied per tenant (tenant-scoped changes only).
     pub tenants: Vec<TenantApplied>,
+    /// Bytes of values sent to the target.
+    pub bytes: u64,
 }
 
 /// One tenant's share of an apply.

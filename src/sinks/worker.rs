@@ -35,6 +35,8 @@ pub struct SinkStats {
     pub errors: AtomicU64,
     /// The highest commit LSN durable at this sink.
     pub durable_lsn: AtomicU64,
+    /// Bytes of values sent to the target.
+    pub bytes_sent: AtomicU64,
     /// Per tenant: (durable LSN, upserts, deletes), summed over workers.
     pub tenants: Mutex<HashMap<String, (Lsn, u64, u64)>>,
     /// Durations of apply calls not yet collected by the metrics (seconds).
@@ -109,6 +111,7 @@ pub async fn run_sink<S: Sink>(
                     stats.deleted.fetch_add(report.deleted, Relaxed);
                     stats.skipped.fetch_add(report.skipped, Relaxed);
                     stats.dead_lettered.fetch_add(report.dead_lettered, Relaxed);
+                    stats.bytes_sent.fetch_add(report.bytes, Relaxed);
                     stats.durable_lsn.fetch_max(last, Relaxed);
                     on_durable(last);
                     break;

@@ -271,43 +271,93 @@ async fn apply_steps(
                 cache.shapes.insert(table_name.to_string(), table);
             }
             Step::Upsert { table, rows } => {
-                report.upserted += run(tx, cache, statements::upsert(&table, &rows)).await?;
+                report.upserted += run(
+                    tx,
+                    cache,
+                    &mut report.bytes,
+                    statements::upsert(&table, &rows),
+                )
+                .await?;
             }
             Step::Append { table, rows } => {
-                report.upserted += run(tx, cache, statements::append(&table, &rows)).await?;
+                report.upserted += run(
+                    tx,
+                    cache,
+                    &mut report.bytes,
+                    statements::append(&table, &rows),
+                )
+                .await?;
             }
             Step::DeleteKeys { table, keys } => {
-                report.deleted += run(tx, cache, statements::delete_keys(&table, &keys)).await?;
+                report.deleted += run(
+                    tx,
+                    cache,
+                    &mut report.bytes,
+                    statements::delete_keys(&table, &keys),
+                )
+                .await?;
             }
             Step::UpdateRow { table, key, new } => {
-                report.upserted +=
-                    run(tx, cache, statements::update_row(&table, &key, &new)).await?;
+                report.upserted += run(
+                    tx,
+                    cache,
+                    &mut report.bytes,
+                    statements::update_row(&table, &key, &new),
+                )
+                .await?;
             }
             Step::DeleteMatching { table, old } => {
-                report.deleted +=
-                    run(tx, cache, statements::delete_matching(&table, &old, None)).await?;
+                report.deleted += run(
+                    tx,
+                    cache,
+                    &mut report.bytes,
+                    statements::delete_matching(&table, &old, None),
+                )
+                .await?;
             }
             Step::UpdateMatching { table, old, new } => {
-                report.upserted +=
-                    run(tx, cache, statements::update_matching(&table, &old, &new)).await?;
+                report.upserted += run(
+                    tx,
+                    cache,
+                    &mut report.bytes,
+                    statements::update_matching(&table, &old, &new),
+                )
+                .await?;
             }
             Step::DeleteOwned { table, old, index } => {
                 if let Some(pred) = owned(&table, index) {
-                    report.deleted +=
-                        run(tx, cache, statements::delete_owned(&table, &old, &pred)).await?;
+                    report.deleted += run(
+                        tx,
+                        cache,
+                        &mut report.bytes,
+                        statements::delete_owned(&table, &old, &pred),
+                    )
+                    .await?;
                 }
             }
             Step::TruncateTenant { table, tenant } => {
                 let Some(col) = plan.tenant_columns.get(&table.qualified_name()) else {
                     continue;
                 };
-                let n = run(tx, cache, statements::truncate_tenant(&table, col, &tenant)).await?;
+                let n = run(
+                    tx,
+                    cache,
+                    &mut report.bytes,
+                    statements::truncate_tenant(&table, col, &tenant),
+                )
+                .await?;
                 tracing::info!(job, table = table_name, tenant = %tenant, rows = n, "source TRUNCATE applied as a delete of this tenant's rows");
                 report.deleted += n;
             }
             Step::TruncateOwned { table, index } => {
                 if let Some(pred) = owned(&table, index) {
-                    let n = run(tx, cache, statements::truncate_owned(&table, &pred)).await?;
+                    let n = run(
+                        tx,
+                        cache,
+                        &mut report.bytes,
+                        statements::truncate_owned(&table, &pred),
+                    )
+                    .await?;
                     tracing::info!(
                         job,
                         table = table_name,
@@ -336,8 +386,17 @@ async fn apply_steps(
 async fn run(
     tx: &Transaction<'_>,
     cache: &mut ConnectionCache,
+    bytes: &mut u64,
     stmt: Statement,
 ) -> Result<u64, SinkError> {
+    *bytes += stmt
+        .params
+        .iter()
+        .map(|p| match p {
+            Param::Column(v) => v.iter().flatten().map(|s| s.len() as u64 + 1).sum::<u64>(),
+            Param::Value(v) => v.as_ref().map_or(1, |s| s.len() as u64 + 1),
+        })
+        .sum::<u64>();
     let prepared = match cache.statements.get(&stmt.text) {
         Some(p) => p.clone(),
         None => {

@@ -1,0 +1,485 @@
+//! The job manager behind `helios-repl serve`: keeps every job's runner, control channel and
+//! figures, persists specs and desired states in the metadata store, and resumes the jobs
+//! that were running when the server starts again.
+//!
+//! Each job runs in its own task on the shared [`DataflowHost`]: one job failing (source
+//! down, sink error) changes only that job's state. A monitor task per job samples its
+//! figures every [`MONITOR_EVERY`]: rows/s, state changes (recorded as events), the
+//! per-tenant progress mirrored into the metadata store.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Mutex};
+
+use crate::cdc::catalog;
+use crate::change::format_lsn;
+use crate::control::job_control::{
+    ControlError, JobControl, JobId, JobState, JobStatus, Readiness, TenantJob, TenantStatus,
+};
+use crate::control::job_runner::{self, Desired, JobStats};
+use crate::control::job_spec::{JobSpec, SinkSpec, TenantFilter};
+use crate::control::metadata::MetadataStore;
+use crate::dataflow::host::DataflowHost;
+use crate::metrics::{JobMetrics, MetricsRegistry};
+
+/// How often each job's figures are sampled.
+pub const MONITOR_EVERY: Duration = Duration::from_secs(2);
+/// How long `DELETE` waits for a job to stop before dropping it anyway.
+const STOP_LIMIT: Duration = Duration::from_secs(45);
+
+struct ManagedJob {
+    spec: JobSpec,
+    version: i32,
+    stats: Arc<JobStats>,
+    control: watch::Sender<Desired>,
+    task: tokio::task::JoinHandle<()>,
+    monitor: tokio::task::JoinHandle<()>,
+    rows_per_second: Arc<std::sync::Mutex<f64>>,
+}
+
+/// Runs many jobs on one dataflow host.
+pub struct JobManager {
+    me: std::sync::Weak<JobManager>,
+    host: Arc<DataflowHost>,
+    store: MetadataStore,
+    metrics: Arc<MetricsRegistry>,
+    jobs: Mutex<HashMap<JobId, ManagedJob>>,
+}
+
+impl JobManager {
+    /// Starts the manager and every job the metadata store says is running or paused.
+    pub async fn start(
+        host: Arc<DataflowHost>,
+        store: MetadataStore,
+        metrics: Arc<MetricsRegistry>,
+    ) -> Result<Arc<JobManager>, ControlError> {
+        let stored = store
+            .live_jobs()
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        let manager = Arc::new_cyclic(|me| JobManager {
+            me: me.clone(),
+            host,
+            store,
+            metrics,
+            jobs: Mutex::new(HashMap::new()),
+        });
+        for job in stored {
+            let desired = if job.desired_state == "paused" {
+                Desired::Pause
+            } else {
+                Desired::Run
+            };
+            tracing::info!(job = %job.spec.name, version = job.version, state = %job.desired_state, "resuming job");
+            let managed = manager.spawn(job.spec, job.version, desired);
+            manager
+                .jobs
+                .lock()
+                .await
+                .insert(managed.spec.name.clone(), managed);
+        }
+        Ok(manager)
+    }
+
+    /// Stops every job (they resume at the next start) and waits for them.
+    pub async fn shutdown(&self) {
+        let jobs: Vec<ManagedJob> = self.jobs.lock().await.drain().map(|(_, j)| j).collect();
+        for job in &jobs {
+            let _ = job.control.send(Desired::Stop);
+        }
+        for job in jobs {
+            let _ = tokio::time::timeout(STOP_LIMIT, job.task).await;
+            job.monitor.abort();
+        }
+    }
+
+    fn spawn(self: &Arc<Self>, spec: JobSpec, version: i32, desired: Desired) -> ManagedJob {
+        let stats = Arc::new(JobStats::new(spec.sinks.len()));
+        if desired == Desired::Pause {
+            stats.set_state(JobState::Paused, None);
+        }
+        let (control, control_rx) = watch::channel(desired);
+        let tenants = match &spec.tenants.include {
+            TenantFilter::All => None,
+            TenantFilter::Only(t) => Some(t.iter().cloned().collect::<Vec<_>>()),
+        };
+        let metrics = self.metrics.register_job(&spec.name, tenants.as_deref());
+        let task = {
+            let (host, stats, spec) = (self.host.clone(), stats.clone(), spec.clone());
+            tokio::spawn(async move {
+                let _ = job_runner::run_job(spec, &host, stats, control_rx, None).await;
+            })
+        };
+        let rows_per_second = Arc::new(std::sync::Mutex::new(0.0));
+        let monitor = tokio::spawn(monitor(
+            self.clone(),
+            spec.name.clone(),
+            stats.clone(),
+            metrics,
+            rows_per_second.clone(),
+        ));
+        ManagedJob {
+            spec,
+            version,
+            stats,
+            control,
+            task,
+            monitor,
+            rows_per_second,
+        }
+    }
+
+    fn status(job: &ManagedJob) -> JobStatus {
+        let (state, reason) = job.stats.state();
+        let mut progress: HashMap<String, (u64, u64, u64)> = HashMap::new();
+        for sink in &job.stats.sinks {
+            for (tenant, (lsn, ups, dels)) in sink.tenant_progress() {
+                let e = progress.entry(tenant).or_default();
+                e.0 = if e.0 == 0 { lsn } else { e.0.min(lsn) };
+                e.1 += ups;
+                e.2 += dels;
+            }
+        }
+        let tenant_status = match &job.spec.tenants.include {
+            TenantFilter::All => Vec::new(),
+            TenantFilter::Only(tenants) => tenants
+                .iter()
+                .map(|t| {
+                    let p = progress.get(t);
+                    TenantStatus {
+                        tenant: t.clone(),
+                        durable_lsn: p.map(|p| format_lsn(p.0)),
+                        rows: p.map(|p| p.1 + p.2).unwrap_or(0),
+                    }
+                })
+                .collect(),
+        };
+        let tenants = match &job.spec.tenants.include {
+            TenantFilter::All => vec!["all".to_string()],
+            TenantFilter::Only(t) => t.iter().cloned().collect(),
+        };
+        let errors = job.stats.errors.load(Relaxed)
+            + job
+                .stats
+                .sinks
+                .iter()
+                .map(|s| s.errors.load(Relaxed))
+                .sum::<u64>();
+        JobStatus {
+            id: job.spec.name.clone(),
+            state,
+            reason,
+            version: job.version,
+            tenants,
+            tables: job.spec.tables.iter().map(|t| t.name.clone()).collect(),
+            confirmed_lsn: format_lsn(job.stats.reader.confirmed.load(Relaxed)),
+            lag_bytes: job.stats.lag_bytes(),
+            lag_seconds: job.stats.lag_seconds(),
+            rows_per_second: job.rows_per_second.lock().map(|r| *r).unwrap_or(0.0),
+            rows_total: job.stats.rows_applied(),
+            errors,
+            tenant_status,
+            spec: redacted_spec(&job.spec),
+        }
+    }
+}
+
+/// The spec as JSON with every password shown as `***`.
+pub fn redacted_spec(spec: &JobSpec) -> serde_json::Value {
+    let mut value = serde_json::to_value(spec).unwrap_or(serde_json::Value::Null);
+    value["source"]["dsn"] = spec.source.dsn.redacted().into();
+    for (i, sink) in spec.sinks.iter().enumerate() {
+        match sink {
+            SinkSpec::Postgres(p) => value["sinks"][i]["dsn"] = p.dsn.redacted().into(),
+        }
+    }
+    value
+}
+
+fn state_name(state: JobState) -> &'static str {
+    match state {
+        JobState::Snapshotting => "snapshotting",
+        JobState::Streaming => "streaming",
+        JobState::Paused => "paused",
+        JobState::Failed => "failed",
+        JobState::Stopping => "stopping",
+    }
+}
+
+/// Samples one job's figures: rows/s, metrics, events, per-tenant checkpoints.
+async fn monitor(
+    manager: Arc<JobManager>,
+    job: String,
+    stats: Arc<JobStats>,
+    metrics: Arc<JobMetrics>,
+    rows_per_second: Arc<std::sync::Mutex<f64>>,
+) {
+    let mut tick = tokio::time::interval(MONITOR_EVERY);
+    let mut last_rows = stats.rows_applied();
+    let mut last_at = Instant::now();
+    let mut last_state: Option<(JobState, Option<String>)> = None;
+    let mut mirrored: HashMap<String, u64> = HashMap::new();
+    let mut seen_counts: HashMap<(usize, String), (u64, u64)> = HashMap::new();
+    let mut seen_bytes = 0u64;
+    let mut seen_errors: Vec<u64> = vec![0; stats.sinks.len()];
+    loop {
+        tick.tick().await;
+        let rows = stats.rows_applied();
+        let rate =
+            (rows.saturating_sub(last_rows)) as f64 / last_at.elapsed().as_secs_f64().max(1e-3);
+        (last_rows, last_at) = (rows, Instant::now());
+        if let Ok(mut r) = rows_per_second.lock() {
+            *r = rate;
+        }
+        let state = stats.state();
+        if last_state.as_ref() != Some(&state) {
+            manager
+                .store
+                .record_event(&job, state_name(state.0), state.1.as_deref())
+                .await;
+            last_state = Some(state.clone());
+        }
+        metrics.set_state(state_name(state.0));
+        metrics.set_lag(None, stats.lag_seconds(), stats.lag_bytes());
+        metrics.set_confirmed_lsn(stats.reader.confirmed.load(Relaxed));
+        let bytes = stats.reader.bytes_received.load(Relaxed);
+        metrics.bytes_received(bytes.saturating_sub(seen_bytes));
+        seen_bytes = bytes;
+        let mut changed = Vec::new();
+        for (i, sink) in stats.sinks.iter().enumerate() {
+            let errors = sink.errors.load(Relaxed);
+            for _ in seen_errors[i]..errors {
+                metrics.sink_error("postgres");
+            }
+            seen_errors[i] = errors;
+            for seconds in sink.take_apply_seconds() {
+                metrics.apply_batch("postgres", seconds);
+            }
+            for (tenant, (lsn, ups, dels)) in sink.tenant_progress() {
+                let seen = seen_counts.entry((i, tenant.clone())).or_default();
+                metrics.rows(&tenant, "upsert", ups.saturating_sub(seen.0));
+                metrics.rows(&tenant, "delete", dels.saturating_sub(seen.1));
+                *seen = (ups, dels);
+                if mirrored.get(&tenant) != Some(&lsn) {
+                    mirrored.insert(tenant.clone(), lsn);
+                    changed.push((tenant, lsn));
+                }
+            }
+            let skipped = sink.skipped.load(Relaxed);
+            let dead = sink.dead_lettered.load(Relaxed);
+            let bytes = sink.bytes_sent.load(Relaxed);
+            let seen = seen_counts.entry((i, "_sink".into())).or_default();
+            metrics.rows("_all", "skipped_replay", skipped.saturating_sub(seen.0));
+            metrics.rows("_all", "dead_lettered", dead.saturating_sub(seen.1));
+            *seen = (skipped, dead);
+            let seen_b = seen_counts.entry((i, "_bytes".into())).or_default();
+            metrics.bytes_sent("postgres", bytes.saturating_sub(seen_b.0));
+            seen_b.0 = bytes;
+        }
+        if let Err(e) = manager.store.record_checkpoints(&job, &changed).await {
+            tracing::warn!(job = %job, error = %e, "cannot mirror checkpoints");
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl JobControl for JobManager {
+    async fn submit(&self, spec: JobSpec) -> Result<JobId, ControlError> {
+        spec.validate()?;
+        let mut jobs = self.jobs.lock().await;
+        if jobs.contains_key(&spec.name) {
+            return Err(ControlError::AlreadyExists(spec.name));
+        }
+        let version = self
+            .store
+            .save_job(&spec, "running")
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        self.store
+            .record_event(&spec.name, "submitted", Some(&format!("version {version}")))
+            .await;
+        // `spawn` needs an Arc of the manager for the monitor; rebuild it from the map's owner.
+        let me = self.self_arc().await?;
+        let managed = me.spawn(spec.clone(), version, Desired::Run);
+        jobs.insert(spec.name.clone(), managed);
+        tracing::info!(job = %spec.name, version, "job submitted");
+        Ok(spec.name)
+    }
+
+    async fn list(&self) -> Vec<JobStatus> {
+        let jobs = self.jobs.lock().await;
+        let mut out: Vec<JobStatus> = jobs.values().map(JobManager::status).collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    async fn get(&self, id: &str) -> Result<JobStatus, ControlError> {
+        let jobs = self.jobs.lock().await;
+        jobs.get(id)
+            .map(JobManager::status)
+            .ok_or_else(|| ControlError::NotFound(id.to_string()))
+    }
+
+    async fn pause(&self, id: &str) -> Result<JobStatus, ControlError> {
+        let jobs = self.jobs.lock().await;
+        let job = jobs
+            .get(id)
+            .ok_or_else(|| ControlError::NotFound(id.to_string()))?;
+        match job.stats.state().0 {
+            JobState::Failed => {
+                return Err(ControlError::Conflict(format!(
+                    "job `{id}` has failed; resume restarts it"
+                )))
+            }
+            JobState::Stopping => {
+                return Err(ControlError::Conflict(format!("job `{id}` is stopping")))
+            }
+            _ => {}
+        }
+        if *job.control.borrow() == Desired::Pause {
+            return Err(ControlError::Conflict(format!(
+                "job `{id}` is already paused"
+            )));
+        }
+        self.store
+            .set_desired_state(id, "paused")
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        let _ = job.control.send(Desired::Pause);
+        job.stats.set_state(JobState::Paused, None);
+        self.store.record_event(id, "pause requested", None).await;
+        Ok(JobManager::status(job))
+    }
+
+    async fn resume(&self, id: &str) -> Result<JobStatus, ControlError> {
+        let mut jobs = self.jobs.lock().await;
+        let job = jobs
+            .get(id)
+            .ok_or_else(|| ControlError::NotFound(id.to_string()))?;
+        let failed = job.stats.state().0 == JobState::Failed;
+        if !failed && *job.control.borrow() == Desired::Run {
+            return Err(ControlError::Conflict(format!("job `{id}` is not paused")));
+        }
+        self.store
+            .set_desired_state(id, "running")
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        self.store.record_event(id, "resume requested", None).await;
+        if failed {
+            // A failed job's runner has ended: start it again.
+            let (spec, version) = (job.spec.clone(), job.version);
+            if let Some(old) = jobs.remove(id) {
+                old.monitor.abort();
+            }
+            let me = self.self_arc().await?;
+            let managed = me.spawn(spec, version, Desired::Run);
+            let status = JobManager::status(&managed);
+            jobs.insert(id.to_string(), managed);
+            return Ok(status);
+        }
+        let _ = job.control.send(Desired::Run);
+        Ok(JobManager::status(job))
+    }
+
+    async fn delete(&self, id: &str, drop_slot: bool) -> Result<(), ControlError> {
+        let job = self
+            .jobs
+            .lock()
+            .await
+            .remove(id)
+            .ok_or_else(|| ControlError::NotFound(id.to_string()))?;
+        job.stats.set_state(JobState::Stopping, None);
+        let _ = job.control.send(Desired::Stop);
+        if tokio::time::timeout(STOP_LIMIT, job.task).await.is_err() {
+            tracing::warn!(job = id, "job did not stop in time; dropped");
+        }
+        job.monitor.abort();
+        self.metrics.unregister_job(id);
+        self.store
+            .set_desired_state(id, "deleted")
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        self.store
+            .record_event(id, "deleted", drop_slot.then_some("slot dropped"))
+            .await;
+        if drop_slot {
+            drop_replication_slot(&job.spec).await?;
+        }
+        tracing::info!(job = id, drop_slot, "job deleted");
+        Ok(())
+    }
+
+    async fn tenant(&self, tenant: &str) -> Vec<TenantJob> {
+        let jobs = self.jobs.lock().await;
+        let mut out: Vec<TenantJob> = jobs
+            .values()
+            .filter(|j| j.spec.includes_tenant(tenant))
+            .map(|j| {
+                let status = JobManager::status(j);
+                TenantJob {
+                    job: status.id.clone(),
+                    state: status.state,
+                    lag_seconds: status.lag_seconds,
+                    lag_bytes: status.lag_bytes,
+                    durable_lsn: status
+                        .tenant_status
+                        .iter()
+                        .find(|t| t.tenant == tenant)
+                        .and_then(|t| t.durable_lsn.clone()),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.job.cmp(&b.job));
+        out
+    }
+
+    async fn readiness(&self) -> Readiness {
+        let metadata_store = self.store.ping().await;
+        let jobs = self.jobs.lock().await;
+        let states: Vec<JobState> = jobs.values().map(|j| j.stats.state().0).collect();
+        Readiness {
+            metadata_store,
+            jobs_running: states
+                .iter()
+                .filter(|s| matches!(s, JobState::Streaming | JobState::Snapshotting))
+                .count(),
+            jobs_failed: states.iter().filter(|s| **s == JobState::Failed).count(),
+        }
+    }
+
+    fn metrics_text(&self) -> String {
+        self.metrics.encode()
+    }
+}
+
+impl JobManager {
+    /// The manager's own `Arc` (handed to monitors).
+    async fn self_arc(&self) -> Result<Arc<JobManager>, ControlError> {
+        self.me
+            .upgrade()
+            .ok_or_else(|| ControlError::Unavailable("the job manager is shutting down".into()))
+    }
+}
+
+/// Drops the job's replication slot, retrying while its walsender is still exiting.
+async fn drop_replication_slot(spec: &JobSpec) -> Result<(), ControlError> {
+    let client = catalog::connect(spec.source.dsn.expose())
+        .await
+        .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+    let mut last = None;
+    for _ in 0..20 {
+        match catalog::drop_slot(&client, &spec.source.slot).await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(ControlError::Unavailable(format!(
+        "cannot drop replication slot `{}`: {}",
+        spec.source.slot,
+        last.map(|e| e.to_string()).unwrap_or_default()
+    )))
+}
