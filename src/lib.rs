@@ -6,6 +6,7 @@
 //! which is the only position the source ever confirms. [`control`] holds job specs and the
 //! job lifecycle; [`embedded`] starts throwaway PostgreSQL clusters for the demo and tests.
 
+pub mod api;
 pub mod cdc;
 pub mod change;
 pub mod control;

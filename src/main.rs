@@ -7,10 +7,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use helios_repl::api::{self, client, client::ApiClient};
+use helios_repl::control::job_control::JobStatus;
+use helios_repl::control::job_manager::JobManager;
 use helios_repl::control::job_runner::{self, Desired, JobStats};
 use helios_repl::control::job_spec::JobSpec;
+use helios_repl::control::metadata::MetadataStore;
 use helios_repl::dataflow::host::DataflowHost;
 use helios_repl::embedded::demo::{self, DemoOptions, DemoOutcome};
+use helios_repl::metrics::MetricsRegistry;
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -38,6 +43,35 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         progress_secs: u64,
     },
+    /// Run the job service: the REST API, the metadata store and the jobs it holds.
+    Serve {
+        /// Where the HTTP API listens.
+        #[arg(long, default_value = "127.0.0.1:7300")]
+        listen: String,
+        /// The metadata store (a PostgreSQL database).
+        #[arg(long, env = "HELIOS_META_DSN", hide_env_values = true)]
+        meta_dsn: String,
+        /// Bearer token required on every /v1 route.
+        #[arg(long, env = "HELIOS_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Timely worker threads shared by all jobs.
+        #[arg(long, default_value_t = job_runner::DEFAULT_WORKERS)]
+        workers: usize,
+    },
+    /// Submit a job file to a running server.
+    Submit {
+        /// The job spec (TOML, or JSON if it ends in .json).
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List and control the server's jobs.
+    Jobs {
+        #[command(subcommand)]
+        action: Option<JobsAction>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Start throwaway source and target clusters, replicate a multi-tenant workload,
     /// verify the target and print a summary.
     Demo {
@@ -53,6 +87,44 @@ enum Command {
         /// Timely worker threads.
         #[arg(long, default_value_t = job_runner::DEFAULT_WORKERS)]
         workers: usize,
+    },
+}
+
+/// How the CLI reaches a server.
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// The server's base URL.
+    #[arg(
+        long,
+        env = "HELIOS_SERVER",
+        default_value = "http://127.0.0.1:7300",
+        global = true
+    )]
+    server: String,
+    /// Bearer token.
+    #[arg(long, env = "HELIOS_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Print JSON for scripts instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum JobsAction {
+    /// Every job (the default).
+    List,
+    /// One job in detail.
+    Show { id: String },
+    /// Stop reading a job's source; it keeps its position.
+    Pause { id: String },
+    /// Start reading again.
+    Resume { id: String },
+    /// Stop and remove a job.
+    Stop {
+        id: String,
+        /// Also drop its replication slot.
+        #[arg(long)]
+        drop_slot: bool,
     },
 }
 
@@ -93,6 +165,54 @@ fn main() -> anyhow::Result<()> {
             })?;
             Ok(())
         }
+        Command::Serve {
+            listen,
+            meta_dsn,
+            token,
+            workers,
+        } => runtime.block_on(serve(listen, meta_dsn, token, workers)),
+        Command::Submit { file, client } => runtime.block_on(async move {
+            let api = ApiClient::new(&client.server, client.token);
+            let id = api.submit_file(&file).await?;
+            if client.json {
+                println!("{}", serde_json::json!({ "id": id }));
+            } else {
+                println!("submitted job {id}");
+            }
+            Ok(())
+        }),
+        Command::Jobs { action, client } => runtime.block_on(async move {
+            let api = ApiClient::new(&client.server, client.token);
+            let print = |job: &JobStatus| {
+                if client.json {
+                    println!("{}", serde_json::to_string_pretty(job).unwrap_or_default());
+                } else {
+                    print!("{}", client::job_detail(job));
+                }
+            };
+            match action.unwrap_or(JobsAction::List) {
+                JobsAction::List => {
+                    let jobs = api.list().await?;
+                    if client.json {
+                        println!("{}", serde_json::to_string_pretty(&jobs)?);
+                    } else {
+                        print!("{}", client::jobs_table(&jobs));
+                    }
+                }
+                JobsAction::Show { id } => print(&api.get(&id).await?),
+                JobsAction::Pause { id } => print(&api.pause(&id).await?),
+                JobsAction::Resume { id } => print(&api.resume(&id).await?),
+                JobsAction::Stop { id, drop_slot } => {
+                    api.delete(&id, drop_slot).await?;
+                    if client.json {
+                        println!("{}", serde_json::json!({ "stopped": id }));
+                    } else {
+                        println!("stopped job {id}");
+                    }
+                }
+            }
+            Ok(())
+        }),
         Command::Demo {
             dir,
             seconds,
@@ -138,4 +258,39 @@ async fn stop_on_signal(stop: impl FnOnce()) {
         _ = term.recv() => {}
     }
     std::process::exit(130);
+}
+
+/// `helios-repl serve`: the API, the metadata store and every job, until Ctrl-C.
+async fn serve(
+    listen: String,
+    meta_dsn: String,
+    token: Option<String>,
+    workers: usize,
+) -> anyhow::Result<()> {
+    let store = MetadataStore::open(&meta_dsn).await?;
+    let host = Arc::new(
+        DataflowHost::start(workers, tokio::runtime::Handle::current())
+            .map_err(anyhow::Error::msg)?,
+    );
+    let metrics = MetricsRegistry::new();
+    let manager = JobManager::start(host.clone(), store, metrics).await?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("listen on {listen}"))?;
+    tracing::info!(listen = %listener.local_addr()?, auth = token.is_some(), "serving");
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    tokio::spawn(stop_on_signal(move || {
+        let _ = stop_tx.send(true);
+    }));
+    let router = api::router(manager.clone(), token);
+    api::serve(listener, router, async move {
+        let _ = stop_rx.changed().await;
+    })
+    .await?;
+    manager.shutdown().await;
+    drop(manager);
+    if let Ok(host) = Arc::try_unwrap(host) {
+        host.shutdown().map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
 }

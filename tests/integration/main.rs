@@ -6,4 +6,5 @@ mod bad_input;
 mod harness;
 mod isolation_crash_idle;
 mod job_spec_files;
+mod serve_api;
 mod snapshot_stream;

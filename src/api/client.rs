@@ -1,0 +1,205 @@
+//! The HTTP client behind `helios-repl submit` and `helios-repl jobs …`, and the tables it
+//! prints for a person.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::control::job_control::JobStatus;
+
+/// Why a request to the server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server could not be reached or sent something unreadable.
+    #[error("cannot talk to the server at {base}: {detail}")]
+    Transport { base: String, detail: String },
+    /// The server refused the request.
+    #[error("server answered {status}: {error}{}", field.as_ref().map(|f| format!(" (field `{f}`)")).unwrap_or_default())]
+    Api {
+        status: u16,
+        error: String,
+        field: Option<String>,
+    },
+    /// The job file could not be read.
+    #[error("cannot read {path}: {detail}")]
+    File { path: String, detail: String },
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+    field: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Created {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct JobList {
+    jobs: Vec<JobStatus>,
+}
+
+/// A client of one server.
+pub struct ApiClient {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    /// A client for `base` (e.g. `http://127.0.0.1:7300`).
+    pub fn new(base: &str, token: Option<String>) -> ApiClient {
+        ApiClient {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let resp = req.send().await.map_err(|e| ClientError::Transport {
+            base: self.base.clone(),
+            detail: e.to_string(),
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let body: Option<ErrorBody> = serde_json::from_str(&text).ok();
+        Err(ClientError::Api {
+            status,
+            error: body.as_ref().map(|b| b.error.clone()).unwrap_or(text),
+            field: body.and_then(|b| b.field),
+        })
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        resp: reqwest::Response,
+    ) -> Result<T, ClientError> {
+        resp.json().await.map_err(|e| ClientError::Transport {
+            base: self.base.clone(),
+            detail: format!("unreadable answer: {e}"),
+        })
+    }
+
+    /// Submits a job file (`.json` as JSON, anything else as TOML); returns the job id.
+    pub async fn submit_file(&self, path: &Path) -> Result<String, ClientError> {
+        let body = std::fs::read(path).map_err(|e| ClientError::File {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        let content_type = if path.extension().is_some_and(|e| e == "json") {
+            "application/json"
+        } else {
+            "application/toml"
+        };
+        let req = self
+            .request(reqwest::Method::POST, "/v1/jobs")
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        let created: Created = self.json(self.send(req).await?).await?;
+        Ok(created.id)
+    }
+
+    /// Every job.
+    pub async fn list(&self) -> Result<Vec<JobStatus>, ClientError> {
+        let resp = self
+            .send(self.request(reqwest::Method::GET, "/v1/jobs"))
+            .await?;
+        Ok(self.json::<JobList>(resp).await?.jobs)
+    }
+
+    /// One job.
+    pub async fn get(&self, id: &str) -> Result<JobStatus, ClientError> {
+        let resp = self
+            .send(self.request(reqwest::Method::GET, &format!("/v1/jobs/{id}")))
+            .await?;
+        self.json(resp).await
+    }
+
+    /// Pauses a job.
+    pub async fn pause(&self, id: &str) -> Result<JobStatus, ClientError> {
+        let resp = self
+            .send(self.request(reqwest::Method::POST, &format!("/v1/jobs/{id}/pause")))
+            .await?;
+        self.json(resp).await
+    }
+
+    /// Resumes a job.
+    pub async fn resume(&self, id: &str) -> Result<JobStatus, ClientError> {
+        let resp = self
+            .send(self.request(reqwest::Method::POST, &format!("/v1/jobs/{id}/resume")))
+            .await?;
+        self.json(resp).await
+    }
+
+    /// Stops and removes a job.
+    pub async fn delete(&self, id: &str, drop_slot: bool) -> Result<(), ClientError> {
+        let path = format!("/v1/jobs/{id}?drop_slot={drop_slot}");
+        self.send(self.request(reqwest::Method::DELETE, &path))
+            .await?;
+        Ok(())
+    }
+}
+
+/// A table of jobs for a person.
+pub fn jobs_table(jobs: &[JobStatus]) -> String {
+    let mut out = format!(
+        "{:<24} {:<13} {:>10} {:>12} {:>9} {:>12} {:>7}  {}\n",
+        "JOB", "STATE", "ROWS/S", "ROWS", "LAG S", "LAG BYTES", "ERRORS", "TENANTS"
+    );
+    for j in jobs {
+        out.push_str(&format!(
+            "{:<24} {:<13} {:>10.0} {:>12} {:>9.2} {:>12} {:>7}  {}\n",
+            j.id,
+            serde_json::to_value(j.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            j.rows_per_second,
+            j.rows_total,
+            j.lag_seconds,
+            j.lag_bytes,
+            j.errors,
+            j.tenants.join(",")
+        ));
+    }
+    out
+}
+
+/// One job in detail for a person.
+pub fn job_detail(j: &JobStatus) -> String {
+    let mut out = jobs_table(std::slice::from_ref(j));
+    out.push_str(&format!("confirmed LSN: {}\n", j.confirmed_lsn));
+    if let Some(r) = &j.reason {
+        out.push_str(&format!("reason: {r}\n"));
+    }
+    out.push_str(&format!("tables: {}\n", j.tables.join(", ")));
+    if !j.tenant_status.is_empty() {
+        out.push_str(&format!(
+            "{:<16} {:>16} {:>12}\n",
+            "TENANT", "DURABLE LSN", "ROWS"
+        ));
+        for t in &j.tenant_status {
+            out.push_str(&format!(
+                "{:<16} {:>16} {:>12}\n",
+                t.tenant,
+                t.durable_lsn.as_deref().unwrap_or("-"),
+                t.rows
+            ));
+        }
+    }
+    out
+}

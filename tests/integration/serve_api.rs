@@ -1,0 +1,433 @@
+//! `helios-repl serve` with its REST API, driven through the real CLI (`submit`, `jobs`):
+//! two jobs with disjoint tenants, pause/resume, delete with the slot, a SIGKILLed server
+//! resuming its jobs, `/metrics`, the bearer token, and passwords never shown.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use helios_repl::embedded::pg_cluster::free_port;
+
+use crate::harness::{wait_for, Env};
+
+const WAIT: Duration = Duration::from_secs(90);
+const TOKEN: &str = "t0ken-for-tests";
+/// Trust authentication ignores it, so it can stand in every DSN; it must never show.
+const PASSWORD: &str = "s3cr3t-pw";
+
+const SHOP: &str = "
+CREATE TABLE public.accounts (tenant_id int NOT NULL, id int NOT NULL, balance numeric NOT NULL, PRIMARY KEY (tenant_id, id));
+CREATE TABLE public.ledger (tenant_id int NOT NULL, n bigint NOT NULL, amount numeric);
+INSERT INTO public.accounts SELECT t, a, 100 FROM generate_series(1, 10) t, generate_series(1, 20) a;
+";
+
+struct Server {
+    child: Child,
+    log: PathBuf,
+    url: String,
+}
+
+impl Server {
+    fn start(env: &Env, port: u16) -> Server {
+        let log = env.dir.path().join(format!("serve-{}.log", rand_id()));
+        let out = std::fs::File::create(&log).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_helios-repl"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env(
+                "HELIOS_META_DSN",
+                format!("{} password={PASSWORD}", env.target.dsn("meta")),
+            )
+            .env("HELIOS_TOKEN", TOKEN)
+            .env("HELIOS_LOG", "info,tokio_postgres=warn")
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn serve");
+        let server = Server {
+            child,
+            log,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        wait_for("the server to answer /healthz", WAIT, || {
+            http(&server.url, "GET", "/healthz", None).0 == 200
+        });
+        server
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Runs the CLI against this server; returns (success, stdout+stderr).
+    fn cli(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_helios-repl"))
+            .args(args)
+            .args(["--server", &self.url])
+            .env("HELIOS_TOKEN", TOKEN)
+            .output()
+            .expect("run cli");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    fn job_json(&self, id: &str) -> serde_json::Value {
+        let (ok, out) = self.cli(&["jobs", "show", id, "--json"]);
+        assert!(ok, "jobs show {id}: {out}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad json ({e}): {out}"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("---- server output ----\n{}", self.output());
+        }
+    }
+}
+
+fn rand_id() -> u32 {
+    use rand::Rng;
+    rand::thread_rng().gen()
+}
+
+/// A minimal HTTP/1.1 request; returns (status, body).
+fn http(base: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let addr = base.trim_start_matches("http://");
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
+    if stream.write_all(req.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut resp = String::new();
+    let _ = stream.read_to_string(&mut resp);
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn job_file(env: &Env, name: &str, tenants: &str, target_db: &str) -> PathBuf {
+    let text = format!(
+        "name = \"{name}\"\n[source]\ndsn = \"{} password={PASSWORD}\"\npublication = \"pub_{name}\"\nslot = \"slot_{name}\"\n\
+         [tenants]\ninclude = {tenants}\n[[tables]]\nname = \"public.accounts\"\n[[tables]]\nname = \"public.ledger\"\n\
+         [[sinks]]\nkind = \"postgres\"\ndsn = \"{} password={PASSWORD}\"\n",
+        env.source_dsn(),
+        env.target.dsn(target_db),
+    );
+    let path = env.dir.path().join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("job file");
+    path
+}
+
+fn write_load(env: &Env, from: i64, count: i64) {
+    env.on_source(&format!(
+        "INSERT INTO public.ledger SELECT 1 + n % 10, n, n FROM generate_series({from}, {}) n;
+         UPDATE public.accounts SET balance = balance + 1 WHERE id % 3 = {};",
+        from + count - 1,
+        from % 3
+    ));
+}
+
+fn converge(env: &Env, db: &str, tenants: &str) {
+    for q in [
+        format!("SELECT tenant_id, id, balance FROM public.accounts WHERE tenant_id IN ({tenants}) ORDER BY 1, 2"),
+        format!("SELECT tenant_id, count(*), count(DISTINCT n), sum(amount) FROM public.ledger WHERE tenant_id IN ({tenants}) GROUP BY 1 ORDER BY 1"),
+    ] {
+        let expected = env.on_source(&q);
+        wait_for(&format!("{db} to converge"), WAIT, || {
+            env.target.psql(db, &q).ok().as_deref() == Some(expected.as_str())
+        });
+    }
+}
+
+fn no_password_in(texts: &[(&str, &str)]) {
+    for (what, text) in texts {
+        assert!(
+            !text.contains(PASSWORD),
+            "{what} shows the password:\n{text}"
+        );
+    }
+}
+
+fn setup() -> (Env, Server) {
+    let env = Env::start(SHOP);
+    for db in ["meta", "replica_a", "replica_b"] {
+        env.target.create_database(db).expect("create db");
+    }
+    let server = Server::start(&env, free_port().expect("port"));
+    (env, server)
+}
+
+fn submit(server: &Server, path: &Path) {
+    let (ok, out) = server.cli(&["submit", path.to_str().unwrap_or_default()]);
+    assert!(ok, "submit: {out}");
+}
+
+#[test]
+fn two_jobs_pause_resume_and_delete_with_slot() {
+    let (env, server) = setup();
+    submit(&server, &job_file(&env, "job_a", "[1, 2, 3]", "replica_a"));
+    submit(&server, &job_file(&env, "job_b", "[4, 5]", "replica_b"));
+    let (ok, dup) = server.cli(&[
+        "submit",
+        job_file(&env, "job_a", "[1]", "replica_a")
+            .to_str()
+            .unwrap_or_default(),
+    ]);
+    assert!(
+        !ok && dup.contains("409"),
+        "a second job_a is refused: {dup}"
+    );
+
+    write_load(&env, 1, 500);
+    converge(&env, "replica_a", "1, 2, 3");
+    converge(&env, "replica_b", "4, 5");
+    assert_eq!(
+        env.target
+            .psql(
+                "replica_a",
+                "SELECT count(*) FROM public.ledger WHERE tenant_id NOT IN (1, 2, 3)"
+            )
+            .unwrap(),
+        "0"
+    );
+
+    let (ok, out) = server.cli(&["jobs", "pause", "job_a"]);
+    assert!(ok, "pause: {out}");
+    wait_for("job_a paused", WAIT, || {
+        server.job_json("job_a")["state"] == "paused"
+    });
+    let before = env
+        .target
+        .psql("replica_a", "SELECT count(*) FROM public.ledger")
+        .unwrap();
+    write_load(&env, 501, 500);
+    converge(&env, "replica_b", "4, 5");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        env.target
+            .psql("replica_a", "SELECT count(*) FROM public.ledger")
+            .unwrap(),
+        before,
+        "paused job applies nothing"
+    );
+
+    let (ok, out) = server.cli(&["jobs", "resume", "job_a"]);
+    assert!(ok, "resume: {out}");
+    converge(&env, "replica_a", "1, 2, 3");
+
+    let (ok, table) = server.cli(&["jobs", "list"]);
+    assert!(
+        ok && table.contains("job_a") && table.contains("job_b") && table.contains("STATE"),
+        "{table}"
+    );
+    let status = server.job_json("job_b");
+    assert_eq!(status["state"], "streaming");
+    assert_eq!(status["tenant_status"].as_array().map(Vec::len), Some(2));
+
+    let (ok, out) = server.cli(&["jobs", "stop", "job_a", "--drop-slot"]);
+    assert!(ok, "stop: {out}");
+    assert_eq!(
+        env.on_source("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'slot_job_a'"),
+        "0"
+    );
+    assert_eq!(
+        env.on_source("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'slot_job_b'"),
+        "1"
+    );
+    let (status, _) = http(&server.url, "GET", "/v1/jobs/job_a", Some(TOKEN));
+    assert_eq!(status, 404);
+    // job_b still flows.
+    write_load(&env, 1001, 100);
+    converge(&env, "replica_b", "4, 5");
+
+    // Tokens, metrics and passwords.
+    for path in ["/v1/jobs", "/v1/jobs/job_b", "/v1/tenants/4"] {
+        assert_eq!(
+            http(&server.url, "GET", path, None).0,
+            401,
+            "{path} without token"
+        );
+        assert_eq!(
+            http(&server.url, "GET", path, Some("wrong")).0,
+            401,
+            "{path} with a wrong token"
+        );
+    }
+    let (status, tenant) = http(&server.url, "GET", "/v1/tenants/4", Some(TOKEN));
+    assert!(
+        status == 200 && tenant.contains("job_b"),
+        "{status} {tenant}"
+    );
+    let (status, metrics) = http(&server.url, "GET", "/metrics", None);
+    assert_eq!(status, 200);
+    check_exposition(&metrics);
+    let rows = sample(
+        &metrics,
+        "helios_rows_replicated_total",
+        &["job=\"job_b\"", "tenant=\"4\"", "op=\"upsert\""],
+    );
+    assert!(rows > 0.0, "rows counted for tenant 4:\n{metrics}");
+    write_load(&env, 2001, 200);
+    converge(&env, "replica_b", "4, 5");
+    wait_for("the rows counter to move", WAIT, || {
+        let (_, m) = http(&server.url, "GET", "/metrics", None);
+        sample(
+            &m,
+            "helios_rows_replicated_total",
+            &["job=\"job_b\"", "tenant=\"4\"", "op=\"upsert\""],
+        ) > rows
+    });
+    let (_, list) = http(&server.url, "GET", "/v1/jobs", Some(TOKEN));
+    let (_, json_out) = server.cli(&["jobs", "list", "--json"]);
+    let events = env
+        .target
+        .psql(
+            "meta",
+            "SELECT string_agg(coalesce(detail, ''), ' ') FROM helios_meta.replication_events",
+        )
+        .unwrap();
+    let specs = env
+        .target
+        .psql(
+            "meta",
+            "SELECT string_agg(spec::text, ' ') FROM helios_meta.replication_configs",
+        )
+        .unwrap();
+    no_password_in(&[
+        ("GET /v1/jobs", &list),
+        ("jobs --json", &json_out),
+        ("metrics", &metrics),
+        ("server log", &server.output()),
+        ("events", &events),
+        ("stored specs", &specs),
+    ]);
+}
+
+#[test]
+fn a_killed_server_resumes_every_job_from_its_checkpoints() {
+    let (env, mut server) = setup();
+    let env = Arc::new(env);
+    submit(
+        &server,
+        &job_file(&env, "job_c", "[1, 2, 3, 4, 5]", "replica_a"),
+    );
+    submit(&server, &job_file(&env, "job_d", "[6, 7, 8]", "replica_b"));
+    wait_for("both jobs to stream", WAIT, || {
+        server.job_json("job_c")["state"] == "streaming"
+            && server.job_json("job_d")["state"] == "streaming"
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (env, stop) = (env.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 1;
+            while !stop.load(Ordering::Relaxed) {
+                write_load(&env, n, 50);
+                n += 50;
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    server.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    let port = server
+        .url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    let server = Server::start(&env, port);
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer");
+    converge(&env, "replica_a", "1, 2, 3, 4, 5");
+    converge(&env, "replica_b", "6, 7, 8");
+    for db in ["replica_a", "replica_b"] {
+        let dupes = env
+            .target
+            .psql(
+                db,
+                "SELECT count(*) - count(DISTINCT (tenant_id, n)) FROM public.ledger",
+            )
+            .unwrap();
+        assert_eq!(dupes, "0", "no duplicates in {db}");
+    }
+    assert!(
+        server.output().contains("resuming job"),
+        "{}",
+        server.output()
+    );
+}
+
+/// Checks the Prometheus text format: every sample belongs to a declared family and has a
+/// numeric value.
+fn check_exposition(text: &str) {
+    let mut families = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            families.insert(
+                rest.split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (name_labels, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample line: {line}"));
+        let name = name_labels.split('{').next().unwrap_or_default();
+        assert!(
+            value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value),
+            "bad value: {line}"
+        );
+        assert!(
+            families.iter().any(|f| name == f
+                || name
+                    .strip_prefix(f.as_str())
+                    .is_some_and(
+                        |s| ["_total", "_bucket", "_sum", "_count", "_created"].contains(&s)
+                    )),
+            "sample without a family: {line}"
+        );
+    }
+    assert!(families.len() >= 8, "families: {families:?}");
+}
+
+/// The value of the first sample of `name` whose labels contain all of `labels`.
+fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| labels.iter().all(|x| l.contains(x)))
+        .and_then(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()))
+        .unwrap_or(0.0)
+}
