@@ -204,6 +204,28 @@ fn two_jobs_pause_resume_and_delete_with_slot() {
         "a second job_a is refused: {dup}"
     );
 
+    // A job that cannot work (its table does not exist) fails alone, with the reason.
+    let bad = job_file(&env, "job_bad", "[9]", "replica_a");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&bad)
+            .unwrap()
+            .replace("public.ledger", "public.nope"),
+    )
+    .unwrap();
+    submit(&server, &bad);
+    wait_for("job_bad to fail", WAIT, || {
+        server.job_json("job_bad")["state"] == "failed"
+    });
+    let reason = server.job_json("job_bad")["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.contains("public.nope"),
+        "the reason names the table: {reason}"
+    );
+
     write_load(&env, 1, 500);
     converge(&env, "replica_a", "1, 2, 3");
     converge(&env, "replica_b", "4, 5");
