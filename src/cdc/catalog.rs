@@ -54,27 +54,33 @@ pub async fn check_wal_level(client: &Client) -> Result<(), CdcError> {
     Ok(())
 }
 
-/// Creates the publication for `tables` if it is missing, and adds any job table it lacks.
+/// One table of a job's publication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedTable {
+    /// Schema name.
+    pub schema: String,
+    /// Table name.
+    pub name: String,
+    /// A row filter (PostgreSQL 15+) restricting what the source sends, e.g. the job's
+    /// tenants; only valid when its columns are in the replica identity.
+    pub row_filter: Option<String>,
+}
+
+/// Creates the job's publication, or sets its table list (with row filters) to exactly
+/// `tables`: the job owns its publication.
 pub async fn ensure_publication(
     client: &Client,
     publication: &str,
-    tables: &[(String, String)],
+    tables: &[PublishedTable],
 ) -> Result<(), CdcError> {
-    for (schema, name) in tables {
-        let found = client
-            .query_opt(
-                "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-                &[schema, name],
-            )
-            .await
-            .map_err(CdcError::query("look up table"))?;
-        if found.is_none() {
-            return Err(CdcError::Definite(format!(
-                "table {schema}.{name} named by the job does not exist on the source"
-            )));
-        }
-    }
+    let list = tables
+        .iter()
+        .map(|t| match &t.row_filter {
+            Some(f) => format!("{} WHERE ({f})", quote_qualified(&t.schema, &t.name)),
+            None => quote_qualified(&t.schema, &t.name),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     let exists = client
         .query_opt(
             "SELECT 1 FROM pg_publication WHERE pubname = $1",
@@ -83,51 +89,40 @@ pub async fn ensure_publication(
         .await
         .map_err(CdcError::query("look up publication"))?
         .is_some();
-    let list = |ts: &[&(String, String)]| {
-        ts.iter()
-            .map(|(s, n)| quote_qualified(s, n))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    if !exists {
-        let all: Vec<&(String, String)> = tables.iter().collect();
-        let sql = format!(
-            "CREATE PUBLICATION {} FOR TABLE {}",
-            quote_ident(publication),
-            list(&all)
-        );
-        client
-            .batch_execute(&sql)
-            .await
-            .map_err(CdcError::query("create publication"))?;
-        tracing::info!(publication, "created publication");
-        return Ok(());
-    }
-    let rows = client
-        .query(
-            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
-            &[&publication],
+    let (sql, what) = if exists {
+        (
+            format!(
+                "ALTER PUBLICATION {} SET TABLE {list}",
+                quote_ident(publication)
+            ),
+            "set publication tables",
         )
+    } else {
+        (
+            format!(
+                "CREATE PUBLICATION {} FOR TABLE {list}",
+                quote_ident(publication)
+            ),
+            "create publication",
+        )
+    };
+    client
+        .batch_execute(&sql)
         .await
-        .map_err(CdcError::query("list publication tables"))?;
-    let present: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let missing: Vec<&(String, String)> = tables.iter().filter(|t| !present.contains(t)).collect();
-    if !missing.is_empty() {
-        let sql = format!(
-            "ALTER PUBLICATION {} ADD TABLE {}",
-            quote_ident(publication),
-            list(&missing)
-        );
-        client
-            .batch_execute(&sql)
-            .await
-            .map_err(CdcError::query("add tables to publication"))?;
-        tracing::info!(
-            publication,
-            added = missing.len(),
-            "added tables to publication"
-        );
-    }
+        .map_err(|e| match CdcError::query(what)(e) {
+            CdcError::Query { detail, .. } => {
+                CdcError::Definite(format!("publication `{publication}`: {what}: {detail}"))
+            }
+            other => other,
+        })?;
+    let filtered = tables.iter().filter(|t| t.row_filter.is_some()).count();
+    tracing::info!(
+        publication,
+        tables = tables.len(),
+        filtered,
+        created = !exists,
+        "publication ready"
+    );
     Ok(())
 }
 

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use pgwire_replication::ReplicationClient;
 use tokio::sync::{mpsc, watch};
 
-use crate::cdc::catalog;
+use crate::cdc::catalog::{self, PublishedTable};
 use crate::cdc::error::CdcError;
 use crate::cdc::snapshot;
 use crate::cdc::stream::{self, ConfirmedStore, ReaderIo, ReaderState, ReaderStats, SourceEvent};
@@ -36,6 +36,7 @@ use crate::operators::partition::TenantPlan;
 use crate::sinks::pg_apply::{self, store};
 use crate::sinks::worker::{SinkStats, RETRY_INITIAL, RETRY_MAX};
 use crate::sinks::SinkError;
+use crate::sql_text::{quote_ident, quote_literal};
 
 /// Default number of dataflow workers.
 pub const DEFAULT_WORKERS: usize = 2;
@@ -428,6 +429,24 @@ async fn connect_started(
     Ok(client)
 }
 
+/// The publication row filter that keeps other tenants' rows on the source. PostgreSQL
+/// allows it for UPDATE and DELETE only when the column is in the replica identity; a
+/// filtered UPDATE that moves a row out of (into) the job's tenants arrives as a DELETE
+/// (INSERT), which the dataflow applies like any other.
+pub fn tenant_row_filter(
+    include: &TenantFilter,
+    column: &str,
+    in_identity: bool,
+) -> Option<String> {
+    match include {
+        TenantFilter::Only(tenants) if in_identity => {
+            let list: Vec<String> = tenants.iter().map(|t| quote_literal(t)).collect();
+            Some(format!("{} IN ({})", quote_ident(column), list.join(", ")))
+        }
+        _ => None,
+    }
+}
+
 /// Checks the source, then snapshots or resumes. Returns the started replication session
 /// and the position it starts from.
 async fn prepare(spec: &JobSpec, plan: &TenantPlan) -> Result<(ReplicationClient, Lsn), JobError> {
@@ -435,23 +454,29 @@ async fn prepare(spec: &JobSpec, plan: &TenantPlan) -> Result<(ReplicationClient
     let (slot, publication) = (&spec.source.slot, &spec.source.publication);
     let source = catalog::connect(dsn).await?;
     catalog::check_wal_level(&source).await?;
-    let tables: Vec<(String, String)> = spec
-        .tables
-        .iter()
-        .map(|t| (t.schema().to_string(), t.table().to_string()))
-        .collect();
-    catalog::ensure_publication(&source, publication, &tables).await?;
-    for (schema, name) in &tables {
-        let info = catalog::table_info(&source, schema, name).await?;
+    let mut published = Vec::new();
+    for table in &spec.tables {
+        let info = catalog::table_info(&source, table.schema(), table.table()).await?;
         let column = &plan.tenant_columns[&info.qualified_name()];
-        if info.column_index(column).is_none() {
+        let Some(position) = info.column_index(column) else {
             return Err(CdcError::Definite(format!(
-                "tables[{}]: table {schema}.{name} has no tenant column `{column}`",
+                "tables[{}]: table {} has no tenant column `{column}`",
+                info.qualified_name(),
                 info.qualified_name()
             ))
             .into());
-        }
+        };
+        published.push(PublishedTable {
+            schema: info.schema.clone(),
+            name: info.name.clone(),
+            row_filter: tenant_row_filter(
+                &plan.include,
+                column,
+                info.columns[position].in_identity,
+            ),
+        });
     }
+    catalog::ensure_publication(&source, publication, &published).await?;
     let sinks = sink_dsns(spec);
     let mut targets = Vec::new();
     for (dsn, _) in &sinks {

@@ -81,6 +81,16 @@ fn a_job_for_tenants_3_and_7_never_carries_another_tenant() {
         ));
         assert_eq!(foreign, "0", "rows of other tenants in {table}");
     }
+    // The tenant filter is pushed into the publication where PostgreSQL allows it (the
+    // tenant column is in the replica identity of accounts, not of the keyless ledger).
+    let filters = env.on_source(
+        "SELECT string_agg(tablename || '=' || coalesce(rowfilter, '-'), ' ' ORDER BY tablename) FROM pg_publication_tables WHERE pubname = 'pub_iso'",
+    );
+    assert!(
+        filters.starts_with("accounts=(tenant_id = ANY"),
+        "{filters}"
+    );
+    assert!(filters.ends_with("ledger=-"), "{filters}");
     let letters = env.on_target("SELECT count(*) FROM helios.dead_letters");
     assert_eq!(letters, "0");
     let out = repl.output();
