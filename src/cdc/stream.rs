@@ -36,6 +36,8 @@ use crate::change::{format_lsn, Cell, Lsn, OldRow, Row, RowOp, SourceRecord, Tab
 
 /// How often the reader considers confirming a new position.
 pub const ACK_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the transport sends standby status updates (also the wait for a last one).
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the reader hands to the dataflow, in stream order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +107,7 @@ pub fn replication_config(
         ReplicationConfig::new(host, user, password, database, slot, publication)
             .with_port(port)
             .with_start_lsn(WireLsn::from_u64(start))
-            .with_status_interval(Duration::from_secs(1))
+            .with_status_interval(STATUS_INTERVAL)
             .with_wakeup_interval(Duration::from_secs(5))
             .with_buffer_size(4096)
             .with_application_name(format!("helios-repl {slot}")),
@@ -268,7 +270,7 @@ async fn send<S: ConfirmedStore, C>(
 }
 
 /// Confirms whatever the tracker allows, recording it first.
-async fn confirm<S: ConfirmedStore>(
+pub async fn confirm<S: ConfirmedStore>(
     store: &mut S,
     client: &ReplicationClient,
     state: &mut ReaderState,

@@ -286,6 +286,10 @@ async fn run_job_inner(
         control,
     )
     .await;
+    let (client, result) = match result {
+        Ok(client) => (client, Ok(())),
+        Err(e) => (None, Err(e)),
+    };
 
     // Stop feeding; let what is in flight become durable before the dataflow goes.
     drop(events_tx);
@@ -296,6 +300,24 @@ async fn run_job_inner(
         if drained.is_err() {
             tracing::warn!(job = %spec.name, "in-flight changes not durable after {DRAIN_LIMIT:?}; they are replayed on the next start");
         }
+    }
+    if let Some(mut client) = client {
+        // Confirm what became durable while draining, then give the transport one status
+        // interval to send it before the stream closes.
+        if stream::confirm(
+            &mut store,
+            &client,
+            &mut state,
+            &mut durable_rx,
+            &stats.reader,
+        )
+        .await
+        .is_ok()
+        {
+            tokio::time::sleep(stream::STATUS_INTERVAL + Duration::from_millis(200)).await;
+        }
+        let _ = client.shutdown().await;
+        tracing::info!(job = %spec.name, confirmed = %format_lsn(state.tracker.confirmed()), "stopped");
     }
     host.remove(&spec.name);
     if let Some(p) = progress {
@@ -313,7 +335,7 @@ fn is_transient(e: &JobError) -> bool {
 }
 
 /// Reads the stream, reconnecting after transient errors and pausing on request, until
-/// `control` says stop (`Ok`) or a definite error.
+/// `control` says stop (`Ok`, with the open session if there is one) or a definite error.
 #[allow(clippy::too_many_arguments)]
 async fn read_until_stopped(
     spec: &JobSpec,
@@ -325,19 +347,15 @@ async fn read_until_stopped(
     store: &mut ProgressStore,
     stats: &JobStats,
     control: &mut watch::Receiver<Desired>,
-) -> Result<(), JobError> {
+) -> Result<Option<ReplicationClient>, JobError> {
     let dsn = spec.source.dsn.expose();
     let mut client = Some(client);
     let mut wait = RETRY_INITIAL;
     loop {
         let desired = *control.borrow_and_update();
         match desired {
-            Desired::Stop => {
-                if let Some(mut c) = client.take() {
-                    let _ = c.shutdown().await;
-                }
-                return Ok(());
-            }
+            // The caller confirms the last durable position, then closes the stream.
+            Desired::Stop => return Ok(client),
             Desired::Pause => {
                 if let Some(mut c) = client.take() {
                     let _ = c.shutdown().await;

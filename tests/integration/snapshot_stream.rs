@@ -64,4 +64,19 @@ fn snapshot_then_stream_delivers_every_row_exactly_once() {
         "clean stop:\n{}",
         repl.output()
     );
+    // A clean stop confirms what it made durable: the slot is where the job recorded.
+    let recorded =
+        env.on_target("SELECT confirmed_lsn FROM helios.job_progress WHERE job = 'snap'");
+    let slot = env.on_source(
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'slot_snap'",
+    );
+    assert_eq!(slot, recorded, "slot confirmed position after a clean stop");
+    let written = env.on_source("SELECT pg_current_wal_lsn()");
+    let behind = env.on_source(&format!(
+        "SELECT pg_wal_lsn_diff('{written}', '{slot}') < 1024 * 1024"
+    ));
+    assert_eq!(
+        behind, "t",
+        "the slot is close to the end of WAL ({slot} vs {written})"
+    );
 }
