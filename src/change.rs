@@ -221,6 +221,35 @@ pub enum TenantAction {
     Unroutable { reason: String },
 }
 
+/// Table shapes for unit tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::{ColumnInfo, Identity, TableInfo};
+
+    /// A table `app.<name>` with `(column, type)` pairs and a primary key.
+    pub fn table(name: &str, columns: &[(&str, &str)], primary_key: &[usize]) -> TableInfo {
+        TableInfo {
+            oid: 1,
+            schema: "app".into(),
+            name: name.into(),
+            columns: columns
+                .iter()
+                .map(|(c, ty)| ColumnInfo {
+                    name: (*c).into(),
+                    type_oid: 0,
+                    type_modifier: -1,
+                    type_name: (*ty).into(),
+                    in_identity: false,
+                    missing_value: None,
+                })
+                .collect(),
+            primary_key: primary_key.to_vec(),
+            identity: Identity::Default,
+            type_ddl: vec![],
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

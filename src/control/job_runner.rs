@@ -236,11 +236,7 @@ async fn run_job_inner(
                 stats.errors.fetch_add(1, Relaxed);
                 stats.set_state(JobState::Snapshotting, Some(e.to_string()));
                 tracing::warn!(job = %spec.name, error = %e, retry_in_s = wait.as_secs_f32(), "cannot start the job yet; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = control.changed() => {}
-                }
-                wait = (wait * 2).min(RETRY_MAX);
+                back_off(&mut wait, control).await;
             }
             Err(e) => return Err(e),
         }
@@ -326,6 +322,15 @@ async fn run_job_inner(
     result
 }
 
+/// Waits `wait` (or until `control` changes), then doubles `wait` up to [`RETRY_MAX`].
+async fn back_off(wait: &mut Duration, control: &mut watch::Receiver<Desired>) {
+    tokio::select! {
+        _ = tokio::time::sleep(*wait) => {}
+        _ = control.changed() => {}
+    }
+    *wait = (*wait * 2).min(RETRY_MAX);
+}
+
 fn is_transient(e: &JobError) -> bool {
     match e {
         JobError::Source(e) => e.is_transient(),
@@ -385,11 +390,7 @@ async fn read_until_stopped(
                         stats.errors.fetch_add(1, Relaxed);
                         stats.set_state(JobState::Streaming, Some(e.to_string()));
                         tracing::warn!(job = %spec.name, error = %e, retry_in_s = wait.as_secs_f32(), "cannot reconnect to the source; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
-                            _ = control.changed() => {}
-                        }
-                        wait = (wait * 2).min(RETRY_MAX);
+                        back_off(&mut wait, control).await;
                         continue;
                     }
                     Err(e) => return Err(e.into()),
@@ -420,11 +421,7 @@ async fn read_until_stopped(
                 stats.set_state(JobState::Streaming, Some(e.to_string()));
                 tracing::warn!(job = %spec.name, error = %e, retry_in_s = wait.as_secs_f32(), "replication stream interrupted; reconnecting");
                 active.abort();
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = control.changed() => {}
-                }
-                wait = (wait * 2).min(RETRY_MAX);
+                back_off(&mut wait, control).await;
             }
             Err(e) => {
                 active.abort();

@@ -280,26 +280,14 @@ fn plan_keyless_upsert(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::change::{ColumnInfo, Identity};
+    use crate::change::{fixtures, ColumnInfo};
 
     fn table(pk: Vec<usize>) -> Arc<TableInfo> {
-        let col = |name: &str| ColumnInfo {
-            name: name.into(),
-            type_oid: 25,
-            type_modifier: -1,
-            type_name: "text".into(),
-            in_identity: false,
-            missing_value: None,
-        };
-        Arc::new(TableInfo {
-            oid: 1,
-            schema: "app".into(),
-            name: "t".into(),
-            columns: vec![col("tenant_id"), col("id"), col("body")],
-            primary_key: pk,
-            identity: Identity::Default,
-            type_ddl: vec![],
-        })
+        Arc::new(fixtures::table(
+            "t",
+            &[("tenant_id", "text"), ("id", "text"), ("body", "text")],
+            &pk,
+        ))
     }
 
     fn t(s: &str) -> Cell {

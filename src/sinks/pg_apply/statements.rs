@@ -136,9 +136,9 @@ pub fn delete_keys(table: &TableInfo, keys: &[Row]) -> Statement {
     }
 }
 
-/// Update one row by key, leaving unchanged (TOASTed) columns as they are.
-pub fn update_row(table: &TableInfo, key: &Row, new: &Row) -> Statement {
-    let mut params = Vec::new();
+/// `col = $n::text::type` for every cell of `new` that is not unchanged, numbering
+/// parameters after `params`.
+fn set_changed(table: &TableInfo, new: &Row, params: &mut Vec<Param>) -> Vec<String> {
     let mut sets = Vec::new();
     for (i, cell) in new.iter().enumerate() {
         if *cell == Cell::Unchanged {
@@ -151,6 +151,13 @@ pub fn update_row(table: &TableInfo, key: &Row, new: &Row) -> Statement {
             cast(table, i, &format!("${}::text", params.len()))
         ));
     }
+    sets
+}
+
+/// Update one row by key, leaving unchanged (TOASTed) columns as they are.
+pub fn update_row(table: &TableInfo, key: &Row, new: &Row) -> Statement {
+    let mut params = Vec::new();
+    let mut sets = set_changed(table, new, &mut params);
     let mut conds = Vec::new();
     for (j, &i) in table.key_columns().iter().enumerate() {
         params.push(Param::Value(key.get(j).and_then(cell_value)));
@@ -216,18 +223,7 @@ pub fn delete_matching(table: &TableInfo, old: &Row, owned: Option<&str>) -> Sta
 /// Update one row equal to `old` (keyless tables).
 pub fn update_matching(table: &TableInfo, old: &Row, new: &Row) -> Statement {
     let mut params = Vec::new();
-    let mut sets = Vec::new();
-    for (i, cell) in new.iter().enumerate() {
-        if *cell == Cell::Unchanged {
-            continue;
-        }
-        params.push(Param::Value(cell_value(cell)));
-        sets.push(format!(
-            "{} = {}",
-            quote_ident(&table.columns[i].name),
-            cast(table, i, &format!("${}::text", params.len()))
-        ));
-    }
+    let sets = set_changed(table, new, &mut params);
     let conds = match_row(table, old, &mut params);
     let name = table_name(table);
     Statement {
@@ -290,30 +286,14 @@ pub fn truncate_owned(table: &TableInfo, owned: &str) -> Statement {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::change::{ColumnInfo, Identity};
+    use crate::change::fixtures;
 
     fn table() -> TableInfo {
-        let col = |name: &str, ty: &str| ColumnInfo {
-            name: name.into(),
-            type_oid: 0,
-            type_modifier: -1,
-            type_name: ty.into(),
-            in_identity: false,
-            missing_value: None,
-        };
-        TableInfo {
-            oid: 1,
-            schema: "app".into(),
-            name: "orders".into(),
-            columns: vec![
-                col("tenant_id", "integer"),
-                col("id", "bigint"),
-                col("note", "text"),
-            ],
-            primary_key: vec![0, 1],
-            identity: Identity::Default,
-            type_ddl: vec![],
-        }
+        fixtures::table(
+            "orders",
+            &[("tenant_id", "integer"), ("id", "bigint"), ("note", "text")],
+            &[0, 1],
+        )
     }
 
     #[test]

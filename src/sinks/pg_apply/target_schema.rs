@@ -131,30 +131,18 @@ pub async fn ensure_shape(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::change::{ColumnInfo, Identity};
+    use crate::change::fixtures;
 
     fn table() -> TableInfo {
-        let col = |name: &str, ty: &str| ColumnInfo {
-            name: name.into(),
-            type_oid: 0,
-            type_modifier: -1,
-            type_name: ty.into(),
-            in_identity: false,
-            missing_value: None,
-        };
-        TableInfo {
-            oid: 1,
-            schema: "app".into(),
-            name: "t".into(),
-            columns: vec![
-                col("tenant_id", "integer"),
-                col("id", "bigint"),
-                col("amount", "numeric(12,2)"),
+        fixtures::table(
+            "t",
+            &[
+                ("tenant_id", "integer"),
+                ("id", "bigint"),
+                ("amount", "numeric(12,2)"),
             ],
-            primary_key: vec![0, 1],
-            identity: Identity::Default,
-            type_ddl: vec![],
-        }
+            &[0, 1],
+        )
     }
 
     #[test]

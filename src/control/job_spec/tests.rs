@@ -1,0 +1,543 @@
+//! Unit tests of the parent module.
+use super::*;
+use proptest::prelude::*;
+
+const TENANTS_3_7: &str = include_str!("../../../dataflows/tenants_3_7.toml");
+const ALL_TENANTS: &str = include_str!("../../../dataflows/all_tenants.toml");
+const DEMO: &str = include_str!("../../../dataflows/demo.toml");
+
+const VALID: &str = r#"
+name = "t"
+[source]
+dsn = "host=127.0.0.1 port=5432 user=postgres dbname=app"
+publication = "pub_t"
+slot = "slot_t"
+[tenants]
+include = [3, 7]
+[[tables]]
+name = "public.orders"
+[[sinks]]
+kind = "postgres"
+dsn = "host=127.0.0.1 port=5433 user=postgres dbname=replica"
+"#;
+
+/// `VALID` with `from` replaced by `to` (which must occur exactly once).
+fn valid_with(from: &str, to: &str) -> String {
+    assert_eq!(VALID.matches(from).count(), 1, "{from}");
+    VALID.replace(from, to)
+}
+
+#[track_caller]
+fn expect_err(doc: &str, field: &str) -> JobSpecError {
+    let err = JobSpec::from_toml_str(doc).expect_err("document should be rejected");
+    assert_eq!(err.field(), field, "{err}");
+    let shown = err.to_string();
+    assert!(
+        shown.starts_with(&format!("job spec: {field}: ")),
+        "Display should name {field}: {shown}"
+    );
+    err
+}
+
+#[test]
+fn example_tenants_3_7() {
+    let spec = JobSpec::from_toml_str(TENANTS_3_7).unwrap();
+    assert_eq!(spec.name, "tenants-3-7");
+    assert_eq!(spec.tables.len(), 2);
+    assert_eq!(spec.sinks.len(), 1);
+    assert!(spec.includes_tenant("3"));
+    assert!(spec.includes_tenant("7"));
+    assert!(!spec.includes_tenant("4"));
+    assert_eq!(
+        spec.tenants.include,
+        TenantFilter::Only(["3".to_owned(), "7".to_owned()].into())
+    );
+    let SinkSpec::Postgres(pg) = &spec.sinks[0];
+    assert_eq!(pg.batch_max_rows, DEFAULT_BATCH_MAX_ROWS);
+}
+
+#[test]
+fn example_all_tenants() {
+    let spec = JobSpec::from_toml_str(ALL_TENANTS).unwrap();
+    assert_eq!(spec.tenants.include, TenantFilter::All);
+    assert!(spec.includes_tenant("anything"));
+    let overridden = spec
+        .tables
+        .iter()
+        .filter(|t| t.tenant_column.is_some())
+        .count();
+    assert_eq!(overridden, 1);
+    assert_eq!(spec.tenant_column_for("public", "invoices"), Some("org_id"));
+    assert_eq!(
+        spec.tenant_column_for("public", "customers"),
+        Some(DEFAULT_TENANT_COLUMN)
+    );
+    assert_eq!(spec.tenant_column_for("public", "nope"), None);
+}
+
+#[test]
+fn example_demo() {
+    let spec = JobSpec::from_toml_str(DEMO).unwrap();
+    let names: Vec<_> = spec.tables.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["app.accounts", "app.orders", "app.events"]);
+    let TenantFilter::Only(ids) = &spec.tenants.include else {
+        panic!("demo lists tenants");
+    };
+    assert_eq!(ids.len(), 5);
+    assert!(ids
+        .iter()
+        .all(|id| (1..=24).contains(&id.parse::<u32>().unwrap())));
+    assert!(spec.source.dsn.expose().contains("localhost"));
+    let SinkSpec::Postgres(pg) = &spec.sinks[0];
+    assert!(pg.dsn.expose().contains("localhost"));
+}
+
+#[test]
+fn examples_round_trip_through_toml_and_json() {
+    for doc in [TENANTS_3_7, ALL_TENANTS, DEMO, VALID] {
+        let spec = JobSpec::from_toml_str(doc).unwrap();
+        let toml = spec.to_toml_string();
+        assert_eq!(JobSpec::from_toml_str(&toml).unwrap(), spec, "{toml}");
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(JobSpec::from_json_str(&json).unwrap(), spec, "{json}");
+    }
+}
+
+#[test]
+fn defaults_apply() {
+    let spec = JobSpec::from_toml_str(VALID).unwrap();
+    assert_eq!(spec.tenants.column, DEFAULT_TENANT_COLUMN);
+    assert_eq!(spec.tables[0].tenant_column, None);
+    assert_eq!(spec.tables[0].schema(), "public");
+    assert_eq!(spec.tables[0].table(), "orders");
+    assert_eq!(
+        spec.tenant_column_for("public", "orders"),
+        Some("tenant_id")
+    );
+    let SinkSpec::Postgres(pg) = &spec.sinks[0];
+    assert_eq!(pg.batch_max_rows, DEFAULT_BATCH_MAX_ROWS);
+    assert_eq!(spec.sinks[0].kind(), "postgres");
+}
+
+#[test]
+fn json_form_parses() {
+    let json = r#"{
+        "name": "t",
+        "source": {"dsn": "postgresql://u:pw@h/db", "publication": "p", "slot": "s"},
+        "tenants": {"column": "org", "include": ["acme", 12]},
+        "tables": [{"name": "s.t", "tenant_column": "org_id"}],
+        "sinks": [{"batch_max_rows": 10, "dsn": "host=h", "kind": "postgres"}]
+    }"#;
+    let spec = JobSpec::from_json_str(json).unwrap();
+    assert!(spec.includes_tenant("acme"));
+    assert!(spec.includes_tenant("12"));
+    assert_eq!(spec.tenant_column_for("s", "t"), Some("org_id"));
+    let SinkSpec::Postgres(pg) = &spec.sinks[0];
+    assert_eq!(pg.batch_max_rows, 10);
+}
+
+#[test]
+fn missing_source_dsn() {
+    let err = expect_err(
+        &valid_with(
+            "dsn = \"host=127.0.0.1 port=5432 user=postgres dbname=app\"\n",
+            "",
+        ),
+        "source.dsn",
+    );
+    assert!(err.to_string().contains("missing field `dsn`"), "{err}");
+    assert!(matches!(err, JobSpecError::Parse { .. }));
+}
+
+#[test]
+fn missing_sink_dsn_and_kind_and_top_level_fields() {
+    expect_err(
+        &valid_with(
+            "dsn = \"host=127.0.0.1 port=5433 user=postgres dbname=replica\"\n",
+            "",
+        ),
+        "sinks[0].dsn",
+    );
+    expect_err(&valid_with("kind = \"postgres\"\n", ""), "sinks[0].kind");
+    expect_err(&valid_with("name = \"t\"\n", ""), "name");
+    expect_err(&valid_with("include = [3, 7]\n", ""), "tenants.include");
+}
+
+#[test]
+fn empty_dsn() {
+    let err = expect_err(
+        &valid_with(
+            "dsn = \"host=127.0.0.1 port=5432 user=postgres dbname=app\"",
+            "dsn = \"\"",
+        ),
+        "source.dsn",
+    );
+    assert_eq!(err.to_string(), "job spec: source.dsn: must not be empty");
+    expect_err(
+        &valid_with("host=127.0.0.1 port=5433", "not a dsn"),
+        "sinks[0].dsn",
+    );
+}
+
+#[test]
+fn unknown_sink_kind() {
+    let err = expect_err(
+        &valid_with("kind = \"postgres\"", "kind = \"kafka\""),
+        "sinks[0].kind",
+    );
+    let shown = err.to_string();
+    assert!(
+        shown.contains("kafka") && shown.contains("postgres"),
+        "{shown}"
+    );
+    // Order of keys does not matter, and JSON reports the same path.
+    let json = r#"{"name":"t","source":{"dsn":"host=h","publication":"p","slot":"s"},
+        "tenants":{"include":"all"},"tables":[{"name":"a.b"}],
+        "sinks":[{"kind":"postgres","dsn":"host=h"},{"dsn":"host=h","kind":"kafka"}]}"#;
+    let err = JobSpec::from_json_str(json).unwrap_err();
+    assert_eq!(err.field(), "sinks[1].kind", "{err}");
+}
+
+#[test]
+fn wrong_types() {
+    let doc = valid_with(
+        "kind = \"postgres\"",
+        "kind = \"postgres\"\nbatch_max_rows = \"many\"",
+    );
+    let err = expect_err(&doc, "sinks[0].batch_max_rows");
+    assert!(err.to_string().contains("many"), "{err}");
+    expect_err(&valid_with("name = \"t\"", "name = 5"), "name");
+    expect_err(
+        &valid_with("publication = \"pub_t\"", "publication = true"),
+        "source.publication",
+    );
+    expect_err(
+        &valid_with("include = [3, 7]", "include = [3, true]"),
+        "tenants.include[1]",
+    );
+    expect_err(
+        &valid_with("include = [3, 7]", "include = \"ALL\""),
+        "tenants.include",
+    );
+    expect_err(
+        &valid_with("include = [3, 7]", "include = 3"),
+        "tenants.include",
+    );
+    let doc = valid_with("[[tables]]\nname = \"public.orders\"\n", "")
+        .replace("name = \"t\"\n", "name = \"t\"\ntables = \"x\"\n");
+    expect_err(&doc, "tables");
+    let err = JobSpec::from_json_str(r#"{"name": null}"#).unwrap_err();
+    assert_eq!(err.field(), "name", "{err}");
+}
+
+#[test]
+fn negative_batch_max_rows() {
+    let doc = valid_with(
+        "kind = \"postgres\"",
+        "kind = \"postgres\"\nbatch_max_rows = -1",
+    );
+    expect_err(&doc, "sinks[0].batch_max_rows");
+}
+
+#[test]
+fn unknown_keys() {
+    let err = expect_err(
+        &valid_with("slot = \"slot_t\"", "slot = \"slot_t\"\npasswd = \"x\""),
+        "source.passwd",
+    );
+    assert!(
+        err.to_string().contains("source.passwd: unknown field"),
+        "{err}"
+    );
+    expect_err(
+        &valid_with("name = \"t\"", "name = \"t\"\nverbose = true"),
+        "verbose",
+    );
+    expect_err(
+        &valid_with("slot = \"slot_t\"", "slot = \"slot_t\"\nsource = 1"),
+        "source.source",
+    );
+    expect_err(
+        &valid_with("kind = \"postgres\"", "kind = \"postgres\"\nbatch = 3"),
+        "sinks[0].batch",
+    );
+    expect_err(
+        &valid_with(
+            "name = \"public.orders\"",
+            "name = \"public.orders\"\nwhere = \"x\"",
+        ),
+        "tables[0].where",
+    );
+    let json = r#"{"name":"t","source":{"dsn":"host=h","publication":"p","slot":"s","extra":1},
+        "tenants":{"include":"all"},"tables":[{"name":"a.b"}],"sinks":[{"kind":"postgres","dsn":"host=h"}]}"#;
+    let err = JobSpec::from_json_str(json).unwrap_err();
+    assert_eq!(err.field(), "source.extra", "{err}");
+}
+
+#[test]
+fn bad_names() {
+    for slot in ["Slot", "", "has-dash", "a.b", &"s".repeat(64)] {
+        expect_err(
+            &valid_with("slot = \"slot_t\"", &format!("slot = \"{slot}\"")),
+            "source.slot",
+        );
+    }
+    assert!(JobSpec::from_toml_str(&valid_with("slot = \"slot_t\"", "slot = \"9_slot\"")).is_ok());
+    for publication in ["9pub", "Pub", "p-q", ""] {
+        expect_err(
+            &valid_with(
+                "publication = \"pub_t\"",
+                &format!("publication = \"{publication}\""),
+            ),
+            "source.publication",
+        );
+    }
+    for name in ["T", "1abc", "-a", "", "a b", &"a".repeat(49)] {
+        expect_err(
+            &valid_with("name = \"t\"", &format!("name = \"{name}\"")),
+            "name",
+        );
+    }
+    assert!(JobSpec::from_toml_str(&valid_with(
+        "name = \"t\"",
+        &format!("name = \"{}\"", "a".repeat(48))
+    ))
+    .is_ok());
+    for table in [
+        "orders",
+        "a.b.c",
+        "\\\"public\\\".orders",
+        "public. orders",
+        "public.",
+        ".x",
+        "1s.t",
+    ] {
+        expect_err(
+            &valid_with("name = \"public.orders\"", &format!("name = \"{table}\"")),
+            "tables[0].name",
+        );
+    }
+    assert!(JobSpec::from_toml_str(&valid_with(
+        "name = \"public.orders\"",
+        "name = \"App.Orders_2\""
+    ))
+    .is_ok());
+    expect_err(
+        &valid_with("include = [3, 7]", "column = \"Org\"\ninclude = [3, 7]"),
+        "tenants.column",
+    );
+    expect_err(
+        &valid_with(
+            "name = \"public.orders\"",
+            "name = \"public.orders\"\ntenant_column = \"a b\"",
+        ),
+        "tables[0].tenant_column",
+    );
+}
+
+#[test]
+fn duplicate_tables() {
+    let doc = valid_with(
+        "[[tables]]\nname = \"public.orders\"",
+        "[[tables]]\nname = \"public.orders\"\n[[tables]]\nname = \"public.items\"\n[[tables]]\nname = \"public.orders\"",
+    );
+    let err = expect_err(&doc, "tables[2].name");
+    assert!(err.to_string().contains("duplicate"), "{err}");
+    assert!(matches!(err, JobSpecError::Invalid { .. }));
+}
+
+#[test]
+fn duplicate_tenant_ids() {
+    for include in ["[3, 3]", "[3, \"3\"]", "[\"a\", \"b\", \"a\"]"] {
+        let err = expect_err(
+            &valid_with("include = [3, 7]", &format!("include = {include}")),
+            "tenants.include",
+        );
+        assert!(err.to_string().contains("duplicate tenant id"), "{err}");
+    }
+}
+
+#[test]
+fn empty_include_and_empty_lists() {
+    let err = expect_err(
+        &valid_with("include = [3, 7]", "include = []"),
+        "tenants.include",
+    );
+    assert!(matches!(err, JobSpecError::Invalid { .. }));
+    expect_err(
+        &valid_with("include = [3, 7]", "include = [\"\"]"),
+        "tenants.include",
+    );
+    let doc = valid_with("[[tables]]\nname = \"public.orders\"\n", "")
+        .replace("name = \"t\"\n", "name = \"t\"\ntables = []\n");
+    expect_err(&doc, "tables");
+    let doc = valid_with(
+        "[[sinks]]\nkind = \"postgres\"\ndsn = \"host=127.0.0.1 port=5433 user=postgres dbname=replica\"\n",
+        "",
+    )
+    .replace("name = \"t\"\n", "name = \"t\"\nsinks = []\n");
+    expect_err(&doc, "sinks");
+}
+
+#[test]
+fn batch_max_rows_range() {
+    for bad in ["0", "1000001"] {
+        let doc = valid_with(
+            "kind = \"postgres\"",
+            &format!("kind = \"postgres\"\nbatch_max_rows = {bad}"),
+        );
+        let err = expect_err(&doc, "sinks[0].batch_max_rows");
+        assert!(matches!(err, JobSpecError::Invalid { .. }));
+    }
+    for good in ["1", "1000000"] {
+        let doc = valid_with(
+            "kind = \"postgres\"",
+            &format!("kind = \"postgres\"\nbatch_max_rows = {good}"),
+        );
+        assert!(JobSpec::from_toml_str(&doc).is_ok(), "{good}");
+    }
+}
+
+#[test]
+fn syntax_errors_concern_the_document() {
+    let err = JobSpec::from_toml_str("name = \n").unwrap_err();
+    assert_eq!(err.field(), DOCUMENT_PATH, "{err}");
+    assert!(err.to_string().contains("line 1"), "{err}");
+    assert!(!err.to_string().contains('\n'), "{err}");
+    let err = JobSpec::from_json_str("[]").unwrap_err();
+    assert_eq!(err.field(), DOCUMENT_PATH, "{err}");
+    let err = JobSpec::from_json_str(&format!(
+        "{} x",
+        serde_json::to_string(&JobSpec::from_toml_str(VALID).unwrap()).unwrap()
+    ))
+    .unwrap_err();
+    assert_eq!(err.field(), DOCUMENT_PATH, "{err}");
+}
+
+#[test]
+fn debug_of_spec_hides_passwords() {
+    let doc = valid_with(
+        "dsn = \"host=127.0.0.1 port=5432 user=postgres dbname=app\"",
+        "dsn = \"host=h password='top secret' dbname=app\"",
+    );
+    let spec = JobSpec::from_toml_str(&doc).unwrap();
+    assert!(!format!("{spec:?}").contains("secret"));
+    assert!(spec.to_toml_string().contains("top secret"));
+    let doc = valid_with(
+        "dsn = \"host=127.0.0.1 port=5432 user=postgres dbname=app\"",
+        "dsn = \"host=h password='hunter2\"",
+    );
+    let err = JobSpec::from_toml_str(&doc).unwrap_err();
+    assert_eq!(err.field(), "source.dsn");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}
+
+#[test]
+fn toml_output_writes_integer_ids_as_integers() {
+    let mut spec = JobSpec::from_toml_str(VALID).unwrap();
+    spec.tenants.include =
+        TenantFilter::Only(["7".into(), "acme".into(), "007".into(), "-2".into()].into());
+    let toml = spec.to_toml_string();
+    assert!(
+        toml.contains(r#"include = [-2, "007", 7, "acme"]"#),
+        "{toml}"
+    );
+    assert_eq!(JobSpec::from_toml_str(&toml).unwrap(), spec);
+}
+
+// --- property: parse(to_toml(spec)) == spec -------------------------------
+
+fn identifier() -> impl Strategy<Value = String> {
+    "[a-z_][a-z0-9_]{0,62}"
+}
+
+fn dsn() -> impl Strategy<Value = Dsn> {
+    prop_oneof![
+        (identifier(), 1u16.., "[ -~]{0,12}").prop_map(|(db, port, password)| {
+            let quoted = password.replace('\\', "\\\\").replace('\'', "\\'");
+            Dsn::new(format!(
+                "host=db.example port={port} dbname={db} password='{quoted}'"
+            ))
+        }),
+        ("[a-z]{1,8}", "[A-Za-z0-9%]{1,10}", identifier()).prop_map(|(user, pass, db)| {
+            Dsn::new(format!("postgresql://{user}:{pass}@localhost:5432/{db}"))
+        }),
+    ]
+}
+
+fn tenant_filter() -> impl Strategy<Value = TenantFilter> {
+    let id = prop_oneof![
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<u64>().prop_map(|n| n.to_string()),
+        "\\PC{1,12}",
+        "[0-9]{1,4}",
+    ];
+    prop_oneof![
+        Just(TenantFilter::All),
+        proptest::collection::btree_set(id, 1..8).prop_map(TenantFilter::Only),
+    ]
+}
+
+fn tables() -> impl Strategy<Value = Vec<TableSpec>> {
+    let name = ("[A-Za-z_][A-Za-z0-9_]{0,20}", "[A-Za-z_][A-Za-z0-9_]{0,20}")
+        .prop_map(|(s, t)| format!("{s}.{t}"));
+    proptest::collection::btree_set(name, 1..5).prop_flat_map(|names| {
+        let n = names.len();
+        proptest::collection::vec(proptest::option::of(identifier()), n).prop_map(move |columns| {
+            names
+                .iter()
+                .zip(columns)
+                .map(|(name, tenant_column)| TableSpec {
+                    name: name.clone(),
+                    tenant_column,
+                })
+                .collect()
+        })
+    })
+}
+
+fn job_spec() -> impl Strategy<Value = JobSpec> {
+    let sink = (dsn(), 1..=MAX_BATCH_MAX_ROWS).prop_map(|(dsn, batch_max_rows)| {
+        SinkSpec::Postgres(PostgresSinkSpec {
+            dsn,
+            batch_max_rows,
+        })
+    });
+    (
+        "[a-z][a-z0-9_-]{0,47}",
+        (dsn(), identifier(), "[a-z0-9_]{1,63}"),
+        (identifier(), tenant_filter()),
+        tables(),
+        proptest::collection::vec(sink, 1..3),
+    )
+        .prop_map(
+            |(name, (dsn, publication, slot), (column, include), tables, sinks)| JobSpec {
+                name,
+                source: SourceSpec {
+                    dsn,
+                    publication,
+                    slot,
+                },
+                tenants: TenantSpec { column, include },
+                tables,
+                sinks,
+            },
+        )
+}
+
+proptest! {
+    #[test]
+    fn toml_round_trip(spec in job_spec()) {
+        prop_assert!(spec.validate().is_ok(), "{:?}", spec.validate());
+        let toml = spec.to_toml_string();
+        let back = JobSpec::from_toml_str(&toml);
+        prop_assert!(back.is_ok(), "{:?}\n{}", back, toml);
+        prop_assert_eq!(back.unwrap(), spec);
+    }
+
+    #[test]
+    fn json_round_trip(spec in job_spec()) {
+        let json = serde_json::to_string(&spec).unwrap();
+        prop_assert_eq!(JobSpec::from_json_str(&json).unwrap(), spec);
+    }
+}

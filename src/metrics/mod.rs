@@ -1,0 +1,712 @@
+//! Prometheus metrics of the replication jobs: one [`MetricsRegistry`] per server, one
+//! [`JobMetrics`] handle per job, handed to the data path.
+//!
+//! # Names
+//! Every metric name, label name and fixed label value is a constant in [`names`]; the
+//! Grafana dashboard (`schemas/grafana-dashboard.json`) uses the same names, and a test
+//! checks that it references each metric.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `helios_replication_lag_seconds` | gauge | `job`, `tenant` |
+//! | `helios_replication_lag_bytes` | gauge | `job`, `tenant` |
+//! | `helios_rows_replicated_total` | counter | `job`, `tenant`, `op` |
+//! | `helios_bytes_received_total` | counter | `job` |
+//! | `helios_bytes_sent_total` | counter | `job`, `sink` |
+//! | `helios_sink_errors_total` | counter | `job`, `sink` |
+//! | `helios_apply_batch_seconds` | histogram | `job`, `sink` |
+//! | `helios_source_confirmed_lsn` | gauge | `job` |
+//! | `helios_job_state` | gauge | `job`, `state` |
+//!
+//! Prometheus conventions: base units (seconds, bytes), counters end in `_total`, a
+//! histogram's series are `_bucket{le}`, `_sum` and `_count`. The LSN gauge is the LSN as a
+//! number (`X/Y` is `X << 32 | Y`); Prometheus stores samples as `f64`, which is exact up to
+//! 2^53 (8 PiB of WAL).
+//!
+//! # Label values
+//! - `op` (what the sink reports per apply, [`JobMetrics::rows`]): `upsert` (rows inserted
+//!   or updated), `delete` (rows deleted, per-tenant truncates included), `skipped_replay`
+//!   (changes skipped because the sink's checkpoint already covered them — replays after a
+//!   restart) and `dead_lettered` (changes kept in the dead-letter table because their table
+//!   is in error). See [`names::OPS`].
+//! - `state` ([`JobMetrics::set_state`]): `snapshotting`, `streaming`, `paused`, `failed`,
+//!   `stopping` — the snake_case names of `control::job_control::JobState`. The current
+//!   state's series is 1, every other state's 0. See [`names::STATES`].
+//! - `sink`: the sink's `Sink::kind()` (`postgres`, …).
+//!
+//! # Bounded cardinality
+//! The `tenant` label takes only the tenant ids a job was registered with, plus
+//! [`names::TENANT_ALL`] (`_all`): a job over all tenants (registered with `None`) records
+//! everything under `_all`, and a tenant outside a job's list is recorded under `_all` too,
+//! so no series is ever created per unknown tenant. `op`, `sink` and `state` are
+//! `&'static str`, i.e. fixed by the code. LSNs, keys, table names and error texts never
+//! become labels.
+//!
+//! # Lifecycle
+//! [`MetricsRegistry::register_job`] creates a job's fixed series at 0 (rows for every
+//! [`names::OPS`] value × every listed tenant and `_all`, bytes received, one series per
+//! [`names::STATES`] value), so `rate()`/`increase()` see the first increment; the others
+//! (lag, LSN, per-sink series) appear on first use.
+//! [`MetricsRegistry::unregister_job`] removes every series of the job; the job's
+//! [`JobMetrics`] handle then becomes inert (calls on it record nowhere and never bring a
+//! series back), so a task that still holds it cannot resurrect a deleted job.
+//!
+//! # Exposition format
+//! [`MetricsRegistry::encode`] returns the **OpenMetrics 1.0 text format** (the only text
+//! format `prometheus-client` writes), ending in `# EOF`; serve it with
+//! [`CONTENT_TYPE`]. Prometheus (and Grafana Agent / Alloy, VictoriaMetrics) scrape it.
+//! Served as `text/plain; version=0.0.4` instead, Prometheus still ingests every sample,
+//! but the counters lose their type (the `# TYPE` line names the family without `_total`).
+//!
+//! Scrape configuration: the label `job` collides with the target label Prometheus adds to
+//! every scraped series; set `honor_labels: true` on this scrape job, otherwise Prometheus
+//! renames ours to `exported_job` and the dashboard's `$job` variable selects the scrape
+//! job instead of the replication job.
+//!
+//! # Cost on hot paths
+//! After a series exists, recording is a hash lookup of the tenant (rows only), a read
+//! lock on a short per-job list and one atomic operation; no allocation. Creating a series
+//! takes the job's locks once.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+/// Metric names, label names and the fixed label values, in one place.
+pub mod names {
+    /// Age of the oldest change not yet durable at the sinks (0 when caught up).
+    pub const REPLICATION_LAG_SECONDS: &str = "helios_replication_lag_seconds";
+    /// WAL bytes between the source's current position and the confirmed one.
+    pub const REPLICATION_LAG_BYTES: &str = "helios_replication_lag_bytes";
+    /// Rows (changes) handled by the sinks, by tenant and [operation](OPS).
+    pub const ROWS_REPLICATED_TOTAL: &str = "helios_rows_replicated_total";
+    /// Bytes of replication stream read from the source.
+    pub const BYTES_RECEIVED_TOTAL: &str = "helios_bytes_received_total";
+    /// Bytes written to each sink.
+    pub const BYTES_SENT_TOTAL: &str = "helios_bytes_sent_total";
+    /// Failed apply attempts and failed (re)connections per sink.
+    pub const SINK_ERRORS_TOTAL: &str = "helios_sink_errors_total";
+    /// Duration of one apply call (one group of batches) per sink.
+    pub const APPLY_BATCH_SECONDS: &str = "helios_apply_batch_seconds";
+    /// Position confirmed to the source, as a number.
+    pub const SOURCE_CONFIRMED_LSN: &str = "helios_source_confirmed_lsn";
+    /// 1 for the job's current state, 0 for the others.
+    pub const JOB_STATE: &str = "helios_job_state";
+
+    /// Every metric name above.
+    pub const ALL_METRICS: [&str; 9] = [
+        REPLICATION_LAG_SECONDS,
+        REPLICATION_LAG_BYTES,
+        ROWS_REPLICATED_TOTAL,
+        BYTES_RECEIVED_TOTAL,
+        BYTES_SENT_TOTAL,
+        SINK_ERRORS_TOTAL,
+        APPLY_BATCH_SECONDS,
+        SOURCE_CONFIRMED_LSN,
+        JOB_STATE,
+    ];
+
+    /// Label: the job's name.
+    pub const LABEL_JOB: &str = "job";
+    /// Label: a tenant id the job names, or [`TENANT_ALL`].
+    pub const LABEL_TENANT: &str = "tenant";
+    /// Label: one of [`OPS`].
+    pub const LABEL_OP: &str = "op";
+    /// Label: the sink's kind (`Sink::kind()`).
+    pub const LABEL_SINK: &str = "sink";
+    /// Label: one of [`STATES`].
+    pub const LABEL_STATE: &str = "state";
+
+    /// Tenant label value for jobs over all tenants and for tenants outside the job's list.
+    pub const TENANT_ALL: &str = "_all";
+
+    /// Rows inserted or updated.
+    pub const OP_UPSERT: &str = "upsert";
+    /// Rows deleted (including per-tenant truncates).
+    pub const OP_DELETE: &str = "delete";
+    /// Changes skipped because the sink's checkpoint already covered them (replays).
+    pub const OP_SKIPPED_REPLAY: &str = "skipped_replay";
+    /// Changes kept in the dead-letter table because their table is in error.
+    pub const OP_DEAD_LETTERED: &str = "dead_lettered";
+    /// The `op` values the sinks report; each gets a series per tenant at registration.
+    pub const OPS: [&str; 4] = [OP_UPSERT, OP_DELETE, OP_SKIPPED_REPLAY, OP_DEAD_LETTERED];
+
+    /// Preparing the source and taking the initial snapshot.
+    pub const STATE_SNAPSHOTTING: &str = "snapshotting";
+    /// Replicating changes.
+    pub const STATE_STREAMING: &str = "streaming";
+    /// Stopped reading on request.
+    pub const STATE_PAUSED: &str = "paused";
+    /// Stopped by an error that needs a person.
+    pub const STATE_FAILED: &str = "failed";
+    /// Being removed.
+    pub const STATE_STOPPING: &str = "stopping";
+    /// The job states (`JobState` in snake_case); each gets a series at registration.
+    pub const STATES: [&str; 5] = [
+        STATE_SNAPSHOTTING,
+        STATE_STREAMING,
+        STATE_PAUSED,
+        STATE_FAILED,
+        STATE_STOPPING,
+    ];
+}
+
+/// `Content-Type` of [`MetricsRegistry::encode`]'s output (OpenMetrics 1.0 text).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Upper bounds of `helios_apply_batch_seconds`: 1 ms doubling to 32.768 s (16 buckets,
+/// plus `+Inf`).
+pub fn apply_batch_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.001, 2.0, 16)
+}
+
+type GaugeF64 = Gauge<f64, AtomicU64>;
+type GaugeU64 = Gauge<u64, AtomicU64>;
+type HistogramFamily = Family<SinkLabels, Histogram, fn() -> Histogram>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    job: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    job: Arc<str>,
+    tenant: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RowLabels {
+    job: Arc<str>,
+    tenant: Arc<str>,
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabels {
+    job: Arc<str>,
+    sink: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    job: Arc<str>,
+    state: &'static str,
+}
+
+fn new_apply_histogram() -> Histogram {
+    Histogram::new(apply_batch_buckets())
+}
+
+/// The metric families; clones share their series.
+#[derive(Clone, Debug)]
+struct Families {
+    lag_seconds: Family<TenantLabels, GaugeF64>,
+    lag_bytes: Family<TenantLabels, GaugeU64>,
+    rows: Family<RowLabels, Counter>,
+    bytes_received: Family<JobLabels, Counter>,
+    bytes_sent: Family<SinkLabels, Counter>,
+    sink_errors: Family<SinkLabels, Counter>,
+    apply_batch: HistogramFamily,
+    confirmed_lsn: Family<JobLabels, GaugeU64>,
+    job_state: Family<StateLabels, Gauge>,
+}
+
+/// `name` without `suffix`: `prometheus-client` appends `_total` to counters and the unit
+/// to metrics registered with one.
+fn stem<'a>(name: &'a str, suffix: &str) -> &'a str {
+    name.strip_suffix(suffix)
+        .unwrap_or_else(|| panic!("metric name {name} must end in {suffix}"))
+}
+
+impl Families {
+    fn new() -> Self {
+        Families {
+            lag_seconds: Family::default(),
+            lag_bytes: Family::default(),
+            rows: Family::default(),
+            bytes_received: Family::default(),
+            bytes_sent: Family::default(),
+            sink_errors: Family::default(),
+            apply_batch: Family::new_with_constructor(new_apply_histogram),
+            confirmed_lsn: Family::default(),
+            job_state: Family::default(),
+        }
+    }
+
+    fn register(&self, r: &mut Registry) {
+        use names::*;
+        r.register_with_unit(
+            stem(REPLICATION_LAG_SECONDS, "_seconds"),
+            "Age of the oldest change not yet durable at the sinks (0 when caught up)",
+            Unit::Seconds,
+            self.lag_seconds.clone(),
+        );
+        r.register_with_unit(
+            stem(REPLICATION_LAG_BYTES, "_bytes"),
+            "WAL bytes between the source's current position and the confirmed one",
+            Unit::Bytes,
+            self.lag_bytes.clone(),
+        );
+        r.register(
+            stem(ROWS_REPLICATED_TOTAL, "_total"),
+            "Rows handled by the sinks (op: upsert, delete, skipped_replay, dead_lettered)",
+            self.rows.clone(),
+        );
+        r.register(
+            stem(BYTES_RECEIVED_TOTAL, "_total"),
+            "Bytes of replication stream read from the source",
+            self.bytes_received.clone(),
+        );
+        r.register(
+            stem(BYTES_SENT_TOTAL, "_total"),
+            "Bytes written to the sink",
+            self.bytes_sent.clone(),
+        );
+        r.register(
+            stem(SINK_ERRORS_TOTAL, "_total"),
+            "Failed apply attempts and failed connections of the sink",
+            self.sink_errors.clone(),
+        );
+        r.register_with_unit(
+            stem(APPLY_BATCH_SECONDS, "_seconds"),
+            "Duration of one apply call (a group of source transactions) at the sink",
+            Unit::Seconds,
+            self.apply_batch.clone(),
+        );
+        r.register(
+            SOURCE_CONFIRMED_LSN,
+            "Position confirmed to the source (the LSN as a number)",
+            self.confirmed_lsn.clone(),
+        );
+        r.register(
+            JOB_STATE,
+            "1 for the job's current state, 0 for the others",
+            self.job_state.clone(),
+        );
+    }
+}
+
+/// The server's metrics: every job's series, encoded together for `GET /metrics`.
+pub struct MetricsRegistry {
+    registry: Registry,
+    families: Families,
+    jobs: Mutex<HashMap<String, Arc<JobMetrics>>>,
+}
+
+impl fmt::Debug for MetricsRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let jobs = lock(&self.jobs);
+        f.debug_struct("MetricsRegistry")
+            .field("jobs", &jobs.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MetricsRegistry {
+    /// An empty registry with every metric family registered.
+    pub fn new() -> Arc<MetricsRegistry> {
+        let families = Families::new();
+        let mut registry = Registry::default();
+        families.register(&mut registry);
+        Arc::new(MetricsRegistry {
+            registry,
+            families,
+            jobs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The metrics handle of job `job`, carrying `tenants` (`None`: all tenants).
+    ///
+    /// Idempotent: registering a job again with the same tenants (in any order) returns the
+    /// same handle. Registering it with a *different* tenant list replaces it, as
+    /// [`unregister_job`](Self::unregister_job) followed by a fresh registration: its series
+    /// start again from 0 (Prometheus treats that as a counter reset) and the old handle
+    /// becomes inert.
+    pub fn register_job(&self, job: &str, tenants: Option<&[String]>) -> Arc<JobMetrics> {
+        let tenants: Option<BTreeSet<&str>> =
+            tenants.map(|t| t.iter().map(String::as_str).collect());
+        let mut jobs = lock(&self.jobs);
+        if let Some(existing) = jobs.get(job) {
+            if existing.same_tenants(tenants.as_ref()) {
+                return existing.clone();
+            }
+            existing.retire();
+        }
+        let metrics = Arc::new(JobMetrics::new(job, tenants, self.families.clone()));
+        jobs.insert(job.to_owned(), metrics.clone());
+        metrics
+    }
+
+    /// Removes every series of job `job` (no-op for an unknown job). Handles to it become
+    /// inert.
+    pub fn unregister_job(&self, job: &str) {
+        let mut jobs = lock(&self.jobs);
+        if let Some(metrics) = jobs.remove(job) {
+            metrics.retire();
+        }
+    }
+
+    /// Every series in the OpenMetrics 1.0 text format, ending in `# EOF\n`; serve it with
+    /// [`CONTENT_TYPE`]. Families without series are left out.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail, and every label value is escaped.
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encoding metrics into a String");
+        out
+    }
+}
+
+/// Locks `m`, ignoring poisoning: the data behind every lock here stays consistent at
+/// every point a panic could interrupt it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A short list of series keyed by a small value (an `op`, a sink kind, a state, `()`),
+/// created on first use.
+#[derive(Debug)]
+struct Slots<K, M>(RwLock<Vec<(K, M)>>);
+
+impl<K: PartialEq + Copy, M> Slots<K, M> {
+    fn new() -> Self {
+        Slots(RwLock::new(Vec::new()))
+    }
+
+    /// Calls `f` on the series for `key`, creating it with `make` if missing; does nothing
+    /// when `make` declines (retired job).
+    fn with(&self, key: K, make: impl FnOnce() -> Option<M>, f: impl FnOnce(&M)) {
+        {
+            let slots = self.0.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some((_, m)) = slots.iter().find(|(k, _)| *k == key) {
+                f(m);
+                return;
+            }
+        }
+        let mut slots = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, m)) = slots.iter().find(|(k, _)| *k == key) {
+            f(m);
+            return;
+        }
+        if let Some(m) = make() {
+            f(&m);
+            slots.push((key, m));
+        }
+    }
+}
+
+/// One value of the tenant label within a job.
+#[derive(Debug)]
+struct TenantSlot {
+    tenant: Arc<str>,
+    rows: Slots<&'static str, Counter>,
+    lag: Slots<(), (GaugeF64, GaugeU64)>,
+}
+
+/// A sink's series.
+#[derive(Debug)]
+struct SinkSeries {
+    bytes_sent: Counter,
+    errors: Counter,
+    apply_batch: Histogram,
+}
+
+type Remover = Box<dyn FnOnce() + Send>;
+
+/// Whether the job is registered, and how to remove each series it created.
+struct Lifecycle {
+    alive: bool,
+    removers: Vec<Remover>,
+}
+
+/// One job's metrics. Cheap to call from hot paths; see the [module doc](self).
+pub struct JobMetrics {
+    job: Arc<str>,
+    families: Families,
+    /// `None` for a job over all tenants.
+    tenant_list: Option<BTreeSet<Box<str>>>,
+    /// Listed tenant → index into `slots`.
+    tenant_index: HashMap<Box<str>, usize>,
+    /// `slots[0]` is `_all`.
+    slots: Vec<TenantSlot>,
+    bytes_received: Counter,
+    confirmed_lsn: Slots<(), GaugeU64>,
+    sinks: Slots<&'static str, SinkSeries>,
+    states: Slots<&'static str, Gauge>,
+    /// Held while creating a series and while retiring, so none outlives the job.
+    life: Mutex<Lifecycle>,
+}
+
+impl fmt::Debug for JobMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobMetrics")
+            .field("job", &self.job)
+            .field("tenants", &self.tenant_list)
+            .field("alive", &lock(&self.life).alive)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobMetrics {
+    fn new(job: &str, tenants: Option<BTreeSet<&str>>, families: Families) -> Self {
+        let slot = |tenant: &str| TenantSlot {
+            tenant: Arc::from(tenant),
+            rows: Slots::new(),
+            lag: Slots::new(),
+        };
+        let mut slots = vec![slot(names::TENANT_ALL)];
+        let mut tenant_index = HashMap::new();
+        for t in tenants.iter().flatten() {
+            if *t != names::TENANT_ALL {
+                tenant_index.insert(Box::from(*t), slots.len());
+                slots.push(slot(t));
+            }
+        }
+        let job: Arc<str> = Arc::from(job);
+        let bytes_received = families
+            .bytes_received
+            .get_or_create_owned(&JobLabels { job: job.clone() });
+        let metrics = JobMetrics {
+            tenant_list: tenants.map(|t| t.into_iter().map(Box::from).collect()),
+            tenant_index,
+            slots,
+            bytes_received,
+            confirmed_lsn: Slots::new(),
+            sinks: Slots::new(),
+            states: Slots::new(),
+            life: Mutex::new(Lifecycle {
+                alive: true,
+                removers: Vec::new(),
+            }),
+            families,
+            job,
+        };
+        {
+            let families = metrics.families.clone();
+            let labels = JobLabels {
+                job: metrics.job.clone(),
+            };
+            lock(&metrics.life).removers.push(Box::new(move || {
+                families.bytes_received.remove(&labels);
+            }));
+        }
+        // The fixed series exist from the start, so `rate()`/`increase()` see their first
+        // increment and every state reads 0 until `set_state`.
+        for slot in &metrics.slots {
+            for op in names::OPS {
+                metrics.rows_in(slot, op, 0);
+            }
+        }
+        for state in names::STATES {
+            metrics.states.with(
+                state,
+                || metrics.create(&metrics.families.job_state, metrics.state_labels(state)),
+                |_| {},
+            );
+        }
+        metrics
+    }
+
+    fn same_tenants(&self, tenants: Option<&BTreeSet<&str>>) -> bool {
+        match (&self.tenant_list, tenants) {
+            (None, None) => true,
+            (Some(mine), Some(theirs)) => mine.iter().map(|t| &**t).eq(theirs.iter().copied()),
+            _ => false,
+        }
+    }
+
+    /// Removes every series of this job and makes the handle inert.
+    fn retire(&self) {
+        let mut life = lock(&self.life);
+        life.alive = false;
+        for remove in life.removers.drain(..) {
+            remove();
+        }
+    }
+
+    /// Gets or creates the series `labels` in `family` and records how to remove it;
+    /// `None` once the job is retired.
+    fn create<S, M, C>(&self, family: &Family<S, M, C>, labels: S) -> Option<M>
+    where
+        S: Clone + std::hash::Hash + Eq + Send + Sync + 'static,
+        M: Clone + Send + Sync + 'static,
+        C: MetricConstructor<M> + Clone + Send + Sync + 'static,
+    {
+        let mut life = lock(&self.life);
+        if !life.alive {
+            return None;
+        }
+        let metric = family.get_or_create_owned(&labels);
+        let family = family.clone();
+        life.removers.push(Box::new(move || {
+            family.remove(&labels);
+        }));
+        Some(metric)
+    }
+
+    /// The slot of `tenant`: its own if the job lists it, `_all` otherwise.
+    fn slot(&self, tenant: &str) -> &TenantSlot {
+        let i = self.tenant_index.get(tenant).copied().unwrap_or(0);
+        &self.slots[i]
+    }
+
+    fn state_labels(&self, state: &'static str) -> StateLabels {
+        StateLabels {
+            job: self.job.clone(),
+            state,
+        }
+    }
+
+    fn rows_in(&self, slot: &TenantSlot, op: &'static str, n: u64) {
+        slot.rows.with(
+            op,
+            || {
+                let labels = RowLabels {
+                    job: self.job.clone(),
+                    tenant: slot.tenant.clone(),
+                    op,
+                };
+                self.create(&self.families.rows, labels)
+            },
+            |c| {
+                c.inc_by(n);
+            },
+        );
+    }
+
+    fn with_sink(&self, sink: &'static str, f: impl FnOnce(&SinkSeries)) {
+        self.sinks.with(
+            sink,
+            || {
+                let labels = SinkLabels {
+                    job: self.job.clone(),
+                    sink,
+                };
+                Some(SinkSeries {
+                    bytes_sent: self.create(&self.families.bytes_sent, labels.clone())?,
+                    errors: self.create(&self.families.sink_errors, labels.clone())?,
+                    apply_batch: self.create(&self.families.apply_batch, labels)?,
+                })
+            },
+            f,
+        );
+    }
+
+    /// Counts `n` rows of `tenant` with operation `op` (one of [`names::OPS`]). A tenant the
+    /// job does not list — or [`names::TENANT_ALL`] for counts without a tenant breakdown,
+    /// such as skipped replays — is counted under `_all`.
+    pub fn rows(&self, tenant: &str, op: &'static str, n: u64) {
+        self.rows_in(self.slot(tenant), op, n);
+    }
+
+    /// Counts `n` bytes read from the source's replication stream.
+    pub fn bytes_received(&self, n: u64) {
+        self.bytes_received.inc_by(n);
+    }
+
+    /// Counts `n` bytes written to sink `sink` (its `Sink::kind()`).
+    pub fn bytes_sent(&self, sink: &'static str, n: u64) {
+        self.with_sink(sink, |s| {
+            s.bytes_sent.inc_by(n);
+        });
+    }
+
+    /// Counts one failed apply attempt or connection of sink `sink`.
+    pub fn sink_error(&self, sink: &'static str) {
+        self.with_sink(sink, |s| {
+            s.errors.inc();
+        });
+    }
+
+    /// Records how long one apply call of sink `sink` took. Negative values count as 0;
+    /// NaN and infinities are ignored.
+    pub fn apply_batch(&self, sink: &'static str, seconds: f64) {
+        if !seconds.is_finite() {
+            return;
+        }
+        self.with_sink(sink, |s| s.apply_batch.observe(seconds.max(0.0)));
+    }
+
+    /// Sets the lag of `tenant` (`None`, or a tenant the job does not list: the job's lag,
+    /// under `_all`). The last call wins, so for a job over all tenants report only the
+    /// job's lag (`None`), not one value per tenant. Negative seconds count as 0; a NaN or
+    /// infinite `seconds` leaves the lag unchanged.
+    pub fn set_lag(&self, tenant: Option<&str>, seconds: f64, bytes: u64) {
+        if !seconds.is_finite() {
+            return;
+        }
+        let slot = tenant.map_or(&self.slots[0], |t| self.slot(t));
+        slot.lag.with(
+            (),
+            || {
+                let labels = TenantLabels {
+                    job: self.job.clone(),
+                    tenant: slot.tenant.clone(),
+                };
+                Some((
+                    self.create(&self.families.lag_seconds, labels.clone())?,
+                    self.create(&self.families.lag_bytes, labels)?,
+                ))
+            },
+            |(s, b)| {
+                s.set(seconds.max(0.0));
+                b.set(bytes);
+            },
+        );
+    }
+
+    /// Sets the position confirmed to the source (`X/Y` as `X << 32 | Y`).
+    pub fn set_confirmed_lsn(&self, lsn: u64) {
+        self.confirmed_lsn.with(
+            (),
+            || {
+                let labels = JobLabels {
+                    job: self.job.clone(),
+                };
+                self.create(&self.families.confirmed_lsn, labels)
+            },
+            |g| {
+                g.set(lsn);
+            },
+        );
+    }
+
+    /// Makes `state` (one of [`names::STATES`]) the job's current state: its series reads 1,
+    /// every other state's 0. (Another `&'static str` gets a series of its own, too.)
+    pub fn set_state(&self, state: &'static str) {
+        // Make sure the series exists before switching, then switch under the write lock so
+        // concurrent calls cannot leave two states at 1.
+        self.states.with(
+            state,
+            || self.create(&self.families.job_state, self.state_labels(state)),
+            |_| {},
+        );
+        let states = self
+            .states
+            .0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (s, g) in states.iter() {
+            if *s != state {
+                g.set(0);
+            }
+        }
+        for (s, g) in states.iter() {
+            if *s == state {
+                g.set(1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
