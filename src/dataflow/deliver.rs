@@ -1,12 +1,14 @@
 //! The hand-over from the dataflow to the sink tasks.
 //!
 //! Per worker it stashes each timestamp's changes until the input frontier passes it (the
-//! transaction is complete on this worker), sends them as one [`ApplyBatch`] to every sink
-//! task of the worker, and keeps the timestamp's capability on a data-less output until
+//! transaction is complete on this worker), hands them as one [`ApplyBatch`] to every sink
+//! task of the worker (never blocking: the worker thread is shared by every job), and keeps the timestamp's capability on a data-less output until
 //! every sink reported it durable. Probing that output therefore gives the LSN below which
 //! everything is durable at every sink on every worker: the only LSN the source may confirm.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
@@ -24,12 +26,14 @@ pub type DurableReports = crossbeam_channel::Receiver<(usize, Lsn)>;
 /// The delivery operator.
 pub trait DeliverToSinks<'scope> {
     /// Delivers each completed timestamp to `sinks` and returns a progress-only stream
-    /// whose frontier is the durable frontier. `on_activator` receives the handle the sink
-    /// tasks use to wake the operator after reporting.
+    /// whose frontier is the durable frontier. `backlog` counts the rows of completed
+    /// transactions not yet taken by a sink (the feeder pauses while it is large).
+    /// `on_activator` receives the handle the sink tasks use to wake the operator.
     fn deliver_to_sinks(
         self,
         sinks: Vec<mpsc::Sender<ApplyBatch>>,
         durable: DurableReports,
+        backlog: Arc<AtomicUsize>,
         on_activator: impl FnOnce(SyncActivator),
     ) -> StreamVec<'scope, Lsn, ()>;
 }
@@ -39,6 +43,7 @@ impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, TenantChange> {
         self,
         sinks: Vec<mpsc::Sender<ApplyBatch>>,
         durable: DurableReports,
+        backlog: Arc<AtomicUsize>,
         on_activator: impl FnOnce(SyncActivator),
     ) -> StreamVec<'scope, Lsn, ()> {
         let scope = self.scope();
@@ -53,6 +58,7 @@ impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, TenantChange> {
             let mut in_flight: BTreeMap<Lsn, Capability<Lsn>> = BTreeMap::new();
             let mut durable_at: Vec<Lsn> = vec![0; sinks.len()];
             let mut sink_gone = false;
+            let mut queues: Vec<VecDeque<ApplyBatch>> = sinks.iter().map(|_| VecDeque::new()).collect();
             move |frontiers| {
                 input.for_each_stamp(|cap, data| {
                     let Some(&t) = cap.least() else { return };
@@ -75,14 +81,36 @@ impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, TenantChange> {
                     }
                     changes.sort_by_key(|c| c.seq);
                     let batch = ApplyBatch { commit_lsn: t, changes };
-                    for sink in &sinks {
-                        // Blocks this worker while the sink is behind: back-pressure.
-                        if sink.blocking_send(batch.clone()).is_err() && !sink_gone {
-                            sink_gone = true;
-                            tracing::error!(lsn = t, "a sink task has stopped; nothing past this LSN will be acknowledged");
-                        }
+                    for queue in queues.iter_mut() {
+                        backlog.fetch_add(batch.changes.len(), Ordering::Relaxed);
+                        queue.push_back(batch.clone());
                     }
                     in_flight.insert(t, cap);
+                }
+                // Hand over without blocking the worker (other jobs share it): what a
+                // sink's channel cannot take now waits here; the sink task wakes this
+                // operator whenever it finished a batch.
+                for (sink, queue) in sinks.iter().zip(queues.iter_mut()) {
+                    while let Some(batch) = queue.pop_front() {
+                        let rows = batch.changes.len();
+                        match sink.try_send(batch) {
+                            Ok(()) => {
+                                backlog.fetch_sub(rows, Ordering::Relaxed);
+                            }
+                            Err(mpsc::error::TrySendError::Full(batch)) => {
+                                queue.push_front(batch);
+                                break;
+                            }
+                            Err(mpsc::error::TrySendError::Closed(batch)) => {
+                                if !sink_gone {
+                                    sink_gone = true;
+                                    tracing::error!(lsn = batch.commit_lsn, "a sink task has stopped; nothing past this LSN will be acknowledged");
+                                }
+                                queue.push_front(batch);
+                                break;
+                            }
+                        }
+                    }
                 }
                 while let Ok((sink, lsn)) = durable.try_recv() {
                     if let Some(d) = durable_at.get_mut(sink) {

@@ -1,5 +1,6 @@
 //! Wiring only: connects the job's operators. No processing happens here.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use timely::dataflow::StreamVec;
@@ -17,9 +18,10 @@ pub fn render_job<'scope>(
     plan: Arc<TenantPlan>,
     sinks: Vec<mpsc::Sender<ApplyBatch>>,
     durable: DurableReports,
+    backlog: Arc<AtomicUsize>,
     on_activator: impl FnOnce(SyncActivator),
 ) -> StreamVec<'scope, Lsn, ()> {
     source
         .partition_by_tenant(plan)
-        .deliver_to_sinks(sinks, durable, on_activator)
+        .deliver_to_sinks(sinks, durable, backlog, on_activator)
 }

@@ -2,6 +2,7 @@
 //! sink tasks on the tokio runtime, and (worker 0 only) move the reader's events into the
 //! job's input.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use timely::dataflow::operators::{Input, Probe};
@@ -18,6 +19,9 @@ use crate::sinks::ApplyBatch;
 
 /// Batches queued per sink task before the worker blocks (back-pressure).
 pub const SINK_QUEUE_BATCHES: usize = 64;
+/// Rows of completed transactions a job may have waiting for its sinks before worker 0
+/// stops feeding it.
+pub const MAX_BACKLOG_ROWS: usize = 100_000;
 /// Events taken from a job's reader per worker step.
 pub const EVENTS_PER_STEP: usize = 4096;
 
@@ -45,6 +49,8 @@ pub struct JobDataflow {
     pub events: Arc<Mutex<Option<mpsc::Receiver<SourceEvent>>>>,
     /// Where worker 0 publishes the durable frontier.
     pub durable: Arc<watch::Sender<Lsn>>,
+    /// Rows of completed transactions waiting for a sink, over all workers.
+    pub backlog: Arc<AtomicUsize>,
 }
 
 /// A job's dataflow as one worker holds it.
@@ -58,6 +64,7 @@ pub struct WorkerJob {
     /// The durable frontier probe.
     probe: ProbeHandle<Lsn>,
     durable: Arc<watch::Sender<Lsn>>,
+    backlog: Arc<AtomicUsize>,
     /// Skipping a transaction older than the input's time.
     discarding: bool,
 }
@@ -82,9 +89,14 @@ impl WorkerJob {
         let dataflow = worker.next_dataflow_index();
         worker.dataflow_named::<Lsn, _, _>(&format!("job {}", job.job), |scope| {
             let source = scope.input_from(&mut input);
-            render_job(source, job.plan.clone(), senders, report_rx, |a| {
-                activator = Some(a)
-            })
+            render_job(
+                source,
+                job.plan.clone(),
+                senders,
+                report_rx,
+                job.backlog.clone(),
+                |a| activator = Some(a),
+            )
             .probe_with(&probe);
         });
         let activator = Arc::new(activator.expect("render_job hands over an activator"));
@@ -118,6 +130,7 @@ impl WorkerJob {
             events,
             probe,
             durable: job.durable.clone(),
+            backlog: job.backlog.clone(),
             discarding: false,
         }
     }
@@ -128,6 +141,11 @@ impl WorkerJob {
         let (Some(input), Some(rx)) = (self.input.as_mut(), self.events.as_mut()) else {
             return false;
         };
+        // The sinks are behind: leave the events in the reader's bounded channel, which
+        // in turn stops the reader (back-pressure to the source through TCP).
+        if self.backlog.load(Ordering::Relaxed) > MAX_BACKLOG_ROWS {
+            return false;
+        }
         for _ in 0..EVENTS_PER_STEP {
             match rx.try_recv() {
                 Ok(SourceEvent::Begin { commit_lsn, .. }) => {

@@ -453,3 +453,75 @@ fn sample(text: &str, name: &str, labels: &[&str]) -> f64 {
         .and_then(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()))
         .unwrap_or(0.0)
 }
+
+#[test]
+fn a_stuck_sink_does_not_stall_other_jobs_on_the_shared_workers() {
+    let (env, server) = setup();
+    submit(
+        &server,
+        &job_file(&env, "job_e", "[1, 2, 3, 4, 5]", "replica_a"),
+    );
+    submit(
+        &server,
+        &job_file(&env, "job_f", "[6, 7, 8, 9, 10]", "replica_b"),
+    );
+    write_load(&env, 1, 50);
+    converge(&env, "replica_a", "1, 2, 3, 4, 5");
+    converge(&env, "replica_b", "6, 7, 8, 9, 10");
+
+    // Block job_e's sink: hold a lock on its checkpoint table in its target.
+    let mut locker = Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &env.target.port().to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "replica_a",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("psql");
+    let mut stdin = locker.stdin.take().expect("stdin");
+    writeln!(
+        stdin,
+        "BEGIN; LOCK TABLE helios.checkpoints IN ACCESS EXCLUSIVE MODE;"
+    )
+    .expect("lock");
+    stdin.flush().expect("flush");
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Many small transactions for both jobs: far more batches than a sink queue holds.
+    let mut sql = String::new();
+    for n in 0..1500 {
+        sql.push_str(&format!(
+            "BEGIN; INSERT INTO public.ledger VALUES ({}, {}, 1), ({}, {}, 1); COMMIT;\n",
+            1 + n % 5,
+            100_000 + n,
+            6 + n % 5,
+            100_000 + n
+        ));
+    }
+    env.on_source(&sql);
+    converge(&env, "replica_b", "6, 7, 8, 9, 10");
+    assert_ne!(
+        env.target
+            .psql(
+                "replica_a",
+                "SELECT count(*) FROM public.ledger WHERE n >= 100000"
+            )
+            .unwrap(),
+        "1500",
+        "job_e was blocked"
+    );
+
+    writeln!(stdin, "ROLLBACK;").expect("unlock");
+    drop(stdin);
+    let _ = locker.wait();
+    converge(&env, "replica_a", "1, 2, 3, 4, 5");
+}
