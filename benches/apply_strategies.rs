@@ -23,9 +23,17 @@
 //! so every strategy is shown to leave exactly the same data.
 //!
 //! Runs against a throwaway local cluster (`embedded::pg_cluster`, fsync off) over loopback
-//! TCP. The time is spent almost entirely in PostgreSQL, so the dev profile (dependencies at
-//! opt-level 2) gives the same figures as release:
-//! `cargo bench --profile dev --bench apply_strategies`.
+//! TCP; each strategy is timed 3 times, interleaved, and the median is printed. Small
+//! batches are dominated by round trips (BEGIN, statements, COMMIT), whose latency depends
+//! on the machine (about 100 us on an idle 2-vCPU VM, less when its CPUs are busy), so
+//! compare figures within one run. Most of the time is PostgreSQL's, but not all: the dev
+//! profile compiles this bench and `helios-repl` at opt-level 0 (only dependencies get 2),
+//! which makes building the COPY text about 7x slower (the `build` column: ~0.3 s instead
+//! of ~0.04 s per 100k rows), enough to turn (b)'s parity with (a) at 1,000 rows and its
+//! small lead at 10,000 into losses.
+//! `cargo bench --profile dev --bench apply_strategies` runs it; for figures that hold for
+//! a release build, add `--config 'profile.dev.package.helios-repl.opt-level=2'` (only this
+//! package is rebuilt, into separate artifacts, in well under a minute).
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -50,6 +58,8 @@ const ROW_AT_A_TIME_ROWS: usize = 20_000;
 /// Rows per batch and batches of the untimed warm-up of each strategy.
 const WARMUP_BATCH: usize = 1_000;
 const WARMUP_BATCHES: usize = 3;
+/// Timed runs per (strategy, batch size); the median is reported.
+const ROUNDS: usize = 3;
 
 const SCHEMA: &str = "public";
 const TABLE: &str = "orders";
@@ -206,20 +216,29 @@ fn copy_text_row(buf: &mut String, row: &Row) {
         }
         match cell.as_text() {
             None => buf.push_str(r"\N"),
-            Some(text) => {
-                for ch in text.chars() {
-                    match ch {
-                        '\\' => buf.push_str(r"\\"),
-                        '\t' => buf.push_str(r"\t"),
-                        '\n' => buf.push_str(r"\n"),
-                        '\r' => buf.push_str(r"\r"),
-                        c => buf.push(c),
-                    }
-                }
-            }
+            Some(text) => copy_escape(buf, text),
         }
     }
     buf.push('\n');
+}
+
+/// Escapes COPY's special characters; copies clean runs whole (all specials are ASCII, so
+/// byte positions are character boundaries).
+fn copy_escape(buf: &mut String, text: &str) {
+    let mut clean = 0;
+    for (i, b) in text.bytes().enumerate() {
+        let escaped = match b {
+            b'\\' => r"\\",
+            b'\t' => r"\t",
+            b'\n' => r"\n",
+            b'\r' => r"\r",
+            _ => continue,
+        };
+        buf.push_str(&text[clean..i]);
+        buf.push_str(escaped);
+        clean = i + 1;
+    }
+    buf.push_str(&text[clean..]);
 }
 
 /// `"col" = EXCLUDED."col", …` for the non-key columns.
@@ -253,12 +272,16 @@ fn key_list(table: &TableInfo) -> String {
         .join(", ")
 }
 
-/// Time spent in each phase of strategy (b), summed over a run.
+/// Where a run's time went, summed over its batches.
 #[derive(Default)]
-struct CopyPhases {
-    encode: Duration,
-    copy: Duration,
+struct Phases {
+    /// Client side: building the statement's parameters (a) or the COPY text (b).
+    build: Duration,
+    /// Sending the rows: the upsert (a), `COPY` (b), every single-row upsert (c).
+    send: Duration,
+    /// The staging table's merge (b).
     merge: Duration,
+    /// `BEGIN` and `COMMIT`.
     commit: Duration,
 }
 
@@ -268,7 +291,7 @@ struct Applier {
     client: Client,
     table: TableInfo,
     prepared: Option<tokio_postgres::Statement>,
-    phases: CopyPhases,
+    phases: Phases,
 }
 
 impl Applier {
@@ -318,18 +341,26 @@ impl Applier {
             client,
             table: table.clone(),
             prepared,
-            phases: CopyPhases::default(),
+            phases: Phases::default(),
         })
     }
 
     /// Applies one batch in its own transaction; returns the rows the server reports.
     async fn apply(&mut self, rows: &[Row]) -> Result<u64> {
         let prepared = self.prepared.clone().ok_or("not prepared")?;
+        let start = Instant::now();
         let tx = self.client.transaction().await?;
+        let begun = Instant::now();
+        self.phases.commit += begun - start;
         let n = match self.strategy {
             Strategy::UnnestUpsert => {
                 let stmt = statements::upsert(&self.table, rows);
-                tx.execute(&prepared, &params_of(&stmt)).await?
+                let params = params_of(&stmt);
+                let built = Instant::now();
+                self.phases.build += built - begun;
+                let n = tx.execute(&prepared, &params).await?;
+                self.phases.send += built.elapsed();
+                n
             }
             Strategy::CopyMerge => {
                 return copy_merge(tx, &prepared, rows, &mut self.phases).await;
@@ -342,10 +373,13 @@ impl Applier {
                         values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
                     n += tx.execute(&prepared, &params).await?;
                 }
+                self.phases.send += begun.elapsed();
                 n
             }
         };
+        let done = Instant::now();
         tx.commit().await?;
+        self.phases.commit += done.elapsed();
         Ok(n)
     }
 }
@@ -354,7 +388,7 @@ async fn copy_merge(
     tx: Transaction<'_>,
     merge: &tokio_postgres::Statement,
     rows: &[Row],
-    phases: &mut CopyPhases,
+    phases: &mut Phases,
 ) -> Result<u64> {
     let start = Instant::now();
     let mut text = String::with_capacity(rows.len() * 320);
@@ -373,8 +407,8 @@ async fn copy_merge(
     let merged = Instant::now();
     tx.commit().await?;
     let committed = Instant::now();
-    phases.encode += encoded - start;
-    phases.copy += copy_done - encoded;
+    phases.build += encoded - start;
+    phases.send += copy_done - encoded;
     phases.merge += merged - copy_done;
     phases.commit += committed - merged;
     if copied != rows.len() as u64 {
@@ -438,6 +472,7 @@ struct Measurement {
     rows: usize,
     seconds: f64,
     checksum: String,
+    phases: Phases,
 }
 
 impl Measurement {
@@ -457,7 +492,7 @@ async fn run(
     let table = table_info(TABLE);
     let batches = make_batches(total, batch);
     load(admin, &table, 0..total / 2, 0).await?;
-    applier.phases = CopyPhases::default();
+    applier.phases = Phases::default();
     let start = Instant::now();
     let mut reported = 0;
     for rows in &batches {
@@ -485,6 +520,7 @@ async fn run(
         rows: total,
         seconds,
         checksum: got.1,
+        phases: std::mem::take(&mut applier.phases),
     })
 }
 
@@ -533,65 +569,92 @@ async fn bench(cluster: &PgCluster) -> Result<()> {
         }
     }
 
-    let mut results: Vec<Measurement> = Vec::new();
-    let mut notes = Vec::new();
-    for batch in BATCH_SIZES {
-        for applier in &mut appliers {
-            let total = applier.strategy.total_rows();
-            let m = run(&admin, applier, total, batch, &reference_of(total)?).await?;
-            eprintln!(
-                "  {:<26} batch {batch:>6}: {:>7} rows in {:.2}s",
-                m.strategy.label(),
-                m.rows,
-                m.seconds
-            );
-            if applier.strategy == Strategy::CopyMerge {
-                let p = &applier.phases;
-                notes.push(format!(
-                    "  (b) at batch {batch}: encode {:.2}s, COPY {:.2}s, merge {:.2}s, commit {:.2}s",
-                    p.encode.as_secs_f64(),
-                    p.copy.as_secs_f64(),
-                    p.merge.as_secs_f64(),
-                    p.commit.as_secs_f64()
-                ));
+    // Rounds interleave strategies and batch sizes, each round starting with another
+    // strategy, so drift on a shared machine spreads over all of them; the median run of
+    // each (strategy, batch size) is reported.
+    let mut runs: Vec<Measurement> = Vec::new();
+    for round in 0..ROUNDS {
+        for batch in BATCH_SIZES {
+            for k in 0..appliers.len() {
+                let applier = &mut appliers[(round + k) % Strategy::ALL.len()];
+                let total = applier.strategy.total_rows();
+                let m = run(&admin, applier, total, batch, &reference_of(total)?).await?;
+                eprintln!(
+                    "  round {round}: {:<26} batch {batch:>6}: {:>7} rows in {:.2}s",
+                    m.strategy.label(),
+                    m.rows,
+                    m.seconds
+                );
+                runs.push(m);
             }
-            results.push(m);
+        }
+    }
+
+    let mut medians: Vec<(&Measurement, f64, f64)> = Vec::new();
+    for batch in BATCH_SIZES {
+        for strategy in Strategy::ALL {
+            let mut of: Vec<&Measurement> = runs
+                .iter()
+                .filter(|m| m.batch == batch && m.strategy == strategy)
+                .collect();
+            of.sort_by(|x, y| x.seconds.total_cmp(&y.seconds));
+            let (min, max) = (of[0].seconds, of[of.len() - 1].seconds);
+            medians.push((of[of.len() / 2], min, max));
         }
     }
 
     let mut out = String::new();
     writeln!(
         out,
-        "\n{:<26} {:>7} {:>8} {:>8} {:>10} {:>7}  checksum",
-        "strategy", "batch", "rows", "seconds", "rows/s", "vs (a)"
+        "\n{:<26} {:>6} {:>7} {:>8} {:>9} {:>7}  {:<11}  checksum",
+        "strategy", "batch", "rows", "seconds", "rows/s", "vs (a)", "min-max s"
     )?;
-    for m in &results {
-        let base = results
+    for (m, min, max) in &medians {
+        let base = medians
             .iter()
-            .find(|b| b.batch == m.batch && b.strategy == Strategy::UnnestUpsert)
-            .ok_or("no (a) result")?;
+            .find(|(b, _, _)| b.batch == m.batch && b.strategy == Strategy::UnnestUpsert)
+            .ok_or("no (a) result")?
+            .0;
         writeln!(
             out,
-            "{:<26} {:>7} {:>8} {:>8.2} {:>10.0} {:>6.2}x  {}",
+            "{:<26} {:>6} {:>7} {:>8.2} {:>9.0} {:>6.2}x  {:<11}  {}",
             m.strategy.label(),
             m.batch,
             m.rows,
             m.seconds,
             m.rows_per_sec(),
             m.rows_per_sec() / base.rows_per_sec(),
+            format!("{min:.2}-{max:.2}"),
             &m.checksum[..12]
         )?;
     }
     writeln!(
         out,
-        "\nvs (a): throughput relative to (a) at the same batch size (>1 is faster).\n\
-         Every run left the table equal (row count and md5) to the reference for its row \
-         count: {SET_ROWS} rows {}, {ROW_AT_A_TIME_ROWS} rows {}.\nPhases of (b):",
+        "\nseconds: median of {ROUNDS} runs; vs (a): throughput relative to (a) at the same batch \
+         size (>1 is faster).\nEvery run left the table equal (row count and md5) to the \
+         reference for its row count: {SET_ROWS} rows {}, {ROW_AT_A_TIME_ROWS} rows {}.",
         &reference_of(SET_ROWS)?.1[..12],
         &reference_of(ROW_AT_A_TIME_ROWS)?.1[..12],
     )?;
-    for note in notes {
-        writeln!(out, "{note}")?;
+    writeln!(
+        out,
+        "\nWhere the median run's time went (seconds): build = client-side parameters or COPY \
+         text, send = upsert / COPY / single-row upserts, merge = staging merge, commit = BEGIN + \
+         COMMIT.\n{:<26} {:>6} {:>7} {:>7} {:>7} {:>7}",
+        "strategy", "batch", "build", "send", "merge", "commit"
+    )?;
+    for (m, _, _) in &medians {
+        let p = &m.phases;
+        writeln!(
+            out,
+            "{:<26} {:>6} {:>7.2} {:>7.2} {:>7.2} {:>7.2}",
+            m.strategy.label(),
+            m.batch,
+            p.build.as_secs_f64(),
+            p.send.as_secs_f64(),
+            p.merge.as_secs_f64(),
+            p.commit.as_secs_f64()
+        )?;
     }
     print!("{out}");
     Ok(())
