@@ -26,6 +26,43 @@ pub fn parse_lsn(text: &str) -> Option<Lsn> {
     Some((u64::from(hi) << 32) | u64::from(lo))
 }
 
+/// Commit times (µs since 2000-01-01, as the server counts) of transactions not yet
+/// durable, by commit LSN: the reader records them, sinks look up how old what they just
+/// applied was (per-tenant lag), and they are forgotten once durable.
+#[derive(Debug, Default)]
+pub struct CommitTimes(std::sync::Mutex<std::collections::BTreeMap<Lsn, i64>>);
+
+impl CommitTimes {
+    /// Records a transaction's commit time.
+    pub fn record(&self, lsn: Lsn, micros: i64) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(lsn, micros);
+        }
+    }
+
+    /// The commit time of the transaction at `lsn`, if still known.
+    pub fn get(&self, lsn: Lsn) -> Option<i64> {
+        self.0.lock().ok().and_then(|m| m.get(&lsn).copied())
+    }
+
+    /// Forgets transactions whose commit LSN is below `frontier`.
+    pub fn forget_below(&self, frontier: Lsn) {
+        if let Ok(mut m) = self.0.lock() {
+            *m = m.split_off(&frontier);
+        }
+    }
+}
+
+/// Microseconds since PostgreSQL's epoch (2000-01-01) now, by this machine's clock.
+pub fn pg_now_micros() -> i64 {
+    const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    unix - PG_EPOCH_UNIX_MICROS
+}
+
 /// How a table identifies old rows in UPDATE and DELETE messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Identity {

@@ -189,15 +189,16 @@ pub fn job_detail(j: &JobStatus) -> String {
     out.push_str(&format!("tables: {}\n", j.tables.join(", ")));
     if !j.tenant_status.is_empty() {
         out.push_str(&format!(
-            "{:<16} {:>16} {:>12}\n",
-            "TENANT", "DURABLE LSN", "ROWS"
+            "{:<16} {:>16} {:>12} {:>9}\n",
+            "TENANT", "DURABLE LSN", "ROWS", "LAG S"
         ));
         for t in &j.tenant_status {
             out.push_str(&format!(
-                "{:<16} {:>16} {:>12}\n",
+                "{:<16} {:>16} {:>12} {:>9.3}\n",
                 t.tenant,
                 t.durable_lsn.as_deref().unwrap_or("-"),
-                t.rows
+                t.rows,
+                t.lag_seconds
             ));
         }
     }

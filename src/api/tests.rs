@@ -67,6 +67,7 @@ impl FakeControl {
                     tenant: t.clone(),
                     durable_lsn: Some("0/16B3748".to_owned()),
                     rows: 7,
+                    lag_seconds: 0.25,
                 })
                 .collect(),
             tenants,

@@ -32,7 +32,9 @@ use crate::cdc::ack::AckTracker;
 use crate::cdc::catalog::RelationResolver;
 use crate::cdc::error::CdcError;
 use crate::cdc::pgoutput::{self, ColumnValue, OldTuple, PgOutputMessage, TupleData};
-use crate::change::{format_lsn, Cell, Lsn, OldRow, Row, RowOp, SourceRecord, TableInfo};
+use crate::change::{
+    format_lsn, Cell, CommitTimes, Lsn, OldRow, Row, RowOp, SourceRecord, TableInfo,
+};
 
 /// How often the reader considers confirming a new position.
 pub const ACK_INTERVAL: Duration = Duration::from_millis(500);
@@ -76,6 +78,8 @@ pub struct ReaderStats {
     pub oldest_pending_commit: std::sync::atomic::AtomicI64,
     /// Transactions received and not yet durable.
     pub in_flight: std::sync::atomic::AtomicU64,
+    /// Commit times of transactions not yet durable.
+    pub commit_times: CommitTimes,
 }
 
 /// Replication-connection settings from a libpq DSN (key=value or URL).
@@ -224,6 +228,9 @@ pub async fn read_stream<S: ConfirmedStore, C>(
                 state
                     .tracker
                     .on_commit(lsn.as_u64(), end_lsn.as_u64(), commit_time_micros);
+                io.stats
+                    .commit_times
+                    .record(lsn.as_u64(), commit_time_micros);
                 state.fed_through = lsn.as_u64();
                 send(
                     &io,
@@ -277,7 +284,9 @@ pub async fn confirm<S: ConfirmedStore>(
     durable: &mut watch::Receiver<Lsn>,
     stats: &ReaderStats,
 ) -> Result<(), CdcError> {
-    state.tracker.on_durable(*durable.borrow_and_update());
+    let frontier = *durable.borrow_and_update();
+    state.tracker.on_durable(frontier);
+    stats.commit_times.forget_below(frontier);
     let result = advance_confirmed(store, client, state, stats).await;
     let oldest = state.tracker.oldest_pending_commit_time().unwrap_or(0);
     stats

@@ -37,6 +37,8 @@ pub struct TenantStatus {
     pub durable_lsn: Option<String>,
     /// Rows applied for this tenant since the server started.
     pub rows: u64,
+    /// How old this tenant's newest applied change was when it became durable (seconds).
+    pub lag_seconds: f64,
 }
 
 /// A job as the API shows it.

@@ -24,6 +24,7 @@ use crate::control::job_spec::{JobSpec, SinkSpec, TenantFilter};
 use crate::control::metadata::MetadataStore;
 use crate::dataflow::host::DataflowHost;
 use crate::metrics::{JobMetrics, MetricsRegistry};
+use crate::sinks::worker::TenantProgress;
 
 /// How often each job's figures are sampled.
 pub const MONITOR_EVERY: Duration = Duration::from_secs(2);
@@ -134,13 +135,15 @@ impl JobManager {
 
     fn status(job: &ManagedJob) -> JobStatus {
         let (state, reason) = job.stats.state();
-        let mut progress: HashMap<String, (u64, u64, u64)> = HashMap::new();
+        // Over several sinks: the lowest durable LSN, the rows of all, the largest lag.
+        let mut progress: HashMap<String, TenantProgress> = HashMap::new();
         for sink in &job.stats.sinks {
-            for (tenant, (lsn, ups, dels)) in sink.tenant_progress() {
+            for (tenant, p) in sink.tenant_progress() {
                 let e = progress.entry(tenant).or_default();
-                e.0 = if e.0 == 0 { lsn } else { e.0.min(lsn) };
-                e.1 += ups;
-                e.2 += dels;
+                e.lsn = if e.lsn == 0 { p.lsn } else { e.lsn.min(p.lsn) };
+                e.upserts += p.upserts;
+                e.deletes += p.deletes;
+                e.lag_seconds = e.lag_seconds.max(p.lag_seconds);
             }
         }
         let tenant_status = match &job.spec.tenants.include {
@@ -151,8 +154,9 @@ impl JobManager {
                     let p = progress.get(t);
                     TenantStatus {
                         tenant: t.clone(),
-                        durable_lsn: p.map(|p| format_lsn(p.0)),
-                        rows: p.map(|p| p.1 + p.2).unwrap_or(0),
+                        durable_lsn: p.map(|p| format_lsn(p.lsn)),
+                        rows: p.map(|p| p.upserts + p.deletes).unwrap_or(0),
+                        lag_seconds: p.map(|p| p.lag_seconds).unwrap_or(0.0),
                     }
                 })
                 .collect(),
@@ -258,14 +262,15 @@ async fn monitor(
             for seconds in sink.take_apply_seconds() {
                 metrics.apply_batch("postgres", seconds);
             }
-            for (tenant, (lsn, ups, dels)) in sink.tenant_progress() {
+            for (tenant, p) in sink.tenant_progress() {
                 let seen = seen_counts.entry((i, tenant.clone())).or_default();
-                metrics.rows(&tenant, "upsert", ups.saturating_sub(seen.0));
-                metrics.rows(&tenant, "delete", dels.saturating_sub(seen.1));
-                *seen = (ups, dels);
-                if mirrored.get(&tenant) != Some(&lsn) {
-                    mirrored.insert(tenant.clone(), lsn);
-                    changed.push((tenant, lsn));
+                metrics.rows(&tenant, "upsert", p.upserts.saturating_sub(seen.0));
+                metrics.rows(&tenant, "delete", p.deletes.saturating_sub(seen.1));
+                *seen = (p.upserts, p.deletes);
+                metrics.set_lag(Some(&tenant), p.lag_seconds, stats.lag_bytes());
+                if mirrored.get(&tenant) != Some(&p.lsn) {
+                    mirrored.insert(tenant.clone(), p.lsn);
+                    changed.push((tenant, p.lsn));
                 }
             }
             let skipped = sink.skipped.load(Relaxed);
@@ -419,16 +424,13 @@ impl JobControl for JobManager {
             .filter(|j| j.spec.includes_tenant(tenant))
             .map(|j| {
                 let status = JobManager::status(j);
+                let mine = status.tenant_status.iter().find(|t| t.tenant == tenant);
                 TenantJob {
                     job: status.id.clone(),
                     state: status.state,
-                    lag_seconds: status.lag_seconds,
+                    lag_seconds: mine.map_or(status.lag_seconds, |t| t.lag_seconds),
                     lag_bytes: status.lag_bytes,
-                    durable_lsn: status
-                        .tenant_status
-                        .iter()
-                        .find(|t| t.tenant == tenant)
-                        .and_then(|t| t.durable_lsn.clone()),
+                    durable_lsn: mine.and_then(|t| t.durable_lsn.clone()),
                 }
             })
             .collect();

@@ -261,6 +261,7 @@ async fn run_job_inner(
         events: Arc::new(std::sync::Mutex::new(Some(events_rx))),
         durable: Arc::new(durable_tx),
         backlog: Default::default(),
+        reader: stats.reader.clone(),
     });
     let progress = progress_every
         .map(|every| tokio::spawn(print_progress(spec.name.clone(), stats.clone(), every)));

@@ -51,6 +51,8 @@ pub struct JobDataflow {
     pub durable: Arc<watch::Sender<Lsn>>,
     /// Rows of completed transactions waiting for a sink, over all workers.
     pub backlog: Arc<AtomicUsize>,
+    /// The reader's figures (commit times, for per-tenant lag).
+    pub reader: Arc<crate::cdc::stream::ReaderStats>,
 }
 
 /// A job's dataflow as one worker holds it.
@@ -109,6 +111,7 @@ impl WorkerJob {
                 rx,
                 target.batch_max_rows,
                 target.stats.clone(),
+                job.reader.clone(),
                 move |lsn| {
                     let _ = report_tx.send((i, lsn));
                     let _ = activator.activate();

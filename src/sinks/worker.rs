@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::change::Lsn;
+use crate::change::{pg_now_micros, Lsn};
 use crate::sinks::{ApplyBatch, Sink};
 
 /// First wait after a failure.
@@ -37,8 +37,8 @@ pub struct SinkStats {
     pub durable_lsn: AtomicU64,
     /// Bytes of values sent to the target.
     pub bytes_sent: AtomicU64,
-    /// Per tenant: (durable LSN, upserts, deletes), summed over workers.
-    pub tenants: Mutex<HashMap<String, (Lsn, u64, u64)>>,
+    /// Per tenant progress, summed over workers.
+    pub tenants: Mutex<HashMap<String, TenantProgress>>,
     /// Durations of apply calls not yet collected by the metrics (seconds).
     pub apply_seconds: Mutex<Vec<f64>>,
 }
@@ -53,9 +53,22 @@ impl SinkStats {
     }
 
     /// A copy of the per-tenant progress.
-    pub fn tenant_progress(&self) -> HashMap<String, (Lsn, u64, u64)> {
+    pub fn tenant_progress(&self) -> HashMap<String, TenantProgress> {
         self.tenants.lock().map(|t| t.clone()).unwrap_or_default()
     }
+}
+
+/// One tenant's progress at a sink.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TenantProgress {
+    /// The highest commit LSN durable for the tenant.
+    pub lsn: Lsn,
+    /// Inserts and updates applied.
+    pub upserts: u64,
+    /// Deletes applied.
+    pub deletes: u64,
+    /// How old the tenant's newest applied change was when it became durable (seconds).
+    pub lag_seconds: f64,
 }
 
 /// Runs until the dataflow closes the channel. `on_durable(lsn)` is called after every
@@ -65,6 +78,7 @@ pub async fn run_sink<S: Sink>(
     mut batches: mpsc::Receiver<ApplyBatch>,
     max_rows: usize,
     stats: Arc<SinkStats>,
+    reader: Arc<crate::cdc::stream::ReaderStats>,
     on_durable: impl Fn(Lsn) + Send,
 ) {
     let mut wait = RETRY_INITIAL;
@@ -99,12 +113,18 @@ pub async fn run_sink<S: Sink>(
                         }
                         v.push(started.elapsed().as_secs_f64());
                     }
+                    let now = pg_now_micros();
                     if let Ok(mut t) = stats.tenants.lock() {
                         for a in &report.tenants {
                             let e = t.entry(a.tenant.clone()).or_default();
-                            e.0 = e.0.max(a.lsn);
-                            e.1 += a.upserts;
-                            e.2 += a.deletes;
+                            if a.lsn >= e.lsn {
+                                e.lsn = a.lsn;
+                                if let Some(at) = reader.commit_times.get(a.lsn) {
+                                    e.lag_seconds = ((now - at) as f64 / 1e6).max(0.0);
+                                }
+                            }
+                            e.upserts += a.upserts;
+                            e.deletes += a.deletes;
                         }
                     }
                     stats.upserted.fetch_add(report.upserted, Relaxed);

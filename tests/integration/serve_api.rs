@@ -271,6 +271,17 @@ fn two_jobs_pause_resume_and_delete_with_slot() {
     let status = server.job_json("job_b");
     assert_eq!(status["state"], "streaming");
     assert_eq!(status["tenant_status"].as_array().map(Vec::len), Some(2));
+    let lag = status["tenant_status"][0]["lag_seconds"]
+        .as_f64()
+        .unwrap_or(-1.0);
+    assert!(
+        lag > 0.0 && lag < 60.0,
+        "per-tenant lag is measured: {status}"
+    );
+    assert!(
+        status["tenant_status"][0]["durable_lsn"].is_string(),
+        "{status}"
+    );
 
     let (ok, out) = server.cli(&["jobs", "stop", "job_a", "--drop-slot"]);
     assert!(ok, "stop: {out}");
