@@ -106,6 +106,18 @@ fn rand_id() -> u32 {
 
 /// A minimal HTTP/1.1 request; returns (status, body).
 fn http(base: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    http_with_body(base, method, path, token, "application/json", b"")
+}
+
+/// A minimal HTTP/1.1 request with a body; returns (status, body).
+fn http_with_body(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String) {
     let addr = base.trim_start_matches("http://");
     let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
         return (0, String::new());
@@ -113,8 +125,11 @@ fn http(base: &str, method: &str, path: &str, token: Option<&str>) -> (u16, Stri
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
-    if stream.write_all(req.as_bytes()).is_err() {
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if stream.write_all(head.as_bytes()).is_err() || stream.write_all(body).is_err() {
         return (0, String::new());
     }
     let mut resp = String::new();
@@ -535,4 +550,154 @@ fn a_stuck_sink_does_not_stall_other_jobs_on_the_shared_workers() {
     drop(stdin);
     let _ = locker.wait();
     converge(&env, "replica_a", "1, 2, 3, 4, 5");
+}
+
+#[test]
+fn malformed_submissions_get_a_4xx_naming_the_problem_and_the_server_keeps_serving() {
+    let (env, server) = setup();
+    let good = std::fs::read_to_string(job_file(&env, "job_ok", "[1]", "replica_a")).unwrap();
+    let toml = "application/toml";
+    let json = "application/json";
+    let huge = format!("{good}\n# {}", "x".repeat(2 * 1024 * 1024));
+    let cases: Vec<(String, &str, &str)> = vec![
+        (good.replace("name = \"job_ok\"", "name = 3"), toml, "name"),
+        (good.replace("name = \"job_ok\"\n", ""), toml, "name"),
+        (good.replace("[source]", "[sourc]"), toml, "sourc"),
+        (
+            good.replace("slot = \"slot_job_ok\"", "slot = \"Bad Slot!\""),
+            toml,
+            "source.slot",
+        ),
+        (
+            good.replace("publication = \"pub_job_ok\"\n", ""),
+            toml,
+            "publication",
+        ),
+        (
+            good.replace("include = [1]", "include = 5"),
+            toml,
+            "tenants.include",
+        ),
+        (
+            good.replace("include = [1]", "include = []"),
+            toml,
+            "tenants.include",
+        ),
+        (
+            good.replace("include = [1]", "include = [1, 1]"),
+            toml,
+            "tenants.include",
+        ),
+        (
+            good.replace("kind = \"postgres\"", "kind = \"kafka\""),
+            toml,
+            "sinks[0].kind",
+        ),
+        (
+            good.replace(
+                "kind = \"postgres\"",
+                "kind = \"postgres\"\nbatch_max_rows = \"x\"",
+            ),
+            toml,
+            "sinks[0].batch_max_rows",
+        ),
+        (
+            good.replace(
+                "kind = \"postgres\"",
+                "kind = \"postgres\"\nbatch_max_rows = 0",
+            ),
+            toml,
+            "sinks[0].batch_max_rows",
+        ),
+        (
+            good.replace("kind = \"postgres\"", "kind = \"postgres\"\nretries = 3"),
+            toml,
+            "retries",
+        ),
+        (
+            good.replace("name = \"public.ledger\"", "name = \"public.accounts\""),
+            toml,
+            "tables",
+        ),
+        (
+            good.replace("name = \"public.ledger\"", "name = \"no_schema\""),
+            toml,
+            "tables[1].name",
+        ),
+        (
+            good.split("[[sinks]]")
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            toml,
+            "sinks",
+        ),
+        ("name = \"x\"\n[source\n".to_string(), toml, "line"),
+        ("{\"name\": \"x\",".to_string(), json, "line"),
+        ("{\"name\": 7}".to_string(), json, "name"),
+        (String::new(), toml, "error"),
+        (huge, toml, "error"),
+    ];
+    assert!(cases.len() >= 20);
+    for (body, content_type, needle) in &cases {
+        let (status, answer) = http_with_body(
+            &server.url,
+            "POST",
+            "/v1/jobs",
+            Some(TOKEN),
+            content_type,
+            body.as_bytes(),
+        );
+        assert!(
+            (400..500).contains(&status),
+            "{needle}: status {status}: {answer}"
+        );
+        assert!(
+            answer.contains("\"error\""),
+            "{needle}: JSON error body: {answer}"
+        );
+        assert!(
+            answer.contains(needle),
+            "{needle}: the error names it: {answer}"
+        );
+        assert!(
+            !answer.contains(PASSWORD),
+            "no password in errors: {answer}"
+        );
+    }
+    let (status, answer) = http_with_body(
+        &server.url,
+        "POST",
+        "/v1/jobs",
+        Some(TOKEN),
+        toml,
+        &[0xff, 0xfe, 0x00],
+    );
+    assert!(
+        (400..500).contains(&status),
+        "invalid UTF-8: {status} {answer}"
+    );
+    let (status, answer) = http_with_body(
+        &server.url,
+        "POST",
+        "/v1/jobs",
+        Some(TOKEN),
+        "text/html",
+        good.as_bytes(),
+    );
+    assert_eq!(status, 415, "unsupported content type: {answer}");
+    // Still serving: a valid job is accepted and streams.
+    let (status, answer) = http_with_body(
+        &server.url,
+        "POST",
+        "/v1/jobs",
+        Some(TOKEN),
+        toml,
+        good.as_bytes(),
+    );
+    assert_eq!(status, 201, "{answer}");
+    wait_for("job_ok to stream", WAIT, || {
+        server.job_json("job_ok")["state"] == "streaming"
+    });
+    no_password_in(&[("server log", &server.output())]);
 }
