@@ -1,0 +1,1078 @@
+//! End-to-end benchmark: catch-up throughput, lag under sustained load and memory of the
+//! replicator, side by side with what a user would pick instead, in one run on one machine.
+//!
+//! Isolates the whole replication path (source walsender + pgoutput, our reader, the
+//! dataflow, the PostgreSQL sink and the target) and nothing else: it starts its own
+//! throwaway source and target clusters (`embedded::pg_cluster`, fsync off, both on this
+//! machine) and runs every replicator alone, one after the other. Baselines, in the same run:
+//!
+//! - (a) PostgreSQL's own publication/subscription between the two clusters (the reference
+//!   for the `vs (a)` column and for lag);
+//! - (e) `pg_recvlogical` writing the pgoutput stream to `/dev/null`: what the source can
+//!   send at most (the `vs (e)` column);
+//! - (b) ours PG→PG for all 50 tenants and (c) ours for 5 of 50 tenants (the job runner of
+//!   the library, `DataflowHost` with 2 workers + `job_runner::run_job`);
+//! - (d) ours PG→Parquet does not exist yet and is printed as n/a.
+//!
+//! Catch-up: N rows (`HELIOS_BENCH_ROWS`, default 1,000,000; 8 columns incl. numeric,
+//! timestamptz, jsonb, text; 1,000 rows per transaction; 50 tenants) are written while every
+//! replicator is stopped; each replication slot exists before the writes (ours: the job ran
+//! once on the empty table and was stopped; the subscription was created disabled with
+//! `copy_data = false`), so the rows are streamed, not snapshotted. Each case is timed from
+//! its start until the target holds the last transaction's rows (checked every 50 ms by key
+//! lookups; the last transaction commits after all others), and the target's row count is
+//! verified afterwards.
+//!
+//! Ours runs in a child process (this binary re-executed with `HELIOS_BENCH_CHILD=job`), so
+//! its CPU time (`/proc/self/stat`) and peak RSS (`VmHWM`) are the replicator's alone; the
+//! load generator and the polling stay in this process.
+//!
+//! Lag (`HELIOS_BENCH_LAG_SECS`, default 30 s per rate): paced inserts of 10 rows per
+//! transaction from 8 connections at 5k and 20k rows/s, for (a) and (b). The source row
+//! carries `created_at default clock_timestamp()`; on the target a `BEFORE INSERT` trigger
+//! marked `ENABLE ALWAYS` sets `applied_at := clock_timestamp()`. Lag = the later of
+//! `applied_at` and the target's commit time (`pg_xact_commit_timestamp(xmin)`) minus
+//! `created_at`, the same formula for both replicators.
+//!
+//! Memory: peak RSS of ours during the catch-up runs and while replicating one transaction
+//! of `HELIOS_BENCH_BIG_TXN_ROWS` rows, each in a fresh process. The issue asks for
+//! 10,000,000 rows; the default is 2,000,000 because today's sink holds a whole
+//! transaction (≈ 2 KB per row, so ≈ 20 GB for 10M on a 23 GiB machine). A child passing
+//! `HELIOS_BENCH_RSS_CAP_MIB` (default 8192) is stopped and reported as above the cap.
+//!
+//! Prints one markdown table and appends it, with date, machine size, commit and
+//! PostgreSQL version, to `benches/results/e2e.md`.
+//! Run: `cargo bench --bench e2e` (quick: `HELIOS_BENCH_ROWS=200000 HELIOS_BENCH_LAG_SECS=10
+//! HELIOS_BENCH_BIG_TXN_ROWS=1000000 cargo bench --bench e2e`).
+
+use std::fmt::Write as _;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use helios_repl::control::job_control::JobState;
+use helios_repl::control::job_runner::{self, Desired, JobStats};
+use helios_repl::control::job_spec::JobSpec;
+use helios_repl::dataflow::host::DataflowHost;
+use helios_repl::embedded::pg_cluster::PgCluster;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{ChildStdin, ChildStdout};
+
+const TENANTS: i64 = 50;
+const ROWS_PER_TXN: i64 = 1_000;
+/// The tenants of case (c).
+const SOME_TENANTS: [i32; 5] = [3, 14, 25, 36, 47];
+const LAG_RATES: [u64; 2] = [5_000, 20_000];
+const LAG_ROWS_PER_TXN: u64 = 10;
+const LAG_CLIENTS: u64 = 8;
+/// The issue asks for 10,000,000; today our sink holds a whole transaction in memory at
+/// about 2 KB per row (≈ 20 GB for 10M rows, too close to this 23 GiB machine's RAM), so the
+/// default is smaller. A child whose RSS passes `HELIOS_BENCH_RSS_CAP_MIB` (default 8192)
+/// is stopped and the figure is reported as above the cap.
+const DEFAULT_BIG_TXN_ROWS: u64 = 2_000_000;
+const POLL: Duration = Duration::from_millis(50);
+const WAIT_LIMIT: Duration = Duration::from_secs(1800);
+
+const CATCHUP_TABLE: &str = "CREATE SCHEMA bench;
+CREATE TABLE bench.t (tenant_id int NOT NULL, id bigint NOT NULL, amount numeric(12,2),
+    at timestamptz, payload jsonb, note text, flag bool, qty int, PRIMARY KEY (tenant_id, id));
+CREATE TABLE bench.big (LIKE bench.t INCLUDING ALL);";
+
+const INSERT_ROWS: &str =
+    "INSERT INTO bench.{table} SELECT (g % 50) + 1, g, (g % 10000000) / 100.0,
+    timestamptz '2024-01-01 00:00:00+00' + g * interval '1 second',
+    jsonb_build_object('k', g, 'kind', 'order', 'tags', jsonb_build_array('a', g % 7)),
+    'note ' || g || ' for a tenant row', g % 2 = 0, (g % 1000)::int
+    FROM generate_series($1::bigint, $2::bigint) g";
+
+const LAG_TABLE: &str = "CREATE SCHEMA bench;
+CREATE TABLE bench.l (tenant_id int NOT NULL, id bigint NOT NULL, amount numeric(12,2),
+    payload jsonb, note text, created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    applied_at timestamptz, PRIMARY KEY (tenant_id, id));";
+
+const LAG_TRIGGER: &str = "CREATE FUNCTION bench.stamp() RETURNS trigger LANGUAGE plpgsql
+    AS $$BEGIN NEW.applied_at := clock_timestamp(); RETURN NEW; END$$;
+CREATE TRIGGER stamp BEFORE INSERT ON bench.l FOR EACH ROW EXECUTE FUNCTION bench.stamp();
+ALTER TABLE bench.l ENABLE ALWAYS TRIGGER stamp;";
+
+const LAG_INSERT: &str = "INSERT INTO bench.l (tenant_id, id, amount, payload, note)
+    SELECT (g % 50) + 1, g, (g % 100000) / 100.0, jsonb_build_object('k', g), 'lag row ' || g
+    FROM generate_series($1::bigint, $2::bigint) g";
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    if std::env::var("HELIOS_BENCH_CHILD").as_deref() == Ok("job") {
+        return runtime.block_on(child_main());
+    }
+    runtime.block_on(parent_main())
+}
+
+// ---------------------------------------------------------------------------------------
+// The child: runs one job until told to stop.
+
+/// Protocol on stdin/stdout: prints `streaming` once the job streams; answers `stats` with
+/// `stats cpu_s=… hwm_kb=… rows=…`; on `stop` (or EOF) stops the job, prints the same
+/// figures as `stopped …` and exits. A failed job prints `failed <reason>`.
+async fn child_main() -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HELIOS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let spec = JobSpec::from_toml_str(&std::env::var("HELIOS_BENCH_SPEC")?)?;
+    let ticks = clock_ticks();
+    let stats = Arc::new(JobStats::new(spec.sinks.len()));
+    let host = Arc::new(
+        DataflowHost::start(2, tokio::runtime::Handle::current()).map_err(anyhow::Error::msg)?,
+    );
+    let (control_tx, control_rx) = tokio::sync::watch::channel(Desired::Run);
+    let mut job = {
+        let (host, stats) = (host.clone(), stats.clone());
+        tokio::spawn(async move { job_runner::run_job(spec, &host, stats, control_rx, None).await })
+    };
+    let (line_tx, mut line_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let figures = |stats: &JobStats| -> String {
+        format!(
+            "cpu_s={:.3} hwm_kb={} rows={}",
+            cpu_seconds(ticks),
+            vm_hwm_kb(),
+            stats.rows_applied()
+        )
+    };
+    let mut announced = false;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let (state, reason) = stats.state();
+                if state == JobState::Streaming && !announced {
+                    announced = true;
+                    println!("streaming");
+                }
+                if state == JobState::Failed {
+                    println!("failed {}", reason.unwrap_or_default());
+                    std::process::exit(2);
+                }
+            }
+            line = line_rx.recv() => {
+                match line.as_deref() {
+                    Some("stats") => println!("stats {}", figures(&stats)),
+                    Some(_) => {}
+                    None => {}
+                }
+                if matches!(line.as_deref(), Some("stop") | None) {
+                    let at_stop = figures(&stats);
+                    let _ = control_tx.send(Desired::Stop);
+                    match (&mut job).await {
+                        Ok(Ok(())) => println!("stopped {at_stop}"),
+                        Ok(Err(e)) => println!("failed {e}"),
+                        Err(e) => println!("failed {e}"),
+                    }
+                    drop(host);
+                    return Ok(());
+                }
+            }
+            r = &mut job => {
+                println!("failed job ended early: {:?}", r.map(|r| r.map_err(|e| e.to_string())));
+                std::process::exit(2);
+            }
+        }
+    }
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// User + system CPU seconds of this process so far.
+fn cpu_seconds(ticks: f64) -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Field 3 (state) is index 0; utime and stime are fields 14 and 15.
+    let get = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (get(11) + get(12)) / ticks
+}
+
+fn vm_hwm_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------
+// Driving a child from the parent.
+
+struct JobChild {
+    child: tokio::process::Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+/// Figures a child reports.
+#[derive(Debug, Clone, Copy, Default)]
+struct Figures {
+    cpu_s: f64,
+    hwm_kb: u64,
+    rows: u64,
+}
+
+impl JobChild {
+    async fn spawn(spec: &str) -> anyhow::Result<JobChild> {
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .env("HELIOS_BENCH_CHILD", "job")
+            .env("HELIOS_BENCH_SPEC", spec)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdin = child.stdin.take().ok_or(anyhow!("child stdin"))?;
+        let stdout = child.stdout.take().ok_or(anyhow!("child stdout"))?;
+        Ok(JobChild {
+            child,
+            stdin,
+            lines: BufReader::new(stdout).lines(),
+        })
+    }
+
+    /// Reads lines until one starts with `prefix`; returns the rest of it.
+    async fn expect(&mut self, prefix: &str, limit: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = tokio::time::timeout(left, self.lines.next_line())
+                .await
+                .map_err(|_| anyhow!("job child: no `{prefix}` within {limit:?}"))??
+                .ok_or_else(|| anyhow!("job child exited before `{prefix}`"))?;
+            if let Some(rest) = line.strip_prefix("failed") {
+                bail!("job failed:{rest}");
+            }
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return Ok(rest.trim().to_string());
+            }
+        }
+    }
+
+    async fn send(&mut self, command: &str) -> anyhow::Result<()> {
+        self.stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await?;
+        self.stdin.flush().await?;
+        Ok(())
+    }
+
+    async fn stats(&mut self) -> anyhow::Result<Figures> {
+        self.send("stats").await?;
+        Ok(parse_figures(
+            &self.expect("stats", Duration::from_secs(30)).await?,
+        ))
+    }
+
+    async fn stop(mut self) -> anyhow::Result<Figures> {
+        self.send("stop").await?;
+        let f = parse_figures(&self.expect("stopped", Duration::from_secs(120)).await?);
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+        Ok(f)
+    }
+}
+
+fn parse_figures(text: &str) -> Figures {
+    let mut f = Figures::default();
+    for part in text.split_whitespace() {
+        match part.split_once('=') {
+            Some(("cpu_s", v)) => f.cpu_s = v.parse().unwrap_or(0.0),
+            Some(("hwm_kb", v)) => f.hwm_kb = v.parse().unwrap_or(0),
+            Some(("rows", v)) => f.rows = v.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    f
+}
+
+/// A job spec as TOML text, like `demo.rs` builds it.
+fn job_spec(name: &str, source_dsn: &str, table: &str, tenants: &str, target_dsn: &str) -> String {
+    format!(
+        "name = \"{name}\"\n[source]\ndsn = \"{source_dsn}\"\npublication = \"{name}\"\nslot = \"{name}\"\n\
+         [tenants]\ncolumn = \"tenant_id\"\ninclude = {tenants}\n[[tables]]\nname = \"{table}\"\n\
+         [[sinks]]\nkind = \"postgres\"\ndsn = \"{target_dsn}\"\n"
+    )
+}
+
+/// Runs the job until it streams (taking its snapshot of the still-empty table, creating
+/// its slot), then stops it.
+async fn prime(spec: &str) -> anyhow::Result<()> {
+    let mut child = JobChild::spawn(spec).await?;
+    child.expect("streaming", Duration::from_secs(120)).await?;
+    child.stop().await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The parent: clusters, workloads, measurements, the table.
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+async fn connect(dsn: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// The last id each tenant gets when ids `1..=n` go to tenant `(id % 50) + 1`.
+fn last_ids(n: i64, tenants: &[i32]) -> (Vec<i32>, Vec<i64>) {
+    let ids = tenants
+        .iter()
+        .map(|&t| {
+            let r = i64::from(t) - 1;
+            n - ((n - r).rem_euclid(TENANTS))
+        })
+        .collect();
+    (tenants.to_vec(), ids)
+}
+
+/// Waits until the target holds every key in `keys`; returns when it did.
+async fn wait_for_keys(
+    target: &tokio_postgres::Client,
+    table: &str,
+    keys: &(Vec<i32>, Vec<i64>),
+) -> anyhow::Result<Instant> {
+    let sql = format!(
+        "SELECT count(*) FROM {table} WHERE (tenant_id, id) IN \
+         (SELECT * FROM unnest($1::int[], $2::bigint[]))"
+    );
+    let want = keys.0.len() as i64;
+    let start = Instant::now();
+    loop {
+        if let Ok(row) = target.query_one(&sql, &[&keys.0, &keys.1]).await {
+            if row.get::<_, i64>(0) == want {
+                return Ok(Instant::now());
+            }
+        }
+        if start.elapsed() > WAIT_LIMIT {
+            bail!("the target did not catch up within {WAIT_LIMIT:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn count(client: &tokio_postgres::Client, sql: &str) -> anyhow::Result<i64> {
+    Ok(client.query_one(sql, &[]).await?.get(0))
+}
+
+async fn drop_slot(source: &tokio_postgres::Client, slot: &str) {
+    for _ in 0..100 {
+        let r = source
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await;
+        if r.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("could not drop slot {slot}");
+}
+
+/// Writes ids `first..=last` in transactions of `per_txn` rows from two connections; the
+/// transaction with the highest ids commits alone, after all the others.
+async fn write_rows(
+    dsn: &str,
+    table: &str,
+    first: i64,
+    last: i64,
+    per_txn: i64,
+) -> anyhow::Result<()> {
+    let sql = INSERT_ROWS.replace("{table}", table);
+    let mut starts: Vec<i64> = (0..)
+        .map(|i| first + i * per_txn)
+        .take_while(|s| *s <= last)
+        .collect();
+    let final_start = starts.pop().ok_or(anyhow!("no rows to write"))?;
+    let mut tasks = Vec::new();
+    for w in 0..2 {
+        let mine: Vec<i64> = starts.iter().copied().skip(w).step_by(2).collect();
+        let (dsn, sql) = (dsn.to_string(), sql.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = connect(&dsn).await?;
+            let stmt = client.prepare(&sql).await?;
+            for s in mine {
+                client.execute(&stmt, &[&s, &(s + per_txn - 1)]).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let client = connect(dsn).await?;
+    client.execute(&sql, &[&final_start, &last]).await?;
+    Ok(())
+}
+
+struct CatchUp {
+    label: &'static str,
+    target_rows: i64,
+    secs: f64,
+    figures: Option<Figures>,
+}
+
+struct LagRun {
+    who: &'static str,
+    rate: u64,
+    achieved: f64,
+    rows: i64,
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    max: f64,
+    drain_s: f64,
+    cpu_per_m: Option<f64>,
+}
+
+async fn parent_main() -> anyhow::Result<()> {
+    let rows = env_u64("HELIOS_BENCH_ROWS", 1_000_000).max(ROWS_PER_TXN as u64) as i64;
+    let lag_secs = env_u64("HELIOS_BENCH_LAG_SECS", 30).max(1);
+    let big_rows = env_u64("HELIOS_BENCH_BIG_TXN_ROWS", DEFAULT_BIG_TXN_ROWS).max(1) as i64;
+    let rss_cap_mib = env_u64("HELIOS_BENCH_RSS_CAP_MIB", 8192);
+    let bench_started = Instant::now();
+
+    let dir = tempfile::Builder::new().prefix("helios-e2e").tempdir()?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    }
+    let source = PgCluster::start(&dir.path().join("source"))?;
+    let target = PgCluster::start(&dir.path().join("target"))?;
+    let pg_version = source.psql("postgres", "SHOW server_version")?;
+    println!(
+        "source on port {}, target on port {}, PostgreSQL {pg_version}; {rows} rows, lag {lag_secs}s per rate, big transaction {big_rows} rows",
+        source.port(),
+        target.port()
+    );
+    for db in ["bench", "lag_a", "lag_b"] {
+        source.create_database(db)?;
+    }
+    for db in ["sub_a", "ours_b", "ours_c", "big", "lag_a", "lag_b"] {
+        target.create_database(db)?;
+    }
+    source.psql("bench", CATCHUP_TABLE)?;
+    source.psql("bench", "CREATE PUBLICATION pg_pub FOR TABLE bench.t")?;
+    target.psql("sub_a", CATCHUP_TABLE)?;
+    let src_bench = source.dsn("bench");
+    let src = connect(&src_bench).await?;
+
+    // ---- catch-up: every slot before the writes ----
+    target.psql(
+        "sub_a",
+        &format!(
+            "CREATE SUBSCRIPTION sub_a CONNECTION '{src_bench}' PUBLICATION pg_pub \
+             WITH (enabled = false, copy_data = false)"
+        ),
+    )?;
+    src.execute(
+        "SELECT pg_create_logical_replication_slot('recv_e', 'pgoutput')",
+        &[],
+    )
+    .await?;
+    let some: Vec<String> = SOME_TENANTS.iter().map(|t| t.to_string()).collect();
+    let some_list = format!("[{}]", some.join(", "));
+    let spec_b = job_spec(
+        "ours_b",
+        &src_bench,
+        "bench.t",
+        "\"all\"",
+        &target.dsn("ours_b"),
+    );
+    let spec_c = job_spec(
+        "ours_c",
+        &src_bench,
+        "bench.t",
+        &some_list,
+        &target.dsn("ours_c"),
+    );
+    let spec_big = job_spec(
+        "ours_big",
+        &src_bench,
+        "bench.big",
+        "\"all\"",
+        &target.dsn("big"),
+    );
+    prime(&spec_b).await.context("priming (b)")?;
+    prime(&spec_c).await.context("priming (c)")?;
+
+    let t = Instant::now();
+    write_rows(&src_bench, "t", 1, rows, ROWS_PER_TXN).await?;
+    src.batch_execute("CHECKPOINT").await?;
+    let endpos: String = src
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?
+        .get(0);
+    println!(
+        "wrote {rows} rows in {:.1}s ({:.0} rows/s)",
+        t.elapsed().as_secs_f64(),
+        rows as f64 / t.elapsed().as_secs_f64()
+    );
+    let all_tenants: Vec<i32> = (1..=TENANTS as i32).collect();
+    let keys_all = last_ids(rows, &all_tenants);
+    let keys_some = last_ids(rows, &SOME_TENANTS);
+    let mut catchup = Vec::new();
+
+    // (e) pg_recvlogical to /dev/null, up to the position after the writes.
+    let port = source.port().to_string();
+    let t = Instant::now();
+    let status = tokio::process::Command::new("pg_recvlogical")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            "bench",
+        ])
+        .args([
+            "--slot",
+            "recv_e",
+            "--start",
+            "--no-loop",
+            "-f",
+            "/dev/null",
+        ])
+        .args(["-o", "proto_version=1", "-o", "publication_names=pg_pub"])
+        .args(["--endpos", &endpos])
+        .status()
+        .await?;
+    let secs_e = t.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("pg_recvlogical failed: {status}");
+    }
+    drop_slot(&src, "recv_e").await;
+    println!("(e) pg_recvlogical: {secs_e:.2}s");
+
+    // (a) PostgreSQL's subscription.
+    let tgt_a = connect(&target.dsn("sub_a")).await?;
+    tgt_a.batch_execute("CHECKPOINT").await?;
+    let t = Instant::now();
+    tgt_a
+        .batch_execute("ALTER SUBSCRIPTION sub_a ENABLE")
+        .await?;
+    let done = wait_for_keys(&tgt_a, "bench.t", &keys_all).await?;
+    let secs_a = done.duration_since(t).as_secs_f64();
+    let rows_a = count(&tgt_a, "SELECT count(*) FROM bench.t").await?;
+    tgt_a.batch_execute("DROP SUBSCRIPTION sub_a").await?;
+    println!("(a) subscription: {secs_a:.2}s, {rows_a} rows on the target");
+    catchup.push(CatchUp {
+        label: "(a) PostgreSQL subscription",
+        target_rows: rows_a,
+        secs: secs_a,
+        figures: None,
+    });
+
+    // (b) and (c): ours, resumed from the primed slots.
+    for (label, spec, db, keys) in [
+        (
+            "(b) ours PG→PG, 50 of 50 tenants",
+            &spec_b,
+            "ours_b",
+            &keys_all,
+        ),
+        (
+            "(c) ours PG→PG, 5 of 50 tenants",
+            &spec_c,
+            "ours_c",
+            &keys_some,
+        ),
+    ] {
+        let tgt = connect(&target.dsn(db)).await?;
+        tgt.batch_execute("CHECKPOINT").await?;
+        let t = Instant::now();
+        let mut child = JobChild::spawn(spec).await?;
+        let done = wait_for_keys(&tgt, "bench.t", keys).await?;
+        let secs = done.duration_since(t).as_secs_f64();
+        let figures = child.stats().await?;
+        child.stop().await?;
+        let n = count(&tgt, "SELECT count(*) FROM bench.t").await?;
+        drop_slot(&src, db).await;
+        println!(
+            "{label}: {secs:.2}s, {n} rows on the target, cpu {:.2}s, peak RSS {} MiB",
+            figures.cpu_s,
+            figures.hwm_kb / 1024
+        );
+        catchup.push(CatchUp {
+            label,
+            target_rows: n,
+            secs,
+            figures: Some(figures),
+        });
+    }
+    let expected_some: i64 = (1..=rows)
+        .filter(|g| SOME_TENANTS.contains(&((g % TENANTS) as i32 + 1)))
+        .count() as i64;
+    let catchup_ok = catchup[0].target_rows == rows
+        && catchup[1].target_rows == rows
+        && catchup[2].target_rows == expected_some;
+
+    // ---- lag under sustained load ----
+    let mut lag = Vec::new();
+    for db in ["lag_a", "lag_b"] {
+        source.psql(db, LAG_TABLE)?;
+    }
+    source.psql("lag_a", "CREATE PUBLICATION lag_pub FOR TABLE bench.l")?;
+    target.psql("lag_a", LAG_TABLE)?;
+    target.psql("lag_a", LAG_TRIGGER)?;
+    target.psql(
+        "lag_a",
+        &format!(
+            "CREATE SUBSCRIPTION lag_a CONNECTION '{}' PUBLICATION lag_pub WITH (copy_data = false)",
+            source.dsn("lag_a")
+        ),
+    )?;
+    {
+        let tgt = connect(&target.dsn("lag_a")).await?;
+        // Wait until the apply worker streams: one row goes through.
+        write_lag_probe(&source.dsn("lag_a")).await?;
+        wait_count(&tgt, 1, Duration::from_secs(60)).await?;
+        for (i, &rate) in LAG_RATES.iter().enumerate() {
+            let base = (i as i64 + 1) * 1_000_000_000;
+            let r = lag_run(
+                "(a) PostgreSQL subscription",
+                &source.dsn("lag_a"),
+                &tgt,
+                rate,
+                lag_secs,
+                base,
+                None,
+            )
+            .await?;
+            lag.push(r);
+        }
+        tgt.batch_execute("DROP SUBSCRIPTION lag_a").await?;
+    }
+    {
+        let spec = job_spec(
+            "lag_b",
+            &source.dsn("lag_b"),
+            "bench.l",
+            "\"all\"",
+            &target.dsn("lag_b"),
+        );
+        let mut child = JobChild::spawn(&spec).await?;
+        child.expect("streaming", Duration::from_secs(120)).await?;
+        target.psql("lag_b", LAG_TRIGGER)?;
+        let tgt = connect(&target.dsn("lag_b")).await?;
+        write_lag_probe(&source.dsn("lag_b")).await?;
+        wait_count(&tgt, 1, Duration::from_secs(60)).await?;
+        for (i, &rate) in LAG_RATES.iter().enumerate() {
+            let base = (i as i64 + 1) * 1_000_000_000;
+            let r = lag_run(
+                "(b) ours PG→PG",
+                &source.dsn("lag_b"),
+                &tgt,
+                rate,
+                lag_secs,
+                base,
+                Some(&mut child),
+            )
+            .await?;
+            lag.push(r);
+        }
+        child.stop().await?;
+    }
+
+    // ---- memory: one big transaction ----
+    prime(&spec_big)
+        .await
+        .context("priming the big transaction job")?;
+    let t = Instant::now();
+    {
+        let client = connect(&src_bench).await?;
+        client
+            .execute(&INSERT_ROWS.replace("{table}", "big"), &[&1i64, &big_rows])
+            .await?;
+    }
+    println!(
+        "wrote one transaction of {big_rows} rows in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    let tgt_big = connect(&target.dsn("big")).await?;
+    let t = Instant::now();
+    let mut child = JobChild::spawn(&spec_big).await?;
+    let pid = child.child.id().unwrap_or(0);
+    let big_keys = last_ids(big_rows, &all_tenants[..(big_rows.min(TENANTS) as usize)]);
+    let capped = tokio::select! {
+        done = wait_for_keys(&tgt_big, "bench.big", &big_keys) => { done?; false }
+        _ = rss_above(pid, rss_cap_mib * 1024) => true,
+    };
+    let big_secs = t.elapsed().as_secs_f64();
+    let (big_fig, big_n) = if capped {
+        let _ = child.child.kill().await;
+        println!("big transaction: stopped after {big_secs:.1}s: RSS above {rss_cap_mib} MiB");
+        (None, 0)
+    } else {
+        let f = child.stats().await?;
+        child.stop().await?;
+        let n = count(&tgt_big, "SELECT count(*) FROM bench.big").await?;
+        println!(
+            "big transaction: {big_secs:.1}s, {n} rows on the target, peak RSS {} MiB",
+            f.hwm_kb / 1024
+        );
+        (Some(f), n)
+    };
+    drop_slot(&src, "ours_big").await;
+
+    // ---- the table ----
+    let mut out = String::new();
+    let ref_a = rows as f64 / secs_a;
+    let ref_e = rows as f64 / secs_e;
+    writeln!(
+        out,
+        "Catch-up: {rows} rows (50 tenants, 1,000 rows per transaction) written while replication was stopped; timed until the target has them.\n"
+    )?;
+    writeln!(out, "| case | rows on target | seconds | source rows/s | target rows/s | vs (a) | vs (e) | CPU s / M source rows | peak RSS |")?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    for c in &catchup {
+        let rate = rows as f64 / c.secs;
+        let (cpu, rss) = match c.figures {
+            Some(f) => (
+                format!("{:.2}", f.cpu_s / (rows as f64 / 1e6)),
+                format!("{} MiB", f.hwm_kb / 1024),
+            ),
+            None => ("n/a (server)".into(), "n/a (server)".into()),
+        };
+        writeln!(
+            out,
+            "| {} | {} | {:.2} | {:.0} | {:.0} | {:.2} | {:.2} | {cpu} | {rss} |",
+            c.label,
+            c.target_rows,
+            c.secs,
+            rate,
+            c.target_rows as f64 / c.secs,
+            rate / ref_a,
+            rate / ref_e
+        )?;
+    }
+    writeln!(
+        out,
+        "| (d) ours PG→Parquet | n/a (no Parquet sink yet) | | | | | | | |"
+    )?;
+    writeln!(
+        out,
+        "| (e) pg_recvlogical → /dev/null | – | {secs_e:.2} | {ref_e:.0} | – | {:.2} | 1.00 | n/a | n/a |",
+        ref_e / ref_a
+    )?;
+    if !catchup_ok {
+        writeln!(
+            out,
+            "\n**Row counts wrong**: expected {rows} for (a)/(b) and {expected_some} for (c)."
+        )?;
+    }
+    writeln!(
+        out,
+        "\nLag under sustained load: {lag_secs} s per rate, 10 rows per transaction, {LAG_CLIENTS} client connections; lag = later of target trigger time and target commit time − source `created_at`.\n"
+    )?;
+    writeln!(out, "| replicator | target rows/s | achieved rows/s | rows | P50 ms | P95 ms | P99 ms | max ms | drained s after load | CPU s / M rows |")?;
+    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    for r in &lag {
+        writeln!(
+            out,
+            "| {} | {} | {:.0} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {} |",
+            r.who,
+            r.rate,
+            r.achieved,
+            r.rows,
+            r.p50,
+            r.p95,
+            r.p99,
+            r.max,
+            r.drain_s,
+            r.cpu_per_m
+                .map(|c| format!("{c:.2}"))
+                .unwrap_or("n/a (server)".into())
+        )?;
+    }
+    writeln!(
+        out,
+        "\nMemory of ours (peak RSS, VmHWM of a fresh process per run):\n"
+    )?;
+    writeln!(out, "| run | rows | seconds | rows/s | peak RSS |")?;
+    writeln!(out, "|---|---:|---:|---:|---:|")?;
+    for c in &catchup[1..] {
+        if let Some(f) = c.figures {
+            writeln!(
+                out,
+                "| catch-up {} | {} | {:.2} | {:.0} | {} MiB |",
+                &c.label[..3],
+                rows,
+                c.secs,
+                rows as f64 / c.secs,
+                f.hwm_kb / 1024
+            )?;
+        }
+    }
+    match big_fig {
+        Some(f) => writeln!(
+            out,
+            "| one transaction of {big_rows} rows{} | {big_n} | {big_secs:.1} | {:.0} | {} MiB |",
+            if big_n == big_rows { "" } else { " (**count wrong**)" },
+            big_rows as f64 / big_secs,
+            f.hwm_kb / 1024
+        )?,
+        None => writeln!(
+            out,
+            "| one transaction of {big_rows} rows | not applied (stopped) | {big_secs:.1} | – | > {rss_cap_mib} MiB (cap) |"
+        )?,
+    }
+
+    let header = run_header(&pg_version, rows, lag_secs, big_rows, bench_started)?;
+    println!("\n{header}\n{out}");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/results/e2e.md");
+    let mut file_text = std::fs::read_to_string(path).unwrap_or_else(|_| {
+        "# End-to-end benchmark results\n\nAppended by `cargo bench --bench e2e` (see `benches/e2e.rs`); newest last.\n"
+            .to_string()
+    });
+    write!(file_text, "\n{header}\n{out}")?;
+    std::fs::write(path, file_text)?;
+    println!("appended to {path}");
+    Ok(())
+}
+
+fn run_header(
+    pg_version: &str,
+    rows: i64,
+    lag_secs: u64,
+    big_rows: i64,
+    started: Instant,
+) -> anyhow::Result<String> {
+    let sh = |cmd: &str, args: &[&str]| {
+        std::process::Command::new(cmd)
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let date = sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+    let mut commit = sh("git", &["rev-parse", "--short", "HEAD"]);
+    if !sh("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+        commit.push_str(" + uncommitted changes");
+    }
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem_kb: f64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    Ok(format!(
+        "## {date}\n\nMachine: {cores} cores, {:.1} GiB RAM; commit {commit}; PostgreSQL {pg_version}; \
+         HELIOS_BENCH_ROWS={rows} HELIOS_BENCH_LAG_SECS={lag_secs} HELIOS_BENCH_BIG_TXN_ROWS={big_rows}; \
+         whole run {:.0} s.\n",
+        mem_kb / 1024.0 / 1024.0,
+        started.elapsed().as_secs_f64()
+    ))
+}
+
+/// Resolves once the process `pid` has more than `cap_kb` resident.
+async fn rss_above(pid: u32, cap_kb: u64) {
+    loop {
+        let rss: u64 = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        if rss > cap_kb {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn write_lag_probe(dsn: &str) -> anyhow::Result<()> {
+    let client = connect(dsn).await?;
+    client.execute(LAG_INSERT, &[&1i64, &1i64]).await?;
+    Ok(())
+}
+
+async fn wait_count(
+    target: &tokio_postgres::Client,
+    at_least: i64,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        if let Ok(n) = count(target, "SELECT count(*) FROM bench.l").await {
+            if n >= at_least {
+                return Ok(());
+            }
+        }
+        if start.elapsed() > limit {
+            bail!("the lag table did not reach {at_least} rows within {limit:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Paced inserts at `rate` rows/s for `secs`, ids from `base`; waits for the target to
+/// drain and computes the lag percentiles of this run's rows.
+async fn lag_run(
+    who: &'static str,
+    source_dsn: &str,
+    target: &tokio_postgres::Client,
+    rate: u64,
+    secs: u64,
+    base: i64,
+    child: Option<&mut JobChild>,
+) -> anyhow::Result<LagRun> {
+    let txns_per_s = rate as f64 / LAG_ROWS_PER_TXN as f64;
+    let total_txns = (txns_per_s * secs as f64) as u64;
+    let mut clients = Vec::new();
+    for _ in 0..LAG_CLIENTS {
+        let c = connect(source_dsn).await?;
+        // The clusters run with `synchronous_commit = off`, where a commit reaches the WAL
+        // (and so the walsenders) only at the WAL writer's next round (up to 3 x 200 ms):
+        // that, not replication, would be the lag. The load commits synchronously
+        // (fsync is off, so this costs no disk flush).
+        c.batch_execute("SET synchronous_commit = on").await?;
+        let stmt = c.prepare(LAG_INSERT).await?;
+        clients.push((c, stmt));
+    }
+    let mut child = child;
+    let before = match child.as_deref_mut() {
+        Some(c) => Some(c.stats().await?),
+        None => None,
+    };
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let began = Instant::now() + Duration::from_millis(50);
+    let mut tasks = Vec::new();
+    for (k, (client, stmt)) in clients.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut i = k as u64;
+            while i < total_txns {
+                let due = start + Duration::from_secs_f64(i as f64 / txns_per_s);
+                tokio::time::sleep_until(due).await;
+                let first = base + (i * LAG_ROWS_PER_TXN) as i64;
+                let last = first + LAG_ROWS_PER_TXN as i64 - 1;
+                client.execute(&stmt, &[&first, &last]).await?;
+                i += LAG_CLIENTS;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let load_end = Instant::now();
+    let load_secs = load_end.duration_since(began).as_secs_f64();
+    let expected = (total_txns * LAG_ROWS_PER_TXN) as i64;
+    let last_id = base + expected - 1;
+    // Drained: the last transaction of every client is on the target (an index lookup per
+    // row, cheap enough to poll every 10 ms), then the whole run's count is verified.
+    let tail_first = base + (total_txns.saturating_sub(LAG_CLIENTS) * LAG_ROWS_PER_TXN) as i64;
+    let ids: Vec<i64> = (tail_first..=last_id).collect();
+    let tenants: Vec<i32> = ids.iter().map(|g| (g % TENANTS) as i32 + 1).collect();
+    let tail = (tenants, ids);
+    let tail_sql = "SELECT count(*) FROM bench.l WHERE (tenant_id, id) IN \
+                    (SELECT * FROM unnest($1::int[], $2::bigint[]))";
+    let count_sql = format!("SELECT count(*) FROM bench.l WHERE id BETWEEN {base} AND {last_id}");
+    let drained_at = loop {
+        let n: i64 = target
+            .query_one(tail_sql, &[&tail.0, &tail.1])
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        if n == tail.0.len() as i64 {
+            break Instant::now();
+        }
+        if load_end.elapsed() > Duration::from_secs(300) {
+            bail!(
+                "{who} at {rate} rows/s: the last transactions are not on the target after 300 s"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    loop {
+        let n = count(target, &count_sql).await?;
+        if n >= expected {
+            break;
+        }
+        if load_end.elapsed() > Duration::from_secs(300) {
+            bail!("{who} at {rate} rows/s: only {n} of {expected} rows after 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cpu_per_m = match (child, before) {
+        (Some(c), Some(b)) => {
+            let after = c.stats().await?;
+            Some((after.cpu_s - b.cpu_s) / (expected as f64 / 1e6))
+        }
+        _ => None,
+    };
+    let row = target
+        .query_one(
+            &format!(
+                "SELECT count(*), percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY lag), max(lag)
+                 FROM (SELECT extract(epoch FROM greatest(applied_at, pg_xact_commit_timestamp(xmin)) - created_at)::float8 * 1000 AS lag
+                       FROM bench.l WHERE id BETWEEN {base} AND {last_id}) s"
+            ),
+            &[],
+        )
+        .await?;
+    let n: i64 = row.get(0);
+    let p: Vec<f64> = row.get(1);
+    let r = LagRun {
+        who,
+        rate,
+        achieved: expected as f64 / load_secs,
+        rows: n,
+        p50: p[0],
+        p95: p[1],
+        p99: p[2],
+        max: row.get(2),
+        drain_s: drained_at.duration_since(load_end).as_secs_f64(),
+        cpu_per_m,
+    };
+    println!(
+        "lag {who} at {rate} rows/s: achieved {:.0}, P50 {:.1} ms, P99 {:.1} ms, max {:.1} ms, drained {:.2}s after the load",
+        r.achieved, r.p50, r.p99, r.max, r.drain_s
+    );
+    Ok(r)
+}
