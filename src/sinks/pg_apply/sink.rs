@@ -1,11 +1,12 @@
 //! The PostgreSQL apply sink: applies a group of batches in one target transaction together
 //! with the checkpoints that cover them.
 //!
-//! Per table the changes are planned into set-based steps (`plan.rs`), each table inside
-//! its own savepoint. A table whose steps fail with a definite error (a column type the
-//! target lacks, a constraint the target adds) is rolled back to its savepoint, put in
-//! error state, and its changes go to `helios.dead_letters` in the same transaction: the
-//! other tables keep flowing and nothing is lost. Transient errors abort the whole
+//! Per table the changes are planned into set-based steps (`plan.rs`). The transaction is
+//! first tried without savepoints (fewest round trips). If a step fails with a definite
+//! error (a column type the target lacks, a constraint the target adds), it is rolled back
+//! and applied again with each table in its own savepoint: the failing table is rolled back
+//! to its savepoint, put in error state, and its changes go to `helios.dead_letters` in the
+//! same transaction, so the other tables keep flowing and nothing is lost. Transient errors abort the whole
 //! transaction; the caller retries the same batches after reconnecting.
 
 use std::collections::{BTreeMap, HashMap};
@@ -113,21 +114,67 @@ impl PgApplySink {
         if by_table.is_empty() {
             return Ok(report);
         }
+        // Optimistic first: no savepoint per table (two round trips fewer per table). A
+        // definite error rolls the whole transaction back and the batch is applied again
+        // with a savepoint per table, which isolates the failing table.
+        let written = match self.write(client, &by_table, &new_checkpoints, false).await {
+            Err(SinkError::Definite(_)) => {
+                self.cache.shapes.clear();
+                self.write(client, &by_table, &new_checkpoints, true)
+                    .await?
+            }
+            other => other?,
+        };
+        report.upserted += written.upserted;
+        report.deleted += written.deleted;
+        report.dead_lettered += written.dead_lettered;
+        report.bytes += written.bytes;
+        for (k, v) in new_checkpoints {
+            self.checkpoints.insert(k, v);
+        }
+        report.tenants = tenants.into_values().collect();
+        Ok(report)
+    }
+
+    /// One target transaction: every table's steps, then the checkpoints. With `isolate`,
+    /// each table runs in a savepoint and a table failing definitely is put in error
+    /// state (its changes kept as dead letters) while the others commit.
+    async fn write(
+        &mut self,
+        client: &mut Client,
+        by_table: &BTreeMap<String, Vec<(Lsn, &TenantChange)>>,
+        checkpoints: &HashMap<String, Lsn>,
+        isolate: bool,
+    ) -> Result<ApplyReport, SinkError> {
+        let mut report = ApplyReport::default();
         let tx = client
             .transaction()
             .await
             .map_err(|e| sink_error("begin", &e))?;
-        for (table, changes) in &by_table {
+        for (table, changes) in by_table {
             if let Some(reason) = self.failed_tables.get(table) {
                 let reason = format!("table is in error state: {reason}");
                 report.dead_lettered +=
                     dead_letter_all(&tx, &self.job, table, changes, &reason).await?;
                 continue;
             }
+            let steps = plan_table(changes.iter().copied());
+            if !isolate {
+                apply_steps(
+                    &tx,
+                    &mut self.cache,
+                    &self.plan,
+                    &self.job,
+                    table,
+                    steps,
+                    &mut report,
+                )
+                .await?;
+                continue;
+            }
             tx.batch_execute("SAVEPOINT helios_table")
                 .await
                 .map_err(|e| sink_error("savepoint", &e))?;
-            let steps = plan_table(changes.iter().copied());
             match apply_steps(
                 &tx,
                 &mut self.cache,
@@ -159,12 +206,8 @@ impl PgApplySink {
                 Err(e) => return Err(e),
             }
         }
-        store::store_checkpoints(&tx, &self.job, &new_checkpoints).await?;
+        store::store_checkpoints(&tx, &self.job, checkpoints).await?;
         tx.commit().await.map_err(|e| sink_error("commit", &e))?;
-        for (k, v) in new_checkpoints {
-            self.checkpoints.insert(k, v);
-        }
-        report.tenants = tenants.into_values().collect();
         Ok(report)
     }
 }
