@@ -36,6 +36,8 @@ use crate::change::{
     format_lsn, Cell, CommitTimes, Lsn, OldRow, Row, RowOp, SourceRecord, TableInfo,
 };
 
+/// Events sent without waking the workers, inside one transaction.
+pub const WAKE_EVERY: usize = 1024;
 /// How often the reader considers confirming a new position.
 pub const ACK_INTERVAL: Duration = Duration::from_millis(500);
 /// How often the transport sends standby status updates (also the wait for a last one).
@@ -170,6 +172,7 @@ pub async fn read_stream<S: ConfirmedStore, C>(
     let mut ack_tick = tokio::time::interval(ACK_INTERVAL);
     ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut skipping = false;
+    let mut unwoken = 0usize;
     let mut seq: u32 = 0;
     loop {
         let event = tokio::select! {
@@ -211,6 +214,7 @@ pub async fn read_stream<S: ConfirmedStore, C>(
                             commit_lsn,
                             commit_time_micros,
                         },
+                        &mut unwoken,
                     )
                     .await?;
                 }
@@ -239,6 +243,7 @@ pub async fn read_stream<S: ConfirmedStore, C>(
                         end_lsn: end_lsn.as_u64(),
                         commit_time_micros,
                     },
+                    &mut unwoken,
                 )
                 .await?;
             }
@@ -254,7 +259,7 @@ pub async fn read_stream<S: ConfirmedStore, C>(
                 })?;
                 if let Some(record) = to_record(message, state, io.catalog, &mut seq).await? {
                     if !skipping {
-                        send(&io, SourceEvent::Record(record)).await?;
+                        send(&io, SourceEvent::Record(record), &mut unwoken).await?;
                     }
                 }
             }
@@ -264,15 +269,24 @@ pub async fn read_stream<S: ConfirmedStore, C>(
     }
 }
 
+/// Hands an event to the dataflow. The workers are woken (a futex per worker) only when
+/// there is work they can finish: at a commit, and every [`WAKE_EVERY`] events inside a
+/// large transaction so they drain the channel while it streams.
 async fn send<S: ConfirmedStore, C>(
     io: &ReaderIo<'_, S, C>,
     event: SourceEvent,
+    unwoken: &mut usize,
 ) -> Result<(), CdcError> {
+    let commit = matches!(event, SourceEvent::Commit { .. });
     io.out
         .send(event)
         .await
         .map_err(|_| CdcError::Stream("the dataflow stopped taking changes".into()))?;
-    (io.wake)();
+    *unwoken += 1;
+    if commit || *unwoken >= WAKE_EVERY {
+        (io.wake)();
+        *unwoken = 0;
+    }
     Ok(())
 }
 

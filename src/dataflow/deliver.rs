@@ -81,9 +81,13 @@ impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, TenantChange> {
                     }
                     changes.sort_by_key(|c| c.seq);
                     let batch = ApplyBatch { commit_lsn: t, changes };
-                    for queue in queues.iter_mut() {
-                        backlog.fetch_add(batch.changes.len(), Ordering::Relaxed);
-                        queue.push_back(batch.clone());
+                    // Every sink gets the batch; the last one takes it without a copy.
+                    backlog.fetch_add(batch.changes.len() * queues.len(), Ordering::Relaxed);
+                    if let Some((last, others)) = queues.split_last_mut() {
+                        for queue in others {
+                            queue.push_back(batch.clone());
+                        }
+                        last.push_back(batch);
                     }
                     in_flight.insert(t, cap);
                 }

@@ -103,14 +103,14 @@ impl Run {
             let mut upserts = Vec::new();
             for (key, row) in self.by_key.drain() {
                 match row {
-                    Some(row) => upserts.push(row),
+                    Some(row) => upserts.push((key, row)),
                     None => deletes.push(key),
                 }
             }
             // A stable order keeps lock order stable across concurrent writers.
-            deletes.sort();
-            let key_cols = &self.key_cols;
-            upserts.sort_by_key(|r| project(r, key_cols));
+            deletes.sort_unstable();
+            upserts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            let upserts: Vec<Row> = upserts.into_iter().map(|(_, row)| row).collect();
             if !deletes.is_empty() {
                 steps.push(Step::DeleteKeys {
                     table: self.table.clone(),
