@@ -159,23 +159,12 @@ impl PgApplySink {
                 continue;
             }
             let steps = plan_table(changes.iter().copied());
-            if !isolate {
-                apply_steps(
-                    &tx,
-                    &mut self.cache,
-                    &self.plan,
-                    &self.job,
-                    table,
-                    steps,
-                    &mut report,
-                )
-                .await?;
-                continue;
+            if isolate {
+                tx.batch_execute("SAVEPOINT helios_table")
+                    .await
+                    .map_err(|e| sink_error("savepoint", &e))?;
             }
-            tx.batch_execute("SAVEPOINT helios_table")
-                .await
-                .map_err(|e| sink_error("savepoint", &e))?;
-            match apply_steps(
+            let applied = apply_steps(
                 &tx,
                 &mut self.cache,
                 &self.plan,
@@ -184,14 +173,15 @@ impl PgApplySink {
                 steps,
                 &mut report,
             )
-            .await
-            {
-                Ok(()) => {
+            .await;
+            match applied {
+                Ok(()) if isolate => {
                     tx.batch_execute("RELEASE SAVEPOINT helios_table")
                         .await
                         .map_err(|e| sink_error("release savepoint", &e))?;
                 }
-                Err(SinkError::Definite(reason)) => {
+                Ok(()) => {}
+                Err(SinkError::Definite(reason)) if isolate => {
                     tx.batch_execute("ROLLBACK TO SAVEPOINT helios_table")
                         .await
                         .map_err(|e| sink_error("rollback to savepoint", &e))?;
