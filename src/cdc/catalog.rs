@@ -18,8 +18,6 @@ use crate::sql_text::{quote_ident, quote_qualified};
 /// What the source says about a replication slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotState {
-    /// The output plugin the slot was created with.
-    pub plugin: String,
     /// The position confirmed so far (the stream resumes here).
     pub confirmed_flush: Lsn,
     /// Whether some session is reading the slot right now.
@@ -146,7 +144,6 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
         )));
     }
     Ok(Some(SlotState {
-        plugin: plugin.unwrap_or_default(),
         confirmed_flush: confirmed.as_deref().and_then(parse_lsn).unwrap_or(0),
         active: row.get(2),
     }))

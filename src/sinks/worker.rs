@@ -33,8 +33,6 @@ pub struct SinkStats {
     pub dead_lettered: AtomicU64,
     /// Failed apply attempts.
     pub errors: AtomicU64,
-    /// The highest commit LSN durable at this sink.
-    pub durable_lsn: AtomicU64,
     /// Bytes of values sent to the target.
     pub bytes_sent: AtomicU64,
     /// Per tenant progress, summed over workers.
@@ -132,7 +130,6 @@ pub async fn run_sink<S: Sink>(
                     stats.skipped.fetch_add(report.skipped, Relaxed);
                     stats.dead_lettered.fetch_add(report.dead_lettered, Relaxed);
                     stats.bytes_sent.fetch_add(report.bytes, Relaxed);
-                    stats.durable_lsn.fetch_max(last, Relaxed);
                     on_durable(last);
                     break;
                 }

@@ -116,10 +116,7 @@ pub struct Replicator {
 impl Replicator {
     /// Starts `helios-repl run --job <file>`.
     pub fn start(job: &Path) -> Replicator {
-        let log = job.with_extension(format!(
-            "{}.log",
-            Instant::now().elapsed().as_nanos() + rand_suffix()
-        ));
+        let log = job.with_extension(format!("{}.log", rand_suffix()));
         let out = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_helios-repl"))
             .args(["run", "--job"])
@@ -179,7 +176,7 @@ impl Drop for Replicator {
     }
 }
 
-fn rand_suffix() -> u128 {
+fn rand_suffix() -> u32 {
     use rand::Rng;
-    rand::thread_rng().gen::<u32>() as u128
+    rand::thread_rng().gen()
 }
