@@ -204,20 +204,7 @@ impl JobControl for FakeControl {
 // ---------------------------------------------------------------------------
 // Helpers
 
-const VALID: &str = r#"
-name = "t"
-[source]
-dsn = "host=127.0.0.1 port=5432 user=postgres dbname=app"
-publication = "pub_t"
-slot = "slot_t"
-[tenants]
-include = [3, 7]
-[[tables]]
-name = "public.orders"
-[[sinks]]
-kind = "postgres"
-dsn = "host=127.0.0.1 port=5433 user=postgres dbname=replica"
-"#;
+const VALID: &str = crate::control::job_spec::MINIMAL_SPEC;
 
 const TOML: &str = "application/toml";
 const JSON: &str = "application/json";

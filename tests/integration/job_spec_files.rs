@@ -114,20 +114,7 @@ fn serialized_specs_match_schema() {
     }
 }
 
-const BASE: &str = r#"
-name = "t"
-[source]
-dsn = "host=127.0.0.1 port=5432 user=postgres dbname=app"
-publication = "pub_t"
-slot = "slot_t"
-[tenants]
-include = [3, 7]
-[[tables]]
-name = "public.orders"
-[[sinks]]
-kind = "postgres"
-dsn = "host=127.0.0.1 port=5433 user=postgres dbname=replica"
-"#;
+const BASE: &str = helios_repl::control::job_spec::MINIMAL_SPEC;
 
 fn base_with(from: &str, to: &str) -> String {
     assert_eq!(BASE.matches(from).count(), 1, "{from}");

@@ -53,6 +53,21 @@ pub const SINK_KINDS: &[&str] = &["postgres"];
 /// The `path` of a [`JobSpecError::Parse`] that concerns the whole document
 /// (syntax errors, a document that is not a table/object).
 pub const DOCUMENT_PATH: &str = "<document>";
+/// The smallest valid job spec: documentation examples and tests start from it.
+pub const MINIMAL_SPEC: &str = r#"
+name = "t"
+[source]
+dsn = "host=127.0.0.1 port=5432 user=postgres dbname=app"
+publication = "pub_t"
+slot = "slot_t"
+[tenants]
+include = [3, 7]
+[[tables]]
+name = "public.orders"
+[[sinks]]
+kind = "postgres"
+dsn = "host=127.0.0.1 port=5433 user=postgres dbname=replica"
+"#;
 
 /// One replication job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,20 +6,7 @@ const TENANTS_3_7: &str = include_str!("../../../dataflows/tenants_3_7.toml");
 const ALL_TENANTS: &str = include_str!("../../../dataflows/all_tenants.toml");
 const DEMO: &str = include_str!("../../../dataflows/demo.toml");
 
-const VALID: &str = r#"
-name = "t"
-[source]
-dsn = "host=127.0.0.1 port=5432 user=postgres dbname=app"
-publication = "pub_t"
-slot = "slot_t"
-[tenants]
-include = [3, 7]
-[[tables]]
-name = "public.orders"
-[[sinks]]
-kind = "postgres"
-dsn = "host=127.0.0.1 port=5433 user=postgres dbname=replica"
-"#;
+const VALID: &str = super::MINIMAL_SPEC;
 
 /// `VALID` with `from` replaced by `to` (which must occur exactly once).
 fn valid_with(from: &str, to: &str) -> String {
