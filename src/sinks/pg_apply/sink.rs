@@ -36,6 +36,16 @@ pub async fn connect(dsn: &str) -> Result<Client, SinkError> {
     Ok(client)
 }
 
+/// What one apply call knows of one checkpoint scope.
+struct ScopeProgress {
+    /// The scope's checkpoint key.
+    key: String,
+    /// The commit LSN its checkpoint already covers.
+    covered: Option<Lsn>,
+    /// The highest commit LSN this call applies for it.
+    applied: Option<Lsn>,
+}
+
 /// Caches that live as long as one connection.
 #[derive(Default)]
 struct ConnectionCache {
@@ -78,24 +88,27 @@ impl PgApplySink {
         batches: &[ApplyBatch],
     ) -> Result<ApplyReport, SinkError> {
         let mut report = ApplyReport::default();
-        let mut by_table: BTreeMap<String, Vec<(Lsn, &TenantChange)>> = BTreeMap::new();
-        let mut new_checkpoints: HashMap<String, Lsn> = HashMap::new();
-        let mut tenants: BTreeMap<String, TenantApplied> = BTreeMap::new();
+        // Keys, names and tenants are computed once per scope, table and tenant, not per row.
+        let mut scopes: HashMap<&Scope, ScopeProgress> = HashMap::new();
+        let mut grouped: BTreeMap<(&str, &str), Vec<(Lsn, &TenantChange)>> = BTreeMap::new();
+        let mut tenants: BTreeMap<&str, TenantApplied> = BTreeMap::new();
         for batch in batches {
             for change in &batch.changes {
-                let key = scope_key(&change.scope);
-                if self
-                    .checkpoints
-                    .get(&key)
-                    .is_some_and(|&c| c >= batch.commit_lsn)
-                {
+                let scope = scopes.entry(&change.scope).or_insert_with(|| {
+                    let key = scope_key(&change.scope);
+                    ScopeProgress {
+                        covered: self.checkpoints.get(&key).copied(),
+                        key,
+                        applied: None,
+                    }
+                });
+                if scope.covered.is_some_and(|c| c >= batch.commit_lsn) {
                     report.skipped += 1;
                     continue;
                 }
-                let e = new_checkpoints.entry(key).or_insert(batch.commit_lsn);
-                *e = (*e).max(batch.commit_lsn);
+                scope.applied = scope.applied.max(Some(batch.commit_lsn));
                 if let Scope::Tenant(t) = &change.scope {
-                    let entry = tenants.entry(t.clone()).or_insert_with(|| TenantApplied {
+                    let entry = tenants.entry(t).or_insert_with(|| TenantApplied {
                         tenant: t.clone(),
                         ..Default::default()
                     });
@@ -105,12 +118,20 @@ impl PgApplySink {
                         _ => entry.deletes += 1,
                     }
                 }
-                by_table
-                    .entry(change.table.qualified_name())
+                grouped
+                    .entry((&change.table.schema, &change.table.name))
                     .or_default()
                     .push((batch.commit_lsn, change));
             }
         }
+        let by_table: BTreeMap<String, Vec<(Lsn, &TenantChange)>> = grouped
+            .into_iter()
+            .map(|((schema, name), changes)| (format!("{schema}.{name}"), changes))
+            .collect();
+        let new_checkpoints: HashMap<String, Lsn> = scopes
+            .into_values()
+            .filter_map(|s| Some((s.key, s.applied?)))
+            .collect();
         if by_table.is_empty() {
             return Ok(report);
         }
