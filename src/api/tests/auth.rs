@@ -1,0 +1,145 @@
+//! The bearer token on every `/v1` route.
+
+use super::*;
+
+// ---------------------------------------------------------------------------
+// Bearer token
+
+fn protected_routes() -> impl Iterator<Item = (&'static str, &'static str)> {
+    ROUTES
+        .iter()
+        .copied()
+        .filter(|(_, path)| is_protected(path))
+}
+
+async fn call_route(router: &Router, method: &str, path: &str, auth: Option<&str>) -> Answer {
+    let uri = path.replace("{id}", "known").replace("{tenant}", "3");
+    let mut builder = Request::builder().method(method).uri(uri);
+    if let Some(auth) = auth {
+        builder = builder.header(header::AUTHORIZATION, auth);
+    }
+    let body = if (method, path) == ("POST", "/v1/jobs") {
+        builder = builder.header(header::CONTENT_TYPE, TOML);
+        Body::from(valid_named("fresh"))
+    } else {
+        Body::empty()
+    };
+    send(router, builder.body(body).unwrap()).await
+}
+
+#[tokio::test]
+async fn every_v1_route_requires_the_token() {
+    assert_eq!(protected_routes().count(), 7);
+    let wrong = [
+        None,
+        Some("Bearer wrong".to_owned()),
+        Some(format!("Bearer {TOKEN}x")),
+        Some(format!("Bearer {}", &TOKEN[..TOKEN.len() - 1])),
+        Some("Bearer ".to_owned()),
+        Some("Bearer".to_owned()),
+        Some(format!("Basic {TOKEN}")),
+        Some(TOKEN.to_owned()),
+        Some(format!("Token {TOKEN}")),
+    ];
+    for (method, path) in protected_routes() {
+        let (control, router) = app(Some(TOKEN));
+        let initial = if path.ends_with("/resume") {
+            JobState::Paused
+        } else {
+            JobState::Streaming
+        };
+        control.insert(spec_named("known"), initial);
+        for auth in &wrong {
+            let answer = call_route(&router, method, path, auth.as_deref()).await;
+            assert_eq!(
+                answer.status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} {auth:?}"
+            );
+            assert_eq!(
+                answer.headers.get(header::WWW_AUTHENTICATE).unwrap(),
+                "Bearer"
+            );
+            assert_eq!(
+                answer.json(),
+                json!({"error": "missing or invalid bearer token"})
+            );
+        }
+        // Nothing reached the manager.
+        assert_eq!(control.jobs.lock().unwrap().len(), 1);
+        assert_eq!(control.jobs.lock().unwrap()["known"].state, initial);
+        for auth in [format!("Bearer {TOKEN}"), format!("bearer  {TOKEN}")] {
+            let answer = call_route(&router, method, path, Some(&auth)).await;
+            assert!(
+                answer.status.is_success(),
+                "{method} {path} {auth}: {} {}",
+                answer.status,
+                answer.text()
+            );
+            // Undo the effect so the next accepted request succeeds too.
+            control.jobs.lock().unwrap().remove("fresh");
+            control.insert(spec_named("known"), initial);
+        }
+    }
+}
+
+#[tokio::test]
+async fn open_routes_need_no_token() {
+    let (_, router) = app(Some(TOKEN));
+    for (method, path) in ROUTES.iter().filter(|(_, path)| !is_protected(path)) {
+        for auth in [None, Some("Bearer wrong")] {
+            let answer = call_route(&router, method, path, auth).await;
+            assert_eq!(answer.status, StatusCode::OK, "{method} {path} {auth:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn without_a_configured_token_v1_is_open() {
+    let (_, router) = app(None);
+    assert_eq!(
+        call(&router, "GET", "/v1/jobs", None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&router, "GET", "/v1/jobs", Some("anything"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // An empty configured token lets nothing through.
+    let (_, router) = app(Some(""));
+    let answer = send(
+        &router,
+        Request::get("/v1/jobs")
+            .header(header::AUTHORIZATION, "Bearer ")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+}
+
+#[test]
+fn token_parsing_and_comparison() {
+    assert!(constant_time_eq(b"abc", b"abc"));
+    assert!(!constant_time_eq(b"abc", b"abd"));
+    assert!(!constant_time_eq(b"abc", b"abcd"));
+    assert!(constant_time_eq(b"", b""));
+    let token = |value: &str| {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+        presented_token(&headers).map(|t| String::from_utf8(t.to_vec()).unwrap())
+    };
+    assert_eq!(token("Bearer abc").as_deref(), Some("abc"));
+    assert_eq!(token("BEARER abc").as_deref(), Some("abc"));
+    assert_eq!(token("Bearer  abc ").as_deref(), Some("abc"));
+    assert_eq!(token("Basic abc"), None);
+    assert_eq!(token("Bearerabc"), None);
+    let mut headers = HeaderMap::new();
+    headers.append(header::AUTHORIZATION, "Bearer a".parse().unwrap());
+    headers.append(header::AUTHORIZATION, "Bearer a".parse().unwrap());
+    assert_eq!(presented_token(&headers), None);
+    assert!(is_protected("/v1/jobs") && is_protected("/v1") && is_protected("/v1/"));
+    assert!(!is_protected("/v10") && !is_protected("/healthz") && !is_protected("/metrics"));
+}

@@ -1,0 +1,201 @@
+//! The job routes: submit, lifecycle, delete, tenants, error mapping.
+
+use super::*;
+
+// ---------------------------------------------------------------------------
+// Jobs
+
+#[tokio::test]
+async fn submit_answers_201_with_location_and_409_for_a_duplicate() {
+    let (control, router) = app(None);
+    let answer = submit(&router, Some(TOML), valid_named("orders-eu"), None).await;
+    assert_eq!(answer.status, StatusCode::CREATED);
+    assert_eq!(answer.json(), json!({"id": "orders-eu"}));
+    assert_eq!(
+        answer.headers.get(header::LOCATION).unwrap(),
+        "/v1/jobs/orders-eu"
+    );
+    assert_eq!(
+        control.jobs.lock().unwrap()["orders-eu"].spec,
+        spec_named("orders-eu")
+    );
+
+    let answer = submit(&router, Some(TOML), valid_named("orders-eu"), None).await;
+    assert_eq!(answer.status, StatusCode::CONFLICT);
+    let error = answer.error();
+    assert!(
+        error.error.contains("orders-eu") && error.error.contains("exists"),
+        "{error:?}"
+    );
+    assert_eq!(error.field, None);
+}
+
+#[tokio::test]
+async fn job_lifecycle() {
+    let (control, router) = app(None);
+    assert_eq!(
+        submit(&router, Some(TOML), valid_named("life"), None)
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let answer = call(&router, "GET", "/v1/jobs/life", None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let status: JobStatus = serde_json::from_value(answer.json()).unwrap();
+    assert_eq!(status.id, "life");
+    assert_eq!(status.state, JobState::Streaming);
+    assert_eq!(status.tables, ["public.orders"]);
+
+    let answer = call(&router, "GET", "/v1/jobs", None).await;
+    let list: JobList = serde_json::from_value(answer.json()).unwrap();
+    assert_eq!(list.jobs.len(), 1);
+    assert_eq!(list.jobs[0].id, "life");
+
+    let answer = call(&router, "POST", "/v1/jobs/life/pause", None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.json()["state"], "paused");
+    let answer = call(&router, "POST", "/v1/jobs/life/pause", None).await;
+    assert_eq!(answer.status, StatusCode::CONFLICT);
+    assert!(answer.error().error.contains("paused already"));
+    let answer = call(&router, "POST", "/v1/jobs/life/resume", None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.json()["state"], "streaming");
+    let answer = call(&router, "POST", "/v1/jobs/life/resume", None).await;
+    assert_eq!(answer.status, StatusCode::CONFLICT);
+
+    let answer = call(&router, "DELETE", "/v1/jobs/life", None).await;
+    assert_eq!(answer.status, StatusCode::NO_CONTENT);
+    assert!(answer.body.is_empty());
+    for (method, uri) in [
+        ("GET", "/v1/jobs/life"),
+        ("DELETE", "/v1/jobs/life"),
+        ("POST", "/v1/jobs/life/pause"),
+        ("POST", "/v1/jobs/life/resume"),
+    ] {
+        let answer = call(&router, method, uri, None).await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND, "{method} {uri}");
+        assert_eq!(answer.error().error, "no job `life`");
+    }
+    assert_eq!(
+        *control.deleted.lock().unwrap(),
+        [("life".to_owned(), false)]
+    );
+    let answer = call(&router, "GET", "/v1/jobs", None).await;
+    assert_eq!(answer.json(), json!({"jobs": []}));
+}
+
+#[tokio::test]
+async fn delete_reads_drop_slot() {
+    let (control, router) = app(None);
+    for name in ["a", "b", "c"] {
+        control.insert(spec_named(name), JobState::Streaming);
+    }
+    for (uri, status, field) in [
+        ("/v1/jobs/a?drop_slot=yes", 400, Some("drop_slot")),
+        ("/v1/jobs/a?drop_slot=1", 400, Some("drop_slot")),
+        ("/v1/jobs/a?drop_slot=TRUE", 400, Some("drop_slot")),
+        ("/v1/jobs/a?drop_slot", 400, Some("drop_slot")),
+        (
+            "/v1/jobs/a?drop_slot=true&drop_slot=false",
+            400,
+            Some("drop_slot"),
+        ),
+        ("/v1/jobs/a?dropslot=true", 400, Some("dropslot")),
+        ("/v1/jobs/a?drop_slot=true", 204, None),
+        ("/v1/jobs/b?drop_slot=false", 204, None),
+        ("/v1/jobs/c", 204, None),
+        ("/v1/jobs/c?drop_slot=true", 404, None),
+    ] {
+        let answer = call(&router, "DELETE", uri, None).await;
+        assert_eq!(answer.status.as_u16(), status, "{uri}: {}", answer.text());
+        if status >= 400 {
+            let error = answer.error();
+            assert_eq!(error.field.as_deref(), field, "{uri}");
+            if let Some(field) = field {
+                assert!(error.error.contains(field), "{uri}: {error:?}");
+            }
+        }
+    }
+    assert_eq!(
+        *control.deleted.lock().unwrap(),
+        [
+            ("a".to_owned(), true),
+            ("b".to_owned(), false),
+            ("c".to_owned(), false)
+        ]
+    );
+    let uri: axum::http::Uri = "/v1/jobs/x?drop_slot=%74rue".parse().unwrap();
+    assert!(drop_slot_param(&uri).unwrap());
+}
+
+#[tokio::test]
+async fn tenant_lists_the_jobs_carrying_it() {
+    let (control, router) = app(None);
+    control.insert(spec_named("three-seven"), JobState::Streaming);
+    let mut all = spec_named("everyone");
+    all.tenants.include = TenantFilter::All;
+    control.insert(all, JobState::Paused);
+
+    let answer = call(&router, "GET", "/v1/tenants/3", None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let body: TenantJobs = serde_json::from_value(answer.json()).unwrap();
+    assert_eq!(body.tenant, "3");
+    let jobs: Vec<&str> = body.jobs.iter().map(|j| j.job.as_str()).collect();
+    assert_eq!(jobs, ["everyone", "three-seven"]);
+
+    control.jobs.lock().unwrap().remove("everyone");
+    let answer = call(&router, "GET", "/v1/tenants/acme%20corp", None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.json(), json!({"tenant": "acme corp", "jobs": []}));
+}
+
+#[tokio::test]
+async fn control_errors_map_to_statuses() {
+    let cases = [
+        (ControlError::NotFound("x".into()), 404),
+        (ControlError::AlreadyExists("x".into()), 409),
+        (ControlError::Conflict("x".into()), 409),
+        (ControlError::Unavailable("x".into()), 503),
+        (
+            ControlError::InvalidSpec(JobSpecError::Parse {
+                path: "sinks[0].kind".into(),
+                message: "m".into(),
+            }),
+            400,
+        ),
+        (
+            ControlError::InvalidSpec(JobSpecError::Invalid {
+                field: "source.slot".into(),
+                reason: "r".into(),
+            }),
+            422,
+        ),
+    ];
+    for (error, status) in cases {
+        let error = ApiError::from(error);
+        assert_eq!(error.status().as_u16(), status, "{error}");
+    }
+    let error = ApiError::from(ControlError::InvalidSpec(JobSpecError::Invalid {
+        field: "source.slot".into(),
+        reason: "bad".into(),
+    }));
+    assert_eq!(
+        error.body(),
+        ErrorBody {
+            error: "job spec: source.slot: bad".into(),
+            field: Some("source.slot".into())
+        }
+    );
+    let error = ApiError::from(JobSpecError::Parse {
+        path: crate::control::job_spec::DOCUMENT_PATH.into(),
+        message: "expected `=` (line 1, column 3)".into(),
+    });
+    assert_eq!(error.field(), None);
+    assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+
+    // Through the router: the manager's refusal of a submit.
+    let (_, router) = app(None);
+    let answer = submit(&router, Some(TOML), valid_named(UNAVAILABLE_JOB), None).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(answer.error().error.contains("metadata store unreachable"));
+}

@@ -1,0 +1,331 @@
+//! Router tests against an in-memory `JobControl`: routes vs `schemas/openapi.yaml`,
+//! malformed requests, the bearer token, redaction, health and metrics.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use super::auth::{constant_time_eq, is_protected, presented_token};
+use super::routes::{drop_slot_param, encode_path_segment, spec_format, SpecFormat};
+use super::*;
+use crate::control::job_control::{
+    ControlError, JobControl, JobId, JobState, JobStatus, Readiness, TenantJob, TenantStatus,
+};
+use crate::control::job_spec::{JobSpec, JobSpecError, TenantFilter};
+
+// ---------------------------------------------------------------------------
+// The fake job manager
+
+const TOKEN: &str = "s3cr3t-t0ken";
+const METRICS: &str = "# TYPE helios_jobs gauge\nhelios_jobs 1\n";
+/// A job name the fake refuses with `Unavailable` (whose message quotes a password).
+const UNAVAILABLE_JOB: &str = "store-down";
+
+struct FakeJob {
+    spec: JobSpec,
+    state: JobState,
+}
+
+/// Stores submitted specs. Deliberately careless: it returns specs and error reasons with
+/// passwords in clear, so the tests show the API layer hides them by itself.
+#[derive(Default)]
+struct FakeControl {
+    jobs: Mutex<BTreeMap<JobId, FakeJob>>,
+    store_down: AtomicBool,
+    deleted: Mutex<Vec<(JobId, bool)>>,
+}
+
+impl FakeControl {
+    fn insert(&self, spec: JobSpec, state: JobState) {
+        let mut jobs = self.jobs.lock().unwrap();
+        jobs.insert(spec.name.clone(), FakeJob { spec, state });
+    }
+
+    fn status(job: &FakeJob) -> JobStatus {
+        let spec = &job.spec;
+        let tenants = match &spec.tenants.include {
+            TenantFilter::All => vec!["all".to_owned()],
+            TenantFilter::Only(ids) => ids.iter().cloned().collect(),
+        };
+        JobStatus {
+            id: spec.name.clone(),
+            state: job.state,
+            reason: Some(format!("could not connect to {}", spec.source.dsn.expose())),
+            version: 1,
+            tenant_status: tenants
+                .iter()
+                .filter(|t| *t != "all")
+                .map(|t| TenantStatus {
+                    tenant: t.clone(),
+                    durable_lsn: Some("0/16B3748".to_owned()),
+                    rows: 7,
+                    lag_seconds: 0.25,
+                })
+                .collect(),
+            tenants,
+            tables: spec.tables.iter().map(|t| t.name.clone()).collect(),
+            confirmed_lsn: "0/16B3748".to_owned(),
+            lag_bytes: 0,
+            lag_seconds: 0.5,
+            rows_per_second: 12.5,
+            rows_total: 14,
+            errors: 0,
+            spec: serde_json::to_value(spec).unwrap(),
+        }
+    }
+
+    fn with_job<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut FakeJob) -> Result<T, ControlError>,
+    ) -> Result<T, ControlError> {
+        let mut jobs = self.jobs.lock().unwrap();
+        let job = jobs
+            .get_mut(id)
+            .ok_or_else(|| ControlError::NotFound(id.to_owned()))?;
+        f(job)
+    }
+}
+
+#[async_trait::async_trait]
+impl JobControl for FakeControl {
+    async fn submit(&self, spec: JobSpec) -> Result<JobId, ControlError> {
+        if spec.name == UNAVAILABLE_JOB {
+            return Err(ControlError::Unavailable(format!(
+                "metadata store unreachable; source was {}",
+                spec.source.dsn.expose()
+            )));
+        }
+        let mut jobs = self.jobs.lock().unwrap();
+        if jobs.contains_key(&spec.name) {
+            return Err(ControlError::AlreadyExists(spec.name));
+        }
+        let id = spec.name.clone();
+        jobs.insert(
+            id.clone(),
+            FakeJob {
+                spec,
+                state: JobState::Streaming,
+            },
+        );
+        Ok(id)
+    }
+
+    async fn list(&self) -> Vec<JobStatus> {
+        self.jobs
+            .lock()
+            .unwrap()
+            .values()
+            .map(Self::status)
+            .collect()
+    }
+
+    async fn get(&self, id: &str) -> Result<JobStatus, ControlError> {
+        self.with_job(id, |job| Ok(Self::status(job)))
+    }
+
+    async fn pause(&self, id: &str) -> Result<JobStatus, ControlError> {
+        self.with_job(id, |job| {
+            if job.state == JobState::Paused {
+                return Err(ControlError::Conflict(format!(
+                    "job `{id}` is paused already"
+                )));
+            }
+            job.state = JobState::Paused;
+            Ok(Self::status(job))
+        })
+    }
+
+    async fn resume(&self, id: &str) -> Result<JobStatus, ControlError> {
+        self.with_job(id, |job| {
+            if job.state != JobState::Paused {
+                return Err(ControlError::Conflict(format!("job `{id}` is not paused")));
+            }
+            job.state = JobState::Streaming;
+            Ok(Self::status(job))
+        })
+    }
+
+    async fn delete(&self, id: &str, drop_slot: bool) -> Result<(), ControlError> {
+        self.jobs
+            .lock()
+            .unwrap()
+            .remove(id)
+            .ok_or_else(|| ControlError::NotFound(id.to_owned()))?;
+        self.deleted
+            .lock()
+            .unwrap()
+            .push((id.to_owned(), drop_slot));
+        Ok(())
+    }
+
+    async fn tenant(&self, tenant: &str) -> Vec<TenantJob> {
+        self.jobs
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|job| job.spec.includes_tenant(tenant))
+            .map(|job| TenantJob {
+                job: job.spec.name.clone(),
+                state: job.state,
+                lag_seconds: 0.5,
+                lag_bytes: 0,
+                durable_lsn: Some("0/16B3748".to_owned()),
+            })
+            .collect()
+    }
+
+    async fn readiness(&self) -> Readiness {
+        let jobs = self.jobs.lock().unwrap();
+        let failed = jobs
+            .values()
+            .filter(|j| j.state == JobState::Failed)
+            .count();
+        Readiness {
+            metadata_store: !self.store_down.load(Ordering::SeqCst),
+            jobs_running: jobs.len() - failed,
+            jobs_failed: failed,
+        }
+    }
+
+    fn metrics_text(&self) -> String {
+        METRICS.to_owned()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+const VALID: &str = crate::control::job_spec::MINIMAL_SPEC;
+
+const TOML: &str = "application/toml";
+const JSON: &str = "application/json";
+
+/// `VALID` with `from` replaced by `to` (which must occur exactly once).
+fn valid_with(from: &str, to: &str) -> String {
+    assert_eq!(VALID.matches(from).count(), 1, "{from}");
+    VALID.replace(from, to)
+}
+
+/// A valid TOML spec named `name`.
+fn valid_named(name: &str) -> String {
+    valid_with("name = \"t\"", &format!("name = \"{name}\""))
+}
+
+/// `VALID` as a JSON value, for JSON variants.
+fn valid_json() -> Value {
+    serde_json::to_value(JobSpec::from_toml_str(VALID).unwrap()).unwrap()
+}
+
+fn spec_named(name: &str) -> JobSpec {
+    JobSpec::from_toml_str(&valid_named(name)).unwrap()
+}
+
+fn app(token: Option<&str>) -> (Arc<FakeControl>, Router) {
+    let control = Arc::new(FakeControl::default());
+    let router = router(control.clone(), token.map(str::to_owned));
+    (control, router)
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{}: body is not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The `error` of a JSON error body (which must have no other keys than `field`).
+    fn error(&self) -> ErrorBody {
+        let body: ErrorBody = serde_json::from_value(self.json()).unwrap_or_else(|e| {
+            panic!("{}: not an error body ({e}): {}", self.status, self.text())
+        });
+        assert_eq!(
+            self.headers.get(header::CONTENT_TYPE).unwrap(),
+            "application/json"
+        );
+        body
+    }
+}
+
+async fn send(router: &Router, request: Request<Body>) -> Answer {
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn request(method: &str, uri: &str, token: Option<&str>) -> axum::http::request::Builder {
+    let builder = Request::builder().method(method).uri(uri);
+    match token {
+        Some(token) => builder.header(header::AUTHORIZATION, format!("Bearer {token}")),
+        None => builder,
+    }
+}
+
+async fn call(router: &Router, method: &str, uri: &str, token: Option<&str>) -> Answer {
+    send(
+        router,
+        request(method, uri, token).body(Body::empty()).unwrap(),
+    )
+    .await
+}
+
+async fn submit(
+    router: &Router,
+    content_type: Option<&str>,
+    body: impl Into<Body>,
+    token: Option<&str>,
+) -> Answer {
+    let mut builder = request("POST", "/v1/jobs", token);
+    if let Some(content_type) = content_type {
+        builder = builder.header(header::CONTENT_TYPE, content_type);
+    }
+    send(router, builder.body(body.into()).unwrap()).await
+}
+
+fn json_with(edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let mut value = valid_json();
+    edit(&mut value);
+    serde_json::to_vec(&value).unwrap()
+}
+
+mod any_body;
+mod auth;
+mod jobs;
+mod malformed;
+mod openapi;
+mod probes;
+mod secrets;
