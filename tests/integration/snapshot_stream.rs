@@ -64,6 +64,16 @@ fn snapshot_then_stream_delivers_every_row_exactly_once() {
         "clean stop:\n{}",
         repl.output()
     );
+    // `run` prints a progress line (rows/s, lag, LSN) every --progress-secs.
+    let out = repl.output();
+    let progress = out
+        .lines()
+        .find(|l| l.starts_with("[snap] rows/s="))
+        .unwrap_or_default();
+    assert!(
+        progress.contains(" lag=") && progress.contains(" confirmed=") && progress.contains('/'),
+        "progress line with rate, lag and LSN:\n{out}"
+    );
     // A clean stop confirms what it made durable: the slot is where the job recorded.
     let recorded =
         env.on_target("SELECT confirmed_lsn FROM helios.job_progress WHERE job = 'snap'");
