@@ -258,6 +258,63 @@ pub enum TenantAction {
     Unroutable { reason: String },
 }
 
+/// Which source change opened a history version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum HistoryOp {
+    /// An INSERT (or a row that came with the initial snapshot).
+    Insert,
+    /// An UPDATE.
+    Update,
+    /// A DELETE or TRUNCATE (it only closes and splits versions).
+    Delete,
+}
+
+impl HistoryOp {
+    /// The name stored in history tables and cold-tier files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HistoryOp::Insert => "insert",
+            HistoryOp::Update => "update",
+            HistoryOp::Delete => "delete",
+        }
+    }
+}
+
+/// What one change did to one tenant's bi-temporal history of a table: versions closed
+/// and opened (keys and values are cells in the table's column order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEvent {
+    /// The tenant whose row it is.
+    pub tenant: String,
+    /// Position of the causing change within its transaction.
+    pub seq: u32,
+    /// The table's shape when the change was made.
+    pub table: Arc<TableInfo>,
+    /// The kind of change.
+    pub op: HistoryOp,
+    /// The version closed or opened (key = the table's key cells, value = the full row).
+    pub delta: crate::operators::version::VersionDelta<Row, Row>,
+}
+
+/// What the dataflow hands to the sinks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SinkItem {
+    /// A change to apply to the current state.
+    Change(TenantChange),
+    /// A history version closed or opened.
+    History(HistoryEvent),
+}
+
+impl SinkItem {
+    /// Position within the source transaction.
+    pub fn seq(&self) -> u32 {
+        match self {
+            SinkItem::Change(c) => c.seq,
+            SinkItem::History(h) => h.seq,
+        }
+    }
+}
+
 /// Table shapes for unit tests.
 #[cfg(test)]
 pub(crate) mod fixtures {

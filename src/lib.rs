@@ -16,3 +16,4 @@ pub mod metrics;
 pub mod operators;
 pub mod sinks;
 pub mod sql_text;
+pub mod time_text;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use helios_repl::api::{self, client, client::ApiClient};
-use helios_repl::control::job_control::JobStatus;
+use helios_repl::control::job_control::{ExportRequest, ExportState, JobStatus};
 use helios_repl::control::job_manager::JobManager;
 use helios_repl::control::job_runner::{self, Desired, JobStats};
 use helios_repl::control::job_spec::JobSpec;
@@ -57,6 +57,47 @@ enum Command {
         /// Timely worker threads shared by all jobs.
         #[arg(long, default_value_t = job_runner::DEFAULT_WORKERS)]
         workers: usize,
+        /// Seconds between retention passes (history older than a policy's age leaves
+        /// the history table).
+        #[arg(long, default_value_t = 300)]
+        retention_every_secs: u64,
+    },
+    /// A tenant's rows of a table as of a system time and a valid time (asks a server).
+    Query {
+        /// The tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// The table, `schema.table`.
+        #[arg(long)]
+        table: String,
+        /// What we knew then: RFC 3339 time or LSN (default now).
+        #[arg(long)]
+        as_of_system: Option<String>,
+        /// When the rows were valid: RFC 3339 time or LSN (default the system time).
+        #[arg(long)]
+        as_of_valid: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Export a tenant's history of a table to Parquet files, showing progress.
+    Export {
+        /// The tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// The table, `schema.table`.
+        #[arg(long)]
+        table: String,
+        /// Versions known from this time / LSN on.
+        #[arg(long)]
+        from: Option<String>,
+        /// Versions known before this time / LSN.
+        #[arg(long)]
+        to: Option<String>,
+        /// Output directory (on the server's machine).
+        #[arg(long)]
+        output: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Submit a job file to a running server.
     Submit {
@@ -170,7 +211,83 @@ fn main() -> anyhow::Result<()> {
             meta_dsn,
             token,
             workers,
-        } => runtime.block_on(serve(listen, meta_dsn, token, workers)),
+            retention_every_secs,
+        } => runtime.block_on(serve(
+            listen,
+            meta_dsn,
+            token,
+            workers,
+            Duration::from_secs(retention_every_secs.max(1)),
+        )),
+        Command::Query {
+            tenant,
+            table,
+            as_of_system,
+            as_of_valid,
+            client,
+        } => runtime.block_on(async move {
+            let api = ApiClient::new(&client.server, client.token);
+            let rows = api
+                .rows_as_of(
+                    &tenant,
+                    &table,
+                    as_of_system.as_deref(),
+                    as_of_valid.as_deref(),
+                )
+                .await?;
+            if client.json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", client::rows_table(&rows));
+            }
+            Ok(())
+        }),
+        Command::Export {
+            tenant,
+            table,
+            from,
+            to,
+            output,
+            client,
+        } => runtime.block_on(async move {
+            let api = ApiClient::new(&client.server, client.token);
+            let request = ExportRequest {
+                tenant,
+                table,
+                from,
+                to,
+                output,
+                job: None,
+            };
+            let mut status = api.start_export(&request).await?;
+            while status.state == ExportState::Running {
+                eprintln!(
+                    "export {}: {}/{} versions, {} files",
+                    status.id,
+                    status.rows_written,
+                    status.rows_total,
+                    status.files.len()
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                status = api.export_status(&status.id).await?;
+            }
+            if client.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                println!(
+                    "export {} {:?}: {} versions in {} files under {}",
+                    status.id,
+                    status.state,
+                    status.rows_written,
+                    status.files.len(),
+                    status.output
+                );
+            }
+            match status.error {
+                Some(e) => anyhow::bail!("export failed: {e}"),
+                None => Ok(()),
+            }
+        }),
         Command::Submit { file, client } => runtime.block_on(async move {
             let api = ApiClient::new(&client.server, client.token);
             let id = api.submit_file(&file).await?;
@@ -266,6 +383,7 @@ async fn serve(
     meta_dsn: String,
     token: Option<String>,
     workers: usize,
+    retention_every: Duration,
 ) -> anyhow::Result<()> {
     let store = MetadataStore::open(&meta_dsn).await?;
     let host = Arc::new(
@@ -274,6 +392,7 @@ async fn serve(
     );
     let metrics = MetricsRegistry::new();
     let manager = JobManager::start(host.clone(), store, metrics).await?;
+    let retention = manager.start_retention(retention_every);
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("listen on {listen}"))?;
@@ -287,6 +406,7 @@ async fn serve(
         let _ = stop_rx.changed().await;
     })
     .await?;
+    retention.abort();
     manager.shutdown().await;
     drop(manager);
     if let Ok(host) = Arc::try_unwrap(host) {

@@ -5,7 +5,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::control::job_control::JobStatus;
+use crate::api::routes::encode_path_segment;
+use crate::control::job_control::{AsOfRows, ExportRequest, ExportStatus, JobStatus};
 
 /// Why a request to the server failed.
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +146,49 @@ impl ApiClient {
         self.json(resp).await
     }
 
+    /// A tenant's rows of a table as of a system time and a valid time.
+    pub async fn rows_as_of(
+        &self,
+        tenant: &str,
+        table: &str,
+        system: Option<&str>,
+        valid: Option<&str>,
+    ) -> Result<AsOfRows, ClientError> {
+        let mut query: Vec<String> = Vec::new();
+        if let Some(s) = system {
+            query.push(format!("system_time={}", encode_path_segment(s)));
+        }
+        if let Some(v) = valid {
+            query.push(format!("valid_time={}", encode_path_segment(v)));
+        }
+        let path = format!(
+            "/v1/tenants/{}/tables/{}/rows?{}",
+            encode_path_segment(tenant),
+            encode_path_segment(table),
+            query.join("&")
+        );
+        let resp = self.send(self.request(reqwest::Method::GET, &path)).await?;
+        self.json(resp).await
+    }
+
+    /// Starts an export.
+    pub async fn start_export(&self, request: &ExportRequest) -> Result<ExportStatus, ClientError> {
+        let resp = self
+            .send(
+                self.request(reqwest::Method::POST, "/v1/exports")
+                    .json(request),
+            )
+            .await?;
+        self.json(resp).await
+    }
+
+    /// An export's progress.
+    pub async fn export_status(&self, id: &str) -> Result<ExportStatus, ClientError> {
+        let path = format!("/v1/exports/{}", encode_path_segment(id));
+        let resp = self.send(self.request(reqwest::Method::GET, &path)).await?;
+        self.json(resp).await
+    }
+
     /// Stops and removes a job.
     pub async fn delete(&self, id: &str, drop_slot: bool) -> Result<(), ClientError> {
         let path = format!("/v1/jobs/{id}?drop_slot={drop_slot}");
@@ -152,6 +196,28 @@ impl ApiClient {
             .await?;
         Ok(())
     }
+}
+
+/// As-of rows as a table for a person.
+pub fn rows_table(rows: &AsOfRows) -> String {
+    let mut out = format!(
+        "# {} tenant {} as of system {} / valid {} (from {}, job {}): {} rows\n",
+        rows.table,
+        rows.tenant,
+        rows.system_time,
+        rows.valid_time,
+        rows.source,
+        rows.job,
+        rows.rows.len()
+    );
+    out.push_str(&rows.columns.join("\t"));
+    out.push('\n');
+    for row in &rows.rows {
+        let cells: Vec<&str> = row.iter().map(|c| c.as_deref().unwrap_or("NULL")).collect();
+        out.push_str(&cells.join("\t"));
+        out.push('\n');
+    }
+    out
 }
 
 /// A table of jobs for a person.

@@ -75,7 +75,8 @@ impl ApiError {
         match self {
             ApiError::Control(e) => match e {
                 ControlError::InvalidSpec(spec) => spec_status(spec),
-                ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+                ControlError::NotFound(_) | ControlError::Missing(_) => StatusCode::NOT_FOUND,
+                ControlError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 ControlError::AlreadyExists(_) | ControlError::Conflict(_) => StatusCode::CONFLICT,
                 ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             },
@@ -95,6 +96,7 @@ impl ApiError {
         let spec = match self {
             ApiError::Control(ControlError::InvalidSpec(spec)) | ApiError::Spec(spec) => spec,
             ApiError::BadRequest { field, .. } => return field.as_deref(),
+            ApiError::Control(ControlError::Invalid { field, .. }) => return Some(field),
             _ => return None,
         };
         Some(spec.field()).filter(|field| *field != DOCUMENT_PATH && !field.is_empty())

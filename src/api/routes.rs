@@ -13,13 +13,16 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, MethodRouter};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::auth::{self, BearerAuth};
 use super::error::{redact_text, ApiError};
-use crate::control::job_control::{JobControl, JobId, JobStatus, TenantJob};
+use crate::control::job_control::{
+    AsOfQuery, AsOfRows, ExportRequest, ExportStatus, JobControl, JobId, JobStatus,
+    RetentionPolicy, TenantJob, TimePoint,
+};
 use crate::control::job_spec::JobSpec;
 
 /// Every route the API answers, as (method, path template). [`router`] registers exactly
@@ -32,6 +35,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/jobs/{id}/pause"),
     ("POST", "/v1/jobs/{id}/resume"),
     ("GET", "/v1/tenants/{tenant}"),
+    ("GET", "/v1/tenants/{tenant}/tables/{table}/rows"),
+    ("POST", "/v1/exports"),
+    ("GET", "/v1/exports/{id}"),
+    ("GET", "/v1/retention-policies"),
+    ("PUT", "/v1/retention-policies"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -116,6 +124,11 @@ fn endpoint(method: &str, path: &str) -> MethodRouter<AppState> {
         ("POST", "/v1/jobs/{id}/pause") => post(pause_job),
         ("POST", "/v1/jobs/{id}/resume") => post(resume_job),
         ("GET", "/v1/tenants/{tenant}") => get(tenant_jobs),
+        ("GET", "/v1/tenants/{tenant}/tables/{table}/rows") => get(rows_as_of),
+        ("POST", "/v1/exports") => post(start_export),
+        ("GET", "/v1/exports/{id}") => get(export_status),
+        ("GET", "/v1/retention-policies") => get(retention_policies),
+        ("PUT", "/v1/retention-policies") => put(set_retention),
         ("GET", "/healthz") => get(healthz),
         ("GET", "/readyz") => get(readyz),
         ("GET", "/metrics") => get(metrics),
@@ -297,6 +310,129 @@ async fn tenant_jobs(
     let tenant = path_param(tenant, "tenant")?;
     let jobs = state.control.tenant(&tenant).await;
     Ok(Json(TenantJobs { tenant, jobs }))
+}
+
+/// Body of `GET /v1/retention-policies`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionPolicies {
+    /// Every policy.
+    pub policies: Vec<RetentionPolicy>,
+}
+
+/// `system_time`, `valid_time` and `job` of an as-of request.
+pub(crate) type AsOfParams = (Option<TimePoint>, Option<TimePoint>, Option<String>);
+
+/// The query parameters of the as-of route: `system_time`, `valid_time`, `job`, each at
+/// most once; anything else is a 400 naming it.
+pub(crate) fn as_of_params(
+    uri: &Uri,
+) -> Result<AsOfParams, ApiError> {
+    let Query(params) = Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}"), None))?;
+    let (mut system, mut valid, mut job) = (None, None, None);
+    for (name, value) in params {
+        let once = |seen: bool| {
+            if seen {
+                Err(ApiError::bad_request(
+                    format!("{name} is given more than once"),
+                    Some(&name),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        match name.as_str() {
+            "system_time" | "valid_time" => {
+                let point = TimePoint::parse(&value)
+                    .map_err(|m| ApiError::bad_request(format!("{name}: {m}"), Some(&name)))?;
+                let slot = if name == "system_time" {
+                    &mut system
+                } else {
+                    &mut valid
+                };
+                once(slot.is_some())?;
+                *slot = Some(point);
+            }
+            "job" => {
+                once(job.is_some())?;
+                job = Some(value);
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    format!(
+                        "unknown query parameter `{name}`; accepted: system_time, valid_time, job"
+                    ),
+                    Some(&name),
+                ))
+            }
+        }
+    }
+    Ok((system, valid, job))
+}
+
+async fn rows_as_of(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    uri: Uri,
+) -> Result<Json<AsOfRows>, ApiError> {
+    let Path((tenant, table)) = path.map_err(|e| ApiError::bad_request(e.body_text(), None))?;
+    let (system, valid, job) = as_of_params(&uri)?;
+    let query = AsOfQuery {
+        tenant,
+        table,
+        system,
+        valid,
+        job,
+    };
+    Ok(Json(state.control.rows_as_of(query).await?))
+}
+
+/// Parses a JSON body into `T`, naming the offending field on failure.
+fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let field = e.path().to_string();
+        let field = (field != ".").then_some(field);
+        ApiError::bad_request(
+            format!("invalid request body: {}", e.inner()),
+            field.as_deref(),
+        )
+    })
+}
+
+async fn start_export(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| ApiError::bad_request(e.body_text(), None))?;
+    let request: ExportRequest = json_body(&body)?;
+    let status = state.control.start_export(request).await?;
+    Ok((StatusCode::ACCEPTED, Json(status)).into_response())
+}
+
+async fn export_status(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<ExportStatus>, ApiError> {
+    let id = path_param(id, "id")?;
+    Ok(Json(state.control.export_status(&id).await?))
+}
+
+async fn retention_policies(
+    State(state): State<AppState>,
+) -> Result<Json<RetentionPolicies>, ApiError> {
+    Ok(Json(RetentionPolicies {
+        policies: state.control.retention_policies().await?,
+    }))
+}
+
+async fn set_retention(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<RetentionPolicy>, ApiError> {
+    let body = body.map_err(|e| ApiError::bad_request(e.body_text(), None))?;
+    let policy: RetentionPolicy = json_body(&body)?;
+    Ok(Json(state.control.set_retention(policy).await?))
 }
 
 async fn healthz() -> Json<Health> {

@@ -100,6 +100,140 @@ pub struct Readiness {
     pub jobs_failed: usize,
 }
 
+/// A point in time as a user names it: a commit LSN or a wall-clock time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimePoint {
+    /// A position in the source's WAL.
+    Lsn(crate::change::Lsn),
+    /// µs since 2000-01-01 UTC.
+    Micros(i64),
+}
+
+impl TimePoint {
+    /// Parses an LSN (`16/B374D848`) or an RFC 3339 time (`2026-03-01T00:00:00Z`, or a
+    /// bare date); the error says what was expected.
+    pub fn parse(text: &str) -> Result<TimePoint, String> {
+        if let Some(lsn) = crate::change::parse_lsn(text) {
+            return Ok(TimePoint::Lsn(lsn));
+        }
+        crate::time_text::parse_rfc3339(text)
+            .map(TimePoint::Micros)
+            .ok_or_else(|| {
+                format!(
+                    "`{text}` is neither an RFC 3339 time (2026-03-01T00:00:00Z) nor an LSN (16/B374D848)"
+                )
+            })
+    }
+}
+
+/// `GET /v1/tenants/{tenant}/tables/{table}/rows`: one tenant's rows as of a pair of times.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AsOfQuery {
+    /// The tenant id.
+    pub tenant: String,
+    /// `schema.table`.
+    pub table: String,
+    /// What we knew then (default: now).
+    pub system: Option<TimePoint>,
+    /// When the rows were valid (default: the system time, or now).
+    pub valid: Option<TimePoint>,
+    /// The job to ask when several keep this table's history.
+    pub job: Option<JobId>,
+}
+
+/// The answer to an [`AsOfQuery`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AsOfRows {
+    /// The job that answered.
+    pub job: JobId,
+    /// The tenant id.
+    pub tenant: String,
+    /// `schema.table`.
+    pub table: String,
+    /// The system time asked, as an LSN (`X/Y`) or RFC 3339 time.
+    pub system_time: String,
+    /// The valid time used (RFC 3339).
+    pub valid_time: String,
+    /// Where the answer came from: `memory` (the hot window), `history_table` or
+    /// `cold_tier` (Parquet, beyond the retention horizon).
+    pub source: String,
+    /// Column names.
+    pub columns: Vec<String>,
+    /// The rows (text forms, `null` for NULL), sorted by key.
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+/// `POST /v1/exports`: one tenant's history of one table to Parquet files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportRequest {
+    /// The tenant id.
+    pub tenant: String,
+    /// `schema.table`.
+    pub table: String,
+    /// Versions that became known at or after this time / LSN (default: the first).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Versions that became known before this time / LSN (default: now).
+    #[serde(default)]
+    pub to: Option<String>,
+    /// Directory the files go to (the cold-tier layout is created under it).
+    pub output: String,
+    /// The job to export from when several keep this table's history.
+    #[serde(default)]
+    pub job: Option<JobId>,
+}
+
+/// Where an export is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportState {
+    /// Writing files.
+    Running,
+    /// Every version is published.
+    Done,
+    /// Stopped with an error (see `error`); files published so far stay valid.
+    Failed,
+}
+
+/// An export's progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportStatus {
+    /// The export's id.
+    pub id: String,
+    /// Where it is.
+    pub state: ExportState,
+    /// The job exported from.
+    pub job: JobId,
+    /// The tenant id.
+    pub tenant: String,
+    /// `schema.table`.
+    pub table: String,
+    /// The output directory.
+    pub output: String,
+    /// Versions to write.
+    pub rows_total: u64,
+    /// Versions written so far.
+    pub rows_written: u64,
+    /// Files published (relative to the table's directory).
+    pub files: Vec<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// A retention policy: history of a tenant's table older than `days` days leaves the
+/// history table and lives only in the job's Parquet cold tier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionPolicy {
+    /// The tenant id.
+    pub tenant: String,
+    /// `schema.table`.
+    pub table: String,
+    /// Closed versions older than this many days move out (0: as soon as exported).
+    pub days: u32,
+}
+
 /// Why a request to the manager was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -118,6 +252,13 @@ pub enum ControlError {
     /// The metadata store or a server could not be reached (503).
     #[error("{0}")]
     Unavailable(String),
+    /// What the request names does not exist, e.g. no job keeps history of that table
+    /// for that tenant, or nothing was known yet at that time (404).
+    #[error("{0}")]
+    Missing(String),
+    /// A request value is well-formed but not acceptable, e.g. a time in the future (422).
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
 }
 
 /// The operations the API offers.
@@ -141,4 +282,15 @@ pub trait JobControl: Send + Sync + 'static {
     async fn readiness(&self) -> Readiness;
     /// The Prometheus text exposition of every metric.
     fn metrics_text(&self) -> String;
+    /// A tenant's rows of a table as of a pair of times.
+    async fn rows_as_of(&self, query: AsOfQuery) -> Result<AsOfRows, ControlError>;
+    /// Starts exporting a tenant's history of a table to Parquet.
+    async fn start_export(&self, request: ExportRequest) -> Result<ExportStatus, ControlError>;
+    /// An export's progress.
+    async fn export_status(&self, id: &str) -> Result<ExportStatus, ControlError>;
+    /// Creates or replaces a retention policy.
+    async fn set_retention(&self, policy: RetentionPolicy)
+        -> Result<RetentionPolicy, ControlError>;
+    /// Every retention policy.
+    async fn retention_policies(&self) -> Result<Vec<RetentionPolicy>, ControlError>;
 }

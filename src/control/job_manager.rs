@@ -17,11 +17,13 @@ use tokio::sync::{watch, Mutex};
 use crate::cdc::catalog;
 use crate::change::format_lsn;
 use crate::control::job_control::{
-    ControlError, JobControl, JobId, JobState, JobStatus, Readiness, TenantJob, TenantStatus,
+    AsOfQuery, AsOfRows, ControlError, ExportRequest, ExportState, ExportStatus, JobControl, JobId,
+    JobState, JobStatus, Readiness, RetentionPolicy, TenantJob, TenantStatus,
 };
 use crate::control::job_runner::{self, Desired, JobStats};
 use crate::control::job_spec::{JobSpec, SinkSpec, TenantFilter};
 use crate::control::metadata::MetadataStore;
+use crate::control::{exports, history_query};
 use crate::dataflow::host::DataflowHost;
 use crate::metrics::{JobMetrics, MetricsRegistry};
 use crate::sinks::worker::TenantProgress;
@@ -48,6 +50,7 @@ pub struct JobManager {
     store: MetadataStore,
     metrics: Arc<MetricsRegistry>,
     jobs: Mutex<HashMap<JobId, ManagedJob>>,
+    exports: Mutex<HashMap<String, Arc<std::sync::Mutex<ExportStatus>>>>,
 }
 
 impl JobManager {
@@ -67,6 +70,7 @@ impl JobManager {
             store,
             metrics,
             jobs: Mutex::new(HashMap::new()),
+            exports: Mutex::new(HashMap::new()),
         });
         for job in stored {
             let desired = if job.desired_state == "paused" {
@@ -198,6 +202,7 @@ pub fn redacted_spec(spec: &JobSpec) -> serde_json::Value {
     for (i, sink) in spec.sinks.iter().enumerate() {
         match sink {
             SinkSpec::Postgres(p) => value["sinks"][i]["dsn"] = p.dsn.redacted().into(),
+            SinkSpec::Parquet(_) => {}
         }
     }
     value
@@ -455,9 +460,188 @@ impl JobControl for JobManager {
     fn metrics_text(&self) -> String {
         self.metrics.encode()
     }
+
+    async fn rows_as_of(&self, query: AsOfQuery) -> Result<AsOfRows, ControlError> {
+        let (spec, stats) = self
+            .history_job(&query.tenant, &query.table, query.job.as_deref())
+            .await?;
+        let horizon = self.horizon(&query.tenant, &query.table).await?;
+        history_query::rows_as_of(&spec, &stats, &query, horizon).await
+    }
+
+    async fn start_export(&self, request: ExportRequest) -> Result<ExportStatus, ControlError> {
+        let range = exports::parse_range(&request)?;
+        let (spec, _) = self
+            .history_job(&request.tenant, &request.table, request.job.as_deref())
+            .await?;
+        let id = format!(
+            "exp-{}-{}",
+            crate::change::pg_now_micros(),
+            self.exports.lock().await.len() + 1
+        );
+        let status = Arc::new(std::sync::Mutex::new(ExportStatus {
+            id: id.clone(),
+            state: ExportState::Running,
+            job: spec.name.clone(),
+            tenant: request.tenant.clone(),
+            table: request.table.clone(),
+            output: request.output.clone(),
+            rows_total: 0,
+            rows_written: 0,
+            files: Vec::new(),
+            error: None,
+        }));
+        self.exports.lock().await.insert(id.clone(), status.clone());
+        tracing::info!(export = %id, job = %spec.name, table = %request.table, "export started");
+        tokio::spawn(exports::run_export(spec, request, range, status.clone()));
+        let snapshot = status
+            .lock()
+            .map(|s| s.clone())
+            .map_err(|_| ControlError::Unavailable("export state lost".into()))?;
+        Ok(snapshot)
+    }
+
+    async fn export_status(&self, id: &str) -> Result<ExportStatus, ControlError> {
+        let exports = self.exports.lock().await;
+        let status = exports
+            .get(id)
+            .ok_or_else(|| ControlError::Missing(format!("no export `{id}`")))?;
+        status
+            .lock()
+            .map(|s| s.clone())
+            .map_err(|_| ControlError::Unavailable("export state lost".into()))
+    }
+
+    async fn set_retention(
+        &self,
+        policy: RetentionPolicy,
+    ) -> Result<RetentionPolicy, ControlError> {
+        let (spec, _) = self
+            .history_job(&policy.tenant, &policy.table, None)
+            .await?;
+        if history_query::history_places(&spec).1.is_none() {
+            return Err(ControlError::Invalid {
+                field: "table".into(),
+                message: format!(
+                    "job `{}` has no parquet sink: history older than the policy's age would have nowhere to live",
+                    spec.name
+                ),
+            });
+        }
+        self.store
+            .save_retention(&policy)
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        Ok(policy)
+    }
+
+    async fn retention_policies(&self) -> Result<Vec<RetentionPolicy>, ControlError> {
+        Ok(self
+            .store
+            .retention_policies()
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect())
+    }
 }
 
 impl JobManager {
+    /// The job keeping `table`'s history for `tenant` (the one named, when several do).
+    async fn history_job(
+        &self,
+        tenant: &str,
+        table: &str,
+        job: Option<&str>,
+    ) -> Result<(JobSpec, Arc<JobStats>), ControlError> {
+        let jobs = self.jobs.lock().await;
+        let matching: Vec<&ManagedJob> = jobs
+            .values()
+            .filter(|j| job.is_none_or(|name| j.spec.name == name))
+            .filter(|j| {
+                j.spec.includes_tenant(tenant) && j.spec.history_tables().any(|t| t.name == table)
+            })
+            .collect();
+        match matching.as_slice() {
+            [one] => Ok((one.spec.clone(), one.stats.clone())),
+            [] => Err(ControlError::Missing(match job {
+                Some(name) => {
+                    format!("job `{name}` does not keep history of {table} for tenant {tenant}")
+                }
+                None => format!("no job keeps history of {table} for tenant {tenant}"),
+            })),
+            several => {
+                let mut names: Vec<&str> = several.iter().map(|j| j.spec.name.as_str()).collect();
+                names.sort();
+                Err(ControlError::Conflict(format!(
+                    "several jobs keep history of {table} for tenant {tenant} ({}); name one with job=",
+                    names.join(", ")
+                )))
+            }
+        }
+    }
+
+    /// How far retention moved the tenant's history of `table` out of the history table.
+    async fn horizon(
+        &self,
+        tenant: &str,
+        table: &str,
+    ) -> Result<Option<history_query::Horizon>, ControlError> {
+        Ok(self
+            .store
+            .retention_policies()
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?
+            .into_iter()
+            .find(|(p, _)| p.tenant == tenant && p.table == table)
+            .and_then(|(_, h)| h))
+    }
+
+    /// Applies every retention policy once.
+    pub async fn retention_pass(&self) {
+        let policies = match self.store.retention_policies().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read retention policies");
+                return;
+            }
+        };
+        for (policy, _) in policies {
+            let Ok((spec, _)) = self.history_job(&policy.tenant, &policy.table, None).await else {
+                continue;
+            };
+            match exports::apply_retention(&spec, &policy, crate::change::pg_now_micros()).await {
+                Ok(Some(horizon)) => {
+                    if let Err(e) = self
+                        .store
+                        .set_retention_horizon(&policy.tenant, &policy.table, &horizon)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot record the retention horizon");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(table = %policy.table, error = %e, "retention pass failed")
+                }
+            }
+        }
+    }
+
+    /// Runs [`JobManager::retention_pass`] every `every` until the manager is dropped.
+    pub fn start_retention(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(manager) = me.upgrade() else { return };
+                manager.retention_pass().await;
+            }
+        })
+    }
+
     /// The manager's own `Arc` (handed to monitors).
     async fn self_arc(&self) -> Result<Arc<JobManager>, ControlError> {
         self.me

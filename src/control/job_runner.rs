@@ -28,11 +28,14 @@ use crate::cdc::error::CdcError;
 use crate::cdc::snapshot;
 use crate::cdc::stream::{self, ConfirmedStore, ReaderIo, ReaderState, ReaderStats, SourceEvent};
 use crate::change::{format_lsn, Lsn};
+use crate::control::history_start::{self, check_history_table};
 use crate::control::job_control::JobState;
 use crate::control::job_spec::{JobSpec, SinkSpec, TenantFilter};
 use crate::dataflow::host::DataflowHost;
-use crate::dataflow::worker::{JobDataflow, SinkTarget};
+use crate::dataflow::worker::{JobDataflow, SinkPlace, SinkTarget};
+use crate::operators::history::HistoryBooks;
 use crate::operators::partition::TenantPlan;
+use crate::operators::version::SysTime;
 use crate::sinks::pg_apply::{self, store};
 use crate::sinks::worker::{SinkStats, RETRY_INITIAL, RETRY_MAX};
 use crate::sinks::SinkError;
@@ -68,6 +71,8 @@ pub struct JobStats {
     pub sinks: Vec<Arc<SinkStats>>,
     /// Stream interruptions and failed start attempts.
     pub errors: AtomicU64,
+    /// The job's bi-temporal version books (empty unless a table keeps history).
+    pub books: Arc<HistoryBooks>,
     /// State and the reason for it (failure, or the last transient error).
     state: Mutex<(JobState, Option<String>)>,
 }
@@ -79,6 +84,7 @@ impl JobStats {
             reader: Default::default(),
             sinks: (0..sinks).map(|_| Default::default()).collect(),
             errors: AtomicU64::new(0),
+            books: Default::default(),
             state: Mutex::new((JobState::Snapshotting, None)),
         }
     }
@@ -145,11 +151,26 @@ pub fn tenant_plan(spec: &JobSpec, peers: usize) -> TenantPlan {
     }
 }
 
-fn sink_dsns(spec: &JobSpec) -> Vec<(String, usize)> {
+fn sink_places(spec: &JobSpec) -> Vec<(SinkPlace, usize)> {
     spec.sinks
         .iter()
         .map(|s| match s {
-            SinkSpec::Postgres(p) => (p.dsn.expose().to_string(), p.batch_max_rows),
+            SinkSpec::Postgres(p) => (
+                SinkPlace::Postgres(p.dsn.expose().to_string()),
+                p.batch_max_rows,
+            ),
+            SinkSpec::Parquet(p) => (SinkPlace::Parquet(p.root.clone().into()), p.batch_max_rows),
+        })
+        .collect()
+}
+
+/// The connection strings of the job's PostgreSQL sinks, in order.
+fn postgres_dsns(spec: &JobSpec) -> Vec<String> {
+    spec.sinks
+        .iter()
+        .filter_map(|s| match s {
+            SinkSpec::Postgres(p) => Some(p.dsn.expose().to_string()),
+            SinkSpec::Parquet(_) => None,
         })
         .collect()
 }
@@ -218,9 +239,9 @@ async fn run_job_inner(
     progress_every: Option<Duration>,
 ) -> Result<(), JobError> {
     let plan = Arc::new(tenant_plan(spec, host.workers()));
-    let sinks = sink_dsns(spec);
-    let Some((progress_dsn, _)) = sinks.first().cloned() else {
-        return Err(JobError::Dataflow("the job has no sink".into()));
+    let sinks = sink_places(spec);
+    let Some(progress_dsn) = postgres_dsns(spec).into_iter().next() else {
+        return Err(JobError::Dataflow("the job has no postgres sink".into()));
     };
 
     // Start-up: retried while transient, until stopped.
@@ -230,7 +251,7 @@ async fn run_job_inner(
         if *control.borrow() == Desired::Stop {
             return Ok(());
         }
-        match prepare(spec, &plan).await {
+        match prepare(spec, &plan, &stats.books).await {
             Ok(ready) => break ready,
             Err(e) if is_transient(&e) => {
                 stats.errors.fetch_add(1, Relaxed);
@@ -252,8 +273,8 @@ async fn run_job_inner(
         sinks: sinks
             .iter()
             .zip(&stats.sinks)
-            .map(|((dsn, rows), stats)| SinkTarget {
-                dsn: dsn.clone(),
+            .map(|((place, rows), stats)| SinkTarget {
+                place: place.clone(),
                 batch_max_rows: *rows,
                 stats: stats.clone(),
             })
@@ -262,6 +283,14 @@ async fn run_job_inner(
         durable: Arc::new(durable_tx),
         backlog: Default::default(),
         reader: stats.reader.clone(),
+        history: Arc::new(history_start::history_plan(spec)),
+        books: stats.books.clone(),
+    });
+    let pruner = (spec.history_tables().next().is_some()).then(|| {
+        tokio::spawn(prune_hot_window(
+            stats.books.clone(),
+            Duration::from_secs(spec.history.hot_window_secs),
+        ))
     });
     let progress = progress_every
         .map(|every| tokio::spawn(print_progress(spec.name.clone(), stats.clone(), every)));
@@ -321,7 +350,24 @@ async fn run_job_inner(
     if let Some(p) = progress {
         p.abort();
     }
+    if let Some(p) = pruner {
+        p.abort();
+    }
     result
+}
+
+/// Keeps the in-memory history to the hot window: older closed versions are read from the
+/// history table.
+async fn prune_hot_window(books: Arc<HistoryBooks>, window: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10).min(window));
+    loop {
+        tick.tick().await;
+        let horizon = crate::change::pg_now_micros() - window.as_micros() as i64;
+        let dropped = books.prune_closed_before(horizon);
+        if dropped > 0 {
+            tracing::debug!(dropped, "closed versions left the hot window");
+        }
+    }
 }
 
 /// Waits `wait` (or until `control` changes), then doubles `wait` up to [`RETRY_MAX`].
@@ -466,14 +512,22 @@ pub fn tenant_row_filter(
 
 /// Checks the source, then snapshots or resumes. Returns the started replication session
 /// and the position it starts from.
-async fn prepare(spec: &JobSpec, plan: &TenantPlan) -> Result<(ReplicationClient, Lsn), JobError> {
+async fn prepare(
+    spec: &JobSpec,
+    plan: &TenantPlan,
+    books: &HistoryBooks,
+) -> Result<(ReplicationClient, Lsn), JobError> {
     let dsn = spec.source.dsn.expose();
     let (slot, publication) = (&spec.source.slot, &spec.source.publication);
     let source = catalog::connect(dsn).await?;
     catalog::check_wal_level(&source).await?;
     let mut published = Vec::new();
+    let mut infos = Vec::new();
     for table in &spec.tables {
         let info = catalog::table_info(&source, table.schema(), table.table()).await?;
+        if let Some(problem) = check_history_table(table, &info) {
+            return Err(CdcError::Definite(format!("tables[{}]: {problem}", table.name)).into());
+        }
         let column = &plan.tenant_columns[&info.qualified_name()];
         let Some(position) = info.column_index(column) else {
             return Err(CdcError::Definite(format!(
@@ -492,12 +546,12 @@ async fn prepare(spec: &JobSpec, plan: &TenantPlan) -> Result<(ReplicationClient
                 info.columns[position].in_identity,
             ),
         });
+        infos.push((table.clone(), Arc::new(info)));
     }
     catalog::ensure_publication(&source, publication, &published).await?;
-    let sinks = sink_dsns(spec);
     let mut targets = Vec::new();
-    for (dsn, _) in &sinks {
-        let client = pg_apply::sink::connect(dsn).await?;
+    for dsn in postgres_dsns(spec) {
+        let client = pg_apply::sink::connect(&dsn).await?;
         store::migrate(&client).await?;
         targets.push(client);
     }
@@ -516,6 +570,7 @@ async fn prepare(spec: &JobSpec, plan: &TenantPlan) -> Result<(ReplicationClient
                 .into());
             }
             let cfg = stream::replication_config(dsn, slot, publication, s.confirmed_flush)?;
+            restore_history(spec, plan, &targets[0], &infos, s.confirmed_flush, books).await?;
             let client = connect_started(cfg).await?;
             tracing::info!(job = %spec.name, from = %format_lsn(s.confirmed_flush), "resuming from the slot's confirmed position");
             return Ok((client, s.confirmed_flush));
@@ -539,7 +594,33 @@ async fn prepare(spec: &JobSpec, plan: &TenantPlan) -> Result<(ReplicationClient
         catalog::drop_slot(&source, slot).await?;
     }
     store::clear_snapshot(&targets[0], &spec.name).await?;
-    take_snapshot(spec, plan, &mut targets).await
+    let (client, at) = take_snapshot(spec, plan, &mut targets, &infos).await?;
+    restore_history(spec, plan, &targets[0], &infos, at, books).await?;
+    Ok((client, at))
+}
+
+/// Restores the version books at `resume` (no-op when no table keeps history).
+async fn restore_history(
+    spec: &JobSpec,
+    plan: &TenantPlan,
+    target: &tokio_postgres::Client,
+    infos: &[(
+        crate::control::job_spec::TableSpec,
+        Arc<crate::change::TableInfo>,
+    )],
+    resume: Lsn,
+    books: &HistoryBooks,
+) -> Result<(), JobError> {
+    books.reset(SysTime {
+        lsn: resume,
+        micros: crate::change::pg_now_micros(),
+    });
+    if spec.history_tables().next().is_none() {
+        return Ok(());
+    }
+    let restored = history_start::restore_books(plan, target, infos, resume, books).await?;
+    tracing::info!(job = %spec.name, versions = restored, at = %format_lsn(resume), "history versions restored");
+    Ok(())
 }
 
 /// Creates the slot with an exported snapshot, loads every table into every target, and
@@ -548,6 +629,10 @@ async fn take_snapshot(
     spec: &JobSpec,
     plan: &TenantPlan,
     targets: &mut [tokio_postgres::Client],
+    infos: &[(
+        crate::control::job_spec::TableSpec,
+        Arc<crate::change::TableInfo>,
+    )],
 ) -> Result<(ReplicationClient, Lsn), JobError> {
     let dsn = spec.source.dsn.expose();
     let (slot, publication) = (&spec.source.slot, &spec.source.publication);
@@ -574,6 +659,11 @@ async fn take_snapshot(
         .batch_execute("COMMIT")
         .await
         .map_err(CdcError::query("end snapshot transaction"))?;
+    let at = SysTime {
+        lsn: snap.consistent_point,
+        micros: crate::change::pg_now_micros(),
+    };
+    history_start::record_snapshot(spec, plan, &targets[0], infos, at).await?;
     store::record_snapshot(&targets[0], &spec.name, slot, snap.consistent_point).await?;
     let tenants = match &plan.include {
         TenantFilter::All => "all".to_string(),

@@ -9,15 +9,23 @@ use tokio_postgres::types::PgLsn;
 use tokio_postgres::Client;
 
 use crate::change::Lsn;
+use crate::control::history_query::Horizon;
+use crate::control::job_control::RetentionPolicy;
 use crate::control::job_spec::{JobSpec, SinkSpec};
 use crate::control::secret::Dsn;
 use crate::sql_text::describe_pg_error;
 
 /// The migrations, in order (version, SQL).
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    include_str!("../../schemas/migrations/0001_metadata.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        include_str!("../../schemas/migrations/0001_metadata.sql"),
+    ),
+    (
+        2,
+        include_str!("../../schemas/migrations/0002_retention.sql"),
+    ),
+];
 
 /// Why the metadata store could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +132,7 @@ impl MetadataStore {
                     self.save_connection(&name, &p.dsn).await?;
                     p.dsn = Dsn::new(format!("helios_connection={name}"));
                 }
+                SinkSpec::Parquet(_) => {}
             }
         }
         let json =
@@ -170,6 +179,77 @@ impl MetadataStore {
         Ok(())
     }
 
+    /// Creates or replaces a retention policy (its horizon is kept).
+    pub async fn save_retention(&self, policy: &RetentionPolicy) -> Result<(), MetadataError> {
+        self.client
+            .execute(
+                "INSERT INTO helios_meta.data_retention_policies (tenant, table_name, days) VALUES ($1, $2, $3)
+                 ON CONFLICT (tenant, table_name) DO UPDATE SET days = EXCLUDED.days, updated_at = now()",
+                &[&policy.tenant, &policy.table, &(policy.days as i32)],
+            )
+            .await
+            .map_err(db("save retention policy"))?;
+        Ok(())
+    }
+
+    /// Every retention policy with the horizon its last pass reached.
+    pub async fn retention_policies(
+        &self,
+    ) -> Result<Vec<(RetentionPolicy, Option<Horizon>)>, MetadataError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT tenant, table_name, days, horizon_micros, (horizon_lsn - '0/0'::pg_lsn)::bigint
+                 FROM helios_meta.data_retention_policies ORDER BY tenant, table_name",
+                &[],
+            )
+            .await
+            .map_err(db("read retention policies"))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let policy = RetentionPolicy {
+                    tenant: r.get(0),
+                    table: r.get(1),
+                    days: r.get::<_, i32>(2).max(0) as u32,
+                };
+                let horizon = match (r.get::<_, Option<i64>>(3), r.get::<_, Option<i64>>(4)) {
+                    (Some(micros), Some(lsn)) => Some(Horizon {
+                        micros,
+                        lsn: lsn as u64,
+                    }),
+                    _ => None,
+                };
+                (policy, horizon)
+            })
+            .collect())
+    }
+
+    /// Records how far a retention pass moved history out of the history table.
+    pub async fn set_retention_horizon(
+        &self,
+        tenant: &str,
+        table: &str,
+        horizon: &Horizon,
+    ) -> Result<(), MetadataError> {
+        self.client
+            .execute(
+                "UPDATE helios_meta.data_retention_policies
+                 SET horizon_micros = greatest(horizon_micros, $3),
+                     horizon_lsn = greatest(horizon_lsn, $4::text::pg_lsn), updated_at = now()
+                 WHERE tenant = $1 AND table_name = $2",
+                &[
+                    &tenant,
+                    &table,
+                    &horizon.micros,
+                    &crate::change::format_lsn(horizon.lsn),
+                ],
+            )
+            .await
+            .map_err(db("record retention horizon"))?;
+        Ok(())
+    }
+
     /// Jobs whose latest version is running or paused, with DSNs restored.
     pub async fn live_jobs(&self) -> Result<Vec<StoredJob>, MetadataError> {
         let rows = self
@@ -200,6 +280,7 @@ impl MetadataStore {
             for sink in spec.sinks.iter_mut() {
                 match sink {
                     SinkSpec::Postgres(p) => p.dsn = self.connection(&p.dsn).await?,
+                    SinkSpec::Parquet(_) => {}
                 }
             }
             jobs.push(StoredJob {

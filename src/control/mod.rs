@@ -1,5 +1,8 @@
 //! Jobs: their specs and their lifecycle (start, snapshot or resume, run, stop).
 
+pub mod exports;
+pub mod history_query;
+pub mod history_start;
 pub mod job_control;
 pub mod job_manager;
 pub mod job_runner;

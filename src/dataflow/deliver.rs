@@ -17,7 +17,7 @@ use timely::dataflow::StreamVec;
 use timely::scheduling::SyncActivator;
 use tokio::sync::mpsc;
 
-use crate::change::{Lsn, TenantChange};
+use crate::change::{Lsn, SinkItem};
 use crate::sinks::ApplyBatch;
 
 /// Durability reports from sink tasks: (sink index, every batch up to this LSN is durable).
@@ -38,7 +38,7 @@ pub trait DeliverToSinks<'scope> {
     ) -> StreamVec<'scope, Lsn, ()>;
 }
 
-impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, TenantChange> {
+impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, SinkItem> {
     fn deliver_to_sinks(
         self,
         sinks: Vec<mpsc::Sender<ApplyBatch>>,
@@ -54,7 +54,7 @@ impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, TenantChange> {
         let (_output, progress) = builder.new_output::<Vec<()>>();
         builder.build(move |mut initial| {
             initial.clear();
-            let mut stash: BTreeMap<Lsn, (Capability<Lsn>, Vec<TenantChange>)> = BTreeMap::new();
+            let mut stash: BTreeMap<Lsn, (Capability<Lsn>, Vec<SinkItem>)> = BTreeMap::new();
             let mut in_flight: BTreeMap<Lsn, Capability<Lsn>> = BTreeMap::new();
             let mut durable_at: Vec<Lsn> = vec![0; sinks.len()];
             let mut sink_gone = false;
@@ -75,14 +75,21 @@ impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, TenantChange> {
                     if frontier.less_equal(&t) {
                         break;
                     }
-                    let Some((cap, mut changes)) = stash.remove(&t) else { break };
-                    if changes.is_empty() {
+                    let Some((cap, mut items)) = stash.remove(&t) else { break };
+                    if items.is_empty() {
                         continue;
                     }
-                    changes.sort_by_key(|c| c.seq);
-                    let batch = ApplyBatch { commit_lsn: t, changes };
+                    // Stable: a change's history events keep their order.
+                    items.sort_by_key(SinkItem::seq);
+                    let mut batch = ApplyBatch { commit_lsn: t, changes: Vec::with_capacity(items.len()), history: Vec::new() };
+                    for item in items {
+                        match item {
+                            SinkItem::Change(c) => batch.changes.push(c),
+                            SinkItem::History(h) => batch.history.push(h),
+                        }
+                    }
                     // Every sink gets the batch; the last one takes it without a copy.
-                    backlog.fetch_add(batch.changes.len() * queues.len(), Ordering::Relaxed);
+                    backlog.fetch_add(batch.rows() * queues.len(), Ordering::Relaxed);
                     if let Some((last, others)) = queues.split_last_mut() {
                         for queue in others {
                             queue.push_back(batch.clone());
@@ -96,7 +103,7 @@ impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, TenantChange> {
                 // operator whenever it finished a batch.
                 for (sink, queue) in sinks.iter().zip(queues.iter_mut()) {
                     while let Some(batch) = queue.pop_front() {
-                        let rows = batch.changes.len();
+                        let rows = batch.rows();
                         match sink.try_send(batch) {
                             Ok(()) => {
                                 backlog.fetch_sub(rows, Ordering::Relaxed);

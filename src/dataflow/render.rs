@@ -7,21 +7,41 @@ use timely::dataflow::StreamVec;
 use timely::scheduling::SyncActivator;
 use tokio::sync::mpsc;
 
-use crate::change::{Lsn, SourceRecord};
+use timely::dataflow::operators::vec::Map;
+
+use crate::change::{Lsn, SinkItem, SourceRecord};
 use crate::dataflow::deliver::{DeliverToSinks, DurableReports};
+use crate::operators::history::{HistoryBooks, HistoryPlan, VersionHistory};
 use crate::operators::partition::{PartitionByTenant, TenantPlan};
 use crate::sinks::ApplyBatch;
+
+/// The history stage of a job: which tables, the shared books, the commit times.
+pub struct HistoryStage {
+    /// Tables that keep history.
+    pub plan: Arc<HistoryPlan>,
+    /// The job's version books.
+    pub books: Arc<HistoryBooks>,
+    /// The reader's figures (commit times by LSN).
+    pub reader: Arc<crate::cdc::stream::ReaderStats>,
+}
 
 /// Builds the job's graph on one worker; returns the durable-progress stream.
 pub fn render_job<'scope>(
     source: StreamVec<'scope, Lsn, SourceRecord>,
     plan: Arc<TenantPlan>,
+    history: Option<HistoryStage>,
     sinks: Vec<mpsc::Sender<ApplyBatch>>,
     durable: DurableReports,
     backlog: Arc<AtomicUsize>,
     on_activator: impl FnOnce(SyncActivator),
 ) -> StreamVec<'scope, Lsn, ()> {
-    source
-        .partition_by_tenant(plan)
-        .deliver_to_sinks(sinks, durable, backlog, on_activator)
+    let changes = source.partition_by_tenant(plan);
+    let items = match history {
+        Some(h) => {
+            let reader = h.reader;
+            changes.version_history(h.plan, h.books, move |lsn| reader.commit_times.get(lsn))
+        }
+        None => changes.map(SinkItem::Change),
+    };
+    items.deliver_to_sinks(sinks, durable, backlog, on_activator)
 }

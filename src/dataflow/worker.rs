@@ -11,8 +11,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::cdc::stream::SourceEvent;
 use crate::change::{Lsn, SourceRecord};
-use crate::dataflow::render::render_job;
+use crate::dataflow::render::{render_job, HistoryStage};
+use crate::operators::history::{HistoryBooks, HistoryPlan};
 use crate::operators::partition::TenantPlan;
+use crate::sinks::parquet::ParquetSink;
 use crate::sinks::pg_apply::PgApplySink;
 use crate::sinks::worker::{run_sink, SinkStats};
 use crate::sinks::ApplyBatch;
@@ -25,11 +27,20 @@ pub const MAX_BACKLOG_ROWS: usize = 100_000;
 /// Events taken from a job's reader per worker step.
 pub const EVENTS_PER_STEP: usize = 4096;
 
+/// Where a sink writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkPlace {
+    /// A PostgreSQL database (connection string).
+    Postgres(String),
+    /// A Parquet cold-tier directory.
+    Parquet(std::path::PathBuf),
+}
+
 /// One sink of a job, as every worker instantiates it.
 #[derive(Debug, Clone)]
 pub struct SinkTarget {
-    /// Target connection string.
-    pub dsn: String,
+    /// Where it writes.
+    pub place: SinkPlace,
     /// Most rows one apply transaction takes.
     pub batch_max_rows: usize,
     /// Counters shared by this sink's tasks on all workers.
@@ -53,6 +64,10 @@ pub struct JobDataflow {
     pub backlog: Arc<AtomicUsize>,
     /// The reader's figures (commit times, for per-tenant lag).
     pub reader: Arc<crate::cdc::stream::ReaderStats>,
+    /// Tables that keep history (empty: no history stage).
+    pub history: Arc<HistoryPlan>,
+    /// The job's version books.
+    pub books: Arc<HistoryBooks>,
 }
 
 /// A job's dataflow as one worker holds it.
@@ -91,9 +106,15 @@ impl WorkerJob {
         let dataflow = worker.next_dataflow_index();
         worker.dataflow_named::<Lsn, _, _>(&format!("job {}", job.job), |scope| {
             let source = scope.input_from(&mut input);
+            let history = (!job.history.is_empty()).then(|| HistoryStage {
+                plan: job.history.clone(),
+                books: job.books.clone(),
+                reader: job.reader.clone(),
+            });
             render_job(
                 source,
                 job.plan.clone(),
+                history,
                 senders,
                 report_rx,
                 job.backlog.clone(),
@@ -103,20 +124,27 @@ impl WorkerJob {
         });
         let activator = Arc::new(activator.expect("render_job hands over an activator"));
         for (i, (rx, target)) in receivers.into_iter().zip(&job.sinks).enumerate() {
-            let sink = PgApplySink::new(&job.job, &target.dsn, job.plan.clone(), index as u32);
             let report_tx = report_tx.clone();
             let activator = activator.clone();
-            runtime.spawn(run_sink(
-                sink,
-                rx,
+            let on_durable = move |lsn| {
+                let _ = report_tx.send((i, lsn));
+                let _ = activator.activate();
+            };
+            let (rows, stats, reader) = (
                 target.batch_max_rows,
                 target.stats.clone(),
                 job.reader.clone(),
-                move |lsn| {
-                    let _ = report_tx.send((i, lsn));
-                    let _ = activator.activate();
-                },
-            ));
+            );
+            match &target.place {
+                SinkPlace::Postgres(dsn) => {
+                    let sink = PgApplySink::new(&job.job, dsn, job.plan.clone(), index as u32);
+                    runtime.spawn(run_sink(sink, rx, rows, stats, reader, on_durable));
+                }
+                SinkPlace::Parquet(root) => {
+                    let sink = ParquetSink::new(&job.job, root.clone(), index as u32);
+                    runtime.spawn(run_sink(sink, rx, rows, stats, reader, on_durable));
+                }
+            }
         }
         let (input, events) = if index == 0 {
             (

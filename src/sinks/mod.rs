@@ -13,12 +13,14 @@
 //!   is acknowledged meanwhile; a table the sink cannot apply is put in a visible error
 //!   state by the sink itself, its changes kept, never dropped.
 
+pub mod parquet;
 pub mod pg_apply;
+pub mod versions;
 pub mod worker;
 
 use std::future::Future;
 
-use crate::change::{Lsn, TenantChange};
+use crate::change::{HistoryEvent, Lsn, TenantChange};
 
 /// One source transaction's changes for one worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +29,16 @@ pub struct ApplyBatch {
     pub commit_lsn: Lsn,
     /// Its changes for this worker's tenants, in transaction order.
     pub changes: Vec<TenantChange>,
+    /// The history versions those changes closed and opened, in transaction order
+    /// (empty unless a table of the job keeps history).
+    pub history: Vec<HistoryEvent>,
+}
+
+impl ApplyBatch {
+    /// Changes plus history events: the batch's weight for row budgets.
+    pub fn rows(&self) -> usize {
+        self.changes.len() + self.history.len()
+    }
 }
 
 /// What one `apply` call did.

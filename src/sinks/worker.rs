@@ -87,12 +87,12 @@ pub async fn run_sink<S: Sink>(
         wait = (wait * 2).min(RETRY_MAX);
     }
     while let Some(first) = batches.recv().await {
-        let mut rows = first.changes.len();
+        let mut rows = first.rows();
         let mut group = vec![first];
         while rows < max_rows {
             match batches.try_recv() {
                 Ok(b) => {
-                    rows += b.changes.len();
+                    rows += b.rows();
                     group.push(b);
                 }
                 Err(_) => break,

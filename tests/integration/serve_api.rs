@@ -14,7 +14,7 @@ use helios_repl::embedded::pg_cluster::free_port;
 use crate::harness::{wait_for, Env};
 
 const WAIT: Duration = Duration::from_secs(90);
-const TOKEN: &str = "t0ken-for-tests";
+pub(crate) const TOKEN: &str = "t0ken-for-tests";
 /// Trust authentication ignores it, so it can stand in every DSN; it must never show.
 const PASSWORD: &str = "s3cr3t-pw";
 
@@ -24,14 +24,14 @@ CREATE TABLE public.ledger (tenant_id int NOT NULL, n bigint NOT NULL, amount nu
 INSERT INTO public.accounts SELECT t, a, 100 FROM generate_series(1, 10) t, generate_series(1, 20) a;
 ";
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
     log: PathBuf,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Server {
-    fn start(env: &Env, port: u16) -> Server {
+    pub(crate) fn start(env: &Env, port: u16) -> Server {
         let log = env.dir.path().join(format!("serve-{}.log", rand_id()));
         let out = std::fs::File::create(&log).expect("log");
         let child = Command::new(env!("CARGO_BIN_EXE_helios-repl"))
@@ -58,17 +58,17 @@ impl Server {
         server
     }
 
-    fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
     /// Runs the CLI against this server; returns (success, stdout+stderr).
-    fn cli(&self, args: &[&str]) -> (bool, String) {
+    pub(crate) fn cli(&self, args: &[&str]) -> (bool, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_helios-repl"))
             .args(args)
             .args(["--server", &self.url])
@@ -105,7 +105,7 @@ fn rand_id() -> u32 {
 }
 
 /// A minimal HTTP/1.1 request; returns (status, body).
-fn http(base: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+pub(crate) fn http(base: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
     http_with_body(base, method, path, token, "application/json", b"")
 }
 

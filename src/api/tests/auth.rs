@@ -13,7 +13,10 @@ fn protected_routes() -> impl Iterator<Item = (&'static str, &'static str)> {
 }
 
 async fn call_route(router: &Router, method: &str, path: &str, auth: Option<&str>) -> Answer {
-    let uri = path.replace("{id}", "known").replace("{tenant}", "3");
+    let uri = path
+        .replace("{id}", "known")
+        .replace("{tenant}", "3")
+        .replace("{table}", "public.orders");
     let mut builder = Request::builder().method(method).uri(uri);
     if let Some(auth) = auth {
         builder = builder.header(header::AUTHORIZATION, auth);
@@ -21,6 +24,12 @@ async fn call_route(router: &Router, method: &str, path: &str, auth: Option<&str
     let body = if (method, path) == ("POST", "/v1/jobs") {
         builder = builder.header(header::CONTENT_TYPE, TOML);
         Body::from(valid_named("fresh"))
+    } else if (method, path) == ("POST", "/v1/exports") {
+        builder = builder.header(header::CONTENT_TYPE, JSON);
+        Body::from(r#"{"tenant": "3", "table": "public.orders", "output": "/tmp/x"}"#)
+    } else if (method, path) == ("PUT", "/v1/retention-policies") {
+        builder = builder.header(header::CONTENT_TYPE, JSON);
+        Body::from(r#"{"tenant": "3", "table": "public.orders", "days": 7}"#)
     } else {
         Body::empty()
     };
@@ -29,7 +38,7 @@ async fn call_route(router: &Router, method: &str, path: &str, auth: Option<&str
 
 #[tokio::test]
 async fn every_v1_route_requires_the_token() {
-    assert_eq!(protected_routes().count(), 7);
+    assert_eq!(protected_routes().count(), 12);
     let wrong = [
         None,
         Some("Bearer wrong".to_owned()),

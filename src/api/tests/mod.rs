@@ -17,7 +17,8 @@ use super::auth::{constant_time_eq, is_protected, presented_token};
 use super::routes::{drop_slot_param, encode_path_segment, spec_format, SpecFormat};
 use super::*;
 use crate::control::job_control::{
-    ControlError, JobControl, JobId, JobState, JobStatus, Readiness, TenantJob, TenantStatus,
+    AsOfQuery, AsOfRows, ControlError, ExportRequest, ExportState, ExportStatus, JobControl, JobId,
+    JobState, JobStatus, Readiness, RetentionPolicy, TenantJob, TenantStatus,
 };
 use crate::control::job_spec::{JobSpec, JobSpecError, TenantFilter};
 
@@ -41,6 +42,7 @@ struct FakeControl {
     jobs: Mutex<BTreeMap<JobId, FakeJob>>,
     store_down: AtomicBool,
     deleted: Mutex<Vec<(JobId, bool)>>,
+    policies: Mutex<Vec<RetentionPolicy>>,
 }
 
 impl FakeControl {
@@ -199,6 +201,73 @@ impl JobControl for FakeControl {
     fn metrics_text(&self) -> String {
         METRICS.to_owned()
     }
+
+    async fn rows_as_of(&self, query: AsOfQuery) -> Result<AsOfRows, ControlError> {
+        match query.tenant.as_str() {
+            "nobody" => return Err(ControlError::Missing("no job keeps history".into())),
+            "future" => {
+                return Err(ControlError::Invalid {
+                    field: "system_time".into(),
+                    message: "is in the future".into(),
+                })
+            }
+            _ => {}
+        }
+        // Echoes what the route parsed, so tests can check it.
+        Ok(AsOfRows {
+            job: query.job.unwrap_or_else(|| "fake".into()),
+            tenant: query.tenant,
+            table: query.table,
+            system_time: format!("{:?}", query.system),
+            valid_time: format!("{:?}", query.valid),
+            source: "memory".into(),
+            columns: vec!["id".into()],
+            rows: vec![vec![Some("1".into())]],
+        })
+    }
+
+    async fn start_export(&self, request: ExportRequest) -> Result<ExportStatus, ControlError> {
+        crate::control::exports::parse_range(&request)?;
+        Ok(ExportStatus {
+            id: "exp-1".into(),
+            state: ExportState::Running,
+            job: "fake".into(),
+            tenant: request.tenant,
+            table: request.table,
+            output: request.output,
+            rows_total: 0,
+            rows_written: 0,
+            files: vec![],
+            error: None,
+        })
+    }
+
+    async fn export_status(&self, id: &str) -> Result<ExportStatus, ControlError> {
+        if id != "known" {
+            return Err(ControlError::Missing(format!("no export `{id}`")));
+        }
+        let request = ExportRequest {
+            tenant: "3".into(),
+            table: "public.orders".into(),
+            from: None,
+            to: None,
+            output: "/tmp/x".into(),
+            job: None,
+        };
+        self.start_export(request).await
+    }
+
+    async fn set_retention(
+        &self,
+        policy: RetentionPolicy,
+    ) -> Result<RetentionPolicy, ControlError> {
+        self.policies.lock().unwrap().push(policy.clone());
+        Ok(policy)
+    }
+
+    async fn retention_policies(&self) -> Result<Vec<RetentionPolicy>, ControlError> {
+        Ok(self.policies.lock().unwrap().clone())
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -303,6 +372,12 @@ async fn call(router: &Router, method: &str, uri: &str, token: Option<&str>) -> 
     .await
 }
 
+/// A request with a JSON body and the test token.
+async fn call_json(router: &Router, method: &str, uri: &str, body: &str) -> Answer {
+    let builder = request(method, uri, Some(TOKEN)).header(header::CONTENT_TYPE, JSON);
+    send(router, builder.body(Body::from(body.to_owned())).unwrap()).await
+}
+
 async fn submit(
     router: &Router,
     content_type: Option<&str>,
@@ -324,6 +399,7 @@ fn json_with(edit: impl FnOnce(&mut Value)) -> Vec<u8> {
 
 mod any_body;
 mod auth;
+mod history;
 mod jobs;
 mod malformed;
 mod openapi;

@@ -138,9 +138,23 @@ async fn every_documented_route_is_routed_and_answers_as_documented() {
         if path.ends_with("/resume") {
             control.insert(spec_named("known"), JobState::Paused);
         }
-        let uri = path.replace("{id}", "known").replace("{tenant}", "3");
+        let uri = path
+            .replace("{id}", "known")
+            .replace("{tenant}", "3")
+            .replace("{table}", "public.orders");
+        let json_body = match (method.as_str(), path.as_str()) {
+            ("POST", "/v1/exports") => {
+                Some(r#"{"tenant": "3", "table": "public.orders", "output": "/tmp/x"}"#)
+            }
+            ("PUT", "/v1/retention-policies") => {
+                Some(r#"{"tenant": "3", "table": "public.orders", "days": 7}"#)
+            }
+            _ => None,
+        };
         let answer = if (method.as_str(), path.as_str()) == ("POST", "/v1/jobs") {
             submit(&router, Some(TOML), valid_named("fresh"), Some(TOKEN)).await
+        } else if let Some(body) = json_body {
+            call_json(&router, &method, &uri, body).await
         } else {
             call(&router, &method, &uri, Some(TOKEN)).await
         };

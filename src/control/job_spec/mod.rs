@@ -19,10 +19,17 @@
 //! [[tables]]
 //! name = "public.orders"
 //! tenant_column = "org_id"      # optional override
+//! history = true                # keep bi-temporal versions (default false)
+//! valid_time_column = "effective_at"  # optional; default: the commit time
+//! [history]                     # optional
+//! hot_window_secs = 3600        # closed versions kept in memory for as-of queries
 //! [[sinks]]
 //! kind = "postgres"
 //! dsn = "host=127.0.0.1 port=5433 user=postgres dbname=replica"
 //! batch_max_rows = 5000         # default
+//! [[sinks]]
+//! kind = "parquet"              # continuous export of history to the cold tier
+//! root = "/var/lib/helios/cold"
 //! ```
 //!
 //! Connection strings are [`Dsn`]s: their `Debug`/`Display` hide passwords,
@@ -49,7 +56,13 @@ pub const MAX_JOB_NAME_LEN: usize = 48;
 /// Longest PostgreSQL identifier (NAMEDATALEN - 1).
 pub const MAX_IDENTIFIER_LEN: usize = 63;
 /// The sink kinds this build knows, as written in `sinks[i].kind`.
-pub const SINK_KINDS: &[&str] = &["postgres"];
+pub const SINK_KINDS: &[&str] = &["postgres", "parquet"];
+/// Default `batch_max_rows` of a parquet sink (rows per published file group).
+pub const DEFAULT_PARQUET_BATCH_MAX_ROWS: usize = 50_000;
+/// Default `history.hot_window_secs`.
+pub const DEFAULT_HOT_WINDOW_SECS: u64 = 3600;
+/// Largest accepted `history.hot_window_secs` (30 days).
+pub const MAX_HOT_WINDOW_SECS: u64 = 30 * 24 * 3600;
 /// The `path` of a [`JobSpecError::Parse`] that concerns the whole document
 /// (syntax errors, a document that is not a table/object).
 pub const DOCUMENT_PATH: &str = "<document>";
@@ -81,6 +94,37 @@ pub struct JobSpec {
     pub tables: Vec<TableSpec>,
     /// At least one.
     pub sinks: Vec<SinkSpec>,
+    /// How bi-temporal history is kept (tables opt in with `history = true`).
+    #[serde(default, skip_serializing_if = "HistorySpec::is_default")]
+    pub history: HistorySpec,
+}
+
+/// Job-wide settings of bi-temporal history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistorySpec {
+    /// Seconds of closed versions kept in memory for as-of queries (older ones are read
+    /// from the history table). `1..=2592000`, default 3600.
+    #[serde(default = "default_hot_window_secs")]
+    pub hot_window_secs: u64,
+}
+
+impl Default for HistorySpec {
+    fn default() -> Self {
+        HistorySpec {
+            hot_window_secs: DEFAULT_HOT_WINDOW_SECS,
+        }
+    }
+}
+
+impl HistorySpec {
+    fn is_default(&self) -> bool {
+        *self == HistorySpec::default()
+    }
+}
+
+fn default_hot_window_secs() -> u64 {
+    DEFAULT_HOT_WINDOW_SECS
 }
 
 /// The PostgreSQL database the job reads its change stream from.
@@ -125,6 +169,17 @@ pub struct TableSpec {
         deserialize_with = "present"
     )]
     pub tenant_column: Option<String>,
+    /// Keep bi-temporal versions of this table (`<table>_history` on the target).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub history: bool,
+    /// The column holding each row's valid time (timestamptz, timestamp or date); when
+    /// absent, a version is valid from its commit time. Needs `history = true`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub valid_time_column: Option<String>,
 }
 
 impl TableSpec {
@@ -149,6 +204,7 @@ impl TableSpec {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SinkSpec {
     Postgres(PostgresSinkSpec),
+    Parquet(ParquetSinkSpec),
 }
 
 impl SinkSpec {
@@ -156,8 +212,33 @@ impl SinkSpec {
     pub fn kind(&self) -> &'static str {
         match self {
             SinkSpec::Postgres(_) => "postgres",
+            SinkSpec::Parquet(_) => "parquet",
         }
     }
+
+    /// Most rows one apply takes.
+    pub fn batch_max_rows(&self) -> usize {
+        match self {
+            SinkSpec::Postgres(p) => p.batch_max_rows,
+            SinkSpec::Parquet(p) => p.batch_max_rows,
+        }
+    }
+}
+
+/// The Parquet cold tier: every history version of the job's tables, continuously
+/// exported to `<root>/tenant=<t>/table=<table>/date=<d>/part-<lsn range>.parquet`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetSinkSpec {
+    /// Directory of the cold tier (created if missing).
+    pub root: String,
+    /// Most rows one published group of files takes, `1..=1_000_000`. Default 50000.
+    #[serde(default = "default_parquet_batch_max_rows")]
+    pub batch_max_rows: usize,
+}
+
+fn default_parquet_batch_max_rows() -> usize {
+    DEFAULT_PARQUET_BATCH_MAX_ROWS
 }
 
 /// A PostgreSQL database the job applies changes to.
@@ -274,6 +355,15 @@ impl JobSpec {
             if let Some(column) = &table.tenant_column {
                 check_identifier(&format!("tables[{i}].tenant_column"), column)?;
             }
+            if let Some(column) = &table.valid_time_column {
+                check_identifier(&format!("tables[{i}].valid_time_column"), column)?;
+                if !table.history {
+                    return Err(JobSpecError::invalid(
+                        format!("tables[{i}].valid_time_column"),
+                        "needs `history = true` on the same table",
+                    ));
+                }
+            }
             if let Some(first) = seen.insert(&table.name, i) {
                 return Err(JobSpecError::invalid(
                     format!("tables[{i}].name"),
@@ -290,21 +380,57 @@ impl JobSpec {
         }
         for (i, sink) in self.sinks.iter().enumerate() {
             match sink {
-                SinkSpec::Postgres(pg) => {
-                    check_dsn(&format!("sinks[{i}].dsn"), &pg.dsn)?;
-                    if !(1..=MAX_BATCH_MAX_ROWS).contains(&pg.batch_max_rows) {
+                SinkSpec::Postgres(pg) => check_dsn(&format!("sinks[{i}].dsn"), &pg.dsn)?,
+                SinkSpec::Parquet(pq) => {
+                    if pq.root.trim().is_empty() {
                         return Err(JobSpecError::invalid(
-                            format!("sinks[{i}].batch_max_rows"),
+                            format!("sinks[{i}].root"),
+                            "must name a directory",
+                        ));
+                    }
+                    if let Some(t) = self.tables.iter().position(|t| !t.history) {
+                        return Err(JobSpecError::invalid(
+                            format!("sinks[{i}].kind"),
                             format!(
-                                "must be between 1 and {MAX_BATCH_MAX_ROWS}, got {}",
-                                pg.batch_max_rows
+                                "a parquet sink exports bi-temporal history: set `history = true` on tables[{t}] ({})",
+                                self.tables[t].name
                             ),
                         ));
                     }
                 }
             }
+            let rows = sink.batch_max_rows();
+            if !(1..=MAX_BATCH_MAX_ROWS).contains(&rows) {
+                return Err(JobSpecError::invalid(
+                    format!("sinks[{i}].batch_max_rows"),
+                    format!("must be between 1 and {MAX_BATCH_MAX_ROWS}, got {rows}"),
+                ));
+            }
+        }
+        let needs_pg_first = self.tables.iter().any(|t| t.history)
+            || self.sinks.iter().any(|s| matches!(s, SinkSpec::Parquet(_)));
+        if needs_pg_first && !matches!(self.sinks.first(), Some(SinkSpec::Postgres(_))) {
+            return Err(JobSpecError::invalid(
+                "sinks[0].kind",
+                "a job with history or a parquet sink needs a postgres sink first: it keeps \
+                 the job's progress and the history table the versions are restored from",
+            ));
+        }
+        if !(1..=MAX_HOT_WINDOW_SECS).contains(&self.history.hot_window_secs) {
+            return Err(JobSpecError::invalid(
+                "history.hot_window_secs",
+                format!(
+                    "must be between 1 and {MAX_HOT_WINDOW_SECS}, got {}",
+                    self.history.hot_window_secs
+                ),
+            ));
         }
         Ok(())
+    }
+
+    /// The tables that keep bi-temporal history.
+    pub fn history_tables(&self) -> impl Iterator<Item = &TableSpec> {
+        self.tables.iter().filter(|t| t.history)
     }
 
     /// The tenant id column of `schema.table`, or `None` if the table is not
@@ -457,10 +583,13 @@ struct RawSink {
     dsn: Option<Dsn>,
     #[serde(default, deserialize_with = "present")]
     batch_max_rows: Option<usize>,
+    #[serde(default, deserialize_with = "present")]
+    root: Option<String>,
 }
 
 enum SinkKind {
     Postgres,
+    Parquet,
 }
 
 impl<'de> Deserialize<'de> for SinkKind {
@@ -468,6 +597,7 @@ impl<'de> Deserialize<'de> for SinkKind {
         let kind = String::deserialize(de)?;
         match kind.as_str() {
             "postgres" => Ok(SinkKind::Postgres),
+            "parquet" => Ok(SinkKind::Parquet),
             other => Err(de::Error::custom(format_args!(
                 "unknown sink kind `{other}`, known kinds: {}",
                 SINK_KINDS.join(", ")
@@ -479,11 +609,28 @@ impl<'de> Deserialize<'de> for SinkKind {
 impl<'de> Deserialize<'de> for SinkSpec {
     fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
         let raw = RawSink::deserialize(de)?;
+        let unexpected = |field: &str, kind: &str| {
+            de::Error::custom(format_args!("unknown field `{field}` for a {kind} sink"))
+        };
         match raw.kind {
-            SinkKind::Postgres => Ok(SinkSpec::Postgres(PostgresSinkSpec {
-                dsn: raw.dsn.ok_or_else(|| de::Error::missing_field("dsn"))?,
-                batch_max_rows: raw.batch_max_rows.unwrap_or(DEFAULT_BATCH_MAX_ROWS),
-            })),
+            SinkKind::Postgres => {
+                if raw.root.is_some() {
+                    return Err(unexpected("root", "postgres"));
+                }
+                Ok(SinkSpec::Postgres(PostgresSinkSpec {
+                    dsn: raw.dsn.ok_or_else(|| de::Error::missing_field("dsn"))?,
+                    batch_max_rows: raw.batch_max_rows.unwrap_or(DEFAULT_BATCH_MAX_ROWS),
+                }))
+            }
+            SinkKind::Parquet => {
+                if raw.dsn.is_some() {
+                    return Err(unexpected("dsn", "parquet"));
+                }
+                Ok(SinkSpec::Parquet(ParquetSinkSpec {
+                    root: raw.root.ok_or_else(|| de::Error::missing_field("root"))?,
+                    batch_max_rows: raw.batch_max_rows.unwrap_or(DEFAULT_PARQUET_BATCH_MAX_ROWS),
+                }))
+            }
         }
     }
 }

@@ -39,7 +39,9 @@ fn example_tenants_3_7() {
         spec.tenants.include,
         TenantFilter::Only(["3".to_owned(), "7".to_owned()].into())
     );
-    let SinkSpec::Postgres(pg) = &spec.sinks[0];
+    let SinkSpec::Postgres(pg) = &spec.sinks[0] else {
+        panic!("the first sink is a postgres sink")
+    };
     assert_eq!(pg.batch_max_rows, DEFAULT_BATCH_MAX_ROWS);
 }
 
@@ -75,7 +77,9 @@ fn example_demo() {
         .iter()
         .all(|id| (1..=24).contains(&id.parse::<u32>().unwrap())));
     assert!(spec.source.dsn.expose().contains("localhost"));
-    let SinkSpec::Postgres(pg) = &spec.sinks[0];
+    let SinkSpec::Postgres(pg) = &spec.sinks[0] else {
+        panic!("the first sink is a postgres sink")
+    };
     assert!(pg.dsn.expose().contains("localhost"));
 }
 
@@ -101,7 +105,9 @@ fn defaults_apply() {
         spec.tenant_column_for("public", "orders"),
         Some("tenant_id")
     );
-    let SinkSpec::Postgres(pg) = &spec.sinks[0];
+    let SinkSpec::Postgres(pg) = &spec.sinks[0] else {
+        panic!("the first sink is a postgres sink")
+    };
     assert_eq!(pg.batch_max_rows, DEFAULT_BATCH_MAX_ROWS);
     assert_eq!(spec.sinks[0].kind(), "postgres");
 }
@@ -119,7 +125,9 @@ fn json_form_parses() {
     assert!(spec.includes_tenant("acme"));
     assert!(spec.includes_tenant("12"));
     assert_eq!(spec.tenant_column_for("s", "t"), Some("org_id"));
-    let SinkSpec::Postgres(pg) = &spec.sinks[0];
+    let SinkSpec::Postgres(pg) = &spec.sinks[0] else {
+        panic!("the first sink is a postgres sink")
+    };
     assert_eq!(pg.batch_max_rows, 10);
 }
 
@@ -470,16 +478,21 @@ fn tables() -> impl Strategy<Value = Vec<TableSpec>> {
         .prop_map(|(s, t)| format!("{s}.{t}"));
     proptest::collection::btree_set(name, 1..5).prop_flat_map(|names| {
         let n = names.len();
-        proptest::collection::vec(proptest::option::of(identifier()), n).prop_map(move |columns| {
-            names
-                .iter()
-                .zip(columns)
-                .map(|(name, tenant_column)| TableSpec {
-                    name: name.clone(),
-                    tenant_column,
-                })
-                .collect()
-        })
+        let history = (any::<bool>(), proptest::option::of(identifier()));
+        proptest::collection::vec((proptest::option::of(identifier()), history), n).prop_map(
+            move |columns| {
+                names
+                    .iter()
+                    .zip(columns)
+                    .map(|(name, (tenant_column, (history, valid)))| TableSpec {
+                        name: name.clone(),
+                        tenant_column,
+                        history,
+                        valid_time_column: valid.filter(|_| history),
+                    })
+                    .collect()
+            },
+        )
     })
 }
 
@@ -496,18 +509,42 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
         (identifier(), tenant_filter()),
         tables(),
         proptest::collection::vec(sink, 1..3),
+        (
+            1..=MAX_HOT_WINDOW_SECS,
+            "/[a-z]{1,8}(/[a-z0-9_]{1,8}){0,2}",
+            1..=MAX_BATCH_MAX_ROWS,
+        ),
     )
         .prop_map(
-            |(name, (dsn, publication, slot), (column, include), tables, sinks)| JobSpec {
+            |(
                 name,
-                source: SourceSpec {
-                    dsn,
-                    publication,
-                    slot,
-                },
-                tenants: TenantSpec { column, include },
+                (dsn, publication, slot),
+                (column, include),
                 tables,
-                sinks,
+                mut sinks,
+                (hot, root, rows),
+            )| {
+                // A parquet sink exports history: only when every table keeps it.
+                if tables.iter().all(|t| t.history) {
+                    sinks.push(SinkSpec::Parquet(ParquetSinkSpec {
+                        root,
+                        batch_max_rows: rows,
+                    }));
+                }
+                JobSpec {
+                    name,
+                    source: SourceSpec {
+                        dsn,
+                        publication,
+                        slot,
+                    },
+                    tenants: TenantSpec { column, include },
+                    tables,
+                    sinks,
+                    history: HistorySpec {
+                        hot_window_secs: hot,
+                    },
+                }
             },
         )
 }

@@ -7,6 +7,7 @@
 //! altering target tables), `store.rs` (checkpoints, progress, table states, dead letters),
 //! `snapshot.rs` (loading the initial snapshot).
 
+pub mod history;
 pub mod plan;
 pub mod sink;
 pub mod snapshot;

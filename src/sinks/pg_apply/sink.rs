@@ -15,12 +15,14 @@ use std::sync::Arc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Transaction};
 
-use crate::change::{Lsn, Scope, TableInfo, TenantAction, TenantChange};
+use crate::change::{HistoryEvent, Lsn, Scope, TableInfo, TenantAction, TenantChange};
 use crate::operators::partition::{owned_tenants_sql, TenantPlan};
+use crate::sinks::pg_apply::history::{close_versions, ensure_history_shape, insert_versions};
 use crate::sinks::pg_apply::plan::{plan_table, Step};
 use crate::sinks::pg_apply::statements::{self, Param, Statement};
 use crate::sinks::pg_apply::store::{self, scope_key, sink_error, DeadLetter};
 use crate::sinks::pg_apply::target_schema::ensure_shape;
+use crate::sinks::versions::plan_history;
 use crate::sinks::{ApplyBatch, ApplyReport, Sink, SinkError, TenantApplied};
 
 /// Connects to a target database; the connection task runs on the current runtime.
@@ -46,11 +48,20 @@ struct ScopeProgress {
     applied: Option<Lsn>,
 }
 
+/// One table's share of an apply: current-state changes and history events.
+#[derive(Default)]
+struct TableWork<'a> {
+    changes: Vec<(Lsn, &'a TenantChange)>,
+    history: Vec<&'a HistoryEvent>,
+}
+
 /// Caches that live as long as one connection.
 #[derive(Default)]
 struct ConnectionCache {
     /// Table shapes known to match the target.
     shapes: HashMap<String, Arc<TableInfo>>,
+    /// History table shapes known to match the target.
+    history_shapes: HashMap<String, Arc<TableInfo>>,
     /// Prepared statements by SQL text.
     statements: HashMap<String, tokio_postgres::Statement>,
 }
@@ -90,7 +101,8 @@ impl PgApplySink {
         let mut report = ApplyReport::default();
         // Keys, names and tenants are computed once per scope, table and tenant, not per row.
         let mut scopes: HashMap<&Scope, ScopeProgress> = HashMap::new();
-        let mut grouped: BTreeMap<(&str, &str), Vec<(Lsn, &TenantChange)>> = BTreeMap::new();
+        let mut grouped: BTreeMap<(&str, &str), TableWork> = BTreeMap::new();
+        let mut history_scopes: HashMap<&str, ScopeProgress> = HashMap::new();
         let mut tenants: BTreeMap<&str, TenantApplied> = BTreeMap::new();
         for batch in batches {
             for change in &batch.changes {
@@ -121,17 +133,40 @@ impl PgApplySink {
                 grouped
                     .entry((&change.table.schema, &change.table.name))
                     .or_default()
+                    .changes
                     .push((batch.commit_lsn, change));
             }
+            for event in &batch.history {
+                let scope = history_scopes.entry(&event.tenant).or_insert_with(|| {
+                    let key = scope_key(&Scope::Tenant(event.tenant.clone()));
+                    ScopeProgress {
+                        covered: self.checkpoints.get(&key).copied(),
+                        key,
+                        applied: None,
+                    }
+                });
+                if scope.covered.is_some_and(|c| c >= batch.commit_lsn) {
+                    continue;
+                }
+                scope.applied = scope.applied.max(Some(batch.commit_lsn));
+                grouped
+                    .entry((&event.table.schema, &event.table.name))
+                    .or_default()
+                    .history
+                    .push(event);
+            }
         }
-        let by_table: BTreeMap<String, Vec<(Lsn, &TenantChange)>> = grouped
+        let by_table: BTreeMap<String, TableWork> = grouped
             .into_iter()
-            .map(|((schema, name), changes)| (format!("{schema}.{name}"), changes))
+            .map(|((schema, name), work)| (format!("{schema}.{name}"), work))
             .collect();
-        let new_checkpoints: HashMap<String, Lsn> = scopes
-            .into_values()
-            .filter_map(|s| Some((s.key, s.applied?)))
-            .collect();
+        let mut new_checkpoints: HashMap<String, Lsn> = HashMap::new();
+        for s in scopes.into_values().chain(history_scopes.into_values()) {
+            if let Some(applied) = s.applied {
+                let e = new_checkpoints.entry(s.key).or_insert(applied);
+                *e = (*e).max(applied);
+            }
+        }
         if by_table.is_empty() {
             return Ok(report);
         }
@@ -141,6 +176,7 @@ impl PgApplySink {
         let written = match self.write(client, &by_table, &new_checkpoints, false).await {
             Err(SinkError::Definite(_)) => {
                 self.cache.shapes.clear();
+                self.cache.history_shapes.clear();
                 self.write(client, &by_table, &new_checkpoints, true)
                     .await?
             }
@@ -163,7 +199,7 @@ impl PgApplySink {
     async fn write(
         &mut self,
         client: &mut Client,
-        by_table: &BTreeMap<String, Vec<(Lsn, &TenantChange)>>,
+        by_table: &BTreeMap<String, TableWork<'_>>,
         checkpoints: &HashMap<String, Lsn>,
         isolate: bool,
     ) -> Result<ApplyReport, SinkError> {
@@ -172,11 +208,15 @@ impl PgApplySink {
             .transaction()
             .await
             .map_err(|e| sink_error("begin", &e))?;
-        for (table, changes) in by_table {
+        for (table, work) in by_table {
+            let changes = &work.changes;
             if let Some(reason) = self.failed_tables.get(table) {
                 let reason = format!("table is in error state: {reason}");
                 report.dead_lettered +=
                     dead_letter_all(&tx, &self.job, table, changes, &reason).await?;
+                if !work.history.is_empty() {
+                    tracing::warn!(job = %self.job, table = %table, versions = work.history.len(), "table in error state: its history versions are not written");
+                }
                 continue;
             }
             let steps = plan_table(changes.iter().copied());
@@ -195,6 +235,10 @@ impl PgApplySink {
                 &mut report,
             )
             .await;
+            let applied = match applied {
+                Ok(()) => write_history(&tx, &mut self.cache, table, &work.history).await,
+                e => e,
+            };
             match applied {
                 Ok(()) if isolate => {
                     tx.batch_execute("RELEASE SAVEPOINT helios_table")
@@ -207,6 +251,7 @@ impl PgApplySink {
                         .await
                         .map_err(|e| sink_error("rollback to savepoint", &e))?;
                     self.cache.shapes.remove(table);
+                    self.cache.history_shapes.remove(table);
                     tracing::error!(job = %self.job, table = %table, error = %reason, "table put in error state; its changes are kept in helios.dead_letters");
                     let first_lsn = changes.first().map(|c| c.0).unwrap_or(0);
                     store::mark_table_failed(&tx, &self.job, table, &reason, first_lsn).await?;
@@ -241,6 +286,7 @@ impl Sink for PgApplySink {
         if result.is_err() {
             // Shapes created inside the failed transaction were rolled back with it.
             self.cache.shapes.clear();
+            self.cache.history_shapes.clear();
         }
         result
     }
@@ -257,6 +303,39 @@ impl Sink for PgApplySink {
         self.client = Some(client);
         Ok(())
     }
+}
+
+/// Writes one table's history events: opened versions inserted, closed ones closed.
+async fn write_history(
+    tx: &Transaction<'_>,
+    cache: &mut ConnectionCache,
+    table_name: &str,
+    events: &[&HistoryEvent],
+) -> Result<(), SinkError> {
+    let Some(last) = events.last() else {
+        return Ok(());
+    };
+    // The latest shape of the batch (a schema change mid-batch only adds columns).
+    let table = &last.table;
+    if cache
+        .history_shapes
+        .get(table_name)
+        .is_none_or(|known| **known != **table)
+    {
+        ensure_history_shape(tx, table).await?;
+        cache
+            .history_shapes
+            .insert(table_name.to_owned(), table.clone());
+    }
+    let (opens, closes) = plan_history(events);
+    let mut bytes = 0;
+    if !opens.is_empty() {
+        run(tx, cache, &mut bytes, insert_versions(table, &opens)).await?;
+    }
+    if !closes.is_empty() {
+        run(tx, cache, &mut bytes, close_versions(table, &closes)).await?;
+    }
+    Ok(())
 }
 
 async fn dead_letter_all(

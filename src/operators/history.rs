@@ -1,0 +1,352 @@
+//! Bi-temporal history: applies each completed transaction's tenant changes, in
+//! transaction order, to the worker's version books (one [`VersionBook`] per tenant and
+//! table) and emits the versions they closed and opened beside the changes themselves.
+//!
+//! System time is the transaction's commit (LSN and commit time); valid time comes from
+//! the table's valid-time column when the job names one (a NULL or unreadable value falls
+//! back to the commit time), else it is the commit time. A change of a key moves the row:
+//! the old key is deleted, the new key upserted, both at the same times. TOASTed values the
+//! update did not send are filled from the version they replace.
+//!
+//! The books live in [`HistoryBooks`], shared by the job's workers (each only touches the
+//! tenants it owns) and read by as-of queries. Pure apart from that shared map: no I/O, no
+//! clocks (commit times are looked up from what the reader recorded for the LSN).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::{Capability, Operator};
+use timely::dataflow::StreamVec;
+
+use crate::change::{
+    Cell, HistoryEvent, HistoryOp, Lsn, Row, Scope, SinkItem, TableInfo, TenantAction, TenantChange,
+};
+use crate::operators::version::{SysTime, SystemPoint, Version, VersionBook};
+use crate::time_text::parse_pg_timestamp;
+
+/// Which tables keep history, and where their valid time comes from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryPlan {
+    /// `schema.table` → valid-time column (`None`: the commit time).
+    pub tables: HashMap<String, Option<String>>,
+}
+
+impl HistoryPlan {
+    /// Whether any table keeps history.
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+}
+
+/// One tenant's book of one table.
+type Book = VersionBook<Row, Row>;
+
+/// The version books of one job, by (tenant, `schema.table`).
+#[derive(Default)]
+pub struct HistoryBooks {
+    books: Mutex<HashMap<(String, String), Book>>,
+    /// From which system time on the books hold every version (the resume point).
+    start: Mutex<Option<SysTime>>,
+}
+
+/// The rows of one table as of a pair of times, from memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AsOfRows {
+    /// The table's column names.
+    pub columns: Vec<String>,
+    /// The rows, sorted by key.
+    pub rows: Vec<Row>,
+}
+
+impl std::fmt::Debug for HistoryBooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HistoryBooks")
+            .field("start", &self.start())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HistoryBooks {
+    /// Empty books complete from `start` on.
+    pub fn new(start: SysTime) -> HistoryBooks {
+        HistoryBooks {
+            books: Mutex::new(HashMap::new()),
+            start: Mutex::new(Some(start)),
+        }
+    }
+
+    fn start(&self) -> SysTime {
+        self.start
+            .lock()
+            .ok()
+            .and_then(|s| *s)
+            .unwrap_or(SysTime { lsn: 0, micros: 0 })
+    }
+
+    /// Forgets every book; they are complete from `start` on.
+    pub fn reset(&self, start: SysTime) {
+        if let Ok(mut books) = self.books.lock() {
+            books.clear();
+        }
+        if let Ok(mut s) = self.start.lock() {
+            *s = Some(start);
+        }
+    }
+
+    /// Puts back a version that was current at the resume point.
+    pub fn restore(&self, tenant: &str, table: &str, version: Version<Row, Row>) {
+        let start = self.start();
+        if let Ok(mut books) = self.books.lock() {
+            books
+                .entry((tenant.to_owned(), table.to_owned()))
+                .or_insert_with(|| Book::new(start))
+                .restore(version);
+        }
+    }
+
+    /// The rows of `tenant`'s `table` as of (`system`, `valid`), when the books hold every
+    /// version that could answer it (`None`: ask the history table).
+    pub fn as_of(
+        &self,
+        tenant: &str,
+        table: &TableInfo,
+        system: SystemPoint,
+        valid: i64,
+    ) -> Option<Vec<Row>> {
+        let books = self.books.lock().ok()?;
+        let key = (tenant.to_owned(), table.qualified_name());
+        let complete = match books.get(&key) {
+            Some(book) => book.complete_since(),
+            None => self.start(),
+        };
+        let covered = match system {
+            SystemPoint::Lsn(lsn) => lsn >= complete.lsn,
+            SystemPoint::Micros(m) => m >= complete.micros,
+        };
+        if !covered {
+            return None;
+        }
+        Some(match books.get(&key) {
+            Some(book) => book
+                .as_of(system, valid)
+                .into_iter()
+                .map(|(_, row)| row)
+                .collect(),
+            None => Vec::new(),
+        })
+    }
+
+    /// Forgets closed versions older than `horizon_micros` (they stay in the history
+    /// table); returns how many.
+    pub fn prune_closed_before(&self, horizon_micros: i64) -> usize {
+        self.books
+            .lock()
+            .map(|mut books| {
+                books
+                    .values_mut()
+                    .map(|b| b.prune_closed_before(horizon_micros))
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Versions held in memory, over all books.
+    pub fn versions_held(&self) -> usize {
+        self.books
+            .lock()
+            .map(|books| books.values().map(|b| b.len()).sum())
+            .unwrap_or(0)
+    }
+}
+
+/// Applies one change to the books; pushes the history events it caused.
+pub fn record_change(
+    plan: &HistoryPlan,
+    books: &mut HashMap<(String, String), Book>,
+    start: SysTime,
+    system: SysTime,
+    change: &TenantChange,
+    out: &mut Vec<HistoryEvent>,
+) {
+    let table_name = change.table.qualified_name();
+    let Some(valid_column) = plan.tables.get(&table_name) else {
+        return;
+    };
+    let keys = change.table.key_columns();
+    if keys.is_empty() {
+        // Checked when the job starts; a table that lost its key keeps no history.
+        return;
+    }
+    let valid_of = |row: &Row| -> i64 {
+        valid_column
+            .as_ref()
+            .and_then(|c| change.table.column_index(c))
+            .and_then(|i| row.get(i))
+            .and_then(Cell::as_text)
+            .and_then(parse_pg_timestamp)
+            .unwrap_or(system.micros)
+    };
+    let project = |row: &Row| -> Row {
+        keys.iter()
+            .map(|&i| row.get(i).cloned().unwrap_or(Cell::Null))
+            .collect()
+    };
+    // (tenant, key, valid time, new value or delete, op), applied in this order.
+    let mut edits: Vec<(String, Row, i64, Option<Row>, HistoryOp)> = Vec::new();
+    let mut emit = |tenant: &str, key: Row, valid: i64, value: Option<Row>, op: HistoryOp| {
+        edits.push((tenant.to_owned(), key, valid, value, op));
+    };
+    match (&change.scope, &change.action) {
+        (Scope::Tenant(tenant), TenantAction::Upsert { old, new, insert }) => {
+            let valid = valid_of(new);
+            let key = project(new);
+            if let Some(old) = old {
+                let old_key = project(old);
+                if old_key != key && old_key.iter().all(|c| *c != Cell::Null) {
+                    emit(tenant, old_key, valid, None, HistoryOp::Update);
+                }
+            }
+            let op = if *insert {
+                HistoryOp::Insert
+            } else {
+                HistoryOp::Update
+            };
+            emit(tenant, key, valid, Some(new.clone()), op);
+        }
+        (Scope::Tenant(tenant), TenantAction::Delete { old }) => {
+            emit(tenant, project(old), valid_of(old), None, HistoryOp::Delete);
+        }
+        (Scope::Tenant(tenant), TenantAction::Truncate) => {
+            let current = books
+                .get(&(tenant.clone(), table_name.clone()))
+                .map(|b| b.current_keys())
+                .unwrap_or_default();
+            for key in current {
+                emit(tenant, key, system.micros, None, HistoryOp::Delete);
+            }
+        }
+        (Scope::Worker { .. }, TenantAction::Delete { old }) => {
+            // The stream did not say whose row it is: it is the row of whichever of this
+            // worker's tenants currently has the key.
+            let key = project(old);
+            let valid = valid_of(old);
+            let owners: Vec<String> = books
+                .iter()
+                .filter(|((_, t), b)| *t == table_name && b.current(&key, valid).is_some())
+                .map(|((tenant, _), _)| tenant.clone())
+                .collect();
+            for tenant in owners {
+                emit(&tenant, key.clone(), valid, None, HistoryOp::Delete);
+            }
+        }
+        (Scope::Worker { .. }, TenantAction::Truncate) => {
+            let current: Vec<(String, Vec<Row>)> = books
+                .iter()
+                .filter(|((_, t), _)| *t == table_name)
+                .map(|((tenant, _), b)| (tenant.clone(), b.current_keys()))
+                .collect();
+            for (tenant, keys) in current {
+                for key in keys {
+                    emit(&tenant, key, system.micros, None, HistoryOp::Delete);
+                }
+            }
+        }
+        _ => {}
+    }
+    for (tenant, key, valid, value, op) in edits {
+        let book = books
+            .entry((tenant.clone(), table_name.clone()))
+            .or_insert_with(|| Book::new(start));
+        let value = value.map(|mut row| {
+            if row.contains(&Cell::Unchanged) {
+                if let Some(prev) = book.current(&key, valid) {
+                    for (cell, old) in row.iter_mut().zip(prev) {
+                        if *cell == Cell::Unchanged {
+                            *cell = old.clone();
+                        }
+                    }
+                }
+            }
+            row
+        });
+        for delta in book.apply(key, valid, system, value) {
+            out.push(HistoryEvent {
+                tenant: tenant.clone(),
+                seq: change.seq,
+                table: change.table.clone(),
+                op,
+                delta,
+            });
+        }
+    }
+}
+
+/// The history operator.
+pub trait VersionHistory<'scope> {
+    /// Passes every change through and adds the history events of the tables in `plan`.
+    /// `commit_time(lsn)` gives a transaction's commit time as the reader recorded it.
+    fn version_history(
+        self,
+        plan: Arc<HistoryPlan>,
+        books: Arc<HistoryBooks>,
+        commit_time: impl Fn(Lsn) -> Option<i64> + 'static,
+    ) -> StreamVec<'scope, Lsn, SinkItem>;
+}
+
+impl<'scope> VersionHistory<'scope> for StreamVec<'scope, Lsn, TenantChange> {
+    fn version_history(
+        self,
+        plan: Arc<HistoryPlan>,
+        books: Arc<HistoryBooks>,
+        commit_time: impl Fn(Lsn) -> Option<i64> + 'static,
+    ) -> StreamVec<'scope, Lsn, SinkItem> {
+        self.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<SinkItem>>, _, _, _>(
+            Pipeline,
+            "VersionHistory",
+            move |_cap, _info| {
+                let mut stash: BTreeMap<Lsn, (Capability<Lsn>, Vec<TenantChange>)> =
+                    BTreeMap::new();
+                let mut last_micros = 0i64;
+                let mut events = Vec::new();
+                move |(input, frontier), output| {
+                    input.for_each_stamp(|cap, data| {
+                        let Some(&t) = cap.least() else { return };
+                        let entry = stash.entry(t).or_insert_with(|| {
+                            (cap.retain_least(0).expect("output 0 exists"), Vec::new())
+                        });
+                        for batch in data {
+                            entry.1.append(batch);
+                        }
+                    });
+                    // Versions follow transaction order: a timestamp is applied to the
+                    // books only once it is complete on this worker.
+                    while let Some((&t, _)) = stash.first_key_value() {
+                        if frontier.frontier().less_equal(&t) {
+                            break;
+                        }
+                        let Some((cap, mut changes)) = stash.remove(&t) else {
+                            break;
+                        };
+                        changes.sort_by_key(|c| c.seq);
+                        let micros = commit_time(t).unwrap_or(last_micros);
+                        last_micros = micros;
+                        let system = SysTime { lsn: t, micros };
+                        let start = books.start();
+                        if let Ok(mut map) = books.books.lock() {
+                            for change in &changes {
+                                record_change(&plan, &mut map, start, system, change, &mut events);
+                            }
+                        }
+                        let mut session = output.session(&cap);
+                        session.give_iterator(changes.into_iter().map(SinkItem::Change));
+                        session.give_iterator(events.drain(..).map(SinkItem::History));
+                    }
+                }
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

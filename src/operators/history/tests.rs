@@ -1,0 +1,199 @@
+use super::*;
+use crate::change::fixtures::table;
+use crate::operators::version::VersionDelta;
+
+fn prices() -> Arc<TableInfo> {
+    Arc::new(table(
+        "prices",
+        &[
+            ("tenant_id", "integer"),
+            ("id", "integer"),
+            ("price", "integer"),
+            ("effective_at", "timestamp with time zone"),
+        ],
+        &[0, 1],
+    ))
+}
+
+fn plan(valid: Option<&str>) -> HistoryPlan {
+    HistoryPlan {
+        tables: HashMap::from([("app.prices".to_string(), valid.map(str::to_owned))]),
+    }
+}
+
+fn t(s: &str) -> Cell {
+    Cell::Text(s.into())
+}
+
+fn row(tenant: &str, id: &str, price: &str, at: &str) -> Row {
+    vec![t(tenant), t(id), t(price), t(at)]
+}
+
+fn change(scope: Scope, action: TenantAction) -> TenantChange {
+    TenantChange {
+        scope,
+        seq: 0,
+        table: prices(),
+        action,
+    }
+}
+
+fn upsert(tenant: &str, new: Row) -> TenantChange {
+    change(
+        Scope::Tenant(tenant.into()),
+        TenantAction::Upsert {
+            old: None,
+            new,
+            insert: false,
+        },
+    )
+}
+
+struct Run {
+    plan: HistoryPlan,
+    books: HashMap<(String, String), Book>,
+    lsn: Lsn,
+}
+
+impl Run {
+    fn new(valid: Option<&str>) -> Run {
+        Run {
+            plan: plan(valid),
+            books: HashMap::new(),
+            lsn: 100,
+        }
+    }
+
+    fn apply(&mut self, c: &TenantChange) -> Vec<HistoryEvent> {
+        self.lsn += 10;
+        let mut out = Vec::new();
+        let start = SysTime { lsn: 0, micros: 0 };
+        let system = SysTime {
+            lsn: self.lsn,
+            micros: self.lsn as i64 * 1000,
+        };
+        record_change(&self.plan, &mut self.books, start, system, c, &mut out);
+        out
+    }
+}
+
+fn opens(events: &[HistoryEvent]) -> Vec<(Row, i64, Option<i64>)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.delta {
+            VersionDelta::Open(v) => Some((v.value.clone(), v.valid_from, v.valid_to)),
+            VersionDelta::Close { .. } => None,
+        })
+        .collect()
+}
+
+fn closes(events: &[HistoryEvent]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e.delta, VersionDelta::Close { .. }))
+        .count()
+}
+
+const JAN: &str = "2026-01-01 00:00:00+00";
+const FEB: &str = "2026-02-01 00:00:00+00";
+const MAR: &str = "2026-03-01 00:00:00+00";
+
+#[test]
+fn valid_time_comes_from_the_named_column_and_corrections_split() {
+    let mut run = Run::new(Some("effective_at"));
+    let jan = parse_pg_timestamp(JAN).unwrap();
+    let feb = parse_pg_timestamp(FEB).unwrap();
+    let mar = parse_pg_timestamp(MAR).unwrap();
+    let first = run.apply(&upsert("7", row("7", "42", "10", MAR)));
+    assert_eq!(opens(&first), vec![(row("7", "42", "10", MAR), mar, None)]);
+    // A correction valid from January: the row is known to be 8 from January until
+    // March, when 10 takes over.
+    let fix = run.apply(&upsert("7", row("7", "42", "8", JAN)));
+    assert_eq!(closes(&fix), 0, "nothing was valid in January yet");
+    assert_eq!(
+        opens(&fix),
+        vec![(row("7", "42", "8", JAN), jan, Some(mar))]
+    );
+    // February: splits the January version.
+    let split = run.apply(&upsert("7", row("7", "42", "9", FEB)));
+    assert_eq!(closes(&split), 1);
+    assert_eq!(
+        opens(&split),
+        vec![
+            (row("7", "42", "8", JAN), jan, Some(feb)),
+            (row("7", "42", "9", FEB), feb, Some(mar))
+        ]
+    );
+    assert!(split
+        .iter()
+        .all(|e| e.tenant == "7" && e.op == HistoryOp::Update));
+}
+
+#[test]
+fn without_a_valid_column_or_with_garbage_the_commit_time_is_used() {
+    let mut run = Run::new(None);
+    let events = run.apply(&upsert("1", row("1", "1", "5", "not a time")));
+    assert_eq!(opens(&events)[0].1, 110 * 1000);
+    let mut run = Run::new(Some("effective_at"));
+    let events = run.apply(&upsert("1", row("1", "1", "5", "not a time")));
+    assert_eq!(
+        opens(&events)[0].1,
+        110 * 1000,
+        "unreadable valid time falls back"
+    );
+}
+
+#[test]
+fn key_changes_delete_the_old_key_and_unchanged_values_are_filled() {
+    let mut run = Run::new(None);
+    run.apply(&upsert("1", row("1", "1", "5", JAN)));
+    let moved = run.apply(&change(
+        Scope::Tenant("1".into()),
+        TenantAction::Upsert {
+            old: Some(row("1", "1", "5", JAN)),
+            new: vec![t("1"), t("2"), Cell::Unchanged, t(JAN)],
+            insert: false,
+        },
+    ));
+    assert_eq!(closes(&moved), 1, "the old key's version is closed");
+    // The new key had no version: its unchanged cell stays unknown.
+    let toasted = run.apply(&upsert("1", vec![t("1"), t("2"), Cell::Unchanged, t(FEB)]));
+    let value = opens(&toasted).last().unwrap().0.clone();
+    assert_eq!(value[2], Cell::Unchanged);
+    run.apply(&upsert("1", row("1", "3", "7", JAN)));
+    let filled = run.apply(&upsert("1", vec![t("1"), t("3"), Cell::Unchanged, t(FEB)]));
+    assert_eq!(opens(&filled).last().unwrap().0[2], t("7"));
+}
+
+#[test]
+fn tenantless_deletes_and_truncates_reach_the_owning_tenants() {
+    let mut run = Run::new(None);
+    run.apply(&upsert("1", row("1", "1", "5", JAN)));
+    run.apply(&upsert("2", row("2", "1", "6", JAN)));
+    run.apply(&upsert("2", row("2", "2", "6", JAN)));
+    let worker = Scope::Worker { index: 0, peers: 1 };
+    let deleted = run.apply(&change(
+        worker.clone(),
+        TenantAction::Delete {
+            old: row("2", "2", "6", JAN),
+        },
+    ));
+    assert_eq!(closes(&deleted), 1);
+    assert_eq!(deleted[0].tenant, "2");
+    let truncated = run.apply(&change(worker, TenantAction::Truncate));
+    assert_eq!(
+        closes(&truncated),
+        2,
+        "tenant 1's and tenant 2's remaining rows"
+    );
+    assert!(truncated.iter().all(|e| e.op == HistoryOp::Delete));
+    let again = run.apply(&change(Scope::Tenant("1".into()), TenantAction::Truncate));
+    assert!(again.is_empty());
+}
+
+#[test]
+fn tables_without_history_produce_nothing() {
+    let mut run = Run::new(None);
+    run.plan.tables.clear();
+    assert!(run.apply(&upsert("1", row("1", "1", "5", JAN))).is_empty());
+}

@@ -1,0 +1,562 @@
+//! Bi-temporal versioning of rows.
+//!
+//! Every row version lives on two time axes:
+//! - **system time**: when the replicator learnt it, the commit LSN and commit time
+//!   ([`SysTime`]) of the change that made it current, up to the change that replaced it;
+//! - **valid time**: when the row is true in the world, taken from a column of the row or,
+//!   when the table has none, from the commit time.
+//!
+//! A [`VersionBook`] keeps, per key, the *current* step function over valid time, a map from
+//! `valid_from` to either the start of a row version or an end marker (nothing is valid from
+//! there to the next row start), plus the closed versions it still holds. A change at valid
+//! time `V` never rewrites history in place: it closes the current version containing `V` and
+//! opens its replacements, so that
+//! - a retroactive correction splits an interval: `[vf, vt)` becomes `[vf, V)` with the old
+//!   value and `[V, vt)` with the new one;
+//! - a change before the first version or inside a gap opens `[V, next row start)`;
+//! - a delete closes the version containing `V` and reopens only `[vf, V)`: nothing is valid
+//!   from `V` up to the next row start.
+//!
+//! Seen from a system point, the row of a key at valid time `v` is thus given by the change
+//! known at that point with the greatest valid time `<= v` (the later one on ties): its value
+//! for an upsert, nothing for a delete. With one exception, which keeps the book a function
+//! of its current versions, all that [`VersionBook::restore`] gets back after a restart: a
+//! delete ends something only where a row runs. A delete at a valid time where nothing is
+//! valid changes nothing (like a `DELETE` that matches no row), and a delete that cuts a row
+//! short drops the end marker that row had further on; no version could carry either marker.
+//! Both need valid time to go back: with valid time from the commit time the rule is exact.
+//!
+//! Seen from system point `s` and valid time `v`, the rows are those of the versions visible
+//! at both points ([`VersionBook::as_of`]). [`VersionDelta::diffs`] writes each delta as
+//! multitemporal updates at [`Bt`] times (product order of commit LSN and valid time), so a
+//! differential collection summed at the times `<= (s, v)` holds the same rows.
+//!
+//! A change costs `O(log n)` in the number of keys and of versions of its key.
+
+use std::collections::BTreeMap;
+use std::ops::Bound::{Excluded, Unbounded};
+
+use differential_dataflow::lattice::Lattice;
+use serde::{Deserialize, Serialize};
+use timely::order::PartialOrder;
+use timely::progress::timestamp::Refines;
+use timely::progress::{PathSummary, Timestamp};
+
+use crate::change::Lsn;
+
+/// When the source committed the change: its commit LSN and commit time (µs since 2000-01-01).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SysTime {
+    /// Commit LSN of the transaction.
+    pub lsn: Lsn,
+    /// Commit time of the transaction, µs since 2000-01-01.
+    pub micros: i64,
+}
+
+/// A point on the system axis as a user names it.
+///
+/// A version is visible at a point `P` iff `system_from <= P` and (`system_to` is `None` or
+/// `P < system_to`), comparing the `lsn` for [`SystemPoint::Lsn`] and the `micros` for
+/// [`SystemPoint::Micros`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SystemPoint {
+    /// Everything committed at or before this LSN.
+    Lsn(Lsn),
+    /// Everything committed at or before this commit time (µs since 2000-01-01).
+    Micros(i64),
+}
+
+impl SystemPoint {
+    /// Whether a version known over the system interval `[from, to)` is visible at this point.
+    fn sees(self, from: SysTime, to: Option<SysTime>) -> bool {
+        match self {
+            SystemPoint::Lsn(p) => from.lsn <= p && to.is_none_or(|t| p < t.lsn),
+            SystemPoint::Micros(p) => from.micros <= p && to.is_none_or(|t| p < t.micros),
+        }
+    }
+}
+
+/// One version of one row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version<K, V> {
+    /// The row's key.
+    pub key: K,
+    /// The row's value over this version's intervals.
+    pub value: V,
+    /// Start of the valid-time interval (inclusive).
+    pub valid_from: i64,
+    /// End of the valid-time interval (exclusive); `None` is open-ended.
+    pub valid_to: Option<i64>,
+    /// The change that made this version current.
+    pub system_from: SysTime,
+    /// The change that replaced it; `None` while it is current.
+    pub system_to: Option<SysTime>,
+}
+
+impl<K, V> Version<K, V> {
+    /// Whether this version is visible at system point `system` and valid time `valid`.
+    pub fn visible_at(&self, system: SystemPoint, valid: i64) -> bool {
+        system.sees(self.system_from, self.system_to)
+            && self.valid_from <= valid
+            && self.valid_to.is_none_or(|t| valid < t)
+    }
+}
+
+/// What one change did to the history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VersionDelta<K, V> {
+    /// The current version of `key` valid from `valid_from` and known since `system_from`
+    /// stops being current at `system_to`. `value` and `valid_to` repeat that version's, so
+    /// the delta can retract it on its own ([`VersionDelta::diffs`]).
+    Close {
+        /// The row's key.
+        key: K,
+        /// The closed version's value.
+        value: V,
+        /// Start of the closed version's valid-time interval.
+        valid_from: i64,
+        /// End of the closed version's valid-time interval (`None` is open-ended).
+        valid_to: Option<i64>,
+        /// When the closed version became current.
+        system_from: SysTime,
+        /// When it stopped being current: the system time of the change.
+        system_to: SysTime,
+    },
+    /// A new current version (its `system_to` is None).
+    Open(Version<K, V>),
+}
+
+/// Bi-temporal timestamp for differential: commit LSN and valid time, in the product order.
+///
+/// `(sys, valid) <= (sys', valid')` iff `sys <= sys'` and `valid <= valid'`; the minimum is
+/// `(0, i64::MIN)`. Only usable with unordered inputs, as it is not totally ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Bt {
+    /// System time: the commit LSN.
+    pub sys: Lsn,
+    /// Valid time.
+    pub valid: i64,
+}
+
+impl Default for Bt {
+    /// The minimum, `(0, i64::MIN)`.
+    fn default() -> Self {
+        Self::minimum()
+    }
+}
+
+impl PartialOrder for Bt {
+    fn less_equal(&self, other: &Self) -> bool {
+        self.sys <= other.sys && self.valid <= other.valid
+    }
+}
+
+impl Refines<()> for Bt {
+    fn to_inner(_: ()) -> Self {
+        Self::minimum()
+    }
+    fn to_outer(self) {}
+    fn summarize(_: ()) {}
+}
+
+impl PathSummary<Bt> for () {
+    fn results_in(&self, time: &Bt) -> Option<Bt> {
+        Some(*time)
+    }
+    fn followed_by(&self, _: &Self) -> Option<Self> {
+        Some(())
+    }
+}
+
+impl Timestamp for Bt {
+    type Summary = ();
+    fn minimum() -> Self {
+        Bt {
+            sys: 0,
+            valid: i64::MIN,
+        }
+    }
+}
+
+impl Lattice for Bt {
+    fn join(&self, other: &Self) -> Self {
+        Bt {
+            sys: self.sys.max(other.sys),
+            valid: self.valid.max(other.valid),
+        }
+    }
+    fn meet(&self, other: &Self) -> Self {
+        Bt {
+            sys: self.sys.min(other.sys),
+            valid: self.valid.min(other.valid),
+        }
+    }
+}
+
+impl<K: Clone, V: Clone> VersionDelta<K, V> {
+    /// The delta as multitemporal updates: `Open` of `[vf, vt)` at system `S` is `+1` at
+    /// `Bt{S.lsn, vf}` and `-1` at `Bt{S.lsn, vt}` (if `vt`); `Close` is the negation at its
+    /// `system_to`. Summing the diffs of all updates at times `<= (s, v)` gives the rows as
+    /// of `(s, v)`.
+    pub fn diffs(&self) -> Vec<((K, V), Bt, i64)> {
+        let (key, value, valid_from, valid_to, system, sign) = match self {
+            VersionDelta::Close {
+                key,
+                value,
+                valid_from,
+                valid_to,
+                system_to,
+                ..
+            } => (key, value, *valid_from, *valid_to, *system_to, -1),
+            VersionDelta::Open(v) => (&v.key, &v.value, v.valid_from, v.valid_to, v.system_from, 1),
+        };
+        let at = |valid| Bt {
+            sys: system.lsn,
+            valid,
+        };
+        let mut out = vec![((key.clone(), value.clone()), at(valid_from), sign)];
+        if let Some(to) = valid_to {
+            out.push(((key.clone(), value.clone()), at(to), -sign));
+        }
+        out
+    }
+}
+
+/// One step of a key's current valid-time line; it runs to the next slot's start.
+#[derive(Debug, Clone)]
+enum Slot<V> {
+    /// A current version starts here.
+    Row { value: V, system_from: SysTime },
+    /// Nothing is valid from here: the end of the row before it. Follows a row in any book
+    /// built by `apply` and by restoring such a book's versions.
+    End,
+}
+
+impl<V> Slot<V> {
+    /// Takes the row out, leaving an end marker; `None` (and no change) for an end marker.
+    fn take_row(&mut self) -> Option<(V, SysTime)> {
+        match std::mem::replace(self, Slot::End) {
+            Slot::Row { value, system_from } => Some((value, system_from)),
+            Slot::End => None,
+        }
+    }
+}
+
+/// What the book holds for one key.
+#[derive(Debug, Clone)]
+struct KeyBook<K, V> {
+    /// The current line over valid time, by slot start.
+    current: BTreeMap<i64, Slot<V>>,
+    /// Closed versions still held, in the order they were closed.
+    closed: Vec<Version<K, V>>,
+}
+
+impl<K, V> KeyBook<K, V> {
+    fn new() -> Self {
+        KeyBook {
+            current: BTreeMap::new(),
+            closed: Vec::new(),
+        }
+    }
+
+    /// The start and slot of the step containing `valid`.
+    fn slot_at(&self, valid: i64) -> Option<(i64, &Slot<V>)> {
+        self.current
+            .range(..=valid)
+            .next_back()
+            .map(|(start, slot)| (*start, slot))
+    }
+
+    /// The start of the first slot after `valid`: where a version from `valid` would end.
+    fn next_after(&self, valid: i64) -> Option<i64> {
+        self.current
+            .range((Excluded(valid), Unbounded))
+            .next()
+            .map(|(start, _)| *start)
+    }
+}
+
+/// The versions of a set of rows over system and valid time; see the module documentation.
+#[derive(Debug, Clone)]
+pub struct VersionBook<K, V> {
+    keys: BTreeMap<K, KeyBook<K, V>>,
+    complete_since: SysTime,
+    len: usize,
+}
+
+impl<K: Ord + Clone, V: Clone> VersionBook<K, V> {
+    /// An empty book whose in-memory history is complete from `start` on (versions closed
+    /// before it are not held).
+    pub fn new(start: SysTime) -> Self {
+        VersionBook {
+            keys: BTreeMap::new(),
+            complete_since: start,
+            len: 0,
+        }
+    }
+
+    /// Upsert (`Some`) or delete (`None`) of `key` effective from valid time `valid`, known
+    /// from `system` on.
+    ///
+    /// System times passed to apply are non-decreasing (the same lsn is allowed for several
+    /// changes of one transaction, applied in order); versions opened and closed by one
+    /// system time have an empty system interval and are never visible.
+    ///
+    /// Returns the deltas: all Closes first, then the Opens by valid time. A change closes at
+    /// most one version and opens at most two; a delete where nothing is valid returns none.
+    pub fn apply(
+        &mut self,
+        key: K,
+        valid: i64,
+        system: SysTime,
+        value: Option<V>,
+    ) -> Vec<VersionDelta<K, V>> {
+        if value.is_none() && !self.keys.contains_key(&key) {
+            return Vec::new();
+        }
+        let book = self.keys.entry(key.clone()).or_insert_with(KeyBook::new);
+        let open = |value: V, valid_from: i64, valid_to: Option<i64>| {
+            VersionDelta::Open(Version {
+                key: key.clone(),
+                value,
+                valid_from,
+                valid_to,
+                system_from: system,
+                system_to: None,
+            })
+        };
+        let mut deltas = Vec::new();
+        // The row containing `valid`, taken out: its slot is left as an end marker.
+        let taken = book
+            .current
+            .range_mut(..=valid)
+            .next_back()
+            .and_then(|(start, slot)| slot.take_row().map(|(v, from)| (*start, v, from)));
+        let next = book.next_after(valid);
+        let Some((start, old, old_from)) = taken else {
+            // Nothing is valid at `valid`: an upsert fills up to the next row start (in
+            // canonical form, the slot after a gap or before the first row is a row);
+            // a delete changes nothing.
+            if let Some(value) = value {
+                book.current.insert(
+                    valid,
+                    Slot::Row {
+                        value: value.clone(),
+                        system_from: system,
+                    },
+                );
+                self.len += 1;
+                deltas.push(open(value, valid, next));
+            }
+            return deltas;
+        };
+        let closed = Version {
+            key: key.clone(),
+            value: old,
+            valid_from: start,
+            valid_to: next,
+            system_from: old_from,
+            system_to: Some(system),
+        };
+        deltas.push(VersionDelta::Close {
+            key: key.clone(),
+            value: closed.value.clone(),
+            valid_from: start,
+            valid_to: next,
+            system_from: old_from,
+            system_to: system,
+        });
+        if start < valid {
+            book.current.insert(
+                start,
+                Slot::Row {
+                    value: closed.value.clone(),
+                    system_from: system,
+                },
+            );
+            self.len += 1;
+            deltas.push(open(closed.value.clone(), start, Some(valid)));
+        }
+        // The closed version moves to `closed`: `len` is unchanged by the close.
+        book.closed.push(closed);
+        match value {
+            Some(value) => {
+                book.current.insert(
+                    valid,
+                    Slot::Row {
+                        value: value.clone(),
+                        system_from: system,
+                    },
+                );
+                self.len += 1;
+                deltas.push(open(value, valid, next));
+            }
+            None => {
+                // Nothing is valid from `valid` to the next row start. The end marker at
+                // `valid` stays only if a row ends there.
+                let row_ends_here = matches!(
+                    book.current.range(..valid).next_back(),
+                    Some((_, Slot::Row { .. }))
+                );
+                if row_ends_here {
+                    book.current.insert(valid, Slot::End);
+                } else {
+                    book.current.remove(&valid);
+                }
+                // An end marker right after no longer follows a row.
+                if let Some(next) = next {
+                    if matches!(book.current.get(&next), Some(Slot::End)) {
+                        book.current.remove(&next);
+                    }
+                }
+            }
+        }
+        deltas
+    }
+
+    /// The current (latest known) value of `key` at valid time `valid` (used to fill
+    /// unchanged TOAST columns).
+    pub fn current(&self, key: &K, valid: i64) -> Option<&V> {
+        match self.keys.get(key)?.slot_at(valid)? {
+            (_, Slot::Row { value, .. }) => Some(value),
+            (_, Slot::End) => None,
+        }
+    }
+
+    /// Keys that have at least one current version (to delete all of them on TRUNCATE), in
+    /// key order.
+    pub fn current_keys(&self) -> Vec<K> {
+        self.keys
+            .iter()
+            .filter(|(_, book)| {
+                book.current
+                    .values()
+                    .any(|slot| matches!(slot, Slot::Row { .. }))
+            })
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    /// Puts back a version read from a store at start-up.
+    ///
+    /// Only versions current at the resume point are restored (`system_to` None); others are
+    /// ignored, as are versions with an empty valid interval (`valid_to <= valid_from`), which
+    /// no book produces. Gaps in valid time are implied by `valid_to` (a version `[1,5)`
+    /// followed by one starting at 8 means nothing was valid in `[5,8)`). Versions may come
+    /// in any order; after restoring all current versions of a book, this book behaves
+    /// exactly as that one for every later change. A later version with the same key and
+    /// `valid_from` replaces an earlier one.
+    pub fn restore(&mut self, version: Version<K, V>) {
+        if version.system_to.is_some() || version.valid_to.is_some_and(|t| t <= version.valid_from)
+        {
+            return;
+        }
+        let book = self.keys.entry(version.key).or_insert_with(KeyBook::new);
+        if let Some(to) = version.valid_to {
+            book.current.entry(to).or_insert(Slot::End);
+        }
+        let row = Slot::Row {
+            value: version.value,
+            system_from: version.system_from,
+        };
+        if !matches!(
+            book.current.insert(version.valid_from, row),
+            Some(Slot::Row { .. })
+        ) {
+            self.len += 1;
+        }
+    }
+
+    /// Rows as of (`system`, `valid`): every key with a version visible at both points,
+    /// sorted by key. Answers only from what the book holds: complete for system points at
+    /// or after [`complete_since`](Self::complete_since).
+    pub fn as_of(&self, system: SystemPoint, valid: i64) -> Vec<(K, V)> {
+        let mut rows = Vec::new();
+        for (key, book) in &self.keys {
+            let current = match book.slot_at(valid) {
+                Some((_, Slot::Row { value, system_from })) if system.sees(*system_from, None) => {
+                    Some(value)
+                }
+                _ => None,
+            };
+            let visible = current.or_else(|| {
+                book.closed
+                    .iter()
+                    .find(|v| v.visible_at(system, valid))
+                    .map(|v| &v.value)
+            });
+            if let Some(value) = visible {
+                rows.push((key.clone(), value.clone()));
+            }
+        }
+        rows
+    }
+
+    /// Every version held (current and closed): by key, then the closed versions in the
+    /// order they were closed, then the current ones by `valid_from`.
+    pub fn versions(&self) -> Vec<Version<K, V>> {
+        let mut out = Vec::with_capacity(self.len);
+        for (key, book) in &self.keys {
+            out.extend(book.closed.iter().cloned());
+            let mut slots = book.current.iter().peekable();
+            while let Some((start, slot)) = slots.next() {
+                if let Slot::Row { value, system_from } = slot {
+                    out.push(Version {
+                        key: key.clone(),
+                        value: value.clone(),
+                        valid_from: *start,
+                        valid_to: slots.peek().map(|(next, _)| **next),
+                        system_from: *system_from,
+                        system_to: None,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// From which system time on `as_of` is complete: the `start` of `new`, raised by pruning.
+    pub fn complete_since(&self) -> SysTime {
+        self.complete_since
+    }
+
+    /// Forgets closed versions whose `system_to.micros < horizon_micros` (they live in the
+    /// history table / cold tier); returns how many were dropped.
+    ///
+    /// `complete_since` rises to the component-wise maximum of itself and the `system_to` of
+    /// every dropped version: no dropped version is visible at a point at or after it, on
+    /// either axis. Costs `O(versions held)`.
+    pub fn prune_closed_before(&mut self, horizon_micros: i64) -> usize {
+        let mut dropped = 0;
+        let mut since = self.complete_since;
+        for book in self.keys.values_mut() {
+            book.closed.retain(|v| match v.system_to {
+                Some(to) if to.micros < horizon_micros => {
+                    dropped += 1;
+                    since.lsn = since.lsn.max(to.lsn);
+                    since.micros = since.micros.max(to.micros);
+                    false
+                }
+                _ => true,
+            });
+        }
+        self.keys
+            .retain(|_, book| !book.current.is_empty() || !book.closed.is_empty());
+        self.complete_since = since;
+        self.len -= dropped;
+        dropped
+    }
+
+    /// Number of versions held (current + closed), for metrics.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the book holds no version.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,418 @@
+//! The history table of a table that keeps bi-temporal versions: `<schema>.<table>_history`
+//! on the target, with the source's columns (same types, no constraints) plus
+//! `valid_from`, `valid_to`, `system_from`, `system_to` (timestamptz; `NULL` = open-ended),
+//! `system_from_lsn`, `system_to_lsn` (pg_lsn) and `op` (the change that opened the
+//! version). Written in the same transaction as the current-state apply and checkpoint.
+//!
+//! Opened versions are inserted, closed ones get their `system_to` (see
+//! [`crate::sinks::versions`] for how a batch's events become those rows).
+
+use md5::{Digest, Md5};
+use tokio_postgres::GenericClient;
+
+use crate::change::{format_lsn, Cell, Lsn, Row, TableInfo};
+use crate::control::job_spec::TenantFilter;
+use crate::operators::version::{SysTime, SystemPoint, Version};
+use crate::sinks::pg_apply::statements::{Param, Statement};
+use crate::sinks::pg_apply::store::sink_error;
+use crate::sinks::pg_apply::target_schema::ensure_shape;
+use crate::sinks::versions::{CloseRow, OpenRow};
+use crate::sinks::SinkError;
+use crate::sql_text::{quote_ident, quote_literal, quote_qualified};
+use crate::time_text::{format_timestamptz, PG_EPOCH_UNIX_MICROS};
+
+/// The suffix of history table names.
+pub const HISTORY_SUFFIX: &str = "_history";
+
+/// The time columns every history table has, with their types.
+pub const TIME_COLUMNS: &[(&str, &str)] = &[
+    ("valid_from", "timestamp with time zone"),
+    ("valid_to", "timestamp with time zone"),
+    ("system_from", "timestamp with time zone"),
+    ("system_to", "timestamp with time zone"),
+    ("system_from_lsn", "pg_lsn"),
+    ("system_to_lsn", "pg_lsn"),
+    ("op", "text"),
+];
+
+/// The history table's name for a source table name.
+pub fn history_name(table: &str) -> String {
+    format!("{table}{HISTORY_SUFFIX}")
+}
+
+/// Why `table` cannot keep history, if it cannot.
+pub fn history_problem(table: &TableInfo) -> Option<String> {
+    if table.key_columns().is_empty() {
+        return Some(format!(
+            "{} has no primary key or replica identity index: history needs a key to follow rows by",
+            table.qualified_name()
+        ));
+    }
+    if let Some((c, _)) = TIME_COLUMNS
+        .iter()
+        .find(|(c, _)| table.column_index(c).is_some())
+    {
+        return Some(format!(
+            "{} has a column named `{c}`, which its history table uses for time",
+            table.qualified_name()
+        ));
+    }
+    if history_name(&table.name).len() > 63 {
+        return Some(format!(
+            "the history table name of {} would be longer than 63 bytes",
+            table.qualified_name()
+        ));
+    }
+    None
+}
+
+/// The history table as a shape with the source's columns and no key.
+fn history_shape(table: &TableInfo) -> TableInfo {
+    let mut shape = table.clone();
+    shape.name = history_name(&table.name);
+    shape.primary_key.clear();
+    shape
+}
+
+fn index_name(table: &TableInfo, what: &str) -> String {
+    let digest = Md5::digest(table.qualified_name().as_bytes());
+    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("helios_hist_{hex}_{what}")
+}
+
+/// Creates or alters the history table of `table` to its shape.
+pub async fn ensure_history_shape(
+    client: &impl GenericClient,
+    table: &TableInfo,
+) -> Result<(), SinkError> {
+    let shape = history_shape(table);
+    ensure_shape(client, &shape).await?;
+    let name = quote_qualified(&shape.schema, &shape.name);
+    let mut ddl: Vec<String> = TIME_COLUMNS
+        .iter()
+        .map(|(c, ty)| format!("ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {c} {ty}"))
+        .collect();
+    let key: Vec<String> = table
+        .key_columns()
+        .iter()
+        .map(|&i| quote_ident(&table.columns[i].name))
+        .collect();
+    ddl.push(format!(
+        "CREATE INDEX IF NOT EXISTS {} ON {name} ({}, valid_from, system_from_lsn)",
+        index_name(table, "key"),
+        key.join(", ")
+    ));
+    ddl.push(format!(
+        "CREATE INDEX IF NOT EXISTS {} ON {name} (system_from_lsn)",
+        index_name(table, "sys")
+    ));
+    for sql in ddl {
+        client.batch_execute(&sql).await.map_err(|e| {
+            sink_error(
+                &format!("create the history table of {}", table.qualified_name()),
+                &e,
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn text(cell: &Cell) -> Option<String> {
+    cell.as_text().map(str::to_owned)
+}
+
+fn times(values: impl Iterator<Item = Option<i64>>) -> Param {
+    Param::Column(values.map(|v| v.map(format_timestamptz)).collect())
+}
+
+fn lsns(values: impl Iterator<Item = u64>) -> Param {
+    Param::Column(values.map(|l| Some(format_lsn(l))).collect())
+}
+
+/// `INSERT` of opened versions.
+pub fn insert_versions(table: &TableInfo, rows: &[OpenRow<'_>]) -> Statement {
+    let n = table.columns.len();
+    let mut names: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let mut values: Vec<String> = (0..n)
+        .map(|i| format!("v.c{i}::{}", table.columns[i].type_name))
+        .collect();
+    let mut params: Vec<Param> = (0..n)
+        .map(|i| Param::Column(rows.iter().map(|r| r.row.get(i).and_then(text)).collect()))
+        .collect();
+    for (name, ty) in [
+        ("valid_from", "timestamptz"),
+        ("valid_to", "timestamptz"),
+        ("system_from", "timestamptz"),
+        ("system_from_lsn", "pg_lsn"),
+        ("op", "text"),
+    ] {
+        values.push(format!("v.c{}::{ty}", names.len()));
+        names.push(name.to_owned());
+    }
+    params.push(times(rows.iter().map(|r| Some(r.valid_from))));
+    params.push(times(rows.iter().map(|r| r.valid_to)));
+    params.push(times(rows.iter().map(|r| Some(r.system_from.micros))));
+    params.push(lsns(rows.iter().map(|r| r.system_from.lsn)));
+    params.push(Param::Column(
+        rows.iter().map(|r| Some(r.op.to_owned())).collect(),
+    ));
+    let arrays: Vec<String> = (1..=params.len())
+        .map(|i| format!("${i}::text[]"))
+        .collect();
+    let aliases: Vec<String> = (0..params.len()).map(|i| format!("c{i}")).collect();
+    let shape = history_shape(table);
+    Statement {
+        text: format!(
+            "INSERT INTO {} ({}) SELECT {} FROM unnest({}) AS v({})",
+            quote_qualified(&shape.schema, &shape.name),
+            names.join(", "),
+            values.join(", "),
+            arrays.join(", "),
+            aliases.join(", ")
+        ),
+        params,
+    }
+}
+
+/// `UPDATE` that closes versions.
+pub fn close_versions(table: &TableInfo, rows: &[CloseRow<'_>]) -> Statement {
+    let key = table.key_columns();
+    let mut params: Vec<Param> = (0..key.len())
+        .map(|k| Param::Column(rows.iter().map(|r| r.key.get(k).and_then(text)).collect()))
+        .collect();
+    let mut conditions: Vec<String> = key
+        .iter()
+        .enumerate()
+        .map(|(k, &i)| {
+            format!(
+                "h.{} = v.c{k}::{}",
+                quote_ident(&table.columns[i].name),
+                table.columns[i].type_name
+            )
+        })
+        .collect();
+    let k = key.len();
+    conditions.push(format!("h.valid_from = v.c{k}::timestamptz"));
+    conditions.push(format!("h.system_from_lsn = v.c{}::pg_lsn", k + 1));
+    conditions.push("h.system_to_lsn IS NULL".into());
+    params.push(times(rows.iter().map(|r| Some(r.valid_from))));
+    params.push(lsns(rows.iter().map(|r| r.system_from.lsn)));
+    params.push(times(rows.iter().map(|r| Some(r.system_to.micros))));
+    params.push(lsns(rows.iter().map(|r| r.system_to.lsn)));
+    let arrays: Vec<String> = (1..=params.len())
+        .map(|i| format!("${i}::text[]"))
+        .collect();
+    let aliases: Vec<String> = (0..params.len()).map(|i| format!("c{i}")).collect();
+    let shape = history_shape(table);
+    Statement {
+        text: format!(
+            "UPDATE {} AS h SET system_to = v.c{}::timestamptz, system_to_lsn = v.c{}::pg_lsn \
+             FROM unnest({}) AS v({}) WHERE {}",
+            quote_qualified(&shape.schema, &shape.name),
+            k + 2,
+            k + 3,
+            arrays.join(", "),
+            aliases.join(", "),
+            conditions.join(" AND ")
+        ),
+        params,
+    }
+}
+
+/// `col::text IN (...)` for a tenant filter; `None` for all tenants.
+pub fn tenant_predicate(column: &str, include: &TenantFilter) -> Option<String> {
+    match include {
+        TenantFilter::All => None,
+        TenantFilter::Only(ids) => {
+            let list: Vec<String> = ids.iter().map(|t| quote_literal(t)).collect();
+            Some(format!(
+                "{}::text IN ({})",
+                quote_ident(column),
+                list.join(", ")
+            ))
+        }
+    }
+}
+
+/// SQL for a timestamptz column as µs since 2000-01-01 (±infinity as the i64 extremes).
+fn micros_sql(expr: &str) -> String {
+    format!(
+        "CASE WHEN {expr} IS NULL THEN NULL WHEN isfinite({expr}) \
+         THEN (extract(epoch FROM {expr}) * 1000000)::bigint - {PG_EPOCH_UNIX_MICROS} \
+         WHEN {expr} > 'epoch'::timestamptz THEN {max} ELSE {min} END",
+        max = i64::MAX,
+        min = i64::MIN
+    )
+}
+
+/// SQL for a pg_lsn column as a number.
+fn lsn_sql(expr: &str) -> String {
+    format!("({expr} - '0/0'::pg_lsn)::bigint")
+}
+
+/// After a snapshot loaded `table`: closes the versions still open for the job's tenants
+/// (from an earlier snapshot) and opens one version per loaded row, known from the
+/// snapshot's consistent point and valid from the row's valid time (or the snapshot time).
+pub async fn record_snapshot_versions(
+    client: &impl GenericClient,
+    table: &TableInfo,
+    tenant_column: &str,
+    include: &TenantFilter,
+    valid_column: Option<&str>,
+    at: SysTime,
+) -> Result<u64, SinkError> {
+    ensure_history_shape(client, table).await?;
+    let shape = history_shape(table);
+    let history = quote_qualified(&shape.schema, &shape.name);
+    let source = quote_qualified(&table.schema, &table.name);
+    let filter = tenant_predicate(tenant_column, include);
+    let when = quote_literal(&format_timestamptz(at.micros));
+    let lsn = quote_literal(&format_lsn(at.lsn));
+    let close = format!(
+        "UPDATE {history} SET system_to = {when}::timestamptz, system_to_lsn = {lsn}::pg_lsn \
+         WHERE system_to_lsn IS NULL{}",
+        filter
+            .as_ref()
+            .map(|f| format!(" AND {f}"))
+            .unwrap_or_default()
+    );
+    let names: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let valid = match valid_column {
+        Some(c) => format!(
+            "coalesce({}::timestamptz, {when}::timestamptz)",
+            quote_ident(c)
+        ),
+        None => format!("{when}::timestamptz"),
+    };
+    let open = format!(
+        "INSERT INTO {history} ({cols}, valid_from, system_from, system_from_lsn, op) \
+         SELECT {cols}, {valid}, {when}::timestamptz, {lsn}::pg_lsn, 'insert' FROM {source}{}",
+        filter.map(|f| format!(" WHERE {f}")).unwrap_or_default(),
+        cols = names.join(", "),
+    );
+    client
+        .execute(&close, &[])
+        .await
+        .map_err(|e| sink_error("close versions before a new snapshot", &e))?;
+    client
+        .execute(&open, &[])
+        .await
+        .map_err(|e| sink_error("record snapshot versions", &e))
+}
+
+/// How versions are picked from a history table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionFilter {
+    /// Versions current at a commit LSN (restoring the version books at a resume point).
+    CurrentAtLsn(Lsn),
+    /// Versions visible at a system point and valid at a valid time (as-of queries).
+    AsOf(SystemPoint, i64),
+}
+
+/// Versions of `table` for the tenants `tenants` selects.
+pub async fn load_versions(
+    client: &impl GenericClient,
+    table: &TableInfo,
+    tenants: Option<&str>,
+    filter: VersionFilter,
+) -> Result<Vec<Version<Row, Row>>, SinkError> {
+    let shape = history_shape(table);
+    let history = quote_qualified(&shape.schema, &shape.name);
+    let cols: Vec<String> = table
+        .columns
+        .iter()
+        .map(|c| format!("{}::text", quote_ident(&c.name)))
+        .collect();
+    let mut conditions: Vec<String> = tenants.map(str::to_owned).into_iter().collect();
+    let point = |p: SystemPoint| match p {
+        SystemPoint::Lsn(l) => (
+            "system_from_lsn",
+            "system_to_lsn",
+            format!("{}::pg_lsn", quote_literal(&format_lsn(l))),
+        ),
+        SystemPoint::Micros(m) => (
+            "system_from",
+            "system_to",
+            format!("{}::timestamptz", quote_literal(&format_timestamptz(m))),
+        ),
+    };
+    match filter {
+        VersionFilter::CurrentAtLsn(lsn) => {
+            let (from, to, at) = point(SystemPoint::Lsn(lsn));
+            conditions.push(format!("{from} <= {at} AND ({to} IS NULL OR {to} > {at})"));
+        }
+        VersionFilter::AsOf(system, valid) => {
+            let (from, to, at) = point(system);
+            let v = format!("{}::timestamptz", quote_literal(&format_timestamptz(valid)));
+            conditions.push(format!(
+                "{from} <= {at} AND ({to} IS NULL OR {to} > {at}) \
+                 AND valid_from <= {v} AND (valid_to IS NULL OR valid_to > {v})"
+            ));
+        }
+    }
+    let sql = format!(
+        "SELECT {}, {}, {}, {}, {} FROM {history} WHERE {}",
+        cols.join(", "),
+        micros_sql("valid_from"),
+        micros_sql("valid_to"),
+        micros_sql("system_from"),
+        lsn_sql("system_from_lsn"),
+        conditions.join(" AND ")
+    );
+    let rows = client
+        .query(&sql, &[])
+        .await
+        .map_err(|e| sink_error("read history versions", &e))?;
+    let n = table.columns.len();
+    let keys = table.key_columns();
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let value: Row = (0..n)
+                .map(|i| match r.get::<_, Option<String>>(i) {
+                    Some(t) => Cell::Text(t),
+                    None => Cell::Null,
+                })
+                .collect();
+            Version {
+                key: keys.iter().map(|&i| value[i].clone()).collect(),
+                valid_from: r.get::<_, Option<i64>>(n).unwrap_or(i64::MIN),
+                valid_to: r.get(n + 1),
+                system_from: SysTime {
+                    lsn: r.get::<_, i64>(n + 3) as Lsn,
+                    micros: r.get::<_, Option<i64>>(n + 2).unwrap_or(0),
+                },
+                system_to: None,
+                value,
+            }
+        })
+        .collect())
+}
+
+/// The earliest system time of any version of `tenant`'s rows (`None`: no history yet).
+pub async fn first_version(
+    client: &impl GenericClient,
+    table: &TableInfo,
+    tenant_column: &str,
+    tenant: &str,
+) -> Result<Option<SysTime>, SinkError> {
+    let shape = history_shape(table);
+    let sql = format!(
+        "SELECT {}, {} FROM {} WHERE {}::text = $1 ORDER BY system_from_lsn LIMIT 1",
+        micros_sql("system_from"),
+        lsn_sql("system_from_lsn"),
+        quote_qualified(&shape.schema, &shape.name),
+        quote_ident(tenant_column)
+    );
+    let row = client
+        .query_opt(&sql, &[&tenant])
+        .await
+        .map_err(|e| sink_error("read the first history version", &e))?;
+    Ok(row.map(|r| SysTime {
+        micros: r.get::<_, Option<i64>>(0).unwrap_or(0),
+        lsn: r.get::<_, i64>(1) as Lsn,
+    }))
+}
+
+#[cfg(test)]
+mod tests;
