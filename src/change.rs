@@ -55,12 +55,11 @@ impl CommitTimes {
 
 /// Microseconds since PostgreSQL's epoch (2000-01-01) now, by this machine's clock.
 pub fn pg_now_micros() -> i64 {
-    const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
     let unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0);
-    unix - PG_EPOCH_UNIX_MICROS
+    unix - crate::time_text::PG_EPOCH_UNIX_MICROS
 }
 
 /// How a table identifies old rows in UPDATE and DELETE messages.

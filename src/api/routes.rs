@@ -324,9 +324,7 @@ pub(crate) type AsOfParams = (Option<TimePoint>, Option<TimePoint>, Option<Strin
 
 /// The query parameters of the as-of route: `system_time`, `valid_time`, `job`, each at
 /// most once; anything else is a 400 naming it.
-pub(crate) fn as_of_params(
-    uri: &Uri,
-) -> Result<AsOfParams, ApiError> {
+pub(crate) fn as_of_params(uri: &Uri) -> Result<AsOfParams, ApiError> {
     let Query(params) = Query::<Vec<(String, String)>>::try_from_uri(uri)
         .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}"), None))?;
     let (mut system, mut valid, mut job) = (None, None, None);

@@ -20,23 +20,13 @@ use crate::sinks::parquet::layout::table_dir;
 use crate::sinks::parquet::manifest::Manifest;
 use crate::sinks::parquet::sink::cold_columns;
 use crate::sinks::parquet::{ChangeOp, ColdEvent, ColdRow, ColdTableWriter};
-use crate::sinks::pg_apply::history::history_name;
+use crate::sinks::pg_apply::history::{history_name, lsn_sql, micros_sql as micros};
 use crate::sinks::pg_apply::sink::connect;
 use crate::sql_text::{quote_ident, quote_literal, quote_qualified};
-use crate::time_text::{format_timestamptz, PG_EPOCH_UNIX_MICROS};
+use crate::time_text::format_timestamptz;
 
 /// Versions per published chunk (whole transactions, so a chunk may be larger).
 pub const EXPORT_CHUNK_ROWS: i64 = 10_000;
-
-fn micros(expr: &str) -> String {
-    format!(
-        "CASE WHEN {expr} IS NULL THEN NULL WHEN isfinite({expr}) \
-         THEN (extract(epoch FROM {expr}) * 1000000)::bigint - {PG_EPOCH_UNIX_MICROS} \
-         WHEN {expr} > 'epoch'::timestamptz THEN {} ELSE {} END",
-        i64::MAX,
-        i64::MIN
-    )
-}
 
 fn time_condition(column_time: &str, column_lsn: &str, point: TimePoint, op: &str) -> String {
     match point {
@@ -208,13 +198,14 @@ fn select_versions_sql(table: &TableInfo, history: &str) -> String {
         .map(|c| format!("{}::text", quote_ident(&c.name)))
         .collect();
     format!(
-        "SELECT {}, {}, {}, {}, (system_from_lsn - '0/0'::pg_lsn)::bigint, {}, \
-         (system_to_lsn - '0/0'::pg_lsn)::bigint, op FROM {history}",
+        "SELECT {}, {}, {}, {}, {}, {}, {}, op FROM {history}",
         cols.join(", "),
         micros("valid_from"),
         micros("valid_to"),
         micros("system_from"),
+        lsn_sql("system_from_lsn"),
         micros("system_to"),
+        lsn_sql("system_to_lsn"),
     )
 }
 

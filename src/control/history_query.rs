@@ -229,9 +229,8 @@ async fn commit_time_at(
         &crate::sinks::pg_apply::history::history_name(&table.name),
     );
     let sql = format!(
-        "SELECT (extract(epoch FROM max(system_from)) * 1000000)::bigint - {} FROM {history} \
-         WHERE system_from_lsn <= $1::text::pg_lsn",
-        crate::time_text::PG_EPOCH_UNIX_MICROS
+        "SELECT {} FROM {history} WHERE system_from_lsn <= $1::text::pg_lsn",
+        crate::sinks::pg_apply::history::micros_sql("max(system_from)")
     );
     let row = target
         .query_one(&sql, &[&format_lsn(lsn)])

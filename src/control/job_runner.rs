@@ -46,7 +46,7 @@ pub const DEFAULT_WORKERS: usize = 2;
 /// Default interval between progress lines.
 pub const DEFAULT_PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Microseconds between 1970-01-01 and PostgreSQL's epoch 2000-01-01.
-const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+use crate::time_text::PG_EPOCH_UNIX_MICROS;
 
 /// Why a job stopped with an error.
 #[derive(Debug, thiserror::Error)]

@@ -38,7 +38,7 @@ pub const PG_TYPE_KEY: &str = "pg_type";
 pub const TIMESTAMP_TZ: &str = "UTC";
 
 /// 2000-01-01 00:00 UTC (PostgreSQL's epoch) in microseconds since the Unix epoch.
-pub const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+pub use crate::time_text::PG_EPOCH_UNIX_MICROS;
 
 /// How a user column is stored, decided by its PostgreSQL type name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -235,7 +235,7 @@ pub fn tenant_predicate(column: &str, include: &TenantFilter) -> Option<String> 
 }
 
 /// SQL for a timestamptz column as µs since 2000-01-01 (±infinity as the i64 extremes).
-fn micros_sql(expr: &str) -> String {
+pub fn micros_sql(expr: &str) -> String {
     format!(
         "CASE WHEN {expr} IS NULL THEN NULL WHEN isfinite({expr}) \
          THEN (extract(epoch FROM {expr}) * 1000000)::bigint - {PG_EPOCH_UNIX_MICROS} \
@@ -246,7 +246,7 @@ fn micros_sql(expr: &str) -> String {
 }
 
 /// SQL for a pg_lsn column as a number.
-fn lsn_sql(expr: &str) -> String {
+pub fn lsn_sql(expr: &str) -> String {
     format!("({expr} - '0/0'::pg_lsn)::bigint")
 }
 
