@@ -198,7 +198,7 @@ fn select_versions_sql(table: &TableInfo, history: &str) -> String {
         .map(|c| format!("{}::text", quote_ident(&c.name)))
         .collect();
     format!(
-        "SELECT {}, {}, {}, {}, {}, {}, {}, op FROM {history}",
+        "SELECT {}, {}, {}, {}, {}, {}, {}, op, tombstone FROM {history}",
         cols.join(", "),
         micros("valid_from"),
         micros("valid_to"),
@@ -231,6 +231,7 @@ fn cold_row(table: &TableInfo, r: &tokio_postgres::Row) -> ColdRow {
         system_from_lsn: r.get::<_, i64>(n + 3) as Lsn,
         system_to,
         system_to_lsn: r.get::<_, Option<i64>>(n + 5).map(|l| l as Lsn),
+        tombstone: r.get(n + 7),
     }
 }
 

@@ -17,7 +17,7 @@ use crate::control::job_control::{AsOfQuery, AsOfRows, ControlError, TimePoint};
 use crate::control::job_runner::JobStats;
 use crate::control::job_spec::{JobSpec, SinkSpec};
 use crate::operators::version::{SysTime, SystemPoint, Version};
-use crate::sinks::parquet::{read_table, ColdEvent, ColdRow};
+use crate::sinks::parquet::{read_table, ColdRow};
 use crate::sinks::pg_apply::history::{first_version, load_versions, VersionFilter};
 use crate::sinks::pg_apply::sink::connect;
 use crate::sql_text::{quote_ident, quote_literal};
@@ -239,20 +239,19 @@ async fn commit_time_at(
     Ok(row.get(0))
 }
 
-/// Rebuilds versions from cold-tier rows: an `open` row carries a version's values, a
-/// `close` row (matched by key, valid start and system start) its `system_to`.
+/// Rebuilds versions from cold-tier rows. The continuous sink writes an `open` row when a
+/// version starts and a `close` row when it ends, an export one row per version (a
+/// `close` one if it had ended); rows of one version (same key, valid start and system
+/// start) merge, the `system_to` of any of them ending it.
 pub fn versions_from_cold_rows(table: &TableInfo, rows: &[ColdRow]) -> Vec<Version<Row, Row>> {
     let keys = table.key_columns();
-    let cells = |values: &[Option<String>]| -> Row {
-        values
+    let mut versions: BTreeMap<(Row, i64, Lsn), Version<Row, Row>> = BTreeMap::new();
+    for r in rows {
+        let value: Row = r
+            .values
             .iter()
             .map(|v| v.clone().map_or(Cell::Null, Cell::Text))
-            .collect()
-    };
-    let mut versions: BTreeMap<(Row, i64, Lsn), Version<Row, Row>> = BTreeMap::new();
-    let mut closes: Vec<(Row, i64, Lsn, SysTime)> = Vec::new();
-    for r in rows {
-        let value = cells(&r.values);
+            .collect();
         let key: Row = keys
             .iter()
             .map(|&i| value.get(i).cloned().unwrap_or(Cell::Null))
@@ -261,49 +260,31 @@ pub fn versions_from_cold_rows(table: &TableInfo, rows: &[ColdRow]) -> Vec<Versi
             (Some(micros), Some(lsn)) => Some(SysTime { lsn, micros }),
             _ => None,
         };
-        match r.event {
-            ColdEvent::Open => {
-                let v = versions
-                    .entry((key.clone(), r.valid_from, r.system_from_lsn))
-                    .or_insert(Version {
-                        key,
-                        value,
-                        valid_from: r.valid_from,
-                        valid_to: r.valid_to,
-                        system_from: SysTime {
-                            lsn: r.system_from_lsn,
-                            micros: r.system_from,
-                        },
-                        system_to: None,
-                    });
-                v.system_to = v.system_to.or(system_to);
-            }
-            ColdEvent::Close => {
-                if let Some(to) = system_to {
-                    closes.push((key, r.valid_from, r.system_from_lsn, to));
-                }
-            }
-        }
-    }
-    for (key, valid_from, lsn, to) in closes {
-        if let Some(v) = versions.get_mut(&(key, valid_from, lsn)) {
-            v.system_to = Some(to);
-        }
+        let v = versions
+            .entry((key.clone(), r.valid_from, r.system_from_lsn))
+            .or_insert(Version {
+                key,
+                value,
+                valid_from: r.valid_from,
+                valid_to: r.valid_to,
+                system_from: SysTime {
+                    lsn: r.system_from_lsn,
+                    micros: r.system_from,
+                },
+                system_to: None,
+                tombstone: r.tombstone,
+            });
+        v.system_to = v.system_to.or(system_to);
     }
     versions.into_values().collect()
 }
 
-/// The values of the versions visible at (`system`, `valid`), sorted by key.
+/// The rows of the versions visible at (`system`, `valid`), sorted by key; tombstones
+/// hide nothing else (at most one version of a key is visible) and show no row.
 pub fn visible_rows(versions: &[Version<Row, Row>], system: SystemPoint, valid: i64) -> Vec<Row> {
-    let known = |v: &Version<Row, Row>| match system {
-        SystemPoint::Lsn(l) => v.system_from.lsn <= l && v.system_to.is_none_or(|t| l < t.lsn),
-        SystemPoint::Micros(m) => {
-            v.system_from.micros <= m && v.system_to.is_none_or(|t| m < t.micros)
-        }
-    };
     let mut rows: Vec<(&Row, &Row)> = versions
         .iter()
-        .filter(|v| known(v) && v.valid_from <= valid && v.valid_to.is_none_or(|t| valid < t))
+        .filter(|v| !v.tombstone && v.visible_at(system, valid))
         .map(|v| (&v.key, &v.value))
         .collect();
     rows.sort();

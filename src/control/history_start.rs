@@ -32,6 +32,13 @@ pub fn history_plan(spec: &JobSpec) -> HistoryPlan {
             .history_tables()
             .map(|t| (t.name.clone(), t.valid_time_column.clone()))
             .collect(),
+        tenant_columns: spec
+            .history_tables()
+            .filter_map(|t| {
+                let column = spec.tenant_column_for(t.schema(), t.table())?;
+                Some((t.name.clone(), column.to_owned()))
+            })
+            .collect(),
     }
 }
 
@@ -127,6 +134,7 @@ fn snapshot_row(v: Version<Row, Row>) -> ColdRow {
         system_from_lsn: v.system_from.lsn,
         system_to: None,
         system_to_lsn: None,
+        tombstone: v.tombstone,
     }
 }
 

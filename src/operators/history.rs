@@ -22,7 +22,7 @@ use timely::dataflow::StreamVec;
 use crate::change::{
     Cell, HistoryEvent, HistoryOp, Lsn, Row, Scope, SinkItem, TableInfo, TenantAction, TenantChange,
 };
-use crate::operators::version::{SysTime, SystemPoint, Version, VersionBook};
+use crate::operators::version::{Edit, SysTime, SystemPoint, Version, VersionBook};
 use crate::time_text::parse_pg_timestamp;
 
 /// Which tables keep history, and where their valid time comes from.
@@ -30,6 +30,8 @@ use crate::time_text::parse_pg_timestamp;
 pub struct HistoryPlan {
     /// `schema.table` → valid-time column (`None`: the commit time).
     pub tables: HashMap<String, Option<String>>,
+    /// `schema.table` → tenant column, whose cell tombstones record beside the key.
+    pub tenant_columns: HashMap<String, String>,
 }
 
 impl HistoryPlan {
@@ -218,12 +220,12 @@ pub fn record_change(
             emit(tenant, project(old), valid_of(old), None, HistoryOp::Delete);
         }
         (Scope::Tenant(tenant), TenantAction::Truncate) => {
-            let current = books
+            let points = books
                 .get(&(tenant.clone(), table_name.clone()))
-                .map(|b| b.current_keys())
+                .map(|b| b.truncate_points(system.micros))
                 .unwrap_or_default();
-            for key in current {
-                emit(tenant, key, system.micros, None, HistoryOp::Delete);
+            for (key, valid) in points {
+                emit(tenant, key, valid, None, HistoryOp::Delete);
             }
         }
         (Scope::Worker { .. }, TenantAction::Delete { old }) => {
@@ -241,36 +243,54 @@ pub fn record_change(
             }
         }
         (Scope::Worker { .. }, TenantAction::Truncate) => {
-            let current: Vec<(String, Vec<Row>)> = books
+            let points: Vec<(String, Vec<(Row, i64)>)> = books
                 .iter()
                 .filter(|((_, t), _)| *t == table_name)
-                .map(|((tenant, _), b)| (tenant.clone(), b.current_keys()))
+                .map(|((tenant, _), b)| (tenant.clone(), b.truncate_points(system.micros)))
                 .collect();
-            for (tenant, keys) in current {
-                for key in keys {
-                    emit(&tenant, key, system.micros, None, HistoryOp::Delete);
+            for (tenant, points) in points {
+                for (key, valid) in points {
+                    emit(&tenant, key, valid, None, HistoryOp::Delete);
                 }
             }
         }
         _ => {}
     }
+    let tenant_index = plan
+        .tenant_columns
+        .get(&table_name)
+        .and_then(|c| change.table.column_index(c));
     for (tenant, key, valid, value, op) in edits {
         let book = books
             .entry((tenant.clone(), table_name.clone()))
             .or_insert_with(|| Book::new(start));
-        let value = value.map(|mut row| {
-            if row.contains(&Cell::Unchanged) {
-                if let Some(prev) = book.current(&key, valid) {
-                    for (cell, old) in row.iter_mut().zip(prev) {
-                        if *cell == Cell::Unchanged {
-                            *cell = old.clone();
+        let edit = match value {
+            Some(mut row) => {
+                if row.contains(&Cell::Unchanged) {
+                    if let Some(prev) = book.current(&key, valid) {
+                        for (cell, old) in row.iter_mut().zip(prev) {
+                            if *cell == Cell::Unchanged {
+                                *cell = old.clone();
+                            }
                         }
                     }
                 }
+                Edit::Upsert(row)
             }
-            row
-        });
-        for delta in book.apply(key, valid, system, value) {
+            None => {
+                // A tombstone records the key and the tenant, so the history table finds
+                // it by either.
+                let mut row = vec![Cell::Null; change.table.columns.len()];
+                for (&i, cell) in keys.iter().zip(&key) {
+                    row[i] = cell.clone();
+                }
+                if let Some(i) = tenant_index {
+                    row[i] = Cell::Text(tenant.clone());
+                }
+                Edit::Delete(row)
+            }
+        };
+        for delta in book.apply(key, valid, system, edit) {
             out.push(HistoryEvent {
                 tenant: tenant.clone(),
                 seq: change.seq,

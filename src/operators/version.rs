@@ -6,25 +6,22 @@
 //! - **valid time**: when the row is true in the world, taken from a column of the row or,
 //!   when the table has none, from the commit time.
 //!
-//! A [`VersionBook`] keeps, per key, the *current* step function over valid time, a map from
-//! `valid_from` to either the start of a row version or an end marker (nothing is valid from
-//! there to the next row start), plus the closed versions it still holds. A change at valid
-//! time `V` never rewrites history in place: it closes the current version containing `V` and
-//! opens its replacements, so that
+//! A [`VersionBook`] keeps, per key, the *current* step function over valid time: one step
+//! per change, from the change's valid time to the next change's, holding either a row or a
+//! *tombstone* (a delete: nothing is valid there), plus the closed versions it still holds.
+//! A change at valid time `V` never rewrites history in place: it closes the current version
+//! containing `V` and opens its replacements, so that
 //! - a retroactive correction splits an interval: `[vf, vt)` becomes `[vf, V)` with the old
 //!   value and `[V, vt)` with the new one;
-//! - a change before the first version or inside a gap opens `[V, next row start)`;
-//! - a delete closes the version containing `V` and reopens only `[vf, V)`: nothing is valid
-//!   from `V` up to the next row start.
+//! - a change before the first version opens `[V, first change)`;
+//! - a delete does the same with a tombstone for `[V, vt)`.
 //!
 //! Seen from a system point, the row of a key at valid time `v` is thus given by the change
 //! known at that point with the greatest valid time `<= v` (the later one on ties): its value
-//! for an upsert, nothing for a delete. With one exception, which keeps the book a function
-//! of its current versions, all that [`VersionBook::restore`] gets back after a restart: a
-//! delete ends something only where a row runs. A delete at a valid time where nothing is
-//! valid changes nothing (like a `DELETE` that matches no row), and a delete that cuts a row
-//! short drops the end marker that row had further on; no version could carry either marker.
-//! Both need valid time to go back: with valid time from the commit time the rule is exact.
+//! for an upsert, nothing for a delete. Tombstones are versions like rows, stored beside them
+//! (the history table's and cold tier's `tombstone` column), so [`VersionBook::restore`]
+//! gets back every step after a restart and the rule stays exact even when a change is
+//! back-dated before a delete. The price: a deleted key keeps its tombstone in memory.
 //!
 //! Seen from system point `s` and valid time `v`, the rows are those of the versions visible
 //! at both points ([`VersionBook::as_of`]). [`VersionDelta::diffs`] writes each delta as
@@ -91,10 +88,14 @@ pub struct Version<K, V> {
     pub system_from: SysTime,
     /// The change that replaced it; `None` while it is current.
     pub system_to: Option<SysTime>,
+    /// A deletion: no row is valid over the interval; `value` is what the delete recorded
+    /// (for rows, the key and tenant cells).
+    pub tombstone: bool,
 }
 
 impl<K, V> Version<K, V> {
-    /// Whether this version is visible at system point `system` and valid time `valid`.
+    /// Whether this version's intervals contain system point `system` and valid time
+    /// `valid` (a tombstone then hides the row).
     pub fn visible_at(&self, system: SystemPoint, valid: i64) -> bool {
         system.sees(self.system_from, self.system_to)
             && self.valid_from <= valid
@@ -121,8 +122,10 @@ pub enum VersionDelta<K, V> {
         system_from: SysTime,
         /// When it stopped being current: the system time of the change.
         system_to: SysTime,
+        /// Whether the closed version is a tombstone.
+        tombstone: bool,
     },
-    /// A new current version (its `system_to` is None).
+    /// A new current version (its `system_to` is None), a row or a tombstone.
     Open(Version<K, V>),
 }
 
@@ -197,9 +200,15 @@ impl<K: Clone, V: Clone> VersionDelta<K, V> {
     /// The delta as multitemporal updates: `Open` of `[vf, vt)` at system `S` is `+1` at
     /// `Bt{S.lsn, vf}` and `-1` at `Bt{S.lsn, vt}` (if `vt`); `Close` is the negation at its
     /// `system_to`. Summing the diffs of all updates at times `<= (s, v)` gives the rows as
-    /// of `(s, v)`.
+    /// of `(s, v)`. Tombstones hold no row and give no diffs.
     pub fn diffs(&self) -> Vec<((K, V), Bt, i64)> {
         let (key, value, valid_from, valid_to, system, sign) = match self {
+            VersionDelta::Close {
+                tombstone: true, ..
+            }
+            | VersionDelta::Open(Version {
+                tombstone: true, ..
+            }) => return Vec::new(),
             VersionDelta::Close {
                 key,
                 value,
@@ -222,30 +231,22 @@ impl<K: Clone, V: Clone> VersionDelta<K, V> {
     }
 }
 
-/// One step of a key's current valid-time line; it runs to the next slot's start.
+/// One step of a key's current valid-time line, from one change: it runs to the next
+/// slot's start.
 #[derive(Debug, Clone)]
-enum Slot<V> {
-    /// A current version starts here.
-    Row { value: V, system_from: SysTime },
-    /// Nothing is valid from here: the end of the row before it. Follows a row in any book
-    /// built by `apply` and by restoring such a book's versions.
-    End,
-}
-
-impl<V> Slot<V> {
-    /// Takes the row out, leaving an end marker; `None` (and no change) for an end marker.
-    fn take_row(&mut self) -> Option<(V, SysTime)> {
-        match std::mem::replace(self, Slot::End) {
-            Slot::Row { value, system_from } => Some((value, system_from)),
-            Slot::End => None,
-        }
-    }
+struct Slot<V> {
+    /// The row, or for a tombstone what the delete recorded.
+    value: V,
+    /// The change that made this step current.
+    system_from: SysTime,
+    /// Nothing is valid over this step: a delete starts it.
+    tombstone: bool,
 }
 
 /// What the book holds for one key.
 #[derive(Debug, Clone)]
 struct KeyBook<K, V> {
-    /// The current line over valid time, by slot start.
+    /// The current line over valid time, by slot start: one slot per change point.
     current: BTreeMap<i64, Slot<V>>,
     /// Closed versions still held, in the order they were closed.
     closed: Vec<Version<K, V>>,
@@ -276,6 +277,16 @@ impl<K, V> KeyBook<K, V> {
     }
 }
 
+/// One change of one key, as [`VersionBook::apply`] takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edit<V> {
+    /// The row is this value from the change's valid time on.
+    Upsert(V),
+    /// No row from the change's valid time on; the value is what the tombstone records
+    /// (for rows, the key and tenant cells).
+    Delete(V),
+}
+
 /// The versions of a set of rows over system and valid time; see the module documentation.
 #[derive(Debug, Clone)]
 pub struct VersionBook<K, V> {
@@ -295,27 +306,28 @@ impl<K: Ord + Clone, V: Clone> VersionBook<K, V> {
         }
     }
 
-    /// Upsert (`Some`) or delete (`None`) of `key` effective from valid time `valid`, known
-    /// from `system` on.
+    /// An upsert or delete of `key` effective from valid time `valid`, known from `system`
+    /// on.
     ///
     /// System times passed to apply are non-decreasing (the same lsn is allowed for several
     /// changes of one transaction, applied in order); versions opened and closed by one
     /// system time have an empty system interval and are never visible.
     ///
-    /// Returns the deltas: all Closes first, then the Opens by valid time. A change closes at
-    /// most one version and opens at most two; a delete where nothing is valid returns none.
+    /// Returns the deltas: the Close first (if a step contained `valid`), then the Opens by
+    /// valid time. A change closes at most one version and opens at most two.
     pub fn apply(
         &mut self,
         key: K,
         valid: i64,
         system: SysTime,
-        value: Option<V>,
+        edit: Edit<V>,
     ) -> Vec<VersionDelta<K, V>> {
-        if value.is_none() && !self.keys.contains_key(&key) {
-            return Vec::new();
-        }
+        let (value, tombstone) = match edit {
+            Edit::Upsert(v) => (v, false),
+            Edit::Delete(v) => (v, true),
+        };
         let book = self.keys.entry(key.clone()).or_insert_with(KeyBook::new);
-        let open = |value: V, valid_from: i64, valid_to: Option<i64>| {
+        let open = |value: V, valid_from: i64, valid_to: Option<i64>, tombstone: bool| {
             VersionDelta::Open(Version {
                 key: key.clone(),
                 value,
@@ -323,129 +335,112 @@ impl<K: Ord + Clone, V: Clone> VersionBook<K, V> {
                 valid_to,
                 system_from: system,
                 system_to: None,
+                tombstone,
             })
         };
-        let mut deltas = Vec::new();
-        // The row containing `valid`, taken out: its slot is left as an end marker.
-        let taken = book
-            .current
-            .range_mut(..=valid)
-            .next_back()
-            .and_then(|(start, slot)| slot.take_row().map(|(v, from)| (*start, v, from)));
+        let mut deltas = Vec::with_capacity(3);
         let next = book.next_after(valid);
-        let Some((start, old, old_from)) = taken else {
-            // Nothing is valid at `valid`: an upsert fills up to the next row start (in
-            // canonical form, the slot after a gap or before the first row is a row);
-            // a delete changes nothing.
-            if let Some(value) = value {
+        let containing = book.current.range(..=valid).next_back().map(|(s, _)| *s);
+        if let Some(old) = containing.and_then(|start| Some((start, book.current.remove(&start)?)))
+        {
+            let (start, slot) = old;
+            deltas.push(VersionDelta::Close {
+                key: key.clone(),
+                value: slot.value.clone(),
+                valid_from: start,
+                valid_to: next,
+                system_from: slot.system_from,
+                system_to: system,
+                tombstone: slot.tombstone,
+            });
+            if start < valid {
+                // The part before `valid` stays as it was, known anew from `system`.
                 book.current.insert(
-                    valid,
-                    Slot::Row {
-                        value: value.clone(),
+                    start,
+                    Slot {
+                        value: slot.value.clone(),
                         system_from: system,
+                        tombstone: slot.tombstone,
                     },
                 );
                 self.len += 1;
-                deltas.push(open(value, valid, next));
+                deltas.push(open(slot.value.clone(), start, Some(valid), slot.tombstone));
             }
-            return deltas;
-        };
-        let closed = Version {
-            key: key.clone(),
-            value: old,
-            valid_from: start,
-            valid_to: next,
-            system_from: old_from,
-            system_to: Some(system),
-        };
-        deltas.push(VersionDelta::Close {
-            key: key.clone(),
-            value: closed.value.clone(),
-            valid_from: start,
-            valid_to: next,
-            system_from: old_from,
-            system_to: system,
-        });
-        if start < valid {
-            book.current.insert(
-                start,
-                Slot::Row {
-                    value: closed.value.clone(),
-                    system_from: system,
-                },
-            );
-            self.len += 1;
-            deltas.push(open(closed.value.clone(), start, Some(valid)));
+            // The closed version moves to `closed`: `len` is unchanged by the close.
+            book.closed.push(Version {
+                key: key.clone(),
+                value: slot.value,
+                valid_from: start,
+                valid_to: next,
+                system_from: slot.system_from,
+                system_to: Some(system),
+                tombstone: slot.tombstone,
+            });
         }
-        // The closed version moves to `closed`: `len` is unchanged by the close.
-        book.closed.push(closed);
-        match value {
-            Some(value) => {
-                book.current.insert(
-                    valid,
-                    Slot::Row {
-                        value: value.clone(),
-                        system_from: system,
-                    },
-                );
-                self.len += 1;
-                deltas.push(open(value, valid, next));
-            }
-            None => {
-                // Nothing is valid from `valid` to the next row start. The end marker at
-                // `valid` stays only if a row ends there.
-                let row_ends_here = matches!(
-                    book.current.range(..valid).next_back(),
-                    Some((_, Slot::Row { .. }))
-                );
-                if row_ends_here {
-                    book.current.insert(valid, Slot::End);
-                } else {
-                    book.current.remove(&valid);
-                }
-                // An end marker right after no longer follows a row.
-                if let Some(next) = next {
-                    if matches!(book.current.get(&next), Some(Slot::End)) {
-                        book.current.remove(&next);
-                    }
-                }
-            }
-        }
+        book.current.insert(
+            valid,
+            Slot {
+                value: value.clone(),
+                system_from: system,
+                tombstone,
+            },
+        );
+        self.len += 1;
+        deltas.push(open(value, valid, next, tombstone));
         deltas
     }
 
-    /// The current (latest known) value of `key` at valid time `valid` (used to fill
-    /// unchanged TOAST columns).
+    /// The current (latest known) row of `key` at valid time `valid` (used to fill
+    /// unchanged TOAST columns); `None` where nothing or a tombstone is.
     pub fn current(&self, key: &K, valid: i64) -> Option<&V> {
         match self.keys.get(key)?.slot_at(valid)? {
-            (_, Slot::Row { value, .. }) => Some(value),
-            (_, Slot::End) => None,
+            (_, slot) if !slot.tombstone => Some(&slot.value),
+            _ => None,
         }
     }
 
-    /// Keys that have at least one current version (to delete all of them on TRUNCATE), in
-    /// key order.
+    /// Keys that have at least one current row version (to delete all of them on
+    /// TRUNCATE), in key order.
     pub fn current_keys(&self) -> Vec<K> {
         self.keys
             .iter()
-            .filter(|(_, book)| {
-                book.current
-                    .values()
-                    .any(|slot| matches!(slot, Slot::Row { .. }))
-            })
+            .filter(|(_, book)| book.current.values().any(|slot| !slot.tombstone))
             .map(|(key, _)| key.clone())
             .collect()
+    }
+
+    /// Where a TRUNCATE at valid time `at` deletes, so that no row of any key is valid from
+    /// `at` on: `at` for each key with a row valid there, and the start of every row step
+    /// after it. By key, then valid time.
+    pub fn truncate_points(&self, at: i64) -> Vec<(K, i64)> {
+        let mut points = Vec::new();
+        for (key, book) in &self.keys {
+            if matches!(book.slot_at(at), Some((_, slot)) if !slot.tombstone) {
+                points.push((key.clone(), at));
+            }
+            points.extend(
+                book.current
+                    .range((Excluded(at), Unbounded))
+                    .filter(|(_, slot)| !slot.tombstone)
+                    .map(|(start, _)| (key.clone(), *start)),
+            );
+        }
+        points
     }
 
     /// Puts back a version read from a store at start-up.
     ///
     /// Only versions current at the resume point are restored (`system_to` None); others are
     /// ignored, as are versions with an empty valid interval (`valid_to <= valid_from`), which
-    /// no book produces. Gaps in valid time are implied by `valid_to` (a version `[1,5)`
-    /// followed by one starting at 8 means nothing was valid in `[5,8)`). Versions may come
-    /// in any order; after restoring all current versions of a book, this book behaves
-    /// exactly as that one for every later change. A later version with the same key and
-    /// `valid_from` replaces an earlier one.
+    /// no book produces. Versions may come in any order; after restoring all current
+    /// versions (rows and tombstones) of a book, this book behaves exactly as that one for
+    /// every later change. A later version with the same key and `valid_from` replaces an
+    /// earlier one.
+    ///
+    /// A store written without tombstones implies them by `valid_to`: a version `[1,5)`
+    /// followed by one starting at 8 means nothing was valid in `[5,8)`; such a gap gets a
+    /// tombstone at 5 (recording the row before it) unless a version starting there is
+    /// restored.
     pub fn restore(&mut self, version: Version<K, V>) {
         if version.system_to.is_some() || version.valid_to.is_some_and(|t| t <= version.valid_from)
         {
@@ -453,16 +448,21 @@ impl<K: Ord + Clone, V: Clone> VersionBook<K, V> {
         }
         let book = self.keys.entry(version.key).or_insert_with(KeyBook::new);
         if let Some(to) = version.valid_to {
-            book.current.entry(to).or_insert(Slot::End);
+            if let std::collections::btree_map::Entry::Vacant(gap) = book.current.entry(to) {
+                gap.insert(Slot {
+                    value: version.value.clone(),
+                    system_from: version.system_from,
+                    tombstone: true,
+                });
+                self.len += 1;
+            }
         }
-        let row = Slot::Row {
+        let slot = Slot {
             value: version.value,
             system_from: version.system_from,
+            tombstone: version.tombstone,
         };
-        if !matches!(
-            book.current.insert(version.valid_from, row),
-            Some(Slot::Row { .. })
-        ) {
+        if book.current.insert(version.valid_from, slot).is_none() {
             self.len += 1;
         }
     }
@@ -473,18 +473,18 @@ impl<K: Ord + Clone, V: Clone> VersionBook<K, V> {
     pub fn as_of(&self, system: SystemPoint, valid: i64) -> Vec<(K, V)> {
         let mut rows = Vec::new();
         for (key, book) in &self.keys {
-            let current = match book.slot_at(valid) {
-                Some((_, Slot::Row { value, system_from })) if system.sees(*system_from, None) => {
-                    Some(value)
+            // At most one version of a key is visible at a point: the current step at
+            // `valid` if it is known at `system`, else a closed one.
+            let visible = match book.slot_at(valid) {
+                Some((_, slot)) if system.sees(slot.system_from, None) => {
+                    (!slot.tombstone).then_some(&slot.value)
                 }
-                _ => None,
-            };
-            let visible = current.or_else(|| {
-                book.closed
+                _ => book
+                    .closed
                     .iter()
                     .find(|v| v.visible_at(system, valid))
-                    .map(|v| &v.value)
-            });
+                    .and_then(|v| (!v.tombstone).then_some(&v.value)),
+            };
             if let Some(value) = visible {
                 rows.push((key.clone(), value.clone()));
             }
@@ -492,7 +492,7 @@ impl<K: Ord + Clone, V: Clone> VersionBook<K, V> {
         rows
     }
 
-    /// Every version held (current and closed): by key, then the closed versions in the
+    /// Every version held (current and closed, rows and tombstones): by key, then the closed versions in the
     /// order they were closed, then the current ones by `valid_from`.
     pub fn versions(&self) -> Vec<Version<K, V>> {
         let mut out = Vec::with_capacity(self.len);
@@ -500,16 +500,15 @@ impl<K: Ord + Clone, V: Clone> VersionBook<K, V> {
             out.extend(book.closed.iter().cloned());
             let mut slots = book.current.iter().peekable();
             while let Some((start, slot)) = slots.next() {
-                if let Slot::Row { value, system_from } = slot {
-                    out.push(Version {
-                        key: key.clone(),
-                        value: value.clone(),
-                        valid_from: *start,
-                        valid_to: slots.peek().map(|(next, _)| **next),
-                        system_from: *system_from,
-                        system_to: None,
-                    });
-                }
+                out.push(Version {
+                    key: key.clone(),
+                    value: slot.value.clone(),
+                    valid_from: *start,
+                    valid_to: slots.peek().map(|(next, _)| **next),
+                    system_from: slot.system_from,
+                    system_to: None,
+                    tombstone: slot.tombstone,
+                });
             }
         }
         out

@@ -22,6 +22,8 @@ pub struct OpenRow<'a> {
     pub system_from: SysTime,
     /// The change that opened it.
     pub op: &'static str,
+    /// A deletion: no row is valid over the interval (`row` holds the key and tenant).
+    pub tombstone: bool,
 }
 
 /// A version to close.
@@ -41,6 +43,8 @@ pub struct CloseRow<'a> {
     pub system_to: SysTime,
     /// The change that closed it.
     pub op: &'static str,
+    /// Whether the closed version is a tombstone.
+    pub tombstone: bool,
 }
 
 /// Splits one table's history events (in order) into inserts and closes, dropping
@@ -64,6 +68,7 @@ pub fn plan_history<'a>(events: &[&'a HistoryEvent]) -> (Vec<OpenRow<'a>>, Vec<C
                     valid_to: v.valid_to,
                     system_from: v.system_from,
                     op: event.op.as_str(),
+                    tombstone: v.tombstone,
                 }));
             }
             VersionDelta::Close {
@@ -73,6 +78,7 @@ pub fn plan_history<'a>(events: &[&'a HistoryEvent]) -> (Vec<OpenRow<'a>>, Vec<C
                 valid_to,
                 system_from,
                 system_to,
+                tombstone,
             } => {
                 let same_txn = system_from.lsn == system_to.lsn;
                 let opened_here = pending
@@ -90,6 +96,7 @@ pub fn plan_history<'a>(events: &[&'a HistoryEvent]) -> (Vec<OpenRow<'a>>, Vec<C
                                 system_from: *system_from,
                                 system_to: *system_to,
                                 op: event.op.as_str(),
+                                tombstone: *tombstone,
                             });
                         }
                     }
@@ -101,6 +108,7 @@ pub fn plan_history<'a>(events: &[&'a HistoryEvent]) -> (Vec<OpenRow<'a>>, Vec<C
                         system_from: *system_from,
                         system_to: *system_to,
                         op: event.op.as_str(),
+                        tombstone: *tombstone,
                     }),
                 }
             }
@@ -135,6 +143,7 @@ mod tests {
             valid_to: None,
             system_from: SysTime { lsn, micros: 0 },
             system_to: None,
+            tombstone: false,
         }))
     }
 
@@ -149,6 +158,7 @@ mod tests {
                 micros: 0,
             },
             system_to: SysTime { lsn: to, micros: 0 },
+            tombstone: false,
         })
     }
 

@@ -4,6 +4,7 @@
 mod apply_semantics;
 mod bad_input;
 mod harness;
+mod history;
 mod isolation_crash_idle;
 mod job_spec_files;
 mod serve_api;

@@ -18,6 +18,7 @@ fn prices() -> Arc<TableInfo> {
 fn plan(valid: Option<&str>) -> HistoryPlan {
     HistoryPlan {
         tables: HashMap::from([("app.prices".to_string(), valid.map(str::to_owned))]),
+        tenant_columns: HashMap::from([("app.prices".to_string(), "tenant_id".to_string())]),
     }
 }
 

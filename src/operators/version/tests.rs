@@ -1,5 +1,5 @@
-//! Tests of the version book: named cases, then properties against an oracle that replays
-//! the change log from scratch, a real differential collection fed with the deltas' diffs,
+//! Tests of the version book: named cases, then properties against an oracle that
+//! recomputes from the whole change log, a real differential collection fed with the deltas' diffs,
 //! restore equivalence and invariants.
 
 use std::collections::BTreeMap;
@@ -37,14 +37,38 @@ fn st(lsn: Lsn) -> SysTime {
     }
 }
 
-fn open(key: u8, value: u32, from: i64, to: Option<i64>, lsn: Lsn) -> Delta {
-    VersionDelta::Open(Version {
+/// What the tombstones of these tests record.
+const GONE: u32 = 999;
+
+fn up(value: u32) -> Edit<u32> {
+    Edit::Upsert(value)
+}
+
+fn del() -> Edit<u32> {
+    Edit::Delete(GONE)
+}
+
+fn version(key: u8, value: u32, from: i64, to: Option<i64>, lsn: Lsn) -> Version<u8, u32> {
+    Version {
         key,
         value,
         valid_from: from,
         valid_to: to,
         system_from: st(lsn),
         system_to: None,
+        tombstone: false,
+    }
+}
+
+fn open(key: u8, value: u32, from: i64, to: Option<i64>, lsn: Lsn) -> Delta {
+    VersionDelta::Open(version(key, value, from, to, lsn))
+}
+
+/// Opens a tombstone from `from` to `to`.
+fn tomb(key: u8, from: i64, to: Option<i64>, lsn: Lsn) -> Delta {
+    VersionDelta::Open(Version {
+        tombstone: true,
+        ..version(key, GONE, from, to, lsn)
     })
 }
 
@@ -56,6 +80,31 @@ fn close(key: u8, value: u32, from: i64, to: Option<i64>, since: Lsn, lsn: Lsn) 
         valid_to: to,
         system_from: st(since),
         system_to: st(lsn),
+        tombstone: false,
+    }
+}
+
+/// Closes a tombstone that recorded `value`.
+fn close_tomb(key: u8, value: u32, from: i64, to: Option<i64>, since: Lsn, lsn: Lsn) -> Delta {
+    match close(key, value, from, to, since, lsn) {
+        VersionDelta::Close {
+            key,
+            value,
+            valid_from,
+            valid_to,
+            system_from,
+            system_to,
+            ..
+        } => VersionDelta::Close {
+            key,
+            value,
+            valid_from,
+            valid_to,
+            system_from,
+            system_to,
+            tombstone: true,
+        },
+        open => open,
     }
 }
 
@@ -72,11 +121,11 @@ fn points(lsn: Lsn) -> [SystemPoint; 2] {
 fn updated_book() -> Book {
     let mut book = Book::new(st(0));
     assert_eq!(
-        book.apply(1, 10, st(1), Some(100)),
+        book.apply(1, 10, st(1), up(100)),
         vec![open(1, 100, 10, None, 1)]
     );
     assert_eq!(
-        book.apply(1, 20, st(2), Some(200)),
+        book.apply(1, 20, st(2), up(200)),
         vec![
             close(1, 100, 10, None, 1, 2),
             open(1, 100, 10, Some(20), 2),
@@ -112,7 +161,7 @@ fn plain_update_closes_and_splits() {
 fn retroactive_correction_in_the_middle_splits_the_interval() {
     let mut book = updated_book();
     assert_eq!(
-        book.apply(1, 15, st(3), Some(150)),
+        book.apply(1, 15, st(3), up(150)),
         vec![
             close(1, 100, 10, Some(20), 2, 3),
             open(1, 100, 10, Some(15), 3),
@@ -133,11 +182,11 @@ fn retroactive_correction_in_the_middle_splits_the_interval() {
 fn correction_exactly_at_an_interval_start_replaces_it() {
     let mut book = updated_book();
     assert_eq!(
-        book.apply(1, 20, st(3), Some(250)),
+        book.apply(1, 20, st(3), up(250)),
         vec![close(1, 200, 20, None, 2, 3), open(1, 250, 20, None, 3)]
     );
     assert_eq!(
-        book.apply(1, 10, st(4), Some(50)),
+        book.apply(1, 10, st(4), up(50)),
         vec![
             close(1, 100, 10, Some(20), 2, 4),
             open(1, 50, 10, Some(20), 4)
@@ -153,7 +202,7 @@ fn correction_exactly_at_an_interval_start_replaces_it() {
 fn change_before_the_first_version_runs_up_to_it() {
     let mut book = updated_book();
     assert_eq!(
-        book.apply(1, 5, st(3), Some(50)),
+        book.apply(1, 5, st(3), up(50)),
         vec![open(1, 50, 5, Some(10), 3)]
     );
     assert_eq!(book.as_of(SystemPoint::Lsn(3), 7), vec![(1, 50)]);
@@ -161,16 +210,17 @@ fn change_before_the_first_version_runs_up_to_it() {
     assert_eq!(book.as_of(SystemPoint::Lsn(3), 12), vec![(1, 100)]);
 }
 
-/// Key 1 = 100 on [10,15), nothing on [15,30), 300 from 30 (after the delete at lsn 3).
+/// Key 1 = 100 on [10,15), a tombstone on [15,30), 300 from 30 (after the delete at lsn 3).
 fn deleted_in_the_middle() -> Book {
     let mut book = Book::new(st(0));
-    book.apply(1, 10, st(1), Some(100));
-    book.apply(1, 30, st(2), Some(300));
+    book.apply(1, 10, st(1), up(100));
+    book.apply(1, 30, st(2), up(300));
     assert_eq!(
-        book.apply(1, 15, st(3), None),
+        book.apply(1, 15, st(3), del()),
         vec![
             close(1, 100, 10, Some(30), 2, 3),
-            open(1, 100, 10, Some(15), 3)
+            open(1, 100, 10, Some(15), 3),
+            tomb(1, 15, Some(30), 3),
         ]
     );
     book
@@ -194,31 +244,44 @@ fn delete_in_the_middle_ends_the_interval() {
 }
 
 #[test]
-fn delete_at_an_interval_start_opens_nothing() {
+fn delete_at_an_interval_start_replaces_it_with_a_tombstone() {
     let mut book = deleted_in_the_middle();
     assert_eq!(
-        book.apply(1, 30, st(4), None),
-        vec![close(1, 300, 30, None, 2, 4)]
+        book.apply(1, 30, st(4), del()),
+        vec![close(1, 300, 30, None, 2, 4), tomb(1, 30, None, 4)]
     );
     assert_eq!(book.current(&1, 40), None);
     assert_eq!(book.as_of(SystemPoint::Lsn(3), 40), vec![(1, 300)]);
-    // The row before still ends at 15: an insert in the gap runs to the next row (none).
+    // An insert inside the first tombstone runs up to the second one.
     assert_eq!(
-        book.apply(1, 20, st(5), Some(200)),
-        vec![open(1, 200, 20, None, 5)]
+        book.apply(1, 20, st(5), up(200)),
+        vec![
+            close_tomb(1, GONE, 15, Some(30), 3, 5),
+            tomb(1, 15, Some(20), 5),
+            open(1, 200, 20, Some(30), 5),
+        ]
     );
+    assert_eq!(book.as_of(SystemPoint::Lsn(5), 29), vec![(1, 200)]);
+    assert_eq!(book.as_of(SystemPoint::Lsn(5), 30), vec![]);
 }
 
 #[test]
-fn insert_into_a_gap_left_by_a_delete_runs_to_the_next_row() {
+fn insert_after_a_delete_runs_to_the_next_change() {
     let mut book = deleted_in_the_middle();
     assert_eq!(
-        book.apply(1, 20, st(4), Some(200)),
-        vec![open(1, 200, 20, Some(30), 4)]
+        book.apply(1, 20, st(4), up(200)),
+        vec![
+            close_tomb(1, GONE, 15, Some(30), 3, 4),
+            tomb(1, 15, Some(20), 4),
+            open(1, 200, 20, Some(30), 4),
+        ]
     );
     assert_eq!(
-        book.apply(1, 15, st(5), Some(150)),
-        vec![open(1, 150, 15, Some(20), 5)]
+        book.apply(1, 15, st(5), up(150)),
+        vec![
+            close_tomb(1, GONE, 15, Some(20), 4, 5),
+            open(1, 150, 15, Some(20), 5)
+        ]
     );
     let line: Vec<_> = VALID_GRID.map(|v| book.current(&1, v).copied()).collect();
     let expected: Vec<_> = VALID_GRID
@@ -232,49 +295,78 @@ fn insert_into_a_gap_left_by_a_delete_runs_to_the_next_row() {
         .collect();
     assert_eq!(line, expected);
     // At the end of the line too: [10,∞) deleted at 20, then an insert at 25.
-    book.apply(2, 10, st(6), Some(1));
-    book.apply(2, 20, st(7), None);
+    book.apply(2, 10, st(6), up(1));
+    book.apply(2, 20, st(7), del());
     assert_eq!(
-        book.apply(2, 25, st(8), Some(2)),
-        vec![open(2, 2, 25, None, 8)]
+        book.apply(2, 25, st(8), up(2)),
+        vec![
+            close_tomb(2, GONE, 20, None, 7, 8),
+            tomb(2, 20, Some(25), 8),
+            open(2, 2, 25, None, 8),
+        ]
     );
     assert_eq!(book.current(&2, 22), None);
 }
 
 #[test]
-fn delete_where_nothing_is_valid_changes_nothing() {
+fn delete_where_nothing_is_valid_still_ends_what_comes_before_it() {
     let mut book = Book::new(st(0));
-    assert_eq!(book.apply(9, 5, st(1), None), vec![]);
-    assert!(book.is_empty());
-    assert_eq!(book.versions(), vec![]);
-    book.apply(1, 10, st(2), Some(100));
-    book.apply(1, 20, st(3), None);
-    assert_eq!(book.apply(1, 25, st(4), None), vec![]);
-    assert_eq!(book.apply(1, 5, st(5), None), vec![]);
-    // The delete at 25 left nothing behind (no version could carry it across a restart).
+    assert_eq!(book.apply(9, 5, st(1), del()), vec![tomb(9, 5, None, 1)]);
+    assert_eq!(book.len(), 1);
+    assert_eq!(book.as_of(SystemPoint::Lsn(1), 6), vec![]);
+    assert_eq!(book.current_keys(), Vec::<u8>::new());
+    // A row back-dated before the delete ends at it.
     assert_eq!(
-        book.apply(1, 22, st(6), Some(220)),
-        vec![open(1, 220, 22, None, 6)]
+        book.apply(9, 3, st(2), up(7)),
+        vec![open(9, 7, 3, Some(5), 2)]
     );
+    assert_eq!(book.as_of(SystemPoint::Lsn(2), 4), vec![(9, 7)]);
+    assert_eq!(book.as_of(SystemPoint::Lsn(2), 5), vec![]);
+    // Two deletes in a row: a row inserted between them ends at the second.
+    book.apply(1, 10, st(3), up(100));
+    book.apply(1, 20, st(4), del());
+    assert_eq!(
+        book.apply(1, 25, st(5), del()),
+        vec![
+            close_tomb(1, GONE, 20, None, 4, 5),
+            tomb(1, 20, Some(25), 5),
+            tomb(1, 25, None, 5),
+        ]
+    );
+    assert_eq!(
+        book.apply(1, 22, st(6), up(220)),
+        vec![
+            close_tomb(1, GONE, 20, Some(25), 5, 6),
+            tomb(1, 20, Some(22), 6),
+            open(1, 220, 22, Some(25), 6),
+        ]
+    );
+    assert_eq!(book.as_of(SystemPoint::Lsn(6), 24), vec![(1, 220)]);
 }
 
 #[test]
-fn delete_drops_the_end_marker_it_makes_redundant() {
+fn earlier_delete_keeps_the_later_one() {
     let mut book = Book::new(st(0));
-    book.apply(1, 10, st(1), Some(100));
-    book.apply(1, 20, st(2), None);
+    book.apply(1, 10, st(1), up(100));
+    book.apply(1, 20, st(2), del());
     assert_eq!(
-        book.apply(1, 15, st(3), None),
+        book.apply(1, 15, st(3), del()),
         vec![
             close(1, 100, 10, Some(20), 2, 3),
-            open(1, 100, 10, Some(15), 3)
+            open(1, 100, 10, Some(15), 3),
+            tomb(1, 15, Some(20), 3),
         ]
     );
-    // Nothing is valid from 15 to the next row start (none): the old end at 20 is gone.
+    // A row inserted between the deletes still ends at 20.
     assert_eq!(
-        book.apply(1, 17, st(4), Some(170)),
-        vec![open(1, 170, 17, None, 4)]
+        book.apply(1, 17, st(4), up(170)),
+        vec![
+            close_tomb(1, GONE, 15, Some(20), 3, 4),
+            tomb(1, 15, Some(17), 4),
+            open(1, 170, 17, Some(20), 4),
+        ]
     );
+    assert_eq!(book.as_of(SystemPoint::Lsn(4), 20), vec![]);
 }
 
 #[test]
@@ -282,25 +374,20 @@ fn truncate_deletes_every_current_key() {
     let mut book = Book::new(st(0));
     // Valid time from the commit time, as for a table without a valid-time column.
     for (key, lsn) in [(1, 1), (2, 2), (3, 3), (4, 4)] {
-        book.apply(key, micros_of(lsn), st(lsn), Some(u32::from(key)));
+        book.apply(key, micros_of(lsn), st(lsn), up(u32::from(key)));
     }
-    book.apply(4, micros_of(4), st(5), None);
+    book.apply(4, micros_of(4), st(5), del());
     assert_eq!(book.current_keys(), vec![1, 2, 3]);
     let at = micros_of(6);
     for key in book.current_keys() {
-        let deltas = book.apply(key, at, st(6), None);
+        let deltas = book.apply(key, at, st(6), del());
+        let from = micros_of(key.into());
         assert_eq!(
             deltas,
             vec![
-                close(
-                    key,
-                    u32::from(key),
-                    micros_of(key.into()),
-                    None,
-                    key.into(),
-                    6
-                ),
-                open(key, u32::from(key), micros_of(key.into()), Some(at), 6),
+                close(key, u32::from(key), from, None, key.into(), 6),
+                open(key, u32::from(key), from, Some(at), 6),
+                tomb(key, at, None, 6),
             ]
         );
     }
@@ -318,11 +405,31 @@ fn truncate_deletes_every_current_key() {
 }
 
 #[test]
+fn truncate_points_end_every_row_from_then_on() {
+    let mut book = Book::new(st(0));
+    book.apply(1, 10, st(1), up(100));
+    book.apply(1, 20, st(2), del());
+    book.apply(1, 30, st(3), up(300));
+    book.apply(2, 40, st(4), up(400));
+    assert_eq!(book.truncate_points(15), vec![(1, 15), (1, 30), (2, 40)]);
+    assert_eq!(book.truncate_points(25), vec![(1, 30), (2, 40)]);
+    assert_eq!(book.truncate_points(45), vec![(1, 45), (2, 45)]);
+    for (key, valid) in book.truncate_points(15) {
+        book.apply(key, valid, st(5), del());
+    }
+    assert_eq!(book.as_of(SystemPoint::Lsn(5), 12), vec![(1, 100)]);
+    for valid in [15, 30, 40, 1000] {
+        assert_eq!(book.as_of(SystemPoint::Lsn(5), valid), vec![]);
+    }
+    assert_eq!(book.truncate_points(15), vec![]);
+}
+
+#[test]
 fn same_value_upsert_is_a_new_system_version() {
     let mut book = Book::new(st(0));
-    book.apply(1, 10, st(1), Some(100));
+    book.apply(1, 10, st(1), up(100));
     assert_eq!(
-        book.apply(1, 10, st(2), Some(100)),
+        book.apply(1, 10, st(2), up(100)),
         vec![close(1, 100, 10, None, 1, 2), open(1, 100, 10, None, 2)]
     );
     assert_eq!(book.len(), 2);
@@ -331,9 +438,9 @@ fn same_value_upsert_is_a_new_system_version() {
 #[test]
 fn changes_of_one_transaction_apply_in_order() {
     let mut book = Book::new(st(0));
-    book.apply(1, 10, st(5), Some(1));
+    book.apply(1, 10, st(5), up(1));
     assert_eq!(
-        book.apply(1, 10, st(5), Some(2)),
+        book.apply(1, 10, st(5), up(2)),
         vec![close(1, 1, 10, None, 5, 5), open(1, 2, 10, None, 5)]
     );
     for p in points(5) {
@@ -351,11 +458,11 @@ fn prune_forgets_old_closed_versions_and_raises_complete_since() {
     let mut book = Book::new(st(1));
     assert_eq!(book.complete_since(), st(1));
     for lsn in 2..=5 {
-        book.apply(1, 10, st(lsn), Some(lsn as u32));
+        book.apply(1, 10, st(lsn), up(lsn as u32));
     }
-    book.apply(2, 10, st(2), Some(7));
-    book.apply(2, 10, st(3), None);
-    assert_eq!(book.len(), 5);
+    book.apply(2, 10, st(2), up(7));
+    book.apply(2, 10, st(3), del());
+    assert_eq!(book.len(), 6);
     let before: Vec<_> = (3..=6)
         .flat_map(points)
         .map(|p| book.as_of(p, 10))
@@ -365,8 +472,8 @@ fn prune_forgets_old_closed_versions_and_raises_complete_since() {
     // Closed at lsn 3 (two of them); the one closed at 4 stays (4 is not before 4).
     assert_eq!(book.prune_closed_before(micros_of(4)), 2);
     assert_eq!(book.complete_since(), st(3));
-    assert_eq!(book.len(), 3);
-    assert_eq!(book.versions().len(), 3);
+    assert_eq!(book.len(), 4);
+    assert_eq!(book.versions().len(), 4);
     let after: Vec<_> = (3..=6)
         .flat_map(points)
         .map(|p| book.as_of(p, 10))
@@ -379,49 +486,72 @@ fn prune_forgets_old_closed_versions_and_raises_complete_since() {
 
     assert_eq!(book.prune_closed_before(i64::MAX), 2);
     assert_eq!(book.complete_since(), st(5));
-    assert_eq!(book.versions(), vec![current_version(1, 5, 10, None, 5)]);
+    let tombstone = Version {
+        tombstone: true,
+        ..version(2, GONE, 10, None, 3)
+    };
+    assert_eq!(book.versions(), vec![version(1, 5, 10, None, 5), tombstone]);
     assert_eq!(book.current_keys(), vec![1]);
     assert!(!book.is_empty());
 }
 
-fn current_version(key: u8, value: u32, from: i64, to: Option<i64>, lsn: Lsn) -> Version<u8, u32> {
-    Version {
-        key,
-        value,
-        valid_from: from,
-        valid_to: to,
-        system_from: st(lsn),
-        system_to: None,
-    }
-}
-
 #[test]
-fn restore_implies_gaps_from_valid_to() {
+fn restore_implies_tombstones_from_valid_to() {
     let mut book = Book::new(st(9));
-    book.restore(current_version(1, 8, 8, None, 2));
-    book.restore(current_version(1, 1, 1, Some(5), 1));
+    book.restore(version(1, 8, 8, None, 2));
+    book.restore(version(1, 1, 1, Some(5), 1));
     // Ignored: closed, and an empty valid interval.
     book.restore(Version {
         system_to: Some(st(3)),
-        ..current_version(2, 1, 1, None, 1)
+        ..version(2, 1, 1, None, 1)
     });
-    book.restore(current_version(3, 1, 4, Some(4), 1));
-    assert_eq!(book.len(), 2);
+    book.restore(version(3, 1, 4, Some(4), 1));
+    assert_eq!(book.len(), 3);
     assert_eq!(book.current_keys(), vec![1]);
     assert_eq!(book.current(&1, 6), None);
     assert_eq!(book.as_of(SystemPoint::Lsn(9), 3), vec![(1, 1)]);
     assert_eq!(
-        book.apply(1, 6, st(10), Some(6)),
-        vec![open(1, 6, 6, Some(8), 10)]
+        book.apply(1, 6, st(10), up(6)),
+        vec![
+            // The implied tombstone records the row before it.
+            close_tomb(1, 1, 5, Some(8), 1, 10),
+            VersionDelta::Open(Version {
+                tombstone: true,
+                ..version(1, 1, 5, Some(6), 10)
+            }),
+            open(1, 6, 6, Some(8), 10),
+        ]
     );
     assert_eq!(
-        book.apply(1, 3, st(11), None),
-        vec![close(1, 1, 1, Some(5), 1, 11), open(1, 1, 1, Some(3), 11)]
+        book.apply(1, 3, st(11), del()),
+        vec![
+            close(1, 1, 1, Some(5), 1, 11),
+            open(1, 1, 1, Some(3), 11),
+            tomb(1, 3, Some(5), 11),
+        ]
     );
-    assert_eq!(
-        book.apply(1, 4, st(12), Some(4)),
-        vec![open(1, 4, 4, Some(6), 12)]
-    );
+}
+
+#[test]
+fn restored_tombstones_replace_implied_ones() {
+    let mut book = Book::new(st(9));
+    let stored = Version {
+        tombstone: true,
+        ..version(1, GONE, 5, Some(7), 4)
+    };
+    // In either order, the stored tombstone wins over the one implied by `valid_to`.
+    book.restore(version(1, 1, 1, Some(5), 1));
+    book.restore(stored.clone());
+    book.restore(version(1, 8, 7, None, 4));
+    assert_eq!(book.len(), 3);
+    let mut other = Book::new(st(9));
+    other.restore(stored.clone());
+    other.restore(version(1, 8, 7, None, 4));
+    other.restore(version(1, 1, 1, Some(5), 1));
+    assert_eq!(other.versions(), book.versions());
+    assert!(book.versions().contains(&stored));
+    assert_eq!(book.as_of(SystemPoint::Lsn(9), 6), vec![]);
+    assert_eq!(book.as_of(SystemPoint::Lsn(9), 7), vec![(1, 8)]);
 }
 
 #[test]
@@ -492,7 +622,8 @@ struct Op {
 
 impl Op {
     fn apply_to(&self, book: &mut Book) -> Vec<Delta> {
-        book.apply(self.key, self.valid, st(self.lsn), self.value)
+        let edit = self.value.map_or(del(), up);
+        book.apply(self.key, self.valid, st(self.lsn), edit)
     }
 }
 
@@ -542,51 +673,10 @@ fn system_grid(ops: &[Op]) -> Vec<SystemPoint> {
     grid
 }
 
-/// The value of a boundary list at `valid`: that of the last boundary at or before it.
-fn value_at(line: &[(i64, Option<u32>)], valid: i64) -> Option<u32> {
-    line.iter()
-        .rev()
-        .find(|(start, _)| *start <= valid)
-        .and_then(|(_, value)| *value)
-}
-
-/// The oracle, from scratch: replay the changes known at `point`, in order, on each key's
-/// list of boundaries `(start, value or nothing)`. An upsert sets the boundary at its valid
-/// time to its value; a delete sets it to nothing if a row is valid there and is ignored
-/// otherwise; boundaries of nothing that do not follow a row are dropped. The row at `valid`
-/// is the value of the last boundary at or before it.
+/// The oracle, from scratch over the whole log: the change of the key known at `point`
+/// with the greatest valid time `<= valid` (the later one on ties) gives the row, its value
+/// for an upsert, nothing for a delete.
 fn oracle_rows(ops: &[Op], point: SystemPoint, valid: i64) -> Vec<(u8, u32)> {
-    let mut lines: BTreeMap<u8, Vec<(i64, Option<u32>)>> = BTreeMap::new();
-    for op in ops.iter().filter(|op| known_at(op.lsn, point)) {
-        let line = lines.entry(op.key).or_default();
-        if op.value.is_none() && value_at(line, op.valid).is_none() {
-            continue;
-        }
-        match line.iter_mut().find(|(start, _)| *start == op.valid) {
-            Some(boundary) => boundary.1 = op.value,
-            None => {
-                line.push((op.valid, op.value));
-                line.sort_by_key(|(start, _)| *start);
-            }
-        }
-        let mut after_row = false;
-        line.retain(|(_, value)| {
-            let keep = value.is_some() || after_row;
-            after_row = value.is_some();
-            keep
-        });
-    }
-    lines
-        .iter()
-        .filter_map(|(key, line)| value_at(line, valid).map(|value| (*key, value)))
-        .collect()
-}
-
-/// The plain formula: the change of the key with the greatest valid time `<= valid`, the
-/// later one on ties. The oracle agrees with it unless a delete lands where nothing is valid
-/// or a delete makes an end marker redundant, neither of which can happen when valid times
-/// never go back.
-fn formula_rows(ops: &[Op], point: SystemPoint, valid: i64) -> Vec<(u8, u32)> {
     KEYS.filter_map(|key| {
         ops.iter()
             .enumerate()
@@ -690,23 +780,10 @@ proptest! {
         }
     }
 
-    /// Without deletes the oracle is the plain formula, so is the book.
+    /// With valid time taken from the commit time (never going back), as for tables
+    /// without a valid-time column, the book follows the oracle too.
     #[test]
-    fn upserts_match_the_plain_formula(ops in ops(60)) {
-        let ops: Vec<Op> = ops.into_iter().filter(|op| op.value.is_some()).collect();
-        let mut book = Book::new(st(0));
-        apply_all(&mut book, &ops);
-        for point in system_grid(&ops) {
-            for valid in VALID_GRID {
-                prop_assert_eq!(book.as_of(point, valid), formula_rows(&ops, point, valid));
-            }
-        }
-    }
-
-    /// With valid time taken from the commit time (never going back), deletes included, the
-    /// book follows the plain formula.
-    #[test]
-    fn commit_time_validity_matches_the_plain_formula(ops in ops(60)) {
+    fn commit_time_validity_matches_the_oracle(ops in ops(60)) {
         let ops: Vec<Op> = ops
             .into_iter()
             .map(|op| Op { valid: micros_of(op.lsn), ..op })
@@ -716,7 +793,7 @@ proptest! {
         for point in system_grid(&ops) {
             for op in &ops {
                 for valid in [op.valid - 1, op.valid, op.valid + 1] {
-                    prop_assert_eq!(book.as_of(point, valid), formula_rows(&ops, point, valid));
+                    prop_assert_eq!(book.as_of(point, valid), oracle_rows(&ops, point, valid));
                 }
             }
         }
@@ -809,6 +886,7 @@ proptest! {
                         valid_to,
                         system_from,
                         system_to,
+                        tombstone,
                     } => {
                         prop_assert_eq!(key, op.key);
                         prop_assert_eq!(system_to, st(op.lsn));
@@ -820,6 +898,7 @@ proptest! {
                             valid_to,
                             system_from,
                             system_to: None,
+                            tombstone,
                         };
                         prop_assert_eq!(was.as_ref(), Some(&expected), "not current");
                         prop_assert!(system_from <= system_to);
@@ -918,12 +997,13 @@ proptest! {
                 valid_to: to,
                 system_from: st(lsn % 1000),
                 system_to: None,
+                tombstone: lsn % 3 == 0,
             });
         }
         let mut lsn = 1000;
         for (key, valid, step, value) in changes {
             lsn += step;
-            for delta in book.apply(key, valid, st(lsn), value) {
+            for delta in book.apply(key, valid, st(lsn), value.map_or(Edit::Delete(0), Edit::Upsert)) {
                 delta.diffs();
             }
             book.current(&key, valid);

@@ -171,6 +171,9 @@ pub struct ColdRow {
     pub system_to: Option<i64>,
     /// The commit LSN of the change that closed the version.
     pub system_to_lsn: Option<Lsn>,
+    /// A deletion: no row is valid over the version's intervals (`values` holds the key
+    /// and tenant).
+    pub tombstone: bool,
 }
 
 impl ColdRow {

@@ -140,7 +140,7 @@ fn convert_batch(
                 .transpose()
         })
         .collect::<Result<_, _>>()?;
-    let [event, op, valid_from, valid_to, system_from, system_to, from_lsn, to_lsn] =
+    let [event, op, valid_from, valid_to, system_from, system_to, from_lsn, to_lsn, tombstone] =
         fixed.map(|i| batch.column(i).clone());
     let event = strings(&event, "event").map_err(&bad)?;
     let op = strings(&op, "op").map_err(&bad)?;
@@ -150,6 +150,9 @@ fn convert_batch(
     let system_to = timestamps(&system_to, "system_to").map_err(&bad)?;
     let from_lsn = lsns(&from_lsn, "system_from_lsn").map_err(&bad)?;
     let to_lsn = lsns(&to_lsn, "system_to_lsn").map_err(&bad)?;
+    let tombstone = tombstone
+        .as_boolean_opt()
+        .ok_or_else(|| bad(wrong_type("tombstone", &tombstone)))?;
 
     for i in 0..batch.num_rows() {
         let row_no = first_row + i;
@@ -180,6 +183,7 @@ fn convert_batch(
                 .ok_or_else(|| bad(format!("row {row_no}: system_from_lsn is NULL")))?,
             system_to: system_to[i],
             system_to_lsn: to_lsn[i],
+            tombstone: tombstone.is_valid(i) && tombstone.value(i),
         });
     }
     Ok(())

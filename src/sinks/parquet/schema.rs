@@ -20,7 +20,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use super::{ColdColumn, ColdRow, ParquetError};
 
 /// Names of the fixed columns that follow the user columns, in file order.
-pub const FIXED_COLUMNS: [&str; 8] = [
+pub const FIXED_COLUMNS: [&str; 9] = [
     "event",
     "op",
     "valid_from",
@@ -29,6 +29,7 @@ pub const FIXED_COLUMNS: [&str; 8] = [
     "system_to",
     "system_from_lsn",
     "system_to_lsn",
+    "tombstone",
 ];
 
 /// Arrow field-metadata key holding a user column's PostgreSQL type name.
@@ -130,6 +131,7 @@ pub fn arrow_schema(columns: &[ColdColumn]) -> Result<SchemaRef, ParquetError> {
     fields.push(Field::new("system_to", timestamp_type(), true));
     fields.push(Field::new("system_from_lsn", DataType::UInt64, false));
     fields.push(Field::new("system_to_lsn", DataType::UInt64, true));
+    fields.push(Field::new("tombstone", DataType::Boolean, false));
     Ok(Arc::new(Schema::new(fields)))
 }
 
@@ -369,6 +371,9 @@ pub(crate) fn build_batch(
     )));
     arrays.push(Arc::new(UInt64Array::from_iter(
         rows.iter().map(|(_, r)| r.system_to_lsn),
+    )));
+    arrays.push(Arc::new(BooleanArray::from_iter(
+        rows.iter().map(|(_, r)| Some(r.tombstone)),
     )));
     RecordBatch::try_new(schema.clone(), arrays).map_err(|source| ParquetError::Arrow {
         path: path.to_path_buf(),

@@ -101,6 +101,7 @@ pub fn cold_rows(table: &TableInfo, events: &[(Lsn, &HistoryEvent)]) -> Vec<(Lsn
                     system_from_lsn: c.system_from.lsn,
                     system_to: Some(c.system_to.micros),
                     system_to_lsn: Some(c.system_to.lsn),
+                    tombstone: c.tombstone,
                 },
             ));
         }
@@ -117,6 +118,7 @@ pub fn cold_rows(table: &TableInfo, events: &[(Lsn, &HistoryEvent)]) -> Vec<(Lsn
                     system_from_lsn: o.system_from.lsn,
                     system_to: None,
                     system_to_lsn: None,
+                    tombstone: o.tombstone,
                 },
             ));
         }

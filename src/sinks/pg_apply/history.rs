@@ -1,8 +1,9 @@
 //! The history table of a table that keeps bi-temporal versions: `<schema>.<table>_history`
 //! on the target, with the source's columns (same types, no constraints) plus
 //! `valid_from`, `valid_to`, `system_from`, `system_to` (timestamptz; `NULL` = open-ended),
-//! `system_from_lsn`, `system_to_lsn` (pg_lsn) and `op` (the change that opened the
-//! version). Written in the same transaction as the current-state apply and checkpoint.
+//! `system_from_lsn`, `system_to_lsn` (pg_lsn), `op` (the change that opened the
+//! version) and `tombstone` (the version is a deletion: no row is valid over its interval;
+//! it holds only the key and tenant cells). Written in the same transaction as the current-state apply and checkpoint.
 //!
 //! Opened versions are inserted, closed ones get their `system_to` (see
 //! [`crate::sinks::versions`] for how a batch's events become those rows).
@@ -24,8 +25,8 @@ use crate::time_text::{format_timestamptz, PG_EPOCH_UNIX_MICROS};
 /// The suffix of history table names.
 pub const HISTORY_SUFFIX: &str = "_history";
 
-/// The time columns every history table has, with their types.
-pub const TIME_COLUMNS: &[(&str, &str)] = &[
+/// The columns every history table has after the source's, with their types.
+pub const HISTORY_COLUMNS: &[(&str, &str)] = &[
     ("valid_from", "timestamp with time zone"),
     ("valid_to", "timestamp with time zone"),
     ("system_from", "timestamp with time zone"),
@@ -33,6 +34,7 @@ pub const TIME_COLUMNS: &[(&str, &str)] = &[
     ("system_from_lsn", "pg_lsn"),
     ("system_to_lsn", "pg_lsn"),
     ("op", "text"),
+    ("tombstone", "boolean NOT NULL DEFAULT false"),
 ];
 
 /// The history table's name for a source table name.
@@ -48,7 +50,7 @@ pub fn history_problem(table: &TableInfo) -> Option<String> {
             table.qualified_name()
         ));
     }
-    if let Some((c, _)) = TIME_COLUMNS
+    if let Some((c, _)) = HISTORY_COLUMNS
         .iter()
         .find(|(c, _)| table.column_index(c).is_some())
     {
@@ -88,7 +90,7 @@ pub async fn ensure_history_shape(
     let shape = history_shape(table);
     ensure_shape(client, &shape).await?;
     let name = quote_qualified(&shape.schema, &shape.name);
-    let mut ddl: Vec<String> = TIME_COLUMNS
+    let mut ddl: Vec<String> = HISTORY_COLUMNS
         .iter()
         .map(|(c, ty)| format!("ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {c} {ty}"))
         .collect();
@@ -145,6 +147,7 @@ pub fn insert_versions(table: &TableInfo, rows: &[OpenRow<'_>]) -> Statement {
         ("system_from", "timestamptz"),
         ("system_from_lsn", "pg_lsn"),
         ("op", "text"),
+        ("tombstone", "boolean"),
     ] {
         values.push(format!("v.c{}::{ty}", names.len()));
         names.push(name.to_owned());
@@ -155,6 +158,9 @@ pub fn insert_versions(table: &TableInfo, rows: &[OpenRow<'_>]) -> Statement {
     params.push(lsns(rows.iter().map(|r| r.system_from.lsn)));
     params.push(Param::Column(
         rows.iter().map(|r| Some(r.op.to_owned())).collect(),
+    ));
+    params.push(Param::Column(
+        rows.iter().map(|r| Some(r.tombstone.to_string())).collect(),
     ));
     let arrays: Vec<String> = (1..=params.len())
         .map(|i| format!("${i}::text[]"))
@@ -309,7 +315,8 @@ pub enum VersionFilter {
     AsOf(SystemPoint, i64),
 }
 
-/// Versions of `table` for the tenants `tenants` selects.
+/// Versions of `table` for the tenants `tenants` selects: rows and tombstones for
+/// [`VersionFilter::CurrentAtLsn`], rows only for [`VersionFilter::AsOf`].
 pub async fn load_versions(
     client: &impl GenericClient,
     table: &TableInfo,
@@ -346,12 +353,13 @@ pub async fn load_versions(
             let v = format!("{}::timestamptz", quote_literal(&format_timestamptz(valid)));
             conditions.push(format!(
                 "{from} <= {at} AND ({to} IS NULL OR {to} > {at}) \
-                 AND valid_from <= {v} AND (valid_to IS NULL OR valid_to > {v})"
+                 AND valid_from <= {v} AND (valid_to IS NULL OR valid_to > {v}) \
+                 AND NOT tombstone"
             ));
         }
     }
     let sql = format!(
-        "SELECT {}, {}, {}, {}, {} FROM {history} WHERE {}",
+        "SELECT {}, {}, {}, {}, {}, tombstone FROM {history} WHERE {}",
         cols.join(", "),
         micros_sql("valid_from"),
         micros_sql("valid_to"),
@@ -383,6 +391,7 @@ pub async fn load_versions(
                     micros: r.get::<_, Option<i64>>(n + 2).unwrap_or(0),
                 },
                 system_to: None,
+                tombstone: r.get(n + 4),
                 value,
             }
         })

@@ -75,6 +75,7 @@ fn open_row(lsn: Lsn, system_from: i64, vals: &[Option<&str>]) -> ColdRow {
         system_from_lsn: lsn,
         system_to: None,
         system_to_lsn: None,
+        tombstone: false,
     }
 }
 

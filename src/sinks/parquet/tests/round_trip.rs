@@ -171,6 +171,7 @@ fn row_strategy(lsn_lo: Lsn, lsn_hi: Lsn) -> BoxedStrategy<ColdRow> {
                         system_from_lsn: other_lsn,
                         system_to: Some(system_to),
                         system_to_lsn: Some(lsn),
+                        tombstone: op == ChangeOp::Delete,
                     }
                 } else {
                     ColdRow {
@@ -183,6 +184,7 @@ fn row_strategy(lsn_lo: Lsn, lsn_hi: Lsn) -> BoxedStrategy<ColdRow> {
                         system_from_lsn: lsn,
                         system_to: None,
                         system_to_lsn: None,
+                        tombstone: op == ChangeOp::Delete,
                     }
                 }
             },

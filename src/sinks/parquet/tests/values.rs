@@ -157,6 +157,7 @@ fn arrow_schema_types_and_metadata() {
         ("system_to", ts.clone(), true),
         ("system_from_lsn", DataType::UInt64, false),
         ("system_to_lsn", DataType::UInt64, true),
+        ("tombstone", DataType::Boolean, false),
     ];
     let expected: Vec<(String, DataType, bool)> = expected
         .into_iter()

@@ -41,6 +41,7 @@ fn inserts_cast_every_column_and_the_times() {
             micros: 1,
         },
         op: "insert",
+        tombstone: false,
     };
     let stmt = insert_versions(&prices(), &[open]);
     assert!(
@@ -51,7 +52,8 @@ fn inserts_cast_every_column_and_the_times() {
     );
     assert!(stmt.text.contains("v.c2::numeric"));
     assert!(stmt.text.contains("v.c6::pg_lsn"));
-    assert_eq!(stmt.params.len(), 3 + 5);
+    assert_eq!(stmt.params.len(), 3 + 6);
+    assert_eq!(stmt.params[8], Param::Column(vec![Some("false".into())]));
     assert_eq!(stmt.params[2], Param::Column(vec![None]));
     assert_eq!(
         stmt.params[4],
@@ -72,6 +74,7 @@ fn closes_match_the_open_version_by_key_valid_start_and_system_start() {
         system_from: SysTime { lsn: 16, micros: 1 },
         system_to: SysTime { lsn: 32, micros: 2 },
         op: "update",
+        tombstone: false,
     };
     let stmt = close_versions(&prices(), &[close]);
     for part in [

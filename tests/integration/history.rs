@@ -1,0 +1,421 @@
+//! Bi-temporal history end to end: a workload of random inserts, updates (with valid
+//! times moved into the past: retroactive corrections) and deletes over six tenants, five
+//! of them replicated with `history = true` into a history table and a Parquet cold tier.
+//! For a grid of (system LSN, valid time) the history table, the Parquet files (read back
+//! by the library's reader) and the API all answer what a from-scratch recomputation over
+//! the change log (the oracle) says; after a server restart the API answers the same from
+//! the history table, and the restored versions keep following new changes. Deleted keys
+//! come back with valid times before their delete's, which the delete's tombstone must end.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use helios_repl::change::{parse_lsn, ColumnInfo, Identity, Lsn, TableInfo};
+use helios_repl::control::history_query::{versions_from_cold_rows, visible_rows};
+use helios_repl::embedded::pg_cluster::free_port;
+use helios_repl::operators::version::SystemPoint;
+use helios_repl::sinks::parquet::read_table;
+use helios_repl::time_text::parse_pg_timestamp;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+use crate::harness::{wait_for, Env};
+use crate::serve_api::{http, Server, TOKEN};
+
+const WAIT: Duration = Duration::from_secs(120);
+const SETUP: &str = "
+CREATE TABLE public.prices (tenant_id int NOT NULL, id int NOT NULL, price int NOT NULL,
+                            effective_at timestamptz NOT NULL, PRIMARY KEY (tenant_id, id));
+ALTER TABLE public.prices REPLICA IDENTITY FULL;
+INSERT INTO public.prices SELECT t, i, 100, '2026-01-01 00:00:00+00' FROM generate_series(1, 6) t, generate_series(1, 5) i;
+";
+const TENANTS: i32 = 6;
+const KEYS: i32 = 30;
+
+/// (tenant, id) → (price, valid time µs).
+type Row = (i32, i32, i32);
+
+/// One change of the log: transaction index, key, new value (None: delete), valid time.
+struct Change {
+    txn: usize,
+    key: (i32, i32),
+    value: Option<i32>,
+    valid: i64,
+}
+
+fn day(d: i64) -> (i64, String) {
+    // Days after 2026-01-01 (µs since 2000-01-01, and the timestamptz text).
+    let base = parse_pg_timestamp("2026-01-01 00:00:00+00").expect("date");
+    let micros = base + d * 86_400_000_000;
+    let text = helios_repl::time_text::format_timestamptz(micros);
+    (micros, text)
+}
+
+/// The oracle: rows of tenants 1..=5 as of (after transaction `txn`, valid `v`).
+fn oracle(log: &[Change], txn: usize, v: i64) -> Vec<Row> {
+    let mut best: BTreeMap<(i32, i32), (i64, usize, Option<i32>)> = BTreeMap::new();
+    for (pos, c) in log.iter().enumerate().filter(|(_, c)| c.txn <= txn) {
+        if c.valid > v || c.key.0 > 5 {
+            continue;
+        }
+        let e = best.entry(c.key).or_insert((i64::MIN, 0, None));
+        if (c.valid, pos) >= (e.0, e.1) {
+            *e = (c.valid, pos, c.value);
+        }
+    }
+    best.into_iter()
+        .filter_map(|((t, i), (_, _, v))| v.map(|p| (t, i, p)))
+        .collect()
+}
+
+fn prices_table() -> TableInfo {
+    let col = |name: &str, ty: &str| ColumnInfo {
+        name: name.into(),
+        type_oid: 0,
+        type_modifier: -1,
+        type_name: ty.into(),
+        in_identity: true,
+        missing_value: None,
+    };
+    TableInfo {
+        oid: 0,
+        schema: "public".into(),
+        name: "prices".into(),
+        columns: vec![
+            col("tenant_id", "integer"),
+            col("id", "integer"),
+            col("price", "integer"),
+            col("effective_at", "timestamp with time zone"),
+        ],
+        primary_key: vec![0, 1],
+        identity: Identity::Full,
+        type_ddl: vec![],
+    }
+}
+
+fn parse_rows(text: &str) -> Vec<Row> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<i32> = l
+                .split('|')
+                .map(|x| x.trim().parse().expect("int"))
+                .collect();
+            (f[0], f[1], f[2])
+        })
+        .collect()
+}
+
+fn from_history_table(env: &Env, lsn: Lsn, valid: &str) -> Vec<Row> {
+    let l = helios_repl::change::format_lsn(lsn);
+    parse_rows(&env.on_target(&format!(
+        "SELECT tenant_id, id, price FROM public.prices_history
+         WHERE system_from_lsn <= '{l}' AND (system_to_lsn IS NULL OR system_to_lsn > '{l}')
+           AND valid_from <= '{valid}' AND (valid_to IS NULL OR valid_to > '{valid}')
+           AND NOT tombstone
+         ORDER BY 1, 2"
+    )))
+}
+
+fn from_cold_tier(root: &Path, lsn: Lsn, valid: i64) -> Vec<Row> {
+    let table = prices_table();
+    let mut out = Vec::new();
+    for tenant in 1..=5 {
+        let (_, rows) = match read_table(root, &tenant.to_string(), "public.prices") {
+            Ok(r) => r,
+            Err(e) => panic!("cold tier of tenant {tenant}: {e}"),
+        };
+        let versions = versions_from_cold_rows(&table, &rows);
+        for row in visible_rows(&versions, SystemPoint::Lsn(lsn), valid) {
+            let n = |i: usize| {
+                row[i]
+                    .as_text()
+                    .expect("value")
+                    .parse::<i32>()
+                    .expect("int")
+            };
+            out.push((n(0), n(1), n(2)));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn from_api(server: &Server, tenant: i32, lsn: Lsn, valid: &str) -> (String, Vec<Row>) {
+    let path = format!(
+        "/v1/tenants/{tenant}/tables/public.prices/rows?system_time={}&valid_time={}",
+        helios_repl::change::format_lsn(lsn),
+        valid.replace(' ', "T").replace("+00", "Z")
+    );
+    let (status, body) = http(&server.url, "GET", &path, Some(TOKEN));
+    assert_eq!(status, 200, "{path}: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    // The API sorts by the keys' text form; compare as numbers.
+    let mut rows: Vec<Row> = v["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            let n = |i: usize| r[i].as_str().expect("text").parse::<i32>().expect("int");
+            (n(0), n(1), n(2))
+        })
+        .collect();
+    rows.sort();
+    (v["source"].as_str().unwrap_or_default().to_owned(), rows)
+}
+
+/// Runs `txns` random transactions; appends to `log` and `points` (LSN after each).
+fn workload(
+    env: &Env,
+    rng: &mut StdRng,
+    state: &mut BTreeMap<(i32, i32), (i32, i64)>,
+    log: &mut Vec<Change>,
+    points: &mut Vec<Lsn>,
+    txns: usize,
+) {
+    for _ in 0..txns {
+        let txn = points.len();
+        let mut sql = String::from("BEGIN;\n");
+        for _ in 0..170 {
+            let key = (rng.gen_range(1..=TENANTS), rng.gen_range(1..=KEYS));
+            let (valid, text) = day(rng.gen_range(0..90));
+            let price = rng.gen_range(1..10_000);
+            match state.get(&key).copied() {
+                Some((_, old_valid)) if rng.gen_bool(0.2) => {
+                    sql.push_str(&format!(
+                        "DELETE FROM public.prices WHERE tenant_id = {} AND id = {};\n",
+                        key.0, key.1
+                    ));
+                    state.remove(&key);
+                    log.push(Change {
+                        txn,
+                        key,
+                        value: None,
+                        valid: old_valid,
+                    });
+                }
+                Some(_) => {
+                    sql.push_str(&format!(
+                        "UPDATE public.prices SET price = {price}, effective_at = '{text}' WHERE tenant_id = {} AND id = {};\n",
+                        key.0, key.1
+                    ));
+                    state.insert(key, (price, valid));
+                    log.push(Change {
+                        txn,
+                        key,
+                        value: Some(price),
+                        valid,
+                    });
+                }
+                None => {
+                    sql.push_str(&format!(
+                        "INSERT INTO public.prices VALUES ({}, {}, {price}, '{text}');\n",
+                        key.0, key.1
+                    ));
+                    state.insert(key, (price, valid));
+                    log.push(Change {
+                        txn,
+                        key,
+                        value: Some(price),
+                        valid,
+                    });
+                }
+            }
+        }
+        sql.push_str("COMMIT;\nSELECT pg_current_wal_insert_lsn();");
+        let out = env.on_source(&sql);
+        let lsn = out
+            .lines()
+            .filter_map(|l| parse_lsn(l.trim()))
+            .next_back()
+            .unwrap_or_else(|| panic!("no LSN in {out}"));
+        points.push(lsn);
+    }
+}
+
+#[test]
+fn history_table_cold_tier_and_api_agree_with_the_oracle() {
+    let env = Env::start(SETUP);
+    env.target.create_database("meta").expect("meta db");
+    let cold = env.dir.path().join("cold");
+    let job = env.dir.path().join("prices.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"prices\"\n[source]\ndsn = \"{}\"\npublication = \"pub_prices\"\nslot = \"slot_prices\"\n\
+             [tenants]\ninclude = [1, 2, 3, 4, 5]\n[[tables]]\nname = \"public.prices\"\nhistory = true\n\
+             valid_time_column = \"effective_at\"\n[[sinks]]\nkind = \"postgres\"\ndsn = \"{}\"\n\
+             [[sinks]]\nkind = \"parquet\"\nroot = \"{}\"\nbatch_max_rows = 5000\n",
+            env.source_dsn(),
+            env.target_dsn(),
+            cold.display()
+        ),
+    )
+    .expect("job file");
+    let port = free_port().expect("port");
+    let mut server = Server::start(&env, port);
+    let (ok, out) = server.cli(&["submit", job.to_str().expect("path")]);
+    assert!(ok, "submit: {out}");
+    wait_for("the snapshot's versions", WAIT, || {
+        env.try_on_target("SELECT count(*) FROM public.prices_history")
+            .as_deref()
+            == Some("25")
+    });
+
+    // The snapshot is transaction 0 of the oracle.
+    let mut state: BTreeMap<(i32, i32), (i32, i64)> = BTreeMap::new();
+    let mut log = Vec::new();
+    let start = day(0).0;
+    for t in 1..=TENANTS {
+        for i in 1..=5 {
+            state.insert((t, i), (100, start));
+            log.push(Change {
+                txn: 0,
+                key: (t, i),
+                value: Some(100),
+                valid: start,
+            });
+        }
+    }
+    let snapshot_lsn =
+        parse_lsn(env.on_source("SELECT pg_current_wal_insert_lsn()").trim()).expect("lsn");
+    let mut points = vec![snapshot_lsn];
+    let mut rng = StdRng::seed_from_u64(7);
+    workload(&env, &mut rng, &mut state, &mut log, &mut points, 60);
+    assert!(log.len() >= 10_000, "{} changes", log.len());
+    env.wait_converged(
+        "SELECT count(*), sum(price) FROM public.prices WHERE tenant_id <= 5",
+        WAIT,
+    );
+    wait_for("the cold tier to cover the last transaction", WAIT, || {
+        (1..=5).all(|t| {
+            read_table(&cold, &t.to_string(), "public.prices")
+                .map(|(_, rows)| {
+                    rows.iter()
+                        .any(|r| r.system_from_lsn >= points[points.len() - 2])
+                })
+                .unwrap_or(false)
+        })
+    });
+
+    let sample: Vec<usize> = (0..points.len())
+        .step_by(7)
+        .chain([points.len() - 1])
+        .collect();
+    let valids: Vec<(i64, String)> = [-1, 0, 5, 17, 30, 44, 61, 75, 89, 120]
+        .iter()
+        .map(|&d| day(d))
+        .collect();
+    let mut checked = 0;
+    for &k in &sample {
+        for (v, text) in &valids {
+            let expected = oracle(&log, k, *v);
+            let lsn = points[k];
+            assert_eq!(
+                from_history_table(&env, lsn, text),
+                expected,
+                "history table at txn {k}, valid {text}"
+            );
+            assert_eq!(
+                from_cold_tier(&cold, lsn, *v),
+                expected,
+                "cold tier at txn {k}, valid {text}"
+            );
+            let tenant = 1 + (checked % 5);
+            let (source, rows) = from_api(&server, tenant, lsn, text);
+            let mine: Vec<Row> = expected.iter().copied().filter(|r| r.0 == tenant).collect();
+            assert_eq!(
+                rows, mine,
+                "API ({source}) tenant {tenant} at txn {k}, valid {text}"
+            );
+            checked += 1;
+        }
+    }
+    // The CLI asks the same.
+    let (ok, out) = server.cli(&[
+        "query",
+        "--tenant",
+        "2",
+        "--table",
+        "public.prices",
+        "--as-of-system",
+        &helios_repl::change::format_lsn(points[30]),
+        "--as-of-valid",
+        "2026-02-01T00:00:00Z",
+        "--json",
+    ]);
+    assert!(ok, "query: {out}");
+    let answer: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let expected: Vec<Row> = oracle(&log, 30, day(31).0)
+        .into_iter()
+        .filter(|r| r.0 == 2)
+        .collect();
+    assert_eq!(
+        answer["rows"].as_array().map(Vec::len),
+        Some(expected.len()),
+        "{out}"
+    );
+
+    // Restart: the books restart at the resume point, older points come from the table.
+    server.kill();
+    let server = Server::start(&env, port);
+    let (source, rows) = from_api(&server, 3, points[10], &valids[4].1);
+    assert_eq!(source, "history_table");
+    let mine: Vec<Row> = oracle(&log, 10, valids[4].0)
+        .into_iter()
+        .filter(|r| r.0 == 3)
+        .collect();
+    assert_eq!(rows, mine);
+    // Restored versions keep following: more changes, then the whole grid again at the end.
+    workload(&env, &mut rng, &mut state, &mut log, &mut points, 5);
+    env.wait_converged(
+        "SELECT count(*), sum(price) FROM public.prices WHERE tenant_id <= 5",
+        WAIT,
+    );
+    let last = points.len() - 1;
+    wait_for("history to catch up", WAIT, || {
+        from_history_table(&env, points[last], &valids[9].1) == oracle(&log, last, valids[9].0)
+    });
+    for (v, text) in &valids {
+        assert_eq!(
+            from_history_table(&env, points[last], text),
+            oracle(&log, last, *v),
+            "after restart, valid {text}"
+        );
+    }
+
+    // Bad input: future, before the first version, malformed, unknown tenant and table.
+    for (path, status) in [
+        (
+            "/v1/tenants/3/tables/public.prices/rows?system_time=2999-01-01T00:00:00Z",
+            422,
+        ),
+        (
+            "/v1/tenants/3/tables/public.prices/rows?system_time=FFFFFFFF/0",
+            422,
+        ),
+        (
+            "/v1/tenants/3/tables/public.prices/rows?system_time=0/1",
+            404,
+        ),
+        (
+            "/v1/tenants/3/tables/public.prices/rows?system_time=2000-01-01T00:00:00Z",
+            404,
+        ),
+        (
+            "/v1/tenants/3/tables/public.prices/rows?valid_time=tuesday",
+            400,
+        ),
+        ("/v1/tenants/6/tables/public.prices/rows", 404),
+        ("/v1/tenants/99/tables/public.prices/rows", 404),
+        ("/v1/tenants/3/tables/public.nope/rows", 404),
+    ] {
+        let (got, body) = http(&server.url, "GET", path, Some(TOKEN));
+        assert_eq!(got, status, "{path}: {body}");
+        assert!(body.contains("\"error\""), "{path}: {body}");
+        assert!(
+            !body.contains("\"6\"") || status != 404 || !path.contains("/6/"),
+            "tenant 6's data leaked: {body}"
+        );
+    }
+}
