@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need from the distribution, if missing:
-# PostgreSQL server binaries (initdb, pg_ctl, psql). Safe to run again.
+# PostgreSQL server binaries (initdb, pg_ctl, psql) and pyarrow. Safe to run again.
 set -euo pipefail
 
 have_pg() {
@@ -21,4 +21,13 @@ fi
 if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
   echo "the postgres system user is missing; reinstall the postgresql package" >&2
   exit 1
+fi
+
+# pyarrow, the "other tool" the cold-tier test reads Parquet files with, in a virtualenv
+# of its own (the tests find its interpreter through HELIOS_PYTHON, which test.sh sets).
+PY_VENV="${HELIOS_PY_VENV:-$HOME/.cache/helios-repl/pyenv}"
+if ! "$PY_VENV/bin/python" -c "import pyarrow.dataset" >/dev/null 2>&1; then
+  echo "installing pyarrow into $PY_VENV" >&2
+  python3 -m venv "$PY_VENV"
+  "$PY_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "pyarrow==18.1.0"
 fi

@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
+export HELIOS_PYTHON="${HELIOS_PY_VENV:-$HOME/.cache/helios-repl/pyenv}/bin/python"
 cargo test --locked

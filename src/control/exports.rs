@@ -18,8 +18,8 @@ use crate::control::job_control::{
 use crate::control::job_spec::JobSpec;
 use crate::sinks::parquet::layout::table_dir;
 use crate::sinks::parquet::manifest::Manifest;
-use crate::sinks::parquet::sink::cold_columns;
-use crate::sinks::parquet::{ChangeOp, ColdEvent, ColdRow, ColdTableWriter};
+use crate::sinks::parquet::sink::{cold_columns, op_of};
+use crate::sinks::parquet::{ColdEvent, ColdRow, ColdTableWriter};
 use crate::sinks::pg_apply::history::{history_name, lsn_sql, micros_sql as micros};
 use crate::sinks::pg_apply::sink::connect;
 use crate::sql_text::{quote_ident, quote_literal, quote_qualified};
@@ -191,7 +191,8 @@ async fn export(
     Ok(())
 }
 
-fn select_versions_sql(table: &TableInfo, history: &str) -> String {
+/// `SELECT` of a history table's versions in the column order [`cold_row`] reads.
+pub(crate) fn select_versions_sql(table: &TableInfo, history: &str) -> String {
     let cols: Vec<String> = table
         .columns
         .iter()
@@ -209,7 +210,8 @@ fn select_versions_sql(table: &TableInfo, history: &str) -> String {
     )
 }
 
-fn cold_row(table: &TableInfo, r: &tokio_postgres::Row) -> ColdRow {
+/// A history-table version as one cold-tier row: `close` if it has ended, else `open`.
+pub(crate) fn cold_row(table: &TableInfo, r: &tokio_postgres::Row) -> ColdRow {
     let n = table.columns.len();
     let system_to: Option<i64> = r.get(n + 4);
     let op: String = r.get(n + 6);
@@ -219,11 +221,7 @@ fn cold_row(table: &TableInfo, r: &tokio_postgres::Row) -> ColdRow {
         } else {
             ColdEvent::Open
         },
-        op: match op.as_str() {
-            "insert" => ChangeOp::Insert,
-            "delete" => ChangeOp::Delete,
-            _ => ChangeOp::Update,
-        },
+        op: op_of(&op),
         values: (0..n).map(|i| r.get::<_, Option<String>>(i)).collect(),
         valid_from: r.get::<_, Option<i64>>(n).unwrap_or(i64::MIN),
         valid_to: r.get(n + 1),

@@ -1,5 +1,6 @@
 //! Starting a job's bi-temporal history: checks that each history table can keep
-//! versions, records the versions a snapshot loads, seeds the Parquet cold tier with them,
+//! versions, records the versions a snapshot loads (and closes), writes them to the Parquet
+//! cold tier,
 //! and restores the in-memory version books at the position the stream resumes from.
 //!
 //! The history table on the first sink's target is written in the same transaction as the
@@ -12,18 +13,22 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::change::format_lsn;
 use crate::change::{Lsn, Row, TableInfo};
+use crate::control::exports::{cold_row, select_versions_sql};
 use crate::control::job_spec::{JobSpec, SinkSpec, TableSpec};
 use crate::operators::history::{HistoryBooks, HistoryPlan};
 use crate::operators::partition::TenantPlan;
-use crate::operators::version::{SysTime, Version};
+use crate::operators::version::SysTime;
 use crate::sinks::parquet::sink::cold_columns;
-use crate::sinks::parquet::{ChangeOp, ColdEvent, ColdRow, ColdTableWriter};
+use crate::sinks::parquet::{ColdRow, ColdTableWriter};
 use crate::sinks::pg_apply::history::{
-    ensure_history_shape, history_problem, load_versions, record_snapshot_versions,
+    ensure_history_shape, history_name, history_problem, load_versions, record_snapshot_versions,
     tenant_predicate, VersionFilter,
 };
+use crate::sinks::pg_apply::store::sink_error;
 use crate::sinks::SinkError;
+use crate::sql_text::{quote_literal, quote_qualified};
 
 /// Which tables of `spec` keep history and where their valid time comes from.
 pub fn history_plan(spec: &JobSpec) -> HistoryPlan {
@@ -98,18 +103,27 @@ pub async fn record_snapshot(
         if roots.is_empty() {
             continue;
         }
+        // The versions the snapshot closed (the cold tier may hold them open from an
+        // earlier snapshot, even one a crash cut short) and those it opened.
         let filter = tenant_predicate(column, &plan.include);
-        let versions = load_versions(
-            target,
-            info,
-            filter.as_deref(),
-            VersionFilter::CurrentAtLsn(at.lsn),
-        )
-        .await?;
+        let history = quote_qualified(&info.schema, &history_name(&info.name));
+        let lsn = quote_literal(&format_lsn(at.lsn));
+        let sql = format!(
+            "{} WHERE (system_from_lsn = {lsn}::pg_lsn OR system_to_lsn = {lsn}::pg_lsn){} \
+             ORDER BY system_from_lsn",
+            select_versions_sql(info, &history),
+            filter.map(|f| format!(" AND {f}")).unwrap_or_default()
+        );
+        let rows = target
+            .query(&sql, &[])
+            .await
+            .map_err(|e| sink_error("read the snapshot's history versions", &e))?;
+        let tenant_index = info.column_index(column);
         let mut by_tenant: BTreeMap<String, Vec<ColdRow>> = BTreeMap::new();
-        for v in versions.into_iter().filter(|v| v.system_from.lsn == at.lsn) {
-            if let Some(tenant) = tenant_of(plan, info, &v.value) {
-                by_tenant.entry(tenant).or_default().push(snapshot_row(v));
+        for r in &rows {
+            let row = cold_row(info, r);
+            if let Some(tenant) = tenant_index.and_then(|i| row.values.get(i).cloned().flatten()) {
+                by_tenant.entry(tenant).or_default().push(row);
             }
         }
         for root in roots {
@@ -117,25 +131,6 @@ pub async fn record_snapshot(
         }
     }
     Ok(())
-}
-
-fn snapshot_row(v: Version<Row, Row>) -> ColdRow {
-    ColdRow {
-        event: ColdEvent::Open,
-        op: ChangeOp::Insert,
-        values: v
-            .value
-            .iter()
-            .map(|c| c.as_text().map(str::to_owned))
-            .collect(),
-        valid_from: v.valid_from,
-        valid_to: v.valid_to,
-        system_from: v.system_from.micros,
-        system_from_lsn: v.system_from.lsn,
-        system_to: None,
-        system_to_lsn: None,
-        tombstone: v.tombstone,
-    }
 }
 
 fn seed_cold_tier(

@@ -22,8 +22,8 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use crate::harness::{wait_for, Env};
 use crate::serve_api::{http, Server, TOKEN};
 
-const WAIT: Duration = Duration::from_secs(120);
-const SETUP: &str = "
+pub(crate) const WAIT: Duration = Duration::from_secs(120);
+pub(crate) const SETUP: &str = "
 CREATE TABLE public.prices (tenant_id int NOT NULL, id int NOT NULL, price int NOT NULL,
                             effective_at timestamptz NOT NULL, PRIMARY KEY (tenant_id, id));
 ALTER TABLE public.prices REPLICA IDENTITY FULL;
@@ -36,14 +36,14 @@ const KEYS: i32 = 30;
 type Row = (i32, i32, i32);
 
 /// One change of the log: transaction index, key, new value (None: delete), valid time.
-struct Change {
+pub(crate) struct Change {
     txn: usize,
     key: (i32, i32),
     value: Option<i32>,
     valid: i64,
 }
 
-fn day(d: i64) -> (i64, String) {
+pub(crate) fn day(d: i64) -> (i64, String) {
     // Days after 2026-01-01 (µs since 2000-01-01, and the timestamptz text).
     let base = parse_pg_timestamp("2026-01-01 00:00:00+00").expect("date");
     let micros = base + d * 86_400_000_000;
@@ -68,7 +68,7 @@ fn oracle(log: &[Change], txn: usize, v: i64) -> Vec<Row> {
         .collect()
 }
 
-fn prices_table() -> TableInfo {
+pub(crate) fn prices_table() -> TableInfo {
     let col = |name: &str, ty: &str| ColumnInfo {
         name: name.into(),
         type_oid: 0,
@@ -165,7 +165,7 @@ fn from_api(server: &Server, tenant: i32, lsn: Lsn, valid: &str) -> (String, Vec
 }
 
 /// Runs `txns` random transactions; appends to `log` and `points` (LSN after each).
-fn workload(
+pub(crate) fn workload(
     env: &Env,
     rng: &mut StdRng,
     state: &mut BTreeMap<(i32, i32), (i32, i64)>,
@@ -233,15 +233,10 @@ fn workload(
     }
 }
 
-#[test]
-fn history_table_cold_tier_and_api_agree_with_the_oracle() {
-    let env = Env::start(SETUP);
-    env.target.create_database("meta").expect("meta db");
-    let cold = env.dir.path().join("cold");
-    let job = env.dir.path().join("prices.toml");
-    std::fs::write(
-        &job,
-        format!(
+/// The job: `public.prices` of tenants 1..=5 with history, into the target and a Parquet
+/// cold tier under `cold`.
+pub(crate) fn job_toml(env: &Env, cold: &Path) -> String {
+    format!(
             "name = \"prices\"\n[source]\ndsn = \"{}\"\npublication = \"pub_prices\"\nslot = \"slot_prices\"\n\
              [tenants]\ninclude = [1, 2, 3, 4, 5]\n[[tables]]\nname = \"public.prices\"\nhistory = true\n\
              valid_time_column = \"effective_at\"\n[[sinks]]\nkind = \"postgres\"\ndsn = \"{}\"\n\
@@ -249,9 +244,16 @@ fn history_table_cold_tier_and_api_agree_with_the_oracle() {
             env.source_dsn(),
             env.target_dsn(),
             cold.display()
-        ),
-    )
-    .expect("job file");
+        )
+}
+
+#[test]
+fn history_table_cold_tier_and_api_agree_with_the_oracle() {
+    let env = Env::start(SETUP);
+    env.target.create_database("meta").expect("meta db");
+    let cold = env.dir.path().join("cold");
+    let job = env.dir.path().join("prices.toml");
+    std::fs::write(&job, job_toml(&env, &cold)).expect("job file");
     let port = free_port().expect("port");
     let mut server = Server::start(&env, port);
     let (ok, out) = server.cli(&["submit", job.to_str().expect("path")]);

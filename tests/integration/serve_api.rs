@@ -32,30 +32,57 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(env: &Env, port: u16) -> Server {
+        let server = Server::spawn(env, port, &[], &[]);
+        server.wait_healthy();
+        server
+    }
+
+    /// Starts `serve` with extra arguments and environment variables, without waiting.
+    pub(crate) fn spawn(env: &Env, port: u16, args: &[&str], vars: &[(&str, &str)]) -> Server {
         let log = env.dir.path().join(format!("serve-{}.log", rand_id()));
         let out = std::fs::File::create(&log).expect("log");
         let child = Command::new(env!("CARGO_BIN_EXE_helios-repl"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
             .env(
                 "HELIOS_META_DSN",
                 format!("{} password={PASSWORD}", env.target.dsn("meta")),
             )
             .env("HELIOS_TOKEN", TOKEN)
             .env("HELIOS_LOG", "info,tokio_postgres=warn")
+            .envs(vars.iter().copied())
             .stdout(out.try_clone().expect("log"))
             .stderr(out)
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn serve");
-        let server = Server {
+        Server {
             child,
             log,
             url: format!("http://127.0.0.1:{port}"),
-        };
+        }
+    }
+
+    pub(crate) fn wait_healthy(&self) {
         wait_for("the server to answer /healthz", WAIT, || {
-            http(&server.url, "GET", "/healthz", None).0 == 200
+            http(&self.url, "GET", "/healthz", None).0 == 200
         });
-        server
+    }
+
+    /// Waits until the process ends by itself; its exit status.
+    pub(crate) fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not exit within {within:?}:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub(crate) fn output(&self) -> String {
@@ -110,7 +137,7 @@ pub(crate) fn http(base: &str, method: &str, path: &str, token: Option<&str>) ->
 }
 
 /// A minimal HTTP/1.1 request with a body; returns (status, body).
-fn http_with_body(
+pub(crate) fn http_with_body(
     base: &str,
     method: &str,
     path: &str,

@@ -59,12 +59,9 @@ pub fn cold_columns(table: &TableInfo) -> Vec<ColdColumn> {
         .collect()
 }
 
-fn op_of(name: &str) -> ChangeOp {
-    match name {
-        "insert" => ChangeOp::Insert,
-        "delete" => ChangeOp::Delete,
-        _ => ChangeOp::Update,
-    }
+/// The cold-tier op of a history op name (the same three names).
+pub(crate) fn op_of(name: &str) -> ChangeOp {
+    name.parse().unwrap_or(ChangeOp::Update)
 }
 
 fn texts(row: &Row, width: usize) -> Vec<Option<String>> {

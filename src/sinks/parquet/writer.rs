@@ -246,7 +246,8 @@ impl ColdTableWriter {
             ensure_dir(&date_dir)?;
             fs::rename(&temp, &target).map_err(|e| ParquetError::io("rename", &temp, e))?;
             date_dirs.insert(date_dir);
-            if i == 0 && entries.len() > 1 {
+            if i == 0 {
+                // After the first rename, before the others and the directory fsyncs.
                 crash_point("parquet-mid-rename");
             }
         }

@@ -1,0 +1,411 @@
+//! The Parquet cold tier under crashes, on-demand exports and retention, against real
+//! PostgreSQL and the real server:
+//! - the continuous sink, with the server aborted at each step of the writer's commit
+//!   protocol (after the temp file, after the manifest, in the middle of the renames) and
+//!   SIGKILLed while a workload streams; after each restart no unlisted or partial file
+//!   is visible, the manifest matches the files, and in the end every tenant's cold tier
+//!   holds exactly the history table's versions, each once;
+//! - an on-demand export aborted after its manifest commit, run again to the end (CLI,
+//!   with progress), holding exactly the tenant's versions;
+//! - pyarrow reads both directories as hive-partitioned datasets and finds the manifests'
+//!   files, rows and types;
+//! - a retention policy of 0 days: closed versions leave the history table, and as-of
+//!   queries for old points are then answered from the cold tier, unchanged.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use helios_repl::change::{format_lsn, parse_lsn, Cell, Lsn};
+use helios_repl::control::history_query::versions_from_cold_rows;
+use helios_repl::embedded::pg_cluster::free_port;
+use helios_repl::sinks::parquet::layout::{table_dir, MANIFEST_FILE, TEMP_DIR};
+use helios_repl::sinks::parquet::manifest::Manifest;
+use helios_repl::sinks::parquet::{read_table, ColdRow, CRASH_ENV};
+use rand::{rngs::StdRng, SeedableRng};
+
+use crate::harness::{wait_for, Env};
+use crate::history::{job_toml, prices_table, workload, Change, SETUP, WAIT};
+use crate::serve_api::{http, http_with_body, Server, TOKEN};
+
+const TABLE: &str = "public.prices";
+
+/// Reads a cold-tier root with pyarrow as a hive-partitioned dataset (pyarrow skips the
+/// `_tmp` directory and `_manifest.json` by their leading underscore) and prints what it
+/// found as JSON.
+const PYARROW_READ: &str = r#"
+import json, sys
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+d = ds.dataset(sys.argv[1], format="parquet", partitioning="hive")
+t = d.to_table()
+print(json.dumps({
+    "files": len(d.files),
+    "rows": t.num_rows,
+    "tombstones": pc.sum(t["tombstone"].cast("int64")).as_py() or 0,
+    "schema": {f.name: str(f.type) for f in t.schema},
+    "tenants": sorted({str(v) for v in t["tenant"].to_pylist()}),
+}))
+"#;
+
+/// What pyarrow reads from `root`, installed by `scripts/install-deps.sh`.
+fn read_with_pyarrow(root: &Path) -> serde_json::Value {
+    let python = std::env::var("HELIOS_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(&python)
+        .args(["-c", PYARROW_READ])
+        .arg(root)
+        .output()
+        .unwrap_or_else(|e| panic!("run {python}: {e} (scripts/install-deps.sh installs pyarrow)"));
+    assert!(
+        out.status.success(),
+        "pyarrow could not read {}: {} (scripts/install-deps.sh installs pyarrow; \
+         scripts/test.sh sets HELIOS_PYTHON)",
+        root.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("pyarrow's json")
+}
+
+/// pyarrow sees exactly the files and rows the manifests list, with the stored types.
+fn assert_pyarrow_agrees(root: &Path, tenants: &[i32]) {
+    let seen = read_with_pyarrow(root);
+    let (mut files, mut rows, mut tombstones) = (0, 0, 0);
+    for t in tenants {
+        let manifest = Manifest::load(&table_dir(root, &t.to_string(), TABLE))
+            .expect("manifest")
+            .expect("a manifest");
+        files += manifest.files.len();
+        rows += manifest.files.iter().map(|f| f.rows).sum::<u64>();
+        let (_, cold) = read_table(root, &t.to_string(), TABLE).expect("read");
+        tombstones += cold.iter().filter(|r| r.tombstone).count();
+    }
+    assert_eq!(seen["files"], files, "{seen}");
+    assert_eq!(seen["rows"], rows, "{seen}");
+    assert_eq!(seen["tombstones"], tombstones, "{seen}");
+    let expected_tenants: Vec<String> = tenants.iter().map(|t| t.to_string()).collect();
+    assert_eq!(
+        seen["tenants"],
+        serde_json::json!(expected_tenants),
+        "{seen}"
+    );
+    for (column, ty) in [
+        ("tenant_id", "int32"),
+        ("id", "int32"),
+        ("price", "int32"),
+        ("effective_at", "string"),
+        ("event", "string"),
+        ("op", "string"),
+        ("valid_from", "timestamp[us, tz=UTC]"),
+        ("valid_to", "timestamp[us, tz=UTC]"),
+        ("system_from", "timestamp[us, tz=UTC]"),
+        ("system_to", "timestamp[us, tz=UTC]"),
+        ("system_from_lsn", "uint64"),
+        ("system_to_lsn", "uint64"),
+        ("tombstone", "bool"),
+    ] {
+        assert_eq!(seen["schema"][column], ty, "{column} in {seen}");
+    }
+}
+
+/// One version as both stores can tell it: (tenant, id, price), valid interval, system
+/// LSN interval, tombstone.
+type VersionFacts = (
+    (i32, i32, Option<i32>),
+    i64,
+    Option<i64>,
+    Lsn,
+    Option<Lsn>,
+    bool,
+);
+
+/// A cold-tier event of one version: key cells, valid start, system start, `open`/`close`.
+type EventId<'a> = (Vec<Option<String>>, i64, Lsn, &'a str);
+
+/// Every `*.parquet` file a reader walking the `date=` directories would see is listed in
+/// the manifest with its size; nothing else is there.
+fn assert_only_listed_files_visible(root: &Path, tenant: &str) {
+    let dir = table_dir(root, tenant, TABLE);
+    let listed: BTreeMap<String, u64> = match Manifest::load(&dir) {
+        Ok(Some(m)) => m.files.iter().map(|f| (f.path.clone(), f.bytes)).collect(),
+        Ok(None) => BTreeMap::new(),
+        Err(e) => panic!("manifest of tenant {tenant}: {e}"),
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == TEMP_DIR || name.starts_with(MANIFEST_FILE) {
+            continue;
+        }
+        assert!(
+            name.starts_with("date="),
+            "unexpected entry {name} in {}",
+            dir.display()
+        );
+        for file in std::fs::read_dir(entry.path()).expect("date dir").flatten() {
+            let relative = format!("{name}/{}", file.file_name().to_string_lossy());
+            let bytes = file.metadata().expect("metadata").len();
+            assert_eq!(
+                listed.get(&relative),
+                Some(&bytes),
+                "{relative} of tenant {tenant} is visible but not listed with that size"
+            );
+        }
+    }
+}
+
+/// The cold tier's versions of `tenant`, checking that each version was opened and
+/// closed at most once.
+fn cold_versions(root: &Path, tenant: i32) -> BTreeSet<VersionFacts> {
+    let (_, rows) = read_table(root, &tenant.to_string(), TABLE)
+        .unwrap_or_else(|e| panic!("cold tier of tenant {tenant}: {e}"));
+    let mut events: BTreeMap<EventId, usize> = BTreeMap::new();
+    for r in &rows {
+        let key = r.values[..2].to_vec();
+        *events
+            .entry((key, r.valid_from, r.system_from_lsn, r.event.as_str()))
+            .or_default() += 1;
+    }
+    if let Some((event, n)) = events.iter().find(|(_, n)| **n > 1) {
+        panic!("tenant {tenant}: {event:?} written {n} times");
+    }
+    facts_of(&rows)
+}
+
+fn facts_of(rows: &[ColdRow]) -> BTreeSet<VersionFacts> {
+    let int = |c: &Cell| c.as_text().map(|t| t.parse::<i32>().expect("int"));
+    versions_from_cold_rows(&prices_table(), rows)
+        .into_iter()
+        .map(|v| {
+            let row = (
+                int(&v.value[0]).expect("tenant"),
+                int(&v.value[1]).expect("id"),
+                int(&v.value[2]),
+            );
+            (
+                row,
+                v.valid_from,
+                v.valid_to,
+                v.system_from.lsn,
+                v.system_to.map(|t| t.lsn),
+                v.tombstone,
+            )
+        })
+        .collect()
+}
+
+/// The history table's versions of `tenant`.
+fn table_versions(env: &Env, tenant: i32) -> BTreeSet<VersionFacts> {
+    let micros =
+        |c: &str| format!("((extract(epoch FROM {c}) * 1000000)::bigint - 946684800000000)");
+    let sql = format!(
+        "SELECT tenant_id, id, price, {}, {}, (system_from_lsn - '0/0'::pg_lsn)::bigint,
+                (system_to_lsn - '0/0'::pg_lsn)::bigint, tombstone
+         FROM public.prices_history WHERE tenant_id = {tenant}",
+        micros("valid_from"),
+        micros("valid_to")
+    );
+    env.on_target(&sql)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            let opt = |s: &str| (!s.is_empty()).then(|| s.parse::<i64>().expect("number"));
+            (
+                (
+                    f[0].parse().expect("tenant"),
+                    f[1].parse().expect("id"),
+                    (!f[2].is_empty()).then(|| f[2].parse().expect("price")),
+                ),
+                f[3].parse().expect("valid_from"),
+                opt(f[4]),
+                f[5].parse::<i64>().expect("lsn") as Lsn,
+                opt(f[6]).map(|l| l as Lsn),
+                f[7] == "t",
+            )
+        })
+        .collect()
+}
+
+fn run_workload(
+    env: &Env,
+    rng: &mut StdRng,
+    state: &mut BTreeMap<(i32, i32), (i32, i64)>,
+    txns: usize,
+) {
+    let mut log: Vec<Change> = Vec::new();
+    let mut points = Vec::new();
+    workload(env, rng, state, &mut log, &mut points, txns);
+}
+
+fn source_lsn(env: &Env) -> Lsn {
+    parse_lsn(env.on_source("SELECT pg_current_wal_insert_lsn()").trim()).expect("lsn")
+}
+
+#[test]
+fn cold_tier_survives_crashes_exports_resume_and_retention_moves_history() {
+    let env = Env::start(SETUP);
+    env.target.create_database("meta").expect("meta db");
+    let cold = env.dir.path().join("cold");
+    let job = env.dir.path().join("prices.toml");
+    std::fs::write(&job, job_toml(&env, &cold)).expect("job file");
+    let port = free_port().expect("port");
+    let mut server = Server::start(&env, port);
+    let (ok, out) = server.cli(&["submit", job.to_str().expect("path")]);
+    assert!(ok, "submit: {out}");
+    wait_for("the snapshot in the cold tier", WAIT, || {
+        (1..=5).all(|t| read_table(&cold, &t.to_string(), TABLE).is_ok_and(|(_, r)| r.len() == 5))
+    });
+    server.kill();
+
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut state: BTreeMap<(i32, i32), (i32, i64)> = BTreeMap::new();
+    for t in 1..=6 {
+        for i in 1..=5 {
+            state.insert((t, i), (100, 0));
+        }
+    }
+    // The server aborts at each step of a cold-tier write in turn.
+    for point in [
+        "parquet-after-temp",
+        "parquet-after-manifest",
+        "parquet-mid-rename",
+    ] {
+        let mut crashing = Server::spawn(&env, port, &[], &[(CRASH_ENV, point)]);
+        run_workload(&env, &mut rng, &mut state, 2);
+        let status = crashing.wait_exit(WAIT);
+        assert!(!status.success(), "{point}: exited with {status}");
+        assert!(
+            crashing.output().contains("aborting at crash point"),
+            "{point}: {}",
+            crashing.output()
+        );
+        for t in 1..=5 {
+            assert_only_listed_files_visible(&cold, &t.to_string());
+        }
+    }
+    // SIGKILL while a workload streams in.
+    for delay_ms in [300u64, 900] {
+        let mut server = Server::start(&env, port);
+        run_workload(&env, &mut rng, &mut state, 3);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        server.kill();
+        for t in 1..=5 {
+            assert_only_listed_files_visible(&cold, &t.to_string());
+        }
+    }
+    let mut server = Server::spawn(&env, port, &["--retention-every-secs", "1"], &[]);
+    server.wait_healthy();
+    run_workload(&env, &mut rng, &mut state, 2);
+    env.wait_converged(
+        "SELECT count(*), sum(price) FROM public.prices WHERE tenant_id <= 5",
+        WAIT,
+    );
+    wait_for("the cold tier to hold every version", WAIT, || {
+        (1..=5).all(|t| {
+            read_table(&cold, &t.to_string(), TABLE).is_ok()
+                && cold_versions(&cold, t) == table_versions(&env, t)
+        })
+    });
+    for t in 1..=5 {
+        assert_only_listed_files_visible(&cold, &t.to_string());
+        let versions = table_versions(&env, t);
+        assert!(
+            versions.len() > 100,
+            "tenant {t}: {} versions",
+            versions.len()
+        );
+        assert!(versions.iter().any(|v| v.5), "tenant {t} has tombstones");
+    }
+
+    // An on-demand export, aborted after its manifest commit, then run again to the end.
+    let export = env.dir.path().join("export");
+    let body = format!(
+        r#"{{"tenant": "2", "table": "{TABLE}", "output": "{}"}}"#,
+        export.display()
+    );
+    server.kill();
+    let mut crashing = Server::spawn(&env, port, &[], &[(CRASH_ENV, "parquet-after-manifest")]);
+    crashing.wait_healthy();
+    let (status, answer) = http_with_body(
+        &crashing.url,
+        "POST",
+        "/v1/exports",
+        Some(TOKEN),
+        "application/json",
+        body.as_bytes(),
+    );
+    assert!(
+        status == 202 || status == 200 || status == 0,
+        "{status}: {answer}"
+    );
+    assert!(!crashing.wait_exit(WAIT).success());
+    assert_only_listed_files_visible(&export, "2");
+    let server = Server::spawn(&env, port, &["--retention-every-secs", "1"], &[]);
+    server.wait_healthy();
+    let (ok, out) = server.cli(&[
+        "export",
+        "--tenant",
+        "2",
+        "--table",
+        TABLE,
+        "--output",
+        export.to_str().expect("path"),
+    ]);
+    assert!(ok, "export: {out}");
+    assert!(out.contains("Done"), "{out}");
+    assert_only_listed_files_visible(&export, "2");
+    assert_eq!(
+        cold_versions(&export, 2),
+        table_versions(&env, 2),
+        "export of tenant 2"
+    );
+    // Another tool reads both: pyarrow, as a hive-partitioned dataset.
+    assert_pyarrow_agrees(&cold, &[1, 2, 3, 4, 5]);
+    assert_pyarrow_agrees(&export, &[2]);
+
+    // Retention: tenant 3's closed versions leave the history table, and old points are
+    // answered from the cold tier with the same rows.
+    let early = format_lsn(source_lsn(&env) - 1);
+    let ask = |server: &Server, at: &str| {
+        let path = format!(
+            "/v1/tenants/3/tables/{TABLE}/rows?system_time={at}&valid_time=2026-02-15T00:00:00Z"
+        );
+        let (status, body) = http(&server.url, "GET", &path, Some(TOKEN));
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")
+    };
+    let first_point = {
+        let first = env
+            .on_target("SELECT min(system_to_lsn) FROM public.prices_history WHERE tenant_id = 3");
+        first.trim().to_owned()
+    };
+    let before = ask(&server, &first_point);
+    let before_now = ask(&server, &early);
+    let (status, answer) = http_with_body(
+        &server.url,
+        "PUT",
+        "/v1/retention-policies",
+        Some(TOKEN),
+        "application/json",
+        format!(r#"{{"tenant": "3", "table": "{TABLE}", "days": 0}}"#).as_bytes(),
+    );
+    assert_eq!(status, 200, "{answer}");
+    wait_for("retention to move tenant 3's closed versions", WAIT, || {
+        env.on_target(
+            "SELECT count(*) FROM public.prices_history WHERE tenant_id = 3 AND system_to IS NOT NULL",
+        )
+        .trim()
+            == "0"
+    });
+    assert_ne!(
+        env.on_target("SELECT count(*) FROM public.prices_history WHERE tenant_id = 2 AND system_to IS NOT NULL").trim(),
+        "0",
+        "other tenants keep their history"
+    );
+    let after = ask(&server, &first_point);
+    assert_eq!(after["rows"], before["rows"], "{after}");
+    assert_eq!(after["source"], "cold_tier", "{after}");
+    assert_eq!(ask(&server, &early)["rows"], before_now["rows"]);
+}
