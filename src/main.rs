@@ -76,6 +76,10 @@ enum Command {
         /// When the rows were valid: RFC 3339 time or LSN (default the system time).
         #[arg(long)]
         as_of_valid: Option<String>,
+        /// Only the row with this key (the key columns other than the tenant column, in
+        /// key order; repeat for each).
+        #[arg(long)]
+        key: Vec<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -224,6 +228,7 @@ fn main() -> anyhow::Result<()> {
             table,
             as_of_system,
             as_of_valid,
+            key,
             client,
         } => runtime.block_on(async move {
             let api = ApiClient::new(&client.server, client.token);
@@ -233,6 +238,7 @@ fn main() -> anyhow::Result<()> {
                     &table,
                     as_of_system.as_deref(),
                     as_of_valid.as_deref(),
+                    &key,
                 )
                 .await?;
             if client.json {

@@ -153,8 +153,12 @@ impl ApiClient {
         table: &str,
         system: Option<&str>,
         valid: Option<&str>,
+        key: &[String],
     ) -> Result<AsOfRows, ClientError> {
         let mut query: Vec<String> = Vec::new();
+        for k in key {
+            query.push(format!("key={}", encode_path_segment(k)));
+        }
         if let Some(s) = system {
             query.push(format!("system_time={}", encode_path_segment(s)));
         }

@@ -319,15 +319,21 @@ pub struct RetentionPolicies {
     pub policies: Vec<RetentionPolicy>,
 }
 
-/// `system_time`, `valid_time` and `job` of an as-of request.
-pub(crate) type AsOfParams = (Option<TimePoint>, Option<TimePoint>, Option<String>);
+/// `system_time`, `valid_time`, `job` and `key` values of an as-of request.
+pub(crate) type AsOfParams = (
+    Option<TimePoint>,
+    Option<TimePoint>,
+    Option<String>,
+    Vec<String>,
+);
 
 /// The query parameters of the as-of route: `system_time`, `valid_time`, `job`, each at
-/// most once; anything else is a 400 naming it.
+/// most once, and `key`, once per key column in key order; anything else is a 400
+/// naming it.
 pub(crate) fn as_of_params(uri: &Uri) -> Result<AsOfParams, ApiError> {
     let Query(params) = Query::<Vec<(String, String)>>::try_from_uri(uri)
         .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}"), None))?;
-    let (mut system, mut valid, mut job) = (None, None, None);
+    let (mut system, mut valid, mut job, mut key) = (None, None, None, Vec::new());
     for (name, value) in params {
         let once = |seen: bool| {
             if seen {
@@ -355,17 +361,18 @@ pub(crate) fn as_of_params(uri: &Uri) -> Result<AsOfParams, ApiError> {
                 once(job.is_some())?;
                 job = Some(value);
             }
+            "key" => key.push(value),
             _ => {
                 return Err(ApiError::bad_request(
                     format!(
-                        "unknown query parameter `{name}`; accepted: system_time, valid_time, job"
-                    ),
+                    "unknown query parameter `{name}`; accepted: system_time, valid_time, job, key"
+                ),
                     Some(&name),
                 ))
             }
         }
     }
-    Ok((system, valid, job))
+    Ok((system, valid, job, key))
 }
 
 async fn rows_as_of(
@@ -374,13 +381,14 @@ async fn rows_as_of(
     uri: Uri,
 ) -> Result<Json<AsOfRows>, ApiError> {
     let Path((tenant, table)) = path.map_err(|e| ApiError::bad_request(e.body_text(), None))?;
-    let (system, valid, job) = as_of_params(&uri)?;
+    let (system, valid, job, key) = as_of_params(&uri)?;
     let query = AsOfQuery {
         tenant,
         table,
         system,
         valid,
         job,
+        key,
     };
     Ok(Json(state.control.rows_as_of(query).await?))
 }

@@ -60,6 +60,18 @@ pub async fn table_shape(spec: &JobSpec, table: &str) -> Result<TableInfo, Contr
         .map_err(|e| unavailable("source catalog", e))
 }
 
+/// The source's current WAL position.
+async fn source_wal_lsn(spec: &JobSpec) -> Result<Lsn, ControlError> {
+    let source = catalog::connect(spec.source.dsn.expose())
+        .await
+        .map_err(|e| unavailable("source", e))?;
+    let row = source
+        .query_one("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint", &[])
+        .await
+        .map_err(|e| unavailable("source", e))?;
+    Ok(row.get::<_, i64>(0) as Lsn)
+}
+
 fn point_text(p: SystemPoint) -> String {
     match p {
         SystemPoint::Lsn(l) => format_lsn(l),
@@ -92,7 +104,12 @@ pub async fn rows_as_of(
             })
         }
         SystemPoint::Lsn(l) => {
-            let seen = stats.reader.server_wal_end.load(Relaxed);
+            // What the stream last saw of the source's WAL; until it has seen anything
+            // (just after a start) or when asked past it, the source itself tells.
+            let mut seen = stats.reader.server_wal_end.load(Relaxed);
+            if l > seen {
+                seen = source_wal_lsn(spec).await?;
+            }
             if l > seen {
                 return Err(ControlError::Invalid {
                     field: "system_time".into(),
@@ -195,6 +212,7 @@ pub async fn rows_as_of(
         rows.sort_by_key(|r| key_of(&table, r));
         ("history_table", rows)
     };
+    let rows = only_key(&table, &tenant_column, &query.key, rows)?;
     Ok(AsOfRows {
         job: spec.name.clone(),
         tenant: query.tenant.clone(),
@@ -208,6 +226,49 @@ pub async fn rows_as_of(
             .map(|r| r.iter().map(|c| c.as_text().map(str::to_owned)).collect())
             .collect(),
     })
+}
+
+/// The rows whose key columns other than the tenant column equal `key` (all rows when
+/// `key` is empty); a count of values that does not match those columns is a 422.
+fn only_key(
+    table: &TableInfo,
+    tenant_column: &str,
+    key: &[String],
+    rows: Vec<Row>,
+) -> Result<Vec<Row>, ControlError> {
+    if key.is_empty() {
+        return Ok(rows);
+    }
+    let columns: Vec<usize> = table
+        .key_columns()
+        .into_iter()
+        .filter(|&i| table.columns[i].name != tenant_column)
+        .collect();
+    if columns.len() != key.len() {
+        let names: Vec<&str> = columns
+            .iter()
+            .map(|&i| table.columns[i].name.as_str())
+            .collect();
+        return Err(ControlError::Invalid {
+            field: "key".into(),
+            message: format!(
+                "{} is keyed by ({}) within a tenant: give {} key value(s), got {}",
+                table.qualified_name(),
+                names.join(", "),
+                columns.len(),
+                key.len()
+            ),
+        });
+    }
+    Ok(rows
+        .into_iter()
+        .filter(|row| {
+            columns
+                .iter()
+                .zip(key)
+                .all(|(&i, value)| row.get(i).and_then(Cell::as_text) == Some(value.as_str()))
+        })
+        .collect())
 }
 
 fn key_of(table: &TableInfo, row: &Row) -> Row {

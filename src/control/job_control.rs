@@ -139,6 +139,9 @@ pub struct AsOfQuery {
     pub valid: Option<TimePoint>,
     /// The job to ask when several keep this table's history.
     pub job: Option<JobId>,
+    /// Only the row with this key: the values of the key columns other than the tenant
+    /// column, in key order, as text (empty: every row).
+    pub key: Vec<String>,
 }
 
 /// The answer to an [`AsOfQuery`].

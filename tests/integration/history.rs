@@ -357,6 +357,37 @@ fn history_table_cold_tier_and_api_agree_with_the_oracle() {
         Some(expected.len()),
         "{out}"
     );
+    // "What did tenant 2's row N look like on 1 February, as we knew it after txn 30?"
+    let id = expected.last().expect("tenant 2 has rows").1.to_string();
+    let (ok, out) = server.cli(&[
+        "query",
+        "--tenant",
+        "2",
+        "--table",
+        "public.prices",
+        "--key",
+        &id,
+        "--as-of-system",
+        &helios_repl::change::format_lsn(points[30]),
+        "--as-of-valid",
+        "2026-02-01T00:00:00Z",
+        "--json",
+    ]);
+    assert!(ok, "query --key: {out}");
+    let answer: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let one: Vec<serde_json::Value> = expected
+        .iter()
+        .filter(|r| r.1.to_string() == id)
+        .map(|r| serde_json::json!([r.0.to_string(), r.1.to_string(), r.2.to_string()]))
+        .collect();
+    let got: Vec<serde_json::Value> = answer["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| serde_json::json!([r[0], r[1], r[2]]))
+        .collect();
+    assert_eq!(one.len(), 1);
+    assert_eq!(got, one, "{out}");
 
     // Restart: the books restart at the resume point, older points come from the table.
     server.kill();
@@ -408,6 +439,7 @@ fn history_table_cold_tier_and_api_agree_with_the_oracle() {
             "/v1/tenants/3/tables/public.prices/rows?valid_time=tuesday",
             400,
         ),
+        ("/v1/tenants/3/tables/public.prices/rows?key=1&key=2", 422),
         ("/v1/tenants/6/tables/public.prices/rows", 404),
         ("/v1/tenants/99/tables/public.prices/rows", 404),
         ("/v1/tenants/3/tables/public.nope/rows", 404),

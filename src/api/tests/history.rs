@@ -25,6 +25,20 @@ async fn as_of_parses_lsns_and_rfc3339_times() {
 }
 
 #[tokio::test]
+async fn as_of_key_values_keep_their_order_and_decoding() {
+    let (_, router) = app(None);
+    let answer = call(
+        &router,
+        "GET",
+        "/v1/tenants/7/tables/app.orders/rows?key=a%2Cb%20c&key=42",
+        None,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(answer.json()["rows"], serde_json::json!([["a,b c", "42"]]));
+}
+
+#[tokio::test]
 async fn as_of_rejects_malformed_and_unknown_parameters() {
     let (_, router) = app(None);
     for (query, field) in [

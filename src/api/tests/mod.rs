@@ -222,7 +222,12 @@ impl JobControl for FakeControl {
             valid_time: format!("{:?}", query.valid),
             source: "memory".into(),
             columns: vec!["id".into()],
-            rows: vec![vec![Some("1".into())]],
+            // The key values, when given, come back as the one row.
+            rows: vec![if query.key.is_empty() {
+                vec![Some("1".into())]
+            } else {
+                query.key.into_iter().map(Some).collect()
+            }],
         })
     }
 
