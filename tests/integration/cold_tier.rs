@@ -18,14 +18,13 @@ use std::time::Duration;
 
 use helios_repl::change::{format_lsn, parse_lsn, Cell, Lsn};
 use helios_repl::control::history_query::versions_from_cold_rows;
-use helios_repl::embedded::pg_cluster::free_port;
 use helios_repl::sinks::parquet::layout::{table_dir, MANIFEST_FILE, TEMP_DIR};
 use helios_repl::sinks::parquet::manifest::Manifest;
 use helios_repl::sinks::parquet::{read_table, ColdRow, CRASH_ENV};
 use rand::{rngs::StdRng, SeedableRng};
 
 use crate::harness::{wait_for, Env};
-use crate::history::{job_toml, prices_table, workload, Change, SETUP, WAIT};
+use crate::history::{prices_table, start_prices_job, workload, Change, WAIT};
 use crate::serve_api::{http, http_with_body, Server, TOKEN};
 
 const TABLE: &str = "public.prices";
@@ -245,15 +244,7 @@ fn source_lsn(env: &Env) -> Lsn {
 
 #[test]
 fn cold_tier_survives_crashes_exports_resume_and_retention_moves_history() {
-    let env = Env::start(SETUP);
-    env.target.create_database("meta").expect("meta db");
-    let cold = env.dir.path().join("cold");
-    let job = env.dir.path().join("prices.toml");
-    std::fs::write(&job, job_toml(&env, &cold)).expect("job file");
-    let port = free_port().expect("port");
-    let mut server = Server::start(&env, port);
-    let (ok, out) = server.cli(&["submit", job.to_str().expect("path")]);
-    assert!(ok, "submit: {out}");
+    let (env, cold, port, mut server) = start_prices_job();
     wait_for("the snapshot in the cold tier", WAIT, || {
         (1..=5).all(|t| read_table(&cold, &t.to_string(), TABLE).is_ok_and(|(_, r)| r.len() == 5))
     });

@@ -8,7 +8,7 @@
 //! come back with valid times before their delete's, which the delete's tombstone must end.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use helios_repl::change::{parse_lsn, ColumnInfo, Identity, Lsn, TableInfo};
@@ -247,17 +247,24 @@ pub(crate) fn job_toml(env: &Env, cold: &Path) -> String {
         )
 }
 
-#[test]
-fn history_table_cold_tier_and_api_agree_with_the_oracle() {
+/// Clusters with [`SETUP`], a server on a free port, and the [`job_toml`] job submitted
+/// to it with its cold tier under the returned directory.
+pub(crate) fn start_prices_job() -> (Env, PathBuf, u16, Server) {
     let env = Env::start(SETUP);
     env.target.create_database("meta").expect("meta db");
     let cold = env.dir.path().join("cold");
     let job = env.dir.path().join("prices.toml");
     std::fs::write(&job, job_toml(&env, &cold)).expect("job file");
     let port = free_port().expect("port");
-    let mut server = Server::start(&env, port);
+    let server = Server::start(&env, port);
     let (ok, out) = server.cli(&["submit", job.to_str().expect("path")]);
     assert!(ok, "submit: {out}");
+    (env, cold, port, server)
+}
+
+#[test]
+fn history_table_cold_tier_and_api_agree_with_the_oracle() {
+    let (env, cold, port, mut server) = start_prices_job();
     wait_for("the snapshot's versions", WAIT, || {
         env.try_on_target("SELECT count(*) FROM public.prices_history")
             .as_deref()
