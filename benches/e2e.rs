@@ -42,6 +42,7 @@
 //!
 //! Prints one markdown table and appends it, with date, machine size, commit and
 //! PostgreSQL version, to `benches/results/e2e.md`.
+//! Profile: `HELIOS_BENCH_PERF=DIR` runs each of our children under `perf record -g`.
 //! Run: `cargo bench --bench e2e` (quick: `HELIOS_BENCH_ROWS=200000 HELIOS_BENCH_LAG_SECS=10
 //! HELIOS_BENCH_BIG_TXN_ROWS=1000000 cargo bench --bench e2e`).
 
@@ -99,6 +100,10 @@ ALTER TABLE bench.l ENABLE ALWAYS TRIGGER stamp;";
 const LAG_INSERT: &str = "INSERT INTO bench.l (tenant_id, id, amount, payload, note)
     SELECT (g % 50) + 1, g, (g % 100000) / 100.0, jsonb_build_object('k', g), 'lag row ' || g
     FROM generate_series($1::bigint, $2::bigint) g";
+
+/// The same allocator as the `helios-repl` binary, so the child measures what users run.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -245,7 +250,22 @@ struct Figures {
 
 impl JobChild {
     async fn spawn(spec: &str) -> anyhow::Result<JobChild> {
-        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        // HELIOS_BENCH_PERF=DIR records each child with `perf record -g` into DIR.
+        let mut command = match std::env::var_os("HELIOS_BENCH_PERF") {
+            Some(dir) => {
+                static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let out = std::path::Path::new(&dir).join(format!("perf-child-{run}.data"));
+                let mut c = tokio::process::Command::new("perf");
+                c.args(["record", "-g", "-F", "499", "-o"])
+                    .arg(out)
+                    .arg("--")
+                    .arg(std::env::current_exe()?);
+                c
+            }
+            None => tokio::process::Command::new(std::env::current_exe()?),
+        };
+        let mut child = command
             .env("HELIOS_BENCH_CHILD", "job")
             .env("HELIOS_BENCH_SPEC", spec)
             .stdin(Stdio::piped())

@@ -18,6 +18,12 @@ use helios_repl::embedded::demo::{self, DemoOptions, DemoOutcome};
 use helios_repl::metrics::MetricsRegistry;
 use tokio::sync::watch;
 
+/// mimalloc instead of glibc's malloc: the stream allocates and frees a few small buffers
+/// per row on several threads, and glibc's malloc/free were a third of the replicator's
+/// CPU in a catch-up profile (`HELIOS_BENCH_PERF`, see benches/e2e.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "helios-repl",
