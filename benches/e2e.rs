@@ -132,7 +132,8 @@ async fn child_main() -> anyhow::Result<()> {
     let ticks = clock_ticks();
     let stats = Arc::new(JobStats::new(spec.sinks.len()));
     let host = Arc::new(
-        DataflowHost::start(2, tokio::runtime::Handle::current()).map_err(anyhow::Error::msg)?,
+        DataflowHost::start(bench_workers(), tokio::runtime::Handle::current())
+            .map_err(anyhow::Error::msg)?,
     );
     let (control_tx, control_rx) = tokio::sync::watch::channel(Desired::Run);
     let mut job = {
@@ -196,6 +197,15 @@ async fn child_main() -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// Timely workers of our replicator (`HELIOS_BENCH_WORKERS`, default 2 like `helios-repl`).
+fn bench_workers() -> usize {
+    std::env::var("HELIOS_BENCH_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .filter(|&w| w > 0)
+        .unwrap_or(2)
 }
 
 fn clock_ticks() -> f64 {
