@@ -199,6 +199,17 @@ pub enum ExportState {
     Failed,
 }
 
+impl ExportState {
+    /// The stored and serialized name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportState::Running => "running",
+            ExportState::Done => "done",
+            ExportState::Failed => "failed",
+        }
+    }
+}
+
 /// An export's progress.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExportStatus {

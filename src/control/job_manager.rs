@@ -18,7 +18,7 @@ use crate::cdc::catalog;
 use crate::change::format_lsn;
 use crate::control::job_control::{
     AsOfQuery, AsOfRows, ControlError, ExportRequest, ExportState, ExportStatus, JobControl, JobId,
-    JobState, JobStatus, Readiness, RetentionPolicy, TenantJob, TenantStatus,
+    JobState, JobStatus, Readiness, RetentionPolicy, TenantJob, TenantStatus, TimePoint,
 };
 use crate::control::job_runner::{self, Desired, JobStats};
 use crate::control::job_spec::{JobSpec, SinkSpec, TenantFilter};
@@ -86,7 +86,69 @@ impl JobManager {
                 .await
                 .insert(managed.spec.name.clone(), managed);
         }
+        manager.resume_exports().await?;
         Ok(manager)
+    }
+
+    /// Runs an export to its end and records where it ended in the metadata store.
+    fn launch_export(
+        &self,
+        spec: JobSpec,
+        request: ExportRequest,
+        range: (Option<TimePoint>, Option<TimePoint>),
+        status: Arc<std::sync::Mutex<ExportStatus>>,
+    ) {
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            exports::run_export(spec, request.clone(), range, status.clone()).await;
+            let Ok(end) = status.lock().map(|s| s.clone()) else {
+                return;
+            };
+            if let Some(manager) = me.upgrade() {
+                if let Err(e) = manager.store.save_export(&request, &end).await {
+                    tracing::warn!(export = %end.id, error = %e, "cannot record the export's end");
+                }
+            }
+            tracing::info!(export = %end.id, state = end.state.as_str(), versions = end.rows_written, "export ended");
+        });
+    }
+
+    /// Loads the recorded exports (their status answers after a restart) and resumes the
+    /// ones that were running: the writer continues after what the output covers.
+    async fn resume_exports(&self) -> Result<(), ControlError> {
+        let recorded = self
+            .store
+            .exports()
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        for (request, mut status) in recorded {
+            let resume = if status.state == ExportState::Running {
+                let job = self
+                    .history_job(&request.tenant, &request.table, Some(&status.job))
+                    .await;
+                match (job, exports::parse_range(&request)) {
+                    (Ok((spec, _)), Ok(range)) => Some((spec, range)),
+                    (Err(e), _) | (_, Err(e)) => {
+                        status.state = ExportState::Failed;
+                        status.error = Some(format!("not resumed after a restart: {e}"));
+                        if let Err(e) = self.store.save_export(&request, &status).await {
+                            tracing::warn!(export = %status.id, error = %e, "cannot record the export's end");
+                        }
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let id = status.id.clone();
+            let status = Arc::new(std::sync::Mutex::new(status));
+            self.exports.lock().await.insert(id.clone(), status.clone());
+            if let Some((spec, range)) = resume {
+                tracing::info!(export = %id, job = %spec.name, "resuming export");
+                self.launch_export(spec, request, range, status);
+            }
+        }
+        Ok(())
     }
 
     /// Stops every job (they resume at the next start) and waits for them.
@@ -491,9 +553,17 @@ impl JobControl for JobManager {
             files: Vec::new(),
             error: None,
         }));
+        let first = status
+            .lock()
+            .map(|s| s.clone())
+            .map_err(|_| ControlError::Unavailable("export state lost".into()))?;
+        self.store
+            .save_export(&request, &first)
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
         self.exports.lock().await.insert(id.clone(), status.clone());
         tracing::info!(export = %id, job = %spec.name, table = %request.table, "export started");
-        tokio::spawn(exports::run_export(spec, request, range, status.clone()));
+        self.launch_export(spec, request, range, status.clone());
         let snapshot = status
             .lock()
             .map(|s| s.clone())

@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 
 use crate::change::Lsn;
 use crate::control::history_query::Horizon;
-use crate::control::job_control::RetentionPolicy;
+use crate::control::job_control::{ExportRequest, ExportState, ExportStatus, RetentionPolicy};
 use crate::control::job_spec::{JobSpec, SinkSpec};
 use crate::control::secret::Dsn;
 use crate::sql_text::describe_pg_error;
@@ -25,6 +25,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         2,
         include_str!("../../schemas/migrations/0002_retention.sql"),
     ),
+    (3, include_str!("../../schemas/migrations/0003_exports.sql")),
 ];
 
 /// Why the metadata store could not do something.
@@ -190,6 +191,78 @@ impl MetadataStore {
             .await
             .map_err(db("save retention policy"))?;
         Ok(())
+    }
+
+    /// Records an export and where it is (insert or update by id).
+    pub async fn save_export(
+        &self,
+        request: &ExportRequest,
+        status: &ExportStatus,
+    ) -> Result<(), MetadataError> {
+        let request = serde_json::to_value(request)
+            .map_err(|e| MetadataError::Database(format!("encode export request: {e}")))?;
+        let files = serde_json::to_value(&status.files)
+            .map_err(|e| MetadataError::Database(format!("encode export files: {e}")))?;
+        self.client
+            .execute(
+                "INSERT INTO helios_meta.exports (id, request, job, state, rows_total, rows_written, files, error)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, rows_total = EXCLUDED.rows_total,
+                   rows_written = EXCLUDED.rows_written, files = EXCLUDED.files, error = EXCLUDED.error,
+                   updated_at = now()",
+                &[
+                    &status.id,
+                    &request,
+                    &status.job,
+                    &status.state.as_str(),
+                    &(status.rows_total as i64),
+                    &(status.rows_written as i64),
+                    &files,
+                    &status.error,
+                ],
+            )
+            .await
+            .map_err(db("save export"))?;
+        Ok(())
+    }
+
+    /// Every recorded export with its request, oldest first.
+    pub async fn exports(&self) -> Result<Vec<(ExportRequest, ExportStatus)>, MetadataError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT id, request, job, state, rows_total, rows_written, files, error
+                 FROM helios_meta.exports ORDER BY created_at, id",
+                &[],
+            )
+            .await
+            .map_err(db("read exports"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let id: String = r.get(0);
+            let request: ExportRequest = serde_json::from_value(r.get(1))
+                .map_err(|e| MetadataError::Database(format!("export {id}: bad request: {e}")))?;
+            let state = match r.get::<_, String>(3).as_str() {
+                "done" => ExportState::Done,
+                "failed" => ExportState::Failed,
+                _ => ExportState::Running,
+            };
+            let files: Vec<String> = serde_json::from_value(r.get(6)).unwrap_or_default();
+            let status = ExportStatus {
+                id,
+                state,
+                job: r.get(2),
+                tenant: request.tenant.clone(),
+                table: request.table.clone(),
+                output: request.output.clone(),
+                rows_total: r.get::<_, i64>(4).max(0) as u64,
+                rows_written: r.get::<_, i64>(5).max(0) as u64,
+                files,
+                error: r.get(7),
+            };
+            out.push((request, status));
+        }
+        Ok(out)
     }
 
     /// Every retention policy with the horizon its last pass reached.

@@ -5,8 +5,9 @@
 //!   SIGKILLed while a workload streams; after each restart no unlisted or partial file
 //!   is visible, the manifest matches the files, and in the end every tenant's cold tier
 //!   holds exactly the history table's versions, each once;
-//! - an on-demand export aborted after its manifest commit, run again to the end (CLI,
-//!   with progress), holding exactly the tenant's versions;
+//! - an on-demand export aborted after its manifest commit, resumed by the restarted
+//!   server to the end and run again (CLI, with progress), holding exactly the tenant's
+//!   versions;
 //! - pyarrow reads both directories as hive-partitioned datasets and finds the manifests'
 //!   files, rows and types;
 //! - a retention policy of 0 days: closed versions leave the history table, and as-of
@@ -333,8 +334,33 @@ fn cold_tier_survives_crashes_exports_resume_and_retention_moves_history() {
     );
     assert!(!crashing.wait_exit(WAIT).success());
     assert_only_listed_files_visible(&export, "2");
+    // The restarted server resumes the export it was running.
+    let id = env
+        .target
+        .psql("meta", "SELECT id FROM helios_meta.exports")
+        .expect("exports table");
+    let id = id.trim().to_owned();
+    assert!(id.starts_with("exp-"), "{id}");
     let server = Server::spawn(&env, port, &["--retention-every-secs", "1"], &[]);
     server.wait_healthy();
+    wait_for("the export to be resumed to its end", WAIT, || {
+        let (status, body) = http(
+            &server.url,
+            "GET",
+            &format!("/v1/exports/{id}"),
+            Some(TOKEN),
+        );
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_ne!(v["state"], "failed", "{body}");
+        v["state"] == "done"
+    });
+    assert_eq!(
+        cold_versions(&export, 2),
+        table_versions(&env, 2),
+        "resumed export of tenant 2"
+    );
+    // Running the same export again (CLI, with progress) adds nothing and ends done.
     let (ok, out) = server.cli(&[
         "export",
         "--tenant",
