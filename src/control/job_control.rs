@@ -275,6 +275,13 @@ pub enum ControlError {
     Invalid { field: String, message: String },
 }
 
+impl From<crate::control::metadata::MetadataError> for ControlError {
+    /// The metadata store could not be reached or refused: 503.
+    fn from(e: crate::control::metadata::MetadataError) -> Self {
+        ControlError::Unavailable(e.to_string())
+    }
+}
+
 /// The operations the API offers.
 #[async_trait::async_trait]
 pub trait JobControl: Send + Sync + 'static {

@@ -60,10 +60,7 @@ impl JobManager {
         store: MetadataStore,
         metrics: Arc<MetricsRegistry>,
     ) -> Result<Arc<JobManager>, ControlError> {
-        let stored = store
-            .live_jobs()
-            .await
-            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        let stored = store.live_jobs().await?;
         let manager = Arc::new_cyclic(|me| JobManager {
             me: me.clone(),
             host,
@@ -116,11 +113,7 @@ impl JobManager {
     /// Loads the recorded exports (their status answers after a restart) and resumes the
     /// ones that were running: the writer continues after what the output covers.
     async fn resume_exports(&self) -> Result<(), ControlError> {
-        let recorded = self
-            .store
-            .exports()
-            .await
-            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        let recorded = self.store.exports().await?;
         for (request, mut status) in recorded {
             let resume = if status.state == ExportState::Running {
                 let job = self
@@ -365,11 +358,7 @@ impl JobControl for JobManager {
         if jobs.contains_key(&spec.name) {
             return Err(ControlError::AlreadyExists(spec.name));
         }
-        let version = self
-            .store
-            .save_job(&spec, "running")
-            .await
-            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        let version = self.store.save_job(&spec, "running").await?;
         self.store
             .record_event(&spec.name, "submitted", Some(&format!("version {version}")))
             .await;
@@ -416,10 +405,7 @@ impl JobControl for JobManager {
                 "job `{id}` is already paused"
             )));
         }
-        self.store
-            .set_desired_state(id, "paused")
-            .await
-            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        self.store.set_desired_state(id, "paused").await?;
         let _ = job.control.send(Desired::Pause);
         job.stats.set_state(JobState::Paused, None);
         self.store.record_event(id, "pause requested", None).await;
@@ -435,10 +421,7 @@ impl JobControl for JobManager {
         if !failed && *job.control.borrow() == Desired::Run {
             return Err(ControlError::Conflict(format!("job `{id}` is not paused")));
         }
-        self.store
-            .set_desired_state(id, "running")
-            .await
-            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        self.store.set_desired_state(id, "running").await?;
         self.store.record_event(id, "resume requested", None).await;
         if failed {
             // A failed job's runner has ended: start it again.
@@ -470,10 +453,7 @@ impl JobControl for JobManager {
         }
         job.monitor.abort();
         self.metrics.unregister_job(id);
-        self.store
-            .set_desired_state(id, "deleted")
-            .await
-            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        self.store.set_desired_state(id, "deleted").await?;
         self.store
             .record_event(id, "deleted", drop_slot.then_some("slot dropped"))
             .await;
@@ -557,10 +537,7 @@ impl JobControl for JobManager {
             .lock()
             .map(|s| s.clone())
             .map_err(|_| ControlError::Unavailable("export state lost".into()))?;
-        self.store
-            .save_export(&request, &first)
-            .await
-            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        self.store.save_export(&request, &first).await?;
         self.exports.lock().await.insert(id.clone(), status.clone());
         tracing::info!(export = %id, job = %spec.name, table = %request.table, "export started");
         self.launch_export(spec, request, range, status.clone());
@@ -598,10 +575,7 @@ impl JobControl for JobManager {
                 ),
             });
         }
-        self.store
-            .save_retention(&policy)
-            .await
-            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        self.store.save_retention(&policy).await?;
         Ok(policy)
     }
 
@@ -609,8 +583,7 @@ impl JobControl for JobManager {
         Ok(self
             .store
             .retention_policies()
-            .await
-            .map_err(|e| ControlError::Unavailable(e.to_string()))?
+            .await?
             .into_iter()
             .map(|(p, _)| p)
             .collect())
@@ -661,8 +634,7 @@ impl JobManager {
         Ok(self
             .store
             .retention_policies()
-            .await
-            .map_err(|e| ControlError::Unavailable(e.to_string()))?
+            .await?
             .into_iter()
             .find(|(p, _)| p.tenant == tenant && p.table == table)
             .and_then(|(_, h)| h))

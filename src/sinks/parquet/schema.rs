@@ -171,31 +171,41 @@ pub fn arrow_to_pg_micros(arrow_micros: i64) -> Option<i64> {
 // Text form <-> typed values.
 // ---------------------------------------------------------------------------------------
 
-const NOT_CANONICAL: &str = "is not in the form PostgreSQL prints";
+/// Parses `text` as a `T` and accepts it only if `print` gives the same text back (the
+/// form PostgreSQL prints), so the stored value converts back exactly. `kind` names the
+/// parse failure ("an integer"), `type_name` the SQL type in the other error.
+fn parse_canonical<T: std::str::FromStr>(
+    text: &str,
+    kind: &str,
+    type_name: &str,
+    print: impl Fn(&T) -> String,
+) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    let value: T = text
+        .parse()
+        .map_err(|e| format!("value is not {kind} ({e})"))?;
+    if print(&value) != text {
+        return Err(format!(
+            "{type_name} value is not in the form PostgreSQL prints"
+        ));
+    }
+    Ok(value)
+}
 
 /// Parses a `smallint` (`i16` range) or `integer` in PostgreSQL's text form.
 pub fn text_to_i32(text: &str, smallint: bool) -> Result<i32, String> {
-    let value: i32 = text
-        .parse()
-        .map_err(|e| format!("value is not an integer ({e})"))?;
+    let value = parse_canonical::<i32>(text, "an integer", "integer", i32::to_string)?;
     if smallint && i16::try_from(value).is_err() {
         return Err("value is out of range for smallint".to_string());
-    }
-    if value.to_string() != text {
-        return Err(format!("integer value {NOT_CANONICAL}"));
     }
     Ok(value)
 }
 
 /// Parses a `bigint` in PostgreSQL's text form.
 pub fn text_to_i64(text: &str) -> Result<i64, String> {
-    let value: i64 = text
-        .parse()
-        .map_err(|e| format!("value is not an integer ({e})"))?;
-    if value.to_string() != text {
-        return Err(format!("integer value {NOT_CANONICAL}"));
-    }
-    Ok(value)
+    parse_canonical(text, "an integer", "integer", i64::to_string)
 }
 
 /// Parses a `boolean` in PostgreSQL's text form (`t` or `f`).
@@ -221,55 +231,53 @@ pub fn bool_to_text(value: bool) -> &'static str {
 /// (e.g. with `extra_float_digits = 3`) is refused, so [`f64_to_text`] gives it back
 /// exactly.
 pub fn text_to_f64(text: &str) -> Result<f64, String> {
-    let value: f64 = text
-        .parse()
-        .map_err(|e| format!("value is not a floating-point number ({e})"))?;
-    if f64_to_text(value) != text {
-        return Err(format!("double precision value {NOT_CANONICAL}"));
-    }
-    Ok(value)
+    parse_canonical(text, "a floating-point number", "double precision", |v| {
+        f64_to_text(*v)
+    })
 }
 
 /// Parses a `real` in PostgreSQL's text form; see [`text_to_f64`].
 pub fn text_to_f32(text: &str) -> Result<f32, String> {
-    let value: f32 = text
-        .parse()
-        .map_err(|e| format!("value is not a floating-point number ({e})"))?;
-    if f32_to_text(value) != text {
-        return Err(format!("real value {NOT_CANONICAL}"));
-    }
-    Ok(value)
+    parse_canonical(text, "a floating-point number", "real", |v| f32_to_text(*v))
 }
 
 /// A `double precision` the way PostgreSQL prints it (`extra_float_digits > 0`, the
 /// default since PostgreSQL 12): shortest round-trip digits, fixed notation for decimal
 /// exponents -4..=14, otherwise `d.ddde+XX`.
 pub fn f64_to_text(value: f64) -> String {
-    if value.is_nan() {
-        return "NaN".to_string();
-    }
-    if value.is_infinite() {
-        return if value < 0.0 { "-Infinity" } else { "Infinity" }.to_string();
-    }
-    if value == 0.0 {
-        return if value.is_sign_negative() { "-0" } else { "0" }.to_string();
-    }
-    layout_float(value.is_sign_negative(), &format!("{:e}", value.abs()), 15)
+    special_float_text(value).unwrap_or_else(|| {
+        layout_float(value.is_sign_negative(), &format!("{:e}", value.abs()), 15)
+    })
 }
 
 /// A `real` the way PostgreSQL prints it: like [`f64_to_text`] with fixed notation for
 /// decimal exponents -4..=5.
 pub fn f32_to_text(value: f32) -> String {
-    if value.is_nan() {
-        return "NaN".to_string();
-    }
-    if value.is_infinite() {
-        return if value < 0.0 { "-Infinity" } else { "Infinity" }.to_string();
-    }
-    if value == 0.0 {
-        return if value.is_sign_negative() { "-0" } else { "0" }.to_string();
-    }
-    layout_float(value.is_sign_negative(), &format!("{:e}", value.abs()), 6)
+    special_float_text(f64::from(value))
+        .unwrap_or_else(|| layout_float(value.is_sign_negative(), &format!("{:e}", value.abs()), 6))
+}
+
+/// PostgreSQL's text for NaN, the infinities and the signed zeros (the same for `real`,
+/// which widens to these exactly); `None` for any other value.
+fn special_float_text(value: f64) -> Option<String> {
+    let text = if value.is_nan() {
+        "NaN"
+    } else if value.is_infinite() {
+        if value < 0.0 {
+            "-Infinity"
+        } else {
+            "Infinity"
+        }
+    } else if value == 0.0 {
+        if value.is_sign_negative() {
+            "-0"
+        } else {
+            "0"
+        }
+    } else {
+        return None;
+    };
+    Some(text.to_string())
 }
 
 /// Lays out Rust's shortest scientific form (`1.2345e-5`) of a positive finite number

@@ -14,7 +14,7 @@ use tokio_postgres::GenericClient;
 use crate::change::{format_lsn, Cell, Lsn, Row, TableInfo};
 use crate::control::job_spec::TenantFilter;
 use crate::operators::version::{SysTime, SystemPoint, Version};
-use crate::sinks::pg_apply::statements::{Param, Statement};
+use crate::sinks::pg_apply::statements::{cell_value, unnest_of, Param, Statement};
 use crate::sinks::pg_apply::store::sink_error;
 use crate::sinks::pg_apply::target_schema::ensure_shape;
 use crate::sinks::versions::{CloseRow, OpenRow};
@@ -119,10 +119,6 @@ pub async fn ensure_history_shape(
     Ok(())
 }
 
-fn text(cell: &Cell) -> Option<String> {
-    cell.as_text().map(str::to_owned)
-}
-
 fn times(values: impl Iterator<Item = Option<i64>>) -> Param {
     Param::Column(values.map(|v| v.map(format_timestamptz)).collect())
 }
@@ -139,7 +135,13 @@ pub fn insert_versions(table: &TableInfo, rows: &[OpenRow<'_>]) -> Statement {
         .map(|i| format!("v.c{i}::{}", table.columns[i].type_name))
         .collect();
     let mut params: Vec<Param> = (0..n)
-        .map(|i| Param::Column(rows.iter().map(|r| r.row.get(i).and_then(text)).collect()))
+        .map(|i| {
+            Param::Column(
+                rows.iter()
+                    .map(|r| r.row.get(i).and_then(cell_value))
+                    .collect(),
+            )
+        })
         .collect();
     for (name, ty) in [
         ("valid_from", "timestamptz"),
@@ -162,19 +164,14 @@ pub fn insert_versions(table: &TableInfo, rows: &[OpenRow<'_>]) -> Statement {
     params.push(Param::Column(
         rows.iter().map(|r| Some(r.tombstone.to_string())).collect(),
     ));
-    let arrays: Vec<String> = (1..=params.len())
-        .map(|i| format!("${i}::text[]"))
-        .collect();
-    let aliases: Vec<String> = (0..params.len()).map(|i| format!("c{i}")).collect();
     let shape = history_shape(table);
     Statement {
         text: format!(
-            "INSERT INTO {} ({}) SELECT {} FROM unnest({}) AS v({})",
+            "INSERT INTO {} ({}) SELECT {} FROM {}",
             quote_qualified(&shape.schema, &shape.name),
             names.join(", "),
             values.join(", "),
-            arrays.join(", "),
-            aliases.join(", ")
+            unnest_of(params.len(), 1)
         ),
         params,
     }
@@ -184,7 +181,13 @@ pub fn insert_versions(table: &TableInfo, rows: &[OpenRow<'_>]) -> Statement {
 pub fn close_versions(table: &TableInfo, rows: &[CloseRow<'_>]) -> Statement {
     let key = table.key_columns();
     let mut params: Vec<Param> = (0..key.len())
-        .map(|k| Param::Column(rows.iter().map(|r| r.key.get(k).and_then(text)).collect()))
+        .map(|k| {
+            Param::Column(
+                rows.iter()
+                    .map(|r| r.key.get(k).and_then(cell_value))
+                    .collect(),
+            )
+        })
         .collect();
     let mut conditions: Vec<String> = key
         .iter()
@@ -205,20 +208,15 @@ pub fn close_versions(table: &TableInfo, rows: &[CloseRow<'_>]) -> Statement {
     params.push(lsns(rows.iter().map(|r| r.system_from.lsn)));
     params.push(times(rows.iter().map(|r| Some(r.system_to.micros))));
     params.push(lsns(rows.iter().map(|r| r.system_to.lsn)));
-    let arrays: Vec<String> = (1..=params.len())
-        .map(|i| format!("${i}::text[]"))
-        .collect();
-    let aliases: Vec<String> = (0..params.len()).map(|i| format!("c{i}")).collect();
     let shape = history_shape(table);
     Statement {
         text: format!(
             "UPDATE {} AS h SET system_to = v.c{}::timestamptz, system_to_lsn = v.c{}::pg_lsn \
-             FROM unnest({}) AS v({}) WHERE {}",
+             FROM {} WHERE {}",
             quote_qualified(&shape.schema, &shape.name),
             k + 2,
             k + 3,
-            arrays.join(", "),
-            aliases.join(", "),
+            unnest_of(params.len(), 1),
             conditions.join(" AND ")
         ),
         params,

@@ -29,7 +29,7 @@ pub struct Statement {
     pub params: Vec<Param>,
 }
 
-fn cell_value(cell: &Cell) -> Option<String> {
+pub(crate) fn cell_value(cell: &Cell) -> Option<String> {
     cell.as_text().map(str::to_string)
 }
 
@@ -38,7 +38,7 @@ fn table_name(table: &TableInfo) -> String {
 }
 
 /// `$1::text[], $2::text[], …` and `v(c0, c1, …)` for `n` columns.
-fn unnest_of(n: usize, first_param: usize) -> String {
+pub(crate) fn unnest_of(n: usize, first_param: usize) -> String {
     let arrays: Vec<String> = (0..n)
         .map(|i| format!("${}::text[]", first_param + i))
         .collect();
