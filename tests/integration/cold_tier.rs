@@ -360,6 +360,15 @@ fn cold_tier_survives_crashes_exports_resume_and_retention_moves_history() {
         table_versions(&env, 2),
         "resumed export of tenant 2"
     );
+    // Its progress counts every version of the tenant to write.
+    let (_, body) = http(
+        &server.url,
+        "GET",
+        &format!("/v1/exports/{id}"),
+        Some(TOKEN),
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["rows_total"], table_versions(&env, 2).len(), "{body}");
     // Running the same export again (CLI, with progress) adds nothing and ends done.
     let (ok, out) = server.cli(&[
         "export",

@@ -340,6 +340,15 @@ fn history_table_cold_tier_and_api_agree_with_the_oracle() {
             checked += 1;
         }
     }
+    // The latest point is answered from the in-memory versions.
+    let last_point = points.len() - 1;
+    let (source, rows) = from_api(&server, 4, points[last_point], &valids[5].1);
+    assert_eq!(source, "memory");
+    let mine: Vec<Row> = oracle(&log, last_point, valids[5].0)
+        .into_iter()
+        .filter(|r| r.0 == 4)
+        .collect();
+    assert_eq!(rows, mine);
     // The CLI asks the same.
     let (ok, out) = server.cli(&[
         "query",
