@@ -27,7 +27,8 @@ pub type DurableReports = crossbeam_channel::Receiver<(usize, Lsn)>;
 pub trait DeliverToSinks<'scope> {
     /// Delivers each completed timestamp to `sinks` and returns a progress-only stream
     /// whose frontier is the durable frontier. `backlog` counts the rows of completed
-    /// transactions not yet taken by a sink (the feeder pauses while it is large).
+    /// transactions not yet applied by a sink (added here, taken off by the sink tasks;
+    /// the feeder pauses while it is large).
     /// `on_activator` receives the handle the sink tasks use to wake the operator.
     fn deliver_to_sinks(
         self,
@@ -103,11 +104,9 @@ impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, SinkItem> {
                 // operator whenever it finished a batch.
                 for (sink, queue) in sinks.iter().zip(queues.iter_mut()) {
                     while let Some(batch) = queue.pop_front() {
-                        let rows = batch.rows();
+                        // The sink task takes the rows off the backlog once applied.
                         match sink.try_send(batch) {
-                            Ok(()) => {
-                                backlog.fetch_sub(rows, Ordering::Relaxed);
-                            }
+                            Ok(()) => {}
                             Err(mpsc::error::TrySendError::Full(batch)) => {
                                 queue.push_front(batch);
                                 break;

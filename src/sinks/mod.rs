@@ -15,6 +15,7 @@
 
 pub mod parquet;
 pub mod pg_apply;
+pub mod qos;
 pub mod versions;
 pub mod worker;
 
