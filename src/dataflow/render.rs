@@ -11,6 +11,8 @@ use timely::dataflow::operators::vec::Map;
 
 use crate::change::{Lsn, SinkItem, SourceRecord};
 use crate::dataflow::deliver::{DeliverToSinks, DurableReports};
+use crate::operators::access::ledger::AccessLedger;
+use crate::operators::access::observe::ObserveAccess;
 use crate::operators::history::{HistoryBooks, HistoryPlan, VersionHistory};
 use crate::operators::partition::{PartitionByTenant, TenantPlan};
 use crate::sinks::ApplyBatch;
@@ -25,17 +27,31 @@ pub struct HistoryStage {
     pub reader: Arc<crate::cdc::stream::ReaderStats>,
 }
 
+/// The optional stages between partitioning and delivery.
+#[derive(Default)]
+pub struct OptionalStages {
+    /// Bi-temporal history, when some table keeps it.
+    pub history: Option<HistoryStage>,
+    /// Write counting for the predictor: the job's ledger and key bucket width.
+    pub access: Option<(Arc<AccessLedger>, u64)>,
+}
+
 /// Builds the job's graph on one worker; returns the durable-progress stream.
 pub fn render_job<'scope>(
     source: StreamVec<'scope, Lsn, SourceRecord>,
     plan: Arc<TenantPlan>,
-    history: Option<HistoryStage>,
+    stages: OptionalStages,
     sinks: Vec<mpsc::Sender<ApplyBatch>>,
     durable: DurableReports,
     backlog: Arc<AtomicUsize>,
     on_activator: impl FnOnce(SyncActivator),
 ) -> StreamVec<'scope, Lsn, ()> {
+    let OptionalStages { history, access } = stages;
     let changes = source.partition_by_tenant(plan);
+    let changes = match access {
+        Some((ledger, width)) => changes.observe_access(ledger, width),
+        None => changes,
+    };
     let items = match history {
         Some(h) => {
             let reader = h.reader;

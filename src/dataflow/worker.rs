@@ -11,18 +11,22 @@ use tokio::sync::{mpsc, watch};
 
 use crate::cdc::stream::SourceEvent;
 use crate::change::{Lsn, SourceRecord};
-use crate::dataflow::render::{render_job, HistoryStage};
+use crate::dataflow::render::{render_job, HistoryStage, OptionalStages};
+use crate::operators::access::hotness_map::HotnessMap;
+use crate::operators::access::ledger::AccessLedger;
 use crate::operators::history::{HistoryBooks, HistoryPlan};
 use crate::operators::partition::TenantPlan;
 use crate::sinks::parquet::ParquetSink;
 use crate::sinks::pg_apply::PgApplySink;
-use crate::sinks::worker::{run_sink, SinkStats};
+use crate::sinks::qos::rate_limit::SinkLimiter;
+use crate::sinks::qos::QosPolicy;
+use crate::sinks::worker::{run_sink, SinkPacing, SinkStats};
 use crate::sinks::ApplyBatch;
 
 /// Batches queued per sink task before the worker blocks (back-pressure).
 pub const SINK_QUEUE_BATCHES: usize = 64;
 /// Rows of completed transactions a job may have waiting for its sinks before worker 0
-/// stops feeding it.
+/// stops feeding it, unless the job's `qos.max_buffered_rows` says otherwise.
 pub const MAX_BACKLOG_ROWS: usize = 100_000;
 /// Events taken from a job's reader per worker step.
 pub const EVENTS_PER_STEP: usize = 4096;
@@ -45,6 +49,8 @@ pub struct SinkTarget {
     pub batch_max_rows: usize,
     /// Counters shared by this sink's tasks on all workers.
     pub stats: Arc<SinkStats>,
+    /// Bandwidth limits shared by this sink's tasks on all workers.
+    pub limiter: Arc<SinkLimiter>,
 }
 
 /// Everything the workers need to run one job's dataflow.
@@ -68,6 +74,23 @@ pub struct JobDataflow {
     pub history: Arc<HistoryPlan>,
     /// The job's version books.
     pub books: Arc<HistoryBooks>,
+    /// How postgres sinks order tenants (parquet sinks keep commit order).
+    pub qos: Arc<QosPolicy>,
+    /// Write counts for the hotness predictor and its predictions (`None`: no prediction).
+    pub access: Option<JobAccess>,
+    /// Rows read ahead of the sinks before worker 0 stops feeding the job.
+    pub max_backlog_rows: usize,
+}
+
+/// A job's access signals and predictions, as the dataflow sees them.
+#[derive(Clone)]
+pub struct JobAccess {
+    /// Where the observe operator counts writes.
+    pub ledger: Arc<AccessLedger>,
+    /// The predictions the sink tasks read.
+    pub hotness: Arc<HotnessMap>,
+    /// Key bucket width.
+    pub width: u64,
 }
 
 /// A job's dataflow as one worker holds it.
@@ -82,6 +105,7 @@ pub struct WorkerJob {
     probe: ProbeHandle<Lsn>,
     durable: Arc<watch::Sender<Lsn>>,
     backlog: Arc<AtomicUsize>,
+    max_backlog_rows: usize,
     /// Skipping a transaction older than the input's time.
     discarding: bool,
 }
@@ -114,7 +138,10 @@ impl WorkerJob {
             render_job(
                 source,
                 job.plan.clone(),
-                history,
+                OptionalStages {
+                    history,
+                    access: job.access.as_ref().map(|a| (a.ledger.clone(), a.width)),
+                },
                 senders,
                 report_rx,
                 job.backlog.clone(),
@@ -130,19 +157,24 @@ impl WorkerJob {
                 let _ = report_tx.send((i, lsn));
                 let _ = activator.activate();
             };
-            let (rows, stats, reader) = (
-                target.batch_max_rows,
-                target.stats.clone(),
-                job.reader.clone(),
-            );
+            let (stats, reader) = (target.stats.clone(), job.reader.clone());
+            let mut pacing = SinkPacing::fifo(job.backlog.clone(), target.batch_max_rows, index);
+            pacing.limiter = target.limiter.clone();
             match &target.place {
                 SinkPlace::Postgres(dsn) => {
+                    // Checkpoints are per tenant: tenants may be reordered.
+                    pacing.policy = job.qos.clone();
+                    if let Some(access) = &job.access {
+                        let map = access.hotness.clone();
+                        pacing.hotness = Arc::new(move |b| map.hotness_of(b));
+                    }
                     let sink = PgApplySink::new(&job.job, dsn, job.plan.clone(), index as u32);
-                    runtime.spawn(run_sink(sink, rx, rows, stats, reader, on_durable));
+                    runtime.spawn(run_sink(sink, rx, stats, reader, pacing, on_durable));
                 }
                 SinkPlace::Parquet(root) => {
+                    // The manifest covers LSN ranges per table: commit order only.
                     let sink = ParquetSink::new(&job.job, root.clone(), index as u32);
-                    runtime.spawn(run_sink(sink, rx, rows, stats, reader, on_durable));
+                    runtime.spawn(run_sink(sink, rx, stats, reader, pacing, on_durable));
                 }
             }
         }
@@ -162,6 +194,7 @@ impl WorkerJob {
             probe,
             durable: job.durable.clone(),
             backlog: job.backlog.clone(),
+            max_backlog_rows: job.max_backlog_rows,
             discarding: false,
         }
     }
@@ -174,7 +207,7 @@ impl WorkerJob {
         };
         // The sinks are behind: leave the events in the reader's bounded channel, which
         // in turn stops the reader (back-pressure to the source through TCP).
-        if self.backlog.load(Ordering::Relaxed) > MAX_BACKLOG_ROWS {
+        if self.backlog.load(Ordering::Relaxed) > self.max_backlog_rows {
             return false;
         }
         for _ in 0..EVENTS_PER_STEP {

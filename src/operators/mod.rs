@@ -1,6 +1,7 @@
 //! Pure Timely operators, one per file, as extension traits on streams. No sockets, no
 //! tokio, no clocks: they see only the data and the frontier.
 
+pub mod access;
 pub mod history;
 pub mod partition;
 pub mod version;

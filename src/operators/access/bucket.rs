@@ -1,0 +1,91 @@
+//! Which key bucket a row falls in: the unit the predictor counts and predicts.
+//!
+//! A table whose key is one integer column is cut into ranges of `width` keys (bucket
+//! `key.div_euclid(width)`), so a hot range of ids is one bucket and an access event for a
+//! key range names the buckets it covers. Any other key (text, uuid, composite) is hashed
+//! into [`HASHED_BUCKETS`] buckets with a fixed hash, the same in every process.
+
+use std::hash::{Hash, Hasher};
+
+use crate::change::{Cell, TenantAction, TenantChange};
+
+/// Buckets of a table whose key is not a single integer.
+pub const HASHED_BUCKETS: u64 = 4096;
+/// Most buckets one access event for a key range may name (wider ranges are cut).
+pub const MAX_RANGE_BUCKETS: i64 = 1024;
+
+/// The bucket of a key given as its cells' text forms.
+pub fn bucket_of_key<'a>(key: impl IntoIterator<Item = Option<&'a str>>, width: u64) -> i64 {
+    let key: Vec<Option<&str>> = key.into_iter().collect();
+    if let [Some(one)] = key.as_slice() {
+        if let Ok(n) = one.trim().parse::<i64>() {
+            return n.div_euclid(width.clamp(1, i64::MAX as u64) as i64);
+        }
+    }
+    // std's SipHasher with its fixed default keys: stable across processes.
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new();
+    key.hash(&mut h);
+    (h.finish() % HASHED_BUCKETS) as i64
+}
+
+/// The buckets an integer key range `[low, high]` covers (at most [`MAX_RANGE_BUCKETS`]).
+pub fn buckets_of_range(low: i64, high: i64, width: u64) -> std::ops::RangeInclusive<i64> {
+    let w = width.clamp(1, i64::MAX as u64) as i64;
+    let (low, high) = (low.min(high), low.max(high));
+    let first = low.div_euclid(w);
+    let last = high
+        .div_euclid(w)
+        .min(first.saturating_add(MAX_RANGE_BUCKETS - 1));
+    first..=last
+}
+
+/// The bucket of the row a change touches (`None` for truncates and unroutable changes).
+pub fn bucket_of_change(change: &TenantChange, width: u64) -> Option<i64> {
+    let row = match &change.action {
+        TenantAction::Upsert { new, .. } => new,
+        TenantAction::Delete { old } => old,
+        TenantAction::Truncate | TenantAction::Unroutable { .. } => return None,
+    };
+    let key = change.table.key_columns();
+    let cells = |i: &usize| row.get(*i).and_then(Cell::as_text);
+    Some(if key.is_empty() {
+        bucket_of_key(row.iter().map(Cell::as_text), width)
+    } else {
+        bucket_of_key(key.iter().map(cells), width)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_keys_fall_in_ranges() {
+        assert_eq!(bucket_of_key([Some("0")], 1000), 0);
+        assert_eq!(bucket_of_key([Some("999")], 1000), 0);
+        assert_eq!(bucket_of_key([Some("1000")], 1000), 1);
+        assert_eq!(bucket_of_key([Some("-1")], 1000), -1);
+        assert_eq!(bucket_of_key([Some("42")], 0), 42);
+    }
+
+    #[test]
+    fn other_keys_are_hashed_stably() {
+        let a = bucket_of_key([Some("abc")], 1000);
+        assert_eq!(a, bucket_of_key([Some("abc")], 1000));
+        assert!((0..HASHED_BUCKETS as i64).contains(&a));
+        let composite = bucket_of_key([Some("1"), Some("2")], 1000);
+        assert!((0..HASHED_BUCKETS as i64).contains(&composite));
+        assert_ne!(bucket_of_key([None], 10), bucket_of_key([Some("")], 10));
+    }
+
+    #[test]
+    fn ranges_are_cut() {
+        assert_eq!(buckets_of_range(0, 2500, 1000), 0..=2);
+        assert_eq!(buckets_of_range(2500, 0, 1000), 0..=2);
+        assert_eq!(
+            buckets_of_range(i64::MIN, i64::MAX, 1).count(),
+            MAX_RANGE_BUCKETS as usize
+        );
+    }
+}
