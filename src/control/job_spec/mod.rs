@@ -43,6 +43,11 @@ use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 
 pub use super::secret::Dsn;
+pub use qos::{LagBudgets, PredictorChoice, QosSpec};
+
+use crate::sinks::qos::rate_limit::SinkLimits;
+
+mod qos;
 
 /// Column holding the tenant id when neither `tenants.column` nor a table's
 /// `tenant_column` says otherwise.
@@ -97,6 +102,9 @@ pub struct JobSpec {
     /// How bi-temporal history is kept (tables opt in with `history = true`).
     #[serde(default, skip_serializing_if = "HistorySpec::is_default")]
     pub history: HistorySpec,
+    /// Tenant tiers, lag budgets and the hotness predictor.
+    #[serde(default, skip_serializing_if = "QosSpec::is_default")]
+    pub qos: QosSpec,
 }
 
 /// Job-wide settings of bi-temporal history.
@@ -223,6 +231,30 @@ impl SinkSpec {
             SinkSpec::Parquet(p) => p.batch_max_rows,
         }
     }
+
+    /// The sink's bandwidth limits.
+    pub fn limits(&self) -> SinkLimits {
+        let (a, b, c, d) = match self {
+            SinkSpec::Postgres(p) => (
+                p.max_rows_per_sec,
+                p.max_bytes_per_sec,
+                p.tenant_max_rows_per_sec,
+                p.tenant_max_bytes_per_sec,
+            ),
+            SinkSpec::Parquet(p) => (
+                p.max_rows_per_sec,
+                p.max_bytes_per_sec,
+                p.tenant_max_rows_per_sec,
+                p.tenant_max_bytes_per_sec,
+            ),
+        };
+        SinkLimits {
+            rows_per_sec: a,
+            bytes_per_sec: b,
+            tenant_rows_per_sec: c,
+            tenant_bytes_per_sec: d,
+        }
+    }
 }
 
 /// The Parquet cold tier: every history version of the job's tables, continuously
@@ -235,6 +267,18 @@ pub struct ParquetSinkSpec {
     /// Most rows one published group of files takes, `1..=1_000_000`. Default 50000.
     #[serde(default = "default_parquet_batch_max_rows")]
     pub batch_max_rows: usize,
+    /// Rows per second the sink may write over all tenants (default: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rows_per_sec: Option<u64>,
+    /// Bytes of values per second the sink may write over all tenants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes_per_sec: Option<u64>,
+    /// Rows per second the sink may write for each tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_max_rows_per_sec: Option<u64>,
+    /// Bytes of values per second the sink may write for each tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_max_bytes_per_sec: Option<u64>,
 }
 
 fn default_parquet_batch_max_rows() -> usize {
@@ -249,6 +293,18 @@ pub struct PostgresSinkSpec {
     /// Rows per applied batch, `1..=1_000_000`. Default 5000.
     #[serde(default = "default_batch_max_rows")]
     pub batch_max_rows: usize,
+    /// Rows per second the sink may write over all tenants (default: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rows_per_sec: Option<u64>,
+    /// Bytes of values per second the sink may write over all tenants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes_per_sec: Option<u64>,
+    /// Rows per second the sink may write for each tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_max_rows_per_sec: Option<u64>,
+    /// Bytes of values per second the sink may write for each tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_max_bytes_per_sec: Option<u64>,
 }
 
 /// A job spec that could not be parsed or is not valid.
@@ -399,6 +455,20 @@ impl JobSpec {
                     }
                 }
             }
+            let limits = sink.limits();
+            for (name, value) in [
+                ("max_rows_per_sec", limits.rows_per_sec),
+                ("max_bytes_per_sec", limits.bytes_per_sec),
+                ("tenant_max_rows_per_sec", limits.tenant_rows_per_sec),
+                ("tenant_max_bytes_per_sec", limits.tenant_bytes_per_sec),
+            ] {
+                if value == Some(0) {
+                    return Err(JobSpecError::invalid(
+                        format!("sinks[{i}].{name}"),
+                        "must be at least 1 (leave it out for no limit)",
+                    ));
+                }
+            }
             let rows = sink.batch_max_rows();
             if !(1..=MAX_BATCH_MAX_ROWS).contains(&rows) {
                 return Err(JobSpecError::invalid(
@@ -415,6 +485,15 @@ impl JobSpec {
                 "a job with history or a parquet sink needs a postgres sink first: it keeps \
                  the job's progress and the history table the versions are restored from",
             ));
+        }
+        self.qos.validate()?;
+        if let TenantFilter::Only(ids) = &self.tenants.include {
+            if let Some(t) = self.qos.tenants.keys().find(|t| !ids.contains(*t)) {
+                return Err(JobSpecError::invalid(
+                    "qos.tenants",
+                    format!("tenant `{t}` has a tier but is not in tenants.include"),
+                ));
+            }
         }
         if !(1..=MAX_HOT_WINDOW_SECS).contains(&self.history.hot_window_secs) {
             return Err(JobSpecError::invalid(
@@ -585,6 +664,14 @@ struct RawSink {
     batch_max_rows: Option<usize>,
     #[serde(default, deserialize_with = "present")]
     root: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    max_rows_per_sec: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
+    max_bytes_per_sec: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
+    tenant_max_rows_per_sec: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
+    tenant_max_bytes_per_sec: Option<u64>,
 }
 
 enum SinkKind {
@@ -620,6 +707,10 @@ impl<'de> Deserialize<'de> for SinkSpec {
                 Ok(SinkSpec::Postgres(PostgresSinkSpec {
                     dsn: raw.dsn.ok_or_else(|| de::Error::missing_field("dsn"))?,
                     batch_max_rows: raw.batch_max_rows.unwrap_or(DEFAULT_BATCH_MAX_ROWS),
+                    max_rows_per_sec: raw.max_rows_per_sec,
+                    max_bytes_per_sec: raw.max_bytes_per_sec,
+                    tenant_max_rows_per_sec: raw.tenant_max_rows_per_sec,
+                    tenant_max_bytes_per_sec: raw.tenant_max_bytes_per_sec,
                 }))
             }
             SinkKind::Parquet => {
@@ -629,6 +720,10 @@ impl<'de> Deserialize<'de> for SinkSpec {
                 Ok(SinkSpec::Parquet(ParquetSinkSpec {
                     root: raw.root.ok_or_else(|| de::Error::missing_field("root"))?,
                     batch_max_rows: raw.batch_max_rows.unwrap_or(DEFAULT_PARQUET_BATCH_MAX_ROWS),
+                    max_rows_per_sec: raw.max_rows_per_sec,
+                    max_bytes_per_sec: raw.max_bytes_per_sec,
+                    tenant_max_rows_per_sec: raw.tenant_max_rows_per_sec,
+                    tenant_max_bytes_per_sec: raw.tenant_max_bytes_per_sec,
                 }))
             }
         }

@@ -496,13 +496,74 @@ fn tables() -> impl Strategy<Value = Vec<TableSpec>> {
     })
 }
 
+fn limit() -> impl Strategy<Value = Option<u64>> {
+    proptest::option::of(1..=u64::from(u32::MAX))
+}
+
+fn qos() -> impl Strategy<Value = QosSpec> {
+    use crate::sinks::qos::Tier;
+    let tier = prop_oneof![Just(Tier::Premium), Just(Tier::Standard), Just(Tier::Batch)];
+    let predictor = prop_oneof![
+        Just(PredictorChoice::Auto),
+        Just(PredictorChoice::Model),
+        Just(PredictorChoice::Heuristic),
+        Just(PredictorChoice::Off),
+    ];
+    (
+        tier.clone(),
+        predictor,
+        (1..=3600u64, 1..=1_000_000u64, 0..=3600u64),
+        (
+            1000..=10_000_000usize,
+            prop_oneof![Just(0.0), Just(0.1), Just(0.25), Just(0.5)],
+        ),
+        (1..=86_400_000u64, 1..=86_400_000u64, 1..=86_400_000u64),
+        proptest::collection::btree_map("[0-9]{1,3}", tier, 0..3),
+    )
+        .prop_map(
+            |(
+                default_tier,
+                predictor,
+                (window, width, poll),
+                (buffered, share),
+                (p, s, b),
+                tenants,
+            )| {
+                QosSpec {
+                    default_tier,
+                    tenants,
+                    lag_budget_ms: LagBudgets {
+                        premium: p,
+                        standard: s,
+                        batch: b,
+                    },
+                    predictor,
+                    window_secs: window,
+                    key_bucket_width: width,
+                    source_stats_poll_secs: poll,
+                    max_buffered_rows: buffered,
+                    min_share: share,
+                }
+            },
+        )
+}
+
 fn job_spec() -> impl Strategy<Value = JobSpec> {
-    let sink = (dsn(), 1..=MAX_BATCH_MAX_ROWS).prop_map(|(dsn, batch_max_rows)| {
-        SinkSpec::Postgres(PostgresSinkSpec {
-            dsn,
-            batch_max_rows,
-        })
-    });
+    let sink = (
+        dsn(),
+        1..=MAX_BATCH_MAX_ROWS,
+        (limit(), limit(), limit(), limit()),
+    )
+        .prop_map(|(dsn, batch_max_rows, (a, b, c, d))| {
+            SinkSpec::Postgres(PostgresSinkSpec {
+                dsn,
+                batch_max_rows,
+                max_rows_per_sec: a,
+                max_bytes_per_sec: b,
+                tenant_max_rows_per_sec: c,
+                tenant_max_bytes_per_sec: d,
+            })
+        });
     (
         "[a-z][a-z0-9_-]{0,47}",
         (dsn(), identifier(), "[a-z0-9_]{1,63}"),
@@ -514,6 +575,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
             "/[a-z]{1,8}(/[a-z0-9_]{1,8}){0,2}",
             1..=MAX_BATCH_MAX_ROWS,
         ),
+        qos(),
     )
         .prop_map(
             |(
@@ -523,12 +585,21 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                 tables,
                 mut sinks,
                 (hot, root, rows),
+                mut qos,
             )| {
+                // Tiers only for tenants the job includes.
+                if let TenantFilter::Only(ids) = &include {
+                    qos.tenants.retain(|t, _| ids.contains(t));
+                }
                 // A parquet sink exports history: only when every table keeps it.
                 if tables.iter().all(|t| t.history) {
                     sinks.push(SinkSpec::Parquet(ParquetSinkSpec {
                         root,
                         batch_max_rows: rows,
+                        max_rows_per_sec: None,
+                        max_bytes_per_sec: None,
+                        tenant_max_rows_per_sec: None,
+                        tenant_max_bytes_per_sec: None,
                     }));
                 }
                 JobSpec {
@@ -544,6 +615,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                     history: HistorySpec {
                         hot_window_secs: hot,
                     },
+                    qos,
                 }
             },
         )
