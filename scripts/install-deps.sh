@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need from the distribution, if missing:
-# PostgreSQL server binaries (initdb, pg_ctl, psql) and pyarrow. Safe to run again.
+# PostgreSQL server binaries (initdb, pg_ctl, psql), nats-server and pyarrow. Safe to run
+# again.
 set -euo pipefail
 
 have_pg() {
@@ -30,4 +31,11 @@ if ! "$PY_VENV/bin/python" -c "import pyarrow.dataset" >/dev/null 2>&1; then
   echo "installing pyarrow into $PY_VENV" >&2
   python3 -m venv "$PY_VENV"
   "$PY_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "pyarrow==18.1.0"
+fi
+
+# nats-server, for the access-event subscription test (and the NATS sink).
+if ! command -v nats-server >/dev/null 2>&1; then
+  echo "installing nats-server" >&2
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nats-server >/dev/null
 fi

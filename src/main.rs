@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use helios_repl::api::{self, client, client::ApiClient};
+use helios_repl::control::access_subscriber;
 use helios_repl::control::job_control::{ExportRequest, ExportState, JobStatus};
 use helios_repl::control::job_manager::JobManager;
 use helios_repl::control::job_runner::{self, Desired, JobStats};
@@ -67,6 +68,13 @@ enum Command {
         /// the history table).
         #[arg(long, default_value_t = 300)]
         retention_every_secs: u64,
+        /// A NATS server whose access events (the JSON body of POST /v1/access) feed the
+        /// hotness predictor.
+        #[arg(long)]
+        access_nats_url: Option<String>,
+        /// The subject access events are published on.
+        #[arg(long, default_value = access_subscriber::DEFAULT_SUBJECT)]
+        access_subject: String,
     },
     /// A tenant's rows of a table as of a system time and a valid time (asks a server).
     Query {
@@ -222,12 +230,15 @@ fn main() -> anyhow::Result<()> {
             token,
             workers,
             retention_every_secs,
+            access_nats_url,
+            access_subject,
         } => runtime.block_on(serve(
             listen,
             meta_dsn,
             token,
             workers,
             Duration::from_secs(retention_every_secs.max(1)),
+            access_nats_url.map(|url| (url, access_subject)),
         )),
         Command::Query {
             tenant,
@@ -396,6 +407,7 @@ async fn serve(
     token: Option<String>,
     workers: usize,
     retention_every: Duration,
+    access_nats: Option<(String, String)>,
 ) -> anyhow::Result<()> {
     let store = MetadataStore::open(&meta_dsn).await?;
     let host = Arc::new(
@@ -405,6 +417,14 @@ async fn serve(
     let metrics = MetricsRegistry::new();
     let manager = JobManager::start(host.clone(), store, metrics).await?;
     let retention = manager.start_retention(retention_every);
+    let access = match access_nats {
+        Some((url, subject)) => Some(
+            access_subscriber::start(&url, &subject, manager.clone())
+                .await
+                .with_context(|| format!("subscribe to access events on {url}"))?,
+        ),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("listen on {listen}"))?;
@@ -419,6 +439,9 @@ async fn serve(
     })
     .await?;
     retention.abort();
+    if let Some(a) = access {
+        a.abort();
+    }
     manager.shutdown().await;
     drop(manager);
     if let Ok(host) = Arc::try_unwrap(host) {

@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::{self, BearerAuth};
 use super::error::{redact_text, ApiError};
+use crate::control::access::AccessEvents;
 use crate::control::job_control::{
-    AsOfQuery, AsOfRows, ExportRequest, ExportStatus, JobControl, JobId, JobStatus,
+    AsOfQuery, AsOfRows, ControlError, ExportRequest, ExportStatus, JobControl, JobId, JobStatus,
     RetentionPolicy, TenantJob, TimePoint,
 };
 use crate::control::job_spec::JobSpec;
@@ -40,6 +41,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/exports/{id}"),
     ("GET", "/v1/retention-policies"),
     ("PUT", "/v1/retention-policies"),
+    ("POST", "/v1/access"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -129,6 +131,7 @@ fn endpoint(method: &str, path: &str) -> MethodRouter<AppState> {
         ("GET", "/v1/exports/{id}") => get(export_status),
         ("GET", "/v1/retention-policies") => get(retention_policies),
         ("PUT", "/v1/retention-policies") => put(set_retention),
+        ("POST", "/v1/access") => post(record_access),
         ("GET", "/healthz") => get(healthz),
         ("GET", "/readyz") => get(readyz),
         ("GET", "/metrics") => get(metrics),
@@ -439,6 +442,20 @@ async fn set_retention(
     let body = body.map_err(|e| ApiError::bad_request(e.body_text(), None))?;
     let policy: RetentionPolicy = json_body(&body)?;
     Ok(Json(state.control.set_retention(policy).await?))
+}
+
+async fn record_access(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| ApiError::bad_request(e.body_text(), None))?;
+    let events: AccessEvents = json_body(&body)?;
+    events.validate().map_err(|e| ControlError::Invalid {
+        field: e.field,
+        message: e.reason,
+    })?;
+    let accepted = state.control.record_access(events).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
 }
 
 async fn healthz() -> Json<Health> {

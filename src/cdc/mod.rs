@@ -6,5 +6,6 @@ pub mod catalog;
 pub mod error;
 pub mod pgoutput;
 pub mod snapshot;
+pub mod source_stats;
 pub mod stream;
 pub mod user_types;

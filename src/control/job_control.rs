@@ -314,4 +314,9 @@ pub trait JobControl: Send + Sync + 'static {
         -> Result<RetentionPolicy, ControlError>;
     /// Every retention policy.
     async fn retention_policies(&self) -> Result<Vec<RetentionPolicy>, ControlError>;
+    /// Counts access events (already validated) for the jobs that replicate their rows.
+    async fn record_access(
+        &self,
+        events: crate::control::access::AccessEvents,
+    ) -> Result<crate::control::access::AccessAccepted, ControlError>;
 }

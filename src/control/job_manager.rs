@@ -16,6 +16,7 @@ use tokio::sync::{watch, Mutex};
 
 use crate::cdc::catalog;
 use crate::change::format_lsn;
+use crate::control::access::{AccessHub, STORED_PREDICTIONS};
 use crate::control::job_control::{
     AsOfQuery, AsOfRows, ControlError, ExportRequest, ExportState, ExportStatus, JobControl, JobId,
     JobState, JobStatus, Readiness, RetentionPolicy, TenantJob, TenantStatus, TimePoint,
@@ -156,6 +157,20 @@ impl JobManager {
         }
     }
 
+    /// Records the job's model and hottest predictions in the metadata store.
+    async fn save_prediction(&self, hub: &AccessHub) {
+        let status = hub.status();
+        if let Some(model) = hub.saved_model() {
+            if let Err(e) = self.store.save_model(&hub.job, &model, &status).await {
+                tracing::warn!(job = %hub.job, error = %e, "cannot save the prediction model");
+            }
+        }
+        let top = hub.top_predictions(STORED_PREDICTIONS);
+        if let Err(e) = self.store.save_predictions(&hub.job, &top).await {
+            tracing::warn!(job = %hub.job, error = %e, "cannot save predictions");
+        }
+    }
+
     fn spawn(self: &Arc<Self>, spec: JobSpec, version: i32, desired: Desired) -> ManagedJob {
         let stats = Arc::new(JobStats::new(spec.sinks.len()));
         if desired == Desired::Pause {
@@ -169,7 +184,15 @@ impl JobManager {
         let metrics = self.metrics.register_job(&spec.name, tenants.as_deref());
         let task = {
             let (host, stats, spec) = (self.host.clone(), stats.clone(), spec.clone());
+            let me = self.clone();
             tokio::spawn(async move {
+                match me.store.load_model(&spec.name).await {
+                    Ok(Some(model)) => stats.set_saved_model(model),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(job = %spec.name, error = %e, "cannot load the saved model; training a new one")
+                    }
+                }
                 let _ = job_runner::run_job(spec, &host, stats, control_rx, None).await;
             })
         };
@@ -289,6 +312,8 @@ async fn monitor(
     let mut seen_counts: HashMap<(usize, String), (u64, u64)> = HashMap::new();
     let mut seen_bytes = 0u64;
     let mut seen_errors: Vec<u64> = vec![0; stats.sinks.len()];
+    let mut seen_reads = 0u64;
+    let mut saved_windows = 0u64;
     loop {
         tick.tick().await;
         let rows = stats.rows_applied();
@@ -347,11 +372,61 @@ async fn monitor(
         if let Err(e) = manager.store.record_checkpoints(&job, &changed).await {
             tracing::warn!(job = %job, error = %e, "cannot mirror checkpoints");
         }
+        for (i, sink) in stats.sinks.iter().enumerate() {
+            let micros = sink.throttled_micros.load(Relaxed);
+            let seen = seen_counts.entry((i, "_throttled".into())).or_default();
+            metrics.throttled("postgres", micros.saturating_sub(seen.0) as f64 / 1e6);
+            seen.0 = micros;
+        }
+        if let Some(hub) = stats.access() {
+            let reads = hub.ledger.reads.load(Relaxed);
+            if reads < seen_reads {
+                // A new run of the job: its hub counts from zero.
+                (seen_reads, saved_windows) = (0, 0);
+            }
+            metrics.access_events(reads.saturating_sub(seen_reads));
+            seen_reads = reads;
+            let status = hub.status();
+            metrics.set_predictor_in_use(status.in_use);
+            for (name, error) in [
+                ("model", status.errors.model),
+                ("heuristic", status.errors.heuristic),
+                ("last_window", status.errors.last_window),
+            ] {
+                if let Some(e) = error {
+                    metrics.set_prediction_error(name, e);
+                }
+            }
+            metrics.set_hotness(
+                status
+                    .tenant_hotness
+                    .iter()
+                    .map(|(t, h)| (t.as_str(), f64::from(*h))),
+            );
+            if status.windows > saved_windows {
+                saved_windows = status.windows;
+                manager.save_prediction(&hub).await;
+            }
+        }
     }
 }
 
 #[async_trait::async_trait]
 impl JobControl for JobManager {
+    async fn record_access(
+        &self,
+        events: crate::control::access::AccessEvents,
+    ) -> Result<crate::control::access::AccessAccepted, ControlError> {
+        let hubs: Vec<Arc<AccessHub>> = {
+            let jobs = self.jobs.lock().await;
+            jobs.values().filter_map(|j| j.stats.access()).collect()
+        };
+        Ok(crate::control::access::record_in(
+            hubs.iter().map(|h| &**h),
+            &events,
+        ))
+    }
+
     async fn submit(&self, spec: JobSpec) -> Result<JobId, ControlError> {
         spec.validate()?;
         let mut jobs = self.jobs.lock().await;

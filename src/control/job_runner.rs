@@ -28,15 +28,18 @@ use crate::cdc::error::CdcError;
 use crate::cdc::snapshot;
 use crate::cdc::stream::{self, ConfirmedStore, ReaderIo, ReaderState, ReaderStats, SourceEvent};
 use crate::change::{format_lsn, Lsn};
+use crate::control::access::{self, AccessHub};
 use crate::control::history_start::{self, check_history_table};
 use crate::control::job_control::JobState;
 use crate::control::job_spec::{JobSpec, SinkSpec, TenantFilter};
 use crate::dataflow::host::DataflowHost;
 use crate::dataflow::worker::{JobDataflow, SinkPlace, SinkTarget};
+use crate::operators::access::SavedModel;
 use crate::operators::history::HistoryBooks;
 use crate::operators::partition::TenantPlan;
 use crate::operators::version::SysTime;
 use crate::sinks::pg_apply::{self, store};
+use crate::sinks::qos::rate_limit::SinkLimiter;
 use crate::sinks::worker::{SinkStats, RETRY_INITIAL, RETRY_MAX};
 use crate::sinks::SinkError;
 use crate::sql_text::{quote_ident, quote_literal};
@@ -75,6 +78,10 @@ pub struct JobStats {
     pub books: Arc<HistoryBooks>,
     /// State and the reason for it (failure, or the last transient error).
     state: Mutex<(JobState, Option<String>)>,
+    /// Access signals and hotness predictions of the running job.
+    access: Mutex<Option<Arc<AccessHub>>>,
+    /// A model saved by an earlier run, for the next start.
+    saved_model: Mutex<Option<SavedModel>>,
 }
 
 impl JobStats {
@@ -86,6 +93,30 @@ impl JobStats {
             errors: AtomicU64::new(0),
             books: Default::default(),
             state: Mutex::new((JobState::Snapshotting, None)),
+            access: Mutex::new(None),
+            saved_model: Mutex::new(None),
+        }
+    }
+
+    /// Gives the next start of the job a model saved earlier.
+    pub fn set_saved_model(&self, model: SavedModel) {
+        if let Ok(mut m) = self.saved_model.lock() {
+            *m = Some(model);
+        }
+    }
+
+    fn take_saved_model(&self) -> Option<SavedModel> {
+        self.saved_model.lock().ok().and_then(|mut m| m.take())
+    }
+
+    /// The running job's access signals and predictions.
+    pub fn access(&self) -> Option<Arc<AccessHub>> {
+        self.access.lock().ok().and_then(|a| a.clone())
+    }
+
+    fn set_access(&self, hub: Option<Arc<AccessHub>>) {
+        if let Ok(mut a) = self.access.lock() {
+            *a = hub;
         }
     }
 
@@ -267,16 +298,22 @@ async fn run_job_inner(
 
     let (events_tx, events_rx) = mpsc::channel::<SourceEvent>(8192);
     let (durable_tx, mut durable_rx) = watch::channel::<Lsn>(0);
+    let hub = Arc::new(AccessHub::new(spec, stats.take_saved_model()));
+    stats.set_access(Some(hub.clone()));
+    let windows = tokio::spawn(access::run_windows(hub.clone()));
+    let now = crate::change::pg_now_micros();
     host.install(JobDataflow {
         job: spec.name.clone(),
         plan: plan.clone(),
         sinks: sinks
             .iter()
             .zip(&stats.sinks)
-            .map(|((place, rows), stats)| SinkTarget {
+            .zip(&spec.sinks)
+            .map(|(((place, rows), stats), sink)| SinkTarget {
                 place: place.clone(),
                 batch_max_rows: *rows,
                 stats: stats.clone(),
+                limiter: Arc::new(SinkLimiter::new(sink.limits(), now)),
             })
             .collect(),
         events: Arc::new(std::sync::Mutex::new(Some(events_rx))),
@@ -285,6 +322,9 @@ async fn run_job_inner(
         reader: stats.reader.clone(),
         history: Arc::new(history_start::history_plan(spec)),
         books: stats.books.clone(),
+        qos: Arc::new(spec.qos.policy()),
+        access: Some(hub.dataflow_side()),
+        max_backlog_rows: spec.qos.max_buffered_rows,
     });
     let pruner = (spec.history_tables().next().is_some()).then(|| {
         tokio::spawn(prune_hot_window(
@@ -353,6 +393,8 @@ async fn run_job_inner(
     if let Some(p) = pruner {
         p.abort();
     }
+    windows.abort();
+    stats.set_access(None);
     result
 }
 

@@ -9,10 +9,12 @@ use tokio_postgres::types::PgLsn;
 use tokio_postgres::Client;
 
 use crate::change::Lsn;
+use crate::control::access::PredictionStatus;
 use crate::control::history_query::Horizon;
 use crate::control::job_control::{ExportRequest, ExportState, ExportStatus, RetentionPolicy};
 use crate::control::job_spec::{JobSpec, SinkSpec};
 use crate::control::secret::Dsn;
+use crate::operators::access::{BucketKey, SavedModel};
 use crate::sql_text::describe_pg_error;
 
 /// The migrations, in order (version, SQL).
@@ -26,6 +28,10 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("../../schemas/migrations/0002_retention.sql"),
     ),
     (3, include_str!("../../schemas/migrations/0003_exports.sql")),
+    (
+        4,
+        include_str!("../../schemas/migrations/0004_predictions.sql"),
+    ),
 ];
 
 /// Why the metadata store could not do something.
@@ -190,6 +196,90 @@ impl MetadataStore {
             )
             .await
             .map_err(db("save retention policy"))?;
+        Ok(())
+    }
+
+    /// Saves a job's prediction model and how it fares (one row per job).
+    pub async fn save_model(
+        &self,
+        job: &str,
+        model: &SavedModel,
+        status: &PredictionStatus,
+    ) -> Result<(), MetadataError> {
+        let model = serde_json::to_value(model)
+            .map_err(|e| MetadataError::Database(format!("encode model: {e}")))?;
+        self.client
+            .execute(
+                "INSERT INTO helios_meta.ml_models (job, model, in_use, model_error, heuristic_error, windows)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (job) DO UPDATE SET model = EXCLUDED.model, in_use = EXCLUDED.in_use,
+                   model_error = EXCLUDED.model_error, heuristic_error = EXCLUDED.heuristic_error,
+                   windows = EXCLUDED.windows, updated_at = now()",
+                &[
+                    &job,
+                    &model,
+                    &status.in_use,
+                    &status.errors.model,
+                    &status.errors.heuristic,
+                    &(status.windows as i64),
+                ],
+            )
+            .await
+            .map_err(db("save model"))?;
+        Ok(())
+    }
+
+    /// The model a job saved, if any. A stored model that no longer decodes is reported
+    /// and ignored (a new one is trained).
+    pub async fn load_model(&self, job: &str) -> Result<Option<SavedModel>, MetadataError> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT model FROM helios_meta.ml_models WHERE job = $1",
+                &[&job],
+            )
+            .await
+            .map_err(db("load model"))?;
+        let Some(row) = row else { return Ok(None) };
+        let value: serde_json::Value = row.get(0);
+        match serde_json::from_value(value) {
+            Ok(model) => Ok(Some(model)),
+            Err(e) => {
+                tracing::warn!(job, error = %e, "stored model does not decode; ignored");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Replaces a job's stored predictions with `top` (its hottest buckets).
+    pub async fn save_predictions(
+        &self,
+        job: &str,
+        top: &[(BucketKey, f32)],
+    ) -> Result<(), MetadataError> {
+        let tenants: Vec<&str> = top.iter().map(|(k, _)| k.tenant.as_str()).collect();
+        let tables: Vec<&str> = top.iter().map(|(k, _)| k.table.as_str()).collect();
+        let buckets: Vec<i64> = top.iter().map(|(k, _)| k.bucket).collect();
+        let predicted: Vec<f64> = top.iter().map(|(_, v)| f64::from(*v)).collect();
+        self.client
+            .execute(
+                "DELETE FROM helios_meta.access_predictions
+                  WHERE job = $1 AND (tenant, table_name, bucket) NOT IN
+                        (SELECT * FROM unnest($2::text[], $3::text[], $4::bigint[]))",
+                &[&job, &tenants, &tables, &buckets],
+            )
+            .await
+            .map_err(db("drop old predictions"))?;
+        self.client
+            .execute(
+                "INSERT INTO helios_meta.access_predictions (job, tenant, table_name, bucket, predicted)
+                 SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::float8[])
+                 ON CONFLICT (job, tenant, table_name, bucket)
+                 DO UPDATE SET predicted = EXCLUDED.predicted, predicted_at = now()",
+                &[&job, &tenants, &tables, &buckets, &predicted],
+            )
+            .await
+            .map_err(db("save predictions"))?;
         Ok(())
     }
 

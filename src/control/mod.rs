@@ -1,5 +1,7 @@
 //! Jobs: their specs and their lifecycle (start, snapshot or resume, run, stop).
 
+pub mod access;
+pub mod access_subscriber;
 pub mod exports;
 pub mod history_query;
 pub mod history_start;

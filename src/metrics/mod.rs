@@ -17,6 +17,11 @@
 //! | `helios_apply_batch_seconds` | histogram | `job`, `sink` |
 //! | `helios_source_confirmed_lsn` | gauge | `job` |
 //! | `helios_job_state` | gauge | `job`, `state` |
+//! | `helios_tenant_predicted_hotness` | gauge | `job`, `tenant` |
+//! | `helios_prediction_error` | gauge | `job`, `predictor` |
+//! | `helios_predictor_in_use` | gauge | `job`, `predictor` |
+//! | `helios_access_events_total` | counter | `job` |
+//! | `helios_sink_throttled_seconds_total` | counter | `job`, `sink` |
 //!
 //! Prometheus conventions: base units (seconds, bytes), counters end in `_total`, a
 //! histogram's series are `_bucket{le}`, `_sum` and `_count`. The LSN gauge is the LSN as a
@@ -33,6 +38,8 @@
 //!   `stopping` — the snake_case names of `control::job_control::JobState`. The current
 //!   state's series is 1, every other state's 0. See [`names::STATES`].
 //! - `sink`: the sink's `Sink::kind()` (`postgres`, …).
+//! - `predictor`: `model`, `heuristic`, `last_window` (errors) and `model`, `heuristic`,
+//!   `round_robin` (in use). See [`names::PREDICTORS`].
 //!
 //! # Bounded cardinality
 //! The `tenant` label takes only the tenant ids a job was registered with, plus
@@ -101,8 +108,22 @@ pub mod names {
     /// 1 for the job's current state, 0 for the others.
     pub const JOB_STATE: &str = "helios_job_state";
 
+    /// Predicted accesses of the tenant's rows in the next prediction window.
+    pub const PREDICTED_HOTNESS: &str = "helios_tenant_predicted_hotness";
+    /// Rolling mean absolute error of each predictor (accesses per key bucket and window).
+    pub const PREDICTION_ERROR: &str = "helios_prediction_error";
+    /// 1 for the predictor ordering the job's sinks, 0 for the others.
+    pub const PREDICTOR_IN_USE: &str = "helios_predictor_in_use";
+    /// Access events counted (POST /v1/access, NATS).
+    pub const ACCESS_EVENTS_TOTAL: &str = "helios_access_events_total";
+    /// Time sink tasks waited for bandwidth (their rows/s or bytes/s limit).
+    pub const SINK_THROTTLED_SECONDS_TOTAL: &str = "helios_sink_throttled_seconds_total";
+
+    /// Values of the `predictor` label.
+    pub const PREDICTORS: [&str; 4] = ["model", "heuristic", "last_window", "round_robin"];
+
     /// Every metric name above.
-    pub const ALL_METRICS: [&str; 9] = [
+    pub const ALL_METRICS: [&str; 14] = [
         REPLICATION_LAG_SECONDS,
         REPLICATION_LAG_BYTES,
         ROWS_REPLICATED_TOTAL,
@@ -112,6 +133,11 @@ pub mod names {
         APPLY_BATCH_SECONDS,
         SOURCE_CONFIRMED_LSN,
         JOB_STATE,
+        PREDICTED_HOTNESS,
+        PREDICTION_ERROR,
+        PREDICTOR_IN_USE,
+        ACCESS_EVENTS_TOTAL,
+        SINK_THROTTLED_SECONDS_TOTAL,
     ];
 
     /// Label: the job's name.
@@ -197,6 +223,12 @@ struct SinkLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PredictorLabels {
+    job: Arc<str>,
+    predictor: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     job: Arc<str>,
     state: &'static str,
@@ -218,6 +250,11 @@ struct Families {
     apply_batch: HistogramFamily,
     confirmed_lsn: Family<JobLabels, GaugeU64>,
     job_state: Family<StateLabels, Gauge>,
+    hotness: Family<TenantLabels, GaugeF64>,
+    prediction_error: Family<PredictorLabels, GaugeF64>,
+    predictor_in_use: Family<PredictorLabels, Gauge>,
+    access_events: Family<JobLabels, Counter>,
+    throttled: Family<SinkLabels, Counter<f64, AtomicU64>>,
 }
 
 /// `name` without `suffix`: `prometheus-client` appends `_total` to counters and the unit
@@ -239,6 +276,11 @@ impl Families {
             apply_batch: Family::new_with_constructor(new_apply_histogram),
             confirmed_lsn: Family::default(),
             job_state: Family::default(),
+            hotness: Family::default(),
+            prediction_error: Family::default(),
+            predictor_in_use: Family::default(),
+            access_events: Family::default(),
+            throttled: Family::default(),
         }
     }
 
@@ -291,6 +333,31 @@ impl Families {
             JOB_STATE,
             "1 for the job's current state, 0 for the others",
             self.job_state.clone(),
+        );
+        r.register(
+            PREDICTED_HOTNESS,
+            "Predicted accesses of the tenant's rows in the next prediction window",
+            self.hotness.clone(),
+        );
+        r.register(
+            PREDICTION_ERROR,
+            "Rolling mean absolute error of each predictor (accesses per key bucket and window)",
+            self.prediction_error.clone(),
+        );
+        r.register(
+            PREDICTOR_IN_USE,
+            "1 for the predictor ordering the job's sinks (model, heuristic, round_robin)",
+            self.predictor_in_use.clone(),
+        );
+        r.register(
+            stem(ACCESS_EVENTS_TOTAL, "_total"),
+            "Access events counted (POST /v1/access, NATS subject)",
+            self.access_events.clone(),
+        );
+        r.register(
+            stem(SINK_THROTTLED_SECONDS_TOTAL, "_total"),
+            "Seconds sink tasks waited for bandwidth (rows/s or bytes/s limits)",
+            self.throttled.clone(),
         );
     }
 }
@@ -410,6 +477,7 @@ struct TenantSlot {
     tenant: Arc<str>,
     rows: Slots<&'static str, Counter>,
     lag: Slots<(), (GaugeF64, GaugeU64)>,
+    hotness: Slots<(), GaugeF64>,
 }
 
 /// A sink's series.
@@ -442,6 +510,10 @@ pub struct JobMetrics {
     confirmed_lsn: Slots<(), GaugeU64>,
     sinks: Slots<&'static str, SinkSeries>,
     states: Slots<&'static str, Gauge>,
+    prediction_errors: Slots<&'static str, GaugeF64>,
+    predictors_in_use: Slots<&'static str, Gauge>,
+    access_events: Slots<(), Counter>,
+    throttled: Slots<&'static str, Counter<f64, AtomicU64>>,
     /// Held while creating a series and while retiring, so none outlives the job.
     life: Mutex<Lifecycle>,
 }
@@ -462,6 +534,7 @@ impl JobMetrics {
             tenant: Arc::from(tenant),
             rows: Slots::new(),
             lag: Slots::new(),
+            hotness: Slots::new(),
         };
         let mut slots = vec![slot(names::TENANT_ALL)];
         let mut tenant_index = HashMap::new();
@@ -483,6 +556,10 @@ impl JobMetrics {
             confirmed_lsn: Slots::new(),
             sinks: Slots::new(),
             states: Slots::new(),
+            prediction_errors: Slots::new(),
+            predictors_in_use: Slots::new(),
+            access_events: Slots::new(),
+            throttled: Slots::new(),
             life: Mutex::new(Lifecycle {
                 alive: true,
                 removers: Vec::new(),
@@ -705,6 +782,110 @@ impl JobMetrics {
                 g.set(1);
             }
         }
+    }
+}
+
+impl JobMetrics {
+    fn predictor_labels(&self, predictor: &'static str) -> PredictorLabels {
+        PredictorLabels {
+            job: self.job.clone(),
+            predictor,
+        }
+    }
+
+    /// Sets the predicted hotness per tenant: listed tenants get their own series, the
+    /// rest (and every tenant of an all-tenants job) are summed under `_all`.
+    pub fn set_hotness<'a>(&self, tenants: impl IntoIterator<Item = (&'a str, f64)>) {
+        let mut values = vec![0.0f64; self.slots.len()];
+        for (tenant, hot) in tenants {
+            if hot.is_finite() {
+                values[self.tenant_index.get(tenant).copied().unwrap_or(0)] += hot.max(0.0);
+            }
+        }
+        for (slot, value) in self.slots.iter().zip(values) {
+            slot.hotness.with(
+                (),
+                || {
+                    let labels = TenantLabels {
+                        job: self.job.clone(),
+                        tenant: slot.tenant.clone(),
+                    };
+                    self.create(&self.families.hotness, labels)
+                },
+                |g| {
+                    g.set(value);
+                },
+            );
+        }
+    }
+
+    /// Sets a predictor's rolling error (`model`, `heuristic` or `last_window`); NaN and
+    /// infinities are ignored.
+    pub fn set_prediction_error(&self, predictor: &'static str, error: f64) {
+        if !error.is_finite() {
+            return;
+        }
+        self.prediction_errors.with(
+            predictor,
+            || {
+                self.create(
+                    &self.families.prediction_error,
+                    self.predictor_labels(predictor),
+                )
+            },
+            |g| {
+                g.set(error.max(0.0));
+            },
+        );
+    }
+
+    /// Makes `predictor` (`model`, `heuristic` or `round_robin`) the one in use.
+    pub fn set_predictor_in_use(&self, predictor: &'static str) {
+        for p in ["model", "heuristic", "round_robin", predictor] {
+            self.predictors_in_use.with(
+                p,
+                || self.create(&self.families.predictor_in_use, self.predictor_labels(p)),
+                |g| {
+                    g.set(i64::from(p == predictor));
+                },
+            );
+        }
+    }
+
+    /// Counts `n` access events.
+    pub fn access_events(&self, n: u64) {
+        self.access_events.with(
+            (),
+            || {
+                let labels = JobLabels {
+                    job: self.job.clone(),
+                };
+                self.create(&self.families.access_events, labels)
+            },
+            |c| {
+                c.inc_by(n);
+            },
+        );
+    }
+
+    /// Counts `seconds` a sink waited for bandwidth.
+    pub fn throttled(&self, sink: &'static str, seconds: f64) {
+        if !(seconds.is_finite() && seconds >= 0.0) {
+            return;
+        }
+        self.throttled.with(
+            sink,
+            || {
+                let labels = SinkLabels {
+                    job: self.job.clone(),
+                    sink,
+                };
+                self.create(&self.families.throttled, labels)
+            },
+            |c| {
+                c.inc_by(seconds);
+            },
+        );
     }
 }
 

@@ -297,6 +297,12 @@ fn exercise(m: &JobMetrics) {
     m.set_lag(Some("3"), 0.5, 10);
     m.set_confirmed_lsn(0x1_0000_0000 + 42);
     m.set_state(STATE_STREAMING);
+    m.set_hotness([("3", 12.5), ("9", 1.0)]);
+    m.set_prediction_error("model", 0.7);
+    m.set_prediction_error("heuristic", 0.9);
+    m.set_predictor_in_use("model");
+    m.access_events(4);
+    m.throttled("postgres", 0.25);
 }
 
 // ---------------------------------------------------------------------------------
@@ -744,4 +750,41 @@ fn the_dashboard_parses_and_uses_every_metric() {
     ] {
         assert!(all.contains(needle), "dashboard lacks {needle}");
     }
+}
+
+#[test]
+fn prediction_series_follow_the_predictor_in_use_and_bound_tenants() {
+    let reg = MetricsRegistry::new();
+    let m = reg.register_job("orders", Some(&strings(&["3", "7"])));
+    m.set_hotness([("3", 2.0), ("7", 1.0), ("99", 5.0), ("98", 0.5)]);
+    m.set_predictor_in_use("model");
+    m.set_predictor_in_use("heuristic");
+    m.set_prediction_error("model", f64::NAN);
+    let text = reg.encode();
+    assert!(
+        text.contains("helios_tenant_predicted_hotness{job=\"orders\",tenant=\"3\"} 2.0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("helios_tenant_predicted_hotness{job=\"orders\",tenant=\"_all\"} 5.5"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("tenant=\"99\""),
+        "unlisted tenants get no series"
+    );
+    assert!(
+        text.contains("helios_predictor_in_use{job=\"orders\",predictor=\"heuristic\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("helios_predictor_in_use{job=\"orders\",predictor=\"model\"} 0"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("helios_prediction_error{"),
+        "NaN errors are not recorded"
+    );
+    reg.unregister_job("orders");
+    assert!(!reg.encode().contains("predict"), "series go with the job");
 }

@@ -273,6 +273,23 @@ impl JobControl for FakeControl {
     async fn retention_policies(&self) -> Result<Vec<RetentionPolicy>, ControlError> {
         Ok(self.policies.lock().unwrap().clone())
     }
+
+    async fn record_access(
+        &self,
+        events: crate::control::access::AccessEvents,
+    ) -> Result<crate::control::access::AccessAccepted, ControlError> {
+        // Accepted when the event names no job or a job this fake knows.
+        let jobs = self.jobs.lock().unwrap();
+        let accepted = events
+            .events
+            .iter()
+            .filter(|e| e.job.as_ref().is_none_or(|j| jobs.contains_key(j)))
+            .count();
+        Ok(crate::control::access::AccessAccepted {
+            accepted,
+            unmatched: events.events.len() - accepted,
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------

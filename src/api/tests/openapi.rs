@@ -149,6 +149,9 @@ async fn every_documented_route_is_routed_and_answers_as_documented() {
             ("PUT", "/v1/retention-policies") => {
                 Some(r#"{"tenant": "3", "table": "public.orders", "days": 7}"#)
             }
+            ("POST", "/v1/access") => {
+                Some(r#"{"events": [{"tenant": 3, "table": "public.orders", "key": 1}]}"#)
+            }
             _ => None,
         };
         let answer = if (method.as_str(), path.as_str()) == ("POST", "/v1/jobs") {
