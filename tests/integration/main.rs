@@ -8,5 +8,6 @@ mod harness;
 mod history;
 mod isolation_crash_idle;
 mod job_spec_files;
+mod qos;
 mod serve_api;
 mod snapshot_stream;
