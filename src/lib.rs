@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod cdc;
+pub mod codec;
 pub mod change;
 pub mod control;
 pub mod dataflow;
