@@ -12,6 +12,7 @@ pub mod codec;
 pub mod change;
 pub mod control;
 pub mod dataflow;
+pub mod inspect;
 pub mod embedded;
 pub mod metrics;
 pub mod operators;

@@ -147,6 +147,40 @@ enum Command {
         #[arg(long, default_value_t = job_runner::DEFAULT_WORKERS)]
         workers: usize,
     },
+    /// Run the stream codec on a table you bring (CSV with a header, or Parquet) and show,
+    /// per column, the codec chosen and its bytes, and the bytes per row of the frames.
+    ExplainCompression {
+        /// The table: a CSV file with a header line, or a Parquet file.
+        #[arg(long)]
+        input: PathBuf,
+        /// Rows per batch (frame), as a sink would gather them.
+        #[arg(long, default_value_t = 1000)]
+        batch_rows: usize,
+    },
+    /// Print a job's NATS stream, decoded, as it arrives.
+    Tail {
+        /// The NATS server.
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        nats_url: String,
+        /// The job's stream (default HELIOS_<job> of --job).
+        #[arg(long)]
+        stream: Option<String>,
+        /// The job (gives the stream name and, without --subject, the subjects).
+        #[arg(long)]
+        job: Option<String>,
+        /// Subject filter, e.g. `helios.orders.3.>` (default: all of the stream).
+        #[arg(long)]
+        subject: Option<String>,
+        /// Start at the stream's first message (default: only new ones).
+        #[arg(long)]
+        from_start: bool,
+        /// Stop after this many frames.
+        #[arg(long)]
+        max_frames: Option<u64>,
+        /// Stop when nothing arrives for this many seconds.
+        #[arg(long)]
+        idle_exit_secs: Option<u64>,
+    },
 }
 
 /// How the CLI reaches a server.
@@ -201,6 +235,37 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("start the async runtime")?;
     match cli.command {
+        Command::ExplainCompression { input, batch_rows } => {
+            let batches = helios_repl::inspect::explain::read_table(&input)?;
+            let report = helios_repl::inspect::explain::explain(&batches, batch_rows)?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Tail {
+            nats_url,
+            stream,
+            job,
+            subject,
+            from_start,
+            max_frames,
+            idle_exit_secs,
+        } => {
+            let stream = match (stream, &job) {
+                (Some(s), _) => s,
+                (None, Some(job)) => helios_repl::sinks::nats::subjects::default_stream_name(job),
+                (None, None) => anyhow::bail!("tail needs --stream or --job"),
+            };
+            let options = helios_repl::inspect::tail::TailOptions {
+                url: nats_url,
+                stream,
+                subject: subject.unwrap_or_default(),
+                from_start,
+                max_frames,
+                idle_exit: idle_exit_secs.map(std::time::Duration::from_secs),
+            };
+            runtime.block_on(helios_repl::inspect::tail::run(options))?;
+            Ok(())
+        }
         Command::Run {
             job,
             workers,

@@ -21,7 +21,8 @@ use super::auth::{self, BearerAuth};
 use super::error::{redact_text, ApiError};
 use crate::control::access::AccessEvents;
 use crate::control::job_control::{
-    AsOfQuery, AsOfRows, ControlError, ExportRequest, ExportStatus, JobControl, JobId, JobStatus,
+    AsOfQuery, AsOfRows, ControlError, ExportRequest, ExportStatus, JobCompression, JobControl,
+    JobId, JobStatus,
     RetentionPolicy, TenantJob, TimePoint,
 };
 use crate::control::job_spec::JobSpec;
@@ -35,6 +36,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/jobs/{id}"),
     ("POST", "/v1/jobs/{id}/pause"),
     ("POST", "/v1/jobs/{id}/resume"),
+    ("GET", "/v1/jobs/{id}/compression"),
     ("GET", "/v1/tenants/{tenant}"),
     ("GET", "/v1/tenants/{tenant}/tables/{table}/rows"),
     ("POST", "/v1/exports"),
@@ -125,6 +127,7 @@ fn endpoint(method: &str, path: &str) -> MethodRouter<AppState> {
         ("DELETE", "/v1/jobs/{id}") => delete(delete_job),
         ("POST", "/v1/jobs/{id}/pause") => post(pause_job),
         ("POST", "/v1/jobs/{id}/resume") => post(resume_job),
+        ("GET", "/v1/jobs/{id}/compression") => get(job_compression),
         ("GET", "/v1/tenants/{tenant}") => get(tenant_jobs),
         ("GET", "/v1/tenants/{tenant}/tables/{table}/rows") => get(rows_as_of),
         ("POST", "/v1/exports") => post(start_export),
@@ -241,6 +244,14 @@ async fn get_job(
 ) -> Result<Json<JobStatus>, ApiError> {
     let id = path_param(id, "id")?;
     Ok(Json(redact_status(state.control.get(&id).await?)))
+}
+
+async fn job_compression(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<JobCompression>, ApiError> {
+    let id = path_param(id, "id")?;
+    Ok(Json(state.control.compression(&id).await?))
 }
 
 async fn pause_job(

@@ -24,6 +24,10 @@ pub enum FrameError {
     /// The frame ends before its declared content.
     #[error("frame is truncated")]
     Truncated,
+    /// A delta frame refers to state (schema, dictionaries) from a frame this decoder has
+    /// not seen: start at a key frame.
+    #[error("frame needs state from an earlier frame: {0}")]
+    MissingState(String),
     /// The frame's bytes are inconsistent.
     #[error("frame is corrupt: {0}")]
     Corrupt(String),

@@ -322,7 +322,10 @@ impl AccessHub {
         let Ok(mut p) = self.predictor.lock() else {
             return;
         };
-        p.close_window(end_unix_secs, &counts.buckets, &counts.table_reads);
+        let report = p.close_window(end_unix_secs, &counts.buckets, &counts.table_reads);
+        if report.model_reset {
+            tracing::warn!(job = %self.job, "prediction model reset after a non-finite output; the heuristic is in use until it recovers");
+        }
         let snapshot = HotnessSnapshot::from_entries(
             p.predictions()
                 .map(|(k, v)| (k.tenant.as_str(), k.table.as_str(), k.bucket, v)),

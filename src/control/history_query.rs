@@ -40,11 +40,11 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> ControlError {
 pub fn history_places(spec: &JobSpec) -> (Option<String>, Option<String>) {
     let pg = spec.sinks.iter().find_map(|s| match s {
         SinkSpec::Postgres(p) => Some(p.dsn.expose().to_owned()),
-        SinkSpec::Parquet(_) => None,
+        SinkSpec::Parquet(_) | SinkSpec::Nats(_) => None,
     });
     let parquet = spec.sinks.iter().find_map(|s| match s {
         SinkSpec::Parquet(p) => Some(p.root.clone()),
-        SinkSpec::Postgres(_) => None,
+        SinkSpec::Postgres(_) | SinkSpec::Nats(_) => None,
     });
     (pg, parquet)
 }

@@ -97,7 +97,7 @@ pub async fn record_snapshot(
             .iter()
             .filter_map(|s| match s {
                 SinkSpec::Parquet(p) => Some(p.root.as_str()),
-                SinkSpec::Postgres(_) => None,
+                SinkSpec::Postgres(_) | SinkSpec::Nats(_) => None,
             })
             .collect();
         if roots.is_empty() {

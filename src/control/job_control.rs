@@ -314,9 +314,47 @@ pub trait JobControl: Send + Sync + 'static {
         -> Result<RetentionPolicy, ControlError>;
     /// Every retention policy.
     async fn retention_policies(&self) -> Result<Vec<RetentionPolicy>, ControlError>;
+    /// What the codec of each of a job's compressed-stream sinks chose, per stream.
+    async fn compression(&self, id: &str) -> Result<JobCompression, ControlError>;
     /// Counts access events (already validated) for the jobs that replicate their rows.
     async fn record_access(
         &self,
         events: crate::control::access::AccessEvents,
     ) -> Result<crate::control::access::AccessAccepted, ControlError>;
+}
+
+/// Body of `GET /v1/jobs/{id}/compression`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobCompression {
+    /// The job.
+    pub job: String,
+    /// Its compressed-stream sinks (NATS), by position in the spec.
+    pub sinks: Vec<SinkCompression>,
+}
+
+/// One compressed-stream sink's codec figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SinkCompression {
+    /// Position of the sink in the spec's `sinks`.
+    pub sink: usize,
+    /// Its kind (`nats`).
+    pub kind: String,
+    /// Frames published since the job started.
+    pub frames: u64,
+    /// Rows in them.
+    pub rows: u64,
+    /// Arrow bytes encoded.
+    pub arrow_bytes: u64,
+    /// Frame bytes published.
+    pub frame_bytes: u64,
+    /// Frame bytes per row.
+    pub bytes_per_row: f64,
+    /// Seconds spent encoding.
+    pub encode_seconds: f64,
+    /// True while the sink uses cheaper encodings (CPU budget exceeded).
+    pub fast_mode: bool,
+    /// Times it fell back to them.
+    pub fallbacks: u64,
+    /// Per (tenant, table) stream: the latest frame's codec per column.
+    pub streams: Vec<crate::sinks::nats::compression_stats::StreamReport>,
 }

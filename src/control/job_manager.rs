@@ -18,7 +18,8 @@ use crate::cdc::catalog;
 use crate::change::format_lsn;
 use crate::control::access::{AccessHub, STORED_PREDICTIONS};
 use crate::control::job_control::{
-    AsOfQuery, AsOfRows, ControlError, ExportRequest, ExportState, ExportStatus, JobControl, JobId,
+    AsOfQuery, AsOfRows, ControlError, ExportRequest, ExportState, ExportStatus, JobCompression,
+    JobControl, JobId, SinkCompression,
     JobState, JobStatus, Readiness, RetentionPolicy, TenantJob, TenantStatus, TimePoint,
 };
 use crate::control::job_runner::{self, Desired, JobStats};
@@ -203,6 +204,7 @@ impl JobManager {
             stats.clone(),
             metrics,
             rows_per_second.clone(),
+            spec.sinks.iter().map(|s| s.kind()).collect(),
         ));
         ManagedJob {
             spec,
@@ -280,10 +282,25 @@ pub fn redacted_spec(spec: &JobSpec) -> serde_json::Value {
     for (i, sink) in spec.sinks.iter().enumerate() {
         match sink {
             SinkSpec::Postgres(p) => value["sinks"][i]["dsn"] = p.dsn.redacted().into(),
+            SinkSpec::Nats(n) => value["sinks"][i]["url"] = redacted_url(&n.url).into(),
             SinkSpec::Parquet(_) => {}
         }
     }
     value
+}
+
+/// A URL with the password of its user-info part shown as `***`.
+fn redacted_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((user_info, host)) => {
+                let user = user_info.split_once(':').map_or(user_info, |(u, _)| u);
+                format!("{scheme}://{user}:***@{host}")
+            }
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
 }
 
 fn state_name(state: JobState) -> &'static str {
@@ -303,7 +320,9 @@ async fn monitor(
     stats: Arc<JobStats>,
     metrics: Arc<JobMetrics>,
     rows_per_second: Arc<std::sync::Mutex<f64>>,
+    kinds: Vec<&'static str>,
 ) {
+    let kind = |i: usize| kinds.get(i).copied().unwrap_or("postgres");
     let mut tick = tokio::time::interval(MONITOR_EVERY);
     let mut last_rows = stats.rows_applied();
     let mut last_at = Instant::now();
@@ -341,11 +360,11 @@ async fn monitor(
         for (i, sink) in stats.sinks.iter().enumerate() {
             let errors = sink.errors.load(Relaxed);
             for _ in seen_errors[i]..errors {
-                metrics.sink_error("postgres");
+                metrics.sink_error(kind(i));
             }
             seen_errors[i] = errors;
             for seconds in sink.take_apply_seconds() {
-                metrics.apply_batch("postgres", seconds);
+                metrics.apply_batch(kind(i), seconds);
             }
             for (tenant, p) in sink.tenant_progress() {
                 let seen = seen_counts.entry((i, tenant.clone())).or_default();
@@ -366,7 +385,7 @@ async fn monitor(
             metrics.rows("_all", "dead_lettered", dead.saturating_sub(seen.1));
             *seen = (skipped, dead);
             let seen_b = seen_counts.entry((i, "_bytes".into())).or_default();
-            metrics.bytes_sent("postgres", bytes.saturating_sub(seen_b.0));
+            metrics.bytes_sent(kind(i), bytes.saturating_sub(seen_b.0));
             seen_b.0 = bytes;
         }
         if let Err(e) = manager.store.record_checkpoints(&job, &changed).await {
@@ -375,8 +394,16 @@ async fn monitor(
         for (i, sink) in stats.sinks.iter().enumerate() {
             let micros = sink.throttled_micros.load(Relaxed);
             let seen = seen_counts.entry((i, "_throttled".into())).or_default();
-            metrics.throttled("postgres", micros.saturating_sub(seen.0) as f64 / 1e6);
+            metrics.throttled(kind(i), micros.saturating_sub(seen.0) as f64 / 1e6);
             seen.0 = micros;
+            if kind(i) == "nats" {
+                let c = &sink.compression;
+                let encode = c.encode_micros.load(Relaxed);
+                let seen = seen_counts.entry((i, "_encode".into())).or_default();
+                metrics.encode_seconds(kind(i), encode.saturating_sub(seen.0) as f64 / 1e6);
+                seen.0 = encode;
+                metrics.set_codec_fast_mode(kind(i), c.fast_mode.load(Relaxed));
+            }
         }
         if let Some(hub) = stats.access() {
             let reads = hub.ledger.reads.load(Relaxed);
@@ -413,6 +440,14 @@ async fn monitor(
 
 #[async_trait::async_trait]
 impl JobControl for JobManager {
+    async fn compression(&self, id: &str) -> Result<JobCompression, ControlError> {
+        let jobs = self.jobs.lock().await;
+        let job = jobs
+            .get(id)
+            .ok_or_else(|| ControlError::NotFound(id.to_string()))?;
+        Ok(job_compression(&job.spec, &job.stats))
+    }
+
     async fn record_access(
         &self,
         events: crate::control::access::AccessEvents,
@@ -785,4 +820,37 @@ async fn drop_replication_slot(spec: &JobSpec) -> Result<(), ControlError> {
         spec.source.slot,
         last.map(|e| e.to_string()).unwrap_or_default()
     )))
+}
+
+/// The codec figures of a job's compressed-stream sinks.
+pub fn job_compression(spec: &JobSpec, stats: &JobStats) -> JobCompression {
+    use std::sync::atomic::Ordering::Relaxed;
+    let sinks = spec
+        .sinks
+        .iter()
+        .zip(&stats.sinks)
+        .enumerate()
+        .filter(|(_, (s, _))| matches!(s, SinkSpec::Nats(_)))
+        .map(|(i, (s, st))| {
+            let c = &st.compression;
+            let (rows, frame_bytes) = (c.rows.load(Relaxed), c.frame_bytes.load(Relaxed));
+            SinkCompression {
+                sink: i,
+                kind: s.kind().to_string(),
+                frames: c.frames.load(Relaxed),
+                rows,
+                arrow_bytes: c.arrow_bytes.load(Relaxed),
+                frame_bytes,
+                bytes_per_row: if rows == 0 { 0.0 } else { frame_bytes as f64 / rows as f64 },
+                encode_seconds: c.encode_micros.load(Relaxed) as f64 / 1e6,
+                fast_mode: c.fast_mode.load(Relaxed),
+                fallbacks: c.fallbacks.load(Relaxed),
+                streams: c.streams(),
+            }
+        })
+        .collect();
+    JobCompression {
+        job: spec.name.clone(),
+        sinks,
+    }
 }

@@ -191,6 +191,7 @@ fn sink_places(spec: &JobSpec) -> Vec<(SinkPlace, usize)> {
                 p.batch_max_rows,
             ),
             SinkSpec::Parquet(p) => (SinkPlace::Parquet(p.root.clone().into()), p.batch_max_rows),
+            SinkSpec::Nats(n) => (SinkPlace::Nats(n.config(&spec.name)), n.batch_max_rows),
         })
         .collect()
 }
@@ -201,7 +202,7 @@ fn postgres_dsns(spec: &JobSpec) -> Vec<String> {
         .iter()
         .filter_map(|s| match s {
             SinkSpec::Postgres(p) => Some(p.dsn.expose().to_string()),
-            SinkSpec::Parquet(_) => None,
+            SinkSpec::Parquet(_) | SinkSpec::Nats(_) => None,
         })
         .collect()
 }

@@ -139,7 +139,7 @@ impl MetadataStore {
                     self.save_connection(&name, &p.dsn).await?;
                     p.dsn = Dsn::new(format!("helios_connection={name}"));
                 }
-                SinkSpec::Parquet(_) => {}
+                SinkSpec::Parquet(_) | SinkSpec::Nats(_) => {}
             }
         }
         let json =
@@ -443,7 +443,7 @@ impl MetadataStore {
             for sink in spec.sinks.iter_mut() {
                 match sink {
                     SinkSpec::Postgres(p) => p.dsn = self.connection(&p.dsn).await?,
-                    SinkSpec::Parquet(_) => {}
+                    SinkSpec::Parquet(_) | SinkSpec::Nats(_) => {}
                 }
             }
             jobs.push(StoredJob {

@@ -16,6 +16,7 @@ use crate::operators::access::hotness_map::HotnessMap;
 use crate::operators::access::ledger::AccessLedger;
 use crate::operators::history::{HistoryBooks, HistoryPlan};
 use crate::operators::partition::TenantPlan;
+use crate::sinks::nats::NatsSink;
 use crate::sinks::parquet::ParquetSink;
 use crate::sinks::pg_apply::PgApplySink;
 use crate::sinks::qos::rate_limit::SinkLimiter;
@@ -38,6 +39,8 @@ pub enum SinkPlace {
     Postgres(String),
     /// A Parquet cold-tier directory.
     Parquet(std::path::PathBuf),
+    /// A NATS JetStream stream.
+    Nats(crate::sinks::nats::NatsSinkConfig),
 }
 
 /// One sink of a job, as every worker instantiates it.
@@ -169,6 +172,19 @@ impl WorkerJob {
                         pacing.hotness = Arc::new(move |b| map.hotness_of(b));
                     }
                     let sink = PgApplySink::new(&job.job, dsn, job.plan.clone(), index as u32);
+                    runtime.spawn(run_sink(sink, rx, stats, reader, pacing, on_durable));
+                }
+                SinkPlace::Nats(config) => {
+                    // The stream is the checkpoint, per (tenant, table) subject: tenants may
+                    // be reordered.
+                    pacing.policy = job.qos.clone();
+                    let sink = NatsSink::new(
+                        &job.job,
+                        index as u32,
+                        config.clone(),
+                        job.reader.clone(),
+                        target.stats.compression.clone(),
+                    );
                     runtime.spawn(run_sink(sink, rx, stats, reader, pacing, on_durable));
                 }
                 SinkPlace::Parquet(root) => {

@@ -22,6 +22,8 @@
 //! | `helios_predictor_in_use` | gauge | `job`, `predictor` |
 //! | `helios_access_events_total` | counter | `job` |
 //! | `helios_sink_throttled_seconds_total` | counter | `job`, `sink` |
+//! | `helios_sink_encode_seconds_total` | counter | `job`, `sink` |
+//! | `helios_sink_codec_fast_mode` | gauge | `job`, `sink` |
 //!
 //! Prometheus conventions: base units (seconds, bytes), counters end in `_total`, a
 //! histogram's series are `_bucket{le}`, `_sum` and `_count`. The LSN gauge is the LSN as a
@@ -118,12 +120,16 @@ pub mod names {
     pub const ACCESS_EVENTS_TOTAL: &str = "helios_access_events_total";
     /// Time sink tasks waited for bandwidth (their rows/s or bytes/s limit).
     pub const SINK_THROTTLED_SECONDS_TOTAL: &str = "helios_sink_throttled_seconds_total";
+    /// Time compressed-stream sinks spent encoding frames.
+    pub const SINK_ENCODE_SECONDS_TOTAL: &str = "helios_sink_encode_seconds_total";
+    /// 1 while a compressed-stream sink uses its cheaper encodings (CPU budget exceeded).
+    pub const SINK_CODEC_FAST_MODE: &str = "helios_sink_codec_fast_mode";
 
     /// Values of the `predictor` label.
     pub const PREDICTORS: [&str; 4] = ["model", "heuristic", "last_window", "round_robin"];
 
     /// Every metric name above.
-    pub const ALL_METRICS: [&str; 14] = [
+    pub const ALL_METRICS: [&str; 16] = [
         REPLICATION_LAG_SECONDS,
         REPLICATION_LAG_BYTES,
         ROWS_REPLICATED_TOTAL,
@@ -138,6 +144,8 @@ pub mod names {
         PREDICTOR_IN_USE,
         ACCESS_EVENTS_TOTAL,
         SINK_THROTTLED_SECONDS_TOTAL,
+        SINK_ENCODE_SECONDS_TOTAL,
+        SINK_CODEC_FAST_MODE,
     ];
 
     /// Label: the job's name.
@@ -255,6 +263,8 @@ struct Families {
     predictor_in_use: Family<PredictorLabels, Gauge>,
     access_events: Family<JobLabels, Counter>,
     throttled: Family<SinkLabels, Counter<f64, AtomicU64>>,
+    encode_seconds: Family<SinkLabels, Counter<f64, AtomicU64>>,
+    codec_fast: Family<SinkLabels, Gauge>,
 }
 
 /// `name` without `suffix`: `prometheus-client` appends `_total` to counters and the unit
@@ -281,6 +291,8 @@ impl Families {
             predictor_in_use: Family::default(),
             access_events: Family::default(),
             throttled: Family::default(),
+            encode_seconds: Family::default(),
+            codec_fast: Family::default(),
         }
     }
 
@@ -358,6 +370,16 @@ impl Families {
             stem(SINK_THROTTLED_SECONDS_TOTAL, "_total"),
             "Seconds sink tasks waited for bandwidth (rows/s or bytes/s limits)",
             self.throttled.clone(),
+        );
+        r.register(
+            stem(SINK_ENCODE_SECONDS_TOTAL, "_total"),
+            "Seconds compressed-stream sinks spent encoding frames",
+            self.encode_seconds.clone(),
+        );
+        r.register(
+            SINK_CODEC_FAST_MODE,
+            "1 while a compressed-stream sink uses cheaper encodings (CPU budget exceeded)",
+            self.codec_fast.clone(),
         );
     }
 }
@@ -514,6 +536,8 @@ pub struct JobMetrics {
     predictors_in_use: Slots<&'static str, Gauge>,
     access_events: Slots<(), Counter>,
     throttled: Slots<&'static str, Counter<f64, AtomicU64>>,
+    encode_seconds: Slots<&'static str, Counter<f64, AtomicU64>>,
+    codec_fast: Slots<&'static str, Gauge>,
     /// Held while creating a series and while retiring, so none outlives the job.
     life: Mutex<Lifecycle>,
 }
@@ -560,6 +584,8 @@ impl JobMetrics {
             predictors_in_use: Slots::new(),
             access_events: Slots::new(),
             throttled: Slots::new(),
+            encode_seconds: Slots::new(),
+            codec_fast: Slots::new(),
             life: Mutex::new(Lifecycle {
                 alive: true,
                 removers: Vec::new(),
@@ -884,6 +910,43 @@ impl JobMetrics {
             },
             |c| {
                 c.inc_by(seconds);
+            },
+        );
+    }
+
+    /// Counts `seconds` a sink spent encoding frames.
+    pub fn encode_seconds(&self, sink: &'static str, seconds: f64) {
+        if !(seconds.is_finite() && seconds >= 0.0) {
+            return;
+        }
+        self.encode_seconds.with(
+            sink,
+            || {
+                let labels = SinkLabels {
+                    job: self.job.clone(),
+                    sink,
+                };
+                self.create(&self.families.encode_seconds, labels)
+            },
+            |c| {
+                c.inc_by(seconds);
+            },
+        );
+    }
+
+    /// Whether a sink uses its cheaper encodings.
+    pub fn set_codec_fast_mode(&self, sink: &'static str, fast: bool) {
+        self.codec_fast.with(
+            sink,
+            || {
+                let labels = SinkLabels {
+                    job: self.job.clone(),
+                    sink,
+                };
+                self.create(&self.families.codec_fast, labels)
+            },
+            |g| {
+                g.set(i64::from(fast));
             },
         );
     }

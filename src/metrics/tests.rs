@@ -303,6 +303,8 @@ fn exercise(m: &JobMetrics) {
     m.set_predictor_in_use("model");
     m.access_events(4);
     m.throttled("postgres", 0.25);
+    m.encode_seconds("nats", 0.125);
+    m.set_codec_fast_mode("nats", true);
 }
 
 // ---------------------------------------------------------------------------------

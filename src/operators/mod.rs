@@ -2,6 +2,7 @@
 //! tokio, no clocks: they see only the data and the frontier.
 
 pub mod access;
+pub mod columnar;
 pub mod history;
 pub mod partition;
 pub mod version;

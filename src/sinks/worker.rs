@@ -45,6 +45,8 @@ pub struct SinkStats {
     pub tenants: Mutex<HashMap<String, TenantProgress>>,
     /// Durations of apply calls not yet collected by the metrics (seconds).
     pub apply_seconds: Mutex<Vec<f64>>,
+    /// Codec figures of a compressed-stream sink (empty for the others).
+    pub compression: Arc<crate::sinks::nats::compression_stats::CompressionStats>,
 }
 
 impl SinkStats {

@@ -113,13 +113,13 @@ fn premium_lag_stays_within_budget_while_standard_floods_a_limited_sink() {
 }
 
 /// A `nats-server` on a free port in a temp dir; killed on drop.
-struct Nats {
+pub(crate) struct Nats {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Nats {
-    fn start(env: &Env) -> Nats {
+    pub(crate) fn start(env: &Env) -> Nats {
         let port = free_port().expect("port");
         let child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
@@ -315,4 +315,38 @@ fn access_events_feed_the_predictor_and_its_model_survives_a_restart() {
     wait_for("the saved model to be restored", WAIT, || {
         restarted.output().contains("prediction model restored")
     });
+    wait_for("the first rows on the target", WAIT, || {
+        env.try_on_target("SELECT count(*) FROM q.events")
+            .is_some_and(|n| n.trim() == "3000")
+    });
+
+    // A model whose weights overflow to infinity is restored, produces non-finite output,
+    // is reset, and replication goes on with the heuristic.
+    drop(restarted);
+    env.target
+        .psql(
+            "meta",
+            "UPDATE helios_meta.ml_models SET model = jsonb_set(model, '{weights}',              (SELECT jsonb_agg(1e39) FROM jsonb_array_elements(model->'weights'))) WHERE job = 'hot'",
+        )
+        .expect("poison the model");
+    let poisoned = Server::spawn(&env, port, &args, &[]);
+    poisoned.wait_healthy();
+    wait_for("the poisoned model to be restored", WAIT, || {
+        poisoned.output().contains("prediction model restored")
+    });
+    env.on_source(
+        "INSERT INTO q.events (tenant_id, id, payload) SELECT 1 + g % 3, g, 'y' FROM generate_series(3001, 4000) g",
+    );
+    wait_for("the model to be reset", WAIT, || {
+        poisoned.output().contains("prediction model reset")
+    });
+    wait_for("rows written after the reset on the target", WAIT, || {
+        env.try_on_target("SELECT count(*) FROM q.events")
+            .is_some_and(|n| n.trim() == "4000")
+    });
+    let text = http(&poisoned.url, "GET", "/metrics", None).1;
+    assert!(
+        text.lines().any(|l| l.starts_with("helios_predictor_in_use{job=\"hot\"") && l.ends_with(" 1")),
+        "a predictor is in use after the reset:\n{text}"
+    );
 }

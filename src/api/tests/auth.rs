@@ -41,7 +41,7 @@ async fn call_route(router: &Router, method: &str, path: &str, auth: Option<&str
 
 #[tokio::test]
 async fn every_v1_route_requires_the_token() {
-    assert_eq!(protected_routes().count(), 13);
+    assert_eq!(protected_routes().count(), 14);
     let wrong = [
         None,
         Some("Bearer wrong".to_owned()),

@@ -274,6 +274,19 @@ impl JobControl for FakeControl {
         Ok(self.policies.lock().unwrap().clone())
     }
 
+    async fn compression(
+        &self,
+        id: &str,
+    ) -> Result<crate::control::job_control::JobCompression, ControlError> {
+        if !self.jobs.lock().unwrap().contains_key(id) {
+            return Err(ControlError::NotFound(id.to_string()));
+        }
+        Ok(crate::control::job_control::JobCompression {
+            job: id.to_string(),
+            sinks: Vec::new(),
+        })
+    }
+
     async fn record_access(
         &self,
         events: crate::control::access::AccessEvents,

@@ -43,10 +43,12 @@ use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 
 pub use super::secret::Dsn;
+pub use nats::NatsSinkSpec;
 pub use qos::{LagBudgets, PredictorChoice, QosSpec};
 
 use crate::sinks::qos::rate_limit::SinkLimits;
 
+mod nats;
 mod qos;
 
 /// Column holding the tenant id when neither `tenants.column` nor a table's
@@ -61,7 +63,7 @@ pub const MAX_JOB_NAME_LEN: usize = 48;
 /// Longest PostgreSQL identifier (NAMEDATALEN - 1).
 pub const MAX_IDENTIFIER_LEN: usize = 63;
 /// The sink kinds this build knows, as written in `sinks[i].kind`.
-pub const SINK_KINDS: &[&str] = &["postgres", "parquet"];
+pub const SINK_KINDS: &[&str] = &["postgres", "parquet", "nats"];
 /// Default `batch_max_rows` of a parquet sink (rows per published file group).
 pub const DEFAULT_PARQUET_BATCH_MAX_ROWS: usize = 50_000;
 /// Default `history.hot_window_secs`.
@@ -213,6 +215,7 @@ impl TableSpec {
 pub enum SinkSpec {
     Postgres(PostgresSinkSpec),
     Parquet(ParquetSinkSpec),
+    Nats(NatsSinkSpec),
 }
 
 impl SinkSpec {
@@ -221,6 +224,7 @@ impl SinkSpec {
         match self {
             SinkSpec::Postgres(_) => "postgres",
             SinkSpec::Parquet(_) => "parquet",
+            SinkSpec::Nats(_) => "nats",
         }
     }
 
@@ -229,6 +233,7 @@ impl SinkSpec {
         match self {
             SinkSpec::Postgres(p) => p.batch_max_rows,
             SinkSpec::Parquet(p) => p.batch_max_rows,
+            SinkSpec::Nats(p) => p.batch_max_rows,
         }
     }
 
@@ -242,6 +247,12 @@ impl SinkSpec {
                 p.tenant_max_bytes_per_sec,
             ),
             SinkSpec::Parquet(p) => (
+                p.max_rows_per_sec,
+                p.max_bytes_per_sec,
+                p.tenant_max_rows_per_sec,
+                p.tenant_max_bytes_per_sec,
+            ),
+            SinkSpec::Nats(p) => (
                 p.max_rows_per_sec,
                 p.max_bytes_per_sec,
                 p.tenant_max_rows_per_sec,
@@ -437,6 +448,7 @@ impl JobSpec {
         for (i, sink) in self.sinks.iter().enumerate() {
             match sink {
                 SinkSpec::Postgres(pg) => check_dsn(&format!("sinks[{i}].dsn"), &pg.dsn)?,
+                SinkSpec::Nats(n) => n.validate(&format!("sinks[{i}]"))?,
                 SinkSpec::Parquet(pq) => {
                     if pq.root.trim().is_empty() {
                         return Err(JobSpecError::invalid(
@@ -477,13 +489,11 @@ impl JobSpec {
                 ));
             }
         }
-        let needs_pg_first = self.tables.iter().any(|t| t.history)
-            || self.sinks.iter().any(|s| matches!(s, SinkSpec::Parquet(_)));
-        if needs_pg_first && !matches!(self.sinks.first(), Some(SinkSpec::Postgres(_))) {
+        if !matches!(self.sinks.first(), Some(SinkSpec::Postgres(_))) {
             return Err(JobSpecError::invalid(
                 "sinks[0].kind",
-                "a job with history or a parquet sink needs a postgres sink first: it keeps \
-                 the job's progress and the history table the versions are restored from",
+                "the first sink must be a postgres sink: it takes the initial copy and keeps \
+                 the job's progress (and the history table versions are restored from)",
             ));
         }
         self.qos.validate()?;
@@ -665,6 +675,18 @@ struct RawSink {
     #[serde(default, deserialize_with = "present")]
     root: Option<String>,
     #[serde(default, deserialize_with = "present")]
+    url: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    stream: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    subject_prefix: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    key_frame_every: Option<u32>,
+    #[serde(default, deserialize_with = "present")]
+    duplicate_window_secs: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
+    max_encode_share: Option<f64>,
+    #[serde(default, deserialize_with = "present")]
     max_rows_per_sec: Option<u64>,
     #[serde(default, deserialize_with = "present")]
     max_bytes_per_sec: Option<u64>,
@@ -677,6 +699,7 @@ struct RawSink {
 enum SinkKind {
     Postgres,
     Parquet,
+    Nats,
 }
 
 impl<'de> Deserialize<'de> for SinkKind {
@@ -685,6 +708,7 @@ impl<'de> Deserialize<'de> for SinkKind {
         match kind.as_str() {
             "postgres" => Ok(SinkKind::Postgres),
             "parquet" => Ok(SinkKind::Parquet),
+            "nats" => Ok(SinkKind::Nats),
             other => Err(de::Error::custom(format_args!(
                 "unknown sink kind `{other}`, known kinds: {}",
                 SINK_KINDS.join(", ")
@@ -699,33 +723,62 @@ impl<'de> Deserialize<'de> for SinkSpec {
         let unexpected = |field: &str, kind: &str| {
             de::Error::custom(format_args!("unknown field `{field}` for a {kind} sink"))
         };
+        let kind = match raw.kind {
+            SinkKind::Postgres => "postgres",
+            SinkKind::Parquet => "parquet",
+            SinkKind::Nats => "nats",
+        };
+        // Fields that belong to another kind of sink.
+        let foreign = [
+            ("dsn", raw.dsn.is_some(), &["postgres"][..]),
+            ("root", raw.root.is_some(), &["parquet"][..]),
+            ("url", raw.url.is_some(), &["nats"][..]),
+            ("stream", raw.stream.is_some(), &["nats"][..]),
+            ("subject_prefix", raw.subject_prefix.is_some(), &["nats"][..]),
+            ("key_frame_every", raw.key_frame_every.is_some(), &["nats"][..]),
+            ("duplicate_window_secs", raw.duplicate_window_secs.is_some(), &["nats"][..]),
+            ("max_encode_share", raw.max_encode_share.is_some(), &["nats"][..]),
+        ];
+        if let Some((field, _, _)) = foreign
+            .iter()
+            .find(|(_, present, kinds)| *present && !kinds.contains(&kind))
+        {
+            return Err(unexpected(field, kind));
+        }
         match raw.kind {
-            SinkKind::Postgres => {
-                if raw.root.is_some() {
-                    return Err(unexpected("root", "postgres"));
-                }
-                Ok(SinkSpec::Postgres(PostgresSinkSpec {
-                    dsn: raw.dsn.ok_or_else(|| de::Error::missing_field("dsn"))?,
-                    batch_max_rows: raw.batch_max_rows.unwrap_or(DEFAULT_BATCH_MAX_ROWS),
-                    max_rows_per_sec: raw.max_rows_per_sec,
-                    max_bytes_per_sec: raw.max_bytes_per_sec,
-                    tenant_max_rows_per_sec: raw.tenant_max_rows_per_sec,
-                    tenant_max_bytes_per_sec: raw.tenant_max_bytes_per_sec,
-                }))
-            }
-            SinkKind::Parquet => {
-                if raw.dsn.is_some() {
-                    return Err(unexpected("dsn", "parquet"));
-                }
-                Ok(SinkSpec::Parquet(ParquetSinkSpec {
-                    root: raw.root.ok_or_else(|| de::Error::missing_field("root"))?,
-                    batch_max_rows: raw.batch_max_rows.unwrap_or(DEFAULT_PARQUET_BATCH_MAX_ROWS),
-                    max_rows_per_sec: raw.max_rows_per_sec,
-                    max_bytes_per_sec: raw.max_bytes_per_sec,
-                    tenant_max_rows_per_sec: raw.tenant_max_rows_per_sec,
-                    tenant_max_bytes_per_sec: raw.tenant_max_bytes_per_sec,
-                }))
-            }
+            SinkKind::Postgres => Ok(SinkSpec::Postgres(PostgresSinkSpec {
+                dsn: raw.dsn.ok_or_else(|| de::Error::missing_field("dsn"))?,
+                batch_max_rows: raw.batch_max_rows.unwrap_or(DEFAULT_BATCH_MAX_ROWS),
+                max_rows_per_sec: raw.max_rows_per_sec,
+                max_bytes_per_sec: raw.max_bytes_per_sec,
+                tenant_max_rows_per_sec: raw.tenant_max_rows_per_sec,
+                tenant_max_bytes_per_sec: raw.tenant_max_bytes_per_sec,
+            })),
+            SinkKind::Parquet => Ok(SinkSpec::Parquet(ParquetSinkSpec {
+                root: raw.root.ok_or_else(|| de::Error::missing_field("root"))?,
+                batch_max_rows: raw.batch_max_rows.unwrap_or(DEFAULT_PARQUET_BATCH_MAX_ROWS),
+                max_rows_per_sec: raw.max_rows_per_sec,
+                max_bytes_per_sec: raw.max_bytes_per_sec,
+                tenant_max_rows_per_sec: raw.tenant_max_rows_per_sec,
+                tenant_max_bytes_per_sec: raw.tenant_max_bytes_per_sec,
+            })),
+            SinkKind::Nats => Ok(SinkSpec::Nats(NatsSinkSpec {
+                url: raw.url.ok_or_else(|| de::Error::missing_field("url"))?,
+                stream: raw.stream,
+                subject_prefix: raw
+                    .subject_prefix
+                    .unwrap_or_else(|| nats::DEFAULT_SUBJECT_PREFIX.to_string()),
+                batch_max_rows: raw.batch_max_rows.unwrap_or(nats::DEFAULT_NATS_BATCH_MAX_ROWS),
+                key_frame_every: raw.key_frame_every.unwrap_or(nats::DEFAULT_KEY_FRAME_EVERY),
+                duplicate_window_secs: raw
+                    .duplicate_window_secs
+                    .unwrap_or(nats::DEFAULT_DUPLICATE_WINDOW_SECS),
+                max_encode_share: raw.max_encode_share.unwrap_or(nats::DEFAULT_MAX_ENCODE_SHARE),
+                max_rows_per_sec: raw.max_rows_per_sec,
+                max_bytes_per_sec: raw.max_bytes_per_sec,
+                tenant_max_rows_per_sec: raw.tenant_max_rows_per_sec,
+                tenant_max_bytes_per_sec: raw.tenant_max_bytes_per_sec,
+            })),
         }
     }
 }

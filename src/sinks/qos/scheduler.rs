@@ -5,14 +5,15 @@
 //! it touches and no transaction of worker scope (a TRUNCATE or tenant-less DELETE, which
 //! touches every tenant of the worker) is pending before it; a worker-scoped transaction is
 //! a candidate only when it is the oldest pending one. Among candidates the scheduler takes
-//! the lowest tier first; within a tier, a transaction older than half its tier's lag budget
-//! goes first (oldest first), then the hottest (predicted hotness), then the tenant served
-//! longest ago (round robin), then commit order.
+//! the lowest tier first; within a tier the hottest (predicted hotness); among equally hot
+//! ones a transaction older than half its tier's lag budget goes first (oldest first), then
+//! the tenant served longest ago (round robin), then commit order.
 //!
 //! # Starvation bound
-//! While a lower tier has a transaction past its lag budget and a higher tier has work, the
-//! lower tier gets [`QosPolicy::min_share`] of the rows applied: a saturated sink serves
-//! premium tenants first, but never starves the others.
+//! While a transaction of the same or a lower tier is past its lag budget and something
+//! else ranks first (a higher tier, or hotter rows), the overdue ones get
+//! [`QosPolicy::min_share`] of the rows applied, most overdue first: a saturated sink
+//! serves premium tenants and hot rows first, but never starves the others.
 //!
 //! # What never changes
 //! A tenant's transactions are applied in commit order, whole, and
@@ -71,7 +72,8 @@ struct Pending {
 }
 
 /// Heap key: smaller is served first.
-type Rank = (usize, u8, i64, u64, Lsn);
+/// (tier, minus hotness, 0 when past half the budget, born or last served, LSN).
+type Rank = (usize, i64, u8, i64, Lsn);
 
 /// The pending transactions of one sink task.
 #[derive(Debug)]
@@ -272,7 +274,7 @@ impl Scheduler {
             let top_tier = self.pending.get(&top).map_or(Tier::Batch, |p| p.tier);
             // The most overdue candidate of a lower tier, if any.
             let mut starving: Option<(i64, Lsn, usize)> = None;
-            for tier in Tier::ALL.iter().filter(|t| t.rank() > top_tier.rank()) {
+            for tier in Tier::ALL.iter().filter(|t| t.rank() >= top_tier.rank()) {
                 let heap = &mut overdue[tier.rank()];
                 while let Some(Reverse((_, l))) = heap.peek() {
                     if !self.pending.contains_key(l) || blocked.contains(l) {
@@ -300,6 +302,8 @@ impl Scheduler {
             }
             let Some(p) = self.remove(pick) else { break };
             match starving {
+                // The best candidate is itself the most overdue: nothing is owed.
+                Some((_, l, _)) if l == top => {}
                 Some((_, l, _)) if l == pick => self.credit -= p.rows as f64,
                 Some(_) => {
                     self.credit = (self.credit + p.rows as f64 * share / (1.0 - share))
@@ -397,24 +401,25 @@ impl Scheduler {
         queued.insert(lsn);
         let budget = self.policy.budget_micros(p.tier);
         let age = now.saturating_sub(p.born);
-        let rank: Rank = if age.saturating_mul(2) >= budget {
-            (p.tier.rank(), 0, p.born, 0, lsn)
+        let hot = if self.policy.use_hotness {
+            // Non-negative finite floats order like their bit patterns.
+            p.hotness.to_bits() as i64
         } else {
-            let hot = if self.policy.use_hotness {
-                p.hotness.to_bits() as i64
-            } else {
-                0
-            };
+            0
+        };
+        let rank: Rank = if age.saturating_mul(2) >= budget {
+            (p.tier.rank(), -hot, 0, p.born, lsn)
+        } else {
             let served = p
                 .tenants
                 .iter()
                 .map(|t| self.last_served.get(t).copied().unwrap_or(0))
                 .max()
                 .unwrap_or(0);
-            (p.tier.rank(), 1, -hot, served, lsn)
+            (p.tier.rank(), -hot, 1, served as i64, lsn)
         };
         best.push(Reverse((rank, lsn)));
-        if p.tier != Tier::Premium && age >= budget {
+        if age >= budget {
             overdue[p.tier.rank()].push(Reverse((p.born.saturating_add(budget), lsn)));
         }
     }

@@ -1,0 +1,511 @@
+//! The NATS JetStream sink: each group of transactions becomes one compressed frame per
+//! (tenant, table), published to that pair's subject on the job's stream.
+//!
+//! Exactly once across crashes, per subject:
+//! - the stream itself is the checkpoint: each message carries the commit LSN of its last
+//!   transaction (and, for a transaction split over several messages, how many of its rows
+//!   are in), so after a (re)connect the sink reads each subject's last message before it
+//!   publishes there again and skips what it covers;
+//! - every publish states the subject's expected last sequence, so a message lost in
+//!   flight makes the next one fail instead of leaving a gap (and a second replicator
+//!   writing the same subjects is refused, not interleaved);
+//! - each message has a deterministic `Nats-Msg-Id` (job/tenant/table/LSN range), so a
+//!   retry JetStream already stored is dropped by its duplicate window.
+//!
+//! The sink reports a group durable once JetStream has acknowledged every frame of it.
+//! Frames of different subjects are published concurrently, frames of one subject in
+//! order. After any failure every subject's state (its codec state too) is dropped: the
+//! next frames are key frames that do not depend on anything the stream may lack.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::{Array, RecordBatch, UInt64Array};
+use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
+use futures_util::future::join_all;
+
+use super::compression_stats::CompressionStats;
+use super::effort::EffortGovernor;
+use super::subjects::{self, FIRST_LSN_HEADER, LAST_LSN_HEADER, ROWS_HEADER, TABLE_HEADER, TENANT_HEADER};
+use crate::cdc::stream::ReaderStats;
+use crate::change::{format_lsn, Lsn, Scope, TenantAction};
+use crate::codec::{EncoderConfig, StreamEncoder};
+use crate::operators::columnar::{columnar_batches, ColumnarRows, LSN_COLUMN, OP_COLUMN};
+use crate::sinks::{ApplyBatch, ApplyReport, Sink, SinkError, TenantApplied};
+
+/// Header: rows of the last transaction in this and earlier messages, present only when
+/// the transaction goes on in the next message.
+pub const PARTIAL_ROWS_HEADER: &str = "Helios-Partial-Rows";
+
+/// Bytes kept free under the server's payload limit for headers.
+const HEADER_ROOM: usize = 4096;
+
+/// Settings of a NATS sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NatsSinkConfig {
+    /// Server URL (`nats://host:port`).
+    pub url: String,
+    /// The JetStream stream (created if missing).
+    pub stream: String,
+    /// First subject token.
+    pub subject_prefix: String,
+    /// A key frame at least every this many frames of a subject.
+    pub key_frame_every: u32,
+    /// The stream's duplicate window (only used when the sink creates the stream).
+    pub duplicate_window: Duration,
+    /// Share of the sink's time encoding may take before cheaper encodings are used.
+    pub max_encode_share: f64,
+}
+
+// `max_encode_share` is validated finite.
+impl Eq for NatsSinkConfig {}
+
+/// Where a subject stands on the server and the codec state of its stream.
+struct SubjectState {
+    /// Commit LSN of the last transaction published (0: none).
+    last_lsn: Lsn,
+    /// Rows of `last_lsn` published so far when it is not complete.
+    partial_rows: Option<usize>,
+    /// Stream sequence of the subject's last message (0: none).
+    last_seq: u64,
+    encoder: StreamEncoder,
+}
+
+/// A frame ready to publish.
+struct Frame {
+    payload: Vec<u8>,
+    rows: usize,
+    arrow_bytes: usize,
+    first_lsn: Lsn,
+    last_lsn: Lsn,
+    partial_rows: Option<usize>,
+    message_id: String,
+    tenant: String,
+    table: String,
+    choices: Vec<crate::codec::ColumnChoice>,
+}
+
+struct Connection {
+    js: jetstream::Context,
+    stream: jetstream::stream::Stream,
+    max_payload: usize,
+}
+
+/// The sink of one job on one worker.
+pub struct NatsSink {
+    job: String,
+    worker: u32,
+    config: NatsSinkConfig,
+    reader: Arc<ReaderStats>,
+    stats: Arc<CompressionStats>,
+    governor: EffortGovernor,
+    conn: Option<Connection>,
+    subjects: HashMap<String, SubjectState>,
+}
+
+impl NatsSink {
+    /// A sink for `job` on worker `worker`; connects on the first `reconnect`.
+    pub fn new(
+        job: &str,
+        worker: u32,
+        config: NatsSinkConfig,
+        reader: Arc<ReaderStats>,
+        stats: Arc<CompressionStats>,
+    ) -> Self {
+        NatsSink {
+            job: job.to_string(),
+            worker,
+            governor: EffortGovernor::new(config.max_encode_share),
+            config,
+            reader,
+            stats,
+            conn: None,
+            subjects: HashMap::new(),
+        }
+    }
+
+    fn encoder_config(&self) -> EncoderConfig {
+        EncoderConfig {
+            key_frame_every: self.config.key_frame_every,
+            effort: self.governor.effort(),
+        }
+    }
+
+    /// Reads where `subject` stands on the server, unless known.
+    async fn load_subject(&mut self, subject: &str) -> Result<(), SinkError> {
+        if self.subjects.contains_key(subject) {
+            return Ok(());
+        }
+        let conn = self.conn.as_ref().ok_or_else(not_connected)?;
+        let (last_lsn, partial_rows, last_seq) =
+            match conn.stream.get_last_raw_message_by_subject(subject).await {
+                Ok(msg) => {
+                    let header = |name: &str| {
+                        msg.headers
+                            .get(name)
+                            .map(|v| v.as_str().to_string())
+                    };
+                    let last = header(LAST_LSN_HEADER)
+                        .and_then(|v| subjects::lsn_header(&v))
+                        .ok_or_else(|| {
+                            SinkError::Definite(format!(
+                                "the last message on {subject} (sequence {}) has no valid {LAST_LSN_HEADER} header: \
+                                 another writer uses this stream's subjects",
+                                msg.sequence
+                            ))
+                        })?;
+                    let partial = header(PARTIAL_ROWS_HEADER).and_then(|v| v.parse().ok());
+                    (last, partial, msg.sequence)
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        jetstream::stream::LastRawMessageErrorKind::NoMessageFound
+                    ) =>
+                {
+                    (0, None, 0)
+                }
+                Err(e) => {
+                    return Err(SinkError::Transient(format!(
+                        "read the last message of {subject}: {e}"
+                    )))
+                }
+            };
+        let encoder = StreamEncoder::new(self.encoder_config());
+        self.subjects.insert(
+            subject.to_string(),
+            SubjectState {
+                last_lsn,
+                partial_rows,
+                last_seq,
+                encoder,
+            },
+        );
+        Ok(())
+    }
+
+    /// Encodes the rows of `segment` the subject does not have yet.
+    fn frames_of(
+        &mut self,
+        subject: &str,
+        segment: &ColumnarRows,
+        max_payload: usize,
+        report: &mut ApplyReport,
+        encode_secs: &mut f64,
+    ) -> Result<Vec<Frame>, SinkError> {
+        let lsns = lsn_column(&segment.batch)?;
+        let ordinals = ordinals_in_transaction(lsns);
+        let state = self
+            .subjects
+            .get_mut(subject)
+            .ok_or_else(|| SinkError::Transient(format!("{subject}: state not loaded")))?;
+        let skip = covered_prefix(lsns, &ordinals, state.last_lsn, state.partial_rows);
+        report.skipped += skip as u64;
+        let mut frames = Vec::new();
+        let mut start = skip;
+        let n = lsns.len();
+        let table = segment.table.qualified_name();
+        while start < n {
+            let mut len = n - start;
+            let (payload, choices) = loop {
+                let part = segment.batch.slice(start, len);
+                let began = Instant::now();
+                let encoded = state.encoder.encode(&part);
+                *encode_secs += began.elapsed().as_secs_f64();
+                let payload = encoded.map_err(|e| {
+                    SinkError::Definite(format!("encode a frame for {subject}: {e}"))
+                })?;
+                if payload.len() + HEADER_ROOM <= max_payload || len == 1 {
+                    break (payload, state.encoder.last_choices().to_vec());
+                }
+                // Too big for one message: the encoder's state assumed the frame was sent,
+                // so start its stream again (a key frame) and try half the rows.
+                state.encoder = StreamEncoder::new(EncoderConfig {
+                    key_frame_every: self.config.key_frame_every,
+                    effort: self.governor.effort(),
+                });
+                len = len.div_ceil(2);
+            };
+            if payload.len() + HEADER_ROOM > max_payload {
+                return Err(SinkError::Definite(format!(
+                    "one row of {table} for tenant {} encodes to {} bytes, over the server's max_payload {max_payload}",
+                    segment.tenant,
+                    payload.len()
+                )));
+            }
+            let end = start + len;
+            let (first_lsn, last_lsn) = (lsns.value(start), lsns.value(end - 1));
+            let partial_rows = (end < n && lsns.value(end) == last_lsn).then(|| ordinals[end - 1] + 1);
+            let arrow_bytes = segment.batch.slice(start, len).get_array_memory_size();
+            frames.push(Frame {
+                message_id: subjects::message_id(&self.job, &segment.tenant, &table, first_lsn, last_lsn)
+                    + &partial_rows.map(|p| format!("#{p}")).unwrap_or_default(),
+                payload,
+                rows: len,
+                arrow_bytes,
+                first_lsn,
+                last_lsn,
+                partial_rows,
+                tenant: segment.tenant.clone(),
+                table: table.clone(),
+                choices,
+            });
+            start = end;
+        }
+        Ok(frames)
+    }
+}
+
+fn not_connected() -> SinkError {
+    SinkError::Transient("not connected to NATS".into())
+}
+
+fn lsn_column(batch: &RecordBatch) -> Result<&UInt64Array, SinkError> {
+    batch
+        .column_by_name(LSN_COLUMN)
+        .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+        .ok_or_else(|| SinkError::Definite(format!("columnar batch without {LSN_COLUMN}")))
+}
+
+/// Each row's position among the rows of its transaction (rows are in LSN order).
+pub fn ordinals_in_transaction(lsns: &UInt64Array) -> Vec<usize> {
+    let mut out = Vec::with_capacity(lsns.len());
+    for i in 0..lsns.len() {
+        let same = i > 0 && lsns.value(i - 1) == lsns.value(i);
+        out.push(if same { out[i - 1] + 1 } else { 0 });
+    }
+    out
+}
+
+/// How many leading rows the subject already has: every row of a transaction before
+/// `last_lsn`, and of `last_lsn` all rows (complete) or the first `partial` ones.
+pub fn covered_prefix(
+    lsns: &UInt64Array,
+    ordinals: &[usize],
+    last_lsn: Lsn,
+    partial: Option<usize>,
+) -> usize {
+    (0..lsns.len())
+        .take_while(|&i| {
+            let lsn = lsns.value(i);
+            lsn < last_lsn || (lsn == last_lsn && partial.is_none_or(|p| ordinals[i] < p))
+        })
+        .count()
+}
+
+/// Publishes one subject's frames in order, each expecting the previous one's sequence.
+async fn publish_subject(
+    js: &jetstream::Context,
+    subject: &str,
+    mut expected_seq: u64,
+    frames: &[Frame],
+) -> Result<Vec<u64>, SinkError> {
+    let mut sequences = Vec::with_capacity(frames.len());
+    for f in frames {
+        let rows = f.rows.to_string();
+        let mut msg = PublishMessage::build()
+            .payload(f.payload.clone().into())
+            .message_id(&f.message_id)
+            .expected_last_subject_sequence(expected_seq)
+            .header(FIRST_LSN_HEADER, format_lsn(f.first_lsn).as_str())
+            .header(LAST_LSN_HEADER, format_lsn(f.last_lsn).as_str())
+            .header(ROWS_HEADER, rows.as_str())
+            .header(TENANT_HEADER, f.tenant.as_str())
+            .header(TABLE_HEADER, f.table.as_str());
+        if let Some(p) = f.partial_rows {
+            msg = msg.header(PARTIAL_ROWS_HEADER, p.to_string().as_str());
+        }
+        let publish_error = |e: jetstream::context::PublishError| {
+            if matches!(e.kind(), PublishErrorKind::WrongLastSequence) {
+                SinkError::Transient(format!(
+                    "{subject}: the stream's last message is not the one this sink published \
+                     (another writer, or a message lost in flight); re-reading where it stands"
+                ))
+            } else {
+                SinkError::Transient(format!("publish to {subject}: {e}"))
+            }
+        };
+        let ack = js
+            .send_publish(subject.to_string(), msg)
+            .await
+            .map_err(publish_error)?
+            .await
+            .map_err(publish_error)?;
+        expected_seq = ack.sequence;
+        sequences.push(ack.sequence);
+    }
+    Ok(sequences)
+}
+
+impl Sink for NatsSink {
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
+    async fn reconnect(&mut self) -> Result<(), SinkError> {
+        self.conn = None;
+        self.subjects.clear();
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(&self.config.url)
+            .await
+            .map_err(|e| SinkError::Transient(format!("connect to {}: {e}", self.config.url)))?;
+        let max_payload = client.server_info().max_payload;
+        let js = jetstream::new(client);
+        let stream = js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: self.config.stream.clone(),
+                subjects: vec![subjects::job_filter(&self.config.subject_prefix, &self.job)],
+                duplicate_window: self.config.duplicate_window,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                SinkError::Transient(format!("stream {}: {e}", self.config.stream))
+            })?;
+        self.conn = Some(Connection {
+            js,
+            stream,
+            max_payload,
+        });
+        Ok(())
+    }
+
+    async fn apply(&mut self, batches: &[ApplyBatch]) -> Result<ApplyReport, SinkError> {
+        let started = Instant::now();
+        let max_payload = self.conn.as_ref().ok_or_else(not_connected)?.max_payload;
+        let mut report = ApplyReport::default();
+        // Worker-scoped changes reach every worker; one publishes them.
+        let mine: Vec<ApplyBatch>;
+        let batches = if self.worker == 0 {
+            batches
+        } else {
+            mine = batches
+                .iter()
+                .map(|b| {
+                    let mut b = b.clone();
+                    let before = b.changes.len();
+                    b.changes.retain(|c| matches!(c.scope, Scope::Tenant(_)));
+                    report.skipped += (before - b.changes.len()) as u64;
+                    b
+                })
+                .collect();
+            &mine
+        };
+        for c in batches.iter().flat_map(|b| &b.changes) {
+            if let TenantAction::Unroutable { reason } = &c.action {
+                report.dead_lettered += 1;
+                tracing::warn!(job = %self.job, table = %c.table.qualified_name(), %reason, "change not routable to a tenant; not published");
+            }
+        }
+        let reader = self.reader.clone();
+        let segments = columnar_batches(batches, |lsn| reader.commit_times.get(lsn))
+            .map_err(|e| SinkError::Definite(format!("columnar batch: {e}")))?;
+        let mut tenant_lsn: HashMap<String, Lsn> = HashMap::new();
+        let mut plan: Vec<(String, Vec<Frame>)> = Vec::new();
+        let mut encode_secs = 0.0;
+        for segment in &segments {
+            let subject = subjects::subject(
+                &self.config.subject_prefix,
+                &self.job,
+                &segment.tenant,
+                &segment.table.schema,
+                &segment.table.name,
+            );
+            let lsn = tenant_lsn.entry(segment.tenant.clone()).or_default();
+            *lsn = (*lsn).max(segment.last_lsn);
+            if let Err(e) = self.load_subject(&subject).await {
+                self.subjects.clear();
+                return Err(e);
+            }
+            let frames = match self.frames_of(&subject, segment, max_payload, &mut report, &mut encode_secs) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.subjects.clear();
+                    return Err(e);
+                }
+            };
+            count_ops(segment, &frames, &mut report);
+            match plan.iter_mut().find(|(s, _)| *s == subject) {
+                Some((_, existing)) => existing.extend(frames),
+                None => plan.push((subject, frames)),
+            }
+        }
+        let conn = self.conn.as_ref().ok_or_else(not_connected)?;
+        let results = join_all(plan.iter().map(|(subject, frames)| {
+            let expected = self.subjects.get(subject).map_or(0, |s| s.last_seq);
+            publish_subject(&conn.js, subject, expected, frames)
+        }))
+        .await;
+        if let Some(err) = results.iter().find_map(|r| r.as_ref().err()) {
+            let err = SinkError::Transient(err.to_string());
+            self.subjects.clear();
+            return Err(err);
+        }
+        for ((subject, frames), sequences) in plan.iter().zip(results) {
+            let sequences = sequences.unwrap_or_default();
+            if let (Some(state), Some(last), Some(seq)) =
+                (self.subjects.get_mut(subject), frames.last(), sequences.last())
+            {
+                state.last_lsn = last.last_lsn;
+                state.partial_rows = last.partial_rows;
+                state.last_seq = *seq;
+            }
+            for f in frames {
+                report.bytes += f.payload.len() as u64;
+                self.stats
+                    .record_frame(subject, f.rows, f.arrow_bytes, f.payload.len(), &f.choices);
+            }
+        }
+        self.stats
+            .encode_micros
+            .fetch_add((encode_secs * 1e6) as u64, std::sync::atomic::Ordering::Relaxed);
+        if let Some(effort) = self
+            .governor
+            .record(encode_secs, started.elapsed().as_secs_f64())
+        {
+            let fast = effort == crate::codec::Effort::Fast;
+            self.stats
+                .fast_mode
+                .store(fast, std::sync::atomic::Ordering::Relaxed);
+            if fast {
+                self.stats
+                    .fallbacks
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            tracing::warn!(job = %self.job, ?effort, encode_share = self.governor.share(), "encoding effort changed to stay within the CPU budget");
+            for s in self.subjects.values_mut() {
+                s.encoder.set_effort(effort);
+            }
+        }
+        report.tenants = tenant_lsn
+            .into_iter()
+            .map(|(tenant, lsn)| TenantApplied {
+                tenant,
+                lsn,
+                ..TenantApplied::default()
+            })
+            .collect();
+        Ok(report)
+    }
+}
+
+/// Adds the published rows' inserts/updates and deletes/truncates to the report.
+fn count_ops(segment: &ColumnarRows, frames: &[Frame], report: &mut ApplyReport) {
+    let published: usize = frames.iter().map(|f| f.rows).sum();
+    let n = segment.batch.num_rows();
+    let Some(ops) = segment
+        .batch
+        .column_by_name(OP_COLUMN)
+        .and_then(|c| c.as_any().downcast_ref::<arrow_array::StringArray>())
+    else {
+        return;
+    };
+    for i in n - published..n {
+        match ops.value(i) {
+            "D" | "T" => report.deleted += 1,
+            _ => report.upserted += 1,
+        }
+    }
+}

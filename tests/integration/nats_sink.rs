@@ -1,0 +1,240 @@
+//! The NATS JetStream sink against a real `nats-server -js`: a job with a NATS sink is
+//! SIGKILLed mid-stream and restarted, and a consumer reading the stream from its start
+//! gets every change exactly once, in LSN order per subject, and replaying the stream
+//! rebuilds the source's rows.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::{Array, Int32Array, Int64Array, StringArray, UInt64Array};
+use helios_repl::operators::columnar::{LSN_COLUMN, OP_COLUMN};
+use helios_repl::sinks::nats::consumer::{DecodedFrame, StartAt, StreamTail};
+
+use crate::harness::{wait_for, Env, Replicator};
+use crate::qos::Nats;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// `ver` takes a new sequence value on every insert and update, so each upsert the stream
+/// carries is identifiable; deletes are logged on the source (the log is not replicated).
+const ORDERS: &str = "CREATE SCHEMA q;
+CREATE SEQUENCE q.ver;
+CREATE TABLE q.orders (tenant_id int NOT NULL, id bigint NOT NULL, ver bigint NOT NULL,
+    note text, PRIMARY KEY (tenant_id, id));
+CREATE TABLE q.deleted (tenant_id int, id bigint);
+CREATE FUNCTION q.log_delete() RETURNS trigger LANGUAGE plpgsql
+    AS $$BEGIN INSERT INTO q.deleted VALUES (OLD.tenant_id, OLD.id); RETURN OLD; END$$;
+CREATE TRIGGER log_delete AFTER DELETE ON q.orders FOR EACH ROW EXECUTE FUNCTION q.log_delete();";
+
+fn job(env: &Env, nats: &Nats) -> std::path::PathBuf {
+    let text = format!(
+        "name = \"stream\"\n[source]\ndsn = \"{}\"\npublication = \"pub_stream\"\nslot = \"slot_stream\"\n\
+         [tenants]\ninclude = [1, 2, 3]\n[[tables]]\nname = \"q.orders\"\n\
+         [[sinks]]\nkind = \"postgres\"\ndsn = \"{}\"\n\
+         [[sinks]]\nkind = \"nats\"\nurl = \"{}\"\nbatch_max_rows = 200\nkey_frame_every = 4\n",
+        env.source_dsn(),
+        env.target_dsn(),
+        nats.url,
+    );
+    let path = env.dir.path().join("stream.toml");
+    std::fs::write(&path, text).expect("job file");
+    path
+}
+
+/// Transaction `k` of the writer: 30 new orders over three tenants, every third one
+/// updates some, every fifth deletes some older ones.
+fn transaction(k: u64) -> String {
+    let mut sql = format!(
+        "BEGIN; INSERT INTO q.orders SELECT 1 + g % 3, {base} + g, nextval('q.ver'), 'n' FROM generate_series(0, 29) g;",
+        base = k * 100
+    );
+    if k % 3 == 0 {
+        sql += &format!(
+            "UPDATE q.orders SET ver = nextval('q.ver'), note = 'u{k}' WHERE id % 7 = {};",
+            k % 7
+        );
+    }
+    if k % 5 == 4 {
+        sql += &format!(
+            "DELETE FROM q.orders WHERE id % 11 = {} AND id < {};",
+            k % 11,
+            k * 100
+        );
+    }
+    sql + "COMMIT;"
+}
+
+/// Every frame of the stream, from its start.
+fn read_stream(url: &str) -> Vec<DecodedFrame> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut tail = StreamTail::open(url, "HELIOS_stream", "", StartAt::First)
+            .await
+            .expect("open the stream");
+        let mut frames = Vec::new();
+        while let Some(f) = tail
+            .next(Duration::from_secs(2))
+            .await
+            .expect("every message decodes")
+        {
+            frames.push(f);
+        }
+        assert_eq!(tail.skipped_before_key_frame, 0, "read from the start");
+        frames
+    })
+}
+
+fn column<'a, T: 'static>(f: &'a DecodedFrame, name: &str) -> &'a T {
+    f.batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .unwrap_or_else(|| panic!("column {name} of {}", f.subject))
+}
+
+/// What replaying the stream gives: (tenant, id) → ver, plus counts.
+struct Replay {
+    rows: BTreeMap<(i32, i64), i64>,
+    upserts: usize,
+    deletes: usize,
+    duplicate_versions: usize,
+}
+
+fn replay(frames: &[DecodedFrame]) -> Replay {
+    let mut out = Replay {
+        rows: BTreeMap::new(),
+        upserts: 0,
+        deletes: 0,
+        duplicate_versions: 0,
+    };
+    let mut versions = HashSet::new();
+    let mut last_lsn: BTreeMap<String, u64> = BTreeMap::new();
+    for f in frames {
+        let (tenant, id) = (
+            column::<Int32Array>(f, "tenant_id"),
+            column::<Int64Array>(f, "id"),
+        );
+        let (ver, op, lsn) = (
+            column::<Int64Array>(f, "ver"),
+            column::<StringArray>(f, OP_COLUMN),
+            column::<UInt64Array>(f, LSN_COLUMN),
+        );
+        for i in 0..f.batch.num_rows() {
+            let seen = last_lsn.entry(f.subject.clone()).or_default();
+            assert!(
+                lsn.value(i) >= *seen,
+                "{}: LSN {} after {} (message {})",
+                f.subject,
+                lsn.value(i),
+                seen,
+                f.sequence
+            );
+            *seen = lsn.value(i);
+            let key = (tenant.value(i), id.value(i));
+            match op.value(i) {
+                "D" => {
+                    out.deletes += 1;
+                    out.rows.remove(&key);
+                }
+                _ => {
+                    out.upserts += 1;
+                    if !versions.insert(ver.value(i)) {
+                        out.duplicate_versions += 1;
+                    }
+                    out.rows.insert(key, ver.value(i));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_killed_job_streams_every_change_to_nats_exactly_once_in_order() {
+    let env = Arc::new(Env::start(ORDERS));
+    let nats = Nats::start(&env);
+    let job = job(&env, &nats);
+    let mut repl = Replicator::start(&job);
+    wait_for("the job to stream", WAIT, || repl.output().contains("streaming"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (env, stop) = (env.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut k = 0;
+            while !stop.load(Ordering::Relaxed) && k < 400 {
+                env.on_source(&transaction(k));
+                k += 1;
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    repl.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut repl = Replicator::start(&job);
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer");
+    env.wait_converged("SELECT count(*), sum(ver) FROM q.orders", WAIT);
+
+    let source: BTreeMap<(i32, i64), i64> = env
+        .on_source("SELECT tenant_id, id, ver FROM q.orders ORDER BY 1, 2")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: Vec<&str> = l.split('|').map(str::trim).collect();
+            ((v[0].parse().expect("tenant"), v[1].parse().expect("id")), v[2].parse().expect("ver"))
+        })
+        .collect();
+    let upserts: usize = env
+        .on_source("SELECT last_value FROM q.ver")
+        .trim()
+        .parse()
+        .expect("sequence");
+    let deletes: usize = env
+        .on_source("SELECT count(*) FROM q.deleted")
+        .trim()
+        .parse()
+        .expect("deletes");
+    assert!(deletes > 0 && upserts > source.len(), "the load updated and deleted");
+
+    // The NATS sink may finish after the PostgreSQL one: read until the replay matches.
+    let started = Instant::now();
+    let (frames, got) = loop {
+        let frames = read_stream(&nats.url);
+        let got = replay(&frames);
+        if got.upserts >= upserts && got.deletes >= deletes || started.elapsed() > WAIT {
+            break (frames, got);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(got.duplicate_versions, 0, "no change published twice");
+    assert_eq!(got.upserts, upserts, "every insert and update exactly once");
+    assert_eq!(got.deletes, deletes, "every delete exactly once");
+    assert!(got.rows == source, "replaying the stream rebuilds the source's rows");
+    let subjects: HashSet<&str> = frames.iter().map(|f| f.subject.as_str()).collect();
+    assert_eq!(
+        subjects,
+        HashSet::from(["helios.stream.1.q.orders", "helios.stream.2.q.orders", "helios.stream.3.q.orders"])
+    );
+    let out = repl.output();
+    assert!(
+        out.contains("resuming from the slot's confirmed position"),
+        "the restart resumed:\n{out}"
+    );
+
+    // A person can read the stream.
+    let tail = std::process::Command::new(env!("CARGO_BIN_EXE_helios-repl"))
+        .args(["tail", "--nats-url", &nats.url, "--job", "stream", "--from-start"])
+        .args(["--max-frames", "2", "--idle-exit-secs", "5"])
+        .output()
+        .expect("run tail");
+    let text = String::from_utf8_lossy(&tail.stdout);
+    assert!(tail.status.success(), "tail: {}", String::from_utf8_lossy(&tail.stderr));
+    assert!(text.contains("tenant 1") || text.contains("tenant 2") || text.contains("tenant 3"), "{text}");
+    assert!(text.contains("_helios_op"), "{text}");
+    assert_eq!(repl.stop().code(), Some(0));
+}
