@@ -55,6 +55,10 @@ struct Row {
     batch_rows: usize,
     rows: usize,
     data_bytes: usize,
+    /// Per column, its Arrow data size over all batches.
+    column_data_bytes: Vec<usize>,
+    /// The batches' schema, as `name: type` pairs.
+    types: Vec<String>,
     csv: u64,
     ipc: Timed,
     pq_default: Timed,
@@ -188,6 +192,18 @@ fn measure(
 ) -> anyhow::Result<Row> {
     let rows = batches.iter().map(|b| b.num_rows()).sum();
     let data_bytes = batches.iter().map(data::data_bytes).sum();
+    let mut column_data_bytes = vec![0; batches[0].num_columns()];
+    for b in batches {
+        for (i, c) in b.columns().iter().enumerate() {
+            column_data_bytes[i] += data::array_data_bytes(c.as_ref());
+        }
+    }
+    let types = batches[0]
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| format!("{}: {}", f.name(), f.data_type()))
+        .collect();
     let csv = methods::csv_zstd(batches)?;
     let ipc = methods::ipc_zstd(batches)?;
     let pq_default = methods::parquet_default(batches)?;
@@ -211,6 +227,8 @@ fn measure(
         batch_rows,
         rows,
         data_bytes,
+        column_data_bytes,
+        types,
         csv,
         ipc,
         pq_default,
@@ -295,9 +313,17 @@ fn report(rows: &[Row], max_rows: Option<usize>) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    let _ = writeln!(s, "Arrow types as measured:\n");
+    let mut seen = Vec::new();
+    for r in rows {
+        if !seen.contains(&&r.table) {
+            seen.push(&r.table);
+            let _ = writeln!(s, "- {}: {}", r.table, r.types.join(", "));
+        }
+    }
     let _ = writeln!(
         s,
-        "## Speed (MB/s of Arrow data, one thread)\n\n\
+        "\n## Speed (MB/s of Arrow data, one thread)\n\n\
          | table | batch rows | Arrow MB | ours enc | ours dec | Parquet default enc | \
          Parquet default dec | Arrow IPC+zstd enc | Arrow IPC+zstd dec |"
     );
@@ -334,7 +360,8 @@ fn explain_report(rows: &[Row]) -> String {
     for r in rows.iter().filter(|r| r.batch_rows == 10_000) {
         let _ = writeln!(
             s,
-            "\n## Explain: {} × {} (bytes/row per column, over {} rows)\n",
+            "\n## Explain: {} × {} (bytes/row per column, over {} rows; ours in/out as the \
+             codec reports them in `last_choices()`)\n",
             r.table, r.batch_rows, r.rows
         );
         if let Some(f) = &r.ours.failure {
@@ -342,10 +369,10 @@ fn explain_report(rows: &[Row]) -> String {
         }
         let _ = writeln!(
             s,
-            "| column | type | ours codec (frames) | ours in | ours out | Parquet best | \
-             Parquet best out | pco out |"
+            "| column | type | Arrow data | ours codec (frames) | ours in | ours out | \
+             Parquet best | Parquet best out | pco out |"
         );
-        let _ = writeln!(s, "|---|---|---|---:|---:|---|---:|---:|");
+        let _ = writeln!(s, "|---|---|---:|---|---:|---:|---|---:|---:|");
         for (i, c) in r.ours.columns.iter().enumerate() {
             let codecs = c
                 .codecs
@@ -361,9 +388,13 @@ fn explain_report(rows: &[Row]) -> String {
                 Some(Some(b)) => format!("{:.2}", per_row(*b, r.rows)),
                 _ => "-".into(),
             };
+            let arrow = r
+                .column_data_bytes
+                .get(i)
+                .map_or("-".into(), |&b| format!("{:.2}", per_row(b as u64, r.rows)));
             let _ = writeln!(
                 s,
-                "| {} | {} | {codecs} | {:.2} | {:.2} | {enc} | {pq} | {pco} |",
+                "| {} | {} | {arrow} | {codecs} | {:.2} | {:.2} | {enc} | {pq} | {pco} |",
                 c.name,
                 c.data_type,
                 per_row(c.bytes_before, r.rows),

