@@ -33,7 +33,7 @@ use std::sync::Arc;
 use helios_repl::change::{
     Cell, ColumnInfo, Identity, Scope, TableInfo, TenantAction, TenantChange,
 };
-use helios_repl::operators::access::hotness_map::{HotnessMap, HotnessSnapshot};
+use helios_repl::operators::access::hotness_map::{HotnessMap, HotnessSnapshot, HOT_FRACTION};
 use helios_repl::operators::access::{
     evaluate, BucketKey, Predictor, PredictorConfig, PredictorKind, PredictorMode, TraceConfig,
     ZipfDriftTrace,
@@ -298,10 +298,11 @@ fn run(
             map.publish(if kind == PredictorKind::RoundRobin {
                 HotnessSnapshot::default()
             } else {
-                HotnessSnapshot::from_entries(
+                HotnessSnapshot::hot_set(
                     predictor
                         .predictions()
                         .map(|(k, v)| (k.tenant.as_str(), k.table.as_str(), k.bucket, v)),
+                    HOT_FRACTION,
                 )
             });
             next_window += (WINDOW_SECS * 1_000_000) as i64;
@@ -415,10 +416,7 @@ fn main() {
             o.close_ms.0 / o.windows.max(1) as f64,
             o.close_ms.1,
         );
-        eprintln!(
-            "  ({name} took {:.1} s)",
-            started.elapsed().as_secs_f64()
-        );
+        eprintln!("  ({name} took {:.1} s)", started.elapsed().as_secs_f64());
     }
     println!("\nPrediction quality on the same trace (without the bulk load), next-window counts per key bucket:\n");
     let started = std::time::Instant::now();

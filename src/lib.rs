@@ -8,12 +8,12 @@
 
 pub mod api;
 pub mod cdc;
-pub mod codec;
 pub mod change;
+pub mod codec;
 pub mod control;
 pub mod dataflow;
-pub mod inspect;
 pub mod embedded;
+pub mod inspect;
 pub mod metrics;
 pub mod operators;
 pub mod sinks;

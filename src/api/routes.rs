@@ -22,8 +22,7 @@ use super::error::{redact_text, ApiError};
 use crate::control::access::AccessEvents;
 use crate::control::job_control::{
     AsOfQuery, AsOfRows, ControlError, ExportRequest, ExportStatus, JobCompression, JobControl,
-    JobId, JobStatus,
-    RetentionPolicy, TenantJob, TimePoint,
+    JobId, JobStatus, RetentionPolicy, TenantJob, TimePoint,
 };
 use crate::control::job_spec::JobSpec;
 

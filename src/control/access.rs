@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::control::job_spec::{JobSpec, PredictorChoice};
 use crate::dataflow::worker::JobAccess;
 use crate::operators::access::bucket::{bucket_of_key, buckets_of_range};
-use crate::operators::access::hotness_map::{HotnessMap, HotnessSnapshot};
+use crate::operators::access::hotness_map::{HotnessMap, HotnessSnapshot, HOT_FRACTION};
 use crate::operators::access::ledger::AccessLedger;
 use crate::operators::access::{
     BucketKey, PredictionErrors, Predictor, PredictorConfig, PredictorKind, PredictorMode,
@@ -326,9 +326,10 @@ impl AccessHub {
         if report.model_reset {
             tracing::warn!(job = %self.job, "prediction model reset after a non-finite output; the heuristic is in use until it recovers");
         }
-        let snapshot = HotnessSnapshot::from_entries(
+        let snapshot = HotnessSnapshot::hot_set(
             p.predictions()
                 .map(|(k, v)| (k.tenant.as_str(), k.table.as_str(), k.bucket, v)),
+            HOT_FRACTION,
         );
         let in_use = p.in_use();
         let status = PredictionStatus {

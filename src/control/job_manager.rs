@@ -19,8 +19,8 @@ use crate::change::format_lsn;
 use crate::control::access::{AccessHub, STORED_PREDICTIONS};
 use crate::control::job_control::{
     AsOfQuery, AsOfRows, ControlError, ExportRequest, ExportState, ExportStatus, JobCompression,
-    JobControl, JobId, SinkCompression,
-    JobState, JobStatus, Readiness, RetentionPolicy, TenantJob, TenantStatus, TimePoint,
+    JobControl, JobId, JobState, JobStatus, Readiness, RetentionPolicy, SinkCompression, TenantJob,
+    TenantStatus, TimePoint,
 };
 use crate::control::job_runner::{self, Desired, JobStats};
 use crate::control::job_spec::{JobSpec, SinkSpec, TenantFilter};
@@ -841,7 +841,11 @@ pub fn job_compression(spec: &JobSpec, stats: &JobStats) -> JobCompression {
                 rows,
                 arrow_bytes: c.arrow_bytes.load(Relaxed),
                 frame_bytes,
-                bytes_per_row: if rows == 0 { 0.0 } else { frame_bytes as f64 / rows as f64 },
+                bytes_per_row: if rows == 0 {
+                    0.0
+                } else {
+                    frame_bytes as f64 / rows as f64
+                },
                 encode_seconds: c.encode_micros.load(Relaxed) as f64 / 1e6,
                 fast_mode: c.fast_mode.load(Relaxed),
                 fallbacks: c.fallbacks.load(Relaxed),

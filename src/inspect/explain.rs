@@ -176,10 +176,12 @@ pub fn explain(input: &[RecordBatch], batch_rows: usize) -> Result<ExplainReport
         })?;
         report.encode_secs += began.elapsed().as_secs_f64();
         let began = Instant::now();
-        let decoded = decoder.decode(&frame).map_err(|e| ExplainError::RoundTrip {
-            batch: index,
-            message: e.to_string(),
-        })?;
+        let decoded = decoder
+            .decode(&frame)
+            .map_err(|e| ExplainError::RoundTrip {
+                batch: index,
+                message: e.to_string(),
+            })?;
         report.decode_secs += began.elapsed().as_secs_f64();
         if decoded != batch {
             return Err(ExplainError::RoundTrip {
@@ -223,11 +225,7 @@ impl fmt::Display for ExplainReport {
         )?;
         writeln!(f, "|---|---|---|---:|---:|---:|---:|")?;
         for c in &self.columns {
-            let codecs: Vec<String> = c
-                .codecs
-                .iter()
-                .map(|(k, n)| format!("{k} ({n})"))
-                .collect();
+            let codecs: Vec<String> = c.codecs.iter().map(|(k, n)| format!("{k} ({n})")).collect();
             writeln!(
                 f,
                 "| {} | {} | {} | {} | {} | {:.2} | {:.1}× |",

@@ -102,8 +102,9 @@ pub fn columnar_batches(
             let tenant = tenant_of(&change.scope).to_string();
             let key = (tenant.clone(), change.table.qualified_name());
             let index = match open.get(&key) {
-                Some(&i) if Arc::ptr_eq(&order[i].table, &change.table)
-                    || order[i].table == change.table =>
+                Some(&i)
+                    if Arc::ptr_eq(&order[i].table, &change.table)
+                        || order[i].table == change.table =>
                 {
                     i
                 }
@@ -352,10 +353,17 @@ mod tests {
         ];
         let out = columnar_batches(&batches, |lsn| Some(lsn as i64)).expect("batches");
         assert_eq!(out.len(), 2);
-        assert_eq!((out[0].tenant.as_str(), out[0].first_lsn, out[0].last_lsn), ("1", 10, 20));
+        assert_eq!(
+            (out[0].tenant.as_str(), out[0].first_lsn, out[0].last_lsn),
+            ("1", 10, 20)
+        );
         let b = &out[0].batch;
         assert_eq!(b.num_rows(), 2);
-        let ids = b.column(0).as_any().downcast_ref::<Int32Array>().expect("int32");
+        let ids = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int32Array>()
+            .expect("int32");
         assert_eq!(ids.value(1), 1);
         let ops = b
             .column_by_name(OP_COLUMN)
@@ -381,8 +389,16 @@ mod tests {
             seq: 0,
             table: t.clone(),
             action: TenantAction::Upsert {
-                old: Some(vec![Cell::Text("1".into()), Cell::Text("5".into()), Cell::Null]),
-                new: vec![Cell::Text("1".into()), Cell::Text("6".into()), Cell::Unchanged],
+                old: Some(vec![
+                    Cell::Text("1".into()),
+                    Cell::Text("5".into()),
+                    Cell::Null,
+                ]),
+                new: vec![
+                    Cell::Text("1".into()),
+                    Cell::Text("6".into()),
+                    Cell::Unchanged,
+                ],
                 insert: false,
             },
         };
@@ -393,17 +409,29 @@ mod tests {
         let ops = ops.as_any().downcast_ref::<StringArray>().expect("utf8");
         assert_eq!((ops.value(0), ops.value(1)), ("D", "U"));
         let unchanged = b.column_by_name(UNCHANGED_COLUMN).expect("unchanged");
-        let unchanged = unchanged.as_any().downcast_ref::<StringArray>().expect("utf8");
+        let unchanged = unchanged
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("utf8");
         assert!(unchanged.is_null(0));
         assert_eq!(unchanged.value(1), r#"["doc"]"#);
-        assert!(b.column(2).is_null(1), "an unchanged value is null in its column");
+        assert!(
+            b.column(2).is_null(1),
+            "an unchanged value is null in its column"
+        );
     }
 
     #[test]
     fn a_value_that_does_not_parse_keeps_its_column_as_text() {
         let t = Arc::new(table("public.t", &[("n", "integer")], &[]));
         let out = columnar_batches(
-            &[batch(1, vec![upsert("1", &t, &["12"], true), upsert("1", &t, &["x"], true)])],
+            &[batch(
+                1,
+                vec![
+                    upsert("1", &t, &["12"], true),
+                    upsert("1", &t, &["x"], true),
+                ],
+            )],
             |_| None,
         )
         .expect("batches");

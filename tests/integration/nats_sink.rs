@@ -159,7 +159,9 @@ fn a_killed_job_streams_every_change_to_nats_exactly_once_in_order() {
     let nats = Nats::start(&env);
     let job = job(&env, &nats);
     let mut repl = Replicator::start(&job);
-    wait_for("the job to stream", WAIT, || repl.output().contains("streaming"));
+    wait_for("the job to stream", WAIT, || {
+        repl.output().contains("streaming")
+    });
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let (env, stop) = (env.clone(), stop.clone());
@@ -186,7 +188,10 @@ fn a_killed_job_streams_every_change_to_nats_exactly_once_in_order() {
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
             let v: Vec<&str> = l.split('|').map(str::trim).collect();
-            ((v[0].parse().expect("tenant"), v[1].parse().expect("id")), v[2].parse().expect("ver"))
+            (
+                (v[0].parse().expect("tenant"), v[1].parse().expect("id")),
+                v[2].parse().expect("ver"),
+            )
         })
         .collect();
     let upserts: usize = env
@@ -199,7 +204,10 @@ fn a_killed_job_streams_every_change_to_nats_exactly_once_in_order() {
         .trim()
         .parse()
         .expect("deletes");
-    assert!(deletes > 0 && upserts > source.len(), "the load updated and deleted");
+    assert!(
+        deletes > 0 && upserts > source.len(),
+        "the load updated and deleted"
+    );
 
     // The NATS sink may finish after the PostgreSQL one: read until the replay matches.
     let started = Instant::now();
@@ -214,11 +222,18 @@ fn a_killed_job_streams_every_change_to_nats_exactly_once_in_order() {
     assert_eq!(got.duplicate_versions, 0, "no change published twice");
     assert_eq!(got.upserts, upserts, "every insert and update exactly once");
     assert_eq!(got.deletes, deletes, "every delete exactly once");
-    assert!(got.rows == source, "replaying the stream rebuilds the source's rows");
+    assert!(
+        got.rows == source,
+        "replaying the stream rebuilds the source's rows"
+    );
     let subjects: HashSet<&str> = frames.iter().map(|f| f.subject.as_str()).collect();
     assert_eq!(
         subjects,
-        HashSet::from(["helios.stream.1.q.orders", "helios.stream.2.q.orders", "helios.stream.3.q.orders"])
+        HashSet::from([
+            "helios.stream.1.q.orders",
+            "helios.stream.2.q.orders",
+            "helios.stream.3.q.orders"
+        ])
     );
     let out = repl.output();
     assert!(
@@ -228,13 +243,27 @@ fn a_killed_job_streams_every_change_to_nats_exactly_once_in_order() {
 
     // A person can read the stream.
     let tail = std::process::Command::new(env!("CARGO_BIN_EXE_helios-repl"))
-        .args(["tail", "--nats-url", &nats.url, "--job", "stream", "--from-start"])
+        .args([
+            "tail",
+            "--nats-url",
+            &nats.url,
+            "--job",
+            "stream",
+            "--from-start",
+        ])
         .args(["--max-frames", "2", "--idle-exit-secs", "5"])
         .output()
         .expect("run tail");
     let text = String::from_utf8_lossy(&tail.stdout);
-    assert!(tail.status.success(), "tail: {}", String::from_utf8_lossy(&tail.stderr));
-    assert!(text.contains("tenant 1") || text.contains("tenant 2") || text.contains("tenant 3"), "{text}");
+    assert!(
+        tail.status.success(),
+        "tail: {}",
+        String::from_utf8_lossy(&tail.stderr)
+    );
+    assert!(
+        text.contains("tenant 1") || text.contains("tenant 2") || text.contains("tenant 3"),
+        "{text}"
+    );
     assert!(text.contains("_helios_op"), "{text}");
     assert_eq!(repl.stop().code(), Some(0));
 }

@@ -346,7 +346,8 @@ fn access_events_feed_the_predictor_and_its_model_survives_a_restart() {
     });
     let text = http(&poisoned.url, "GET", "/metrics", None).1;
     assert!(
-        text.lines().any(|l| l.starts_with("helios_predictor_in_use{job=\"hot\"") && l.ends_with(" 1")),
+        text.lines()
+            .any(|l| l.starts_with("helios_predictor_in_use{job=\"hot\"") && l.ends_with(" 1")),
         "a predictor is in use after the reset:\n{text}"
     );
 }

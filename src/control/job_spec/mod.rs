@@ -734,10 +734,26 @@ impl<'de> Deserialize<'de> for SinkSpec {
             ("root", raw.root.is_some(), &["parquet"][..]),
             ("url", raw.url.is_some(), &["nats"][..]),
             ("stream", raw.stream.is_some(), &["nats"][..]),
-            ("subject_prefix", raw.subject_prefix.is_some(), &["nats"][..]),
-            ("key_frame_every", raw.key_frame_every.is_some(), &["nats"][..]),
-            ("duplicate_window_secs", raw.duplicate_window_secs.is_some(), &["nats"][..]),
-            ("max_encode_share", raw.max_encode_share.is_some(), &["nats"][..]),
+            (
+                "subject_prefix",
+                raw.subject_prefix.is_some(),
+                &["nats"][..],
+            ),
+            (
+                "key_frame_every",
+                raw.key_frame_every.is_some(),
+                &["nats"][..],
+            ),
+            (
+                "duplicate_window_secs",
+                raw.duplicate_window_secs.is_some(),
+                &["nats"][..],
+            ),
+            (
+                "max_encode_share",
+                raw.max_encode_share.is_some(),
+                &["nats"][..],
+            ),
         ];
         if let Some((field, _, _)) = foreign
             .iter()
@@ -768,12 +784,16 @@ impl<'de> Deserialize<'de> for SinkSpec {
                 subject_prefix: raw
                     .subject_prefix
                     .unwrap_or_else(|| nats::DEFAULT_SUBJECT_PREFIX.to_string()),
-                batch_max_rows: raw.batch_max_rows.unwrap_or(nats::DEFAULT_NATS_BATCH_MAX_ROWS),
+                batch_max_rows: raw
+                    .batch_max_rows
+                    .unwrap_or(nats::DEFAULT_NATS_BATCH_MAX_ROWS),
                 key_frame_every: raw.key_frame_every.unwrap_or(nats::DEFAULT_KEY_FRAME_EVERY),
                 duplicate_window_secs: raw
                     .duplicate_window_secs
                     .unwrap_or(nats::DEFAULT_DUPLICATE_WINDOW_SECS),
-                max_encode_share: raw.max_encode_share.unwrap_or(nats::DEFAULT_MAX_ENCODE_SHARE),
+                max_encode_share: raw
+                    .max_encode_share
+                    .unwrap_or(nats::DEFAULT_MAX_ENCODE_SHARE),
                 max_rows_per_sec: raw.max_rows_per_sec,
                 max_bytes_per_sec: raw.max_bytes_per_sec,
                 tenant_max_rows_per_sec: raw.tenant_max_rows_per_sec,

@@ -68,8 +68,7 @@ impl Eq for NatsSinkSpec {}
 
 fn is_token(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
@@ -106,7 +105,10 @@ impl NatsSinkSpec {
         if !(1..=86_400).contains(&self.duplicate_window_secs) {
             return Err(JobSpecError::invalid(
                 format!("{at}.duplicate_window_secs"),
-                format!("must be between 1 and 86400, got {}", self.duplicate_window_secs),
+                format!(
+                    "must be between 1 and 86400, got {}",
+                    self.duplicate_window_secs
+                ),
             ));
         }
         if !(self.max_encode_share > 0.0 && self.max_encode_share <= 1.0) {

@@ -11,6 +11,9 @@ use crate::sinks::ApplyBatch;
 
 type Tables = HashMap<String, HashMap<i64, f32>>;
 
+/// Share of the predicted buckets the scheduler treats as hot.
+pub const HOT_FRACTION: f64 = 0.1;
+
 /// One window's predictions.
 #[derive(Debug, Default)]
 pub struct HotnessSnapshot {
@@ -35,6 +38,27 @@ impl HotnessSnapshot {
             buckets.insert(bucket, hot);
         }
         HotnessSnapshot { tenants }
+    }
+
+    /// The hot set of a prediction: the `fraction` of buckets predicted hottest (at least
+    /// one) get hotness 1, the others none. The scheduler then serves predicted-hot rows
+    /// first and everything else by age and round robin: ranking every bucket by its
+    /// predicted count would let small prediction errors decide the order of the whole
+    /// backlog (and starve the rows predicted slightly colder).
+    pub fn hot_set<'a>(
+        entries: impl IntoIterator<Item = (&'a str, &'a str, i64, f32)>,
+        fraction: f64,
+    ) -> Self {
+        let mut all: Vec<(&str, &str, i64, f32)> = entries
+            .into_iter()
+            .filter(|e| e.3.is_finite() && e.3 > 0.0)
+            .collect();
+        let keep = ((all.len() as f64 * fraction.clamp(0.0, 1.0)).ceil() as usize).max(1);
+        if all.len() > keep {
+            all.select_nth_unstable_by(keep - 1, |a, b| b.3.total_cmp(&a.3));
+            all.truncate(keep);
+        }
+        Self::from_entries(all.into_iter().map(|(t, tb, b, _)| (t, tb, b, 1.0)))
     }
 
     /// The prediction for one bucket (0 when none).
@@ -107,5 +131,26 @@ impl HotnessMap {
             }
         }
         hottest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hot_set_keeps_the_top_fraction_at_hotness_one() {
+        let entries: Vec<(String, i64, f32)> =
+            (0..20).map(|b| ("t".to_string(), b, b as f32)).collect();
+        let s = HotnessSnapshot::hot_set(
+            entries.iter().map(|(t, b, v)| ("1", t.as_str(), *b, *v)),
+            0.1,
+        );
+        assert_eq!(s.get("1", "t", 19), 1.0);
+        assert_eq!(s.get("1", "t", 18), 1.0);
+        assert_eq!(s.get("1", "t", 17), 0.0);
+        assert_eq!(s.get("1", "t", 0), 0.0, "zero predictions are never hot");
+        let nan = HotnessSnapshot::hot_set([("1", "t", 1, f32::NAN)], 0.5);
+        assert_eq!(nan.get("1", "t", 1), 0.0);
     }
 }

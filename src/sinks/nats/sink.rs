@@ -27,7 +27,9 @@ use futures_util::future::join_all;
 
 use super::compression_stats::CompressionStats;
 use super::effort::EffortGovernor;
-use super::subjects::{self, FIRST_LSN_HEADER, LAST_LSN_HEADER, ROWS_HEADER, TABLE_HEADER, TENANT_HEADER};
+use super::subjects::{
+    self, FIRST_LSN_HEADER, LAST_LSN_HEADER, ROWS_HEADER, TABLE_HEADER, TENANT_HEADER,
+};
 use crate::cdc::stream::ReaderStats;
 use crate::change::{format_lsn, Lsn, Scope, TenantAction};
 use crate::codec::{EncoderConfig, StreamEncoder};
@@ -138,15 +140,14 @@ impl NatsSink {
             return Ok(());
         }
         let conn = self.conn.as_ref().ok_or_else(not_connected)?;
-        let (last_lsn, partial_rows, last_seq) =
-            match conn.stream.get_last_raw_message_by_subject(subject).await {
-                Ok(msg) => {
-                    let header = |name: &str| {
-                        msg.headers
-                            .get(name)
-                            .map(|v| v.as_str().to_string())
-                    };
-                    let last = header(LAST_LSN_HEADER)
+        let (last_lsn, partial_rows, last_seq) = match conn
+            .stream
+            .get_last_raw_message_by_subject(subject)
+            .await
+        {
+            Ok(msg) => {
+                let header = |name: &str| msg.headers.get(name).map(|v| v.as_str().to_string());
+                let last = header(LAST_LSN_HEADER)
                         .and_then(|v| subjects::lsn_header(&v))
                         .ok_or_else(|| {
                             SinkError::Definite(format!(
@@ -155,23 +156,23 @@ impl NatsSink {
                                 msg.sequence
                             ))
                         })?;
-                    let partial = header(PARTIAL_ROWS_HEADER).and_then(|v| v.parse().ok());
-                    (last, partial, msg.sequence)
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        jetstream::stream::LastRawMessageErrorKind::NoMessageFound
-                    ) =>
-                {
-                    (0, None, 0)
-                }
-                Err(e) => {
-                    return Err(SinkError::Transient(format!(
-                        "read the last message of {subject}: {e}"
-                    )))
-                }
-            };
+                let partial = header(PARTIAL_ROWS_HEADER).and_then(|v| v.parse().ok());
+                (last, partial, msg.sequence)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::stream::LastRawMessageErrorKind::NoMessageFound
+                ) =>
+            {
+                (0, None, 0)
+            }
+            Err(e) => {
+                return Err(SinkError::Transient(format!(
+                    "read the last message of {subject}: {e}"
+                )))
+            }
+        };
         let encoder = StreamEncoder::new(self.encoder_config());
         self.subjects.insert(
             subject.to_string(),
@@ -236,11 +237,17 @@ impl NatsSink {
             }
             let end = start + len;
             let (first_lsn, last_lsn) = (lsns.value(start), lsns.value(end - 1));
-            let partial_rows = (end < n && lsns.value(end) == last_lsn).then(|| ordinals[end - 1] + 1);
+            let partial_rows =
+                (end < n && lsns.value(end) == last_lsn).then(|| ordinals[end - 1] + 1);
             let arrow_bytes = segment.batch.slice(start, len).get_array_memory_size();
             frames.push(Frame {
-                message_id: subjects::message_id(&self.job, &segment.tenant, &table, first_lsn, last_lsn)
-                    + &partial_rows.map(|p| format!("#{p}")).unwrap_or_default(),
+                message_id: subjects::message_id(
+                    &self.job,
+                    &segment.tenant,
+                    &table,
+                    first_lsn,
+                    last_lsn,
+                ) + &partial_rows.map(|p| format!("#{p}")).unwrap_or_default(),
                 payload,
                 rows: len,
                 arrow_bytes,
@@ -361,9 +368,7 @@ impl Sink for NatsSink {
                 ..Default::default()
             })
             .await
-            .map_err(|e| {
-                SinkError::Transient(format!("stream {}: {e}", self.config.stream))
-            })?;
+            .map_err(|e| SinkError::Transient(format!("stream {}: {e}", self.config.stream)))?;
         self.conn = Some(Connection {
             js,
             stream,
@@ -419,7 +424,13 @@ impl Sink for NatsSink {
                 self.subjects.clear();
                 return Err(e);
             }
-            let frames = match self.frames_of(&subject, segment, max_payload, &mut report, &mut encode_secs) {
+            let frames = match self.frames_of(
+                &subject,
+                segment,
+                max_payload,
+                &mut report,
+                &mut encode_secs,
+            ) {
                 Ok(f) => f,
                 Err(e) => {
                     self.subjects.clear();
@@ -445,22 +456,30 @@ impl Sink for NatsSink {
         }
         for ((subject, frames), sequences) in plan.iter().zip(results) {
             let sequences = sequences.unwrap_or_default();
-            if let (Some(state), Some(last), Some(seq)) =
-                (self.subjects.get_mut(subject), frames.last(), sequences.last())
-            {
+            if let (Some(state), Some(last), Some(seq)) = (
+                self.subjects.get_mut(subject),
+                frames.last(),
+                sequences.last(),
+            ) {
                 state.last_lsn = last.last_lsn;
                 state.partial_rows = last.partial_rows;
                 state.last_seq = *seq;
             }
             for f in frames {
                 report.bytes += f.payload.len() as u64;
-                self.stats
-                    .record_frame(subject, f.rows, f.arrow_bytes, f.payload.len(), &f.choices);
+                self.stats.record_frame(
+                    subject,
+                    f.rows,
+                    f.arrow_bytes,
+                    f.payload.len(),
+                    &f.choices,
+                );
             }
         }
-        self.stats
-            .encode_micros
-            .fetch_add((encode_secs * 1e6) as u64, std::sync::atomic::Ordering::Relaxed);
+        self.stats.encode_micros.fetch_add(
+            (encode_secs * 1e6) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if let Some(effort) = self
             .governor
             .record(encode_secs, started.elapsed().as_secs_f64())

@@ -5,7 +5,9 @@
 //! it touches and no transaction of worker scope (a TRUNCATE or tenant-less DELETE, which
 //! touches every tenant of the worker) is pending before it; a worker-scoped transaction is
 //! a candidate only when it is the oldest pending one. Among candidates the scheduler takes
-//! the lowest tier first; within a tier the hottest (predicted hotness); among equally hot
+//! the lowest tier first; within a tier the one whose tenant has the most predicted-hot data
+//! pending (a tenant's transactions go in commit order, so hotness decides which tenant goes
+//! next, not which of its rows); among equally hot
 //! ones a transaction older than half its tier's lag budget goes first (oldest first), then
 //! the tenant served longest ago (round robin), then commit order.
 //!
@@ -89,6 +91,9 @@ pub struct Scheduler {
     /// Picks so far (round-robin clock).
     picks: u64,
     last_served: HashMap<String, u64>,
+    /// Per tenant, the predicted hotness of all its pending transactions (summed): how
+    /// much hot data waits behind its oldest transaction.
+    tenant_hot: HashMap<String, f64>,
     /// Highest commit LSN pushed.
     max_seen: Lsn,
     rows: usize,
@@ -105,6 +110,7 @@ impl Scheduler {
             credit: 0.0,
             picks: 0,
             last_served: HashMap::new(),
+            tenant_hot: HashMap::new(),
             max_seen: 0,
             rows: 0,
         }
@@ -167,6 +173,11 @@ impl Scheduler {
         } else {
             0.0
         };
+        if hotness > 0.0 {
+            for t in &tenants {
+                *self.tenant_hot.entry(t.clone()).or_default() += f64::from(hotness);
+            }
+        }
         self.pending.insert(
             lsn,
             Pending {
@@ -401,9 +412,16 @@ impl Scheduler {
         queued.insert(lsn);
         let budget = self.policy.budget_micros(p.tier);
         let age = now.saturating_sub(p.born);
+        // A tenant's transactions go in commit order, so what hotness can decide is which
+        // tenant goes next: the one with the most predicted-hot data waiting.
         let hot = if self.policy.use_hotness {
-            // Non-negative finite floats order like their bit patterns.
-            p.hotness.to_bits() as i64
+            p.tenants
+                .iter()
+                .map(|t| self.tenant_hot.get(t).copied().unwrap_or(0.0))
+                .fold(0.0f64, f64::max)
+                .max(f64::from(p.hotness))
+                .mul_add(1000.0, 0.0)
+                .round() as i64
         } else {
             0
         };
@@ -432,6 +450,11 @@ impl Scheduler {
             self.barriers.remove(&lsn);
         }
         for t in &p.tenants {
+            if p.hotness > 0.0 {
+                if let Some(h) = self.tenant_hot.get_mut(t) {
+                    *h -= f64::from(p.hotness);
+                }
+            }
             if let Some(q) = self.queues.get_mut(t) {
                 if q.front() == Some(&lsn) {
                     q.pop_front();
@@ -440,6 +463,7 @@ impl Scheduler {
                 }
                 if q.is_empty() {
                     self.queues.remove(t);
+                    self.tenant_hot.remove(t);
                 }
             }
         }

@@ -90,12 +90,12 @@ fn a_tenant_keeps_commit_order_whatever_its_hotness() {
     let mut s = Scheduler::new(policy(&[]));
     s.push(batch(10, &["a"], 1), 0, 0.0);
     s.push(batch(20, &["a"], 1), 0, 100.0);
-    s.push(batch(30, &["b"], 1), 0, 50.0);
+    s.push(batch(30, &["b"], 1), 0, 150.0);
     let first = s.next_group(1, 1, &mut yes);
     assert_eq!(
         lsns(&first),
         vec![30],
-        "b's hot batch may pass a's cold one"
+        "b, with more hot data waiting, may pass a's older batches"
     );
     assert_eq!(
         s.durable_watermark(),
@@ -108,13 +108,32 @@ fn a_tenant_keeps_commit_order_whatever_its_hotness() {
 }
 
 #[test]
-fn old_work_of_a_tier_goes_before_hot_work() {
-    // Standard budget 10 s: a batch older than half of it goes first within the tier.
+fn a_tenant_with_hot_data_behind_a_cold_batch_goes_first() {
+    // Hotness picks the tenant: a's cold head goes first because hot rows wait behind it.
+    let mut s = Scheduler::new(policy(&[]));
+    s.push(batch(10, &["b"], 1), 0, 1.0);
+    s.push(batch(20, &["a"], 1), 0, 0.0);
+    s.push(batch(30, &["a"], 1), 0, 5.0);
+    assert_eq!(lsns(&s.next_group(1, 1, &mut yes)), vec![20]);
+    assert_eq!(lsns(&s.next_group(1, 1, &mut yes)), vec![30]);
+    assert_eq!(lsns(&s.next_group(1, 1, &mut yes)), vec![10]);
+}
+
+#[test]
+fn hot_work_goes_first_until_old_work_is_overdue() {
+    // Standard budget 10 s.
     let mut s = Scheduler::new(policy(&[]));
     s.push(batch(10, &["a"], 1), 0, 0.0);
     s.push(batch(20, &["b"], 1), 5_900_000, 99.0);
-    let now = 6_000_000;
-    assert_eq!(lsns(&s.next_group(now, 1, &mut yes)), vec![10]);
+    assert_eq!(lsns(&s.next_group(6_000_000, 1, &mut yes)), vec![20]);
+    let mut s = Scheduler::new(policy(&[]));
+    s.push(batch(10, &["a"], 1), 0, 0.0);
+    s.push(batch(20, &["b"], 1), 5_900_000, 99.0);
+    assert_eq!(
+        lsns(&s.next_group(11_000_000, 1, &mut yes)),
+        vec![10],
+        "past its budget, a gets its share"
+    );
 }
 
 #[test]
