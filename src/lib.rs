@@ -8,8 +8,8 @@
 
 pub mod api;
 pub mod cdc;
-pub mod codec;
 pub mod change;
+pub mod codec;
 pub mod control;
 pub mod dataflow;
 pub mod embedded;
