@@ -9,18 +9,20 @@
 //! | 3 | decimal | `Decimal128` |
 //! | 4 | string (dictionary or text) | Utf8, LargeUtf8, Binary, LargeBinary, Utf8View, BinaryView |
 //! | 5 | Arrow IPC + zstd | everything else |
+//! | 6 | difference to an earlier column | integer-like types, when smaller than id 1 |
 
 use std::sync::Arc;
 
 use arrow_array::{Array, ArrayRef, NullArray};
+use arrow_data::ArrayData;
 use arrow_schema::{DataType, Field};
 
 use super::error::{CodecError, FrameError};
 use super::fallback::{decode_fallback, encode_fallback};
 use super::numbers::NumberOptions;
 use super::primitive::{
-    decode_boolean, decode_decimal128, decode_primitive, encode_boolean, encode_decimal128,
-    encode_primitive, phys,
+    decode_boolean, decode_decimal128, decode_diff, decode_primitive, encode_boolean,
+    encode_decimal128, encode_diff, encode_primitive, phys,
 };
 use super::strings::{decode_string, encode_string, is_string, TextOptions, TextState};
 use super::wire::{corrupt, put_len_prefixed, Reader};
@@ -32,6 +34,10 @@ const BOOLEAN: u8 = 2;
 const DECIMAL128: u8 = 3;
 const STRING: u8 = 4;
 const FALLBACK: u8 = 5;
+const DIFF: u8 = 6;
+
+/// How many earlier columns of the same type a column is tried against (Best effort).
+const DIFF_CANDIDATES: usize = 4;
 
 /// What a column carries from frame to frame (only string columns use it).
 pub(crate) type ColumnState = TextState;
@@ -68,6 +74,7 @@ pub(crate) fn encode_column(
     out: &mut Vec<u8>,
     field: &Field,
     array: &ArrayRef,
+    earlier: &[ArrayRef],
     state: &mut ColumnState,
     effort: Effort,
 ) -> Result<String, CodecError> {
@@ -79,7 +86,28 @@ pub(crate) fn encode_column(
         (NULL, "null".to_string())
     } else if let Some(p) = phys(dt) {
         let name = encode_primitive(&mut payload, &data, p, opts.numbers, opts.bits_level);
-        (PRIMITIVE, name)
+        let candidates: Vec<(usize, ArrayData)> = earlier
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, a)| a.data_type() == dt)
+            .take(DIFF_CANDIDATES)
+            .map(|(j, a)| (j, a.to_data()))
+            .collect();
+        match encode_diff(
+            &data,
+            p,
+            &candidates,
+            payload.len(),
+            opts.numbers,
+            opts.bits_level,
+        ) {
+            Some((diff, diff_name)) => {
+                payload = diff;
+                (DIFF, diff_name)
+            }
+            None => (PRIMITIVE, name),
+        }
     } else if *dt == DataType::Boolean {
         (
             BOOLEAN,
@@ -109,6 +137,7 @@ pub(crate) fn decode_column(
     r: &mut Reader<'_>,
     field: &Field,
     n: usize,
+    earlier: &[ArrayRef],
     state: &mut ColumnState,
 ) -> Result<ArrayRef, FrameError> {
     let id = r.u8()?;
@@ -118,6 +147,10 @@ pub(crate) fn decode_column(
         NULL if *dt == DataType::Null => Arc::new(NullArray::new(n)) as ArrayRef,
         PRIMITIVE => match phys(dt) {
             Some(ph) => decode_primitive(&mut p, dt, ph, n)?,
+            None => return Err(mismatch(id, dt)),
+        },
+        DIFF => match phys(dt) {
+            Some(ph) => decode_diff(&mut p, dt, ph, n, earlier)?,
             None => return Err(mismatch(id, dt)),
         },
         BOOLEAN if *dt == DataType::Boolean => decode_boolean(&mut p, n)?,

@@ -77,7 +77,7 @@ impl StreamDecoder {
         // From here on a failure leaves the state half-updated: it is dropped.
         let mut columns = Vec::with_capacity(state.columns.len());
         for (field, col) in state.schema.fields().iter().zip(state.columns.iter_mut()) {
-            columns.push(decode_column(&mut r, field, header.rows, col)?);
+            columns.push(decode_column(&mut r, field, header.rows, &columns, col)?);
         }
         r.finish("the last column")?;
         let batch = RecordBatch::try_new_with_options(

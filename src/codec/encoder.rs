@@ -113,7 +113,14 @@ impl StreamEncoder {
         {
             let start = out.len();
             // On an error the state is dropped: the next frame is a key frame.
-            let codec = encode_column(&mut out, field, array, col, self.config.effort)?;
+            let codec = encode_column(
+                &mut out,
+                field,
+                array,
+                &batch.columns()[..choices.len()],
+                col,
+                self.config.effort,
+            )?;
             choices.push(ColumnChoice {
                 column: field.name().clone(),
                 data_type: field.data_type().to_string(),

@@ -12,7 +12,7 @@ use arrow_schema::{DataType, IntervalUnit};
 use super::bits::{put_bits, put_validity, read_bits, read_validity};
 use super::error::FrameError;
 use super::numbers::{put_numbers, read_numbers, Num, NumberOptions};
-use super::wire::{corrupt, Reader};
+use super::wire::{corrupt, put_varint, Reader};
 
 /// The physical type a column's values are stored as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +116,108 @@ fn encode_typed<T: Num>(
     };
     let name = put_numbers(out, &vals, opts);
     with_nulls(name, validity)
+}
+
+/// Whether `reference` is valid wherever `data` is.
+fn covers(reference: &ArrayData, data: &ArrayData) -> bool {
+    match (reference.nulls(), data.nulls()) {
+        (None, _) => true,
+        (Some(r), _) if r.null_count() == 0 => true,
+        (Some(r), None) => r.null_count() == 0,
+        (Some(r), Some(d)) => d.valid_indices().all(|i| r.is_valid(i)),
+    }
+}
+
+fn diff_typed<T: Num>(
+    out: &mut Vec<u8>,
+    data: &ArrayData,
+    reference: &ArrayData,
+    opts: NumberOptions,
+    bits_level: Option<i32>,
+) -> String {
+    let validity = put_validity(out, data.nulls(), data.len(), bits_level);
+    let (vals, refs) = (data.buffer::<T>(0), reference.buffer::<T>(0));
+    let diffs: Vec<T> = match data.nulls() {
+        Some(nb) if nb.null_count() > 0 => nb
+            .valid_indices()
+            .map(|i| vals[i].sub_wrapping(refs[i]))
+            .collect(),
+        _ => vals
+            .iter()
+            .zip(refs)
+            .map(|(v, r)| v.sub_wrapping(*r))
+            .collect(),
+    };
+    let name = put_numbers(out, &diffs, opts);
+    with_nulls(name, validity)
+}
+
+/// Appends an integer column as its differences to an earlier column of the same type
+/// (`receiptdate - shipdate`, `arr_time - sched_arr_time`) when that is smaller than
+/// encoding it alone with [`encode_primitive`]. `candidates` are the earlier columns
+/// (index, data); returns the payload and name of the best, `None` when none is smaller
+/// than `alone` bytes.
+pub(crate) fn encode_diff(
+    data: &ArrayData,
+    p: Phys,
+    candidates: &[(usize, ArrayData)],
+    alone: usize,
+    opts: NumberOptions,
+    bits_level: Option<i32>,
+) -> Option<(Vec<u8>, String)> {
+    if matches!(p, Phys::F32 | Phys::F64) || !opts.search {
+        return None;
+    }
+    let mut best: Option<(Vec<u8>, String)> = None;
+    for (j, reference) in candidates {
+        if reference.data_type() != data.data_type() || !covers(reference, data) {
+            continue;
+        }
+        let mut out = Vec::new();
+        put_varint(&mut out, *j as u64);
+        let name = dispatch!(
+            p,
+            diff_typed::<_>(&mut out, data, reference, opts, bits_level)
+        );
+        let limit = best.as_ref().map_or(alone, |(b, _)| b.len());
+        if out.len() < limit {
+            best = Some((out, format!("diff(#{j}):{name}")));
+        }
+    }
+    best
+}
+
+fn undiff_typed<T: Num>(
+    r: &mut Reader<'_>,
+    dt: &DataType,
+    n: usize,
+    reference: &ArrayData,
+) -> Result<ArrayRef, FrameError> {
+    let nulls = read_validity(r, n)?;
+    let diffs: Vec<T> = read_numbers(r, non_null_count(nulls.as_ref(), n))?;
+    let refs = reference.buffer::<T>(0);
+    let mut full = scatter(diffs, nulls.as_ref(), n);
+    for (v, r) in full.iter_mut().zip(refs) {
+        *v = v.add_wrapping(*r);
+    }
+    build(dt, n, vec![Buffer::from_vec(full)], nulls)
+}
+
+/// Reads a column written by [`encode_diff`]; `earlier` are the frame's columns before it.
+pub(crate) fn decode_diff(
+    r: &mut Reader<'_>,
+    dt: &DataType,
+    p: Phys,
+    n: usize,
+    earlier: &[ArrayRef],
+) -> Result<ArrayRef, FrameError> {
+    let j = r.varint_max(earlier.len().saturating_sub(1), "reference column")?;
+    let reference = earlier
+        .get(j)
+        .filter(|a| a.data_type() == dt && a.len() == n)
+        .ok_or_else(|| corrupt("bad reference column"))?
+        .to_data();
+    dispatch!(p, undiff_typed::<_>(r, dt, n, &reference))
 }
 
 /// The codec name, with the validity's form when some row is null.

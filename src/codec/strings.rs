@@ -24,11 +24,13 @@ use super::primitive::with_nulls;
 use super::wire::{corrupt, put_blob, put_varint, read_blob, Reader, MAX_BLOB_BYTES};
 
 /// Most bytes of a column's previous text kept as zstd's history.
-pub(crate) const HISTORY_BYTES: usize = 96 * 1024;
+pub(crate) const HISTORY_BYTES: usize = 256 * 1024;
 /// Most entries a carried dictionary may hold before it starts over.
 pub(crate) const DICT_MAX_ENTRIES: usize = 1 << 16;
 /// Most bytes a carried dictionary may hold before it starts over.
 pub(crate) const DICT_MAX_BYTES: usize = 1 << 20;
+/// Text-coded values this short on average also feed the dictionary.
+const LEARN_MAX_AVG_BYTES: usize = 16;
 
 /// What a string column carries from one frame to the next (both sides alike).
 #[derive(Debug, Default, Clone)]
@@ -50,6 +52,33 @@ impl TextState {
         if self.history.len() > HISTORY_BYTES {
             let cut = self.history.len() - HISTORY_BYTES;
             self.history.drain(..cut);
+        }
+    }
+
+    /// Adds `v` to the dictionary unless it is there; returns its code.
+    fn add(&mut self, v: &[u8]) -> u32 {
+        if let Some(&c) = self.index.get(v) {
+            return c;
+        }
+        let c = self.dict.len() as u32;
+        self.dict.push(v.to_vec());
+        self.index.insert(v.to_vec(), c);
+        self.dict_bytes += v.len();
+        c
+    }
+
+    /// After a text-coded frame of short values (identifiers, codes, names), both sides
+    /// add its values to the dictionary, so that later frames can use it from their start.
+    fn learn(&mut self, vals: &[&[u8]]) {
+        let bytes: usize = vals.iter().map(|v| v.len()).sum();
+        if bytes > vals.len() * LEARN_MAX_AVG_BYTES {
+            return;
+        }
+        for v in vals {
+            if self.dict.len() >= DICT_MAX_ENTRIES || self.dict_bytes >= DICT_MAX_BYTES {
+                return;
+            }
+            self.add(v);
         }
     }
 
@@ -130,7 +159,9 @@ pub(crate) fn encode_string(
         encode_dict(out, &vals, state, opts)
     } else {
         out.push(TEXT);
-        encode_text(out, &vals, state, opts)
+        let name = encode_text(out, &vals, state, opts);
+        state.learn(&vals);
+        name
     };
     state.push_history(&vals);
     Some(with_nulls(name, validity))
@@ -176,17 +207,7 @@ fn encode_dict(
     let first_new = state.dict.len();
     let mut codes = Vec::with_capacity(vals.len());
     for v in vals {
-        let code = match state.index.get(*v) {
-            Some(&c) => c,
-            None => {
-                let c = state.dict.len() as u32;
-                state.dict.push(v.to_vec());
-                state.index.insert(v.to_vec(), c);
-                state.dict_bytes += v.len();
-                c
-            }
-        };
-        codes.push(code);
+        codes.push(state.add(v));
     }
     let new = &state.dict[first_new..];
     put_varint(out, new.len() as u64);
@@ -227,7 +248,8 @@ pub(crate) fn decode_string(
 ) -> Result<ArrayRef, FrameError> {
     let nulls = read_validity(r, n)?;
     let k = nulls.as_ref().map_or(n, |nb| n - nb.null_count());
-    let (lens, bytes) = match r.u8()? {
+    let codec = r.u8()?;
+    let (lens, bytes) = match codec {
         TEXT => {
             let lens: Vec<u32> = read_numbers(r, k)?;
             let total = total_len(&lens)?;
@@ -242,6 +264,9 @@ pub(crate) fn decode_string(
     for &l in &lens {
         vals.push(&bytes[pos..pos + l as usize]);
         pos += l as usize;
+    }
+    if codec == TEXT {
+        state.learn(&vals);
     }
     state.push_history(&vals);
     build(dt, n, &lens, &bytes, nulls)
@@ -274,7 +299,7 @@ fn decode_dict(
         let bytes = read_blob(r, total_len(&lens)?, &state.history)?;
         let mut pos = 0;
         for l in lens {
-            state.dict.push(bytes[pos..pos + l as usize].to_vec());
+            state.add(&bytes[pos..pos + l as usize]);
             pos += l as usize;
         }
     }

