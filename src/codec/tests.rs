@@ -619,11 +619,12 @@ fn nycflights_round_trips_and_reports_size() {
     let Ok(dir) = std::env::var("HELIOS_NYCFLIGHTS_DIR") else {
         return;
     };
+    let nulls = regex::Regex::new("^(NA)?$").unwrap();
     for table in ["flights", "weather"] {
         let path = std::path::Path::new(&dir).join(format!("{table}.csv"));
         let format = arrow_csv::reader::Format::default()
             .with_header(true)
-            .with_null_regex(regex::Regex::new("^(NA)?$").unwrap());
+            .with_null_regex(nulls.clone());
         let open = || std::fs::File::open(&path).unwrap();
         let (schema, _) = format.infer_schema(open(), None).unwrap();
         for rows in [1_000, 10_000] {
