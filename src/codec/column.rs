@@ -46,7 +46,7 @@ pub(crate) type ColumnState = TextState;
 pub(crate) fn text_options(effort: Effort) -> TextOptions {
     match effort {
         Effort::Best => TextOptions {
-            zstd: 19,
+            zstd: 16,
             numbers: NumberOptions {
                 level: 8,
                 sorted: false,

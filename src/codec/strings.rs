@@ -24,7 +24,7 @@ use super::primitive::with_nulls;
 use super::wire::{corrupt, put_blob, put_varint, read_blob, Reader, MAX_BLOB_BYTES};
 
 /// Most bytes of a column's previous text kept as zstd's history.
-pub(crate) const HISTORY_BYTES: usize = 256 * 1024;
+pub(crate) const HISTORY_BYTES: usize = 128 * 1024;
 /// Most entries a carried dictionary may hold before it starts over.
 pub(crate) const DICT_MAX_ENTRIES: usize = 1 << 16;
 /// Most bytes a carried dictionary may hold before it starts over.

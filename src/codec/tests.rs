@@ -572,14 +572,36 @@ fn tpch_lineitem_round_trips_and_reports_size() {
             .collect();
         let frames = round_trip(&batches, EncoderConfig::default(), &[]);
         let bytes: usize = frames.iter().map(Vec::len).sum();
-        let mut enc = StreamEncoder::new(EncoderConfig::default());
-        for b in &batches {
-            enc.encode(b).unwrap();
+        let arrow: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+        let mut speeds = String::new();
+        for effort in [Effort::Best, Effort::Fast] {
+            let mut enc = StreamEncoder::new(EncoderConfig {
+                effort,
+                ..EncoderConfig::default()
+            });
+            let t = std::time::Instant::now();
+            let frames: Vec<Vec<u8>> = batches.iter().map(|b| enc.encode(b).unwrap()).collect();
+            let encode = t.elapsed().as_secs_f64();
+            let mut dec = StreamDecoder::new();
+            let t = std::time::Instant::now();
+            for f in &frames {
+                dec.decode(f).unwrap();
+            }
+            let decode = t.elapsed().as_secs_f64();
+            let size: usize = frames.iter().map(Vec::len).sum();
+            speeds.push_str(&format!(
+                "  {effort:?}: {:.2} B/row, encode {:.0} MB/s, decode {:.0} MB/s (Arrow bytes)\n",
+                size as f64 / 30_000.0,
+                arrow as f64 / encode / 1e6,
+                arrow as f64 / decode / 1e6,
+            ));
+            if effort == Effort::Best {
+                speeds.push_str(&explain(enc.last_choices()));
+            }
         }
         println!(
-            "lineitem {rows} rows/frame: {:.2} B/row\n{}",
-            bytes as f64 / 30_000.0,
-            explain(enc.last_choices())
+            "lineitem {rows} rows/frame: {:.2} B/row\n{speeds}",
+            bytes as f64 / 30_000.0
         );
     }
 }
