@@ -13,6 +13,14 @@ pub enum CodecError {
         /// Its Arrow type.
         data_type: String,
     },
+    /// The batch has more rows than one frame may hold.
+    #[error("batch of {rows} rows exceeds the frame limit of {max} rows")]
+    TooManyRows {
+        /// The batch's rows.
+        rows: usize,
+        /// The limit.
+        max: usize,
+    },
     /// Arrow refused the batch.
     #[error("arrow: {0}")]
     Arrow(arrow_schema::ArrowError),
@@ -24,11 +32,24 @@ pub enum FrameError {
     /// The frame ends before its declared content.
     #[error("frame is truncated")]
     Truncated,
-    /// A delta frame refers to state (schema, dictionaries) from a frame this decoder has
-    /// not seen: start at a key frame.
-    #[error("frame needs state from an earlier frame: {0}")]
-    MissingState(String),
     /// The frame's bytes are inconsistent.
     #[error("frame is corrupt: {0}")]
     Corrupt(String),
+    /// The frame's checksum does not match its bytes.
+    #[error("frame checksum mismatch")]
+    Checksum,
+    /// The frame was written by an unknown version of the format.
+    #[error("frame format version {0} is not supported")]
+    UnsupportedVersion(u8),
+    /// A delta frame needs state (schema, dictionaries, history) from frames this decoder
+    /// has not seen: start at a key frame.
+    #[error("delta frame {seq} (schema {schema_id}) needs state this decoder lacks: {reason}")]
+    MissingState {
+        /// The frame's sequence number in its stream.
+        seq: u64,
+        /// The schema id it refers to.
+        schema_id: u64,
+        /// What is missing.
+        reason: &'static str,
+    },
 }

@@ -4,21 +4,43 @@
 //! self-delimiting frame (format: `schemas/frame.md`); a [`StreamDecoder`] reading the
 //! same stream's frames in order returns the identical batches. Every column's encoding is
 //! chosen from its Arrow type and its statistics on the batch, and the choice is reported
-//! ([`ColumnChoice`]) so it can be explained.
+//! ([`ColumnChoice`], [`explain`]) so it can be explained.
 //!
-//! Status: the public API is fixed; the first implementation is Arrow IPC with zstd per
-//! frame (a baseline), to be replaced by per-column codecs behind the same API.
+//! # Streams
+//! The first frame, every `key_frame_every`-th frame, a frame after
+//! [`StreamEncoder::force_key_frame`] and a frame whose schema changed are key frames:
+//! they announce the schema and use no state. Other frames are delta frames: they refer to
+//! the schema by id and reuse per-column state (string dictionaries, the text history zstd
+//! matches against) built by the frames since the last key frame. A decoder can start at
+//! any key frame; given a delta frame it cannot follow it returns
+//! [`FrameError::MissingState`].
+//!
+//! # Code map
+//! `encoder`/`decoder` drive a frame, `frame` its envelope, `column` the per-column
+//! choice; the codecs are `primitive` (+ `numbers`: pco), `strings`, `bits`, `fallback`;
+//! `schema` and `wire` are the serialisation underneath. Decoding never panics on bad
+//! bytes: every failure is a [`FrameError`].
 
+mod bits;
+mod column;
+mod decoder;
+mod encoder;
 pub mod error;
+mod fallback;
+mod frame;
+mod numbers;
+mod primitive;
+mod schema;
+mod strings;
+mod wire;
 
-use std::io::Cursor;
+#[cfg(test)]
+mod tests;
 
-use arrow_array::RecordBatch;
-use arrow_ipc::reader::StreamReader;
-use arrow_ipc::writer::{IpcWriteOptions, StreamWriter};
-use arrow_ipc::CompressionType;
-
+pub use decoder::StreamDecoder;
+pub use encoder::StreamEncoder;
 pub use error::{CodecError, FrameError};
+pub use frame::FORMAT_VERSION;
 
 /// How hard the encoder works for size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -55,7 +77,7 @@ pub struct ColumnChoice {
     pub column: String,
     /// Its Arrow type, as Arrow prints it.
     pub data_type: String,
-    /// The codec chosen, e.g. `delta+bitpack` or `dict+rle`.
+    /// The codec chosen, e.g. `pco[delta1]` or `dict(3)+pco`.
     pub codec: String,
     /// The column's Arrow buffer bytes.
     pub bytes_before: usize,
@@ -63,91 +85,15 @@ pub struct ColumnChoice {
     pub bytes_after: usize,
 }
 
-/// Encodes one stream's batches into frames.
-#[derive(Debug, Default)]
-pub struct StreamEncoder {
-    config: EncoderConfig,
-    choices: Vec<ColumnChoice>,
-    frames: u64,
-}
-
-impl StreamEncoder {
-    /// A new stream: its first frame is a key frame.
-    pub fn new(config: EncoderConfig) -> Self {
-        StreamEncoder {
-            config,
-            choices: Vec::new(),
-            frames: 0,
-        }
+/// A table of the choices, one line per column, for logs and the CLI.
+pub fn explain(choices: &[ColumnChoice]) -> String {
+    let mut s = String::new();
+    for c in choices {
+        let ratio = c.bytes_before as f64 / c.bytes_after.max(1) as f64;
+        s.push_str(&format!(
+            "{:<20} {:<28} {:<40} {:>10} -> {:>9} ({ratio:.1}x)\n",
+            c.column, c.data_type, c.codec, c.bytes_before, c.bytes_after
+        ));
     }
-
-    /// The encoder's settings.
-    pub fn config(&self) -> &EncoderConfig {
-        &self.config
-    }
-
-    /// Changes the effort from the next frame on.
-    pub fn set_effort(&mut self, effort: Effort) {
-        self.config.effort = effort;
-    }
-
-    /// The next frame is self-contained (no state carried over from earlier frames).
-    pub fn force_key_frame(&mut self) {}
-
-    /// Encodes `batch` as the stream's next frame.
-    pub fn encode(&mut self, batch: &RecordBatch) -> Result<Vec<u8>, CodecError> {
-        let options = IpcWriteOptions::default()
-            .try_with_compression(Some(CompressionType::ZSTD))
-            .map_err(CodecError::Arrow)?;
-        let mut out = Vec::new();
-        {
-            let mut w = StreamWriter::try_new_with_options(&mut out, &batch.schema(), options)
-                .map_err(CodecError::Arrow)?;
-            w.write(batch).map_err(CodecError::Arrow)?;
-            w.finish().map_err(CodecError::Arrow)?;
-        }
-        self.frames += 1;
-        let total = out.len();
-        self.choices = batch
-            .schema()
-            .fields()
-            .iter()
-            .zip(batch.columns())
-            .map(|(f, c)| ColumnChoice {
-                column: f.name().clone(),
-                data_type: f.data_type().to_string(),
-                codec: "ipc+zstd".into(),
-                bytes_before: c.get_array_memory_size(),
-                bytes_after: total / batch.num_columns().max(1),
-            })
-            .collect();
-        Ok(out)
-    }
-
-    /// The choices made for the last frame's columns.
-    pub fn last_choices(&self) -> &[ColumnChoice] {
-        &self.choices
-    }
-}
-
-/// Decodes one stream's frames, in order, back into batches.
-#[derive(Debug, Default)]
-pub struct StreamDecoder {}
-
-impl StreamDecoder {
-    /// A decoder that has seen nothing yet (it can start at any key frame).
-    pub fn new() -> Self {
-        StreamDecoder {}
-    }
-
-    /// Decodes the stream's next frame.
-    pub fn decode(&mut self, frame: &[u8]) -> Result<RecordBatch, FrameError> {
-        let mut r = StreamReader::try_new(Cursor::new(frame), None)
-            .map_err(|e| FrameError::Corrupt(e.to_string()))?;
-        match r.next() {
-            Some(Ok(b)) => Ok(b),
-            Some(Err(e)) => Err(FrameError::Corrupt(e.to_string())),
-            None => Err(FrameError::Truncated),
-        }
-    }
+    s
 }

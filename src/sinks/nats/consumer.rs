@@ -157,7 +157,7 @@ impl StreamTail {
                         batch,
                     }))
                 }
-                Err(FrameError::MissingState(_)) => self.skipped_before_key_frame += 1,
+                Err(FrameError::MissingState { .. }) => self.skipped_before_key_frame += 1,
                 Err(e) => return Err(bad(format!("frame does not decode: {e}"))),
             }
         }
