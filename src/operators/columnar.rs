@@ -24,12 +24,12 @@ use arrow_array::builder::{
     TimestampMicrosecondBuilder, UInt64Builder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
-use arrow_schema::{ArrowError, DataType, Field, Schema};
+use arrow_schema::{ArrowError, DataType, Field, Schema, TimeUnit};
 
 use crate::change::{Cell, Lsn, Scope, TableInfo, TenantAction, TenantChange};
 use crate::sinks::parquet::schema::{
     pg_to_arrow_micros, text_to_bool, text_to_f32, text_to_f64, text_to_i32, text_to_i64,
-    timestamp_type, StoredKind, PG_TYPE_KEY,
+    StoredKind, PG_TYPE_KEY,
 };
 use crate::sinks::ApplyBatch;
 
@@ -231,7 +231,11 @@ fn build(
     }
     fields.push(Field::new(LSN_COLUMN, DataType::UInt64, false));
     fields.push(Field::new(OP_COLUMN, DataType::Utf8, false));
-    fields.push(Field::new(COMMIT_TIME_COLUMN, timestamp_type(), true));
+    fields.push(Field::new(
+        COMMIT_TIME_COLUMN,
+        DataType::Timestamp(TimeUnit::Microsecond, timestamp_tz()),
+        true,
+    ));
     fields.push(Field::new(UNCHANGED_COLUMN, DataType::Utf8, true));
     columns.push(Arc::new(lsn.finish()));
     columns.push(Arc::new(op.finish()));
@@ -240,11 +244,11 @@ fn build(
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
 }
 
+/// UTC as an offset: readers without a time-zone database (arrow's own printer) accept it.
+const COMMIT_TIME_TZ: &str = "+00:00";
+
 fn timestamp_tz() -> Option<Arc<str>> {
-    match timestamp_type() {
-        DataType::Timestamp(_, tz) => tz,
-        _ => None,
-    }
+    Some(Arc::from(COMMIT_TIME_TZ))
 }
 
 /// The column as its typed Arrow array, or `None` when some value does not parse.

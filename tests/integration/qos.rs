@@ -344,10 +344,10 @@ fn access_events_feed_the_predictor_and_its_model_survives_a_restart() {
         env.try_on_target("SELECT count(*) FROM q.events")
             .is_some_and(|n| n.trim() == "4000")
     });
-    let text = http(&poisoned.url, "GET", "/metrics", None).1;
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("helios_predictor_in_use{job=\"hot\"") && l.ends_with(" 1")),
-        "a predictor is in use after the reset:\n{text}"
-    );
+    wait_for("a predictor in use after the reset", WAIT, || {
+        http(&poisoned.url, "GET", "/metrics", None)
+            .1
+            .lines()
+            .any(|l| l.starts_with("helios_predictor_in_use{job=\"hot\"") && l.ends_with(" 1"))
+    });
 }

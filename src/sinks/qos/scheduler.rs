@@ -287,17 +287,28 @@ impl Scheduler {
             let mut starving: Option<(i64, Lsn, usize)> = None;
             for tier in Tier::ALL.iter().filter(|t| t.rank() >= top_tier.rank()) {
                 let heap = &mut overdue[tier.rank()];
-                while let Some(Reverse((_, l))) = heap.peek() {
-                    if !self.pending.contains_key(l) || blocked.contains(l) {
-                        heap.pop();
-                    } else {
-                        break;
+                // The top itself is not owed a share: look past it.
+                let mut held = None;
+                loop {
+                    match heap.peek() {
+                        Some(Reverse((_, l)))
+                            if !self.pending.contains_key(l) || blocked.contains(l) =>
+                        {
+                            heap.pop();
+                        }
+                        Some(Reverse((_, l))) if *l == top && held.is_none() => {
+                            held = heap.pop();
+                        }
+                        _ => break,
                     }
                 }
                 if let Some(Reverse((deadline, l))) = heap.peek() {
                     if starving.is_none_or(|(d, _, _)| *deadline < d) {
                         starving = Some((*deadline, *l, tier.rank()));
                     }
+                }
+                if let Some(h) = held {
+                    heap.push(h);
                 }
             }
             let pick = match starving {
@@ -313,8 +324,6 @@ impl Scheduler {
             }
             let Some(p) = self.remove(pick) else { break };
             match starving {
-                // The best candidate is itself the most overdue: nothing is owed.
-                Some((_, l, _)) if l == top => {}
                 Some((_, l, _)) if l == pick => self.credit -= p.rows as f64,
                 Some(_) => {
                     self.credit = (self.credit + p.rows as f64 * share / (1.0 - share))
