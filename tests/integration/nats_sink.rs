@@ -50,7 +50,7 @@ fn transaction(k: u64) -> String {
         "BEGIN; INSERT INTO q.orders SELECT 1 + g % 3, {base} + g, nextval('q.ver'), 'n' FROM generate_series(0, 29) g;",
         base = k * 100
     );
-    if k % 3 == 0 {
+    if k.is_multiple_of(3) {
         sql += &format!(
             "UPDATE q.orders SET ver = nextval('q.ver'), note = 'u{k}' WHERE id % 7 = {};",
             k % 7

@@ -39,7 +39,7 @@ impl EffortGovernor {
     /// Records one apply (`encode_secs` of `total_secs`); returns the new effort when it
     /// changes.
     pub fn record(&mut self, encode_secs: f64, total_secs: f64) -> Option<Effort> {
-        if !(total_secs > 0.0) || !encode_secs.is_finite() {
+        if total_secs.is_nan() || total_secs <= 0.0 || !encode_secs.is_finite() {
             return None;
         }
         let now = (encode_secs / total_secs).clamp(0.0, 1.0);
