@@ -637,3 +637,58 @@ proptest! {
         prop_assert_eq!(JobSpec::from_json_str(&json).unwrap(), spec);
     }
 }
+
+/// `VALID` with a NATS sink after its postgres sink.
+fn with_nats(fields: &str) -> String {
+    format!("{VALID}[[sinks]]\nkind = \"nats\"\n{fields}\n")
+}
+
+#[test]
+fn a_nats_sink_parses_with_defaults_and_its_settings() {
+    let spec = JobSpec::from_toml_str(&with_nats("url = \"nats://127.0.0.1:4222\"")).unwrap();
+    let SinkSpec::Nats(n) = &spec.sinks[1] else {
+        panic!("nats sink expected");
+    };
+    assert_eq!(n.batch_max_rows, nats::DEFAULT_NATS_BATCH_MAX_ROWS);
+    let config = n.config(&spec.name);
+    assert_eq!(config.stream, "HELIOS_t");
+    assert_eq!(config.subject_prefix, "helios");
+    assert_eq!(config.key_frame_every, 64);
+    let json = serde_json::to_string(&spec).unwrap();
+    assert_eq!(JobSpec::from_json_str(&json).unwrap(), spec);
+}
+
+#[test]
+fn bad_nats_settings_name_the_field() {
+    expect_err(&with_nats("url = \"http://x\""), "sinks[1].url");
+    expect_err(
+        &with_nats("url = \"nats://h:1\"\nstream = \"a.b\""),
+        "sinks[1].stream",
+    );
+    expect_err(
+        &with_nats("url = \"nats://h:1\"\nsubject_prefix = \"a.>\""),
+        "sinks[1].subject_prefix",
+    );
+    expect_err(
+        &with_nats("url = \"nats://h:1\"\nkey_frame_every = 0"),
+        "sinks[1].key_frame_every",
+    );
+    expect_err(
+        &with_nats("url = \"nats://h:1\"\nmax_encode_share = 1.5"),
+        "sinks[1].max_encode_share",
+    );
+    let err = JobSpec::from_toml_str(&with_nats("url = \"nats://h:1\"\nroot = \"/tmp\""))
+        .expect_err("root belongs to parquet sinks");
+    assert!(err.to_string().contains("root"), "{err}");
+    let err = JobSpec::from_toml_str(&with_nats("")).expect_err("url is required");
+    assert!(err.to_string().contains("url"), "{err}");
+}
+
+#[test]
+fn a_nats_sink_cannot_come_first() {
+    let only_nats = VALID.replace(
+        "kind = \"postgres\"\ndsn = \"host=127.0.0.1 port=5433 user=postgres dbname=replica\"",
+        "kind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"",
+    );
+    expect_err(&only_nats, "sinks[0].kind");
+}
