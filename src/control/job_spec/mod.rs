@@ -239,57 +239,27 @@ impl SinkSpec {
 
     /// The sink's bandwidth limits.
     pub fn limits(&self) -> SinkLimits {
-        let (a, b, c, d) = match self {
-            SinkSpec::Postgres(p) => (
-                p.max_rows_per_sec,
-                p.max_bytes_per_sec,
-                p.tenant_max_rows_per_sec,
-                p.tenant_max_bytes_per_sec,
-            ),
-            SinkSpec::Parquet(p) => (
-                p.max_rows_per_sec,
-                p.max_bytes_per_sec,
-                p.tenant_max_rows_per_sec,
-                p.tenant_max_bytes_per_sec,
-            ),
-            SinkSpec::Nats(p) => (
-                p.max_rows_per_sec,
-                p.max_bytes_per_sec,
-                p.tenant_max_rows_per_sec,
-                p.tenant_max_bytes_per_sec,
-            ),
-        };
-        SinkLimits {
-            rows_per_sec: a,
-            bytes_per_sec: b,
-            tenant_rows_per_sec: c,
-            tenant_bytes_per_sec: d,
+        match self {
+            SinkSpec::Postgres(p) => p.limits.limits(),
+            SinkSpec::Parquet(p) => p.limits.limits(),
+            SinkSpec::Nats(p) => p.limits.limits(),
         }
     }
 }
 
 /// The Parquet cold tier: every history version of the job's tables, continuously
 /// exported to `<root>/tenant=<t>/table=<table>/date=<d>/part-<lsn range>.parquet`.
+/// (Read through the private `RawSink`, which rejects unknown keys.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ParquetSinkSpec {
     /// Directory of the cold tier (created if missing).
     pub root: String,
     /// Most rows one published group of files takes, `1..=1_000_000`. Default 50000.
     #[serde(default = "default_parquet_batch_max_rows")]
     pub batch_max_rows: usize,
-    /// Rows per second the sink may write over all tenants (default: no limit).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_rows_per_sec: Option<u64>,
-    /// Bytes of values per second the sink may write over all tenants.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_bytes_per_sec: Option<u64>,
-    /// Rows per second the sink may write for each tenant.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenant_max_rows_per_sec: Option<u64>,
-    /// Bytes of values per second the sink may write for each tenant.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenant_max_bytes_per_sec: Option<u64>,
+    /// The sink's bandwidth limits.
+    #[serde(flatten)]
+    pub limits: SinkLimitsSpec,
 }
 
 fn default_parquet_batch_max_rows() -> usize {
@@ -297,13 +267,21 @@ fn default_parquet_batch_max_rows() -> usize {
 }
 
 /// A PostgreSQL database the job applies changes to.
+/// (Read through the private `RawSink`, which rejects unknown keys.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PostgresSinkSpec {
     pub dsn: Dsn,
     /// Rows per applied batch, `1..=1_000_000`. Default 5000.
     #[serde(default = "default_batch_max_rows")]
     pub batch_max_rows: usize,
+    /// The sink's bandwidth limits.
+    #[serde(flatten)]
+    pub limits: SinkLimitsSpec,
+}
+
+/// The bandwidth limits every kind of sink takes (all optional).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkLimitsSpec {
     /// Rows per second the sink may write over all tenants (default: no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_rows_per_sec: Option<u64>,
@@ -316,6 +294,18 @@ pub struct PostgresSinkSpec {
     /// Bytes of values per second the sink may write for each tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_max_bytes_per_sec: Option<u64>,
+}
+
+impl SinkLimitsSpec {
+    /// As the rate limiter takes them.
+    pub fn limits(&self) -> SinkLimits {
+        SinkLimits {
+            rows_per_sec: self.max_rows_per_sec,
+            bytes_per_sec: self.max_bytes_per_sec,
+            tenant_rows_per_sec: self.tenant_max_rows_per_sec,
+            tenant_bytes_per_sec: self.tenant_max_bytes_per_sec,
+        }
+    }
 }
 
 /// A job spec that could not be parsed or is not valid.
@@ -761,22 +751,22 @@ impl<'de> Deserialize<'de> for SinkSpec {
         {
             return Err(unexpected(field, kind));
         }
+        let limits = SinkLimitsSpec {
+            max_rows_per_sec: raw.max_rows_per_sec,
+            max_bytes_per_sec: raw.max_bytes_per_sec,
+            tenant_max_rows_per_sec: raw.tenant_max_rows_per_sec,
+            tenant_max_bytes_per_sec: raw.tenant_max_bytes_per_sec,
+        };
         match raw.kind {
             SinkKind::Postgres => Ok(SinkSpec::Postgres(PostgresSinkSpec {
                 dsn: raw.dsn.ok_or_else(|| de::Error::missing_field("dsn"))?,
                 batch_max_rows: raw.batch_max_rows.unwrap_or(DEFAULT_BATCH_MAX_ROWS),
-                max_rows_per_sec: raw.max_rows_per_sec,
-                max_bytes_per_sec: raw.max_bytes_per_sec,
-                tenant_max_rows_per_sec: raw.tenant_max_rows_per_sec,
-                tenant_max_bytes_per_sec: raw.tenant_max_bytes_per_sec,
+                limits,
             })),
             SinkKind::Parquet => Ok(SinkSpec::Parquet(ParquetSinkSpec {
                 root: raw.root.ok_or_else(|| de::Error::missing_field("root"))?,
                 batch_max_rows: raw.batch_max_rows.unwrap_or(DEFAULT_PARQUET_BATCH_MAX_ROWS),
-                max_rows_per_sec: raw.max_rows_per_sec,
-                max_bytes_per_sec: raw.max_bytes_per_sec,
-                tenant_max_rows_per_sec: raw.tenant_max_rows_per_sec,
-                tenant_max_bytes_per_sec: raw.tenant_max_bytes_per_sec,
+                limits,
             })),
             SinkKind::Nats => Ok(SinkSpec::Nats(NatsSinkSpec {
                 url: raw.url.ok_or_else(|| de::Error::missing_field("url"))?,
@@ -794,10 +784,7 @@ impl<'de> Deserialize<'de> for SinkSpec {
                 max_encode_share: raw
                     .max_encode_share
                     .unwrap_or(nats::DEFAULT_MAX_ENCODE_SHARE),
-                max_rows_per_sec: raw.max_rows_per_sec,
-                max_bytes_per_sec: raw.max_bytes_per_sec,
-                tenant_max_rows_per_sec: raw.tenant_max_rows_per_sec,
-                tenant_max_bytes_per_sec: raw.tenant_max_bytes_per_sec,
+                limits,
             })),
         }
     }

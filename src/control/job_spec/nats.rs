@@ -50,18 +50,9 @@ pub struct NatsSinkSpec {
     /// Share of the sink's time encoding may take before cheaper encodings are used
     /// (`0 < share <= 1`).
     pub max_encode_share: f64,
-    /// Rows per second over all tenants (default: no limit).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_rows_per_sec: Option<u64>,
-    /// Bytes of values per second over all tenants.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_bytes_per_sec: Option<u64>,
-    /// Rows per second for each tenant.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenant_max_rows_per_sec: Option<u64>,
-    /// Bytes of values per second for each tenant.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenant_max_bytes_per_sec: Option<u64>,
+    /// The sink's bandwidth limits.
+    #[serde(flatten)]
+    pub limits: super::SinkLimitsSpec,
 }
 
 impl Eq for NatsSinkSpec {}

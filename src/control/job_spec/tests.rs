@@ -558,10 +558,12 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
             SinkSpec::Postgres(PostgresSinkSpec {
                 dsn,
                 batch_max_rows,
-                max_rows_per_sec: a,
-                max_bytes_per_sec: b,
-                tenant_max_rows_per_sec: c,
-                tenant_max_bytes_per_sec: d,
+                limits: SinkLimitsSpec {
+                    max_rows_per_sec: a,
+                    max_bytes_per_sec: b,
+                    tenant_max_rows_per_sec: c,
+                    tenant_max_bytes_per_sec: d,
+                },
             })
         });
     (
@@ -596,10 +598,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                     sinks.push(SinkSpec::Parquet(ParquetSinkSpec {
                         root,
                         batch_max_rows: rows,
-                        max_rows_per_sec: None,
-                        max_bytes_per_sec: None,
-                        tenant_max_rows_per_sec: None,
-                        tenant_max_bytes_per_sec: None,
+                        limits: SinkLimitsSpec::default(),
                     }));
                 }
                 JobSpec {
