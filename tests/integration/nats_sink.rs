@@ -1,7 +1,8 @@
 //! The NATS JetStream sink against a real `nats-server -js`: a job with a NATS sink is
 //! SIGKILLed mid-stream and restarted, and a consumer reading the stream from its start
 //! gets every change exactly once, in LSN order per subject, and replaying the stream
-//! rebuilds the source's rows.
+//! rebuilds the source's rows. Frames are kept small (1 KiB of Arrow data), so
+//! transactions are split across messages and the restart resumes inside one.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,7 +34,7 @@ fn job(env: &Env, nats: &Nats) -> std::path::PathBuf {
         "name = \"stream\"\n[source]\ndsn = \"{}\"\npublication = \"pub_stream\"\nslot = \"slot_stream\"\n\
          [tenants]\ninclude = [1, 2, 3]\n[[tables]]\nname = \"q.orders\"\n\
          [[sinks]]\nkind = \"postgres\"\ndsn = \"{}\"\n\
-         [[sinks]]\nkind = \"nats\"\nurl = \"{}\"\nbatch_max_rows = 200\nkey_frame_every = 4\n",
+         [[sinks]]\nkind = \"nats\"\nurl = \"{}\"\nbatch_max_rows = 200\nbatch_max_bytes = 1024\nkey_frame_every = 4\n",
         env.source_dsn(),
         env.target_dsn(),
         nats.url,
@@ -226,6 +227,15 @@ fn a_killed_job_streams_every_change_to_nats_exactly_once_in_order() {
         got.rows == source,
         "replaying the stream rebuilds the source's rows"
     );
+    let mut last_of: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut split = 0;
+    for f in &frames {
+        if last_of.get(f.subject.as_str()) == Some(&f.first_lsn) {
+            split += 1;
+        }
+        last_of.insert(&f.subject, f.last_lsn);
+    }
+    assert!(split > 0, "some transaction was split across messages");
     let subjects: HashSet<&str> = frames.iter().map(|f| f.subject.as_str()).collect();
     assert_eq!(
         subjects,

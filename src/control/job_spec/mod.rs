@@ -673,6 +673,8 @@ struct RawSink {
     #[serde(default, deserialize_with = "present")]
     key_frame_every: Option<u32>,
     #[serde(default, deserialize_with = "present")]
+    batch_max_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "present")]
     duplicate_window_secs: Option<u64>,
     #[serde(default, deserialize_with = "present")]
     max_encode_share: Option<f64>,
@@ -735,6 +737,11 @@ impl<'de> Deserialize<'de> for SinkSpec {
                 &["nats"][..],
             ),
             (
+                "batch_max_bytes",
+                raw.batch_max_bytes.is_some(),
+                &["nats"][..],
+            ),
+            (
                 "duplicate_window_secs",
                 raw.duplicate_window_secs.is_some(),
                 &["nats"][..],
@@ -778,6 +785,7 @@ impl<'de> Deserialize<'de> for SinkSpec {
                     .batch_max_rows
                     .unwrap_or(nats::DEFAULT_NATS_BATCH_MAX_ROWS),
                 key_frame_every: raw.key_frame_every.unwrap_or(nats::DEFAULT_KEY_FRAME_EVERY),
+                batch_max_bytes: raw.batch_max_bytes.unwrap_or(nats::DEFAULT_BATCH_MAX_BYTES),
                 duplicate_window_secs: raw
                     .duplicate_window_secs
                     .unwrap_or(nats::DEFAULT_DUPLICATE_WINDOW_SECS),

@@ -7,6 +7,7 @@
 //! stream = "HELIOS_orders"        # default HELIOS_<job>; created if missing
 //! subject_prefix = "helios"       # subjects <prefix>.<job>.<tenant>.<schema>.<table>
 //! batch_max_rows = 1000           # most rows per frame group
+//! batch_max_bytes = 4194304       # most Arrow bytes per frame
 //! key_frame_every = 64            # a self-contained frame at least this often
 //! duplicate_window_secs = 120     # JetStream's duplicate window for a created stream
 //! max_encode_share = 0.5          # share of the sink's time encoding may take
@@ -22,6 +23,8 @@ use crate::sinks::nats::NatsSinkConfig;
 
 /// Default `batch_max_rows` of a NATS sink.
 pub const DEFAULT_NATS_BATCH_MAX_ROWS: usize = 1000;
+/// Default `batch_max_bytes` (4 MiB of Arrow data per frame).
+pub const DEFAULT_BATCH_MAX_BYTES: usize = 4 << 20;
 /// Default `subject_prefix`.
 pub const DEFAULT_SUBJECT_PREFIX: &str = "helios";
 /// Default `key_frame_every`.
@@ -43,6 +46,9 @@ pub struct NatsSinkSpec {
     pub subject_prefix: String,
     /// Most rows one group of frames takes, `1..=1_000_000`.
     pub batch_max_rows: usize,
+    /// Most Arrow bytes one frame takes, `1024..=64 MiB`: a frame closes at this size
+    /// even below `batch_max_rows`.
+    pub batch_max_bytes: usize,
     /// A key frame at least every this many frames of a subject, `1..=65535`.
     pub key_frame_every: u32,
     /// Duplicate window of a stream the sink creates, seconds.
@@ -93,6 +99,15 @@ impl NatsSinkSpec {
                 format!("must be between 1 and 65535, got {}", self.key_frame_every),
             ));
         }
+        if !(1024..=64 << 20).contains(&self.batch_max_bytes) {
+            return Err(JobSpecError::invalid(
+                format!("{at}.batch_max_bytes"),
+                format!(
+                    "must be between 1024 and 67108864, got {}",
+                    self.batch_max_bytes
+                ),
+            ));
+        }
         if !(1..=86_400).contains(&self.duplicate_window_secs) {
             return Err(JobSpecError::invalid(
                 format!("{at}.duplicate_window_secs"),
@@ -121,6 +136,7 @@ impl NatsSinkSpec {
                 .unwrap_or_else(|| default_stream_name(job)),
             subject_prefix: self.subject_prefix.clone(),
             key_frame_every: self.key_frame_every,
+            max_frame_bytes: self.batch_max_bytes,
             duplicate_window: Duration::from_secs(self.duplicate_window_secs),
             max_encode_share: self.max_encode_share,
         }

@@ -669,6 +669,10 @@ fn bad_nats_settings_name_the_field() {
         "sinks[1].subject_prefix",
     );
     expect_err(
+        &with_nats("url = \"nats://h:1\"\nbatch_max_bytes = 10"),
+        "sinks[1].batch_max_bytes",
+    );
+    expect_err(
         &with_nats("url = \"nats://h:1\"\nkey_frame_every = 0"),
         "sinks[1].key_frame_every",
     );

@@ -54,6 +54,9 @@ pub struct NatsSinkConfig {
     pub subject_prefix: String,
     /// A key frame at least every this many frames of a subject.
     pub key_frame_every: u32,
+    /// Most Arrow bytes per frame: a group's rows of one subject are cut into frames of
+    /// at most this size.
+    pub max_frame_bytes: usize,
     /// The stream's duplicate window (only used when the sink creates the stream).
     pub duplicate_window: Duration,
     /// Share of the sink's time encoding may take before cheaper encodings are used.
@@ -207,8 +210,12 @@ impl NatsSink {
         let mut start = skip;
         let n = lsns.len();
         let table = segment.table.qualified_name();
+        // Frames close at `max_frame_bytes` of Arrow data (estimated from the segment's
+        // average row size), and at the server's payload limit below.
+        let row_bytes = (segment.batch.get_array_memory_size() / n.max(1)).max(1);
+        let rows_per_frame = (self.config.max_frame_bytes / row_bytes).max(1);
         while start < n {
-            let mut len = n - start;
+            let mut len = (n - start).min(rows_per_frame);
             let (payload, choices) = loop {
                 let part = segment.batch.slice(start, len);
                 let began = Instant::now();
