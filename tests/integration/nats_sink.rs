@@ -277,3 +277,65 @@ fn a_killed_job_streams_every_change_to_nats_exactly_once_in_order() {
     assert!(text.contains("_helios_op"), "{text}");
     assert_eq!(repl.stop().code(), Some(0));
 }
+
+/// A served job with a NATS sink shows, per stream and column, the codec its frames use
+/// (`GET /v1/jobs/{id}/compression`), and `/metrics` has the sink's encoding figures.
+#[test]
+fn the_api_explains_a_running_jobs_compression() {
+    use crate::serve_api::{http, Server, TOKEN};
+    let env = Env::start(ORDERS);
+    env.target.create_database("meta").expect("meta db");
+    let nats = Nats::start(&env);
+    let port = helios_repl::embedded::pg_cluster::free_port().expect("port");
+    let server = Server::spawn(&env, port, &[], &[]);
+    server.wait_healthy();
+    let (ok, out) = server.cli(&["submit", job(&env, &nats).to_str().expect("path")]);
+    assert!(ok, "submit: {out}");
+    wait_for("the job to stream", WAIT, || {
+        server.output().contains("streaming")
+    });
+    for k in 0..5 {
+        env.on_source(&transaction(k));
+    }
+    let mut body = serde_json::Value::Null;
+    wait_for("frames in the compression report", WAIT, || {
+        let (status, text) = http(
+            &server.url,
+            "GET",
+            "/v1/jobs/stream/compression",
+            Some(TOKEN),
+        );
+        body = serde_json::from_str(&text).unwrap_or_default();
+        status == 200 && body["sinks"][0]["rows"].as_u64() >= Some(150)
+    });
+    let sink = &body["sinks"][0];
+    assert_eq!(
+        (sink["sink"].as_u64(), sink["kind"].as_str()),
+        (Some(1), Some("nats"))
+    );
+    assert!(sink["frame_bytes"].as_u64() > Some(0), "{body}");
+    let stream = &sink["streams"][0];
+    assert!(
+        stream["subject"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("helios.stream.")),
+        "{body}"
+    );
+    let columns = stream["columns"].as_array().expect("columns");
+    let id = columns
+        .iter()
+        .find(|c| c["column"] == "id")
+        .expect("id column");
+    assert!(
+        id["codec"].as_str().is_some_and(|c| !c.is_empty()),
+        "{body}"
+    );
+    assert!(id["bytes_after"].as_u64() > Some(0), "{body}");
+    let (status, _) = http(&server.url, "GET", "/v1/jobs/nope/compression", Some(TOKEN));
+    assert_eq!(status, 404);
+    wait_for("encoding figures in /metrics", WAIT, || {
+        let text = http(&server.url, "GET", "/metrics", None).1;
+        text.contains("helios_sink_encode_seconds_total{job=\"stream\",sink=\"nats\"}")
+            && text.contains("helios_sink_codec_fast_mode{job=\"stream\",sink=\"nats\"} 0")
+    });
+}

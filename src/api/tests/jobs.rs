@@ -62,6 +62,9 @@ async fn job_lifecycle() {
     assert_eq!(answer.json()["state"], "streaming");
     let answer = call(&router, "POST", "/v1/jobs/life/resume", None).await;
     assert_eq!(answer.status, StatusCode::CONFLICT);
+    let answer = call(&router, "GET", "/v1/jobs/life/compression", None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.json(), json!({"job": "life", "sinks": []}));
 
     let answer = call(&router, "DELETE", "/v1/jobs/life", None).await;
     assert_eq!(answer.status, StatusCode::NO_CONTENT);
@@ -71,6 +74,7 @@ async fn job_lifecycle() {
         ("DELETE", "/v1/jobs/life"),
         ("POST", "/v1/jobs/life/pause"),
         ("POST", "/v1/jobs/life/resume"),
+        ("GET", "/v1/jobs/life/compression"),
     ] {
         let answer = call(&router, method, uri, None).await;
         assert_eq!(answer.status, StatusCode::NOT_FOUND, "{method} {uri}");
