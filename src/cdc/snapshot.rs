@@ -99,6 +99,60 @@ pub async fn copy_out(
         .map_err(CdcError::query("copy out"))
 }
 
+/// The `SELECT` that reads the job's tenants' rows of `table` with every value in its text
+/// form (for sinks that take rows, not COPY data).
+pub fn select_text_sql(table: &TableInfo, tenant_column: &str, include: &TenantFilter) -> String {
+    let cols: Vec<String> = table
+        .columns
+        .iter()
+        .map(|c| format!("{}::text", quote_ident(&c.name)))
+        .collect();
+    let name = quote_qualified(&table.schema, &table.name);
+    match include {
+        TenantFilter::All => format!("SELECT {} FROM {name}", cols.join(", ")),
+        TenantFilter::Only(tenants) => {
+            let list: Vec<String> = tenants.iter().map(|t| quote_literal(t)).collect();
+            format!(
+                "SELECT {} FROM {name} WHERE {}::text IN ({})",
+                cols.join(", "),
+                quote_ident(tenant_column),
+                list.join(", ")
+            )
+        }
+    }
+}
+
+/// Streams the rows of a [`select_text_sql`] query as cells (text or NULL).
+pub async fn rows_as_text(
+    client: &Client,
+    sql: &str,
+) -> Result<impl Stream<Item = Result<Vec<crate::change::Cell>, CdcError>>, CdcError> {
+    use futures_util::StreamExt;
+    let rows = client
+        .query_raw(
+            sql,
+            std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>(),
+        )
+        .await
+        .map_err(CdcError::query("read rows"))?;
+    Ok(rows.map(|row| {
+        let row = row.map_err(CdcError::query("read rows"))?;
+        (0..row.len())
+            .map(|i| {
+                Ok(
+                    match row
+                        .try_get::<_, Option<String>>(i)
+                        .map_err(CdcError::query("read a value"))?
+                    {
+                        Some(text) => crate::change::Cell::Text(text),
+                        None => crate::change::Cell::Null,
+                    },
+                )
+            })
+            .collect()
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,9 +38,11 @@ use crate::operators::access::SavedModel;
 use crate::operators::history::HistoryBooks;
 use crate::operators::partition::TenantPlan;
 use crate::operators::version::SysTime;
+use crate::sinks::nats::NatsSink;
 use crate::sinks::pg_apply::{self, store};
 use crate::sinks::qos::rate_limit::SinkLimiter;
 use crate::sinks::worker::{SinkStats, RETRY_INITIAL, RETRY_MAX};
+use crate::sinks::Sink;
 use crate::sinks::SinkError;
 use crate::sql_text::{quote_ident, quote_literal};
 
@@ -688,6 +690,7 @@ async fn take_snapshot(
     let copier = catalog::connect(dsn).await?;
     snapshot::begin_on_snapshot(&copier, &snap.snapshot_name).await?;
     let mut bytes = 0u64;
+    let mut streams = nats_snapshot_sinks(spec).await?;
     for table in &spec.tables {
         let info = catalog::table_info(&copier, table.schema(), table.table()).await?;
         let column = plan.tenant_columns[&table.name].clone();
@@ -696,6 +699,17 @@ async fn take_snapshot(
             let rows = snapshot::copy_out(&copier, &sql).await?;
             bytes +=
                 pg_apply::snapshot::load_table(target, &info, &column, &plan.include, rows).await?;
+        }
+        if !streams.is_empty() {
+            bytes += publish_snapshot(
+                &copier,
+                &mut streams,
+                Arc::new(info),
+                &column,
+                &plan.include,
+                snap.consistent_point,
+            )
+            .await?;
         }
     }
     copier
@@ -721,6 +735,87 @@ async fn take_snapshot(
         .await
         .map_err(|e| CdcError::Stream(e.to_string()))?;
     Ok((repl, snap.consistent_point))
+}
+
+/// Rows of the initial copy per chunk published to a NATS sink.
+const SNAPSHOT_CHUNK_ROWS: usize = 10_000;
+
+/// A connected sink for each NATS sink of the job, to publish the initial copy with.
+async fn nats_snapshot_sinks(spec: &JobSpec) -> Result<Vec<NatsSink>, JobError> {
+    let mut sinks = Vec::new();
+    for s in &spec.sinks {
+        if let SinkSpec::Nats(n) = s {
+            let mut sink = NatsSink::new(
+                &spec.name,
+                0,
+                n.config(&spec.name),
+                Arc::default(),
+                Arc::default(),
+            );
+            sink.reconnect().await?;
+            sinks.push(sink);
+        }
+    }
+    Ok(sinks)
+}
+
+/// Publishes the job's tenants' rows of `table` in the exported snapshot to every NATS
+/// sink, as inserts at the consistent point, in chunks; returns the bytes published.
+async fn publish_snapshot(
+    copier: &tokio_postgres::Client,
+    sinks: &mut [NatsSink],
+    table: Arc<crate::change::TableInfo>,
+    tenant_column: &str,
+    include: &TenantFilter,
+    at: Lsn,
+) -> Result<u64, JobError> {
+    use futures_util::StreamExt;
+    let Some(tenant_at) = table.column_index(tenant_column) else {
+        return Err(JobError::Dataflow(format!(
+            "{}: no tenant column `{tenant_column}`",
+            table.qualified_name()
+        )));
+    };
+    let sql = snapshot::select_text_sql(&table, tenant_column, include);
+    let rows = snapshot::rows_as_text(copier, &sql).await?;
+    futures_util::pin_mut!(rows);
+    let mut bytes = 0;
+    let mut chunk = Vec::with_capacity(SNAPSHOT_CHUNK_ROWS);
+    loop {
+        let next = rows.next().await;
+        let done = next.is_none();
+        if let Some(row) = next {
+            let row = row?;
+            let tenant = row
+                .get(tenant_at)
+                .and_then(|c| c.as_text())
+                .unwrap_or_default()
+                .to_string();
+            chunk.push(crate::change::TenantChange {
+                scope: crate::change::Scope::Tenant(tenant),
+                seq: chunk.len() as u32,
+                table: table.clone(),
+                action: crate::change::TenantAction::Upsert {
+                    old: None,
+                    new: row,
+                    insert: true,
+                },
+            });
+        }
+        if chunk.len() >= SNAPSHOT_CHUNK_ROWS || (done && !chunk.is_empty()) {
+            let batch = crate::sinks::ApplyBatch {
+                commit_lsn: at,
+                changes: std::mem::take(&mut chunk),
+                history: Vec::new(),
+            };
+            for sink in sinks.iter_mut() {
+                bytes += sink.publish_snapshot_chunk(&batch).await?;
+            }
+        }
+        if done {
+            return Ok(bytes);
+        }
+    }
 }
 
 async fn print_progress(job: String, stats: Arc<JobStats>, every: Duration) {

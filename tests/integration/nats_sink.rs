@@ -1,6 +1,6 @@
 //! The NATS JetStream sink against a real `nats-server -js`: a job with a NATS sink is
 //! SIGKILLed mid-stream and restarted, and a consumer reading the stream from its start
-//! gets every change exactly once, in LSN order per subject, and replaying the stream
+//! gets the initial copy and then every change exactly once, in LSN order per subject, and replaying the stream
 //! rebuilds the source's rows. Frames are kept small (1 KiB of Arrow data), so
 //! transactions are split across messages and the restart resumes inside one.
 
@@ -158,6 +158,10 @@ fn replay(frames: &[DecodedFrame]) -> Replay {
 fn a_killed_job_streams_every_change_to_nats_exactly_once_in_order() {
     let env = Arc::new(Env::start(ORDERS));
     let nats = Nats::start(&env);
+    // Rows from before the job: the initial copy publishes them.
+    env.on_source(
+        "INSERT INTO q.orders SELECT 1 + g % 3, 1000000 + g, nextval('q.ver'), 's' FROM generate_series(0, 4999) g",
+    );
     let job = job(&env, &nats);
     let mut repl = Replicator::start(&job);
     wait_for("the job to stream", WAIT, || {

@@ -189,7 +189,9 @@ impl NatsSink {
         Ok(())
     }
 
-    /// Encodes the rows of `segment` the subject does not have yet.
+    /// Encodes the rows of `segment` the subject does not have yet. With `continuing`,
+    /// the segment continues the subject's last (partial) transaction — a chunk of the
+    /// initial copy — and every frame stays marked partial.
     fn frames_of(
         &mut self,
         subject: &str,
@@ -197,14 +199,24 @@ impl NatsSink {
         max_payload: usize,
         report: &mut ApplyReport,
         encode_secs: &mut f64,
+        continuing: bool,
     ) -> Result<Vec<Frame>, SinkError> {
         let lsns = lsn_column(&segment.batch)?;
-        let ordinals = ordinals_in_transaction(lsns);
+        let mut ordinals = ordinals_in_transaction(lsns);
         let state = self
             .subjects
             .get_mut(subject)
             .ok_or_else(|| SinkError::Transient(format!("{subject}: state not loaded")))?;
-        let skip = covered_prefix(lsns, &ordinals, state.last_lsn, state.partial_rows);
+        let skip = if continuing {
+            let before = match (state.last_lsn, state.partial_rows) {
+                (last, Some(k)) if !lsns.is_empty() && last == lsns.value(0) => k,
+                _ => 0,
+            };
+            ordinals.iter_mut().for_each(|o| *o += before);
+            0
+        } else {
+            covered_prefix(lsns, &ordinals, state.last_lsn, state.partial_rows)
+        };
         report.skipped += skip as u64;
         let mut frames = Vec::new();
         let mut start = skip;
@@ -244,8 +256,8 @@ impl NatsSink {
             }
             let end = start + len;
             let (first_lsn, last_lsn) = (lsns.value(start), lsns.value(end - 1));
-            let partial_rows =
-                (end < n && lsns.value(end) == last_lsn).then(|| ordinals[end - 1] + 1);
+            let partial_rows = (continuing || (end < n && lsns.value(end) == last_lsn))
+                .then(|| ordinals[end - 1] + 1);
             let arrow_bytes = segment.batch.slice(start, len).get_array_memory_size();
             frames.push(Frame {
                 message_id: subjects::message_id(
@@ -268,6 +280,80 @@ impl NatsSink {
             start = end;
         }
         Ok(frames)
+    }
+
+    /// Publishes each subject's frames (subjects concurrently, one subject's in order) and
+    /// records where each subject now stands; returns the bytes published. On any failure
+    /// every subject's state is dropped.
+    async fn publish(&mut self, plan: &[(String, Vec<Frame>)]) -> Result<u64, SinkError> {
+        let conn = self.conn.as_ref().ok_or_else(not_connected)?;
+        let results = join_all(plan.iter().map(|(subject, frames)| {
+            let expected = self.subjects.get(subject).map_or(0, |s| s.last_seq);
+            publish_subject(&conn.js, subject, expected, frames)
+        }))
+        .await;
+        if let Some(err) = results.iter().find_map(|r| r.as_ref().err()) {
+            let err = SinkError::Transient(err.to_string());
+            self.subjects.clear();
+            return Err(err);
+        }
+        let mut bytes = 0;
+        for ((subject, frames), sequences) in plan.iter().zip(results) {
+            let sequences = sequences.unwrap_or_default();
+            if let (Some(state), Some(last), Some(seq)) = (
+                self.subjects.get_mut(subject),
+                frames.last(),
+                sequences.last(),
+            ) {
+                state.last_lsn = last.last_lsn;
+                state.partial_rows = last.partial_rows;
+                state.last_seq = *seq;
+            }
+            for f in frames {
+                bytes += f.payload.len() as u64;
+                self.stats.record_frame(
+                    subject,
+                    f.rows,
+                    f.arrow_bytes,
+                    f.payload.len(),
+                    &f.choices,
+                );
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Publishes one chunk of the initial copy: `batch` holds rows of the snapshot, all at
+    /// the slot's consistent point. Chunks of one snapshot continue each other (every
+    /// message says how many snapshot rows its subject has so far); the stream's first
+    /// transaction, at a later LSN, follows them.
+    pub async fn publish_snapshot_chunk(&mut self, batch: &ApplyBatch) -> Result<u64, SinkError> {
+        let max_payload = self.conn.as_ref().ok_or_else(not_connected)?.max_payload;
+        let segments = columnar_batches(std::slice::from_ref(batch), |_| None)
+            .map_err(|e| SinkError::Definite(format!("columnar batch: {e}")))?;
+        let mut report = ApplyReport::default();
+        let mut plan: Vec<(String, Vec<Frame>)> = Vec::new();
+        let mut encode_secs = 0.0;
+        for segment in &segments {
+            let subject = subjects::subject(
+                &self.config.subject_prefix,
+                &self.job,
+                &segment.tenant,
+                &segment.table.schema,
+                &segment.table.name,
+            );
+            self.load_subject(&subject).await?;
+            let frames = self.frames_of(
+                &subject,
+                segment,
+                max_payload,
+                &mut report,
+                &mut encode_secs,
+                true,
+            )?;
+            plan.push((subject, frames));
+        }
+        self.publish(&plan).await
     }
 }
 
@@ -437,6 +523,7 @@ impl Sink for NatsSink {
                 max_payload,
                 &mut report,
                 &mut encode_secs,
+                false,
             ) {
                 Ok(f) => f,
                 Err(e) => {
@@ -450,39 +537,7 @@ impl Sink for NatsSink {
                 None => plan.push((subject, frames)),
             }
         }
-        let conn = self.conn.as_ref().ok_or_else(not_connected)?;
-        let results = join_all(plan.iter().map(|(subject, frames)| {
-            let expected = self.subjects.get(subject).map_or(0, |s| s.last_seq);
-            publish_subject(&conn.js, subject, expected, frames)
-        }))
-        .await;
-        if let Some(err) = results.iter().find_map(|r| r.as_ref().err()) {
-            let err = SinkError::Transient(err.to_string());
-            self.subjects.clear();
-            return Err(err);
-        }
-        for ((subject, frames), sequences) in plan.iter().zip(results) {
-            let sequences = sequences.unwrap_or_default();
-            if let (Some(state), Some(last), Some(seq)) = (
-                self.subjects.get_mut(subject),
-                frames.last(),
-                sequences.last(),
-            ) {
-                state.last_lsn = last.last_lsn;
-                state.partial_rows = last.partial_rows;
-                state.last_seq = *seq;
-            }
-            for f in frames {
-                report.bytes += f.payload.len() as u64;
-                self.stats.record_frame(
-                    subject,
-                    f.rows,
-                    f.arrow_bytes,
-                    f.payload.len(),
-                    &f.choices,
-                );
-            }
-        }
+        report.bytes += self.publish(&plan).await?;
         self.stats.encode_micros.fetch_add(
             (encode_secs * 1e6) as u64,
             std::sync::atomic::Ordering::Relaxed,
