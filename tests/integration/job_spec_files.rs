@@ -50,7 +50,12 @@ fn expected_example_files_exist() {
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    for expected in ["all_tenants.toml", "demo.toml", "tenants_3_7.toml"] {
+    for expected in [
+        "all_tenants.toml",
+        "demo.toml",
+        "tenants_3_7.toml",
+        "tiers_to_nats.toml",
+    ] {
         assert!(
             names.iter().any(|n| n == expected),
             "{expected} missing from {names:?}"
