@@ -282,25 +282,13 @@ pub fn redacted_spec(spec: &JobSpec) -> serde_json::Value {
     for (i, sink) in spec.sinks.iter().enumerate() {
         match sink {
             SinkSpec::Postgres(p) => value["sinks"][i]["dsn"] = p.dsn.redacted().into(),
-            SinkSpec::Nats(n) => value["sinks"][i]["url"] = redacted_url(&n.url).into(),
+            SinkSpec::Nats(n) => {
+                value["sinks"][i]["url"] = crate::control::secret::redact_any_url(&n.url).into()
+            }
             SinkSpec::Parquet(_) => {}
         }
     }
     value
-}
-
-/// A URL with the password of its user-info part shown as `***`.
-fn redacted_url(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.split_once('@') {
-            Some((user_info, host)) => {
-                let user = user_info.split_once(':').map_or(user_info, |(u, _)| u);
-                format!("{scheme}://{user}:***@{host}")
-            }
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
 }
 
 fn state_name(state: JobState) -> &'static str {

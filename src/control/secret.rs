@@ -177,6 +177,15 @@ pub fn redact(s: &str) -> String {
     }
 }
 
+/// Replaces the password of any `scheme://user:password@host…` URL (a NATS URL, say)
+/// with `***`, and `password=` query parameters; text without `://` is treated as a DSN.
+pub fn redact_any_url(s: &str) -> String {
+    match s.find("://") {
+        Some(i) => redact_url(s, i + 3),
+        None => redact(s),
+    }
+}
+
 fn redact_url(s: &str, rest_start: usize) -> String {
     let rest = &s[rest_start..];
     // The userinfo ends at the last `@` before the query: a raw `@` or `/`
@@ -271,6 +280,18 @@ fn redact_conninfo(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_url_hides_its_password_even_with_an_at_sign_in_it() {
+        assert_eq!(
+            redact_any_url("nats://app:p@ss@nats.local:4222"),
+            "nats://app:***@nats.local:4222"
+        );
+        assert_eq!(
+            redact_any_url("nats://nats.local:4222"),
+            "nats://nats.local:4222"
+        );
+    }
 
     fn assert_hidden(raw: &str, secret: &str) {
         let dsn = Dsn::new(raw.to_owned());

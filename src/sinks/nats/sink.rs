@@ -31,9 +31,11 @@ use super::subjects::{
     self, FIRST_LSN_HEADER, LAST_LSN_HEADER, ROWS_HEADER, TABLE_HEADER, TENANT_HEADER,
 };
 use crate::cdc::stream::ReaderStats;
-use crate::change::{format_lsn, Lsn, Scope, TenantAction};
+use crate::change::{format_lsn, Lsn, TenantAction};
 use crate::codec::{EncoderConfig, StreamEncoder};
-use crate::operators::columnar::{columnar_batches, ColumnarRows, LSN_COLUMN, OP_COLUMN};
+use crate::operators::columnar::{
+    columnar_batches, ColumnarRows, ALL_TENANTS, LSN_COLUMN, OP_COLUMN,
+};
 use crate::sinks::{ApplyBatch, ApplyReport, Sink, SinkError, TenantApplied};
 
 /// Header: rows of the last transaction in this and earlier messages, present only when
@@ -130,6 +132,17 @@ impl NatsSink {
         }
     }
 
+    /// The subject of a segment's (tenant, table).
+    fn subject_of(&self, segment: &ColumnarRows) -> String {
+        subjects::subject(
+            &self.config.subject_prefix,
+            &self.job,
+            &segment.tenant,
+            &segment.table.schema,
+            &segment.table.name,
+        )
+    }
+
     fn encoder_config(&self) -> EncoderConfig {
         EncoderConfig {
             key_frame_every: self.config.key_frame_every,
@@ -203,6 +216,7 @@ impl NatsSink {
     ) -> Result<Vec<Frame>, SinkError> {
         let lsns = lsn_column(&segment.batch)?;
         let mut ordinals = ordinals_in_transaction(lsns);
+        let fresh_encoder = self.encoder_config();
         let state = self
             .subjects
             .get_mut(subject)
@@ -228,7 +242,7 @@ impl NatsSink {
         let rows_per_frame = (self.config.max_frame_bytes / row_bytes).max(1);
         while start < n {
             let mut len = (n - start).min(rows_per_frame);
-            let (payload, choices) = loop {
+            let (payload, choices, part) = loop {
                 let part = segment.batch.slice(start, len);
                 let began = Instant::now();
                 let encoded = state.encoder.encode(&part);
@@ -237,14 +251,11 @@ impl NatsSink {
                     SinkError::Definite(format!("encode a frame for {subject}: {e}"))
                 })?;
                 if payload.len() + HEADER_ROOM <= max_payload || len == 1 {
-                    break (payload, state.encoder.last_choices().to_vec());
+                    break (payload, state.encoder.last_choices().to_vec(), part);
                 }
                 // Too big for one message: the encoder's state assumed the frame was sent,
                 // so start its stream again (a key frame) and try half the rows.
-                state.encoder = StreamEncoder::new(EncoderConfig {
-                    key_frame_every: self.config.key_frame_every,
-                    effort: self.governor.effort(),
-                });
+                state.encoder = StreamEncoder::new(fresh_encoder.clone());
                 len = len.div_ceil(2);
             };
             if payload.len() + HEADER_ROOM > max_payload {
@@ -258,7 +269,7 @@ impl NatsSink {
             let (first_lsn, last_lsn) = (lsns.value(start), lsns.value(end - 1));
             let partial_rows = (continuing || (end < n && lsns.value(end) == last_lsn))
                 .then(|| ordinals[end - 1] + 1);
-            let arrow_bytes = segment.batch.slice(start, len).get_array_memory_size();
+            let arrow_bytes = part.get_array_memory_size();
             frames.push(Frame {
                 message_id: subjects::message_id(
                     &self.job,
@@ -335,13 +346,7 @@ impl NatsSink {
         let mut plan: Vec<(String, Vec<Frame>)> = Vec::new();
         let mut encode_secs = 0.0;
         for segment in &segments {
-            let subject = subjects::subject(
-                &self.config.subject_prefix,
-                &self.job,
-                &segment.tenant,
-                &segment.table.schema,
-                &segment.table.name,
-            );
+            let subject = self.subject_of(segment);
             self.load_subject(&subject).await?;
             let frames = self.frames_of(
                 &subject,
@@ -474,23 +479,6 @@ impl Sink for NatsSink {
         let started = Instant::now();
         let max_payload = self.conn.as_ref().ok_or_else(not_connected)?.max_payload;
         let mut report = ApplyReport::default();
-        // Worker-scoped changes reach every worker; one publishes them.
-        let mine: Vec<ApplyBatch>;
-        let batches = if self.worker == 0 {
-            batches
-        } else {
-            mine = batches
-                .iter()
-                .map(|b| {
-                    let mut b = b.clone();
-                    let before = b.changes.len();
-                    b.changes.retain(|c| matches!(c.scope, Scope::Tenant(_)));
-                    report.skipped += (before - b.changes.len()) as u64;
-                    b
-                })
-                .collect();
-            &mine
-        };
         for c in batches.iter().flat_map(|b| &b.changes) {
             if let TenantAction::Unroutable { reason } = &c.action {
                 report.dead_lettered += 1;
@@ -504,13 +492,12 @@ impl Sink for NatsSink {
         let mut plan: Vec<(String, Vec<Frame>)> = Vec::new();
         let mut encode_secs = 0.0;
         for segment in &segments {
-            let subject = subjects::subject(
-                &self.config.subject_prefix,
-                &self.job,
-                &segment.tenant,
-                &segment.table.schema,
-                &segment.table.name,
-            );
+            // Worker-scoped changes reach every worker; worker 0 publishes them.
+            if self.worker != 0 && segment.tenant == ALL_TENANTS {
+                report.skipped += segment.batch.num_rows() as u64;
+                continue;
+            }
+            let subject = self.subject_of(segment);
             let lsn = tenant_lsn.entry(segment.tenant.clone()).or_default();
             *lsn = (*lsn).max(segment.last_lsn);
             if let Err(e) = self.load_subject(&subject).await {

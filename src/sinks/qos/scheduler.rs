@@ -424,13 +424,13 @@ impl Scheduler {
         // A tenant's transactions go in commit order, so what hotness can decide is which
         // tenant goes next: the one with the most predicted-hot data waiting.
         let hot = if self.policy.use_hotness {
-            p.tenants
+            // Each pending transaction's hotness is in its tenants' sums.
+            let waiting = p
+                .tenants
                 .iter()
                 .map(|t| self.tenant_hot.get(t).copied().unwrap_or(0.0))
-                .fold(0.0f64, f64::max)
-                .max(f64::from(p.hotness))
-                .mul_add(1000.0, 0.0)
-                .round() as i64
+                .fold(0.0f64, f64::max);
+            (waiting * 1000.0).round() as i64
         } else {
             0
         };
