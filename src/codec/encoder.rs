@@ -149,8 +149,12 @@ fn fresh(n: usize) -> Vec<ColumnState> {
 }
 
 /// The Arrow buffer bytes of a column: values, offsets, validity, children.
-fn data_bytes(d: &ArrayData) -> usize {
-    d.buffers().iter().map(|b| b.len()).sum::<usize>()
-        + d.nulls().map_or(0, |n| n.buffer().len())
-        + d.child_data().iter().map(data_bytes).sum::<usize>()
+/// Bytes of Arrow data an array holds, counting only the part a slice covers (a sliced
+/// string array shares its whole values buffer).
+pub(crate) fn data_bytes(d: &ArrayData) -> usize {
+    d.get_slice_memory_size().unwrap_or_else(|_| {
+        d.buffers().iter().map(|b| b.len()).sum::<usize>()
+            + d.nulls().map_or(0, |n| n.buffer().len())
+            + d.child_data().iter().map(data_bytes).sum::<usize>()
+    })
 }

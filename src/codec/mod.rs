@@ -42,6 +42,16 @@ pub use encoder::StreamEncoder;
 pub use error::{CodecError, FrameError};
 pub use frame::FORMAT_VERSION;
 
+/// Bytes of Arrow data in `batch` (the part its slices cover, not buffer capacity): the
+/// "before" of every compression figure.
+pub fn batch_data_bytes(batch: &arrow_array::RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| encoder::data_bytes(&c.to_data()))
+        .sum()
+}
+
 /// How hard the encoder works for size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Effort {

@@ -191,7 +191,7 @@ pub fn explain(input: &[RecordBatch], batch_rows: usize) -> Result<ExplainReport
         }
         report.frames += 1;
         report.frame_bytes += frame.len();
-        report.arrow_bytes += batch.get_array_memory_size();
+        report.arrow_bytes += crate::codec::batch_data_bytes(&batch);
         for (i, c) in encoder.last_choices().iter().enumerate() {
             if columns.len() <= i {
                 columns.push(ColumnSummary {
@@ -278,6 +278,35 @@ mod tests {
         assert!(report.frame_bytes > 0 && report.bytes_per_row() < 24.0);
         let text = report.to_string();
         assert!(text.contains("bytes/row"), "{text}");
+    }
+
+    #[test]
+    fn a_parquet_file_is_explained_too() {
+        use arrow_array::{Int64Array, StringArray};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.parquet");
+        let batch = RecordBatch::try_from_iter([
+            (
+                "id",
+                Arc::new(Int64Array::from_iter_values(0..3000)) as arrow_array::ArrayRef,
+            ),
+            (
+                "city",
+                Arc::new(StringArray::from_iter_values(
+                    (0..3000).map(|i| ["Oslo", "Lima", "Pune"][i % 3]),
+                )),
+            ),
+        ])
+        .expect("batch");
+        let file = File::create(&path).expect("create");
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).expect("writer");
+        writer.write(&batch).expect("write");
+        writer.close().expect("close");
+        let report = explain(&read_table(&path).expect("read"), 1000).expect("explain");
+        assert_eq!((report.rows, report.frames), (3000, 3));
+        assert_eq!(report.columns[1].column, "city");
+        assert!(report.bytes_per_row() < 4.0, "{report}");
     }
 
     #[test]

@@ -351,3 +351,38 @@ fn access_events_feed_the_predictor_and_its_model_survives_a_restart() {
             .any(|l| l.starts_with("helios_predictor_in_use{job=\"hot\"") && l.ends_with(" 1"))
     });
 }
+
+/// The source-statistics poller's reading: reads of a table on the source show up as a
+/// delta of `pg_stat_user_tables` between two polls; other tables do not.
+#[test]
+fn source_table_reads_are_read_as_deltas() {
+    use helios_repl::cdc::source_stats::{connect, deltas, table_reads};
+    let env = Env::start(EVENTS);
+    env.on_source("CREATE TABLE q.other (id int)");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let tables = vec!["q.events".to_string(), "q.other".to_string()];
+    let dsn = env.source_dsn();
+    let read = |client: &tokio_postgres::Client| {
+        runtime
+            .block_on(table_reads(client, &tables))
+            .expect("pg_stat_user_tables")
+    };
+    let client = runtime.block_on(connect(&dsn)).expect("connect");
+    let before = read(&client);
+    for _ in 0..5 {
+        env.on_source("SELECT count(*) FROM q.events");
+    }
+    // The statistics collector publishes a backend's counts when its session ends.
+    let mut delta = std::collections::HashMap::new();
+    wait_for("the reads in pg_stat_user_tables", WAIT, || {
+        runtime
+            .block_on(client.batch_execute("SELECT pg_stat_clear_snapshot()"))
+            .expect("clear snapshot");
+        delta = deltas(&before, &read(&client));
+        delta.get("q.events").is_some_and(|n| *n >= 5.0)
+    });
+    assert!(!delta.contains_key("q.other"), "{delta:?}");
+}

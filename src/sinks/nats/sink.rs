@@ -238,7 +238,7 @@ impl NatsSink {
         let table = segment.table.qualified_name();
         // Frames close at `max_frame_bytes` of Arrow data (estimated from the segment's
         // average row size), and at the server's payload limit below.
-        let row_bytes = (segment.batch.get_array_memory_size() / n.max(1)).max(1);
+        let row_bytes = (crate::codec::batch_data_bytes(&segment.batch) / n.max(1)).max(1);
         let rows_per_frame = (self.config.max_frame_bytes / row_bytes).max(1);
         while start < n {
             let mut len = (n - start).min(rows_per_frame);
@@ -269,7 +269,7 @@ impl NatsSink {
             let (first_lsn, last_lsn) = (lsns.value(start), lsns.value(end - 1));
             let partial_rows = (continuing || (end < n && lsns.value(end) == last_lsn))
                 .then(|| ordinals[end - 1] + 1);
-            let arrow_bytes = part.get_array_memory_size();
+            let arrow_bytes = crate::codec::batch_data_bytes(&part);
             frames.push(Frame {
                 message_id: subjects::message_id(
                     &self.job,
