@@ -5,6 +5,12 @@
 //! task of the worker (never blocking: the worker thread is shared by every job), and keeps the timestamp's capability on a data-less output until
 //! every sink reported it durable. Probing that output therefore gives the LSN below which
 //! everything is durable at every sink on every worker: the only LSN the source may confirm.
+//!
+//! A transaction whose share on this worker passes [`PART_ROWS`] before it is complete is
+//! handed over in parts ([`Delivery::Part`], then the rest as a [`Delivery::Batch`]) as it
+//! arrives, so no worker holds a large transaction whole (DESIGN.md invariant 5); only the
+//! oldest stashed timestamp is ever handed over in parts, so parts never interleave with
+//! another transaction.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,7 +24,10 @@ use timely::scheduling::SyncActivator;
 use tokio::sync::mpsc;
 
 use crate::change::{Lsn, SinkItem};
-use crate::sinks::ApplyBatch;
+use crate::sinks::{ApplyBatch, Delivery};
+
+/// Rows of one transaction a worker stashes before it hands them over as a part.
+pub const PART_ROWS: usize = 20_000;
 
 /// Durability reports from sink tasks: (sink index, every batch up to this LSN is durable).
 pub type DurableReports = crossbeam_channel::Receiver<(usize, Lsn)>;
@@ -32,7 +41,7 @@ pub trait DeliverToSinks<'scope> {
     /// `on_activator` receives the handle the sink tasks use to wake the operator.
     fn deliver_to_sinks(
         self,
-        sinks: Vec<mpsc::Sender<ApplyBatch>>,
+        sinks: Vec<mpsc::Sender<Delivery>>,
         durable: DurableReports,
         backlog: Arc<AtomicUsize>,
         on_activator: impl FnOnce(SyncActivator),
@@ -42,7 +51,7 @@ pub trait DeliverToSinks<'scope> {
 impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, SinkItem> {
     fn deliver_to_sinks(
         self,
-        sinks: Vec<mpsc::Sender<ApplyBatch>>,
+        sinks: Vec<mpsc::Sender<Delivery>>,
         durable: DurableReports,
         backlog: Arc<AtomicUsize>,
         on_activator: impl FnOnce(SyncActivator),
@@ -55,17 +64,31 @@ impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, SinkItem> {
         let (_output, progress) = builder.new_output::<Vec<()>>();
         builder.build(move |mut initial| {
             initial.clear();
-            let mut stash: BTreeMap<Lsn, (Capability<Lsn>, Vec<SinkItem>)> = BTreeMap::new();
+            // Per timestamp: its capability, its items, whether parts of it were handed over.
+            let mut stash: BTreeMap<Lsn, (Capability<Lsn>, Vec<SinkItem>, bool)> = BTreeMap::new();
             let mut in_flight: BTreeMap<Lsn, Capability<Lsn>> = BTreeMap::new();
             let mut durable_at: Vec<Lsn> = vec![0; sinks.len()];
             let mut sink_gone = false;
-            let mut queues: Vec<VecDeque<ApplyBatch>> = sinks.iter().map(|_| VecDeque::new()).collect();
+            let mut queues: Vec<VecDeque<Delivery>> = sinks.iter().map(|_| VecDeque::new()).collect();
+            // Every sink gets the batch; the last one takes it without a copy.
+            let hand_over = move |queues: &mut Vec<VecDeque<Delivery>>, delivery: Delivery| {
+                let rows = match &delivery {
+                    Delivery::Batch(b) | Delivery::Part(b) => b.rows(),
+                };
+                backlog.fetch_add(rows * queues.len(), Ordering::Relaxed);
+                if let Some((last, others)) = queues.split_last_mut() {
+                    for queue in others {
+                        queue.push_back(delivery.clone());
+                    }
+                    last.push_back(delivery);
+                }
+            };
             move |frontiers| {
                 input.for_each_stamp(|cap, data| {
                     let Some(&t) = cap.least() else { return };
                     let entry = stash.entry(t).or_insert_with(|| {
                         let held = cap.retain_least(0).expect("output 0 exists");
-                        (held, Vec::new())
+                        (held, Vec::new(), false)
                     });
                     for batch in data {
                         entry.1.append(batch);
@@ -76,28 +99,24 @@ impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, SinkItem> {
                     if frontier.less_equal(&t) {
                         break;
                     }
-                    let Some((cap, mut items)) = stash.remove(&t) else { break };
-                    if items.is_empty() {
+                    let Some((cap, items, parted)) = stash.remove(&t) else { break };
+                    // A transaction handed over in parts always gets its final batch,
+                    // even an empty one: it tells the sink the transaction is complete.
+                    if items.is_empty() && !parted {
                         continue;
                     }
-                    // Stable: a change's history events keep their order.
-                    items.sort_by_key(SinkItem::seq);
-                    let mut batch = ApplyBatch { commit_lsn: t, changes: Vec::with_capacity(items.len()), history: Vec::new() };
-                    for item in items {
-                        match item {
-                            SinkItem::Change(c) => batch.changes.push(c),
-                            SinkItem::History(h) => batch.history.push(h),
-                        }
-                    }
-                    // Every sink gets the batch; the last one takes it without a copy.
-                    backlog.fetch_add(batch.rows() * queues.len(), Ordering::Relaxed);
-                    if let Some((last, others)) = queues.split_last_mut() {
-                        for queue in others {
-                            queue.push_back(batch.clone());
-                        }
-                        last.push_back(batch);
-                    }
+                    hand_over(&mut queues, Delivery::Batch(batch_of(t, items)));
                     in_flight.insert(t, cap);
+                }
+                // The oldest transaction, still arriving, is large: hand over what it has.
+                if let Some(mut entry) = stash.first_entry() {
+                    let (_, items, parted) = entry.get_mut();
+                    if items.len() >= PART_ROWS {
+                        *parted = true;
+                        let part = std::mem::take(items);
+                        let t = *entry.key();
+                        hand_over(&mut queues, Delivery::Part(batch_of(t, part)));
+                    }
                 }
                 // Hand over without blocking the worker (other jobs share it): what a
                 // sink's channel cannot take now waits here; the sink task wakes this
@@ -114,7 +133,8 @@ impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, SinkItem> {
                             Err(mpsc::error::TrySendError::Closed(batch)) => {
                                 if !sink_gone {
                                     sink_gone = true;
-                                    tracing::error!(lsn = batch.commit_lsn, "a sink task has stopped; nothing past this LSN will be acknowledged");
+                                    let (Delivery::Batch(b) | Delivery::Part(b)) = &batch;
+                                    tracing::error!(lsn = b.commit_lsn, "a sink task has stopped; nothing past this LSN will be acknowledged");
                                 }
                                 queue.push_front(batch);
                                 break;
@@ -138,4 +158,22 @@ impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, SinkItem> {
         });
         progress
     }
+}
+
+/// One timestamp's items as a batch, in transaction order (stable: a change's history
+/// events keep their order).
+fn batch_of(t: Lsn, mut items: Vec<SinkItem>) -> ApplyBatch {
+    items.sort_by_key(SinkItem::seq);
+    let mut batch = ApplyBatch {
+        commit_lsn: t,
+        changes: Vec::with_capacity(items.len()),
+        history: Vec::new(),
+    };
+    for item in items {
+        match item {
+            SinkItem::Change(c) => batch.changes.push(c),
+            SinkItem::History(h) => batch.history.push(h),
+        }
+    }
+    batch
 }

@@ -15,7 +15,7 @@ use crate::operators::access::ledger::AccessLedger;
 use crate::operators::access::observe::ObserveAccess;
 use crate::operators::history::{HistoryBooks, HistoryPlan, VersionHistory};
 use crate::operators::partition::{PartitionByTenant, TenantPlan};
-use crate::sinks::ApplyBatch;
+use crate::sinks::Delivery;
 
 /// The history stage of a job: which tables, the shared books, the commit times.
 pub struct HistoryStage {
@@ -41,7 +41,7 @@ pub fn render_job<'scope>(
     source: StreamVec<'scope, Lsn, SourceRecord>,
     plan: Arc<TenantPlan>,
     stages: OptionalStages,
-    sinks: Vec<mpsc::Sender<ApplyBatch>>,
+    sinks: Vec<mpsc::Sender<Delivery>>,
     durable: DurableReports,
     backlog: Arc<AtomicUsize>,
     on_activator: impl FnOnce(SyncActivator),

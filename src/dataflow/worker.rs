@@ -22,7 +22,7 @@ use crate::sinks::pg_apply::PgApplySink;
 use crate::sinks::qos::rate_limit::SinkLimiter;
 use crate::sinks::qos::QosPolicy;
 use crate::sinks::worker::{run_sink, SinkPacing, SinkStats};
-use crate::sinks::ApplyBatch;
+use crate::sinks::Delivery;
 
 /// Batches queued per sink task before the worker blocks (back-pressure).
 pub const SINK_QUEUE_BATCHES: usize = 64;
@@ -127,7 +127,7 @@ impl WorkerJob {
         let (senders, receivers): (Vec<_>, Vec<_>) = job
             .sinks
             .iter()
-            .map(|_| mpsc::channel::<ApplyBatch>(SINK_QUEUE_BATCHES))
+            .map(|_| mpsc::channel::<Delivery>(SINK_QUEUE_BATCHES))
             .unzip();
         let mut activator = None;
         let dataflow = worker.next_dataflow_index();

@@ -17,12 +17,14 @@ pub mod nats;
 pub mod parquet;
 pub mod pg_apply;
 pub mod qos;
+pub mod spill;
 pub mod versions;
 pub mod worker;
 
 use std::future::Future;
 
 use crate::change::{HistoryEvent, Lsn, TenantChange};
+use crate::sinks::spill::SpilledTxn;
 
 /// One source transaction's changes for one worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +43,18 @@ impl ApplyBatch {
     pub fn rows(&self) -> usize {
         self.changes.len() + self.history.len()
     }
+}
+
+/// What the dataflow hands a sink task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// A whole transaction (or, after [`Delivery::Part`]s of the same commit LSN, its
+    /// last part: the transaction is complete).
+    Batch(ApplyBatch),
+    /// A leading part of a transaction too large to hold until its commit: more parts
+    /// and a final [`Delivery::Batch`] with the same commit LSN follow, and nothing of
+    /// another transaction comes in between.
+    Part(ApplyBatch),
 }
 
 /// What one `apply` call did.
@@ -95,6 +109,22 @@ pub trait Sink: Send + 'static {
         &mut self,
         batches: &[ApplyBatch],
     ) -> impl Future<Output = Result<ApplyReport, SinkError>> + Send;
+
+    /// Applies one transaction that arrived in parts and was spilled to disk, as a whole
+    /// (never half of it for a tenant), and returns once it is durable. The default reads
+    /// it back into memory and calls [`Sink::apply`]; a sink that can write a transaction
+    /// in pieces reads it part by part ([`SpilledTxn::parts`]), so memory stays bounded.
+    fn apply_large(
+        &mut self,
+        txn: &mut SpilledTxn,
+    ) -> impl Future<Output = Result<ApplyReport, SinkError>> + Send {
+        async move {
+            let whole = txn
+                .read_all()
+                .map_err(|e| SinkError::Definite(e.to_string()))?;
+            self.apply(std::slice::from_ref(&whole)).await
+        }
+    }
 
     /// Re-establishes connections after a transient error.
     fn reconnect(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;

@@ -5,6 +5,12 @@
 //!
 //! Nothing is reported durable while a batch keeps failing, so the source never confirms
 //! past it (DESIGN.md invariant 6); every failure is counted for metrics.
+//!
+//! A transaction the dataflow hands over in parts ([`Delivery::Part`]) is a barrier: the
+//! task first applies everything pending before it, then spills its parts to a local file
+//! as they come ([`SpilledTxn`]), and applies it whole once its last part arrived
+//! ([`Sink::apply_large`]), so its size never shows in memory. It is not held back by the
+//! bandwidth limits (the sink is busy with it alone meanwhile).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -17,7 +23,8 @@ use crate::change::{pg_now_micros, Lsn};
 use crate::sinks::qos::rate_limit::{Claim, SinkLimiter, SinkLimits};
 use crate::sinks::qos::scheduler::{Group, Scheduler};
 use crate::sinks::qos::QosPolicy;
-use crate::sinks::{ApplyBatch, Sink};
+use crate::sinks::spill::SpilledTxn;
+use crate::sinks::{ApplyBatch, ApplyReport, Delivery, Sink};
 
 /// First wait after a failure.
 pub const RETRY_INITIAL: Duration = Duration::from_millis(200);
@@ -116,7 +123,7 @@ const PACING_SLICE: Duration = Duration::from_millis(50);
 /// `on_durable(lsn)` is called once every batch up to `lsn` is durable.
 pub async fn run_sink<S: Sink>(
     mut sink: S,
-    mut batches: mpsc::Receiver<ApplyBatch>,
+    mut batches: mpsc::Receiver<Delivery>,
     stats: Arc<SinkStats>,
     reader: Arc<crate::cdc::stream::ReaderStats>,
     pacing: SinkPacing,
@@ -141,7 +148,42 @@ pub async fn run_sink<S: Sink>(
         scheduler.push(batch, born, hot);
     };
     let mut open = true;
+    // The first part of a large transaction, once received: nothing else is taken from
+    // the channel until it is applied (its other parts come next).
+    let mut large: Option<ApplyBatch> = None;
+    let receive = |scheduler: &mut Scheduler, large: &mut Option<ApplyBatch>, d: Delivery| match d {
+        Delivery::Batch(b) => push(scheduler, b),
+        Delivery::Part(p) => *large = Some(p),
+    };
     loop {
+        if let Some(first) = large.take() {
+            drain(
+                &mut sink,
+                &mut scheduler,
+                &stats,
+                &reader,
+                &pacing,
+                &on_durable,
+            )
+            .await;
+            let before = scheduler.durable_watermark();
+            match stream_large(
+                &mut sink,
+                first,
+                &mut batches,
+                &stats,
+                &reader,
+                &pacing,
+                before,
+                &on_durable,
+            )
+            .await
+            {
+                Some(lsn) => on_durable(lsn),
+                None => break,
+            }
+            continue;
+        }
         if scheduler.is_empty() {
             if !open {
                 break;
@@ -150,19 +192,23 @@ pub async fn run_sink<S: Sink>(
                 limiter.arbitrate(task, None);
             }
             match batches.recv().await {
-                Some(b) => push(&mut scheduler, b),
+                Some(d) => receive(&mut scheduler, &mut large, d),
                 None => break,
             }
         }
         let mut took = false;
-        while let Ok(b) = batches.try_recv() {
-            push(&mut scheduler, b);
+        while large.is_none() {
+            let Ok(d) = batches.try_recv() else { break };
+            receive(&mut scheduler, &mut large, d);
             took = true;
         }
         if took {
             // The channel has room again: wake the dataflow's delivery to refill it, so
             // the scheduler sees as much of the backlog as the read-ahead allows.
             on_durable(scheduler.durable_watermark());
+        }
+        if large.is_some() {
+            continue;
         }
         let now = pg_now_micros();
         let sink_wait = limiter.sink_wait_micros(now);
@@ -196,7 +242,7 @@ pub async fn run_sink<S: Sink>(
             let started = std::time::Instant::now();
             tokio::select! {
                 b = batches.recv(), if open => match b {
-                    Some(b) => push(&mut scheduler, b),
+                    Some(d) => receive(&mut scheduler, &mut large, d),
                     None => open = false,
                 },
                 _ = tokio::time::sleep(slice) => {}
@@ -212,10 +258,129 @@ pub async fn run_sink<S: Sink>(
         }
         limiter.take(&group, now);
         apply_group(&mut sink, &group.batches, &stats, &reader).await;
-        let _ = pacing
-            .backlog
-            .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(group.rows)));
+        take_off_backlog(&pacing, group.rows);
         on_durable(scheduler.durable_watermark());
+    }
+}
+
+/// Applies everything pending, in the scheduler's order (bandwidth is charged, not
+/// waited for): what comes before a large transaction.
+async fn drain<S: Sink>(
+    sink: &mut S,
+    scheduler: &mut Scheduler,
+    stats: &SinkStats,
+    reader: &crate::cdc::stream::ReaderStats,
+    pacing: &SinkPacing,
+    on_durable: &impl Fn(Lsn),
+) {
+    while !scheduler.is_empty() {
+        let now = pg_now_micros();
+        let group = scheduler.next_group(now, pacing.max_rows, &mut |_, _, _| true);
+        if group.batches.is_empty() {
+            break;
+        }
+        pacing.limiter.take(&group, now);
+        apply_group(sink, &group.batches, stats, reader).await;
+        take_off_backlog(pacing, group.rows);
+        on_durable(scheduler.durable_watermark());
+    }
+}
+
+fn take_off_backlog(pacing: &SinkPacing, rows: usize) {
+    let _ = pacing
+        .backlog
+        .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(rows)));
+}
+
+/// Spills a large transaction's parts as they arrive (`first` is the first one), then
+/// applies it whole, retrying with back-off. Returns its commit LSN once durable; `None`
+/// when the channel closed before its last part (the job is stopping: nothing of it was
+/// applied) or the spill file failed (the task stops, so nothing past it is
+/// acknowledged and the source sends it again after a restart).
+#[allow(clippy::too_many_arguments)]
+async fn stream_large<S: Sink>(
+    sink: &mut S,
+    first: ApplyBatch,
+    batches: &mut mpsc::Receiver<Delivery>,
+    stats: &SinkStats,
+    reader: &crate::cdc::stream::ReaderStats,
+    pacing: &SinkPacing,
+    durable_before: Lsn,
+    on_durable: &impl Fn(Lsn),
+) -> Option<Lsn> {
+    let lsn = first.commit_lsn;
+    let spill_failed = |e: crate::sinks::spill::SpillError| {
+        stats.errors.fetch_add(1, Relaxed);
+        tracing::error!(sink = sink.kind(), lsn, error = %e, "cannot spill a large transaction to local disk; this sink stops and nothing past it is acknowledged");
+    };
+    let mut spill = match SpilledTxn::create(lsn) {
+        Ok(s) => s,
+        Err(e) => {
+            spill_failed(e);
+            return None;
+        }
+    };
+    let mut part = first;
+    loop {
+        if let Err(e) = spill.append(&part) {
+            spill_failed(e);
+            return None;
+        }
+        take_off_backlog(pacing, part.rows());
+        drop(part);
+        // Room in the channel again: let the dataflow hand over the next part.
+        on_durable(durable_before);
+        match batches.recv().await {
+            Some(Delivery::Part(p)) if p.commit_lsn == lsn => part = p,
+            Some(Delivery::Batch(b)) if b.commit_lsn == lsn => {
+                if let Err(e) = spill.append(&b) {
+                    spill_failed(e);
+                    return None;
+                }
+                take_off_backlog(pacing, b.rows());
+                break;
+            }
+            Some(Delivery::Part(other) | Delivery::Batch(other)) => {
+                stats.errors.fetch_add(1, Relaxed);
+                tracing::error!(lsn, other = other.commit_lsn, "another transaction arrived inside a large one; this sink stops and nothing past it is acknowledged");
+                return None;
+            }
+            None => return None,
+        }
+    }
+    tracing::info!(
+        lsn,
+        rows = spill.rows(),
+        parts = spill.part_count(),
+        bytes = spill.bytes(),
+        "large transaction spilled to local disk; applying it whole"
+    );
+    let mut wait = RETRY_INITIAL;
+    loop {
+        let started = std::time::Instant::now();
+        match sink.apply_large(&mut spill).await {
+            Ok(report) => {
+                record(stats, reader, &report, started);
+                return Some(lsn);
+            }
+            Err(err) => retry_after(sink, stats, &err, &mut wait).await,
+        }
+    }
+}
+
+/// Counts a failed attempt, waits (doubling the wait up to [`RETRY_MAX`]) and reconnects.
+async fn retry_after<S: Sink>(
+    sink: &mut S,
+    stats: &SinkStats,
+    err: &crate::sinks::SinkError,
+    wait: &mut Duration,
+) {
+    stats.errors.fetch_add(1, Relaxed);
+    tracing::warn!(sink = sink.kind(), error = %err, retry_in_ms = wait.as_millis() as u64, "apply failed; retrying");
+    tokio::time::sleep(*wait).await;
+    *wait = (*wait * 2).min(RETRY_MAX);
+    if let Err(err) = sink.reconnect().await {
+        tracing::warn!(sink = sink.kind(), error = %err, "reconnect failed");
     }
 }
 
@@ -231,43 +396,45 @@ async fn apply_group<S: Sink>(
         let started = std::time::Instant::now();
         match sink.apply(group).await {
             Ok(report) => {
-                if let Ok(mut v) = stats.apply_seconds.lock() {
-                    // Bounded: a scrape-less server keeps only the latest figures.
-                    if v.len() >= 4096 {
-                        v.clear();
-                    }
-                    v.push(started.elapsed().as_secs_f64());
-                }
-                let now = pg_now_micros();
-                if let Ok(mut t) = stats.tenants.lock() {
-                    for a in &report.tenants {
-                        let e = t.entry(a.tenant.clone()).or_default();
-                        if a.lsn >= e.lsn {
-                            e.lsn = a.lsn;
-                            if let Some(at) = reader.commit_times.get(a.lsn) {
-                                e.lag_seconds = ((now - at) as f64 / 1e6).max(0.0);
-                            }
-                        }
-                        e.upserts += a.upserts;
-                        e.deletes += a.deletes;
-                    }
-                }
-                stats.upserted.fetch_add(report.upserted, Relaxed);
-                stats.deleted.fetch_add(report.deleted, Relaxed);
-                stats.skipped.fetch_add(report.skipped, Relaxed);
-                stats.dead_lettered.fetch_add(report.dead_lettered, Relaxed);
-                stats.bytes_sent.fetch_add(report.bytes, Relaxed);
+                record(stats, reader, &report, started);
                 return;
             }
-            Err(err) => {
-                stats.errors.fetch_add(1, Relaxed);
-                tracing::warn!(sink = sink.kind(), error = %err, retry_in_ms = wait.as_millis() as u64, "apply failed; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(RETRY_MAX);
-                if let Err(err) = sink.reconnect().await {
-                    tracing::warn!(sink = sink.kind(), error = %err, "reconnect failed");
-                }
-            }
+            Err(err) => retry_after(sink, stats, &err, &mut wait).await,
         }
     }
+}
+
+/// Records what an apply did in the sink's figures.
+fn record(
+    stats: &SinkStats,
+    reader: &crate::cdc::stream::ReaderStats,
+    report: &ApplyReport,
+    started: std::time::Instant,
+) {
+    if let Ok(mut v) = stats.apply_seconds.lock() {
+        // Bounded: a scrape-less server keeps only the latest figures.
+        if v.len() >= 4096 {
+            v.clear();
+        }
+        v.push(started.elapsed().as_secs_f64());
+    }
+    let now = pg_now_micros();
+    if let Ok(mut t) = stats.tenants.lock() {
+        for a in &report.tenants {
+            let e = t.entry(a.tenant.clone()).or_default();
+            if a.lsn >= e.lsn {
+                e.lsn = a.lsn;
+                if let Some(at) = reader.commit_times.get(a.lsn) {
+                    e.lag_seconds = ((now - at) as f64 / 1e6).max(0.0);
+                }
+            }
+            e.upserts += a.upserts;
+            e.deletes += a.deletes;
+        }
+    }
+    stats.upserted.fetch_add(report.upserted, Relaxed);
+    stats.deleted.fetch_add(report.deleted, Relaxed);
+    stats.skipped.fetch_add(report.skipped, Relaxed);
+    stats.dead_lettered.fetch_add(report.dead_lettered, Relaxed);
+    stats.bytes_sent.fetch_add(report.bytes, Relaxed);
 }

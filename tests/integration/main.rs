@@ -8,6 +8,7 @@ mod harness;
 mod history;
 mod isolation_crash_idle;
 mod job_spec_files;
+mod large_transactions;
 mod nats_sink;
 mod qos;
 mod serve_api;

@@ -22,6 +22,7 @@ use crate::sinks::pg_apply::plan::{plan_table, Step};
 use crate::sinks::pg_apply::statements::{self, Param, Statement};
 use crate::sinks::pg_apply::store::{self, scope_key, sink_error, DeadLetter};
 use crate::sinks::pg_apply::target_schema::ensure_shape;
+use crate::sinks::spill::SpilledTxn;
 use crate::sinks::versions::plan_history;
 use crate::sinks::{ApplyBatch, ApplyReport, Sink, SinkError, TenantApplied};
 
@@ -46,6 +47,16 @@ struct ScopeProgress {
     covered: Option<Lsn>,
     /// The highest commit LSN this call applies for it.
     applied: Option<Lsn>,
+}
+
+/// One apply call's work: per table what to write, and what it advances.
+struct Work<'a> {
+    by_table: BTreeMap<String, TableWork<'a>>,
+    /// Checkpoint key → the commit LSN it advances to.
+    checkpoints: HashMap<String, Lsn>,
+    tenants: Vec<TenantApplied>,
+    /// Changes the checkpoints already covered.
+    skipped: u64,
 }
 
 /// One table's share of an apply: current-state changes and history events.
@@ -93,12 +104,9 @@ impl PgApplySink {
         }
     }
 
-    async fn apply_inner(
-        &mut self,
-        client: &mut Client,
-        batches: &[ApplyBatch],
-    ) -> Result<ApplyReport, SinkError> {
-        let mut report = ApplyReport::default();
+    /// Sorts `batches` into per-table work, skipping what the checkpoints already cover.
+    fn plan_work<'a>(&self, batches: &'a [ApplyBatch]) -> Work<'a> {
+        let mut skipped = 0;
         // Keys, names and tenants are computed once per scope, table and tenant, not per row.
         let mut scopes: HashMap<&Scope, ScopeProgress> = HashMap::new();
         let mut grouped: BTreeMap<(&str, &str), TableWork> = BTreeMap::new();
@@ -115,7 +123,7 @@ impl PgApplySink {
                     }
                 });
                 if scope.covered.is_some_and(|c| c >= batch.commit_lsn) {
-                    report.skipped += 1;
+                    skipped += 1;
                     continue;
                 }
                 scope.applied = scope.applied.max(Some(batch.commit_lsn));
@@ -160,24 +168,45 @@ impl PgApplySink {
             .into_iter()
             .map(|((schema, name), work)| (format!("{schema}.{name}"), work))
             .collect();
-        let mut new_checkpoints: HashMap<String, Lsn> = HashMap::new();
+        let mut checkpoints: HashMap<String, Lsn> = HashMap::new();
         for s in scopes.into_values().chain(history_scopes.into_values()) {
             if let Some(applied) = s.applied {
-                let e = new_checkpoints.entry(s.key).or_insert(applied);
+                let e = checkpoints.entry(s.key).or_insert(applied);
                 *e = (*e).max(applied);
             }
         }
-        if by_table.is_empty() {
+        Work {
+            by_table,
+            checkpoints,
+            tenants: tenants.into_values().collect(),
+            skipped,
+        }
+    }
+
+    async fn apply_inner(
+        &mut self,
+        client: &mut Client,
+        batches: &[ApplyBatch],
+    ) -> Result<ApplyReport, SinkError> {
+        let work = self.plan_work(batches);
+        let mut report = ApplyReport {
+            skipped: work.skipped,
+            ..Default::default()
+        };
+        if work.by_table.is_empty() {
             return Ok(report);
         }
         // Optimistic first: no savepoint per table (two round trips fewer per table). A
         // definite error rolls the whole transaction back and the batch is applied again
         // with a savepoint per table, which isolates the failing table.
-        let written = match self.write(client, &by_table, &new_checkpoints, false).await {
+        let written = match self
+            .write(client, &work.by_table, &work.checkpoints, false)
+            .await
+        {
             Err(SinkError::Definite(_)) => {
                 self.cache.shapes.clear();
                 self.cache.history_shapes.clear();
-                self.write(client, &by_table, &new_checkpoints, true)
+                self.write(client, &work.by_table, &work.checkpoints, true)
                     .await?
             }
             other => other?,
@@ -186,10 +215,8 @@ impl PgApplySink {
         report.deleted += written.deleted;
         report.dead_lettered += written.dead_lettered;
         report.bytes += written.bytes;
-        for (k, v) in new_checkpoints {
-            self.checkpoints.insert(k, v);
-        }
-        report.tenants = tenants.into_values().collect();
+        self.checkpoints.extend(work.checkpoints);
+        report.tenants = work.tenants;
         Ok(report)
     }
 
@@ -208,12 +235,37 @@ impl PgApplySink {
             .transaction()
             .await
             .map_err(|e| sink_error("begin", &e))?;
+        self.write_tables(&tx, by_table, isolate, &HashMap::new(), &mut report)
+            .await
+            .map_err(|(_, e)| e)?;
+        store::store_checkpoints(&tx, &self.job, checkpoints).await?;
+        tx.commit().await.map_err(|e| sink_error("commit", &e))?;
+        Ok(report)
+    }
+
+    /// Every table's steps inside `tx`. Tables in error (known, or in `failing_now`) have
+    /// their changes dead-lettered. An error names the table whose steps failed (`None`
+    /// when it was not one table's).
+    async fn write_tables(
+        &mut self,
+        tx: &Transaction<'_>,
+        by_table: &BTreeMap<String, TableWork<'_>>,
+        isolate: bool,
+        failing_now: &HashMap<String, String>,
+        report: &mut ApplyReport,
+    ) -> Result<(), (Option<String>, SinkError)> {
+        let untied = |e: SinkError| (None, e);
         for (table, work) in by_table {
             let changes = &work.changes;
-            if let Some(reason) = self.failed_tables.get(table) {
+            if let Some(reason) = self
+                .failed_tables
+                .get(table)
+                .or_else(|| failing_now.get(table))
+            {
                 let reason = format!("table is in error state: {reason}");
-                report.dead_lettered +=
-                    dead_letter_all(&tx, &self.job, table, changes, &reason).await?;
+                report.dead_lettered += dead_letter_all(tx, &self.job, table, changes, &reason)
+                    .await
+                    .map_err(untied)?;
                 if !work.history.is_empty() {
                     tracing::warn!(job = %self.job, table = %table, versions = work.history.len(), "table in error state: its history versions are not written");
                 }
@@ -223,48 +275,151 @@ impl PgApplySink {
             if isolate {
                 tx.batch_execute("SAVEPOINT helios_table")
                     .await
-                    .map_err(|e| sink_error("savepoint", &e))?;
+                    .map_err(|e| untied(sink_error("savepoint", &e)))?;
             }
             let applied = apply_steps(
-                &tx,
+                tx,
                 &mut self.cache,
                 &self.plan,
                 &self.job,
                 table,
                 steps,
-                &mut report,
+                report,
             )
             .await;
             let applied = match applied {
-                Ok(()) => write_history(&tx, &mut self.cache, table, &work.history).await,
+                Ok(()) => write_history(tx, &mut self.cache, table, &work.history).await,
                 e => e,
             };
             match applied {
                 Ok(()) if isolate => {
                     tx.batch_execute("RELEASE SAVEPOINT helios_table")
                         .await
-                        .map_err(|e| sink_error("release savepoint", &e))?;
+                        .map_err(|e| untied(sink_error("release savepoint", &e)))?;
                 }
                 Ok(()) => {}
                 Err(SinkError::Definite(reason)) if isolate => {
                     tx.batch_execute("ROLLBACK TO SAVEPOINT helios_table")
                         .await
-                        .map_err(|e| sink_error("rollback to savepoint", &e))?;
+                        .map_err(|e| untied(sink_error("rollback to savepoint", &e)))?;
                     self.cache.shapes.remove(table);
                     self.cache.history_shapes.remove(table);
                     tracing::error!(job = %self.job, table = %table, error = %reason, "table put in error state; its changes are kept in helios.dead_letters");
                     let first_lsn = changes.first().map(|c| c.0).unwrap_or(0);
-                    store::mark_table_failed(&tx, &self.job, table, &reason, first_lsn).await?;
-                    report.dead_lettered +=
-                        dead_letter_all(&tx, &self.job, table, changes, &reason).await?;
+                    store::mark_table_failed(tx, &self.job, table, &reason, first_lsn)
+                        .await
+                        .map_err(untied)?;
+                    report.dead_lettered += dead_letter_all(tx, &self.job, table, changes, &reason)
+                        .await
+                        .map_err(untied)?;
                     self.failed_tables.insert(table.clone(), reason);
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err((Some(table.clone()), e)),
             }
         }
-        store::store_checkpoints(&tx, &self.job, checkpoints).await?;
-        tx.commit().await.map_err(|e| sink_error("commit", &e))?;
+        Ok(())
+    }
+
+    /// A spilled transaction in one target transaction, read part by part. A table that
+    /// fails definitely rolls everything back; the transaction is then written again with
+    /// that table in error state (all of its changes dead-lettered), so no table ever
+    /// holds half of the transaction.
+    async fn apply_large_inner(
+        &mut self,
+        client: &mut Client,
+        txn: &mut SpilledTxn,
+    ) -> Result<ApplyReport, SinkError> {
+        let mut failing_now: HashMap<String, String> = HashMap::new();
+        loop {
+            match self.write_large(client, txn, &failing_now).await {
+                Ok(report) => {
+                    self.failed_tables.extend(failing_now);
+                    return Ok(report);
+                }
+                Err((Some(table), SinkError::Definite(reason)))
+                    if !failing_now.contains_key(&table) =>
+                {
+                    self.cache.shapes.clear();
+                    self.cache.history_shapes.clear();
+                    tracing::error!(job = %self.job, table = %table, error = %reason, lsn = txn.commit_lsn(), "table put in error state; its changes in this large transaction are kept in helios.dead_letters");
+                    failing_now.insert(table, reason);
+                }
+                Err((_, e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn write_large(
+        &mut self,
+        client: &mut Client,
+        txn: &mut SpilledTxn,
+        failing_now: &HashMap<String, String>,
+    ) -> Result<ApplyReport, (Option<String>, SinkError)> {
+        let untied = |e: SinkError| (None, e);
+        let spill = |e: crate::sinks::spill::SpillError| (None, SinkError::Definite(e.to_string()));
+        let lsn = txn.commit_lsn();
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| untied(sink_error("begin", &e)))?;
+        for (table, reason) in failing_now {
+            store::mark_table_failed(&tx, &self.job, table, reason, lsn)
+                .await
+                .map_err(untied)?;
+        }
+        let mut report = ApplyReport::default();
+        let mut checkpoints: HashMap<String, Lsn> = HashMap::new();
+        let mut tenants: BTreeMap<String, TenantApplied> = BTreeMap::new();
+        let mut parts = txn.parts().map_err(spill)?;
+        while let Some(part) = parts.next_part().map_err(spill)? {
+            let work = self.plan_work(std::slice::from_ref(&part));
+            report.skipped += work.skipped;
+            for (k, v) in work.checkpoints {
+                let e = checkpoints.entry(k).or_insert(v);
+                *e = (*e).max(v);
+            }
+            for t in work.tenants {
+                let e = tenants
+                    .entry(t.tenant.clone())
+                    .or_insert_with(|| TenantApplied {
+                        tenant: t.tenant.clone(),
+                        ..Default::default()
+                    });
+                e.lsn = e.lsn.max(t.lsn);
+                e.upserts += t.upserts;
+                e.deletes += t.deletes;
+            }
+            self.write_tables(&tx, &work.by_table, false, failing_now, &mut report)
+                .await?;
+        }
+        store::store_checkpoints(&tx, &self.job, &checkpoints)
+            .await
+            .map_err(untied)?;
+        tx.commit()
+            .await
+            .map_err(|e| untied(sink_error("commit", &e)))?;
+        self.checkpoints.extend(checkpoints);
+        report.tenants = tenants.into_values().collect();
         Ok(report)
+    }
+
+    fn take_client(&mut self) -> Result<Client, SinkError> {
+        self.client
+            .take()
+            .ok_or_else(|| SinkError::Transient("not connected to the target".into()))
+    }
+
+    /// Keeps the connection unless it broke; a failed transaction forgets the shapes
+    /// created inside it (they were rolled back with it).
+    fn put_back<T>(&mut self, client: Client, result: &Result<T, SinkError>) {
+        match result {
+            Err(SinkError::Transient(_)) if client.is_closed() => {}
+            _ => self.client = Some(client),
+        }
+        if result.is_err() {
+            self.cache.shapes.clear();
+            self.cache.history_shapes.clear();
+        }
     }
 }
 
@@ -274,20 +429,16 @@ impl Sink for PgApplySink {
     }
 
     async fn apply(&mut self, batches: &[ApplyBatch]) -> Result<ApplyReport, SinkError> {
-        let mut client = self
-            .client
-            .take()
-            .ok_or_else(|| SinkError::Transient("not connected to the target".into()))?;
+        let mut client = self.take_client()?;
         let result = self.apply_inner(&mut client, batches).await;
-        match &result {
-            Err(SinkError::Transient(_)) if client.is_closed() => {}
-            _ => self.client = Some(client),
-        }
-        if result.is_err() {
-            // Shapes created inside the failed transaction were rolled back with it.
-            self.cache.shapes.clear();
-            self.cache.history_shapes.clear();
-        }
+        self.put_back(client, &result);
+        result
+    }
+
+    async fn apply_large(&mut self, txn: &mut SpilledTxn) -> Result<ApplyReport, SinkError> {
+        let mut client = self.take_client()?;
+        let result = self.apply_large_inner(&mut client, txn).await;
+        self.put_back(client, &result);
         result
     }
 
