@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, GenericClient, Transaction};
 
 use crate::change::{HistoryEvent, Lsn, Scope, TableInfo, TenantAction, TenantChange};
 use crate::operators::partition::{owned_tenants_sql, TenantPlan};
@@ -199,10 +199,16 @@ impl PgApplySink {
         // Optimistic first: no savepoint per table (two round trips fewer per table). A
         // definite error rolls the whole transaction back and the batch is applied again
         // with a savepoint per table, which isolates the failing table.
-        let written = match self
-            .write(client, &work.by_table, &work.checkpoints, false)
-            .await
-        {
+        // Fastest when every step is one plain statement: the whole transaction goes out
+        // at once (one round trip).
+        let first_try = match self.pipeline_plan(&work.by_table) {
+            Some(stmts) => self.write_pipelined(client, stmts, &work.checkpoints).await,
+            None => {
+                self.write(client, &work.by_table, &work.checkpoints, false)
+                    .await
+            }
+        };
+        let written = match first_try {
             Err(SinkError::Definite(_)) => {
                 self.cache.shapes.clear();
                 self.cache.history_shapes.clear();
@@ -217,6 +223,84 @@ impl PgApplySink {
         report.bytes += written.bytes;
         self.checkpoints.extend(work.checkpoints);
         report.tenants = work.tenants;
+        Ok(report)
+    }
+
+    /// The statements of a group when every step is one plain statement and every table's
+    /// shape is already known to match; `None` when some step needs the sequential path
+    /// (a shape to sync, a truncate, a dead letter, history, a table in error).
+    fn pipeline_plan(
+        &self,
+        by_table: &BTreeMap<String, TableWork<'_>>,
+    ) -> Option<Vec<(Statement, Counts)>> {
+        let mut out = Vec::new();
+        for (table, work) in by_table {
+            if self.failed_tables.contains_key(table) || !work.history.is_empty() {
+                return None;
+            }
+            for step in plan_table(work.changes.iter().copied()) {
+                match step {
+                    Step::SyncShape(shape) => {
+                        if !self
+                            .cache
+                            .shapes
+                            .get(table)
+                            .is_some_and(|known| **known == *shape)
+                        {
+                            return None;
+                        }
+                    }
+                    Step::TruncateTenant { .. }
+                    | Step::TruncateOwned { .. }
+                    | Step::DeadLetter { .. } => return None,
+                    plain => out.extend(plain_statement(&self.plan, plain)),
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// One target transaction sent as a pipeline: `BEGIN`, the statements, the
+    /// checkpoints and `COMMIT` go out together and the answers are read afterwards. A
+    /// failing statement aborts the transaction on the server, so the `COMMIT` rolls it
+    /// back; the first error (in statement order) is returned.
+    async fn write_pipelined(
+        &mut self,
+        client: &Client,
+        mut stmts: Vec<(Statement, Counts)>,
+        checkpoints: &HashMap<String, Lsn>,
+    ) -> Result<ApplyReport, SinkError> {
+        let mut report = ApplyReport::default();
+        stmts.extend(
+            store::checkpoints_statement(&self.job, checkpoints).map(|s| (s, Counts::Bookkeeping)),
+        );
+        let mut prepared_stmts = Vec::with_capacity(stmts.len());
+        for (stmt, counts) in &stmts {
+            prepared_stmts.push(prepared(client, &mut self.cache, &stmt.text).await?);
+            if !matches!(counts, Counts::Bookkeeping) {
+                report.bytes += stmt.params.iter().map(Param::bytes).sum::<u64>();
+            }
+        }
+        let params: Vec<Vec<&(dyn ToSql + Sync)>> = stmts
+            .iter()
+            .map(|(s, _)| s.params.iter().map(Param::as_sql).collect())
+            .collect();
+        let answers = pipeline(client, &prepared_stmts, &params).await;
+        let last = answers.len().saturating_sub(1);
+        for (i, answer) in answers.into_iter().enumerate() {
+            match answer {
+                Ok(n) if i > 0 && i < last => stmts[i - 1].1.add(&mut report, n),
+                Ok(_) => {}
+                Err(e) => {
+                    let what = match i {
+                        0 => "begin",
+                        _ if i == last => "commit",
+                        _ => "apply",
+                    };
+                    return Err(sink_error(what, &e));
+                }
+            }
+        }
         Ok(report)
     }
 
@@ -519,6 +603,62 @@ fn letter_body(change: &TenantChange) -> Option<serde_json::Value> {
     }
 }
 
+/// Which count of the report a statement's affected rows add to.
+#[derive(Debug, Clone, Copy)]
+enum Counts {
+    Upserted,
+    Deleted,
+    /// Checkpoints: not the job's rows.
+    Bookkeeping,
+}
+
+impl Counts {
+    fn add(self, report: &mut ApplyReport, n: u64) {
+        match self {
+            Counts::Upserted => report.upserted += n,
+            Counts::Deleted => report.deleted += n,
+            Counts::Bookkeeping => {}
+        }
+    }
+}
+
+/// The statement of a step that is one statement and nothing else (no shape to sync,
+/// no log line, no dead letter); `None` when it has nothing to run (a worker-scoped
+/// delete on a table without a tenant column). Other steps: `None`.
+fn plain_statement(plan: &TenantPlan, step: Step) -> Option<(Statement, Counts)> {
+    let owned = |table: &TableInfo, index: u32| {
+        plan.tenant_columns
+            .get(&table.qualified_name())
+            .and_then(|col| owned_tenants_sql(plan, col, index))
+    };
+    Some(match step {
+        Step::Upsert { table, rows } => (statements::upsert(&table, &rows), Counts::Upserted),
+        Step::Append { table, rows } => (statements::append(&table, &rows), Counts::Upserted),
+        Step::DeleteKeys { table, keys } => {
+            (statements::delete_keys(&table, &keys), Counts::Deleted)
+        }
+        Step::UpdateRow { table, key, new } => {
+            (statements::update_row(&table, &key, &new), Counts::Upserted)
+        }
+        Step::DeleteMatching { table, old } => (
+            statements::delete_matching(&table, &old, None),
+            Counts::Deleted,
+        ),
+        Step::UpdateMatching { table, old, new } => (
+            statements::update_matching(&table, &old, &new),
+            Counts::Upserted,
+        ),
+        Step::DeleteOwned { table, old, index } => (
+            statements::delete_owned(&table, &old, &owned(&table, index)?),
+            Counts::Deleted,
+        ),
+        Step::SyncShape(_)
+        | Step::TruncateTenant { .. }
+        | Step::TruncateOwned { .. }
+        | Step::DeadLetter { .. } => return None,
+    })
+}
+
 async fn apply_steps(
     tx: &Transaction<'_>,
     cache: &mut ConnectionCache,
@@ -553,71 +693,6 @@ async fn apply_steps(
                     );
                 }
                 cache.shapes.insert(table_name.to_string(), table);
-            }
-            Step::Upsert { table, rows } => {
-                report.upserted += run(
-                    tx,
-                    cache,
-                    &mut report.bytes,
-                    statements::upsert(&table, &rows),
-                )
-                .await?;
-            }
-            Step::Append { table, rows } => {
-                report.upserted += run(
-                    tx,
-                    cache,
-                    &mut report.bytes,
-                    statements::append(&table, &rows),
-                )
-                .await?;
-            }
-            Step::DeleteKeys { table, keys } => {
-                report.deleted += run(
-                    tx,
-                    cache,
-                    &mut report.bytes,
-                    statements::delete_keys(&table, &keys),
-                )
-                .await?;
-            }
-            Step::UpdateRow { table, key, new } => {
-                report.upserted += run(
-                    tx,
-                    cache,
-                    &mut report.bytes,
-                    statements::update_row(&table, &key, &new),
-                )
-                .await?;
-            }
-            Step::DeleteMatching { table, old } => {
-                report.deleted += run(
-                    tx,
-                    cache,
-                    &mut report.bytes,
-                    statements::delete_matching(&table, &old, None),
-                )
-                .await?;
-            }
-            Step::UpdateMatching { table, old, new } => {
-                report.upserted += run(
-                    tx,
-                    cache,
-                    &mut report.bytes,
-                    statements::update_matching(&table, &old, &new),
-                )
-                .await?;
-            }
-            Step::DeleteOwned { table, old, index } => {
-                if let Some(pred) = owned(&table, index) {
-                    report.deleted += run(
-                        tx,
-                        cache,
-                        &mut report.bytes,
-                        statements::delete_owned(&table, &old, &pred),
-                    )
-                    .await?;
-                }
             }
             Step::TruncateTenant { table, tenant } => {
                 let Some(col) = plan.tenant_columns.get(&table.qualified_name()) else {
@@ -662,9 +737,75 @@ async fn apply_steps(
                 dead_letter_all(tx, job, table_name, &[(lsn, &change)], &reason).await?;
                 report.dead_lettered += 1;
             }
+            plain => {
+                if let Some((stmt, counts)) = plain_statement(plan, plain) {
+                    let n = run(tx, cache, &mut report.bytes, stmt).await?;
+                    counts.add(report, n);
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// Sends `BEGIN`, every statement and `COMMIT` without waiting for answers in between
+/// (tokio-postgres sends a request when its future is first polled; they are polled in
+/// order), then collects every answer: index 0 is `BEGIN`, the last is `COMMIT`.
+async fn pipeline(
+    client: &Client,
+    stmts: &[tokio_postgres::Statement],
+    params: &[Vec<&(dyn ToSql + Sync)>],
+) -> Vec<Result<u64, tokio_postgres::Error>> {
+    type Request<'a> = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>,
+    >;
+    let mut requests: Vec<Request> = Vec::with_capacity(stmts.len() + 2);
+    requests.push(Box::pin(async move {
+        client.batch_execute("BEGIN").await.map(|()| 0)
+    }));
+    for (stmt, params) in stmts.iter().zip(params) {
+        requests.push(Box::pin(client.execute(stmt, params.as_slice())));
+    }
+    requests.push(Box::pin(async move {
+        client.batch_execute("COMMIT").await.map(|()| 0)
+    }));
+    let mut answers: Vec<Option<Result<u64, tokio_postgres::Error>>> =
+        requests.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut waiting = false;
+        for (request, answer) in requests.iter_mut().zip(answers.iter_mut()) {
+            if answer.is_none() {
+                match request.as_mut().poll(cx) {
+                    std::task::Poll::Ready(a) => *answer = Some(a),
+                    std::task::Poll::Pending => waiting = true,
+                }
+            }
+        }
+        if waiting {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    answers.into_iter().flatten().collect()
+}
+
+/// The prepared statement for `text`, prepared on first use on this connection.
+async fn prepared(
+    client: &impl GenericClient,
+    cache: &mut ConnectionCache,
+    text: &str,
+) -> Result<tokio_postgres::Statement, SinkError> {
+    if let Some(p) = cache.statements.get(text) {
+        return Ok(p.clone());
+    }
+    let p = client
+        .prepare(text)
+        .await
+        .map_err(|e| sink_error("prepare", &e))?;
+    cache.statements.insert(text.to_string(), p.clone());
+    Ok(p)
 }
 
 async fn run(
@@ -673,33 +814,9 @@ async fn run(
     bytes: &mut u64,
     stmt: Statement,
 ) -> Result<u64, SinkError> {
-    *bytes += stmt
-        .params
-        .iter()
-        .map(|p| match p {
-            Param::Column(v) => v.iter().flatten().map(|s| s.len() as u64 + 1).sum::<u64>(),
-            Param::Value(v) => v.as_ref().map_or(1, |s| s.len() as u64 + 1),
-        })
-        .sum::<u64>();
-    let prepared = match cache.statements.get(&stmt.text) {
-        Some(p) => p.clone(),
-        None => {
-            let p = tx
-                .prepare(&stmt.text)
-                .await
-                .map_err(|e| sink_error("prepare", &e))?;
-            cache.statements.insert(stmt.text.clone(), p.clone());
-            p
-        }
-    };
-    let params: Vec<&(dyn ToSql + Sync)> = stmt
-        .params
-        .iter()
-        .map(|p| match p {
-            Param::Column(v) => v as &(dyn ToSql + Sync),
-            Param::Value(v) => v as &(dyn ToSql + Sync),
-        })
-        .collect();
+    *bytes += stmt.params.iter().map(Param::bytes).sum::<u64>();
+    let prepared = prepared(tx, cache, &stmt.text).await?;
+    let params: Vec<&(dyn ToSql + Sync)> = stmt.params.iter().map(Param::as_sql).collect();
     tx.execute(&prepared, &params)
         .await
         .map_err(|e| sink_error("apply", &e))

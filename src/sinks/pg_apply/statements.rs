@@ -20,6 +20,24 @@ pub enum Param {
     Value(Option<String>),
 }
 
+impl Param {
+    /// The parameter as tokio-postgres binds it.
+    pub fn as_sql(&self) -> &(dyn tokio_postgres::types::ToSql + Sync) {
+        match self {
+            Param::Column(v) => v,
+            Param::Value(v) => v,
+        }
+    }
+
+    /// Bytes of values it carries (a NULL or separator counts one).
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Param::Column(v) => v.iter().flatten().map(|s| s.len() as u64 + 1).sum::<u64>(),
+            Param::Value(v) => v.as_ref().map_or(1, |s| s.len() as u64 + 1),
+        }
+    }
+}
+
 /// A statement ready to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Statement {

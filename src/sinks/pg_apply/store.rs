@@ -4,10 +4,11 @@
 
 use std::collections::HashMap;
 
-use tokio_postgres::types::PgLsn;
+use tokio_postgres::types::{PgLsn, ToSql};
 use tokio_postgres::{Client, GenericClient};
 
-use crate::change::{Lsn, Scope};
+use crate::change::{format_lsn, Lsn, Scope};
+use crate::sinks::pg_apply::statements::{Param, Statement};
 use crate::sinks::SinkError;
 use crate::sql_text::describe_pg_error;
 
@@ -175,25 +176,38 @@ pub async fn load_checkpoints(
         .collect())
 }
 
+/// The statement that writes checkpoints (inside the caller's transaction); `None` when
+/// there are none. A checkpoint never moves back (`greatest`).
+pub fn checkpoints_statement(job: &str, checkpoints: &HashMap<String, Lsn>) -> Option<Statement> {
+    if checkpoints.is_empty() {
+        return None;
+    }
+    Some(Statement {
+        text: "INSERT INTO helios.checkpoints (job, scope, commit_lsn, updated_at)
+             SELECT $1, s, l::pg_lsn, now() FROM unnest($2::text[], $3::text[]) AS u(s, l)
+             ON CONFLICT (job, scope) DO UPDATE SET commit_lsn = greatest(helios.checkpoints.commit_lsn, EXCLUDED.commit_lsn),
+                                                  updated_at = now()"
+            .into(),
+        params: vec![
+            Param::Value(Some(job.to_string())),
+            Param::Column(checkpoints.keys().map(|k| Some(k.clone())).collect()),
+            Param::Column(checkpoints.values().map(|&l| Some(format_lsn(l))).collect()),
+        ],
+    })
+}
+
 /// Writes checkpoints (inside the caller's transaction).
 pub async fn store_checkpoints(
     client: &impl GenericClient,
     job: &str,
     checkpoints: &HashMap<String, Lsn>,
 ) -> Result<(), SinkError> {
-    if checkpoints.is_empty() {
+    let Some(stmt) = checkpoints_statement(job, checkpoints) else {
         return Ok(());
-    }
-    let scopes: Vec<&str> = checkpoints.keys().map(String::as_str).collect();
-    let lsns: Vec<PgLsn> = checkpoints.values().map(|&l| PgLsn::from(l)).collect();
+    };
+    let params: Vec<&(dyn ToSql + Sync)> = stmt.params.iter().map(Param::as_sql).collect();
     client
-        .execute(
-            "INSERT INTO helios.checkpoints (job, scope, commit_lsn, updated_at)
-             SELECT $1, s, l, now() FROM unnest($2::text[], $3::pg_lsn[]) AS u(s, l)
-             ON CONFLICT (job, scope) DO UPDATE SET commit_lsn = greatest(helios.checkpoints.commit_lsn, EXCLUDED.commit_lsn),
-                                                  updated_at = now()",
-            &[&job, &scopes, &lsns],
-        )
+        .execute(stmt.text.as_str(), &params)
         .await
         .map_err(|e| sink_error("write checkpoints", &e))?;
     Ok(())
