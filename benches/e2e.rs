@@ -823,7 +823,7 @@ async fn parent_main() -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "| (d) ours PG→Parquet | n/a (no Parquet sink yet) | | | | | | | |"
+        "| (d) ours PG→Parquet | n/a (the Parquet cold tier exports closed versions of a PostgreSQL sink's history; no PG→Parquet catch-up path) | | | | | | | |"
     )?;
     writeln!(
         out,
