@@ -65,13 +65,31 @@ const TENANTS: i64 = 50;
 const ROWS_PER_TXN: i64 = 1_000;
 /// The tenants of case (c).
 const SOME_TENANTS: [i32; 5] = [3, 14, 25, 36, 47];
-/// Row rates of the lag runs; the last is the fastest the source sustains, taken from
-/// [`LAG_MAX_CLIENTS`] connections (`HELIOS_BENCH_LAG_TOP_RATE` overrides it; 0 is unpaced).
-const LAG_RATES: [u64; 3] = [5_000, 20_000, 35_000];
+/// The lag runs: row rate and client connections. The last is the fastest rate the source
+/// sustains, from the 16 clients (`HELIOS_BENCH_LAG_TOP_RATE` overrides its rate;
+/// 0 is unpaced).
+const LAG_LOADS: [LagLoad; 3] = [
+    LagLoad {
+        rate: 5_000,
+        clients: 8,
+    },
+    LagLoad {
+        rate: 20_000,
+        clients: 8,
+    },
+    LagLoad {
+        rate: 35_000,
+        clients: 16,
+    },
+];
 const LAG_ROWS_PER_TXN: u64 = 10;
-const LAG_CLIENTS: u64 = 8;
-/// Connections of the fastest lag run (pgbench-like: the 16 clients).
-const LAG_MAX_CLIENTS: u64 = 16;
+
+/// One lag run's load: rows per second (0: unpaced) from `clients` connections.
+#[derive(Debug, Clone, Copy)]
+struct LagLoad {
+    rate: u64,
+    clients: u64,
+}
 /// The size. A child whose RSS passes `HELIOS_BENCH_RSS_CAP_MIB` (default 8192) is
 /// stopped and the figure is reported as above the cap.
 const DEFAULT_BIG_TXN_ROWS: u64 = 10_000_000;
@@ -501,8 +519,8 @@ async fn parent_main() -> anyhow::Result<()> {
     let lag_secs = env_u64("HELIOS_BENCH_LAG_SECS", 30).max(1);
     let big_rows = env_u64("HELIOS_BENCH_BIG_TXN_ROWS", DEFAULT_BIG_TXN_ROWS).max(1) as i64;
     let rss_cap_mib = env_u64("HELIOS_BENCH_RSS_CAP_MIB", 8192);
-    let mut lag_rates = LAG_RATES;
-    lag_rates[2] = env_u64("HELIOS_BENCH_LAG_TOP_RATE", LAG_RATES[2]);
+    let mut lag_loads = LAG_LOADS;
+    lag_loads[2].rate = env_u64("HELIOS_BENCH_LAG_TOP_RATE", LAG_LOADS[2].rate);
     let bench_started = Instant::now();
 
     let dir = tempfile::Builder::new().prefix("helios-e2e").tempdir()?;
@@ -702,13 +720,13 @@ async fn parent_main() -> anyhow::Result<()> {
         // Wait until the apply worker streams: one row goes through.
         write_lag_probe(&source.dsn("lag_a")).await?;
         wait_count(&tgt, 1, Duration::from_secs(60)).await?;
-        for (i, &rate) in lag_rates.iter().enumerate() {
+        for (i, &load) in lag_loads.iter().enumerate() {
             let base = (i as i64 + 1) * 1_000_000_000;
             let r = lag_run(
                 "(a) PostgreSQL subscription",
                 &source.dsn("lag_a"),
                 &tgt,
-                rate,
+                load,
                 lag_secs,
                 base,
                 None,
@@ -732,13 +750,13 @@ async fn parent_main() -> anyhow::Result<()> {
         let tgt = connect(&target.dsn("lag_b")).await?;
         write_lag_probe(&source.dsn("lag_b")).await?;
         wait_count(&tgt, 1, Duration::from_secs(60)).await?;
-        for (i, &rate) in lag_rates.iter().enumerate() {
+        for (i, &load) in lag_loads.iter().enumerate() {
             let base = (i as i64 + 1) * 1_000_000_000;
             let r = lag_run(
                 "(b) ours PG→PG",
                 &source.dsn("lag_b"),
                 &tgt,
-                rate,
+                load,
                 lag_secs,
                 base,
                 Some(&mut child),
@@ -838,7 +856,9 @@ async fn parent_main() -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "\nLag under sustained load: {lag_secs} s per rate, 10 rows per transaction, {LAG_CLIENTS} client connections ({LAG_MAX_CLIENTS} for the fastest rate); lag = later of target trigger time and target commit time − source `created_at`.\n"
+        "\nLag under sustained load: {lag_secs} s per rate, 10 rows per transaction, {} client connections ({} for the fastest rate); lag = later of target trigger time and target commit time − source `created_at`.\n",
+        LAG_LOADS[0].clients,
+        LAG_LOADS[2].clients
     )?;
     writeln!(out, "| replicator | target rows/s | achieved rows/s | rows | P50 ms | P95 ms | P99 ms | max ms | drained s after load | CPU s / M rows |")?;
     writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
@@ -992,22 +1012,21 @@ async fn lag_run(
     who: &'static str,
     source_dsn: &str,
     target: &tokio_postgres::Client,
-    rate: u64,
+    load: LagLoad,
     secs: u64,
     base: i64,
     child: Option<&mut JobChild>,
 ) -> anyhow::Result<LagRun> {
+    let LagLoad {
+        rate,
+        clients: n_clients,
+    } = load;
     let paced = rate > 0;
     let txns_per_s = rate as f64 / LAG_ROWS_PER_TXN as f64;
     let total_txns = if paced {
         (txns_per_s * secs as f64) as u64
     } else {
         u64::MAX
-    };
-    let n_clients = if paced && rate <= LAG_RATES[1] {
-        LAG_CLIENTS
-    } else {
-        LAG_MAX_CLIENTS
     };
     let mut clients = Vec::new();
     for _ in 0..n_clients {
