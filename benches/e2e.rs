@@ -11,8 +11,11 @@
 //! - (e) `pg_recvlogical` writing the pgoutput stream to `/dev/null`: what the source can
 //!   send at most (the `vs (e)` column);
 //! - (b) ours PG→PG for all 50 tenants and (c) ours for 5 of 50 tenants (the job runner of
-//!   the library, `DataflowHost` with 2 workers + `job_runner::run_job`);
-//! - (d) ours PG→Parquet does not exist yet and is printed as n/a.
+//!   the library, `DataflowHost` with 2 workers + `job_runner::run_job`), the tenant filter
+//!   pushed into the publication as a row filter (the default); (c') the same 5 tenants with
+//!   the publication unfiltered, so our partition operator drops the other 45;
+//! - (d) ours PG→Parquet has no catch-up path (the cold tier exports a PostgreSQL sink's
+//!   closed history versions) and is printed as n/a.
 //!
 //! Catch-up: N rows (`HELIOS_BENCH_ROWS`, default 1,000,000; 8 columns incl. numeric,
 //! timestamptz, jsonb, text; 1,000 rows per transaction; 50 tenants) are written while every
@@ -539,7 +542,15 @@ async fn parent_main() -> anyhow::Result<()> {
     for db in ["bench", "lag_a", "lag_b"] {
         source.create_database(db)?;
     }
-    for db in ["sub_a", "ours_b", "ours_c", "big", "lag_a", "lag_b"] {
+    for db in [
+        "sub_a",
+        "ours_b",
+        "ours_c",
+        "ours_c_op",
+        "big",
+        "lag_a",
+        "lag_b",
+    ] {
         target.create_database(db)?;
     }
     source.psql("bench", CATCHUP_TABLE)?;
@@ -577,6 +588,13 @@ async fn parent_main() -> anyhow::Result<()> {
         &some_list,
         &target.dsn("ours_c"),
     );
+    let spec_c_op = job_spec(
+        "ours_c_op",
+        &src_bench,
+        "bench.t",
+        &some_list,
+        &target.dsn("ours_c_op"),
+    );
     let spec_big = job_spec(
         "ours_big",
         &src_bench,
@@ -586,6 +604,13 @@ async fn parent_main() -> anyhow::Result<()> {
     );
     prime(&spec_b).await.context("priming (b)")?;
     prime(&spec_c).await.context("priming (c)")?;
+    prime(&spec_c_op).await.context("priming (c')")?;
+    // (c'): the same job with the filter only in our partition operator. Its publication
+    // loses the row filter the job set; the writes below are decoded with the publication
+    // as it was when they were written (the job sets the filter again when it starts, after
+    // them), so the source sends every tenant's rows.
+    src.batch_execute("ALTER PUBLICATION ours_c_op SET TABLE bench.t")
+        .await?;
 
     let t = Instant::now();
     write_rows(&src_bench, "t", 1, rows, ROWS_PER_TXN).await?;
@@ -670,6 +695,12 @@ async fn parent_main() -> anyhow::Result<()> {
             "ours_c",
             &keys_some,
         ),
+        (
+            "(c') ours PG→PG, 5 of 50 tenants, filtered in our operator only",
+            &spec_c_op,
+            "ours_c_op",
+            &keys_some,
+        ),
     ] {
         let tgt = connect(&target.dsn(db)).await?;
         tgt.batch_execute("CHECKPOINT").await?;
@@ -698,7 +729,8 @@ async fn parent_main() -> anyhow::Result<()> {
         .count() as i64;
     let catchup_ok = catchup[0].target_rows == rows
         && catchup[1].target_rows == rows
-        && catchup[2].target_rows == expected_some;
+        && catchup[2].target_rows == expected_some
+        && catchup[3].target_rows == expected_some;
 
     // ---- lag under sustained load ----
     let mut lag = Vec::new();
@@ -891,7 +923,7 @@ async fn parent_main() -> anyhow::Result<()> {
             writeln!(
                 out,
                 "| catch-up {} | {} | {:.2} | {:.0} | {} MiB |",
-                &c.label[..3],
+                c.label.split_inclusive(')').next().unwrap_or(c.label),
                 rows,
                 c.secs,
                 rows as f64 / c.secs,
