@@ -146,6 +146,8 @@ fn main() -> anyhow::Result<()> {
 /// `stats cpu_s=… hwm_kb=… rows=…`; on `stop` (or EOF) stops the job, prints the same
 /// figures as `stopped …` and exits. A failed job prints `failed <reason>`.
 async fn child_main() -> anyhow::Result<()> {
+    // As the `helios-repl` binary does first thing.
+    helios_repl::process_memory::disable_transparent_huge_pages();
     let filter = tracing_subscriber::EnvFilter::try_from_env("HELIOS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()

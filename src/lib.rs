@@ -16,6 +16,7 @@ pub mod embedded;
 pub mod inspect;
 pub mod metrics;
 pub mod operators;
+pub mod process_memory;
 pub mod sinks;
 pub mod sql_text;
 pub mod time_text;

@@ -222,6 +222,7 @@ enum JobsAction {
 }
 
 fn main() -> anyhow::Result<()> {
+    helios_repl::process_memory::disable_transparent_huge_pages();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HELIOS_LOG")
