@@ -138,7 +138,7 @@ fn create_table_sql(name: &str) -> String {
 /// COPY's special characters, a literal `\N` and non-ASCII text, so every strategy's
 /// encoding is exercised.
 fn make_row(key: usize, version: usize) -> Row {
-    let t = |s: String| Cell::Text(s);
+    let t = |s: String| Cell::Text(s.into());
     let cents = (key * 7_919 + version * 104_729) % 10_000_000;
     let second = (key * 13 + version * 3_600) % (86_400 * 28);
     let placed_at = format!(
@@ -199,13 +199,7 @@ fn make_batches(total: usize, size: usize) -> Vec<Vec<Row>> {
 }
 
 fn params_of(stmt: &Statement) -> Vec<&(dyn ToSql + Sync)> {
-    stmt.params
-        .iter()
-        .map(|p| match p {
-            Param::Column(v) => v as &(dyn ToSql + Sync),
-            Param::Value(v) => v as &(dyn ToSql + Sync),
-        })
-        .collect()
+    stmt.params.iter().map(Param::as_sql).collect()
 }
 
 /// Appends one row in COPY text format (tab-separated, `\N` for NULL, escaped specials).

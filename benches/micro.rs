@@ -58,7 +58,7 @@ fn table() -> Arc<TableInfo> {
 fn messages() -> Vec<Vec<u8>> {
     (0..ROWS)
         .map(|i| {
-            let text = |s: String| ColumnValue::Text(s);
+            let text = |s: String| ColumnValue::Text(s.into());
             let msg = PgOutputMessage::Insert(Insert {
                 relation_oid: 16400,
                 new: TupleData(vec![

@@ -208,7 +208,7 @@ fn batch(lsn: u64, t: &Txn, tables: &[Arc<TableInfo>]) -> ApplyBatch {
             table: tables[t.table].clone(),
             action: TenantAction::Upsert {
                 old: None,
-                new: vec![Cell::Text(t.key.to_string()), Cell::Text(t.tenant.clone())],
+                new: vec![Cell::Text(t.key.to_string().into()), Cell::text(&t.tenant)],
                 insert: true,
             },
         }],

@@ -148,9 +148,13 @@ pub enum Cell {
     Null,
     /// A TOASTed value the update did not change: the target keeps its own.
     Unchanged,
-    /// The value's text form.
-    Text(String),
+    /// The value's text form: shared, immutable bytes (decoded rows slice one copy of
+    /// the message per row), so cloning a row copies no text.
+    Text(Text),
 }
+
+/// A value's text form as rows carry it: UTF-8 in reference-counted bytes.
+pub type Text = bytestring::ByteString;
 
 impl Cell {
     /// The text form, `None` for NULL and unchanged values.
@@ -159,6 +163,11 @@ impl Cell {
             Cell::Text(t) => Some(t),
             _ => None,
         }
+    }
+
+    /// A text cell holding `text` (copied).
+    pub fn text(text: &str) -> Cell {
+        Cell::Text(Text::from(text))
     }
 }
 

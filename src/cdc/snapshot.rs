@@ -144,7 +144,7 @@ pub async fn rows_as_text(
                         .try_get::<_, Option<String>>(i)
                         .map_err(CdcError::query("read a value"))?
                     {
-                        Some(text) => crate::change::Cell::Text(text),
+                        Some(text) => crate::change::Cell::Text(text.into()),
                         None => crate::change::Cell::Null,
                     },
                 )

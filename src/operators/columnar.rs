@@ -324,7 +324,10 @@ mod tests {
             table: t.clone(),
             action: TenantAction::Upsert {
                 old: None,
-                new: cells.iter().map(|c| Cell::Text(c.to_string())).collect(),
+                new: cells
+                    .iter()
+                    .map(|c| Cell::Text(c.to_string().into()))
+                    .collect(),
                 insert,
             },
         }

@@ -285,7 +285,7 @@ pub fn record_change(
                     row[i] = cell.clone();
                 }
                 if let Some(i) = tenant_index {
-                    row[i] = Cell::Text(tenant.clone());
+                    row[i] = Cell::text(&tenant);
                 }
                 Edit::Delete(row)
             }

@@ -338,9 +338,9 @@ mod tests {
     fn row(tenant: Option<u8>, id: u8) -> Row {
         vec![
             tenant
-                .map(|t| Cell::Text(t.to_string()))
+                .map(|t| Cell::Text(t.to_string().into()))
                 .unwrap_or(Cell::Null),
-            Cell::Text(id.to_string()),
+            Cell::Text(id.to_string().into()),
         ]
     }
 
@@ -352,7 +352,7 @@ mod tests {
                     if in_key {
                         OldRow::Key(row(t, id))
                     } else {
-                        OldRow::Key(vec![Cell::Null, Cell::Text(id.to_string())])
+                        OldRow::Key(vec![Cell::Null, Cell::Text(id.to_string().into())])
                     }
                 };
                 let op = match kind {

@@ -266,7 +266,7 @@ mod tests {
             table: table.clone(),
             action: TenantAction::Upsert {
                 old: None,
-                new: vec![Cell::Text(seq.to_string()), Cell::Text(value.into())],
+                new: vec![Cell::Text(seq.to_string().into()), Cell::text(value)],
                 insert: true,
             },
         }
@@ -352,7 +352,7 @@ mod tests {
                         seq += 1;
                         let mut c = change(&shapes[*t as usize], Scope::Tenant(t.to_string()), seq, v);
                         if *null {
-                            c.action = TenantAction::Upsert { old: Some(vec![Cell::Null, Cell::Unchanged]), new: vec![Cell::Null, Cell::Text(v.clone())], insert: false };
+                            c.action = TenantAction::Upsert { old: Some(vec![Cell::Null, Cell::Unchanged]), new: vec![Cell::Null, Cell::text(v)], insert: false };
                         }
                         c
                     }).collect(),

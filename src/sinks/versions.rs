@@ -138,7 +138,7 @@ mod tests {
     fn open(lsn: u64, valid_from: i64) -> HistoryEvent {
         event(VersionDelta::Open(Version {
             key: vec![Cell::Text("1".into())],
-            value: vec![Cell::Text(format!("{lsn}"))],
+            value: vec![Cell::Text(format!("{lsn}").into())],
             valid_from,
             valid_to: None,
             system_from: SysTime { lsn, micros: 0 },

@@ -3,6 +3,9 @@
 //! Every read goes through [`Reader`], which checks that the bytes are present
 //! before slicing and never allocates more than the input actually holds.
 
+use bytes::Bytes;
+use bytestring::ByteString;
+
 use super::{
     Begin, ColumnValue, Commit, DecodeError, Delete, Insert, LogicalMessage, OldTuple, Origin,
     PgOutputMessage, Relation, RelationColumn, ReplicaIdentity, Truncate, TupleData, TypeMessage,
@@ -191,6 +194,14 @@ fn decode_message(r: &mut Reader<'_>) -> Result<PgOutputMessage, DecodeError> {
     }))
 }
 
+/// One column of a `TupleData` as it lies in the message.
+enum RawColumn<'a> {
+    Null,
+    Unchanged,
+    Text(&'a [u8]),
+    Binary(&'a [u8]),
+}
+
 /// Bounds-checked cursor over one message body; errors name `message` and the field.
 struct Reader<'a> {
     /// Bytes not yet consumed.
@@ -311,34 +322,68 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads `TupleData`: Int16 column count, then one kind byte (and payload) per column.
+    ///
+    /// The text values share one copy of the tuple's bytes (one allocation per row, not
+    /// one per column): a first pass checks the layout and finds the tuple's end, the
+    /// second slices each value out of that copy.
     fn tuple(&mut self) -> Result<TupleData, DecodeError> {
         let ncols = self.count_i16("tuple column count")?;
-        // Every column takes at least its kind byte.
-        let mut values = Vec::with_capacity(self.capacity_for(ncols, 1));
+        let mut scan = Reader {
+            buf: self.buf,
+            message: self.message,
+        };
         for index in 0..ncols {
-            let value = match self.u8("tuple column kind")? {
-                b'n' => ColumnValue::Null,
-                b'u' => ColumnValue::UnchangedToast,
-                b't' => {
-                    let len = self.length_i32("text column length")?;
-                    let bytes = self.take(len, "text column value")?;
-                    ColumnValue::Text(self.utf8(bytes, "text column value")?)
+            scan.column(index)?;
+        }
+        let consumed = self.buf.len() - scan.buf.len();
+        let shared = Bytes::copy_from_slice(&self.buf[..consumed]);
+        self.buf = scan.buf;
+        let mut cells = Reader {
+            buf: &shared,
+            message: self.message,
+        };
+        // Every column takes at least its kind byte.
+        let mut values = Vec::with_capacity(cells.capacity_for(ncols, 1));
+        for index in 0..ncols {
+            let value = match cells.column(index)? {
+                RawColumn::Null => ColumnValue::Null,
+                RawColumn::Unchanged => ColumnValue::UnchangedToast,
+                RawColumn::Text(bytes) => {
+                    ColumnValue::Text(ByteString::try_from(shared.slice_ref(bytes)).map_err(
+                        |_| DecodeError::InvalidUtf8 {
+                            message: self.message,
+                            field: "text column value",
+                        },
+                    )?)
                 }
-                b'b' => {
-                    let len = self.length_i32("binary column length")?;
-                    ColumnValue::Binary(self.take(len, "binary column value")?.to_vec())
-                }
-                byte => {
-                    return Err(DecodeError::BadColumnKind {
-                        message: self.message,
-                        index,
-                        byte,
-                    })
-                }
+                RawColumn::Binary(bytes) => ColumnValue::Binary(bytes.to_vec()),
             };
             values.push(value);
         }
         Ok(TupleData(values))
+    }
+
+    /// Reads one column of a `TupleData`: its kind byte and, for values, the bytes.
+    fn column(&mut self, index: usize) -> Result<RawColumn<'a>, DecodeError> {
+        Ok(match self.u8("tuple column kind")? {
+            b'n' => RawColumn::Null,
+            b'u' => RawColumn::Unchanged,
+            b't' => {
+                let len = self.length_i32("text column length")?;
+                RawColumn::Text(self.take(len, "text column value")?)
+            }
+            b'b' => {
+                let len = self.length_i32("binary column length")?;
+                RawColumn::Binary(self.take(len, "binary column value")?)
+            }
+            byte => {
+                return Err(DecodeError::BadColumnKind {
+                    message: self.message,
+                    index,
+                    byte,
+                })
+            }
+        })
     }
 
     /// Succeeds only if every byte was consumed.

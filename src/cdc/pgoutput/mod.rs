@@ -49,6 +49,7 @@ mod tests;
 pub use self::decode::decode;
 pub use self::encode::encode;
 
+use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 
 /// One decoded pgoutput message (the payload of one `XLogData` frame).
@@ -259,8 +260,8 @@ pub enum ColumnValue {
     Null,
     /// `'u'`: unchanged TOASTed value; the actual value was not sent.
     UnchangedToast,
-    /// `'t'`: value in text format.
-    Text(String),
+    /// `'t'`: value in text format (a slice of the row's one copy of the message).
+    Text(ByteString),
     /// `'b'`: value in binary format (only with the `binary` option).
     Binary(Vec<u8>),
 }

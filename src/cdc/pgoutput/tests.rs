@@ -31,7 +31,7 @@ fn is_truncation(err: &DecodeError) -> bool {
 }
 
 fn text(s: &str) -> ColumnValue {
-    ColumnValue::Text(s.to_owned())
+    ColumnValue::Text(s.into())
 }
 
 // ---------------------------------------------------------------- fixtures
@@ -808,7 +808,7 @@ fn arb_value() -> impl Strategy<Value = ColumnValue> {
         Just(ColumnValue::Null),
         Just(ColumnValue::UnchangedToast),
         // Text values are length-prefixed, so any string (even with NUL) round-trips.
-        any::<String>().prop_map(ColumnValue::Text),
+        any::<String>().prop_map(|s| ColumnValue::Text(s.into())),
         prop::collection::vec(any::<u8>(), 0..16).prop_map(ColumnValue::Binary),
     ]
 }

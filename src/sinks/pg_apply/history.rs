@@ -14,7 +14,7 @@ use tokio_postgres::GenericClient;
 use crate::change::{format_lsn, Cell, Lsn, Row, TableInfo};
 use crate::control::job_spec::TenantFilter;
 use crate::operators::version::{SysTime, SystemPoint, Version};
-use crate::sinks::pg_apply::statements::{cell_value, unnest_of, Param, Statement};
+use crate::sinks::pg_apply::statements::{shared_text, unnest_of, Param, Statement};
 use crate::sinks::pg_apply::store::sink_error;
 use crate::sinks::pg_apply::target_schema::ensure_shape;
 use crate::sinks::versions::{CloseRow, OpenRow};
@@ -135,13 +135,7 @@ pub fn insert_versions(table: &TableInfo, rows: &[OpenRow<'_>]) -> Statement {
         .map(|i| format!("v.c{i}::{}", table.columns[i].type_name))
         .collect();
     let mut params: Vec<Param> = (0..n)
-        .map(|i| {
-            Param::Column(
-                rows.iter()
-                    .map(|r| r.row.get(i).and_then(cell_value))
-                    .collect(),
-            )
-        })
+        .map(|i| Param::Cells(rows.iter().map(|r| shared_text(r.row.get(i))).collect()))
         .collect();
     for (name, ty) in [
         ("valid_from", "timestamptz"),
@@ -181,13 +175,7 @@ pub fn insert_versions(table: &TableInfo, rows: &[OpenRow<'_>]) -> Statement {
 pub fn close_versions(table: &TableInfo, rows: &[CloseRow<'_>]) -> Statement {
     let key = table.key_columns();
     let mut params: Vec<Param> = (0..key.len())
-        .map(|k| {
-            Param::Column(
-                rows.iter()
-                    .map(|r| r.key.get(k).and_then(cell_value))
-                    .collect(),
-            )
-        })
+        .map(|k| Param::Cells(rows.iter().map(|r| shared_text(r.key.get(k))).collect()))
         .collect();
     let mut conditions: Vec<String> = key
         .iter()
@@ -376,7 +364,7 @@ pub async fn load_versions(
         .map(|r| {
             let value: Row = (0..n)
                 .map(|i| match r.get::<_, Option<String>>(i) {
-                    Some(t) => Cell::Text(t),
+                    Some(t) => Cell::Text(t.into()),
                     None => Cell::Null,
                 })
                 .collect();

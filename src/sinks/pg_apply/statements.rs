@@ -8,7 +8,10 @@
 //!
 //! Pure: builds strings, runs nothing.
 
-use crate::change::{Cell, Row, TableInfo};
+use bytes::BytesMut;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+
+use crate::change::{Cell, Row, TableInfo, Text};
 use crate::sql_text::{quote_ident, quote_qualified};
 
 /// A statement parameter: a `text[]` column of values or one `text` value.
@@ -16,15 +19,36 @@ use crate::sql_text::{quote_ident, quote_qualified};
 pub enum Param {
     /// One text array (one element per row).
     Column(Vec<Option<String>>),
+    /// One text array of the rows' own cells (shared, not copied).
+    Cells(Vec<Option<SqlText>>),
     /// One text value.
     Value(Option<String>),
 }
+
+/// A cell's text bound as a `text` parameter without copying it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlText(pub Text);
+
+impl ToSql for SqlText {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, BoxedSqlError> {
+        <&str as ToSql>::to_sql(&&*self.0, ty, out)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <&str as ToSql>::accepts(ty)
+    }
+
+    to_sql_checked!();
+}
+
+type BoxedSqlError = Box<dyn std::error::Error + Sync + Send>;
 
 impl Param {
     /// The parameter as tokio-postgres binds it.
     pub fn as_sql(&self) -> &(dyn tokio_postgres::types::ToSql + Sync) {
         match self {
             Param::Column(v) => v,
+            Param::Cells(v) => v,
             Param::Value(v) => v,
         }
     }
@@ -33,6 +57,11 @@ impl Param {
     pub fn bytes(&self) -> u64 {
         match self {
             Param::Column(v) => v.iter().flatten().map(|s| s.len() as u64 + 1).sum::<u64>(),
+            Param::Cells(v) => v
+                .iter()
+                .flatten()
+                .map(|s| s.0.len() as u64 + 1)
+                .sum::<u64>(),
             Param::Value(v) => v.as_ref().map_or(1, |s| s.len() as u64 + 1),
         }
     }
@@ -51,6 +80,14 @@ pub(crate) fn cell_value(cell: &Cell) -> Option<String> {
     cell.as_text().map(str::to_string)
 }
 
+/// A cell's text for a [`Param::Cells`] column (`None` for NULL or a missing cell).
+pub(crate) fn shared_text(cell: Option<&Cell>) -> Option<SqlText> {
+    match cell {
+        Some(Cell::Text(t)) => Some(SqlText(t.clone())),
+        _ => None,
+    }
+}
+
 fn table_name(table: &TableInfo) -> String {
     quote_qualified(&table.schema, &table.name)
 }
@@ -66,7 +103,7 @@ pub(crate) fn unnest_of(n: usize, first_param: usize) -> String {
 
 fn columns_of(rows: &[Row], cols: &[usize]) -> Vec<Param> {
     cols.iter()
-        .map(|&c| Param::Column(rows.iter().map(|r| r.get(c).and_then(cell_value)).collect()))
+        .map(|&c| Param::Cells(rows.iter().map(|r| shared_text(r.get(c))).collect()))
         .collect()
 }
 
@@ -212,7 +249,7 @@ fn match_row(table: &TableInfo, old: &Row, params: &mut Vec<Param>) -> Vec<Strin
             Cell::Unchanged => {}
             Cell::Null => conds.push(format!("{name} IS NULL")),
             Cell::Text(t) => {
-                params.push(Param::Value(Some(t.clone())));
+                params.push(Param::Value(Some(t.to_string())));
                 conds.push(format!("{name}::text = ${}::text", params.len()));
             }
         }
@@ -330,7 +367,7 @@ mod tests {
              FROM unnest($1::text[], $2::text[], $3::text[]) AS v(c0, c1, c2) \
              ON CONFLICT (\"tenant_id\", \"id\") DO UPDATE SET \"note\" = EXCLUDED.\"note\""
         );
-        assert_eq!(s.params[2], Param::Column(vec![None]));
+        assert_eq!(s.params[2], Param::Cells(vec![None]));
     }
 
     #[test]

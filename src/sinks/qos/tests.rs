@@ -36,7 +36,7 @@ fn batch(lsn: Lsn, tenants: &[&str], rows: usize) -> ApplyBatch {
                 table: table.clone(),
                 action: TenantAction::Upsert {
                     old: None,
-                    new: vec![Cell::Text(i.to_string()), Cell::Text((*t).to_owned())],
+                    new: vec![Cell::Text(i.to_string().into()), Cell::text(t)],
                     insert: true,
                 },
             });

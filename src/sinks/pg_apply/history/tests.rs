@@ -54,7 +54,7 @@ fn inserts_cast_every_column_and_the_times() {
     assert!(stmt.text.contains("v.c6::pg_lsn"));
     assert_eq!(stmt.params.len(), 3 + 6);
     assert_eq!(stmt.params[8], Param::Column(vec![Some("false".into())]));
-    assert_eq!(stmt.params[2], Param::Column(vec![None]));
+    assert_eq!(stmt.params[2], Param::Cells(vec![None]));
     assert_eq!(
         stmt.params[4],
         Param::Column(vec![None]),
