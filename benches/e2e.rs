@@ -37,7 +37,9 @@
 //! carries `created_at default clock_timestamp()`; on the target a `BEFORE INSERT` trigger
 //! marked `ENABLE ALWAYS` sets `applied_at := clock_timestamp()`. Lag = the later of
 //! `applied_at` and the target's commit time (`pg_xact_commit_timestamp(xmin)`) minus
-//! `created_at`, the same formula for both replicators.
+//! `created_at`, the same formula for both replicators. Each lag row also gives the rows per
+//! target transaction (distinct `xmin`s); `HELIOS_BENCH_LAG_TIMELINE=1` prints every run's
+//! per-second rows, target transactions and P50/P99/max, to tell stalls from a steady tail.
 //!
 //! Memory: peak RSS of ours during the catch-up runs and while replicating one transaction
 //! of `HELIOS_BENCH_BIG_TXN_ROWS` rows (default 10,000,000), each in a fresh process. A
@@ -517,6 +519,8 @@ struct LagRun {
     max: f64,
     drain_s: f64,
     cpu_per_m: Option<f64>,
+    /// Rows per transaction on the target (distinct `xmin`s of the run's rows).
+    rows_per_target_txn: f64,
 }
 
 async fn parent_main() -> anyhow::Result<()> {
@@ -894,12 +898,15 @@ async fn parent_main() -> anyhow::Result<()> {
         LAG_LOADS[0].clients,
         LAG_LOADS[2].clients
     )?;
-    writeln!(out, "| replicator | target rows/s | achieved rows/s | rows | P50 ms | P95 ms | P99 ms | max ms | drained s after load | CPU s / M rows |")?;
-    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(out, "| replicator | target rows/s | achieved rows/s | rows | P50 ms | P95 ms | P99 ms | max ms | drained s after load | CPU s / M rows | rows per target txn |")?;
+    writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )?;
     for r in &lag {
         writeln!(
             out,
-            "| {} | {} | {:.0} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {} |",
+            "| {} | {} | {:.0} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {:.1} |",
             r.who,
             rate_label(r.rate),
             r.achieved,
@@ -911,7 +918,8 @@ async fn parent_main() -> anyhow::Result<()> {
             r.drain_s,
             r.cpu_per_m
                 .map(|c| format!("{c:.2}"))
-                .unwrap_or("n/a (server)".into())
+                .unwrap_or("n/a (server)".into()),
+            r.rows_per_target_txn
         )?;
     }
     writeln!(
@@ -1173,8 +1181,10 @@ async fn lag_run(
     let row = target
         .query_one(
             &format!(
-                "SELECT count(*), percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY lag), max(lag)
-                 FROM (SELECT extract(epoch FROM greatest(applied_at, pg_xact_commit_timestamp(xmin)) - created_at)::float8 * 1000 AS lag
+                "SELECT count(*), percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY lag), max(lag),
+                        count(*)::float8 / greatest(count(DISTINCT xid), 1)
+                 FROM (SELECT extract(epoch FROM greatest(applied_at, pg_xact_commit_timestamp(xmin)) - created_at)::float8 * 1000 AS lag,
+                              xmin::text AS xid
                        FROM bench.l WHERE id BETWEEN {base} AND {last_id}) s"
             ),
             &[],
@@ -1193,12 +1203,47 @@ async fn lag_run(
         max: row.get(2),
         drain_s: drained_at.duration_since(load_end).as_secs_f64(),
         cpu_per_m,
+        rows_per_target_txn: row.get(3),
     };
+    if std::env::var_os("HELIOS_BENCH_LAG_TIMELINE").is_some() {
+        print_lag_timeline(who, target, base, last_id).await?;
+    }
     println!(
         "lag {who} at {} rows/s: achieved {:.0}, P50 {:.1} ms, P99 {:.1} ms, max {:.1} ms, drained {:.2}s after the load",
         rate_label(rate), r.achieved, r.p50, r.p99, r.max, r.drain_s
     );
     Ok(r)
+}
+
+/// `HELIOS_BENCH_LAG_TIMELINE=1`: per second of the load, the rows, target transactions,
+/// P50/P99/max lag, to see whether the tail is steady or comes in stalls.
+async fn print_lag_timeline(
+    who: &str,
+    target: &tokio_postgres::Client,
+    base: i64,
+    last_id: i64,
+) -> anyhow::Result<()> {
+    let rows = target
+        .query(
+            &format!(
+                "SELECT s, count(*), count(DISTINCT xid), percentile_cont(0.5) WITHIN GROUP (ORDER BY lag),
+                        percentile_cont(0.99) WITHIN GROUP (ORDER BY lag), max(lag)
+                 FROM (SELECT extract(epoch FROM created_at - min(created_at) OVER ())::int AS s,
+                              xmin::text AS xid,
+                              extract(epoch FROM greatest(applied_at, pg_xact_commit_timestamp(xmin)) - created_at)::float8 * 1000 AS lag
+                       FROM bench.l WHERE id BETWEEN {base} AND {last_id}) t
+                 GROUP BY s ORDER BY s"
+            ),
+            &[],
+        )
+        .await?;
+    println!("lag timeline of {who}: second, rows, target txns, P50 / P99 / max ms");
+    for r in rows {
+        let (s, n, txns, p50, p99, max): (i32, i64, i64, f64, f64, f64) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+        println!("  {s:>3}s {n:>7} {txns:>6}  {p50:>7.1} / {p99:>7.1} / {max:>7.1}");
+    }
+    Ok(())
 }
 
 /// A lag run's target rate as the table shows it.
