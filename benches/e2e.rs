@@ -88,6 +88,9 @@ const LAG_LOADS: [LagLoad; 3] = [
     },
 ];
 const LAG_ROWS_PER_TXN: u64 = 10;
+/// A lag row's lag in ms, as every lag query computes it: the later of the target's trigger
+/// time and commit time, minus the source's `created_at`.
+const LAG_MS: &str = "extract(epoch FROM greatest(applied_at, pg_xact_commit_timestamp(xmin)) - created_at)::float8 * 1000 AS lag";
 
 /// One lag run's load: rows per second (0: unpaced) from `clients` connections.
 #[derive(Debug, Clone, Copy)]
@@ -1183,7 +1186,7 @@ async fn lag_run(
             &format!(
                 "SELECT count(*), percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY lag), max(lag),
                         count(*)::float8 / greatest(count(DISTINCT xid), 1)
-                 FROM (SELECT extract(epoch FROM greatest(applied_at, pg_xact_commit_timestamp(xmin)) - created_at)::float8 * 1000 AS lag,
+                 FROM (SELECT {LAG_MS},
                               xmin::text AS xid
                        FROM bench.l WHERE id BETWEEN {base} AND {last_id}) s"
             ),
@@ -1230,7 +1233,7 @@ async fn print_lag_timeline(
                         percentile_cont(0.99) WITHIN GROUP (ORDER BY lag), max(lag)
                  FROM (SELECT extract(epoch FROM created_at - min(created_at) OVER ())::int AS s,
                               xmin::text AS xid,
-                              extract(epoch FROM greatest(applied_at, pg_xact_commit_timestamp(xmin)) - created_at)::float8 * 1000 AS lag
+                              {LAG_MS}
                        FROM bench.l WHERE id BETWEEN {base} AND {last_id}) t
                  GROUP BY s ORDER BY s"
             ),

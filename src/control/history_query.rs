@@ -311,7 +311,7 @@ pub fn versions_from_cold_rows(table: &TableInfo, rows: &[ColdRow]) -> Vec<Versi
         let value: Row = r
             .values
             .iter()
-            .map(|v| v.clone().map_or(Cell::Null, |t| Cell::Text(t.into())))
+            .map(|v| v.as_deref().map_or(Cell::Null, Cell::text))
             .collect();
         let key: Row = keys
             .iter()
