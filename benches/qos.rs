@@ -193,8 +193,8 @@ fn hot_sets(txns: &[Txn], tables: &[Arc<TableInfo>]) -> Vec<HashSet<BucketKey>> 
 
 fn bucket_key(t: &Txn, tables: &[Arc<TableInfo>]) -> BucketKey {
     BucketKey {
-        tenant: t.tenant.clone(),
-        table: tables[t.table].qualified_name(),
+        tenant: t.tenant.as_str().into(),
+        table: tables[t.table].qualified_name().into(),
         bucket: t.key.div_euclid(BUCKET_WIDTH),
     }
 }
@@ -301,7 +301,7 @@ fn run(
                 HotnessSnapshot::hot_set(
                     predictor
                         .predictions()
-                        .map(|(k, v)| (k.tenant.as_str(), k.table.as_str(), k.bucket, v)),
+                        .map(|(k, v)| (&*k.tenant, &*k.table, k.bucket, v)),
                     HOT_FRACTION,
                 )
             });

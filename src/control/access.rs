@@ -293,9 +293,10 @@ impl AccessHub {
             if let Some(m) = matched.get_mut(i) {
                 *m = true;
             }
+            let (tenant, table): (Arc<str>, Arc<str>) = (tenant.into(), e.table.as_str().into());
             let key = |bucket| BucketKey {
                 tenant: tenant.clone(),
-                table: e.table.clone(),
+                table: table.clone(),
                 bucket,
             };
             match (&e.key, e.key_range) {
@@ -328,7 +329,7 @@ impl AccessHub {
         }
         let snapshot = HotnessSnapshot::hot_set(
             p.predictions()
-                .map(|(k, v)| (k.tenant.as_str(), k.table.as_str(), k.bucket, v)),
+                .map(|(k, v)| (&*k.tenant, &*k.table, k.bucket, v)),
             HOT_FRACTION,
         );
         let in_use = p.in_use();

@@ -257,8 +257,8 @@ impl MetadataStore {
         job: &str,
         top: &[(BucketKey, f32)],
     ) -> Result<(), MetadataError> {
-        let tenants: Vec<&str> = top.iter().map(|(k, _)| k.tenant.as_str()).collect();
-        let tables: Vec<&str> = top.iter().map(|(k, _)| k.table.as_str()).collect();
+        let tenants: Vec<&str> = top.iter().map(|(k, _)| &*k.tenant).collect();
+        let tables: Vec<&str> = top.iter().map(|(k, _)| &*k.table).collect();
         let buckets: Vec<i64> = top.iter().map(|(k, _)| k.bucket).collect();
         let predicted: Vec<f64> = top.iter().map(|(_, v)| f64::from(*v)).collect();
         self.client

@@ -130,8 +130,8 @@ pub fn evaluate_with(
         for event in trace.events(start..start + window_secs) {
             *table_reads.entry(event.table.clone()).or_default() += 1.0;
             let key = BucketKey {
-                tenant: event.tenant,
-                table: event.table,
+                tenant: event.tenant.into(),
+                table: event.table.into(),
                 bucket: event.key.div_euclid(width),
             };
             *counts.entry(key).or_default() += 1.0;

@@ -6,16 +6,21 @@
 //! [`FEATURE_COUNT`] finite, roughly normalised `f32` values.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 /// Identifies one bucket of rows: `bucket` is the row key divided by the bucket width.
+///
+/// Tenant and table names are shared (`Arc<str>`): the ledger, the feature store and the
+/// predictions each hold up to a few hundred thousand keys naming a handful of tenants
+/// and tables, so a clone is a reference count, not two string copies.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct BucketKey {
     /// Tenant that owns the rows.
-    pub tenant: String,
+    pub tenant: Arc<str>,
     /// Table the rows live in.
-    pub table: String,
+    pub table: Arc<str>,
     /// Bucket number within the table.
     pub bucket: i64,
 }
@@ -54,6 +59,13 @@ pub struct BucketState {
 }
 
 impl BucketState {
+    /// The state of a bucket first seen with `count` in its first window.
+    fn first(count: f64) -> Self {
+        let mut state = BucketState::default();
+        state.push(count);
+        state
+    }
+
     fn push(&mut self, count: f64) {
         self.head = (self.head + 1) % HISTORY;
         self.history[self.head] = count;
@@ -76,6 +88,11 @@ impl BucketState {
         self.ewma_fast
     }
 
+    /// What eviction ranks buckets by: both EWMAs together.
+    fn heat(&self) -> f64 {
+        self.ewma_slow + self.ewma_fast
+    }
+
     fn sum_last(&self, n: usize) -> f64 {
         (0..n.min(HISTORY))
             .map(|i| self.history[(self.head + HISTORY - i) % HISTORY])
@@ -87,7 +104,7 @@ impl BucketState {
 #[derive(Clone, Debug, Default)]
 pub struct WindowContext {
     time_features: [f32; 4],
-    tenant_share: HashMap<String, f32>,
+    tenant_share: HashMap<Arc<str>, f32>,
     table_read_rate: HashMap<String, f32>,
 }
 
@@ -110,7 +127,7 @@ impl WindowContext {
             (tau * dow).sin() as f32,
             (tau * dow).cos() as f32,
         ];
-        let mut tenant_totals: HashMap<String, f64> = HashMap::new();
+        let mut tenant_totals: HashMap<Arc<str>, f64> = HashMap::new();
         let mut total = 0.0;
         for (key, count) in counts {
             let count = sanitize_count(*count);
@@ -177,40 +194,60 @@ impl FeatureStore {
 
     /// Appends one window of counts (absent buckets count 0), then evicts idle buckets
     /// and, above the cap, the coldest ones. Returns how many buckets were evicted.
+    ///
+    /// Buckets first seen in this window compete with the tracked ones for the cap before
+    /// they are inserted, so the store never holds more than `max_buckets` (a window may
+    /// name 200,000 new buckets).
     pub fn record_window(&mut self, counts: &HashMap<BucketKey, f64>) -> usize {
         for (key, state) in self.buckets.iter_mut() {
             state.push(counts.get(key).copied().map_or(0.0, sanitize_count));
         }
-        for (key, count) in counts {
-            let count = sanitize_count(*count);
-            if count > 0.0 && !self.buckets.contains_key(key) {
-                let mut state = BucketState::default();
-                state.push(count);
-                self.buckets.insert(key.clone(), state);
-            }
-        }
-        let before = self.buckets.len();
+        let tracked = self.buckets.len();
         let idle = self.idle_evict_windows;
         self.buckets.retain(|_, s| s.windows_since_nonzero <= idle);
-        if self.buckets.len() > self.max_buckets {
-            self.evict_coldest(self.buckets.len() - self.max_buckets);
-        }
-        before - self.buckets.len()
-    }
-
-    fn evict_coldest(&mut self, excess: usize) {
-        let mut heat: Vec<(f64, &BucketKey)> = self
-            .buckets
+        let idle_evicted = tracked - self.buckets.len();
+        // Buckets first seen now, with their count (their state is built on insertion).
+        let fresh: Vec<(&BucketKey, f64)> = counts
             .iter()
-            .map(|(k, s)| (s.ewma_slow + s.ewma_fast, k))
+            .map(|(key, count)| (key, sanitize_count(*count)))
+            .filter(|(key, count)| *count > 0.0 && !self.buckets.contains_key(*key))
             .collect();
-        heat.select_nth_unstable_by(excess - 1, |a, b| {
-            a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1))
-        });
-        let victims: Vec<BucketKey> = heat[..excess].iter().map(|(_, k)| (*k).clone()).collect();
-        for key in victims {
-            self.buckets.remove(&key);
+        let excess = (self.buckets.len() + fresh.len()).saturating_sub(self.max_buckets);
+        let mut admitted = vec![true; fresh.len()];
+        if excess > 0 {
+            // The coldest `excess` of tracked and fresh buckets together, by heat then key;
+            // `u32::MAX` marks a tracked bucket, any other index a fresh one.
+            let mut heat: Vec<(f64, &BucketKey, u32)> =
+                self.buckets
+                    .iter()
+                    .map(|(k, s)| (s.heat(), k, u32::MAX))
+                    .chain(
+                        fresh.iter().enumerate().map(|(i, (k, count))| {
+                            (BucketState::first(*count).heat(), *k, i as u32)
+                        }),
+                    )
+                    .collect();
+            heat.select_nth_unstable_by(excess - 1, |a, b| {
+                a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1))
+            });
+            let mut victims = Vec::new();
+            for (_, key, fresh_index) in &heat[..excess] {
+                match admitted.get_mut(*fresh_index as usize) {
+                    Some(admit) => *admit = false,
+                    None => victims.push((*key).clone()),
+                }
+            }
+            drop(heat);
+            for key in victims {
+                self.buckets.remove(&key);
+            }
         }
+        for ((key, count), admit) in fresh.into_iter().zip(admitted) {
+            if admit {
+                self.buckets.insert(key.clone(), BucketState::first(count));
+            }
+        }
+        idle_evicted + excess
     }
 
     /// Feature rows (row-major, `len() * FEATURE_COUNT`) for every tracked bucket in key order.
@@ -231,9 +268,77 @@ impl FeatureStore {
                 ctx.time_features[2],
                 ctx.time_features[3],
                 ctx.tenant_share.get(&key.tenant).copied().unwrap_or(0.0),
-                ctx.table_read_rate.get(&key.table).copied().unwrap_or(0.0),
+                ctx.table_read_rate.get(&*key.table).copied().unwrap_or(0.0),
             ]);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The plain rule the store implements: push, drop idle buckets, insert every new
+    /// bucket, then evict the coldest (by heat, then key) down to the cap.
+    fn reference_window(
+        tracked: &mut BTreeMap<BucketKey, BucketState>,
+        counts: &HashMap<BucketKey, f64>,
+        max_buckets: usize,
+        idle: u32,
+    ) -> usize {
+        for (key, state) in tracked.iter_mut() {
+            state.push(counts.get(key).copied().map_or(0.0, sanitize_count));
+        }
+        let before = tracked.len();
+        tracked.retain(|_, s| s.windows_since_nonzero <= idle);
+        let mut evicted = before - tracked.len();
+        for (key, count) in counts {
+            let count = sanitize_count(*count);
+            if count > 0.0 && !tracked.contains_key(key) {
+                let mut state = BucketState::default();
+                state.push(count);
+                tracked.insert(key.clone(), state);
+            }
+        }
+        while tracked.len() > max_buckets {
+            let coldest = tracked
+                .iter()
+                .min_by(|a, b| a.1.heat().total_cmp(&b.1.heat()).then_with(|| a.0.cmp(b.0)))
+                .map(|(k, _)| k.clone())
+                .expect("not empty");
+            tracked.remove(&coldest);
+            evicted += 1;
+        }
+        evicted
+    }
+
+    proptest! {
+        #[test]
+        fn new_buckets_compete_for_the_cap_like_insert_then_evict(
+            windows in prop::collection::vec(
+                prop::collection::vec((0..3_u8, 0..60_i64, prop_oneof![Just(0.0), 0.0..50.0_f64, Just(7.0)]), 0..80),
+                1..10,
+            ),
+            max_buckets in 1..40_usize,
+            idle in 0..4_u32,
+        ) {
+            let mut store = FeatureStore::new(max_buckets, idle);
+            let mut reference = BTreeMap::new();
+            for window in &windows {
+                let counts: HashMap<BucketKey, f64> = window
+                    .iter()
+                    .map(|(t, b, c)| (BucketKey { tenant: format!("t{t}").into(), table: "s.t".into(), bucket: *b }, *c))
+                    .collect();
+                let evicted = store.record_window(&counts);
+                let expected = reference_window(&mut reference, &counts, max_buckets, idle);
+                prop_assert_eq!(evicted, expected);
+                prop_assert!(store.len() <= max_buckets);
+                let got: Vec<(&BucketKey, f64, f64)> = store.iter().map(|(k, s)| (k, s.heat(), s.last())).collect();
+                let want: Vec<(&BucketKey, f64, f64)> = reference.iter().map(|(k, s)| (k, s.heat(), s.last())).collect();
+                prop_assert_eq!(got, want);
+            }
+        }
     }
 }

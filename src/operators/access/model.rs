@@ -22,6 +22,8 @@ pub const SAVED_MODEL_VERSION: u32 = 1;
 pub const MAX_LOG_OUTPUT: f32 = 30.0;
 
 const LEARNING_RATE: f64 = 0.03;
+/// Rows per forward pass of [`AccessModel::predict_log`].
+const PREDICT_CHUNK_ROWS: usize = 4096;
 const ADAM_BETA1: f64 = 0.9;
 const ADAM_BETA2: f64 = 0.999;
 const ADAM_EPS: f64 = 1e-8;
@@ -205,13 +207,17 @@ impl AccessModel {
             return Ok(Vec::new());
         }
         let device = Device::Cpu;
-        let x = Tensor::from_slice(
-            &features[..rows * FEATURE_COUNT],
-            (rows, FEATURE_COUNT),
-            &device,
-        )?;
-        let out = Self::forward(&x, &self.params(&device)?)?;
-        Ok(out.flatten_all()?.to_vec1::<f32>()?)
+        let params = self.params(&device)?;
+        // In chunks: the hidden layer of 100,000 buckets at once would be several MiB
+        // per intermediate tensor; each row's output depends on that row alone.
+        let mut outputs = Vec::with_capacity(rows);
+        for chunk in features[..rows * FEATURE_COUNT].chunks(PREDICT_CHUNK_ROWS * FEATURE_COUNT) {
+            let x =
+                Tensor::from_slice(chunk, (chunk.len() / FEATURE_COUNT, FEATURE_COUNT), &device)?;
+            let out = Self::forward(&x, &params)?;
+            outputs.extend(out.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(outputs)
     }
 
     /// Runs `steps` Adam steps of weighted mean squared error on the batch and counts
@@ -331,4 +337,31 @@ impl AccessModel {
 /// Turns a raw log1p output into a non-negative finite count.
 pub fn log_output_to_count(log_count: f32) -> f32 {
     log_count.clamp(0.0, MAX_LOG_OUTPUT).exp_m1()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn predictions_in_chunks_match_row_by_row() {
+        let model = AccessModel::new(7);
+        let rows = PREDICT_CHUNK_ROWS * 2 + 3;
+        let features: Vec<f32> = (0..rows * FEATURE_COUNT)
+            .map(|i| ((i * 37) % 101) as f32 / 50.0)
+            .collect();
+        let all = model.predict_log(&features).unwrap();
+        assert_eq!(all.len(), rows);
+        for row in [0, PREDICT_CHUNK_ROWS - 1, PREDICT_CHUNK_ROWS, rows - 1] {
+            let one = model
+                .predict_log(&features[row * FEATURE_COUNT..(row + 1) * FEATURE_COUNT])
+                .unwrap();
+            assert_eq!(one.len(), 1);
+            // The same row gives the same output up to float summation order.
+            assert!(
+                (one[0] - all[row]).abs() <= 1e-5 * (1.0 + all[row].abs()),
+                "row {row}"
+            );
+        }
+    }
 }

@@ -2,7 +2,8 @@
 //! [`AccessLedger`] as it flows past, and passes the changes on untouched.
 //!
 //! Counting is per worker step into a local map, merged into the shared ledger once per
-//! step (one lock per step, not per change). No clocks: the ledger's window is closed by
+//! step (one lock per step, not per change). Tenant and table names are interned per
+//! operator, so counting a change allocates nothing. No clocks: the ledger's window is closed by
 //! whoever owns the windows.
 
 use std::collections::HashMap;
@@ -15,7 +16,7 @@ use timely::dataflow::StreamVec;
 use super::bucket::bucket_of_change;
 use super::ledger::AccessLedger;
 use super::BucketKey;
-use crate::change::{Lsn, Scope, TenantChange};
+use crate::change::{Lsn, Scope, TableInfo, TenantChange};
 
 /// The observe operator.
 pub trait ObserveAccess<'scope> {
@@ -37,9 +38,9 @@ impl<'scope> ObserveAccess<'scope> for StreamVec<'scope, Lsn, TenantChange> {
             Pipeline,
             "ObserveAccess",
             move |_cap, _info| {
-                // (tenant, table, bucket) -> count, tables named by their shape's pointer
-                // would be cheaper but a table's shape changes with ALTER.
-                let mut counts: HashMap<(String, String, i64), f64> = HashMap::new();
+                let mut names = Names::default();
+                // (tenant, table, bucket) -> count, the names as indices into `names`.
+                let mut counts: HashMap<(u32, u32, i64), f64> = HashMap::new();
                 move |input, output| {
                     input.for_each_stamp(|cap, data| {
                         let mut session = output.session(&cap);
@@ -51,8 +52,8 @@ impl<'scope> ObserveAccess<'scope> for StreamVec<'scope, Lsn, TenantChange> {
                                 let Some(bucket) = bucket_of_change(c, width) else {
                                     continue;
                                 };
-                                let table = c.table.qualified_name();
-                                *counts.entry((tenant.clone(), table, bucket)).or_default() += 1.0;
+                                let key = (names.tenant(tenant), names.table(&c.table), bucket);
+                                *counts.entry(key).or_default() += 1.0;
                             }
                             session.give_container(batch);
                         }
@@ -60,21 +61,71 @@ impl<'scope> ObserveAccess<'scope> for StreamVec<'scope, Lsn, TenantChange> {
                     if !counts.is_empty() {
                         ledger.add(
                             counts.drain().map(|((tenant, table, bucket), n)| {
-                                (
-                                    BucketKey {
-                                        tenant,
-                                        table,
-                                        bucket,
-                                    },
-                                    n,
-                                )
+                                (names.key(tenant, table, bucket), n)
                             }),
                             false,
                         );
                     }
+                    names.trim();
                 }
             },
         )
+    }
+}
+
+/// Most names [`Names`] keeps before it starts over (bounds it across ALTERs and
+/// tenants that come and go).
+const MAX_NAMES: usize = 100_000;
+
+/// The tenant and table names one observe operator has seen, each shared once, so that
+/// counting a change allocates nothing.
+#[derive(Default)]
+struct Names {
+    tenant_index: HashMap<String, u32>,
+    tenants: Vec<Arc<str>>,
+    /// Table shapes by the address of their `Arc` (held here, so the address is not
+    /// reused while it is a key), with their `schema.table`.
+    table_index: HashMap<*const TableInfo, u32>,
+    tables: Vec<(Arc<TableInfo>, Arc<str>)>,
+}
+
+impl Names {
+    fn tenant(&mut self, tenant: &str) -> u32 {
+        if let Some(i) = self.tenant_index.get(tenant) {
+            return *i;
+        }
+        self.tenants.push(Arc::from(tenant));
+        let i = (self.tenants.len() - 1) as u32;
+        self.tenant_index.insert(tenant.to_owned(), i);
+        i
+    }
+
+    fn table(&mut self, table: &Arc<TableInfo>) -> u32 {
+        if let Some(i) = self.table_index.get(&Arc::as_ptr(table)) {
+            return *i;
+        }
+        self.tables
+            .push((table.clone(), Arc::from(table.qualified_name())));
+        let i = (self.tables.len() - 1) as u32;
+        self.table_index.insert(Arc::as_ptr(table), i);
+        i
+    }
+
+    /// The ledger key of counted indices.
+    fn key(&self, tenant: u32, table: u32, bucket: i64) -> BucketKey {
+        BucketKey {
+            tenant: self.tenants[tenant as usize].clone(),
+            table: self.tables[table as usize].1.clone(),
+            bucket,
+        }
+    }
+
+    /// Forgets every name once there are too many (only between steps: the counts
+    /// refer to indices).
+    fn trim(&mut self) {
+        if self.tenants.len() + self.tables.len() > MAX_NAMES {
+            *self = Names::default();
+        }
     }
 }
 

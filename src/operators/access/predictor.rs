@@ -421,7 +421,7 @@ impl Predictor {
     pub fn tenant_hotness(&self) -> HashMap<String, f32> {
         let mut out: HashMap<String, f32> = HashMap::new();
         for (key, value) in self.predictions() {
-            *out.entry(key.tenant.clone()).or_default() += value;
+            *out.entry(key.tenant.to_string()).or_default() += value;
         }
         out
     }

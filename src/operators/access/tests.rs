@@ -11,8 +11,8 @@ const T0: i64 = 1_700_000_000;
 
 fn key(tenant: &str, bucket: i64) -> BucketKey {
     BucketKey {
-        tenant: tenant.to_string(),
-        table: "orders".to_string(),
+        tenant: tenant.into(),
+        table: "orders".into(),
         bucket,
     }
 }
