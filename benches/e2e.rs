@@ -230,13 +230,14 @@ async fn child_main() -> anyhow::Result<()> {
     }
 }
 
-/// Timely workers of our replicator (`HELIOS_BENCH_WORKERS`, default 2 like `helios-repl`).
+/// Timely workers of our replicator (`HELIOS_BENCH_WORKERS`, default `helios-repl`'s:
+/// half the cores, at least one).
 fn bench_workers() -> usize {
     std::env::var("HELIOS_BENCH_WORKERS")
         .ok()
         .and_then(|w| w.parse().ok())
         .filter(|&w| w > 0)
-        .unwrap_or(2)
+        .unwrap_or_else(helios_repl::control::job_runner::default_workers)
 }
 
 fn clock_ticks() -> f64 {
@@ -1003,10 +1004,11 @@ fn run_header(
         .unwrap_or(0.0);
     Ok(format!(
         "## {date}\n\nMachine: {cores} cores, {:.1} GiB RAM; commit {commit}; PostgreSQL {pg_version}; \
-         HELIOS_BENCH_ROWS={rows} HELIOS_BENCH_LAG_SECS={lag_secs} HELIOS_BENCH_BIG_TXN_ROWS={big_rows}; \
+         our workers {workers}; HELIOS_BENCH_ROWS={rows} HELIOS_BENCH_LAG_SECS={lag_secs} HELIOS_BENCH_BIG_TXN_ROWS={big_rows}; \
          whole run {:.0} s.\n",
         mem_kb / 1024.0 / 1024.0,
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        workers = bench_workers(),
     ))
 }
 

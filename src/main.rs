@@ -43,8 +43,8 @@ enum Command {
         /// The job spec (TOML), e.g. dataflows/tenants_3_7.toml.
         #[arg(long)]
         job: PathBuf,
-        /// Timely worker threads.
-        #[arg(long, default_value_t = job_runner::DEFAULT_WORKERS)]
+        /// Timely worker threads (default: half the cores, at least one).
+        #[arg(long, default_value_t = job_runner::default_workers())]
         workers: usize,
         /// Seconds between progress lines (0: none).
         #[arg(long, default_value_t = 5)]
@@ -61,8 +61,8 @@ enum Command {
         /// Bearer token required on every /v1 route.
         #[arg(long, env = "HELIOS_TOKEN", hide_env_values = true)]
         token: Option<String>,
-        /// Timely worker threads shared by all jobs.
-        #[arg(long, default_value_t = job_runner::DEFAULT_WORKERS)]
+        /// Timely worker threads shared by all jobs (default: half the cores, at least one).
+        #[arg(long, default_value_t = job_runner::default_workers())]
         workers: usize,
         /// Seconds between retention passes (history older than a policy's age leaves
         /// the history table).
@@ -143,8 +143,8 @@ enum Command {
         /// Concurrent writer connections.
         #[arg(long, default_value_t = 4)]
         writers: usize,
-        /// Timely worker threads.
-        #[arg(long, default_value_t = job_runner::DEFAULT_WORKERS)]
+        /// Timely worker threads (default: half the cores, at least one).
+        #[arg(long, default_value_t = job_runner::default_workers())]
         workers: usize,
     },
     /// Run the stream codec on a table you bring (CSV with a header, or Parquet) and show,

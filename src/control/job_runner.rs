@@ -46,8 +46,16 @@ use crate::sinks::Sink;
 use crate::sinks::SinkError;
 use crate::sql_text::{quote_ident, quote_literal};
 
-/// Default number of dataflow workers.
-pub const DEFAULT_WORKERS: usize = 2;
+/// Default number of dataflow workers: half the machine's cores, at least one.
+///
+/// Each worker's share of a transaction becomes its own target transaction, applied by
+/// its own sink task and target backend, so a worker needs about two cores' worth of
+/// threads (ours plus the target's). Measured with the e2e bench on 2 cores (source and
+/// target on the same machine): one worker instead of two caught up as fast with 36 %
+/// less CPU and cut P99 lag at 5k rows/s from 4.9 to 2.0 ms.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
 /// Default interval between progress lines.
 pub const DEFAULT_PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Microseconds between 1970-01-01 and PostgreSQL's epoch 2000-01-01.

@@ -114,7 +114,7 @@ pub struct Replicator {
 }
 
 impl Replicator {
-    /// Starts `helios-repl run --job <file>`.
+    /// Starts `helios-repl run --job <file> --workers 2`.
     pub fn start(job: &Path) -> Replicator {
         let log = job.with_extension(format!("{}.log", rand_suffix()));
         let out = std::fs::File::create(&log).expect("log file");
@@ -122,6 +122,9 @@ impl Replicator {
             .args(["run", "--job"])
             .arg(job)
             .args(["--progress-secs", "1"])
+            // Two workers whatever the machine: the tests cover tenants split across
+            // workers (the default on 2 cores is one).
+            .args(["--workers", "2"])
             .env("HELIOS_LOG", "info,tokio_postgres=warn")
             .stdout(out.try_clone().expect("log"))
             .stderr(out)

@@ -43,6 +43,7 @@ impl Server {
         let out = std::fs::File::create(&log).expect("log");
         let child = Command::new(env!("CARGO_BIN_EXE_helios-repl"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--workers", "2"])
             .args(args)
             .env(
                 "HELIOS_META_DSN",
