@@ -135,12 +135,17 @@ const LAG_INSERT: &str = "INSERT INTO bench.l (tenant_id, id, amount, payload, n
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
+    if std::env::var("HELIOS_BENCH_CHILD").as_deref() == Ok("job") {
+        // Our replicator, with helios-repl's runtime size.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(bench_async_threads())
+            .enable_all()
+            .build()?;
+        return runtime.block_on(child_main());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    if std::env::var("HELIOS_BENCH_CHILD").as_deref() == Ok("job") {
-        return runtime.block_on(child_main());
-    }
     runtime.block_on(parent_main())
 }
 
@@ -233,11 +238,20 @@ async fn child_main() -> anyhow::Result<()> {
 /// Timely workers of our replicator (`HELIOS_BENCH_WORKERS`, default `helios-repl`'s:
 /// half the cores, at least one).
 fn bench_workers() -> usize {
-    std::env::var("HELIOS_BENCH_WORKERS")
-        .ok()
-        .and_then(|w| w.parse().ok())
-        .filter(|&w| w > 0)
+    env_count("HELIOS_BENCH_WORKERS")
         .unwrap_or_else(helios_repl::control::job_runner::default_workers)
+}
+
+/// Async runtime threads of our replicator (`HELIOS_BENCH_ASYNC_THREADS`, default
+/// `helios-repl`'s: half the cores, at least one).
+fn bench_async_threads() -> usize {
+    env_count("HELIOS_BENCH_ASYNC_THREADS")
+        .unwrap_or_else(helios_repl::control::job_runner::default_async_threads)
+}
+
+/// A positive count from the environment.
+fn env_count(name: &str) -> Option<usize> {
+    Some(env_u64(name, 0) as usize).filter(|&n| n > 0)
 }
 
 fn clock_ticks() -> f64 {
@@ -1004,11 +1018,12 @@ fn run_header(
         .unwrap_or(0.0);
     Ok(format!(
         "## {date}\n\nMachine: {cores} cores, {:.1} GiB RAM; commit {commit}; PostgreSQL {pg_version}; \
-         our workers {workers}; HELIOS_BENCH_ROWS={rows} HELIOS_BENCH_LAG_SECS={lag_secs} HELIOS_BENCH_BIG_TXN_ROWS={big_rows}; \
+         our workers {workers}, async threads {async_threads}; HELIOS_BENCH_ROWS={rows} HELIOS_BENCH_LAG_SECS={lag_secs} HELIOS_BENCH_BIG_TXN_ROWS={big_rows}; \
          whole run {:.0} s.\n",
         mem_kb / 1024.0 / 1024.0,
         started.elapsed().as_secs_f64(),
         workers = bench_workers(),
+        async_threads = bench_async_threads(),
     ))
 }
 

@@ -25,6 +25,16 @@ use tokio::sync::watch;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// A thread count: a whole number of at least 1.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "must be a whole number of at least 1, got `{text}`"
+        )),
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "helios-repl",
@@ -32,6 +42,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Per-tenant PostgreSQL replication through Timely dataflows"
 )]
 struct Cli {
+    /// Async runtime threads: the stream reader, the sinks and their connections
+    /// (default: half the cores, at least one).
+    #[arg(long, global = true, default_value_t = job_runner::default_async_threads(),
+          value_parser = at_least_one)]
+    async_threads: usize,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,7 +59,7 @@ enum Command {
         #[arg(long)]
         job: PathBuf,
         /// Timely worker threads (default: half the cores, at least one).
-        #[arg(long, default_value_t = job_runner::default_workers())]
+        #[arg(long, default_value_t = job_runner::default_workers(), value_parser = at_least_one)]
         workers: usize,
         /// Seconds between progress lines (0: none).
         #[arg(long, default_value_t = 5)]
@@ -62,7 +77,7 @@ enum Command {
         #[arg(long, env = "HELIOS_TOKEN", hide_env_values = true)]
         token: Option<String>,
         /// Timely worker threads shared by all jobs (default: half the cores, at least one).
-        #[arg(long, default_value_t = job_runner::default_workers())]
+        #[arg(long, default_value_t = job_runner::default_workers(), value_parser = at_least_one)]
         workers: usize,
         /// Seconds between retention passes (history older than a policy's age leaves
         /// the history table).
@@ -144,7 +159,7 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         writers: usize,
         /// Timely worker threads (default: half the cores, at least one).
-        #[arg(long, default_value_t = job_runner::default_workers())]
+        #[arg(long, default_value_t = job_runner::default_workers(), value_parser = at_least_one)]
         workers: usize,
     },
     /// Run the stream codec on a table you bring (CSV with a header, or Parquet) and show,
@@ -232,6 +247,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.async_threads)
         .enable_all()
         .build()
         .context("start the async runtime")?;

@@ -74,6 +74,22 @@ fn malformed_job_files_name_the_field() {
 }
 
 #[test]
+fn thread_counts_of_zero_are_rejected_by_name() {
+    for flag in ["--workers", "--async-threads"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_helios-repl"))
+            .args(["run", "--job", "job.toml", flag, "0"])
+            .output()
+            .expect("run helios-repl");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} 0 must fail:\n{text}");
+        assert!(
+            text.contains(flag) && text.contains("at least 1"),
+            "the error names {flag}:\n{text}"
+        );
+    }
+}
+
+#[test]
 fn unreachable_source_is_retried_with_backoff_not_a_panic() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("job.toml");
