@@ -4,7 +4,8 @@
 //! - `pgoutput_decode`: decoding Insert messages of an 8-column row (int, bigint, numeric,
 //!   timestamptz, jsonb, text, bool, int) vs `memcpy` of the same bytes;
 //! - `tenant_partition`: cloning the records and routing them to tenants
-//!   (`partition_record`, a job over 5 of 50 tenants) vs only cloning them.
+//!   (`partition_record`, a job over 5 of 50 tenants, and one over all of them) vs only
+//!   cloning them.
 //!
 //! Criterion prints each case's throughput in elements (rows) per second.
 //! Run: `cargo bench --bench micro`.
@@ -149,6 +150,17 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             for record in records.clone() {
                 black_box(partition_record(&plan, record));
+            }
+        })
+    });
+    let all = TenantPlan {
+        include: TenantFilter::All,
+        ..plan.clone()
+    };
+    group.bench_function("clone_and_partition_all_tenants", |b| {
+        b.iter(|| {
+            for record in records.clone() {
+                black_box(partition_record(&all, record));
             }
         })
     });

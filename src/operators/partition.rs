@@ -91,7 +91,7 @@ pub fn partition_record(plan: &TenantPlan, record: SourceRecord) -> Vec<Routed> 
     let mut out = Vec::new();
     match record {
         SourceRecord::Change { seq, table, op } => {
-            let Some(column) = plan.tenant_columns.get(&table.qualified_name()) else {
+            let Some(column) = tenant_column_of(plan, &table) else {
                 return out;
             };
             let Some(tc) = table.column_index(column) else {
@@ -112,7 +112,7 @@ pub fn partition_record(plan: &TenantPlan, record: SourceRecord) -> Vec<Routed> 
         }
         SourceRecord::Truncate { seq, tables } => {
             for table in tables {
-                if !plan.tenant_columns.contains_key(&table.qualified_name()) {
+                if tenant_column_of(plan, &table).is_none() {
                     continue;
                 }
                 broadcast(plan, seq, &table, TenantAction::Truncate, &mut out);
@@ -120,6 +120,21 @@ pub fn partition_record(plan: &TenantPlan, record: SourceRecord) -> Vec<Routed> 
         }
     }
     out
+}
+
+/// The job's tenant column of `table`; `None` when the job does not carry the table.
+/// Looked up through a reused buffer: once per row, without formatting a new name.
+fn tenant_column_of<'p>(plan: &'p TenantPlan, table: &TableInfo) -> Option<&'p String> {
+    thread_local! {
+        static NAME: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    NAME.with_borrow_mut(|name| {
+        name.clear();
+        name.push_str(&table.schema);
+        name.push('.');
+        name.push_str(&table.name);
+        plan.tenant_columns.get(name.as_str())
+    })
 }
 
 fn route_op(
@@ -130,8 +145,12 @@ fn route_op(
     op: RowOp,
     out: &mut Vec<Routed>,
 ) {
-    let tenant_of =
-        |row: &[crate::change::Cell]| row.get(tc).and_then(|c| c.as_text()).map(str::to_string);
+    fn tenant_of(row: &[crate::change::Cell], tc: usize) -> Option<&str> {
+        row.get(tc).and_then(|c| c.as_text())
+    }
+    // The tenant as an owned id, only when the job carries it (rows of other tenants
+    // cost no allocation).
+    let carried = |tenant: &str| plan.includes(tenant).then(|| tenant.to_owned());
     let mut emit = |tenant: String, action: TenantAction| {
         let route = tenant_route(&tenant);
         out.push((
@@ -146,7 +165,7 @@ fn route_op(
     };
     match op {
         RowOp::Insert { new } => {
-            if let Some(t) = tenant_of(&new).filter(|t| plan.includes(t)) {
+            if let Some(t) = tenant_of(&new, tc).and_then(carried) {
                 emit(
                     t,
                     TenantAction::Upsert {
@@ -158,20 +177,33 @@ fn route_op(
             }
         }
         RowOp::Update { old, new } => {
-            let new_tenant = tenant_of(&new);
-            let old_tenant = old.as_ref().and_then(|o| tenant_of(o.cells()));
+            /// What an update does to the job's tenants (each `None` when not carried).
+            enum Move {
+                /// The row moved between tenants: it leaves one and enters the other.
+                Between(Option<String>, Option<String>),
+                /// The row stays with its tenant.
+                Within(Option<String>),
+                /// The new row has no tenant (set to NULL): it leaves the old tenant.
+                Leaves(Option<String>),
+                None,
+            }
+            let new_tenant = tenant_of(&new, tc);
+            let old_tenant = old.as_ref().and_then(|o| tenant_of(o.cells(), tc));
+            let change = match (old_tenant, new_tenant) {
+                (Some(o), Some(n)) if o != n => Move::Between(carried(o), carried(n)),
+                (_, Some(n)) => Move::Within(carried(n)),
+                (Some(o), None) => Move::Leaves(carried(o)),
+                (None, None) => Move::None,
+            };
             let old_cells = old.map(|o| match o {
                 OldRow::Key(r) | OldRow::Full(r) => r,
             });
-            match (old_tenant, new_tenant) {
-                (Some(o), Some(n)) if o != n => {
-                    // The row moved between tenants: it leaves one and enters the other.
-                    if plan.includes(&o) {
-                        if let Some(old) = old_cells.clone() {
-                            emit(o, TenantAction::Delete { old });
-                        }
+            match change {
+                Move::Between(leave, enter) => {
+                    if let (Some(o), Some(old)) = (leave, old_cells) {
+                        emit(o, TenantAction::Delete { old });
                     }
-                    if plan.includes(&n) {
+                    if let Some(n) = enter {
                         emit(
                             n,
                             TenantAction::Upsert {
@@ -182,40 +214,30 @@ fn route_op(
                         );
                     }
                 }
-                (_, Some(n)) => {
-                    if plan.includes(&n) {
-                        emit(
-                            n,
-                            TenantAction::Upsert {
-                                old: old_cells,
-                                new,
-                                insert: false,
-                            },
-                        );
+                Move::Within(Some(n)) => emit(
+                    n,
+                    TenantAction::Upsert {
+                        old: old_cells,
+                        new,
+                        insert: false,
+                    },
+                ),
+                Move::Leaves(Some(o)) => {
+                    if let Some(old) = old_cells {
+                        emit(o, TenantAction::Delete { old });
                     }
                 }
-                (Some(o), None) => {
-                    // The new row has no tenant (set to NULL): it leaves the old tenant.
-                    if plan.includes(&o) {
-                        if let Some(old) = old_cells {
-                            emit(o, TenantAction::Delete { old });
-                        }
-                    }
-                }
-                (None, None) => {}
+                Move::Within(None) | Move::Leaves(None) | Move::None => {}
             }
         }
         RowOp::Delete { old } => {
-            let tenant = tenant_of(old.cells());
+            let tenant = tenant_of(old.cells(), tc).map(carried);
             let cells = match old {
                 OldRow::Key(r) | OldRow::Full(r) => r,
             };
             match tenant {
-                Some(t) => {
-                    if plan.includes(&t) {
-                        emit(t, TenantAction::Delete { old: cells });
-                    }
-                }
+                Some(Some(t)) => emit(t, TenantAction::Delete { old: cells }),
+                Some(None) => {}
                 // The old key does not carry the tenant: every worker deletes the key
                 // among the tenants it owns.
                 None => broadcast(plan, seq, table, TenantAction::Delete { old: cells }, out),
@@ -400,6 +422,69 @@ mod tests {
                         Scope::Worker { index, .. } => prop_assert_eq!(route, u64::from(*index)),
                     }
                 }
+            }
+        }
+    }
+
+    /// What the job must see of one op, as (tenant, "upsert"/"insert"/"delete");
+    /// a delete without its tenant goes to every worker (tenant `None`).
+    fn expected(
+        plan: &TenantPlan,
+        in_key: bool,
+        op: &RowOp,
+    ) -> Vec<(Option<String>, &'static str)> {
+        let tenant = |r: &Row| r[0].as_text().map(str::to_owned);
+        let key_tenant = |o: &OldRow| if in_key { tenant(o.cells()) } else { None };
+        let keep =
+            |t: Option<String>, kind| t.filter(|t| plan.includes(t)).map(|t| (Some(t), kind));
+        match op {
+            RowOp::Insert { new } => keep(tenant(new), "insert").into_iter().collect(),
+            RowOp::Update { old, new } => match (old.as_ref().and_then(key_tenant), tenant(new)) {
+                (Some(o), Some(n)) if o != n => keep(Some(o), "delete")
+                    .into_iter()
+                    .chain(keep(Some(n), "insert"))
+                    .collect(),
+                (_, Some(n)) => keep(Some(n), "upsert").into_iter().collect(),
+                (Some(o), None) => keep(Some(o), "delete").into_iter().collect(),
+                (None, None) => Vec::new(),
+            },
+            RowOp::Delete { old } => match key_tenant(old) {
+                Some(t) => keep(Some(t), "delete").into_iter().collect(),
+                None => (0..plan.peers).map(|_| (None, "delete")).collect(),
+            },
+        }
+    }
+
+    proptest! {
+        /// Nothing of a carried tenant is lost: each op yields exactly the changes the
+        /// rules say (the other test checks where they go).
+        #[test]
+        fn every_change_of_a_carried_tenant_is_routed(
+            include in proptest::collection::btree_set(0u8..12, 1..5),
+            peers in 1u32..5,
+            ops in proptest::collection::vec(op_strategy(), 1..40),
+        ) {
+            let plan = plan(&include.into_iter().collect::<Vec<_>>(), peers);
+            for (seq, (in_key, op)) in ops.into_iter().enumerate() {
+                let want = expected(&plan, in_key, &op);
+                let record = SourceRecord::Change { seq: seq as u32, table: table(in_key), op };
+                let got: Vec<(Option<String>, &'static str)> = partition_record(&plan, record)
+                    .into_iter()
+                    .map(|(_, c)| {
+                        let tenant = match c.scope {
+                            Scope::Tenant(t) => Some(t),
+                            Scope::Worker { .. } => None,
+                        };
+                        let kind = match c.action {
+                            TenantAction::Upsert { insert: true, .. } => "insert",
+                            TenantAction::Upsert { insert: false, .. } => "upsert",
+                            TenantAction::Delete { .. } => "delete",
+                            _ => "other",
+                        };
+                        (tenant, kind)
+                    })
+                    .collect();
+                prop_assert_eq!(got, want);
             }
         }
     }
