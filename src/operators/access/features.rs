@@ -237,7 +237,6 @@ impl FeatureStore {
                     None => victims.push((*key).clone()),
                 }
             }
-            drop(heat);
             for key in victims {
                 self.buckets.remove(&key);
             }

@@ -81,7 +81,7 @@ const MAX_NAMES: usize = 100_000;
 /// counting a change allocates nothing.
 #[derive(Default)]
 struct Names {
-    tenant_index: HashMap<String, u32>,
+    tenant_index: HashMap<Arc<str>, u32>,
     tenants: Vec<Arc<str>>,
     /// Table shapes by the address of their `Arc` (held here, so the address is not
     /// reused while it is a key), with their `schema.table`.
@@ -94,9 +94,10 @@ impl Names {
         if let Some(i) = self.tenant_index.get(tenant) {
             return *i;
         }
-        self.tenants.push(Arc::from(tenant));
-        let i = (self.tenants.len() - 1) as u32;
-        self.tenant_index.insert(tenant.to_owned(), i);
+        let name: Arc<str> = Arc::from(tenant);
+        let i = self.tenants.len() as u32;
+        self.tenants.push(name.clone());
+        self.tenant_index.insert(name, i);
         i
     }
 
