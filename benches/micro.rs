@@ -5,12 +5,15 @@
 //!   timestamptz, jsonb, text, bool, int) vs `memcpy` of the same bytes;
 //! - `tenant_partition`: cloning the records and routing them to tenants
 //!   (`partition_record`, a job over 5 of 50 tenants, and one over all of them) vs only
-//!   cloning them.
+//!   cloning them;
+//! - `predictor_window`: closing one prediction window of the hot-data predictor with
+//!   about 100k buckets tracked (50 tenants writing new key ranges, as the e2e lag run
+//!   does) vs cloning that window's counts. Throughput is in tracked buckets.
 //!
 //! Criterion prints each case's throughput in elements (rows) per second.
 //! Run: `cargo bench --bench micro`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -19,6 +22,7 @@ use helios_repl::cdc::pgoutput::{decode, encode, ColumnValue, Insert, PgOutputMe
 use helios_repl::cdc::stream::to_row;
 use helios_repl::change::{ColumnInfo, Identity, RowOp, SourceRecord, TableInfo};
 use helios_repl::control::job_spec::TenantFilter;
+use helios_repl::operators::access::{BucketKey, Predictor, PredictorConfig};
 use helios_repl::operators::partition::{partition_record, TenantPlan};
 
 const ROWS: usize = 10_000;
@@ -162,6 +166,54 @@ fn bench(c: &mut Criterion) {
             for record in records.clone() {
                 black_box(partition_record(&all, record));
             }
+        })
+    });
+    group.finish();
+
+    predictor_window(c);
+}
+
+/// Window `w`'s write counts: each of 50 tenants writes the next 200 key buckets of one
+/// table (sequential keys, as inserts at a steady rate give).
+fn window_counts(w: i64, names: &[Arc<str>], table: &Arc<str>) -> HashMap<BucketKey, f64> {
+    let mut counts = HashMap::new();
+    for tenant in names {
+        for b in 0..200 {
+            let key = BucketKey {
+                tenant: tenant.clone(),
+                table: table.clone(),
+                bucket: w * 200 + b,
+            };
+            counts.insert(key, 20.0);
+        }
+    }
+    counts
+}
+
+fn predictor_window(c: &mut Criterion) {
+    let names: Vec<Arc<str>> = (0..50).map(|t| Arc::from(format!("t{t:02}"))).collect();
+    let table: Arc<str> = Arc::from("bench.l");
+    let mut predictor = Predictor::new(PredictorConfig::default());
+    // Ten windows of 10k new buckets each: the store reaches its cap of 100k.
+    let mut w = 0;
+    while w < 10 {
+        predictor.close_window(w * 10, &window_counts(w, &names, &table), &HashMap::new());
+        w += 1;
+    }
+    let tracked = predictor.tracked_buckets();
+    let counts = window_counts(w, &names, &table);
+    let mut group = c.benchmark_group("predictor_window");
+    group.throughput(Throughput::Elements(tracked as u64));
+    group.sample_size(10);
+    group.bench_function("baseline_clone_counts", |b| {
+        b.iter(|| black_box(counts.clone()))
+    });
+    group.bench_function("close_window", |b| {
+        b.iter(|| {
+            // A fresh window each time, so the store keeps admitting and evicting.
+            w += 1;
+            let counts = window_counts(w, &names, &table);
+            black_box(predictor.close_window(w * 10, &counts, &HashMap::new()));
         })
     });
     group.finish();

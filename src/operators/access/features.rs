@@ -5,7 +5,7 @@
 //! window context (time of day, tenant share, table read rate), into a row of
 //! [`FEATURE_COUNT`] finite, roughly normalised `f32` values.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 ///
 /// Tenant and table names are shared (`Arc<str>`): the ledger, the feature store and the
 /// predictions each hold up to a few hundred thousand keys naming a handful of tenants
-/// and tables, so a clone is a reference count, not two string copies.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// and tables, so a clone is a reference count, not two string copies. Comparing two keys
+/// whose names share one allocation (the observe operator interns them) skips the string
+/// comparison; names in different allocations compare by content, as derived impls would.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BucketKey {
     /// Tenant that owns the rows.
     pub tenant: Arc<str>,
@@ -23,6 +25,65 @@ pub struct BucketKey {
     pub table: Arc<str>,
     /// Bucket number within the table.
     pub bucket: i64,
+}
+
+/// Orders two shared names by content, without reading them when they are one allocation.
+fn cmp_name(a: &Arc<str>, b: &Arc<str>) -> std::cmp::Ordering {
+    if Arc::ptr_eq(a, b) {
+        std::cmp::Ordering::Equal
+    } else {
+        a.cmp(b)
+    }
+}
+
+impl PartialEq for BucketKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.bucket == other.bucket
+            && cmp_name(&self.tenant, &other.tenant).is_eq()
+            && cmp_name(&self.table, &other.table).is_eq()
+    }
+}
+
+impl Eq for BucketKey {}
+
+impl Ord for BucketKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        cmp_name(&self.tenant, &other.tenant)
+            .then_with(|| cmp_name(&self.table, &other.table))
+            .then_with(|| self.bucket.cmp(&other.bucket))
+    }
+}
+
+impl PartialOrd for BucketKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::hash::Hash for BucketKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // By content, like `Eq`.
+        self.tenant.hash(state);
+        self.table.hash(state);
+        self.bucket.hash(state);
+    }
+}
+
+/// One window's counts per bucket. Hashed with foldhash: the observe operator adds to it
+/// on every worker step and the predictor reads every entry at each window close, and
+/// SipHash over two names per key showed in the lag profile.
+pub type BucketCounts = HashMap<BucketKey, f64, foldhash::fast::RandomState>;
+
+/// A window's positive counts (sanitised), sorted by key: what the store and the scorer
+/// walk in step with their own key-ordered buckets.
+pub fn sorted_counts<S>(counts: &HashMap<BucketKey, f64, S>) -> Vec<(&BucketKey, f64)> {
+    let mut window: Vec<(&BucketKey, f64)> = counts
+        .iter()
+        .map(|(key, count)| (key, sanitize_count(*count)))
+        .filter(|(_, count)| *count > 0.0)
+        .collect();
+    window.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    window
 }
 
 /// Number of features per bucket row.
@@ -104,16 +165,16 @@ impl BucketState {
 #[derive(Clone, Debug, Default)]
 pub struct WindowContext {
     time_features: [f32; 4],
-    tenant_share: HashMap<Arc<str>, f32>,
-    table_read_rate: HashMap<String, f32>,
+    tenant_share: HashMap<Arc<str>, f32, foldhash::fast::RandomState>,
+    table_read_rate: HashMap<String, f32, foldhash::fast::RandomState>,
 }
 
 impl WindowContext {
     /// Builds the context of a window ending at `window_end_unix_secs`.
-    pub fn new(
+    pub fn new<S>(
         window_end_unix_secs: i64,
         window_secs: u64,
-        counts: &HashMap<BucketKey, f64>,
+        counts: &HashMap<BucketKey, f64, S>,
         table_reads: &HashMap<String, f64>,
     ) -> Self {
         let day = 86_400_i64;
@@ -127,7 +188,8 @@ impl WindowContext {
             (tau * dow).sin() as f32,
             (tau * dow).cos() as f32,
         ];
-        let mut tenant_totals: HashMap<Arc<str>, f64> = HashMap::new();
+        let mut tenant_totals: HashMap<Arc<str>, f64, foldhash::fast::RandomState> =
+            HashMap::default();
         let mut total = 0.0;
         for (key, count) in counts {
             let count = sanitize_count(*count);
@@ -161,7 +223,8 @@ fn log_feature(value: f64) -> f32 {
 /// Tracked buckets with their history, bounded in number.
 #[derive(Clone, Debug)]
 pub struct FeatureStore {
-    buckets: BTreeMap<BucketKey, BucketState>,
+    /// Sorted by key, keys unique: a window's sorted counts are merged in one pass.
+    buckets: Vec<(BucketKey, BucketState)>,
     max_buckets: usize,
     idle_evict_windows: u32,
 }
@@ -171,7 +234,7 @@ impl FeatureStore {
     /// that stayed at zero for more than `idle_evict_windows` windows.
     pub fn new(max_buckets: usize, idle_evict_windows: u32) -> Self {
         Self {
-            buckets: BTreeMap::new(),
+            buckets: Vec::new(),
             max_buckets: max_buckets.max(1),
             idle_evict_windows,
         }
@@ -189,7 +252,7 @@ impl FeatureStore {
 
     /// Iterates tracked buckets in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&BucketKey, &BucketState)> {
-        self.buckets.iter()
+        self.buckets.iter().map(|(k, s)| (k, s))
     }
 
     /// Appends one window of counts (absent buckets count 0), then evicts idle buckets
@@ -198,53 +261,84 @@ impl FeatureStore {
     /// Buckets first seen in this window compete with the tracked ones for the cap before
     /// they are inserted, so the store never holds more than `max_buckets` (a window may
     /// name 200,000 new buckets).
-    pub fn record_window(&mut self, counts: &HashMap<BucketKey, f64>) -> usize {
+    pub fn record_window<S>(&mut self, counts: &HashMap<BucketKey, f64, S>) -> usize {
+        self.record_sorted_window(&sorted_counts(counts))
+    }
+
+    /// [`FeatureStore::record_window`] for a window already in [`sorted_counts`] form.
+    pub fn record_sorted_window(&mut self, window: &[(&BucketKey, f64)]) -> usize {
+        // One merge of the tracked buckets with the window: each tracked bucket gets its
+        // count (or 0); window keys not tracked are new (their state is built on insertion).
+        let mut fresh: Vec<(&BucketKey, f64)> = Vec::new();
+        let mut next = window.iter().peekable();
         for (key, state) in self.buckets.iter_mut() {
-            state.push(counts.get(key).copied().map_or(0.0, sanitize_count));
+            while let Some(&&(k, count)) = next.peek() {
+                if k >= key {
+                    break;
+                }
+                fresh.push((k, count));
+                next.next();
+            }
+            let count = match next.peek() {
+                Some(&&(k, count)) if k == key => {
+                    next.next();
+                    count
+                }
+                _ => 0.0,
+            };
+            state.push(count);
         }
+        fresh.extend(next.copied());
         let tracked = self.buckets.len();
         let idle = self.idle_evict_windows;
-        self.buckets.retain(|_, s| s.windows_since_nonzero <= idle);
+        self.buckets
+            .retain(|(_, s)| s.windows_since_nonzero <= idle);
         let idle_evicted = tracked - self.buckets.len();
-        // Buckets first seen now, with their count (their state is built on insertion).
-        let fresh: Vec<(&BucketKey, f64)> = counts
-            .iter()
-            .map(|(key, count)| (key, sanitize_count(*count)))
-            .filter(|(key, count)| *count > 0.0 && !self.buckets.contains_key(*key))
-            .collect();
         let excess = (self.buckets.len() + fresh.len()).saturating_sub(self.max_buckets);
         let mut admitted = vec![true; fresh.len()];
         if excess > 0 {
             // The coldest `excess` of tracked and fresh buckets together, by heat then key;
-            // `u32::MAX` marks a tracked bucket, any other index a fresh one.
-            let mut heat: Vec<(f64, &BucketKey, u32)> =
+            // `u32::MAX` marks a tracked bucket (by its index), any other a fresh one.
+            let mut heat: Vec<(f64, &BucketKey, u32, u32)> =
                 self.buckets
                     .iter()
-                    .map(|(k, s)| (s.heat(), k, u32::MAX))
-                    .chain(
-                        fresh.iter().enumerate().map(|(i, (k, count))| {
-                            (BucketState::first(*count).heat(), *k, i as u32)
-                        }),
-                    )
+                    .enumerate()
+                    .map(|(i, (k, s))| (s.heat(), k, u32::MAX, i as u32))
+                    .chain(fresh.iter().enumerate().map(|(i, (k, count))| {
+                        (BucketState::first(*count).heat(), *k, i as u32, 0)
+                    }))
                     .collect();
             heat.select_nth_unstable_by(excess - 1, |a, b| {
                 a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1))
             });
-            let mut victims = Vec::new();
-            for (_, key, fresh_index) in &heat[..excess] {
+            let mut kept = vec![true; self.buckets.len()];
+            for (_, _, fresh_index, tracked_index) in &heat[..excess] {
                 match admitted.get_mut(*fresh_index as usize) {
                     Some(admit) => *admit = false,
-                    None => victims.push((*key).clone()),
+                    None => kept[*tracked_index as usize] = false,
                 }
             }
-            for key in victims {
-                self.buckets.remove(&key);
-            }
+            let mut keep = kept.into_iter();
+            self.buckets.retain(|_| keep.next().unwrap_or(true));
         }
-        for ((key, count), admit) in fresh.into_iter().zip(admitted) {
-            if admit {
-                self.buckets.insert(key.clone(), BucketState::first(count));
+        let admitted: Vec<(BucketKey, BucketState)> = fresh
+            .into_iter()
+            .zip(admitted)
+            .filter(|(_, admit)| *admit)
+            .map(|((key, count), _)| (key.clone(), BucketState::first(count)))
+            .collect();
+        if !admitted.is_empty() {
+            // Both sides are sorted and disjoint: merge them.
+            let old = std::mem::take(&mut self.buckets);
+            self.buckets.reserve(old.len() + admitted.len());
+            let mut old = old.into_iter().peekable();
+            for new in admitted {
+                while let Some(o) = old.next_if(|o| o.0 < new.0) {
+                    self.buckets.push(o);
+                }
+                self.buckets.push(new);
             }
+            self.buckets.extend(old);
         }
         idle_evicted + excess
     }
@@ -278,6 +372,7 @@ impl FeatureStore {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeMap;
 
     /// The plain rule the store implements: push, drop idle buckets, insert every new
     /// bucket, then evict the coldest (by heat, then key) down to the cap.
@@ -337,6 +432,31 @@ mod tests {
                 let got: Vec<(&BucketKey, f64, f64)> = store.iter().map(|(k, s)| (k, s.heat(), s.last())).collect();
                 let want: Vec<(&BucketKey, f64, f64)> = reference.iter().map(|(k, s)| (k, s.heat(), s.last())).collect();
                 prop_assert_eq!(got, want);
+            }
+        }
+
+        /// Keys order, compare and hash by content whether or not their names share an
+        /// allocation.
+        #[test]
+        fn bucket_keys_compare_by_content(
+            a in (0..3_u8, 0..3_u8, -2..3_i64),
+            b in (0..3_u8, 0..3_u8, -2..3_i64),
+            share in any::<bool>(),
+        ) {
+            use std::hash::BuildHasher;
+            let names: Vec<std::sync::Arc<str>> = (0..3).map(|i| format!("n{i}").into()).collect();
+            let make = |(t, tb, bucket): (u8, u8, i64), shared: bool| BucketKey {
+                tenant: if shared { names[t as usize].clone() } else { format!("n{t}").into() },
+                table: if shared { names[tb as usize].clone() } else { format!("n{tb}").into() },
+                bucket,
+            };
+            let (ka, kb) = (make(a, share), make(b, true));
+            let content = |(t, tb, bucket): (u8, u8, i64)| (format!("n{t}"), format!("n{tb}"), bucket);
+            prop_assert_eq!(ka.cmp(&kb), content(a).cmp(&content(b)));
+            prop_assert_eq!(ka == kb, a == b);
+            let hasher = foldhash::fast::FixedState::with_seed(7);
+            if a == b {
+                prop_assert_eq!(hasher.hash_one(&ka), hasher.hash_one(&kb));
             }
         }
     }

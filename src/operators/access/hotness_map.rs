@@ -9,7 +9,9 @@ use super::bucket::bucket_of_change;
 use crate::change::Scope;
 use crate::sinks::ApplyBatch;
 
-type Tables = HashMap<String, HashMap<i64, f32>>;
+/// Foldhash: a sink task looks up every change of every transaction it orders.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type Tables = Map<String, Map<i64, f32>>;
 
 /// Share of the predicted buckets the scheduler treats as hot.
 pub const HOT_FRACTION: f64 = 0.1;
@@ -17,7 +19,7 @@ pub const HOT_FRACTION: f64 = 0.1;
 /// One window's predictions.
 #[derive(Debug, Default)]
 pub struct HotnessSnapshot {
-    tenants: HashMap<String, Tables>,
+    tenants: Map<String, Tables>,
 }
 
 impl HotnessSnapshot {
@@ -25,7 +27,7 @@ impl HotnessSnapshot {
     pub fn from_entries<'a>(
         entries: impl IntoIterator<Item = (&'a str, &'a str, i64, f32)>,
     ) -> Self {
-        let mut tenants: HashMap<String, Tables> = HashMap::new();
+        let mut tenants: Map<String, Tables> = Map::default();
         for (tenant, table, bucket, hot) in entries {
             if !(hot.is_finite() && hot > 0.0) {
                 continue;

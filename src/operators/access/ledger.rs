@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
+use super::features::BucketCounts;
 use super::BucketKey;
 
 /// Most buckets one window keeps; counts for further buckets are dropped (and counted).
@@ -16,7 +17,7 @@ pub const MAX_WINDOW_BUCKETS: usize = 200_000;
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct WindowCounts {
     /// Writes and reads per bucket.
-    pub buckets: HashMap<BucketKey, f64>,
+    pub buckets: BucketCounts,
     /// Reads per table that no bucket can be named for (`schema.table`).
     pub table_reads: HashMap<String, f64>,
 }

@@ -40,7 +40,8 @@ impl<'scope> ObserveAccess<'scope> for StreamVec<'scope, Lsn, TenantChange> {
             move |_cap, _info| {
                 let mut names = Names::default();
                 // (tenant, table, bucket) -> count, the names as indices into `names`.
-                let mut counts: HashMap<(u32, u32, i64), f64> = HashMap::new();
+                let mut counts: HashMap<(u32, u32, i64), f64, foldhash::fast::RandomState> =
+                    HashMap::default();
                 move |input, output| {
                     input.for_each_stamp(|cap, data| {
                         let mut session = output.session(&cap);
@@ -81,11 +82,11 @@ const MAX_NAMES: usize = 100_000;
 /// counting a change allocates nothing.
 #[derive(Default)]
 struct Names {
-    tenant_index: HashMap<Arc<str>, u32>,
+    tenant_index: HashMap<Arc<str>, u32, foldhash::fast::RandomState>,
     tenants: Vec<Arc<str>>,
     /// Table shapes by the address of their `Arc` (held here, so the address is not
     /// reused while it is a key), with their `schema.table`.
-    table_index: HashMap<*const TableInfo, u32>,
+    table_index: HashMap<*const TableInfo, u32, foldhash::fast::RandomState>,
     tables: Vec<(Arc<TableInfo>, Arc<str>)>,
 }
 

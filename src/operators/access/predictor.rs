@@ -8,7 +8,7 @@ use rand::seq::index::sample;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::features::{sanitize_count, BucketKey, FeatureStore, WindowContext, FEATURE_COUNT};
+use super::features::{sorted_counts, BucketKey, FeatureStore, WindowContext, FEATURE_COUNT};
 use super::model::{log_output_to_count, AccessModel, ModelError, SavedModel, TrainingBatch};
 
 const TRAIN_STEPS_PER_WINDOW: usize = 16;
@@ -167,10 +167,10 @@ impl Predictor {
     /// Closes a window: scores the previous predictions against `counts`, trains the
     /// model on (previous features → these counts), updates the history and predicts
     /// the next window. `window_end_unix_secs` is the window's end time.
-    pub fn close_window(
+    pub fn close_window<S>(
         &mut self,
         window_end_unix_secs: i64,
-        counts: &HashMap<BucketKey, f64>,
+        counts: &HashMap<BucketKey, f64, S>,
         table_reads: &HashMap<String, f64>,
     ) -> WindowReport {
         self.windows_closed += 1;
@@ -187,12 +187,9 @@ impl Predictor {
         if self.config.mode == PredictorMode::Off {
             return report;
         }
-        let actual: Vec<f64> = self
-            .predictions
-            .iter()
-            .map(|p| counts.get(&p.key).copied().map_or(0.0, sanitize_count))
-            .collect();
-        self.score(counts, &actual, &mut report);
+        let window = sorted_counts(counts);
+        let (actual, unpredicted) = match_window(&self.predictions, &window);
+        self.score(&actual, &unpredicted, &mut report);
         if self.model_enabled() && !self.predictions.is_empty() {
             let batch = self.training_batch(&actual);
             match self.model.train(&batch, TRAIN_STEPS_PER_WINDOW) {
@@ -203,7 +200,7 @@ impl Predictor {
                 }
             }
         }
-        report.evicted_buckets = self.store.record_window(counts);
+        report.evicted_buckets = self.store.record_sorted_window(&window);
         let ctx = WindowContext::new(
             window_end_unix_secs,
             self.config.window_secs,
@@ -229,12 +226,10 @@ impl Predictor {
         report
     }
 
-    fn score(
-        &mut self,
-        counts: &HashMap<BucketKey, f64>,
-        actual: &[f64],
-        report: &mut WindowReport,
-    ) {
+    /// Scores the last forecast against the closing window: every predicted bucket by its
+    /// error (`actual[i]` is prediction `i`'s count), and every counted bucket without a
+    /// prediction (`unpredicted`) as predicted 0.
+    fn score(&mut self, actual: &[f64], unpredicted: &[f64], report: &mut WindowReport) {
         let mut sums = [0.0_f64; 3];
         let mut model_seen = false;
         let mut scored = 0_usize;
@@ -247,17 +242,9 @@ impl Predictor {
             sums[2] += (f64::from(p.last_window) - a).abs();
             scored += 1;
         }
-        for (key, count) in counts {
-            let count = sanitize_count(*count);
-            if count > 0.0
-                && self
-                    .predictions
-                    .binary_search_by(|p| p.key.cmp(key))
-                    .is_err()
-            {
-                sums.iter_mut().for_each(|s| *s += count);
-                scored += 1;
-            }
+        for count in unpredicted {
+            sums.iter_mut().for_each(|s| *s += count);
+            scored += 1;
         }
         if scored == 0 {
             return;
@@ -456,5 +443,75 @@ impl Predictor {
             self.predict_with_model();
         }
         Ok(())
+    }
+}
+
+/// Walks the predictions (in key order) and a window's sorted positive counts together:
+/// each prediction's actual count (0 when its bucket was not counted), and the counts of
+/// buckets no prediction names. One merge, no lookups.
+fn match_window(
+    predictions: &[BucketPrediction],
+    window: &[(&BucketKey, f64)],
+) -> (Vec<f64>, Vec<f64>) {
+    let mut unpredicted = Vec::new();
+    let mut next = window.iter().peekable();
+    let actual = predictions
+        .iter()
+        .map(|p| {
+            while let Some((_, count)) = next.next_if(|(k, _)| **k < p.key) {
+                unpredicted.push(*count);
+            }
+            next.next_if(|(k, _)| **k == p.key).map_or(0.0, |(_, c)| *c)
+        })
+        .collect();
+    unpredicted.extend(next.map(|(_, c)| *c));
+    (actual, unpredicted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(tenant: u8, bucket: i64) -> BucketKey {
+        // A fresh allocation per key: equal names compare by content.
+        BucketKey {
+            tenant: format!("t{tenant}").into(),
+            table: "s.t".into(),
+            bucket,
+        }
+    }
+
+    proptest! {
+        /// The merge gives what looking each key up would: every prediction its count (0
+        /// when not counted), and the counts of every counted bucket with no prediction.
+        #[test]
+        fn match_window_agrees_with_lookups(
+            predicted in prop::collection::btree_set((0..3_u8, 0..40_i64), 0..60),
+            counted in prop::collection::hash_map((0..3_u8, 0..40_i64), prop_oneof![Just(0.0), 0.5..50.0_f64, Just(f64::NAN)], 0..60),
+        ) {
+            let predictions: Vec<BucketPrediction> = predicted
+                .iter()
+                .map(|(t, b)| BucketPrediction { key: key(*t, *b), model: None, heuristic: 0.0, last_window: 0.0 })
+                .collect();
+            let counts: HashMap<BucketKey, f64> =
+                counted.iter().map(|((t, b), c)| (key(*t, *b), *c)).collect();
+            let window = sorted_counts(&counts);
+            let (actual, mut unpredicted) = match_window(&predictions, &window);
+            let want_actual: Vec<f64> = predictions
+                .iter()
+                .map(|p| counts.get(&p.key).copied().map_or(0.0, super::super::features::sanitize_count))
+                .collect();
+            prop_assert_eq!(actual, want_actual);
+            let mut want_unpredicted: Vec<f64> = counted
+                .iter()
+                .filter(|(k, _)| !predicted.contains(k))
+                .map(|(_, c)| super::super::features::sanitize_count(*c))
+                .filter(|c| *c > 0.0)
+                .collect();
+            unpredicted.sort_by(f64::total_cmp);
+            want_unpredicted.sort_by(f64::total_cmp);
+            prop_assert_eq!(unpredicted, want_unpredicted);
+        }
     }
 }
