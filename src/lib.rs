@@ -19,4 +19,5 @@ pub mod operators;
 pub mod process_memory;
 pub mod sinks;
 pub mod sql_text;
+pub mod thread_priority;
 pub mod time_text;

@@ -390,6 +390,7 @@ pub async fn run_windows(hub: Arc<AccessHub>) {
             Duration::from_secs(hub.spec.qos.source_stats_poll_secs),
         ));
     }
+    let closer = WindowCloser::start(hub.clone());
     let mut tick = tokio::time::interval(hub.window);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -398,9 +399,55 @@ pub async fn run_windows(hub: Arc<AccessHub>) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        let hub = hub.clone();
-        // Training is CPU work: keep it off the runtime's I/O threads.
-        let _ = tokio::task::spawn_blocking(move || hub.close_window(now)).await;
+        closer.close(now).await;
+    }
+}
+
+/// Where a job's windows are closed: training is CPU work, kept off the runtime's I/O
+/// threads on a thread of its own that runs at background priority
+/// ([`crate::thread_priority`]), so a window close yields to the replication path.
+struct WindowCloser {
+    hub: Arc<AccessHub>,
+    /// Window ends to close, with who waits for it (`None`: the thread did not start).
+    requests: Option<std::sync::mpsc::Sender<(i64, tokio::sync::oneshot::Sender<()>)>>,
+}
+
+impl WindowCloser {
+    fn start(hub: Arc<AccessHub>) -> WindowCloser {
+        let (tx, rx) = std::sync::mpsc::channel::<(i64, tokio::sync::oneshot::Sender<()>)>();
+        let closing = hub.clone();
+        let started = std::thread::Builder::new()
+            .name("helios-predict".into())
+            .spawn(move || {
+                if !crate::thread_priority::lower_current_thread() {
+                    tracing::debug!("prediction thread runs at normal priority");
+                }
+                // Ends when the sender goes (run_windows aborted with its job).
+                while let Ok((end, done)) = rx.recv() {
+                    closing.close_window(end);
+                    let _ = done.send(());
+                }
+            });
+        if let Err(e) = &started {
+            tracing::warn!(job = %hub.job, error = %e, "cannot start the prediction thread; windows close on the blocking pool");
+        }
+        WindowCloser {
+            hub,
+            requests: started.ok().map(|_| tx),
+        }
+    }
+
+    /// Closes the window ending at `end` and waits until it is closed.
+    async fn close(&self, end: i64) {
+        if let Some(requests) = &self.requests {
+            let (done, closed) = tokio::sync::oneshot::channel();
+            if requests.send((end, done)).is_ok() {
+                let _ = closed.await;
+                return;
+            }
+        }
+        let hub = self.hub.clone();
+        let _ = tokio::task::spawn_blocking(move || hub.close_window(end)).await;
     }
 }
 
