@@ -22,6 +22,7 @@ use helios_repl::cdc::pgoutput::{decode, encode, ColumnValue, Insert, PgOutputMe
 use helios_repl::cdc::stream::to_row;
 use helios_repl::change::{ColumnInfo, Identity, RowOp, SourceRecord, TableInfo};
 use helios_repl::control::job_spec::TenantFilter;
+use helios_repl::operators::access::features::BucketCounts;
 use helios_repl::operators::access::{BucketKey, Predictor, PredictorConfig};
 use helios_repl::operators::partition::{partition_record, TenantPlan};
 
@@ -175,8 +176,8 @@ fn bench(c: &mut Criterion) {
 
 /// Window `w`'s write counts: each of 50 tenants writes the next 200 key buckets of one
 /// table (sequential keys, as inserts at a steady rate give).
-fn window_counts(w: i64, names: &[Arc<str>], table: &Arc<str>) -> HashMap<BucketKey, f64> {
-    let mut counts = HashMap::new();
+fn window_counts(w: i64, names: &[Arc<str>], table: &Arc<str>) -> BucketCounts {
+    let mut counts = BucketCounts::default();
     for tenant in names {
         for b in 0..200 {
             let key = BucketKey {
