@@ -2,9 +2,10 @@
 //! initial snapshot or resumes, runs the reader and the dataflow, prints progress.
 //!
 //! # Start-up decision
-//! The job's progress row (in the first sink's target, `helios.job_progress`) says
-//! whether a snapshot completed and which position was last recorded before being
-//! confirmed. With the slot's state on the source:
+//! The job's progress (the first sink's: the `helios.job_progress` row of a PostgreSQL
+//! target, or for a job without one, a file in the first Parquet sink's root, see
+//! [`Anchor`]) says whether a snapshot completed and which position was last recorded
+//! before being confirmed. With the slot's state on the source:
 //! - snapshot done, slot present, slot confirmed ≤ recorded → resume at the slot's
 //!   confirmed position (never past what was durable: the sinks skip what they have);
 //! - slot missing, or ahead of what we recorded (it was dropped and recreated behind our
@@ -16,6 +17,7 @@
 //! exponential back-off and logged; definite ones end the job with a message naming what
 //! to fix.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,6 +34,7 @@ use crate::control::access::{self, AccessHub};
 use crate::control::history_start::{self, check_history_table};
 use crate::control::job_control::JobState;
 use crate::control::job_spec::{JobSpec, SinkSpec, TenantFilter};
+use crate::control::{cold_history, cold_progress};
 use crate::dataflow::host::DataflowHost;
 use crate::dataflow::worker::{JobDataflow, SinkPlace, SinkTarget};
 use crate::operators::access::SavedModel;
@@ -231,18 +234,76 @@ fn postgres_dsns(spec: &JobSpec) -> Vec<String> {
         .collect()
 }
 
-/// Records confirmed positions in the first sink's target.
+/// The roots of the job's Parquet sinks, in order.
+fn parquet_roots(spec: &JobSpec) -> Vec<PathBuf> {
+    spec.sinks
+        .iter()
+        .filter_map(|s| match s {
+            SinkSpec::Parquet(p) => Some(PathBuf::from(&p.root)),
+            SinkSpec::Postgres(_) | SinkSpec::Nats(_) => None,
+        })
+        .collect()
+}
+
+/// Where a job keeps its progress and restores its history from: the first PostgreSQL
+/// sink's target, or, for a job without one, the first Parquet sink's root (the spec
+/// admits no other job).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Anchor {
+    /// `helios.job_progress` and the history tables of this target.
+    Postgres(String),
+    /// `_jobs/<job>.json` and the published versions under this cold root.
+    Cold(PathBuf),
+}
+
+impl Anchor {
+    fn of(spec: &JobSpec) -> Option<Anchor> {
+        match postgres_dsns(spec).into_iter().next() {
+            Some(dsn) => Some(Anchor::Postgres(dsn)),
+            None => parquet_roots(spec).into_iter().next().map(Anchor::Cold),
+        }
+    }
+}
+
+fn cold_progress_error(e: cold_progress::ColdProgressError) -> SinkError {
+    match e {
+        cold_progress::ColdProgressError::Io { .. } => SinkError::Transient(e.to_string()),
+        cold_progress::ColdProgressError::Invalid { .. } => SinkError::Definite(e.to_string()),
+    }
+}
+
+/// Runs a blocking cold-tier step off the async threads.
+async fn blocking<T: Send + 'static>(
+    step: impl FnOnce() -> Result<T, SinkError> + Send + 'static,
+) -> Result<T, SinkError> {
+    tokio::task::spawn_blocking(step)
+        .await
+        .map_err(|e| SinkError::Transient(format!("cold-tier task: {e}")))?
+}
+
+/// Records confirmed positions where the job's [`Anchor`] keeps them.
 struct ProgressStore {
     job: String,
-    dsn: String,
+    anchor: Anchor,
     client: Option<tokio_postgres::Client>,
 }
 
 impl ConfirmedStore for ProgressStore {
     async fn store_confirmed(&mut self, lsn: Lsn) -> Result<(), String> {
+        let dsn = match &self.anchor {
+            Anchor::Postgres(dsn) => dsn,
+            Anchor::Cold(root) => {
+                let (root, job) = (root.clone(), self.job.clone());
+                return blocking(move || {
+                    cold_progress::record_confirmed(&root, &job, lsn).map_err(cold_progress_error)
+                })
+                .await
+                .map_err(|e| e.to_string());
+            }
+        };
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
             self.client = Some(
-                pg_apply::sink::connect(&self.dsn)
+                pg_apply::sink::connect(dsn)
                     .await
                     .map_err(|e| e.to_string())?,
             );
@@ -296,8 +357,10 @@ async fn run_job_inner(
 ) -> Result<(), JobError> {
     let plan = Arc::new(tenant_plan(spec, host.workers()));
     let sinks = sink_places(spec);
-    let Some(progress_dsn) = postgres_dsns(spec).into_iter().next() else {
-        return Err(JobError::Dataflow("the job has no postgres sink".into()));
+    let Some(anchor) = Anchor::of(spec) else {
+        return Err(JobError::Dataflow(
+            "the job has no postgres or parquet sink to keep its progress".into(),
+        ));
     };
 
     // Start-up: retried while transient, until stopped.
@@ -307,7 +370,7 @@ async fn run_job_inner(
         if *control.borrow() == Desired::Stop {
             return Ok(());
         }
-        match prepare(spec, &plan, &stats.books).await {
+        match prepare(spec, &plan, &anchor, &stats.books).await {
             Ok(ready) => break ready,
             Err(e) if is_transient(&e) => {
                 stats.errors.fetch_add(1, Relaxed);
@@ -362,7 +425,7 @@ async fn run_job_inner(
     let wake = host.waker();
     let mut store = ProgressStore {
         job: spec.name.clone(),
-        dsn: progress_dsn,
+        anchor,
         client: None,
     };
     let mut state = ReaderState::new(confirmed);
@@ -582,7 +645,8 @@ pub fn tenant_row_filter(
 async fn prepare(
     spec: &JobSpec,
     plan: &TenantPlan,
-    books: &HistoryBooks,
+    anchor: &Anchor,
+    books: &Arc<HistoryBooks>,
 ) -> Result<(ReplicationClient, Lsn), JobError> {
     let dsn = spec.source.dsn.expose();
     let (slot, publication) = (&spec.source.slot, &spec.source.publication);
@@ -622,7 +686,7 @@ async fn prepare(
         store::migrate(&client).await?;
         targets.push(client);
     }
-    let progress = store::load_progress(&targets[0], &spec.name).await?;
+    let progress = load_progress(spec, anchor, &targets).await?;
     let slot_state = catalog::slot_state(&source, slot).await?;
     let recorded = progress
         .confirmed_lsn
@@ -637,7 +701,16 @@ async fn prepare(
                 .into());
             }
             let cfg = stream::replication_config(dsn, slot, publication, s.confirmed_flush)?;
-            restore_history(spec, plan, &targets[0], &infos, s.confirmed_flush, books).await?;
+            restore_history(
+                spec,
+                plan,
+                anchor,
+                &targets,
+                &infos,
+                s.confirmed_flush,
+                books,
+            )
+            .await?;
             let client = connect_started(cfg).await?;
             tracing::info!(job = %spec.name, from = %format_lsn(s.confirmed_flush), "resuming from the slot's confirmed position");
             return Ok((client, s.confirmed_flush));
@@ -660,23 +733,89 @@ async fn prepare(
         }
         catalog::drop_slot(&source, slot).await?;
     }
-    store::clear_snapshot(&targets[0], &spec.name).await?;
-    let (client, at) = take_snapshot(spec, plan, &mut targets, &infos).await?;
-    restore_history(spec, plan, &targets[0], &infos, at, books).await?;
+    clear_snapshot(spec, anchor, &targets).await?;
+    let (client, at) = take_snapshot(spec, plan, anchor, &mut targets, &infos).await?;
+    restore_history(spec, plan, anchor, &targets, &infos, at, books).await?;
     Ok((client, at))
+}
+
+/// The target an [`Anchor::Postgres`] names: the first of the job's PostgreSQL targets.
+fn anchor_target(targets: &[tokio_postgres::Client]) -> Result<&tokio_postgres::Client, JobError> {
+    targets
+        .first()
+        .ok_or_else(|| JobError::Dataflow("the job's progress target is not connected".into()))
+}
+
+/// The job's recorded positions, from its [`Anchor`].
+async fn load_progress(
+    spec: &JobSpec,
+    anchor: &Anchor,
+    targets: &[tokio_postgres::Client],
+) -> Result<store::JobProgress, JobError> {
+    Ok(match anchor {
+        Anchor::Postgres(_) => store::load_progress(anchor_target(targets)?, &spec.name).await?,
+        Anchor::Cold(root) => {
+            let (root, job) = (root.clone(), spec.name.clone());
+            blocking(move || cold_progress::load_progress(&root, &job).map_err(cold_progress_error))
+                .await?
+        }
+    })
+}
+
+/// Forgets the job's snapshot before a new one is taken.
+async fn clear_snapshot(
+    spec: &JobSpec,
+    anchor: &Anchor,
+    targets: &[tokio_postgres::Client],
+) -> Result<(), JobError> {
+    match anchor {
+        Anchor::Postgres(_) => store::clear_snapshot(anchor_target(targets)?, &spec.name).await?,
+        Anchor::Cold(root) => {
+            let (root, job) = (root.clone(), spec.name.clone());
+            blocking(move || {
+                cold_progress::clear_snapshot(&root, &job).map_err(cold_progress_error)
+            })
+            .await?
+        }
+    }
+    Ok(())
+}
+
+/// Records the completed snapshot at `lsn` where the job's [`Anchor`] keeps progress.
+async fn record_snapshot_done(
+    spec: &JobSpec,
+    anchor: &Anchor,
+    targets: &[tokio_postgres::Client],
+    lsn: Lsn,
+) -> Result<(), JobError> {
+    let slot = &spec.source.slot;
+    match anchor {
+        Anchor::Postgres(_) => {
+            store::record_snapshot(anchor_target(targets)?, &spec.name, slot, lsn).await?
+        }
+        Anchor::Cold(root) => {
+            let (root, job, slot) = (root.clone(), spec.name.clone(), slot.clone());
+            blocking(move || {
+                cold_progress::record_snapshot(&root, &job, &slot, lsn).map_err(cold_progress_error)
+            })
+            .await?
+        }
+    }
+    Ok(())
 }
 
 /// Restores the version books at `resume` (no-op when no table keeps history).
 async fn restore_history(
     spec: &JobSpec,
     plan: &TenantPlan,
-    target: &tokio_postgres::Client,
+    anchor: &Anchor,
+    targets: &[tokio_postgres::Client],
     infos: &[(
         crate::control::job_spec::TableSpec,
         Arc<crate::change::TableInfo>,
     )],
     resume: Lsn,
-    books: &HistoryBooks,
+    books: &Arc<HistoryBooks>,
 ) -> Result<(), JobError> {
     books.reset(SysTime {
         lsn: resume,
@@ -685,7 +824,18 @@ async fn restore_history(
     if spec.history_tables().next().is_none() {
         return Ok(());
     }
-    let restored = history_start::restore_books(plan, target, infos, resume, books).await?;
+    let restored = match anchor {
+        Anchor::Postgres(_) => {
+            history_start::restore_books(plan, anchor_target(targets)?, infos, resume, books)
+                .await?
+        }
+        Anchor::Cold(root) => {
+            let (plan, root, infos, books) =
+                (plan.clone(), root.clone(), infos.to_vec(), books.clone());
+            blocking(move || cold_history::restore_books(&plan, &root, &infos, resume, &books))
+                .await?
+        }
+    };
     tracing::info!(job = %spec.name, versions = restored, at = %format_lsn(resume), "history versions restored");
     Ok(())
 }
@@ -695,6 +845,7 @@ async fn restore_history(
 async fn take_snapshot(
     spec: &JobSpec,
     plan: &TenantPlan,
+    anchor: &Anchor,
     targets: &mut [tokio_postgres::Client],
     infos: &[(
         crate::control::job_spec::TableSpec,
@@ -708,6 +859,11 @@ async fn take_snapshot(
         .await
         .map_err(|e| CdcError::Connect(e.to_string()))?;
     let snap = snapshot::create_slot_exporting_snapshot(&mut repl, slot).await?;
+    // The versions the snapshot loads are known from the moment it was taken.
+    let at = SysTime {
+        lsn: snap.consistent_point,
+        micros: crate::change::pg_now_micros(),
+    };
     let started = Instant::now();
     let copier = catalog::connect(dsn).await?;
     snapshot::begin_on_snapshot(&copier, &snap.snapshot_name).await?;
@@ -721,6 +877,12 @@ async fn take_snapshot(
             let rows = snapshot::copy_out(&copier, &sql).await?;
             bytes +=
                 pg_apply::snapshot::load_table(target, &info, &column, &plan.include, rows).await?;
+        }
+        if let (Anchor::Cold(_), true) = (anchor, table.history) {
+            let rows =
+                cold_history::snapshot_table(&copier, &parquet_roots(spec), plan, table, &info, at)
+                    .await?;
+            tracing::info!(job = %spec.name, table = %table.name, versions = rows, "snapshot rows written to the cold tier as versions");
         }
         if !streams.is_empty() {
             bytes += publish_snapshot(
@@ -738,12 +900,10 @@ async fn take_snapshot(
         .batch_execute("COMMIT")
         .await
         .map_err(CdcError::query("end snapshot transaction"))?;
-    let at = SysTime {
-        lsn: snap.consistent_point,
-        micros: crate::change::pg_now_micros(),
-    };
-    history_start::record_snapshot(spec, plan, &targets[0], infos, at).await?;
-    store::record_snapshot(&targets[0], &spec.name, slot, snap.consistent_point).await?;
+    if let Anchor::Postgres(_) = anchor {
+        history_start::record_snapshot(spec, plan, anchor_target(targets)?, infos, at).await?;
+    }
+    record_snapshot_done(spec, anchor, targets, snap.consistent_point).await?;
     let tenants = match &plan.include {
         TenantFilter::All => "all".to_string(),
         TenantFilter::Only(t) => t.len().to_string(),

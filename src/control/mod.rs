@@ -2,6 +2,8 @@
 
 pub mod access;
 pub mod access_subscriber;
+pub mod cold_history;
+pub mod cold_progress;
 pub mod exports;
 pub mod history_query;
 pub mod history_start;

@@ -32,8 +32,10 @@ INSERT INTO public.prices SELECT t, i, 100, '2026-01-01 00:00:00+00' FROM genera
 const TENANTS: i32 = 6;
 const KEYS: i32 = 30;
 
-/// (tenant, id) → (price, valid time µs).
-type Row = (i32, i32, i32);
+/// A visible row: (tenant, id, price).
+pub(crate) type Row = (i32, i32, i32);
+/// The source's rows: (tenant, id) → (price, valid time µs).
+pub(crate) type State = BTreeMap<(i32, i32), (i32, i64)>;
 
 /// One change of the log: transaction index, key, new value (None: delete), valid time.
 pub(crate) struct Change {
@@ -52,7 +54,7 @@ pub(crate) fn day(d: i64) -> (i64, String) {
 }
 
 /// The oracle: rows of tenants 1..=5 as of (after transaction `txn`, valid `v`).
-fn oracle(log: &[Change], txn: usize, v: i64) -> Vec<Row> {
+pub(crate) fn oracle(log: &[Change], txn: usize, v: i64) -> Vec<Row> {
     let mut best: BTreeMap<(i32, i32), (i64, usize, Option<i32>)> = BTreeMap::new();
     for (pos, c) in log.iter().enumerate().filter(|(_, c)| c.txn <= txn) {
         if c.valid > v || c.key.0 > 5 {
@@ -117,7 +119,7 @@ fn from_history_table(env: &Env, lsn: Lsn, valid: &str) -> Vec<Row> {
     )))
 }
 
-fn from_cold_tier(root: &Path, lsn: Lsn, valid: i64) -> Vec<Row> {
+pub(crate) fn from_cold_tier(root: &Path, lsn: Lsn, valid: i64) -> Vec<Row> {
     let table = prices_table();
     let mut out = Vec::new();
     for tenant in 1..=5 {
@@ -164,11 +166,31 @@ fn from_api(server: &Server, tenant: i32, lsn: Lsn, valid: &str) -> (String, Vec
     (v["source"].as_str().unwrap_or_default().to_owned(), rows)
 }
 
+/// The rows [`SETUP`] inserts as the state and change log of transaction 0 (the
+/// snapshot) of the oracle.
+pub(crate) fn snapshot_log() -> (State, Vec<Change>) {
+    let mut state = BTreeMap::new();
+    let mut log = Vec::new();
+    let start = day(0).0;
+    for t in 1..=TENANTS {
+        for i in 1..=5 {
+            state.insert((t, i), (100, start));
+            log.push(Change {
+                txn: 0,
+                key: (t, i),
+                value: Some(100),
+                valid: start,
+            });
+        }
+    }
+    (state, log)
+}
+
 /// Runs `txns` random transactions; appends to `log` and `points` (LSN after each).
 pub(crate) fn workload(
     env: &Env,
     rng: &mut StdRng,
-    state: &mut BTreeMap<(i32, i32), (i32, i64)>,
+    state: &mut State,
     log: &mut Vec<Change>,
     points: &mut Vec<Lsn>,
     txns: usize,
@@ -271,21 +293,7 @@ fn history_table_cold_tier_and_api_agree_with_the_oracle() {
             == Some("25")
     });
 
-    // The snapshot is transaction 0 of the oracle.
-    let mut state: BTreeMap<(i32, i32), (i32, i64)> = BTreeMap::new();
-    let mut log = Vec::new();
-    let start = day(0).0;
-    for t in 1..=TENANTS {
-        for i in 1..=5 {
-            state.insert((t, i), (100, start));
-            log.push(Change {
-                txn: 0,
-                key: (t, i),
-                value: Some(100),
-                valid: start,
-            });
-        }
-    }
+    let (mut state, mut log) = snapshot_log();
     let snapshot_lsn =
         parse_lsn(env.on_source("SELECT pg_current_wal_insert_lsn()").trim()).expect("lsn");
     let mut points = vec![snapshot_lsn];

@@ -3,6 +3,7 @@
 
 mod apply_semantics;
 mod bad_input;
+mod cold_only;
 mod cold_tier;
 mod harness;
 mod history;

@@ -32,6 +32,10 @@
 //! root = "/var/lib/helios/cold"
 //! ```
 //!
+//! The first sink keeps the job's progress: a postgres sink, or in a job with none, a
+//! parquet sink (a cold-tier-only job: progress in `<root>/_jobs/`, history restored
+//! from the published files).
+//!
 //! Connection strings are [`Dsn`]s: their `Debug`/`Display` hide passwords,
 //! so `{:?}` of a spec is safe to log.
 
@@ -479,11 +483,26 @@ impl JobSpec {
                 ));
             }
         }
-        if !matches!(self.sinks.first(), Some(SinkSpec::Postgres(_))) {
+        let has_postgres = self
+            .sinks
+            .iter()
+            .any(|s| matches!(s, SinkSpec::Postgres(_)));
+        let first_keeps_progress = match self.sinks.first() {
+            Some(SinkSpec::Postgres(_)) => true,
+            Some(SinkSpec::Parquet(_)) => !has_postgres,
+            Some(SinkSpec::Nats(_)) | None => false,
+        };
+        if !first_keeps_progress {
             return Err(JobSpecError::invalid(
                 "sinks[0].kind",
-                "the first sink must be a postgres sink: it takes the initial copy and keeps \
-                 the job's progress (and the history table versions are restored from)",
+                if has_postgres {
+                    "the first sink must be a postgres sink: it takes the initial copy and keeps \
+                     the job's progress (and the history table versions are restored from)"
+                } else {
+                    "the first sink must be a postgres or parquet sink: it keeps the job's \
+                     progress (a job without a postgres sink keeps it, and its history, in the \
+                     first parquet sink's root)"
+                },
             ));
         }
         self.qos.validate()?;

@@ -688,6 +688,27 @@ fn bad_nats_settings_name_the_field() {
 }
 
 #[test]
+fn a_job_without_postgres_sinks_keeps_its_progress_in_the_first_parquet_sink() {
+    let history = valid_with(
+        "name = \"public.orders\"",
+        "name = \"public.orders\"\nhistory = true",
+    );
+    let pg = "kind = \"postgres\"\ndsn = \"host=127.0.0.1 port=5433 user=postgres dbname=replica\"";
+    let parquet_only = history.replace(pg, "kind = \"parquet\"\nroot = \"/tmp/cold\"");
+    let spec = JobSpec::from_toml_str(&parquet_only).expect("a cold-tier-only job");
+    assert_eq!(spec.sinks[0].kind(), "parquet");
+    let with_nats = format!("{parquet_only}[[sinks]]\nkind = \"nats\"\nurl = \"nats://h:1\"\n");
+    JobSpec::from_toml_str(&with_nats).expect("parquet first, then nats");
+    // With a postgres sink, that one must come first.
+    let pg_second = format!("{parquet_only}[[sinks]]\n{pg}\n");
+    let err = expect_err(&pg_second, "sinks[0].kind");
+    assert!(err.to_string().contains("must be a postgres sink"), "{err}");
+    // Without history there is nothing a parquet sink could export.
+    let no_history = VALID.replace(pg, "kind = \"parquet\"\nroot = \"/tmp/cold\"");
+    expect_err(&no_history, "sinks[0].kind");
+}
+
+#[test]
 fn a_nats_sink_cannot_come_first() {
     let only_nats = VALID.replace(
         "kind = \"postgres\"\ndsn = \"host=127.0.0.1 port=5433 user=postgres dbname=replica\"",

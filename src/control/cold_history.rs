@@ -1,0 +1,305 @@
+//! Starting the history of a job whose versions live only in the Parquet cold tier (no
+//! PostgreSQL sink): the initial snapshot written as open versions, and the version books
+//! restored from the tier's published files when the stream resumes.
+//!
+//! The same rules as the history table's (see `history_start`): a snapshot closes every
+//! version still open (a re-snapshot after the slot was lost starts the history afresh
+//! from the rows as they are now) and opens one per row, all at the snapshot's consistent
+//! point; on resume, the versions current at the resume position are the books' state
+//! there, so replayed transactions produce the same events, which the sink skips by each
+//! table's covered LSN.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+
+use crate::cdc::snapshot;
+use crate::change::{Cell, Lsn, TableInfo};
+use crate::control::history_query::versions_from_cold_rows;
+use crate::control::job_spec::{TableSpec, TenantFilter};
+use crate::operators::history::HistoryBooks;
+use crate::operators::partition::TenantPlan;
+use crate::operators::version::SysTime;
+use crate::sinks::parquet::sink::cold_columns;
+use crate::sinks::parquet::{
+    list_tables, read_table, ChangeOp, ColdEvent, ColdRow, ColdTableWriter, ParquetError,
+};
+use crate::sinks::SinkError;
+use crate::time_text::parse_pg_timestamp;
+
+fn cold_error(root: &Path) -> impl Fn(ParquetError) -> SinkError + '_ {
+    move |e| SinkError::Definite(format!("parquet cold tier {}: {e}", root.display()))
+}
+
+/// The open rows of versions current at `at`: opened at or before it and not closed at
+/// or before it, in the order they were written. A version is named by its key, valid
+/// start and opening LSN (as [`versions_from_cold_rows`] merges them).
+pub fn open_versions_at(table: &TableInfo, rows: Vec<ColdRow>, at: Lsn) -> Vec<ColdRow> {
+    let keys = table.key_columns();
+    let name = |r: &ColdRow| -> (Vec<Option<String>>, i64, Lsn) {
+        let key = keys
+            .iter()
+            .map(|&i| r.values.get(i).cloned().flatten())
+            .collect();
+        (key, r.valid_from, r.system_from_lsn)
+    };
+    let mut open: HashMap<(Vec<Option<String>>, i64, Lsn), usize> = HashMap::new();
+    let mut closed = Vec::new();
+    let mut kept: Vec<Option<ColdRow>> = Vec::new();
+    for row in rows {
+        match row.event {
+            ColdEvent::Open if row.system_from_lsn <= at => {
+                open.insert(name(&row), kept.len());
+                kept.push(Some(row));
+            }
+            ColdEvent::Close if row.system_to_lsn.is_some_and(|l| l <= at) => {
+                closed.push(name(&row));
+            }
+            _ => {}
+        }
+    }
+    // A close may come before the open in file order (an export writes one row per
+    // version), so closes are applied once every open is known.
+    for name in closed {
+        if let Some(i) = open.remove(&name) {
+            kept[i] = None;
+        }
+    }
+    kept.into_iter().flatten().collect()
+}
+
+/// The tenants of the job with a directory of `table` under `root`.
+fn tier_tenants(
+    root: &Path,
+    table: &str,
+    include: &TenantFilter,
+) -> Result<Vec<String>, ParquetError> {
+    Ok(list_tables(root)?
+        .into_iter()
+        .filter(|(tenant, t)| {
+            t == table
+                && match include {
+                    TenantFilter::All => true,
+                    TenantFilter::Only(set) => set.contains(tenant),
+                }
+        })
+        .map(|(tenant, _)| tenant)
+        .collect())
+}
+
+/// Fills `books` with the versions current at `resume`, read from the cold tier at
+/// `root`; returns how many.
+pub fn restore_books(
+    plan: &TenantPlan,
+    root: &Path,
+    tables: &[(TableSpec, Arc<TableInfo>)],
+    resume: Lsn,
+    books: &HistoryBooks,
+) -> Result<usize, SinkError> {
+    let mut restored = 0;
+    for (table, info) in tables.iter().filter(|(t, _)| t.history) {
+        for tenant in tier_tenants(root, &table.name, &plan.include).map_err(cold_error(root))? {
+            let (_, rows) = read_table(root, &tenant, &table.name).map_err(cold_error(root))?;
+            let open = open_versions_at(info, rows, resume);
+            for v in versions_from_cold_rows(info, &open) {
+                books.restore(&tenant, &table.name, v);
+                restored += 1;
+            }
+        }
+    }
+    Ok(restored)
+}
+
+/// The open row of a version the snapshot found: valid from the row's valid-time column
+/// when it has one (else from the snapshot's time), known from the snapshot.
+fn snapshot_row(table: &TableInfo, valid_at: Option<usize>, row: &[Cell], at: SysTime) -> ColdRow {
+    let valid_from = valid_at
+        .and_then(|i| row.get(i))
+        .and_then(Cell::as_text)
+        .and_then(parse_pg_timestamp)
+        .unwrap_or(at.micros);
+    ColdRow {
+        event: ColdEvent::Open,
+        op: ChangeOp::Insert,
+        values: (0..table.columns.len())
+            .map(|i| row.get(i).and_then(Cell::as_text).map(str::to_owned))
+            .collect(),
+        valid_from,
+        valid_to: None,
+        system_from: at.micros,
+        system_from_lsn: at.lsn,
+        system_to: None,
+        system_to_lsn: None,
+        tombstone: false,
+    }
+}
+
+/// Writes the snapshot of one table to every cold root: per tenant, the close of each
+/// version still open, then one open version per row the `copier` (in the exported
+/// snapshot's transaction) reads, all at `at`. Returns the rows read.
+///
+/// A tenant's rows are held in memory until they are written, in one file per tenant at
+/// the consistent point (a cold write is one LSN range; the history-table path holds as
+/// much). A tenant whose table already covers `at` (a crash after its write) is skipped.
+pub async fn snapshot_table(
+    copier: &tokio_postgres::Client,
+    roots: &[PathBuf],
+    plan: &TenantPlan,
+    table: &TableSpec,
+    info: &TableInfo,
+    at: SysTime,
+) -> Result<u64, SinkError> {
+    let column = &plan.tenant_columns[&table.name];
+    let Some(tenant_at) = info.column_index(column) else {
+        return Err(SinkError::Definite(format!(
+            "{}: no tenant column `{column}`",
+            info.qualified_name()
+        )));
+    };
+    let valid_at = table
+        .valid_time_column
+        .as_deref()
+        .and_then(|c| info.column_index(c));
+    let sql = snapshot::select_text_sql(info, column, &plan.include);
+    let rows = snapshot::rows_as_text(copier, &sql)
+        .await
+        .map_err(|e| SinkError::Transient(e.to_string()))?;
+    futures_util::pin_mut!(rows);
+    let mut by_tenant: BTreeMap<String, Vec<ColdRow>> = BTreeMap::new();
+    let mut read = 0u64;
+    while let Some(row) = rows.next().await {
+        let row = row.map_err(|e| SinkError::Transient(e.to_string()))?;
+        let Some(tenant) = row.get(tenant_at).and_then(Cell::as_text) else {
+            // A NULL tenant belongs to no tenant: the stream drops such rows too.
+            continue;
+        };
+        by_tenant
+            .entry(tenant.to_owned())
+            .or_default()
+            .push(snapshot_row(info, valid_at, &row, at));
+        read += 1;
+    }
+    for root in roots {
+        let root = root.as_path();
+        let info_owned = info.clone();
+        let (table_name, include) = (table.name.clone(), plan.include.clone());
+        let opens = by_tenant.clone();
+        let root_owned = root.to_owned();
+        tokio::task::spawn_blocking(move || {
+            write_snapshot(&root_owned, &info_owned, &table_name, &include, opens, at)
+        })
+        .await
+        .map_err(|e| SinkError::Transient(format!("cold snapshot writer task: {e}")))??;
+    }
+    Ok(read)
+}
+
+fn write_snapshot(
+    root: &Path,
+    info: &TableInfo,
+    table: &str,
+    include: &TenantFilter,
+    mut opens: BTreeMap<String, Vec<ColdRow>>,
+    at: SysTime,
+) -> Result<(), SinkError> {
+    // Tenants in the tier but not in the snapshot (their rows are gone) get closes only.
+    for tenant in tier_tenants(root, table, include).map_err(cold_error(root))? {
+        opens.entry(tenant).or_default();
+    }
+    let columns = cold_columns(info);
+    for (tenant, mut rows) in opens {
+        let mut writer =
+            ColdTableWriter::open(root, &tenant, table, &columns).map_err(cold_error(root))?;
+        if writer.covered_lsn() >= at.lsn {
+            continue;
+        }
+        let mut closes = if writer.manifest().files.is_empty() {
+            Vec::new()
+        } else {
+            let (_, published) = read_table(root, &tenant, table).map_err(cold_error(root))?;
+            open_versions_at(info, published, Lsn::MAX)
+        };
+        for c in &mut closes {
+            c.event = ColdEvent::Close;
+            c.system_to = Some(at.micros);
+            c.system_to_lsn = Some(at.lsn);
+        }
+        if closes.is_empty() && rows.is_empty() {
+            continue;
+        }
+        closes.append(&mut rows);
+        writer
+            .write(&closes, at.lsn, at.lsn)
+            .map_err(cold_error(root))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::fixtures::table as fixture;
+
+    fn table() -> TableInfo {
+        fixture(
+            "t",
+            &[("tenant_id", "integer"), ("id", "integer"), ("v", "text")],
+            &[0, 1],
+        )
+    }
+
+    fn row(event: ColdEvent, id: &str, v: &str, from: Lsn, to: Option<Lsn>) -> ColdRow {
+        ColdRow {
+            event,
+            op: ChangeOp::Insert,
+            values: vec![Some("1".into()), Some(id.into()), Some(v.into())],
+            valid_from: 0,
+            valid_to: None,
+            system_from: from as i64,
+            system_from_lsn: from,
+            system_to: to.map(|l| l as i64),
+            system_to_lsn: to,
+            tombstone: false,
+        }
+    }
+
+    #[test]
+    fn open_versions_are_those_opened_and_not_closed_by_the_point() {
+        let rows = vec![
+            row(ColdEvent::Open, "1", "a", 10, None),
+            row(ColdEvent::Open, "2", "b", 10, None),
+            row(ColdEvent::Close, "1", "a", 10, Some(20)),
+            row(ColdEvent::Open, "1", "c", 20, None),
+            row(ColdEvent::Open, "3", "d", 30, None),
+        ];
+        let values = |rows: Vec<ColdRow>| -> Vec<String> {
+            rows.into_iter()
+                .map(|r| r.values[2].clone().unwrap())
+                .collect()
+        };
+        assert_eq!(
+            values(open_versions_at(&table(), rows.clone(), 15)),
+            ["a", "b"]
+        );
+        assert_eq!(
+            values(open_versions_at(&table(), rows.clone(), 20)),
+            ["b", "c"]
+        );
+        assert_eq!(
+            values(open_versions_at(&table(), rows.clone(), Lsn::MAX)),
+            ["b", "c", "d"]
+        );
+        assert!(open_versions_at(&table(), rows, 5).is_empty());
+    }
+
+    #[test]
+    fn a_close_written_before_its_open_still_closes_it() {
+        let rows = vec![
+            row(ColdEvent::Close, "1", "a", 10, Some(20)),
+            row(ColdEvent::Open, "1", "a", 10, None),
+        ];
+        assert!(open_versions_at(&table(), rows, 25).is_empty());
+    }
+}

@@ -1,0 +1,118 @@
+//! A job whose only sink is the Parquet cold tier (no PostgreSQL target): the snapshot
+//! lands as open versions, the stream's versions follow, the job's progress lives in
+//! `<root>/_jobs/`, and after a stop, writes while stopped and a restart, it resumes from
+//! its slot (no second snapshot) with its version books restored from the published files:
+//! every (system LSN, valid time) of the run, read back from the files, is what the
+//! oracle over the change log says. A restored book that missed a version would leave it
+//! open next to its successor, and a second snapshot would reopen every row: both show up
+//! as rows the oracle does not have.
+
+use std::path::Path;
+
+use helios_repl::change::Lsn;
+use helios_repl::control::cold_progress;
+use helios_repl::sinks::parquet::read_table;
+use rand::{rngs::StdRng, SeedableRng};
+
+use crate::harness::{wait_for, Env, Replicator};
+use crate::history::{day, from_cold_tier, oracle, snapshot_log, workload, SETUP, WAIT};
+
+fn job_toml(env: &Env, cold: &Path) -> String {
+    format!(
+        "name = \"cold_prices\"\n[source]\ndsn = \"{}\"\npublication = \"pub_cold\"\nslot = \"slot_cold\"\n\
+         [tenants]\ninclude = [1, 2, 3, 4, 5]\n[[tables]]\nname = \"public.prices\"\nhistory = true\n\
+         valid_time_column = \"effective_at\"\n[[sinks]]\nkind = \"parquet\"\nroot = \"{}\"\nbatch_max_rows = 5000\n",
+        env.source_dsn(),
+        cold.display()
+    )
+}
+
+/// Waits until every replicated tenant's files hold a version written at or after `lsn`.
+fn wait_covered(cold: &Path, lsn: Lsn) {
+    wait_for("the cold tier to cover the last transaction", WAIT, || {
+        (1..=5).all(|t| {
+            read_table(cold, &t.to_string(), "public.prices")
+                .map(|(_, rows)| {
+                    rows.iter()
+                        .any(|r| r.commit_lsn().is_some_and(|l| l >= lsn))
+                })
+                .unwrap_or(false)
+        })
+    });
+}
+
+#[test]
+fn a_cold_tier_only_job_snapshots_streams_and_resumes_from_its_own_files() {
+    let env = Env::start(SETUP);
+    let cold = env.dir.path().join("cold");
+    let job = env.dir.path().join("cold_prices.toml");
+    std::fs::write(&job, job_toml(&env, &cold)).expect("job file");
+    let mut replicator = Replicator::start(&job);
+
+    // The snapshot: five rows per replicated tenant, none of tenant 6.
+    wait_for("the snapshot's versions", WAIT, || {
+        (1..=5).all(|t| {
+            read_table(&cold, &t.to_string(), "public.prices")
+                .map(|(_, rows)| rows.len() == 5)
+                .unwrap_or(false)
+        })
+    });
+    assert!(read_table(&cold, "6", "public.prices").is_err());
+    let progress = cold_progress::load_progress(&cold, "cold_prices").expect("progress file");
+    let snapshot_lsn = progress.snapshot_lsn.expect("the snapshot is recorded");
+
+    let (mut state, mut log) = snapshot_log();
+    let mut points = vec![snapshot_lsn];
+    let mut rng = StdRng::seed_from_u64(11);
+    workload(&env, &mut rng, &mut state, &mut log, &mut points, 20);
+    wait_covered(&cold, points[points.len() - 2]);
+    assert!(replicator.stop().success(), "{}", replicator.output());
+    let first_run = replicator.output();
+    let confirmed = cold_progress::load_progress(&cold, "cold_prices")
+        .expect("progress file")
+        .confirmed_lsn
+        .expect("a confirmed position");
+    assert!(
+        confirmed > snapshot_lsn,
+        "the stop recorded the confirmed position: {confirmed:X}\n{first_run}"
+    );
+
+    // Written while stopped, then replayed from the slot after the restart.
+    workload(&env, &mut rng, &mut state, &mut log, &mut points, 10);
+    let mut replicator = Replicator::start(&job);
+    workload(&env, &mut rng, &mut state, &mut log, &mut points, 10);
+    wait_covered(&cold, points[points.len() - 2]);
+    let second_run = replicator.output();
+    assert!(
+        second_run.contains("resuming from the slot's confirmed position"),
+        "{second_run}"
+    );
+    assert!(
+        !second_run.contains("initial snapshot loaded"),
+        "{second_run}"
+    );
+
+    let valids: Vec<(i64, String)> = [-1, 0, 17, 44, 89, 120].iter().map(|&d| day(d)).collect();
+    for k in (0..points.len()).step_by(3).chain([points.len() - 1]) {
+        for (v, text) in &valids {
+            assert_eq!(
+                from_cold_tier(&cold, points[k], *v),
+                oracle(&log, k, *v),
+                "cold tier at txn {k}, valid {text}"
+            );
+        }
+    }
+    assert!(replicator.stop().success(), "{}", replicator.output());
+
+    // A progress file that is not one stops the job with a message naming it.
+    let path = cold_progress::progress_path(&cold, "cold_prices");
+    std::fs::write(&path, "{oops").expect("overwrite");
+    let mut replicator = Replicator::start(&job);
+    wait_for("the job to fail on the progress file", WAIT, || {
+        !replicator.is_running()
+    });
+    let out = replicator.output();
+    assert!(out.contains("not a progress record"), "{out}");
+    assert!(out.contains(&path.display().to_string()), "{out}");
+    assert_eq!(std::fs::read_to_string(&path).expect("kept"), "{oops");
+}
