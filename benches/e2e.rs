@@ -14,8 +14,9 @@
 //!   the library, `DataflowHost` with 2 workers + `job_runner::run_job`), the tenant filter
 //!   pushed into the publication as a row filter (the default); (c') the same 5 tenants with
 //!   the publication unfiltered, so our partition operator drops the other 45;
-//! - (d) ours PG→Parquet has no catch-up path (the cold tier exports a PostgreSQL sink's
-//!   closed history versions) and is printed as n/a.
+//! - (d) ours PG→Parquet: a cold-tier-only job (the table with `history = true`, one
+//!   Parquet sink, no PostgreSQL target), timed until the tables' manifests list every
+//!   row as a version; the files are read back afterwards and their rows counted.
 //!
 //! Catch-up: N rows (`HELIOS_BENCH_ROWS`, default 1,000,000; 8 columns incl. numeric,
 //! timestamptz, jsonb, text; 1,000 rows per transaction; 50 tenants) are written while every
@@ -401,6 +402,61 @@ fn job_spec(name: &str, source_dsn: &str, table: &str, tenants: &str, target_dsn
     )
 }
 
+/// The spec of case (d): `table` with history, into a Parquet cold tier under `root` only.
+fn cold_job_spec(name: &str, source_dsn: &str, table: &str, root: &std::path::Path) -> String {
+    format!(
+        "name = \"{name}\"\n[source]\ndsn = \"{source_dsn}\"\npublication = \"{name}\"\nslot = \"{name}\"\n\
+         [tenants]\ncolumn = \"tenant_id\"\ninclude = \"all\"\n[[tables]]\nname = \"{table}\"\nhistory = true\n\
+         [[sinks]]\nkind = \"parquet\"\nroot = \"{}\"\n",
+        root.display()
+    )
+}
+
+/// Rows the manifests of `table` under `root` list, over every tenant.
+fn cold_rows_listed(root: &std::path::Path, table: &str) -> anyhow::Result<u64> {
+    use helios_repl::sinks::parquet::{list_tables, table_dir, Manifest};
+    let mut rows = 0;
+    for (tenant, t) in list_tables(root)? {
+        if t == table {
+            if let Some(m) = Manifest::load(&table_dir(root, &tenant, &t))? {
+                rows += m.files.iter().map(|f| f.rows).sum::<u64>();
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Waits until the manifests of `table` under `root` list `want` rows; returns when.
+async fn wait_for_cold_rows(
+    root: &std::path::Path,
+    table: &str,
+    want: u64,
+) -> anyhow::Result<Instant> {
+    let start = Instant::now();
+    loop {
+        if cold_rows_listed(root, table)? >= want {
+            return Ok(Instant::now());
+        }
+        if start.elapsed() > WAIT_LIMIT {
+            bail!("the cold tier did not catch up within {WAIT_LIMIT:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Open versions in the files of `table` under `root`, read back and verified.
+fn cold_open_versions(root: &std::path::Path, table: &str) -> anyhow::Result<i64> {
+    use helios_repl::sinks::parquet::{list_tables, read_table, ColdEvent};
+    let mut n = 0;
+    for (tenant, t) in list_tables(root)? {
+        if t == table {
+            let (_, rows) = read_table(root, &tenant, &t)?;
+            n += rows.iter().filter(|r| r.event == ColdEvent::Open).count() as i64;
+        }
+    }
+    Ok(n)
+}
+
 /// Runs the job until it streams (taking its snapshot of the still-empty table, creating
 /// its slot), then stops it.
 async fn prime(spec: &str) -> anyhow::Result<()> {
@@ -626,7 +682,10 @@ async fn parent_main() -> anyhow::Result<()> {
         "\"all\"",
         &target.dsn("big"),
     );
+    let cold_d = dir.path().join("cold_d");
+    let spec_d = cold_job_spec("ours_d", &src_bench, "bench.t", &cold_d);
     prime(&spec_b).await.context("priming (b)")?;
+    prime(&spec_d).await.context("priming (d)")?;
     prime(&spec_c).await.context("priming (c)")?;
     prime(&spec_c_op).await.context("priming (c')")?;
     // (c'): the same job with the filter only in our partition operator. Its publication
@@ -748,13 +807,37 @@ async fn parent_main() -> anyhow::Result<()> {
             figures: Some(figures),
         });
     }
+    // (d): ours into the cold tier only, resumed from its primed slot.
+    {
+        let t = Instant::now();
+        let mut child = JobChild::spawn(&spec_d).await?;
+        let done = wait_for_cold_rows(&cold_d, "bench.t", rows as u64).await?;
+        let secs = done.duration_since(t).as_secs_f64();
+        let figures = child.stats().await?;
+        child.stop().await?;
+        let n = cold_open_versions(&cold_d, "bench.t")?;
+        drop_slot(&src, "ours_d").await;
+        let label = "(d) ours PG→Parquet, 50 of 50 tenants";
+        println!(
+            "{label}: {secs:.2}s, {n} versions in the cold tier, cpu {:.2}s, peak RSS {} MiB",
+            figures.cpu_s,
+            figures.hwm_kb / 1024
+        );
+        catchup.push(CatchUp {
+            label,
+            target_rows: n,
+            secs,
+            figures: Some(figures),
+        });
+    }
     let expected_some: i64 = (1..=rows)
         .filter(|g| SOME_TENANTS.contains(&((g % TENANTS) as i32 + 1)))
         .count() as i64;
     let catchup_ok = catchup[0].target_rows == rows
         && catchup[1].target_rows == rows
         && catchup[2].target_rows == expected_some
-        && catchup[3].target_rows == expected_some;
+        && catchup[3].target_rows == expected_some
+        && catchup[4].target_rows == rows;
 
     // ---- lag under sustained load ----
     let mut lag = Vec::new();
@@ -897,17 +980,13 @@ async fn parent_main() -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "| (d) ours PG→Parquet | n/a (the Parquet cold tier exports closed versions of a PostgreSQL sink's history; no PG→Parquet catch-up path) | | | | | | | |"
-    )?;
-    writeln!(
-        out,
         "| (e) pg_recvlogical → /dev/null | – | {secs_e:.2} | {ref_e:.0} | – | {:.2} | 1.00 | n/a | n/a |",
         ref_e / ref_a
     )?;
     if !catchup_ok {
         writeln!(
             out,
-            "\n**Row counts wrong**: expected {rows} for (a)/(b) and {expected_some} for (c)."
+            "\n**Row counts wrong**: expected {rows} for (a)/(b)/(d) and {expected_some} for (c)."
         )?;
     }
     writeln!(
