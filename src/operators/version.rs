@@ -31,7 +31,6 @@
 //! A change costs `O(log n)` in the number of keys and of versions of its key.
 
 use std::collections::BTreeMap;
-use std::ops::Bound::{Excluded, Unbounded};
 
 use differential_dataflow::lattice::Lattice;
 use serde::{Deserialize, Serialize};
@@ -243,11 +242,77 @@ struct Slot<V> {
     tombstone: bool,
 }
 
+/// A key's current line over valid time: slots by start, in a sorted `Vec`.
+///
+/// Most keys have one slot (rows whose valid time is never corrected), and a book holds
+/// one line per key: a `BTreeMap` would allocate a whole node (room for 11 slots, about
+/// 630 bytes) per key, this one slot.
+#[derive(Debug, Clone)]
+struct SlotLine<V> {
+    slots: Vec<(i64, Slot<V>)>,
+}
+
+impl<V> SlotLine<V> {
+    fn new() -> Self {
+        SlotLine { slots: Vec::new() }
+    }
+
+    /// Index of the first slot starting after `valid`.
+    fn after_index(&self, valid: i64) -> usize {
+        self.slots.partition_point(|(start, _)| *start <= valid)
+    }
+
+    /// The start and slot of the step containing `valid`.
+    fn at_or_before(&self, valid: i64) -> Option<(i64, &Slot<V>)> {
+        let i = self.after_index(valid).checked_sub(1)?;
+        self.slots.get(i).map(|(start, slot)| (*start, slot))
+    }
+
+    /// The slots starting after `valid`, in order.
+    fn after(&self, valid: i64) -> impl Iterator<Item = (i64, &Slot<V>)> {
+        self.slots[self.after_index(valid)..]
+            .iter()
+            .map(|(start, slot)| (*start, slot))
+    }
+
+    fn contains(&self, start: i64) -> bool {
+        self.slots.binary_search_by_key(&start, |(s, _)| *s).is_ok()
+    }
+
+    /// Puts `slot` at `start`; returns the slot it replaced.
+    fn insert(&mut self, start: i64, slot: Slot<V>) -> Option<Slot<V>> {
+        match self.slots.binary_search_by_key(&start, |(s, _)| *s) {
+            Ok(i) => Some(std::mem::replace(&mut self.slots[i].1, slot)),
+            Err(i) => {
+                if self.slots.capacity() == 0 {
+                    // A first slot gets room for itself alone; later ones grow as usual.
+                    self.slots.reserve_exact(1);
+                }
+                self.slots.insert(i, (start, slot));
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, start: i64) -> Option<Slot<V>> {
+        let i = self.slots.binary_search_by_key(&start, |(s, _)| *s).ok()?;
+        Some(self.slots.remove(i).1)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (i64, &Slot<V>)> {
+        self.slots.iter().map(|(start, slot)| (*start, slot))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
 /// What the book holds for one key.
 #[derive(Debug, Clone)]
 struct KeyBook<K, V> {
-    /// The current line over valid time, by slot start: one slot per change point.
-    current: BTreeMap<i64, Slot<V>>,
+    /// The current line over valid time: one slot per change point.
+    current: SlotLine<V>,
     /// Closed versions still held, in the order they were closed.
     closed: Vec<Version<K, V>>,
 }
@@ -255,25 +320,19 @@ struct KeyBook<K, V> {
 impl<K, V> KeyBook<K, V> {
     fn new() -> Self {
         KeyBook {
-            current: BTreeMap::new(),
+            current: SlotLine::new(),
             closed: Vec::new(),
         }
     }
 
     /// The start and slot of the step containing `valid`.
     fn slot_at(&self, valid: i64) -> Option<(i64, &Slot<V>)> {
-        self.current
-            .range(..=valid)
-            .next_back()
-            .map(|(start, slot)| (*start, slot))
+        self.current.at_or_before(valid)
     }
 
     /// The start of the first slot after `valid`: where a version from `valid` would end.
     fn next_after(&self, valid: i64) -> Option<i64> {
-        self.current
-            .range((Excluded(valid), Unbounded))
-            .next()
-            .map(|(start, _)| *start)
+        self.current.after(valid).next().map(|(start, _)| start)
     }
 }
 
@@ -340,9 +399,8 @@ impl<K: Ord + Clone, V: Clone> VersionBook<K, V> {
         };
         let mut deltas = Vec::with_capacity(3);
         let next = book.next_after(valid);
-        let containing = book.current.range(..=valid).next_back().map(|(s, _)| *s);
-        if let Some(old) = containing.and_then(|start| Some((start, book.current.remove(&start)?)))
-        {
+        let containing = book.current.at_or_before(valid).map(|(s, _)| s);
+        if let Some(old) = containing.and_then(|start| Some((start, book.current.remove(start)?))) {
             let (start, slot) = old;
             deltas.push(VersionDelta::Close {
                 key: key.clone(),
@@ -404,7 +462,7 @@ impl<K: Ord + Clone, V: Clone> VersionBook<K, V> {
     pub fn current_keys(&self) -> Vec<K> {
         self.keys
             .iter()
-            .filter(|(_, book)| book.current.values().any(|slot| !slot.tombstone))
+            .filter(|(_, book)| book.current.iter().any(|(_, slot)| !slot.tombstone))
             .map(|(key, _)| key.clone())
             .collect()
     }
@@ -420,9 +478,9 @@ impl<K: Ord + Clone, V: Clone> VersionBook<K, V> {
             }
             points.extend(
                 book.current
-                    .range((Excluded(at), Unbounded))
+                    .after(at)
                     .filter(|(_, slot)| !slot.tombstone)
-                    .map(|(start, _)| (key.clone(), *start)),
+                    .map(|(start, _)| (key.clone(), start)),
             );
         }
         points
@@ -448,12 +506,15 @@ impl<K: Ord + Clone, V: Clone> VersionBook<K, V> {
         }
         let book = self.keys.entry(version.key).or_insert_with(KeyBook::new);
         if let Some(to) = version.valid_to {
-            if let std::collections::btree_map::Entry::Vacant(gap) = book.current.entry(to) {
-                gap.insert(Slot {
-                    value: version.value.clone(),
-                    system_from: version.system_from,
-                    tombstone: true,
-                });
+            if !book.current.contains(to) {
+                book.current.insert(
+                    to,
+                    Slot {
+                        value: version.value.clone(),
+                        system_from: version.system_from,
+                        tombstone: true,
+                    },
+                );
                 self.len += 1;
             }
         }
@@ -503,8 +564,8 @@ impl<K: Ord + Clone, V: Clone> VersionBook<K, V> {
                 out.push(Version {
                     key: key.clone(),
                     value: slot.value.clone(),
-                    valid_from: *start,
-                    valid_to: slots.peek().map(|(next, _)| **next),
+                    valid_from: start,
+                    valid_to: slots.peek().map(|(next, _)| *next),
                     system_from: slot.system_from,
                     system_to: None,
                     tombstone: slot.tombstone,

@@ -1049,3 +1049,37 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// The sorted-Vec line answers as the `BTreeMap` it replaced: inserts (replacing at
+    /// an equal start), removes, the step containing a point and the steps after it.
+    #[test]
+    fn slot_line_agrees_with_a_btree_map(
+        edits in proptest::collection::vec((any::<bool>(), -8i64..8, any::<u32>()), 0..40),
+        probes in proptest::collection::vec(-10i64..10, 1..10),
+    ) {
+        let slot = |v: u32| super::Slot { value: v, system_from: st(1), tombstone: v.is_multiple_of(5) };
+        let mut line = super::SlotLine::new();
+        let mut map = BTreeMap::new();
+        for (insert, start, v) in edits {
+            if insert {
+                let old = line.insert(start, slot(v)).map(|s| s.value);
+                prop_assert_eq!(old, map.insert(start, v));
+            } else {
+                prop_assert_eq!(line.remove(start).map(|s| s.value), map.remove(&start));
+            }
+            prop_assert_eq!(line.is_empty(), map.is_empty());
+        }
+        let all: Vec<(i64, u32)> = line.iter().map(|(s, slot)| (s, slot.value)).collect();
+        prop_assert_eq!(all, map.iter().map(|(s, v)| (*s, *v)).collect::<Vec<_>>());
+        for p in probes {
+            let got = line.at_or_before(p).map(|(s, slot)| (s, slot.value));
+            let want = map.range(..=p).next_back().map(|(s, v)| (*s, *v));
+            prop_assert_eq!(got, want);
+            let after: Vec<i64> = line.after(p).map(|(s, _)| s).collect();
+            let want_after: Vec<i64> = map.range(p + 1..).map(|(s, _)| *s).collect();
+            prop_assert_eq!(after, want_after);
+            prop_assert_eq!(line.contains(p), map.contains_key(&p));
+        }
+    }
+}
