@@ -412,18 +412,27 @@ fn cold_job_spec(name: &str, source_dsn: &str, table: &str, root: &std::path::Pa
     )
 }
 
-/// Rows the manifests of `table` under `root` list, over every tenant.
-fn cold_rows_listed(root: &std::path::Path, table: &str) -> anyhow::Result<u64> {
+/// What the manifests of `table` under `root` list, over every tenant.
+#[derive(Debug, Clone, Copy, Default)]
+struct ColdListed {
+    rows: u64,
+    files: u64,
+    bytes: u64,
+}
+
+fn cold_listed(root: &std::path::Path, table: &str) -> anyhow::Result<ColdListed> {
     use helios_repl::sinks::parquet::{list_tables, table_dir, Manifest};
-    let mut rows = 0;
+    let mut listed = ColdListed::default();
     for (tenant, t) in list_tables(root)? {
         if t == table {
             if let Some(m) = Manifest::load(&table_dir(root, &tenant, &t))? {
-                rows += m.files.iter().map(|f| f.rows).sum::<u64>();
+                listed.rows += m.files.iter().map(|f| f.rows).sum::<u64>();
+                listed.bytes += m.files.iter().map(|f| f.bytes).sum::<u64>();
+                listed.files += m.files.len() as u64;
             }
         }
     }
-    Ok(rows)
+    Ok(listed)
 }
 
 /// Waits until the manifests of `table` under `root` list `want` rows; returns when.
@@ -434,7 +443,7 @@ async fn wait_for_cold_rows(
 ) -> anyhow::Result<Instant> {
     let start = Instant::now();
     loop {
-        if cold_rows_listed(root, table)? >= want {
+        if cold_listed(root, table)?.rows >= want {
             return Ok(Instant::now());
         }
         if start.elapsed() > WAIT_LIMIT {
@@ -808,6 +817,7 @@ async fn parent_main() -> anyhow::Result<()> {
         });
     }
     // (d): ours into the cold tier only, resumed from its primed slot.
+    let cold_note;
     {
         let t = Instant::now();
         let mut child = JobChild::spawn(&spec_d).await?;
@@ -816,12 +826,21 @@ async fn parent_main() -> anyhow::Result<()> {
         let figures = child.stats().await?;
         child.stop().await?;
         let n = cold_open_versions(&cold_d, "bench.t")?;
+        let listed = cold_listed(&cold_d, "bench.t")?;
         drop_slot(&src, "ours_d").await;
         let label = "(d) ours PG→Parquet, 50 of 50 tenants";
         println!(
-            "{label}: {secs:.2}s, {n} versions in the cold tier, cpu {:.2}s, peak RSS {} MiB",
+            "{label}: {secs:.2}s, {n} versions in the cold tier ({} files, {:.1} bytes per version), cpu {:.2}s, peak RSS {} MiB",
+            listed.files,
+            listed.bytes as f64 / n.max(1) as f64,
             figures.cpu_s,
             figures.hwm_kb / 1024
+        );
+        cold_note = format!(
+            "\n(d) wrote {} Parquet files, {:.1} bytes per version ({} versions).\n",
+            listed.files,
+            listed.bytes as f64 / n.max(1) as f64,
+            n
         );
         catchup.push(CatchUp {
             label,
@@ -983,6 +1002,7 @@ async fn parent_main() -> anyhow::Result<()> {
         "| (e) pg_recvlogical → /dev/null | – | {secs_e:.2} | {ref_e:.0} | – | {:.2} | 1.00 | n/a | n/a |",
         ref_e / ref_a
     )?;
+    out.push_str(&cold_note);
     if !catchup_ok {
         writeln!(
             out,
