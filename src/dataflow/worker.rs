@@ -21,7 +21,12 @@ use crate::sinks::parquet::ParquetSink;
 use crate::sinks::pg_apply::PgApplySink;
 use crate::sinks::qos::rate_limit::SinkLimiter;
 use crate::sinks::qos::QosPolicy;
-use crate::sinks::worker::{run_sink, SinkPacing, SinkStats};
+use crate::sinks::worker::{run_sink, Linger, SinkPacing, SinkStats};
+
+/// Longest a row waits in a Parquet sink for others to share its files (see [`Linger`]).
+/// Caught up, a cold-tier job then writes a file per tenant and table about once a
+/// second instead of one per source transaction.
+pub const COLD_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::sinks::Delivery;
 
 /// Batches queued per sink task before the worker blocks (back-pressure).
@@ -188,7 +193,12 @@ impl WorkerJob {
                     runtime.spawn(run_sink(sink, rx, stats, reader, pacing, on_durable));
                 }
                 SinkPlace::Parquet(root) => {
-                    // The manifest covers LSN ranges per table: commit order only.
+                    // The manifest covers LSN ranges per table: commit order only. A
+                    // write costs files and fsyncs per table directory: gather rows.
+                    pacing.linger = Some(Linger {
+                        rows: target.batch_max_rows.min(job.max_backlog_rows / 2).max(1),
+                        wait: COLD_LINGER,
+                    });
                     let sink = ParquetSink::new(&job.job, root.clone(), index as u32);
                     runtime.spawn(run_sink(sink, rx, stats, reader, pacing, on_durable));
                 }

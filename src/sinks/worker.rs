@@ -100,6 +100,20 @@ pub struct SinkPacing {
     pub max_rows: usize,
     /// This task's index among the sink's tasks (one per worker), for arbitration.
     pub task: usize,
+    /// Hold small groups back to publish fewer, larger ones (`None`: apply at once).
+    pub linger: Option<Linger>,
+}
+
+/// How long a sink whose writes carry a high fixed cost (the Parquet cold tier: files,
+/// fsyncs and a manifest per table directory) lets pending rows gather before applying
+/// them: it applies once `rows` are pending, once the oldest has waited `wait`, or at
+/// once when the channel closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Linger {
+    /// Pending rows that are worth a write.
+    pub rows: usize,
+    /// Longest a pending row waits for others.
+    pub wait: Duration,
 }
 
 impl SinkPacing {
@@ -112,6 +126,7 @@ impl SinkPacing {
             backlog,
             max_rows,
             task,
+            linger: None,
         }
     }
 }
@@ -151,6 +166,8 @@ pub async fn run_sink<S: Sink>(
     // The first part of a large transaction, once received: nothing else is taken from
     // the channel until it is applied (its other parts come next).
     let mut large: Option<ApplyBatch> = None;
+    // Since when rows have been pending (for the linger).
+    let mut pending_since: Option<tokio::time::Instant> = None;
     let receive = |scheduler: &mut Scheduler, large: &mut Option<ApplyBatch>, d: Delivery| match d {
         Delivery::Batch(b) => push(scheduler, b),
         Delivery::Part(p) => *large = Some(p),
@@ -210,6 +227,20 @@ pub async fn run_sink<S: Sink>(
         if large.is_some() {
             continue;
         }
+        if let Some(linger) = pacing.linger {
+            let since = *pending_since.get_or_insert_with(tokio::time::Instant::now);
+            let left = linger.wait.saturating_sub(since.elapsed());
+            if open && scheduler.pending_rows() < linger.rows && !left.is_zero() {
+                tokio::select! {
+                    b = batches.recv() => match b {
+                        Some(d) => receive(&mut scheduler, &mut large, d),
+                        None => open = false,
+                    },
+                    _ = tokio::time::sleep(left) => {}
+                }
+                continue;
+            }
+        }
         let now = pg_now_micros();
         let sink_wait = limiter.sink_wait_micros(now);
         // A shared bandwidth goes to the task with the best tier first.
@@ -260,6 +291,10 @@ pub async fn run_sink<S: Sink>(
         apply_group(&mut sink, &group.batches, &stats, &reader).await;
         take_off_backlog(&pacing, group.rows);
         on_durable(scheduler.durable_watermark());
+        if scheduler.is_empty() {
+            // What is left (if anything) has waited already: it goes without lingering.
+            pending_since = None;
+        }
     }
 }
 
@@ -437,4 +472,91 @@ fn record(
     stats.skipped.fetch_add(report.skipped, Relaxed);
     stats.dead_lettered.fetch_add(report.dead_lettered, Relaxed);
     stats.bytes_sent.fetch_add(report.bytes, Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::change::{fixtures, Cell, Scope, TenantAction, TenantChange};
+    use crate::sinks::{ApplyReport, SinkError};
+
+    /// Records the rows of every apply.
+    struct Recorder(Arc<Mutex<Vec<usize>>>);
+
+    impl Sink for Recorder {
+        fn kind(&self) -> &'static str {
+            "recorder"
+        }
+
+        async fn apply(&mut self, batches: &[ApplyBatch]) -> Result<ApplyReport, SinkError> {
+            let rows = batches.iter().map(ApplyBatch::rows).sum();
+            if let Ok(mut applied) = self.0.lock() {
+                applied.push(rows);
+            }
+            Ok(ApplyReport::default())
+        }
+
+        async fn reconnect(&mut self) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    fn batch(lsn: Lsn, rows: usize) -> Delivery {
+        let table = Arc::new(fixtures::table("t", &[("id", "int")], &[0]));
+        Delivery::Batch(ApplyBatch {
+            commit_lsn: lsn,
+            changes: (0..rows)
+                .map(|i| TenantChange {
+                    scope: Scope::Tenant("1".into()),
+                    seq: i as u32,
+                    table: table.clone(),
+                    action: TenantAction::Upsert {
+                        old: None,
+                        new: vec![Cell::Text(i.to_string().into())],
+                        insert: true,
+                    },
+                })
+                .collect(),
+            history: Vec::new(),
+        })
+    }
+
+    /// Small transactions wait for company up to the linger's time, enough rows go at
+    /// once, and a closing channel flushes what is pending without waiting.
+    #[tokio::test(start_paused = true)]
+    async fn a_lingering_sink_gathers_small_transactions() {
+        let applied = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel(16);
+        let mut pacing = SinkPacing::fifo(Arc::default(), 100, 0);
+        let wait = Duration::from_millis(500);
+        pacing.linger = Some(Linger { rows: 10, wait });
+        let task = tokio::spawn(run_sink(
+            Recorder(applied.clone()),
+            rx,
+            Arc::default(),
+            Arc::default(),
+            pacing,
+            |_| {},
+        ));
+        let seen = || applied.lock().map(|a| a.clone()).unwrap_or_default();
+        for lsn in 1..=3 {
+            tx.send(batch(lsn, 2)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(seen().is_empty(), "applied before the linger ended");
+        tokio::time::sleep(wait).await;
+        assert_eq!(seen(), [6]);
+        // Enough rows: no waiting.
+        tx.send(batch(4, 12)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(seen(), [6, 12]);
+        // The channel closes: what is pending goes at once.
+        tx.send(batch(5, 1)).await.unwrap();
+        drop(tx);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(seen(), [6, 12, 1]);
+        task.await.unwrap();
+    }
 }
