@@ -29,7 +29,8 @@ use crate::sinks::parquet::{
 use crate::sinks::SinkError;
 use crate::time_text::parse_pg_timestamp;
 
-fn cold_error(root: &Path) -> impl Fn(ParquetError) -> SinkError + '_ {
+/// A cold-tier error under `root` as a definite sink error naming the root.
+pub(crate) fn cold_error(root: &Path) -> impl Fn(ParquetError) -> SinkError + '_ {
     move |e| SinkError::Definite(format!("parquet cold tier {}: {e}", root.display()))
 }
 
@@ -182,13 +183,11 @@ pub async fn snapshot_table(
         read += 1;
     }
     for root in roots {
-        let root = root.as_path();
-        let info_owned = info.clone();
+        let (root, info) = (root.clone(), info.clone());
         let (table_name, include) = (table.name.clone(), plan.include.clone());
         let opens = by_tenant.clone();
-        let root_owned = root.to_owned();
         tokio::task::spawn_blocking(move || {
-            write_snapshot(&root_owned, &info_owned, &table_name, &include, opens, at)
+            write_snapshot(&root, &info, &table_name, &include, opens, at)
         })
         .await
         .map_err(|e| SinkError::Transient(format!("cold snapshot writer task: {e}")))??;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use crate::change::format_lsn;
 use crate::change::{Lsn, Row, TableInfo};
+use crate::control::cold_history::cold_error;
 use crate::control::exports::{cold_row, select_versions_sql};
 use crate::control::job_spec::{JobSpec, SinkSpec, TableSpec};
 use crate::operators::history::{HistoryBooks, HistoryPlan};
@@ -142,13 +143,9 @@ fn seed_cold_tier(
     let columns = cold_columns(table);
     for (tenant, rows) in by_tenant {
         let mut writer = ColdTableWriter::open(root, tenant, &table.qualified_name(), &columns)
-            .map_err(|e| {
-                SinkError::Definite(format!("parquet cold tier {}: {e}", root.display()))
-            })?;
+            .map_err(cold_error(root))?;
         if writer.covered_lsn() < lsn {
-            writer.write(rows, lsn, lsn).map_err(|e| {
-                SinkError::Definite(format!("parquet cold tier {}: {e}", root.display()))
-            })?;
+            writer.write(rows, lsn, lsn).map_err(cold_error(root))?;
         }
     }
     Ok(())

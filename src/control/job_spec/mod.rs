@@ -258,7 +258,9 @@ impl SinkSpec {
 pub struct ParquetSinkSpec {
     /// Directory of the cold tier (created if missing).
     pub root: String,
-    /// Most rows one published group of files takes, `1..=1_000_000`. Default 50000.
+    /// Most rows one published group of files takes, `1..=1_000_000`. Default 50000. The
+    /// sink waits for this many (or half the job's read-ahead) or for its oldest pending
+    /// row to have waited 1 s before it writes.
     #[serde(default = "default_parquet_batch_max_rows")]
     pub batch_max_rows: usize,
     /// The sink's bandwidth limits.
