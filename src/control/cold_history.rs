@@ -182,10 +182,15 @@ pub async fn snapshot_table(
             .push(snapshot_row(info, valid_at, &row, at));
         read += 1;
     }
-    for root in roots {
+    for (i, root) in roots.iter().enumerate() {
         let (root, info) = (root.clone(), info.clone());
         let (table_name, include) = (table.name.clone(), plan.include.clone());
-        let opens = by_tenant.clone();
+        // The last root takes the rows; the others get copies.
+        let opens = if i + 1 == roots.len() {
+            std::mem::take(&mut by_tenant)
+        } else {
+            by_tenant.clone()
+        };
         tokio::task::spawn_blocking(move || {
             write_snapshot(&root, &info, &table_name, &include, opens, at)
         })

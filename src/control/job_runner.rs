@@ -281,6 +281,15 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| SinkError::Transient(format!("cold-tier task: {e}")))?
 }
 
+/// Runs one step on the job's progress file under `root` off the async threads.
+async fn progress_file_step<T: Send + 'static>(
+    root: &std::path::Path,
+    step: impl FnOnce(&std::path::Path) -> Result<T, cold_progress::ColdProgressError> + Send + 'static,
+) -> Result<T, SinkError> {
+    let root = root.to_owned();
+    blocking(move || step(&root).map_err(cold_progress_error)).await
+}
+
 /// Records confirmed positions where the job's [`Anchor`] keeps them.
 struct ProgressStore {
     job: String,
@@ -293,9 +302,9 @@ impl ConfirmedStore for ProgressStore {
         let dsn = match &self.anchor {
             Anchor::Postgres(dsn) => dsn,
             Anchor::Cold(root) => {
-                let (root, job) = (root.clone(), self.job.clone());
-                return blocking(move || {
-                    cold_progress::record_confirmed(&root, &job, lsn).map_err(cold_progress_error)
+                let job = self.job.clone();
+                return progress_file_step(root, move |r| {
+                    cold_progress::record_confirmed(r, &job, lsn)
                 })
                 .await
                 .map_err(|e| e.to_string());
@@ -755,9 +764,8 @@ async fn load_progress(
     Ok(match anchor {
         Anchor::Postgres(_) => store::load_progress(anchor_target(targets)?, &spec.name).await?,
         Anchor::Cold(root) => {
-            let (root, job) = (root.clone(), spec.name.clone());
-            blocking(move || cold_progress::load_progress(&root, &job).map_err(cold_progress_error))
-                .await?
+            let job = spec.name.clone();
+            progress_file_step(root, move |r| cold_progress::load_progress(r, &job)).await?
         }
     })
 }
@@ -771,11 +779,8 @@ async fn clear_snapshot(
     match anchor {
         Anchor::Postgres(_) => store::clear_snapshot(anchor_target(targets)?, &spec.name).await?,
         Anchor::Cold(root) => {
-            let (root, job) = (root.clone(), spec.name.clone());
-            blocking(move || {
-                cold_progress::clear_snapshot(&root, &job).map_err(cold_progress_error)
-            })
-            .await?
+            let job = spec.name.clone();
+            progress_file_step(root, move |r| cold_progress::clear_snapshot(r, &job)).await?
         }
     }
     Ok(())
@@ -794,9 +799,9 @@ async fn record_snapshot_done(
             store::record_snapshot(anchor_target(targets)?, &spec.name, slot, lsn).await?
         }
         Anchor::Cold(root) => {
-            let (root, job, slot) = (root.clone(), spec.name.clone(), slot.clone());
-            blocking(move || {
-                cold_progress::record_snapshot(&root, &job, &slot, lsn).map_err(cold_progress_error)
+            let (job, slot) = (spec.name.clone(), slot.clone());
+            progress_file_step(root, move |r| {
+                cold_progress::record_snapshot(r, &job, &slot, lsn)
             })
             .await?
         }

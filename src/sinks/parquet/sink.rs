@@ -277,17 +277,19 @@ fn write_table(
         }
     };
     let covered = writer.covered_lsn();
-    let fresh: Vec<ColdRow> = t
-        .rows
-        .iter()
-        .filter(|(lsn, _)| *lsn > covered)
-        .map(|(_, r)| r.clone())
-        .collect();
-    let skipped = (t.rows.len() - fresh.len()) as u64;
-    let (Some(lo), Some(hi)) = (
+    let (lo, hi) = (
         t.rows.iter().map(|r| r.0).filter(|l| *l > covered).min(),
         t.rows.iter().map(|r| r.0).max(),
-    ) else {
+    );
+    let total = t.rows.len();
+    let fresh: Vec<ColdRow> = t
+        .rows
+        .into_iter()
+        .filter(|(lsn, _)| *lsn > covered)
+        .map(|(_, r)| r)
+        .collect();
+    let skipped = (total - fresh.len()) as u64;
+    let (Some(lo), Some(hi)) = (lo, hi) else {
         let nothing = TableWritten {
             tenant: None,
             skipped,
