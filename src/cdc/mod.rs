@@ -8,4 +8,6 @@ pub mod pgoutput;
 pub mod snapshot;
 pub mod source_stats;
 pub mod stream;
+pub mod stream_spool;
+pub mod transport;
 pub mod user_types;

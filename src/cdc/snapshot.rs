@@ -10,10 +10,10 @@
 //! none in both.
 
 use futures_util::Stream;
-use pgwire_replication::ReplicationClient;
 use tokio_postgres::Client;
 
 use crate::cdc::error::CdcError;
+use crate::cdc::transport::ReplicationConnection;
 use crate::change::{parse_lsn, Lsn, TableInfo};
 use crate::control::job_spec::TenantFilter;
 use crate::sql_text::{quote_ident, quote_literal, quote_qualified};
@@ -29,7 +29,7 @@ pub struct SlotSnapshot {
 
 /// Creates a pgoutput slot on the gated session, exporting its snapshot.
 pub async fn create_slot_exporting_snapshot(
-    repl: &mut ReplicationClient,
+    repl: &mut ReplicationConnection,
     slot: &str,
 ) -> Result<SlotSnapshot, CdcError> {
     let rows = repl
@@ -42,11 +42,7 @@ pub async fn create_slot_exporting_snapshot(
     let row = rows
         .first()
         .ok_or_else(|| CdcError::Stream("CREATE_REPLICATION_SLOT returned no row".into()))?;
-    let text = |i: usize| {
-        row.get(i)
-            .and_then(|v| v.as_ref())
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-    };
+    let text = |i: usize| row.get(i).cloned().flatten();
     let consistent_point = text(1).as_deref().and_then(parse_lsn).ok_or_else(|| {
         CdcError::Stream("CREATE_REPLICATION_SLOT returned no consistent point".into())
     })?;

@@ -2,11 +2,20 @@
 //! relation cache and hands [`SourceEvent`]s to the dataflow through a bounded channel.
 //!
 //! # Replication
-//! The transport is `pgwire-replication` (START_REPLICATION, keepalives, standby status
-//! updates). Each XLogData payload is one pgoutput message, decoded by
-//! [`crate::cdc::pgoutput`]. Relation messages are resolved against the source catalog
-//! (type names, primary key) and cached by OID; a new Relation message replaces the shape
-//! for every change after it, which is how ALTER TABLE mid-stream flows through.
+//! The transport is [`crate::cdc::transport`]: this task reads the socket itself, so a
+//! change crosses no thread between the server and the decoder. Each XLogData payload is
+//! one pgoutput message, decoded by [`crate::cdc::pgoutput`]. Relation messages are
+//! resolved against the source catalog (type names, primary key) and cached by OID; a new
+//! Relation message replaces the shape for every change after it, which is how ALTER
+//! TABLE mid-stream flows through.
+//!
+//! # Streamed transactions
+//! With protocol version 2 the server sends a transaction larger than its
+//! `logical_decoding_work_mem` while it runs, in stream blocks between other
+//! transactions. Each block's messages go to the transaction's
+//! [`StreamSpool`] on local disk as received; at Stream Commit they are replayed as one
+//! ordinary transaction (Begin, changes, Commit at the commit LSN), so the dataflow never
+//! sees the difference; a Stream Abort drops them (or a subtransaction's share).
 //!
 //! # Acknowledgement
 //! The dataflow reports its durable frontier on a watch channel; [`AckTracker`] turns that
@@ -25,13 +34,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgwire_replication::{Lsn as WireLsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use tokio::sync::{mpsc, watch};
 
 use crate::cdc::ack::AckTracker;
 use crate::cdc::catalog::RelationResolver;
 use crate::cdc::error::CdcError;
 use crate::cdc::pgoutput::{self, ColumnValue, OldTuple, PgOutputMessage, TupleData};
+use crate::cdc::stream_spool::StreamSpool;
+use crate::cdc::transport::{ReplicationStream, SourceAddress, StreamFrame, TransportError};
 use crate::change::{
     format_lsn, Cell, CommitTimes, Lsn, OldRow, Row, RowOp, SourceRecord, TableInfo,
 };
@@ -40,7 +50,8 @@ use crate::change::{
 pub const WAKE_EVERY: usize = 1024;
 /// How often the reader considers confirming a new position.
 pub const ACK_INTERVAL: Duration = Duration::from_millis(500);
-/// How often the transport sends standby status updates (also the wait for a last one).
+/// How often a standby status update goes to the server when the position did not move
+/// (the server times out a client that stays silent for `wal_sender_timeout`).
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the reader hands to the dataflow, in stream order.
@@ -82,42 +93,23 @@ pub struct ReaderStats {
     pub in_flight: std::sync::atomic::AtomicU64,
     /// Commit times of transactions not yet durable.
     pub commit_times: CommitTimes,
+    /// Transactions the server streamed while in progress (protocol version 2), applied
+    /// at their commit.
+    pub streamed_txns: std::sync::atomic::AtomicU64,
 }
 
-/// Replication-connection settings from a libpq DSN (key=value or URL).
-pub fn replication_config(
-    dsn: &str,
-    slot: &str,
-    publication: &str,
-    start: Lsn,
-) -> Result<ReplicationConfig, CdcError> {
-    let cfg: tokio_postgres::Config = dsn
-        .parse()
-        .map_err(|e| CdcError::Definite(format!("source.dsn: cannot parse: {e}")))?;
-    let host = match cfg.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        Some(tokio_postgres::config::Host::Unix(p)) => p.to_string_lossy().into_owned(),
-        None => "localhost".to_string(),
-    };
-    let port = cfg.get_ports().first().copied().unwrap_or(5432);
-    let user = cfg
-        .get_user()
-        .ok_or_else(|| CdcError::Definite("source.dsn: no user given".into()))?
-        .to_string();
-    let password = cfg
-        .get_password()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .unwrap_or_default();
-    let database = cfg.get_dbname().unwrap_or(&user).to_string();
-    Ok(
-        ReplicationConfig::new(host, user, password, database, slot, publication)
-            .with_port(port)
-            .with_start_lsn(WireLsn::from_u64(start))
-            .with_status_interval(STATUS_INTERVAL)
-            .with_wakeup_interval(Duration::from_secs(5))
-            .with_buffer_size(4096)
-            .with_application_name(format!("helios-repl {slot}")),
-    )
+/// The replication session's address and the stream options of a job.
+pub fn replication_address(dsn: &str, slot: &str) -> Result<SourceAddress, CdcError> {
+    SourceAddress::from_dsn(dsn, &format!("helios-repl {slot}")).map_err(transport_error)
+}
+
+/// A transport error as a source error: transient ones are retried by the caller.
+pub fn transport_error(e: TransportError) -> CdcError {
+    if e.is_transient() {
+        CdcError::Stream(e.to_string())
+    } else {
+        CdcError::Definite(format!("replication connection: {e}"))
+    }
 }
 
 /// State that survives reconnects of the reader.
@@ -126,8 +118,12 @@ pub struct ReaderState {
     pub tracker: AckTracker,
     /// The last commit LSN handed to the dataflow; replays up to it are skipped.
     pub fed_through: Lsn,
+    /// Events sent since the workers were last woken.
+    unwoken: usize,
     /// Relation cache by OID.
     relations: HashMap<u32, Arc<TableInfo>>,
+    /// Streamed transactions not yet committed or aborted.
+    spool: StreamSpool,
     resolver: RelationResolver,
 }
 
@@ -137,7 +133,9 @@ impl ReaderState {
         ReaderState {
             tracker: AckTracker::new(confirmed),
             fed_through: 0,
+            unwoken: 0,
             relations: HashMap::new(),
+            spool: StreamSpool::default(),
             resolver: RelationResolver::default(),
         }
     }
@@ -145,8 +143,8 @@ impl ReaderState {
 
 /// Everything [`read_stream`] talks to.
 pub struct ReaderIo<'a, S: ConfirmedStore, C> {
-    /// The started replication session.
-    pub client: &'a mut ReplicationClient,
+    /// The started replication stream.
+    pub client: &'a mut ReplicationStream,
     /// A catalog connection to the source (type names, primary keys).
     pub catalog: &'a tokio_postgres::Client,
     /// Where events go (bounded: back-pressure reaches the server through TCP).
@@ -165,135 +163,289 @@ pub struct ReaderIo<'a, S: ConfirmedStore, C> {
 
 /// Reads the stream until shutdown (`Ok`) or an error.
 pub async fn read_stream<S: ConfirmedStore, C>(
-    io: ReaderIo<'_, S, C>,
+    mut io: ReaderIo<'_, S, C>,
     state: &mut ReaderState,
 ) -> Result<(), CdcError> {
     use std::sync::atomic::Ordering::Relaxed;
     let mut ack_tick = tokio::time::interval(ACK_INTERVAL);
     ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut skipping = false;
-    let mut unwoken = 0usize;
-    let mut seq: u32 = 0;
+    let mut txn = OpenTxn::default();
+    // After a reconnect the server streams open transactions again from their start.
+    state.spool.clear();
     loop {
-        let event = tokio::select! {
+        let frame = tokio::select! {
             biased;
             _ = io.control.changed() => return Ok(()),
             _ = ack_tick.tick() => {
-                confirm(&mut *io.store, io.client, state, io.durable, io.stats).await?;
+                confirm_and_report(&mut io, state).await?;
                 continue;
             }
-            ev = io.client.recv() => ev,
+            frame = io.client.recv() => frame.map_err(transport_error)?,
         };
-        let event = match event {
-            Ok(Some(ev)) => ev,
-            Ok(None) => {
-                return Err(CdcError::Stream(
-                    "the server ended the replication stream".into(),
-                ))
-            }
-            Err(e) => return Err(CdcError::Stream(e.to_string())),
-        };
-        match event {
-            ReplicationEvent::KeepAlive { wal_end, .. } => {
-                io.stats.server_wal_end.fetch_max(wal_end.as_u64(), Relaxed);
-                state.tracker.on_keepalive(wal_end.as_u64());
-            }
-            ReplicationEvent::Begin {
-                final_lsn,
-                commit_time_micros,
-                ..
+        let (data, wal_start) = match frame {
+            StreamFrame::KeepAlive {
+                wal_end,
+                reply_requested,
             } => {
-                let commit_lsn = final_lsn.as_u64();
-                seq = 0;
-                skipping = commit_lsn <= state.fed_through;
-                if !skipping {
-                    state.tracker.on_begin();
-                    send(
-                        &io,
-                        SourceEvent::Begin {
-                            commit_lsn,
-                            commit_time_micros,
-                        },
-                        &mut unwoken,
+                io.stats.server_wal_end.fetch_max(wal_end, Relaxed);
+                state.tracker.on_keepalive(wal_end);
+                if reply_requested {
+                    io.client
+                        .send_status(false)
+                        .await
+                        .map_err(transport_error)?;
+                }
+                continue;
+            }
+            StreamFrame::XLogData {
+                data, wal_start, ..
+            } => (data, wal_start),
+        };
+        io.stats
+            .bytes_received
+            .fetch_add(data.len() as u64, Relaxed);
+        let decode_error = |source| CdcError::Decode {
+            lsn: format_lsn(wal_start),
+            source,
+        };
+        // Inside a stream block everything up to Stream Stop belongs to the streamed
+        // transaction: spooled as received, decoded when it commits.
+        if let Some(xid) = txn.stream_block {
+            let tag = data.first().copied().unwrap_or_default();
+            if tag != b'E' {
+                let subxid = match pgoutput::streamed_xid(&data).map_err(decode_error)? {
+                    Some(subxid) => subxid,
+                    // An origin is the only message without an xid a block may hold.
+                    None if tag == b'O' => xid,
+                    None => {
+                        return Err(CdcError::Stream(format!(
+                            "message {:?} at {} inside the stream block of transaction {xid}",
+                            char::from(tag),
+                            format_lsn(wal_start)
+                        )))
+                    }
+                };
+                state
+                    .spool
+                    .append(xid, subxid, wal_start, &data)
+                    .map_err(spool_error)?;
+                continue;
+            }
+        }
+        match pgoutput::decode(&data).map_err(decode_error)? {
+            PgOutputMessage::Begin(begin) => {
+                txn.seq = 0;
+                txn.skipping = begin.final_lsn <= state.fed_through;
+                if !txn.skipping {
+                    begin_txn(&mut io, state, begin.final_lsn, begin.commit_time_micros).await?;
+                }
+            }
+            PgOutputMessage::Commit(commit) => {
+                io.stats.server_wal_end.fetch_max(commit.end_lsn, Relaxed);
+                if !std::mem::take(&mut txn.skipping) {
+                    commit_txn(
+                        &mut io,
+                        state,
+                        commit.commit_lsn,
+                        commit.end_lsn,
+                        commit.commit_time_micros,
                     )
                     .await?;
                 }
             }
-            ReplicationEvent::Commit {
-                lsn,
-                end_lsn,
-                commit_time_micros,
-            } => {
-                io.stats.server_wal_end.fetch_max(end_lsn.as_u64(), Relaxed);
-                if skipping {
-                    skipping = false;
-                    continue;
+            PgOutputMessage::StreamStart(start) => txn.stream_block = Some(start.xid),
+            PgOutputMessage::StreamStop => {
+                if txn.stream_block.take().is_none() {
+                    return Err(CdcError::Stream(format!(
+                        "Stream Stop at {} outside a stream block",
+                        format_lsn(wal_start)
+                    )));
                 }
-                state
-                    .tracker
-                    .on_commit(lsn.as_u64(), end_lsn.as_u64(), commit_time_micros);
-                io.stats
-                    .commit_times
-                    .record(lsn.as_u64(), commit_time_micros);
-                state.fed_through = lsn.as_u64();
-                send(
-                    &io,
-                    SourceEvent::Commit {
-                        commit_lsn: lsn.as_u64(),
-                        end_lsn: end_lsn.as_u64(),
-                        commit_time_micros,
-                    },
-                    &mut unwoken,
-                )
-                .await?;
             }
-            ReplicationEvent::XLogData {
-                data, wal_start, ..
-            } => {
-                io.stats
-                    .bytes_received
-                    .fetch_add(data.len() as u64, Relaxed);
-                let message = pgoutput::decode(&data).map_err(|source| CdcError::Decode {
-                    lsn: format_lsn(wal_start.as_u64()),
-                    source,
-                })?;
-                if let Some(record) = to_record(message, state, io.catalog, &mut seq).await? {
-                    if !skipping {
-                        send(&io, SourceEvent::Record(record), &mut unwoken).await?;
+            PgOutputMessage::StreamAbort(abort) => {
+                if state.spool.abort(abort.xid, abort.subxid) {
+                    tracing::info!(
+                        xid = abort.xid,
+                        "streamed transaction aborted; its spool is dropped"
+                    );
+                }
+            }
+            PgOutputMessage::StreamCommit(commit) => {
+                io.stats.server_wal_end.fetch_max(commit.end_lsn, Relaxed);
+                replay_streamed(&mut io, state, commit).await?;
+            }
+            message => {
+                if let Some(record) = to_record(message, state, io.catalog, &mut txn.seq).await? {
+                    if !txn.skipping {
+                        send(&mut io, state, SourceEvent::Record(record)).await?;
                     }
                 }
             }
-            ReplicationEvent::Message { .. } => {}
-            ReplicationEvent::StoppedAt { .. } => return Ok(()),
         }
     }
 }
 
+/// The transaction being read.
+#[derive(Debug, Default)]
+struct OpenTxn {
+    /// Position of the next change inside it.
+    seq: u32,
+    /// It was handed over before a reconnect: its replay is not fed again.
+    skipping: bool,
+    /// The streamed transaction whose stream block is open (protocol version 2).
+    stream_block: Option<u32>,
+}
+
+fn spool_error(e: crate::cdc::stream_spool::SpoolError) -> CdcError {
+    // Local disk: the reader stops, nothing past the transaction was confirmed, and the
+    // server streams it again after the restart.
+    CdcError::Stream(format!("cannot keep a streamed transaction: {e}"))
+}
+
+/// Hands the start of a transaction to the dataflow.
+async fn begin_txn<S: ConfirmedStore, C>(
+    io: &mut ReaderIo<'_, S, C>,
+    state: &mut ReaderState,
+    commit_lsn: Lsn,
+    commit_time_micros: i64,
+) -> Result<(), CdcError> {
+    state.tracker.on_begin();
+    let event = SourceEvent::Begin {
+        commit_lsn,
+        commit_time_micros,
+    };
+    send(io, state, event).await
+}
+
+/// Hands a transaction's commit to the dataflow and starts tracking it for the ack.
+async fn commit_txn<S: ConfirmedStore, C>(
+    io: &mut ReaderIo<'_, S, C>,
+    state: &mut ReaderState,
+    commit_lsn: Lsn,
+    end_lsn: Lsn,
+    commit_time_micros: i64,
+) -> Result<(), CdcError> {
+    state
+        .tracker
+        .on_commit(commit_lsn, end_lsn, commit_time_micros);
+    io.stats.commit_times.record(commit_lsn, commit_time_micros);
+    state.fed_through = commit_lsn;
+    let event = SourceEvent::Commit {
+        commit_lsn,
+        end_lsn,
+        commit_time_micros,
+    };
+    send(io, state, event).await
+}
+
+/// A Stream Commit: the transaction's spooled messages go to the dataflow as one ordinary
+/// transaction (Relation messages among them update the cache in stream order).
+async fn replay_streamed<S: ConfirmedStore, C>(
+    io: &mut ReaderIo<'_, S, C>,
+    state: &mut ReaderState,
+    commit: pgoutput::StreamCommit,
+) -> Result<(), CdcError> {
+    let skipping = commit.commit_lsn <= state.fed_through;
+    let mut replay = state.spool.take(commit.xid).map_err(spool_error)?;
+    if let Some(r) = &replay {
+        tracing::info!(xid = commit.xid, lsn = %format_lsn(commit.commit_lsn), spooled_bytes = r.bytes(), skipping,
+            "streamed transaction committed; replaying it from its spool");
+    }
+    if !skipping {
+        begin_txn(io, state, commit.commit_lsn, commit.commit_time_micros).await?;
+    }
+    let mut seq = 0;
+    // A replay can take long: the server still hears from us meanwhile.
+    let mut reported = std::time::Instant::now();
+    while let Some((wal_start, message)) = match replay.as_mut() {
+        Some(r) => r.next_message().map_err(spool_error)?,
+        None => None,
+    } {
+        let streamed = pgoutput::decode_in_stream(&message).map_err(|source| CdcError::Decode {
+            lsn: format_lsn(wal_start),
+            source,
+        })?;
+        if let Some(record) = to_record(streamed.message, state, io.catalog, &mut seq).await? {
+            if !skipping {
+                send(io, state, SourceEvent::Record(record)).await?;
+            }
+        }
+        if reported.elapsed() >= ACK_INTERVAL {
+            confirm_and_report(io, state).await?;
+            reported = std::time::Instant::now();
+        }
+    }
+    if skipping {
+        return Ok(());
+    }
+    io.stats
+        .streamed_txns
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    commit_txn(
+        io,
+        state,
+        commit.commit_lsn,
+        commit.end_lsn,
+        commit.commit_time_micros,
+    )
+    .await
+}
+
+/// Confirms what may be confirmed and tells the server when its position moved (or a
+/// status interval passed without a word).
+async fn confirm_and_report<S: ConfirmedStore, C>(
+    io: &mut ReaderIo<'_, S, C>,
+    state: &mut ReaderState,
+) -> Result<(), CdcError> {
+    confirm(&mut *io.store, io.client, state, io.durable, io.stats).await?;
+    io.client
+        .send_status_if_due(STATUS_INTERVAL)
+        .await
+        .map_err(transport_error)
+}
+
 /// Hands an event to the dataflow. The workers are woken (a futex per worker) only when
 /// there is work they can finish: at a commit, and every [`WAKE_EVERY`] events inside a
-/// large transaction so they drain the channel while it streams.
+/// large transaction so they drain the channel while it streams. While the dataflow is
+/// full the reader keeps confirming and answering the server, so a long stall of the
+/// sinks does not time the session out.
 async fn send<S: ConfirmedStore, C>(
-    io: &ReaderIo<'_, S, C>,
+    io: &mut ReaderIo<'_, S, C>,
+    state: &mut ReaderState,
     event: SourceEvent,
-    unwoken: &mut usize,
 ) -> Result<(), CdcError> {
     let commit = matches!(event, SourceEvent::Commit { .. });
-    io.out
-        .send(event)
-        .await
-        .map_err(|_| CdcError::Stream("the dataflow stopped taking changes".into()))?;
-    *unwoken += 1;
-    if commit || *unwoken >= WAKE_EVERY {
+    let stopped = || CdcError::Stream("the dataflow stopped taking changes".into());
+    let out = io.out;
+    let permit = match out.try_reserve() {
+        Ok(p) => p,
+        Err(mpsc::error::TrySendError::Closed(())) => return Err(stopped()),
+        Err(mpsc::error::TrySendError::Full(())) => {
+            // The workers may be parked with a full channel: let them drain it.
+            (io.wake)();
+            state.unwoken = 0;
+            loop {
+                tokio::select! {
+                    p = out.reserve() => break p.map_err(|_| stopped())?,
+                    _ = tokio::time::sleep(ACK_INTERVAL) => confirm_and_report(io, state).await?,
+                }
+            }
+        }
+    };
+    permit.send(event);
+    state.unwoken += 1;
+    if commit || state.unwoken >= WAKE_EVERY {
         (io.wake)();
-        *unwoken = 0;
+        state.unwoken = 0;
     }
     Ok(())
 }
 
-/// Confirms whatever the tracker allows, recording it first.
+/// Confirms whatever the tracker allows, recording it first; the stream reports it to
+/// the server with its next status update.
 pub async fn confirm<S: ConfirmedStore>(
     store: &mut S,
-    client: &ReplicationClient,
+    client: &mut ReplicationStream,
     state: &mut ReaderState,
     durable: &mut watch::Receiver<Lsn>,
     stats: &ReaderStats,
@@ -315,7 +467,7 @@ pub async fn confirm<S: ConfirmedStore>(
 
 async fn advance_confirmed<S: ConfirmedStore>(
     store: &mut S,
-    client: &ReplicationClient,
+    client: &mut ReplicationStream,
     state: &mut ReaderState,
     stats: &ReaderStats,
 ) -> Result<(), CdcError> {
@@ -324,7 +476,7 @@ async fn advance_confirmed<S: ConfirmedStore>(
             .store_confirmed(lsn)
             .await
             .map_err(|e| CdcError::Stream(format!("cannot record confirmed position: {e}")))?;
-        client.update_applied_lsn(WireLsn::from_u64(lsn));
+        client.set_applied(lsn);
         stats
             .confirmed
             .store(lsn, std::sync::atomic::Ordering::Relaxed);
@@ -400,6 +552,14 @@ async fn to_record(
         | PgOutputMessage::Origin(_)
         | PgOutputMessage::Type(_)
         | PgOutputMessage::Message(_) => return Ok(None),
+        PgOutputMessage::StreamStart(_)
+        | PgOutputMessage::StreamStop
+        | PgOutputMessage::StreamCommit(_)
+        | PgOutputMessage::StreamAbort(_) => {
+            return Err(CdcError::Stream(
+                "a stream control message inside a streamed transaction".into(),
+            ))
+        }
     };
     *seq += 1;
     Ok(Some(record))

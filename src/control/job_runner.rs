@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pgwire_replication::ReplicationClient;
+use crate::cdc::transport::{ReplicationConnection, ReplicationStream, StreamOptions};
 use tokio::sync::{mpsc, watch};
 
 use crate::cdc::catalog::{self, PublishedTable};
@@ -466,21 +466,19 @@ async fn run_job_inner(
         }
     }
     if let Some(mut client) = client {
-        // Confirm what became durable while draining, then give the transport one status
-        // interval to send it before the stream closes.
-        if stream::confirm(
+        // Confirm what became durable while draining; closing the stream reports it to the
+        // server and waits for the server to end its side.
+        let confirmed = stream::confirm(
             &mut store,
-            &client,
+            &mut client,
             &mut state,
             &mut durable_rx,
             &stats.reader,
         )
-        .await
-        .is_ok()
-        {
-            tokio::time::sleep(stream::STATUS_INTERVAL + Duration::from_millis(200)).await;
+        .await;
+        if let (Ok(()), Err(e)) = (confirmed, client.close().await) {
+            tracing::warn!(job = %spec.name, error = %e, "the replication stream did not end in order");
         }
-        let _ = client.shutdown().await;
         tracing::info!(job = %spec.name, confirmed = %format_lsn(state.tracker.confirmed()), "stopped");
     }
     host.remove(&spec.name);
@@ -531,7 +529,7 @@ fn is_transient(e: &JobError) -> bool {
 #[allow(clippy::too_many_arguments)]
 async fn read_until_stopped(
     spec: &JobSpec,
-    client: ReplicationClient,
+    client: ReplicationStream,
     state: &mut ReaderState,
     events: &mpsc::Sender<SourceEvent>,
     wake: &(dyn Fn() + Send + Sync),
@@ -539,7 +537,7 @@ async fn read_until_stopped(
     store: &mut ProgressStore,
     stats: &JobStats,
     control: &mut watch::Receiver<Desired>,
-) -> Result<Option<ReplicationClient>, JobError> {
+) -> Result<Option<ReplicationStream>, JobError> {
     let dsn = spec.source.dsn.expose();
     let mut client = Some(client);
     let mut wait = RETRY_INITIAL;
@@ -549,8 +547,8 @@ async fn read_until_stopped(
             // The caller confirms the last durable position, then closes the stream.
             Desired::Stop => return Ok(client),
             Desired::Pause => {
-                if let Some(mut c) = client.take() {
-                    let _ = c.shutdown().await;
+                if let Some(c) = client.take() {
+                    let _ = c.close().await;
                     tracing::info!(job = %spec.name, position = %format_lsn(state.tracker.confirmed()), "paused");
                 }
                 stats.set_state(JobState::Paused, None);
@@ -561,28 +559,20 @@ async fn read_until_stopped(
         }
         let mut active = match client.take() {
             Some(c) => c,
-            None => {
-                let cfg = stream::replication_config(
-                    dsn,
-                    &spec.source.slot,
-                    &spec.source.publication,
-                    state.tracker.confirmed(),
-                )?;
-                match connect_started(cfg).await {
-                    Ok(c) => {
-                        stats.set_state(JobState::Streaming, None);
-                        c
-                    }
-                    Err(e) if e.is_transient() => {
-                        stats.errors.fetch_add(1, Relaxed);
-                        stats.set_state(JobState::Streaming, Some(e.to_string()));
-                        tracing::warn!(job = %spec.name, error = %e, retry_in_s = wait.as_secs_f32(), "cannot reconnect to the source; retrying");
-                        back_off(&mut wait, control).await;
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
+            None => match connect_started(spec, state.tracker.confirmed()).await {
+                Ok(c) => {
+                    stats.set_state(JobState::Streaming, None);
+                    c
                 }
-            }
+                Err(e) if e.is_transient() => {
+                    stats.errors.fetch_add(1, Relaxed);
+                    stats.set_state(JobState::Streaming, Some(e.to_string()));
+                    tracing::warn!(job = %spec.name, error = %e, retry_in_s = wait.as_secs_f32(), "cannot reconnect to the source; retrying");
+                    back_off(&mut wait, control).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            },
         };
         let outcome = match catalog::connect(dsn).await {
             Ok(catalog) => {
@@ -607,28 +597,39 @@ async fn read_until_stopped(
                 stats.errors.fetch_add(1, Relaxed);
                 stats.set_state(JobState::Streaming, Some(e.to_string()));
                 tracing::warn!(job = %spec.name, error = %e, retry_in_s = wait.as_secs_f32(), "replication stream interrupted; reconnecting");
-                active.abort();
+                drop(active);
                 back_off(&mut wait, control).await;
             }
-            Err(e) => {
-                active.abort();
-                return Err(e.into());
-            }
+            Err(e) => return Err(e.into()),
         }
     }
 }
 
-async fn connect_started(
-    cfg: pgwire_replication::ReplicationConfig,
-) -> Result<ReplicationClient, CdcError> {
-    let mut client = ReplicationClient::connect(cfg)
+/// Opens a replication session and starts the job's stream from `start`.
+async fn connect_started(spec: &JobSpec, start: Lsn) -> Result<ReplicationStream, CdcError> {
+    let address = stream::replication_address(spec.source.dsn.expose(), &spec.source.slot)?;
+    let conn = ReplicationConnection::connect(&address)
         .await
-        .map_err(|e| CdcError::Connect(e.to_string()))?;
-    client
-        .wait_started()
+        .map_err(|e| match stream::transport_error(e) {
+            CdcError::Stream(m) => CdcError::Connect(m),
+            other => other,
+        })?;
+    start_stream(spec, conn, start).await
+}
+
+/// Starts the job's pgoutput stream on an open session.
+async fn start_stream(
+    spec: &JobSpec,
+    conn: ReplicationConnection,
+    start: Lsn,
+) -> Result<ReplicationStream, CdcError> {
+    let options = StreamOptions {
+        publication: spec.source.publication.clone(),
+        streaming: true,
+    };
+    conn.start_logical(&spec.source.slot, start, &options)
         .await
-        .map_err(|e| CdcError::Connect(e.to_string()))?;
-    Ok(client)
+        .map_err(stream::transport_error)
 }
 
 /// The publication row filter that keeps other tenants' rows on the source. PostgreSQL
@@ -656,7 +657,7 @@ async fn prepare(
     plan: &TenantPlan,
     anchor: &Anchor,
     books: &Arc<HistoryBooks>,
-) -> Result<(ReplicationClient, Lsn), JobError> {
+) -> Result<(ReplicationStream, Lsn), JobError> {
     let dsn = spec.source.dsn.expose();
     let (slot, publication) = (&spec.source.slot, &spec.source.publication);
     let source = catalog::connect(dsn).await?;
@@ -709,7 +710,6 @@ async fn prepare(
                 ))
                 .into());
             }
-            let cfg = stream::replication_config(dsn, slot, publication, s.confirmed_flush)?;
             restore_history(
                 spec,
                 plan,
@@ -720,7 +720,7 @@ async fn prepare(
                 books,
             )
             .await?;
-            let client = connect_started(cfg).await?;
+            let client = connect_started(spec, s.confirmed_flush).await?;
             tracing::info!(job = %spec.name, from = %format_lsn(s.confirmed_flush), "resuming from the slot's confirmed position");
             return Ok((client, s.confirmed_flush));
         }
@@ -856,11 +856,11 @@ async fn take_snapshot(
         crate::control::job_spec::TableSpec,
         Arc<crate::change::TableInfo>,
     )],
-) -> Result<(ReplicationClient, Lsn), JobError> {
+) -> Result<(ReplicationStream, Lsn), JobError> {
     let dsn = spec.source.dsn.expose();
-    let (slot, publication) = (&spec.source.slot, &spec.source.publication);
-    let cfg = stream::replication_config(dsn, slot, publication, 0)?;
-    let mut repl = ReplicationClient::connect_gated(cfg)
+    let slot = &spec.source.slot;
+    let address = stream::replication_address(dsn, slot)?;
+    let mut repl = ReplicationConnection::connect(&address)
         .await
         .map_err(|e| CdcError::Connect(e.to_string()))?;
     let snap = snapshot::create_slot_exporting_snapshot(&mut repl, slot).await?;
@@ -915,13 +915,8 @@ async fn take_snapshot(
     };
     tracing::info!(job = %spec.name, tables = spec.tables.len(), tenants, bytes, seconds = started.elapsed().as_secs_f32(),
         consistent_point = %format_lsn(snap.consistent_point), "initial snapshot loaded");
-    repl.start()
-        .await
-        .map_err(|e| CdcError::Stream(e.to_string()))?;
-    repl.wait_started()
-        .await
-        .map_err(|e| CdcError::Stream(e.to_string()))?;
-    Ok((repl, snap.consistent_point))
+    let stream = start_stream(spec, repl, snap.consistent_point).await?;
+    Ok((stream, snap.consistent_point))
 }
 
 /// Rows of the initial copy per chunk published to a NATS sink.

@@ -14,3 +14,4 @@ mod nats_sink;
 mod qos;
 mod serve_api;
 mod snapshot_stream;
+mod streamed_transactions;

@@ -7,9 +7,9 @@ use bytes::Bytes;
 use bytestring::ByteString;
 
 use super::{
-    Begin, ColumnValue, Commit, DecodeError, Delete, Insert, LogicalMessage, OldTuple, Origin,
-    PgOutputMessage, Relation, RelationColumn, ReplicaIdentity, Truncate, TupleData, TypeMessage,
-    Update,
+    carries_stream_xid, Begin, ColumnValue, Commit, DecodeError, Delete, Insert, LogicalMessage,
+    OldTuple, Origin, PgOutputMessage, Relation, RelationColumn, ReplicaIdentity, StreamAbort,
+    StreamCommit, StreamStart, Streamed, Truncate, TupleData, TypeMessage, Update,
 };
 
 /// Smallest possible encoding of one Relation column: flags, empty name's NUL, type oid, typmod.
@@ -17,19 +17,92 @@ const MIN_RELATION_COLUMN_LEN: usize = 1 + 1 + 4 + 4;
 
 /// Decodes one pgoutput message: the whole payload of one `XLogData` frame.
 ///
+/// This is the layout of every message outside a stream block; for a message
+/// received between Stream Start and Stream Stop use [`decode_in_stream`].
+///
 /// Never panics, whatever the input, and never allocates more than the
 /// input's size.
 ///
 /// # Errors
 ///
-/// Any [`DecodeError`]: an empty buffer, an unknown or unsupported (protocol
-/// v2+) tag, a field cut short, a bad string, marker or length, or bytes left
-/// over after a complete message ([`DecodeError::TrailingBytes`]).
+/// Any [`DecodeError`]: an empty buffer, an unknown or unsupported (two-phase,
+/// protocol v3) tag, a field cut short, a bad string, marker or length, or
+/// bytes left over after a complete message ([`DecodeError::TrailingBytes`]).
 pub fn decode(buf: &[u8]) -> Result<PgOutputMessage, DecodeError> {
     let Some((&tag, body)) = buf.split_first() else {
         return Err(DecodeError::Empty);
     };
-    let (message, decode_body): (&'static str, fn(&mut Reader<'_>) -> _) = match tag {
+    let (message, decode_body) = body_decoder(tag)?;
+    let mut reader = Reader { buf: body, message };
+    let decoded = decode_body(&mut reader)?;
+    reader.finish()?;
+    Ok(decoded)
+}
+
+/// Decodes one message received between Stream Start and Stream Stop.
+///
+/// Relation, Type, Insert, Update, Delete, Truncate and Message carry the
+/// Int32 xid of the (sub)transaction that made the change between the tag
+/// byte and their usual body; they decode to `xid: Some(..)` and the same
+/// message [`decode`] returns for the body without the xid. Every other tag
+/// decodes exactly as [`decode`] does, with `xid: None`.
+///
+/// Never panics, whatever the input, and never allocates more than the
+/// input's size.
+///
+/// # Errors
+///
+/// As [`decode`]; a data message too short to hold its xid is
+/// [`DecodeError::Truncated`] with field `"xid"`.
+pub fn decode_in_stream(buf: &[u8]) -> Result<Streamed, DecodeError> {
+    let Some((&tag, body)) = buf.split_first() else {
+        return Err(DecodeError::Empty);
+    };
+    if !carries_stream_xid(tag) {
+        return decode(buf).map(|message| Streamed { xid: None, message });
+    }
+    let (message, decode_body) = body_decoder(tag)?;
+    let mut reader = Reader { buf: body, message };
+    let xid = reader.u32("xid")?;
+    let decoded = decode_body(&mut reader)?;
+    reader.finish()?;
+    Ok(Streamed {
+        xid: Some(xid),
+        message: decoded,
+    })
+}
+
+/// Reads only the xid of a message received between Stream Start and Stream
+/// Stop, without decoding the rest of it (for a caller that keeps the raw
+/// message and decodes it later with [`decode_in_stream`]).
+///
+/// Returns `Some(xid)` for the data messages that carry one (Relation, Type,
+/// Insert, Update, Delete, Truncate, Message) and `None` for every other
+/// known tag; whenever [`decode_in_stream`] succeeds, this returns its `xid`.
+///
+/// # Errors
+///
+/// An empty buffer, an unknown or unsupported tag, or a data message too
+/// short to hold its xid ([`DecodeError::Truncated`] with field `"xid"`).
+/// The body after the xid is not checked.
+pub fn streamed_xid(buf: &[u8]) -> Result<Option<u32>, DecodeError> {
+    let Some((&tag, body)) = buf.split_first() else {
+        return Err(DecodeError::Empty);
+    };
+    let (message, _) = body_decoder(tag)?;
+    if !carries_stream_xid(tag) {
+        return Ok(None);
+    }
+    let mut reader = Reader { buf: body, message };
+    reader.u32("xid").map(Some)
+}
+
+/// Reads one message body (everything after the tag and, in a stream block, the xid).
+type BodyDecoder = fn(&mut Reader<'_>) -> Result<PgOutputMessage, DecodeError>;
+
+/// The message name (for errors) and body decoder for `tag`.
+fn body_decoder(tag: u8) -> Result<(&'static str, BodyDecoder), DecodeError> {
+    Ok(match tag {
         b'B' => ("Begin", decode_begin),
         b'C' => ("Commit", decode_commit),
         b'O' => ("Origin", decode_origin),
@@ -40,26 +113,22 @@ pub fn decode(buf: &[u8]) -> Result<PgOutputMessage, DecodeError> {
         b'D' => ("Delete", decode_delete),
         b'T' => ("Truncate", decode_truncate),
         b'M' => ("Message", decode_message),
+        b'S' => ("Stream Start", decode_stream_start),
+        b'E' => ("Stream Stop", decode_stream_stop),
+        b'c' => ("Stream Commit", decode_stream_commit),
+        b'A' => ("Stream Abort", decode_stream_abort),
         _ => return Err(unsupported_or_unknown(tag)),
-    };
-    let mut reader = Reader { buf: body, message };
-    let decoded = decode_body(&mut reader)?;
-    reader.finish()?;
-    Ok(decoded)
+    })
 }
 
-/// Classifies a tag that protocol v1 never sends.
+/// Classifies a tag that protocol versions 1 and 2 never send.
 fn unsupported_or_unknown(tag: u8) -> DecodeError {
     let reason = match tag {
-        b'S' => "Stream Start requires protocol version 2 streaming, which we never request",
-        b'E' => "Stream Stop requires protocol version 2 streaming, which we never request",
-        b'c' => "Stream Commit requires protocol version 2 streaming, which we never request",
-        b'A' => "Stream Abort requires protocol version 2 streaming, which we never request",
-        b'b' => "Begin Prepare requires two-phase decoding (protocol version 3), which we never request",
-        b'P' => "Prepare requires two-phase decoding (protocol version 3), which we never request",
-        b'K' => "Commit Prepared requires two-phase decoding (protocol version 3), which we never request",
-        b'r' => "Rollback Prepared requires two-phase decoding (protocol version 3), which we never request",
-        b'p' => "Stream Prepare requires two-phase decoding (protocol version 3), which we never request",
+        b'b' => "Begin Prepare requires protocol version 3 two-phase decoding, which we never request",
+        b'P' => "Prepare requires protocol version 3 two-phase decoding, which we never request",
+        b'K' => "Commit Prepared requires protocol version 3 two-phase decoding, which we never request",
+        b'r' => "Rollback Prepared requires protocol version 3 two-phase decoding, which we never request",
+        b'p' => "Stream Prepare requires protocol version 3 two-phase decoding, which we never request",
         _ => return DecodeError::UnknownTag(tag),
     };
     DecodeError::UnsupportedTag { tag, reason }
@@ -191,6 +260,35 @@ fn decode_message(r: &mut Reader<'_>) -> Result<PgOutputMessage, DecodeError> {
         lsn,
         prefix,
         content,
+    }))
+}
+
+fn decode_stream_start(r: &mut Reader<'_>) -> Result<PgOutputMessage, DecodeError> {
+    Ok(PgOutputMessage::StreamStart(StreamStart {
+        xid: r.u32("xid")?,
+        // PostgreSQL's reader treats only 1 as "first segment".
+        first_segment: r.u8("first segment flag")? == 1,
+    }))
+}
+
+fn decode_stream_stop(_: &mut Reader<'_>) -> Result<PgOutputMessage, DecodeError> {
+    Ok(PgOutputMessage::StreamStop)
+}
+
+fn decode_stream_commit(r: &mut Reader<'_>) -> Result<PgOutputMessage, DecodeError> {
+    Ok(PgOutputMessage::StreamCommit(StreamCommit {
+        xid: r.u32("xid")?,
+        flags: r.u8("flags")?,
+        commit_lsn: r.u64("commit LSN")?,
+        end_lsn: r.u64("end LSN")?,
+        commit_time_micros: r.i64("commit timestamp")?,
+    }))
+}
+
+fn decode_stream_abort(r: &mut Reader<'_>) -> Result<PgOutputMessage, DecodeError> {
+    Ok(PgOutputMessage::StreamAbort(StreamAbort {
+        xid: r.u32("xid")?,
+        subxid: r.u32("subtransaction xid")?,
     }))
 }
 

@@ -1,10 +1,14 @@
-//! Encoding of one pgoutput message to bytes: the inverse of [`decode`](super::decode()).
+//! Encoding of one pgoutput message to bytes: the inverse of [`decode`](super::decode())
+//! and [`decode_in_stream`](super::decode_in_stream()).
 //!
 //! Used by tests, fuzzing and fixtures; production code only decodes.
 
-use super::{ColumnValue, OldTuple, PgOutputMessage, TupleData};
+use super::{carries_stream_xid, ColumnValue, OldTuple, PgOutputMessage, TupleData};
 
 /// Appends the wire encoding of `msg` to `out`; `decode` of the appended bytes yields `msg`.
+///
+/// This is the layout outside a stream block; see [`encode_in_stream`] for
+/// messages sent between Stream Start and Stream Stop.
 ///
 /// # Panics
 ///
@@ -13,27 +17,68 @@ use super::{ColumnValue, OldTuple, PgOutputMessage, TupleData};
 /// relations, or a value longer than `i32::MAX` bytes. Every message produced
 /// by `decode` is representable.
 pub fn encode(msg: &PgOutputMessage, out: &mut Vec<u8>) {
+    out.push(tag(msg));
+    put_body(msg, out);
+}
+
+/// Appends the encoding of `msg` as sent inside a stream block (between Stream
+/// Start and Stream Stop) to `out`; `decode_in_stream` of the appended bytes
+/// yields `msg` with `xid: Some(xid)` for the data messages (Relation, Type,
+/// Insert, Update, Delete, Truncate, Message), which carry `xid` right after
+/// the tag byte. Every other message is encoded exactly as by [`encode`],
+/// without `xid`, and decodes with `xid: None`.
+///
+/// # Panics
+///
+/// As [`encode`].
+pub fn encode_in_stream(xid: u32, msg: &PgOutputMessage, out: &mut Vec<u8>) {
+    let tag = tag(msg);
+    out.push(tag);
+    if carries_stream_xid(tag) {
+        out.extend_from_slice(&xid.to_be_bytes());
+    }
+    put_body(msg, out);
+}
+
+/// The tag byte of `msg`.
+fn tag(msg: &PgOutputMessage) -> u8 {
+    match msg {
+        PgOutputMessage::Begin(_) => b'B',
+        PgOutputMessage::Commit(_) => b'C',
+        PgOutputMessage::Origin(_) => b'O',
+        PgOutputMessage::Relation(_) => b'R',
+        PgOutputMessage::Type(_) => b'Y',
+        PgOutputMessage::Insert(_) => b'I',
+        PgOutputMessage::Update(_) => b'U',
+        PgOutputMessage::Delete(_) => b'D',
+        PgOutputMessage::Truncate(_) => b'T',
+        PgOutputMessage::Message(_) => b'M',
+        PgOutputMessage::StreamStart(_) => b'S',
+        PgOutputMessage::StreamStop => b'E',
+        PgOutputMessage::StreamCommit(_) => b'c',
+        PgOutputMessage::StreamAbort(_) => b'A',
+    }
+}
+
+/// Writes the body of `msg`: everything after the tag (and, in a stream block, the xid).
+fn put_body(msg: &PgOutputMessage, out: &mut Vec<u8>) {
     match msg {
         PgOutputMessage::Begin(m) => {
-            out.push(b'B');
             out.extend_from_slice(&m.final_lsn.to_be_bytes());
             out.extend_from_slice(&m.commit_time_micros.to_be_bytes());
             out.extend_from_slice(&m.xid.to_be_bytes());
         }
         PgOutputMessage::Commit(m) => {
-            out.push(b'C');
             out.push(m.flags);
             out.extend_from_slice(&m.commit_lsn.to_be_bytes());
             out.extend_from_slice(&m.end_lsn.to_be_bytes());
             out.extend_from_slice(&m.commit_time_micros.to_be_bytes());
         }
         PgOutputMessage::Origin(m) => {
-            out.push(b'O');
             out.extend_from_slice(&m.commit_lsn.to_be_bytes());
             put_string(out, &m.name);
         }
         PgOutputMessage::Relation(m) => {
-            out.push(b'R');
             out.extend_from_slice(&m.oid.to_be_bytes());
             put_string(out, &m.namespace);
             put_string(out, &m.name);
@@ -47,19 +92,16 @@ pub fn encode(msg: &PgOutputMessage, out: &mut Vec<u8>) {
             }
         }
         PgOutputMessage::Type(m) => {
-            out.push(b'Y');
             out.extend_from_slice(&m.oid.to_be_bytes());
             put_string(out, &m.namespace);
             put_string(out, &m.name);
         }
         PgOutputMessage::Insert(m) => {
-            out.push(b'I');
             out.extend_from_slice(&m.relation_oid.to_be_bytes());
             out.push(b'N');
             put_tuple(out, &m.new);
         }
         PgOutputMessage::Update(m) => {
-            out.push(b'U');
             out.extend_from_slice(&m.relation_oid.to_be_bytes());
             if let Some(old) = &m.old {
                 put_old_tuple(out, old);
@@ -68,12 +110,10 @@ pub fn encode(msg: &PgOutputMessage, out: &mut Vec<u8>) {
             put_tuple(out, &m.new);
         }
         PgOutputMessage::Delete(m) => {
-            out.push(b'D');
             out.extend_from_slice(&m.relation_oid.to_be_bytes());
             put_old_tuple(out, &m.old);
         }
         PgOutputMessage::Truncate(m) => {
-            out.push(b'T');
             put_length_i32(out, m.relation_oids.len());
             out.push(u8::from(m.cascade) | (u8::from(m.restart_identity) << 1));
             for oid in &m.relation_oids {
@@ -81,12 +121,27 @@ pub fn encode(msg: &PgOutputMessage, out: &mut Vec<u8>) {
             }
         }
         PgOutputMessage::Message(m) => {
-            out.push(b'M');
             out.push(u8::from(m.transactional));
             out.extend_from_slice(&m.lsn.to_be_bytes());
             put_string(out, &m.prefix);
             put_length_i32(out, m.content.len());
             out.extend_from_slice(&m.content);
+        }
+        PgOutputMessage::StreamStart(m) => {
+            out.extend_from_slice(&m.xid.to_be_bytes());
+            out.push(u8::from(m.first_segment));
+        }
+        PgOutputMessage::StreamStop => {}
+        PgOutputMessage::StreamCommit(m) => {
+            out.extend_from_slice(&m.xid.to_be_bytes());
+            out.push(m.flags);
+            out.extend_from_slice(&m.commit_lsn.to_be_bytes());
+            out.extend_from_slice(&m.end_lsn.to_be_bytes());
+            out.extend_from_slice(&m.commit_time_micros.to_be_bytes());
+        }
+        PgOutputMessage::StreamAbort(m) => {
+            out.extend_from_slice(&m.xid.to_be_bytes());
+            out.extend_from_slice(&m.subxid.to_be_bytes());
         }
     }
 }

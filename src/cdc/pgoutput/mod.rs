@@ -1,20 +1,40 @@
 //! Decoder (and test encoder) for the PostgreSQL `pgoutput` logical replication
-//! message format, protocol version 1, text format.
+//! message format, protocol versions 1 and 2 (streaming of in-progress
+//! transactions), text format.
 //!
 //! # What this module owns
 //!
 //! * [`decode()`]: turns the payload of one `XLogData` (`'w'`) copy-data frame,
 //!   which is exactly one pgoutput message, into a [`PgOutputMessage`].
-//! * [`encode()`]: the exact inverse, used by tests, fuzzing and fixtures.
-//! * The typed model of every protocol-v1 message and [`DecodeError`], which
-//!   names the message kind and the field where decoding went wrong.
+//! * [`decode_in_stream()`]: the same for a message received between Stream
+//!   Start and Stream Stop, where data messages carry a transaction id; it
+//!   returns a [`Streamed`]. [`streamed_xid()`] reads only such a message's
+//!   xid, for a caller that keeps the raw message to decode later.
+//! * [`encode()`] and [`encode_in_stream()`]: the exact inverses, used by
+//!   tests, fuzzing and fixtures.
+//! * The typed model of every protocol-v1 and v2 message and [`DecodeError`],
+//!   which names the message kind and the field where decoding went wrong.
 //!
-//! We start replication with `proto_version '1'`, so data messages carry no
-//! transaction id and streaming of in-progress transactions is never
-//! negotiated. Messages that only exist in later protocol versions (stream
-//! start/stop/commit/abort, two-phase begin-prepare/prepare/commit-prepared/
-//! rollback-prepared/stream-prepare) are rejected with
-//! [`DecodeError::UnsupportedTag`] rather than misparsed.
+//! The reader starts replication with `proto_version '1'`, or with
+//! `proto_version '2', streaming 'on'` when the server supports it
+//! (PostgreSQL 14+). With streaming on, the server may send a large
+//! transaction before it commits, in blocks that each begin with Stream Start
+//! (`'S'`) and end with Stream Stop (`'E'`); the transaction ends with Stream
+//! Commit (`'c'`), or Stream Abort (`'A'`) for it or one of its
+//! subtransactions. Inside a block the data messages (Relation, Type, Insert,
+//! Update, Delete, Truncate, Message) carry the Int32 xid of the
+//! (sub)transaction that made the change right after the tag byte; Origin and
+//! the stream control messages carry none. Outside a block every message has
+//! its protocol-v1 layout. The bytes do not say which case applies, so the
+//! caller, which has seen the Stream Start and Stream Stop messages, chooses
+//! [`decode()`] or [`decode_in_stream()`].
+//!
+//! Two-phase messages (begin-prepare, prepare, commit-prepared,
+//! rollback-prepared, stream-prepare) need protocol version 3 with
+//! `two_phase`, which we never request; they are rejected with
+//! [`DecodeError::UnsupportedTag`] rather than misparsed. So is anything
+//! protocol version 4 adds: a v4 Stream Abort (with abort LSN and time) fails
+//! with [`DecodeError::TrailingBytes`].
 //!
 //! Wire format (PostgreSQL 15 docs, "Logical Replication Message Formats"):
 //! integers are big-endian, strings are NUL-terminated and must be UTF-8
@@ -26,15 +46,20 @@
 //!
 //! Flag bits this module does not model (column flags other than bit 0,
 //! Truncate option bits other than 1 and 2, Message flag bits other than 0)
-//! are ignored on decode, as PostgreSQL's own reader does; the Commit flags
-//! byte is kept verbatim.
+//! are ignored on decode, as PostgreSQL's own reader does; Stream Start's
+//! first-segment byte means "first" only when it is exactly 1, as in
+//! PostgreSQL's reader. The Commit and Stream Commit flags bytes are kept
+//! verbatim.
 //!
 //! # What this module never does
 //!
 //! * No I/O: it does not talk to the server, parse the replication copy-data
 //!   framing (`'w'` header with LSNs, `'k'` keepalives) or send feedback.
-//! * No state: it keeps no relation or type cache; resolving a data message's
-//!   `relation_oid` to a [`Relation`] is the caller's job.
+//! * No state: it keeps no relation or type cache and does not track whether
+//!   a stream block is open; resolving a data message's `relation_oid` to a
+//!   [`Relation`], choosing between [`decode()`] and [`decode_in_stream()`],
+//!   and buffering, applying or discarding streamed changes on Stream Commit
+//!   or Stream Abort are the caller's job.
 //! * No value conversion: text column values stay strings, binary values stay
 //!   bytes.
 //! * No panics on input: every length is checked against the bytes actually
@@ -46,8 +71,8 @@ mod encode;
 #[cfg(test)]
 mod tests;
 
-pub use self::decode::decode;
-pub use self::encode::encode;
+pub use self::decode::{decode, decode_in_stream, streamed_xid};
+pub use self::encode::{encode, encode_in_stream};
 
 use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
@@ -75,6 +100,27 @@ pub enum PgOutputMessage {
     Truncate(Truncate),
     /// `'M'`: a logical decoding message (`pg_logical_emit_message`).
     Message(LogicalMessage),
+    /// `'S'`: start of a block of changes of an in-progress transaction (protocol v2).
+    StreamStart(StreamStart),
+    /// `'E'`: end of the current stream block (protocol v2).
+    StreamStop,
+    /// `'c'`: a streamed transaction committed (protocol v2).
+    StreamCommit(StreamCommit),
+    /// `'A'`: a streamed transaction or one of its subtransactions aborted (protocol v2).
+    StreamAbort(StreamAbort),
+}
+
+/// One message received between Stream Start and Stream Stop, as returned by
+/// [`decode_in_stream()`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Streamed {
+    /// Xid of the (sub)transaction that made the change: `Some` for the data
+    /// messages that carry one inside a stream block (Relation, Type, Insert,
+    /// Update, Delete, Truncate, Message), `None` for every other message.
+    pub xid: Option<u32>,
+    /// The message itself, exactly as [`decode()`] returns it for the same
+    /// body without the xid.
+    pub message: PgOutputMessage,
 }
 
 /// Begin message: the transaction's final LSN, commit time and xid.
@@ -99,6 +145,42 @@ pub struct Commit {
     pub end_lsn: u64,
     /// Commit timestamp, microseconds since 2000-01-01 00:00:00 UTC.
     pub commit_time_micros: i64,
+}
+
+/// Stream Start message: the following changes, up to Stream Stop, belong to
+/// the in-progress transaction `xid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamStart {
+    /// Top-level transaction id.
+    pub xid: u32,
+    /// Whether this is the first stream block of this transaction (wire byte 1).
+    pub first_segment: bool,
+}
+
+/// Stream Commit message: the streamed transaction `xid` committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamCommit {
+    /// Top-level transaction id.
+    pub xid: u32,
+    /// Flags byte (currently always 0), kept verbatim.
+    pub flags: u8,
+    /// LSN of the commit record.
+    pub commit_lsn: u64,
+    /// End LSN of the transaction.
+    pub end_lsn: u64,
+    /// Commit timestamp, microseconds since 2000-01-01 00:00:00 UTC.
+    pub commit_time_micros: i64,
+}
+
+/// Stream Abort message: a streamed transaction, or one of its
+/// subtransactions, aborted; its streamed changes must be discarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamAbort {
+    /// Top-level transaction id.
+    pub xid: u32,
+    /// Id of the aborted subtransaction; equal to `xid` when the whole
+    /// transaction aborted.
+    pub subxid: u32,
 }
 
 /// Origin message: the transaction was replayed from another origin.
@@ -275,7 +357,7 @@ pub enum DecodeError {
     /// The tag byte is not a known pgoutput message tag.
     #[error("unknown pgoutput message tag {}", tag_display(*.0))]
     UnknownTag(u8),
-    /// The tag belongs to a protocol feature we never negotiate (v2+ streaming, two-phase).
+    /// The tag belongs to a protocol feature we never negotiate (protocol v3 two-phase).
     #[error("unsupported pgoutput message tag {}: {reason}", tag_display(*.tag))]
     UnsupportedTag {
         /// The tag byte.
@@ -348,6 +430,12 @@ pub enum DecodeError {
         /// Number of bytes left over.
         count: usize,
     },
+}
+
+/// Whether a message with this tag carries an Int32 xid after the tag byte
+/// when it is sent inside a stream block (between Stream Start and Stream Stop).
+fn carries_stream_xid(tag: u8) -> bool {
+    matches!(tag, b'R' | b'Y' | b'I' | b'U' | b'D' | b'T' | b'M')
 }
 
 /// Renders a tag byte as `'B' (0x42)` when printable, else `0x00`.

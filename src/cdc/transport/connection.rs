@@ -1,0 +1,447 @@
+//! Opening a replication session: the socket, the startup message, authentication, and
+//! simple queries on it.
+
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::backend::{ErrorFields, Header, Message};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::TransportError;
+
+/// Bytes asked of the socket per read (one read usually carries many XLogData frames).
+const READ_CHUNK: usize = 128 * 1024;
+/// The `CopyBothResponse` tag, which `postgres-protocol`'s parser does not know.
+const COPY_BOTH_RESPONSE: u8 = b'W';
+
+/// Where and as whom to connect, from a libpq connection string (key=value or URL).
+#[derive(Clone)]
+pub struct SourceAddress {
+    host: Host,
+    port: u16,
+    user: String,
+    password: Option<Vec<u8>>,
+    database: String,
+    application_name: String,
+    connect_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+enum Host {
+    Tcp(String),
+    Unix(std::path::PathBuf),
+}
+
+impl std::fmt::Debug for SourceAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceAddress")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("database", &self.database)
+            .finish()
+    }
+}
+
+impl SourceAddress {
+    /// Reads the parts a replication session needs from `dsn`.
+    pub fn from_dsn(dsn: &str, application_name: &str) -> Result<SourceAddress, TransportError> {
+        let cfg: tokio_postgres::Config = dsn
+            .parse()
+            .map_err(|e| TransportError::Config(format!("cannot parse: {e}")))?;
+        let host = match cfg.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => Host::Tcp(h.clone()),
+            Some(tokio_postgres::config::Host::Unix(p)) => Host::Unix(p.clone()),
+            None => Host::Tcp("localhost".to_string()),
+        };
+        let user = cfg
+            .get_user()
+            .ok_or_else(|| TransportError::Config("no user given".into()))?
+            .to_string();
+        if cfg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(TransportError::Config(
+                "sslmode=require: the replication connection does not speak TLS".into(),
+            ));
+        }
+        Ok(SourceAddress {
+            host,
+            port: cfg.get_ports().first().copied().unwrap_or(5432),
+            password: cfg.get_password().map(<[u8]>::to_vec),
+            database: cfg.get_dbname().unwrap_or(&user).to_string(),
+            user,
+            application_name: application_name.to_string(),
+            connect_timeout: cfg.get_connect_timeout().copied(),
+        })
+    }
+}
+
+trait Socket: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Socket for T {}
+
+/// An authenticated session in logical replication mode, ready for replication commands.
+pub struct ReplicationConnection {
+    socket: Box<dyn Socket>,
+    read: BytesMut,
+    write: BytesMut,
+    /// Major version of the server (`server_version` parameter), 0 when not reported.
+    server_major: u32,
+}
+
+impl ReplicationConnection {
+    /// Connects and logs in with `replication=database`.
+    pub async fn connect(address: &SourceAddress) -> Result<ReplicationConnection, TransportError> {
+        let opened = async {
+            let socket: Box<dyn Socket> = match &address.host {
+                Host::Tcp(host) => {
+                    let s = tokio::net::TcpStream::connect((host.as_str(), address.port)).await?;
+                    // Status updates are small writes that must not wait for more.
+                    s.set_nodelay(true)?;
+                    Box::new(s)
+                }
+                Host::Unix(dir) => Box::new(
+                    tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{}", address.port)))
+                        .await?,
+                ),
+            };
+            let mut conn = ReplicationConnection {
+                socket,
+                read: BytesMut::with_capacity(READ_CHUNK),
+                write: BytesMut::new(),
+                server_major: 0,
+            };
+            conn.start_up(address).await?;
+            Ok(conn)
+        };
+        match address.connect_timeout {
+            Some(limit) => tokio::time::timeout(limit, opened)
+                .await
+                .map_err(|_| TransportError::Timeout(limit))?,
+            None => opened.await,
+        }
+    }
+
+    /// The server's major version (15 for 15.4), 0 when it did not say.
+    pub fn server_major(&self) -> u32 {
+        self.server_major
+    }
+
+    async fn start_up(&mut self, address: &SourceAddress) -> Result<(), TransportError> {
+        let params = [
+            ("user", address.user.as_str()),
+            ("database", address.database.as_str()),
+            ("replication", "database"),
+            ("client_encoding", "UTF8"),
+            ("application_name", address.application_name.as_str()),
+        ];
+        frontend::startup_message(params.iter().copied(), &mut self.write)?;
+        self.flush().await?;
+        let password = || {
+            address.password.as_deref().ok_or_else(|| {
+                TransportError::Auth(
+                    "the server asks for a password and source.dsn has none".into(),
+                )
+            })
+        };
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            match self.next_message().await? {
+                Message::AuthenticationOk => {}
+                Message::AuthenticationCleartextPassword => {
+                    frontend::password_message(password()?, &mut self.write)?;
+                    self.flush().await?;
+                }
+                Message::AuthenticationMd5Password(body) => {
+                    let hashed = postgres_protocol::authentication::md5_hash(
+                        address.user.as_bytes(),
+                        password()?,
+                        body.salt(),
+                    );
+                    frontend::password_message(hashed.as_bytes(), &mut self.write)?;
+                    self.flush().await?;
+                }
+                Message::AuthenticationSasl(body) => {
+                    let mut mechanisms = body.mechanisms();
+                    let mut offered = false;
+                    while let Some(m) = fallible_iterator::FallibleIterator::next(&mut mechanisms)?
+                    {
+                        offered |= m == SCRAM_SHA_256;
+                    }
+                    if !offered {
+                        return Err(TransportError::Auth(
+                            "the server offers no SASL mechanism this client has (SCRAM-SHA-256)"
+                                .into(),
+                        ));
+                    }
+                    let s = ScramSha256::new(password()?, ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut self.write)?;
+                    self.flush().await?;
+                    scram = Some(s);
+                }
+                Message::AuthenticationSaslContinue(body) => {
+                    let s = scram.as_mut().ok_or_else(|| {
+                        TransportError::Protocol("SASL continue before SASL start".into())
+                    })?;
+                    s.update(body.data())
+                        .map_err(|e| TransportError::Auth(format!("SCRAM: {e}")))?;
+                    frontend::sasl_response(s.message(), &mut self.write)?;
+                    self.flush().await?;
+                }
+                Message::AuthenticationSaslFinal(body) => {
+                    let s = scram.as_mut().ok_or_else(|| {
+                        TransportError::Protocol("SASL final before SASL start".into())
+                    })?;
+                    s.finish(body.data())
+                        .map_err(|e| TransportError::Auth(format!("SCRAM: {e}")))?;
+                }
+                Message::ParameterStatus(p) => {
+                    if p.name()? == "server_version" {
+                        self.server_major = major_version(p.value()?);
+                    }
+                }
+                Message::BackendKeyData(_) | Message::NoticeResponse(_) => {}
+                Message::ReadyForQuery(_) => return Ok(()),
+                Message::ErrorResponse(body) => {
+                    let err = server_error(body.fields())?;
+                    return Err(match err {
+                        // invalid_authorization_specification, invalid_password
+                        TransportError::Server { code, message } if code.starts_with("28") => {
+                            TransportError::Auth(message)
+                        }
+                        other => other,
+                    });
+                }
+                Message::AuthenticationKerberosV5
+                | Message::AuthenticationScmCredential
+                | Message::AuthenticationGss
+                | Message::AuthenticationGssContinue(_)
+                | Message::AuthenticationSspi => {
+                    return Err(TransportError::Auth(
+                        "the server asks for an authentication method this client does not have (trust, password, md5 and SCRAM-SHA-256 are supported)".into(),
+                    ))
+                }
+                _ => {
+                    return Err(TransportError::Protocol(
+                        "unexpected message during start-up".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Runs one command with the simple query protocol; returns its rows as text. A server
+    /// error is returned once the session is ready for the next command.
+    pub async fn simple_query(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, TransportError> {
+        frontend::query(sql, &mut self.write)?;
+        self.flush().await?;
+        let mut rows = Vec::new();
+        let mut failed = None;
+        loop {
+            match self.next_message().await? {
+                Message::DataRow(row) => {
+                    let mut values = Vec::new();
+                    let mut ranges = row.ranges();
+                    while let Some(range) = fallible_iterator::FallibleIterator::next(&mut ranges)?
+                    {
+                        values.push(
+                            range.map(|r| String::from_utf8_lossy(&row.buffer()[r]).into_owned()),
+                        );
+                    }
+                    rows.push(values);
+                }
+                Message::ErrorResponse(body) => failed = Some(server_error(body.fields())?),
+                Message::ReadyForQuery(_) => {
+                    return match failed {
+                        Some(e) => Err(e),
+                        None => Ok(rows),
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends `sql` (a `START_REPLICATION`) and waits for the copy-both response.
+    pub(super) async fn start_copy_both(&mut self, sql: &str) -> Result<(), TransportError> {
+        frontend::query(sql, &mut self.write)?;
+        self.flush().await?;
+        loop {
+            if let Some(header) = Header::parse(&self.read)? {
+                if header.tag() == COPY_BOTH_RESPONSE {
+                    let total = header.len() as usize + 1;
+                    if self.read.len() >= total {
+                        self.read.advance(total);
+                        return Ok(());
+                    }
+                    self.fill().await?;
+                    continue;
+                }
+            }
+            match self.try_message()? {
+                Some(Message::ErrorResponse(body)) => {
+                    let err = server_error(body.fields())?;
+                    // The session is ready again after an error; its caller drops it.
+                    return Err(err);
+                }
+                Some(_) => {}
+                None => self.fill().await?,
+            }
+        }
+    }
+
+    /// The next complete backend message, reading as needed.
+    pub(super) async fn next_message(&mut self) -> Result<Message, TransportError> {
+        loop {
+            if let Some(m) = self.try_message()? {
+                return Ok(m);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// A message already in the read buffer, if one is complete. Cancellation safe: only
+    /// [`fill`](Self::fill) awaits.
+    pub(super) fn try_message(&mut self) -> Result<Option<Message>, TransportError> {
+        if let Some(header) = Header::parse(&self.read)? {
+            if header.tag() == COPY_BOTH_RESPONSE {
+                return Err(TransportError::Protocol(
+                    "a second copy-both response".into(),
+                ));
+            }
+        }
+        Ok(Message::parse(&mut self.read)?)
+    }
+
+    /// Reads more bytes from the socket. Cancellation safe (no bytes are lost if the
+    /// future is dropped); end of stream is [`TransportError::Closed`].
+    pub(super) async fn fill(&mut self) -> Result<(), TransportError> {
+        self.read.reserve(READ_CHUNK);
+        if self.socket.read_buf(&mut self.read).await? == 0 {
+            return Err(TransportError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Queues a copy-data message carrying `payload`.
+    pub(super) fn queue_copy_data(&mut self, payload: &[u8]) -> Result<(), TransportError> {
+        frontend::CopyData::new(payload)?.write(&mut self.write);
+        Ok(())
+    }
+
+    /// Queues a copy-done message.
+    pub(super) fn queue_copy_done(&mut self) {
+        frontend::copy_done(&mut self.write);
+    }
+
+    /// Queues a terminate message.
+    pub(super) fn queue_terminate(&mut self) {
+        frontend::terminate(&mut self.write);
+    }
+
+    /// Writes everything queued.
+    pub(super) async fn flush(&mut self) -> Result<(), TransportError> {
+        if !self.write.is_empty() {
+            self.socket.write_all(&self.write).await?;
+            self.socket.flush().await?;
+            self.write.clear();
+        }
+        Ok(())
+    }
+}
+
+/// `15` from `15.4 (Debian 15.4-1)`, `9` from `9.6.24`, 0 if unreadable.
+fn major_version(text: &str) -> u32 {
+    text.split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0)
+}
+
+/// An `ErrorResponse` as one line: severity, message, hint, SQLSTATE. DETAIL is left out:
+/// it can quote row values.
+pub(super) fn server_error(mut fields: ErrorFields<'_>) -> Result<TransportError, TransportError> {
+    let (mut severity, mut code, mut message, mut hint) =
+        (String::new(), String::new(), String::new(), None);
+    while let Some(f) = fallible_iterator::FallibleIterator::next(&mut fields)? {
+        let value = String::from_utf8_lossy(f.value_bytes()).into_owned();
+        match f.type_() {
+            b'V' => severity = value,
+            b'S' if severity.is_empty() => severity = value,
+            b'C' => code = value,
+            b'M' => message = value,
+            b'H' => hint = Some(value),
+            _ => {}
+        }
+    }
+    let mut line = format!("{severity}: {message}");
+    if let Some(h) = hint {
+        line.push_str(&format!("; hint: {h}"));
+    }
+    Ok(TransportError::Server {
+        code,
+        message: line,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn major_version_reads_the_leading_number() {
+        assert_eq!(major_version("15.4 (Debian 15.4-1.pgdg120+1)"), 15);
+        assert_eq!(major_version("16beta1"), 16);
+        assert_eq!(major_version("9.6.24"), 9);
+        assert_eq!(major_version("devel"), 0);
+    }
+
+    #[test]
+    fn addresses_come_from_both_dsn_forms_and_never_print_the_password() {
+        let a = SourceAddress::from_dsn(
+            "host=127.0.0.1 port=6543 user=repl password=hunter2 dbname=app",
+            "helios-repl",
+        )
+        .unwrap();
+        assert!(matches!(&a.host, Host::Tcp(h) if h == "127.0.0.1"));
+        assert_eq!(
+            (a.port, a.user.as_str(), a.database.as_str()),
+            (6543, "repl", "app")
+        );
+        assert_eq!(a.password.as_deref(), Some(&b"hunter2"[..]));
+        assert!(!format!("{a:?}").contains("hunter2"));
+        let u = SourceAddress::from_dsn("postgresql://repl@%2Ftmp%2Fpg/app", "x").unwrap();
+        assert!(matches!(&u.host, Host::Unix(p) if p == std::path::Path::new("/tmp/pg")));
+        assert_eq!((u.port, u.database.as_str()), (5432, "app"));
+        // No database: the user's name, as libpq does.
+        let d = SourceAddress::from_dsn("host=h user=me", "x").unwrap();
+        assert_eq!(d.database, "me");
+    }
+
+    #[test]
+    fn unusable_dsns_are_named() {
+        let err = SourceAddress::from_dsn("host=h dbname=app", "x").unwrap_err();
+        assert_eq!(err.to_string(), "source.dsn: no user given");
+        let err = SourceAddress::from_dsn("host=h user=u sslmode=require", "x").unwrap_err();
+        assert!(err.to_string().contains("sslmode=require"), "{err}");
+        let err = SourceAddress::from_dsn("host='unterminated", "x").unwrap_err();
+        assert!(
+            err.to_string().starts_with("source.dsn: cannot parse"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_a_transient_io_error() {
+        let port = crate::embedded::pg_cluster::free_port().unwrap();
+        let a =
+            SourceAddress::from_dsn(&format!("host=127.0.0.1 port={port} user=u"), "x").unwrap();
+        let err = ReplicationConnection::connect(&a).await.err().unwrap();
+        assert!(matches!(err, TransportError::Io(_)), "{err:?}");
+        assert!(err.is_transient());
+    }
+}
