@@ -12,6 +12,7 @@ mod job_spec_files;
 mod large_transactions;
 mod nats_sink;
 mod qos;
+mod replication_session;
 mod serve_api;
 mod snapshot_stream;
 mod streamed_transactions;

@@ -1,0 +1,122 @@
+//! The replication session (`cdc::transport`) against a real server: each password
+//! method the server may ask for, a wrong password refused for good, the Unix socket, and
+//! a stream started on a slot created on the same session.
+
+use std::time::Duration;
+
+use helios_repl::cdc::transport::{
+    ReplicationConnection, SourceAddress, StreamFrame, StreamOptions, TransportError,
+};
+
+use crate::harness::Env;
+
+/// Roles whose passwords are checked by SCRAM-SHA-256, MD5 and in clear text.
+const ROLES: &str = "SET password_encryption = 'scram-sha-256';
+    CREATE ROLE scram_user LOGIN REPLICATION PASSWORD 'p@ss word';
+    SET password_encryption = 'md5';
+    CREATE ROLE md5_user LOGIN REPLICATION PASSWORD 'md5 secret';
+    CREATE ROLE clear_user LOGIN REPLICATION PASSWORD 'clear';
+    CREATE TABLE public.t (id int PRIMARY KEY, v text);
+    CREATE PUBLICATION pub_t FOR TABLE public.t;";
+
+fn address(env: &Env, user: &str, password: &str) -> SourceAddress {
+    let dsn = format!(
+        "host=127.0.0.1 port={} user={user} password='{password}' dbname=app",
+        env.source.port()
+    );
+    SourceAddress::from_dsn(&dsn, "helios-repl test").expect("address")
+}
+
+#[test]
+fn the_session_logs_in_with_each_password_method_and_streams() {
+    let env = Env::start(ROLES);
+    // The password methods come first in pg_hba.conf, before initdb's trust lines.
+    let hba = env.source.root().join("data").join("pg_hba.conf");
+    let old = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+    std::fs::write(
+        &hba,
+        format!(
+            "host all scram_user 127.0.0.1/32 scram-sha-256\n\
+             host all md5_user 127.0.0.1/32 md5\n\
+             host all clear_user 127.0.0.1/32 password\n{old}"
+        ),
+    )
+    .expect("write pg_hba.conf");
+    env.on_source("SELECT pg_reload_conf()");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        for (user, password) in [
+            ("scram_user", "p@ss word"),
+            ("md5_user", "md5 secret"),
+            ("clear_user", "clear"),
+        ] {
+            let mut conn = ReplicationConnection::connect(&address(&env, user, password))
+                .await
+                .unwrap_or_else(|e| panic!("{user} logs in: {e}"));
+            let rows = conn
+                .simple_query("IDENTIFY_SYSTEM")
+                .await
+                .expect("identify");
+            assert_eq!(rows.len(), 1, "{user}: one IDENTIFY_SYSTEM row");
+            assert_eq!(rows[0][3].as_deref(), Some("app"), "{user}: the database");
+            assert!(conn.server_major() >= 14, "server version read at start-up");
+
+            let err = ReplicationConnection::connect(&address(&env, user, "wrong"))
+                .await
+                .err()
+                .expect("a wrong password is refused");
+            assert!(matches!(err, TransportError::Auth(_)), "{user}: {err:?}");
+            assert!(!err.is_transient(), "a wrong password is not retried");
+            assert!(!err.to_string().contains("wrong"), "no password in: {err}");
+        }
+
+        // Over the Unix socket (trust), a slot created on the session, then its stream.
+        let dsn = format!(
+            "host={} port={} user=postgres dbname=app",
+            env.source.root().display(),
+            env.source.port()
+        );
+        let unix = SourceAddress::from_dsn(&dsn, "helios-repl test").expect("address");
+        let mut conn = ReplicationConnection::connect(&unix)
+            .await
+            .expect("unix socket");
+        let created = conn
+            .simple_query("CREATE_REPLICATION_SLOT s_test LOGICAL pgoutput")
+            .await
+            .expect("create slot");
+        assert_eq!(created[0][0].as_deref(), Some("s_test"));
+        let err = conn
+            .simple_query("CREATE_REPLICATION_SLOT s_test LOGICAL pgoutput")
+            .await
+            .expect_err("a second slot of the same name");
+        assert!(err.to_string().contains("already exists"), "{err}");
+        let options = StreamOptions {
+            publication: "pub_t".into(),
+            streaming: true,
+        };
+        let mut stream = conn
+            .start_logical("s_test", 0, &options)
+            .await
+            .expect("start");
+        assert!(stream.streaming(), "version 2 on a 14+ server");
+        env.on_source("INSERT INTO public.t VALUES (1, 'one')");
+        let mut tags = Vec::new();
+        while !tags.contains(&b'C') {
+            let frame = tokio::time::timeout(Duration::from_secs(30), stream.recv())
+                .await
+                .expect("a frame within 30 s")
+                .expect("frame");
+            if let StreamFrame::XLogData { data, .. } = frame {
+                tags.push(data[0]);
+            }
+        }
+        assert_eq!(tags, b"BRIC", "Begin, Relation, Insert, Commit");
+        stream.set_applied(0x1000);
+        stream.close().await.expect("orderly end");
+    });
+}
