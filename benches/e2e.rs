@@ -29,7 +29,10 @@
 //!
 //! Ours runs in a child process (this binary re-executed with `HELIOS_BENCH_CHILD=job`), so
 //! its CPU time (`/proc/self/stat`) and peak RSS (`VmHWM`) are the replicator's alone; the
-//! load generator and the polling stay in this process.
+//! load generator and the polling stay in this process. Each catch-up case also reports
+//! the CPU seconds the source and the target cluster spent during it (their postmasters,
+//! reaped and running children, from `/proc`): the walsender's decoding on the source,
+//! the apply (subscription worker or our sessions' backends) on the target.
 //!
 //! Lag (`HELIOS_BENCH_LAG_SECS`, default 30 s per rate): paced inserts of 10 rows per
 //! transaction from 8 connections at 5k and 20k rows/s, then at 35k rows/s from 16
@@ -49,7 +52,8 @@
 //!
 //! Prints one markdown table and appends it, with date, machine size, commit and
 //! PostgreSQL version, to `benches/results/e2e.md`.
-//! Profile: `HELIOS_BENCH_PERF=DIR` runs each of our children under `perf record -g`.
+//! Profile: `HELIOS_BENCH_PERF=DIR` runs each of our children under `perf record -g`
+//! (`HELIOS_BENCH_PERF_DWARF=1`: `--call-graph dwarf`, full stacks).
 //! Run: `cargo bench --bench e2e` (quick: `HELIOS_BENCH_ROWS=200000 HELIOS_BENCH_LAG_SECS=10
 //! HELIOS_BENCH_BIG_TXN_ROWS=1000000 cargo bench --bench e2e`).
 
@@ -279,6 +283,61 @@ fn cpu_seconds(ticks: f64) -> f64 {
     (get(11) + get(12)) / ticks
 }
 
+/// CPU seconds (user + system) a whole cluster has used so far: its postmaster, the
+/// children it reaped (walsenders and backends that ended) and those still running.
+fn cluster_cpu_seconds(cluster: &PgCluster, ticks: f64) -> f64 {
+    let pid_file = cluster.root().join("data").join("postmaster.pid");
+    let Some(postmaster) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+    else {
+        return 0.0;
+    };
+    // Fields after the command name: state is index 0, ppid 1, utime 11, stime 12,
+    // cutime 13, cstime 14.
+    let fields = |pid: &str| -> Option<Vec<f64>> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let after = stat.rsplit_once(')')?.1;
+        Some(
+            after
+                .split_whitespace()
+                .map(|f| f.parse::<f64>().unwrap_or(0.0))
+                .collect(),
+        )
+    };
+    let mut total = 0.0;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Some(f) = fields(pid) else { continue };
+        if f.len() < 15 {
+            continue;
+        }
+        if pid == postmaster.to_string() {
+            total += f[11] + f[12] + f[13] + f[14];
+        } else if f[1] as u32 == postmaster {
+            total += f[11] + f[12];
+        }
+    }
+    total / ticks
+}
+
+/// CPU seconds of the source and target clusters so far.
+fn clusters_cpu(source: &PgCluster, target: &PgCluster, ticks: f64) -> (f64, f64) {
+    (
+        cluster_cpu_seconds(source, ticks),
+        cluster_cpu_seconds(target, ticks),
+    )
+}
+
 fn vm_hwm_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -314,7 +373,15 @@ impl JobChild {
                 let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let out = std::path::Path::new(&dir).join(format!("perf-child-{run}.data"));
                 let mut c = tokio::process::Command::new("perf");
-                c.args(["record", "-g", "-F", "499", "-o"])
+                // HELIOS_BENCH_PERF_DWARF=1: full stacks (the release build has no frame
+                // pointers), at a lower rate.
+                let stacks: &[&str] = match std::env::var_os("HELIOS_BENCH_PERF_DWARF") {
+                    Some(_) => &["--call-graph", "dwarf,32768", "-F", "199"],
+                    None => &["-g", "-F", "499"],
+                };
+                c.arg("record")
+                    .args(stacks)
+                    .arg("-o")
                     .arg(out)
                     .arg("--")
                     .arg(std::env::current_exe()?);
@@ -493,14 +560,15 @@ async fn connect(dsn: &str) -> anyhow::Result<tokio_postgres::Client> {
 
 /// The last id each tenant gets when ids `1..=n` go to tenant `(id % 50) + 1`.
 fn last_ids(n: i64, tenants: &[i32]) -> (Vec<i32>, Vec<i64>) {
-    let ids = tenants
+    tenants
         .iter()
         .map(|&t| {
             let r = i64::from(t) - 1;
-            n - ((n - r).rem_euclid(TENANTS))
+            (t, n - ((n - r).rem_euclid(TENANTS)))
         })
-        .collect();
-    (tenants.to_vec(), ids)
+        // Ids start at 1: with fewer rows than tenants some tenants have none.
+        .filter(|&(_, id)| id >= 1)
+        .unzip()
 }
 
 /// Waits until the target holds every key in `keys`; returns when it did.
@@ -589,6 +657,8 @@ struct CatchUp {
     target_rows: i64,
     secs: f64,
     figures: Option<Figures>,
+    /// CPU seconds the source and the target cluster spent during the run.
+    servers_cpu: (f64, f64),
 }
 
 struct LagRun {
@@ -722,7 +792,13 @@ async fn parent_main() -> anyhow::Result<()> {
     let mut catchup = Vec::new();
 
     // (e) pg_recvlogical to /dev/null, up to the position after the writes.
+    let ticks = clock_ticks();
+    let servers_since = |at: (f64, f64)| {
+        let now = clusters_cpu(&source, &target, ticks);
+        (now.0 - at.0, now.1 - at.1)
+    };
     let port = source.port().to_string();
+    let cpu_at = clusters_cpu(&source, &target, ticks);
     let t = Instant::now();
     let status = tokio::process::Command::new("pg_recvlogical")
         .args([
@@ -748,6 +824,7 @@ async fn parent_main() -> anyhow::Result<()> {
         .status()
         .await?;
     let secs_e = t.elapsed().as_secs_f64();
+    let servers_e = servers_since(cpu_at);
     if !status.success() {
         bail!("pg_recvlogical failed: {status}");
     }
@@ -757,12 +834,14 @@ async fn parent_main() -> anyhow::Result<()> {
     // (a) PostgreSQL's subscription.
     let tgt_a = connect(&target.dsn("sub_a")).await?;
     tgt_a.batch_execute("CHECKPOINT").await?;
+    let cpu_at = clusters_cpu(&source, &target, ticks);
     let t = Instant::now();
     tgt_a
         .batch_execute("ALTER SUBSCRIPTION sub_a ENABLE")
         .await?;
     let done = wait_for_keys(&tgt_a, "bench.t", &keys_all).await?;
     let secs_a = done.duration_since(t).as_secs_f64();
+    let servers_cpu = servers_since(cpu_at);
     let rows_a = count(&tgt_a, "SELECT count(*) FROM bench.t").await?;
     tgt_a.batch_execute("DROP SUBSCRIPTION sub_a").await?;
     println!("(a) subscription: {secs_a:.2}s, {rows_a} rows on the target");
@@ -771,6 +850,7 @@ async fn parent_main() -> anyhow::Result<()> {
         target_rows: rows_a,
         secs: secs_a,
         figures: None,
+        servers_cpu,
     });
 
     // (b) and (c): ours, resumed from the primed slots.
@@ -796,10 +876,12 @@ async fn parent_main() -> anyhow::Result<()> {
     ] {
         let tgt = connect(&target.dsn(db)).await?;
         tgt.batch_execute("CHECKPOINT").await?;
+        let cpu_at = clusters_cpu(&source, &target, ticks);
         let t = Instant::now();
         let mut child = JobChild::spawn(spec).await?;
         let done = wait_for_keys(&tgt, "bench.t", keys).await?;
         let secs = done.duration_since(t).as_secs_f64();
+        let servers_cpu = servers_since(cpu_at);
         let figures = child.stats().await?;
         child.stop().await?;
         let n = count(&tgt, "SELECT count(*) FROM bench.t").await?;
@@ -814,15 +896,18 @@ async fn parent_main() -> anyhow::Result<()> {
             target_rows: n,
             secs,
             figures: Some(figures),
+            servers_cpu,
         });
     }
     // (d): ours into the cold tier only, resumed from its primed slot.
     let cold_note;
     {
+        let cpu_at = clusters_cpu(&source, &target, ticks);
         let t = Instant::now();
         let mut child = JobChild::spawn(&spec_d).await?;
         let done = wait_for_cold_rows(&cold_d, "bench.t", rows as u64).await?;
         let secs = done.duration_since(t).as_secs_f64();
+        let servers_cpu = servers_since(cpu_at);
         let figures = child.stats().await?;
         child.stop().await?;
         let n = cold_open_versions(&cold_d, "bench.t")?;
@@ -847,6 +932,7 @@ async fn parent_main() -> anyhow::Result<()> {
             target_rows: n,
             secs,
             figures: Some(figures),
+            servers_cpu,
         });
     }
     let expected_some: i64 = (1..=rows)
@@ -944,7 +1030,7 @@ async fn parent_main() -> anyhow::Result<()> {
     let t = Instant::now();
     let mut child = JobChild::spawn(&spec_big).await?;
     let pid = child.child.id().unwrap_or(0);
-    let big_keys = last_ids(big_rows, &all_tenants[..(big_rows.min(TENANTS) as usize)]);
+    let big_keys = last_ids(big_rows, &all_tenants);
     let capped = tokio::select! {
         done = wait_for_keys(&tgt_big, "bench.big", &big_keys) => { done?; false }
         _ = rss_above(pid, rss_cap_mib * 1024) => true,
@@ -974,8 +1060,12 @@ async fn parent_main() -> anyhow::Result<()> {
         out,
         "Catch-up: {rows} rows (50 tenants, 1,000 rows per transaction) written while replication was stopped; timed until the target has them.\n"
     )?;
-    writeln!(out, "| case | rows on target | seconds | source rows/s | target rows/s | vs (a) | vs (e) | CPU s / M source rows | peak RSS |")?;
-    writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(out, "| case | rows on target | seconds | source rows/s | target rows/s | vs (a) | vs (e) | CPU s / M source rows | source server CPU s / M | target server CPU s / M | peak RSS |")?;
+    writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )?;
+    let per_m = |cpu: f64| format!("{:.2}", cpu / (rows as f64 / 1e6));
     for c in &catchup {
         let rate = rows as f64 / c.secs;
         let (cpu, rss) = match c.figures {
@@ -987,20 +1077,23 @@ async fn parent_main() -> anyhow::Result<()> {
         };
         writeln!(
             out,
-            "| {} | {} | {:.2} | {:.0} | {:.0} | {:.2} | {:.2} | {cpu} | {rss} |",
+            "| {} | {} | {:.2} | {:.0} | {:.0} | {:.2} | {:.2} | {cpu} | {} | {} | {rss} |",
             c.label,
             c.target_rows,
             c.secs,
             rate,
             c.target_rows as f64 / c.secs,
             rate / ref_a,
-            rate / ref_e
+            rate / ref_e,
+            per_m(c.servers_cpu.0),
+            per_m(c.servers_cpu.1),
         )?;
     }
     writeln!(
         out,
-        "| (e) pg_recvlogical → /dev/null | – | {secs_e:.2} | {ref_e:.0} | – | {:.2} | 1.00 | n/a | n/a |",
-        ref_e / ref_a
+        "| (e) pg_recvlogical → /dev/null | – | {secs_e:.2} | {ref_e:.0} | – | {:.2} | 1.00 | n/a | {} | – | n/a |",
+        ref_e / ref_a,
+        per_m(servers_e.0)
     )?;
     out.push_str(&cold_note);
     if !catchup_ok {

@@ -13,14 +13,14 @@
 //! another transaction.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
-use timely::scheduling::SyncActivator;
+use timely::scheduling::{Activator, SyncActivator};
 use tokio::sync::mpsc;
 
 use crate::change::{Lsn, SinkItem};
@@ -29,8 +29,30 @@ use crate::sinks::{ApplyBatch, Delivery};
 /// Rows of one transaction a worker stashes before it hands them over as a part.
 pub const PART_ROWS: usize = 20_000;
 
-/// Durability reports from sink tasks: (sink index, every batch up to this LSN is durable).
-pub type DurableReports = crossbeam_channel::Receiver<(usize, Lsn)>;
+/// How the sink tasks reach the delivery operator.
+///
+/// A sink task reports each durable LSN without waking the worker thread: the worker
+/// looks for reports between steps (it wakes at least every `host::PARK`), since the
+/// durable frontier is read only every `cdc::stream::ACK_INTERVAL`. A cross-thread wake
+/// costs a futex call and a context switch per applied group, which on two cores delayed
+/// the next transaction more than a late report delays an acknowledgement. Only a sink
+/// channel the operator found full is worth waking it for at once.
+pub struct DeliveryLink {
+    /// Durability reports: (sink index, every batch up to this LSN is durable).
+    pub reports: crossbeam_channel::Receiver<(usize, Lsn)>,
+    /// Set by the operator when a sink's channel was full; the sink task that makes room
+    /// then wakes it at once.
+    pub waiting_for_room: Arc<AtomicBool>,
+}
+
+/// The two handles that schedule the delivery operator: from a sink task (another
+/// thread) and from its own worker thread.
+pub struct DeliveryActivators {
+    /// Wakes the worker thread (a futex call).
+    pub from_sinks: SyncActivator,
+    /// Schedules the operator at the worker's next step (no system call).
+    pub on_worker: Activator,
+}
 
 /// The delivery operator.
 pub trait DeliverToSinks<'scope> {
@@ -38,13 +60,13 @@ pub trait DeliverToSinks<'scope> {
     /// whose frontier is the durable frontier. `backlog` counts the rows of completed
     /// transactions not yet applied by a sink (added here, taken off by the sink tasks;
     /// the feeder pauses while it is large).
-    /// `on_activator` receives the handle the sink tasks use to wake the operator.
+    /// `on_activator` receives the handles that schedule the operator.
     fn deliver_to_sinks(
         self,
         sinks: Vec<mpsc::Sender<Delivery>>,
-        durable: DurableReports,
+        link: DeliveryLink,
         backlog: Arc<AtomicUsize>,
-        on_activator: impl FnOnce(SyncActivator),
+        on_activator: impl FnOnce(DeliveryActivators),
     ) -> StreamVec<'scope, Lsn, ()>;
 }
 
@@ -52,14 +74,21 @@ impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, SinkItem> {
     fn deliver_to_sinks(
         self,
         sinks: Vec<mpsc::Sender<Delivery>>,
-        durable: DurableReports,
+        link: DeliveryLink,
         backlog: Arc<AtomicUsize>,
-        on_activator: impl FnOnce(SyncActivator),
+        on_activator: impl FnOnce(DeliveryActivators),
     ) -> StreamVec<'scope, Lsn, ()> {
         let scope = self.scope();
         let mut builder = OperatorBuilder::new("DeliverToSinks".to_owned(), scope);
         let info = builder.operator_info();
-        on_activator(scope.worker().sync_activator_for(info.address.to_vec()));
+        on_activator(DeliveryActivators {
+            from_sinks: scope.worker().sync_activator_for(info.address.to_vec()),
+            on_worker: scope.worker().activator_for(info.address.clone()),
+        });
+        let DeliveryLink {
+            reports: durable,
+            waiting_for_room,
+        } = link;
         let mut input = builder.new_input(self, Pipeline);
         let (_output, progress) = builder.new_output::<Vec<()>>();
         builder.build(move |mut initial| {
@@ -119,8 +148,8 @@ impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, SinkItem> {
                     }
                 }
                 // Hand over without blocking the worker (other jobs share it): what a
-                // sink's channel cannot take now waits here; the sink task wakes this
-                // operator whenever it finished a batch.
+                // sink's channel cannot take now waits here; the sink task that makes
+                // room wakes this operator.
                 for (sink, queue) in sinks.iter().zip(queues.iter_mut()) {
                     while let Some(batch) = queue.pop_front() {
                         // The sink task takes the rows off the backlog once applied.
@@ -128,6 +157,7 @@ impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, SinkItem> {
                             Ok(()) => {}
                             Err(mpsc::error::TrySendError::Full(batch)) => {
                                 queue.push_front(batch);
+                                waiting_for_room.store(true, Ordering::Release);
                                 break;
                             }
                             Err(mpsc::error::TrySendError::Closed(batch)) => {

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use crate::dataflow::worker::{JobDataflow, WorkerJob};
 
-/// Longest a worker parks without being woken.
-const PARK: Duration = Duration::from_millis(10);
+/// Longest a worker parks without being woken: also how late a sink's durable report may
+/// be seen while nothing else happens (see `deliver::DeliveryLink`).
+pub const PARK: Duration = Duration::from_millis(10);
 
 /// A change to the set of running dataflows.
 #[derive(Clone)]
@@ -175,6 +176,7 @@ fn run_workers(
             let mut busy = false;
             for job in jobs.values_mut() {
                 busy |= job.feed();
+                job.take_reports();
             }
             if busy {
                 worker.step();

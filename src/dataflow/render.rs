@@ -4,13 +4,12 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use timely::dataflow::StreamVec;
-use timely::scheduling::SyncActivator;
 use tokio::sync::mpsc;
 
 use timely::dataflow::operators::vec::Map;
 
 use crate::change::{Lsn, SinkItem, SourceRecord};
-use crate::dataflow::deliver::{DeliverToSinks, DurableReports};
+use crate::dataflow::deliver::{DeliverToSinks, DeliveryActivators, DeliveryLink};
 use crate::operators::access::ledger::AccessLedger;
 use crate::operators::access::observe::ObserveAccess;
 use crate::operators::history::{HistoryBooks, HistoryPlan, VersionHistory};
@@ -42,9 +41,9 @@ pub fn render_job<'scope>(
     plan: Arc<TenantPlan>,
     stages: OptionalStages,
     sinks: Vec<mpsc::Sender<Delivery>>,
-    durable: DurableReports,
+    link: DeliveryLink,
     backlog: Arc<AtomicUsize>,
-    on_activator: impl FnOnce(SyncActivator),
+    on_activator: impl FnOnce(DeliveryActivators),
 ) -> StreamVec<'scope, Lsn, ()> {
     let OptionalStages { history, access } = stages;
     let changes = source.partition_by_tenant(plan);
@@ -59,5 +58,5 @@ pub fn render_job<'scope>(
         }
         None => changes.map(SinkItem::Change),
     };
-    items.deliver_to_sinks(sinks, durable, backlog, on_activator)
+    items.deliver_to_sinks(sinks, link, backlog, on_activator)
 }

@@ -2,7 +2,7 @@
 //! sink tasks on the tokio runtime, and (worker 0 only) move the reader's events into the
 //! job's input.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use timely::dataflow::operators::{Input, Probe};
@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::cdc::stream::SourceEvent;
 use crate::change::{Lsn, SourceRecord};
+use crate::dataflow::deliver::DeliveryLink;
 use crate::dataflow::render::{render_job, HistoryStage, OptionalStages};
 use crate::operators::access::hotness_map::HotnessMap;
 use crate::operators::access::ledger::AccessLedger;
@@ -116,6 +117,10 @@ pub struct WorkerJob {
     max_backlog_rows: usize,
     /// Skipping a transaction older than the input's time.
     discarding: bool,
+    /// A sink task reported durable progress the delivery operator has not seen.
+    reports_pending: Arc<AtomicBool>,
+    /// Schedules the delivery operator on this worker.
+    deliver: timely::scheduling::Activator,
 }
 
 impl WorkerJob {
@@ -129,6 +134,8 @@ impl WorkerJob {
         let mut input: InputHandleVec<Lsn, SourceRecord> = InputHandleVec::new();
         let probe: ProbeHandle<Lsn> = ProbeHandle::new();
         let (report_tx, report_rx) = crossbeam_channel::unbounded::<(usize, Lsn)>();
+        let waiting_for_room = Arc::new(AtomicBool::new(false));
+        let reports_pending = Arc::new(AtomicBool::new(false));
         let (senders, receivers): (Vec<_>, Vec<_>) = job
             .sinks
             .iter()
@@ -151,19 +158,29 @@ impl WorkerJob {
                     access: job.access.as_ref().map(|a| (a.ledger.clone(), a.width)),
                 },
                 senders,
-                report_rx,
+                DeliveryLink {
+                    reports: report_rx,
+                    waiting_for_room: waiting_for_room.clone(),
+                },
                 job.backlog.clone(),
                 |a| activator = Some(a),
             )
             .probe_with(&probe);
         });
-        let activator = Arc::new(activator.expect("render_job hands over an activator"));
+        let activators = activator.expect("render_job hands over its activators");
+        let from_sinks = Arc::new(activators.from_sinks);
         for (i, (rx, target)) in receivers.into_iter().zip(&job.sinks).enumerate() {
             let report_tx = report_tx.clone();
-            let activator = activator.clone();
+            let (from_sinks, waiting_for_room) = (from_sinks.clone(), waiting_for_room.clone());
+            let reports_pending = reports_pending.clone();
+            // The worker sees the report at its next step (see `DeliveryLink`); it is
+            // woken at once only when the operator waits for room in a sink's channel.
             let on_durable = move |lsn| {
                 let _ = report_tx.send((i, lsn));
-                let _ = activator.activate();
+                reports_pending.store(true, Ordering::Release);
+                if waiting_for_room.swap(false, Ordering::AcqRel) {
+                    let _ = from_sinks.activate();
+                }
             };
             let (stats, reader) = (target.stats.clone(), job.reader.clone());
             let mut pacing = SinkPacing::fifo(job.backlog.clone(), target.batch_max_rows, index);
@@ -222,6 +239,16 @@ impl WorkerJob {
             backlog: job.backlog.clone(),
             max_backlog_rows: job.max_backlog_rows,
             discarding: false,
+            reports_pending,
+            deliver: activators.on_worker,
+        }
+    }
+
+    /// Schedules the delivery operator if a sink task reported progress since the last
+    /// call (cheap: no system call). The worker calls it before every step.
+    pub fn take_reports(&self) {
+        if self.reports_pending.swap(false, Ordering::AcqRel) {
+            self.deliver.activate();
         }
     }
 
