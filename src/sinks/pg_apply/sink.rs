@@ -75,6 +75,8 @@ struct ConnectionCache {
     history_shapes: HashMap<String, Arc<TableInfo>>,
     /// Prepared statements by SQL text.
     statements: HashMap<String, tokio_postgres::Statement>,
+    /// A plain insert of a keyed table met a key the target holds (SQLSTATE 23505).
+    unique_violation: bool,
 }
 
 /// The apply sink of one worker.
@@ -87,6 +89,9 @@ pub struct PgApplySink {
     cache: ConnectionCache,
     checkpoints: HashMap<String, Lsn>,
     failed_tables: HashMap<String, String>,
+    /// Keys a group inserts first go out as plain inserts (`plan` module doc); off for
+    /// the rest of the sink's life once the target held such a key.
+    plain_inserts: bool,
 }
 
 impl PgApplySink {
@@ -101,6 +106,14 @@ impl PgApplySink {
             cache: ConnectionCache::default(),
             checkpoints: HashMap::new(),
             failed_tables: HashMap::new(),
+            plain_inserts: true,
+        }
+    }
+
+    /// The target held a key a plain insert wrote: upserts from now on.
+    fn stop_plain_inserts(&mut self) {
+        if std::mem::replace(&mut self.plain_inserts, false) {
+            tracing::warn!(job = %self.job, worker = self.worker, "the target already held a key the source inserted (rows written outside this job?); applying with upserts from now on");
         }
     }
 
@@ -238,7 +251,7 @@ impl PgApplySink {
             if self.failed_tables.contains_key(table) || !work.history.is_empty() {
                 return None;
             }
-            for step in plan_table(work.changes.iter().copied()) {
+            for step in plan_table(work.changes.iter().copied(), self.plain_inserts) {
                 match step {
                     Step::SyncShape(shape) => {
                         if !self
@@ -297,6 +310,10 @@ impl PgApplySink {
                         _ if i == last => "commit",
                         _ => "apply",
                     };
+                    if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                        // Applied again at once with upserts (the fallback path).
+                        self.stop_plain_inserts();
+                    }
                     return Err(sink_error(what, &e));
                 }
             }
@@ -355,7 +372,9 @@ impl PgApplySink {
                 }
                 continue;
             }
-            let steps = plan_table(changes.iter().copied());
+            // The isolating fallback never assumes anything about the target's keys.
+            let fresh = self.plain_inserts && !isolate;
+            let steps = plan_table(changes.iter().copied(), fresh);
             if isolate {
                 tx.batch_execute("SAVEPOINT helios_table")
                     .await
@@ -397,6 +416,15 @@ impl PgApplySink {
                         .await
                         .map_err(untied)?;
                     self.failed_tables.insert(table.clone(), reason);
+                }
+                Err(_) if fresh && std::mem::take(&mut self.cache.unique_violation) => {
+                    self.stop_plain_inserts();
+                    return Err((
+                        None,
+                        SinkError::Transient(format!(
+                            "{table}: a plain insert met a key the target holds; applying again with upserts"
+                        )),
+                    ));
                 }
                 Err(e) => return Err((Some(table.clone()), e)),
             }
@@ -738,8 +766,22 @@ async fn apply_steps(
                 report.dead_lettered += 1;
             }
             plain => {
+                let keyed_insert =
+                    matches!(&plain, Step::Append { table, .. } if !table.key_columns().is_empty());
                 if let Some((stmt, counts)) = plain_statement(plan, plain) {
-                    let n = run(tx, cache, &mut report.bytes, stmt).await?;
+                    report.bytes += stmt.params.iter().map(Param::bytes).sum::<u64>();
+                    let prepared = prepared(tx, cache, &stmt.text).await?;
+                    let params: Vec<&(dyn ToSql + Sync)> =
+                        stmt.params.iter().map(Param::as_sql).collect();
+                    let n = match tx.execute(&prepared, &params).await {
+                        Ok(n) => n,
+                        Err(e) => {
+                            cache.unique_violation |= keyed_insert
+                                && e.code()
+                                    == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION);
+                            return Err(sink_error("apply", &e));
+                        }
+                    };
                     counts.add(report, n);
                 }
             }
