@@ -198,7 +198,7 @@ fn make_batches(total: usize, size: usize) -> Vec<Vec<Row>> {
         .collect()
 }
 
-fn params_of(stmt: &Statement) -> Vec<&(dyn ToSql + Sync)> {
+fn params_of<'a>(stmt: &'a Statement<'_>) -> Vec<&'a (dyn ToSql + Sync)> {
     stmt.params.iter().map(Param::as_sql).collect()
 }
 
@@ -295,7 +295,7 @@ impl Applier {
         let prepared = match strategy {
             Strategy::UnnestUpsert => {
                 // The statement text does not depend on the rows: prepare it once.
-                let text = statements::upsert(table, &[]).text;
+                let text = statements::upsert::<Row>(table, &[]).text;
                 Some(client.prepare(&text).await?)
             }
             Strategy::CopyMerge => {

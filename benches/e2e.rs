@@ -191,12 +191,21 @@ async fn child_main() -> anyhow::Result<()> {
             }
         }
     });
+    // Seconds the sinks spent in apply calls (planning, sending, waiting for the target).
+    let apply_s = std::cell::Cell::new(0.0f64);
     let figures = |stats: &JobStats| -> String {
+        let took: f64 = stats
+            .sinks
+            .iter()
+            .flat_map(|s| s.take_apply_seconds())
+            .sum();
+        apply_s.set(apply_s.get() + took);
         format!(
-            "cpu_s={:.3} hwm_kb={} rows={}",
+            "cpu_s={:.3} hwm_kb={} rows={} apply_s={:.3}",
             cpu_seconds(ticks),
             vm_hwm_kb(),
-            stats.rows_applied()
+            stats.rows_applied(),
+            apply_s.get()
         )
     };
     let mut announced = false;
@@ -362,6 +371,8 @@ struct Figures {
     cpu_s: f64,
     hwm_kb: u64,
     rows: u64,
+    /// Seconds the sinks spent applying (their busy time).
+    apply_s: f64,
 }
 
 impl JobChild {
@@ -376,7 +387,7 @@ impl JobChild {
                 // HELIOS_BENCH_PERF_DWARF=1: full stacks (the release build has no frame
                 // pointers), at a lower rate.
                 let stacks: &[&str] = match std::env::var_os("HELIOS_BENCH_PERF_DWARF") {
-                    Some(_) => &["--call-graph", "dwarf,32768", "-F", "199"],
+                    Some(_) => &["--call-graph", "dwarf,32768", "-F", "499"],
                     None => &["-g", "-F", "499"],
                 };
                 c.arg("record")
@@ -454,6 +465,7 @@ fn parse_figures(text: &str) -> Figures {
             Some(("cpu_s", v)) => f.cpu_s = v.parse().unwrap_or(0.0),
             Some(("hwm_kb", v)) => f.hwm_kb = v.parse().unwrap_or(0),
             Some(("rows", v)) => f.rows = v.parse().unwrap_or(0),
+            Some(("apply_s", v)) => f.apply_s = v.parse().unwrap_or(0.0),
             _ => {}
         }
     }
@@ -887,8 +899,9 @@ async fn parent_main() -> anyhow::Result<()> {
         let n = count(&tgt, "SELECT count(*) FROM bench.t").await?;
         drop_slot(&src, db).await;
         println!(
-            "{label}: {secs:.2}s, {n} rows on the target, cpu {:.2}s, peak RSS {} MiB",
+            "{label}: {secs:.2}s, {n} rows on the target, cpu {:.2}s, sink busy {:.0}%, peak RSS {} MiB",
             figures.cpu_s,
+            100.0 * figures.apply_s / secs,
             figures.hwm_kb / 1024
         );
         catchup.push(CatchUp {

@@ -14,7 +14,7 @@ use tokio_postgres::GenericClient;
 use crate::change::{format_lsn, Cell, Lsn, Row, TableInfo};
 use crate::control::job_spec::TenantFilter;
 use crate::operators::version::{SysTime, SystemPoint, Version};
-use crate::sinks::pg_apply::statements::{shared_text, unnest_of, Param, Statement};
+use crate::sinks::pg_apply::statements::{cell_text, unnest_of, Param, Statement};
 use crate::sinks::pg_apply::store::sink_error;
 use crate::sinks::pg_apply::target_schema::ensure_shape;
 use crate::sinks::versions::{CloseRow, OpenRow};
@@ -119,23 +119,23 @@ pub async fn ensure_history_shape(
     Ok(())
 }
 
-fn times(values: impl Iterator<Item = Option<i64>>) -> Param {
+fn times(values: impl Iterator<Item = Option<i64>>) -> Param<'static> {
     Param::Column(values.map(|v| v.map(format_timestamptz)).collect())
 }
 
-fn lsns(values: impl Iterator<Item = u64>) -> Param {
+fn lsns(values: impl Iterator<Item = u64>) -> Param<'static> {
     Param::Column(values.map(|l| Some(format_lsn(l))).collect())
 }
 
 /// `INSERT` of opened versions.
-pub fn insert_versions(table: &TableInfo, rows: &[OpenRow<'_>]) -> Statement {
+pub fn insert_versions<'a>(table: &TableInfo, rows: &[OpenRow<'a>]) -> Statement<'a> {
     let n = table.columns.len();
     let mut names: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let mut values: Vec<String> = (0..n)
         .map(|i| format!("v.c{i}::{}", table.columns[i].type_name))
         .collect();
     let mut params: Vec<Param> = (0..n)
-        .map(|i| Param::Cells(rows.iter().map(|r| shared_text(r.row.get(i))).collect()))
+        .map(|i| Param::Cells(rows.iter().map(|r| cell_text(r.row.get(i))).collect()))
         .collect();
     for (name, ty) in [
         ("valid_from", "timestamptz"),
@@ -172,10 +172,10 @@ pub fn insert_versions(table: &TableInfo, rows: &[OpenRow<'_>]) -> Statement {
 }
 
 /// `UPDATE` that closes versions.
-pub fn close_versions(table: &TableInfo, rows: &[CloseRow<'_>]) -> Statement {
+pub fn close_versions<'a>(table: &TableInfo, rows: &[CloseRow<'a>]) -> Statement<'a> {
     let key = table.key_columns();
     let mut params: Vec<Param> = (0..key.len())
-        .map(|k| Param::Cells(rows.iter().map(|r| shared_text(r.key.get(k))).collect()))
+        .map(|k| Param::Cells(rows.iter().map(|r| cell_text(r.key.get(k))).collect()))
         .collect();
     let mut conditions: Vec<String> = key
         .iter()

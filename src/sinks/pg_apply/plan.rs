@@ -19,6 +19,7 @@
 //!
 //! Pure: no I/O. The SQL for each step is in `statements.rs`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -26,13 +27,13 @@ use crate::change::{Cell, Lsn, Row, Scope, TableInfo, TenantAction, TenantChange
 
 /// One set-based action on the target.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
+pub enum Step<'a> {
     /// Make the target table match this shape (add or retype columns).
     SyncShape(Arc<TableInfo>),
     /// Insert or overwrite full rows (no [`Cell::Unchanged`]); keys are distinct.
     Upsert {
         table: Arc<TableInfo>,
-        rows: Vec<Row>,
+        rows: Vec<Cow<'a, Row>>,
     },
     /// Delete rows by key (cells in `key_columns()` order).
     DeleteKeys {
@@ -49,7 +50,7 @@ pub enum Step {
     /// (new to the target).
     Append {
         table: Arc<TableInfo>,
-        rows: Vec<Row>,
+        rows: Vec<Cow<'a, Row>>,
     },
     /// Delete one row of a keyless table equal to `old` (by text form).
     DeleteMatching { table: Arc<TableInfo>, old: Row },
@@ -80,87 +81,104 @@ pub enum Step {
     },
 }
 
-/// Projects the cells at `cols`.
-pub fn project(row: &Row, cols: &[usize]) -> Row {
-    cols.iter()
-        .map(|&i| row.get(i).cloned().unwrap_or(Cell::Null))
-        .collect()
+/// A key as a run holds it: the cells of a row at the key columns, borrowed.
+type KeyCells<'a> = Vec<&'a Cell>;
+
+/// What a missing cell reads as.
+static NULL: Cell = Cell::Null;
+
+/// The cells of `row` at `cols`, borrowed.
+fn key_of<'a>(row: &'a Row, cols: &[usize]) -> KeyCells<'a> {
+    cols.iter().map(|&i| row.get(i).unwrap_or(&NULL)).collect()
+}
+
+/// An owned copy of a borrowed key.
+fn owned(key: &[&Cell]) -> Row {
+    key.iter().map(|&c| c.clone()).collect()
 }
 
 /// A key's final state in a run.
-struct Reduced {
+struct Reduced<'a> {
     /// `Some(full row)` to write, `None` to delete.
-    row: Option<Row>,
+    row: Option<Cow<'a, Row>>,
     /// The run's first change of the key was an INSERT (and fresh inserts are on): the
     /// target does not hold the key.
     fresh: bool,
+    /// When the key first appeared in the run (plain inserts keep the source's order).
+    first: u32,
 }
 
-/// The reduction in progress for one table shape.
-struct Run {
+/// The reduction in progress for one table shape. Rows stay borrowed from the changes
+/// until a statement binds them: planning copies no value.
+struct Run<'a> {
     table: Arc<TableInfo>,
     key_cols: Vec<usize>,
-    by_key: HashMap<Row, Reduced>,
-    appends: Vec<Row>,
+    by_key: HashMap<KeyCells<'a>, Reduced<'a>, foldhash::fast::RandomState>,
+    appends: Vec<Cow<'a, Row>>,
     fresh_inserts: bool,
+    seen: u32,
 }
 
-impl Run {
-    fn new(table: Arc<TableInfo>, fresh_inserts: bool) -> Run {
+impl<'a> Run<'a> {
+    fn new(table: Arc<TableInfo>, fresh_inserts: bool) -> Run<'a> {
         Run {
             key_cols: table.key_columns(),
             table,
-            by_key: HashMap::new(),
+            by_key: HashMap::default(),
             appends: Vec::new(),
             fresh_inserts,
+            seen: 0,
         }
     }
 
     /// Sets a key's final state; the first change of the key decides whether it is fresh.
-    fn reduce(&mut self, key: Row, row: Option<Row>, insert: bool) {
+    fn reduce(&mut self, key: KeyCells<'a>, row: Option<Cow<'a, Row>>, insert: bool) {
         let fresh = self.fresh_inserts && insert;
         match self.by_key.entry(key) {
             std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().row = row,
             std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(Reduced { row, fresh });
+                e.insert(Reduced {
+                    row,
+                    fresh,
+                    first: self.seen,
+                });
+                self.seen += 1;
             }
         }
     }
 
-    fn flush(&mut self, steps: &mut Vec<Step>) {
+    fn flush(&mut self, steps: &mut Vec<Step<'a>>) {
         if !self.by_key.is_empty() {
             let mut deletes = Vec::new();
             let mut upserts = Vec::new();
             let mut inserts = Vec::new();
             for (key, reduced) in self.by_key.drain() {
                 match (reduced.row, reduced.fresh) {
-                    (Some(row), true) => inserts.push((key, row)),
+                    (Some(row), true) => inserts.push((reduced.first, row)),
                     (Some(row), false) => upserts.push((key, row)),
                     // Inserted and deleted within the run: the target never had it.
                     (None, true) => {}
                     (None, false) => deletes.push(key),
                 }
             }
-            // A stable order keeps lock order stable across concurrent writers.
+            // A stable order keeps lock order stable across concurrent writers (new keys
+            // lock nothing another writer holds: they keep the source's order).
             deletes.sort_unstable();
             upserts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            let upserts: Vec<Row> = upserts.into_iter().map(|(_, row)| row).collect();
+            inserts.sort_unstable_by_key(|(first, _)| *first);
             if !deletes.is_empty() {
                 steps.push(Step::DeleteKeys {
                     table: self.table.clone(),
-                    keys: deletes,
+                    keys: deletes.iter().map(|k| owned(k)).collect(),
                 });
             }
             if !upserts.is_empty() {
                 steps.push(Step::Upsert {
                     table: self.table.clone(),
-                    rows: upserts,
+                    rows: upserts.into_iter().map(|(_, row)| row).collect(),
                 });
             }
-            if !inserts.is_empty() {
-                inserts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                self.appends.extend(inserts.into_iter().map(|(_, row)| row));
-            }
+            self.appends.extend(inserts.into_iter().map(|(_, row)| row));
         }
         if !self.appends.is_empty() {
             steps.push(Step::Append {
@@ -177,9 +195,9 @@ impl Run {
 pub fn plan_table<'a>(
     changes: impl IntoIterator<Item = (Lsn, &'a TenantChange)>,
     fresh_inserts: bool,
-) -> Vec<Step> {
+) -> Vec<Step<'a>> {
     let mut steps = Vec::new();
-    let mut run: Option<Run> = None;
+    let mut run: Option<Run<'a>> = None;
     for (lsn, change) in changes {
         let same_shape = run
             .as_ref()
@@ -200,7 +218,7 @@ pub fn plan_table<'a>(
     steps
 }
 
-fn plan_change(r: &mut Run, lsn: Lsn, change: &TenantChange, steps: &mut Vec<Step>) {
+fn plan_change<'a>(r: &mut Run<'a>, lsn: Lsn, change: &'a TenantChange, steps: &mut Vec<Step<'a>>) {
     let table = r.table.clone();
     match (&change.scope, &change.action) {
         (_, TenantAction::Unroutable { reason }) => {
@@ -249,7 +267,8 @@ fn plan_change(r: &mut Run, lsn: Lsn, change: &TenantChange, steps: &mut Vec<Ste
                     old: old.clone(),
                 });
             } else {
-                r.reduce(project(old, &r.key_cols), None, false);
+                let key = key_of(old, &r.key_cols);
+                r.reduce(key, None, false);
             }
         }
         (Scope::Tenant(_), TenantAction::Upsert { old, new, insert }) => {
@@ -257,19 +276,20 @@ fn plan_change(r: &mut Run, lsn: Lsn, change: &TenantChange, steps: &mut Vec<Ste
                 plan_keyless_upsert(r, lsn, change, old.as_ref(), new, *insert, steps);
                 return;
             }
-            let new_key = project(new, &r.key_cols);
+            let new_key = key_of(new, &r.key_cols);
             let old_key = old
                 .as_ref()
-                .map(|o| project(o, &r.key_cols))
+                .map(|o| key_of(o, &r.key_cols))
                 .filter(|k| *k != new_key);
-            let mut row = new.clone();
+            let mut row = Cow::Borrowed(new);
             if row.contains(&Cell::Unchanged) {
                 let base = old_key.as_ref().unwrap_or(&new_key);
                 if let Some(Reduced {
                     row: Some(prev), ..
                 }) = r.by_key.get(base)
                 {
-                    for (cell, prev) in row.iter_mut().zip(prev) {
+                    let merged = row.to_mut();
+                    for (cell, prev) in merged.iter_mut().zip(prev.iter()) {
                         if *cell == Cell::Unchanged {
                             *cell = prev.clone();
                         }
@@ -281,8 +301,8 @@ fn plan_change(r: &mut Run, lsn: Lsn, change: &TenantChange, steps: &mut Vec<Ste
                 r.flush(steps);
                 steps.push(Step::UpdateRow {
                     table,
-                    key: old_key.unwrap_or(new_key),
-                    new: row,
+                    key: owned(old_key.as_ref().unwrap_or(&new_key)),
+                    new: row.into_owned(),
                 });
                 return;
             }
@@ -294,17 +314,17 @@ fn plan_change(r: &mut Run, lsn: Lsn, change: &TenantChange, steps: &mut Vec<Ste
     }
 }
 
-fn plan_keyless_upsert(
-    r: &mut Run,
+fn plan_keyless_upsert<'a>(
+    r: &mut Run<'a>,
     lsn: Lsn,
     change: &TenantChange,
     old: Option<&Row>,
-    new: &Row,
+    new: &'a Row,
     insert: bool,
-    steps: &mut Vec<Step>,
+    steps: &mut Vec<Step<'a>>,
 ) {
     if insert {
-        r.appends.push(new.clone());
+        r.appends.push(Cow::Borrowed(new));
         return;
     }
     r.flush(steps);
@@ -337,6 +357,10 @@ mod tests {
 
     fn t(s: &str) -> Cell {
         Cell::Text(s.into())
+    }
+
+    fn cows(rows: Vec<Row>) -> Vec<Cow<'static, Row>> {
+        rows.into_iter().map(Cow::Owned).collect()
     }
 
     fn change(table: &Arc<TableInfo>, seq: u32, action: TenantAction) -> TenantChange {
@@ -382,7 +406,7 @@ mod tests {
                 },
                 Step::Upsert {
                     table: tb.clone(),
-                    rows: vec![vec![t("1"), t("a"), t("v2")]]
+                    rows: cows(vec![vec![t("1"), t("a"), t("v2")]])
                 },
             ]
         );
@@ -411,7 +435,7 @@ mod tests {
             steps[2],
             Step::Upsert {
                 table: tb,
-                rows: vec![vec![t("1"), t("z"), t("v")]]
+                rows: cows(vec![vec![t("1"), t("z"), t("v")]])
             }
         );
     }
@@ -426,7 +450,7 @@ mod tests {
             steps[1],
             Step::Upsert {
                 table: tb.clone(),
-                rows: vec![vec![t("1"), t("a"), t("big")]]
+                rows: cows(vec![vec![t("1"), t("a"), t("big")]])
             }
         );
 
@@ -486,7 +510,7 @@ mod tests {
             steps[1],
             Step::Append {
                 table: tb.clone(),
-                rows: vec![vec![t("1"), t("a"), t("x")]; 2]
+                rows: cows(vec![vec![t("1"), t("a"), t("x")]; 2])
             }
         );
         assert_eq!(
@@ -563,11 +587,11 @@ mod tests {
                 Step::SyncShape(tb.clone()),
                 Step::Upsert {
                     table: tb.clone(),
-                    rows: vec![vec![t("1"), t("c"), t("again")]]
+                    rows: cows(vec![vec![t("1"), t("c"), t("again")]])
                 },
                 Step::Append {
                     table: tb.clone(),
-                    rows: vec![vec![t("1"), t("a"), t("v2")]]
+                    rows: cows(vec![vec![t("1"), t("a"), t("v2")]])
                 },
             ]
         );

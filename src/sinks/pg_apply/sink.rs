@@ -215,7 +215,13 @@ impl PgApplySink {
         // Fastest when every step is one plain statement: the whole transaction goes out
         // at once (one round trip).
         let first_try = match self.pipeline_plan(&work.by_table) {
-            Some(stmts) => self.write_pipelined(client, stmts, &work.checkpoints).await,
+            Some(steps) => {
+                let stmts = steps
+                    .iter()
+                    .filter_map(|step| plain_statement(&self.plan, step))
+                    .collect();
+                self.write_pipelined(client, stmts, &work.checkpoints).await
+            }
             None => {
                 self.write(client, &work.by_table, &work.checkpoints, false)
                     .await
@@ -242,10 +248,10 @@ impl PgApplySink {
     /// The statements of a group when every step is one plain statement and every table's
     /// shape is already known to match; `None` when some step needs the sequential path
     /// (a shape to sync, a truncate, a dead letter, history, a table in error).
-    fn pipeline_plan(
+    fn pipeline_plan<'a>(
         &self,
-        by_table: &BTreeMap<String, TableWork<'_>>,
-    ) -> Option<Vec<(Statement, Counts)>> {
+        by_table: &BTreeMap<String, TableWork<'a>>,
+    ) -> Option<Vec<Step<'a>>> {
         let mut out = Vec::new();
         for (table, work) in by_table {
             if self.failed_tables.contains_key(table) || !work.history.is_empty() {
@@ -266,7 +272,7 @@ impl PgApplySink {
                     Step::TruncateTenant { .. }
                     | Step::TruncateOwned { .. }
                     | Step::DeadLetter { .. } => return None,
-                    plain => out.extend(plain_statement(&self.plan, plain)),
+                    plain => out.push(plain),
                 }
             }
         }
@@ -280,7 +286,7 @@ impl PgApplySink {
     async fn write_pipelined(
         &mut self,
         client: &Client,
-        mut stmts: Vec<(Statement, Counts)>,
+        mut stmts: Vec<(Statement<'_>, Counts)>,
         checkpoints: &HashMap<String, Lsn>,
     ) -> Result<ApplyReport, SinkError> {
         let mut report = ApplyReport::default();
@@ -653,31 +659,29 @@ impl Counts {
 /// The statement of a step that is one statement and nothing else (no shape to sync,
 /// no log line, no dead letter); `None` when it has nothing to run (a worker-scoped
 /// delete on a table without a tenant column). Other steps: `None`.
-fn plain_statement(plan: &TenantPlan, step: Step) -> Option<(Statement, Counts)> {
+fn plain_statement<'s>(plan: &TenantPlan, step: &'s Step<'_>) -> Option<(Statement<'s>, Counts)> {
     let owned = |table: &TableInfo, index: u32| {
         plan.tenant_columns
             .get(&table.qualified_name())
             .and_then(|col| owned_tenants_sql(plan, col, index))
     };
     Some(match step {
-        Step::Upsert { table, rows } => (statements::upsert(&table, &rows), Counts::Upserted),
-        Step::Append { table, rows } => (statements::append(&table, &rows), Counts::Upserted),
-        Step::DeleteKeys { table, keys } => {
-            (statements::delete_keys(&table, &keys), Counts::Deleted)
-        }
+        Step::Upsert { table, rows } => (statements::upsert(table, rows), Counts::Upserted),
+        Step::Append { table, rows } => (statements::append(table, rows), Counts::Upserted),
+        Step::DeleteKeys { table, keys } => (statements::delete_keys(table, keys), Counts::Deleted),
         Step::UpdateRow { table, key, new } => {
-            (statements::update_row(&table, &key, &new), Counts::Upserted)
+            (statements::update_row(table, key, new), Counts::Upserted)
         }
         Step::DeleteMatching { table, old } => (
-            statements::delete_matching(&table, &old, None),
+            statements::delete_matching(table, old, None),
             Counts::Deleted,
         ),
         Step::UpdateMatching { table, old, new } => (
-            statements::update_matching(&table, &old, &new),
+            statements::update_matching(table, old, new),
             Counts::Upserted,
         ),
         Step::DeleteOwned { table, old, index } => (
-            statements::delete_owned(&table, &old, &owned(&table, index)?),
+            statements::delete_owned(table, old, &owned(table, *index)?),
             Counts::Deleted,
         ),
         Step::SyncShape(_)
@@ -693,7 +697,7 @@ async fn apply_steps(
     plan: &TenantPlan,
     job: &str,
     table_name: &str,
-    steps: Vec<Step>,
+    steps: Vec<Step<'_>>,
     report: &mut ApplyReport,
 ) -> Result<(), SinkError> {
     for step in steps {
@@ -768,7 +772,7 @@ async fn apply_steps(
             plain => {
                 let keyed_insert =
                     matches!(&plain, Step::Append { table, .. } if !table.key_columns().is_empty());
-                if let Some((stmt, counts)) = plain_statement(plan, plain) {
+                if let Some((stmt, counts)) = plain_statement(plan, &plain) {
                     report.bytes += stmt.params.iter().map(Param::bytes).sum::<u64>();
                     let prepared = prepared(tx, cache, &stmt.text).await?;
                     let params: Vec<&(dyn ToSql + Sync)> =
@@ -854,7 +858,7 @@ async fn run(
     tx: &Transaction<'_>,
     cache: &mut ConnectionCache,
     bytes: &mut u64,
-    stmt: Statement,
+    stmt: Statement<'_>,
 ) -> Result<u64, SinkError> {
     *bytes += stmt.params.iter().map(Param::bytes).sum::<u64>();
     let prepared = prepared(tx, cache, &stmt.text).await?;

@@ -8,42 +8,24 @@
 //!
 //! Pure: builds strings, runs nothing.
 
-use bytes::BytesMut;
-use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use std::borrow::Borrow;
 
-use crate::change::{Cell, Row, TableInfo, Text};
+use crate::change::{Cell, Row, TableInfo};
 use crate::sql_text::{quote_ident, quote_qualified};
 
 /// A statement parameter: a `text[]` column of values or one `text` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Param {
+pub enum Param<'a> {
     /// One text array (one element per row).
     Column(Vec<Option<String>>),
-    /// One text array of the rows' own cells (shared, not copied).
-    Cells(Vec<Option<SqlText>>),
+    /// One text array of the rows' own cells, borrowed from the rows until the statement
+    /// has run (no copy, no reference count touched).
+    Cells(Vec<Option<&'a str>>),
     /// One text value.
     Value(Option<String>),
 }
 
-/// A cell's text bound as a `text` parameter without copying it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SqlText(pub Text);
-
-impl ToSql for SqlText {
-    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, BoxedSqlError> {
-        <&str as ToSql>::to_sql(&&*self.0, ty, out)
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        <&str as ToSql>::accepts(ty)
-    }
-
-    to_sql_checked!();
-}
-
-type BoxedSqlError = Box<dyn std::error::Error + Sync + Send>;
-
-impl Param {
+impl Param<'_> {
     /// The parameter as tokio-postgres binds it.
     pub fn as_sql(&self) -> &(dyn tokio_postgres::types::ToSql + Sync) {
         match self {
@@ -57,23 +39,19 @@ impl Param {
     pub fn bytes(&self) -> u64 {
         match self {
             Param::Column(v) => v.iter().flatten().map(|s| s.len() as u64 + 1).sum::<u64>(),
-            Param::Cells(v) => v
-                .iter()
-                .flatten()
-                .map(|s| s.0.len() as u64 + 1)
-                .sum::<u64>(),
+            Param::Cells(v) => v.iter().flatten().map(|s| s.len() as u64 + 1).sum::<u64>(),
             Param::Value(v) => v.as_ref().map_or(1, |s| s.len() as u64 + 1),
         }
     }
 }
 
-/// A statement ready to run.
+/// A statement ready to run; its parameters may borrow the rows they bind.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Statement {
+pub struct Statement<'a> {
     /// The SQL text (the prepared-statement cache key).
     pub text: String,
     /// Its parameters, `$1..`.
-    pub params: Vec<Param>,
+    pub params: Vec<Param<'a>>,
 }
 
 pub(crate) fn cell_value(cell: &Cell) -> Option<String> {
@@ -81,11 +59,8 @@ pub(crate) fn cell_value(cell: &Cell) -> Option<String> {
 }
 
 /// A cell's text for a [`Param::Cells`] column (`None` for NULL or a missing cell).
-pub(crate) fn shared_text(cell: Option<&Cell>) -> Option<SqlText> {
-    match cell {
-        Some(Cell::Text(t)) => Some(SqlText(t.clone())),
-        _ => None,
-    }
+pub(crate) fn cell_text(cell: Option<&Cell>) -> Option<&str> {
+    cell.and_then(Cell::as_text)
 }
 
 fn table_name(table: &TableInfo) -> String {
@@ -101,9 +76,9 @@ pub(crate) fn unnest_of(n: usize, first_param: usize) -> String {
     format!("unnest({}) AS v({})", arrays.join(", "), names.join(", "))
 }
 
-fn columns_of(rows: &[Row], cols: &[usize]) -> Vec<Param> {
+fn columns_of<'a, R: Borrow<Row>>(rows: &'a [R], cols: &[usize]) -> Vec<Param<'a>> {
     cols.iter()
-        .map(|&c| Param::Cells(rows.iter().map(|r| shared_text(r.get(c))).collect()))
+        .map(|&c| Param::Cells(rows.iter().map(|r| cell_text(r.borrow().get(c))).collect()))
         .collect()
 }
 
@@ -112,7 +87,7 @@ fn cast(table: &TableInfo, col: usize, expr: &str) -> String {
 }
 
 /// Multi-row upsert of full rows with distinct keys.
-pub fn upsert(table: &TableInfo, rows: &[Row]) -> Statement {
+pub fn upsert<'a, R: Borrow<Row>>(table: &TableInfo, rows: &'a [R]) -> Statement<'a> {
     let all: Vec<usize> = (0..table.columns.len()).collect();
     let key = table.key_columns();
     let names: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
@@ -146,7 +121,7 @@ pub fn upsert(table: &TableInfo, rows: &[Row]) -> Statement {
 }
 
 /// Multi-row append (keyless tables).
-pub fn append(table: &TableInfo, rows: &[Row]) -> Statement {
+pub fn append<'a, R: Borrow<Row>>(table: &TableInfo, rows: &'a [R]) -> Statement<'a> {
     let all: Vec<usize> = (0..table.columns.len()).collect();
     let names: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let values: Vec<String> = all
@@ -166,7 +141,7 @@ pub fn append(table: &TableInfo, rows: &[Row]) -> Statement {
 }
 
 /// Delete rows by key; `keys` hold the key cells in `key_columns()` order.
-pub fn delete_keys(table: &TableInfo, keys: &[Row]) -> Statement {
+pub fn delete_keys<'a>(table: &TableInfo, keys: &'a [Row]) -> Statement<'a> {
     let key = table.key_columns();
     let conds: Vec<String> = key
         .iter()
@@ -193,7 +168,7 @@ pub fn delete_keys(table: &TableInfo, keys: &[Row]) -> Statement {
 
 /// `col = $n::text::type` for every cell of `new` that is not unchanged, numbering
 /// parameters after `params`.
-fn set_changed(table: &TableInfo, new: &Row, params: &mut Vec<Param>) -> Vec<String> {
+fn set_changed(table: &TableInfo, new: &Row, params: &mut Vec<Param<'_>>) -> Vec<String> {
     let mut sets = Vec::new();
     for (i, cell) in new.iter().enumerate() {
         if *cell == Cell::Unchanged {
@@ -210,7 +185,7 @@ fn set_changed(table: &TableInfo, new: &Row, params: &mut Vec<Param>) -> Vec<Str
 }
 
 /// Update one row by key, leaving unchanged (TOASTed) columns as they are.
-pub fn update_row(table: &TableInfo, key: &Row, new: &Row) -> Statement {
+pub fn update_row(table: &TableInfo, key: &Row, new: &Row) -> Statement<'static> {
     let mut params = Vec::new();
     let mut sets = set_changed(table, new, &mut params);
     let mut conds = Vec::new();
@@ -241,7 +216,7 @@ pub fn update_row(table: &TableInfo, key: &Row, new: &Row) -> Statement {
 }
 
 /// Conditions matching `old` by text form, numbering parameters after `params`.
-fn match_row(table: &TableInfo, old: &Row, params: &mut Vec<Param>) -> Vec<String> {
+fn match_row(table: &TableInfo, old: &Row, params: &mut Vec<Param<'_>>) -> Vec<String> {
     let mut conds = Vec::new();
     for (i, cell) in old.iter().enumerate() {
         let name = quote_ident(&table.columns[i].name);
@@ -261,7 +236,7 @@ fn match_row(table: &TableInfo, old: &Row, params: &mut Vec<Param>) -> Vec<Strin
 }
 
 /// Delete one row equal to `old` (keyless tables), optionally only among owned tenants.
-pub fn delete_matching(table: &TableInfo, old: &Row, owned: Option<&str>) -> Statement {
+pub fn delete_matching(table: &TableInfo, old: &Row, owned: Option<&str>) -> Statement<'static> {
     let mut params = Vec::new();
     let mut conds = match_row(table, old, &mut params);
     conds.extend(owned.map(str::to_string));
@@ -276,7 +251,7 @@ pub fn delete_matching(table: &TableInfo, old: &Row, owned: Option<&str>) -> Sta
 }
 
 /// Update one row equal to `old` (keyless tables).
-pub fn update_matching(table: &TableInfo, old: &Row, new: &Row) -> Statement {
+pub fn update_matching(table: &TableInfo, old: &Row, new: &Row) -> Statement<'static> {
     let mut params = Vec::new();
     let sets = set_changed(table, new, &mut params);
     let conds = match_row(table, old, &mut params);
@@ -292,7 +267,7 @@ pub fn update_matching(table: &TableInfo, old: &Row, new: &Row) -> Statement {
 }
 
 /// Delete rows by key among the tenants a worker owns (`owned` is a SQL predicate).
-pub fn delete_owned(table: &TableInfo, old: &Row, owned: &str) -> Statement {
+pub fn delete_owned(table: &TableInfo, old: &Row, owned: &str) -> Statement<'static> {
     let key = table.key_columns();
     if key.is_empty() {
         return delete_matching(table, old, Some(owned));
@@ -319,7 +294,7 @@ pub fn delete_owned(table: &TableInfo, old: &Row, owned: &str) -> Statement {
 }
 
 /// Delete every row of one tenant.
-pub fn truncate_tenant(table: &TableInfo, tenant_column: &str, tenant: &str) -> Statement {
+pub fn truncate_tenant(table: &TableInfo, tenant_column: &str, tenant: &str) -> Statement<'static> {
     Statement {
         text: format!(
             "DELETE FROM {} WHERE {}::text = $1::text",
@@ -331,7 +306,7 @@ pub fn truncate_tenant(table: &TableInfo, tenant_column: &str, tenant: &str) -> 
 }
 
 /// Delete every row the predicate `owned` selects.
-pub fn truncate_owned(table: &TableInfo, owned: &str) -> Statement {
+pub fn truncate_owned(table: &TableInfo, owned: &str) -> Statement<'static> {
     Statement {
         text: format!("DELETE FROM {} WHERE {owned}", table_name(table)),
         params: vec![],
@@ -353,14 +328,12 @@ mod tests {
 
     #[test]
     fn upsert_casts_text_columns_and_updates_non_key_columns() {
-        let s = upsert(
-            &table(),
-            &[vec![
-                Cell::Text("1".into()),
-                Cell::Text("2".into()),
-                Cell::Null,
-            ]],
-        );
+        let rows = [vec![
+            Cell::Text("1".into()),
+            Cell::Text("2".into()),
+            Cell::Null,
+        ]];
+        let s = upsert(&table(), &rows);
         assert_eq!(
             s.text,
             "INSERT INTO \"app\".\"orders\" (\"tenant_id\", \"id\", \"note\") SELECT v.c0::integer, v.c1::bigint, v.c2::text \

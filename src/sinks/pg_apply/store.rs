@@ -178,7 +178,10 @@ pub async fn load_checkpoints(
 
 /// The statement that writes checkpoints (inside the caller's transaction); `None` when
 /// there are none. A checkpoint never moves back (`greatest`).
-pub fn checkpoints_statement(job: &str, checkpoints: &HashMap<String, Lsn>) -> Option<Statement> {
+pub fn checkpoints_statement(
+    job: &str,
+    checkpoints: &HashMap<String, Lsn>,
+) -> Option<Statement<'static>> {
     if checkpoints.is_empty() {
         return None;
     }
