@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use futures_util::SinkExt;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, Transaction};
 
@@ -216,11 +217,12 @@ impl PgApplySink {
         // at once (one round trip).
         let first_try = match self.pipeline_plan(&work.by_table) {
             Some(steps) => {
-                let stmts = steps
+                let writes = steps
                     .iter()
-                    .filter_map(|step| plain_statement(&self.plan, step))
+                    .filter_map(|step| pipelined_write(&self.plan, step))
                     .collect();
-                self.write_pipelined(client, stmts, &work.checkpoints).await
+                self.write_pipelined(client, writes, &work.checkpoints)
+                    .await
             }
             None => {
                 self.write(client, &work.by_table, &work.checkpoints, false)
@@ -228,7 +230,8 @@ impl PgApplySink {
             }
         };
         let written = match first_try {
-            Err(SinkError::Definite(_)) => {
+            Err(SinkError::Definite(reason)) => {
+                tracing::warn!(job = %self.job, worker = self.worker, error = %reason, "group failed; applying it again table by table");
                 self.cache.shapes.clear();
                 self.cache.history_shapes.clear();
                 self.write(client, &work.by_table, &work.checkpoints, true)
@@ -280,51 +283,154 @@ impl PgApplySink {
     }
 
     /// One target transaction sent as a pipeline: `BEGIN`, the statements, the
-    /// checkpoints and `COMMIT` go out together and the answers are read afterwards. A
-    /// failing statement aborts the transaction on the server, so the `COMMIT` rolls it
-    /// back; the first error (in statement order) is returned.
+    /// checkpoints and `COMMIT` go out together and the answers are read afterwards; a
+    /// `COPY` (a large plain insert) ends the pipeline before it and is a round trip of
+    /// its own. A failing statement aborts the transaction on the server, so the `COMMIT`
+    /// (or the `ROLLBACK` sent after a failure before it) rolls it back; the first error
+    /// (in statement order) is returned.
     async fn write_pipelined(
         &mut self,
         client: &Client,
-        mut stmts: Vec<(Statement<'_>, Counts)>,
+        mut writes: Vec<Write<'_>>,
         checkpoints: &HashMap<String, Lsn>,
     ) -> Result<ApplyReport, SinkError> {
         let mut report = ApplyReport::default();
-        stmts.extend(
-            store::checkpoints_statement(&self.job, checkpoints).map(|s| (s, Counts::Bookkeeping)),
+        writes.extend(
+            store::checkpoints_statement(&self.job, checkpoints)
+                .map(|s| Write::Statement(s, Counts::Bookkeeping)),
         );
-        let mut prepared_stmts = Vec::with_capacity(stmts.len());
-        for (stmt, counts) in &stmts {
-            prepared_stmts.push(prepared(client, &mut self.cache, &stmt.text).await?);
-            if !matches!(counts, Counts::Bookkeeping) {
-                report.bytes += stmt.params.iter().map(Param::bytes).sum::<u64>();
+        let mut prepared_stmts = Vec::with_capacity(writes.len());
+        for write in &writes {
+            let text = match write {
+                Write::Statement(stmt, counts) => {
+                    if !matches!(counts, Counts::Bookkeeping) {
+                        report.bytes += stmt.params.iter().map(Param::bytes).sum::<u64>();
+                    }
+                    &stmt.text
+                }
+                Write::Copy(copy) => {
+                    report.bytes += copy.data.len() as u64;
+                    &copy.text
+                }
+            };
+            prepared_stmts.push(prepared(client, &mut self.cache, text).await?);
+        }
+        let mut begun = false;
+        let mut queued: Vec<usize> = Vec::new();
+        for (i, write) in writes.iter().enumerate() {
+            let Write::Copy(copy) = write else {
+                queued.push(i);
+                continue;
+            };
+            self.run_pipeline(
+                client,
+                &writes,
+                &prepared_stmts,
+                &queued,
+                !begun,
+                false,
+                &mut report,
+            )
+            .await?;
+            begun = true;
+            queued.clear();
+            let copied = async {
+                let sink = client.copy_in(&prepared_stmts[i]).await?;
+                futures_util::pin_mut!(sink);
+                sink.send(copy.data.clone()).await?;
+                sink.finish().await
+            }
+            .await;
+            match copied {
+                Ok(n) => report.upserted += n,
+                Err(e) => return Err(self.abandon(client, "copy", &e).await),
             }
         }
-        let params: Vec<Vec<&(dyn ToSql + Sync)>> = stmts
-            .iter()
-            .map(|(s, _)| s.params.iter().map(Param::as_sql).collect())
-            .collect();
-        let answers = pipeline(client, &prepared_stmts, &params).await;
-        let last = answers.len().saturating_sub(1);
-        for (i, answer) in answers.into_iter().enumerate() {
+        self.run_pipeline(
+            client,
+            &writes,
+            &prepared_stmts,
+            &queued,
+            !begun,
+            true,
+            &mut report,
+        )
+        .await?;
+        Ok(report)
+    }
+
+    /// Sends the statements `indices` of `writes` as one pipeline (after `BEGIN` when
+    /// `begin`, followed by `COMMIT` when `commit`) and adds their counts to `report`.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_pipeline(
+        &mut self,
+        client: &Client,
+        writes: &[Write<'_>],
+        prepared_stmts: &[tokio_postgres::Statement],
+        indices: &[usize],
+        begin: bool,
+        commit: bool,
+        report: &mut ApplyReport,
+    ) -> Result<(), SinkError> {
+        let mut stmts = Vec::with_capacity(indices.len());
+        let mut params: Vec<Vec<&(dyn ToSql + Sync)>> = Vec::with_capacity(indices.len());
+        for &i in indices {
+            if let Write::Statement(stmt, _) = &writes[i] {
+                stmts.push(prepared_stmts[i].clone());
+                params.push(stmt.params.iter().map(Param::as_sql).collect());
+            }
+        }
+        let answers = pipeline(client, &stmts, &params, begin, commit).await;
+        let first = usize::from(begin);
+        for (k, answer) in answers.into_iter().enumerate() {
             match answer {
-                Ok(n) if i > 0 && i < last => stmts[i - 1].1.add(&mut report, n),
-                Ok(_) => {}
+                Ok(n) => {
+                    if let Some(Write::Statement(_, counts)) = k
+                        .checked_sub(first)
+                        .and_then(|j| indices.get(j))
+                        .map(|&i| &writes[i])
+                    {
+                        counts.add(report, n);
+                    }
+                }
                 Err(e) => {
-                    let what = match i {
-                        0 => "begin",
-                        _ if i == last => "commit",
+                    let what = match k {
+                        0 if begin => "begin",
+                        _ if k >= first + indices.len() => "commit",
                         _ => "apply",
                     };
-                    if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
-                        // Applied again at once with upserts (the fallback path).
-                        self.stop_plain_inserts();
-                    }
-                    return Err(sink_error(what, &e));
+                    // With the COMMIT in the pipeline the server rolled back already.
+                    return Err(if commit {
+                        self.note_conflict(&e);
+                        sink_error(what, &e)
+                    } else {
+                        self.abandon(client, what, &e).await
+                    });
                 }
             }
         }
-        Ok(report)
+        Ok(())
+    }
+
+    /// A failure inside the pipelined transaction before its `COMMIT` was sent: roll it
+    /// back (the connection stays usable) and return the error.
+    async fn abandon(
+        &mut self,
+        client: &Client,
+        what: &str,
+        e: &tokio_postgres::Error,
+    ) -> SinkError {
+        self.note_conflict(e);
+        let _ = client.batch_execute("ROLLBACK").await;
+        sink_error(what, e)
+    }
+
+    /// A unique violation in the pipelined path: plain inserts met a key the target holds;
+    /// the fallback path applies the group again with upserts.
+    fn note_conflict(&mut self, e: &tokio_postgres::Error) {
+        if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+            self.stop_plain_inserts();
+        }
     }
 
     /// One target transaction: every table's steps, then the checkpoints. With `isolate`,
@@ -637,6 +743,29 @@ fn letter_body(change: &TenantChange) -> Option<serde_json::Value> {
     }
 }
 
+/// Plain inserts of at least this many rows go through `COPY` (cheaper for the target
+/// per row, but two round trips more than a statement in the pipeline).
+pub const COPY_MIN_ROWS: usize = 500;
+
+/// One write of a pipelined target transaction.
+enum Write<'s> {
+    /// A statement, answered inside the pipeline.
+    Statement(Statement<'s>, Counts),
+    /// Rows loaded with `COPY`, a round trip of its own.
+    Copy(statements::CopyRows),
+}
+
+/// What a plain step writes in the pipelined path: a large plain insert as `COPY`, any
+/// other as its statement.
+fn pipelined_write<'s>(plan: &TenantPlan, step: &'s Step<'_>) -> Option<Write<'s>> {
+    match step {
+        Step::Append { table, rows } if rows.len() >= COPY_MIN_ROWS => {
+            Some(Write::Copy(statements::copy_rows(table, rows)))
+        }
+        _ => plain_statement(plan, step).map(|(s, c)| Write::Statement(s, c)),
+    }
+}
+
 /// Which count of the report a statement's affected rows add to.
 #[derive(Debug, Clone, Copy)]
 enum Counts {
@@ -772,21 +901,34 @@ async fn apply_steps(
             plain => {
                 let keyed_insert =
                     matches!(&plain, Step::Append { table, .. } if !table.key_columns().is_empty());
-                if let Some((stmt, counts)) = plain_statement(plan, &plain) {
-                    report.bytes += stmt.params.iter().map(Param::bytes).sum::<u64>();
-                    let prepared = prepared(tx, cache, &stmt.text).await?;
-                    let params: Vec<&(dyn ToSql + Sync)> =
-                        stmt.params.iter().map(Param::as_sql).collect();
-                    let n = match tx.execute(&prepared, &params).await {
-                        Ok(n) => n,
-                        Err(e) => {
-                            cache.unique_violation |= keyed_insert
-                                && e.code()
-                                    == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION);
-                            return Err(sink_error("apply", &e));
-                        }
-                    };
-                    counts.add(report, n);
+                let (n, counts) = match pipelined_write(plan, &plain) {
+                    None => continue,
+                    Some(Write::Statement(stmt, counts)) => {
+                        report.bytes += stmt.params.iter().map(Param::bytes).sum::<u64>();
+                        let prepared = prepared(tx, cache, &stmt.text).await?;
+                        let params: Vec<&(dyn ToSql + Sync)> =
+                            stmt.params.iter().map(Param::as_sql).collect();
+                        (tx.execute(&prepared, &params).await, counts)
+                    }
+                    Some(Write::Copy(copy)) => {
+                        report.bytes += copy.data.len() as u64;
+                        let prepared = prepared(tx, cache, &copy.text).await?;
+                        let copied = async {
+                            let sink = tx.copy_in(&prepared).await?;
+                            futures_util::pin_mut!(sink);
+                            sink.send(copy.data).await?;
+                            sink.finish().await
+                        };
+                        (copied.await, Counts::Upserted)
+                    }
+                };
+                match n {
+                    Ok(n) => counts.add(report, n),
+                    Err(e) => {
+                        cache.unique_violation |= keyed_insert
+                            && e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION);
+                        return Err(sink_error("apply", &e));
+                    }
                 }
             }
         }
@@ -794,27 +936,33 @@ async fn apply_steps(
     Ok(())
 }
 
-/// Sends `BEGIN`, every statement and `COMMIT` without waiting for answers in between
-/// (tokio-postgres sends a request when its future is first polled; they are polled in
-/// order), then collects every answer: index 0 is `BEGIN`, the last is `COMMIT`.
+/// Sends `BEGIN` (when `begin`), every statement and `COMMIT` (when `commit`) without
+/// waiting for answers in between (tokio-postgres sends a request when its future is
+/// first polled; they are polled in order), then collects every answer in that order.
 async fn pipeline(
     client: &Client,
     stmts: &[tokio_postgres::Statement],
     params: &[Vec<&(dyn ToSql + Sync)>],
+    begin: bool,
+    commit: bool,
 ) -> Vec<Result<u64, tokio_postgres::Error>> {
     type Request<'a> = std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>,
     >;
     let mut requests: Vec<Request> = Vec::with_capacity(stmts.len() + 2);
-    requests.push(Box::pin(async move {
-        client.batch_execute("BEGIN").await.map(|()| 0)
-    }));
+    if begin {
+        requests.push(Box::pin(async move {
+            client.batch_execute("BEGIN").await.map(|()| 0)
+        }));
+    }
     for (stmt, params) in stmts.iter().zip(params) {
         requests.push(Box::pin(client.execute(stmt, params.as_slice())));
     }
-    requests.push(Box::pin(async move {
-        client.batch_execute("COMMIT").await.map(|()| 0)
-    }));
+    if commit {
+        requests.push(Box::pin(async move {
+            client.batch_execute("COMMIT").await.map(|()| 0)
+        }));
+    }
     let mut answers: Vec<Option<Result<u64, tokio_postgres::Error>>> =
         requests.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {
