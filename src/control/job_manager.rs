@@ -318,6 +318,7 @@ async fn monitor(
     let mut mirrored: HashMap<String, u64> = HashMap::new();
     let mut seen_counts: HashMap<(usize, String), (u64, u64)> = HashMap::new();
     let mut seen_bytes = 0u64;
+    let mut seen_streamed = 0u64;
     let mut seen_errors: Vec<u64> = vec![0; stats.sinks.len()];
     let mut seen_reads = 0u64;
     let mut saved_windows = 0u64;
@@ -344,6 +345,9 @@ async fn monitor(
         let bytes = stats.reader.bytes_received.load(Relaxed);
         metrics.bytes_received(bytes.saturating_sub(seen_bytes));
         seen_bytes = bytes;
+        let streamed = stats.reader.streamed_txns.load(Relaxed);
+        metrics.streamed_transactions(streamed.saturating_sub(seen_streamed));
+        seen_streamed = streamed;
         let mut changed = Vec::new();
         for (i, sink) in stats.sinks.iter().enumerate() {
             let errors = sink.errors.load(Relaxed);

@@ -12,6 +12,7 @@
 //! | `helios_replication_lag_bytes` | gauge | `job`, `tenant` |
 //! | `helios_rows_replicated_total` | counter | `job`, `tenant`, `op` |
 //! | `helios_bytes_received_total` | counter | `job` |
+//! | `helios_source_streamed_transactions_total` | counter | `job` |
 //! | `helios_bytes_sent_total` | counter | `job`, `sink` |
 //! | `helios_sink_errors_total` | counter | `job`, `sink` |
 //! | `helios_apply_batch_seconds` | histogram | `job`, `sink` |
@@ -99,6 +100,10 @@ pub mod names {
     pub const ROWS_REPLICATED_TOTAL: &str = "helios_rows_replicated_total";
     /// Bytes of replication stream read from the source.
     pub const BYTES_RECEIVED_TOTAL: &str = "helios_bytes_received_total";
+    /// Transactions the source streamed while they ran (pgoutput protocol version 2),
+    /// applied at their commit.
+    pub const SOURCE_STREAMED_TRANSACTIONS_TOTAL: &str =
+        "helios_source_streamed_transactions_total";
     /// Bytes written to each sink.
     pub const BYTES_SENT_TOTAL: &str = "helios_bytes_sent_total";
     /// Failed apply attempts and failed (re)connections per sink.
@@ -129,11 +134,12 @@ pub mod names {
     pub const PREDICTORS: [&str; 4] = ["model", "heuristic", "last_window", "round_robin"];
 
     /// Every metric name above.
-    pub const ALL_METRICS: [&str; 16] = [
+    pub const ALL_METRICS: [&str; 17] = [
         REPLICATION_LAG_SECONDS,
         REPLICATION_LAG_BYTES,
         ROWS_REPLICATED_TOTAL,
         BYTES_RECEIVED_TOTAL,
+        SOURCE_STREAMED_TRANSACTIONS_TOTAL,
         BYTES_SENT_TOTAL,
         SINK_ERRORS_TOTAL,
         APPLY_BATCH_SECONDS,
@@ -253,6 +259,7 @@ struct Families {
     lag_bytes: Family<TenantLabels, GaugeU64>,
     rows: Family<RowLabels, Counter>,
     bytes_received: Family<JobLabels, Counter>,
+    streamed_txns: Family<JobLabels, Counter>,
     bytes_sent: Family<SinkLabels, Counter>,
     sink_errors: Family<SinkLabels, Counter>,
     apply_batch: HistogramFamily,
@@ -281,6 +288,7 @@ impl Families {
             lag_bytes: Family::default(),
             rows: Family::default(),
             bytes_received: Family::default(),
+            streamed_txns: Family::default(),
             bytes_sent: Family::default(),
             sink_errors: Family::default(),
             apply_batch: Family::new_with_constructor(new_apply_histogram),
@@ -319,6 +327,11 @@ impl Families {
             stem(BYTES_RECEIVED_TOTAL, "_total"),
             "Bytes of replication stream read from the source",
             self.bytes_received.clone(),
+        );
+        r.register(
+            stem(SOURCE_STREAMED_TRANSACTIONS_TOTAL, "_total"),
+            "Transactions the source streamed while they ran, applied at their commit",
+            self.streamed_txns.clone(),
         );
         r.register(
             stem(BYTES_SENT_TOTAL, "_total"),
@@ -529,6 +542,7 @@ pub struct JobMetrics {
     /// `slots[0]` is `_all`.
     slots: Vec<TenantSlot>,
     bytes_received: Counter,
+    streamed_txns: Counter,
     confirmed_lsn: Slots<(), GaugeU64>,
     sinks: Slots<&'static str, SinkSeries>,
     states: Slots<&'static str, Gauge>,
@@ -572,11 +586,15 @@ impl JobMetrics {
         let bytes_received = families
             .bytes_received
             .get_or_create_owned(&JobLabels { job: job.clone() });
+        let streamed_txns = families
+            .streamed_txns
+            .get_or_create_owned(&JobLabels { job: job.clone() });
         let metrics = JobMetrics {
             tenant_list: tenants.map(|t| t.into_iter().map(Box::from).collect()),
             tenant_index,
             slots,
             bytes_received,
+            streamed_txns,
             confirmed_lsn: Slots::new(),
             sinks: Slots::new(),
             states: Slots::new(),
@@ -600,6 +618,7 @@ impl JobMetrics {
             };
             lock(&metrics.life).removers.push(Box::new(move || {
                 families.bytes_received.remove(&labels);
+                families.streamed_txns.remove(&labels);
             }));
         }
         // The fixed series exist from the start, so `rate()`/`increase()` see their first
@@ -714,6 +733,11 @@ impl JobMetrics {
     /// Counts `n` bytes read from the source's replication stream.
     pub fn bytes_received(&self, n: u64) {
         self.bytes_received.inc_by(n);
+    }
+
+    /// Counts `n` transactions the source streamed while they ran.
+    pub fn streamed_transactions(&self, n: u64) {
+        self.streamed_txns.inc_by(n);
     }
 
     /// Counts `n` bytes written to sink `sink` (its `Sink::kind()`).

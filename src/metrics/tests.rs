@@ -420,6 +420,7 @@ fn counters_and_the_histogram_move() {
     m.rows(TENANT_ALL, OP_SKIPPED_REPLAY, 4);
     m.bytes_received(10);
     m.bytes_received(15);
+    m.streamed_transactions(2);
     m.bytes_sent("postgres", 3);
     m.bytes_sent("postgres", 4);
     m.sink_error("postgres");
@@ -444,6 +445,7 @@ fn counters_and_the_histogram_move() {
     assert_eq!(rows(TENANT_ALL, OP_SKIPPED_REPLAY), Some(4.0));
     assert_eq!(rows(TENANT_ALL, OP_DEAD_LETTERED), Some(0.0));
     assert_eq!(e.value(BYTES_RECEIVED_TOTAL, &[]), Some(25.0));
+    assert_eq!(e.value(SOURCE_STREAMED_TRANSACTIONS_TOTAL, &[]), Some(2.0));
     let sink = [(LABEL_JOB, "j"), (LABEL_SINK, "postgres")];
     assert_eq!(e.value(BYTES_SENT_TOTAL, &sink), Some(7.0));
     assert_eq!(e.value(SINK_ERRORS_TOTAL, &sink), Some(2.0));
@@ -545,13 +547,14 @@ fn tenant_label_is_bounded() {
         ),
         Some(1000.0)
     );
-    // Series per job: ops × (listed tenants + _all), the states, bytes received, lag.
+    // Series per job: ops × (listed tenants + _all), the states, bytes received, streamed
+    // transactions, lag.
     let listed_series = e
         .samples
         .iter()
         .filter(|s| s.labels[LABEL_JOB] == "listed")
         .count();
-    assert_eq!(listed_series, OPS.len() * 3 + STATES.len() + 1 + 2 * 3);
+    assert_eq!(listed_series, OPS.len() * 3 + STATES.len() + 2 + 2 * 3);
 }
 
 #[test]
