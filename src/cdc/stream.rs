@@ -98,7 +98,7 @@ pub struct ReaderStats {
     pub streamed_txns: std::sync::atomic::AtomicU64,
 }
 
-/// The replication session's address and the stream options of a job.
+/// Where a job's replication session connects (its slot names the application).
 pub fn replication_address(dsn: &str, slot: &str) -> Result<SourceAddress, CdcError> {
     SourceAddress::from_dsn(dsn, &format!("helios-repl {slot}")).map_err(transport_error)
 }

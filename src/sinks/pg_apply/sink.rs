@@ -334,14 +334,8 @@ impl PgApplySink {
             .await?;
             begun = true;
             queued.clear();
-            let copied = async {
-                let sink = client.copy_in(&prepared_stmts[i]).await?;
-                futures_util::pin_mut!(sink);
-                sink.send(copy.data.clone()).await?;
-                sink.finish().await
-            }
-            .await;
-            match copied {
+            let copied = send_copy(client.copy_in(&prepared_stmts[i]).await, copy.data.clone());
+            match copied.await {
                 Ok(n) => report.upserted += n,
                 Err(e) => return Err(self.abandon(client, "copy", &e).await),
             }
@@ -766,6 +760,17 @@ fn pipelined_write<'s>(plan: &TenantPlan, step: &'s Step<'_>) -> Option<Write<'s
     }
 }
 
+/// Sends `data` into a started `COPY … FROM STDIN` and ends it; the rows it loaded.
+async fn send_copy(
+    sink: Result<tokio_postgres::CopyInSink<bytes::Bytes>, tokio_postgres::Error>,
+    data: bytes::Bytes,
+) -> Result<u64, tokio_postgres::Error> {
+    let sink = sink?;
+    futures_util::pin_mut!(sink);
+    sink.send(data).await?;
+    sink.finish().await
+}
+
 /// Which count of the report a statement's affected rows add to.
 #[derive(Debug, Clone, Copy)]
 enum Counts {
@@ -913,12 +918,7 @@ async fn apply_steps(
                     Some(Write::Copy(copy)) => {
                         report.bytes += copy.data.len() as u64;
                         let prepared = prepared(tx, cache, &copy.text).await?;
-                        let copied = async {
-                            let sink = tx.copy_in(&prepared).await?;
-                            futures_util::pin_mut!(sink);
-                            sink.send(copy.data).await?;
-                            sink.finish().await
-                        };
+                        let copied = send_copy(tx.copy_in(&prepared).await, copy.data);
                         (copied.await, Counts::Upserted)
                     }
                 };
