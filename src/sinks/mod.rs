@@ -128,4 +128,11 @@ pub trait Sink: Send + 'static {
 
     /// Re-establishes connections after a transient error.
     fn reconnect(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Before an apply: once it is durable, every transaction this sink task was handed
+    /// up to `lsn` is durable (nothing earlier is still pending). A sink may record it with
+    /// the apply instead of a checkpoint per tenant. The default ignores it.
+    fn set_watermark(&mut self, lsn: Lsn) {
+        let _ = lsn;
+    }
 }

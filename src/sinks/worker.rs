@@ -288,6 +288,7 @@ pub async fn run_sink<S: Sink>(
             limiter.charge(task, tier, group.rows, scheduler.policy().min_share);
         }
         limiter.take(&group, now);
+        sink.set_watermark(scheduler.durable_watermark());
         apply_group(&mut sink, &group.batches, &stats, &reader).await;
         take_off_backlog(&pacing, group.rows);
         on_durable(scheduler.durable_watermark());
@@ -315,6 +316,7 @@ async fn drain<S: Sink>(
             break;
         }
         pacing.limiter.take(&group, now);
+        sink.set_watermark(scheduler.durable_watermark());
         apply_group(sink, &group.batches, stats, reader).await;
         take_off_backlog(pacing, group.rows);
         on_durable(scheduler.durable_watermark());
@@ -390,6 +392,8 @@ async fn stream_large<S: Sink>(
         bytes = spill.bytes(),
         "large transaction spilled to local disk; applying it whole"
     );
+    // Everything handed over before it was applied first (`drain`).
+    sink.set_watermark(lsn);
     let mut wait = RETRY_INITIAL;
     loop {
         let started = std::time::Instant::now();

@@ -116,6 +116,11 @@ pub struct Replicator {
 impl Replicator {
     /// Starts `helios-repl run --job <file> --workers 2`.
     pub fn start(job: &Path) -> Replicator {
+        Replicator::start_with_workers(job, 2)
+    }
+
+    /// Starts `helios-repl run --job <file> --workers <workers>`.
+    pub fn start_with_workers(job: &Path, workers: usize) -> Replicator {
         let log = job.with_extension(format!("{}.log", rand_suffix()));
         let out = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_helios-repl"))
@@ -124,7 +129,7 @@ impl Replicator {
             .args(["--progress-secs", "1"])
             // Two workers whatever the machine: the tests cover tenants split across
             // workers (the default on 2 cores is one).
-            .args(["--workers", "2"])
+            .args(["--workers", &workers.to_string()])
             .env("HELIOS_LOG", "info,tokio_postgres=warn")
             .stdout(out.try_clone().expect("log"))
             .stderr(out)

@@ -17,7 +17,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, Transaction};
 
 use crate::change::{HistoryEvent, Lsn, Scope, TableInfo, TenantAction, TenantChange};
-use crate::operators::partition::{owned_tenants_sql, TenantPlan};
+use crate::operators::partition::{owned_tenants_sql, tenant_route, TenantPlan};
 use crate::sinks::pg_apply::history::{close_versions, ensure_history_shape, insert_versions};
 use crate::sinks::pg_apply::plan::{plan_table, Step};
 use crate::sinks::pg_apply::statements::{self, Param, Statement};
@@ -89,6 +89,10 @@ pub struct PgApplySink {
     client: Option<Client>,
     cache: ConnectionCache,
     checkpoints: HashMap<String, Lsn>,
+    /// The watermarks among `checkpoints`: (worker index, worker count, LSN).
+    watermarks: Vec<(u32, u32, Lsn)>,
+    /// The watermark the next apply records (see [`Sink::set_watermark`]).
+    pending_watermark: Option<Lsn>,
     failed_tables: HashMap<String, String>,
     /// Keys a group inserts first go out as plain inserts (`plan` module doc); off for
     /// the rest of the sink's life once the target held such a key.
@@ -106,9 +110,55 @@ impl PgApplySink {
             client: None,
             cache: ConnectionCache::default(),
             checkpoints: HashMap::new(),
+            watermarks: Vec::new(),
+            pending_watermark: None,
             failed_tables: HashMap::new(),
             plain_inserts: true,
         }
+    }
+
+    /// Adds checkpoints that became durable (or were loaded) and keeps the watermarks
+    /// among them at hand.
+    fn record_checkpoints(&mut self, checkpoints: HashMap<String, Lsn>) {
+        for (key, lsn) in checkpoints {
+            if let Some((index, peers)) = store::watermark_of(&key) {
+                match self
+                    .watermarks
+                    .iter_mut()
+                    .find(|w| (w.0, w.1) == (index, peers))
+                {
+                    Some(w) => w.2 = w.2.max(lsn),
+                    None => self.watermarks.push((index, peers, lsn)),
+                }
+            }
+            let e = self.checkpoints.entry(key).or_insert(lsn);
+            *e = (*e).max(lsn);
+        }
+    }
+
+    /// The commit LSN up to which `scope` is applied: its own checkpoint, or the watermark
+    /// of the worker that owned it under any worker count this job has run with.
+    fn covered(&self, scope: &Scope, key: &str) -> Option<Lsn> {
+        let own = self.checkpoints.get(key).copied();
+        let by_watermark = match scope {
+            Scope::Tenant(tenant) => {
+                let route = tenant_route(tenant);
+                self.watermarks
+                    .iter()
+                    .filter(|&&(index, peers, _)| {
+                        route % u64::from(peers.max(1)) == u64::from(index)
+                    })
+                    .map(|w| w.2)
+                    .max()
+            }
+            Scope::Worker { index, peers } => self
+                .watermarks
+                .iter()
+                .filter(|w| (w.0, w.1) == (*index, *peers))
+                .map(|w| w.2)
+                .max(),
+        };
+        own.max(by_watermark)
     }
 
     /// The target held a key a plain insert wrote: upserts from now on.
@@ -131,7 +181,7 @@ impl PgApplySink {
                 let scope = scopes.entry(&change.scope).or_insert_with(|| {
                     let key = scope_key(&change.scope);
                     ScopeProgress {
-                        covered: self.checkpoints.get(&key).copied(),
+                        covered: self.covered(&change.scope, &key),
                         key,
                         applied: None,
                     }
@@ -160,9 +210,10 @@ impl PgApplySink {
             }
             for event in &batch.history {
                 let scope = history_scopes.entry(&event.tenant).or_insert_with(|| {
-                    let key = scope_key(&Scope::Tenant(event.tenant.clone()));
+                    let tenant = Scope::Tenant(event.tenant.clone());
+                    let key = scope_key(&tenant);
                     ScopeProgress {
-                        covered: self.checkpoints.get(&key).copied(),
+                        covered: self.covered(&tenant, &key),
                         key,
                         applied: None,
                     }
@@ -182,12 +233,24 @@ impl PgApplySink {
             .into_iter()
             .map(|((schema, name), work)| (format!("{schema}.{name}"), work))
             .collect();
+        // One watermark row covers every scope applied up to it; a scope gets a row of
+        // its own only when this call applies it past the watermark (a tenant served
+        // ahead of an earlier transaction still pending).
+        let watermark = self.pending_watermark;
         let mut checkpoints: HashMap<String, Lsn> = HashMap::new();
+        let mut applied_any = false;
         for s in scopes.into_values().chain(history_scopes.into_values()) {
             if let Some(applied) = s.applied {
+                applied_any = true;
+                if watermark.is_some_and(|w| applied <= w) {
+                    continue;
+                }
                 let e = checkpoints.entry(s.key).or_insert(applied);
                 *e = (*e).max(applied);
             }
+        }
+        if let (Some(w), true) = (watermark, applied_any) {
+            checkpoints.insert(store::watermark_key(self.worker, self.plan.peers), w);
         }
         Work {
             by_table,
@@ -243,7 +306,7 @@ impl PgApplySink {
         report.deleted += written.deleted;
         report.dead_lettered += written.dead_lettered;
         report.bytes += written.bytes;
-        self.checkpoints.extend(work.checkpoints);
+        self.record_checkpoints(work.checkpoints);
         report.tenants = work.tenants;
         Ok(report)
     }
@@ -616,7 +679,7 @@ impl PgApplySink {
         tx.commit()
             .await
             .map_err(|e| untied(sink_error("commit", &e)))?;
-        self.checkpoints.extend(checkpoints);
+        self.record_checkpoints(checkpoints);
         report.tenants = tenants.into_values().collect();
         Ok(report)
     }
@@ -660,13 +723,20 @@ impl Sink for PgApplySink {
         result
     }
 
+    fn set_watermark(&mut self, lsn: Lsn) {
+        self.pending_watermark = Some(lsn);
+    }
+
     async fn reconnect(&mut self) -> Result<(), SinkError> {
         if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
             return Ok(());
         }
         self.cache = ConnectionCache::default();
         let client = connect(&self.dsn).await?;
-        self.checkpoints = store::load_checkpoints(&client, &self.job).await?;
+        self.checkpoints.clear();
+        self.watermarks.clear();
+        let loaded = store::load_checkpoints(&client, &self.job).await?;
+        self.record_checkpoints(loaded);
         self.failed_tables = store::load_failed_tables(&client, &self.job).await?;
         tracing::debug!(job = %self.job, worker = self.worker, checkpoints = self.checkpoints.len(), "target connected");
         self.client = Some(client);
@@ -1014,4 +1084,117 @@ async fn run(
     tx.execute(&prepared, &params)
         .await
         .map_err(|e| sink_error("apply", &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::{fixtures, Cell};
+    use crate::control::job_spec::TenantFilter;
+
+    fn sink(worker: u32, peers: u32) -> PgApplySink {
+        let plan = TenantPlan {
+            include: TenantFilter::All,
+            tenant_columns: HashMap::from([("app.t".to_string(), "tenant".to_string())]),
+            peers,
+        };
+        PgApplySink::new("job", "host=unused", Arc::new(plan), worker)
+    }
+
+    fn batch(lsn: Lsn, tenants: &[&str]) -> ApplyBatch {
+        let table = Arc::new(fixtures::table(
+            "t",
+            &[("tenant", "text"), ("id", "int")],
+            &[0, 1],
+        ));
+        ApplyBatch {
+            commit_lsn: lsn,
+            changes: tenants
+                .iter()
+                .enumerate()
+                .map(|(i, t)| TenantChange {
+                    scope: Scope::Tenant((*t).into()),
+                    seq: i as u32,
+                    table: table.clone(),
+                    action: TenantAction::Upsert {
+                        old: None,
+                        new: vec![Cell::Text((*t).into()), Cell::Text(i.to_string().into())],
+                        insert: true,
+                    },
+                })
+                .collect(),
+            history: Vec::new(),
+        }
+    }
+
+    /// In commit order one watermark row replaces a checkpoint per tenant; a tenant served
+    /// ahead of a pending transaction keeps a row of its own.
+    #[test]
+    fn a_group_in_commit_order_records_one_watermark() {
+        let mut s = sink(0, 1);
+        s.set_watermark(20);
+        let batches = [batch(10, &["a", "b", "c"]), batch(20, &["a", "d"])];
+        let work = s.plan_work(&batches);
+        assert_eq!(
+            work.checkpoints,
+            HashMap::from([("applied:0/1".to_string(), 20)])
+        );
+        // Served ahead: tenant e's transaction at 40 while one at 30 is still pending.
+        s.set_watermark(29);
+        let work = s.plan_work(std::slice::from_ref(&batches[0]));
+        assert_eq!(work.checkpoints.get("applied:0/1"), Some(&29));
+        let ahead = [batch(40, &["e"])];
+        let work = s.plan_work(&ahead);
+        assert_eq!(work.checkpoints.get("tenant:e"), Some(&40));
+        assert_eq!(work.checkpoints.get("applied:0/1"), Some(&29));
+    }
+
+    /// Replays are skipped by the watermark of the worker that owned the tenant, under the
+    /// worker count the job ran with then, whatever the count is now.
+    #[test]
+    fn replays_are_skipped_by_the_watermark_of_the_owning_worker() {
+        let tenants = ["a", "b", "c", "d", "e", "f", "g", "h"];
+        // Two workers recorded watermarks 100 (worker 0) and 50 (worker 1).
+        let mut s = sink(0, 1);
+        s.record_checkpoints(HashMap::from([
+            ("applied:0/2".to_string(), 100),
+            ("applied:1/2".to_string(), 50),
+            ("tenant:h".to_string(), 80),
+        ]));
+        let replay = [batch(70, &tenants)];
+        let work = s.plan_work(&replay);
+        let applied: Vec<&str> = work
+            .by_table
+            .values()
+            .flat_map(|w| w.changes.iter())
+            .filter_map(|(_, c)| match &c.scope {
+                Scope::Tenant(t) => Some(t.as_str()),
+                Scope::Worker { .. } => None,
+            })
+            .collect();
+        let expected: Vec<&str> = tenants
+            .iter()
+            .copied()
+            .filter(|t| tenant_route(t) % 2 == 1 && *t != "h")
+            .collect();
+        assert_eq!(applied, expected, "worker 0's tenants and h are covered");
+        assert_eq!(work.skipped as usize, tenants.len() - expected.len());
+        assert!(!expected.is_empty() && expected.len() < tenants.len());
+    }
+
+    #[test]
+    fn watermark_keys_round_trip_and_reject_garbage() {
+        assert_eq!(
+            store::watermark_of(&store::watermark_key(3, 4)),
+            Some((3, 4))
+        );
+        for bad in [
+            "applied:4/4",
+            "applied:x/2",
+            "applied:1",
+            "tenant:applied:0/1",
+        ] {
+            assert_eq!(store::watermark_of(bad), None, "{bad}");
+        }
+    }
 }

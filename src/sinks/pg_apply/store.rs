@@ -80,6 +80,19 @@ pub fn scope_key(scope: &Scope) -> String {
     }
 }
 
+/// The checkpoint key of worker `index`'s watermark when the job runs `peers` workers:
+/// every transaction up to its LSN is applied for every scope the worker owns then.
+pub fn watermark_key(index: u32, peers: u32) -> String {
+    format!("applied:{index}/{peers}")
+}
+
+/// The (worker index, worker count) of a watermark key; `None` for other keys.
+pub fn watermark_of(key: &str) -> Option<(u32, u32)> {
+    let (index, peers) = key.strip_prefix("applied:")?.split_once('/')?;
+    let (index, peers) = (index.parse().ok()?, peers.parse().ok()?);
+    (index < peers).then_some((index, peers))
+}
+
 /// Creates the bookkeeping tables.
 pub async fn migrate(client: &Client) -> Result<(), SinkError> {
     client
