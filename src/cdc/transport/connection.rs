@@ -13,6 +13,8 @@ use super::TransportError;
 
 /// Bytes asked of the socket per read (one read usually carries many XLogData frames).
 const READ_CHUNK: usize = 128 * 1024;
+/// Largest message accepted from the server (its own limit is 1 GiB, plus framing).
+const MAX_MESSAGE: usize = (1 << 30) + 64;
 /// The `CopyBothResponse` tag, which `postgres-protocol`'s parser does not know.
 const COPY_BOTH_RESPONSE: u8 = b'W';
 
@@ -307,14 +309,25 @@ impl ReplicationConnection {
     /// A message already in the read buffer, if one is complete. Cancellation safe: only
     /// [`fill`](Self::fill) awaits.
     pub(super) fn try_message(&mut self) -> Result<Option<Message>, TransportError> {
-        if let Some(header) = Header::parse(&self.read)? {
+        // Unparseable bytes are a damaged stream, not a socket error to retry.
+        let damaged = |e: std::io::Error| TransportError::Protocol(e.to_string());
+        if let Some(header) = Header::parse(&self.read).map_err(damaged)? {
             if header.tag() == COPY_BOTH_RESPONSE {
                 return Err(TransportError::Protocol(
                     "a second copy-both response".into(),
                 ));
             }
+            // The server never sends more than 1 GiB in one message (its allocation
+            // limit): a larger length is a damaged stream, not a reason to allocate it.
+            if header.len() as usize > MAX_MESSAGE {
+                return Err(TransportError::Protocol(format!(
+                    "a message of {} bytes (tag {:?}), larger than any the server sends",
+                    header.len(),
+                    char::from(header.tag())
+                )));
+            }
         }
-        Ok(Message::parse(&mut self.read)?)
+        Message::parse(&mut self.read).map_err(damaged)
     }
 
     /// Reads more bytes from the socket. Cancellation safe (no bytes are lost if the
@@ -433,6 +446,33 @@ mod tests {
             err.to_string().starts_with("source.dsn: cannot parse"),
             "{err}"
         );
+    }
+
+    /// A message length no server sends is refused before anything is allocated.
+    #[tokio::test]
+    async fn an_impossible_message_length_is_a_protocol_error() {
+        let (ours, mut theirs) = tokio::io::duplex(64);
+        let mut conn = ReplicationConnection {
+            socket: Box::new(ours),
+            read: BytesMut::new(),
+            write: BytesMut::new(),
+            server_major: 0,
+        };
+        let mut frame = vec![b'd'];
+        frame.extend_from_slice(&0x7FFF_FFF0u32.to_be_bytes());
+        theirs.write_all(&frame).await.unwrap();
+        let err = conn.next_message().await.err().unwrap();
+        assert!(matches!(err, TransportError::Protocol(_)), "{err:?}");
+        assert!(err.to_string().contains("2147483632 bytes"), "{err}");
+        assert!(!err.is_transient());
+        assert!(conn.read.capacity() < 1 << 20, "nothing large was reserved");
+        // A negative length: damaged too, and not retried.
+        conn.read.clear();
+        let mut frame = vec![b'd'];
+        frame.extend_from_slice(&u32::MAX.to_be_bytes());
+        theirs.write_all(&frame).await.unwrap();
+        let err = conn.next_message().await.err().unwrap();
+        assert!(matches!(err, TransportError::Protocol(_)), "{err:?}");
     }
 
     #[tokio::test]
