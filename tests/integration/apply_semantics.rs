@@ -338,35 +338,51 @@ fn user_defined_types_are_created_on_the_target() {
     assert_eq!(repl.stop().code(), Some(0));
 }
 
-/// Inserted keys go to the target as plain inserts (no `ON CONFLICT`). A target that
-/// already holds such a key (a row written there by hand) must still end equal to the
-/// source, without putting the table in error state: the sink applies the group again
-/// with upserts, and keeps doing so.
+/// Inserted keys go to the target as plain inserts (no `ON CONFLICT`), 500 rows and more
+/// through `COPY`. A target that already holds such a key (a row written there by hand)
+/// must still end equal to the source, without putting the table in error state: the
+/// sink applies the group again with upserts, and keeps doing so. Two tenants on the two
+/// workers' sinks: one meets the key in a `COPY`, the other in a plain `INSERT`.
 #[test]
 fn an_insert_of_a_key_the_target_already_holds_is_applied_as_an_upsert() {
-    let env = Env::start(
+    use helios_repl::operators::partition::tenant_route;
+    let worker_of = |t: i32| tenant_route(&t.to_string()) % 2;
+    let other = (2..100)
+        .find(|&t| worker_of(t) != worker_of(1))
+        .expect("a tenant of the other worker");
+    let env = Env::start(&format!(
         "CREATE TABLE public.items (tenant_id int NOT NULL, id int NOT NULL, v text,
              PRIMARY KEY (tenant_id, id));
-         INSERT INTO public.items SELECT 1, g, 'copied' FROM generate_series(1, 10) g;",
-    );
-    let job = env.job_file("plain_inserts", "[1]", &["public.items"]);
+         INSERT INTO public.items SELECT t, g, 'copied' FROM generate_series(1, 10) g,
+             unnest(ARRAY[1, {other}]) t;"
+    ));
+    let job = env.job_file("plain_inserts", &format!("[1, {other}]"), &["public.items"]);
     let mut repl = streaming(&env, &job);
-    let q = "SELECT count(*), md5(string_agg(id || ':' || v, ',' ORDER BY id)) FROM public.items";
+    let q = "SELECT tenant_id, count(*), md5(string_agg(id || ':' || v, ',' ORDER BY id)) \
+             FROM public.items GROUP BY 1 ORDER BY 1";
     env.wait_converged(q, WAIT);
-    // Plain inserts, an insert updated and one deleted again in the same transaction.
+    // Plain inserts (a COPY), an insert updated and one deleted again in the same
+    // transaction.
     env.on_source(
-        "BEGIN; INSERT INTO public.items SELECT 1, g, 'new' FROM generate_series(11, 500) g;
+        "BEGIN; INSERT INTO public.items SELECT 1, g, 'new' FROM generate_series(11, 700) g;
          UPDATE public.items SET v = 'changed' WHERE id = 12; DELETE FROM public.items WHERE id = 13;
          COMMIT;",
     );
     env.wait_converged(q, WAIT);
-    // Someone wrote a row into the target that the source inserts next.
-    env.on_target("INSERT INTO public.items VALUES (1, 1000, 'written by hand')");
+    // Someone wrote rows into the target that the source inserts next.
+    env.on_target(&format!(
+        "INSERT INTO public.items VALUES (1, 1000, 'written by hand'), ({other}, 1000, 'by hand')"
+    ));
     env.on_source(
-        "INSERT INTO public.items SELECT 1, g, 'after' FROM generate_series(990, 1010) g",
+        "INSERT INTO public.items SELECT 1, g, 'after' FROM generate_series(990, 1700) g",
     );
+    env.on_source(&format!(
+        "INSERT INTO public.items SELECT {other}, g, 'after' FROM generate_series(990, 1010) g"
+    ));
     env.wait_converged(q, WAIT);
-    env.on_source("INSERT INTO public.items VALUES (1, 2000, 'later')");
+    env.on_source(&format!(
+        "INSERT INTO public.items SELECT t, 2000, 'later' FROM unnest(ARRAY[1, {other}]) t"
+    ));
     env.wait_converged(q, WAIT);
     assert_eq!(
         env.on_target("SELECT count(*) FROM helios.table_state WHERE state = 'error'"),
@@ -378,8 +394,12 @@ fn an_insert_of_a_key_the_target_already_holds_is_applied_as_an_upsert() {
         "0",
         "nothing kept as a dead letter"
     );
-    assert!(repl
-        .output()
-        .contains("the target already held a key the source inserted"));
+    let out = repl.output();
+    assert_eq!(
+        out.matches("the target already held a key the source inserted")
+            .count(),
+        2,
+        "both sinks met the key (in a COPY and in an INSERT):\n{out}"
+    );
     assert_eq!(repl.stop().code(), Some(0));
 }

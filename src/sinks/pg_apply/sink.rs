@@ -346,11 +346,11 @@ impl PgApplySink {
     }
 
     /// One target transaction sent as a pipeline: `BEGIN`, the statements, the
-    /// checkpoints and `COMMIT` go out together and the answers are read afterwards; a
-    /// `COPY` (a large plain insert) ends the pipeline before it and is a round trip of
-    /// its own. A failing statement aborts the transaction on the server, so the `COMMIT`
-    /// (or the `ROLLBACK` sent after a failure before it) rolls it back; the first error
-    /// (in statement order) is returned.
+    /// checkpoints and `COMMIT` go out together and the answers are read afterwards. A
+    /// `COPY` (a large plain insert) sends its rows once the server accepted it, and the
+    /// requests after it follow its end without waiting (two round trips in all). A
+    /// failing statement aborts the transaction on the server, so the `COMMIT` rolls it
+    /// back; the first error (in statement order) is returned.
     async fn write_pipelined(
         &mut self,
         client: &Client,
@@ -378,108 +378,47 @@ impl PgApplySink {
             };
             prepared_stmts.push(prepared(client, &mut self.cache, text).await?);
         }
-        let mut begun = false;
-        let mut queued: Vec<usize> = Vec::new();
-        for (i, write) in writes.iter().enumerate() {
-            let Write::Copy(copy) = write else {
-                queued.push(i);
-                continue;
-            };
-            self.run_pipeline(
-                client,
-                &writes,
-                &prepared_stmts,
-                &queued,
-                !begun,
-                false,
-                &mut report,
-            )
-            .await?;
-            begun = true;
-            queued.clear();
-            let copied = send_copy(client.copy_in(&prepared_stmts[i]).await, copy.data.clone());
-            match copied.await {
-                Ok(n) => report.upserted += n,
-                Err(e) => return Err(self.abandon(client, "copy", &e).await),
-            }
+        let params: Vec<Vec<&(dyn ToSql + Sync)>> = writes
+            .iter()
+            .map(|w| match w {
+                Write::Statement(stmt, _) => stmt.params.iter().map(Param::as_sql).collect(),
+                Write::Copy(_) => Vec::new(),
+            })
+            .collect();
+        let mut requests: Vec<Request<'_>> = Vec::with_capacity(writes.len() + 2);
+        requests.push(Box::pin(async move {
+            client.batch_execute("BEGIN").await.map(|()| 0)
+        }));
+        for ((write, stmt), params) in writes.iter().zip(&prepared_stmts).zip(&params) {
+            requests.push(match write {
+                Write::Statement(..) => Box::pin(client.execute(stmt, params.as_slice())),
+                Write::Copy(copy) => Box::pin(send_copy(client.copy_in(stmt), copy.data.clone())),
+            });
         }
-        self.run_pipeline(
-            client,
-            &writes,
-            &prepared_stmts,
-            &queued,
-            !begun,
-            true,
-            &mut report,
-        )
-        .await?;
-        Ok(report)
-    }
-
-    /// Sends the statements `indices` of `writes` as one pipeline (after `BEGIN` when
-    /// `begin`, followed by `COMMIT` when `commit`) and adds their counts to `report`.
-    #[allow(clippy::too_many_arguments)]
-    async fn run_pipeline(
-        &mut self,
-        client: &Client,
-        writes: &[Write<'_>],
-        prepared_stmts: &[tokio_postgres::Statement],
-        indices: &[usize],
-        begin: bool,
-        commit: bool,
-        report: &mut ApplyReport,
-    ) -> Result<(), SinkError> {
-        let mut stmts = Vec::with_capacity(indices.len());
-        let mut params: Vec<Vec<&(dyn ToSql + Sync)>> = Vec::with_capacity(indices.len());
-        for &i in indices {
-            if let Write::Statement(stmt, _) = &writes[i] {
-                stmts.push(prepared_stmts[i].clone());
-                params.push(stmt.params.iter().map(Param::as_sql).collect());
-            }
-        }
-        let answers = pipeline(client, &stmts, &params, begin, commit).await;
-        let first = usize::from(begin);
-        for (k, answer) in answers.into_iter().enumerate() {
+        requests.push(Box::pin(async move {
+            client.batch_execute("COMMIT").await.map(|()| 0)
+        }));
+        let answers = pipeline(requests).await;
+        let last = answers.len().saturating_sub(1);
+        for (i, answer) in answers.into_iter().enumerate() {
             match answer {
-                Ok(n) => {
-                    if let Some(Write::Statement(_, counts)) = k
-                        .checked_sub(first)
-                        .and_then(|j| indices.get(j))
-                        .map(|&i| &writes[i])
-                    {
-                        counts.add(report, n);
-                    }
-                }
+                Ok(n) if i > 0 && i < last => match &writes[i - 1] {
+                    Write::Statement(_, counts) => counts.add(&mut report, n),
+                    Write::Copy(_) => report.upserted += n,
+                },
+                Ok(_) => {}
                 Err(e) => {
-                    let what = match k {
-                        0 if begin => "begin",
-                        _ if k >= first + indices.len() => "commit",
+                    let what = match i {
+                        0 => "begin",
+                        _ if i == last => "commit",
                         _ => "apply",
                     };
-                    // With the COMMIT in the pipeline the server rolled back already.
-                    return Err(if commit {
-                        self.note_conflict(&e);
-                        sink_error(what, &e)
-                    } else {
-                        self.abandon(client, what, &e).await
-                    });
+                    self.note_conflict(&e);
+                    return Err(sink_error(what, &e));
                 }
             }
         }
-        Ok(())
-    }
-
-    /// A failure inside the pipelined transaction before its `COMMIT` was sent: roll it
-    /// back (the connection stays usable) and return the error.
-    async fn abandon(
-        &mut self,
-        client: &Client,
-        what: &str,
-        e: &tokio_postgres::Error,
-    ) -> SinkError {
-        self.note_conflict(e);
-        let _ = client.batch_execute("ROLLBACK").await;
-        sink_error(what, e)
+        Ok(report)
     }
 
     /// A unique violation in the pipelined path: plain inserts met a key the target holds;
@@ -830,12 +769,15 @@ fn pipelined_write<'s>(plan: &TenantPlan, step: &'s Step<'_>) -> Option<Write<'s
     }
 }
 
-/// Sends `data` into a started `COPY … FROM STDIN` and ends it; the rows it loaded.
+/// Starts a `COPY … FROM STDIN` (`sink`), sends `data` once the server accepted it and
+/// ends it; the rows it loaded.
 async fn send_copy(
-    sink: Result<tokio_postgres::CopyInSink<bytes::Bytes>, tokio_postgres::Error>,
+    sink: impl std::future::Future<
+        Output = Result<tokio_postgres::CopyInSink<bytes::Bytes>, tokio_postgres::Error>,
+    >,
     data: bytes::Bytes,
 ) -> Result<u64, tokio_postgres::Error> {
-    let sink = sink?;
+    let sink = sink.await?;
     futures_util::pin_mut!(sink);
     sink.send(data).await?;
     sink.finish().await
@@ -988,7 +930,7 @@ async fn apply_steps(
                     Some(Write::Copy(copy)) => {
                         report.bytes += copy.data.len() as u64;
                         let prepared = prepared(tx, cache, &copy.text).await?;
-                        let copied = send_copy(tx.copy_in(&prepared).await, copy.data);
+                        let copied = send_copy(tx.copy_in(&prepared), copy.data);
                         (copied.await, Counts::Upserted)
                     }
                 };
@@ -1006,33 +948,15 @@ async fn apply_steps(
     Ok(())
 }
 
-/// Sends `BEGIN` (when `begin`), every statement and `COMMIT` (when `commit`) without
-/// waiting for answers in between (tokio-postgres sends a request when its future is
-/// first polled; they are polled in order), then collects every answer in that order.
-async fn pipeline(
-    client: &Client,
-    stmts: &[tokio_postgres::Statement],
-    params: &[Vec<&(dyn ToSql + Sync)>],
-    begin: bool,
-    commit: bool,
-) -> Vec<Result<u64, tokio_postgres::Error>> {
-    type Request<'a> = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>,
-    >;
-    let mut requests: Vec<Request> = Vec::with_capacity(stmts.len() + 2);
-    if begin {
-        requests.push(Box::pin(async move {
-            client.batch_execute("BEGIN").await.map(|()| 0)
-        }));
-    }
-    for (stmt, params) in stmts.iter().zip(params) {
-        requests.push(Box::pin(client.execute(stmt, params.as_slice())));
-    }
-    if commit {
-        requests.push(Box::pin(async move {
-            client.batch_execute("COMMIT").await.map(|()| 0)
-        }));
-    }
+/// One request of a pipeline: its answer is the rows it affected.
+type Request<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>,
+>;
+
+/// Runs `requests` without waiting for answers in between (tokio-postgres sends a
+/// request when its future is first polled; they are polled in order, and the
+/// connection writes them in that order), then collects every answer in that order.
+async fn pipeline(mut requests: Vec<Request<'_>>) -> Vec<Result<u64, tokio_postgres::Error>> {
     let mut answers: Vec<Option<Result<u64, tokio_postgres::Error>>> =
         requests.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {
