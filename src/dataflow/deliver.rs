@@ -24,7 +24,7 @@ use timely::scheduling::{Activator, SyncActivator};
 use tokio::sync::mpsc;
 
 use crate::change::{Lsn, SinkItem};
-use crate::sinks::{ApplyBatch, Delivery};
+use crate::sinks::{ApplyBatch, Delivery, SinkFeed};
 
 /// Rows of one transaction a worker stashes before it hands them over as a part.
 pub const PART_ROWS: usize = 20_000;
@@ -63,7 +63,7 @@ pub trait DeliverToSinks<'scope> {
     /// `on_activator` receives the handles that schedule the operator.
     fn deliver_to_sinks(
         self,
-        sinks: Vec<mpsc::Sender<Delivery>>,
+        sinks: Vec<(mpsc::Sender<Delivery>, SinkFeed)>,
         link: DeliveryLink,
         backlog: Arc<AtomicUsize>,
         on_activator: impl FnOnce(DeliveryActivators),
@@ -73,7 +73,7 @@ pub trait DeliverToSinks<'scope> {
 impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, SinkItem> {
     fn deliver_to_sinks(
         self,
-        sinks: Vec<mpsc::Sender<Delivery>>,
+        sinks: Vec<(mpsc::Sender<Delivery>, SinkFeed)>,
         link: DeliveryLink,
         backlog: Arc<AtomicUsize>,
         on_activator: impl FnOnce(DeliveryActivators),
@@ -89,6 +89,7 @@ impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, SinkItem> {
             reports: durable,
             waiting_for_room,
         } = link;
+        let (sinks, feeds): (Vec<_>, Vec<_>) = sinks.into_iter().unzip();
         let mut input = builder.new_input(self, Pipeline);
         let (_output, progress) = builder.new_output::<Vec<()>>();
         builder.build(move |mut initial| {
@@ -98,19 +99,22 @@ impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, SinkItem> {
             let mut in_flight: BTreeMap<Lsn, Capability<Lsn>> = BTreeMap::new();
             let mut durable_at: Vec<Lsn> = vec![0; sinks.len()];
             let mut sink_gone = false;
-            let mut queues: Vec<VecDeque<Delivery>> = sinks.iter().map(|_| VecDeque::new()).collect();
-            // Every sink gets the batch; the last one takes it without a copy.
-            let hand_over = move |queues: &mut Vec<VecDeque<Delivery>>, delivery: Delivery| {
-                let rows = match &delivery {
-                    Delivery::Batch(b) | Delivery::Part(b) => b.rows(),
+            let mut queues: Vec<(VecDeque<Delivery>, SinkFeed)> =
+                feeds.iter().map(|f| (VecDeque::new(), *f)).collect();
+            // Every sink gets what it applies of the batch (an empty batch still tells it
+            // the transaction passed); the last one takes it without a copy.
+            let hand_over = move |queues: &mut Vec<(VecDeque<Delivery>, SinkFeed)>, delivery: Delivery| {
+                let Some(((last, last_feed), others)) = queues.split_last_mut() else {
+                    return;
                 };
-                backlog.fetch_add(rows * queues.len(), Ordering::Relaxed);
-                if let Some((last, others)) = queues.split_last_mut() {
-                    for queue in others {
-                        queue.push_back(delivery.clone());
-                    }
-                    last.push_back(delivery);
+                for (queue, feed) in others {
+                    let copy = delivery.copy_for(*feed);
+                    backlog.fetch_add(copy.batch().rows(), Ordering::Relaxed);
+                    queue.push_back(copy);
                 }
+                let own = delivery.into_feed(*last_feed);
+                backlog.fetch_add(own.batch().rows(), Ordering::Relaxed);
+                last.push_back(own);
             };
             move |frontiers| {
                 input.for_each_stamp(|cap, data| {
@@ -150,7 +154,7 @@ impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, SinkItem> {
                 // Hand over without blocking the worker (other jobs share it): what a
                 // sink's channel cannot take now waits here; the sink task that makes
                 // room wakes this operator.
-                for (sink, queue) in sinks.iter().zip(queues.iter_mut()) {
+                for (sink, (queue, _)) in sinks.iter().zip(queues.iter_mut()) {
                     while let Some(batch) = queue.pop_front() {
                         // The sink task takes the rows off the backlog once applied.
                         match sink.try_send(batch) {
@@ -163,8 +167,8 @@ impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, SinkItem> {
                             Err(mpsc::error::TrySendError::Closed(batch)) => {
                                 if !sink_gone {
                                     sink_gone = true;
-                                    let (Delivery::Batch(b) | Delivery::Part(b)) = &batch;
-                                    tracing::error!(lsn = b.commit_lsn, "a sink task has stopped; nothing past this LSN will be acknowledged");
+                                    let lsn = batch.batch().commit_lsn;
+                                    tracing::error!(lsn, "a sink task has stopped; nothing past this LSN will be acknowledged");
                                 }
                                 queue.push_front(batch);
                                 break;

@@ -14,7 +14,7 @@ use crate::operators::access::ledger::AccessLedger;
 use crate::operators::access::observe::ObserveAccess;
 use crate::operators::history::{HistoryBooks, HistoryPlan, VersionHistory};
 use crate::operators::partition::{PartitionByTenant, TenantPlan};
-use crate::sinks::Delivery;
+use crate::sinks::{Delivery, SinkFeed};
 
 /// The history stage of a job: which tables, the shared books, the commit times.
 pub struct HistoryStage {
@@ -40,7 +40,7 @@ pub fn render_job<'scope>(
     source: StreamVec<'scope, Lsn, SourceRecord>,
     plan: Arc<TenantPlan>,
     stages: OptionalStages,
-    sinks: Vec<mpsc::Sender<Delivery>>,
+    sinks: Vec<(mpsc::Sender<Delivery>, SinkFeed)>,
     link: DeliveryLink,
     backlog: Arc<AtomicUsize>,
     on_activator: impl FnOnce(DeliveryActivators),

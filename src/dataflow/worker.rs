@@ -28,7 +28,7 @@ use crate::sinks::worker::{run_sink, Linger, SinkPacing, SinkStats};
 /// Caught up, a cold-tier job then writes a file per tenant and table about once a
 /// second instead of one per source transaction.
 pub const COLD_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
-use crate::sinks::Delivery;
+use crate::sinks::{Delivery, SinkFeed};
 
 /// Batches queued per sink task before the worker blocks (back-pressure).
 pub const SINK_QUEUE_BATCHES: usize = 64;
@@ -47,6 +47,18 @@ pub enum SinkPlace {
     Parquet(std::path::PathBuf),
     /// A NATS JetStream stream.
     Nats(crate::sinks::nats::NatsSinkConfig),
+}
+
+impl SinkPlace {
+    /// What of each transaction the sink applies.
+    pub fn feed(&self) -> SinkFeed {
+        match self {
+            // Tables and, for tables that keep history, their history tables.
+            SinkPlace::Postgres(_) => SinkFeed::Both,
+            SinkPlace::Parquet(_) => SinkFeed::History,
+            SinkPlace::Nats(_) => SinkFeed::Changes,
+        }
+    }
 }
 
 /// One sink of a job, as every worker instantiates it.
@@ -139,7 +151,10 @@ impl WorkerJob {
         let (senders, receivers): (Vec<_>, Vec<_>) = job
             .sinks
             .iter()
-            .map(|_| mpsc::channel::<Delivery>(SINK_QUEUE_BATCHES))
+            .map(|target| {
+                let (tx, rx) = mpsc::channel::<Delivery>(SINK_QUEUE_BATCHES);
+                ((tx, target.place.feed()), rx)
+            })
             .unzip();
         let mut activator = None;
         let dataflow = worker.next_dataflow_index();

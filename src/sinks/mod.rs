@@ -45,6 +45,46 @@ impl ApplyBatch {
     }
 }
 
+/// What of a transaction a sink applies; the dataflow hands it only that part (a history
+/// job's cold tier never holds the plain changes, a NATS sink never the versions), so a
+/// sink's row budgets, linger and backlog count only rows it writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkFeed {
+    /// The changes only.
+    Changes,
+    /// The history versions only.
+    History,
+    /// Both.
+    Both,
+}
+
+impl ApplyBatch {
+    /// This batch with only what a sink fed `feed` applies.
+    pub fn into_feed(mut self, feed: SinkFeed) -> ApplyBatch {
+        match feed {
+            SinkFeed::Changes => self.history = Vec::new(),
+            SinkFeed::History => self.changes = Vec::new(),
+            SinkFeed::Both => {}
+        }
+        self
+    }
+
+    /// A copy of what a sink fed `feed` applies (the rest is not copied).
+    pub fn copy_for(&self, feed: SinkFeed) -> ApplyBatch {
+        ApplyBatch {
+            commit_lsn: self.commit_lsn,
+            changes: match feed {
+                SinkFeed::History => Vec::new(),
+                SinkFeed::Changes | SinkFeed::Both => self.changes.clone(),
+            },
+            history: match feed {
+                SinkFeed::Changes => Vec::new(),
+                SinkFeed::History | SinkFeed::Both => self.history.clone(),
+            },
+        }
+    }
+}
+
 /// What the dataflow hands a sink task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
@@ -55,6 +95,31 @@ pub enum Delivery {
     /// and a final [`Delivery::Batch`] with the same commit LSN follow, and nothing of
     /// another transaction comes in between.
     Part(ApplyBatch),
+}
+
+impl Delivery {
+    /// The transaction's batch (whole or a part).
+    pub fn batch(&self) -> &ApplyBatch {
+        match self {
+            Delivery::Batch(b) | Delivery::Part(b) => b,
+        }
+    }
+
+    /// This delivery with only what a sink fed `feed` applies.
+    pub fn into_feed(self, feed: SinkFeed) -> Delivery {
+        match self {
+            Delivery::Batch(b) => Delivery::Batch(b.into_feed(feed)),
+            Delivery::Part(b) => Delivery::Part(b.into_feed(feed)),
+        }
+    }
+
+    /// A copy of what a sink fed `feed` applies.
+    pub fn copy_for(&self, feed: SinkFeed) -> Delivery {
+        match self {
+            Delivery::Batch(b) => Delivery::Batch(b.copy_for(feed)),
+            Delivery::Part(b) => Delivery::Part(b.copy_for(feed)),
+        }
+    }
 }
 
 /// What one `apply` call did.
@@ -134,5 +199,66 @@ pub trait Sink: Send + 'static {
     /// the apply instead of a checkpoint per tenant. The default ignores it.
     fn set_watermark(&mut self, lsn: Lsn) {
         let _ = lsn;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::change::{fixtures, Cell, HistoryOp, Scope, TenantAction};
+    use crate::operators::version::{SysTime, Version, VersionDelta};
+
+    fn batch() -> ApplyBatch {
+        let table = Arc::new(fixtures::table("t", &[("id", "int")], &[0]));
+        let row = vec![Cell::text("1")];
+        ApplyBatch {
+            commit_lsn: 7,
+            changes: vec![TenantChange {
+                scope: Scope::Tenant("1".into()),
+                seq: 0,
+                table: table.clone(),
+                action: TenantAction::Upsert {
+                    old: None,
+                    new: row.clone(),
+                    insert: true,
+                },
+            }],
+            history: vec![HistoryEvent {
+                tenant: "1".into(),
+                seq: 0,
+                table,
+                op: HistoryOp::Insert,
+                delta: VersionDelta::Open(Version {
+                    key: row.clone(),
+                    value: row,
+                    valid_from: 0,
+                    valid_to: None,
+                    system_from: SysTime { lsn: 7, micros: 0 },
+                    system_to: None,
+                    tombstone: false,
+                }),
+            }],
+        }
+    }
+
+    /// Each feed keeps its part of a transaction and its LSN; a copy equals the moved form.
+    #[test]
+    fn a_feed_keeps_only_what_its_sink_applies() {
+        let full = batch();
+        for (feed, changes, history) in [
+            (SinkFeed::Changes, 1, 0),
+            (SinkFeed::History, 0, 1),
+            (SinkFeed::Both, 1, 1),
+        ] {
+            let copy = full.copy_for(feed);
+            assert_eq!((copy.changes.len(), copy.history.len()), (changes, history));
+            assert_eq!(copy.commit_lsn, 7);
+            assert_eq!(copy, full.clone().into_feed(feed), "{feed:?}");
+            let part = Delivery::Part(full.clone()).into_feed(feed);
+            assert!(matches!(&part, Delivery::Part(_)));
+            assert_eq!(part.batch().rows(), changes + history);
+        }
     }
 }

@@ -208,9 +208,17 @@ pub async fn run_sink<S: Sink>(
             if limiter.is_shared() {
                 limiter.arbitrate(task, None);
             }
-            match batches.recv().await {
-                Some(d) => receive(&mut scheduler, &mut large, d),
-                None => break,
+            match batches.try_recv() {
+                // It came while the last group was applied: its linger runs since then.
+                Ok(d) => receive(&mut scheduler, &mut large, d),
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    pending_since = None;
+                    match batches.recv().await {
+                        Some(d) => receive(&mut scheduler, &mut large, d),
+                        None => break,
+                    }
+                }
             }
         }
         let mut took = false;
@@ -288,13 +296,18 @@ pub async fn run_sink<S: Sink>(
             limiter.charge(task, tier, group.rows, scheduler.policy().min_share);
         }
         limiter.take(&group, now);
+        // Rows left behind by this group have waited already: they keep their linger.
+        // Rows that arrive during the apply linger from its start (a lingering sink
+        // catching up thus still writes groups of `linger.rows`, not whatever arrived
+        // while the last group was written).
+        let taken_at = tokio::time::Instant::now();
+        let left_behind = !scheduler.is_empty();
         sink.set_watermark(scheduler.durable_watermark());
         apply_group(&mut sink, &group.batches, &stats, &reader).await;
         take_off_backlog(&pacing, group.rows);
         on_durable(scheduler.durable_watermark());
-        if scheduler.is_empty() {
-            // What is left (if anything) has waited already: it goes without lingering.
-            pending_since = None;
+        if !left_behind {
+            pending_since = Some(taken_at);
         }
     }
 }
@@ -561,6 +574,68 @@ mod tests {
         drop(tx);
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(seen(), [6, 12, 1]);
+        task.await.unwrap();
+    }
+
+    /// Takes `delay` per apply, recording its rows.
+    struct SlowRecorder(Arc<Mutex<Vec<usize>>>, Duration);
+
+    impl Sink for SlowRecorder {
+        fn kind(&self) -> &'static str {
+            "slow recorder"
+        }
+
+        async fn apply(&mut self, batches: &[ApplyBatch]) -> Result<ApplyReport, SinkError> {
+            tokio::time::sleep(self.1).await;
+            let rows = batches.iter().map(ApplyBatch::rows).sum();
+            if let Ok(mut applied) = self.0.lock() {
+                applied.push(rows);
+            }
+            Ok(ApplyReport::default())
+        }
+
+        async fn reconnect(&mut self) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    /// Rows that arrive while a group is written linger from the write's start: they
+    /// neither go alone right after it nor wait a whole linger after it.
+    #[tokio::test(start_paused = true)]
+    async fn rows_arriving_during_an_apply_linger_from_its_start() {
+        let applied = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel(16);
+        let mut pacing = SinkPacing::fifo(Arc::default(), 100, 0);
+        let wait = Duration::from_millis(500);
+        pacing.linger = Some(Linger { rows: 10, wait });
+        let apply_time = Duration::from_millis(200);
+        let task = tokio::spawn(run_sink(
+            SlowRecorder(applied.clone(), apply_time),
+            rx,
+            Arc::default(),
+            Arc::default(),
+            pacing,
+            |_| {},
+        ));
+        let seen = || applied.lock().map(|a| a.clone()).unwrap_or_default();
+        let start = tokio::time::Instant::now();
+        // Enough rows: written at once, done at 200 ms.
+        tx.send(batch(1, 12)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Arrives during the write.
+        tx.send(batch(2, 2)).await.unwrap();
+        tokio::time::sleep_until(start + Duration::from_millis(300)).await;
+        assert_eq!(
+            seen(),
+            [12],
+            "the late rows went alone right after the write"
+        );
+        // Their linger ends 500 ms after the write started, their write 200 ms later.
+        tokio::time::sleep_until(start + Duration::from_millis(690)).await;
+        assert_eq!(seen(), [12]);
+        tokio::time::sleep_until(start + Duration::from_millis(710)).await;
+        assert_eq!(seen(), [12, 2]);
+        drop(tx);
         task.await.unwrap();
     }
 }
