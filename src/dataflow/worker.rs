@@ -28,6 +28,9 @@ use crate::sinks::worker::{run_sink, Linger, SinkPacing, SinkStats};
 /// Caught up, a cold-tier job then writes a file per tenant and table about once a
 /// second instead of one per source transaction.
 pub const COLD_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+/// A Parquet sink stops lingering once the source is quiet and a tenth of its group is
+/// pending (see [`Linger::early_rows`]).
+pub const COLD_EARLY_DIVISOR: usize = 10;
 use crate::sinks::{Delivery, SinkFeed};
 
 /// Batches queued per sink task before the worker blocks (back-pressure).
@@ -227,9 +230,12 @@ impl WorkerJob {
                 SinkPlace::Parquet(root) => {
                     // The manifest covers LSN ranges per table: commit order only. A
                     // write costs files and fsyncs per table directory: gather rows.
+                    let rows = target.batch_max_rows.min(job.max_backlog_rows / 2).max(1);
                     pacing.linger = Some(Linger {
-                        rows: target.batch_max_rows.min(job.max_backlog_rows / 2).max(1),
+                        rows,
                         wait: COLD_LINGER,
+                        early_rows: (rows / COLD_EARLY_DIVISOR).max(1),
+                        read_ahead: job.max_backlog_rows,
                     });
                     let sink = ParquetSink::new(&job.job, root.clone(), index as u32);
                     runtime.spawn(run_sink(sink, rx, stats, reader, pacing, on_durable));

@@ -106,14 +106,48 @@ pub struct SinkPacing {
 
 /// How long a sink whose writes carry a high fixed cost (the Parquet cold tier: files,
 /// fsyncs and a manifest per table directory) lets pending rows gather before applying
-/// them: it applies once `rows` are pending, once the oldest has waited `wait`, or at
-/// once when the channel closes.
+/// them: it applies once `rows` are pending, once the oldest has waited `wait`, at once
+/// when the channel closes, and early once at least `early_rows` are pending and the
+/// source has sent nothing for [`QUIET`] (the end of a catch-up: no company is coming;
+/// a steady trickle keeps the source busy and its groups full).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Linger {
     /// Pending rows that are worth a write.
     pub rows: usize,
     /// Longest a pending row waits for others.
     pub wait: Duration,
+    /// Pending rows worth a write once the source is quiet (`usize::MAX`: never early).
+    pub early_rows: usize,
+    /// The job's read-ahead: above this backlog the reader pauses, so a quiet source
+    /// then means a waiting reader, not an idle source.
+    pub read_ahead: usize,
+}
+
+/// How long the source must have sent nothing for a lingering sink to stop waiting.
+pub const QUIET: Duration = Duration::from_millis(50);
+
+/// When the source last sent anything, as seen by a sink task polling the reader's
+/// byte count.
+struct SourceActivity {
+    bytes: u64,
+    since: tokio::time::Instant,
+}
+
+impl SourceActivity {
+    fn new(bytes: u64) -> Self {
+        SourceActivity {
+            bytes,
+            since: tokio::time::Instant::now(),
+        }
+    }
+
+    /// How long the byte count has stood at `bytes`.
+    fn quiet_for(&mut self, bytes: u64) -> Duration {
+        if bytes != self.bytes {
+            *self = SourceActivity::new(bytes);
+        }
+        self.since.elapsed()
+    }
 }
 
 impl SinkPacing {
@@ -168,6 +202,7 @@ pub async fn run_sink<S: Sink>(
     let mut large: Option<ApplyBatch> = None;
     // Since when rows have been pending (for the linger).
     let mut pending_since: Option<tokio::time::Instant> = None;
+    let mut activity = SourceActivity::new(reader.bytes_received.load(Relaxed));
     let receive = |scheduler: &mut Scheduler, large: &mut Option<ApplyBatch>, d: Delivery| match d {
         Delivery::Batch(b) => push(scheduler, b),
         Delivery::Part(p) => *large = Some(p),
@@ -238,13 +273,18 @@ pub async fn run_sink<S: Sink>(
         if let Some(linger) = pacing.linger {
             let since = *pending_since.get_or_insert_with(tokio::time::Instant::now);
             let left = linger.wait.saturating_sub(since.elapsed());
-            if open && scheduler.pending_rows() < linger.rows && !left.is_zero() {
+            let pending = scheduler.pending_rows();
+            let source_done = pending >= linger.early_rows
+                && pacing.backlog.load(Relaxed) <= linger.read_ahead
+                && activity.quiet_for(reader.bytes_received.load(Relaxed)) >= QUIET;
+            if open && pending < linger.rows && !left.is_zero() && !source_done {
                 tokio::select! {
                     b = batches.recv() => match b {
                         Some(d) => receive(&mut scheduler, &mut large, d),
                         None => open = false,
                     },
-                    _ = tokio::time::sleep(left) => {}
+                    // Looks at the source again after a quiet spell.
+                    _ = tokio::time::sleep(left.min(QUIET)) => {}
                 }
                 continue;
             }
@@ -548,7 +588,12 @@ mod tests {
         let (tx, rx) = mpsc::channel(16);
         let mut pacing = SinkPacing::fifo(Arc::default(), 100, 0);
         let wait = Duration::from_millis(500);
-        pacing.linger = Some(Linger { rows: 10, wait });
+        pacing.linger = Some(Linger {
+            rows: 10,
+            wait,
+            early_rows: usize::MAX,
+            read_ahead: 0,
+        });
         let task = tokio::spawn(run_sink(
             Recorder(applied.clone()),
             rx,
@@ -574,6 +619,62 @@ mod tests {
         drop(tx);
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(seen(), [6, 12, 1]);
+        task.await.unwrap();
+    }
+
+    /// A lingering sink stops waiting once the source is quiet and enough rows are
+    /// pending; while the source keeps sending, or with too few rows, it lingers on.
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_source_ends_the_linger_of_enough_rows() {
+        let applied = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel(16);
+        let mut pacing = SinkPacing::fifo(Arc::default(), 100, 0);
+        let wait = Duration::from_millis(1000);
+        pacing.linger = Some(Linger {
+            rows: 100,
+            wait,
+            early_rows: 5,
+            read_ahead: 1000,
+        });
+        let reader: Arc<crate::cdc::stream::ReaderStats> = Arc::default();
+        let busy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let source = {
+            let (reader, busy) = (reader.clone(), busy.clone());
+            tokio::spawn(async move {
+                while busy.load(Relaxed) {
+                    reader.bytes_received.fetch_add(1, Relaxed);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        };
+        let task = tokio::spawn(run_sink(
+            Recorder(applied.clone()),
+            rx,
+            Arc::default(),
+            reader,
+            pacing,
+            |_| {},
+        ));
+        let seen = || applied.lock().map(|a| a.clone()).unwrap_or_default();
+        let start = tokio::time::Instant::now();
+        tx.send(batch(1, 6)).await.unwrap();
+        tokio::time::sleep_until(start + Duration::from_millis(400)).await;
+        assert!(
+            seen().is_empty(),
+            "applied early while the source was sending"
+        );
+        busy.store(false, Relaxed);
+        source.await.unwrap();
+        tokio::time::sleep_until(start + Duration::from_millis(400) + QUIET * 3).await;
+        assert_eq!(seen(), [6], "still lingering with the source quiet");
+        // Too few rows for an early write: the whole linger.
+        let start = tokio::time::Instant::now();
+        tx.send(batch(2, 2)).await.unwrap();
+        tokio::time::sleep_until(start + wait - Duration::from_millis(10)).await;
+        assert_eq!(seen(), [6]);
+        tokio::time::sleep_until(start + wait + Duration::from_millis(10)).await;
+        assert_eq!(seen(), [6, 2]);
+        drop(tx);
         task.await.unwrap();
     }
 
@@ -607,7 +708,12 @@ mod tests {
         let (tx, rx) = mpsc::channel(16);
         let mut pacing = SinkPacing::fifo(Arc::default(), 100, 0);
         let wait = Duration::from_millis(500);
-        pacing.linger = Some(Linger { rows: 10, wait });
+        pacing.linger = Some(Linger {
+            rows: 10,
+            wait,
+            early_rows: usize::MAX,
+            read_ahead: 0,
+        });
         let apply_time = Duration::from_millis(200);
         let task = tokio::spawn(run_sink(
             SlowRecorder(applied.clone(), apply_time),
