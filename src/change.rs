@@ -165,6 +165,14 @@ impl Cell {
         }
     }
 
+    /// The shared text, `None` for NULL and unchanged values (no copy).
+    pub fn shared_text(&self) -> Option<Text> {
+        match self {
+            Cell::Text(t) => Some(t.clone()),
+            _ => None,
+        }
+    }
+
     /// A text cell holding `text` (copied).
     pub fn text(text: &str) -> Cell {
         Cell::Text(Text::from(text))

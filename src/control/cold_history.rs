@@ -16,7 +16,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 
 use crate::cdc::snapshot;
-use crate::change::{Cell, Lsn, TableInfo};
+use crate::change::{Cell, Lsn, TableInfo, Text};
 use crate::control::history_query::versions_from_cold_rows;
 use crate::control::job_spec::{TableSpec, TenantFilter};
 use crate::operators::history::HistoryBooks;
@@ -39,14 +39,14 @@ pub(crate) fn cold_error(root: &Path) -> impl Fn(ParquetError) -> SinkError + '_
 /// start and opening LSN (as [`versions_from_cold_rows`] merges them).
 pub fn open_versions_at(table: &TableInfo, rows: Vec<ColdRow>, at: Lsn) -> Vec<ColdRow> {
     let keys = table.key_columns();
-    let name = |r: &ColdRow| -> (Vec<Option<String>>, i64, Lsn) {
+    let name = |r: &ColdRow| -> (Vec<Option<Text>>, i64, Lsn) {
         let key = keys
             .iter()
             .map(|&i| r.values.get(i).cloned().flatten())
             .collect();
         (key, r.valid_from, r.system_from_lsn)
     };
-    let mut open: HashMap<(Vec<Option<String>>, i64, Lsn), usize> = HashMap::new();
+    let mut open: HashMap<(Vec<Option<Text>>, i64, Lsn), usize> = HashMap::new();
     let mut closed = Vec::new();
     let mut kept: Vec<Option<ColdRow>> = Vec::new();
     for row in rows {
@@ -125,7 +125,7 @@ fn snapshot_row(table: &TableInfo, valid_at: Option<usize>, row: &[Cell], at: Sy
         event: ColdEvent::Open,
         op: ChangeOp::Insert,
         values: (0..table.columns.len())
-            .map(|i| row.get(i).and_then(Cell::as_text).map(str::to_owned))
+            .map(|i| row.get(i).and_then(Cell::shared_text))
             .collect(),
         valid_from,
         valid_to: None,
@@ -280,7 +280,7 @@ mod tests {
         ];
         let values = |rows: Vec<ColdRow>| -> Vec<String> {
             rows.into_iter()
-                .map(|r| r.values[2].clone().unwrap())
+                .map(|r| r.values[2].as_deref().unwrap().to_owned())
                 .collect()
         };
         assert_eq!(

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::change::{format_lsn, Lsn, TableInfo};
+use crate::change::{format_lsn, Lsn, TableInfo, Text};
 use crate::control::history_query::{history_places, table_shape, Horizon};
 use crate::control::job_control::{
     ControlError, ExportRequest, ExportState, ExportStatus, RetentionPolicy, TimePoint,
@@ -222,7 +222,9 @@ pub(crate) fn cold_row(table: &TableInfo, r: &tokio_postgres::Row) -> ColdRow {
             ColdEvent::Open
         },
         op: op_of(&op),
-        values: (0..n).map(|i| r.get::<_, Option<String>>(i)).collect(),
+        values: (0..n)
+            .map(|i| r.get::<_, Option<String>>(i).map(Text::from))
+            .collect(),
         valid_from: r.get::<_, Option<i64>>(n).unwrap_or(i64::MIN),
         valid_to: r.get(n + 1),
         system_from: r.get::<_, Option<i64>>(n + 2).unwrap_or(0),

@@ -123,7 +123,8 @@ pub async fn record_snapshot(
         let mut by_tenant: BTreeMap<String, Vec<ColdRow>> = BTreeMap::new();
         for r in &rows {
             let row = cold_row(info, r);
-            if let Some(tenant) = tenant_index.and_then(|i| row.values.get(i).cloned().flatten()) {
+            if let Some(tenant) = tenant_index.and_then(|i| row.values.get(i)?.as_deref()) {
+                let tenant = tenant.to_owned();
                 by_tenant.entry(tenant).or_default().push(row);
             }
         }

@@ -54,7 +54,11 @@ pub fn render_job<'scope>(
     let items = match history {
         Some(h) => {
             let reader = h.reader;
-            changes.version_history(h.plan, h.books, move |lsn| reader.commit_times.get(lsn))
+            // The changes go on only to sinks that apply them (not a cold tier alone).
+            let pass_changes = sinks.iter().any(|(_, feed)| *feed != SinkFeed::History);
+            changes.version_history(h.plan, h.books, pass_changes, move |lsn| {
+                reader.commit_times.get(lsn)
+            })
         }
         None => changes.map(SinkItem::Change),
     };

@@ -171,6 +171,37 @@ pub fn record_change(
     change: &TenantChange,
     out: &mut Vec<HistoryEvent>,
 ) {
+    record(plan, books, start, system, change, None, out);
+}
+
+/// [`record_change`] for a change nobody needs afterwards: its new row moves into the
+/// books and the events instead of being copied.
+pub fn record_owned_change(
+    plan: &HistoryPlan,
+    books: &mut HashMap<(String, String), Book>,
+    start: SysTime,
+    system: SysTime,
+    mut change: TenantChange,
+    out: &mut Vec<HistoryEvent>,
+) {
+    let new = match &mut change.action {
+        TenantAction::Upsert { new, .. } => Some(std::mem::take(new)),
+        _ => None,
+    };
+    record(plan, books, start, system, &change, new, out);
+}
+
+/// Applies `change`; for an upsert, `owned_new` (when given) is its new row, taken out
+/// of the change.
+fn record(
+    plan: &HistoryPlan,
+    books: &mut HashMap<(String, String), Book>,
+    start: SysTime,
+    system: SysTime,
+    change: &TenantChange,
+    mut owned_new: Option<Row>,
+    out: &mut Vec<HistoryEvent>,
+) {
     let table_name = change.table.qualified_name();
     let Some(valid_column) = plan.tables.get(&table_name) else {
         return;
@@ -201,8 +232,9 @@ pub fn record_change(
     };
     match (&change.scope, &change.action) {
         (Scope::Tenant(tenant), TenantAction::Upsert { old, new, insert }) => {
-            let valid = valid_of(new);
-            let key = project(new);
+            let new_row = owned_new.as_ref().unwrap_or(new);
+            let valid = valid_of(new_row);
+            let key = project(new_row);
             if let Some(old) = old {
                 let old_key = project(old);
                 if old_key != key && old_key.iter().all(|c| *c != Cell::Null) {
@@ -214,7 +246,8 @@ pub fn record_change(
             } else {
                 HistoryOp::Update
             };
-            emit(tenant, key, valid, Some(new.clone()), op);
+            let value = owned_new.take().unwrap_or_else(|| new.clone());
+            emit(tenant, key, valid, Some(value), op);
         }
         (Scope::Tenant(tenant), TenantAction::Delete { old }) => {
             emit(tenant, project(old), valid_of(old), None, HistoryOp::Delete);
@@ -304,12 +337,15 @@ pub fn record_change(
 
 /// The history operator.
 pub trait VersionHistory<'scope> {
-    /// Passes every change through and adds the history events of the tables in `plan`.
-    /// `commit_time(lsn)` gives a transaction's commit time as the reader recorded it.
+    /// Adds the history events of the tables in `plan` to the changes, which it passes
+    /// through when `pass_changes` (some sink applies them; else their rows move into
+    /// the versions). `commit_time(lsn)` gives a transaction's commit time as the reader
+    /// recorded it.
     fn version_history(
         self,
         plan: Arc<HistoryPlan>,
         books: Arc<HistoryBooks>,
+        pass_changes: bool,
         commit_time: impl Fn(Lsn) -> Option<i64> + 'static,
     ) -> StreamVec<'scope, Lsn, SinkItem>;
 }
@@ -319,6 +355,7 @@ impl<'scope> VersionHistory<'scope> for StreamVec<'scope, Lsn, TenantChange> {
         self,
         plan: Arc<HistoryPlan>,
         books: Arc<HistoryBooks>,
+        pass_changes: bool,
         commit_time: impl Fn(Lsn) -> Option<i64> + 'static,
     ) -> StreamVec<'scope, Lsn, SinkItem> {
         self.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<SinkItem>>, _, _, _>(
@@ -353,13 +390,28 @@ impl<'scope> VersionHistory<'scope> for StreamVec<'scope, Lsn, TenantChange> {
                         last_micros = micros;
                         let system = SysTime { lsn: t, micros };
                         let start = books.start();
-                        if let Ok(mut map) = books.books.lock() {
+                        // Only this worker touches its tenants' books: a panic elsewhere
+                        // while holding the lock leaves them whole.
+                        let mut map = books.books.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut session = output.session(&cap);
+                        if pass_changes {
                             for change in &changes {
                                 record_change(&plan, &mut map, start, system, change, &mut events);
                             }
+                            session.give_iterator(changes.into_iter().map(SinkItem::Change));
+                        } else {
+                            for change in changes {
+                                record_owned_change(
+                                    &plan,
+                                    &mut map,
+                                    start,
+                                    system,
+                                    change,
+                                    &mut events,
+                                );
+                            }
                         }
-                        let mut session = output.session(&cap);
-                        session.give_iterator(changes.into_iter().map(SinkItem::Change));
+                        drop(map);
                         session.give_iterator(events.drain(..).map(SinkItem::History));
                     }
                 }

@@ -28,9 +28,11 @@
 //! multitemporal updates at [`Bt`] times (product order of commit LSN and valid time), so a
 //! differential collection summed at the times `<= (s, v)` holds the same rows.
 //!
-//! A change costs `O(log n)` in the number of keys and of versions of its key.
+//! A change costs `O(1)` expected in the number of keys (they are hashed) and `O(log n)`
+//! in the versions of its key.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::hash::Hash;
 
 use differential_dataflow::lattice::Lattice;
 use serde::{Deserialize, Serialize};
@@ -347,19 +349,23 @@ pub enum Edit<V> {
 }
 
 /// The versions of a set of rows over system and valid time; see the module documentation.
+///
+/// Keys are hashed, not ordered: a change looks its key up once instead of comparing it
+/// along a tree path (each comparison a cache miss into the row's message), and the few
+/// readers that list keys in order (as-of, truncate, versions) sort them.
 #[derive(Debug, Clone)]
 pub struct VersionBook<K, V> {
-    keys: BTreeMap<K, KeyBook<K, V>>,
+    keys: HashMap<K, KeyBook<K, V>, foldhash::fast::RandomState>,
     complete_since: SysTime,
     len: usize,
 }
 
-impl<K: Ord + Clone, V: Clone> VersionBook<K, V> {
+impl<K: Ord + Hash + Clone, V: Clone> VersionBook<K, V> {
     /// An empty book whose in-memory history is complete from `start` on (versions closed
     /// before it are not held).
     pub fn new(start: SysTime) -> Self {
         VersionBook {
-            keys: BTreeMap::new(),
+            keys: HashMap::default(),
             complete_since: start,
             len: 0,
         }
@@ -460,11 +466,17 @@ impl<K: Ord + Clone, V: Clone> VersionBook<K, V> {
     /// Keys that have at least one current row version (to delete all of them on
     /// TRUNCATE), in key order.
     pub fn current_keys(&self) -> Vec<K> {
-        self.keys
-            .iter()
+        self.in_key_order()
             .filter(|(_, book)| book.current.iter().any(|(_, slot)| !slot.tombstone))
             .map(|(key, _)| key.clone())
             .collect()
+    }
+
+    /// The keys and their books, in key order.
+    fn in_key_order(&self) -> impl Iterator<Item = (&K, &KeyBook<K, V>)> {
+        let mut keys: Vec<(&K, &KeyBook<K, V>)> = self.keys.iter().collect();
+        keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        keys.into_iter()
     }
 
     /// Where a TRUNCATE at valid time `at` deletes, so that no row of any key is valid from
@@ -472,7 +484,7 @@ impl<K: Ord + Clone, V: Clone> VersionBook<K, V> {
     /// after it. By key, then valid time.
     pub fn truncate_points(&self, at: i64) -> Vec<(K, i64)> {
         let mut points = Vec::new();
-        for (key, book) in &self.keys {
+        for (key, book) in self.in_key_order() {
             if matches!(book.slot_at(at), Some((_, slot)) if !slot.tombstone) {
                 points.push((key.clone(), at));
             }
@@ -533,7 +545,7 @@ impl<K: Ord + Clone, V: Clone> VersionBook<K, V> {
     /// or after [`complete_since`](Self::complete_since).
     pub fn as_of(&self, system: SystemPoint, valid: i64) -> Vec<(K, V)> {
         let mut rows = Vec::new();
-        for (key, book) in &self.keys {
+        for (key, book) in self.in_key_order() {
             // At most one version of a key is visible at a point: the current step at
             // `valid` if it is known at `system`, else a closed one.
             let visible = match book.slot_at(valid) {
@@ -557,7 +569,7 @@ impl<K: Ord + Clone, V: Clone> VersionBook<K, V> {
     /// order they were closed, then the current ones by `valid_from`.
     pub fn versions(&self) -> Vec<Version<K, V>> {
         let mut out = Vec::with_capacity(self.len);
-        for (key, book) in &self.keys {
+        for (key, book) in self.in_key_order() {
             out.extend(book.closed.iter().cloned());
             let mut slots = book.current.iter().peekable();
             while let Some((start, slot)) = slots.next() {

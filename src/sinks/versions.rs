@@ -55,13 +55,20 @@ pub fn plan_history<'a>(events: &[&'a HistoryEvent]) -> (Vec<OpenRow<'a>>, Vec<C
     let mut closes = Vec::new();
     // Opens of this call by (key, valid_from, system_from lsn), latest first.
     let mut pending: HashMap<(&'a Row, i64, u64), Vec<usize>> = HashMap::new();
-    for event in events {
+    // Only a later close looks an open up: opens after the last close are not indexed
+    // (a batch of inserts indexes nothing).
+    let last_close = events
+        .iter()
+        .rposition(|e| matches!(e.delta, VersionDelta::Close { .. }));
+    for (index, event) in events.iter().enumerate() {
         match &event.delta {
             VersionDelta::Open(v) => {
-                pending
-                    .entry((&v.key, v.valid_from, v.system_from.lsn))
-                    .or_default()
-                    .push(opens.len());
+                if last_close.is_some_and(|last| index < last) {
+                    pending
+                        .entry((&v.key, v.valid_from, v.system_from.lsn))
+                        .or_default()
+                        .push(opens.len());
+                }
                 opens.push(Some(OpenRow {
                     row: &v.value,
                     valid_from: v.valid_from,

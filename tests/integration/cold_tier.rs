@@ -162,7 +162,10 @@ fn cold_versions(root: &Path, tenant: i32) -> BTreeSet<VersionFacts> {
         .unwrap_or_else(|e| panic!("cold tier of tenant {tenant}: {e}"));
     let mut events: BTreeMap<EventId, usize> = BTreeMap::new();
     for r in &rows {
-        let key = r.values[..2].to_vec();
+        let key = r.values[..2]
+            .iter()
+            .map(|v| v.as_deref().map(str::to_owned))
+            .collect();
         *events
             .entry((key, r.valid_from, r.system_from_lsn, r.event.as_str()))
             .or_default() += 1;

@@ -32,7 +32,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::change::Lsn;
+use crate::change::{Lsn, Text};
 
 pub use layout::{decode_path_value, encode_path_value, table_dir};
 pub use manifest::{FileEntry, Manifest, MANIFEST_FORMAT};
@@ -158,7 +158,7 @@ pub struct ColdRow {
     /// The source change that produced it.
     pub op: ChangeOp,
     /// One value per [`ColdColumn`], in PostgreSQL's text form; `None` is SQL NULL.
-    pub values: Vec<Option<String>>,
+    pub values: Vec<Option<Text>>,
     /// Start of the version's validity (application time).
     pub valid_from: i64,
     /// End of the version's validity; `None` while open-ended.

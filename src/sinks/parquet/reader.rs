@@ -20,6 +20,7 @@ use super::schema::{
     arrow_to_pg_micros, bool_to_text, columns_from_schema, f32_to_text, f64_to_text, FIXED_COLUMNS,
 };
 use super::{ColdColumn, ColdRow, ParquetError};
+use crate::change::Text;
 
 /// Reads every published row of a table: the manifest's (latest) column list and the
 /// rows of all listed files, in manifest order and, within a file, in stored order.
@@ -132,7 +133,7 @@ fn convert_batch(
     let schema = batch.schema();
     let name_of = |index: usize| schema.field(index).name().clone();
 
-    let user: Vec<Option<Vec<Option<String>>>> = plan
+    let user: Vec<Option<Vec<Option<Text>>>> = plan
         .iter()
         .map(|index| {
             index
@@ -194,23 +195,23 @@ fn wrong_type(name: &str, array: &ArrayRef) -> String {
 }
 
 /// A user column's values in PostgreSQL's text form.
-fn texts(array: &ArrayRef, name: &str) -> Result<Vec<Option<String>>, String> {
+fn texts(array: &ArrayRef, name: &str) -> Result<Vec<Option<Text>>, String> {
     let out = match array.data_type() {
         DataType::Int32 => array
             .as_primitive_opt::<Int32Type>()
-            .map(|a| a.iter().map(|v| v.map(|v| v.to_string())).collect()),
+            .map(|a| a.iter().map(|v| v.map(|v| v.to_string().into())).collect()),
         DataType::Int64 => array
             .as_primitive_opt::<Int64Type>()
-            .map(|a| a.iter().map(|v| v.map(|v| v.to_string())).collect()),
+            .map(|a| a.iter().map(|v| v.map(|v| v.to_string().into())).collect()),
         DataType::Float32 => array
             .as_primitive_opt::<Float32Type>()
-            .map(|a| a.iter().map(|v| v.map(f32_to_text)).collect()),
+            .map(|a| a.iter().map(|v| v.map(|v| f32_to_text(v).into())).collect()),
         DataType::Float64 => array
             .as_primitive_opt::<Float64Type>()
-            .map(|a| a.iter().map(|v| v.map(f64_to_text)).collect()),
+            .map(|a| a.iter().map(|v| v.map(|v| f64_to_text(v).into())).collect()),
         DataType::Boolean => array.as_boolean_opt().map(|a| {
             a.iter()
-                .map(|v| v.map(|b| bool_to_text(b).to_string()))
+                .map(|v| v.map(|b| Text::from(bool_to_text(b))))
                 .collect()
         }),
         DataType::Utf8 | DataType::LargeUtf8 => return strings(array, name),
@@ -219,14 +220,14 @@ fn texts(array: &ArrayRef, name: &str) -> Result<Vec<Option<String>>, String> {
     out.ok_or_else(|| wrong_type(name, array))
 }
 
-fn strings(array: &ArrayRef, name: &str) -> Result<Vec<Option<String>>, String> {
+fn strings(array: &ArrayRef, name: &str) -> Result<Vec<Option<Text>>, String> {
     let out = match array.data_type() {
         DataType::Utf8 => array
             .as_string_opt::<i32>()
-            .map(|a| a.iter().map(|v| v.map(str::to_string)).collect()),
+            .map(|a| a.iter().map(|v| v.map(Text::from)).collect()),
         DataType::LargeUtf8 => array
             .as_string_opt::<i64>()
-            .map(|a| a.iter().map(|v| v.map(str::to_string)).collect()),
+            .map(|a| a.iter().map(|v| v.map(Text::from)).collect()),
         _ => None,
     };
     out.ok_or_else(|| wrong_type(name, array))

@@ -7,10 +7,12 @@
 //! crash never writes a row twice; tenants are owned by one worker each, so every table
 //! directory has exactly one writer.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use crate::change::{Cell, HistoryEvent, Lsn, Row, TableInfo};
+use crate::change::{Cell, HistoryEvent, Lsn, Row, TableInfo, Text};
 use crate::sinks::parquet::{
     ChangeOp, ColdColumn, ColdEvent, ColdRow, ColdTableWriter, ParquetError,
 };
@@ -24,6 +26,26 @@ pub struct ParquetSink {
     worker: u32,
     /// Open writers by (tenant, `schema.table`), with the columns they were opened with.
     writers: HashMap<(String, String), OpenWriter>,
+}
+
+/// One table directory's history events in an apply, in order.
+struct TableEvents<'a> {
+    tenant: &'a str,
+    table: String,
+    events: Vec<(Lsn, &'a HistoryEvent)>,
+}
+
+impl TableEvents<'_> {
+    /// The rows to write, in the table's shape as of its last event.
+    fn rows(&self) -> Option<TableRows> {
+        let shape = &self.events.last()?.1.table;
+        Some(TableRows {
+            tenant: self.tenant.to_owned(),
+            table: self.table.clone(),
+            columns: cold_columns(shape),
+            rows: cold_rows(shape, &self.events),
+        })
+    }
 }
 
 /// One table directory's share of an apply.
@@ -64,9 +86,10 @@ pub(crate) fn op_of(name: &str) -> ChangeOp {
     name.parse().unwrap_or(ChangeOp::Update)
 }
 
-fn texts(row: &Row, width: usize) -> Vec<Option<String>> {
+/// A row's values as the cold tier stores them: the shared texts, no copies.
+fn texts(row: &Row, width: usize) -> Vec<Option<Text>> {
     (0..width)
-        .map(|i| row.get(i).and_then(Cell::as_text).map(str::to_owned))
+        .map(|i| row.get(i).and_then(Cell::shared_text))
         .collect()
 }
 
@@ -124,6 +147,42 @@ pub fn cold_rows(table: &TableInfo, events: &[(Lsn, &HistoryEvent)]) -> Vec<(Lsn
     out
 }
 
+/// A batch's history events by table directory (tenant, `schema.table`), in order.
+/// Consecutive events mostly share tenant and table: the directory is named once per run.
+fn by_table_directory(
+    batches: &[ApplyBatch],
+) -> BTreeMap<(&str, String), Vec<(Lsn, &HistoryEvent)>> {
+    let mut runs: Vec<Vec<(Lsn, &HistoryEvent)>> = Vec::new();
+    for batch in batches {
+        for event in &batch.history {
+            match runs.last_mut() {
+                Some(run)
+                    if run.last().is_some_and(|(_, e)| {
+                        e.tenant == event.tenant && Arc::ptr_eq(&e.table, &event.table)
+                    }) =>
+                {
+                    run.push((batch.commit_lsn, event))
+                }
+                _ => runs.push(vec![(batch.commit_lsn, event)]),
+            }
+        }
+    }
+    let mut grouped: BTreeMap<(&str, String), Vec<(Lsn, &HistoryEvent)>> = BTreeMap::new();
+    for run in runs {
+        let Some((_, first)) = run.first() else {
+            continue;
+        };
+        let key = (first.tenant.as_str(), first.table.qualified_name());
+        match grouped.entry(key) {
+            Entry::Vacant(v) => {
+                v.insert(run);
+            }
+            Entry::Occupied(mut o) => o.get_mut().extend(run),
+        }
+    }
+    grouped
+}
+
 fn definite(e: ParquetError) -> SinkError {
     SinkError::Definite(format!("parquet cold tier: {e}"))
 }
@@ -134,39 +193,26 @@ impl Sink for ParquetSink {
     }
 
     async fn apply(&mut self, batches: &[ApplyBatch]) -> Result<ApplyReport, SinkError> {
-        let mut grouped: BTreeMap<(&str, String), Vec<(Lsn, &HistoryEvent)>> = BTreeMap::new();
-        for batch in batches {
-            for event in &batch.history {
-                grouped
-                    .entry((&event.tenant, event.table.qualified_name()))
-                    .or_default()
-                    .push((batch.commit_lsn, event));
-            }
-        }
-        let work: Vec<TableRows> = grouped
+        let work: Vec<TableEvents> = by_table_directory(batches)
             .into_iter()
-            .filter_map(|((tenant, table), events)| {
-                let shape = events.last()?.1.table.clone();
-                Some(TableRows {
-                    tenant: tenant.to_owned(),
-                    table,
-                    columns: cold_columns(&shape),
-                    rows: cold_rows(&shape, &events),
-                })
+            .map(|((tenant, table), events)| TableEvents {
+                tenant,
+                table,
+                events,
             })
             .collect();
         if work.is_empty() {
             return Ok(ApplyReport::default());
         }
-        let root = self.root.clone();
-        let mut writers = std::mem::take(&mut self.writers);
-        let (writers, result) = tokio::task::spawn_blocking(move || {
-            let result = write_all(&root, &mut writers, work);
-            (writers, result)
-        })
-        .await
-        .map_err(|e| SinkError::Transient(format!("parquet writer task: {e}")))?;
-        self.writers = writers;
+        let (root, writers) = (&self.root, &mut self.writers);
+        let write = move || write_all(root, writers, work);
+        // The write blocks (files, fsyncs) and borrows the batches: on a multi-threaded
+        // runtime the other tasks move to another thread meanwhile; a single-threaded
+        // runtime (tests) waits.
+        let result = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::CurrentThread) | Err(_) => write(),
+            Ok(_) => tokio::task::block_in_place(write),
+        };
         if let Err(e) = &result {
             tracing::warn!(job = %self.job, worker = self.worker, error = %e, "cold-tier write failed; retried");
             // Writers reopen (and recover) on the retry.
@@ -192,15 +238,17 @@ const PARALLEL_TABLE_WRITES: usize = 4;
 /// An open writer with the columns it was opened with.
 type OpenWriter = (Vec<ColdColumn>, ColdTableWriter);
 
+/// Writes every table directory's rows, [`PARALLEL_TABLE_WRITES`] at once; each thread
+/// also turns its directories' events into rows.
 fn write_all(
     root: &std::path::Path,
     writers: &mut HashMap<(String, String), OpenWriter>,
-    work: Vec<TableRows>,
+    work: Vec<TableEvents>,
 ) -> Result<ApplyReport, SinkError> {
-    let jobs: Vec<(TableRows, Option<OpenWriter>)> = work
+    let jobs: Vec<(TableEvents, Option<OpenWriter>)> = work
         .into_iter()
         .map(|t| {
-            let writer = writers.remove(&(t.tenant.clone(), t.table.clone()));
+            let writer = writers.remove(&(t.tenant.to_owned(), t.table.clone()));
             (t, writer)
         })
         .collect();
@@ -210,8 +258,9 @@ fn write_all(
     let next = || queue.lock().ok().and_then(|mut q| q.next());
     let work_off_queue = || {
         while let Some((t, writer)) = next() {
-            let key = (t.tenant.clone(), t.table.clone());
-            let outcome = write_table(root, t, writer);
+            let key = (t.tenant.to_owned(), t.table.clone());
+            let Some(rows) = t.rows() else { continue };
+            let outcome = write_table(root, rows, writer);
             if let Ok(mut d) = done.lock() {
                 d.push((key, outcome));
             }
@@ -378,7 +427,9 @@ mod tests {
         for t in 0..tenants {
             let (_, rows) = read_table(dir.path(), &t.to_string(), "app.t").unwrap();
             assert_eq!(rows.len(), 12, "tenant {t}");
-            assert!(rows.iter().all(|r| r.values[0] == Some(t.to_string())));
+            assert!(rows
+                .iter()
+                .all(|r| r.values[0].as_deref() == Some(t.to_string().as_str())));
         }
         let replay = sink.apply(&batches).await.unwrap();
         assert_eq!(replay.upserted, 0);

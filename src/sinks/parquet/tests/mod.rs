@@ -59,8 +59,8 @@ fn pg_ts(y: i32, m: u32, d: u32, h: u32) -> i64 {
     unix - PG_EPOCH_UNIX_MICROS
 }
 
-fn values(vals: &[Option<&str>]) -> Vec<Option<String>> {
-    vals.iter().map(|v| v.map(str::to_string)).collect()
+fn values(vals: &[Option<&str>]) -> Vec<Option<Text>> {
+    vals.iter().map(|v| v.map(Text::from)).collect()
 }
 
 /// An open row with all values of [`columns`] given as text.

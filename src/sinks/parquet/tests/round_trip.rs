@@ -160,6 +160,8 @@ fn row_strategy(lsn_lo: Lsn, lsn_hi: Lsn) -> BoxedStrategy<ColdRow> {
                 system_to,
             )| {
                 let op = [ChangeOp::Insert, ChangeOp::Update, ChangeOp::Delete][op];
+                let values: Vec<Option<Text>> =
+                    values.into_iter().map(|v| v.map(Text::from)).collect();
                 if close {
                     ColdRow {
                         event: ColdEvent::Close,

@@ -190,7 +190,7 @@ fn bad_value_names_column_and_row_and_publishes_nothing() {
     let root = tempfile::tempdir().expect("tempdir");
     let mut writer = ColdTableWriter::open(root.path(), TENANT, TABLE, &columns()).expect("open");
     let mut rows = two_date_batch(1, 0x10);
-    rows[1].values[0] = Some("twelve".to_string());
+    rows[1].values[0] = Some("twelve".into());
     let err = writer
         .write(&rows, 0x10, 0x10)
         .expect_err("bad integer accepted");
@@ -208,7 +208,7 @@ fn bad_value_names_column_and_row_and_publishes_nothing() {
 
     for (col, text) in [(5, "true"), (4, "1.50"), (1, "40000"), (2, "1.0")] {
         let mut rows = vec![simple_row(1, 0x10, pg_ts(2026, 1, 1, 0))];
-        rows[0].values[col] = Some(text.to_string());
+        rows[0].values[col] = Some(text.into());
         let err = writer.write(&rows, 0x10, 0x10).expect_err(text);
         assert!(
             err.to_string()
