@@ -331,10 +331,39 @@ impl SinkItem {
     }
 }
 
-/// Table shapes for unit tests.
+/// Table shapes and history events for unit tests.
 #[cfg(test)]
 pub(crate) mod fixtures {
-    use super::{ColumnInfo, Identity, TableInfo};
+    use std::sync::Arc;
+
+    use super::{ColumnInfo, HistoryEvent, HistoryOp, Identity, Lsn, Row, TableInfo};
+    use crate::operators::version::{SysTime, Version, VersionDelta};
+
+    /// The event of an insert of `row` (its own key) into `table` for `tenant`, committed
+    /// at `lsn`: one version opened, valid from 0 on.
+    pub fn opened(
+        tenant: &str,
+        seq: u32,
+        table: &Arc<TableInfo>,
+        row: Row,
+        lsn: Lsn,
+    ) -> HistoryEvent {
+        HistoryEvent {
+            tenant: tenant.to_owned(),
+            seq,
+            table: table.clone(),
+            op: HistoryOp::Insert,
+            delta: VersionDelta::Open(Version {
+                key: row.clone(),
+                value: row,
+                valid_from: 0,
+                valid_to: None,
+                system_from: SysTime { lsn, micros: 0 },
+                system_to: None,
+                tombstone: false,
+            }),
+        }
+    }
 
     /// A table `app.<name>` with `(column, type)` pairs and a primary key.
     pub fn table(name: &str, columns: &[(&str, &str)], primary_key: &[usize]) -> TableInfo {

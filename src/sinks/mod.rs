@@ -207,8 +207,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::change::{fixtures, Cell, HistoryOp, Scope, TenantAction};
-    use crate::operators::version::{SysTime, Version, VersionDelta};
+    use crate::change::{fixtures, Cell, Scope, TenantAction};
 
     fn batch() -> ApplyBatch {
         let table = Arc::new(fixtures::table("t", &[("id", "int")], &[0]));
@@ -225,21 +224,7 @@ mod tests {
                     insert: true,
                 },
             }],
-            history: vec![HistoryEvent {
-                tenant: "1".into(),
-                seq: 0,
-                table,
-                op: HistoryOp::Insert,
-                delta: VersionDelta::Open(Version {
-                    key: row.clone(),
-                    value: row,
-                    valid_from: 0,
-                    valid_to: None,
-                    system_from: SysTime { lsn: 7, micros: 0 },
-                    system_to: None,
-                    tombstone: false,
-                }),
-            }],
+            history: vec![fixtures::opened("1", 0, &table, row, 7)],
         }
     }
 

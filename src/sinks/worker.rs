@@ -536,11 +536,12 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+    use crate::cdc::stream::ReaderStats;
     use crate::change::{fixtures, Cell, Scope, TenantAction, TenantChange};
     use crate::sinks::{ApplyReport, SinkError};
 
-    /// Records the rows of every apply.
-    struct Recorder(Arc<Mutex<Vec<usize>>>);
+    /// Records the rows of every apply, each taking the given time.
+    struct Recorder(Arc<Mutex<Vec<usize>>>, Duration);
 
     impl Sink for Recorder {
         fn kind(&self) -> &'static str {
@@ -548,6 +549,9 @@ mod tests {
         }
 
         async fn apply(&mut self, batches: &[ApplyBatch]) -> Result<ApplyReport, SinkError> {
+            if !self.1.is_zero() {
+                tokio::time::sleep(self.1).await;
+            }
             let rows = batches.iter().map(ApplyBatch::rows).sum();
             if let Ok(mut applied) = self.0.lock() {
                 applied.push(rows);
@@ -580,63 +584,87 @@ mod tests {
         })
     }
 
+    /// A running sink task that lingers as `linger` says, reading the source's activity
+    /// from `reader`, and whose applies take `apply_time` each.
+    struct Lingering {
+        tx: mpsc::Sender<Delivery>,
+        applied: Arc<Mutex<Vec<usize>>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Lingering {
+        fn start(linger: Linger, apply_time: Duration, reader: Arc<ReaderStats>) -> Lingering {
+            let applied = Arc::new(Mutex::new(Vec::new()));
+            let (tx, rx) = mpsc::channel(16);
+            let mut pacing = SinkPacing::fifo(Arc::default(), 100, 0);
+            pacing.linger = Some(linger);
+            let sink = Recorder(applied.clone(), apply_time);
+            let task = tokio::spawn(run_sink(sink, rx, Arc::default(), reader, pacing, |_| {}));
+            Lingering { tx, applied, task }
+        }
+
+        /// Rows of each apply so far.
+        fn seen(&self) -> Vec<usize> {
+            self.applied.lock().map(|a| a.clone()).unwrap_or_default()
+        }
+
+        async fn send(&self, lsn: Lsn, rows: usize) {
+            self.tx.send(batch(lsn, rows)).await.unwrap();
+        }
+
+        /// Closes the channel and waits for the task to end.
+        async fn finish(self) {
+            drop(self.tx);
+            self.task.await.unwrap();
+        }
+    }
+
+    /// A linger of `rows` and `wait` that never ends early.
+    fn plain_linger(rows: usize, wait: Duration) -> Linger {
+        Linger {
+            rows,
+            wait,
+            early_rows: usize::MAX,
+            read_ahead: 0,
+        }
+    }
+
     /// Small transactions wait for company up to the linger's time, enough rows go at
     /// once, and a closing channel flushes what is pending without waiting.
     #[tokio::test(start_paused = true)]
     async fn a_lingering_sink_gathers_small_transactions() {
-        let applied = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel(16);
-        let mut pacing = SinkPacing::fifo(Arc::default(), 100, 0);
         let wait = Duration::from_millis(500);
-        pacing.linger = Some(Linger {
-            rows: 10,
-            wait,
-            early_rows: usize::MAX,
-            read_ahead: 0,
-        });
-        let task = tokio::spawn(run_sink(
-            Recorder(applied.clone()),
-            rx,
-            Arc::default(),
-            Arc::default(),
-            pacing,
-            |_| {},
-        ));
-        let seen = || applied.lock().map(|a| a.clone()).unwrap_or_default();
+        let sink = Lingering::start(plain_linger(10, wait), Duration::ZERO, Arc::default());
         for lsn in 1..=3 {
-            tx.send(batch(lsn, 2)).await.unwrap();
+            sink.send(lsn, 2).await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(seen().is_empty(), "applied before the linger ended");
+        assert!(sink.seen().is_empty(), "applied before the linger ended");
         tokio::time::sleep(wait).await;
-        assert_eq!(seen(), [6]);
+        assert_eq!(sink.seen(), [6]);
         // Enough rows: no waiting.
-        tx.send(batch(4, 12)).await.unwrap();
+        sink.send(4, 12).await;
         tokio::time::sleep(Duration::from_millis(1)).await;
-        assert_eq!(seen(), [6, 12]);
+        assert_eq!(sink.seen(), [6, 12]);
         // The channel closes: what is pending goes at once.
-        tx.send(batch(5, 1)).await.unwrap();
-        drop(tx);
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        assert_eq!(seen(), [6, 12, 1]);
-        task.await.unwrap();
+        sink.send(5, 1).await;
+        let applied = sink.applied.clone();
+        sink.finish().await;
+        assert_eq!(*applied.lock().unwrap(), [6, 12, 1]);
     }
 
     /// A lingering sink stops waiting once the source is quiet and enough rows are
     /// pending; while the source keeps sending, or with too few rows, it lingers on.
     #[tokio::test(start_paused = true)]
     async fn a_quiet_source_ends_the_linger_of_enough_rows() {
-        let applied = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel(16);
-        let mut pacing = SinkPacing::fifo(Arc::default(), 100, 0);
         let wait = Duration::from_millis(1000);
-        pacing.linger = Some(Linger {
+        let linger = Linger {
             rows: 100,
             wait,
             early_rows: 5,
             read_ahead: 1000,
-        });
-        let reader: Arc<crate::cdc::stream::ReaderStats> = Arc::default();
+        };
+        let reader: Arc<ReaderStats> = Arc::default();
         let busy = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let source = {
             let (reader, busy) = (reader.clone(), busy.clone());
@@ -647,101 +675,51 @@ mod tests {
                 }
             })
         };
-        let task = tokio::spawn(run_sink(
-            Recorder(applied.clone()),
-            rx,
-            Arc::default(),
-            reader,
-            pacing,
-            |_| {},
-        ));
-        let seen = || applied.lock().map(|a| a.clone()).unwrap_or_default();
+        let sink = Lingering::start(linger, Duration::ZERO, reader);
         let start = tokio::time::Instant::now();
-        tx.send(batch(1, 6)).await.unwrap();
+        sink.send(1, 6).await;
         tokio::time::sleep_until(start + Duration::from_millis(400)).await;
         assert!(
-            seen().is_empty(),
+            sink.seen().is_empty(),
             "applied early while the source was sending"
         );
         busy.store(false, Relaxed);
         source.await.unwrap();
         tokio::time::sleep_until(start + Duration::from_millis(400) + QUIET * 3).await;
-        assert_eq!(seen(), [6], "still lingering with the source quiet");
+        assert_eq!(sink.seen(), [6], "still lingering with the source quiet");
         // Too few rows for an early write: the whole linger.
         let start = tokio::time::Instant::now();
-        tx.send(batch(2, 2)).await.unwrap();
+        sink.send(2, 2).await;
         tokio::time::sleep_until(start + wait - Duration::from_millis(10)).await;
-        assert_eq!(seen(), [6]);
+        assert_eq!(sink.seen(), [6]);
         tokio::time::sleep_until(start + wait + Duration::from_millis(10)).await;
-        assert_eq!(seen(), [6, 2]);
-        drop(tx);
-        task.await.unwrap();
-    }
-
-    /// Takes `delay` per apply, recording its rows.
-    struct SlowRecorder(Arc<Mutex<Vec<usize>>>, Duration);
-
-    impl Sink for SlowRecorder {
-        fn kind(&self) -> &'static str {
-            "slow recorder"
-        }
-
-        async fn apply(&mut self, batches: &[ApplyBatch]) -> Result<ApplyReport, SinkError> {
-            tokio::time::sleep(self.1).await;
-            let rows = batches.iter().map(ApplyBatch::rows).sum();
-            if let Ok(mut applied) = self.0.lock() {
-                applied.push(rows);
-            }
-            Ok(ApplyReport::default())
-        }
-
-        async fn reconnect(&mut self) -> Result<(), SinkError> {
-            Ok(())
-        }
+        assert_eq!(sink.seen(), [6, 2]);
+        sink.finish().await;
     }
 
     /// Rows that arrive while a group is written linger from the write's start: they
     /// neither go alone right after it nor wait a whole linger after it.
     #[tokio::test(start_paused = true)]
     async fn rows_arriving_during_an_apply_linger_from_its_start() {
-        let applied = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel(16);
-        let mut pacing = SinkPacing::fifo(Arc::default(), 100, 0);
-        let wait = Duration::from_millis(500);
-        pacing.linger = Some(Linger {
-            rows: 10,
-            wait,
-            early_rows: usize::MAX,
-            read_ahead: 0,
-        });
-        let apply_time = Duration::from_millis(200);
-        let task = tokio::spawn(run_sink(
-            SlowRecorder(applied.clone(), apply_time),
-            rx,
-            Arc::default(),
-            Arc::default(),
-            pacing,
-            |_| {},
-        ));
-        let seen = || applied.lock().map(|a| a.clone()).unwrap_or_default();
+        let linger = plain_linger(10, Duration::from_millis(500));
+        let sink = Lingering::start(linger, Duration::from_millis(200), Arc::default());
         let start = tokio::time::Instant::now();
         // Enough rows: written at once, done at 200 ms.
-        tx.send(batch(1, 12)).await.unwrap();
+        sink.send(1, 12).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         // Arrives during the write.
-        tx.send(batch(2, 2)).await.unwrap();
+        sink.send(2, 2).await;
         tokio::time::sleep_until(start + Duration::from_millis(300)).await;
         assert_eq!(
-            seen(),
+            sink.seen(),
             [12],
             "the late rows went alone right after the write"
         );
         // Their linger ends 500 ms after the write started, their write 200 ms later.
         tokio::time::sleep_until(start + Duration::from_millis(690)).await;
-        assert_eq!(seen(), [12]);
+        assert_eq!(sink.seen(), [12]);
         tokio::time::sleep_until(start + Duration::from_millis(710)).await;
-        assert_eq!(seen(), [12, 2]);
-        drop(tx);
-        task.await.unwrap();
+        assert_eq!(sink.seen(), [12, 2]);
+        sink.finish().await;
     }
 }

@@ -367,9 +367,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::change::fixtures::table;
-    use crate::change::{HistoryEvent, HistoryOp};
-    use crate::operators::version::{SysTime, Version, VersionDelta};
+    use crate::change::fixtures::{opened, table};
     use crate::sinks::parquet::read_table;
 
     fn open_event(table: &Arc<TableInfo>, tenant: u32, id: u32, lsn: Lsn) -> HistoryEvent {
@@ -377,21 +375,7 @@ mod tests {
             Cell::Text(tenant.to_string().into()),
             Cell::Text(id.to_string().into()),
         ];
-        HistoryEvent {
-            tenant: tenant.to_string(),
-            seq: id,
-            table: table.clone(),
-            op: HistoryOp::Insert,
-            delta: VersionDelta::Open(Version {
-                key: row.clone(),
-                value: row,
-                valid_from: 0,
-                valid_to: None,
-                system_from: SysTime { lsn, micros: 0 },
-                system_to: None,
-                tombstone: false,
-            }),
-        }
+        opened(&tenant.to_string(), id, table, row, lsn)
     }
 
     /// One apply spanning more table directories than are written at once: every tenant
