@@ -202,39 +202,6 @@ fn params_of<'a>(stmt: &'a Statement<'_>) -> Vec<&'a (dyn ToSql + Sync)> {
     stmt.params.iter().map(Param::as_sql).collect()
 }
 
-/// Appends one row in COPY text format (tab-separated, `\N` for NULL, escaped specials).
-fn copy_text_row(buf: &mut String, row: &Row) {
-    for (i, cell) in row.iter().enumerate() {
-        if i > 0 {
-            buf.push('\t');
-        }
-        match cell.as_text() {
-            None => buf.push_str(r"\N"),
-            Some(text) => copy_escape(buf, text),
-        }
-    }
-    buf.push('\n');
-}
-
-/// Escapes COPY's special characters; copies clean runs whole (all specials are ASCII, so
-/// byte positions are character boundaries).
-fn copy_escape(buf: &mut String, text: &str) {
-    let mut clean = 0;
-    for (i, b) in text.bytes().enumerate() {
-        let escaped = match b {
-            b'\\' => r"\\",
-            b'\t' => r"\t",
-            b'\n' => r"\n",
-            b'\r' => r"\r",
-            _ => continue,
-        };
-        buf.push_str(&text[clean..i]);
-        buf.push_str(escaped);
-        clean = i + 1;
-    }
-    buf.push_str(&text[clean..]);
-}
-
 /// `"col" = EXCLUDED."col", …` for the non-key columns.
 fn update_set(table: &TableInfo) -> String {
     let key = table.key_columns();
@@ -357,7 +324,7 @@ impl Applier {
                 n
             }
             Strategy::CopyMerge => {
-                return copy_merge(tx, &prepared, rows, &mut self.phases).await;
+                return copy_merge(tx, &prepared, &self.table, rows, &mut self.phases).await;
             }
             Strategy::RowAtATime => {
                 let mut n = 0;
@@ -381,20 +348,19 @@ impl Applier {
 async fn copy_merge(
     tx: Transaction<'_>,
     merge: &tokio_postgres::Statement,
+    table: &TableInfo,
     rows: &[Row],
     phases: &mut Phases,
 ) -> Result<u64> {
     let start = Instant::now();
-    let mut text = String::with_capacity(rows.len() * 320);
-    for row in rows {
-        copy_text_row(&mut text, row);
-    }
+    // The sink's own COPY encoding; the staging table has the table's columns in order.
+    let text = statements::copy_rows(table, rows).data;
     let encoded = Instant::now();
     let sink = tx
         .copy_in::<_, bytes::Bytes>("COPY pg_temp.staging FROM STDIN")
         .await?;
     let mut sink = std::pin::pin!(sink);
-    sink.send(bytes::Bytes::from(text)).await?;
+    sink.send(text).await?;
     let copied = sink.as_mut().finish().await?;
     let copy_done = Instant::now();
     let n = tx.execute(merge, &[]).await?;
