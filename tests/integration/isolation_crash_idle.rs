@@ -103,6 +103,53 @@ fn a_job_for_tenants_3_and_7_never_carries_another_tenant() {
     assert_eq!(repl.stop().code(), Some(0));
 }
 
+/// Random transactions go to the source while `job` runs once per entry of `workers`
+/// (that many dataflow workers), each run killed with SIGKILL after a random pause in
+/// `pause_ms`; then a last run with 2 workers catches up. Checks that the target converges
+/// on `tenants` with no ledger row applied twice; returns the last run, still going.
+fn crash_runs(
+    env: &Arc<Env>,
+    job: &std::path::Path,
+    (writer_seed, pause_seed): (u64, u64),
+    workers: &[usize],
+    pause_ms: std::ops::Range<u64>,
+    tenants: &str,
+) -> Replicator {
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (env, stop) = (env.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(writer_seed);
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                env.on_source(&random_transaction(&mut rng, &mut n));
+            }
+        })
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(pause_seed);
+    for (round, &count) in workers.iter().enumerate() {
+        let mut repl = Replicator::start_with_workers(job, count);
+        if round == 0 {
+            wait_for("the first job to start", WAIT, || {
+                repl.output().contains("initial snapshot loaded")
+            });
+        }
+        std::thread::sleep(Duration::from_millis(rng.gen_range(pause_ms.clone())));
+        repl.kill();
+    }
+    let repl = Replicator::start_with_workers(job, 2);
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer");
+    for q in compare_queries(tenants) {
+        env.wait_converged(&q, WAIT);
+    }
+    let dupes =
+        env.on_target("SELECT count(*) - count(DISTINCT (tenant_id, n)) FROM public.ledger");
+    assert_eq!(dupes, "0", "no ledger row applied twice");
+    repl
+}
+
 #[test]
 fn sigkill_at_random_points_loses_nothing_and_duplicates_nothing() {
     let env = Arc::new(Env::start(SHOP));
@@ -111,38 +158,7 @@ fn sigkill_at_random_points_loses_nothing_and_duplicates_nothing() {
         "[2, 5, 9, 31]",
         &["public.accounts", "public.ledger"],
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (env, stop) = (env.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(42);
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                env.on_source(&random_transaction(&mut rng, &mut n));
-            }
-        })
-    };
-    let mut rng = rand::rngs::StdRng::seed_from_u64(1234);
-    for round in 0..2 {
-        let mut repl = Replicator::start(&job);
-        if round == 0 {
-            wait_for("the first job to start", WAIT, || {
-                repl.output().contains("initial snapshot loaded")
-            });
-        }
-        std::thread::sleep(Duration::from_millis(rng.gen_range(500..2500)));
-        repl.kill();
-    }
-    let mut repl = Replicator::start(&job);
-    std::thread::sleep(Duration::from_millis(1500));
-    stop.store(true, Ordering::Relaxed);
-    writer.join().expect("writer");
-    for q in compare_queries("2, 5, 9, 31") {
-        env.wait_converged(&q, WAIT);
-    }
-    let dupes =
-        env.on_target("SELECT count(*) - count(DISTINCT (tenant_id, n)) FROM public.ledger");
-    assert_eq!(dupes, "0", "no ledger row applied twice");
+    let mut repl = crash_runs(&env, &job, (42, 1234), &[2, 2], 500..2500, "2, 5, 9, 31");
     let out = repl.output();
     assert!(
         out.contains("resuming from the slot's confirmed position"),
@@ -162,39 +178,8 @@ fn sigkill_with_changing_worker_counts_loses_nothing_and_duplicates_nothing() {
         "\"all\"",
         &["public.accounts", "public.ledger"],
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (env, stop) = (env.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                env.on_source(&random_transaction(&mut rng, &mut n));
-            }
-        })
-    };
-    let mut rng = rand::rngs::StdRng::seed_from_u64(99);
-    for (round, workers) in [2, 1, 3].into_iter().enumerate() {
-        let mut repl = Replicator::start_with_workers(&job, workers);
-        if round == 0 {
-            wait_for("the first job to start", WAIT, || {
-                repl.output().contains("initial snapshot loaded")
-            });
-        }
-        std::thread::sleep(Duration::from_millis(rng.gen_range(800..2500)));
-        repl.kill();
-    }
-    let mut repl = Replicator::start_with_workers(&job, 2);
-    std::thread::sleep(Duration::from_millis(1500));
-    stop.store(true, Ordering::Relaxed);
-    writer.join().expect("writer");
     let all: Vec<String> = (1..=40).map(|t| t.to_string()).collect();
-    for q in compare_queries(&all.join(", ")) {
-        env.wait_converged(&q, WAIT);
-    }
-    let dupes =
-        env.on_target("SELECT count(*) - count(DISTINCT (tenant_id, n)) FROM public.ledger");
-    assert_eq!(dupes, "0", "no ledger row applied twice");
+    let mut repl = crash_runs(&env, &job, (7, 99), &[2, 1, 3], 800..2500, &all.join(", "));
     let watermarks: i64 = env
         .on_target("SELECT count(*) FROM helios.checkpoints WHERE scope LIKE 'applied:%'")
         .parse()
