@@ -3,10 +3,12 @@
 //! target transaction (exactly-once effect).
 //!
 //! Files: `sink.rs` (the [`crate::sinks::Sink`] implementation), `plan.rs` (reducing
-//! changes to steps), `statements.rs` (SQL for each step), `target_schema.rs` (creating and
+//! changes to steps), `statements.rs` (SQL for each step), `execute.rs` (running steps in
+//! a target transaction: prepared statements, `COPY`, pipelining, dead letters), `target_schema.rs` (creating and
 //! altering target tables), `store.rs` (checkpoints, progress, table states, dead letters),
 //! `snapshot.rs` (loading the initial snapshot).
 
+mod execute;
 pub mod history;
 pub mod plan;
 pub mod sink;
