@@ -23,6 +23,7 @@ use crate::sinks::pg_apply::PgApplySink;
 use crate::sinks::qos::rate_limit::SinkLimiter;
 use crate::sinks::qos::QosPolicy;
 use crate::sinks::worker::{run_sink, Linger, SinkPacing, SinkStats};
+use crate::sinks::{Delivery, SinkFeed};
 
 /// Longest a row waits in a Parquet sink for others to share its files (see [`Linger`]).
 /// Caught up, a cold-tier job then writes a file per tenant and table about once a
@@ -31,7 +32,6 @@ pub const COLD_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 /// A Parquet sink stops lingering once the source is quiet and a tenth of its group is
 /// pending (see [`Linger::early_rows`]).
 pub const COLD_EARLY_DIVISOR: usize = 10;
-use crate::sinks::{Delivery, SinkFeed};
 
 /// Batches queued per sink task before the worker blocks (back-pressure).
 pub const SINK_QUEUE_BATCHES: usize = 64;

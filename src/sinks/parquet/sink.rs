@@ -32,19 +32,20 @@ pub struct ParquetSink {
 struct TableEvents<'a> {
     tenant: &'a str,
     table: String,
+    /// The table's shape as of its last event.
+    shape: &'a TableInfo,
     events: Vec<(Lsn, &'a HistoryEvent)>,
 }
 
 impl TableEvents<'_> {
-    /// The rows to write, in the table's shape as of its last event.
-    fn rows(&self) -> Option<TableRows> {
-        let shape = &self.events.last()?.1.table;
-        Some(TableRows {
+    /// The rows to write, in the table's latest shape.
+    fn rows(&self) -> TableRows {
+        TableRows {
             tenant: self.tenant.to_owned(),
             table: self.table.clone(),
-            columns: cold_columns(shape),
-            rows: cold_rows(shape, &self.events),
-        })
+            columns: cold_columns(self.shape),
+            rows: cold_rows(self.shape, &self.events),
+        }
     }
 }
 
@@ -195,10 +196,13 @@ impl Sink for ParquetSink {
     async fn apply(&mut self, batches: &[ApplyBatch]) -> Result<ApplyReport, SinkError> {
         let work: Vec<TableEvents> = by_table_directory(batches)
             .into_iter()
-            .map(|((tenant, table), events)| TableEvents {
-                tenant,
-                table,
-                events,
+            .filter_map(|((tenant, table), events)| {
+                Some(TableEvents {
+                    tenant,
+                    table,
+                    shape: events.last()?.1.table.as_ref(),
+                    events,
+                })
             })
             .collect();
         if work.is_empty() {
@@ -259,8 +263,7 @@ fn write_all(
     let work_off_queue = || {
         while let Some((t, writer)) = next() {
             let key = (t.tenant.to_owned(), t.table.clone());
-            let Some(rows) = t.rows() else { continue };
-            let outcome = write_table(root, rows, writer);
+            let outcome = write_table(root, t.rows(), writer);
             if let Ok(mut d) = done.lock() {
                 d.push((key, outcome));
             }
