@@ -22,7 +22,8 @@ use timely::dataflow::StreamVec;
 use crate::change::{
     Cell, HistoryEvent, HistoryOp, Lsn, Row, Scope, SinkItem, TableInfo, TenantAction, TenantChange,
 };
-use crate::operators::version::{Edit, SysTime, SystemPoint, Version, VersionBook};
+use crate::operators::packed_row::PackedRow;
+use crate::operators::version::{Edit, SysTime, SystemPoint, Version, VersionBook, VersionDelta};
 use crate::time_text::parse_pg_timestamp;
 
 /// Which tables keep history, and where their valid time comes from.
@@ -41,8 +42,9 @@ impl HistoryPlan {
     }
 }
 
-/// One tenant's book of one table.
-type Book = VersionBook<Row, Row>;
+/// One tenant's book of one table: keys and rows packed (they outlive the messages they
+/// came in, and a book holds every current row of its tenant).
+pub type Book = VersionBook<PackedRow, PackedRow>;
 
 /// The version books of one job, by (tenant, `schema.table`).
 #[derive(Default)]
@@ -103,7 +105,15 @@ impl HistoryBooks {
             books
                 .entry((tenant.to_owned(), table.to_owned()))
                 .or_insert_with(|| Book::new(start))
-                .restore(version);
+                .restore(Version {
+                    key: PackedRow::pack(&version.key),
+                    value: PackedRow::pack(&version.value),
+                    valid_from: version.valid_from,
+                    valid_to: version.valid_to,
+                    system_from: version.system_from,
+                    system_to: version.system_to,
+                    tombstone: version.tombstone,
+                });
         }
     }
 
@@ -133,7 +143,7 @@ impl HistoryBooks {
             Some(book) => book
                 .as_of(system, valid)
                 .into_iter()
-                .map(|(_, row)| row)
+                .map(|(_, row)| row.to_row())
                 .collect(),
             None => Vec::new(),
         })
@@ -258,7 +268,7 @@ fn record(
                 .map(|b| b.truncate_points(system.micros))
                 .unwrap_or_default();
             for (key, valid) in points {
-                emit(tenant, key, valid, None, HistoryOp::Delete);
+                emit(tenant, key.to_row(), valid, None, HistoryOp::Delete);
             }
         }
         (Scope::Worker { .. }, TenantAction::Delete { old }) => {
@@ -266,9 +276,10 @@ fn record(
             // worker's tenants currently has the key.
             let key = project(old);
             let valid = valid_of(old);
+            let packed = PackedRow::pack(&key);
             let owners: Vec<String> = books
                 .iter()
-                .filter(|((_, t), b)| *t == table_name && b.current(&key, valid).is_some())
+                .filter(|((_, t), b)| *t == table_name && b.current(&packed, valid).is_some())
                 .map(|((tenant, _), _)| tenant.clone())
                 .collect();
             for tenant in owners {
@@ -276,14 +287,14 @@ fn record(
             }
         }
         (Scope::Worker { .. }, TenantAction::Truncate) => {
-            let points: Vec<(String, Vec<(Row, i64)>)> = books
+            let points: Vec<(String, Vec<(PackedRow, i64)>)> = books
                 .iter()
                 .filter(|((_, t), _)| *t == table_name)
                 .map(|((tenant, _), b)| (tenant.clone(), b.truncate_points(system.micros)))
                 .collect();
             for (tenant, points) in points {
                 for (key, valid) in points {
-                    emit(&tenant, key, valid, None, HistoryOp::Delete);
+                    emit(&tenant, key.to_row(), valid, None, HistoryOp::Delete);
                 }
             }
         }
@@ -297,18 +308,19 @@ fn record(
         let book = books
             .entry((tenant.clone(), table_name.clone()))
             .or_insert_with(|| Book::new(start));
-        let edit = match value {
+        let packed_key = PackedRow::pack(&key);
+        let row = match value {
             Some(mut row) => {
                 if row.contains(&Cell::Unchanged) {
-                    if let Some(prev) = book.current(&key, valid) {
-                        for (cell, old) in row.iter_mut().zip(prev) {
+                    if let Some(prev) = book.current(&packed_key, valid) {
+                        for (cell, old) in row.iter_mut().zip(prev.cells()) {
                             if *cell == Cell::Unchanged {
-                                *cell = old.clone();
+                                *cell = old.to_cell();
                             }
                         }
                     }
                 }
-                Edit::Upsert(row)
+                Ok(row)
             }
             None => {
                 // A tombstone records the key and the tenant, so the history table finds
@@ -320,18 +332,68 @@ fn record(
                 if let Some(i) = tenant_index {
                     row[i] = Cell::text(&tenant);
                 }
-                Edit::Delete(row)
+                Err(row)
             }
         };
-        for delta in book.apply(key, valid, system, edit) {
+        let edit = match &row {
+            Ok(row) => Edit::Upsert(PackedRow::pack(row)),
+            Err(tombstone) => Edit::Delete(PackedRow::pack(tombstone)),
+        };
+        let mut new = Some(row.unwrap_or_else(|tombstone| tombstone));
+        for delta in book.apply(packed_key, valid, system, edit) {
             out.push(HistoryEvent {
                 tenant: tenant.clone(),
                 seq: change.seq,
                 table: change.table.clone(),
                 op,
-                delta,
+                delta: event_delta(delta, &key, valid, &mut new),
             });
         }
+    }
+}
+
+/// A book's delta as events carry it: keyed by the change's own key cells (every delta of
+/// one change is of that key), the version the change opened (the one from `valid`) with
+/// the change's own row `new` instead of an unpacked copy, other values unpacked.
+fn event_delta(
+    delta: VersionDelta<PackedRow, PackedRow>,
+    key: &Row,
+    valid: i64,
+    new: &mut Option<Row>,
+) -> VersionDelta<Row, Row> {
+    match delta {
+        VersionDelta::Open(v) => {
+            let value = match (v.valid_from == valid).then(|| new.take()).flatten() {
+                Some(row) => row,
+                None => v.value.to_row(),
+            };
+            VersionDelta::Open(Version {
+                key: key.clone(),
+                value,
+                valid_from: v.valid_from,
+                valid_to: v.valid_to,
+                system_from: v.system_from,
+                system_to: v.system_to,
+                tombstone: v.tombstone,
+            })
+        }
+        VersionDelta::Close {
+            value,
+            valid_from,
+            valid_to,
+            system_from,
+            system_to,
+            tombstone,
+            ..
+        } => VersionDelta::Close {
+            key: key.clone(),
+            value: value.to_row(),
+            valid_from,
+            valid_to,
+            system_from,
+            system_to,
+            tombstone,
+        },
     }
 }
 

@@ -4,5 +4,6 @@
 pub mod access;
 pub mod columnar;
 pub mod history;
+pub mod packed_row;
 pub mod partition;
 pub mod version;

@@ -1,0 +1,241 @@
+//! A row packed into one shared allocation: the form the version books keep keys and rows
+//! in.
+//!
+//! A decoded [`Row`] is a vector of cells of 32 bytes each, every text a slice of the
+//! message it came from, so a row kept in memory also keeps its whole message alive. The
+//! books hold every current version of every tenant's rows, so they keep them packed: one
+//! reference-counted buffer holding the cells' kinds and ends followed by their texts,
+//! about the size of the texts plus 5 bytes a cell. Cloning is a reference count; reading
+//! a cell is a slice.
+//!
+//! Layout: a little-endian `u32` word (the cell count; its top bit says the ends are
+//! `u64`, for rows whose texts exceed 4 GiB), one end offset per cell (into the texts,
+//! exclusive), one kind byte per cell, then the texts.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use crate::change::{Cell, Row, Text};
+
+const NULL: u8 = 0;
+const UNCHANGED: u8 = 1;
+const TEXT: u8 = 2;
+/// Top bit of the count word: the ends are 8 bytes wide.
+const WIDE: u32 = 1 << 31;
+
+/// One cell of a [`PackedRow`], borrowed. Ordered as [`Cell`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CellRef<'a> {
+    /// SQL NULL.
+    Null,
+    /// A TOASTed value the update did not change.
+    Unchanged,
+    /// The value's text form.
+    Text(&'a str),
+}
+
+impl CellRef<'_> {
+    /// An owned cell (the text copied).
+    pub fn to_cell(self) -> Cell {
+        match self {
+            CellRef::Null => Cell::Null,
+            CellRef::Unchanged => Cell::Unchanged,
+            CellRef::Text(t) => Cell::text(t),
+        }
+    }
+}
+
+/// A row of cells in one shared buffer. Equal rows have equal bytes, so hashing and
+/// equality look at the bytes; ordering is the ordering of the cells, as for [`Row`].
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct PackedRow(Arc<[u8]>);
+
+impl PackedRow {
+    /// Packs `cells` (their texts are copied once).
+    pub fn pack(cells: &[Cell]) -> PackedRow {
+        let texts: usize = cells.iter().map(|c| c.as_text().map_or(0, str::len)).sum();
+        let wide = u32::try_from(texts).is_err() || u32::try_from(cells.len()).is_err();
+        let end_width = if wide { 8 } else { 4 };
+        let count = cells.len() as u32 & !WIDE;
+        let mut buf = Vec::with_capacity(4 + cells.len() * (end_width + 1) + texts);
+        buf.extend_from_slice(&(count | if wide { WIDE } else { 0 }).to_le_bytes());
+        let mut end = 0usize;
+        for cell in cells {
+            end += cell.as_text().map_or(0, str::len);
+            if wide {
+                buf.extend_from_slice(&(end as u64).to_le_bytes());
+            } else {
+                buf.extend_from_slice(&(end as u32).to_le_bytes());
+            }
+        }
+        buf.extend(cells.iter().map(|c| match c {
+            Cell::Null => NULL,
+            Cell::Unchanged => UNCHANGED,
+            Cell::Text(_) => TEXT,
+        }));
+        for cell in cells {
+            if let Some(t) = cell.as_text() {
+                buf.extend_from_slice(t.as_bytes());
+            }
+        }
+        PackedRow(Arc::from(buf))
+    }
+
+    fn count_word(&self) -> u32 {
+        u32::from_le_bytes(
+            self.0[..4]
+                .try_into()
+                .expect("a packed row starts with its count"),
+        )
+    }
+
+    /// The number of cells.
+    pub fn len(&self) -> usize {
+        (self.count_word() & !WIDE) as usize
+    }
+
+    /// Whether the row has no cells.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn end_width(&self) -> usize {
+        if self.count_word() & WIDE != 0 {
+            8
+        } else {
+            4
+        }
+    }
+
+    /// The end of cell `i`'s text within the texts.
+    fn end(&self, i: usize) -> usize {
+        let w = self.end_width();
+        let at = 4 + i * w;
+        let bytes = &self.0[at..at + w];
+        match w {
+            8 => u64::from_le_bytes(bytes.try_into().expect("8 bytes")) as usize,
+            _ => u32::from_le_bytes(bytes.try_into().expect("4 bytes")) as usize,
+        }
+    }
+
+    /// Cell `i`, `None` past the end.
+    pub fn cell(&self, i: usize) -> Option<CellRef<'_>> {
+        let n = self.len();
+        if i >= n {
+            return None;
+        }
+        let w = self.end_width();
+        let kinds = 4 + n * w;
+        let texts = kinds + n;
+        Some(match self.0[kinds + i] {
+            NULL => CellRef::Null,
+            UNCHANGED => CellRef::Unchanged,
+            _ => {
+                let start = if i == 0 { 0 } else { self.end(i - 1) };
+                let bytes = &self.0[texts + start..texts + self.end(i)];
+                // Packed from `&str`s: always UTF-8.
+                CellRef::Text(std::str::from_utf8(bytes).unwrap_or_default())
+            }
+        })
+    }
+
+    /// The cells in order.
+    pub fn cells(&self) -> impl Iterator<Item = CellRef<'_>> + '_ {
+        (0..self.len()).filter_map(|i| self.cell(i))
+    }
+
+    /// The row as cells. The texts share one copy of this row's texts.
+    pub fn to_row(&self) -> Row {
+        let n = self.len();
+        let texts_at = 4 + n * (self.end_width() + 1);
+        let texts = Text::from(std::str::from_utf8(&self.0[texts_at..]).unwrap_or_default());
+        let mut start = 0;
+        self.cells()
+            .enumerate()
+            .map(|(i, cell)| match cell {
+                CellRef::Null => Cell::Null,
+                CellRef::Unchanged => Cell::Unchanged,
+                CellRef::Text(_) => {
+                    let end = self.end(i);
+                    let cell = Cell::Text(texts.slice_ref(&texts[start..end]));
+                    start = end;
+                    cell
+                }
+            })
+            .collect()
+    }
+}
+
+impl From<&Row> for PackedRow {
+    fn from(row: &Row) -> PackedRow {
+        PackedRow::pack(row)
+    }
+}
+
+impl Ord for PackedRow {
+    fn cmp(&self, other: &PackedRow) -> Ordering {
+        self.cells().cmp(other.cells())
+    }
+}
+
+impl PartialOrd for PackedRow {
+    fn partial_cmp(&self, other: &PackedRow) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::fmt::Debug for PackedRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.cells()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cell() -> impl Strategy<Value = Cell> {
+        prop_oneof![
+            Just(Cell::Null),
+            Just(Cell::Unchanged),
+            ".{0,12}".prop_map(|s| Cell::text(&s)),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn packing_keeps_every_cell(row in prop::collection::vec(cell(), 0..12)) {
+            let packed = PackedRow::pack(&row);
+            prop_assert_eq!(packed.len(), row.len());
+            prop_assert_eq!(packed.to_row(), row.clone());
+            for (i, c) in row.iter().enumerate() {
+                prop_assert_eq!(packed.cell(i).map(CellRef::to_cell), Some(c.clone()));
+            }
+            prop_assert_eq!(packed.cell(row.len()), None);
+        }
+
+        #[test]
+        fn order_and_equality_are_those_of_the_rows(
+            a in prop::collection::vec(cell(), 0..4),
+            b in prop::collection::vec(cell(), 0..4),
+        ) {
+            let (pa, pb) = (PackedRow::pack(&a), PackedRow::pack(&b));
+            prop_assert_eq!(pa.cmp(&pb), a.cmp(&b));
+            prop_assert_eq!(pa == pb, a == b);
+        }
+    }
+
+    #[test]
+    fn texts_split_at_the_right_places() {
+        // Adjacent texts whose concatenations agree must still differ as rows.
+        let a = PackedRow::pack(&vec![Cell::text("ab"), Cell::text("c")]);
+        let b = PackedRow::pack(&vec![Cell::text("a"), Cell::text("bc")]);
+        assert_ne!(a, b);
+        assert_eq!(a.cell(1), Some(CellRef::Text("c")));
+        assert_eq!(b.cell(0), Some(CellRef::Text("a")));
+        let empty = PackedRow::pack(&[]);
+        assert!(empty.is_empty());
+        assert_eq!(empty.to_row(), Row::new());
+    }
+}
