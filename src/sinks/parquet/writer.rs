@@ -20,8 +20,14 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use arrow_array::RecordBatch;
-use arrow_schema::{DataType, SchemaRef};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    ArrowPrimitiveType, Float32Type, Float64Type, Int32Type, Int64Type, TimestampMicrosecondType,
+    UInt64Type,
+};
+use arrow_array::{Array, RecordBatch};
+use arrow_buffer::ToByteSlice;
+use arrow_schema::{DataType, SchemaRef, TimeUnit};
 use chrono::NaiveDate;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
@@ -278,7 +284,7 @@ impl ColdTableWriter {
             path: path.to_path_buf(),
             source,
         };
-        let props = writer_properties(&self.schema, &self.tenant, &self.table, lsn_lo, lsn_hi)
+        let props = writer_properties(batch, &self.tenant, &self.table, lsn_lo, lsn_hi)
             .map_err(parquet_err)?;
         let file = File::create(path).map_err(|e| ParquetError::io("create", path, e))?;
         let sink = HashingWriter {
@@ -317,11 +323,19 @@ fn check_row(index: usize, row: &ColdRow, lsn_lo: Lsn, lsn_hi: Lsn) -> Result<Ls
     Ok(commit)
 }
 
-/// The Parquet properties of a cold-tier file: zstd level 3, page statistics,
-/// dictionaries only for Utf8 columns, DELTA_BINARY_PACKED for integer and timestamp
-/// columns, BYTE_STREAM_SPLIT for floats, and `helios.*` key-value metadata.
+/// The Parquet properties of a cold-tier file holding `batch`: zstd level 3 except for
+/// uniform columns ([`is_uniform`]), page statistics, dictionaries only for Utf8 columns,
+/// DELTA_BINARY_PACKED for integer and timestamp columns, BYTE_STREAM_SPLIT for floats,
+/// and `helios.*` key-value metadata.
+///
+/// A uniform column (all NULL, or one value throughout: the tenant, a transaction's commit
+/// time, the event of an insert-only batch) encodes to a few bytes that zstd cannot shrink,
+/// while the parquet crate creates a zstd compressor and decompressor for every compressed
+/// column chunk (each probing the CPU with `cpuid`, which traps under virtualisation: 7 %
+/// of a cold-tier catch-up's CPU in `HELIOS_BENCH_PERF` profiles), so it stays
+/// uncompressed.
 pub fn writer_properties(
-    schema: &SchemaRef,
+    batch: &RecordBatch,
     tenant: &str,
     table: &str,
     lsn_lo: Lsn,
@@ -337,8 +351,11 @@ pub fn writer_properties(
             KeyValue::new("helios.lsn_lo".to_string(), lsn_lo.to_string()),
             KeyValue::new("helios.lsn_hi".to_string(), lsn_hi.to_string()),
         ]));
-    for field in schema.fields() {
+    for (field, array) in batch.schema().fields().iter().zip(batch.columns()) {
         let column = ColumnPath::from(field.name().clone());
+        if is_uniform(array.as_ref()) {
+            builder = builder.set_column_compression(column.clone(), Compression::UNCOMPRESSED);
+        }
         builder = match field.data_type() {
             DataType::Utf8 => builder.set_column_dictionary_enabled(column, true),
             DataType::Int32 | DataType::Int64 | DataType::UInt64 | DataType::Timestamp(..) => {
@@ -351,6 +368,46 @@ pub fn writer_properties(
         };
     }
     Ok(builder.build())
+}
+
+/// Whether every value of `array` is NULL, or none is and all are equal (bit for bit).
+/// Types the cold tier does not write count as not uniform.
+pub fn is_uniform(array: &dyn Array) -> bool {
+    fn same<T: PartialEq>(mut values: impl Iterator<Item = T>) -> bool {
+        match values.next() {
+            Some(first) => values.all(|v| v == first),
+            None => true,
+        }
+    }
+    fn primitive<T: ArrowPrimitiveType>(array: &dyn Array) -> bool
+    where
+        T::Native: PartialEq,
+    {
+        array
+            .as_primitive_opt::<T>()
+            .is_some_and(|a| same(a.values().iter().map(|v| v.to_byte_slice())))
+    }
+    if array.null_count() == array.len() {
+        return true;
+    }
+    if array.null_count() > 0 {
+        return false;
+    }
+    match array.data_type() {
+        DataType::Utf8 => array.as_string_opt::<i32>().is_some_and(|a| same(a.iter())),
+        DataType::Boolean => array
+            .as_boolean_opt()
+            .is_some_and(|a| a.true_count() == 0 || a.true_count() == a.len()),
+        DataType::Int32 => primitive::<Int32Type>(array),
+        DataType::Int64 => primitive::<Int64Type>(array),
+        DataType::UInt64 => primitive::<UInt64Type>(array),
+        DataType::Float32 => primitive::<Float32Type>(array),
+        DataType::Float64 => primitive::<Float64Type>(array),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            primitive::<TimestampMicrosecondType>(array)
+        }
+        _ => false,
+    }
 }
 
 /// A file writer that hashes and counts what goes through it.

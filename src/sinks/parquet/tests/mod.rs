@@ -474,10 +474,16 @@ fn writer_properties_and_file_metadata() {
         let name = chunk.column_path().string();
         let field = schema.field_with_name(&name).expect("field");
         let encodings: Vec<Encoding> = chunk.encodings().collect();
-        assert!(
-            matches!(chunk.compression(), Compression::ZSTD(_)),
-            "{name}"
-        );
+        // Only `id` differs between the rows: every other column is uniform (one value
+        // or all NULL) and stays uncompressed.
+        if name == "id" {
+            assert!(
+                matches!(chunk.compression(), Compression::ZSTD(_)),
+                "{name}"
+            );
+        } else {
+            assert_eq!(chunk.compression(), Compression::UNCOMPRESSED, "{name}");
+        }
         assert!(chunk.statistics().is_some(), "{name} has no statistics");
         let dictionary = chunk.dictionary_page_offset().is_some();
         match field.data_type() {
@@ -640,3 +646,22 @@ fn bad_manifests_are_typed_errors_naming_the_file() {
 mod recovery;
 mod round_trip;
 mod values;
+
+#[test]
+fn uniform_columns_are_told_apart() {
+    use crate::sinks::parquet::writer::is_uniform;
+    use arrow_array::{BooleanArray, Float64Array, Int32Array, StringArray, UInt64Array};
+    assert!(is_uniform(&Int32Array::from(vec![7, 7, 7])));
+    assert!(!is_uniform(&Int32Array::from(vec![7, 7, 8])));
+    assert!(is_uniform(&Int32Array::from(vec![None::<i32>, None])));
+    assert!(!is_uniform(&Int32Array::from(vec![Some(7), None])));
+    assert!(is_uniform(&Int32Array::from(Vec::<i32>::new())));
+    assert!(is_uniform(&UInt64Array::from(vec![u64::MAX; 4])));
+    assert!(!is_uniform(&UInt64Array::from(vec![1, 2])));
+    assert!(is_uniform(&StringArray::from(vec!["t1", "t1"])));
+    assert!(!is_uniform(&StringArray::from(vec!["t1", "t2"])));
+    assert!(is_uniform(&BooleanArray::from(vec![false, false])));
+    assert!(!is_uniform(&BooleanArray::from(vec![false, true])));
+    assert!(is_uniform(&Float64Array::from(vec![0.5, 0.5])));
+    assert!(!is_uniform(&Float64Array::from(vec![0.5, -0.5])));
+}
