@@ -264,3 +264,14 @@ fn malformed_rows_are_errors_not_panics() {
     assert_eq!(writer.covered_lsn(), 0);
     assert_clean(&tdir(root.path()));
 }
+
+proptest::proptest! {
+    /// An integer is accepted exactly when printing it back gives the same text.
+    #[test]
+    fn integers_are_accepted_only_in_printed_form(text in "[-+0-9 ]{0,21}") {
+        let printed_i32 = text.parse::<i32>().ok().filter(|v| v.to_string() == text);
+        proptest::prop_assert_eq!(text_to_i32(&text, false).ok(), printed_i32);
+        let printed_i64 = text.parse::<i64>().ok().filter(|v| v.to_string() == text);
+        proptest::prop_assert_eq!(text_to_i64(&text).ok(), printed_i64);
+    }
+}
