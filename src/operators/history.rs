@@ -340,13 +340,23 @@ fn record(
             Err(tombstone) => Edit::Delete(PackedRow::pack(tombstone)),
         };
         let mut new = Some(row.unwrap_or_else(|tombstone| tombstone));
-        for delta in book.apply(packed_key, valid, system, edit) {
+        let mut deltas = book
+            .apply(packed_key, valid, system, edit)
+            .into_iter()
+            .peekable();
+        let mut key = key;
+        while let Some(delta) = deltas.next() {
+            // Every delta is of this key: the last one takes it.
+            let key = match deltas.peek() {
+                Some(_) => key.clone(),
+                None => std::mem::take(&mut key),
+            };
             out.push(HistoryEvent {
                 tenant: tenant.clone(),
                 seq: change.seq,
                 table: change.table.clone(),
                 op,
-                delta: event_delta(delta, &key, valid, &mut new),
+                delta: event_delta(delta, key, valid, &mut new),
             });
         }
     }
@@ -357,7 +367,7 @@ fn record(
 /// the change's own row `new` instead of an unpacked copy, other values unpacked.
 fn event_delta(
     delta: VersionDelta<PackedRow, PackedRow>,
-    key: &Row,
+    key: Row,
     valid: i64,
     new: &mut Option<Row>,
 ) -> VersionDelta<Row, Row> {
@@ -368,7 +378,7 @@ fn event_delta(
                 None => v.value.to_row(),
             };
             VersionDelta::Open(Version {
-                key: key.clone(),
+                key,
                 value,
                 valid_from: v.valid_from,
                 valid_to: v.valid_to,
@@ -386,7 +396,7 @@ fn event_delta(
             tombstone,
             ..
         } => VersionDelta::Close {
-            key: key.clone(),
+            key,
             value: value.to_row(),
             valid_from,
             valid_to,

@@ -51,13 +51,33 @@ impl CellRef<'_> {
 pub struct PackedRow(Arc<[u8]>);
 
 impl PackedRow {
-    /// Packs `cells` (their texts are copied once).
+    /// Packs `cells` (their texts are copied once, into the row's one allocation).
     pub fn pack(cells: &[Cell]) -> PackedRow {
+        thread_local! {
+            /// Where rows are laid out before their buffer is allocated at its size.
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut buf) => {
+                buf.clear();
+                Self::lay_out(cells, &mut buf);
+                PackedRow(Arc::from(&buf[..]))
+            }
+            Err(_) => {
+                let mut buf = Vec::new();
+                Self::lay_out(cells, &mut buf);
+                PackedRow(Arc::from(buf))
+            }
+        })
+    }
+
+    /// Appends the packed form of `cells` to `buf`.
+    fn lay_out(cells: &[Cell], buf: &mut Vec<u8>) {
         let texts: usize = cells.iter().map(|c| c.as_text().map_or(0, str::len)).sum();
         let wide = u32::try_from(texts).is_err() || u32::try_from(cells.len()).is_err();
         let end_width = if wide { 8 } else { 4 };
         let count = cells.len() as u32 & !WIDE;
-        let mut buf = Vec::with_capacity(4 + cells.len() * (end_width + 1) + texts);
+        buf.reserve(4 + cells.len() * (end_width + 1) + texts);
         buf.extend_from_slice(&(count | if wide { WIDE } else { 0 }).to_le_bytes());
         let mut end = 0usize;
         for cell in cells {
@@ -78,7 +98,6 @@ impl PackedRow {
                 buf.extend_from_slice(t.as_bytes());
             }
         }
-        PackedRow(Arc::from(buf))
     }
 
     fn count_word(&self) -> u32 {
