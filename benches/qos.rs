@@ -248,7 +248,7 @@ fn run(
         mode,
         ..PredictorConfig::default()
     });
-    let map = HotnessMap::new(BUCKET_WIDTH as u64);
+    let map = HotnessMap::new(BUCKET_WIDTH as u64, Default::default());
     let limiter = SinkLimiter::new(
         SinkLimits {
             rows_per_sec: Some(SINK_ROWS_PER_SEC),

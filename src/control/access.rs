@@ -254,7 +254,10 @@ impl AccessHub {
             spec_tables: spec.tables.iter().map(|t| t.name.clone()).collect(),
             spec: spec.clone(),
             ledger: Arc::default(),
-            hotness: Arc::new(HotnessMap::new(spec.qos.key_bucket_width)),
+            hotness: Arc::new(HotnessMap::new(
+                spec.qos.key_bucket_width,
+                crate::control::job_runner::tenant_plan(spec, 1).tenant_columns,
+            )),
             width: spec.qos.key_bucket_width,
             window: Duration::from_secs(spec.qos.window_secs),
             predictor: Mutex::new(predictor),

@@ -46,9 +46,9 @@ pub fn render_job<'scope>(
     on_activator: impl FnOnce(DeliveryActivators),
 ) -> StreamVec<'scope, Lsn, ()> {
     let OptionalStages { history, access } = stages;
-    let changes = source.partition_by_tenant(plan);
+    let changes = source.partition_by_tenant(plan.clone());
     let changes = match access {
-        Some((ledger, width)) => changes.observe_access(ledger, width),
+        Some((ledger, width)) => changes.observe_access(ledger, width, plan),
         None => changes,
     };
     let items = match history {

@@ -4,6 +4,11 @@
 //! `key.div_euclid(width)`), so a hot range of ids is one bucket and an access event for a
 //! key range names the buckets it covers. Any other key (text, uuid, composite) is hashed
 //! into [`HASHED_BUCKETS`] buckets with a fixed hash, the same in every process.
+//!
+//! A row's key leaves out the tenant column: the tenant is already part of a bucket's
+//! name, and an access event names a row by its key within the tenant. So the usual
+//! multi-tenant `PRIMARY KEY (tenant_id, id)` is bucketed by `id` ranges, where writes
+//! and access events for the same id meet.
 
 use std::hash::{Hash, Hasher};
 
@@ -61,7 +66,12 @@ pub fn buckets_of_range(low: i64, high: i64, width: u64) -> std::ops::RangeInclu
 }
 
 /// The bucket of the row a change touches (`None` for truncates and unroutable changes).
-pub fn bucket_of_change(change: &TenantChange, width: u64) -> Option<i64> {
+/// `tenant_column` (the table's) is left out of the key unless it is all of it.
+pub fn bucket_of_change(
+    change: &TenantChange,
+    width: u64,
+    tenant_column: Option<&str>,
+) -> Option<i64> {
     let row = match &change.action {
         TenantAction::Upsert { new, .. } => new,
         TenantAction::Delete { old } => old,
@@ -77,8 +87,14 @@ pub fn bucket_of_change(change: &TenantChange, width: u64) -> Option<i64> {
         &table.primary_key
     };
     let cells = |i: &usize| row.get(*i).and_then(Cell::as_text);
+    let not_tenant = |i: &&usize| {
+        tenant_column.is_none_or(|t| table.columns.get(**i).is_none_or(|c| c.name != t))
+    };
+    let within_tenant = key.iter().filter(not_tenant);
     Some(if key.is_empty() {
         bucket_of_key(row.iter().map(Cell::as_text), width)
+    } else if within_tenant.clone().next().is_some() {
+        bucket_of_key(within_tenant.map(cells), width)
     } else {
         bucket_of_key(key.iter().map(cells), width)
     })
@@ -131,6 +147,48 @@ mod tests {
         let composite = bucket_of_key([Some("1"), Some("2")], 1000);
         assert!((0..HASHED_BUCKETS as i64).contains(&composite));
         assert_ne!(bucket_of_key([None], 10), bucket_of_key([Some("")], 10));
+    }
+
+    /// `PRIMARY KEY (tenant_id, id)`: the tenant column is left out, so a write of id 1500
+    /// lands in the id range an access event for key 1500 names; a key that is only the
+    /// tenant column keeps it.
+    #[test]
+    fn the_tenant_column_is_left_out_of_the_key() {
+        use crate::change::{fixtures, Scope};
+        use std::sync::Arc;
+        let change = |pk: &[usize]| TenantChange {
+            scope: Scope::Tenant("7".into()),
+            seq: 0,
+            table: Arc::new(fixtures::table(
+                "orders",
+                &[("tenant_id", "int"), ("id", "bigint")],
+                pk,
+            )),
+            action: TenantAction::Upsert {
+                old: None,
+                new: vec![Cell::text("7"), Cell::text("1500")],
+                insert: true,
+            },
+        };
+        let composite = change(&[0, 1]);
+        assert_eq!(
+            bucket_of_change(&composite, 1000, Some("tenant_id")),
+            Some(1)
+        );
+        assert_eq!(
+            bucket_of_change(&composite, 1000, Some("tenant_id")),
+            Some(bucket_of_key([Some("1500")], 1000))
+        );
+        assert_eq!(
+            bucket_of_change(&composite, 1000, None),
+            Some(bucket_of_key([Some("7"), Some("1500")], 1000)),
+            "without a tenant column the whole key is hashed"
+        );
+        let tenant_only = change(&[0]);
+        assert_eq!(
+            bucket_of_change(&tenant_only, 1000, Some("tenant_id")),
+            Some(0)
+        );
     }
 
     #[test]

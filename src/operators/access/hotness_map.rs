@@ -80,14 +80,18 @@ pub struct HotnessMap {
     current: RwLock<Arc<HotnessSnapshot>>,
     /// Key bucket width of the job (integer keys).
     width: std::sync::atomic::AtomicU64,
+    /// Tenant column per `schema.table`, left out of a row's key ([`bucket_of_change`]).
+    tenant_columns: HashMap<String, String>,
 }
 
 impl HotnessMap {
-    /// An empty map for buckets of `width`.
-    pub fn new(width: u64) -> Self {
+    /// An empty map for buckets of `width` of tables whose tenant columns are
+    /// `tenant_columns` (`schema.table` → column).
+    pub fn new(width: u64, tenant_columns: HashMap<String, String>) -> Self {
         HotnessMap {
             current: RwLock::new(Arc::default()),
             width: width.into(),
+            tenant_columns,
         }
     }
 
@@ -126,7 +130,8 @@ impl HotnessMap {
             let Some(buckets) = tables.get(table_name.as_str()) else {
                 continue;
             };
-            if let Some(b) = bucket_of_change(c, width) {
+            let tenant_column = self.tenant_columns.get(table_name.as_str());
+            if let Some(b) = bucket_of_change(c, width, tenant_column.map(String::as_str)) {
                 if let Some(&h) = buckets.get(&b) {
                     hottest = hottest.max(h);
                 }

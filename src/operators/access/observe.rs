@@ -17,14 +17,17 @@ use super::bucket::bucket_of_change;
 use super::ledger::AccessLedger;
 use super::BucketKey;
 use crate::change::{Lsn, Scope, TableInfo, TenantChange};
+use crate::operators::partition::TenantPlan;
 
 /// The observe operator.
 pub trait ObserveAccess<'scope> {
-    /// Counts every tenant-scoped change into `ledger` (key buckets of `width` keys).
+    /// Counts every tenant-scoped change into `ledger` (key buckets of `width` keys; the
+    /// plan's tenant column of each table is left out of its key).
     fn observe_access(
         self,
         ledger: Arc<AccessLedger>,
         width: u64,
+        plan: Arc<TenantPlan>,
     ) -> StreamVec<'scope, Lsn, TenantChange>;
 }
 
@@ -33,12 +36,13 @@ impl<'scope> ObserveAccess<'scope> for StreamVec<'scope, Lsn, TenantChange> {
         self,
         ledger: Arc<AccessLedger>,
         width: u64,
+        plan: Arc<TenantPlan>,
     ) -> StreamVec<'scope, Lsn, TenantChange> {
         self.unary::<timely::container::CapacityContainerBuilder<Vec<TenantChange>>, _, _, _>(
             Pipeline,
             "ObserveAccess",
             move |_cap, _info| {
-                let mut names = Names::default();
+                let mut names = Names::new(plan);
                 // (tenant, table, bucket) -> count, the names as indices into `names`.
                 let mut counts: HashMap<(u32, u32, i64), f64, foldhash::fast::RandomState> =
                     HashMap::default();
@@ -50,10 +54,13 @@ impl<'scope> ObserveAccess<'scope> for StreamVec<'scope, Lsn, TenantChange> {
                                 let Scope::Tenant(tenant) = &c.scope else {
                                     continue;
                                 };
-                                let Some(bucket) = bucket_of_change(c, width) else {
+                                let table = names.table(&c.table);
+                                let Some(bucket) =
+                                    bucket_of_change(c, width, names.tenant_column(table))
+                                else {
                                     continue;
                                 };
-                                let key = (names.tenant(tenant), names.table(&c.table), bucket);
+                                let key = (names.tenant(tenant), table, bucket);
                                 *counts.entry(key).or_default() += 1.0;
                             }
                             session.give_container(batch);
@@ -80,17 +87,28 @@ const MAX_NAMES: usize = 100_000;
 
 /// The tenant and table names one observe operator has seen, each shared once, so that
 /// counting a change allocates nothing.
-#[derive(Default)]
 struct Names {
+    /// Where the tenant columns come from.
+    plan: Arc<TenantPlan>,
     tenant_index: HashMap<Arc<str>, u32, foldhash::fast::RandomState>,
     tenants: Vec<Arc<str>>,
     /// Table shapes by the address of their `Arc` (held here, so the address is not
-    /// reused while it is a key), with their `schema.table`.
+    /// reused while it is a key), with their `schema.table` and tenant column.
     table_index: HashMap<*const TableInfo, u32, foldhash::fast::RandomState>,
-    tables: Vec<(Arc<TableInfo>, Arc<str>)>,
+    tables: Vec<(Arc<TableInfo>, Arc<str>, Option<String>)>,
 }
 
 impl Names {
+    fn new(plan: Arc<TenantPlan>) -> Names {
+        Names {
+            plan,
+            tenant_index: HashMap::default(),
+            tenants: Vec::new(),
+            table_index: HashMap::default(),
+            tables: Vec::new(),
+        }
+    }
+
     fn tenant(&mut self, tenant: &str) -> u32 {
         if let Some(i) = self.tenant_index.get(tenant) {
             return *i;
@@ -106,11 +124,18 @@ impl Names {
         if let Some(i) = self.table_index.get(&Arc::as_ptr(table)) {
             return *i;
         }
+        let name = table.qualified_name();
+        let tenant_column = self.plan.tenant_columns.get(&name).cloned();
         self.tables
-            .push((table.clone(), Arc::from(table.qualified_name())));
+            .push((table.clone(), Arc::from(name), tenant_column));
         let i = (self.tables.len() - 1) as u32;
         self.table_index.insert(Arc::as_ptr(table), i);
         i
+    }
+
+    /// The tenant column of table `table` (an index from [`Names::table`]).
+    fn tenant_column(&self, table: u32) -> Option<&str> {
+        self.tables[table as usize].2.as_deref()
     }
 
     /// The ledger key of counted indices.
@@ -126,7 +151,7 @@ impl Names {
     /// refer to indices).
     fn trim(&mut self) {
         if self.tenants.len() + self.tables.len() > MAX_NAMES {
-            *self = Names::default();
+            *self = Names::new(self.plan.clone());
         }
     }
 }
@@ -141,11 +166,17 @@ mod tests {
     #[test]
     fn counts_writes_per_bucket_and_passes_changes_on() {
         let ledger = Arc::new(AccessLedger::default());
+        // PRIMARY KEY (tenant_id, id): bucketed by id ranges within the tenant.
         let table = Arc::new(fixtures::table(
             "orders",
             &[("id", "bigint"), ("tenant_id", "int")],
-            &[0],
+            &[1, 0],
         ));
+        let plan = Arc::new(TenantPlan {
+            include: crate::control::job_spec::TenantFilter::All,
+            tenant_columns: HashMap::from([("app.orders".to_string(), "tenant_id".to_string())]),
+            peers: 1,
+        });
         let change = |tenant: &str, id: &str| TenantChange {
             scope: Scope::Tenant(tenant.into()),
             seq: 0,
@@ -164,8 +195,12 @@ mod tests {
         ];
         let expected = input.clone();
         let l = ledger.clone();
-        let out =
-            timely::example(move |scope| input.to_stream(scope).observe_access(l, 1000).capture());
+        let out = timely::example(move |scope| {
+            input
+                .to_stream(scope)
+                .observe_access(l, 1000, plan)
+                .capture()
+        });
         let passed: Vec<TenantChange> = out
             .try_iter()
             .flat_map(|e| match e {
