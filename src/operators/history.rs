@@ -105,15 +105,7 @@ impl HistoryBooks {
             books
                 .entry((tenant.to_owned(), table.to_owned()))
                 .or_insert_with(|| Book::new(start))
-                .restore(Version {
-                    key: PackedRow::pack(&version.key),
-                    value: PackedRow::pack(&version.value),
-                    valid_from: version.valid_from,
-                    valid_to: version.valid_to,
-                    system_from: version.system_from,
-                    system_to: version.system_to,
-                    tombstone: version.tombstone,
-                });
+                .restore(version.map(|k| PackedRow::pack(&k), |v| PackedRow::pack(&v)));
         }
     }
 
@@ -371,40 +363,14 @@ fn event_delta(
     valid: i64,
     new: &mut Option<Row>,
 ) -> VersionDelta<Row, Row> {
-    match delta {
-        VersionDelta::Open(v) => {
-            let value = match (v.valid_from == valid).then(|| new.take()).flatten() {
-                Some(row) => row,
-                None => v.value.to_row(),
-            };
-            VersionDelta::Open(Version {
-                key,
-                value,
-                valid_from: v.valid_from,
-                valid_to: v.valid_to,
-                system_from: v.system_from,
-                system_to: v.system_to,
-                tombstone: v.tombstone,
-            })
-        }
-        VersionDelta::Close {
-            value,
-            valid_from,
-            valid_to,
-            system_from,
-            system_to,
-            tombstone,
-            ..
-        } => VersionDelta::Close {
-            key,
-            value: value.to_row(),
-            valid_from,
-            valid_to,
-            system_from,
-            system_to,
-            tombstone,
+    let opened_here = matches!(&delta, VersionDelta::Open(v) if v.valid_from == valid);
+    delta.map(
+        |_| key,
+        |packed| match opened_here.then(|| new.take()).flatten() {
+            Some(row) => row,
+            None => packed.to_row(),
         },
-    }
+    )
 }
 
 /// The history operator.

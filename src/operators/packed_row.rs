@@ -248,8 +248,8 @@ mod tests {
     #[test]
     fn texts_split_at_the_right_places() {
         // Adjacent texts whose concatenations agree must still differ as rows.
-        let a = PackedRow::pack(&vec![Cell::text("ab"), Cell::text("c")]);
-        let b = PackedRow::pack(&vec![Cell::text("a"), Cell::text("bc")]);
+        let a = PackedRow::pack(&[Cell::text("ab"), Cell::text("c")]);
+        let b = PackedRow::pack(&[Cell::text("a"), Cell::text("bc")]);
         assert_ne!(a, b);
         assert_eq!(a.cell(1), Some(CellRef::Text("c")));
         assert_eq!(b.cell(0), Some(CellRef::Text("a")));

@@ -95,6 +95,23 @@ pub struct Version<K, V> {
 }
 
 impl<K, V> Version<K, V> {
+    /// The same version with its key and value converted.
+    pub fn map<K2, V2>(
+        self,
+        key: impl FnOnce(K) -> K2,
+        value: impl FnOnce(V) -> V2,
+    ) -> Version<K2, V2> {
+        Version {
+            key: key(self.key),
+            value: value(self.value),
+            valid_from: self.valid_from,
+            valid_to: self.valid_to,
+            system_from: self.system_from,
+            system_to: self.system_to,
+            tombstone: self.tombstone,
+        }
+    }
+
     /// Whether this version's intervals contain system point `system` and valid time
     /// `valid` (a tombstone then hides the row).
     pub fn visible_at(&self, system: SystemPoint, valid: i64) -> bool {
@@ -193,6 +210,36 @@ impl Lattice for Bt {
         Bt {
             sys: self.sys.min(other.sys),
             valid: self.valid.min(other.valid),
+        }
+    }
+}
+
+impl<K, V> VersionDelta<K, V> {
+    /// The same delta with its key and value converted.
+    pub fn map<K2, V2>(
+        self,
+        key: impl FnOnce(K) -> K2,
+        value: impl FnOnce(V) -> V2,
+    ) -> VersionDelta<K2, V2> {
+        match self {
+            VersionDelta::Open(v) => VersionDelta::Open(v.map(key, value)),
+            VersionDelta::Close {
+                key: k,
+                value: v,
+                valid_from,
+                valid_to,
+                system_from,
+                system_to,
+                tombstone,
+            } => VersionDelta::Close {
+                key: key(k),
+                value: value(v),
+                valid_from,
+                valid_to,
+                system_from,
+                system_to,
+                tombstone,
+            },
         }
     }
 }
