@@ -1,0 +1,184 @@
+//! Round trip of one small target transaction, the unit of our apply at low rates: 10 rows
+//! into a table with the lag bench's `BEFORE INSERT` trigger plus the checkpoint upsert,
+//! sent as our sink sends it (a pipeline: `BEGIN`, a prepared multi-row insert, the
+//! prepared checkpoint upsert, `COMMIT`, one round trip) and as one simple-query string.
+//! Each shape runs back to back and with 2 ms of idle time before each transaction (the
+//! gap between transactions at 5k rows/s of 10-row transactions), in blocks of 200 taking
+//! turns so they share the machine's noise. The idle runs show what a wake-up of an idle process costs on this
+//! machine, which is what separates our lag from the subscription's at low rates.
+//!
+//! Run: `cargo bench --bench round_trip` (`HELIOS_BENCH_ROUNDS`, default 4000 per case).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use helios_repl::embedded::pg_cluster::PgCluster;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement};
+
+const SCHEMA: &str = "
+CREATE TABLE l (tenant_id int, id bigint, amount numeric(12,2), note text,
+    created_at timestamptz, applied_at timestamptz, PRIMARY KEY (tenant_id, id));
+CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS
+    $$ BEGIN NEW.applied_at := clock_timestamp(); RETURN NEW; END $$;
+CREATE TRIGGER stamp BEFORE INSERT ON l FOR EACH ROW EXECUTE FUNCTION stamp();
+CREATE TABLE ck (job text, scope text, commit_lsn pg_lsn, updated_at timestamptz,
+    PRIMARY KEY (job, scope));";
+const INSERT: &str = "INSERT INTO l (tenant_id, id, amount, note, created_at)
+    SELECT a::int, b::bigint, c::numeric, d, e::timestamptz
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS u(a, b, c, d, e)";
+const CHECKPOINT: &str = "INSERT INTO ck (job, scope, commit_lsn, updated_at)
+    SELECT $1, s, l::pg_lsn, now() FROM unnest($2::text[], $3::text[]) AS u(s, l)
+    ON CONFLICT (job, scope) DO UPDATE
+    SET commit_lsn = greatest(ck.commit_lsn, EXCLUDED.commit_lsn), updated_at = now()";
+const ROWS: i64 = 10;
+const IDLE: Duration = Duration::from_millis(2);
+/// Transactions of one case in a row.
+const BLOCK: usize = 200;
+
+/// One transaction's rows as text columns.
+struct Rows {
+    columns: [Vec<String>; 5],
+    lsn: String,
+}
+
+impl Rows {
+    fn new(first_id: i64) -> Rows {
+        let ids: Vec<i64> = (first_id..first_id + ROWS).collect();
+        let text = |f: &dyn Fn(i64) -> String| ids.iter().map(|&i| f(i)).collect::<Vec<_>>();
+        Rows {
+            columns: [
+                text(&|i| (i % 50).to_string()),
+                text(&|i| i.to_string()),
+                text(&|i| format!("{i}.25")),
+                text(&|i| format!("note {i} for a tenant row")),
+                text(&|_| "2026-12-04 10:00:00+00".to_string()),
+            ],
+            lsn: format!("0/{first_id:X}"),
+        }
+    }
+
+    /// The same transaction as one simple-query string.
+    fn as_simple_query(&self) -> String {
+        let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
+        let [tenants, ids, amounts, notes, ats] = &self.columns;
+        let values: Vec<String> = (0..tenants.len())
+            .map(|i| {
+                format!(
+                    "({}::int, {}::bigint, {}::numeric, {}, {}::timestamptz)",
+                    quote(&tenants[i]),
+                    quote(&ids[i]),
+                    quote(&amounts[i]),
+                    quote(&notes[i]),
+                    quote(&ats[i])
+                )
+            })
+            .collect();
+        format!(
+            "BEGIN; INSERT INTO l (tenant_id, id, amount, note, created_at) VALUES {};
+             INSERT INTO ck (job, scope, commit_lsn, updated_at) VALUES ('j', 'w0', {}::pg_lsn, now())
+             ON CONFLICT (job, scope) DO UPDATE
+             SET commit_lsn = greatest(ck.commit_lsn, EXCLUDED.commit_lsn), updated_at = now();
+             COMMIT",
+            values.join(", "),
+            quote(&self.lsn)
+        )
+    }
+}
+
+/// Our sink's shape: four requests written together, answers read afterwards.
+async fn pipelined(
+    client: &Client,
+    insert: &Statement,
+    checkpoint: &Statement,
+    rows: &Rows,
+) -> anyhow::Result<()> {
+    let [a, b, c, d, e] = &rows.columns;
+    let insert_params: [&(dyn ToSql + Sync); 5] = [a, b, c, d, e];
+    let (job, scopes, lsns) = ("j", vec!["w0"], vec![rows.lsn.as_str()]);
+    let checkpoint_params: [&(dyn ToSql + Sync); 3] = [&job, &scopes, &lsns];
+    let (begin, inserted, checkpointed, commit) = tokio::join!(
+        client.batch_execute("BEGIN"),
+        client.execute(insert, &insert_params),
+        client.execute(checkpoint, &checkpoint_params),
+        client.batch_execute("COMMIT"),
+    );
+    begin?;
+    inserted?;
+    checkpointed?;
+    commit?;
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p) as usize]
+}
+
+fn main() -> anyhow::Result<()> {
+    let rounds: usize = std::env::var("HELIOS_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let dir = tempfile::tempdir()?;
+        let cluster = PgCluster::start(&dir.path().join("pg"))?;
+        cluster.create_database("rt")?;
+        cluster.psql("rt", SCHEMA)?;
+        let (client, connection) =
+            tokio_postgres::connect(&cluster.dsn("rt"), tokio_postgres::NoTls)
+                .await
+                .context("connecting")?;
+        tokio::spawn(connection);
+        let insert = client.prepare(INSERT).await?;
+        let checkpoint = client.prepare(CHECKPOINT).await?;
+        // (shape, idle before each) -> microseconds per transaction.
+        let cases = [
+            ("pipelined", false),
+            ("one simple query", false),
+            ("pipelined", true),
+            ("one simple query", true),
+        ];
+        let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); cases.len()];
+        let mut next_id = 0;
+        // Blocks of BLOCK rounds per case, the cases in turn: back-to-back rounds stay
+        // back to back, and every case sees the machine's noise of the whole run.
+        for _ in 0..rounds.div_ceil(BLOCK) {
+            for (case, &(shape, idle)) in cases.iter().enumerate() {
+                for _ in 0..BLOCK {
+                    let rows = Rows::new(next_id);
+                    next_id += ROWS;
+                    if idle {
+                        tokio::time::sleep(IDLE).await;
+                    }
+                    let started = Instant::now();
+                    match shape {
+                        "pipelined" => pipelined(&client, &insert, &checkpoint, &rows).await?,
+                        _ => client.batch_execute(&rows.as_simple_query()).await?,
+                    }
+                    times[case].push(started.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+        }
+        println!("| shape | before each | transactions | P50 µs | P99 µs |");
+        println!("|---|---|---:|---:|---:|");
+        for ((shape, idle), mut t) in cases.into_iter().zip(times) {
+            t.sort_by(f64::total_cmp);
+            println!(
+                "| {shape} | {} | {} | {:.0} | {:.0} |",
+                if idle {
+                    "2 ms idle"
+                } else {
+                    "nothing (back to back)"
+                },
+                t.len(),
+                percentile(&t, 0.5),
+                percentile(&t, 0.99)
+            );
+        }
+        anyhow::Ok(())
+    })
+}
