@@ -120,11 +120,12 @@ struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    fn new(table: Arc<TableInfo>, fresh_inserts: bool) -> Run<'a> {
+    /// A run of `table`'s changes, room for `keys` keys.
+    fn new(table: Arc<TableInfo>, fresh_inserts: bool, keys: usize) -> Run<'a> {
         Run {
             key_cols: table.key_columns(),
             table,
-            by_key: HashMap::default(),
+            by_key: HashMap::with_capacity_and_hasher(keys, Default::default()),
             appends: Vec::new(),
             fresh_inserts,
             seen: 0,
@@ -198,6 +199,10 @@ pub fn plan_table<'a>(
 ) -> Vec<Step<'a>> {
     let mut steps = Vec::new();
     let mut run: Option<Run<'a>> = None;
+    let changes = changes.into_iter();
+    // Sized once for the whole group (no rehashing as it grows); a later shape starts
+    // small.
+    let mut room = changes.size_hint().0;
     for (lsn, change) in changes {
         let same_shape = run
             .as_ref()
@@ -207,7 +212,11 @@ pub fn plan_table<'a>(
                 r.flush(&mut steps);
             }
             steps.push(Step::SyncShape(change.table.clone()));
-            run = Some(Run::new(change.table.clone(), fresh_inserts));
+            run = Some(Run::new(
+                change.table.clone(),
+                fresh_inserts,
+                std::mem::take(&mut room),
+            ));
         }
         let Some(r) = run.as_mut() else { continue };
         plan_change(r, lsn, change, &mut steps);
