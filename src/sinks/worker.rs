@@ -107,16 +107,18 @@ pub struct SinkPacing {
 /// How long a sink whose writes carry a high fixed cost (the Parquet cold tier: files,
 /// fsyncs and a manifest per table directory) lets pending rows gather before applying
 /// them: it applies once `rows` are pending, once the oldest has waited `wait`, at once
-/// when the channel closes, and early once at least `early_rows` are pending and the
-/// source has sent nothing for [`QUIET`] (the end of a catch-up: no company is coming;
-/// a steady trickle keeps the source busy and its groups full).
+/// when the channel closes, and early once the source has sent nothing for [`QUIET`] with
+/// at least `early_rows` pending, or with any rows pending right after a whole group (the
+/// end of a catch-up: no company is coming; a steady trickle keeps the source busy and its
+/// groups full).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Linger {
     /// Pending rows that are worth a write.
     pub rows: usize,
     /// Longest a pending row waits for others.
     pub wait: Duration,
-    /// Pending rows worth a write once the source is quiet (`usize::MAX`: never early).
+    /// Pending rows worth a write once the source is quiet (`usize::MAX`: never early, not
+    /// even after a whole group).
     pub early_rows: usize,
     /// The job's read-ahead: above this backlog the reader pauses, so a quiet source
     /// then means a waiting reader, not an idle source.
@@ -202,6 +204,9 @@ pub async fn run_sink<S: Sink>(
     let mut large: Option<ApplyBatch> = None;
     // Since when rows have been pending (for the linger).
     let mut pending_since: Option<tokio::time::Instant> = None;
+    // The last group went because a whole group was pending: behind the source, so once
+    // it goes quiet the rest goes too, however few rows (the end of a catch-up).
+    let mut catching_up = false;
     let mut activity = SourceActivity::new(reader.bytes_received.load(Relaxed));
     let receive = |scheduler: &mut Scheduler, large: &mut Option<ApplyBatch>, d: Delivery| match d {
         Delivery::Batch(b) => push(scheduler, b),
@@ -274,7 +279,8 @@ pub async fn run_sink<S: Sink>(
             let since = *pending_since.get_or_insert_with(tokio::time::Instant::now);
             let left = linger.wait.saturating_sub(since.elapsed());
             let pending = scheduler.pending_rows();
-            let source_done = pending >= linger.early_rows
+            let early = linger.early_rows != usize::MAX;
+            let source_done = (pending >= linger.early_rows || catching_up && early)
                 && pacing.backlog.load(Relaxed) <= linger.read_ahead
                 && activity.quiet_for(reader.bytes_received.load(Relaxed)) >= QUIET;
             if open && pending < linger.rows && !left.is_zero() && !source_done {
@@ -288,6 +294,7 @@ pub async fn run_sink<S: Sink>(
                 }
                 continue;
             }
+            catching_up = pending >= linger.rows;
         }
         let now = pg_now_micros();
         let sink_wait = limiter.sink_wait_micros(now);
@@ -694,6 +701,34 @@ mod tests {
         assert_eq!(sink.seen(), [6]);
         tokio::time::sleep_until(start + wait + Duration::from_millis(10)).await;
         assert_eq!(sink.seen(), [6, 2]);
+        sink.finish().await;
+    }
+
+    /// After a whole group (a catch-up), a quiet source ends the linger of the rest however
+    /// few rows it is; once a write was not a whole group, few rows linger again.
+    #[tokio::test(start_paused = true)]
+    async fn the_rest_of_a_catch_up_goes_once_the_source_is_quiet() {
+        let wait = Duration::from_millis(1000);
+        let linger = Linger {
+            rows: 10,
+            wait,
+            early_rows: 5,
+            read_ahead: 1000,
+        };
+        let sink = Lingering::start(linger, Duration::ZERO, Arc::default());
+        let start = tokio::time::Instant::now();
+        sink.send(1, 12).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        sink.send(2, 2).await;
+        tokio::time::sleep_until(start + QUIET * 3).await;
+        assert_eq!(sink.seen(), [12, 2], "the rest of the catch-up lingered");
+        // Not after a whole group: two rows wait the whole linger.
+        let start = tokio::time::Instant::now();
+        sink.send(3, 2).await;
+        tokio::time::sleep_until(start + wait - Duration::from_millis(10)).await;
+        assert_eq!(sink.seen(), [12, 2]);
+        tokio::time::sleep_until(start + wait + Duration::from_millis(10)).await;
+        assert_eq!(sink.seen(), [12, 2, 2]);
         sink.finish().await;
     }
 
