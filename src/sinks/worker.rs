@@ -636,6 +636,28 @@ mod tests {
         }
     }
 
+    /// A linger of `rows` and 1 s that ends early with 5 rows pending and a quiet source.
+    fn early_linger(rows: usize) -> Linger {
+        Linger {
+            rows,
+            wait: Duration::from_secs(1),
+            early_rows: 5,
+            read_ahead: 1000,
+        }
+    }
+
+    /// Sends 2 rows at `lsn` and checks they wait the whole linger: `before` is what the
+    /// sink applied until then.
+    async fn two_rows_wait_the_whole_linger(sink: &Lingering, lsn: Lsn, before: &[usize]) {
+        let wait = Duration::from_secs(1);
+        let start = tokio::time::Instant::now();
+        sink.send(lsn, 2).await;
+        tokio::time::sleep_until(start + wait - Duration::from_millis(10)).await;
+        assert_eq!(sink.seen(), before);
+        tokio::time::sleep_until(start + wait + Duration::from_millis(10)).await;
+        assert_eq!(sink.seen(), [before, &[2]].concat());
+    }
+
     /// Small transactions wait for company up to the linger's time, enough rows go at
     /// once, and a closing channel flushes what is pending without waiting.
     #[tokio::test(start_paused = true)]
@@ -664,13 +686,7 @@ mod tests {
     /// pending; while the source keeps sending, or with too few rows, it lingers on.
     #[tokio::test(start_paused = true)]
     async fn a_quiet_source_ends_the_linger_of_enough_rows() {
-        let wait = Duration::from_millis(1000);
-        let linger = Linger {
-            rows: 100,
-            wait,
-            early_rows: 5,
-            read_ahead: 1000,
-        };
+        let linger = early_linger(100);
         let reader: Arc<ReaderStats> = Arc::default();
         let busy = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let source = {
@@ -695,12 +711,7 @@ mod tests {
         tokio::time::sleep_until(start + Duration::from_millis(400) + QUIET * 3).await;
         assert_eq!(sink.seen(), [6], "still lingering with the source quiet");
         // Too few rows for an early write: the whole linger.
-        let start = tokio::time::Instant::now();
-        sink.send(2, 2).await;
-        tokio::time::sleep_until(start + wait - Duration::from_millis(10)).await;
-        assert_eq!(sink.seen(), [6]);
-        tokio::time::sleep_until(start + wait + Duration::from_millis(10)).await;
-        assert_eq!(sink.seen(), [6, 2]);
+        two_rows_wait_the_whole_linger(&sink, 2, &[6]).await;
         sink.finish().await;
     }
 
@@ -708,14 +719,7 @@ mod tests {
     /// few rows it is; once a write was not a whole group, few rows linger again.
     #[tokio::test(start_paused = true)]
     async fn the_rest_of_a_catch_up_goes_once_the_source_is_quiet() {
-        let wait = Duration::from_millis(1000);
-        let linger = Linger {
-            rows: 10,
-            wait,
-            early_rows: 5,
-            read_ahead: 1000,
-        };
-        let sink = Lingering::start(linger, Duration::ZERO, Arc::default());
+        let sink = Lingering::start(early_linger(10), Duration::ZERO, Arc::default());
         let start = tokio::time::Instant::now();
         sink.send(1, 12).await;
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -723,12 +727,7 @@ mod tests {
         tokio::time::sleep_until(start + QUIET * 3).await;
         assert_eq!(sink.seen(), [12, 2], "the rest of the catch-up lingered");
         // Not after a whole group: two rows wait the whole linger.
-        let start = tokio::time::Instant::now();
-        sink.send(3, 2).await;
-        tokio::time::sleep_until(start + wait - Duration::from_millis(10)).await;
-        assert_eq!(sink.seen(), [12, 2]);
-        tokio::time::sleep_until(start + wait + Duration::from_millis(10)).await;
-        assert_eq!(sink.seen(), [12, 2, 2]);
+        two_rows_wait_the_whole_linger(&sink, 3, &[12, 2]).await;
         sink.finish().await;
     }
 
