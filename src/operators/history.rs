@@ -296,12 +296,12 @@ fn record(
         .tenant_columns
         .get(&table_name)
         .and_then(|c| change.table.column_index(c));
-    for (tenant, key, valid, value, op) in edits {
+    for (tenant, mut key, valid, value, op) in edits {
         let book = books
             .entry((tenant.clone(), table_name.clone()))
             .or_insert_with(|| Book::new(start));
         let packed_key = PackedRow::pack(&key);
-        let row = match value {
+        let (row, tombstone) = match value {
             Some(mut row) => {
                 if row.contains(&Cell::Unchanged) {
                     if let Some(prev) = book.current(&packed_key, valid) {
@@ -312,7 +312,7 @@ fn record(
                         }
                     }
                 }
-                Ok(row)
+                (row, false)
             }
             None => {
                 // A tombstone records the key and the tenant, so the history table finds
@@ -324,19 +324,19 @@ fn record(
                 if let Some(i) = tenant_index {
                     row[i] = Cell::text(&tenant);
                 }
-                Err(row)
+                (row, true)
             }
         };
-        let edit = match &row {
-            Ok(row) => Edit::Upsert(PackedRow::pack(row)),
-            Err(tombstone) => Edit::Delete(PackedRow::pack(tombstone)),
+        let packed = PackedRow::pack(&row);
+        let edit = match tombstone {
+            false => Edit::Upsert(packed),
+            true => Edit::Delete(packed),
         };
-        let mut new = Some(row.unwrap_or_else(|tombstone| tombstone));
+        let mut new = Some(row);
         let mut deltas = book
             .apply(packed_key, valid, system, edit)
             .into_iter()
             .peekable();
-        let mut key = key;
         while let Some(delta) = deltas.next() {
             // Every delta is of this key: the last one takes it.
             let key = match deltas.peek() {

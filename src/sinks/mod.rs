@@ -58,13 +58,26 @@ pub enum SinkFeed {
     Both,
 }
 
+impl SinkFeed {
+    /// Whether the sink applies the changes.
+    fn takes_changes(self) -> bool {
+        self != SinkFeed::History
+    }
+
+    /// Whether the sink applies the history versions.
+    fn takes_history(self) -> bool {
+        self != SinkFeed::Changes
+    }
+}
+
 impl ApplyBatch {
     /// This batch with only what a sink fed `feed` applies.
     pub fn into_feed(mut self, feed: SinkFeed) -> ApplyBatch {
-        match feed {
-            SinkFeed::Changes => self.history = Vec::new(),
-            SinkFeed::History => self.changes = Vec::new(),
-            SinkFeed::Both => {}
+        if !feed.takes_changes() {
+            self.changes = Vec::new();
+        }
+        if !feed.takes_history() {
+            self.history = Vec::new();
         }
         self
     }
@@ -73,13 +86,13 @@ impl ApplyBatch {
     pub fn copy_for(&self, feed: SinkFeed) -> ApplyBatch {
         ApplyBatch {
             commit_lsn: self.commit_lsn,
-            changes: match feed {
-                SinkFeed::History => Vec::new(),
-                SinkFeed::Changes | SinkFeed::Both => self.changes.clone(),
+            changes: match feed.takes_changes() {
+                true => self.changes.clone(),
+                false => Vec::new(),
             },
-            history: match feed {
-                SinkFeed::Changes => Vec::new(),
-                SinkFeed::History | SinkFeed::Both => self.history.clone(),
+            history: match feed.takes_history() {
+                true => self.history.clone(),
+                false => Vec::new(),
             },
         }
     }

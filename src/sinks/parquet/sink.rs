@@ -7,7 +7,6 @@
 //! crash never writes a row twice; tenants are owned by one worker each, so every table
 //! directory has exactly one writer.
 
-use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -174,12 +173,7 @@ fn by_table_directory(
             continue;
         };
         let key = (first.tenant.as_str(), first.table.qualified_name());
-        match grouped.entry(key) {
-            Entry::Vacant(v) => {
-                v.insert(run);
-            }
-            Entry::Occupied(mut o) => o.get_mut().extend(run),
-        }
+        grouped.entry(key).or_default().extend(run);
     }
     grouped
 }
