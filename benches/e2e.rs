@@ -44,6 +44,9 @@
 //! `created_at`, the same formula for both replicators. Each lag row also gives the rows per
 //! target transaction (distinct `xmin`s); `HELIOS_BENCH_LAG_TIMELINE=1` prints every run's
 //! per-second rows, target transactions and P50/P99/max, to tell stalls from a steady tail.
+//! For ours, a second table splits the lag by stage of the data path per source
+//! transaction (`sinks::latency`: source commit → reader, reader → sink task, reader →
+//! durable), from the job's own stage samples.
 //!
 //! Memory: peak RSS of ours during the catch-up runs and while replicating one transaction
 //! of `HELIOS_BENCH_BIG_TXN_ROWS` rows (default 10,000,000), each in a fresh process. A
@@ -68,6 +71,7 @@ use helios_repl::control::job_runner::{self, Desired, JobStats};
 use helios_repl::control::job_spec::JobSpec;
 use helios_repl::dataflow::host::DataflowHost;
 use helios_repl::embedded::pg_cluster::PgCluster;
+use helios_repl::sinks::latency::LatencyStage;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{ChildStdin, ChildStdout};
 
@@ -157,6 +161,23 @@ fn main() -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------
 // The child: runs one job until told to stop.
 
+/// `stage=P50/P99/max` in ms per data-path stage, as the child answers `latency`.
+fn stage_quantiles(stages: &mut [Vec<f64>]) -> String {
+    LatencyStage::ALL
+        .iter()
+        .map(|s| {
+            let v = &mut stages[s.index()];
+            v.sort_by(f64::total_cmp);
+            let q = |q: f64| {
+                v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+                    .map_or(0.0, |s| s * 1e3)
+            };
+            format!("{}={:.2}/{:.2}/{:.2}", s.as_str(), q(0.5), q(0.99), q(1.0))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Protocol on stdin/stdout: prints `streaming` once the job streams; answers `stats` with
 /// `stats cpu_s=… hwm_kb=… rows=…`; on `stop` (or EOF) stops the job, prints the same
 /// figures as `stopped …` and exits. A failed job prints `failed <reason>`.
@@ -210,9 +231,14 @@ async fn child_main() -> anyhow::Result<()> {
     };
     let mut announced = false;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
+    // Stage durations (seconds) since the last `latency` command, by `LatencyStage::index`.
+    let mut stages: Vec<Vec<f64>> = vec![Vec::new(); LatencyStage::ALL.len()];
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                for (stage, secs) in stats.sinks.iter().flat_map(|s| s.stages.take()) {
+                    stages[stage.index()].push(secs);
+                }
                 let (state, reason) = stats.state();
                 if state == JobState::Streaming && !announced {
                     announced = true;
@@ -226,6 +252,10 @@ async fn child_main() -> anyhow::Result<()> {
             line = line_rx.recv() => {
                 match line.as_deref() {
                     Some("stats") => println!("stats {}", figures(&stats)),
+                    Some("latency") => {
+                        println!("latency {}", stage_quantiles(&mut stages));
+                        stages.iter_mut().for_each(Vec::clear);
+                    }
                     Some(_) => {}
                     None => {}
                 }
@@ -441,6 +471,12 @@ impl JobChild {
             .await?;
         self.stdin.flush().await?;
         Ok(())
+    }
+
+    /// Per-stage latency of the transactions applied since the last call (P50/P99/max ms).
+    async fn latency(&mut self) -> anyhow::Result<String> {
+        self.send("latency").await?;
+        self.expect("latency", Duration::from_secs(30)).await
     }
 
     async fn stats(&mut self) -> anyhow::Result<Figures> {
@@ -686,6 +722,8 @@ struct LagRun {
     cpu_per_m: Option<f64>,
     /// Rows per transaction on the target (distinct `xmin`s of the run's rows).
     rows_per_target_txn: f64,
+    /// Ours: each data-path stage's `P50/P99/max` ms, by `LatencyStage::ALL`.
+    stages: Option<Vec<String>>,
 }
 
 async fn parent_main() -> anyhow::Result<()> {
@@ -1147,6 +1185,21 @@ async fn parent_main() -> anyhow::Result<()> {
     }
     writeln!(
         out,
+        "\nWhere our lag goes, per source transaction (P50 / P99 / max ms; `helios_transaction_stage_seconds`): \
+         source commit → our reader has the commit; reader → the sink task takes it; reader → durable on the target.\n"
+    )?;
+    writeln!(
+        out,
+        "| target rows/s | source → reader | reader → sink | reader → durable |"
+    )?;
+    writeln!(out, "|---:|---|---|---|")?;
+    for r in &lag {
+        if let Some(stages) = &r.stages {
+            writeln!(out, "| {} | {} |", rate_label(r.rate), stages.join(" | "))?;
+        }
+    }
+    writeln!(
+        out,
         "\nMemory of ours (peak RSS, VmHWM of a fresh process per run):\n"
     )?;
     writeln!(out, "| run | rows | seconds | rows/s | peak RSS |")?;
@@ -1308,7 +1361,10 @@ async fn lag_run(
     }
     let mut child = child;
     let before = match child.as_deref_mut() {
-        Some(c) => Some(c.stats().await?),
+        Some(c) => {
+            c.latency().await?;
+            Some(c.stats().await?)
+        }
         None => None,
     };
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
@@ -1396,8 +1452,25 @@ async fn lag_run(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let mut stages = None;
     let cpu_per_m = match (child, before) {
         (Some(c), Some(b)) => {
+            let text = c.latency().await?;
+            println!(
+                "stages of {who} at {} rows/s, P50/P99/max ms: {text}",
+                rate_label(rate)
+            );
+            stages = Some(
+                LatencyStage::ALL
+                    .iter()
+                    .map(|s| {
+                        text.split_whitespace()
+                            .find_map(|p| p.strip_prefix(s.as_str())?.strip_prefix('='))
+                            .unwrap_or("–")
+                            .replace('/', " / ")
+                    })
+                    .collect(),
+            );
             let after = c.stats().await?;
             Some((after.cpu_s - b.cpu_s) / (expected as f64 / 1e6))
         }
@@ -1429,6 +1502,7 @@ async fn lag_run(
         drain_s: drained_at.duration_since(load_end).as_secs_f64(),
         cpu_per_m,
         rows_per_target_txn: row.get(3),
+        stages,
     };
     if std::env::var_os("HELIOS_BENCH_LAG_TIMELINE").is_some() {
         print_lag_timeline(who, target, base, last_id).await?;

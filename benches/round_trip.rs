@@ -2,10 +2,14 @@
 //! into a table with the lag bench's `BEFORE INSERT` trigger plus the checkpoint upsert,
 //! sent as our sink sends it (a pipeline: `BEGIN`, a prepared multi-row insert, the
 //! prepared checkpoint upsert, `COMMIT`, one round trip) and as one simple-query string.
+//! Two more pipelines show what the checkpoint costs: the same with the replication
+//! origin's commit hook (`pg_replication_origin_xact_setup`, how PostgreSQL's own apply
+//! worker records its progress) in place of the checkpoint row, and with no checkpoint.
 //! Each shape runs back to back and with 2 ms of idle time before each transaction (the
 //! gap between transactions at 5k rows/s of 10-row transactions), in blocks of 200 taking
-//! turns so they share the machine's noise. The idle runs show what a wake-up of an idle process costs on this
-//! machine, which is what separates our lag from the subscription's at low rates.
+//! turns so they share the machine's noise. The idle runs show what a wake-up of an idle
+//! process costs on this machine, which is what separates our lag from the subscription's
+//! at low rates.
 //!
 //! Run: `cargo bench --bench round_trip` (`HELIOS_BENCH_ROUNDS`, default 4000 per case).
 
@@ -110,6 +114,44 @@ async fn pipelined(
     Ok(())
 }
 
+/// The pipeline with the replication origin's commit hook instead of the checkpoint row.
+async fn pipelined_origin(
+    client: &Client,
+    insert: &Statement,
+    origin: &Statement,
+    rows: &Rows,
+) -> anyhow::Result<()> {
+    let [a, b, c, d, e] = &rows.columns;
+    let insert_params: [&(dyn ToSql + Sync); 5] = [a, b, c, d, e];
+    let origin_params: [&(dyn ToSql + Sync); 1] = [&rows.lsn];
+    let (begin, inserted, checkpointed, commit) = tokio::join!(
+        client.batch_execute("BEGIN"),
+        client.execute(insert, &insert_params),
+        client.execute(origin, &origin_params),
+        client.batch_execute("COMMIT"),
+    );
+    begin?;
+    inserted?;
+    checkpointed?;
+    commit?;
+    Ok(())
+}
+
+/// The pipeline without any checkpoint.
+async fn pipelined_bare(client: &Client, insert: &Statement, rows: &Rows) -> anyhow::Result<()> {
+    let [a, b, c, d, e] = &rows.columns;
+    let insert_params: [&(dyn ToSql + Sync); 5] = [a, b, c, d, e];
+    let (begin, inserted, commit) = tokio::join!(
+        client.batch_execute("BEGIN"),
+        client.execute(insert, &insert_params),
+        client.batch_execute("COMMIT"),
+    );
+    begin?;
+    inserted?;
+    commit?;
+    Ok(())
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p) as usize]
 }
@@ -135,12 +177,22 @@ fn main() -> anyhow::Result<()> {
         tokio::spawn(connection);
         let insert = client.prepare(INSERT).await?;
         let checkpoint = client.prepare(CHECKPOINT).await?;
+        client
+            .batch_execute("SELECT pg_replication_origin_create('rt'); SELECT pg_replication_origin_session_setup('rt')")
+            .await?;
+        let origin = client
+            .prepare("SELECT pg_replication_origin_xact_setup($1::text::pg_lsn, now())")
+            .await?;
         // (shape, idle before each) -> microseconds per transaction.
         let cases = [
             ("pipelined", false),
             ("one simple query", false),
             ("pipelined", true),
             ("one simple query", true),
+            ("pipelined, origin", false),
+            ("pipelined, origin", true),
+            ("pipelined, bare", false),
+            ("pipelined, bare", true),
         ];
         let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); cases.len()];
         let mut next_id = 0;
@@ -157,6 +209,10 @@ fn main() -> anyhow::Result<()> {
                     let started = Instant::now();
                     match shape {
                         "pipelined" => pipelined(&client, &insert, &checkpoint, &rows).await?,
+                        "pipelined, origin" => {
+                            pipelined_origin(&client, &insert, &origin, &rows).await?
+                        }
+                        "pipelined, bare" => pipelined_bare(&client, &insert, &rows).await?,
                         _ => client.batch_execute(&rows.as_simple_query()).await?,
                     }
                     times[case].push(started.elapsed().as_secs_f64() * 1e6);

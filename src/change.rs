@@ -27,21 +27,41 @@ pub fn parse_lsn(text: &str) -> Option<Lsn> {
 }
 
 /// Commit times (µs since 2000-01-01, as the server counts) of transactions not yet
-/// durable, by commit LSN: the reader records them, sinks look up how old what they just
-/// applied was (per-tenant lag), and they are forgotten once durable.
+/// durable, by commit LSN, with the moment the reader received each commit (same clock):
+/// the reader records them, sinks look up how old what they just applied was (per-tenant
+/// lag, [`crate::sinks::latency`]), and they are forgotten once durable.
 #[derive(Debug, Default)]
-pub struct CommitTimes(std::sync::Mutex<std::collections::BTreeMap<Lsn, i64>>);
+pub struct CommitTimes(std::sync::Mutex<std::collections::BTreeMap<Lsn, CommitSeen>>);
+
+/// When a transaction committed on the source and when the reader received its commit
+/// (µs since 2000-01-01).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitSeen {
+    /// The source's commit time.
+    pub committed: i64,
+    /// This machine's clock when the reader received the commit.
+    pub received: i64,
+}
 
 impl CommitTimes {
-    /// Records a transaction's commit time.
+    /// Records a transaction's commit time, received now.
     pub fn record(&self, lsn: Lsn, micros: i64) {
+        let seen = CommitSeen {
+            committed: micros,
+            received: pg_now_micros(),
+        };
         if let Ok(mut m) = self.0.lock() {
-            m.insert(lsn, micros);
+            m.insert(lsn, seen);
         }
     }
 
     /// The commit time of the transaction at `lsn`, if still known.
     pub fn get(&self, lsn: Lsn) -> Option<i64> {
+        self.seen(lsn).map(|s| s.committed)
+    }
+
+    /// The commit and receipt times of the transaction at `lsn`, if still known.
+    pub fn seen(&self, lsn: Lsn) -> Option<CommitSeen> {
         self.0.lock().ok().and_then(|m| m.get(&lsn).copied())
     }
 

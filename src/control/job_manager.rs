@@ -358,6 +358,9 @@ async fn monitor(
             for seconds in sink.take_apply_seconds() {
                 metrics.apply_batch(kind(i), seconds);
             }
+            for (stage, seconds) in sink.stages.take() {
+                metrics.transaction_stage(kind(i), stage, seconds);
+            }
             for (tenant, p) in sink.tenant_progress() {
                 let seen = seen_counts.entry((i, tenant.clone())).or_default();
                 metrics.rows(&tenant, "upsert", p.upserts.saturating_sub(seen.0));

@@ -16,6 +16,7 @@
 //! | `helios_bytes_sent_total` | counter | `job`, `sink` |
 //! | `helios_sink_errors_total` | counter | `job`, `sink` |
 //! | `helios_apply_batch_seconds` | histogram | `job`, `sink` |
+//! | `helios_transaction_stage_seconds` | histogram | `job`, `sink`, `stage` |
 //! | `helios_source_confirmed_lsn` | gauge | `job` |
 //! | `helios_job_state` | gauge | `job`, `state` |
 //! | `helios_tenant_predicted_hotness` | gauge | `job`, `tenant` |
@@ -90,6 +91,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::sinks::latency::LatencyStage;
+
 /// Metric names, label names and the fixed label values, in one place.
 pub mod names {
     /// Age of the oldest change not yet durable at the sinks (0 when caught up).
@@ -110,6 +113,9 @@ pub mod names {
     pub const SINK_ERRORS_TOTAL: &str = "helios_sink_errors_total";
     /// Duration of one apply call (one group of batches) per sink.
     pub const APPLY_BATCH_SECONDS: &str = "helios_apply_batch_seconds";
+    /// Per source transaction, how long each stage of the data path took
+    /// (`sinks::latency::LatencyStage`).
+    pub const TRANSACTION_STAGE_SECONDS: &str = "helios_transaction_stage_seconds";
     /// Position confirmed to the source, as a number.
     pub const SOURCE_CONFIRMED_LSN: &str = "helios_source_confirmed_lsn";
     /// 1 for the job's current state, 0 for the others.
@@ -134,7 +140,7 @@ pub mod names {
     pub const PREDICTORS: [&str; 4] = ["model", "heuristic", "last_window", "round_robin"];
 
     /// Every metric name above.
-    pub const ALL_METRICS: [&str; 17] = [
+    pub const ALL_METRICS: [&str; 18] = [
         REPLICATION_LAG_SECONDS,
         REPLICATION_LAG_BYTES,
         ROWS_REPLICATED_TOTAL,
@@ -143,6 +149,7 @@ pub mod names {
         BYTES_SENT_TOTAL,
         SINK_ERRORS_TOTAL,
         APPLY_BATCH_SECONDS,
+        TRANSACTION_STAGE_SECONDS,
         SOURCE_CONFIRMED_LSN,
         JOB_STATE,
         PREDICTED_HOTNESS,
@@ -162,6 +169,8 @@ pub mod names {
     pub const LABEL_OP: &str = "op";
     /// Label: the sink's kind (`Sink::kind()`).
     pub const LABEL_SINK: &str = "sink";
+    /// Label: a stage of the data path (`sinks::latency::LatencyStage::as_str`).
+    pub const LABEL_STAGE: &str = "stage";
     /// Label: one of [`STATES`].
     pub const LABEL_STATE: &str = "state";
 
@@ -208,9 +217,15 @@ pub fn apply_batch_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.001, 2.0, 16)
 }
 
+/// Upper bounds of `helios_transaction_stage_seconds`: 50 µs doubling to 26.2 s (20
+/// buckets, plus `+Inf`): a caught-up stage takes well under a millisecond.
+pub fn transaction_stage_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.000_05, 2.0, 20)
+}
+
 type GaugeF64 = Gauge<f64, AtomicU64>;
 type GaugeU64 = Gauge<u64, AtomicU64>;
-type HistogramFamily = Family<SinkLabels, Histogram, fn() -> Histogram>;
+type HistogramFamily<L = SinkLabels> = Family<L, Histogram, fn() -> Histogram>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabels {
@@ -237,6 +252,13 @@ struct SinkLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    job: Arc<str>,
+    sink: &'static str,
+    stage: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PredictorLabels {
     job: Arc<str>,
     predictor: &'static str,
@@ -252,6 +274,10 @@ fn new_apply_histogram() -> Histogram {
     Histogram::new(apply_batch_buckets())
 }
 
+fn new_stage_histogram() -> Histogram {
+    Histogram::new(transaction_stage_buckets())
+}
+
 /// The metric families; clones share their series.
 #[derive(Clone, Debug)]
 struct Families {
@@ -263,6 +289,7 @@ struct Families {
     bytes_sent: Family<SinkLabels, Counter>,
     sink_errors: Family<SinkLabels, Counter>,
     apply_batch: HistogramFamily,
+    stages: HistogramFamily<StageLabels>,
     confirmed_lsn: Family<JobLabels, GaugeU64>,
     job_state: Family<StateLabels, Gauge>,
     hotness: Family<TenantLabels, GaugeF64>,
@@ -292,6 +319,7 @@ impl Families {
             bytes_sent: Family::default(),
             sink_errors: Family::default(),
             apply_batch: Family::new_with_constructor(new_apply_histogram),
+            stages: Family::new_with_constructor(new_stage_histogram),
             confirmed_lsn: Family::default(),
             job_state: Family::default(),
             hotness: Family::default(),
@@ -348,6 +376,13 @@ impl Families {
             "Duration of one apply call (a group of source transactions) at the sink",
             Unit::Seconds,
             self.apply_batch.clone(),
+        );
+        r.register_with_unit(
+            stem(TRANSACTION_STAGE_SECONDS, "_seconds"),
+            "Per source transaction, how long each stage of the data path took \
+             (source_to_reader, reader_to_sink, reader_to_durable)",
+            Unit::Seconds,
+            self.stages.clone(),
         );
         r.register(
             SOURCE_CONFIRMED_LSN,
@@ -521,6 +556,8 @@ struct SinkSeries {
     bytes_sent: Counter,
     errors: Counter,
     apply_batch: Histogram,
+    /// By `LatencyStage::index`.
+    stages: Vec<Histogram>,
 }
 
 type Remover = Box<dyn FnOnce() + Send>;
@@ -716,7 +753,18 @@ impl JobMetrics {
                 Some(SinkSeries {
                     bytes_sent: self.create(&self.families.bytes_sent, labels.clone())?,
                     errors: self.create(&self.families.sink_errors, labels.clone())?,
-                    apply_batch: self.create(&self.families.apply_batch, labels)?,
+                    apply_batch: self.create(&self.families.apply_batch, labels.clone())?,
+                    stages: LatencyStage::ALL
+                        .iter()
+                        .map(|s| {
+                            let labels = StageLabels {
+                                job: labels.job.clone(),
+                                sink,
+                                stage: s.as_str(),
+                            };
+                            self.create(&self.families.stages, labels)
+                        })
+                        .collect::<Option<Vec<_>>>()?,
                 })
             },
             f,
@@ -761,6 +809,15 @@ impl JobMetrics {
             return;
         }
         self.with_sink(sink, |s| s.apply_batch.observe(seconds.max(0.0)));
+    }
+
+    /// Records how long one source transaction spent in `stage` on its way to sink
+    /// `sink`. Negative values count as 0; NaN and infinities are ignored.
+    pub fn transaction_stage(&self, sink: &'static str, stage: LatencyStage, seconds: f64) {
+        if !seconds.is_finite() {
+            return;
+        }
+        self.with_sink(sink, |s| s.stages[stage.index()].observe(seconds.max(0.0)));
     }
 
     /// Sets the lag of `tenant` (`None`, or a tenant the job does not list: the job's lag,

@@ -466,6 +466,47 @@ fn counters_and_the_histogram_move() {
 }
 
 #[test]
+fn transaction_stages_are_one_histogram_per_stage() {
+    use crate::sinks::latency::LatencyStage;
+    let reg = MetricsRegistry::new();
+    let m = reg.register_job("j", None);
+    m.transaction_stage("postgres", LatencyStage::ReaderToSink, 0.000_2);
+    m.transaction_stage("postgres", LatencyStage::ReaderToSink, 0.003);
+    m.transaction_stage("postgres", LatencyStage::ReaderToDurable, f64::NAN);
+    m.transaction_stage("postgres", LatencyStage::SourceToReader, -1.0);
+    let e = parse(&reg);
+    let series = |stage: &str, suffix: &str, le: Option<&str>| {
+        let mut labels = vec![
+            (LABEL_JOB, "j"),
+            (LABEL_SINK, "postgres"),
+            (LABEL_STAGE, stage),
+        ];
+        labels.extend(le.map(|le| ("le", le)));
+        e.value(&format!("{TRANSACTION_STAGE_SECONDS}{suffix}"), &labels)
+    };
+    assert_eq!(series("reader_to_sink", "_count", None), Some(2.0));
+    assert_eq!(
+        series("reader_to_sink", "_bucket", Some("0.0001")),
+        Some(0.0)
+    );
+    assert_eq!(
+        series("reader_to_sink", "_bucket", Some("0.0002")),
+        Some(1.0)
+    );
+    assert_eq!(
+        series("reader_to_sink", "_bucket", Some("0.0032")),
+        Some(2.0)
+    );
+    assert_eq!(series("source_to_reader", "_count", None), Some(1.0));
+    assert_eq!(series("source_to_reader", "_sum", None), Some(0.0));
+    assert_eq!(
+        series("reader_to_durable", "_count", None),
+        Some(0.0),
+        "NaN is ignored; the series exists with its sink's others"
+    );
+}
+
+#[test]
 fn gauges_ignore_non_finite_and_clamp_negative_values() {
     let reg = MetricsRegistry::new();
     let m = reg.register_job("j", None);
@@ -751,6 +792,7 @@ fn the_dashboard_parses_and_uses_every_metric() {
         "histogram_quantile(0.5",
         "histogram_quantile(0.99",
         "helios_apply_batch_seconds_bucket",
+        "helios_transaction_stage_seconds_bucket",
         "rate(helios_rows_replicated_total",
     ] {
         assert!(all.contains(needle), "dashboard lacks {needle}");

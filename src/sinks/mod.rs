@@ -13,6 +13,7 @@
 //!   is acknowledged meanwhile; a table the sink cannot apply is put in a visible error
 //!   state by the sink itself, its changes kept, never dropped.
 
+pub mod latency;
 pub mod nats;
 pub mod parquet;
 pub mod pg_apply;

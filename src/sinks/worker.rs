@@ -52,6 +52,8 @@ pub struct SinkStats {
     pub tenants: Mutex<HashMap<String, TenantProgress>>,
     /// Durations of apply calls not yet collected by the metrics (seconds).
     pub apply_seconds: Mutex<Vec<f64>>,
+    /// Per-transaction stage durations not yet collected (see [`crate::sinks::latency`]).
+    pub stages: crate::sinks::latency::StageSamples,
     /// Codec figures of a compressed-stream sink (empty for the others).
     pub compression: Arc<crate::sinks::nats::compression_stats::CompressionStats>,
 }
@@ -191,10 +193,12 @@ pub async fn run_sink<S: Sink>(
     let limiter = pacing.limiter.clone();
     let (max_rows, task) = (pacing.max_rows, pacing.task);
     let push = |scheduler: &mut Scheduler, batch: ApplyBatch| {
-        let born = reader
-            .commit_times
-            .get(batch.commit_lsn)
-            .unwrap_or_else(pg_now_micros);
+        let seen = reader.commit_times.seen(batch.commit_lsn);
+        let now = pg_now_micros();
+        if let Some(seen) = seen {
+            stats.stages.taken(seen, now);
+        }
+        let born = seen.map_or(now, |s| s.committed);
         let hot = (pacing.hotness)(&batch);
         scheduler.push(batch, born, hot);
     };
@@ -460,6 +464,9 @@ async fn stream_large<S: Sink>(
         match sink.apply_large(&mut spill).await {
             Ok(report) => {
                 record(stats, reader, &report, started);
+                if let Some(seen) = reader.commit_times.seen(lsn) {
+                    stats.stages.durable(seen, pg_now_micros());
+                }
                 return Some(lsn);
             }
             Err(err) => retry_after(sink, stats, &err, &mut wait).await,
@@ -496,6 +503,13 @@ async fn apply_group<S: Sink>(
         match sink.apply(group).await {
             Ok(report) => {
                 record(stats, reader, &report, started);
+                let now = pg_now_micros();
+                for seen in group
+                    .iter()
+                    .filter_map(|b| reader.commit_times.seen(b.commit_lsn))
+                {
+                    stats.stages.durable(seen, now);
+                }
                 return;
             }
             Err(err) => retry_after(sink, stats, &err, &mut wait).await,

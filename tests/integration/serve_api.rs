@@ -379,6 +379,20 @@ fn two_jobs_pause_resume_and_delete_with_slot() {
             &["job=\"job_b\"", "tenant=\"4\"", "op=\"upsert\""],
         ) > rows
     });
+    // The streamed rows' transactions were timed stage by stage (the snapshot's are not).
+    wait_for("the transactions' stages in /metrics", WAIT, || {
+        let (_, m) = http(&server.url, "GET", "/metrics", None);
+        ["source_to_reader", "reader_to_sink", "reader_to_durable"]
+            .iter()
+            .all(|stage| {
+                let stage = format!("stage=\"{stage}\"");
+                sample(
+                    &m,
+                    "helios_transaction_stage_seconds_count",
+                    &["job=\"job_b\"", "sink=\"postgres\"", &stage],
+                ) > 0.0
+            })
+    });
     let (_, list) = http(&server.url, "GET", "/v1/jobs", Some(TOKEN));
     let (_, json_out) = server.cli(&["jobs", "list", "--json"]);
     let events = env
