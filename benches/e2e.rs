@@ -55,6 +55,10 @@
 //!
 //! Prints one markdown table and appends it, with date, machine size, commit and
 //! PostgreSQL version, to `benches/results/e2e.md`.
+//!
+//! `HELIOS_BENCH_COLD_EXTRA`: TOML appended to (d)'s Parquet sink (`\n` for a newline),
+//! e.g. `batch_max_rows = 50000\n[qos]\nmax_buffered_rows = 100000` to try other group sizes.
+//!
 //! Profile: `HELIOS_BENCH_PERF=DIR` runs each of our children under `perf record -g`
 //! (`HELIOS_BENCH_PERF_DWARF=1`: `--call-graph dwarf`, full stacks).
 //! Run: `cargo bench --bench e2e` (quick: `HELIOS_BENCH_ROWS=200000 HELIOS_BENCH_LAG_SECS=10
@@ -522,8 +526,8 @@ fn cold_job_spec(name: &str, source_dsn: &str, table: &str, root: &std::path::Pa
     format!(
         "name = \"{name}\"\n[source]\ndsn = \"{source_dsn}\"\npublication = \"{name}\"\nslot = \"{name}\"\n\
          [tenants]\ncolumn = \"tenant_id\"\ninclude = \"all\"\n[[tables]]\nname = \"{table}\"\nhistory = true\n\
-         [[sinks]]\nkind = \"parquet\"\nroot = \"{}\"\n",
-        root.display()
+         [[sinks]]\nkind = \"parquet\"\nroot = \"{}\"\n{}",
+        root.display(), std::env::var("HELIOS_BENCH_COLD_EXTRA").unwrap_or_default().replace("\\n", "\n")
     )
 }
 

@@ -421,7 +421,7 @@ async fn run_job_inner(
         books: stats.books.clone(),
         qos: Arc::new(spec.qos.policy()),
         access: Some(hub.dataflow_side()),
-        max_backlog_rows: spec.qos.max_buffered_rows,
+        max_backlog_rows: spec.read_ahead_rows(),
     });
     let pruner = (spec.history_tables().next().is_some()).then(|| {
         tokio::spawn(prune_hot_window(

@@ -69,7 +69,7 @@ pub const MAX_IDENTIFIER_LEN: usize = 63;
 /// The sink kinds this build knows, as written in `sinks[i].kind`.
 pub const SINK_KINDS: &[&str] = &["postgres", "parquet", "nats"];
 /// Default `batch_max_rows` of a parquet sink (rows per published file group).
-pub const DEFAULT_PARQUET_BATCH_MAX_ROWS: usize = 50_000;
+pub const DEFAULT_PARQUET_BATCH_MAX_ROWS: usize = 100_000;
 /// Default `history.hot_window_secs`.
 pub const DEFAULT_HOT_WINDOW_SECS: u64 = 3600;
 /// Largest accepted `history.hot_window_secs` (30 days).
@@ -258,9 +258,10 @@ impl SinkSpec {
 pub struct ParquetSinkSpec {
     /// Directory of the cold tier (created if missing).
     pub root: String,
-    /// Most rows one published group of files takes, `1..=1_000_000`. Default 50000. The
+    /// Most rows one published group of files takes, `1..=1_000_000`. Default 100000. The
     /// sink waits for this many (or half the job's read-ahead) or for its oldest pending
-    /// row to have waited 1 s before it writes.
+    /// row to have waited 1 s before it writes. Bigger groups make fewer, larger files
+    /// (each costs a file per tenant and table, fsyncs and a manifest update).
     #[serde(default = "default_parquet_batch_max_rows")]
     pub batch_max_rows: usize,
     /// The sink's bandwidth limits.
@@ -526,6 +527,27 @@ impl JobSpec {
             ));
         }
         Ok(())
+    }
+
+    /// Rows the dataflow reads ahead of the sinks: `qos.max_buffered_rows` if set, else
+    /// [`qos::DEFAULT_MAX_BUFFERED_ROWS`] or twice the largest Parquet sink's group if more
+    /// (a Parquet sink writes groups of at most half the read-ahead, so the next group is
+    /// read while one is written).
+    pub fn read_ahead_rows(&self) -> usize {
+        self.qos.max_buffered_rows.unwrap_or_else(|| {
+            let largest_group = self
+                .sinks
+                .iter()
+                .filter_map(|s| match s {
+                    SinkSpec::Parquet(p) => Some(p.batch_max_rows),
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0);
+            largest_group
+                .saturating_mul(2)
+                .clamp(qos::DEFAULT_MAX_BUFFERED_ROWS, qos::MAX_MAX_BUFFERED_ROWS)
+        })
     }
 
     /// The tables that keep bi-temporal history.

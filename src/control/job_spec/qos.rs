@@ -8,7 +8,8 @@
 //! window_secs = 10                 # prediction window
 //! key_bucket_width = 1000          # integer keys: ranges of this width; others hashed
 //! source_stats_poll_secs = 0       # poll pg_stat_user_tables (0: off)
-//! max_buffered_rows = 100000       # rows read ahead of the sinks (the scheduler's horizon)
+//! max_buffered_rows = 100000       # rows read ahead of the sinks (the scheduler's horizon;
+//!                                  # default 100000, or twice the largest Parquet group)
 //! min_share = 0.1                  # share of a saturated sink for tenants past budget
 //! [qos.tenants]
 //! "3" = "premium"
@@ -30,7 +31,8 @@ use crate::sinks::qos::{QosPolicy, Tier, DEFAULT_LAG_BUDGETS, DEFAULT_MIN_SHARE}
 pub const DEFAULT_WINDOW_SECS: u64 = 10;
 /// Default `qos.key_bucket_width`.
 pub const DEFAULT_KEY_BUCKET_WIDTH: u64 = 1000;
-/// Default `qos.max_buffered_rows` (the dataflow's read-ahead).
+/// Least default `qos.max_buffered_rows` (the dataflow's read-ahead; see
+/// `JobSpec::read_ahead_rows`).
 pub const DEFAULT_MAX_BUFFERED_ROWS: usize = 100_000;
 /// Largest accepted `qos.max_buffered_rows`.
 pub const MAX_MAX_BUFFERED_ROWS: usize = 10_000_000;
@@ -111,9 +113,11 @@ pub struct QosSpec {
     /// Seconds between polls of the source's `pg_stat_user_tables` (0: no polling).
     #[serde(default)]
     pub source_stats_poll_secs: u64,
-    /// Rows read ahead of the sinks, `1000..=10_000_000`. Default 100000.
-    #[serde(default = "default_max_buffered_rows")]
-    pub max_buffered_rows: usize,
+    /// Rows read ahead of the sinks, `1000..=10_000_000`. Default (`None`): 100000, or
+    /// twice the largest Parquet sink's `batch_max_rows` if more, so a cold-tier sink
+    /// writes whole groups while the next one is read (`JobSpec::read_ahead_rows`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_buffered_rows: Option<usize>,
     /// Share of a saturated sink kept for tenants past their lag budget, `0..=0.5`.
     #[serde(default = "default_min_share")]
     pub min_share: f64,
@@ -131,7 +135,7 @@ impl Default for QosSpec {
             window_secs: DEFAULT_WINDOW_SECS,
             key_bucket_width: DEFAULT_KEY_BUCKET_WIDTH,
             source_stats_poll_secs: 0,
-            max_buffered_rows: DEFAULT_MAX_BUFFERED_ROWS,
+            max_buffered_rows: None,
             min_share: DEFAULT_MIN_SHARE,
         }
     }
@@ -142,9 +146,6 @@ fn default_window_secs() -> u64 {
 }
 fn default_key_bucket_width() -> u64 {
     DEFAULT_KEY_BUCKET_WIDTH
-}
-fn default_max_buffered_rows() -> usize {
-    DEFAULT_MAX_BUFFERED_ROWS
 }
 fn default_min_share() -> f64 {
     DEFAULT_MIN_SHARE
@@ -182,14 +183,13 @@ impl QosSpec {
                 ),
             ));
         }
-        if !(1000..=MAX_MAX_BUFFERED_ROWS).contains(&self.max_buffered_rows) {
-            return Err(invalid(
-                "max_buffered_rows",
-                format!(
-                    "must be between 1000 and {MAX_MAX_BUFFERED_ROWS}, got {}",
-                    self.max_buffered_rows
-                ),
-            ));
+        if let Some(rows) = self.max_buffered_rows {
+            if !(1000..=MAX_MAX_BUFFERED_ROWS).contains(&rows) {
+                return Err(invalid(
+                    "max_buffered_rows",
+                    format!("must be between 1000 and {MAX_MAX_BUFFERED_ROWS}, got {rows}"),
+                ));
+            }
         }
         if !(0.0..=0.5).contains(&self.min_share) {
             return Err(invalid(

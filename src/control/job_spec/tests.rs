@@ -514,7 +514,7 @@ fn qos() -> impl Strategy<Value = QosSpec> {
         predictor,
         (1..=3600u64, 1..=1_000_000u64, 0..=3600u64),
         (
-            1000..=10_000_000usize,
+            proptest::option::of(1000..=10_000_000usize),
             prop_oneof![Just(0.0), Just(0.1), Just(0.25), Just(0.5)],
         ),
         (1..=86_400_000u64, 1..=86_400_000u64, 1..=86_400_000u64),
@@ -715,4 +715,39 @@ fn a_nats_sink_cannot_come_first() {
         "kind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"",
     );
     expect_err(&only_nats, "sinks[0].kind");
+}
+
+#[test]
+fn the_read_ahead_defaults_to_twice_the_largest_parquet_group() {
+    let spec = |extra: &str| {
+        let history = valid_with(
+            "name = \"public.orders\"",
+            "name = \"public.orders\"\nhistory = true",
+        );
+        JobSpec::from_toml_str(&format!("{history}{extra}")).expect("valid spec")
+    };
+    let cold = |rows: usize| {
+        format!("[[sinks]]\nkind = \"parquet\"\nroot = \"/c\"\nbatch_max_rows = {rows}\n")
+    };
+    assert_eq!(spec("").qos.max_buffered_rows, None);
+    assert_eq!(spec("").read_ahead_rows(), 100_000, "postgres only");
+    assert_eq!(
+        spec("[[sinks]]\nkind = \"parquet\"\nroot = \"/c\"\n").read_ahead_rows(),
+        2 * DEFAULT_PARQUET_BATCH_MAX_ROWS
+    );
+    assert_eq!(
+        spec(&cold(10)).read_ahead_rows(),
+        100_000,
+        "never below the least default"
+    );
+    assert_eq!(spec(&cold(1_000_000)).read_ahead_rows(), 2_000_000);
+    let set = format!("{}[qos]\nmax_buffered_rows = 5000\n", cold(1_000_000));
+    let explicit = spec(&set);
+    assert_eq!(explicit.read_ahead_rows(), 5000, "a set value wins");
+    let back = JobSpec::from_toml_str(&explicit.to_toml_string()).expect("reads back");
+    assert_eq!(back.qos.max_buffered_rows, Some(5000));
+    assert!(
+        !spec("").to_toml_string().contains("max_buffered_rows"),
+        "an unset read-ahead stays unset"
+    );
 }
