@@ -90,64 +90,32 @@ impl Rows {
     }
 }
 
-/// Our sink's shape: four requests written together, answers read afterwards.
+/// Our sink's shape: the requests written together, answers read afterwards: `BEGIN`, the
+/// insert, the progress statement with its parameters if any (our checkpoint upsert or the
+/// replication origin's commit hook), `COMMIT`.
 async fn pipelined(
     client: &Client,
     insert: &Statement,
-    checkpoint: &Statement,
+    progress: Option<(&Statement, &[&(dyn ToSql + Sync)])>,
     rows: &Rows,
 ) -> anyhow::Result<()> {
     let [a, b, c, d, e] = &rows.columns;
     let insert_params: [&(dyn ToSql + Sync); 5] = [a, b, c, d, e];
-    let (job, scopes, lsns) = ("j", vec!["w0"], vec![rows.lsn.as_str()]);
-    let checkpoint_params: [&(dyn ToSql + Sync); 3] = [&job, &scopes, &lsns];
-    let (begin, inserted, checkpointed, commit) = tokio::join!(
+    // `join!` polls in order, so the requests go out in this order.
+    let (begin, inserted, progressed, commit) = tokio::join!(
         client.batch_execute("BEGIN"),
         client.execute(insert, &insert_params),
-        client.execute(checkpoint, &checkpoint_params),
+        async {
+            match progress {
+                Some((statement, params)) => client.execute(statement, params).await.map(drop),
+                None => Ok(()),
+            }
+        },
         client.batch_execute("COMMIT"),
     );
     begin?;
     inserted?;
-    checkpointed?;
-    commit?;
-    Ok(())
-}
-
-/// The pipeline with the replication origin's commit hook instead of the checkpoint row.
-async fn pipelined_origin(
-    client: &Client,
-    insert: &Statement,
-    origin: &Statement,
-    rows: &Rows,
-) -> anyhow::Result<()> {
-    let [a, b, c, d, e] = &rows.columns;
-    let insert_params: [&(dyn ToSql + Sync); 5] = [a, b, c, d, e];
-    let origin_params: [&(dyn ToSql + Sync); 1] = [&rows.lsn];
-    let (begin, inserted, checkpointed, commit) = tokio::join!(
-        client.batch_execute("BEGIN"),
-        client.execute(insert, &insert_params),
-        client.execute(origin, &origin_params),
-        client.batch_execute("COMMIT"),
-    );
-    begin?;
-    inserted?;
-    checkpointed?;
-    commit?;
-    Ok(())
-}
-
-/// The pipeline without any checkpoint.
-async fn pipelined_bare(client: &Client, insert: &Statement, rows: &Rows) -> anyhow::Result<()> {
-    let [a, b, c, d, e] = &rows.columns;
-    let insert_params: [&(dyn ToSql + Sync); 5] = [a, b, c, d, e];
-    let (begin, inserted, commit) = tokio::join!(
-        client.batch_execute("BEGIN"),
-        client.execute(insert, &insert_params),
-        client.batch_execute("COMMIT"),
-    );
-    begin?;
-    inserted?;
+    progressed?;
     commit?;
     Ok(())
 }
@@ -208,11 +176,17 @@ fn main() -> anyhow::Result<()> {
                     }
                     let started = Instant::now();
                     match shape {
-                        "pipelined" => pipelined(&client, &insert, &checkpoint, &rows).await?,
-                        "pipelined, origin" => {
-                            pipelined_origin(&client, &insert, &origin, &rows).await?
+                        "pipelined" => {
+                            let (job, scopes, lsns) = ("j", vec!["w0"], vec![rows.lsn.as_str()]);
+                            let params: [&(dyn ToSql + Sync); 3] = [&job, &scopes, &lsns];
+                            pipelined(&client, &insert, Some((&checkpoint, &params)), &rows)
+                                .await?
                         }
-                        "pipelined, bare" => pipelined_bare(&client, &insert, &rows).await?,
+                        "pipelined, origin" => {
+                            let params: [&(dyn ToSql + Sync); 1] = [&rows.lsn];
+                            pipelined(&client, &insert, Some((&origin, &params)), &rows).await?
+                        }
+                        "pipelined, bare" => pipelined(&client, &insert, None, &rows).await?,
                         _ => client.batch_execute(&rows.as_simple_query()).await?,
                     }
                     times[case].push(started.elapsed().as_secs_f64() * 1e6);
