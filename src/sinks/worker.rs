@@ -605,6 +605,45 @@ mod tests {
         })
     }
 
+    /// Each applied transaction the reader saw is timed by stage: taken by the task, then
+    /// durable after its apply; a transaction without a known commit is not.
+    #[tokio::test]
+    async fn applied_transactions_are_timed_by_stage() {
+        use crate::sinks::latency::LatencyStage;
+        let reader: Arc<ReaderStats> = Arc::default();
+        let committed = pg_now_micros() - 1_000;
+        reader.commit_times.record(1, committed);
+        reader.commit_times.record(2, committed);
+        let stats: Arc<SinkStats> = Arc::default();
+        let (tx, rx) = mpsc::channel(16);
+        let sink = Recorder(Arc::default(), Duration::from_millis(20));
+        let pacing = SinkPacing::fifo(Arc::default(), 100, 0);
+        let task = tokio::spawn(run_sink(sink, rx, stats.clone(), reader, pacing, |_| {}));
+        for lsn in 1..=3 {
+            tx.send(batch(lsn, 1)).await.unwrap();
+        }
+        drop(tx);
+        task.await.unwrap();
+        let samples = stats.stages.take();
+        let of = |stage| -> Vec<f64> {
+            samples
+                .iter()
+                .filter(|(s, _)| *s == stage)
+                .map(|(_, secs)| *secs)
+                .collect()
+        };
+        let to_reader = of(LatencyStage::SourceToReader);
+        assert_eq!(to_reader.len(), 2, "{samples:?}");
+        assert!(to_reader.iter().all(|&s| s >= 0.001), "{samples:?}");
+        assert_eq!(of(LatencyStage::ReaderToSink).len(), 2, "{samples:?}");
+        let durable = of(LatencyStage::ReaderToDurable);
+        assert_eq!(durable.len(), 2, "{samples:?}");
+        assert!(
+            durable.iter().all(|&s| s >= 0.02),
+            "after a 20-ms apply: {samples:?}"
+        );
+    }
+
     /// A running sink task that lingers as `linger` says, reading the source's activity
     /// from `reader`, and whose applies take `apply_time` each.
     struct Lingering {
