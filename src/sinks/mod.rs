@@ -13,6 +13,7 @@
 //!   is acknowledged meanwhile; a table the sink cannot apply is put in a visible error
 //!   state by the sink itself, its changes kept, never dropped.
 
+pub mod large;
 pub mod latency;
 pub mod nats;
 pub mod parquet;
@@ -25,6 +26,7 @@ pub mod worker;
 use std::future::Future;
 
 use crate::change::{HistoryEvent, Lsn, TenantChange};
+use crate::sinks::large::LiveParts;
 use crate::sinks::spill::SpilledTxn;
 
 /// One source transaction's changes for one worker.
@@ -202,6 +204,25 @@ pub trait Sink: Send + 'static {
                 .read_all()
                 .map_err(|e| SinkError::Definite(e.to_string()))?;
             self.apply(std::slice::from_ref(&whole)).await
+        }
+    }
+
+    /// Applies one large transaction while its parts still arrive ([`LiveParts`]: each
+    /// is spilled before the sink sees it), as a whole, and returns once it is durable.
+    /// On an error the caller takes the rest of the parts into the spill file and retries
+    /// with [`Sink::apply_large`]. The default takes every part first, then calls
+    /// [`Sink::apply_large`]; a sink that writes a transaction in pieces inside one target
+    /// transaction overrides it, so the target works while the rest arrives.
+    fn apply_large_live<F: FnMut(usize) + Send>(
+        &mut self,
+        parts: &mut LiveParts<'_, F>,
+    ) -> impl Future<Output = Result<ApplyReport, SinkError>> + Send {
+        async move {
+            parts
+                .finish()
+                .await
+                .map_err(|e| SinkError::Transient(e.to_string()))?;
+            self.apply_large(parts.spill()).await
         }
     }
 

@@ -5,9 +5,10 @@
 //! appends each part to a [`SpilledTxn`] (an unlinked temporary file: a crash leaves
 //! nothing behind, and the source resends the transaction, since nothing past it was
 //! confirmed) and frees it, so memory stays bounded whatever the transaction's size
-//! (DESIGN.md invariant 5). When the last part arrives the sink applies the whole
-//! transaction in one target transaction, reading it back part by part
-//! ([`SpilledTxn::parts`]); a retry reads it again from the start.
+//! (DESIGN.md invariant 5). A sink that writes in pieces applies each part as it comes
+//! ([`crate::sinks::large::LiveParts`]), after it is spilled; the others, and a retry,
+//! read the whole transaction back part by part ([`SpilledTxn::parts`]) once the last part
+//! arrived, from the start.
 //!
 //! The file holds length-prefixed bincode frames. Table shapes are written once per part
 //! (changes refer to them by index), not once per change.

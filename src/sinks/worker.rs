@@ -7,10 +7,12 @@
 //! past it (DESIGN.md invariant 6); every failure is counted for metrics.
 //!
 //! A transaction the dataflow hands over in parts ([`Delivery::Part`]) is a barrier: the
-//! task first applies everything pending before it, then spills its parts to a local file
-//! as they come ([`SpilledTxn`]), and applies it whole once its last part arrived
-//! ([`Sink::apply_large`]), so its size never shows in memory. It is not held back by the
-//! bandwidth limits (the sink is busy with it alone meanwhile).
+//! task first applies everything pending before it, then hands the sink its parts as they
+//! come, each first spilled to a local file ([`LiveParts`], [`SpilledTxn`]), for one
+//! target transaction ([`Sink::apply_large_live`]); if that fails, it takes the rest into
+//! the file and applies the whole from there ([`Sink::apply_large`]), retrying with
+//! back-off. Its size never shows in memory. It is not held back by the bandwidth limits
+//! (the sink is busy with it alone meanwhile).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -20,6 +22,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::change::{pg_now_micros, Lsn};
+use crate::sinks::large::{LiveParts, PartsStopped};
 use crate::sinks::qos::rate_limit::{Claim, SinkLimiter, SinkLimits};
 use crate::sinks::qos::scheduler::{Group, Scheduler};
 use crate::sinks::qos::QosPolicy;
@@ -180,7 +183,7 @@ pub async fn run_sink<S: Sink>(
     stats: Arc<SinkStats>,
     reader: Arc<crate::cdc::stream::ReaderStats>,
     pacing: SinkPacing,
-    on_durable: impl Fn(Lsn) + Send,
+    on_durable: impl Fn(Lsn) + Send + Sync,
 ) {
     let mut wait = RETRY_INITIAL;
     while let Err(err) = sink.reconnect().await {
@@ -393,11 +396,13 @@ fn take_off_backlog(pacing: &SinkPacing, rows: usize) {
         .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(rows)));
 }
 
-/// Spills a large transaction's parts as they arrive (`first` is the first one), then
-/// applies it whole, retrying with back-off. Returns its commit LSN once durable; `None`
-/// when the channel closed before its last part (the job is stopping: nothing of it was
-/// applied) or the spill file failed (the task stops, so nothing past it is
-/// acknowledged and the source sends it again after a restart).
+/// Applies a large transaction while its parts arrive (`first` is the first one), each
+/// spilled to local disk first ([`LiveParts`]); if that attempt fails, takes the rest into
+/// the spill file and applies it whole from there, retrying with back-off. Returns its
+/// commit LSN once durable; `None` when the channel closed before its last part (the job
+/// is stopping: the attempt's target transaction is rolled back, nothing of it applied),
+/// another transaction arrived inside it, or the spill file failed (the task stops, so
+/// nothing past it is acknowledged and the source sends it again after a restart).
 #[allow(clippy::too_many_arguments)]
 async fn stream_large<S: Sink>(
     sink: &mut S,
@@ -407,47 +412,65 @@ async fn stream_large<S: Sink>(
     reader: &crate::cdc::stream::ReaderStats,
     pacing: &SinkPacing,
     durable_before: Lsn,
-    on_durable: &impl Fn(Lsn),
+    on_durable: &(impl Fn(Lsn) + Sync),
 ) -> Option<Lsn> {
     let lsn = first.commit_lsn;
-    let spill_failed = |e: crate::sinks::spill::SpillError| {
-        stats.errors.fetch_add(1, Relaxed);
-        tracing::error!(sink = sink.kind(), lsn, error = %e, "cannot spill a large transaction to local disk; this sink stops and nothing past it is acknowledged");
+    let kind = sink.kind();
+    let stop = |stopped: PartsStopped| {
+        if !matches!(stopped, PartsStopped::Closed) {
+            stats.errors.fetch_add(1, Relaxed);
+            tracing::error!(sink = kind, lsn, error = %stopped, "large transaction given up; this sink stops and nothing past it is acknowledged");
+        }
+        None
     };
     let mut spill = match SpilledTxn::create(lsn) {
         Ok(s) => s,
-        Err(e) => {
-            spill_failed(e);
-            return None;
+        Err(e) => return stop(e.into()),
+    };
+    // Everything handed over before it was applied first (`drain`).
+    sink.set_watermark(lsn);
+    tracing::info!(
+        lsn,
+        "large transaction arriving in parts; applying it as they come, spilled to local disk"
+    );
+    let started = std::time::Instant::now();
+    let (live, failed) = {
+        let mut parts = LiveParts::new(first, batches, &mut spill, |rows| {
+            take_off_backlog(pacing, rows);
+            // Room in the channel again: let the dataflow hand over the next part.
+            on_durable(durable_before);
+        });
+        let live = sink.apply_large_live(&mut parts).await;
+        let whole = parts.is_complete();
+        if let Err(stopped) = parts.finish().await {
+            return stop(stopped);
+        }
+        match live {
+            Ok(report) if whole => (Some(report), None),
+            Ok(_) => (
+                None,
+                Some(crate::sinks::SinkError::Definite(
+                    "the sink reported a large transaction durable before its last part".into(),
+                )),
+            ),
+            Err(err) => (None, Some(err)),
         }
     };
-    let mut part = first;
-    loop {
-        if let Err(e) = spill.append(&part) {
-            spill_failed(e);
-            return None;
+    let durable = |report: &ApplyReport, started| {
+        record(stats, reader, report, started);
+        if let Some(seen) = reader.commit_times.seen(lsn) {
+            stats.stages.durable(seen, pg_now_micros());
         }
-        take_off_backlog(pacing, part.rows());
-        drop(part);
-        // Room in the channel again: let the dataflow hand over the next part.
-        on_durable(durable_before);
-        match batches.recv().await {
-            Some(Delivery::Part(p)) if p.commit_lsn == lsn => part = p,
-            Some(Delivery::Batch(b)) if b.commit_lsn == lsn => {
-                if let Err(e) = spill.append(&b) {
-                    spill_failed(e);
-                    return None;
-                }
-                take_off_backlog(pacing, b.rows());
-                break;
-            }
-            Some(Delivery::Part(other) | Delivery::Batch(other)) => {
-                stats.errors.fetch_add(1, Relaxed);
-                tracing::error!(lsn, other = other.commit_lsn, "another transaction arrived inside a large one; this sink stops and nothing past it is acknowledged");
-                return None;
-            }
-            None => return None,
-        }
+        Some(lsn)
+    };
+    if let Some(report) = live {
+        tracing::info!(
+            lsn,
+            rows = spill.rows(),
+            parts = spill.part_count(),
+            "large transaction applied as it arrived"
+        );
+        return durable(&report, started);
     }
     tracing::info!(
         lsn,
@@ -456,19 +479,15 @@ async fn stream_large<S: Sink>(
         bytes = spill.bytes(),
         "large transaction spilled to local disk; applying it whole"
     );
-    // Everything handed over before it was applied first (`drain`).
-    sink.set_watermark(lsn);
     let mut wait = RETRY_INITIAL;
+    if let Some(err) = failed {
+        retry_after(sink, stats, &err, &mut wait).await;
+    }
+    sink.set_watermark(lsn);
     loop {
         let started = std::time::Instant::now();
         match sink.apply_large(&mut spill).await {
-            Ok(report) => {
-                record(stats, reader, &report, started);
-                if let Some(seen) = reader.commit_times.seen(lsn) {
-                    stats.stages.durable(seen, pg_now_micros());
-                }
-                return Some(lsn);
-            }
+            Ok(report) => return durable(&report, started),
             Err(err) => retry_after(sink, stats, &err, &mut wait).await,
         }
     }
@@ -642,6 +661,136 @@ mod tests {
             durable.iter().all(|&s| s >= 0.02),
             "after a 20-ms apply: {samples:?}"
         );
+    }
+
+    /// A sink that applies large transactions as they arrive, failing its first live
+    /// attempt after one part when told to; it logs what each call applied.
+    struct LargeRecorder {
+        log: Arc<Mutex<Vec<String>>>,
+        fail_live_once: bool,
+    }
+
+    impl LargeRecorder {
+        fn note(&self, entry: String) {
+            self.log.lock().unwrap().push(entry);
+        }
+    }
+
+    impl Sink for LargeRecorder {
+        fn kind(&self) -> &'static str {
+            "large-recorder"
+        }
+
+        async fn apply(&mut self, batches: &[ApplyBatch]) -> Result<ApplyReport, SinkError> {
+            let rows: usize = batches.iter().map(ApplyBatch::rows).sum();
+            self.note(format!("apply {rows}"));
+            Ok(ApplyReport::default())
+        }
+
+        async fn apply_large(&mut self, txn: &mut SpilledTxn) -> Result<ApplyReport, SinkError> {
+            self.note(format!("from spill {}", txn.read_all().unwrap().rows()));
+            Ok(ApplyReport::default())
+        }
+
+        async fn apply_large_live<F: FnMut(usize) + Send>(
+            &mut self,
+            parts: &mut LiveParts<'_, F>,
+        ) -> Result<ApplyReport, SinkError> {
+            let mut rows = 0;
+            while let Some(part) = parts.next_part().await? {
+                rows += part.rows();
+                if std::mem::take(&mut self.fail_live_once) {
+                    self.note(format!("live failed after {rows}"));
+                    return Err(SinkError::Transient("target went away".into()));
+                }
+            }
+            self.note(format!("live {rows}"));
+            Ok(ApplyReport::default())
+        }
+
+        async fn reconnect(&mut self) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    fn part_of(lsn: Lsn, rows: usize) -> Delivery {
+        match batch(lsn, rows) {
+            Delivery::Batch(b) | Delivery::Part(b) => Delivery::Part(b),
+        }
+    }
+
+    /// Runs a sink task over a large transaction at LSN 5 (parts of 3 and 2 rows, last
+    /// batch 1 row) and a small one at LSN 6; returns the sink's log and the durable
+    /// reports.
+    async fn run_large(fail_live_once: bool) -> (Vec<String>, Vec<Lsn>) {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let durable = Arc::new(Mutex::new(Vec::new()));
+        let sink = LargeRecorder {
+            log: log.clone(),
+            fail_live_once,
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let pacing = SinkPacing::fifo(Arc::default(), 100, 0);
+        let reports = durable.clone();
+        let task = tokio::spawn(run_sink(
+            sink,
+            rx,
+            Arc::default(),
+            Arc::default(),
+            pacing,
+            move |lsn| reports.lock().unwrap().push(lsn),
+        ));
+        for d in [part_of(5, 3), part_of(5, 2), batch(5, 1), batch(6, 1)] {
+            tx.send(d).await.unwrap();
+        }
+        drop(tx);
+        task.await.unwrap();
+        let log = log.lock().unwrap().clone();
+        let durable = durable.lock().unwrap().clone();
+        (log, durable)
+    }
+
+    /// A large transaction is applied as its parts arrive, in one call, then what
+    /// follows it.
+    #[tokio::test(start_paused = true)]
+    async fn a_large_transaction_is_applied_as_it_arrives() {
+        let (log, durable) = run_large(false).await;
+        assert_eq!(log, ["live 6", "apply 1"]);
+        assert!(durable.contains(&5), "{durable:?}");
+    }
+
+    /// A live attempt that fails takes the rest of the parts into the spill file and the
+    /// whole transaction is applied again from it.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_live_attempt_is_retried_from_the_spill_file() {
+        let (log, durable) = run_large(true).await;
+        assert_eq!(log, ["live failed after 3", "from spill 6", "apply 1"]);
+        assert!(durable.contains(&5), "{durable:?}");
+    }
+
+    /// The job stopping before the last part: nothing of the transaction is applied and
+    /// the task ends.
+    #[tokio::test(start_paused = true)]
+    async fn a_large_transaction_cut_short_is_not_applied() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = LargeRecorder {
+            log: log.clone(),
+            fail_live_once: false,
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let pacing = SinkPacing::fifo(Arc::default(), 100, 0);
+        let task = tokio::spawn(run_sink(
+            sink,
+            rx,
+            Arc::default(),
+            Arc::default(),
+            pacing,
+            |_| {},
+        ));
+        tx.send(part_of(5, 3)).await.unwrap();
+        drop(tx);
+        task.await.unwrap();
+        assert!(log.lock().unwrap().is_empty(), "{:?}", log.lock().unwrap());
     }
 
     /// A running sink task that lingers as `linger` says, reading the source's activity

@@ -1,6 +1,7 @@
 //! Transactions much larger than what a worker stashes (`deliver::PART_ROWS`): handed to
-//! the sinks in parts, spilled to local disk, applied whole; with bounded memory, under
-//! SIGKILL, and with a table the target refuses.
+//! the sinks in parts, each spilled to local disk and applied as it comes inside one
+//! target transaction (applied again whole from the spill file if that attempt fails);
+//! with bounded memory, under SIGKILL, and with a table the target refuses.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -111,7 +112,7 @@ fn a_large_transaction_streams_in_bounded_memory_and_lands_whole_per_tenant() {
     let out = repl.output();
     assert!(
         out.contains("large transaction spilled to local disk"),
-        "the transaction went through the spill path:\n{out}"
+        "the live attempt failed on the refused table and the transaction was applied again from its spill file:\n{out}"
     );
     wait_for("the refused table's error state", WAIT, || {
         env.try_on_target("SELECT state FROM helios.table_state WHERE table_name = 'public.notes'")
@@ -156,10 +157,10 @@ fn a_large_transaction_killed_while_spilling_is_applied_once_after_restart() {
     });
     env.on_source(&big_transaction(10_000, 200_000));
     env.on_source("INSERT INTO public.items VALUES (1, 1, 'after the big one', 1) ON CONFLICT (tenant_id, id) DO UPDATE SET v = excluded.v");
-    // Killed once the transaction is spilled, while it is being applied.
-    wait_for("the large transaction to be spilled", WAIT, || {
+    // Killed while the transaction's parts arrive, are spilled and applied.
+    wait_for("the large transaction to arrive in parts", WAIT, || {
         repl.output()
-            .contains("large transaction spilled to local disk")
+            .contains("large transaction arriving in parts")
     });
     repl.kill();
     let mut repl = Replicator::start(&job);

@@ -17,6 +17,7 @@ use tokio_postgres::{Client, Transaction};
 
 use crate::change::{HistoryEvent, Lsn, Scope, TenantAction, TenantChange};
 use crate::operators::partition::{tenant_route, TenantPlan};
+use crate::sinks::large::LiveParts;
 use crate::sinks::pg_apply::execute::{
     apply_steps, dead_letter_all, pipeline, pipelined_write, prepared, run, send_copy,
     ConnectionCache, Counts, Request, Write,
@@ -25,7 +26,7 @@ use crate::sinks::pg_apply::history::{close_versions, ensure_history_shape, inse
 use crate::sinks::pg_apply::plan::{plan_table, Step};
 use crate::sinks::pg_apply::statements::Param;
 use crate::sinks::pg_apply::store::{self, scope_key, sink_error};
-use crate::sinks::spill::SpilledTxn;
+use crate::sinks::spill::{SpillParts, SpilledTxn};
 use crate::sinks::versions::plan_history;
 use crate::sinks::{ApplyBatch, ApplyReport, Sink, SinkError, TenantApplied};
 
@@ -539,8 +540,13 @@ impl PgApplySink {
         txn: &mut SpilledTxn,
     ) -> Result<ApplyReport, SinkError> {
         let mut failing_now: HashMap<String, String> = HashMap::new();
+        let lsn = txn.commit_lsn();
         loop {
-            match self.write_large(client, txn, &failing_now).await {
+            let parts = txn
+                .parts()
+                .map_err(|e| SinkError::Definite(e.to_string()))?;
+            let parts = PartSource::<fn(usize)>::Spilled(parts);
+            match self.write_large(client, lsn, parts, &failing_now).await {
                 Ok(report) => {
                     self.failed_tables.extend(failing_now);
                     return Ok(report);
@@ -550,7 +556,7 @@ impl PgApplySink {
                 {
                     self.cache.shapes.clear();
                     self.cache.history_shapes.clear();
-                    tracing::error!(job = %self.job, table = %table, error = %reason, lsn = txn.commit_lsn(), "table put in error state; its changes in this large transaction are kept in helios.dead_letters");
+                    tracing::error!(job = %self.job, table = %table, error = %reason, lsn, "table put in error state; its changes in this large transaction are kept in helios.dead_letters");
                     failing_now.insert(table, reason);
                 }
                 Err((_, e)) => return Err(e),
@@ -558,15 +564,17 @@ impl PgApplySink {
         }
     }
 
-    async fn write_large(
+    /// Writes a large transaction part by part in one target transaction. An error names
+    /// the table it is tied to, if any (that table is then put in error state and the
+    /// transaction written again, from the spill file).
+    async fn write_large<F: FnMut(usize) + Send>(
         &mut self,
         client: &mut Client,
-        txn: &mut SpilledTxn,
+        lsn: Lsn,
+        mut parts: PartSource<'_, '_, '_, F>,
         failing_now: &HashMap<String, String>,
     ) -> Result<ApplyReport, (Option<String>, SinkError)> {
         let untied = |e: SinkError| (None, e);
-        let spill = |e: crate::sinks::spill::SpillError| (None, SinkError::Definite(e.to_string()));
-        let lsn = txn.commit_lsn();
         let tx = client
             .transaction()
             .await
@@ -579,8 +587,7 @@ impl PgApplySink {
         let mut report = ApplyReport::default();
         let mut checkpoints: HashMap<String, Lsn> = HashMap::new();
         let mut tenants: BTreeMap<String, TenantApplied> = BTreeMap::new();
-        let mut parts = txn.parts().map_err(spill)?;
-        while let Some(part) = parts.next_part().map_err(spill)? {
+        while let Some(part) = parts.next_part().await.map_err(untied)? {
             let work = self.plan_work(std::slice::from_ref(&part));
             report.skipped += work.skipped;
             for (k, v) in work.checkpoints {
@@ -651,6 +658,23 @@ impl Sink for PgApplySink {
         result
     }
 
+    /// One target transaction, written part by part as the parts arrive. Any error ends
+    /// the attempt (a table in error is handled by the retry from the spill file, which
+    /// puts it in error state and keeps its changes as dead letters).
+    async fn apply_large_live<F: FnMut(usize) + Send>(
+        &mut self,
+        parts: &mut LiveParts<'_, F>,
+    ) -> Result<ApplyReport, SinkError> {
+        let mut client = self.take_client()?;
+        let lsn = parts.commit_lsn();
+        let result = self
+            .write_large(&mut client, lsn, PartSource::Live(parts), &HashMap::new())
+            .await
+            .map_err(|(_, e)| e);
+        self.put_back(client, &result);
+        result
+    }
+
     fn set_watermark(&mut self, lsn: Lsn) {
         self.pending_watermark = Some(lsn);
     }
@@ -669,6 +693,24 @@ impl Sink for PgApplySink {
         tracing::debug!(job = %self.job, worker = self.worker, checkpoints = self.checkpoints.len(), "target connected");
         self.client = Some(client);
         Ok(())
+    }
+}
+
+/// Where [`PgApplySink::write_large`] reads a large transaction's parts: its spill file, or
+/// the sink task's channel while they arrive.
+enum PartSource<'s, 'l, 'p, F> {
+    Spilled(SpillParts<'s>),
+    Live(&'l mut LiveParts<'p, F>),
+}
+
+impl<F: FnMut(usize) + Send> PartSource<'_, '_, '_, F> {
+    async fn next_part(&mut self) -> Result<Option<ApplyBatch>, SinkError> {
+        match self {
+            PartSource::Spilled(parts) => parts
+                .next_part()
+                .map_err(|e| SinkError::Definite(e.to_string())),
+            PartSource::Live(parts) => parts.next_part().await,
+        }
     }
 }
 
