@@ -385,6 +385,28 @@ pub(crate) mod fixtures {
         }
     }
 
+    /// A transaction at `lsn` inserting rows `ids` (one `int` column, `id`) of tenant 1
+    /// into `app.t`.
+    pub fn inserts(lsn: Lsn, ids: std::ops::Range<usize>) -> crate::sinks::ApplyBatch {
+        let table = Arc::new(table("t", &[("id", "int")], &[0]));
+        crate::sinks::ApplyBatch {
+            commit_lsn: lsn,
+            changes: ids
+                .map(|i| super::TenantChange {
+                    scope: super::Scope::Tenant("1".into()),
+                    seq: i as u32,
+                    table: table.clone(),
+                    action: super::TenantAction::Upsert {
+                        old: None,
+                        new: vec![super::Cell::Text(i.to_string().into())],
+                        insert: true,
+                    },
+                })
+                .collect(),
+            history: Vec::new(),
+        }
+    }
+
     /// A table `app.<name>` with `(column, type)` pairs and a primary key.
     pub fn table(name: &str, columns: &[(&str, &str)], primary_key: &[usize]) -> TableInfo {
         TableInfo {

@@ -138,26 +138,10 @@ impl<'a, F: FnMut(usize) + Send> LiveParts<'a, F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::change::{fixtures, Cell, Scope, TenantAction, TenantChange};
+    use crate::change::fixtures;
 
     fn part(lsn: Lsn, ids: std::ops::Range<usize>) -> ApplyBatch {
-        let table = std::sync::Arc::new(fixtures::table("t", &[("id", "int")], &[0]));
-        ApplyBatch {
-            commit_lsn: lsn,
-            changes: ids
-                .map(|i| TenantChange {
-                    scope: Scope::Tenant("1".into()),
-                    seq: i as u32,
-                    table: table.clone(),
-                    action: TenantAction::Upsert {
-                        old: None,
-                        new: vec![Cell::Text(i.to_string().into())],
-                        insert: true,
-                    },
-                })
-                .collect(),
-            history: Vec::new(),
-        }
+        fixtures::inserts(lsn, ids)
     }
 
     #[tokio::test]

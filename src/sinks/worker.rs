@@ -577,7 +577,7 @@ mod tests {
 
     use super::*;
     use crate::cdc::stream::ReaderStats;
-    use crate::change::{fixtures, Cell, Scope, TenantAction, TenantChange};
+    use crate::change::fixtures;
     use crate::sinks::{ApplyReport, SinkError};
 
     /// Records the rows of every apply, each taking the given time.
@@ -605,23 +605,7 @@ mod tests {
     }
 
     fn batch(lsn: Lsn, rows: usize) -> Delivery {
-        let table = Arc::new(fixtures::table("t", &[("id", "int")], &[0]));
-        Delivery::Batch(ApplyBatch {
-            commit_lsn: lsn,
-            changes: (0..rows)
-                .map(|i| TenantChange {
-                    scope: Scope::Tenant("1".into()),
-                    seq: i as u32,
-                    table: table.clone(),
-                    action: TenantAction::Upsert {
-                        old: None,
-                        new: vec![Cell::Text(i.to_string().into())],
-                        insert: true,
-                    },
-                })
-                .collect(),
-            history: Vec::new(),
-        })
+        Delivery::Batch(fixtures::inserts(lsn, 0..rows))
     }
 
     /// Each applied transaction the reader saw is timed by stage: taken by the task, then
@@ -714,15 +698,11 @@ mod tests {
     }
 
     fn part_of(lsn: Lsn, rows: usize) -> Delivery {
-        match batch(lsn, rows) {
-            Delivery::Batch(b) | Delivery::Part(b) => Delivery::Part(b),
-        }
+        Delivery::Part(fixtures::inserts(lsn, 0..rows))
     }
 
-    /// Runs a sink task over a large transaction at LSN 5 (parts of 3 and 2 rows, last
-    /// batch 1 row) and a small one at LSN 6; returns the sink's log and the durable
-    /// reports.
-    async fn run_large(fail_live_once: bool) -> (Vec<String>, Vec<Lsn>) {
+    /// Runs a sink task over `deliveries`; returns the sink's log and the durable reports.
+    async fn run_large(deliveries: Vec<Delivery>, fail_live_once: bool) -> (Vec<String>, Vec<Lsn>) {
         let log = Arc::new(Mutex::new(Vec::new()));
         let durable = Arc::new(Mutex::new(Vec::new()));
         let sink = LargeRecorder {
@@ -740,7 +720,7 @@ mod tests {
             pacing,
             move |lsn| reports.lock().unwrap().push(lsn),
         ));
-        for d in [part_of(5, 3), part_of(5, 2), batch(5, 1), batch(6, 1)] {
+        for d in deliveries {
             tx.send(d).await.unwrap();
         }
         drop(tx);
@@ -750,11 +730,17 @@ mod tests {
         (log, durable)
     }
 
+    /// A large transaction at LSN 5 (parts of 3 and 2 rows, last batch 1 row), then a
+    /// small one at LSN 6.
+    fn large_then_small() -> Vec<Delivery> {
+        vec![part_of(5, 3), part_of(5, 2), batch(5, 1), batch(6, 1)]
+    }
+
     /// A large transaction is applied as its parts arrive, in one call, then what
     /// follows it.
     #[tokio::test(start_paused = true)]
     async fn a_large_transaction_is_applied_as_it_arrives() {
-        let (log, durable) = run_large(false).await;
+        let (log, durable) = run_large(large_then_small(), false).await;
         assert_eq!(log, ["live 6", "apply 1"]);
         assert!(durable.contains(&5), "{durable:?}");
     }
@@ -763,7 +749,7 @@ mod tests {
     /// whole transaction is applied again from it.
     #[tokio::test(start_paused = true)]
     async fn a_failed_live_attempt_is_retried_from_the_spill_file() {
-        let (log, durable) = run_large(true).await;
+        let (log, durable) = run_large(large_then_small(), true).await;
         assert_eq!(log, ["live failed after 3", "from spill 6", "apply 1"]);
         assert!(durable.contains(&5), "{durable:?}");
     }
@@ -772,25 +758,9 @@ mod tests {
     /// the task ends.
     #[tokio::test(start_paused = true)]
     async fn a_large_transaction_cut_short_is_not_applied() {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = LargeRecorder {
-            log: log.clone(),
-            fail_live_once: false,
-        };
-        let (tx, rx) = mpsc::channel(16);
-        let pacing = SinkPacing::fifo(Arc::default(), 100, 0);
-        let task = tokio::spawn(run_sink(
-            sink,
-            rx,
-            Arc::default(),
-            Arc::default(),
-            pacing,
-            |_| {},
-        ));
-        tx.send(part_of(5, 3)).await.unwrap();
-        drop(tx);
-        task.await.unwrap();
-        assert!(log.lock().unwrap().is_empty(), "{:?}", log.lock().unwrap());
+        let (log, durable) = run_large(vec![part_of(5, 3)], false).await;
+        assert!(log.is_empty(), "{log:?}");
+        assert!(!durable.contains(&5), "{durable:?}");
     }
 
     /// A running sink task that lingers as `linger` says, reading the source's activity
