@@ -328,9 +328,10 @@ fn record(
             }
         };
         let packed = PackedRow::pack(&row);
-        let edit = match tombstone {
-            false => Edit::Upsert(packed),
-            true => Edit::Delete(packed),
+        let edit = if tombstone {
+            Edit::Delete(packed)
+        } else {
+            Edit::Upsert(packed)
         };
         let mut new = Some(row);
         let mut deltas = book

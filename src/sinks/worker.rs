@@ -434,7 +434,7 @@ async fn stream_large<S: Sink>(
         "large transaction arriving in parts; applying it as they come, spilled to local disk"
     );
     let started = std::time::Instant::now();
-    let (live, failed) = {
+    let live = {
         let mut parts = LiveParts::new(first, batches, &mut spill, |rows| {
             take_off_backlog(pacing, rows);
             // Room in the channel again: let the dataflow hand over the next part.
@@ -446,14 +446,10 @@ async fn stream_large<S: Sink>(
             return stop(stopped);
         }
         match live {
-            Ok(report) if whole => (Some(report), None),
-            Ok(_) => (
-                None,
-                Some(crate::sinks::SinkError::Definite(
-                    "the sink reported a large transaction durable before its last part".into(),
-                )),
-            ),
-            Err(err) => (None, Some(err)),
+            Ok(_) if !whole => Err(crate::sinks::SinkError::Definite(
+                "the sink reported a large transaction durable before its last part".into(),
+            )),
+            other => other,
         }
     };
     let durable = |report: &ApplyReport, started| {
@@ -463,27 +459,28 @@ async fn stream_large<S: Sink>(
         }
         Some(lsn)
     };
-    if let Some(report) = live {
-        tracing::info!(
-            lsn,
-            rows = spill.rows(),
-            parts = spill.part_count(),
-            "large transaction applied as it arrived"
-        );
-        return durable(&report, started);
-    }
-    tracing::info!(
-        lsn,
-        rows = spill.rows(),
-        parts = spill.part_count(),
-        bytes = spill.bytes(),
-        "large transaction spilled to local disk; applying it whole"
-    );
     let mut wait = RETRY_INITIAL;
-    if let Some(err) = failed {
-        retry_after(sink, stats, &err, &mut wait).await;
+    match live {
+        Ok(report) => {
+            tracing::info!(
+                lsn,
+                rows = spill.rows(),
+                parts = spill.part_count(),
+                "large transaction applied as it arrived"
+            );
+            return durable(&report, started);
+        }
+        Err(err) => {
+            tracing::info!(
+                lsn,
+                rows = spill.rows(),
+                parts = spill.part_count(),
+                bytes = spill.bytes(),
+                "large transaction spilled to local disk; applying it whole"
+            );
+            retry_after(sink, stats, &err, &mut wait).await;
+        }
     }
-    sink.set_watermark(lsn);
     loop {
         let started = std::time::Instant::now();
         match sink.apply_large(&mut spill).await {

@@ -33,6 +33,19 @@ fn check_stream_fixture(bytes: &[u8], expected: Streamed) {
     );
 }
 
+/// Asserts a stream-control message's `bytes` are the same message outside and inside a
+/// stream block (it carries no xid prefix there), both ways.
+fn check_control_fixture(bytes: &[u8], expected: PgOutputMessage) {
+    check_fixture(bytes, expected.clone());
+    check_stream_fixture(
+        bytes,
+        Streamed {
+            xid: None,
+            message: expected,
+        },
+    );
+}
+
 fn decode_err(bytes: &[u8]) -> DecodeError {
     match decode(bytes) {
         Ok(msg) => panic!("expected an error, decoded {msg:?}"),

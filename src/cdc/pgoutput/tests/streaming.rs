@@ -15,14 +15,7 @@ fn stream_start_fixtures() {
             xid: 741,
             first_segment,
         });
-        check_fixture(&bytes, expected.clone());
-        check_stream_fixture(
-            &bytes,
-            Streamed {
-                xid: None,
-                message: expected,
-            },
-        );
+        check_control_fixture(&bytes, expected);
     }
 }
 
@@ -43,14 +36,7 @@ fn stream_start_first_segment_only_when_exactly_one() {
 
 #[test]
 fn stream_stop_fixture() {
-    check_fixture(b"E", PgOutputMessage::StreamStop);
-    check_stream_fixture(
-        b"E",
-        Streamed {
-            xid: None,
-            message: PgOutputMessage::StreamStop,
-        },
-    );
+    check_control_fixture(b"E", PgOutputMessage::StreamStop);
 }
 
 #[test]
@@ -70,14 +56,7 @@ fn stream_commit_fixture() {
         end_lsn: 0x0162_3A88,
         commit_time_micros: 0x0002_8A1C_0000_1234,
     });
-    check_fixture(&bytes, expected.clone());
-    check_stream_fixture(
-        &bytes,
-        Streamed {
-            xid: None,
-            message: expected,
-        },
-    );
+    check_control_fixture(&bytes, expected);
 }
 
 #[test]
@@ -101,14 +80,7 @@ fn stream_abort_fixtures() {
         xid: 0xFFFF_FFF0,
         subxid: 0xFFFF_FFF0,
     });
-    check_fixture(&bytes, expected.clone());
-    check_stream_fixture(
-        &bytes,
-        Streamed {
-            xid: None,
-            message: expected,
-        },
-    );
+    check_control_fixture(&bytes, expected);
 }
 
 #[test]
