@@ -29,7 +29,7 @@ pub fn render_frame(frame: &DecodedFrame) -> String {
         .map(|t| t.to_string())
         .unwrap_or_else(|e| format!("(cannot print the rows: {e})"));
     format!(
-        "{} #{} tenant {} table {} LSN {}..{} — {} rows in {} bytes\n{table}\n",
+        "{} #{} tenant {} table {} LSN {}..{} — {} rows in {} bytes{}\n{table}\n",
         frame.subject,
         frame.sequence,
         frame.tenant,
@@ -37,7 +37,10 @@ pub fn render_frame(frame: &DecodedFrame) -> String {
         format_lsn(frame.first_lsn),
         format_lsn(frame.last_lsn),
         frame.batch.num_rows(),
-        frame.frame_bytes
+        frame.frame_bytes,
+        frame.partial_rows.map_or(String::new(), |p| format!(
+            " (its last transaction goes on: {p} of its rows so far)"
+        ))
     )
 }
 

@@ -11,7 +11,7 @@
 use tokio::sync::mpsc;
 
 use crate::change::Lsn;
-use crate::sinks::spill::{SpillError, SpilledTxn};
+use crate::sinks::spill::{SpillError, SpillParts, SpilledTxn};
 use crate::sinks::{ApplyBatch, Delivery, SinkError};
 
 /// Why the parts stopped before the last one: the sink task gives up the transaction
@@ -132,6 +132,28 @@ impl<'a, F: FnMut(usize) + Send> LiveParts<'a, F> {
         (self.after_part)(part.rows());
         self.complete = last;
         Ok(part)
+    }
+}
+
+/// Where a sink that writes a large transaction in pieces reads its parts: the spill
+/// file (a retry, or a sink that waits for the last part), or the sink task's channel
+/// while they arrive.
+pub enum PartSource<'s, 'l, 'p, F> {
+    /// Read back from the spill file, from the first part.
+    Spilled(SpillParts<'s>),
+    /// Received as they arrive (each spilled first).
+    Live(&'l mut LiveParts<'p, F>),
+}
+
+impl<F: FnMut(usize) + Send> PartSource<'_, '_, '_, F> {
+    /// The next part, `None` after the last.
+    pub async fn next_part(&mut self) -> Result<Option<ApplyBatch>, SinkError> {
+        match self {
+            PartSource::Spilled(parts) => parts
+                .next_part()
+                .map_err(|e| SinkError::Definite(e.to_string())),
+            PartSource::Live(parts) => parts.next_part().await,
+        }
     }
 }
 

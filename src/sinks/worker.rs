@@ -430,6 +430,7 @@ async fn stream_large<S: Sink>(
     // Everything handed over before it was applied first (`drain`).
     sink.set_watermark(lsn);
     tracing::info!(
+        sink = kind,
         lsn,
         "large transaction arriving in parts; applying it as they come, spilled to local disk"
     );
@@ -463,6 +464,7 @@ async fn stream_large<S: Sink>(
     match live {
         Ok(report) => {
             tracing::info!(
+                sink = kind,
                 lsn,
                 rows = spill.rows(),
                 parts = spill.part_count(),
@@ -472,6 +474,7 @@ async fn stream_large<S: Sink>(
         }
         Err(err) => {
             tracing::info!(
+                sink = kind,
                 lsn,
                 rows = spill.rows(),
                 parts = spill.part_count(),

@@ -34,7 +34,8 @@ fn big_transaction(first: i64, rows: i64) -> String {
 
 const PER_TENANT: &str = "SELECT tenant_id, count(*), md5(string_agg(id || ':' || v || ':' || n, ',' ORDER BY id)) FROM public.items GROUP BY 1 ORDER BY 1";
 
-fn peak_rss_mib(repl: &Replicator) -> u64 {
+/// Peak RSS (VmHWM) of a running replicator, in MiB (0 when unreadable).
+pub(crate) fn peak_rss_mib(repl: &Replicator) -> u64 {
     let status =
         std::fs::read_to_string(format!("/proc/{}/status", repl.pid())).unwrap_or_default();
     status

@@ -30,16 +30,22 @@ CREATE FUNCTION q.log_delete() RETURNS trigger LANGUAGE plpgsql
 CREATE TRIGGER log_delete AFTER DELETE ON q.orders FOR EACH ROW EXECUTE FUNCTION q.log_delete();";
 
 fn job(env: &Env, nats: &Nats) -> std::path::PathBuf {
+    job_file(env, nats, "stream", 1024)
+}
+
+/// A job `name` on `q.orders` of tenants 1 to 3 with a PostgreSQL sink (it keeps the
+/// job's progress) and a NATS sink of frames of at most `frame_bytes` Arrow bytes.
+fn job_file(env: &Env, nats: &Nats, name: &str, frame_bytes: usize) -> std::path::PathBuf {
     let text = format!(
-        "name = \"stream\"\n[source]\ndsn = \"{}\"\npublication = \"pub_stream\"\nslot = \"slot_stream\"\n\
+        "name = \"{name}\"\n[source]\ndsn = \"{}\"\npublication = \"pub_{name}\"\nslot = \"slot_{name}\"\n\
          [tenants]\ninclude = [1, 2, 3]\n[[tables]]\nname = \"q.orders\"\n\
          [[sinks]]\nkind = \"postgres\"\ndsn = \"{}\"\n\
-         [[sinks]]\nkind = \"nats\"\nurl = \"{}\"\nbatch_max_rows = 200\nbatch_max_bytes = 1024\nkey_frame_every = 4\n",
+         [[sinks]]\nkind = \"nats\"\nurl = \"{}\"\nbatch_max_rows = 200\nbatch_max_bytes = {frame_bytes}\nkey_frame_every = 4\n",
         env.source_dsn(),
         env.target_dsn(),
         nats.url,
     );
-    let path = env.dir.path().join("stream.toml");
+    let path = env.dir.path().join(format!("{name}.toml"));
     std::fs::write(&path, text).expect("job file");
     path
 }
@@ -67,14 +73,14 @@ fn transaction(k: u64) -> String {
     sql + "COMMIT;"
 }
 
-/// Every frame of the stream, from its start.
-fn read_stream(url: &str) -> Vec<DecodedFrame> {
+/// Every frame of job `job`'s stream, from its start.
+fn read_job_stream(url: &str, job: &str) -> Vec<DecodedFrame> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let mut tail = StreamTail::open(url, "HELIOS_stream", "", StartAt::First)
+        let mut tail = StreamTail::open(url, &format!("HELIOS_{job}"), "", StartAt::First)
             .await
             .expect("open the stream");
         let mut frames = Vec::new();
@@ -154,6 +160,56 @@ fn replay(frames: &[DecodedFrame]) -> Replay {
     out
 }
 
+/// Reads job `job`'s stream until it holds as many changes as the source made (the NATS
+/// sink may finish after the PostgreSQL one), and checks that replaying it gives every
+/// insert, update and delete exactly once and rebuilds the source's rows. Returns the
+/// frames.
+fn assert_stream_replays_source(env: &Env, url: &str, job: &str) -> Vec<DecodedFrame> {
+    let source: BTreeMap<(i32, i64), i64> = env
+        .on_source("SELECT tenant_id, id, ver FROM q.orders ORDER BY 1, 2")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: Vec<&str> = l.split('|').map(str::trim).collect();
+            (
+                (v[0].parse().expect("tenant"), v[1].parse().expect("id")),
+                v[2].parse().expect("ver"),
+            )
+        })
+        .collect();
+    let upserts: usize = env
+        .on_source("SELECT last_value FROM q.ver")
+        .trim()
+        .parse()
+        .expect("sequence");
+    let deletes: usize = env
+        .on_source("SELECT count(*) FROM q.deleted")
+        .trim()
+        .parse()
+        .expect("deletes");
+    assert!(
+        deletes > 0 && upserts > source.len(),
+        "the load updated and deleted"
+    );
+    let started = Instant::now();
+    let (frames, got) = loop {
+        let frames = read_job_stream(url, job);
+        let got = replay(&frames);
+        if got.upserts >= upserts && got.deletes >= deletes || started.elapsed() > WAIT {
+            break (frames, got);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(got.duplicate_versions, 0, "no change published twice");
+    assert_eq!(got.upserts, upserts, "every insert and update exactly once");
+    assert_eq!(got.deletes, deletes, "every delete exactly once");
+    assert!(
+        got.rows == source,
+        "replaying the stream rebuilds the source's rows"
+    );
+    frames
+}
+
 #[test]
 fn a_killed_job_streams_every_change_to_nats_exactly_once_in_order() {
     let env = Arc::new(Env::start(ORDERS));
@@ -187,50 +243,7 @@ fn a_killed_job_streams_every_change_to_nats_exactly_once_in_order() {
     writer.join().expect("writer");
     env.wait_converged("SELECT count(*), sum(ver) FROM q.orders", WAIT);
 
-    let source: BTreeMap<(i32, i64), i64> = env
-        .on_source("SELECT tenant_id, id, ver FROM q.orders ORDER BY 1, 2")
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: Vec<&str> = l.split('|').map(str::trim).collect();
-            (
-                (v[0].parse().expect("tenant"), v[1].parse().expect("id")),
-                v[2].parse().expect("ver"),
-            )
-        })
-        .collect();
-    let upserts: usize = env
-        .on_source("SELECT last_value FROM q.ver")
-        .trim()
-        .parse()
-        .expect("sequence");
-    let deletes: usize = env
-        .on_source("SELECT count(*) FROM q.deleted")
-        .trim()
-        .parse()
-        .expect("deletes");
-    assert!(
-        deletes > 0 && upserts > source.len(),
-        "the load updated and deleted"
-    );
-
-    // The NATS sink may finish after the PostgreSQL one: read until the replay matches.
-    let started = Instant::now();
-    let (frames, got) = loop {
-        let frames = read_stream(&nats.url);
-        let got = replay(&frames);
-        if got.upserts >= upserts && got.deletes >= deletes || started.elapsed() > WAIT {
-            break (frames, got);
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    assert_eq!(got.duplicate_versions, 0, "no change published twice");
-    assert_eq!(got.upserts, upserts, "every insert and update exactly once");
-    assert_eq!(got.deletes, deletes, "every delete exactly once");
-    assert!(
-        got.rows == source,
-        "replaying the stream rebuilds the source's rows"
-    );
+    let frames = assert_stream_replays_source(&env, &nats.url, "stream");
     let mut last_of: BTreeMap<&str, u64> = BTreeMap::new();
     let mut split = 0;
     for f in &frames {
@@ -279,6 +292,89 @@ fn a_killed_job_streams_every_change_to_nats_exactly_once_in_order() {
         "{text}"
     );
     assert!(text.contains("_helios_op"), "{text}");
+    assert_eq!(repl.stop().code(), Some(0));
+}
+
+/// A transaction far larger than what a worker holds (`deliver::PART_ROWS`) reaches the
+/// NATS sink in parts, which it publishes as they arrive. The job is killed while they
+/// arrive; after the restart every change is in the stream exactly once, each subject's
+/// frames of the transaction are marked partial up to its last one, and the restarted
+/// process stays within the memory bound however large the transaction.
+#[test]
+fn a_large_transaction_is_published_to_nats_in_parts_exactly_once_across_a_kill() {
+    let env = Env::start(ORDERS);
+    let nats = Nats::start(&env);
+    env.on_source(
+        "INSERT INTO q.orders SELECT 1 + g % 3, 1000000 + g, nextval('q.ver'), 's' FROM generate_series(0, 2999) g",
+    );
+    let job = job_file(&env, &nats, "bigtxn", 64 * 1024);
+    let mut repl = Replicator::start(&job);
+    wait_for("the job to stream", WAIT, || {
+        repl.output().contains("streaming")
+    });
+    env.on_source(&transaction(1));
+    let rows = 400_000;
+    env.on_source(&format!(
+        "BEGIN;
+         INSERT INTO q.orders SELECT 1 + g % 3, 10000000 + g, nextval('q.ver'), repeat('x', 40)
+             FROM generate_series(0, {rows} - 1) g;
+         UPDATE q.orders SET ver = nextval('q.ver'), note = 'big' WHERE id BETWEEN 1000000 AND 1000999;
+         DELETE FROM q.orders WHERE id BETWEEN 1001000 AND 1001499;
+         COMMIT;"
+    ));
+    env.on_source(&transaction(2));
+    wait_for("the large transaction's parts", WAIT, || {
+        repl.output()
+            .contains("large transaction arriving in parts")
+    });
+    repl.kill();
+    let mut repl = Replicator::start(&job);
+    let frames = assert_stream_replays_source(&env, &nats.url, "bigtxn");
+
+    // The large transaction is the one with the most frames on each subject.
+    let mut per_lsn: BTreeMap<(&str, u64), Vec<&DecodedFrame>> = BTreeMap::new();
+    for f in &frames {
+        per_lsn
+            .entry((f.subject.as_str(), f.last_lsn))
+            .or_default()
+            .push(f);
+    }
+    for subject in [
+        "helios.bigtxn.1.q.orders",
+        "helios.bigtxn.2.q.orders",
+        "helios.bigtxn.3.q.orders",
+    ] {
+        let big = per_lsn
+            .iter()
+            .filter(|((s, _), _)| *s == subject)
+            .map(|(_, f)| f)
+            .max_by_key(|f| f.len())
+            .expect("frames of the subject");
+        let (last, leading) = big.split_last().expect("frames");
+        assert!(leading.len() > 1, "{subject}: the transaction spans frames");
+        assert_eq!(last.partial_rows, None, "{subject}: its last frame ends it");
+        let mut so_far = 0;
+        for f in leading {
+            assert_eq!(
+                f.first_lsn, f.last_lsn,
+                "{subject}: only the large transaction"
+            );
+            so_far += f.batch.num_rows();
+            assert_eq!(f.partial_rows, Some(so_far), "{subject}: its rows so far");
+        }
+    }
+    let out = repl.output();
+    assert!(
+        out.lines()
+            .any(|l| l.contains("large transaction applied as it arrived") && l.contains("nats")),
+        "the restarted job published the transaction as its parts arrived:\n{out}"
+    );
+    let peak = crate::large_transactions::peak_rss_mib(&repl);
+    eprintln!("peak RSS after the restart {peak} MiB");
+    assert!(
+        peak > 0 && peak < 256,
+        "peak RSS {peak} MiB while publishing a {rows}-row transaction (bound 256 MiB)"
+    );
     assert_eq!(repl.stop().code(), Some(0));
 }
 

@@ -11,7 +11,9 @@ use arrow_array::RecordBatch;
 use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::DeliverPolicy};
 use futures_util::StreamExt;
 
-use super::subjects::{FIRST_LSN_HEADER, LAST_LSN_HEADER, TABLE_HEADER, TENANT_HEADER};
+use super::subjects::{
+    FIRST_LSN_HEADER, LAST_LSN_HEADER, PARTIAL_ROWS_HEADER, TABLE_HEADER, TENANT_HEADER,
+};
 use crate::change::Lsn;
 use crate::codec::{FrameError, StreamDecoder};
 
@@ -48,6 +50,9 @@ pub struct DecodedFrame {
     pub first_lsn: Lsn,
     /// Commit LSN of its last transaction.
     pub last_lsn: Lsn,
+    /// When its last transaction goes on in the subject's next message: that
+    /// transaction's rows in this and earlier messages.
+    pub partial_rows: Option<usize>,
     /// Bytes of the frame.
     pub frame_bytes: usize,
     /// The rows.
@@ -143,6 +148,19 @@ impl StreamTail {
             };
             let (tenant, table) = (header(TENANT_HEADER)?, header(TABLE_HEADER)?);
             let (first_lsn, last_lsn) = (lsn(FIRST_LSN_HEADER)?, lsn(LAST_LSN_HEADER)?);
+            let partial_rows = match msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(PARTIAL_ROWS_HEADER))
+            {
+                None => None,
+                Some(v) => Some(v.as_str().parse::<usize>().map_err(|_| {
+                    bad(format!(
+                        "{PARTIAL_ROWS_HEADER} is not a row count: {:?}",
+                        v.as_str()
+                    ))
+                })?),
+            };
             let decoder = self.decoders.entry(subject.clone()).or_default();
             match decoder.decode(&msg.payload) {
                 Ok(batch) => {
@@ -153,6 +171,7 @@ impl StreamTail {
                         table,
                         first_lsn,
                         last_lsn,
+                        partial_rows,
                         frame_bytes: msg.payload.len(),
                         batch,
                     }))

@@ -15,6 +15,8 @@ pub mod sink;
 pub mod subjects;
 
 #[cfg(test)]
+mod large_tests;
+#[cfg(test)]
 mod tests;
 
 pub use sink::{NatsSink, NatsSinkConfig};

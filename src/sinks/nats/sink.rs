@@ -12,12 +12,17 @@
 //! - each message has a deterministic `Nats-Msg-Id` (job/tenant/table/LSN range), so a
 //!   retry JetStream already stored is dropped by its duplicate window.
 //!
+//! A transaction too large to hold (handed over in parts, DESIGN.md invariant 5) is
+//! published part by part as the parts arrive; each subject's last frame waits for the
+//! next part, so that the frame ending the transaction on that subject is the one without
+//! the partial header.
+//!
 //! The sink reports a group durable once JetStream has acknowledged every frame of it.
 //! Frames of different subjects are published concurrently, frames of one subject in
 //! order. After any failure every subject's state (its codec state too) is dropped: the
 //! next frames are key frames that do not depend on anything the stream may lack.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +33,8 @@ use futures_util::future::join_all;
 use super::compression_stats::CompressionStats;
 use super::effort::EffortGovernor;
 use super::subjects::{
-    self, FIRST_LSN_HEADER, LAST_LSN_HEADER, ROWS_HEADER, TABLE_HEADER, TENANT_HEADER,
+    self, FIRST_LSN_HEADER, LAST_LSN_HEADER, PARTIAL_ROWS_HEADER, ROWS_HEADER, TABLE_HEADER,
+    TENANT_HEADER,
 };
 use crate::cdc::stream::ReaderStats;
 use crate::change::{format_lsn, Lsn, TenantAction};
@@ -36,11 +42,9 @@ use crate::codec::{EncoderConfig, StreamEncoder};
 use crate::operators::columnar::{
     columnar_batches, ColumnarRows, ALL_TENANTS, LSN_COLUMN, OP_COLUMN,
 };
+use crate::sinks::large::{LiveParts, PartSource};
+use crate::sinks::spill::SpilledTxn;
 use crate::sinks::{ApplyBatch, ApplyReport, Sink, SinkError, TenantApplied};
-
-/// Header: rows of the last transaction in this and earlier messages, present only when
-/// the transaction goes on in the next message.
-pub const PARTIAL_ROWS_HEADER: &str = "Helios-Partial-Rows";
 
 /// Bytes kept free under the server's payload limit for headers.
 const HEADER_ROOM: usize = 4096;
@@ -87,11 +91,59 @@ struct Frame {
     first_lsn: Lsn,
     last_lsn: Lsn,
     partial_rows: Option<usize>,
-    message_id: String,
     tenant: String,
     table: String,
     choices: Vec<crate::codec::ColumnChoice>,
 }
+
+impl Frame {
+    /// Its `Nats-Msg-Id`: job, tenant, table and LSN range, plus the rows of the last
+    /// transaction so far when that transaction goes on in the next message.
+    fn message_id(&self, job: &str) -> String {
+        let id = subjects::message_id(
+            job,
+            &self.tenant,
+            &self.table,
+            self.first_lsn,
+            self.last_lsn,
+        );
+        match self.partial_rows {
+            Some(p) => format!("{id}#{p}"),
+            None => id,
+        }
+    }
+}
+
+/// How a segment's rows stand to what its subject already has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SegmentRole {
+    /// Whole transactions of a group: rows the subject has are skipped; a frame is marked
+    /// partial only when its last transaction goes on in the next frame.
+    Group,
+    /// A chunk of the initial copy: continues the subject's last (partial) transaction;
+    /// nothing is skipped and every frame is marked partial.
+    SnapshotChunk,
+    /// A piece of one large transaction, of which the subject was handed `before` rows in
+    /// earlier parts: rows the subject has are skipped, every frame is marked partial
+    /// (the caller marks the subject's last frame complete once the last part is in).
+    LargePart {
+        /// Rows of the transaction for this subject in earlier parts.
+        before: usize,
+    },
+}
+
+/// How [`NatsSink::plan_frames`] treats the segments it encodes.
+enum PlanMode<'a> {
+    /// Whole transactions of a group.
+    Group,
+    /// A chunk of the initial copy.
+    SnapshotChunk,
+    /// A part of one large transaction; counts each subject's rows handed so far.
+    LargePart(&'a mut HashMap<String, usize>),
+}
+
+/// What a plan publishes: each subject's frames, in order.
+type Plan = Vec<(String, Vec<Frame>)>;
 
 struct Connection {
     js: jetstream::Context,
@@ -202,9 +254,7 @@ impl NatsSink {
         Ok(())
     }
 
-    /// Encodes the rows of `segment` the subject does not have yet. With `continuing`,
-    /// the segment continues the subject's last (partial) transaction — a chunk of the
-    /// initial copy — and every frame stays marked partial.
+    /// Encodes the rows of `segment` the subject does not have yet (see [`SegmentRole`]).
     fn frames_of(
         &mut self,
         subject: &str,
@@ -212,7 +262,7 @@ impl NatsSink {
         max_payload: usize,
         report: &mut ApplyReport,
         encode_secs: &mut f64,
-        continuing: bool,
+        role: SegmentRole,
     ) -> Result<Vec<Frame>, SinkError> {
         let lsns = lsn_column(&segment.batch)?;
         let mut ordinals = ordinals_in_transaction(lsns);
@@ -221,16 +271,22 @@ impl NatsSink {
             .subjects
             .get_mut(subject)
             .ok_or_else(|| SinkError::Transient(format!("{subject}: state not loaded")))?;
-        let skip = if continuing {
-            let before = match (state.last_lsn, state.partial_rows) {
+        let before = match role {
+            SegmentRole::Group => 0,
+            SegmentRole::SnapshotChunk => match (state.last_lsn, state.partial_rows) {
                 (last, Some(k)) if !lsns.is_empty() && last == lsns.value(0) => k,
                 _ => 0,
-            };
-            ordinals.iter_mut().for_each(|o| *o += before);
-            0
-        } else {
-            covered_prefix(lsns, &ordinals, state.last_lsn, state.partial_rows)
+            },
+            SegmentRole::LargePart { before } => before,
         };
+        ordinals.iter_mut().for_each(|o| *o += before);
+        let skip = match role {
+            SegmentRole::SnapshotChunk => 0,
+            SegmentRole::Group | SegmentRole::LargePart { .. } => {
+                covered_prefix(lsns, &ordinals, state.last_lsn, state.partial_rows)
+            }
+        };
+        let all_partial = role != SegmentRole::Group;
         report.skipped += skip as u64;
         let mut frames = Vec::new();
         let mut start = skip;
@@ -267,17 +323,10 @@ impl NatsSink {
             }
             let end = start + len;
             let (first_lsn, last_lsn) = (lsns.value(start), lsns.value(end - 1));
-            let partial_rows = (continuing || (end < n && lsns.value(end) == last_lsn))
+            let partial_rows = (all_partial || (end < n && lsns.value(end) == last_lsn))
                 .then(|| ordinals[end - 1] + 1);
             let arrow_bytes = crate::codec::batch_data_bytes(&part);
             frames.push(Frame {
-                message_id: subjects::message_id(
-                    &self.job,
-                    &segment.tenant,
-                    &table,
-                    first_lsn,
-                    last_lsn,
-                ) + &partial_rows.map(|p| format!("#{p}")).unwrap_or_default(),
                 payload,
                 rows: len,
                 arrow_bytes,
@@ -296,11 +345,11 @@ impl NatsSink {
     /// Publishes each subject's frames (subjects concurrently, one subject's in order) and
     /// records where each subject now stands; returns the bytes published. On any failure
     /// every subject's state is dropped.
-    async fn publish(&mut self, plan: &[(String, Vec<Frame>)]) -> Result<u64, SinkError> {
+    async fn publish(&mut self, plan: &Plan) -> Result<u64, SinkError> {
         let conn = self.conn.as_ref().ok_or_else(not_connected)?;
         let results = join_all(plan.iter().map(|(subject, frames)| {
             let expected = self.subjects.get(subject).map_or(0, |s| s.last_seq);
-            publish_subject(&conn.js, subject, expected, frames)
+            publish_subject(&conn.js, &self.job, subject, expected, frames)
         }))
         .await;
         if let Some(err) = results.iter().find_map(|r| r.as_ref().err()) {
@@ -339,26 +388,175 @@ impl NatsSink {
     /// message says how many snapshot rows its subject has so far); the stream's first
     /// transaction, at a later LSN, follows them.
     pub async fn publish_snapshot_chunk(&mut self, batch: &ApplyBatch) -> Result<u64, SinkError> {
-        let max_payload = self.conn.as_ref().ok_or_else(not_connected)?.max_payload;
         let segments = columnar_batches(std::slice::from_ref(batch), |_| None)
             .map_err(|e| SinkError::Definite(format!("columnar batch: {e}")))?;
         let mut report = ApplyReport::default();
-        let mut plan: Vec<(String, Vec<Frame>)> = Vec::new();
-        let mut encode_secs = 0.0;
-        for segment in &segments {
-            let subject = self.subject_of(segment);
-            self.load_subject(&subject).await?;
-            let frames = self.frames_of(
-                &subject,
-                segment,
-                max_payload,
+        let plan = self
+            .plan_frames(
+                &segments,
+                PlanMode::SnapshotChunk,
                 &mut report,
-                &mut encode_secs,
-                true,
-            )?;
-            plan.push((subject, frames));
-        }
+                &mut 0.0,
+                &mut HashMap::new(),
+            )
+            .await?;
         self.publish(&plan).await
+    }
+
+    /// Encodes `segments` into each subject's frames (loading where each subject stands
+    /// first), adds their rows to `report` and each tenant's last commit LSN to
+    /// `tenant_lsn`. On an error every subject's state is dropped.
+    async fn plan_frames(
+        &mut self,
+        segments: &[ColumnarRows],
+        mut mode: PlanMode<'_>,
+        report: &mut ApplyReport,
+        encode_secs: &mut f64,
+        tenant_lsn: &mut HashMap<String, Lsn>,
+    ) -> Result<Plan, SinkError> {
+        let max_payload = self.conn.as_ref().ok_or_else(not_connected)?.max_payload;
+        let mut plan: Plan = Vec::new();
+        for segment in segments {
+            // Worker-scoped changes reach every worker; worker 0 publishes them.
+            if self.worker != 0 && segment.tenant == ALL_TENANTS {
+                report.skipped += segment.batch.num_rows() as u64;
+                continue;
+            }
+            let subject = self.subject_of(segment);
+            let lsn = tenant_lsn.entry(segment.tenant.clone()).or_default();
+            *lsn = (*lsn).max(segment.last_lsn);
+            let role = match &mut mode {
+                PlanMode::Group => SegmentRole::Group,
+                PlanMode::SnapshotChunk => SegmentRole::SnapshotChunk,
+                PlanMode::LargePart(handed) => {
+                    let before = handed.entry(subject.clone()).or_default();
+                    let role = SegmentRole::LargePart { before: *before };
+                    *before += segment.batch.num_rows();
+                    role
+                }
+            };
+            let frames = match self.load_subject(&subject).await.and_then(|()| {
+                self.frames_of(&subject, segment, max_payload, report, encode_secs, role)
+            }) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.subjects.clear();
+                    return Err(e);
+                }
+            };
+            count_ops(segment, &frames, report);
+            match plan.iter_mut().find(|(s, _)| *s == subject) {
+                Some((_, existing)) => existing.extend(frames),
+                None => plan.push((subject, frames)),
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Counts the changes of `batch` that could not be routed to a tenant (not published).
+    fn count_unroutable(&self, batch: &ApplyBatch, report: &mut ApplyReport) {
+        for c in &batch.changes {
+            if let TenantAction::Unroutable { reason } = &c.action {
+                report.dead_lettered += 1;
+                tracing::warn!(job = %self.job, table = %c.table.qualified_name(), %reason, "change not routable to a tenant; not published");
+            }
+        }
+    }
+
+    /// The columnar segments of `batches`, with their transactions' commit times.
+    fn segments_of(&self, batches: &[ApplyBatch]) -> Result<Vec<ColumnarRows>, SinkError> {
+        let reader = &self.reader;
+        columnar_batches(batches, |lsn| reader.commit_times.get(lsn))
+            .map_err(|e| SinkError::Definite(format!("columnar batch: {e}")))
+    }
+
+    /// Records the encoding time of an apply that took since `started`, and switches the
+    /// encoders' effort when the governor says so.
+    fn record_encoding(&mut self, encode_secs: f64, started: Instant) {
+        self.stats.encode_micros.fetch_add(
+            (encode_secs * 1e6) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let Some(effort) = self
+            .governor
+            .record(encode_secs, started.elapsed().as_secs_f64())
+        else {
+            return;
+        };
+        let fast = effort == crate::codec::Effort::Fast;
+        self.stats
+            .fast_mode
+            .store(fast, std::sync::atomic::Ordering::Relaxed);
+        if fast {
+            self.stats
+                .fallbacks
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        tracing::warn!(job = %self.job, ?effort, encode_share = self.governor.share(), "encoding effort changed to stay within the CPU budget");
+        for s in self.subjects.values_mut() {
+            s.encoder.set_effort(effort);
+        }
+    }
+
+    /// Publishes one large transaction part by part, as [`PartSource`] hands them out, so
+    /// only a part and one frame per subject are held at a time. Every frame is marked
+    /// partial except each subject's last, which is held back until the next part shows
+    /// whether the subject has more rows of the transaction: a consumer sees the
+    /// transaction end on each subject. After a crash or an error the transaction is
+    /// published again from its first part and each subject skips the rows it has.
+    async fn publish_large<F: FnMut(usize) + Send>(
+        &mut self,
+        mut parts: PartSource<'_, '_, '_, F>,
+    ) -> Result<ApplyReport, SinkError> {
+        let mut report = ApplyReport::default();
+        let mut handed: HashMap<String, usize> = HashMap::new();
+        let mut held: BTreeMap<String, Frame> = BTreeMap::new();
+        let mut tenant_lsn: HashMap<String, Lsn> = HashMap::new();
+        let outcome = async {
+            while let Some(part) = parts.next_part().await? {
+                let started = Instant::now();
+                self.count_unroutable(&part, &mut report);
+                let segments = self.segments_of(std::slice::from_ref(&part))?;
+                drop(part);
+                let mut encode_secs = 0.0;
+                let mut plan = self
+                    .plan_frames(
+                        &segments,
+                        PlanMode::LargePart(&mut handed),
+                        &mut report,
+                        &mut encode_secs,
+                        &mut tenant_lsn,
+                    )
+                    .await?;
+                for (subject, frames) in &mut plan {
+                    if let Some(last) = frames.pop() {
+                        if let Some(previous) = held.insert(subject.clone(), last) {
+                            frames.insert(0, previous);
+                        }
+                    }
+                }
+                report.bytes += self.publish(&plan).await?;
+                self.record_encoding(encode_secs, started);
+            }
+            let last: Plan = std::mem::take(&mut held)
+                .into_iter()
+                .map(|(subject, mut frame)| {
+                    frame.partial_rows = None;
+                    (subject, vec![frame])
+                })
+                .collect();
+            report.bytes += self.publish(&last).await?;
+            Ok::<_, SinkError>(())
+        }
+        .await;
+        if let Err(e) = outcome {
+            // Held frames were encoded but not published: the encoders' state is ahead of
+            // the stream.
+            self.subjects.clear();
+            return Err(e);
+        }
+        report.tenants = tenants_applied(tenant_lsn);
+        Ok(report)
     }
 }
 
@@ -402,6 +600,7 @@ pub fn covered_prefix(
 /// Publishes one subject's frames in order, each expecting the previous one's sequence.
 async fn publish_subject(
     js: &jetstream::Context,
+    job: &str,
     subject: &str,
     mut expected_seq: u64,
     frames: &[Frame],
@@ -411,7 +610,7 @@ async fn publish_subject(
         let rows = f.rows.to_string();
         let mut msg = PublishMessage::build()
             .payload(f.payload.clone().into())
-            .message_id(&f.message_id)
+            .message_id(f.message_id(job))
             .expected_last_subject_sequence(expected_seq)
             .header(FIRST_LSN_HEADER, format_lsn(f.first_lsn).as_str())
             .header(LAST_LSN_HEADER, format_lsn(f.last_lsn).as_str())
@@ -477,86 +676,54 @@ impl Sink for NatsSink {
 
     async fn apply(&mut self, batches: &[ApplyBatch]) -> Result<ApplyReport, SinkError> {
         let started = Instant::now();
-        let max_payload = self.conn.as_ref().ok_or_else(not_connected)?.max_payload;
         let mut report = ApplyReport::default();
-        for c in batches.iter().flat_map(|b| &b.changes) {
-            if let TenantAction::Unroutable { reason } = &c.action {
-                report.dead_lettered += 1;
-                tracing::warn!(job = %self.job, table = %c.table.qualified_name(), %reason, "change not routable to a tenant; not published");
-            }
+        for batch in batches {
+            self.count_unroutable(batch, &mut report);
         }
-        let reader = self.reader.clone();
-        let segments = columnar_batches(batches, |lsn| reader.commit_times.get(lsn))
-            .map_err(|e| SinkError::Definite(format!("columnar batch: {e}")))?;
+        let segments = self.segments_of(batches)?;
         let mut tenant_lsn: HashMap<String, Lsn> = HashMap::new();
-        let mut plan: Vec<(String, Vec<Frame>)> = Vec::new();
         let mut encode_secs = 0.0;
-        for segment in &segments {
-            // Worker-scoped changes reach every worker; worker 0 publishes them.
-            if self.worker != 0 && segment.tenant == ALL_TENANTS {
-                report.skipped += segment.batch.num_rows() as u64;
-                continue;
-            }
-            let subject = self.subject_of(segment);
-            let lsn = tenant_lsn.entry(segment.tenant.clone()).or_default();
-            *lsn = (*lsn).max(segment.last_lsn);
-            if let Err(e) = self.load_subject(&subject).await {
-                self.subjects.clear();
-                return Err(e);
-            }
-            let frames = match self.frames_of(
-                &subject,
-                segment,
-                max_payload,
+        let plan = self
+            .plan_frames(
+                &segments,
+                PlanMode::Group,
                 &mut report,
                 &mut encode_secs,
-                false,
-            ) {
-                Ok(f) => f,
-                Err(e) => {
-                    self.subjects.clear();
-                    return Err(e);
-                }
-            };
-            count_ops(segment, &frames, &mut report);
-            match plan.iter_mut().find(|(s, _)| *s == subject) {
-                Some((_, existing)) => existing.extend(frames),
-                None => plan.push((subject, frames)),
-            }
-        }
+                &mut tenant_lsn,
+            )
+            .await?;
         report.bytes += self.publish(&plan).await?;
-        self.stats.encode_micros.fetch_add(
-            (encode_secs * 1e6) as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        if let Some(effort) = self
-            .governor
-            .record(encode_secs, started.elapsed().as_secs_f64())
-        {
-            let fast = effort == crate::codec::Effort::Fast;
-            self.stats
-                .fast_mode
-                .store(fast, std::sync::atomic::Ordering::Relaxed);
-            if fast {
-                self.stats
-                    .fallbacks
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            tracing::warn!(job = %self.job, ?effort, encode_share = self.governor.share(), "encoding effort changed to stay within the CPU budget");
-            for s in self.subjects.values_mut() {
-                s.encoder.set_effort(effort);
-            }
-        }
-        report.tenants = tenant_lsn
-            .into_iter()
-            .map(|(tenant, lsn)| TenantApplied {
-                tenant,
-                lsn,
-                ..TenantApplied::default()
-            })
-            .collect();
+        self.record_encoding(encode_secs, started);
+        report.tenants = tenants_applied(tenant_lsn);
         Ok(report)
     }
+
+    async fn apply_large(&mut self, txn: &mut SpilledTxn) -> Result<ApplyReport, SinkError> {
+        let parts = txn
+            .parts()
+            .map_err(|e| SinkError::Definite(e.to_string()))?;
+        self.publish_large(PartSource::<fn(usize)>::Spilled(parts))
+            .await
+    }
+
+    async fn apply_large_live<F: FnMut(usize) + Send>(
+        &mut self,
+        parts: &mut LiveParts<'_, F>,
+    ) -> Result<ApplyReport, SinkError> {
+        self.publish_large(PartSource::Live(parts)).await
+    }
+}
+
+/// Each tenant's applied position.
+fn tenants_applied(tenant_lsn: HashMap<String, Lsn>) -> Vec<TenantApplied> {
+    tenant_lsn
+        .into_iter()
+        .map(|(tenant, lsn)| TenantApplied {
+            tenant,
+            lsn,
+            ..TenantApplied::default()
+        })
+        .collect()
 }
 
 /// Adds the published rows' inserts/updates and deletes/truncates to the report.

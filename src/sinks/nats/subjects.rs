@@ -18,6 +18,9 @@ pub const ROWS_HEADER: &str = "Helios-Rows";
 pub const TENANT_HEADER: &str = "Helios-Tenant";
 /// Header: the table, `schema.name`, unescaped.
 pub const TABLE_HEADER: &str = "Helios-Table";
+/// Header: rows of the frame's last transaction in this and earlier messages, present
+/// only when that transaction goes on in the subject's next message.
+pub const PARTIAL_ROWS_HEADER: &str = "Helios-Partial-Rows";
 
 /// Escapes one subject token (see the module doc). The empty name is `~`.
 pub fn token(name: &str) -> String {

@@ -17,7 +17,7 @@ use tokio_postgres::{Client, Transaction};
 
 use crate::change::{HistoryEvent, Lsn, Scope, TenantAction, TenantChange};
 use crate::operators::partition::{tenant_route, TenantPlan};
-use crate::sinks::large::LiveParts;
+use crate::sinks::large::{LiveParts, PartSource};
 use crate::sinks::pg_apply::execute::{
     apply_steps, dead_letter_all, pipeline, pipelined_write, prepared, run, send_copy,
     ConnectionCache, Counts, Request, Write,
@@ -26,7 +26,7 @@ use crate::sinks::pg_apply::history::{close_versions, ensure_history_shape, inse
 use crate::sinks::pg_apply::plan::{plan_table, Step};
 use crate::sinks::pg_apply::statements::Param;
 use crate::sinks::pg_apply::store::{self, scope_key, sink_error};
-use crate::sinks::spill::{SpillParts, SpilledTxn};
+use crate::sinks::spill::SpilledTxn;
 use crate::sinks::versions::plan_history;
 use crate::sinks::{ApplyBatch, ApplyReport, Sink, SinkError, TenantApplied};
 
@@ -693,24 +693,6 @@ impl Sink for PgApplySink {
         tracing::debug!(job = %self.job, worker = self.worker, checkpoints = self.checkpoints.len(), "target connected");
         self.client = Some(client);
         Ok(())
-    }
-}
-
-/// Where [`PgApplySink::write_large`] reads a large transaction's parts: its spill file, or
-/// the sink task's channel while they arrive.
-enum PartSource<'s, 'l, 'p, F> {
-    Spilled(SpillParts<'s>),
-    Live(&'l mut LiveParts<'p, F>),
-}
-
-impl<F: FnMut(usize) + Send> PartSource<'_, '_, '_, F> {
-    async fn next_part(&mut self) -> Result<Option<ApplyBatch>, SinkError> {
-        match self {
-            PartSource::Spilled(parts) => parts
-                .next_part()
-                .map_err(|e| SinkError::Definite(e.to_string())),
-            PartSource::Live(parts) => parts.next_part().await,
-        }
     }
 }
 
