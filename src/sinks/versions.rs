@@ -2,7 +2,9 @@
 //! the Parquet cold tier): which versions a batch opens and which it closes.
 //!
 //! A version opened and closed by the same transaction was never visible at any system
-//! time and is not stored.
+//! time and is not stored. (A large transaction is planned part by part: a version it
+//! opens in one part and closes in a later one is stored with an empty system interval,
+//! still never visible.)
 
 use std::collections::HashMap;
 

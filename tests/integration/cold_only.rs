@@ -11,11 +11,13 @@ use std::path::Path;
 
 use helios_repl::change::Lsn;
 use helios_repl::control::cold_progress;
-use helios_repl::sinks::parquet::read_table;
+use helios_repl::sinks::parquet::{read_table, table_dir, Manifest};
 use rand::{rngs::StdRng, SeedableRng};
 
 use crate::harness::{wait_for, Env, Replicator};
-use crate::history::{day, from_cold_tier, oracle, snapshot_log, workload, SETUP, WAIT};
+use crate::history::{
+    day, from_cold_tier, large_transaction, oracle, snapshot_log, workload, SETUP, WAIT,
+};
 
 fn job_toml(env: &Env, cold: &Path) -> String {
     format!(
@@ -65,9 +67,32 @@ fn a_cold_tier_only_job_snapshots_streams_and_resumes_from_its_own_files() {
     let mut points = vec![snapshot_lsn];
     let mut rng = StdRng::seed_from_u64(11);
     workload(&env, &mut rng, &mut state, &mut log, &mut points, 20);
+    // One transaction far larger than a part: written to the cold tier piece by piece
+    // as its parts arrive, published once.
+    large_transaction(&env, &mut state, &mut log, &mut points, 60_000);
+    let large = points.len() - 1;
+    workload(&env, &mut rng, &mut state, &mut log, &mut points, 3);
     wait_covered(&cold, points[points.len() - 2]);
     assert!(replicator.stop().success(), "{}", replicator.output());
     let first_run = replicator.output();
+    assert!(
+        first_run
+            .lines()
+            .any(|l| l.contains("large transaction applied as it arrived") && l.contains("parquet")),
+        "the cold tier wrote the large transaction as its parts arrived:\n{first_run}"
+    );
+    for tenant in 1..=5 {
+        let dir = table_dir(&cold, &tenant.to_string(), "public.prices");
+        let manifest = Manifest::load(&dir).expect("manifest").expect("listed");
+        assert!(
+            manifest
+                .files
+                .iter()
+                .any(|f| f.lsn_min == f.lsn_max && f.path.ends_with("-0000.parquet")),
+            "tenant {tenant}: the large transaction was staged in pieces: {:?}",
+            manifest.files
+        );
+    }
     let confirmed = cold_progress::load_progress(&cold, "cold_prices")
         .expect("progress file")
         .confirmed_lsn
@@ -92,8 +117,12 @@ fn a_cold_tier_only_job_snapshots_streams_and_resumes_from_its_own_files() {
         "{second_run}"
     );
 
-    let valids: Vec<(i64, String)> = [-1, 0, 17, 44, 89, 120].iter().map(|&d| day(d)).collect();
-    for k in (0..points.len()).step_by(3).chain([points.len() - 1]) {
+    let valids: Vec<(i64, String)> = [-1, 0, 4, 17, 44, 89, 120]
+        .iter()
+        .map(|&d| day(d))
+        .collect();
+    let checked = (0..points.len()).step_by(3);
+    for k in checked.chain([large - 1, large, points.len() - 1]) {
         for (v, text) in &valids {
             assert_eq!(
                 from_cold_tier(&cold, points[k], *v),

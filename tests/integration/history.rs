@@ -255,6 +255,67 @@ pub(crate) fn workload(
     }
 }
 
+/// One transaction of `rows` inserts of new keys (ids above the workload's) over all
+/// tenants, then updates of a tenth of them and deletes of another tenth, each after its
+/// insert in the same transaction: large enough to reach the sinks in parts, with
+/// versions opened in one part and closed in a later one. Appends to `log` and `points`.
+pub(crate) fn large_transaction(
+    env: &Env,
+    state: &mut State,
+    log: &mut Vec<Change>,
+    points: &mut Vec<Lsn>,
+    rows: i32,
+) {
+    let txn = points.len();
+    let first = 1000 + state.keys().map(|k| k.1).max().unwrap_or(0);
+    let key = |n: i32| (1 + n % TENANTS, first + n);
+    let (valid, text) = day(3);
+    let (later, later_text) = day(5);
+    for n in 0..rows {
+        state.insert(key(n), (n, valid));
+        log.push(Change {
+            txn,
+            key: key(n),
+            value: Some(n),
+            valid,
+        });
+    }
+    for n in (0..rows).filter(|n| n % 10 == 1) {
+        state.insert(key(n), (n + 1, later));
+        log.push(Change {
+            txn,
+            key: key(n),
+            value: Some(n + 1),
+            valid: later,
+        });
+    }
+    for n in (0..rows).filter(|n| n % 10 == 2) {
+        state.remove(&key(n));
+        log.push(Change {
+            txn,
+            key: key(n),
+            value: None,
+            valid,
+        });
+    }
+    let out = env.on_source(&format!(
+        "BEGIN;
+         INSERT INTO public.prices SELECT 1 + n % {TENANTS}, {first} + n, n, '{text}'
+             FROM generate_series(0, {rows} - 1) n;
+         UPDATE public.prices SET price = price + 1, effective_at = '{later_text}'
+             WHERE id >= {first} AND (id - {first}) % 10 = 1;
+         DELETE FROM public.prices WHERE id >= {first} AND (id - {first}) % 10 = 2;
+         COMMIT;
+         SELECT pg_current_wal_insert_lsn();"
+    ));
+    let lsn = out
+        .lines()
+        .filter_map(|l| parse_lsn(l.trim()))
+        .next_back()
+        .unwrap_or_else(|| panic!("no LSN in {out}"));
+    points.push(lsn);
+}
+
 /// The job: `public.prices` of tenants 1..=5 with history, into the target and a Parquet
 /// cold tier under `cold`.
 pub(crate) fn job_toml(env: &Env, cold: &Path) -> String {

@@ -123,6 +123,16 @@ pub fn relative_path(date: NaiveDate, lsn_lo: Lsn, lsn_hi: Lsn) -> String {
     format!("{}/{}", date_component(date), file_name(lsn_lo, lsn_hi))
 }
 
+/// The path of piece `piece` of a range written in several pieces (one large
+/// transaction): `date=yyyy-mm-dd/part-<lsn_lo>-<lsn_hi>-<piece>.parquet`, the piece in at
+/// least 4 decimal digits, so a range's pieces sort in order.
+pub fn relative_piece_path(date: NaiveDate, lsn_lo: Lsn, lsn_hi: Lsn, piece: u32) -> String {
+    format!(
+        "{}/part-{lsn_lo:016X}-{lsn_hi:016X}-{piece:04}.parquet",
+        date_component(date)
+    )
+}
+
 /// Parses a manifest-relative path `date=<d>/part-<lo>-<hi>.parquet` into
 /// `(date directory component, lsn_lo, lsn_hi)`. `None` for anything else, in particular
 /// for any path that could leave the table directory.
@@ -140,10 +150,22 @@ pub fn parse_relative_path(relative: &str) -> Option<(&str, Lsn, Lsn)> {
     Some((dir, lo, hi))
 }
 
-/// Parses `part-<lo>-<hi>.parquet` (16 uppercase hex digits each).
+/// Parses `part-<lo>-<hi>.parquet` (16 uppercase hex digits each), or a piece's
+/// `part-<lo>-<hi>-<piece>.parquet` (the piece in 4 to 10 decimal digits).
 pub fn parse_file_name(file: &str) -> Option<(Lsn, Lsn)> {
     let inner = file.strip_prefix("part-")?.strip_suffix(".parquet")?;
-    let (lo, hi) = inner.split_once('-')?;
+    let (lo, rest) = inner.split_once('-')?;
+    let hi = match rest.split_once('-') {
+        None => rest,
+        Some((hi, piece)) => {
+            let digits =
+                (4..=10).contains(&piece.len()) && piece.bytes().all(|b| b.is_ascii_digit());
+            if !digits {
+                return None;
+            }
+            hi
+        }
+    };
     Some((parse_hex16(lo)?, parse_hex16(hi)?))
 }
 

@@ -6,7 +6,8 @@
 //!
 //! Files live under
 //! `<root>/tenant=<t>/table=<table>/date=<yyyy-mm-dd>/part-<lsn_lo>-<lsn_hi>.parquet`
-//! ([`layout`]); a per-table `_manifest.json` ([`manifest`]) lists every published file
+//! (`part-<lsn>-<lsn>-<piece>.parquet` for the pieces of a large transaction,
+//! [`large_txn`]) ([`layout`]); a per-table `_manifest.json` ([`manifest`]) lists every published file
 //! with its checksum and is the only source of truth: a file not in it does not exist for
 //! readers. [`writer::ColdTableWriter`] publishes files with a crash-safe commit protocol
 //! (temp files, then the manifest as the commit point, then renames) and recovers any
@@ -16,6 +17,7 @@
 //! Values travel in PostgreSQL's text form; a few types are stored typed ([`schema`])
 //! and converted back to exactly the same text.
 
+pub mod large_txn;
 pub mod layout;
 pub mod manifest;
 pub mod reader;

@@ -5,16 +5,20 @@
 //! its transactions as files named by LSN range (see [`ColdTableWriter`] for the commit
 //! protocol). What the table's manifest already covers is skipped, so a replay after a
 //! crash never writes a row twice; tenants are owned by one worker each, so every table
-//! directory has exactly one writer.
+//! directory has exactly one writer. A transaction too large to hold is written piece by
+//! piece and published once ([`super::large_txn`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::change::{Cell, HistoryEvent, Lsn, Row, TableInfo, Text};
+use crate::sinks::large::{LiveParts, PartSource};
+use crate::sinks::parquet::large_txn::{LargeWrite, LargeWriteError, LARGE_BUFFER_ROWS};
 use crate::sinks::parquet::{
     ChangeOp, ColdColumn, ColdEvent, ColdRow, ColdTableWriter, ParquetError,
 };
+use crate::sinks::spill::SpilledTxn;
 use crate::sinks::versions::plan_history;
 use crate::sinks::{ApplyBatch, ApplyReport, Sink, SinkError, TenantApplied};
 
@@ -25,6 +29,8 @@ pub struct ParquetSink {
     worker: u32,
     /// Open writers by (tenant, `schema.table`), with the columns they were opened with.
     writers: HashMap<(String, String), OpenWriter>,
+    /// Rows a large transaction buffers before it stages them ([`LargeWrite`]).
+    large_buffer_rows: usize,
 }
 
 /// One table directory's history events in an apply, in order.
@@ -65,7 +71,15 @@ impl ParquetSink {
             root,
             worker,
             writers: HashMap::new(),
+            large_buffer_rows: LARGE_BUFFER_ROWS,
         }
+    }
+
+    /// The same sink buffering `rows` rows of a large transaction before staging them
+    /// (default [`LARGE_BUFFER_ROWS`]).
+    pub fn with_large_buffer_rows(mut self, rows: usize) -> ParquetSink {
+        self.large_buffer_rows = rows;
+        self
     }
 }
 
@@ -149,7 +163,7 @@ pub fn cold_rows(table: &TableInfo, events: &[(Lsn, &HistoryEvent)]) -> Vec<(Lsn
 
 /// A batch's history events by table directory (tenant, `schema.table`), in order.
 /// Consecutive events mostly share tenant and table: the directory is named once per run.
-fn by_table_directory(
+pub(super) fn by_table_directory(
     batches: &[ApplyBatch],
 ) -> BTreeMap<(&str, String), Vec<(Lsn, &HistoryEvent)>> {
     let mut runs: Vec<Vec<(Lsn, &HistoryEvent)>> = Vec::new();
@@ -182,6 +196,45 @@ fn definite(e: ParquetError) -> SinkError {
     SinkError::Definite(format!("parquet cold tier: {e}"))
 }
 
+/// Runs a write that blocks (files, fsyncs): on a multi-threaded runtime the other tasks
+/// move to another thread meanwhile; a single-threaded runtime (tests) waits.
+fn blocking<T>(write: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::CurrentThread) | Err(_) => write(),
+        Ok(_) => tokio::task::block_in_place(write),
+    }
+}
+
+impl ParquetSink {
+    /// After a failed write the writers are dropped: they reopen (and recover what the
+    /// failure left on disk) on the retry.
+    fn after_write<T, E: std::fmt::Display>(&mut self, result: &Result<T, E>) {
+        if let Err(e) = result {
+            tracing::warn!(job = %self.job, worker = self.worker, error = %e, "cold-tier write failed; retried");
+            self.writers.clear();
+        }
+    }
+
+    /// Writes one large transaction's parts as [`PartSource`] hands them out.
+    async fn write_large<F: FnMut(usize) + Send>(
+        &mut self,
+        lsn: Lsn,
+        mut parts: PartSource<'_, '_, '_, F>,
+    ) -> Result<ApplyReport, LargeWriteError> {
+        let (root, writers) = (&self.root, &mut self.writers);
+        let mut large = LargeWrite::new(root, lsn, self.large_buffer_rows);
+        let result = async {
+            while let Some(part) = parts.next_part().await? {
+                blocking(|| large.add(&part, writers))?;
+            }
+            Ok(blocking(|| large.finish(writers))?)
+        }
+        .await;
+        self.after_write(&result);
+        result
+    }
+}
+
 impl Sink for ParquetSink {
     fn kind(&self) -> &'static str {
         "parquet"
@@ -203,20 +256,46 @@ impl Sink for ParquetSink {
             return Ok(ApplyReport::default());
         }
         let (root, writers) = (&self.root, &mut self.writers);
-        let write = move || write_all(root, writers, work);
-        // The write blocks (files, fsyncs) and borrows the batches: on a multi-threaded
-        // runtime the other tasks move to another thread meanwhile; a single-threaded
-        // runtime (tests) waits.
-        let result = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::CurrentThread) | Err(_) => write(),
-            Ok(_) => tokio::task::block_in_place(write),
-        };
-        if let Err(e) = &result {
-            tracing::warn!(job = %self.job, worker = self.worker, error = %e, "cold-tier write failed; retried");
-            // Writers reopen (and recover) on the retry.
-            self.writers.clear();
-        }
+        let result = blocking(move || write_all(root, writers, work));
+        self.after_write(&result);
         result
+    }
+
+    /// Writes a large transaction piece by piece ([`LargeWrite`]); a table whose columns
+    /// changed inside it makes it written whole instead.
+    async fn apply_large(&mut self, txn: &mut SpilledTxn) -> Result<ApplyReport, SinkError> {
+        let lsn = txn.commit_lsn();
+        let parts = txn
+            .parts()
+            .map_err(|e| SinkError::Definite(e.to_string()))?;
+        match self
+            .write_large(lsn, PartSource::<fn(usize)>::Spilled(parts))
+            .await
+        {
+            Ok(report) => Ok(report),
+            Err(LargeWriteError::Sink(e)) => Err(e),
+            Err(shape @ LargeWriteError::ShapeChanged { .. }) => {
+                tracing::info!(job = %self.job, worker = self.worker, reason = %shape, "large transaction written to the cold tier whole");
+                let whole = txn
+                    .read_all()
+                    .map_err(|e| SinkError::Definite(e.to_string()))?;
+                self.apply(std::slice::from_ref(&whole)).await
+            }
+        }
+    }
+
+    async fn apply_large_live<F: FnMut(usize) + Send>(
+        &mut self,
+        parts: &mut LiveParts<'_, F>,
+    ) -> Result<ApplyReport, SinkError> {
+        let lsn = parts.commit_lsn();
+        self.write_large(lsn, PartSource::Live(parts))
+            .await
+            .map_err(|e| match e {
+                LargeWriteError::Sink(e) => e,
+                // Written whole from the spill file by `apply_large`.
+                shape => SinkError::Transient(shape.to_string()),
+            })
     }
 
     async fn reconnect(&mut self) -> Result<(), SinkError> {
@@ -234,7 +313,7 @@ impl Sink for ParquetSink {
 const PARALLEL_TABLE_WRITES: usize = 4;
 
 /// An open writer with the columns it was opened with.
-type OpenWriter = (Vec<ColdColumn>, ColdTableWriter);
+pub(super) type OpenWriter = (Vec<ColdColumn>, ColdTableWriter);
 
 /// Writes every table directory's rows, [`PARALLEL_TABLE_WRITES`] at once; each thread
 /// also turns its directories' events into rows.

@@ -37,7 +37,8 @@ use parquet::schema::types::ColumnPath;
 use sha2::{Digest, Sha256};
 
 use super::layout::{
-    relative_path, table_dir, temp_path, utc_date_of, MANIFEST_TMP_FILE, TEMP_DIR,
+    relative_path, relative_piece_path, table_dir, temp_path, utc_date_of, MANIFEST_TMP_FILE,
+    TEMP_DIR,
 };
 use super::manifest::{hex, sync_dir, verify_file, FileEntry, Manifest};
 use super::schema::{arrow_schema, build_batch};
@@ -135,6 +136,27 @@ impl ColdTableWriter {
         lsn_lo: Lsn,
         lsn_hi: Lsn,
     ) -> Result<Vec<FileEntry>, ParquetError> {
+        let entries = self.stage(rows, lsn_lo, lsn_hi, None)?;
+        if !entries.is_empty() {
+            self.publish(&entries)?;
+        }
+        Ok(entries)
+    }
+
+    /// Step 1 of a write: stages the files of `rows` (as [`Self::write`] takes them)
+    /// under `_tmp/`, fsynced, and returns their entries, not yet listed: nothing is
+    /// visible until [`Self::publish`] lists them. `piece` numbers the files of one
+    /// range staged by several calls (a transaction too large to hold, written piece by
+    /// piece and published once); `None` for a range staged in one call. Staged files
+    /// not published are deleted by the next recovery (`open`, or a write after a failed
+    /// one).
+    pub fn stage(
+        &mut self,
+        rows: &[ColdRow],
+        lsn_lo: Lsn,
+        lsn_hi: Lsn,
+        piece: Option<u32>,
+    ) -> Result<Vec<FileEntry>, ParquetError> {
         if lsn_lo > lsn_hi {
             return Err(ParquetError::InvalidRange {
                 lo: lsn_lo,
@@ -197,7 +219,10 @@ impl ColdTableWriter {
             .collect();
         let mut staged: Vec<(String, RecordBatch)> = Vec::with_capacity(groups.len());
         for (date, group) in &groups {
-            let relative = relative_path(*date, lo, lsn_hi);
+            let relative = match piece {
+                None => relative_path(*date, lo, lsn_hi),
+                Some(n) => relative_piece_path(*date, lo, lsn_hi, n),
+            };
             if listed.contains(relative.as_str()) {
                 return Err(ParquetError::BadFile {
                     path: self.table_dir.join(&relative),
@@ -233,7 +258,44 @@ impl ColdTableWriter {
         }
         sync_dir(&temp_dir)?;
         crash_point("parquet-after-temp");
+        self.needs_recovery = false;
+        Ok(entries)
+    }
 
+    /// Steps 2 and 3 of a write: lists staged `entries` (from [`Self::stage`], of LSNs
+    /// above what the manifest covers) in the manifest, the commit point, then moves them
+    /// into their `date=` directories.
+    pub fn publish(&mut self, entries: &[FileEntry]) -> Result<(), ParquetError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let listed: HashSet<&str> = self
+            .manifest
+            .files
+            .iter()
+            .map(|f| f.path.as_str())
+            .collect();
+        let mut paths = HashSet::new();
+        for entry in entries {
+            let temp = temp_path(&self.table_dir, &entry.path);
+            let reason = if entry.lsn_min <= self.manifest.covered_lsn {
+                Some("its LSNs are already covered")
+            } else if listed.contains(entry.path.as_str()) || !paths.insert(entry.path.as_str()) {
+                Some("listed twice")
+            } else if !temp.is_file() {
+                Some("not staged (a recovery removed it)")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(ParquetError::BadFile {
+                    path: self.table_dir.join(&entry.path),
+                    reason: format!("cannot publish: {reason}"),
+                });
+            }
+        }
+        self.needs_recovery = true;
+        let temp_dir = self.table_dir.join(TEMP_DIR);
         // Step 2: the commit point.
         let mut next = self.manifest.clone();
         next.columns = self.columns.clone();
@@ -265,11 +327,10 @@ impl ColdTableWriter {
         tracing::debug!(
             table_dir = %self.table_dir.display(),
             files = entries.len(),
-            lsn_lo = lo,
-            lsn_hi,
+            covered = self.manifest.covered_lsn,
             "cold files published"
         );
-        Ok(entries)
+        Ok(())
     }
 
     /// Writes one Parquet file to `path`, fsynced; returns its size and SHA-256.

@@ -1,0 +1,218 @@
+//! A large transaction written to the cold tier piece by piece (`large_txn`): it lands
+//! as the whole-transaction path would write it, nothing is visible before its last
+//! piece is published, and an interrupted attempt leaves nothing behind.
+
+use std::sync::Arc;
+
+use super::super::large_txn::LargeWrite;
+use super::*;
+use crate::change::fixtures::{opened, table};
+use crate::change::{Cell, HistoryEvent, Row, TableInfo};
+use crate::sinks::spill::SpilledTxn;
+use crate::sinks::{ApplyBatch, Sink};
+
+const LSN: Lsn = 0x9000;
+
+fn shape() -> Arc<TableInfo> {
+    Arc::new(table(
+        "t",
+        &[("tenant_id", "integer"), ("id", "integer")],
+        &[0, 1],
+    ))
+}
+
+fn event(table: &Arc<TableInfo>, tenant: u32, id: u32) -> HistoryEvent {
+    let row: Row = vec![
+        Cell::Text(tenant.to_string().into()),
+        Cell::Text(id.to_string().into()),
+    ];
+    opened(&tenant.to_string(), id, table, row, LSN)
+}
+
+/// `parts` parts of 60 inserts each over tenants 0..3 (tenant 2 only in the first part).
+fn parts(n: u32) -> Vec<ApplyBatch> {
+    let table = shape();
+    (0..n)
+        .map(|p| ApplyBatch {
+            commit_lsn: LSN,
+            changes: Vec::new(),
+            history: (0..60)
+                .map(|i| p * 60 + i)
+                .filter(|id| p == 0 || id % 3 != 2)
+                .map(|id| event(&table, id % 3, id))
+                .collect(),
+        })
+        .collect()
+}
+
+fn spill(parts: &[ApplyBatch]) -> SpilledTxn {
+    let mut txn = SpilledTxn::create(LSN).unwrap();
+    for p in parts {
+        txn.append(p).unwrap();
+    }
+    txn
+}
+
+fn rows_of(root: &Path, tenant: u32) -> Vec<ColdRow> {
+    read_table(root, &tenant.to_string(), "app.t")
+        .map(|(_, rows)| rows)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_large_transaction_lands_in_pieces_as_the_whole_path_writes_it() {
+    let parts = parts(5);
+    let (pieces, whole) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // 50 rows buffered at most: several pieces per table directory.
+    let mut sink = ParquetSink::new("j", pieces.path().to_path_buf(), 0).with_large_buffer_rows(50);
+    let report = sink.apply_large(&mut spill(&parts)).await.unwrap();
+    let total: usize = parts.iter().map(|p| p.history.len()).sum();
+    assert_eq!((report.upserted, report.skipped), (total as u64, 0));
+    let mut tenants: Vec<_> = report
+        .tenants
+        .iter()
+        .map(|t| (t.tenant.clone(), t.lsn))
+        .collect();
+    tenants.sort();
+    assert_eq!(
+        tenants,
+        [("0".into(), LSN), ("1".into(), LSN), ("2".into(), LSN)]
+    );
+
+    let mut reference = ParquetSink::new("j", whole.path().to_path_buf(), 0);
+    let mut all = spill(&parts).read_all().unwrap();
+    all.changes.clear();
+    reference.apply(&[all]).await.unwrap();
+    for tenant in 0..3 {
+        let got = rows_of(pieces.path(), tenant);
+        assert!(!got.is_empty());
+        assert_eq!(got, rows_of(whole.path(), tenant), "tenant {tenant}");
+    }
+    let manifest = Manifest::load(&table_dir(pieces.path(), "0", "app.t"))
+        .unwrap()
+        .unwrap();
+    assert!(manifest.files.len() > 1, "tenant 0 was written in pieces");
+    assert!(manifest
+        .files
+        .iter()
+        .all(|f| f.lsn_min == LSN && f.lsn_max == LSN));
+    assert_eq!(manifest.covered_lsn, LSN);
+
+    // A replay (a restart before it was acknowledged) writes nothing.
+    let again = sink.apply_large(&mut spill(&parts)).await.unwrap();
+    assert_eq!((again.upserted, again.skipped), (0, total as u64));
+    let mut restarted = ParquetSink::new("j", pieces.path().to_path_buf(), 0);
+    let again = restarted.apply_large(&mut spill(&parts)).await.unwrap();
+    assert_eq!((again.upserted, again.skipped), (0, total as u64));
+    assert_eq!(rows_of(pieces.path(), 0), rows_of(whole.path(), 0));
+}
+
+#[test]
+fn staged_pieces_are_invisible_until_published_and_an_interrupted_write_leaves_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let parts = parts(4);
+    let mut writers = std::collections::HashMap::new();
+    let mut large = LargeWrite::new(root.path(), LSN, 40);
+    for p in &parts[..3] {
+        large.add(p, &mut writers).unwrap();
+    }
+    // Pieces are staged, none listed: readers see nothing of the transaction.
+    let dir = table_dir(root.path(), "0", "app.t");
+    let staged = std::fs::read_dir(dir.join(TEMP_DIR)).unwrap().count();
+    assert!(staged > 0, "pieces were staged");
+    assert!(rows_of(root.path(), 0).is_empty());
+    // The attempt stops (a crash, or a part that never came): reopening the directory
+    // removes the staged pieces.
+    drop(large);
+    let writer = ColdTableWriter::open(
+        root.path(),
+        "0",
+        "app.t",
+        &[
+            ColdColumn::new("tenant_id", "integer"),
+            ColdColumn::new("id", "integer"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(writer.covered_lsn(), 0);
+    assert_eq!(std::fs::read_dir(dir.join(TEMP_DIR)).unwrap().count(), 0);
+    assert!(rows_of(root.path(), 0).is_empty());
+
+    // The retry from the first part publishes every row once.
+    let mut writers = std::collections::HashMap::new();
+    let mut large = LargeWrite::new(root.path(), LSN, 40);
+    for p in &parts {
+        large.add(p, &mut writers).unwrap();
+    }
+    let report = large.finish(&mut writers).unwrap();
+    let total: usize = parts.iter().map(|p| p.history.len()).sum();
+    assert_eq!(report.upserted, total as u64);
+    let ids: Vec<String> = rows_of(root.path(), 0)
+        .iter()
+        .map(|r| r.values[1].as_deref().unwrap_or_default().to_string())
+        .collect();
+    let want: Vec<String> = parts
+        .iter()
+        .flat_map(|p| &p.history)
+        .filter(|e| e.tenant == "0")
+        .map(|e| e.seq.to_string())
+        .collect();
+    assert_eq!(ids, want, "tenant 0's rows once, in transaction order");
+}
+
+#[test]
+fn piece_file_names_parse_and_publishing_checks_its_entries() {
+    let date = NaiveDate::from_ymd_opt(2026, 12, 4).unwrap();
+    let piece = super::super::layout::relative_piece_path(date, 0x10, 0x10, 7);
+    assert_eq!(
+        piece,
+        "date=2026-12-04/part-0000000000000010-0000000000000010-0007.parquet"
+    );
+    assert_eq!(
+        parse_relative_path(&piece).map(|(_, lo, hi)| (lo, hi)),
+        Some((0x10, 0x10))
+    );
+    for bad in [
+        "date=2026-12-04/part-0000000000000010-0000000000000010-7.parquet",
+        "date=2026-12-04/part-0000000000000010-0000000000000010-00x7.parquet",
+        "date=2026-12-04/part-0000000000000010-0000000000000010-.parquet",
+    ] {
+        assert_eq!(parse_relative_path(bad), None, "{bad}");
+    }
+
+    let root = tempfile::tempdir().unwrap();
+    let cols = [ColdColumn::new("id", "integer")];
+    let mut writer = ColdTableWriter::open(root.path(), "t", "app.x", &cols).unwrap();
+    let row = |id: &str| ColdRow {
+        event: ColdEvent::Open,
+        op: ChangeOp::Insert,
+        values: vec![Some(id.into())],
+        valid_from: 0,
+        valid_to: None,
+        system_from: 0,
+        system_from_lsn: LSN,
+        system_to: None,
+        system_to_lsn: None,
+        tombstone: false,
+    };
+    let first = writer.stage(&[row("1")], LSN, LSN, Some(0)).unwrap();
+    // Publishing the same piece twice, or a piece no longer staged, is refused.
+    let twice: Vec<FileEntry> = first.iter().chain(first.iter()).cloned().collect();
+    assert!(matches!(
+        writer.publish(&twice),
+        Err(ParquetError::BadFile { .. })
+    ));
+    let mut gone = first.clone();
+    gone[0].path = gone[0].path.replace("-0000.parquet", "-0001.parquet");
+    assert!(matches!(
+        writer.publish(&gone),
+        Err(ParquetError::BadFile { .. })
+    ));
+    writer.publish(&first).unwrap();
+    assert_eq!(writer.covered_lsn(), LSN);
+    // Once covered, publishing more of the same LSN is refused.
+    assert!(matches!(
+        writer.publish(&first),
+        Err(ParquetError::BadFile { .. })
+    ));
+}
