@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::change::Lsn;
 use crate::sinks::spill::{SpillError, SpillParts, SpilledTxn};
+use crate::sinks::versions::SameTxnVersions;
 use crate::sinks::{ApplyBatch, Delivery, SinkError};
 
 /// Why the parts stopped before the last one: the sink task gives up the transaction
@@ -44,6 +45,7 @@ pub struct LiveParts<'a, F> {
     spill: &'a mut SpilledTxn,
     after_part: F,
     complete: bool,
+    history_seen: bool,
     stopped: Option<PartsStopped>,
 }
 
@@ -63,6 +65,7 @@ impl<'a, F: FnMut(usize) + Send> LiveParts<'a, F> {
             spill,
             after_part,
             complete: false,
+            history_seen: false,
             stopped: None,
         }
     }
@@ -75,6 +78,14 @@ impl<'a, F: FnMut(usize) + Send> LiveParts<'a, F> {
     /// Whether the last part was received.
     pub fn is_complete(&self) -> bool {
         self.complete
+    }
+
+    /// Whether a part received so far carried history versions. A sink that writes
+    /// versions applies such a transaction from its spill file instead, where versions
+    /// it opens in one part and closes in a later one are matched first
+    /// ([`SameTxnVersions`]).
+    pub fn history_seen(&self) -> bool {
+        self.history_seen
     }
 
     /// The next part once it is spilled, `None` after the last. An error when the parts
@@ -129,6 +140,7 @@ impl<'a, F: FnMut(usize) + Send> LiveParts<'a, F> {
             },
         };
         self.spill.append(&part)?;
+        self.history_seen |= !part.history.is_empty();
         (self.after_part)(part.rows());
         self.complete = last;
         Ok(part)
@@ -139,19 +151,37 @@ impl<'a, F: FnMut(usize) + Send> LiveParts<'a, F> {
 /// file (a retry, or a sink that waits for the last part), or the sink task's channel
 /// while they arrive.
 pub enum PartSource<'s, 'l, 'p, F> {
-    /// Read back from the spill file, from the first part.
-    Spilled(SpillParts<'s>),
+    /// Read back from the spill file, from the first part, without the versions the
+    /// transaction opens and closes itself.
+    Spilled(SpillParts<'s>, SameTxnVersions),
     /// Received as they arrive (each spilled first).
     Live(&'l mut LiveParts<'p, F>),
 }
 
-impl<F: FnMut(usize) + Send> PartSource<'_, '_, '_, F> {
+impl<'s, F: FnMut(usize) + Send> PartSource<'s, '_, '_, F> {
+    /// The parts of a spilled transaction, from its first (one pass over the file first
+    /// when it has history events, see [`SameTxnVersions`]).
+    pub fn spilled(txn: &'s mut SpilledTxn) -> Result<Self, SinkError> {
+        let definite = |e: SpillError| SinkError::Definite(e.to_string());
+        let versions = SameTxnVersions::of(txn).map_err(definite)?;
+        Ok(PartSource::Spilled(
+            txn.parts().map_err(definite)?,
+            versions,
+        ))
+    }
+
     /// The next part, `None` after the last.
     pub async fn next_part(&mut self) -> Result<Option<ApplyBatch>, SinkError> {
         match self {
-            PartSource::Spilled(parts) => parts
-                .next_part()
-                .map_err(|e| SinkError::Definite(e.to_string())),
+            PartSource::Spilled(parts, versions) => {
+                let mut part = parts
+                    .next_part()
+                    .map_err(|e| SinkError::Definite(e.to_string()))?;
+                if let Some(part) = part.as_mut() {
+                    versions.strip(part);
+                }
+                Ok(part)
+            }
             PartSource::Live(parts) => parts.next_part().await,
         }
     }

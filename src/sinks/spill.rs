@@ -77,6 +77,8 @@ pub struct SpilledTxn {
     file: BufWriter<std::fs::File>,
     parts: usize,
     rows: usize,
+    /// History events written so far.
+    history: usize,
     bytes: u64,
     /// Tenants touched and whether a change of worker scope is among them.
     tenants: Vec<String>,
@@ -92,6 +94,7 @@ impl SpilledTxn {
             file: BufWriter::with_capacity(1 << 20, tempfile::tempfile()?),
             parts: 0,
             rows: 0,
+            history: 0,
             bytes: 0,
             tenants: Vec::new(),
             worker_scoped: false,
@@ -111,6 +114,11 @@ impl SpilledTxn {
     /// Rows (changes and history events) written so far.
     pub fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// History events written so far.
+    pub fn history_rows(&self) -> usize {
+        self.history
     }
 
     /// Bytes written to the file so far.
@@ -170,6 +178,7 @@ impl SpilledTxn {
         self.file.write_all(&frame)?;
         self.parts += 1;
         self.rows += part.rows();
+        self.history += part.history.len();
         self.bytes += 8 + frame.len() as u64;
         Ok(())
     }

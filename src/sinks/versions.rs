@@ -2,14 +2,16 @@
 //! the Parquet cold tier): which versions a batch opens and which it closes.
 //!
 //! A version opened and closed by the same transaction was never visible at any system
-//! time and is not stored. (A large transaction is planned part by part: a version it
-//! opens in one part and closes in a later one is stored with an empty system interval,
-//! still never visible.)
+//! time and is not stored. A transaction applied in parts has such versions opened in
+//! one part and closed in a later one: [`SameTxnVersions`] finds them in its spill file
+//! first and strips both events from the parts, so the parts store what the whole would.
 
 use std::collections::HashMap;
 
-use crate::change::{HistoryEvent, Row};
+use crate::change::{HistoryEvent, Lsn, Row};
 use crate::operators::version::{SysTime, VersionDelta};
+use crate::sinks::spill::{SpillError, SpilledTxn};
+use crate::sinks::ApplyBatch;
 
 /// A version to insert.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +128,100 @@ pub fn plan_history<'a>(events: &[&'a HistoryEvent]) -> (Vec<OpenRow<'a>>, Vec<C
     (opens.into_iter().flatten().collect(), closes)
 }
 
+/// What names a version across a transaction's parts: tenant, table, key, valid interval,
+/// tombstone (its opening transaction is the one being applied).
+type VersionName = (String, String, Row, i64, Option<i64>, bool);
+
+/// The versions one large transaction both opens and closes, by name, with how many
+/// times each; stripped from its parts as they are read back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SameTxnVersions {
+    lsn: Lsn,
+    closed: HashMap<VersionName, usize>,
+}
+
+impl SameTxnVersions {
+    /// Reads `txn`'s spill file once and names the versions it opens and closes itself
+    /// (nothing to read when it has no history events).
+    pub fn of(txn: &mut SpilledTxn) -> Result<SameTxnVersions, SpillError> {
+        let lsn = txn.commit_lsn();
+        let mut found = SameTxnVersions {
+            lsn,
+            closed: HashMap::new(),
+        };
+        if txn.history_rows() == 0 {
+            return Ok(found);
+        }
+        let mut parts = txn.parts()?;
+        while let Some(part) = parts.next_part()? {
+            for event in &part.history {
+                if let Some(name) = found.closed_here(event) {
+                    *found.closed.entry(name).or_default() += 1;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Whether there is nothing to strip.
+    pub fn is_empty(&self) -> bool {
+        self.closed.is_empty()
+    }
+
+    /// The name of the version `event` closes, when the transaction opened it.
+    fn closed_here(&self, event: &HistoryEvent) -> Option<VersionName> {
+        match &event.delta {
+            VersionDelta::Close {
+                key,
+                valid_from,
+                valid_to,
+                system_from,
+                system_to,
+                tombstone,
+                ..
+            } if system_from.lsn == self.lsn && system_to.lsn == self.lsn => Some((
+                event.tenant.clone(),
+                event.table.qualified_name(),
+                key.clone(),
+                *valid_from,
+                *valid_to,
+                *tombstone,
+            )),
+            _ => None,
+        }
+    }
+
+    /// Drops from `part` (the next in order) the closes of versions the transaction
+    /// opened and, for each, the first opening of that version.
+    pub fn strip(&mut self, part: &mut ApplyBatch) {
+        if self.closed.is_empty() {
+            return;
+        }
+        let lsn = self.lsn;
+        part.history.retain(|event| match &event.delta {
+            VersionDelta::Close { .. } => self.closed_here(event).is_none(),
+            VersionDelta::Open(v) if v.system_from.lsn == lsn => {
+                let name = (
+                    event.tenant.clone(),
+                    event.table.qualified_name(),
+                    v.key.clone(),
+                    v.valid_from,
+                    v.valid_to,
+                    v.tombstone,
+                );
+                match self.closed.get_mut(&name) {
+                    Some(n) if *n > 0 => {
+                        *n -= 1;
+                        false
+                    }
+                    _ => true,
+                }
+            }
+            VersionDelta::Open(_) => true,
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,5 +286,39 @@ mod tests {
         assert_eq!(closes[0].system_from.lsn, 1);
         assert_eq!(closes[1].system_from.lsn, 5);
         assert_eq!(closes[1].system_to.lsn, 6);
+    }
+
+    /// Across parts: a version opened, closed and opened again by the transaction keeps
+    /// only its last opening; a close of an earlier transaction's version stays.
+    #[test]
+    fn versions_the_transaction_opens_and_closes_are_stripped_across_parts() {
+        let batch = |history| ApplyBatch {
+            commit_lsn: 9,
+            changes: Vec::new(),
+            history,
+        };
+        let parts = vec![
+            batch(vec![close(4, 9, 0), open(9, 0)]),
+            batch(vec![close(9, 9, 0)]),
+            batch(vec![open(9, 0), open(9, 5)]),
+        ];
+        let mut txn = SpilledTxn::create(9).unwrap();
+        for p in &parts {
+            txn.append(p).unwrap();
+        }
+        let mut versions = SameTxnVersions::of(&mut txn).unwrap();
+        assert!(!versions.is_empty());
+        let mut stripped = parts.clone();
+        for p in &mut stripped {
+            versions.strip(p);
+        }
+        assert_eq!(stripped[0].history, vec![close(4, 9, 0)]);
+        assert!(stripped[1].history.is_empty());
+        assert_eq!(stripped[2].history, vec![open(9, 0), open(9, 5)]);
+
+        // No history events: nothing read, nothing stripped.
+        let mut plain = SpilledTxn::create(9).unwrap();
+        plain.append(&batch(Vec::new())).unwrap();
+        assert!(SameTxnVersions::of(&mut plain).unwrap().is_empty());
     }
 }

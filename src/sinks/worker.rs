@@ -443,6 +443,7 @@ async fn stream_large<S: Sink>(
         });
         let live = sink.apply_large_live(&mut parts).await;
         let whole = parts.is_complete();
+        let history = parts.history_seen();
         if let Err(stopped) = parts.finish().await {
             return stop(stopped);
         }
@@ -450,7 +451,9 @@ async fn stream_large<S: Sink>(
             Ok(_) if !whole => Err(crate::sinks::SinkError::Definite(
                 "the sink reported a large transaction durable before its last part".into(),
             )),
-            other => other,
+            // Versions are matched across the parts in the spill file: not a failure.
+            Err(_) if history => Ok(None),
+            other => other.map(|report| Some((report, history))),
         }
     };
     let durable = |report: &ApplyReport, started| {
@@ -462,14 +465,34 @@ async fn stream_large<S: Sink>(
     };
     let mut wait = RETRY_INITIAL;
     match live {
-        Ok(report) => {
-            tracing::info!(
-                sink = kind,
-                lsn,
-                rows = spill.rows(),
-                parts = spill.part_count(),
-                "large transaction applied as it arrived"
-            );
+        Ok(None) => tracing::info!(
+            sink = kind,
+            lsn,
+            rows = spill.rows(),
+            parts = spill.part_count(),
+            "large transaction with history versions spilled to local disk; applying it from there"
+        ),
+        Ok(Some((report, history))) => {
+            let (rows, parts) = (spill.rows(), spill.part_count());
+            if history {
+                // A sink that waits for the last part (the cold tier) reads it back from
+                // the spill file.
+                tracing::info!(
+                    sink = kind,
+                    lsn,
+                    rows,
+                    parts,
+                    "large transaction applied from its spill file"
+                );
+            } else {
+                tracing::info!(
+                    sink = kind,
+                    lsn,
+                    rows,
+                    parts,
+                    "large transaction applied as it arrived"
+                );
+            }
             return durable(&report, started);
         }
         Err(err) => {

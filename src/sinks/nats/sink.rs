@@ -699,10 +699,7 @@ impl Sink for NatsSink {
     }
 
     async fn apply_large(&mut self, txn: &mut SpilledTxn) -> Result<ApplyReport, SinkError> {
-        let parts = txn
-            .parts()
-            .map_err(|e| SinkError::Definite(e.to_string()))?;
-        self.publish_large(PartSource::<fn(usize)>::Spilled(parts))
+        self.publish_large(PartSource::<fn(usize)>::spilled(txn)?)
             .await
     }
 

@@ -1,17 +1,15 @@
 //! One large transaction's history versions written to the cold tier piece by piece, so
 //! the sink holds a part and a bounded buffer of rows, never the whole transaction.
 //!
-//! Each part's versions become cold rows per table directory, buffered; once the buffer
+//! The parts are read back from the transaction's spill file, without the versions it
+//! opens and closes itself ([`crate::sinks::versions::SameTxnVersions`]). Each part's
+//! versions become cold rows per table directory, buffered; once the buffer
 //! passes its bound ([`LARGE_BUFFER_ROWS`] by default), every directory's rows are staged as one piece
 //! ([`ColdTableWriter::stage`], files `part-<lsn>-<lsn>-<piece>.parquet` under `_tmp/`,
 //! not yet listed). After the last part each directory publishes all of its pieces with
 //! one manifest update, the commit point: a reader sees the whole transaction in a table
 //! or none of it, and a crash before the commit leaves only staged files, which the next
 //! open deletes. A directory already covering the transaction (a replay) stages nothing.
-//!
-//! Versions opened and closed by the transaction are dropped within a part; one opened in
-//! a part and closed in a later part is stored with an empty system interval (never
-//! visible at any system time), as the PostgreSQL sink stores it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

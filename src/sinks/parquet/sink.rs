@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::change::{Cell, HistoryEvent, Lsn, Row, TableInfo, Text};
-use crate::sinks::large::{LiveParts, PartSource};
+use crate::sinks::large::PartSource;
 use crate::sinks::parquet::large_txn::{LargeWrite, LargeWriteError, LARGE_BUFFER_ROWS};
 use crate::sinks::parquet::{
     ChangeOp, ColdColumn, ColdEvent, ColdRow, ColdTableWriter, ParquetError,
@@ -265,11 +265,8 @@ impl Sink for ParquetSink {
     /// changed inside it makes it written whole instead.
     async fn apply_large(&mut self, txn: &mut SpilledTxn) -> Result<ApplyReport, SinkError> {
         let lsn = txn.commit_lsn();
-        let parts = txn
-            .parts()
-            .map_err(|e| SinkError::Definite(e.to_string()))?;
         match self
-            .write_large(lsn, PartSource::<fn(usize)>::Spilled(parts))
+            .write_large(lsn, PartSource::<fn(usize)>::spilled(txn)?)
             .await
         {
             Ok(report) => Ok(report),
@@ -282,20 +279,6 @@ impl Sink for ParquetSink {
                 self.apply(std::slice::from_ref(&whole)).await
             }
         }
-    }
-
-    async fn apply_large_live<F: FnMut(usize) + Send>(
-        &mut self,
-        parts: &mut LiveParts<'_, F>,
-    ) -> Result<ApplyReport, SinkError> {
-        let lsn = parts.commit_lsn();
-        self.write_large(lsn, PartSource::Live(parts))
-            .await
-            .map_err(|e| match e {
-                LargeWriteError::Sink(e) => e,
-                // Written whole from the spill file by `apply_large`.
-                shape => SinkError::Transient(shape.to_string()),
-            })
     }
 
     async fn reconnect(&mut self) -> Result<(), SinkError> {

@@ -542,10 +542,7 @@ impl PgApplySink {
         let mut failing_now: HashMap<String, String> = HashMap::new();
         let lsn = txn.commit_lsn();
         loop {
-            let parts = txn
-                .parts()
-                .map_err(|e| SinkError::Definite(e.to_string()))?;
-            let parts = PartSource::<fn(usize)>::Spilled(parts);
+            let parts = PartSource::<fn(usize)>::spilled(txn)?;
             match self.write_large(client, lsn, parts, &failing_now).await {
                 Ok(report) => {
                     self.failed_tables.extend(failing_now);
@@ -588,6 +585,12 @@ impl PgApplySink {
         let mut checkpoints: HashMap<String, Lsn> = HashMap::new();
         let mut tenants: BTreeMap<String, TenantApplied> = BTreeMap::new();
         while let Some(part) = parts.next_part().await.map_err(untied)? {
+            if matches!(parts, PartSource::Live(_)) && !part.history.is_empty() {
+                return Err(untied(SinkError::Transient(
+                    "a large transaction with history versions is applied from its spill file"
+                        .into(),
+                )));
+            }
             let work = self.plan_work(std::slice::from_ref(&part));
             report.skipped += work.skipped;
             for (k, v) in work.checkpoints {

@@ -216,3 +216,93 @@ fn piece_file_names_parse_and_publishing_checks_its_entries() {
         Err(ParquetError::BadFile { .. })
     ));
 }
+
+/// A version the transaction opens in one part and closes in a later one (an insert,
+/// then an update moving part of its valid time) is stored as applying the whole would
+/// store it: not at all; the update's versions are what readers see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_version_opened_and_closed_across_parts_is_not_stored() {
+    use crate::control::history_query::{versions_from_cold_rows, visible_rows};
+    use crate::operators::version::{SysTime, SystemPoint, Version, VersionDelta};
+    let at = SysTime {
+        lsn: LSN,
+        micros: 5_000,
+    };
+    let row = |price: &str| -> Row { vec![Cell::text("1"), Cell::text("7"), Cell::text(price)] };
+    let table3 = Arc::new(crate::change::fixtures::table(
+        "t",
+        &[
+            ("tenant_id", "integer"),
+            ("id", "integer"),
+            ("price", "integer"),
+        ],
+        &[0, 1],
+    ));
+    let key: Row = vec![Cell::text("1"), Cell::text("7")];
+    let version = |value: Row, from: i64, to: Option<i64>| Version {
+        key: key.clone(),
+        value,
+        valid_from: from,
+        valid_to: to,
+        system_from: at,
+        system_to: None,
+        tombstone: false,
+    };
+    let event = |op, delta| HistoryEvent {
+        tenant: "1".into(),
+        seq: 0,
+        table: table3.clone(),
+        op,
+        delta,
+    };
+    let batch = |history| ApplyBatch {
+        commit_lsn: LSN,
+        changes: Vec::new(),
+        history,
+    };
+    let (d3, d5) = (300, 500);
+    let parts = vec![
+        batch(vec![event(
+            crate::change::HistoryOp::Insert,
+            VersionDelta::Open(version(row("1"), d3, None)),
+        )]),
+        batch(vec![
+            event(
+                crate::change::HistoryOp::Update,
+                VersionDelta::Close {
+                    key: key.clone(),
+                    value: row("1"),
+                    valid_from: d3,
+                    valid_to: None,
+                    system_from: at,
+                    system_to: at,
+                    tombstone: false,
+                },
+            ),
+            event(
+                crate::change::HistoryOp::Update,
+                VersionDelta::Open(version(row("1"), d3, Some(d5))),
+            ),
+            event(
+                crate::change::HistoryOp::Update,
+                VersionDelta::Open(version(row("2"), d5, None)),
+            ),
+        ]),
+    ];
+    let root = tempfile::tempdir().unwrap();
+    let mut sink = ParquetSink::new("j", root.path().to_path_buf(), 0);
+    let report = sink.apply_large(&mut spill(&parts)).await.unwrap();
+    assert_eq!(
+        report.upserted, 2,
+        "the update's two versions, not the insert's"
+    );
+    let (_, rows) = read_table(root.path(), "1", "app.t").unwrap();
+    let versions = versions_from_cold_rows(&table3, &rows);
+    for (valid, price) in [(d3 + 1, "1"), (d5 + 1, "2")] {
+        assert_eq!(
+            visible_rows(&versions, SystemPoint::Lsn(LSN), valid),
+            vec![row(price)],
+            "valid {valid}"
+        );
+    }
+}
