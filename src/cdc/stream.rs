@@ -310,6 +310,8 @@ async fn begin_txn<S: ConfirmedStore, C>(
     commit_time_micros: i64,
 ) -> Result<(), CdcError> {
     state.tracker.on_begin();
+    // Known from the start: the version books apply a large transaction before its end.
+    io.stats.commit_times.record(commit_lsn, commit_time_micros);
     let event = SourceEvent::Begin {
         commit_lsn,
         commit_time_micros,

@@ -1,6 +1,8 @@
-//! Bi-temporal history: applies each completed transaction's tenant changes, in
-//! transaction order, to the worker's version books (one [`VersionBook`] per tenant and
-//! table) and emits the versions they closed and opened beside the changes themselves.
+//! Bi-temporal history: applies each transaction's tenant changes, in transaction order,
+//! to the worker's version books (one [`VersionBook`] per tenant and table) and emits the
+//! versions they closed and opened beside the changes themselves. A transaction is
+//! applied once complete, or, when it is the oldest still open and
+//! [`STREAM_CHANGES`] of its changes wait, piece by piece as they arrive.
 //!
 //! System time is the transaction's commit (LSN and commit time); valid time comes from
 //! the table's valid-time column when the job names one (a NULL or unreadable value falls
@@ -389,6 +391,85 @@ pub trait VersionHistory<'scope> {
     ) -> StreamVec<'scope, Lsn, SinkItem>;
 }
 
+/// Changes of the oldest open transaction applied before its commit is complete, once
+/// this many wait: a large transaction goes through in pieces (and the dataflow hands it
+/// to the sinks in parts) instead of being held here whole.
+pub const STREAM_CHANGES: usize = 10_000;
+
+/// One transaction's changes waiting for this worker's books.
+struct PendingTxn {
+    cap: Capability<Lsn>,
+    changes: Vec<TenantChange>,
+    /// Its system time, fixed when its first changes were applied.
+    system: Option<SysTime>,
+    /// The position of the last change applied (some were applied before the commit
+    /// was complete).
+    last_seq: Option<u32>,
+}
+
+/// What the operator applies changes with.
+struct Recorder<F> {
+    plan: Arc<HistoryPlan>,
+    books: Arc<HistoryBooks>,
+    pass_changes: bool,
+    commit_time: F,
+    last_micros: i64,
+    events: Vec<HistoryEvent>,
+}
+
+impl<F: Fn(Lsn) -> Option<i64>> Recorder<F> {
+    /// The system time of the transaction at `lsn` (its commit time as the reader
+    /// recorded it, else the last one seen).
+    fn system_time(&mut self, lsn: Lsn) -> SysTime {
+        let micros = (self.commit_time)(lsn).unwrap_or(self.last_micros);
+        self.last_micros = micros;
+        SysTime { lsn, micros }
+    }
+
+    /// Applies `changes` (in transaction order) to the books and hands `give` the
+    /// changes (when passed on) and the events they made.
+    fn apply(
+        &mut self,
+        system: SysTime,
+        changes: Vec<TenantChange>,
+        mut give: impl FnMut(SinkItem),
+    ) {
+        let start = self.books.start();
+        // Only this worker touches its tenants' books: a panic elsewhere while holding
+        // the lock leaves them whole.
+        let mut map = self.books.books.lock().unwrap_or_else(|e| e.into_inner());
+        if self.pass_changes {
+            for change in &changes {
+                record_change(
+                    &self.plan,
+                    &mut map,
+                    start,
+                    system,
+                    change,
+                    &mut self.events,
+                );
+            }
+            changes
+                .into_iter()
+                .map(SinkItem::Change)
+                .for_each(&mut give);
+        } else {
+            for change in changes {
+                record_owned_change(
+                    &self.plan,
+                    &mut map,
+                    start,
+                    system,
+                    change,
+                    &mut self.events,
+                );
+            }
+        }
+        drop(map);
+        self.events.drain(..).map(SinkItem::History).for_each(give);
+    }
+}
+
 impl<'scope> VersionHistory<'scope> for StreamVec<'scope, Lsn, TenantChange> {
     fn version_history(
         self,
@@ -401,57 +482,67 @@ impl<'scope> VersionHistory<'scope> for StreamVec<'scope, Lsn, TenantChange> {
             Pipeline,
             "VersionHistory",
             move |_cap, _info| {
-                let mut stash: BTreeMap<Lsn, (Capability<Lsn>, Vec<TenantChange>)> =
-                    BTreeMap::new();
-                let mut last_micros = 0i64;
-                let mut events = Vec::new();
+                let mut stash: BTreeMap<Lsn, PendingTxn> = BTreeMap::new();
+                let mut recorder = Recorder {
+                    plan,
+                    books,
+                    pass_changes,
+                    commit_time,
+                    last_micros: 0,
+                    events: Vec::new(),
+                };
                 move |(input, frontier), output| {
                     input.for_each_stamp(|cap, data| {
                         let Some(&t) = cap.least() else { return };
-                        let entry = stash.entry(t).or_insert_with(|| {
-                            (cap.retain_least(0).expect("output 0 exists"), Vec::new())
+                        let entry = stash.entry(t).or_insert_with(|| PendingTxn {
+                            cap: cap.retain_least(0).expect("output 0 exists"),
+                            changes: Vec::new(),
+                            system: None,
+                            last_seq: None,
                         });
                         for batch in data {
-                            entry.1.append(batch);
+                            entry.changes.append(batch);
                         }
                     });
                     // Versions follow transaction order: a timestamp is applied to the
-                    // books only once it is complete on this worker.
-                    while let Some((&t, _)) = stash.first_key_value() {
-                        if frontier.frontier().less_equal(&t) {
+                    // books once it is complete on this worker, or, while it is the
+                    // oldest one still open (nothing earlier can arrive) and many of its
+                    // changes wait, those changes: they arrive in transaction order (one
+                    // input, on worker 0, and first-in first-out channels).
+                    while let Some((&t, pending)) = stash.first_key_value() {
+                        let complete = !frontier.frontier().less_equal(&t);
+                        let oldest_open = frontier.frontier().iter().all(|f| *f >= t);
+                        // Streamed only with its commit time known (the reader records
+                        // it at the transaction's start): every piece gets the same.
+                        let stream = oldest_open
+                            && pending.changes.len() >= STREAM_CHANGES
+                            && (pending.system.is_some() || (recorder.commit_time)(t).is_some());
+                        if !complete && !stream {
                             break;
                         }
-                        let Some((cap, mut changes)) = stash.remove(&t) else {
+                        let Some(mut pending) = stash.remove(&t) else {
                             break;
                         };
+                        let mut changes = std::mem::take(&mut pending.changes);
                         changes.sort_by_key(|c| c.seq);
-                        let micros = commit_time(t).unwrap_or(last_micros);
-                        last_micros = micros;
-                        let system = SysTime { lsn: t, micros };
-                        let start = books.start();
-                        // Only this worker touches its tenants' books: a panic elsewhere
-                        // while holding the lock leaves them whole.
-                        let mut map = books.books.lock().unwrap_or_else(|e| e.into_inner());
-                        let mut session = output.session(&cap);
-                        if pass_changes {
-                            for change in &changes {
-                                record_change(&plan, &mut map, start, system, change, &mut events);
-                            }
-                            session.give_iterator(changes.into_iter().map(SinkItem::Change));
-                        } else {
-                            for change in changes {
-                                record_owned_change(
-                                    &plan,
-                                    &mut map,
-                                    start,
-                                    system,
-                                    change,
-                                    &mut events,
-                                );
+                        if let (Some(last), Some(first)) = (pending.last_seq, changes.first()) {
+                            if first.seq <= last {
+                                tracing::error!(lsn = t, seq = first.seq, last, "a change arrived after later changes of its transaction were applied to the version books");
                             }
                         }
-                        drop(map);
-                        session.give_iterator(events.drain(..).map(SinkItem::History));
+                        let system = match pending.system {
+                            Some(system) => system,
+                            None => recorder.system_time(t),
+                        };
+                        pending.system = Some(system);
+                        pending.last_seq = changes.last().map(|c| c.seq).or(pending.last_seq);
+                        let mut session = output.session(&pending.cap);
+                        recorder.apply(system, changes, |item| session.give(item));
+                        drop(session);
+                        if !complete {
+                            stash.insert(t, pending);
+                            break;
+                        }
                     }
                 }
             },

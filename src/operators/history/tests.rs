@@ -253,3 +253,113 @@ fn tables_without_history_produce_nothing() {
     run.plan.tables.clear();
     assert!(run.apply(&upsert("1", row("1", "1", "5", JAN))).is_empty());
 }
+
+/// Runs `txns` (commit LSN, changes) through the operator, each given in chunks of
+/// `chunk` with the worker stepped in between, and returns the items it gave, by
+/// timestamp, plus how many it had given before each transaction's input was closed.
+fn through_operator(
+    txns: &[(Lsn, Vec<TenantChange>)],
+    chunk: usize,
+) -> (Vec<(Lsn, SinkItem)>, Vec<usize>) {
+    use timely::dataflow::operators::capture::{Capture, Event};
+    use timely::dataflow::operators::Input;
+    use timely::dataflow::InputHandleVec;
+    let txns = txns.to_vec();
+    timely::execute_directly(move |worker| {
+        let mut input: InputHandleVec<Lsn, TenantChange> = InputHandleVec::new();
+        let books = Arc::new(HistoryBooks::new(SysTime { lsn: 0, micros: 0 }));
+        let out = worker.dataflow::<Lsn, _, _>(|scope| {
+            scope
+                .input_from(&mut input)
+                .version_history(Arc::new(plan(None)), books, false, |lsn| {
+                    Some(lsn as i64 * 1000)
+                })
+                .capture()
+        });
+        let mut given = Vec::new();
+        let mut early = Vec::new();
+        let take = |given: &mut Vec<(Lsn, SinkItem)>| {
+            for event in out.try_iter() {
+                if let Event::Messages(stamp, data) = event {
+                    let t = *stamp.expect_singleton();
+                    given.extend(data.into_iter().map(|d| (t, d)));
+                }
+            }
+        };
+        for (lsn, changes) in txns {
+            input.advance_to(lsn);
+            for piece in changes.chunks(chunk) {
+                for c in piece {
+                    input.send(c.clone());
+                }
+                input.flush();
+                for _ in 0..20 {
+                    worker.step();
+                }
+            }
+            take(&mut given);
+            early.push(given.len());
+            input.advance_to(lsn + 1);
+        }
+        drop(input);
+        while worker.step() {}
+        take(&mut given);
+        (given, early)
+    })
+}
+
+/// A transaction far larger than [`STREAM_CHANGES`] is applied to the books as its
+/// changes arrive, before its input closes, with the events applying it whole records;
+/// a small one waits for its commit.
+#[test]
+fn a_large_transaction_is_versioned_as_it_arrives_with_the_same_events() {
+    let n = STREAM_CHANGES * 2 + 500;
+    let key = |i: usize| row("1", &(i % 3_000).to_string(), &i.to_string(), "x");
+    let mut big: Vec<TenantChange> = (0..n).map(|i| upsert("1", key(i))).collect();
+    for (i, c) in big.iter_mut().enumerate() {
+        c.seq = i as u32;
+    }
+    let small: Vec<TenantChange> = (0..5)
+        .map(|i| TenantChange {
+            seq: i,
+            ..upsert("2", row("2", &i.to_string(), "1", "x"))
+        })
+        .collect();
+    let txns = vec![(100, small), (200, big)];
+    let (streamed, early) = through_operator(&txns, 1_000);
+    assert_eq!(early[0], 0, "the small transaction waits for its commit");
+    assert!(
+        early[1] > 5 + STREAM_CHANGES,
+        "the large one was versioned before its commit: {early:?}"
+    );
+    // What applying each transaction whole, in order, records.
+    let plan = plan(None);
+    let mut books = HashMap::new();
+    let mut whole = Vec::new();
+    for (lsn, changes) in &txns {
+        let system = SysTime {
+            lsn: *lsn,
+            micros: *lsn as i64 * 1000,
+        };
+        let mut out = Vec::new();
+        for c in changes {
+            let start = SysTime { lsn: 0, micros: 0 };
+            record_owned_change(&plan, &mut books, start, system, c.clone(), &mut out);
+        }
+        whole.extend(out.into_iter().map(|e| (*lsn, e)));
+    }
+    let streamed: Vec<(Lsn, HistoryEvent)> = streamed
+        .into_iter()
+        .filter_map(|(t, item)| match item {
+            SinkItem::History(e) => Some((t, e)),
+            SinkItem::Change(_) => None,
+        })
+        .collect();
+    assert_eq!(streamed.len(), whole.len());
+    assert!(streamed == whole, "the same events in the same order");
+    // Keys repeat (3,000 keys, 20,500 changes): versions were closed within the
+    // transaction across the pieces.
+    assert!(streamed
+        .iter()
+        .any(|(_, e)| matches!(e.delta, VersionDelta::Close { .. })));
+}
