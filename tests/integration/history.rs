@@ -186,6 +186,14 @@ pub(crate) fn snapshot_log() -> (State, Vec<Change>) {
     (state, log)
 }
 
+/// The last LSN psql printed in `out`.
+fn last_lsn_in(out: &str) -> Lsn {
+    out.lines()
+        .filter_map(|l| parse_lsn(l.trim()))
+        .next_back()
+        .unwrap_or_else(|| panic!("no LSN in {out}"))
+}
+
 /// Runs `txns` random transactions; appends to `log` and `points` (LSN after each).
 pub(crate) fn workload(
     env: &Env,
@@ -246,12 +254,7 @@ pub(crate) fn workload(
         }
         sql.push_str("COMMIT;\nSELECT pg_current_wal_insert_lsn();");
         let out = env.on_source(&sql);
-        let lsn = out
-            .lines()
-            .filter_map(|l| parse_lsn(l.trim()))
-            .next_back()
-            .unwrap_or_else(|| panic!("no LSN in {out}"));
-        points.push(lsn);
+        points.push(last_lsn_in(&out));
     }
 }
 
@@ -308,12 +311,7 @@ pub(crate) fn large_transaction(
          COMMIT;
          SELECT pg_current_wal_insert_lsn();"
     ));
-    let lsn = out
-        .lines()
-        .filter_map(|l| parse_lsn(l.trim()))
-        .next_back()
-        .unwrap_or_else(|| panic!("no LSN in {out}"));
-    points.push(lsn);
+    points.push(last_lsn_in(&out));
 }
 
 /// The job: `public.prices` of tenants 1..=5 with history, into the target and a Parquet

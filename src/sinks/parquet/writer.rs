@@ -211,12 +211,7 @@ impl ColdTableWriter {
         let lo = lsn_lo.max(covered + 1);
 
         // Convert everything before touching the disk: a bad value publishes nothing.
-        let listed: HashSet<&str> = self
-            .manifest
-            .files
-            .iter()
-            .map(|f| f.path.as_str())
-            .collect();
+        let listed = self.listed_paths();
         let mut staged: Vec<(String, RecordBatch)> = Vec::with_capacity(groups.len());
         for (date, group) in &groups {
             let relative = match piece {
@@ -262,6 +257,15 @@ impl ColdTableWriter {
         Ok(entries)
     }
 
+    /// The paths the manifest lists.
+    fn listed_paths(&self) -> HashSet<&str> {
+        self.manifest
+            .files
+            .iter()
+            .map(|f| f.path.as_str())
+            .collect()
+    }
+
     /// Steps 2 and 3 of a write: lists staged `entries` (from [`Self::stage`], of LSNs
     /// above what the manifest covers) in the manifest, the commit point, then moves them
     /// into their `date=` directories.
@@ -269,12 +273,7 @@ impl ColdTableWriter {
         if entries.is_empty() {
             return Ok(());
         }
-        let listed: HashSet<&str> = self
-            .manifest
-            .files
-            .iter()
-            .map(|f| f.path.as_str())
-            .collect();
+        let listed = self.listed_paths();
         let mut paths = HashSet::new();
         for entry in entries {
             let temp = temp_path(&self.table_dir, &entry.path);
