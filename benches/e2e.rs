@@ -49,7 +49,9 @@
 //! durable), from the job's own stage samples.
 //!
 //! Memory: peak RSS of ours during the catch-up runs and while replicating one transaction
-//! of `HELIOS_BENCH_BIG_TXN_ROWS` rows (default 10,000,000), each in a fresh process. A
+//! of `HELIOS_BENCH_BIG_TXN_ROWS` rows (default 10,000,000) into the target, and one of
+//! `HELIOS_BENCH_HISTORY_TXN_ROWS` (default 1,000,000) in a history job into the cold tier,
+//! each in a fresh process. A
 //! child passing `HELIOS_BENCH_RSS_CAP_MIB` (default 8192) is stopped and reported as above
 //! the cap.
 //!
@@ -114,13 +116,16 @@ struct LagLoad {
 /// The issue's size. A child whose RSS passes `HELIOS_BENCH_RSS_CAP_MIB` (default 8192) is
 /// stopped and the figure is reported as above the cap.
 const DEFAULT_BIG_TXN_ROWS: u64 = 10_000_000;
+/// One transaction into a history job's cold tier (its books hold every row).
+const DEFAULT_HISTORY_TXN_ROWS: u64 = 1_000_000;
 const POLL: Duration = Duration::from_millis(50);
 const WAIT_LIMIT: Duration = Duration::from_secs(1800);
 
 const CATCHUP_TABLE: &str = "CREATE SCHEMA bench;
 CREATE TABLE bench.t (tenant_id int NOT NULL, id bigint NOT NULL, amount numeric(12,2),
     at timestamptz, payload jsonb, note text, flag bool, qty int, PRIMARY KEY (tenant_id, id));
-CREATE TABLE bench.big (LIKE bench.t INCLUDING ALL);";
+CREATE TABLE bench.big (LIKE bench.t INCLUDING ALL);
+CREATE TABLE bench.bigh (LIKE bench.t INCLUDING ALL);";
 
 const INSERT_ROWS: &str =
     "INSERT INTO bench.{table} SELECT (g % 50) + 1, g, (g % 10000000) / 100.0,
@@ -735,6 +740,8 @@ async fn parent_main() -> anyhow::Result<()> {
     let lag_secs = env_u64("HELIOS_BENCH_LAG_SECS", 30).max(1);
     let big_rows = env_u64("HELIOS_BENCH_BIG_TXN_ROWS", DEFAULT_BIG_TXN_ROWS).max(1) as i64;
     let rss_cap_mib = env_u64("HELIOS_BENCH_RSS_CAP_MIB", 8192);
+    let history_rows =
+        env_u64("HELIOS_BENCH_HISTORY_TXN_ROWS", DEFAULT_HISTORY_TXN_ROWS).max(1) as i64;
     let mut lag_loads = LAG_LOADS;
     lag_loads[2].rate = env_u64("HELIOS_BENCH_LAG_TOP_RATE", LAG_LOADS[2].rate);
     let bench_started = Instant::now();
@@ -1067,45 +1074,31 @@ async fn parent_main() -> anyhow::Result<()> {
     }
 
     // ---- memory: one big transaction ----
-    prime(&spec_big)
-        .await
-        .context("priming the big transaction job")?;
-    let t = Instant::now();
-    {
-        let client = connect(&src_bench).await?;
-        client
-            .execute(&INSERT_ROWS.replace("{table}", "big"), &[&1i64, &big_rows])
-            .await?;
-    }
-    println!(
-        "wrote one transaction of {big_rows} rows in {:.1}s",
-        t.elapsed().as_secs_f64()
-    );
     let tgt_big = connect(&target.dsn("big")).await?;
-    let t = Instant::now();
-    let mut child = JobChild::spawn(&spec_big).await?;
-    let pid = child.child.id().unwrap_or(0);
     let big_keys = last_ids(big_rows, &all_tenants);
-    let capped = tokio::select! {
-        done = wait_for_keys(&tgt_big, "bench.big", &big_keys) => { done?; false }
-        _ = rss_above(pid, rss_cap_mib * 1024) => true,
-    };
-    let big_secs = t.elapsed().as_secs_f64();
-    let (big_fig, big_n) = if capped {
-        let _ = child.child.kill().await;
-        println!("big transaction: stopped after {big_secs:.1}s: RSS above {rss_cap_mib} MiB");
-        (None, 0)
-    } else {
-        let f = child.stats().await?;
-        child.stop().await?;
-        let n = count(&tgt_big, "SELECT count(*) FROM bench.big").await?;
-        println!(
-            "big transaction: {big_secs:.1}s, {n} rows on the target, peak RSS {} MiB",
-            f.hwm_kb / 1024
-        );
-        (Some(f), n)
-    };
+    let big = big_transaction_run(&src_bench, &spec_big, "big", big_rows, rss_cap_mib, async {
+        wait_for_keys(&tgt_big, "bench.big", &big_keys).await?;
+        count(&tgt_big, "SELECT count(*) FROM bench.big").await
+    })
+    .await?;
     drop_slot(&src, "ours_big").await;
+    // The same in a history job into the cold tier: versions kept in the books and
+    // written as Parquet.
+    let cold_h = dir.path().join("cold_h");
+    let spec_h = cold_job_spec("ours_bigh", &src_bench, "bench.bigh", &cold_h);
+    let history = big_transaction_run(
+        &src_bench,
+        &spec_h,
+        "bigh",
+        history_rows,
+        rss_cap_mib,
+        async {
+            wait_for_cold_rows(&cold_h, "bench.bigh", history_rows as u64).await?;
+            Ok(cold_listed(&cold_h, "bench.bigh")?.rows as i64)
+        },
+    )
+    .await?;
+    drop_slot(&src, "ours_bigh").await;
 
     // ---- the table ----
     let mut out = String::new();
@@ -1221,21 +1214,41 @@ async fn parent_main() -> anyhow::Result<()> {
             )?;
         }
     }
-    match big_fig {
-        Some(f) => writeln!(
-            out,
-            "| one transaction of {big_rows} rows{} | {big_n} | {big_secs:.1} | {:.0} | {} MiB |",
-            if big_n == big_rows { "" } else { " (**count wrong**)" },
-            big_rows as f64 / big_secs,
-            f.hwm_kb / 1024
-        )?,
-        None => writeln!(
-            out,
-            "| one transaction of {big_rows} rows | not applied (stopped) | {big_secs:.1} | – | > {rss_cap_mib} MiB (cap) |"
-        )?,
+    for (run, what) in [
+        (&big, "into the target"),
+        (&history, "with history, into the cold tier"),
+    ] {
+        let label = format!("one transaction of {} rows {what}", run.rows);
+        match run.figures {
+            Some(f) => writeln!(
+                out,
+                "| {label}{} | {} | {:.1} | {:.0} | {} MiB |",
+                if run.landed == run.rows {
+                    ""
+                } else {
+                    " (**count wrong**)"
+                },
+                run.landed,
+                run.secs,
+                run.rows as f64 / run.secs,
+                f.hwm_kb / 1024
+            )?,
+            None => writeln!(
+                out,
+                "| {label} | not applied (stopped) | {:.1} | – | > {rss_cap_mib} MiB (cap) |",
+                run.secs
+            )?,
+        }
     }
 
-    let header = run_header(&pg_version, rows, lag_secs, big_rows, bench_started)?;
+    let header = run_header(
+        &pg_version,
+        rows,
+        lag_secs,
+        big_rows,
+        history_rows,
+        bench_started,
+    )?;
     println!("\n{header}\n{out}");
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/results/e2e.md");
     let mut file_text = std::fs::read_to_string(path).unwrap_or_else(|_| {
@@ -1253,6 +1266,7 @@ fn run_header(
     rows: i64,
     lag_secs: u64,
     big_rows: i64,
+    history_rows: i64,
     started: Instant,
 ) -> anyhow::Result<String> {
     let sh = |cmd: &str, args: &[&str]| {
@@ -1280,7 +1294,7 @@ fn run_header(
         .unwrap_or(0.0);
     Ok(format!(
         "## {date}\n\nMachine: {cores} cores, {:.1} GiB RAM; commit {commit}; PostgreSQL {pg_version}; \
-         our workers {workers}, async threads {async_threads}; HELIOS_BENCH_ROWS={rows} HELIOS_BENCH_LAG_SECS={lag_secs} HELIOS_BENCH_BIG_TXN_ROWS={big_rows}; \
+         our workers {workers}, async threads {async_threads}; HELIOS_BENCH_ROWS={rows} HELIOS_BENCH_LAG_SECS={lag_secs} HELIOS_BENCH_BIG_TXN_ROWS={big_rows} HELIOS_BENCH_HISTORY_TXN_ROWS={history_rows}; \
          whole run {:.0} s.\n",
         mem_kb / 1024.0 / 1024.0,
         started.elapsed().as_secs_f64(),
@@ -1290,6 +1304,70 @@ fn run_header(
 }
 
 /// Resolves once the process `pid` has more than `cap_kb` resident.
+/// One big-transaction memory run: what landed, how long it took, the child's figures
+/// (`None`: stopped above the RSS cap).
+struct BigRun {
+    rows: i64,
+    landed: i64,
+    secs: f64,
+    figures: Option<Figures>,
+}
+
+/// Primes `spec`'s job, writes one transaction of `rows` rows into `bench.<table>`, runs
+/// the job until `landed` (which returns the rows that landed) or until its RSS passes the
+/// cap, and stops it.
+async fn big_transaction_run(
+    src_dsn: &str,
+    spec: &str,
+    table: &str,
+    rows: i64,
+    rss_cap_mib: u64,
+    landed: impl std::future::Future<Output = anyhow::Result<i64>>,
+) -> anyhow::Result<BigRun> {
+    prime(spec)
+        .await
+        .with_context(|| format!("priming the bench.{table} job"))?;
+    let t = Instant::now();
+    connect(src_dsn)
+        .await?
+        .execute(&INSERT_ROWS.replace("{table}", table), &[&1i64, &rows])
+        .await?;
+    println!(
+        "wrote one transaction of {rows} rows into bench.{table} in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    let mut child = JobChild::spawn(spec).await?;
+    let pid = child.child.id().unwrap_or(0);
+    let outcome = tokio::select! {
+        n = landed => Some(n?),
+        _ = rss_above(pid, rss_cap_mib * 1024) => None,
+    };
+    let secs = t.elapsed().as_secs_f64();
+    let Some(n) = outcome else {
+        let _ = child.child.kill().await;
+        println!("bench.{table}: stopped after {secs:.1}s: RSS above {rss_cap_mib} MiB");
+        return Ok(BigRun {
+            rows,
+            landed: 0,
+            secs,
+            figures: None,
+        });
+    };
+    let f = child.stats().await?;
+    child.stop().await?;
+    println!(
+        "bench.{table}: {secs:.1}s, {n} rows landed, peak RSS {} MiB",
+        f.hwm_kb / 1024
+    );
+    Ok(BigRun {
+        rows,
+        landed: n,
+        secs,
+        figures: Some(f),
+    })
+}
+
 async fn rss_above(pid: u32, cap_kb: u64) {
     loop {
         let rss: u64 = std::fs::read_to_string(format!("/proc/{pid}/status"))
