@@ -298,8 +298,8 @@ fn a_killed_job_streams_every_change_to_nats_exactly_once_in_order() {
 /// A transaction far larger than what a worker holds (`deliver::PART_ROWS`) reaches the
 /// NATS sink in parts, which it publishes as they arrive. The job is killed while they
 /// arrive; after the restart every change is in the stream exactly once, each subject's
-/// frames of the transaction are marked partial up to its last one, and the restarted
-/// process stays within the memory bound however large the transaction.
+/// frames of the transaction are marked partial and an empty frame ends it, and the
+/// restarted process stays within the memory bound however large the transaction.
 #[test]
 fn a_large_transaction_is_published_to_nats_in_parts_exactly_once_across_a_kill() {
     let env = Env::start(ORDERS);
@@ -353,6 +353,7 @@ fn a_large_transaction_is_published_to_nats_in_parts_exactly_once_across_a_kill(
         let (last, leading) = big.split_last().expect("frames");
         assert!(leading.len() > 1, "{subject}: the transaction spans frames");
         assert_eq!(last.partial_rows, None, "{subject}: its last frame ends it");
+        assert_eq!(last.batch.num_rows(), 0, "{subject}: an empty end frame");
         let mut so_far = 0;
         for f in leading {
             assert_eq!(

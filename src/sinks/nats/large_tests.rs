@@ -1,7 +1,7 @@
 //! The NATS sink's large-transaction path against a real `nats-server -js` (started on a
-//! free port in a temporary directory): the parts are published as they arrive, each
-//! subject's frames are marked partial up to its last one, and an attempt after a failed
-//! one publishes every row exactly once.
+//! free port in a temporary directory): the parts are published as they arrive, every
+//! frame marked partial, an empty frame ends the transaction on each subject, and an
+//! attempt after a failed one publishes every row exactly once.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -193,10 +193,7 @@ async fn a_large_transaction_is_published_part_by_part_and_once_after_a_failed_a
         .iter()
         .map(|t| ids(&frames_of(&early, t)).len())
         .sum();
-    assert!(
-        published_early < 2 * PART,
-        "each subject's last frame is held back"
-    );
+    assert_eq!(published_early, 2 * PART, "the two parts that arrived");
 
     // A restarted sink applies the whole transaction from its spill file: it skips what
     // the stream has and goes on from there.
@@ -232,6 +229,11 @@ async fn a_large_transaction_is_published_part_by_part_and_once_after_a_failed_a
         assert_eq!(
             last.partial_rows, None,
             "tenant {tenant}: the last frame ends it"
+        );
+        assert_eq!(
+            last.batch.num_rows(),
+            0,
+            "tenant {tenant}: an empty end frame"
         );
         let mut so_far = 0;
         for f in leading {

@@ -13,16 +13,15 @@
 //!   retry JetStream already stored is dropped by its duplicate window.
 //!
 //! A transaction too large to hold (handed over in parts, DESIGN.md invariant 5) is
-//! published part by part as the parts arrive; each subject's last frame waits for the
-//! next part, so that the frame ending the transaction on that subject is the one without
-//! the partial header.
+//! published part by part as the parts arrive, every frame marked partial; an empty frame
+//! without the header then ends it on each subject it touched.
 //!
 //! The sink reports a group durable once JetStream has acknowledged every frame of it.
 //! Frames of different subjects are published concurrently, frames of one subject in
 //! order. After any failure every subject's state (its codec state too) is dropped: the
 //! next frames are key frames that do not depend on anything the stream may lack.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -138,8 +137,17 @@ enum PlanMode<'a> {
     Group,
     /// A chunk of the initial copy.
     SnapshotChunk,
-    /// A part of one large transaction; counts each subject's rows handed so far.
-    LargePart(&'a mut HashMap<String, usize>),
+    /// A part of one large transaction; records each subject it touches.
+    LargePart(&'a mut HashMap<String, LargeSubject>),
+}
+
+/// A subject one large transaction touches: its rows handed so far, and what its end
+/// frame needs.
+struct LargeSubject {
+    handed: usize,
+    tenant: String,
+    table: String,
+    schema: arrow_schema::SchemaRef,
 }
 
 /// What a plan publishes: each subject's frames, in order.
@@ -371,6 +379,10 @@ impl NatsSink {
             }
             for f in frames {
                 bytes += f.payload.len() as u64;
+                // An end frame carries no rows: nothing to report of its encoding.
+                if f.rows == 0 {
+                    continue;
+                }
                 self.stats.record_frame(
                     subject,
                     f.rows,
@@ -428,10 +440,20 @@ impl NatsSink {
             let role = match &mut mode {
                 PlanMode::Group => SegmentRole::Group,
                 PlanMode::SnapshotChunk => SegmentRole::SnapshotChunk,
-                PlanMode::LargePart(handed) => {
-                    let before = handed.entry(subject.clone()).or_default();
-                    let role = SegmentRole::LargePart { before: *before };
-                    *before += segment.batch.num_rows();
+                PlanMode::LargePart(touched) => {
+                    let large = touched
+                        .entry(subject.clone())
+                        .or_insert_with(|| LargeSubject {
+                            handed: 0,
+                            tenant: segment.tenant.clone(),
+                            table: segment.table.qualified_name(),
+                            schema: segment.batch.schema(),
+                        });
+                    let role = SegmentRole::LargePart {
+                        before: large.handed,
+                    };
+                    large.handed += segment.batch.num_rows();
+                    large.schema = segment.batch.schema();
                     role
                 }
             };
@@ -499,64 +521,91 @@ impl NatsSink {
     }
 
     /// Publishes one large transaction part by part, as [`PartSource`] hands them out, so
-    /// only a part and one frame per subject are held at a time. Every frame is marked
-    /// partial except each subject's last, which is held back until the next part shows
-    /// whether the subject has more rows of the transaction: a consumer sees the
-    /// transaction end on each subject. After a crash or an error the transaction is
+    /// only a part and its frames are held at a time. Every frame is marked partial; once
+    /// the last part is in, each subject the transaction touched whose last message is
+    /// still partial gets an empty frame without the header, so a consumer sees the
+    /// transaction end on every subject. After a crash or an error the transaction is
     /// published again from its first part and each subject skips the rows it has.
     async fn publish_large<F: FnMut(usize) + Send>(
         &mut self,
         mut parts: PartSource<'_, '_, '_, F>,
     ) -> Result<ApplyReport, SinkError> {
         let mut report = ApplyReport::default();
-        let mut handed: HashMap<String, usize> = HashMap::new();
-        let mut held: BTreeMap<String, Frame> = BTreeMap::new();
+        let mut touched: HashMap<String, LargeSubject> = HashMap::new();
         let mut tenant_lsn: HashMap<String, Lsn> = HashMap::new();
+        let mut lsn = None;
         let outcome = async {
             while let Some(part) = parts.next_part().await? {
                 let started = Instant::now();
+                lsn = Some(part.commit_lsn);
                 self.count_unroutable(&part, &mut report);
                 let segments = self.segments_of(std::slice::from_ref(&part))?;
                 drop(part);
                 let mut encode_secs = 0.0;
-                let mut plan = self
+                let plan = self
                     .plan_frames(
                         &segments,
-                        PlanMode::LargePart(&mut handed),
+                        PlanMode::LargePart(&mut touched),
                         &mut report,
                         &mut encode_secs,
                         &mut tenant_lsn,
                     )
                     .await?;
-                for (subject, frames) in &mut plan {
-                    if let Some(last) = frames.pop() {
-                        if let Some(previous) = held.insert(subject.clone(), last) {
-                            frames.insert(0, previous);
-                        }
-                    }
-                }
                 report.bytes += self.publish(&plan).await?;
                 self.record_encoding(encode_secs, started);
             }
-            let last: Plan = std::mem::take(&mut held)
-                .into_iter()
-                .map(|(subject, mut frame)| {
-                    frame.partial_rows = None;
-                    (subject, vec![frame])
-                })
-                .collect();
-            report.bytes += self.publish(&last).await?;
+            let Some(lsn) = lsn else {
+                return Ok(());
+            };
+            let ends = self.end_frames(lsn, &touched)?;
+            report.bytes += self.publish(&ends).await?;
             Ok::<_, SinkError>(())
         }
         .await;
         if let Err(e) = outcome {
-            // Held frames were encoded but not published: the encoders' state is ahead of
-            // the stream.
             self.subjects.clear();
             return Err(e);
         }
         report.tenants = tenants_applied(tenant_lsn);
         Ok(report)
+    }
+
+    /// The empty frames ending transaction `lsn` on the subjects it touched whose last
+    /// message says it goes on.
+    fn end_frames(
+        &mut self,
+        lsn: Lsn,
+        touched: &HashMap<String, LargeSubject>,
+    ) -> Result<Plan, SinkError> {
+        let mut plan = Vec::new();
+        let mut names: Vec<&String> = touched.keys().collect();
+        names.sort();
+        for subject in names {
+            let large = &touched[subject];
+            let Some(state) = self.subjects.get_mut(subject) else {
+                continue;
+            };
+            if state.last_lsn != lsn || state.partial_rows.is_none() {
+                continue;
+            }
+            let empty = RecordBatch::new_empty(large.schema.clone());
+            let payload = state.encoder.encode(&empty).map_err(|e| {
+                SinkError::Definite(format!("encode the end frame for {subject}: {e}"))
+            })?;
+            let frame = Frame {
+                payload,
+                rows: 0,
+                arrow_bytes: 0,
+                first_lsn: lsn,
+                last_lsn: lsn,
+                partial_rows: None,
+                tenant: large.tenant.clone(),
+                table: large.table.clone(),
+                choices: state.encoder.last_choices().to_vec(),
+            };
+            plan.push((subject.clone(), vec![frame]));
+        }
+        Ok(plan)
     }
 }
 
