@@ -379,6 +379,17 @@ fn history_table_cold_tier_and_api_agree_with_the_oracle() {
         })
     });
 
+    // The large transaction reached both sinks in parts; with history versions, each
+    // applied it from its spill file.
+    let log_text = server.output();
+    for sink in ["postgres", "parquet"] {
+        assert!(
+            log_text.lines().any(|l| l.contains(sink)
+                && (l.contains("large transaction with history versions spilled")
+                    || l.contains("large transaction applied from its spill file"))),
+            "the {sink} sink applied the large transaction from its spill file:\n{log_text}"
+        );
+    }
     let sample: Vec<usize> = (0..points.len())
         .step_by(7)
         .chain([large, points.len() - 1])
