@@ -475,6 +475,29 @@ impl NatsSink {
         Ok(plan)
     }
 
+    /// Encodes `batches` as `mode` says, publishes the frames and records the encoding
+    /// time; adds to `report` and each tenant's last commit LSN to `tenant_lsn`.
+    async fn publish_batches(
+        &mut self,
+        batches: &[ApplyBatch],
+        mode: PlanMode<'_>,
+        report: &mut ApplyReport,
+        tenant_lsn: &mut HashMap<String, Lsn>,
+    ) -> Result<(), SinkError> {
+        let started = Instant::now();
+        for batch in batches {
+            self.count_unroutable(batch, report);
+        }
+        let segments = self.segments_of(batches)?;
+        let mut encode_secs = 0.0;
+        let plan = self
+            .plan_frames(&segments, mode, report, &mut encode_secs, tenant_lsn)
+            .await?;
+        report.bytes += self.publish(&plan).await?;
+        self.record_encoding(encode_secs, started);
+        Ok(())
+    }
+
     /// Counts the changes of `batch` that could not be routed to a tenant (not published).
     fn count_unroutable(&self, batch: &ApplyBatch, report: &mut ApplyReport) {
         for c in &batch.changes {
@@ -536,23 +559,15 @@ impl NatsSink {
         let mut lsn = None;
         let outcome = async {
             while let Some(part) = parts.next_part().await? {
-                let started = Instant::now();
                 lsn = Some(part.commit_lsn);
-                self.count_unroutable(&part, &mut report);
-                let segments = self.segments_of(std::slice::from_ref(&part))?;
-                drop(part);
-                let mut encode_secs = 0.0;
-                let plan = self
-                    .plan_frames(
-                        &segments,
-                        PlanMode::LargePart(&mut touched),
-                        &mut report,
-                        &mut encode_secs,
-                        &mut tenant_lsn,
-                    )
-                    .await?;
-                report.bytes += self.publish(&plan).await?;
-                self.record_encoding(encode_secs, started);
+                let mode = PlanMode::LargePart(&mut touched);
+                self.publish_batches(
+                    std::slice::from_ref(&part),
+                    mode,
+                    &mut report,
+                    &mut tenant_lsn,
+                )
+                .await?;
             }
             let Some(lsn) = lsn else {
                 return Ok(());
@@ -724,25 +739,10 @@ impl Sink for NatsSink {
     }
 
     async fn apply(&mut self, batches: &[ApplyBatch]) -> Result<ApplyReport, SinkError> {
-        let started = Instant::now();
         let mut report = ApplyReport::default();
-        for batch in batches {
-            self.count_unroutable(batch, &mut report);
-        }
-        let segments = self.segments_of(batches)?;
         let mut tenant_lsn: HashMap<String, Lsn> = HashMap::new();
-        let mut encode_secs = 0.0;
-        let plan = self
-            .plan_frames(
-                &segments,
-                PlanMode::Group,
-                &mut report,
-                &mut encode_secs,
-                &mut tenant_lsn,
-            )
+        self.publish_batches(batches, PlanMode::Group, &mut report, &mut tenant_lsn)
             .await?;
-        report.bytes += self.publish(&plan).await?;
-        self.record_encoding(encode_secs, started);
         report.tenants = tenants_applied(tenant_lsn);
         Ok(report)
     }
