@@ -54,6 +54,9 @@ pub struct HistoryBooks {
     books: Mutex<HashMap<(String, String), Book>>,
     /// From which system time on the books hold every version (the resume point).
     start: Mutex<Option<SysTime>>,
+    /// Transactions partly applied (a worker applies a large one as it arrives), one
+    /// entry per worker applying it: queries answer as of just before the first.
+    partial: Mutex<Vec<SysTime>>,
 }
 
 /// The rows of one table as of a pair of times, from memory.
@@ -79,6 +82,7 @@ impl HistoryBooks {
         HistoryBooks {
             books: Mutex::new(HashMap::new()),
             start: Mutex::new(Some(start)),
+            partial: Mutex::new(Vec::new()),
         }
     }
 
@@ -97,6 +101,46 @@ impl HistoryBooks {
         }
         if let Ok(mut s) = self.start.lock() {
             *s = Some(start);
+        }
+        if let Ok(mut p) = self.partial.lock() {
+            p.clear();
+        }
+    }
+
+    /// A worker starts applying the transaction at `at` before it is complete.
+    fn begin_partial(&self, at: SysTime) {
+        if let Ok(mut p) = self.partial.lock() {
+            p.push(at);
+        }
+    }
+
+    /// A worker finished applying the transaction at `lsn`.
+    fn end_partial(&self, lsn: Lsn) {
+        if let Ok(mut p) = self.partial.lock() {
+            if let Some(i) = p.iter().position(|s| s.lsn == lsn) {
+                p.swap_remove(i);
+            }
+        }
+    }
+
+    /// `system`, or just before the first partly applied transaction when `system` is at
+    /// or after it: a query never sees half of a transaction.
+    fn before_partial(&self, system: SystemPoint) -> SystemPoint {
+        let first = self
+            .partial
+            .lock()
+            .ok()
+            .and_then(|p| p.iter().min_by_key(|s| s.lsn).copied());
+        match first {
+            Some(first)
+                if match system {
+                    SystemPoint::Lsn(l) => l >= first.lsn,
+                    SystemPoint::Micros(m) => m >= first.micros,
+                } =>
+            {
+                SystemPoint::Lsn(first.lsn.saturating_sub(1))
+            }
+            _ => system,
         }
     }
 
@@ -120,6 +164,7 @@ impl HistoryBooks {
         system: SystemPoint,
         valid: i64,
     ) -> Option<Vec<Row>> {
+        let system = self.before_partial(system);
         let books = self.books.lock().ok()?;
         let key = (tenant.to_owned(), table.qualified_name());
         let complete = match books.get(&key) {
@@ -407,6 +452,13 @@ struct PendingTxn {
     last_seq: Option<u32>,
 }
 
+impl PendingTxn {
+    /// Whether some of its changes were applied before it was complete.
+    fn partly_applied(&self) -> bool {
+        self.last_seq.is_some()
+    }
+}
+
 /// What the operator applies changes with.
 struct Recorder<F> {
     plan: Arc<HistoryPlan>,
@@ -535,6 +587,10 @@ impl<'scope> VersionHistory<'scope> for StreamVec<'scope, Lsn, TenantChange> {
                             None => recorder.system_time(t),
                         };
                         pending.system = Some(system);
+                        if !complete && !pending.partly_applied() {
+                            recorder.books.begin_partial(system);
+                        }
+                        let was_partial = pending.partly_applied();
                         pending.last_seq = changes.last().map(|c| c.seq).or(pending.last_seq);
                         let mut session = output.session(&pending.cap);
                         recorder.apply(system, changes, |item| session.give(item));
@@ -542,6 +598,9 @@ impl<'scope> VersionHistory<'scope> for StreamVec<'scope, Lsn, TenantChange> {
                         if !complete {
                             stash.insert(t, pending);
                             break;
+                        }
+                        if was_partial {
+                            recorder.books.end_partial(t);
                         }
                     }
                 }

@@ -254,13 +254,19 @@ fn tables_without_history_produce_nothing() {
     assert!(run.apply(&upsert("1", row("1", "1", "5", JAN))).is_empty());
 }
 
+/// What [`through_operator`] saw.
+struct Run2 {
+    /// The items given, by timestamp.
+    given: Vec<(Lsn, SinkItem)>,
+    /// Items given before each transaction's input was closed.
+    early: Vec<usize>,
+    /// Tenant 1's rows a query of the books saw then, and at the end.
+    visible: Vec<usize>,
+}
+
 /// Runs `txns` (commit LSN, changes) through the operator, each given in chunks of
-/// `chunk` with the worker stepped in between, and returns the items it gave, by
-/// timestamp, plus how many it had given before each transaction's input was closed.
-fn through_operator(
-    txns: &[(Lsn, Vec<TenantChange>)],
-    chunk: usize,
-) -> (Vec<(Lsn, SinkItem)>, Vec<usize>) {
+/// `chunk` with the worker stepped in between.
+fn through_operator(txns: &[(Lsn, Vec<TenantChange>)], chunk: usize) -> Run2 {
     use timely::dataflow::operators::capture::{Capture, Event};
     use timely::dataflow::operators::Input;
     use timely::dataflow::InputHandleVec;
@@ -268,14 +274,22 @@ fn through_operator(
     timely::execute_directly(move |worker| {
         let mut input: InputHandleVec<Lsn, TenantChange> = InputHandleVec::new();
         let books = Arc::new(HistoryBooks::new(SysTime { lsn: 0, micros: 0 }));
+        let shared = books.clone();
         let out = worker.dataflow::<Lsn, _, _>(|scope| {
             scope
                 .input_from(&mut input)
-                .version_history(Arc::new(plan(None)), books, false, |lsn| {
+                .version_history(Arc::new(plan(None)), shared, false, |lsn| {
                     Some(lsn as i64 * 1000)
                 })
                 .capture()
         });
+        let now = i64::MAX / 2;
+        let query = || {
+            books
+                .as_of("1", &prices(), SystemPoint::Micros(now), now)
+                .map_or(0, |rows| rows.len())
+        };
+        let mut visible = Vec::new();
         let mut given = Vec::new();
         let mut early = Vec::new();
         let take = |given: &mut Vec<(Lsn, SinkItem)>| {
@@ -299,12 +313,18 @@ fn through_operator(
             }
             take(&mut given);
             early.push(given.len());
+            visible.push(query());
             input.advance_to(lsn + 1);
         }
         drop(input);
         while worker.step() {}
         take(&mut given);
-        (given, early)
+        visible.push(query());
+        Run2 {
+            given,
+            early,
+            visible,
+        }
     })
 }
 
@@ -326,7 +346,11 @@ fn a_large_transaction_is_versioned_as_it_arrives_with_the_same_events() {
         })
         .collect();
     let txns = vec![(100, small), (200, big)];
-    let (streamed, early) = through_operator(&txns, 1_000);
+    let Run2 {
+        given: streamed,
+        early,
+        visible,
+    } = through_operator(&txns, 1_000);
     assert_eq!(early[0], 0, "the small transaction waits for its commit");
     assert!(
         early[1] > 5 + STREAM_CHANGES,
@@ -357,6 +381,9 @@ fn a_large_transaction_is_versioned_as_it_arrives_with_the_same_events() {
         .collect();
     assert_eq!(streamed.len(), whole.len());
     assert!(streamed == whole, "the same events in the same order");
+    // A query of the books never sees half of it: nothing of tenant 1 while it is
+    // partly applied, its 3,000 keys once it is complete.
+    assert_eq!(visible, [0, 0, 3_000]);
     // Keys repeat (3,000 keys, 20,500 changes): versions were closed within the
     // transaction across the pieces.
     assert!(streamed
