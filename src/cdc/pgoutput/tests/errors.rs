@@ -127,33 +127,24 @@ fn bad_tuple_markers_are_reported() {
         "Update message: expected 'K', 'O' or 'N' tuple marker, found 'X' (0x58)"
     );
     // Update with an old key must be followed by 'N', not a second old tuple.
-    let err = decode_err(&cat(&[b"U", &[0, 0, 0, 1], b"K", &[0, 0], b"K", &[0, 0]]));
-    assert!(
-        matches!(err, DecodeError::BadTupleKind { byte: b'K', .. }),
-        "{err:?}"
+    assert_decode_err!(
+        &cat(&[b"U", &[0, 0, 0, 1], b"K", &[0, 0], b"K", &[0, 0]]),
+        DecodeError::BadTupleKind { byte: b'K', .. }
     );
     // Insert only takes 'N'; Delete only 'K' or 'O'.
-    let err = decode_err(&cat(&[b"I", &[0, 0, 0, 1], b"K", &[0, 0]]));
-    assert!(
-        matches!(
-            err,
-            DecodeError::BadTupleKind {
-                message: "Insert",
-                ..
-            }
-        ),
-        "{err:?}"
+    assert_decode_err!(
+        &cat(&[b"I", &[0, 0, 0, 1], b"K", &[0, 0]]),
+        DecodeError::BadTupleKind {
+            message: "Insert",
+            ..
+        }
     );
-    let err = decode_err(&cat(&[b"D", &[0, 0, 0, 1], b"N", &[0, 0]]));
-    assert!(
-        matches!(
-            err,
-            DecodeError::BadTupleKind {
-                message: "Delete",
-                ..
-            }
-        ),
-        "{err:?}"
+    assert_decode_err!(
+        &cat(&[b"D", &[0, 0, 0, 1], b"N", &[0, 0]]),
+        DecodeError::BadTupleKind {
+            message: "Delete",
+            ..
+        }
     );
 }
 
@@ -197,46 +188,27 @@ fn negative_counts_and_lengths_are_rejected() {
         err.to_string(),
         "Insert message: text column length is negative (-1)"
     );
-    let err = decode_err(&cat(&[
-        b"D",
-        &[0, 0, 0, 1],
-        b"K",
-        &[0, 1],
-        b"b",
-        &[0x80, 0, 0, 0],
-    ]));
-    assert!(
-        matches!(
-            err,
-            DecodeError::NegativeLength {
-                value: i32::MIN,
-                ..
-            }
-        ),
-        "{err:?}"
+    assert_decode_err!(
+        &cat(&[b"D", &[0, 0, 0, 1], b"K", &[0, 1], b"b", &[0x80, 0, 0, 0]]),
+        DecodeError::NegativeLength {
+            value: i32::MIN,
+            ..
+        }
     );
-    let err = decode_err(&cat(&[b"T", &[0xFF, 0xFF, 0xFF, 0xFE], &[0]]));
-    assert!(
-        matches!(
-            err,
-            DecodeError::NegativeLength {
-                message: "Truncate",
-                ..
-            }
-        ),
-        "{err:?}"
+    assert_decode_err!(
+        &cat(&[b"T", &[0xFF, 0xFF, 0xFF, 0xFE], &[0]]),
+        DecodeError::NegativeLength {
+            message: "Truncate",
+            ..
+        }
     );
-    let err = decode_err(&cat(&[b"R", &[0, 0, 0, 1], b"s\0t\0d", &[0x80, 0x00]]));
-    assert!(
-        matches!(
-            err,
-            DecodeError::NegativeLength {
-                message: "Relation",
-                value: -32768,
-                ..
-            }
-        ),
-        "{err:?}"
+    assert_decode_err!(
+        &cat(&[b"R", &[0, 0, 0, 1], b"s\0t\0d", &[0x80, 0x00]]),
+        DecodeError::NegativeLength {
+            message: "Relation",
+            value: -32768,
+            ..
+        }
     );
     let err = decode_err(&cat(&[b"M", &[1], &[0; 8], b"p\0", &[0xFF; 4]]));
     assert!(

@@ -53,6 +53,14 @@ fn decode_err(bytes: &[u8]) -> DecodeError {
     }
 }
 
+/// Decodes `bytes`, which must fail with an error matching `pattern`.
+macro_rules! assert_decode_err {
+    ($bytes:expr, $pattern:pat) => {{
+        let err = decode_err($bytes);
+        assert!(matches!(err, $pattern), "{err:?}");
+    }};
+}
+
 fn is_truncation(err: &DecodeError) -> bool {
     matches!(
         err,
