@@ -233,11 +233,16 @@ pub fn record_owned_change(
     mut change: TenantChange,
     out: &mut Vec<HistoryEvent>,
 ) {
-    let new = match &mut change.action {
+    let new = take_new_row(&mut change);
+    record(plan, books, start, system, &change, new, out);
+}
+
+/// The new row of an upsert, moved out of the change (for a change nobody needs after).
+fn take_new_row(change: &mut TenantChange) -> Option<Row> {
+    match &mut change.action {
         TenantAction::Upsert { new, .. } => Some(std::mem::take(new)),
         _ => None,
-    };
-    record(plan, books, start, system, &change, new, out);
+    }
 }
 
 /// Applies `change`; for an upsert, `owned_new` (when given) is its new row, taken out
@@ -490,31 +495,17 @@ impl<F: Fn(Lsn) -> Option<i64>> Recorder<F> {
         // Only this worker touches its tenants' books: a panic elsewhere while holding
         // the lock leaves them whole.
         let mut map = self.books.books.lock().unwrap_or_else(|e| e.into_inner());
-        if self.pass_changes {
-            for change in &changes {
-                record_change(
-                    &self.plan,
-                    &mut map,
-                    start,
-                    system,
-                    change,
-                    &mut self.events,
-                );
-            }
-            changes
-                .into_iter()
-                .map(SinkItem::Change)
-                .for_each(&mut give);
-        } else {
-            for change in changes {
-                record_owned_change(
-                    &self.plan,
-                    &mut map,
-                    start,
-                    system,
-                    change,
-                    &mut self.events,
-                );
+        for mut change in changes {
+            // Passed on, the change keeps its row; else the row moves into the versions.
+            let new = if self.pass_changes {
+                None
+            } else {
+                take_new_row(&mut change)
+            };
+            let (plan, events) = (&self.plan, &mut self.events);
+            record(plan, &mut map, start, system, &change, new, events);
+            if self.pass_changes {
+                give(SinkItem::Change(change));
             }
         }
         drop(map);
