@@ -1143,6 +1143,9 @@ async fn parent_main() -> anyhow::Result<()> {
         ref_e / ref_a,
         per_m(servers_e.0)
     )?;
+    if let Some(floor) = servers_floor(&catchup, secs_a) {
+        out.push_str(&floor);
+    }
     out.push_str(&cold_note);
     if !catchup_ok {
         writeln!(
@@ -1625,6 +1628,27 @@ async fn print_lag_timeline(
         println!("  {s:>3}s {n:>7} {txns:>6}  {p50:>7.1} / {p99:>7.1} / {max:>7.1}");
     }
     Ok(())
+}
+
+/// What the servers alone spent during (b): the source's walsender decoding and the
+/// target's apply. Spread over every core with a replicator that costs nothing, (b) could
+/// not finish sooner than that CPU time divided by the cores; the line compares this
+/// floor with the issue's target of twice (a)'s rate.
+fn servers_floor(catchup: &[CatchUp], secs_a: f64) -> Option<String> {
+    let b = catchup.iter().find(|c| c.label.starts_with("(b)"))?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let servers = b.servers_cpu.0 + b.servers_cpu.1;
+    let floor = servers / cores;
+    Some(format!(
+        "
+Floor for (b) on {cores:.0} cores: the source and the target server spent {servers:.2} CPU s during (b) \
+         ({:.2} + {:.2}), so even a replicator using no CPU could not finish in under {floor:.2} s ({:.2}× (a)); \
+         2× (a) needs {:.2} s.\n",
+        b.servers_cpu.0,
+        b.servers_cpu.1,
+        secs_a / floor,
+        secs_a / 2.0,
+    ))
 }
 
 /// A lag run's target rate as the table shows it.

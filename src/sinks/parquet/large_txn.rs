@@ -1,26 +1,43 @@
-//! One large transaction's history versions written to the cold tier piece by piece, so
-//! the sink holds a part and a bounded buffer of rows, never the whole transaction.
+//! One large transaction's history versions written to the cold tier as they arrive, so
+//! the sink holds a part and a bounded buffer, never the whole transaction.
 //!
 //! The parts are read back from the transaction's spill file, without the versions it
 //! opens and closes itself ([`crate::sinks::versions::SameTxnVersions`]). Each part's
-//! versions become cold rows per table directory, buffered; once the buffer
-//! passes its bound ([`LARGE_BUFFER_ROWS`] by default), every directory's rows are staged as one piece
-//! ([`ColdTableWriter::stage`], files `part-<lsn>-<lsn>-<piece>.parquet` under `_tmp/`,
-//! not yet listed). After the last part each directory publishes all of its pieces with
-//! one manifest update, the commit point: a reader sees the whole transaction in a table
-//! or none of it, and a crash before the commit leaves only staged files, which the next
-//! open deletes. A directory already covering the transaction (a replay) stages nothing.
+//! versions become cold rows per table directory and go straight into that directory's
+//! open file (staged under `_tmp/`, not yet listed: [`ColdTableWriter::stream_rows`]),
+//! whose row group in progress holds them encoded. Once the row groups in progress pass
+//! [`LargeLimits::buffer_bytes`] across directories, the largest are written out, and a
+//! file is closed and the next piece begun past [`LargeLimits::file_rows`] rows: files
+//! `part-<lsn>-<lsn>-<piece>.parquet`, one per directory unless it is larger than that.
+//! After the last part each directory publishes its files with one manifest update, the
+//! commit point: a reader sees the whole transaction in a table or none of it, and a
+//! crash before the commit leaves only staged files, which the next open deletes. A
+//! directory already covering the transaction (a replay) stages nothing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use super::sink::{by_table_directory, cold_columns, cold_rows, OpenWriter};
-use super::{ColdColumn, ColdRow, ColdTableWriter, FileEntry, ParquetError};
+use super::writer::PieceStream;
+use super::{ColdColumn, ColdTableWriter, ParquetError};
 use crate::change::Lsn;
 use crate::sinks::{ApplyBatch, ApplyReport, SinkError, TenantApplied};
 
-/// Cold rows buffered across table directories before they are staged, by default.
-pub const LARGE_BUFFER_ROWS: usize = 100_000;
+/// How a large transaction is cut into files and how much of it is held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LargeLimits {
+    /// Bytes the row groups in progress may hold across the transaction's table
+    /// directories; past it the largest are written out (smaller row groups).
+    pub buffer_bytes: usize,
+    /// Rows per file; past it a directory's file is closed and its next piece begun.
+    pub file_rows: u64,
+}
+
+/// The limits by default: 64 MiB of row groups in progress, a million rows per file.
+pub const LARGE_LIMITS: LargeLimits = LargeLimits {
+    buffer_bytes: 64 << 20,
+    file_rows: 1_000_000,
+};
 
 /// Why a large transaction could not be written piece by piece.
 #[derive(Debug, thiserror::Error)]
@@ -43,11 +60,8 @@ pub enum LargeWriteError {
 struct LargeDirectory {
     columns: Vec<ColdColumn>,
     writer: ColdTableWriter,
-    /// Rows not yet staged.
-    rows: Vec<ColdRow>,
-    /// Staged pieces' files, published at the end.
-    staged: Vec<FileEntry>,
-    pieces: u32,
+    /// Its staged files, the last one open.
+    stream: PieceStream,
     /// Rows given (staged or skipped as covered).
     given: u64,
 }
@@ -57,8 +71,7 @@ pub struct LargeWrite<'a> {
     root: &'a Path,
     lsn: Lsn,
     dirs: BTreeMap<(String, String), LargeDirectory>,
-    buffered: usize,
-    buffer_rows: usize,
+    limits: LargeLimits,
 }
 
 fn definite(e: ParquetError) -> SinkError {
@@ -66,20 +79,19 @@ fn definite(e: ParquetError) -> SinkError {
 }
 
 impl<'a> LargeWrite<'a> {
-    /// A write of the transaction committing at `lsn` under `root`, staging once
-    /// `buffer_rows` rows are buffered.
-    pub fn new(root: &'a Path, lsn: Lsn, buffer_rows: usize) -> LargeWrite<'a> {
+    /// A write of the transaction committing at `lsn` under `root`.
+    pub fn new(root: &'a Path, lsn: Lsn, limits: LargeLimits) -> LargeWrite<'a> {
         LargeWrite {
             root,
             lsn,
             dirs: BTreeMap::new(),
-            buffered: 0,
-            buffer_rows: buffer_rows.max(1),
+            limits,
         }
     }
 
-    /// Adds one part's history versions, taking each directory's writer from `writers`
-    /// (or opening it); stages every directory's rows once the buffer is full.
+    /// Adds one part's history versions to each directory's open file, taking the
+    /// directory's writer from `writers` (or opening it); writes the largest row groups
+    /// in progress out while they hold more than the limit.
     pub fn add(
         &mut self,
         part: &ApplyBatch,
@@ -106,9 +118,7 @@ impl<'a> LargeWrite<'a> {
                     self.dirs.entry(key.clone()).or_insert(LargeDirectory {
                         columns,
                         writer,
-                        rows: Vec::new(),
-                        staged: Vec::new(),
-                        pieces: 0,
+                        stream: PieceStream::new(self.lsn, self.lsn, self.limits.file_rows),
                         given: 0,
                     })
                 }
@@ -119,49 +129,65 @@ impl<'a> LargeWrite<'a> {
                     lsn: self.lsn,
                 });
             }
-            let rows = cold_rows(shape, &events);
-            self.buffered += rows.len();
+            let rows: Vec<_> = cold_rows(shape, &events)
+                .into_iter()
+                .map(|(_, row)| row)
+                .collect();
             dir.given += rows.len() as u64;
-            dir.rows.extend(rows.into_iter().map(|(_, row)| row));
-        }
-        if self.buffered >= self.buffer_rows {
-            self.stage_all()?;
-        }
-        Ok(())
-    }
-
-    /// Stages every directory's buffered rows as its next piece.
-    fn stage_all(&mut self) -> Result<(), SinkError> {
-        for dir in self.dirs.values_mut() {
-            if dir.rows.is_empty() {
-                continue;
-            }
-            let rows = std::mem::take(&mut dir.rows);
-            let entries = dir
-                .writer
-                .stage(&rows, self.lsn, self.lsn, Some(dir.pieces))
+            dir.writer
+                .stream_rows(&mut dir.stream, &rows)
                 .map_err(definite)?;
-            dir.pieces += 1;
-            dir.staged.extend(entries);
         }
-        self.buffered = 0;
+        self.bound_buffers()?;
         Ok(())
     }
 
-    /// Stages what is left, publishes every directory's pieces and hands the writers
+    /// Estimated bytes the row groups in progress hold across the directories.
+    pub fn buffered_bytes(&self) -> usize {
+        self.dirs.values().map(|d| d.stream.buffered_bytes()).sum()
+    }
+
+    /// Writes the largest row groups in progress out until they hold at most half the
+    /// limit, once they hold more than it.
+    fn bound_buffers(&mut self) -> Result<(), SinkError> {
+        let mut sizes: Vec<(usize, &mut LargeDirectory)> = self
+            .dirs
+            .values_mut()
+            .map(|dir| (dir.stream.buffered_bytes(), dir))
+            .collect();
+        let mut total: usize = sizes.iter().map(|(bytes, _)| bytes).sum();
+        if total <= self.limits.buffer_bytes {
+            return Ok(());
+        }
+        sizes.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
+        for (bytes, dir) in sizes {
+            if total <= self.limits.buffer_bytes / 2 {
+                break;
+            }
+            dir.stream.flush().map_err(definite)?;
+            total -= bytes;
+        }
+        Ok(())
+    }
+
+    /// Closes every directory's last file, publishes its files and hands the writers
     /// back to `writers`.
     pub fn finish(
-        mut self,
+        self,
         writers: &mut HashMap<(String, String), OpenWriter>,
     ) -> Result<ApplyReport, SinkError> {
-        self.stage_all()?;
+        let mut staged = Vec::with_capacity(self.dirs.len());
+        for (key, mut dir) in self.dirs {
+            let files = dir.writer.finish_stream(dir.stream).map_err(definite)?;
+            staged.push((key, dir.columns, dir.writer, files, dir.given));
+        }
         let mut report = ApplyReport::default();
-        for ((tenant, table), mut dir) in self.dirs {
-            dir.writer.publish(&dir.staged).map_err(definite)?;
-            let fresh: u64 = dir.staged.iter().map(|f| f.rows).sum();
-            report.skipped += dir.given - fresh;
+        for ((tenant, table), columns, mut writer, files, given) in staged {
+            writer.publish(&files).map_err(definite)?;
+            let fresh: u64 = files.iter().map(|f| f.rows).sum();
+            report.skipped += given - fresh;
             report.upserted += fresh;
-            report.bytes += dir.staged.iter().map(|f| f.bytes).sum::<u64>();
+            report.bytes += files.iter().map(|f| f.bytes).sum::<u64>();
             if fresh > 0 {
                 report.tenants.push(TenantApplied {
                     tenant: tenant.clone(),
@@ -170,7 +196,7 @@ impl<'a> LargeWrite<'a> {
                     deletes: 0,
                 });
             }
-            writers.insert((tenant, table), (dir.columns, dir.writer));
+            writers.insert((tenant, table), (columns, writer));
         }
         Ok(report)
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::change::{Cell, HistoryEvent, Lsn, Row, TableInfo, Text};
 use crate::sinks::large::PartSource;
-use crate::sinks::parquet::large_txn::{LargeWrite, LargeWriteError, LARGE_BUFFER_ROWS};
+use crate::sinks::parquet::large_txn::{LargeLimits, LargeWrite, LargeWriteError, LARGE_LIMITS};
 use crate::sinks::parquet::{
     ChangeOp, ColdColumn, ColdEvent, ColdRow, ColdTableWriter, ParquetError,
 };
@@ -30,7 +30,7 @@ pub struct ParquetSink {
     /// Open writers by (tenant, `schema.table`), with the columns they were opened with.
     writers: HashMap<(String, String), OpenWriter>,
     /// Rows a large transaction buffers before it stages them ([`LargeWrite`]).
-    large_buffer_rows: usize,
+    large_limits: LargeLimits,
 }
 
 /// One table directory's history events in an apply, in order.
@@ -71,14 +71,14 @@ impl ParquetSink {
             root,
             worker,
             writers: HashMap::new(),
-            large_buffer_rows: LARGE_BUFFER_ROWS,
+            large_limits: LARGE_LIMITS,
         }
     }
 
-    /// The same sink buffering `rows` rows of a large transaction before staging them
-    /// (default [`LARGE_BUFFER_ROWS`]).
-    pub fn with_large_buffer_rows(mut self, rows: usize) -> ParquetSink {
-        self.large_buffer_rows = rows;
+    /// The same sink cutting large transactions into files by `limits` (default
+    /// [`LARGE_LIMITS`]).
+    pub fn with_large_limits(mut self, limits: LargeLimits) -> ParquetSink {
+        self.large_limits = limits;
         self
     }
 }
@@ -222,7 +222,7 @@ impl ParquetSink {
         mut parts: PartSource<'_, '_, '_, F>,
     ) -> Result<ApplyReport, LargeWriteError> {
         let (root, writers) = (&self.root, &mut self.writers);
-        let mut large = LargeWrite::new(root, lsn, self.large_buffer_rows);
+        let mut large = LargeWrite::new(root, lsn, self.large_limits);
         let result = async {
             while let Some(part) = parts.next_part().await? {
                 blocking(|| large.add(&part, writers))?;

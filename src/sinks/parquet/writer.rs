@@ -59,6 +59,9 @@ pub fn crash_point(name: &str) {
     }
 }
 
+/// A write's rows by the UTC date of `system_from`, each with its index in the write.
+type DateGroups<'r> = BTreeMap<NaiveDate, Vec<(usize, &'r ColdRow)>>;
+
 /// Writes cold-tier files for one (root, tenant, table). One writer per table
 /// directory at a time.
 #[derive(Debug)]
@@ -157,58 +160,9 @@ impl ColdTableWriter {
         lsn_hi: Lsn,
         piece: Option<u32>,
     ) -> Result<Vec<FileEntry>, ParquetError> {
-        if lsn_lo > lsn_hi {
-            return Err(ParquetError::InvalidRange {
-                lo: lsn_lo,
-                hi: lsn_hi,
-            });
-        }
-        if self.needs_recovery {
-            self.manifest =
-                recover_or_init(&self.table_dir, &self.tenant, &self.table, &self.columns)?;
-            self.needs_recovery = false;
-        }
-        let covered = self.covered_lsn();
-        if lsn_hi <= covered {
-            tracing::debug!(
-                table_dir = %self.table_dir.display(),
-                lsn_hi,
-                covered,
-                "cold write already covered, skipped"
-            );
+        let Some((lo, groups)) = self.checked_groups(rows, lsn_lo, lsn_hi)? else {
             return Ok(Vec::new());
-        }
-
-        let mut groups: BTreeMap<NaiveDate, Vec<(usize, &ColdRow)>> = BTreeMap::new();
-        let mut skipped = 0usize;
-        for (index, row) in rows.iter().enumerate() {
-            let commit = check_row(index, row, lsn_lo, lsn_hi)?;
-            if commit <= covered {
-                skipped += 1;
-                continue;
-            }
-            let date = utc_date_of(row.system_from).ok_or_else(|| ParquetError::BadRow {
-                row: index,
-                reason: format!(
-                    "system_from {} has no calendar date in range",
-                    row.system_from
-                ),
-            })?;
-            groups.entry(date).or_default().push((index, row));
-        }
-        if skipped > 0 {
-            tracing::info!(
-                table_dir = %self.table_dir.display(),
-                skipped,
-                covered,
-                "skipped rows already covered"
-            );
-        }
-        if groups.is_empty() {
-            return Ok(Vec::new());
-        }
-        // `covered < lsn_hi`, so `covered + 1` cannot overflow.
-        let lo = lsn_lo.max(covered + 1);
+        };
 
         // Convert everything before touching the disk: a bad value publishes nothing.
         let listed = self.listed_paths();
@@ -255,6 +209,70 @@ impl ColdTableWriter {
         crash_point("parquet-after-temp");
         self.needs_recovery = false;
         Ok(entries)
+    }
+
+    /// Checks the rows of a write of `lsn_lo..=lsn_hi` (first finishing a failed write's
+    /// recovery) and groups them by the UTC date of `system_from`, without the rows the
+    /// manifest already covers. Returns the write's low LSN (past what is covered) and the
+    /// groups, or `None` when nothing is left to write.
+    fn checked_groups<'r>(
+        &mut self,
+        rows: &'r [ColdRow],
+        lsn_lo: Lsn,
+        lsn_hi: Lsn,
+    ) -> Result<Option<(Lsn, DateGroups<'r>)>, ParquetError> {
+        if lsn_lo > lsn_hi {
+            return Err(ParquetError::InvalidRange {
+                lo: lsn_lo,
+                hi: lsn_hi,
+            });
+        }
+        if self.needs_recovery {
+            self.manifest =
+                recover_or_init(&self.table_dir, &self.tenant, &self.table, &self.columns)?;
+            self.needs_recovery = false;
+        }
+        let covered = self.covered_lsn();
+        if lsn_hi <= covered {
+            tracing::debug!(
+                table_dir = %self.table_dir.display(),
+                lsn_hi,
+                covered,
+                "cold write already covered, skipped"
+            );
+            return Ok(None);
+        }
+
+        let mut groups = DateGroups::new();
+        let mut skipped = 0usize;
+        for (index, row) in rows.iter().enumerate() {
+            let commit = check_row(index, row, lsn_lo, lsn_hi)?;
+            if commit <= covered {
+                skipped += 1;
+                continue;
+            }
+            let date = utc_date_of(row.system_from).ok_or_else(|| ParquetError::BadRow {
+                row: index,
+                reason: format!(
+                    "system_from {} has no calendar date in range",
+                    row.system_from
+                ),
+            })?;
+            groups.entry(date).or_default().push((index, row));
+        }
+        if skipped > 0 {
+            tracing::info!(
+                table_dir = %self.table_dir.display(),
+                skipped,
+                covered,
+                "skipped rows already covered"
+            );
+        }
+        if groups.is_empty() {
+            return Ok(None);
+        }
+        // `covered < lsn_hi`, so `covered + 1` cannot overflow.
+        Ok(Some((lsn_lo.max(covered + 1), groups)))
     }
 
     /// The paths the manifest lists.
@@ -340,28 +358,198 @@ impl ColdTableWriter {
         lsn_lo: Lsn,
         lsn_hi: Lsn,
     ) -> Result<(u64, String), ParquetError> {
-        let parquet_err = |source| ParquetError::Parquet {
-            path: path.to_path_buf(),
-            source,
-        };
+        let mut writer = self.create_file(path, batch, lsn_lo, lsn_hi)?;
+        writer.write(batch).map_err(parquet_error(path))?;
+        close_file(writer, path)
+    }
+
+    /// Creates the Parquet file `path` for rows like `batch` (its properties follow
+    /// `batch`'s columns, see [`writer_properties`]); nothing is written yet.
+    fn create_file(
+        &self,
+        path: &Path,
+        batch: &RecordBatch,
+        lsn_lo: Lsn,
+        lsn_hi: Lsn,
+    ) -> Result<ArrowWriter<HashingWriter>, ParquetError> {
         let props = writer_properties(batch, &self.tenant, &self.table, lsn_lo, lsn_hi)
-            .map_err(parquet_err)?;
+            .map_err(parquet_error(path))?;
         let file = File::create(path).map_err(|e| ParquetError::io("create", path, e))?;
         let sink = HashingWriter {
             file,
             hasher: Sha256::new(),
             bytes: 0,
         };
-        let mut writer =
-            ArrowWriter::try_new(sink, self.schema.clone(), Some(props)).map_err(parquet_err)?;
-        writer.write(batch).map_err(parquet_err)?;
-        let mut sink = writer.into_inner().map_err(parquet_err)?;
-        sink.file
-            .flush()
-            .and_then(|()| sink.file.sync_all())
-            .map_err(|e| ParquetError::io("fsync", path, e))?;
-        Ok((sink.bytes, hex(&sink.hasher.finalize())))
+        ArrowWriter::try_new(sink, self.schema.clone(), Some(props)).map_err(parquet_error(path))
     }
+
+    /// Appends `rows` to `stream`'s files, one row group in progress per file: a large
+    /// transaction's rows of this table directory, given part by part. The rows go to
+    /// the stream's open file (staged under `_tmp/`, not listed) until it holds
+    /// [`PieceStream::file_rows`] rows or the rows' date differs; then the next piece is
+    /// begun. Nothing is visible until [`Self::finish_stream`] and [`Self::publish`]. A
+    /// failure leaves the staged files to the next recovery, which deletes them.
+    pub fn stream_rows(
+        &mut self,
+        stream: &mut PieceStream,
+        rows: &[ColdRow],
+    ) -> Result<(), ParquetError> {
+        let Some((lo, groups)) = self.checked_groups(rows, stream.lsn_lo, stream.lsn_hi)? else {
+            return Ok(());
+        };
+        for (date, group) in &groups {
+            let full = |p: &OpenPiece| p.date != *date || p.lo != lo || p.rows >= stream.file_rows;
+            if let Some(piece) = stream.open.take_if(|p| full(p)) {
+                stream.done.push(piece.close()?);
+            }
+            let relative = match &stream.open {
+                Some(piece) => piece.relative.clone(),
+                None => relative_piece_path(*date, lo, stream.lsn_hi, stream.next),
+            };
+            let path = self.table_dir.join(&relative);
+            let batch = build_batch(&self.schema, &self.columns, group, &path)?;
+            let piece = match &mut stream.open {
+                Some(piece) => piece,
+                None => {
+                    if self.listed_paths().contains(relative.as_str()) {
+                        return Err(ParquetError::BadFile {
+                            path,
+                            reason: "already listed in the manifest".to_string(),
+                        });
+                    }
+                    self.needs_recovery = true;
+                    ensure_dir(&self.table_dir.join(TEMP_DIR))?;
+                    let temp = temp_path(&self.table_dir, &relative);
+                    let writer = self.create_file(&temp, &batch, lo, stream.lsn_hi)?;
+                    stream.next += 1;
+                    stream.open.insert(OpenPiece {
+                        relative,
+                        temp,
+                        date: *date,
+                        lo,
+                        hi: stream.lsn_hi,
+                        writer,
+                        rows: 0,
+                    })
+                }
+            };
+            piece
+                .writer
+                .write(&batch)
+                .map_err(parquet_error(&piece.temp))?;
+            piece.rows += batch.num_rows() as u64;
+        }
+        // The staged files are meant to be published: a later call must not recover
+        // (delete) them.
+        self.needs_recovery = false;
+        Ok(())
+    }
+
+    /// Closes `stream`'s open file and fsyncs `_tmp/`; returns the entries of every file
+    /// the stream staged, to [`Self::publish`].
+    pub fn finish_stream(
+        &mut self,
+        mut stream: PieceStream,
+    ) -> Result<Vec<FileEntry>, ParquetError> {
+        if let Some(piece) = stream.open.take() {
+            self.needs_recovery = true;
+            stream.done.push(piece.close()?);
+        }
+        if !stream.done.is_empty() {
+            self.needs_recovery = true;
+            sync_dir(&self.table_dir.join(TEMP_DIR))?;
+            crash_point("parquet-after-temp");
+        }
+        self.needs_recovery = false;
+        Ok(stream.done)
+    }
+}
+
+/// The files of one LSN range staged a row group at a time (see
+/// [`ColdTableWriter::stream_rows`]).
+pub struct PieceStream {
+    lsn_lo: Lsn,
+    lsn_hi: Lsn,
+    /// Rows per file, at most (a file may pass it by the rows of one call).
+    file_rows: u64,
+    next: u32,
+    open: Option<OpenPiece>,
+    done: Vec<FileEntry>,
+}
+
+impl PieceStream {
+    /// A stream of the write of `lsn_lo..=lsn_hi`, about `file_rows` rows per file.
+    pub fn new(lsn_lo: Lsn, lsn_hi: Lsn, file_rows: u64) -> PieceStream {
+        PieceStream {
+            lsn_lo,
+            lsn_hi,
+            file_rows: file_rows.max(1),
+            next: 0,
+            open: None,
+            done: Vec::new(),
+        }
+    }
+
+    /// Estimated bytes the open file's row group in progress holds in memory.
+    pub fn buffered_bytes(&self) -> usize {
+        self.open.as_ref().map_or(0, |p| p.writer.memory_size())
+    }
+
+    /// Writes the open file's row group in progress out, so it no longer holds memory.
+    pub fn flush(&mut self) -> Result<(), ParquetError> {
+        match &mut self.open {
+            Some(piece) => piece.writer.flush().map_err(parquet_error(&piece.temp)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A staged file of a [`PieceStream`] still being written.
+struct OpenPiece {
+    relative: String,
+    temp: PathBuf,
+    date: NaiveDate,
+    lo: Lsn,
+    hi: Lsn,
+    writer: ArrowWriter<HashingWriter>,
+    rows: u64,
+}
+
+impl OpenPiece {
+    /// Finishes the file (footer, fsync) and returns its manifest entry.
+    fn close(self) -> Result<FileEntry, ParquetError> {
+        let (bytes, sha256) = close_file(self.writer, &self.temp)?;
+        Ok(FileEntry {
+            path: self.relative,
+            rows: self.rows,
+            lsn_min: self.lo,
+            lsn_max: self.hi,
+            bytes,
+            sha256,
+        })
+    }
+}
+
+/// Maps a parquet crate error on the file `path`.
+fn parquet_error(path: &Path) -> impl Fn(parquet::errors::ParquetError) -> ParquetError + '_ {
+    move |source| ParquetError::Parquet {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes the footer of the file `writer` writes to `path`, fsyncs it and returns its
+/// size and SHA-256.
+fn close_file(
+    writer: ArrowWriter<HashingWriter>,
+    path: &Path,
+) -> Result<(u64, String), ParquetError> {
+    let mut sink = writer.into_inner().map_err(parquet_error(path))?;
+    sink.file
+        .flush()
+        .and_then(|()| sink.file.sync_all())
+        .map_err(|e| ParquetError::io("fsync", path, e))?;
+    Ok((sink.bytes, hex(&sink.hasher.finalize())))
 }
 
 /// Checks a row's invariants and returns its commit LSN.

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::super::large_txn::LargeWrite;
+use super::super::large_txn::{LargeLimits, LargeWrite};
 use super::*;
 use crate::change::fixtures::{opened, table};
 use crate::change::{Cell, HistoryEvent, Row, TableInfo};
@@ -45,6 +45,12 @@ fn parts(n: u32) -> Vec<ApplyBatch> {
         .collect()
 }
 
+/// Files of 40 rows, row groups written out at 1 KiB.
+const SMALL: LargeLimits = LargeLimits {
+    buffer_bytes: 1024,
+    file_rows: 40,
+};
+
 fn spill(parts: &[ApplyBatch]) -> SpilledTxn {
     let mut txn = SpilledTxn::create(LSN).unwrap();
     for p in parts {
@@ -63,8 +69,13 @@ fn rows_of(root: &Path, tenant: u32) -> Vec<ColdRow> {
 async fn a_large_transaction_lands_in_pieces_as_the_whole_path_writes_it() {
     let parts = parts(5);
     let (pieces, whole) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    // 50 rows buffered at most: several pieces per table directory.
-    let mut sink = ParquetSink::new("j", pieces.path().to_path_buf(), 0).with_large_buffer_rows(50);
+    // 50 rows per file and every row group written out at once: several pieces per
+    // table directory.
+    let mut sink =
+        ParquetSink::new("j", pieces.path().to_path_buf(), 0).with_large_limits(LargeLimits {
+            buffer_bytes: 0,
+            file_rows: 50,
+        });
     let report = sink.apply_large(&mut spill(&parts)).await.unwrap();
     let total: usize = parts.iter().map(|p| p.history.len()).sum();
     assert_eq!((report.upserted, report.skipped), (total as u64, 0));
@@ -107,12 +118,76 @@ async fn a_large_transaction_lands_in_pieces_as_the_whole_path_writes_it() {
     assert_eq!(rows_of(pieces.path(), 0), rows_of(whole.path(), 0));
 }
 
+/// Row groups of each directory's file, by file name.
+fn row_groups(root: &Path, tenant: u32) -> Vec<(String, usize)> {
+    let dir = table_dir(root, &tenant.to_string(), "app.t");
+    let manifest = Manifest::load(&dir).unwrap().unwrap();
+    manifest
+        .files
+        .iter()
+        .map(|f| {
+            let file = std::fs::File::open(dir.join(&f.path)).unwrap();
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+            (f.path.clone(), reader.metadata().num_row_groups())
+        })
+        .collect()
+}
+
+#[test]
+fn each_directory_gets_one_file_and_its_row_groups_stay_within_the_buffer_limit() {
+    let parts = parts(12);
+    let total: usize = parts.iter().map(|p| p.history.len()).sum();
+    let write = |limits: LargeLimits| {
+        let root = tempfile::tempdir().unwrap();
+        let mut writers = std::collections::HashMap::new();
+        let mut large = LargeWrite::new(root.path(), LSN, limits);
+        let mut most = 0;
+        for p in &parts {
+            large.add(p, &mut writers).unwrap();
+            most = most.max(large.buffered_bytes());
+        }
+        let report = large.finish(&mut writers).unwrap();
+        assert_eq!(report.upserted, total as u64);
+        (root, most)
+    };
+    // By default the whole transaction is one file per directory, one row group each.
+    let (roomy, held) = write(super::super::large_txn::LARGE_LIMITS);
+    assert!(held > 0, "rows were held in row groups in progress");
+    for tenant in 0..3 {
+        let files = row_groups(roomy.path(), tenant);
+        assert_eq!(files.len(), 1, "tenant {tenant}: {files:?}");
+        assert!(files[0].0.ends_with("-0000.parquet"), "{files:?}");
+        assert_eq!(files[0].1, 1, "tenant {tenant}: {files:?}");
+    }
+    // Under a small buffer the largest row groups are written out as it fills: still one
+    // file per directory, with several row groups, and what stays in memory is bounded.
+    let limit = held / 3;
+    let (tight, most) = write(LargeLimits {
+        buffer_bytes: limit,
+        file_rows: 1_000_000,
+    });
+    assert!(most <= limit, "held {most} bytes, limit {limit}");
+    for tenant in 0..3 {
+        let files = row_groups(tight.path(), tenant);
+        assert_eq!(files.len(), 1, "tenant {tenant}: {files:?}");
+        assert_eq!(
+            rows_of(tight.path(), tenant),
+            rows_of(roomy.path(), tenant),
+            "tenant {tenant}"
+        );
+    }
+    assert!(
+        row_groups(tight.path(), 0)[0].1 > 1,
+        "tenant 0's file has several row groups"
+    );
+}
+
 #[test]
 fn staged_pieces_are_invisible_until_published_and_an_interrupted_write_leaves_nothing() {
     let root = tempfile::tempdir().unwrap();
     let parts = parts(4);
     let mut writers = std::collections::HashMap::new();
-    let mut large = LargeWrite::new(root.path(), LSN, 40);
+    let mut large = LargeWrite::new(root.path(), LSN, SMALL);
     for p in &parts[..3] {
         large.add(p, &mut writers).unwrap();
     }
@@ -140,7 +215,7 @@ fn staged_pieces_are_invisible_until_published_and_an_interrupted_write_leaves_n
 
     // The retry from the first part publishes every row once.
     let mut writers = std::collections::HashMap::new();
-    let mut large = LargeWrite::new(root.path(), LSN, 40);
+    let mut large = LargeWrite::new(root.path(), LSN, SMALL);
     for p in &parts {
         large.add(p, &mut writers).unwrap();
     }
