@@ -1098,6 +1098,7 @@ async fn parent_main() -> anyhow::Result<()> {
         },
     )
     .await?;
+    let history_files = cold_listed(&cold_h, "bench.bigh")?;
     drop_slot(&src, "ours_bigh").await;
 
     // ---- the table ----
@@ -1243,6 +1244,12 @@ async fn parent_main() -> anyhow::Result<()> {
             )?,
         }
     }
+    writeln!(
+        out,
+        "\nThe history transaction landed in {} Parquet files over 50 tenants ({:.1} bytes per version).",
+        history_files.files,
+        history_files.bytes as f64 / history_files.rows.max(1) as f64
+    )?;
 
     let header = run_header(
         &pg_version,

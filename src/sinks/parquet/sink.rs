@@ -5,8 +5,8 @@
 //! its transactions as files named by LSN range (see [`ColdTableWriter`] for the commit
 //! protocol). What the table's manifest already covers is skipped, so a replay after a
 //! crash never writes a row twice; tenants are owned by one worker each, so every table
-//! directory has exactly one writer. A transaction too large to hold is written piece by
-//! piece and published once ([`super::large_txn`]).
+//! directory has exactly one writer. A transaction too large to hold is streamed into
+//! staged files part by part and published once ([`super::large_txn`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;

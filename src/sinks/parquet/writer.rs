@@ -363,8 +363,9 @@ impl ColdTableWriter {
         close_file(writer, path)
     }
 
-    /// Creates the Parquet file `path` for rows like `batch` (its properties follow
-    /// `batch`'s columns, see [`writer_properties`]); nothing is written yet.
+    /// Creates the Parquet file `path` for rows like `batch`; nothing is written yet. Its
+    /// properties follow `batch`'s columns ([`writer_properties`]): for a streamed file,
+    /// the first rows', so a column uniform in them stays uncompressed in the whole file.
     fn create_file(
         &self,
         path: &Path,
