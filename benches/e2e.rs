@@ -81,6 +81,9 @@ use helios_repl::sinks::latency::LatencyStage;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{ChildStdin, ChildStdout};
 
+#[path = "common/target_txn.rs"]
+mod target_txn;
+
 const TENANTS: i64 = 50;
 const ROWS_PER_TXN: i64 = 1_000;
 /// The tenants of case (c).
@@ -1006,6 +1009,11 @@ async fn parent_main() -> anyhow::Result<()> {
         && catchup[3].target_rows == expected_some
         && catchup[4].target_rows == rows;
 
+    // ---- the target round trip our sink pays per transaction at low rates ----
+    target.create_database("rt")?;
+    target.psql("rt", target_txn::SCHEMA)?;
+    let round_trip = target_round_trip(&target.dsn("rt")).await?;
+
     // ---- lag under sustained load ----
     let mut lag = Vec::new();
     for db in ["lag_a", "lag_b"] {
@@ -1199,6 +1207,24 @@ async fn parent_main() -> anyhow::Result<()> {
             writeln!(out, "| {} | {} |", rate_label(r.rate), stages.join(" | "))?;
         }
     }
+    let [(b2b_50, b2b_99), (idle_50, idle_99)] = round_trip;
+    write!(
+        out,
+        "\nRound trip of one 10-row target transaction sent as our sink sends it (pipelined, with the checkpoint), \
+         measured on the target in this run, P50 / P99 ms: back to back {b2b_50:.2} / {b2b_99:.2}; \
+         after 2 ms idle (the gap between transactions at 5k rows/s) {idle_50:.2} / {idle_99:.2}."
+    )?;
+    if let Some(a) = lag
+        .iter()
+        .find(|r| r.who.starts_with("(a)") && r.rate == LAG_LOADS[0].rate)
+    {
+        write!(
+            out,
+            " The subscription's whole lag at {} rows/s: {:.2} / {:.2} (its apply worker writes inside the target, with no round trip).",
+            a.rate, a.p50, a.p99
+        )?;
+    }
+    writeln!(out)?;
     writeln!(
         out,
         "\nMemory of ours (peak RSS, VmHWM of a fresh process per run):\n"
@@ -1656,6 +1682,40 @@ Floor for (b) on {cores:.0} cores: the source and the target server spent {serve
         secs_a / floor,
         secs_a / 2.0,
     ))
+}
+
+/// Transactions per case of [`target_round_trip`].
+const ROUND_TRIPS: usize = 1000;
+
+/// Round trips of one 10-row target transaction sent as our sink sends it (pipelined,
+/// with the checkpoint upsert), back to back and after 2 ms idle (the gap between
+/// transactions at 5k rows/s), alternating in blocks of 100: (P50, P99) ms of each.
+async fn target_round_trip(dsn: &str) -> anyhow::Result<[(f64, f64); 2]> {
+    let client = connect(dsn).await?;
+    let insert = client.prepare(target_txn::INSERT).await?;
+    let checkpoint = client.prepare(target_txn::CHECKPOINT).await?;
+    let mut times = [Vec::new(), Vec::new()];
+    let mut next_id = 0;
+    for block in 0..2 * ROUND_TRIPS / 100 {
+        let idle = block % 2 == 1;
+        for _ in 0..100 {
+            let rows = target_txn::Rows::new(next_id);
+            next_id += target_txn::ROWS;
+            if idle {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let (job, scopes, lsns) = ("j", vec!["w0"], vec![rows.lsn.as_str()]);
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&job, &scopes, &lsns];
+            let started = Instant::now();
+            target_txn::pipelined(&client, &insert, Some((&checkpoint, &params)), &rows).await?;
+            times[usize::from(idle)].push(started.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(times.map(|mut t| {
+        t.sort_by(f64::total_cmp);
+        let at = |p: f64| t[((t.len() - 1) as f64 * p) as usize];
+        (at(0.5), at(0.99))
+    }))
 }
 
 /// A lag run's target rate as the table shows it.

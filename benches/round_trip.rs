@@ -18,106 +18,41 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use helios_repl::embedded::pg_cluster::PgCluster;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Statement};
 
-const SCHEMA: &str = "
-CREATE TABLE l (tenant_id int, id bigint, amount numeric(12,2), note text,
-    created_at timestamptz, applied_at timestamptz, PRIMARY KEY (tenant_id, id));
-CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql AS
-    $$ BEGIN NEW.applied_at := clock_timestamp(); RETURN NEW; END $$;
-CREATE TRIGGER stamp BEFORE INSERT ON l FOR EACH ROW EXECUTE FUNCTION stamp();
-CREATE TABLE ck (job text, scope text, commit_lsn pg_lsn, updated_at timestamptz,
-    PRIMARY KEY (job, scope));";
-const INSERT: &str = "INSERT INTO l (tenant_id, id, amount, note, created_at)
-    SELECT a::int, b::bigint, c::numeric, d, e::timestamptz
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS u(a, b, c, d, e)";
-const CHECKPOINT: &str = "INSERT INTO ck (job, scope, commit_lsn, updated_at)
-    SELECT $1, s, l::pg_lsn, now() FROM unnest($2::text[], $3::text[]) AS u(s, l)
-    ON CONFLICT (job, scope) DO UPDATE
-    SET commit_lsn = greatest(ck.commit_lsn, EXCLUDED.commit_lsn), updated_at = now()";
-const ROWS: i64 = 10;
+#[path = "common/target_txn.rs"]
+mod target_txn;
+
+use target_txn::{pipelined, Rows, CHECKPOINT, INSERT, ROWS, SCHEMA};
+
 const IDLE: Duration = Duration::from_millis(2);
 /// Transactions of one case in a row.
 const BLOCK: usize = 200;
 
-/// One transaction's rows as text columns.
-struct Rows {
-    columns: [Vec<String>; 5],
-    lsn: String,
-}
-
-impl Rows {
-    fn new(first_id: i64) -> Rows {
-        let ids: Vec<i64> = (first_id..first_id + ROWS).collect();
-        let text = |f: &dyn Fn(i64) -> String| ids.iter().map(|&i| f(i)).collect::<Vec<_>>();
-        Rows {
-            columns: [
-                text(&|i| (i % 50).to_string()),
-                text(&|i| i.to_string()),
-                text(&|i| format!("{i}.25")),
-                text(&|i| format!("note {i} for a tenant row")),
-                text(&|_| "2026-12-04 10:00:00+00".to_string()),
-            ],
-            lsn: format!("0/{first_id:X}"),
-        }
-    }
-
-    /// The same transaction as one simple-query string.
-    fn as_simple_query(&self) -> String {
-        let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
-        let [tenants, ids, amounts, notes, ats] = &self.columns;
-        let values: Vec<String> = (0..tenants.len())
-            .map(|i| {
-                format!(
-                    "({}::int, {}::bigint, {}::numeric, {}, {}::timestamptz)",
-                    quote(&tenants[i]),
-                    quote(&ids[i]),
-                    quote(&amounts[i]),
-                    quote(&notes[i]),
-                    quote(&ats[i])
-                )
-            })
-            .collect();
-        format!(
+/// The same transaction as one simple-query string.
+fn as_simple_query(rows: &Rows) -> String {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let [tenants, ids, amounts, notes, ats] = &rows.columns;
+    let values: Vec<String> = (0..tenants.len())
+        .map(|i| {
+            format!(
+                "({}::int, {}::bigint, {}::numeric, {}, {}::timestamptz)",
+                quote(&tenants[i]),
+                quote(&ids[i]),
+                quote(&amounts[i]),
+                quote(&notes[i]),
+                quote(&ats[i])
+            )
+        })
+        .collect();
+    format!(
             "BEGIN; INSERT INTO l (tenant_id, id, amount, note, created_at) VALUES {};
              INSERT INTO ck (job, scope, commit_lsn, updated_at) VALUES ('j', 'w0', {}::pg_lsn, now())
              ON CONFLICT (job, scope) DO UPDATE
              SET commit_lsn = greatest(ck.commit_lsn, EXCLUDED.commit_lsn), updated_at = now();
              COMMIT",
             values.join(", "),
-            quote(&self.lsn)
+            quote(&rows.lsn)
         )
-    }
-}
-
-/// Our sink's shape: the requests written together, answers read afterwards: `BEGIN`, the
-/// insert, the progress statement with its parameters if any (our checkpoint upsert or the
-/// replication origin's commit hook), `COMMIT`.
-async fn pipelined(
-    client: &Client,
-    insert: &Statement,
-    progress: Option<(&Statement, &[&(dyn ToSql + Sync)])>,
-    rows: &Rows,
-) -> anyhow::Result<()> {
-    let [a, b, c, d, e] = &rows.columns;
-    let insert_params: [&(dyn ToSql + Sync); 5] = [a, b, c, d, e];
-    // `join!` polls in order, so the requests go out in this order.
-    let (begin, inserted, progressed, commit) = tokio::join!(
-        client.batch_execute("BEGIN"),
-        client.execute(insert, &insert_params),
-        async {
-            match progress {
-                Some((statement, params)) => client.execute(statement, params).await.map(drop),
-                None => Ok(()),
-            }
-        },
-        client.batch_execute("COMMIT"),
-    );
-    begin?;
-    inserted?;
-    progressed?;
-    commit?;
-    Ok(())
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -187,7 +122,7 @@ fn main() -> anyhow::Result<()> {
                             pipelined(&client, &insert, Some((&origin, &params)), &rows).await?
                         }
                         "pipelined, bare" => pipelined(&client, &insert, None, &rows).await?,
-                        _ => client.batch_execute(&rows.as_simple_query()).await?,
+                        _ => client.batch_execute(&as_simple_query(&rows)).await?,
                     }
                     times[case].push(started.elapsed().as_secs_f64() * 1e6);
                 }
