@@ -42,6 +42,7 @@ use crate::operators::history::HistoryBooks;
 use crate::operators::partition::TenantPlan;
 use crate::operators::version::SysTime;
 use crate::sinks::nats::NatsSink;
+use crate::sinks::parquet::{CompactionPolicy, COMPACTION};
 use crate::sinks::pg_apply::{self, store};
 use crate::sinks::qos::rate_limit::SinkLimiter;
 use crate::sinks::worker::{SinkStats, RETRY_INITIAL, RETRY_MAX};
@@ -217,7 +218,16 @@ fn sink_places(spec: &JobSpec) -> Vec<(SinkPlace, usize)> {
                 SinkPlace::Postgres(p.dsn.expose().to_string()),
                 p.batch_max_rows,
             ),
-            SinkSpec::Parquet(p) => (SinkPlace::Parquet(p.root.clone().into()), p.batch_max_rows),
+            SinkSpec::Parquet(p) => (
+                SinkPlace::Parquet {
+                    root: p.root.clone().into(),
+                    compaction: CompactionPolicy {
+                        min_files: p.compact_min_files,
+                        ..COMPACTION
+                    },
+                },
+                p.batch_max_rows,
+            ),
             SinkSpec::Nats(n) => (SinkPlace::Nats(n.config(&spec.name)), n.batch_max_rows),
         })
         .collect()

@@ -46,8 +46,13 @@ pub const EVENTS_PER_STEP: usize = 4096;
 pub enum SinkPlace {
     /// A PostgreSQL database (connection string).
     Postgres(String),
-    /// A Parquet cold-tier directory.
-    Parquet(std::path::PathBuf),
+    /// A Parquet cold-tier directory, compacted by `compaction`.
+    Parquet {
+        /// The cold tier's root directory.
+        root: std::path::PathBuf,
+        /// When its table directories' small files are merged.
+        compaction: crate::sinks::parquet::CompactionPolicy,
+    },
     /// A NATS JetStream stream.
     Nats(crate::sinks::nats::NatsSinkConfig),
 }
@@ -58,7 +63,7 @@ impl SinkPlace {
         match self {
             // Tables and, for tables that keep history, their history tables.
             SinkPlace::Postgres(_) => SinkFeed::Both,
-            SinkPlace::Parquet(_) => SinkFeed::History,
+            SinkPlace::Parquet { .. } => SinkFeed::History,
             SinkPlace::Nats(_) => SinkFeed::Changes,
         }
     }
@@ -227,7 +232,7 @@ impl WorkerJob {
                     );
                     runtime.spawn(run_sink(sink, rx, stats, reader, pacing, on_durable));
                 }
-                SinkPlace::Parquet(root) => {
+                SinkPlace::Parquet { root, compaction } => {
                     // The manifest covers LSN ranges per table: commit order only. A
                     // write costs files and fsyncs per table directory: gather rows.
                     let rows = target.batch_max_rows.min(job.max_backlog_rows / 2).max(1);
@@ -237,7 +242,8 @@ impl WorkerJob {
                         early_rows: (rows / COLD_EARLY_DIVISOR).max(1),
                         read_ahead: job.max_backlog_rows,
                     });
-                    let sink = ParquetSink::new(&job.job, root.clone(), index as u32);
+                    let sink = ParquetSink::new(&job.job, root.clone(), index as u32)
+                        .with_compaction(*compaction);
                     runtime.spawn(run_sink(sink, rx, stats, reader, pacing, on_durable));
                 }
             }

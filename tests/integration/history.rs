@@ -315,13 +315,14 @@ pub(crate) fn large_transaction(
 }
 
 /// The job: `public.prices` of tenants 1..=5 with history, into the target and a Parquet
-/// cold tier under `cold`.
+/// cold tier under `cold`, which compacts as soon as two small files are listed (so the
+/// tests that read the tier read it while and after it is compacted).
 pub(crate) fn job_toml(env: &Env, cold: &Path) -> String {
     format!(
             "name = \"prices\"\n[source]\ndsn = \"{}\"\npublication = \"pub_prices\"\nslot = \"slot_prices\"\n\
              [tenants]\ninclude = [1, 2, 3, 4, 5]\n[[tables]]\nname = \"public.prices\"\nhistory = true\n\
              valid_time_column = \"effective_at\"\n[[sinks]]\nkind = \"postgres\"\ndsn = \"{}\"\n\
-             [[sinks]]\nkind = \"parquet\"\nroot = \"{}\"\nbatch_max_rows = 5000\n",
+             [[sinks]]\nkind = \"parquet\"\nroot = \"{}\"\nbatch_max_rows = 5000\ncompact_min_files = 2\n",
             env.source_dsn(),
             env.target_dsn(),
             cold.display()
@@ -390,6 +391,10 @@ fn history_table_cold_tier_and_api_agree_with_the_oracle() {
             "the {sink} sink applied the large transaction from its spill file:\n{log_text}"
         );
     }
+    assert!(
+        log_text.contains("cold tier compacted"),
+        "the cold tier was compacted while the oracle's history was written:\n{log_text}"
+    );
     let sample: Vec<usize> = (0..points.len())
         .step_by(7)
         .chain([large, points.len() - 1])

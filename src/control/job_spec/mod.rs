@@ -30,6 +30,7 @@
 //! [[sinks]]
 //! kind = "parquet"              # continuous export of history to the cold tier
 //! root = "/var/lib/helios/cold"
+//! compact_min_files = 16        # default; merge small files once this many (0: never)
 //! ```
 //!
 //! The first sink keeps the job's progress: a postgres sink, or in a job with none, a
@@ -264,6 +265,10 @@ pub struct ParquetSinkSpec {
     /// (each costs a file per tenant and table, fsyncs and a manifest update).
     #[serde(default = "default_parquet_batch_max_rows")]
     pub batch_max_rows: usize,
+    /// Merge a table directory's small files (under 100,000 rows) once it lists this
+    /// many: 0 (never) or `2..=100_000`. Default 16.
+    #[serde(default = "default_compact_min_files")]
+    pub compact_min_files: usize,
     /// The sink's bandwidth limits.
     #[serde(flatten)]
     pub limits: SinkLimitsSpec,
@@ -272,6 +277,13 @@ pub struct ParquetSinkSpec {
 fn default_parquet_batch_max_rows() -> usize {
     DEFAULT_PARQUET_BATCH_MAX_ROWS
 }
+
+fn default_compact_min_files() -> usize {
+    crate::sinks::parquet::COMPACTION.min_files
+}
+
+/// Largest accepted `compact_min_files`.
+pub const MAX_COMPACT_MIN_FILES: usize = 100_000;
 
 /// A PostgreSQL database the job applies changes to.
 /// (Read through the private `RawSink`, which rejects unknown keys.)
@@ -484,6 +496,17 @@ impl JobSpec {
                     format!("sinks[{i}].batch_max_rows"),
                     format!("must be between 1 and {MAX_BATCH_MAX_ROWS}, got {rows}"),
                 ));
+            }
+            if let SinkSpec::Parquet(p) = sink {
+                let n = p.compact_min_files;
+                if n == 1 || n > MAX_COMPACT_MIN_FILES {
+                    return Err(JobSpecError::invalid(
+                        format!("sinks[{i}].compact_min_files"),
+                        format!(
+                            "must be 0 (never compact) or between 2 and {MAX_COMPACT_MIN_FILES}, got {n}"
+                        ),
+                    ));
+                }
             }
         }
         let has_postgres = self
@@ -708,6 +731,8 @@ struct RawSink {
     #[serde(default, deserialize_with = "present")]
     root: Option<String>,
     #[serde(default, deserialize_with = "present")]
+    compact_min_files: Option<usize>,
+    #[serde(default, deserialize_with = "present")]
     url: Option<String>,
     #[serde(default, deserialize_with = "present")]
     stream: Option<String>,
@@ -767,6 +792,11 @@ impl<'de> Deserialize<'de> for SinkSpec {
         let foreign = [
             ("dsn", raw.dsn.is_some(), &["postgres"][..]),
             ("root", raw.root.is_some(), &["parquet"][..]),
+            (
+                "compact_min_files",
+                raw.compact_min_files.is_some(),
+                &["parquet"][..],
+            ),
             ("url", raw.url.is_some(), &["nats"][..]),
             ("stream", raw.stream.is_some(), &["nats"][..]),
             (
@@ -816,6 +846,9 @@ impl<'de> Deserialize<'de> for SinkSpec {
             SinkKind::Parquet => Ok(SinkSpec::Parquet(ParquetSinkSpec {
                 root: raw.root.ok_or_else(|| de::Error::missing_field("root"))?,
                 batch_max_rows: raw.batch_max_rows.unwrap_or(DEFAULT_PARQUET_BATCH_MAX_ROWS),
+                compact_min_files: raw
+                    .compact_min_files
+                    .unwrap_or_else(default_compact_min_files),
                 limits,
             })),
             SinkKind::Nats => Ok(SinkSpec::Nats(NatsSinkSpec {

@@ -598,6 +598,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                     sinks.push(SinkSpec::Parquet(ParquetSinkSpec {
                         root,
                         batch_max_rows: rows,
+                        compact_min_files: 16,
                         limits: SinkLimitsSpec::default(),
                     }));
                 }
@@ -750,4 +751,34 @@ fn the_read_ahead_defaults_to_twice_the_largest_parquet_group() {
         !spec("").to_toml_string().contains("max_buffered_rows"),
         "an unset read-ahead stays unset"
     );
+}
+
+#[test]
+fn compaction_of_a_parquet_sink_is_on_by_default_and_can_be_turned_off() {
+    let history = valid_with(
+        "name = \"public.orders\"",
+        "name = \"public.orders\"\nhistory = true",
+    );
+    let with_cold =
+        |extra: &str| format!("{history}[[sinks]]\nkind = \"parquet\"\nroot = \"/c\"\n{extra}");
+    let min_files = |spec: &JobSpec| match &spec.sinks[1] {
+        SinkSpec::Parquet(p) => p.compact_min_files,
+        other => panic!("not a parquet sink: {other:?}"),
+    };
+    let spec = JobSpec::from_toml_str(&with_cold("")).expect("default");
+    assert_eq!(min_files(&spec), 16);
+    let spec = JobSpec::from_toml_str(&with_cold("compact_min_files = 0")).expect("off");
+    assert_eq!(min_files(&spec), 0);
+    let spec = JobSpec::from_toml_str(&with_cold("compact_min_files = 64")).expect("64");
+    assert_eq!(min_files(&spec), 64);
+    for bad in ["compact_min_files = 1", "compact_min_files = 100001"] {
+        let err = expect_err(&with_cold(bad), "sinks[1].compact_min_files");
+        assert!(err.to_string().contains("never compact"), "{err}");
+    }
+    let err = JobSpec::from_toml_str(&valid_with(
+        "dbname=replica\"",
+        "dbname=replica\"\ncompact_min_files = 4",
+    ))
+    .expect_err("a postgres sink does not compact");
+    assert!(err.to_string().contains("compact_min_files"), "{err}");
 }

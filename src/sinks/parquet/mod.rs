@@ -41,7 +41,9 @@ pub use manifest::{FileEntry, Manifest, MANIFEST_FORMAT};
 pub use reader::{list_tables, read_table};
 pub use schema::{arrow_schema, columns_from_schema, FIXED_COLUMNS};
 pub use sink::ParquetSink;
-pub use writer::{crash_point, ColdTableWriter, CRASH_ENV};
+pub use writer::{
+    crash_point, ColdTableWriter, Compacted, CompactionPolicy, COMPACTION, CRASH_ENV,
+};
 
 /// One column of the source table: name and PostgreSQL type name (`format_type` output,
 /// e.g. `integer`, `numeric(10,2)`, `timestamp with time zone`, `text[]`).

@@ -27,31 +27,57 @@ use crate::change::Text;
 ///
 /// Each file's user columns are mapped by name onto the latest column list; a column an
 /// older file lacks reads as `None`. A file whose size or SHA-256 differs from the
-/// manifest, or that is missing, is an error naming it.
+/// manifest, or that is missing, is an error naming it; a missing file is first read
+/// again a few times, from the manifest as it is then (a compaction may have replaced
+/// the file, or a write not have moved it into place yet).
 pub fn read_table(
     root: &Path,
     tenant: &str,
     table: &str,
 ) -> Result<(Vec<ColdColumn>, Vec<ColdRow>), ParquetError> {
     let dir = table_dir(root, tenant, table);
-    let manifest = Manifest::load(&dir)?.ok_or_else(|| ParquetError::Manifest {
-        path: Manifest::path(&dir),
+    let mut attempts = 0;
+    loop {
+        let manifest = load_manifest(&dir, tenant, table)?;
+        match read_listed(&dir, &manifest) {
+            // A writer lists its files before it moves them into place and deletes the
+            // files a compaction replaced after: a reader between the two steps waits a
+            // moment and reads again.
+            Err(ParquetError::MissingFile { .. }) if attempts < 3 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20 * attempts));
+            }
+            Err(e) => return Err(e),
+            Ok(rows) => return Ok((manifest.columns, rows)),
+        }
+    }
+}
+
+/// The rows of every file `manifest` lists.
+fn read_listed(dir: &Path, manifest: &Manifest) -> Result<Vec<ColdRow>, ParquetError> {
+    let mut rows = Vec::new();
+    for entry in &manifest.files {
+        rows.extend(read_file(&dir.join(&entry.path), entry, &manifest.columns)?);
+    }
+    Ok(rows)
+}
+
+/// The manifest of `tenant`'s `table` in `dir`, which must exist and name them.
+fn load_manifest(dir: &Path, tenant: &str, table: &str) -> Result<Manifest, ParquetError> {
+    let manifest = Manifest::load(dir)?.ok_or_else(|| ParquetError::Manifest {
+        path: Manifest::path(dir),
         reason: "not found".to_string(),
     })?;
     if manifest.tenant != tenant || manifest.table != table {
         return Err(ParquetError::Manifest {
-            path: Manifest::path(&dir),
+            path: Manifest::path(dir),
             reason: format!(
                 "belongs to tenant {:?} table {:?}, not tenant {tenant:?} table {table:?}",
                 manifest.tenant, manifest.table
             ),
         });
     }
-    let mut rows = Vec::new();
-    for entry in &manifest.files {
-        rows.extend(read_file(&dir.join(&entry.path), entry, &manifest.columns)?);
-    }
-    Ok((manifest.columns, rows))
+    Ok(manifest)
 }
 
 /// Reads one data file after verifying it against its manifest entry, mapping its user

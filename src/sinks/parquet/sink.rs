@@ -15,6 +15,7 @@ use std::sync::Arc;
 use crate::change::{Cell, HistoryEvent, Lsn, Row, TableInfo, Text};
 use crate::sinks::large::PartSource;
 use crate::sinks::parquet::large_txn::{LargeLimits, LargeWrite, LargeWriteError, LARGE_LIMITS};
+use crate::sinks::parquet::writer::{CompactionPolicy, COMPACTION};
 use crate::sinks::parquet::{
     ChangeOp, ColdColumn, ColdEvent, ColdRow, ColdTableWriter, ParquetError,
 };
@@ -29,8 +30,10 @@ pub struct ParquetSink {
     worker: u32,
     /// Open writers by (tenant, `schema.table`), with the columns they were opened with.
     writers: HashMap<(String, String), OpenWriter>,
-    /// Rows a large transaction buffers before it stages them ([`LargeWrite`]).
+    /// How a large transaction is cut into files ([`LargeWrite`]).
     large_limits: LargeLimits,
+    /// When a table directory's small files are merged ([`ColdTableWriter::compact`]).
+    compaction: CompactionPolicy,
 }
 
 /// One table directory's history events in an apply, in order.
@@ -72,6 +75,7 @@ impl ParquetSink {
             worker,
             writers: HashMap::new(),
             large_limits: LARGE_LIMITS,
+            compaction: COMPACTION,
         }
     }
 
@@ -79,6 +83,12 @@ impl ParquetSink {
     /// [`LARGE_LIMITS`]).
     pub fn with_large_limits(mut self, limits: LargeLimits) -> ParquetSink {
         self.large_limits = limits;
+        self
+    }
+
+    /// The same sink compacting table directories by `policy` (default [`COMPACTION`]).
+    pub fn with_compaction(mut self, policy: CompactionPolicy) -> ParquetSink {
+        self.compaction = policy;
         self
     }
 }
@@ -255,8 +265,8 @@ impl Sink for ParquetSink {
         if work.is_empty() {
             return Ok(ApplyReport::default());
         }
-        let (root, writers) = (&self.root, &mut self.writers);
-        let result = blocking(move || write_all(root, writers, work));
+        let (root, writers, compaction) = (&self.root, &mut self.writers, &self.compaction);
+        let result = blocking(move || write_all(root, writers, work, compaction));
         self.after_write(&result);
         result
     }
@@ -304,6 +314,7 @@ fn write_all(
     root: &std::path::Path,
     writers: &mut HashMap<(String, String), OpenWriter>,
     work: Vec<TableEvents>,
+    compaction: &CompactionPolicy,
 ) -> Result<ApplyReport, SinkError> {
     let jobs: Vec<(TableEvents, Option<OpenWriter>)> = work
         .into_iter()
@@ -319,7 +330,7 @@ fn write_all(
     let work_off_queue = || {
         while let Some((t, writer)) = next() {
             let key = (t.tenant.to_owned(), t.table.clone());
-            let outcome = write_table(root, t.rows(), writer);
+            let outcome = write_table(root, t.rows(), writer, compaction);
             if let Ok(mut d) = done.lock() {
                 d.push((key, outcome));
             }
@@ -370,11 +381,13 @@ struct TableWritten {
     bytes: u64,
 }
 
-/// Writes one table directory's rows, opening (and recovering) its writer if needed.
+/// Writes one table directory's rows, opening (and recovering) its writer if needed, then
+/// compacts the directory if `compaction` asks for it.
 fn write_table(
     root: &std::path::Path,
     t: TableRows,
     writer: Option<OpenWriter>,
+    compaction: &CompactionPolicy,
 ) -> Result<(OpenWriter, TableWritten), SinkError> {
     let (columns, mut writer) = match writer {
         Some((cols, w)) if cols == t.columns => (cols, w),
@@ -406,6 +419,9 @@ fn write_table(
         return Ok(((columns, writer), nothing));
     };
     let files = writer.write(&fresh, lo, hi).map_err(definite)?;
+    if writer.wants_compaction(compaction) {
+        compact(&mut writer, compaction);
+    }
     let applied = TenantApplied {
         tenant: t.tenant,
         lsn: hi,
@@ -421,13 +437,35 @@ fn write_table(
     Ok(((columns, writer), written))
 }
 
+/// Compacts one table directory. Its rows are durable whatever happens here, so a failure
+/// is logged, not returned: the writer recovers before its next write.
+fn compact(writer: &mut ColdTableWriter, policy: &CompactionPolicy) {
+    match writer.compact(policy) {
+        Ok(done) if done.files_in > 0 => tracing::info!(
+            table_dir = %writer.table_dir().display(),
+            files_in = done.files_in,
+            files_out = done.files_out,
+            rows = done.rows,
+            bytes_in = done.bytes_in,
+            bytes_out = done.bytes_out,
+            "cold tier compacted"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(
+            table_dir = %writer.table_dir().display(),
+            error = %e,
+            "cold tier compaction failed; the writer recovers the directory before its next write"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
     use super::*;
     use crate::change::fixtures::{opened, table};
-    use crate::sinks::parquet::read_table;
+    use crate::sinks::parquet::{read_table, Manifest};
 
     fn open_event(table: &Arc<TableInfo>, tenant: u32, id: u32, lsn: Lsn) -> HistoryEvent {
         let row: Row = vec![
@@ -435,6 +473,52 @@ mod tests {
             Cell::Text(id.to_string().into()),
         ];
         opened(&tenant.to_string(), id, table, row, lsn)
+    }
+
+    /// A sink that keeps up writes one small file per apply; once a directory lists
+    /// enough of them they are merged, and the table reads the same.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn small_files_are_compacted_as_the_sink_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let shape = Arc::new(table(
+            "t",
+            &[("tenant_id", "integer"), ("id", "integer")],
+            &[0, 1],
+        ));
+        let policy = CompactionPolicy {
+            small_rows: 100,
+            min_files: 4,
+            max_rows: 1_000,
+        };
+        let mut sink = ParquetSink::new("j", dir.path().to_path_buf(), 0).with_compaction(policy);
+        sink.reconnect().await.unwrap();
+        let mut ids = Vec::new();
+        for lsn in 1..=10u64 {
+            let batch = ApplyBatch {
+                commit_lsn: lsn,
+                changes: Vec::new(),
+                history: (0..2)
+                    .map(|i| open_event(&shape, 1, lsn as u32 * 10 + i, lsn))
+                    .collect(),
+            };
+            ids.extend([lsn * 10, lsn * 10 + 1]);
+            sink.apply(&[batch]).await.unwrap();
+        }
+        let manifest = Manifest::load(&super::super::table_dir(dir.path(), "1", "app.t"))
+            .unwrap()
+            .unwrap();
+        assert!(
+            manifest.files.len() < 4,
+            "merged as it wrote: {:?}",
+            manifest.files
+        );
+        assert_eq!(manifest.covered_lsn, 10);
+        let (_, rows) = read_table(dir.path(), "1", "app.t").unwrap();
+        let read: Vec<u64> = rows
+            .iter()
+            .filter_map(|r| r.values[1].as_deref()?.parse().ok())
+            .collect();
+        assert_eq!(read, ids, "every row once, in order");
     }
 
     /// One apply spanning more table directories than are written at once: every tenant

@@ -59,6 +59,10 @@ pub fn crash_point(name: &str) {
     }
 }
 
+#[path = "compaction.rs"]
+mod compaction;
+pub use compaction::{Compacted, CompactionPolicy, COMPACTION};
+
 /// A write's rows by the UTC date of `system_from`, each with its index in the write.
 type DateGroups<'r> = BTreeMap<NaiveDate, Vec<(usize, &'r ColdRow)>>;
 
@@ -376,12 +380,8 @@ impl ColdTableWriter {
         let props = writer_properties(batch, &self.tenant, &self.table, lsn_lo, lsn_hi)
             .map_err(parquet_error(path))?;
         let file = File::create(path).map_err(|e| ParquetError::io("create", path, e))?;
-        let sink = HashingWriter {
-            file,
-            hasher: Sha256::new(),
-            bytes: 0,
-        };
-        ArrowWriter::try_new(sink, self.schema.clone(), Some(props)).map_err(parquet_error(path))
+        ArrowWriter::try_new(HashingWriter::new(file), self.schema.clone(), Some(props))
+            .map_err(parquet_error(path))
     }
 
     /// Appends `rows` to `stream`'s files, one row group in progress per file: a large
@@ -590,6 +590,28 @@ pub fn writer_properties(
     lsn_lo: Lsn,
     lsn_hi: Lsn,
 ) -> Result<WriterProperties, parquet::errors::ParquetError> {
+    let columns = batch.columns();
+    let schema = batch.schema();
+    properties(
+        schema.fields(),
+        |i| columns.get(i).is_some_and(|a| is_uniform(a.as_ref())),
+        tenant,
+        table,
+        lsn_lo,
+        lsn_hi,
+    )
+}
+
+/// The properties [`writer_properties`] describes, for columns `fields`, the `i`-th
+/// left uncompressed when `uniform(i)`.
+fn properties(
+    fields: &arrow_schema::Fields,
+    uniform: impl Fn(usize) -> bool,
+    tenant: &str,
+    table: &str,
+    lsn_lo: Lsn,
+    lsn_hi: Lsn,
+) -> Result<WriterProperties, parquet::errors::ParquetError> {
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
         .set_statistics_enabled(EnabledStatistics::Page)
@@ -600,9 +622,9 @@ pub fn writer_properties(
             KeyValue::new("helios.lsn_lo".to_string(), lsn_lo.to_string()),
             KeyValue::new("helios.lsn_hi".to_string(), lsn_hi.to_string()),
         ]));
-    for (field, array) in batch.schema().fields().iter().zip(batch.columns()) {
+    for (i, field) in fields.iter().enumerate() {
         let column = ColumnPath::from(field.name().clone());
-        if is_uniform(array.as_ref()) {
+        if uniform(i) {
             builder = builder.set_column_compression(column.clone(), Compression::UNCOMPRESSED);
         }
         builder = match field.data_type() {
@@ -664,6 +686,16 @@ struct HashingWriter {
     file: File,
     hasher: Sha256,
     bytes: u64,
+}
+
+impl HashingWriter {
+    fn new(file: File) -> HashingWriter {
+        HashingWriter {
+            file,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
 }
 
 impl Write for HashingWriter {

@@ -643,6 +643,7 @@ fn bad_manifests_are_typed_errors_naming_the_file() {
     read_table(root.path(), TENANT, TABLE).expect("restored manifest reads");
 }
 
+mod compaction;
 mod large;
 mod recovery;
 mod round_trip;
