@@ -214,6 +214,39 @@ fn twin_write(root: &Path, rows: &[ColdRow], lo: Lsn, hi: Lsn) -> Twin {
     }
 }
 
+/// Runs the test `child` (a path below this module, e.g. `recovery::crash_child_process`)
+/// in a child process of this test binary with `root_env` set to `root` and
+/// [`CRASH_ENV`] to `point`, and checks that it aborted there.
+fn run_crash_child(child: &str, root_env: &str, root: &Path, point: &str) {
+    let module = module_path!();
+    let test_name = format!(
+        "{}::{child}",
+        module.split_once("::").map_or(module, |(_, rest)| rest)
+    );
+    let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            test_name.as_str(),
+            "--exact",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .env(root_env, root)
+        .env(CRASH_ENV, point)
+        .output()
+        .expect("spawn child");
+    assert!(!output.status.success(), "child did not crash at {point}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            output.status.signal(),
+            Some(6),
+            "child did not abort at {point}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
 /// A root with one published write (`batch1`, LSN 0x100, two dates); returns the rows.
 fn setup_published(root: &Path) -> Vec<ColdRow> {
     let batch1 = two_date_batch(1, 0x100);

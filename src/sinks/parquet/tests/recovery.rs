@@ -208,33 +208,12 @@ fn crash_child_process() {
 fn crash_at(point: &str) -> (tempfile::TempDir, Vec<ColdRow>) {
     let root = tempfile::tempdir().expect("tempdir");
     let batch1 = setup_published(root.path());
-    let module = module_path!();
-    let test_name = format!(
-        "{}::crash_child_process",
-        module.split_once("::").map_or(module, |(_, rest)| rest)
+    run_crash_child(
+        "recovery::crash_child_process",
+        CHILD_ROOT_ENV,
+        root.path(),
+        point,
     );
-    let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            test_name.as_str(),
-            "--exact",
-            "--test-threads=1",
-            "--nocapture",
-        ])
-        .env(CHILD_ROOT_ENV, root.path())
-        .env(CRASH_ENV, point)
-        .output()
-        .expect("spawn child");
-    assert!(!output.status.success(), "child did not crash at {point}");
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(
-            output.status.signal(),
-            Some(6),
-            "child did not abort at {point}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
     (root, batch1)
 }
 
