@@ -27,6 +27,7 @@ use crate::control::job_spec::{JobSpec, SinkSpec, TenantFilter};
 use crate::control::metadata::MetadataStore;
 use crate::control::{exports, history_query};
 use crate::dataflow::host::DataflowHost;
+use crate::metrics::names::{SIDE_MERGED, SIDE_WRITTEN};
 use crate::metrics::{JobMetrics, MetricsRegistry};
 use crate::sinks::worker::TenantProgress;
 
@@ -398,6 +399,24 @@ async fn monitor(
                 metrics.encode_seconds(kind(i), encode.saturating_sub(seen.0) as f64 / 1e6);
                 seen.0 = encode;
                 metrics.set_codec_fast_mode(kind(i), c.fast_mode.load(Relaxed));
+            }
+            if kind(i) == "parquet" {
+                let c = &sink.compaction;
+                for (side, files, bytes) in [
+                    (SIDE_MERGED, &c.files_merged, &c.bytes_merged),
+                    (SIDE_WRITTEN, &c.files_written, &c.bytes_written),
+                ] {
+                    let (files, bytes) = (files.load(Relaxed), bytes.load(Relaxed));
+                    let seen = seen_counts
+                        .entry((i, format!("_compaction_{side}")))
+                        .or_default();
+                    metrics.cold_compaction(
+                        side,
+                        files.saturating_sub(seen.0),
+                        bytes.saturating_sub(seen.1),
+                    );
+                    *seen = (files, bytes);
+                }
             }
         }
         if let Some(hub) = stats.access() {

@@ -243,7 +243,8 @@ impl WorkerJob {
                         read_ahead: job.max_backlog_rows,
                     });
                     let sink = ParquetSink::new(&job.job, root.clone(), index as u32)
-                        .with_compaction(*compaction);
+                        .with_compaction(*compaction)
+                        .with_compaction_stats(target.stats.compaction.clone());
                     runtime.spawn(run_sink(sink, rx, stats, reader, pacing, on_durable));
                 }
             }

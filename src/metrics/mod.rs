@@ -26,6 +26,8 @@
 //! | `helios_sink_throttled_seconds_total` | counter | `job`, `sink` |
 //! | `helios_sink_encode_seconds_total` | counter | `job`, `sink` |
 //! | `helios_sink_codec_fast_mode` | gauge | `job`, `sink` |
+//! | `helios_cold_compaction_files_total` | counter | `job`, `side` |
+//! | `helios_cold_compaction_bytes_total` | counter | `job`, `side` |
 //!
 //! Prometheus conventions: base units (seconds, bytes), counters end in `_total`, a
 //! histogram's series are `_bucket{le}`, `_sum` and `_count`. The LSN gauge is the LSN as a
@@ -42,6 +44,8 @@
 //!   `stopping` — the snake_case names of `control::job_control::JobState`. The current
 //!   state's series is 1, every other state's 0. See [`names::STATES`].
 //! - `sink`: the sink's `Sink::kind()` (`postgres`, …).
+//! - `side` (cold-tier compaction): `merged` (small files merged away) or `written`
+//!   (the merged files). See [`names::SIDES`].
 //! - `predictor`: `model`, `heuristic`, `last_window` (errors) and `model`, `heuristic`,
 //!   `round_robin` (in use). See [`names::PREDICTORS`].
 //!
@@ -135,12 +139,25 @@ pub mod names {
     pub const SINK_ENCODE_SECONDS_TOTAL: &str = "helios_sink_encode_seconds_total";
     /// 1 while a compressed-stream sink uses its cheaper encodings (CPU budget exceeded).
     pub const SINK_CODEC_FAST_MODE: &str = "helios_sink_codec_fast_mode";
+    /// Files the cold tier's compaction merged away (`side="merged"`) and wrote.
+    pub const COLD_COMPACTION_FILES_TOTAL: &str = "helios_cold_compaction_files_total";
+    /// Bytes of the files the cold tier's compaction merged away and of those it wrote.
+    pub const COLD_COMPACTION_BYTES_TOTAL: &str = "helios_cold_compaction_bytes_total";
+
+    /// Label: which files of a compaction.
+    pub const LABEL_SIDE: &str = "side";
+    /// `side`: the small files a compaction merged away.
+    pub const SIDE_MERGED: &str = "merged";
+    /// `side`: the files a compaction wrote.
+    pub const SIDE_WRITTEN: &str = "written";
+    /// Values of the `side` label.
+    pub const SIDES: [&str; 2] = [SIDE_MERGED, SIDE_WRITTEN];
 
     /// Values of the `predictor` label.
     pub const PREDICTORS: [&str; 4] = ["model", "heuristic", "last_window", "round_robin"];
 
     /// Every metric name above.
-    pub const ALL_METRICS: [&str; 18] = [
+    pub const ALL_METRICS: [&str; 20] = [
         REPLICATION_LAG_SECONDS,
         REPLICATION_LAG_BYTES,
         ROWS_REPLICATED_TOTAL,
@@ -159,6 +176,8 @@ pub mod names {
         SINK_THROTTLED_SECONDS_TOTAL,
         SINK_ENCODE_SECONDS_TOTAL,
         SINK_CODEC_FAST_MODE,
+        COLD_COMPACTION_FILES_TOTAL,
+        COLD_COMPACTION_BYTES_TOTAL,
     ];
 
     /// Label: the job's name.
@@ -252,6 +271,12 @@ struct SinkLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SideLabels {
+    job: Arc<str>,
+    side: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StageLabels {
     job: Arc<str>,
     sink: &'static str,
@@ -299,6 +324,8 @@ struct Families {
     throttled: Family<SinkLabels, Counter<f64, AtomicU64>>,
     encode_seconds: Family<SinkLabels, Counter<f64, AtomicU64>>,
     codec_fast: Family<SinkLabels, Gauge>,
+    compaction_files: Family<SideLabels, Counter>,
+    compaction_bytes: Family<SideLabels, Counter>,
 }
 
 /// `name` without `suffix`: `prometheus-client` appends `_total` to counters and the unit
@@ -329,6 +356,8 @@ impl Families {
             throttled: Family::default(),
             encode_seconds: Family::default(),
             codec_fast: Family::default(),
+            compaction_files: Family::default(),
+            compaction_bytes: Family::default(),
         }
     }
 
@@ -428,6 +457,16 @@ impl Families {
             SINK_CODEC_FAST_MODE,
             "1 while a compressed-stream sink uses cheaper encodings (CPU budget exceeded)",
             self.codec_fast.clone(),
+        );
+        r.register(
+            stem(COLD_COMPACTION_FILES_TOTAL, "_total"),
+            "Cold-tier files compaction merged away (side=merged) and wrote (side=written)",
+            self.compaction_files.clone(),
+        );
+        r.register(
+            stem(COLD_COMPACTION_BYTES_TOTAL, "_total"),
+            "Bytes of the cold-tier files compaction merged away and of those it wrote",
+            self.compaction_bytes.clone(),
         );
     }
 }
@@ -589,6 +628,8 @@ pub struct JobMetrics {
     throttled: Slots<&'static str, Counter<f64, AtomicU64>>,
     encode_seconds: Slots<&'static str, Counter<f64, AtomicU64>>,
     codec_fast: Slots<&'static str, Gauge>,
+    compaction_files: Slots<&'static str, Counter>,
+    compaction_bytes: Slots<&'static str, Counter>,
     /// Held while creating a series and while retiring, so none outlives the job.
     life: Mutex<Lifecycle>,
 }
@@ -641,6 +682,8 @@ impl JobMetrics {
             throttled: Slots::new(),
             encode_seconds: Slots::new(),
             codec_fast: Slots::new(),
+            compaction_files: Slots::new(),
+            compaction_bytes: Slots::new(),
             life: Mutex::new(Lifecycle {
                 alive: true,
                 removers: Vec::new(),
@@ -1011,6 +1054,29 @@ impl JobMetrics {
             },
             |c| {
                 c.inc_by(seconds);
+            },
+        );
+    }
+
+    /// Counts `files` of `bytes` a cold-tier compaction merged away (`side` =
+    /// [`names::SIDE_MERGED`]) or wrote ([`names::SIDE_WRITTEN`]).
+    pub fn cold_compaction(&self, side: &'static str, files: u64, bytes: u64) {
+        let labels = || SideLabels {
+            job: self.job.clone(),
+            side,
+        };
+        self.compaction_files.with(
+            side,
+            || self.create(&self.families.compaction_files, labels()),
+            |c| {
+                c.inc_by(files);
+            },
+        );
+        self.compaction_bytes.with(
+            side,
+            || self.create(&self.families.compaction_bytes, labels()),
+            |c| {
+                c.inc_by(bytes);
             },
         );
     }

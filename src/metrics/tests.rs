@@ -305,6 +305,8 @@ fn exercise(m: &JobMetrics) {
     m.throttled("postgres", 0.25);
     m.encode_seconds("nats", 0.125);
     m.set_codec_fast_mode("nats", true);
+    m.cold_compaction(SIDE_MERGED, 16, 4000);
+    m.cold_compaction(SIDE_WRITTEN, 1, 3000);
 }
 
 // ---------------------------------------------------------------------------------
@@ -362,6 +364,18 @@ fn encode_is_valid_openmetrics_and_names_every_metric() {
         e.value(SOURCE_CONFIRMED_LSN, &[(LABEL_JOB, "orders")]),
         Some(4_294_967_338.0)
     );
+    for (name, side, want) in [
+        (COLD_COMPACTION_FILES_TOTAL, SIDE_MERGED, 16.0),
+        (COLD_COMPACTION_FILES_TOTAL, SIDE_WRITTEN, 1.0),
+        (COLD_COMPACTION_BYTES_TOTAL, SIDE_MERGED, 4000.0),
+        (COLD_COMPACTION_BYTES_TOTAL, SIDE_WRITTEN, 3000.0),
+    ] {
+        assert_eq!(
+            e.value(name, &[(LABEL_JOB, "orders"), (LABEL_SIDE, side)]),
+            Some(want),
+            "{name} {side}"
+        );
+    }
     assert_eq!(
         e.value(
             REPLICATION_LAG_BYTES,

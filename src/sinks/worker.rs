@@ -59,6 +59,8 @@ pub struct SinkStats {
     pub stages: crate::sinks::latency::StageSamples,
     /// Codec figures of a compressed-stream sink (empty for the others).
     pub compression: Arc<crate::sinks::nats::compression_stats::CompressionStats>,
+    /// Compaction figures of a cold-tier sink (zero for the others).
+    pub compaction: Arc<crate::sinks::parquet::CompactionStats>,
 }
 
 impl SinkStats {

@@ -395,6 +395,19 @@ fn history_table_cold_tier_and_api_agree_with_the_oracle() {
         log_text.contains("cold tier compacted"),
         "the cold tier was compacted while the oracle's history was written:\n{log_text}"
     );
+    // ... and /metrics counts the files it merged away and wrote.
+    wait_for("compaction counts in /metrics", WAIT, || {
+        let text = http(&server.url, "GET", "/metrics", Some(TOKEN)).1;
+        ["merged", "written"].iter().all(|side| {
+            let series =
+                format!("helios_cold_compaction_files_total{{job=\"prices\",side=\"{side}\"}} ");
+            text.lines().any(|l| {
+                l.strip_prefix(&series)
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .is_some_and(|v| v > 0.0)
+            })
+        })
+    });
     let sample: Vec<usize> = (0..points.len())
         .step_by(7)
         .chain([large, points.len() - 1])

@@ -23,6 +23,7 @@
 
 use std::fs::{self, File};
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arrow_array::{RecordBatch, RecordBatchReader};
@@ -57,6 +58,33 @@ pub const COMPACTION: CompactionPolicy = CompactionPolicy {
     min_files: 16,
     max_rows: 1_000_000,
 };
+
+/// What a sink's compactions did so far, for the metrics (shared by its tasks).
+#[derive(Debug, Default)]
+pub struct CompactionStats {
+    /// Small files merged away.
+    pub files_merged: AtomicU64,
+    /// Merged files written.
+    pub files_written: AtomicU64,
+    /// Bytes of the files merged away.
+    pub bytes_merged: AtomicU64,
+    /// Bytes of the merged files.
+    pub bytes_written: AtomicU64,
+}
+
+impl CompactionStats {
+    /// Adds one compaction's figures.
+    pub fn record(&self, done: &Compacted) {
+        self.files_merged
+            .fetch_add(done.files_in as u64, Ordering::Relaxed);
+        self.files_written
+            .fetch_add(done.files_out as u64, Ordering::Relaxed);
+        self.bytes_merged
+            .fetch_add(done.bytes_in, Ordering::Relaxed);
+        self.bytes_written
+            .fetch_add(done.bytes_out, Ordering::Relaxed);
+    }
+}
 
 /// What one compaction did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

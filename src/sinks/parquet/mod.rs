@@ -42,7 +42,8 @@ pub use reader::{list_tables, read_table};
 pub use schema::{arrow_schema, columns_from_schema, FIXED_COLUMNS};
 pub use sink::ParquetSink;
 pub use writer::{
-    crash_point, ColdTableWriter, Compacted, CompactionPolicy, COMPACTION, CRASH_ENV,
+    crash_point, ColdTableWriter, Compacted, CompactionPolicy, CompactionStats, COMPACTION,
+    CRASH_ENV,
 };
 
 /// One column of the source table: name and PostgreSQL type name (`format_type` output,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::change::{Cell, HistoryEvent, Lsn, Row, TableInfo, Text};
 use crate::sinks::large::PartSource;
 use crate::sinks::parquet::large_txn::{LargeLimits, LargeWrite, LargeWriteError, LARGE_LIMITS};
-use crate::sinks::parquet::writer::{CompactionPolicy, COMPACTION};
+use crate::sinks::parquet::writer::{CompactionPolicy, CompactionStats, COMPACTION};
 use crate::sinks::parquet::{
     ChangeOp, ColdColumn, ColdEvent, ColdRow, ColdTableWriter, ParquetError,
 };
@@ -34,6 +34,8 @@ pub struct ParquetSink {
     large_limits: LargeLimits,
     /// When a table directory's small files are merged ([`ColdTableWriter::compact`]).
     compaction: CompactionPolicy,
+    /// What the compactions did, for the metrics.
+    compaction_stats: Arc<CompactionStats>,
 }
 
 /// One table directory's history events in an apply, in order.
@@ -76,6 +78,7 @@ impl ParquetSink {
             writers: HashMap::new(),
             large_limits: LARGE_LIMITS,
             compaction: COMPACTION,
+            compaction_stats: Arc::default(),
         }
     }
 
@@ -89,6 +92,12 @@ impl ParquetSink {
     /// The same sink compacting table directories by `policy` (default [`COMPACTION`]).
     pub fn with_compaction(mut self, policy: CompactionPolicy) -> ParquetSink {
         self.compaction = policy;
+        self
+    }
+
+    /// The same sink counting its compactions into `stats`.
+    pub fn with_compaction_stats(mut self, stats: Arc<CompactionStats>) -> ParquetSink {
+        self.compaction_stats = stats;
         self
     }
 }
@@ -265,7 +274,8 @@ impl Sink for ParquetSink {
         if work.is_empty() {
             return Ok(ApplyReport::default());
         }
-        let (root, writers, compaction) = (&self.root, &mut self.writers, &self.compaction);
+        let (root, writers) = (&self.root, &mut self.writers);
+        let compaction = (&self.compaction, self.compaction_stats.as_ref());
         let result = blocking(move || write_all(root, writers, work, compaction));
         self.after_write(&result);
         result
@@ -314,7 +324,7 @@ fn write_all(
     root: &std::path::Path,
     writers: &mut HashMap<(String, String), OpenWriter>,
     work: Vec<TableEvents>,
-    compaction: &CompactionPolicy,
+    compaction: (&CompactionPolicy, &CompactionStats),
 ) -> Result<ApplyReport, SinkError> {
     let jobs: Vec<(TableEvents, Option<OpenWriter>)> = work
         .into_iter()
@@ -387,7 +397,7 @@ fn write_table(
     root: &std::path::Path,
     t: TableRows,
     writer: Option<OpenWriter>,
-    compaction: &CompactionPolicy,
+    (policy, stats): (&CompactionPolicy, &CompactionStats),
 ) -> Result<(OpenWriter, TableWritten), SinkError> {
     let (columns, mut writer) = match writer {
         Some((cols, w)) if cols == t.columns => (cols, w),
@@ -419,8 +429,8 @@ fn write_table(
         return Ok(((columns, writer), nothing));
     };
     let files = writer.write(&fresh, lo, hi).map_err(definite)?;
-    if writer.wants_compaction(compaction) {
-        compact(&mut writer, compaction);
+    if writer.wants_compaction(policy) {
+        compact(&mut writer, policy, stats);
     }
     let applied = TenantApplied {
         tenant: t.tenant,
@@ -439,9 +449,11 @@ fn write_table(
 
 /// Compacts one table directory. Its rows are durable whatever happens here, so a failure
 /// is logged, not returned: the writer recovers before its next write.
-fn compact(writer: &mut ColdTableWriter, policy: &CompactionPolicy) {
+fn compact(writer: &mut ColdTableWriter, policy: &CompactionPolicy, stats: &CompactionStats) {
     match writer.compact(policy) {
-        Ok(done) if done.files_in > 0 => tracing::info!(
+        Ok(done) if done.files_in > 0 => {
+            stats.record(&done);
+            tracing::info!(
             table_dir = %writer.table_dir().display(),
             files_in = done.files_in,
             files_out = done.files_out,
@@ -449,7 +461,8 @@ fn compact(writer: &mut ColdTableWriter, policy: &CompactionPolicy) {
             bytes_in = done.bytes_in,
             bytes_out = done.bytes_out,
             "cold tier compacted"
-        ),
+            );
+        }
         Ok(_) => {}
         Err(e) => tracing::warn!(
             table_dir = %writer.table_dir().display(),
@@ -490,7 +503,10 @@ mod tests {
             min_files: 4,
             max_rows: 1_000,
         };
-        let mut sink = ParquetSink::new("j", dir.path().to_path_buf(), 0).with_compaction(policy);
+        let stats = Arc::new(CompactionStats::default());
+        let mut sink = ParquetSink::new("j", dir.path().to_path_buf(), 0)
+            .with_compaction(policy)
+            .with_compaction_stats(stats.clone());
         sink.reconnect().await.unwrap();
         let mut ids = Vec::new();
         for lsn in 1..=10u64 {
@@ -519,6 +535,20 @@ mod tests {
             .filter_map(|r| r.values[1].as_deref()?.parse().ok())
             .collect();
         assert_eq!(read, ids, "every row once, in order");
+        let merged = stats
+            .files_merged
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let written = stats
+            .files_written
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(merged >= 4 && written >= 1, "counted: {stats:?}");
+        // Each compaction replaced the files it merged (merged files too, when merged
+        // again) with the ones it wrote.
+        assert_eq!(
+            10 + written,
+            manifest.files.len() as u64 + merged,
+            "ten files written, the merged ones replaced: {stats:?}"
+        );
     }
 
     /// One apply spanning more table directories than are written at once: every tenant
