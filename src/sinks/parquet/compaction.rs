@@ -102,16 +102,21 @@ pub struct Compacted {
 }
 
 impl ColdTableWriter {
-    /// Whether the directory lists enough small files to compact under `policy`.
+    /// Whether the directory lists enough small files to compact under `policy`: at
+    /// least `min_files` more than the last compaction left (so files it cannot merge,
+    /// such as runs of one, do not make every write try again).
     pub fn wants_compaction(&self, policy: &CompactionPolicy) -> bool {
         policy.min_files > 0
-            && self
-                .manifest
-                .files
-                .iter()
-                .filter(|f| f.rows < policy.small_rows)
-                .count()
-                >= policy.min_files
+            && self.small_files(policy) >= self.small_after_compaction + policy.min_files
+    }
+
+    /// The small files the manifest lists.
+    fn small_files(&self, policy: &CompactionPolicy) -> usize {
+        self.manifest
+            .files
+            .iter()
+            .filter(|f| f.rows < policy.small_rows)
+            .count()
     }
 
     /// Merges every run of at least two consecutive small files (see the module doc),
@@ -135,6 +140,7 @@ impl ColdTableWriter {
                 done.bytes_out += merged.bytes_out;
             }
         }
+        self.small_after_compaction = self.small_files(policy);
         Ok(done)
     }
 

@@ -79,6 +79,9 @@ pub struct ColdTableWriter {
     /// Set while a write is under way and left set if it fails: the next write first
     /// recovers from whatever state the failure left on disk.
     needs_recovery: bool,
+    /// Small files listed after the last compaction (those it could not merge, or what
+    /// it merged them into): the next one waits for as many new ones as its policy asks.
+    small_after_compaction: usize,
 }
 
 impl ColdTableWriter {
@@ -104,6 +107,7 @@ impl ColdTableWriter {
             schema,
             manifest,
             needs_recovery: false,
+            small_after_compaction: 0,
         })
     }
 

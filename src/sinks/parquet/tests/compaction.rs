@@ -55,6 +55,22 @@ fn small_files_merge_in_place_and_the_table_reads_the_same() {
     // nothing merges: the rows' order across files must not change.
     assert_eq!(done, Default::default());
     assert_eq!(manifest(root.path()), before);
+    // Nothing it could merge: it waits for `min_files` new small files before it looks
+    // again.
+    assert!(!writer.wants_compaction(&POLICY));
+    for w in 0..4u32 {
+        let lsn = 0x1000 + Lsn::from(w);
+        let rows = [simple_row(90 + w as i32, lsn, pg_ts(2026, 11, 24, 10))];
+        assert!(!writer.wants_compaction(&POLICY), "after {w} new files");
+        writer.write(&rows, lsn, lsn).expect("write");
+    }
+    assert!(writer.wants_compaction(&POLICY));
+    let done = writer.compact(&POLICY).expect("compact");
+    assert_eq!(
+        (done.files_in, done.files_out),
+        (4, 1),
+        "the four new ones, in a run"
+    );
 
     // One date per write: the writes form one run (the large file ends it).
     let root = tempfile::tempdir().expect("tempdir");
