@@ -206,6 +206,7 @@ impl JobManager {
             metrics,
             rows_per_second.clone(),
             spec.sinks.iter().map(|s| s.kind()).collect(),
+            spec.tables.iter().any(|t| t.history),
         ));
         ManagedJob {
             spec,
@@ -310,6 +311,7 @@ async fn monitor(
     metrics: Arc<JobMetrics>,
     rows_per_second: Arc<std::sync::Mutex<f64>>,
     kinds: Vec<&'static str>,
+    keeps_history: bool,
 ) {
     let kind = |i: usize| kinds.get(i).copied().unwrap_or("postgres");
     let mut tick = tokio::time::interval(MONITOR_EVERY);
@@ -343,6 +345,9 @@ async fn monitor(
         metrics.set_state(state_name(state.0));
         metrics.set_lag(None, stats.lag_seconds(), stats.lag_bytes());
         metrics.set_confirmed_lsn(stats.reader.confirmed.load(Relaxed));
+        if keeps_history {
+            metrics.set_history_versions_held(stats.books.versions_held() as u64);
+        }
         let bytes = stats.reader.bytes_received.load(Relaxed);
         metrics.bytes_received(bytes.saturating_sub(seen_bytes));
         seen_bytes = bytes;

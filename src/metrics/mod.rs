@@ -28,6 +28,7 @@
 //! | `helios_sink_codec_fast_mode` | gauge | `job`, `sink` |
 //! | `helios_cold_compaction_files_total` | counter | `job`, `side` |
 //! | `helios_cold_compaction_bytes_total` | counter | `job`, `side` |
+//! | `helios_history_versions_held` | gauge | `job` |
 //!
 //! Prometheus conventions: base units (seconds, bytes), counters end in `_total`, a
 //! histogram's series are `_bucket{le}`, `_sum` and `_count`. The LSN gauge is the LSN as a
@@ -144,6 +145,10 @@ pub mod names {
     /// Bytes of the files the cold tier's compaction merged away and of those it wrote.
     pub const COLD_COMPACTION_BYTES_TOTAL: &str = "helios_cold_compaction_bytes_total";
 
+    /// Versions the job's history books hold in memory (every current row of its tables
+    /// with history, plus closed versions in the hot window): their memory grows with it.
+    pub const HISTORY_VERSIONS_HELD: &str = "helios_history_versions_held";
+
     /// Label: which files of a compaction.
     pub const LABEL_SIDE: &str = "side";
     /// `side`: the small files a compaction merged away.
@@ -157,7 +162,7 @@ pub mod names {
     pub const PREDICTORS: [&str; 4] = ["model", "heuristic", "last_window", "round_robin"];
 
     /// Every metric name above.
-    pub const ALL_METRICS: [&str; 20] = [
+    pub const ALL_METRICS: [&str; 21] = [
         REPLICATION_LAG_SECONDS,
         REPLICATION_LAG_BYTES,
         ROWS_REPLICATED_TOTAL,
@@ -178,6 +183,7 @@ pub mod names {
         SINK_CODEC_FAST_MODE,
         COLD_COMPACTION_FILES_TOTAL,
         COLD_COMPACTION_BYTES_TOTAL,
+        HISTORY_VERSIONS_HELD,
     ];
 
     /// Label: the job's name.
@@ -326,6 +332,7 @@ struct Families {
     codec_fast: Family<SinkLabels, Gauge>,
     compaction_files: Family<SideLabels, Counter>,
     compaction_bytes: Family<SideLabels, Counter>,
+    versions_held: Family<JobLabels, GaugeU64>,
 }
 
 /// `name` without `suffix`: `prometheus-client` appends `_total` to counters and the unit
@@ -358,6 +365,7 @@ impl Families {
             codec_fast: Family::default(),
             compaction_files: Family::default(),
             compaction_bytes: Family::default(),
+            versions_held: Family::default(),
         }
     }
 
@@ -467,6 +475,11 @@ impl Families {
             stem(COLD_COMPACTION_BYTES_TOTAL, "_total"),
             "Bytes of the cold-tier files compaction merged away and of those it wrote",
             self.compaction_bytes.clone(),
+        );
+        r.register(
+            HISTORY_VERSIONS_HELD,
+            "Versions the job's history books hold in memory",
+            self.versions_held.clone(),
         );
     }
 }
@@ -630,6 +643,7 @@ pub struct JobMetrics {
     codec_fast: Slots<&'static str, Gauge>,
     compaction_files: Slots<&'static str, Counter>,
     compaction_bytes: Slots<&'static str, Counter>,
+    versions_held: Slots<(), GaugeU64>,
     /// Held while creating a series and while retiring, so none outlives the job.
     life: Mutex<Lifecycle>,
 }
@@ -684,6 +698,7 @@ impl JobMetrics {
             codec_fast: Slots::new(),
             compaction_files: Slots::new(),
             compaction_bytes: Slots::new(),
+            versions_held: Slots::new(),
             life: Mutex::new(Lifecycle {
                 alive: true,
                 removers: Vec::new(),
@@ -903,6 +918,22 @@ impl JobMetrics {
             },
             |g| {
                 g.set(lsn);
+            },
+        );
+    }
+
+    /// Sets the versions the job's history books hold in memory.
+    pub fn set_history_versions_held(&self, versions: u64) {
+        self.versions_held.with(
+            (),
+            || {
+                let labels = JobLabels {
+                    job: self.job.clone(),
+                };
+                self.create(&self.families.versions_held, labels)
+            },
+            |g| {
+                g.set(versions);
             },
         );
     }

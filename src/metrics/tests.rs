@@ -307,6 +307,7 @@ fn exercise(m: &JobMetrics) {
     m.set_codec_fast_mode("nats", true);
     m.cold_compaction(SIDE_MERGED, 16, 4000);
     m.cold_compaction(SIDE_WRITTEN, 1, 3000);
+    m.set_history_versions_held(1234);
 }
 
 // ---------------------------------------------------------------------------------
@@ -363,6 +364,10 @@ fn encode_is_valid_openmetrics_and_names_every_metric() {
     assert_eq!(
         e.value(SOURCE_CONFIRMED_LSN, &[(LABEL_JOB, "orders")]),
         Some(4_294_967_338.0)
+    );
+    assert_eq!(
+        e.value(HISTORY_VERSIONS_HELD, &[(LABEL_JOB, "orders")]),
+        Some(1234.0)
     );
     for (name, side, want) in [
         (COLD_COMPACTION_FILES_TOTAL, SIDE_MERGED, 16.0),

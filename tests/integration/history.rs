@@ -395,18 +395,22 @@ fn history_table_cold_tier_and_api_agree_with_the_oracle() {
         log_text.contains("cold tier compacted"),
         "the cold tier was compacted while the oracle's history was written:\n{log_text}"
     );
-    // ... and /metrics counts the files it merged away and wrote.
-    wait_for("compaction counts in /metrics", WAIT, || {
+    // ... and /metrics counts the files it merged away and wrote, and the versions the
+    // books hold.
+    wait_for("compaction and books figures in /metrics", WAIT, || {
         let text = http(&server.url, "GET", "/metrics", Some(TOKEN)).1;
-        ["merged", "written"].iter().all(|side| {
-            let series =
-                format!("helios_cold_compaction_files_total{{job=\"prices\",side=\"{side}\"}} ");
+        let positive = |series: &str| {
             text.lines().any(|l| {
-                l.strip_prefix(&series)
+                l.strip_prefix(series)
                     .and_then(|v| v.trim().parse::<f64>().ok())
                     .is_some_and(|v| v > 0.0)
             })
-        })
+        };
+        ["merged", "written"].iter().all(|side| {
+            positive(&format!(
+                "helios_cold_compaction_files_total{{job=\"prices\",side=\"{side}\"}} "
+            ))
+        }) && positive("helios_history_versions_held{job=\"prices\"} ")
     });
     let sample: Vec<usize> = (0..points.len())
         .step_by(7)
