@@ -454,13 +454,13 @@ fn compact(writer: &mut ColdTableWriter, policy: &CompactionPolicy, stats: &Comp
         Ok(done) if done.files_in > 0 => {
             stats.record(&done);
             tracing::info!(
-            table_dir = %writer.table_dir().display(),
-            files_in = done.files_in,
-            files_out = done.files_out,
-            rows = done.rows,
-            bytes_in = done.bytes_in,
-            bytes_out = done.bytes_out,
-            "cold tier compacted"
+                table_dir = %writer.table_dir().display(),
+                files_in = done.files_in,
+                files_out = done.files_out,
+                rows = done.rows,
+                bytes_in = done.bytes_in,
+                bytes_out = done.bytes_out,
+                "cold tier compacted"
             );
         }
         Ok(_) => {}
