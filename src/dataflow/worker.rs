@@ -33,6 +33,22 @@ pub const COLD_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 /// pending (see [`Linger::early_rows`]).
 pub const COLD_EARLY_DIVISOR: usize = 10;
 
+/// A job whose oldest transaction not yet durable committed longer ago than this is
+/// behind the source (catching up): its Parquet sinks defer compaction meanwhile.
+pub const BEHIND_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether the job reading with `reader` is behind the source (see [`BEHIND_AFTER`]).
+fn behind_source(
+    reader: Arc<crate::cdc::stream::ReaderStats>,
+) -> Arc<dyn Fn() -> bool + Send + Sync> {
+    Arc::new(move || {
+        let oldest = reader.oldest_pending_commit.load(Ordering::Relaxed);
+        oldest != 0
+            && crate::change::pg_now_micros().saturating_sub(oldest)
+                >= BEHIND_AFTER.as_micros() as i64
+    })
+}
+
 /// Batches queued per sink task before the worker blocks (back-pressure).
 pub const SINK_QUEUE_BATCHES: usize = 64;
 /// Rows of completed transactions a job may have waiting for its sinks before worker 0
@@ -244,6 +260,7 @@ impl WorkerJob {
                     });
                     let sink = ParquetSink::new(&job.job, root.clone(), index as u32)
                         .with_compaction(*compaction)
+                        .with_behind(behind_source(job.reader.clone()))
                         .with_compaction_stats(target.stats.compaction.clone());
                     runtime.spawn(run_sink(sink, rx, stats, reader, pacing, on_durable));
                 }

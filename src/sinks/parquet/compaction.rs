@@ -7,6 +7,8 @@
 //! [`CompactionPolicy::min_files`] small files, each run of consecutive small files (in
 //! manifest order, one date directory and one schema) is rewritten as one file of up to
 //! [`CompactionPolicy::max_rows`] rows, its rows in the same order.
+//! While the job is behind the source the sink waits for eight times as many
+//! (`sink::BUSY_COMPACTION_FACTOR`), so a catch-up is compacted once it is over, in one pass.
 //!
 //! The same three steps as a write ([`ColdTableWriter`]):
 //! 1. the merged file is staged under `_tmp/` and fsynced, every input verified against

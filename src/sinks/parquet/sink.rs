@@ -36,7 +36,15 @@ pub struct ParquetSink {
     compaction: CompactionPolicy,
     /// What the compactions did, for the metrics.
     compaction_stats: Arc<CompactionStats>,
+    /// Whether the job is behind the source: compaction then waits for
+    /// [`BUSY_COMPACTION_FACTOR`] times as many small files, so a catch-up spends its time
+    /// on new rows and is compacted once it is over.
+    behind: Arc<dyn Fn() -> bool + Send + Sync>,
 }
+
+/// How many times `compact_min_files` small files a directory lists before it is
+/// compacted while the sink is behind.
+pub const BUSY_COMPACTION_FACTOR: usize = 8;
 
 /// One table directory's history events in an apply, in order.
 struct TableEvents<'a> {
@@ -79,6 +87,7 @@ impl ParquetSink {
             large_limits: LARGE_LIMITS,
             compaction: COMPACTION,
             compaction_stats: Arc::default(),
+            behind: Arc::new(|| false),
         }
     }
 
@@ -92,6 +101,13 @@ impl ParquetSink {
     /// The same sink compacting table directories by `policy` (default [`COMPACTION`]).
     pub fn with_compaction(mut self, policy: CompactionPolicy) -> ParquetSink {
         self.compaction = policy;
+        self
+    }
+
+    /// The same sink asking `behind` whether the job is behind the source (default:
+    /// never), see [`BUSY_COMPACTION_FACTOR`].
+    pub fn with_behind(mut self, behind: Arc<dyn Fn() -> bool + Send + Sync>) -> ParquetSink {
+        self.behind = behind;
         self
     }
 
@@ -274,8 +290,19 @@ impl Sink for ParquetSink {
         if work.is_empty() {
             return Ok(ApplyReport::default());
         }
+        let policy = if (self.behind)() {
+            CompactionPolicy {
+                min_files: self
+                    .compaction
+                    .min_files
+                    .saturating_mul(BUSY_COMPACTION_FACTOR),
+                ..self.compaction
+            }
+        } else {
+            self.compaction
+        };
         let (root, writers) = (&self.root, &mut self.writers);
-        let compaction = (&self.compaction, self.compaction_stats.as_ref());
+        let compaction = (&policy, self.compaction_stats.as_ref());
         let result = blocking(move || write_all(root, writers, work, compaction));
         self.after_write(&result);
         result
@@ -549,6 +576,58 @@ mod tests {
             manifest.files.len() as u64 + merged,
             "ten files written, the merged ones replaced: {stats:?}"
         );
+    }
+
+    /// While the job is behind the source compaction waits for
+    /// [`BUSY_COMPACTION_FACTOR`] times as many small files; the first apply after the
+    /// catch-up compacts what gathered, in one pass.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_sink_that_is_behind_compacts_once_it_caught_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let shape = Arc::new(table(
+            "t",
+            &[("tenant_id", "integer"), ("id", "integer")],
+            &[0, 1],
+        ));
+        let policy = CompactionPolicy {
+            small_rows: 100,
+            min_files: 2,
+            max_rows: 1_000,
+        };
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let behind = Arc::new(AtomicBool::new(true));
+        let flag = behind.clone();
+        let mut sink = ParquetSink::new("j", dir.path().to_path_buf(), 0)
+            .with_compaction(policy)
+            .with_behind(Arc::new(move || flag.load(Ordering::Relaxed)));
+        sink.reconnect().await.unwrap();
+        let batch = |lsn: u64, n: u32| ApplyBatch {
+            commit_lsn: lsn,
+            changes: Vec::new(),
+            history: (0..n)
+                .map(|i| open_event(&shape, 1, lsn as u32 * 10 + i, lsn))
+                .collect(),
+        };
+        let files = || {
+            Manifest::load(&super::super::table_dir(dir.path(), "1", "app.t"))
+                .unwrap()
+                .unwrap()
+                .files
+                .len()
+        };
+        for lsn in 1..=10u64 {
+            sink.apply(&[batch(lsn, 4)]).await.unwrap();
+        }
+        assert_eq!(
+            files(),
+            10,
+            "behind: ten files, fewer than 2 x 8, none merged"
+        );
+        behind.store(false, Ordering::Relaxed);
+        sink.apply(&[batch(11, 1)]).await.unwrap();
+        assert_eq!(files(), 1, "caught up: merged in one pass");
+        let (_, rows) = read_table(dir.path(), "1", "app.t").unwrap();
+        assert_eq!(rows.len(), 41);
     }
 
     /// One apply spanning more table directories than are written at once: every tenant
