@@ -515,6 +515,34 @@ mod tests {
         opened(&tenant.to_string(), id, table, row, lsn)
     }
 
+    /// A policy under which files of fewer than 100 rows are small.
+    fn small_policy(min_files: usize) -> CompactionPolicy {
+        CompactionPolicy {
+            small_rows: 100,
+            min_files,
+            max_rows: 1_000,
+        }
+    }
+
+    /// A batch at `lsn` opening `n` rows of tenant 1.
+    fn tenant_one_batch(shape: &Arc<TableInfo>, lsn: u64, n: u32) -> ApplyBatch {
+        ApplyBatch {
+            commit_lsn: lsn,
+            changes: Vec::new(),
+            history: (0..n)
+                .map(|i| open_event(shape, 1, lsn as u32 * 10 + i, lsn))
+                .collect(),
+        }
+    }
+
+    /// The files tenant 1's table directory lists.
+    fn tenant_one_files(root: &std::path::Path) -> Vec<crate::sinks::parquet::FileEntry> {
+        Manifest::load(&super::super::table_dir(root, "1", "app.t"))
+            .unwrap()
+            .unwrap()
+            .files
+    }
+
     /// A sink that keeps up writes one small file per apply; once a directory lists
     /// enough of them they are merged, and the table reads the same.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
@@ -525,11 +553,7 @@ mod tests {
             &[("tenant_id", "integer"), ("id", "integer")],
             &[0, 1],
         ));
-        let policy = CompactionPolicy {
-            small_rows: 100,
-            min_files: 4,
-            max_rows: 1_000,
-        };
+        let policy = small_policy(4);
         let stats = Arc::new(CompactionStats::default());
         let mut sink = ParquetSink::new("j", dir.path().to_path_buf(), 0)
             .with_compaction(policy)
@@ -537,25 +561,14 @@ mod tests {
         sink.reconnect().await.unwrap();
         let mut ids = Vec::new();
         for lsn in 1..=10u64 {
-            let batch = ApplyBatch {
-                commit_lsn: lsn,
-                changes: Vec::new(),
-                history: (0..2)
-                    .map(|i| open_event(&shape, 1, lsn as u32 * 10 + i, lsn))
-                    .collect(),
-            };
             ids.extend([lsn * 10, lsn * 10 + 1]);
-            sink.apply(&[batch]).await.unwrap();
+            sink.apply(&[tenant_one_batch(&shape, lsn, 2)])
+                .await
+                .unwrap();
         }
-        let manifest = Manifest::load(&super::super::table_dir(dir.path(), "1", "app.t"))
-            .unwrap()
-            .unwrap();
-        assert!(
-            manifest.files.len() < 4,
-            "merged as it wrote: {:?}",
-            manifest.files
-        );
-        assert_eq!(manifest.covered_lsn, 10);
+        let files = tenant_one_files(dir.path());
+        assert!(files.len() < 4, "merged as it wrote: {files:?}");
+        assert_eq!(files.last().map(|f| f.lsn_max), Some(10));
         let (_, rows) = read_table(dir.path(), "1", "app.t").unwrap();
         let read: Vec<u64> = rows
             .iter()
@@ -573,7 +586,7 @@ mod tests {
         // again) with the ones it wrote.
         assert_eq!(
             10 + written,
-            manifest.files.len() as u64 + merged,
+            files.len() as u64 + merged,
             "ten files written, the merged ones replaced: {stats:?}"
         );
     }
@@ -589,11 +602,7 @@ mod tests {
             &[("tenant_id", "integer"), ("id", "integer")],
             &[0, 1],
         ));
-        let policy = CompactionPolicy {
-            small_rows: 100,
-            min_files: 2,
-            max_rows: 1_000,
-        };
+        let policy = small_policy(2);
         use std::sync::atomic::{AtomicBool, Ordering};
         let behind = Arc::new(AtomicBool::new(true));
         let flag = behind.clone();
@@ -601,20 +610,8 @@ mod tests {
             .with_compaction(policy)
             .with_behind(Arc::new(move || flag.load(Ordering::Relaxed)));
         sink.reconnect().await.unwrap();
-        let batch = |lsn: u64, n: u32| ApplyBatch {
-            commit_lsn: lsn,
-            changes: Vec::new(),
-            history: (0..n)
-                .map(|i| open_event(&shape, 1, lsn as u32 * 10 + i, lsn))
-                .collect(),
-        };
-        let files = || {
-            Manifest::load(&super::super::table_dir(dir.path(), "1", "app.t"))
-                .unwrap()
-                .unwrap()
-                .files
-                .len()
-        };
+        let batch = |lsn: u64, n: u32| tenant_one_batch(&shape, lsn, n);
+        let files = || tenant_one_files(dir.path()).len();
         for lsn in 1..=10u64 {
             sink.apply(&[batch(lsn, 4)]).await.unwrap();
         }
