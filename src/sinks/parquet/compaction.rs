@@ -34,8 +34,8 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 
 use super::{
-    close_file, crash_point, ensure_dir, parent_of, parquet_error, properties, recover_or_init,
-    ColdTableWriter, HashingWriter,
+    close_file, crash_point, ensure_dir, parent_of, parquet_error, properties, ColdTableWriter,
+    HashingWriter,
 };
 use crate::change::Lsn;
 use crate::sinks::parquet::layout::{file_name, parse_relative_path, temp_path, TEMP_DIR};
@@ -103,6 +103,17 @@ pub struct Compacted {
     pub bytes_out: u64,
 }
 
+impl Compacted {
+    /// Adds another compaction's figures.
+    fn add(&mut self, other: &Compacted) {
+        self.files_in += other.files_in;
+        self.files_out += other.files_out;
+        self.rows += other.rows;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+    }
+}
+
 impl ColdTableWriter {
     /// Whether the directory lists enough small files to compact under `policy`: at
     /// least `min_files` more than the last compaction left (so files it cannot merge,
@@ -125,21 +136,13 @@ impl ColdTableWriter {
     /// each run committed on its own. Returns what it did; an error leaves the directory
     /// to the next recovery, with every row listed once.
     pub fn compact(&mut self, policy: &CompactionPolicy) -> Result<Compacted, ParquetError> {
-        if self.needs_recovery {
-            self.manifest =
-                recover_or_init(&self.table_dir, &self.tenant, &self.table, &self.columns)?;
-            self.needs_recovery = false;
-        }
+        self.recover_if_needed()?;
         let runs = self.small_runs(policy)?;
         let mut done = Compacted::default();
         // From the last run back, so the earlier runs' positions stay valid.
         for run in runs.into_iter().rev() {
             if let Some(merged) = self.merge_run(run)? {
-                done.files_in += merged.files_in;
-                done.files_out += merged.files_out;
-                done.rows += merged.rows;
-                done.bytes_in += merged.bytes_in;
-                done.bytes_out += merged.bytes_out;
+                done.add(&merged);
             }
         }
         self.small_after_compaction = self.small_files(policy);

@@ -235,11 +235,7 @@ impl ColdTableWriter {
                 hi: lsn_hi,
             });
         }
-        if self.needs_recovery {
-            self.manifest =
-                recover_or_init(&self.table_dir, &self.tenant, &self.table, &self.columns)?;
-            self.needs_recovery = false;
-        }
+        self.recover_if_needed()?;
         let covered = self.covered_lsn();
         if lsn_hi <= covered {
             tracing::debug!(
@@ -281,6 +277,17 @@ impl ColdTableWriter {
         }
         // `covered < lsn_hi`, so `covered + 1` cannot overflow.
         Ok(Some((lsn_lo.max(covered + 1), groups)))
+    }
+
+    /// Finishes what a failed write or compaction left on disk (see [`recover`]) before
+    /// the next one.
+    fn recover_if_needed(&mut self) -> Result<(), ParquetError> {
+        if self.needs_recovery {
+            self.manifest =
+                recover_or_init(&self.table_dir, &self.tenant, &self.table, &self.columns)?;
+            self.needs_recovery = false;
+        }
+        Ok(())
     }
 
     /// The paths the manifest lists.
