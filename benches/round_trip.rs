@@ -80,6 +80,14 @@ fn main() -> anyhow::Result<()> {
         tokio::spawn(connection);
         let insert = client.prepare(INSERT).await?;
         let checkpoint = client.prepare(CHECKPOINT).await?;
+        // The same session over the server's Unix-domain socket.
+        let (unix, connection) =
+            tokio_postgres::connect(&cluster.socket_dsn("rt"), tokio_postgres::NoTls)
+                .await
+                .context("connecting over the Unix-domain socket")?;
+        tokio::spawn(connection);
+        let unix_insert = unix.prepare(INSERT).await?;
+        let unix_checkpoint = unix.prepare(CHECKPOINT).await?;
         client
             .batch_execute("SELECT pg_replication_origin_create('rt'); SELECT pg_replication_origin_session_setup('rt')")
             .await?;
@@ -96,6 +104,8 @@ fn main() -> anyhow::Result<()> {
             ("pipelined, origin", true),
             ("pipelined, bare", false),
             ("pipelined, bare", true),
+            ("pipelined, Unix socket", false),
+            ("pipelined, Unix socket", true),
         ];
         let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); cases.len()];
         let mut next_id = 0;
@@ -122,6 +132,12 @@ fn main() -> anyhow::Result<()> {
                             pipelined(&client, &insert, Some((&origin, &params)), &rows).await?
                         }
                         "pipelined, bare" => pipelined(&client, &insert, None, &rows).await?,
+                        "pipelined, Unix socket" => {
+                            let (job, scopes, lsns) = ("j", vec!["w0"], vec![rows.lsn.as_str()]);
+                            let params: [&(dyn ToSql + Sync); 3] = [&job, &scopes, &lsns];
+                            pipelined(&unix, &unix_insert, Some((&unix_checkpoint, &params)), &rows)
+                                .await?
+                        }
                         _ => client.batch_execute(&as_simple_query(&rows)).await?,
                     }
                     times[case].push(started.elapsed().as_secs_f64() * 1e6);

@@ -151,6 +151,16 @@ impl PgCluster {
         )
     }
 
+    /// The same as [`PgCluster::dsn`] over the server's Unix-domain socket (in the
+    /// cluster's root directory) instead of loopback TCP.
+    pub fn socket_dsn(&self, database: &str) -> String {
+        format!(
+            "host={} port={} user=postgres dbname={database}",
+            self.root.display(),
+            self.port
+        )
+    }
+
     /// The cluster's root directory (data directory, log, socket).
     pub fn root(&self) -> &Path {
         &self.root
