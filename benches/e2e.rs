@@ -4,7 +4,8 @@
 //! Isolates the whole replication path (source walsender + pgoutput, our reader, the
 //! dataflow, the PostgreSQL sink and the target) and nothing else: it starts its own
 //! throwaway source and target clusters (`embedded::pg_cluster`, fsync off, both on this
-//! machine) and runs every replicator alone, one after the other. Baselines, in the same run:
+//! machine) and runs every catch-up case alone, one after the other (the lag runs of (a) and
+//! (b) take turns, see below). Baselines, in the same run:
 //!
 //! - (a) PostgreSQL's own publication/subscription between the two clusters (the reference
 //!   for the `vs (a)` column and for lag);
@@ -34,15 +35,17 @@
 //! reaped and running children, from `/proc`): the walsender's decoding on the source,
 //! the apply (subscription worker or our sessions' backends) on the target.
 //!
-//! Lag (`HELIOS_BENCH_LAG_SECS`, default 30 s per rate): paced inserts of 10 rows per
-//! transaction from 8 connections at 5k and 20k rows/s, then at 35k rows/s from 16
-//! connections (the fastest rate the source sustains on 2 cores, the issue's figure;
-//! `HELIOS_BENCH_LAG_TOP_RATE` changes it, 0 runs unpaced), for (a) and (b). The source row
+//! Lag (`HELIOS_BENCH_LAG_SECS`, default 30 s per rate and replicator): paced inserts of
+//! 10 rows per transaction from 8 connections at 5k and 20k rows/s, then at 35k rows/s
+//! from 16 connections (the fastest rate the source sustains on 2 cores, the issue's
+//! figure; `HELIOS_BENCH_LAG_TOP_RATE` changes it, 0 runs unpaced), for (a) and (b), which
+//! take turns in `HELIOS_BENCH_LAG_ROUNDS` rounds per rate (default 3; see `e2e/lag.rs`)
+//! so that both meet the machine's noise of the same minutes. The source row
 //! carries `created_at default clock_timestamp()`; on the target a `BEFORE INSERT` trigger
 //! marked `ENABLE ALWAYS` sets `applied_at := clock_timestamp()`. Lag = the later of
 //! `applied_at` and the target's commit time (`pg_xact_commit_timestamp(xmin)`) minus
 //! `created_at`, the same formula for both replicators. Each lag row also gives the rows per
-//! target transaction (distinct `xmin`s); `HELIOS_BENCH_LAG_TIMELINE=1` prints every run's
+//! target transaction (distinct `xmin`s) and each round's P99; `HELIOS_BENCH_LAG_TIMELINE=1` prints every round's
 //! per-second rows, target transactions and P50/P99/max, to tell stalls from a steady tail.
 //! For ours, a second table splits the lag by stage of the data path per source
 //! transaction (`sinks::latency`: source commit → reader, reader → sink task, reader →
@@ -84,38 +87,16 @@ use tokio::process::{ChildStdin, ChildStdout};
 #[path = "common/target_txn.rs"]
 mod target_txn;
 
+#[path = "e2e/lag.rs"]
+mod lag;
+
+use lag::LAG_LOADS;
+
 const TENANTS: i64 = 50;
 const ROWS_PER_TXN: i64 = 1_000;
 /// The tenants of case (c).
 const SOME_TENANTS: [i32; 5] = [3, 14, 25, 36, 47];
-/// The lag runs: row rate and client connections. The last is the fastest rate the source
-/// sustains, from the issue's 16 clients (`HELIOS_BENCH_LAG_TOP_RATE` overrides its rate;
-/// 0 is unpaced).
-const LAG_LOADS: [LagLoad; 3] = [
-    LagLoad {
-        rate: 5_000,
-        clients: 8,
-    },
-    LagLoad {
-        rate: 20_000,
-        clients: 8,
-    },
-    LagLoad {
-        rate: 35_000,
-        clients: 16,
-    },
-];
-const LAG_ROWS_PER_TXN: u64 = 10;
-/// A lag row's lag in ms, as every lag query computes it: the later of the target's trigger
-/// time and commit time, minus the source's `created_at`.
-const LAG_MS: &str = "extract(epoch FROM greatest(applied_at, pg_xact_commit_timestamp(xmin)) - created_at)::float8 * 1000 AS lag";
 
-/// One lag run's load: rows per second (0: unpaced) from `clients` connections.
-#[derive(Debug, Clone, Copy)]
-struct LagLoad {
-    rate: u64,
-    clients: u64,
-}
 /// The issue's size. A child whose RSS passes `HELIOS_BENCH_RSS_CAP_MIB` (default 8192) is
 /// stopped and the figure is reported as above the cap.
 const DEFAULT_BIG_TXN_ROWS: u64 = 10_000_000;
@@ -135,20 +116,6 @@ const INSERT_ROWS: &str =
     timestamptz '2024-01-01 00:00:00+00' + g * interval '1 second',
     jsonb_build_object('k', g, 'kind', 'order', 'tags', jsonb_build_array('a', g % 7)),
     'note ' || g || ' for a tenant row', g % 2 = 0, (g % 1000)::int
-    FROM generate_series($1::bigint, $2::bigint) g";
-
-const LAG_TABLE: &str = "CREATE SCHEMA bench;
-CREATE TABLE bench.l (tenant_id int NOT NULL, id bigint NOT NULL, amount numeric(12,2),
-    payload jsonb, note text, created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-    applied_at timestamptz, PRIMARY KEY (tenant_id, id));";
-
-const LAG_TRIGGER: &str = "CREATE FUNCTION bench.stamp() RETURNS trigger LANGUAGE plpgsql
-    AS $$BEGIN NEW.applied_at := clock_timestamp(); RETURN NEW; END$$;
-CREATE TRIGGER stamp BEFORE INSERT ON bench.l FOR EACH ROW EXECUTE FUNCTION bench.stamp();
-ALTER TABLE bench.l ENABLE ALWAYS TRIGGER stamp;";
-
-const LAG_INSERT: &str = "INSERT INTO bench.l (tenant_id, id, amount, payload, note)
-    SELECT (g % 50) + 1, g, (g % 100000) / 100.0, jsonb_build_object('k', g), 'lag row ' || g
     FROM generate_series($1::bigint, $2::bigint) g";
 
 /// The same allocator as the `helios-repl` binary, so the child measures what users run.
@@ -746,23 +713,6 @@ struct CatchUp {
     servers_cpu: (f64, f64),
 }
 
-struct LagRun {
-    who: &'static str,
-    rate: u64,
-    achieved: f64,
-    rows: i64,
-    p50: f64,
-    p95: f64,
-    p99: f64,
-    max: f64,
-    drain_s: f64,
-    cpu_per_m: Option<f64>,
-    /// Rows per transaction on the target (distinct `xmin`s of the run's rows).
-    rows_per_target_txn: f64,
-    /// Ours: each data-path stage's `P50/P99/max` ms, by `LatencyStage::ALL`.
-    stages: Option<Vec<String>>,
-}
-
 async fn parent_main() -> anyhow::Result<()> {
     let rows = env_u64("HELIOS_BENCH_ROWS", 1_000_000).max(ROWS_PER_TXN as u64) as i64;
     let lag_secs = env_u64("HELIOS_BENCH_LAG_SECS", 30).max(1);
@@ -772,6 +722,8 @@ async fn parent_main() -> anyhow::Result<()> {
         env_u64("HELIOS_BENCH_HISTORY_TXN_ROWS", DEFAULT_HISTORY_TXN_ROWS).max(1) as i64;
     let mut lag_loads = LAG_LOADS;
     lag_loads[2].rate = env_u64("HELIOS_BENCH_LAG_TOP_RATE", LAG_LOADS[2].rate);
+    // Each round at least a second per replicator.
+    let lag_rounds = env_u64("HELIOS_BENCH_LAG_ROUNDS", lag::DEFAULT_ROUNDS).clamp(1, lag_secs);
     let bench_started = Instant::now();
 
     let dir = tempfile::Builder::new().prefix("helios-e2e").tempdir()?;
@@ -1049,71 +1001,7 @@ async fn parent_main() -> anyhow::Result<()> {
     let round_trip = target_round_trip(&target.dsn("rt")).await?;
 
     // ---- lag under sustained load ----
-    let mut lag = Vec::new();
-    for db in ["lag_a", "lag_b"] {
-        source.psql(db, LAG_TABLE)?;
-    }
-    source.psql("lag_a", "CREATE PUBLICATION lag_pub FOR TABLE bench.l")?;
-    target.psql("lag_a", LAG_TABLE)?;
-    target.psql("lag_a", LAG_TRIGGER)?;
-    target.psql(
-        "lag_a",
-        &format!(
-            "CREATE SUBSCRIPTION lag_a CONNECTION '{}' PUBLICATION lag_pub WITH (copy_data = false)",
-            source.dsn("lag_a")
-        ),
-    )?;
-    {
-        let tgt = connect(&target.dsn("lag_a")).await?;
-        // Wait until the apply worker streams: one row goes through.
-        write_lag_probe(&source.dsn("lag_a")).await?;
-        wait_count(&tgt, 1, Duration::from_secs(60)).await?;
-        for (i, &load) in lag_loads.iter().enumerate() {
-            let base = (i as i64 + 1) * 1_000_000_000;
-            let r = lag_run(
-                "(a) PostgreSQL subscription",
-                &source.dsn("lag_a"),
-                &tgt,
-                load,
-                lag_secs,
-                base,
-                None,
-            )
-            .await?;
-            lag.push(r);
-        }
-        tgt.batch_execute("DROP SUBSCRIPTION lag_a").await?;
-    }
-    {
-        let spec = job_spec(
-            "lag_b",
-            &source.dsn("lag_b"),
-            "bench.l",
-            "\"all\"",
-            &target.dsn("lag_b"),
-        );
-        let mut child = JobChild::spawn(&spec).await?;
-        child.expect("streaming", Duration::from_secs(120)).await?;
-        target.psql("lag_b", LAG_TRIGGER)?;
-        let tgt = connect(&target.dsn("lag_b")).await?;
-        write_lag_probe(&source.dsn("lag_b")).await?;
-        wait_count(&tgt, 1, Duration::from_secs(60)).await?;
-        for (i, &load) in lag_loads.iter().enumerate() {
-            let base = (i as i64 + 1) * 1_000_000_000;
-            let r = lag_run(
-                "(b) ours PG→PG",
-                &source.dsn("lag_b"),
-                &tgt,
-                load,
-                lag_secs,
-                base,
-                Some(&mut child),
-            )
-            .await?;
-            lag.push(r);
-        }
-        child.stop().await?;
-    }
+    let lag = lag::run(&source, &target, &lag_loads, lag_secs, lag_rounds).await?;
 
     // ---- memory: one big transaction ----
     let tgt_big = connect(&target.dsn("big")).await?;
@@ -1196,51 +1084,7 @@ async fn parent_main() -> anyhow::Result<()> {
             "\n**Row counts wrong**: expected {rows} for (a)/(b)/(d) and {expected_some} for (c)."
         )?;
     }
-    writeln!(
-        out,
-        "\nLag under sustained load: {lag_secs} s per rate, 10 rows per transaction, {} client connections ({} for the fastest rate); lag = later of target trigger time and target commit time − source `created_at`.\n",
-        LAG_LOADS[0].clients,
-        LAG_LOADS[2].clients
-    )?;
-    writeln!(out, "| replicator | target rows/s | achieved rows/s | rows | P50 ms | P95 ms | P99 ms | max ms | drained s after load | CPU s / M rows | rows per target txn |")?;
-    writeln!(
-        out,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    )?;
-    for r in &lag {
-        writeln!(
-            out,
-            "| {} | {} | {:.0} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {:.1} |",
-            r.who,
-            rate_label(r.rate),
-            r.achieved,
-            r.rows,
-            r.p50,
-            r.p95,
-            r.p99,
-            r.max,
-            r.drain_s,
-            r.cpu_per_m
-                .map(|c| format!("{c:.2}"))
-                .unwrap_or("n/a (server)".into()),
-            r.rows_per_target_txn
-        )?;
-    }
-    writeln!(
-        out,
-        "\nWhere our lag goes, per source transaction (P50 / P99 / max ms; `helios_transaction_stage_seconds`): \
-         source commit → our reader has the commit; reader → the sink task takes it; reader → durable on the target.\n"
-    )?;
-    writeln!(
-        out,
-        "| target rows/s | source → reader | reader → sink | reader → durable |"
-    )?;
-    writeln!(out, "|---:|---|---|---|")?;
-    for r in &lag {
-        if let Some(stages) = &r.stages {
-            writeln!(out, "| {} | {} |", rate_label(r.rate), stages.join(" | "))?;
-        }
-    }
+    lag::write_tables(&mut out, &lag, lag_secs, lag_rounds)?;
     let [(b2b_50, b2b_99), (idle_50, idle_99)] = round_trip;
     write!(
         out,
@@ -1314,7 +1158,7 @@ async fn parent_main() -> anyhow::Result<()> {
     let header = run_header(
         &pg_version,
         rows,
-        lag_secs,
+        (lag_secs, lag_rounds),
         big_rows,
         history_rows,
         bench_started,
@@ -1334,7 +1178,7 @@ async fn parent_main() -> anyhow::Result<()> {
 fn run_header(
     pg_version: &str,
     rows: i64,
-    lag_secs: u64,
+    (lag_secs, lag_rounds): (u64, u64),
     big_rows: i64,
     history_rows: i64,
     started: Instant,
@@ -1364,7 +1208,7 @@ fn run_header(
         .unwrap_or(0.0);
     Ok(format!(
         "## {date}\n\nMachine: {cores} cores, {:.1} GiB RAM; commit {commit}; PostgreSQL {pg_version}; \
-         our workers {workers}, async threads {async_threads}; HELIOS_BENCH_ROWS={rows} HELIOS_BENCH_LAG_SECS={lag_secs} HELIOS_BENCH_BIG_TXN_ROWS={big_rows} HELIOS_BENCH_HISTORY_TXN_ROWS={history_rows}; \
+         our workers {workers}, async threads {async_threads}; HELIOS_BENCH_ROWS={rows} HELIOS_BENCH_LAG_SECS={lag_secs} HELIOS_BENCH_LAG_ROUNDS={lag_rounds} HELIOS_BENCH_BIG_TXN_ROWS={big_rows} HELIOS_BENCH_HISTORY_TXN_ROWS={history_rows}; \
          whole run {:.0} s.\n",
         mem_kb / 1024.0 / 1024.0,
         started.elapsed().as_secs_f64(),
@@ -1453,250 +1297,6 @@ async fn rss_above(pid: u32, cap_kb: u64) {
     }
 }
 
-async fn write_lag_probe(dsn: &str) -> anyhow::Result<()> {
-    let client = connect(dsn).await?;
-    client.execute(LAG_INSERT, &[&1i64, &1i64]).await?;
-    Ok(())
-}
-
-async fn wait_count(
-    target: &tokio_postgres::Client,
-    at_least: i64,
-    limit: Duration,
-) -> anyhow::Result<()> {
-    let start = Instant::now();
-    loop {
-        if let Ok(n) = count(target, "SELECT count(*) FROM bench.l").await {
-            if n >= at_least {
-                return Ok(());
-            }
-        }
-        if start.elapsed() > limit {
-            bail!("the lag table did not reach {at_least} rows within {limit:?}");
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Paced inserts at `rate` rows/s for `secs`, ids from `base`; waits for the target to
-/// drain and computes the lag percentiles of this run's rows.
-async fn lag_run(
-    who: &'static str,
-    source_dsn: &str,
-    target: &tokio_postgres::Client,
-    load: LagLoad,
-    secs: u64,
-    base: i64,
-    child: Option<&mut JobChild>,
-) -> anyhow::Result<LagRun> {
-    let LagLoad {
-        rate,
-        clients: n_clients,
-    } = load;
-    let paced = rate > 0;
-    let txns_per_s = rate as f64 / LAG_ROWS_PER_TXN as f64;
-    let total_txns = if paced {
-        (txns_per_s * secs as f64) as u64
-    } else {
-        u64::MAX
-    };
-    let mut clients = Vec::new();
-    for _ in 0..n_clients {
-        let c = connect(source_dsn).await?;
-        // The clusters run with `synchronous_commit = off`, where a commit reaches the WAL
-        // (and so the walsenders) only at the WAL writer's next round (up to 3 x 200 ms):
-        // that, not replication, would be the lag. The load commits synchronously
-        // (fsync is off, so this costs no disk flush).
-        c.batch_execute("SET synchronous_commit = on").await?;
-        let stmt = c.prepare(LAG_INSERT).await?;
-        clients.push((c, stmt));
-    }
-    let mut child = child;
-    let before = match child.as_deref_mut() {
-        Some(c) => {
-            c.latency().await?;
-            Some(c.stats().await?)
-        }
-        None => None,
-    };
-    let start = tokio::time::Instant::now() + Duration::from_millis(50);
-    let deadline = start + Duration::from_secs(secs);
-    let began = Instant::now() + Duration::from_millis(50);
-    // Transaction `i` writes ids `base + 10 i ..`; each client takes the next `i`.
-    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for (client, stmt) in clients {
-        let next = next.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut done: Vec<u64> = Vec::new();
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if paced {
-                    if i >= total_txns {
-                        break;
-                    }
-                    let due = start + Duration::from_secs_f64(i as f64 / txns_per_s);
-                    tokio::time::sleep_until(due).await;
-                } else if tokio::time::Instant::now() >= deadline {
-                    break;
-                }
-                let first = base + (i * LAG_ROWS_PER_TXN) as i64;
-                let last = first + LAG_ROWS_PER_TXN as i64 - 1;
-                client.execute(&stmt, &[&first, &last]).await?;
-                done.push(i);
-            }
-            anyhow::Ok(done)
-        }));
-    }
-    let mut done: Vec<u64> = Vec::new();
-    let mut tail_txns: Vec<u64> = Vec::new();
-    for t in tasks {
-        let mine = t.await??;
-        tail_txns.extend(mine.last().copied());
-        done.extend(mine);
-    }
-    let load_end = Instant::now();
-    let load_secs = load_end.duration_since(began).as_secs_f64();
-    let expected = (done.len() as u64 * LAG_ROWS_PER_TXN) as i64;
-    let last_id =
-        base + ((done.iter().max().copied().unwrap_or(0) + 1) * LAG_ROWS_PER_TXN) as i64 - 1;
-    // Drained: the last transaction of every client is on the target (an index lookup per
-    // row, cheap enough to poll every 10 ms), then the whole run's count is verified.
-    let ids: Vec<i64> = tail_txns
-        .iter()
-        .flat_map(|&i| {
-            let first = base + (i * LAG_ROWS_PER_TXN) as i64;
-            first..first + LAG_ROWS_PER_TXN as i64
-        })
-        .collect();
-    let tenants: Vec<i32> = ids.iter().map(|g| (g % TENANTS) as i32 + 1).collect();
-    let tail = (tenants, ids);
-    let tail_sql = "SELECT count(*) FROM bench.l WHERE (tenant_id, id) IN \
-                    (SELECT * FROM unnest($1::int[], $2::bigint[]))";
-    let count_sql = format!("SELECT count(*) FROM bench.l WHERE id BETWEEN {base} AND {last_id}");
-    let drained_at = loop {
-        let n: i64 = target
-            .query_one(tail_sql, &[&tail.0, &tail.1])
-            .await
-            .map(|r| r.get(0))
-            .unwrap_or(0);
-        if n == tail.0.len() as i64 {
-            break Instant::now();
-        }
-        if load_end.elapsed() > Duration::from_secs(300) {
-            bail!(
-                "{who} at {} rows/s: the last transactions are not on the target after 300 s",
-                rate_label(rate)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    loop {
-        let n = count(target, &count_sql).await?;
-        if n >= expected {
-            break;
-        }
-        if load_end.elapsed() > Duration::from_secs(300) {
-            bail!(
-                "{who} at {} rows/s: only {n} of {expected} rows after 300 s",
-                rate_label(rate)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut stages = None;
-    let cpu_per_m = match (child, before) {
-        (Some(c), Some(b)) => {
-            let text = c.latency().await?;
-            println!(
-                "stages of {who} at {} rows/s, P50/P99/max ms: {text}",
-                rate_label(rate)
-            );
-            stages = Some(
-                LatencyStage::ALL
-                    .iter()
-                    .map(|s| {
-                        text.split_whitespace()
-                            .find_map(|p| p.strip_prefix(s.as_str())?.strip_prefix('='))
-                            .unwrap_or("–")
-                            .replace('/', " / ")
-                    })
-                    .collect(),
-            );
-            let after = c.stats().await?;
-            Some((after.cpu_s - b.cpu_s) / (expected as f64 / 1e6))
-        }
-        _ => None,
-    };
-    let row = target
-        .query_one(
-            &format!(
-                "SELECT count(*), percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY lag), max(lag),
-                        count(*)::float8 / greatest(count(DISTINCT xid), 1)
-                 FROM (SELECT {LAG_MS},
-                              xmin::text AS xid
-                       FROM bench.l WHERE id BETWEEN {base} AND {last_id}) s"
-            ),
-            &[],
-        )
-        .await?;
-    let n: i64 = row.get(0);
-    let p: Vec<f64> = row.get(1);
-    let r = LagRun {
-        who,
-        rate,
-        achieved: expected as f64 / load_secs,
-        rows: n,
-        p50: p[0],
-        p95: p[1],
-        p99: p[2],
-        max: row.get(2),
-        drain_s: drained_at.duration_since(load_end).as_secs_f64(),
-        cpu_per_m,
-        rows_per_target_txn: row.get(3),
-        stages,
-    };
-    if std::env::var_os("HELIOS_BENCH_LAG_TIMELINE").is_some() {
-        print_lag_timeline(who, target, base, last_id).await?;
-    }
-    println!(
-        "lag {who} at {} rows/s: achieved {:.0}, P50 {:.1} ms, P99 {:.1} ms, max {:.1} ms, drained {:.2}s after the load",
-        rate_label(rate), r.achieved, r.p50, r.p99, r.max, r.drain_s
-    );
-    Ok(r)
-}
-
-/// `HELIOS_BENCH_LAG_TIMELINE=1`: per second of the load, the rows, target transactions,
-/// P50/P99/max lag, to see whether the tail is steady or comes in stalls.
-async fn print_lag_timeline(
-    who: &str,
-    target: &tokio_postgres::Client,
-    base: i64,
-    last_id: i64,
-) -> anyhow::Result<()> {
-    let rows = target
-        .query(
-            &format!(
-                "SELECT s, count(*), count(DISTINCT xid), percentile_cont(0.5) WITHIN GROUP (ORDER BY lag),
-                        percentile_cont(0.99) WITHIN GROUP (ORDER BY lag), max(lag)
-                 FROM (SELECT extract(epoch FROM created_at - min(created_at) OVER ())::int AS s,
-                              xmin::text AS xid,
-                              {LAG_MS}
-                       FROM bench.l WHERE id BETWEEN {base} AND {last_id}) t
-                 GROUP BY s ORDER BY s"
-            ),
-            &[],
-        )
-        .await?;
-    println!("lag timeline of {who}: second, rows, target txns, P50 / P99 / max ms");
-    for r in rows {
-        let (s, n, txns, p50, p99, max): (i32, i64, i64, f64, f64, f64) =
-            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
-        println!("  {s:>3}s {n:>7} {txns:>6}  {p50:>7.1} / {p99:>7.1} / {max:>7.1}");
-    }
-    Ok(())
-}
-
 /// What the servers alone spent during (b): the source's walsender decoding and the
 /// target's apply. Spread over every core with a replicator that costs nothing, (b) could
 /// not finish sooner than that CPU time divided by the cores; the line compares this
@@ -1750,13 +1350,4 @@ async fn target_round_trip(dsn: &str) -> anyhow::Result<[(f64, f64); 2]> {
         let at = |p: f64| t[((t.len() - 1) as f64 * p) as usize];
         (at(0.5), at(0.99))
     }))
-}
-
-/// A lag run's target rate as the table shows it.
-fn rate_label(rate: u64) -> String {
-    if rate == 0 {
-        "max".into()
-    } else {
-        rate.to_string()
-    }
 }
