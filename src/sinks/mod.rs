@@ -229,6 +229,16 @@ pub trait Sink: Send + 'static {
     /// Re-establishes connections after a transient error.
     fn reconnect(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
 
+    /// Upkeep that need not hold back an acknowledgement (the cold tier's compaction):
+    /// called after each applied group has been reported durable (`idle == false`), and
+    /// every [`worker::IDLE_UPKEEP`] while the task has nothing to apply (`idle == true`).
+    /// What was applied is durable already, so a failure here loses nothing: the sink logs
+    /// it. The default does nothing.
+    fn upkeep(&mut self, idle: bool) -> impl Future<Output = ()> + Send {
+        let _ = idle;
+        async {}
+    }
+
     /// Before an apply: once it is durable, every transaction this sink task was handed
     /// up to `lsn` is durable (nothing earlier is still pending). A sink may record it with
     /// the apply instead of a checkpoint per tenant. The default ignores it.

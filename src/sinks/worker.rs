@@ -33,6 +33,9 @@ use crate::sinks::{ApplyBatch, ApplyReport, Delivery, Sink};
 pub const RETRY_INITIAL: Duration = Duration::from_millis(200);
 /// Longest wait between retries.
 pub const RETRY_MAX: Duration = Duration::from_secs(30);
+/// How long a task has had nothing to apply before [`Sink::upkeep`] runs as idle upkeep
+/// (and again as often while it stays idle).
+pub const IDLE_UPKEEP: Duration = Duration::from_secs(10);
 
 /// Counters one sink task keeps.
 #[derive(Debug, Default)]
@@ -263,7 +266,14 @@ pub async fn run_sink<S: Sink>(
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
                 Err(mpsc::error::TryRecvError::Empty) => {
                     pending_since = None;
-                    match batches.recv().await {
+                    let next = tokio::select! {
+                        d = batches.recv() => d,
+                        _ = tokio::time::sleep(IDLE_UPKEEP) => {
+                            sink.upkeep(true).await;
+                            continue;
+                        }
+                    };
+                    match next {
                         Some(d) => receive(&mut scheduler, &mut large, d),
                         None => break,
                     }
@@ -362,6 +372,7 @@ pub async fn run_sink<S: Sink>(
         apply_group(&mut sink, &group.batches, &stats, &reader).await;
         take_off_backlog(&pacing, group.rows);
         on_durable(scheduler.durable_watermark());
+        sink.upkeep(false).await;
         if !left_behind {
             pending_since = Some(taken_at);
         }
@@ -670,6 +681,58 @@ mod tests {
             durable.iter().all(|&s| s >= 0.02),
             "after a 20-ms apply: {samples:?}"
         );
+    }
+
+    /// Logs applies and upkeep calls.
+    struct UpkeepLog(Arc<Mutex<Vec<String>>>);
+
+    impl Sink for UpkeepLog {
+        fn kind(&self) -> &'static str {
+            "upkeep-log"
+        }
+
+        async fn apply(&mut self, batches: &[ApplyBatch]) -> Result<ApplyReport, SinkError> {
+            let rows: usize = batches.iter().map(ApplyBatch::rows).sum();
+            self.0.lock().unwrap().push(format!("apply {rows}"));
+            Ok(ApplyReport::default())
+        }
+
+        async fn upkeep(&mut self, idle: bool) {
+            let what = if idle { "idle upkeep" } else { "upkeep" };
+            self.0.lock().unwrap().push(what.to_string());
+        }
+
+        async fn reconnect(&mut self) -> Result<(), SinkError> {
+            Ok(())
+        }
+    }
+
+    /// Upkeep runs after each applied group has been reported durable, and as idle
+    /// upkeep every `IDLE_UPKEEP` the task has nothing to apply, not before.
+    #[tokio::test(start_paused = true)]
+    async fn upkeep_follows_each_durable_group_and_an_idle_spell() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel(16);
+        let pacing = SinkPacing::fifo(Arc::default(), 100, 0);
+        let entries = log.clone();
+        let task = tokio::spawn(run_sink(
+            UpkeepLog(log.clone()),
+            rx,
+            Arc::default(),
+            Arc::default(),
+            pacing,
+            move |lsn| entries.lock().unwrap().push(format!("durable {lsn}")),
+        ));
+        let taken = |log: &Arc<Mutex<Vec<String>>>| std::mem::take(&mut *log.lock().unwrap());
+        tx.send(batch(1, 2)).await.unwrap();
+        tokio::time::sleep(IDLE_UPKEEP / 2).await;
+        assert_eq!(taken(&log), ["apply 2", "durable 1", "upkeep"]);
+        tokio::time::sleep(IDLE_UPKEEP).await;
+        assert_eq!(taken(&log), ["idle upkeep"], "idle since the apply");
+        tokio::time::sleep(IDLE_UPKEEP).await;
+        assert_eq!(taken(&log), ["idle upkeep"], "and again while idle");
+        drop(tx);
+        task.await.unwrap();
     }
 
     /// A sink that applies large transactions as they arrive, failing its first live

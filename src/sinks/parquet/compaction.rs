@@ -8,7 +8,10 @@
 //! manifest order, one date directory and one schema) is rewritten as one file of up to
 //! [`CompactionPolicy::max_rows`] rows, its rows in the same order.
 //! While the job is behind the source the sink waits for eight times as many
-//! (`sink::BUSY_COMPACTION_FACTOR`), so a catch-up is compacted once it is over, in one pass.
+//! (`sink::BUSY_COMPACTION_FACTOR`), so a catch-up is compacted once it is over, in one pass;
+//! a directory that has gone quiet is compacted by the sink's idle upkeep once it lists
+//! two (`sink::SETTLED`). The sink compacts after an apply has been reported durable,
+//! never inside it.
 //!
 //! The same three steps as a write ([`ColdTableWriter`]):
 //! 1. the merged file is staged under `_tmp/` and fsynced, every input verified against

@@ -7,10 +7,17 @@
 //! crash never writes a row twice; tenants are owned by one worker each, so every table
 //! directory has exactly one writer. A transaction too large to hold is streamed into
 //! staged files part by part and published once ([`super::large_txn`]).
+//!
+//! Compaction ([`ColdTableWriter::compact`]) runs as the sink's upkeep, after the worker
+//! has reported the apply durable, so it never holds back an acknowledgement: after each
+//! apply for the directories that list enough small files, and while the task is idle for
+//! directories that have settled (no write for [`SETTLED`]) with two small files or more,
+//! so a quiet directory does not keep its last small files until its next write.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::change::{Cell, HistoryEvent, Lsn, Row, TableInfo, Text};
 use crate::sinks::large::PartSource;
@@ -40,7 +47,20 @@ pub struct ParquetSink {
     /// [`BUSY_COMPACTION_FACTOR`] times as many small files, so a catch-up spends its time
     /// on new rows and is compacted once it is over.
     behind: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// When each open writer's directory was last written.
+    written_at: HashMap<(String, String), Instant>,
+    /// How long a directory goes unwritten before idle upkeep compacts it ([`SETTLED`]).
+    settled: Duration,
 }
+
+/// A table directory unwritten this long has settled: idle upkeep merges its small files
+/// once two or more are listed. (A directory still written now and then keeps collecting
+/// them until `compact_min_files`, so a trickle does not rewrite its merged file at every
+/// idle moment.)
+pub const SETTLED: Duration = Duration::from_secs(60);
+
+/// Small files a settled directory needs for idle upkeep to compact it.
+const SETTLED_MIN_FILES: usize = 2;
 
 /// How many times `compact_min_files` small files a directory lists before it is
 /// compacted while the sink is behind.
@@ -88,6 +108,8 @@ impl ParquetSink {
             compaction: COMPACTION,
             compaction_stats: Arc::default(),
             behind: Arc::new(|| false),
+            written_at: HashMap::new(),
+            settled: SETTLED,
         }
     }
 
@@ -108,6 +130,13 @@ impl ParquetSink {
     /// never), see [`BUSY_COMPACTION_FACTOR`].
     pub fn with_behind(mut self, behind: Arc<dyn Fn() -> bool + Send + Sync>) -> ParquetSink {
         self.behind = behind;
+        self
+    }
+
+    /// The same sink treating a directory unwritten for `settled` as settled (default
+    /// [`SETTLED`]).
+    pub fn with_settled(mut self, settled: Duration) -> ParquetSink {
+        self.settled = settled;
         self
     }
 
@@ -290,22 +319,56 @@ impl Sink for ParquetSink {
         if work.is_empty() {
             return Ok(ApplyReport::default());
         }
-        let policy = if (self.behind)() {
-            CompactionPolicy {
-                min_files: self
-                    .compaction
-                    .min_files
-                    .saturating_mul(BUSY_COMPACTION_FACTOR),
-                ..self.compaction
-            }
-        } else {
-            self.compaction
-        };
+        let keys: Vec<(String, String)> = work
+            .iter()
+            .map(|t| (t.tenant.to_owned(), t.table.clone()))
+            .collect();
         let (root, writers) = (&self.root, &mut self.writers);
-        let compaction = (&policy, self.compaction_stats.as_ref());
-        let result = blocking(move || write_all(root, writers, work, compaction));
+        let result = blocking(move || write_all(root, writers, work));
         self.after_write(&result);
+        if result.is_ok() {
+            let now = Instant::now();
+            self.written_at.extend(keys.into_iter().map(|k| (k, now)));
+        }
         result
+    }
+
+    /// Compacts the directories that ask for it: after an apply, those listing
+    /// `compact_min_files` small files ([`BUSY_COMPACTION_FACTOR`] times as many while
+    /// the job is behind); when idle, the settled ones listing two or more.
+    async fn upkeep(&mut self, idle: bool) {
+        if self.compaction.min_files == 0 {
+            return;
+        }
+        let min_files = match (idle, (self.behind)()) {
+            (true, _) => SETTLED_MIN_FILES,
+            (false, true) => self
+                .compaction
+                .min_files
+                .saturating_mul(BUSY_COMPACTION_FACTOR),
+            (false, false) => self.compaction.min_files,
+        };
+        let policy = CompactionPolicy {
+            min_files,
+            ..self.compaction
+        };
+        let now = Instant::now();
+        let settled = |key: &(String, String)| {
+            self.written_at
+                .get(key)
+                .is_none_or(|at| now.duration_since(*at) >= self.settled)
+        };
+        let due: Vec<&mut ColdTableWriter> = self
+            .writers
+            .iter_mut()
+            .filter(|(key, (_, w))| (!idle || settled(key)) && w.wants_compaction(&policy))
+            .map(|(_, (_, w))| w)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let stats = self.compaction_stats.as_ref();
+        blocking(|| in_parallel(due, |w| compact(w, &policy, stats)));
     }
 
     /// Writes a large transaction piece by piece ([`LargeWrite`]); a table whose columns
@@ -345,32 +408,15 @@ const PARALLEL_TABLE_WRITES: usize = 4;
 /// An open writer with the columns it was opened with.
 pub(super) type OpenWriter = (Vec<ColdColumn>, ColdTableWriter);
 
-/// Writes every table directory's rows, [`PARALLEL_TABLE_WRITES`] at once; each thread
-/// also turns its directories' events into rows.
-fn write_all(
-    root: &std::path::Path,
-    writers: &mut HashMap<(String, String), OpenWriter>,
-    work: Vec<TableEvents>,
-    compaction: (&CompactionPolicy, &CompactionStats),
-) -> Result<ApplyReport, SinkError> {
-    let jobs: Vec<(TableEvents, Option<OpenWriter>)> = work
-        .into_iter()
-        .map(|t| {
-            let writer = writers.remove(&(t.tenant.to_owned(), t.table.clone()));
-            (t, writer)
-        })
-        .collect();
-    let threads = jobs.len().min(PARALLEL_TABLE_WRITES);
-    let queue = std::sync::Mutex::new(jobs.into_iter());
-    let done = std::sync::Mutex::new(Vec::new());
+/// Runs `each` on every item, [`PARALLEL_TABLE_WRITES`] at once (on this thread alone
+/// for a single item).
+fn in_parallel<T: Send>(items: Vec<T>, each: impl Fn(T) + Sync) {
+    let threads = items.len().min(PARALLEL_TABLE_WRITES);
+    let queue = Mutex::new(items.into_iter());
     let next = || queue.lock().ok().and_then(|mut q| q.next());
     let work_off_queue = || {
-        while let Some((t, writer)) = next() {
-            let key = (t.tenant.to_owned(), t.table.clone());
-            let outcome = write_table(root, t.rows(), writer, compaction);
-            if let Ok(mut d) = done.lock() {
-                d.push((key, outcome));
-            }
+        while let Some(item) = next() {
+            each(item);
         }
     };
     if threads <= 1 {
@@ -383,6 +429,30 @@ fn write_all(
             work_off_queue();
         });
     }
+}
+
+/// Writes every table directory's rows, [`PARALLEL_TABLE_WRITES`] at once; each thread
+/// also turns its directories' events into rows.
+fn write_all(
+    root: &std::path::Path,
+    writers: &mut HashMap<(String, String), OpenWriter>,
+    work: Vec<TableEvents>,
+) -> Result<ApplyReport, SinkError> {
+    let jobs: Vec<(TableEvents, Option<OpenWriter>)> = work
+        .into_iter()
+        .map(|t| {
+            let writer = writers.remove(&(t.tenant.to_owned(), t.table.clone()));
+            (t, writer)
+        })
+        .collect();
+    let done = Mutex::new(Vec::new());
+    in_parallel(jobs, |(t, writer)| {
+        let key = (t.tenant.to_owned(), t.table.clone());
+        let outcome = write_table(root, t.rows(), writer);
+        if let Ok(mut d) = done.lock() {
+            d.push((key, outcome));
+        }
+    });
     let mut report = ApplyReport::default();
     let mut first_error = None;
     let done = done.into_inner().unwrap_or_default();
@@ -418,13 +488,11 @@ struct TableWritten {
     bytes: u64,
 }
 
-/// Writes one table directory's rows, opening (and recovering) its writer if needed, then
-/// compacts the directory if `compaction` asks for it.
+/// Writes one table directory's rows, opening (and recovering) its writer if needed.
 fn write_table(
     root: &std::path::Path,
     t: TableRows,
     writer: Option<OpenWriter>,
-    (policy, stats): (&CompactionPolicy, &CompactionStats),
 ) -> Result<(OpenWriter, TableWritten), SinkError> {
     let (columns, mut writer) = match writer {
         Some((cols, w)) if cols == t.columns => (cols, w),
@@ -456,9 +524,6 @@ fn write_table(
         return Ok(((columns, writer), nothing));
     };
     let files = writer.write(&fresh, lo, hi).map_err(definite)?;
-    if writer.wants_compaction(policy) {
-        compact(&mut writer, policy, stats);
-    }
     let applied = TenantApplied {
         tenant: t.tenant,
         lsn: hi,
@@ -544,7 +609,8 @@ mod tests {
     }
 
     /// A sink that keeps up writes one small file per apply; once a directory lists
-    /// enough of them they are merged, and the table reads the same.
+    /// enough of them the upkeep after an apply merges them, and the table reads the same.
+    /// The apply itself never compacts.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn small_files_are_compacted_as_the_sink_writes() {
         let dir = tempfile::tempdir().unwrap();
@@ -565,6 +631,10 @@ mod tests {
             sink.apply(&[tenant_one_batch(&shape, lsn, 2)])
                 .await
                 .unwrap();
+            if lsn == 4 {
+                assert_eq!(tenant_one_files(dir.path()).len(), 4, "not in the apply");
+            }
+            sink.upkeep(false).await;
         }
         let files = tenant_one_files(dir.path());
         assert!(files.len() < 4, "merged as it wrote: {files:?}");
@@ -592,7 +662,7 @@ mod tests {
     }
 
     /// While the job is behind the source compaction waits for
-    /// [`BUSY_COMPACTION_FACTOR`] times as many small files; the first apply after the
+    /// [`BUSY_COMPACTION_FACTOR`] times as many small files; the first upkeep after the
     /// catch-up compacts what gathered, in one pass.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn a_sink_that_is_behind_compacts_once_it_caught_up() {
@@ -614,6 +684,7 @@ mod tests {
         let files = || tenant_one_files(dir.path()).len();
         for lsn in 1..=10u64 {
             sink.apply(&[batch(lsn, 4)]).await.unwrap();
+            sink.upkeep(false).await;
         }
         assert_eq!(
             files(),
@@ -622,9 +693,67 @@ mod tests {
         );
         behind.store(false, Ordering::Relaxed);
         sink.apply(&[batch(11, 1)]).await.unwrap();
+        sink.upkeep(false).await;
         assert_eq!(files(), 1, "caught up: merged in one pass");
         let (_, rows) = read_table(dir.path(), "1", "app.t").unwrap();
         assert_eq!(rows.len(), 41);
+    }
+
+    /// Idle upkeep merges a directory's last small files, fewer than `compact_min_files`,
+    /// once it has settled, and only then; a directory written since waits again, and a
+    /// compaction policy of 0 (off) keeps every file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn idle_upkeep_compacts_a_settled_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let shape = Arc::new(table(
+            "t",
+            &[("tenant_id", "integer"), ("id", "integer")],
+            &[0, 1],
+        ));
+        let settled = Duration::from_millis(300);
+        let stats = Arc::new(CompactionStats::default());
+        let mut sink = ParquetSink::new("j", dir.path().to_path_buf(), 0)
+            .with_compaction(small_policy(16))
+            .with_compaction_stats(stats.clone())
+            .with_settled(settled);
+        sink.reconnect().await.unwrap();
+        let files = || tenant_one_files(dir.path()).len();
+        for lsn in 1..=3u64 {
+            sink.apply(&[tenant_one_batch(&shape, lsn, 2)])
+                .await
+                .unwrap();
+            sink.upkeep(false).await;
+        }
+        sink.upkeep(true).await;
+        assert_eq!(files(), 3, "written just now: not settled yet");
+        tokio::time::sleep(settled).await;
+        sink.upkeep(true).await;
+        assert_eq!(files(), 1, "settled: its three small files merged");
+        sink.upkeep(true).await;
+        assert_eq!(files(), 1, "nothing more to merge");
+        sink.apply(&[tenant_one_batch(&shape, 4, 2)]).await.unwrap();
+        sink.upkeep(true).await;
+        assert_eq!(files(), 2, "written again: waits to settle");
+        let (_, rows) = read_table(dir.path(), "1", "app.t").unwrap();
+        assert_eq!(rows.len(), 8, "every row once");
+        assert_eq!(
+            stats
+                .files_merged
+                .load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
+
+        let off = tempfile::tempdir().unwrap();
+        let mut sink = ParquetSink::new("j", off.path().to_path_buf(), 0)
+            .with_compaction(small_policy(0))
+            .with_settled(Duration::ZERO);
+        for lsn in 1..=3u64 {
+            sink.apply(&[tenant_one_batch(&shape, lsn, 2)])
+                .await
+                .unwrap();
+        }
+        sink.upkeep(true).await;
+        assert_eq!(tenant_one_files(off.path()).len(), 3, "compaction off");
     }
 
     /// One apply spanning more table directories than are written at once: every tenant
