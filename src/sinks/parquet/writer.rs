@@ -373,23 +373,37 @@ impl ColdTableWriter {
         lsn_lo: Lsn,
         lsn_hi: Lsn,
     ) -> Result<(u64, String), ParquetError> {
-        let mut writer = self.create_file(path, batch, lsn_lo, lsn_hi)?;
+        let mut writer = self.create_file(path, batch, true, lsn_lo, lsn_hi)?;
         writer.write(batch).map_err(parquet_error(path))?;
         close_file(writer, path)
     }
 
-    /// Creates the Parquet file `path` for rows like `batch`; nothing is written yet. Its
-    /// properties follow `batch`'s columns ([`writer_properties`]): for a streamed file,
-    /// the first rows', so a column uniform in them stays uncompressed in the whole file.
+    /// Creates the Parquet file `path` for rows like `batch`; nothing is written yet.
+    /// When `batch` is the whole file (`whole`), its uniform columns stay uncompressed
+    /// ([`writer_properties`]); a streamed file, whose later rows are not known yet,
+    /// compresses every column (a column uniform in its first rows need not be in the rest,
+    /// and its large row groups make the compressor's set-up cost nothing).
     fn create_file(
         &self,
         path: &Path,
         batch: &RecordBatch,
+        whole: bool,
         lsn_lo: Lsn,
         lsn_hi: Lsn,
     ) -> Result<ArrowWriter<HashingWriter>, ParquetError> {
-        let props = writer_properties(batch, &self.tenant, &self.table, lsn_lo, lsn_hi)
-            .map_err(parquet_error(path))?;
+        let props = if whole {
+            writer_properties(batch, &self.tenant, &self.table, lsn_lo, lsn_hi)
+        } else {
+            properties(
+                batch.schema().fields(),
+                |_| false,
+                &self.tenant,
+                &self.table,
+                lsn_lo,
+                lsn_hi,
+            )
+        }
+        .map_err(parquet_error(path))?;
         let file = File::create(path).map_err(|e| ParquetError::io("create", path, e))?;
         ArrowWriter::try_new(HashingWriter::new(file), self.schema.clone(), Some(props))
             .map_err(parquet_error(path))
@@ -432,7 +446,7 @@ impl ColdTableWriter {
                     self.needs_recovery = true;
                     ensure_dir(&self.table_dir.join(TEMP_DIR))?;
                     let temp = temp_path(&self.table_dir, &relative);
-                    let writer = self.create_file(&temp, &batch, lo, stream.lsn_hi)?;
+                    let writer = self.create_file(&temp, &batch, false, lo, stream.lsn_hi)?;
                     stream.next += 1;
                     stream.open.insert(OpenPiece {
                         relative,

@@ -118,6 +118,21 @@ async fn a_large_transaction_lands_in_pieces_as_the_whole_path_writes_it() {
     assert_eq!(rows_of(pieces.path(), 0), rows_of(whole.path(), 0));
 }
 
+/// The compression of every column chunk of tenant `tenant`'s files.
+fn compressions(root: &Path, tenant: u32) -> Vec<Compression> {
+    let dir = table_dir(root, &tenant.to_string(), "app.t");
+    let manifest = Manifest::load(&dir).unwrap().unwrap();
+    let mut out = Vec::new();
+    for f in &manifest.files {
+        let file = std::fs::File::open(dir.join(&f.path)).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        for group in reader.metadata().row_groups() {
+            out.extend(group.columns().iter().map(|c| c.compression()));
+        }
+    }
+    out
+}
+
 /// Row groups of each directory's file, by file name.
 fn row_groups(root: &Path, tenant: u32) -> Vec<(String, usize)> {
     let dir = table_dir(root, &tenant.to_string(), "app.t");
@@ -158,6 +173,13 @@ fn each_directory_gets_one_file_and_its_row_groups_stay_within_the_buffer_limit(
         assert_eq!(files.len(), 1, "tenant {tenant}: {files:?}");
         assert!(files[0].0.ends_with("-0000.parquet"), "{files:?}");
         assert_eq!(files[0].1, 1, "tenant {tenant}: {files:?}");
+        // Every column compressed, the tenant's too (uniform in the first part, as
+        // others may be while later parts are not).
+        let chunks = compressions(roomy.path(), tenant);
+        assert!(
+            !chunks.is_empty() && chunks.iter().all(|c| matches!(c, Compression::ZSTD(_))),
+            "tenant {tenant}: {chunks:?}"
+        );
     }
     // Under a small buffer the largest row groups are written out as it fills: still one
     // file per directory, with several row groups, and what stays in memory is bounded.
