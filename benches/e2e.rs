@@ -210,13 +210,16 @@ async fn child_main() -> anyhow::Result<()> {
     };
     let mut announced = false;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
-    // Stage durations (seconds) since the last `latency` command, by `LatencyStage::index`.
+    // Stage durations (seconds) since the last `latency` command, by `LatencyStage::index`;
+    // the same since the last `latency_slice` (the lag timeline's per-second stages).
     let mut stages: Vec<Vec<f64>> = vec![Vec::new(); LatencyStage::ALL.len()];
+    let mut slice: Vec<Vec<f64>> = vec![Vec::new(); LatencyStage::ALL.len()];
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 for (stage, secs) in stats.sinks.iter().flat_map(|s| s.stages.take()) {
                     stages[stage.index()].push(secs);
+                    slice[stage.index()].push(secs);
                 }
                 let (state, reason) = stats.state();
                 if state == JobState::Streaming && !announced {
@@ -234,6 +237,11 @@ async fn child_main() -> anyhow::Result<()> {
                     Some("latency") => {
                         println!("latency {}", stage_quantiles(&mut stages));
                         stages.iter_mut().for_each(Vec::clear);
+                        slice.iter_mut().for_each(Vec::clear);
+                    }
+                    Some("latency_slice") => {
+                        println!("latency_slice {}", stage_quantiles(&mut slice));
+                        slice.iter_mut().for_each(Vec::clear);
                     }
                     Some(_) => {}
                     None => {}
@@ -456,6 +464,12 @@ impl JobChild {
     async fn latency(&mut self) -> anyhow::Result<String> {
         self.send("latency").await?;
         self.expect("latency", Duration::from_secs(30)).await
+    }
+
+    /// The same since the last call of either, leaving [`JobChild::latency`]'s samples.
+    async fn latency_slice(&mut self) -> anyhow::Result<String> {
+        self.send("latency_slice").await?;
+        self.expect("latency_slice", Duration::from_secs(30)).await
     }
 
     async fn stats(&mut self) -> anyhow::Result<Figures> {

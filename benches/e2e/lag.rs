@@ -165,13 +165,22 @@ pub(crate) async fn run(
                         load,
                         round_secs,
                         base,
+                        None,
                     )
                     .await?;
                     rounds_a.push(r);
                 } else {
                     let before = child.stats().await?;
-                    let r = lag_round(OURS, &source.dsn("lag_b"), &tgt_b, load, round_secs, base)
-                        .await?;
+                    let r = lag_round(
+                        OURS,
+                        &source.dsn("lag_b"),
+                        &tgt_b,
+                        load,
+                        round_secs,
+                        base,
+                        Some(&mut child),
+                    )
+                    .await?;
                     cpu_s += child.stats().await?.cpu_s - before.cpu_s;
                     rounds_b.push(r);
                 }
@@ -228,7 +237,9 @@ async fn wait_count(
 }
 
 /// Paced inserts at the load's rate for `secs`, ids from `base`; waits for the target to
-/// drain, verifies the round's row count and computes its P99.
+/// drain, verifies the round's row count and computes its P99. With
+/// `HELIOS_BENCH_LAG_TIMELINE`, `child` (ours) is asked for its stages every second of the
+/// load.
 async fn lag_round(
     who: &'static str,
     source_dsn: &str,
@@ -236,6 +247,7 @@ async fn lag_round(
     load: LagLoad,
     secs: f64,
     base: i64,
+    child: Option<&mut JobChild>,
 ) -> anyhow::Result<Round> {
     let LagLoad {
         rate,
@@ -288,13 +300,34 @@ async fn lag_round(
             anyhow::Ok(done)
         }));
     }
-    let mut done: Vec<u64> = Vec::new();
-    let mut tail_txns: Vec<u64> = Vec::new();
-    for t in tasks {
-        let mine = t.await??;
-        tail_txns.extend(mine.last().copied());
-        done.extend(mine);
-    }
+    let load = async {
+        let mut done: Vec<u64> = Vec::new();
+        let mut tail_txns: Vec<u64> = Vec::new();
+        for t in tasks {
+            let mine = t.await??;
+            tail_txns.extend(mine.last().copied());
+            done.extend(mine);
+        }
+        anyhow::Ok((done, tail_txns))
+    };
+    let timeline = std::env::var_os("HELIOS_BENCH_LAG_TIMELINE").is_some();
+    let (done, tail_txns) = match child {
+        Some(child) if timeline => {
+            tokio::pin!(load);
+            let mut second = 0;
+            loop {
+                tokio::select! {
+                    r = &mut load => break r?,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        let text = child.latency_slice().await?;
+                        println!("  stages of {who}, second {second}: {text}");
+                        second += 1;
+                    }
+                }
+            }
+        }
+        _ => load.await?,
+    };
     let load_end = Instant::now();
     let load_secs = load_end.duration_since(began).as_secs_f64();
     let expected = (done.len() as u64 * LAG_ROWS_PER_TXN) as i64;
