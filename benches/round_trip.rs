@@ -59,6 +59,23 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p) as usize]
 }
 
+/// A session to `dsn` with the insert and the checkpoint upsert prepared.
+async fn session(
+    dsn: &str,
+) -> anyhow::Result<(
+    tokio_postgres::Client,
+    tokio_postgres::Statement,
+    tokio_postgres::Statement,
+)> {
+    let (client, connection) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to {dsn}"))?;
+    tokio::spawn(connection);
+    let insert = client.prepare(INSERT).await?;
+    let checkpoint = client.prepare(CHECKPOINT).await?;
+    Ok((client, insert, checkpoint))
+}
+
 fn main() -> anyhow::Result<()> {
     let rounds: usize = std::env::var("HELIOS_BENCH_ROUNDS")
         .ok()
@@ -73,21 +90,9 @@ fn main() -> anyhow::Result<()> {
         let cluster = PgCluster::start(&dir.path().join("pg"))?;
         cluster.create_database("rt")?;
         cluster.psql("rt", SCHEMA)?;
-        let (client, connection) =
-            tokio_postgres::connect(&cluster.dsn("rt"), tokio_postgres::NoTls)
-                .await
-                .context("connecting")?;
-        tokio::spawn(connection);
-        let insert = client.prepare(INSERT).await?;
-        let checkpoint = client.prepare(CHECKPOINT).await?;
+        let (client, insert, checkpoint) = session(&cluster.dsn("rt")).await?;
         // The same session over the server's Unix-domain socket.
-        let (unix, connection) =
-            tokio_postgres::connect(&cluster.socket_dsn("rt"), tokio_postgres::NoTls)
-                .await
-                .context("connecting over the Unix-domain socket")?;
-        tokio::spawn(connection);
-        let unix_insert = unix.prepare(INSERT).await?;
-        let unix_checkpoint = unix.prepare(CHECKPOINT).await?;
+        let (unix, unix_insert, unix_checkpoint) = session(&cluster.socket_dsn("rt")).await?;
         client
             .batch_execute("SELECT pg_replication_origin_create('rt'); SELECT pg_replication_origin_session_setup('rt')")
             .await?;

@@ -37,7 +37,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 
 use super::{
-    close_file, crash_point, ensure_dir, parent_of, parquet_error, properties, ColdTableWriter,
+    close_file, crash_point, ensure_dir, open_writer, parent_of, parquet_error, ColdTableWriter,
     HashingWriter,
 };
 use crate::change::Lsn;
@@ -321,18 +321,10 @@ impl ColdTableWriter {
         lsn_hi: Lsn,
     ) -> Result<ArrowWriter<HashingWriter>, ParquetError> {
         // Every column compressed: whether one is uniform is only known once all is read.
-        let props = properties(
-            schema.fields(),
-            |_| false,
-            &self.tenant,
-            &self.table,
-            lsn_lo,
-            lsn_hi,
-        )
-        .map_err(parquet_error(path))?;
-        let file = File::create(path).map_err(|e| ParquetError::io("create", path, e))?;
-        ArrowWriter::try_new(HashingWriter::new(file), schema.clone(), Some(props))
-            .map_err(parquet_error(path))
+        let props = self
+            .compressed_properties(schema.fields(), lsn_lo, lsn_hi)
+            .map_err(parquet_error(path))?;
+        open_writer(path, schema, props)
     }
 }
 

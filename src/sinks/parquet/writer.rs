@@ -394,19 +394,21 @@ impl ColdTableWriter {
         let props = if whole {
             writer_properties(batch, &self.tenant, &self.table, lsn_lo, lsn_hi)
         } else {
-            properties(
-                batch.schema().fields(),
-                |_| false,
-                &self.tenant,
-                &self.table,
-                lsn_lo,
-                lsn_hi,
-            )
+            self.compressed_properties(batch.schema().fields(), lsn_lo, lsn_hi)
         }
         .map_err(parquet_error(path))?;
-        let file = File::create(path).map_err(|e| ParquetError::io("create", path, e))?;
-        ArrowWriter::try_new(HashingWriter::new(file), self.schema.clone(), Some(props))
-            .map_err(parquet_error(path))
+        open_writer(path, &self.schema, props)
+    }
+
+    /// This directory's file properties ([`writer_properties`]) with every column
+    /// compressed: for a file whose rows are not all known when it is created.
+    fn compressed_properties(
+        &self,
+        fields: &arrow_schema::Fields,
+        lsn_lo: Lsn,
+        lsn_hi: Lsn,
+    ) -> Result<WriterProperties, parquet::errors::ParquetError> {
+        properties(fields, |_| false, &self.tenant, &self.table, lsn_lo, lsn_hi)
     }
 
     /// Appends `rows` to `stream`'s files, one row group in progress per file: a large
@@ -562,6 +564,17 @@ fn parquet_error(path: &Path) -> impl Fn(parquet::errors::ParquetError) -> Parqu
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// Creates the file `path` and a Parquet writer of `schema` with `props` into it.
+fn open_writer(
+    path: &Path,
+    schema: &SchemaRef,
+    props: WriterProperties,
+) -> Result<ArrowWriter<HashingWriter>, ParquetError> {
+    let file = File::create(path).map_err(|e| ParquetError::io("create", path, e))?;
+    ArrowWriter::try_new(HashingWriter::new(file), schema.clone(), Some(props))
+        .map_err(parquet_error(path))
 }
 
 /// Writes the footer of the file `writer` writes to `path`, fsyncs it and returns its
