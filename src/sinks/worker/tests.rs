@@ -1,0 +1,410 @@
+//! Tests of the sink task: stage timing, upkeep, large transactions as they arrive and
+//! lingering, each with a recording sink.
+
+use std::sync::Mutex;
+
+use super::*;
+use crate::cdc::stream::ReaderStats;
+use crate::change::fixtures;
+use crate::sinks::{ApplyReport, SinkError};
+
+/// Records the rows of every apply, each taking the given time.
+struct Recorder(Arc<Mutex<Vec<usize>>>, Duration);
+
+impl Sink for Recorder {
+    fn kind(&self) -> &'static str {
+        "recorder"
+    }
+
+    async fn apply(&mut self, batches: &[ApplyBatch]) -> Result<ApplyReport, SinkError> {
+        if !self.1.is_zero() {
+            tokio::time::sleep(self.1).await;
+        }
+        let rows = batches.iter().map(ApplyBatch::rows).sum();
+        if let Ok(mut applied) = self.0.lock() {
+            applied.push(rows);
+        }
+        Ok(ApplyReport::default())
+    }
+
+    async fn reconnect(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+fn batch(lsn: Lsn, rows: usize) -> Delivery {
+    Delivery::Batch(fixtures::inserts(lsn, 0..rows))
+}
+
+/// Each applied transaction the reader saw is timed by stage: taken by the task, then
+/// durable after its apply; a transaction without a known commit is not.
+#[tokio::test]
+async fn applied_transactions_are_timed_by_stage() {
+    use crate::sinks::latency::LatencyStage;
+    let reader: Arc<ReaderStats> = Arc::default();
+    let committed = pg_now_micros() - 1_000;
+    reader.commit_times.record(1, committed);
+    reader.commit_times.record(2, committed);
+    let stats: Arc<SinkStats> = Arc::default();
+    let (tx, rx) = mpsc::channel(16);
+    let sink = Recorder(Arc::default(), Duration::from_millis(20));
+    let pacing = SinkPacing::fifo(Arc::default(), 100, 0);
+    let task = tokio::spawn(run_sink(sink, rx, stats.clone(), reader, pacing, |_| {}));
+    for lsn in 1..=3 {
+        tx.send(batch(lsn, 1)).await.unwrap();
+    }
+    drop(tx);
+    task.await.unwrap();
+    let samples = stats.stages.take();
+    let of = |stage| -> Vec<f64> {
+        samples
+            .iter()
+            .filter(|(s, _)| *s == stage)
+            .map(|(_, secs)| *secs)
+            .collect()
+    };
+    let to_reader = of(LatencyStage::SourceToReader);
+    assert_eq!(to_reader.len(), 2, "{samples:?}");
+    assert!(to_reader.iter().all(|&s| s >= 0.001), "{samples:?}");
+    assert_eq!(of(LatencyStage::ReaderToSink).len(), 2, "{samples:?}");
+    let durable = of(LatencyStage::ReaderToDurable);
+    assert_eq!(durable.len(), 2, "{samples:?}");
+    assert!(
+        durable.iter().all(|&s| s >= 0.02),
+        "after a 20-ms apply: {samples:?}"
+    );
+}
+
+/// Logs applies and upkeep calls.
+struct UpkeepLog(Arc<Mutex<Vec<String>>>);
+
+impl Sink for UpkeepLog {
+    fn kind(&self) -> &'static str {
+        "upkeep-log"
+    }
+
+    async fn apply(&mut self, batches: &[ApplyBatch]) -> Result<ApplyReport, SinkError> {
+        let rows: usize = batches.iter().map(ApplyBatch::rows).sum();
+        self.0.lock().unwrap().push(format!("apply {rows}"));
+        Ok(ApplyReport::default())
+    }
+
+    async fn upkeep(&mut self, idle: bool) {
+        let what = if idle { "idle upkeep" } else { "upkeep" };
+        self.0.lock().unwrap().push(what.to_string());
+    }
+
+    async fn reconnect(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// Upkeep runs after each applied group has been reported durable, and as idle
+/// upkeep every `IDLE_UPKEEP` the task has nothing to apply, not before.
+#[tokio::test(start_paused = true)]
+async fn upkeep_follows_each_durable_group_and_an_idle_spell() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel(16);
+    let pacing = SinkPacing::fifo(Arc::default(), 100, 0);
+    let entries = log.clone();
+    let task = tokio::spawn(run_sink(
+        UpkeepLog(log.clone()),
+        rx,
+        Arc::default(),
+        Arc::default(),
+        pacing,
+        move |lsn| entries.lock().unwrap().push(format!("durable {lsn}")),
+    ));
+    let taken = |log: &Arc<Mutex<Vec<String>>>| std::mem::take(&mut *log.lock().unwrap());
+    tx.send(batch(1, 2)).await.unwrap();
+    tokio::time::sleep(IDLE_UPKEEP / 2).await;
+    assert_eq!(taken(&log), ["apply 2", "durable 1", "upkeep"]);
+    tokio::time::sleep(IDLE_UPKEEP).await;
+    assert_eq!(taken(&log), ["idle upkeep"], "idle since the apply");
+    tokio::time::sleep(IDLE_UPKEEP).await;
+    assert_eq!(taken(&log), ["idle upkeep"], "and again while idle");
+    drop(tx);
+    task.await.unwrap();
+}
+
+/// A sink that applies large transactions as they arrive, failing its first live
+/// attempt after one part when told to; it logs what each call applied.
+struct LargeRecorder {
+    log: Arc<Mutex<Vec<String>>>,
+    fail_live_once: bool,
+}
+
+impl LargeRecorder {
+    fn note(&self, entry: String) {
+        self.log.lock().unwrap().push(entry);
+    }
+}
+
+impl Sink for LargeRecorder {
+    fn kind(&self) -> &'static str {
+        "large-recorder"
+    }
+
+    async fn apply(&mut self, batches: &[ApplyBatch]) -> Result<ApplyReport, SinkError> {
+        let rows: usize = batches.iter().map(ApplyBatch::rows).sum();
+        self.note(format!("apply {rows}"));
+        Ok(ApplyReport::default())
+    }
+
+    async fn apply_large(&mut self, txn: &mut SpilledTxn) -> Result<ApplyReport, SinkError> {
+        self.note(format!("from spill {}", txn.read_all().unwrap().rows()));
+        Ok(ApplyReport::default())
+    }
+
+    async fn apply_large_live<F: FnMut(usize) + Send>(
+        &mut self,
+        parts: &mut LiveParts<'_, F>,
+    ) -> Result<ApplyReport, SinkError> {
+        let mut rows = 0;
+        while let Some(part) = parts.next_part().await? {
+            rows += part.rows();
+            if std::mem::take(&mut self.fail_live_once) {
+                self.note(format!("live failed after {rows}"));
+                return Err(SinkError::Transient("target went away".into()));
+            }
+        }
+        self.note(format!("live {rows}"));
+        Ok(ApplyReport::default())
+    }
+
+    async fn reconnect(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+fn part_of(lsn: Lsn, rows: usize) -> Delivery {
+    Delivery::Part(fixtures::inserts(lsn, 0..rows))
+}
+
+/// Runs a sink task over `deliveries`; returns the sink's log and the durable reports.
+async fn run_large(deliveries: Vec<Delivery>, fail_live_once: bool) -> (Vec<String>, Vec<Lsn>) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let durable = Arc::new(Mutex::new(Vec::new()));
+    let sink = LargeRecorder {
+        log: log.clone(),
+        fail_live_once,
+    };
+    let (tx, rx) = mpsc::channel(16);
+    let pacing = SinkPacing::fifo(Arc::default(), 100, 0);
+    let reports = durable.clone();
+    let task = tokio::spawn(run_sink(
+        sink,
+        rx,
+        Arc::default(),
+        Arc::default(),
+        pacing,
+        move |lsn| reports.lock().unwrap().push(lsn),
+    ));
+    for d in deliveries {
+        tx.send(d).await.unwrap();
+    }
+    drop(tx);
+    task.await.unwrap();
+    let log = log.lock().unwrap().clone();
+    let durable = durable.lock().unwrap().clone();
+    (log, durable)
+}
+
+/// A large transaction at LSN 5 (parts of 3 and 2 rows, last batch 1 row), then a
+/// small one at LSN 6.
+fn large_then_small() -> Vec<Delivery> {
+    vec![part_of(5, 3), part_of(5, 2), batch(5, 1), batch(6, 1)]
+}
+
+/// A large transaction is applied as its parts arrive, in one call, then what
+/// follows it.
+#[tokio::test(start_paused = true)]
+async fn a_large_transaction_is_applied_as_it_arrives() {
+    let (log, durable) = run_large(large_then_small(), false).await;
+    assert_eq!(log, ["live 6", "apply 1"]);
+    assert!(durable.contains(&5), "{durable:?}");
+}
+
+/// A live attempt that fails takes the rest of the parts into the spill file and the
+/// whole transaction is applied again from it.
+#[tokio::test(start_paused = true)]
+async fn a_failed_live_attempt_is_retried_from_the_spill_file() {
+    let (log, durable) = run_large(large_then_small(), true).await;
+    assert_eq!(log, ["live failed after 3", "from spill 6", "apply 1"]);
+    assert!(durable.contains(&5), "{durable:?}");
+}
+
+/// The job stopping before the last part: nothing of the transaction is applied and
+/// the task ends.
+#[tokio::test(start_paused = true)]
+async fn a_large_transaction_cut_short_is_not_applied() {
+    let (log, durable) = run_large(vec![part_of(5, 3)], false).await;
+    assert!(log.is_empty(), "{log:?}");
+    assert!(!durable.contains(&5), "{durable:?}");
+}
+
+/// A running sink task that lingers as `linger` says, reading the source's activity
+/// from `reader`, and whose applies take `apply_time` each.
+struct Lingering {
+    tx: mpsc::Sender<Delivery>,
+    applied: Arc<Mutex<Vec<usize>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Lingering {
+    fn start(linger: Linger, apply_time: Duration, reader: Arc<ReaderStats>) -> Lingering {
+        let applied = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel(16);
+        let mut pacing = SinkPacing::fifo(Arc::default(), 100, 0);
+        pacing.linger = Some(linger);
+        let sink = Recorder(applied.clone(), apply_time);
+        let task = tokio::spawn(run_sink(sink, rx, Arc::default(), reader, pacing, |_| {}));
+        Lingering { tx, applied, task }
+    }
+
+    /// Rows of each apply so far.
+    fn seen(&self) -> Vec<usize> {
+        self.applied.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    async fn send(&self, lsn: Lsn, rows: usize) {
+        self.tx.send(batch(lsn, rows)).await.unwrap();
+    }
+
+    /// Closes the channel and waits for the task to end.
+    async fn finish(self) {
+        drop(self.tx);
+        self.task.await.unwrap();
+    }
+}
+
+/// A linger of `rows` and `wait` that never ends early.
+fn plain_linger(rows: usize, wait: Duration) -> Linger {
+    Linger {
+        rows,
+        wait,
+        early_rows: usize::MAX,
+        read_ahead: 0,
+    }
+}
+
+/// A linger of `rows` and 1 s that ends early with 5 rows pending and a quiet source.
+fn early_linger(rows: usize) -> Linger {
+    Linger {
+        rows,
+        wait: Duration::from_secs(1),
+        early_rows: 5,
+        read_ahead: 1000,
+    }
+}
+
+/// Sends 2 rows at `lsn` and checks they wait the whole linger: `before` is what the
+/// sink applied until then.
+async fn two_rows_wait_the_whole_linger(sink: &Lingering, lsn: Lsn, before: &[usize]) {
+    let wait = Duration::from_secs(1);
+    let start = tokio::time::Instant::now();
+    sink.send(lsn, 2).await;
+    tokio::time::sleep_until(start + wait - Duration::from_millis(10)).await;
+    assert_eq!(sink.seen(), before);
+    tokio::time::sleep_until(start + wait + Duration::from_millis(10)).await;
+    assert_eq!(sink.seen(), [before, &[2]].concat());
+}
+
+/// Small transactions wait for company up to the linger's time, enough rows go at
+/// once, and a closing channel flushes what is pending without waiting.
+#[tokio::test(start_paused = true)]
+async fn a_lingering_sink_gathers_small_transactions() {
+    let wait = Duration::from_millis(500);
+    let sink = Lingering::start(plain_linger(10, wait), Duration::ZERO, Arc::default());
+    for lsn in 1..=3 {
+        sink.send(lsn, 2).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(sink.seen().is_empty(), "applied before the linger ended");
+    tokio::time::sleep(wait).await;
+    assert_eq!(sink.seen(), [6]);
+    // Enough rows: no waiting.
+    sink.send(4, 12).await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(sink.seen(), [6, 12]);
+    // The channel closes: what is pending goes at once.
+    sink.send(5, 1).await;
+    let applied = sink.applied.clone();
+    sink.finish().await;
+    assert_eq!(*applied.lock().unwrap(), [6, 12, 1]);
+}
+
+/// A lingering sink stops waiting once the source is quiet and enough rows are
+/// pending; while the source keeps sending, or with too few rows, it lingers on.
+#[tokio::test(start_paused = true)]
+async fn a_quiet_source_ends_the_linger_of_enough_rows() {
+    let linger = early_linger(100);
+    let reader: Arc<ReaderStats> = Arc::default();
+    let busy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let source = {
+        let (reader, busy) = (reader.clone(), busy.clone());
+        tokio::spawn(async move {
+            while busy.load(Relaxed) {
+                reader.bytes_received.fetch_add(1, Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let sink = Lingering::start(linger, Duration::ZERO, reader);
+    let start = tokio::time::Instant::now();
+    sink.send(1, 6).await;
+    tokio::time::sleep_until(start + Duration::from_millis(400)).await;
+    assert!(
+        sink.seen().is_empty(),
+        "applied early while the source was sending"
+    );
+    busy.store(false, Relaxed);
+    source.await.unwrap();
+    tokio::time::sleep_until(start + Duration::from_millis(400) + QUIET * 3).await;
+    assert_eq!(sink.seen(), [6], "still lingering with the source quiet");
+    // Too few rows for an early write: the whole linger.
+    two_rows_wait_the_whole_linger(&sink, 2, &[6]).await;
+    sink.finish().await;
+}
+
+/// After a whole group (a catch-up), a quiet source ends the linger of the rest however
+/// few rows it is; once a write was not a whole group, few rows linger again.
+#[tokio::test(start_paused = true)]
+async fn the_rest_of_a_catch_up_goes_once_the_source_is_quiet() {
+    let sink = Lingering::start(early_linger(10), Duration::ZERO, Arc::default());
+    let start = tokio::time::Instant::now();
+    sink.send(1, 12).await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    sink.send(2, 2).await;
+    tokio::time::sleep_until(start + QUIET * 3).await;
+    assert_eq!(sink.seen(), [12, 2], "the rest of the catch-up lingered");
+    // Not after a whole group: two rows wait the whole linger.
+    two_rows_wait_the_whole_linger(&sink, 3, &[12, 2]).await;
+    sink.finish().await;
+}
+
+/// Rows that arrive while a group is written linger from the write's start: they
+/// neither go alone right after it nor wait a whole linger after it.
+#[tokio::test(start_paused = true)]
+async fn rows_arriving_during_an_apply_linger_from_its_start() {
+    let linger = plain_linger(10, Duration::from_millis(500));
+    let sink = Lingering::start(linger, Duration::from_millis(200), Arc::default());
+    let start = tokio::time::Instant::now();
+    // Enough rows: written at once, done at 200 ms.
+    sink.send(1, 12).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Arrives during the write.
+    sink.send(2, 2).await;
+    tokio::time::sleep_until(start + Duration::from_millis(300)).await;
+    assert_eq!(
+        sink.seen(),
+        [12],
+        "the late rows went alone right after the write"
+    );
+    // Their linger ends 500 ms after the write started, their write 200 ms later.
+    tokio::time::sleep_until(start + Duration::from_millis(690)).await;
+    assert_eq!(sink.seen(), [12]);
+    tokio::time::sleep_until(start + Duration::from_millis(710)).await;
+    assert_eq!(sink.seen(), [12, 2]);
+    sink.finish().await;
+}
