@@ -14,7 +14,7 @@
 //! directories that have settled (no write for [`SETTLED`]) with two small files or more,
 //! so a quiet directory does not keep its last small files until its next write.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,6 +49,9 @@ pub struct ParquetSink {
     behind: Arc<dyn Fn() -> bool + Send + Sync>,
     /// When each open writer's directory was last written.
     written_at: HashMap<(String, String), Instant>,
+    /// Directories written since the last upkeep: the only ones an upkeep after an
+    /// apply looks at (the others' small files have not changed since).
+    written_since_upkeep: HashSet<(String, String)>,
     /// How long a directory goes unwritten before idle upkeep compacts it ([`SETTLED`]).
     settled: Duration,
 }
@@ -109,6 +112,7 @@ impl ParquetSink {
             compaction_stats: Arc::default(),
             behind: Arc::new(|| false),
             written_at: HashMap::new(),
+            written_since_upkeep: HashSet::new(),
             settled: SETTLED,
         }
     }
@@ -328,15 +332,20 @@ impl Sink for ParquetSink {
         self.after_write(&result);
         if result.is_ok() {
             let now = Instant::now();
-            self.written_at.extend(keys.into_iter().map(|k| (k, now)));
+            for key in keys {
+                self.written_at.insert(key.clone(), now);
+                self.written_since_upkeep.insert(key);
+            }
         }
         result
     }
 
-    /// Compacts the directories that ask for it: after an apply, those listing
-    /// `compact_min_files` small files ([`BUSY_COMPACTION_FACTOR`] times as many while
-    /// the job is behind); when idle, the settled ones listing two or more.
+    /// Compacts the directories that ask for it: after an apply, those written since the
+    /// last upkeep that list `compact_min_files` small files ([`BUSY_COMPACTION_FACTOR`]
+    /// times as many while the job is behind); when idle, the settled ones listing two
+    /// or more.
     async fn upkeep(&mut self, idle: bool) {
+        let written = std::mem::take(&mut self.written_since_upkeep);
         if self.compaction.min_files == 0 {
             return;
         }
@@ -353,15 +362,19 @@ impl Sink for ParquetSink {
             ..self.compaction
         };
         let now = Instant::now();
-        let settled = |key: &(String, String)| {
-            self.written_at
-                .get(key)
-                .is_none_or(|at| now.duration_since(*at) >= self.settled)
+        let looked_at = |key: &(String, String)| {
+            if idle {
+                self.written_at
+                    .get(key)
+                    .is_none_or(|at| now.duration_since(*at) >= self.settled)
+            } else {
+                written.contains(key)
+            }
         };
         let due: Vec<&mut ColdTableWriter> = self
             .writers
             .iter_mut()
-            .filter(|(key, (_, w))| (!idle || settled(key)) && w.wants_compaction(&policy))
+            .filter(|(key, (_, w))| looked_at(key) && w.wants_compaction(&policy))
             .map(|(_, (_, w))| w)
             .collect();
         if due.is_empty() {
