@@ -311,6 +311,11 @@ fn cpu_seconds(ticks: f64) -> f64 {
 
 /// CPU seconds (user + system) a whole cluster has used so far: its postmaster, the
 /// children it reaped (walsenders and backends that ended) and those still running.
+///
+/// A child that has exited but is not yet reaped (a zombie) reads zero CPU in
+/// `/proc/<pid>/stat` and is not yet in the postmaster's `cutime`: its whole CPU would
+/// vanish from this reading (the walsender of a replication client that just ended).
+/// So the scan is repeated, for up to 2 s, until no child of the postmaster is a zombie.
 fn cluster_cpu_seconds(cluster: &PgCluster, ticks: f64) -> f64 {
     let pid_file = cluster.root().join("data").join("postmaster.pid");
     let Some(postmaster) = std::fs::read_to_string(pid_file)
@@ -319,21 +324,32 @@ fn cluster_cpu_seconds(cluster: &PgCluster, ticks: f64) -> f64 {
     else {
         return 0.0;
     };
-    // Fields after the command name: state is index 0, ppid 1, utime 11, stime 12,
-    // cutime 13, cstime 14.
-    let fields = |pid: &str| -> Option<Vec<f64>> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let after = stat.rsplit_once(')')?.1;
-        Some(
-            after
-                .split_whitespace()
-                .map(|f| f.parse::<f64>().unwrap_or(0.0))
-                .collect(),
-        )
+    let mut scan = cluster_cpu_scan(postmaster);
+    for _ in 0..400 {
+        if !scan.zombie_child {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        scan = cluster_cpu_scan(postmaster);
+    }
+    scan.ticks / ticks
+}
+
+/// One pass over `/proc` for [`cluster_cpu_seconds`].
+struct ClusterCpuScan {
+    /// Clock ticks of the postmaster (with its reaped children) and its live children.
+    ticks: f64,
+    /// A child of the postmaster had exited without being reaped.
+    zombie_child: bool,
+}
+
+fn cluster_cpu_scan(postmaster: u32) -> ClusterCpuScan {
+    let mut scan = ClusterCpuScan {
+        ticks: 0.0,
+        zombie_child: false,
     };
-    let mut total = 0.0;
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0.0;
+        return scan;
     };
     for entry in dir.flatten() {
         let name = entry.file_name();
@@ -343,17 +359,27 @@ fn cluster_cpu_seconds(cluster: &PgCluster, ticks: f64) -> f64 {
         else {
             continue;
         };
-        let Some(f) = fields(pid) else { continue };
-        if f.len() < 15 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command name: state is index 0, ppid 1, utime 11, stime 12,
+        // cutime 13, cstime 14.
+        let Some((_, after)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        if fields.len() < 15 {
             continue;
         }
+        let f = |i: usize| fields[i].parse::<f64>().unwrap_or(0.0);
         if pid == postmaster.to_string() {
-            total += f[11] + f[12] + f[13] + f[14];
-        } else if f[1] as u32 == postmaster {
-            total += f[11] + f[12];
+            scan.ticks += f(11) + f(12) + f(13) + f(14);
+        } else if fields[1].parse::<u32>().ok() == Some(postmaster) {
+            scan.ticks += f(11) + f(12);
+            scan.zombie_child |= fields[0] == "Z";
         }
     }
-    total / ticks
+    scan
 }
 
 /// CPU seconds of the source and target clusters so far.
@@ -666,6 +692,22 @@ async fn count(client: &tokio_postgres::Client, sql: &str) -> anyhow::Result<i64
     Ok(client.query_one(sql, &[]).await?.get(0))
 }
 
+/// Waits (up to 5 s) until no walsender holds `slot`.
+async fn wait_slot_released(source: &tokio_postgres::Client, slot: &str) {
+    for _ in 0..500 {
+        let active = source
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&slot],
+            )
+            .await;
+        if matches!(active, Ok(None)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn drop_slot(source: &tokio_postgres::Client, slot: &str) {
     for _ in 0..100 {
         let r = source
@@ -879,6 +921,8 @@ async fn parent_main() -> anyhow::Result<()> {
         .status()
         .await?;
     let secs_e = t.elapsed().as_secs_f64();
+    // Its walsender ends after the client: count its CPU once it has.
+    wait_slot_released(&src, "recv_e").await;
     let servers_e = servers_since(cpu_at);
     if !status.success() {
         bail!("pg_recvlogical failed: {status}");
