@@ -201,11 +201,12 @@ async fn child_main() -> anyhow::Result<()> {
             .sum();
         apply_s.set(apply_s.get() + took);
         format!(
-            "cpu_s={:.3} hwm_kb={} rows={} apply_s={:.3}",
+            "cpu_s={:.3} hwm_kb={} rows={} apply_s={:.3} switches={}",
             cpu_seconds(ticks),
             vm_hwm_kb(),
             stats.rows_applied(),
-            apply_s.get()
+            apply_s.get(),
+            context_switches()
         )
     };
     let mut announced = false;
@@ -390,6 +391,28 @@ fn clusters_cpu(source: &PgCluster, target: &PgCluster, ticks: f64) -> (f64, f64
     )
 }
 
+/// Context switches (voluntary and not) of this process's live threads so far, from
+/// `/proc/self/task/*/status`.
+fn context_switches() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter_map(|l| {
+                    l.strip_prefix("voluntary_ctxt_switches:")
+                        .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+                })
+                .filter_map(|v| v.trim().parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
 fn vm_hwm_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -416,6 +439,9 @@ struct Figures {
     rows: u64,
     /// Seconds the sinks spent applying (their busy time).
     apply_s: f64,
+    /// Context switches of the process's threads so far (each time one slept or was
+    /// preempted): its thread wake-ups.
+    switches: u64,
 }
 
 impl JobChild {
@@ -521,6 +547,7 @@ fn parse_figures(text: &str) -> Figures {
             Some(("hwm_kb", v)) => f.hwm_kb = v.parse().unwrap_or(0),
             Some(("rows", v)) => f.rows = v.parse().unwrap_or(0),
             Some(("apply_s", v)) => f.apply_s = v.parse().unwrap_or(0.0),
+            Some(("switches", v)) => f.switches = v.parse().unwrap_or(0),
             _ => {}
         }
     }

@@ -85,10 +85,20 @@ pub(crate) struct LagRun {
     cpu_per_m: Option<f64>,
     /// Rows per transaction on the target (distinct `xmin`s of the run's rows).
     rows_per_target_txn: f64,
-    /// Ours: each data-path stage's `P50/P99/max` ms, by `LatencyStage::ALL`.
-    stages: Option<Vec<String>>,
+    /// Ours: where the lag goes and what a transaction costs the process.
+    stages: Option<OurStages>,
     /// Each round's P99, in round order.
     round_p99: Vec<f64>,
+}
+
+/// Our process's view of a rate's rounds.
+#[derive(Debug, Clone)]
+pub(crate) struct OurStages {
+    /// Each data-path stage's `P50/P99/max` ms, by `LatencyStage::ALL`.
+    percentiles: Vec<String>,
+    /// Context switches of the process's threads per source transaction: each hand-over
+    /// between threads that finds the next one asleep costs one.
+    switches_per_txn: f64,
 }
 
 /// What one round of one replicator wrote and measured.
@@ -153,7 +163,8 @@ pub(crate) async fn run(
     for (i, &load) in loads.iter().enumerate() {
         // The child's stage samples since this call are this load's.
         child.latency().await?;
-        let (mut rounds_a, mut rounds_b, mut cpu_s) = (Vec::new(), Vec::new(), 0.0);
+        let (mut rounds_a, mut rounds_b) = (Vec::new(), Vec::new());
+        let (mut cpu_s, mut switches) = (0.0, 0);
         for round in 0..rounds {
             let base = round_base(i, round);
             for turn in 0..2 {
@@ -181,7 +192,9 @@ pub(crate) async fn run(
                         Some(&mut child),
                     )
                     .await?;
-                    cpu_s += child.stats().await?.cpu_s - before.cpu_s;
+                    let after = child.stats().await?;
+                    cpu_s += after.cpu_s - before.cpu_s;
+                    switches += after.switches.saturating_sub(before.switches);
                     rounds_b.push(r);
                 }
             }
@@ -191,7 +204,7 @@ pub(crate) async fn run(
             "stages of {OURS} at {} rows/s, P50/P99/max ms: {text}",
             rate_label(load.rate)
         );
-        let stages = LatencyStage::ALL
+        let percentiles = LatencyStage::ALL
             .iter()
             .map(|s| {
                 text.split_whitespace()
@@ -203,6 +216,15 @@ pub(crate) async fn run(
         subscription.push(pooled(SUBSCRIPTION, load.rate, &tgt_a, &rounds_a, None, None).await?);
         let rows_b: i64 = rounds_b.iter().map(|r| r.rows).sum();
         let cpu_per_m = Some(cpu_s / (rows_b as f64 / 1e6));
+        let stages = OurStages {
+            percentiles,
+            switches_per_txn: switches as f64 / (rows_b as f64 / LAG_ROWS_PER_TXN as f64).max(1.0),
+        };
+        println!(
+            "{OURS} at {} rows/s: {:.1} context switches of our threads per source transaction",
+            rate_label(load.rate),
+            stages.switches_per_txn
+        );
         ours.push(pooled(OURS, load.rate, &tgt_b, &rounds_b, cpu_per_m, Some(stages)).await?);
     }
     tgt_a.batch_execute("DROP SUBSCRIPTION lag_a").await?;
@@ -412,7 +434,7 @@ async fn pooled(
     target: &tokio_postgres::Client,
     rounds: &[Round],
     cpu_per_m: Option<f64>,
-    stages: Option<Vec<String>>,
+    stages: Option<OurStages>,
 ) -> anyhow::Result<LagRun> {
     let ranges: Vec<String> = rounds
         .iter()
@@ -532,16 +554,23 @@ pub(crate) fn write_tables(
     writeln!(
         out,
         "\nWhere our lag goes, per source transaction (P50 / P99 / max ms; `helios_transaction_stage_seconds`): \
-         source commit → our reader has the commit; reader → the sink task takes it; reader → durable on the target.\n"
+         source commit → our reader has the commit; reader → the sink task takes it; reader → durable on the target; \
+         context switches of our threads per source transaction (its thread hand-overs).\n"
     )?;
     writeln!(
         out,
-        "| target rows/s | source → reader | reader → sink | reader → durable |"
+        "| target rows/s | source → reader | reader → sink | reader → durable | our switches / source txn |"
     )?;
-    writeln!(out, "|---:|---|---|---|")?;
+    writeln!(out, "|---:|---|---|---|---:|")?;
     for r in lag {
         if let Some(stages) = &r.stages {
-            writeln!(out, "| {} | {} |", rate_label(r.rate), stages.join(" | "))?;
+            writeln!(
+                out,
+                "| {} | {} | {:.1} |",
+                rate_label(r.rate),
+                stages.percentiles.join(" | "),
+                stages.switches_per_txn
+            )?;
         }
     }
     Ok(())
