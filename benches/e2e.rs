@@ -49,7 +49,8 @@
 //! per-second rows, target transactions and P50/P99/max, to tell stalls from a steady tail.
 //! For ours, a second table splits the lag by stage of the data path per source
 //! transaction (`sinks::latency`: source commit → reader, reader → sink task, reader →
-//! durable), from the job's own stage samples.
+//! durable), from the job's own stage samples, beside the context switches of our
+//! threads per source transaction (its thread hand-overs).
 //!
 //! Memory: peak RSS of ours during the catch-up runs and while replicating one transaction
 //! of `HELIOS_BENCH_BIG_TXN_ROWS` rows (default 10,000,000) into the target, and one of
