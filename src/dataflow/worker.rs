@@ -261,7 +261,8 @@ impl WorkerJob {
                     let sink = ParquetSink::new(&job.job, root.clone(), index as u32)
                         .with_compaction(*compaction)
                         .with_behind(behind_source(job.reader.clone()))
-                        .with_compaction_stats(target.stats.compaction.clone());
+                        .with_compaction_stats(target.stats.compaction.clone())
+                        .with_owner(job.plan.clone());
                     runtime.spawn(run_sink(sink, rx, stats, reader, pacing, on_durable));
                 }
             }

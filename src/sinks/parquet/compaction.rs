@@ -41,9 +41,11 @@ use super::{
     HashingWriter,
 };
 use crate::change::Lsn;
-use crate::sinks::parquet::layout::{file_name, parse_relative_path, temp_path, TEMP_DIR};
+use crate::sinks::parquet::layout::{
+    file_name, parse_relative_path, table_dir, temp_path, TEMP_DIR,
+};
 use crate::sinks::parquet::manifest::{sync_dir, verify_open_file, FileEntry};
-use crate::sinks::parquet::ParquetError;
+use crate::sinks::parquet::{list_tables, ColdColumn, Manifest, ParquetError};
 
 /// When a table directory is compacted and how large its merged files get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +117,57 @@ impl Compacted {
         self.bytes_in += other.bytes_in;
         self.bytes_out += other.bytes_out;
     }
+}
+
+/// A table directory found on disk that [`quiet_directories`] found worth compacting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuietDirectory {
+    /// Its tenant (unescaped).
+    pub tenant: String,
+    /// Its table, `schema.table` (unescaped).
+    pub table: String,
+    /// The manifest's latest column list, to open its writer with.
+    pub columns: Vec<ColdColumn>,
+}
+
+/// The table directories under `root` for which `owns(tenant, table)` holds and whose
+/// manifest lists at least `min_files` files of fewer than `small_rows` rows: what a sink
+/// that (re)started looks for, so directories nobody writes any more are still compacted.
+/// A directory without a readable manifest is logged and left to the writer's recovery.
+pub fn quiet_directories(
+    root: &std::path::Path,
+    owns: &dyn Fn(&str, &str) -> bool,
+    small_rows: u64,
+    min_files: usize,
+) -> Result<Vec<QuietDirectory>, ParquetError> {
+    let mut found = Vec::new();
+    for (tenant, table) in list_tables(root)? {
+        if !owns(&tenant, &table) {
+            continue;
+        }
+        let dir = table_dir(root, &tenant, &table);
+        let manifest = match Manifest::load(&dir) {
+            Ok(Some(m)) => m,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(table_dir = %dir.display(), error = %e, "cold-tier directory skipped by the idle compaction");
+                continue;
+            }
+        };
+        let small = manifest
+            .files
+            .iter()
+            .filter(|f| f.rows < small_rows)
+            .count();
+        if small >= min_files {
+            found.push(QuietDirectory {
+                tenant,
+                table,
+                columns: manifest.columns,
+            });
+        }
+    }
+    Ok(found)
 }
 
 impl ColdTableWriter {

@@ -12,7 +12,9 @@
 //! has reported the apply durable, so it never holds back an acknowledgement: after each
 //! apply for the directories that list enough small files, and while the task is idle for
 //! directories that have settled (no write for [`SETTLED`]) with two small files or more,
-//! so a quiet directory does not keep its last small files until its next write.
+//! so a quiet directory does not keep its last small files until its next write. The
+//! first idle upkeep after a start also opens this worker's directories that an earlier
+//! run left on disk with small files ([`ParquetSink::with_owner`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -20,9 +22,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::change::{Cell, HistoryEvent, Lsn, Row, TableInfo, Text};
+use crate::operators::partition::TenantPlan;
 use crate::sinks::large::PartSource;
 use crate::sinks::parquet::large_txn::{LargeLimits, LargeWrite, LargeWriteError, LARGE_LIMITS};
-use crate::sinks::parquet::writer::{CompactionPolicy, CompactionStats, COMPACTION};
+use crate::sinks::parquet::writer::{
+    quiet_directories, CompactionPolicy, CompactionStats, COMPACTION,
+};
 use crate::sinks::parquet::{
     ChangeOp, ColdColumn, ColdEvent, ColdRow, ColdTableWriter, ParquetError,
 };
@@ -54,6 +59,12 @@ pub struct ParquetSink {
     written_since_upkeep: HashSet<(String, String)>,
     /// How long a directory goes unwritten before idle upkeep compacts it ([`SETTLED`]).
     settled: Duration,
+    /// The job's tenants and tables and how they are spread over workers: which
+    /// directories on disk are this worker's ([`ParquetSink::with_owner`]).
+    owner: Option<Arc<TenantPlan>>,
+    /// Whether idle upkeep has looked on disk for this worker's directories that no
+    /// writer has opened since the sink started.
+    looked_on_disk: bool,
 }
 
 /// A table directory unwritten this long has settled: idle upkeep merges its small files
@@ -114,7 +125,18 @@ impl ParquetSink {
             written_at: HashMap::new(),
             written_since_upkeep: HashSet::new(),
             settled: SETTLED,
+            owner: None,
+            looked_on_disk: false,
         }
+    }
+
+    /// The same sink owning, under `plan`, the directories of the job's tenants this
+    /// worker serves and the job's tables: its first idle upkeep also compacts those
+    /// already on disk (left by an earlier run) that no write has opened since. Without
+    /// it (the default) idle upkeep sees only directories written since the start.
+    pub fn with_owner(mut self, plan: Arc<TenantPlan>) -> ParquetSink {
+        self.owner = Some(plan);
+        self
     }
 
     /// The same sink cutting large transactions into files by `limits` (default
@@ -303,6 +325,47 @@ impl ParquetSink {
     }
 }
 
+impl ParquetSink {
+    /// Opens a writer for each of this worker's directories on disk that lists at least
+    /// [`SETTLED_MIN_FILES`] small files and has none open yet. Unwritten since the sink
+    /// started, they count as settled, so the idle upkeep calling this compacts them.
+    fn open_quiet_directories(&mut self, policy: &CompactionPolicy) {
+        let Some(plan) = &self.owner else {
+            return;
+        };
+        let worker = self.worker;
+        let owns = |tenant: &str, table: &str| {
+            plan.includes(tenant)
+                && plan.worker_of(tenant) == worker
+                && plan.tenant_columns.contains_key(table)
+        };
+        let root = &self.root;
+        let found = match blocking(|| {
+            quiet_directories(root, &owns, policy.small_rows, SETTLED_MIN_FILES)
+        }) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(job = %self.job, worker, error = %e, "cannot list the cold tier for idle compaction");
+                return;
+            }
+        };
+        for dir in found {
+            let key = (dir.tenant, dir.table);
+            if self.writers.contains_key(&key) {
+                continue;
+            }
+            match blocking(|| ColdTableWriter::open(root, &key.0, &key.1, &dir.columns)) {
+                Ok(writer) => {
+                    self.writers.insert(key, (dir.columns, writer));
+                }
+                Err(e) => {
+                    tracing::warn!(job = %self.job, worker, tenant = %key.0, table = %key.1, error = %e, "cannot open a cold-tier directory for idle compaction")
+                }
+            }
+        }
+    }
+}
+
 impl Sink for ParquetSink {
     fn kind(&self) -> &'static str {
         "parquet"
@@ -361,6 +424,10 @@ impl Sink for ParquetSink {
             min_files,
             ..self.compaction
         };
+        if idle && !self.looked_on_disk {
+            self.looked_on_disk = true;
+            self.open_quiet_directories(&policy);
+        }
         let now = Instant::now();
         let looked_at = |key: &(String, String)| {
             if idle {
@@ -604,18 +671,32 @@ mod tests {
 
     /// A batch at `lsn` opening `n` rows of tenant 1.
     fn tenant_one_batch(shape: &Arc<TableInfo>, lsn: u64, n: u32) -> ApplyBatch {
+        tenant_batch(shape, 1, lsn, n)
+    }
+
+    /// A batch at `lsn` opening `n` rows of `tenant`.
+    fn tenant_batch(shape: &Arc<TableInfo>, tenant: u32, lsn: u64, n: u32) -> ApplyBatch {
         ApplyBatch {
             commit_lsn: lsn,
             changes: Vec::new(),
             history: (0..n)
-                .map(|i| open_event(shape, 1, lsn as u32 * 10 + i, lsn))
+                .map(|i| open_event(shape, tenant, lsn as u32 * 10 + i, lsn))
                 .collect(),
         }
     }
 
     /// The files tenant 1's table directory lists.
     fn tenant_one_files(root: &std::path::Path) -> Vec<crate::sinks::parquet::FileEntry> {
-        Manifest::load(&super::super::table_dir(root, "1", "app.t"))
+        directory_files(root, "1", "app.t")
+    }
+
+    /// The files the manifest of (`tenant`, `table`) lists.
+    fn directory_files(
+        root: &std::path::Path,
+        tenant: &str,
+        table: &str,
+    ) -> Vec<crate::sinks::parquet::FileEntry> {
+        Manifest::load(&super::super::table_dir(root, tenant, table))
             .unwrap()
             .unwrap()
             .files
@@ -767,6 +848,108 @@ mod tests {
         }
         sink.upkeep(true).await;
         assert_eq!(tenant_one_files(off.path()).len(), 3, "compaction off");
+    }
+
+    /// After a restart, the first idle upkeep also compacts the worker's directories left
+    /// on disk that nothing has written since (before, they waited for their next write):
+    /// only those of the job's tables, of tenants this worker serves, listing two small
+    /// files or more; a sink without an owner leaves the disk alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn idle_upkeep_after_a_restart_compacts_what_an_earlier_run_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let column = |name: &str| (name.to_string(), "tenant_id".to_string());
+        let plan = Arc::new(TenantPlan {
+            include: crate::control::job_spec::TenantFilter::All,
+            tenant_columns: [column("app.t")].into_iter().collect(),
+            peers: 2,
+        });
+        let mine = plan.worker_of("1");
+        let theirs = (2..100u32)
+            .find(|t| plan.worker_of(&t.to_string()) != mine)
+            .unwrap();
+        let t = Arc::new(table(
+            "t",
+            &[("tenant_id", "integer"), ("id", "integer")],
+            &[0, 1],
+        ));
+        let other_table = Arc::new(table(
+            "u",
+            &[("tenant_id", "integer"), ("id", "integer")],
+            &[0, 1],
+        ));
+        // The earlier run: three small files in each directory, one in tenant 7's.
+        let mut earlier = ParquetSink::new("j", root.clone(), mine)
+            .with_compaction(small_policy(16))
+            .with_owner(plan.clone());
+        earlier.reconnect().await.unwrap();
+        let lone = (2..100u32)
+            .find(|t| *t != theirs && plan.worker_of(&t.to_string()) == mine)
+            .unwrap();
+        for lsn in 1..=3u64 {
+            earlier
+                .apply(&[
+                    tenant_batch(&t, 1, lsn, 2),
+                    tenant_batch(&t, theirs, lsn, 2),
+                    tenant_batch(&other_table, 1, lsn, 2),
+                ])
+                .await
+                .unwrap();
+        }
+        earlier
+            .apply(&[tenant_batch(&t, lone, 4, 2)])
+            .await
+            .unwrap();
+        drop(earlier);
+        let counts = || {
+            (
+                directory_files(&root, "1", "app.t").len(),
+                directory_files(&root, &theirs.to_string(), "app.t").len(),
+                directory_files(&root, "1", "app.u").len(),
+                directory_files(&root, &lone.to_string(), "app.t").len(),
+            )
+        };
+        assert_eq!(counts(), (3, 3, 3, 1));
+
+        let mut no_owner = ParquetSink::new("j", root.clone(), mine)
+            .with_compaction(small_policy(16))
+            .with_settled(Duration::ZERO);
+        no_owner.upkeep(true).await;
+        assert_eq!(
+            counts(),
+            (3, 3, 3, 1),
+            "no owner: nothing on disk is looked at"
+        );
+
+        let stats = Arc::new(CompactionStats::default());
+        let mut restarted = ParquetSink::new("j", root.clone(), mine)
+            .with_compaction(small_policy(16))
+            .with_compaction_stats(stats.clone())
+            .with_owner(plan.clone());
+        restarted.upkeep(false).await;
+        assert_eq!(
+            counts(),
+            (3, 3, 3, 1),
+            "an upkeep after an apply does not look"
+        );
+        restarted.upkeep(true).await;
+        assert_eq!(
+            counts(),
+            (1, 3, 3, 1),
+            "ours merged; another worker's tenant, a table not in the job and a lone file not"
+        );
+        let (_, rows) = read_table(&root, "1", "app.t").unwrap();
+        assert_eq!(rows.len(), 6, "every row once");
+        assert_eq!(
+            stats
+                .files_merged
+                .load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
+        // The adopted writer goes on as usual: a new write lands beside the merged file.
+        restarted.apply(&[tenant_batch(&t, 1, 5, 2)]).await.unwrap();
+        assert_eq!(counts().0, 2);
+        assert_eq!(read_table(&root, "1", "app.t").unwrap().1.len(), 8);
     }
 
     /// One apply spanning more table directories than are written at once: every tenant

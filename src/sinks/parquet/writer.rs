@@ -61,7 +61,9 @@ pub fn crash_point(name: &str) {
 
 #[path = "compaction.rs"]
 mod compaction;
-pub use compaction::{Compacted, CompactionPolicy, CompactionStats, COMPACTION};
+pub use compaction::{
+    quiet_directories, Compacted, CompactionPolicy, CompactionStats, QuietDirectory, COMPACTION,
+};
 
 /// A write's rows by the UTC date of `system_from`, each with its index in the write.
 type DateGroups<'r> = BTreeMap<NaiveDate, Vec<(usize, &'r ColdRow)>>;
