@@ -323,9 +323,7 @@ impl ParquetSink {
         self.after_write(&result);
         result
     }
-}
 
-impl ParquetSink {
     /// Opens a writer for each of this worker's directories on disk that lists at least
     /// [`SETTLED_MIN_FILES`] small files and has none open yet. Unwritten since the sink
     /// started, they count as settled, so the idle upkeep calling this compacts them.
@@ -878,7 +876,7 @@ mod tests {
             &[("tenant_id", "integer"), ("id", "integer")],
             &[0, 1],
         ));
-        // The earlier run: three small files in each directory, one in tenant 7's.
+        // The earlier run: three small files in each directory, one in `lone`'s.
         let mut earlier = ParquetSink::new("j", root.clone(), mine)
             .with_compaction(small_policy(16))
             .with_owner(plan.clone());
