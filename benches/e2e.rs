@@ -447,6 +447,11 @@ struct Figures {
 
 impl JobChild {
     async fn spawn(spec: &str) -> anyhow::Result<JobChild> {
+        JobChild::spawn_with_env(spec, &[]).await
+    }
+
+    /// [`JobChild::spawn`] with `env` set for the child besides.
+    async fn spawn_with_env(spec: &str, env: &[(&str, String)]) -> anyhow::Result<JobChild> {
         // HELIOS_BENCH_PERF=DIR records each child with `perf record -g` into DIR.
         let mut command = match std::env::var_os("HELIOS_BENCH_PERF") {
             Some(dir) => {
@@ -470,6 +475,7 @@ impl JobChild {
             }
             None => tokio::process::Command::new(std::env::current_exe()?),
         };
+        command.envs(env.iter().map(|(k, v)| (k, v)));
         let mut child = command
             .env("HELIOS_BENCH_CHILD", "job")
             .env("HELIOS_BENCH_SPEC", spec)

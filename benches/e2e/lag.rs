@@ -126,9 +126,7 @@ pub(crate) async fn run(
     secs: u64,
     rounds: u64,
 ) -> anyhow::Result<Vec<LagRun>> {
-    for db in ["lag_a", "lag_b"] {
-        source.psql(db, LAG_TABLE)?;
-    }
+    source.psql("lag_a", LAG_TABLE)?;
     source.psql("lag_a", "CREATE PUBLICATION lag_pub FOR TABLE bench.l")?;
     target.psql("lag_a", LAG_TABLE)?;
     target.psql("lag_a", LAG_TRIGGER)?;
@@ -144,64 +142,138 @@ pub(crate) async fn run(
     write_lag_probe(&source.dsn("lag_a")).await?;
     wait_count(&tgt_a, 1, Duration::from_secs(60)).await?;
 
-    let spec = job_spec(
-        "lag_b",
-        &source.dsn("lag_b"),
-        "bench.l",
-        "\"all\"",
-        &target.dsn("lag_b"),
-    );
-    let mut child = JobChild::spawn(&spec).await?;
-    child.expect("streaming", Duration::from_secs(120)).await?;
-    target.psql("lag_b", LAG_TRIGGER)?;
-    let tgt_b = connect(&target.dsn("lag_b")).await?;
-    write_lag_probe(&source.dsn("lag_b")).await?;
-    wait_count(&tgt_b, 1, Duration::from_secs(60)).await?;
+    let mut ours = vec![Ours::start(source, target, OURS, "lag_b", None).await?];
+    // HELIOS_BENCH_LAG_VARIANT_ASYNC_THREADS=N: a second of ours, with N async threads,
+    // takes its turn in every round beside (a) and (b).
+    if let Some(n) = super::env_count("HELIOS_BENCH_LAG_VARIANT_ASYNC_THREADS") {
+        let who: &'static str =
+            Box::leak(format!("(b') ours PG→PG, {n} async threads").into_boxed_str());
+        ours.push(Ours::start(source, target, who, "lag_c", Some(n)).await?);
+    }
 
     let round_secs = secs as f64 / rounds as f64;
-    let (mut subscription, mut ours) = (Vec::new(), Vec::new());
+    let turns = 1 + ours.len() as u64;
+    let (mut subscription, mut results) = (Vec::new(), Vec::new());
     for (i, &load) in loads.iter().enumerate() {
-        // The child's stage samples since this call are this load's.
-        child.latency().await?;
-        let (mut rounds_a, mut rounds_b) = (Vec::new(), Vec::new());
-        let (mut cpu_s, mut switches) = (0.0, 0);
+        // Each child's stage samples since this call are this load's.
+        for o in &mut ours {
+            o.child.latency().await?;
+            o.rounds.clear();
+            (o.cpu_s, o.switches) = (0.0, 0);
+        }
+        let mut rounds_a = Vec::new();
         for round in 0..rounds {
             let base = round_base(i, round);
-            for turn in 0..2 {
-                if (round + turn) % 2 == 0 {
-                    let r = lag_round(
-                        SUBSCRIPTION,
-                        &source.dsn("lag_a"),
-                        &tgt_a,
-                        load,
-                        round_secs,
-                        base,
-                        None,
-                    )
-                    .await?;
-                    rounds_a.push(r);
-                } else {
-                    let before = child.stats().await?;
-                    let r = lag_round(
-                        OURS,
-                        &source.dsn("lag_b"),
-                        &tgt_b,
-                        load,
-                        round_secs,
-                        base,
-                        Some(&mut child),
-                    )
-                    .await?;
-                    let after = child.stats().await?;
-                    cpu_s += after.cpu_s - before.cpu_s;
-                    switches += after.switches.saturating_sub(before.switches);
-                    rounds_b.push(r);
+            // Turn `k` of round `r` goes to replicator `(r + k) % turns`, (a) being 0.
+            for turn in 0..turns {
+                match ((round + turn) % turns) as usize {
+                    0 => {
+                        let r = lag_round(
+                            SUBSCRIPTION,
+                            &source.dsn("lag_a"),
+                            &tgt_a,
+                            load,
+                            round_secs,
+                            base,
+                            None,
+                        )
+                        .await?;
+                        rounds_a.push(r);
+                    }
+                    k => ours[k - 1].round(source, load, round_secs, base).await?,
                 }
             }
         }
-        let text = child.latency().await?;
+        subscription.push(pooled(SUBSCRIPTION, load.rate, &tgt_a, &rounds_a, None, None).await?);
+        for o in &mut ours {
+            results.push(o.pooled(load).await?);
+        }
+    }
+    tgt_a.batch_execute("DROP SUBSCRIPTION lag_a").await?;
+    for o in ours {
+        o.child.stop().await?;
+    }
+    subscription.extend(results);
+    Ok(subscription)
+}
+
+/// One of our replicators in the lag part: its child process, its own database on both
+/// clusters, and what its rounds at the current load measured.
+struct Ours {
+    who: &'static str,
+    db: &'static str,
+    child: JobChild,
+    target: tokio_postgres::Client,
+    rounds: Vec<Round>,
+    cpu_s: f64,
+    switches: u64,
+}
+
+impl Ours {
+    /// Starts a job replicating `db`'s lag table, with `async_threads` runtime threads
+    /// (the default when `None`), and waits until a row goes through.
+    async fn start(
+        source: &PgCluster,
+        target: &PgCluster,
+        who: &'static str,
+        db: &'static str,
+        async_threads: Option<usize>,
+    ) -> anyhow::Result<Ours> {
+        source.psql(db, LAG_TABLE)?;
+        let spec = job_spec(db, &source.dsn(db), "bench.l", "\"all\"", &target.dsn(db));
+        let env: Vec<(&str, String)> = async_threads
+            .map(|n| ("HELIOS_BENCH_ASYNC_THREADS", n.to_string()))
+            .into_iter()
+            .collect();
+        let mut child = JobChild::spawn_with_env(&spec, &env).await?;
+        child.expect("streaming", Duration::from_secs(120)).await?;
+        target.psql(db, LAG_TRIGGER)?;
+        let tgt = connect(&target.dsn(db)).await?;
+        write_lag_probe(&source.dsn(db)).await?;
+        wait_count(&tgt, 1, Duration::from_secs(60)).await?;
+        Ok(Ours {
+            who,
+            db,
+            child,
+            target: tgt,
+            rounds: Vec::new(),
+            cpu_s: 0.0,
+            switches: 0,
+        })
+    }
+
+    /// One round of `load`, with the child's CPU and context switches around it.
+    async fn round(
+        &mut self,
+        source: &PgCluster,
+        load: LagLoad,
+        secs: f64,
+        base: i64,
+    ) -> anyhow::Result<()> {
+        let before = self.child.stats().await?;
+        let r = lag_round(
+            self.who,
+            &source.dsn(self.db),
+            &self.target,
+            load,
+            secs,
+            base,
+            Some(&mut self.child),
+        )
+        .await?;
+        let after = self.child.stats().await?;
+        self.cpu_s += after.cpu_s - before.cpu_s;
+        self.switches += after.switches.saturating_sub(before.switches);
+        self.rounds.push(r);
+        Ok(())
+    }
+
+    /// The figures of this load's rounds, with the child's stage percentiles.
+    async fn pooled(&mut self, load: LagLoad) -> anyhow::Result<LagRun> {
+        let who = self.who;
+        let text = self.child.latency().await?;
         println!(
-            "stages of {OURS} at {} rows/s, P50/P99/max ms: {text}",
+            "stages of {who} at {} rows/s, P50/P99/max ms: {text}",
             rate_label(load.rate)
         );
         let percentiles = LatencyStage::ALL
@@ -213,24 +285,28 @@ pub(crate) async fn run(
                     .replace('/', " / ")
             })
             .collect();
-        subscription.push(pooled(SUBSCRIPTION, load.rate, &tgt_a, &rounds_a, None, None).await?);
-        let rows_b: i64 = rounds_b.iter().map(|r| r.rows).sum();
-        let cpu_per_m = Some(cpu_s / (rows_b as f64 / 1e6));
+        let rows: i64 = self.rounds.iter().map(|r| r.rows).sum();
+        let cpu_per_m = Some(self.cpu_s / (rows as f64 / 1e6));
         let stages = OurStages {
             percentiles,
-            switches_per_txn: switches as f64 / (rows_b as f64 / LAG_ROWS_PER_TXN as f64).max(1.0),
+            switches_per_txn: self.switches as f64
+                / (rows as f64 / LAG_ROWS_PER_TXN as f64).max(1.0),
         };
         println!(
-            "{OURS} at {} rows/s: {:.1} context switches of our threads per source transaction",
+            "{who} at {} rows/s: {:.1} context switches of our threads per source transaction",
             rate_label(load.rate),
             stages.switches_per_txn
         );
-        ours.push(pooled(OURS, load.rate, &tgt_b, &rounds_b, cpu_per_m, Some(stages)).await?);
+        pooled(
+            who,
+            load.rate,
+            &self.target,
+            &self.rounds,
+            cpu_per_m,
+            Some(stages),
+        )
+        .await
     }
-    tgt_a.batch_execute("DROP SUBSCRIPTION lag_a").await?;
-    child.stop().await?;
-    subscription.extend(ours);
-    Ok(subscription)
 }
 
 async fn write_lag_probe(dsn: &str) -> anyhow::Result<()> {
@@ -564,10 +640,13 @@ pub(crate) fn write_tables(
     writeln!(out, "|---:|---|---|---|---:|")?;
     for r in lag {
         if let Some(stages) = &r.stages {
+            let rate = match r.who {
+                OURS => rate_label(r.rate),
+                who => format!("{} {who}", rate_label(r.rate)),
+            };
             writeln!(
                 out,
-                "| {} | {} | {:.1} |",
-                rate_label(r.rate),
+                "| {rate} | {} | {:.1} |",
                 stages.percentiles.join(" | "),
                 stages.switches_per_txn
             )?;
