@@ -219,6 +219,8 @@ impl Ours {
         db: &'static str,
         async_threads: Option<usize>,
     ) -> anyhow::Result<Ours> {
+        source.create_database(db)?;
+        target.create_database(db)?;
         source.psql(db, LAG_TABLE)?;
         let spec = job_spec(db, &source.dsn(db), "bench.l", "\"all\"", &target.dsn(db));
         let env: Vec<(&str, String)> = async_threads
