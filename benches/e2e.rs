@@ -40,7 +40,9 @@
 //! from 16 connections (the fastest rate the source sustains on 2 cores, the issue's
 //! figure; `HELIOS_BENCH_LAG_TOP_RATE` changes it, 0 runs unpaced), for (a) and (b), which
 //! take turns in `HELIOS_BENCH_LAG_ROUNDS` rounds per rate (default 3; see `e2e/lag.rs`)
-//! so that both meet the machine's noise of the same minutes. The source row
+//! so that both meet the machine's noise of the same minutes
+//! (`HELIOS_BENCH_LAG_VARIANT_ASYNC_THREADS=N` adds a third, ours with N async threads,
+//! to the turns: an A/B of that setting in one run, though its walsender adds load). The source row
 //! carries `created_at default clock_timestamp()`; on the target a `BEFORE INSERT` trigger
 //! marked `ENABLE ALWAYS` sets `applied_at := clock_timestamp()`. Lag = the later of
 //! `applied_at` and the target's commit time (`pg_xact_commit_timestamp(xmin)`) minus

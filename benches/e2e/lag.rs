@@ -8,6 +8,11 @@
 //! meet a quiet spell and the other a loud one; taking turns spreads it over both. The
 //! idle replicator's walsender still reads the other's WAL (and skips it): the same small
 //! cost for both.
+//!
+//! `HELIOS_BENCH_LAG_VARIANT_ASYNC_THREADS=N` sets up a second of ours (`(b')`, N async
+//! runtime threads) that takes its turn in every round too, turns rotating by round: a
+//! comparison of the setting within one run. Its slot adds a third walsender decoding
+//! every row, so the machine is busier than in a plain run.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
