@@ -49,8 +49,13 @@ fn behind_source(
     })
 }
 
-/// Batches queued per sink task before the worker blocks (back-pressure).
-pub const SINK_QUEUE_BATCHES: usize = 64;
+/// Deliveries a sink task's channel holds; the rest wait in the delivery operator, and the
+/// job's backlog (`max_backlog_rows`) bounds both, so this bounds no memory. It bounds
+/// the groups of small transactions: a sink task forms a group from what it has taken
+/// off its channel, and at 64 a sink behind the source applied groups of ~640 rows of
+/// 10-row transactions however far behind it was (unpaced lag run, `HELIOS_BENCH_LAG_TOP_RATE=0`:
+/// 647 rows per target transaction); at 1024 they reach `batch_max_rows` (4,757).
+pub const SINK_QUEUE_BATCHES: usize = 1024;
 /// Rows of completed transactions a job may have waiting for its sinks before worker 0
 /// stops feeding it, unless the job's `qos.max_buffered_rows` says otherwise.
 pub const MAX_BACKLOG_ROWS: usize = 100_000;
