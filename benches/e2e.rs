@@ -403,7 +403,7 @@ fn context_switches() -> u64 {
     tasks
         .flatten()
         .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
-        .flat_map(|status| {
+        .map(|status| {
             status
                 .lines()
                 .filter_map(|l| {
@@ -411,7 +411,7 @@ fn context_switches() -> u64 {
                         .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
                 })
                 .filter_map(|v| v.trim().parse::<u64>().ok())
-                .collect::<Vec<_>>()
+                .sum::<u64>()
         })
         .sum()
 }

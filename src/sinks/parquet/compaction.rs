@@ -154,12 +154,7 @@ pub fn quiet_directories(
                 continue;
             }
         };
-        let small = manifest
-            .files
-            .iter()
-            .filter(|f| f.rows < small_rows)
-            .count();
-        if small >= min_files {
+        if manifest.small_files(small_rows) >= min_files {
             found.push(QuietDirectory {
                 tenant,
                 table,
@@ -181,11 +176,7 @@ impl ColdTableWriter {
 
     /// The small files the manifest lists.
     fn small_files(&self, policy: &CompactionPolicy) -> usize {
-        self.manifest
-            .files
-            .iter()
-            .filter(|f| f.rows < policy.small_rows)
-            .count()
+        self.manifest.small_files(policy.small_rows)
     }
 
     /// Merges every run of at least two consecutive small files (see the module doc),

@@ -66,6 +66,11 @@ impl Manifest {
         }
     }
 
+    /// How many of the listed files hold fewer than `small_rows` rows.
+    pub fn small_files(&self, small_rows: u64) -> usize {
+        self.files.iter().filter(|f| f.rows < small_rows).count()
+    }
+
     /// The manifest's path in a table directory.
     pub fn path(table_dir: &Path) -> PathBuf {
         table_dir.join(MANIFEST_FILE)

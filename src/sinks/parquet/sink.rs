@@ -658,6 +658,15 @@ mod tests {
         opened(&tenant.to_string(), id, table, row, lsn)
     }
 
+    /// Table `app.<name>` of `(tenant_id, id)`, both in the key.
+    fn keyed_table(name: &str) -> Arc<TableInfo> {
+        Arc::new(table(
+            name,
+            &[("tenant_id", "integer"), ("id", "integer")],
+            &[0, 1],
+        ))
+    }
+
     /// A policy under which files of fewer than 100 rows are small.
     fn small_policy(min_files: usize) -> CompactionPolicy {
         CompactionPolicy {
@@ -706,11 +715,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn small_files_are_compacted_as_the_sink_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let shape = Arc::new(table(
-            "t",
-            &[("tenant_id", "integer"), ("id", "integer")],
-            &[0, 1],
-        ));
+        let shape = keyed_table("t");
         let policy = small_policy(4);
         let stats = Arc::new(CompactionStats::default());
         let mut sink = ParquetSink::new("j", dir.path().to_path_buf(), 0)
@@ -759,11 +764,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn a_sink_that_is_behind_compacts_once_it_caught_up() {
         let dir = tempfile::tempdir().unwrap();
-        let shape = Arc::new(table(
-            "t",
-            &[("tenant_id", "integer"), ("id", "integer")],
-            &[0, 1],
-        ));
+        let shape = keyed_table("t");
         let policy = small_policy(2);
         use std::sync::atomic::{AtomicBool, Ordering};
         let behind = Arc::new(AtomicBool::new(true));
@@ -797,11 +798,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn idle_upkeep_compacts_a_settled_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let shape = Arc::new(table(
-            "t",
-            &[("tenant_id", "integer"), ("id", "integer")],
-            &[0, 1],
-        ));
+        let shape = keyed_table("t");
         let settled = Duration::from_millis(300);
         let stats = Arc::new(CompactionStats::default());
         let mut sink = ParquetSink::new("j", dir.path().to_path_buf(), 0)
@@ -866,16 +863,8 @@ mod tests {
         let theirs = (2..100u32)
             .find(|t| plan.worker_of(&t.to_string()) != mine)
             .unwrap();
-        let t = Arc::new(table(
-            "t",
-            &[("tenant_id", "integer"), ("id", "integer")],
-            &[0, 1],
-        ));
-        let other_table = Arc::new(table(
-            "u",
-            &[("tenant_id", "integer"), ("id", "integer")],
-            &[0, 1],
-        ));
+        let t = keyed_table("t");
+        let other_table = keyed_table("u");
         // The earlier run: three small files in each directory, one in `lone`'s.
         let mut earlier = ParquetSink::new("j", root.clone(), mine)
             .with_compaction(small_policy(16))
@@ -955,11 +944,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn an_apply_writes_every_tenant_once_and_a_replay_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let shape = Arc::new(table(
-            "t",
-            &[("tenant_id", "integer"), ("id", "integer")],
-            &[0, 1],
-        ));
+        let shape = keyed_table("t");
         let tenants = PARALLEL_TABLE_WRITES as u32 * 2 + 1;
         let batches: Vec<ApplyBatch> = (1..=3u64)
             .map(|lsn| ApplyBatch {
