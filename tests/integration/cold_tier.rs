@@ -66,9 +66,8 @@ fn read_with_pyarrow(root: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("pyarrow's json")
 }
 
-/// pyarrow sees exactly the files and rows the manifests list, with the stored types.
-fn assert_pyarrow_agrees(root: &Path, tenants: &[i32]) {
-    let seen = read_with_pyarrow(root);
+/// What the manifests of `tenants` list: files, rows, tombstones.
+fn manifest_counts(root: &Path, tenants: &[i32]) -> (usize, u64, usize) {
     let (mut files, mut rows, mut tombstones) = (0, 0, 0);
     for t in tenants {
         let manifest = Manifest::load(&table_dir(root, &t.to_string(), TABLE))
@@ -79,6 +78,29 @@ fn assert_pyarrow_agrees(root: &Path, tenants: &[i32]) {
         let (_, cold) = read_table(root, &t.to_string(), TABLE).expect("read");
         tombstones += cold.iter().filter(|r| r.tombstone).count();
     }
+    (files, rows, tombstones)
+}
+
+/// pyarrow sees exactly the files and rows the manifests list, with the stored types.
+/// A running server may compact a directory meanwhile (a reader walking the directories
+/// can see a merged file beside its inputs until they are removed), so the two are read
+/// again (for up to 30 s) while they disagree and a manifest changed around the read.
+fn assert_pyarrow_agrees(root: &Path, tenants: &[i32]) {
+    let agree = |seen: &serde_json::Value, (files, rows, tombstones): (usize, u64, usize)| {
+        seen["files"] == files && seen["rows"] == rows && seen["tombstones"] == tombstones
+    };
+    let started = std::time::Instant::now();
+    let (seen, listed) = loop {
+        let before = manifest_counts(root, tenants);
+        let seen = read_with_pyarrow(root);
+        let listed = manifest_counts(root, tenants);
+        let settled = before == listed;
+        if (settled && agree(&seen, listed)) || started.elapsed() > Duration::from_secs(30) {
+            break (seen, listed);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (files, rows, tombstones) = listed;
     assert_eq!(seen["files"], files, "{seen}");
     assert_eq!(seen["rows"], rows, "{seen}");
     assert_eq!(seen["tombstones"], tombstones, "{seen}");
