@@ -41,8 +41,8 @@
 //! figure; `HELIOS_BENCH_LAG_TOP_RATE` changes it, 0 runs unpaced), for (a) and (b), which
 //! take turns in `HELIOS_BENCH_LAG_ROUNDS` rounds per rate (default 3; see `e2e/lag.rs`)
 //! so that both meet the machine's noise of the same minutes
-//! (`HELIOS_BENCH_LAG_VARIANT_ASYNC_THREADS=N` adds a third, ours with N async threads,
-//! to the turns: an A/B of that setting in one run, though its walsender adds load). The source row
+//! (`HELIOS_BENCH_LAG_VARIANT=K=V[,K=V]` adds a third, ours run with that environment,
+//! to the turns: an A/B of a setting in one run, though its walsender adds load). The source row
 //! carries `created_at default clock_timestamp()`; on the target a `BEFORE INSERT` trigger
 //! marked `ENABLE ALWAYS` sets `applied_at := clock_timestamp()`. Lag = the later of
 //! `applied_at` and the target's commit time (`pg_xact_commit_timestamp(xmin)`) minus
@@ -81,7 +81,7 @@ use anyhow::{anyhow, bail, Context};
 use helios_repl::control::job_control::JobState;
 use helios_repl::control::job_runner::{self, Desired, JobStats};
 use helios_repl::control::job_spec::JobSpec;
-use helios_repl::dataflow::host::DataflowHost;
+use helios_repl::dataflow::host::{DataflowHost, WorkerPlacement};
 use helios_repl::embedded::pg_cluster::PgCluster;
 use helios_repl::sinks::latency::LatencyStage;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -175,15 +175,23 @@ async fn child_main() -> anyhow::Result<()> {
     let spec = JobSpec::from_toml_str(&std::env::var("HELIOS_BENCH_SPEC")?)?;
     let ticks = clock_ticks();
     let stats = Arc::new(JobStats::new(spec.sinks.len()));
+    // HELIOS_BENCH_WORKER_PLACEMENT=inline|inline-sinks|own-thread: `--worker-placement`.
+    let placement = match std::env::var("HELIOS_BENCH_WORKER_PLACEMENT").as_deref() {
+        Ok("own-thread") => WorkerPlacement::OwnThread,
+        Ok("inline") => WorkerPlacement::Inline,
+        Ok("inline-sinks") | Err(_) => WorkerPlacement::InlineSinks,
+        Ok(other) => bail!("HELIOS_BENCH_WORKER_PLACEMENT: unknown placement `{other}`"),
+    };
     let host = Arc::new(
-        DataflowHost::start(bench_workers(), tokio::runtime::Handle::current())
-            .map_err(anyhow::Error::msg)?,
+        DataflowHost::start_with(
+            bench_workers(),
+            tokio::runtime::Handle::current(),
+            placement,
+        )
+        .map_err(anyhow::Error::msg)?,
     );
     let (control_tx, control_rx) = tokio::sync::watch::channel(Desired::Run);
-    let mut job = {
-        let (host, stats) = (host.clone(), stats.clone());
-        tokio::spawn(async move { job_runner::run_job(spec, &host, stats, control_rx, None).await })
-    };
+    let mut job = job_runner::spawn_job(spec, host.clone(), stats.clone(), control_rx, None);
     let (line_tx, mut line_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     std::thread::spawn(move || {
         use std::io::BufRead;
@@ -453,7 +461,7 @@ impl JobChild {
     }
 
     /// [`JobChild::spawn`] with `env` set for the child besides.
-    async fn spawn_with_env(spec: &str, env: &[(&str, String)]) -> anyhow::Result<JobChild> {
+    async fn spawn_with_env(spec: &str, env: &[(String, String)]) -> anyhow::Result<JobChild> {
         // HELIOS_BENCH_PERF=DIR records each child with `perf record -g` into DIR.
         let mut command = match std::env::var_os("HELIOS_BENCH_PERF") {
             Some(dir) => {

@@ -14,7 +14,7 @@ use helios_repl::control::job_manager::JobManager;
 use helios_repl::control::job_runner::{self, Desired, JobStats};
 use helios_repl::control::job_spec::JobSpec;
 use helios_repl::control::metadata::MetadataStore;
-use helios_repl::dataflow::host::DataflowHost;
+use helios_repl::dataflow::host::{DataflowHost, WorkerPlacement};
 use helios_repl::embedded::demo::{self, DemoOptions, DemoOutcome};
 use helios_repl::metrics::MetricsRegistry;
 use tokio::sync::watch;
@@ -35,6 +35,14 @@ fn at_least_one(text: &str) -> Result<usize, String> {
     }
 }
 
+/// `--worker-placement` (see [`WorkerPlacement`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Placement {
+    Inline,
+    InlineSinks,
+    OwnThread,
+}
+
 #[derive(Parser)]
 #[command(
     name = "helios-repl",
@@ -47,6 +55,13 @@ struct Cli {
     #[arg(long, global = true, default_value_t = job_runner::default_async_threads(),
           value_parser = at_least_one)]
     async_threads: usize,
+    /// Where a single worker runs: `inline-sinks` on one thread with the sink tasks, the
+    /// stream readers on the async runtime; `inline` with the readers too (fewest thread
+    /// hand-overs per transaction, least CPU); `own-thread` on a thread of its own (the
+    /// dataflow's work beside the readers' and sinks'). Several workers always have
+    /// threads of their own.
+    #[arg(long, global = true, value_enum, default_value_t = Placement::InlineSinks)]
+    worker_placement: Placement,
     #[command(subcommand)]
     command: Command,
 }
@@ -246,6 +261,11 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let placement = match cli.worker_placement {
+        Placement::Inline => WorkerPlacement::Inline,
+        Placement::InlineSinks => WorkerPlacement::InlineSinks,
+        Placement::OwnThread => WorkerPlacement::OwnThread,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.async_threads)
         .enable_all()
@@ -297,12 +317,15 @@ fn main() -> anyhow::Result<()> {
                 tokio::spawn(stop_on_signal(move || {
                     let _ = stop_tx.send(Desired::Stop);
                 }));
-                let host = DataflowHost::start(workers, tokio::runtime::Handle::current())
-                    .map_err(anyhow::Error::msg)?;
+                let host = Arc::new(start_host(workers, placement)?);
                 let stats = Arc::new(JobStats::new(spec.sinks.len()));
                 let every = (progress_secs > 0).then(|| Duration::from_secs(progress_secs));
-                job_runner::run_job(spec, &host, stats, stop_rx, every).await?;
-                host.shutdown().map_err(anyhow::Error::msg)
+                job_runner::spawn_job(spec, host.clone(), stats, stop_rx, every)
+                    .await
+                    .context("the job's task")??;
+                // The last handle: stops the workers and waits for them.
+                drop(host);
+                anyhow::Ok(())
             })?;
             Ok(())
         }
@@ -318,7 +341,7 @@ fn main() -> anyhow::Result<()> {
             listen,
             meta_dsn,
             token,
-            workers,
+            (workers, placement),
             Duration::from_secs(retention_every_secs.max(1)),
             access_nats_url.map(|url| (url, access_subject)),
         )),
@@ -482,20 +505,23 @@ async fn stop_on_signal(stop: impl FnOnce()) {
     std::process::exit(130);
 }
 
+/// The dataflow host with `workers` workers, its sink tasks on the current runtime.
+fn start_host(workers: usize, placement: WorkerPlacement) -> anyhow::Result<DataflowHost> {
+    DataflowHost::start_with(workers, tokio::runtime::Handle::current(), placement)
+        .map_err(anyhow::Error::msg)
+}
+
 /// `helios-repl serve`: the API, the metadata store and every job, until Ctrl-C.
 async fn serve(
     listen: String,
     meta_dsn: String,
     token: Option<String>,
-    workers: usize,
+    (workers, placement): (usize, WorkerPlacement),
     retention_every: Duration,
     access_nats: Option<(String, String)>,
 ) -> anyhow::Result<()> {
     let store = MetadataStore::open(&meta_dsn).await?;
-    let host = Arc::new(
-        DataflowHost::start(workers, tokio::runtime::Handle::current())
-            .map_err(anyhow::Error::msg)?,
-    );
+    let host = Arc::new(start_host(workers, placement)?);
     let metrics = MetricsRegistry::new();
     let manager = JobManager::start(host.clone(), store, metrics).await?;
     let retention = manager.start_retention(retention_every);

@@ -9,9 +9,10 @@
 //! idle replicator's walsender still reads the other's WAL (and skips it): the same small
 //! cost for both.
 //!
-//! `HELIOS_BENCH_LAG_VARIANT_ASYNC_THREADS=N` sets up a second of ours (`(b')`, N async
-//! runtime threads) that takes its turn in every round too, turns rotating by round: a
-//! comparison of the setting within one run. Its slot adds a third walsender decoding
+//! `HELIOS_BENCH_LAG_VARIANT=K=V[,K=V]` sets up a second of ours (`(b')`, its process run
+//! with those environment variables, e.g. `HELIOS_BENCH_ASYNC_THREADS=2` or
+//! `HELIOS_BENCH_OWN_WORKER_THREAD=1`) that takes its turn in every round too, turns
+//! rotating by round: a comparison of the setting within one run. Its slot adds a third walsender decoding
 //! every row, so the machine is busier than in a plain run.
 
 use std::fmt::Write as _;
@@ -147,13 +148,14 @@ pub(crate) async fn run(
     write_lag_probe(&source.dsn("lag_a")).await?;
     wait_count(&tgt_a, 1, Duration::from_secs(60)).await?;
 
-    let mut ours = vec![Ours::start(source, target, OURS, "lag_b", None).await?];
-    // HELIOS_BENCH_LAG_VARIANT_ASYNC_THREADS=N: a second of ours, with N async threads,
-    // takes its turn in every round beside (a) and (b).
-    if let Some(n) = super::env_count("HELIOS_BENCH_LAG_VARIANT_ASYNC_THREADS") {
+    let mut ours = vec![Ours::start(source, target, OURS, "lag_b", &[]).await?];
+    // HELIOS_BENCH_LAG_VARIANT=K=V[,K=V]: a second of ours, its process run with that
+    // environment, takes its turn in every round beside (a) and (b).
+    if let Some(env) = variant_env()? {
+        let settings: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let who: &'static str =
-            Box::leak(format!("(b') ours PG→PG, {n} async threads").into_boxed_str());
-        ours.push(Ours::start(source, target, who, "lag_c", Some(n)).await?);
+            Box::leak(format!("(b') ours PG→PG, {}", settings.join(" ")).into_boxed_str());
+        ours.push(Ours::start(source, target, who, "lag_c", &env).await?);
     }
 
     let round_secs = secs as f64 / rounds as f64;
@@ -204,6 +206,21 @@ pub(crate) async fn run(
 
 /// One of our replicators in the lag part: its child process, its own database on both
 /// clusters, and what its rounds at the current load measured.
+/// The variant's environment (`HELIOS_BENCH_LAG_VARIANT`), `None` when unset.
+fn variant_env() -> anyhow::Result<Option<Vec<(String, String)>>> {
+    let Ok(text) = std::env::var("HELIOS_BENCH_LAG_VARIANT") else {
+        return Ok(None);
+    };
+    let pairs = text
+        .split(',')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+            _ => bail!("HELIOS_BENCH_LAG_VARIANT: `{pair}` is not KEY=VALUE"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Some(pairs))
+}
+
 struct Ours {
     who: &'static str,
     db: &'static str,
@@ -215,24 +232,20 @@ struct Ours {
 }
 
 impl Ours {
-    /// Starts a job replicating `db`'s lag table, with `async_threads` runtime threads
-    /// (the default when `None`), and waits until a row goes through.
+    /// Starts a job replicating `db`'s lag table, its process with `env` set on top of
+    /// the bench's, and waits until a row goes through.
     async fn start(
         source: &PgCluster,
         target: &PgCluster,
         who: &'static str,
         db: &'static str,
-        async_threads: Option<usize>,
+        env: &[(String, String)],
     ) -> anyhow::Result<Ours> {
         source.create_database(db)?;
         target.create_database(db)?;
         source.psql(db, LAG_TABLE)?;
         let spec = job_spec(db, &source.dsn(db), "bench.l", "\"all\"", &target.dsn(db));
-        let env: Vec<(&str, String)> = async_threads
-            .map(|n| ("HELIOS_BENCH_ASYNC_THREADS", n.to_string()))
-            .into_iter()
-            .collect();
-        let mut child = JobChild::spawn_with_env(&spec, &env).await?;
+        let mut child = JobChild::spawn_with_env(&spec, env).await?;
         child.expect("streaming", Duration::from_secs(120)).await?;
         target.psql(db, LAG_TRIGGER)?;
         let tgt = connect(&target.dsn(db)).await?;

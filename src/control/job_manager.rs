@@ -187,7 +187,8 @@ impl JobManager {
         let task = {
             let (host, stats, spec) = (self.host.clone(), stats.clone(), spec.clone());
             let me = self.clone();
-            tokio::spawn(async move {
+            // The job's reader on the host's job runtime (see `job_runner::spawn_job`).
+            self.host.job_runtime().spawn(async move {
                 match me.store.load_model(&spec.name).await {
                     Ok(Some(model)) => stats.set_saved_model(model),
                     Ok(None) => {}

@@ -348,6 +348,20 @@ pub enum Desired {
 /// How long a stopping job waits for in-flight changes to become durable.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
+/// Starts [`run_job`] as a task on the host's job runtime ([`DataflowHost::job_runtime`]):
+/// with one worker, the reader then runs on the worker's thread beside the dataflow and
+/// the sinks.
+pub fn spawn_job(
+    spec: JobSpec,
+    host: Arc<DataflowHost>,
+    stats: Arc<JobStats>,
+    control: watch::Receiver<Desired>,
+    progress_every: Option<Duration>,
+) -> tokio::task::JoinHandle<Result<(), JobError>> {
+    host.job_runtime()
+        .spawn(async move { run_job(spec, &host, stats, control, progress_every).await })
+}
+
 /// Runs `spec` on `host` until `control` says stop, or a definite error.
 pub async fn run_job(
     spec: JobSpec,

@@ -165,11 +165,14 @@ pub struct WorkerJob {
 }
 
 impl WorkerJob {
-    /// Builds the job's dataflow on this worker and starts its sink tasks.
+    /// Builds the job's dataflow on this worker and starts its sink tasks on `runtime`;
+    /// `wake` wakes this worker where a timely activation alone would not (a worker parked
+    /// in its runtime rather than in timely).
     pub fn build(
         worker: &mut timely::worker::Worker,
         job: &JobDataflow,
         runtime: &tokio::runtime::Handle,
+        wake: Arc<dyn Fn() + Send + Sync>,
     ) -> WorkerJob {
         let index = worker.index();
         let mut input: InputHandleVec<Lsn, SourceRecord> = InputHandleVec::new();
@@ -216,7 +219,7 @@ impl WorkerJob {
         for (i, (rx, target)) in receivers.into_iter().zip(&job.sinks).enumerate() {
             let report_tx = report_tx.clone();
             let (from_sinks, waiting_for_room) = (from_sinks.clone(), waiting_for_room.clone());
-            let reports_pending = reports_pending.clone();
+            let (reports_pending, wake) = (reports_pending.clone(), wake.clone());
             // The worker sees the report at its next step (see `DeliveryLink`); it is
             // woken at once only when the operator waits for room in a sink's channel.
             let on_durable = move |lsn| {
@@ -224,6 +227,7 @@ impl WorkerJob {
                 reports_pending.store(true, Ordering::Release);
                 if waiting_for_room.swap(false, Ordering::AcqRel) {
                     let _ = from_sinks.activate();
+                    wake();
                 }
             };
             let (stats, reader) = (target.stats.clone(), job.reader.clone());

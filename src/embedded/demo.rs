@@ -99,19 +99,13 @@ pub async fn run_demo(
             .map_err(anyhow::Error::msg)?,
     );
     let (job_stop_tx, job_stop_rx) = watch::channel(Desired::Run);
-    let job = {
-        let (host, stats) = (host.clone(), stats.clone());
-        tokio::spawn(async move {
-            job_runner::run_job(
-                spec,
-                &host,
-                stats,
-                job_stop_rx,
-                Some(Duration::from_secs(2)),
-            )
-            .await
-        })
-    };
+    let job = job_runner::spawn_job(
+        spec,
+        host.clone(),
+        stats.clone(),
+        job_stop_rx,
+        Some(Duration::from_secs(2)),
+    );
 
     let started = Instant::now();
     let source_dsn = source.dsn("app");

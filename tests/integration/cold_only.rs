@@ -49,7 +49,7 @@ fn a_cold_tier_only_job_snapshots_streams_and_resumes_from_its_own_files() {
     let cold = env.dir.path().join("cold");
     let job = env.dir.path().join("cold_prices.toml");
     std::fs::write(&job, job_toml(&env, &cold)).expect("job file");
-    let mut replicator = Replicator::start(&job);
+    let mut replicator = Replicator::start_inline(&job);
 
     // The snapshot: five rows per replicated tenant, none of tenant 6.
     wait_for("the snapshot's versions", WAIT, || {
@@ -105,7 +105,7 @@ fn a_cold_tier_only_job_snapshots_streams_and_resumes_from_its_own_files() {
 
     // Written while stopped, then replayed from the slot after the restart.
     workload(&env, &mut rng, &mut state, &mut log, &mut points, 10);
-    let mut replicator = Replicator::start(&job);
+    let mut replicator = Replicator::start_inline(&job);
     workload(&env, &mut rng, &mut state, &mut log, &mut points, 10);
     wait_covered(&cold, points[points.len() - 2]);
     let second_run = replicator.output();
@@ -142,7 +142,7 @@ fn a_cold_tier_only_job_snapshots_streams_and_resumes_from_its_own_files() {
     // A progress file that is not one stops the job with a message naming it.
     let path = cold_progress::progress_path(&cold, "cold_prices");
     std::fs::write(&path, "{oops").expect("overwrite");
-    let mut replicator = Replicator::start(&job);
+    let mut replicator = Replicator::start_inline(&job);
     wait_for("the job to fail on the progress file", WAIT, || {
         !replicator.is_running()
     });

@@ -119,6 +119,12 @@ impl Replicator {
         Replicator::start_with_workers(job, 2)
     }
 
+    /// Starts `helios-repl run --job <file> --workers 1`: the worker on one thread with
+    /// the sink tasks (`--worker-placement inline-sinks`, the default on 2 cores).
+    pub fn start_inline(job: &Path) -> Replicator {
+        Replicator::start_with_workers(job, 1)
+    }
+
     /// Starts `helios-repl run --job <file> --workers <workers>`.
     pub fn start_with_workers(job: &Path, workers: usize) -> Replicator {
         let log = job.with_extension(format!("{}.log", rand_suffix()));
@@ -127,8 +133,8 @@ impl Replicator {
             .args(["run", "--job"])
             .arg(job)
             .args(["--progress-secs", "1"])
-            // Two workers whatever the machine: the tests cover tenants split across
-            // workers (the default on 2 cores is one).
+            // The worker count whatever the machine: most tests run two, to cover tenants
+            // split across workers; `start_inline` runs one (the default on 2 cores).
             .args(["--workers", &workers.to_string()])
             .env("HELIOS_LOG", "info,tokio_postgres=warn")
             .stdout(out.try_clone().expect("log"))

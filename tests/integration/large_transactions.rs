@@ -49,7 +49,7 @@ pub(crate) fn peak_rss_mib(repl: &Replicator) -> u64 {
 fn a_large_transaction_streams_in_bounded_memory_and_lands_whole_per_tenant() {
     let env = Arc::new(Env::start(TABLES));
     let job = env.job_file("large", "\"all\"", &["public.items", "public.notes"]);
-    let mut repl = Replicator::start(&job);
+    let mut repl = Replicator::start_inline(&job);
     wait_for("the initial copy", WAIT, || {
         repl.output().contains("initial snapshot loaded")
     });
@@ -152,7 +152,7 @@ fn a_large_transaction_streams_in_bounded_memory_and_lands_whole_per_tenant() {
 fn a_large_transaction_killed_while_spilling_is_applied_once_after_restart() {
     let env = Env::start(TABLES);
     let job = env.job_file("large_kill", "[1, 2, 5]", &["public.items", "public.notes"]);
-    let mut repl = Replicator::start(&job);
+    let mut repl = Replicator::start_inline(&job);
     wait_for("the initial copy", WAIT, || {
         repl.output().contains("initial snapshot loaded")
     });
@@ -164,7 +164,7 @@ fn a_large_transaction_killed_while_spilling_is_applied_once_after_restart() {
             .contains("large transaction arriving in parts")
     });
     repl.kill();
-    let mut repl = Replicator::start(&job);
+    let mut repl = Replicator::start_inline(&job);
     let q = "SELECT tenant_id, count(*), md5(string_agg(id || ':' || v || ':' || n, ',' ORDER BY id)) FROM public.items WHERE tenant_id IN (1, 2, 5) GROUP BY 1 ORDER BY 1";
     env.wait_converged(q, WAIT);
     env.wait_converged(

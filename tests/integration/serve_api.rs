@@ -43,7 +43,9 @@ impl Server {
         let out = std::fs::File::create(&log).expect("log");
         let child = Command::new(env!("CARGO_BIN_EXE_helios-repl"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--workers", "2"])
+            // One worker with the jobs' readers and sinks on its thread (`inline`); the
+            // `run` tests cover two workers and the default placement.
+            .args(["--workers", "1", "--worker-placement", "inline"])
             .args(args)
             .env(
                 "HELIOS_META_DSN",

@@ -37,7 +37,7 @@ fn snapshot_then_stream_delivers_every_row_exactly_once() {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    let mut repl = Replicator::start(&job);
+    let mut repl = Replicator::start_inline(&job);
     wait_for("the job to stream", Duration::from_secs(60), || {
         repl.output().contains("streaming")
     });

@@ -58,7 +58,7 @@ fn streamed_transactions_land_whole_without_rolled_back_savepoints_or_aborts() {
     let env = std::sync::Arc::new(Env::start(TABLES));
     stream_early(&env);
     let job = env.job_file("streamed", "[1, 2, 5]", &["public.items"]);
-    let mut repl = Replicator::start(&job);
+    let mut repl = Replicator::start_inline(&job);
     wait_for("the initial copy", WAIT, || {
         repl.output().contains("initial snapshot loaded")
     });
@@ -119,7 +119,7 @@ fn a_replicator_killed_inside_a_streamed_transaction_applies_it_once_after_resta
     let env = std::sync::Arc::new(Env::start(TABLES));
     stream_early(&env);
     let job = env.job_file("streamed_kill", "\"all\"", &["public.items"]);
-    let mut repl = Replicator::start(&job);
+    let mut repl = Replicator::start_inline(&job);
     wait_for("the initial copy", WAIT, || {
         repl.output().contains("initial snapshot loaded")
     });
@@ -132,7 +132,7 @@ fn a_replicator_killed_inside_a_streamed_transaction_applies_it_once_after_resta
         streamed_txns(&env, "slot_streamed_kill") >= 1
     });
     repl.kill();
-    let mut repl = Replicator::start(&job);
+    let mut repl = Replicator::start_inline(&job);
     long.join().expect("long transaction");
     let all = "SELECT tenant_id, count(*), md5(string_agg(id || ':' || v, ',' ORDER BY id)) FROM public.items GROUP BY 1 ORDER BY 1";
     env.wait_converged(all, WAIT);
