@@ -8,8 +8,9 @@
 //! a control dataflow instead, see `notes/timely-0.32` `e_dynamic`.)
 //!
 //! A single worker runs *inline* ([`WorkerPlacement`]): its thread also drives a
-//! single-threaded tokio runtime on which its sink tasks run, and with `Inline` the jobs'
-//! readers too ([`DataflowHost::job_runtime`]). A caught-up transaction then crosses one
+//! single-threaded tokio runtime on which its sink tasks run (the cold tier's stay on the
+//! process's runtime: their file writes block), and with `Inline` the jobs' readers too
+//! ([`DataflowHost::job_runtime`]). A caught-up transaction then crosses one
 //! thread hand-over (reader → worker) or none, where a worker on a thread of its own has
 //! two (reader → worker → sink task); each is a wake-up that waits to be scheduled when
 //! the cores are busy. Several workers run each on its own thread, parking in timely
@@ -27,7 +28,7 @@ use timely::communication::allocator::thread::Thread;
 use timely::communication::Allocator;
 use timely::worker::Worker;
 
-use crate::dataflow::worker::{JobDataflow, WorkerJob};
+use crate::dataflow::worker::{JobDataflow, SinkRuntimes, WorkerJob};
 
 /// Longest a worker parks without being woken: also how late a sink's durable report may
 /// be seen while nothing else happens (see `deliver::DeliveryLink`).
@@ -134,10 +135,10 @@ impl DataflowHost {
             .name("helios-dataflow".into())
             .spawn(move || {
                 if inline {
-                    run_inline(log2, stop2, inline_tx)
+                    run_inline(log2, stop2, runtime, inline_tx)
                 } else {
                     drop(inline_tx);
-                    run_workers(workers, log2, stop2, runtime.clone())
+                    run_workers(workers, log2, stop2, runtime)
                 }
             })
             .map_err(|e| e.to_string())?;
@@ -231,7 +232,7 @@ struct WorkerState {
     cursor: usize,
     jobs: HashMap<String, WorkerJob>,
     /// Where this worker's sink tasks run.
-    runtime: tokio::runtime::Handle,
+    runtimes: SinkRuntimes,
     /// Wakes this worker when a sink needs it at once.
     wake: Arc<dyn Fn() + Send + Sync>,
 }
@@ -244,7 +245,7 @@ impl WorkerState {
             self.cursor += 1;
             match command {
                 HostCommand::Install(job) => {
-                    let built = WorkerJob::build(worker, &job, &self.runtime, self.wake.clone());
+                    let built = WorkerJob::build(worker, &job, &self.runtimes, self.wake.clone());
                     if let Some(old) = self.jobs.insert(job.job.clone(), built) {
                         worker.drop_dataflow(old.dataflow);
                     }
@@ -286,7 +287,7 @@ fn run_workers(
             log: log.clone(),
             cursor: 0,
             jobs: HashMap::new(),
-            runtime: runtime.clone(),
+            runtimes: SinkRuntimes::one(runtime.clone()),
             // A sink's activation of the delivery operator unparks this thread.
             wake: Arc::new(|| {}),
         };
@@ -314,6 +315,7 @@ fn run_workers(
 fn run_inline(
     log: Arc<CommandLog>,
     stop: Arc<AtomicBool>,
+    process: tokio::runtime::Handle,
     started: std::sync::mpsc::Sender<Result<tokio::runtime::Handle, String>>,
 ) -> Result<(), String> {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -340,7 +342,10 @@ fn run_inline(
         log: log.clone(),
         cursor: 0,
         jobs: HashMap::new(),
-        runtime: runtime.handle().clone(),
+        runtimes: SinkRuntimes {
+            worker: runtime.handle().clone(),
+            process,
+        },
         wake: Arc::new(move || wake_log.inline.notify_one()),
     };
     log.register();

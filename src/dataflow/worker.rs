@@ -62,6 +62,35 @@ pub const MAX_BACKLOG_ROWS: usize = 100_000;
 /// Events taken from a job's reader per worker step.
 pub const EVENTS_PER_STEP: usize = 4096;
 
+/// Where a worker's sink tasks run.
+#[derive(Debug, Clone)]
+pub struct SinkRuntimes {
+    /// The worker's own runtime when it runs inline (see `host`), else the process's.
+    pub worker: tokio::runtime::Handle,
+    /// The process's multi-threaded runtime.
+    pub process: tokio::runtime::Handle,
+}
+
+impl SinkRuntimes {
+    /// Both the same runtime (a worker on a thread of its own).
+    pub fn one(runtime: tokio::runtime::Handle) -> SinkRuntimes {
+        SinkRuntimes {
+            worker: runtime.clone(),
+            process: runtime,
+        }
+    }
+
+    /// The runtime for a sink writing to `place`: the process's for the cold tier, whose
+    /// file writes block (fsyncs of whole groups) and on the worker's thread would hold up
+    /// the dataflow and the job's other sinks; the worker's for the others.
+    pub fn runtime_for(&self, place: &SinkPlace) -> &tokio::runtime::Handle {
+        match place {
+            SinkPlace::Parquet { .. } => &self.process,
+            SinkPlace::Postgres(_) | SinkPlace::Nats(_) => &self.worker,
+        }
+    }
+}
+
 /// Where a sink writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SinkPlace {
@@ -165,13 +194,13 @@ pub struct WorkerJob {
 }
 
 impl WorkerJob {
-    /// Builds the job's dataflow on this worker and starts its sink tasks on `runtime`;
+    /// Builds the job's dataflow on this worker and starts its sink tasks on `runtimes`;
     /// `wake` wakes this worker where a timely activation alone would not (a worker parked
     /// in its runtime rather than in timely).
     pub fn build(
         worker: &mut timely::worker::Worker,
         job: &JobDataflow,
-        runtime: &tokio::runtime::Handle,
+        runtimes: &SinkRuntimes,
         wake: Arc<dyn Fn() + Send + Sync>,
     ) -> WorkerJob {
         let index = worker.index();
@@ -242,7 +271,9 @@ impl WorkerJob {
                         pacing.hotness = Arc::new(move |b| map.hotness_of(b));
                     }
                     let sink = PgApplySink::new(&job.job, dsn, job.plan.clone(), index as u32);
-                    runtime.spawn(run_sink(sink, rx, stats, reader, pacing, on_durable));
+                    runtimes
+                        .runtime_for(&target.place)
+                        .spawn(run_sink(sink, rx, stats, reader, pacing, on_durable));
                 }
                 SinkPlace::Nats(config) => {
                     // The stream is the checkpoint, per (tenant, table) subject: tenants may
@@ -255,7 +286,9 @@ impl WorkerJob {
                         job.reader.clone(),
                         target.stats.compression.clone(),
                     );
-                    runtime.spawn(run_sink(sink, rx, stats, reader, pacing, on_durable));
+                    runtimes
+                        .runtime_for(&target.place)
+                        .spawn(run_sink(sink, rx, stats, reader, pacing, on_durable));
                 }
                 SinkPlace::Parquet { root, compaction } => {
                     // The manifest covers LSN ranges per table: commit order only. A
@@ -272,7 +305,9 @@ impl WorkerJob {
                         .with_behind(behind_source(job.reader.clone()))
                         .with_compaction_stats(target.stats.compaction.clone())
                         .with_owner(job.plan.clone());
-                    runtime.spawn(run_sink(sink, rx, stats, reader, pacing, on_durable));
+                    runtimes
+                        .runtime_for(&target.place)
+                        .spawn(run_sink(sink, rx, stats, reader, pacing, on_durable));
                 }
             }
         }
@@ -367,5 +402,32 @@ impl WorkerJob {
                 false
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::runtime::{Builder, RuntimeFlavor};
+
+    #[test]
+    fn cold_tier_sinks_run_on_the_process_runtime_and_the_others_on_the_workers() {
+        let worker = Builder::new_current_thread().build().unwrap();
+        let process = Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let runtimes = SinkRuntimes {
+            worker: worker.handle().clone(),
+            process: process.handle().clone(),
+        };
+        let flavor = |place: SinkPlace| runtimes.runtime_for(&place).runtime_flavor();
+        let cold = SinkPlace::Parquet {
+            root: "/tmp/cold".into(),
+            compaction: crate::sinks::parquet::COMPACTION,
+        };
+        assert_eq!(flavor(cold), RuntimeFlavor::MultiThread);
+        let target = SinkPlace::Postgres("host=127.0.0.1 dbname=t".into());
+        assert_eq!(flavor(target), RuntimeFlavor::CurrentThread);
     }
 }
