@@ -344,7 +344,15 @@ fn cluster_cpu_seconds(cluster: &PgCluster, ticks: f64) -> f64 {
         std::thread::sleep(Duration::from_millis(5));
         scan = cluster_cpu_scan(postmaster);
     }
-    scan.ticks / ticks
+    // A child reaped during a pass can be missed by it (the postmaster read before its
+    // `cutime` had the child, the child's entry gone when its turn came): a cluster's CPU
+    // only grows, so the largest of a few passes is the complete one.
+    let mut most = scan.ticks;
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(10));
+        most = most.max(cluster_cpu_scan(postmaster).ticks);
+    }
+    most / ticks
 }
 
 /// One pass over `/proc` for [`cluster_cpu_seconds`].
