@@ -349,8 +349,8 @@ pub enum Desired {
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 /// Starts [`run_job`] as a task on the host's job runtime ([`DataflowHost::job_runtime`]):
-/// with one worker, the reader then runs on the worker's thread beside the dataflow and
-/// the sinks.
+/// with a single worker placed `Inline`, the reader then runs on the worker's thread beside
+/// the dataflow and the sinks.
 pub fn spawn_job(
     spec: JobSpec,
     host: Arc<DataflowHost>,

@@ -110,8 +110,9 @@ pub struct DataflowHost {
 }
 
 impl DataflowHost {
-    /// Starts `workers` timely workers: one runs inline with a runtime of its own (see the
-    /// module doc); several run on threads of their own, their sink tasks on `runtime`.
+    /// Starts `workers` timely workers: a single one inline with its sink tasks
+    /// ([`WorkerPlacement::default`], see the module doc); several on threads of their
+    /// own, their sink tasks on `runtime`.
     pub fn start(workers: usize, runtime: tokio::runtime::Handle) -> Result<DataflowHost, String> {
         Self::start_with(workers, runtime, WorkerPlacement::default())
     }
@@ -172,9 +173,9 @@ impl DataflowHost {
         self.workers
     }
 
-    /// The runtime a job's task (its reader) should run on: with one worker, the worker's
-    /// own (the reader, the dataflow and the sinks on one thread); otherwise the runtime
-    /// the host was started from.
+    /// The runtime a job's task (its reader) should run on: the single worker's own with
+    /// [`WorkerPlacement::Inline`] (the reader, the dataflow and the sinks on one thread);
+    /// otherwise the runtime the host was started from.
     pub fn job_runtime(&self) -> tokio::runtime::Handle {
         self.job_runtime.clone()
     }

@@ -262,6 +262,7 @@ impl WorkerJob {
             let (stats, reader) = (target.stats.clone(), job.reader.clone());
             let mut pacing = SinkPacing::fifo(job.backlog.clone(), target.batch_max_rows, index);
             pacing.limiter = target.limiter.clone();
+            let runtime = runtimes.runtime_for(&target.place);
             match &target.place {
                 SinkPlace::Postgres(dsn) => {
                     // Checkpoints are per tenant: tenants may be reordered.
@@ -271,9 +272,7 @@ impl WorkerJob {
                         pacing.hotness = Arc::new(move |b| map.hotness_of(b));
                     }
                     let sink = PgApplySink::new(&job.job, dsn, job.plan.clone(), index as u32);
-                    runtimes
-                        .runtime_for(&target.place)
-                        .spawn(run_sink(sink, rx, stats, reader, pacing, on_durable));
+                    runtime.spawn(run_sink(sink, rx, stats, reader, pacing, on_durable));
                 }
                 SinkPlace::Nats(config) => {
                     // The stream is the checkpoint, per (tenant, table) subject: tenants may
@@ -286,9 +285,7 @@ impl WorkerJob {
                         job.reader.clone(),
                         target.stats.compression.clone(),
                     );
-                    runtimes
-                        .runtime_for(&target.place)
-                        .spawn(run_sink(sink, rx, stats, reader, pacing, on_durable));
+                    runtime.spawn(run_sink(sink, rx, stats, reader, pacing, on_durable));
                 }
                 SinkPlace::Parquet { root, compaction } => {
                     // The manifest covers LSN ranges per table: commit order only. A
@@ -305,9 +302,7 @@ impl WorkerJob {
                         .with_behind(behind_source(job.reader.clone()))
                         .with_compaction_stats(target.stats.compaction.clone())
                         .with_owner(job.plan.clone());
-                    runtimes
-                        .runtime_for(&target.place)
-                        .spawn(run_sink(sink, rx, stats, reader, pacing, on_durable));
+                    runtime.spawn(run_sink(sink, rx, stats, reader, pacing, on_durable));
                 }
             }
         }
