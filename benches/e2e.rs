@@ -166,6 +166,7 @@ fn stage_quantiles(stages: &mut [Vec<f64>]) -> String {
 async fn child_main() -> anyhow::Result<()> {
     // As the `helios-repl` binary does first thing.
     helios_repl::process_memory::disable_transparent_huge_pages();
+    helios_repl::process_memory::delay_purging_freed_memory();
     let filter = tracing_subscriber::EnvFilter::try_from_env("HELIOS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()

@@ -253,6 +253,7 @@ enum JobsAction {
 
 fn main() -> anyhow::Result<()> {
     helios_repl::process_memory::disable_transparent_huge_pages();
+    helios_repl::process_memory::delay_purging_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HELIOS_LOG")
