@@ -11,8 +11,10 @@
 //! Purge delay: mimalloc hands freed pages back to the kernel (`MADV_DONTNEED`) once they
 //! stayed free for its purge delay, and every reuse after that faults and zeroes them again.
 //! At its default (1 s) the kernel's page zeroing was 9 % of our CPU samples in a catch-up
-//! profile (case (b)) and 13 % in the cold-tier catch-up (case (d)); with 10 s, 0.4 % and
-//! 2.3 %. Memory freed after a burst still goes back, 10 s later.
+//! profile (case (b)) and 13 % in the cold-tier catch-up (case (d)); with 3 s, 0.06 % and
+//! 0.10 %. A longer delay holds more freed memory at a time: 10 s raised the peak of the
+//! bench's 10-million-row transaction from 225 to 250 MiB, 3 s to 235 MiB. Memory freed
+//! after a burst still goes back, 3 s later.
 
 /// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`, which the
 /// kernel checks on every fault, so it also covers arenas mimalloc already reserved),
@@ -26,7 +28,7 @@ pub fn disable_transparent_huge_pages() -> bool {
 }
 
 /// How long (ms) memory mimalloc freed stays committed before it goes back to the kernel.
-pub const PURGE_DELAY_MS: i64 = 10_000;
+pub const PURGE_DELAY_MS: i64 = 3_000;
 
 /// mimalloc's `mi_option_purge_delay` (called `mi_option_reset_delay` before 2.1): its
 /// place in `mi_option_t`, 15 in both the v2 and v3 headers. `libmimalloc-sys` names the
