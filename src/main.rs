@@ -324,9 +324,12 @@ fn main() -> anyhow::Result<()> {
                 job_runner::spawn_job(spec, host.clone(), stats, stop_rx, every)
                     .await
                     .context("the job's task")??;
-                // The last handle: stops the workers and waits for them.
-                drop(host);
-                anyhow::Ok(())
+                // The job's task has ended and let go of its handle: stop the workers and
+                // wait for them, reporting a worker that panicked.
+                match Arc::try_unwrap(host) {
+                    Ok(host) => host.shutdown().map_err(anyhow::Error::msg),
+                    Err(_) => anyhow::Ok(()),
+                }
             })?;
             Ok(())
         }

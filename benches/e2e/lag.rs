@@ -11,7 +11,7 @@
 //!
 //! `HELIOS_BENCH_LAG_VARIANT=K=V[,K=V]` sets up a second of ours (`(b')`, its process run
 //! with those environment variables, e.g. `HELIOS_BENCH_ASYNC_THREADS=2` or
-//! `HELIOS_BENCH_OWN_WORKER_THREAD=1`) that takes its turn in every round too, turns
+//! `HELIOS_BENCH_WORKER_PLACEMENT=own-thread`) that takes its turn in every round too, turns
 //! rotating by round: a comparison of the setting within one run. Its slot adds a third walsender decoding
 //! every row, so the machine is busier than in a plain run.
 
@@ -204,8 +204,6 @@ pub(crate) async fn run(
     Ok(subscription)
 }
 
-/// One of our replicators in the lag part: its child process, its own database on both
-/// clusters, and what its rounds at the current load measured.
 /// The variant's environment (`HELIOS_BENCH_LAG_VARIANT`), `None` when unset.
 fn variant_env() -> anyhow::Result<Option<Vec<(String, String)>>> {
     let Ok(text) = std::env::var("HELIOS_BENCH_LAG_VARIANT") else {
@@ -221,6 +219,8 @@ fn variant_env() -> anyhow::Result<Option<Vec<(String, String)>>> {
     Ok(Some(pairs))
 }
 
+/// One of our replicators in the lag part: its child process, its own database on both
+/// clusters, and what its rounds at the current load measured.
 struct Ours {
     who: &'static str,
     db: &'static str,
