@@ -61,6 +61,44 @@ pub const SINK_QUEUE_BATCHES: usize = 1024;
 pub const MAX_BACKLOG_ROWS: usize = 100_000;
 /// Events taken from a job's reader per worker step.
 pub const EVENTS_PER_STEP: usize = 4096;
+/// Parts of a large transaction (`deliver::PART_ROWS` rows each) a worker may have
+/// waiting for its sinks while the transaction is still fed: the sink applies one part
+/// while the next waits, so more read-ahead holds memory without speeding anything up.
+pub const LARGE_TXN_PARTS_AHEAD: usize = 2;
+
+/// How many rows worker 0 lets wait for the sinks before it stops feeding a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadAhead {
+    /// The job's read-ahead (`qos.max_buffered_rows`).
+    pub rows: usize,
+    /// The read-ahead while a transaction larger than a part is fed: its parts are
+    /// applied one at a time, so [`LARGE_TXN_PARTS_AHEAD`] parts per worker keep every
+    /// sink busy. With the job's 100,000 rows a 10M-row transaction's peak RSS held about
+    /// 200 MiB, most of it parts waiting in the sink channels.
+    pub large: usize,
+}
+
+impl ReadAhead {
+    /// The read-ahead of a job reading `rows` ahead on `workers` workers.
+    pub fn new(rows: usize, workers: usize) -> ReadAhead {
+        let parts = LARGE_TXN_PARTS_AHEAD * crate::dataflow::deliver::PART_ROWS;
+        ReadAhead {
+            rows,
+            large: rows.min(parts.saturating_mul(workers.max(1))),
+        }
+    }
+
+    /// Whether worker 0 may feed more with `backlog` rows waiting for the sinks and
+    /// `open_records` records fed of the transaction in progress.
+    pub fn allows(&self, backlog: usize, open_records: usize) -> bool {
+        let limit = if open_records >= crate::dataflow::deliver::PART_ROWS {
+            self.large
+        } else {
+            self.rows
+        };
+        backlog <= limit
+    }
+}
 
 /// Where a worker's sink tasks run.
 #[derive(Debug, Clone)]
@@ -184,7 +222,9 @@ pub struct WorkerJob {
     probe: ProbeHandle<Lsn>,
     durable: Arc<watch::Sender<Lsn>>,
     backlog: Arc<AtomicUsize>,
-    max_backlog_rows: usize,
+    read_ahead: ReadAhead,
+    /// Records fed of the transaction in progress (0 between transactions).
+    open_records: usize,
     /// Skipping a transaction older than the input's time.
     discarding: bool,
     /// A sink task reported durable progress the delivery operator has not seen.
@@ -322,7 +362,8 @@ impl WorkerJob {
             probe,
             durable: job.durable.clone(),
             backlog: job.backlog.clone(),
-            max_backlog_rows: job.max_backlog_rows,
+            read_ahead: ReadAhead::new(job.max_backlog_rows, worker.peers()),
+            open_records: 0,
             discarding: false,
             reports_pending,
             deliver: activators.on_worker,
@@ -345,12 +386,16 @@ impl WorkerJob {
         };
         // The sinks are behind: leave the events in the reader's bounded channel, which
         // in turn stops the reader (back-pressure to the source through TCP).
-        if self.backlog.load(Ordering::Relaxed) > self.max_backlog_rows {
+        if !self
+            .read_ahead
+            .allows(self.backlog.load(Ordering::Relaxed), self.open_records)
+        {
             return false;
         }
         for _ in 0..EVENTS_PER_STEP {
             match rx.try_recv() {
                 Ok(SourceEvent::Begin { commit_lsn, .. }) => {
+                    self.open_records = 0;
                     self.discarding = commit_lsn < *input.time();
                     if self.discarding {
                         tracing::error!(
@@ -362,11 +407,13 @@ impl WorkerJob {
                     }
                 }
                 Ok(SourceEvent::Record(record)) => {
+                    self.open_records += 1;
                     if !self.discarding {
                         input.send(record);
                     }
                 }
                 Ok(SourceEvent::Commit { commit_lsn, .. }) => {
+                    self.open_records = 0;
                     if !self.discarding {
                         input.advance_to(commit_lsn + 1);
                     }
@@ -403,7 +450,30 @@ impl WorkerJob {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataflow::deliver::PART_ROWS;
     use tokio::runtime::{Builder, RuntimeFlavor};
+
+    #[test]
+    fn a_large_transaction_is_read_ahead_by_two_parts_per_worker_only() {
+        let one = ReadAhead::new(100_000, 1);
+        assert_eq!(one.large, 2 * PART_ROWS);
+        // Between and inside ordinary transactions the job's read-ahead holds.
+        assert!(one.allows(100_000, 0));
+        assert!(!one.allows(100_001, 0));
+        assert!(one.allows(100_000, PART_ROWS - 1));
+        // Once the transaction in progress passes a part, two parts may wait.
+        assert!(one.allows(2 * PART_ROWS, PART_ROWS));
+        assert!(!one.allows(2 * PART_ROWS + 1, PART_ROWS));
+        assert!(!one.allows(50_000, 5 * PART_ROWS));
+
+        let two = ReadAhead::new(100_000, 2);
+        assert_eq!(two.large, 4 * PART_ROWS, "two parts per worker");
+        // A job reading less ahead than that keeps its own bound.
+        let small = ReadAhead::new(10_000, 2);
+        assert_eq!(small.large, 10_000);
+        assert!(!small.allows(10_001, 10 * PART_ROWS));
+        assert_eq!(ReadAhead::new(usize::MAX, 0).large, 2 * PART_ROWS);
+    }
 
     #[test]
     fn cold_tier_sinks_run_on_the_process_runtime_and_the_others_on_the_workers() {
