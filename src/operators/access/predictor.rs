@@ -207,17 +207,18 @@ impl Predictor {
             counts,
             table_reads,
         );
-        self.features = self.store.feature_matrix(&ctx);
-        self.predictions = self
-            .store
-            .iter()
-            .map(|(key, state)| BucketPrediction {
+        // Refilled in place: the last window's matrix and predictions are not needed past
+        // the training above, and holding both generations at once added to the memory
+        // peak of every window close.
+        self.store.feature_matrix_into(&ctx, &mut self.features);
+        self.predictions.clear();
+        self.predictions
+            .extend(self.store.iter().map(|(key, state)| BucketPrediction {
                 key: key.clone(),
                 model: None,
                 heuristic: state.ewma_fast() as f32,
                 last_window: state.last() as f32,
-            })
-            .collect();
+            }));
         if self.model_enabled() && !self.predict_with_model() {
             report.model_reset = true;
         }
