@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::cdc::stream::SourceEvent;
 use crate::change::{Lsn, SourceRecord};
-use crate::dataflow::deliver::DeliveryLink;
+use crate::dataflow::deliver::{DeliveryLink, PART_ROWS};
 use crate::dataflow::render::{render_job, HistoryStage, OptionalStages};
 use crate::operators::access::hotness_map::HotnessMap;
 use crate::operators::access::ledger::AccessLedger;
@@ -61,7 +61,7 @@ pub const SINK_QUEUE_BATCHES: usize = 1024;
 pub const MAX_BACKLOG_ROWS: usize = 100_000;
 /// Events taken from a job's reader per worker step.
 pub const EVENTS_PER_STEP: usize = 4096;
-/// Parts of a large transaction (`deliver::PART_ROWS` rows each) a worker may have
+/// Parts of a large transaction ([`PART_ROWS`] rows each) a worker may have
 /// waiting for its sinks while the transaction is still fed: the sink applies one part
 /// while the next waits, so more read-ahead holds memory without speeding anything up.
 pub const LARGE_TXN_PARTS_AHEAD: usize = 2;
@@ -81,7 +81,7 @@ pub struct ReadAhead {
 impl ReadAhead {
     /// The read-ahead of a job reading `rows` ahead on `workers` workers.
     pub fn new(rows: usize, workers: usize) -> ReadAhead {
-        let parts = LARGE_TXN_PARTS_AHEAD * crate::dataflow::deliver::PART_ROWS;
+        let parts = LARGE_TXN_PARTS_AHEAD * PART_ROWS;
         ReadAhead {
             rows,
             large: rows.min(parts.saturating_mul(workers.max(1))),
@@ -91,7 +91,7 @@ impl ReadAhead {
     /// Whether worker 0 may feed more with `backlog` rows waiting for the sinks and
     /// `open_records` records fed of the transaction in progress.
     pub fn allows(&self, backlog: usize, open_records: usize) -> bool {
-        let limit = if open_records >= crate::dataflow::deliver::PART_ROWS {
+        let limit = if open_records >= PART_ROWS {
             self.large
         } else {
             self.rows
@@ -450,7 +450,6 @@ impl WorkerJob {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataflow::deliver::PART_ROWS;
     use tokio::runtime::{Builder, RuntimeFlavor};
 
     #[test]
