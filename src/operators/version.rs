@@ -291,99 +291,117 @@ struct Slot<V> {
     tombstone: bool,
 }
 
-/// A key's current line over valid time: slots by start, in a sorted `Vec`.
+/// A key's current line over valid time: slots by start, sorted.
 ///
 /// Most keys have one slot (rows whose valid time is never corrected), and a book holds
-/// one line per key: a `BTreeMap` would allocate a whole node (room for 11 slots, about
-/// 630 bytes) per key, this one slot.
+/// one line per key: the line keeps a single slot in place, with no allocation of its own
+/// (a `Vec` of one slot cost a 48-byte allocation per key; a `BTreeMap` a whole node, room
+/// for 11 slots, about 630 bytes), and moves to a sorted `Vec` from the second slot on.
 #[derive(Debug, Clone)]
-struct SlotLine<V> {
-    slots: Vec<(i64, Slot<V>)>,
+enum SlotLine<V> {
+    /// Exactly one slot.
+    One((i64, Slot<V>)),
+    /// Any other number of slots, sorted by start.
+    Many(Vec<(i64, Slot<V>)>),
 }
 
 impl<V> SlotLine<V> {
     fn new() -> Self {
-        SlotLine { slots: Vec::new() }
+        SlotLine::Many(Vec::new())
+    }
+
+    fn slots(&self) -> &[(i64, Slot<V>)] {
+        match self {
+            SlotLine::One(slot) => std::slice::from_ref(slot),
+            SlotLine::Many(slots) => slots,
+        }
+    }
+
+    fn slots_mut(&mut self) -> &mut [(i64, Slot<V>)] {
+        match self {
+            SlotLine::One(slot) => std::slice::from_mut(slot),
+            SlotLine::Many(slots) => slots,
+        }
     }
 
     /// Index of the first slot starting after `valid`.
     fn after_index(&self, valid: i64) -> usize {
-        self.slots.partition_point(|(start, _)| *start <= valid)
+        self.slots().partition_point(|(start, _)| *start <= valid)
     }
 
     /// The start and slot of the step containing `valid`.
     fn at_or_before(&self, valid: i64) -> Option<(i64, &Slot<V>)> {
         let i = self.after_index(valid).checked_sub(1)?;
-        self.slots.get(i).map(|(start, slot)| (*start, slot))
+        self.slots().get(i).map(|(start, slot)| (*start, slot))
     }
 
     /// The slots starting after `valid`, in order.
     fn after(&self, valid: i64) -> impl Iterator<Item = (i64, &Slot<V>)> {
-        self.slots[self.after_index(valid)..]
+        self.slots()[self.after_index(valid)..]
             .iter()
             .map(|(start, slot)| (*start, slot))
     }
 
     fn contains(&self, start: i64) -> bool {
-        self.slots.binary_search_by_key(&start, |(s, _)| *s).is_ok()
+        self.slots()
+            .binary_search_by_key(&start, |(s, _)| *s)
+            .is_ok()
     }
 
     /// Puts `slot` at `start`; returns the slot it replaced.
     fn insert(&mut self, start: i64, slot: Slot<V>) -> Option<Slot<V>> {
-        match self.slots.binary_search_by_key(&start, |(s, _)| *s) {
-            Ok(i) => Some(std::mem::replace(&mut self.slots[i].1, slot)),
-            Err(i) => {
-                if self.slots.capacity() == 0 {
-                    // A first slot gets room for itself alone; later ones grow as usual.
-                    self.slots.reserve_exact(1);
-                }
-                self.slots.insert(i, (start, slot));
-                None
+        let at = match self.slots().binary_search_by_key(&start, |(s, _)| *s) {
+            Ok(i) => return Some(std::mem::replace(&mut self.slots_mut()[i].1, slot)),
+            Err(at) => at,
+        };
+        *self = match std::mem::replace(self, SlotLine::Many(Vec::new())) {
+            SlotLine::Many(slots) if slots.is_empty() => SlotLine::One((start, slot)),
+            SlotLine::Many(mut slots) => {
+                slots.insert(at, (start, slot));
+                SlotLine::Many(slots)
+            }
+            SlotLine::One(first) => {
+                let mut slots = Vec::with_capacity(2);
+                slots.push(first);
+                slots.insert(at, (start, slot));
+                SlotLine::Many(slots)
+            }
+        };
+        None
+    }
+
+    fn remove(&mut self, start: i64) -> Option<Slot<V>> {
+        let i = self
+            .slots()
+            .binary_search_by_key(&start, |(s, _)| *s)
+            .ok()?;
+        match std::mem::replace(self, SlotLine::Many(Vec::new())) {
+            SlotLine::One((_, slot)) => Some(slot),
+            SlotLine::Many(mut slots) => {
+                let (_, removed) = slots.remove(i);
+                *self = match slots.len() {
+                    // Back in place: a key corrected once keeps no allocation for life.
+                    1 => SlotLine::One(slots.remove(0)),
+                    _ => SlotLine::Many(slots),
+                };
+                Some(removed)
             }
         }
     }
 
-    fn remove(&mut self, start: i64) -> Option<Slot<V>> {
-        let i = self.slots.binary_search_by_key(&start, |(s, _)| *s).ok()?;
-        Some(self.slots.remove(i).1)
-    }
-
     fn iter(&self) -> impl Iterator<Item = (i64, &Slot<V>)> {
-        self.slots.iter().map(|(start, slot)| (*start, slot))
+        self.slots().iter().map(|(start, slot)| (*start, slot))
     }
 
     fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.slots().is_empty()
     }
 }
 
-/// What the book holds for one key.
-#[derive(Debug, Clone)]
-struct KeyBook<K, V> {
-    /// The current line over valid time: one slot per change point.
-    current: SlotLine<V>,
-    /// Closed versions still held, in the order they were closed.
-    closed: Vec<Version<K, V>>,
-}
-
-impl<K, V> KeyBook<K, V> {
-    fn new() -> Self {
-        KeyBook {
-            current: SlotLine::new(),
-            closed: Vec::new(),
-        }
-    }
-
-    /// The start and slot of the step containing `valid`.
-    fn slot_at(&self, valid: i64) -> Option<(i64, &Slot<V>)> {
-        self.current.at_or_before(valid)
-    }
-
-    /// The start of the first slot after `valid`: where a version from `valid` would end.
-    fn next_after(&self, valid: i64) -> Option<i64> {
-        self.current.after(valid).next().map(|(start, _)| start)
-    }
-}
+/// What the book holds for one key: its current line. Closed versions still held are
+/// kept beside the lines, in [`VersionBook::closed`], so that a key that never had one
+/// (most keys of most tables) spends nothing on them.
+type KeyBook<V> = SlotLine<V>;
 
 /// One change of one key, as [`VersionBook::apply`] takes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -402,7 +420,9 @@ pub enum Edit<V> {
 /// readers that list keys in order (as-of, truncate, versions) sort them.
 #[derive(Debug, Clone)]
 pub struct VersionBook<K, V> {
-    keys: HashMap<K, KeyBook<K, V>, foldhash::fast::RandomState>,
+    keys: HashMap<K, KeyBook<V>, foldhash::fast::RandomState>,
+    /// Closed versions still held, by key, in the order they were closed.
+    closed: HashMap<K, Vec<Version<K, V>>, foldhash::fast::RandomState>,
     complete_since: SysTime,
     len: usize,
 }
@@ -413,6 +433,7 @@ impl<K: Ord + Hash + Clone, V: Clone> VersionBook<K, V> {
     pub fn new(start: SysTime) -> Self {
         VersionBook {
             keys: HashMap::default(),
+            closed: HashMap::default(),
             complete_since: start,
             len: 0,
         }
@@ -438,7 +459,7 @@ impl<K: Ord + Hash + Clone, V: Clone> VersionBook<K, V> {
             Edit::Upsert(v) => (v, false),
             Edit::Delete(v) => (v, true),
         };
-        let book = self.keys.entry(key.clone()).or_insert_with(KeyBook::new);
+        let book = self.keys.entry(key.clone()).or_insert_with(SlotLine::new);
         let open = |value: V, valid_from: i64, valid_to: Option<i64>, tombstone: bool| {
             VersionDelta::Open(Version {
                 key: key.clone(),
@@ -451,9 +472,9 @@ impl<K: Ord + Hash + Clone, V: Clone> VersionBook<K, V> {
             })
         };
         let mut deltas = Vec::with_capacity(3);
-        let next = book.next_after(valid);
-        let containing = book.current.at_or_before(valid).map(|(s, _)| s);
-        if let Some(old) = containing.and_then(|start| Some((start, book.current.remove(start)?))) {
+        let next = book.after(valid).next().map(|(start, _)| start);
+        let containing = book.at_or_before(valid).map(|(s, _)| s);
+        if let Some(old) = containing.and_then(|start| Some((start, book.remove(start)?))) {
             let (start, slot) = old;
             deltas.push(VersionDelta::Close {
                 key: key.clone(),
@@ -466,7 +487,7 @@ impl<K: Ord + Hash + Clone, V: Clone> VersionBook<K, V> {
             });
             if start < valid {
                 // The part before `valid` stays as it was, known anew from `system`.
-                book.current.insert(
+                book.insert(
                     start,
                     Slot {
                         value: slot.value.clone(),
@@ -478,7 +499,7 @@ impl<K: Ord + Hash + Clone, V: Clone> VersionBook<K, V> {
                 deltas.push(open(slot.value.clone(), start, Some(valid), slot.tombstone));
             }
             // The closed version moves to `closed`: `len` is unchanged by the close.
-            book.closed.push(Version {
+            self.closed.entry(key.clone()).or_default().push(Version {
                 key: key.clone(),
                 value: slot.value,
                 valid_from: start,
@@ -488,7 +509,7 @@ impl<K: Ord + Hash + Clone, V: Clone> VersionBook<K, V> {
                 tombstone: slot.tombstone,
             });
         }
-        book.current.insert(
+        book.insert(
             valid,
             Slot {
                 value: value.clone(),
@@ -504,7 +525,7 @@ impl<K: Ord + Hash + Clone, V: Clone> VersionBook<K, V> {
     /// The current (latest known) row of `key` at valid time `valid` (used to fill
     /// unchanged TOAST columns); `None` where nothing or a tombstone is.
     pub fn current(&self, key: &K, valid: i64) -> Option<&V> {
-        match self.keys.get(key)?.slot_at(valid)? {
+        match self.keys.get(key)?.at_or_before(valid)? {
             (_, slot) if !slot.tombstone => Some(&slot.value),
             _ => None,
         }
@@ -514,14 +535,14 @@ impl<K: Ord + Hash + Clone, V: Clone> VersionBook<K, V> {
     /// TRUNCATE), in key order.
     pub fn current_keys(&self) -> Vec<K> {
         self.in_key_order()
-            .filter(|(_, book)| book.current.iter().any(|(_, slot)| !slot.tombstone))
+            .filter(|(_, book)| book.iter().any(|(_, slot)| !slot.tombstone))
             .map(|(key, _)| key.clone())
             .collect()
     }
 
     /// The keys and their books, in key order.
-    fn in_key_order(&self) -> impl Iterator<Item = (&K, &KeyBook<K, V>)> {
-        let mut keys: Vec<(&K, &KeyBook<K, V>)> = self.keys.iter().collect();
+    fn in_key_order(&self) -> impl Iterator<Item = (&K, &KeyBook<V>)> {
+        let mut keys: Vec<(&K, &KeyBook<V>)> = self.keys.iter().collect();
         keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
         keys.into_iter()
     }
@@ -532,12 +553,11 @@ impl<K: Ord + Hash + Clone, V: Clone> VersionBook<K, V> {
     pub fn truncate_points(&self, at: i64) -> Vec<(K, i64)> {
         let mut points = Vec::new();
         for (key, book) in self.in_key_order() {
-            if matches!(book.slot_at(at), Some((_, slot)) if !slot.tombstone) {
+            if matches!(book.at_or_before(at), Some((_, slot)) if !slot.tombstone) {
                 points.push((key.clone(), at));
             }
             points.extend(
-                book.current
-                    .after(at)
+                book.after(at)
                     .filter(|(_, slot)| !slot.tombstone)
                     .map(|(start, _)| (key.clone(), start)),
             );
@@ -563,10 +583,10 @@ impl<K: Ord + Hash + Clone, V: Clone> VersionBook<K, V> {
         {
             return;
         }
-        let book = self.keys.entry(version.key).or_insert_with(KeyBook::new);
+        let book = self.keys.entry(version.key).or_insert_with(SlotLine::new);
         if let Some(to) = version.valid_to {
-            if !book.current.contains(to) {
-                book.current.insert(
+            if !book.contains(to) {
+                book.insert(
                     to,
                     Slot {
                         value: version.value.clone(),
@@ -582,7 +602,7 @@ impl<K: Ord + Hash + Clone, V: Clone> VersionBook<K, V> {
             system_from: version.system_from,
             tombstone: version.tombstone,
         };
-        if book.current.insert(version.valid_from, slot).is_none() {
+        if book.insert(version.valid_from, slot).is_none() {
             self.len += 1;
         }
     }
@@ -595,13 +615,15 @@ impl<K: Ord + Hash + Clone, V: Clone> VersionBook<K, V> {
         for (key, book) in self.in_key_order() {
             // At most one version of a key is visible at a point: the current step at
             // `valid` if it is known at `system`, else a closed one.
-            let visible = match book.slot_at(valid) {
+            let visible = match book.at_or_before(valid) {
                 Some((_, slot)) if system.sees(slot.system_from, None) => {
                     (!slot.tombstone).then_some(&slot.value)
                 }
-                _ => book
+                _ => self
                     .closed
-                    .iter()
+                    .get(key)
+                    .into_iter()
+                    .flatten()
                     .find(|v| v.visible_at(system, valid))
                     .and_then(|v| (!v.tombstone).then_some(&v.value)),
             };
@@ -617,8 +639,8 @@ impl<K: Ord + Hash + Clone, V: Clone> VersionBook<K, V> {
     pub fn versions(&self) -> Vec<Version<K, V>> {
         let mut out = Vec::with_capacity(self.len);
         for (key, book) in self.in_key_order() {
-            out.extend(book.closed.iter().cloned());
-            let mut slots = book.current.iter().peekable();
+            out.extend(self.closed.get(key).into_iter().flatten().cloned());
+            let mut slots = book.iter().peekable();
             while let Some((start, slot)) = slots.next() {
                 out.push(Version {
                     key: key.clone(),
@@ -648,8 +670,8 @@ impl<K: Ord + Hash + Clone, V: Clone> VersionBook<K, V> {
     pub fn prune_closed_before(&mut self, horizon_micros: i64) -> usize {
         let mut dropped = 0;
         let mut since = self.complete_since;
-        for book in self.keys.values_mut() {
-            book.closed.retain(|v| match v.system_to {
+        for closed in self.closed.values_mut() {
+            closed.retain(|v| match v.system_to {
                 Some(to) if to.micros < horizon_micros => {
                     dropped += 1;
                     since.lsn = since.lsn.max(to.lsn);
@@ -659,8 +681,10 @@ impl<K: Ord + Hash + Clone, V: Clone> VersionBook<K, V> {
                 _ => true,
             });
         }
+        self.closed.retain(|_, closed| !closed.is_empty());
+        let closed = &self.closed;
         self.keys
-            .retain(|_, book| !book.current.is_empty() || !book.closed.is_empty());
+            .retain(|key, book| !book.is_empty() || closed.contains_key(key));
         self.complete_since = since;
         self.len -= dropped;
         dropped

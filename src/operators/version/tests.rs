@@ -1083,3 +1083,39 @@ proptest! {
         }
     }
 }
+
+/// A key's book is its line, in place: no larger than one slot beside its start, so a key
+/// with one version costs its map entry and no allocation of its own.
+#[test]
+fn a_key_with_one_slot_needs_no_allocation_of_its_own() {
+    use crate::operators::packed_row::PackedRow;
+    let slot = std::mem::size_of::<(i64, super::Slot<PackedRow>)>();
+    assert_eq!(std::mem::size_of::<super::KeyBook<PackedRow>>(), slot);
+    let mut line = super::SlotLine::new();
+    line.insert(
+        3,
+        super::Slot {
+            value: 1u32,
+            system_from: st(1),
+            tombstone: false,
+        },
+    );
+    assert!(
+        matches!(line, super::SlotLine::One(_)),
+        "one slot is kept in place"
+    );
+    line.insert(
+        5,
+        super::Slot {
+            value: 2u32,
+            system_from: st(2),
+            tombstone: false,
+        },
+    );
+    assert!(matches!(&line, super::SlotLine::Many(v) if v.len() == 2));
+    line.remove(3);
+    assert!(
+        matches!(line, super::SlotLine::One((5, _))),
+        "back in place at one slot"
+    );
+}

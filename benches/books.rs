@@ -1,0 +1,164 @@
+//! Memory of the version books a history job keeps (every current row of its tables):
+//! bytes per row held by the books filled with N bench rows, one version each as a
+//! catch-up of inserts leaves them (one `VersionBook<PackedRow, PackedRow>` per tenant, 50
+//! tenants), beside two baselines measured in the same process:
+//!
+//! - the rows alone: each row's and key's packed allocation, in a `Vec`;
+//! - a plain `HashMap<PackedRow, PackedRow>` per tenant holding the same keys and rows,
+//!   the least any keyed store of them takes.
+//!
+//! Bytes are what the allocator hands out (mimalloc's size classes, `mi_good_size`),
+//! counted by a wrapping global allocator; the filling rate of each is printed too.
+//! Run: `cargo bench --bench books` (`HELIOS_BENCH_BOOK_ROWS`, default 1,000,000).
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
+use std::time::Instant;
+
+use helios_repl::change::Cell;
+use helios_repl::operators::packed_row::PackedRow;
+use helios_repl::operators::version::{Edit, SysTime, VersionBook};
+
+/// mimalloc, counting the bytes it has handed out and not taken back.
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+/// The size mimalloc actually hands out for a request of `size` bytes.
+fn class(size: usize) -> isize {
+    // SAFETY: a pure function of its argument.
+    unsafe { libmimalloc_sys::mi_good_size(size) as isize }
+}
+
+// SAFETY: every call is passed to mimalloc unchanged; only the counter is added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = mimalloc::MiMalloc.alloc(layout);
+        if !p.is_null() {
+            LIVE.fetch_add(class(layout.size()), Relaxed);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = mimalloc::MiMalloc.alloc_zeroed(layout);
+        if !p.is_null() {
+            LIVE.fetch_add(class(layout.size()), Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        mimalloc::MiMalloc.dealloc(ptr, layout);
+        LIVE.fetch_sub(class(layout.size()), Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = mimalloc::MiMalloc.realloc(ptr, layout, new_size);
+        if !p.is_null() {
+            LIVE.fetch_add(class(new_size) - class(layout.size()), Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const TENANTS: u64 = 50;
+
+/// Row `g` of the e2e bench's table (8 columns; the key is the first two), packed.
+fn bench_row(g: u64) -> (u64, PackedRow, PackedRow) {
+    let tenant = g % TENANTS + 1;
+    let cells = [
+        Cell::text(&tenant.to_string()),
+        Cell::text(&g.to_string()),
+        Cell::text(&format!("{}.{:02}", (g % 10_000_000) / 100, g % 100)),
+        Cell::text(&format!(
+            "2024-01-{:02} {:02}:{:02}:{:02}+00",
+            g / 86_400 % 28 + 1,
+            g / 3600 % 24,
+            g / 60 % 60,
+            g % 60
+        )),
+        Cell::text(&format!(
+            r#"{{"k": {g}, "kind": "order", "tags": ["a", {}]}}"#,
+            g % 7
+        )),
+        Cell::text(&format!("note {g} for a tenant row")),
+        Cell::text(if g.is_multiple_of(2) { "t" } else { "f" }),
+        Cell::text(&(g % 1000).to_string()),
+    ];
+    (
+        tenant,
+        PackedRow::pack(&cells[..2]),
+        PackedRow::pack(&cells),
+    )
+}
+
+/// Bytes per row that `fill` leaves allocated, and rows per second it filled.
+fn measure<T>(rows: u64, fill: impl FnOnce() -> T) -> (f64, f64, T) {
+    let before = LIVE.load(Relaxed);
+    let started = Instant::now();
+    let kept = fill();
+    let secs = started.elapsed().as_secs_f64();
+    let bytes = LIVE.load(Relaxed) - before;
+    (bytes as f64 / rows as f64, rows as f64 / secs, kept)
+}
+
+fn main() {
+    let rows: u64 = std::env::var("HELIOS_BENCH_BOOK_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let (alone, _, packed) = measure(rows, || {
+        let mut v = Vec::with_capacity(rows as usize);
+        v.extend((1..=rows).map(bench_row));
+        v
+    });
+    let vec_bytes = std::mem::size_of::<(u64, PackedRow, PackedRow)>() as f64;
+    let (map, map_rate, maps) = measure(rows, || {
+        let mut maps: HashMap<u64, HashMap<PackedRow, PackedRow>> = HashMap::new();
+        for (tenant, key, row) in &packed {
+            maps.entry(*tenant)
+                .or_default()
+                .insert(key.clone(), row.clone());
+        }
+        maps
+    });
+    drop(black_box(maps));
+    let start = SysTime { lsn: 0, micros: 0 };
+    let (books, books_rate, kept) = measure(rows, || {
+        let mut books: HashMap<u64, VersionBook<PackedRow, PackedRow>> = HashMap::new();
+        for (g, (tenant, key, row)) in packed.iter().enumerate() {
+            let at = SysTime {
+                lsn: g as u64 + 1,
+                micros: g as i64 + 1,
+            };
+            let deltas = books
+                .entry(*tenant)
+                .or_insert_with(|| VersionBook::new(start))
+                .apply(key.clone(), at.micros, at, Edit::Upsert(row.clone()));
+            black_box(deltas);
+        }
+        books
+    });
+    let held: usize = kept.values().map(VersionBook::len).sum();
+    assert_eq!(held as u64, rows, "one version per row");
+    println!("version books, {rows} rows over {TENANTS} tenants (bytes the allocator hands out per row):");
+    println!(
+        "  rows alone (packed key and row): {:.1} B/row (plus {vec_bytes:.0} B/row of the Vec holding them)",
+        alone - vec_bytes
+    );
+    println!(
+        "  baseline HashMap<key, row> per tenant: {map:.1} B/row beyond the rows, filled at {:.2} M rows/s",
+        map_rate / 1e6
+    );
+    println!(
+        "  VersionBook per tenant: {books:.1} B/row beyond the rows ({:.2}x the baseline's), filled at {:.2} M rows/s",
+        books / map,
+        books_rate / 1e6
+    );
+}
