@@ -64,6 +64,9 @@
 //! Prints one markdown table and appends it, with date, machine size, commit and
 //! PostgreSQL version, to `benches/results/e2e.md`.
 //!
+//! `HELIOS_BENCH_PG_EXTRA`: TOML appended to our postgres sinks (`\n` for a newline), e.g.
+//! `max_in_flight = 2`; in `HELIOS_BENCH_LAG_VARIANT` it is appended to the variant's only.
+//!
 //! `HELIOS_BENCH_COLD_EXTRA`: TOML appended to (d)'s Parquet sink (`\n` for a newline),
 //! e.g. `batch_max_rows = 50000\n[qos]\nmax_buffered_rows = 100000` to try other group sizes.
 //!
@@ -585,8 +588,15 @@ fn job_spec(name: &str, source_dsn: &str, table: &str, tenants: &str, target_dsn
     format!(
         "name = \"{name}\"\n[source]\ndsn = \"{source_dsn}\"\npublication = \"{name}\"\nslot = \"{name}\"\n\
          [tenants]\ncolumn = \"tenant_id\"\ninclude = {tenants}\n[[tables]]\nname = \"{table}\"\n\
-         [[sinks]]\nkind = \"postgres\"\ndsn = \"{target_dsn}\"\n"
+         [[sinks]]\nkind = \"postgres\"\ndsn = \"{target_dsn}\"\n{}",
+        pg_extra(std::env::var("HELIOS_BENCH_PG_EXTRA").ok().as_deref())
     )
+}
+
+/// `HELIOS_BENCH_PG_EXTRA`'s TOML for our postgres sinks (`\n` for a newline), e.g.
+/// `max_in_flight = 2`; empty when unset.
+fn pg_extra(value: Option<&str>) -> String {
+    value.map_or_else(String::new, |v| format!("{}\n", v.replace("\\n", "\n")))
 }
 
 /// The spec of case (d): `table` with history, into a Parquet cold tier under `root` only.

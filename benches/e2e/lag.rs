@@ -23,7 +23,7 @@ use anyhow::bail;
 use helios_repl::embedded::pg_cluster::PgCluster;
 use helios_repl::sinks::latency::LatencyStage;
 
-use super::{connect, count, job_spec, JobChild, POLL};
+use super::{connect, count, job_spec, pg_extra, JobChild, POLL};
 
 /// The lag runs: row rate and client connections. The last is the fastest rate the source
 /// sustains, from the 16 clients (`HELIOS_BENCH_LAG_TOP_RATE` overrides its rate;
@@ -244,7 +244,10 @@ impl Ours {
         source.create_database(db)?;
         target.create_database(db)?;
         source.psql(db, LAG_TABLE)?;
-        let spec = job_spec(db, &source.dsn(db), "bench.l", "\"all\"", &target.dsn(db));
+        let mut spec = job_spec(db, &source.dsn(db), "bench.l", "\"all\"", &target.dsn(db));
+        if let Some((_, extra)) = env.iter().find(|(k, _)| k == "HELIOS_BENCH_PG_EXTRA") {
+            spec.push_str(&pg_extra(Some(extra)));
+        }
         let mut child = JobChild::spawn_with_env(&spec, env).await?;
         child.expect("streaming", Duration::from_secs(120)).await?;
         target.psql(db, LAG_TRIGGER)?;

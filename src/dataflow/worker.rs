@@ -164,6 +164,8 @@ pub struct SinkTarget {
     pub place: SinkPlace,
     /// Most rows one apply transaction takes.
     pub batch_max_rows: usize,
+    /// Most groups in flight to it at once (only a postgres sink pipelines them).
+    pub max_in_flight: usize,
     /// Counters shared by this sink's tasks on all workers.
     pub stats: Arc<SinkStats>,
     /// Bandwidth limits shared by this sink's tasks on all workers.
@@ -302,6 +304,7 @@ impl WorkerJob {
             let (stats, reader) = (target.stats.clone(), job.reader.clone());
             let mut pacing = SinkPacing::fifo(job.backlog.clone(), target.batch_max_rows, index);
             pacing.limiter = target.limiter.clone();
+            pacing.pipeline = target.max_in_flight;
             let runtime = runtimes.runtime_for(&target.place);
             match &target.place {
                 SinkPlace::Postgres(dsn) => {

@@ -180,6 +180,10 @@ pub enum SinkError {
     Definite(String),
 }
 
+/// A group on its way to a sink ([`Sink::send`]): resolves once it is durable or failed.
+pub type InFlight =
+    std::pin::Pin<Box<dyn Future<Output = Result<ApplyReport, SinkError>> + Send + 'static>>;
+
 /// A destination for a job's changes. See the module doc for the contract.
 pub trait Sink: Send + 'static {
     /// A short name for logs and metrics (`postgres`, `nats`, `parquet`).
@@ -190,6 +194,25 @@ pub trait Sink: Send + 'static {
         &mut self,
         batches: &[ApplyBatch],
     ) -> impl Future<Output = Result<ApplyReport, SinkError>> + Send;
+
+    /// Starts applying `batches` (ascending commit LSN) without waiting for them to be
+    /// durable, behind any groups sent before whose outcome is not settled yet: the
+    /// returned [`InFlight`] resolves to what [`Sink::apply`] would have returned, and the
+    /// caller hands every outcome to [`Sink::settle`], in the order sent. A group sent
+    /// this way never becomes durable unless every group sent before it does (a failed
+    /// one takes the later ones down with it; the caller applies them again in order).
+    /// `None` when this group cannot be sent so (the caller then settles what is in
+    /// flight and uses [`Sink::apply`]). The default: `None`.
+    fn send(&mut self, batches: &[ApplyBatch]) -> impl Future<Output = Option<InFlight>> + Send {
+        let _ = batches;
+        async { None }
+    }
+
+    /// Takes the outcome of the oldest group [`Sink::send`] started that is not settled
+    /// yet. The default does nothing.
+    fn settle(&mut self, outcome: &Result<ApplyReport, SinkError>) {
+        let _ = outcome;
+    }
 
     /// Applies one transaction that arrived in parts and was spilled to disk, as a whole
     /// (never half of it for a tenant), and returns once it is durable. The default reads

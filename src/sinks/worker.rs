@@ -14,7 +14,7 @@
 //! back-off. Its size never shows in memory. It is not held back by the bandwidth limits
 //! (the sink is busy with it alone meanwhile).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,7 +27,7 @@ use crate::sinks::qos::rate_limit::{Claim, SinkLimiter, SinkLimits};
 use crate::sinks::qos::scheduler::{Group, Scheduler};
 use crate::sinks::qos::QosPolicy;
 use crate::sinks::spill::SpilledTxn;
-use crate::sinks::{ApplyBatch, ApplyReport, Delivery, Sink};
+use crate::sinks::{ApplyBatch, ApplyReport, Delivery, InFlight, Sink, SinkError};
 
 /// First wait after a failure.
 pub const RETRY_INITIAL: Duration = Duration::from_millis(200);
@@ -112,6 +112,9 @@ pub struct SinkPacing {
     pub task: usize,
     /// Hold small groups back to publish fewer, larger ones (`None`: apply at once).
     pub linger: Option<Linger>,
+    /// Most groups sent to a sink that can pipeline them ([`Sink::send`]) before the
+    /// oldest is durable; 1 waits for each group before sending the next.
+    pub pipeline: usize,
 }
 
 /// How long a sink whose writes carry a high fixed cost (the Parquet cold tier: files,
@@ -173,6 +176,7 @@ impl SinkPacing {
             max_rows,
             task,
             linger: None,
+            pipeline: 1,
         }
     }
 }
@@ -224,8 +228,13 @@ pub async fn run_sink<S: Sink>(
         Delivery::Batch(b) => push(scheduler, b),
         Delivery::Part(p) => *large = Some(p),
     };
+    // Groups sent and not yet settled, oldest first.
+    let mut in_flight = InFlightGroups::default();
     loop {
         if let Some(first) = large.take() {
+            in_flight
+                .settle_all(&mut sink, &stats, &reader, &pacing, &on_durable)
+                .await;
             drain(
                 &mut sink,
                 &mut scheduler,
@@ -266,6 +275,22 @@ pub async fn run_sink<S: Sink>(
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
                 Err(mpsc::error::TryRecvError::Empty) => {
                     pending_since = None;
+                    if let Some(oldest) = in_flight.oldest() {
+                        // Whichever comes first: the next batch, or the oldest group's outcome.
+                        tokio::select! {
+                            d = batches.recv() => match d {
+                                Some(d) => receive(&mut scheduler, &mut large, d),
+                                None => break,
+                            },
+                            outcome = oldest => {
+                                in_flight
+                                    .settle_oldest(Some(outcome), &mut sink, &stats, &reader, &pacing, &on_durable)
+                                    .await;
+                                continue;
+                            }
+                        }
+                        continue;
+                    }
                     let next = tokio::select! {
                         d = batches.recv() => d,
                         _ = tokio::time::sleep(IDLE_UPKEEP) => {
@@ -289,12 +314,23 @@ pub async fn run_sink<S: Sink>(
         if took {
             // The channel has room again: wake the dataflow's delivery to refill it, so
             // the scheduler sees as much of the backlog as the read-ahead allows.
-            on_durable(scheduler.durable_watermark());
+            on_durable(in_flight.durable_below(&scheduler));
         }
         if large.is_some() {
             continue;
         }
+        if in_flight.len() >= pacing.pipeline.max(1) {
+            // Room for another group once the oldest is settled; what arrives meanwhile
+            // joins the next group.
+            in_flight
+                .settle_oldest(None, &mut sink, &stats, &reader, &pacing, &on_durable)
+                .await;
+            continue;
+        }
         if let Some(linger) = pacing.linger {
+            in_flight
+                .settle_all(&mut sink, &stats, &reader, &pacing, &on_durable)
+                .await;
             let since = *pending_since.get_or_insert_with(tokio::time::Instant::now);
             let left = linger.wait.saturating_sub(since.elapsed());
             let pending = scheduler.pending_rows();
@@ -328,6 +364,7 @@ pub async fn run_sink<S: Sink>(
                     })
                     .map(|(tier, overdue)| Claim { tier, overdue }),
             );
+        let before = scheduler.durable_watermark();
         let group = if sink_wait > 0 || yields {
             Group::default()
         } else {
@@ -337,6 +374,9 @@ pub async fn run_sink<S: Sink>(
             })
         };
         if group.batches.is_empty() {
+            in_flight
+                .settle_all(&mut sink, &stats, &reader, &pacing, &on_durable)
+                .await;
             // Out of bandwidth (the sink's or every waiting tenant's): wait a slice, or
             // until a new batch arrives, which may belong to a tenant that may send.
             let slice = if sink_wait > 0 && !yields {
@@ -368,14 +408,146 @@ pub async fn run_sink<S: Sink>(
         // while the last group was written).
         let taken_at = tokio::time::Instant::now();
         let left_behind = !scheduler.is_empty();
-        sink.set_watermark(scheduler.durable_watermark());
-        apply_group(&mut sink, &group.batches, &stats, &reader).await;
-        take_off_backlog(&pacing, group.rows);
-        on_durable(scheduler.durable_watermark());
-        sink.upkeep(false).await;
+        let watermark = scheduler.durable_watermark();
+        sink.set_watermark(watermark);
+        let sent = if pacing.pipeline > 1 {
+            sink.send(&group.batches).await
+        } else {
+            None
+        };
+        match sent {
+            Some(flight) => in_flight.push(SentGroup {
+                batches: group.batches,
+                rows: group.rows,
+                before,
+                watermark,
+                started: std::time::Instant::now(),
+                flight,
+            }),
+            None => {
+                in_flight
+                    .settle_all(&mut sink, &stats, &reader, &pacing, &on_durable)
+                    .await;
+                sink.set_watermark(watermark);
+                apply_group(&mut sink, &group.batches, &stats, &reader).await;
+                take_off_backlog(&pacing, group.rows);
+                on_durable(watermark);
+                sink.upkeep(false).await;
+            }
+        }
         if !left_behind {
             pending_since = Some(taken_at);
         }
+    }
+    in_flight
+        .settle_all(&mut sink, &stats, &reader, &pacing, &on_durable)
+        .await;
+}
+
+/// A group sent with [`Sink::send`] whose outcome is not in yet.
+struct SentGroup {
+    batches: Vec<ApplyBatch>,
+    rows: usize,
+    /// The scheduler's durable watermark before the group was taken.
+    before: Lsn,
+    /// The scheduler's durable watermark once it was taken: durable with the group.
+    watermark: Lsn,
+    started: std::time::Instant,
+    flight: InFlight,
+}
+
+/// The groups in flight to a sink, oldest first; settled in that order.
+#[derive(Default)]
+struct InFlightGroups(VecDeque<SentGroup>);
+
+impl InFlightGroups {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn push(&mut self, group: SentGroup) {
+        self.0.push_back(group);
+    }
+
+    /// The oldest group's outcome, to wait for.
+    fn oldest(&mut self) -> Option<&mut InFlight> {
+        self.0.front_mut().map(|g| &mut g.flight)
+    }
+
+    /// What may be reported durable: everything the scheduler has let go of, unless some
+    /// of it is still in flight.
+    fn durable_below(&self, scheduler: &Scheduler) -> Lsn {
+        self.0
+            .front()
+            .map_or_else(|| scheduler.durable_watermark(), |g| g.before)
+    }
+
+    /// Waits for every group in flight (see [`InFlightGroups::settle_oldest`]).
+    async fn settle_all<S: Sink>(
+        &mut self,
+        sink: &mut S,
+        stats: &SinkStats,
+        reader: &crate::cdc::stream::ReaderStats,
+        pacing: &SinkPacing,
+        on_durable: &impl Fn(Lsn),
+    ) {
+        while self.len() > 0 {
+            self.settle_oldest(None, sink, stats, reader, pacing, on_durable)
+                .await;
+        }
+    }
+
+    /// Settles the oldest group with its outcome (`outcome`, or waited for). If it failed,
+    /// every group sent after it failed with it or is treated as failed (nothing may be
+    /// durable past a failed group), and they are all applied again in order, each
+    /// retried until durable.
+    async fn settle_oldest<S: Sink>(
+        &mut self,
+        outcome: Option<Result<ApplyReport, SinkError>>,
+        sink: &mut S,
+        stats: &SinkStats,
+        reader: &crate::cdc::stream::ReaderStats,
+        pacing: &SinkPacing,
+        on_durable: &impl Fn(Lsn),
+    ) {
+        let Some(mut oldest) = self.0.pop_front() else {
+            return;
+        };
+        let outcome = match outcome {
+            Some(o) => o,
+            None => (&mut oldest.flight).await,
+        };
+        sink.settle(&outcome);
+        let err = match outcome {
+            Ok(report) => {
+                durable_group(stats, reader, &report, &oldest.batches, oldest.started);
+                take_off_backlog(pacing, oldest.rows);
+                on_durable(oldest.watermark);
+                if self.0.is_empty() {
+                    sink.upkeep(false).await;
+                }
+                return;
+            }
+            Err(err) => err,
+        };
+        stats.errors.fetch_add(1, Relaxed);
+        tracing::warn!(sink = sink.kind(), error = %err, behind = self.len(), "a pipelined group failed; applying it and the groups sent after it again, in order");
+        let mut again = vec![oldest];
+        while let Some(mut next) = self.0.pop_front() {
+            // Its own outcome does not matter: it is applied again after the failed one.
+            let _ = (&mut next.flight).await;
+            sink.settle(&Err(SinkError::Transient(
+                "a group sent before it failed".into(),
+            )));
+            again.push(next);
+        }
+        for group in again {
+            sink.set_watermark(group.watermark);
+            apply_group(sink, &group.batches, stats, reader).await;
+            take_off_backlog(pacing, group.rows);
+            on_durable(group.watermark);
+        }
+        sink.upkeep(false).await;
     }
 }
 
@@ -557,18 +729,29 @@ async fn apply_group<S: Sink>(
         let started = std::time::Instant::now();
         match sink.apply(group).await {
             Ok(report) => {
-                record(stats, reader, &report, started);
-                let now = pg_now_micros();
-                for seen in group
-                    .iter()
-                    .filter_map(|b| reader.commit_times.seen(b.commit_lsn))
-                {
-                    stats.stages.durable(seen, now);
-                }
+                durable_group(stats, reader, &report, group, started);
                 return;
             }
             Err(err) => retry_after(sink, stats, &err, &mut wait).await,
         }
+    }
+}
+
+/// Records a group that became durable: its figures and its transactions' stage times.
+fn durable_group(
+    stats: &SinkStats,
+    reader: &crate::cdc::stream::ReaderStats,
+    report: &ApplyReport,
+    group: &[ApplyBatch],
+    started: std::time::Instant,
+) {
+    record(stats, reader, report, started);
+    let now = pg_now_micros();
+    for seen in group
+        .iter()
+        .filter_map(|b| reader.commit_times.seen(b.commit_lsn))
+    {
+        stats.stages.durable(seen, now);
     }
 }
 

@@ -403,3 +403,45 @@ fn an_insert_of_a_key_the_target_already_holds_is_applied_as_an_upsert() {
     );
     assert_eq!(repl.stop().code(), Some(0));
 }
+
+/// With `max_in_flight = 4` the sink sends small target transactions while earlier ones
+/// are still in flight: a stream of single-statement transactions (inserts, updates, key
+/// changes, deletes over two tenants) still converges to the source.
+#[test]
+fn small_transactions_sent_with_several_in_flight_converge() {
+    let env = Env::start(
+        "CREATE TABLE public.ticks (tenant_id int NOT NULL, id int NOT NULL, v text, \
+         PRIMARY KEY (tenant_id, id));",
+    );
+    let job = env.job_file("ticks", "[1, 2]", &["public.ticks"]);
+    let mut text = std::fs::read_to_string(&job).expect("job file");
+    text.push_str("max_in_flight = 4\n");
+    std::fs::write(&job, text).expect("job file");
+    let mut repl = streaming(&env, &job);
+    let mut sql = String::new();
+    for i in 0..400 {
+        let t = 1 + i % 3;
+        sql.push_str(&match i % 5 {
+            0 | 1 => format!("INSERT INTO public.ticks VALUES ({t}, {i}, 'v{i}');\n"),
+            2 => format!(
+                "UPDATE public.ticks SET v = v || '+' WHERE id = {};\n",
+                i - 2
+            ),
+            3 => format!(
+                "UPDATE public.ticks SET id = id + 1000 WHERE id = {};\n",
+                i - 3
+            ),
+            _ => format!("DELETE FROM public.ticks WHERE id = {};\n", i - 4),
+        });
+    }
+    env.on_source(&sql);
+    env.wait_converged(
+        "SELECT tenant_id, id, v FROM public.ticks WHERE tenant_id IN (1, 2) ORDER BY 1, 2",
+        WAIT,
+    );
+    assert_eq!(
+        env.on_target("SELECT count(*) FROM public.ticks WHERE tenant_id = 3"),
+        "0"
+    );
+    assert_eq!(repl.stop().code(), Some(0));
+}

@@ -63,6 +63,10 @@ pub const DEFAULT_TENANT_COLUMN: &str = "tenant_id";
 pub const DEFAULT_BATCH_MAX_ROWS: usize = 5000;
 /// Largest accepted `batch_max_rows`.
 pub const MAX_BATCH_MAX_ROWS: usize = 1_000_000;
+/// Default `max_in_flight` of a postgres sink.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1;
+/// Largest accepted `max_in_flight`.
+pub const MAX_MAX_IN_FLIGHT: usize = 64;
 /// Longest accepted job name.
 pub const MAX_JOB_NAME_LEN: usize = 48;
 /// Longest PostgreSQL identifier (NAMEDATALEN - 1).
@@ -242,6 +246,14 @@ impl SinkSpec {
         }
     }
 
+    /// Most groups in flight to the sink at once (1 for sinks that do not pipeline).
+    pub fn max_in_flight(&self) -> usize {
+        match self {
+            SinkSpec::Postgres(p) => p.max_in_flight,
+            SinkSpec::Parquet(_) | SinkSpec::Nats(_) => 1,
+        }
+    }
+
     /// The sink's bandwidth limits.
     pub fn limits(&self) -> SinkLimits {
         match self {
@@ -293,6 +305,11 @@ pub struct PostgresSinkSpec {
     /// Rows per applied batch, `1..=1_000_000`. Default 5000.
     #[serde(default = "default_batch_max_rows")]
     pub batch_max_rows: usize,
+    /// Target transactions sent before the oldest one's outcome is back, `1..=64`;
+    /// default 1 (each waits for the one before). More hides a long round trip to a
+    /// remote target: a transaction behind a failed one rolls back with it.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
     /// The sink's bandwidth limits.
     #[serde(flatten)]
     pub limits: SinkLimitsSpec,
@@ -497,6 +514,13 @@ impl JobSpec {
                     format!("must be between 1 and {MAX_BATCH_MAX_ROWS}, got {rows}"),
                 ));
             }
+            let in_flight = sink.max_in_flight();
+            if !(1..=MAX_MAX_IN_FLIGHT).contains(&in_flight) {
+                return Err(JobSpecError::invalid(
+                    format!("sinks[{i}].max_in_flight"),
+                    format!("must be between 1 and {MAX_MAX_IN_FLIGHT}, got {in_flight}"),
+                ));
+            }
             if let SinkSpec::Parquet(p) = sink {
                 let n = p.compact_min_files;
                 if n == 1 || n > MAX_COMPACT_MIN_FILES {
@@ -617,6 +641,10 @@ fn default_batch_max_rows() -> usize {
     DEFAULT_BATCH_MAX_ROWS
 }
 
+fn default_max_in_flight() -> usize {
+    DEFAULT_MAX_IN_FLIGHT
+}
+
 /// For `#[serde(default, deserialize_with = "present")]` on an `Option`
 /// field: the key may be absent, but when present the value must be a `T`
 /// (JSON `null` is rejected, as by the JSON Schema).
@@ -729,6 +757,8 @@ struct RawSink {
     #[serde(default, deserialize_with = "present")]
     batch_max_rows: Option<usize>,
     #[serde(default, deserialize_with = "present")]
+    max_in_flight: Option<usize>,
+    #[serde(default, deserialize_with = "present")]
     root: Option<String>,
     #[serde(default, deserialize_with = "present")]
     compact_min_files: Option<usize>,
@@ -797,6 +827,11 @@ impl<'de> Deserialize<'de> for SinkSpec {
                 raw.compact_min_files.is_some(),
                 &["parquet"][..],
             ),
+            (
+                "max_in_flight",
+                raw.max_in_flight.is_some(),
+                &["postgres"][..],
+            ),
             ("url", raw.url.is_some(), &["nats"][..]),
             ("stream", raw.stream.is_some(), &["nats"][..]),
             (
@@ -841,6 +876,7 @@ impl<'de> Deserialize<'de> for SinkSpec {
             SinkKind::Postgres => Ok(SinkSpec::Postgres(PostgresSinkSpec {
                 dsn: raw.dsn.ok_or_else(|| de::Error::missing_field("dsn"))?,
                 batch_max_rows: raw.batch_max_rows.unwrap_or(DEFAULT_BATCH_MAX_ROWS),
+                max_in_flight: raw.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
                 limits,
             })),
             SinkKind::Parquet => Ok(SinkSpec::Parquet(ParquetSinkSpec {

@@ -235,6 +235,29 @@ fn negative_batch_max_rows() {
 }
 
 #[test]
+fn max_in_flight_is_checked_and_only_for_postgres_sinks() {
+    let with = |line: &str| {
+        valid_with(
+            "kind = \"postgres\"",
+            &format!("kind = \"postgres\"\n{line}"),
+        )
+    };
+    let spec = JobSpec::from_toml_str(&with("max_in_flight = 4")).expect("4 in flight");
+    assert_eq!(spec.sinks[0].max_in_flight(), 4);
+    let spec = JobSpec::from_toml_str(VALID).expect("valid");
+    assert_eq!(spec.sinks[0].max_in_flight(), DEFAULT_MAX_IN_FLIGHT);
+    for bad in ["max_in_flight = 0", "max_in_flight = 65"] {
+        let err = expect_err(&with(bad), "sinks[0].max_in_flight");
+        assert!(err.to_string().contains("between 1 and 64"), "{err}");
+    }
+    expect_err(&with("max_in_flight = -1"), "sinks[0].max_in_flight");
+    let nats =
+        format!("{VALID}\n[[sinks]]\nkind = \"nats\"\nurl = \"nats://h:1\"\nmax_in_flight = 2\n");
+    let err = JobSpec::from_toml_str(&nats).expect_err("max_in_flight belongs to postgres sinks");
+    assert!(err.to_string().contains("max_in_flight"), "{err}");
+}
+
+#[test]
 fn unknown_keys() {
     let err = expect_err(
         &valid_with("slot = \"slot_t\"", "slot = \"slot_t\"\npasswd = \"x\""),
@@ -553,11 +576,13 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
         dsn(),
         1..=MAX_BATCH_MAX_ROWS,
         (limit(), limit(), limit(), limit()),
+        1..=MAX_MAX_IN_FLIGHT,
     )
-        .prop_map(|(dsn, batch_max_rows, (a, b, c, d))| {
+        .prop_map(|(dsn, batch_max_rows, (a, b, c, d), max_in_flight)| {
             SinkSpec::Postgres(PostgresSinkSpec {
                 dsn,
                 batch_max_rows,
+                max_in_flight,
                 limits: SinkLimitsSpec {
                     max_rows_per_sec: a,
                     max_bytes_per_sec: b,

@@ -72,6 +72,89 @@ pub(super) enum Write<'s> {
     Copy(statements::CopyRows),
 }
 
+impl Write<'_> {
+    /// The write with parameters of its own (see [`statements::Param::into_owned`]).
+    pub(super) fn into_owned(self) -> Write<'static> {
+        match self {
+            Write::Statement(stmt, counts) => Write::Statement(stmt.into_owned(), counts),
+            Write::Copy(copy) => Write::Copy(copy),
+        }
+    }
+
+    /// Its SQL text.
+    pub(super) fn text(&self) -> &str {
+        match self {
+            Write::Statement(stmt, _) => &stmt.text,
+            Write::Copy(copy) => &copy.text,
+        }
+    }
+
+    /// Bytes of the job's values it sends (bookkeeping not counted).
+    pub(super) fn bytes(&self) -> u64 {
+        match self {
+            Write::Statement(_, Counts::Bookkeeping) => 0,
+            Write::Statement(stmt, _) => stmt.params.iter().map(Param::bytes).sum(),
+            Write::Copy(copy) => copy.data.len() as u64,
+        }
+    }
+}
+
+/// One target transaction sent as a pipeline: `begin` (a simple query that opens it),
+/// every write with its prepared statement (`prepared[i]` for `writes[i]`) and `COMMIT`
+/// go out together and the answers are read afterwards. A `COPY` sends its rows once the
+/// server accepted it, and the requests after it follow its end without waiting. A
+/// failing statement aborts the transaction on the server, so the `COMMIT` rolls it
+/// back. Returns the rows written (upserted and deleted; `bytes` left at 0), or the
+/// first error in statement order with what failed (`begin`, `apply`, `commit`).
+pub(super) async fn run_pipelined(
+    client: &tokio_postgres::Client,
+    begin: &str,
+    writes: &[Write<'_>],
+    prepared: &[tokio_postgres::Statement],
+) -> Result<ApplyReport, (&'static str, tokio_postgres::Error)> {
+    let params: Vec<Vec<&(dyn ToSql + Sync)>> = writes
+        .iter()
+        .map(|w| match w {
+            Write::Statement(stmt, _) => stmt.params.iter().map(Param::as_sql).collect(),
+            Write::Copy(_) => Vec::new(),
+        })
+        .collect();
+    let mut requests: Vec<Request<'_>> = Vec::with_capacity(writes.len() + 2);
+    requests.push(Box::pin(async move {
+        client.batch_execute(begin).await.map(|()| 0)
+    }));
+    for ((write, stmt), params) in writes.iter().zip(prepared).zip(&params) {
+        requests.push(match write {
+            Write::Statement(..) => Box::pin(client.execute(stmt, params.as_slice())),
+            Write::Copy(copy) => Box::pin(send_copy(client.copy_in(stmt), copy.data.clone())),
+        });
+    }
+    requests.push(Box::pin(async move {
+        client.batch_execute("COMMIT").await.map(|()| 0)
+    }));
+    let answers = pipeline(requests).await;
+    let last = answers.len().saturating_sub(1);
+    let mut report = ApplyReport::default();
+    for (i, answer) in answers.into_iter().enumerate() {
+        match answer {
+            Ok(n) if i > 0 && i < last => match &writes[i - 1] {
+                Write::Statement(_, counts) => counts.add(&mut report, n),
+                Write::Copy(_) => report.upserted += n,
+            },
+            Ok(_) => {}
+            Err(e) => {
+                let what = match i {
+                    0 => "begin",
+                    _ if i == last => "commit",
+                    _ => "apply",
+                };
+                return Err((what, e));
+            }
+        }
+    }
+    Ok(report)
+}
+
 /// What a plain step writes in the pipelined path: a large plain insert as `COPY`, any
 /// other as its statement.
 pub(super) fn pipelined_write<'s>(plan: &TenantPlan, step: &'s Step<'_>) -> Option<Write<'s>> {

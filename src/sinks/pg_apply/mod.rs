@@ -10,6 +10,8 @@
 
 mod execute;
 pub mod history;
+#[cfg(test)]
+mod pipeline_tests;
 pub mod plan;
 pub mod sink;
 pub mod snapshot;

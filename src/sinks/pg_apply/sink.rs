@@ -9,26 +9,25 @@
 //! same transaction, so the other tables keep flowing and nothing is lost. Transient errors abort the whole
 //! transaction; the caller retries the same batches after reconnecting.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Transaction};
 
 use crate::change::{HistoryEvent, Lsn, Scope, TenantAction, TenantChange};
 use crate::operators::partition::{tenant_route, TenantPlan};
 use crate::sinks::large::{LiveParts, PartSource};
 use crate::sinks::pg_apply::execute::{
-    apply_steps, dead_letter_all, pipeline, pipelined_write, prepared, run, send_copy,
-    ConnectionCache, Counts, Request, Write,
+    apply_steps, dead_letter_all, pipelined_write, prepared, run, run_pipelined, ConnectionCache,
+    Counts, Write,
 };
 use crate::sinks::pg_apply::history::{close_versions, ensure_history_shape, insert_versions};
 use crate::sinks::pg_apply::plan::{plan_table, Step};
-use crate::sinks::pg_apply::statements::Param;
 use crate::sinks::pg_apply::store::{self, scope_key, sink_error};
 use crate::sinks::spill::SpilledTxn;
 use crate::sinks::versions::plan_history;
-use crate::sinks::{ApplyBatch, ApplyReport, Sink, SinkError, TenantApplied};
+use crate::sinks::{ApplyBatch, ApplyReport, InFlight, Sink, SinkError, TenantApplied};
 
 /// Connects to a target database; the connection task runs on the current runtime.
 pub async fn connect(dsn: &str) -> Result<Client, SinkError> {
@@ -70,14 +69,28 @@ struct TableWork<'a> {
     history: Vec<&'a HistoryEvent>,
 }
 
+/// A group [`Sink::send`] started: what its outcome settles.
+struct Unsettled {
+    /// The `helios.group` number its transaction sets (`None`: it had nothing to write).
+    group: Option<u64>,
+    /// The checkpoints it advances, recorded once it is durable.
+    checkpoints: HashMap<String, Lsn>,
+    /// Set when a plain insert of it met a key the target holds.
+    conflict: Arc<AtomicBool>,
+}
+
 /// The apply sink of one worker.
 pub struct PgApplySink {
     job: String,
     dsn: String,
     plan: Arc<TenantPlan>,
     worker: u32,
-    client: Option<Client>,
+    client: Option<Arc<Client>>,
     cache: ConnectionCache,
+    /// Groups [`Sink::send`] started whose outcome is not settled yet, oldest first.
+    unsettled: VecDeque<Unsettled>,
+    /// The `helios.group` number the next sent group sets on the connection.
+    next_group: u64,
     checkpoints: HashMap<String, Lsn>,
     /// The watermarks among `checkpoints`: (worker index, worker count, LSN).
     watermarks: Vec<(u32, u32, Lsn)>,
@@ -99,6 +112,8 @@ impl PgApplySink {
             worker,
             client: None,
             cache: ConnectionCache::default(),
+            unsettled: VecDeque::new(),
+            next_group: 1,
             checkpoints: HashMap::new(),
             watermarks: Vec::new(),
             pending_watermark: None,
@@ -335,80 +350,116 @@ impl PgApplySink {
         Some(out)
     }
 
-    /// One target transaction sent as a pipeline: `BEGIN`, the statements, the
-    /// checkpoints and `COMMIT` go out together and the answers are read afterwards. A
-    /// `COPY` (a large plain insert) sends its rows once the server accepted it, and the
-    /// requests after it follow its end without waiting (two round trips in all). A
-    /// failing statement aborts the transaction on the server, so the `COMMIT` rolls it
-    /// back; the first error (in statement order) is returned.
+    /// One target transaction sent as a pipeline ([`run_pipelined`]): one round trip, two
+    /// with a `COPY`. The first error (in statement order) is returned.
     async fn write_pipelined(
         &mut self,
         client: &Client,
         mut writes: Vec<Write<'_>>,
         checkpoints: &HashMap<String, Lsn>,
     ) -> Result<ApplyReport, SinkError> {
-        let mut report = ApplyReport::default();
         writes.extend(
             store::checkpoints_statement(&self.job, checkpoints)
                 .map(|s| Write::Statement(s, Counts::Bookkeeping)),
         );
         let mut prepared_stmts = Vec::with_capacity(writes.len());
         for write in &writes {
-            let text = match write {
-                Write::Statement(stmt, counts) => {
-                    if !matches!(counts, Counts::Bookkeeping) {
-                        report.bytes += stmt.params.iter().map(Param::bytes).sum::<u64>();
-                    }
-                    &stmt.text
-                }
-                Write::Copy(copy) => {
-                    report.bytes += copy.data.len() as u64;
-                    &copy.text
-                }
-            };
-            prepared_stmts.push(prepared(client, &mut self.cache, text).await?);
+            prepared_stmts.push(prepared(client, &mut self.cache, write.text()).await?);
         }
-        let params: Vec<Vec<&(dyn ToSql + Sync)>> = writes
-            .iter()
-            .map(|w| match w {
-                Write::Statement(stmt, _) => stmt.params.iter().map(Param::as_sql).collect(),
-                Write::Copy(_) => Vec::new(),
-            })
-            .collect();
-        let mut requests: Vec<Request<'_>> = Vec::with_capacity(writes.len() + 2);
-        requests.push(Box::pin(async move {
-            client.batch_execute("BEGIN").await.map(|()| 0)
-        }));
-        for ((write, stmt), params) in writes.iter().zip(&prepared_stmts).zip(&params) {
-            requests.push(match write {
-                Write::Statement(..) => Box::pin(client.execute(stmt, params.as_slice())),
-                Write::Copy(copy) => Box::pin(send_copy(client.copy_in(stmt), copy.data.clone())),
-            });
-        }
-        requests.push(Box::pin(async move {
-            client.batch_execute("COMMIT").await.map(|()| 0)
-        }));
-        let answers = pipeline(requests).await;
-        let last = answers.len().saturating_sub(1);
-        for (i, answer) in answers.into_iter().enumerate() {
-            match answer {
-                Ok(n) if i > 0 && i < last => match &writes[i - 1] {
-                    Write::Statement(_, counts) => counts.add(&mut report, n),
-                    Write::Copy(_) => report.upserted += n,
-                },
-                Ok(_) => {}
-                Err(e) => {
-                    let what = match i {
-                        0 => "begin",
-                        _ if i == last => "commit",
-                        _ => "apply",
-                    };
-                    self.note_conflict(&e);
-                    return Err(sink_error(what, &e));
-                }
+        match run_pipelined(client, "BEGIN", &writes, &prepared_stmts).await {
+            Ok(mut report) => {
+                report.bytes = writes.iter().map(Write::bytes).sum();
+                Ok(report)
+            }
+            Err((what, e)) => {
+                self.note_conflict(&e);
+                Err(sink_error(what, &e))
             }
         }
-        Ok(report)
+    }
+
+    /// Sends a group as one pipelined target transaction without waiting for its answers,
+    /// behind the groups sent before it (see [`Sink::send`]). Its parameters are copied
+    /// out of the rows, so the group may outlive this call. Each such transaction sets
+    /// the session's `helios.group` to its number, and one sent while an earlier one is
+    /// unsettled first checks that the earlier one set its number: if that one failed
+    /// (rolled back, setting and all), the check divides by zero and this one rolls back
+    /// too, so nothing commits past a failed group. `None` when the group needs the
+    /// sequential path, or a statement not prepared yet while groups are in flight (the
+    /// sequential path prepares it after they are settled), or one that fails to prepare.
+    /// Nothing here waits on the connection while a group is in flight.
+    async fn send_pipelined(&mut self, batches: &[ApplyBatch]) -> Option<InFlight> {
+        let client = self.client.clone().filter(|c| !c.is_closed())?;
+        let work = self.plan_work(batches);
+        let mut report = ApplyReport {
+            skipped: work.skipped,
+            ..Default::default()
+        };
+        if work.by_table.is_empty() {
+            self.unsettled.push_back(Unsettled {
+                group: None,
+                checkpoints: HashMap::new(),
+                conflict: Arc::default(),
+            });
+            return Some(Box::pin(std::future::ready(Ok(report))));
+        }
+        let steps = self.pipeline_plan(&work.by_table)?;
+        let mut writes: Vec<Write<'static>> = steps
+            .iter()
+            .filter_map(|step| pipelined_write(&self.plan, step))
+            .map(Write::into_owned)
+            .collect();
+        writes.extend(
+            store::checkpoints_statement(&self.job, &work.checkpoints)
+                .map(|s| Write::Statement(s, Counts::Bookkeeping)),
+        );
+        let mut prepared_stmts = Vec::with_capacity(writes.len());
+        for write in &writes {
+            let stmt = match self.cache.statements.get(write.text()) {
+                Some(stmt) => stmt.clone(),
+                // Preparing waits for an answer on the connection, behind the groups in
+                // flight; a `COPY` among them holds the connection until its future is
+                // polled again, which happens only after this call: it would never come.
+                None if !self.unsettled.is_empty() => return None,
+                None => prepared(&*client, &mut self.cache, write.text())
+                    .await
+                    .ok()?,
+            };
+            prepared_stmts.push(stmt);
+        }
+        let group = self.next_group;
+        self.next_group += 1;
+        let set = format!("SELECT set_config('helios.group', '{group}', false)");
+        let begin = match self.unsettled.iter().rev().find_map(|u| u.group) {
+            Some(before) => format!(
+                "BEGIN; SELECT 1 / coalesce((current_setting('helios.group', true) = '{before}')::int, 0); {set}"
+            ),
+            None => format!("BEGIN; {set}"),
+        };
+        let conflict = Arc::new(AtomicBool::new(false));
+        self.unsettled.push_back(Unsettled {
+            group: Some(group),
+            checkpoints: work.checkpoints,
+            conflict: conflict.clone(),
+        });
+        report.bytes = writes.iter().map(Write::bytes).sum();
+        report.tenants = work.tenants;
+        let flight = async move {
+            match run_pipelined(&client, &begin, &writes, &prepared_stmts).await {
+                Ok(written) => {
+                    report.upserted += written.upserted;
+                    report.deleted += written.deleted;
+                    Ok(report)
+                }
+                Err((what, e)) => {
+                    if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                        conflict.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(sink_error(what, &e))
+                }
+            }
+        };
+        Some(started(Box::pin(flight)).await)
     }
 
     /// A unique violation in the pipelined path: plain inserts met a key the target holds;
@@ -622,7 +673,7 @@ impl PgApplySink {
         Ok(report)
     }
 
-    fn take_client(&mut self) -> Result<Client, SinkError> {
+    fn take_client(&mut self) -> Result<Arc<Client>, SinkError> {
         self.client
             .take()
             .ok_or_else(|| SinkError::Transient("not connected to the target".into()))
@@ -630,7 +681,7 @@ impl PgApplySink {
 
     /// Keeps the connection unless it broke; a failed transaction forgets the shapes
     /// created inside it (they were rolled back with it).
-    fn put_back<T>(&mut self, client: Client, result: &Result<T, SinkError>) {
+    fn put_back<T>(&mut self, client: Arc<Client>, result: &Result<T, SinkError>) {
         match result {
             Err(SinkError::Transient(_)) if client.is_closed() => {}
             _ => self.client = Some(client),
@@ -649,16 +700,42 @@ impl Sink for PgApplySink {
 
     async fn apply(&mut self, batches: &[ApplyBatch]) -> Result<ApplyReport, SinkError> {
         let mut client = self.take_client()?;
-        let result = self.apply_inner(&mut client, batches).await;
+        let result = match exclusive(&mut client) {
+            Ok(c) => self.apply_inner(c, batches).await,
+            Err(e) => Err(e),
+        };
         self.put_back(client, &result);
         result
     }
 
     async fn apply_large(&mut self, txn: &mut SpilledTxn) -> Result<ApplyReport, SinkError> {
         let mut client = self.take_client()?;
-        let result = self.apply_large_inner(&mut client, txn).await;
+        let result = match exclusive(&mut client) {
+            Ok(c) => self.apply_large_inner(c, txn).await,
+            Err(e) => Err(e),
+        };
         self.put_back(client, &result);
         result
+    }
+
+    /// Every plain group goes out at once as a pipeline of its own (see
+    /// [`PgApplySink::send_pipelined`]); the others wait for [`Sink::apply`].
+    async fn send(&mut self, batches: &[ApplyBatch]) -> Option<InFlight> {
+        self.send_pipelined(batches).await
+    }
+
+    fn settle(&mut self, outcome: &Result<ApplyReport, SinkError>) {
+        let Some(sent) = self.unsettled.pop_front() else {
+            return;
+        };
+        match outcome {
+            Ok(_) => self.record_checkpoints(sent.checkpoints),
+            Err(_) => {
+                if sent.conflict.load(std::sync::atomic::Ordering::Relaxed) {
+                    self.stop_plain_inserts();
+                }
+            }
+        }
     }
 
     /// One target transaction, written part by part as the parts arrive. Any error ends
@@ -670,10 +747,13 @@ impl Sink for PgApplySink {
     ) -> Result<ApplyReport, SinkError> {
         let mut client = self.take_client()?;
         let lsn = parts.commit_lsn();
-        let result = self
-            .write_large(&mut client, lsn, PartSource::Live(parts), &HashMap::new())
-            .await
-            .map_err(|(_, e)| e);
+        let result = match exclusive(&mut client) {
+            Ok(c) => self
+                .write_large(c, lsn, PartSource::Live(parts), &HashMap::new())
+                .await
+                .map_err(|(_, e)| e),
+            Err(e) => Err(e),
+        };
         self.put_back(client, &result);
         result
     }
@@ -687,6 +767,8 @@ impl Sink for PgApplySink {
             return Ok(());
         }
         self.cache = ConnectionCache::default();
+        // A new session: nothing sent on the old one is waiting on it.
+        self.unsettled.clear();
         let client = connect(&self.dsn).await?;
         self.checkpoints.clear();
         self.watermarks.clear();
@@ -694,8 +776,33 @@ impl Sink for PgApplySink {
         self.record_checkpoints(loaded);
         self.failed_tables = store::load_failed_tables(&client, &self.job).await?;
         tracing::debug!(job = %self.job, worker = self.worker, checkpoints = self.checkpoints.len(), "target connected");
-        self.client = Some(client);
+        self.client = Some(Arc::new(client));
         Ok(())
+    }
+}
+
+/// The connection for a transaction of its own; an error while a group sent with
+/// [`Sink::send`] still holds it (the worker settles those first).
+fn exclusive(client: &mut Arc<Client>) -> Result<&mut Client, SinkError> {
+    Arc::get_mut(client).ok_or_else(|| {
+        SinkError::Transient("a group sent earlier is still in flight on the connection".into())
+    })
+}
+
+/// Polls `flight` once, so its requests go out now (tokio-postgres sends a request when
+/// its future is first polled), and returns it to be awaited later.
+async fn started(mut flight: InFlight) -> InFlight {
+    let mut done = None;
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(outcome) = flight.as_mut().poll(cx) {
+            done = Some(outcome);
+        }
+        std::task::Poll::Ready(())
+    })
+    .await;
+    match done {
+        Some(outcome) => Box::pin(std::future::ready(outcome)),
+        None => flight,
     }
 }
 

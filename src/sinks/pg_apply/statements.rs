@@ -35,6 +35,16 @@ impl Param<'_> {
         }
     }
 
+    /// The parameter with its own copy of any borrowed cells, so it can outlive the rows
+    /// (a group sent while earlier ones are still in flight).
+    pub fn into_owned(self) -> Param<'static> {
+        match self {
+            Param::Column(v) => Param::Column(v),
+            Param::Cells(v) => Param::Column(v.into_iter().map(|c| c.map(str::to_owned)).collect()),
+            Param::Value(v) => Param::Value(v),
+        }
+    }
+
     /// Bytes of values it carries (a NULL or separator counts one).
     pub fn bytes(&self) -> u64 {
         match self {
@@ -52,6 +62,16 @@ pub struct Statement<'a> {
     pub text: String,
     /// Its parameters, `$1..`.
     pub params: Vec<Param<'a>>,
+}
+
+impl Statement<'_> {
+    /// The statement with parameters of its own (see [`Param::into_owned`]).
+    pub fn into_owned(self) -> Statement<'static> {
+        Statement {
+            text: self.text,
+            params: self.params.into_iter().map(Param::into_owned).collect(),
+        }
+    }
 }
 
 pub(crate) fn cell_value(cell: &Cell) -> Option<String> {

@@ -408,3 +408,164 @@ async fn rows_arriving_during_an_apply_linger_from_its_start() {
     assert_eq!(sink.seen(), [12, 2]);
     sink.finish().await;
 }
+
+/// A target as a pipelining sink sees it: groups sent while earlier ones are in flight
+/// commit in the order sent unless one before them failed (the guard of
+/// [`crate::sinks::pg_apply::PgApplySink`]); one transaction fails on its first attempt.
+#[derive(Default)]
+struct PipelinedTarget {
+    /// Commit LSNs committed, in commit order.
+    committed: Vec<Lsn>,
+    /// A group failed and later sends have not been settled since.
+    broken: bool,
+    /// Groups sent and not settled.
+    unsettled: usize,
+    /// Most groups in flight at once.
+    most_in_flight: usize,
+    /// The transaction that fails on its first attempt (sent or applied).
+    fail_once: Option<Lsn>,
+    /// Every `apply` call (the sequential path), by its first LSN.
+    applied_alone: Vec<Lsn>,
+}
+
+impl PipelinedTarget {
+    /// Commits `lsns` unless the chain is broken or the failing one is among them.
+    fn commit(&mut self, lsns: &[Lsn]) -> Result<ApplyReport, SinkError> {
+        if self.broken {
+            return Err(SinkError::Transient("a group before it failed".into()));
+        }
+        if let Some(bad) = self.fail_once.filter(|bad| lsns.contains(bad)) {
+            self.fail_once = None;
+            self.broken = true;
+            return Err(SinkError::Definite(format!("{bad} refused")));
+        }
+        self.committed.extend_from_slice(lsns);
+        Ok(ApplyReport::default())
+    }
+}
+
+struct Pipelining(Arc<Mutex<PipelinedTarget>>);
+
+impl Sink for Pipelining {
+    fn kind(&self) -> &'static str {
+        "pipelining"
+    }
+
+    async fn apply(&mut self, batches: &[ApplyBatch]) -> Result<ApplyReport, SinkError> {
+        let lsns: Vec<Lsn> = batches.iter().map(|b| b.commit_lsn).collect();
+        let mut target = self.0.lock().unwrap();
+        assert_eq!(target.unsettled, 0, "applied while groups were in flight");
+        target.broken = false;
+        target.applied_alone.push(lsns[0]);
+        target.commit(&lsns)
+    }
+
+    async fn send(&mut self, batches: &[ApplyBatch]) -> Option<crate::sinks::InFlight> {
+        let lsns: Vec<Lsn> = batches.iter().map(|b| b.commit_lsn).collect();
+        {
+            let mut target = self.0.lock().unwrap();
+            target.unsettled += 1;
+            target.most_in_flight = target.most_in_flight.max(target.unsettled);
+        }
+        let target = self.0.clone();
+        Some(Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            target.lock().unwrap().commit(&lsns)
+        }))
+    }
+
+    fn settle(&mut self, _outcome: &Result<ApplyReport, SinkError>) {
+        self.0.lock().unwrap().unsettled -= 1;
+    }
+
+    async fn reconnect(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// Runs 12 one-row transactions through a pipelining sink (`depth` groups in flight,
+/// one transaction per group) whose transaction `fail_once` fails once; checks every
+/// durable report against what the target holds, and returns the target.
+async fn run_pipelined(depth: usize, fail_once: Option<Lsn>) -> PipelinedTarget {
+    let target = Arc::new(Mutex::new(PipelinedTarget {
+        fail_once,
+        ..Default::default()
+    }));
+    let stats: Arc<SinkStats> = Arc::default();
+    let (tx, rx) = mpsc::channel(64);
+    let mut pacing = SinkPacing::fifo(Arc::default(), 1, 0);
+    pacing.pipeline = depth;
+    let reported = Arc::new(Mutex::new(Vec::<Lsn>::new()));
+    let on_durable = {
+        let (target, reported) = (target.clone(), reported.clone());
+        move |lsn: Lsn| {
+            let target = target.lock().unwrap();
+            assert!(
+                (1..=lsn).all(|l| target.committed.contains(&l)),
+                "{lsn} reported durable, the target holds {:?}",
+                target.committed
+            );
+            reported.lock().unwrap().push(lsn);
+        }
+    };
+    let task = tokio::spawn(run_sink(
+        Pipelining(target.clone()),
+        rx,
+        stats.clone(),
+        Arc::default(),
+        pacing,
+        on_durable,
+    ));
+    for lsn in 1..=12 {
+        tx.send(batch(lsn, 1)).await.unwrap();
+        if lsn % 4 == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    drop(tx);
+    task.await.unwrap();
+    let reported = reported.lock().unwrap().clone();
+    assert_eq!(reported.last(), Some(&12), "{reported:?}");
+    assert!(reported.windows(2).all(|w| w[0] <= w[1]), "{reported:?}");
+    assert_eq!(
+        stats.errors.load(Relaxed),
+        u64::from(fail_once.is_some()),
+        "one failed attempt"
+    );
+    Arc::try_unwrap(target)
+        .ok()
+        .map(|m| m.into_inner().unwrap())
+        .expect("the task is done with the target")
+}
+
+/// Groups go out while earlier ones are in flight, commit in order and are reported
+/// durable only once committed.
+#[tokio::test(start_paused = true)]
+async fn groups_are_pipelined_up_to_the_depth() {
+    let target = run_pipelined(3, None).await;
+    assert_eq!(target.committed, (1..=12).collect::<Vec<_>>());
+    assert_eq!(target.most_in_flight, 3);
+    assert!(
+        target.applied_alone.is_empty(),
+        "{:?}",
+        target.applied_alone
+    );
+    let one = run_pipelined(1, None).await;
+    assert_eq!(one.committed, (1..=12).collect::<Vec<_>>());
+    assert_eq!(one.most_in_flight, 0, "depth 1 applies each group alone");
+}
+
+/// A failed group and every group sent after it are applied again, in order, each on
+/// its own; nothing is reported durable before it is committed.
+#[tokio::test(start_paused = true)]
+async fn a_failed_group_is_applied_again_with_those_sent_after_it() {
+    let target = run_pipelined(3, Some(6)).await;
+    assert_eq!(target.committed, (1..=12).collect::<Vec<_>>());
+    assert!(
+        target.applied_alone.first() == Some(&6),
+        "the failed group first: {:?}",
+        target.applied_alone
+    );
+    let again = &target.applied_alone;
+    assert!(again.windows(2).all(|w| w[0] < w[1]), "{again:?}");
+}

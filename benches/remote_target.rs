@@ -1,0 +1,325 @@
+//! A PostgreSQL target across a slow link: how far behind our sink runs with 1, 2, 4 and 8
+//! target transactions in flight (the postgres sink's `max_in_flight`).
+//!
+//! A throwaway local cluster (`embedded::pg_cluster`) sits behind a TCP proxy in this
+//! process that holds every byte for half of `HELIOS_BENCH_RTT_MS` (default 10 ms) each
+//! way, as a target in another region would. The production sink task
+//! (`sinks::worker::run_sink` with `PgApplySink`) is fed 10-row transactions at
+//! `HELIOS_BENCH_REMOTE_RATE` rows/s (default 10,000) for `HELIOS_BENCH_REMOTE_SECS`
+//! seconds (default 10) per setting, each setting into its own table. Lag = from handing
+//! a transaction to the sink task to the report that it is durable on the target (what
+//! the source may then confirm). Prints per setting the rate achieved, lag P50 / P95 / P99
+//! / max, target transactions and rows per target transaction, and P99 against the setting
+//! of 1 in the same run (below 1 is better).
+//!
+//! The round trip itself is the floor: with one transaction in flight a transaction
+//! arriving during an apply waits for it, up to a round trip more.
+//! Run: `cargo bench --bench remote_target`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use helios_repl::cdc::stream::ReaderStats;
+use helios_repl::change::{
+    Cell, ColumnInfo, Identity, Lsn, Scope, TableInfo, TenantAction, TenantChange,
+};
+use helios_repl::control::job_spec::TenantFilter;
+use helios_repl::embedded::pg_cluster::PgCluster;
+use helios_repl::operators::partition::TenantPlan;
+use helios_repl::sinks::pg_apply::{store, PgApplySink};
+use helios_repl::sinks::worker::{run_sink, SinkPacing, SinkStats};
+use helios_repl::sinks::{ApplyBatch, Delivery};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+type Result<T> = std::result::Result<T, Error>;
+
+/// Transactions in flight compared.
+const DEPTHS: [usize; 4] = [1, 2, 4, 8];
+/// Rows per source transaction (as in the lag bench).
+const ROWS_PER_TXN: usize = 10;
+
+fn env_or(name: &str, default: u64) -> Result<u64> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .map_err(|e| format!("{name}: `{v}` is not a whole number: {e}").into()),
+        Err(_) => Ok(default),
+    }
+}
+
+/// Copies `from` to `to`, each chunk held until `delay` after it was read.
+async fn delayed_copy(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((due, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0
+            || tx
+                .send((Instant::now() + delay, buf[..n].to_vec()))
+                .is_err()
+        {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// A proxy to `127.0.0.1:upstream` adding `one_way` each way; returns its port.
+async fn delay_proxy(upstream: u16, one_way: Duration) -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                continue;
+            };
+            let _ = (client.set_nodelay(true), server.set_nodelay(true));
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            tokio::spawn(delayed_copy(client_read, server_write, one_way));
+            tokio::spawn(delayed_copy(server_read, client_write, one_way));
+        }
+    });
+    Ok(port)
+}
+
+/// The replicated table as the source would describe it.
+fn table_info(name: &str) -> TableInfo {
+    let col = |name: &str, ty: &str, key: bool| ColumnInfo {
+        name: name.into(),
+        type_oid: 0,
+        type_modifier: -1,
+        type_name: ty.into(),
+        in_identity: key,
+        missing_value: None,
+    };
+    TableInfo {
+        oid: 1,
+        schema: "app".into(),
+        name: name.into(),
+        columns: vec![
+            col("tenant_id", "integer", true),
+            col("id", "bigint", true),
+            col("amount", "numeric(12,2)", false),
+            col("note", "text", false),
+            col("placed_at", "timestamp with time zone", false),
+        ],
+        primary_key: vec![0, 1],
+        identity: Identity::Default,
+        type_ddl: Vec::new(),
+    }
+}
+
+/// Source transaction `n` (commit LSN `n`): 10 inserts of tenant `n % 50`.
+fn transaction(table: &Arc<TableInfo>, n: u64) -> ApplyBatch {
+    let tenant = (n % 50).to_string();
+    let text = |s: String| Cell::Text(s.into());
+    ApplyBatch {
+        commit_lsn: n,
+        changes: (0..ROWS_PER_TXN as u64)
+            .map(|i| TenantChange {
+                scope: Scope::Tenant(tenant.clone()),
+                seq: i as u32,
+                table: table.clone(),
+                action: TenantAction::Upsert {
+                    old: None,
+                    new: vec![
+                        text(tenant.clone()),
+                        text((n * ROWS_PER_TXN as u64 + i).to_string()),
+                        text(format!("{}.{:02}", n % 1000, i)),
+                        text(format!("order {n}/{i}")),
+                        text("2026-12-05 12:00:00+00".into()),
+                    ],
+                    insert: true,
+                },
+            })
+            .collect(),
+        history: Vec::new(),
+    }
+}
+
+/// What one setting measured.
+struct Measured {
+    depth: usize,
+    rows_per_sec: f64,
+    lag_ms: Vec<f64>,
+    groups: usize,
+    rows: u64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn run_setting(dsn: &str, depth: usize, rate: u64, secs: u64) -> Result<Measured> {
+    let table = Arc::new(table_info(&format!("orders_{depth}")));
+    let plan = TenantPlan {
+        include: TenantFilter::All,
+        tenant_columns: HashMap::from([(table.qualified_name(), "tenant_id".to_string())]),
+        peers: 1,
+    };
+    let sink = PgApplySink::new(&format!("remote_{depth}"), dsn, Arc::new(plan), 0);
+    let stats: Arc<SinkStats> = Arc::default();
+    let handed: Arc<Mutex<BTreeMap<Lsn, Instant>>> = Arc::default();
+    let lags: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let on_durable = {
+        let (handed, lags) = (handed.clone(), lags.clone());
+        move |lsn: Lsn| {
+            let now = Instant::now();
+            let (Ok(mut handed), Ok(mut lags)) = (handed.lock(), lags.lock()) else {
+                return;
+            };
+            let later = handed.split_off(&(lsn + 1));
+            for (_, at) in std::mem::replace(&mut *handed, later) {
+                lags.push((now - at).as_secs_f64() * 1e3);
+            }
+        }
+    };
+    let (tx, rx) = mpsc::channel(1024);
+    let mut pacing = SinkPacing::fifo(Arc::default(), 5000, 0);
+    pacing.pipeline = depth;
+    let task = tokio::spawn(run_sink(
+        sink,
+        rx,
+        stats.clone(),
+        Arc::new(ReaderStats::default()),
+        pacing,
+        on_durable,
+    ));
+    // The first transaction creates the table; the timing starts after it.
+    handed
+        .lock()
+        .map_err(|_| "poisoned")?
+        .insert(1, Instant::now());
+    tx.send(Delivery::Batch(transaction(&table, 1))).await?;
+    while !handed.lock().map_err(|_| "poisoned")?.is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    lags.lock().map_err(|_| "poisoned")?.clear();
+    stats.take_apply_seconds();
+    let txns = rate * secs / ROWS_PER_TXN as u64;
+    let every = Duration::from_secs_f64(ROWS_PER_TXN as f64 / rate as f64);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut groups = 0;
+    for n in 2..txns + 2 {
+        tick.tick().await;
+        handed
+            .lock()
+            .map_err(|_| "poisoned")?
+            .insert(n, Instant::now());
+        tx.send(Delivery::Batch(transaction(&table, n))).await?;
+        groups += stats.take_apply_seconds().len();
+    }
+    drop(tx);
+    task.await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    groups += stats.take_apply_seconds().len();
+    let rows = stats.upserted.load(std::sync::atomic::Ordering::Relaxed);
+    let mut lag_ms = std::mem::take(&mut *lags.lock().map_err(|_| "poisoned")?);
+    if lag_ms.len() as u64 != txns {
+        return Err(format!(
+            "depth {depth}: {} of {txns} transactions reported durable",
+            lag_ms.len()
+        )
+        .into());
+    }
+    lag_ms.sort_by(f64::total_cmp);
+    Ok(Measured {
+        depth,
+        rows_per_sec: (txns * ROWS_PER_TXN as u64) as f64 / elapsed,
+        lag_ms,
+        groups,
+        rows: rows.saturating_sub(ROWS_PER_TXN as u64),
+    })
+}
+
+async fn bench(cluster: &PgCluster) -> Result<()> {
+    let rtt = env_or("HELIOS_BENCH_RTT_MS", 10)?;
+    let rate = env_or("HELIOS_BENCH_REMOTE_RATE", 10_000)?.max(ROWS_PER_TXN as u64);
+    let secs = env_or("HELIOS_BENCH_REMOTE_SECS", 10)?.max(1);
+    let direct = cluster.dsn("bench");
+    let client = helios_repl::sinks::pg_apply::sink::connect(&direct).await?;
+    store::migrate(&client).await?;
+    let port = delay_proxy(cluster.port(), Duration::from_micros(rtt * 500)).await?;
+    let dsn = direct.replace(&format!("port={}", cluster.port()), &format!("port={port}"));
+    if dsn == direct {
+        return Err(format!("cannot point `{direct}` at the proxy").into());
+    }
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "remote_target: {cores} cores, round trip {rtt} ms added by a proxy, {rate} rows/s of \
+         {ROWS_PER_TXN}-row transactions for {secs} s per setting"
+    );
+    let mut measured = Vec::new();
+    for depth in DEPTHS {
+        let m = run_setting(&dsn, depth, rate, secs).await?;
+        println!(
+            "max_in_flight {depth}: P99 {:.1} ms, {} target transactions",
+            percentile(&m.lag_ms, 0.99),
+            m.groups
+        );
+        measured.push(m);
+    }
+    let base = percentile(&measured[0].lag_ms, 0.99);
+    println!(
+        "\n| max_in_flight | rows/s | lag P50 ms | P95 ms | P99 ms | max ms | target txns | rows per target txn | P99 vs 1 |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for m in &measured {
+        let p99 = percentile(&m.lag_ms, 0.99);
+        println!(
+            "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.2} |",
+            m.depth,
+            m.rows_per_sec,
+            percentile(&m.lag_ms, 0.5),
+            percentile(&m.lag_ms, 0.95),
+            p99,
+            m.lag_ms.last().copied().unwrap_or(f64::NAN),
+            m.groups,
+            m.rows as f64 / m.groups.max(1) as f64,
+            p99 / base
+        );
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let dir = tempfile::Builder::new().prefix("helios-bench").tempdir()?;
+    // The server may run as another user (we are root): let it reach its directory.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    let cluster = PgCluster::start(&dir.path().join("pg"))?;
+    cluster.create_database("bench")?;
+    // The sink and the proxy share one thread, as the sink shares the worker's thread in
+    // production.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(bench(&cluster));
+    if result.is_err() {
+        eprintln!("server log:\n{}", cluster.log());
+    }
+    result
+}

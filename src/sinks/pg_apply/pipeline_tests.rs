@@ -1,0 +1,178 @@
+//! Groups sent to a real PostgreSQL while earlier ones are still in flight
+//! ([`Sink::send`]): each commits in order, and one behind a failed group rolls back with it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::change::fixtures;
+use crate::control::job_spec::TenantFilter;
+use crate::embedded::pg_cluster::PgCluster;
+use crate::operators::partition::TenantPlan;
+use crate::sinks::pg_apply::{store, PgApplySink};
+use crate::sinks::{ApplyBatch, Sink};
+
+/// A throwaway cluster with the bookkeeping tables, and a sink connected to it that has
+/// applied `first` (so the table's shape is known and later groups can be sent).
+async fn connected(dir: &std::path::Path, first: &ApplyBatch) -> (PgCluster, PgApplySink) {
+    use std::os::unix::fs::PermissionsExt;
+    // The server may run as another user (we are root): let it reach its directory.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let cluster = PgCluster::start(&dir.join("target")).expect("start cluster");
+    cluster.create_database("replica").expect("create database");
+    let dsn = cluster.dsn("replica");
+    let client = super::sink::connect(&dsn).await.expect("connect");
+    store::migrate(&client).await.expect("bookkeeping tables");
+    let plan = TenantPlan {
+        include: TenantFilter::All,
+        tenant_columns: HashMap::new(),
+        peers: 1,
+    };
+    let mut sink = PgApplySink::new("job", &dsn, Arc::new(plan), 0);
+    sink.reconnect().await.expect("sink connects");
+    sink.set_watermark(first.commit_lsn);
+    sink.apply(std::slice::from_ref(first))
+        .await
+        .expect("first group");
+    (cluster, sink)
+}
+
+fn ids_on(cluster: &PgCluster) -> String {
+    cluster
+        .psql(
+            "replica",
+            "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM app.t",
+        )
+        .expect("query target")
+        .trim()
+        .to_string()
+}
+
+fn checkpoint_on(cluster: &PgCluster) -> String {
+    cluster
+        .psql(
+            "replica",
+            "SELECT string_agg(commit_lsn::text, ',') FROM helios.checkpoints WHERE job = 'job'",
+        )
+        .expect("query checkpoints")
+        .trim()
+        .to_string()
+}
+
+#[tokio::test]
+async fn groups_in_flight_commit_in_order_and_record_their_checkpoints() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cluster, mut sink) = connected(dir.path(), &fixtures::inserts(10, 0..1)).await;
+    let groups = [
+        fixtures::inserts(20, 1..3),
+        fixtures::inserts(30, 3..4),
+        fixtures::inserts(40, 4..6),
+    ];
+    let mut flights = Vec::new();
+    for g in &groups {
+        sink.set_watermark(g.commit_lsn);
+        flights.push(sink.send(std::slice::from_ref(g)).await.expect("sent"));
+    }
+    for (flight, rows) in flights.into_iter().zip([2, 1, 2]) {
+        let outcome = flight.await;
+        let report = outcome.as_ref().expect("durable");
+        assert_eq!(report.upserted, rows);
+        sink.settle(&outcome);
+    }
+    assert_eq!(ids_on(&cluster), "0,1,2,3,4,5");
+    assert_eq!(checkpoint_on(&cluster), "0/28");
+    // Settled checkpoints cover a replay: nothing of it is written again.
+    let replay = sink.send(&groups[..1]).await.expect("sent");
+    let outcome = replay.await;
+    assert_eq!(outcome.as_ref().expect("replay").skipped, 2);
+    sink.settle(&outcome);
+}
+
+#[tokio::test]
+async fn a_group_sent_behind_a_failed_one_rolls_back_with_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cluster, mut sink) = connected(dir.path(), &fixtures::inserts(10, 0..1)).await;
+    cluster
+        .psql(
+            "replica",
+            "ALTER TABLE app.t ADD CONSTRAINT not_13 CHECK (id <> 13)",
+        )
+        .expect("add constraint");
+    let ok = fixtures::inserts(20, 1..3);
+    let bad = fixtures::inserts(30, 13..14);
+    let behind = fixtures::inserts(40, 20..22);
+    let mut flights = Vec::new();
+    for g in [&ok, &bad, &behind] {
+        sink.set_watermark(g.commit_lsn);
+        flights.push(sink.send(std::slice::from_ref(g)).await.expect("sent"));
+    }
+    let mut outcomes = Vec::new();
+    for flight in flights {
+        let outcome = flight.await;
+        sink.settle(&outcome);
+        outcomes.push(outcome);
+    }
+    assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
+    let err = outcomes[1]
+        .as_ref()
+        .expect_err("the CHECK fails")
+        .to_string();
+    assert!(err.contains("not_13"), "{err}");
+    assert!(outcomes[2].is_err(), "{:?}", outcomes[2]);
+    assert_eq!(ids_on(&cluster), "0,1,2", "nothing past the failed group");
+    assert_eq!(checkpoint_on(&cluster), "0/14");
+    // The session is fine afterwards: the group behind applies on its own.
+    sink.set_watermark(behind.commit_lsn);
+    sink.apply(std::slice::from_ref(&behind))
+        .await
+        .expect("applied alone");
+    assert_eq!(ids_on(&cluster), "0,1,2,20,21");
+}
+
+/// A group whose statement is not prepared yet is not sent while a `COPY` is in flight
+/// (preparing it would wait behind the `COPY`, whose rows go out only once its own
+/// future is polled again): `send` declines it at once instead of hanging.
+#[tokio::test]
+async fn a_statement_to_prepare_is_not_sent_behind_a_copy_in_flight() {
+    use crate::change::{Cell, Scope, TenantAction, TenantChange};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cluster, mut sink) = connected(dir.path(), &fixtures::inserts(10, 0..1)).await;
+    let copied = fixtures::inserts(20, 1..601);
+    sink.set_watermark(copied.commit_lsn);
+    let flight = sink
+        .send(std::slice::from_ref(&copied))
+        .await
+        .expect("sent");
+    let delete = ApplyBatch {
+        commit_lsn: 30,
+        changes: vec![TenantChange {
+            scope: Scope::Tenant("1".into()),
+            seq: 0,
+            table: Arc::new(fixtures::table("t", &[("id", "int")], &[0])),
+            action: TenantAction::Delete {
+                old: vec![Cell::Text("1".into())],
+            },
+        }],
+        history: Vec::new(),
+    };
+    sink.set_watermark(delete.commit_lsn);
+    let declined = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        sink.send(std::slice::from_ref(&delete)),
+    )
+    .await
+    .expect("send must not wait behind the COPY in flight");
+    assert!(
+        declined.is_none(),
+        "a statement to prepare goes the sequential way"
+    );
+    let outcome = flight.await;
+    assert_eq!(outcome.as_ref().expect("copied").upserted, 600);
+    sink.settle(&outcome);
+    sink.apply(std::slice::from_ref(&delete))
+        .await
+        .expect("delete applied alone");
+    let count = cluster
+        .psql("replica", "SELECT count(*) FROM app.t")
+        .expect("count");
+    assert_eq!(count.trim(), "600");
+}
