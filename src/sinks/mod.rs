@@ -8,6 +8,9 @@
 //!   covers (exactly-once effect, DESIGN.md invariant 2).
 //! - [`Sink::apply`] returns only once everything it was given is **durable**; the worker
 //!   then reports that LSN and the source may confirm it (invariant 1).
+//! - A sink that can pipeline ([`Sink::send`]) may be handed the next group before the
+//!   last one is durable; a group it sends never becomes durable unless every group sent
+//!   before it does, and the worker reports nothing durable before its outcome is in.
 //! - A transaction is never exposed half-applied for a tenant (invariant 3).
 //! - Errors are typed: transient ones are retried with back-off by the caller and nothing
 //!   is acknowledged meanwhile; a table the sink cannot apply is put in a visible error
