@@ -510,19 +510,27 @@ impl InFlightGroups {
         pacing: &SinkPacing,
         on_durable: &impl Fn(Lsn),
     ) {
-        let Some(mut oldest) = self.0.pop_front() else {
+        let Some(oldest) = self.0.pop_front() else {
             return;
         };
+        let SentGroup {
+            batches,
+            rows,
+            watermark,
+            started,
+            flight,
+            ..
+        } = oldest;
         let outcome = match outcome {
             Some(o) => o,
-            None => (&mut oldest.flight).await,
+            None => flight.await,
         };
         sink.settle(&outcome);
         let err = match outcome {
             Ok(report) => {
-                durable_group(stats, reader, &report, &oldest.batches, oldest.started);
-                take_off_backlog(pacing, oldest.rows);
-                on_durable(oldest.watermark);
+                durable_group(stats, reader, &report, &batches, started);
+                take_off_backlog(pacing, rows);
+                on_durable(watermark);
                 if self.0.is_empty() {
                     sink.upkeep(false).await;
                 }
@@ -532,20 +540,22 @@ impl InFlightGroups {
         };
         stats.errors.fetch_add(1, Relaxed);
         tracing::warn!(sink = sink.kind(), error = %err, behind = self.len(), "a pipelined group failed; applying it and the groups sent after it again, in order");
-        let mut again = vec![oldest];
-        while let Some(mut next) = self.0.pop_front() {
+        // Each group's future is dropped before anything is applied again: a sink may need
+        // the connection to itself for that.
+        let mut again = vec![(batches, rows, watermark)];
+        while let Some(next) = self.0.pop_front() {
             // Its own outcome does not matter: it is applied again after the failed one.
-            let _ = (&mut next.flight).await;
+            let _ = next.flight.await;
             sink.settle(&Err(SinkError::Transient(
                 "a group sent before it failed".into(),
             )));
-            again.push(next);
+            again.push((next.batches, next.rows, next.watermark));
         }
-        for group in again {
-            sink.set_watermark(group.watermark);
-            apply_group(sink, &group.batches, stats, reader).await;
-            take_off_backlog(pacing, group.rows);
-            on_durable(group.watermark);
+        for (batches, rows, watermark) in again {
+            sink.set_watermark(watermark);
+            apply_group(sink, &batches, stats, reader).await;
+            take_off_backlog(pacing, rows);
+            on_durable(watermark);
         }
         sink.upkeep(false).await;
     }
