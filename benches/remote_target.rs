@@ -12,6 +12,10 @@
 //! / max, target transactions and rows per target transaction, and P99 against the setting
 //! of 1 in the same run (below 1 is better).
 //!
+//! Then, per setting, a backlog of `HELIOS_BENCH_REMOTE_BACKLOG_ROWS` rows (default
+//! 200,000) in 1,000-row transactions is handed over at once and timed until durable:
+//! the catch-up rate across the link.
+//!
 //! The round trip itself is the floor: with one transaction in flight a transaction
 //! arriving during an apply waits for it, up to a round trip more.
 //! Run: `cargo bench --bench remote_target`.
@@ -127,13 +131,13 @@ fn table_info(name: &str) -> TableInfo {
     }
 }
 
-/// Source transaction `n` (commit LSN `n`): 10 inserts of tenant `n % 50`.
-fn transaction(table: &Arc<TableInfo>, n: u64) -> ApplyBatch {
+/// Source transaction `n` (commit LSN `n`): `rows` inserts of tenant `n % 50`.
+fn transaction(table: &Arc<TableInfo>, n: u64, rows: usize) -> ApplyBatch {
     let tenant = (n % 50).to_string();
     let text = |s: String| Cell::Text(s.into());
     ApplyBatch {
         commit_lsn: n,
-        changes: (0..ROWS_PER_TXN as u64)
+        changes: (0..rows as u64)
             .map(|i| TenantChange {
                 scope: Scope::Tenant(tenant.clone()),
                 seq: i as u32,
@@ -142,7 +146,7 @@ fn transaction(table: &Arc<TableInfo>, n: u64) -> ApplyBatch {
                     old: None,
                     new: vec![
                         text(tenant.clone()),
-                        text((n * ROWS_PER_TXN as u64 + i).to_string()),
+                        text((n * rows as u64 + i).to_string()),
                         text(format!("{}.{:02}", n % 1000, i)),
                         text(format!("order {n}/{i}")),
                         text("2026-12-05 12:00:00+00".into()),
@@ -154,6 +158,18 @@ fn transaction(table: &Arc<TableInfo>, n: u64) -> ApplyBatch {
         history: Vec::new(),
     }
 }
+
+/// How transactions reach the sink task.
+#[derive(Clone, Copy)]
+enum Load {
+    /// 10-row transactions at `rate` rows/s for `secs` seconds.
+    Paced { rate: u64, secs: u64 },
+    /// `rows` rows in 1,000-row transactions, handed over at once (a backlog to catch up).
+    Backlog { rows: u64 },
+}
+
+/// Rows per transaction of a backlog.
+const BACKLOG_TXN_ROWS: usize = 1000;
 
 /// What one setting measured.
 struct Measured {
@@ -171,14 +187,28 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn run_setting(dsn: &str, depth: usize, rate: u64, secs: u64) -> Result<Measured> {
-    let table = Arc::new(table_info(&format!("orders_{depth}")));
+async fn run_setting(dsn: &str, depth: usize, load: Load) -> Result<Measured> {
+    let (kind, txns, txn_rows, every) = match load {
+        Load::Paced { rate, secs } => (
+            "paced",
+            rate * secs / ROWS_PER_TXN as u64,
+            ROWS_PER_TXN,
+            Some(Duration::from_secs_f64(ROWS_PER_TXN as f64 / rate as f64)),
+        ),
+        Load::Backlog { rows } => (
+            "backlog",
+            rows.div_ceil(BACKLOG_TXN_ROWS as u64),
+            BACKLOG_TXN_ROWS,
+            None,
+        ),
+    };
+    let table = Arc::new(table_info(&format!("orders_{kind}_{depth}")));
     let plan = TenantPlan {
         include: TenantFilter::All,
         tenant_columns: HashMap::from([(table.qualified_name(), "tenant_id".to_string())]),
         peers: 1,
     };
-    let sink = PgApplySink::new(&format!("remote_{depth}"), dsn, Arc::new(plan), 0);
+    let sink = PgApplySink::new(&format!("remote_{kind}_{depth}"), dsn, Arc::new(plan), 0);
     let stats: Arc<SinkStats> = Arc::default();
     let handed: Arc<Mutex<BTreeMap<Lsn, Instant>>> = Arc::default();
     let lags: Arc<Mutex<Vec<f64>>> = Arc::default();
@@ -211,36 +241,51 @@ async fn run_setting(dsn: &str, depth: usize, rate: u64, secs: u64) -> Result<Me
         .lock()
         .map_err(|_| "poisoned")?
         .insert(1, Instant::now());
-    tx.send(Delivery::Batch(transaction(&table, 1))).await?;
+    tx.send(Delivery::Batch(transaction(&table, 1, ROWS_PER_TXN)))
+        .await?;
     while !handed.lock().map_err(|_| "poisoned")?.is_empty() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     lags.lock().map_err(|_| "poisoned")?.clear();
     stats.take_apply_seconds();
-    let txns = rate * secs / ROWS_PER_TXN as u64;
-    let every = Duration::from_secs_f64(ROWS_PER_TXN as f64 / rate as f64);
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let first_rows = stats.upserted.load(std::sync::atomic::Ordering::Relaxed);
+    let mut tick = every.map(tokio::time::interval);
+    if let Some(t) = &mut tick {
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    }
+    // A backlog's transactions are built before the clock starts.
+    let mut built: Vec<ApplyBatch> = match load {
+        Load::Backlog { .. } => (2..txns + 2)
+            .rev()
+            .map(|n| transaction(&table, n, txn_rows))
+            .collect(),
+        Load::Paced { .. } => Vec::new(),
+    };
     let started = Instant::now();
     let mut groups = 0;
     for n in 2..txns + 2 {
-        tick.tick().await;
+        if let Some(t) = &mut tick {
+            t.tick().await;
+        }
+        let txn = built
+            .pop()
+            .unwrap_or_else(|| transaction(&table, n, txn_rows));
         handed
             .lock()
             .map_err(|_| "poisoned")?
             .insert(n, Instant::now());
-        tx.send(Delivery::Batch(transaction(&table, n))).await?;
+        tx.send(Delivery::Batch(txn)).await?;
         groups += stats.take_apply_seconds().len();
     }
     drop(tx);
     task.await?;
     let elapsed = started.elapsed().as_secs_f64();
     groups += stats.take_apply_seconds().len();
-    let rows = stats.upserted.load(std::sync::atomic::Ordering::Relaxed);
+    let rows = stats.upserted.load(std::sync::atomic::Ordering::Relaxed) - first_rows;
     let mut lag_ms = std::mem::take(&mut *lags.lock().map_err(|_| "poisoned")?);
-    if lag_ms.len() as u64 != txns {
+    if lag_ms.len() as u64 != txns || rows != txns * txn_rows as u64 {
         return Err(format!(
-            "depth {depth}: {} of {txns} transactions reported durable",
+            "depth {depth}, {kind}: {} of {txns} transactions reported durable, {rows} rows written",
             lag_ms.len()
         )
         .into());
@@ -248,10 +293,10 @@ async fn run_setting(dsn: &str, depth: usize, rate: u64, secs: u64) -> Result<Me
     lag_ms.sort_by(f64::total_cmp);
     Ok(Measured {
         depth,
-        rows_per_sec: (txns * ROWS_PER_TXN as u64) as f64 / elapsed,
+        rows_per_sec: rows as f64 / elapsed,
         lag_ms,
         groups,
-        rows: rows.saturating_sub(ROWS_PER_TXN as u64),
+        rows,
     })
 }
 
@@ -267,27 +312,36 @@ async fn bench(cluster: &PgCluster) -> Result<()> {
     if dsn == direct {
         return Err(format!("cannot point `{direct}` at the proxy").into());
     }
+    let backlog = env_or("HELIOS_BENCH_REMOTE_BACKLOG_ROWS", 200_000)?.max(1);
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "remote_target: {cores} cores, round trip {rtt} ms added by a proxy, {rate} rows/s of \
-         {ROWS_PER_TXN}-row transactions for {secs} s per setting"
+        "remote_target: {cores} cores, round trip {rtt} ms added by a proxy; steady: {rate} \
+         rows/s of {ROWS_PER_TXN}-row transactions for {secs} s per setting; catch-up: \
+         {backlog} rows in {BACKLOG_TXN_ROWS}-row transactions handed over at once"
     );
-    let mut measured = Vec::new();
+    let mut steady = Vec::new();
+    let mut backlogs = Vec::new();
     for depth in DEPTHS {
-        let m = run_setting(&dsn, depth, rate, secs).await?;
+        let m = run_setting(&dsn, depth, Load::Paced { rate, secs }).await?;
         println!(
-            "max_in_flight {depth}: P99 {:.1} ms, {} target transactions",
+            "max_in_flight {depth}, steady: P99 {:.1} ms, {} target transactions",
             percentile(&m.lag_ms, 0.99),
             m.groups
         );
-        measured.push(m);
+        steady.push(m);
+        let m = run_setting(&dsn, depth, Load::Backlog { rows: backlog }).await?;
+        println!(
+            "max_in_flight {depth}, catch-up: {:.0} rows/s, {} target transactions",
+            m.rows_per_sec, m.groups
+        );
+        backlogs.push(m);
     }
-    let base = percentile(&measured[0].lag_ms, 0.99);
+    let base = percentile(&steady[0].lag_ms, 0.99);
     println!(
-        "\n| max_in_flight | rows/s | lag P50 ms | P95 ms | P99 ms | max ms | target txns | rows per target txn | P99 vs 1 |"
+        "\nSteady load:\n\n| max_in_flight | rows/s | lag P50 ms | P95 ms | P99 ms | max ms | target txns | rows per target txn | P99 vs 1 |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for m in &measured {
+    for m in &steady {
         let p99 = percentile(&m.lag_ms, 0.99);
         println!(
             "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.2} |",
@@ -300,6 +354,21 @@ async fn bench(cluster: &PgCluster) -> Result<()> {
             m.groups,
             m.rows as f64 / m.groups.max(1) as f64,
             p99 / base
+        );
+    }
+    let base = backlogs[0].rows_per_sec;
+    println!(
+        "\nCatch-up:\n\n| max_in_flight | rows/s | target txns | rows per target txn | rows/s vs 1 |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    for m in &backlogs {
+        println!(
+            "| {} | {:.0} | {} | {:.1} | {:.2} |",
+            m.depth,
+            m.rows_per_sec,
+            m.groups,
+            m.rows as f64 / m.groups.max(1) as f64,
+            m.rows_per_sec / base
         );
     }
     Ok(())

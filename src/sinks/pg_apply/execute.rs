@@ -73,14 +73,6 @@ pub(super) enum Write<'s> {
 }
 
 impl Write<'_> {
-    /// The write with parameters of its own (see [`statements::Param::into_owned`]).
-    pub(super) fn into_owned(self) -> Write<'static> {
-        match self {
-            Write::Statement(stmt, counts) => Write::Statement(stmt.into_owned(), counts),
-            Write::Copy(copy) => Write::Copy(copy),
-        }
-    }
-
     /// Its SQL text.
     pub(super) fn text(&self) -> &str {
         match self {

@@ -128,20 +128,18 @@ async fn a_group_sent_behind_a_failed_one_rolls_back_with_it() {
     assert_eq!(ids_on(&cluster), "0,1,2,20,21");
 }
 
-/// A group whose statement is not prepared yet is not sent while a `COPY` is in flight
-/// (preparing it would wait behind the `COPY`, whose rows go out only once its own
-/// future is polled again): `send` declines it at once instead of hanging.
+/// A group whose statement is not prepared yet is not sent while a group is in flight
+/// (preparing it would wait behind that group's answers, which the connection hands over
+/// only as its future is polled, after `send` returns): `send` declines it at once
+/// instead of hanging. A group sent this way goes as statements, never `COPY`.
 #[tokio::test]
-async fn a_statement_to_prepare_is_not_sent_behind_a_copy_in_flight() {
+async fn a_statement_to_prepare_is_not_sent_while_a_group_is_in_flight() {
     use crate::change::{Cell, Scope, TenantAction, TenantChange};
     let dir = tempfile::tempdir().expect("temp dir");
     let (cluster, mut sink) = connected(dir.path(), &fixtures::inserts(10, 0..1)).await;
-    let copied = fixtures::inserts(20, 1..601);
-    sink.set_watermark(copied.commit_lsn);
-    let flight = sink
-        .send(std::slice::from_ref(&copied))
-        .await
-        .expect("sent");
+    let big = fixtures::inserts(20, 1..601);
+    sink.set_watermark(big.commit_lsn);
+    let flight = sink.send(std::slice::from_ref(&big)).await.expect("sent");
     let delete = ApplyBatch {
         commit_lsn: 30,
         changes: vec![TenantChange {
@@ -160,13 +158,13 @@ async fn a_statement_to_prepare_is_not_sent_behind_a_copy_in_flight() {
         sink.send(std::slice::from_ref(&delete)),
     )
     .await
-    .expect("send must not wait behind the COPY in flight");
+    .expect("send must not wait behind the group in flight");
     assert!(
         declined.is_none(),
         "a statement to prepare goes the sequential way"
     );
     let outcome = flight.await;
-    assert_eq!(outcome.as_ref().expect("copied").upserted, 600);
+    assert_eq!(outcome.as_ref().expect("inserted").upserted, 600);
     sink.settle(&outcome);
     sink.apply(std::slice::from_ref(&delete))
         .await

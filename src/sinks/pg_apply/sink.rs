@@ -19,8 +19,8 @@ use crate::change::{HistoryEvent, Lsn, Scope, TenantAction, TenantChange};
 use crate::operators::partition::{tenant_route, TenantPlan};
 use crate::sinks::large::{LiveParts, PartSource};
 use crate::sinks::pg_apply::execute::{
-    apply_steps, dead_letter_all, pipelined_write, prepared, run, run_pipelined, ConnectionCache,
-    Counts, Write,
+    apply_steps, dead_letter_all, pipelined_write, plain_statement, prepared, run, run_pipelined,
+    ConnectionCache, Counts, Write,
 };
 use crate::sinks::pg_apply::history::{close_versions, ensure_history_shape, insert_versions};
 use crate::sinks::pg_apply::plan::{plan_table, Step};
@@ -404,10 +404,12 @@ impl PgApplySink {
             return Some(Box::pin(std::future::ready(Ok(report))));
         }
         let steps = self.pipeline_plan(&work.by_table)?;
+        // Statements only, no `COPY`: a `COPY` waits a round trip for the server's go-ahead
+        // before its rows go out, and holds the connection (every group behind it) meanwhile.
         let mut writes: Vec<Write<'static>> = steps
             .iter()
-            .filter_map(|step| pipelined_write(&self.plan, step))
-            .map(Write::into_owned)
+            .filter_map(|step| plain_statement(&self.plan, step))
+            .map(|(stmt, counts)| Write::Statement(stmt.into_owned(), counts))
             .collect();
         writes.extend(
             store::checkpoints_statement(&self.job, &work.checkpoints)
@@ -418,8 +420,8 @@ impl PgApplySink {
             let stmt = match self.cache.statements.get(write.text()) {
                 Some(stmt) => stmt.clone(),
                 // Preparing waits for an answer on the connection, behind the groups in
-                // flight; a `COPY` among them holds the connection until its future is
-                // polled again, which happens only after this call: it would never come.
+                // flight, whose answers the connection hands over only as their futures
+                // are polled, after this call: it would never come.
                 None if !self.unsettled.is_empty() => return None,
                 None => prepared(&*client, &mut self.cache, write.text())
                     .await
