@@ -39,14 +39,21 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
-use helios_repl::change::{Cell, ColumnInfo, Identity, Row, TableInfo};
+use helios_repl::change::{Cell, Row, TableInfo};
 use helios_repl::embedded::pg_cluster::PgCluster;
 use helios_repl::sinks::pg_apply::statements::{self, Param, Statement};
 use helios_repl::sql_text::{quote_ident, quote_qualified};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Transaction};
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
+#[path = "common/cluster.rs"]
+mod cluster;
+#[path = "common/table_info.rs"]
+mod table_info;
+
+use cluster::{BenchCluster, Error};
+use table_info::keyed_table;
+
 type Result<T> = std::result::Result<T, Error>;
 
 /// Batch sizes measured.
@@ -98,32 +105,21 @@ impl Strategy {
 
 /// The replicated table as the source would describe it (`format_type` names).
 fn table_info(name: &str) -> TableInfo {
-    let col = |name: &str, ty: &str, key: bool| ColumnInfo {
-        name: name.into(),
-        type_oid: 0,
-        type_modifier: -1,
-        type_name: ty.into(),
-        in_identity: key,
-        missing_value: None,
-    };
-    TableInfo {
-        oid: 1,
-        schema: SCHEMA.into(),
-        name: name.into(),
-        columns: vec![
-            col("tenant_id", "integer", true),
-            col("id", "bigint", true),
-            col("account_id", "bigint", false),
-            col("total", "numeric(12,2)", false),
-            col("placed_at", "timestamp with time zone", false),
-            col("payload", "jsonb", false),
-            col("note", "text", false),
-            col("flag", "boolean", false),
+    keyed_table(
+        SCHEMA,
+        name,
+        &[
+            ("tenant_id", "integer"),
+            ("id", "bigint"),
+            ("account_id", "bigint"),
+            ("total", "numeric(12,2)"),
+            ("placed_at", "timestamp with time zone"),
+            ("payload", "jsonb"),
+            ("note", "text"),
+            ("flag", "boolean"),
         ],
-        primary_key: vec![0, 1],
-        identity: Identity::Default,
-        type_ddl: Vec::new(),
-    }
+        2,
+    )
 }
 
 fn create_table_sql(name: &str) -> String {
@@ -622,20 +618,8 @@ async fn bench(cluster: &PgCluster) -> Result<()> {
 
 fn main() -> Result<()> {
     let started = Instant::now();
-    let dir = tempfile::Builder::new().prefix("helios-bench").tempdir()?;
-    // The server may run as another user (we are root): let it reach its directory.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
-    let cluster = PgCluster::start(&dir.path().join("pg"))?;
-    cluster.create_database("bench")?;
-    // One thread for the client: the server's backends get the other cores.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let result = runtime.block_on(bench(&cluster));
-    if result.is_err() {
-        eprintln!("server log:\n{}", cluster.log());
-    }
+    let bench_cluster = BenchCluster::start("bench")?;
+    let result = bench_cluster.run(bench(&bench_cluster.cluster));
     println!("total bench time {:.0}s", started.elapsed().as_secs_f64());
     result
 }

@@ -25,9 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use helios_repl::cdc::stream::ReaderStats;
-use helios_repl::change::{
-    Cell, ColumnInfo, Identity, Lsn, Scope, TableInfo, TenantAction, TenantChange,
-};
+use helios_repl::change::{Cell, Lsn, Scope, TableInfo, TenantAction, TenantChange};
 use helios_repl::control::job_spec::TenantFilter;
 use helios_repl::embedded::pg_cluster::PgCluster;
 use helios_repl::operators::partition::TenantPlan;
@@ -39,7 +37,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
+#[path = "common/cluster.rs"]
+mod cluster;
+#[path = "common/table_info.rs"]
+mod table_info;
+
+use cluster::{BenchCluster, Error};
+use table_info::keyed_table;
+
 type Result<T> = std::result::Result<T, Error>;
 
 /// Transactions in flight compared.
@@ -104,31 +109,20 @@ async fn delay_proxy(upstream: u16, one_way: Duration) -> Result<u16> {
     Ok(port)
 }
 
-/// The replicated table as the source would describe it.
+/// The replicated table.
 fn table_info(name: &str) -> TableInfo {
-    let col = |name: &str, ty: &str, key: bool| ColumnInfo {
-        name: name.into(),
-        type_oid: 0,
-        type_modifier: -1,
-        type_name: ty.into(),
-        in_identity: key,
-        missing_value: None,
-    };
-    TableInfo {
-        oid: 1,
-        schema: "app".into(),
-        name: name.into(),
-        columns: vec![
-            col("tenant_id", "integer", true),
-            col("id", "bigint", true),
-            col("amount", "numeric(12,2)", false),
-            col("note", "text", false),
-            col("placed_at", "timestamp with time zone", false),
+    keyed_table(
+        "app",
+        name,
+        &[
+            ("tenant_id", "integer"),
+            ("id", "bigint"),
+            ("amount", "numeric(12,2)"),
+            ("note", "text"),
+            ("placed_at", "timestamp with time zone"),
         ],
-        primary_key: vec![0, 1],
-        identity: Identity::Default,
-        type_ddl: Vec::new(),
-    }
+        2,
+    )
 }
 
 /// Source transaction `n` (commit LSN `n`): `rows` inserts of tenant `n % 50`.
@@ -375,20 +369,7 @@ async fn bench(cluster: &PgCluster) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    let dir = tempfile::Builder::new().prefix("helios-bench").tempdir()?;
-    // The server may run as another user (we are root): let it reach its directory.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
-    let cluster = PgCluster::start(&dir.path().join("pg"))?;
-    cluster.create_database("bench")?;
-    // The sink and the proxy share one thread, as the sink shares the worker's thread in
-    // production.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let result = runtime.block_on(bench(&cluster));
-    if result.is_err() {
-        eprintln!("server log:\n{}", cluster.log());
-    }
+    let bench_cluster = BenchCluster::start("bench")?;
+    let result = bench_cluster.run(bench(&bench_cluster.cluster));
     result
 }
