@@ -1,5 +1,7 @@
 //! A PostgreSQL target across a slow link: how far behind our sink runs with 1, 2, 4 and 8
-//! target transactions in flight (the postgres sink's `max_in_flight`).
+//! target transactions in flight (the postgres sink's `max_in_flight`), and with `auto`
+//! (the default: chosen from the round trip the sink measures when it connects; the table
+//! shows what it chose).
 //!
 //! A throwaway local cluster (`embedded::pg_cluster`) sits behind a TCP proxy in this
 //! process that holds every byte for half of `HELIOS_BENCH_RTT_MS` (default 10 ms) each
@@ -30,8 +32,8 @@ use helios_repl::control::job_spec::TenantFilter;
 use helios_repl::embedded::pg_cluster::PgCluster;
 use helios_repl::operators::partition::TenantPlan;
 use helios_repl::sinks::pg_apply::{store, PgApplySink};
-use helios_repl::sinks::worker::{run_sink, SinkPacing, SinkStats};
-use helios_repl::sinks::{ApplyBatch, Delivery};
+use helios_repl::sinks::worker::{auto_in_flight, run_sink, SinkPacing, SinkStats};
+use helios_repl::sinks::{ApplyBatch, Delivery, Sink};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -47,8 +49,9 @@ use table_info::keyed_table;
 
 type Result<T> = std::result::Result<T, Error>;
 
-/// Transactions in flight compared.
-const DEPTHS: [usize; 4] = [1, 2, 4, 8];
+/// Transactions in flight compared; 0 stands for `auto` (chosen from the round trip the
+/// sink measures when it connects).
+const DEPTHS: [usize; 5] = [1, 2, 4, 8, 0];
 /// Rows per source transaction (as in the lag bench).
 const ROWS_PER_TXN: usize = 10;
 
@@ -167,7 +170,8 @@ const BACKLOG_TXN_ROWS: usize = 1000;
 
 /// What one setting measured.
 struct Measured {
-    depth: usize,
+    /// `max_in_flight` as the table shows it.
+    setting: String,
     rows_per_sec: f64,
     lag_ms: Vec<f64>,
     groups: usize,
@@ -202,7 +206,7 @@ async fn run_setting(dsn: &str, depth: usize, load: Load) -> Result<Measured> {
         tenant_columns: HashMap::from([(table.qualified_name(), "tenant_id".to_string())]),
         peers: 1,
     };
-    let sink = PgApplySink::new(&format!("remote_{kind}_{depth}"), dsn, Arc::new(plan), 0);
+    let mut sink = PgApplySink::new(&format!("remote_{kind}_{depth}"), dsn, Arc::new(plan), 0);
     let stats: Arc<SinkStats> = Arc::default();
     let handed: Arc<Mutex<BTreeMap<Lsn, Instant>>> = Arc::default();
     let lags: Arc<Mutex<Vec<f64>>> = Arc::default();
@@ -221,7 +225,14 @@ async fn run_setting(dsn: &str, depth: usize, load: Load) -> Result<Measured> {
     };
     let (tx, rx) = mpsc::channel(1024);
     let mut pacing = SinkPacing::fifo(Arc::default(), 5000, 0);
-    pacing.pipeline = depth;
+    let setting = if depth == 0 {
+        sink.reconnect().await?;
+        pacing.pipeline_auto = true;
+        format!("auto ({})", auto_in_flight(sink.round_trip()))
+    } else {
+        pacing.pipeline = depth;
+        depth.to_string()
+    };
     let task = tokio::spawn(run_sink(
         sink,
         rx,
@@ -279,14 +290,14 @@ async fn run_setting(dsn: &str, depth: usize, load: Load) -> Result<Measured> {
     let mut lag_ms = std::mem::take(&mut *lags.lock().map_err(|_| "poisoned")?);
     if lag_ms.len() as u64 != txns || rows != txns * txn_rows as u64 {
         return Err(format!(
-            "depth {depth}, {kind}: {} of {txns} transactions reported durable, {rows} rows written",
+            "max_in_flight {setting}, {kind}: {} of {txns} transactions reported durable, {rows} rows written",
             lag_ms.len()
         )
         .into());
     }
     lag_ms.sort_by(f64::total_cmp);
     Ok(Measured {
-        depth,
+        setting,
         rows_per_sec: rows as f64 / elapsed,
         lag_ms,
         groups,
@@ -318,15 +329,16 @@ async fn bench(cluster: &PgCluster) -> Result<()> {
     for depth in DEPTHS {
         let m = run_setting(&dsn, depth, Load::Paced { rate, secs }).await?;
         println!(
-            "max_in_flight {depth}, steady: P99 {:.1} ms, {} target transactions",
+            "max_in_flight {}, steady: P99 {:.1} ms, {} target transactions",
+            m.setting,
             percentile(&m.lag_ms, 0.99),
             m.groups
         );
         steady.push(m);
         let m = run_setting(&dsn, depth, Load::Backlog { rows: backlog }).await?;
         println!(
-            "max_in_flight {depth}, catch-up: {:.0} rows/s, {} target transactions",
-            m.rows_per_sec, m.groups
+            "max_in_flight {}, catch-up: {:.0} rows/s, {} target transactions",
+            m.setting, m.rows_per_sec, m.groups
         );
         backlogs.push(m);
     }
@@ -339,7 +351,7 @@ async fn bench(cluster: &PgCluster) -> Result<()> {
         let p99 = percentile(&m.lag_ms, 0.99);
         println!(
             "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.2} |",
-            m.depth,
+            m.setting,
             m.rows_per_sec,
             percentile(&m.lag_ms, 0.5),
             percentile(&m.lag_ms, 0.95),
@@ -358,7 +370,7 @@ async fn bench(cluster: &PgCluster) -> Result<()> {
     for m in &backlogs {
         println!(
             "| {} | {:.0} | {} | {:.1} | {:.2} |",
-            m.depth,
+            m.setting,
             m.rows_per_sec,
             m.groups,
             m.rows as f64 / m.groups.max(1) as f64,

@@ -433,7 +433,7 @@ async fn run_job_inner(
             .map(|(((place, rows), stats), sink)| SinkTarget {
                 place: place.clone(),
                 batch_max_rows: *rows,
-                max_in_flight: sink.max_in_flight(),
+                max_in_flight: sink.max_in_flight().fixed(),
                 stats: stats.clone(),
                 limiter: Arc::new(SinkLimiter::new(sink.limits(), now)),
             })

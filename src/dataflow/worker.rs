@@ -164,8 +164,9 @@ pub struct SinkTarget {
     pub place: SinkPlace,
     /// Most rows one apply transaction takes.
     pub batch_max_rows: usize,
-    /// Most groups in flight to it at once (only a postgres sink pipelines them).
-    pub max_in_flight: usize,
+    /// Most groups in flight to it at once (only a postgres sink pipelines them); `None`:
+    /// chosen from the round trip to it once connected.
+    pub max_in_flight: Option<usize>,
     /// Counters shared by this sink's tasks on all workers.
     pub stats: Arc<SinkStats>,
     /// Bandwidth limits shared by this sink's tasks on all workers.
@@ -304,7 +305,10 @@ impl WorkerJob {
             let (stats, reader) = (target.stats.clone(), job.reader.clone());
             let mut pacing = SinkPacing::fifo(job.backlog.clone(), target.batch_max_rows, index);
             pacing.limiter = target.limiter.clone();
-            pacing.pipeline = target.max_in_flight;
+            match target.max_in_flight {
+                Some(n) => pacing.pipeline = n,
+                None => pacing.pipeline_auto = true,
+            }
             let runtime = runtimes.runtime_for(&target.place);
             match &target.place {
                 SinkPlace::Postgres(dsn) => {

@@ -252,6 +252,12 @@ pub trait Sink: Send + 'static {
         }
     }
 
+    /// The round trip to the sink's target, measured when it last connected (`None`: not
+    /// measured). The default: `None`.
+    fn round_trip(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Re-establishes connections after a transient error.
     fn reconnect(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
 

@@ -115,6 +115,25 @@ pub struct SinkPacing {
     /// Most groups sent to a sink that can pipeline them ([`Sink::send`]) before the
     /// oldest is durable; 1 waits for each group before sending the next.
     pub pipeline: usize,
+    /// Choose `pipeline` from the sink's round trip once it is connected
+    /// ([`auto_in_flight`]).
+    pub pipeline_auto: bool,
+}
+
+/// The round trip from which `auto` sends groups while earlier ones are in flight.
+pub const AUTO_PIPELINE_ROUND_TRIP: Duration = Duration::from_millis(1);
+/// How many groups `auto` keeps in flight across such a round trip.
+pub const AUTO_PIPELINE_DEPTH: usize = 8;
+
+/// The groups in flight `auto` chooses for a sink whose round trip is `round_trip`: one
+/// when it is short or unknown (a local target gains nothing from more, and the target
+/// commits more, smaller transactions), [`AUTO_PIPELINE_DEPTH`] from
+/// [`AUTO_PIPELINE_ROUND_TRIP`] on (see `cargo bench --bench remote_target`).
+pub fn auto_in_flight(round_trip: Option<Duration>) -> usize {
+    match round_trip {
+        Some(rtt) if rtt >= AUTO_PIPELINE_ROUND_TRIP => AUTO_PIPELINE_DEPTH,
+        _ => 1,
+    }
 }
 
 /// How long a sink whose writes carry a high fixed cost (the Parquet cold tier: files,
@@ -177,6 +196,7 @@ impl SinkPacing {
             task,
             linger: None,
             pipeline: 1,
+            pipeline_auto: false,
         }
     }
 }
@@ -191,7 +211,7 @@ pub async fn run_sink<S: Sink>(
     mut batches: mpsc::Receiver<Delivery>,
     stats: Arc<SinkStats>,
     reader: Arc<crate::cdc::stream::ReaderStats>,
-    pacing: SinkPacing,
+    mut pacing: SinkPacing,
     on_durable: impl Fn(Lsn) + Send + Sync,
 ) {
     let mut wait = RETRY_INITIAL;
@@ -200,6 +220,16 @@ pub async fn run_sink<S: Sink>(
         tracing::warn!(sink = sink.kind(), error = %err, retry_in_ms = wait.as_millis() as u64, "cannot reach the sink; retrying");
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(RETRY_MAX);
+    }
+    if pacing.pipeline_auto {
+        let round_trip = sink.round_trip();
+        pacing.pipeline = auto_in_flight(round_trip);
+        tracing::info!(
+            sink = sink.kind(),
+            round_trip_us = round_trip.map(|r| r.as_micros() as u64),
+            max_in_flight = pacing.pipeline,
+            "groups in flight chosen from the round trip to the target"
+        );
     }
     let mut scheduler = Scheduler::new(pacing.policy.clone());
     let limiter = pacing.limiter.clone();

@@ -48,11 +48,13 @@ use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 
 pub use super::secret::Dsn;
+pub use in_flight::{MaxInFlight, MAX_MAX_IN_FLIGHT};
 pub use nats::NatsSinkSpec;
 pub use qos::{LagBudgets, PredictorChoice, QosSpec};
 
 use crate::sinks::qos::rate_limit::SinkLimits;
 
+mod in_flight;
 mod nats;
 mod qos;
 
@@ -63,10 +65,6 @@ pub const DEFAULT_TENANT_COLUMN: &str = "tenant_id";
 pub const DEFAULT_BATCH_MAX_ROWS: usize = 5000;
 /// Largest accepted `batch_max_rows`.
 pub const MAX_BATCH_MAX_ROWS: usize = 1_000_000;
-/// Default `max_in_flight` of a postgres sink.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 1;
-/// Largest accepted `max_in_flight`.
-pub const MAX_MAX_IN_FLIGHT: usize = 64;
 /// Longest accepted job name.
 pub const MAX_JOB_NAME_LEN: usize = 48;
 /// Longest PostgreSQL identifier (NAMEDATALEN - 1).
@@ -247,10 +245,10 @@ impl SinkSpec {
     }
 
     /// Most groups in flight to the sink at once (1 for sinks that do not pipeline).
-    pub fn max_in_flight(&self) -> usize {
+    pub fn max_in_flight(&self) -> MaxInFlight {
         match self {
             SinkSpec::Postgres(p) => p.max_in_flight,
-            SinkSpec::Parquet(_) | SinkSpec::Nats(_) => 1,
+            SinkSpec::Parquet(_) | SinkSpec::Nats(_) => MaxInFlight::Fixed(1),
         }
     }
 
@@ -305,11 +303,12 @@ pub struct PostgresSinkSpec {
     /// Rows per applied batch, `1..=1_000_000`. Default 5000.
     #[serde(default = "default_batch_max_rows")]
     pub batch_max_rows: usize,
-    /// Target transactions sent before the oldest one's outcome is back, `1..=64`;
-    /// default 1 (each waits for the one before). More hides a long round trip to a
-    /// remote target: a transaction behind a failed one rolls back with it.
-    #[serde(default = "default_max_in_flight")]
-    pub max_in_flight: usize,
+    /// Target transactions sent before the oldest one's outcome is back, `1..=64`, or
+    /// `"auto"` (the default: chosen from the round trip to the target when the sink
+    /// connects). More hides a long round trip to a remote target: a transaction behind
+    /// a failed one rolls back with it.
+    #[serde(default)]
+    pub max_in_flight: MaxInFlight,
     /// The sink's bandwidth limits.
     #[serde(flatten)]
     pub limits: SinkLimitsSpec,
@@ -514,12 +513,15 @@ impl JobSpec {
                     format!("must be between 1 and {MAX_BATCH_MAX_ROWS}, got {rows}"),
                 ));
             }
-            let in_flight = sink.max_in_flight();
-            if !(1..=MAX_MAX_IN_FLIGHT).contains(&in_flight) {
-                return Err(JobSpecError::invalid(
-                    format!("sinks[{i}].max_in_flight"),
-                    format!("must be between 1 and {MAX_MAX_IN_FLIGHT}, got {in_flight}"),
-                ));
+            if let MaxInFlight::Fixed(in_flight) = sink.max_in_flight() {
+                if !(1..=MAX_MAX_IN_FLIGHT).contains(&in_flight) {
+                    return Err(JobSpecError::invalid(
+                        format!("sinks[{i}].max_in_flight"),
+                        format!(
+                            "must be between 1 and {MAX_MAX_IN_FLIGHT} or \"auto\", got {in_flight}"
+                        ),
+                    ));
+                }
             }
             if let SinkSpec::Parquet(p) = sink {
                 let n = p.compact_min_files;
@@ -641,10 +643,6 @@ fn default_batch_max_rows() -> usize {
     DEFAULT_BATCH_MAX_ROWS
 }
 
-fn default_max_in_flight() -> usize {
-    DEFAULT_MAX_IN_FLIGHT
-}
-
 /// For `#[serde(default, deserialize_with = "present")]` on an `Option`
 /// field: the key may be absent, but when present the value must be a `T`
 /// (JSON `null` is rejected, as by the JSON Schema).
@@ -757,7 +755,7 @@ struct RawSink {
     #[serde(default, deserialize_with = "present")]
     batch_max_rows: Option<usize>,
     #[serde(default, deserialize_with = "present")]
-    max_in_flight: Option<usize>,
+    max_in_flight: Option<MaxInFlight>,
     #[serde(default, deserialize_with = "present")]
     root: Option<String>,
     #[serde(default, deserialize_with = "present")]
@@ -876,7 +874,7 @@ impl<'de> Deserialize<'de> for SinkSpec {
             SinkKind::Postgres => Ok(SinkSpec::Postgres(PostgresSinkSpec {
                 dsn: raw.dsn.ok_or_else(|| de::Error::missing_field("dsn"))?,
                 batch_max_rows: raw.batch_max_rows.unwrap_or(DEFAULT_BATCH_MAX_ROWS),
-                max_in_flight: raw.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
+                max_in_flight: raw.max_in_flight.unwrap_or_default(),
                 limits,
             })),
             SinkKind::Parquet => Ok(SinkSpec::Parquet(ParquetSinkSpec {

@@ -243,14 +243,27 @@ fn max_in_flight_is_checked_and_only_for_postgres_sinks() {
         )
     };
     let spec = JobSpec::from_toml_str(&with("max_in_flight = 4")).expect("4 in flight");
-    assert_eq!(spec.sinks[0].max_in_flight(), 4);
+    assert_eq!(spec.sinks[0].max_in_flight(), MaxInFlight::Fixed(4));
+    let spec = JobSpec::from_toml_str(&with("max_in_flight = \"auto\"")).expect("auto");
+    assert_eq!(spec.sinks[0].max_in_flight(), MaxInFlight::Auto);
     let spec = JobSpec::from_toml_str(VALID).expect("valid");
-    assert_eq!(spec.sinks[0].max_in_flight(), DEFAULT_MAX_IN_FLIGHT);
+    assert_eq!(
+        spec.sinks[0].max_in_flight(),
+        MaxInFlight::Auto,
+        "the default"
+    );
     for bad in ["max_in_flight = 0", "max_in_flight = 65"] {
         let err = expect_err(&with(bad), "sinks[0].max_in_flight");
         assert!(err.to_string().contains("between 1 and 64"), "{err}");
     }
-    expect_err(&with("max_in_flight = -1"), "sinks[0].max_in_flight");
+    for bad in [
+        "max_in_flight = -1",
+        "max_in_flight = \"many\"",
+        "max_in_flight = 2.5",
+    ] {
+        let err = expect_err(&with(bad), "sinks[0].max_in_flight");
+        assert!(err.to_string().contains("\"auto\""), "{bad}: {err}");
+    }
     let nats =
         format!("{VALID}\n[[sinks]]\nkind = \"nats\"\nurl = \"nats://h:1\"\nmax_in_flight = 2\n");
     let err = JobSpec::from_toml_str(&nats).expect_err("max_in_flight belongs to postgres sinks");
@@ -576,7 +589,10 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
         dsn(),
         1..=MAX_BATCH_MAX_ROWS,
         (limit(), limit(), limit(), limit()),
-        1..=MAX_MAX_IN_FLIGHT,
+        prop_oneof![
+            Just(MaxInFlight::Auto),
+            (1..=MAX_MAX_IN_FLIGHT).prop_map(MaxInFlight::Fixed)
+        ],
     )
         .prop_map(|(dsn, batch_max_rows, (a, b, c, d), max_in_flight)| {
             SinkSpec::Postgres(PostgresSinkSpec {

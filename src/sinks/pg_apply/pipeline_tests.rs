@@ -29,6 +29,11 @@ async fn connected(dir: &std::path::Path, first: &ApplyBatch) -> (PgCluster, PgA
     };
     let mut sink = PgApplySink::new("job", &dsn, Arc::new(plan), 0);
     sink.reconnect().await.expect("sink connects");
+    let round_trip = sink.round_trip().expect("measured when connecting");
+    assert!(
+        round_trip < std::time::Duration::from_millis(100),
+        "a local server: {round_trip:?}"
+    );
     sink.set_watermark(first.commit_lsn);
     sink.apply(std::slice::from_ref(first))
         .await

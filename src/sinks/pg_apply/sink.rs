@@ -91,6 +91,8 @@ pub struct PgApplySink {
     unsettled: VecDeque<Unsettled>,
     /// The `helios.group` number the next sent group sets on the connection.
     next_group: u64,
+    /// The shortest of a few empty queries when the sink last connected.
+    round_trip: Option<std::time::Duration>,
     checkpoints: HashMap<String, Lsn>,
     /// The watermarks among `checkpoints`: (worker index, worker count, LSN).
     watermarks: Vec<(u32, u32, Lsn)>,
@@ -114,6 +116,7 @@ impl PgApplySink {
             cache: ConnectionCache::default(),
             unsettled: VecDeque::new(),
             next_group: 1,
+            round_trip: None,
             checkpoints: HashMap::new(),
             watermarks: Vec::new(),
             pending_watermark: None,
@@ -764,6 +767,10 @@ impl Sink for PgApplySink {
         self.pending_watermark = Some(lsn);
     }
 
+    fn round_trip(&self) -> Option<std::time::Duration> {
+        self.round_trip
+    }
+
     async fn reconnect(&mut self) -> Result<(), SinkError> {
         if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
             return Ok(());
@@ -772,6 +779,7 @@ impl Sink for PgApplySink {
         // A new session: nothing sent on the old one is waiting on it.
         self.unsettled.clear();
         let client = connect(&self.dsn).await?;
+        self.round_trip = Some(measure_round_trip(&client).await?);
         self.checkpoints.clear();
         self.watermarks.clear();
         let loaded = store::load_checkpoints(&client, &self.job).await?;
@@ -781,6 +789,21 @@ impl Sink for PgApplySink {
         self.client = Some(Arc::new(client));
         Ok(())
     }
+}
+
+/// The shortest of five empty queries on `client`: the round trip to the server with
+/// next to no work on it.
+async fn measure_round_trip(client: &Client) -> Result<std::time::Duration, SinkError> {
+    let mut best = std::time::Duration::MAX;
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        client
+            .batch_execute("")
+            .await
+            .map_err(|e| sink_error("measure the round trip", &e))?;
+        best = best.min(started.elapsed());
+    }
+    Ok(best)
 }
 
 /// The connection for a transaction of its own; an error while a group sent with

@@ -426,6 +426,8 @@ struct PipelinedTarget {
     fail_once: Option<Lsn>,
     /// Every `apply` call (the sequential path), by its first LSN.
     applied_alone: Vec<Lsn>,
+    /// The round trip the sink reports.
+    round_trip: Option<Duration>,
 }
 
 impl PipelinedTarget {
@@ -478,23 +480,34 @@ impl Sink for Pipelining {
         self.0.lock().unwrap().unsettled -= 1;
     }
 
+    fn round_trip(&self) -> Option<Duration> {
+        self.0.lock().unwrap().round_trip
+    }
+
     async fn reconnect(&mut self) -> Result<(), SinkError> {
         Ok(())
     }
 }
 
-/// Runs 12 one-row transactions through a pipelining sink (`depth` groups in flight,
-/// one transaction per group) whose transaction `fail_once` fails once; checks every
-/// durable report against what the target holds, and returns the target.
-async fn run_pipelined(depth: usize, fail_once: Option<Lsn>) -> PipelinedTarget {
+/// Runs 12 one-row transactions through a pipelining sink (`depth` groups in flight, or
+/// `auto` with the sink reporting `auto`'s round trip; one transaction per group) whose
+/// transaction `fail_once` fails once; checks every durable report against what the
+/// target holds, and returns the target.
+async fn run_pipelined(
+    depth: usize,
+    fail_once: Option<Lsn>,
+    auto: Option<Duration>,
+) -> PipelinedTarget {
     let target = Arc::new(Mutex::new(PipelinedTarget {
         fail_once,
+        round_trip: auto,
         ..Default::default()
     }));
     let stats: Arc<SinkStats> = Arc::default();
     let (tx, rx) = mpsc::channel(64);
     let mut pacing = SinkPacing::fifo(Arc::default(), 1, 0);
     pacing.pipeline = depth;
+    pacing.pipeline_auto = auto.is_some();
     let reported = Arc::new(Mutex::new(Vec::<Lsn>::new()));
     let on_durable = {
         let (target, reported) = (target.clone(), reported.clone());
@@ -542,7 +555,7 @@ async fn run_pipelined(depth: usize, fail_once: Option<Lsn>) -> PipelinedTarget 
 /// durable only once committed.
 #[tokio::test(start_paused = true)]
 async fn groups_are_pipelined_up_to_the_depth() {
-    let target = run_pipelined(3, None).await;
+    let target = run_pipelined(3, None, None).await;
     assert_eq!(target.committed, (1..=12).collect::<Vec<_>>());
     assert_eq!(target.most_in_flight, 3);
     assert!(
@@ -550,7 +563,7 @@ async fn groups_are_pipelined_up_to_the_depth() {
         "{:?}",
         target.applied_alone
     );
-    let one = run_pipelined(1, None).await;
+    let one = run_pipelined(1, None, None).await;
     assert_eq!(one.committed, (1..=12).collect::<Vec<_>>());
     assert_eq!(one.most_in_flight, 0, "depth 1 applies each group alone");
 }
@@ -559,7 +572,7 @@ async fn groups_are_pipelined_up_to_the_depth() {
 /// its own; nothing is reported durable before it is committed.
 #[tokio::test(start_paused = true)]
 async fn a_failed_group_is_applied_again_with_those_sent_after_it() {
-    let target = run_pipelined(3, Some(6)).await;
+    let target = run_pipelined(3, Some(6), None).await;
     assert_eq!(target.committed, (1..=12).collect::<Vec<_>>());
     assert!(
         target.applied_alone.first() == Some(&6),
@@ -568,4 +581,25 @@ async fn a_failed_group_is_applied_again_with_those_sent_after_it() {
     );
     let again = &target.applied_alone;
     assert!(again.windows(2).all(|w| w[0] < w[1]), "{again:?}");
+}
+
+/// `auto` keeps one group in flight over a short round trip and pipelines from
+/// `AUTO_PIPELINE_ROUND_TRIP` on.
+#[tokio::test(start_paused = true)]
+async fn auto_pipelines_only_across_a_long_round_trip() {
+    assert_eq!(auto_in_flight(None), 1);
+    assert_eq!(auto_in_flight(Some(Duration::from_micros(300))), 1);
+    assert_eq!(
+        auto_in_flight(Some(AUTO_PIPELINE_ROUND_TRIP)),
+        AUTO_PIPELINE_DEPTH
+    );
+    assert_eq!(
+        auto_in_flight(Some(Duration::from_millis(50))),
+        AUTO_PIPELINE_DEPTH
+    );
+    let near = run_pipelined(1, None, Some(Duration::from_micros(300))).await;
+    assert_eq!(near.most_in_flight, 0, "each group applied alone");
+    let far = run_pipelined(1, None, Some(Duration::from_millis(10))).await;
+    assert!(far.most_in_flight > 1, "{}", far.most_in_flight);
+    assert_eq!(far.committed, (1..=12).collect::<Vec<_>>());
 }
