@@ -227,10 +227,10 @@ async fn run_setting(dsn: &str, depth: usize, load: Load) -> Result<Measured> {
     let mut pacing = SinkPacing::fifo(Arc::default(), 5000, 0);
     let setting = if depth == 0 {
         sink.reconnect().await?;
-        pacing.pipeline_auto = true;
+        pacing.pipeline = None;
         format!("auto ({})", auto_in_flight(sink.round_trip()))
     } else {
-        pacing.pipeline = depth;
+        pacing.pipeline = Some(depth);
         depth.to_string()
     };
     let task = tokio::spawn(run_sink(

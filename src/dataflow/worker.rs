@@ -305,10 +305,7 @@ impl WorkerJob {
             let (stats, reader) = (target.stats.clone(), job.reader.clone());
             let mut pacing = SinkPacing::fifo(job.backlog.clone(), target.batch_max_rows, index);
             pacing.limiter = target.limiter.clone();
-            match target.max_in_flight {
-                Some(n) => pacing.pipeline = n,
-                None => pacing.pipeline_auto = true,
-            }
+            pacing.pipeline = target.max_in_flight;
             let runtime = runtimes.runtime_for(&target.place);
             match &target.place {
                 SinkPlace::Postgres(dsn) => {

@@ -113,11 +113,9 @@ pub struct SinkPacing {
     /// Hold small groups back to publish fewer, larger ones (`None`: apply at once).
     pub linger: Option<Linger>,
     /// Most groups sent to a sink that can pipeline them ([`Sink::send`]) before the
-    /// oldest is durable; 1 waits for each group before sending the next.
-    pub pipeline: usize,
-    /// Choose `pipeline` from the sink's round trip once it is connected
-    /// ([`auto_in_flight`]).
-    pub pipeline_auto: bool,
+    /// oldest is durable; 1 waits for each group before sending the next. `None`: chosen
+    /// from the sink's round trip once it is connected ([`auto_in_flight`]).
+    pub pipeline: Option<usize>,
 }
 
 /// The round trip from which `auto` sends groups while earlier ones are in flight.
@@ -195,8 +193,7 @@ impl SinkPacing {
             max_rows,
             task,
             linger: None,
-            pipeline: 1,
-            pipeline_auto: false,
+            pipeline: Some(1),
         }
     }
 }
@@ -211,7 +208,7 @@ pub async fn run_sink<S: Sink>(
     mut batches: mpsc::Receiver<Delivery>,
     stats: Arc<SinkStats>,
     reader: Arc<crate::cdc::stream::ReaderStats>,
-    mut pacing: SinkPacing,
+    pacing: SinkPacing,
     on_durable: impl Fn(Lsn) + Send + Sync,
 ) {
     let mut wait = RETRY_INITIAL;
@@ -221,16 +218,17 @@ pub async fn run_sink<S: Sink>(
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(RETRY_MAX);
     }
-    if pacing.pipeline_auto {
+    let depth = pacing.pipeline.unwrap_or_else(|| {
         let round_trip = sink.round_trip();
-        pacing.pipeline = auto_in_flight(round_trip);
+        let depth = auto_in_flight(round_trip);
         tracing::info!(
             sink = sink.kind(),
             round_trip_us = round_trip.map(|r| r.as_micros() as u64),
-            max_in_flight = pacing.pipeline,
+            max_in_flight = depth,
             "groups in flight chosen from the round trip to the target"
         );
-    }
+        depth
+    });
     let mut scheduler = Scheduler::new(pacing.policy.clone());
     let limiter = pacing.limiter.clone();
     let (max_rows, task) = (pacing.max_rows, pacing.task);
@@ -349,7 +347,7 @@ pub async fn run_sink<S: Sink>(
         if large.is_some() {
             continue;
         }
-        if in_flight.len() >= pacing.pipeline.max(1) {
+        if in_flight.len() >= depth.max(1) {
             // Room for another group once the oldest is settled; what arrives meanwhile
             // joins the next group.
             in_flight
@@ -440,7 +438,7 @@ pub async fn run_sink<S: Sink>(
         let left_behind = !scheduler.is_empty();
         let watermark = scheduler.durable_watermark();
         sink.set_watermark(watermark);
-        let sent = if pacing.pipeline > 1 {
+        let sent = if depth > 1 {
             sink.send(&group.batches).await
         } else {
             None

@@ -361,10 +361,7 @@ impl PgApplySink {
         mut writes: Vec<Write<'_>>,
         checkpoints: &HashMap<String, Lsn>,
     ) -> Result<ApplyReport, SinkError> {
-        writes.extend(
-            store::checkpoints_statement(&self.job, checkpoints)
-                .map(|s| Write::Statement(s, Counts::Bookkeeping)),
-        );
+        writes.extend(checkpoint_write(&self.job, checkpoints));
         let mut prepared_stmts = Vec::with_capacity(writes.len());
         for write in &writes {
             prepared_stmts.push(prepared(client, &mut self.cache, write.text()).await?);
@@ -414,10 +411,7 @@ impl PgApplySink {
             .filter_map(|step| plain_statement(&self.plan, step))
             .map(|(stmt, counts)| Write::Statement(stmt.into_owned(), counts))
             .collect();
-        writes.extend(
-            store::checkpoints_statement(&self.job, &work.checkpoints)
-                .map(|s| Write::Statement(s, Counts::Bookkeeping)),
-        );
+        writes.extend(checkpoint_write(&self.job, &work.checkpoints));
         let mut prepared_stmts = Vec::with_capacity(writes.len());
         for write in &writes {
             let stmt = match self.cache.statements.get(write.text()) {
@@ -812,6 +806,11 @@ fn exclusive(client: &mut Arc<Client>) -> Result<&mut Client, SinkError> {
     Arc::get_mut(client).ok_or_else(|| {
         SinkError::Transient("a group sent earlier is still in flight on the connection".into())
     })
+}
+
+/// The write of a pipelined transaction that records `checkpoints` (none when empty).
+fn checkpoint_write(job: &str, checkpoints: &HashMap<String, Lsn>) -> Option<Write<'static>> {
+    store::checkpoints_statement(job, checkpoints).map(|s| Write::Statement(s, Counts::Bookkeeping))
 }
 
 /// Polls `flight` once, so its requests go out now (tokio-postgres sends a request when

@@ -506,8 +506,7 @@ async fn run_pipelined(
     let stats: Arc<SinkStats> = Arc::default();
     let (tx, rx) = mpsc::channel(64);
     let mut pacing = SinkPacing::fifo(Arc::default(), 1, 0);
-    pacing.pipeline = depth;
-    pacing.pipeline_auto = auto.is_some();
+    pacing.pipeline = if auto.is_some() { None } else { Some(depth) };
     let reported = Arc::new(Mutex::new(Vec::<Lsn>::new()));
     let on_durable = {
         let (target, reported) = (target.clone(), reported.clone());
