@@ -23,6 +23,7 @@
 //! Run: `cargo bench --bench remote_target`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,8 +35,6 @@ use helios_repl::operators::partition::TenantPlan;
 use helios_repl::sinks::pg_apply::{store, PgApplySink};
 use helios_repl::sinks::worker::{auto_in_flight, run_sink, SinkPacing, SinkStats};
 use helios_repl::sinks::{ApplyBatch, Delivery, Sink};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -55,6 +54,21 @@ const DEPTHS: [usize; 5] = [1, 2, 4, 8, 0];
 /// Rows per source transaction (as in the lag bench).
 const ROWS_PER_TXN: usize = 10;
 
+/// `HELIOS_BENCH_RTT_MS` (default 10): the round trip the proxy adds, in milliseconds;
+/// fractions allowed (`0.5`).
+fn rtt_ms() -> Result<f64> {
+    let Ok(v) = std::env::var("HELIOS_BENCH_RTT_MS") else {
+        return Ok(10.0);
+    };
+    match v.parse::<f64>() {
+        Ok(ms) if ms.is_finite() && (0.0..=10_000.0).contains(&ms) => Ok(ms),
+        _ => Err(format!(
+            "HELIOS_BENCH_RTT_MS: `{v}` is not a number of milliseconds from 0 to 10000"
+        )
+        .into()),
+    }
+}
+
 fn env_or(name: &str, default: u64) -> Result<u64> {
     match std::env::var(name) {
         Ok(v) => v
@@ -64,49 +78,51 @@ fn env_or(name: &str, default: u64) -> Result<u64> {
     }
 }
 
-/// Copies `from` to `to`, each chunk held until `delay` after it was read.
-async fn delayed_copy(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    delay: Duration,
-) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
-    let writer = tokio::spawn(async move {
-        while let Some((due, bytes)) = rx.recv().await {
-            tokio::time::sleep_until(due).await;
-            if to.write_all(&bytes).await.is_err() {
+/// Copies `from` to `to`, each chunk held until `delay` after it was read. Plain threads
+/// and sockets rather than the async runtime: its timers round a wait up to a whole
+/// millisecond, which would hide a sub-millisecond round trip.
+fn delayed_copy(mut from: std::net::TcpStream, mut to: std::net::TcpStream, delay: Duration) {
+    let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, Vec<u8>)>();
+    std::thread::spawn(move || {
+        while let Ok((due, bytes)) = rx.recv() {
+            let wait = due.saturating_duration_since(std::time::Instant::now());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
+            if to.write_all(&bytes).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = from.read(&mut buf) {
+            let due = std::time::Instant::now() + delay;
+            if tx.send((due, buf[..n].to_vec())).is_err() {
                 break;
             }
         }
     });
-    let mut buf = vec![0u8; 64 * 1024];
-    while let Ok(n) = from.read(&mut buf).await {
-        if n == 0
-            || tx
-                .send((Instant::now() + delay, buf[..n].to_vec()))
-                .is_err()
-        {
-            break;
-        }
-    }
-    drop(tx);
-    let _ = writer.await;
 }
 
 /// A proxy to `127.0.0.1:upstream` adding `one_way` each way; returns its port.
-async fn delay_proxy(upstream: u16, one_way: Duration) -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+fn delay_proxy(upstream: u16, one_way: Duration) -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
                 continue;
             };
             let _ = (client.set_nodelay(true), server.set_nodelay(true));
-            let (client_read, client_write) = client.into_split();
-            let (server_read, server_write) = server.into_split();
-            tokio::spawn(delayed_copy(client_read, server_write, one_way));
-            tokio::spawn(delayed_copy(server_read, client_write, one_way));
+            let (Ok(client_write), Ok(server_write)) = (client.try_clone(), server.try_clone())
+            else {
+                continue;
+            };
+            delayed_copy(client, server_write, one_way);
+            delayed_copy(server, client_write, one_way);
         }
     });
     Ok(port)
@@ -228,7 +244,11 @@ async fn run_setting(dsn: &str, depth: usize, load: Load) -> Result<Measured> {
     let setting = if depth == 0 {
         sink.reconnect().await?;
         pacing.pipeline = None;
-        format!("auto ({})", auto_in_flight(sink.round_trip()))
+        let rtt = sink.round_trip();
+        let seen = rtt.map_or("none".into(), |d| {
+            format!("{:.2} ms", d.as_secs_f64() * 1e3)
+        });
+        format!("auto ({}; round trip {seen})", auto_in_flight(rtt))
     } else {
         pacing.pipeline = Some(depth);
         depth.to_string()
@@ -306,13 +326,13 @@ async fn run_setting(dsn: &str, depth: usize, load: Load) -> Result<Measured> {
 }
 
 async fn bench(cluster: &PgCluster) -> Result<()> {
-    let rtt = env_or("HELIOS_BENCH_RTT_MS", 10)?;
+    let rtt = rtt_ms()?;
     let rate = env_or("HELIOS_BENCH_REMOTE_RATE", 10_000)?.max(ROWS_PER_TXN as u64);
     let secs = env_or("HELIOS_BENCH_REMOTE_SECS", 10)?.max(1);
     let direct = cluster.dsn("bench");
     let client = helios_repl::sinks::pg_apply::sink::connect(&direct).await?;
     store::migrate(&client).await?;
-    let port = delay_proxy(cluster.port(), Duration::from_micros(rtt * 500)).await?;
+    let port = delay_proxy(cluster.port(), Duration::from_secs_f64(rtt / 2e3))?;
     let dsn = direct.replace(&format!("port={}", cluster.port()), &format!("port={port}"));
     if dsn == direct {
         return Err(format!("cannot point `{direct}` at the proxy").into());

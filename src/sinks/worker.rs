@@ -118,8 +118,11 @@ pub struct SinkPacing {
     pub pipeline: Option<usize>,
 }
 
-/// The round trip from which `auto` sends groups while earlier ones are in flight.
-pub const AUTO_PIPELINE_ROUND_TRIP: Duration = Duration::from_millis(1);
+/// The round trip from which `auto` sends groups while earlier ones are in flight. From
+/// about 0.75 ms on, pipelining cut the lag P99 by a fifth to a third in `cargo bench
+/// --bench remote_target`; around 0.5 ms the gain was within its noise, and near a
+/// loopback's round trip it only adds target transactions (see `benches/HISTORY.md`).
+pub const AUTO_PIPELINE_ROUND_TRIP: Duration = Duration::from_micros(600);
 /// How many groups `auto` keeps in flight across such a round trip.
 pub const AUTO_PIPELINE_DEPTH: usize = 8;
 
