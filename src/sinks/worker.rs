@@ -114,7 +114,7 @@ pub struct SinkPacing {
     pub linger: Option<Linger>,
     /// Most groups sent to a sink that can pipeline them ([`Sink::send`]) before the
     /// oldest is durable; 1 waits for each group before sending the next. `None`: chosen
-    /// from the sink's round trip once it is connected ([`auto_in_flight`]).
+    /// from the round trip the sink measured at its last (re)connect ([`auto_in_flight`]).
     pub pipeline: Option<usize>,
 }
 
@@ -135,6 +135,32 @@ pub fn auto_in_flight(round_trip: Option<Duration>) -> usize {
         Some(rtt) if rtt >= AUTO_PIPELINE_ROUND_TRIP => AUTO_PIPELINE_DEPTH,
         _ => 1,
     }
+}
+
+/// How many groups may be in flight now: the sink's setting, or with `auto` (`None`)
+/// [`auto_in_flight`] of the round trip the sink measured when it last connected, so a
+/// reconnect (after an error, to a target that may have moved) decides again. Logs each
+/// new choice in `chosen`.
+fn groups_in_flight<S: Sink>(
+    sink: &S,
+    setting: Option<usize>,
+    chosen: &mut Option<usize>,
+) -> usize {
+    if let Some(depth) = setting {
+        return depth;
+    }
+    let round_trip = sink.round_trip();
+    let depth = auto_in_flight(round_trip);
+    if *chosen != Some(depth) {
+        tracing::info!(
+            sink = sink.kind(),
+            round_trip_us = round_trip.map(|r| r.as_micros() as u64),
+            max_in_flight = depth,
+            "groups in flight chosen from the round trip to the target"
+        );
+        *chosen = Some(depth);
+    }
+    depth
 }
 
 /// How long a sink whose writes carry a high fixed cost (the Parquet cold tier: files,
@@ -221,17 +247,8 @@ pub async fn run_sink<S: Sink>(
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(RETRY_MAX);
     }
-    let depth = pacing.pipeline.unwrap_or_else(|| {
-        let round_trip = sink.round_trip();
-        let depth = auto_in_flight(round_trip);
-        tracing::info!(
-            sink = sink.kind(),
-            round_trip_us = round_trip.map(|r| r.as_micros() as u64),
-            max_in_flight = depth,
-            "groups in flight chosen from the round trip to the target"
-        );
-        depth
-    });
+    // `auto`'s last choice, decided again after every reconnect.
+    let mut chosen = None;
     let mut scheduler = Scheduler::new(pacing.policy.clone());
     let limiter = pacing.limiter.clone();
     let (max_rows, task) = (pacing.max_rows, pacing.task);
@@ -350,6 +367,7 @@ pub async fn run_sink<S: Sink>(
         if large.is_some() {
             continue;
         }
+        let depth = groups_in_flight(&sink, pacing.pipeline, &mut chosen);
         if in_flight.len() >= depth.max(1) {
             // Room for another group once the oldest is settled; what arrives meanwhile
             // joins the next group.

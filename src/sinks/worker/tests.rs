@@ -428,6 +428,11 @@ struct PipelinedTarget {
     applied_alone: Vec<Lsn>,
     /// The round trip the sink reports.
     round_trip: Option<Duration>,
+    /// The round trip measured by every reconnect after the first connect (a target
+    /// that moved while the sink was cut off).
+    round_trip_on_reconnect: Option<Duration>,
+    /// Calls of `reconnect`, the first connect included.
+    connects: usize,
 }
 
 impl PipelinedTarget {
@@ -485,6 +490,13 @@ impl Sink for Pipelining {
     }
 
     async fn reconnect(&mut self) -> Result<(), SinkError> {
+        let mut target = self.0.lock().unwrap();
+        target.connects += 1;
+        if target.connects > 1 {
+            if let Some(rtt) = target.round_trip_on_reconnect {
+                target.round_trip = Some(rtt);
+            }
+        }
         Ok(())
     }
 }
@@ -498,15 +510,26 @@ async fn run_pipelined(
     fail_once: Option<Lsn>,
     auto: Option<Duration>,
 ) -> PipelinedTarget {
-    let target = Arc::new(Mutex::new(PipelinedTarget {
-        fail_once,
-        round_trip: auto,
-        ..Default::default()
-    }));
+    run_pipelined_on(
+        PipelinedTarget {
+            fail_once,
+            round_trip: auto,
+            ..Default::default()
+        },
+        if auto.is_some() { None } else { Some(depth) },
+    )
+    .await
+}
+
+/// [`run_pipelined`] on a given target model, with `setting` groups in flight (`None`:
+/// `auto`).
+async fn run_pipelined_on(target: PipelinedTarget, setting: Option<usize>) -> PipelinedTarget {
+    let fail_once = target.fail_once;
+    let target = Arc::new(Mutex::new(target));
     let stats: Arc<SinkStats> = Arc::default();
     let (tx, rx) = mpsc::channel(64);
     let mut pacing = SinkPacing::fifo(Arc::default(), 1, 0);
-    pacing.pipeline = if auto.is_some() { None } else { Some(depth) };
+    pacing.pipeline = setting;
     let reported = Arc::new(Mutex::new(Vec::<Lsn>::new()));
     let on_durable = {
         let (target, reported) = (target.clone(), reported.clone());
@@ -601,4 +624,33 @@ async fn auto_pipelines_only_across_a_long_round_trip() {
     let far = run_pipelined(1, None, Some(Duration::from_millis(10))).await;
     assert!(far.most_in_flight > 1, "{}", far.most_in_flight);
     assert_eq!(far.committed, (1..=12).collect::<Vec<_>>());
+}
+
+/// `auto` decides again after a reconnect: a sink that measured a local round trip
+/// applies groups one at a time, and once an error made it reconnect to a target 10 ms
+/// away, it pipelines the rest; with a fixed setting of 1 the same run never does.
+#[tokio::test(start_paused = true)]
+async fn auto_decides_again_after_a_reconnect() {
+    let moved = || PipelinedTarget {
+        fail_once: Some(4),
+        round_trip: Some(Duration::from_micros(300)),
+        round_trip_on_reconnect: Some(Duration::from_millis(10)),
+        ..Default::default()
+    };
+    let target = run_pipelined_on(moved(), None).await;
+    assert_eq!(target.committed, (1..=12).collect::<Vec<_>>());
+    assert!(target.connects >= 2, "{}", target.connects);
+    assert!(
+        target.applied_alone.starts_with(&[1, 2, 3, 4]),
+        "applied alone before the reconnect: {:?}",
+        target.applied_alone
+    );
+    assert!(
+        target.most_in_flight > 1,
+        "pipelined after it: {}",
+        target.most_in_flight
+    );
+    let fixed = run_pipelined_on(moved(), Some(1)).await;
+    assert_eq!(fixed.committed, (1..=12).collect::<Vec<_>>());
+    assert_eq!(fixed.most_in_flight, 0, "a fixed setting stays");
 }
