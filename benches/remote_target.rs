@@ -20,6 +20,8 @@
 //!
 //! The round trip itself is the floor: with one transaction in flight a transaction
 //! arriving during an apply waits for it, up to a round trip more.
+//! `HELIOS_BENCH_REMOTE_HISTORY=1`: the table is kept with history, so every transaction
+//! also opens its rows' versions in the target's history table.
 //! Run: `cargo bench --bench remote_target`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -28,10 +30,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use helios_repl::cdc::stream::ReaderStats;
-use helios_repl::change::{Cell, Lsn, Scope, TableInfo, TenantAction, TenantChange};
+use helios_repl::change::{
+    Cell, HistoryEvent, HistoryOp, Lsn, Row, Scope, TableInfo, TenantAction, TenantChange,
+};
 use helios_repl::control::job_spec::TenantFilter;
 use helios_repl::embedded::pg_cluster::PgCluster;
 use helios_repl::operators::partition::TenantPlan;
+use helios_repl::operators::version::{SysTime, Version, VersionDelta};
 use helios_repl::sinks::pg_apply::{store, PgApplySink};
 use helios_repl::sinks::worker::{auto_in_flight, run_sink, SinkPacing, SinkStats};
 use helios_repl::sinks::{ApplyBatch, Delivery, Sink};
@@ -144,32 +149,70 @@ fn table_info(name: &str) -> TableInfo {
     )
 }
 
-/// Source transaction `n` (commit LSN `n`): `rows` inserts of tenant `n % 50`.
-fn transaction(table: &Arc<TableInfo>, n: u64, rows: usize) -> ApplyBatch {
+/// Source transaction `n` (commit LSN `n`): `rows` inserts of tenant `n % 50`, each with
+/// its history version opened when `history` (a table kept with history).
+fn transaction(table: &Arc<TableInfo>, n: u64, rows: usize, history: bool) -> ApplyBatch {
     let tenant = (n % 50).to_string();
     let text = |s: String| Cell::Text(s.into());
+    let changes: Vec<TenantChange> = (0..rows as u64)
+        .map(|i| TenantChange {
+            scope: Scope::Tenant(tenant.clone()),
+            seq: i as u32,
+            table: table.clone(),
+            action: TenantAction::Upsert {
+                old: None,
+                new: vec![
+                    text(tenant.clone()),
+                    text((n * rows as u64 + i).to_string()),
+                    text(format!("{}.{:02}", n % 1000, i)),
+                    text(format!("order {n}/{i}")),
+                    text("2026-12-05 12:00:00+00".into()),
+                ],
+                insert: true,
+            },
+        })
+        .collect();
+    let history = if history {
+        changes.iter().filter_map(|c| opened(c, n)).collect()
+    } else {
+        Vec::new()
+    };
     ApplyBatch {
         commit_lsn: n,
-        changes: (0..rows as u64)
-            .map(|i| TenantChange {
-                scope: Scope::Tenant(tenant.clone()),
-                seq: i as u32,
-                table: table.clone(),
-                action: TenantAction::Upsert {
-                    old: None,
-                    new: vec![
-                        text(tenant.clone()),
-                        text((n * rows as u64 + i).to_string()),
-                        text(format!("{}.{:02}", n % 1000, i)),
-                        text(format!("order {n}/{i}")),
-                        text("2026-12-05 12:00:00+00".into()),
-                    ],
-                    insert: true,
-                },
-            })
-            .collect(),
-        history: Vec::new(),
+        changes,
+        history,
     }
+}
+
+/// The history version an insert committed at `lsn` opens (valid from the epoch on).
+fn opened(change: &TenantChange, lsn: Lsn) -> Option<HistoryEvent> {
+    let TenantAction::Upsert { new, .. } = &change.action else {
+        return None;
+    };
+    let key: Row = change
+        .table
+        .key_columns()
+        .iter()
+        .map(|&k| new[k].clone())
+        .collect();
+    Some(HistoryEvent {
+        tenant: match &change.scope {
+            Scope::Tenant(t) => t.clone(),
+            Scope::Worker { .. } => String::new(),
+        },
+        seq: change.seq,
+        table: change.table.clone(),
+        op: HistoryOp::Insert,
+        delta: VersionDelta::Open(Version {
+            key,
+            value: new.clone(),
+            valid_from: 0,
+            valid_to: None,
+            system_from: SysTime { lsn, micros: 0 },
+            system_to: None,
+            tombstone: false,
+        }),
+    })
 }
 
 /// How transactions reach the sink task.
@@ -201,7 +244,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn run_setting(dsn: &str, depth: usize, load: Load) -> Result<Measured> {
+async fn run_setting(dsn: &str, depth: usize, load: Load, history: bool) -> Result<Measured> {
     let (kind, txns, txn_rows, every) = match load {
         Load::Paced { rate, secs } => (
             "paced",
@@ -216,13 +259,19 @@ async fn run_setting(dsn: &str, depth: usize, load: Load) -> Result<Measured> {
             None,
         ),
     };
-    let table = Arc::new(table_info(&format!("orders_{kind}_{depth}")));
+    let suffix = if history { "_h" } else { "" };
+    let table = Arc::new(table_info(&format!("orders_{kind}_{depth}{suffix}")));
     let plan = TenantPlan {
         include: TenantFilter::All,
         tenant_columns: HashMap::from([(table.qualified_name(), "tenant_id".to_string())]),
         peers: 1,
     };
-    let mut sink = PgApplySink::new(&format!("remote_{kind}_{depth}"), dsn, Arc::new(plan), 0);
+    let mut sink = PgApplySink::new(
+        &format!("remote_{kind}_{depth}{suffix}"),
+        dsn,
+        Arc::new(plan),
+        0,
+    );
     let stats: Arc<SinkStats> = Arc::default();
     let handed: Arc<Mutex<BTreeMap<Lsn, Instant>>> = Arc::default();
     let lags: Arc<Mutex<Vec<f64>>> = Arc::default();
@@ -266,8 +315,13 @@ async fn run_setting(dsn: &str, depth: usize, load: Load) -> Result<Measured> {
         .lock()
         .map_err(|_| "poisoned")?
         .insert(1, Instant::now());
-    tx.send(Delivery::Batch(transaction(&table, 1, ROWS_PER_TXN)))
-        .await?;
+    tx.send(Delivery::Batch(transaction(
+        &table,
+        1,
+        ROWS_PER_TXN,
+        history,
+    )))
+    .await?;
     while !handed.lock().map_err(|_| "poisoned")?.is_empty() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -282,7 +336,7 @@ async fn run_setting(dsn: &str, depth: usize, load: Load) -> Result<Measured> {
     let mut built: Vec<ApplyBatch> = match load {
         Load::Backlog { .. } => (2..txns + 2)
             .rev()
-            .map(|n| transaction(&table, n, txn_rows))
+            .map(|n| transaction(&table, n, txn_rows, history))
             .collect(),
         Load::Paced { .. } => Vec::new(),
     };
@@ -294,7 +348,7 @@ async fn run_setting(dsn: &str, depth: usize, load: Load) -> Result<Measured> {
         }
         let txn = built
             .pop()
-            .unwrap_or_else(|| transaction(&table, n, txn_rows));
+            .unwrap_or_else(|| transaction(&table, n, txn_rows, history));
         handed
             .lock()
             .map_err(|_| "poisoned")?
@@ -338,16 +392,22 @@ async fn bench(cluster: &PgCluster) -> Result<()> {
         return Err(format!("cannot point `{direct}` at the proxy").into());
     }
     let backlog = env_or("HELIOS_BENCH_REMOTE_BACKLOG_ROWS", 200_000)?.max(1);
+    let history = env_or("HELIOS_BENCH_REMOTE_HISTORY", 0)? != 0;
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "remote_target: {cores} cores, round trip {rtt} ms added by a proxy; steady: {rate} \
          rows/s of {ROWS_PER_TXN}-row transactions for {secs} s per setting; catch-up: \
-         {backlog} rows in {BACKLOG_TXN_ROWS}-row transactions handed over at once"
+         {backlog} rows in {BACKLOG_TXN_ROWS}-row transactions handed over at once{}",
+        if history {
+            "; every row's history version opened too"
+        } else {
+            ""
+        }
     );
     let mut steady = Vec::new();
     let mut backlogs = Vec::new();
     for depth in DEPTHS {
-        let m = run_setting(&dsn, depth, Load::Paced { rate, secs }).await?;
+        let m = run_setting(&dsn, depth, Load::Paced { rate, secs }, history).await?;
         println!(
             "max_in_flight {}, steady: P99 {:.1} ms, {} target transactions",
             m.setting,
@@ -355,7 +415,7 @@ async fn bench(cluster: &PgCluster) -> Result<()> {
             m.groups
         );
         steady.push(m);
-        let m = run_setting(&dsn, depth, Load::Backlog { rows: backlog }).await?;
+        let m = run_setting(&dsn, depth, Load::Backlog { rows: backlog }, history).await?;
         println!(
             "max_in_flight {}, catch-up: {:.0} rows/s, {} target transactions",
             m.setting, m.rows_per_sec, m.groups

@@ -177,6 +177,8 @@ pub(super) async fn send_copy(
 pub(super) enum Counts {
     Upserted,
     Deleted,
+    /// History versions inserted or closed: the job's bytes, counted as versions elsewhere.
+    Versions,
     /// Checkpoints: not the job's rows.
     Bookkeeping,
 }
@@ -186,7 +188,7 @@ impl Counts {
         match self {
             Counts::Upserted => report.upserted += n,
             Counts::Deleted => report.deleted += n,
-            Counts::Bookkeeping => {}
+            Counts::Versions | Counts::Bookkeeping => {}
         }
     }
 }

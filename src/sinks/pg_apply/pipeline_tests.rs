@@ -179,3 +179,112 @@ async fn a_statement_to_prepare_is_not_sent_while_a_group_is_in_flight() {
         .expect("count");
     assert_eq!(count.trim(), "600");
 }
+
+/// `inserts(lsn, ids)` with each row's history version opened at `lsn`.
+fn inserts_with_history(lsn: crate::change::Lsn, ids: std::ops::Range<usize>) -> ApplyBatch {
+    let mut batch = fixtures::inserts(lsn, ids);
+    batch.history = batch
+        .changes
+        .iter()
+        .map(|c| match &c.action {
+            crate::change::TenantAction::Upsert { new, .. } => {
+                fixtures::opened("1", c.seq, &c.table, new.clone(), lsn)
+            }
+            other => unreachable!("inserts only: {other:?}"),
+        })
+        .collect();
+    batch
+}
+
+/// A delete of row `id` at `lsn` closing its version opened at `opened_at`.
+fn delete_with_history(
+    lsn: crate::change::Lsn,
+    id: usize,
+    opened_at: crate::change::Lsn,
+) -> ApplyBatch {
+    use crate::change::{Cell, HistoryEvent, HistoryOp, Scope, TenantAction, TenantChange};
+    use crate::operators::version::{SysTime, VersionDelta};
+    let table = Arc::new(fixtures::table("t", &[("id", "int")], &[0]));
+    let row = vec![Cell::Text(id.to_string().into())];
+    ApplyBatch {
+        commit_lsn: lsn,
+        changes: vec![TenantChange {
+            scope: Scope::Tenant("1".into()),
+            seq: 0,
+            table: table.clone(),
+            action: TenantAction::Delete { old: row.clone() },
+        }],
+        history: vec![HistoryEvent {
+            tenant: "1".into(),
+            seq: 0,
+            table,
+            op: HistoryOp::Delete,
+            delta: VersionDelta::Close {
+                key: row.clone(),
+                value: row,
+                valid_from: 0,
+                valid_to: None,
+                system_from: SysTime {
+                    lsn: opened_at,
+                    micros: 0,
+                },
+                system_to: SysTime { lsn, micros: 0 },
+                tombstone: false,
+            },
+        }],
+    }
+}
+
+/// The history table's versions as `id:from-to` (LSNs), by id and start.
+fn versions_on(cluster: &PgCluster) -> String {
+    cluster
+        .psql(
+            "replica",
+            "SELECT string_agg(id || ':' || system_from_lsn || '-' || coalesce(system_to_lsn::text, ''), \
+             ',' ORDER BY id, system_from_lsn) FROM app.t_history",
+        )
+        .expect("query history table")
+        .trim()
+        .to_string()
+}
+
+/// Groups that carry history versions are sent while earlier ones are in flight too, once
+/// the history table exists: their versions are opened and closed in the same target
+/// transactions as their rows, in order.
+#[tokio::test]
+async fn groups_with_history_are_sent_in_flight() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cluster, mut sink) = connected(dir.path(), &inserts_with_history(10, 0..2)).await;
+    // Applied on its own first: prepares the delete and the close.
+    let first_close = delete_with_history(15, 0, 10);
+    sink.set_watermark(first_close.commit_lsn);
+    sink.apply(std::slice::from_ref(&first_close))
+        .await
+        .expect("delete with its close");
+    assert_eq!(versions_on(&cluster), "0:0/A-0/F,1:0/A-");
+    let groups = [
+        inserts_with_history(20, 2..3),
+        delete_with_history(30, 1, 10),
+        inserts_with_history(40, 3..5),
+    ];
+    let mut flights = Vec::new();
+    for g in &groups {
+        sink.set_watermark(g.commit_lsn);
+        flights.push(
+            sink.send(std::slice::from_ref(g))
+                .await
+                .expect("a group with history is sent in flight"),
+        );
+    }
+    for flight in flights {
+        let outcome = flight.await;
+        outcome.as_ref().expect("durable");
+        sink.settle(&outcome);
+    }
+    assert_eq!(ids_on(&cluster), "2,3,4");
+    assert_eq!(
+        versions_on(&cluster),
+        "0:0/A-0/F,1:0/A-0/1E,2:0/14-,3:0/28-,4:0/28-"
+    );
+    assert_eq!(checkpoint_on(&cluster), "0/28");
+}

@@ -24,6 +24,7 @@ use crate::sinks::pg_apply::execute::{
 };
 use crate::sinks::pg_apply::history::{close_versions, ensure_history_shape, insert_versions};
 use crate::sinks::pg_apply::plan::{plan_table, Step};
+use crate::sinks::pg_apply::statements::Statement;
 use crate::sinks::pg_apply::store::{self, scope_key, sink_error};
 use crate::sinks::spill::SpilledTxn;
 use crate::sinks::versions::plan_history;
@@ -287,11 +288,12 @@ impl PgApplySink {
         // Fastest when every step is one plain statement: the whole transaction goes out
         // at once (one round trip).
         let first_try = match self.pipeline_plan(&work.by_table) {
-            Some(steps) => {
-                let writes = steps
+            Some((steps, history)) => {
+                let mut writes: Vec<Write<'_>> = steps
                     .iter()
                     .filter_map(|step| pipelined_write(&self.plan, step))
                     .collect();
+                writes.extend(versions_writes(history));
                 self.write_pipelined(client, writes, &work.checkpoints)
                     .await
             }
@@ -319,17 +321,38 @@ impl PgApplySink {
         Ok(report)
     }
 
-    /// The statements of a group when every step is one plain statement and every table's
-    /// shape is already known to match; `None` when some step needs the sequential path
-    /// (a shape to sync, a truncate, a dead letter, history, a table in error).
+    /// The steps of a group when every step is one plain statement and every table's
+    /// shape (and history table's shape) is already known to match, with the statements
+    /// that write its history versions; `None` when something needs the sequential path
+    /// (a shape to sync or a history table to create, a truncate, a dead letter, a table
+    /// in error).
     fn pipeline_plan<'a>(
         &self,
         by_table: &BTreeMap<String, TableWork<'a>>,
-    ) -> Option<Vec<Step<'a>>> {
+    ) -> Option<(Vec<Step<'a>>, Vec<Statement<'a>>)> {
         let mut out = Vec::new();
+        let mut history = Vec::new();
         for (table, work) in by_table {
-            if self.failed_tables.contains_key(table) || !work.history.is_empty() {
+            if self.failed_tables.contains_key(table) {
                 return None;
+            }
+            if let Some(&last) = work.history.last() {
+                // The latest shape of the group, as the sequential path writes it.
+                if self
+                    .cache
+                    .history_shapes
+                    .get(table)
+                    .is_none_or(|known| **known != *last.table)
+                {
+                    return None;
+                }
+                let (opens, closes) = plan_history(&work.history);
+                if !opens.is_empty() {
+                    history.push(insert_versions(&last.table, &opens));
+                }
+                if !closes.is_empty() {
+                    history.push(close_versions(&last.table, &closes));
+                }
             }
             for step in plan_table(work.changes.iter().copied(), self.plain_inserts) {
                 match step {
@@ -350,7 +373,7 @@ impl PgApplySink {
                 }
             }
         }
-        Some(out)
+        Some((out, history))
     }
 
     /// One target transaction sent as a pipeline ([`run_pipelined`]): one round trip, two
@@ -403,7 +426,7 @@ impl PgApplySink {
             });
             return Some(Box::pin(std::future::ready(Ok(report))));
         }
-        let steps = self.pipeline_plan(&work.by_table)?;
+        let (steps, history) = self.pipeline_plan(&work.by_table)?;
         // Statements only, no `COPY`: a `COPY` waits a round trip for the server's go-ahead
         // before its rows go out, and holds the connection (every group behind it) meanwhile.
         let mut writes: Vec<Write<'static>> = steps
@@ -411,6 +434,9 @@ impl PgApplySink {
             .filter_map(|step| plain_statement(&self.plan, step))
             .map(|(stmt, counts)| Write::Statement(stmt.into_owned(), counts))
             .collect();
+        writes.extend(versions_writes(
+            history.into_iter().map(Statement::into_owned),
+        ));
         writes.extend(checkpoint_write(&self.job, &work.checkpoints));
         let mut prepared_stmts = Vec::with_capacity(writes.len());
         for write in &writes {
@@ -828,6 +854,16 @@ async fn started(mut flight: InFlight) -> InFlight {
         Some(outcome) => Box::pin(std::future::ready(outcome)),
         None => flight,
     }
+}
+
+/// A group's history statements as pipelined writes (their rows are versions, not
+/// upserts or deletes).
+fn versions_writes<'a>(
+    statements: impl IntoIterator<Item = Statement<'a>>,
+) -> impl Iterator<Item = Write<'a>> {
+    statements
+        .into_iter()
+        .map(|stmt| Write::Statement(stmt, Counts::Versions))
 }
 
 /// Writes one table's history events: opened versions inserted, closed ones closed.
