@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use tokio_postgres::{Client, Transaction};
 
-use crate::change::{HistoryEvent, Lsn, Scope, TenantAction, TenantChange};
+use crate::change::{HistoryEvent, Lsn, Scope, TableInfo, TenantAction, TenantChange};
 use crate::operators::partition::{tenant_route, TenantPlan};
 use crate::sinks::large::{LiveParts, PartSource};
 use crate::sinks::pg_apply::execute::{
@@ -346,13 +346,7 @@ impl PgApplySink {
                 {
                     return None;
                 }
-                let (opens, closes) = plan_history(&work.history);
-                if !opens.is_empty() {
-                    history.push(insert_versions(&last.table, &opens));
-                }
-                if !closes.is_empty() {
-                    history.push(close_versions(&last.table, &closes));
-                }
+                history.extend(history_statements(&last.table, &work.history));
             }
             for step in plan_table(work.changes.iter().copied(), self.plain_inserts) {
                 match step {
@@ -565,7 +559,10 @@ impl PgApplySink {
             )
             .await;
             let applied = match applied {
-                Ok(()) => write_history(tx, &mut self.cache, table, &work.history).await,
+                Ok(()) => {
+                    write_history(tx, &mut self.cache, table, &work.history, &mut report.bytes)
+                        .await
+                }
                 e => e,
             };
             match applied {
@@ -866,12 +863,14 @@ fn versions_writes<'a>(
         .map(|stmt| Write::Statement(stmt, Counts::Versions))
 }
 
-/// Writes one table's history events: opened versions inserted, closed ones closed.
+/// Writes one table's history events: opened versions inserted, closed ones closed; the
+/// bytes of their values are added to `bytes`.
 async fn write_history(
     tx: &Transaction<'_>,
     cache: &mut ConnectionCache,
     table_name: &str,
     events: &[&HistoryEvent],
+    bytes: &mut u64,
 ) -> Result<(), SinkError> {
     let Some(last) = events.last() else {
         return Ok(());
@@ -888,15 +887,24 @@ async fn write_history(
             .history_shapes
             .insert(table_name.to_owned(), table.clone());
     }
-    let (opens, closes) = plan_history(events);
-    let mut bytes = 0;
-    if !opens.is_empty() {
-        run(tx, cache, &mut bytes, insert_versions(table, &opens)).await?;
-    }
-    if !closes.is_empty() {
-        run(tx, cache, &mut bytes, close_versions(table, &closes)).await?;
+    for stmt in history_statements(table, events) {
+        run(tx, cache, bytes, stmt).await?;
     }
     Ok(())
+}
+
+/// The statements writing `events` (of one table whose latest shape is `table`): opened
+/// versions inserted, then closed ones closed.
+fn history_statements<'a>(table: &TableInfo, events: &[&'a HistoryEvent]) -> Vec<Statement<'a>> {
+    let (opens, closes) = plan_history(events);
+    let mut out = Vec::with_capacity(2);
+    if !opens.is_empty() {
+        out.push(insert_versions(table, &opens));
+    }
+    if !closes.is_empty() {
+        out.push(close_versions(table, &closes));
+    }
+    out
 }
 
 #[cfg(test)]
