@@ -9,15 +9,16 @@
 //! [`crate::sinks::versions`] for how a batch's events become those rows).
 
 use md5::{Digest, Md5};
-use tokio_postgres::GenericClient;
+use tokio_postgres::{GenericClient, Transaction};
 
-use crate::change::{format_lsn, Cell, Lsn, Row, TableInfo};
+use crate::change::{format_lsn, Cell, HistoryEvent, Lsn, Row, TableInfo};
 use crate::control::job_spec::TenantFilter;
 use crate::operators::version::{SysTime, SystemPoint, Version};
+use crate::sinks::pg_apply::execute::{run, ConnectionCache};
 use crate::sinks::pg_apply::statements::{cell_text, unnest_of, Param, Statement};
 use crate::sinks::pg_apply::store::sink_error;
 use crate::sinks::pg_apply::target_schema::ensure_shape;
-use crate::sinks::versions::{CloseRow, OpenRow};
+use crate::sinks::versions::{plan_history, CloseRow, OpenRow};
 use crate::sinks::SinkError;
 use crate::sql_text::{quote_ident, quote_literal, quote_qualified};
 use crate::time_text::{format_timestamptz, PG_EPOCH_UNIX_MICROS};
@@ -80,6 +81,62 @@ fn index_name(table: &TableInfo, what: &str) -> String {
     let digest = Md5::digest(table.qualified_name().as_bytes());
     let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
     format!("helios_hist_{hex}_{what}")
+}
+
+/// Whether `cache` knows `table_name`'s history table in `table`'s shape, so nothing needs
+/// creating or changing before its versions are written.
+pub(super) fn history_shape_known(
+    cache: &ConnectionCache,
+    table_name: &str,
+    table: &TableInfo,
+) -> bool {
+    cache
+        .history_shapes
+        .get(table_name)
+        .is_some_and(|known| **known == *table)
+}
+
+/// Writes one table's history events: opened versions inserted, closed ones closed; the
+/// bytes of their values are added to `bytes`.
+pub(super) async fn write_history(
+    tx: &Transaction<'_>,
+    cache: &mut ConnectionCache,
+    table_name: &str,
+    events: &[&HistoryEvent],
+    bytes: &mut u64,
+) -> Result<(), SinkError> {
+    let Some(last) = events.last() else {
+        return Ok(());
+    };
+    // The latest shape of the batch (a schema change mid-batch only adds columns).
+    let table = &last.table;
+    if !history_shape_known(cache, table_name, table) {
+        ensure_history_shape(tx, table).await?;
+        cache
+            .history_shapes
+            .insert(table_name.to_owned(), table.clone());
+    }
+    for stmt in history_statements(table, events) {
+        run(tx, cache, bytes, stmt).await?;
+    }
+    Ok(())
+}
+
+/// The statements writing `events` (of one table whose latest shape is `table`): opened
+/// versions inserted, then closed ones closed.
+pub(super) fn history_statements<'a>(
+    table: &TableInfo,
+    events: &[&'a HistoryEvent],
+) -> Vec<Statement<'a>> {
+    let (opens, closes) = plan_history(events);
+    let mut out = Vec::with_capacity(2);
+    if !opens.is_empty() {
+        out.push(insert_versions(table, &opens));
+    }
+    if !closes.is_empty() {
+        out.push(close_versions(table, &closes));
+    }
+    out
 }
 
 /// Creates or alters the history table of `table` to its shape.

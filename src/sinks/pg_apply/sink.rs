@@ -15,19 +15,18 @@ use std::sync::Arc;
 
 use tokio_postgres::{Client, Transaction};
 
-use crate::change::{HistoryEvent, Lsn, Scope, TableInfo, TenantAction, TenantChange};
+use crate::change::{HistoryEvent, Lsn, Scope, TenantAction, TenantChange};
 use crate::operators::partition::{tenant_route, TenantPlan};
 use crate::sinks::large::{LiveParts, PartSource};
 use crate::sinks::pg_apply::execute::{
-    apply_steps, dead_letter_all, pipelined_write, plain_statement, prepared, run, run_pipelined,
+    apply_steps, dead_letter_all, pipelined_write, plain_statement, prepared, run_pipelined,
     ConnectionCache, Counts, Write,
 };
-use crate::sinks::pg_apply::history::{close_versions, ensure_history_shape, insert_versions};
+use crate::sinks::pg_apply::history::{history_shape_known, history_statements, write_history};
 use crate::sinks::pg_apply::plan::{plan_table, Step};
 use crate::sinks::pg_apply::statements::Statement;
 use crate::sinks::pg_apply::store::{self, scope_key, sink_error};
 use crate::sinks::spill::SpilledTxn;
-use crate::sinks::versions::plan_history;
 use crate::sinks::{ApplyBatch, ApplyReport, InFlight, Sink, SinkError, TenantApplied};
 
 /// Connects to a target database; the connection task runs on the current runtime.
@@ -338,12 +337,7 @@ impl PgApplySink {
             }
             if let Some(&last) = work.history.last() {
                 // The latest shape of the group, as the sequential path writes it.
-                if self
-                    .cache
-                    .history_shapes
-                    .get(table)
-                    .is_none_or(|known| **known != *last.table)
-                {
+                if !history_shape_known(&self.cache, table, &last.table) {
                     return None;
                 }
                 history.extend(history_statements(&last.table, &work.history));
@@ -861,50 +855,6 @@ fn versions_writes<'a>(
     statements
         .into_iter()
         .map(|stmt| Write::Statement(stmt, Counts::Versions))
-}
-
-/// Writes one table's history events: opened versions inserted, closed ones closed; the
-/// bytes of their values are added to `bytes`.
-async fn write_history(
-    tx: &Transaction<'_>,
-    cache: &mut ConnectionCache,
-    table_name: &str,
-    events: &[&HistoryEvent],
-    bytes: &mut u64,
-) -> Result<(), SinkError> {
-    let Some(last) = events.last() else {
-        return Ok(());
-    };
-    // The latest shape of the batch (a schema change mid-batch only adds columns).
-    let table = &last.table;
-    if cache
-        .history_shapes
-        .get(table_name)
-        .is_none_or(|known| **known != **table)
-    {
-        ensure_history_shape(tx, table).await?;
-        cache
-            .history_shapes
-            .insert(table_name.to_owned(), table.clone());
-    }
-    for stmt in history_statements(table, events) {
-        run(tx, cache, bytes, stmt).await?;
-    }
-    Ok(())
-}
-
-/// The statements writing `events` (of one table whose latest shape is `table`): opened
-/// versions inserted, then closed ones closed.
-fn history_statements<'a>(table: &TableInfo, events: &[&'a HistoryEvent]) -> Vec<Statement<'a>> {
-    let (opens, closes) = plan_history(events);
-    let mut out = Vec::with_capacity(2);
-    if !opens.is_empty() {
-        out.push(insert_versions(table, &opens));
-    }
-    if !closes.is_empty() {
-        out.push(close_versions(table, &closes));
-    }
-    out
 }
 
 #[cfg(test)]
