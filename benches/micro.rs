@@ -20,11 +20,16 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use helios_repl::cdc::pgoutput::{decode, encode, ColumnValue, Insert, PgOutputMessage, TupleData};
 use helios_repl::cdc::stream::to_row;
-use helios_repl::change::{ColumnInfo, Identity, RowOp, SourceRecord, TableInfo};
+use helios_repl::change::{RowOp, SourceRecord, TableInfo};
 use helios_repl::control::job_spec::TenantFilter;
 use helios_repl::operators::access::features::BucketCounts;
 use helios_repl::operators::access::{BucketKey, Predictor, PredictorConfig};
 use helios_repl::operators::partition::{partition_record, TenantPlan};
+
+#[path = "common/table_info.rs"]
+mod table_info;
+
+use table_info::keyed_table;
 
 const ROWS: usize = 10_000;
 
@@ -39,26 +44,13 @@ fn table() -> Arc<TableInfo> {
         ("flag", "boolean"),
         ("qty", "integer"),
     ];
-    Arc::new(TableInfo {
-        oid: 16400,
-        schema: "public".into(),
-        name: "bench".into(),
-        columns: cols
-            .iter()
-            .enumerate()
-            .map(|(i, (name, ty))| ColumnInfo {
-                name: (*name).into(),
-                type_oid: 23,
-                type_modifier: -1,
-                type_name: (*ty).into(),
-                in_identity: i < 2,
-                missing_value: None,
-            })
-            .collect(),
-        primary_key: vec![0, 1],
-        identity: Identity::Default,
-        type_ddl: vec![],
-    })
+    let mut table = keyed_table("public", "bench", &cols, 2);
+    // The relation the encoded messages name, and the columns' type as they send it.
+    table.oid = 16400;
+    for column in &mut table.columns {
+        column.type_oid = 23;
+    }
+    Arc::new(table)
 }
 
 fn messages() -> Vec<Vec<u8>> {
