@@ -252,8 +252,9 @@ pub trait Sink: Send + 'static {
         }
     }
 
-    /// The round trip to the sink's target, measured when it last connected (`None`: not
-    /// measured). The default: `None`.
+    /// The round trip to the sink's target as last measured: at connect, and for a sink
+    /// that samples it again while connected (the PostgreSQL sink, in its upkeep), the
+    /// recent samples' shortest (`None`: not measured). The default: `None`.
     fn round_trip(&self) -> Option<std::time::Duration> {
         None
     }

@@ -114,7 +114,7 @@ pub struct SinkPacing {
     pub linger: Option<Linger>,
     /// Most groups sent to a sink that can pipeline them ([`Sink::send`]) before the
     /// oldest is durable; 1 waits for each group before sending the next. `None`: chosen
-    /// from the round trip the sink measured at its last (re)connect ([`auto_in_flight`]).
+    /// from the round trip as the sink last measured it ([`auto_in_flight`]).
     pub pipeline: Option<usize>,
 }
 
@@ -138,9 +138,9 @@ pub fn auto_in_flight(round_trip: Option<Duration>) -> usize {
 }
 
 /// How many groups may be in flight now: the sink's setting, or with `auto` (`None`)
-/// [`auto_in_flight`] of the round trip the sink measured when it last connected, so a
-/// reconnect (after an error, to a target that may have moved) decides again. Logs each
-/// new choice in `chosen`.
+/// [`auto_in_flight`] of the round trip as the sink last measured it (at each connect and,
+/// for the PostgreSQL sink, every 10 s while connected), so a target that moved, with or
+/// without a reconnect, is decided for again. Logs each new choice in `chosen`.
 fn groups_in_flight<S: Sink>(
     sink: &S,
     setting: Option<usize>,

@@ -304,8 +304,8 @@ pub struct PostgresSinkSpec {
     #[serde(default = "default_batch_max_rows")]
     pub batch_max_rows: usize,
     /// Target transactions sent before the oldest one's outcome is back, `1..=64`, or
-    /// `"auto"` (the default: chosen from the round trip to the target when the sink
-    /// connects). More hides a long round trip to a remote target: a transaction behind
+    /// `"auto"` (the default: chosen from the round trip to the target, measured when the
+    /// sink connects and sampled again every 10 s while it is connected). More hides a long round trip to a remote target: a transaction behind
     /// a failed one rolls back with it.
     #[serde(default)]
     pub max_in_flight: MaxInFlight,

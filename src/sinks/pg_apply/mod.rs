@@ -6,13 +6,17 @@
 //! changes to steps), `statements.rs` (SQL for each step), `execute.rs` (running steps in
 //! a target transaction: prepared statements, `COPY`, pipelining, dead letters), `target_schema.rs` (creating and
 //! altering target tables), `store.rs` (checkpoints, progress, table states, dead letters),
-//! `snapshot.rs` (loading the initial snapshot).
+//! `snapshot.rs` (loading the initial snapshot), `round_trip.rs` (the round trip to the
+//! target that `max_in_flight = "auto"` decides from).
 
 mod execute;
 pub mod history;
 #[cfg(test)]
 mod pipeline_tests;
 pub mod plan;
+pub mod round_trip;
+#[cfg(test)]
+mod round_trip_tests;
 pub mod sink;
 pub mod snapshot;
 pub mod statements;

@@ -14,20 +14,40 @@ use crate::sinks::{ApplyBatch, Sink};
 /// A throwaway cluster with the bookkeeping tables, and a sink connected to it that has
 /// applied `first` (so the table's shape is known and later groups can be sent).
 async fn connected(dir: &std::path::Path, first: &ApplyBatch) -> (PgCluster, PgApplySink) {
+    connected_with(
+        dir,
+        first,
+        |cluster| cluster.dsn("replica"),
+        crate::sinks::pg_apply::round_trip::SAMPLE_EVERY,
+    )
+    .await
+}
+
+/// [`connected`] through the DSN `dsn_of` gives for database `replica` of the cluster, with
+/// the round trip sampled every `sample_every` while connected.
+pub(super) async fn connected_with(
+    dir: &std::path::Path,
+    first: &ApplyBatch,
+    dsn_of: impl FnOnce(&PgCluster) -> String,
+    sample_every: std::time::Duration,
+) -> (PgCluster, PgApplySink) {
     use std::os::unix::fs::PermissionsExt;
     // The server may run as another user (we are root): let it reach its directory.
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let cluster = PgCluster::start(&dir.join("target")).expect("start cluster");
     cluster.create_database("replica").expect("create database");
-    let dsn = cluster.dsn("replica");
-    let client = super::sink::connect(&dsn).await.expect("connect");
+    let client = super::sink::connect(&cluster.dsn("replica"))
+        .await
+        .expect("connect");
     store::migrate(&client).await.expect("bookkeeping tables");
+    let dsn = dsn_of(&cluster);
     let plan = TenantPlan {
         include: TenantFilter::All,
         tenant_columns: HashMap::new(),
         peers: 1,
     };
     let mut sink = PgApplySink::new("job", &dsn, Arc::new(plan), 0);
+    sink.sample_round_trip_every(sample_every);
     sink.reconnect().await.expect("sink connects");
     let round_trip = sink.round_trip().expect("measured when connecting");
     assert!(

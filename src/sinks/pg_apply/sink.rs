@@ -24,6 +24,7 @@ use crate::sinks::pg_apply::execute::{
 };
 use crate::sinks::pg_apply::history::{history_shape_known, history_statements, write_history};
 use crate::sinks::pg_apply::plan::{plan_table, Step};
+use crate::sinks::pg_apply::round_trip::{self, RoundTripWindow};
 use crate::sinks::pg_apply::statements::Statement;
 use crate::sinks::pg_apply::store::{self, scope_key, sink_error};
 use crate::sinks::spill::SpilledTxn;
@@ -91,8 +92,8 @@ pub struct PgApplySink {
     unsettled: VecDeque<Unsettled>,
     /// The `helios.group` number the next sent group sets on the connection.
     next_group: u64,
-    /// The shortest of a few empty queries when the sink last connected.
-    round_trip: Option<std::time::Duration>,
+    /// The round trip to the target: measured at connect, sampled again while connected.
+    round_trip: RoundTripWindow,
     checkpoints: HashMap<String, Lsn>,
     /// The watermarks among `checkpoints`: (worker index, worker count, LSN).
     watermarks: Vec<(u32, u32, Lsn)>,
@@ -116,13 +117,20 @@ impl PgApplySink {
             cache: ConnectionCache::default(),
             unsettled: VecDeque::new(),
             next_group: 1,
-            round_trip: None,
+            round_trip: RoundTripWindow::new(round_trip::SAMPLE_EVERY),
             checkpoints: HashMap::new(),
             watermarks: Vec::new(),
             pending_watermark: None,
             failed_tables: HashMap::new(),
             plain_inserts: true,
         }
+    }
+
+    /// Samples the round trip every `every` while connected instead of
+    /// [`round_trip::SAMPLE_EVERY`] (tests).
+    #[cfg(test)]
+    pub(crate) fn sample_round_trip_every(&mut self, every: std::time::Duration) {
+        self.round_trip = RoundTripWindow::new(every);
     }
 
     /// Adds checkpoints that became durable (or were loaded) and keeps the watermarks
@@ -779,7 +787,30 @@ impl Sink for PgApplySink {
     }
 
     fn round_trip(&self) -> Option<std::time::Duration> {
-        self.round_trip
+        self.round_trip.current()
+    }
+
+    /// Samples the round trip again when due, with no group in flight on the connection
+    /// (a sample behind a transaction would time the transaction). A failed sample is
+    /// only logged: the next group finds a broken connection and reconnects.
+    async fn upkeep(&mut self, _idle: bool) {
+        let now = std::time::Instant::now();
+        if !self.round_trip.due(now) {
+            return;
+        }
+        let idle = |c: &&Arc<Client>| Arc::strong_count(c) == 1 && !c.is_closed();
+        let Some(client) = self.client.as_ref().filter(idle) else {
+            return;
+        };
+        if !self.unsettled.is_empty() {
+            return;
+        }
+        match round_trip::sample(client).await {
+            Ok(sample) => self.round_trip.record(sample, now),
+            Err(e) => {
+                tracing::debug!(job = %self.job, worker = self.worker, error = %e, "round-trip sample failed")
+            }
+        }
     }
 
     async fn reconnect(&mut self) -> Result<(), SinkError> {
@@ -790,7 +821,8 @@ impl Sink for PgApplySink {
         // A new session: nothing sent on the old one is waiting on it.
         self.unsettled.clear();
         let client = connect(&self.dsn).await?;
-        self.round_trip = Some(measure_round_trip(&client).await?);
+        let first = round_trip::measure_on_connect(&client).await?;
+        self.round_trip.connected(first, std::time::Instant::now());
         self.checkpoints.clear();
         self.watermarks.clear();
         let loaded = store::load_checkpoints(&client, &self.job).await?;
@@ -800,21 +832,6 @@ impl Sink for PgApplySink {
         self.client = Some(Arc::new(client));
         Ok(())
     }
-}
-
-/// The shortest of five empty queries on `client`: the round trip to the server with
-/// next to no work on it.
-async fn measure_round_trip(client: &Client) -> Result<std::time::Duration, SinkError> {
-    let mut best = std::time::Duration::MAX;
-    for _ in 0..5 {
-        let started = std::time::Instant::now();
-        client
-            .batch_execute("")
-            .await
-            .map_err(|e| sink_error("measure the round trip", &e))?;
-        best = best.min(started.elapsed());
-    }
-    Ok(best)
 }
 
 /// The connection for a transaction of its own; an error while a group sent with
