@@ -398,6 +398,11 @@ async fn monitor(
             let seen = seen_counts.entry((i, "_throttled".into())).or_default();
             metrics.throttled(kind(i), micros.saturating_sub(seen.0) as f64 / 1e6);
             seen.0 = micros;
+            let round_trip = sink.round_trip_nanos.load(Relaxed);
+            if round_trip > 0 {
+                metrics.set_sink_round_trip(kind(i), round_trip as f64 / 1e9);
+                metrics.set_sink_max_in_flight(kind(i), sink.max_in_flight.load(Relaxed));
+            }
             if kind(i) == "nats" {
                 let c = &sink.compression;
                 let encode = c.encode_micros.load(Relaxed);

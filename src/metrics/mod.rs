@@ -26,6 +26,8 @@
 //! | `helios_sink_throttled_seconds_total` | counter | `job`, `sink` |
 //! | `helios_sink_encode_seconds_total` | counter | `job`, `sink` |
 //! | `helios_sink_codec_fast_mode` | gauge | `job`, `sink` |
+//! | `helios_sink_round_trip_seconds` | gauge | `job`, `sink` |
+//! | `helios_sink_max_in_flight` | gauge | `job`, `sink` |
 //! | `helios_cold_compaction_files_total` | counter | `job`, `side` |
 //! | `helios_cold_compaction_bytes_total` | counter | `job`, `side` |
 //! | `helios_history_versions_held` | gauge | `job` |
@@ -99,6 +101,7 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::sinks::latency::LatencyStage;
 
 pub mod names;
+mod sink_series;
 
 /// `Content-Type` of [`MetricsRegistry::encode`]'s output (OpenMetrics 1.0 text).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -197,6 +200,8 @@ struct Families {
     throttled: Family<SinkLabels, Counter<f64, AtomicU64>>,
     encode_seconds: Family<SinkLabels, Counter<f64, AtomicU64>>,
     codec_fast: Family<SinkLabels, Gauge>,
+    round_trip: Family<SinkLabels, GaugeF64>,
+    max_in_flight: Family<SinkLabels, Gauge>,
     compaction_files: Family<SideLabels, Counter>,
     compaction_bytes: Family<SideLabels, Counter>,
     versions_held: Family<JobLabels, GaugeU64>,
@@ -230,6 +235,8 @@ impl Families {
             throttled: Family::default(),
             encode_seconds: Family::default(),
             codec_fast: Family::default(),
+            round_trip: Family::default(),
+            max_in_flight: Family::default(),
             compaction_files: Family::default(),
             compaction_bytes: Family::default(),
             versions_held: Family::default(),
@@ -332,6 +339,17 @@ impl Families {
             SINK_CODEC_FAST_MODE,
             "1 while a compressed-stream sink uses cheaper encodings (CPU budget exceeded)",
             self.codec_fast.clone(),
+        );
+        r.register_with_unit(
+            stem(SINK_ROUND_TRIP_SECONDS, "_seconds"),
+            "Round trip to the sink's target as last measured (max_in_flight = auto decides from it)",
+            Unit::Seconds,
+            self.round_trip.clone(),
+        );
+        r.register(
+            SINK_MAX_IN_FLIGHT,
+            "Target transactions a sink may have in flight (its setting, or auto's choice)",
+            self.max_in_flight.clone(),
         );
         r.register(
             stem(COLD_COMPACTION_FILES_TOTAL, "_total"),
@@ -508,6 +526,8 @@ pub struct JobMetrics {
     throttled: Slots<&'static str, Counter<f64, AtomicU64>>,
     encode_seconds: Slots<&'static str, Counter<f64, AtomicU64>>,
     codec_fast: Slots<&'static str, Gauge>,
+    round_trip: Slots<&'static str, GaugeF64>,
+    max_in_flight: Slots<&'static str, Gauge>,
     compaction_files: Slots<&'static str, Counter>,
     compaction_bytes: Slots<&'static str, Counter>,
     versions_held: Slots<(), GaugeU64>,
@@ -563,6 +583,8 @@ impl JobMetrics {
             throttled: Slots::new(),
             encode_seconds: Slots::new(),
             codec_fast: Slots::new(),
+            round_trip: Slots::new(),
+            max_in_flight: Slots::new(),
             compaction_files: Slots::new(),
             compaction_bytes: Slots::new(),
             versions_held: Slots::new(),
@@ -916,46 +938,6 @@ impl JobMetrics {
         );
     }
 
-    /// Counts `seconds` a sink waited for bandwidth.
-    pub fn throttled(&self, sink: &'static str, seconds: f64) {
-        if !(seconds.is_finite() && seconds >= 0.0) {
-            return;
-        }
-        self.throttled.with(
-            sink,
-            || {
-                let labels = SinkLabels {
-                    job: self.job.clone(),
-                    sink,
-                };
-                self.create(&self.families.throttled, labels)
-            },
-            |c| {
-                c.inc_by(seconds);
-            },
-        );
-    }
-
-    /// Counts `seconds` a sink spent encoding frames.
-    pub fn encode_seconds(&self, sink: &'static str, seconds: f64) {
-        if !(seconds.is_finite() && seconds >= 0.0) {
-            return;
-        }
-        self.encode_seconds.with(
-            sink,
-            || {
-                let labels = SinkLabels {
-                    job: self.job.clone(),
-                    sink,
-                };
-                self.create(&self.families.encode_seconds, labels)
-            },
-            |c| {
-                c.inc_by(seconds);
-            },
-        );
-    }
-
     /// Counts `files` of `bytes` a cold-tier compaction merged away (`side` =
     /// [`names::SIDE_MERGED`]) or wrote ([`names::SIDE_WRITTEN`]).
     pub fn cold_compaction(&self, side: &'static str, files: u64, bytes: u64) {
@@ -975,23 +957,6 @@ impl JobMetrics {
             || self.create(&self.families.compaction_bytes, labels()),
             |c| {
                 c.inc_by(bytes);
-            },
-        );
-    }
-
-    /// Whether a sink uses its cheaper encodings.
-    pub fn set_codec_fast_mode(&self, sink: &'static str, fast: bool) {
-        self.codec_fast.with(
-            sink,
-            || {
-                let labels = SinkLabels {
-                    job: self.job.clone(),
-                    sink,
-                };
-                self.create(&self.families.codec_fast, labels)
-            },
-            |g| {
-                g.set(i64::from(fast));
             },
         );
     }

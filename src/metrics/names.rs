@@ -39,6 +39,11 @@ pub const SINK_THROTTLED_SECONDS_TOTAL: &str = "helios_sink_throttled_seconds_to
 pub const SINK_ENCODE_SECONDS_TOTAL: &str = "helios_sink_encode_seconds_total";
 /// 1 while a compressed-stream sink uses its cheaper encodings (CPU budget exceeded).
 pub const SINK_CODEC_FAST_MODE: &str = "helios_sink_codec_fast_mode";
+/// The round trip to a sink's target as last measured (`max_in_flight = "auto"` decides
+/// from it).
+pub const SINK_ROUND_TRIP_SECONDS: &str = "helios_sink_round_trip_seconds";
+/// Target transactions a sink may have in flight: its setting, or `auto`'s choice.
+pub const SINK_MAX_IN_FLIGHT: &str = "helios_sink_max_in_flight";
 /// Files the cold tier's compaction merged away (`side="merged"`) and wrote.
 pub const COLD_COMPACTION_FILES_TOTAL: &str = "helios_cold_compaction_files_total";
 /// Bytes of the files the cold tier's compaction merged away and of those it wrote.
@@ -61,7 +66,7 @@ pub const SIDES: [&str; 2] = [SIDE_MERGED, SIDE_WRITTEN];
 pub const PREDICTORS: [&str; 4] = ["model", "heuristic", "last_window", "round_robin"];
 
 /// Every metric name above.
-pub const ALL_METRICS: [&str; 21] = [
+pub const ALL_METRICS: [&str; 23] = [
     REPLICATION_LAG_SECONDS,
     REPLICATION_LAG_BYTES,
     ROWS_REPLICATED_TOTAL,
@@ -80,6 +85,8 @@ pub const ALL_METRICS: [&str; 21] = [
     SINK_THROTTLED_SECONDS_TOTAL,
     SINK_ENCODE_SECONDS_TOTAL,
     SINK_CODEC_FAST_MODE,
+    SINK_ROUND_TRIP_SECONDS,
+    SINK_MAX_IN_FLIGHT,
     COLD_COMPACTION_FILES_TOTAL,
     COLD_COMPACTION_BYTES_TOTAL,
     HISTORY_VERSIONS_HELD,

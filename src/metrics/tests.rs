@@ -305,6 +305,8 @@ fn exercise(m: &JobMetrics) {
     m.throttled("postgres", 0.25);
     m.encode_seconds("nats", 0.125);
     m.set_codec_fast_mode("nats", true);
+    m.set_sink_round_trip("postgres", 0.0125);
+    m.set_sink_max_in_flight("postgres", 8);
     m.cold_compaction(SIDE_MERGED, 16, 4000);
     m.cold_compaction(SIDE_WRITTEN, 1, 3000);
     m.set_history_versions_held(1234);
@@ -369,6 +371,10 @@ fn encode_is_valid_openmetrics_and_names_every_metric() {
         e.value(HISTORY_VERSIONS_HELD, &[(LABEL_JOB, "orders")]),
         Some(1234.0)
     );
+    let postgres = [(LABEL_JOB, "orders"), (LABEL_SINK, "postgres")];
+    assert_eq!(e.value(SINK_ROUND_TRIP_SECONDS, &postgres), Some(0.0125));
+    assert_eq!(e.value(SINK_MAX_IN_FLIGHT, &postgres), Some(8.0));
+    assert!(text.contains("# UNIT helios_sink_round_trip_seconds seconds\n"));
     for (name, side, want) in [
         (COLD_COMPACTION_FILES_TOTAL, SIDE_MERGED, 16.0),
         (COLD_COMPACTION_FILES_TOTAL, SIDE_WRITTEN, 1.0),
@@ -547,6 +553,10 @@ fn gauges_ignore_non_finite_and_clamp_negative_values() {
     );
     m.set_lag(None, -3.0, 0);
     assert_eq!(parse(&reg).value(REPLICATION_LAG_SECONDS, &[]), Some(0.0));
+    m.set_sink_round_trip("postgres", 0.002);
+    m.set_sink_round_trip("postgres", f64::NAN);
+    m.set_sink_round_trip("postgres", -1.0);
+    assert_eq!(parse(&reg).value(SINK_ROUND_TRIP_SECONDS, &[]), Some(0.002));
 }
 
 #[test]

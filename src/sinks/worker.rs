@@ -54,6 +54,11 @@ pub struct SinkStats {
     pub bytes_sent: AtomicU64,
     /// Microseconds spent waiting for bandwidth (rate limits) or for a tenant that may send.
     pub throttled_micros: AtomicU64,
+    /// The round trip to the target as the sink last measured it, in nanoseconds (0: the
+    /// sink measures none).
+    pub round_trip_nanos: AtomicU64,
+    /// Groups the task may have in flight now (its setting, or `auto`'s choice).
+    pub max_in_flight: AtomicU64,
     /// Per tenant progress, summed over workers.
     pub tenants: Mutex<HashMap<String, TenantProgress>>,
     /// Durations of apply calls not yet collected by the metrics (seconds).
@@ -145,12 +150,19 @@ fn groups_in_flight<S: Sink>(
     sink: &S,
     setting: Option<usize>,
     chosen: &mut Option<usize>,
+    stats: &SinkStats,
 ) -> usize {
-    if let Some(depth) = setting {
+    let round_trip = sink.round_trip();
+    // A measured round trip is never 0 ns: 0 stands for none.
+    let nanos = round_trip.map_or(0, |r| {
+        u64::try_from(r.as_nanos()).unwrap_or(u64::MAX).max(1)
+    });
+    stats.round_trip_nanos.store(nanos, Relaxed);
+    let depth = setting.unwrap_or_else(|| auto_in_flight(round_trip));
+    stats.max_in_flight.store(depth as u64, Relaxed);
+    if setting.is_some() {
         return depth;
     }
-    let round_trip = sink.round_trip();
-    let depth = auto_in_flight(round_trip);
     if *chosen != Some(depth) {
         tracing::info!(
             sink = sink.kind(),
@@ -367,7 +379,7 @@ pub async fn run_sink<S: Sink>(
         if large.is_some() {
             continue;
         }
-        let depth = groups_in_flight(&sink, pacing.pipeline, &mut chosen);
+        let depth = groups_in_flight(&sink, pacing.pipeline, &mut chosen, &stats);
         if in_flight.len() >= depth.max(1) {
             // Room for another group once the oldest is settled; what arrives meanwhile
             // joins the next group.

@@ -395,6 +395,17 @@ fn two_jobs_pause_resume_and_delete_with_slot() {
                 ) > 0.0
             })
     });
+    // The sink's round trip to its target, and `auto`'s choice from it (one in flight
+    // below 0.6 ms, eight from there on; a local target is well under it unless the
+    // machine is loaded).
+    wait_for("the round trip and auto's choice in /metrics", WAIT, || {
+        let (_, m) = http(&server.url, "GET", "/metrics", None);
+        let labels = ["job=\"job_b\"", "sink=\"postgres\""];
+        let round_trip = sample(&m, "helios_sink_round_trip_seconds", &labels);
+        let in_flight = sample(&m, "helios_sink_max_in_flight", &labels);
+        let auto = if round_trip >= 0.0006 { 8.0 } else { 1.0 };
+        round_trip > 0.0 && round_trip < 0.1 && in_flight == auto
+    });
     let (_, list) = http(&server.url, "GET", "/v1/jobs", Some(TOKEN));
     let (_, json_out) = server.cli(&["jobs", "list", "--json"]);
     let events = env
