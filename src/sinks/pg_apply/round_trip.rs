@@ -24,6 +24,9 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 pub const WINDOW: usize = 6;
 /// Empty queries when the sink connects; the shortest is the first sample.
 const CONNECT_QUERIES: usize = 5;
+/// Longest a sample on a live connection is waited for: a target that answers no faster
+/// is recorded as this far away, and the sink task goes back to its work.
+pub const SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The recent round-trip samples of one connection.
 #[derive(Debug, Clone)]
@@ -80,8 +83,17 @@ pub async fn measure_on_connect(client: &Client) -> Result<Duration, SinkError> 
     Ok(best)
 }
 
+/// One empty query's round trip on `client` while it is connected, at most
+/// [`SAMPLE_TIMEOUT`] (an unanswered query's answer is discarded when it comes).
+pub async fn sample_live(client: &Client) -> Result<Duration, SinkError> {
+    match tokio::time::timeout(SAMPLE_TIMEOUT, sample(client)).await {
+        Ok(sampled) => sampled,
+        Err(_) => Ok(SAMPLE_TIMEOUT),
+    }
+}
+
 /// One empty query's round trip on `client`.
-pub async fn sample(client: &Client) -> Result<Duration, SinkError> {
+async fn sample(client: &Client) -> Result<Duration, SinkError> {
     let started = Instant::now();
     client
         .batch_execute("")

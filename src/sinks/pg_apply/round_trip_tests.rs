@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::change::fixtures;
-use crate::sinks::pg_apply::round_trip::WINDOW;
+use crate::sinks::pg_apply::round_trip::{SAMPLE_TIMEOUT, WINDOW};
 use crate::sinks::worker::{auto_in_flight, AUTO_PIPELINE_DEPTH};
 use crate::sinks::Sink;
 
@@ -127,4 +127,21 @@ async fn auto_follows_a_round_trip_that_changes_without_a_reconnect() {
     sink.upkeep(false).await;
     let fast = sink.round_trip().expect("sampled");
     assert!(fast < slow, "fast again: {fast:?}");
+
+    // A target that does not answer a sample in time: the sink task waits at most
+    // SAMPLE_TIMEOUT, and the connection stays usable once the answer comes.
+    proxy.set_delay(3 * SAMPLE_TIMEOUT.as_millis() as u64 / 2);
+    let started = std::time::Instant::now();
+    sink.upkeep(false).await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= SAMPLE_TIMEOUT && waited < SAMPLE_TIMEOUT + Duration::from_millis(500),
+        "gave up after {waited:?}"
+    );
+    proxy.set_delay(0);
+    let after = fixtures::inserts(30, 3..4);
+    sink.set_watermark(after.commit_lsn);
+    sink.apply(std::slice::from_ref(&after))
+        .await
+        .expect("the connection still applies");
 }

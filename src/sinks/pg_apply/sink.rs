@@ -805,7 +805,7 @@ impl Sink for PgApplySink {
         if !self.unsettled.is_empty() {
             return;
         }
-        match round_trip::sample(client).await {
+        match round_trip::sample_live(client).await {
             Ok(sample) => self.round_trip.record(sample, now),
             Err(e) => {
                 tracing::debug!(job = %self.job, worker = self.worker, error = %e, "round-trip sample failed")
