@@ -66,33 +66,29 @@ pub async fn begin_on_snapshot(client: &Client, snapshot_name: &str) -> Result<(
         .map_err(CdcError::query("open snapshot transaction"))
 }
 
-/// The `COPY … TO STDOUT` that reads the job's tenants' rows of `table`.
-pub fn copy_out_sql(table: &TableInfo, tenant_column: &str, include: &TenantFilter) -> String {
+/// The `COPY … TO STDOUT` that reads the job's tenants' rows of `table`, in COPY's text
+/// format or (`binary`) its binary one.
+pub fn copy_out_sql(
+    table: &TableInfo,
+    tenant_column: &str,
+    include: &TenantFilter,
+    binary: bool,
+) -> String {
     let cols: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let name = quote_qualified(&table.schema, &table.name);
+    let format = if binary { " (FORMAT binary)" } else { "" };
     match include {
-        TenantFilter::All => format!("COPY {name} ({}) TO STDOUT", cols.join(", ")),
+        TenantFilter::All => format!("COPY {name} ({}) TO STDOUT{format}", cols.join(", ")),
         TenantFilter::Only(tenants) => {
             let list: Vec<String> = tenants.iter().map(|t| quote_literal(t)).collect();
             format!(
-                "COPY (SELECT {} FROM {name} WHERE {}::text IN ({})) TO STDOUT",
+                "COPY (SELECT {} FROM {name} WHERE {}::text IN ({})) TO STDOUT{format}",
                 cols.join(", "),
                 quote_ident(tenant_column),
                 list.join(", ")
             )
         }
     }
-}
-
-/// Starts copying rows out of the source, in COPY text format.
-pub async fn copy_out(
-    client: &Client,
-    sql: &str,
-) -> Result<impl Stream<Item = Result<bytes::Bytes, tokio_postgres::Error>>, CdcError> {
-    client
-        .copy_out(sql)
-        .await
-        .map_err(CdcError::query("copy out"))
 }
 
 /// The `SELECT` that reads the job's tenants' rows of `table` with every value in its text
@@ -174,12 +170,16 @@ mod tests {
         };
         let only = TenantFilter::Only(["3".to_string(), "7".to_string()].into_iter().collect());
         assert_eq!(
-            copy_out_sql(&table, "tenant_id", &only),
+            copy_out_sql(&table, "tenant_id", &only, false),
             "COPY (SELECT \"tenant_id\" FROM \"app\".\"t\" WHERE \"tenant_id\"::text IN ('3', '7')) TO STDOUT"
         );
         assert_eq!(
-            copy_out_sql(&table, "tenant_id", &TenantFilter::All),
+            copy_out_sql(&table, "tenant_id", &TenantFilter::All, false),
             "COPY \"app\".\"t\" (\"tenant_id\") TO STDOUT"
+        );
+        assert_eq!(
+            copy_out_sql(&table, "tenant_id", &TenantFilter::All, true),
+            "COPY \"app\".\"t\" (\"tenant_id\") TO STDOUT (FORMAT binary)"
         );
     }
 }

@@ -902,11 +902,17 @@ async fn take_snapshot(
     for table in &spec.tables {
         let info = catalog::table_info(&copier, table.schema(), table.table()).await?;
         let column = plan.tenant_columns[&table.name].clone();
-        let sql = snapshot::copy_out_sql(&info, &column, &plan.include);
         for target in targets.iter_mut() {
-            let rows = snapshot::copy_out(&copier, &sql).await?;
-            bytes +=
-                pg_apply::snapshot::load_table(target, &info, &column, &plan.include, rows).await?;
+            let (copier, info, column) = (&copier, &info, &column);
+            let open_source = move |binary| {
+                let sql = snapshot::copy_out_sql(info, column, &plan.include, binary);
+                async move { copier.copy_out(&sql).await }
+            };
+            let loaded =
+                pg_apply::snapshot::load_table(target, info, column, &plan.include, open_source)
+                    .await?;
+            tracing::debug!(job = %spec.name, table = %info.qualified_name(), bytes = loaded.bytes, binary = loaded.binary, "table loaded into a target");
+            bytes += loaded.bytes;
         }
         if let (Anchor::Cold(_), true) = (anchor, table.history) {
             let rows =

@@ -19,6 +19,8 @@ pub mod round_trip;
 mod round_trip_tests;
 pub mod sink;
 pub mod snapshot;
+#[cfg(test)]
+mod snapshot_tests;
 pub mod statements;
 pub mod store;
 pub mod target_schema;

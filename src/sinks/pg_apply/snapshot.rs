@@ -1,26 +1,71 @@
 //! Loading the initial snapshot of one table into the target: in one target transaction,
-//! remove the job's tenants' rows and stream the source's COPY text straight into
+//! remove the job's tenants' rows and stream the source's `COPY … TO STDOUT` straight into
 //! `COPY … FROM STDIN`. Re-running it (after a crash mid-snapshot) gives the same result.
+//!
+//! The copy goes in COPY's binary format when both ends read every value the same way:
+//! every column of a built-in type whose binary form names no catalog object (see
+//! [`binary_safe_type`]) and the target's column of exactly the source's type. The source
+//! then skips its output functions and the target its input parsing (timestamps, numerics,
+//! integers), and no value passes through a text form that depends on session settings.
+//! Otherwise, and if the server refuses the binary data anyway, the table goes in text.
 
 use futures_util::{SinkExt, Stream, StreamExt};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Transaction};
 
 use crate::change::TableInfo;
 use crate::control::job_spec::TenantFilter;
 use crate::sinks::pg_apply::store::sink_error;
-use crate::sinks::pg_apply::target_schema::ensure_shape;
+use crate::sinks::pg_apply::target_schema::{ensure_shape, target_columns};
 use crate::sinks::SinkError;
 use crate::sql_text::{quote_ident, quote_literal, quote_qualified};
 
-/// Replaces the job's tenants' rows of `table` with the rows of `copy`. Returns bytes loaded.
-pub async fn load_table<S>(
+/// Built-in types (their OIDs are fixed in every PostgreSQL release) whose binary form
+/// holds only the value: numbers, text, time, JSON, network addresses, UUIDs, bits, and
+/// one-dimensional arrays of those. Left out: the `reg*` types (their binary form is an
+/// OID, which names another object on the target), geometric and text-search types, and
+/// every user-defined type (an enum's or composite's OIDs differ between clusters).
+pub fn binary_safe_type(type_oid: u32) -> bool {
+    matches!(
+        type_oid,
+        16 | 17 | 18 | 19 | 20 | 21 | 23 | 25 | 26 // bool bytea char name int8 int2 int4 text oid
+            | 114 | 3802 // json jsonb
+            | 650 | 869 | 774 | 829 // cidr inet macaddr8 macaddr
+            | 700 | 701 | 790 | 1700 // float4 float8 money numeric
+            | 1042 | 1043 // bpchar varchar
+            | 1082 | 1083 | 1114 | 1184 | 1186 | 1266 // date time timestamp timestamptz interval timetz
+            | 1560 | 1562 | 2950 // bit varbit uuid
+            // Arrays of the above.
+            | 1000 | 1001 | 1002 | 1003 | 1016 | 1005 | 1007 | 1009 | 1028
+            | 199 | 3807 | 651 | 1041 | 775 | 1040
+            | 1021 | 1022 | 791 | 1231
+            | 1014 | 1015
+            | 1182 | 1183 | 1115 | 1185 | 1187 | 1270
+            | 1561 | 1563 | 2951
+    )
+}
+
+/// What [`load_table`] loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loaded {
+    /// Bytes of COPY data streamed.
+    pub bytes: u64,
+    /// Whether they went in COPY's binary format.
+    pub binary: bool,
+}
+
+/// Replaces the job's tenants' rows of `table` with the source's rows, streamed from the
+/// `COPY … TO STDOUT` that `open_source(binary)` starts (in the binary format when
+/// `binary` is true, see the module doc).
+pub async fn load_table<F, Fut, S>(
     client: &mut Client,
     table: &TableInfo,
     tenant_column: &str,
     include: &TenantFilter,
-    copy: S,
-) -> Result<u64, SinkError>
+    mut open_source: F,
+) -> Result<Loaded, SinkError>
 where
+    F: FnMut(bool) -> Fut,
+    Fut: std::future::Future<Output = Result<S, tokio_postgres::Error>>,
     S: Stream<Item = Result<bytes::Bytes, tokio_postgres::Error>>,
 {
     let tx = client
@@ -43,11 +88,78 @@ where
     tx.batch_execute(&clear)
         .await
         .map_err(|e| sink_error("clear tenants before snapshot", &e))?;
+    let mut bytes = None;
+    if binary_copy_fits(&tx, table).await? {
+        tx.batch_execute("SAVEPOINT helios_binary_copy")
+            .await
+            .map_err(|e| sink_error("snapshot savepoint", &e))?;
+        match copy_table(&tx, table, true, &mut open_source).await {
+            Ok(b) => bytes = Some(b),
+            Err(SinkError::Definite(reason)) => {
+                tracing::warn!(table = %table.qualified_name(), error = %reason, "the target refused the binary snapshot copy; copying the table as text");
+                tx.batch_execute("ROLLBACK TO SAVEPOINT helios_binary_copy")
+                    .await
+                    .map_err(|e| sink_error("roll back the binary snapshot copy", &e))?;
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    let loaded = match bytes {
+        Some(bytes) => Loaded {
+            bytes,
+            binary: true,
+        },
+        None => Loaded {
+            bytes: copy_table(&tx, table, false, &mut open_source).await?,
+            binary: false,
+        },
+    };
+    tx.commit()
+        .await
+        .map_err(|e| sink_error("commit snapshot load", &e))?;
+    Ok(loaded)
+}
+
+/// Whether `table` may be copied in the binary format: every column of a
+/// [`binary_safe_type`], and of the same type (and modifier) on the target.
+async fn binary_copy_fits(tx: &Transaction<'_>, table: &TableInfo) -> Result<bool, SinkError> {
+    if !table.columns.iter().all(|c| binary_safe_type(c.type_oid)) {
+        return Ok(false);
+    }
+    let Some(target) = target_columns(tx, &table.schema, &table.name).await? else {
+        return Ok(false);
+    };
+    Ok(table
+        .columns
+        .iter()
+        .all(|c| target.get(&c.name) == Some(&c.type_name)))
+}
+
+/// Streams the source's rows into `COPY … FROM STDIN` on `tx`; returns bytes loaded.
+async fn copy_table<F, Fut, S>(
+    tx: &Transaction<'_>,
+    table: &TableInfo,
+    binary: bool,
+    open_source: &mut F,
+) -> Result<u64, SinkError>
+where
+    F: FnMut(bool) -> Fut,
+    Fut: std::future::Future<Output = Result<S, tokio_postgres::Error>>,
+    S: Stream<Item = Result<bytes::Bytes, tokio_postgres::Error>>,
+{
+    let name = quote_qualified(&table.schema, &table.name);
     let cols: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let format = if binary { " (FORMAT binary)" } else { "" };
     let sink = tx
-        .copy_in::<_, bytes::Bytes>(&format!("COPY {name} ({}) FROM STDIN", cols.join(", ")))
+        .copy_in::<_, bytes::Bytes>(&format!(
+            "COPY {name} ({}) FROM STDIN{format}",
+            cols.join(", ")
+        ))
         .await
         .map_err(|e| sink_error("start snapshot copy", &e))?;
+    let copy = open_source(binary)
+        .await
+        .map_err(|e| sink_error("start snapshot copy on the source", &e))?;
     futures_util::pin_mut!(sink);
     futures_util::pin_mut!(copy);
     let mut bytes = 0u64;
@@ -62,8 +174,21 @@ where
         .finish()
         .await
         .map_err(|e| sink_error("finish snapshot copy", &e))?;
-    tx.commit()
-        .await
-        .map_err(|e| sink_error("commit snapshot load", &e))?;
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::binary_safe_type;
+
+    #[test]
+    fn only_built_in_value_types_go_binary() {
+        for oid in [20, 23, 25, 1700, 1184, 3802, 2950, 1007, 1009] {
+            assert!(binary_safe_type(oid), "{oid}");
+        }
+        // regclass, regtype, their arrays, point, tsvector, a user type.
+        for oid in [2205, 2206, 2210, 600, 3614, 16_384, 99_999] {
+            assert!(!binary_safe_type(oid), "{oid}");
+        }
+    }
 }

@@ -1,0 +1,351 @@
+//! Initial sync: how long a new replica takes to get a table's existing rows, ours against
+//! PostgreSQL's own subscription (`copy_data = true`, its table-sync worker), in the same
+//! run on the same machine.
+//!
+//! Two throwaway clusters (`embedded::pg_cluster`, fsync off, both on this machine). The
+//! source table has `HELIOS_BENCH_SYNC_ROWS` rows (default 1,000,000; the catch-up
+//! bench's 8 columns: numeric, timestamptz, jsonb, text, ...; 50 tenants), written before
+//! anything replicates. Each case starts from nothing and is timed until its replica holds
+//! the rows, then the rows on the target are counted:
+//! - (a) PostgreSQL's subscription: from `CREATE SUBSCRIPTION` (which creates its slot)
+//!   until the table's sync state is `r` (ready);
+//! - (b) ours, all tenants: from starting the job (which creates its slot and exports its
+//!   snapshot) until it streams, i.e. the snapshot is loaded and committed;
+//! - (c) ours, 5 of 50 tenants (the copy filtered on the source).
+//!
+//! Prints seconds, rows/s, each case against (a), and our process's CPU seconds per
+//! million source rows (the bench's own polling included). The cases run one after the
+//! other, each into a database of its own; each run appends its table to
+//! `benches/results/initial_sync.md`.
+//! Run: `cargo bench --bench initial_sync`.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use helios_repl::control::job_control::JobState;
+use helios_repl::control::job_runner::{self, Desired, JobStats};
+use helios_repl::control::job_spec::JobSpec;
+use helios_repl::dataflow::host::DataflowHost;
+use helios_repl::embedded::pg_cluster::PgCluster;
+
+const TABLE: &str = "CREATE SCHEMA bench;
+CREATE TABLE bench.t (tenant_id int NOT NULL, id bigint NOT NULL, amount numeric(12,2),
+    at timestamptz, payload jsonb, note text, flag bool, qty int, PRIMARY KEY (tenant_id, id));";
+
+const INSERT_ROWS: &str = "INSERT INTO bench.t SELECT (g % 50) + 1, g, (g % 10000000) / 100.0,
+    timestamptz '2024-01-01 00:00:00+00' + g * interval '1 second',
+    jsonb_build_object('k', g, 'kind', 'order', 'tags', jsonb_build_array('a', g % 7)),
+    'note ' || g || ' for a tenant row', g % 2 = 0, (g % 1000)::int
+    FROM generate_series(1, $1::bigint) g";
+
+/// The tenants of case (c).
+const SOME_TENANTS: [i32; 5] = [3, 14, 25, 36, 47];
+const POLL: Duration = Duration::from_millis(10);
+const WAIT_LIMIT: Duration = Duration::from_secs(1200);
+
+/// The same allocator as the `helios-repl` binary, so the bench measures what users run.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+struct Case {
+    name: &'static str,
+    rows: i64,
+    seconds: f64,
+    /// Our process's CPU seconds during the case (`None` for the subscription).
+    cpu: Option<f64>,
+}
+
+fn main() -> anyhow::Result<()> {
+    helios_repl::process_memory::disable_transparent_huge_pages();
+    helios_repl::process_memory::delay_purging_freed_memory();
+    let rows = match std::env::var("HELIOS_BENCH_SYNC_ROWS") {
+        Ok(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=100_000_000).contains(n))
+            .with_context(|| {
+                format!("HELIOS_BENCH_SYNC_ROWS: a row count from 1 to 100000000, got `{v}`")
+            })?,
+        Err(_) => 1_000_000,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let dir = tempfile::Builder::new().prefix("helios-sync").tempdir()?;
+    // The servers may run as another user (we are root): let them reach their directories.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    let source = PgCluster::start(&dir.path().join("source"))?;
+    let target = PgCluster::start(&dir.path().join("target"))?;
+    let result = runtime.block_on(bench(&source, &target, rows));
+    if result.is_err() {
+        eprintln!(
+            "source log:\n{}\ntarget log:\n{}",
+            source.log(),
+            target.log()
+        );
+    }
+    result
+}
+
+async fn bench(source: &PgCluster, target: &PgCluster, rows: i64) -> anyhow::Result<()> {
+    source.create_database("bench")?;
+    for db in ["sub_a", "ours_b", "ours_c"] {
+        target.create_database(db)?;
+    }
+    source.psql("bench", TABLE)?;
+    let src = connect(&source.dsn("bench")).await?;
+    let written = Instant::now();
+    src.execute(INSERT_ROWS, &[&rows]).await?;
+    src.batch_execute("VACUUM ANALYZE bench.t").await?;
+    println!(
+        "initial_sync: {rows} rows written in {:.1} s",
+        written.elapsed().as_secs_f64()
+    );
+    source.psql("bench", "CREATE PUBLICATION pg_pub FOR TABLE bench.t")?;
+    let some: Vec<String> = SOME_TENANTS.iter().map(|t| t.to_string()).collect();
+    let some_rows: i64 = src
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM bench.t WHERE tenant_id IN ({})",
+                some.join(", ")
+            ),
+            &[],
+        )
+        .await?
+        .get(0);
+
+    let mut cases = Vec::new();
+    cases.push(subscription(source, target, rows).await?);
+    cases.push(
+        ours(
+            source,
+            target,
+            "ours_b",
+            "\"all\"",
+            rows,
+            "(b) ours, 50 of 50 tenants",
+        )
+        .await?,
+    );
+    cases.push(
+        ours(
+            source,
+            target,
+            "ours_c",
+            &format!("[{}]", some.join(", ")),
+            some_rows,
+            "(c) ours, 5 of 50 tenants",
+        )
+        .await?,
+    );
+    let table = render(&cases, rows);
+    print!("{table}");
+    append_results(source, &table, rows)?;
+    Ok(())
+}
+
+/// Case (a): the subscription's table sync, timed until the table is ready.
+async fn subscription(source: &PgCluster, target: &PgCluster, rows: i64) -> anyhow::Result<Case> {
+    target.psql("sub_a", TABLE)?;
+    let tgt = connect(&target.dsn("sub_a")).await?;
+    let started = Instant::now();
+    tgt.batch_execute(&format!(
+        "CREATE SUBSCRIPTION sub_a CONNECTION '{}' PUBLICATION pg_pub WITH (copy_data = true)",
+        source.dsn("bench")
+    ))
+    .await?;
+    loop {
+        let state: Option<String> = tgt
+            .query_opt(
+                "SELECT srsubstate::text FROM pg_subscription_rel WHERE srrelid = 'bench.t'::regclass",
+                &[],
+            )
+            .await?
+            .map(|r| r.get(0));
+        if state.as_deref() == Some("r") {
+            break;
+        }
+        if started.elapsed() > WAIT_LIMIT {
+            bail!("(a): the table was not ready after {WAIT_LIMIT:?} (state {state:?})");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let on_target = count(&tgt, "SELECT count(*) FROM bench.t").await?;
+    if on_target != rows {
+        bail!("(a): {on_target} rows on the target, expected {rows}");
+    }
+    tgt.batch_execute("ALTER SUBSCRIPTION sub_a DISABLE")
+        .await?;
+    Ok(Case {
+        name: "(a) PostgreSQL subscription (copy_data)",
+        rows,
+        seconds,
+        cpu: None,
+    })
+}
+
+/// Cases (b) and (c): our job, from its start until it streams.
+async fn ours(
+    source: &PgCluster,
+    target: &PgCluster,
+    name: &str,
+    tenants: &str,
+    rows: i64,
+    label: &'static str,
+) -> anyhow::Result<Case> {
+    let spec = JobSpec::from_toml_str(&format!(
+        "name = \"{name}\"\n[source]\ndsn = \"{}\"\npublication = \"{name}\"\nslot = \"{name}\"\n\
+         [tenants]\ncolumn = \"tenant_id\"\ninclude = {tenants}\n[[tables]]\nname = \"bench.t\"\n\
+         [[sinks]]\nkind = \"postgres\"\ndsn = \"{}\"\n",
+        source.dsn("bench"),
+        target.dsn(name)
+    ))?;
+    let host = Arc::new(
+        DataflowHost::start(
+            job_runner::default_workers(),
+            tokio::runtime::Handle::current(),
+        )
+        .map_err(anyhow::Error::msg)?,
+    );
+    let stats = Arc::new(JobStats::new(spec.sinks.len()));
+    let (control_tx, control_rx) = tokio::sync::watch::channel(Desired::Run);
+    let cpu_before = process_cpu_seconds();
+    let started = Instant::now();
+    let mut job = job_runner::spawn_job(spec, host.clone(), stats.clone(), control_rx, None);
+    loop {
+        let (state, reason) = stats.state();
+        match state {
+            JobState::Streaming => break,
+            JobState::Failed => bail!("{label}: the job failed: {}", reason.unwrap_or_default()),
+            _ => {}
+        }
+        if job.is_finished() {
+            bail!(
+                "{label}: the job ended before it streamed: {:?}",
+                (&mut job).await
+            );
+        }
+        if started.elapsed() > WAIT_LIMIT {
+            bail!("{label}: not streaming after {WAIT_LIMIT:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds() - cpu_before;
+    let _ = control_tx.send(Desired::Stop);
+    match job.await {
+        Ok(Ok(())) => {}
+        other => bail!("{label}: the job did not stop cleanly: {other:?}"),
+    }
+    drop(host);
+    let tgt = connect(&target.dsn(name)).await?;
+    let on_target = count(&tgt, "SELECT count(*) FROM bench.t").await?;
+    if on_target != rows {
+        bail!("{label}: {on_target} rows on the target, expected {rows}");
+    }
+    Ok(Case {
+        name: label,
+        rows,
+        seconds,
+        cpu: Some(cpu),
+    })
+}
+
+fn render(cases: &[Case], source_rows: i64) -> String {
+    let mut out = String::new();
+    let base = cases.first().map_or(f64::NAN, |c| c.seconds);
+    let _ = writeln!(
+        out,
+        "| case | rows on target | seconds | source rows/s | target rows/s | vs (a) | our CPU s / M source rows |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+    for c in cases {
+        let cpu = c.cpu.map_or_else(
+            || "n/a (server)".to_string(),
+            |s| format!("{:.2}", s / (source_rows as f64 / 1e6)),
+        );
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.2} | {:.0} | {:.0} | {:.2} | {cpu} |",
+            c.name,
+            c.rows,
+            c.seconds,
+            source_rows as f64 / c.seconds,
+            c.rows as f64 / c.seconds,
+            base / c.seconds,
+        );
+    }
+    out
+}
+
+/// Appends the run's table, with date, machine size, commit and server version, to
+/// `benches/results/initial_sync.md`.
+fn append_results(source: &PgCluster, table: &str, rows: i64) -> anyhow::Result<()> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(root)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let commit = git(&["rev-parse", "--short", "HEAD"]);
+    let dirty = if git(&["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+        ""
+    } else {
+        " (uncommitted changes)"
+    };
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let version = source
+        .psql("bench", "SHOW server_version")
+        .unwrap_or_default();
+    let entry = format!(
+        "\n## {date}\n\nMachine: {cores} cores; commit {commit}{dirty}; PostgreSQL {}; \
+         {rows} source rows.\n\n{table}",
+        version.trim()
+    );
+    let path = std::path::Path::new(root).join("benches/results/initial_sync.md");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    use std::io::Write as _;
+    file.write_all(entry.as_bytes())?;
+    println!("appended to {}", path.display());
+    Ok(())
+}
+
+async fn connect(dsn: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+async fn count(client: &tokio_postgres::Client, sql: &str) -> anyhow::Result<i64> {
+    Ok(client.query_one(sql, &[]).await?.get(0))
+}
+
+/// User and system CPU seconds of this process so far.
+fn process_cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}

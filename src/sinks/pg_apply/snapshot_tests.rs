@@ -1,0 +1,163 @@
+//! Loading a table's initial copy into a real PostgreSQL: in COPY's binary format when
+//! both ends read every value the same way, in text otherwise, and the same rows either
+//! way (compared through their text forms on both sides).
+
+use crate::cdc::{catalog, snapshot::copy_out_sql};
+use crate::control::job_spec::TenantFilter;
+use crate::embedded::pg_cluster::PgCluster;
+use crate::sinks::pg_apply::sink::connect;
+use crate::sinks::pg_apply::snapshot::load_table;
+
+/// A cluster with databases `src` (holding `ddl`) and `dst`.
+fn cluster(dir: &std::path::Path, ddl: &str) -> PgCluster {
+    use std::os::unix::fs::PermissionsExt;
+    // The server may run as another user (we are root): let it reach its directory.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let cluster = PgCluster::start(&dir.join("pg")).expect("start cluster");
+    cluster.create_database("src").expect("create src");
+    cluster.create_database("dst").expect("create dst");
+    cluster.psql("src", ddl).expect("source table");
+    cluster
+}
+
+/// Every row of `app.t` in `database`, each value in its text form, in key order.
+fn rows_as_text(cluster: &PgCluster, database: &str) -> String {
+    cluster
+        .psql(
+            database,
+            "SELECT coalesce(string_agg(t::text, E'\\n' ORDER BY id), '') FROM app.t AS t",
+        )
+        .expect("read rows")
+}
+
+/// The ids of `app.t` in `database`, in order.
+fn ids(cluster: &PgCluster, database: &str) -> String {
+    cluster
+        .psql(
+            database,
+            "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM app.t",
+        )
+        .expect("read ids")
+        .trim()
+        .to_string()
+}
+
+/// Loads `app.t` from `src` into `dst` as the job runner does.
+async fn load(
+    cluster: &PgCluster,
+    include: &TenantFilter,
+) -> Result<crate::sinks::pg_apply::snapshot::Loaded, crate::sinks::SinkError> {
+    let copier = catalog::connect(&cluster.dsn("src"))
+        .await
+        .expect("connect source");
+    let info = catalog::table_info(&copier, "app", "t")
+        .await
+        .expect("source table info");
+    let mut target = connect(&cluster.dsn("dst")).await.expect("connect target");
+    let (copier_ref, info_ref) = (&copier, &info);
+    let loaded = load_table(&mut target, &info, "tenant_id", include, move |binary| {
+        let sql = copy_out_sql(info_ref, "tenant_id", include, binary);
+        async move { copier_ref.copy_out(&sql).await }
+    })
+    .await;
+    // The source's session is fine afterwards, even after a copy the target refused.
+    let one: i32 = copier
+        .query_one("SELECT 1", &[])
+        .await
+        .expect("source session usable")
+        .get(0);
+    assert_eq!(one, 1);
+    loaded
+}
+
+const VALUES_DDL: &str = "CREATE SCHEMA app;
+CREATE TABLE app.t (tenant_id int NOT NULL, id bigint PRIMARY KEY, amount numeric(12,2),
+    at timestamptz, day date, span interval, payload jsonb, note text, flag bool,
+    ratio float8, tags text[], counts int[], blob bytea, uid uuid, code varchar(8));
+INSERT INTO app.t VALUES
+ (1, 1, 1234567890.12, '2024-02-29 23:59:59.999999+05:30', '0001-01-01 BC', '1 year 2 mons -3 days 04:05:06.7',
+  '{\"k\": [1, 2.50, null], \"s\": \"tab\\tnl\\n\"}', E'tab\\tnewline\\nback\\\\slash', true,
+  'NaN', ARRAY['a', NULL, 'c\"q'], ARRAY[1, -2, NULL], '\\x00ff10', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'abc'),
+ (2, 2, -0.01, 'infinity', 'infinity', '-178000000 years', 'null', '', false,
+  '-Infinity', '{}', '{}', '', NULL, ''),
+ (3, 3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+ (2, 4, 0, '1999-01-08 04:05:06.5-08', '2000-01-01', '0', '[]', 'ünïcødé ✓', true,
+  1e-300, ARRAY[''], ARRAY[2147483647], '\\x', '00000000-0000-0000-0000-000000000000', 'xyzxyzxy');";
+
+#[tokio::test]
+async fn built_in_values_go_binary_and_arrive_unchanged() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = cluster(dir.path(), VALUES_DDL);
+    let loaded = load(&cluster, &TenantFilter::All).await.expect("loaded");
+    assert!(loaded.binary, "every column is binary-safe: {loaded:?}");
+    assert!(loaded.bytes > 0);
+    assert_eq!(ids(&cluster, "dst"), "1,2,3,4");
+    assert_eq!(rows_as_text(&cluster, "dst"), rows_as_text(&cluster, "src"));
+
+    // Again, for two tenants only: the other rows stay, the tenants' are replaced.
+    cluster
+        .psql("dst", "UPDATE app.t SET note = 'stale' WHERE id IN (2, 3)")
+        .expect("make the target differ");
+    let only = TenantFilter::Only(["2".to_string()].into_iter().collect());
+    assert!(load(&cluster, &only).await.expect("reloaded").binary);
+    let after = rows_as_text(&cluster, "dst");
+    assert!(after.contains(",stale,"), "tenant 3 kept: {after}");
+    assert_eq!(after.matches("stale").count(), 1, "{after}");
+}
+
+#[tokio::test]
+async fn a_user_type_or_another_target_type_goes_as_text() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = cluster(
+        dir.path(),
+        "CREATE TYPE mood AS ENUM ('sad', 'ok');
+         CREATE SCHEMA app;
+         CREATE TABLE app.t (tenant_id int NOT NULL, id bigint PRIMARY KEY, m mood, at timestamptz);
+         INSERT INTO app.t VALUES (1, 1, 'ok', '2024-01-01 10:00+00'), (1, 2, NULL, NULL);",
+    );
+    let loaded = load(&cluster, &TenantFilter::All).await.expect("loaded");
+    assert!(!loaded.binary, "an enum's binary form differs by cluster");
+    assert_eq!(rows_as_text(&cluster, "dst"), rows_as_text(&cluster, "src"));
+}
+
+#[tokio::test]
+async fn rows_the_target_refuses_fail_the_load_and_leave_its_rows() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = cluster(dir.path(), VALUES_DDL);
+    load(&cluster, &TenantFilter::All)
+        .await
+        .expect("first load");
+    let before = rows_as_text(&cluster, "dst");
+    cluster
+        .psql(
+            "dst",
+            "ALTER TABLE app.t ADD CONSTRAINT no_4 CHECK (id <> 4) NOT VALID; DELETE FROM app.t WHERE id = 4",
+        )
+        .expect("constraint on the target");
+    cluster
+        .psql("src", "UPDATE app.t SET note = 'new'")
+        .expect("change the source");
+    // The binary copy fails on the CHECK, is rolled back, goes again as text and fails
+    // the same way: the error names the constraint, and the target keeps what it had.
+    let err = load(&cluster, &TenantFilter::All)
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(err.contains("no_4"), "{err}");
+    assert_eq!(ids(&cluster, "dst"), "1,2,3");
+    let kept = rows_as_text(&cluster, "dst");
+    assert!(
+        !kept.contains(",new,"),
+        "nothing of the failed load: {kept}"
+    );
+    cluster
+        .psql("dst", "ALTER TABLE app.t DROP CONSTRAINT no_4")
+        .expect("drop constraint");
+    load(&cluster, &TenantFilter::All)
+        .await
+        .expect("loads once allowed");
+    assert_eq!(ids(&cluster, "dst"), "1,2,3,4");
+    let reloaded = rows_as_text(&cluster, "dst");
+    assert_ne!(reloaded, before);
+    assert_eq!(reloaded, rows_as_text(&cluster, "src"));
+}
