@@ -1,5 +1,6 @@
 //! Runs one job from start to stop: prepares the source (publication, slot), takes the
-//! initial snapshot or resumes, runs the reader and the dataflow, prints progress.
+//! initial snapshot (`initial_snapshot`) or resumes, runs the reader and the dataflow,
+//! prints progress.
 //!
 //! # Start-up decision
 //! The job's progress (the first sink's: the `helios.job_progress` row of a PostgreSQL
@@ -27,26 +28,23 @@ use tokio::sync::{mpsc, watch};
 
 use crate::cdc::catalog::{self, PublishedTable};
 use crate::cdc::error::CdcError;
-use crate::cdc::snapshot;
 use crate::cdc::stream::{self, ConfirmedStore, ReaderIo, ReaderState, ReaderStats, SourceEvent};
 use crate::change::{format_lsn, Lsn};
 use crate::control::access::{self, AccessHub};
 use crate::control::history_start::{self, check_history_table};
 use crate::control::job_control::JobState;
 use crate::control::job_spec::{JobSpec, SinkSpec, TenantFilter};
-use crate::control::{cold_history, cold_progress};
+use crate::control::{cold_history, cold_progress, initial_snapshot};
 use crate::dataflow::host::DataflowHost;
 use crate::dataflow::worker::{JobDataflow, SinkPlace, SinkTarget};
 use crate::operators::access::SavedModel;
 use crate::operators::history::HistoryBooks;
 use crate::operators::partition::TenantPlan;
 use crate::operators::version::SysTime;
-use crate::sinks::nats::NatsSink;
 use crate::sinks::parquet::{CompactionPolicy, COMPACTION};
 use crate::sinks::pg_apply::{self, store};
 use crate::sinks::qos::rate_limit::SinkLimiter;
 use crate::sinks::worker::{SinkStats, RETRY_INITIAL, RETRY_MAX};
-use crate::sinks::Sink;
 use crate::sinks::SinkError;
 use crate::sql_text::{quote_ident, quote_literal};
 
@@ -245,7 +243,7 @@ fn postgres_dsns(spec: &JobSpec) -> Vec<String> {
 }
 
 /// The roots of the job's Parquet sinks, in order.
-fn parquet_roots(spec: &JobSpec) -> Vec<PathBuf> {
+pub(super) fn parquet_roots(spec: &JobSpec) -> Vec<PathBuf> {
     spec.sinks
         .iter()
         .filter_map(|s| match s {
@@ -259,7 +257,7 @@ fn parquet_roots(spec: &JobSpec) -> Vec<PathBuf> {
 /// sink's target, or, for a job without one, the first Parquet sink's root (the spec
 /// admits no other job).
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Anchor {
+pub(super) enum Anchor {
     /// `helios.job_progress` and the history tables of this target.
     Postgres(String),
     /// `_jobs/<job>.json` and the published versions under this cold root.
@@ -643,7 +641,7 @@ async fn connect_started(spec: &JobSpec, start: Lsn) -> Result<ReplicationStream
 }
 
 /// Starts the job's pgoutput stream on an open session.
-async fn start_stream(
+pub(super) async fn start_stream(
     spec: &JobSpec,
     conn: ReplicationConnection,
     start: Lsn,
@@ -768,13 +766,16 @@ async fn prepare(
         catalog::drop_slot(&source, slot).await?;
     }
     clear_snapshot(spec, anchor, &targets).await?;
-    let (client, at) = take_snapshot(spec, plan, anchor, &mut targets, &infos).await?;
+    let (client, at) =
+        initial_snapshot::take_snapshot(spec, plan, anchor, &mut targets, &infos).await?;
     restore_history(spec, plan, anchor, &targets, &infos, at, books).await?;
     Ok((client, at))
 }
 
 /// The target an [`Anchor::Postgres`] names: the first of the job's PostgreSQL targets.
-fn anchor_target(targets: &[tokio_postgres::Client]) -> Result<&tokio_postgres::Client, JobError> {
+pub(super) fn anchor_target(
+    targets: &[tokio_postgres::Client],
+) -> Result<&tokio_postgres::Client, JobError> {
     targets
         .first()
         .ok_or_else(|| JobError::Dataflow("the job's progress target is not connected".into()))
@@ -812,7 +813,7 @@ async fn clear_snapshot(
 }
 
 /// Records the completed snapshot at `lsn` where the job's [`Anchor`] keeps progress.
-async fn record_snapshot_done(
+pub(super) async fn record_snapshot_done(
     spec: &JobSpec,
     anchor: &Anchor,
     targets: &[tokio_postgres::Client],
@@ -868,167 +869,6 @@ async fn restore_history(
     };
     tracing::info!(job = %spec.name, versions = restored, at = %format_lsn(resume), "history versions restored");
     Ok(())
-}
-
-/// Creates the slot with an exported snapshot, loads every table into every target, and
-/// starts streaming from the consistent point.
-async fn take_snapshot(
-    spec: &JobSpec,
-    plan: &TenantPlan,
-    anchor: &Anchor,
-    targets: &mut [tokio_postgres::Client],
-    infos: &[(
-        crate::control::job_spec::TableSpec,
-        Arc<crate::change::TableInfo>,
-    )],
-) -> Result<(ReplicationStream, Lsn), JobError> {
-    let dsn = spec.source.dsn.expose();
-    let slot = &spec.source.slot;
-    let address = stream::replication_address(dsn, slot)?;
-    let mut repl = ReplicationConnection::connect(&address)
-        .await
-        .map_err(|e| CdcError::Connect(e.to_string()))?;
-    let snap = snapshot::create_slot_exporting_snapshot(&mut repl, slot).await?;
-    // The versions the snapshot loads are known from the moment it was taken.
-    let at = SysTime {
-        lsn: snap.consistent_point,
-        micros: crate::change::pg_now_micros(),
-    };
-    let started = Instant::now();
-    let copier = catalog::connect(dsn).await?;
-    snapshot::begin_on_snapshot(&copier, &snap.snapshot_name).await?;
-    let mut bytes = 0u64;
-    let mut streams = nats_snapshot_sinks(spec).await?;
-    for table in &spec.tables {
-        let info = catalog::table_info(&copier, table.schema(), table.table()).await?;
-        let column = plan.tenant_columns[&table.name].clone();
-        for target in targets.iter_mut() {
-            let (copier, info, column) = (&copier, &info, &column);
-            let open_source = move |binary| {
-                let sql = snapshot::copy_out_sql(info, column, &plan.include, binary);
-                async move { copier.copy_out(&sql).await }
-            };
-            let loaded =
-                pg_apply::snapshot::load_table(target, info, column, &plan.include, open_source)
-                    .await?;
-            tracing::debug!(job = %spec.name, table = %info.qualified_name(), bytes = loaded.bytes, binary = loaded.binary, "table loaded into a target");
-            bytes += loaded.bytes;
-        }
-        if let (Anchor::Cold(_), true) = (anchor, table.history) {
-            let rows =
-                cold_history::snapshot_table(&copier, &parquet_roots(spec), plan, table, &info, at)
-                    .await?;
-            tracing::info!(job = %spec.name, table = %table.name, versions = rows, "snapshot rows written to the cold tier as versions");
-        }
-        if !streams.is_empty() {
-            bytes += publish_snapshot(
-                &copier,
-                &mut streams,
-                Arc::new(info),
-                &column,
-                &plan.include,
-                snap.consistent_point,
-            )
-            .await?;
-        }
-    }
-    copier
-        .batch_execute("COMMIT")
-        .await
-        .map_err(CdcError::query("end snapshot transaction"))?;
-    if let Anchor::Postgres(_) = anchor {
-        history_start::record_snapshot(spec, plan, anchor_target(targets)?, infos, at).await?;
-    }
-    record_snapshot_done(spec, anchor, targets, snap.consistent_point).await?;
-    let tenants = match &plan.include {
-        TenantFilter::All => "all".to_string(),
-        TenantFilter::Only(t) => t.len().to_string(),
-    };
-    tracing::info!(job = %spec.name, tables = spec.tables.len(), tenants, bytes, seconds = started.elapsed().as_secs_f32(),
-        consistent_point = %format_lsn(snap.consistent_point), "initial snapshot loaded");
-    let stream = start_stream(spec, repl, snap.consistent_point).await?;
-    Ok((stream, snap.consistent_point))
-}
-
-/// Rows of the initial copy per chunk published to a NATS sink.
-const SNAPSHOT_CHUNK_ROWS: usize = 10_000;
-
-/// A connected sink for each NATS sink of the job, to publish the initial copy with.
-async fn nats_snapshot_sinks(spec: &JobSpec) -> Result<Vec<NatsSink>, JobError> {
-    let mut sinks = Vec::new();
-    for s in &spec.sinks {
-        if let SinkSpec::Nats(n) = s {
-            let mut sink = NatsSink::new(
-                &spec.name,
-                0,
-                n.config(&spec.name),
-                Arc::default(),
-                Arc::default(),
-            );
-            sink.reconnect().await?;
-            sinks.push(sink);
-        }
-    }
-    Ok(sinks)
-}
-
-/// Publishes the job's tenants' rows of `table` in the exported snapshot to every NATS
-/// sink, as inserts at the consistent point, in chunks; returns the bytes published.
-async fn publish_snapshot(
-    copier: &tokio_postgres::Client,
-    sinks: &mut [NatsSink],
-    table: Arc<crate::change::TableInfo>,
-    tenant_column: &str,
-    include: &TenantFilter,
-    at: Lsn,
-) -> Result<u64, JobError> {
-    use futures_util::StreamExt;
-    let Some(tenant_at) = table.column_index(tenant_column) else {
-        return Err(JobError::Dataflow(format!(
-            "{}: no tenant column `{tenant_column}`",
-            table.qualified_name()
-        )));
-    };
-    let sql = snapshot::select_text_sql(&table, tenant_column, include);
-    let rows = snapshot::rows_as_text(copier, &sql).await?;
-    futures_util::pin_mut!(rows);
-    let mut bytes = 0;
-    let mut chunk = Vec::with_capacity(SNAPSHOT_CHUNK_ROWS);
-    loop {
-        let next = rows.next().await;
-        let done = next.is_none();
-        if let Some(row) = next {
-            let row = row?;
-            let tenant = row
-                .get(tenant_at)
-                .and_then(|c| c.as_text())
-                .unwrap_or_default()
-                .to_string();
-            chunk.push(crate::change::TenantChange {
-                scope: crate::change::Scope::Tenant(tenant),
-                seq: chunk.len() as u32,
-                table: table.clone(),
-                action: crate::change::TenantAction::Upsert {
-                    old: None,
-                    new: row,
-                    insert: true,
-                },
-            });
-        }
-        if chunk.len() >= SNAPSHOT_CHUNK_ROWS || (done && !chunk.is_empty()) {
-            let batch = crate::sinks::ApplyBatch {
-                commit_lsn: at,
-                changes: std::mem::take(&mut chunk),
-                history: Vec::new(),
-            };
-            for sink in sinks.iter_mut() {
-                bytes += sink.publish_snapshot_chunk(&batch).await?;
-            }
-        }
-        if done {
-            return Ok(bytes);
-        }
-    }
 }
 
 async fn print_progress(job: String, stats: Arc<JobStats>, every: Duration) {
