@@ -11,7 +11,10 @@
 //!   until the table's sync state is `r` (ready);
 //! - (b) ours, all tenants: from starting the job (which creates its slot and exports its
 //!   snapshot) until it streams, i.e. the snapshot is loaded and committed;
-//! - (c) ours, 5 of 50 tenants (the copy filtered on the source).
+//! - (c) ours, 5 of 50 tenants (the copy filtered on the source);
+//! - (d) the subscription and (e) ours over the same rows in four tables of a quarter
+//!   each (the subscription syncs two tables at a time by default,
+//!   `max_sync_workers_per_subscription`; we load up to one table per core at once).
 //!
 //! Prints seconds, rows/s, each case against (a), and our process's CPU seconds per
 //! million source rows (the bench's own polling included). The cases run one after the
@@ -30,15 +33,32 @@ use helios_repl::control::job_spec::JobSpec;
 use helios_repl::dataflow::host::DataflowHost;
 use helios_repl::embedded::pg_cluster::PgCluster;
 
-const TABLE: &str = "CREATE SCHEMA bench;
-CREATE TABLE bench.t (tenant_id int NOT NULL, id bigint NOT NULL, amount numeric(12,2),
-    at timestamptz, payload jsonb, note text, flag bool, qty int, PRIMARY KEY (tenant_id, id));";
+/// The tables: `bench.t` with every row, `bench.q1`..`q4` with a quarter each.
+const TABLES: [&str; 5] = ["t", "q1", "q2", "q3", "q4"];
+const QUARTERS: [&str; 4] = ["bench.q1", "bench.q2", "bench.q3", "bench.q4"];
 
-const INSERT_ROWS: &str = "INSERT INTO bench.t SELECT (g % 50) + 1, g, (g % 10000000) / 100.0,
+fn create_table(name: &str) -> String {
+    format!(
+        "CREATE TABLE bench.{name} (tenant_id int NOT NULL, id bigint NOT NULL, amount numeric(12,2),
+    at timestamptz, payload jsonb, note text, flag bool, qty int, PRIMARY KEY (tenant_id, id));"
+    )
+}
+
+fn create_tables() -> String {
+    let tables: Vec<String> = TABLES.iter().map(|t| create_table(t)).collect();
+    format!("CREATE SCHEMA bench;\n{}", tables.join("\n"))
+}
+
+/// Rows `$1..=$2` of the catch-up bench's shape into `bench.<name>`.
+fn insert_rows(name: &str) -> String {
+    format!(
+        "INSERT INTO bench.{name} SELECT (g % 50) + 1, g, (g % 10000000) / 100.0,
     timestamptz '2024-01-01 00:00:00+00' + g * interval '1 second',
     jsonb_build_object('k', g, 'kind', 'order', 'tags', jsonb_build_array('a', g % 7)),
     'note ' || g || ' for a tenant row', g % 2 = 0, (g % 1000)::int
-    FROM generate_series(1, $1::bigint) g";
+    FROM generate_series($1::bigint, $2::bigint) g"
+    )
+}
 
 /// The tenants of case (c).
 const SOME_TENANTS: [i32; 5] = [3, 14, 25, 36, 47];
@@ -93,114 +113,147 @@ fn main() -> anyhow::Result<()> {
 
 async fn bench(source: &PgCluster, target: &PgCluster, rows: i64) -> anyhow::Result<()> {
     source.create_database("bench")?;
-    for db in ["sub_a", "ours_b", "ours_c"] {
+    for db in ["sub_a", "ours_b", "ours_c", "sub_d", "ours_e"] {
         target.create_database(db)?;
     }
-    source.psql("bench", TABLE)?;
+    source.psql("bench", &create_tables())?;
     let src = connect(&source.dsn("bench")).await?;
     let written = Instant::now();
-    src.execute(INSERT_ROWS, &[&rows]).await?;
-    src.batch_execute("VACUUM ANALYZE bench.t").await?;
+    src.execute(&insert_rows("t"), &[&1i64, &rows]).await?;
+    for (i, quarter) in TABLES[1..].iter().enumerate() {
+        let i = i as i64;
+        let (first, last) = (rows * i / 4 + 1, rows * (i + 1) / 4);
+        src.execute(&insert_rows(quarter), &[&first, &last]).await?;
+    }
+    src.batch_execute("VACUUM ANALYZE").await?;
     println!(
-        "initial_sync: {rows} rows written in {:.1} s",
+        "initial_sync: {rows} rows written twice (one table, four tables) in {:.1} s",
         written.elapsed().as_secs_f64()
     );
-    source.psql("bench", "CREATE PUBLICATION pg_pub FOR TABLE bench.t")?;
+    source.psql("bench", "CREATE PUBLICATION pub_one FOR TABLE bench.t")?;
+    source.psql(
+        "bench",
+        &format!(
+            "CREATE PUBLICATION pub_four FOR TABLE {}",
+            QUARTERS.join(", ")
+        ),
+    )?;
     let some: Vec<String> = SOME_TENANTS.iter().map(|t| t.to_string()).collect();
-    let some_rows: i64 = src
-        .query_one(
-            &format!(
-                "SELECT count(*) FROM bench.t WHERE tenant_id IN ({})",
-                some.join(", ")
-            ),
-            &[],
-        )
-        .await?
-        .get(0);
-
-    let mut cases = Vec::new();
-    cases.push(subscription(source, target, rows).await?);
-    cases.push(
-        ours(
-            source,
-            target,
-            "ours_b",
-            "\"all\"",
-            rows,
-            "(b) ours, 50 of 50 tenants",
-        )
-        .await?,
-    );
-    cases.push(
+    let some_rows = count(
+        &src,
+        &format!(
+            "SELECT count(*) FROM bench.t WHERE tenant_id IN ({})",
+            some.join(", ")
+        ),
+    )
+    .await?;
+    let one = ["bench.t"];
+    let all = "\"all\"";
+    let cases = vec![
+        subscription(source, target, "sub_a", "pub_one", &one, rows).await?,
+        ours(source, target, "ours_b", all, &one, rows).await?,
         ours(
             source,
             target,
             "ours_c",
             &format!("[{}]", some.join(", ")),
+            &one,
             some_rows,
-            "(c) ours, 5 of 50 tenants",
         )
         .await?,
-    );
+        subscription(source, target, "sub_d", "pub_four", &QUARTERS, rows).await?,
+        ours(source, target, "ours_e", all, &QUARTERS, rows).await?,
+    ];
     let table = render(&cases, rows);
     print!("{table}");
     append_results(source, &table, rows)?;
     Ok(())
 }
 
-/// Case (a): the subscription's table sync, timed until the table is ready.
-async fn subscription(source: &PgCluster, target: &PgCluster, rows: i64) -> anyhow::Result<Case> {
-    target.psql("sub_a", TABLE)?;
-    let tgt = connect(&target.dsn("sub_a")).await?;
+/// The rows of `tables` on `client`.
+async fn rows_in(client: &tokio_postgres::Client, tables: &[&str]) -> anyhow::Result<i64> {
+    let mut total = 0;
+    for table in tables {
+        total += count(client, &format!("SELECT count(*) FROM {table}")).await?;
+    }
+    Ok(total)
+}
+
+/// Cases (a) and (d): the subscription's table sync, timed until every table is ready.
+async fn subscription(
+    source: &PgCluster,
+    target: &PgCluster,
+    name: &str,
+    publication: &str,
+    tables: &[&str],
+    rows: i64,
+) -> anyhow::Result<Case> {
+    let label = match tables.len() {
+        1 => "(a) PostgreSQL subscription (copy_data)",
+        _ => "(d) PostgreSQL subscription, four tables",
+    };
+    let ddl: Vec<String> = tables
+        .iter()
+        .map(|t| create_table(t.trim_start_matches("bench.")))
+        .collect();
+    target.psql(name, &format!("CREATE SCHEMA bench;\n{}", ddl.join("\n")))?;
+    let tgt = connect(&target.dsn(name)).await?;
     let started = Instant::now();
     tgt.batch_execute(&format!(
-        "CREATE SUBSCRIPTION sub_a CONNECTION '{}' PUBLICATION pg_pub WITH (copy_data = true)",
+        "CREATE SUBSCRIPTION {name} CONNECTION '{}' PUBLICATION {publication} WITH (copy_data = true)",
         source.dsn("bench")
     ))
     .await?;
     loop {
-        let state: Option<String> = tgt
-            .query_opt(
-                "SELECT srsubstate::text FROM pg_subscription_rel WHERE srrelid = 'bench.t'::regclass",
-                &[],
-            )
-            .await?
-            .map(|r| r.get(0));
-        if state.as_deref() == Some("r") {
+        let ready = count(
+            &tgt,
+            "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate = 'r'",
+        )
+        .await?;
+        if ready == tables.len() as i64 {
             break;
         }
         if started.elapsed() > WAIT_LIMIT {
-            bail!("(a): the table was not ready after {WAIT_LIMIT:?} (state {state:?})");
+            bail!("{label}: {ready} tables ready after {WAIT_LIMIT:?}");
         }
         tokio::time::sleep(POLL).await;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let on_target = count(&tgt, "SELECT count(*) FROM bench.t").await?;
+    let on_target = rows_in(&tgt, tables).await?;
     if on_target != rows {
-        bail!("(a): {on_target} rows on the target, expected {rows}");
+        bail!("{label}: {on_target} rows on the target, expected {rows}");
     }
-    tgt.batch_execute("ALTER SUBSCRIPTION sub_a DISABLE")
+    tgt.batch_execute(&format!("ALTER SUBSCRIPTION {name} DISABLE"))
         .await?;
     Ok(Case {
-        name: "(a) PostgreSQL subscription (copy_data)",
+        name: label,
         rows,
         seconds,
         cpu: None,
     })
 }
 
-/// Cases (b) and (c): our job, from its start until it streams.
+/// Cases (b), (c) and (e): our job, from its start until it streams.
 async fn ours(
     source: &PgCluster,
     target: &PgCluster,
     name: &str,
     tenants: &str,
+    tables: &[&str],
     rows: i64,
-    label: &'static str,
 ) -> anyhow::Result<Case> {
+    let label = match (tables.len(), tenants) {
+        (1, "\"all\"") => "(b) ours, 50 of 50 tenants",
+        (1, _) => "(c) ours, 5 of 50 tenants",
+        _ => "(e) ours, four tables",
+    };
+    let listed: String = tables
+        .iter()
+        .map(|t| format!("[[tables]]\nname = \"{t}\"\n"))
+        .collect();
     let spec = JobSpec::from_toml_str(&format!(
         "name = \"{name}\"\n[source]\ndsn = \"{}\"\npublication = \"{name}\"\nslot = \"{name}\"\n\
-         [tenants]\ncolumn = \"tenant_id\"\ninclude = {tenants}\n[[tables]]\nname = \"bench.t\"\n\
+         [tenants]\ncolumn = \"tenant_id\"\ninclude = {tenants}\n{listed}\
          [[sinks]]\nkind = \"postgres\"\ndsn = \"{}\"\n",
         source.dsn("bench"),
         target.dsn(name)
@@ -244,7 +297,7 @@ async fn ours(
     }
     drop(host);
     let tgt = connect(&target.dsn(name)).await?;
-    let on_target = count(&tgt, "SELECT count(*) FROM bench.t").await?;
+    let on_target = rows_in(&tgt, tables).await?;
     if on_target != rows {
         bail!("{label}: {on_target} rows on the target, expected {rows}");
     }
@@ -258,13 +311,17 @@ async fn ours(
 
 fn render(cases: &[Case], source_rows: i64) -> String {
     let mut out = String::new();
-    let base = cases.first().map_or(f64::NAN, |c| c.seconds);
+    // Each of ours against the subscription case before it (the same tables).
+    let mut base = f64::NAN;
     let _ = writeln!(
         out,
-        "| case | rows on target | seconds | source rows/s | target rows/s | vs (a) | our CPU s / M source rows |"
+        "| case | rows on target | seconds | source rows/s | target rows/s | vs the subscription | our CPU s / M source rows |"
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
     for c in cases {
+        if c.cpu.is_none() {
+            base = c.seconds;
+        }
         let cpu = c.cpu.map_or_else(
             || "n/a (server)".to_string(),
             |s| format!("{:.2}", s / (source_rows as f64 / 1e6)),

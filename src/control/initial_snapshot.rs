@@ -11,11 +11,12 @@ use crate::cdc::error::CdcError;
 use crate::cdc::snapshot;
 use crate::cdc::stream;
 use crate::cdc::transport::{ReplicationConnection, ReplicationStream};
-use crate::change::{format_lsn, Lsn};
+use crate::change::{format_lsn, Lsn, TableInfo};
 use crate::control::cold_history;
 use crate::control::history_start;
 use crate::control::job_runner::{
-    anchor_target, parquet_roots, record_snapshot_done, start_stream, Anchor, JobError,
+    anchor_target, parquet_roots, postgres_dsns, record_snapshot_done, start_stream, Anchor,
+    JobError,
 };
 use crate::control::job_spec::{JobSpec, SinkSpec, TenantFilter};
 use crate::operators::partition::TenantPlan;
@@ -53,24 +54,43 @@ pub(super) async fn take_snapshot(
     snapshot::begin_on_snapshot(&copier, &snap.snapshot_name).await?;
     let mut bytes = 0u64;
     let mut streams = nats_snapshot_sinks(spec).await?;
+    let mut tables = Vec::with_capacity(spec.tables.len());
     for table in &spec.tables {
         let info = catalog::table_info(&copier, table.schema(), table.table()).await?;
         let column = plan.tenant_columns[&table.name].clone();
-        for target in targets.iter_mut() {
-            let (copier, info, column) = (&copier, &info, &column);
-            let open_source = move |binary| {
-                let sql = snapshot::copy_out_sql(info, column, &plan.include, binary);
-                async move { copier.copy_out(&sql).await }
-            };
-            let loaded =
-                pg_apply::snapshot::load_table(target, info, column, &plan.include, open_source)
-                    .await?;
-            tracing::debug!(job = %spec.name, table = %info.qualified_name(), bytes = loaded.bytes, binary = loaded.binary, "table loaded into a target");
-            bytes += loaded.bytes;
+        tables.push((table, Arc::new(info), column));
+    }
+    let loads = tables.len() * targets.len();
+    let lanes = snapshot_lanes().min(loads);
+    if lanes > 1 {
+        // Tables and types are created one at a time first: two sessions creating the
+        // same schema or type at once can fail on the catalog's unique indexes.
+        for target in targets.iter() {
+            for (_, info, _) in &tables {
+                pg_apply::target_schema::ensure_shape(target, info).await?;
+            }
+        }
+        let work = tables.iter().flat_map(|(_, info, column)| {
+            (0..targets.len()).map(move |target| (info.clone(), column.clone(), target))
+        });
+        let load_lanes = LoadLanes {
+            job: &spec.name,
+            source_dsn: dsn,
+            snapshot_name: &snap.snapshot_name,
+            target_dsns: &postgres_dsns(spec),
+            include: &plan.include,
+        };
+        bytes += load_lanes.run(work.collect(), lanes).await?;
+    }
+    for (table, info, column) in &tables {
+        if lanes <= 1 {
+            for target in targets.iter_mut() {
+                bytes += load_one(&spec.name, &copier, target, info, column, &plan.include).await?;
+            }
         }
         if let (Anchor::Cold(_), true) = (anchor, table.history) {
             let rows =
-                cold_history::snapshot_table(&copier, &parquet_roots(spec), plan, table, &info, at)
+                cold_history::snapshot_table(&copier, &parquet_roots(spec), plan, table, info, at)
                     .await?;
             tracing::info!(job = %spec.name, table = %table.name, versions = rows, "snapshot rows written to the cold tier as versions");
         }
@@ -78,8 +98,8 @@ pub(super) async fn take_snapshot(
             bytes += publish_snapshot(
                 &copier,
                 &mut streams,
-                Arc::new(info),
-                &column,
+                info.clone(),
+                column,
                 &plan.include,
                 snap.consistent_point,
             )
@@ -102,6 +122,88 @@ pub(super) async fn take_snapshot(
         consistent_point = %format_lsn(snap.consistent_point), "initial snapshot loaded");
     let stream = start_stream(spec, repl, snap.consistent_point).await?;
     Ok((stream, snap.consistent_point))
+}
+
+/// How many table loads run at once when a snapshot has several (tables × PostgreSQL
+/// targets): one per core, at most four. Each takes a source session importing the
+/// exported snapshot and a connection to its target.
+fn snapshot_lanes() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4)
+}
+
+/// Loads one table into one target from `copier`'s snapshot; returns bytes loaded.
+async fn load_one(
+    job: &str,
+    copier: &tokio_postgres::Client,
+    target: &mut tokio_postgres::Client,
+    info: &TableInfo,
+    column: &str,
+    include: &TenantFilter,
+) -> Result<u64, JobError> {
+    let open_source = move |binary| {
+        let sql = snapshot::copy_out_sql(info, column, include, binary);
+        async move { copier.copy_out(&sql).await }
+    };
+    let loaded = pg_apply::snapshot::load_table(target, info, column, include, open_source).await?;
+    tracing::debug!(job, table = %info.qualified_name(), bytes = loaded.bytes, binary = loaded.binary, "table loaded into a target");
+    Ok(loaded.bytes)
+}
+
+/// Table loads run side by side, each lane on a source session of its own that imports
+/// the exported snapshot (so every lane reads the same consistent state) and on
+/// connections of its own to the targets. Each table still loads in one target
+/// transaction; the snapshot is recorded done only after every lane has committed.
+struct LoadLanes<'a> {
+    job: &'a str,
+    source_dsn: &'a str,
+    snapshot_name: &'a str,
+    /// The job's PostgreSQL targets, in the order of the targets' indexes in the loads.
+    target_dsns: &'a [String],
+    include: &'a TenantFilter,
+}
+
+impl LoadLanes<'_> {
+    /// Runs `loads` (table, tenant column, target index) on `lanes` lanes, each taking
+    /// the next load when it is done with one; returns bytes loaded. The first error ends
+    /// every lane (their open target transactions roll back with their connections).
+    async fn run(
+        &self,
+        loads: Vec<(Arc<TableInfo>, String, usize)>,
+        lanes: usize,
+    ) -> Result<u64, JobError> {
+        let queue = std::sync::Mutex::new(loads.into_iter());
+        let next = || {
+            queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .next()
+        };
+        let lane = |_| async {
+            let copier = catalog::connect(self.source_dsn).await?;
+            snapshot::begin_on_snapshot(&copier, self.snapshot_name).await?;
+            let mut targets: Vec<Option<tokio_postgres::Client>> =
+                self.target_dsns.iter().map(|_| None).collect();
+            let mut bytes = 0u64;
+            while let Some((info, column, index)) = next() {
+                let mut target = match targets[index].take() {
+                    Some(client) => client,
+                    None => pg_apply::sink::connect(&self.target_dsns[index]).await?,
+                };
+                bytes +=
+                    load_one(self.job, &copier, &mut target, &info, &column, self.include).await?;
+                targets[index] = Some(target);
+            }
+            copier
+                .batch_execute("COMMIT")
+                .await
+                .map_err(CdcError::query("end snapshot transaction"))?;
+            Ok::<u64, JobError>(bytes)
+        };
+        let done = futures_util::future::try_join_all((0..lanes).map(lane)).await?;
+        Ok(done.into_iter().sum())
+    }
 }
 
 /// Rows of the initial copy per chunk published to a NATS sink.

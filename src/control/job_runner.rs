@@ -232,7 +232,7 @@ fn sink_places(spec: &JobSpec) -> Vec<(SinkPlace, usize)> {
 }
 
 /// The connection strings of the job's PostgreSQL sinks, in order.
-fn postgres_dsns(spec: &JobSpec) -> Vec<String> {
+pub(super) fn postgres_dsns(spec: &JobSpec) -> Vec<String> {
     spec.sinks
         .iter()
         .filter_map(|s| match s {

@@ -90,3 +90,58 @@ fn snapshot_then_stream_delivers_every_row_exactly_once() {
         "the slot is close to the end of WAL ({slot} vs {written})"
     );
 }
+
+/// Several tables load side by side, each on a session of its own that imports the
+/// exported snapshot; tables sharing a schema and a user type the target lacks are
+/// created one at a time first, so the loads do not race to create them.
+#[test]
+fn tables_that_share_a_new_schema_and_type_load_side_by_side() {
+    let env = Env::start(
+        "CREATE SCHEMA shop;
+         CREATE TYPE shop.state AS ENUM ('new', 'paid', 'sent');
+         CREATE TABLE shop.orders (tenant_id int NOT NULL, id bigint NOT NULL, s shop.state, PRIMARY KEY (tenant_id, id));
+         CREATE TABLE shop.parcels (tenant_id int NOT NULL, id bigint NOT NULL, s shop.state, at timestamptz, PRIMARY KEY (tenant_id, id));
+         CREATE TABLE shop.notes (tenant_id int NOT NULL, id bigint NOT NULL, body text, PRIMARY KEY (tenant_id, id));
+         INSERT INTO shop.orders SELECT t, i, (ARRAY['new', 'paid', 'sent'])[1 + i % 3]::shop.state FROM generate_series(1, 4) t, generate_series(1, 3000) i;
+         INSERT INTO shop.parcels SELECT t, i, 'sent', timestamptz '2024-01-01 00:00+00' + i * interval '1 minute' FROM generate_series(1, 4) t, generate_series(1, 2000) i;
+         INSERT INTO shop.notes SELECT t, i, 'note ' || i FROM generate_series(1, 4) t, generate_series(1, 1000) i;",
+    );
+    let job = env.job_file(
+        "lanes",
+        "[1, 3]",
+        &["shop.orders", "shop.parcels", "shop.notes"],
+    );
+    let mut repl = Replicator::start_inline(&job);
+    wait_for("the job to stream", Duration::from_secs(60), || {
+        repl.output().contains("streaming")
+    });
+    for (table, digest) in [
+        (
+            "shop.orders",
+            "md5(string_agg(id || ':' || s, ',' ORDER BY id))",
+        ),
+        (
+            "shop.parcels",
+            "md5(string_agg(id || ':' || s || ':' || at, ',' ORDER BY id))",
+        ),
+        (
+            "shop.notes",
+            "md5(string_agg(id || ':' || body, ',' ORDER BY id))",
+        ),
+    ] {
+        env.wait_converged(
+            &format!("SELECT tenant_id, count(*), {digest} FROM {table} WHERE tenant_id IN (1, 3) GROUP BY 1 ORDER BY 1"),
+            Duration::from_secs(30),
+        );
+        let others = env.on_target(&format!(
+            "SELECT count(*) FROM {table} WHERE tenant_id NOT IN (1, 3)"
+        ));
+        assert_eq!(others, "0", "{table}: no other tenant's rows");
+    }
+    assert_eq!(
+        repl.stop().code(),
+        Some(0),
+        "clean stop:\n{}",
+        repl.output()
+    );
+}

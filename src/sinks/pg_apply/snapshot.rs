@@ -44,6 +44,9 @@ pub fn binary_safe_type(type_oid: u32) -> bool {
     )
 }
 
+/// About how many bytes of COPY data go to the target in one message.
+const COPY_CHUNK: usize = 64 * 1024;
+
 /// What [`load_table`] loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Loaded {
@@ -163,10 +166,22 @@ where
     futures_util::pin_mut!(sink);
     futures_util::pin_mut!(copy);
     let mut bytes = 0u64;
+    // The source sends a message per row; the target gets them gathered into messages of
+    // about COPY_CHUNK bytes (COPY's data is one byte stream: where messages split it
+    // does not matter), so each side handles a message per many rows.
+    let mut gathered = bytes::BytesMut::with_capacity(COPY_CHUNK);
     while let Some(chunk) = copy.next().await {
         let chunk = chunk.map_err(|e| sink_error("read snapshot from source", &e))?;
         bytes += chunk.len() as u64;
-        sink.send(chunk)
+        gathered.extend_from_slice(&chunk);
+        if gathered.len() >= COPY_CHUNK {
+            sink.send(gathered.split().freeze())
+                .await
+                .map_err(|e| sink_error("write snapshot to target", &e))?;
+        }
+    }
+    if !gathered.is_empty() {
+        sink.send(gathered.freeze())
             .await
             .map_err(|e| sink_error("write snapshot to target", &e))?;
     }
