@@ -61,7 +61,11 @@ pub(super) async fn take_snapshot(
         tables.push((table, Arc::new(info), column));
     }
     let loads = tables.len() * targets.len();
-    let lanes = snapshot_lanes().min(loads);
+    let lanes = spec
+        .source
+        .snapshot_parallel_tables
+        .unwrap_or_else(snapshot_lanes)
+        .min(loads);
     if lanes > 1 {
         // Tables and types are created one at a time first: two sessions creating the
         // same schema or type at once can fail on the catalog's unique indexes.
@@ -125,8 +129,9 @@ pub(super) async fn take_snapshot(
 }
 
 /// How many table loads run at once when a snapshot has several (tables × PostgreSQL
-/// targets): one per core, at most four. Each takes a source session importing the
-/// exported snapshot and a connection to its target.
+/// targets) and the job does not say (`source.snapshot_parallel_tables`): one per core,
+/// at most four. Each takes a source session importing the exported snapshot and a
+/// connection to its target.
 fn snapshot_lanes() -> usize {
     std::thread::available_parallelism()
         .map_or(1, |n| n.get())

@@ -13,6 +13,7 @@
 //! dsn = "host=127.0.0.1 port=5432 user=postgres dbname=app"
 //! publication = "helios_tenants_3_7"
 //! slot = "helios_tenants_3_7"
+//! snapshot_parallel_tables = 2  # initial copy (default: one per core, at most 4)
 //! [tenants]
 //! column = "tenant_id"          # default
 //! include = [3, 7]              # or "all"
@@ -153,7 +154,19 @@ pub struct SourceSpec {
     pub publication: String,
     /// Replication slot name, `[a-z0-9_]{1,63}`.
     pub slot: String,
+    /// Tables (and targets) the initial snapshot loads at once, each load on a source
+    /// session of its own, `1..=16`. Default (`None`): one per core of the replicator's
+    /// host, at most four.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub snapshot_parallel_tables: Option<usize>,
 }
+
+/// Largest accepted `source.snapshot_parallel_tables`.
+pub const MAX_SNAPSHOT_PARALLEL_TABLES: usize = 16;
 
 /// Which tenants the job replicates and where their id lives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -418,6 +431,14 @@ impl JobSpec {
         check_dsn("source.dsn", &self.source.dsn)?;
         check_identifier("source.publication", &self.source.publication)?;
         check_slot("source.slot", &self.source.slot)?;
+        if let Some(n) = self.source.snapshot_parallel_tables {
+            if !(1..=MAX_SNAPSHOT_PARALLEL_TABLES).contains(&n) {
+                return Err(JobSpecError::invalid(
+                    "source.snapshot_parallel_tables",
+                    format!("must be between 1 and {MAX_SNAPSHOT_PARALLEL_TABLES}, got {n}"),
+                ));
+            }
+        }
 
         check_identifier("tenants.column", &self.tenants.column)?;
         if let TenantFilter::Only(ids) = &self.tenants.include {

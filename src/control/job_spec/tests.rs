@@ -271,6 +271,28 @@ fn max_in_flight_is_checked_and_only_for_postgres_sinks() {
 }
 
 #[test]
+fn snapshot_parallel_tables_is_checked() {
+    let with = |line: &str| valid_with("slot = \"slot_t\"", &format!("slot = \"slot_t\"\n{line}"));
+    let spec = JobSpec::from_toml_str(&with("snapshot_parallel_tables = 3")).expect("3 at once");
+    assert_eq!(spec.source.snapshot_parallel_tables, Some(3));
+    let spec = JobSpec::from_toml_str(VALID).expect("valid");
+    assert_eq!(spec.source.snapshot_parallel_tables, None, "the default");
+    for bad in [
+        "snapshot_parallel_tables = 0",
+        "snapshot_parallel_tables = 17",
+    ] {
+        let err = expect_err(&with(bad), "source.snapshot_parallel_tables");
+        assert!(err.to_string().contains("between 1 and 16"), "{err}");
+    }
+    for bad in [
+        "snapshot_parallel_tables = -1",
+        "snapshot_parallel_tables = \"many\"",
+    ] {
+        expect_err(&with(bad), "source.snapshot_parallel_tables");
+    }
+}
+
+#[test]
 fn unknown_keys() {
     let err = expect_err(
         &valid_with("slot = \"slot_t\"", "slot = \"slot_t\"\npasswd = \"x\""),
@@ -649,6 +671,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                         dsn,
                         publication,
                         slot,
+                        snapshot_parallel_tables: None,
                     },
                     tenants: TenantSpec { column, include },
                     tables,
