@@ -42,10 +42,8 @@
 //! so `{:?}` of a spec is safe to log.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fmt;
 
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
-use serde::ser::{SerializeSeq, Serializer};
+use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
 pub use super::secret::Dsn;
@@ -58,6 +56,7 @@ use crate::sinks::qos::rate_limit::SinkLimits;
 mod in_flight;
 mod nats;
 mod qos;
+mod tenant_filter;
 
 /// Column holding the tenant id when neither `tenants.column` nor a table's
 /// `tenant_column` says otherwise.
@@ -673,91 +672,6 @@ where
     T: Deserialize<'de>,
 {
     T::deserialize(de).map(Some)
-}
-
-// ---------------------------------------------------------------------------
-// Tenant filter (de)serialization: "all" | [int | string, ...]
-
-impl Serialize for TenantFilter {
-    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
-        match self {
-            TenantFilter::All => ser.serialize_str("all"),
-            TenantFilter::Only(ids) => {
-                let mut seq = ser.serialize_seq(Some(ids.len()))?;
-                for id in ids {
-                    // Ids that are the decimal text of an i64 are written as
-                    // integers (they read back to the same text).
-                    match id.parse::<i64>() {
-                        Ok(n) if n.to_string() == *id => seq.serialize_element(&n)?,
-                        _ => seq.serialize_element(id)?,
-                    }
-                }
-                seq.end()
-            }
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for TenantFilter {
-    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        de.deserialize_any(TenantFilterVisitor)
-    }
-}
-
-struct TenantFilterVisitor;
-
-impl<'de> Visitor<'de> for TenantFilterVisitor {
-    type Value = TenantFilter;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"all\" or an array of tenant ids (integers or strings)")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        if v == "all" {
-            Ok(TenantFilter::All)
-        } else {
-            Err(E::invalid_value(de::Unexpected::Str(v), &self))
-        }
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut ids = BTreeSet::new();
-        while let Some(TenantId(id)) = seq.next_element()? {
-            if ids.contains(&id) {
-                return Err(de::Error::custom(format_args!(
-                    "duplicate tenant id `{id}`"
-                )));
-            }
-            ids.insert(id);
-        }
-        Ok(TenantFilter::Only(ids))
-    }
-}
-
-/// One element of `tenants.include`, as text.
-struct TenantId(String);
-
-impl<'de> Deserialize<'de> for TenantId {
-    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = TenantId;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a tenant id (integer or string)")
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<TenantId, E> {
-                Ok(TenantId(v.to_string()))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<TenantId, E> {
-                Ok(TenantId(v.to_string()))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<TenantId, E> {
-                Ok(TenantId(v.to_owned()))
-            }
-        }
-        de.deserialize_any(V)
-    }
 }
 
 // ---------------------------------------------------------------------------
