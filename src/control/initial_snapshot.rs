@@ -67,16 +67,10 @@ pub(super) async fn take_snapshot(
         .unwrap_or_else(snapshot_lanes)
         .min(loads);
     if lanes > 1 {
-        // Tables and types are created one at a time first: two sessions creating the
-        // same schema or type at once can fail on the catalog's unique indexes.
-        for target in targets.iter() {
-            for (_, info, _) in &tables {
-                pg_apply::target_schema::ensure_shape(target, info).await?;
-            }
-        }
-        let work = tables.iter().flat_map(|(_, info, column)| {
-            (0..targets.len()).map(move |target| (info.clone(), column.clone(), target))
-        });
+        let shapes: Vec<(Arc<TableInfo>, String)> = tables
+            .iter()
+            .map(|(_, info, column)| (info.clone(), column.clone()))
+            .collect();
         let load_lanes = LoadLanes {
             job: &spec.name,
             source_dsn: dsn,
@@ -84,7 +78,7 @@ pub(super) async fn take_snapshot(
             target_dsns: &postgres_dsns(spec),
             include: &plan.include,
         };
-        bytes += load_lanes.run(work.collect(), lanes).await?;
+        bytes += load_lanes.load_all(targets, &shapes, lanes).await?;
     }
     for (table, info, column) in &tables {
         if lanes <= 1 {
@@ -170,6 +164,31 @@ struct LoadLanes<'a> {
 }
 
 impl LoadLanes<'_> {
+    /// Loads every table of `tables` (with its tenant column) into every target on
+    /// `lanes` lanes; `targets` are the job's connections to them, in `target_dsns`'
+    /// order. Returns bytes loaded.
+    async fn load_all(
+        &self,
+        targets: &[tokio_postgres::Client],
+        tables: &[(Arc<TableInfo>, String)],
+        lanes: usize,
+    ) -> Result<u64, JobError> {
+        // Tables and types are created one at a time first: two sessions creating the
+        // same schema or type at once can fail on the catalog's unique indexes.
+        for target in targets {
+            for (info, _) in tables {
+                pg_apply::target_schema::ensure_shape(target, info).await?;
+            }
+        }
+        let loads = tables
+            .iter()
+            .flat_map(|(info, column)| {
+                (0..targets.len()).map(move |target| (info.clone(), column.clone(), target))
+            })
+            .collect();
+        self.run(loads, lanes).await
+    }
+
     /// Runs `loads` (table, tenant column, target index) on `lanes` lanes, each taking
     /// the next load when it is done with one; returns bytes loaded. The first error ends
     /// every lane (their open target transactions roll back with their connections).

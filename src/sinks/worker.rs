@@ -259,8 +259,10 @@ pub async fn run_sink<S: Sink>(
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(RETRY_MAX);
     }
-    // `auto`'s last choice, decided again after every reconnect.
+    // `auto`'s last choice, decided again as the round trip changes (and shown in the
+    // stats from the start, before any group).
     let mut chosen = None;
+    groups_in_flight(&sink, pacing.pipeline, &mut chosen, &stats);
     let mut scheduler = Scheduler::new(pacing.policy.clone());
     let limiter = pacing.limiter.clone();
     let (max_rows, task) = (pacing.max_rows, pacing.task);
@@ -355,6 +357,8 @@ pub async fn run_sink<S: Sink>(
                         d = batches.recv() => d,
                         _ = tokio::time::sleep(IDLE_UPKEEP) => {
                             sink.upkeep(true).await;
+                            // An idle sink's round trip (sampled in its upkeep) stays current.
+                            groups_in_flight(&sink, pacing.pipeline, &mut chosen, &stats);
                             continue;
                         }
                     };

@@ -654,3 +654,38 @@ async fn auto_decides_again_after_a_reconnect() {
     assert_eq!(fixed.committed, (1..=12).collect::<Vec<_>>());
     assert_eq!(fixed.most_in_flight, 0, "a fixed setting stays");
 }
+
+/// The stats show the sink's round trip and the groups `auto` allows from the moment the
+/// task connects, and follow the round trip while the task idles (its upkeep samples it).
+#[tokio::test(start_paused = true)]
+async fn the_stats_show_the_round_trip_and_auto_s_choice_while_idle() {
+    let target = Arc::new(Mutex::new(PipelinedTarget {
+        round_trip: Some(Duration::from_millis(10)),
+        ..Default::default()
+    }));
+    let stats: Arc<SinkStats> = Arc::default();
+    let (tx, rx) = mpsc::channel(4);
+    let mut pacing = SinkPacing::fifo(Arc::default(), 1, 0);
+    pacing.pipeline = None;
+    let task = tokio::spawn(run_sink(
+        Pipelining(target.clone()),
+        rx,
+        stats.clone(),
+        Arc::default(),
+        pacing,
+        |_| {},
+    ));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(stats.round_trip_nanos.load(Relaxed), 10_000_000);
+    assert_eq!(
+        stats.max_in_flight.load(Relaxed),
+        AUTO_PIPELINE_DEPTH as u64
+    );
+    // The link got faster while nothing was sent.
+    target.lock().unwrap().round_trip = Some(Duration::from_micros(200));
+    tokio::time::sleep(IDLE_UPKEEP + Duration::from_secs(1)).await;
+    assert_eq!(stats.round_trip_nanos.load(Relaxed), 200_000);
+    assert_eq!(stats.max_in_flight.load(Relaxed), 1);
+    drop(tx);
+    task.await.unwrap();
+}
