@@ -257,6 +257,12 @@ pub fn job_detail(j: &JobStatus) -> String {
         out.push_str(&format!("reason: {r}\n"));
     }
     out.push_str(&format!("tables: {}\n", j.tables.join(", ")));
+    if let Some(s) = &j.snapshot {
+        out.push_str(&format!(
+            "snapshot: {}/{} table loads, {} rows, {} bytes\n",
+            s.loads_done, s.loads_total, s.rows, s.bytes
+        ));
+    }
     if !j.tenant_status.is_empty() {
         out.push_str(&format!(
             "{:<16} {:>16} {:>12} {:>9}\n",

@@ -3,6 +3,7 @@
 //! history, and NATS sinks), records that the snapshot is done, and starts streaming from
 //! the slot's consistent point (see `cdc::snapshot` for why nothing is missed or doubled).
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,6 +15,7 @@ use crate::cdc::transport::{ReplicationConnection, ReplicationStream};
 use crate::change::{format_lsn, Lsn, TableInfo};
 use crate::control::cold_history;
 use crate::control::history_start;
+use crate::control::job_control::SnapshotStatus;
 use crate::control::job_runner::{
     anchor_target, parquet_roots, postgres_dsns, record_snapshot_done, start_stream, Anchor,
     JobError,
@@ -24,6 +26,41 @@ use crate::operators::version::SysTime;
 use crate::sinks::nats::NatsSink;
 use crate::sinks::pg_apply;
 use crate::sinks::Sink;
+
+/// How far the snapshot got, for the job's status and progress lines.
+#[derive(Debug, Default)]
+pub struct SnapshotProgress {
+    loads_total: AtomicU64,
+    loads_done: AtomicU64,
+    rows: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl SnapshotProgress {
+    /// A new snapshot of `loads` table loads begins.
+    fn start(&self, loads: u64) {
+        self.loads_done.store(0, Relaxed);
+        self.rows.store(0, Relaxed);
+        self.bytes.store(0, Relaxed);
+        self.loads_total.store(loads, Relaxed);
+    }
+
+    fn done(&self, rows: u64) {
+        self.rows.fetch_add(rows, Relaxed);
+        self.loads_done.fetch_add(1, Relaxed);
+    }
+
+    /// The figures, `None` before any snapshot began.
+    pub fn status(&self) -> Option<SnapshotStatus> {
+        let loads_total = self.loads_total.load(Relaxed);
+        (loads_total > 0).then(|| SnapshotStatus {
+            loads_done: self.loads_done.load(Relaxed),
+            loads_total,
+            rows: self.rows.load(Relaxed),
+            bytes: self.bytes.load(Relaxed),
+        })
+    }
+}
 
 /// Creates the slot with an exported snapshot, loads every table into every target, and
 /// starts streaming from the consistent point.
@@ -36,6 +73,7 @@ pub(super) async fn take_snapshot(
         crate::control::job_spec::TableSpec,
         Arc<crate::change::TableInfo>,
     )],
+    progress: &SnapshotProgress,
 ) -> Result<(ReplicationStream, Lsn), JobError> {
     let dsn = spec.source.dsn.expose();
     let slot = &spec.source.slot;
@@ -61,6 +99,7 @@ pub(super) async fn take_snapshot(
         tables.push((table, Arc::new(info), column));
     }
     let loads = tables.len() * targets.len();
+    progress.start(loads as u64);
     let lanes = spec
         .source
         .snapshot_parallel_tables
@@ -77,13 +116,23 @@ pub(super) async fn take_snapshot(
             snapshot_name: &snap.snapshot_name,
             target_dsns: &postgres_dsns(spec),
             include: &plan.include,
+            progress,
         };
         bytes += load_lanes.load_all(targets, &shapes, lanes).await?;
     }
     for (table, info, column) in &tables {
         if lanes <= 1 {
             for target in targets.iter_mut() {
-                bytes += load_one(&spec.name, &copier, target, info, column, &plan.include).await?;
+                bytes += load_one(
+                    &spec.name,
+                    &copier,
+                    target,
+                    info,
+                    column,
+                    &plan.include,
+                    progress,
+                )
+                .await?;
             }
         }
         if let (Anchor::Cold(_), true) = (anchor, table.history) {
@@ -140,13 +189,17 @@ async fn load_one(
     info: &TableInfo,
     column: &str,
     include: &TenantFilter,
+    progress: &SnapshotProgress,
 ) -> Result<u64, JobError> {
     let open_source = move |binary| {
         let sql = snapshot::copy_out_sql(info, column, include, binary);
         async move { copier.copy_out(&sql).await }
     };
-    let loaded = pg_apply::snapshot::load_table(target, info, column, include, open_source).await?;
-    tracing::debug!(job, table = %info.qualified_name(), bytes = loaded.bytes, binary = loaded.binary, "table loaded into a target");
+    let loaded =
+        pg_apply::snapshot::load_table(target, info, column, include, open_source, &progress.bytes)
+            .await?;
+    progress.done(loaded.rows);
+    tracing::debug!(job, table = %info.qualified_name(), bytes = loaded.bytes, rows = loaded.rows, binary = loaded.binary, "table loaded into a target");
     Ok(loaded.bytes)
 }
 
@@ -161,6 +214,7 @@ struct LoadLanes<'a> {
     /// The job's PostgreSQL targets, in the order of the targets' indexes in the loads.
     target_dsns: &'a [String],
     include: &'a TenantFilter,
+    progress: &'a SnapshotProgress,
 }
 
 impl LoadLanes<'_> {
@@ -215,8 +269,16 @@ impl LoadLanes<'_> {
                     Some(client) => client,
                     None => pg_apply::sink::connect(&self.target_dsns[index]).await?,
                 };
-                bytes +=
-                    load_one(self.job, &copier, &mut target, &info, &column, self.include).await?;
+                bytes += load_one(
+                    self.job,
+                    &copier,
+                    &mut target,
+                    &info,
+                    &column,
+                    self.include,
+                    self.progress,
+                )
+                .await?;
                 targets[index] = Some(target);
             }
             copier

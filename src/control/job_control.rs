@@ -41,6 +41,19 @@ pub struct TenantStatus {
     pub lag_seconds: f64,
 }
 
+/// How far the job's initial snapshot got (the one this server process took last).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotStatus {
+    /// Table loads done (a table into one PostgreSQL target is one load).
+    pub loads_done: u64,
+    /// Table loads the snapshot has.
+    pub loads_total: u64,
+    /// Rows the targets took in the loads done.
+    pub rows: u64,
+    /// Bytes of COPY data sent so far, loads in progress included.
+    pub bytes: u64,
+}
+
 /// A job as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobStatus {
@@ -68,6 +81,9 @@ pub struct JobStatus {
     pub rows_total: u64,
     /// Failed apply attempts and stream interruptions since the server started.
     pub errors: u64,
+    /// The initial snapshot's progress while it runs, and its figures once done (`None`
+    /// when this server process took none for the job: it resumed from its checkpoints).
+    pub snapshot: Option<SnapshotStatus>,
     /// Per-tenant progress (empty for jobs over all tenants).
     pub tenant_status: Vec<TenantStatus>,
     /// The spec, with passwords redacted.

@@ -272,6 +272,7 @@ impl JobManager {
             rows_per_second: job.rows_per_second.lock().map(|r| *r).unwrap_or(0.0),
             rows_total: job.stats.rows_applied(),
             errors,
+            snapshot: job.stats.snapshot.status(),
             tenant_status,
             spec: redacted_spec(&job.spec),
         }

@@ -32,9 +32,10 @@ use crate::cdc::stream::{self, ConfirmedStore, ReaderIo, ReaderState, ReaderStat
 use crate::change::{format_lsn, Lsn};
 use crate::control::access::{self, AccessHub};
 use crate::control::history_start::{self, check_history_table};
+use crate::control::initial_snapshot::{self, SnapshotProgress};
 use crate::control::job_control::JobState;
 use crate::control::job_spec::{JobSpec, SinkSpec, TenantFilter};
-use crate::control::{cold_history, cold_progress, initial_snapshot};
+use crate::control::{cold_history, cold_progress};
 use crate::dataflow::host::DataflowHost;
 use crate::dataflow::worker::{JobDataflow, SinkPlace, SinkTarget};
 use crate::operators::access::SavedModel;
@@ -102,6 +103,8 @@ pub struct JobStats {
     pub errors: AtomicU64,
     /// The job's bi-temporal version books (empty unless a table keeps history).
     pub books: Arc<HistoryBooks>,
+    /// The initial snapshot's progress (this process's last one).
+    pub snapshot: SnapshotProgress,
     /// State and the reason for it (failure, or the last transient error).
     state: Mutex<(JobState, Option<String>)>,
     /// Access signals and hotness predictions of the running job.
@@ -118,6 +121,7 @@ impl JobStats {
             sinks: (0..sinks).map(|_| Default::default()).collect(),
             errors: AtomicU64::new(0),
             books: Default::default(),
+            snapshot: SnapshotProgress::default(),
             state: Mutex::new((JobState::Snapshotting, None)),
             access: Mutex::new(None),
             saved_model: Mutex::new(None),
@@ -401,7 +405,7 @@ async fn run_job_inner(
         if *control.borrow() == Desired::Stop {
             return Ok(());
         }
-        match prepare(spec, &plan, &anchor, &stats.books).await {
+        match prepare(spec, &plan, &anchor, &stats.books, &stats.snapshot).await {
             Ok(ready) => break ready,
             Err(e) if is_transient(&e) => {
                 stats.errors.fetch_add(1, Relaxed);
@@ -680,6 +684,7 @@ async fn prepare(
     plan: &TenantPlan,
     anchor: &Anchor,
     books: &Arc<HistoryBooks>,
+    snapshot: &SnapshotProgress,
 ) -> Result<(ReplicationStream, Lsn), JobError> {
     let dsn = spec.source.dsn.expose();
     let (slot, publication) = (&spec.source.slot, &spec.source.publication);
@@ -767,7 +772,7 @@ async fn prepare(
     }
     clear_snapshot(spec, anchor, &targets).await?;
     let (client, at) =
-        initial_snapshot::take_snapshot(spec, plan, anchor, &mut targets, &infos).await?;
+        initial_snapshot::take_snapshot(spec, plan, anchor, &mut targets, &infos, snapshot).await?;
     restore_history(spec, plan, anchor, &targets, &infos, at, books).await?;
     Ok((client, at))
 }
@@ -884,6 +889,13 @@ async fn print_progress(job: String, stats: Arc<JobStats>, every: Duration) {
         last_rows = rows;
         last = Instant::now();
         let errors: u64 = stats.sinks.iter().map(|s| s.errors.load(Relaxed)).sum();
+        if let (JobState::Snapshotting, Some(s)) = (stats.state().0, stats.snapshot.status()) {
+            println!(
+                "[{job}] snapshot loads={}/{} rows={} bytes={}",
+                s.loads_done, s.loads_total, s.rows, s.bytes
+            );
+            continue;
+        }
         println!(
             "[{job}] rows/s={rate:.0} rows={rows} lag={:.2}s lag_bytes={} confirmed={} in_flight={} sink_errors={errors}",
             stats.lag_seconds(),

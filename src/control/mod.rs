@@ -7,7 +7,7 @@ pub mod cold_progress;
 pub mod exports;
 pub mod history_query;
 pub mod history_start;
-mod initial_snapshot;
+pub mod initial_snapshot;
 pub mod job_control;
 pub mod job_manager;
 pub mod job_runner;

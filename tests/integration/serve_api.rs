@@ -274,6 +274,18 @@ fn two_jobs_pause_resume_and_delete_with_slot() {
     write_load(&env, 1, 500);
     converge(&env, "replica_a", "1, 2, 3");
     converge(&env, "replica_b", "4, 5");
+    // The snapshot's figures stay in the status: two tables into one target, the 40
+    // accounts of tenants 4 and 5 (the ledger was empty then).
+    let snapshot = &server.job_json("job_b")["snapshot"];
+    assert_eq!(snapshot["loads_done"], 2, "{snapshot}");
+    assert_eq!(snapshot["loads_total"], 2, "{snapshot}");
+    assert_eq!(snapshot["rows"], 40, "{snapshot}");
+    assert!(snapshot["bytes"].as_u64() > Some(0), "{snapshot}");
+    let (ok, shown) = server.cli(&["jobs", "show", "job_b"]);
+    assert!(
+        ok && shown.contains("snapshot: 2/2 table loads, 40 rows"),
+        "{shown}"
+    );
     assert_eq!(
         env.target
             .psql(

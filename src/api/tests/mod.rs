@@ -62,6 +62,12 @@ impl FakeControl {
             state: job.state,
             reason: Some(format!("could not connect to {}", spec.source.dsn.expose())),
             version: 1,
+            snapshot: Some(crate::control::job_control::SnapshotStatus {
+                loads_done: 1,
+                loads_total: 2,
+                rows: 40,
+                bytes: 4096,
+            }),
             tenant_status: tenants
                 .iter()
                 .filter(|t| *t != "all")

@@ -9,6 +9,8 @@
 //! integers), and no value passes through a text form that depends on session settings.
 //! Otherwise, and if the server refuses the binary data anyway, the table goes in text.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
 use futures_util::{SinkExt, Stream, StreamExt};
 use tokio_postgres::{Client, Transaction};
 
@@ -52,19 +54,23 @@ const COPY_CHUNK: usize = 64 * 1024;
 pub struct Loaded {
     /// Bytes of COPY data streamed.
     pub bytes: u64,
+    /// Rows the target took.
+    pub rows: u64,
     /// Whether they went in COPY's binary format.
     pub binary: bool,
 }
 
 /// Replaces the job's tenants' rows of `table` with the source's rows, streamed from the
 /// `COPY … TO STDOUT` that `open_source(binary)` starts (in the binary format when
-/// `binary` is true, see the module doc).
+/// `binary` is true, see the module doc). Adds the bytes it sends to `streamed` as it goes
+/// (a copy the target refuses and that goes again in text counts twice).
 pub async fn load_table<F, Fut, S>(
     client: &mut Client,
     table: &TableInfo,
     tenant_column: &str,
     include: &TenantFilter,
     mut open_source: F,
+    streamed: &AtomicU64,
 ) -> Result<Loaded, SinkError>
 where
     F: FnMut(bool) -> Fut,
@@ -91,13 +97,14 @@ where
     tx.batch_execute(&clear)
         .await
         .map_err(|e| sink_error("clear tenants before snapshot", &e))?;
-    let mut bytes = None;
+    // Bytes and rows of a binary copy the target took.
+    let mut binary_copy = None;
     if binary_copy_fits(&tx, table).await? {
         tx.batch_execute("SAVEPOINT helios_binary_copy")
             .await
             .map_err(|e| sink_error("snapshot savepoint", &e))?;
-        match copy_table(&tx, table, true, &mut open_source).await {
-            Ok(b) => bytes = Some(b),
+        match copy_table(&tx, table, true, &mut open_source, streamed).await {
+            Ok(copied) => binary_copy = Some(copied),
             Err(SinkError::Definite(reason)) => {
                 tracing::warn!(table = %table.qualified_name(), error = %reason, "the target refused the binary snapshot copy; copying the table as text");
                 tx.batch_execute("ROLLBACK TO SAVEPOINT helios_binary_copy")
@@ -107,15 +114,20 @@ where
             Err(other) => return Err(other),
         }
     }
-    let loaded = match bytes {
-        Some(bytes) => Loaded {
+    let loaded = match binary_copy {
+        Some((bytes, rows)) => Loaded {
             bytes,
+            rows,
             binary: true,
         },
-        None => Loaded {
-            bytes: copy_table(&tx, table, false, &mut open_source).await?,
-            binary: false,
-        },
+        None => {
+            let (bytes, rows) = copy_table(&tx, table, false, &mut open_source, streamed).await?;
+            Loaded {
+                bytes,
+                rows,
+                binary: false,
+            }
+        }
     };
     tx.commit()
         .await
@@ -138,13 +150,15 @@ async fn binary_copy_fits(tx: &Transaction<'_>, table: &TableInfo) -> Result<boo
         .all(|c| target.get(&c.name) == Some(&c.type_name)))
 }
 
-/// Streams the source's rows into `COPY … FROM STDIN` on `tx`; returns bytes loaded.
+/// Streams the source's rows into `COPY … FROM STDIN` on `tx`; returns the bytes and
+/// rows loaded.
 async fn copy_table<F, Fut, S>(
     tx: &Transaction<'_>,
     table: &TableInfo,
     binary: bool,
     open_source: &mut F,
-) -> Result<u64, SinkError>
+    streamed: &AtomicU64,
+) -> Result<(u64, u64), SinkError>
 where
     F: FnMut(bool) -> Fut,
     Fut: std::future::Future<Output = Result<S, tokio_postgres::Error>>,
@@ -175,21 +189,24 @@ where
         bytes += chunk.len() as u64;
         gathered.extend_from_slice(&chunk);
         if gathered.len() >= COPY_CHUNK {
+            streamed.fetch_add(gathered.len() as u64, Relaxed);
             sink.send(gathered.split().freeze())
                 .await
                 .map_err(|e| sink_error("write snapshot to target", &e))?;
         }
     }
     if !gathered.is_empty() {
+        streamed.fetch_add(gathered.len() as u64, Relaxed);
         sink.send(gathered.freeze())
             .await
             .map_err(|e| sink_error("write snapshot to target", &e))?;
     }
-    sink.as_mut()
+    let rows = sink
+        .as_mut()
         .finish()
         .await
         .map_err(|e| sink_error("finish snapshot copy", &e))?;
-    Ok(bytes)
+    Ok((bytes, rows))
 }
 
 #[cfg(test)]

@@ -55,11 +55,27 @@ async fn load(
         .expect("source table info");
     let mut target = connect(&cluster.dsn("dst")).await.expect("connect target");
     let (copier_ref, info_ref) = (&copier, &info);
-    let loaded = load_table(&mut target, &info, "tenant_id", include, move |binary| {
+    let streamed = std::sync::atomic::AtomicU64::new(0);
+    let open_source = move |binary| {
         let sql = copy_out_sql(info_ref, "tenant_id", include, binary);
         async move { copier_ref.copy_out(&sql).await }
-    })
+    };
+    let loaded = load_table(
+        &mut target,
+        &info,
+        "tenant_id",
+        include,
+        open_source,
+        &streamed,
+    )
     .await;
+    if let Ok(l) = &loaded {
+        assert_eq!(
+            streamed.into_inner(),
+            l.bytes,
+            "every byte counted as it went"
+        );
+    }
     // The source's session is fine afterwards, even after a copy the target refused.
     let one: i32 = copier
         .query_one("SELECT 1", &[])
@@ -91,6 +107,7 @@ async fn built_in_values_go_binary_and_arrive_unchanged() {
     let loaded = load(&cluster, &TenantFilter::All).await.expect("loaded");
     assert!(loaded.binary, "every column is binary-safe: {loaded:?}");
     assert!(loaded.bytes > 0);
+    assert_eq!(loaded.rows, 4);
     assert_eq!(ids(&cluster, "dst"), "1,2,3,4");
     assert_eq!(rows_as_text(&cluster, "dst"), rows_as_text(&cluster, "src"));
 
@@ -99,7 +116,9 @@ async fn built_in_values_go_binary_and_arrive_unchanged() {
         .psql("dst", "UPDATE app.t SET note = 'stale' WHERE id IN (2, 3)")
         .expect("make the target differ");
     let only = TenantFilter::Only(["2".to_string()].into_iter().collect());
-    assert!(load(&cluster, &only).await.expect("reloaded").binary);
+    let reloaded = load(&cluster, &only).await.expect("reloaded");
+    assert!(reloaded.binary);
+    assert_eq!(reloaded.rows, 2, "tenant 2's rows");
     let after = rows_as_text(&cluster, "dst");
     assert!(after.contains(",stale,"), "tenant 3 kept: {after}");
     assert_eq!(after.matches("stale").count(), 1, "{after}");
