@@ -523,6 +523,24 @@ async fn run_pipelined(
 
 /// [`run_pipelined`] on a given target model, with `setting` groups in flight (`None`:
 /// `auto`).
+/// A sink task over `target` (its reader's stats unused).
+fn spawn_pipelining(
+    target: &Arc<Mutex<PipelinedTarget>>,
+    rx: mpsc::Receiver<Delivery>,
+    stats: &Arc<SinkStats>,
+    pacing: SinkPacing,
+    on_durable: impl Fn(Lsn) + Send + Sync + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run_sink(
+        Pipelining(target.clone()),
+        rx,
+        stats.clone(),
+        Arc::default(),
+        pacing,
+        on_durable,
+    ))
+}
+
 async fn run_pipelined_on(target: PipelinedTarget, setting: Option<usize>) -> PipelinedTarget {
     let fail_once = target.fail_once;
     let target = Arc::new(Mutex::new(target));
@@ -543,14 +561,7 @@ async fn run_pipelined_on(target: PipelinedTarget, setting: Option<usize>) -> Pi
             reported.lock().unwrap().push(lsn);
         }
     };
-    let task = tokio::spawn(run_sink(
-        Pipelining(target.clone()),
-        rx,
-        stats.clone(),
-        Arc::default(),
-        pacing,
-        on_durable,
-    ));
+    let task = spawn_pipelining(&target, rx, &stats, pacing, on_durable);
     for lsn in 1..=12 {
         tx.send(batch(lsn, 1)).await.unwrap();
         if lsn % 4 == 0 {
@@ -667,14 +678,7 @@ async fn the_stats_show_the_round_trip_and_auto_s_choice_while_idle() {
     let (tx, rx) = mpsc::channel(4);
     let mut pacing = SinkPacing::fifo(Arc::default(), 1, 0);
     pacing.pipeline = None;
-    let task = tokio::spawn(run_sink(
-        Pipelining(target.clone()),
-        rx,
-        stats.clone(),
-        Arc::default(),
-        pacing,
-        |_| {},
-    ));
+    let task = spawn_pipelining(&target, rx, &stats, pacing, |_| {});
     tokio::time::sleep(Duration::from_millis(1)).await;
     assert_eq!(stats.round_trip_nanos.load(Relaxed), 10_000_000);
     assert_eq!(
