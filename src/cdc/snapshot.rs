@@ -77,17 +77,12 @@ pub fn copy_out_sql(
     let cols: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let name = quote_qualified(&table.schema, &table.name);
     let format = if binary { " (FORMAT binary)" } else { "" };
-    match include {
-        TenantFilter::All => format!("COPY {name} ({}) TO STDOUT{format}", cols.join(", ")),
-        TenantFilter::Only(tenants) => {
-            let list: Vec<String> = tenants.iter().map(|t| quote_literal(t)).collect();
-            format!(
-                "COPY (SELECT {} FROM {name} WHERE {}::text IN ({})) TO STDOUT{format}",
-                cols.join(", "),
-                quote_ident(tenant_column),
-                list.join(", ")
-            )
-        }
+    match include.sql_condition(tenant_column) {
+        None => format!("COPY {name} ({}) TO STDOUT{format}", cols.join(", ")),
+        Some(tenants) => format!(
+            "COPY (SELECT {} FROM {name} WHERE {tenants}) TO STDOUT{format}",
+            cols.join(", ")
+        ),
     }
 }
 
@@ -100,17 +95,9 @@ pub fn select_text_sql(table: &TableInfo, tenant_column: &str, include: &TenantF
         .map(|c| format!("{}::text", quote_ident(&c.name)))
         .collect();
     let name = quote_qualified(&table.schema, &table.name);
-    match include {
-        TenantFilter::All => format!("SELECT {} FROM {name}", cols.join(", ")),
-        TenantFilter::Only(tenants) => {
-            let list: Vec<String> = tenants.iter().map(|t| quote_literal(t)).collect();
-            format!(
-                "SELECT {} FROM {name} WHERE {}::text IN ({})",
-                cols.join(", "),
-                quote_ident(tenant_column),
-                list.join(", ")
-            )
-        }
+    match include.sql_condition(tenant_column) {
+        None => format!("SELECT {} FROM {name}", cols.join(", ")),
+        Some(tenants) => format!("SELECT {} FROM {name} WHERE {tenants}", cols.join(", ")),
     }
 }
 

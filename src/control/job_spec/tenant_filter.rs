@@ -1,5 +1,6 @@
 //! How `tenants.include` is read and written: `"all"`, or a list of tenant ids given as
-//! integers or strings (compared as text; a repeated id is an error).
+//! integers or strings (compared as text; a repeated id is an error); and the SQL
+//! condition that keeps the listed tenants' rows.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -9,6 +10,25 @@ use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 
 use super::TenantFilter;
+use crate::sql_text::{quote_ident, quote_literal};
+
+impl TenantFilter {
+    /// `"column"::text IN ('id', …)`, the condition that keeps the listed tenants' rows
+    /// (ids compare as text); `None` for all tenants.
+    pub fn sql_condition(&self, column: &str) -> Option<String> {
+        match self {
+            TenantFilter::All => None,
+            TenantFilter::Only(ids) => {
+                let list: Vec<String> = ids.iter().map(|t| quote_literal(t)).collect();
+                Some(format!(
+                    "{}::text IN ({})",
+                    quote_ident(column),
+                    list.join(", ")
+                ))
+            }
+        }
+    }
+}
 
 impl Serialize for TenantFilter {
     fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {

@@ -270,17 +270,7 @@ pub fn close_versions<'a>(table: &TableInfo, rows: &[CloseRow<'a>]) -> Statement
 
 /// `col::text IN (...)` for a tenant filter; `None` for all tenants.
 pub fn tenant_predicate(column: &str, include: &TenantFilter) -> Option<String> {
-    match include {
-        TenantFilter::All => None,
-        TenantFilter::Only(ids) => {
-            let list: Vec<String> = ids.iter().map(|t| quote_literal(t)).collect();
-            Some(format!(
-                "{}::text IN ({})",
-                quote_ident(column),
-                list.join(", ")
-            ))
-        }
-    }
+    include.sql_condition(column)
 }
 
 /// SQL for a timestamptz column as µs since 2000-01-01 (±infinity as the i64 extremes).

@@ -795,16 +795,14 @@ impl Sink for PgApplySink {
     /// only logged: the next group finds a broken connection and reconnects.
     async fn upkeep(&mut self, _idle: bool) {
         let now = std::time::Instant::now();
-        if !self.round_trip.due(now) {
+        if !self.round_trip.due(now) || !self.unsettled.is_empty() {
             return;
         }
+        // Nothing in flight holds the connection either (a group's future owns a clone).
         let idle = |c: &&Arc<Client>| Arc::strong_count(c) == 1 && !c.is_closed();
         let Some(client) = self.client.as_ref().filter(idle) else {
             return;
         };
-        if !self.unsettled.is_empty() {
-            return;
-        }
         match round_trip::sample_live(client).await {
             Ok(sample) => self.round_trip.record(sample, now),
             Err(e) => {

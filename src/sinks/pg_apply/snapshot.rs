@@ -19,7 +19,7 @@ use crate::control::job_spec::TenantFilter;
 use crate::sinks::pg_apply::store::sink_error;
 use crate::sinks::pg_apply::target_schema::{ensure_shape, target_columns};
 use crate::sinks::SinkError;
-use crate::sql_text::{quote_ident, quote_literal, quote_qualified};
+use crate::sql_text::{quote_ident, quote_qualified};
 
 /// Built-in types (their OIDs are fixed in every PostgreSQL release) whose binary form
 /// holds only the value: numbers, text, time, JSON, network addresses, UUIDs, bits, and
@@ -83,16 +83,9 @@ where
         .map_err(|e| sink_error("begin snapshot load", &e))?;
     ensure_shape(&tx, table).await?;
     let name = quote_qualified(&table.schema, &table.name);
-    let clear = match include {
-        TenantFilter::All => format!("DELETE FROM {name}"),
-        TenantFilter::Only(tenants) => {
-            let list: Vec<String> = tenants.iter().map(|t| quote_literal(t)).collect();
-            format!(
-                "DELETE FROM {name} WHERE {}::text IN ({})",
-                quote_ident(tenant_column),
-                list.join(", ")
-            )
-        }
+    let clear = match include.sql_condition(tenant_column) {
+        None => format!("DELETE FROM {name}"),
+        Some(tenants) => format!("DELETE FROM {name} WHERE {tenants}"),
     };
     tx.batch_execute(&clear)
         .await
