@@ -272,6 +272,13 @@ pub trait Sink: Send + 'static {
         async {}
     }
 
+    /// Whether upkeep is due that needs nothing in flight (the PostgreSQL sink's
+    /// round-trip sample). A task whose pipeline never empties by itself settles its
+    /// groups in flight once for it, then sends again. The default: never.
+    fn upkeep_due(&self) -> bool {
+        false
+    }
+
     /// Before an apply: once it is durable, every transaction this sink task was handed
     /// up to `lsn` is durable (nothing earlier is still pending). A sink may record it with
     /// the apply instead of a checkpoint per tenant. The default ignores it.

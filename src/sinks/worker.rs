@@ -392,6 +392,15 @@ pub async fn run_sink<S: Sink>(
                 .await;
             continue;
         }
+        if in_flight.len() > 0 && sink.upkeep_due() {
+            // A backlog keeps the pipeline full, so its groups never settle to nothing by
+            // themselves: settle them once (one pipeline bubble per sample interval) so
+            // the upkeep runs with nothing in flight (see settle_oldest).
+            in_flight
+                .settle_all(&mut sink, &stats, &reader, &pacing, &on_durable)
+                .await;
+            continue;
+        }
         if let Some(linger) = pacing.linger {
             in_flight
                 .settle_all(&mut sink, &stats, &reader, &pacing, &on_durable)

@@ -3,7 +3,8 @@
 //!
 //! Measured when the sink connects (the shortest of a few empty queries), then sampled
 //! again on the live connection every [`SAMPLE_EVERY`] (one empty query, only while no
-//! group is in flight on it, so a sample never waits behind a transaction). The figure
+//! group is in flight on it, so a sample never waits behind a transaction; a pipeline
+//! kept full by a backlog is settled once for it, `Sink::upkeep_due`). The figure
 //! used is the shortest of the last [`WINDOW`] samples: a sample taken while the machine
 //! is busy only reads long, never short, so the minimum ignores such noise; a round trip
 //! that falls shows at once, one that rises once the window holds only later samples
@@ -59,6 +60,13 @@ impl RoundTripWindow {
         }
         self.samples.push_back(sample);
         self.sampled_at = Some(now);
+    }
+
+    /// A sample that could not be taken at `now`: the next is due an interval later.
+    pub fn skipped(&mut self, now: Instant) {
+        if self.sampled_at.is_some() {
+            self.sampled_at = Some(now);
+        }
     }
 
     /// Whether a connected window is due for another sample at `now`.
@@ -125,6 +133,19 @@ mod tests {
             !w.due(t0 + ms(150)),
             "the interval runs from the last sample"
         );
+    }
+
+    #[test]
+    fn a_skipped_sample_is_due_again_an_interval_later() {
+        let t0 = Instant::now();
+        let mut w = RoundTripWindow::new(ms(100));
+        w.skipped(t0);
+        assert!(!w.due(t0 + ms(1000)), "still not connected");
+        w.connected(ms(1), t0);
+        w.skipped(t0 + ms(150));
+        assert!(!w.due(t0 + ms(200)), "not retried before the interval");
+        assert!(w.due(t0 + ms(250)));
+        assert_eq!(w.current(), Some(ms(1)), "a skip is not a sample");
     }
 
     #[test]

@@ -90,6 +90,7 @@ async fn auto_follows_a_round_trip_that_changes_without_a_reconnect() {
     .await;
     let proxy = proxy.expect("proxy started");
     let connected = sink.round_trip().expect("measured at connect");
+    assert!(sink.upkeep_due(), "sampled on every upkeep (interval zero)");
     let slow = Duration::from_millis(10);
     assert!(connected < slow, "no delay yet: {connected:?}");
 
@@ -118,6 +119,10 @@ async fn auto_follows_a_round_trip_that_changes_without_a_reconnect() {
         sink.round_trip(),
         Some(rtt),
         "nothing sampled while in flight"
+    );
+    assert!(
+        sink.upkeep_due(),
+        "still due: the task settles its groups for it"
     );
     let outcome = flight.await;
     outcome.as_ref().expect("group applied");

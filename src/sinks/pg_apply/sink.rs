@@ -793,6 +793,11 @@ impl Sink for PgApplySink {
     /// Samples the round trip again when due, with no group in flight on the connection
     /// (a sample behind a transaction would time the transaction). A failed sample is
     /// only logged: the next group finds a broken connection and reconnects.
+    fn upkeep_due(&self) -> bool {
+        self.round_trip.due(std::time::Instant::now())
+            && self.client.as_ref().is_some_and(|c| !c.is_closed())
+    }
+
     async fn upkeep(&mut self, _idle: bool) {
         let now = std::time::Instant::now();
         if !self.round_trip.due(now) || !self.unsettled.is_empty() {
@@ -806,6 +811,8 @@ impl Sink for PgApplySink {
         match round_trip::sample_live(client).await {
             Ok(sample) => self.round_trip.record(sample, now),
             Err(e) => {
+                // Tried again after the interval, not before every group.
+                self.round_trip.skipped(now);
                 tracing::debug!(job = %self.job, worker = self.worker, error = %e, "round-trip sample failed")
             }
         }

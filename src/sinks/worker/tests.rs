@@ -433,6 +433,12 @@ struct PipelinedTarget {
     round_trip_on_reconnect: Option<Duration>,
     /// Calls of `reconnect`, the first connect included.
     connects: usize,
+    /// How often upkeep wants nothing in flight (a round-trip sample), if ever.
+    sample_every: Option<Duration>,
+    /// When the last sample was taken (or the first upkeep check).
+    sampled_at: Option<tokio::time::Instant>,
+    /// The groups in flight at each sample taken.
+    samples: Vec<usize>,
 }
 
 impl PipelinedTarget {
@@ -487,6 +493,26 @@ impl Sink for Pipelining {
 
     fn round_trip(&self) -> Option<Duration> {
         self.0.lock().unwrap().round_trip
+    }
+
+    fn upkeep_due(&self) -> bool {
+        let mut target = self.0.lock().unwrap();
+        let Some(every) = target.sample_every else {
+            return false;
+        };
+        let at = *target
+            .sampled_at
+            .get_or_insert_with(tokio::time::Instant::now);
+        at.elapsed() >= every
+    }
+
+    async fn upkeep(&mut self, _idle: bool) {
+        if self.upkeep_due() {
+            let mut target = self.0.lock().unwrap();
+            let in_flight = target.unsettled;
+            target.samples.push(in_flight);
+            target.sampled_at = Some(tokio::time::Instant::now());
+        }
     }
 
     async fn reconnect(&mut self) -> Result<(), SinkError> {
@@ -692,4 +718,43 @@ async fn the_stats_show_the_round_trip_and_auto_s_choice_while_idle() {
     assert_eq!(stats.max_in_flight.load(Relaxed), 1);
     drop(tx);
     task.await.unwrap();
+}
+
+/// A backlog that keeps the pipeline full still gets its round trip sampled every
+/// interval, each time with nothing in flight: the task settles its groups for it.
+#[tokio::test(start_paused = true)]
+async fn a_pipeline_kept_full_is_settled_for_each_due_sample() {
+    let target = Arc::new(Mutex::new(PipelinedTarget {
+        sample_every: Some(Duration::from_millis(50)),
+        ..Default::default()
+    }));
+    let stats: Arc<SinkStats> = Arc::default();
+    let (tx, rx) = mpsc::channel(8);
+    let mut pacing = SinkPacing::fifo(Arc::default(), 1, 0);
+    pacing.pipeline = Some(4);
+    let task = spawn_pipelining(&target, rx, &stats, pacing, |_| {});
+    // 400 one-row transactions, each a group taking 5 ms: about 0.5 s with 4 in flight,
+    // the channel never empty.
+    for lsn in 1..=400 {
+        tx.send(batch(lsn, 1)).await.unwrap();
+    }
+    drop(tx);
+    task.await.unwrap();
+    let target = target.lock().unwrap();
+    assert_eq!(target.committed, (1..=400).collect::<Vec<_>>());
+    assert!(
+        target.most_in_flight > 1,
+        "pipelined: {}",
+        target.most_in_flight
+    );
+    assert!(
+        target.samples.len() >= 6,
+        "sampled while busy: {:?}",
+        target.samples
+    );
+    assert!(
+        target.samples.iter().all(|&n| n == 0),
+        "each sample with nothing in flight: {:?}",
+        target.samples
+    );
 }
