@@ -63,7 +63,7 @@ pub struct Loaded {
 /// Replaces the job's tenants' rows of `table` with the source's rows, streamed from the
 /// `COPY … TO STDOUT` that `open_source(binary)` starts (in the binary format when
 /// `binary` is true, see the module doc). Adds the bytes it sends to `streamed` as it goes
-/// (a copy the target refuses and that goes again in text counts twice).
+/// (those of a binary copy the target refuses are taken off again before the text copy).
 pub async fn load_table<F, Fut, S>(
     client: &mut Client,
     table: &TableInfo,
@@ -96,10 +96,13 @@ where
         tx.batch_execute("SAVEPOINT helios_binary_copy")
             .await
             .map_err(|e| sink_error("snapshot savepoint", &e))?;
-        match copy_table(&tx, table, true, &mut open_source, streamed).await {
+        let mut sent = 0;
+        match copy_table(&tx, table, true, &mut open_source, streamed, &mut sent).await {
             Ok(copied) => binary_copy = Some(copied),
             Err(SinkError::Definite(reason)) => {
                 tracing::warn!(table = %table.qualified_name(), error = %reason, "the target refused the binary snapshot copy; copying the table as text");
+                // Rolled back: those bytes are not loaded.
+                streamed.fetch_sub(sent, Relaxed);
                 tx.batch_execute("ROLLBACK TO SAVEPOINT helios_binary_copy")
                     .await
                     .map_err(|e| sink_error("roll back the binary snapshot copy", &e))?;
@@ -114,7 +117,8 @@ where
             binary: true,
         },
         None => {
-            let (bytes, rows) = copy_table(&tx, table, false, &mut open_source, streamed).await?;
+            let (bytes, rows) =
+                copy_table(&tx, table, false, &mut open_source, streamed, &mut 0).await?;
             Loaded {
                 bytes,
                 rows,
@@ -144,13 +148,14 @@ async fn binary_copy_fits(tx: &Transaction<'_>, table: &TableInfo) -> Result<boo
 }
 
 /// Streams the source's rows into `COPY … FROM STDIN` on `tx`; returns the bytes and
-/// rows loaded.
+/// rows loaded. Each message's bytes are added to `streamed` and `sent` as it goes out.
 async fn copy_table<F, Fut, S>(
     tx: &Transaction<'_>,
     table: &TableInfo,
     binary: bool,
     open_source: &mut F,
     streamed: &AtomicU64,
+    sent: &mut u64,
 ) -> Result<(u64, u64), SinkError>
 where
     F: FnMut(bool) -> Fut,
@@ -183,6 +188,7 @@ where
         gathered.extend_from_slice(&chunk);
         if gathered.len() >= COPY_CHUNK {
             streamed.fetch_add(gathered.len() as u64, Relaxed);
+            *sent += gathered.len() as u64;
             sink.send(gathered.split().freeze())
                 .await
                 .map_err(|e| sink_error("write snapshot to target", &e))?;
@@ -190,6 +196,7 @@ where
     }
     if !gathered.is_empty() {
         streamed.fetch_add(gathered.len() as u64, Relaxed);
+        *sent += gathered.len() as u64;
         sink.send(gathered.freeze())
             .await
             .map_err(|e| sink_error("write snapshot to target", &e))?;

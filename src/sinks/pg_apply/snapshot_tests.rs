@@ -47,6 +47,16 @@ async fn load(
     cluster: &PgCluster,
     include: &TenantFilter,
 ) -> Result<crate::sinks::pg_apply::snapshot::Loaded, crate::sinks::SinkError> {
+    load_with(cluster, include, false).await
+}
+
+/// [`load`], with the binary copy's signature damaged on its way if `damage_binary`
+/// (data the target refuses, to exercise the fallback to text).
+async fn load_with(
+    cluster: &PgCluster,
+    include: &TenantFilter,
+    damage_binary: bool,
+) -> Result<crate::sinks::pg_apply::snapshot::Loaded, crate::sinks::SinkError> {
     let copier = catalog::connect(&cluster.dsn("src"))
         .await
         .expect("connect source");
@@ -56,9 +66,19 @@ async fn load(
     let mut target = connect(&cluster.dsn("dst")).await.expect("connect target");
     let (copier_ref, info_ref) = (&copier, &info);
     let streamed = std::sync::atomic::AtomicU64::new(0);
-    let open_source = move |binary| {
+    let open_source = move |binary: bool| {
         let sql = copy_out_sql(info_ref, "tenant_id", include, binary);
-        async move { copier_ref.copy_out(&sql).await }
+        let damage = binary && damage_binary;
+        async move {
+            use futures_util::StreamExt;
+            let copy = copier_ref.copy_out(&sql).await?;
+            Ok(copy.map(move |chunk| {
+                chunk.map(|b| match b.strip_prefix(b"PGCOPY".as_slice()) {
+                    Some(rest) if damage => [b"XXCOPY".as_slice(), rest].concat().into(),
+                    _ => b,
+                })
+            }))
+        }
     };
     let loaded = load_table(
         &mut target,
@@ -136,6 +156,19 @@ async fn a_user_type_or_another_target_type_goes_as_text() {
     );
     let loaded = load(&cluster, &TenantFilter::All).await.expect("loaded");
     assert!(!loaded.binary, "an enum's binary form differs by cluster");
+    assert_eq!(rows_as_text(&cluster, "dst"), rows_as_text(&cluster, "src"));
+}
+
+#[tokio::test]
+async fn binary_data_the_target_refuses_goes_again_as_text_and_is_counted_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = cluster(dir.path(), VALUES_DDL);
+    // `load_with` checks that the bytes counted equal the bytes of the text copy alone.
+    let loaded = load_with(&cluster, &TenantFilter::All, true)
+        .await
+        .expect("loaded as text");
+    assert!(!loaded.binary, "the refused binary copy was rolled back");
+    assert_eq!(loaded.rows, 4);
     assert_eq!(rows_as_text(&cluster, "dst"), rows_as_text(&cluster, "src"));
 }
 
