@@ -9,5 +9,6 @@ pub mod snapshot;
 pub mod source_stats;
 pub mod stream;
 pub mod stream_spool;
+pub mod table_parts;
 pub mod transport;
 pub mod user_types;

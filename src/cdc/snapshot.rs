@@ -13,6 +13,7 @@ use futures_util::Stream;
 use tokio_postgres::Client;
 
 use crate::cdc::error::CdcError;
+use crate::cdc::table_parts::PageRange;
 use crate::cdc::transport::ReplicationConnection;
 use crate::change::{parse_lsn, Lsn, TableInfo};
 use crate::control::job_spec::TenantFilter;
@@ -66,23 +67,32 @@ pub async fn begin_on_snapshot(client: &Client, snapshot_name: &str) -> Result<(
         .map_err(CdcError::query("open snapshot transaction"))
 }
 
-/// The `COPY … TO STDOUT` that reads the job's tenants' rows of `table`, in COPY's text
-/// format or (`binary`) its binary one.
+/// The `COPY … TO STDOUT` that reads the job's tenants' rows of `table` (of its pages
+/// `pages` only, for one part of a split table), in COPY's text format or (`binary`) its
+/// binary one.
 pub fn copy_out_sql(
     table: &TableInfo,
     tenant_column: &str,
     include: &TenantFilter,
+    pages: Option<PageRange>,
     binary: bool,
 ) -> String {
     let cols: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let name = quote_qualified(&table.schema, &table.name);
     let format = if binary { " (FORMAT binary)" } else { "" };
-    match include.sql_condition(tenant_column) {
-        None => format!("COPY {name} ({}) TO STDOUT{format}", cols.join(", ")),
-        Some(tenants) => format!(
-            "COPY (SELECT {} FROM {name} WHERE {tenants}) TO STDOUT{format}",
-            cols.join(", ")
-        ),
+    let conditions: Vec<String> = pages
+        .map(|p| p.sql_condition())
+        .into_iter()
+        .chain(include.sql_condition(tenant_column))
+        .collect();
+    if conditions.is_empty() {
+        format!("COPY {name} ({}) TO STDOUT{format}", cols.join(", "))
+    } else {
+        format!(
+            "COPY (SELECT {} FROM {name} WHERE {}) TO STDOUT{format}",
+            cols.join(", "),
+            conditions.join(" AND ")
+        )
     }
 }
 
@@ -157,16 +167,28 @@ mod tests {
         };
         let only = TenantFilter::Only(["3".to_string(), "7".to_string()].into_iter().collect());
         assert_eq!(
-            copy_out_sql(&table, "tenant_id", &only, false),
+            copy_out_sql(&table, "tenant_id", &only, None, false),
             "COPY (SELECT \"tenant_id\" FROM \"app\".\"t\" WHERE \"tenant_id\"::text IN ('3', '7')) TO STDOUT"
         );
         assert_eq!(
-            copy_out_sql(&table, "tenant_id", &TenantFilter::All, false),
+            copy_out_sql(&table, "tenant_id", &TenantFilter::All, None, false),
             "COPY \"app\".\"t\" (\"tenant_id\") TO STDOUT"
         );
         assert_eq!(
-            copy_out_sql(&table, "tenant_id", &TenantFilter::All, true),
+            copy_out_sql(&table, "tenant_id", &TenantFilter::All, None, true),
             "COPY \"app\".\"t\" (\"tenant_id\") TO STDOUT (FORMAT binary)"
+        );
+        let part = PageRange {
+            from: 10,
+            to: Some(20),
+        };
+        assert_eq!(
+            copy_out_sql(&table, "tenant_id", &TenantFilter::All, Some(part), true),
+            "COPY (SELECT \"tenant_id\" FROM \"app\".\"t\" WHERE ctid >= '(10,0)'::tid AND ctid < '(20,0)'::tid) TO STDOUT (FORMAT binary)"
+        );
+        assert_eq!(
+            copy_out_sql(&table, "tenant_id", &only, Some(part), false),
+            "COPY (SELECT \"tenant_id\" FROM \"app\".\"t\" WHERE ctid >= '(10,0)'::tid AND ctid < '(20,0)'::tid AND \"tenant_id\"::text IN ('3', '7')) TO STDOUT"
         );
     }
 }

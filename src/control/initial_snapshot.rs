@@ -11,6 +11,7 @@ use crate::cdc::catalog;
 use crate::cdc::error::CdcError;
 use crate::cdc::snapshot;
 use crate::cdc::stream;
+use crate::cdc::table_parts::{self, PageRange};
 use crate::cdc::transport::{ReplicationConnection, ReplicationStream};
 use crate::change::{format_lsn, Lsn, TableInfo};
 use crate::control::cold_history;
@@ -92,24 +93,40 @@ pub(super) async fn take_snapshot(
     snapshot::begin_on_snapshot(&copier, &snap.snapshot_name).await?;
     let mut bytes = 0u64;
     let mut streams = nats_snapshot_sinks(spec).await?;
-    let mut tables = Vec::with_capacity(spec.tables.len());
-    for table in &spec.tables {
-        let info = catalog::table_info(&copier, table.schema(), table.table()).await?;
-        let column = plan.tenant_columns[&table.name].clone();
-        tables.push((table, Arc::new(info), column));
-    }
-    let loads = tables.len() * targets.len();
-    progress.start(loads as u64);
-    let lanes = spec
+    let wanted = spec
         .source
         .snapshot_parallel_tables
-        .unwrap_or_else(snapshot_lanes)
-        .min(loads);
+        .unwrap_or_else(snapshot_lanes);
+    let split = spec.source.snapshot_split_tables
+        && wanted > 1
+        && !targets.is_empty()
+        && table_parts::scans_tid_ranges(&copier).await?;
+    let mut tables = Vec::with_capacity(spec.tables.len());
+    let mut shapes = Vec::with_capacity(spec.tables.len());
+    for table in &spec.tables {
+        let info = Arc::new(catalog::table_info(&copier, table.schema(), table.table()).await?);
+        let column = plan.tenant_columns[&table.name].clone();
+        let pages = if wanted > 1 {
+            table_parts::table_pages(&copier, &info).await?
+        } else {
+            0
+        };
+        let parts = table_parts::split_pages(pages, if split { wanted } else { 1 });
+        if parts.len() > 1 {
+            tracing::info!(job = %spec.name, table = %table.name, pages, parts = parts.len(), "initial copy of a large table split into parts loaded side by side");
+        }
+        shapes.push(LaneTable {
+            info: info.clone(),
+            column: column.clone(),
+            pages,
+            parts,
+        });
+        tables.push((table, info, column));
+    }
+    let loads: usize = shapes.iter().map(|t| t.parts.len()).sum::<usize>() * targets.len();
+    progress.start(loads as u64);
+    let lanes = wanted.min(loads);
     if lanes > 1 {
-        let shapes: Vec<(Arc<TableInfo>, String)> = tables
-            .iter()
-            .map(|(_, info, column)| (info.clone(), column.clone()))
-            .collect();
         let load_lanes = LoadLanes {
             job: &spec.name,
             source_dsn: dsn,
@@ -127,8 +144,8 @@ pub(super) async fn take_snapshot(
                     &spec.name,
                     &copier,
                     target,
-                    info,
-                    column,
+                    (info, column),
+                    None,
                     &plan.include,
                     progress,
                 )
@@ -181,32 +198,65 @@ fn snapshot_lanes() -> usize {
         .clamp(1, 4)
 }
 
-/// Loads one table into one target from `copier`'s snapshot; returns bytes loaded.
+/// Loads one table (or, with `part`, one part of a split table whose tenants' rows the
+/// target no longer holds) into one target from `copier`'s snapshot; returns bytes loaded.
 async fn load_one(
     job: &str,
     copier: &tokio_postgres::Client,
     target: &mut tokio_postgres::Client,
-    info: &TableInfo,
-    column: &str,
+    (info, column): (&TableInfo, &str),
+    part: Option<PageRange>,
     include: &TenantFilter,
     progress: &SnapshotProgress,
 ) -> Result<u64, JobError> {
     let open_source = move |binary| {
-        let sql = snapshot::copy_out_sql(info, column, include, binary);
+        let sql = snapshot::copy_out_sql(info, column, include, part, binary);
         async move { copier.copy_out(&sql).await }
     };
-    let loaded =
-        pg_apply::snapshot::load_table(target, info, column, include, open_source, &progress.bytes)
-            .await?;
+    let loaded = pg_apply::snapshot::load_table(
+        target,
+        info,
+        column,
+        include,
+        part.is_none(),
+        open_source,
+        &progress.bytes,
+    )
+    .await?;
     progress.done(loaded.rows);
-    tracing::debug!(job, table = %info.qualified_name(), bytes = loaded.bytes, rows = loaded.rows, binary = loaded.binary, "table loaded into a target");
+    tracing::debug!(job, table = %info.qualified_name(), ?part, bytes = loaded.bytes, rows = loaded.rows, binary = loaded.binary, "table loaded into a target");
     Ok(loaded.bytes)
+}
+
+/// A table of a snapshot that loads in lanes.
+struct LaneTable {
+    info: Arc<TableInfo>,
+    /// Its tenant column.
+    column: String,
+    /// Its size in pages when the snapshot began (0 if not read).
+    pages: u64,
+    /// The ranges of pages its parts load (one: the whole table, in one transaction).
+    parts: Vec<PageRange>,
+}
+
+/// One load of a lane: a table, or a part of one, into one target.
+struct LaneLoad {
+    info: Arc<TableInfo>,
+    column: String,
+    /// The target's index in `LoadLanes::target_dsns`.
+    target: usize,
+    /// The part's pages (`None`: the whole table).
+    part: Option<PageRange>,
+    /// About how many pages it reads (the larger loads go first).
+    pages: u64,
 }
 
 /// Table loads run side by side, each lane on a source session of its own that imports
 /// the exported snapshot (so every lane reads the same consistent state) and on
-/// connections of its own to the targets. Each table still loads in one target
-/// transaction; the snapshot is recorded done only after every lane has committed.
+/// connections of its own to the targets. Each table loads in one target transaction,
+/// or a large one split into parts (`cdc::table_parts`) in one per part after its
+/// tenants' rows were removed; the snapshot is recorded done only after every lane has
+/// committed (a restart loads every table again).
 struct LoadLanes<'a> {
     job: &'a str,
     source_dsn: &'a str,
@@ -218,39 +268,56 @@ struct LoadLanes<'a> {
 }
 
 impl LoadLanes<'_> {
-    /// Loads every table of `tables` (with its tenant column) into every target on
-    /// `lanes` lanes; `targets` are the job's connections to them, in `target_dsns`'
-    /// order. Returns bytes loaded.
+    /// Loads every table of `tables` (each whole or in its parts) into every target on
+    /// `lanes` lanes, the largest loads first; `targets` are the job's connections to
+    /// them, in `target_dsns`' order. Returns bytes loaded.
     async fn load_all(
         &self,
-        targets: &[tokio_postgres::Client],
-        tables: &[(Arc<TableInfo>, String)],
+        targets: &mut [tokio_postgres::Client],
+        tables: &[LaneTable],
         lanes: usize,
     ) -> Result<u64, JobError> {
         // Tables and types are created one at a time first: two sessions creating the
         // same schema or type at once can fail on the catalog's unique indexes.
-        for target in targets {
-            for (info, _) in tables {
-                pg_apply::target_schema::ensure_shape(target, info).await?;
+        for target in targets.iter_mut() {
+            for table in tables {
+                pg_apply::target_schema::ensure_shape(&*target, &table.info).await?;
+                if table.parts.len() > 1 {
+                    // Before any part: the parts only add rows.
+                    pg_apply::snapshot::clear_tenants(
+                        target,
+                        &table.info,
+                        &table.column,
+                        self.include,
+                    )
+                    .await?;
+                }
             }
         }
-        let loads = tables
-            .iter()
-            .flat_map(|(info, column)| {
-                (0..targets.len()).map(move |target| (info.clone(), column.clone(), target))
-            })
-            .collect();
+        let mut loads = Vec::new();
+        for table in tables {
+            let whole = table.parts.len() == 1;
+            for part in &table.parts {
+                for target in 0..targets.len() {
+                    loads.push(LaneLoad {
+                        info: table.info.clone(),
+                        column: table.column.clone(),
+                        target,
+                        part: (!whole).then_some(*part),
+                        pages: part.len(table.pages),
+                    });
+                }
+            }
+        }
+        // Longest first: the lanes end closer together.
+        loads.sort_by_key(|load| std::cmp::Reverse(load.pages));
         self.run(loads, lanes).await
     }
 
-    /// Runs `loads` (table, tenant column, target index) on `lanes` lanes, each taking
-    /// the next load when it is done with one; returns bytes loaded. The first error ends
-    /// every lane (their open target transactions roll back with their connections).
-    async fn run(
-        &self,
-        loads: Vec<(Arc<TableInfo>, String, usize)>,
-        lanes: usize,
-    ) -> Result<u64, JobError> {
+    /// Runs `loads` on `lanes` lanes, each taking the next load when it is done with one;
+    /// returns bytes loaded. The first error ends every lane (their open target
+    /// transactions roll back with their connections).
+    async fn run(&self, loads: Vec<LaneLoad>, lanes: usize) -> Result<u64, JobError> {
         let queue = std::sync::Mutex::new(loads.into_iter());
         let next = || {
             queue
@@ -264,7 +331,8 @@ impl LoadLanes<'_> {
             let mut targets: Vec<Option<tokio_postgres::Client>> =
                 self.target_dsns.iter().map(|_| None).collect();
             let mut bytes = 0u64;
-            while let Some((info, column, index)) = next() {
+            while let Some(load) = next() {
+                let index = load.target;
                 let mut target = match targets[index].take() {
                     Some(client) => client,
                     None => pg_apply::sink::connect(&self.target_dsns[index]).await?,
@@ -273,8 +341,8 @@ impl LoadLanes<'_> {
                     self.job,
                     &copier,
                     &mut target,
-                    &info,
-                    &column,
+                    (&load.info, &load.column),
+                    load.part,
                     self.include,
                     self.progress,
                 )

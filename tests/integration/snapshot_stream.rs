@@ -145,3 +145,92 @@ fn tables_that_share_a_new_schema_and_type_load_side_by_side() {
         repl.output()
     );
 }
+
+/// A large table's initial copy is split into ranges of pages that load side by side
+/// (after one transaction removes the job's tenants' rows on the target): every row of
+/// the job's tenants arrives once, stale target rows of those tenants are gone, another
+/// tenant's stay, and changes made while it loads follow in the stream.
+#[test]
+fn a_large_table_loads_in_parts_side_by_side() {
+    let env = Arc::new(Env::start(
+        "CREATE TABLE public.events (tenant_id int NOT NULL, id bigint NOT NULL, pad text, PRIMARY KEY (tenant_id, id));
+         INSERT INTO public.events SELECT g % 4, g, repeat('p', 200) || g FROM generate_series(1, 100000) g;",
+    ));
+    env.on_target(
+        "CREATE TABLE public.events (tenant_id int NOT NULL, id bigint NOT NULL, pad text, PRIMARY KEY (tenant_id, id));
+         INSERT INTO public.events VALUES (1, 999999, 'stale'), (2, 2, 'not this job''s tenant');",
+    );
+    let job = env.job_file("parts", "[0, 1]", &["public.events"]);
+    let text = std::fs::read_to_string(&job).expect("job file");
+    std::fs::write(
+        &job,
+        text.replace("[source]\n", "[source]\nsnapshot_parallel_tables = 2\n"),
+    )
+    .expect("job file with two lanes");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (env, stop) = (env.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                env.on_source(&format!(
+                    "UPDATE public.events SET pad = 'updated {n}' WHERE tenant_id = 1 AND id = {};",
+                    4 * n + 1
+                ));
+            }
+            n
+        })
+    };
+    let mut repl = Replicator::start_inline(&job);
+    wait_for("the job to stream", Duration::from_secs(90), || {
+        repl.output().contains("streaming")
+    });
+    stop.store(true, Ordering::Relaxed);
+    let updated = writer.join().expect("writer");
+    assert!(updated > 0, "updates while it loaded");
+    env.wait_converged(
+        "SELECT tenant_id, count(*), md5(string_agg(id || ':' || pad, ',' ORDER BY id)) FROM public.events \
+         WHERE tenant_id IN (0, 1) GROUP BY 1 ORDER BY 1",
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        env.on_target("SELECT count(*) FROM public.events WHERE id = 999999"),
+        "0",
+        "a stale row of the job's tenant is removed"
+    );
+    assert_eq!(
+        env.on_target("SELECT pad FROM public.events WHERE tenant_id = 2"),
+        "not this job's tenant",
+        "another tenant's rows stay"
+    );
+    // The log line, without its colours.
+    let out = repl.output();
+    let split = out
+        .lines()
+        .find(|l| l.contains("split into parts"))
+        .map(|l| {
+            let mut plain = String::new();
+            let mut chars = l.chars();
+            while let Some(c) = chars.next() {
+                if c == '\u{1b}' {
+                    chars.by_ref().find(|&c| c == 'm');
+                } else {
+                    plain.push(c);
+                }
+            }
+            plain
+        })
+        .unwrap_or_default();
+    assert!(
+        split.contains("parts=2"),
+        "the table was split in two:\n{out}"
+    );
+    assert_eq!(
+        repl.stop().code(),
+        Some(0),
+        "clean stop:\n{}",
+        repl.output()
+    );
+}

@@ -14,6 +14,7 @@
 //! publication = "helios_tenants_3_7"
 //! slot = "helios_tenants_3_7"
 //! snapshot_parallel_tables = 2  # initial copy (default: one per core, at most 4)
+//! snapshot_split_tables = true  # large tables in parts side by side (default)
 //! [tenants]
 //! column = "tenant_id"          # default
 //! include = [3, 7]              # or "all"
@@ -50,12 +51,14 @@ pub use super::secret::Dsn;
 pub use in_flight::{MaxInFlight, MAX_MAX_IN_FLIGHT};
 pub use nats::NatsSinkSpec;
 pub use qos::{LagBudgets, PredictorChoice, QosSpec};
+pub use source::{SourceSpec, MAX_SNAPSHOT_PARALLEL_TABLES};
 
 use crate::sinks::qos::rate_limit::SinkLimits;
 
 mod in_flight;
 mod nats;
 mod qos;
+mod source;
 mod tenant_filter;
 
 /// Column holding the tenant id when neither `tenants.column` nor a table's
@@ -143,29 +146,6 @@ impl HistorySpec {
 fn default_hot_window_secs() -> u64 {
     DEFAULT_HOT_WINDOW_SECS
 }
-
-/// The PostgreSQL database the job reads its change stream from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceSpec {
-    pub dsn: Dsn,
-    /// Publication name, `[a-z_][a-z0-9_]{0,62}`.
-    pub publication: String,
-    /// Replication slot name, `[a-z0-9_]{1,63}`.
-    pub slot: String,
-    /// Tables (and targets) the initial snapshot loads at once, each load on a source
-    /// session of its own, `1..=16`. Default (`None`): one per core of the replicator's
-    /// host, at most four.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present"
-    )]
-    pub snapshot_parallel_tables: Option<usize>,
-}
-
-/// Largest accepted `source.snapshot_parallel_tables`.
-pub const MAX_SNAPSHOT_PARALLEL_TABLES: usize = 16;
 
 /// Which tenants the job replicates and where their id lives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -427,17 +407,7 @@ impl JobSpec {
     pub fn validate(&self) -> Result<(), JobSpecError> {
         check_job_name("name", &self.name)?;
 
-        check_dsn("source.dsn", &self.source.dsn)?;
-        check_identifier("source.publication", &self.source.publication)?;
-        check_slot("source.slot", &self.source.slot)?;
-        if let Some(n) = self.source.snapshot_parallel_tables {
-            if !(1..=MAX_SNAPSHOT_PARALLEL_TABLES).contains(&n) {
-                return Err(JobSpecError::invalid(
-                    "source.snapshot_parallel_tables",
-                    format!("must be between 1 and {MAX_SNAPSHOT_PARALLEL_TABLES}, got {n}"),
-                ));
-            }
-        }
+        self.source.validate()?;
 
         check_identifier("tenants.column", &self.tenants.column)?;
         if let TenantFilter::Only(ids) = &self.tenants.include {

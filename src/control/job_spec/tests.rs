@@ -293,6 +293,31 @@ fn snapshot_parallel_tables_is_checked() {
 }
 
 #[test]
+fn snapshot_split_tables_is_checked_and_round_trips() {
+    let with = |line: &str| valid_with("slot = \"slot_t\"", &format!("slot = \"slot_t\"\n{line}"));
+    let spec = JobSpec::from_toml_str(VALID).expect("valid");
+    assert!(spec.source.snapshot_split_tables, "the default");
+    let off = JobSpec::from_toml_str(&with("snapshot_split_tables = false")).expect("off");
+    assert!(!off.source.snapshot_split_tables);
+    let json = serde_json::to_string(&off).expect("to JSON");
+    assert_eq!(JobSpec::from_json_str(&json).expect("from JSON"), off);
+    let toml_text = toml::to_string(&off).expect("to TOML");
+    assert_eq!(JobSpec::from_toml_str(&toml_text).expect("from TOML"), off);
+    assert!(
+        !serde_json::to_string(&spec)
+            .expect("to JSON")
+            .contains("snapshot_split_tables"),
+        "the default is left out"
+    );
+    for bad in [
+        "snapshot_split_tables = \"no\"",
+        "snapshot_split_tables = 1",
+    ] {
+        expect_err(&with(bad), "source.snapshot_split_tables");
+    }
+}
+
+#[test]
 fn unknown_keys() {
     let err = expect_err(
         &valid_with("slot = \"slot_t\"", "slot = \"slot_t\"\npasswd = \"x\""),
@@ -672,6 +697,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                         publication,
                         slot,
                         snapshot_parallel_tables: None,
+                        snapshot_split_tables: true,
                     },
                     tenants: TenantSpec { column, include },
                     tables,

@@ -1,6 +1,8 @@
 //! Loading the initial snapshot of one table into the target: in one target transaction,
 //! remove the job's tenants' rows and stream the source's `COPY … TO STDOUT` straight into
 //! `COPY … FROM STDIN`. Re-running it (after a crash mid-snapshot) gives the same result.
+//! A large table split into parts (`cdc::table_parts`) has its tenants' rows removed
+//! first, in a transaction of its own, and each part loaded in one of its own.
 //!
 //! The copy goes in COPY's binary format when both ends read every value the same way:
 //! every column of a built-in type whose binary form names no catalog object (see
@@ -60,15 +62,55 @@ pub struct Loaded {
     pub binary: bool,
 }
 
-/// Replaces the job's tenants' rows of `table` with the source's rows, streamed from the
-/// `COPY … TO STDOUT` that `open_source(binary)` starts (in the binary format when
-/// `binary` is true, see the module doc). Adds the bytes it sends to `streamed` as it goes
-/// (those of a binary copy the target refuses are taken off again before the text copy).
+/// Removes the job's tenants' rows of `table` from the target, in a transaction of its
+/// own: before the parts of a split table load (each with `replace == false`).
+pub async fn clear_tenants(
+    client: &mut Client,
+    table: &TableInfo,
+    tenant_column: &str,
+    include: &TenantFilter,
+) -> Result<(), SinkError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| sink_error("begin clearing tenants before snapshot", &e))?;
+    ensure_shape(&tx, table).await?;
+    clear_in(&tx, table, tenant_column, include).await?;
+    tx.commit()
+        .await
+        .map_err(|e| sink_error("commit clearing tenants before snapshot", &e))
+}
+
+/// `DELETE`s the job's tenants' rows of `table` in `tx`.
+async fn clear_in(
+    tx: &Transaction<'_>,
+    table: &TableInfo,
+    tenant_column: &str,
+    include: &TenantFilter,
+) -> Result<(), SinkError> {
+    let name = quote_qualified(&table.schema, &table.name);
+    let clear = match include.sql_condition(tenant_column) {
+        None => format!("DELETE FROM {name}"),
+        Some(tenants) => format!("DELETE FROM {name} WHERE {tenants}"),
+    };
+    tx.batch_execute(&clear)
+        .await
+        .map_err(|e| sink_error("clear tenants before snapshot", &e))
+}
+
+/// Loads the source's rows of `table`, streamed from the `COPY … TO STDOUT` that
+/// `open_source(binary)` starts (in the binary format when `binary` is true, see the
+/// module doc), in one target transaction. With `replace`, that transaction first
+/// removes the job's tenants' rows (the whole table's load); without, they were removed
+/// before ([`clear_tenants`]: one part of a split table). Adds the bytes it sends to
+/// `streamed` as it goes (those of a binary copy the target refuses are taken off again
+/// before the text copy).
 pub async fn load_table<F, Fut, S>(
     client: &mut Client,
     table: &TableInfo,
     tenant_column: &str,
     include: &TenantFilter,
+    replace: bool,
     mut open_source: F,
     streamed: &AtomicU64,
 ) -> Result<Loaded, SinkError>
@@ -82,14 +124,9 @@ where
         .await
         .map_err(|e| sink_error("begin snapshot load", &e))?;
     ensure_shape(&tx, table).await?;
-    let name = quote_qualified(&table.schema, &table.name);
-    let clear = match include.sql_condition(tenant_column) {
-        None => format!("DELETE FROM {name}"),
-        Some(tenants) => format!("DELETE FROM {name} WHERE {tenants}"),
-    };
-    tx.batch_execute(&clear)
-        .await
-        .map_err(|e| sink_error("clear tenants before snapshot", &e))?;
+    if replace {
+        clear_in(&tx, table, tenant_column, include).await?;
+    }
     // Bytes and rows of a binary copy the target took.
     let mut binary_copy = None;
     if binary_copy_fits(&tx, table).await? {
