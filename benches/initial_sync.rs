@@ -11,6 +11,8 @@
 //!   until the table's sync state is `r` (ready);
 //! - (b) ours, all tenants: from starting the job (which creates its slot and exports its
 //!   snapshot) until it streams, i.e. the snapshot is loaded and committed;
+//! - (b') the same with `snapshot_split_tables = false`: the table in one transaction
+//!   (by default a large table loads in parts side by side, one per core up to four);
 //! - (c) ours, 5 of 50 tenants (the copy filtered on the source);
 //! - (d) the subscription and (e) ours over the same rows in four tables of a quarter
 //!   each (the subscription syncs two tables at a time by default,
@@ -113,7 +115,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn bench(source: &PgCluster, target: &PgCluster, rows: i64) -> anyhow::Result<()> {
     source.create_database("bench")?;
-    for db in ["sub_a", "ours_b", "ours_c", "sub_d", "ours_e"] {
+    for db in ["sub_a", "ours_b", "ours_b1", "ours_c", "sub_d", "ours_e"] {
         target.create_database(db)?;
     }
     source.psql("bench", &create_tables())?;
@@ -149,20 +151,46 @@ async fn bench(source: &PgCluster, target: &PgCluster, rows: i64) -> anyhow::Res
     .await?;
     let one = ["bench.t"];
     let all = "\"all\"";
+    let whole = "snapshot_split_tables = false\n";
     let cases = vec![
         subscription(source, target, "sub_a", "pub_one", &one, rows).await?,
-        ours(source, target, "ours_b", all, &one, rows).await?,
         ours(
             source,
             target,
-            "ours_c",
+            ("(b) ours, 50 of 50 tenants", "ours_b", ""),
+            all,
+            &one,
+            rows,
+        )
+        .await?,
+        ours(
+            source,
+            target,
+            ("(b') ours, 50 of 50, one transaction", "ours_b1", whole),
+            all,
+            &one,
+            rows,
+        )
+        .await?,
+        ours(
+            source,
+            target,
+            ("(c) ours, 5 of 50 tenants", "ours_c", ""),
             &format!("[{}]", some.join(", ")),
             &one,
             some_rows,
         )
         .await?,
         subscription(source, target, "sub_d", "pub_four", &QUARTERS, rows).await?,
-        ours(source, target, "ours_e", all, &QUARTERS, rows).await?,
+        ours(
+            source,
+            target,
+            ("(e) ours, four tables", "ours_e", ""),
+            all,
+            &QUARTERS,
+            rows,
+        )
+        .await?,
     ];
     let table = render(&cases, rows);
     print!("{table}");
@@ -237,22 +265,17 @@ async fn subscription(
 async fn ours(
     source: &PgCluster,
     target: &PgCluster,
-    name: &str,
+    (label, name, source_settings): (&'static str, &str, &str),
     tenants: &str,
     tables: &[&str],
     rows: i64,
 ) -> anyhow::Result<Case> {
-    let label = match (tables.len(), tenants) {
-        (1, "\"all\"") => "(b) ours, 50 of 50 tenants",
-        (1, _) => "(c) ours, 5 of 50 tenants",
-        _ => "(e) ours, four tables",
-    };
     let listed: String = tables
         .iter()
         .map(|t| format!("[[tables]]\nname = \"{t}\"\n"))
         .collect();
     let spec = JobSpec::from_toml_str(&format!(
-        "name = \"{name}\"\n[source]\ndsn = \"{}\"\npublication = \"{name}\"\nslot = \"{name}\"\n\
+        "name = \"{name}\"\n[source]\ndsn = \"{}\"\npublication = \"{name}\"\nslot = \"{name}\"\n{source_settings}\
          [tenants]\ncolumn = \"tenant_id\"\ninclude = {tenants}\n{listed}\
          [[sinks]]\nkind = \"postgres\"\ndsn = \"{}\"\n",
         source.dsn("bench"),
@@ -290,6 +313,12 @@ async fn ours(
     }
     let seconds = started.elapsed().as_secs_f64();
     let cpu = process_cpu_seconds() - cpu_before;
+    if let Some(loaded) = stats.snapshot.status() {
+        println!(
+            "{label}: {} loads (a table or a part of one, into the target)",
+            loaded.loads_total
+        );
+    }
     let _ = control_tx.send(Desired::Stop);
     match job.await {
         Ok(Ok(())) => {}
