@@ -83,7 +83,7 @@ pub fn copy_out_sql(
     let conditions: Vec<String> = pages
         .map(|p| p.sql_condition())
         .into_iter()
-        .chain(include.sql_condition(tenant_column))
+        .chain(include.condition_on(table, tenant_column))
         .collect();
     if conditions.is_empty() {
         format!("COPY {name} ({}) TO STDOUT{format}", cols.join(", "))
@@ -105,7 +105,7 @@ pub fn select_text_sql(table: &TableInfo, tenant_column: &str, include: &TenantF
         .map(|c| format!("{}::text", quote_ident(&c.name)))
         .collect();
     let name = quote_qualified(&table.schema, &table.name);
-    match include.sql_condition(tenant_column) {
+    match include.condition_on(table, tenant_column) {
         None => format!("SELECT {} FROM {name}", cols.join(", ")),
         Some(tenants) => format!("SELECT {} FROM {name} WHERE {tenants}", cols.join(", ")),
     }
@@ -148,7 +148,7 @@ mod tests {
     use crate::change::{ColumnInfo, Identity};
 
     #[test]
-    fn copy_filters_by_tenant_text() {
+    fn copy_filters_by_tenant_and_pages() {
         let table = TableInfo {
             oid: 1,
             schema: "app".into(),
@@ -168,7 +168,7 @@ mod tests {
         let only = TenantFilter::Only(["3".to_string(), "7".to_string()].into_iter().collect());
         assert_eq!(
             copy_out_sql(&table, "tenant_id", &only, None, false),
-            "COPY (SELECT \"tenant_id\" FROM \"app\".\"t\" WHERE \"tenant_id\"::text IN ('3', '7')) TO STDOUT"
+            "COPY (SELECT \"tenant_id\" FROM \"app\".\"t\" WHERE \"tenant_id\" IN ('3', '7')) TO STDOUT"
         );
         assert_eq!(
             copy_out_sql(&table, "tenant_id", &TenantFilter::All, None, false),
@@ -188,7 +188,7 @@ mod tests {
         );
         assert_eq!(
             copy_out_sql(&table, "tenant_id", &only, Some(part), false),
-            "COPY (SELECT \"tenant_id\" FROM \"app\".\"t\" WHERE ctid >= '(10,0)'::tid AND ctid < '(20,0)'::tid AND \"tenant_id\"::text IN ('3', '7')) TO STDOUT"
+            "COPY (SELECT \"tenant_id\" FROM \"app\".\"t\" WHERE ctid >= '(10,0)'::tid AND ctid < '(20,0)'::tid AND \"tenant_id\" IN ('3', '7')) TO STDOUT"
         );
     }
 }

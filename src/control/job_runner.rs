@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, watch};
 use crate::cdc::catalog::{self, PublishedTable};
 use crate::cdc::error::CdcError;
 use crate::cdc::stream::{self, ConfirmedStore, ReaderIo, ReaderState, ReaderStats, SourceEvent};
-use crate::change::{format_lsn, Lsn};
+use crate::change::{format_lsn, Lsn, TableInfo};
 use crate::control::access::{self, AccessHub};
 use crate::control::history_start::{self, check_history_table};
 use crate::control::initial_snapshot::{self, SnapshotProgress};
@@ -47,7 +47,6 @@ use crate::sinks::pg_apply::{self, store};
 use crate::sinks::qos::rate_limit::SinkLimiter;
 use crate::sinks::worker::{SinkStats, RETRY_INITIAL, RETRY_MAX};
 use crate::sinks::SinkError;
-use crate::sql_text::{quote_ident, quote_literal};
 
 /// Default number of dataflow workers: half the machine's cores, at least one.
 ///
@@ -665,15 +664,16 @@ pub(super) async fn start_stream(
 /// (INSERT), which the dataflow applies like any other.
 pub fn tenant_row_filter(
     include: &TenantFilter,
+    table: &TableInfo,
     column: &str,
-    in_identity: bool,
 ) -> Option<String> {
-    match include {
-        TenantFilter::Only(tenants) if in_identity => {
-            let list: Vec<String> = tenants.iter().map(|t| quote_literal(t)).collect();
-            Some(format!("{} IN ({})", quote_ident(column), list.join(", ")))
-        }
-        _ => None,
+    let in_identity = table
+        .column_index(column)
+        .is_some_and(|i| table.columns[i].in_identity);
+    if in_identity {
+        include.condition_on(table, column)
+    } else {
+        None
     }
 }
 
@@ -698,22 +698,18 @@ async fn prepare(
             return Err(CdcError::Definite(format!("tables[{}]: {problem}", table.name)).into());
         }
         let column = &plan.tenant_columns[&info.qualified_name()];
-        let Some(position) = info.column_index(column) else {
+        if info.column_index(column).is_none() {
             return Err(CdcError::Definite(format!(
                 "tables[{}]: table {} has no tenant column `{column}`",
                 info.qualified_name(),
                 info.qualified_name()
             ))
             .into());
-        };
+        }
         published.push(PublishedTable {
             schema: info.schema.clone(),
             name: info.name.clone(),
-            row_filter: tenant_row_filter(
-                &plan.include,
-                column,
-                info.columns[position].in_identity,
-            ),
+            row_filter: tenant_row_filter(&plan.include, &info, column),
         });
         infos.push((table.clone(), Arc::new(info)));
     }

@@ -1,6 +1,6 @@
 //! How `tenants.include` is read and written: `"all"`, or a list of tenant ids given as
 //! integers or strings (compared as text; a repeated id is an error); and the SQL
-//! condition that keeps the listed tenants' rows.
+//! conditions that keep the listed tenants' rows.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -10,6 +10,7 @@ use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 
 use super::TenantFilter;
+use crate::change::TableInfo;
 use crate::sql_text::{quote_ident, quote_literal};
 
 impl TenantFilter {
@@ -28,6 +29,60 @@ impl TenantFilter {
             }
         }
     }
+
+    /// The condition that keeps the listed tenants' rows of `table` by its `column`, in a
+    /// form an index on (or a partitioning by) the column can serve where the column's
+    /// type allows: for an integer or UUID column, `"column" IN ('id', …)` with only the
+    /// ids that are a value's text form (canonical decimal within the type's range, or a
+    /// lowercase UUID; no other id can equal a value's text), the literals taking the
+    /// column's type; `false` if no id is. Any other type (or a column `table` lacks):
+    /// [`TenantFilter::sql_condition`]. `None` for all tenants.
+    pub fn condition_on(&self, table: &TableInfo, column: &str) -> Option<String> {
+        let TenantFilter::Only(ids) = self else {
+            return None;
+        };
+        let type_oid = table
+            .column_index(column)
+            .map(|i| table.columns[i].type_oid);
+        let Some(holds) = type_oid.and_then(text_form_check) else {
+            return self.sql_condition(column);
+        };
+        let list: Vec<String> = ids
+            .iter()
+            .filter(|id| holds(id))
+            .map(|id| quote_literal(id))
+            .collect();
+        if list.is_empty() {
+            return Some("false".to_owned());
+        }
+        Some(format!("{} IN ({})", quote_ident(column), list.join(", ")))
+    }
+}
+
+/// For a type whose values have exactly one text form each and whose literals compare
+/// as values (integers, UUIDs): the check that an id is such a text form.
+fn text_form_check(type_oid: u32) -> Option<fn(&str) -> bool> {
+    match type_oid {
+        21 => Some(is_integer_text::<i16>),
+        23 => Some(is_integer_text::<i32>),
+        20 => Some(is_integer_text::<i64>),
+        2950 => Some(is_uuid_text),
+        _ => None,
+    }
+}
+
+/// Whether `id` is how PostgreSQL writes some value of an integer type `T`.
+fn is_integer_text<T: std::str::FromStr + ToString>(id: &str) -> bool {
+    id.parse::<T>().is_ok_and(|n| n.to_string() == id)
+}
+
+/// Whether `id` is how PostgreSQL writes a UUID: 8-4-4-4-12 lowercase hex digits.
+fn is_uuid_text(id: &str) -> bool {
+    id.len() == 36
+        && id.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_digit() || ('a'..='f').contains(&c),
+        })
 }
 
 impl Serialize for TenantFilter {
@@ -109,5 +164,79 @@ impl<'de> Deserialize<'de> for TenantId {
             }
         }
         de.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::{ColumnInfo, Identity};
+
+    fn table_with(type_oid: u32) -> TableInfo {
+        TableInfo {
+            oid: 1,
+            schema: "app".into(),
+            name: "t".into(),
+            columns: vec![ColumnInfo {
+                name: "tenant_id".into(),
+                type_oid,
+                type_modifier: -1,
+                type_name: "x".into(),
+                in_identity: true,
+                missing_value: None,
+            }],
+            primary_key: vec![0],
+            identity: Identity::Default,
+            type_ddl: vec![],
+        }
+    }
+
+    fn only(ids: &[&str]) -> TenantFilter {
+        TenantFilter::Only(ids.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn integer_and_uuid_columns_compare_as_values() {
+        let ids = only(&["3", "07", "-5", "40000", "x"]);
+        assert_eq!(
+            ids.condition_on(&table_with(23), "tenant_id").as_deref(),
+            Some("\"tenant_id\" IN ('-5', '3', '40000')"),
+            "int4: '07' and 'x' are no int4's text"
+        );
+        assert_eq!(
+            ids.condition_on(&table_with(21), "tenant_id").as_deref(),
+            Some("\"tenant_id\" IN ('-5', '3')"),
+            "int2: 40000 is out of its range"
+        );
+        assert_eq!(
+            only(&["x", "007"])
+                .condition_on(&table_with(20), "tenant_id")
+                .as_deref(),
+            Some("false")
+        );
+        let uuids = only(&[
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11",
+        ]);
+        assert_eq!(
+            uuids
+                .condition_on(&table_with(2950), "tenant_id")
+                .as_deref(),
+            Some("\"tenant_id\" IN ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11')"),
+            "PostgreSQL writes UUIDs in lowercase"
+        );
+        // Text, and a column the table lacks: compared as text.
+        assert_eq!(
+            ids.condition_on(&table_with(25), "tenant_id"),
+            ids.sql_condition("tenant_id")
+        );
+        assert_eq!(
+            ids.condition_on(&table_with(23), "org_id"),
+            ids.sql_condition("org_id")
+        );
+        assert_eq!(
+            TenantFilter::All.condition_on(&table_with(23), "tenant_id"),
+            None
+        );
     }
 }

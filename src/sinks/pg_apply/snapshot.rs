@@ -89,7 +89,7 @@ async fn clear_in(
     include: &TenantFilter,
 ) -> Result<(), SinkError> {
     let name = quote_qualified(&table.schema, &table.name);
-    let clear = match include.sql_condition(tenant_column) {
+    let clear = match include.condition_on(table, tenant_column) {
         None => format!("DELETE FROM {name}"),
         Some(tenants) => format!("DELETE FROM {name} WHERE {tenants}"),
     };

@@ -298,3 +298,98 @@ async fn a_table_loaded_in_parts_arrives_whole() {
         "another tenant's rows stay"
     );
 }
+
+/// The tenant condition on an integer or UUID column compares values, so an index on the
+/// column serves it, and keeps the same rows as comparing text forms, whatever the ids.
+#[tokio::test]
+async fn a_typed_tenant_condition_keeps_the_same_rows_and_uses_the_index() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = cluster(
+        dir.path(),
+        "CREATE SCHEMA app;
+         CREATE TABLE app.t (tenant_id int NOT NULL, id bigint NOT NULL, u uuid, PRIMARY KEY (tenant_id, id));
+         INSERT INTO app.t SELECT g % 1000 - 5, g, md5((g % 7)::text)::uuid FROM generate_series(1, 100000) g;
+         CREATE INDEX ON app.t (u);
+         ANALYZE app.t;",
+    );
+    let copier = catalog::connect(&cluster.dsn("src"))
+        .await
+        .expect("connect source");
+    let info = catalog::table_info(&copier, "app", "t")
+        .await
+        .expect("table info");
+    let ids = |list: &[&str]| TenantFilter::Only(list.iter().map(|s| s.to_string()).collect());
+    let count = |condition: String| {
+        let copier = &copier;
+        async move {
+            let row = copier
+                .query_one(
+                    &format!("SELECT count(*) FROM app.t WHERE {condition}"),
+                    &[],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{condition}: {e}"));
+            row.get::<_, i64>(0)
+        }
+    };
+    let u3 = cluster
+        .psql("src", "SELECT md5('3')::uuid")
+        .expect("a uuid")
+        .trim()
+        .to_string();
+    for (column, list) in [
+        (
+            "tenant_id",
+            vec![
+                "7",
+                "03",
+                "+3",
+                " 3",
+                "3.0",
+                "-0",
+                "0",
+                "-5",
+                "99999999999",
+                "abc",
+            ],
+        ),
+        ("tenant_id", vec!["x"]),
+        ("u", vec![u3.as_str(), &u3.to_uppercase(), "{abc}", "3"]),
+    ] {
+        let include = ids(&list);
+        let typed = include.condition_on(&info, column).expect("a condition");
+        let as_text = include.sql_condition(column).expect("a condition");
+        assert_eq!(
+            count(typed.clone()).await,
+            count(as_text).await,
+            "{column} {list:?}: {typed}"
+        );
+    }
+    let plan = |condition: String| {
+        let copier = &copier;
+        async move {
+            let rows = copier
+                .query(
+                    &format!("EXPLAIN SELECT * FROM app.t WHERE {condition}"),
+                    &[],
+                )
+                .await
+                .expect("explain");
+            rows.iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    };
+    let one = ids(&["42"]);
+    let typed = plan(one.condition_on(&info, "tenant_id").expect("condition")).await;
+    assert!(
+        typed.contains("Index"),
+        "served by the primary key: {typed}"
+    );
+    let as_text = plan(one.sql_condition("tenant_id").expect("condition")).await;
+    assert!(
+        !as_text.contains("Index"),
+        "the text form reads every row: {as_text}"
+    );
+}
