@@ -25,7 +25,7 @@ use crate::control::job_spec::{JobSpec, SinkSpec, TenantFilter};
 use crate::operators::partition::TenantPlan;
 use crate::operators::version::SysTime;
 use crate::sinks::nats::NatsSink;
-use crate::sinks::pg_apply;
+use crate::sinks::pg_apply::{self, staged_table};
 use crate::sinks::Sink;
 
 /// How far the snapshot got, for the job's status and progress lines.
@@ -106,10 +106,10 @@ pub(super) async fn take_snapshot(
     for table in &spec.tables {
         let info = Arc::new(catalog::table_info(&copier, table.schema(), table.table()).await?);
         let column = plan.tenant_columns[&table.name].clone();
-        let pages = if wanted > 1 {
-            table_parts::table_pages(&copier, &info).await?
-        } else {
+        let pages = if targets.is_empty() {
             0
+        } else {
+            table_parts::table_pages(&copier, &info).await?
         };
         let parts = table_parts::split_pages(pages, if split { wanted } else { 1 });
         if parts.len() > 1 {
@@ -125,8 +125,7 @@ pub(super) async fn take_snapshot(
     }
     let loads: usize = shapes.iter().map(|t| t.parts.len()).sum::<usize>() * targets.len();
     progress.start(loads as u64);
-    let lanes = wanted.min(loads);
-    if lanes > 1 {
+    if loads > 0 {
         let load_lanes = LoadLanes {
             job: &spec.name,
             source_dsn: dsn,
@@ -135,23 +134,11 @@ pub(super) async fn take_snapshot(
             include: &plan.include,
             progress,
         };
-        bytes += load_lanes.load_all(targets, &shapes, lanes).await?;
+        bytes += load_lanes
+            .load_all(targets, &shapes, wanted.min(loads))
+            .await?;
     }
     for (table, info, column) in &tables {
-        if lanes <= 1 {
-            for target in targets.iter_mut() {
-                bytes += load_one(
-                    &spec.name,
-                    &copier,
-                    target,
-                    (info, column),
-                    None,
-                    &plan.include,
-                    progress,
-                )
-                .await?;
-            }
-        }
         if let (Anchor::Cold(_), true) = (anchor, table.history) {
             let rows =
                 cold_history::snapshot_table(&copier, &parquet_roots(spec), plan, table, info, at)
@@ -199,23 +186,24 @@ fn snapshot_lanes() -> usize {
 }
 
 /// Loads one table (or, with `part`, one part of a split table whose tenants' rows the
-/// target no longer holds) into one target from `copier`'s snapshot; returns bytes loaded.
+/// target no longer holds) from `copier`'s snapshot into `into` on one target (the table
+/// itself, or its staging table, `staged_table`); returns bytes loaded.
 async fn load_one(
     job: &str,
     copier: &tokio_postgres::Client,
     target: &mut tokio_postgres::Client,
-    (info, column): (&TableInfo, &str),
-    part: Option<PageRange>,
+    load: &LaneLoad,
     include: &TenantFilter,
     progress: &SnapshotProgress,
 ) -> Result<u64, JobError> {
+    let (info, column, part) = (&*load.info, &*load.column, load.part);
     let open_source = move |binary| {
         let sql = snapshot::copy_out_sql(info, column, include, part, binary);
         async move { copier.copy_out(&sql).await }
     };
     let loaded = pg_apply::snapshot::load_table(
         target,
-        info,
+        &load.into,
         column,
         include,
         part.is_none(),
@@ -224,7 +212,7 @@ async fn load_one(
     )
     .await?;
     progress.done(loaded.rows);
-    tracing::debug!(job, table = %info.qualified_name(), ?part, bytes = loaded.bytes, rows = loaded.rows, binary = loaded.binary, "table loaded into a target");
+    tracing::debug!(job, table = %info.qualified_name(), into = %load.into.name, ?part, bytes = loaded.bytes, rows = loaded.rows, binary = loaded.binary, "table loaded into a target");
     Ok(loaded.bytes)
 }
 
@@ -241,8 +229,11 @@ struct LaneTable {
 
 /// One load of a lane: a table, or a part of one, into one target.
 struct LaneLoad {
+    /// The source table.
     info: Arc<TableInfo>,
     column: String,
+    /// Where its rows go on the target: the table, or its staging table.
+    into: Arc<TableInfo>,
     /// The target's index in `LoadLanes::target_dsns`.
     target: usize,
     /// The part's pages (`None`: the whole table).
@@ -270,7 +261,9 @@ struct LoadLanes<'a> {
 impl LoadLanes<'_> {
     /// Loads every table of `tables` (each whole or in its parts) into every target on
     /// `lanes` lanes, the largest loads first; `targets` are the job's connections to
-    /// them, in `target_dsns`' order. Returns bytes loaded.
+    /// them, in `target_dsns`' order. A table a target lacks is loaded under a staging
+    /// name and published with its primary key once its loads are done
+    /// (`pg_apply::staged_table`). Returns bytes loaded.
     async fn load_all(
         &self,
         targets: &mut [tokio_postgres::Client],
@@ -279,30 +272,39 @@ impl LoadLanes<'_> {
     ) -> Result<u64, JobError> {
         // Tables and types are created one at a time first: two sessions creating the
         // same schema or type at once can fail on the catalog's unique indexes.
-        for target in targets.iter_mut() {
-            for table in tables {
-                pg_apply::target_schema::ensure_shape(&*target, &table.info).await?;
-                if table.parts.len() > 1 {
-                    // Before any part: the parts only add rows.
-                    pg_apply::snapshot::clear_tenants(
-                        target,
-                        &table.info,
-                        &table.column,
-                        self.include,
-                    )
-                    .await?;
-                }
-            }
-        }
         let mut loads = Vec::new();
-        for table in tables {
-            let whole = table.parts.len() == 1;
-            for part in &table.parts {
-                for target in 0..targets.len() {
+        let mut staged = Vec::new();
+        for (index, target) in targets.iter_mut().enumerate() {
+            for table in tables {
+                let into =
+                    match staged_table::stage_if_missing(target, &table.info, self.job).await? {
+                        Some(staging) => {
+                            let staging = Arc::new(staging);
+                            staged.push((index, table.info.clone(), staging.clone()));
+                            staging
+                        }
+                        None => {
+                            pg_apply::target_schema::ensure_shape(&*target, &table.info).await?;
+                            if table.parts.len() > 1 {
+                                // Before any part: the parts only add rows.
+                                pg_apply::snapshot::clear_tenants(
+                                    target,
+                                    &table.info,
+                                    &table.column,
+                                    self.include,
+                                )
+                                .await?;
+                            }
+                            table.info.clone()
+                        }
+                    };
+                let whole = table.parts.len() == 1;
+                for part in &table.parts {
                     loads.push(LaneLoad {
                         info: table.info.clone(),
                         column: table.column.clone(),
-                        target,
+                        into: into.clone(),
+                        target: index,
                         part: (!whole).then_some(*part),
                         pages: part.len(table.pages),
                     });
@@ -311,7 +313,12 @@ impl LoadLanes<'_> {
         }
         // Longest first: the lanes end closer together.
         loads.sort_by_key(|load| std::cmp::Reverse(load.pages));
-        self.run(loads, lanes).await
+        let bytes = self.run(loads, lanes.max(1)).await?;
+        for (index, table, staging) in staged {
+            staged_table::publish(&mut targets[index], &staging, &table).await?;
+            tracing::debug!(job = self.job, table = %table.qualified_name(), "loaded table published with its primary key");
+        }
+        Ok(bytes)
     }
 
     /// Runs `loads` on `lanes` lanes, each taking the next load when it is done with one;
@@ -341,8 +348,7 @@ impl LoadLanes<'_> {
                     self.job,
                     &copier,
                     &mut target,
-                    (&load.info, &load.column),
-                    load.part,
+                    &load,
                     self.include,
                     self.progress,
                 )

@@ -58,6 +58,19 @@ fn snapshot_then_stream_delivers_every_row_exactly_once() {
     assert_eq!(dupes, "0", "no row arrives twice");
     let others = env.on_target("SELECT count(*) FROM public.log WHERE tenant_id NOT IN (1, 2, 4)");
     assert_eq!(others, "0", "no other tenant's rows");
+    // `items` was missing on the target: loaded under a staging name, then published
+    // with the key CREATE TABLE would have given it; nothing staged is left.
+    assert_eq!(
+        env.on_target(
+            "SELECT conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint \
+             WHERE conrelid = 'public.items'::regclass"
+        ),
+        "items_pkey PRIMARY KEY (tenant_id, id)"
+    );
+    assert_eq!(
+        env.on_target("SELECT count(*) FROM pg_class WHERE relname LIKE 'helios_load%'"),
+        "0"
+    );
     assert_eq!(
         repl.stop().code(),
         Some(0),
@@ -154,13 +167,15 @@ fn tables_that_share_a_new_schema_and_type_load_side_by_side() {
 fn a_large_table_loads_in_parts_side_by_side() {
     let env = Arc::new(Env::start(
         "CREATE TABLE public.events (tenant_id int NOT NULL, id bigint NOT NULL, pad text, PRIMARY KEY (tenant_id, id));
-         INSERT INTO public.events SELECT g % 4, g, repeat('p', 200) || g FROM generate_series(1, 100000) g;",
+         INSERT INTO public.events SELECT g % 4, g, repeat('p', 200) || g FROM generate_series(1, 100000) g;
+         CREATE TABLE public.fresh (LIKE public.events INCLUDING ALL);
+         INSERT INTO public.fresh SELECT * FROM public.events;",
     ));
     env.on_target(
         "CREATE TABLE public.events (tenant_id int NOT NULL, id bigint NOT NULL, pad text, PRIMARY KEY (tenant_id, id));
          INSERT INTO public.events VALUES (1, 999999, 'stale'), (2, 2, 'not this job''s tenant');",
     );
-    let job = env.job_file("parts", "[0, 1]", &["public.events"]);
+    let job = env.job_file("parts", "[0, 1]", &["public.events", "public.fresh"]);
     let text = std::fs::read_to_string(&job).expect("job file");
     std::fs::write(
         &job,
@@ -190,10 +205,26 @@ fn a_large_table_loads_in_parts_side_by_side() {
     stop.store(true, Ordering::Relaxed);
     let updated = writer.join().expect("writer");
     assert!(updated > 0, "updates while it loaded");
-    env.wait_converged(
-        "SELECT tenant_id, count(*), md5(string_agg(id || ':' || pad, ',' ORDER BY id)) FROM public.events \
-         WHERE tenant_id IN (0, 1) GROUP BY 1 ORDER BY 1",
-        Duration::from_secs(60),
+    for table in ["events", "fresh"] {
+        env.wait_converged(
+            &format!(
+                "SELECT tenant_id, count(*), md5(string_agg(id || ':' || pad, ',' ORDER BY id)) \
+                 FROM public.{table} WHERE tenant_id IN (0, 1) GROUP BY 1 ORDER BY 1"
+            ),
+            Duration::from_secs(60),
+        );
+    }
+    // `fresh` was missing on the target: its parts went into a staging table published
+    // with its key once loaded.
+    assert_eq!(
+        env.on_target(
+            "SELECT conname FROM pg_constraint WHERE conrelid = 'public.fresh'::regclass"
+        ),
+        "fresh_pkey"
+    );
+    assert_eq!(
+        env.on_target("SELECT count(*) FROM pg_class WHERE relname LIKE 'helios_load%'"),
+        "0"
     );
     assert_eq!(
         env.on_target("SELECT count(*) FROM public.events WHERE id = 999999"),
@@ -227,6 +258,11 @@ fn a_large_table_loads_in_parts_side_by_side() {
         split.contains("parts=2"),
         "the table was split in two:\n{out}"
     );
+    let splits = out
+        .lines()
+        .filter(|l| l.contains("split into parts"))
+        .count();
+    assert_eq!(splits, 2, "both tables split:\n{out}");
     assert_eq!(
         repl.stop().code(),
         Some(0),

@@ -21,6 +21,9 @@ pub mod sink;
 pub mod snapshot;
 #[cfg(test)]
 mod snapshot_tests;
+pub mod staged_table;
+#[cfg(test)]
+mod staged_table_tests;
 pub mod statements;
 pub mod store;
 pub mod target_schema;

@@ -40,18 +40,19 @@ pub async fn target_columns(
 
 /// `CREATE TABLE` text for the source shape, with its primary key.
 pub fn create_table_sql(table: &TableInfo) -> String {
+    create_table_ddl(table, true)
+}
+
+/// `CREATE TABLE` text for the source shape (`with_key`: and its primary key), and its
+/// schema if missing.
+pub fn create_table_ddl(table: &TableInfo, with_key: bool) -> String {
     let mut defs: Vec<String> = table
         .columns
         .iter()
         .map(|c| format!("{} {}", quote_ident(&c.name), c.type_name))
         .collect();
-    if !table.primary_key.is_empty() {
-        let key: Vec<String> = table
-            .primary_key
-            .iter()
-            .map(|&i| quote_ident(&table.columns[i].name))
-            .collect();
-        defs.push(format!("PRIMARY KEY ({})", key.join(", ")));
+    if let (true, Some(key)) = (with_key, primary_key_list(table)) {
+        defs.push(format!("PRIMARY KEY ({key})"));
     }
     format!(
         "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {} ({})",
@@ -59,6 +60,47 @@ pub fn create_table_sql(table: &TableInfo) -> String {
         quote_qualified(&table.schema, &table.name),
         defs.join(", ")
     )
+}
+
+/// The primary key's columns, quoted and comma-separated (`None`: the table has none).
+pub fn primary_key_list(table: &TableInfo) -> Option<String> {
+    if table.primary_key.is_empty() {
+        return None;
+    }
+    let key: Vec<String> = table
+        .primary_key
+        .iter()
+        .map(|&i| quote_ident(&table.columns[i].name))
+        .collect();
+    Some(key.join(", "))
+}
+
+/// Creates the column types `table` needs on the target (its `type_ddl`).
+async fn create_types(client: &impl GenericClient, table: &TableInfo) -> Result<(), SinkError> {
+    for ddl in &table.type_ddl {
+        client.batch_execute(ddl).await.map_err(|e| {
+            sink_error(
+                &format!("create a column type of {}", table.qualified_name()),
+                &e,
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Creates the column types `table` needs on the target and its schema.
+pub async fn ensure_types_and_schema(
+    client: &impl GenericClient,
+    table: &TableInfo,
+) -> Result<(), SinkError> {
+    create_types(client, table).await?;
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {}",
+            quote_ident(&table.schema)
+        ))
+        .await
+        .map_err(|e| sink_error(&format!("create schema {}", table.schema), &e))
 }
 
 /// The DDL that brings a target table with `existing` columns to `table`'s shape.
@@ -94,14 +136,7 @@ pub async fn ensure_shape(
     client: &impl GenericClient,
     table: &TableInfo,
 ) -> Result<Vec<String>, SinkError> {
-    for ddl in &table.type_ddl {
-        client.batch_execute(ddl).await.map_err(|e| {
-            sink_error(
-                &format!("create a column type of {}", table.qualified_name()),
-                &e,
-            )
-        })?;
-    }
+    create_types(client, table).await?;
     match target_columns(client, &table.schema, &table.name).await? {
         None => {
             let sql = create_table_sql(table);

@@ -1,0 +1,134 @@
+//! A table the target lacks is loaded by the initial snapshot under a staging name and
+//! without its primary key, then gets the key and its real name in one transaction.
+//!
+//! Building the key's index once over the loaded rows (a sort) costs the target less than
+//! inserting every row into it as it arrives, and readers of the target never see the
+//! table half loaded: it appears whole, with its key. A load cut short leaves only the
+//! staging table (named after the source table's OID and the job, so two jobs never share
+//! one), which the next attempt drops and creates afresh.
+
+use std::fmt::Write as _;
+
+use sha2::{Digest, Sha256};
+use tokio_postgres::Client;
+
+use crate::change::TableInfo;
+use crate::sinks::pg_apply::store::sink_error;
+use crate::sinks::pg_apply::target_schema::{
+    create_table_ddl, ensure_types_and_schema, primary_key_list, target_columns,
+};
+use crate::sinks::SinkError;
+use crate::sql_text::{quote_ident, quote_qualified};
+
+/// Longest PostgreSQL identifier.
+const MAX_IDENTIFIER: usize = 63;
+
+/// The staging name of `table` for `job`: `helios_load_<source OID>_<job digest>`.
+pub fn staging_name(table: &TableInfo, job: &str) -> String {
+    let digest = Sha256::digest(job.as_bytes());
+    let mut name = format!("helios_load_{}_", table.oid);
+    for byte in &digest[..4] {
+        let _ = write!(name, "{byte:02x}");
+    }
+    name
+}
+
+/// If the target lacks `table` and the table has a primary key: creates its column types
+/// and schema, drops a staging table a cut-short attempt left, creates the staging table
+/// (the source's columns, no key) and returns its shape. `None`: load into `table` itself.
+pub async fn stage_if_missing(
+    client: &Client,
+    table: &TableInfo,
+    job: &str,
+) -> Result<Option<TableInfo>, SinkError> {
+    ensure_types_and_schema(client, table).await?;
+    if table.primary_key.is_empty()
+        || target_columns(client, &table.schema, &table.name)
+            .await?
+            .is_some()
+    {
+        return Ok(None);
+    }
+    let staging = TableInfo {
+        name: staging_name(table, job),
+        ..table.clone()
+    };
+    client
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {}; {}",
+            quote_qualified(&staging.schema, &staging.name),
+            create_table_ddl(&staging, false)
+        ))
+        .await
+        .map_err(|e| {
+            sink_error(
+                &format!("create staging table for {}", table.qualified_name()),
+                &e,
+            )
+        })?;
+    Ok(Some(staging))
+}
+
+/// Gives the loaded `staging` table `table`'s primary key (named as `CREATE TABLE` names
+/// it) and name, in one transaction. If `table` appeared meanwhile (another job created
+/// it), the staged rows go into it instead and the staging table is dropped.
+pub async fn publish(
+    client: &mut Client,
+    staging: &TableInfo,
+    table: &TableInfo,
+) -> Result<(), SinkError> {
+    let what = |step: &str| format!("{step} {}", table.qualified_name());
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| sink_error(&what("begin publishing"), &e))?;
+    let staged = quote_qualified(&staging.schema, &staging.name);
+    let sql = if target_columns(&tx, &table.schema, &table.name)
+        .await?
+        .is_none()
+    {
+        let key = primary_key_list(table).unwrap_or_default();
+        let constraint = format!("{}_pkey", table.name);
+        let named = if constraint.len() <= MAX_IDENTIFIER {
+            format!("CONSTRAINT {} ", quote_ident(&constraint))
+        } else {
+            String::new()
+        };
+        format!(
+            "ALTER TABLE {staged} ADD {named}PRIMARY KEY ({key}); ALTER TABLE {staged} RENAME TO {}",
+            quote_ident(&table.name)
+        )
+    } else {
+        let cols: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
+        let cols = cols.join(", ");
+        format!(
+            "INSERT INTO {} ({cols}) SELECT {cols} FROM {staged}; DROP TABLE {staged}",
+            quote_qualified(&table.schema, &table.name)
+        )
+    };
+    tx.batch_execute(&sql)
+        .await
+        .map_err(|e| sink_error(&what("publish the loaded"), &e))?;
+    tx.commit()
+        .await
+        .map_err(|e| sink_error(&what("commit publishing"), &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::fixtures;
+
+    #[test]
+    fn staging_names_are_per_table_and_job_and_fit() {
+        let mut t = fixtures::table("t", &[("tenant_id", "integer")], &[0]);
+        t.oid = u32::MAX;
+        let a = staging_name(&t, "job-a");
+        assert_eq!(a.len(), "helios_load_4294967295_".len() + 8);
+        assert!(a.len() <= MAX_IDENTIFIER, "{a}");
+        assert_ne!(a, staging_name(&t, "job-b"));
+        assert_eq!(a, staging_name(&t, "job-a"), "stable across attempts");
+        t.oid = 7;
+        assert_ne!(a, staging_name(&t, "job-a"));
+    }
+}

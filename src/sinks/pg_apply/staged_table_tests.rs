@@ -1,0 +1,138 @@
+//! Staging a table the target lacks, against a real PostgreSQL: a cut-short attempt's
+//! staging table is replaced, the published table has the key `CREATE TABLE` would have
+//! given it, and a table another job created meanwhile takes the staged rows.
+
+use crate::change::fixtures;
+use crate::embedded::pg_cluster::PgCluster;
+use crate::sinks::pg_apply::sink::connect;
+use crate::sinks::pg_apply::staged_table::{publish, stage_if_missing, staging_name};
+
+fn target(dir: &std::path::Path) -> PgCluster {
+    use std::os::unix::fs::PermissionsExt;
+    // The server may run as another user (we are root): let it reach its directory.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let cluster = PgCluster::start(&dir.join("pg")).expect("start cluster");
+    cluster.create_database("dst").expect("create dst");
+    cluster
+}
+
+#[tokio::test]
+async fn a_missing_table_is_staged_then_published_with_its_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = target(dir.path());
+    let mut client = connect(&cluster.dsn("dst")).await.expect("connect");
+    let table = fixtures::table(
+        "orders",
+        &[("tenant_id", "integer"), ("id", "bigint"), ("note", "text")],
+        &[0, 1],
+    );
+    let staging_of = staging_name(&table, "job");
+
+    // A first attempt staged rows and was cut short.
+    let first = stage_if_missing(&client, &table, "job")
+        .await
+        .expect("staged")
+        .expect("missing, so staged");
+    assert_eq!(first.name, staging_of);
+    cluster
+        .psql(
+            "dst",
+            &format!("INSERT INTO app.{staging_of} VALUES (1, 1, 'cut short')"),
+        )
+        .expect("rows of the first attempt");
+    // The next attempt starts from an empty staging table.
+    let staging = stage_if_missing(&client, &table, "job")
+        .await
+        .expect("staged")
+        .expect("still missing");
+    let count = |sql: &str| cluster.psql("dst", sql).expect("query").trim().to_string();
+    assert_eq!(
+        count(&format!("SELECT count(*) FROM app.{staging_of}")),
+        "0"
+    );
+    assert_eq!(
+        count(&format!(
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = 'app.{staging_of}'::regclass"
+        )),
+        "0",
+        "staged without its key"
+    );
+    cluster
+        .psql(
+            "dst",
+            &format!("INSERT INTO app.{staging_of} VALUES (1, 1, 'a'), (1, 2, 'b')"),
+        )
+        .expect("load");
+    publish(&mut client, &staging, &table)
+        .await
+        .expect("published");
+    assert_eq!(
+        count("SELECT conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'app.orders'::regclass"),
+        "orders_pkey PRIMARY KEY (tenant_id, id)"
+    );
+    assert_eq!(
+        count("SELECT string_agg(note, ',' ORDER BY id) FROM app.orders"),
+        "a,b"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM pg_class WHERE relname LIKE 'helios_load%'"),
+        "0"
+    );
+    // Now the table exists: nothing to stage.
+    assert!(stage_if_missing(&client, &table, "job")
+        .await
+        .expect("checked")
+        .is_none());
+}
+
+#[tokio::test]
+async fn a_table_created_meanwhile_takes_the_staged_rows() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = target(dir.path());
+    let mut client = connect(&cluster.dsn("dst")).await.expect("connect");
+    let table = fixtures::table(
+        "orders",
+        &[("tenant_id", "integer"), ("id", "bigint")],
+        &[0, 1],
+    );
+    let staging = stage_if_missing(&client, &table, "job-a")
+        .await
+        .expect("staged")
+        .expect("missing");
+    cluster
+        .psql(
+            "dst",
+            &format!("INSERT INTO app.{} VALUES (1, 1), (1, 2)", staging.name),
+        )
+        .expect("load");
+    // Another job published the table first, with its tenant's rows.
+    cluster
+        .psql("dst", "CREATE TABLE app.orders (tenant_id integer, id bigint, PRIMARY KEY (tenant_id, id)); INSERT INTO app.orders VALUES (2, 1)")
+        .expect("the other job's table");
+    publish(&mut client, &staging, &table)
+        .await
+        .expect("published into it");
+    let count = |sql: &str| cluster.psql("dst", sql).expect("query").trim().to_string();
+    assert_eq!(
+        count(
+            "SELECT string_agg(tenant_id || ':' || id, ',' ORDER BY tenant_id, id) FROM app.orders"
+        ),
+        "1:1,1:2,2:1"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM pg_class WHERE relname LIKE 'helios_load%'"),
+        "0"
+    );
+}
+
+#[tokio::test]
+async fn a_keyless_table_is_not_staged() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = target(dir.path());
+    let client = connect(&cluster.dsn("dst")).await.expect("connect");
+    let table = fixtures::table("log", &[("tenant_id", "integer"), ("n", "bigint")], &[]);
+    assert!(stage_if_missing(&client, &table, "job")
+        .await
+        .expect("checked")
+        .is_none());
+}
