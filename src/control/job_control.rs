@@ -44,7 +44,8 @@ pub struct TenantStatus {
 /// How far the job's initial snapshot got (the one this server process took last).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotStatus {
-    /// Table loads done (a table into one PostgreSQL target is one load).
+    /// Table loads done (a table, or one part of a large table split into parts, into one
+    /// PostgreSQL target is one load).
     pub loads_done: u64,
     /// Table loads the snapshot has.
     pub loads_total: u64,
