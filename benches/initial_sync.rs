@@ -18,10 +18,12 @@
 //!   each (the subscription syncs two tables at a time by default,
 //!   `max_sync_workers_per_subscription`; we load up to one table per core at once).
 //!
-//! Prints seconds, rows/s, each case against (a), and our process's CPU seconds per
-//! million source rows (the bench's own polling included). The cases run one after the
-//! other, each into a database of its own; each run appends its table to
-//! `benches/results/initial_sync.md`.
+//! The cases run one after the other, each into a database of its own, in
+//! `HELIOS_BENCH_SYNC_ROUNDS` rounds (default 3; this machine's noise moves a single
+//! figure by up to a third). Prints each case's median seconds and rows/s, its ratio to
+//! the subscription case before it (the median of the rounds' ratios), our process's CPU
+//! seconds per million source rows (the bench's own polling included) and the seconds of
+//! every round; each run appends its table to `benches/results/initial_sync.md`.
 //! Run: `cargo bench --bench initial_sync`.
 
 use std::fmt::Write as _;
@@ -102,7 +104,17 @@ fn main() -> anyhow::Result<()> {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
     let source = PgCluster::start(&dir.path().join("source"))?;
     let target = PgCluster::start(&dir.path().join("target"))?;
-    let result = runtime.block_on(bench(&source, &target, rows));
+    let rounds = match std::env::var("HELIOS_BENCH_SYNC_ROUNDS") {
+        Ok(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=20).contains(n))
+            .with_context(|| {
+                format!("HELIOS_BENCH_SYNC_ROUNDS: a number of rounds from 1 to 20, got `{v}`")
+            })?,
+        Err(_) => 3,
+    };
+    let result = runtime.block_on(bench(&source, &target, rows, rounds));
     if result.is_err() {
         eprintln!(
             "source log:\n{}\ntarget log:\n{}",
@@ -113,11 +125,21 @@ fn main() -> anyhow::Result<()> {
     result
 }
 
-async fn bench(source: &PgCluster, target: &PgCluster, rows: i64) -> anyhow::Result<()> {
+async fn bench(
+    source: &PgCluster,
+    target: &PgCluster,
+    rows: i64,
+    rounds: usize,
+) -> anyhow::Result<()> {
     source.create_database("bench")?;
-    for db in ["sub_a", "ours_b", "ours_b1", "ours_c", "sub_d", "ours_e"] {
-        target.create_database(db)?;
-    }
+    // The subscription's launcher starts a worker at most every
+    // `wal_retrieve_retry_interval` (5 s): with subscriptions created back to back that
+    // wait, not the copy, would be timed.
+    let admin = connect(&target.dsn("postgres")).await?;
+    admin
+        .batch_execute("ALTER SYSTEM SET wal_retrieve_retry_interval = '50ms'")
+        .await?;
+    admin.batch_execute("SELECT pg_reload_conf()").await?;
     source.psql("bench", &create_tables())?;
     let src = connect(&source.dsn("bench")).await?;
     let written = Instant::now();
@@ -152,47 +174,60 @@ async fn bench(source: &PgCluster, target: &PgCluster, rows: i64) -> anyhow::Res
     let one = ["bench.t"];
     let all = "\"all\"";
     let whole = "snapshot_split_tables = false\n";
-    let cases = vec![
-        subscription(source, target, "sub_a", "pub_one", &one, rows).await?,
-        ours(
-            source,
-            target,
-            ("(b) ours, 50 of 50 tenants", "ours_b", ""),
-            all,
-            &one,
-            rows,
-        )
-        .await?,
-        ours(
-            source,
-            target,
-            ("(b') ours, 50 of 50, one transaction", "ours_b1", whole),
-            all,
-            &one,
-            rows,
-        )
-        .await?,
-        ours(
-            source,
-            target,
-            ("(c) ours, 5 of 50 tenants", "ours_c", ""),
-            &format!("[{}]", some.join(", ")),
-            &one,
-            some_rows,
-        )
-        .await?,
-        subscription(source, target, "sub_d", "pub_four", &QUARTERS, rows).await?,
-        ours(
-            source,
-            target,
-            ("(e) ours, four tables", "ours_e", ""),
-            all,
-            &QUARTERS,
-            rows,
-        )
-        .await?,
-    ];
-    let table = render(&cases, rows);
+    let mut runs = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        // Each round into databases, subscriptions, jobs and slots of its own.
+        let db = |name: &str| format!("{name}_{round}");
+        for name in ["sub_a", "ours_b", "ours_b1", "ours_c", "sub_d", "ours_e"] {
+            target.create_database(&db(name))?;
+        }
+        let cases = vec![
+            subscription(source, target, &db("sub_a"), "pub_one", &one, rows).await?,
+            ours(
+                source,
+                target,
+                ("(b) ours, 50 of 50 tenants", &db("ours_b"), ""),
+                all,
+                &one,
+                rows,
+            )
+            .await?,
+            ours(
+                source,
+                target,
+                (
+                    "(b') ours, 50 of 50, one transaction",
+                    &db("ours_b1"),
+                    whole,
+                ),
+                all,
+                &one,
+                rows,
+            )
+            .await?,
+            ours(
+                source,
+                target,
+                ("(c) ours, 5 of 50 tenants", &db("ours_c"), ""),
+                &format!("[{}]", some.join(", ")),
+                &one,
+                some_rows,
+            )
+            .await?,
+            subscription(source, target, &db("sub_d"), "pub_four", &QUARTERS, rows).await?,
+            ours(
+                source,
+                target,
+                ("(e) ours, four tables", &db("ours_e"), ""),
+                all,
+                &QUARTERS,
+                rows,
+            )
+            .await?,
+        ];
+        runs.push(cases);
+    }
+    let table = render(&runs, rows);
     print!("{table}");
     append_results(source, &table, rows)?;
     Ok(())
@@ -251,7 +286,8 @@ async fn subscription(
     if on_target != rows {
         bail!("{label}: {on_target} rows on the target, expected {rows}");
     }
-    tgt.batch_execute(&format!("ALTER SUBSCRIPTION {name} DISABLE"))
+    // Its slot goes with it: the next rounds need theirs.
+    tgt.batch_execute(&format!("DROP SUBSCRIPTION {name}"))
         .await?;
     Ok(Case {
         name: label,
@@ -330,6 +366,11 @@ async fn ours(
     if on_target != rows {
         bail!("{label}: {on_target} rows on the target, expected {rows}");
     }
+    // The job's slot would hold the source's WAL, and the next rounds need slots.
+    connect(&source.dsn("bench"))
+        .await?
+        .batch_execute(&format!("SELECT pg_drop_replication_slot('{name}')"))
+        .await?;
     Ok(Case {
         name: label,
         rows,
@@ -338,35 +379,63 @@ async fn ours(
     })
 }
 
-fn render(cases: &[Case], source_rows: i64) -> String {
+/// The table: each case's median over the rounds (seconds, rows/s, CPU), its ratio to the
+/// subscription case before it as the median of the rounds' ratios (each round's pair ran
+/// back to back), and its seconds in each round.
+fn render(runs: &[Vec<Case>], source_rows: i64) -> String {
     let mut out = String::new();
-    // Each of ours against the subscription case before it (the same tables).
-    let mut base = f64::NAN;
     let _ = writeln!(
         out,
-        "| case | rows on target | seconds | source rows/s | target rows/s | vs the subscription | our CPU s / M source rows |"
+        "| case | rows on target | seconds (median) | source rows/s | target rows/s | vs the subscription | our CPU s / M source rows | seconds by round |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
-    for c in cases {
-        if c.cpu.is_none() {
-            base = c.seconds;
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---|");
+    let Some(first) = runs.first() else {
+        return out;
+    };
+    // Each of ours against the subscription case before it (the same tables).
+    let mut base = 0;
+    for (i, case) in first.iter().enumerate() {
+        if case.cpu.is_none() {
+            base = i;
         }
-        let cpu = c.cpu.map_or_else(
-            || "n/a (server)".to_string(),
-            |s| format!("{:.2}", s / (source_rows as f64 / 1e6)),
+        let seconds: Vec<f64> = runs.iter().map(|r| r[i].seconds).collect();
+        let ratio = median(
+            runs.iter()
+                .map(|r| r[base].seconds / r[i].seconds)
+                .collect(),
         );
+        let cpu: Vec<f64> = runs.iter().filter_map(|r| r[i].cpu).collect();
+        let cpu = if cpu.is_empty() {
+            "n/a (server)".to_string()
+        } else {
+            format!("{:.2}", median(cpu) / (source_rows as f64 / 1e6))
+        };
+        let by_round: Vec<String> = seconds.iter().map(|s| format!("{s:.2}")).collect();
+        let median_s = median(seconds);
         let _ = writeln!(
             out,
-            "| {} | {} | {:.2} | {:.0} | {:.0} | {:.2} | {cpu} |",
-            c.name,
-            c.rows,
-            c.seconds,
-            source_rows as f64 / c.seconds,
-            c.rows as f64 / c.seconds,
-            base / c.seconds,
+            "| {} | {} | {:.2} | {:.0} | {:.0} | {:.2} | {cpu} | {} |",
+            case.name,
+            case.rows,
+            median_s,
+            source_rows as f64 / median_s,
+            case.rows as f64 / median_s,
+            ratio,
+            by_round.join(", "),
         );
     }
     out
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 /// Appends the run's table, with date, machine size, commit and server version, to
