@@ -274,7 +274,19 @@ impl LoadLanes<'_> {
         // same schema or type at once can fail on the catalog's unique indexes.
         let mut loads = Vec::new();
         let mut staged = Vec::new();
+        let mut schemas: Vec<&str> = tables.iter().map(|t| t.info.schema.as_str()).collect();
+        schemas.sort_unstable();
+        schemas.dedup();
         for (index, target) in targets.iter_mut().enumerate() {
+            let dropped = staged_table::drop_leftovers(target, self.job, &schemas).await?;
+            if dropped > 0 {
+                tracing::info!(
+                    job = self.job,
+                    target = index,
+                    dropped,
+                    "staging tables of an earlier attempt dropped"
+                );
+            }
             for table in tables {
                 let into =
                     match staged_table::stage_if_missing(target, &table.info, self.job).await? {

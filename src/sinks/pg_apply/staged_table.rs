@@ -25,12 +25,46 @@ const MAX_IDENTIFIER: usize = 63;
 
 /// The staging name of `table` for `job`: `helios_load_<source OID>_<job digest>`.
 pub fn staging_name(table: &TableInfo, job: &str) -> String {
+    format!("helios_load_{}_{}", table.oid, job_digest(job))
+}
+
+/// Eight hex digits of the job name's SHA-256: the end of the job's staging names.
+fn job_digest(job: &str) -> String {
     let digest = Sha256::digest(job.as_bytes());
-    let mut name = format!("helios_load_{}_", table.oid);
+    let mut hex = String::with_capacity(8);
     for byte in &digest[..4] {
-        let _ = write!(name, "{byte:02x}");
+        let _ = write!(hex, "{byte:02x}");
     }
-    name
+    hex
+}
+
+/// Drops every staging table `job` left in `schemas` on the target (a cut-short attempt,
+/// of a source table since dropped or recreated under another OID, say); returns how
+/// many. Run before a snapshot stages anything: no load of the job is in flight.
+pub async fn drop_leftovers(
+    client: &Client,
+    job: &str,
+    schemas: &[&str],
+) -> Result<u64, SinkError> {
+    let pattern = format!("helios\\_load\\_%\\_{}", job_digest(job));
+    let schemas: Vec<String> = schemas.iter().map(|s| s.to_string()).collect();
+    let rows = client
+        .query(
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind = 'r' AND n.nspname = ANY($1) AND c.relname LIKE $2",
+            &[&schemas, &pattern],
+        )
+        .await
+        .map_err(|e| sink_error("find staging tables left over", &e))?;
+    for row in &rows {
+        let name: String = row.get(0);
+        client
+            .batch_execute(&format!("DROP TABLE IF EXISTS {name}"))
+            .await
+            .map_err(|e| sink_error(&format!("drop staging table {name}"), &e))?;
+    }
+    Ok(rows.len() as u64)
 }
 
 /// If the target lacks `table` and the table has a primary key: creates its column types

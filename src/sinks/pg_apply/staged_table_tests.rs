@@ -5,7 +5,9 @@
 use crate::change::fixtures;
 use crate::embedded::pg_cluster::PgCluster;
 use crate::sinks::pg_apply::sink::connect;
-use crate::sinks::pg_apply::staged_table::{publish, stage_if_missing, staging_name};
+use crate::sinks::pg_apply::staged_table::{
+    drop_leftovers, publish, stage_if_missing, staging_name,
+};
 
 fn target(dir: &std::path::Path) -> PgCluster {
     use std::os::unix::fs::PermissionsExt;
@@ -135,4 +137,46 @@ async fn a_keyless_table_is_not_staged() {
         .await
         .expect("checked")
         .is_none());
+}
+
+/// A job's staging tables left by earlier attempts go, whatever table they were for;
+/// another job's and the job's other tables stay.
+#[tokio::test]
+async fn a_job_s_leftover_staging_tables_are_dropped() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = target(dir.path());
+    let client = connect(&cluster.dsn("dst")).await.expect("connect");
+    let mut table = fixtures::table("orders", &[("id", "bigint")], &[0]);
+    let mut names = Vec::new();
+    for (oid, job) in [(100, "job"), (200, "job"), (100, "other")] {
+        table.oid = oid;
+        names.push(staging_name(&table, job));
+    }
+    let ddl: Vec<String> = names
+        .iter()
+        .map(|n| format!("CREATE TABLE app.{n} (id bigint);"))
+        .collect();
+    cluster
+        .psql(
+            "dst",
+            &format!(
+                "CREATE SCHEMA app; {} CREATE TABLE app.helios_loader_job (id bigint);",
+                ddl.join(" ")
+            ),
+        )
+        .expect("leftovers");
+    let dropped = drop_leftovers(&client, "job", &["app", "elsewhere"])
+        .await
+        .expect("dropped");
+    assert_eq!(dropped, 2);
+    let left = cluster
+        .psql(
+            "dst",
+            "SELECT string_agg(relname, ',' ORDER BY relname COLLATE \"C\") FROM pg_class \
+             WHERE relnamespace = 'app'::regnamespace AND relkind = 'r'",
+        )
+        .expect("tables")
+        .trim()
+        .to_string();
+    assert_eq!(left, format!("{},helios_loader_job", names[2]));
 }
