@@ -125,38 +125,56 @@ pub(super) async fn take_snapshot(
     }
     let loads: usize = shapes.iter().map(|t| t.parts.len()).sum::<usize>() * targets.len();
     progress.start(loads as u64);
-    if loads > 0 {
+    // The PostgreSQL targets load on their lanes while the cold tier and NATS read the
+    // main snapshot session: they share no connection, so they run side by side.
+    let target_dsns = postgres_dsns(spec);
+    let postgres = async {
+        if loads == 0 {
+            return Ok(0);
+        }
         let load_lanes = LoadLanes {
             job: &spec.name,
             source_dsn: dsn,
             snapshot_name: &snap.snapshot_name,
-            target_dsns: &postgres_dsns(spec),
+            target_dsns: &target_dsns,
             include: &plan.include,
             progress,
         };
-        bytes += load_lanes
+        load_lanes
             .load_all(targets, &shapes, wanted.min(loads))
-            .await?;
-    }
-    for (table, info, column) in &tables {
-        if let (Anchor::Cold(_), true) = (anchor, table.history) {
-            let rows =
-                cold_history::snapshot_table(&copier, &parquet_roots(spec), plan, table, info, at)
-                    .await?;
-            tracing::info!(job = %spec.name, table = %table.name, versions = rows, "snapshot rows written to the cold tier as versions");
+            .await
+    };
+    let others = async {
+        let mut bytes = 0u64;
+        for (table, info, column) in &tables {
+            if let (Anchor::Cold(_), true) = (anchor, table.history) {
+                let rows = cold_history::snapshot_table(
+                    &copier,
+                    &parquet_roots(spec),
+                    plan,
+                    table,
+                    info,
+                    at,
+                )
+                .await?;
+                tracing::info!(job = %spec.name, table = %table.name, versions = rows, "snapshot rows written to the cold tier as versions");
+            }
+            if !streams.is_empty() {
+                bytes += publish_snapshot(
+                    &copier,
+                    &mut streams,
+                    info.clone(),
+                    column,
+                    &plan.include,
+                    snap.consistent_point,
+                )
+                .await?;
+            }
         }
-        if !streams.is_empty() {
-            bytes += publish_snapshot(
-                &copier,
-                &mut streams,
-                info.clone(),
-                column,
-                &plan.include,
-                snap.consistent_point,
-            )
-            .await?;
-        }
-    }
+        Ok::<u64, JobError>(bytes)
+    };
+    let (loaded, published) = futures_util::future::try_join(postgres, others).await?;
+    bytes += loaded + published;
     copier
         .batch_execute("COMMIT")
         .await
