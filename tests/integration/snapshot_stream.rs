@@ -270,3 +270,62 @@ fn a_large_table_loads_in_parts_side_by_side() {
         repl.output()
     );
 }
+
+/// A job killed while its snapshot loads a table the target lacks leaves no half-loaded
+/// table behind (the rows went to a staging table), and its next start loads the table
+/// whole, with its key, and drops what the killed attempt staged.
+#[test]
+fn a_snapshot_killed_mid_load_leaves_no_half_table_and_restarts_cleanly() {
+    let env = Env::start(
+        "CREATE TABLE public.big (tenant_id int NOT NULL, id bigint NOT NULL, pad text, PRIMARY KEY (tenant_id, id));
+         INSERT INTO public.big SELECT g % 4, g, repeat('b', 300) || g FROM generate_series(1, 400000) g;",
+    );
+    let job = env.job_file("killed", "[1, 2]", &["public.big"]);
+    let mut first = Replicator::start_inline(&job);
+    let staged = "SELECT count(*) FROM pg_class WHERE relname LIKE 'helios_load%'";
+    let started = std::time::Instant::now();
+    while env.try_on_target(staged).as_deref() != Some("1") {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no staging table:\n{}",
+            first.output()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    first.kill();
+    assert!(
+        !first.output().contains("streaming"),
+        "killed before the load ended:\n{}",
+        first.output()
+    );
+    assert_eq!(
+        env.on_target("SELECT to_regclass('public.big') IS NULL"),
+        "t",
+        "no half-loaded table under the real name"
+    );
+
+    let mut second = Replicator::start_inline(&job);
+    wait_for("the job to stream", Duration::from_secs(90), || {
+        second.output().contains("streaming")
+    });
+    env.wait_converged(
+        "SELECT tenant_id, count(*), md5(string_agg(id || pad, ',' ORDER BY id)) FROM public.big \
+         WHERE tenant_id IN (1, 2) GROUP BY 1 ORDER BY 1",
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        env.on_target("SELECT conname FROM pg_constraint WHERE conrelid = 'public.big'::regclass"),
+        "big_pkey"
+    );
+    assert_eq!(
+        env.on_target(staged),
+        "0",
+        "the killed attempt's staging table is gone"
+    );
+    assert_eq!(
+        second.stop().code(),
+        Some(0),
+        "clean stop:\n{}",
+        second.output()
+    );
+}
