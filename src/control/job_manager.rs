@@ -29,6 +29,7 @@ use crate::control::{exports, history_query};
 use crate::dataflow::host::DataflowHost;
 use crate::metrics::names::{SIDE_MERGED, SIDE_WRITTEN};
 use crate::metrics::{JobMetrics, MetricsRegistry};
+use crate::sinks::pg_apply::{self, staged_table};
 use crate::sinks::worker::TenantProgress;
 
 /// How often each job's figures are sampled.
@@ -595,6 +596,7 @@ impl JobControl for JobManager {
             .await;
         if drop_slot {
             drop_replication_slot(&job.spec).await?;
+            drop_staging_leftovers(&job.spec).await;
         }
         tracing::info!(job = id, drop_slot, "job deleted");
         Ok(())
@@ -846,6 +848,30 @@ async fn drop_replication_slot(spec: &JobSpec) -> Result<(), ControlError> {
         spec.source.slot,
         last.map(|e| e.to_string()).unwrap_or_default()
     )))
+}
+
+/// Drops the staging tables an unfinished initial snapshot of the job left on its
+/// PostgreSQL targets (`pg_apply::staged_table`). A target it cannot reach is logged, not
+/// an error: the job is gone either way.
+async fn drop_staging_leftovers(spec: &JobSpec) {
+    let mut schemas: Vec<&str> = spec.tables.iter().map(|t| t.schema()).collect();
+    schemas.sort_unstable();
+    schemas.dedup();
+    for (target, dsn) in job_runner::postgres_dsns(spec).iter().enumerate() {
+        let dropped = match pg_apply::sink::connect(dsn).await {
+            Ok(client) => staged_table::drop_leftovers(&client, &spec.name, &schemas).await,
+            Err(e) => Err(e),
+        };
+        match dropped {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(job = %spec.name, target, dropped = n, "staging tables of an unfinished snapshot dropped")
+            }
+            Err(e) => {
+                tracing::warn!(job = %spec.name, target, error = %e, "cannot drop the staging tables of an unfinished snapshot")
+            }
+        }
+    }
 }
 
 /// The codec figures of a job's compressed-stream sinks.

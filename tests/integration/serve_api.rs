@@ -340,8 +340,40 @@ fn two_jobs_pause_resume_and_delete_with_slot() {
         "{status}"
     );
 
+    // Staging tables an unfinished snapshot would leave (`helios_load_<oid>_<job digest>`):
+    // deleting job_a with its slot drops job_a's, not job_b's.
+    let leftover = |job: &str| {
+        format!(
+            "DO $$ BEGIN EXECUTE format('CREATE TABLE public.%I (id int)', \
+             'helios_load_1_' || substr(encode(sha256('{job}'::bytea), 'hex'), 1, 8)); END $$;"
+        )
+    };
+    for job in ["job_a", "job_b"] {
+        env.target
+            .psql("replica_a", &leftover(job))
+            .expect("a leftover staging table");
+    }
     let (ok, out) = server.cli(&["jobs", "stop", "job_a", "--drop-slot"]);
     assert!(ok, "stop: {out}");
+    let staged = env
+        .target
+        .psql(
+            "replica_a",
+            "SELECT string_agg(relname, ',') FROM pg_class WHERE relname LIKE 'helios_load%'",
+        )
+        .expect("staging tables");
+    let job_b_digest = env
+        .target
+        .psql(
+            "replica_a",
+            "SELECT substr(encode(sha256('job_b'::bytea), 'hex'), 1, 8)",
+        )
+        .expect("digest");
+    assert_eq!(
+        staged.trim(),
+        format!("helios_load_1_{}", job_b_digest.trim()),
+        "job_a's staging table dropped with the job, job_b's kept"
+    );
     assert_eq!(
         env.on_source("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'slot_job_a'"),
         "0"
