@@ -671,7 +671,7 @@ pub fn tenant_row_filter(
         .column_index(column)
         .is_some_and(|i| table.columns[i].in_identity);
     if in_identity {
-        include.condition_on(table, column)
+        include.row_filter_on(table, column)
     } else {
         None
     }

@@ -17,17 +17,7 @@ impl TenantFilter {
     /// `"column"::text IN ('id', …)`, the condition that keeps the listed tenants' rows
     /// (ids compare as text); `None` for all tenants.
     pub fn sql_condition(&self, column: &str) -> Option<String> {
-        match self {
-            TenantFilter::All => None,
-            TenantFilter::Only(ids) => {
-                let list: Vec<String> = ids.iter().map(|t| quote_literal(t)).collect();
-                Some(format!(
-                    "{}::text IN ({})",
-                    quote_ident(column),
-                    list.join(", ")
-                ))
-            }
-        }
+        self.listed(|ids| format!("{}::text IN ({ids})", quote_ident(column)))
     }
 
     /// The condition that keeps the listed tenants' rows of `table` by its `column`, in a
@@ -38,15 +28,30 @@ impl TenantFilter {
     /// column's type; `false` if no id is. Any other type (or a column `table` lacks):
     /// [`TenantFilter::sql_condition`]. `None` for all tenants.
     pub fn condition_on(&self, table: &TableInfo, column: &str) -> Option<String> {
+        self.value_condition(table, column)
+            .or_else(|| self.sql_condition(column))
+    }
+
+    /// A publication row filter keeping the listed tenants' rows: as
+    /// [`TenantFilter::condition_on`] for integer and UUID columns; any other type
+    /// compares `"column" IN ('id', …)` with the ids as literals of its type (a row filter
+    /// allows no cast whose result depends on settings, as `::text` of a time does; the
+    /// dataflow filters by text again, so this only narrows what the source sends).
+    pub fn row_filter_on(&self, table: &TableInfo, column: &str) -> Option<String> {
+        self.value_condition(table, column)
+            .or_else(|| self.listed(|ids| format!("{} IN ({ids})", quote_ident(column))))
+    }
+
+    /// For an integer or UUID `column`: `"column" IN (…)` with the ids that are a value's
+    /// text form, `false` if none is. `None` for all tenants and for other types.
+    fn value_condition(&self, table: &TableInfo, column: &str) -> Option<String> {
         let TenantFilter::Only(ids) = self else {
             return None;
         };
         let type_oid = table
             .column_index(column)
             .map(|i| table.columns[i].type_oid);
-        let Some(holds) = type_oid.and_then(text_form_check) else {
-            return self.sql_condition(column);
-        };
+        let holds = type_oid.and_then(text_form_check)?;
         let list: Vec<String> = ids
             .iter()
             .filter(|id| holds(id))
@@ -56,6 +61,17 @@ impl TenantFilter {
             return Some("false".to_owned());
         }
         Some(format!("{} IN ({})", quote_ident(column), list.join(", ")))
+    }
+
+    /// `form` of the quoted, comma-separated ids; `None` for all tenants.
+    fn listed(&self, form: impl FnOnce(String) -> String) -> Option<String> {
+        match self {
+            TenantFilter::All => None,
+            TenantFilter::Only(ids) => {
+                let list: Vec<String> = ids.iter().map(|t| quote_literal(t)).collect();
+                Some(form(list.join(", ")))
+            }
+        }
     }
 }
 
