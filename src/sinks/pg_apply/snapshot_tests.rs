@@ -42,6 +42,17 @@ fn ids(cluster: &PgCluster, database: &str) -> String {
         .to_string()
 }
 
+/// A session on `src` and its `app.t` as the catalog reads it.
+async fn source_table(cluster: &PgCluster) -> (tokio_postgres::Client, crate::change::TableInfo) {
+    let copier = catalog::connect(&cluster.dsn("src"))
+        .await
+        .expect("connect source");
+    let info = catalog::table_info(&copier, "app", "t")
+        .await
+        .expect("source table info");
+    (copier, info)
+}
+
 /// Loads `app.t` from `src` into `dst` as the job runner does.
 async fn load(
     cluster: &PgCluster,
@@ -57,12 +68,7 @@ async fn load_with(
     include: &TenantFilter,
     damage_binary: bool,
 ) -> Result<crate::sinks::pg_apply::snapshot::Loaded, crate::sinks::SinkError> {
-    let copier = catalog::connect(&cluster.dsn("src"))
-        .await
-        .expect("connect source");
-    let info = catalog::table_info(&copier, "app", "t")
-        .await
-        .expect("source table info");
+    let (copier, info) = source_table(cluster).await;
     let mut target = connect(&cluster.dsn("dst")).await.expect("connect target");
     let (copier_ref, info_ref) = (&copier, &info);
     let streamed = std::sync::atomic::AtomicU64::new(0);
@@ -234,12 +240,7 @@ async fn a_table_loaded_in_parts_arrives_whole() {
         .psql("dst", "CREATE SCHEMA app; CREATE TABLE app.t (tenant_id int NOT NULL, id bigint PRIMARY KEY, pad text);
                       INSERT INTO app.t VALUES (1, 1, 'stale'), (2, 2, 'other tenant'), (1, 900001, 'gone at the source');")
         .expect("target rows");
-    let copier = catalog::connect(&cluster.dsn("src"))
-        .await
-        .expect("connect source");
-    let info = catalog::table_info(&copier, "app", "t")
-        .await
-        .expect("table info");
+    let (copier, info) = source_table(&cluster).await;
     let pages = table_pages(&copier, &info).await.expect("pages");
     assert!(
         pages >= 3 * MIN_PART_PAGES,
@@ -312,12 +313,7 @@ async fn a_typed_tenant_condition_keeps_the_same_rows_and_uses_the_index() {
          CREATE INDEX ON app.t (u);
          ANALYZE app.t;",
     );
-    let copier = catalog::connect(&cluster.dsn("src"))
-        .await
-        .expect("connect source");
-    let info = catalog::table_info(&copier, "app", "t")
-        .await
-        .expect("table info");
+    let (copier, info) = source_table(&cluster).await;
     let ids = |list: &[&str]| TenantFilter::Only(list.iter().map(|s| s.to_string()).collect());
     let count = |condition: String| {
         let copier = &copier;
