@@ -790,14 +790,15 @@ impl Sink for PgApplySink {
         self.round_trip.current()
     }
 
-    /// Samples the round trip again when due, with no group in flight on the connection
-    /// (a sample behind a transaction would time the transaction). A failed sample is
-    /// only logged: the next group finds a broken connection and reconnects.
+    /// A round-trip sample is due on a live connection.
     fn upkeep_due(&self) -> bool {
         self.round_trip.due(std::time::Instant::now())
             && self.client.as_ref().is_some_and(|c| !c.is_closed())
     }
 
+    /// Samples the round trip again when due, with no group in flight on the connection
+    /// (a sample behind a transaction would time the transaction). A failed sample is
+    /// only logged: the next group finds a broken connection and reconnects.
     async fn upkeep(&mut self, _idle: bool) {
         let now = std::time::Instant::now();
         if !self.round_trip.due(now) || !self.unsettled.is_empty() {
