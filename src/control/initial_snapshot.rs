@@ -203,8 +203,8 @@ fn snapshot_lanes() -> usize {
         .clamp(1, 4)
 }
 
-/// Loads one table (or, with `part`, one part of a split table whose tenants' rows the
-/// target no longer holds) from `copier`'s snapshot into `into` on one target (the table
+/// Loads one table (or, with `part`, one part of a split table that holds none of the
+/// job's tenants' rows on the target) from `copier`'s snapshot into `into` on one target (the table
 /// itself, or its staging table, `staged_table`); returns bytes loaded.
 async fn load_one(
     job: &str,
@@ -263,8 +263,8 @@ struct LaneLoad {
 /// Table loads run side by side, each lane on a source session of its own that imports
 /// the exported snapshot (so every lane reads the same consistent state) and on
 /// connections of its own to the targets. Each table loads in one target transaction,
-/// or a large one split into parts (`cdc::table_parts`) in one per part after its
-/// tenants' rows were removed; the snapshot is recorded done only after every lane has
+/// or a large one split into parts (`cdc::table_parts`) in one per part when the target
+/// lacks it or holds none of the job's tenants' rows in it; the snapshot is recorded done only after every lane has
 /// committed (a restart loads every table again).
 struct LoadLanes<'a> {
     job: &'a str,
@@ -306,36 +306,36 @@ impl LoadLanes<'_> {
                 );
             }
             for table in tables {
-                let into =
+                let (into, whole) =
                     match staged_table::stage_if_missing(target, &table.info, self.job).await? {
                         Some(staging) => {
                             let staging = Arc::new(staging);
                             staged.push((index, table.info.clone(), staging.clone()));
-                            staging
+                            (staging, table.parts.len() == 1)
                         }
                         None => {
                             pg_apply::target_schema::ensure_shape(&*target, &table.info).await?;
-                            if table.parts.len() > 1 {
-                                // Before any part: the parts only add rows.
-                                pg_apply::snapshot::clear_tenants(
-                                    target,
-                                    &table.info,
-                                    &table.column,
-                                    self.include,
-                                )
-                                .await?;
-                            }
-                            table.info.clone()
+                            (table.info.clone(), self.loads_whole(target, table).await?)
                         }
                     };
-                let whole = table.parts.len() == 1;
+                if whole {
+                    loads.push(LaneLoad {
+                        info: table.info.clone(),
+                        column: table.column.clone(),
+                        into,
+                        target: index,
+                        part: None,
+                        pages: table.pages,
+                    });
+                    continue;
+                }
                 for part in &table.parts {
                     loads.push(LaneLoad {
                         info: table.info.clone(),
                         column: table.column.clone(),
                         into: into.clone(),
                         target: index,
-                        part: (!whole).then_some(*part),
+                        part: Some(*part),
                         pages: part.len(table.pages),
                     });
                 }
@@ -349,6 +349,28 @@ impl LoadLanes<'_> {
             tracing::debug!(job = self.job, table = %table.qualified_name(), "loaded table published with its primary key");
         }
         Ok(bytes)
+    }
+
+    /// Whether `table`, which the target has, loads in one transaction rather than in its
+    /// parts: when it has one part, or when the target holds rows of the job's tenants
+    /// (a re-sync, or an earlier attempt cut short). Parts commit one by one, so readers
+    /// would see those rows missing until the last; one transaction replaces them at once.
+    async fn loads_whole(
+        &self,
+        target: &tokio_postgres::Client,
+        table: &LaneTable,
+    ) -> Result<bool, JobError> {
+        if table.parts.len() == 1 {
+            return Ok(true);
+        }
+        let held =
+            pg_apply::snapshot::holds_tenant_rows(target, &table.info, &table.column, self.include)
+                .await?;
+        if held {
+            tracing::info!(job = self.job, table = %table.info.qualified_name(), parts = table.parts.len(),
+                "the target holds rows of the job's tenants: the table loads in one transaction, not in parts, so readers never see them missing");
+        }
+        Ok(held)
     }
 
     /// Runs `loads` on `lanes` lanes, each taking the next load when it is done with one;

@@ -160,22 +160,33 @@ fn tables_that_share_a_new_schema_and_type_load_side_by_side() {
 }
 
 /// A large table's initial copy is split into ranges of pages that load side by side
-/// (after one transaction removes the job's tenants' rows on the target): every row of
-/// the job's tenants arrives once, stale target rows of those tenants are gone, another
-/// tenant's stay, and changes made while it loads follow in the stream.
+/// when the target lacks the table (`fresh`, staged) or holds none of the job's tenants'
+/// rows in it (`shared`): every row of the job's tenants arrives once, another tenant's
+/// stay, and changes made while it loads follow in the stream. A table that already holds
+/// the tenants' rows (`events`, a re-sync with a stale row) loads in one transaction
+/// instead: a reader polling it throughout never sees those rows missing.
 #[test]
 fn a_large_table_loads_in_parts_side_by_side() {
     let env = Arc::new(Env::start(
         "CREATE TABLE public.events (tenant_id int NOT NULL, id bigint NOT NULL, pad text, PRIMARY KEY (tenant_id, id));
          INSERT INTO public.events SELECT g % 4, g, repeat('p', 200) || g FROM generate_series(1, 100000) g;
          CREATE TABLE public.fresh (LIKE public.events INCLUDING ALL);
-         INSERT INTO public.fresh SELECT * FROM public.events;",
+         INSERT INTO public.fresh SELECT * FROM public.events;
+         CREATE TABLE public.shared (LIKE public.events INCLUDING ALL);
+         INSERT INTO public.shared SELECT * FROM public.events;",
     ));
     env.on_target(
         "CREATE TABLE public.events (tenant_id int NOT NULL, id bigint NOT NULL, pad text, PRIMARY KEY (tenant_id, id));
-         INSERT INTO public.events VALUES (1, 999999, 'stale'), (2, 2, 'not this job''s tenant');",
+         INSERT INTO public.events SELECT g % 4, g, 'synced before' FROM generate_series(1, 100000) g WHERE g % 4 IN (0, 1);
+         INSERT INTO public.events VALUES (1, 999999, 'stale'), (2, 2, 'not this job''s tenant');
+         CREATE TABLE public.shared (LIKE public.events INCLUDING ALL);
+         INSERT INTO public.shared VALUES (2, 2, 'not this job''s tenant');",
     );
-    let job = env.job_file("parts", "[0, 1]", &["public.events", "public.fresh"]);
+    let job = env.job_file(
+        "parts",
+        "[0, 1]",
+        &["public.events", "public.fresh", "public.shared"],
+    );
     let text = std::fs::read_to_string(&job).expect("job file");
     std::fs::write(
         &job,
@@ -183,6 +194,23 @@ fn a_large_table_loads_in_parts_side_by_side() {
     )
     .expect("job file with two lanes");
 
+    // The job's tenants' rows of `events` as a reader sees them while the job loads.
+    let fewest = {
+        let (env, reading) = (env.clone(), Arc::new(AtomicBool::new(true)));
+        let handle = {
+            let reading = reading.clone();
+            std::thread::spawn(move || {
+                let mut fewest = i64::MAX;
+                while reading.load(Ordering::Relaxed) {
+                    let n = env
+                        .on_target("SELECT count(*) FROM public.events WHERE tenant_id IN (0, 1)");
+                    fewest = fewest.min(n.parse().expect("a count"));
+                }
+                fewest
+            })
+        };
+        (reading, handle)
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let (env, stop) = (env.clone(), stop.clone());
@@ -205,7 +233,13 @@ fn a_large_table_loads_in_parts_side_by_side() {
     stop.store(true, Ordering::Relaxed);
     let updated = writer.join().expect("writer");
     assert!(updated > 0, "updates while it loaded");
-    for table in ["events", "fresh"] {
+    fewest.0.store(false, Ordering::Relaxed);
+    let fewest = fewest.1.join().expect("reader");
+    assert!(
+        fewest >= 50_000,
+        "a reader saw {fewest} of the 50,000 rows of tenants 0 and 1 in `events` during the re-sync"
+    );
+    for table in ["events", "fresh", "shared"] {
         env.wait_converged(
             &format!(
                 "SELECT tenant_id, count(*), md5(string_agg(id || ':' || pad, ',' ORDER BY id)) \
@@ -231,38 +265,49 @@ fn a_large_table_loads_in_parts_side_by_side() {
         "0",
         "a stale row of the job's tenant is removed"
     );
-    assert_eq!(
-        env.on_target("SELECT pad FROM public.events WHERE tenant_id = 2"),
-        "not this job's tenant",
-        "another tenant's rows stay"
-    );
-    // The log line, without its colours.
+    for table in ["events", "shared"] {
+        assert_eq!(
+            env.on_target(&format!(
+                "SELECT pad FROM public.{table} WHERE tenant_id = 2"
+            )),
+            "not this job's tenant",
+            "another tenant's rows stay in {table}"
+        );
+    }
+    // The log lines, without their colours.
     let out = repl.output();
-    let split = out
-        .lines()
-        .find(|l| l.contains("split into parts"))
-        .map(|l| {
-            let mut plain = String::new();
-            let mut chars = l.chars();
-            while let Some(c) = chars.next() {
-                if c == '\u{1b}' {
-                    chars.by_ref().find(|&c| c == 'm');
-                } else {
-                    plain.push(c);
-                }
+    let plain = |l: &str| {
+        let mut plain = String::new();
+        let mut chars = l.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                chars.by_ref().find(|&c| c == 'm');
+            } else {
+                plain.push(c);
             }
-            plain
-        })
-        .unwrap_or_default();
-    assert!(
-        split.contains("parts=2"),
-        "the table was split in two:\n{out}"
-    );
-    let splits = out
+        }
+        plain
+    };
+    let splits: Vec<String> = out
         .lines()
         .filter(|l| l.contains("split into parts"))
-        .count();
-    assert_eq!(splits, 2, "both tables split:\n{out}");
+        .map(plain)
+        .collect();
+    assert_eq!(splits.len(), 3, "all three tables split:\n{out}");
+    assert!(
+        splits.iter().all(|l| l.contains("parts=2")),
+        "each in two:\n{out}"
+    );
+    let whole: Vec<String> = out
+        .lines()
+        .filter(|l| l.contains("not in parts"))
+        .map(plain)
+        .collect();
+    assert_eq!(whole.len(), 1, "one table loaded whole:\n{out}");
+    assert!(
+        whole[0].contains("public.events"),
+        "the one holding the tenants' rows:\n{out}"
+    );
     assert_eq!(
         repl.stop().code(),
         Some(0),

@@ -28,9 +28,10 @@ pub struct SourceSpec {
     pub snapshot_parallel_tables: Option<usize>,
     /// Whether a large table's initial copy is split into ranges of pages that load side
     /// by side (up to `snapshot_parallel_tables` parts of at least 8 MiB each, on
-    /// PostgreSQL 14 or later). Such a table loads in a transaction per part, after one
-    /// that removes the job's tenants' rows, so a reader of the target sees it fill up;
-    /// `false` loads every table in one transaction. Default `true`.
+    /// PostgreSQL 14 or later), each part in a transaction of its own. Only a table the
+    /// target lacks, or one holding none of the job's tenants' rows, loads in parts; one
+    /// that holds them loads in one transaction that replaces them, so readers never see
+    /// them missing. `false` loads every table in one transaction. Default `true`.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub snapshot_split_tables: bool,
 }

@@ -1,8 +1,10 @@
 //! Loading the initial snapshot of one table into the target: in one target transaction,
 //! remove the job's tenants' rows and stream the source's `COPY … TO STDOUT` straight into
 //! `COPY … FROM STDIN`. Re-running it (after a crash mid-snapshot) gives the same result.
-//! A large table split into parts (`cdc::table_parts`) has its tenants' rows removed
-//! first, in a transaction of its own, and each part loaded in one of its own.
+//! A large table split into parts (`cdc::table_parts`) loads each part in a transaction
+//! of its own, with nothing to remove: parts only load tables that hold none of the job's
+//! tenants' rows ([`holds_tenant_rows`]), so a re-sync never shows readers those rows
+//! missing.
 //!
 //! The copy goes in COPY's binary format when both ends read every value the same way:
 //! every column of a built-in type whose binary form names no catalog object (see
@@ -62,23 +64,26 @@ pub struct Loaded {
     pub binary: bool,
 }
 
-/// Removes the job's tenants' rows of `table` from the target, in a transaction of its
-/// own: before the parts of a split table load (each with `replace == false`).
-pub async fn clear_tenants(
-    client: &mut Client,
+/// Whether the target's `table` holds any row of the job's tenants (the table must
+/// exist). Such a table is loaded whole, in one transaction that replaces those rows:
+/// loaded in parts, each committing on its own, readers would see them missing.
+pub async fn holds_tenant_rows(
+    client: &Client,
     table: &TableInfo,
     tenant_column: &str,
     include: &TenantFilter,
-) -> Result<(), SinkError> {
-    let tx = client
-        .transaction()
+) -> Result<bool, SinkError> {
+    let name = quote_qualified(&table.schema, &table.name);
+    let sql = match include.condition_on(table, tenant_column) {
+        None => format!("SELECT EXISTS (SELECT 1 FROM {name})"),
+        Some(tenants) => format!("SELECT EXISTS (SELECT 1 FROM {name} WHERE {tenants})"),
+    };
+    let row = client
+        .query_one(&sql, &[])
         .await
-        .map_err(|e| sink_error("begin clearing tenants before snapshot", &e))?;
-    ensure_shape(&tx, table).await?;
-    clear_in(&tx, table, tenant_column, include).await?;
-    tx.commit()
-        .await
-        .map_err(|e| sink_error("commit clearing tenants before snapshot", &e))
+        .map_err(|e| sink_error("look for the job's tenants' rows before snapshot", &e))?;
+    row.try_get(0)
+        .map_err(|e| sink_error("read whether the target holds the job's tenants' rows", &e))
 }
 
 /// `DELETE`s the job's tenants' rows of `table` in `tx`.
@@ -101,8 +106,8 @@ async fn clear_in(
 /// Loads the source's rows of `table`, streamed from the `COPY … TO STDOUT` that
 /// `open_source(binary)` starts (in the binary format when `binary` is true, see the
 /// module doc), in one target transaction. With `replace`, that transaction first
-/// removes the job's tenants' rows (the whole table's load); without, they were removed
-/// before ([`clear_tenants`]: one part of a split table). Adds the bytes it sends to
+/// removes the job's tenants' rows (the whole table's load); without, the target holds
+/// none ([`holds_tenant_rows`]: one part of a split table). Adds the bytes it sends to
 /// `streamed` as it goes (those of a binary copy the target refuses are taken off again
 /// before the text copy).
 pub async fn load_table<F, Fut, S>(

@@ -221,13 +221,14 @@ async fn rows_the_target_refuses_fail_the_load_and_leave_its_rows() {
     assert_eq!(reloaded, rows_as_text(&cluster, "src"));
 }
 
-/// A table loaded in parts (ranges of pages, each in a transaction of its own after its
-/// tenants' rows were removed) arrives whole, each row once; rows on pages the table grew
-/// by after its size was read are in the open-ended last part.
+/// A table loaded in parts (ranges of pages, each in a transaction of its own, into a
+/// target table holding none of the job's tenants' rows) arrives whole, each row once;
+/// rows on pages the table grew by after its size was read are in the open-ended last
+/// part. Whether the target holds the tenants' rows is what decides parts.
 #[tokio::test]
 async fn a_table_loaded_in_parts_arrives_whole() {
     use crate::cdc::table_parts::{split_pages, table_pages, MIN_PART_PAGES};
-    use crate::sinks::pg_apply::snapshot::clear_tenants;
+    use crate::sinks::pg_apply::snapshot::holds_tenant_rows;
 
     let dir = tempfile::tempdir().expect("temp dir");
     let cluster = cluster(
@@ -238,7 +239,7 @@ async fn a_table_loaded_in_parts_arrives_whole() {
     );
     cluster
         .psql("dst", "CREATE SCHEMA app; CREATE TABLE app.t (tenant_id int NOT NULL, id bigint PRIMARY KEY, pad text);
-                      INSERT INTO app.t VALUES (1, 1, 'stale'), (2, 2, 'other tenant'), (1, 900001, 'gone at the source');")
+                      INSERT INTO app.t VALUES (2, 2, 'other tenant');")
         .expect("target rows");
     let (copier, info) = source_table(&cluster).await;
     let pages = table_pages(&copier, &info).await.expect("pages");
@@ -255,9 +256,23 @@ async fn a_table_loaded_in_parts_arrives_whole() {
 
     let include = TenantFilter::Only(["0".to_string(), "1".to_string()].into_iter().collect());
     let mut target = connect(&cluster.dsn("dst")).await.expect("connect target");
-    clear_tenants(&mut target, &info, "tenant_id", &include)
-        .await
-        .expect("cleared");
+    let held = |tenant: &str| {
+        let only = TenantFilter::Only([tenant.to_string()].into_iter().collect());
+        let (target, info) = (&target, &info);
+        async move {
+            holds_tenant_rows(target, info, "tenant_id", &only)
+                .await
+                .expect("looked")
+        }
+    };
+    assert!(held("2").await, "tenant 2 has a row");
+    assert!(!held("1").await, "tenant 1 has none");
+    assert!(
+        !holds_tenant_rows(&target, &info, "tenant_id", &include)
+            .await
+            .expect("looked"),
+        "none of tenants 0 and 1"
+    );
     let streamed = std::sync::atomic::AtomicU64::new(0);
     let mut rows = 0;
     for part in parts {
