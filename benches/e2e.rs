@@ -67,6 +67,10 @@
 //! `HELIOS_BENCH_PG_EXTRA`: TOML appended to our postgres sinks (`\n` for a newline), e.g.
 //! `max_in_flight = 2`; in `HELIOS_BENCH_LAG_VARIANT` it is appended to the variant's only.
 //!
+//! `HELIOS_BENCH_TRANSPORT=unix`: every client (the subscription, `pg_recvlogical`, our
+//! jobs' source and target connections, the load and the polling) reaches the clusters over
+//! their Unix-domain sockets instead of loopback TCP (`tcp`, the default).
+//!
 //! `HELIOS_BENCH_COLD_EXTRA`: TOML appended to (d)'s Parquet sink (`\n` for a newline),
 //! e.g. `batch_max_rows = 50000\n[qos]\nmax_buffered_rows = 100000` to try other group sizes.
 //!
@@ -700,6 +704,35 @@ async fn prime(spec: &str) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------
 // The parent: clusters, workloads, measurements, the table.
 
+/// How every client of the run reaches the clusters (`HELIOS_BENCH_TRANSPORT`): `tcp`
+/// (loopback, the default) or `unix` (the servers' Unix-domain sockets). The subscription,
+/// `pg_recvlogical`, our jobs and the load generator all take the same one.
+fn unix_transport() -> anyhow::Result<bool> {
+    match std::env::var("HELIOS_BENCH_TRANSPORT").as_deref() {
+        Err(_) | Ok("tcp") => Ok(false),
+        Ok("unix") => Ok(true),
+        Ok(other) => bail!("HELIOS_BENCH_TRANSPORT must be `tcp` or `unix`, not {other:?}"),
+    }
+}
+
+/// The connection string of `database` on `cluster` over the run's transport.
+fn dsn(cluster: &PgCluster, database: &str) -> String {
+    if unix_transport().unwrap_or(false) {
+        cluster.socket_dsn(database)
+    } else {
+        cluster.dsn(database)
+    }
+}
+
+/// The `-h` of `cluster` for command-line clients over the run's transport.
+fn host(cluster: &PgCluster) -> String {
+    if unix_transport().unwrap_or(false) {
+        cluster.root().display().to_string()
+    } else {
+        "127.0.0.1".to_string()
+    }
+}
+
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -843,6 +876,8 @@ async fn parent_main() -> anyhow::Result<()> {
     lag_loads[2].rate = env_u64("HELIOS_BENCH_LAG_TOP_RATE", LAG_LOADS[2].rate);
     // Each round at least a second per replicator.
     let lag_rounds = env_u64("HELIOS_BENCH_LAG_ROUNDS", lag::DEFAULT_ROUNDS).clamp(1, lag_secs);
+    // Checked here, before anything starts: later calls fall back to TCP.
+    unix_transport()?;
     let bench_started = Instant::now();
 
     let dir = tempfile::Builder::new().prefix("helios-e2e").tempdir()?;
@@ -868,7 +903,7 @@ async fn parent_main() -> anyhow::Result<()> {
     source.psql("bench", CATCHUP_TABLE)?;
     source.psql("bench", "CREATE PUBLICATION pg_pub FOR TABLE bench.t")?;
     target.psql("sub_a", CATCHUP_TABLE)?;
-    let src_bench = source.dsn("bench");
+    let src_bench = dsn(&source, "bench");
     let src = connect(&src_bench).await?;
 
     // ---- catch-up: every slot before the writes ----
@@ -891,28 +926,28 @@ async fn parent_main() -> anyhow::Result<()> {
         &src_bench,
         "bench.t",
         "\"all\"",
-        &target.dsn("ours_b"),
+        &dsn(&target, "ours_b"),
     );
     let spec_c = job_spec(
         "ours_c",
         &src_bench,
         "bench.t",
         &some_list,
-        &target.dsn("ours_c"),
+        &dsn(&target, "ours_c"),
     );
     let spec_c_op = job_spec(
         "ours_c_op",
         &src_bench,
         "bench.t",
         &some_list,
-        &target.dsn("ours_c_op"),
+        &dsn(&target, "ours_c_op"),
     );
     let spec_big = job_spec(
         "ours_big",
         &src_bench,
         "bench.big",
         "\"all\"",
-        &target.dsn("big"),
+        &dsn(&target, "big"),
     );
     let cold_d = dir.path().join("cold_d");
     let spec_d = cold_job_spec("ours_d", &src_bench, "bench.t", &cold_d);
@@ -956,7 +991,7 @@ async fn parent_main() -> anyhow::Result<()> {
     let status = tokio::process::Command::new("pg_recvlogical")
         .args([
             "-h",
-            "127.0.0.1",
+            &host(&source),
             "-p",
             &port,
             "-U",
@@ -987,7 +1022,7 @@ async fn parent_main() -> anyhow::Result<()> {
     println!("(e) pg_recvlogical: {secs_e:.2}s");
 
     // (a) PostgreSQL's subscription.
-    let tgt_a = connect(&target.dsn("sub_a")).await?;
+    let tgt_a = connect(&dsn(&target, "sub_a")).await?;
     tgt_a.batch_execute("CHECKPOINT").await?;
     let cpu_at = clusters_cpu(&source, &target, ticks);
     let t = Instant::now();
@@ -1029,7 +1064,7 @@ async fn parent_main() -> anyhow::Result<()> {
             &keys_some,
         ),
     ] {
-        let tgt = connect(&target.dsn(db)).await?;
+        let tgt = connect(&dsn(&target, db)).await?;
         tgt.batch_execute("CHECKPOINT").await?;
         let cpu_at = clusters_cpu(&source, &target, ticks);
         let t = Instant::now();
@@ -1112,13 +1147,13 @@ async fn parent_main() -> anyhow::Result<()> {
     // ---- the target round trip our sink pays per transaction at low rates ----
     target.create_database("rt")?;
     target.psql("rt", target_txn::SCHEMA)?;
-    let round_trip = target_round_trip(&target.dsn("rt")).await?;
+    let round_trip = target_round_trip(&dsn(&target, "rt")).await?;
 
     // ---- lag under sustained load ----
     let lag = lag::run(&source, &target, &lag_loads, lag_secs, lag_rounds).await?;
 
     // ---- memory: one big transaction ----
-    let tgt_big = connect(&target.dsn("big")).await?;
+    let tgt_big = connect(&dsn(&target, "big")).await?;
     let big_keys = last_ids(big_rows, &all_tenants);
     let big = big_transaction_run(&src_bench, &spec_big, "big", big_rows, rss_cap_mib, async {
         wait_for_keys(&tgt_big, "bench.big", &big_keys).await?;
@@ -1322,12 +1357,13 @@ fn run_header(
         .unwrap_or(0.0);
     Ok(format!(
         "## {date}\n\nMachine: {cores} cores, {:.1} GiB RAM; commit {commit}; PostgreSQL {pg_version}; \
-         our workers {workers}, async threads {async_threads}; HELIOS_BENCH_ROWS={rows} HELIOS_BENCH_LAG_SECS={lag_secs} HELIOS_BENCH_LAG_ROUNDS={lag_rounds} HELIOS_BENCH_BIG_TXN_ROWS={big_rows} HELIOS_BENCH_HISTORY_TXN_ROWS={history_rows}; \
+         our workers {workers}, async threads {async_threads}; clients over {transport}; HELIOS_BENCH_ROWS={rows} HELIOS_BENCH_LAG_SECS={lag_secs} HELIOS_BENCH_LAG_ROUNDS={lag_rounds} HELIOS_BENCH_BIG_TXN_ROWS={big_rows} HELIOS_BENCH_HISTORY_TXN_ROWS={history_rows}; \
          whole run {:.0} s.\n",
         mem_kb / 1024.0 / 1024.0,
         started.elapsed().as_secs_f64(),
         workers = bench_workers(),
         async_threads = bench_async_threads(),
+        transport = if unix_transport()? { "Unix-domain sockets" } else { "loopback TCP" },
     ))
 }
 

@@ -140,12 +140,12 @@ pub(crate) async fn run(
         "lag_a",
         &format!(
             "CREATE SUBSCRIPTION lag_a CONNECTION '{}' PUBLICATION lag_pub WITH (copy_data = false)",
-            source.dsn("lag_a")
+            super::dsn(source, "lag_a")
         ),
     )?;
-    let tgt_a = connect(&target.dsn("lag_a")).await?;
+    let tgt_a = connect(&super::dsn(target, "lag_a")).await?;
     // Wait until the apply worker streams: one row goes through.
-    write_lag_probe(&source.dsn("lag_a")).await?;
+    write_lag_probe(&super::dsn(source, "lag_a")).await?;
     wait_count(&tgt_a, 1, Duration::from_secs(60)).await?;
 
     let mut ours = vec![Ours::start(source, target, OURS, "lag_b", &[]).await?];
@@ -177,7 +177,7 @@ pub(crate) async fn run(
                     0 => {
                         let r = lag_round(
                             SUBSCRIPTION,
-                            &source.dsn("lag_a"),
+                            &super::dsn(source, "lag_a"),
                             &tgt_a,
                             load,
                             round_secs,
@@ -244,15 +244,21 @@ impl Ours {
         source.create_database(db)?;
         target.create_database(db)?;
         source.psql(db, LAG_TABLE)?;
-        let mut spec = job_spec(db, &source.dsn(db), "bench.l", "\"all\"", &target.dsn(db));
+        let mut spec = job_spec(
+            db,
+            &super::dsn(source, db),
+            "bench.l",
+            "\"all\"",
+            &super::dsn(target, db),
+        );
         if let Some((_, extra)) = env.iter().find(|(k, _)| k == "HELIOS_BENCH_PG_EXTRA") {
             spec.push_str(&pg_extra(Some(extra)));
         }
         let mut child = JobChild::spawn_with_env(&spec, env).await?;
         child.expect("streaming", Duration::from_secs(120)).await?;
         target.psql(db, LAG_TRIGGER)?;
-        let tgt = connect(&target.dsn(db)).await?;
-        write_lag_probe(&source.dsn(db)).await?;
+        let tgt = connect(&super::dsn(target, db)).await?;
+        write_lag_probe(&super::dsn(source, db)).await?;
         wait_count(&tgt, 1, Duration::from_secs(60)).await?;
         Ok(Ours {
             who,
@@ -276,7 +282,7 @@ impl Ours {
         let before = self.child.stats().await?;
         let r = lag_round(
             self.who,
-            &source.dsn(self.db),
+            &super::dsn(source, self.db),
             &self.target,
             load,
             secs,
