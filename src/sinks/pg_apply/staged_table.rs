@@ -104,7 +104,7 @@ pub async fn stage_if_missing(
 }
 
 /// Gives the loaded `staging` table `table`'s primary key (named as `CREATE TABLE` names
-/// it) and name, in one transaction. If `table` appeared meanwhile (another job created
+/// it, [`primary_key_name`]) and name, in one transaction. If `table` appeared meanwhile (another job created
 /// it), the staged rows go into it instead and the staging table is dropped.
 pub async fn publish(
     client: &mut Client,
@@ -122,14 +122,10 @@ pub async fn publish(
         .is_none()
     {
         let key = primary_key_list(table).unwrap_or_default();
-        let constraint = format!("{}_pkey", table.name);
-        let named = if constraint.len() <= MAX_IDENTIFIER {
-            format!("CONSTRAINT {} ", quote_ident(&constraint))
-        } else {
-            String::new()
-        };
+        let constraint = primary_key_name(&tx, &table.schema, &table.name).await?;
         format!(
-            "ALTER TABLE {staged} ADD {named}PRIMARY KEY ({key}); ALTER TABLE {staged} RENAME TO {}",
+            "ALTER TABLE {staged} ADD CONSTRAINT {} PRIMARY KEY ({key}); ALTER TABLE {staged} RENAME TO {}",
+            quote_ident(&constraint),
             quote_ident(&table.name)
         )
     } else {
@@ -148,6 +144,63 @@ pub async fn publish(
         .map_err(|e| sink_error(&what("commit publishing"), &e))
 }
 
+/// Most candidates [`primary_key_name`] tries before giving up.
+const KEY_NAME_TRIES: u32 = 1000;
+
+/// The name `CREATE TABLE` would give the primary key of `table` in `schema` on the
+/// target (PostgreSQL's `ChooseRelationName`): the first of [`key_name_candidate`]'s
+/// names that no relation and no constraint in the schema has. A table renamed away
+/// keeps its key's name (`orders_old` still has `orders_pkey`), so the plain name can
+/// be taken.
+async fn primary_key_name(
+    client: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+    table: &str,
+) -> Result<String, SinkError> {
+    let taken = client
+        .prepare(
+            "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                            WHERE n.nspname = $1 AND c.relname = $2)
+                 OR EXISTS (SELECT 1 FROM pg_constraint k JOIN pg_namespace n ON n.oid = k.connamespace
+                            WHERE n.nspname = $1 AND k.conname = $2)",
+        )
+        .await
+        .map_err(|e| sink_error("prepare the primary key's name lookup", &e))?;
+    for pass in 0..KEY_NAME_TRIES {
+        let name = key_name_candidate(table, pass);
+        let row = client
+            .query_one(&taken, &[&schema, &name])
+            .await
+            .map_err(|e| sink_error("look up a primary key name", &e))?;
+        let used: bool = row
+            .try_get(0)
+            .map_err(|e| sink_error("read a primary key name lookup", &e))?;
+        if !used {
+            return Ok(name);
+        }
+    }
+    Err(SinkError::Definite(format!(
+        "no free name for the primary key of {schema}.{table}: {} to {} are all taken",
+        key_name_candidate(table, 0),
+        key_name_candidate(table, KEY_NAME_TRIES - 1)
+    )))
+}
+
+/// Candidate `pass` for the primary key's name of `table`, as PostgreSQL forms them
+/// (`makeObjectName`): `<table>_pkey`, then `<table>_pkey1`, `<table>_pkey2`, …, the
+/// table's part cut (at a character boundary) so that the whole fits 63 bytes.
+fn key_name_candidate(table: &str, pass: u32) -> String {
+    let label = match pass {
+        0 => "pkey".to_string(),
+        n => format!("pkey{n}"),
+    };
+    let mut end = table.len().min(MAX_IDENTIFIER - label.len() - 1);
+    while !table.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}_{label}", &table[..end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +217,30 @@ mod tests {
         assert_eq!(a, staging_name(&t, "job-a"), "stable across attempts");
         t.oid = 7;
         assert_ne!(a, staging_name(&t, "job-a"));
+    }
+
+    #[test]
+    fn key_names_are_formed_as_postgresql_forms_them() {
+        assert_eq!(key_name_candidate("orders", 0), "orders_pkey");
+        assert_eq!(key_name_candidate("orders", 1), "orders_pkey1");
+        assert_eq!(key_name_candidate("orders", 12), "orders_pkey12");
+        let long = "t".repeat(63);
+        assert_eq!(
+            key_name_candidate(&long, 0),
+            format!("{}_pkey", "t".repeat(58))
+        );
+        assert_eq!(
+            key_name_candidate(&long, 1),
+            format!("{}_pkey1", "t".repeat(57))
+        );
+        // Cut at a character boundary: "é" is two bytes and would straddle byte 58.
+        let accented = format!("{}é{}", "a".repeat(57), "b".repeat(4));
+        assert_eq!(
+            key_name_candidate(&accented, 0),
+            format!("{}_pkey", "a".repeat(57))
+        );
+        for pass in [0, 1, 999] {
+            assert!(key_name_candidate(&accented, pass).len() <= MAX_IDENTIFIER);
+        }
     }
 }

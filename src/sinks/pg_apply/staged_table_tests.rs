@@ -1,6 +1,7 @@
 //! Staging a table the target lacks, against a real PostgreSQL: a cut-short attempt's
 //! staging table is replaced, the published table has the key `CREATE TABLE` would have
-//! given it, and a table another job created meanwhile takes the staged rows.
+//! given it (named as it would name it), and a table another job created meanwhile takes
+//! the staged rows.
 
 use crate::change::fixtures;
 use crate::embedded::pg_cluster::PgCluster;
@@ -179,4 +180,57 @@ async fn a_job_s_leftover_staging_tables_are_dropped() {
         .trim()
         .to_string();
     assert_eq!(left, format!("{},helios_loader_job", names[2]));
+}
+
+/// The published key takes the name `CREATE TABLE` would have given it, also when the
+/// plain name is taken (a table renamed away keeps its key's name, a constraint elsewhere
+/// in the schema may hold the next) and when the table's name is long: compared with
+/// `CREATE TABLE` itself in a schema where the same names are taken.
+#[tokio::test]
+async fn the_key_is_named_as_create_table_names_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cluster = target(dir.path());
+    let mut client = connect(&cluster.dsn("dst")).await.expect("connect");
+    for schema in ["app", "oracle"] {
+        cluster
+            .psql(
+                "dst",
+                &format!(
+                    "CREATE SCHEMA {schema};
+                     CREATE TABLE {schema}.orders_old (id bigint CONSTRAINT orders_pkey PRIMARY KEY);
+                     CREATE TABLE {schema}.other (id bigint CONSTRAINT orders_pkey1 CHECK (id > 0));"
+                ),
+            )
+            .expect("names taken");
+    }
+    let key_of = |schema: &str, name: &str| {
+        cluster
+            .psql(
+                "dst",
+                &format!("SELECT conname FROM pg_constraint WHERE conrelid = '{schema}.{name}'::regclass AND contype = 'p'"),
+            )
+            .expect("key name")
+            .trim()
+            .to_string()
+    };
+    let long = "l".repeat(63);
+    for name in ["orders", long.as_str()] {
+        let table = fixtures::table(name, &[("tenant_id", "integer"), ("id", "bigint")], &[0, 1]);
+        let staging = stage_if_missing(&client, &table, "job")
+            .await
+            .expect("staged")
+            .expect("missing");
+        publish(&mut client, &staging, &table)
+            .await
+            .expect("published");
+        cluster
+            .psql(
+                "dst",
+                &format!("CREATE TABLE oracle.{name} (tenant_id integer, id bigint, PRIMARY KEY (tenant_id, id))"),
+            )
+            .expect("the same table by CREATE TABLE");
+        assert_eq!(key_of("app", name), key_of("oracle", name), "{name}");
+    }
+    assert_eq!(key_of("app", "orders"), "orders_pkey2");
+    assert_eq!(key_of("app", &long), format!("{}_pkey", "l".repeat(58)));
 }
