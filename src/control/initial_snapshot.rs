@@ -78,7 +78,7 @@ pub(super) async fn take_snapshot(
 ) -> Result<(ReplicationStream, Lsn), JobError> {
     let dsn = spec.source.dsn.expose();
     let slot = &spec.source.slot;
-    let address = stream::replication_address(dsn, slot)?;
+    let address = stream::replication_address(dsn, slot, spec.source.receive_buffer())?;
     let mut repl = ReplicationConnection::connect(&address)
         .await
         .map_err(|e| CdcError::Connect(e.to_string()))?;
@@ -204,8 +204,8 @@ fn snapshot_lanes() -> usize {
 }
 
 /// Loads one table (or, with `part`, one part of a split table that holds none of the
-/// job's tenants' rows on the target) from `copier`'s snapshot into `into` on one target (the table
-/// itself, or its staging table, `staged_table`); returns bytes loaded.
+/// job's tenants' rows on the target) from `copier`'s snapshot into `into` on one target
+/// (the table itself, or its staging table, `staged_table`); returns bytes loaded.
 async fn load_one(
     job: &str,
     copier: &tokio_postgres::Client,
@@ -264,8 +264,8 @@ struct LaneLoad {
 /// the exported snapshot (so every lane reads the same consistent state) and on
 /// connections of its own to the targets. Each table loads in one target transaction,
 /// or a large one split into parts (`cdc::table_parts`) in one per part when the target
-/// lacks it or holds none of the job's tenants' rows in it; the snapshot is recorded done only after every lane has
-/// committed (a restart loads every table again).
+/// lacks it or holds none of the job's tenants' rows in it; the snapshot is recorded
+/// done only after every lane has committed (a restart loads every table again).
 struct LoadLanes<'a> {
     job: &'a str,
     source_dsn: &'a str,

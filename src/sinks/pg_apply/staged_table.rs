@@ -104,8 +104,9 @@ pub async fn stage_if_missing(
 }
 
 /// Gives the loaded `staging` table `table`'s primary key (named as `CREATE TABLE` names
-/// it, [`primary_key_name`]) and name, in one transaction. If `table` appeared meanwhile (another job created
-/// it), the staged rows go into it instead and the staging table is dropped.
+/// it, [`primary_key_name`]) and name, in one transaction. If `table` appeared meanwhile
+/// (another job created it), the staged rows go into it instead and the staging table is
+/// dropped.
 pub async fn publish(
     client: &mut Client,
     staging: &TableInfo,
