@@ -71,6 +71,9 @@
 //! jobs' source and target connections, the load and the polling) reaches the clusters over
 //! their Unix-domain sockets instead of loopback TCP (`tcp`, the default).
 //!
+//! `HELIOS_BENCH_SOURCE_EXTRA`: TOML appended to our jobs' `[source]` (`\n` for a newline),
+//! e.g. `receive_buffer_kib = 0` for the system's socket buffer.
+//!
 //! `HELIOS_BENCH_COLD_EXTRA`: TOML appended to (d)'s Parquet sink (`\n` for a newline),
 //! e.g. `batch_max_rows = 50000\n[qos]\nmax_buffered_rows = 100000` to try other group sizes.
 //!
@@ -590,9 +593,10 @@ fn parse_figures(text: &str) -> Figures {
 /// A job spec as TOML text, like `demo.rs` builds it.
 fn job_spec(name: &str, source_dsn: &str, table: &str, tenants: &str, target_dsn: &str) -> String {
     format!(
-        "name = \"{name}\"\n[source]\ndsn = \"{source_dsn}\"\npublication = \"{name}\"\nslot = \"{name}\"\n\
+        "name = \"{name}\"\n[source]\ndsn = \"{source_dsn}\"\npublication = \"{name}\"\nslot = \"{name}\"\n{}\
          [tenants]\ncolumn = \"tenant_id\"\ninclude = {tenants}\n[[tables]]\nname = \"{table}\"\n\
          [[sinks]]\nkind = \"postgres\"\ndsn = \"{target_dsn}\"\n{}",
+        source_extra(),
         pg_extra(std::env::var("HELIOS_BENCH_PG_EXTRA").ok().as_deref())
     )
 }
@@ -603,12 +607,19 @@ fn pg_extra(value: Option<&str>) -> String {
     value.map_or_else(String::new, |v| format!("{}\n", v.replace("\\n", "\n")))
 }
 
+/// `HELIOS_BENCH_SOURCE_EXTRA`'s TOML for our jobs' `[source]` (`\n` for a newline), e.g.
+/// `receive_buffer_kib = 0`; empty when unset.
+fn source_extra() -> String {
+    pg_extra(std::env::var("HELIOS_BENCH_SOURCE_EXTRA").ok().as_deref())
+}
+
 /// The spec of case (d): `table` with history, into a Parquet cold tier under `root` only.
 fn cold_job_spec(name: &str, source_dsn: &str, table: &str, root: &std::path::Path) -> String {
     format!(
-        "name = \"{name}\"\n[source]\ndsn = \"{source_dsn}\"\npublication = \"{name}\"\nslot = \"{name}\"\n\
+        "name = \"{name}\"\n[source]\ndsn = \"{source_dsn}\"\npublication = \"{name}\"\nslot = \"{name}\"\n{}\
          [tenants]\ncolumn = \"tenant_id\"\ninclude = \"all\"\n[[tables]]\nname = \"{table}\"\nhistory = true\n\
          [[sinks]]\nkind = \"parquet\"\nroot = \"{}\"\n{}",
+        source_extra(),
         root.display(), std::env::var("HELIOS_BENCH_COLD_EXTRA").unwrap_or_default().replace("\\n", "\n")
     )
 }

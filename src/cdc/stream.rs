@@ -41,7 +41,9 @@ use crate::cdc::catalog::RelationResolver;
 use crate::cdc::error::CdcError;
 use crate::cdc::pgoutput::{self, ColumnValue, OldTuple, PgOutputMessage, TupleData};
 use crate::cdc::stream_spool::StreamSpool;
-use crate::cdc::transport::{ReplicationStream, SourceAddress, StreamFrame, TransportError};
+use crate::cdc::transport::{
+    ReceiveBuffer, ReplicationStream, SourceAddress, StreamFrame, TransportError,
+};
 use crate::change::{
     format_lsn, Cell, CommitTimes, Lsn, OldRow, Row, RowOp, SourceRecord, TableInfo,
 };
@@ -98,9 +100,16 @@ pub struct ReaderStats {
     pub streamed_txns: std::sync::atomic::AtomicU64,
 }
 
-/// Where a job's replication session connects (its slot names the application).
-pub fn replication_address(dsn: &str, slot: &str) -> Result<SourceAddress, CdcError> {
-    SourceAddress::from_dsn(dsn, &format!("helios-repl {slot}")).map_err(transport_error)
+/// Where a job's replication session connects (its slot names the application), with
+/// its socket's receive buffer.
+pub fn replication_address(
+    dsn: &str,
+    slot: &str,
+    receive_buffer: ReceiveBuffer,
+) -> Result<SourceAddress, CdcError> {
+    SourceAddress::from_dsn(dsn, &format!("helios-repl {slot}"))
+        .map(|a| a.with_receive_buffer(receive_buffer))
+        .map_err(transport_error)
 }
 
 /// A transport error as a source error: transient ones are retried by the caller.

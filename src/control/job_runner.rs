@@ -633,7 +633,11 @@ async fn read_until_stopped(
 
 /// Opens a replication session and starts the job's stream from `start`.
 async fn connect_started(spec: &JobSpec, start: Lsn) -> Result<ReplicationStream, CdcError> {
-    let address = stream::replication_address(spec.source.dsn.expose(), &spec.source.slot)?;
+    let address = stream::replication_address(
+        spec.source.dsn.expose(),
+        &spec.source.slot,
+        spec.source.receive_buffer(),
+    )?;
     let conn = ReplicationConnection::connect(&address)
         .await
         .map_err(|e| match stream::transport_error(e) {

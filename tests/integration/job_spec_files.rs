@@ -186,6 +186,22 @@ fn invalid_documents_are_rejected_by_schema_and_parser() {
             "source.slot",
         ),
         (
+            "receive buffer too small",
+            base_with(
+                "slot = \"slot_t\"",
+                "slot = \"slot_t\"\nreceive_buffer_kib = 8",
+            ),
+            "source.receive_buffer_kib",
+        ),
+        (
+            "receive buffer too large",
+            base_with(
+                "slot = \"slot_t\"",
+                "slot = \"slot_t\"\nreceive_buffer_kib = 65537",
+            ),
+            "source.receive_buffer_kib",
+        ),
+        (
             "bad publication name",
             base_with("publication = \"pub_t\"", "publication = \"9pub\""),
             "source.publication",

@@ -31,7 +31,9 @@
 mod connection;
 mod frames;
 
-pub use connection::{ReplicationConnection, SourceAddress};
+pub use connection::{
+    ReceiveBuffer, ReplicationConnection, SourceAddress, LOOPBACK_RECEIVE_BUFFER,
+};
 pub use frames::{ReplicationStream, StreamFrame, StreamOptions};
 
 /// What went wrong on the replication connection.

@@ -15,6 +15,7 @@
 //! slot = "helios_tenants_3_7"
 //! snapshot_parallel_tables = 2  # initial copy (default: one per core, at most 4)
 //! snapshot_split_tables = true  # large tables in parts side by side (default)
+//! # receive_buffer_kib = 64     # replication socket (default: 64 on loopback, else the system's)
 //! [tenants]
 //! column = "tenant_id"          # default
 //! include = [3, 7]              # or "all"

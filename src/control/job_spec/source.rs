@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cdc::transport::ReceiveBuffer;
+
 use super::{check_dsn, check_identifier, check_slot, present, Dsn, JobSpecError};
 
 /// Largest accepted `source.snapshot_parallel_tables`.
@@ -34,7 +36,20 @@ pub struct SourceSpec {
     /// them missing. `false` loads every table in one transaction. Default `true`.
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub snapshot_split_tables: bool,
+    /// The replication socket's receive buffer in KiB, `16..=65536`, or `0` for the
+    /// system's autotuning. Default (`None`): 64 KiB for a source on a loopback address,
+    /// the system's autotuning for any other (`cdc::transport::ReceiveBuffer`). A Unix-
+    /// domain socket keeps the system's.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub receive_buffer_kib: Option<u32>,
 }
+
+/// Accepted `source.receive_buffer_kib` other than 0.
+pub const RECEIVE_BUFFER_KIB: std::ops::RangeInclusive<u32> = 16..=65536;
 
 fn yes() -> bool {
     true
@@ -58,6 +73,27 @@ impl SourceSpec {
                 ));
             }
         }
+        if let Some(kib) = self.receive_buffer_kib {
+            if kib != 0 && !RECEIVE_BUFFER_KIB.contains(&kib) {
+                return Err(JobSpecError::invalid(
+                    "source.receive_buffer_kib",
+                    format!(
+                        "must be 0 (the system's autotuning) or between {} and {} KiB, got {kib}",
+                        RECEIVE_BUFFER_KIB.start(),
+                        RECEIVE_BUFFER_KIB.end()
+                    ),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The replication socket's receive buffer the job asks for.
+    pub fn receive_buffer(&self) -> ReceiveBuffer {
+        match self.receive_buffer_kib {
+            None => ReceiveBuffer::Auto,
+            Some(0) => ReceiveBuffer::System,
+            Some(kib) => ReceiveBuffer::Bytes(kib.saturating_mul(1024)),
+        }
     }
 }

@@ -318,6 +318,38 @@ fn snapshot_split_tables_is_checked_and_round_trips() {
 }
 
 #[test]
+fn receive_buffer_kib_is_checked() {
+    use crate::cdc::transport::ReceiveBuffer;
+    let with = |line: &str| valid_with("slot = \"slot_t\"", &format!("slot = \"slot_t\"\n{line}"));
+    let spec = JobSpec::from_toml_str(VALID).expect("valid");
+    assert_eq!(
+        spec.source.receive_buffer(),
+        ReceiveBuffer::Auto,
+        "the default"
+    );
+    let spec = JobSpec::from_toml_str(&with("receive_buffer_kib = 0")).expect("0");
+    assert_eq!(spec.source.receive_buffer(), ReceiveBuffer::System);
+    let spec = JobSpec::from_toml_str(&with("receive_buffer_kib = 256")).expect("256");
+    assert_eq!(
+        spec.source.receive_buffer(),
+        ReceiveBuffer::Bytes(256 * 1024)
+    );
+    let json = serde_json::to_string(&spec).expect("to JSON");
+    assert_eq!(JobSpec::from_json_str(&json).expect("from JSON"), spec);
+    for bad in ["receive_buffer_kib = 8", "receive_buffer_kib = 65537"] {
+        let err = expect_err(&with(bad), "source.receive_buffer_kib");
+        assert!(
+            err.to_string()
+                .contains("0 (the system's autotuning) or between 16 and 65536"),
+            "{err}"
+        );
+    }
+    for bad in ["receive_buffer_kib = -1", "receive_buffer_kib = \"big\""] {
+        expect_err(&with(bad), "source.receive_buffer_kib");
+    }
+}
+
+#[test]
 fn unknown_keys() {
     let err = expect_err(
         &valid_with("slot = \"slot_t\"", "slot = \"slot_t\"\npasswd = \"x\""),
@@ -698,6 +730,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                         slot,
                         snapshot_parallel_tables: None,
                         snapshot_split_tables: true,
+                        receive_buffer_kib: None,
                     },
                     tenants: TenantSpec { column, include },
                     tables,
