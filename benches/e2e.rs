@@ -72,7 +72,8 @@
 //! their Unix-domain sockets instead of loopback TCP (`tcp`, the default).
 //!
 //! `HELIOS_BENCH_SOURCE_EXTRA`: TOML appended to our jobs' `[source]` (`\n` for a newline),
-//! e.g. `receive_buffer_kib = 0` for the system's socket buffer.
+//! e.g. `receive_buffer_kib = 0` for the system's socket buffer; in
+//! `HELIOS_BENCH_LAG_VARIANT` it goes to the variant's only.
 //!
 //! `HELIOS_BENCH_COLD_EXTRA`: TOML appended to (d)'s Parquet sink (`\n` for a newline),
 //! e.g. `batch_max_rows = 50000\n[qos]\nmax_buffered_rows = 100000` to try other group sizes.

@@ -254,6 +254,10 @@ impl Ours {
         if let Some((_, extra)) = env.iter().find(|(k, _)| k == "HELIOS_BENCH_PG_EXTRA") {
             spec.push_str(&pg_extra(Some(extra)));
         }
+        if let Some((_, extra)) = env.iter().find(|(k, _)| k == "HELIOS_BENCH_SOURCE_EXTRA") {
+            let slot = format!("slot = \"{db}\"\n");
+            spec = spec.replacen(&slot, &format!("{slot}{}", pg_extra(Some(extra))), 1);
+        }
         let mut child = JobChild::spawn_with_env(&spec, env).await?;
         child.expect("streaming", Duration::from_secs(120)).await?;
         target.psql(db, LAG_TRIGGER)?;
