@@ -105,10 +105,11 @@ pub fn select_text_sql(table: &TableInfo, tenant_column: &str, include: &TenantF
         .map(|c| format!("{}::text", quote_ident(&c.name)))
         .collect();
     let name = quote_qualified(&table.schema, &table.name);
-    match include.condition_on(table, tenant_column) {
-        None => format!("SELECT {} FROM {name}", cols.join(", ")),
-        Some(tenants) => format!("SELECT {} FROM {name} WHERE {tenants}", cols.join(", ")),
-    }
+    format!(
+        "SELECT {} FROM {name}{}",
+        cols.join(", "),
+        include.where_clause_on(table, tenant_column)
+    )
 }
 
 /// Streams the rows of a [`select_text_sql`] query as cells (text or NULL).

@@ -318,25 +318,19 @@ impl LoadLanes<'_> {
                             (table.info.clone(), self.loads_whole(target, table).await?)
                         }
                     };
-                if whole {
-                    loads.push(LaneLoad {
-                        info: table.info.clone(),
-                        column: table.column.clone(),
-                        into,
-                        target: index,
-                        part: None,
-                        pages: table.pages,
-                    });
-                    continue;
-                }
-                for part in &table.parts {
+                let parts: Vec<Option<PageRange>> = if whole {
+                    vec![None]
+                } else {
+                    table.parts.iter().copied().map(Some).collect()
+                };
+                for part in parts {
                     loads.push(LaneLoad {
                         info: table.info.clone(),
                         column: table.column.clone(),
                         into: into.clone(),
                         target: index,
-                        part: Some(*part),
-                        pages: part.len(table.pages),
+                        part,
+                        pages: part.map_or(table.pages, |p| p.len(table.pages)),
                     });
                 }
             }

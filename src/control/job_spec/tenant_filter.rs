@@ -20,6 +20,13 @@ impl TenantFilter {
         self.listed(|ids| format!("{}::text IN ({ids})", quote_ident(column)))
     }
 
+    /// ` WHERE <condition>` keeping the job's tenants' rows of `table` by `column`
+    /// ([`TenantFilter::condition_on`]), to append to a statement; empty for all tenants.
+    pub fn where_clause_on(&self, table: &TableInfo, column: &str) -> String {
+        self.condition_on(table, column)
+            .map_or_else(String::new, |c| format!(" WHERE {c}"))
+    }
+
     /// The condition that keeps the listed tenants' rows of `table` by its `column`, in a
     /// form an index on (or a partitioning by) the column can serve where the column's
     /// type allows: for an integer or UUID column, `"column" IN ('id', …)` with only the

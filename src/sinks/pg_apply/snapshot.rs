@@ -74,10 +74,10 @@ pub async fn holds_tenant_rows(
     include: &TenantFilter,
 ) -> Result<bool, SinkError> {
     let name = quote_qualified(&table.schema, &table.name);
-    let sql = match include.condition_on(table, tenant_column) {
-        None => format!("SELECT EXISTS (SELECT 1 FROM {name})"),
-        Some(tenants) => format!("SELECT EXISTS (SELECT 1 FROM {name} WHERE {tenants})"),
-    };
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM {name}{})",
+        include.where_clause_on(table, tenant_column)
+    );
     let row = client
         .query_one(&sql, &[])
         .await
@@ -94,10 +94,10 @@ async fn clear_in(
     include: &TenantFilter,
 ) -> Result<(), SinkError> {
     let name = quote_qualified(&table.schema, &table.name);
-    let clear = match include.condition_on(table, tenant_column) {
-        None => format!("DELETE FROM {name}"),
-        Some(tenants) => format!("DELETE FROM {name} WHERE {tenants}"),
-    };
+    let clear = format!(
+        "DELETE FROM {name}{}",
+        include.where_clause_on(table, tenant_column)
+    );
     tx.batch_execute(&clear)
         .await
         .map_err(|e| sink_error("clear tenants before snapshot", &e))
