@@ -9,7 +9,16 @@
 //!
 //! Bytes are what the allocator hands out (mimalloc's size classes, `mi_good_size`),
 //! counted by a wrapping global allocator; the filling rate of each is printed too.
-//! Run: `cargo bench --bench books` (`HELIOS_BENCH_BOOK_ROWS`, default 1,000,000).
+//!
+//! Then a job's books as the history operator keeps them (a `Shelf`: rows held through
+//! its `RowStore`, walked when due), filled with fresh rows: every row in memory, against
+//! a `history.row_memory_mib` budget that sends the rest to the spill file. Printed: bytes
+//! per row in memory, in the file, the filling rate of each, and the rate of then updating
+//! every key once in a scattered order (each update closes its key's version, whose row a
+//! bounded shelf mostly reads back from the file).
+//!
+//! Run: `cargo bench --bench books` (`HELIOS_BENCH_BOOK_ROWS`, default 1,000,000;
+//! `HELIOS_BENCH_ROW_MEMORY_MIB`, default 16).
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::collections::HashMap;
@@ -18,8 +27,9 @@ use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
 use std::time::Instant;
 
 use helios_repl::change::Cell;
+use helios_repl::operators::history::{Book, Shelf};
 use helios_repl::operators::packed_row::PackedRow;
-use helios_repl::operators::version::{Edit, SysTime, VersionBook};
+use helios_repl::operators::version::{Edit, SysTime, VersionBook, VersionDelta};
 
 /// mimalloc, counting the bytes it has handed out and not taken back.
 struct Counting;
@@ -98,6 +108,72 @@ fn bench_row(g: u64) -> (u64, PackedRow, PackedRow) {
     )
 }
 
+/// A job's books filled with `rows` fresh bench rows, one version each, rows kept in
+/// memory up to `budget` bytes (`None`: all).
+fn fill_shelf(rows: u64, budget: Option<u64>) -> Shelf {
+    let mut shelf = Shelf::new(budget);
+    let start = SysTime { lsn: 0, micros: 0 };
+    for g in 1..=rows {
+        let (tenant, key, row) = bench_row(g);
+        let at = SysTime {
+            lsn: g,
+            micros: g as i64,
+        };
+        let held = shelf.rows.hold(row);
+        let deltas = shelf
+            .books
+            .entry((tenant.to_string(), "public.bench".to_string()))
+            .or_insert_with(|| Book::new(start))
+            .apply(key, at.micros, at, Edit::Upsert(held));
+        black_box(deltas);
+        shelf.shrink_if_due();
+    }
+    shelf
+}
+
+/// Updates every key of a shelf [`fill_shelf`] filled once, in a scattered order, reading
+/// back each row the updates close as the history operator does; returns rows per second.
+fn update_shelf(shelf: &mut Shelf, rows: u64) -> f64 {
+    let started = Instant::now();
+    // A stride coprime with `rows` visits every key once, far from the last.
+    let stride = (rows / 2 + 1..).find(|s| gcd(*s, rows) == 1).unwrap_or(1);
+    for n in 0..rows {
+        let g = (n * stride) % rows + 1;
+        let (tenant, key, row) = bench_row(g);
+        let at = SysTime {
+            lsn: rows + n + 1,
+            micros: (rows + n + 1) as i64,
+        };
+        let held = shelf.rows.hold(row);
+        let deltas = shelf
+            .books
+            .get_mut(&(tenant.to_string(), "public.bench".to_string()))
+            .expect("every key was filled")
+            .apply(key, at.micros, at, Edit::Upsert(held));
+        let mut last = None;
+        for delta in deltas {
+            let value = match delta {
+                VersionDelta::Open(v) => v.value,
+                VersionDelta::Close { value, .. } => value,
+            };
+            if last.as_ref() != Some(&value) {
+                black_box(shelf.rows.row(&value).expect("the row reads back"));
+                last = Some(value);
+            }
+        }
+        shelf.shrink_if_due();
+    }
+    rows as f64 / started.elapsed().as_secs_f64()
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
 /// Bytes per row that `fill` leaves allocated, and rows per second it filled.
 fn measure<T>(rows: u64, fill: impl FnOnce() -> T) -> (f64, f64, T) {
     let before = LIVE.load(Relaxed);
@@ -160,5 +236,35 @@ fn main() {
         "  VersionBook per tenant: {books:.1} B/row beyond the rows ({:.2}x the baseline's), filled at {:.2} M rows/s",
         books / map,
         books_rate / 1e6
+    );
+    drop(kept);
+    drop(packed);
+
+    let mib: u64 = std::env::var("HELIOS_BENCH_ROW_MEMORY_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    let (all, all_rate, mut shelf) = measure(rows, || fill_shelf(rows, None));
+    let all_updates = update_shelf(&mut shelf, rows);
+    drop(shelf);
+    let (bounded, bounded_rate, mut shelf) = measure(rows, || fill_shelf(rows, Some(mib << 20)));
+    let file = shelf.rows.file_bytes() as f64 / rows as f64;
+    let bounded_updates = update_shelf(&mut shelf, rows);
+    println!("a job's books, rows included, {rows} fresh rows:");
+    println!(
+        "  every row in memory: {all:.1} B/row, filled at {:.2} M rows/s",
+        all_rate / 1e6
+    );
+    println!(
+        "  history.row_memory_mib = {mib}: {bounded:.1} B/row in memory ({:.2}x), {file:.1} B/row in the spill file, filled at {:.2} M rows/s ({:.2}x)",
+        bounded / all,
+        bounded_rate / 1e6,
+        bounded_rate / all_rate
+    );
+    println!(
+        "  updating every key once: {:.2} M rows/s with every row in memory, {:.2} M rows/s with the budget ({:.2}x)",
+        all_updates / 1e6,
+        bounded_updates / 1e6,
+        bounded_updates / all_updates
     );
 }

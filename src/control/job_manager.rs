@@ -350,6 +350,8 @@ async fn monitor(
         metrics.set_confirmed_lsn(stats.reader.confirmed.load(Relaxed));
         if keeps_history {
             metrics.set_history_versions_held(stats.books.versions_held() as u64);
+            let rows = stats.books.row_bytes();
+            metrics.set_history_row_bytes(rows.memory, rows.spilled);
         }
         let bytes = stats.reader.bytes_received.load(Relaxed);
         metrics.bytes_received(bytes.saturating_sub(seen_bytes));

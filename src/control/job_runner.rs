@@ -464,7 +464,7 @@ async fn run_job_inner(
         client: None,
     };
     let mut state = ReaderState::new(confirmed);
-    let result = read_until_stopped(
+    let reading = read_until_stopped(
         spec,
         client,
         &mut state,
@@ -474,8 +474,11 @@ async fn run_job_inner(
         &mut store,
         stats,
         control,
-    )
-    .await;
+    );
+    let result = tokio::select! {
+        result = reading => result,
+        why = history_failure(&stats.books) => Err(JobError::Dataflow(why)),
+    };
     let (client, result) = match result {
         Ok(client) => (client, Ok(())),
         Err(e) => (None, Err(e)),
@@ -529,6 +532,18 @@ async fn prune_hot_window(books: Arc<HistoryBooks>, window: Duration) {
         let dropped = books.prune_closed_before(horizon);
         if dropped > 0 {
             tracing::debug!(dropped, "closed versions left the hot window");
+        }
+    }
+}
+
+/// Waits until the history operator stops (a row of the version books did not read back
+/// from their spill file): the job cannot go on, and a restart rebuilds the books.
+async fn history_failure(books: &HistoryBooks) -> String {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        if let Some(why) = books.failure() {
+            return why;
         }
     }
 }
@@ -853,10 +868,13 @@ async fn restore_history(
     resume: Lsn,
     books: &Arc<HistoryBooks>,
 ) -> Result<(), JobError> {
-    books.reset(SysTime {
-        lsn: resume,
-        micros: crate::change::pg_now_micros(),
-    });
+    books.reset(
+        SysTime {
+            lsn: resume,
+            micros: crate::change::pg_now_micros(),
+        },
+        Some(spec.history.row_memory_bytes()),
+    );
     if spec.history_tables().next().is_none() {
         return Ok(());
     }

@@ -31,6 +31,7 @@
 //! | `helios_cold_compaction_files_total` | counter | `job`, `side` |
 //! | `helios_cold_compaction_bytes_total` | counter | `job`, `side` |
 //! | `helios_history_versions_held` | gauge | `job` |
+//! | `helios_history_row_bytes` | gauge | `job`, `place` |
 //!
 //! Prometheus conventions: base units (seconds, bytes), counters end in `_total`, a
 //! histogram's series are `_bucket{le}`, `_sum` and `_count`. The LSN gauge is the LSN as a
@@ -153,6 +154,12 @@ struct SideLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PlaceLabels {
+    job: Arc<str>,
+    place: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StageLabels {
     job: Arc<str>,
     sink: &'static str,
@@ -205,6 +212,7 @@ struct Families {
     compaction_files: Family<SideLabels, Counter>,
     compaction_bytes: Family<SideLabels, Counter>,
     versions_held: Family<JobLabels, GaugeU64>,
+    row_bytes: Family<PlaceLabels, GaugeU64>,
 }
 
 /// `name` without `suffix`: `prometheus-client` appends `_total` to counters and the unit
@@ -240,6 +248,7 @@ impl Families {
             compaction_files: Family::default(),
             compaction_bytes: Family::default(),
             versions_held: Family::default(),
+            row_bytes: Family::default(),
         }
     }
 
@@ -365,6 +374,11 @@ impl Families {
             HISTORY_VERSIONS_HELD,
             "Versions the job's history books hold in memory",
             self.versions_held.clone(),
+        );
+        r.register(
+            HISTORY_ROW_BYTES,
+            "Bytes of the history books' rows in memory (place=memory) and in their spill file (place=disk)",
+            self.row_bytes.clone(),
         );
     }
 }
@@ -531,6 +545,7 @@ pub struct JobMetrics {
     compaction_files: Slots<&'static str, Counter>,
     compaction_bytes: Slots<&'static str, Counter>,
     versions_held: Slots<(), GaugeU64>,
+    row_bytes: Slots<&'static str, GaugeU64>,
     /// Held while creating a series and while retiring, so none outlives the job.
     life: Mutex<Lifecycle>,
 }
@@ -588,6 +603,7 @@ impl JobMetrics {
             compaction_files: Slots::new(),
             compaction_bytes: Slots::new(),
             versions_held: Slots::new(),
+            row_bytes: Slots::new(),
             life: Mutex::new(Lifecycle {
                 alive: true,
                 removers: Vec::new(),
@@ -825,6 +841,25 @@ impl JobMetrics {
                 g.set(versions);
             },
         );
+    }
+
+    /// Sets the bytes of the history books' rows in memory and in their spill file.
+    pub fn set_history_row_bytes(&self, memory: u64, disk: u64) {
+        for (place, bytes) in [(names::PLACE_MEMORY, memory), (names::PLACE_DISK, disk)] {
+            self.row_bytes.with(
+                place,
+                || {
+                    let labels = PlaceLabels {
+                        job: self.job.clone(),
+                        place,
+                    };
+                    self.create(&self.families.row_bytes, labels)
+                },
+                |g| {
+                    g.set(bytes);
+                },
+            );
+        }
     }
 
     /// Makes `state` (one of [`names::STATES`]) the job's current state: its series reads 1,

@@ -52,6 +52,17 @@ pub const COLD_COMPACTION_BYTES_TOTAL: &str = "helios_cold_compaction_bytes_tota
 /// Versions the job's history books hold in memory (every current row of its tables
 /// with history, plus closed versions in the hot window): their memory grows with it.
 pub const HISTORY_VERSIONS_HELD: &str = "helios_history_versions_held";
+/// Bytes of the version books' rows in memory (`place="memory"`, counted as they are
+/// held and measured at each walk) and in their spill file (`place="disk"`, at the last
+/// walk): `history.row_memory_mib` bounds the first.
+pub const HISTORY_ROW_BYTES: &str = "helios_history_row_bytes";
+
+/// Label: where a job's history rows are.
+pub const LABEL_PLACE: &str = "place";
+/// `place`: in memory.
+pub const PLACE_MEMORY: &str = "memory";
+/// `place`: in the job's spill file.
+pub const PLACE_DISK: &str = "disk";
 
 /// Label: which files of a compaction.
 pub const LABEL_SIDE: &str = "side";
@@ -66,7 +77,7 @@ pub const SIDES: [&str; 2] = [SIDE_MERGED, SIDE_WRITTEN];
 pub const PREDICTORS: [&str; 4] = ["model", "heuristic", "last_window", "round_robin"];
 
 /// Every metric name above.
-pub const ALL_METRICS: [&str; 23] = [
+pub const ALL_METRICS: [&str; 24] = [
     REPLICATION_LAG_SECONDS,
     REPLICATION_LAG_BYTES,
     ROWS_REPLICATED_TOTAL,
@@ -90,6 +101,7 @@ pub const ALL_METRICS: [&str; 23] = [
     COLD_COMPACTION_FILES_TOTAL,
     COLD_COMPACTION_BYTES_TOTAL,
     HISTORY_VERSIONS_HELD,
+    HISTORY_ROW_BYTES,
 ];
 
 /// Label: the job's name.

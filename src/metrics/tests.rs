@@ -310,6 +310,7 @@ fn exercise(m: &JobMetrics) {
     m.cold_compaction(SIDE_MERGED, 16, 4000);
     m.cold_compaction(SIDE_WRITTEN, 1, 3000);
     m.set_history_versions_held(1234);
+    m.set_history_row_bytes(4096, 65536);
 }
 
 // ---------------------------------------------------------------------------------
@@ -371,6 +372,15 @@ fn encode_is_valid_openmetrics_and_names_every_metric() {
         e.value(HISTORY_VERSIONS_HELD, &[(LABEL_JOB, "orders")]),
         Some(1234.0)
     );
+    for (place, want) in [(PLACE_MEMORY, 4096.0), (PLACE_DISK, 65536.0)] {
+        assert_eq!(
+            e.value(
+                HISTORY_ROW_BYTES,
+                &[(LABEL_JOB, "orders"), (LABEL_PLACE, place)]
+            ),
+            Some(want)
+        );
+    }
     let postgres = [(LABEL_JOB, "orders"), (LABEL_SINK, "postgres")];
     assert_eq!(e.value(SINK_ROUND_TRIP_SECONDS, &postgres), Some(0.0125));
     assert_eq!(e.value(SINK_MAX_IN_FLIGHT, &postgres), Some(8.0));

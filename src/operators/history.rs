@@ -11,8 +11,11 @@
 //! update did not send are filled from the version they replace.
 //!
 //! The books live in [`HistoryBooks`], shared by the job's workers (each only touches the
-//! tenants it owns) and read by as-of queries. Pure apart from that shared map: no I/O, no
-//! clocks (commit times are looked up from what the reader recorded for the LSN).
+//! tenants it owns) and read by as-of queries. Their rows stay in memory up to the job's
+//! budget and go to a local file beyond it ([`RowStore`]); a row that cannot be read
+//! back from that file stops the operator where it is (it holds its input's times, so
+//! nothing past the transaction is confirmed) and [`HistoryBooks::failure`] says why.
+//! No clocks: commit times are looked up from what the reader recorded for the LSN.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -25,6 +28,7 @@ use crate::change::{
     Cell, HistoryEvent, HistoryOp, Lsn, Row, Scope, SinkItem, TableInfo, TenantAction, TenantChange,
 };
 use crate::operators::packed_row::PackedRow;
+use crate::operators::row_spill::{HeldRow, RowSpillError, RowStore, SpillRef};
 use crate::operators::version::{Edit, SysTime, SystemPoint, Version, VersionBook, VersionDelta};
 use crate::time_text::parse_pg_timestamp;
 
@@ -45,13 +49,68 @@ impl HistoryPlan {
 }
 
 /// One tenant's book of one table: keys and rows packed (they outlive the messages they
-/// came in, and a book holds every current row of its tenant).
-pub type Book = VersionBook<PackedRow, PackedRow>;
+/// came in, and a book holds every current row of its tenant), rows possibly moved to the
+/// job's spill file.
+pub type Book = VersionBook<PackedRow, HeldRow>;
+
+/// A job's books, by (tenant, `schema.table`), and the store that keeps their rows.
+#[derive(Debug, Default)]
+pub struct Shelf {
+    /// The books.
+    pub books: HashMap<(String, String), Book>,
+    /// Where their rows are.
+    pub rows: RowStore,
+}
+
+impl Shelf {
+    /// Empty books whose rows stay in memory up to `row_budget` bytes (`None`: all).
+    pub fn new(row_budget: Option<u64>) -> Shelf {
+        Shelf {
+            books: HashMap::new(),
+            rows: RowStore::new(row_budget),
+        }
+    }
+
+    /// Moves rows to the spill file when the rows held since the last walk call for it.
+    pub fn shrink_if_due(&mut self) {
+        if !self.rows.walk_due() {
+            return;
+        }
+        let Shelf { books, rows } = self;
+        let report = rows.shrink(|visit| {
+            // Closed versions first: only as-of queries read them.
+            for book in books.values_mut() {
+                book.closed_values_mut().for_each(&mut *visit);
+            }
+            for book in books.values_mut() {
+                book.current_values_mut().for_each(&mut *visit);
+            }
+        });
+        tracing::debug!(
+            resident_before = report.resident_before,
+            moved = report.moved,
+            compacted = report.compacted,
+            file_bytes = rows.file_bytes(),
+            "history rows walked"
+        );
+    }
+}
+
+/// Where a job's book rows are, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RowBytes {
+    /// Rows in memory.
+    pub memory: u64,
+    /// Rows in the spill file that versions point to (measured at the last walk).
+    pub spilled: u64,
+}
 
 /// The version books of one job, by (tenant, `schema.table`).
 #[derive(Default)]
 pub struct HistoryBooks {
-    books: Mutex<HashMap<(String, String), Book>>,
+    books: Mutex<Shelf>,
+    /// Why the history operator stopped (a row of the spill file did not read back).
+    failure: Mutex<Option<String>>,
     /// From which system time on the books hold every version (the resume point).
     start: Mutex<Option<SysTime>>,
     /// Transactions partly applied (a worker applies a large one as it arrives), one
@@ -80,7 +139,8 @@ impl HistoryBooks {
     /// Empty books complete from `start` on.
     pub fn new(start: SysTime) -> HistoryBooks {
         HistoryBooks {
-            books: Mutex::new(HashMap::new()),
+            books: Mutex::new(Shelf::default()),
+            failure: Mutex::new(None),
             start: Mutex::new(Some(start)),
             partial: Mutex::new(Vec::new()),
         }
@@ -94,10 +154,14 @@ impl HistoryBooks {
             .unwrap_or(SysTime { lsn: 0, micros: 0 })
     }
 
-    /// Forgets every book; they are complete from `start` on.
-    pub fn reset(&self, start: SysTime) {
+    /// Forgets every book (and the spill file); they are complete from `start` on and
+    /// keep up to `row_budget` bytes of rows in memory (`None`: every row).
+    pub fn reset(&self, start: SysTime, row_budget: Option<u64>) {
         if let Ok(mut books) = self.books.lock() {
-            books.clear();
+            *books = Shelf::new(row_budget);
+        }
+        if let Ok(mut f) = self.failure.lock() {
+            *f = None;
         }
         if let Ok(mut s) = self.start.lock() {
             *s = Some(start);
@@ -147,11 +211,13 @@ impl HistoryBooks {
     /// Puts back a version that was current at the resume point.
     pub fn restore(&self, tenant: &str, table: &str, version: Version<Row, Row>) {
         let start = self.start();
-        if let Ok(mut books) = self.books.lock() {
+        if let Ok(mut shelf) = self.books.lock() {
+            let Shelf { books, rows } = &mut *shelf;
             books
                 .entry((tenant.to_owned(), table.to_owned()))
                 .or_insert_with(|| Book::new(start))
-                .restore(version.map(|k| PackedRow::pack(&k), |v| PackedRow::pack(&v)));
+                .restore(version.map(|k| PackedRow::pack(&k), |v| rows.hold(PackedRow::pack(&v))));
+            shelf.shrink_if_due();
         }
     }
 
@@ -165,7 +231,8 @@ impl HistoryBooks {
         valid: i64,
     ) -> Option<Vec<Row>> {
         let system = self.before_partial(system);
-        let books = self.books.lock().ok()?;
+        let shelf = self.books.lock().ok()?;
+        let books = &shelf.books;
         let key = (tenant.to_owned(), table.qualified_name());
         let complete = match books.get(&key) {
             Some(book) => book.complete_since(),
@@ -178,14 +245,21 @@ impl HistoryBooks {
         if !covered {
             return None;
         }
-        Some(match books.get(&key) {
-            Some(book) => book
-                .as_of(system, valid)
-                .into_iter()
-                .map(|(_, row)| row.to_row())
-                .collect(),
-            None => Vec::new(),
-        })
+        let Some(book) = books.get(&key) else {
+            return Some(Vec::new());
+        };
+        let mut rows = Vec::new();
+        for (_, held) in book.as_of(system, valid) {
+            match shelf.rows.row(&held) {
+                Ok(row) => rows.push(row.to_row()),
+                Err(e) => {
+                    // The history table has every version: it answers instead.
+                    tracing::warn!(error = %e, "an as-of query goes to the history table");
+                    return None;
+                }
+            }
+        }
+        Some(rows)
     }
 
     /// Forgets closed versions older than `horizon_micros` (they stay in the history
@@ -193,8 +267,9 @@ impl HistoryBooks {
     pub fn prune_closed_before(&self, horizon_micros: i64) -> usize {
         self.books
             .lock()
-            .map(|mut books| {
-                books
+            .map(|mut shelf| {
+                shelf
+                    .books
                     .values_mut()
                     .map(|b| b.prune_closed_before(horizon_micros))
                     .sum()
@@ -206,35 +281,58 @@ impl HistoryBooks {
     pub fn versions_held(&self) -> usize {
         self.books
             .lock()
-            .map(|books| books.values().map(|b| b.len()).sum())
+            .map(|shelf| shelf.books.values().map(|b| b.len()).sum())
             .unwrap_or(0)
+    }
+
+    /// Where the books' rows are.
+    pub fn row_bytes(&self) -> RowBytes {
+        self.books
+            .lock()
+            .map(|shelf| RowBytes {
+                memory: shelf.rows.resident_bytes(),
+                spilled: shelf.rows.spilled_bytes(),
+            })
+            .unwrap_or_default()
+    }
+
+    /// Why the history operator stopped, if it did: the job cannot go on.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    fn fail(&self, why: String) {
+        if let Ok(mut f) = self.failure.lock() {
+            f.get_or_insert(why);
+        }
     }
 }
 
-/// Applies one change to the books; pushes the history events it caused.
+/// Applies one change to the books; pushes the history events it caused. Fails only when
+/// a row the change needs does not read back from the spill file.
 pub fn record_change(
     plan: &HistoryPlan,
-    books: &mut HashMap<(String, String), Book>,
+    shelf: &mut Shelf,
     start: SysTime,
     system: SysTime,
     change: &TenantChange,
     out: &mut Vec<HistoryEvent>,
-) {
-    record(plan, books, start, system, change, None, out);
+) -> Result<(), RowSpillError> {
+    record(plan, shelf, start, system, change, None, out)
 }
 
 /// [`record_change`] for a change nobody needs afterwards: its new row moves into the
 /// books and the events instead of being copied.
 pub fn record_owned_change(
     plan: &HistoryPlan,
-    books: &mut HashMap<(String, String), Book>,
+    shelf: &mut Shelf,
     start: SysTime,
     system: SysTime,
     mut change: TenantChange,
     out: &mut Vec<HistoryEvent>,
-) {
+) -> Result<(), RowSpillError> {
     let new = take_new_row(&mut change);
-    record(plan, books, start, system, &change, new, out);
+    record(plan, shelf, start, system, &change, new, out)
 }
 
 /// The new row of an upsert, moved out of the change (for a change nobody needs after).
@@ -249,21 +347,22 @@ fn take_new_row(change: &mut TenantChange) -> Option<Row> {
 /// of the change.
 fn record(
     plan: &HistoryPlan,
-    books: &mut HashMap<(String, String), Book>,
+    shelf: &mut Shelf,
     start: SysTime,
     system: SysTime,
     change: &TenantChange,
     mut owned_new: Option<Row>,
     out: &mut Vec<HistoryEvent>,
-) {
+) -> Result<(), RowSpillError> {
+    let Shelf { books, rows } = shelf;
     let table_name = change.table.qualified_name();
     let Some(valid_column) = plan.tables.get(&table_name) else {
-        return;
+        return Ok(());
     };
     let keys = change.table.key_columns();
     if keys.is_empty() {
         // Checked when the job starts; a table that lost its key keeps no history.
-        return;
+        return Ok(());
     }
     let valid_of = |row: &Row| -> i64 {
         valid_column
@@ -357,6 +456,7 @@ fn record(
             Some(mut row) => {
                 if row.contains(&Cell::Unchanged) {
                     if let Some(prev) = book.current(&packed_key, valid) {
+                        let prev = rows.row(prev)?;
                         for (cell, old) in row.iter_mut().zip(prev.cells()) {
                             if *cell == Cell::Unchanged {
                                 *cell = old.to_cell();
@@ -379,13 +479,15 @@ fn record(
                 (row, true)
             }
         };
-        let packed = PackedRow::pack(&row);
+        let packed = rows.hold(PackedRow::pack(&row));
         let edit = if tombstone {
             Edit::Delete(packed)
         } else {
             Edit::Upsert(packed)
         };
         let mut new = Some(row);
+        // A moved row closes and reopens (before `valid`) with the same place: read once.
+        let mut read: Option<(SpillRef, PackedRow)> = None;
         let mut deltas = book
             .apply(packed_key, valid, system, edit)
             .into_iter()
@@ -401,29 +503,44 @@ fn record(
                 seq: change.seq,
                 table: change.table.clone(),
                 op,
-                delta: event_delta(delta, key, valid, &mut new),
+                delta: event_delta(delta, key, valid, &mut new, rows, &mut read)?,
             });
         }
     }
+    Ok(())
 }
 
 /// A book's delta as events carry it: keyed by the change's own key cells (every delta of
 /// one change is of that key), the version the change opened (the one from `valid`) with
-/// the change's own row `new` instead of an unpacked copy, other values unpacked.
+/// the change's own row `new` instead of an unpacked copy, other values unpacked (read
+/// back from the spill file, the last one kept in `read`).
 fn event_delta(
-    delta: VersionDelta<PackedRow, PackedRow>,
+    delta: VersionDelta<PackedRow, HeldRow>,
     key: Row,
     valid: i64,
     new: &mut Option<Row>,
-) -> VersionDelta<Row, Row> {
-    let opened_here = matches!(&delta, VersionDelta::Open(v) if v.valid_from == valid);
-    delta.map(
-        |_| key,
-        |packed| match opened_here.then(|| new.take()).flatten() {
-            Some(row) => row,
-            None => packed.to_row(),
+    rows: &RowStore,
+    read: &mut Option<(SpillRef, PackedRow)>,
+) -> Result<VersionDelta<Row, Row>, RowSpillError> {
+    let (held, opened_here) = match &delta {
+        VersionDelta::Open(v) => (&v.value, v.valid_from == valid),
+        VersionDelta::Close { value, .. } => (value, false),
+    };
+    let value = match (opened_here.then(|| new.take()).flatten(), held) {
+        (Some(row), _) => row,
+        (None, HeldRow::Memory(packed)) => packed.to_row(),
+        (None, HeldRow::Spilled(at)) => match read {
+            Some((place, packed)) if place == at => packed.to_row(),
+            _ => {
+                let packed = rows.row(held)?;
+                let row = packed.to_row();
+                *read = Some((*at, packed));
+                row
+            }
         },
-    )
+    };
+    let mut value = Some(value);
+    Ok(delta.map(|_| key, |_| value.take().unwrap_or_default()))
 }
 
 /// The history operator.
@@ -472,6 +589,8 @@ struct Recorder<F> {
     commit_time: F,
     last_micros: i64,
     events: Vec<HistoryEvent>,
+    /// A row did not read back: nothing more is applied (see the module documentation).
+    failed: bool,
 }
 
 impl<F: Fn(Lsn) -> Option<i64>> Recorder<F> {
@@ -494,7 +613,7 @@ impl<F: Fn(Lsn) -> Option<i64>> Recorder<F> {
         let start = self.books.start();
         // Only this worker touches its tenants' books: a panic elsewhere while holding
         // the lock leaves them whole.
-        let mut map = self.books.books.lock().unwrap_or_else(|e| e.into_inner());
+        let mut shelf = self.books.books.lock().unwrap_or_else(|e| e.into_inner());
         for mut change in changes {
             // Passed on, the change keeps its row; else the row moves into the versions.
             let new = if self.pass_changes {
@@ -503,12 +622,21 @@ impl<F: Fn(Lsn) -> Option<i64>> Recorder<F> {
                 take_new_row(&mut change)
             };
             let (plan, events) = (&self.plan, &mut self.events);
-            record(plan, &mut map, start, system, &change, new, events);
+            if let Err(e) = record(plan, &mut shelf, start, system, &change, new, events) {
+                let why = format!("the history operator stopped at LSN {}: {e}", system.lsn);
+                tracing::error!(error = %e, lsn = system.lsn, "the history operator stops: a row of the version books did not read back");
+                self.failed = true;
+                self.events.clear();
+                drop(shelf);
+                self.books.fail(why);
+                return;
+            }
             if self.pass_changes {
                 give(SinkItem::Change(change));
             }
         }
-        drop(map);
+        shelf.shrink_if_due();
+        drop(shelf);
         self.events.drain(..).map(SinkItem::History).for_each(give);
     }
 }
@@ -533,6 +661,7 @@ impl<'scope> VersionHistory<'scope> for StreamVec<'scope, Lsn, TenantChange> {
                     commit_time,
                     last_micros: 0,
                     events: Vec::new(),
+                    failed: false,
                 };
                 move |(input, frontier), output| {
                     input.for_each_stamp(|cap, data| {
@@ -552,7 +681,8 @@ impl<'scope> VersionHistory<'scope> for StreamVec<'scope, Lsn, TenantChange> {
                     // oldest one still open (nothing earlier can arrive) and many of its
                     // changes wait, those changes: they arrive in transaction order (one
                     // input, on worker 0, and first-in first-out channels).
-                    while let Some((&t, pending)) = stash.first_key_value() {
+                    // Stopped: the stash keeps every time held, so nothing past is confirmed.
+                    while let Some((&t, pending)) = stash.first_key_value().filter(|_| !recorder.failed) {
                         let complete = !frontier.frontier().less_equal(&t);
                         let oldest_open = frontier.frontier().iter().all(|f| *f >= t);
                         // Streamed only with its commit time known (the reader records
@@ -586,7 +716,7 @@ impl<'scope> VersionHistory<'scope> for StreamVec<'scope, Lsn, TenantChange> {
                         let mut session = output.session(&pending.cap);
                         recorder.apply(system, changes, |item| session.give(item));
                         drop(session);
-                        if !complete {
+                        if !complete || recorder.failed {
                             stash.insert(t, pending);
                             break;
                         }

@@ -6,4 +6,5 @@ pub mod columnar;
 pub mod history;
 pub mod packed_row;
 pub mod partition;
+pub mod row_spill;
 pub mod version;

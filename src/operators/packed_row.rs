@@ -165,6 +165,47 @@ impl PackedRow {
         (0..self.len()).filter_map(|i| self.cell(i))
     }
 
+    /// The packed bytes, as [`PackedRow::from_bytes`] takes them back.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The bytes the row keeps allocated: its buffer and the reference counts before it.
+    pub fn heap_bytes(&self) -> usize {
+        self.0.len() + 2 * std::mem::size_of::<usize>()
+    }
+
+    /// A row from bytes [`PackedRow::as_bytes`] gave, checked cell by cell: `None` when
+    /// they are not a packed row (so reading them can never go out of bounds).
+    pub fn from_bytes(bytes: &[u8]) -> Option<PackedRow> {
+        let word = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?);
+        let n = (word & !WIDE) as usize;
+        let width = if word & WIDE != 0 { 8 } else { 4 };
+        let kinds = n.checked_mul(width)?.checked_add(4)?;
+        let texts_at = kinds.checked_add(n)?;
+        let texts = std::str::from_utf8(bytes.get(texts_at..)?).ok()?;
+        let mut previous = 0usize;
+        for i in 0..n {
+            let at = 4 + i * width;
+            let end = match width {
+                8 => {
+                    usize::try_from(u64::from_le_bytes(bytes[at..at + 8].try_into().ok()?)).ok()?
+                }
+                _ => u32::from_le_bytes(bytes[at..at + 4].try_into().ok()?) as usize,
+            };
+            let sound = match bytes[kinds + i] {
+                TEXT => end >= previous && texts.is_char_boundary(end),
+                NULL | UNCHANGED => end == previous,
+                _ => false,
+            };
+            if !sound {
+                return None;
+            }
+            previous = end;
+        }
+        (previous == texts.len()).then(|| PackedRow(Arc::from(bytes)))
+    }
+
     /// The row as cells. The texts share one copy of this row's texts.
     pub fn to_row(&self) -> Row {
         let n = self.len();
@@ -238,6 +279,36 @@ mod tests {
                 }
                 prop_assert_eq!(packed.cell(row.len()), None);
             }
+        }
+
+        #[test]
+        /// Bytes of a packed row read back as that row, in both widths.
+        fn bytes_read_back(row in prop::collection::vec(cell(), 0..12)) {
+            let mut wide = Vec::new();
+            PackedRow::lay_out(&row, &mut wide, true);
+            for packed in [PackedRow::pack(&row), PackedRow(Arc::from(wide))] {
+                let back = PackedRow::from_bytes(packed.as_bytes());
+                prop_assert_eq!(back.map(|b| b.to_row()), Some(row.clone()));
+            }
+        }
+
+        #[test]
+        /// Damaged bytes are refused or read as some row, never out of bounds.
+        fn damaged_bytes_never_panic(
+            row in prop::collection::vec(cell(), 0..8),
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let packed = PackedRow::pack(&row);
+            let mut bytes = packed.as_bytes().to_vec();
+            let i = at.index(bytes.len());
+            bytes[i] = byte;
+            if let Some(r) = PackedRow::from_bytes(&bytes) {
+                let _ = (r.to_row(), r.cells().count());
+            }
+            let cut = cut.index(bytes.len());
+            prop_assert!(PackedRow::from_bytes(&packed.as_bytes()[..cut]).is_none());
         }
 
         #[test]

@@ -690,6 +690,20 @@ impl<K: Ord + Hash + Clone, V: Clone> VersionBook<K, V> {
         dropped
     }
 
+    /// The values of the closed versions held, to move them (see `row_spill`).
+    pub fn closed_values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.closed
+            .values_mut()
+            .flat_map(|versions| versions.iter_mut().map(|v| &mut v.value))
+    }
+
+    /// The values of the current steps (rows and tombstones), to move them.
+    pub fn current_values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.keys
+            .values_mut()
+            .flat_map(|line| line.slots_mut().iter_mut().map(|(_, slot)| &mut slot.value))
+    }
+
     /// Number of versions held (current + closed), for metrics.
     pub fn len(&self) -> usize {
         self.len

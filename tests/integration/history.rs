@@ -316,13 +316,16 @@ pub(crate) fn large_transaction(
 
 /// The job: `public.prices` of tenants 1..=5 with history, into the target and a Parquet
 /// cold tier under `cold`, which compacts as soon as two small files are listed (so the
-/// tests that read the tier read it while and after it is compacted).
+/// tests that read the tier read it while and after it is compacted). Its version books
+/// keep 1 MiB of rows in memory: the large transaction's rows go to their spill file, and
+/// the versions read back from it close and answer queries.
 pub(crate) fn job_toml(env: &Env, cold: &Path) -> String {
     format!(
             "name = \"prices\"\n[source]\ndsn = \"{}\"\npublication = \"pub_prices\"\nslot = \"slot_prices\"\n\
              [tenants]\ninclude = [1, 2, 3, 4, 5]\n[[tables]]\nname = \"public.prices\"\nhistory = true\n\
              valid_time_column = \"effective_at\"\n[[sinks]]\nkind = \"postgres\"\ndsn = \"{}\"\n\
-             [[sinks]]\nkind = \"parquet\"\nroot = \"{}\"\nbatch_max_rows = 5000\ncompact_min_files = 2\n",
+             [[sinks]]\nkind = \"parquet\"\nroot = \"{}\"\nbatch_max_rows = 5000\ncompact_min_files = 2\n\
+             [history]\nrow_memory_mib = 1\n",
             env.source_dsn(),
             env.target_dsn(),
             cold.display()
@@ -395,8 +398,8 @@ fn history_table_cold_tier_and_api_agree_with_the_oracle() {
         log_text.contains("cold tier compacted"),
         "the cold tier was compacted while the oracle's history was written:\n{log_text}"
     );
-    // ... and /metrics counts the files it merged away and wrote, and the versions the
-    // books hold.
+    // ... and /metrics counts the files it merged away and wrote, the versions the books
+    // hold, and the rows they moved to their spill file.
     wait_for("compaction and books figures in /metrics", WAIT, || {
         let text = http(&server.url, "GET", "/metrics", Some(TOKEN)).1;
         let positive = |series: &str| {
@@ -411,6 +414,7 @@ fn history_table_cold_tier_and_api_agree_with_the_oracle() {
                 "helios_cold_compaction_files_total{{job=\"prices\",side=\"{side}\"}} "
             ))
         }) && positive("helios_history_versions_held{job=\"prices\"} ")
+            && positive("helios_history_row_bytes{job=\"prices\",place=\"disk\"} ")
     });
     let sample: Vec<usize> = (0..points.len())
         .step_by(7)

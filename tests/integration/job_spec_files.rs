@@ -202,6 +202,16 @@ fn invalid_documents_are_rejected_by_schema_and_parser() {
             "source.receive_buffer_kib",
         ),
         (
+            "no row memory for the version books",
+            base_with("[tenants]", "[history]\nrow_memory_mib = 0\n[tenants]"),
+            "history.row_memory_mib",
+        ),
+        (
+            "row memory past 1 TiB",
+            base_with("[tenants]", "[history]\nrow_memory_mib = 1048577\n[tenants]"),
+            "history.row_memory_mib",
+        ),
+        (
             "bad publication name",
             base_with("publication = \"pub_t\"", "publication = \"9pub\""),
             "source.publication",

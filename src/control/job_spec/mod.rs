@@ -26,6 +26,7 @@
 //! valid_time_column = "effective_at"  # optional; default: the commit time
 //! [history]                     # optional
 //! hot_window_secs = 3600        # closed versions kept in memory for as-of queries
+//! row_memory_mib = 128          # rows the version books keep in memory; the rest on disk
 //! [[sinks]]
 //! kind = "postgres"
 //! dsn = "host=127.0.0.1 port=5433 user=postgres dbname=replica"
@@ -81,6 +82,10 @@ pub const DEFAULT_PARQUET_BATCH_MAX_ROWS: usize = 100_000;
 pub const DEFAULT_HOT_WINDOW_SECS: u64 = 3600;
 /// Largest accepted `history.hot_window_secs` (30 days).
 pub const MAX_HOT_WINDOW_SECS: u64 = 30 * 24 * 3600;
+/// Default `history.row_memory_mib`.
+pub const DEFAULT_ROW_MEMORY_MIB: u64 = 128;
+/// Largest accepted `history.row_memory_mib` (1 TiB).
+pub const MAX_ROW_MEMORY_MIB: u64 = 1 << 20;
 /// The `path` of a [`JobSpecError::Parse`] that concerns the whole document
 /// (syntax errors, a document that is not a table/object).
 pub const DOCUMENT_PATH: &str = "<document>";
@@ -128,13 +133,25 @@ pub struct HistorySpec {
     /// from the history table). `1..=2592000`, default 3600.
     #[serde(default = "default_hot_window_secs")]
     pub hot_window_secs: u64,
+    /// MiB of rows the version books keep in memory; beyond it they go to an unlinked
+    /// local file and are read back when their version closes. `1..=1048576`, default 128.
+    #[serde(default = "default_row_memory_mib")]
+    pub row_memory_mib: u64,
 }
 
 impl Default for HistorySpec {
     fn default() -> Self {
         HistorySpec {
             hot_window_secs: DEFAULT_HOT_WINDOW_SECS,
+            row_memory_mib: DEFAULT_ROW_MEMORY_MIB,
         }
+    }
+}
+
+impl HistorySpec {
+    /// Bytes of rows the version books keep in memory.
+    pub fn row_memory_bytes(&self) -> u64 {
+        self.row_memory_mib << 20
     }
 }
 
@@ -146,6 +163,10 @@ impl HistorySpec {
 
 fn default_hot_window_secs() -> u64 {
     DEFAULT_HOT_WINDOW_SECS
+}
+
+fn default_row_memory_mib() -> u64 {
+    DEFAULT_ROW_MEMORY_MIB
 }
 
 /// Which tenants the job replicates and where their id lives.
@@ -563,6 +584,15 @@ impl JobSpec {
                 format!(
                     "must be between 1 and {MAX_HOT_WINDOW_SECS}, got {}",
                     self.history.hot_window_secs
+                ),
+            ));
+        }
+        if !(1..=MAX_ROW_MEMORY_MIB).contains(&self.history.row_memory_mib) {
+            return Err(JobSpecError::invalid(
+                "history.row_memory_mib",
+                format!(
+                    "must be between 1 and {MAX_ROW_MEMORY_MIB}, got {}",
+                    self.history.row_memory_mib
                 ),
             ));
         }

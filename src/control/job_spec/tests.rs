@@ -318,6 +318,28 @@ fn snapshot_split_tables_is_checked_and_round_trips() {
 }
 
 #[test]
+fn row_memory_mib_is_checked() {
+    let spec = JobSpec::from_toml_str(VALID).expect("valid");
+    assert_eq!(
+        spec.history.row_memory_mib, DEFAULT_ROW_MEMORY_MIB,
+        "the default"
+    );
+    assert_eq!(spec.history.row_memory_bytes(), 128 << 20);
+    let with = |line: &str| format!("{VALID}\n[history]\n{line}\n");
+    let spec = JobSpec::from_toml_str(&with("row_memory_mib = 1")).expect("1");
+    assert_eq!(spec.history.row_memory_bytes(), 1 << 20);
+    let json = serde_json::to_string(&spec).expect("to JSON");
+    assert_eq!(JobSpec::from_json_str(&json).expect("from JSON"), spec);
+    for bad in ["row_memory_mib = 0", "row_memory_mib = 1048577"] {
+        let err = expect_err(&with(bad), "history.row_memory_mib");
+        assert!(err.to_string().contains("between 1 and 1048576"), "{err}");
+    }
+    for bad in ["row_memory_mib = -1", "row_memory_mib = \"lots\""] {
+        expect_err(&with(bad), "history.row_memory_mib");
+    }
+}
+
+#[test]
 fn receive_buffer_kib_is_checked() {
     use crate::cdc::transport::ReceiveBuffer;
     let with = |line: &str| valid_with("slot = \"slot_t\"", &format!("slot = \"slot_t\"\n{line}"));
@@ -693,7 +715,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
         tables(),
         proptest::collection::vec(sink, 1..3),
         (
-            1..=MAX_HOT_WINDOW_SECS,
+            (1..=MAX_HOT_WINDOW_SECS, 1..=MAX_ROW_MEMORY_MIB),
             "/[a-z]{1,8}(/[a-z0-9_]{1,8}){0,2}",
             1..=MAX_BATCH_MAX_ROWS,
         ),
@@ -706,7 +728,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                 (column, include),
                 tables,
                 mut sinks,
-                (hot, root, rows),
+                ((hot, row_memory_mib), root, rows),
                 mut qos,
             )| {
                 // Tiers only for tenants the job includes.
@@ -737,6 +759,7 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                     sinks,
                     history: HistorySpec {
                         hot_window_secs: hot,
+                        row_memory_mib,
                     },
                     qos,
                 }

@@ -52,7 +52,7 @@ fn upsert(tenant: &str, new: Row) -> TenantChange {
 
 struct Run {
     plan: HistoryPlan,
-    books: HashMap<(String, String), Book>,
+    books: Shelf,
     lsn: Lsn,
     /// Records by value (`record_owned_change`).
     owned: bool,
@@ -62,7 +62,7 @@ impl Run {
     fn new(valid: Option<&str>) -> Run {
         Run {
             plan: plan(valid),
-            books: HashMap::new(),
+            books: Shelf::default(),
             lsn: 100,
             owned: false,
         }
@@ -84,11 +84,33 @@ impl Run {
                 system,
                 c.clone(),
                 &mut out,
-            );
+            )
+            .expect("rows in memory");
         } else {
-            record_change(&self.plan, &mut self.books, start, system, c, &mut out);
+            record_change(&self.plan, &mut self.books, start, system, c, &mut out)
+                .expect("rows in memory");
         }
+        self.books.shrink_if_due();
         out
+    }
+
+    /// Every version held, rows read back from where they are.
+    fn versions(&self) -> Vec<Vec<Version<PackedRow, PackedRow>>> {
+        let rows = &self.books.rows;
+        let mut books: Vec<_> = self.books.books.iter().collect();
+        books.sort_by(|a, b| a.0.cmp(b.0));
+        books
+            .into_iter()
+            .map(|(_, book)| {
+                book.versions()
+                    .into_iter()
+                    .map(|v| {
+                        let value = rows.row(&v.value).expect("the row reads back");
+                        v.map(|k| k, |_| value)
+                    })
+                    .collect()
+            })
+            .collect()
     }
 }
 
@@ -129,8 +151,7 @@ fn an_owned_change_records_what_a_borrowed_one_does() {
         assert!(!a.is_empty());
         assert_eq!(a, b, "{c:?}");
     }
-    let versions = |r: &Run| r.books.values().map(|b| b.versions()).collect::<Vec<_>>();
-    assert_eq!(versions(&borrowed), versions(&owned));
+    assert_eq!(borrowed.versions(), owned.versions());
 }
 
 fn opens(events: &[HistoryEvent]) -> Vec<(Row, i64, Option<i64>)> {
@@ -358,7 +379,7 @@ fn a_large_transaction_is_versioned_as_it_arrives_with_the_same_events() {
     );
     // What applying each transaction whole, in order, records.
     let plan = plan(None);
-    let mut books = HashMap::new();
+    let mut books = Shelf::default();
     let mut whole = Vec::new();
     for (lsn, changes) in &txns {
         let system = SysTime {
@@ -368,7 +389,8 @@ fn a_large_transaction_is_versioned_as_it_arrives_with_the_same_events() {
         let mut out = Vec::new();
         for c in changes {
             let start = SysTime { lsn: 0, micros: 0 };
-            record_owned_change(&plan, &mut books, start, system, c.clone(), &mut out);
+            record_owned_change(&plan, &mut books, start, system, c.clone(), &mut out)
+                .expect("rows in memory");
         }
         whole.extend(out.into_iter().map(|e| (*lsn, e)));
     }
@@ -389,4 +411,137 @@ fn a_large_transaction_is_versioned_as_it_arrives_with_the_same_events() {
     assert!(streamed
         .iter()
         .any(|(_, e)| matches!(e.delta, VersionDelta::Close { .. })));
+}
+
+/// Changes of every kind over 150 keys of 3 tenants: inserts and updates at valid times
+/// that go back and forth (corrections split versions), TOASTed updates, key changes,
+/// deletes and a truncate now and then.
+fn mixed_changes(n: usize) -> Vec<TenantChange> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |m: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % m
+    };
+    let times = [JAN, FEB, MAR];
+    (0..n)
+        .map(|i| {
+            let tenant = (1 + next(3)).to_string();
+            let id = next(50).to_string();
+            let at = times[next(3) as usize];
+            let wide = format!("{i}-{}", "p".repeat(next(300) as usize));
+            let scope = Scope::Tenant(tenant.clone());
+            match next(20) {
+                0..=10 => upsert(&tenant, row(&tenant, &id, &wide, at)),
+                11..=13 => {
+                    let mut toasted = row(&tenant, &id, "", at);
+                    toasted[2] = Cell::Unchanged;
+                    upsert(&tenant, toasted)
+                }
+                14..=15 => change(
+                    scope,
+                    TenantAction::Upsert {
+                        old: Some(row(&tenant, &id, "", at)),
+                        new: row(&tenant, &next(50).to_string(), &wide, at),
+                        insert: false,
+                    },
+                ),
+                16..=18 => change(
+                    scope,
+                    TenantAction::Delete {
+                        old: row(&tenant, &id, "", at),
+                    },
+                ),
+                _ if i % 7 == 0 => change(scope, TenantAction::Truncate),
+                _ => upsert(&tenant, row(&tenant, &id, &wide, at)),
+            }
+        })
+        .collect()
+}
+
+/// Books whose rows go to the spill file beyond a few KiB give the same events and end
+/// with the same versions as books that keep every row in memory.
+#[test]
+fn a_small_row_budget_records_what_memory_does() {
+    let mut memory = Run::new(Some("effective_at"));
+    let mut spilled = Run::new(Some("effective_at"));
+    spilled.books = Shelf::new(Some(8 << 10));
+    for (i, c) in mixed_changes(4000).iter().enumerate() {
+        assert_eq!(memory.apply(c), spilled.apply(c), "change {i}: {c:?}");
+    }
+    assert_eq!(memory.versions(), spilled.versions());
+    let rows = &spilled.books.rows;
+    assert!(rows.spilled_bytes() > 100_000, "{rows:?}");
+    assert!(rows.resident_bytes() <= 8 << 10, "{rows:?}");
+    assert_eq!(memory.books.rows.file_bytes(), 0);
+}
+
+/// A row that does not read back stops the operator: no events, its input's time held
+/// (nothing past the transaction can be confirmed), and the books say why.
+#[test]
+fn a_row_that_does_not_read_back_stops_the_operator_where_it_is() {
+    use crate::operators::row_spill::SpillRef;
+    use timely::dataflow::operators::capture::{Capture, Event};
+    use timely::dataflow::operators::{Input, Probe};
+    use timely::dataflow::InputHandleVec;
+    let (given, frontier, failure) = timely::execute_directly(|worker| {
+        let start = SysTime { lsn: 0, micros: 0 };
+        let books = Arc::new(HistoryBooks::new(start));
+        // Tenant 1's key 5 points into a spill file that is not there.
+        books
+            .books
+            .lock()
+            .expect("not poisoned")
+            .books
+            .entry(("1".to_string(), "app.prices".to_string()))
+            .or_insert_with(|| Book::new(start))
+            .restore(Version {
+                key: PackedRow::pack(&[t("1"), t("5")]),
+                value: HeldRow::Spilled(SpillRef::new(0, 40).expect("fits")),
+                valid_from: 0,
+                valid_to: None,
+                system_from: start,
+                system_to: None,
+                tombstone: false,
+            });
+        let mut input: InputHandleVec<Lsn, TenantChange> = InputHandleVec::new();
+        let id = worker.next_dataflow_index();
+        let shared = books.clone();
+        let (out, probe) = worker.dataflow::<Lsn, _, _>(|scope| {
+            let stream = scope.input_from(&mut input).version_history(
+                Arc::new(plan(None)),
+                shared,
+                false,
+                |lsn| Some(lsn as i64 * 1000),
+            );
+            let (probe, stream) = stream.probe();
+            (stream.capture(), probe)
+        });
+        input.advance_to(10);
+        input.send(upsert("1", row("1", "5", "7", JAN)));
+        input.advance_to(20);
+        input.send(upsert("1", row("1", "6", "8", JAN)));
+        input.advance_to(30);
+        for _ in 0..50 {
+            worker.step();
+        }
+        let given: usize = out
+            .try_iter()
+            .map(|e| match e {
+                Event::Messages(_, data) => data.len(),
+                Event::Progress(_) => 0,
+            })
+            .sum();
+        let frontier = probe.with_frontier(|f| f.to_vec());
+        worker.drop_dataflow(id);
+        (given, frontier, books.failure())
+    });
+    assert_eq!(given, 0);
+    assert_eq!(frontier, vec![10], "the failed transaction's time is held");
+    let why = failure.expect("the books say why");
+    assert!(
+        why.contains("LSN 10") && why.contains("spill file"),
+        "{why}"
+    );
 }
