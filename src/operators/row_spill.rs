@@ -177,6 +177,8 @@ pub struct RowStore {
     walk_at: u64,
     /// Size past which a walk considers compacting the file.
     compact_min: u64,
+    /// Files compacted so far.
+    compactions: u64,
     file: Option<SpillFile>,
 }
 
@@ -206,6 +208,7 @@ impl RowStore {
             spilled: 0,
             walk_at: budget.unwrap_or(u64::MAX),
             compact_min: COMPACT_MIN_BYTES,
+            compactions: 0,
             file: None,
         }
     }
@@ -240,6 +243,17 @@ impl RowStore {
     /// Bytes of rows in the file that versions pointed to at the last walk.
     pub fn spilled_bytes(&self) -> u64 {
         self.spilled
+    }
+
+    /// How many times a walk copied the file's rows into a new one.
+    pub fn compactions(&self) -> u64 {
+        self.compactions
+    }
+
+    /// Makes walks compact the file from `bytes` on (tests: the default is 64 MiB).
+    #[cfg(test)]
+    pub(crate) fn set_compact_min(&mut self, bytes: u64) {
+        self.compact_min = bytes;
     }
 
     /// Size of the file (rows no longer held included).
@@ -277,7 +291,10 @@ impl RowStore {
         }
         if self.file_bytes() > self.compact_min && spilled * 2 < self.file_bytes() {
             match self.compact(&mut each) {
-                Ok(()) => report.compacted = true,
+                Ok(()) => {
+                    report.compacted = true;
+                    self.compactions += 1;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "the history spill file keeps its unused rows: they cannot be copied to a new file")
                 }

@@ -467,13 +467,26 @@ fn a_small_row_budget_records_what_memory_does() {
     let mut memory = Run::new(Some("effective_at"));
     let mut spilled = Run::new(Some("effective_at"));
     spilled.books = Shelf::new(Some(8 << 10));
+    // Compacted once the file passes 64 KiB and is less than half used.
+    spilled.books.rows.set_compact_min(64 << 10);
     for (i, c) in mixed_changes(4000).iter().enumerate() {
         assert_eq!(memory.apply(c), spilled.apply(c), "change {i}: {c:?}");
+        if i % 500 == 499 {
+            // The hot window moves on: closed versions leave both, some rows in the file
+            // with them.
+            for run in [&mut memory, &mut spilled] {
+                let horizon = run.lsn as i64 * 1000 - 300_000;
+                for book in run.books.books.values_mut() {
+                    book.prune_closed_before(horizon);
+                }
+            }
+        }
     }
     assert_eq!(memory.versions(), spilled.versions());
     let rows = &spilled.books.rows;
     assert!(rows.spilled_bytes() > 100_000, "{rows:?}");
     assert!(rows.resident_bytes() <= 8 << 10, "{rows:?}");
+    assert!(rows.compactions() > 0, "{rows:?}");
     assert_eq!(memory.books.rows.file_bytes(), 0);
 }
 

@@ -20,7 +20,7 @@ struct Held {
 impl Held {
     fn new(budget: Option<u64>, compact_min: u64) -> Held {
         let mut store = RowStore::new(budget);
-        store.compact_min = compact_min;
+        store.set_compact_min(compact_min);
         Held {
             store,
             rows: Vec::new(),
@@ -147,6 +147,7 @@ fn a_file_mostly_unused_is_copied_into_a_new_one() {
     });
     let report = held.walk();
     assert!(report.compacted, "{report:?}");
+    assert_eq!(held.store.compactions(), 1);
     assert!(
         held.store.file_bytes() < full / 5,
         "{} bytes",
