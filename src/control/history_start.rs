@@ -24,7 +24,7 @@ use crate::operators::version::SysTime;
 use crate::sinks::parquet::sink::cold_columns;
 use crate::sinks::parquet::{ColdRow, ColdTableWriter};
 use crate::sinks::pg_apply::history::{
-    ensure_history_shape, history_name, history_problem, load_versions, record_snapshot_versions,
+    each_version, ensure_history_shape, history_name, history_problem, record_snapshot_versions,
     tenant_predicate, VersionFilter,
 };
 use crate::sinks::pg_apply::store::sink_error;
@@ -165,19 +165,21 @@ pub async fn restore_books(
         ensure_history_shape(target, info).await?;
         let column = &plan.tenant_columns[&table.name];
         let filter = tenant_predicate(column, &plan.include);
-        let versions = load_versions(
+        // One version at a time: the books bound their rows' memory, the table is
+        // never held whole.
+        each_version(
             target,
             info,
             filter.as_deref(),
             VersionFilter::CurrentAtLsn(resume),
+            |v| {
+                if let Some(tenant) = tenant_of(plan, info, &v.value) {
+                    books.restore(&tenant, &table.name, v);
+                    restored += 1;
+                }
+            },
         )
         .await?;
-        for v in versions {
-            if let Some(tenant) = tenant_of(plan, info, &v.value) {
-                books.restore(&tenant, &table.name, v);
-                restored += 1;
-            }
-        }
     }
     Ok(restored)
 }

@@ -356,6 +356,41 @@ pub async fn load_versions(
     tenants: Option<&str>,
     filter: VersionFilter,
 ) -> Result<Vec<Version<Row, Row>>, SinkError> {
+    let mut versions = Vec::new();
+    each_version(client, table, tenants, filter, |v| versions.push(v)).await?;
+    Ok(versions)
+}
+
+/// The versions [`load_versions`] reads, handed to `each` as they arrive from the target
+/// (restoring the version books holds one at a time, not the table); returns how many.
+pub async fn each_version(
+    client: &impl GenericClient,
+    table: &TableInfo,
+    tenants: Option<&str>,
+    filter: VersionFilter,
+    mut each: impl FnMut(Version<Row, Row>),
+) -> Result<u64, SinkError> {
+    use futures_util::StreamExt;
+    let sql = versions_sql(table, tenants, filter);
+    let rows = client
+        .query_raw(
+            &sql,
+            std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>(),
+        )
+        .await
+        .map_err(|e| sink_error("read history versions", &e))?;
+    futures_util::pin_mut!(rows);
+    let mut read = 0;
+    while let Some(row) = rows.next().await {
+        let row = row.map_err(|e| sink_error("read history versions", &e))?;
+        each(version_of(table, &row).map_err(|e| sink_error("read a history version", &e))?);
+        read += 1;
+    }
+    Ok(read)
+}
+
+/// The query of [`each_version`]: the columns as text, then the version's times.
+fn versions_sql(table: &TableInfo, tenants: Option<&str>, filter: VersionFilter) -> String {
     let shape = history_shape(table);
     let history = quote_qualified(&shape.schema, &shape.name);
     let cols: Vec<String> = table
@@ -391,7 +426,7 @@ pub async fn load_versions(
             ));
         }
     }
-    let sql = format!(
+    format!(
         "SELECT {}, {}, {}, {}, {}, tombstone FROM {history} WHERE {}",
         cols.join(", "),
         micros_sql("valid_from"),
@@ -399,36 +434,39 @@ pub async fn load_versions(
         micros_sql("system_from"),
         lsn_sql("system_from_lsn"),
         conditions.join(" AND ")
-    );
-    let rows = client
-        .query(&sql, &[])
-        .await
-        .map_err(|e| sink_error("read history versions", &e))?;
+    )
+}
+
+/// One row of [`versions_sql`] as a version (an unexpected type is an error, not a panic).
+fn version_of(
+    table: &TableInfo,
+    r: &tokio_postgres::Row,
+) -> Result<Version<Row, Row>, tokio_postgres::Error> {
     let n = table.columns.len();
-    let keys = table.key_columns();
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let value: Row = (0..n)
-                .map(|i| match r.get::<_, Option<String>>(i) {
-                    Some(t) => Cell::Text(t.into()),
-                    None => Cell::Null,
-                })
-                .collect();
-            Version {
-                key: keys.iter().map(|&i| value[i].clone()).collect(),
-                valid_from: r.get::<_, Option<i64>>(n).unwrap_or(i64::MIN),
-                valid_to: r.get(n + 1),
-                system_from: SysTime {
-                    lsn: r.get::<_, i64>(n + 3) as Lsn,
-                    micros: r.get::<_, Option<i64>>(n + 2).unwrap_or(0),
-                },
-                system_to: None,
-                tombstone: r.get(n + 4),
-                value,
-            }
+    let value = (0..n)
+        .map(|i| {
+            Ok(match r.try_get::<_, Option<String>>(i)? {
+                Some(t) => Cell::Text(t.into()),
+                None => Cell::Null,
+            })
         })
-        .collect())
+        .collect::<Result<Row, tokio_postgres::Error>>()?;
+    Ok(Version {
+        key: table
+            .key_columns()
+            .iter()
+            .map(|&i| value[i].clone())
+            .collect(),
+        valid_from: r.try_get::<_, Option<i64>>(n)?.unwrap_or(i64::MIN),
+        valid_to: r.try_get(n + 1)?,
+        system_from: SysTime {
+            lsn: r.try_get::<_, i64>(n + 3)? as Lsn,
+            micros: r.try_get::<_, Option<i64>>(n + 2)?.unwrap_or(0),
+        },
+        system_to: None,
+        tombstone: r.try_get(n + 4)?,
+        value,
+    })
 }
 
 /// The earliest system time of any version of `tenant`'s rows (`None`: no history yet).
