@@ -9,7 +9,7 @@
 //! there, so replayed transactions produce the same events, which the sink skips by each
 //! table's covered LSN.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,12 +17,14 @@ use futures_util::StreamExt;
 
 use crate::cdc::snapshot;
 use crate::change::{Cell, Lsn, TableInfo, Text};
+use crate::control::cold_seed::{self, SnapshotChunk};
 use crate::control::history_query::versions_from_cold_rows;
 use crate::control::job_spec::{TableSpec, TenantFilter};
 use crate::operators::history::HistoryBooks;
 use crate::operators::partition::TenantPlan;
 use crate::operators::version::SysTime;
-use crate::sinks::parquet::sink::cold_columns;
+use crate::sinks::parquet::large_txn::{LargeLimits, LargeWrite, LARGE_LIMITS};
+use crate::sinks::parquet::sink::{cold_columns, OpenWriter};
 use crate::sinks::parquet::{
     list_tables, read_table, ChangeOp, ColdEvent, ColdRow, ColdTableWriter, ParquetError,
 };
@@ -141,9 +143,10 @@ fn snapshot_row(table: &TableInfo, valid_at: Option<usize>, row: &[Cell], at: Sy
 /// version still open, then one open version per row the `copier` (in the exported
 /// snapshot's transaction) reads, all at `at`. Returns the rows read.
 ///
-/// A tenant's rows are held in memory until they are written, in one file per tenant at
-/// the consistent point (a cold write is one LSN range; the history-table path holds as
-/// much). A tenant whose table already covers `at` (a crash after its write) is skipped.
+/// Rows go into each tenant's staged files as they are read ([`cold_seed`]); each
+/// tenant's files are published at the end with one manifest update, as one write at
+/// the consistent point. A read that fails publishes nothing. A tenant whose table
+/// already covers `at` (a crash after its write) is skipped.
 pub async fn snapshot_table(
     copier: &tokio_postgres::Client,
     roots: &[PathBuf],
@@ -167,78 +170,75 @@ pub async fn snapshot_table(
     let rows = snapshot::rows_as_text(copier, &sql)
         .await
         .map_err(|e| SinkError::Transient(e.to_string()))?;
-    futures_util::pin_mut!(rows);
-    let mut by_tenant: BTreeMap<String, Vec<ColdRow>> = BTreeMap::new();
-    let mut read = 0u64;
-    while let Some(row) = rows.next().await {
-        let row = row.map_err(|e| SinkError::Transient(e.to_string()))?;
-        let Some(tenant) = row.get(tenant_at).and_then(Cell::as_text) else {
-            // A NULL tenant belongs to no tenant: the stream drops such rows too.
-            continue;
+    // A NULL tenant belongs to no tenant: the stream drops such rows too.
+    let versions = rows.filter_map(|row| {
+        let version = match row {
+            Ok(row) => row
+                .get(tenant_at)
+                .and_then(Cell::as_text)
+                .map(|tenant| Ok((tenant.to_owned(), snapshot_row(info, valid_at, &row, at)))),
+            Err(e) => Some(Err(SinkError::Transient(e.to_string()))),
         };
-        by_tenant
-            .entry(tenant.to_owned())
-            .or_default()
-            .push(snapshot_row(info, valid_at, &row, at));
-        read += 1;
-    }
-    for (i, root) in roots.iter().enumerate() {
-        let (root, info) = (root.clone(), info.clone());
-        let (table_name, include) = (table.name.clone(), plan.include.clone());
-        // The last root takes the rows; the others get copies.
-        let opens = if i + 1 == roots.len() {
-            std::mem::take(&mut by_tenant)
-        } else {
-            by_tenant.clone()
-        };
-        tokio::task::spawn_blocking(move || {
-            write_snapshot(&root, &info, &table_name, &include, opens, at)
-        })
-        .await
-        .map_err(|e| SinkError::Transient(format!("cold snapshot writer task: {e}")))??;
-    }
-    Ok(read)
+        std::future::ready(version)
+    });
+    let (roots, info) = (roots.to_vec(), info.clone());
+    let (table_name, include) = (table.name.clone(), plan.include.clone());
+    cold_seed::feed(versions, move |chunks| {
+        write_snapshot(
+            &roots,
+            &info,
+            &table_name,
+            &include,
+            at,
+            LARGE_LIMITS,
+            chunks,
+        )
+    })
+    .await
 }
 
-fn write_snapshot(
-    root: &Path,
+/// The blocking side of [`snapshot_table`]: closes the versions open in each root's tier
+/// for the job's tenants, then streams the chunks' rows in ([`cold_seed::stream_into_tier`]).
+pub fn write_snapshot(
+    roots: &[PathBuf],
     info: &TableInfo,
     table: &str,
     include: &TenantFilter,
-    mut opens: BTreeMap<String, Vec<ColdRow>>,
     at: SysTime,
+    limits: LargeLimits,
+    chunks: impl Iterator<Item = SnapshotChunk>,
 ) -> Result<(), SinkError> {
-    // Tenants in the tier but not in the snapshot (their rows are gone) get closes only.
-    for tenant in tier_tenants(root, table, include).map_err(cold_error(root))? {
-        opens.entry(tenant).or_default();
-    }
     let columns = cold_columns(info);
-    for (tenant, mut rows) in opens {
-        let mut writer =
-            ColdTableWriter::open(root, &tenant, table, &columns).map_err(cold_error(root))?;
-        if writer.covered_lsn() >= at.lsn {
-            continue;
-        }
-        let mut closes = if writer.manifest().files.is_empty() {
-            Vec::new()
-        } else {
+    let mut writes = Vec::with_capacity(roots.len());
+    for root in roots {
+        let mut write = LargeWrite::new(root, at.lsn, limits);
+        let mut writers: HashMap<(String, String), OpenWriter> = HashMap::new();
+        // Tenants in the tier but not in the snapshot (their rows are gone) get closes
+        // only.
+        for tenant in tier_tenants(root, table, include).map_err(cold_error(root))? {
+            let writer =
+                ColdTableWriter::open(root, &tenant, table, &columns).map_err(cold_error(root))?;
+            if writer.covered_lsn() >= at.lsn || writer.manifest().files.is_empty() {
+                continue;
+            }
             let (_, published) = read_table(root, &tenant, table).map_err(cold_error(root))?;
-            open_versions_at(info, published, Lsn::MAX)
-        };
-        for c in &mut closes {
-            c.event = ColdEvent::Close;
-            c.system_to = Some(at.micros);
-            c.system_to_lsn = Some(at.lsn);
+            let mut closes = open_versions_at(info, published, Lsn::MAX);
+            for c in &mut closes {
+                c.event = ColdEvent::Close;
+                c.system_to = Some(at.micros);
+                c.system_to_lsn = Some(at.lsn);
+            }
+            writers.insert(
+                (tenant.clone(), table.to_owned()),
+                (columns.clone(), writer),
+            );
+            write
+                .add_rows(&tenant, table, &columns, &closes, &mut writers)
+                .map_err(cold_seed::large_error)?;
         }
-        if closes.is_empty() && rows.is_empty() {
-            continue;
-        }
-        closes.append(&mut rows);
-        writer
-            .write(&closes, at.lsn, at.lsn)
-            .map_err(cold_error(root))?;
+        writes.push((write, writers));
     }
-    Ok(())
+    cold_seed::stream_into_tier(writes, table, &columns, chunks)
 }
 
 #[cfg(test)]
@@ -296,6 +296,103 @@ mod tests {
             ["b", "c", "d"]
         );
         assert!(open_versions_at(&table(), rows, 5).is_empty());
+    }
+
+    /// A snapshot's open versions at `at`: `n` rows spread over `tenants`, in chunks of
+    /// 300, then [`SnapshotChunk::End`] when `complete`.
+    fn chunks(tenants: &[&str], n: usize, at: SysTime, complete: bool) -> Vec<SnapshotChunk> {
+        let info = table();
+        let rows: Vec<(String, ColdRow)> = (0..n)
+            .map(|i| {
+                let tenant = tenants[i % tenants.len()];
+                let cells = [
+                    Cell::text(tenant),
+                    Cell::text(&i.to_string()),
+                    Cell::text("v"),
+                ];
+                (tenant.to_owned(), snapshot_row(&info, None, &cells, at))
+            })
+            .collect();
+        let mut out: Vec<SnapshotChunk> = rows
+            .chunks(300)
+            .map(|c| SnapshotChunk::Rows(c.to_vec()))
+            .collect();
+        if complete {
+            out.push(SnapshotChunk::End);
+        }
+        out
+    }
+
+    /// Per root and tenant: (versions open now, rows published, files listed).
+    fn published(roots: &[PathBuf], tenants: &[&str]) -> Vec<(usize, usize, usize)> {
+        let (info, name) = (table(), table().qualified_name());
+        let mut out = Vec::new();
+        for root in roots {
+            for tenant in tenants {
+                let rows = read_table(root, tenant, &name)
+                    .map(|(_, r)| r)
+                    .unwrap_or_default();
+                let files = ColdTableWriter::open(root, tenant, &name, &cold_columns(&info))
+                    .expect("open")
+                    .manifest()
+                    .files
+                    .len();
+                let open = open_versions_at(&info, rows.clone(), Lsn::MAX).len();
+                out.push((open, rows.len(), files));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_snapshot_streams_into_pieces_published_whole_and_closes_what_it_replaces() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let roots = vec![dir.path().join("a"), dir.path().join("b")];
+        let (info, name) = (table(), table().qualified_name());
+        let limits = LargeLimits {
+            buffer_bytes: 16 << 10,
+            file_rows: 400,
+        };
+        let first = SysTime {
+            lsn: 100,
+            micros: 1_000,
+        };
+        let write = |at: SysTime, tenants: &[&str], n: usize, complete: bool| {
+            let input = chunks(tenants, n, at, complete).into_iter();
+            write_snapshot(&roots, &info, &name, &TenantFilter::All, at, limits, input)
+        };
+        write(first, &["1", "2", "3"], 3000, true).expect("first snapshot");
+        // 1,000 rows a tenant in files of about 400 rows, in both roots.
+        for (open, rows, files) in published(&roots, &["1", "2", "3"]) {
+            assert_eq!((open, rows), (1000, 1000));
+            assert!(files >= 3, "{files} files");
+        }
+        // A snapshot cut short publishes nothing.
+        let second = SysTime {
+            lsn: 200,
+            micros: 2_000,
+        };
+        let err = write(second, &["1", "2"], 1000, false).expect_err("no End");
+        assert!(
+            err.to_string().contains("nothing of it was published"),
+            "{err}"
+        );
+        for (open, rows, _) in published(&roots, &["1", "2", "3"]) {
+            assert_eq!((open, rows), (1000, 1000));
+        }
+        // A re-snapshot without tenant 3's rows: every open version is closed, tenants 1
+        // and 2 open their 500 rows, tenant 3 keeps only closed versions.
+        write(second, &["1", "2"], 1000, true).expect("second snapshot");
+        let after = published(&roots, &["1", "2", "3"]);
+        for root in 0..2 {
+            assert_eq!(after[root * 3].0, 500);
+            assert_eq!(after[root * 3].1, 1000 + 1000 + 500);
+            assert_eq!(after[root * 3 + 2].0, 0);
+            assert_eq!(after[root * 3 + 2].1, 1000 + 1000);
+        }
+        // Written again at the same point (a crash after the write): nothing changes.
+        write(second, &["1", "2"], 1000, true).expect("replay");
+        assert_eq!(published(&roots, &["1", "2", "3"]), after);
     }
 
     #[test]

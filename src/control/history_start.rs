@@ -9,20 +9,22 @@
 //! replayed transactions then produce the same history events again, which every sink
 //! skips by its own checkpoint.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
+
+use futures_util::StreamExt;
 
 use crate::change::format_lsn;
 use crate::change::{Lsn, Row, TableInfo};
-use crate::control::cold_history::cold_error;
+use crate::control::cold_seed;
 use crate::control::exports::{cold_row, select_versions_sql};
 use crate::control::job_spec::{JobSpec, SinkSpec, TableSpec};
 use crate::operators::history::{HistoryBooks, HistoryPlan};
 use crate::operators::partition::TenantPlan;
 use crate::operators::version::SysTime;
+use crate::sinks::parquet::large_txn::{LargeWrite, LARGE_LIMITS};
 use crate::sinks::parquet::sink::cold_columns;
-use crate::sinks::parquet::{ColdRow, ColdTableWriter};
 use crate::sinks::pg_apply::history::{
     each_version, ensure_history_shape, history_name, history_problem, record_snapshot_versions,
     tenant_predicate, VersionFilter,
@@ -116,38 +118,37 @@ pub async fn record_snapshot(
             filter.map(|f| format!(" AND {f}")).unwrap_or_default()
         );
         let rows = target
-            .query(&sql, &[])
+            .query_raw(
+                &sql,
+                std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>(),
+            )
             .await
             .map_err(|e| sink_error("read the snapshot's history versions", &e))?;
+        // Streamed into the tier as they are read: the snapshot is never held whole.
         let tenant_index = info.column_index(column);
-        let mut by_tenant: BTreeMap<String, Vec<ColdRow>> = BTreeMap::new();
-        for r in &rows {
-            let row = cold_row(info, r);
-            if let Some(tenant) = tenant_index.and_then(|i| row.values.get(i)?.as_deref()) {
-                let tenant = tenant.to_owned();
-                by_tenant.entry(tenant).or_default().push(row);
-            }
-        }
-        for root in roots {
-            seed_cold_tier(Path::new(root), info, &by_tenant, at.lsn)?;
-        }
-    }
-    Ok(())
-}
-
-fn seed_cold_tier(
-    root: &Path,
-    table: &TableInfo,
-    by_tenant: &BTreeMap<String, Vec<ColdRow>>,
-    lsn: Lsn,
-) -> Result<(), SinkError> {
-    let columns = cold_columns(table);
-    for (tenant, rows) in by_tenant {
-        let mut writer = ColdTableWriter::open(root, tenant, &table.qualified_name(), &columns)
-            .map_err(cold_error(root))?;
-        if writer.covered_lsn() < lsn {
-            writer.write(rows, lsn, lsn).map_err(cold_error(root))?;
-        }
+        let versions = rows.filter_map(|r| {
+            let version = match r {
+                Ok(r) => {
+                    let row = cold_row(info, &r);
+                    tenant_index
+                        .and_then(|i| row.values.get(i)?.as_deref().map(str::to_owned))
+                        .map(|tenant| Ok((tenant, row)))
+                }
+                Err(e) => Some(Err(sink_error("read the snapshot's history versions", &e))),
+            };
+            std::future::ready(version)
+        });
+        let roots: Vec<PathBuf> = roots.iter().map(PathBuf::from).collect();
+        let (info, lsn) = (info.as_ref().clone(), at.lsn);
+        cold_seed::feed(versions, move |chunks| {
+            let columns = cold_columns(&info);
+            let writes = roots
+                .iter()
+                .map(|root| (LargeWrite::new(root, lsn, LARGE_LIMITS), HashMap::new()))
+                .collect();
+            cold_seed::stream_into_tier(writes, &info.qualified_name(), &columns, chunks)
+        })
+        .await?;
     }
     Ok(())
 }

@@ -19,7 +19,7 @@ use std::path::Path;
 
 use super::sink::{by_table_directory, cold_columns, cold_rows, OpenWriter};
 use super::writer::PieceStream;
-use super::{ColdColumn, ColdTableWriter, ParquetError};
+use super::{ColdColumn, ColdRow, ColdTableWriter, ParquetError};
 use crate::change::Lsn;
 use crate::sinks::{ApplyBatch, ApplyReport, SinkError, TenantApplied};
 
@@ -102,43 +102,70 @@ impl<'a> LargeWrite<'a> {
                 continue;
             };
             let shape = last.table.as_ref();
-            let columns = cold_columns(shape);
-            let key = (tenant.to_owned(), table);
-            let dir = match self.dirs.get_mut(&key) {
-                Some(dir) => dir,
-                None => {
-                    let (columns, writer) = match writers.remove(&key) {
-                        Some((cols, w)) if cols == columns => (cols, w),
-                        _ => {
-                            let w = ColdTableWriter::open(self.root, &key.0, &key.1, &columns)
-                                .map_err(definite)?;
-                            (columns.clone(), w)
-                        }
-                    };
-                    self.dirs.entry(key.clone()).or_insert(LargeDirectory {
-                        columns,
-                        writer,
-                        stream: PieceStream::new(self.lsn, self.lsn, self.limits.file_rows),
-                        given: 0,
-                    })
-                }
-            };
-            if dir.columns != columns {
-                return Err(LargeWriteError::ShapeChanged {
-                    table: key.1,
-                    lsn: self.lsn,
-                });
-            }
             let rows: Vec<_> = cold_rows(shape, &events)
                 .into_iter()
                 .map(|(_, row)| row)
                 .collect();
-            dir.given += rows.len() as u64;
-            dir.writer
-                .stream_rows(&mut dir.stream, &rows)
-                .map_err(definite)?;
+            self.stream(tenant, &table, &cold_columns(shape), &rows, writers)?;
         }
         self.bound_buffers()?;
+        Ok(())
+    }
+
+    /// Adds cold rows of one table directory (`columns` its shape, every row's commit
+    /// LSN the transaction's) as [`LargeWrite::add`] adds a part's.
+    pub fn add_rows(
+        &mut self,
+        tenant: &str,
+        table: &str,
+        columns: &[ColdColumn],
+        rows: &[ColdRow],
+        writers: &mut HashMap<(String, String), OpenWriter>,
+    ) -> Result<(), LargeWriteError> {
+        self.stream(tenant, table, columns, rows, writers)?;
+        self.bound_buffers()?;
+        Ok(())
+    }
+
+    /// Streams `rows` into the open file of the directory (`tenant`, `table`).
+    fn stream(
+        &mut self,
+        tenant: &str,
+        table: &str,
+        columns: &[ColdColumn],
+        rows: &[ColdRow],
+        writers: &mut HashMap<(String, String), OpenWriter>,
+    ) -> Result<(), LargeWriteError> {
+        let key = (tenant.to_owned(), table.to_owned());
+        let dir = match self.dirs.get_mut(&key) {
+            Some(dir) => dir,
+            None => {
+                let (columns, writer) = match writers.remove(&key) {
+                    Some((cols, w)) if cols == columns => (cols, w),
+                    _ => {
+                        let w = ColdTableWriter::open(self.root, &key.0, &key.1, columns)
+                            .map_err(definite)?;
+                        (columns.to_vec(), w)
+                    }
+                };
+                self.dirs.entry(key.clone()).or_insert(LargeDirectory {
+                    columns,
+                    writer,
+                    stream: PieceStream::new(self.lsn, self.lsn, self.limits.file_rows),
+                    given: 0,
+                })
+            }
+        };
+        if dir.columns != columns {
+            return Err(LargeWriteError::ShapeChanged {
+                table: key.1,
+                lsn: self.lsn,
+            });
+        }
+        dir.given += rows.len() as u64;
+        dir.writer
+            .stream_rows(&mut dir.stream, rows)
+            .map_err(definite)?;
         Ok(())
     }
 

@@ -484,7 +484,7 @@ impl Sink for ParquetSink {
 const PARALLEL_TABLE_WRITES: usize = 4;
 
 /// An open writer with the columns it was opened with.
-pub(super) type OpenWriter = (Vec<ColdColumn>, ColdTableWriter);
+pub type OpenWriter = (Vec<ColdColumn>, ColdTableWriter);
 
 /// Runs `each` on every item, [`PARALLEL_TABLE_WRITES`] at once (on this thread alone
 /// for a single item).
