@@ -20,10 +20,9 @@
 //! Run: `cargo bench --bench books` (`HELIOS_BENCH_BOOK_ROWS`, default 1,000,000;
 //! `HELIOS_BENCH_ROW_MEMORY_MIB`, default 16).
 
-use std::alloc::{GlobalAlloc, Layout};
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use helios_repl::change::Cell;
@@ -31,51 +30,10 @@ use helios_repl::operators::history::{Book, Shelf};
 use helios_repl::operators::packed_row::PackedRow;
 use helios_repl::operators::version::{Edit, SysTime, VersionBook, VersionDelta};
 
-/// mimalloc, counting the bytes it has handed out and not taken back.
-struct Counting;
+#[path = "support/counting.rs"]
+mod counting;
 
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-/// The size mimalloc actually hands out for a request of `size` bytes.
-fn class(size: usize) -> isize {
-    // SAFETY: a pure function of its argument.
-    unsafe { libmimalloc_sys::mi_good_size(size) as isize }
-}
-
-// SAFETY: every call is passed to mimalloc unchanged; only the counter is added.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = mimalloc::MiMalloc.alloc(layout);
-        if !p.is_null() {
-            LIVE.fetch_add(class(layout.size()), Relaxed);
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = mimalloc::MiMalloc.alloc_zeroed(layout);
-        if !p.is_null() {
-            LIVE.fetch_add(class(layout.size()), Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        mimalloc::MiMalloc.dealloc(ptr, layout);
-        LIVE.fetch_sub(class(layout.size()), Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = mimalloc::MiMalloc.realloc(ptr, layout, new_size);
-        if !p.is_null() {
-            LIVE.fetch_add(class(new_size) - class(layout.size()), Relaxed);
-        }
-        p
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+use counting::LIVE;
 
 const TENANTS: u64 = 50;
 
