@@ -9,24 +9,25 @@
 //! there, so replayed transactions produce the same events, which the sink skips by each
 //! table's covered LSN.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
 
 use crate::cdc::snapshot;
-use crate::change::{Cell, Lsn, TableInfo, Text};
+use crate::change::{Cell, Lsn, TableInfo};
 use crate::control::cold_seed::{self, SnapshotChunk};
 use crate::control::history_query::versions_from_cold_rows;
 use crate::control::job_spec::{TableSpec, TenantFilter};
 use crate::operators::history::HistoryBooks;
+use crate::operators::packed_row::PackedRow;
 use crate::operators::partition::TenantPlan;
 use crate::operators::version::SysTime;
 use crate::sinks::parquet::large_txn::{LargeLimits, LargeWrite, LARGE_LIMITS};
 use crate::sinks::parquet::sink::{cold_columns, OpenWriter};
 use crate::sinks::parquet::{
-    list_tables, read_table, ChangeOp, ColdEvent, ColdRow, ColdTableWriter, ParquetError,
+    for_each_batch, list_tables, ChangeOp, ColdEvent, ColdRow, ColdTableWriter, ParquetError,
 };
 use crate::sinks::SinkError;
 use crate::time_text::parse_pg_timestamp;
@@ -36,44 +37,50 @@ pub(crate) fn cold_error(root: &Path) -> impl Fn(ParquetError) -> SinkError + '_
     move |e| SinkError::Definite(format!("parquet cold tier {}: {e}", root.display()))
 }
 
-/// The open rows of versions current at `at`: opened at or before it and not closed at
-/// or before it, in the order they were written. A version is named by its key, valid
-/// start and opening LSN (as [`versions_from_cold_rows`] merges them).
-pub fn open_versions_at(table: &TableInfo, rows: Vec<ColdRow>, at: Lsn) -> Vec<ColdRow> {
-    let keys = table.key_columns();
-    let name = |r: &ColdRow| -> (Vec<Option<Text>>, i64, Lsn) {
-        let key = keys
-            .iter()
-            .map(|&i| r.values.get(i).cloned().flatten())
-            .collect();
-        (key, r.valid_from, r.system_from_lsn)
-    };
-    let mut open: HashMap<(Vec<Option<Text>>, i64, Lsn), usize> = HashMap::new();
-    let mut closed = Vec::new();
-    let mut kept: Vec<Option<ColdRow>> = Vec::new();
-    for row in rows {
-        match row.event {
-            ColdEvent::Open if row.system_from_lsn <= at => {
-                open.insert(name(&row), kept.len());
-                kept.push(Some(row));
-            }
-            ColdEvent::Close if row.system_to_lsn.is_some_and(|l| l <= at) => {
-                closed.push(name(&row));
-            }
-            _ => {}
-        }
-    }
-    // A close may come before the open in file order (an export writes one row per
-    // version), so closes are applied once every open is known.
-    for name in closed {
-        if let Some(i) = open.remove(&name) {
-            kept[i] = None;
-        }
-    }
-    kept.into_iter().flatten().collect()
+/// A version's name in the tier: its key cells (packed, owned), valid start and opening
+/// LSN, as [`versions_from_cold_rows`] merges its open and close rows.
+type VersionName = (PackedRow, i64, Lsn);
+
+fn version_name(keys: &[usize], r: &ColdRow) -> VersionName {
+    let key: Vec<Cell> = keys
+        .iter()
+        .map(|&i| match r.values.get(i).cloned().flatten() {
+            Some(t) => Cell::Text(t),
+            None => Cell::Null,
+        })
+        .collect();
+    (PackedRow::pack(&key), r.valid_from, r.system_from_lsn)
 }
 
-/// The tenants of the job with a directory of `table` under `root`.
+/// Adds to `closed` the names of the versions `rows` close at or before `at`.
+fn note_closes(keys: &[usize], rows: &[ColdRow], at: Lsn, closed: &mut HashSet<VersionName>) {
+    for r in rows {
+        if r.event == ColdEvent::Close && r.system_to_lsn.is_some_and(|l| l <= at) {
+            closed.insert(version_name(keys, r));
+        }
+    }
+}
+
+/// Whether `r` opens a version current at `at`: opened at or before it and not among the
+/// versions `closed` by then (a close may come before its open in file order: an export
+/// writes one row per version).
+fn opens_current(keys: &[usize], r: &ColdRow, at: Lsn, closed: &HashSet<VersionName>) -> bool {
+    r.event == ColdEvent::Open
+        && r.system_from_lsn <= at
+        && !closed.contains(&version_name(keys, r))
+}
+
+/// The open rows of versions current at `at`: opened at or before it and not closed at
+/// or before it, in the order they were written.
+pub fn open_versions_at(table: &TableInfo, rows: Vec<ColdRow>, at: Lsn) -> Vec<ColdRow> {
+    let keys = table.key_columns();
+    let mut closed = HashSet::new();
+    note_closes(&keys, &rows, at, &mut closed);
+    rows.into_iter()
+        .filter(|r| opens_current(&keys, r, at, &closed))
+        .collect()
+}
+
 fn tier_tenants(
     root: &Path,
     table: &str,
@@ -104,15 +111,46 @@ pub fn restore_books(
     let mut restored = 0;
     for (table, info) in tables.iter().filter(|(t, _)| t.history) {
         for tenant in tier_tenants(root, &table.name, &plan.include).map_err(cold_error(root))? {
-            let (_, rows) = read_table(root, &tenant, &table.name).map_err(cold_error(root))?;
-            let open = open_versions_at(info, rows, resume);
-            for v in versions_from_cold_rows(info, &open) {
-                books.restore(&tenant, &table.name, v);
-                restored += 1;
-            }
+            each_open_version_at(root, &tenant, info, resume, |open| {
+                for v in versions_from_cold_rows(info, &open) {
+                    books.restore(&tenant, &table.name, v);
+                    restored += 1;
+                }
+            })
+            .map_err(cold_error(root))?;
         }
     }
     Ok(restored)
+}
+
+/// The rows [`open_versions_at`] keeps, over every published file of `tenant`'s table,
+/// handed to `each` a batch at a time: the files are read twice, first for the names of
+/// the versions closed by `at`, then for the open rows of the others. What is held is
+/// those names (packed key and 16 bytes each) and one batch, not the table's rows.
+fn each_open_version_at(
+    root: &Path,
+    tenant: &str,
+    info: &TableInfo,
+    at: Lsn,
+    mut each: impl FnMut(Vec<ColdRow>),
+) -> Result<(), ParquetError> {
+    let table = info.qualified_name();
+    let keys = info.key_columns();
+    let mut closed = HashSet::new();
+    for_each_batch(root, tenant, &table, |rows| {
+        note_closes(&keys, &rows, at, &mut closed);
+        Ok(())
+    })?;
+    for_each_batch(root, tenant, &table, |rows| {
+        let open: Vec<ColdRow> = rows
+            .into_iter()
+            .filter(|r| opens_current(&keys, r, at, &closed))
+            .collect();
+        if !open.is_empty() {
+            each(open);
+        }
+        Ok(())
+    })
 }
 
 /// The open row of a version the snapshot found: valid from the row's valid-time column
@@ -221,20 +259,24 @@ pub fn write_snapshot(
             if writer.covered_lsn() >= at.lsn || writer.manifest().files.is_empty() {
                 continue;
             }
-            let (_, published) = read_table(root, &tenant, table).map_err(cold_error(root))?;
-            let mut closes = open_versions_at(info, published, Lsn::MAX);
-            for c in &mut closes {
-                c.event = ColdEvent::Close;
-                c.system_to = Some(at.micros);
-                c.system_to_lsn = Some(at.lsn);
-            }
             writers.insert(
                 (tenant.clone(), table.to_owned()),
                 (columns.clone(), writer),
             );
-            write
-                .add_rows(&tenant, table, &columns, &closes, &mut writers)
-                .map_err(cold_seed::large_error)?;
+            // Each batch's open versions closed as they are read.
+            let mut added = Ok(());
+            each_open_version_at(root, &tenant, info, Lsn::MAX, |mut closes| {
+                for c in &mut closes {
+                    c.event = ColdEvent::Close;
+                    c.system_to = Some(at.micros);
+                    c.system_to_lsn = Some(at.lsn);
+                }
+                if added.is_ok() {
+                    added = write.add_rows(&tenant, table, &columns, &closes, &mut writers);
+                }
+            })
+            .map_err(cold_error(root))?;
+            added.map_err(cold_seed::large_error)?;
         }
         writes.push((write, writers));
     }
@@ -245,6 +287,7 @@ pub fn write_snapshot(
 mod tests {
     use super::*;
     use crate::change::fixtures::table as fixture;
+    use crate::sinks::parquet::read_table;
 
     fn table() -> TableInfo {
         fixture(
@@ -393,6 +436,23 @@ mod tests {
         // Written again at the same point (a crash after the write): nothing changes.
         write(second, &["1", "2"], 1000, true).expect("replay");
         assert_eq!(published(&roots, &["1", "2", "3"]), after);
+        // Read batch by batch (as a restore does), the versions current at each point
+        // are those of the whole table read at once.
+        for tenant in ["1", "2", "3"] {
+            let (_, rows) = read_table(&roots[0], tenant, &name).expect("read");
+            for at in [50, 100, 150, 200, Lsn::MAX] {
+                let mut streamed = Vec::new();
+                each_open_version_at(&roots[0], tenant, &info, at, |mut open| {
+                    streamed.append(&mut open)
+                })
+                .expect("streamed");
+                assert_eq!(
+                    streamed,
+                    open_versions_at(&info, rows.clone(), at),
+                    "{tenant} at {at}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -38,7 +38,7 @@ use crate::change::{Lsn, Text};
 
 pub use layout::{decode_path_value, encode_path_value, table_dir};
 pub use manifest::{FileEntry, Manifest, MANIFEST_FORMAT};
-pub use reader::{list_tables, read_table};
+pub use reader::{for_each_batch, list_tables, read_table};
 pub use schema::{arrow_schema, columns_from_schema, FIXED_COLUMNS};
 pub use sink::ParquetSink;
 pub use writer::{

@@ -62,6 +62,24 @@ fn read_listed(dir: &Path, manifest: &Manifest) -> Result<Vec<ColdRow>, ParquetE
     Ok(rows)
 }
 
+/// Hands every published row of a table to `each`, a batch at a time (up to the Parquet
+/// reader's batch size), in manifest order: what [`read_table`] returns, never held
+/// whole. For readers no writer of the table runs beside (a job's own start-up): a file
+/// a compaction replaced is an error, not read again, since `each` has seen rows.
+pub fn for_each_batch(
+    root: &Path,
+    tenant: &str,
+    table: &str,
+    mut each: impl FnMut(Vec<ColdRow>) -> Result<(), ParquetError>,
+) -> Result<(), ParquetError> {
+    let dir = table_dir(root, tenant, table);
+    let manifest = load_manifest(&dir, tenant, table)?;
+    for entry in &manifest.files {
+        read_file_batches(&dir.join(&entry.path), entry, &manifest.columns, &mut each)?;
+    }
+    Ok(())
+}
+
 /// The manifest of `tenant`'s `table` in `dir`, which must exist and name them.
 fn load_manifest(dir: &Path, tenant: &str, table: &str) -> Result<Manifest, ParquetError> {
     let manifest = Manifest::load(dir)?.ok_or_else(|| ParquetError::Manifest {
@@ -87,6 +105,22 @@ pub fn read_file(
     entry: &FileEntry,
     columns: &[ColdColumn],
 ) -> Result<Vec<ColdRow>, ParquetError> {
+    let mut rows = Vec::new();
+    read_file_batches(path, entry, columns, &mut |mut batch| {
+        rows.append(&mut batch);
+        Ok(())
+    })?;
+    Ok(rows)
+}
+
+/// [`read_file`], handing the rows to `each` a batch at a time. A file holding another
+/// number of rows than its entry says is an error after its last batch.
+fn read_file_batches(
+    path: &Path,
+    entry: &FileEntry,
+    columns: &[ColdColumn],
+    each: &mut dyn FnMut(Vec<ColdRow>) -> Result<(), ParquetError>,
+) -> Result<(), ParquetError> {
     let mut file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -125,22 +159,24 @@ pub fn read_file(
         path: path.to_path_buf(),
         source,
     })?;
-    let mut rows = Vec::new();
+    let mut read = 0usize;
     for batch in reader {
         let batch = batch.map_err(|source| ParquetError::Arrow {
             path: path.to_path_buf(),
             source,
         })?;
-        convert_batch(&batch, &plan, &fixed, rows.len(), path, &mut rows)?;
+        let mut rows = Vec::with_capacity(batch.num_rows());
+        convert_batch(&batch, &plan, &fixed, read, path, &mut rows)?;
+        read += rows.len();
+        each(rows)?;
     }
-    if rows.len() as u64 != entry.rows {
+    if read as u64 != entry.rows {
         return Err(bad(format!(
-            "holds {} rows, the manifest says {}",
-            rows.len(),
+            "holds {read} rows, the manifest says {}",
             entry.rows
         )));
     }
-    Ok(rows)
+    Ok(())
 }
 
 /// Appends the rows of one batch; `first_row` is the file-wide index of its first row.
