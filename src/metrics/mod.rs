@@ -92,7 +92,6 @@ use std::fmt;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
@@ -101,8 +100,14 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::sinks::latency::LatencyStage;
 
+mod labels;
 pub mod names;
 mod sink_series;
+
+use labels::{
+    JobLabels, PlaceLabels, PredictorLabels, RowLabels, SideLabels, SinkLabels, StageLabels,
+    StateLabels, TenantLabels,
+};
 
 /// `Content-Type` of [`MetricsRegistry::encode`]'s output (OpenMetrics 1.0 text).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -122,61 +127,6 @@ pub fn transaction_stage_buckets() -> impl Iterator<Item = f64> {
 type GaugeF64 = Gauge<f64, AtomicU64>;
 type GaugeU64 = Gauge<u64, AtomicU64>;
 type HistogramFamily<L = SinkLabels> = Family<L, Histogram, fn() -> Histogram>;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct JobLabels {
-    job: Arc<str>,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TenantLabels {
-    job: Arc<str>,
-    tenant: Arc<str>,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RowLabels {
-    job: Arc<str>,
-    tenant: Arc<str>,
-    op: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct SinkLabels {
-    job: Arc<str>,
-    sink: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct SideLabels {
-    job: Arc<str>,
-    side: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PlaceLabels {
-    job: Arc<str>,
-    place: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StageLabels {
-    job: Arc<str>,
-    sink: &'static str,
-    stage: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PredictorLabels {
-    job: Arc<str>,
-    predictor: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StateLabels {
-    job: Arc<str>,
-    state: &'static str,
-}
 
 fn new_apply_histogram() -> Histogram {
     Histogram::new(apply_batch_buckets())

@@ -50,6 +50,10 @@ use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
 pub use super::secret::Dsn;
+pub use history::{
+    HistorySpec, DEFAULT_HOT_WINDOW_SECS, DEFAULT_ROW_MEMORY_MIB, MAX_HOT_WINDOW_SECS,
+    MAX_ROW_MEMORY_MIB,
+};
 pub use in_flight::{MaxInFlight, MAX_MAX_IN_FLIGHT};
 pub use nats::NatsSinkSpec;
 pub use qos::{LagBudgets, PredictorChoice, QosSpec};
@@ -57,6 +61,7 @@ pub use source::{SourceSpec, MAX_SNAPSHOT_PARALLEL_TABLES};
 
 use crate::sinks::qos::rate_limit::SinkLimits;
 
+mod history;
 mod in_flight;
 mod nats;
 mod qos;
@@ -78,14 +83,6 @@ pub const MAX_IDENTIFIER_LEN: usize = 63;
 pub const SINK_KINDS: &[&str] = &["postgres", "parquet", "nats"];
 /// Default `batch_max_rows` of a parquet sink (rows per published file group).
 pub const DEFAULT_PARQUET_BATCH_MAX_ROWS: usize = 100_000;
-/// Default `history.hot_window_secs`.
-pub const DEFAULT_HOT_WINDOW_SECS: u64 = 3600;
-/// Largest accepted `history.hot_window_secs` (30 days).
-pub const MAX_HOT_WINDOW_SECS: u64 = 30 * 24 * 3600;
-/// Default `history.row_memory_mib`.
-pub const DEFAULT_ROW_MEMORY_MIB: u64 = 128;
-/// Largest accepted `history.row_memory_mib` (1 TiB).
-pub const MAX_ROW_MEMORY_MIB: u64 = 1 << 20;
 /// The `path` of a [`JobSpecError::Parse`] that concerns the whole document
 /// (syntax errors, a document that is not a table/object).
 pub const DOCUMENT_PATH: &str = "<document>";
@@ -123,50 +120,6 @@ pub struct JobSpec {
     /// Tenant tiers, lag budgets and the hotness predictor.
     #[serde(default, skip_serializing_if = "QosSpec::is_default")]
     pub qos: QosSpec,
-}
-
-/// Job-wide settings of bi-temporal history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HistorySpec {
-    /// Seconds of closed versions kept in memory for as-of queries (older ones are read
-    /// from the history table). `1..=2592000`, default 3600.
-    #[serde(default = "default_hot_window_secs")]
-    pub hot_window_secs: u64,
-    /// MiB of rows the version books keep in memory; beyond it they go to an unlinked
-    /// local file and are read back when their version closes. `1..=1048576`, default 128.
-    #[serde(default = "default_row_memory_mib")]
-    pub row_memory_mib: u64,
-}
-
-impl Default for HistorySpec {
-    fn default() -> Self {
-        HistorySpec {
-            hot_window_secs: DEFAULT_HOT_WINDOW_SECS,
-            row_memory_mib: DEFAULT_ROW_MEMORY_MIB,
-        }
-    }
-}
-
-impl HistorySpec {
-    /// Bytes of rows the version books keep in memory.
-    pub fn row_memory_bytes(&self) -> u64 {
-        self.row_memory_mib << 20
-    }
-}
-
-impl HistorySpec {
-    fn is_default(&self) -> bool {
-        *self == HistorySpec::default()
-    }
-}
-
-fn default_hot_window_secs() -> u64 {
-    DEFAULT_HOT_WINDOW_SECS
-}
-
-fn default_row_memory_mib() -> u64 {
-    DEFAULT_ROW_MEMORY_MIB
 }
 
 /// Which tenants the job replicates and where their id lives.
@@ -578,25 +531,7 @@ impl JobSpec {
                 ));
             }
         }
-        if !(1..=MAX_HOT_WINDOW_SECS).contains(&self.history.hot_window_secs) {
-            return Err(JobSpecError::invalid(
-                "history.hot_window_secs",
-                format!(
-                    "must be between 1 and {MAX_HOT_WINDOW_SECS}, got {}",
-                    self.history.hot_window_secs
-                ),
-            ));
-        }
-        if !(1..=MAX_ROW_MEMORY_MIB).contains(&self.history.row_memory_mib) {
-            return Err(JobSpecError::invalid(
-                "history.row_memory_mib",
-                format!(
-                    "must be between 1 and {MAX_ROW_MEMORY_MIB}, got {}",
-                    self.history.row_memory_mib
-                ),
-            ));
-        }
-        Ok(())
+        self.history.validate()
     }
 
     /// Rows the dataflow reads ahead of the sinks: `qos.max_buffered_rows` if set, else
