@@ -279,10 +279,10 @@ impl RowStore {
         };
         let target = budget / 2;
         if resident > target {
-            let moved = self.move_out(resident - target, &mut each);
-            report.moved = moved;
-            resident -= moved;
-            spilled += moved;
+            let (freed, written) = self.move_out(resident - target, &mut each);
+            report.moved = freed;
+            resident -= freed;
+            spilled += written;
         }
         if let Some(file) = &mut self.file {
             if let Err(e) = file.flush() {
@@ -308,32 +308,33 @@ impl RowStore {
     }
 
     /// Moves rows into the file, in walk order, until `excess` bytes of memory are freed
-    /// or a write fails; returns the bytes moved.
+    /// or a write fails; returns the bytes of memory freed and of the file written.
     fn move_out(
         &mut self,
         excess: u64,
         each: &mut impl FnMut(&mut dyn FnMut(&mut HeldRow)),
-    ) -> u64 {
+    ) -> (u64, u64) {
         let file = match &mut self.file {
             Some(file) => file,
             None => match SpillFile::create() {
                 Ok(file) => self.file.insert(file),
                 Err(e) => {
                     tracing::warn!(error = %e, "history rows stay in memory: no spill file");
-                    return 0;
+                    return (0, 0);
                 }
             },
         };
-        let mut moved = 0u64;
+        let (mut freed, mut written) = (0u64, 0u64);
         let mut failed = false;
         each(&mut |held| {
             let HeldRow::Memory(row) = held else { return };
-            if moved >= excess || failed || row.as_bytes().len() > MAX_SPILLED_ROW {
+            if freed >= excess || failed || row.as_bytes().len() > MAX_SPILLED_ROW {
                 return;
             }
             match file.append(row) {
                 Ok(at) => {
-                    moved += row.heap_bytes() as u64;
+                    freed += row.heap_bytes() as u64;
+                    written += at.len() as u64;
                     *held = HeldRow::Spilled(at);
                 }
                 Err(e) => {
@@ -342,7 +343,7 @@ impl RowStore {
                 }
             }
         });
-        moved
+        (freed, written)
     }
 
     /// Copies every row the books point to into a new file, which replaces the old one;

@@ -109,6 +109,8 @@ fn a_walk_moves_the_first_rows_until_half_the_budget_is_left() {
     assert!((6..=10).contains(&walks), "{walks} walks");
     assert!(held.in_memory() <= 100_000);
     assert_eq!(held.store.resident_bytes(), held.in_memory());
+    // Nothing dropped: the file holds exactly the rows the walks moved.
+    assert_eq!(held.store.spilled_bytes(), held.store.file_bytes());
     // Coldest first: what stayed in memory is the last rows held.
     let first_in_memory = held
         .rows
