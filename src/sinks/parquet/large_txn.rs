@@ -106,29 +106,15 @@ impl<'a> LargeWrite<'a> {
                 .into_iter()
                 .map(|(_, row)| row)
                 .collect();
-            self.stream(tenant, &table, &cold_columns(shape), &rows, writers)?;
+            self.add_rows(tenant, &table, &cold_columns(shape), &rows, writers)?;
         }
-        self.bound_buffers()?;
         Ok(())
     }
 
     /// Adds cold rows of one table directory (`columns` its shape, every row's commit
-    /// LSN the transaction's) as [`LargeWrite::add`] adds a part's.
+    /// LSN the transaction's) as [`LargeWrite::add`] adds a part's, then bounds the row
+    /// groups in progress.
     pub fn add_rows(
-        &mut self,
-        tenant: &str,
-        table: &str,
-        columns: &[ColdColumn],
-        rows: &[ColdRow],
-        writers: &mut HashMap<(String, String), OpenWriter>,
-    ) -> Result<(), LargeWriteError> {
-        self.stream(tenant, table, columns, rows, writers)?;
-        self.bound_buffers()?;
-        Ok(())
-    }
-
-    /// Streams `rows` into the open file of the directory (`tenant`, `table`).
-    fn stream(
         &mut self,
         tenant: &str,
         table: &str,
@@ -166,6 +152,7 @@ impl<'a> LargeWrite<'a> {
         dir.writer
             .stream_rows(&mut dir.stream, rows)
             .map_err(definite)?;
+        self.bound_buffers()?;
         Ok(())
     }
 
