@@ -42,6 +42,19 @@ pub const COMPACT_MIN_BYTES: u64 = 64 << 20;
 /// Rows written are gathered up to this many bytes before they go to the file.
 const WRITE_BUFFER: usize = 1 << 20;
 
+/// Environment variable that, set to [`READ_FAULT`], makes every read of a moved row fail:
+/// for tests of what a job does then (as `HELIOS_CRASH_AT` is for crashes).
+pub const FAULT_ENV: &str = "HELIOS_FAULT_AT";
+
+/// The [`FAULT_ENV`] value that fails reads of moved rows.
+pub const READ_FAULT: &str = "row-spill-read";
+
+/// Whether this process was started with reads of moved rows failing.
+fn read_fault() -> bool {
+    static FAULT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FAULT.get_or_init(|| std::env::var_os(FAULT_ENV).is_some_and(|v| v == READ_FAULT))
+}
+
 /// Where a row is in the file: offset (40 bits, up to 1 TiB) and length (24 bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpillRef(u64);
@@ -137,6 +150,11 @@ impl SpillFile {
 
     fn read(&self, at: SpillRef) -> Result<PackedRow, RowSpillError> {
         let (offset, len) = (at.offset(), at.len());
+        if read_fault() {
+            return Err(RowSpillError::Io(std::io::Error::other(format!(
+                "{FAULT_ENV}={READ_FAULT}: the read of {len} bytes at offset {offset} fails"
+            ))));
+        }
         let damaged = RowSpillError::Damaged { offset, len };
         let bytes = if offset >= self.flushed {
             let start = usize::try_from(offset - self.flushed).map_err(|_| damaged)?;

@@ -578,3 +578,78 @@ fn history_table_cold_tier_and_api_agree_with_the_oracle() {
         );
     }
 }
+
+/// The books of a job with 1 MiB of row memory move most of 50,000 rows to their spill
+/// file. Started with every read of a moved row failing (`HELIOS_FAULT_AT`), the job
+/// fails on the update that closes them, with the reason, and applies none of it; a
+/// server started without the fault resumes it, rebuilds the books from the history
+/// table and versions the update as if nothing had happened.
+#[test]
+fn a_row_that_does_not_read_back_fails_the_job_and_a_restart_recovers() {
+    use helios_repl::operators::row_spill::{FAULT_ENV, READ_FAULT};
+    let env = Env::start(SETUP);
+    env.target.create_database("meta").expect("meta db");
+    let job = env.dir.path().join("spill.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"spill\"\n[source]\ndsn = \"{}\"\npublication = \"pub_spill\"\nslot = \"slot_spill\"\n\
+             [tenants]\ninclude = [1]\n[[tables]]\nname = \"public.prices\"\nhistory = true\n\
+             [[sinks]]\nkind = \"postgres\"\ndsn = \"{}\"\n[history]\nrow_memory_mib = 1\n",
+            env.source_dsn(),
+            env.target_dsn()
+        ),
+    )
+    .expect("job file");
+    let port = free_port().expect("port");
+    let mut server = Server::spawn(&env, port, &[], &[(FAULT_ENV, READ_FAULT)]);
+    server.wait_healthy();
+    let (ok, out) = server.cli(&["submit", job.to_str().expect("path")]);
+    assert!(ok, "submit: {out}");
+    let count = |sql: &str| env.try_on_target(sql).unwrap_or_default();
+    wait_for("the snapshot's 5 versions", WAIT, || {
+        count("SELECT count(*) FROM public.prices_history") == "5"
+    });
+    env.on_source(
+        "INSERT INTO public.prices SELECT 1, i, i, '2026-01-01 00:00:00+00' \
+         FROM generate_series(100, 50099) i",
+    );
+    wait_for("50,005 rows of tenant 1 on the target", WAIT, || {
+        count("SELECT count(*) FROM public.prices WHERE tenant_id = 1") == "50005"
+    });
+    env.on_source("UPDATE public.prices SET price = -price WHERE tenant_id = 1");
+    wait_for("the job to fail", WAIT, || {
+        server
+            .cli(&["jobs", "show", "spill", "--json"])
+            .1
+            .contains("\"failed\"")
+    });
+    let (_, shown) = server.cli(&["jobs", "show", "spill", "--json"]);
+    assert!(
+        shown.contains("history spill file") && shown.contains("stopped at LSN"),
+        "the reason says what failed: {shown}"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM public.prices WHERE price < 0"),
+        "0",
+        "nothing of the update was applied"
+    );
+
+    // Without the fault, the job resumes before the update and versions it.
+    server.kill();
+    let _server = Server::start(&env, port);
+    wait_for("the update on the target", WAIT, || {
+        count("SELECT count(*) FROM public.prices WHERE tenant_id = 1 AND price < 0") == "50005"
+    });
+    wait_for("the update's versions", WAIT, || {
+        count(
+            "SELECT count(*) FILTER (WHERE system_to_lsn IS NOT NULL), \
+                    count(*) FILTER (WHERE system_to_lsn IS NULL AND price < 0) \
+             FROM public.prices_history WHERE tenant_id = 1",
+        ) == "50005|50005"
+    });
+    assert_eq!(
+        count("SELECT count(*) FROM public.prices_history WHERE tenant_id <> 1"),
+        "0"
+    );
+}
