@@ -325,6 +325,7 @@ async fn monitor(
     let mut seen_counts: HashMap<(usize, String), (u64, u64)> = HashMap::new();
     let mut seen_bytes = 0u64;
     let mut seen_streamed = 0u64;
+    let mut seen_walks = 0u64;
     let mut seen_errors: Vec<u64> = vec![0; stats.sinks.len()];
     let mut seen_reads = 0u64;
     let mut saved_windows = 0u64;
@@ -352,6 +353,13 @@ async fn monitor(
             metrics.set_history_versions_held(stats.books.versions_held() as u64);
             let rows = stats.books.row_bytes();
             metrics.set_history_row_bytes(rows.memory, rows.spilled);
+            // A restart of the job starts its books' count again.
+            let walked = match rows.walks.checked_sub(seen_walks) {
+                Some(more) => more,
+                None => rows.walks,
+            };
+            metrics.history_row_walks(walked);
+            seen_walks = rows.walks;
         }
         let bytes = stats.reader.bytes_received.load(Relaxed);
         metrics.bytes_received(bytes.saturating_sub(seen_bytes));

@@ -32,6 +32,7 @@
 //! | `helios_cold_compaction_bytes_total` | counter | `job`, `side` |
 //! | `helios_history_versions_held` | gauge | `job` |
 //! | `helios_history_row_bytes` | gauge | `job`, `place` |
+//! | `helios_history_row_walks_total` | counter | `job` |
 //!
 //! Prometheus conventions: base units (seconds, bytes), counters end in `_total`, a
 //! histogram's series are `_bucket{le}`, `_sum` and `_count`. The LSN gauge is the LSN as a
@@ -163,6 +164,7 @@ struct Families {
     compaction_bytes: Family<SideLabels, Counter>,
     versions_held: Family<JobLabels, GaugeU64>,
     row_bytes: Family<PlaceLabels, GaugeU64>,
+    row_walks: Family<JobLabels, Counter>,
 }
 
 /// `name` without `suffix`: `prometheus-client` appends `_total` to counters and the unit
@@ -199,6 +201,7 @@ impl Families {
             compaction_bytes: Family::default(),
             versions_held: Family::default(),
             row_bytes: Family::default(),
+            row_walks: Family::default(),
         }
     }
 
@@ -329,6 +332,11 @@ impl Families {
             HISTORY_ROW_BYTES,
             "Bytes of the history books' rows in memory (place=memory) and in their spill file (place=disk)",
             self.row_bytes.clone(),
+        );
+        r.register(
+            stem(HISTORY_ROW_WALKS_TOTAL, "_total"),
+            "Walks of the history books' rows (measure, then move some to the spill file)",
+            self.row_walks.clone(),
         );
     }
 }
@@ -496,6 +504,7 @@ pub struct JobMetrics {
     compaction_bytes: Slots<&'static str, Counter>,
     versions_held: Slots<(), GaugeU64>,
     row_bytes: Slots<&'static str, GaugeU64>,
+    row_walks: Slots<(), Counter>,
     /// Held while creating a series and while retiring, so none outlives the job.
     life: Mutex<Lifecycle>,
 }
@@ -554,6 +563,7 @@ impl JobMetrics {
             compaction_bytes: Slots::new(),
             versions_held: Slots::new(),
             row_bytes: Slots::new(),
+            row_walks: Slots::new(),
             life: Mutex::new(Lifecycle {
                 alive: true,
                 removers: Vec::new(),
@@ -905,6 +915,22 @@ impl JobMetrics {
                 },
             );
         }
+    }
+
+    /// Counts `n` walks of the history books' rows.
+    pub fn history_row_walks(&self, n: u64) {
+        self.row_walks.with(
+            (),
+            || {
+                let labels = JobLabels {
+                    job: self.job.clone(),
+                };
+                self.create(&self.families.row_walks, labels)
+            },
+            |c| {
+                c.inc_by(n);
+            },
+        );
     }
 
     /// Counts `n` access events.

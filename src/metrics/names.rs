@@ -57,6 +57,11 @@ pub const HISTORY_VERSIONS_HELD: &str = "helios_history_versions_held";
 /// walk): `history.row_memory_mib` bounds the first.
 pub const HISTORY_ROW_BYTES: &str = "helios_history_row_bytes";
 
+/// Walks of the history books' rows (each measures them and moves some to the spill
+/// file once they pass `history.row_memory_mib`): a high rate says the budget is small
+/// for the job's rows.
+pub const HISTORY_ROW_WALKS_TOTAL: &str = "helios_history_row_walks_total";
+
 /// Label: where a job's history rows are.
 pub const LABEL_PLACE: &str = "place";
 /// `place`: in memory.
@@ -77,7 +82,7 @@ pub const SIDES: [&str; 2] = [SIDE_MERGED, SIDE_WRITTEN];
 pub const PREDICTORS: [&str; 4] = ["model", "heuristic", "last_window", "round_robin"];
 
 /// Every metric name above.
-pub const ALL_METRICS: [&str; 24] = [
+pub const ALL_METRICS: [&str; 25] = [
     REPLICATION_LAG_SECONDS,
     REPLICATION_LAG_BYTES,
     ROWS_REPLICATED_TOTAL,
@@ -102,6 +107,7 @@ pub const ALL_METRICS: [&str; 24] = [
     COLD_COMPACTION_BYTES_TOTAL,
     HISTORY_VERSIONS_HELD,
     HISTORY_ROW_BYTES,
+    HISTORY_ROW_WALKS_TOTAL,
 ];
 
 /// Label: the job's name.

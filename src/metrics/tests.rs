@@ -311,6 +311,7 @@ fn exercise(m: &JobMetrics) {
     m.cold_compaction(SIDE_WRITTEN, 1, 3000);
     m.set_history_versions_held(1234);
     m.set_history_row_bytes(4096, 65536);
+    m.history_row_walks(3);
 }
 
 // ---------------------------------------------------------------------------------
@@ -371,6 +372,10 @@ fn encode_is_valid_openmetrics_and_names_every_metric() {
     assert_eq!(
         e.value(HISTORY_VERSIONS_HELD, &[(LABEL_JOB, "orders")]),
         Some(1234.0)
+    );
+    assert_eq!(
+        e.value(HISTORY_ROW_WALKS_TOTAL, &[(LABEL_JOB, "orders")]),
+        Some(3.0)
     );
     for (place, want) in [(PLACE_MEMORY, 4096.0), (PLACE_DISK, 65536.0)] {
         assert_eq!(

@@ -103,6 +103,8 @@ pub struct RowBytes {
     pub memory: u64,
     /// Rows in the spill file that versions point to (measured at the last walk).
     pub spilled: u64,
+    /// Walks that measured and moved them so far.
+    pub walks: u64,
 }
 
 /// The version books of one job, by (tenant, `schema.table`).
@@ -292,6 +294,7 @@ impl HistoryBooks {
             .map(|shelf| RowBytes {
                 memory: shelf.rows.resident_bytes(),
                 spilled: shelf.rows.spilled_bytes(),
+                walks: shelf.rows.walks(),
             })
             .unwrap_or_default()
     }

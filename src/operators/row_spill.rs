@@ -197,6 +197,8 @@ pub struct RowStore {
     compact_min: u64,
     /// Files compacted so far.
     compactions: u64,
+    /// Walks so far.
+    walks: u64,
     file: Option<SpillFile>,
 }
 
@@ -227,6 +229,7 @@ impl RowStore {
             walk_at: budget.unwrap_or(u64::MAX),
             compact_min: COMPACT_MIN_BYTES,
             compactions: 0,
+            walks: 0,
             file: None,
         }
     }
@@ -263,6 +266,11 @@ impl RowStore {
         self.spilled
     }
 
+    /// How many walks ran.
+    pub fn walks(&self) -> u64 {
+        self.walks
+    }
+
     /// How many times a walk copied the file's rows into a new one.
     pub fn compactions(&self) -> u64 {
         self.compactions
@@ -286,6 +294,7 @@ impl RowStore {
         let Some(budget) = self.budget else {
             return WalkReport::default();
         };
+        self.walks += 1;
         let (mut resident, mut spilled) = (0u64, 0u64);
         each(&mut |held| match held {
             HeldRow::Memory(row) => resident += row.heap_bytes() as u64,

@@ -415,6 +415,7 @@ fn history_table_cold_tier_and_api_agree_with_the_oracle() {
             ))
         }) && positive("helios_history_versions_held{job=\"prices\"} ")
             && positive("helios_history_row_bytes{job=\"prices\",place=\"disk\"} ")
+            && positive("helios_history_row_walks_total{job=\"prices\"} ")
     });
     let sample: Vec<usize> = (0..points.len())
         .step_by(7)

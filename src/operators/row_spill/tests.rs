@@ -107,6 +107,7 @@ fn a_walk_moves_the_first_rows_until_half_the_budget_is_left() {
     }
     // About 450 KB of rows through a 100 KB budget: a walk per 50 KB added.
     assert!((6..=10).contains(&walks), "{walks} walks");
+    assert_eq!(held.store.walks(), walks);
     assert!(held.in_memory() <= 100_000);
     assert_eq!(held.store.resident_bytes(), held.in_memory());
     // Nothing dropped: the file holds exactly the rows the walks moved.
