@@ -5,8 +5,9 @@
 //! message it came from, so a row kept in memory also keeps its whole message alive. The
 //! books hold every current version of every tenant's rows, so they keep them packed: one
 //! reference-counted buffer holding the cells' kinds and ends followed by their texts,
-//! about the size of the texts plus 5 bytes a cell. Cloning is a reference count; reading
-//! a cell is a slice.
+//! about the size of the texts plus 5 bytes a cell, or those bytes inline when they fit
+//! in 22 (most keys). Cloning is a reference count (or a copy of 24 bytes); reading a
+//! cell is a slice.
 //!
 //! Layout: a little-endian `u32` word (the cell count; its top bit says the ends are
 //! `u64`, for rows whose texts exceed 4 GiB), one end offset per cell (into the texts,
@@ -45,10 +46,57 @@ impl CellRef<'_> {
     }
 }
 
-/// A row of cells in one shared buffer. Equal rows have equal bytes, so hashing and
-/// equality look at the bytes; ordering is the ordering of the cells, as for [`Row`].
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct PackedRow(Arc<[u8]>);
+/// A row of cells in one shared buffer, or inline when its bytes fit in
+/// [`INLINE_BYTES`] (a two-integer key does: its allocation cost more than the key). Equal
+/// rows have equal bytes, so hashing and equality look at the bytes; ordering is the
+/// ordering of the cells, as for [`Row`].
+#[derive(Clone)]
+pub struct PackedRow(Bytes);
+
+/// Longest packed row kept inline, without an allocation.
+pub const INLINE_BYTES: usize = 22;
+
+/// Where a packed row's bytes are. A row is inline exactly when it fits, so equal rows
+/// are held alike.
+#[derive(Clone)]
+enum Bytes {
+    Inline { len: u8, bytes: [u8; INLINE_BYTES] },
+    Shared(Arc<[u8]>),
+}
+
+impl Bytes {
+    fn of(buf: &[u8]) -> Bytes {
+        match u8::try_from(buf.len()) {
+            Ok(len) if buf.len() <= INLINE_BYTES => {
+                let mut bytes = [0u8; INLINE_BYTES];
+                bytes[..buf.len()].copy_from_slice(buf);
+                Bytes::Inline { len, bytes }
+            }
+            _ => Bytes::Shared(Arc::from(buf)),
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Bytes::Shared(shared) => shared,
+        }
+    }
+}
+
+impl PartialEq for PackedRow {
+    fn eq(&self, other: &PackedRow) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for PackedRow {}
+
+impl std::hash::Hash for PackedRow {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
 
 impl PackedRow {
     /// Packs `cells` (their texts are copied once, into the row's one allocation).
@@ -61,12 +109,12 @@ impl PackedRow {
             Ok(mut buf) => {
                 buf.clear();
                 Self::lay_out(cells, &mut buf, false);
-                PackedRow(Arc::from(&buf[..]))
+                PackedRow(Bytes::of(&buf))
             }
             Err(_) => {
                 let mut buf = Vec::new();
                 Self::lay_out(cells, &mut buf, false);
-                PackedRow(Arc::from(buf))
+                PackedRow(Bytes::of(&buf))
             }
         })
     }
@@ -104,7 +152,7 @@ impl PackedRow {
 
     fn count_word(&self) -> u32 {
         u32::from_le_bytes(
-            self.0[..4]
+            self.as_bytes()[..4]
                 .try_into()
                 .expect("a packed row starts with its count"),
         )
@@ -132,7 +180,7 @@ impl PackedRow {
     fn end(&self, i: usize) -> usize {
         let w = self.end_width();
         let at = 4 + i * w;
-        let bytes = &self.0[at..at + w];
+        let bytes = &self.as_bytes()[at..at + w];
         match w {
             8 => u64::from_le_bytes(bytes.try_into().expect("8 bytes")) as usize,
             _ => u32::from_le_bytes(bytes.try_into().expect("4 bytes")) as usize,
@@ -148,12 +196,12 @@ impl PackedRow {
         let w = self.end_width();
         let kinds = 4 + n * w;
         let texts = kinds + n;
-        Some(match self.0[kinds + i] {
+        Some(match self.as_bytes()[kinds + i] {
             NULL => CellRef::Null,
             UNCHANGED => CellRef::Unchanged,
             _ => {
                 let start = if i == 0 { 0 } else { self.end(i - 1) };
-                let bytes = &self.0[texts + start..texts + self.end(i)];
+                let bytes = &self.as_bytes()[texts + start..texts + self.end(i)];
                 // Packed from `&str`s: always UTF-8.
                 CellRef::Text(std::str::from_utf8(bytes).unwrap_or_default())
             }
@@ -167,12 +215,16 @@ impl PackedRow {
 
     /// The packed bytes, as [`PackedRow::from_bytes`] takes them back.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        self.0.as_slice()
     }
 
-    /// The bytes the row keeps allocated: its buffer and the reference counts before it.
+    /// The bytes the row keeps allocated: its buffer and the reference counts before it
+    /// (none inline).
     pub fn heap_bytes(&self) -> usize {
-        self.0.len() + 2 * std::mem::size_of::<usize>()
+        match &self.0 {
+            Bytes::Inline { .. } => 0,
+            Bytes::Shared(shared) => shared.len() + 2 * std::mem::size_of::<usize>(),
+        }
     }
 
     /// A row from bytes [`PackedRow::as_bytes`] gave, checked cell by cell: `None` when
@@ -203,14 +255,15 @@ impl PackedRow {
             }
             previous = end;
         }
-        (previous == texts.len()).then(|| PackedRow(Arc::from(bytes)))
+        (previous == texts.len()).then(|| PackedRow(Bytes::of(bytes)))
     }
 
     /// The row as cells. The texts share one copy of this row's texts.
     pub fn to_row(&self) -> Row {
         let n = self.len();
         let texts_at = 4 + n * (self.end_width() + 1);
-        let texts = Text::from(std::str::from_utf8(&self.0[texts_at..]).unwrap_or_default());
+        let texts =
+            Text::from(std::str::from_utf8(&self.as_bytes()[texts_at..]).unwrap_or_default());
         let mut start = 0;
         self.cells()
             .enumerate()
@@ -271,7 +324,7 @@ mod tests {
         fn packing_keeps_every_cell(row in prop::collection::vec(cell(), 0..12)) {
             let mut wide = Vec::new();
             PackedRow::lay_out(&row, &mut wide, true);
-            for packed in [PackedRow::pack(&row), PackedRow(Arc::from(wide))] {
+            for packed in [PackedRow::pack(&row), PackedRow(Bytes::of(&wide))] {
                 prop_assert_eq!(packed.len(), row.len());
                 prop_assert_eq!(packed.to_row(), row.clone());
                 for (i, c) in row.iter().enumerate() {
@@ -286,7 +339,7 @@ mod tests {
         fn bytes_read_back(row in prop::collection::vec(cell(), 0..12)) {
             let mut wide = Vec::new();
             PackedRow::lay_out(&row, &mut wide, true);
-            for packed in [PackedRow::pack(&row), PackedRow(Arc::from(wide))] {
+            for packed in [PackedRow::pack(&row), PackedRow(Bytes::of(&wide))] {
                 let back = PackedRow::from_bytes(packed.as_bytes());
                 prop_assert_eq!(back.map(|b| b.to_row()), Some(row.clone()));
             }
@@ -320,6 +373,22 @@ mod tests {
             prop_assert_eq!(pa.cmp(&pb), a.cmp(&b));
             prop_assert_eq!(pa == pb, a == b);
         }
+    }
+
+    #[test]
+    fn short_rows_are_inline_and_long_ones_shared() {
+        // 4 + 2 × 4 + 2 + 8 bytes: a two-integer key fits.
+        let key = PackedRow::pack(&[Cell::text("12"), Cell::text("123456")]);
+        assert_eq!((key.as_bytes().len(), key.heap_bytes()), (22, 0));
+        let row = PackedRow::pack(&[Cell::text("12"), Cell::text("1234567")]);
+        assert_eq!((row.as_bytes().len(), row.heap_bytes()), (23, 23 + 16));
+        for packed in [key, row] {
+            let back = PackedRow::from_bytes(packed.as_bytes()).expect("reads back");
+            assert_eq!(back, packed);
+            assert_eq!(back.heap_bytes(), packed.heap_bytes(), "held alike");
+            assert_eq!(back.cell(1), packed.cell(1));
+        }
+        assert_eq!(std::mem::size_of::<PackedRow>(), 24);
     }
 
     #[test]

@@ -355,12 +355,14 @@ impl RowStore {
         let mut failed = false;
         each(&mut |held| {
             let HeldRow::Memory(row) = held else { return };
-            if freed >= excess || failed || row.as_bytes().len() > MAX_SPILLED_ROW {
+            // An inline row holds no memory of its own: moving it would free nothing.
+            let weight = row.heap_bytes() as u64;
+            if freed >= excess || failed || weight == 0 || row.as_bytes().len() > MAX_SPILLED_ROW {
                 return;
             }
             match file.append(row) {
                 Ok(at) => {
-                    freed += row.heap_bytes() as u64;
+                    freed += weight;
                     written += at.len() as u64;
                     *held = HeldRow::Spilled(at);
                 }
