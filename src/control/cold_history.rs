@@ -65,9 +65,11 @@ fn note_closes(keys: &[usize], rows: &[ColdRow], at: Lsn, closed: &mut HashSet<V
 /// versions `closed` by then (a close may come before its open in file order: an export
 /// writes one row per version).
 fn opens_current(keys: &[usize], r: &ColdRow, at: Lsn, closed: &HashSet<VersionName>) -> bool {
+    // A key is packed only when some version was closed: a tier of opens alone (a
+    // snapshot, inserts) is read without it.
     r.event == ColdEvent::Open
         && r.system_from_lsn <= at
-        && !closed.contains(&version_name(keys, r))
+        && (closed.is_empty() || !closed.contains(&version_name(keys, r)))
 }
 
 /// The open rows of versions current at `at`: opened at or before it and not closed at
@@ -81,6 +83,7 @@ pub fn open_versions_at(table: &TableInfo, rows: Vec<ColdRow>, at: Lsn) -> Vec<C
         .collect()
 }
 
+/// The tenants of the job with a directory of `table` under `root`.
 fn tier_tenants(
     root: &Path,
     table: &str,

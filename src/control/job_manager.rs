@@ -354,11 +354,7 @@ async fn monitor(
             let rows = stats.books.row_bytes();
             metrics.set_history_row_bytes(rows.memory, rows.spilled);
             // A restart of the job starts its books' count again.
-            let walked = match rows.walks.checked_sub(seen_walks) {
-                Some(more) => more,
-                None => rows.walks,
-            };
-            metrics.history_row_walks(walked);
+            metrics.history_row_walks(rows.walks.checked_sub(seen_walks).unwrap_or(rows.walks));
             seen_walks = rows.walks;
         }
         let bytes = stats.reader.bytes_received.load(Relaxed);
