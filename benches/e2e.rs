@@ -80,6 +80,9 @@
 //!
 //! Profile: `HELIOS_BENCH_PERF=DIR` runs each of our children under `perf record -g`
 //! (`HELIOS_BENCH_PERF_DWARF=1`: `--call-graph dwarf`, full stacks).
+//! Heap profile: `HELIOS_BENCH_HEAPTRACK=DIR cargo bench --bench e2e --features
+//! bench-system-allocator` runs each child under `heaptrack` (read the files with
+//! `heaptrack_print`); without the feature heaptrack sees only what bypasses mimalloc.
 //! Run: `cargo bench --bench e2e` (quick: `HELIOS_BENCH_ROWS=200000 HELIOS_BENCH_LAG_SECS=10
 //! HELIOS_BENCH_BIG_TXN_ROWS=1000000 cargo bench --bench e2e`).
 
@@ -132,7 +135,9 @@ const INSERT_ROWS: &str =
     'note ' || g || ' for a tenant row', g % 2 = 0, (g % 1000)::int
     FROM generate_series($1::bigint, $2::bigint) g";
 
-/// The same allocator as the `helios-repl` binary, so the child measures what users run.
+/// The same allocator as the `helios-repl` binary, so the child measures what users run
+/// (unless built with `--features bench-system-allocator`, for heaptrack).
+#[cfg(not(feature = "bench-system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -483,9 +488,19 @@ impl JobChild {
     /// [`JobChild::spawn`] with `env` set for the child besides.
     async fn spawn_with_env(spec: &str, env: &[(String, String)]) -> anyhow::Result<JobChild> {
         // HELIOS_BENCH_PERF=DIR records each child with `perf record -g` into DIR.
-        let mut command = match std::env::var_os("HELIOS_BENCH_PERF") {
-            Some(dir) => {
-                static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let perf = std::env::var_os("HELIOS_BENCH_PERF");
+        let heaptrack = std::env::var_os("HELIOS_BENCH_HEAPTRACK");
+        let mut command = match (perf, heaptrack) {
+            (None, Some(dir)) => {
+                // HELIOS_BENCH_HEAPTRACK=DIR: each child under heaptrack, into DIR.
+                let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let out = std::path::Path::new(&dir).join(format!("heaptrack-child-{run}"));
+                let mut c = tokio::process::Command::new("heaptrack");
+                c.arg("-o").arg(out).arg(std::env::current_exe()?);
+                c
+            }
+            (Some(dir), _) => {
                 let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let out = std::path::Path::new(&dir).join(format!("perf-child-{run}.data"));
                 let mut c = tokio::process::Command::new("perf");
@@ -503,7 +518,7 @@ impl JobChild {
                     .arg(std::env::current_exe()?);
                 c
             }
-            None => tokio::process::Command::new(std::env::current_exe()?),
+            (None, None) => tokio::process::Command::new(std::env::current_exe()?),
         };
         command.envs(env.iter().map(|(k, v)| (k, v)));
         let mut child = command
