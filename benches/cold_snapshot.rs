@@ -4,11 +4,14 @@
 //! (chunks into each tenant's staged files, published at the end) beside the way it wrote
 //! them until 2026-12-06 (every row gathered per tenant, then one write per tenant),
 //! measured in the same process. Rows are made as they are consumed, so neither case
-//! counts a source holding them. Prints peak bytes above what was live before each case,
-//! seconds, rows/s, and that both tiers read back the same row count.
+//! counts a source holding them. Prints peak bytes above what was live before each case
+//! (Rust's allocations), the process's peak RSS during it (`VmHWM`, reset before each case
+//! through `/proc/self/clear_refs`: it also counts what zstd's C code allocates, such as
+//! the parquet crate's compressor and decompressor per column being written), seconds,
+//! rows/s, and that both tiers read back the same row count.
 //!
 //! Run: `cargo bench --bench cold_snapshot` (`HELIOS_BENCH_SNAPSHOT_ROWS`, default
-//! 1,000,000).
+//! 1,000,000; `HELIOS_BENCH_SNAPSHOT_TENANTS`, default 50).
 
 #[path = "support/counting.rs"]
 mod counting;
@@ -29,7 +32,6 @@ use helios_repl::sinks::parquet::{
     list_tables, read_table, ChangeOp, ColdEvent, ColdRow, ColdTableWriter,
 };
 
-const TENANTS: u64 = 50;
 const CHUNK: u64 = 10_000;
 const AT: SysTime = SysTime {
     lsn: 1 << 32,
@@ -65,9 +67,10 @@ fn bench_table() -> TableInfo {
     }
 }
 
-/// Row `g` of the bench table as the snapshot's open version of it, with its tenant.
-fn version(g: u64) -> (String, ColdRow) {
-    let tenant = (g % TENANTS + 1).to_string();
+/// Row `g` of the bench table as the snapshot's open version of it, with its tenant (one
+/// of `tenants`).
+fn version(g: u64, tenants: u64) -> (String, ColdRow) {
+    let tenant = (g % tenants + 1).to_string();
     let values = [
         tenant.clone(),
         g.to_string(),
@@ -102,14 +105,39 @@ fn version(g: u64) -> (String, ColdRow) {
     (tenant, row)
 }
 
-/// Peak bytes above those live before `run`, and its seconds.
-fn measure(run: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<(f64, f64)> {
+/// What one case took: peak bytes allocated above those live before it, peak RSS
+/// during it, seconds.
+struct Taken {
+    peak_bytes: f64,
+    peak_rss: f64,
+    seconds: f64,
+}
+
+/// Measures `run` ([`Taken`]).
+fn measure(run: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Taken> {
     let before = LIVE.load(Relaxed);
     reset_peak();
+    // "5" resets the peak RSS to the current RSS (Linux 4.0 and later).
+    std::fs::write("/proc/self/clear_refs", "5")?;
     let started = Instant::now();
     run()?;
     let seconds = started.elapsed().as_secs_f64();
-    Ok(((PEAK.load(Relaxed) - before) as f64, seconds))
+    Ok(Taken {
+        peak_bytes: (PEAK.load(Relaxed) - before) as f64,
+        peak_rss: peak_rss()?,
+        seconds,
+    })
+}
+
+/// The process's peak RSS in bytes (`VmHWM`).
+fn peak_rss() -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/self/status"))?;
+    Ok(kib * 1024.0)
 }
 
 /// Rows the tier under `root` holds for the bench table, over every tenant.
@@ -123,21 +151,42 @@ fn rows_in(root: &std::path::Path, table: &str) -> anyhow::Result<usize> {
     Ok(rows)
 }
 
+/// Bytes of the Parquet files under `root`, every directory down.
+fn parquet_bytes(root: &std::path::Path) -> anyhow::Result<u64> {
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(root)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            bytes += parquet_bytes(&path)?;
+        } else if path.extension().is_some_and(|e| e == "parquet") {
+            bytes += entry.metadata()?.len();
+        }
+    }
+    Ok(bytes)
+}
+
 fn main() -> anyhow::Result<()> {
     let rows: u64 = std::env::var("HELIOS_BENCH_SNAPSHOT_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    let tenants: u64 = std::env::var("HELIOS_BENCH_SNAPSHOT_TENANTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50)
+        .max(1);
     let dir = tempfile::tempdir()?;
     let info = bench_table();
     let table = info.qualified_name();
     let (streamed_root, whole_root) = (dir.path().join("streamed"), dir.path().join("whole"));
 
     let roots = [streamed_root.clone()];
-    let (streamed, streamed_secs) = measure(|| {
+    let streamed = measure(|| {
         let chunks = (0..rows.div_ceil(CHUNK))
             .map(|c| {
-                let rows = (c * CHUNK + 1..=((c + 1) * CHUNK).min(rows)).map(version);
+                let rows =
+                    (c * CHUNK + 1..=((c + 1) * CHUNK).min(rows)).map(|g| version(g, tenants));
                 SnapshotChunk::Rows(rows.collect())
             })
             .chain([SnapshotChunk::End]);
@@ -146,9 +195,9 @@ fn main() -> anyhow::Result<()> {
         Ok(())
     })?;
 
-    let (whole, whole_secs) = measure(|| {
+    let whole = measure(|| {
         let mut by_tenant: BTreeMap<String, Vec<ColdRow>> = BTreeMap::new();
-        for (tenant, row) in (1..=rows).map(version) {
+        for (tenant, row) in (1..=rows).map(|g| version(g, tenants)) {
             by_tenant.entry(tenant).or_default().push(row);
         }
         let columns = cold_columns(&info);
@@ -168,21 +217,33 @@ fn main() -> anyhow::Result<()> {
         "the tiers hold {got_streamed} and {got_whole} rows, not {rows}"
     );
     let mib = |b: f64| b / (1 << 20) as f64;
-    println!("cold snapshot of {rows} rows over {TENANTS} tenants (peak bytes the allocator held above the start):");
+    println!("cold snapshot of {rows} rows over {tenants} tenants (peak bytes the allocator held above the start; peak RSS of the process during the case):");
+    let line = |label: &str, t: &Taken, root: &std::path::Path| -> anyhow::Result<()> {
+        println!(
+            "  {label}: {:.1} MiB peak, {:.1} MiB peak RSS, {:.2} s, {:.0} rows/s, {:.1} bytes per version",
+            mib(t.peak_bytes),
+            mib(t.peak_rss),
+            t.seconds,
+            rows as f64 / t.seconds,
+            parquet_bytes(root)? as f64 / rows as f64
+        );
+        Ok(())
+    };
+    line(
+        "streamed (as snapshot_table writes)",
+        &streamed,
+        &streamed_root,
+    )?;
+    line(
+        "gathered per tenant, then written (until 2026-12-06)",
+        &whole,
+        &whole_root,
+    )?;
     println!(
-        "  streamed (as snapshot_table writes): {:.1} MiB peak, {streamed_secs:.2} s, {:.0} rows/s",
-        mib(streamed),
-        rows as f64 / streamed_secs
-    );
-    println!(
-        "  gathered per tenant, then written (until 2026-12-06): {:.1} MiB peak, {whole_secs:.2} s, {:.0} rows/s",
-        mib(whole),
-        rows as f64 / whole_secs
-    );
-    println!(
-        "  streamed / gathered: {:.2}x the memory, {:.2}x the time; both tiers read back {rows} rows",
-        streamed / whole,
-        streamed_secs / whole_secs
+        "  streamed / gathered: {:.2}x the memory, {:.2}x the peak RSS, {:.2}x the time; both tiers read back {rows} rows",
+        streamed.peak_bytes / whole.peak_bytes,
+        streamed.peak_rss / whole.peak_rss,
+        streamed.seconds / whole.seconds
     );
     Ok(())
 }

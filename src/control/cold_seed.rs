@@ -1,7 +1,7 @@
 //! A snapshot's versions written into the Parquet cold tier as they are read, never
 //! held whole: the reading (async) side hands rows in chunks over a small channel to a
-//! blocking writer, which streams each tenant's rows into staged files with the row
-//! groups in progress bounded as a large transaction's are
+//! blocking writer, which streams each tenant's rows into staged files with the rows
+//! waiting for their row groups bounded as a large transaction's are
 //! ([`crate::sinks::parquet::large_txn`]), and publishes every tenant's files with one
 //! manifest update once the last chunk is marked. A read that fails, or a writer whose
 //! input ends unmarked, publishes nothing; the staged files go at the next recovery.

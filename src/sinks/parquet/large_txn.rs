@@ -5,8 +5,10 @@
 //! opens and closes itself ([`crate::sinks::versions::SameTxnVersions`]). Each part's
 //! versions become cold rows per table directory and go straight into that directory's
 //! open file (staged under `_tmp/`, not yet listed: [`ColdTableWriter::stream_rows`]),
-//! whose row group in progress holds them encoded. Once the row groups in progress pass
-//! [`LargeLimits::buffer_bytes`] across directories, the largest are written out, and a
+//! where they wait as Arrow arrays for their row group. Once the waiting rows pass
+//! [`LargeLimits::buffer_bytes`] across directories, the largest directories' are written
+//! out as a row group each (only then does a row group hold the parquet crate's codecs
+//! and dictionaries, one directory at a time), and a
 //! file is closed and the next piece begun past [`LargeLimits::file_rows`] rows: files
 //! `part-<lsn>-<lsn>-<piece>.parquet`, one per directory unless it is larger than that.
 //! After the last part each directory publishes its files with one manifest update, the
@@ -26,14 +28,15 @@ use crate::sinks::{ApplyBatch, ApplyReport, SinkError, TenantApplied};
 /// How a large transaction is cut into files and how much of it is held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LargeLimits {
-    /// Bytes the row groups in progress may hold across the transaction's table
-    /// directories; past it the largest are written out (smaller row groups).
+    /// Bytes the rows waiting for their row group may hold across the transaction's
+    /// table directories; past it the largest are written out (smaller row groups).
     pub buffer_bytes: usize,
     /// Rows per file; past it a directory's file is closed and its next piece begun.
     pub file_rows: u64,
 }
 
-/// The limits by default: 64 MiB of row groups in progress, a million rows per file.
+/// The limits by default: 64 MiB of rows waiting for their row groups, a million rows
+/// per file.
 pub const LARGE_LIMITS: LargeLimits = LargeLimits {
     buffer_bytes: 64 << 20,
     file_rows: 1_000_000,
@@ -90,8 +93,8 @@ impl<'a> LargeWrite<'a> {
     }
 
     /// Adds one part's history versions to each directory's open file, taking the
-    /// directory's writer from `writers` (or opening it); writes the largest row groups
-    /// in progress out while they hold more than the limit.
+    /// directory's writer from `writers` (or opening it); writes the largest directories'
+    /// waiting rows out while they hold more than the limit.
     pub fn add(
         &mut self,
         part: &ApplyBatch,
@@ -112,8 +115,8 @@ impl<'a> LargeWrite<'a> {
     }
 
     /// Adds cold rows of one table directory (`columns` its shape, every row's commit
-    /// LSN the transaction's) as [`LargeWrite::add`] adds a part's, then bounds the row
-    /// groups in progress.
+    /// LSN the transaction's) as [`LargeWrite::add`] adds a part's, then bounds the rows
+    /// waiting for their row groups.
     pub fn add_rows(
         &mut self,
         tenant: &str,
@@ -156,13 +159,28 @@ impl<'a> LargeWrite<'a> {
         Ok(())
     }
 
-    /// Estimated bytes the row groups in progress hold across the directories.
+    /// Directories with a row group in progress (none between calls).
+    #[cfg(test)]
+    pub(crate) fn row_groups_in_progress(&self) -> usize {
+        self.dirs
+            .values()
+            .filter(|d| d.stream.row_group_in_progress())
+            .count()
+    }
+
+    /// How many batches the waiting rows are in, across the directories.
+    #[cfg(test)]
+    pub(crate) fn pending_batches(&self) -> usize {
+        self.dirs.values().map(|d| d.stream.pending_batches()).sum()
+    }
+
+    /// Bytes the rows waiting for their row groups hold across the directories.
     pub fn buffered_bytes(&self) -> usize {
         self.dirs.values().map(|d| d.stream.buffered_bytes()).sum()
     }
 
-    /// Writes the largest row groups in progress out until they hold at most half the
-    /// limit, once they hold more than it.
+    /// Writes the largest directories' waiting rows out (a row group each) until at most
+    /// half the limit waits, once more than it does.
     fn bound_buffers(&mut self) -> Result<(), SinkError> {
         let mut sizes: Vec<(usize, &mut LargeDirectory)> = self
             .dirs

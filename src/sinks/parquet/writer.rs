@@ -413,9 +413,10 @@ impl ColdTableWriter {
         properties(fields, |_| false, &self.tenant, &self.table, lsn_lo, lsn_hi)
     }
 
-    /// Appends `rows` to `stream`'s files, one row group in progress per file: a large
-    /// transaction's rows of this table directory, given part by part. The rows go to
-    /// the stream's open file (staged under `_tmp/`, not listed) until it holds
+    /// Appends `rows` to `stream`'s files: a large transaction's rows of this table
+    /// directory, given part by part. The rows go to the stream's open file (staged under
+    /// `_tmp/`, not listed; they wait in memory until [`PieceStream::flush`] or the file's
+    /// close writes them as a row group) until it holds
     /// [`PieceStream::file_rows`] rows or the rows' date differs; then the next piece is
     /// begun. Nothing is visible until [`Self::finish_stream`] and [`Self::publish`]. A
     /// failure leaves the staged files to the next recovery, which deletes them.
@@ -460,14 +461,13 @@ impl ColdTableWriter {
                         hi: stream.lsn_hi,
                         writer,
                         rows: 0,
+                        pending: Vec::new(),
+                        loose: 0,
+                        pending_bytes: 0,
                     })
                 }
             };
-            piece
-                .writer
-                .write(&batch)
-                .map_err(parquet_error(&piece.temp))?;
-            piece.rows += batch.num_rows() as u64;
+            piece.hold(batch)?;
         }
         // The staged files are meant to be published: a later call must not recover
         // (delete) them.
@@ -520,21 +520,44 @@ impl PieceStream {
         }
     }
 
-    /// Estimated bytes the open file's row group in progress holds in memory.
+    /// Bytes the open file's rows not yet written hold in memory (their Arrow arrays).
     pub fn buffered_bytes(&self) -> usize {
-        self.open.as_ref().map_or(0, |p| p.writer.memory_size())
+        self.open.as_ref().map_or(0, |p| p.pending_bytes)
     }
 
-    /// Writes the open file's row group in progress out, so it no longer holds memory.
+    /// Whether the open file has a row group in progress (column writers with their
+    /// codecs): only while [`Self::flush`] or a close writes one.
+    #[cfg(test)]
+    pub(crate) fn row_group_in_progress(&self) -> bool {
+        self.open
+            .as_ref()
+            .is_some_and(|p| p.writer.in_progress_rows() > 0)
+    }
+
+    /// How many batches the open file's pending rows are in.
+    #[cfg(test)]
+    pub(crate) fn pending_batches(&self) -> usize {
+        self.open.as_ref().map_or(0, |p| p.pending.len())
+    }
+
+    /// Writes the open file's pending rows out as one row group, so they no longer hold
+    /// memory.
     pub fn flush(&mut self) -> Result<(), ParquetError> {
         match &mut self.open {
-            Some(piece) => piece.writer.flush().map_err(parquet_error(&piece.temp)),
+            Some(piece) => piece.write_row_group(),
             None => Ok(()),
         }
     }
 }
 
 /// A staged file of a [`PieceStream`] still being written.
+///
+/// Its rows wait as Arrow batches until they are written out as one row group, all at
+/// once: the parquet crate's row group in progress holds, per column, a zstd compressor
+/// and a decompressor (about 100 KB each, the decompressor never used by a writer) and a
+/// dictionary, so a large transaction over many tenants kept one per directory open
+/// (78 MiB of zstd contexts for 50 tenants of 17 columns, `HELIOS_BENCH_HEAPTRACK`) that
+/// the buffer limit never saw. Now only the row group being written holds them.
 struct OpenPiece {
     relative: String,
     temp: PathBuf,
@@ -542,12 +565,77 @@ struct OpenPiece {
     lo: Lsn,
     hi: Lsn,
     writer: ArrowWriter<HashingWriter>,
+    /// Rows given to the file, written or pending.
     rows: u64,
+    /// Rows not yet written, and the bytes their arrays hold.
+    pending: Vec<RecordBatch>,
+    /// How many of the last `pending` batches are as given, not yet merged.
+    loose: usize,
+    pending_bytes: usize,
 }
 
+/// Pending batches as given are merged into one once this many wait with fewer than
+/// [`MERGE_BELOW_ROWS`] rows between them: over many table directories a part or chunk
+/// gives each only a few rows, and each batch's 17 arrays then cost more in buffers and
+/// headers than its rows (the rows waiting over 500 tenants took about twice their size,
+/// and their row groups were half as large). Larger batches are left as they are (a copy
+/// for little).
+const MERGE_LOOSE_BATCHES: usize = 8;
+/// See [`MERGE_LOOSE_BATCHES`].
+const MERGE_BELOW_ROWS: usize = 1024;
+
 impl OpenPiece {
-    /// Finishes the file (footer, fsync) and returns its manifest entry.
-    fn close(self) -> Result<FileEntry, ParquetError> {
+    /// Keeps `batch` until the next row group, merging the loose batches once
+    /// [`MERGE_LOOSE_BATCHES`] small ones wait.
+    fn hold(&mut self, batch: RecordBatch) -> Result<(), ParquetError> {
+        self.rows += batch.num_rows() as u64;
+        self.pending_bytes += batch.get_array_memory_size();
+        self.pending.push(batch);
+        self.loose += 1;
+        if self.loose < MERGE_LOOSE_BATCHES {
+            return Ok(());
+        }
+        let first = self.pending.len() - self.loose;
+        self.loose = 0;
+        let rows: usize = self.pending[first..].iter().map(|b| b.num_rows()).sum();
+        if rows < MERGE_BELOW_ROWS {
+            let loose = self.pending.split_off(first);
+            let merged = arrow_select::concat::concat_batches(&loose[0].schema(), &loose).map_err(
+                |source| ParquetError::Arrow {
+                    path: self.temp.clone(),
+                    source,
+                },
+            )?;
+            self.pending_bytes -= loose
+                .iter()
+                .map(RecordBatch::get_array_memory_size)
+                .sum::<usize>();
+            self.pending_bytes += merged.get_array_memory_size();
+            self.pending.push(merged);
+        }
+        Ok(())
+    }
+
+    /// Writes the pending rows as one row group and closes it (its column writers, with
+    /// their codecs and dictionaries, are dropped).
+    fn write_row_group(&mut self) -> Result<(), ParquetError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        for batch in std::mem::take(&mut self.pending) {
+            self.writer
+                .write(&batch)
+                .map_err(parquet_error(&self.temp))?;
+        }
+        self.pending_bytes = 0;
+        self.loose = 0;
+        self.writer.flush().map_err(parquet_error(&self.temp))
+    }
+
+    /// Writes the pending rows, finishes the file (footer, fsync) and returns its
+    /// manifest entry.
+    fn close(mut self) -> Result<FileEntry, ParquetError> {
+        self.write_row_group()?;
         let (bytes, sha256) = close_file(self.writer, &self.temp)?;
         Ok(FileEntry {
             path: self.relative,

@@ -160,6 +160,14 @@ fn each_directory_gets_one_file_and_its_row_groups_stay_within_the_buffer_limit(
         for p in &parts {
             large.add(p, &mut writers).unwrap();
             most = most.max(large.buffered_bytes());
+            // Rows wait as arrays: no directory keeps a row group in progress (per
+            // column a zstd compressor, decompressor and dictionary) between parts.
+            assert_eq!(large.row_groups_in_progress(), 0);
+        }
+        if limits == super::super::large_txn::LARGE_LIMITS {
+            // Tenants 0 and 1 got 20 rows from each of the 12 parts: their first 8
+            // batches were merged into one (1 + 4 each), tenant 2's one stays.
+            assert_eq!(large.pending_batches(), 11);
         }
         let report = large.finish(&mut writers).unwrap();
         assert_eq!(report.upserted, total as u64);
@@ -168,6 +176,19 @@ fn each_directory_gets_one_file_and_its_row_groups_stay_within_the_buffer_limit(
     // By default the whole transaction is one file per directory, one row group each.
     let (roomy, held) = write(super::super::large_txn::LARGE_LIMITS);
     assert!(held > 0, "rows were held in row groups in progress");
+    // Every row reads back, merged batches included, in order per tenant.
+    let read: Vec<Vec<ColdRow>> = (0..3).map(|t| rows_of(roomy.path(), t)).collect();
+    assert_eq!(read.iter().map(Vec::len).sum::<usize>(), total);
+    for (tenant, rows) in read.iter().enumerate() {
+        let ids: Vec<u32> = rows
+            .iter()
+            .map(|r| r.values[1].as_deref().unwrap().parse().unwrap())
+            .collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "tenant {tenant}: {ids:?}"
+        );
+    }
     for tenant in 0..3 {
         let files = row_groups(roomy.path(), tenant);
         assert_eq!(files.len(), 1, "tenant {tenant}: {files:?}");
