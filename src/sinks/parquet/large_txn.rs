@@ -168,6 +168,12 @@ impl<'a> LargeWrite<'a> {
             .count()
     }
 
+    /// Directories whose staged file is open (a row group of it was written).
+    #[cfg(test)]
+    pub(crate) fn files_open(&self) -> usize {
+        self.dirs.values().filter(|d| d.stream.file_open()).count()
+    }
+
     /// How many batches the waiting rows are in, across the directories.
     #[cfg(test)]
     pub(crate) fn pending_batches(&self) -> usize {

@@ -367,7 +367,8 @@ impl ColdTableWriter {
         Ok(())
     }
 
-    /// Writes one Parquet file to `path`, fsynced; returns its size and SHA-256.
+    /// Writes one Parquet file to `path`, fsynced; returns its size and SHA-256. `batch`
+    /// is the whole file, so its uniform columns stay uncompressed ([`writer_properties`]).
     fn write_file(
         &self,
         path: &Path,
@@ -375,35 +376,16 @@ impl ColdTableWriter {
         lsn_lo: Lsn,
         lsn_hi: Lsn,
     ) -> Result<(u64, String), ParquetError> {
-        let mut writer = self.create_file(path, batch, true, lsn_lo, lsn_hi)?;
+        let props = writer_properties(batch, &self.tenant, &self.table, lsn_lo, lsn_hi)
+            .map_err(parquet_error(path))?;
+        let mut writer = open_writer(path, &self.schema, props)?;
         writer.write(batch).map_err(parquet_error(path))?;
         close_file(writer, path)
     }
 
-    /// Creates the Parquet file `path` for rows like `batch`; nothing is written yet.
-    /// When `batch` is the whole file (`whole`), its uniform columns stay uncompressed
-    /// ([`writer_properties`]); a streamed file, whose later rows are not known yet,
-    /// compresses every column (a column uniform in its first rows need not be in the rest,
-    /// and its large row groups make the compressor's set-up cost nothing).
-    fn create_file(
-        &self,
-        path: &Path,
-        batch: &RecordBatch,
-        whole: bool,
-        lsn_lo: Lsn,
-        lsn_hi: Lsn,
-    ) -> Result<ArrowWriter<HashingWriter>, ParquetError> {
-        let props = if whole {
-            writer_properties(batch, &self.tenant, &self.table, lsn_lo, lsn_hi)
-        } else {
-            self.compressed_properties(batch.schema().fields(), lsn_lo, lsn_hi)
-        }
-        .map_err(parquet_error(path))?;
-        open_writer(path, &self.schema, props)
-    }
-
     /// This directory's file properties ([`writer_properties`]) with every column
-    /// compressed: for a file whose rows are not all known when it is created.
+    /// compressed: for a streamed file, whose later rows are not known when it is
+    /// created (a column uniform in its first rows need not be in the rest).
     fn compressed_properties(
         &self,
         fields: &arrow_schema::Fields,
@@ -451,7 +433,9 @@ impl ColdTableWriter {
                     self.needs_recovery = true;
                     ensure_dir(&self.table_dir.join(TEMP_DIR))?;
                     let temp = temp_path(&self.table_dir, &relative);
-                    let writer = self.create_file(&temp, &batch, false, lo, stream.lsn_hi)?;
+                    let props = self
+                        .compressed_properties(batch.schema().fields(), lo, stream.lsn_hi)
+                        .map_err(parquet_error(&temp))?;
                     stream.next += 1;
                     stream.open.insert(OpenPiece {
                         relative,
@@ -459,7 +443,9 @@ impl ColdTableWriter {
                         date: *date,
                         lo,
                         hi: stream.lsn_hi,
-                        writer,
+                        schema: self.schema.clone(),
+                        props,
+                        writer: None,
                         rows: 0,
                         pending: Vec::new(),
                         loose: 0,
@@ -531,7 +517,14 @@ impl PieceStream {
     pub(crate) fn row_group_in_progress(&self) -> bool {
         self.open
             .as_ref()
-            .is_some_and(|p| p.writer.in_progress_rows() > 0)
+            .and_then(|p| p.writer.as_ref())
+            .is_some_and(|w| w.in_progress_rows() > 0)
+    }
+
+    /// Whether the open piece's file exists (a row group of it was written).
+    #[cfg(test)]
+    pub(crate) fn file_open(&self) -> bool {
+        self.open.as_ref().is_some_and(|p| p.writer.is_some())
     }
 
     /// How many batches the open file's pending rows are in.
@@ -557,14 +550,19 @@ impl PieceStream {
 /// and a decompressor (about 100 KB each, the decompressor never used by a writer) and a
 /// dictionary, so a large transaction over many tenants kept one per directory open
 /// (78 MiB of zstd contexts for 50 tenants of 17 columns, `HELIOS_BENCH_HEAPTRACK`) that
-/// the buffer limit never saw. Now only the row group being written holds them.
+/// the buffer limit never saw. Now only the row group being written holds them. The
+/// file itself is created with its first row group, so a directory whose rows all fit
+/// in memory holds no open file until its close writes it, one directory at a time.
 struct OpenPiece {
     relative: String,
     temp: PathBuf,
     date: NaiveDate,
     lo: Lsn,
     hi: Lsn,
-    writer: ArrowWriter<HashingWriter>,
+    schema: SchemaRef,
+    props: WriterProperties,
+    /// The file's writer, once a row group was written.
+    writer: Option<ArrowWriter<HashingWriter>>,
     /// Rows given to the file, written or pending.
     rows: u64,
     /// Rows not yet written, and the bytes their arrays hold.
@@ -622,21 +620,31 @@ impl OpenPiece {
         if self.pending.is_empty() {
             return Ok(());
         }
-        for batch in std::mem::take(&mut self.pending) {
-            self.writer
-                .write(&batch)
-                .map_err(parquet_error(&self.temp))?;
-        }
+        let pending = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
         self.loose = 0;
-        self.writer.flush().map_err(parquet_error(&self.temp))
+        let temp = &self.temp;
+        let writer = match &mut self.writer {
+            Some(writer) => writer,
+            None => self
+                .writer
+                .insert(open_writer(temp, &self.schema, self.props.clone())?),
+        };
+        for batch in pending {
+            writer.write(&batch).map_err(parquet_error(temp))?;
+        }
+        writer.flush().map_err(parquet_error(temp))
     }
 
     /// Writes the pending rows, finishes the file (footer, fsync) and returns its
     /// manifest entry.
     fn close(mut self) -> Result<FileEntry, ParquetError> {
         self.write_row_group()?;
-        let (bytes, sha256) = close_file(self.writer, &self.temp)?;
+        let writer = match self.writer.take() {
+            Some(writer) => writer,
+            None => open_writer(&self.temp, &self.schema, self.props.clone())?,
+        };
+        let (bytes, sha256) = close_file(writer, &self.temp)?;
         Ok(FileEntry {
             path: self.relative,
             rows: self.rows,

@@ -157,12 +157,18 @@ fn each_directory_gets_one_file_and_its_row_groups_stay_within_the_buffer_limit(
         let mut writers = std::collections::HashMap::new();
         let mut large = LargeWrite::new(root.path(), LSN, limits);
         let mut most = 0;
+        let mut files_open = 0;
         for p in &parts {
             large.add(p, &mut writers).unwrap();
             most = most.max(large.buffered_bytes());
+            files_open = files_open.max(large.files_open());
             // Rows wait as arrays: no directory keeps a row group in progress (per
             // column a zstd compressor, decompressor and dictionary) between parts.
             assert_eq!(large.row_groups_in_progress(), 0);
+            if limits == super::super::large_txn::LARGE_LIMITS {
+                // Every row fits in memory: no staged file is open yet.
+                assert_eq!(large.files_open(), 0);
+            }
         }
         if limits == super::super::large_txn::LARGE_LIMITS {
             // Tenants 0 and 1 got 20 rows from each of the 12 parts: their first 8
@@ -171,10 +177,10 @@ fn each_directory_gets_one_file_and_its_row_groups_stay_within_the_buffer_limit(
         }
         let report = large.finish(&mut writers).unwrap();
         assert_eq!(report.upserted, total as u64);
-        (root, most)
+        (root, most, files_open)
     };
     // By default the whole transaction is one file per directory, one row group each.
-    let (roomy, held) = write(super::super::large_txn::LARGE_LIMITS);
+    let (roomy, held, _) = write(super::super::large_txn::LARGE_LIMITS);
     assert!(held > 0, "rows were held in row groups in progress");
     // Every row reads back, merged batches included, in order per tenant.
     let read: Vec<Vec<ColdRow>> = (0..3).map(|t| rows_of(roomy.path(), t)).collect();
@@ -205,11 +211,15 @@ fn each_directory_gets_one_file_and_its_row_groups_stay_within_the_buffer_limit(
     // Under a small buffer the largest row groups are written out as it fills: still one
     // file per directory, with several row groups, and what stays in memory is bounded.
     let limit = held / 3;
-    let (tight, most) = write(LargeLimits {
+    let (tight, most, tight_files_open) = write(LargeLimits {
         buffer_bytes: limit,
         file_rows: 1_000_000,
     });
     assert!(most <= limit, "held {most} bytes, limit {limit}");
+    assert!(
+        tight_files_open > 0,
+        "a row group written out opened its file"
+    );
     for tenant in 0..3 {
         let files = row_groups(tight.path(), tenant);
         assert_eq!(files.len(), 1, "tenant {tenant}: {files:?}");
