@@ -15,6 +15,7 @@ pub mod dataflow;
 pub mod embedded;
 pub mod inspect;
 pub mod metrics;
+pub mod open_files;
 pub mod operators;
 pub mod process_memory;
 pub mod sinks;

@@ -261,6 +261,15 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    match helios_repl::open_files::raise_open_files_limit() {
+        Ok(limit) if limit.now > limit.before => tracing::info!(
+            from = limit.before,
+            to = limit.now,
+            "open files: soft limit raised to the hard limit"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "open files: could not raise the soft limit"),
+    }
     let cli = Cli::parse();
     let placement = match cli.worker_placement {
         Placement::Inline => WorkerPlacement::Inline,

@@ -11,6 +11,7 @@ mod isolation_crash_idle;
 mod job_spec_files;
 mod large_transactions;
 mod nats_sink;
+mod open_files;
 mod qos;
 mod replication_session;
 mod serve_api;
