@@ -19,8 +19,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use super::piece::PieceStream;
 use super::sink::{by_table_directory, cold_columns, cold_rows, OpenWriter};
-use super::writer::PieceStream;
 use super::{ColdColumn, ColdRow, ColdTableWriter, ParquetError};
 use crate::change::Lsn;
 use crate::sinks::{ApplyBatch, ApplyReport, SinkError, TenantApplied};

@@ -20,6 +20,7 @@
 pub mod large_txn;
 pub mod layout;
 pub mod manifest;
+pub mod piece;
 pub mod reader;
 pub mod schema;
 pub mod sink;
