@@ -181,7 +181,7 @@ fn each_directory_gets_one_file_and_its_row_groups_stay_within_the_buffer_limit(
     };
     // By default the whole transaction is one file per directory, one row group each.
     let (roomy, held, _) = write(super::super::large_txn::LARGE_LIMITS);
-    assert!(held > 0, "rows were held in row groups in progress");
+    assert!(held > 0, "rows waited for their row groups");
     // Every row reads back, merged batches included, in order per tenant.
     let read: Vec<Vec<ColdRow>> = (0..3).map(|t| rows_of(roomy.path(), t)).collect();
     assert_eq!(read.iter().map(Vec::len).sum::<usize>(), total);
