@@ -11,7 +11,8 @@
 //! arrived, from the start.
 //!
 //! The file holds length-prefixed bincode frames. Table shapes are written once per part
-//! (changes refer to them by index), not once per change.
+//! (changes and history events refer to them by index), not once per row, and read back
+//! as one shared `Arc` per shape and part.
 
 use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
@@ -19,7 +20,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::change::{HistoryEvent, Lsn, Scope, TableInfo, TenantAction, TenantChange};
+use crate::change::{
+    HistoryEvent, HistoryOp, Lsn, Row, Scope, TableInfo, TenantAction, TenantChange,
+};
+use crate::operators::version::VersionDelta;
 use crate::sinks::ApplyBatch;
 
 /// Why a spill file could not be written or read back.
@@ -55,7 +59,7 @@ pub enum SpillError {
 }
 
 /// One change as a frame stores it: its table by index into the frame's shapes.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct StoredChange {
     scope: Scope,
     seq: u32,
@@ -63,12 +67,69 @@ struct StoredChange {
     action: TenantAction,
 }
 
+/// One history event as a frame stores it: its table by index into the frame's shapes,
+/// like a change's. (Stored whole, each event carried its table's shape: about 300 bytes
+/// on disk and a fresh `TableInfo` of a score of allocations per event read back.)
+#[derive(Deserialize)]
+struct StoredHistory {
+    tenant: String,
+    seq: u32,
+    table: u32,
+    op: HistoryOp,
+    delta: VersionDelta<Row, Row>,
+}
+
 /// One part as stored.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct StoredPart {
     shapes: Vec<TableInfo>,
     changes: Vec<StoredChange>,
-    history: Vec<HistoryEvent>,
+    history: Vec<StoredHistory>,
+}
+
+/// [`StoredChange`] as written, borrowing from the part (the same encoding).
+#[derive(Serialize)]
+struct ChangeToStore<'a> {
+    scope: &'a Scope,
+    seq: u32,
+    table: u32,
+    action: &'a TenantAction,
+}
+
+/// [`StoredHistory`] as written, borrowing from the part (the same encoding).
+#[derive(Serialize)]
+struct HistoryToStore<'a> {
+    tenant: &'a str,
+    seq: u32,
+    table: u32,
+    op: &'a HistoryOp,
+    delta: &'a VersionDelta<Row, Row>,
+}
+
+/// [`StoredPart`] as written, borrowing from the part (the same encoding).
+#[derive(Serialize)]
+struct PartToStore<'a> {
+    shapes: Vec<&'a TableInfo>,
+    changes: Vec<ChangeToStore<'a>>,
+    history: Vec<HistoryToStore<'a>>,
+}
+
+/// The table shapes of one part being written, each once, by index.
+#[derive(Default)]
+struct Shapes<'a> {
+    index: HashMap<*const TableInfo, u32>,
+    list: Vec<&'a TableInfo>,
+}
+
+impl<'a> Shapes<'a> {
+    /// The index of `table`'s shape, added if new.
+    fn index_of(&mut self, table: &'a Arc<TableInfo>) -> u32 {
+        let list = &mut self.list;
+        *self.index.entry(Arc::as_ptr(table)).or_insert_with(|| {
+            list.push(table.as_ref());
+            (list.len() - 1) as u32
+        })
+    }
 }
 
 /// A transaction being spilled, or spilled whole.
@@ -140,14 +201,10 @@ impl SpilledTxn {
                 got: part.commit_lsn,
             });
         }
-        let mut index: HashMap<*const TableInfo, u32> = HashMap::new();
-        let mut shapes = Vec::new();
+        let mut shapes = Shapes::default();
         let mut changes = Vec::with_capacity(part.changes.len());
         for c in &part.changes {
-            let table = *index.entry(Arc::as_ptr(&c.table)).or_insert_with(|| {
-                shapes.push((*c.table).clone());
-                (shapes.len() - 1) as u32
-            });
+            let table = shapes.index_of(&c.table);
             match &c.scope {
                 Scope::Tenant(t) => {
                     if let Err(at) = self.tenants.binary_search(t) {
@@ -156,22 +213,30 @@ impl SpilledTxn {
                 }
                 Scope::Worker { .. } => self.worker_scoped = true,
             }
-            changes.push(StoredChange {
-                scope: c.scope.clone(),
+            changes.push(ChangeToStore {
+                scope: &c.scope,
                 seq: c.seq,
                 table,
-                action: c.action.clone(),
+                action: &c.action,
             });
         }
+        let mut history = Vec::with_capacity(part.history.len());
         for h in &part.history {
             if let Err(at) = self.tenants.binary_search(&h.tenant) {
                 self.tenants.insert(at, h.tenant.clone());
             }
+            history.push(HistoryToStore {
+                tenant: &h.tenant,
+                seq: h.seq,
+                table: shapes.index_of(&h.table),
+                op: &h.op,
+                delta: &h.delta,
+            });
         }
-        let stored = StoredPart {
-            shapes,
+        let stored = PartToStore {
+            shapes: shapes.list,
             changes,
-            history: part.history.clone(),
+            history,
         };
         let frame = bincode::serialize(&stored)?;
         self.file.write_all(&(frame.len() as u64).to_le_bytes())?;
@@ -241,24 +306,37 @@ impl SpillParts<'_> {
         self.reader.read_exact(&mut frame)?;
         self.offset += 8 + len;
         let stored: StoredPart = bincode::deserialize(&frame)?;
+        drop(frame);
         let shapes: Vec<Arc<TableInfo>> = stored.shapes.into_iter().map(Arc::new).collect();
+        let shape = |index: u32| {
+            shapes
+                .get(index as usize)
+                .cloned()
+                .ok_or(SpillError::UnknownShape(index))
+        };
         let mut changes = Vec::with_capacity(stored.changes.len());
         for c in stored.changes {
-            let table = shapes
-                .get(c.table as usize)
-                .ok_or(SpillError::UnknownShape(c.table))?
-                .clone();
             changes.push(TenantChange {
                 scope: c.scope,
                 seq: c.seq,
-                table,
+                table: shape(c.table)?,
                 action: c.action,
+            });
+        }
+        let mut history = Vec::with_capacity(stored.history.len());
+        for h in stored.history {
+            history.push(HistoryEvent {
+                tenant: h.tenant,
+                seq: h.seq,
+                table: shape(h.table)?,
+                op: h.op,
+                delta: h.delta,
             });
         }
         Ok(Some(ApplyBatch {
             commit_lsn: self.commit_lsn,
             changes,
-            history: stored.history,
+            history,
         }))
     }
 }
@@ -266,7 +344,10 @@ impl SpillParts<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::change::{fixtures::table, Cell};
+    use crate::change::{
+        fixtures::{opened, table},
+        Cell,
+    };
     use proptest::prelude::*;
 
     fn change(table: &Arc<TableInfo>, scope: Scope, seq: u32, value: &str) -> TenantChange {
@@ -294,7 +375,24 @@ mod tests {
                 change(&b, Scope::Tenant("1".into()), 1, "y"),
                 change(&a, Scope::Tenant("3".into()), 2, "z"),
             ],
-            history: vec![],
+            // History events refer to the part's shapes too.
+            history: vec![
+                opened(
+                    "3",
+                    0,
+                    &a,
+                    vec![Cell::Text("1".into()), Cell::Text("x".into())],
+                    77,
+                ),
+                opened("5", 2, &b, vec![Cell::Text("2".into()), Cell::Null], 77),
+                opened(
+                    "3",
+                    2,
+                    &a,
+                    vec![Cell::Text("3".into()), Cell::Text("z".into())],
+                    77,
+                ),
+            ],
         };
         let second = ApplyBatch {
             commit_lsn: 77,
@@ -314,15 +412,25 @@ mod tests {
         spill.append(&first).unwrap();
         spill.append(&second).unwrap();
         assert_eq!(spill.part_count(), 2);
-        assert_eq!(spill.rows(), 5);
+        assert_eq!(spill.rows(), 8);
+        assert_eq!(spill.history_rows(), 3);
         assert_eq!(
             spill.tenants(),
-            (&["1".to_string(), "2".into(), "3".into()][..], true)
+            (
+                &["1".to_string(), "2".into(), "3".into(), "5".into()][..],
+                true
+            )
         );
         for _ in 0..2 {
             // A retry reads the same parts again.
             let mut parts = spill.parts().unwrap();
-            assert_eq!(parts.next_part().unwrap().as_ref(), Some(&first));
+            let back = parts.next_part().unwrap().unwrap();
+            assert_eq!(back, first);
+            // One shape per table and part, shared by its changes and history events.
+            assert!(Arc::ptr_eq(&back.changes[0].table, &back.history[0].table));
+            assert!(Arc::ptr_eq(&back.history[0].table, &back.history[2].table));
+            assert!(Arc::ptr_eq(&back.changes[1].table, &back.history[1].table));
+            assert!(!Arc::ptr_eq(&back.history[0].table, &back.history[1].table));
             assert_eq!(parts.next_part().unwrap().as_ref(), Some(&second));
             assert!(parts.next_part().unwrap().is_none());
         }
