@@ -13,6 +13,7 @@ pub mod codec;
 pub mod control;
 pub mod dataflow;
 pub mod embedded;
+pub mod footprint;
 pub mod inspect;
 pub mod metrics;
 pub mod open_files;

@@ -4,6 +4,7 @@
 pub mod ack;
 pub mod catalog;
 pub mod error;
+pub mod event_channel;
 pub mod pgoutput;
 pub mod snapshot;
 pub mod source_stats;

@@ -34,11 +34,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::cdc::ack::AckTracker;
 use crate::cdc::catalog::RelationResolver;
 use crate::cdc::error::CdcError;
+use crate::cdc::event_channel::{EventSender, NoRoom};
 use crate::cdc::pgoutput::{self, ColumnValue, OldTuple, PgOutputMessage, TupleData};
 use crate::cdc::stream_spool::StreamSpool;
 use crate::cdc::transport::{
@@ -157,7 +158,7 @@ pub struct ReaderIo<'a, S: ConfirmedStore, C> {
     /// A catalog connection to the source (type names, primary keys).
     pub catalog: &'a tokio_postgres::Client,
     /// Where events go (bounded: back-pressure reaches the server through TCP).
-    pub out: &'a mpsc::Sender<SourceEvent>,
+    pub out: &'a EventSender,
     /// Wakes the dataflow worker after a send.
     pub wake: &'a (dyn Fn() + Send + Sync),
     /// Every commit LSN below this is durable at every sink.
@@ -428,16 +429,16 @@ async fn send<S: ConfirmedStore, C>(
     let commit = matches!(event, SourceEvent::Commit { .. });
     let stopped = || CdcError::Stream("the dataflow stopped taking changes".into());
     let out = io.out;
-    let permit = match out.try_reserve() {
+    let permit = match out.try_reserve(&event) {
         Ok(p) => p,
-        Err(mpsc::error::TrySendError::Closed(())) => return Err(stopped()),
-        Err(mpsc::error::TrySendError::Full(())) => {
+        Err(NoRoom::Closed) => return Err(stopped()),
+        Err(NoRoom::Full) => {
             // The workers may be parked with a full channel: let them drain it.
             (io.wake)();
             state.unwoken = 0;
             loop {
                 tokio::select! {
-                    p = out.reserve() => break p.map_err(|_| stopped())?,
+                    p = out.reserve(&event) => break p.map_err(|_| stopped())?,
                     _ = tokio::time::sleep(ACK_INTERVAL) => confirm_and_report(io, state).await?,
                 }
             }

@@ -24,11 +24,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::cdc::transport::{ReplicationConnection, ReplicationStream, StreamOptions};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::cdc::catalog::{self, PublishedTable};
 use crate::cdc::error::CdcError;
-use crate::cdc::stream::{self, ConfirmedStore, ReaderIo, ReaderState, ReaderStats, SourceEvent};
+use crate::cdc::stream::{self, ConfirmedStore, ReaderIo, ReaderState, ReaderStats};
 use crate::change::{format_lsn, Lsn, TableInfo};
 use crate::control::access::{self, AccessHub};
 use crate::control::history_start::{self, check_history_table};
@@ -418,7 +418,7 @@ async fn run_job_inner(
     stats.set_state(JobState::Streaming, None);
     tracing::info!(job = %spec.name, position = %format_lsn(confirmed), "streaming");
 
-    let (events_tx, events_rx) = mpsc::channel::<SourceEvent>(8192);
+    let (events_tx, events_rx) = crate::cdc::event_channel::event_channel();
     let (durable_tx, mut durable_rx) = watch::channel::<Lsn>(0);
     let hub = Arc::new(AccessHub::new(spec, stats.take_saved_model()));
     stats.set_access(Some(hub.clone()));
@@ -447,7 +447,10 @@ async fn run_job_inner(
         books: stats.books.clone(),
         qos: Arc::new(spec.qos.policy()),
         access: Some(hub.dataflow_side()),
-        max_backlog_rows: spec.read_ahead_rows(),
+        read_ahead: crate::sinks::backlog::Load {
+            rows: spec.read_ahead_rows(),
+            bytes: spec.read_ahead_bytes(),
+        },
     });
     let pruner = (spec.history_tables().next().is_some()).then(|| {
         tokio::spawn(prune_hot_window(
@@ -572,7 +575,7 @@ async fn read_until_stopped(
     spec: &JobSpec,
     client: ReplicationStream,
     state: &mut ReaderState,
-    events: &mpsc::Sender<SourceEvent>,
+    events: &crate::cdc::event_channel::EventSender,
     wake: &(dyn Fn() + Send + Sync),
     durable: &mut watch::Receiver<Lsn>,
     store: &mut ProgressStore,

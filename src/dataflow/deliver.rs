@@ -6,14 +6,14 @@
 //! every sink reported it durable. Probing that output therefore gives the LSN below which
 //! everything is durable at every sink on every worker: the only LSN the source may confirm.
 //!
-//! A transaction whose share on this worker passes [`PART_ROWS`] before it is complete is
-//! handed over in parts ([`Delivery::Part`], then the rest as a [`Delivery::Batch`]) as it
+//! A transaction whose share on this worker passes [`PART_ROWS`] rows or [`PART_BYTES`]
+//! (estimated, [`crate::footprint`]) before it is complete is handed over in parts ([`Delivery::Part`], then the rest as a [`Delivery::Batch`]) as it
 //! arrives, so no worker holds a large transaction whole (DESIGN.md invariant 5); only the
 //! oldest stashed timestamp is ever handed over in parts, so parts never interleave with
 //! another transaction.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use timely::dataflow::channels::pact::Pipeline;
@@ -24,10 +24,16 @@ use timely::scheduling::{Activator, SyncActivator};
 use tokio::sync::mpsc;
 
 use crate::change::{Lsn, SinkItem};
+use crate::footprint::Footprint;
+use crate::sinks::backlog::{Backlog, Load};
 use crate::sinks::{ApplyBatch, Delivery, SinkFeed};
 
 /// Rows of one transaction a worker stashes before it hands them over as a part.
 pub const PART_ROWS: usize = 20_000;
+/// Bytes (estimated) of one transaction a worker stashes before it hands them over as a
+/// part: wide rows part by bytes (a 20,000-row part of 20 KB rows held 400 MB), narrow
+/// ones by rows (the e2e bench's rows make about 12 MB a part).
+pub const PART_BYTES: usize = 16 << 20;
 
 /// How the sink tasks reach the delivery operator.
 ///
@@ -57,15 +63,15 @@ pub struct DeliveryActivators {
 /// The delivery operator.
 pub trait DeliverToSinks<'scope> {
     /// Delivers each completed timestamp to `sinks` and returns a progress-only stream
-    /// whose frontier is the durable frontier. `backlog` counts the rows of completed
-    /// transactions not yet applied by a sink (added here, taken off by the sink tasks;
-    /// the feeder pauses while it is large).
+    /// whose frontier is the durable frontier. `backlog` counts what was handed over and
+    /// not yet applied by a sink (added here, taken off by the sink tasks; the feeder
+    /// pauses while it is large).
     /// `on_activator` receives the handles that schedule the operator.
     fn deliver_to_sinks(
         self,
         sinks: Vec<(mpsc::Sender<Delivery>, SinkFeed)>,
         link: DeliveryLink,
-        backlog: Arc<AtomicUsize>,
+        backlog: Arc<Backlog>,
         on_activator: impl FnOnce(DeliveryActivators),
     ) -> StreamVec<'scope, Lsn, ()>;
 }
@@ -75,7 +81,7 @@ impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, SinkItem> {
         self,
         sinks: Vec<(mpsc::Sender<Delivery>, SinkFeed)>,
         link: DeliveryLink,
-        backlog: Arc<AtomicUsize>,
+        backlog: Arc<Backlog>,
         on_activator: impl FnOnce(DeliveryActivators),
     ) -> StreamVec<'scope, Lsn, ()> {
         let scope = self.scope();
@@ -94,8 +100,7 @@ impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, SinkItem> {
         let (_output, progress) = builder.new_output::<Vec<()>>();
         builder.build(move |mut initial| {
             initial.clear();
-            // Per timestamp: its capability, its items, whether parts of it were handed over.
-            let mut stash: BTreeMap<Lsn, (Capability<Lsn>, Vec<SinkItem>, bool)> = BTreeMap::new();
+            let mut stash: BTreeMap<Lsn, Stashed> = BTreeMap::new();
             let mut in_flight: BTreeMap<Lsn, Capability<Lsn>> = BTreeMap::new();
             let mut durable_at: Vec<Lsn> = vec![0; sinks.len()];
             let mut sink_gone = false;
@@ -109,22 +114,25 @@ impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, SinkItem> {
                 };
                 for (queue, feed) in others {
                     let copy = delivery.copy_for(*feed);
-                    backlog.fetch_add(copy.batch().rows(), Ordering::Relaxed);
+                    backlog.add(Load::of(copy.batch()));
                     queue.push_back(copy);
                 }
                 let own = delivery.into_feed(*last_feed);
-                backlog.fetch_add(own.batch().rows(), Ordering::Relaxed);
+                backlog.add(Load::of(own.batch()));
                 last.push_back(own);
             };
             move |frontiers| {
                 input.for_each_stamp(|cap, data| {
                     let Some(&t) = cap.least() else { return };
-                    let entry = stash.entry(t).or_insert_with(|| {
-                        let held = cap.retain_least(0).expect("output 0 exists");
-                        (held, Vec::new(), false)
+                    let entry = stash.entry(t).or_insert_with(|| Stashed {
+                        cap: cap.retain_least(0).expect("output 0 exists"),
+                        items: Vec::new(),
+                        bytes: 0,
+                        parted: false,
                     });
                     for batch in data {
-                        entry.1.append(batch);
+                        entry.bytes += batch.iter().map(Footprint::footprint).sum::<usize>();
+                        entry.items.append(batch);
                     }
                 });
                 let frontier = frontiers[0].frontier();
@@ -132,7 +140,7 @@ impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, SinkItem> {
                     if frontier.less_equal(&t) {
                         break;
                     }
-                    let Some((cap, items, parted)) = stash.remove(&t) else { break };
+                    let Some(Stashed { cap, items, parted, .. }) = stash.remove(&t) else { break };
                     // A transaction handed over in parts always gets its final batch,
                     // even an empty one: it tells the sink the transaction is complete.
                     if items.is_empty() && !parted {
@@ -143,10 +151,11 @@ impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, SinkItem> {
                 }
                 // The oldest transaction, still arriving, is large: hand over what it has.
                 if let Some(mut entry) = stash.first_entry() {
-                    let (_, items, parted) = entry.get_mut();
-                    if items.len() >= PART_ROWS {
-                        *parted = true;
-                        let part = std::mem::take(items);
+                    let stashed = entry.get_mut();
+                    if stashed.items.len() >= PART_ROWS || stashed.bytes >= PART_BYTES {
+                        stashed.parted = true;
+                        stashed.bytes = 0;
+                        let part = std::mem::take(&mut stashed.items);
                         let t = *entry.key();
                         hand_over(&mut queues, Delivery::Part(batch_of(t, part)));
                     }
@@ -192,6 +201,17 @@ impl<'scope> DeliverToSinks<'scope> for StreamVec<'scope, Lsn, SinkItem> {
         });
         progress
     }
+}
+
+/// One timestamp's items waiting on a worker.
+struct Stashed {
+    /// Held on the progress output until every sink has the timestamp durable.
+    cap: Capability<Lsn>,
+    items: Vec<SinkItem>,
+    /// The items' estimated bytes.
+    bytes: usize,
+    /// Parts of it were handed over.
+    parted: bool,
 }
 
 /// One timestamp's items as a batch, in transaction order (stable: a change's history

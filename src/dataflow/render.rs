@@ -1,6 +1,5 @@
 //! Wiring only: connects the job's operators. No processing happens here.
 
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use timely::dataflow::StreamVec;
@@ -42,7 +41,7 @@ pub fn render_job<'scope>(
     stages: OptionalStages,
     sinks: Vec<(mpsc::Sender<Delivery>, SinkFeed)>,
     link: DeliveryLink,
-    backlog: Arc<AtomicUsize>,
+    backlog: Arc<crate::sinks::backlog::Backlog>,
     on_activator: impl FnOnce(DeliveryActivators),
 ) -> StreamVec<'scope, Lsn, ()> {
     let OptionalStages { history, access } = stages;

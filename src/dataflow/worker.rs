@@ -2,21 +2,23 @@
 //! sink tasks on the tokio runtime, and (worker 0 only) move the reader's events into the
 //! job's input.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle};
 use tokio::sync::{mpsc, watch};
 
+use crate::cdc::event_channel::EventReceiver;
 use crate::cdc::stream::SourceEvent;
 use crate::change::{Lsn, SourceRecord};
-use crate::dataflow::deliver::{DeliveryLink, PART_ROWS};
+use crate::dataflow::deliver::{DeliveryLink, PART_BYTES, PART_ROWS};
 use crate::dataflow::render::{render_job, HistoryStage, OptionalStages};
 use crate::operators::access::hotness_map::HotnessMap;
 use crate::operators::access::ledger::AccessLedger;
 use crate::operators::history::{HistoryBooks, HistoryPlan};
 use crate::operators::partition::TenantPlan;
+use crate::sinks::backlog::{Backlog, Load};
 use crate::sinks::nats::NatsSink;
 use crate::sinks::parquet::ParquetSink;
 use crate::sinks::pg_apply::PgApplySink;
@@ -56,47 +58,55 @@ fn behind_source(
 /// 10-row transactions however far behind it was (unpaced lag run, `HELIOS_BENCH_LAG_TOP_RATE=0`:
 /// 647 rows per target transaction); at 1024 they reach `batch_max_rows` (4,757).
 pub const SINK_QUEUE_BATCHES: usize = 1024;
-/// Rows of completed transactions a job may have waiting for its sinks before worker 0
-/// stops feeding it, unless the job's `qos.max_buffered_rows` says otherwise.
-pub const MAX_BACKLOG_ROWS: usize = 100_000;
 /// Events taken from a job's reader per worker step.
 pub const EVENTS_PER_STEP: usize = 4096;
-/// Parts of a large transaction ([`PART_ROWS`] rows each) a worker may have
-/// waiting for its sinks while the transaction is still fed: the sink applies one part
-/// while the next waits, so more read-ahead holds memory without speeding anything up.
+/// Estimated bytes of events taken from a job's reader per worker step: what the
+/// dataflow holds between its steps, whatever the rows' width.
+pub const BYTES_PER_STEP: usize = 4 << 20;
+/// Parts of a large transaction ([`PART_ROWS`] rows or [`PART_BYTES`] each) a worker may
+/// have waiting for its sinks while the transaction is still fed: the sink applies one
+/// part while the next waits, so more read-ahead holds memory without speeding anything up.
 pub const LARGE_TXN_PARTS_AHEAD: usize = 2;
 
-/// How many rows worker 0 lets wait for the sinks before it stops feeding a job.
+/// How much worker 0 lets wait for the sinks before it stops feeding a job, in rows and
+/// in estimated bytes (whichever is reached first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadAhead {
-    /// The job's read-ahead (`qos.max_buffered_rows`).
-    pub rows: usize,
+    /// The job's read-ahead (`qos.max_buffered_rows`, `qos.max_buffered_mib`).
+    pub normal: Load,
     /// The read-ahead while a transaction larger than a part is fed: its parts are
     /// applied one at a time, so [`LARGE_TXN_PARTS_AHEAD`] parts per worker keep every
     /// sink busy. At the job's 100,000 rows, parts waiting in the sink channels added about
     /// 45 MiB to the peak RSS of a 3M-row transaction (196–209 against 153 MiB).
-    pub large: usize,
+    pub large: Load,
 }
 
 impl ReadAhead {
-    /// The read-ahead of a job reading `rows` ahead on `workers` workers.
-    pub fn new(rows: usize, workers: usize) -> ReadAhead {
-        let parts = LARGE_TXN_PARTS_AHEAD * PART_ROWS;
+    /// The read-ahead of a job reading `normal` ahead on `workers` workers.
+    pub fn new(normal: Load, workers: usize) -> ReadAhead {
+        let workers = workers.max(1);
         ReadAhead {
-            rows,
-            large: rows.min(parts.saturating_mul(workers.max(1))),
+            normal,
+            large: Load {
+                rows: normal
+                    .rows
+                    .min((LARGE_TXN_PARTS_AHEAD * PART_ROWS).saturating_mul(workers)),
+                bytes: normal
+                    .bytes
+                    .min((LARGE_TXN_PARTS_AHEAD * PART_BYTES).saturating_mul(workers)),
+            },
         }
     }
 
-    /// Whether worker 0 may feed more with `backlog` rows waiting for the sinks and
-    /// `open_records` records fed of the transaction in progress.
-    pub fn allows(&self, backlog: usize, open_records: usize) -> bool {
-        let limit = if open_records >= PART_ROWS {
+    /// Whether worker 0 may feed more with `backlog` waiting for the sinks and `open` fed
+    /// of the transaction in progress.
+    pub fn allows(&self, backlog: Load, open: Load) -> bool {
+        let limit = if open.rows >= PART_ROWS || open.bytes >= PART_BYTES {
             self.large
         } else {
-            self.rows
+            self.normal
         };
-        backlog <= limit
+        backlog.within(limit)
     }
 }
 
@@ -183,11 +193,11 @@ pub struct JobDataflow {
     /// The job's sinks.
     pub sinks: Vec<SinkTarget>,
     /// The reader's events; worker 0 takes the receiver.
-    pub events: Arc<Mutex<Option<mpsc::Receiver<SourceEvent>>>>,
+    pub events: Arc<Mutex<Option<EventReceiver>>>,
     /// Where worker 0 publishes the durable frontier.
     pub durable: Arc<watch::Sender<Lsn>>,
-    /// Rows of completed transactions waiting for a sink, over all workers.
-    pub backlog: Arc<AtomicUsize>,
+    /// Completed transactions waiting for a sink, over all workers.
+    pub backlog: Arc<Backlog>,
     /// The reader's figures (commit times, for per-tenant lag).
     pub reader: Arc<crate::cdc::stream::ReaderStats>,
     /// Tables that keep history (empty: no history stage).
@@ -198,8 +208,8 @@ pub struct JobDataflow {
     pub qos: Arc<QosPolicy>,
     /// Write counts for the hotness predictor and its predictions (`None`: no prediction).
     pub access: Option<JobAccess>,
-    /// Rows read ahead of the sinks before worker 0 stops feeding the job.
-    pub max_backlog_rows: usize,
+    /// Rows and bytes read ahead of the sinks before worker 0 stops feeding the job.
+    pub read_ahead: Load,
 }
 
 /// A job's access signals and predictions, as the dataflow sees them.
@@ -220,14 +230,15 @@ pub struct WorkerJob {
     /// The input (only worker 0 keeps it open).
     input: Option<InputHandleVec<Lsn, SourceRecord>>,
     /// The reader's events (worker 0).
-    events: Option<mpsc::Receiver<SourceEvent>>,
+    events: Option<EventReceiver>,
     /// The durable frontier probe.
     probe: ProbeHandle<Lsn>,
     durable: Arc<watch::Sender<Lsn>>,
-    backlog: Arc<AtomicUsize>,
+    backlog: Arc<Backlog>,
     read_ahead: ReadAhead,
-    /// Records fed of the transaction in progress (0 between transactions).
-    open_records: usize,
+    /// Records fed of the transaction in progress and their bytes (0 between
+    /// transactions).
+    open: Load,
     /// Skipping a transaction older than the input's time.
     discarding: bool,
     /// A sink task reported durable progress the delivery operator has not seen.
@@ -334,12 +345,12 @@ impl WorkerJob {
                 SinkPlace::Parquet { root, compaction } => {
                     // The manifest covers LSN ranges per table: commit order only. A
                     // write costs files and fsyncs per table directory: gather rows.
-                    let rows = target.batch_max_rows.min(job.max_backlog_rows / 2).max(1);
+                    let rows = target.batch_max_rows.min(job.read_ahead.rows / 2).max(1);
                     pacing.linger = Some(Linger {
                         rows,
                         wait: COLD_LINGER,
                         early_rows: (rows / COLD_EARLY_DIVISOR).max(1),
-                        read_ahead: job.max_backlog_rows,
+                        read_ahead: job.read_ahead,
                     });
                     let sink = ParquetSink::new(&job.job, root.clone(), index as u32)
                         .with_compaction(*compaction)
@@ -366,8 +377,8 @@ impl WorkerJob {
             probe,
             durable: job.durable.clone(),
             backlog: job.backlog.clone(),
-            read_ahead: ReadAhead::new(job.max_backlog_rows, worker.peers()),
-            open_records: 0,
+            read_ahead: ReadAhead::new(job.read_ahead, worker.peers()),
+            open: Load::default(),
             discarding: false,
             reports_pending,
             deliver: activators.on_worker,
@@ -382,24 +393,26 @@ impl WorkerJob {
         }
     }
 
-    /// Worker 0: moves up to [`EVENTS_PER_STEP`] events into the input. Returns whether
-    /// more may be waiting. Closes the input when the reader's channel closes.
+    /// Worker 0: moves up to [`EVENTS_PER_STEP`] events or [`BYTES_PER_STEP`] into the
+    /// input. Returns whether more may be waiting. Closes the input when the reader's
+    /// channel closes.
     pub fn feed(&mut self) -> bool {
         let (Some(input), Some(rx)) = (self.input.as_mut(), self.events.as_mut()) else {
             return false;
         };
         // The sinks are behind: leave the events in the reader's bounded channel, which
         // in turn stops the reader (back-pressure to the source through TCP).
-        if !self
-            .read_ahead
-            .allows(self.backlog.load(Ordering::Relaxed), self.open_records)
-        {
+        if !self.read_ahead.allows(self.backlog.load(), self.open) {
             return false;
         }
+        let mut step_bytes = 0;
         for _ in 0..EVENTS_PER_STEP {
+            if step_bytes >= BYTES_PER_STEP {
+                break;
+            }
             match rx.try_recv() {
-                Ok(SourceEvent::Begin { commit_lsn, .. }) => {
-                    self.open_records = 0;
+                Ok((SourceEvent::Begin { commit_lsn, .. }, _)) => {
+                    self.open = Load::default();
                     self.discarding = commit_lsn < *input.time();
                     if self.discarding {
                         tracing::error!(
@@ -410,14 +423,15 @@ impl WorkerJob {
                         input.advance_to(commit_lsn);
                     }
                 }
-                Ok(SourceEvent::Record(record)) => {
-                    self.open_records += 1;
+                Ok((SourceEvent::Record(record), bytes)) => {
+                    step_bytes += bytes;
+                    self.open = self.open.plus(Load { rows: 1, bytes });
                     if !self.discarding {
                         input.send(record);
                     }
                 }
-                Ok(SourceEvent::Commit { commit_lsn, .. }) => {
-                    self.open_records = 0;
+                Ok((SourceEvent::Commit { commit_lsn, .. }, _)) => {
+                    self.open = Load::default();
                     if !self.discarding {
                         input.advance_to(commit_lsn + 1);
                     }
@@ -458,24 +472,78 @@ mod tests {
 
     #[test]
     fn a_large_transaction_is_read_ahead_by_two_parts_per_worker_only() {
-        let one = ReadAhead::new(100_000, 1);
-        assert_eq!(one.large, 2 * PART_ROWS);
+        let rows = |rows| Load { rows, bytes: 0 };
+        let mib = 1 << 20;
+        let normal = Load {
+            rows: 100_000,
+            bytes: 256 * mib,
+        };
+        let one = ReadAhead::new(normal, 1);
+        assert_eq!(one.large.rows, 2 * PART_ROWS);
+        assert_eq!(one.large.bytes, 2 * PART_BYTES);
         // Between and inside ordinary transactions the job's read-ahead holds.
-        assert!(one.allows(100_000, 0));
-        assert!(!one.allows(100_001, 0));
-        assert!(one.allows(100_000, PART_ROWS - 1));
+        assert!(one.allows(rows(100_000), rows(0)));
+        assert!(!one.allows(rows(100_001), rows(0)));
+        assert!(one.allows(rows(100_000), rows(PART_ROWS - 1)));
         // Once the transaction in progress passes a part, two parts may wait.
-        assert!(one.allows(2 * PART_ROWS, PART_ROWS));
-        assert!(!one.allows(2 * PART_ROWS + 1, PART_ROWS));
-        assert!(!one.allows(50_000, 5 * PART_ROWS));
+        assert!(one.allows(rows(2 * PART_ROWS), rows(PART_ROWS)));
+        assert!(!one.allows(rows(2 * PART_ROWS + 1), rows(PART_ROWS)));
+        assert!(!one.allows(rows(50_000), rows(5 * PART_ROWS)));
 
-        let two = ReadAhead::new(100_000, 2);
-        assert_eq!(two.large, 4 * PART_ROWS, "two parts per worker");
+        let two = ReadAhead::new(normal, 2);
+        assert_eq!(two.large.rows, 4 * PART_ROWS, "two parts per worker");
+        assert_eq!(two.large.bytes, 4 * PART_BYTES);
         // A job reading less ahead than that keeps its own bound.
-        let small = ReadAhead::new(10_000, 2);
-        assert_eq!(small.large, 10_000);
-        assert!(!small.allows(10_001, 10 * PART_ROWS));
-        assert_eq!(ReadAhead::new(usize::MAX, 0).large, 2 * PART_ROWS);
+        let small = ReadAhead::new(
+            Load {
+                rows: 10_000,
+                bytes: PART_BYTES,
+            },
+            2,
+        );
+        assert_eq!(small.large, small.normal);
+        assert!(!small.allows(rows(10_001), rows(10 * PART_ROWS)));
+        assert_eq!(
+            ReadAhead::new(
+                Load {
+                    rows: usize::MAX,
+                    bytes: usize::MAX
+                },
+                0
+            )
+            .large,
+            Load {
+                rows: 2 * PART_ROWS,
+                bytes: 2 * PART_BYTES
+            }
+        );
+    }
+
+    #[test]
+    fn wide_rows_are_read_ahead_by_bytes() {
+        let one = ReadAhead::new(
+            Load {
+                rows: 100_000,
+                bytes: 64 << 20,
+            },
+            1,
+        );
+        let waiting = |rows, bytes| Load { rows, bytes };
+        // 1,000 rows of 100 KB pass the job's bytes long before its rows.
+        assert!(one.allows(waiting(600, 60 << 20), Load::default()));
+        assert!(!one.allows(waiting(700, 70 << 20), Load::default()));
+        // A transaction whose bytes pass a part is large, however few its rows: two
+        // parts' bytes may wait.
+        let open = waiting(200, PART_BYTES);
+        assert!(one.allows(waiting(300, 2 * PART_BYTES), open));
+        assert!(!one.allows(waiting(300, 2 * PART_BYTES + 1), open));
+        assert!(
+            one.allows(
+                waiting(300, 2 * PART_BYTES + 1),
+                waiting(200, PART_BYTES - 1)
+            ),
+            "below a part it is an ordinary transaction"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 use tokio::sync::mpsc;
 
 use crate::change::Lsn;
+use crate::sinks::backlog::Load;
 use crate::sinks::spill::{SpillError, SpillParts, SpilledTxn};
 use crate::sinks::versions::SameTxnVersions;
 use crate::sinks::{ApplyBatch, Delivery, SinkError};
@@ -36,8 +37,8 @@ pub enum PartsStopped {
 }
 
 /// The parts of one large transaction, received from the sink task's channel and spilled
-/// as they come. `after_part(rows)` runs once a part is spilled (the sink task takes its
-/// rows off the backlog and lets the dataflow hand over the next part).
+/// as they come. `after_part(load)` runs once a part is spilled (the sink task takes its
+/// load off the backlog and lets the dataflow hand over the next part).
 pub struct LiveParts<'a, F> {
     lsn: Lsn,
     first: Option<ApplyBatch>,
@@ -49,7 +50,7 @@ pub struct LiveParts<'a, F> {
     stopped: Option<PartsStopped>,
 }
 
-impl<'a, F: FnMut(usize) + Send> LiveParts<'a, F> {
+impl<'a, F: FnMut(Load) + Send> LiveParts<'a, F> {
     /// The parts of the transaction whose first part is `first`; the others come from
     /// `batches`, each appended to `spill`.
     pub fn new(
@@ -141,7 +142,7 @@ impl<'a, F: FnMut(usize) + Send> LiveParts<'a, F> {
         };
         self.spill.append(&part)?;
         self.history_seen |= !part.history.is_empty();
-        (self.after_part)(part.rows());
+        (self.after_part)(Load::of(&part));
         self.complete = last;
         Ok(part)
     }
@@ -158,7 +159,7 @@ pub enum PartSource<'s, 'l, 'p, F> {
     Live(&'l mut LiveParts<'p, F>),
 }
 
-impl<'s, F: FnMut(usize) + Send> PartSource<'s, '_, '_, F> {
+impl<'s, F: FnMut(Load) + Send> PartSource<'s, '_, '_, F> {
     /// The parts of a spilled transaction, from its first (one pass over the file first
     /// when it has history events, see [`SameTxnVersions`]).
     pub fn spilled(txn: &'s mut SpilledTxn) -> Result<Self, SinkError> {
@@ -203,7 +204,9 @@ mod tests {
         tx.send(Delivery::Batch(part(7, 4..5))).await.unwrap();
         let mut spill = SpilledTxn::create(7).unwrap();
         let mut taken = Vec::new();
-        let mut live = LiveParts::new(part(7, 0..2), &mut rx, &mut spill, |rows| taken.push(rows));
+        let mut live = LiveParts::new(part(7, 0..2), &mut rx, &mut spill, |load: Load| {
+            taken.push(load.rows)
+        });
         let first = live.next_part().await.unwrap().unwrap();
         assert_eq!(first.changes.len(), 2);
         assert!(!live.is_complete());

@@ -16,6 +16,7 @@
 //!   is acknowledged meanwhile; a table the sink cannot apply is put in a visible error
 //!   state by the sink itself, its changes kept, never dropped.
 
+pub mod backlog;
 pub mod large;
 pub mod latency;
 pub mod nats;
@@ -48,6 +49,14 @@ impl ApplyBatch {
     /// Changes plus history events: the batch's weight for row budgets.
     pub fn rows(&self) -> usize {
         self.changes.len() + self.history.len()
+    }
+
+    /// What its changes and history events hold in memory, estimated
+    /// ([`crate::footprint`]).
+    pub fn footprint(&self) -> usize {
+        use crate::footprint::Footprint;
+        self.changes.iter().map(Footprint::footprint).sum::<usize>()
+            + self.history.iter().map(Footprint::footprint).sum::<usize>()
     }
 }
 
@@ -239,7 +248,7 @@ pub trait Sink: Send + 'static {
     /// with [`Sink::apply_large`]. The default takes every part first, then calls
     /// [`Sink::apply_large`]; a sink that writes a transaction in pieces inside one target
     /// transaction overrides it, so the target works while the rest arrives.
-    fn apply_large_live<F: FnMut(usize) + Send>(
+    fn apply_large_live<F: FnMut(crate::sinks::backlog::Load) + Send>(
         &mut self,
         parts: &mut LiveParts<'_, F>,
     ) -> impl Future<Output = Result<ApplyReport, SinkError>> + Send {

@@ -15,13 +15,14 @@
 //! (the sink is busy with it alone meanwhile).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use crate::change::{pg_now_micros, Lsn};
+use crate::sinks::backlog::{Backlog, Load};
 use crate::sinks::large::{LiveParts, PartsStopped};
 use crate::sinks::qos::rate_limit::{Claim, SinkLimiter, SinkLimits};
 use crate::sinks::qos::scheduler::{Group, Scheduler};
@@ -108,9 +109,9 @@ pub struct SinkPacing {
     pub limiter: Arc<SinkLimiter>,
     /// Predicted hotness of a transaction (0 when nothing is known).
     pub hotness: Arc<dyn Fn(&ApplyBatch) -> f32 + Send + Sync>,
-    /// Rows delivered to the job's sinks and not yet applied (the reader pauses while it
-    /// is large); this task takes off what it applied.
-    pub backlog: Arc<AtomicUsize>,
+    /// What was delivered to the job's sinks and not yet applied (the reader pauses while
+    /// it is large); this task takes off what it applied.
+    pub backlog: Arc<Backlog>,
     /// Most rows applied in one sink transaction.
     pub max_rows: usize,
     /// This task's index among the sink's tasks (one per worker), for arbitration.
@@ -191,9 +192,9 @@ pub struct Linger {
     /// Pending rows worth a write once the source is quiet (`usize::MAX`: never early, not
     /// even after a whole group).
     pub early_rows: usize,
-    /// The job's read-ahead: above this backlog the reader pauses, so a quiet source
+    /// The job's read-ahead: past this backlog the reader pauses, so a quiet source
     /// then means a waiting reader, not an idle source.
-    pub read_ahead: usize,
+    pub read_ahead: Load,
 }
 
 /// How long the source must have sent nothing for a lingering sink to stop waiting.
@@ -225,7 +226,7 @@ impl SourceActivity {
 
 impl SinkPacing {
     /// Commit order, no limits, no hotness: the plain sink task.
-    pub fn fifo(backlog: Arc<AtomicUsize>, max_rows: usize, task: usize) -> Self {
+    pub fn fifo(backlog: Arc<Backlog>, max_rows: usize, task: usize) -> Self {
         SinkPacing {
             policy: Arc::new(QosPolicy::fifo()),
             limiter: Arc::new(SinkLimiter::new(SinkLimits::default(), 0)),
@@ -410,7 +411,7 @@ pub async fn run_sink<S: Sink>(
             let pending = scheduler.pending_rows();
             let early = linger.early_rows != usize::MAX;
             let source_done = (pending >= linger.early_rows || catching_up && early)
-                && pacing.backlog.load(Relaxed) <= linger.read_ahead
+                && pacing.backlog.load().within(linger.read_ahead)
                 && activity.quiet_for(reader.bytes_received.load(Relaxed)) >= QUIET;
             if open && pending < linger.rows && !left.is_zero() && !source_done {
                 tokio::select! {
@@ -491,8 +492,8 @@ pub async fn run_sink<S: Sink>(
         };
         match sent {
             Some(flight) => in_flight.push(SentGroup {
+                load: Load::of_all(&group.batches),
                 batches: group.batches,
-                rows: group.rows,
                 before,
                 watermark,
                 started: std::time::Instant::now(),
@@ -504,7 +505,7 @@ pub async fn run_sink<S: Sink>(
                     .await;
                 sink.set_watermark(watermark);
                 apply_group(&mut sink, &group.batches, &stats, &reader).await;
-                take_off_backlog(&pacing, group.rows);
+                take_off_backlog(&pacing, Load::of_all(&group.batches));
                 on_durable(watermark);
                 sink.upkeep(false).await;
             }
@@ -521,7 +522,8 @@ pub async fn run_sink<S: Sink>(
 /// A group sent with [`Sink::send`] whose outcome is not in yet.
 struct SentGroup {
     batches: Vec<ApplyBatch>,
-    rows: usize,
+    /// What the group takes off the backlog once durable.
+    load: Load,
     /// The scheduler's durable watermark before the group was taken.
     before: Lsn,
     /// The scheduler's durable watermark once it was taken: durable with the group.
@@ -589,7 +591,7 @@ impl InFlightGroups {
         };
         let SentGroup {
             batches,
-            rows,
+            load,
             watermark,
             started,
             flight,
@@ -603,7 +605,7 @@ impl InFlightGroups {
         let err = match outcome {
             Ok(report) => {
                 durable_group(stats, reader, &report, &batches, started);
-                take_off_backlog(pacing, rows);
+                take_off_backlog(pacing, load);
                 on_durable(watermark);
                 if self.0.is_empty() {
                     sink.upkeep(false).await;
@@ -616,19 +618,19 @@ impl InFlightGroups {
         tracing::warn!(sink = sink.kind(), error = %err, behind = self.len(), "a pipelined group failed; applying it and the groups sent after it again, in order");
         // Each group's future is dropped before anything is applied again: a sink may need
         // the connection to itself for that.
-        let mut again = vec![(batches, rows, watermark)];
+        let mut again = vec![(batches, load, watermark)];
         while let Some(next) = self.0.pop_front() {
             // Its own outcome does not matter: it is applied again after the failed one.
             let _ = next.flight.await;
             sink.settle(&Err(SinkError::Transient(
                 "a group sent before it failed".into(),
             )));
-            again.push((next.batches, next.rows, next.watermark));
+            again.push((next.batches, next.load, next.watermark));
         }
-        for (batches, rows, watermark) in again {
+        for (batches, load, watermark) in again {
             sink.set_watermark(watermark);
             apply_group(sink, &batches, stats, reader).await;
-            take_off_backlog(pacing, rows);
+            take_off_backlog(pacing, load);
             on_durable(watermark);
         }
         sink.upkeep(false).await;
@@ -654,15 +656,13 @@ async fn drain<S: Sink>(
         pacing.limiter.take(&group, now);
         sink.set_watermark(scheduler.durable_watermark());
         apply_group(sink, &group.batches, stats, reader).await;
-        take_off_backlog(pacing, group.rows);
+        take_off_backlog(pacing, Load::of_all(&group.batches));
         on_durable(scheduler.durable_watermark());
     }
 }
 
-fn take_off_backlog(pacing: &SinkPacing, rows: usize) {
-    let _ = pacing
-        .backlog
-        .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(rows)));
+fn take_off_backlog(pacing: &SinkPacing, load: Load) {
+    pacing.backlog.take(load);
 }
 
 /// Applies a large transaction while its parts arrive (`first` is the first one), each
@@ -705,8 +705,8 @@ async fn stream_large<S: Sink>(
     );
     let started = std::time::Instant::now();
     let live = {
-        let mut parts = LiveParts::new(first, batches, &mut spill, |rows| {
-            take_off_backlog(pacing, rows);
+        let mut parts = LiveParts::new(first, batches, &mut spill, |load| {
+            take_off_backlog(pacing, load);
             // Room in the channel again: let the dataflow hand over the next part.
             on_durable(durable_before);
         });

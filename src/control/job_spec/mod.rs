@@ -555,6 +555,15 @@ impl JobSpec {
         })
     }
 
+    /// Bytes (estimated) the dataflow reads ahead of the sinks: `qos.max_buffered_mib`,
+    /// default [`qos::DEFAULT_MAX_BUFFERED_MIB`].
+    pub fn read_ahead_bytes(&self) -> usize {
+        self.qos
+            .max_buffered_mib
+            .unwrap_or(qos::DEFAULT_MAX_BUFFERED_MIB)
+            << 20
+    }
+
     /// The tables that keep bi-temporal history.
     pub fn history_tables(&self) -> impl Iterator<Item = &TableSpec> {
         self.tables.iter().filter(|t| t.history)

@@ -10,6 +10,7 @@
 //! source_stats_poll_secs = 0       # poll pg_stat_user_tables (0: off)
 //! max_buffered_rows = 100000       # rows read ahead of the sinks (the scheduler's horizon;
 //!                                  # default 100000, or twice the largest Parquet group)
+//! max_buffered_mib = 128           # and at most this much memory of them (wide rows)
 //! min_share = 0.1                  # share of a saturated sink for tenants past budget
 //! [qos.tenants]
 //! "3" = "premium"
@@ -36,6 +37,13 @@ pub const DEFAULT_KEY_BUCKET_WIDTH: u64 = 1000;
 pub const DEFAULT_MAX_BUFFERED_ROWS: usize = 100_000;
 /// Largest accepted `qos.max_buffered_rows`.
 pub const MAX_MAX_BUFFERED_ROWS: usize = 10_000_000;
+/// Default `qos.max_buffered_mib`: memory of the rows read ahead of the sinks (estimated,
+/// `crate::footprint`). The e2e bench's rows take about 0.5 KB each, so the default rows
+/// (twice a Parquet group of 100,000) fit within it; rows of 20 KB are read ahead by
+/// about 6,500.
+pub const DEFAULT_MAX_BUFFERED_MIB: usize = 128;
+/// Accepted `qos.max_buffered_mib`.
+pub const MAX_BUFFERED_MIB_RANGE: std::ops::RangeInclusive<usize> = 16..=65_536;
 /// Largest accepted `qos.window_secs`.
 pub const MAX_WINDOW_SECS: u64 = 3600;
 /// Largest accepted lag budget (one day).
@@ -118,6 +126,10 @@ pub struct QosSpec {
     /// writes whole groups while the next one is read (`JobSpec::read_ahead_rows`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_buffered_rows: Option<usize>,
+    /// Memory of the rows read ahead of the sinks, in MiB (estimated), `16..=65536`.
+    /// Default 128. Whichever of the two bounds is reached first pauses the reader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_buffered_mib: Option<usize>,
     /// Share of a saturated sink kept for tenants past their lag budget, `0..=0.5`.
     #[serde(default = "default_min_share")]
     pub min_share: f64,
@@ -136,6 +148,7 @@ impl Default for QosSpec {
             key_bucket_width: DEFAULT_KEY_BUCKET_WIDTH,
             source_stats_poll_secs: 0,
             max_buffered_rows: None,
+            max_buffered_mib: None,
             min_share: DEFAULT_MIN_SHARE,
         }
     }
@@ -188,6 +201,18 @@ impl QosSpec {
                 return Err(invalid(
                     "max_buffered_rows",
                     format!("must be between 1000 and {MAX_MAX_BUFFERED_ROWS}, got {rows}"),
+                ));
+            }
+        }
+        if let Some(mib) = self.max_buffered_mib {
+            if !MAX_BUFFERED_MIB_RANGE.contains(&mib) {
+                return Err(invalid(
+                    "max_buffered_mib",
+                    format!(
+                        "must be between {} and {}, got {mib}",
+                        MAX_BUFFERED_MIB_RANGE.start(),
+                        MAX_BUFFERED_MIB_RANGE.end()
+                    ),
                 ));
             }
         }

@@ -652,6 +652,7 @@ fn qos() -> impl Strategy<Value = QosSpec> {
         (1..=3600u64, 1..=1_000_000u64, 0..=3600u64),
         (
             proptest::option::of(1000..=10_000_000usize),
+            proptest::option::of(16..=65_536usize),
             prop_oneof![Just(0.0), Just(0.1), Just(0.25), Just(0.5)],
         ),
         (1..=86_400_000u64, 1..=86_400_000u64, 1..=86_400_000u64),
@@ -662,7 +663,7 @@ fn qos() -> impl Strategy<Value = QosSpec> {
                 default_tier,
                 predictor,
                 (window, width, poll),
-                (buffered, share),
+                (buffered, mib, share),
                 (p, s, b),
                 tenants,
             )| {
@@ -679,6 +680,7 @@ fn qos() -> impl Strategy<Value = QosSpec> {
                     key_bucket_width: width,
                     source_stats_poll_secs: poll,
                     max_buffered_rows: buffered,
+                    max_buffered_mib: mib,
                     min_share: share,
                 }
             },
@@ -897,6 +899,21 @@ fn the_read_ahead_defaults_to_twice_the_largest_parquet_group() {
         !spec("").to_toml_string().contains("max_buffered_rows"),
         "an unset read-ahead stays unset"
     );
+}
+
+#[test]
+fn the_read_ahead_in_bytes_defaults_to_128_mib_and_is_checked() {
+    let with = |qos: &str| format!("{VALID}[qos]\n{qos}\n");
+    let default = JobSpec::from_toml_str(VALID).expect("valid");
+    assert_eq!(default.read_ahead_bytes(), 128 << 20);
+    assert!(!default.to_toml_string().contains("max_buffered_mib"));
+    let set = JobSpec::from_toml_str(&with("max_buffered_mib = 64")).expect("valid");
+    assert_eq!(set.read_ahead_bytes(), 64 << 20);
+    let back = JobSpec::from_toml_str(&set.to_toml_string()).expect("reads back");
+    assert_eq!(back.qos.max_buffered_mib, Some(64));
+    for bad in ["max_buffered_mib = 8", "max_buffered_mib = 100000"] {
+        expect_err(&with(bad), "qos.max_buffered_mib");
+    }
 }
 
 #[test]

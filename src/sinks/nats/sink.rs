@@ -549,7 +549,7 @@ impl NatsSink {
     /// still partial gets an empty frame without the header, so a consumer sees the
     /// transaction end on every subject. After a crash or an error the transaction is
     /// published again from its first part and each subject skips the rows it has.
-    async fn publish_large<F: FnMut(usize) + Send>(
+    async fn publish_large<F: FnMut(crate::sinks::backlog::Load) + Send>(
         &mut self,
         mut parts: PartSource<'_, '_, '_, F>,
     ) -> Result<ApplyReport, SinkError> {
@@ -748,11 +748,11 @@ impl Sink for NatsSink {
     }
 
     async fn apply_large(&mut self, txn: &mut SpilledTxn) -> Result<ApplyReport, SinkError> {
-        self.publish_large(PartSource::<fn(usize)>::spilled(txn)?)
+        self.publish_large(PartSource::<fn(crate::sinks::backlog::Load)>::spilled(txn)?)
             .await
     }
 
-    async fn apply_large_live<F: FnMut(usize) + Send>(
+    async fn apply_large_live<F: FnMut(crate::sinks::backlog::Load) + Send>(
         &mut self,
         parts: &mut LiveParts<'_, F>,
     ) -> Result<ApplyReport, SinkError> {

@@ -306,7 +306,7 @@ impl ParquetSink {
     }
 
     /// Writes one large transaction's parts as [`PartSource`] hands them out.
-    async fn write_large<F: FnMut(usize) + Send>(
+    async fn write_large<F: FnMut(crate::sinks::backlog::Load) + Send>(
         &mut self,
         lsn: Lsn,
         mut parts: PartSource<'_, '_, '_, F>,
@@ -454,7 +454,10 @@ impl Sink for ParquetSink {
     async fn apply_large(&mut self, txn: &mut SpilledTxn) -> Result<ApplyReport, SinkError> {
         let lsn = txn.commit_lsn();
         match self
-            .write_large(lsn, PartSource::<fn(usize)>::spilled(txn)?)
+            .write_large(
+                lsn,
+                PartSource::<fn(crate::sinks::backlog::Load)>::spilled(txn)?,
+            )
             .await
         {
             Ok(report) => Ok(report),

@@ -617,7 +617,7 @@ impl PgApplySink {
         let mut failing_now: HashMap<String, String> = HashMap::new();
         let lsn = txn.commit_lsn();
         loop {
-            let parts = PartSource::<fn(usize)>::spilled(txn)?;
+            let parts = PartSource::<fn(crate::sinks::backlog::Load)>::spilled(txn)?;
             match self.write_large(client, lsn, parts, &failing_now).await {
                 Ok(report) => {
                     self.failed_tables.extend(failing_now);
@@ -639,7 +639,7 @@ impl PgApplySink {
     /// Writes a large transaction part by part in one target transaction. An error names
     /// the table it is tied to, if any (that table is then put in error state and the
     /// transaction written again, from the spill file).
-    async fn write_large<F: FnMut(usize) + Send>(
+    async fn write_large<F: FnMut(crate::sinks::backlog::Load) + Send>(
         &mut self,
         client: &mut Client,
         lsn: Lsn,
@@ -765,7 +765,7 @@ impl Sink for PgApplySink {
     /// One target transaction, written part by part as the parts arrive. Any error ends
     /// the attempt (a table in error is handled by the retry from the spill file, which
     /// puts it in error state and keeps its changes as dead letters).
-    async fn apply_large_live<F: FnMut(usize) + Send>(
+    async fn apply_large_live<F: FnMut(crate::sinks::backlog::Load) + Send>(
         &mut self,
         parts: &mut LiveParts<'_, F>,
     ) -> Result<ApplyReport, SinkError> {

@@ -156,7 +156,7 @@ impl Sink for LargeRecorder {
         Ok(ApplyReport::default())
     }
 
-    async fn apply_large_live<F: FnMut(usize) + Send>(
+    async fn apply_large_live<F: FnMut(crate::sinks::backlog::Load) + Send>(
         &mut self,
         parts: &mut LiveParts<'_, F>,
     ) -> Result<ApplyReport, SinkError> {
@@ -284,7 +284,7 @@ fn plain_linger(rows: usize, wait: Duration) -> Linger {
         rows,
         wait,
         early_rows: usize::MAX,
-        read_ahead: 0,
+        read_ahead: Load::default(),
     }
 }
 
@@ -294,7 +294,10 @@ fn early_linger(rows: usize) -> Linger {
         rows,
         wait: Duration::from_secs(1),
         early_rows: 5,
-        read_ahead: 1000,
+        read_ahead: Load {
+            rows: 1000,
+            bytes: 1 << 20,
+        },
     }
 }
 
