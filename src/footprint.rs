@@ -1,6 +1,7 @@
 //! What a change costs in memory while it waits, estimated: the bytes the read-ahead,
-//! the parts of a large transaction and the sinks' backlog count, so a stream of wide rows
-//! (kilobytes of text or JSON each) is bounded by bytes as well as by rows.
+//! the parts of a large transaction, the sinks' backlog and the chunks of an initial copy
+//! count, so a stream of wide rows (kilobytes of text or JSON each) is bounded by bytes as
+//! well as by rows.
 //!
 //! A decoded row's cells slice one shared copy of its message, so its text is counted once
 //! per cell it appears in (an UPDATE's old and new row count the same text twice: the
@@ -11,6 +12,7 @@ use crate::change::{
     Cell, HistoryEvent, OldRow, Row, RowOp, SinkItem, SourceRecord, TenantAction, TenantChange,
 };
 use crate::operators::version::VersionDelta;
+use crate::sinks::parquet::ColdRow;
 
 /// What a change, row or event holds in memory, estimated in bytes.
 pub trait Footprint {
@@ -95,6 +97,18 @@ impl Footprint for SinkItem {
             SinkItem::Change(c) => c.footprint(),
             SinkItem::History(h) => h.footprint(),
         }
+    }
+}
+
+impl Footprint for ColdRow {
+    fn footprint(&self) -> usize {
+        CHANGE_BYTES
+            + self.values.len() * std::mem::size_of::<Option<crate::change::Text>>()
+            + self
+                .values
+                .iter()
+                .map(|v| v.as_ref().map_or(0, |t| t.len()))
+                .sum::<usize>()
     }
 }
 

@@ -10,13 +10,18 @@ use std::collections::{BTreeMap, HashMap};
 
 use futures_util::{Stream, StreamExt};
 
+use crate::footprint::Footprint;
 use crate::sinks::parquet::large_txn::{LargeWrite, LargeWriteError};
 use crate::sinks::parquet::sink::OpenWriter;
 use crate::sinks::parquet::{ColdColumn, ColdRow};
 use crate::sinks::SinkError;
 
-/// Rows handed from the reading side to the writing one at a time.
+/// Rows handed from the reading side to the writing one at a time, at most.
 const CHUNK_ROWS: usize = 10_000;
+/// Estimated bytes of rows handed over at a time, at most (rows of 40 KB made 10,000-row
+/// chunks of 400 MB, and the channel holds two besides the one being read and the one
+/// being written).
+const CHUNK_BYTES: usize = 8 << 20;
 
 /// What the reading side hands the writing one.
 #[derive(Debug)]
@@ -53,19 +58,24 @@ where
     let writer = tokio::task::spawn_blocking(move || write(Chunks(rx)));
     futures_util::pin_mut!(rows);
     let mut read = 0u64;
-    let mut chunk = Vec::with_capacity(CHUNK_ROWS);
+    let mut chunk = Vec::new();
+    let mut chunk_bytes = 0;
     let mut failure = None;
     while let Some(row) = rows.next().await {
         match row {
-            Ok(row) => chunk.push(row),
+            Ok(row) => {
+                chunk_bytes += row.1.footprint() + row.0.len();
+                chunk.push(row);
+            }
             Err(e) => {
                 failure = Some(e);
                 break;
             }
         }
         read += 1;
-        if chunk.len() == CHUNK_ROWS {
-            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_ROWS));
+        if chunk.len() == CHUNK_ROWS || chunk_bytes >= CHUNK_BYTES {
+            chunk_bytes = 0;
+            let full = std::mem::take(&mut chunk);
             if tx.send(SnapshotChunk::Rows(full)).await.is_err() {
                 // The writer stopped: its error says why.
                 break;
@@ -132,5 +142,81 @@ pub fn large_error(e: LargeWriteError) -> SinkError {
     match e {
         LargeWriteError::Sink(e) => e,
         other => SinkError::Definite(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sinks::parquet::{ChangeOp, ColdEvent};
+
+    fn row(id: usize, text_len: usize) -> (String, ColdRow) {
+        let value = |t: String| Some(crate::change::Text::from(t));
+        (
+            (id % 3).to_string(),
+            ColdRow {
+                event: ColdEvent::Open,
+                op: ChangeOp::Insert,
+                values: vec![value(id.to_string()), value("x".repeat(text_len))],
+                valid_from: 0,
+                valid_to: None,
+                system_from: 0,
+                system_from_lsn: 1,
+                system_to: None,
+                system_to_lsn: None,
+                tombstone: false,
+            },
+        )
+    }
+
+    /// Feeds `rows` and returns the rows and estimated bytes of each chunk handed over,
+    /// and whether the end was marked.
+    async fn chunks_of(rows: Vec<(String, ColdRow)>) -> (u64, Vec<(usize, usize)>, bool) {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new((Vec::new(), false)));
+        let record = seen.clone();
+        let read = feed(
+            futures_util::stream::iter(rows.into_iter().map(Ok)),
+            move |chunks| {
+                for chunk in chunks {
+                    let mut seen = record.lock().expect("lock");
+                    match chunk {
+                        SnapshotChunk::Rows(rows) => {
+                            let bytes = rows.iter().map(|(t, r)| r.footprint() + t.len()).sum();
+                            seen.0.push((rows.len(), bytes));
+                        }
+                        SnapshotChunk::End => seen.1 = true,
+                    }
+                }
+                Ok(())
+            },
+        )
+        .await
+        .expect("fed");
+        let (sizes, ended) = seen.lock().expect("lock").clone();
+        (read, sizes, ended)
+    }
+
+    #[tokio::test]
+    async fn narrow_rows_go_in_chunks_of_ten_thousand() {
+        let (read, sizes, ended) = chunks_of((0..25_000).map(|i| row(i, 10)).collect()).await;
+        assert_eq!(read, 25_000);
+        let rows: Vec<usize> = sizes.iter().map(|s| s.0).collect();
+        assert_eq!(rows, [10_000, 10_000, 5_000]);
+        assert!(ended);
+    }
+
+    #[tokio::test]
+    async fn wide_rows_go_in_chunks_of_at_most_eight_mib() {
+        // 1,000 rows of 40 KB: 40 MB, which went as one chunk before chunks were sized
+        // by bytes too.
+        let (read, sizes, ended) = chunks_of((0..1_000).map(|i| row(i, 40_000)).collect()).await;
+        assert_eq!(read, 1_000);
+        assert_eq!(sizes.iter().map(|s| s.0).sum::<usize>(), 1_000);
+        assert!(sizes.len() >= 5, "{sizes:?}");
+        let one_row = row(0, 40_000).1.footprint() + 1;
+        for (_, bytes) in &sizes {
+            assert!(*bytes < CHUNK_BYTES + one_row, "{sizes:?}");
+        }
+        assert!(ended);
     }
 }

@@ -412,8 +412,10 @@ impl LoadLanes<'_> {
     }
 }
 
-/// Rows of the initial copy per chunk published to a NATS sink.
+/// Rows of the initial copy per chunk published to a NATS sink, at most.
 const SNAPSHOT_CHUNK_ROWS: usize = 10_000;
+/// Estimated bytes of the initial copy per chunk published to a NATS sink, at most.
+const SNAPSHOT_CHUNK_BYTES: usize = 8 << 20;
 
 /// A connected sink for each NATS sink of the job, to publish the initial copy with.
 async fn nats_snapshot_sinks(spec: &JobSpec) -> Result<Vec<NatsSink>, JobError> {
@@ -455,7 +457,8 @@ async fn publish_snapshot(
     let rows = snapshot::rows_as_text(copier, &sql).await?;
     futures_util::pin_mut!(rows);
     let mut bytes = 0;
-    let mut chunk = Vec::with_capacity(SNAPSHOT_CHUNK_ROWS);
+    let mut chunk = Vec::new();
+    let mut chunk_bytes = 0;
     loop {
         let next = rows.next().await;
         let done = next.is_none();
@@ -466,7 +469,7 @@ async fn publish_snapshot(
                 .and_then(|c| c.as_text())
                 .unwrap_or_default()
                 .to_string();
-            chunk.push(crate::change::TenantChange {
+            let change = crate::change::TenantChange {
                 scope: crate::change::Scope::Tenant(tenant),
                 seq: chunk.len() as u32,
                 table: table.clone(),
@@ -475,9 +478,13 @@ async fn publish_snapshot(
                     new: row,
                     insert: true,
                 },
-            });
+            };
+            chunk_bytes += crate::footprint::Footprint::footprint(&change);
+            chunk.push(change);
         }
-        if chunk.len() >= SNAPSHOT_CHUNK_ROWS || (done && !chunk.is_empty()) {
+        let full = chunk.len() >= SNAPSHOT_CHUNK_ROWS || chunk_bytes >= SNAPSHOT_CHUNK_BYTES;
+        if full || (done && !chunk.is_empty()) {
+            chunk_bytes = 0;
             let batch = crate::sinks::ApplyBatch {
                 commit_lsn: at,
                 changes: std::mem::take(&mut chunk),

@@ -413,7 +413,10 @@ pub async fn run_sink<S: Sink>(
             let source_done = (pending >= linger.early_rows || catching_up && early)
                 && pacing.backlog.load().within(linger.read_ahead)
                 && activity.quiet_for(reader.bytes_received.load(Relaxed)) >= QUIET;
-            if open && pending < linger.rows && !left.is_zero() && !source_done {
+            // Past the read-ahead the reader waits for room (wide rows fill its bytes
+            // before a group's rows): nothing more comes until this sink applies.
+            let reader_waits = !pacing.backlog.load().within(linger.read_ahead);
+            if open && pending < linger.rows && !left.is_zero() && !source_done && !reader_waits {
                 tokio::select! {
                     b = batches.recv() => match b {
                         Some(d) => receive(&mut scheduler, &mut large, d),

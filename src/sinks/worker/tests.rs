@@ -253,9 +253,19 @@ struct Lingering {
 
 impl Lingering {
     fn start(linger: Linger, apply_time: Duration, reader: Arc<ReaderStats>) -> Lingering {
+        Lingering::start_with_backlog(linger, apply_time, reader, Arc::default())
+    }
+
+    /// A lingering sink task whose job's backlog is `backlog`.
+    fn start_with_backlog(
+        linger: Linger,
+        apply_time: Duration,
+        reader: Arc<ReaderStats>,
+        backlog: Arc<Backlog>,
+    ) -> Lingering {
         let applied = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel(16);
-        let mut pacing = SinkPacing::fifo(Arc::default(), 100, 0);
+        let mut pacing = SinkPacing::fifo(backlog, 100, 0);
         pacing.linger = Some(linger);
         let sink = Recorder(applied.clone(), apply_time);
         let task = tokio::spawn(run_sink(sink, rx, Arc::default(), reader, pacing, |_| {}));
@@ -335,6 +345,37 @@ async fn a_lingering_sink_gathers_small_transactions() {
     let applied = sink.applied.clone();
     sink.finish().await;
     assert_eq!(*applied.lock().unwrap(), [6, 12, 1]);
+}
+
+/// While the job's read-ahead is full (here by bytes: wide rows) the reader waits for
+/// room, so a lingering sink applies what it has instead of waiting for rows that cannot
+/// come.
+#[tokio::test(start_paused = true)]
+async fn a_lingering_sink_applies_at_once_while_the_reader_waits_for_room() {
+    let backlog: Arc<Backlog> = Arc::default();
+    let linger = Linger {
+        read_ahead: Load {
+            rows: 100_000,
+            bytes: 1 << 20,
+        },
+        ..plain_linger(1000, Duration::from_secs(1))
+    };
+    let sink =
+        Lingering::start_with_backlog(linger, Duration::ZERO, Arc::default(), backlog.clone());
+    sink.send(1, 10).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        sink.seen().is_empty(),
+        "within the read-ahead the rows linger"
+    );
+    backlog.add(Load {
+        rows: 20,
+        bytes: 2 << 20,
+    });
+    sink.send(2, 10).await;
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(sink.seen(), [20], "applied long before the linger's 1 s");
+    sink.finish().await;
 }
 
 /// A lingering sink stops waiting once the source is quiet and enough rows are
