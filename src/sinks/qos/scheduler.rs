@@ -31,6 +31,11 @@ use super::{QosPolicy, Tier};
 use crate::change::{Cell, Lsn, Scope, TenantAction, TenantChange};
 use crate::sinks::ApplyBatch;
 
+/// Most bytes of values in one group besides its first transaction: a group of
+/// `batch_max_rows` (5,000) rows of 40 KB would make a 200 MB target transaction, and
+/// the sink's encoding of it as much again.
+pub const GROUP_BYTES: u64 = 16 << 20;
+
 /// A transaction's weight, for one tenant, in a group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantShare {
@@ -204,7 +209,8 @@ impl Scheduler {
     }
 
     /// Takes the next group of whole transactions: at least one transaction when any is a
-    /// candidate and allowed, then more while the group has fewer than `max_rows` rows.
+    /// candidate and allowed, then more while the group has fewer than `max_rows` rows and
+    /// [`GROUP_BYTES`] of values.
     /// `allow(tenant, rows, bytes)` says whether a tenant may send that much now (its
     /// bandwidth limit); a refused transaction stays pending, and so does everything of its
     /// tenants after it. The group's batches are in ascending commit LSN.
@@ -216,8 +222,10 @@ impl Scheduler {
     ) -> Group {
         let mut taken: Vec<Pending> = Vec::new();
         let mut rows = 0usize;
+        let mut bytes = 0u64;
+        let full = |rows: usize, bytes: u64| rows >= max_rows.max(1) || bytes >= GROUP_BYTES;
         if !self.policy.reorder {
-            while rows < max_rows.max(1) || taken.is_empty() {
+            while !full(rows, bytes) || taken.is_empty() {
                 let Some((&lsn, p)) = self.pending.first_key_value() else {
                     break;
                 };
@@ -226,8 +234,9 @@ impl Scheduler {
                 }
                 let Some(p) = self.remove(lsn) else { break };
                 rows += p.rows;
+                bytes += p.bytes;
                 taken.push(p);
-                if rows >= max_rows {
+                if full(rows, bytes) {
                     break;
                 }
             }
@@ -266,7 +275,7 @@ impl Scheduler {
         let share = self.policy.min_share.clamp(0.0, 0.95);
         let mut blocked: HashSet<Lsn> = HashSet::new();
         loop {
-            if rows >= max_rows && !taken.is_empty() {
+            if full(rows, bytes) && !taken.is_empty() {
                 break;
             }
             // The best candidate by rank (skipping ones already taken or refused).
@@ -336,6 +345,7 @@ impl Scheduler {
                 self.last_served.insert(t.clone(), self.picks);
             }
             rows += p.rows;
+            bytes += p.bytes;
             let next: Vec<Lsn> = p
                 .tenants
                 .iter()

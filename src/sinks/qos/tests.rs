@@ -190,6 +190,42 @@ fn a_refused_tenant_does_not_block_others() {
     assert_eq!(lsns(&s.next_group(1, 10, &mut yes)), vec![10, 20]);
 }
 
+/// A batch of one row of tenant `tenant` whose text is `kb` KB.
+fn wide_batch(lsn: Lsn, tenant: &str, kb: usize) -> ApplyBatch {
+    let mut b = batch(lsn, &[tenant], 1);
+    if let TenantAction::Upsert { new, .. } = &mut b.changes[0].action {
+        new.push(Cell::text(&"x".repeat(kb << 10)));
+    }
+    b
+}
+
+#[test]
+fn a_group_stops_at_its_bytes_as_well_as_its_rows() {
+    use super::scheduler::GROUP_BYTES;
+    let per_batch_kb = 4096;
+    let fits = (GROUP_BYTES as usize) / (per_batch_kb << 10);
+    for policy in [Arc::new(QosPolicy::fifo()), policy(&[])] {
+        let mut s = Scheduler::new(policy);
+        for lsn in 1..=20 {
+            s.push(
+                wide_batch(lsn, ["a", "b"][lsn as usize % 2], per_batch_kb),
+                0,
+                0.0,
+            );
+        }
+        // 5,000 rows allowed, but 4 MB a transaction: the group closes at 16 MiB.
+        let group = s.next_group(1, 5000, &mut yes);
+        assert_eq!(group.batches.len(), fits, "{:?}", lsns(&group));
+        assert!(group.bytes >= GROUP_BYTES);
+        // One transaction larger than the bytes still goes, alone.
+        let mut s = Scheduler::new(Arc::new(QosPolicy::fifo()));
+        s.push(wide_batch(1, "a", 20 << 10), 0, 0.0);
+        s.push(wide_batch(2, "a", 1), 0, 0.0);
+        assert_eq!(lsns(&s.next_group(1, 5000, &mut yes)), vec![1]);
+        assert_eq!(lsns(&s.next_group(1, 5000, &mut yes)), vec![2]);
+    }
+}
+
 #[test]
 fn fifo_keeps_commit_order_across_tenants() {
     let mut s = Scheduler::new(Arc::new(QosPolicy::fifo()));
