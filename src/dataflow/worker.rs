@@ -348,6 +348,7 @@ impl WorkerJob {
                     let rows = target.batch_max_rows.min(job.read_ahead.rows / 2).max(1);
                     pacing.linger = Some(Linger {
                         rows,
+                        bytes: (job.read_ahead.bytes / 2).max(1),
                         wait: COLD_LINGER,
                         early_rows: (rows / COLD_EARLY_DIVISOR).max(1),
                         read_ahead: job.read_ahead,

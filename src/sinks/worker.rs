@@ -187,6 +187,8 @@ fn groups_in_flight<S: Sink>(
 pub struct Linger {
     /// Pending rows that are worth a write.
     pub rows: usize,
+    /// Pending bytes (estimated, [`crate::footprint`]) that are worth a write.
+    pub bytes: usize,
     /// Longest a pending row waits for others.
     pub wait: Duration,
     /// Pending rows worth a write once the source is quiet (`usize::MAX`: never early, not
@@ -413,10 +415,10 @@ pub async fn run_sink<S: Sink>(
             let source_done = (pending >= linger.early_rows || catching_up && early)
                 && pacing.backlog.load().within(linger.read_ahead)
                 && activity.quiet_for(reader.bytes_received.load(Relaxed)) >= QUIET;
-            // Past the read-ahead the reader waits for room (wide rows fill its bytes
-            // before a group's rows): nothing more comes until this sink applies.
-            let reader_waits = !pacing.backlog.load().within(linger.read_ahead);
-            if open && pending < linger.rows && !left.is_zero() && !source_done && !reader_waits {
+            // Wide rows fill the read-ahead's bytes before a group's rows: half of them
+            // is worth a write as half its rows is.
+            let enough = pending >= linger.rows || scheduler.pending_footprint() >= linger.bytes;
+            if open && !enough && !left.is_zero() && !source_done {
                 tokio::select! {
                     b = batches.recv() => match b {
                         Some(d) => receive(&mut scheduler, &mut large, d),
@@ -427,7 +429,7 @@ pub async fn run_sink<S: Sink>(
                 }
                 continue;
             }
-            catching_up = pending >= linger.rows;
+            catching_up = enough;
         }
         let now = pg_now_micros();
         let sink_wait = limiter.sink_wait_micros(now);
@@ -495,7 +497,7 @@ pub async fn run_sink<S: Sink>(
         };
         match sent {
             Some(flight) => in_flight.push(SentGroup {
-                load: Load::of_all(&group.batches),
+                load: group.load(),
                 batches: group.batches,
                 before,
                 watermark,
@@ -508,7 +510,7 @@ pub async fn run_sink<S: Sink>(
                     .await;
                 sink.set_watermark(watermark);
                 apply_group(&mut sink, &group.batches, &stats, &reader).await;
-                take_off_backlog(&pacing, Load::of_all(&group.batches));
+                take_off_backlog(&pacing, group.load());
                 on_durable(watermark);
                 sink.upkeep(false).await;
             }
@@ -659,7 +661,7 @@ async fn drain<S: Sink>(
         pacing.limiter.take(&group, now);
         sink.set_watermark(scheduler.durable_watermark());
         apply_group(sink, &group.batches, stats, reader).await;
-        take_off_backlog(pacing, Load::of_all(&group.batches));
+        take_off_backlog(pacing, group.load());
         on_durable(scheduler.durable_watermark());
     }
 }

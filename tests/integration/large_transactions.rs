@@ -32,6 +32,15 @@ fn big_transaction(first: i64, rows: i64) -> String {
     )
 }
 
+/// The replicator (one worker) on `job`, once its initial copy is loaded.
+fn started_with_copy(job: &std::path::Path) -> Replicator {
+    let repl = Replicator::start_inline(job);
+    wait_for("the initial copy", WAIT, || {
+        repl.output().contains("initial snapshot loaded")
+    });
+    repl
+}
+
 const PER_TENANT: &str = "SELECT tenant_id, count(*), md5(string_agg(id || ':' || v || ':' || n, ',' ORDER BY id)) FROM public.items GROUP BY 1 ORDER BY 1";
 
 /// Peak RSS (VmHWM) of a running replicator, in MiB (0 when unreadable).
@@ -49,10 +58,7 @@ pub(crate) fn peak_rss_mib(repl: &Replicator) -> u64 {
 fn a_large_transaction_streams_in_bounded_memory_and_lands_whole_per_tenant() {
     let env = Arc::new(Env::start(TABLES));
     let job = env.job_file("large", "\"all\"", &["public.items", "public.notes"]);
-    let mut repl = Replicator::start_inline(&job);
-    wait_for("the initial copy", WAIT, || {
-        repl.output().contains("initial snapshot loaded")
-    });
+    let mut repl = started_with_copy(&job);
     env.wait_converged(PER_TENANT, WAIT);
     // The target refuses one note: that table goes into error state with all of the big
     // transaction's notes kept as dead letters, while the items land.
@@ -152,10 +158,7 @@ fn a_large_transaction_streams_in_bounded_memory_and_lands_whole_per_tenant() {
 fn a_large_transaction_killed_while_spilling_is_applied_once_after_restart() {
     let env = Env::start(TABLES);
     let job = env.job_file("large_kill", "[1, 2, 5]", &["public.items", "public.notes"]);
-    let mut repl = Replicator::start_inline(&job);
-    wait_for("the initial copy", WAIT, || {
-        repl.output().contains("initial snapshot loaded")
-    });
+    let mut repl = started_with_copy(&job);
     env.on_source(&big_transaction(10_000, 200_000));
     env.on_source("INSERT INTO public.items VALUES (1, 1, 'after the big one', 1) ON CONFLICT (tenant_id, id) DO UPDATE SET v = excluded.v");
     // Killed while the transaction's parts arrive, are spilled and applied.
@@ -193,10 +196,7 @@ fn wide_rows(first: i64, rows: i64, kb: i64) -> String {
 fn a_transaction_of_wide_rows_is_handed_over_in_parts_by_bytes() {
     let env = Env::start(TABLES);
     let job = env.job_file("wide_large", "\"all\"", &["public.items", "public.notes"]);
-    let mut repl = Replicator::start_inline(&job);
-    wait_for("the initial copy", WAIT, || {
-        repl.output().contains("initial snapshot loaded")
-    });
+    let mut repl = started_with_copy(&job);
     // 10,000 rows of 40 KB: 400 MB in one transaction, half a part's rows
     // (deliver::PART_ROWS); before parts were cut by bytes too, the worker held it whole
     // (1,291 MiB peak RSS for 20,000 rows of 20 KB).
@@ -222,10 +222,7 @@ fn wide_rows_are_read_ahead_by_bytes() {
     let job = env.job_file("wide_ahead", "\"all\"", &["public.items", "public.notes"]);
     let text = std::fs::read_to_string(&job).expect("job file") + "[qos]\nmax_buffered_mib = 16\n";
     std::fs::write(&job, text).expect("job file");
-    let mut repl = Replicator::start_inline(&job);
-    wait_for("the initial copy", WAIT, || {
-        repl.output().contains("initial snapshot loaded")
-    });
+    let mut repl = started_with_copy(&job);
     env.wait_converged(PER_TENANT, WAIT);
     assert_eq!(repl.stop().code(), Some(0));
     // While the replicator is stopped: 400 transactions of 50 rows of 20 KB (400 MB), all

@@ -56,10 +56,23 @@ pub struct Group {
     pub rows: usize,
     /// Bytes of values over all batches.
     pub bytes: u64,
+    /// What the batches hold in memory, estimated ([`crate::footprint`]).
+    pub footprint: usize,
     /// Each tenant's share, summed over the group.
     pub tenants: Vec<TenantShare>,
     /// When each batch's transaction was committed (µs, PostgreSQL epoch), per tier.
     pub born: Vec<(Tier, i64)>,
+}
+
+impl Group {
+    /// What the group takes off the job's backlog once applied: what the delivery
+    /// operator added for its batches.
+    pub fn load(&self) -> crate::sinks::backlog::Load {
+        crate::sinks::backlog::Load {
+            rows: self.rows,
+            bytes: self.footprint,
+        }
+    }
 }
 
 /// One pending transaction.
@@ -76,6 +89,7 @@ struct Pending {
     born: i64,
     rows: usize,
     bytes: u64,
+    footprint: usize,
 }
 
 /// Heap key: smaller is served first.
@@ -102,6 +116,8 @@ pub struct Scheduler {
     /// Highest commit LSN pushed.
     max_seen: Lsn,
     rows: usize,
+    /// What the pending batches hold in memory, estimated.
+    footprint: usize,
 }
 
 impl Scheduler {
@@ -118,6 +134,7 @@ impl Scheduler {
             tenant_hot: HashMap::new(),
             max_seen: 0,
             rows: 0,
+            footprint: 0,
         }
     }
 
@@ -139,6 +156,11 @@ impl Scheduler {
     /// Rows pending.
     pub fn pending_rows(&self) -> usize {
         self.rows
+    }
+
+    /// What the pending batches hold in memory, estimated ([`crate::footprint`]).
+    pub fn pending_footprint(&self) -> usize {
+        self.footprint
     }
 
     /// Adds a transaction. Transactions arrive in ascending commit LSN (the dataflow's
@@ -172,7 +194,9 @@ impl Scheduler {
         }
         let rows = batch.rows();
         let bytes = shares.iter().map(|s| s.bytes).sum();
+        let footprint = batch.footprint();
         self.rows += rows;
+        self.footprint += footprint;
         let hotness = if hotness.is_finite() && hotness > 0.0 {
             hotness
         } else {
@@ -195,6 +219,7 @@ impl Scheduler {
                 born,
                 rows,
                 bytes,
+                footprint,
             },
         );
     }
@@ -465,6 +490,7 @@ impl Scheduler {
     fn remove(&mut self, lsn: Lsn) -> Option<Pending> {
         let p = self.pending.remove(&lsn)?;
         self.rows -= p.rows;
+        self.footprint -= p.footprint;
         if p.barrier {
             self.barriers.remove(&lsn);
         }
@@ -495,6 +521,7 @@ impl Scheduler {
         for p in taken {
             group.rows += p.rows;
             group.bytes += p.bytes;
+            group.footprint += p.footprint;
             group.born.push((p.tier, p.born));
             for s in p.shares {
                 let e = tenants.entry(s.tenant.clone()).or_insert(TenantShare {

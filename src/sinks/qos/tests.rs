@@ -217,6 +217,10 @@ fn a_group_stops_at_its_bytes_as_well_as_its_rows() {
         let group = s.next_group(1, 5000, &mut yes);
         assert_eq!(group.batches.len(), fits, "{:?}", lsns(&group));
         assert!(group.bytes >= GROUP_BYTES);
+        // What it takes off the backlog is what its batches added; the rest is pending.
+        let load = crate::sinks::backlog::Load::of_all(&group.batches);
+        assert_eq!(group.load(), load);
+        assert!(s.pending_footprint() >= (20 - fits) * (per_batch_kb << 10));
         // One transaction larger than the bytes still goes, alone.
         let mut s = Scheduler::new(Arc::new(QosPolicy::fifo()));
         s.push(wide_batch(1, "a", 20 << 10), 0, 0.0);

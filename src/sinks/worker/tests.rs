@@ -292,6 +292,7 @@ impl Lingering {
 fn plain_linger(rows: usize, wait: Duration) -> Linger {
     Linger {
         rows,
+        bytes: usize::MAX,
         wait,
         early_rows: usize::MAX,
         read_ahead: Load::default(),
@@ -302,6 +303,7 @@ fn plain_linger(rows: usize, wait: Duration) -> Linger {
 fn early_linger(rows: usize) -> Linger {
     Linger {
         rows,
+        bytes: usize::MAX,
         wait: Duration::from_secs(1),
         early_rows: 5,
         read_ahead: Load {
@@ -347,34 +349,33 @@ async fn a_lingering_sink_gathers_small_transactions() {
     assert_eq!(*applied.lock().unwrap(), [6, 12, 1]);
 }
 
-/// While the job's read-ahead is full (here by bytes: wide rows) the reader waits for
-/// room, so a lingering sink applies what it has instead of waiting for rows that cannot
-/// come.
+/// Wide rows fill the read-ahead's bytes before a group's rows: pending bytes past the
+/// linger's end it as pending rows do. A backlog held by another sink of the job does
+/// not.
 #[tokio::test(start_paused = true)]
-async fn a_lingering_sink_applies_at_once_while_the_reader_waits_for_room() {
+async fn a_lingering_sink_applies_once_enough_bytes_are_pending() {
     let backlog: Arc<Backlog> = Arc::default();
     let linger = Linger {
-        read_ahead: Load {
-            rows: 100_000,
-            bytes: 1 << 20,
-        },
+        bytes: 1 << 20,
         ..plain_linger(1000, Duration::from_secs(1))
     };
     let sink =
         Lingering::start_with_backlog(linger, Duration::ZERO, Arc::default(), backlog.clone());
     sink.send(1, 10).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        sink.seen().is_empty(),
-        "within the read-ahead the rows linger"
-    );
+    // Another sink of the job is behind: the read-ahead is full, not by this sink.
     backlog.add(Load {
-        rows: 20,
-        bytes: 2 << 20,
+        rows: 200_000,
+        bytes: 1 << 30,
     });
-    sink.send(2, 10).await;
-    tokio::time::sleep(Duration::from_millis(60)).await;
-    assert_eq!(sink.seen(), [20], "applied long before the linger's 1 s");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(sink.seen().is_empty(), "10 narrow rows linger");
+    let mut wide = fixtures::inserts(2, 0..2);
+    if let crate::change::TenantAction::Upsert { new, .. } = &mut wide.changes[0].action {
+        new.push(crate::change::Cell::text(&"x".repeat(1 << 20)));
+    }
+    sink.tx.send(Delivery::Batch(wide)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(sink.seen(), [12], "applied long before the linger's 1 s");
     sink.finish().await;
 }
 
