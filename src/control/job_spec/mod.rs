@@ -555,13 +555,18 @@ impl JobSpec {
         })
     }
 
-    /// Bytes (estimated) the dataflow reads ahead of the sinks: `qos.max_buffered_mib`,
-    /// default [`qos::DEFAULT_MAX_BUFFERED_MIB`].
+    /// Bytes (estimated) the dataflow reads ahead of the sinks: `qos.max_buffered_mib` if
+    /// set, else [`qos::DEFAULT_MAX_BUFFERED_MIB`] or the rows read ahead at
+    /// [`qos::DEFAULT_BYTES_PER_ROW`] each if more (a Parquet sink's default read-ahead of
+    /// 200,000 rows, so its groups are cut by rows, not bytes, at ordinary widths).
     pub fn read_ahead_bytes(&self) -> usize {
-        self.qos
-            .max_buffered_mib
-            .unwrap_or(qos::DEFAULT_MAX_BUFFERED_MIB)
-            << 20
+        match self.qos.max_buffered_mib {
+            Some(mib) => mib << 20,
+            None => (qos::DEFAULT_MAX_BUFFERED_MIB << 20).max(
+                self.read_ahead_rows()
+                    .saturating_mul(qos::DEFAULT_BYTES_PER_ROW),
+            ),
+        }
     }
 
     /// The tables that keep bi-temporal history.

@@ -10,7 +10,8 @@
 //! source_stats_poll_secs = 0       # poll pg_stat_user_tables (0: off)
 //! max_buffered_rows = 100000       # rows read ahead of the sinks (the scheduler's horizon;
 //!                                  # default 100000, or twice the largest Parquet group)
-//! max_buffered_mib = 128           # and at most this much memory of them (wide rows)
+//! max_buffered_mib = 128           # and at most this much memory of them (wide rows;
+//!                                  # default 128, or 1 KiB per row read ahead if more)
 //! min_share = 0.1                  # share of a saturated sink for tenants past budget
 //! [qos.tenants]
 //! "3" = "premium"
@@ -42,6 +43,10 @@ pub const MAX_MAX_BUFFERED_ROWS: usize = 10_000_000;
 /// (twice a Parquet group of 100,000) fit within it; rows of 20 KB are read ahead by
 /// about 6,500.
 pub const DEFAULT_MAX_BUFFERED_MIB: usize = 128;
+/// Bytes per row read ahead the default `qos.max_buffered_mib` allows at least: a cold-tier
+/// job's 200,000 rows (about 0.65 KB each as versions in the e2e bench) came within a few
+/// percent of 128 MiB, and its groups were then cut by bytes (600 files against 550).
+pub const DEFAULT_BYTES_PER_ROW: usize = 1024;
 /// Accepted `qos.max_buffered_mib`.
 pub const MAX_BUFFERED_MIB_RANGE: std::ops::RangeInclusive<usize> = 16..=65_536;
 /// Largest accepted `qos.window_secs`.
@@ -127,7 +132,7 @@ pub struct QosSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_buffered_rows: Option<usize>,
     /// Memory of the rows read ahead of the sinks, in MiB (estimated), `16..=65536`.
-    /// Default 128. Whichever of the two bounds is reached first pauses the reader.
+    /// Default (`None`): 128, or 1 KiB per row of the rows' read-ahead if more. Whichever of the two bounds is reached first pauses the reader.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_buffered_mib: Option<usize>,
     /// Share of a saturated sink kept for tenants past their lag budget, `0..=0.5`.

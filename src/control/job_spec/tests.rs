@@ -907,6 +907,17 @@ fn the_read_ahead_in_bytes_defaults_to_128_mib_and_is_checked() {
     let default = JobSpec::from_toml_str(VALID).expect("valid");
     assert_eq!(default.read_ahead_bytes(), 128 << 20);
     assert!(!default.to_toml_string().contains("max_buffered_mib"));
+    let history = valid_with(
+        "name = \"public.orders\"",
+        "name = \"public.orders\"\nhistory = true",
+    );
+    let cold = format!("{history}[[sinks]]\nkind = \"parquet\"\nroot = \"/c\"\n");
+    let cold = JobSpec::from_toml_str(&cold).expect("valid");
+    assert_eq!(
+        cold.read_ahead_bytes(),
+        2 * DEFAULT_PARQUET_BATCH_MAX_ROWS * 1024,
+        "1 KiB per row of a cold-tier sink's larger read-ahead"
+    );
     let set = JobSpec::from_toml_str(&with("max_buffered_mib = 64")).expect("valid");
     assert_eq!(set.read_ahead_bytes(), 64 << 20);
     let back = JobSpec::from_toml_str(&set.to_toml_string()).expect("reads back");
