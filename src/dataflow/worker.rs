@@ -346,9 +346,14 @@ impl WorkerJob {
                     // The manifest covers LSN ranges per table: commit order only. A
                     // write costs files and fsyncs per table directory: gather rows.
                     let rows = target.batch_max_rows.min(job.read_ahead.rows / 2).max(1);
+                    let bytes = (job.read_ahead.bytes / 2).max(1);
+                    // A file group is cut by the linger's rows or bytes, not by a target
+                    // transaction's 16 MiB (the e2e bench's 100,000 rows hold 17 MB of
+                    // values: 600 files against 550).
+                    pacing.max_bytes = bytes as u64;
                     pacing.linger = Some(Linger {
                         rows,
-                        bytes: (job.read_ahead.bytes / 2).max(1),
+                        bytes,
                         wait: COLD_LINGER,
                         early_rows: (rows / COLD_EARLY_DIVISOR).max(1),
                         read_ahead: job.read_ahead,

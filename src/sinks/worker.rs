@@ -114,6 +114,9 @@ pub struct SinkPacing {
     pub backlog: Arc<Backlog>,
     /// Most rows applied in one sink transaction.
     pub max_rows: usize,
+    /// Most bytes of values in one sink transaction besides its first source
+    /// transaction ([`crate::sinks::qos::scheduler::GROUP_BYTES`] by default).
+    pub max_bytes: u64,
     /// This task's index among the sink's tasks (one per worker), for arbitration.
     pub task: usize,
     /// Hold small groups back to publish fewer, larger ones (`None`: apply at once).
@@ -235,6 +238,7 @@ impl SinkPacing {
             hotness: Arc::new(|_| 0.0),
             backlog,
             max_rows,
+            max_bytes: crate::sinks::qos::scheduler::GROUP_BYTES,
             task,
             linger: None,
             pipeline: Some(1),
@@ -266,7 +270,7 @@ pub async fn run_sink<S: Sink>(
     // stats from the start, before any group).
     let mut chosen = None;
     groups_in_flight(&sink, pacing.pipeline, &mut chosen, &stats);
-    let mut scheduler = Scheduler::new(pacing.policy.clone());
+    let mut scheduler = Scheduler::new(pacing.policy.clone()).with_group_bytes(pacing.max_bytes);
     let limiter = pacing.limiter.clone();
     let (max_rows, task) = (pacing.max_rows, pacing.task);
     let push = |scheduler: &mut Scheduler, batch: ApplyBatch| {

@@ -31,9 +31,10 @@ use super::{QosPolicy, Tier};
 use crate::change::{Cell, Lsn, Scope, TenantAction, TenantChange};
 use crate::sinks::ApplyBatch;
 
-/// Most bytes of values in one group besides its first transaction: a group of
-/// `batch_max_rows` (5,000) rows of 40 KB would make a 200 MB target transaction, and
-/// the sink's encoding of it as much again.
+/// Most bytes of values in one group besides its first transaction, by default: a group
+/// of `batch_max_rows` (5,000) rows of 40 KB would make a 200 MB target transaction, and
+/// the sink's encoding of it as much again. A cold-tier sink, whose groups are files of
+/// 100,000 rows, sets its own ([`Scheduler::with_group_bytes`]).
 pub const GROUP_BYTES: u64 = 16 << 20;
 
 /// A transaction's weight, for one tenant, in a group.
@@ -118,6 +119,8 @@ pub struct Scheduler {
     rows: usize,
     /// What the pending batches hold in memory, estimated.
     footprint: usize,
+    /// Most bytes of values in a group besides its first transaction.
+    group_bytes: u64,
 }
 
 impl Scheduler {
@@ -135,7 +138,14 @@ impl Scheduler {
             max_seen: 0,
             rows: 0,
             footprint: 0,
+            group_bytes: GROUP_BYTES,
         }
+    }
+
+    /// The same, closing a group at `bytes` of values instead of [`GROUP_BYTES`].
+    pub fn with_group_bytes(mut self, bytes: u64) -> Self {
+        self.group_bytes = bytes.max(1);
+        self
     }
 
     /// The policy in force.
@@ -235,7 +245,7 @@ impl Scheduler {
 
     /// Takes the next group of whole transactions: at least one transaction when any is a
     /// candidate and allowed, then more while the group has fewer than `max_rows` rows and
-    /// [`GROUP_BYTES`] of values.
+    /// [`GROUP_BYTES`] (or [`Scheduler::with_group_bytes`]) of values.
     /// `allow(tenant, rows, bytes)` says whether a tenant may send that much now (its
     /// bandwidth limit); a refused transaction stays pending, and so does everything of its
     /// tenants after it. The group's batches are in ascending commit LSN.
@@ -248,7 +258,8 @@ impl Scheduler {
         let mut taken: Vec<Pending> = Vec::new();
         let mut rows = 0usize;
         let mut bytes = 0u64;
-        let full = |rows: usize, bytes: u64| rows >= max_rows.max(1) || bytes >= GROUP_BYTES;
+        let group_bytes = self.group_bytes;
+        let full = |rows: usize, bytes: u64| rows >= max_rows.max(1) || bytes >= group_bytes;
         if !self.policy.reorder {
             while !full(rows, bytes) || taken.is_empty() {
                 let Some((&lsn, p)) = self.pending.first_key_value() else {

@@ -221,6 +221,12 @@ fn a_group_stops_at_its_bytes_as_well_as_its_rows() {
         let load = crate::sinks::backlog::Load::of_all(&group.batches);
         assert_eq!(group.load(), load);
         assert!(s.pending_footprint() >= (20 - fits) * (per_batch_kb << 10));
+        // A sink that sets its own bytes (the cold tier) takes the rest at once.
+        let mut s = Scheduler::new(Arc::new(QosPolicy::fifo())).with_group_bytes(u64::MAX);
+        for lsn in 1..=20 {
+            s.push(wide_batch(lsn, "a", per_batch_kb), 0, 0.0);
+        }
+        assert_eq!(s.next_group(1, 5000, &mut yes).batches.len(), 20);
         // One transaction larger than the bytes still goes, alone.
         let mut s = Scheduler::new(Arc::new(QosPolicy::fifo()));
         s.push(wide_batch(1, "a", 20 << 10), 0, 0.0);
