@@ -20,6 +20,7 @@ pub mod open_files;
 pub mod operators;
 pub mod process_memory;
 pub mod sinks;
+pub mod spill_dir;
 pub mod sql_text;
 pub mod thread_priority;
 pub mod time_text;

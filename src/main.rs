@@ -25,6 +25,20 @@ use tokio::sync::watch;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Warns when the spill directory keeps spills in memory (a tmpfs) or cannot take them.
+fn warn_of_an_unfit_spill_dir() {
+    match helios_repl::spill_dir::check(&helios_repl::spill_dir::current()) {
+        Ok(dir) if dir.in_memory => tracing::warn!(
+            path = %dir.path.display(),
+            "spill directory is a tmpfs: large transactions and spilled rows stay in memory; set --spill-dir to a disk"
+        ),
+        Ok(dir) => tracing::debug!(path = %dir.path.display(), "spill directory"),
+        Err(e) => {
+            tracing::warn!(error = %e, "large transactions and spilled rows will fail until the spill directory is usable")
+        }
+    }
+}
+
 /// A thread count: a whole number of at least 1.
 fn at_least_one(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
@@ -62,6 +76,11 @@ struct Cli {
     /// threads of their own.
     #[arg(long, global = true, value_enum, default_value_t = Placement::InlineSinks)]
     worker_placement: Placement,
+    /// Where large transactions, the spool of streamed transactions and the history
+    /// books spill (unlinked files; default `$TMPDIR`). Put it on a disk: a spill into a
+    /// tmpfs stays in memory.
+    #[arg(long, global = true, env = "HELIOS_SPILL_DIR")]
+    spill_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -271,6 +290,18 @@ fn main() -> anyhow::Result<()> {
         Err(e) => tracing::warn!(error = %e, "open files: could not raise the soft limit"),
     }
     let cli = Cli::parse();
+    if let Some(dir) = &cli.spill_dir {
+        if let Err(e) = helios_repl::spill_dir::set(dir) {
+            eprintln!("helios-repl: {e}");
+            std::process::exit(2);
+        }
+    }
+    if matches!(
+        cli.command,
+        Command::Run { .. } | Command::Serve { .. } | Command::Demo { .. }
+    ) {
+        warn_of_an_unfit_spill_dir();
+    }
     let placement = match cli.worker_placement {
         Placement::Inline => WorkerPlacement::Inline,
         Placement::InlineSinks => WorkerPlacement::InlineSinks,

@@ -83,7 +83,7 @@ impl StreamSpool {
         let spooled = match self.open.entry(xid) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(Spooled {
-                file: BufWriter::with_capacity(64 * 1024, tempfile::tempfile()?),
+                file: BufWriter::with_capacity(64 * 1024, crate::spill_dir::spill_file()?),
                 messages: 0,
                 bytes: 0,
                 aborted: HashSet::new(),

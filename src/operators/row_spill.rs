@@ -119,7 +119,7 @@ struct SpillFile {
 impl SpillFile {
     fn create() -> Result<SpillFile, RowSpillError> {
         Ok(SpillFile {
-            file: tempfile::tempfile()?,
+            file: crate::spill_dir::spill_file()?,
             flushed: 0,
             pending: Vec::new(),
         })

@@ -147,12 +147,12 @@ pub struct SpilledTxn {
 }
 
 impl SpilledTxn {
-    /// An empty spill for the transaction committing at `commit_lsn`, in the system's
-    /// temporary directory (`TMPDIR`).
+    /// An empty spill for the transaction committing at `commit_lsn`, in the process's
+    /// spill directory ([`crate::spill_dir`]).
     pub fn create(commit_lsn: Lsn) -> Result<SpilledTxn, SpillError> {
         Ok(SpilledTxn {
             commit_lsn,
-            file: BufWriter::with_capacity(1 << 20, tempfile::tempfile()?),
+            file: BufWriter::with_capacity(1 << 20, crate::spill_dir::spill_file()?),
             parts: 0,
             rows: 0,
             history: 0,

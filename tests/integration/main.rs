@@ -16,4 +16,5 @@ mod qos;
 mod replication_session;
 mod serve_api;
 mod snapshot_stream;
+mod spill_dir;
 mod streamed_transactions;
