@@ -281,7 +281,9 @@ pub async fn run_sink<S: Sink>(
         }
         let born = seen.map_or(now, |s| s.committed);
         let hot = (pacing.hotness)(&batch);
-        scheduler.push(batch, born, hot);
+        if let Some(copy) = scheduler.push(batch, born, hot) {
+            take_off_backlog(&pacing, Load::of(&copy));
+        }
     };
     let mut open = true;
     // The first part of a large transaction, once received: nothing else is taken from

@@ -175,7 +175,9 @@ impl Scheduler {
 
     /// Adds a transaction. Transactions arrive in ascending commit LSN (the dataflow's
     /// order); `born` is its commit time (µs), `hotness` its predicted hotness (≥ 0).
-    pub fn push(&mut self, batch: ApplyBatch, born: i64, hotness: f32) {
+    /// Hands back a transaction already pending (a replay), which it keeps once: the
+    /// caller takes the copy's load off the backlog.
+    pub fn push(&mut self, batch: ApplyBatch, born: i64, hotness: f32) -> Option<ApplyBatch> {
         let lsn = batch.commit_lsn;
         if self.pending.contains_key(&lsn) {
             // The same transaction twice (a replay): applying it twice is harmless, but
@@ -184,7 +186,7 @@ impl Scheduler {
                 lsn,
                 "transaction delivered twice to one sink task; kept once"
             );
-            return;
+            return Some(batch);
         }
         self.max_seen = self.max_seen.max(lsn);
         let (shares, barrier) = shares_of(&batch);
@@ -232,6 +234,7 @@ impl Scheduler {
                 footprint,
             },
         );
+        None
     }
 
     /// The LSN at or below which every transaction pushed so far has left the scheduler

@@ -237,6 +237,19 @@ fn a_group_stops_at_its_bytes_as_well_as_its_rows() {
 }
 
 #[test]
+fn a_transaction_pushed_twice_is_kept_once_and_the_copy_handed_back() {
+    let mut s = Scheduler::new(policy(&[]));
+    assert!(s.push(batch(10, &["a"], 3), 0, 0.0).is_none());
+    let copy = s
+        .push(batch(10, &["a"], 3), 0, 0.0)
+        .expect("the copy comes back");
+    assert_eq!(copy.commit_lsn, 10);
+    assert_eq!(s.pending_rows(), 3);
+    assert_eq!(lsns(&s.next_group(1, 100, &mut yes)), vec![10]);
+    assert!(s.is_empty());
+}
+
+#[test]
 fn fifo_keeps_commit_order_across_tenants() {
     let mut s = Scheduler::new(Arc::new(QosPolicy::fifo()));
     s.push(batch(10, &["a"], 1), 0, 0.0);

@@ -349,6 +349,28 @@ async fn a_lingering_sink_gathers_small_transactions() {
     assert_eq!(*applied.lock().unwrap(), [6, 12, 1]);
 }
 
+/// A transaction delivered twice to one task (a replay) is applied once, and both
+/// copies' loads come off the job's backlog: a copy's left there would shrink the
+/// read-ahead for good.
+#[tokio::test]
+async fn a_transaction_delivered_twice_leaves_nothing_on_the_backlog() {
+    let backlog: Arc<Backlog> = Arc::default();
+    let (tx, rx) = mpsc::channel(16);
+    let applied = Arc::new(Mutex::new(Vec::new()));
+    for _ in 0..2 {
+        // As the delivery operator does: each delivery's load is added as it is sent.
+        let copy = fixtures::inserts(7, 0..3);
+        backlog.add(Load::of(&copy));
+        tx.send(Delivery::Batch(copy)).await.unwrap();
+    }
+    drop(tx);
+    let pacing = SinkPacing::fifo(backlog.clone(), 100, 0);
+    let sink = Recorder(applied.clone(), Duration::ZERO);
+    run_sink(sink, rx, Arc::default(), Arc::default(), pacing, |_| {}).await;
+    assert_eq!(*applied.lock().unwrap(), [3], "applied once");
+    assert_eq!(backlog.load(), Load::default());
+}
+
 /// Wide rows fill the read-ahead's bytes before a group's rows: pending bytes past the
 /// linger's end it as pending rows do. A backlog held by another sink of the job does
 /// not.
