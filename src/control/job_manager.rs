@@ -349,6 +349,8 @@ async fn monitor(
         metrics.set_state(state_name(state.0));
         metrics.set_lag(None, stats.lag_seconds(), stats.lag_bytes());
         metrics.set_confirmed_lsn(stats.reader.confirmed.load(Relaxed));
+        let backlog = stats.backlog.lock().map(|b| b.load()).unwrap_or_default();
+        metrics.set_sink_backlog(backlog.rows as u64, backlog.bytes as u64);
         if keeps_history {
             metrics.set_history_versions_held(stats.books.versions_held() as u64);
             let rows = stats.books.row_bytes();

@@ -102,6 +102,9 @@ pub struct JobStats {
     pub errors: AtomicU64,
     /// The job's bi-temporal version books (empty unless a table keeps history).
     pub books: Arc<HistoryBooks>,
+    /// What the running dataflow handed its sinks and they have not applied (a fresh
+    /// count each time the dataflow is installed).
+    pub backlog: std::sync::Mutex<Arc<crate::sinks::backlog::Backlog>>,
     /// The initial snapshot's progress (this process's last one).
     pub snapshot: SnapshotProgress,
     /// State and the reason for it (failure, or the last transient error).
@@ -120,6 +123,7 @@ impl JobStats {
             sinks: (0..sinks).map(|_| Default::default()).collect(),
             errors: AtomicU64::new(0),
             books: Default::default(),
+            backlog: Default::default(),
             snapshot: SnapshotProgress::default(),
             state: Mutex::new((JobState::Snapshotting, None)),
             access: Mutex::new(None),
@@ -441,7 +445,13 @@ async fn run_job_inner(
             .collect(),
         events: Arc::new(std::sync::Mutex::new(Some(events_rx))),
         durable: Arc::new(durable_tx),
-        backlog: Default::default(),
+        backlog: {
+            let backlog: Arc<crate::sinks::backlog::Backlog> = Arc::default();
+            if let Ok(mut current) = stats.backlog.lock() {
+                *current = backlog.clone();
+            }
+            backlog
+        },
         reader: stats.reader.clone(),
         history: Arc::new(history_start::history_plan(spec)),
         books: stats.books.clone(),

@@ -33,6 +33,8 @@
 //! | `helios_history_versions_held` | gauge | `job` |
 //! | `helios_history_row_bytes` | gauge | `job`, `place` |
 //! | `helios_history_row_walks_total` | counter | `job` |
+//! | `helios_sink_backlog_rows` | gauge | `job` |
+//! | `helios_sink_backlog_bytes` | gauge | `job` |
 //!
 //! Prometheus conventions: base units (seconds, bytes), counters end in `_total`, a
 //! histogram's series are `_bucket{le}`, `_sum` and `_count`. The LSN gauge is the LSN as a
@@ -165,6 +167,8 @@ struct Families {
     versions_held: Family<JobLabels, GaugeU64>,
     row_bytes: Family<PlaceLabels, GaugeU64>,
     row_walks: Family<JobLabels, Counter>,
+    backlog_rows: Family<JobLabels, GaugeU64>,
+    backlog_bytes: Family<JobLabels, GaugeU64>,
 }
 
 /// `name` without `suffix`: `prometheus-client` appends `_total` to counters and the unit
@@ -202,6 +206,8 @@ impl Families {
             versions_held: Family::default(),
             row_bytes: Family::default(),
             row_walks: Family::default(),
+            backlog_rows: Family::default(),
+            backlog_bytes: Family::default(),
         }
     }
 
@@ -322,6 +328,16 @@ impl Families {
             stem(COLD_COMPACTION_BYTES_TOTAL, "_total"),
             "Bytes of the cold-tier files compaction merged away and of those it wrote",
             self.compaction_bytes.clone(),
+        );
+        r.register(
+            SINK_BACKLOG_ROWS,
+            "Rows handed to the job's sinks and not yet applied (the reader pauses past qos.max_buffered_rows)",
+            self.backlog_rows.clone(),
+        );
+        r.register(
+            SINK_BACKLOG_BYTES,
+            "Estimated bytes of the rows handed to the job's sinks and not yet applied (the reader pauses past qos.max_buffered_mib)",
+            self.backlog_bytes.clone(),
         );
         r.register(
             HISTORY_VERSIONS_HELD,
@@ -505,6 +521,8 @@ pub struct JobMetrics {
     versions_held: Slots<(), GaugeU64>,
     row_bytes: Slots<&'static str, GaugeU64>,
     row_walks: Slots<(), Counter>,
+    backlog_rows: Slots<(), GaugeU64>,
+    backlog_bytes: Slots<(), GaugeU64>,
     /// Held while creating a series and while retiring, so none outlives the job.
     life: Mutex<Lifecycle>,
 }
@@ -564,6 +582,8 @@ impl JobMetrics {
             versions_held: Slots::new(),
             row_bytes: Slots::new(),
             row_walks: Slots::new(),
+            backlog_rows: Slots::new(),
+            backlog_bytes: Slots::new(),
             life: Mutex::new(Lifecycle {
                 alive: true,
                 removers: Vec::new(),
@@ -801,6 +821,27 @@ impl JobMetrics {
                 g.set(versions);
             },
         );
+    }
+
+    /// Sets the rows and estimated bytes handed to the job's sinks and not yet applied.
+    pub fn set_sink_backlog(&self, rows: u64, bytes: u64) {
+        for (slots, family, value) in [
+            (&self.backlog_rows, &self.families.backlog_rows, rows),
+            (&self.backlog_bytes, &self.families.backlog_bytes, bytes),
+        ] {
+            slots.with(
+                (),
+                || {
+                    let labels = JobLabels {
+                        job: self.job.clone(),
+                    };
+                    self.create(family, labels)
+                },
+                |g| {
+                    g.set(value);
+                },
+            );
+        }
     }
 
     /// Sets the bytes of the history books' rows in memory and in their spill file.

@@ -62,6 +62,13 @@ pub const HISTORY_ROW_BYTES: &str = "helios_history_row_bytes";
 /// for the job's rows.
 pub const HISTORY_ROW_WALKS_TOTAL: &str = "helios_history_row_walks_total";
 
+/// Rows handed to the job's sinks and not yet applied: the reader pauses while they pass
+/// `qos.max_buffered_rows`.
+pub const SINK_BACKLOG_ROWS: &str = "helios_sink_backlog_rows";
+/// Bytes (estimated) of the rows handed to the job's sinks and not yet applied: the reader
+/// pauses while they pass `qos.max_buffered_mib`.
+pub const SINK_BACKLOG_BYTES: &str = "helios_sink_backlog_bytes";
+
 /// Label: where a job's history rows are.
 pub const LABEL_PLACE: &str = "place";
 /// `place`: in memory.
@@ -82,7 +89,7 @@ pub const SIDES: [&str; 2] = [SIDE_MERGED, SIDE_WRITTEN];
 pub const PREDICTORS: [&str; 4] = ["model", "heuristic", "last_window", "round_robin"];
 
 /// Every metric name above.
-pub const ALL_METRICS: [&str; 25] = [
+pub const ALL_METRICS: [&str; 27] = [
     REPLICATION_LAG_SECONDS,
     REPLICATION_LAG_BYTES,
     ROWS_REPLICATED_TOTAL,
@@ -108,6 +115,8 @@ pub const ALL_METRICS: [&str; 25] = [
     HISTORY_VERSIONS_HELD,
     HISTORY_ROW_BYTES,
     HISTORY_ROW_WALKS_TOTAL,
+    SINK_BACKLOG_ROWS,
+    SINK_BACKLOG_BYTES,
 ];
 
 /// Label: the job's name.

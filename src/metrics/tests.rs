@@ -311,6 +311,7 @@ fn exercise(m: &JobMetrics) {
     m.cold_compaction(SIDE_WRITTEN, 1, 3000);
     m.set_history_versions_held(1234);
     m.set_history_row_bytes(4096, 65536);
+    m.set_sink_backlog(120, 98_304);
     m.history_row_walks(3);
 }
 
@@ -372,6 +373,14 @@ fn encode_is_valid_openmetrics_and_names_every_metric() {
     assert_eq!(
         e.value(HISTORY_VERSIONS_HELD, &[(LABEL_JOB, "orders")]),
         Some(1234.0)
+    );
+    assert_eq!(
+        e.value(SINK_BACKLOG_ROWS, &[(LABEL_JOB, "orders")]),
+        Some(120.0)
+    );
+    assert_eq!(
+        e.value(SINK_BACKLOG_BYTES, &[(LABEL_JOB, "orders")]),
+        Some(98_304.0)
     );
     assert_eq!(
         e.value(HISTORY_ROW_WALKS_TOTAL, &[(LABEL_JOB, "orders")]),

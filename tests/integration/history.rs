@@ -416,6 +416,10 @@ fn history_table_cold_tier_and_api_agree_with_the_oracle() {
         }) && positive("helios_history_versions_held{job=\"prices\"} ")
             && positive("helios_history_row_bytes{job=\"prices\",place=\"disk\"} ")
             && positive("helios_history_row_walks_total{job=\"prices\"} ")
+            // The backlog's gauges exist (0 once the job is caught up).
+            && ["rows", "bytes"].iter().all(|unit| {
+                text.contains(&format!("helios_sink_backlog_{unit}{{job=\"prices\"}} "))
+            })
     });
     let sample: Vec<usize> = (0..points.len())
         .step_by(7)
