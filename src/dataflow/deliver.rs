@@ -7,8 +7,9 @@
 //! everything is durable at every sink on every worker: the only LSN the source may confirm.
 //!
 //! A transaction whose share on this worker passes [`PART_ROWS`] rows or [`PART_BYTES`]
-//! (estimated, [`crate::footprint`]) before it is complete is handed over in parts ([`Delivery::Part`], then the rest as a [`Delivery::Batch`]) as it
-//! arrives, so no worker holds a large transaction whole (DESIGN.md invariant 5); only the
+//! (estimated, [`crate::footprint`]) before it is complete is handed over in parts
+//! ([`Delivery::Part`], then the rest as a [`Delivery::Batch`]) as it arrives, so no
+//! worker holds a large transaction whole (DESIGN.md invariant 5); only the
 //! oldest stashed timestamp is ever handed over in parts, so parts never interleave with
 //! another transaction.
 
