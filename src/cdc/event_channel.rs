@@ -4,7 +4,8 @@
 //! reaches the server through TCP.
 //!
 //! The bytes are permits of a semaphore: the reader takes an event's cost before it sends
-//! it, the dataflow gives the cost back when it takes the event out. An event costs at most
+//! it and sends the cost with it; the dataflow gives that cost back when it takes the
+//! event out (estimated once per event). An event costs at most
 //! the whole budget, so a single row larger than the budget still passes, alone.
 
 use std::sync::Arc;
@@ -22,22 +23,22 @@ pub const EVENT_BYTES: usize = 16 << 20;
 /// The reader's end.
 #[derive(Clone)]
 pub struct EventSender {
-    tx: mpsc::Sender<SourceEvent>,
+    tx: mpsc::Sender<(SourceEvent, u32)>,
     bytes: Arc<Semaphore>,
     budget: usize,
 }
 
 /// The dataflow's end (worker 0 takes it).
 pub struct EventReceiver {
-    rx: mpsc::Receiver<SourceEvent>,
+    rx: mpsc::Receiver<(SourceEvent, u32)>,
     bytes: Arc<Semaphore>,
-    budget: usize,
 }
 
 /// Room for one event, taken before it is sent.
 pub struct EventPermit<'a> {
     bytes: SemaphorePermit<'a>,
-    slot: mpsc::Permit<'a, SourceEvent>,
+    slot: mpsc::Permit<'a, (SourceEvent, u32)>,
+    cost: u32,
 }
 
 /// Why an event could not be sent now.
@@ -67,44 +68,46 @@ pub fn event_channel_with(events: usize, budget: usize) -> (EventSender, EventRe
             bytes: bytes.clone(),
             budget,
         },
-        EventReceiver { rx, bytes, budget },
+        EventReceiver { rx, bytes },
     )
 }
 
 /// What an event takes of a channel's `budget`.
 fn cost(event: &SourceEvent, budget: usize) -> u32 {
-    // `budget` fits a u32 (event_channel_with); the receiver gives back the same.
+    // `budget` fits a u32 (event_channel_with).
     event.footprint().clamp(1, budget) as u32
 }
 
 impl EventSender {
     /// Room for `event` if there is some now.
     pub fn try_reserve(&self, event: &SourceEvent) -> Result<EventPermit<'_>, NoRoom> {
+        let cost = cost(event, self.budget);
         if self.tx.is_closed() {
             return Err(NoRoom::Closed);
         }
         let bytes = self
             .bytes
-            .try_acquire_many(cost(event, self.budget))
+            .try_acquire_many(cost)
             .map_err(|_| NoRoom::Full)?;
         let slot = self.tx.try_reserve().map_err(|e| match e {
             mpsc::error::TrySendError::Full(()) => NoRoom::Full,
             mpsc::error::TrySendError::Closed(()) => NoRoom::Closed,
         })?;
-        Ok(EventPermit { bytes, slot })
+        Ok(EventPermit { bytes, slot, cost })
     }
 
     /// Waits for room for `event`. Cancel safe: dropped, it holds nothing.
     pub async fn reserve(&self, event: &SourceEvent) -> Result<EventPermit<'_>, NoRoom> {
+        let cost = cost(event, self.budget);
         // Nobody gives bytes back once the dataflow's end is gone.
         let bytes = tokio::select! {
-            bytes = self.bytes.acquire_many(cost(event, self.budget)) => {
+            bytes = self.bytes.acquire_many(cost) => {
                 bytes.map_err(|_| NoRoom::Closed)?
             }
             () = self.tx.closed() => return Err(NoRoom::Closed),
         };
         let slot = self.tx.reserve().await.map_err(|_| NoRoom::Closed)?;
-        Ok(EventPermit { bytes, slot })
+        Ok(EventPermit { bytes, slot, cost })
     }
 }
 
@@ -113,17 +116,17 @@ impl EventPermit<'_> {
     /// dataflow takes it out.
     pub fn send(self, event: SourceEvent) {
         self.bytes.forget();
-        self.slot.send(event);
+        self.slot.send((event, self.cost));
     }
 }
 
 impl EventReceiver {
-    /// The next event if one waits and its estimated bytes, giving them back.
+    /// The next event if one waits and the bytes it took (its estimate, at most the
+    /// channel's budget), giving them back.
     pub fn try_recv(&mut self) -> Result<(SourceEvent, usize), mpsc::error::TryRecvError> {
-        let event = self.rx.try_recv()?;
-        let bytes = event.footprint();
-        self.bytes.add_permits(bytes.clamp(1, self.budget));
-        Ok((event, bytes))
+        let (event, cost) = self.rx.try_recv()?;
+        self.bytes.add_permits(cost as usize);
+        Ok((event, cost as usize))
     }
 }
 

@@ -199,3 +199,17 @@ fn rand_suffix() -> u32 {
     use rand::Rng;
     rand::thread_rng().gen()
 }
+
+/// `text` without its ANSI colour sequences (`ESC [ … m`).
+pub fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

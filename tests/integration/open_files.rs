@@ -7,7 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::wait_for;
+use crate::harness::{wait_for, without_colours};
 
 /// The soft and hard "Max open files" of process `pid`.
 fn open_files_limits(pid: u32) -> Option<(String, String)> {
@@ -25,20 +25,6 @@ impl Drop for Running {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// `text` without its ANSI colour sequences (`ESC [ … m`).
-fn without_colours(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            chars.by_ref().find(|&c| c == 'm');
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[test]

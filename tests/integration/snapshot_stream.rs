@@ -276,18 +276,7 @@ fn a_large_table_loads_in_parts_side_by_side() {
     }
     // The log lines, without their colours.
     let out = repl.output();
-    let plain = |l: &str| {
-        let mut plain = String::new();
-        let mut chars = l.chars();
-        while let Some(c) = chars.next() {
-            if c == '\u{1b}' {
-                chars.by_ref().find(|&c| c == 'm');
-            } else {
-                plain.push(c);
-            }
-        }
-        plain
-    };
+    let plain = crate::harness::without_colours;
     let splits: Vec<String> = out
         .lines()
         .filter(|l| l.contains("split into parts"))
