@@ -26,15 +26,9 @@ pub struct SlotState {
 
 /// Connects to the source for catalog work; the connection task runs on the current runtime.
 pub async fn connect(dsn: &str) -> Result<Client, CdcError> {
-    let (client, connection) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+    crate::pg_connect::connect(dsn, "source catalog", crate::pg_connect::OnClose::Debug)
         .await
-        .map_err(CdcError::connect)?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "source catalog connection closed");
-        }
-    });
-    Ok(client)
+        .map_err(CdcError::connect)
 }
 
 /// Checks the source can do logical replication at all.

@@ -32,8 +32,12 @@ pub enum CdcError {
 
 impl CdcError {
     /// Builds a [`CdcError::Connect`] from a driver error.
-    pub fn connect(err: tokio_postgres::Error) -> CdcError {
-        CdcError::Connect(describe_pg_error(&err))
+    pub fn connect(err: crate::pg_connect::ConnectError) -> CdcError {
+        if err.is_transient() {
+            CdcError::Connect(err.to_string())
+        } else {
+            CdcError::Definite(format!("cannot connect to the source: {err}"))
+        }
     }
 
     /// Builds a mapper to [`CdcError::Query`] naming what was being done.

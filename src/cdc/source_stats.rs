@@ -18,15 +18,10 @@ pub enum SourceStatsError {
 
 /// Connects to the source with a plain (non-replication) session.
 pub async fn connect(dsn: &str) -> Result<Client, SourceStatsError> {
-    let (client, connection) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+    use crate::pg_connect::{self, OnClose};
+    pg_connect::connect(dsn, "source statistics", OnClose::Debug)
         .await
-        .map_err(|e| SourceStatsError::Database(format!("connect: {}", describe_pg_error(&e))))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "source statistics connection closed");
-        }
-    });
-    Ok(client)
+        .map_err(|e| SourceStatsError::Database(format!("connect: {e}")))
 }
 
 /// `seq_scan + idx_scan` of each of `tables` (`schema.table`) the server has statistics for.

@@ -68,14 +68,10 @@ pub struct MetadataStore {
 impl MetadataStore {
     /// Connects and applies pending migrations (under an advisory lock).
     pub async fn open(dsn: &str) -> Result<MetadataStore, MetadataError> {
-        let (client, connection) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+        use crate::pg_connect::{self, OnClose};
+        let client = pg_connect::connect(dsn, "metadata store", OnClose::Warn)
             .await
-            .map_err(db("connect"))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "metadata store connection closed");
-            }
-        });
+            .map_err(|e| MetadataError::Database(format!("connect: {e}")))?;
         let store = MetadataStore { client };
         store.migrate().await?;
         Ok(store)

@@ -7,13 +7,14 @@
 //! to the code that actually connects. Serialization is transparent (the raw
 //! string), because job specs must round-trip.
 //!
-//! Also owns the small libpq conninfo tokenizer used both for redaction and
-//! for the shape check [`Dsn::check_syntax`] that job spec validation applies.
+//! Redaction and the shape check [`Dsn::check_syntax`] that job spec validation applies
+//! use the libpq conninfo tokenizer of `crate::conninfo`.
 
 use std::fmt;
-use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
+
+use crate::conninfo::{parse_conninfo, url_rest, value_end};
 
 /// The text printed in place of a password.
 pub const REDACTED: &str = "***";
@@ -87,85 +88,6 @@ impl fmt::Display for Dsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted())
     }
-}
-
-/// One `key=value` pair of a libpq conninfo string, as byte ranges into it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Pair {
-    key: Range<usize>,
-    /// The value as written, quotes included.
-    value: Range<usize>,
-}
-
-/// The part after `scheme://` when `s` looks like a PostgreSQL URL. The scheme
-/// is matched case-insensitively so that redaction errs towards hiding.
-fn url_rest(s: &str) -> Option<&str> {
-    ["postgresql://", "postgres://"].iter().find_map(|scheme| {
-        s.get(..scheme.len())
-            .filter(|head| head.eq_ignore_ascii_case(scheme))
-            .map(|_| &s[scheme.len()..])
-    })
-}
-
-/// Tokenizes a libpq conninfo string. Errors describe the first problem.
-fn parse_conninfo(s: &str) -> Result<Vec<Pair>, String> {
-    let b = s.as_bytes();
-    let mut pairs = Vec::new();
-    let mut i = 0;
-    loop {
-        while i < b.len() && b[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        if i == b.len() {
-            return Ok(pairs);
-        }
-        let key_start = i;
-        while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
-            i += 1;
-        }
-        let key = key_start..i;
-        if key.is_empty() {
-            return Err(format!(
-                "expected a libpq `key=value` pair at byte {key_start}"
-            ));
-        }
-        while i < b.len() && b[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        if i == b.len() || b[i] != b'=' {
-            return Err(format!("missing `=` after `{}`", &s[key.clone()]));
-        }
-        i += 1;
-        while i < b.len() && b[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        let value_start = i;
-        i = value_end(b, i)
-            .ok_or_else(|| format!("unterminated quoted value for `{}`", &s[key.clone()]))?;
-        pairs.push(Pair {
-            key,
-            value: value_start..i,
-        });
-    }
-}
-
-/// End (exclusive) of the value starting at `i`; `None` for an unterminated quote.
-fn value_end(b: &[u8], mut i: usize) -> Option<usize> {
-    if i < b.len() && b[i] == b'\'' {
-        i += 1;
-        while i < b.len() {
-            match b[i] {
-                b'\\' => i += 2,
-                b'\'' => return Some(i + 1),
-                _ => i += 1,
-            }
-        }
-        return None;
-    }
-    while i < b.len() && !b[i].is_ascii_whitespace() {
-        i += if b[i] == b'\\' { 2 } else { 1 };
-    }
-    Some(i.min(b.len()))
 }
 
 /// Replaces every password in a DSN with `***`. Errs on the side of hiding

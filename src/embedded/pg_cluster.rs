@@ -204,6 +204,55 @@ impl PgCluster {
         Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
     }
 
+    /// Turns TLS on with the server certificate `cert_pem` and its key `key_pem` (client
+    /// certificates are checked against `client_ca_pem`), replaces `pg_hba.conf` with
+    /// `hba`, and reloads the server; returns once new sessions get the new settings.
+    pub fn serve_tls(
+        &self,
+        cert_pem: &str,
+        key_pem: &str,
+        client_ca_pem: &str,
+        hba: &str,
+    ) -> Result<(), ClusterError> {
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.data_dir();
+        let io = |source| ClusterError::Io {
+            path: data.clone(),
+            source,
+        };
+        for (name, text) in [
+            ("server.crt", cert_pem),
+            ("server.key", key_pem),
+            ("client_ca.crt", client_ca_pem),
+            ("pg_hba.conf", hba),
+        ] {
+            let path = data.join(name);
+            std::fs::write(&path, text).map_err(io)?;
+            // The server refuses a key others can read.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+            self.hand_over(&path)?;
+        }
+        let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).map_err(io)?;
+        conf.push_str(
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n\
+             ssl_ca_file = 'client_ca.crt'\n",
+        );
+        std::fs::write(data.join("postgresql.conf"), conf).map_err(io)?;
+        self.run("pg_ctl", &["-D", path_str(&data), "reload"])?;
+        let start = Instant::now();
+        while self.psql("postgres", "SHOW ssl")? != "on" {
+            if start.elapsed() > Duration::from_secs(30) {
+                return Err(ClusterError::NotReady {
+                    port: self.port,
+                    seconds: 30,
+                    log: self.log(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     /// Stops the server at once (the same as dropping the cluster, but reports errors).
     pub fn stop(&mut self) -> Result<(), ClusterError> {
         if self.stopped {

@@ -18,3 +18,4 @@ mod serve_api;
 mod snapshot_stream;
 mod spill_dir;
 mod streamed_transactions;
+mod tls;

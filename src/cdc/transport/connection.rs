@@ -10,6 +10,8 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::TransportError;
+use crate::pg_connect::tls::{self, Negotiated};
+use crate::pg_connect::{PgDsn, TlsSettings};
 
 /// Bytes asked of the socket per read (one read usually carries many XLogData frames).
 const READ_CHUNK: usize = 128 * 1024;
@@ -29,6 +31,7 @@ pub struct SourceAddress {
     application_name: String,
     connect_timeout: Option<Duration>,
     receive_buffer: ReceiveBuffer,
+    tls: TlsSettings,
 }
 
 /// The receive buffer of a replication session's TCP socket (a Unix-domain socket keeps
@@ -120,9 +123,8 @@ impl std::fmt::Debug for SourceAddress {
 impl SourceAddress {
     /// Reads the parts a replication session needs from `dsn`.
     pub fn from_dsn(dsn: &str, application_name: &str) -> Result<SourceAddress, TransportError> {
-        let cfg: tokio_postgres::Config = dsn
-            .parse()
-            .map_err(|e| TransportError::Config(format!("cannot parse: {e}")))?;
+        let PgDsn { config: cfg, tls } =
+            PgDsn::parse(dsn).map_err(|e| TransportError::Config(e.to_string()))?;
         let host = match cfg.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => Host::Tcp(h.clone()),
             Some(tokio_postgres::config::Host::Unix(p)) => Host::Unix(p.clone()),
@@ -132,11 +134,6 @@ impl SourceAddress {
             .get_user()
             .ok_or_else(|| TransportError::Config("no user given".into()))?
             .to_string();
-        if cfg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(TransportError::Config(
-                "sslmode=require: the replication connection does not speak TLS".into(),
-            ));
-        }
         Ok(SourceAddress {
             host,
             port: cfg.get_ports().first().copied().unwrap_or(5432),
@@ -146,6 +143,7 @@ impl SourceAddress {
             application_name: application_name.to_string(),
             connect_timeout: cfg.get_connect_timeout().copied(),
             receive_buffer: ReceiveBuffer::Auto,
+            tls,
         })
     }
 
@@ -177,7 +175,14 @@ impl ReplicationConnection {
                     let s = connect_tcp(host, address.port, address.receive_buffer).await?;
                     // Status updates are small writes that must not wait for more.
                     s.set_nodelay(true)?;
-                    Box::new(s)
+                    match tls::negotiate(s, host, &address.tls).await? {
+                        Negotiated::Plain(s) => Box::new(s),
+                        Negotiated::Tls(s) => Box::new(s),
+                    }
+                }
+                // The server never offers TLS on its Unix-domain socket.
+                Host::Unix(_) if address.tls.mode.requires_tls() => {
+                    return Err(tls::TlsError::UnixSocket(address.tls.mode.name()).into())
                 }
                 Host::Unix(dir) => Box::new(
                     tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{}", address.port)))
@@ -576,8 +581,12 @@ mod tests {
     fn unusable_dsns_are_named() {
         let err = SourceAddress::from_dsn("host=h dbname=app", "x").unwrap_err();
         assert_eq!(err.to_string(), "source.dsn: no user given");
-        let err = SourceAddress::from_dsn("host=h user=u sslmode=require", "x").unwrap_err();
-        assert!(err.to_string().contains("sslmode=require"), "{err}");
+        let err = SourceAddress::from_dsn("host=h user=u sslmode=on", "x").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("source.dsn: sslmode `on` is not one of"),
+            "{err}"
+        );
         let err = SourceAddress::from_dsn("host='unterminated", "x").unwrap_err();
         assert!(
             err.to_string().starts_with("source.dsn: cannot parse"),

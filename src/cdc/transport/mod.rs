@@ -62,6 +62,9 @@ pub enum TransportError {
     /// The server closed the connection or ended the stream.
     #[error("the server closed the replication connection")]
     Closed,
+    /// TLS could not be set up as the connection string asks.
+    #[error("{0}")]
+    Tls(#[from] crate::pg_connect::TlsError),
     /// Connecting took longer than the connection string's `connect_timeout`.
     #[error("connecting timed out after {0:?}")]
     Timeout(std::time::Duration),
@@ -78,6 +81,7 @@ impl TransportError {
                 // object in use (a slot still held by a walsender that is going away).
                 ["08", "57", "53"].iter().any(|c| code.starts_with(c)) || code == "55006"
             }
+            TransportError::Tls(e) => e.is_transient(),
             TransportError::Config(_) | TransportError::Auth(_) | TransportError::Protocol(_) => {
                 false
             }

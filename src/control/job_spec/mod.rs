@@ -942,7 +942,12 @@ fn check_dsn(field: &str, dsn: &Dsn) -> Result<(), JobSpecError> {
     }
     // The reason never quotes the DSN itself: it may hold a password.
     dsn.check_syntax()
-        .map_err(|reason| JobSpecError::invalid(field, reason))
+        .map_err(|reason| JobSpecError::invalid(field, reason))?;
+    // TLS settings no connection could meet (a bad `sslmode`), said now. The rest is
+    // read when connecting: a stored spec holds a reference in place of its DSN.
+    crate::pg_connect::TlsSettings::of_dsn(dsn.expose())
+        .map(|_| ())
+        .map_err(|e| JobSpecError::invalid(field, e.to_string()))
 }
 
 #[cfg(test)]

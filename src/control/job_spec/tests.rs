@@ -175,6 +175,39 @@ fn empty_dsn() {
 }
 
 #[test]
+fn tls_settings_no_connection_could_meet_are_named() {
+    let err = expect_err(
+        &valid_with(
+            "dsn = \"host=127.0.0.1 port=5432 user=postgres dbname=app\"",
+            "dsn = \"host=h password=hunter2 sslmode=verify\"",
+        ),
+        "source.dsn",
+    );
+    assert_eq!(
+        err.to_string(),
+        "job spec: source.dsn: sslmode `verify` is not one of disable, prefer, require, verify-ca, verify-full"
+    );
+    let err = expect_err(
+        &valid_with(
+            "host=127.0.0.1 port=5433",
+            "host=127.0.0.1 port=5433 sslcert=/etc/c.pem",
+        ),
+        "sinks[0].dsn",
+    );
+    assert!(
+        err.to_string()
+            .contains("`sslcert` is given without `sslkey`"),
+        "{err}"
+    );
+    // What libpq takes, the spec takes.
+    let doc = valid_with(
+        "host=127.0.0.1 port=5433",
+        "host=127.0.0.1 port=5433 sslmode=verify-full sslrootcert=system",
+    );
+    assert!(JobSpec::from_toml_str(&doc).is_ok());
+}
+
+#[test]
 fn unknown_sink_kind() {
     let err = expect_err(
         &valid_with("kind = \"postgres\"", "kind = \"kafka\""),

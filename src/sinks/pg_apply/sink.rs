@@ -32,15 +32,13 @@ use crate::sinks::{ApplyBatch, ApplyReport, InFlight, Sink, SinkError, TenantApp
 
 /// Connects to a target database; the connection task runs on the current runtime.
 pub async fn connect(dsn: &str) -> Result<Client, SinkError> {
-    let (client, connection) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+    use crate::pg_connect::{self, ConnectError, OnClose};
+    pg_connect::connect(dsn, "target", OnClose::Debug)
         .await
-        .map_err(|e| sink_error("connect to target", &e))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "target connection closed");
-        }
-    });
-    Ok(client)
+        .map_err(|e| match e {
+            ConnectError::Postgres(e) => sink_error("connect to target", &e),
+            setup => SinkError::Definite(format!("connect to target: {setup}")),
+        })
 }
 
 /// What one apply call knows of one checkpoint scope.

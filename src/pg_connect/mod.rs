@@ -1,0 +1,80 @@
+//! Sessions with PostgreSQL servers (sources, targets, the metadata store), encrypted as
+//! the DSN asks.
+//!
+//! A DSN asks for TLS the way libpq's do (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`):
+//! [`PgDsn::parse`] reads those ([`dsn`]), [`connect`] opens a tokio-postgres session with
+//! TLS as they say ([`tls`], through `tokio-postgres-rustls`). The replication session of
+//! `cdc::transport` speaks the protocol itself and makes the same handshake with
+//! [`tls::negotiate`].
+
+pub mod dsn;
+pub mod tls;
+
+pub use dsn::{DsnError, PgDsn, RootCerts, SslMode, TlsSettings};
+pub use tls::TlsError;
+
+use tokio_postgres::Client;
+
+/// Why a session could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The DSN itself is wrong (a retry cannot help).
+    #[error("{0}")]
+    Dsn(#[from] DsnError),
+    /// The TLS settings cannot be met from here (a file, a missing root certificate).
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    /// The server or the network said no (or a TLS handshake failed).
+    #[error("{}", crate::sql_text::describe_pg_error(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+impl ConnectError {
+    /// Whether the same DSN can work later without anyone editing it or its files.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ConnectError::Postgres(_))
+    }
+}
+
+/// How loudly a session's end is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnClose {
+    /// Sessions the caller reopens when they fail (sources, targets).
+    Debug,
+    /// A session the process cannot work without (the metadata store).
+    Warn,
+}
+
+/// Opens a session on `dsn`; its connection task runs on the current runtime until the
+/// client is dropped, and logs why it ended, naming the session by `role`.
+pub async fn connect(
+    dsn: &str,
+    role: &'static str,
+    on_close: OnClose,
+) -> Result<Client, ConnectError> {
+    let dsn = PgDsn::parse(dsn)?;
+    if dsn.tls.mode == SslMode::Disable {
+        let (client, connection) = dsn.config.connect(tokio_postgres::NoTls).await?;
+        spawn_connection(connection, role, on_close);
+        Ok(client)
+    } else {
+        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls::client_config(&dsn.tls)?);
+        let (client, connection) = dsn.config.connect(tls).await?;
+        spawn_connection(connection, role, on_close);
+        Ok(client)
+    }
+}
+
+fn spawn_connection<C>(connection: C, role: &'static str, on_close: OnClose)
+where
+    C: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            match on_close {
+                OnClose::Debug => tracing::debug!(error = %e, "{role} connection closed"),
+                OnClose::Warn => tracing::warn!(error = %e, "{role} connection closed"),
+            }
+        }
+    });
+}

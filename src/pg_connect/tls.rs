@@ -1,0 +1,428 @@
+//! TLS for PostgreSQL sessions (rustls): the client configuration a DSN's [`TlsSettings`]
+//! ask for, and the `SSLRequest` handshake of a session we speak ourselves (the
+//! replication session of `cdc::transport`).
+//!
+//! Certificate checks follow libpq's:
+//! - `verify-full`: the chain must reach a trusted root and the certificate must name the
+//!   host (rustls' WebPKI verifier);
+//! - `verify-ca`, and `prefer`/`require` when there are root certificates: the chain must
+//!   reach a trusted root, the name is not checked ([`ChainOnly`]);
+//! - `prefer`/`require` without root certificates: encryption only, the certificate is not
+//!   checked ([`Unchecked`]; the handshake's signatures still are).
+//!
+//! Root certificates are `sslrootcert` (a PEM file, or `system` for the system's store),
+//! else `~/.postgresql/root.crt` if it exists, as with libpq. Files are read at each
+//! connect, so a renewed certificate is picked up by the next session.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::dsn::{RootCerts, SslMode, TlsSettings};
+
+/// Why a TLS session could not be set up. Names the file or the step, never a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("sslmode={mode} needs the server's root certificate: give sslrootcert=<file> (or sslrootcert=system), or put it in {default}")]
+    NoRootCerts { mode: &'static str, default: String },
+    #[error("cannot read {what} {path}: {reason}")]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("{what} {path} holds no PEM {kind}")]
+    Empty {
+        what: &'static str,
+        path: PathBuf,
+        kind: &'static str,
+    },
+    #[error("the system's trust store holds no certificate (sslrootcert=system)")]
+    NoSystemRoots,
+    #[error("TLS set-up: {0}")]
+    Config(String),
+    #[error("sslmode={0}: the server does not accept TLS")]
+    Refused(&'static str),
+    #[error("sslmode={0}: TLS is not available over a Unix-domain socket")]
+    UnixSocket(&'static str),
+    #[error("TLS handshake with {host}: {reason}")]
+    Handshake { host: String, reason: String },
+    #[error("TLS request: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl TlsError {
+    /// Whether the server's side may change so that the same settings work later (a
+    /// certificate renewed, TLS turned on), as opposed to a file or setting of ours.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            TlsError::Refused(_) | TlsError::Handshake { .. } | TlsError::Io(_)
+        )
+    }
+}
+
+/// The rustls provider every session uses (ring, as the NATS client does).
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// libpq's default root certificate file, `~/.postgresql/root.crt`.
+fn default_root_file() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|home| Path::new(&home).join(".postgresql/root.crt"))
+}
+
+/// The client configuration `settings` ask for, files read now.
+pub fn client_config(settings: &TlsSettings) -> Result<ClientConfig, TlsError> {
+    let provider = provider();
+    let roots = root_store(settings)?;
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let verifier: Arc<dyn ServerCertVerifier> = match (settings.mode, roots) {
+        (SslMode::VerifyFull, Some(roots)) => {
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?
+        }
+        (_, Some(roots)) => Arc::new(ChainOnly {
+            roots: Arc::new(roots),
+            algorithms: provider.signature_verification_algorithms,
+        }),
+        (mode, None) if mode.requires_roots() => {
+            return Err(TlsError::NoRootCerts {
+                mode: mode.name(),
+                default: default_root_file()
+                    .map_or("~/.postgresql/root.crt".into(), |p| p.display().to_string()),
+            })
+        }
+        (_, None) => Arc::new(Unchecked {
+            algorithms: provider.signature_verification_algorithms,
+        }),
+    };
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    match (&settings.client_cert, &settings.client_key) {
+        (Some(cert), Some(key)) => {
+            let chain = read_certs("client certificate (sslcert)", cert)?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
+                what: "client key (sslkey)",
+                path: key.clone(),
+                reason: e.to_string(),
+            })?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| TlsError::Config(format!("client certificate: {e}")))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// The trusted roots: `sslrootcert`, else the default file if it exists, else none.
+fn root_store(settings: &TlsSettings) -> Result<Option<RootCertStore>, TlsError> {
+    let certs = match &settings.root_certs {
+        Some(RootCerts::File(path)) => read_certs("root certificate file (sslrootcert)", path)?,
+        Some(RootCerts::System) => {
+            let found = rustls_native_certs::load_native_certs();
+            if found.certs.is_empty() {
+                return Err(TlsError::NoSystemRoots);
+            }
+            found.certs
+        }
+        None => match default_root_file().filter(|p| p.is_file()) {
+            Some(path) if settings.mode != SslMode::Disable => {
+                read_certs("root certificate file", &path)?
+            }
+            _ => return Ok(None),
+        },
+    };
+    let mut store = RootCertStore::empty();
+    let (added, _ignored) = store.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(TlsError::Config(
+            "no usable root certificate among those given".into(),
+        ));
+    }
+    Ok(Some(store))
+}
+
+fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let file_error = |reason: String| TlsError::File {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_error(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty {
+            what,
+            path: path.to_path_buf(),
+            kind: "certificate",
+        });
+    }
+    Ok(certs)
+}
+
+/// Checks that the certificate chains to a trusted root, not which name it carries
+/// (`verify-ca`).
+#[derive(Debug)]
+struct ChainOnly {
+    roots: Arc<RootCertStore>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Takes any certificate (libpq's `prefer` and `require` without root certificates):
+/// the session is encrypted, the server not authenticated.
+#[derive(Debug)]
+struct Unchecked {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for Unchecked {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// A stream after the `SSLRequest`: encrypted, or plain where the mode allows it.
+pub enum Negotiated<S> {
+    Plain(S),
+    Tls(Box<tokio_rustls::client::TlsStream<S>>),
+}
+
+/// Asks the server for TLS on a fresh connection to `host` and, if it agrees, makes the
+/// handshake; a server that declines gets a plain session unless the mode requires TLS.
+pub async fn negotiate<S>(
+    mut stream: S,
+    host: &str,
+    settings: &TlsSettings,
+) -> Result<Negotiated<S>, TlsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if settings.mode == SslMode::Disable {
+        return Ok(Negotiated::Plain(stream));
+    }
+    // Read the files before asking, so a bad file is reported whatever the server says.
+    let config = client_config(settings)?;
+    let mut request = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::ssl_request(&mut request);
+    stream.write_all(&request).await?;
+    stream.flush().await?;
+    // Exactly one byte: anything the server sent after it would be outside the encryption.
+    let answer = stream.read_u8().await?;
+    match answer {
+        b'S' => {}
+        b'N' if settings.mode.requires_tls() => {
+            return Err(TlsError::Refused(settings.mode.name()))
+        }
+        b'N' => return Ok(Negotiated::Plain(stream)),
+        other => {
+            return Err(TlsError::Handshake {
+                host: host.to_string(),
+                reason: format!("unexpected answer {other:#04x} to the TLS request"),
+            })
+        }
+    }
+    let name = ServerName::try_from(host.to_string()).map_err(|e| TlsError::Handshake {
+        host: host.to_string(),
+        reason: e.to_string(),
+    })?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tls = connector
+        .connect(name, stream)
+        .await
+        .map_err(|e| TlsError::Handshake {
+            host: host.to_string(),
+            reason: e.to_string(),
+        })?;
+    Ok(Negotiated::Tls(Box::new(tls)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(mode: SslMode, root_certs: Option<RootCerts>) -> TlsSettings {
+        TlsSettings {
+            mode,
+            root_certs,
+            ..TlsSettings::default()
+        }
+    }
+
+    #[test]
+    fn verify_modes_without_roots_say_what_they_need() {
+        if default_root_file().is_some_and(|p| p.is_file()) {
+            return; // this machine has libpq's default root file: nothing to check
+        }
+        for mode in [SslMode::VerifyCa, SslMode::VerifyFull] {
+            let err = client_config(&settings(mode, None))
+                .expect_err("needs roots")
+                .to_string();
+            let want = format!(
+                "sslmode={} needs the server's root certificate",
+                mode.name()
+            );
+            assert!(err.starts_with(&want), "{err}");
+        }
+    }
+
+    #[test]
+    fn bad_root_files_are_named() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let missing = dir.path().join("nope.pem");
+        let err = client_config(&settings(
+            SslMode::VerifyCa,
+            Some(RootCerts::File(missing.clone())),
+        ))
+        .expect_err("missing file")
+        .to_string();
+        assert!(
+            err.contains("cannot read root certificate file (sslrootcert)"),
+            "{err}"
+        );
+        assert!(err.contains(&missing.display().to_string()), "{err}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").expect("write");
+        let err = client_config(&settings(
+            SslMode::Require,
+            Some(RootCerts::File(empty.clone())),
+        ))
+        .expect_err("no certificate")
+        .to_string();
+        assert!(err.contains("holds no PEM certificate"), "{err}");
+    }
+
+    #[test]
+    fn prefer_and_require_without_roots_encrypt_only() {
+        if default_root_file().is_some_and(|p| p.is_file()) {
+            return;
+        }
+        for mode in [SslMode::Prefer, SslMode::Require] {
+            assert!(client_config(&settings(mode, None)).is_ok(), "{mode:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_that_declines_tls_is_refused_only_when_tls_is_required() {
+        for (mode, refused) in [(SslMode::Prefer, false), (SslMode::Require, true)] {
+            let (mut server, client) = tokio::io::duplex(64);
+            let answer = tokio::spawn(async move {
+                let mut request = [0u8; 8];
+                server.read_exact(&mut request).await.expect("request");
+                server.write_all(b"N").await.expect("answer");
+                request
+            });
+            let got = negotiate(client, "db.example", &settings(mode, None)).await;
+            let request = answer.await.expect("server task");
+            assert_eq!(request, [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f], "SSLRequest");
+            match got {
+                Err(TlsError::Refused(name)) => {
+                    assert!(refused, "{mode:?} refused");
+                    assert_eq!(name, "require");
+                }
+                Ok(Negotiated::Plain(_)) => assert!(!refused, "{mode:?} went plain"),
+                Ok(Negotiated::Tls(_)) => panic!("no handshake was offered"),
+                Err(e) => panic!("{mode:?}: {e}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn disable_sends_nothing() {
+        let (server, client) = tokio::io::duplex(64);
+        let got = negotiate(client, "h", &settings(SslMode::Disable, None))
+            .await
+            .expect("plain");
+        assert!(matches!(got, Negotiated::Plain(_)));
+        drop(got);
+        let mut server = server;
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).await.expect("read");
+        assert!(rest.is_empty(), "sent {rest:?}");
+    }
+}

@@ -1,0 +1,346 @@
+//! TLS to the source and the target, as libpq's `sslmode`, `sslrootcert`, `sslcert` and
+//! `sslkey` say. Both servers accept TLS sessions only (`hostnossl … reject`); the target
+//! lets the replicator's user in by client certificate only. Certificates come from a
+//! test CA made here (rcgen): the servers' name `localhost`, not `127.0.0.1`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+
+use helios_repl::cdc::transport::{ReplicationConnection, SourceAddress, TransportError};
+
+use crate::harness::{wait_for, Env, Replicator};
+
+/// Only TLS sessions, trusted (the harness's `psql` sessions use `prefer`).
+const SOURCE_HBA: &str = "local all all trust
+hostnossl all all all reject
+hostssl all all 127.0.0.1/32 trust
+hostssl replication all 127.0.0.1/32 trust
+";
+
+/// Only TLS sessions; user `helios` by client certificate.
+const TARGET_HBA: &str = "local all all trust
+hostnossl all all all reject
+hostssl all helios 127.0.0.1/32 cert
+hostssl all postgres 127.0.0.1/32 trust
+";
+
+/// A test CA, a server certificate it signed for `localhost`, a client certificate for
+/// user `helios`, and another CA that signed none of them.
+struct Pki {
+    ca: String,
+    server_cert: String,
+    server_key: String,
+    client_cert: String,
+    client_key: String,
+    other_ca: String,
+}
+
+fn ca(name: &str) -> (rcgen::Certificate, KeyPair) {
+    let key = KeyPair::generate().expect("CA key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    (params.self_signed(&key).expect("CA certificate"), key)
+}
+
+fn pki() -> Pki {
+    let (ca_cert, ca_key) = ca("helios test CA");
+    let server_key = KeyPair::generate().expect("server key");
+    let mut server = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let server_cert = server
+        .signed_by(&server_key, &ca_cert, &ca_key)
+        .expect("server certificate");
+    let client_key = KeyPair::generate().expect("client key");
+    let mut client = CertificateParams::new(Vec::<String>::new()).expect("params");
+    client.distinguished_name.push(DnType::CommonName, "helios");
+    let client_cert = client
+        .signed_by(&client_key, &ca_cert, &ca_key)
+        .expect("client certificate");
+    Pki {
+        ca: ca_cert.pem(),
+        server_cert: server_cert.pem(),
+        server_key: server_key.serialize_pem(),
+        client_cert: client_cert.pem(),
+        client_key: client_key.serialize_pem(),
+        other_ca: ca("another CA").0.pem(),
+    }
+}
+
+/// The PEM files the replicator reads, under the test's directory.
+struct Files {
+    ca: PathBuf,
+    other_ca: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+fn tls_env(pki: &Pki) -> (Env, Files) {
+    let env = Env::start(
+        "CREATE TABLE public.orders (tenant_id int, id int, note text, PRIMARY KEY (tenant_id, id));
+         INSERT INTO public.orders SELECT 1 + i % 2, i, 'row ' || i FROM generate_series(1, 200) i;",
+    );
+    env.target
+        .psql("postgres", "CREATE ROLE helios LOGIN SUPERUSER")
+        .expect("create role");
+    for cluster in [&env.source, &env.target] {
+        let hba = if std::ptr::eq(cluster, &env.source) {
+            SOURCE_HBA
+        } else {
+            TARGET_HBA
+        };
+        cluster
+            .serve_tls(&pki.server_cert, &pki.server_key, &pki.ca, hba)
+            .expect("serve TLS");
+    }
+    let write = |name: &str, text: &str| {
+        let path = env.dir.path().join(name);
+        std::fs::write(&path, text).expect("write PEM");
+        path
+    };
+    let files = Files {
+        ca: write("ca.pem", &pki.ca),
+        other_ca: write("other-ca.pem", &pki.other_ca),
+        client_cert: write("client.crt", &pki.client_cert),
+        client_key: write("client.key", &pki.client_key),
+    };
+    (env, files)
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A job of tenant 1 from `source_dsn` to `target_dsn`.
+fn job(env: &Env, name: &str, source_dsn: &str, target_dsn: &str) -> PathBuf {
+    let text = format!(
+        "name = \"{name}\"\n[source]\ndsn = \"{source_dsn}\"\npublication = \"pub_{slot}\"\nslot = \"slot_{slot}\"\n\
+         [tenants]\ninclude = [1]\n[[tables]]\nname = \"public.orders\"\n\
+         [[sinks]]\nkind = \"postgres\"\ndsn = \"{target_dsn}\"\n",
+        slot = name.replace('-', "_"),
+    );
+    let file = env.dir.path().join(format!("{name}.toml"));
+    std::fs::write(&file, text).expect("write job");
+    file
+}
+
+#[test]
+fn replicates_over_verified_tls_with_a_client_certificate() {
+    let pki = pki();
+    let (env, files) = tls_env(&pki);
+    // The source by address: verify-ca checks the chain, not the name.
+    let source = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=app sslmode=verify-ca sslrootcert={}",
+        env.source.port(),
+        path(&files.ca)
+    );
+    // The target by name, with the client certificate as the only way in.
+    let target = format!(
+        "postgresql://helios@localhost:{}/replica?sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+        env.target.port(),
+        path(&files.ca),
+        path(&files.client_cert),
+        path(&files.client_key)
+    );
+    let mut repl = Replicator::start_inline(&job(&env, "tls-ok", &source, &target));
+    let count = "SELECT count(*) FROM public.orders WHERE tenant_id = 1";
+    env.wait_converged(count, Duration::from_secs(60));
+    // Changes after the snapshot come through the (encrypted) replication stream.
+    env.on_source(
+        "INSERT INTO public.orders SELECT 1, i, 'late' FROM generate_series(1001, 1100) i",
+    );
+    env.wait_converged(count, Duration::from_secs(60));
+
+    let walsenders = env.on_source(
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.backend_type = 'walsender' AND s.ssl",
+    );
+    assert_eq!(walsenders, "1", "the replication session is encrypted");
+    let by_certificate = env.on_target(
+        "SELECT count(*) > 0 FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.usename = 'helios' AND s.ssl AND s.client_dn = '/CN=helios'",
+    );
+    assert_eq!(
+        by_certificate, "t",
+        "the sink logs in by client certificate"
+    );
+    assert_eq!(repl.stop().code(), Some(0), "{}", repl.output());
+}
+
+/// Runs the replicator on a job until its output says `expected`, then stops it.
+fn fails_saying(env: &Env, name: &str, source: &str, target: &str, expected: &[&str]) {
+    let mut repl = Replicator::start_inline(&job(env, name, source, target));
+    wait_for(
+        &format!("`{name}` to say {expected:?}"),
+        Duration::from_secs(30),
+        || {
+            let out = repl.output();
+            expected.iter().all(|e| out.contains(e))
+        },
+    );
+    repl.kill();
+    let rows = env.try_on_target("SELECT count(*) FROM public.orders");
+    assert!(
+        rows.is_none() || rows.as_deref() == Some("0"),
+        "`{name}` must not have replicated: {rows:?}"
+    );
+}
+
+#[test]
+fn tls_settings_that_cannot_work_are_named() {
+    let pki = pki();
+    let (env, files) = tls_env(&pki);
+    let sp = env.source.port();
+    let target = format!(
+        "host=localhost port={} user=helios dbname=replica sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+        env.target.port(),
+        path(&files.ca),
+        path(&files.client_cert),
+        path(&files.client_key)
+    );
+    // No TLS: the server's own refusal, retried.
+    fails_saying(
+        &env,
+        "tls-off",
+        &format!("host=127.0.0.1 port={sp} user=postgres dbname=app sslmode=disable"),
+        &target,
+        &["no encryption", "retrying"],
+    );
+    // verify-full by address: the certificate names `localhost` only.
+    fails_saying(
+        &env,
+        "tls-name",
+        &format!(
+            "host=127.0.0.1 port={sp} user=postgres dbname=app sslmode=verify-full sslrootcert={}",
+            path(&files.ca)
+        ),
+        &target,
+        &["certificate not valid for name", "retrying"],
+    );
+    // A CA that did not sign the server's certificate.
+    fails_saying(
+        &env,
+        "tls-issuer",
+        &format!(
+            "host=localhost port={sp} user=postgres dbname=app sslmode=verify-full sslrootcert={}",
+            path(&files.other_ca)
+        ),
+        &target,
+        &["UnknownIssuer", "retrying"],
+    );
+    // The target without the client certificate.
+    fails_saying(
+        &env,
+        "tls-no-client-cert",
+        &format!(
+            "host=localhost port={sp} user=postgres dbname=app sslmode=verify-full sslrootcert={}",
+            path(&files.ca)
+        ),
+        &format!(
+            "host=localhost port={} user=helios dbname=replica sslmode=verify-full sslrootcert={}",
+            env.target.port(),
+            path(&files.ca)
+        ),
+        &["connection requires a valid client certificate"],
+    );
+    // A root certificate file that is not there: named, and not retried.
+    let missing = env.dir.path().join("missing-ca.pem");
+    let mut repl = Replicator::start_inline(&job(
+        &env,
+        "tls-missing-file",
+        &format!(
+            "host=localhost port={sp} user=postgres dbname=app sslmode=verify-full sslrootcert={}",
+            path(&missing)
+        ),
+        &target,
+    ));
+    wait_for("the job to end", Duration::from_secs(30), || {
+        !repl.is_running()
+    });
+    let out = repl.output();
+    assert!(
+        out.contains("cannot read root certificate file (sslrootcert)")
+            && out.contains(path(&missing)),
+        "{out}"
+    );
+    assert!(!out.contains("retrying"), "{out}");
+}
+
+/// The replication session speaks the protocol itself: the same settings, the same checks.
+#[test]
+fn the_replication_session_makes_the_same_checks() {
+    let pki = pki();
+    let (env, files) = tls_env(&pki);
+    let sp = env.source.port();
+    let at =
+        |host: &str, tls: &str| format!("host={host} port={sp} user=postgres dbname=app {tls}");
+    let ca = format!("sslrootcert={}", path(&files.ca));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let connect = |dsn: String| {
+        let address = SourceAddress::from_dsn(&dsn, "helios-repl tls test").expect("address");
+        runtime.block_on(async {
+            let mut session = ReplicationConnection::connect(&address).await?;
+            session
+                .simple_query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .await
+        })
+    };
+    // Encrypted whenever the session gets in, checked or not.
+    for tls in [
+        format!("sslmode=verify-ca {ca}"),
+        "sslmode=require".to_string(),
+        "sslmode=prefer".to_string(),
+    ] {
+        let rows = connect(at("127.0.0.1", &tls)).unwrap_or_else(|e| panic!("{tls}: {e}"));
+        assert_eq!(rows, vec![vec![Some("t".to_string())]], "{tls}");
+    }
+    let rows = connect(at("localhost", &format!("sslmode=verify-full {ca}"))).expect("verify-full");
+    assert_eq!(rows, vec![vec![Some("t".to_string())]]);
+
+    let failure = |dsn: String| match connect(dsn.clone()) {
+        Ok(rows) => panic!("{dsn}: connected ({rows:?})"),
+        Err(e) => e,
+    };
+    let err = failure(at("127.0.0.1", &format!("sslmode=verify-full {ca}")));
+    assert!(
+        err.to_string()
+            .contains("certificate not valid for name \"127.0.0.1\""),
+        "{err}"
+    );
+    assert!(err.is_transient(), "a certificate can be renewed: {err}");
+    let err = failure(at(
+        "localhost",
+        &format!("sslmode=verify-ca sslrootcert={}", path(&files.other_ca)),
+    ));
+    assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+    let err = failure(at("127.0.0.1", "sslmode=disable"));
+    assert!(
+        matches!(&err, TransportError::Auth(m) if m.contains("no encryption")),
+        "{err}"
+    );
+    let missing = env.dir.path().join("missing.pem");
+    let err = failure(at(
+        "127.0.0.1",
+        &format!("sslmode=verify-ca sslrootcert={}", path(&missing)),
+    ));
+    assert!(err.to_string().contains(path(&missing)), "{err}");
+    assert!(!err.is_transient(), "a missing file needs someone: {err}");
+    // The server's Unix-domain socket never offers TLS.
+    let socket = env.source.root().to_str().expect("utf-8").to_string();
+    let err = failure(at(&socket, "sslmode=require"));
+    assert_eq!(
+        err.to_string(),
+        "sslmode=require: TLS is not available over a Unix-domain socket"
+    );
+    assert!(
+        connect(at(&socket, "sslmode=prefer")).is_ok(),
+        "prefer goes plain there"
+    );
+}
