@@ -17,6 +17,7 @@ use helios_repl::control::metadata::MetadataStore;
 use helios_repl::dataflow::host::{DataflowHost, WorkerPlacement};
 use helios_repl::embedded::demo::{self, DemoOptions, DemoOutcome};
 use helios_repl::metrics::MetricsRegistry;
+use helios_repl::sinks::nats::access::NatsAccess;
 use tokio::sync::watch;
 
 /// mimalloc instead of glibc's malloc: the stream allocates and frees a few small buffers
@@ -124,6 +125,9 @@ enum Command {
         /// The subject access events are published on.
         #[arg(long, default_value = access_subscriber::DEFAULT_SUBJECT)]
         access_subject: String,
+        /// TLS files and credentials for --access-nats-url.
+        #[command(flatten)]
+        access_nats: NatsAccess,
     },
     /// A tenant's rows of a table as of a system time and a valid time (asks a server).
     Query {
@@ -229,6 +233,9 @@ enum Command {
         /// Stop when nothing arrives for this many seconds.
         #[arg(long)]
         idle_exit_secs: Option<u64>,
+        /// TLS files and credentials for --nats-url.
+        #[command(flatten)]
+        nats_access: NatsAccess,
     },
 }
 
@@ -327,6 +334,7 @@ fn main() -> anyhow::Result<()> {
             from_start,
             max_frames,
             idle_exit_secs,
+            nats_access,
         } => {
             let stream = match (stream, &job) {
                 (Some(s), _) => s,
@@ -335,6 +343,7 @@ fn main() -> anyhow::Result<()> {
             };
             let options = helios_repl::inspect::tail::TailOptions {
                 url: nats_url,
+                access: nats_access,
                 stream,
                 subject: subject.unwrap_or_default(),
                 from_start,
@@ -381,13 +390,14 @@ fn main() -> anyhow::Result<()> {
             retention_every_secs,
             access_nats_url,
             access_subject,
+            access_nats,
         } => runtime.block_on(serve(
             listen,
             meta_dsn,
             token,
             (workers, placement),
             Duration::from_secs(retention_every_secs.max(1)),
-            access_nats_url.map(|url| (url, access_subject)),
+            access_nats_url.map(|url| (url, access_subject, access_nats)),
         )),
         Command::Query {
             tenant,
@@ -562,7 +572,7 @@ async fn serve(
     token: Option<String>,
     (workers, placement): (usize, WorkerPlacement),
     retention_every: Duration,
-    access_nats: Option<(String, String)>,
+    access_nats: Option<(String, String, NatsAccess)>,
 ) -> anyhow::Result<()> {
     let store = MetadataStore::open(&meta_dsn).await?;
     let host = Arc::new(start_host(workers, placement)?);
@@ -570,8 +580,8 @@ async fn serve(
     let manager = JobManager::start(host.clone(), store, metrics).await?;
     let retention = manager.start_retention(retention_every);
     let access = match access_nats {
-        Some((url, subject)) => Some(
-            access_subscriber::start(&url, &subject, manager.clone())
+        Some((url, subject, nats_access)) => Some(
+            access_subscriber::start(&url, &nats_access, &subject, manager.clone())
                 .await
                 .with_context(|| format!("subscribe to access events on {url}"))?,
         ),

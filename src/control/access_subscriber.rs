@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 
 use crate::control::access::AccessEvents;
 use crate::control::job_control::JobControl;
+use crate::sinks::nats::access::NatsAccess;
 
 /// Default subject (`<subject>.>` is subscribed too).
 pub const DEFAULT_SUBJECT: &str = "helios.access";
@@ -31,10 +32,12 @@ pub enum AccessSubscriberError {
 /// Connects, subscribes to `subject` and `subject.>`, and feeds `control` until aborted.
 pub async fn start(
     url: &str,
+    access: &NatsAccess,
     subject: &str,
     control: Arc<dyn JobControl>,
 ) -> Result<tokio::task::JoinHandle<()>, AccessSubscriberError> {
-    let client = async_nats::connect(url)
+    let client = access
+        .connect(url, std::time::Duration::from_secs(5))
         .await
         .map_err(|e| AccessSubscriberError::Connect(e.to_string()))?;
     let subscribe = |s: String| {

@@ -11,6 +11,8 @@ use crate::sinks::nats::consumer::{DecodedFrame, StartAt, StreamTail, TailError}
 pub struct TailOptions {
     /// NATS server URL.
     pub url: String,
+    /// TLS files and credentials for it.
+    pub access: crate::sinks::nats::access::NatsAccess,
     /// The stream.
     pub stream: String,
     /// Subject filter (`helios.orders.>`); empty for all.
@@ -51,7 +53,14 @@ pub async fn run(options: TailOptions) -> Result<u64, TailError> {
     } else {
         StartAt::New
     };
-    let mut tail = StreamTail::open(&options.url, &options.stream, &options.subject, start).await?;
+    let mut tail = StreamTail::open(
+        &options.url,
+        &options.access,
+        &options.stream,
+        &options.subject,
+        start,
+    )
+    .await?;
     let mut printed = 0u64;
     let wait = options.idle_exit.unwrap_or(Duration::from_secs(3600));
     loop {

@@ -80,9 +80,15 @@ fn read_job_stream(url: &str, job: &str) -> Vec<DecodedFrame> {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let mut tail = StreamTail::open(url, &format!("HELIOS_{job}"), "", StartAt::First)
-            .await
-            .expect("open the stream");
+        let mut tail = StreamTail::open(
+            url,
+            &Default::default(),
+            &format!("HELIOS_{job}"),
+            "",
+            StartAt::First,
+        )
+        .await
+        .expect("open the stream");
         let mut frames = Vec::new();
         while let Some(f) = tail
             .next(Duration::from_secs(2))

@@ -1,14 +1,19 @@
 //! TLS to the source and the target, as libpq's `sslmode`, `sslrootcert`, `sslcert` and
 //! `sslkey` say. Both servers accept TLS sessions only (`hostnossl … reject`); the target
-//! lets the replicator's user in by client certificate only. Certificates come from a
-//! test CA made here (rcgen): the servers' name `localhost`, not `127.0.0.1`.
+//! lets the replicator's user in by client certificate only. And a NATS sink publishing
+//! to a `nats-server` that takes TLS clients with certificates only. Certificates come
+//! from a test CA made here (rcgen): the servers' name `localhost`, not `127.0.0.1`.
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
 use helios_repl::cdc::transport::{ReplicationConnection, SourceAddress, TransportError};
+use helios_repl::embedded::pg_cluster::free_port;
+use helios_repl::sinks::nats::access::NatsAccess;
+use helios_repl::sinks::nats::consumer::{StartAt, StreamTail};
 
 use crate::harness::{wait_for, Env, Replicator};
 
@@ -115,15 +120,15 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
-/// A job of tenant 1 from `source_dsn` to `target_dsn`.
-fn job(env: &Env, name: &str, source_dsn: &str, target_dsn: &str) -> PathBuf {
+/// A job of tenant 1 from `source_dsn` to `target_dsn`, written under `dir`.
+fn job(dir: &Path, name: &str, source_dsn: &str, target_dsn: &str) -> PathBuf {
     let text = format!(
         "name = \"{name}\"\n[source]\ndsn = \"{source_dsn}\"\npublication = \"pub_{slot}\"\nslot = \"slot_{slot}\"\n\
          [tenants]\ninclude = [1]\n[[tables]]\nname = \"public.orders\"\n\
          [[sinks]]\nkind = \"postgres\"\ndsn = \"{target_dsn}\"\n",
         slot = name.replace('-', "_"),
     );
-    let file = env.dir.path().join(format!("{name}.toml"));
+    let file = dir.join(format!("{name}.toml"));
     std::fs::write(&file, text).expect("write job");
     file
 }
@@ -146,7 +151,7 @@ fn replicates_over_verified_tls_with_a_client_certificate() {
         path(&files.client_cert),
         path(&files.client_key)
     );
-    let mut repl = Replicator::start_inline(&job(&env, "tls-ok", &source, &target));
+    let mut repl = Replicator::start_inline(&job(env.dir.path(), "tls-ok", &source, &target));
     let count = "SELECT count(*) FROM public.orders WHERE tenant_id = 1";
     env.wait_converged(count, Duration::from_secs(60));
     // Changes after the snapshot come through the (encrypted) replication stream.
@@ -173,7 +178,7 @@ fn replicates_over_verified_tls_with_a_client_certificate() {
 
 /// Runs the replicator on a job until its output says `expected`, then stops it.
 fn fails_saying(env: &Env, name: &str, source: &str, target: &str, expected: &[&str]) {
-    let mut repl = Replicator::start_inline(&job(env, name, source, target));
+    let mut repl = Replicator::start_inline(&job(env.dir.path(), name, source, target));
     wait_for(
         &format!("`{name}` to say {expected:?}"),
         Duration::from_secs(30),
@@ -250,7 +255,7 @@ fn tls_settings_that_cannot_work_are_named() {
     // A root certificate file that is not there: named, and not retried.
     let missing = env.dir.path().join("missing-ca.pem");
     let mut repl = Replicator::start_inline(&job(
-        &env,
+        env.dir.path(),
         "tls-missing-file",
         &format!(
             "host=localhost port={sp} user=postgres dbname=app sslmode=verify-full sslrootcert={}",
@@ -343,4 +348,178 @@ fn the_replication_session_makes_the_same_checks() {
         connect(at(&socket, "sslmode=prefer")).is_ok(),
         "prefer goes plain there"
     );
+}
+
+/// A `nats-server -js` that takes TLS clients with a certificate from the test CA only;
+/// killed on drop.
+struct TlsNats {
+    child: Child,
+    url: String,
+}
+
+impl TlsNats {
+    fn start(dir: &Path, server_cert: &Path, server_key: &Path, ca: &Path) -> TlsNats {
+        let port = free_port().expect("port");
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.join("nats-tls"))
+            .args(["--tlsverify", "--tlscert", path(server_cert), "--tlskey"])
+            .arg(server_key)
+            .arg("--tlscacert")
+            .arg(ca)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server (scripts/install-deps.sh installs it)");
+        wait_for("nats-server to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        TlsNats {
+            child,
+            url: format!("tls://localhost:{port}"),
+        }
+    }
+}
+
+impl Drop for TlsNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Rows in job `job`'s stream, read with `access`.
+fn rows_in_stream(url: &str, access: &NatsAccess, job: &str) -> usize {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut tail = StreamTail::open(url, access, &format!("HELIOS_{job}"), "", StartAt::First)
+            .await
+            .expect("open the stream over TLS");
+        let mut rows = 0;
+        while let Some(frame) = tail
+            .next(Duration::from_secs(2))
+            .await
+            .expect("every message decodes")
+        {
+            rows += frame.batch.num_rows();
+        }
+        rows
+    })
+}
+
+#[test]
+fn a_nats_sink_publishes_over_tls_with_a_client_certificate() {
+    let pki = pki();
+    let env = Env::start(
+        "CREATE TABLE public.orders (tenant_id int, id int, note text, PRIMARY KEY (tenant_id, id));
+         INSERT INTO public.orders SELECT 1 + i % 2, i, 'row ' || i FROM generate_series(1, 200) i;",
+    );
+    let write = |name: &str, text: &str| {
+        let file = env.dir.path().join(name);
+        std::fs::write(&file, text).expect("write PEM");
+        file
+    };
+    let ca = write("ca.pem", &pki.ca);
+    let nats = TlsNats::start(
+        env.dir.path(),
+        &write("nats.crt", &pki.server_cert),
+        &write("nats.key", &pki.server_key),
+        &ca,
+    );
+    let access = NatsAccess {
+        tls_ca_file: Some(ca.clone()),
+        tls_cert_file: Some(write("client.crt", &pki.client_cert)),
+        tls_key_file: Some(write("client.key", &pki.client_key)),
+        credentials_file: None,
+    };
+    let nats_job = |name: &str, access: &NatsAccess| {
+        let file = job(env.dir.path(), name, &env.source_dsn(), &env.target_dsn());
+        let mut text = std::fs::read_to_string(&file).expect("job");
+        text += &format!("[[sinks]]\nkind = \"nats\"\nurl = \"{}\"\n", nats.url);
+        for (key, value) in [
+            ("tls_ca_file", &access.tls_ca_file),
+            ("tls_cert_file", &access.tls_cert_file),
+            ("tls_key_file", &access.tls_key_file),
+        ] {
+            if let Some(value) = value {
+                text += &format!("{key} = \"{}\"\n", path(value));
+            }
+        }
+        std::fs::write(&file, text).expect("job");
+        file
+    };
+
+    let mut repl = Replicator::start_inline(&nats_job("nats-tls", &access));
+    let count = "SELECT count(*) FROM public.orders WHERE tenant_id = 1";
+    env.wait_converged(count, Duration::from_secs(60));
+    wait_for(
+        "tenant 1's rows in the stream",
+        Duration::from_secs(60),
+        || rows_in_stream(&nats.url, &access, "nats-tls") == 100,
+    );
+    // `tail` reaches the same stream with the same files.
+    let out = Command::new(env!("CARGO_BIN_EXE_helios-repl"))
+        .args([
+            "tail",
+            "--nats-url",
+            &nats.url,
+            "--job",
+            "nats-tls",
+            "--from-start",
+        ])
+        .args(["--max-frames", "1", "--idle-exit-secs", "5"])
+        .args(["--nats-tls-ca-file", path(&ca)])
+        .args([
+            "--nats-tls-cert-file",
+            path(access.tls_cert_file.as_deref().expect("cert")),
+        ])
+        .args([
+            "--nats-tls-key-file",
+            path(access.tls_key_file.as_deref().expect("key")),
+        ])
+        .output()
+        .expect("run tail");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.contains("tenant 1 table public.orders"),
+        "{printed}"
+    );
+    assert_eq!(repl.stop().code(), Some(0), "{}", repl.output());
+
+    // Without the client certificate the server lets no one in: the sink says so and
+    // publishes nothing.
+    let no_cert = NatsAccess {
+        tls_ca_file: Some(ca.clone()),
+        ..NatsAccess::default()
+    };
+    let mut repl = Replicator::start_inline(&nats_job("nats-tls-no-cert", &no_cert));
+    let said = format!("connect to {}", nats.url);
+    wait_for(
+        "the NATS sink to name what failed",
+        Duration::from_secs(60),
+        || repl.output().contains(&said),
+    );
+    repl.kill();
+    let err = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(StreamTail::open(
+            &nats.url,
+            &no_cert,
+            "HELIOS_nats-tls",
+            "",
+            StartAt::First,
+        ))
+        .err()
+        .expect("no client certificate, no session");
+    assert!(err.to_string().contains(&said), "{err}");
 }

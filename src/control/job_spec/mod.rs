@@ -660,6 +660,14 @@ struct RawSink {
     #[serde(default, deserialize_with = "present")]
     max_encode_share: Option<f64>,
     #[serde(default, deserialize_with = "present")]
+    tls_ca_file: Option<std::path::PathBuf>,
+    #[serde(default, deserialize_with = "present")]
+    tls_cert_file: Option<std::path::PathBuf>,
+    #[serde(default, deserialize_with = "present")]
+    tls_key_file: Option<std::path::PathBuf>,
+    #[serde(default, deserialize_with = "present")]
+    credentials_file: Option<std::path::PathBuf>,
+    #[serde(default, deserialize_with = "present")]
     max_rows_per_sec: Option<u64>,
     #[serde(default, deserialize_with = "present")]
     max_bytes_per_sec: Option<u64>,
@@ -742,6 +750,14 @@ impl<'de> Deserialize<'de> for SinkSpec {
                 raw.max_encode_share.is_some(),
                 &["nats"][..],
             ),
+            ("tls_ca_file", raw.tls_ca_file.is_some(), &["nats"][..]),
+            ("tls_cert_file", raw.tls_cert_file.is_some(), &["nats"][..]),
+            ("tls_key_file", raw.tls_key_file.is_some(), &["nats"][..]),
+            (
+                "credentials_file",
+                raw.credentials_file.is_some(),
+                &["nats"][..],
+            ),
         ];
         if let Some((field, _, _)) = foreign
             .iter()
@@ -788,6 +804,12 @@ impl<'de> Deserialize<'de> for SinkSpec {
                     .max_encode_share
                     .unwrap_or(nats::DEFAULT_MAX_ENCODE_SHARE),
                 limits,
+                access: crate::sinks::nats::access::NatsAccess {
+                    tls_ca_file: raw.tls_ca_file,
+                    tls_cert_file: raw.tls_cert_file,
+                    tls_key_file: raw.tls_key_file,
+                    credentials_file: raw.credentials_file,
+                },
             })),
         }
     }

@@ -11,6 +11,10 @@
 //! key_frame_every = 64            # a self-contained frame at least this often
 //! duplicate_window_secs = 120     # JetStream's duplicate window for a created stream
 //! max_encode_share = 0.5          # share of the sink's time encoding may take
+//! tls_ca_file = "/etc/helios/nats-ca.pem"       # optional: roots to trust (TLS required)
+//! tls_cert_file = "/etc/helios/nats-client.pem" # optional: client certificate ...
+//! tls_key_file = "/etc/helios/nats-client.key"  # ... and its key
+//! credentials_file = "/etc/helios/helios.creds" # optional: NATS user JWT + NKey seed
 //! ```
 
 use std::time::Duration;
@@ -18,6 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::JobSpecError;
+use crate::sinks::nats::access::{NatsAccess, NatsAccessError};
 use crate::sinks::nats::subjects::default_stream_name;
 use crate::sinks::nats::NatsSinkConfig;
 
@@ -59,6 +64,9 @@ pub struct NatsSinkSpec {
     /// The sink's bandwidth limits.
     #[serde(flatten)]
     pub limits: super::SinkLimitsSpec,
+    /// TLS files and credentials for the server.
+    #[serde(flatten)]
+    pub access: NatsAccess,
 }
 
 impl Eq for NatsSinkSpec {}
@@ -117,6 +125,17 @@ impl NatsSinkSpec {
                 ),
             ));
         }
+        if let Err(e) = self.access.check() {
+            let field = match &e {
+                NatsAccessError::HalfClientCert { given, .. } => *given,
+                NatsAccessError::EmptyPath(field) => *field,
+                _ => "tls_cert_file",
+            };
+            return Err(JobSpecError::invalid(
+                format!("{at}.{field}"),
+                e.to_string(),
+            ));
+        }
         if !(self.max_encode_share > 0.0 && self.max_encode_share <= 1.0) {
             return Err(JobSpecError::invalid(
                 format!("{at}.max_encode_share"),
@@ -139,6 +158,7 @@ impl NatsSinkSpec {
             max_frame_bytes: self.batch_max_bytes,
             duplicate_window: Duration::from_secs(self.duplicate_window_secs),
             max_encode_share: self.max_encode_share,
+            access: self.access.clone(),
         }
     }
 }

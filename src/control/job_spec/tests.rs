@@ -1,6 +1,7 @@
 //! Unit tests of the parent module.
 use super::*;
 use proptest::prelude::*;
+use std::path::Path;
 
 const TENANTS_3_7: &str = include_str!("../../../dataflows/tenants_3_7.toml");
 const ALL_TENANTS: &str = include_str!("../../../dataflows/all_tenants.toml");
@@ -867,6 +868,53 @@ fn bad_nats_settings_name_the_field() {
     assert!(err.to_string().contains("root"), "{err}");
     let err = JobSpec::from_toml_str(&with_nats("")).expect_err("url is required");
     assert!(err.to_string().contains("url"), "{err}");
+}
+
+#[test]
+fn a_nats_sink_takes_tls_files_and_credentials() {
+    let fields = "url = \"tls://nats.example:4222\"\ntls_ca_file = \"/etc/ca.pem\"\n\
+                  tls_cert_file = \"/etc/c.pem\"\ntls_key_file = \"/etc/c.key\"\n\
+                  credentials_file = \"/etc/u.creds\"";
+    let spec = JobSpec::from_toml_str(&with_nats(fields)).unwrap();
+    let SinkSpec::Nats(n) = &spec.sinks[1] else {
+        panic!("nats sink expected");
+    };
+    assert_eq!(
+        n.access.tls_ca_file.as_deref(),
+        Some(Path::new("/etc/ca.pem"))
+    );
+    assert_eq!(
+        n.access.tls_key_file.as_deref(),
+        Some(Path::new("/etc/c.key"))
+    );
+    assert_eq!(n.config(&spec.name).access, n.access);
+    // Both ways round.
+    assert_eq!(
+        JobSpec::from_toml_str(&spec.to_toml_string()).unwrap(),
+        spec
+    );
+    let json = serde_json::to_string(&spec).unwrap();
+    assert_eq!(JobSpec::from_json_str(&json).unwrap(), spec);
+    // A certificate without its key, an empty path, and the fields on a postgres sink.
+    let err = expect_err(
+        &with_nats("url = \"tls://h:1\"\ntls_cert_file = \"/c.pem\""),
+        "sinks[1].tls_cert_file",
+    );
+    assert!(err.to_string().contains("without `tls_key_file`"), "{err}");
+    expect_err(
+        &with_nats("url = \"nats://h:1\"\ncredentials_file = \"\""),
+        "sinks[1].credentials_file",
+    );
+    let pg = valid_with(
+        "dbname=replica\"",
+        "dbname=replica\"\ntls_ca_file = \"/etc/ca.pem\"",
+    );
+    let err = JobSpec::from_toml_str(&pg).expect_err("a nats field");
+    assert!(
+        err.to_string()
+            .contains("unknown field `tls_ca_file` for a postgres sink"),
+        "{err}"
+    );
 }
 
 #[test]

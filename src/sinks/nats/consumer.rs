@@ -81,16 +81,16 @@ impl StreamTail {
     /// when empty).
     pub async fn open(
         url: &str,
+        access: &super::access::NatsAccess,
         stream: &str,
         filter: &str,
         start: StartAt,
     ) -> Result<StreamTail, TailError> {
         let nats = |what: &str, e: &dyn std::fmt::Display| TailError::Nats(format!("{what}: {e}"));
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .connect(url)
+        let client = access
+            .connect(url, Duration::from_secs(5))
             .await
-            .map_err(|e| nats(&format!("connect to {url}"), &e))?;
+            .map_err(|e| TailError::Nats(e.to_string()))?;
         let js = jetstream::new(client);
         let stream = js
             .get_stream(stream)

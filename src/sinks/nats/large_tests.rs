@@ -76,6 +76,7 @@ async fn connected_sink(url: &str) -> NatsSink {
         max_frame_bytes: 1024,
         duplicate_window: Duration::from_secs(120),
         max_encode_share: 1.0,
+        access: Default::default(),
     };
     let mut sink = NatsSink::new(
         "big",
@@ -117,7 +118,7 @@ fn large_parts() -> Vec<ApplyBatch> {
 
 /// Every frame of the stream, from its start.
 async fn read_stream(url: &str) -> Vec<DecodedFrame> {
-    let mut tail = StreamTail::open(url, "HELIOS_big", "", StartAt::First)
+    let mut tail = StreamTail::open(url, &Default::default(), "HELIOS_big", "", StartAt::First)
         .await
         .expect("open the stream");
     let mut frames = Vec::new();

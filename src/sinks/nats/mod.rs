@@ -6,8 +6,10 @@
 //! - [`subjects`]: subject, stream and message-id naming, and the headers;
 //! - [`effort`]: the CPU budget of encoding (falls back to cheaper encodings);
 //! - [`compression_stats`]: what the codec chose, for the API and metrics;
-//! - [`consumer`]: reads a job's stream back and decodes it (`helios-repl tail`, tests).
+//! - [`consumer`]: reads a job's stream back and decodes it (`helios-repl tail`, tests);
+//! - [`access`]: how to reach the server (TLS files, credentials).
 
+pub mod access;
 pub mod compression_stats;
 pub mod consumer;
 pub mod effort;

@@ -66,6 +66,8 @@ pub struct NatsSinkConfig {
     pub duplicate_window: Duration,
     /// Share of the sink's time encoding may take before cheaper encodings are used.
     pub max_encode_share: f64,
+    /// TLS files and credentials for the server.
+    pub access: super::access::NatsAccess,
 }
 
 // `max_encode_share` is validated finite.
@@ -714,11 +716,15 @@ impl Sink for NatsSink {
     async fn reconnect(&mut self) -> Result<(), SinkError> {
         self.conn = None;
         self.subjects.clear();
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .connect(&self.config.url)
+        let client = self
+            .config
+            .access
+            .connect(&self.config.url, Duration::from_secs(5))
             .await
-            .map_err(|e| SinkError::Transient(format!("connect to {}: {e}", self.config.url)))?;
+            .map_err(|e| match e.is_transient() {
+                true => SinkError::Transient(e.to_string()),
+                false => SinkError::Definite(e.to_string()),
+            })?;
         let max_payload = client.server_info().max_payload;
         let js = jetstream::new(client);
         let stream = js
