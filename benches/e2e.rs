@@ -70,6 +70,8 @@
 //! `HELIOS_BENCH_TRANSPORT=unix`: every client (the subscription, `pg_recvlogical`, our
 //! jobs' source and target connections, the load and the polling) reaches the clusters over
 //! their Unix-domain sockets instead of loopback TCP (`tcp`, the default).
+//! `HELIOS_BENCH_TRANSPORT=tls`: loopback TCP with TLS, every client with
+//! `sslmode=require` (the clusters serve a self-signed certificate made for the run).
 //!
 //! `HELIOS_BENCH_SOURCE_EXTRA`: TOML appended to our jobs' `[source]` (`\n` for a newline),
 //! e.g. `receive_buffer_kib = 0` for the system's socket buffer; in
@@ -731,33 +733,82 @@ async fn prime(spec: &str) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------
 // The parent: clusters, workloads, measurements, the table.
 
-/// How every client of the run reaches the clusters (`HELIOS_BENCH_TRANSPORT`): `tcp`
-/// (loopback, the default) or `unix` (the servers' Unix-domain sockets). The subscription,
-/// `pg_recvlogical`, our jobs and the load generator all take the same one.
-fn unix_transport() -> anyhow::Result<bool> {
-    match std::env::var("HELIOS_BENCH_TRANSPORT").as_deref() {
-        Err(_) | Ok("tcp") => Ok(false),
-        Ok("unix") => Ok(true),
-        Ok(other) => bail!("HELIOS_BENCH_TRANSPORT must be `tcp` or `unix`, not {other:?}"),
+/// How every client of the run reaches the clusters (`HELIOS_BENCH_TRANSPORT`). The
+/// subscription, `pg_recvlogical`, our jobs and the load generator all take the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// Loopback TCP, the default.
+    Tcp,
+    /// The servers' Unix-domain sockets.
+    Unix,
+    /// Loopback TCP with TLS (`sslmode=require`).
+    Tls,
+}
+
+impl Transport {
+    fn of_env() -> anyhow::Result<Transport> {
+        match std::env::var("HELIOS_BENCH_TRANSPORT").as_deref() {
+            Err(_) | Ok("tcp") => Ok(Transport::Tcp),
+            Ok("unix") => Ok(Transport::Unix),
+            Ok("tls") => Ok(Transport::Tls),
+            Ok(other) => {
+                bail!("HELIOS_BENCH_TRANSPORT must be `tcp`, `unix` or `tls`, not {other:?}")
+            }
+        }
+    }
+
+    /// The run's transport; a bad value was refused at start, so it falls back to TCP.
+    fn get() -> Transport {
+        Transport::of_env().unwrap_or(Transport::Tcp)
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Transport::Tcp => "loopback TCP",
+            Transport::Unix => "Unix-domain sockets",
+            Transport::Tls => "loopback TCP with TLS (sslmode=require)",
+        }
     }
 }
 
 /// The connection string of `database` on `cluster` over the run's transport.
 fn dsn(cluster: &PgCluster, database: &str) -> String {
-    if unix_transport().unwrap_or(false) {
-        cluster.socket_dsn(database)
-    } else {
-        cluster.dsn(database)
+    match Transport::get() {
+        Transport::Tcp => cluster.dsn(database),
+        Transport::Unix => cluster.socket_dsn(database),
+        Transport::Tls => format!("{} sslmode=require", cluster.dsn(database)),
     }
 }
 
-/// The `-h` of `cluster` for command-line clients over the run's transport.
+/// The `-h` of `cluster` for command-line clients over the run's transport (with TLS they
+/// get `PGSSLMODE=require` as well: [`libpq_env`]).
 fn host(cluster: &PgCluster) -> String {
-    if unix_transport().unwrap_or(false) {
-        cluster.root().display().to_string()
-    } else {
-        "127.0.0.1".to_string()
+    match Transport::get() {
+        Transport::Unix => cluster.root().display().to_string(),
+        Transport::Tcp | Transport::Tls => "127.0.0.1".to_string(),
     }
+}
+
+/// The `sslmode` a command-line libpq client of the run needs.
+fn libpq_env() -> (&'static str, &'static str) {
+    match Transport::get() {
+        Transport::Tls => ("PGSSLMODE", "require"),
+        Transport::Tcp | Transport::Unix => ("PGSSLMODE", "prefer"),
+    }
+}
+
+/// With TLS, has `cluster` serve a self-signed certificate made now (clients use
+/// `sslmode=require`, which does not check it), its `pg_hba.conf` as before.
+fn serve_run_transport(cluster: &PgCluster) -> anyhow::Result<()> {
+    if Transport::get() != Transport::Tls {
+        return Ok(());
+    }
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])?.self_signed(&key)?;
+    let hba = "local all all trust\nlocal replication all trust\n\
+               host all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n";
+    cluster.serve_tls(&cert.pem(), &key.serialize_pem(), &cert.pem(), hba)?;
+    Ok(())
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -768,9 +819,8 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 async fn connect(dsn: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    Ok(client)
+    use helios_repl::pg_connect::{self, OnClose};
+    Ok(pg_connect::connect(dsn, "bench", OnClose::Debug).await?)
 }
 
 /// The last id each tenant gets when ids `1..=n` go to tenant `(id % 50) + 1`.
@@ -904,7 +954,7 @@ async fn parent_main() -> anyhow::Result<()> {
     // Each round at least a second per replicator.
     let lag_rounds = env_u64("HELIOS_BENCH_LAG_ROUNDS", lag::DEFAULT_ROUNDS).clamp(1, lag_secs);
     // Checked here, before anything starts: later calls fall back to TCP.
-    unix_transport()?;
+    Transport::of_env()?;
     let bench_started = Instant::now();
 
     let dir = tempfile::Builder::new().prefix("helios-e2e").tempdir()?;
@@ -914,6 +964,8 @@ async fn parent_main() -> anyhow::Result<()> {
     }
     let source = PgCluster::start(&dir.path().join("source"))?;
     let target = PgCluster::start(&dir.path().join("target"))?;
+    serve_run_transport(&source)?;
+    serve_run_transport(&target)?;
     let pg_version = source.psql("postgres", "SHOW server_version")?;
     println!(
         "source on port {}, target on port {}, PostgreSQL {pg_version}; {rows} rows, lag {lag_secs}s per rate, big transaction {big_rows} rows",
@@ -1015,7 +1067,9 @@ async fn parent_main() -> anyhow::Result<()> {
     let port = source.port().to_string();
     let cpu_at = clusters_cpu(&source, &target, ticks);
     let t = Instant::now();
+    let (ssl_var, ssl_mode) = libpq_env();
     let status = tokio::process::Command::new("pg_recvlogical")
+        .env(ssl_var, ssl_mode)
         .args([
             "-h",
             &host(&source),
@@ -1390,7 +1444,7 @@ fn run_header(
         started.elapsed().as_secs_f64(),
         workers = bench_workers(),
         async_threads = bench_async_threads(),
-        transport = if unix_transport()? { "Unix-domain sockets" } else { "loopback TCP" },
+        transport = Transport::of_env()?.describe(),
     ))
 }
 

@@ -6,9 +6,9 @@
 //! - `verify-full`: the chain must reach a trusted root and the certificate must name the
 //!   host (rustls' WebPKI verifier);
 //! - `verify-ca`, and `prefer`/`require` when there are root certificates: the chain must
-//!   reach a trusted root, the name is not checked ([`ChainOnly`]);
+//!   reach a trusted root, the name is not checked ([`NameUnchecked`] with roots);
 //! - `prefer`/`require` without root certificates: encryption only, the certificate is not
-//!   checked ([`Unchecked`]; the handshake's signatures still are).
+//!   checked ([`NameUnchecked`] without; the handshake's signatures still are).
 //!
 //! Root certificates are `sslrootcert` (a PEM file, or `system` for the system's store),
 //! else `~/.postgresql/root.crt` if it exists, as with libpq. Files are read at each
@@ -92,8 +92,8 @@ pub fn client_config(settings: &TlsSettings) -> Result<ClientConfig, TlsError> {
                 .build()
                 .map_err(|e| TlsError::Config(e.to_string()))?
         }
-        (_, Some(roots)) => Arc::new(ChainOnly {
-            roots: Arc::new(roots),
+        (_, Some(roots)) => Arc::new(NameUnchecked {
+            roots: Some(Arc::new(roots)),
             algorithms: provider.signature_verification_algorithms,
         }),
         (mode, None) if mode.requires_roots() => {
@@ -103,7 +103,8 @@ pub fn client_config(settings: &TlsSettings) -> Result<ClientConfig, TlsError> {
                     .map_or("~/.postgresql/root.crt".into(), |p| p.display().to_string()),
             })
         }
-        (_, None) => Arc::new(Unchecked {
+        (_, None) => Arc::new(NameUnchecked {
+            roots: None,
             algorithms: provider.signature_verification_algorithms,
         }),
     };
@@ -174,15 +175,18 @@ fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'sta
     Ok(certs)
 }
 
-/// Checks that the certificate chains to a trusted root, not which name it carries
-/// (`verify-ca`).
+/// libpq's checks short of `verify-full`: with `roots`, the certificate must chain to one
+/// of them, whatever name it carries (`verify-ca`, and `prefer`/`require` given roots);
+/// without, any certificate is taken (`prefer`/`require` without roots: the session is
+/// encrypted, the server not authenticated). Either way the handshake's signatures are
+/// checked.
 #[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
+struct NameUnchecked {
+    roots: Option<Arc<RootCertStore>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for NameUnchecked {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -191,56 +195,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// Takes any certificate (libpq's `prefer` and `require` without root certificates):
-/// the session is encrypted, the server not authenticated.
-#[derive(Debug)]
-struct Unchecked {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for Unchecked {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(roots) = &self.roots {
+            let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
