@@ -263,7 +263,13 @@ where
         b'N' if settings.mode.requires_tls() => {
             return Err(TlsError::Refused(settings.mode.name()))
         }
-        b'N' => return Ok(Negotiated::Plain(stream)),
+        b'N' => {
+            tracing::info!(
+                host,
+                "the server declined TLS: the session is plain (sslmode=prefer)"
+            );
+            return Ok(Negotiated::Plain(stream));
+        }
         other => {
             return Err(TlsError::Handshake {
                 host: host.to_string(),
@@ -283,6 +289,18 @@ where
             host: host.to_string(),
             reason: e.to_string(),
         })?;
+    let session = tls.get_ref().1;
+    let protocol = session.protocol_version().map(|p| format!("{p:?}"));
+    let cipher = session
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()));
+    tracing::info!(
+        host = %host,
+        mode = %settings.mode.name(),
+        protocol = %protocol.unwrap_or_default(),
+        cipher = %cipher.unwrap_or_default(),
+        "TLS session"
+    );
     Ok(Negotiated::Tls(Box::new(tls)))
 }
 

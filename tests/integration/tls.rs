@@ -173,6 +173,11 @@ fn replicates_over_verified_tls_with_a_client_certificate() {
         by_certificate, "t",
         "the sink logs in by client certificate"
     );
+    let out = crate::harness::without_colours(&repl.output());
+    assert!(
+        out.contains("TLS session host=127.0.0.1 mode=verify-ca protocol=TLSv1_3"),
+        "the replication session says it is encrypted, and how:\n{out}"
+    );
     assert_eq!(repl.stop().code(), Some(0), "{}", repl.output());
 }
 
