@@ -234,7 +234,40 @@ impl ServerCertVerifier for NameUnchecked {
 /// A stream after the `SSLRequest`: encrypted, or plain where the mode allows it.
 pub enum Negotiated<S> {
     Plain(S),
-    Tls(Box<tokio_rustls::client::TlsStream<S>>),
+    Tls {
+        stream: Box<tokio_rustls::client::TlsStream<S>>,
+        /// The `tls-server-end-point` channel binding of the session (RFC 5929): the hash
+        /// of the server's certificate, `None` when its signature names no usable hash.
+        end_point: Option<Vec<u8>>,
+    },
+}
+
+/// RFC 5929's `tls-server-end-point`: the server certificate hashed with the hash of its
+/// signature algorithm, SHA-256 in place of MD5 and SHA-1. `None` for an algorithm without
+/// one (Ed25519) or a certificate that does not parse.
+pub fn server_end_point(certificate: &[u8]) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    use x509_cert::der::oid::db::rfc5912 as alg;
+    use x509_cert::der::Decode;
+    let parsed = x509_cert::Certificate::from_der(certificate).ok()?;
+    let oid = parsed.signature_algorithm.oid;
+    let sha256 = [
+        alg::MD_5_WITH_RSA_ENCRYPTION,
+        alg::SHA_1_WITH_RSA_ENCRYPTION,
+        alg::ECDSA_WITH_SHA_224,
+        alg::SHA_224_WITH_RSA_ENCRYPTION,
+        alg::SHA_256_WITH_RSA_ENCRYPTION,
+        alg::ECDSA_WITH_SHA_256,
+    ];
+    if sha256.contains(&oid) {
+        Some(sha2::Sha256::digest(certificate).to_vec())
+    } else if [alg::SHA_384_WITH_RSA_ENCRYPTION, alg::ECDSA_WITH_SHA_384].contains(&oid) {
+        Some(sha2::Sha384::digest(certificate).to_vec())
+    } else if [alg::SHA_512_WITH_RSA_ENCRYPTION, alg::ECDSA_WITH_SHA_512].contains(&oid) {
+        Some(sha2::Sha512::digest(certificate).to_vec())
+    } else {
+        None
+    }
 }
 
 /// Asks the server for TLS on a fresh connection to `host` and, if it agrees, makes the
@@ -290,6 +323,10 @@ where
             reason: e.to_string(),
         })?;
     let session = tls.get_ref().1;
+    let end_point = session
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|certificate| server_end_point(certificate));
     let protocol = session.protocol_version().map(|p| format!("{p:?}"));
     let cipher = session
         .negotiated_cipher_suite()
@@ -301,7 +338,10 @@ where
         cipher = %cipher.unwrap_or_default(),
         "TLS session"
     );
-    Ok(Negotiated::Tls(Box::new(tls)))
+    Ok(Negotiated::Tls {
+        stream: Box::new(tls),
+        end_point,
+    })
 }
 
 #[cfg(test)]
@@ -388,10 +428,37 @@ mod tests {
                     assert_eq!(name, "require");
                 }
                 Ok(Negotiated::Plain(_)) => assert!(!refused, "{mode:?} went plain"),
-                Ok(Negotiated::Tls(_)) => panic!("no handshake was offered"),
+                Ok(Negotiated::Tls { .. }) => panic!("no handshake was offered"),
                 Err(e) => panic!("{mode:?}: {e}"),
             }
         }
+    }
+
+    #[test]
+    fn the_end_point_hash_follows_the_certificate_s_signature() {
+        use sha2::Digest;
+        let certificate = |alg: &'static rcgen::SignatureAlgorithm| {
+            let key = rcgen::KeyPair::generate_for(alg).expect("key");
+            let params = rcgen::CertificateParams::new(vec!["db".to_string()]).expect("params");
+            params
+                .self_signed(&key)
+                .expect("certificate")
+                .der()
+                .to_vec()
+        };
+        let p256 = certificate(&rcgen::PKCS_ECDSA_P256_SHA256);
+        assert_eq!(
+            server_end_point(&p256),
+            Some(sha2::Sha256::digest(&p256).to_vec())
+        );
+        let p384 = certificate(&rcgen::PKCS_ECDSA_P384_SHA384);
+        assert_eq!(
+            server_end_point(&p384),
+            Some(sha2::Sha384::digest(&p384).to_vec())
+        );
+        // Ed25519 names no hash: no binding rather than a wrong one.
+        assert_eq!(server_end_point(&certificate(&rcgen::PKCS_ED25519)), None);
+        assert_eq!(server_end_point(b"not a certificate"), None);
     }
 
     #[tokio::test]

@@ -17,9 +17,12 @@ use helios_repl::sinks::nats::consumer::{StartAt, StreamTail};
 
 use crate::harness::{wait_for, Env, Replicator};
 
-/// Only TLS sessions, trusted (the harness's `psql` sessions use `prefer`).
+/// Only TLS sessions: `scram_user` by password (SCRAM), the rest trusted (the harness's
+/// `psql` sessions use `prefer`).
 const SOURCE_HBA: &str = "local all all trust
 hostnossl all all all reject
+hostssl all scram_user 127.0.0.1/32 scram-sha-256
+hostssl replication scram_user 127.0.0.1/32 scram-sha-256
 hostssl all all 127.0.0.1/32 trust
 hostssl replication all 127.0.0.1/32 trust
 ";
@@ -87,7 +90,9 @@ struct Files {
 fn tls_env(pki: &Pki) -> (Env, Files) {
     let env = Env::start(
         "CREATE TABLE public.orders (tenant_id int, id int, note text, PRIMARY KEY (tenant_id, id));
-         INSERT INTO public.orders SELECT 1 + i % 2, i, 'row ' || i FROM generate_series(1, 200) i;",
+         INSERT INTO public.orders SELECT 1 + i % 2, i, 'row ' || i FROM generate_series(1, 200) i;
+         SET password_encryption = 'scram-sha-256';
+         CREATE ROLE scram_user LOGIN REPLICATION PASSWORD 'p w';",
     );
     env.target
         .psql("postgres", "CREATE ROLE helios LOGIN SUPERUSER")
@@ -353,6 +358,24 @@ fn the_replication_session_makes_the_same_checks() {
         connect(at(&socket, "sslmode=prefer")).is_ok(),
         "prefer goes plain there"
     );
+
+    // SCRAM bound to the TLS session (SCRAM-SHA-256-PLUS, tls-server-end-point): the
+    // server checks the binding against its own certificate, so getting in with
+    // `channel_binding=require` shows the binding was right.
+    let scram = |tls: &str| {
+        format!("host=127.0.0.1 port={sp} user=scram_user password='p w' dbname=app {tls}")
+    };
+    for tls in [
+        "sslmode=require channel_binding=require",
+        "sslmode=verify-ca channel_binding=prefer",
+        "sslmode=require channel_binding=disable",
+    ] {
+        let rows = connect(scram(&format!("{tls} {ca}"))).unwrap_or_else(|e| panic!("{tls}: {e}"));
+        assert_eq!(rows, vec![vec![Some("t".to_string())]], "{tls}");
+    }
+    // Required, but the server let us in without a password (trust): refused, as libpq does.
+    let err = failure(at("127.0.0.1", "sslmode=require channel_binding=require"));
+    assert!(err.to_string().contains("without channel binding"), "{err}");
 }
 
 /// A `nats-server -js` that takes TLS clients with a certificate from the test CA only;

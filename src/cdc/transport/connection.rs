@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::authentication::sasl::{
+    ChannelBinding, ScramSha256, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
+};
 use postgres_protocol::message::backend::{ErrorFields, Header, Message};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -32,6 +34,7 @@ pub struct SourceAddress {
     connect_timeout: Option<Duration>,
     receive_buffer: ReceiveBuffer,
     tls: TlsSettings,
+    channel_binding: tokio_postgres::config::ChannelBinding,
 }
 
 /// The receive buffer of a replication session's TCP socket (a Unix-domain socket keeps
@@ -144,6 +147,7 @@ impl SourceAddress {
             connect_timeout: cfg.get_connect_timeout().copied(),
             receive_buffer: ReceiveBuffer::Auto,
             tls,
+            channel_binding: cfg.get_channel_binding(),
         })
     }
 
@@ -170,6 +174,8 @@ impl ReplicationConnection {
     /// Connects and logs in with `replication=database`.
     pub async fn connect(address: &SourceAddress) -> Result<ReplicationConnection, TransportError> {
         let opened = async {
+            // The TLS session's channel binding, for SCRAM-SHA-256-PLUS.
+            let mut end_point = None;
             let socket: Box<dyn Socket> = match &address.host {
                 Host::Tcp(host) => {
                     let s = connect_tcp(host, address.port, address.receive_buffer).await?;
@@ -177,7 +183,13 @@ impl ReplicationConnection {
                     s.set_nodelay(true)?;
                     match tls::negotiate(s, host, &address.tls).await? {
                         Negotiated::Plain(s) => Box::new(s),
-                        Negotiated::Tls(s) => Box::new(s),
+                        Negotiated::Tls {
+                            stream,
+                            end_point: e,
+                        } => {
+                            end_point = e;
+                            Box::new(stream)
+                        }
                     }
                 }
                 // The server never offers TLS on its Unix-domain socket.
@@ -195,7 +207,7 @@ impl ReplicationConnection {
                 write: BytesMut::new(),
                 server_major: 0,
             };
-            conn.start_up(address).await?;
+            conn.start_up(address, end_point).await?;
             Ok(conn)
         };
         match address.connect_timeout {
@@ -211,7 +223,15 @@ impl ReplicationConnection {
         self.server_major
     }
 
-    async fn start_up(&mut self, address: &SourceAddress) -> Result<(), TransportError> {
+    /// Logs in; `end_point` is the TLS session's channel binding, if there is one.
+    async fn start_up(
+        &mut self,
+        address: &SourceAddress,
+        end_point: Option<Vec<u8>>,
+    ) -> Result<(), TransportError> {
+        use tokio_postgres::config::ChannelBinding as Binding;
+        let binding_required = address.channel_binding == Binding::Require;
+        let mut bound = false;
         let params = [
             ("user", address.user.as_str()),
             ("database", address.database.as_str()),
@@ -231,6 +251,11 @@ impl ReplicationConnection {
         let mut scram: Option<ScramSha256> = None;
         loop {
             match self.next_message().await? {
+                Message::AuthenticationOk if binding_required && !bound => {
+                    return Err(TransportError::Auth(
+                        "channel_binding=require, but the server logged us in without channel binding".into(),
+                    ))
+                }
                 Message::AuthenticationOk => {}
                 Message::AuthenticationCleartextPassword => {
                     frontend::password_message(password()?, &mut self.write)?;
@@ -247,19 +272,39 @@ impl ReplicationConnection {
                 }
                 Message::AuthenticationSasl(body) => {
                     let mut mechanisms = body.mechanisms();
-                    let mut offered = false;
+                    let (mut plain, mut plus) = (false, false);
                     while let Some(m) = fallible_iterator::FallibleIterator::next(&mut mechanisms)?
                     {
-                        offered |= m == SCRAM_SHA_256;
+                        plain |= m == SCRAM_SHA_256;
+                        plus |= m == SCRAM_SHA_256_PLUS;
                     }
-                    if !offered {
+                    let wants_binding = address.channel_binding != Binding::Disable;
+                    // As libpq: bind when both can; say "y" (we could, the server cannot)
+                    // when only we can, so a stripped offer is detected by the server.
+                    let (mechanism, binding) = match (&end_point, plus && wants_binding) {
+                        (Some(hash), true) => (
+                            SCRAM_SHA_256_PLUS,
+                            ChannelBinding::tls_server_end_point(hash.clone()),
+                        ),
+                        (Some(_), false) if wants_binding => {
+                            (SCRAM_SHA_256, ChannelBinding::unrequested())
+                        }
+                        _ => (SCRAM_SHA_256, ChannelBinding::unsupported()),
+                    };
+                    if binding_required && mechanism != SCRAM_SHA_256_PLUS {
+                        return Err(TransportError::Auth(
+                            "channel_binding=require, but SCRAM-SHA-256-PLUS cannot be used (it needs TLS and a server offering it)".into(),
+                        ));
+                    }
+                    if !(plain || mechanism == SCRAM_SHA_256_PLUS) {
                         return Err(TransportError::Auth(
                             "the server offers no SASL mechanism this client has (SCRAM-SHA-256)"
                                 .into(),
                         ));
                     }
-                    let s = ScramSha256::new(password()?, ChannelBinding::unsupported());
-                    frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut self.write)?;
+                    bound = mechanism == SCRAM_SHA_256_PLUS;
+                    let s = ScramSha256::new(password()?, binding);
+                    frontend::sasl_initial_response(mechanism, s.message(), &mut self.write)?;
                     self.flush().await?;
                     scram = Some(s);
                 }
