@@ -604,8 +604,10 @@ impl JobControl for JobManager {
             .await;
         if drop_slot {
             drop_replication_slot(&job.spec).await?;
-            drop_staging_leftovers(&job.spec).await;
         }
+        // With the slot kept or not: a job of the same name would snapshot afresh, and the
+        // first thing it would do is drop them.
+        drop_staging_leftovers(&job.spec).await;
         tracing::info!(job = id, drop_slot, "job deleted");
         Ok(())
     }

@@ -474,6 +474,29 @@ fn two_jobs_pause_resume_and_delete_with_slot() {
         ("events", &events),
         ("stored specs", &specs),
     ]);
+
+    // Deleting job_b without its slot drops its staging leftovers too (a new job of the
+    // name would snapshot afresh), and keeps the slot.
+    env.target
+        .psql("replica_b", &leftover("job_b"))
+        .expect("a leftover staging table");
+    let (ok, out) = server.cli(&["jobs", "stop", "job_b"]);
+    assert!(ok, "stop: {out}");
+    assert_eq!(
+        env.target
+            .psql(
+                "replica_b",
+                "SELECT count(*) FROM pg_class WHERE relname LIKE 'helios_load%'"
+            )
+            .expect("staging tables"),
+        "0",
+        "job_b's staging table dropped with the job"
+    );
+    assert_eq!(
+        env.on_source("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'slot_job_b'"),
+        "1",
+        "the slot stays without --drop-slot"
+    );
 }
 
 #[test]
