@@ -138,11 +138,10 @@ fn root_store(settings: &TlsSettings) -> Result<Option<RootCertStore>, TlsError>
             }
             found.certs
         }
+        // Only asked for when TLS may be used (`disable` never builds a configuration).
         None => match default_root_file().filter(|p| p.is_file()) {
-            Some(path) if settings.mode != SslMode::Disable => {
-                read_certs("root certificate file", &path)?
-            }
-            _ => return Ok(None),
+            Some(path) => read_certs("root certificate file", &path)?,
+            None => return Ok(None),
         },
     };
     let mut store = RootCertStore::empty();
