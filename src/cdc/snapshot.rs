@@ -28,15 +28,18 @@ pub struct SlotSnapshot {
     pub snapshot_name: String,
 }
 
-/// Creates a pgoutput slot on the gated session, exporting its snapshot.
+/// Creates a pgoutput slot on the gated session, exporting its snapshot. A `temporary`
+/// slot (a backfill's: only its snapshot is wanted) goes with the session.
 pub async fn create_slot_exporting_snapshot(
     repl: &mut ReplicationConnection,
     slot: &str,
+    temporary: bool,
 ) -> Result<SlotSnapshot, CdcError> {
     let rows = repl
         .simple_query(&format!(
-            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
-            quote_ident(slot)
+            "CREATE_REPLICATION_SLOT {}{} LOGICAL pgoutput (SNAPSHOT 'export')",
+            quote_ident(slot),
+            if temporary { " TEMPORARY" } else { "" }
         ))
         .await
         .map_err(|e| CdcError::Definite(format!("create replication slot `{slot}`: {e}")))?;

@@ -82,7 +82,7 @@ pub(super) async fn take_snapshot(
     let mut repl = ReplicationConnection::connect(&address)
         .await
         .map_err(|e| CdcError::Connect(e.to_string()))?;
-    let snap = snapshot::create_slot_exporting_snapshot(&mut repl, slot).await?;
+    let snap = snapshot::create_slot_exporting_snapshot(&mut repl, slot, false).await?;
     // The versions the snapshot loads are known from the moment it was taken.
     let at = SysTime {
         lsn: snap.consistent_point,
@@ -225,6 +225,7 @@ async fn load_one(
         column,
         include,
         part.is_none(),
+        None,
         open_source,
         &progress.bytes,
     )

@@ -13,6 +13,9 @@
 //!   back, so changes in between are lost to the stream) → new slot, new snapshot;
 //! - no completed snapshot → (re)create the slot and snapshot.
 //!
+//! On resume, a spec that now carries tenants or tables the targets lack has them loaded
+//! first (`backfill`).
+//!
 //! # Error handling
 //! Transient errors (source or target unreachable, connection lost) are retried with
 //! exponential back-off and logged; definite ones end the job with a message naming what
@@ -31,6 +34,8 @@ use crate::cdc::error::CdcError;
 use crate::cdc::stream::{self, ConfirmedStore, ReaderIo, ReaderState, ReaderStats};
 use crate::change::{format_lsn, Lsn, TableInfo};
 use crate::control::access::{self, AccessHub};
+use crate::control::backfill::{self, coverage_json};
+use crate::control::coverage::Coverage;
 use crate::control::history_start::{self, check_history_table};
 use crate::control::initial_snapshot::{self, SnapshotProgress};
 use crate::control::job_control::JobState;
@@ -766,6 +771,9 @@ async fn prepare(
                 ))
                 .into());
             }
+            if let Anchor::Postgres(_) = anchor {
+                backfill::widen(spec, &mut targets, s.confirmed_flush).await?;
+            }
             restore_history(
                 spec,
                 plan,
@@ -799,6 +807,9 @@ async fn prepare(
         catalog::drop_slot(&source, slot).await?;
     }
     clear_snapshot(spec, anchor, &targets).await?;
+    for target in &targets {
+        pg_apply::floors::forget_all(target, &spec.name).await?;
+    }
     let (client, at) =
         initial_snapshot::take_snapshot(spec, plan, anchor, &mut targets, &infos, snapshot).await?;
     restore_history(spec, plan, anchor, &targets, &infos, at, books).await?;
@@ -855,7 +866,9 @@ pub(super) async fn record_snapshot_done(
     let slot = &spec.source.slot;
     match anchor {
         Anchor::Postgres(_) => {
-            store::record_snapshot(anchor_target(targets)?, &spec.name, slot, lsn).await?
+            let coverage = coverage_json(&Coverage::of(spec))?;
+            store::record_snapshot(anchor_target(targets)?, &spec.name, slot, lsn, &coverage)
+                .await?
         }
         Anchor::Cold(root) => {
             let (job, slot) = (spec.name.clone(), slot.clone());

@@ -2,9 +2,11 @@
 
 pub mod access;
 pub mod access_subscriber;
+pub mod backfill;
 pub mod cold_history;
 pub mod cold_progress;
 pub mod cold_seed;
+pub mod coverage;
 pub mod exports;
 pub mod history_query;
 pub mod history_start;

@@ -10,6 +10,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Transaction};
 
 use crate::change::{Lsn, TableInfo, TenantAction, TenantChange};
+use crate::control::job_spec::TenantFilter;
 use crate::operators::partition::{owned_tenants_sql, TenantPlan};
 use crate::sinks::pg_apply::plan::Step;
 use crate::sinks::pg_apply::statements::{self, Param, Statement};
@@ -193,6 +194,18 @@ impl Counts {
     }
 }
 
+/// A SQL predicate true for the rows of `table` whose tenant worker `index` owns, but for
+/// the `spared` tenants; `None` when it owns none (or the table has no tenant column).
+fn owned(plan: &TenantPlan, table: &TableInfo, index: u32, spared: &[String]) -> Option<String> {
+    let col = plan.tenant_columns.get(&table.qualified_name())?;
+    let owned = owned_tenants_sql(plan, col, index)?;
+    let spare = TenantFilter::Only(spared.iter().cloned().collect()).sql_condition(col);
+    Some(match spare {
+        Some(spare) if !spared.is_empty() => format!("({owned}) AND NOT ({spare})"),
+        _ => owned,
+    })
+}
+
 /// The statement of a step that is one statement and nothing else (no shape to sync,
 /// no log line, no dead letter); `None` when it has nothing to run (a worker-scoped
 /// delete on a table without a tenant column). Other steps: `None`.
@@ -200,11 +213,6 @@ pub(super) fn plain_statement<'s>(
     plan: &TenantPlan,
     step: &'s Step<'_>,
 ) -> Option<(Statement<'s>, Counts)> {
-    let owned = |table: &TableInfo, index: u32| {
-        plan.tenant_columns
-            .get(&table.qualified_name())
-            .and_then(|col| owned_tenants_sql(plan, col, index))
-    };
     Some(match step {
         Step::Upsert { table, rows } => (statements::upsert(table, rows), Counts::Upserted),
         Step::Append { table, rows } => (statements::append(table, rows), Counts::Upserted),
@@ -220,8 +228,13 @@ pub(super) fn plain_statement<'s>(
             statements::update_matching(table, old, new),
             Counts::Upserted,
         ),
-        Step::DeleteOwned { table, old, index } => (
-            statements::delete_owned(table, old, &owned(table, *index)?),
+        Step::DeleteOwned {
+            table,
+            old,
+            index,
+            spared,
+        } => (
+            statements::delete_owned(table, old, &owned(plan, table, *index, spared)?),
             Counts::Deleted,
         ),
         Step::SyncShape(_)
@@ -241,11 +254,6 @@ pub(super) async fn apply_steps(
     report: &mut ApplyReport,
 ) -> Result<(), SinkError> {
     for step in steps {
-        let owned = |table: &TableInfo, index: u32| {
-            plan.tenant_columns
-                .get(&table.qualified_name())
-                .and_then(|col| owned_tenants_sql(plan, col, index))
-        };
         match step {
             Step::SyncShape(table) => {
                 if cache
@@ -280,8 +288,12 @@ pub(super) async fn apply_steps(
                 tracing::info!(job, table = table_name, tenant = %tenant, rows = n, "source TRUNCATE applied as a delete of this tenant's rows");
                 report.deleted += n;
             }
-            Step::TruncateOwned { table, index } => {
-                if let Some(pred) = owned(&table, index) {
+            Step::TruncateOwned {
+                table,
+                index,
+                spared,
+            } => {
+                if let Some(pred) = owned(plan, &table, index, &spared) {
                     let n = run(
                         tx,
                         cache,
@@ -404,4 +416,32 @@ pub(super) async fn run(
     tx.execute(&prepared, &params)
         .await
         .map_err(|e| sink_error("apply", &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::owned;
+    use crate::change::fixtures;
+    use crate::control::job_spec::TenantFilter;
+    use crate::operators::partition::TenantPlan;
+
+    #[test]
+    fn the_owned_tenants_predicate_leaves_spared_tenants_out() {
+        let table = fixtures::table("t", &[("tenant_id", "int4"), ("id", "int4")], &[1]);
+        let plan = TenantPlan {
+            include: TenantFilter::Only(["1", "2", "3"].map(String::from).into()),
+            tenant_columns: [(table.qualified_name(), "tenant_id".to_string())].into(),
+            peers: 1,
+        };
+        assert_eq!(
+            owned(&plan, &table, 0, &[]).as_deref(),
+            Some(r#""tenant_id"::text IN ('1', '2', '3')"#)
+        );
+        assert_eq!(
+            owned(&plan, &table, 0, &["3".to_string()]).as_deref(),
+            Some(r#"("tenant_id"::text IN ('1', '2', '3')) AND NOT ("tenant_id"::text IN ('3'))"#)
+        );
+        let other = fixtures::table("u", &[("tenant_id", "int4")], &[]);
+        assert_eq!(owned(&plan, &other, 0, &[]), None, "not a job table");
+    }
 }

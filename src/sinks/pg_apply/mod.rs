@@ -6,10 +6,12 @@
 //! changes to steps), `statements.rs` (SQL for each step), `execute.rs` (running steps in
 //! a target transaction: prepared statements, `COPY`, pipelining, dead letters), `target_schema.rs` (creating and
 //! altering target tables), `store.rs` (checkpoints, progress, table states, dead letters),
-//! `snapshot.rs` (loading the initial snapshot), `round_trip.rs` (the round trip to the
+//! `snapshot.rs` (loading the initial snapshot), `floors.rs` (what a backfill loaded, which the
+//! stream must not apply again), `round_trip.rs` (the round trip to the
 //! target that `max_in_flight = "auto"` decides from).
 
 mod execute;
+pub mod floors;
 pub mod history;
 #[cfg(test)]
 mod pipeline_tests;

@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::change::{Cell, Lsn, Row, Scope, TableInfo, TenantAction, TenantChange};
+use crate::sinks::pg_apply::floors::Floors;
 
 /// One set-based action on the target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,19 +61,26 @@ pub enum Step<'a> {
         old: Row,
         new: Row,
     },
-    /// Delete the row(s) matching `old` among the tenants worker `index` owns.
+    /// Delete the row(s) matching `old` among the tenants worker `index` owns, but for
+    /// `spared` (a backfill loaded them after this change, `floors`).
     DeleteOwned {
         table: Arc<TableInfo>,
         old: Row,
         index: u32,
+        spared: Vec<String>,
     },
     /// Delete all rows of one tenant.
     TruncateTenant {
         table: Arc<TableInfo>,
         tenant: String,
     },
-    /// Delete all rows of the tenants worker `index` owns.
-    TruncateOwned { table: Arc<TableInfo>, index: u32 },
+    /// Delete all rows of the tenants worker `index` owns, but for `spared` (as for
+    /// [`Step::DeleteOwned`]).
+    TruncateOwned {
+        table: Arc<TableInfo>,
+        index: u32,
+        spared: Vec<String>,
+    },
     /// Keep the change in the dead-letter table; it cannot be applied.
     DeadLetter {
         lsn: Lsn,
@@ -192,10 +200,12 @@ impl<'a> Run<'a> {
 
 /// Plans one table's changes (all of the same `schema.table`, in commit and transaction
 /// order). The first step is always a [`Step::SyncShape`]. `fresh_inserts`: keys the run
-/// inserts first go out as plain inserts (see the module doc).
+/// inserts first go out as plain inserts (see the module doc). `floors`: what backfills
+/// loaded, which a change naming no tenant spares.
 pub fn plan_table<'a>(
     changes: impl IntoIterator<Item = (Lsn, &'a TenantChange)>,
     fresh_inserts: bool,
+    floors: &Floors,
 ) -> Vec<Step<'a>> {
     let mut steps = Vec::new();
     let mut run: Option<Run<'a>> = None;
@@ -219,7 +229,7 @@ pub fn plan_table<'a>(
             ));
         }
         let Some(r) = run.as_mut() else { continue };
-        plan_change(r, lsn, change, &mut steps);
+        plan_change(r, lsn, change, floors, &mut steps);
     }
     if let Some(r) = run.as_mut() {
         r.flush(&mut steps);
@@ -227,8 +237,21 @@ pub fn plan_table<'a>(
     steps
 }
 
-fn plan_change<'a>(r: &mut Run<'a>, lsn: Lsn, change: &'a TenantChange, steps: &mut Vec<Step<'a>>) {
+fn plan_change<'a>(
+    r: &mut Run<'a>,
+    lsn: Lsn,
+    change: &'a TenantChange,
+    floors: &Floors,
+    steps: &mut Vec<Step<'a>>,
+) {
     let table = r.table.clone();
+    let spared = || {
+        if floors.may_cover(lsn) {
+            floors.spared(&table.qualified_name(), lsn)
+        } else {
+            Vec::new()
+        }
+    };
     match (&change.scope, &change.action) {
         (_, TenantAction::Unroutable { reason }) => {
             r.flush(steps);
@@ -248,6 +271,7 @@ fn plan_change<'a>(r: &mut Run<'a>, lsn: Lsn, change: &'a TenantChange, steps: &
         (Scope::Worker { index, .. }, TenantAction::Truncate) => {
             r.flush(steps);
             steps.push(Step::TruncateOwned {
+                spared: spared(),
                 table,
                 index: *index,
             });
@@ -255,6 +279,7 @@ fn plan_change<'a>(r: &mut Run<'a>, lsn: Lsn, change: &'a TenantChange, steps: &
         (Scope::Worker { index, .. }, TenantAction::Delete { old }) => {
             r.flush(steps);
             steps.push(Step::DeleteOwned {
+                spared: spared(),
                 table,
                 old: old.clone(),
                 index: *index,
@@ -404,7 +429,7 @@ mod tests {
                 },
             ),
         ];
-        let steps = plan_table(changes.iter().map(|c| (10, c)), false);
+        let steps = plan_table(changes.iter().map(|c| (10, c)), false, &Floors::default());
         assert_eq!(
             steps,
             vec![
@@ -432,7 +457,7 @@ mod tests {
                 vec![t("1"), t("z"), t("v")],
             ),
         );
-        let steps = plan_table([(5, &c)], false);
+        let steps = plan_table([(5, &c)], false, &Floors::default());
         assert_eq!(
             steps[1],
             Step::DeleteKeys {
@@ -454,7 +479,7 @@ mod tests {
         let tb = table(vec![0, 1]);
         let ins = change(&tb, 0, upsert(None, vec![t("1"), t("a"), t("big")]));
         let upd = change(&tb, 1, upsert(None, vec![t("1"), t("a"), Cell::Unchanged]));
-        let steps = plan_table([(1, &ins), (2, &upd)], false);
+        let steps = plan_table([(1, &ins), (2, &upd)], false, &Floors::default());
         assert_eq!(
             steps[1],
             Step::Upsert {
@@ -463,7 +488,7 @@ mod tests {
             }
         );
 
-        let steps = plan_table([(2, &upd)], false);
+        let steps = plan_table([(2, &upd)], false, &Floors::default());
         assert_eq!(
             steps[1],
             Step::UpdateRow {
@@ -480,10 +505,43 @@ mod tests {
         let a = change(&tb, 0, upsert(None, vec![t("1"), t("a"), t("x")]));
         let tr = change(&tb, 1, TenantAction::Truncate);
         let b = change(&tb, 2, upsert(None, vec![t("1"), t("b"), t("y")]));
-        let steps = plan_table([(1, &a), (1, &tr), (1, &b)], false);
+        let steps = plan_table([(1, &a), (1, &tr), (1, &b)], false, &Floors::default());
         assert!(matches!(steps[1], Step::Upsert { .. }));
         assert!(matches!(steps[2], Step::TruncateTenant { .. }));
         assert!(matches!(steps[3], Step::Upsert { .. }));
+    }
+
+    #[test]
+    fn changes_naming_no_tenant_spare_tenants_a_backfill_loaded_later() {
+        let tb = table(vec![0, 1]);
+        let worker = |action| TenantChange {
+            scope: Scope::Worker { index: 0, peers: 1 },
+            ..change(&tb, 0, action)
+        };
+        let truncate = worker(TenantAction::Truncate);
+        let delete = worker(TenantAction::Delete {
+            old: vec![Cell::Null, t("a"), Cell::Null],
+        });
+        let mut floors = Floors::default();
+        floors.insert(&tb.qualified_name(), Some("7"), 100);
+        floors.insert(&tb.qualified_name(), Some("8"), 50);
+        let spared = |steps: &[Step]| -> Vec<Vec<String>> {
+            steps
+                .iter()
+                .filter_map(|s| match s {
+                    Step::TruncateOwned { spared, .. } | Step::DeleteOwned { spared, .. } => {
+                        Some(spared.clone())
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let steps = plan_table([(60, &truncate), (60, &delete)], false, &floors);
+        assert_eq!(spared(&steps), vec![vec!["7".to_string()]; 2]);
+        let steps = plan_table([(10, &truncate)], false, &floors);
+        assert_eq!(spared(&steps), vec![vec!["7".to_string(), "8".to_string()]]);
+        let steps = plan_table([(100, &truncate)], false, &floors);
+        assert_eq!(spared(&steps), vec![Vec::<String>::new()]);
     }
 
     #[test]
@@ -514,7 +572,7 @@ mod tests {
                 old: vec![t("1"), t("a"), t("x")],
             },
         );
-        let steps = plan_table([(1, &a), (1, &b), (1, &d)], false);
+        let steps = plan_table([(1, &a), (1, &b), (1, &d)], false, &Floors::default());
         assert_eq!(
             steps[1],
             Step::Append {
@@ -550,7 +608,7 @@ mod tests {
             1,
             upsert(None, vec![t("1"), t("a"), t("x"), t("5")]),
         );
-        let steps = plan_table([(1, &a), (2, &b)], false);
+        let steps = plan_table([(1, &a), (2, &b)], false, &Floors::default());
         assert_eq!(steps.len(), 4);
         assert_eq!(steps[2], Step::SyncShape(wider.clone()));
     }
@@ -589,7 +647,7 @@ mod tests {
             ),
             change(&tb, 5, insert(vec![t("1"), t("c"), t("again")])),
         ];
-        let steps = plan_table(changes.iter().map(|c| (10, c)), true);
+        let steps = plan_table(changes.iter().map(|c| (10, c)), true, &Floors::default());
         assert_eq!(
             steps,
             vec![
@@ -605,7 +663,7 @@ mod tests {
             ]
         );
         // Off: the same run as upserts and deletes only.
-        let steps = plan_table(changes.iter().map(|c| (10, c)), false);
+        let steps = plan_table(changes.iter().map(|c| (10, c)), false, &Floors::default());
         assert!(steps.iter().all(|s| !matches!(s, Step::Append { .. })));
     }
 
@@ -721,7 +779,7 @@ mod tests {
                 let mut source = before.clone();
                 let changes = changes_of(&tb, &mut source, &picks);
                 let mut target = before.clone();
-                let steps = plan_table(changes.iter().map(|c| (1, c)), fresh);
+                let steps = plan_table(changes.iter().map(|c| (1, c)), fresh, &Floors::default());
                 prop_assert_eq!(apply(&mut target, steps), Ok(()));
                 prop_assert_eq!(target, source);
             }

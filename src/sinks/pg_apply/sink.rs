@@ -22,6 +22,7 @@ use crate::sinks::pg_apply::execute::{
     apply_steps, dead_letter_all, pipelined_write, plain_statement, prepared, run_pipelined,
     ConnectionCache, Counts, Write,
 };
+use crate::sinks::pg_apply::floors::{self, Floors};
 use crate::sinks::pg_apply::history::{history_shape_known, history_statements, write_history};
 use crate::sinks::pg_apply::plan::{plan_table, Step};
 use crate::sinks::pg_apply::round_trip::{self, RoundTripWindow};
@@ -98,6 +99,8 @@ pub struct PgApplySink {
     /// The watermark the next apply records (see [`Sink::set_watermark`]).
     pending_watermark: Option<Lsn>,
     failed_tables: HashMap<String, String>,
+    /// What backfills loaded, which the stream must not apply again (`floors`).
+    floors: Arc<Floors>,
     /// Keys a group inserts first go out as plain inserts (`plan` module doc); off for
     /// the rest of the sink's life once the target held such a key.
     plain_inserts: bool,
@@ -120,6 +123,7 @@ impl PgApplySink {
             watermarks: Vec::new(),
             pending_watermark: None,
             failed_tables: HashMap::new(),
+            floors: Arc::default(),
             plain_inserts: true,
         }
     }
@@ -175,6 +179,19 @@ impl PgApplySink {
         own.max(by_watermark)
     }
 
+    /// Whether a backfill loaded `change` (committed at `lsn`) already.
+    fn below_floor(&self, change: &TenantChange, lsn: Lsn) -> bool {
+        if !self.floors.may_cover(lsn) {
+            return false;
+        }
+        let tenant = match &change.scope {
+            Scope::Tenant(t) => Some(t.as_str()),
+            Scope::Worker { .. } => None,
+        };
+        self.floors
+            .covers(&change.table.qualified_name(), tenant, lsn)
+    }
+
     /// The target held a key a plain insert wrote: upserts from now on.
     fn stop_plain_inserts(&mut self) {
         if std::mem::replace(&mut self.plain_inserts, false) {
@@ -200,7 +217,9 @@ impl PgApplySink {
                         applied: None,
                     }
                 });
-                if scope.covered.is_some_and(|c| c >= batch.commit_lsn) {
+                if scope.covered.is_some_and(|c| c >= batch.commit_lsn)
+                    || self.below_floor(change, batch.commit_lsn)
+                {
                     skipped += 1;
                     continue;
                 }
@@ -348,7 +367,11 @@ impl PgApplySink {
                 }
                 history.extend(history_statements(&last.table, &work.history));
             }
-            for step in plan_table(work.changes.iter().copied(), self.plain_inserts) {
+            for step in plan_table(
+                work.changes.iter().copied(),
+                self.plain_inserts,
+                &self.floors,
+            ) {
                 match step {
                     Step::SyncShape(shape) => {
                         if !self
@@ -542,7 +565,7 @@ impl PgApplySink {
             }
             // The isolating fallback never assumes anything about the target's keys.
             let fresh = self.plain_inserts && !isolate;
-            let steps = plan_table(changes.iter().copied(), fresh);
+            let steps = plan_table(changes.iter().copied(), fresh, &self.floors);
             if isolate {
                 tx.batch_execute("SAVEPOINT helios_table")
                     .await
@@ -832,7 +855,8 @@ impl Sink for PgApplySink {
         let loaded = store::load_checkpoints(&client, &self.job).await?;
         self.record_checkpoints(loaded);
         self.failed_tables = store::load_failed_tables(&client, &self.job).await?;
-        tracing::debug!(job = %self.job, worker = self.worker, checkpoints = self.checkpoints.len(), "target connected");
+        self.floors = Arc::new(floors::load(&client, &self.job).await?);
+        tracing::debug!(job = %self.job, worker = self.worker, checkpoints = self.checkpoints.len(), backfill_floors = !self.floors.is_empty(), "target connected");
         self.client = Some(Arc::new(client));
         Ok(())
     }
@@ -939,6 +963,44 @@ mod tests {
         let work = s.plan_work(&ahead);
         assert_eq!(work.checkpoints.get("tenant:e"), Some(&40));
         assert_eq!(work.checkpoints.get("applied:0/1"), Some(&29));
+    }
+
+    /// A backfill's floors skip the loaded tenants' (or table's) changes committed below
+    /// them, and nothing else.
+    #[test]
+    fn changes_below_a_backfill_floor_are_skipped() {
+        let mut s = sink(0, 1);
+        let mut floors = Floors::default();
+        floors.insert("app.t", Some("new"), 50);
+        s.floors = Arc::new(floors);
+        let applied = |s: &PgApplySink, batches: &[ApplyBatch]| -> (Vec<String>, u64) {
+            let work = s.plan_work(batches);
+            let tenants = work
+                .by_table
+                .values()
+                .flat_map(|w| w.changes.iter())
+                .map(|(lsn, c)| format!("{lsn}:{:?}", c.scope))
+                .collect();
+            (tenants, work.skipped)
+        };
+        let batches = [batch(40, &["old", "new"]), batch(50, &["new"])];
+        assert_eq!(
+            applied(&s, &batches),
+            (
+                vec![
+                    r#"40:Tenant("old")"#.to_string(),
+                    r#"50:Tenant("new")"#.to_string()
+                ],
+                1
+            )
+        );
+        let mut floors = Floors::default();
+        floors.insert("app.t", None, 50);
+        s.floors = Arc::new(floors);
+        assert_eq!(
+            applied(&s, &batches),
+            (vec![r#"50:Tenant("new")"#.to_string()], 2)
+        );
     }
 
     /// Replays are skipped by the watermark of the worker that owned the tenant, under the

@@ -18,8 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use futures_util::{SinkExt, Stream, StreamExt};
 use tokio_postgres::{Client, Transaction};
 
-use crate::change::TableInfo;
+use crate::change::{Lsn, TableInfo};
 use crate::control::job_spec::TenantFilter;
+use crate::sinks::pg_apply::floors;
 use crate::sinks::pg_apply::store::sink_error;
 use crate::sinks::pg_apply::target_schema::{ensure_shape, target_columns};
 use crate::sinks::SinkError;
@@ -62,6 +63,16 @@ pub struct Loaded {
     pub rows: u64,
     /// Whether they went in COPY's binary format.
     pub binary: bool,
+}
+
+/// The floor a backfill's load records with its rows (see `floors`).
+#[derive(Debug, Clone, Copy)]
+pub struct LoadFloor<'a> {
+    pub job: &'a str,
+    /// Whether the load is the whole table for every tenant the job carries.
+    pub whole: bool,
+    /// The commit LSN below which the loaded rows' changes are in the load.
+    pub lsn: Lsn,
 }
 
 /// Whether the target's `table` holds any row of the job's tenants (the table must
@@ -107,15 +118,18 @@ async fn clear_in(
 /// `open_source(binary)` starts (in the binary format when `binary` is true, see the
 /// module doc), in one target transaction. With `replace`, that transaction first
 /// removes the job's tenants' rows (the whole table's load); without, the target holds
-/// none ([`holds_tenant_rows`]: one part of a split table). Adds the bytes it sends to
+/// none ([`holds_tenant_rows`]: one part of a split table). With `floor` (a backfill's
+/// load), the same transaction records its floor (`floors`). Adds the bytes it sends to
 /// `streamed` as it goes (those of a binary copy the target refuses are taken off again
 /// before the text copy).
+#[allow(clippy::too_many_arguments)]
 pub async fn load_table<F, Fut, S>(
     client: &mut Client,
     table: &TableInfo,
     tenant_column: &str,
     include: &TenantFilter,
     replace: bool,
+    floor: Option<&LoadFloor<'_>>,
     mut open_source: F,
     streamed: &AtomicU64,
 ) -> Result<Loaded, SinkError>
@@ -168,6 +182,9 @@ where
             }
         }
     };
+    if let Some(f) = floor {
+        floors::record(&tx, f.job, &table.qualified_name(), include, f.whole, f.lsn).await?;
+    }
     tx.commit()
         .await
         .map_err(|e| sink_error("commit snapshot load", &e))?;

@@ -92,6 +92,7 @@ async fn load_with(
         "tenant_id",
         include,
         true,
+        None,
         open_source,
         &streamed,
     )
@@ -287,6 +288,7 @@ async fn a_table_loaded_in_parts_arrives_whole() {
             "tenant_id",
             include,
             false,
+            None,
             open_source,
             &streamed,
         )

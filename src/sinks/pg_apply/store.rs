@@ -1,6 +1,7 @@
 //! The sink's bookkeeping tables in the target database (schema `helios`): checkpoints
 //! (job, scope, LSN) written in the same transaction as the rows they cover, the job's
-//! snapshot and confirmed positions, table error states and dead letters.
+//! snapshot and confirmed positions and what its targets hold (`control::coverage`),
+//! backfill floors (`floors`), table error states and dead letters.
 
 use std::collections::HashMap;
 
@@ -28,6 +29,14 @@ CREATE TABLE IF NOT EXISTS helios.job_progress (
     snapshot_lsn pg_lsn,
     confirmed_lsn pg_lsn,
     updated_at timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE helios.job_progress ADD COLUMN IF NOT EXISTS coverage jsonb;
+CREATE TABLE IF NOT EXISTS helios.backfill_floors (
+    job text NOT NULL,
+    table_name text NOT NULL,
+    scope text NOT NULL,
+    floor_lsn pg_lsn NOT NULL,
+    PRIMARY KEY (job, table_name, scope)
 );
 CREATE TABLE IF NOT EXISTS helios.table_state (
     job text NOT NULL,
@@ -128,22 +137,58 @@ pub async fn load_progress(client: &Client, job: &str) -> Result<JobProgress, Si
     })
 }
 
-/// Records a completed snapshot (and that the stream starts there).
+/// Records a completed snapshot (and that the stream starts there) with what it loaded
+/// (`coverage`, a `control::coverage::Coverage` as JSON).
 pub async fn record_snapshot(
     client: &Client,
     job: &str,
     slot: &str,
     lsn: Lsn,
+    coverage: &serde_json::Value,
 ) -> Result<(), SinkError> {
     client
         .execute(
-            "INSERT INTO helios.job_progress (job, slot, snapshot_lsn, confirmed_lsn, updated_at)
-             VALUES ($1, $2, $3, $3, now())
-             ON CONFLICT (job) DO UPDATE SET slot = $2, snapshot_lsn = $3, confirmed_lsn = $3, updated_at = now()",
-            &[&job, &slot, &PgLsn::from(lsn)],
+            "INSERT INTO helios.job_progress (job, slot, snapshot_lsn, confirmed_lsn, coverage, updated_at)
+             VALUES ($1, $2, $3, $3, $4, now())
+             ON CONFLICT (job) DO UPDATE SET slot = $2, snapshot_lsn = $3, confirmed_lsn = $3, coverage = $4, updated_at = now()",
+            &[&job, &slot, &PgLsn::from(lsn), &tokio_postgres::types::Json(coverage)],
         )
         .await
         .map_err(|e| sink_error("record snapshot", &e))?;
+    Ok(())
+}
+
+/// What the job's targets hold, as recorded (`None`: not recorded, by a version before
+/// coverage was kept).
+pub async fn load_coverage(
+    client: &Client,
+    job: &str,
+) -> Result<Option<serde_json::Value>, SinkError> {
+    let row = client
+        .query_opt(
+            "SELECT coverage FROM helios.job_progress WHERE job = $1",
+            &[&job],
+        )
+        .await
+        .map_err(|e| sink_error("read what the job's targets hold", &e))?;
+    Ok(row
+        .and_then(|r| r.get::<_, Option<tokio_postgres::types::Json<serde_json::Value>>>(0))
+        .map(|j| j.0))
+}
+
+/// Records what the job's targets hold (after a backfill, or a narrower spec).
+pub async fn record_coverage(
+    client: &Client,
+    job: &str,
+    coverage: &serde_json::Value,
+) -> Result<(), SinkError> {
+    client
+        .execute(
+            "UPDATE helios.job_progress SET coverage = $2, updated_at = now() WHERE job = $1",
+            &[&job, &tokio_postgres::types::Json(coverage)],
+        )
+        .await
+        .map_err(|e| sink_error("record what the job's targets hold", &e))?;
     Ok(())
 }
 

@@ -1,0 +1,227 @@
+//! Backfilling what a restarted job's targets lack: when its spec carries tenants or
+//! tables its snapshot did not load (`control::coverage`), those rows are loaded before
+//! the stream resumes, with no gap and no overlap:
+//!
+//! 1. the publication already carries the wider spec (set at start, before this runs);
+//! 2. a temporary slot is created with an exported snapshot: its consistent point `S` is
+//!    past the publication change and past every transaction running then, so every
+//!    transaction committing at or after `S` is decoded under the wider publication;
+//! 3. each target loads the missing rows from that snapshot, per table in one
+//!    transaction that first removes them (a rerun after a crash gives the same result)
+//!    and records the load's floor (`pg_apply::floors`);
+//! 4. the stream resumes from the slot's confirmed position, before `S`: the sinks skip
+//!    the loaded rows' changes that commit before `S` (they are in the load) and apply
+//!    the rest;
+//! 5. the coverage is recorded last: a crash before it loads the gaps again at a new `S`.
+//!
+//! Supported when every sink is PostgreSQL and no table to load keeps history; for other
+//! jobs a wider spec stops the job with a message saying what is missing and what to do
+//! (the stream alone would never bring the missing rows).
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::cdc::catalog;
+use crate::cdc::error::CdcError;
+use crate::cdc::snapshot;
+use crate::cdc::stream;
+use crate::cdc::transport::ReplicationConnection;
+use crate::change::{format_lsn, Lsn};
+use crate::control::coverage::{Coverage, Gap, Widening};
+use crate::control::job_runner::{anchor_target, JobError};
+use crate::control::job_spec::{JobSpec, SinkSpec};
+use crate::sinks::pg_apply::snapshot::{load_table, LoadFloor};
+use crate::sinks::pg_apply::{floors, store};
+
+/// A coverage as the JSON kept in `helios.job_progress.coverage`.
+pub fn coverage_json(coverage: &Coverage) -> Result<serde_json::Value, JobError> {
+    serde_json::to_value(coverage)
+        .map_err(|e| JobError::Dataflow(format!("write the job's coverage as JSON: {e}")))
+}
+
+/// Brings what a resuming job's PostgreSQL targets hold up to its spec (see the module
+/// doc); `resume` is where the stream resumes. `targets` are the job's PostgreSQL
+/// targets, the first of them keeping its progress.
+pub async fn widen(
+    spec: &JobSpec,
+    targets: &mut [tokio_postgres::Client],
+    resume: Lsn,
+) -> Result<(), JobError> {
+    for target in targets.iter() {
+        let forgotten = floors::forget_passed(target, &spec.name, resume).await?;
+        if forgotten > 0 {
+            tracing::debug!(job = %spec.name, forgotten, "backfill floors the stream has passed forgotten");
+        }
+    }
+    let wanted = Coverage::of(spec);
+    let anchor = anchor_target(targets)?;
+    let Some(recorded) = store::load_coverage(anchor, &spec.name).await? else {
+        // Recorded by a version that did not keep coverage: take the spec as what the
+        // targets hold (what that version assumed too).
+        store::record_coverage(anchor, &spec.name, &coverage_json(&wanted)?).await?;
+        tracing::info!(job = %spec.name, "what the job's targets hold is recorded from now on (tables and tenants of its spec)");
+        return Ok(());
+    };
+    let held: Coverage = serde_json::from_value(recorded).map_err(|e| {
+        CdcError::Definite(format!(
+            "helios.job_progress.coverage of job `{}` is not readable ({e}); \
+             delete the job with its slot to take a new snapshot",
+            spec.name
+        ))
+    })?;
+    if held == wanted {
+        return Ok(());
+    }
+    let narrower = held.narrowing_to(&wanted);
+    if !narrower.is_empty() {
+        tracing::warn!(job = %spec.name, no_longer_carried = %narrower.join("; "),
+            "the job no longer carries these: their rows stay on the targets and are no longer kept up to date");
+    }
+    let gaps = held.widening_to(&wanted);
+    if !gaps.is_empty() {
+        check_supported(spec, &gaps)?;
+        load_gaps(spec, targets, &gaps).await?;
+    }
+    store::record_coverage(
+        anchor_target(targets)?,
+        &spec.name,
+        &coverage_json(&wanted)?,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Refuses a backfill this version cannot do, naming what is missing and what to do.
+fn check_supported(spec: &JobSpec, gaps: &[Widening]) -> Result<(), JobError> {
+    let missing = || {
+        gaps.iter()
+            .map(Widening::describe)
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let what_to_do = "delete the job with its slot (`helios-repl jobs stop <job> --drop-slot`, \
+                      or drop the slot) and start it again to take a new snapshot, or carry \
+                      the new tenants or tables in a job of their own";
+    if let Some(other) = spec
+        .sinks
+        .iter()
+        .find(|s| !matches!(s, SinkSpec::Postgres(_)))
+    {
+        return Err(CdcError::Definite(format!(
+            "the job now carries rows its targets lack: {}; loading them into a running job is \
+             supported for PostgreSQL sinks only, and this job has a {} sink: {what_to_do}",
+            missing(),
+            other.kind()
+        ))
+        .into());
+    }
+    if let Some(t) = spec
+        .tables
+        .iter()
+        .find(|t| t.history && gaps.iter().any(|g| g.table == t.name))
+    {
+        return Err(CdcError::Definite(format!(
+            "the job now carries rows its targets lack: {}; table {} keeps history, and \
+             loading history into a running job is not supported: {what_to_do}",
+            missing(),
+            t.name
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// The temporary slot of a backfill of the job whose slot is `slot` (a slot name holds at
+/// most 63 bytes; a job's slot name is ASCII).
+fn backfill_slot_name(slot: &str) -> String {
+    const SUFFIX: &str = "_backfill";
+    let keep = slot.len().min(63 - SUFFIX.len());
+    format!("{}{SUFFIX}", &slot[..keep])
+}
+
+/// Loads `gaps` into every target from a snapshot of a temporary slot (module doc).
+async fn load_gaps(
+    spec: &JobSpec,
+    targets: &mut [tokio_postgres::Client],
+    gaps: &[Widening],
+) -> Result<(), JobError> {
+    let started = Instant::now();
+    let dsn = spec.source.dsn.expose();
+    let slot = backfill_slot_name(&spec.source.slot);
+    let address = stream::replication_address(dsn, &slot, spec.source.receive_buffer())?;
+    let mut repl = ReplicationConnection::connect(&address)
+        .await
+        .map_err(|e| CdcError::Connect(e.to_string()))?;
+    let snap = snapshot::create_slot_exporting_snapshot(&mut repl, &slot, true).await?;
+    let floor_at = snap.consistent_point;
+    tracing::info!(job = %spec.name, gaps = %gaps.iter().map(Widening::describe).collect::<Vec<_>>().join("; "),
+        snapshot_at = %format_lsn(floor_at), "the job carries rows its targets lack: loading them before the stream resumes");
+    let copier = catalog::connect(dsn).await?;
+    snapshot::begin_on_snapshot(&copier, &snap.snapshot_name).await?;
+    let bytes = AtomicU64::new(0);
+    let mut rows = 0u64;
+    for gap in gaps {
+        let table = spec
+            .tables
+            .iter()
+            .find(|t| t.name == gap.table)
+            .ok_or_else(|| {
+                JobError::Dataflow(format!("backfill of {}: not a job table", gap.table))
+            })?;
+        let info = Arc::new(catalog::table_info(&copier, table.schema(), table.table()).await?);
+        let column = table
+            .tenant_column
+            .clone()
+            .unwrap_or_else(|| spec.tenants.column.clone());
+        let filter = gap.load_filter(&spec.tenants.include);
+        let floor = LoadFloor {
+            job: &spec.name,
+            whole: matches!(gap.gap, Gap::Table),
+            lsn: floor_at,
+        };
+        for target in targets.iter_mut() {
+            let (info, column, filter, copier) = (&*info, column.as_str(), &filter, &copier);
+            let open_source = move |binary| {
+                let sql = snapshot::copy_out_sql(info, column, filter, None, binary);
+                async move { copier.copy_out(&sql).await }
+            };
+            let loaded = load_table(
+                target,
+                info,
+                column,
+                filter,
+                true,
+                Some(&floor),
+                open_source,
+                &bytes,
+            )
+            .await?;
+            rows += loaded.rows;
+        }
+    }
+    copier
+        .batch_execute("COMMIT")
+        .await
+        .map_err(CdcError::query("end backfill snapshot transaction"))?;
+    // The temporary slot goes with its session.
+    drop(repl);
+    tracing::info!(job = %spec.name, tables = gaps.len(), rows, bytes = bytes.into_inner(),
+        seconds = started.elapsed().as_secs_f32(), floor = %format_lsn(floor_at),
+        "backfill loaded: the stream skips the loaded rows' changes committed before the floor");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backfill_slot_name;
+
+    #[test]
+    fn the_backfill_slot_name_fits_a_slot_name() {
+        assert_eq!(backfill_slot_name("helios_a"), "helios_a_backfill");
+        let long = "s".repeat(63);
+        let name = backfill_slot_name(&long);
+        assert_eq!(name.len(), 63);
+        assert!(name.ends_with("_backfill"));
+    }
+}

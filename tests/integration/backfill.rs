@@ -1,0 +1,224 @@
+//! A job restarted with a wider spec (tenants or tables added) loads what its target
+//! lacks before the stream resumes, and the stream neither doubles nor drops a row of it;
+//! a narrower spec leaves the dropped rows in place; a wider spec the job cannot load
+//! (here: a job with a Parquet sink) stops it with a message saying what to do.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::harness::{wait_for, Env, Replicator};
+
+const SETUP: &str = "
+CREATE TABLE public.items (tenant_id int NOT NULL, id bigint NOT NULL, v text, PRIMARY KEY (tenant_id, id));
+-- no key and no replica identity: the publication cannot filter it by tenant, so every
+-- tenant's inserts reach the job, and a row applied twice shows up as an extra row
+CREATE TABLE public.log (tenant_id int NOT NULL, n bigint NOT NULL, note text);
+CREATE TABLE public.notes (tenant_id int NOT NULL, id int PRIMARY KEY, body text);
+INSERT INTO public.items SELECT t, i, 'pre-' || i FROM generate_series(1, 5) t, generate_series(1, 300) i;
+INSERT INTO public.log SELECT t, i, 'pre' FROM generate_series(1, 5) t, generate_series(1, 300) i;
+INSERT INTO public.notes SELECT t, t * 1000 + i, 'note' FROM generate_series(1, 5) t, generate_series(1, 50) i;
+";
+
+const ITEMS: &str =
+    "SELECT tenant_id, count(*), md5(string_agg(v, ',' ORDER BY id)) FROM public.items \
+                     WHERE tenant_id IN (1, 2, 3) GROUP BY 1 ORDER BY 1";
+const LOG: &str = "SELECT tenant_id, count(*), count(DISTINCT n), max(n) FROM public.log \
+                   WHERE tenant_id IN (1, 2, 3) GROUP BY 1 ORDER BY 1";
+const NOTES: &str =
+    "SELECT tenant_id, count(*), md5(string_agg(body, ',' ORDER BY id)) FROM public.notes \
+                     WHERE tenant_id IN (1, 2, 3) GROUP BY 1 ORDER BY 1";
+
+#[test]
+fn a_restarted_job_loads_the_tenants_and_tables_added_to_its_spec() {
+    let env = Arc::new(Env::start(SETUP));
+    let job = env.job_file("grow", "[1, 2]", &["public.items", "public.log"]);
+    let mut repl = Replicator::start_inline(&job);
+    env.wait_converged(
+        "SELECT tenant_id, count(*) FROM public.log WHERE tenant_id IN (1, 2) GROUP BY 1 ORDER BY 1",
+        Duration::from_secs(60),
+    );
+    assert_eq!(repl.stop().code(), Some(0), "{}", repl.output());
+
+    // While the job is stopped: tenant 3 (not carried yet) changes in both tables. Its
+    // `log` rows reach the stream (no row filter on a table without identity); they are
+    // in the backfill's snapshot as well, so applying them again would double them.
+    env.on_source(
+        "INSERT INTO public.log SELECT 3, i, 'while stopped' FROM generate_series(301, 400) i;
+         UPDATE public.items SET v = 'changed while stopped' WHERE tenant_id = 3 AND id <= 100;
+         DELETE FROM public.items WHERE tenant_id = 3 AND id > 250;
+         UPDATE public.items SET v = 'tenant 1 changed' WHERE tenant_id = 1 AND id <= 10;",
+    );
+    // Tenant 3 and table `notes` are added to the spec (same name, slot and publication).
+    let job = env.job_file(
+        "grow",
+        "[1, 2, 3]",
+        &["public.items", "public.log", "public.notes"],
+    );
+    // A writer keeps changing every tenant while the job restarts and backfills: its
+    // transactions commit before, during and after the backfill's snapshot.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (env, stop) = (env.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 1000;
+            while !stop.load(Ordering::Relaxed) {
+                env.on_source(&format!(
+                    "BEGIN;
+                     INSERT INTO public.log SELECT t, {n}, 'live' FROM generate_series(1, 5) t;
+                     UPDATE public.items SET v = 'live {n}' WHERE id = {n} % 250 + 1;
+                     INSERT INTO public.notes SELECT t, 100000 + t * 10000 + {n}, 'live' FROM generate_series(1, 5) t;
+                     COMMIT;"
+                ));
+                n += 1;
+            }
+            n
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let mut repl = Replicator::start_inline(&job);
+    wait_for("the job to stream", Duration::from_secs(60), || {
+        repl.output().contains("streaming")
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.join().expect("writer");
+    assert!(written > 1005, "the writer wrote while the job restarted");
+
+    env.wait_converged(LOG, Duration::from_secs(60));
+    env.wait_converged(ITEMS, Duration::from_secs(30));
+    env.wait_converged(NOTES, Duration::from_secs(30));
+    let dupes = env.on_target("SELECT count(*) - count(DISTINCT (tenant_id, n)) FROM public.log");
+    assert_eq!(dupes, "0", "no row arrives twice");
+    for table in ["items", "log", "notes"] {
+        assert_eq!(
+            env.on_target(&format!(
+                "SELECT count(*) FROM public.{table} WHERE tenant_id NOT IN (1, 2, 3)"
+            )),
+            "0",
+            "{table}: no other tenant's rows"
+        );
+    }
+    let out = repl.output();
+    assert!(out.contains("backfill loaded"), "{out}");
+    assert!(
+        out.contains("public.items (tenants 3)") && out.contains("public.notes (the whole table)"),
+        "the log names what was missing:\n{out}"
+    );
+    // Each load recorded its floor with its rows, and the coverage says what the target
+    // holds now.
+    assert_eq!(
+        env.on_target(
+            "SELECT string_agg(table_name || ' ' || scope, ', ' ORDER BY table_name, scope) \
+             FROM helios.backfill_floors WHERE job = 'grow'"
+        ),
+        "public.items tenant:3, public.log tenant:3, public.notes *"
+    );
+    assert_eq!(
+        env.on_target(
+            "SELECT coverage->'tables'->'public.notes'->>'include' FROM helios.job_progress WHERE job = 'grow'"
+        ),
+        "[1, 2, 3]"
+    );
+    // Later changes to the new tenant and table stream as any other.
+    env.on_source(
+        "INSERT INTO public.log VALUES (3, 99999, 'after');
+         UPDATE public.notes SET body = 'after' WHERE tenant_id = 3;",
+    );
+    env.wait_converged(LOG, Duration::from_secs(30));
+    env.wait_converged(NOTES, Duration::from_secs(30));
+    assert_eq!(repl.stop().code(), Some(0), "{}", repl.output());
+
+    // Narrower: tenant 2 is dropped. Its rows stay; the log says it is no longer carried;
+    // floors the stream has passed are forgotten.
+    let job = env.job_file(
+        "grow",
+        "[1, 3]",
+        &["public.items", "public.log", "public.notes"],
+    );
+    let before = env.on_target("SELECT count(*) FROM public.items WHERE tenant_id = 2");
+    let value_before = env.on_target("SELECT v FROM public.items WHERE tenant_id = 2 AND id = 1");
+    assert_eq!(
+        value_before,
+        env.on_source("SELECT v FROM public.items WHERE tenant_id = 2 AND id = 1")
+    );
+    let mut repl = Replicator::start_inline(&job);
+    wait_for("the job to stream", Duration::from_secs(60), || {
+        repl.output().contains("streaming")
+    });
+    env.on_source(
+        "UPDATE public.items SET v = 'tenant 2 after' WHERE tenant_id = 2 AND id = 1;
+                   INSERT INTO public.log VALUES (1, 123456, 'marker');",
+    );
+    wait_for("the marker row", Duration::from_secs(30), || {
+        env.try_on_target("SELECT count(*) FROM public.log WHERE n = 123456")
+            .as_deref()
+            == Some("1")
+    });
+    assert_eq!(
+        env.on_target("SELECT count(*) FROM public.items WHERE tenant_id = 2"),
+        before
+    );
+    assert_eq!(
+        env.on_target("SELECT v FROM public.items WHERE tenant_id = 2 AND id = 1"),
+        value_before,
+        "tenant 2 is no longer kept up to date"
+    );
+    let out = repl.output();
+    assert!(
+        out.contains("no longer carries") && out.contains("public.items (tenants 2)"),
+        "{out}"
+    );
+    assert!(!out.contains("backfill loaded"), "nothing to load:\n{out}");
+    assert_eq!(
+        env.on_target("SELECT count(*) FROM helios.backfill_floors WHERE job = 'grow'"),
+        "0",
+        "the stream had passed the floors"
+    );
+    assert_eq!(repl.stop().code(), Some(0), "{}", repl.output());
+}
+
+#[test]
+fn a_wider_spec_the_job_cannot_load_stops_it_naming_what_to_do() {
+    let env = Env::start(SETUP);
+    let cold = env.dir.path().join("cold");
+    let spec = |tenants: &str| {
+        let path = env.dir.path().join("mixed.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "name = \"mixed\"\n[source]\ndsn = \"{}\"\npublication = \"pub_mixed\"\nslot = \"slot_mixed\"\n\
+                 [tenants]\ninclude = {tenants}\n[[tables]]\nname = \"public.items\"\nhistory = true\n\
+                 [[sinks]]\nkind = \"postgres\"\ndsn = \"{}\"\n[[sinks]]\nkind = \"parquet\"\nroot = \"{}\"\n",
+                env.source_dsn(),
+                env.target_dsn(),
+                cold.display()
+            ),
+        )
+        .expect("write job file");
+        path
+    };
+    let mut repl = Replicator::start_inline(&spec("[1]"));
+    env.wait_converged(
+        "SELECT count(*) FROM public.items WHERE tenant_id = 1",
+        Duration::from_secs(60),
+    );
+    assert_eq!(repl.stop().code(), Some(0), "{}", repl.output());
+
+    let mut repl = Replicator::start_inline(&spec("[1, 2]"));
+    wait_for("the job to stop", Duration::from_secs(60), || {
+        !repl.is_running()
+    });
+    let out = repl.output();
+    assert!(
+        out.contains("public.items (tenants 2)")
+            && out.contains("supported for PostgreSQL sinks only, and this job has a parquet sink")
+            && out.contains("--drop-slot"),
+        "{out}"
+    );
+    assert_eq!(
+        env.on_target("SELECT count(*) FROM public.items WHERE tenant_id = 2"),
+        "0",
+        "nothing streamed as if the target held tenant 2"
+    );
+}
