@@ -12,7 +12,11 @@
 //! 4. the stream resumes from the slot's confirmed position, before `S`: the sinks skip
 //!    the loaded rows' changes that commit before `S` (they are in the load) and apply
 //!    the rest;
-//! 5. the coverage is recorded last: a crash before it loads the gaps again at a new `S`.
+//! 5. each target's coverage is recorded last: a crash before it loads the gaps again at
+//!    a new `S`.
+//!
+//! Each target records what it holds (`helios.job_coverage`), so a PostgreSQL target
+//! added to the job's sinks holds nothing and has every table loaded the same way.
 //!
 //! Supported when every sink is PostgreSQL and no table to load keeps history; for other
 //! jobs a wider spec stops the job with a message saying what is missing and what to do
@@ -29,7 +33,7 @@ use crate::cdc::stream;
 use crate::cdc::transport::ReplicationConnection;
 use crate::change::{format_lsn, Lsn};
 use crate::control::coverage::{Coverage, Gap, Widening};
-use crate::control::job_runner::{anchor_target, JobError};
+use crate::control::job_runner::JobError;
 use crate::control::job_spec::{JobSpec, SinkSpec};
 use crate::sinks::pg_apply::snapshot::{load_table, LoadFloor};
 use crate::sinks::pg_apply::{floors, store};
@@ -42,7 +46,8 @@ pub fn coverage_json(coverage: &Coverage) -> Result<serde_json::Value, JobError>
 
 /// Brings what a resuming job's PostgreSQL targets hold up to its spec (see the module
 /// doc); `resume` is where the stream resumes. `targets` are the job's PostgreSQL
-/// targets, the first of them keeping its progress.
+/// targets, the first of them keeping its progress. Each target records what it holds:
+/// one new to the job holds nothing, and loads every table.
 pub async fn widen(
     spec: &JobSpec,
     targets: &mut [tokio_postgres::Client],
@@ -55,40 +60,55 @@ pub async fn widen(
         }
     }
     let wanted = Coverage::of(spec);
-    let anchor = anchor_target(targets)?;
-    let Some(recorded) = store::load_coverage(anchor, &spec.name).await? else {
-        // Recorded by a version that did not keep coverage: take the spec as what the
-        // targets hold (what that version assumed too).
-        store::record_coverage(anchor, &spec.name, &coverage_json(&wanted)?).await?;
+    let wanted_json = coverage_json(&wanted)?;
+    let mut held = Vec::with_capacity(targets.len());
+    for target in targets.iter() {
+        held.push(store::load_coverage(target, &spec.name).await?);
+    }
+    if held.first().is_some_and(Option::is_none) {
+        // The progress target has recorded nothing: the job was written by a version that
+        // did not keep coverage. Take the spec as what the targets hold (what that
+        // version assumed too).
+        for target in targets.iter() {
+            store::record_coverage(target, &spec.name, &wanted_json).await?;
+        }
         tracing::info!(job = %spec.name, "what the job's targets hold is recorded from now on (tables and tenants of its spec)");
         return Ok(());
-    };
-    let held: Coverage = serde_json::from_value(recorded).map_err(|e| {
-        CdcError::Definite(format!(
-            "helios.job_progress.coverage of job `{}` is not readable ({e}); \
-             delete the job with its slot to take a new snapshot",
-            spec.name
-        ))
-    })?;
-    if held == wanted {
-        return Ok(());
     }
-    let narrower = held.narrowing_to(&wanted);
+    let held = held
+        .into_iter()
+        .map(|recorded| match recorded {
+            None => Ok(Coverage::default()),
+            Some(json) => serde_json::from_value::<Coverage>(json).map_err(|e| {
+                CdcError::Definite(format!(
+                    "helios.job_coverage of job `{}` is not readable ({e}); delete the job \
+                     with its slot to take a new snapshot",
+                    spec.name
+                ))
+            }),
+        })
+        .collect::<Result<Vec<Coverage>, CdcError>>()?;
+    let narrower = held[0].narrowing_to(&wanted);
     if !narrower.is_empty() {
         tracing::warn!(job = %spec.name, no_longer_carried = %narrower.join("; "),
             "the job no longer carries these: their rows stay on the targets and are no longer kept up to date");
     }
-    let gaps = held.widening_to(&wanted);
-    if !gaps.is_empty() {
-        check_supported(spec, &gaps)?;
+    let gaps: Vec<Vec<Widening>> = held.iter().map(|h| h.widening_to(&wanted)).collect();
+    if gaps.iter().any(|g| !g.is_empty()) {
+        let all: Vec<Widening> = gaps.iter().flatten().cloned().collect();
+        check_supported(spec, &all)?;
+        for (index, h) in held.iter().enumerate() {
+            if h.tables.is_empty() && !gaps[index].is_empty() {
+                tracing::info!(job = %spec.name, target = index, "a target new to the job: every table is loaded into it");
+            }
+        }
         load_gaps(spec, targets, &gaps).await?;
     }
-    store::record_coverage(
-        anchor_target(targets)?,
-        &spec.name,
-        &coverage_json(&wanted)?,
-    )
-    .await?;
+    for (target, h) in targets.iter().zip(&held) {
+        if *h != wanted {
+            store::record_coverage(target, &spec.name, &wanted_json).await?;
+        }
+    }
     Ok(())
 }
 
@@ -140,11 +160,12 @@ fn backfill_slot_name(slot: &str) -> String {
     format!("{}{SUFFIX}", &slot[..keep])
 }
 
-/// Loads `gaps` into every target from a snapshot of a temporary slot (module doc).
+/// Loads each target's `gaps` (in `targets`' order) from a snapshot of a temporary slot
+/// (module doc).
 async fn load_gaps(
     spec: &JobSpec,
     targets: &mut [tokio_postgres::Client],
-    gaps: &[Widening],
+    gaps: &[Vec<Widening>],
 ) -> Result<(), JobError> {
     let started = Instant::now();
     let dsn = spec.source.dsn.expose();
@@ -155,32 +176,51 @@ async fn load_gaps(
         .map_err(|e| CdcError::Connect(e.to_string()))?;
     let snap = snapshot::create_slot_exporting_snapshot(&mut repl, &slot, true).await?;
     let floor_at = snap.consistent_point;
-    tracing::info!(job = %spec.name, gaps = %gaps.iter().map(Widening::describe).collect::<Vec<_>>().join("; "),
-        snapshot_at = %format_lsn(floor_at), "the job carries rows its targets lack: loading them before the stream resumes");
+    let described: Vec<String> = gaps
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| !g.is_empty())
+        .map(|(i, g)| {
+            let list: Vec<String> = g.iter().map(Widening::describe).collect();
+            format!("target {i}: {}", list.join("; "))
+        })
+        .collect();
+    tracing::info!(job = %spec.name, gaps = %described.join(" | "), snapshot_at = %format_lsn(floor_at),
+        "the job carries rows its targets lack: loading them before the stream resumes");
     let copier = catalog::connect(dsn).await?;
     snapshot::begin_on_snapshot(&copier, &snap.snapshot_name).await?;
     let bytes = AtomicU64::new(0);
     let mut rows = 0u64;
-    for gap in gaps {
-        let table = spec
-            .tables
-            .iter()
-            .find(|t| t.name == gap.table)
-            .ok_or_else(|| {
-                JobError::Dataflow(format!("backfill of {}: not a job table", gap.table))
-            })?;
-        let info = Arc::new(catalog::table_info(&copier, table.schema(), table.table()).await?);
-        let column = table
-            .tenant_column
-            .clone()
-            .unwrap_or_else(|| spec.tenants.column.clone());
-        let filter = gap.load_filter(&spec.tenants.include);
-        let floor = LoadFloor {
-            job: &spec.name,
-            whole: matches!(gap.gap, Gap::Table),
-            lsn: floor_at,
-        };
-        for target in targets.iter_mut() {
+    let mut shapes = std::collections::HashMap::new();
+    for (target, gaps) in targets.iter_mut().zip(gaps) {
+        for gap in gaps {
+            let table = spec
+                .tables
+                .iter()
+                .find(|t| t.name == gap.table)
+                .ok_or_else(|| {
+                    JobError::Dataflow(format!("backfill of {}: not a job table", gap.table))
+                })?;
+            let info = match shapes.get(&gap.table) {
+                Some(info) => Arc::clone(info),
+                None => {
+                    let info = Arc::new(
+                        catalog::table_info(&copier, table.schema(), table.table()).await?,
+                    );
+                    shapes.insert(gap.table.clone(), Arc::clone(&info));
+                    info
+                }
+            };
+            let column = table
+                .tenant_column
+                .clone()
+                .unwrap_or_else(|| spec.tenants.column.clone());
+            let filter = gap.load_filter(&spec.tenants.include);
+            let floor = LoadFloor {
+                job: &spec.name,
+                whole: matches!(gap.gap, Gap::Table),
+                lsn: floor_at,
+            };
             let (info, column, filter, copier) = (&*info, column.as_str(), &filter, &copier);
             let open_source = move |binary| {
                 let sql = snapshot::copy_out_sql(info, column, filter, None, binary);
@@ -206,7 +246,7 @@ async fn load_gaps(
         .map_err(CdcError::query("end backfill snapshot transaction"))?;
     // The temporary slot goes with its session.
     drop(repl);
-    tracing::info!(job = %spec.name, tables = gaps.len(), rows, bytes = bytes.into_inner(),
+    tracing::info!(job = %spec.name, loads = gaps.iter().map(Vec::len).sum::<usize>(), rows, bytes = bytes.into_inner(),
         seconds = started.elapsed().as_secs_f32(), floor = %format_lsn(floor_at),
         "backfill loaded: the stream skips the loaded rows' changes committed before the floor");
     Ok(())

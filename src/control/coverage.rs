@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::control::job_spec::{JobSpec, TenantFilter};
 
-/// Per table (`schema.table`), its tenant column and the tenants the targets hold.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Per table (`schema.table`), its tenant column and the tenants the targets hold
+/// (the default: nothing, a target new to the job).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Coverage {
     pub tables: BTreeMap<String, TableCoverage>,
 }

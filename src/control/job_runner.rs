@@ -867,8 +867,10 @@ pub(super) async fn record_snapshot_done(
     match anchor {
         Anchor::Postgres(_) => {
             let coverage = coverage_json(&Coverage::of(spec))?;
-            store::record_snapshot(anchor_target(targets)?, &spec.name, slot, lsn, &coverage)
-                .await?
+            for target in targets {
+                store::record_coverage(target, &spec.name, &coverage).await?;
+            }
+            store::record_snapshot(anchor_target(targets)?, &spec.name, slot, lsn).await?
         }
         Anchor::Cold(root) => {
             let (job, slot) = (spec.name.clone(), slot.clone());

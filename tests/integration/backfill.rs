@@ -116,7 +116,7 @@ fn a_restarted_job_loads_the_tenants_and_tables_added_to_its_spec() {
     );
     assert_eq!(
         env.on_target(
-            "SELECT coverage->'tables'->'public.notes'->>'include' FROM helios.job_progress WHERE job = 'grow'"
+            "SELECT coverage->'tables'->'public.notes'->>'include' FROM helios.job_coverage WHERE job = 'grow'"
         ),
         "[1, 2, 3]"
     );
@@ -174,6 +174,77 @@ fn a_restarted_job_loads_the_tenants_and_tables_added_to_its_spec() {
         env.on_target("SELECT count(*) FROM helios.backfill_floors WHERE job = 'grow'"),
         "0",
         "the stream had passed the floors"
+    );
+    assert_eq!(repl.stop().code(), Some(0), "{}", repl.output());
+}
+
+#[test]
+fn a_target_added_to_a_job_has_every_table_loaded_before_it_streams() {
+    let env = Arc::new(Env::start(SETUP));
+    env.target
+        .create_database("replica2")
+        .expect("create replica2");
+    let spec = |targets: &[&str]| {
+        let sinks: String = targets
+            .iter()
+            .map(|db| {
+                format!(
+                    "[[sinks]]\nkind = \"postgres\"\ndsn = \"{}\"\n",
+                    env.target.dsn(db)
+                )
+            })
+            .collect();
+        let path = env.dir.path().join("fanout.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "name = \"fanout\"\n[source]\ndsn = \"{}\"\npublication = \"pub_fanout\"\nslot = \"slot_fanout\"\n\
+                 [tenants]\ninclude = [1, 2]\n[[tables]]\nname = \"public.items\"\n[[tables]]\nname = \"public.log\"\n{sinks}",
+                env.source_dsn(),
+            ),
+        )
+        .expect("write job file");
+        path
+    };
+    let mut repl = Replicator::start_inline(&spec(&["replica"]));
+    env.wait_converged(
+        "SELECT tenant_id, count(*) FROM public.log WHERE tenant_id IN (1, 2) GROUP BY 1 ORDER BY 1",
+        Duration::from_secs(60),
+    );
+    assert_eq!(repl.stop().code(), Some(0), "{}", repl.output());
+    // Written while stopped: in the stream, and in the new target's load.
+    env.on_source("INSERT INTO public.log SELECT t, i, 'while stopped' FROM generate_series(1, 2) t, generate_series(301, 350) i;");
+    let mut repl = Replicator::start_inline(&spec(&["replica", "replica2"]));
+    wait_for("the job to stream", Duration::from_secs(60), || {
+        repl.output().contains("streaming")
+    });
+    env.on_source("INSERT INTO public.log VALUES (1, 5000, 'after');");
+    let on = |db: &str, sql: &str| env.target.psql(db, sql).ok();
+    for query in [
+        "SELECT tenant_id, count(*), count(DISTINCT n), max(n) FROM public.log WHERE tenant_id IN (1, 2) GROUP BY 1 ORDER BY 1",
+        "SELECT tenant_id, count(*), md5(string_agg(v, ',' ORDER BY id)) FROM public.items WHERE tenant_id IN (1, 2) GROUP BY 1 ORDER BY 1",
+    ] {
+        let expected = env.on_source(query);
+        for db in ["replica", "replica2"] {
+            wait_for(&format!("{db} to match the source: {query}"), Duration::from_secs(30), || {
+                on(db, query).as_deref() == Some(expected.as_str())
+            });
+        }
+    }
+    assert_eq!(
+        on(
+            "replica2",
+            "SELECT count(*) FROM public.log WHERE tenant_id NOT IN (1, 2)"
+        )
+        .as_deref(),
+        Some("0")
+    );
+    let out = repl.output();
+    assert!(out.contains("a target new to the job"), "{out}");
+    assert!(
+        out.contains("target 1: public.items (the whole table); public.log (the whole table)")
+            && !out.contains("target 0:"),
+        "only the new target loads:\n{out}"
     );
     assert_eq!(repl.stop().code(), Some(0), "{}", repl.output());
 }

@@ -48,22 +48,26 @@ print(json.dumps({
 }))
 "#;
 
-/// What pyarrow reads from `root`, installed by `scripts/install-deps.sh`.
-fn read_with_pyarrow(root: &Path) -> serde_json::Value {
+/// What pyarrow reads from `root`, installed by `scripts/install-deps.sh`; `None` when a
+/// file it listed was gone when it opened it (a compaction removed its inputs meanwhile).
+fn read_with_pyarrow(root: &Path) -> Option<serde_json::Value> {
     let python = std::env::var("HELIOS_PYTHON").unwrap_or_else(|_| "python3".into());
     let out = std::process::Command::new(&python)
         .args(["-c", PYARROW_READ])
         .arg(root)
         .output()
         .unwrap_or_else(|e| panic!("run {python}: {e} (scripts/install-deps.sh installs pyarrow)"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && stderr.contains("FileNotFoundError") {
+        return None;
+    }
     assert!(
         out.status.success(),
-        "pyarrow could not read {}: {} (scripts/install-deps.sh installs pyarrow; \
+        "pyarrow could not read {}: {stderr} (scripts/install-deps.sh installs pyarrow; \
          scripts/test.sh sets HELIOS_PYTHON)",
         root.display(),
-        String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("pyarrow's json")
+    Some(serde_json::from_slice(&out.stdout).expect("pyarrow's json"))
 }
 
 /// What the manifests of `tenants` list: files, rows, tombstones.
@@ -84,7 +88,8 @@ fn manifest_counts(root: &Path, tenants: &[i32]) -> (usize, u64, usize) {
 /// pyarrow sees exactly the files and rows the manifests list, with the stored types.
 /// A running server may compact a directory meanwhile (a reader walking the directories
 /// can see a merged file beside its inputs until they are removed), so the two are read
-/// again (for up to 30 s) while they disagree and a manifest changed around the read.
+/// again (for up to 30 s) while they disagree and a manifest changed around the read, or
+/// while pyarrow finds a file it listed gone (removed by a compaction in between).
 fn assert_pyarrow_agrees(root: &Path, tenants: &[i32]) {
     let agree = |seen: &serde_json::Value, (files, rows, tombstones): (usize, u64, usize)| {
         seen["files"] == files && seen["rows"] == rows && seen["tombstones"] == tombstones
@@ -92,11 +97,14 @@ fn assert_pyarrow_agrees(root: &Path, tenants: &[i32]) {
     let started = std::time::Instant::now();
     let (seen, listed) = loop {
         let before = manifest_counts(root, tenants);
-        let seen = read_with_pyarrow(root);
+        let read = read_with_pyarrow(root);
         let listed = manifest_counts(root, tenants);
         let settled = before == listed;
-        if (settled && agree(&seen, listed)) || started.elapsed() > Duration::from_secs(30) {
-            break (seen, listed);
+        let timed_out = started.elapsed() > Duration::from_secs(30);
+        match read {
+            Some(seen) if (settled && agree(&seen, listed)) || timed_out => break (seen, listed),
+            None if timed_out => panic!("pyarrow kept missing files of {}", root.display()),
+            _ => {}
         }
         std::thread::sleep(Duration::from_millis(200));
     };

@@ -1,7 +1,7 @@
 //! The sink's bookkeeping tables in the target database (schema `helios`): checkpoints
 //! (job, scope, LSN) written in the same transaction as the rows they cover, the job's
-//! snapshot and confirmed positions and what its targets hold (`control::coverage`),
-//! backfill floors (`floors`), table error states and dead letters.
+//! snapshot and confirmed positions, what the target holds of the job
+//! (`control::coverage`), backfill floors (`floors`), table error states and dead letters.
 
 use std::collections::HashMap;
 
@@ -30,7 +30,11 @@ CREATE TABLE IF NOT EXISTS helios.job_progress (
     confirmed_lsn pg_lsn,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
-ALTER TABLE helios.job_progress ADD COLUMN IF NOT EXISTS coverage jsonb;
+CREATE TABLE IF NOT EXISTS helios.job_coverage (
+    job text PRIMARY KEY,
+    coverage jsonb NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
 CREATE TABLE IF NOT EXISTS helios.backfill_floors (
     job text NOT NULL,
     table_name text NOT NULL,
@@ -137,46 +141,45 @@ pub async fn load_progress(client: &Client, job: &str) -> Result<JobProgress, Si
     })
 }
 
-/// Records a completed snapshot (and that the stream starts there) with what it loaded
-/// (`coverage`, a `control::coverage::Coverage` as JSON).
+/// Records a completed snapshot (and that the stream starts there).
 pub async fn record_snapshot(
     client: &Client,
     job: &str,
     slot: &str,
     lsn: Lsn,
-    coverage: &serde_json::Value,
 ) -> Result<(), SinkError> {
     client
         .execute(
-            "INSERT INTO helios.job_progress (job, slot, snapshot_lsn, confirmed_lsn, coverage, updated_at)
-             VALUES ($1, $2, $3, $3, $4, now())
-             ON CONFLICT (job) DO UPDATE SET slot = $2, snapshot_lsn = $3, confirmed_lsn = $3, coverage = $4, updated_at = now()",
-            &[&job, &slot, &PgLsn::from(lsn), &tokio_postgres::types::Json(coverage)],
+            "INSERT INTO helios.job_progress (job, slot, snapshot_lsn, confirmed_lsn, updated_at)
+             VALUES ($1, $2, $3, $3, now())
+             ON CONFLICT (job) DO UPDATE SET slot = $2, snapshot_lsn = $3, confirmed_lsn = $3, updated_at = now()",
+            &[&job, &slot, &PgLsn::from(lsn)],
         )
         .await
         .map_err(|e| sink_error("record snapshot", &e))?;
     Ok(())
 }
 
-/// What the job's targets hold, as recorded (`None`: not recorded, by a version before
-/// coverage was kept).
+/// What this target holds of the job, as recorded (`None`: nothing recorded: a target
+/// new to the job, or one written by a version before coverage was kept).
 pub async fn load_coverage(
     client: &Client,
     job: &str,
 ) -> Result<Option<serde_json::Value>, SinkError> {
     let row = client
         .query_opt(
-            "SELECT coverage FROM helios.job_progress WHERE job = $1",
+            "SELECT coverage FROM helios.job_coverage WHERE job = $1",
             &[&job],
         )
         .await
-        .map_err(|e| sink_error("read what the job's targets hold", &e))?;
-    Ok(row
-        .and_then(|r| r.get::<_, Option<tokio_postgres::types::Json<serde_json::Value>>>(0))
-        .map(|j| j.0))
+        .map_err(|e| sink_error("read what the target holds of the job", &e))?;
+    Ok(row.map(|r| {
+        r.get::<_, tokio_postgres::types::Json<serde_json::Value>>(0)
+            .0
+    }))
 }
 
-/// Records what the job's targets hold (after a backfill, or a narrower spec).
+/// Records what this target holds of the job (`control::coverage::Coverage` as JSON).
 pub async fn record_coverage(
     client: &Client,
     job: &str,
@@ -184,11 +187,12 @@ pub async fn record_coverage(
 ) -> Result<(), SinkError> {
     client
         .execute(
-            "UPDATE helios.job_progress SET coverage = $2, updated_at = now() WHERE job = $1",
+            "INSERT INTO helios.job_coverage (job, coverage, updated_at) VALUES ($1, $2, now())
+             ON CONFLICT (job) DO UPDATE SET coverage = $2, updated_at = now()",
             &[&job, &tokio_postgres::types::Json(coverage)],
         )
         .await
-        .map_err(|e| sink_error("record what the job's targets hold", &e))?;
+        .map_err(|e| sink_error("record what the target holds of the job", &e))?;
     Ok(())
 }
 
