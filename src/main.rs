@@ -268,6 +268,12 @@ enum JobsAction {
     Pause { id: String },
     /// Start reading again.
     Resume { id: String },
+    /// Replace a job's spec with a file's (the job its `name` names) and restart the job
+    /// under it; added tenants, tables and PostgreSQL targets are loaded first.
+    Replace {
+        /// The new spec (TOML, or JSON if it ends in .json).
+        file: PathBuf,
+    },
     /// Stop and remove a job.
     Stop {
         id: String,
@@ -501,6 +507,7 @@ fn main() -> anyhow::Result<()> {
                 JobsAction::Show { id } => print(&api.get(&id).await?),
                 JobsAction::Pause { id } => print(&api.pause(&id).await?),
                 JobsAction::Resume { id } => print(&api.resume(&id).await?),
+                JobsAction::Replace { file } => print(&api.replace_file(&file).await?),
                 JobsAction::Stop { id, drop_slot } => {
                     api.delete(&id, drop_slot).await?;
                     if client.json {

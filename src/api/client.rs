@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::api::routes::encode_path_segment;
 use crate::control::job_control::{AsOfRows, ExportRequest, ExportStatus, JobStatus};
+use crate::control::job_spec::JobSpec;
 
 /// Why a request to the server failed.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,21 @@ pub enum ClientError {
     /// The job file could not be read.
     #[error("cannot read {path}: {detail}")]
     File { path: String, detail: String },
+}
+
+/// A job file's bytes and the media type they are sent as (JSON if the name ends in
+/// `.json`, else TOML).
+fn spec_file(path: &Path) -> Result<(Vec<u8>, &'static str), ClientError> {
+    let body = std::fs::read(path).map_err(|e| ClientError::File {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    })?;
+    let content_type = if path.extension().is_some_and(|e| e == "json") {
+        "application/json"
+    } else {
+        "application/toml"
+    };
+    Ok((body, content_type))
 }
 
 #[derive(Deserialize)]
@@ -97,21 +113,38 @@ impl ApiClient {
 
     /// Submits a job file (`.json` as JSON, anything else as TOML); returns the job id.
     pub async fn submit_file(&self, path: &Path) -> Result<String, ClientError> {
-        let body = std::fs::read(path).map_err(|e| ClientError::File {
-            path: path.display().to_string(),
-            detail: e.to_string(),
-        })?;
-        let content_type = if path.extension().is_some_and(|e| e == "json") {
-            "application/json"
-        } else {
-            "application/toml"
-        };
+        let (body, content_type) = spec_file(path)?;
         let req = self
             .request(reqwest::Method::POST, "/v1/jobs")
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(body);
         let created: Created = self.json(self.send(req).await?).await?;
         Ok(created.id)
+    }
+
+    /// Replaces the spec of the job the file names (`name`) with the file's; returns the
+    /// job as it restarts.
+    pub async fn replace_file(&self, path: &Path) -> Result<JobStatus, ClientError> {
+        let (body, content_type) = spec_file(path)?;
+        let unreadable = |detail: String| ClientError::File {
+            path: path.display().to_string(),
+            detail,
+        };
+        let text = std::str::from_utf8(&body).map_err(|e| unreadable(e.to_string()))?;
+        let spec = if content_type == "application/json" {
+            JobSpec::from_json_str(text)
+        } else {
+            JobSpec::from_toml_str(text)
+        }
+        .map_err(|e| unreadable(e.to_string()))?;
+        let req = self
+            .request(
+                reqwest::Method::PUT,
+                &format!("/v1/jobs/{}", encode_path_segment(&spec.name)),
+            )
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        self.json(self.send(req).await?).await
     }
 
     /// Every job.

@@ -33,6 +33,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/jobs"),
     ("GET", "/v1/jobs/{id}"),
     ("DELETE", "/v1/jobs/{id}"),
+    ("PUT", "/v1/jobs/{id}"),
     ("POST", "/v1/jobs/{id}/pause"),
     ("POST", "/v1/jobs/{id}/resume"),
     ("GET", "/v1/jobs/{id}/compression"),
@@ -124,6 +125,7 @@ fn endpoint(method: &str, path: &str) -> MethodRouter<AppState> {
         ("GET", "/v1/jobs") => get(list_jobs),
         ("GET", "/v1/jobs/{id}") => get(get_job),
         ("DELETE", "/v1/jobs/{id}") => delete(delete_job),
+        ("PUT", "/v1/jobs/{id}") => put(replace_job),
         ("POST", "/v1/jobs/{id}/pause") => post(pause_job),
         ("POST", "/v1/jobs/{id}/resume") => post(resume_job),
         ("GET", "/v1/jobs/{id}/compression") => get(job_compression),
@@ -195,12 +197,12 @@ fn accepted_types() -> String {
     }
 }
 
-async fn submit_job(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+/// The job spec in a request's body, in the format its `Content-Type` names.
+fn spec_body(
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let format = spec_format(&headers)?;
+) -> Result<JobSpec, ApiError> {
+    let format = spec_format(headers)?;
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge {
@@ -215,10 +217,18 @@ async fn submit_job(
     })?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("body is not valid UTF-8", None))?;
-    let spec = match format {
+    Ok(match format {
         SpecFormat::Json => JobSpec::from_json_str(text),
         SpecFormat::Toml => JobSpec::from_toml_str(text),
-    }?;
+    }?)
+}
+
+async fn submit_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let spec = spec_body(&headers, body)?;
     let id = state.control.submit(spec).await?;
     let mut response = (StatusCode::CREATED, Json(JobCreated { id: id.clone() })).into_response();
     match HeaderValue::try_from(format!("/v1/jobs/{}", encode_path_segment(&id))) {
@@ -228,6 +238,17 @@ async fn submit_job(
         Err(e) => tracing::warn!(%e, "job id does not fit a Location header"),
     }
     Ok(response)
+}
+
+async fn replace_job(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<JobStatus>, ApiError> {
+    let id = path_param(id, "id")?;
+    let spec = spec_body(&headers, body)?;
+    Ok(Json(redact_status(state.control.replace(&id, spec).await?)))
 }
 
 async fn list_jobs(State(state): State<AppState>) -> Json<JobList> {

@@ -314,6 +314,10 @@ pub trait JobControl: Send + Sync + 'static {
     async fn resume(&self, id: &str) -> Result<JobStatus, ControlError>;
     /// Stops and removes the job; with `drop_slot` also drops its replication slot.
     async fn delete(&self, id: &str, drop_slot: bool) -> Result<(), ControlError>;
+    /// Replaces a job's spec (same name, slot and publication) and restarts it under the
+    /// new one, paused if it was paused; what the new spec adds (tenants, tables,
+    /// targets) is loaded before it streams (`control::backfill`).
+    async fn replace(&self, id: &str, spec: JobSpec) -> Result<JobStatus, ControlError>;
     /// Which jobs carry a tenant, with their lag.
     async fn tenant(&self, tenant: &str) -> Vec<TenantJob>;
     /// Whether the server can do its work.

@@ -612,6 +612,53 @@ impl JobControl for JobManager {
         Ok(())
     }
 
+    async fn replace(&self, id: &str, spec: JobSpec) -> Result<JobStatus, ControlError> {
+        spec.validate()?;
+        // Held until the new runner is in place: no other request sees the job missing.
+        let mut jobs = self.jobs.lock().await;
+        let job = jobs
+            .get(id)
+            .ok_or_else(|| ControlError::NotFound(id.to_string()))?;
+        spec.check_replaces(&job.spec)?;
+        let (state, _) = job.stats.state();
+        if state == JobState::Stopping {
+            return Err(ControlError::Conflict(format!("job `{id}` is stopping")));
+        }
+        // A failed job runs again under the new spec (which may be what mends it).
+        let desired = match *job.control.borrow() {
+            Desired::Pause if state != JobState::Failed => Desired::Pause,
+            _ => Desired::Run,
+        };
+        let stored_state = if desired == Desired::Pause {
+            "paused"
+        } else {
+            "running"
+        };
+        let version = self.store.save_job(&spec, stored_state).await?;
+        self.store
+            .record_event(id, "replaced", Some(&format!("version {version}")))
+            .await;
+        if let Some(old) = jobs.remove(id) {
+            old.stats.set_state(JobState::Stopping, None);
+            let _ = old.control.send(Desired::Stop);
+            if tokio::time::timeout(STOP_LIMIT, old.task).await.is_err() {
+                tracing::warn!(job = id, "job did not stop in time; dropped");
+            }
+            old.monitor.abort();
+            self.metrics.unregister_job(id);
+        }
+        let me = self.self_arc().await?;
+        let managed = me.spawn(spec, version, desired);
+        let status = JobManager::status(&managed);
+        jobs.insert(id.to_string(), managed);
+        tracing::info!(
+            job = id,
+            version,
+            "job spec replaced; the job restarts under it"
+        );
+        Ok(status)
+    }
+
     async fn tenant(&self, tenant: &str) -> Vec<TenantJob> {
         let jobs = self.jobs.lock().await;
         let mut out: Vec<TenantJob> = jobs

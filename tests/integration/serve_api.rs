@@ -555,6 +555,71 @@ fn a_killed_server_resumes_every_job_from_its_checkpoints() {
     );
 }
 
+#[test]
+fn a_replaced_spec_loads_the_added_tenant_and_survives_a_server_restart() {
+    let (env, mut server) = setup();
+    submit(&server, &job_file(&env, "job_e", "[1, 2]", "replica_a"));
+    wait_for("the job to stream", WAIT, || {
+        server.job_json("job_e")["state"] == "streaming"
+    });
+    write_load(&env, 1, 200);
+    converge(&env, "replica_a", "1, 2");
+
+    // Tenant 3 joins over the API; its rows (and the ledger rows written meanwhile, in
+    // the stream and in the load alike) arrive once.
+    let (ok, out) = server.cli(&[
+        "jobs",
+        "replace",
+        job_file(&env, "job_e", "[1, 2, 3]", "replica_a")
+            .to_str()
+            .unwrap_or_default(),
+    ]);
+    assert!(ok, "jobs replace: {out}");
+    assert!(out.contains("job_e"), "{out}");
+    write_load(&env, 201, 200);
+    wait_for("the job to stream again", WAIT, || {
+        server.job_json("job_e")["state"] == "streaming"
+    });
+    converge(&env, "replica_a", "1, 2, 3");
+    let dupes = env
+        .target
+        .psql(
+            "replica_a",
+            "SELECT count(*) - count(DISTINCT (tenant_id, n)) FROM public.ledger",
+        )
+        .unwrap();
+    assert_eq!(dupes, "0");
+    assert!(
+        server.output().contains("backfill loaded"),
+        "{}",
+        server.output()
+    );
+    let status = server.job_json("job_e");
+    assert_eq!(status["tenants"], serde_json::json!(["1", "2", "3"]));
+    assert_eq!(status["version"], 2);
+
+    // The slot cannot change: 422 naming the field, and the job runs on as it was.
+    let moved = job_file(&env, "job_e", "[1, 2, 3]", "replica_a");
+    let text = std::fs::read_to_string(&moved).unwrap_or_default();
+    std::fs::write(&moved, text.replace("slot_job_e", "slot_other")).expect("job file");
+    let (ok, out) = server.cli(&["jobs", "replace", moved.to_str().unwrap_or_default()]);
+    assert!(
+        !ok && out.contains("422") && out.contains("source.slot"),
+        "{out}"
+    );
+    no_password_in(&[("jobs replace", &out)]);
+
+    // The replaced spec is the one a restarted server runs.
+    server.kill();
+    let server = Server::start(&env, free_port().expect("port"));
+    wait_for("the job to stream after the restart", WAIT, || {
+        server.job_json("job_e")["state"] == "streaming"
+    });
+    assert_eq!(server.job_json("job_e")["version"], 2);
+    write_load(&env, 401, 200);
+    converge(&env, "replica_a", "1, 2, 3");
+}
+
 /// Checks the Prometheus text format: every sample belongs to a declared family and has a
 /// numeric value.
 fn check_exposition(text: &str) {

@@ -24,6 +24,9 @@ async fn call_route(router: &Router, method: &str, path: &str, auth: Option<&str
     let body = if (method, path) == ("POST", "/v1/jobs") {
         builder = builder.header(header::CONTENT_TYPE, TOML);
         Body::from(valid_named("fresh"))
+    } else if (method, path) == ("PUT", "/v1/jobs/{id}") {
+        builder = builder.header(header::CONTENT_TYPE, TOML);
+        Body::from(valid_named("known"))
     } else if (method, path) == ("POST", "/v1/exports") {
         builder = builder.header(header::CONTENT_TYPE, JSON);
         Body::from(r#"{"tenant": "3", "table": "public.orders", "output": "/tmp/x"}"#)
@@ -41,7 +44,7 @@ async fn call_route(router: &Router, method: &str, path: &str, auth: Option<&str
 
 #[tokio::test]
 async fn every_v1_route_requires_the_token() {
-    assert_eq!(protected_routes().count(), 14);
+    assert_eq!(protected_routes().count(), 15);
     let wrong = [
         None,
         Some("Bearer wrong".to_owned()),

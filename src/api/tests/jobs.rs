@@ -203,3 +203,41 @@ async fn control_errors_map_to_statuses() {
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(answer.error().error.contains("metadata store unreachable"));
 }
+
+#[tokio::test]
+async fn put_replaces_a_job_s_spec_keeping_its_name_slot_and_publication() {
+    let (control, router) = app(None);
+    submit(&router, Some(TOML), valid_named("grow"), None).await;
+    let put = |body: String, uri: &'static str, content_type: &'static str| {
+        let router = router.clone();
+        async move {
+            let builder = request("PUT", uri, None).header(header::CONTENT_TYPE, content_type);
+            send(&router, builder.body(Body::from(body)).unwrap()).await
+        }
+    };
+    let wider = valid_named("grow").replace("include = [3, 7]", "include = [3, 7, 9]");
+    let answer = put(wider.clone(), "/v1/jobs/grow", TOML).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(answer.json()["id"], "grow");
+    assert!(control.jobs.lock().unwrap()["grow"]
+        .spec
+        .includes_tenant("9"));
+
+    let answer = put(valid_named("other"), "/v1/jobs/grow", TOML).await;
+    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(answer.error().field.as_deref(), Some("name"));
+    let moved = wider.replace("slot = \"slot_t\"", "slot = \"slot_u\"");
+    let answer = put(moved, "/v1/jobs/grow", TOML).await;
+    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(answer.error().field.as_deref(), Some("source.slot"));
+    assert!(control.jobs.lock().unwrap()["grow"]
+        .spec
+        .includes_tenant("9"));
+
+    let answer = put(valid_named("nobody"), "/v1/jobs/nobody", TOML).await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    let answer = put(wider.clone(), "/v1/jobs/grow", "text/plain").await;
+    assert_eq!(answer.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let answer = put("name = ".into(), "/v1/jobs/grow", TOML).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+}

@@ -175,6 +175,14 @@ impl JobControl for FakeControl {
         Ok(())
     }
 
+    async fn replace(&self, id: &str, spec: JobSpec) -> Result<JobStatus, ControlError> {
+        self.with_job(id, |job| {
+            spec.check_replaces(&job.spec)?;
+            job.spec = spec;
+            Ok(Self::status(job))
+        })
+    }
+
     async fn tenant(&self, tenant: &str) -> Vec<TenantJob> {
         self.jobs
             .lock()

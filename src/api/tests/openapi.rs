@@ -156,6 +156,13 @@ async fn every_documented_route_is_routed_and_answers_as_documented() {
         };
         let answer = if (method.as_str(), path.as_str()) == ("POST", "/v1/jobs") {
             submit(&router, Some(TOML), valid_named("fresh"), Some(TOKEN)).await
+        } else if (method.as_str(), path.as_str()) == ("PUT", "/v1/jobs/{id}") {
+            let builder = request("PUT", &uri, Some(TOKEN)).header(header::CONTENT_TYPE, TOML);
+            send(
+                &router,
+                builder.body(Body::from(valid_named("known"))).unwrap(),
+            )
+            .await
         } else if let Some(body) = json_body {
             call_json(&router, &method, &uri, body).await
         } else {

@@ -377,6 +377,42 @@ impl JobSpec {
         Ok(spec)
     }
 
+    /// Checks that `self` may replace `current`, the spec of a job that exists: the same
+    /// name, slot and publication (a new slot is a new job, with a new snapshot). Anything
+    /// else may change; what the new spec adds is loaded when the job restarts
+    /// (`control::backfill`).
+    pub fn check_replaces(&self, current: &JobSpec) -> Result<(), JobSpecError> {
+        let unchanged = |field: &str, now: &str, new: &str, why: &str| {
+            if now == new {
+                Ok(())
+            } else {
+                Err(JobSpecError::Invalid {
+                    field: field.to_string(),
+                    reason: format!("is `{new}`, the job's is `{now}`: {why}"),
+                })
+            }
+        };
+        unchanged(
+            "name",
+            &current.name,
+            &self.name,
+            "a job's name cannot change",
+        )?;
+        let new_job = "a job cannot move to another; delete it and submit the new spec as a job";
+        unchanged(
+            "source.slot",
+            &current.source.slot,
+            &self.source.slot,
+            new_job,
+        )?;
+        unchanged(
+            "source.publication",
+            &current.source.publication,
+            &self.source.publication,
+            new_job,
+        )
+    }
+
     /// Checks everything the types do not: names, identifiers, DSNs, counts,
     /// uniqueness, ranges. Returns the first problem found.
     pub fn validate(&self) -> Result<(), JobSpecError> {

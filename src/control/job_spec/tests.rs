@@ -1037,3 +1037,28 @@ fn compaction_of_a_parquet_sink_is_on_by_default_and_can_be_turned_off() {
     .expect_err("a postgres sink does not compact");
     assert!(err.to_string().contains("compact_min_files"), "{err}");
 }
+
+#[test]
+fn a_replacing_spec_keeps_name_slot_and_publication() {
+    let current = JobSpec::from_toml_str(TENANTS_3_7).unwrap();
+    let mut wider = current.clone();
+    wider.tenants.include = TenantFilter::Only(["3", "7", "9"].map(String::from).into());
+    wider.tables.truncate(1);
+    assert!(wider.check_replaces(&current).is_ok());
+    for (field, change) in [
+        (
+            "name",
+            (|s: &mut JobSpec| s.name = "other".into()) as fn(&mut JobSpec),
+        ),
+        ("source.slot", |s| s.source.slot = "other_slot".into()),
+        ("source.publication", |s| {
+            s.source.publication = "other_pub".into()
+        }),
+    ] {
+        let mut next = current.clone();
+        change(&mut next);
+        let err = next.check_replaces(&current).expect_err(field);
+        assert_eq!(err.field(), field);
+        assert!(err.message().contains("`other"), "{err}");
+    }
+}
