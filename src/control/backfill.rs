@@ -112,8 +112,41 @@ pub async fn widen(
     Ok(())
 }
 
+/// What a resuming job whose progress lives in the cold tier (no PostgreSQL sink) does
+/// with its recorded coverage `held`: the coverage to record (`None`: unchanged), or an
+/// error when the spec carries rows the cold tier lacks (it cannot load them).
+pub fn cold_tier_coverage(
+    spec: &JobSpec,
+    held: Option<serde_json::Value>,
+) -> Result<Option<serde_json::Value>, JobError> {
+    let wanted = Coverage::of(spec);
+    let Some(held) = held else {
+        return Ok(Some(coverage_json(&wanted)?));
+    };
+    let held: Coverage = serde_json::from_value(held).map_err(|e| {
+        CdcError::Definite(format!(
+            "the coverage in job `{}`'s progress file is not readable ({e}); move the file \
+             away to take a new snapshot",
+            spec.name
+        ))
+    })?;
+    if held == wanted {
+        return Ok(None);
+    }
+    let narrower = held.narrowing_to(&wanted);
+    if !narrower.is_empty() {
+        tracing::warn!(job = %spec.name, no_longer_carried = %narrower.join("; "),
+            "the job no longer carries these: their rows stay in the cold tier and are no longer kept up to date");
+    }
+    check_supported(spec, &held.widening_to(&wanted))?;
+    Ok(Some(coverage_json(&wanted)?))
+}
+
 /// Refuses a backfill this version cannot do, naming what is missing and what to do.
 fn check_supported(spec: &JobSpec, gaps: &[Widening]) -> Result<(), JobError> {
+    if gaps.is_empty() {
+        return Ok(());
+    }
     let missing = || {
         gaps.iter()
             .map(Widening::describe)
@@ -254,7 +287,44 @@ async fn load_gaps(
 
 #[cfg(test)]
 mod tests {
-    use super::backfill_slot_name;
+    use super::{backfill_slot_name, cold_tier_coverage, coverage_json};
+    use crate::control::coverage::Coverage;
+    use crate::control::job_spec::JobSpec;
+
+    fn cold_job(tenants: &str) -> JobSpec {
+        JobSpec::from_toml_str(&format!(
+            "name = \"c\"\n[source]\ndsn = \"host=127.0.0.1 dbname=app\"\npublication = \"p\"\nslot = \"s\"\n\
+             [tenants]\ninclude = {tenants}\n[[tables]]\nname = \"public.prices\"\nhistory = true\n\
+             [[sinks]]\nkind = \"parquet\"\nroot = \"/tmp/cold\"\n"
+        ))
+        .expect("spec")
+    }
+
+    #[test]
+    fn a_cold_tier_job_records_its_coverage_and_refuses_to_widen() {
+        let one = cold_job("[1]");
+        let held = |spec: &JobSpec| Some(coverage_json(&Coverage::of(spec)).expect("json"));
+        // Nothing recorded (an older file): the spec is recorded.
+        assert_eq!(cold_tier_coverage(&one, None).expect("ok"), held(&one));
+        assert_eq!(cold_tier_coverage(&one, held(&one)).expect("ok"), None);
+        // Narrower: recorded; wider: refused, naming what is missing and what to do.
+        let two = cold_job("[1, 2]");
+        assert_eq!(
+            cold_tier_coverage(&one, held(&two)).expect("ok"),
+            held(&one)
+        );
+        let err = cold_tier_coverage(&two, held(&one))
+            .expect_err("wider")
+            .to_string();
+        assert!(
+            err.contains("public.prices (tenants 2)") && err.contains("parquet sink"),
+            "{err}"
+        );
+        let err = cold_tier_coverage(&one, Some(serde_json::json!({"tables": 3})))
+            .expect_err("garbage")
+            .to_string();
+        assert!(err.contains("progress file is not readable"), "{err}");
+    }
 
     #[test]
     fn the_backfill_slot_name_fits_a_slot_name() {

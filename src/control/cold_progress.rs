@@ -56,6 +56,10 @@ struct ProgressFile {
     slot: String,
     snapshot_lsn: Option<String>,
     confirmed_lsn: Option<String>,
+    /// What the snapshot loaded (`control::coverage::Coverage`); absent in files of a
+    /// version that did not keep it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    coverage: Option<serde_json::Value>,
 }
 
 /// The progress file of `job` under `root`.
@@ -122,12 +126,14 @@ fn lsn_field(
     .transpose()
 }
 
-/// Records a completed snapshot at `lsn` (both positions become `lsn`).
+/// Records a completed snapshot at `lsn` (both positions become `lsn`) that loaded
+/// `coverage`.
 pub fn record_snapshot(
     root: &Path,
     job: &str,
     slot: &str,
     lsn: Lsn,
+    coverage: &serde_json::Value,
 ) -> Result<(), ColdProgressError> {
     store(
         root,
@@ -137,8 +143,32 @@ pub fn record_snapshot(
             slot: slot.to_owned(),
             snapshot_lsn: Some(format_lsn(lsn)),
             confirmed_lsn: Some(format_lsn(lsn)),
+            coverage: Some(coverage.clone()),
         },
     )
+}
+
+/// What the job's snapshot loaded, as recorded (`None`: no file, or a file of a version
+/// that did not record it).
+pub fn load_coverage(
+    root: &Path,
+    job: &str,
+) -> Result<Option<serde_json::Value>, ColdProgressError> {
+    Ok(load_file(root, job)?.and_then(|(file, _)| file.coverage))
+}
+
+/// Records what the job's cold tier holds (a job without a progress file has nothing
+/// to record).
+pub fn record_coverage(
+    root: &Path,
+    job: &str,
+    coverage: &serde_json::Value,
+) -> Result<(), ColdProgressError> {
+    let Some((mut file, _)) = load_file(root, job)? else {
+        return Ok(());
+    };
+    file.coverage = Some(coverage.clone());
+    store(root, &file)
 }
 
 /// Forgets the snapshot (before a new one), keeping the slot's name.
@@ -204,7 +234,14 @@ mod tests {
     #[test]
     fn snapshot_then_confirmed_positions_only_move_forward() {
         let dir = tempfile::tempdir().unwrap();
-        record_snapshot(dir.path(), "j", "slot_j", 0x100).unwrap();
+        record_snapshot(
+            dir.path(),
+            "j",
+            "slot_j",
+            0x100,
+            &serde_json::json!({"tables": {}}),
+        )
+        .unwrap();
         let p = load_progress(dir.path(), "j").unwrap();
         assert_eq!(
             (p.snapshot_lsn, p.confirmed_lsn),
@@ -227,10 +264,33 @@ mod tests {
     }
 
     #[test]
+    fn coverage_is_kept_with_the_positions_and_older_files_have_none() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load_coverage(dir.path(), "j").unwrap(), None);
+        let path = progress_path(dir.path(), "j");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        // A file written before coverage was kept.
+        fs::write(
+            &path,
+            r#"{"format":1,"job":"j","slot":"s","snapshot_lsn":"0/1","confirmed_lsn":"0/2"}"#,
+        )
+        .unwrap();
+        assert_eq!(load_coverage(dir.path(), "j").unwrap(), None);
+        let c = serde_json::json!({"tables": {"public.t": {"column": "t", "include": [1]}}});
+        record_coverage(dir.path(), "j", &c).unwrap();
+        record_confirmed(dir.path(), "j", 0x300).unwrap();
+        assert_eq!(load_coverage(dir.path(), "j").unwrap(), Some(c));
+        assert_eq!(
+            load_progress(dir.path(), "j").unwrap().confirmed_lsn,
+            Some(0x300)
+        );
+    }
+
+    #[test]
     fn jobs_keep_separate_files() {
         let dir = tempfile::tempdir().unwrap();
-        record_snapshot(dir.path(), "a/b", "s1", 1).unwrap();
-        record_snapshot(dir.path(), "a", "s2", 2).unwrap();
+        record_snapshot(dir.path(), "a/b", "s1", 1, &serde_json::json!({})).unwrap();
+        record_snapshot(dir.path(), "a", "s2", 2, &serde_json::json!({})).unwrap();
         assert_eq!(
             load_progress(dir.path(), "a/b").unwrap().snapshot_lsn,
             Some(1)

@@ -771,8 +771,23 @@ async fn prepare(
                 ))
                 .into());
             }
-            if let Anchor::Postgres(_) = anchor {
-                backfill::widen(spec, &mut targets, s.confirmed_flush).await?;
+            match anchor {
+                Anchor::Postgres(_) => {
+                    backfill::widen(spec, &mut targets, s.confirmed_flush).await?
+                }
+                Anchor::Cold(root) => {
+                    let job = spec.name.clone();
+                    let held =
+                        progress_file_step(root, move |r| cold_progress::load_coverage(r, &job))
+                            .await?;
+                    if let Some(coverage) = backfill::cold_tier_coverage(spec, held)? {
+                        let job = spec.name.clone();
+                        progress_file_step(root, move |r| {
+                            cold_progress::record_coverage(r, &job, &coverage)
+                        })
+                        .await?;
+                    }
+                }
             }
             restore_history(
                 spec,
@@ -874,8 +889,9 @@ pub(super) async fn record_snapshot_done(
         }
         Anchor::Cold(root) => {
             let (job, slot) = (spec.name.clone(), slot.clone());
+            let coverage = coverage_json(&Coverage::of(spec))?;
             progress_file_step(root, move |r| {
-                cold_progress::record_snapshot(r, &job, &slot, lsn)
+                cold_progress::record_snapshot(r, &job, &slot, lsn, &coverage)
             })
             .await?
         }

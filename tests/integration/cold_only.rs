@@ -139,6 +139,22 @@ fn a_cold_tier_only_job_snapshots_streams_and_resumes_from_its_own_files() {
     }
     assert!(replicator.stop().success(), "{}", replicator.output());
 
+    // The progress file records what the snapshot loaded: a spec with a tenant more (which
+    // the cold tier cannot load into a running job) stops the job saying so.
+    let wider = env.dir.path().join("cold_prices_wider.toml");
+    std::fs::write(
+        &wider,
+        job_toml(&env, &cold).replace("[1, 2, 3, 4, 5]", "[1, 2, 3, 4, 5, 6]"),
+    )
+    .expect("job file");
+    let mut replicator = Replicator::start_inline(&wider);
+    wait_for("the wider job to stop", WAIT, || !replicator.is_running());
+    let out = replicator.output();
+    assert!(
+        out.contains("public.prices (tenants 6)") && out.contains("--drop-slot"),
+        "{out}"
+    );
+
     // A progress file that is not one stops the job with a message naming it.
     let path = cold_progress::progress_path(&cold, "cold_prices");
     std::fs::write(&path, "{oops").expect("overwrite");
