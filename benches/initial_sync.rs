@@ -14,6 +14,11 @@
 //! - (b') the same with `snapshot_split_tables = false`: the table in one transaction
 //!   (by default a large table loads in parts side by side, one per core up to four);
 //! - (c) ours, 5 of 50 tenants (the copy filtered on the source);
+//! - (f) ours, the 5 tenants of (c) added to a job over the other 45 (synced and stopped
+//!   first, not timed): from its restart until it streams, i.e. until the added tenants'
+//!   rows are loaded from a snapshot of its own (`control::backfill`), where the
+//!   subscription, whose row filter cannot grow without a new copy, would sync the table
+//!   again as (a) does;
 //! - (d) the subscription and (e) ours over the same rows in four tables of a quarter
 //!   each (the subscription syncs two tables at a time by default,
 //!   `max_sync_workers_per_subscription`; we load up to one table per core at once).
@@ -178,7 +183,9 @@ async fn bench(
     for round in 0..rounds {
         // Each round into databases, subscriptions, jobs and slots of its own.
         let db = |name: &str| format!("{name}_{round}");
-        for name in ["sub_a", "ours_b", "ours_b1", "ours_c", "sub_d", "ours_e"] {
+        for name in [
+            "sub_a", "ours_b", "ours_b1", "ours_c", "ours_f", "sub_d", "ours_e",
+        ] {
             target.create_database(&db(name))?;
         }
         let cases = vec![
@@ -214,6 +221,7 @@ async fn bench(
                 some_rows,
             )
             .await?,
+            ours_adding_tenants(source, target, &db("ours_f"), rows, some_rows).await?,
             subscription(source, target, &db("sub_d"), "pub_four", &QUARTERS, rows).await?,
             ours(
                 source,
@@ -297,26 +305,30 @@ async fn subscription(
     })
 }
 
-/// Cases (b), (c) and (e): our job, from its start until it streams.
-async fn ours(
+/// Our job's spec: database `name` on the target, its own slot and publication.
+fn job_spec(
     source: &PgCluster,
     target: &PgCluster,
-    (label, name, source_settings): (&'static str, &str, &str),
+    (name, source_settings): (&str, &str),
     tenants: &str,
     tables: &[&str],
-    rows: i64,
-) -> anyhow::Result<Case> {
+) -> anyhow::Result<JobSpec> {
     let listed: String = tables
         .iter()
         .map(|t| format!("[[tables]]\nname = \"{t}\"\n"))
         .collect();
-    let spec = JobSpec::from_toml_str(&format!(
+    Ok(JobSpec::from_toml_str(&format!(
         "name = \"{name}\"\n[source]\ndsn = \"{}\"\npublication = \"{name}\"\nslot = \"{name}\"\n{source_settings}\
          [tenants]\ncolumn = \"tenant_id\"\ninclude = {tenants}\n{listed}\
          [[sinks]]\nkind = \"postgres\"\ndsn = \"{}\"\n",
         source.dsn("bench"),
         target.dsn(name)
-    ))?;
+    ))?)
+}
+
+/// Runs `spec` from its start until it streams, then stops it; the seconds that took
+/// and our process's CPU seconds meanwhile.
+async fn run_until_streaming(label: &str, spec: JobSpec) -> anyhow::Result<(f64, f64)> {
     let host = Arc::new(
         DataflowHost::start(
             job_runner::default_workers(),
@@ -361,19 +373,88 @@ async fn ours(
         other => bail!("{label}: the job did not stop cleanly: {other:?}"),
     }
     drop(host);
+    Ok((seconds, cpu))
+}
+
+/// Checks that the target's `tables` hold `rows` rows, then drops the job's slot (it
+/// would hold the source's WAL, and the next rounds need slots).
+async fn check_and_drop_slot(
+    source: &PgCluster,
+    target: &PgCluster,
+    (label, name): (&str, &str),
+    tables: &[&str],
+    rows: i64,
+) -> anyhow::Result<()> {
     let tgt = connect(&target.dsn(name)).await?;
     let on_target = rows_in(&tgt, tables).await?;
     if on_target != rows {
         bail!("{label}: {on_target} rows on the target, expected {rows}");
     }
-    // The job's slot would hold the source's WAL, and the next rounds need slots.
     connect(&source.dsn("bench"))
         .await?
         .batch_execute(&format!("SELECT pg_drop_replication_slot('{name}')"))
         .await?;
+    Ok(())
+}
+
+/// Cases (b), (c) and (e): our job, from its start until it streams.
+async fn ours(
+    source: &PgCluster,
+    target: &PgCluster,
+    (label, name, source_settings): (&'static str, &str, &str),
+    tenants: &str,
+    tables: &[&str],
+    rows: i64,
+) -> anyhow::Result<Case> {
+    let spec = job_spec(source, target, (name, source_settings), tenants, tables)?;
+    let (seconds, cpu) = run_until_streaming(label, spec).await?;
+    check_and_drop_slot(source, target, (label, name), tables, rows).await?;
     Ok(Case {
         name: label,
         rows,
+        seconds,
+        cpu: Some(cpu),
+    })
+}
+
+/// Case (f): a job over the other 45 tenants, synced and stopped (not timed), restarted
+/// with `SOME_TENANTS` added to its list; timed from that start until it streams, which
+/// is when the added tenants' `added_rows` are loaded (`control::backfill`). The target
+/// then holds all `rows`.
+async fn ours_adding_tenants(
+    source: &PgCluster,
+    target: &PgCluster,
+    name: &str,
+    rows: i64,
+    added_rows: i64,
+) -> anyhow::Result<Case> {
+    let label = "(f) ours, 5 tenants added to a job of 45";
+    let others: Vec<String> = (1..=50)
+        .filter(|t| !SOME_TENANTS.contains(t))
+        .map(|t| t.to_string())
+        .collect();
+    let every: Vec<String> = (1..=50).map(|t| t.to_string()).collect();
+    let one = ["bench.t"];
+    let before = job_spec(
+        source,
+        target,
+        (name, ""),
+        &format!("[{}]", others.join(", ")),
+        &one,
+    )?;
+    run_until_streaming(label, before).await?;
+    let after = job_spec(
+        source,
+        target,
+        (name, ""),
+        &format!("[{}]", every.join(", ")),
+        &one,
+    )?;
+    let (seconds, cpu) = run_until_streaming(label, after).await?;
+    check_and_drop_slot(source, target, (label, name), &one, rows).await?;
+    Ok(Case {
+        name: label,
+        rows: added_rows,
         seconds,
         cpu: Some(cpu),
     })

@@ -244,17 +244,14 @@ async fn load_gaps(
                     info
                 }
             };
-            let column = table
-                .tenant_column
-                .clone()
-                .unwrap_or_else(|| spec.tenants.column.clone());
+            let column = spec.tenant_column_of(table);
             let filter = gap.load_filter(&spec.tenants.include);
             let floor = LoadFloor {
                 job: &spec.name,
                 whole: matches!(gap.gap, Gap::Table),
                 lsn: floor_at,
             };
-            let (info, column, filter, copier) = (&*info, column.as_str(), &filter, &copier);
+            let (info, filter, copier) = (&*info, &filter, &copier);
             let open_source = move |binary| {
                 let sql = snapshot::copy_out_sql(info, column, filter, None, binary);
                 async move { copier.copy_out(&sql).await }

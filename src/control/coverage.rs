@@ -71,14 +71,10 @@ impl Coverage {
                 .tables
                 .iter()
                 .map(|t| {
-                    let column = t
-                        .tenant_column
-                        .clone()
-                        .unwrap_or_else(|| spec.tenants.column.clone());
                     (
                         t.name.clone(),
                         TableCoverage {
-                            column,
+                            column: spec.tenant_column_of(t).to_string(),
                             include: spec.tenants.include.clone(),
                         },
                     )

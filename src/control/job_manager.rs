@@ -174,6 +174,19 @@ impl JobManager {
         }
     }
 
+    /// Stops a job's runner (waiting up to [`STOP_LIMIT`]) and its monitor, and drops its
+    /// metrics; returns its spec.
+    async fn stop_runner(&self, id: &str, job: ManagedJob) -> JobSpec {
+        job.stats.set_state(JobState::Stopping, None);
+        let _ = job.control.send(Desired::Stop);
+        if tokio::time::timeout(STOP_LIMIT, job.task).await.is_err() {
+            tracing::warn!(job = id, "job did not stop in time; dropped");
+        }
+        job.monitor.abort();
+        self.metrics.unregister_job(id);
+        job.spec
+    }
+
     fn spawn(self: &Arc<Self>, spec: JobSpec, version: i32, desired: Desired) -> ManagedJob {
         let stats = Arc::new(JobStats::new(spec.sinks.len()));
         if desired == Desired::Pause {
@@ -591,23 +604,17 @@ impl JobControl for JobManager {
             .await
             .remove(id)
             .ok_or_else(|| ControlError::NotFound(id.to_string()))?;
-        job.stats.set_state(JobState::Stopping, None);
-        let _ = job.control.send(Desired::Stop);
-        if tokio::time::timeout(STOP_LIMIT, job.task).await.is_err() {
-            tracing::warn!(job = id, "job did not stop in time; dropped");
-        }
-        job.monitor.abort();
-        self.metrics.unregister_job(id);
+        let spec = self.stop_runner(id, job).await;
         self.store.set_desired_state(id, "deleted").await?;
         self.store
             .record_event(id, "deleted", drop_slot.then_some("slot dropped"))
             .await;
         if drop_slot {
-            drop_replication_slot(&job.spec).await?;
+            drop_replication_slot(&spec).await?;
         }
         // With the slot kept or not: a job of the same name would snapshot afresh, and the
         // first thing it would do is drop them.
-        drop_staging_leftovers(&job.spec).await;
+        drop_staging_leftovers(&spec).await;
         tracing::info!(job = id, drop_slot, "job deleted");
         Ok(())
     }
@@ -639,13 +646,7 @@ impl JobControl for JobManager {
             .record_event(id, "replaced", Some(&format!("version {version}")))
             .await;
         if let Some(old) = jobs.remove(id) {
-            old.stats.set_state(JobState::Stopping, None);
-            let _ = old.control.send(Desired::Stop);
-            if tokio::time::timeout(STOP_LIMIT, old.task).await.is_err() {
-                tracing::warn!(job = id, "job did not stop in time; dropped");
-            }
-            old.monitor.abort();
-            self.metrics.unregister_job(id);
+            self.stop_runner(id, old).await;
         }
         let me = self.self_arc().await?;
         let managed = me.spawn(spec, version, desired);

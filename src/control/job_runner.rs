@@ -208,13 +208,7 @@ pub fn tenant_plan(spec: &JobSpec, peers: usize) -> TenantPlan {
         tenant_columns: spec
             .tables
             .iter()
-            .map(|t| {
-                let column = t
-                    .tenant_column
-                    .clone()
-                    .unwrap_or_else(|| spec.tenants.column.clone());
-                (t.name.clone(), column)
-            })
+            .map(|t| (t.name.clone(), spec.tenant_column_of(t).to_string()))
             .collect(),
         peers: peers.max(1) as u32,
     }

@@ -619,6 +619,14 @@ impl JobSpec {
             .map(|t| t.tenant_column.as_deref().unwrap_or(&self.tenants.column))
     }
 
+    /// The tenant column of `table`: its own, or the job's.
+    pub fn tenant_column_of<'a>(&'a self, table: &'a TableSpec) -> &'a str {
+        table
+            .tenant_column
+            .as_deref()
+            .unwrap_or(&self.tenants.column)
+    }
+
     /// Whether rows of `tenant` (the id as text) are replicated.
     pub fn includes_tenant(&self, tenant: &str) -> bool {
         match &self.tenants.include {
