@@ -88,7 +88,11 @@ pub async fn widen(
             }),
         })
         .collect::<Result<Vec<Coverage>, CdcError>>()?;
-    let narrower = held[0].narrowing_to(&wanted);
+    // What the progress target holds speaks for the job in the log.
+    let Some(first) = held.first() else {
+        return Ok(());
+    };
+    let narrower = first.narrowing_to(&wanted);
     if !narrower.is_empty() {
         tracing::warn!(job = %spec.name, no_longer_carried = %narrower.join("; "),
             "the job no longer carries these: their rows stay on the targets and are no longer kept up to date");
