@@ -18,11 +18,14 @@
 //! Each target records what it holds (`helios.job_coverage`), so a PostgreSQL target
 //! added to the job's sinks holds nothing and has every table loaded the same way.
 //!
-//! Supported when every sink is PostgreSQL and no table to load keeps history; for other
-//! jobs a wider spec stops the job with a message saying what is missing and what to do
-//! (the stream alone would never bring the missing rows).
+//! NATS sinks get what the progress target lacked as the initial copy does: the rows as
+//! inserts at `S`, after which each subject's checkpoint skips the older changes the
+//! stream sends again. Supported when no sink is Parquet and no table to load keeps
+//! history; for other jobs a wider spec stops the job with a message saying what is
+//! missing and what to do (the stream alone would never bring the missing rows).
 
-use std::sync::atomic::AtomicU64;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,8 +34,9 @@ use crate::cdc::error::CdcError;
 use crate::cdc::snapshot;
 use crate::cdc::stream;
 use crate::cdc::transport::ReplicationConnection;
-use crate::change::{format_lsn, Lsn};
+use crate::change::{format_lsn, Lsn, TableInfo};
 use crate::control::coverage::{Coverage, Gap, Widening};
+use crate::control::initial_snapshot::{self, SnapshotProgress};
 use crate::control::job_runner::JobError;
 use crate::control::job_spec::{JobSpec, SinkSpec};
 use crate::sinks::pg_apply::snapshot::{load_table, LoadFloor};
@@ -52,6 +56,7 @@ pub async fn widen(
     spec: &JobSpec,
     targets: &mut [tokio_postgres::Client],
     resume: Lsn,
+    progress: &SnapshotProgress,
 ) -> Result<(), JobError> {
     for target in targets.iter() {
         let forgotten = floors::forget_passed(target, &spec.name, resume).await?;
@@ -106,7 +111,7 @@ pub async fn widen(
                 tracing::info!(job = %spec.name, target = index, "a target new to the job: every table is loaded into it");
             }
         }
-        load_gaps(spec, targets, &gaps).await?;
+        load_gaps(spec, targets, &gaps, progress).await?;
     }
     for (target, h) in targets.iter().zip(&held) {
         if *h != wanted {
@@ -163,11 +168,11 @@ fn check_supported(spec: &JobSpec, gaps: &[Widening]) -> Result<(), JobError> {
     if let Some(other) = spec
         .sinks
         .iter()
-        .find(|s| !matches!(s, SinkSpec::Postgres(_)))
+        .find(|s| matches!(s, SinkSpec::Parquet(_)))
     {
         return Err(CdcError::Definite(format!(
             "the job now carries rows its targets lack: {}; loading them into a running job is \
-             supported for PostgreSQL sinks only, and this job has a {} sink: {what_to_do}",
+             supported for PostgreSQL and NATS sinks only, and this job has a {} sink: {what_to_do}",
             missing(),
             other.kind()
         ))
@@ -198,11 +203,13 @@ fn backfill_slot_name(slot: &str) -> String {
 }
 
 /// Loads each target's `gaps` (in `targets`' order) from a snapshot of a temporary slot
-/// (module doc).
+/// (module doc), counting loads, rows and bytes in `progress` (the job's status shows
+/// them as a snapshot's).
 async fn load_gaps(
     spec: &JobSpec,
     targets: &mut [tokio_postgres::Client],
     gaps: &[Vec<Widening>],
+    progress: &SnapshotProgress,
 ) -> Result<(), JobError> {
     let started = Instant::now();
     let dsn = spec.source.dsn.expose();
@@ -226,9 +233,10 @@ async fn load_gaps(
         "the job carries rows its targets lack: loading them before the stream resumes");
     let copier = catalog::connect(dsn).await?;
     snapshot::begin_on_snapshot(&copier, &snap.snapshot_name).await?;
-    let bytes = AtomicU64::new(0);
+    progress.start(gaps.iter().map(Vec::len).sum::<usize>() as u64);
+    let bytes_before = progress.bytes().load(Relaxed);
     let mut rows = 0u64;
-    let mut shapes = std::collections::HashMap::new();
+    let mut shapes = HashMap::new();
     for (target, gaps) in targets.iter_mut().zip(gaps) {
         for gap in gaps {
             let table = spec
@@ -268,22 +276,67 @@ async fn load_gaps(
                 true,
                 Some(&floor),
                 open_source,
-                &bytes,
+                progress.bytes(),
             )
             .await?;
+            progress.done(loaded.rows);
             rows += loaded.rows;
         }
     }
+    // The NATS sinks get what the progress target lacked, as the initial copy does:
+    // inserts at the snapshot's point, so each subject's checkpoint skips the older
+    // changes the stream sends again.
+    let published = publish_gaps(spec, &copier, &shapes, gaps.first(), floor_at).await?;
     copier
         .batch_execute("COMMIT")
         .await
         .map_err(CdcError::query("end backfill snapshot transaction"))?;
     // The temporary slot goes with its session.
     drop(repl);
-    tracing::info!(job = %spec.name, loads = gaps.iter().map(Vec::len).sum::<usize>(), rows, bytes = bytes.into_inner(),
+    let bytes = progress.bytes().load(Relaxed) - bytes_before;
+    tracing::info!(job = %spec.name, loads = gaps.iter().map(Vec::len).sum::<usize>(), rows, bytes, published,
         seconds = started.elapsed().as_secs_f32(), floor = %format_lsn(floor_at),
         "backfill loaded: the stream skips the loaded rows' changes committed before the floor");
     Ok(())
+}
+
+/// Publishes `gaps` (the progress target's) to every NATS sink of the job from the
+/// snapshot `copier` reads, as inserts at `at`; `shapes` are the tables' shapes read on
+/// it. Returns the bytes published.
+async fn publish_gaps(
+    spec: &JobSpec,
+    copier: &tokio_postgres::Client,
+    shapes: &HashMap<String, Arc<TableInfo>>,
+    gaps: Option<&Vec<Widening>>,
+    at: Lsn,
+) -> Result<u64, JobError> {
+    let gaps = match gaps {
+        Some(g) if !g.is_empty() => g,
+        _ => return Ok(0),
+    };
+    let mut sinks = initial_snapshot::nats_snapshot_sinks(spec).await?;
+    if sinks.is_empty() {
+        return Ok(0);
+    }
+    let mut bytes = 0;
+    for gap in gaps {
+        let (Some(table), Some(info)) = (
+            spec.tables.iter().find(|t| t.name == gap.table),
+            shapes.get(&gap.table),
+        ) else {
+            continue;
+        };
+        bytes += initial_snapshot::publish_snapshot(
+            copier,
+            &mut sinks,
+            Arc::clone(info),
+            spec.tenant_column_of(table),
+            &gap.load_filter(&spec.tenants.include),
+            at,
+        )
+        .await?;
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

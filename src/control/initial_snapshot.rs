@@ -38,17 +38,23 @@ pub struct SnapshotProgress {
 }
 
 impl SnapshotProgress {
-    /// A new snapshot of `loads` table loads begins.
-    fn start(&self, loads: u64) {
+    /// A new snapshot (or backfill) of `loads` table loads begins.
+    pub(super) fn start(&self, loads: u64) {
         self.loads_done.store(0, Relaxed);
         self.rows.store(0, Relaxed);
         self.bytes.store(0, Relaxed);
         self.loads_total.store(loads, Relaxed);
     }
 
-    fn done(&self, rows: u64) {
+    /// One load of `rows` rows is committed.
+    pub(super) fn done(&self, rows: u64) {
         self.rows.fetch_add(rows, Relaxed);
         self.loads_done.fetch_add(1, Relaxed);
+    }
+
+    /// The bytes streamed so far, which loads add to as they go.
+    pub(super) fn bytes(&self) -> &AtomicU64 {
+        &self.bytes
     }
 
     /// The figures, `None` before any snapshot began.
@@ -419,7 +425,7 @@ const SNAPSHOT_CHUNK_ROWS: usize = 10_000;
 const SNAPSHOT_CHUNK_BYTES: usize = 8 << 20;
 
 /// A connected sink for each NATS sink of the job, to publish the initial copy with.
-async fn nats_snapshot_sinks(spec: &JobSpec) -> Result<Vec<NatsSink>, JobError> {
+pub(super) async fn nats_snapshot_sinks(spec: &JobSpec) -> Result<Vec<NatsSink>, JobError> {
     let mut sinks = Vec::new();
     for s in &spec.sinks {
         if let SinkSpec::Nats(n) = s {
@@ -439,7 +445,7 @@ async fn nats_snapshot_sinks(spec: &JobSpec) -> Result<Vec<NatsSink>, JobError> 
 
 /// Publishes the job's tenants' rows of `table` in the exported snapshot to every NATS
 /// sink, as inserts at the consistent point, in chunks; returns the bytes published.
-async fn publish_snapshot(
+pub(super) async fn publish_snapshot(
     copier: &tokio_postgres::Client,
     sinks: &mut [NatsSink],
     table: Arc<crate::change::TableInfo>,

@@ -767,7 +767,7 @@ async fn prepare(
             }
             match anchor {
                 Anchor::Postgres(_) => {
-                    backfill::widen(spec, &mut targets, s.confirmed_flush).await?
+                    backfill::widen(spec, &mut targets, s.confirmed_flush, snapshot).await?
                 }
                 Anchor::Cold(root) => {
                     let job = spec.name.clone();

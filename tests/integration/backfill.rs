@@ -283,7 +283,9 @@ fn a_wider_spec_the_job_cannot_load_stops_it_naming_what_to_do() {
     let out = repl.output();
     assert!(
         out.contains("public.items (tenants 2)")
-            && out.contains("supported for PostgreSQL sinks only, and this job has a parquet sink")
+            && out.contains(
+                "supported for PostgreSQL and NATS sinks only, and this job has a parquet sink"
+            )
             && out.contains("--drop-slot"),
         "{out}"
     );

@@ -597,6 +597,17 @@ fn a_replaced_spec_loads_the_added_tenant_and_survives_a_server_restart() {
     let status = server.job_json("job_e");
     assert_eq!(status["tenants"], serde_json::json!(["1", "2", "3"]));
     assert_eq!(status["version"], 2);
+    // The status shows the backfill's loads as a snapshot's: tenant 3 of both tables.
+    let tenant_3_rows: u64 = env
+        .target
+        .psql("replica_a", "SELECT (SELECT count(*) FROM public.accounts WHERE tenant_id = 3) + (SELECT count(*) FROM public.ledger WHERE tenant_id = 3)")
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or(0);
+    assert_eq!(status["snapshot"]["loads_total"], 2, "{status}");
+    assert_eq!(status["snapshot"]["loads_done"], 2, "{status}");
+    let loaded = status["snapshot"]["rows"].as_u64().unwrap_or(0);
+    assert!(loaded > 0 && loaded <= tenant_3_rows, "{status}");
 
     // The slot cannot change: 422 naming the field, and the job runs on as it was.
     let moved = job_file(&env, "job_e", "[1, 2, 3]", "replica_a");
