@@ -38,9 +38,10 @@ use crate::change::{format_lsn, Lsn, TableInfo};
 use crate::control::coverage::{Coverage, Gap, Widening};
 use crate::control::initial_snapshot::{self, SnapshotProgress};
 use crate::control::job_runner::JobError;
-use crate::control::job_spec::{JobSpec, SinkSpec};
+use crate::control::job_spec::{JobSpec, RemovedTenants, SinkSpec};
 use crate::sinks::pg_apply::snapshot::{load_table, LoadFloor};
 use crate::sinks::pg_apply::{floors, store};
+use crate::sql_text::quote_qualified;
 
 /// A coverage as the JSON kept in `helios.job_progress.coverage`.
 pub fn coverage_json(coverage: &Coverage) -> Result<serde_json::Value, JobError> {
@@ -99,8 +100,21 @@ pub async fn widen(
     };
     let narrower = first.narrowing_to(&wanted);
     if !narrower.is_empty() {
-        tracing::warn!(job = %spec.name, no_longer_carried = %narrower.join("; "),
-            "the job no longer carries these: their rows stay on the targets and are no longer kept up to date");
+        match spec.tenants.removed {
+            RemovedTenants::Keep => {
+                tracing::warn!(job = %spec.name, no_longer_carried = %narrower.join("; "),
+                "the job no longer carries these: their rows stay on the targets and are no longer kept up to date")
+            }
+            RemovedTenants::Delete => {
+                tracing::info!(job = %spec.name, no_longer_carried = %narrower.join("; "),
+                "the job no longer carries these: removed tenants' rows are deleted from the targets (a table no longer carried keeps its rows)")
+            }
+        }
+    }
+    if spec.tenants.removed == RemovedTenants::Delete {
+        for (index, (target, h)) in targets.iter_mut().zip(&held).enumerate() {
+            purge_removed(spec, index, target, &h.removed_rows(&wanted)).await?;
+        }
     }
     let gaps: Vec<Vec<Widening>> = held.iter().map(|h| h.widening_to(&wanted)).collect();
     if gaps.iter().any(|g| !g.is_empty()) {
@@ -118,6 +132,51 @@ pub async fn widen(
             store::record_coverage(target, &spec.name, &wanted_json).await?;
         }
     }
+    Ok(())
+}
+
+/// Deletes, in one transaction on `target` (the job's target `index`), the rows each
+/// `(table, condition)` names: those of tenants the job no longer carries
+/// (`tenants.removed = "delete"`). A table the target lacks has none.
+async fn purge_removed(
+    spec: &JobSpec,
+    index: usize,
+    target: &mut tokio_postgres::Client,
+    removed: &[(String, String)],
+) -> Result<(), JobError> {
+    if removed.is_empty() {
+        return Ok(());
+    }
+    let failed = |what: &'static str| move |e: tokio_postgres::Error| store::sink_error(what, &e);
+    let tx = target
+        .transaction()
+        .await
+        .map_err(failed("begin deleting removed tenants' rows"))?;
+    for (table, condition) in removed {
+        let Some(t) = spec.tables.iter().find(|t| &t.name == table) else {
+            continue;
+        };
+        let name = quote_qualified(t.schema(), t.table());
+        let exists: Option<String> = tx
+            .query_one("SELECT to_regclass($1)::text", &[&name])
+            .await
+            .map_err(failed(
+                "look up a table before deleting removed tenants' rows",
+            ))?
+            .get(0);
+        if exists.is_none() {
+            continue;
+        }
+        let deleted = tx
+            .execute(&format!("DELETE FROM {name} WHERE {condition}"), &[])
+            .await
+            .map_err(failed("delete removed tenants' rows"))?;
+        tracing::info!(job = %spec.name, target = index, table = %table, deleted,
+            "rows of tenants the job no longer carries deleted (tenants.removed = \"delete\")");
+    }
+    tx.commit()
+        .await
+        .map_err(failed("commit deleting removed tenants' rows"))?;
     Ok(())
 }
 

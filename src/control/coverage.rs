@@ -132,6 +132,38 @@ impl Coverage {
     }
 }
 
+impl Coverage {
+    /// For each table that `next` still carries by the same column, the SQL condition
+    /// true for rows of tenants it no longer carries (`tenants.removed = "delete"`).
+    /// Tables `next` drops are not listed: their rows are not the job's to delete.
+    pub fn removed_rows(&self, next: &Coverage) -> Vec<(String, String)> {
+        self.tables
+            .iter()
+            .filter_map(|(table, held)| {
+                let wanted = next.tables.get(table)?;
+                if wanted.column != held.column {
+                    return None;
+                }
+                let condition = match (&held.include, &wanted.include) {
+                    (_, TenantFilter::All) => None,
+                    (TenantFilter::All, kept @ TenantFilter::Only(_)) => kept
+                        .sql_condition(&held.column)
+                        .map(|c| format!("NOT ({c})")),
+                    (TenantFilter::Only(had), TenantFilter::Only(want)) => {
+                        let gone: BTreeSet<String> = had.difference(want).cloned().collect();
+                        if gone.is_empty() {
+                            None
+                        } else {
+                            TenantFilter::Only(gone).sql_condition(&held.column)
+                        }
+                    }
+                }?;
+                Some((table.clone(), condition))
+            })
+            .collect()
+    }
+}
+
 /// `a, b, c`, at most ten, then `… (N in all)`.
 fn list(ids: &BTreeSet<String>) -> String {
     const SHOWN: usize = 10;
@@ -237,6 +269,37 @@ mod tests {
             all.narrowing_to(&coverage(&[])),
             vec!["public.a (the whole table)".to_string()]
         );
+    }
+
+    #[test]
+    fn removed_rows_are_those_of_tenants_no_longer_carried_by_the_same_column() {
+        let held = coverage(&[
+            ("public.a", "t", only(&["1", "2", "3"])),
+            ("public.b", "t", TenantFilter::All),
+            ("public.c", "t", only(&["1"])),
+            ("public.d", "t", only(&["1", "2"])),
+            ("public.e", "t", only(&["1", "2"])),
+        ]);
+        let next = coverage(&[
+            ("public.a", "t", only(&["2"])),
+            ("public.b", "t", only(&["5"])),
+            ("public.c", "t", only(&["1", "9"])),
+            ("public.d", "u", only(&["1"])),
+        ]);
+        assert_eq!(
+            held.removed_rows(&next),
+            vec![
+                (
+                    "public.a".to_string(),
+                    r#""t"::text IN ('1', '3')"#.to_string()
+                ),
+                (
+                    "public.b".to_string(),
+                    r#"NOT ("t"::text IN ('5'))"#.to_string()
+                ),
+            ]
+        );
+        assert!(next.removed_rows(&next).is_empty());
     }
 
     #[test]

@@ -176,6 +176,42 @@ fn a_restarted_job_loads_the_tenants_and_tables_added_to_its_spec() {
         "the stream had passed the floors"
     );
     assert_eq!(repl.stop().code(), Some(0), "{}", repl.output());
+
+    // With `tenants.removed = "delete"`, dropping tenant 1 (and the table `log`) deletes
+    // tenant 1's rows of the tables still carried; `log` keeps its rows.
+    let job = env.job_file("grow", "[3]", &["public.items", "public.notes"]);
+    let text = std::fs::read_to_string(&job).expect("job file");
+    std::fs::write(
+        &job,
+        text.replace("include = [3]\n", "include = [3]\nremoved = \"delete\"\n"),
+    )
+    .expect("job file");
+    let log_before = env.on_target("SELECT count(*) FROM public.log");
+    let mut repl = Replicator::start_inline(&job);
+    wait_for("the job to stream", Duration::from_secs(60), || {
+        repl.output().contains("streaming")
+    });
+    for table in ["items", "notes"] {
+        assert_eq!(
+            env.on_target(&format!(
+                "SELECT count(*) FROM public.{table} WHERE tenant_id = 1"
+            )),
+            "0",
+            "{table}: tenant 1's rows deleted"
+        );
+    }
+    assert_ne!(
+        env.on_target("SELECT count(*) FROM public.items WHERE tenant_id = 3"),
+        "0",
+        "tenant 3's rows stay"
+    );
+    assert_eq!(env.on_target("SELECT count(*) FROM public.log"), log_before);
+    let out = repl.output();
+    assert!(
+        out.contains("rows of tenants the job no longer carries deleted"),
+        "{out}"
+    );
+    assert_eq!(repl.stop().code(), Some(0), "{}", repl.output());
 }
 
 #[test]

@@ -130,6 +130,27 @@ pub struct TenantSpec {
     #[serde(default = "default_tenant_column")]
     pub column: String,
     pub include: TenantFilter,
+    /// What happens on the targets to the rows of tenants a restarted job no longer
+    /// carries (`control::backfill`). Default `keep`.
+    #[serde(default, skip_serializing_if = "RemovedTenants::is_default")]
+    pub removed: RemovedTenants,
+}
+
+/// `tenants.removed`: the rows of tenants dropped from `tenants.include`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RemovedTenants {
+    /// They stay on the targets, no longer kept up to date.
+    #[default]
+    Keep,
+    /// They are deleted from the PostgreSQL targets when the job restarts without them.
+    Delete,
+}
+
+impl RemovedTenants {
+    fn is_default(&self) -> bool {
+        *self == RemovedTenants::Keep
+    }
 }
 
 /// `"all"`, or a list of tenant ids. Ids are compared as text: integers in
@@ -441,6 +462,33 @@ impl JobSpec {
                 "tables",
                 "must contain at least one table",
             ));
+        }
+        if self.tenants.removed == RemovedTenants::Delete {
+            if let Some((i, sink)) = self
+                .sinks
+                .iter()
+                .enumerate()
+                .find(|(_, s)| !matches!(s, SinkSpec::Postgres(_)))
+            {
+                return Err(JobSpecError::invalid(
+                    "tenants.removed",
+                    format!(
+                        "\"delete\" purges PostgreSQL targets only, and sinks[{i}] is a {} sink: \
+                         its copy of removed tenants' rows would stay",
+                        sink.kind()
+                    ),
+                ));
+            }
+            if let Some(t) = self.tables.iter().find(|t| t.history) {
+                return Err(JobSpecError::invalid(
+                    "tenants.removed",
+                    format!(
+                        "\"delete\" is not supported with history tables: the versions of {} \
+                         would stay",
+                        t.name
+                    ),
+                ));
+            }
         }
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, table) in self.tables.iter().enumerate() {

@@ -790,7 +790,11 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
                         snapshot_split_tables: true,
                         receive_buffer_kib: None,
                     },
-                    tenants: TenantSpec { column, include },
+                    tenants: TenantSpec {
+                        column,
+                        include,
+                        removed: RemovedTenants::Keep,
+                    },
                     tables,
                     sinks,
                     history: HistorySpec {
@@ -1061,4 +1065,28 @@ fn a_replacing_spec_keeps_name_slot_and_publication() {
         assert_eq!(err.field(), field);
         assert!(err.message().contains("`other"), "{err}");
     }
+}
+
+#[test]
+fn removed_tenants_are_kept_by_default_and_deleted_only_from_postgres_targets() {
+    let spec = JobSpec::from_toml_str(VALID).unwrap();
+    assert_eq!(spec.tenants.removed, RemovedTenants::Keep);
+    assert!(!spec.to_toml_string().contains("removed"));
+    let delete = valid_with("include = [3, 7]", "include = [3, 7]\nremoved = \"delete\"");
+    let spec = JobSpec::from_toml_str(&delete).unwrap();
+    assert_eq!(spec.tenants.removed, RemovedTenants::Delete);
+    expect_err(
+        &valid_with("include = [3, 7]", "include = [3, 7]\nremoved = \"purge\""),
+        "tenants.removed",
+    );
+    let with_nats =
+        format!("{delete}[[sinks]]\nkind = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\n");
+    let err = expect_err(&with_nats, "tenants.removed");
+    assert!(err.message().contains("sinks[1] is a nats sink"), "{err}");
+    let with_history = delete.replace(
+        "name = \"public.orders\"",
+        "name = \"public.orders\"\nhistory = true",
+    );
+    let err = expect_err(&with_history, "tenants.removed");
+    assert!(err.message().contains("public.orders"), "{err}");
 }
