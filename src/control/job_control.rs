@@ -316,7 +316,8 @@ pub trait JobControl: Send + Sync + 'static {
     async fn delete(&self, id: &str, drop_slot: bool) -> Result<(), ControlError>;
     /// Replaces a job's spec (same name, slot and publication) and restarts it under the
     /// new one, paused if it was paused; what the new spec adds (tenants, tables,
-    /// targets) is loaded before it streams (`control::backfill`).
+    /// targets) is loaded before it streams (`control::backfill`). The job's own spec
+    /// again changes nothing.
     async fn replace(&self, id: &str, spec: JobSpec) -> Result<JobStatus, ControlError>;
     /// Which jobs carry a tenant, with their lag.
     async fn tenant(&self, tenant: &str) -> Vec<TenantJob>;

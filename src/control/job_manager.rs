@@ -627,6 +627,10 @@ impl JobControl for JobManager {
             .get(id)
             .ok_or_else(|| ControlError::NotFound(id.to_string()))?;
         spec.check_replaces(&job.spec)?;
+        if spec == job.spec {
+            // The same spec again: nothing to replace, and no restart.
+            return Ok(JobManager::status(job));
+        }
         let (state, _) = job.stats.state();
         if state == JobState::Stopping {
             return Err(ControlError::Conflict(format!("job `{id}` is stopping")));

@@ -166,13 +166,9 @@ fn replay(frames: &[DecodedFrame]) -> Replay {
     out
 }
 
-/// Reads job `job`'s stream until it holds as many changes as the source made (the NATS
-/// sink may finish after the PostgreSQL one), and checks that replaying it gives every
-/// insert, update and delete exactly once and rebuilds the source's rows. Returns the
-/// frames.
-fn assert_stream_replays_source(env: &Env, url: &str, job: &str) -> Vec<DecodedFrame> {
-    let source: BTreeMap<(i32, i64), i64> = env
-        .on_source("SELECT tenant_id, id, ver FROM q.orders ORDER BY 1, 2")
+/// (tenant, id) → ver of the source rows `sql` selects (those three columns).
+fn source_rows(env: &Env, sql: &str) -> BTreeMap<(i32, i64), i64> {
+    env.on_source(sql)
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
@@ -182,7 +178,15 @@ fn assert_stream_replays_source(env: &Env, url: &str, job: &str) -> Vec<DecodedF
                 v[2].parse().expect("ver"),
             )
         })
-        .collect();
+        .collect()
+}
+
+/// Reads job `job`'s stream until it holds as many changes as the source made (the NATS
+/// sink may finish after the PostgreSQL one), and checks that replaying it gives every
+/// insert, update and delete exactly once and rebuilds the source's rows. Returns the
+/// frames.
+fn assert_stream_replays_source(env: &Env, url: &str, job: &str) -> Vec<DecodedFrame> {
+    let source = source_rows(env, "SELECT tenant_id, id, ver FROM q.orders ORDER BY 1, 2");
     let upserts: usize = env
         .on_source("SELECT last_value FROM q.ver")
         .trim()
@@ -503,18 +507,10 @@ fn a_tenant_added_to_a_job_reaches_the_nats_stream_once() {
         "{out}"
     );
 
-    let source: BTreeMap<(i32, i64), i64> = env
-        .on_source("SELECT tenant_id, id, ver FROM q.orders UNION ALL SELECT tenant_id, id, ver FROM q.events")
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: Vec<&str> = l.split('|').map(str::trim).collect();
-            (
-                (v[0].parse().expect("tenant"), v[1].parse().expect("id")),
-                v[2].parse().expect("ver"),
-            )
-        })
-        .collect();
+    let source = source_rows(
+        &env,
+        "SELECT tenant_id, id, ver FROM q.orders UNION ALL SELECT tenant_id, id, ver FROM q.events",
+    );
     let started = Instant::now();
     let got = loop {
         let got = replay(&read_job_stream(&nats.url, "grow"));

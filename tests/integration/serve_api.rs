@@ -609,6 +609,17 @@ fn a_replaced_spec_loads_the_added_tenant_and_survives_a_server_restart() {
     let loaded = status["snapshot"]["rows"].as_u64().unwrap_or(0);
     assert!(loaded > 0 && loaded <= tenant_3_rows, "{status}");
 
+    // The same spec again changes nothing: no new version.
+    let (ok, out) = server.cli(&[
+        "jobs",
+        "replace",
+        job_file(&env, "job_e", "[1, 2, 3]", "replica_a")
+            .to_str()
+            .unwrap_or_default(),
+    ]);
+    assert!(ok, "jobs replace: {out}");
+    assert_eq!(server.job_json("job_e")["version"], 2);
+
     // The slot cannot change: 422 naming the field, and the job runs on as it was.
     let moved = job_file(&env, "job_e", "[1, 2, 3]", "replica_a");
     let text = std::fs::read_to_string(&moved).unwrap_or_default();
