@@ -20,11 +20,12 @@
 //!
 //! NATS sinks get what the progress target lacked as the initial copy does: the rows as
 //! inserts at `S`, after which each subject's checkpoint skips the older changes the
-//! stream sends again. Supported when no sink is Parquet and no table to load keeps
+//! stream sends again; a NATS stream new to the job (`coverage::stream_identity`) gets
+//! every table that way. Supported when no sink is Parquet and no table to load keeps
 //! history; for other jobs a wider spec stops the job with a message saying what is
 //! missing and what to do (the stream alone would never bring the missing rows).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,10 +36,10 @@ use crate::cdc::snapshot;
 use crate::cdc::stream;
 use crate::cdc::transport::ReplicationConnection;
 use crate::change::{format_lsn, Lsn, TableInfo};
-use crate::control::coverage::{Coverage, Gap, Widening};
+use crate::control::coverage::{stream_identity, Coverage, Gap, Widening};
 use crate::control::initial_snapshot::{self, SnapshotProgress};
 use crate::control::job_runner::JobError;
-use crate::control::job_spec::{JobSpec, RemovedTenants, SinkSpec};
+use crate::control::job_spec::{JobSpec, RemovedTenants, SinkSpec, TableSpec};
 use crate::sinks::pg_apply::snapshot::{load_table, LoadFloor};
 use crate::sinks::pg_apply::{floors, store};
 use crate::sql_text::quote_qualified;
@@ -117,7 +118,8 @@ pub async fn widen(
         }
     }
     let gaps: Vec<Vec<Widening>> = held.iter().map(|h| h.widening_to(&wanted)).collect();
-    if gaps.iter().any(|g| !g.is_empty()) {
+    let new_streams = first.new_streams(&wanted);
+    if gaps.iter().any(|g| !g.is_empty()) || !new_streams.is_empty() {
         let all: Vec<Widening> = gaps.iter().flatten().cloned().collect();
         check_supported(spec, &all)?;
         for (index, h) in held.iter().enumerate() {
@@ -125,7 +127,7 @@ pub async fn widen(
                 tracing::info!(job = %spec.name, target = index, "a target new to the job: every table is loaded into it");
             }
         }
-        load_gaps(spec, targets, &gaps, progress).await?;
+        load_gaps(spec, targets, &gaps, &new_streams, progress).await?;
     }
     for (target, h) in targets.iter().zip(&held) {
         if *h != wanted {
@@ -263,11 +265,13 @@ fn backfill_slot_name(slot: &str) -> String {
 
 /// Loads each target's `gaps` (in `targets`' order) from a snapshot of a temporary slot
 /// (module doc), counting loads, rows and bytes in `progress` (the job's status shows
-/// them as a snapshot's).
+/// them as a snapshot's), and publishes to the NATS sinks the progress target's gaps, or
+/// every table to those in `new_streams`.
 async fn load_gaps(
     spec: &JobSpec,
     targets: &mut [tokio_postgres::Client],
     gaps: &[Vec<Widening>],
+    new_streams: &BTreeSet<String>,
     progress: &SnapshotProgress,
 ) -> Result<(), JobError> {
     let started = Instant::now();
@@ -279,7 +283,7 @@ async fn load_gaps(
         .map_err(|e| CdcError::Connect(e.to_string()))?;
     let snap = snapshot::create_slot_exporting_snapshot(&mut repl, &slot, true).await?;
     let floor_at = snap.consistent_point;
-    let described: Vec<String> = gaps
+    let mut described: Vec<String> = gaps
         .iter()
         .enumerate()
         .filter(|(_, g)| !g.is_empty())
@@ -288,6 +292,10 @@ async fn load_gaps(
             format!("target {i}: {}", list.join("; "))
         })
         .collect();
+    if !new_streams.is_empty() {
+        let list: Vec<&str> = new_streams.iter().map(String::as_str).collect();
+        described.push(format!("new NATS streams: {}", list.join(", ")));
+    }
     tracing::info!(job = %spec.name, gaps = %described.join(" | "), snapshot_at = %format_lsn(floor_at),
         "the job carries rows its targets lack: loading them before the stream resumes");
     let copier = catalog::connect(dsn).await?;
@@ -305,16 +313,7 @@ async fn load_gaps(
                 .ok_or_else(|| {
                     JobError::Dataflow(format!("backfill of {}: not a job table", gap.table))
                 })?;
-            let info = match shapes.get(&gap.table) {
-                Some(info) => Arc::clone(info),
-                None => {
-                    let info = Arc::new(
-                        catalog::table_info(&copier, table.schema(), table.table()).await?,
-                    );
-                    shapes.insert(gap.table.clone(), Arc::clone(&info));
-                    info
-                }
-            };
+            let info = table_shape(&copier, &mut shapes, table).await?;
             let column = spec.tenant_column_of(table);
             let filter = gap.load_filter(&spec.tenants.include);
             let floor = LoadFloor {
@@ -345,7 +344,15 @@ async fn load_gaps(
     // The NATS sinks get what the progress target lacked, as the initial copy does:
     // inserts at the snapshot's point, so each subject's checkpoint skips the older
     // changes the stream sends again.
-    let published = publish_gaps(spec, &copier, &shapes, gaps.first(), floor_at).await?;
+    let published = publish_gaps(
+        spec,
+        &copier,
+        &mut shapes,
+        gaps.first().map_or(&[][..], Vec::as_slice),
+        new_streams,
+        floor_at,
+    )
+    .await?;
     copier
         .batch_execute("COMMIT")
         .await
@@ -359,36 +366,79 @@ async fn load_gaps(
     Ok(())
 }
 
-/// Publishes `gaps` (the progress target's) to every NATS sink of the job from the
-/// snapshot `copier` reads, as inserts at `at`; `shapes` are the tables' shapes read on
-/// it. Returns the bytes published.
+/// `table`'s shape in the snapshot `copier` reads, read once per backfill.
+async fn table_shape(
+    copier: &tokio_postgres::Client,
+    shapes: &mut HashMap<String, Arc<TableInfo>>,
+    table: &TableSpec,
+) -> Result<Arc<TableInfo>, JobError> {
+    if let Some(info) = shapes.get(&table.name) {
+        return Ok(Arc::clone(info));
+    }
+    let info = Arc::new(catalog::table_info(copier, table.schema(), table.table()).await?);
+    shapes.insert(table.name.clone(), Arc::clone(&info));
+    Ok(info)
+}
+
+/// Publishes, from the snapshot `copier` reads, as inserts at `at`: `gaps` (the progress
+/// target's) to the job's NATS sinks that had its rows, and every table to those in
+/// `new_streams` (added to the job). Returns the bytes published.
 async fn publish_gaps(
     spec: &JobSpec,
     copier: &tokio_postgres::Client,
-    shapes: &HashMap<String, Arc<TableInfo>>,
-    gaps: Option<&Vec<Widening>>,
+    shapes: &mut HashMap<String, Arc<TableInfo>>,
+    gaps: &[Widening],
+    new_streams: &BTreeSet<String>,
     at: Lsn,
 ) -> Result<u64, JobError> {
-    let gaps = match gaps {
-        Some(g) if !g.is_empty() => g,
-        _ => return Ok(0),
-    };
-    let mut sinks = initial_snapshot::nats_snapshot_sinks(spec).await?;
-    if sinks.is_empty() {
+    let identities: Vec<String> = spec
+        .sinks
+        .iter()
+        .filter_map(|s| match s {
+            SinkSpec::Nats(n) => Some(stream_identity(&spec.name, n)),
+            SinkSpec::Postgres(_) | SinkSpec::Parquet(_) => None,
+        })
+        .collect();
+    if identities.is_empty() || (gaps.is_empty() && new_streams.is_empty()) {
         return Ok(0);
     }
+    // In the order of the job's NATS sinks, as `identities`.
+    let sinks = initial_snapshot::nats_snapshot_sinks(spec).await?;
+    let (mut fresh, mut known): (Vec<_>, Vec<_>) = sinks
+        .into_iter()
+        .zip(&identities)
+        .partition(|(_, id)| new_streams.contains(*id));
     let mut bytes = 0;
+    if !fresh.is_empty() {
+        tracing::info!(job = %spec.name, streams = %fresh.iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>().join(", "),
+            "a NATS stream new to the job: every table is published to it");
+        let mut fresh: Vec<_> = fresh.drain(..).map(|(sink, _)| sink).collect();
+        for table in &spec.tables {
+            let info = table_shape(copier, shapes, table).await?;
+            bytes += initial_snapshot::publish_snapshot(
+                copier,
+                &mut fresh,
+                info,
+                spec.tenant_column_of(table),
+                &spec.tenants.include,
+                at,
+            )
+            .await?;
+        }
+    }
+    let mut known: Vec<_> = known.drain(..).map(|(sink, _)| sink).collect();
+    if known.is_empty() {
+        return Ok(bytes);
+    }
     for gap in gaps {
-        let (Some(table), Some(info)) = (
-            spec.tables.iter().find(|t| t.name == gap.table),
-            shapes.get(&gap.table),
-        ) else {
+        let Some(table) = spec.tables.iter().find(|t| t.name == gap.table) else {
             continue;
         };
+        let info = table_shape(copier, shapes, table).await?;
         bytes += initial_snapshot::publish_snapshot(
             copier,
-            &mut sinks,
-            Arc::clone(info),
+            &mut known,
+            info,
             spec.tenant_column_of(table),
             &gap.load_filter(&spec.tenants.include),
             at,

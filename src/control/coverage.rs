@@ -7,13 +7,24 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::control::job_spec::{JobSpec, TenantFilter};
+use crate::control::job_spec::{JobSpec, NatsSinkSpec, SinkSpec, TenantFilter};
 
 /// Per table (`schema.table`), its tenant column and the tenants the targets hold
 /// (the default: nothing, a target new to the job).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Coverage {
     pub tables: BTreeMap<String, TableCoverage>,
+    /// The NATS streams that got the job's rows ([`stream_identity`]); `None`: not
+    /// recorded (by a version before streams were), taken as the spec's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streams: Option<BTreeSet<String>>,
+}
+
+/// What names a NATS sink's copy of the job: its stream and subject prefix (not its URL,
+/// which may hold a password; the same stream on another server is not told apart).
+pub fn stream_identity(job: &str, sink: &NatsSinkSpec) -> String {
+    let config = sink.config(job);
+    format!("{} {}", config.stream, config.subject_prefix)
 }
 
 /// One table's share of a [`Coverage`].
@@ -80,6 +91,24 @@ impl Coverage {
                     )
                 })
                 .collect(),
+            streams: Some(
+                spec.sinks
+                    .iter()
+                    .filter_map(|s| match s {
+                        SinkSpec::Nats(n) => Some(stream_identity(&spec.name, n)),
+                        SinkSpec::Postgres(_) | SinkSpec::Parquet(_) => None,
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The NATS streams of `next` that got none of the job's rows: every table is
+    /// published to them. None when the streams were not recorded.
+    pub fn new_streams(&self, next: &Coverage) -> BTreeSet<String> {
+        match (&self.streams, &next.streams) {
+            (Some(had), Some(want)) => want.difference(had).cloned().collect(),
+            _ => BTreeSet::new(),
         }
     }
 
@@ -202,6 +231,7 @@ mod tests {
                     )
                 })
                 .collect(),
+            streams: None,
         }
     }
 
@@ -303,6 +333,29 @@ mod tests {
     }
 
     #[test]
+    fn streams_new_to_the_job_are_those_not_recorded() {
+        let with = |streams: Option<&[&str]>| Coverage {
+            streams: streams.map(|s| s.iter().map(|x| x.to_string()).collect()),
+            ..coverage(&[("public.a", "t", TenantFilter::All)])
+        };
+        let one = with(Some(&["HELIOS_j helios"]));
+        let two = with(Some(&["HELIOS_j helios", "OTHER helios"]));
+        assert_eq!(one.new_streams(&two), ["OTHER helios".to_string()].into());
+        assert!(two.new_streams(&one).is_empty());
+        // Not recorded: taken as the spec's.
+        assert!(with(None).new_streams(&two).is_empty());
+        let json = serde_json::to_value(&two).expect("json");
+        assert_eq!(serde_json::from_value::<Coverage>(json).expect("read"), two);
+        let old = serde_json::json!({"tables": {"public.a": {"column": "t", "include": "all"}}});
+        assert_eq!(
+            serde_json::from_value::<Coverage>(old)
+                .expect("read")
+                .streams,
+            None
+        );
+    }
+
+    #[test]
     fn long_tenant_lists_are_cut_in_messages() {
         let ids: BTreeSet<String> = (10..40).map(|i| i.to_string()).collect();
         let w = Widening {
@@ -347,6 +400,7 @@ mod tests {
                         )
                     })
                     .collect(),
+                streams: None,
             })
     }
 

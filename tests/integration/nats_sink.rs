@@ -526,3 +526,65 @@ fn a_tenant_added_to_a_job_reaches_the_nats_stream_once() {
     );
     assert!(repl.stop().success(), "{}", repl.output());
 }
+
+/// A NATS sink added to a job that ran with its PostgreSQL sink alone: the new stream gets
+/// every row as of the backfill's snapshot, then the changes, none twice; the PostgreSQL
+/// target loads nothing again.
+#[test]
+fn a_nats_sink_added_to_a_job_gets_every_row_once() {
+    let env = Env::start(ORDERS);
+    let nats = Nats::start(&env);
+    for k in 0..5 {
+        env.on_source(&transaction(k));
+    }
+    let path = job_file(&env, &nats, "fanout", 1024);
+    let spec = std::fs::read_to_string(&path).expect("job file");
+    let without_nats = spec
+        .split("[[sinks]]\nkind = \"nats\"")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    std::fs::write(&path, &without_nats).expect("job");
+    let mut repl = Replicator::start_inline(&path);
+    let all = "SELECT tenant_id, count(*), sum(ver) FROM q.orders GROUP BY 1 ORDER BY 1";
+    env.wait_converged(all, WAIT);
+    assert!(repl.stop().success(), "{}", repl.output());
+    // Written while stopped: in the stream from the slot, and in the new stream's copy.
+    for k in 5..10 {
+        env.on_source(&transaction(k));
+    }
+    std::fs::write(&path, &spec).expect("job");
+    let mut repl = Replicator::start_inline(&path);
+    wait_for("the job to stream", WAIT, || {
+        repl.output().contains("streaming")
+    });
+    for k in 10..15 {
+        env.on_source(&transaction(k));
+    }
+    env.wait_converged(all, WAIT);
+    let out = repl.output();
+    assert!(
+        out.contains("a NATS stream new to the job")
+            && out.contains("new NATS streams: HELIOS_fanout"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("target 0:"),
+        "the PostgreSQL target loads nothing:\n{out}"
+    );
+    let source = source_rows(&env, "SELECT tenant_id, id, ver FROM q.orders");
+    let started = Instant::now();
+    let got = loop {
+        let got = replay(&read_job_stream(&nats.url, "fanout"));
+        if got.rows == source || started.elapsed() > WAIT {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(got.duplicate_versions, 0, "no change published twice");
+    assert!(
+        got.rows == source,
+        "replaying the new stream rebuilds the source's rows"
+    );
+    assert!(repl.stop().success(), "{}", repl.output());
+}
