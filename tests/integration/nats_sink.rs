@@ -181,6 +181,24 @@ fn source_rows(env: &Env, sql: &str) -> BTreeMap<(i32, i64), i64> {
         .collect()
 }
 
+/// Reads job `job`'s stream until replaying it gives `source` (for up to [`WAIT`]), and
+/// checks that it does and that no change was published twice.
+fn assert_stream_rebuilds(url: &str, job: &str, source: &BTreeMap<(i32, i64), i64>) {
+    let started = Instant::now();
+    let got = loop {
+        let got = replay(&read_job_stream(url, job));
+        if got.rows == *source || started.elapsed() > WAIT {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(got.duplicate_versions, 0, "no change published twice");
+    assert!(
+        got.rows == *source,
+        "replaying the stream rebuilds the source's rows"
+    );
+}
+
 /// Reads job `job`'s stream until it holds as many changes as the source made (the NATS
 /// sink may finish after the PostgreSQL one), and checks that replaying it gives every
 /// insert, update and delete exactly once and rebuilds the source's rows. Returns the
@@ -511,19 +529,7 @@ fn a_tenant_added_to_a_job_reaches_the_nats_stream_once() {
         &env,
         "SELECT tenant_id, id, ver FROM q.orders UNION ALL SELECT tenant_id, id, ver FROM q.events",
     );
-    let started = Instant::now();
-    let got = loop {
-        let got = replay(&read_job_stream(&nats.url, "grow"));
-        if got.rows == source || started.elapsed() > WAIT {
-            break got;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    assert_eq!(got.duplicate_versions, 0, "no change published twice");
-    assert!(
-        got.rows == source,
-        "replaying the stream rebuilds the source's rows of all three tenants"
-    );
+    assert_stream_rebuilds(&nats.url, "grow", &source);
     assert!(repl.stop().success(), "{}", repl.output());
 }
 
@@ -573,18 +579,6 @@ fn a_nats_sink_added_to_a_job_gets_every_row_once() {
         "the PostgreSQL target loads nothing:\n{out}"
     );
     let source = source_rows(&env, "SELECT tenant_id, id, ver FROM q.orders");
-    let started = Instant::now();
-    let got = loop {
-        let got = replay(&read_job_stream(&nats.url, "fanout"));
-        if got.rows == source || started.elapsed() > WAIT {
-            break got;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    assert_eq!(got.duplicate_versions, 0, "no change published twice");
-    assert!(
-        got.rows == source,
-        "replaying the new stream rebuilds the source's rows"
-    );
+    assert_stream_rebuilds(&nats.url, "fanout", &source);
     assert!(repl.stop().success(), "{}", repl.output());
 }

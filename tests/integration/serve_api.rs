@@ -228,6 +228,13 @@ fn setup() -> (Env, Server) {
     (env, server)
 }
 
+/// `jobs replace <path>`, which must succeed; its output.
+fn replace(server: &Server, path: &Path) -> String {
+    let (ok, out) = server.cli(&["jobs", "replace", path.to_str().unwrap_or_default()]);
+    assert!(ok, "jobs replace: {out}");
+    out
+}
+
 fn submit(server: &Server, path: &Path) {
     let (ok, out) = server.cli(&["submit", path.to_str().unwrap_or_default()]);
     assert!(ok, "submit: {out}");
@@ -567,14 +574,7 @@ fn a_replaced_spec_loads_the_added_tenant_and_survives_a_server_restart() {
 
     // Tenant 3 joins over the API; its rows (and the ledger rows written meanwhile, in
     // the stream and in the load alike) arrive once.
-    let (ok, out) = server.cli(&[
-        "jobs",
-        "replace",
-        job_file(&env, "job_e", "[1, 2, 3]", "replica_a")
-            .to_str()
-            .unwrap_or_default(),
-    ]);
-    assert!(ok, "jobs replace: {out}");
+    let out = replace(&server, &job_file(&env, "job_e", "[1, 2, 3]", "replica_a"));
     assert!(out.contains("job_e"), "{out}");
     write_load(&env, 201, 200);
     wait_for("the job to stream again", WAIT, || {
@@ -610,14 +610,7 @@ fn a_replaced_spec_loads_the_added_tenant_and_survives_a_server_restart() {
     assert!(loaded > 0 && loaded <= tenant_3_rows, "{status}");
 
     // The same spec again changes nothing: no new version.
-    let (ok, out) = server.cli(&[
-        "jobs",
-        "replace",
-        job_file(&env, "job_e", "[1, 2, 3]", "replica_a")
-            .to_str()
-            .unwrap_or_default(),
-    ]);
-    assert!(ok, "jobs replace: {out}");
+    replace(&server, &job_file(&env, "job_e", "[1, 2, 3]", "replica_a"));
     assert_eq!(server.job_json("job_e")["version"], 2);
 
     // The slot cannot change: 422 naming the field, and the job runs on as it was.
