@@ -199,10 +199,13 @@ impl Counts {
 fn owned(plan: &TenantPlan, table: &TableInfo, index: u32, spared: &[String]) -> Option<String> {
     let col = plan.tenant_columns.get(&table.qualified_name())?;
     let owned = owned_tenants_sql(plan, col, index)?;
-    let spare = TenantFilter::Only(spared.iter().cloned().collect()).sql_condition(col);
-    Some(match spare {
-        Some(spare) if !spared.is_empty() => format!("({owned}) AND NOT ({spare})"),
-        _ => owned,
+    if spared.is_empty() {
+        return Some(owned);
+    }
+    let spared = TenantFilter::Only(spared.iter().cloned().collect());
+    Some(match spared.sql_condition(col) {
+        Some(spare) => format!("({owned}) AND NOT ({spare})"),
+        None => owned,
     })
 }
 

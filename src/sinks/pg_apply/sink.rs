@@ -100,7 +100,7 @@ pub struct PgApplySink {
     pending_watermark: Option<Lsn>,
     failed_tables: HashMap<String, String>,
     /// What backfills loaded, which the stream must not apply again (`floors`).
-    floors: Arc<Floors>,
+    floors: Floors,
     /// Keys a group inserts first go out as plain inserts (`plan` module doc); off for
     /// the rest of the sink's life once the target held such a key.
     plain_inserts: bool,
@@ -123,7 +123,7 @@ impl PgApplySink {
             watermarks: Vec::new(),
             pending_watermark: None,
             failed_tables: HashMap::new(),
-            floors: Arc::default(),
+            floors: Floors::default(),
             plain_inserts: true,
         }
     }
@@ -855,7 +855,7 @@ impl Sink for PgApplySink {
         let loaded = store::load_checkpoints(&client, &self.job).await?;
         self.record_checkpoints(loaded);
         self.failed_tables = store::load_failed_tables(&client, &self.job).await?;
-        self.floors = Arc::new(floors::load(&client, &self.job).await?);
+        self.floors = floors::load(&client, &self.job).await?;
         tracing::debug!(job = %self.job, worker = self.worker, checkpoints = self.checkpoints.len(), backfill_floors = !self.floors.is_empty(), "target connected");
         self.client = Some(Arc::new(client));
         Ok(())
@@ -972,7 +972,7 @@ mod tests {
         let mut s = sink(0, 1);
         let mut floors = Floors::default();
         floors.insert("app.t", Some("new"), 50);
-        s.floors = Arc::new(floors);
+        s.floors = floors;
         let applied = |s: &PgApplySink, batches: &[ApplyBatch]| -> (Vec<String>, u64) {
             let work = s.plan_work(batches);
             let tenants = work
@@ -996,7 +996,7 @@ mod tests {
         );
         let mut floors = Floors::default();
         floors.insert("app.t", None, 50);
-        s.floors = Arc::new(floors);
+        s.floors = floors;
         assert_eq!(
             applied(&s, &batches),
             (vec![r#"50:Tenant("new")"#.to_string()], 2)
