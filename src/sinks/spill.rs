@@ -10,12 +10,17 @@
 //! read the whole transaction back part by part ([`SpilledTxn::parts`]) once the last part
 //! arrived, from the start.
 //!
+//! Each part is encoded on the sink task's thread and written by the file's own writer
+//! thread (`frame_writer`), so the sink goes on with the part while it is written.
+//!
 //! The file holds length-prefixed bincode frames. Table shapes are written once per part
 //! (changes and history events refer to them by index), not once per row, and read back
 //! as one shared `Arc` per shape and part.
 
+mod frame_writer;
+
 use std::collections::HashMap;
-use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -135,7 +140,7 @@ impl<'a> Shapes<'a> {
 /// A transaction being spilled, or spilled whole.
 pub struct SpilledTxn {
     commit_lsn: Lsn,
-    file: BufWriter<std::fs::File>,
+    file: frame_writer::FrameWriter,
     parts: usize,
     rows: usize,
     /// History events written so far.
@@ -152,7 +157,7 @@ impl SpilledTxn {
     pub fn create(commit_lsn: Lsn) -> Result<SpilledTxn, SpillError> {
         Ok(SpilledTxn {
             commit_lsn,
-            file: BufWriter::with_capacity(1 << 20, crate::spill_dir::spill_file()?),
+            file: frame_writer::FrameWriter::new(crate::spill_dir::spill_file()?),
             parts: 0,
             rows: 0,
             history: 0,
@@ -238,20 +243,22 @@ impl SpilledTxn {
             changes,
             history,
         };
-        let frame = bincode::serialize(&stored)?;
-        self.file.write_all(&(frame.len() as u64).to_le_bytes())?;
-        self.file.write_all(&frame)?;
+        // The length first, then the frame: one buffer, written on the writer's thread.
+        let mut frame = vec![0u8; 8];
+        bincode::serialize_into(&mut frame, &stored)?;
+        let len = (frame.len() - 8) as u64;
+        frame[..8].copy_from_slice(&len.to_le_bytes());
+        self.file.write(frame)?;
         self.parts += 1;
         self.rows += part.rows();
         self.history += part.history.len();
-        self.bytes += 8 + frame.len() as u64;
+        self.bytes += 8 + len;
         Ok(())
     }
 
     /// Reads the transaction back from its first part; each call starts over.
     pub fn parts(&mut self) -> Result<SpillParts<'_>, SpillError> {
-        self.file.flush()?;
-        let file = self.file.get_mut();
+        let file = self.file.file()?;
         let size = file.seek(SeekFrom::End(0))?;
         file.seek(SeekFrom::Start(0))?;
         Ok(SpillParts {
