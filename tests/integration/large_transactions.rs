@@ -181,6 +181,58 @@ fn a_large_transaction_killed_while_spilling_is_applied_once_after_restart() {
     assert_eq!(repl.stop().code(), Some(0));
 }
 
+/// A bulk load's parts go out as `COPY`s whose answers are read after the next part is
+/// prepared (`pg_apply::bulk_copy`). A copy that meets a key the target holds makes the
+/// transaction apply again with upserts; one the target refuses puts its table in error
+/// state with the transaction's rows of it kept as dead letters, and the other table lands.
+#[test]
+fn a_bulk_load_whose_copy_fails_is_applied_again_without_losing_a_row() {
+    let env = Env::start(TABLES);
+    let job = env.job_file("bulk_fail", "\"all\"", &["public.items", "public.notes"]);
+    let repl = started_with_copy(&job);
+    env.wait_converged(PER_TENANT, WAIT);
+    // Written on the target by hand: a key the load inserts in its third part.
+    env.on_target("INSERT INTO public.items VALUES (3, 50003, 'by hand', 0)");
+    env.on_source(
+        "INSERT INTO public.items SELECT g % 8, g, 'bulk ' || g, g FROM generate_series(10000, 99999) g",
+    );
+    env.wait_converged(PER_TENANT, WAIT);
+    assert_eq!(
+        env.on_target("SELECT v FROM public.items WHERE tenant_id = 3 AND id = 50003"),
+        "bulk 50003"
+    );
+    let out = repl.output();
+    assert!(
+        out.contains("a plain insert met a key the target holds; applying again with upserts"),
+        "{out}"
+    );
+
+    // The target refuses one note, in the notes' third part; the items after them land.
+    env.on_target("ALTER TABLE public.notes ADD CONSTRAINT no_note CHECK (body <> 'note 40007')");
+    env.on_source(
+        "BEGIN;
+         INSERT INTO public.notes SELECT g % 8, g, 'note ' || g FROM generate_series(1, 60000) g;
+         INSERT INTO public.items SELECT g % 8, g, 'later ' || g, g FROM generate_series(100000, 159999) g;
+         COMMIT;",
+    );
+    env.wait_converged(PER_TENANT, WAIT);
+    wait_for("the refused table's error state", WAIT, || {
+        env.try_on_target("SELECT state FROM helios.table_state WHERE table_name = 'public.notes'")
+            .as_deref()
+            == Some("error")
+    });
+    assert_eq!(env.on_target("SELECT count(*) FROM public.notes"), "0");
+    assert_eq!(
+        env.on_target(
+            "SELECT count(*), count(DISTINCT (commit_lsn, seq)) FROM helios.dead_letters WHERE table_name = 'public.notes'"
+        ),
+        "60000|60000",
+        "every note of the transaction kept, once"
+    );
+    let mut repl = repl;
+    assert_eq!(repl.stop().code(), Some(0));
+}
+
 /// Rows of about `kb` KB each (md5 text repeated: the source compresses it, the stream
 /// carries it whole) for ids `first..first + rows`, over 8 tenants.
 fn wide_rows(first: i64, rows: i64, kb: i64) -> String {

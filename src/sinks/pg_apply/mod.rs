@@ -10,6 +10,7 @@
 //! stream must not apply again), `round_trip.rs` (the round trip to the
 //! target that `max_in_flight = "auto"` decides from).
 
+mod bulk_copy;
 mod execute;
 pub mod floors;
 pub mod history;

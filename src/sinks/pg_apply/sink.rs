@@ -18,6 +18,7 @@ use tokio_postgres::{Client, Transaction};
 use crate::change::{HistoryEvent, Lsn, Scope, TenantAction, TenantChange};
 use crate::operators::partition::{tenant_route, TenantPlan};
 use crate::sinks::large::{LiveParts, PartSource};
+use crate::sinks::pg_apply::bulk_copy;
 use crate::sinks::pg_apply::execute::{
     apply_steps, dead_letter_all, pipelined_write, plain_statement, prepared, run_pipelined,
     ConnectionCache, Counts, Write,
@@ -680,6 +681,7 @@ impl PgApplySink {
         let mut report = ApplyReport::default();
         let mut checkpoints: HashMap<String, Lsn> = HashMap::new();
         let mut tenants: BTreeMap<String, TenantApplied> = BTreeMap::new();
+        let mut in_flight: Option<bulk_copy::CopiesInFlight<'_>> = None;
         while let Some(part) = parts.next_part().await.map_err(untied)? {
             if matches!(parts, PartSource::Live(_)) && !part.history.is_empty() {
                 return Err(untied(SinkError::Transient(
@@ -704,9 +706,28 @@ impl PgApplySink {
                 e.upserts += t.upserts;
                 e.deletes += t.deletes;
             }
-            self.write_tables(&tx, &work.by_table, false, failing_now, &mut report)
-                .await?;
+            // A bulk part is sent whole and answered for after the next one is prepared.
+            let copies = self.bulk_copies(&work.by_table, failing_now);
+            if let Some(sent) = in_flight.take() {
+                self.copies_done(sent, &mut report).await?;
+            }
+            match copies {
+                Some(copies) => {
+                    let (bytes, sent) = bulk_copy::send(&tx, &mut self.cache, copies).await?;
+                    report.bytes += bytes;
+                    in_flight = Some(sent);
+                }
+                None => {
+                    self.write_tables(&tx, &work.by_table, false, failing_now, &mut report)
+                        .await?
+                }
+            }
         }
+        if let Some(sent) = in_flight.take() {
+            self.copies_done(sent, &mut report).await?;
+        }
+        // Ends its borrow of the transaction before the commit.
+        drop(in_flight);
         store::store_checkpoints(&tx, &self.job, &checkpoints)
             .await
             .map_err(untied)?;
@@ -716,6 +737,69 @@ impl PgApplySink {
         self.record_checkpoints(checkpoints);
         report.tenants = tenants.into_values().collect();
         Ok(report)
+    }
+
+    /// The part's copies when it is a bulk load's part (see [`bulk_copy`]): every change
+    /// a plain insert, every table one `COPY`, none in error state.
+    fn bulk_copies(
+        &self,
+        by_table: &BTreeMap<String, TableWork<'_>>,
+        failing_now: &HashMap<String, String>,
+    ) -> Option<Vec<bulk_copy::TableCopy>> {
+        let eligible = |(table, work): (&String, &TableWork<'_>)| {
+            work.history.is_empty()
+                && !self.failed_tables.contains_key(table)
+                && !failing_now.contains_key(table)
+                && work.changes.iter().all(|(_, c)| {
+                    matches!(
+                        c.action,
+                        TenantAction::Upsert {
+                            old: None,
+                            insert: true,
+                            ..
+                        }
+                    )
+                })
+        };
+        if !self.plain_inserts || !by_table.iter().all(eligible) {
+            return None;
+        }
+        let plans = by_table.iter().map(|(table, work)| {
+            let steps = plan_table(work.changes.iter().copied(), true, &self.floors);
+            (table.as_str(), steps)
+        });
+        bulk_copy::bulk_copies(plans, &self.cache)
+    }
+
+    /// Waits for copies in flight, counting their rows; a failure is tied to its table, as
+    /// [`Self::write_tables`] ties it, or stops plain inserts when the target held a key.
+    async fn copies_done(
+        &mut self,
+        sent: bulk_copy::CopiesInFlight<'_>,
+        report: &mut ApplyReport,
+    ) -> Result<(), (Option<String>, SinkError)> {
+        match sent.finish().await {
+            Ok(rows) => {
+                report.upserted += rows;
+                Ok(())
+            }
+            Err(failed) => {
+                let conflict = failed.keyed
+                    && failed.error.code()
+                        == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION);
+                if conflict {
+                    self.stop_plain_inserts();
+                    return Err((
+                        None,
+                        SinkError::Transient(format!(
+                            "{}: a plain insert met a key the target holds; applying again with upserts",
+                            failed.table
+                        )),
+                    ));
+                }
+                Err((Some(failed.table), sink_error("apply", &failed.error)))
+            }
+        }
     }
 
     fn take_client(&mut self) -> Result<Arc<Client>, SinkError> {
