@@ -10,10 +10,10 @@
 //! stream must not apply again), `round_trip.rs` (the round trip to the
 //! target that `max_in_flight = "auto"` decides from).
 
-mod bulk_copy;
 mod execute;
 pub mod floors;
 pub mod history;
+mod part_pipeline;
 #[cfg(test)]
 mod pipeline_tests;
 pub mod plan;

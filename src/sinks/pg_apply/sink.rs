@@ -18,13 +18,13 @@ use tokio_postgres::{Client, Transaction};
 use crate::change::{HistoryEvent, Lsn, Scope, TenantAction, TenantChange};
 use crate::operators::partition::{tenant_route, TenantPlan};
 use crate::sinks::large::{LiveParts, PartSource};
-use crate::sinks::pg_apply::bulk_copy;
 use crate::sinks::pg_apply::execute::{
     apply_steps, dead_letter_all, pipelined_write, plain_statement, prepared, run_pipelined,
     ConnectionCache, Counts, Write,
 };
 use crate::sinks::pg_apply::floors::{self, Floors};
 use crate::sinks::pg_apply::history::{history_shape_known, history_statements, write_history};
+use crate::sinks::pg_apply::part_pipeline;
 use crate::sinks::pg_apply::plan::{plan_table, Step};
 use crate::sinks::pg_apply::round_trip::{self, RoundTripWindow};
 use crate::sinks::pg_apply::statements::Statement;
@@ -681,7 +681,7 @@ impl PgApplySink {
         let mut report = ApplyReport::default();
         let mut checkpoints: HashMap<String, Lsn> = HashMap::new();
         let mut tenants: BTreeMap<String, TenantApplied> = BTreeMap::new();
-        let mut in_flight: Option<bulk_copy::CopiesInFlight<'_>> = None;
+        let mut in_flight: Option<part_pipeline::WritesInFlight<'_>> = None;
         while let Some(part) = parts.next_part().await.map_err(untied)? {
             if matches!(parts, PartSource::Live(_)) && !part.history.is_empty() {
                 return Err(untied(SinkError::Transient(
@@ -706,14 +706,15 @@ impl PgApplySink {
                 e.upserts += t.upserts;
                 e.deletes += t.deletes;
             }
-            // A bulk part is sent whole and answered for after the next one is prepared.
-            let copies = self.bulk_copies(&work.by_table, failing_now);
+            // A part of plain writes is sent whole and answered for after the next one is
+            // prepared.
+            let writes = self.plain_writes(&work.by_table, failing_now);
             if let Some(sent) = in_flight.take() {
-                self.copies_done(sent, &mut report).await?;
+                self.writes_done(sent, &mut report).await?;
             }
-            match copies {
-                Some(copies) => {
-                    let (bytes, sent) = bulk_copy::send(&tx, &mut self.cache, copies).await?;
+            match writes {
+                Some(writes) => {
+                    let (bytes, sent) = part_pipeline::send(&tx, &mut self.cache, writes).await?;
                     report.bytes += bytes;
                     in_flight = Some(sent);
                 }
@@ -724,7 +725,7 @@ impl PgApplySink {
             }
         }
         if let Some(sent) = in_flight.take() {
-            self.copies_done(sent, &mut report).await?;
+            self.writes_done(sent, &mut report).await?;
         }
         // Ends its borrow of the transaction before the commit.
         drop(in_flight);
@@ -739,67 +740,56 @@ impl PgApplySink {
         Ok(report)
     }
 
-    /// The part's copies when it is a bulk load's part (see [`bulk_copy`]): every change
-    /// a plain insert, every table one `COPY`, none in error state.
-    fn bulk_copies(
+    /// The part's writes when every one is a plain statement or a `COPY` (see
+    /// [`part_pipeline`]) and no table of it is in error state or keeps history.
+    fn plain_writes(
         &self,
         by_table: &BTreeMap<String, TableWork<'_>>,
         failing_now: &HashMap<String, String>,
-    ) -> Option<Vec<bulk_copy::TableCopy>> {
+    ) -> Option<Vec<part_pipeline::TableWrite>> {
         let eligible = |(table, work): (&String, &TableWork<'_>)| {
             work.history.is_empty()
                 && !self.failed_tables.contains_key(table)
                 && !failing_now.contains_key(table)
-                && work.changes.iter().all(|(_, c)| {
-                    matches!(
-                        c.action,
-                        TenantAction::Upsert {
-                            old: None,
-                            insert: true,
-                            ..
-                        }
-                    )
-                })
         };
-        if !self.plain_inserts || !by_table.iter().all(eligible) {
+        if !by_table.iter().all(eligible) {
             return None;
         }
         let plans = by_table.iter().map(|(table, work)| {
-            let steps = plan_table(work.changes.iter().copied(), true, &self.floors);
+            let steps = plan_table(
+                work.changes.iter().copied(),
+                self.plain_inserts,
+                &self.floors,
+            );
             (table.as_str(), steps)
         });
-        bulk_copy::bulk_copies(plans, &self.cache)
+        part_pipeline::plain_writes(plans, &self.plan, &self.cache)
     }
 
-    /// Waits for copies in flight, counting their rows; a failure is tied to its table, as
-    /// [`Self::write_tables`] ties it, or stops plain inserts when the target held a key.
-    async fn copies_done(
+    /// Waits for writes in flight, counting what they applied; a failure is tied to its
+    /// table, as [`Self::write_tables`] ties it, or stops plain inserts when a plain insert
+    /// met a key the target holds.
+    async fn writes_done(
         &mut self,
-        sent: bulk_copy::CopiesInFlight<'_>,
+        sent: part_pipeline::WritesInFlight<'_>,
         report: &mut ApplyReport,
     ) -> Result<(), (Option<String>, SinkError)> {
-        match sent.finish().await {
-            Ok(rows) => {
-                report.upserted += rows;
-                Ok(())
-            }
-            Err(failed) => {
-                let conflict = failed.keyed
-                    && failed.error.code()
-                        == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION);
-                if conflict {
-                    self.stop_plain_inserts();
-                    return Err((
-                        None,
-                        SinkError::Transient(format!(
-                            "{}: a plain insert met a key the target holds; applying again with upserts",
-                            failed.table
-                        )),
-                    ));
-                }
-                Err((Some(failed.table), sink_error("apply", &failed.error)))
-            }
+        let Err(failed) = sent.finish(report).await else {
+            return Ok(());
+        };
+        if failed.keyed_insert
+            && failed.error.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+        {
+            self.stop_plain_inserts();
+            return Err((
+                None,
+                SinkError::Transient(format!(
+                    "{}: a plain insert met a key the target holds; applying again with upserts",
+                    failed.table
+                )),
+            ));
         }
+        Err((Some(failed.table), sink_error("apply", &failed.error)))
     }
 
     fn take_client(&mut self) -> Result<Arc<Client>, SinkError> {

@@ -16,8 +16,9 @@ use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-/// Frames queued for the writer at most (each is one part, a few MiB at most).
-pub const QUEUED_FRAMES: usize = 2;
+/// Frames queued for the writer at most, beside the one it writes (each is one part, up
+/// to 16 MiB of values).
+pub const QUEUED_FRAMES: usize = 1;
 
 /// The writer's side of a spill file: idle (holding the file), or writing on its thread.
 pub struct FrameWriter {
