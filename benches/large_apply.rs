@@ -39,11 +39,14 @@ use tokio::sync::mpsc;
 
 #[path = "common/cluster.rs"]
 mod cluster;
+#[path = "common/env.rs"]
+mod env;
 #[path = "common/table_info.rs"]
 mod table_info;
 
 use cluster::{BenchCluster, Error};
-use table_info::keyed_table;
+use env::env_or;
+use table_info::{keyed_table, BENCH_COLUMNS};
 
 type Result<T> = std::result::Result<T, Error>;
 
@@ -52,31 +55,8 @@ const PART_ROWS: usize = 20_000;
 /// Tenants the rows spread over.
 const TENANTS: i64 = 50;
 
-fn env_or(name: &str, default: u64) -> Result<u64> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .map_err(|e| format!("{name}: `{v}` is not a whole number: {e}").into()),
-        Err(_) => Ok(default),
-    }
-}
-
 fn table() -> TableInfo {
-    keyed_table(
-        "app",
-        "orders",
-        &[
-            ("tenant_id", "integer"),
-            ("id", "bigint"),
-            ("amount", "numeric(12,2)"),
-            ("at", "timestamp with time zone"),
-            ("payload", "jsonb"),
-            ("note", "text"),
-            ("flag", "boolean"),
-            ("qty", "integer"),
-        ],
-        2,
-    )
+    keyed_table("app", "orders", &BENCH_COLUMNS, 2)
 }
 
 /// Row `g` as the source sends it (text values); `marker` ends its note.

@@ -29,22 +29,12 @@ use helios_repl::operators::partition::{partition_record, TenantPlan};
 #[path = "common/table_info.rs"]
 mod table_info;
 
-use table_info::keyed_table;
+use table_info::{keyed_table, BENCH_COLUMNS};
 
 const ROWS: usize = 10_000;
 
 fn table() -> Arc<TableInfo> {
-    let cols = [
-        ("tenant_id", "integer"),
-        ("id", "bigint"),
-        ("amount", "numeric(12,2)"),
-        ("at", "timestamp with time zone"),
-        ("payload", "jsonb"),
-        ("note", "text"),
-        ("flag", "boolean"),
-        ("qty", "integer"),
-    ];
-    let mut table = keyed_table("public", "bench", &cols, 2);
+    let mut table = keyed_table("public", "bench", &BENCH_COLUMNS, 2);
     // The relation the encoded messages name, and the columns' type as they send it.
     table.oid = 16400;
     for column in &mut table.columns {

@@ -45,10 +45,13 @@ use tokio::time::Instant;
 
 #[path = "common/cluster.rs"]
 mod cluster;
+#[path = "common/env.rs"]
+mod env;
 #[path = "common/table_info.rs"]
 mod table_info;
 
 use cluster::{BenchCluster, Error};
+use env::env_or;
 use table_info::keyed_table;
 
 type Result<T> = std::result::Result<T, Error>;
@@ -71,15 +74,6 @@ fn rtt_ms() -> Result<f64> {
             "HELIOS_BENCH_RTT_MS: `{v}` is not a number of milliseconds from 0 to 10000"
         )
         .into()),
-    }
-}
-
-fn env_or(name: &str, default: u64) -> Result<u64> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .map_err(|e| format!("{name}: `{v}` is not a whole number: {e}").into()),
-        Err(_) => Ok(default),
     }
 }
 

@@ -26,3 +26,17 @@ pub fn keyed_table(schema: &str, name: &str, columns: &[(&str, &str)], key: usiz
         type_ddl: Vec::new(),
     }
 }
+
+/// The e2e bench's eight columns (`bench.t`): tenant and id (the key), then numeric,
+/// timestamptz, jsonb, text, bool and int.
+#[allow(dead_code)] // not every bench that includes this file uses it
+pub const BENCH_COLUMNS: [(&str, &str); 8] = [
+    ("tenant_id", "integer"),
+    ("id", "bigint"),
+    ("amount", "numeric(12,2)"),
+    ("at", "timestamp with time zone"),
+    ("payload", "jsonb"),
+    ("note", "text"),
+    ("flag", "boolean"),
+    ("qty", "integer"),
+];

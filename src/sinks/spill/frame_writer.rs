@@ -49,42 +49,38 @@ impl FrameWriter {
     /// Queues `frame` to be written after those queued before; waits while
     /// [`QUEUED_FRAMES`] are queued. An error of an earlier write is returned here.
     pub fn write(&mut self, frame: Vec<u8>) -> std::io::Result<()> {
-        if let State::Idle(_) = self.state {
-            let State::Idle(file) = std::mem::replace(&mut self.state, State::Failed) else {
-                unreachable!("matched just above")
-            };
-            self.state = self.start(file)?;
-        }
+        // A failed start leaves the writer failed.
+        self.state = match std::mem::replace(&mut self.state, State::Failed) {
+            State::Idle(file) => self.start(file)?,
+            other => other,
+        };
         match &self.state {
             State::Writing { frames, .. } => match frames.send(frame) {
                 Ok(()) => Ok(()),
                 // The thread stopped on an error: that error.
                 Err(_) => self.file().map(|_| ()).and(Err(stopped())),
             },
-            State::Failed => Err(failed()),
-            State::Idle(_) => unreachable!("started above"),
+            State::Idle(_) | State::Failed => Err(failed()),
         }
     }
 
     /// The file once every frame queued is written (the thread ends; the next frame
     /// starts another).
     pub fn file(&mut self) -> std::io::Result<&mut File> {
-        if let State::Writing { .. } = self.state {
-            let State::Writing { frames, thread } =
-                std::mem::replace(&mut self.state, State::Failed)
-            else {
-                unreachable!("matched just above")
-            };
-            drop(frames);
-            let file = thread
-                .join()
-                .map_err(|_| std::io::Error::other("the spill writer thread panicked"))??;
-            self.state = State::Idle(file);
-        }
+        // A writer that failed, or a thread that panicked, leaves the writer failed.
+        self.state = match std::mem::replace(&mut self.state, State::Failed) {
+            State::Writing { frames, thread } => {
+                drop(frames);
+                let file = thread
+                    .join()
+                    .map_err(|_| std::io::Error::other("the spill writer thread panicked"))??;
+                State::Idle(file)
+            }
+            other => other,
+        };
         match &mut self.state {
             State::Idle(file) => Ok(file),
-            State::Failed => Err(failed()),
-            State::Writing { .. } => unreachable!("joined above"),
+            State::Writing { .. } | State::Failed => Err(failed()),
         }
     }
 
