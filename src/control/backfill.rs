@@ -39,7 +39,8 @@ use crate::change::{format_lsn, Lsn, TableInfo};
 use crate::control::coverage::{stream_identity, Coverage, Gap, Widening};
 use crate::control::initial_snapshot::{self, SnapshotProgress};
 use crate::control::job_runner::JobError;
-use crate::control::job_spec::{JobSpec, RemovedTenants, SinkSpec, TableSpec};
+use crate::control::job_spec::{JobSpec, RemovedTenants, SinkSpec, TableSpec, TenantFilter};
+use crate::sinks::nats::NatsSink;
 use crate::sinks::pg_apply::snapshot::{load_table, LoadFloor};
 use crate::sinks::pg_apply::{floors, store};
 use crate::sql_text::quote_qualified;
@@ -404,7 +405,7 @@ async fn publish_gaps(
     }
     // In the order of the job's NATS sinks, as `identities`.
     let sinks = initial_snapshot::nats_snapshot_sinks(spec).await?;
-    let (mut fresh, mut known): (Vec<_>, Vec<_>) = sinks
+    let (fresh, known): (Vec<_>, Vec<_>) = sinks
         .into_iter()
         .zip(&identities)
         .partition(|(_, id)| new_streams.contains(*id));
@@ -412,35 +413,43 @@ async fn publish_gaps(
     if !fresh.is_empty() {
         tracing::info!(job = %spec.name, streams = %fresh.iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>().join(", "),
             "a NATS stream new to the job: every table is published to it");
-        let mut fresh: Vec<_> = fresh.drain(..).map(|(sink, _)| sink).collect();
-        for table in &spec.tables {
-            let info = table_shape(copier, shapes, table).await?;
-            bytes += initial_snapshot::publish_snapshot(
-                copier,
-                &mut fresh,
-                info,
-                spec.tenant_column_of(table),
-                &spec.tenants.include,
-                at,
-            )
-            .await?;
-        }
+        let every_table = spec
+            .tables
+            .iter()
+            .map(|table| (table, spec.tenants.include.clone()));
+        bytes += publish_tables(spec, copier, shapes, fresh, every_table, at).await?;
     }
-    let mut known: Vec<_> = known.drain(..).map(|(sink, _)| sink).collect();
-    if known.is_empty() {
-        return Ok(bytes);
+    let gap_tables = gaps.iter().filter_map(|gap| {
+        let table = spec.tables.iter().find(|t| t.name == gap.table)?;
+        Some((table, gap.load_filter(&spec.tenants.include)))
+    });
+    bytes += publish_tables(spec, copier, shapes, known, gap_tables, at).await?;
+    Ok(bytes)
+}
+
+/// Publishes each of `loads` (a table and the tenants to load of it) to `sinks` as
+/// inserts at `at`; the bytes published.
+async fn publish_tables<'a, I>(
+    spec: &'a JobSpec,
+    copier: &tokio_postgres::Client,
+    shapes: &mut HashMap<String, Arc<TableInfo>>,
+    sinks: Vec<(NatsSink, I)>,
+    loads: impl Iterator<Item = (&'a TableSpec, TenantFilter)>,
+    at: Lsn,
+) -> Result<u64, JobError> {
+    let mut sinks: Vec<NatsSink> = sinks.into_iter().map(|(sink, _)| sink).collect();
+    if sinks.is_empty() {
+        return Ok(0);
     }
-    for gap in gaps {
-        let Some(table) = spec.tables.iter().find(|t| t.name == gap.table) else {
-            continue;
-        };
+    let mut bytes = 0;
+    for (table, tenants) in loads {
         let info = table_shape(copier, shapes, table).await?;
         bytes += initial_snapshot::publish_snapshot(
             copier,
-            &mut known,
+            &mut sinks,
             info,
             spec.tenant_column_of(table),
-            &gap.load_filter(&spec.tenants.include),
+            &tenants,
             at,
         )
         .await?;
