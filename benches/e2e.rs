@@ -230,13 +230,17 @@ async fn child_main() -> anyhow::Result<()> {
             .flat_map(|s| s.take_apply_seconds())
             .sum();
         apply_s.set(apply_s.get() + took);
+        use std::sync::atomic::Ordering::Relaxed;
         format!(
-            "cpu_s={:.3} hwm_kb={} rows={} apply_s={:.3} switches={}",
+            "cpu_s={:.3} hwm_kb={} rows={} apply_s={:.3} switches={} reads={} batched={} received={}",
             cpu_seconds(ticks),
             vm_hwm_kb(),
             stats.rows_applied(),
             apply_s.get(),
-            context_switches()
+            context_switches(),
+            stats.reader.socket_reads.load(Relaxed),
+            stats.reader.batched_reads.load(Relaxed),
+            stats.reader.bytes_received.load(Relaxed),
         )
     };
     let mut announced = false;
@@ -480,6 +484,11 @@ struct Figures {
     /// Context switches of the process's threads so far (each time one slept or was
     /// preempted): its thread wake-ups.
     switches: u64,
+    /// Reads of the replication socket (counted every 500 ms), those that waited for a
+    /// batch, and the pgoutput bytes received.
+    reads: u64,
+    batched: u64,
+    received: u64,
 }
 
 impl JobChild {
@@ -602,10 +611,24 @@ fn parse_figures(text: &str) -> Figures {
             Some(("rows", v)) => f.rows = v.parse().unwrap_or(0),
             Some(("apply_s", v)) => f.apply_s = v.parse().unwrap_or(0.0),
             Some(("switches", v)) => f.switches = v.parse().unwrap_or(0),
+            Some(("reads", v)) => f.reads = v.parse().unwrap_or(0),
+            Some(("batched", v)) => f.batched = v.parse().unwrap_or(0),
+            Some(("received", v)) => f.received = v.parse().unwrap_or(0),
             _ => {}
         }
     }
     f
+}
+
+/// How the replication socket was read: reads, bytes per read, and the share that waited
+/// for a batch (`cdc::transport`'s read batching).
+fn socket_reads(f: &Figures) -> String {
+    format!(
+        "{} socket reads of {:.0} bytes on average, {:.0} % batched",
+        f.reads,
+        f.received as f64 / f.reads.max(1) as f64,
+        100.0 * f.batched as f64 / f.reads.max(1) as f64
+    )
 }
 
 /// A job spec as TOML text, like `demo.rs` builds it.
@@ -1158,10 +1181,11 @@ async fn parent_main() -> anyhow::Result<()> {
         let n = count(&tgt, "SELECT count(*) FROM bench.t").await?;
         drop_slot(&src, db).await;
         println!(
-            "{label}: {secs:.2}s, {n} rows on the target, cpu {:.2}s, sink busy {:.0}%, peak RSS {} MiB",
+            "{label}: {secs:.2}s, {n} rows on the target, cpu {:.2}s, sink busy {:.0}%, peak RSS {} MiB, {}",
             figures.cpu_s,
             100.0 * figures.apply_s / secs,
-            figures.hwm_kb / 1024
+            figures.hwm_kb / 1024,
+            socket_reads(&figures)
         );
         catchup.push(CatchUp {
             label,
@@ -1187,11 +1211,12 @@ async fn parent_main() -> anyhow::Result<()> {
         drop_slot(&src, "ours_d").await;
         let label = "(d) ours PG→Parquet, 50 of 50 tenants";
         println!(
-            "{label}: {secs:.2}s, {n} versions in the cold tier ({} files, {:.1} bytes per version), cpu {:.2}s, peak RSS {} MiB",
+            "{label}: {secs:.2}s, {n} versions in the cold tier ({} files, {:.1} bytes per version), cpu {:.2}s, peak RSS {} MiB, {}",
             listed.files,
             listed.bytes as f64 / n.max(1) as f64,
             figures.cpu_s,
-            figures.hwm_kb / 1024
+            figures.hwm_kb / 1024,
+            socket_reads(&figures)
         );
         let (compact_secs, compacted) = compact_cold(&cold_d, "bench.t")?;
         let n_after = cold_open_versions(&cold_d, "bench.t")?;

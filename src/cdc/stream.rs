@@ -43,7 +43,7 @@ use crate::cdc::event_channel::{EventSender, NoRoom};
 use crate::cdc::pgoutput::{self, ColumnValue, OldTuple, PgOutputMessage, TupleData};
 use crate::cdc::stream_spool::StreamSpool;
 use crate::cdc::transport::{
-    ReceiveBuffer, ReplicationStream, SourceAddress, StreamFrame, TransportError,
+    ReadCounts, ReceiveBuffer, ReplicationStream, SourceAddress, StreamFrame, TransportError,
 };
 use crate::change::{
     format_lsn, Cell, CommitTimes, Lsn, OldRow, Row, RowOp, SourceRecord, TableInfo,
@@ -99,6 +99,10 @@ pub struct ReaderStats {
     /// Transactions the server streamed while in progress (protocol version 2), applied
     /// at their commit.
     pub streamed_txns: std::sync::atomic::AtomicU64,
+    /// Reads of the replication socket that returned data.
+    pub socket_reads: std::sync::atomic::AtomicU64,
+    /// Of them, reads that waited for a batch (`cdc::transport`'s read batching).
+    pub batched_reads: std::sync::atomic::AtomicU64,
 }
 
 /// Where a job's replication session connects (its slot names the application), with
@@ -182,17 +186,19 @@ pub async fn read_stream<S: ConfirmedStore, C>(
     let mut txn = OpenTxn::default();
     // After a reconnect the server streams open transactions again from their start.
     state.spool.clear();
+    let mut reads_counted = ReadCounts::default();
     loop {
         let frame = tokio::select! {
             biased;
             _ = io.control.changed() => return Ok(()),
             _ = ack_tick.tick() => {
+                count_reads(&io, &mut reads_counted);
                 confirm_and_report(&mut io, state).await?;
                 continue;
             }
             frame = io.client.recv() => frame.map_err(transport_error)?,
         };
-        let (data, wal_start) = match frame {
+        let (data, wal_start, send_time) = match frame {
             StreamFrame::KeepAlive {
                 wal_end,
                 reply_requested,
@@ -208,8 +214,11 @@ pub async fn read_stream<S: ConfirmedStore, C>(
                 continue;
             }
             StreamFrame::XLogData {
-                data, wal_start, ..
-            } => (data, wal_start),
+                data,
+                wal_start,
+                send_time,
+                ..
+            } => (data, wal_start, send_time),
         };
         io.stats
             .bytes_received
@@ -244,6 +253,7 @@ pub async fn read_stream<S: ConfirmedStore, C>(
         }
         match pgoutput::decode(&data).map_err(decode_error)? {
             PgOutputMessage::Begin(begin) => {
+                io.client.saw_begin(send_time - begin.commit_time_micros);
                 txn.seq = 0;
                 txn.skipping = begin.final_lsn <= state.fed_through;
                 if !txn.skipping {
@@ -263,8 +273,12 @@ pub async fn read_stream<S: ConfirmedStore, C>(
                     .await?;
                 }
             }
-            PgOutputMessage::StreamStart(start) => txn.stream_block = Some(start.xid),
+            PgOutputMessage::StreamStart(start) => {
+                io.client.saw_block_start();
+                txn.stream_block = Some(start.xid);
+            }
             PgOutputMessage::StreamStop => {
+                io.client.saw_block_end();
                 if txn.stream_block.take().is_none() {
                     return Err(CdcError::Stream(format!(
                         "Stream Stop at {} outside a stream block",
@@ -293,6 +307,20 @@ pub async fn read_stream<S: ConfirmedStore, C>(
             }
         }
     }
+}
+
+/// Adds the socket reads since the last count to the stats (the stream's counts start at
+/// zero with each connection).
+fn count_reads<S: ConfirmedStore, C>(io: &ReaderIo<'_, S, C>, counted: &mut ReadCounts) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let now = io.client.read_counts();
+    io.stats
+        .socket_reads
+        .fetch_add(now.reads.saturating_sub(counted.reads), Relaxed);
+    io.stats
+        .batched_reads
+        .fetch_add(now.batched.saturating_sub(counted.batched), Relaxed);
+    *counted = now;
 }
 
 /// The transaction being read.

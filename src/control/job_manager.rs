@@ -338,6 +338,7 @@ async fn monitor(
     let mut seen_counts: HashMap<(usize, String), (u64, u64)> = HashMap::new();
     let mut seen_bytes = 0u64;
     let mut seen_streamed = 0u64;
+    let mut seen_socket_reads = (0u64, 0u64);
     let mut seen_walks = 0u64;
     let mut seen_errors: Vec<u64> = vec![0; stats.sinks.len()];
     let mut seen_reads = 0u64;
@@ -378,6 +379,15 @@ async fn monitor(
         let streamed = stats.reader.streamed_txns.load(Relaxed);
         metrics.streamed_transactions(streamed.saturating_sub(seen_streamed));
         seen_streamed = streamed;
+        let socket_reads = (
+            stats.reader.socket_reads.load(Relaxed),
+            stats.reader.batched_reads.load(Relaxed),
+        );
+        metrics.socket_reads(
+            socket_reads.0.saturating_sub(seen_socket_reads.0),
+            socket_reads.1.saturating_sub(seen_socket_reads.1),
+        );
+        seen_socket_reads = socket_reads;
         let mut changed = Vec::new();
         for (i, sink) in stats.sinks.iter().enumerate() {
             let errors = sink.errors.load(Relaxed);

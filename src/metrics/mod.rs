@@ -13,6 +13,8 @@
 //! | `helios_rows_replicated_total` | counter | `job`, `tenant`, `op` |
 //! | `helios_bytes_received_total` | counter | `job` |
 //! | `helios_source_streamed_transactions_total` | counter | `job` |
+//! | `helios_source_socket_reads_total` | counter | `job` |
+//! | `helios_source_batched_reads_total` | counter | `job` |
 //! | `helios_bytes_sent_total` | counter | `job`, `sink` |
 //! | `helios_sink_errors_total` | counter | `job`, `sink` |
 //! | `helios_apply_batch_seconds` | histogram | `job`, `sink` |
@@ -147,6 +149,8 @@ struct Families {
     rows: Family<RowLabels, Counter>,
     bytes_received: Family<JobLabels, Counter>,
     streamed_txns: Family<JobLabels, Counter>,
+    socket_reads: Family<JobLabels, Counter>,
+    batched_reads: Family<JobLabels, Counter>,
     bytes_sent: Family<SinkLabels, Counter>,
     sink_errors: Family<SinkLabels, Counter>,
     apply_batch: HistogramFamily,
@@ -186,6 +190,8 @@ impl Families {
             rows: Family::default(),
             bytes_received: Family::default(),
             streamed_txns: Family::default(),
+            socket_reads: Family::default(),
+            batched_reads: Family::default(),
             bytes_sent: Family::default(),
             sink_errors: Family::default(),
             apply_batch: Family::new_with_constructor(new_apply_histogram),
@@ -239,6 +245,16 @@ impl Families {
             stem(SOURCE_STREAMED_TRANSACTIONS_TOTAL, "_total"),
             "Transactions the source streamed while they ran, applied at their commit",
             self.streamed_txns.clone(),
+        );
+        r.register(
+            stem(SOURCE_SOCKET_READS_TOTAL, "_total"),
+            "Reads of the replication socket that returned data",
+            self.socket_reads.clone(),
+        );
+        r.register(
+            stem(SOURCE_BATCHED_READS_TOTAL, "_total"),
+            "Reads of the replication socket that waited for a batch while the source was behind",
+            self.batched_reads.clone(),
         );
         r.register(
             stem(BYTES_SENT_TOTAL, "_total"),
@@ -505,6 +521,8 @@ pub struct JobMetrics {
     slots: Vec<TenantSlot>,
     bytes_received: Counter,
     streamed_txns: Counter,
+    socket_reads: Counter,
+    batched_reads: Counter,
     confirmed_lsn: Slots<(), GaugeU64>,
     sinks: Slots<&'static str, SinkSeries>,
     states: Slots<&'static str, Gauge>,
@@ -560,12 +578,20 @@ impl JobMetrics {
         let streamed_txns = families
             .streamed_txns
             .get_or_create_owned(&JobLabels { job: job.clone() });
+        let socket_reads = families
+            .socket_reads
+            .get_or_create_owned(&JobLabels { job: job.clone() });
+        let batched_reads = families
+            .batched_reads
+            .get_or_create_owned(&JobLabels { job: job.clone() });
         let metrics = JobMetrics {
             tenant_list: tenants.map(|t| t.into_iter().map(Box::from).collect()),
             tenant_index,
             slots,
             bytes_received,
             streamed_txns,
+            socket_reads,
+            batched_reads,
             confirmed_lsn: Slots::new(),
             sinks: Slots::new(),
             states: Slots::new(),
@@ -599,6 +625,8 @@ impl JobMetrics {
             lock(&metrics.life).removers.push(Box::new(move || {
                 families.bytes_received.remove(&labels);
                 families.streamed_txns.remove(&labels);
+                families.socket_reads.remove(&labels);
+                families.batched_reads.remove(&labels);
             }));
         }
         // The fixed series exist from the start, so `rate()`/`increase()` see their first
@@ -729,6 +757,13 @@ impl JobMetrics {
     /// Counts `n` transactions the source streamed while they ran.
     pub fn streamed_transactions(&self, n: u64) {
         self.streamed_txns.inc_by(n);
+    }
+
+    /// Counts `reads` reads of the replication socket, `batched` of them after waiting for
+    /// a batch.
+    pub fn socket_reads(&self, reads: u64, batched: u64) {
+        self.socket_reads.inc_by(reads);
+        self.batched_reads.inc_by(batched);
     }
 
     /// Counts `n` bytes written to sink `sink` (its `Sink::kind()`).

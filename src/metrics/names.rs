@@ -11,6 +11,11 @@ pub const BYTES_RECEIVED_TOTAL: &str = "helios_bytes_received_total";
 /// Transactions the source streamed while they ran (pgoutput protocol version 2),
 /// applied at their commit.
 pub const SOURCE_STREAMED_TRANSACTIONS_TOTAL: &str = "helios_source_streamed_transactions_total";
+/// Reads of the replication socket that returned data.
+pub const SOURCE_SOCKET_READS_TOTAL: &str = "helios_source_socket_reads_total";
+/// Of them, reads that waited for a batch while the source was behind
+/// (`cdc::transport::read_batching`).
+pub const SOURCE_BATCHED_READS_TOTAL: &str = "helios_source_batched_reads_total";
 /// Bytes written to each sink.
 pub const BYTES_SENT_TOTAL: &str = "helios_bytes_sent_total";
 /// Failed apply attempts and failed (re)connections per sink.
@@ -89,12 +94,14 @@ pub const SIDES: [&str; 2] = [SIDE_MERGED, SIDE_WRITTEN];
 pub const PREDICTORS: [&str; 4] = ["model", "heuristic", "last_window", "round_robin"];
 
 /// Every metric name above.
-pub const ALL_METRICS: [&str; 27] = [
+pub const ALL_METRICS: [&str; 29] = [
     REPLICATION_LAG_SECONDS,
     REPLICATION_LAG_BYTES,
     ROWS_REPLICATED_TOTAL,
     BYTES_RECEIVED_TOTAL,
     SOURCE_STREAMED_TRANSACTIONS_TOTAL,
+    SOURCE_SOCKET_READS_TOTAL,
+    SOURCE_BATCHED_READS_TOTAL,
     BYTES_SENT_TOTAL,
     SINK_ERRORS_TOTAL,
     APPLY_BATCH_SECONDS,

@@ -470,6 +470,8 @@ fn counters_and_the_histogram_move() {
     m.bytes_received(10);
     m.bytes_received(15);
     m.streamed_transactions(2);
+    m.socket_reads(9, 4);
+    m.socket_reads(1, 0);
     m.bytes_sent("postgres", 3);
     m.bytes_sent("postgres", 4);
     m.sink_error("postgres");
@@ -495,6 +497,8 @@ fn counters_and_the_histogram_move() {
     assert_eq!(rows(TENANT_ALL, OP_DEAD_LETTERED), Some(0.0));
     assert_eq!(e.value(BYTES_RECEIVED_TOTAL, &[]), Some(25.0));
     assert_eq!(e.value(SOURCE_STREAMED_TRANSACTIONS_TOTAL, &[]), Some(2.0));
+    assert_eq!(e.value(SOURCE_SOCKET_READS_TOTAL, &[]), Some(10.0));
+    assert_eq!(e.value(SOURCE_BATCHED_READS_TOTAL, &[]), Some(4.0));
     let sink = [(LABEL_JOB, "j"), (LABEL_SINK, "postgres")];
     assert_eq!(e.value(BYTES_SENT_TOTAL, &sink), Some(7.0));
     assert_eq!(e.value(SINK_ERRORS_TOTAL, &sink), Some(2.0));
@@ -642,13 +646,13 @@ fn tenant_label_is_bounded() {
         Some(1000.0)
     );
     // Series per job: ops × (listed tenants + _all), the states, bytes received, streamed
-    // transactions, lag.
+    // transactions, socket reads and batched reads, lag.
     let listed_series = e
         .samples
         .iter()
         .filter(|s| s.labels[LABEL_JOB] == "listed")
         .count();
-    assert_eq!(listed_series, OPS.len() * 3 + STATES.len() + 2 + 2 * 3);
+    assert_eq!(listed_series, OPS.len() * 3 + STATES.len() + 4 + 2 * 3);
 }
 
 #[test]

@@ -1,11 +1,14 @@
 //! The replication session (`cdc::transport`) against a real server: each password
-//! method the server may ask for, a wrong password refused for good, the Unix socket, and
-//! a stream started on a slot created on the same session.
+//! method the server may ask for, a wrong password refused for good, the Unix socket, a
+//! stream started on a slot created on the same session, and a backlog read in batches
+//! without holding back what follows it.
 
 use std::time::Duration;
 
+use helios_repl::cdc::pgoutput::{self, PgOutputMessage};
 use helios_repl::cdc::transport::{
-    ReplicationConnection, SourceAddress, StreamFrame, StreamOptions, TransportError,
+    ReplicationConnection, ReplicationStream, SourceAddress, StreamFrame, StreamOptions,
+    TransportError,
 };
 
 use crate::harness::Env;
@@ -117,6 +120,107 @@ fn the_session_logs_in_with_each_password_method_and_streams() {
         }
         assert_eq!(tags, b"BRIC", "Begin, Relation, Insert, Commit");
         stream.set_applied(0x1000);
+        stream.close().await.expect("orderly end");
+    });
+}
+
+/// Reads frames as the job's reader does for batching (each `BEGIN`'s lag behind its
+/// commit goes to the stream) until `commits` transactions have ended; their commits'
+/// LSNs.
+async fn read_commits(stream: &mut ReplicationStream, commits: usize) -> Vec<u64> {
+    let mut seen = Vec::new();
+    while seen.len() < commits {
+        let frame = tokio::time::timeout(Duration::from_secs(60), stream.recv())
+            .await
+            .expect("a frame within 60 s")
+            .expect("frame");
+        let StreamFrame::XLogData {
+            data, send_time, ..
+        } = frame
+        else {
+            continue;
+        };
+        match pgoutput::decode(&data).expect("decode") {
+            PgOutputMessage::Begin(begin) => stream.saw_begin(send_time - begin.commit_time_micros),
+            PgOutputMessage::Commit(commit) => seen.push(commit.commit_lsn),
+            _ => {}
+        }
+    }
+    seen
+}
+
+#[test]
+fn a_backlog_is_read_in_batches_and_what_follows_is_not_held_back() {
+    let env = Env::start(
+        "CREATE TABLE public.b (id int PRIMARY KEY, v text);
+         CREATE PUBLICATION pub_b FOR TABLE public.b;",
+    );
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=app",
+        env.source.port()
+    );
+    let address = SourceAddress::from_dsn(&dsn, "helios-repl test").expect("address");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut conn = ReplicationConnection::connect(&address)
+            .await
+            .expect("connect over TCP");
+        conn.simple_query("CREATE_REPLICATION_SLOT s_batch LOGICAL pgoutput")
+            .await
+            .expect("create slot");
+        // A backlog: 400 transactions of 50 rows (about 2.5 MB of stream), committed 1.5 s
+        // before the stream starts, so every BEGIN leaves the server long after its commit.
+        env.on_source(
+            "DO $$ BEGIN FOR i IN 0..399 LOOP
+               INSERT INTO public.b SELECT g, repeat('x', 40) FROM generate_series(i * 50, i * 50 + 49) g;
+               COMMIT;
+             END LOOP; END $$",
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+        let options = StreamOptions {
+            publication: "pub_b".into(),
+            streaming: true,
+        };
+        let mut stream = conn
+            .start_logical("s_batch", 0, &options)
+            .await
+            .expect("start");
+        let backlog = read_commits(&mut stream, 400).await;
+        assert_eq!(backlog.len(), 400);
+        let counts = stream.read_counts();
+        assert!(
+            counts.batched > 0,
+            "the backlog was read in batches: {counts:?}"
+        );
+
+        // Caught up: a transaction written now arrives at once, not after a batch's worth
+        // of others (there are none) or a keepalive, and its BEGIN, sent at once after its
+        // commit, ends the batching: the next one is read unbatched.
+        for id in [-1, -2] {
+            let before = stream.read_counts();
+            let sent = std::time::Instant::now();
+            // Committed synchronously: the cluster's `synchronous_commit = off` would let the
+            // commit wait for the WAL writer (up to 600 ms) before the walsender sees it.
+            env.on_source(&format!(
+                "SET synchronous_commit = on; INSERT INTO public.b VALUES ({id}, 'live')"
+            ));
+            read_commits(&mut stream, 1).await;
+            let took = sent.elapsed();
+            assert!(
+                took < Duration::from_secs(2),
+                "live transaction {id} took {took:?}"
+            );
+            if id == -2 {
+                let after = stream.read_counts();
+                assert_eq!(
+                    after.batched, before.batched,
+                    "a caught-up transaction is read unbatched: {after:?}"
+                );
+            }
+        }
         stream.close().await.expect("orderly end");
     });
 }

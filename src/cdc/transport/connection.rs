@@ -11,6 +11,7 @@ use postgres_protocol::message::backend::{ErrorFields, Header, Message};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::read_batching::{ReadBatching, ReadCounts, BATCH_WAIT};
 use super::TransportError;
 use crate::pg_connect::tls::{self, Negotiated};
 use crate::pg_connect::{PgDsn, TlsSettings};
@@ -168,6 +169,8 @@ pub struct ReplicationConnection {
     write: BytesMut,
     /// Major version of the server (`server_version` parameter), 0 when not reported.
     server_major: u32,
+    /// Batched reads of a TCP socket (`read_batching`).
+    batching: ReadBatching,
 }
 
 impl ReplicationConnection {
@@ -176,11 +179,13 @@ impl ReplicationConnection {
         let opened = async {
             // The TLS session's channel binding, for SCRAM-SHA-256-PLUS.
             let mut end_point = None;
+            let mut tcp_fd = None;
             let socket: Box<dyn Socket> = match &address.host {
                 Host::Tcp(host) => {
                     let s = connect_tcp(host, address.port, address.receive_buffer).await?;
                     // Status updates are small writes that must not wait for more.
                     s.set_nodelay(true)?;
+                    tcp_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&s));
                     match tls::negotiate(s, host, &address.tls).await? {
                         Negotiated::Plain(s) => Box::new(s),
                         Negotiated::Tls {
@@ -206,6 +211,7 @@ impl ReplicationConnection {
                 read: BytesMut::with_capacity(READ_CHUNK),
                 write: BytesMut::new(),
                 server_major: 0,
+                batching: ReadBatching::new(tcp_fd),
             };
             conn.start_up(address, end_point).await?;
             Ok(conn)
@@ -460,10 +466,33 @@ impl ReplicationConnection {
     /// future is dropped); end of stream is [`TransportError::Closed`].
     pub(super) async fn fill(&mut self) -> Result<(), TransportError> {
         self.read.reserve(READ_CHUNK);
-        if self.socket.read_buf(&mut self.read).await? == 0 {
+        let batched = self.batching.waits();
+        let n = if batched {
+            match tokio::time::timeout(BATCH_WAIT, self.socket.read_buf(&mut self.read)).await {
+                Ok(n) => n?,
+                Err(_) => {
+                    self.batching.wait_ran_out();
+                    self.socket.read_buf(&mut self.read).await?
+                }
+            }
+        } else {
+            self.socket.read_buf(&mut self.read).await?
+        };
+        if n == 0 {
             return Err(TransportError::Closed);
         }
+        self.batching.read_done(batched, n);
         Ok(())
+    }
+
+    /// The batching of this connection's reads (`read_batching`).
+    pub(super) fn batching(&mut self) -> &mut ReadBatching {
+        &mut self.batching
+    }
+
+    /// How this connection's socket was read.
+    pub(super) fn read_counts(&self) -> ReadCounts {
+        self.batching.counts()
     }
 
     /// Queues a copy-data message carrying `payload`.
@@ -648,6 +677,7 @@ mod tests {
             read: BytesMut::new(),
             write: BytesMut::new(),
             server_major: 0,
+            batching: ReadBatching::default(),
         };
         let mut frame = vec![b'd'];
         frame.extend_from_slice(&0x7FFF_FFF0u32.to_be_bytes());

@@ -7,6 +7,7 @@ use bytes::{Buf, Bytes};
 use postgres_protocol::message::backend::Message;
 
 use super::connection::ReplicationConnection;
+use super::read_batching::ReadCounts;
 use super::TransportError;
 use crate::change::{format_lsn, pg_now_micros, Lsn};
 use crate::sql_text::quote_ident;
@@ -35,6 +36,8 @@ pub enum StreamFrame {
         wal_start: Lsn,
         /// The server's current end of WAL.
         wal_end: Lsn,
+        /// When the server sent it (µs since 2000-01-01, the server's clock).
+        send_time: i64,
         /// The pgoutput message.
         data: Bytes,
     },
@@ -121,6 +124,27 @@ impl ReplicationStream {
         }
     }
 
+    /// A transaction's `BEGIN` the server sent `server_lag` µs after the commit: reads
+    /// are batched while that is long (see `read_batching`).
+    pub fn saw_begin(&mut self, server_lag: i64) {
+        self.conn.batching().on_begin(server_lag);
+    }
+
+    /// A streamed transaction's block starts: its changes come at once, reads are batched.
+    pub fn saw_block_start(&mut self) {
+        self.conn.batching().on_block_start();
+    }
+
+    /// A streamed transaction's block ended.
+    pub fn saw_block_end(&mut self) {
+        self.conn.batching().on_block_end();
+    }
+
+    /// How the socket was read so far.
+    pub fn read_counts(&self) -> ReadCounts {
+        self.conn.read_counts()
+    }
+
     /// Sets the position the next status updates report (it never moves back).
     pub fn set_applied(&mut self, lsn: Lsn) {
         self.applied = self.applied.max(lsn);
@@ -193,10 +217,11 @@ pub fn parse_copy_data(mut data: Bytes) -> Result<StreamFrame, TransportError> {
             data.advance(1);
             let wal_start = data.get_u64();
             let wal_end = data.get_u64();
-            let _send_time = data.get_i64();
+            let send_time = data.get_i64();
             Ok(StreamFrame::XLogData {
                 wal_start,
                 wal_end,
+                send_time,
                 data,
             })
         }
@@ -248,6 +273,7 @@ mod tests {
             StreamFrame::XLogData {
                 wal_start: 0x1_0000_0010,
                 wal_end: 0x1_0000_0020,
+                send_time: 7,
                 data: Bytes::from_static(b"Bpayload"),
             }
         );

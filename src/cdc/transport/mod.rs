@@ -14,6 +14,8 @@
 //!   has decoded and spilled all of it.
 //! * [`ReplicationStream`]: the copy-both stream: XLogData and keepalive frames in, standby
 //!   status updates out.
+//! * `read_batching`: while the server works through a backlog, the socket wakes the
+//!   reader once 16 KiB have arrived instead of for every message or two.
 //!
 //! # What it never does
 //! * It does not decode pgoutput (that is `cdc::pgoutput`) or decide what may be confirmed
@@ -30,11 +32,13 @@
 
 mod connection;
 mod frames;
+mod read_batching;
 
 pub use connection::{
     ReceiveBuffer, ReplicationConnection, SourceAddress, LOOPBACK_RECEIVE_BUFFER,
 };
 pub use frames::{ReplicationStream, StreamFrame, StreamOptions};
+pub use read_batching::ReadCounts;
 
 /// What went wrong on the replication connection.
 #[derive(Debug, thiserror::Error)]
