@@ -432,6 +432,14 @@ fn two_jobs_pause_resume_and_delete_with_slot() {
             &["job=\"job_b\"", "tenant=\"4\"", "op=\"upsert\""],
         ) > rows
     });
+    // The replication socket's reads are counted (none waited for a batch: job_b has been
+    // caught up since its snapshot, and the batched count is a series of its own).
+    wait_for("the socket reads in /metrics", WAIT, || {
+        let (_, m) = http(&server.url, "GET", "/metrics", None);
+        let job = ["job=\"job_b\""];
+        sample(&m, "helios_source_socket_reads_total", &job) > 0.0
+            && m.contains("helios_source_batched_reads_total{job=\"job_b\"}")
+    });
     // The streamed rows' transactions were timed stage by stage (the snapshot's are not).
     wait_for("the transactions' stages in /metrics", WAIT, || {
         let (_, m) = http(&server.url, "GET", "/metrics", None);
