@@ -244,7 +244,11 @@ impl SpilledTxn {
             history,
         };
         // The length first, then the frame: one buffer, written on the writer's thread.
-        let mut frame = vec![0u8; 8];
+        // Sized first: a frame grown by doubling would leave its smaller copies freed,
+        // which the allocator keeps for a while (a part of wide rows is up to 16 MiB).
+        let size = bincode::serialized_size(&stored)? as usize;
+        let mut frame = Vec::with_capacity(8 + size);
+        frame.extend_from_slice(&[0u8; 8]);
         bincode::serialize_into(&mut frame, &stored)?;
         let len = (frame.len() - 8) as u64;
         frame[..8].copy_from_slice(&len.to_le_bytes());

@@ -195,8 +195,9 @@ impl ReadBatching {
     }
 
     /// Sets the mark. A kernel that refuses to raise it leaves the socket unbatched for
-    /// good; one that refuses to lower it leaves it raised, its reads still bounded by
-    /// [`BATCH_WAIT`].
+    /// good. Lowering it cannot fail on an open TCP socket (Linux takes any value there);
+    /// were it refused, the mark would stay raised and a read after a wait that ran out
+    /// would wait for a whole batch, so the failure is logged.
     fn apply(&mut self, on: bool) {
         let Some(mark) = &mut self.mark else {
             return;
