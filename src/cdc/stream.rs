@@ -253,7 +253,8 @@ pub async fn read_stream<S: ConfirmedStore, C>(
         }
         match pgoutput::decode(&data).map_err(decode_error)? {
             PgOutputMessage::Begin(begin) => {
-                io.client.saw_begin(send_time.saturating_sub(begin.commit_time_micros));
+                io.client
+                    .saw_begin(send_time.saturating_sub(begin.commit_time_micros));
                 txn.seq = 0;
                 txn.skipping = begin.final_lsn <= state.fed_through;
                 if !txn.skipping {

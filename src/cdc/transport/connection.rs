@@ -706,3 +706,76 @@ mod tests {
         assert!(err.is_transient());
     }
 }
+
+#[cfg(test)]
+mod batching_tests {
+    use std::time::Instant;
+
+    use super::super::read_batching::{BATCH_BYTES, ENTER_LAG, SAMPLE_READS};
+    use super::*;
+
+    /// A copy-data message of `n` payload bytes.
+    fn copy_data(n: usize) -> Vec<u8> {
+        let mut frame = vec![b'd'];
+        frame.extend_from_slice(&((n + 4) as u32).to_be_bytes());
+        frame.extend(std::iter::repeat_n(b'x', n));
+        frame
+    }
+
+    /// Small reads behind a backlog start batching; less than a batch is then taken after
+    /// the wait, not held, and batching goes on; a whole batch is read at once.
+    #[tokio::test]
+    async fn small_reads_behind_a_backlog_are_batched_and_nothing_is_held_back() {
+        use std::os::fd::AsRawFd;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, server) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let client = client.unwrap();
+        let (mut server, _) = server.unwrap();
+        let fd = client.as_raw_fd();
+        let mut conn = ReplicationConnection {
+            socket: Box::new(client),
+            read: BytesMut::new(),
+            write: BytesMut::new(),
+            server_major: 0,
+            batching: ReadBatching::new(Some(fd)),
+        };
+        conn.batching().on_begin(2 * ENTER_LAG);
+        // One message per read: each is written only once the one before was read.
+        for _ in 0..SAMPLE_READS {
+            server.write_all(&copy_data(100)).await.unwrap();
+            let m = conn.next_message().await.unwrap();
+            assert!(matches!(m, Message::CopyData(_)));
+        }
+        assert!(conn.batching().waits(), "{:?}", conn.read_counts());
+        assert_eq!(
+            super::super::read_batching::receive_low_water(fd),
+            BATCH_BYTES
+        );
+
+        server.write_all(&copy_data(100)).await.unwrap();
+        let began = Instant::now();
+        conn.next_message().await.unwrap();
+        let took = began.elapsed();
+        assert!(took < Duration::from_secs(1), "held back {took:?}");
+        let counts = conn.read_counts();
+        assert_eq!((counts.batched, counts.waits_ran_out), (1, 1), "{counts:?}");
+        assert!(conn.batching().waits(), "still behind: still batching");
+
+        server
+            .write_all(&copy_data(2 * BATCH_BYTES as usize))
+            .await
+            .unwrap();
+        conn.next_message().await.unwrap();
+        let after = conn.read_counts();
+        assert!(
+            after.batched > counts.batched && after.reads - counts.reads <= 3,
+            "{after:?}"
+        );
+
+        conn.batching().on_begin(0);
+        assert!(!conn.batching().waits(), "caught up");
+        assert_eq!(super::super::read_batching::receive_low_water(fd), 1);
+    }
+}
