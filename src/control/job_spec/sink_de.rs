@@ -85,62 +85,39 @@ impl<'de> Deserialize<'de> for SinkSpec {
             SinkKind::Parquet => "parquet",
             SinkKind::Nats => "nats",
         };
-        // Fields that belong to another kind of sink.
-        let foreign = [
-            ("dsn", raw.dsn.is_some(), &["postgres"][..]),
-            ("root", raw.root.is_some(), &["parquet"][..]),
+        // Fields that belong to one kind of sink, and that kind.
+        let owned = [
+            ("dsn", raw.dsn.is_some(), "postgres"),
+            ("root", raw.root.is_some(), "parquet"),
             (
                 "compact_min_files",
                 raw.compact_min_files.is_some(),
-                &["parquet"][..],
+                "parquet",
             ),
-            (
-                "max_in_flight",
-                raw.max_in_flight.is_some(),
-                &["postgres"][..],
-            ),
-            ("url", raw.url.is_some(), &["nats"][..]),
-            ("stream", raw.stream.is_some(), &["nats"][..]),
-            (
-                "subject_prefix",
-                raw.subject_prefix.is_some(),
-                &["nats"][..],
-            ),
-            (
-                "key_frame_every",
-                raw.key_frame_every.is_some(),
-                &["nats"][..],
-            ),
-            (
-                "batch_max_bytes",
-                raw.batch_max_bytes.is_some(),
-                &["nats"][..],
-            ),
+            ("max_in_flight", raw.max_in_flight.is_some(), "postgres"),
+            ("url", raw.url.is_some(), "nats"),
+            ("stream", raw.stream.is_some(), "nats"),
+            ("subject_prefix", raw.subject_prefix.is_some(), "nats"),
+            ("key_frame_every", raw.key_frame_every.is_some(), "nats"),
+            ("batch_max_bytes", raw.batch_max_bytes.is_some(), "nats"),
             (
                 "duplicate_window_secs",
                 raw.duplicate_window_secs.is_some(),
-                &["nats"][..],
+                "nats",
             ),
-            (
-                "max_encode_share",
-                raw.max_encode_share.is_some(),
-                &["nats"][..],
-            ),
-            ("tls_ca_file", raw.tls_ca_file.is_some(), &["nats"][..]),
-            ("tls_cert_file", raw.tls_cert_file.is_some(), &["nats"][..]),
-            ("tls_key_file", raw.tls_key_file.is_some(), &["nats"][..]),
-            (
-                "credentials_file",
-                raw.credentials_file.is_some(),
-                &["nats"][..],
-            ),
+            ("max_encode_share", raw.max_encode_share.is_some(), "nats"),
+            ("tls_ca_file", raw.tls_ca_file.is_some(), "nats"),
+            ("tls_cert_file", raw.tls_cert_file.is_some(), "nats"),
+            ("tls_key_file", raw.tls_key_file.is_some(), "nats"),
+            ("credentials_file", raw.credentials_file.is_some(), "nats"),
         ];
-        if let Some((field, _, _)) = foreign
+        if let Some((field, _, _)) = owned
             .iter()
-            .find(|(_, present, kinds)| *present && !kinds.contains(&kind))
+            .find(|(_, present, owner)| *present && *owner != kind)
         {
             return Err(unexpected(field, kind));
         }
+
         let limits = SinkLimitsSpec {
             max_rows_per_sec: raw.max_rows_per_sec,
             max_bytes_per_sec: raw.max_bytes_per_sec,
