@@ -727,12 +727,7 @@ mod batching_tests {
     #[tokio::test]
     async fn small_reads_behind_a_backlog_are_batched_and_nothing_is_held_back() {
         use std::os::fd::AsRawFd;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (client, server) =
-            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
-        let client = client.unwrap();
-        let (mut server, _) = server.unwrap();
+        let (client, mut server) = super::super::read_batching::tcp_pair().await;
         let fd = client.as_raw_fd();
         let mut conn = ReplicationConnection {
             socket: Box::new(client),

@@ -265,6 +265,15 @@ fn set_receive_low_water(fd: RawFd, bytes: i32) -> std::io::Result<()> {
     }
 }
 
+/// A connected loopback TCP pair (client, server side), for tests.
+#[cfg(test)]
+pub(super) async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (client, server) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+    (client.unwrap(), server.unwrap().0)
+}
+
 /// `getsockopt(SO_RCVLOWAT)`, for tests.
 #[cfg(test)]
 pub(super) fn receive_low_water(fd: RawFd) -> i32 {
@@ -377,11 +386,7 @@ mod tests {
     #[tokio::test]
     async fn the_mark_is_set_and_lowered_on_a_tcp_socket() {
         use std::os::fd::AsRawFd;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (client, _server) =
-            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
-        let client = client.unwrap();
+        let (client, _server) = tcp_pair().await;
         let mut mark = LowWater::new(client.as_raw_fd());
         assert_eq!(receive_low_water(client.as_raw_fd()), 1);
         mark.set(true).unwrap();
