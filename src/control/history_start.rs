@@ -74,14 +74,22 @@ fn tenant_of(plan: &TenantPlan, table: &TableInfo, row: &Row) -> Option<String> 
         .map(str::to_owned)
 }
 
-/// After a snapshot: records the loaded rows as versions known from `at`, and writes them
-/// to every Parquet sink of the job.
+/// After a snapshot: records the loaded rows as versions known from `at`, and brings every
+/// Parquet sink of the job up to the history table: each version opened or closed after
+/// `since` (the job's last recorded position, which every sink held; 0 when none) is
+/// written to each tenant's directory unless its manifest covers it.
+///
+/// Not only the versions this snapshot opened and closed: an earlier snapshot that a crash
+/// cut short after recording its versions in the history table, before its cold write was
+/// published, left versions (and closes of the versions before them) that only the
+/// history table has, and the stream never produces them again.
 pub async fn record_snapshot(
     spec: &JobSpec,
     plan: &TenantPlan,
     target: &tokio_postgres::Client,
     tables: &[(TableSpec, Arc<TableInfo>)],
     at: SysTime,
+    since: Lsn,
 ) -> Result<(), SinkError> {
     for (table, info) in tables.iter().filter(|(t, _)| t.history) {
         let column = &plan.tenant_columns[&table.name];
@@ -106,13 +114,15 @@ pub async fn record_snapshot(
         if roots.is_empty() {
             continue;
         }
-        // The versions the snapshot closed (the cold tier may hold them open from an
-        // earlier snapshot, even one a crash cut short) and those it opened.
+        // The versions opened or closed after `since`: those of this snapshot, and any an
+        // earlier one recorded but never published. A version the tier holds open gets
+        // a close row; one it lacks, one row with all it knows.
         let filter = tenant_predicate(column, &plan.include);
         let history = quote_qualified(&info.schema, &history_name(&info.name));
-        let lsn = quote_literal(&format_lsn(at.lsn));
+        let since_lsn = since.min(at.lsn.saturating_sub(1));
+        let after = quote_literal(&format_lsn(since_lsn));
         let sql = format!(
-            "{} WHERE (system_from_lsn = {lsn}::pg_lsn OR system_to_lsn = {lsn}::pg_lsn){} \
+            "{} WHERE (system_from_lsn > {after}::pg_lsn OR system_to_lsn > {after}::pg_lsn){} \
              ORDER BY system_from_lsn",
             select_versions_sql(info, &history),
             filter.map(|f| format!(" AND {f}")).unwrap_or_default()
@@ -144,7 +154,10 @@ pub async fn record_snapshot(
             let columns = cold_columns(&info);
             let writes = roots
                 .iter()
-                .map(|root| (LargeWrite::new(root, lsn, LARGE_LIMITS), HashMap::new()))
+                .map(|root| {
+                    let write = LargeWrite::spanning(root, since_lsn + 1, lsn, LARGE_LIMITS);
+                    (write, HashMap::new())
+                })
                 .collect();
             cold_seed::stream_into_tier(writes, &info.qualified_name(), &columns, chunks)
         })

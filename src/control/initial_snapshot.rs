@@ -70,7 +70,8 @@ impl SnapshotProgress {
 }
 
 /// Creates the slot with an exported snapshot, loads every table into every target, and
-/// starts streaming from the consistent point.
+/// starts streaming from the consistent point. `recorded` is the last position the job
+/// recorded before it (0 if none): every sink holds the history up to it.
 pub(super) async fn take_snapshot(
     spec: &JobSpec,
     plan: &TenantPlan,
@@ -81,6 +82,7 @@ pub(super) async fn take_snapshot(
         Arc<crate::change::TableInfo>,
     )],
     progress: &SnapshotProgress,
+    recorded: Lsn,
 ) -> Result<(ReplicationStream, Lsn), JobError> {
     let dsn = spec.source.dsn.expose();
     let slot = &spec.source.slot;
@@ -186,7 +188,8 @@ pub(super) async fn take_snapshot(
         .await
         .map_err(CdcError::query("end snapshot transaction"))?;
     if let Anchor::Postgres(_) = anchor {
-        history_start::record_snapshot(spec, plan, anchor_target(targets)?, infos, at).await?;
+        let target = anchor_target(targets)?;
+        history_start::record_snapshot(spec, plan, target, infos, at, recorded).await?;
     }
     record_snapshot_done(spec, anchor, targets, snap.consistent_point).await?;
     let tenants = match &plan.include {

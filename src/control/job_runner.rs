@@ -819,8 +819,16 @@ async fn prepare(
     for target in &targets {
         pg_apply::floors::forget_all(target, &spec.name).await?;
     }
-    let (client, at) =
-        initial_snapshot::take_snapshot(spec, plan, anchor, &mut targets, &infos, snapshot).await?;
+    let (client, at) = initial_snapshot::take_snapshot(
+        spec,
+        plan,
+        anchor,
+        &mut targets,
+        &infos,
+        snapshot,
+        recorded,
+    )
+    .await?;
     restore_history(spec, plan, anchor, &targets, &infos, at, books).await?;
     Ok((client, at))
 }

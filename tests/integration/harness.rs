@@ -97,14 +97,23 @@ impl Env {
 }
 
 /// Polls `check` every 200 ms until true; panics after `limit` naming `what`.
-pub fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, limit: Duration, check: impl FnMut() -> bool) {
+    if !wait_until(limit, check) {
+        panic!("timed out after {limit:?} waiting for {what}");
+    }
+}
+
+/// Polls `check` every 200 ms until true; false once `limit` has passed without it, for
+/// a caller that reports what differed.
+pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while !check() {
         if start.elapsed() > limit {
-            panic!("timed out after {limit:?} waiting for {what}");
+            return false;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    true
 }
 
 /// The replicator as a child process; killed on drop.

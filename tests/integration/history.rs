@@ -335,13 +335,19 @@ pub(crate) fn job_toml(env: &Env, cold: &Path) -> String {
 /// Clusters with [`SETUP`], a server on a free port, and the [`job_toml`] job submitted
 /// to it with its cold tier under the returned directory.
 pub(crate) fn start_prices_job() -> (Env, PathBuf, u16, Server) {
+    start_prices_job_with(&[])
+}
+
+/// [`start_prices_job`] with the server given the environment variables `vars`.
+pub(crate) fn start_prices_job_with(vars: &[(&str, &str)]) -> (Env, PathBuf, u16, Server) {
     let env = Env::start(SETUP);
     env.target.create_database("meta").expect("meta db");
     let cold = env.dir.path().join("cold");
     let job = env.dir.path().join("prices.toml");
     std::fs::write(&job, job_toml(&env, &cold)).expect("job file");
     let port = free_port().expect("port");
-    let server = Server::start(&env, port);
+    let server = Server::spawn(&env, port, &[], vars);
+    server.wait_healthy();
     let (ok, out) = server.cli(&["submit", job.to_str().expect("path")]);
     assert!(ok, "submit: {out}");
     (env, cold, port, server)

@@ -72,6 +72,8 @@ struct LargeDirectory {
 /// A large transaction being written.
 pub struct LargeWrite<'a> {
     root: &'a Path,
+    /// The lowest commit LSN its rows may have (`lsn` for one transaction).
+    lsn_lo: Lsn,
     lsn: Lsn,
     dirs: BTreeMap<(String, String), LargeDirectory>,
     limits: LargeLimits,
@@ -84,8 +86,16 @@ fn definite(e: ParquetError) -> SinkError {
 impl<'a> LargeWrite<'a> {
     /// A write of the transaction committing at `lsn` under `root`.
     pub fn new(root: &'a Path, lsn: Lsn, limits: LargeLimits) -> LargeWrite<'a> {
+        LargeWrite::spanning(root, lsn, lsn, limits)
+    }
+
+    /// A write of rows committed from `lsn_lo` to `lsn` (a snapshot bringing the tier up
+    /// to the history table); each directory skips the rows its manifest covers and
+    /// publishes the rest as one commit at `lsn`.
+    pub fn spanning(root: &'a Path, lsn_lo: Lsn, lsn: Lsn, limits: LargeLimits) -> LargeWrite<'a> {
         LargeWrite {
             root,
+            lsn_lo,
             lsn,
             dirs: BTreeMap::new(),
             limits,
@@ -140,7 +150,7 @@ impl<'a> LargeWrite<'a> {
                 self.dirs.entry(key.clone()).or_insert(LargeDirectory {
                     columns,
                     writer,
-                    stream: PieceStream::new(self.lsn, self.lsn, self.limits.file_rows),
+                    stream: PieceStream::new(self.lsn_lo, self.lsn, self.limits.file_rows),
                     given: 0,
                 })
             }

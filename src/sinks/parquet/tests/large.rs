@@ -288,6 +288,85 @@ fn staged_pieces_are_invisible_until_published_and_an_interrupted_write_leaves_n
     assert_eq!(ids, want, "tenant 0's rows once, in transaction order");
 }
 
+/// A cold row of tenant 0's `app.t` for key `id`, opened at `from` (and closed at `to`).
+fn version_row(id: u32, from: Lsn, to: Option<Lsn>) -> ColdRow {
+    ColdRow {
+        event: if to.is_some() {
+            ColdEvent::Close
+        } else {
+            ColdEvent::Open
+        },
+        op: ChangeOp::Insert,
+        values: vec![Some("0".into()), Some(id.to_string().into())],
+        valid_from: 0,
+        valid_to: None,
+        system_from: from as i64,
+        system_from_lsn: from,
+        system_to: to.map(|l| l as i64),
+        system_to_lsn: to,
+        tombstone: false,
+    }
+}
+
+#[test]
+fn a_spanning_write_skips_what_a_directory_covers_and_publishes_the_rest_at_its_end() {
+    let root = tempfile::tempdir().unwrap();
+    let columns = [
+        ColdColumn::new("tenant_id", "integer"),
+        ColdColumn::new("id", "integer"),
+    ];
+    let mut writers = std::collections::HashMap::new();
+    // The directory holds key 1's version opened at 0x100.
+    let mut first = LargeWrite::new(root.path(), 0x100, SMALL);
+    let opened = version_row(1, 0x100, None);
+    first
+        .add_rows("0", "app.t", &columns, &[opened.clone()], &mut writers)
+        .unwrap();
+    first.finish(&mut writers).unwrap();
+    // A write of everything after 0: that open again, key 2 opened at 0x200, and key 1's
+    // version closed at 0x300.
+    let rows = [
+        opened,
+        version_row(2, 0x200, None),
+        version_row(1, 0x100, Some(0x300)),
+    ];
+    let mut spanning = LargeWrite::spanning(root.path(), 1, 0x300, SMALL);
+    spanning
+        .add_rows("0", "app.t", &columns, &rows, &mut writers)
+        .unwrap();
+    let report = spanning.finish(&mut writers).unwrap();
+    assert_eq!((report.upserted, report.skipped), (2, 1));
+    let held: Vec<(ColdEvent, Lsn)> = rows_of(root.path(), 0)
+        .iter()
+        .map(|r| (r.event, r.commit_lsn().unwrap()))
+        .collect();
+    assert_eq!(
+        held,
+        [
+            (ColdEvent::Open, 0x100),
+            (ColdEvent::Open, 0x200),
+            (ColdEvent::Close, 0x300)
+        ]
+    );
+    let (_, writer) = &writers[&("0".to_string(), "app.t".to_string())];
+    assert_eq!(writer.covered_lsn(), 0x300);
+    // A row committed after the write's end is refused, naming the range.
+    let mut late = LargeWrite::spanning(root.path(), 0x301, 0x400, SMALL);
+    let err = late
+        .add_rows(
+            "0",
+            "app.t",
+            &columns,
+            &[version_row(3, 0x500, None)],
+            &mut writers,
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("outside the write's range"),
+        "{err}"
+    );
+}
+
 #[test]
 fn piece_file_names_parse_and_publishing_checks_its_entries() {
     let date = NaiveDate::from_ymd_opt(2026, 12, 4).unwrap();
