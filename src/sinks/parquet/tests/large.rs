@@ -320,7 +320,13 @@ fn a_spanning_write_skips_what_a_directory_covers_and_publishes_the_rest_at_its_
     let mut first = LargeWrite::new(root.path(), 0x100, SMALL);
     let opened = version_row(1, 0x100, None);
     first
-        .add_rows("0", "app.t", &columns, &[opened.clone()], &mut writers)
+        .add_rows(
+            "0",
+            "app.t",
+            &columns,
+            std::slice::from_ref(&opened),
+            &mut writers,
+        )
         .unwrap();
     first.finish(&mut writers).unwrap();
     // A write of everything after 0: that open again, key 2 opened at 0x200, and key 1's
