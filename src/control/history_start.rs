@@ -1,6 +1,6 @@
 //! Starting a job's bi-temporal history: checks that each history table can keep
-//! versions, records the versions a snapshot loads (and closes), writes them to the Parquet
-//! cold tier,
+//! versions, records the versions a snapshot opens and closes (only rows that changed),
+//! brings the Parquet cold tier up to the history table,
 //! and restores the in-memory version books at the position the stream resumes from.
 //!
 //! The history table on the first sink's target is written in the same transaction as the
@@ -93,7 +93,7 @@ pub async fn record_snapshot(
 ) -> Result<(), SinkError> {
     for (table, info) in tables.iter().filter(|(t, _)| t.history) {
         let column = &plan.tenant_columns[&table.name];
-        let rows = record_snapshot_versions(
+        let recorded = record_snapshot_versions(
             target,
             info,
             column,
@@ -102,7 +102,8 @@ pub async fn record_snapshot(
             at,
         )
         .await?;
-        tracing::info!(job = %spec.name, table = %table.name, versions = rows, "snapshot rows recorded as history versions");
+        tracing::info!(job = %spec.name, table = %table.name, opened = recorded.opened, closed = recorded.closed,
+            "snapshot rows recorded as history versions");
         let roots: Vec<&str> = spec
             .sinks
             .iter()

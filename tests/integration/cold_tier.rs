@@ -543,9 +543,10 @@ fn wait_cold_tier_matches_table(env: &Env, cold: &Path) {
 /// The first snapshot records its versions in the history table and crashes before its
 /// cold write is published, and so does the second (after one tenant's directory
 /// committed); a row changes before each; the restarted job takes the snapshot a third
-/// time. The cold tier then holds all the history table does. Before, the third
-/// snapshot wrote only the versions it opened and closed, so the first snapshot's
-/// versions (closed by the second) never reached the tenants the second left unpublished.
+/// time. The cold tier then holds all the history table does (before, the third
+/// snapshot wrote only the versions it opened and closed, so the tenants the second
+/// left unpublished never got the first snapshot's versions), and each snapshot
+/// versioned only the rows that changed.
 #[test]
 fn snapshots_whose_cold_writes_were_cut_short_are_completed_by_the_next() {
     let (env, cold, port, mut crashing) =
@@ -559,17 +560,18 @@ fn snapshots_whose_cold_writes_were_cut_short_are_completed_by_the_next() {
         assert_eq!(
             env.on_target("SELECT count(*) FROM public.prices_history WHERE tenant_id <= 5")
                 .trim(),
-            (versions * 5).to_string(),
+            versions.to_string(),
             "the snapshot's versions are in the history table"
         );
         for t in 1..=5 {
             assert_only_listed_files_visible(&cold, &t.to_string());
         }
     };
-    cut_short(&mut crashing, 5);
+    cut_short(&mut crashing, 25);
     env.on_source("UPDATE public.prices SET price = 101 WHERE tenant_id = 1 AND id = 1");
     let mut crashing = Server::spawn(&env, port, &[], &[(CRASH_ENV, "parquet-after-manifest")]);
-    cut_short(&mut crashing, 10);
+    // The changed row's new version; the others kept theirs.
+    cut_short(&mut crashing, 26);
     env.on_source("UPDATE public.prices SET price = 102 WHERE tenant_id = 2 AND id = 2");
 
     let server = Server::start(&env, port);
@@ -578,15 +580,100 @@ fn snapshots_whose_cold_writes_were_cut_short_are_completed_by_the_next() {
         WAIT,
     );
     wait_cold_tier_matches_table(&env, &cold);
-    // Each snapshot closes the versions still open and opens one per row it loaded.
+    // Each snapshot versions only what changed: one row of tenant 1 and one of tenant 2.
     for t in 1..=5 {
         let versions = table_versions(&env, t);
-        let open: Vec<_> = versions.iter().filter(|v| v.4.is_none()).collect();
+        let closed: Vec<_> = versions
+            .iter()
+            .filter(|v| v.4.is_some())
+            .map(|v| v.0)
+            .collect();
+        let (changed, rows) = match t {
+            1 => (vec![(1, 1, Some(100))], 6),
+            2 => (vec![(2, 2, Some(100))], 6),
+            _ => (vec![], 5),
+        };
         assert_eq!(
-            (versions.len(), open.len()),
-            (15, 5),
+            (closed, versions.len()),
+            (changed, rows),
             "tenant {t}: {versions:?}"
         );
     }
+    drop(server);
+}
+
+/// A job whose slot was dropped while it was stopped takes a new snapshot, which versions
+/// only what changed in the gap: a row gone has its version closed, a changed row a new
+/// version, a deleted key found again has its tombstone closed, and every other row
+/// keeps the version it had (before, every row got a new one). The cold tier gets
+/// exactly the same versions.
+#[test]
+fn a_new_snapshot_versions_only_what_changed_while_the_slot_was_gone() {
+    let (env, cold, port, mut server) = start_prices_job();
+    let all_versions =
+        || -> BTreeSet<VersionFacts> { (1..=5).flat_map(|t| table_versions(&env, t)).collect() };
+    wait_for("the snapshot's versions", WAIT, || {
+        env.try_on_target("SELECT count(*) FROM public.prices_history")
+            .as_deref()
+            == Some("25")
+    });
+    env.on_source(
+        "DELETE FROM public.prices WHERE tenant_id = 4 AND id = 4;
+         UPDATE public.prices SET price = 555 WHERE tenant_id = 5 AND id = 5",
+    );
+    let converged = "SELECT count(*), sum(price) FROM public.prices WHERE tenant_id <= 5";
+    env.wait_converged(converged, WAIT);
+    wait_cold_tier_matches_table(&env, &cold);
+    let before = all_versions();
+    assert!(
+        before
+            .iter()
+            .any(|v| v.0 == (4, 4, None) && v.5 && v.4.is_none()),
+        "the streamed delete left an open tombstone: {before:?}"
+    );
+    server.kill();
+
+    env.on_source("SELECT pg_drop_replication_slot('slot_prices')");
+    env.on_source(
+        "INSERT INTO public.prices VALUES (4, 4, 400, '2026-01-01 00:00:00+00');
+         UPDATE public.prices SET price = 333 WHERE tenant_id = 3 AND id = 3;
+         DELETE FROM public.prices WHERE tenant_id = 2 AND id = 2",
+    );
+    let server = Server::start(&env, port);
+    wait_for("the new snapshot", WAIT, || {
+        server.output().contains("initial snapshot loaded")
+    });
+    env.wait_converged(converged, WAIT);
+    wait_cold_tier_matches_table(&env, &cold);
+    let after = all_versions();
+
+    let gone: BTreeSet<_> = before.difference(&after).copied().collect();
+    let keys = |s: &BTreeSet<VersionFacts>| -> BTreeSet<(i32, i32)> {
+        s.iter().map(|v| (v.0 .0, v.0 .1)).collect()
+    };
+    assert_eq!(
+        keys(&gone),
+        BTreeSet::from([(2, 2), (3, 3), (4, 4)]),
+        "only the changed rows' versions were closed: {gone:?}"
+    );
+    assert!(gone.iter().all(|v| v.4.is_none()), "{gone:?}");
+    let snapshot_lsn = after
+        .difference(&before)
+        .find_map(|v| v.4)
+        .expect("a version closed by the snapshot");
+    let mut expected: BTreeSet<VersionFacts> = gone
+        .iter()
+        .map(|v| (v.0, v.1, v.2, v.3, Some(snapshot_lsn), v.5))
+        .collect();
+    let day_one = after
+        .iter()
+        .find(|v| v.0 == (3, 3, Some(100)))
+        .expect("row (3, 3)")
+        .1;
+    for row in [(3, 3, Some(333)), (4, 4, Some(400))] {
+        expected.insert((row, day_one, None, snapshot_lsn, None, false));
+    }
+    let added: BTreeSet<_> = after.difference(&before).copied().collect();
+    assert_eq!(added, expected, "the snapshot's closes and opens");
     drop(server);
 }

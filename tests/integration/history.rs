@@ -664,3 +664,58 @@ fn a_row_that_does_not_read_back_fails_the_job_and_a_restart_recovers() {
         "0"
     );
 }
+
+/// A snapshot's versions against a real history table whose source columns include types
+/// without an equality operator (`json`, `point`) and NULLs: a row whose values are the
+/// same keeps its version, a changed one gets a new version, a row gone is closed, and a
+/// snapshot of nothing changed records nothing.
+#[test]
+fn a_snapshot_versions_rows_by_their_values_even_without_equality_operators() {
+    use helios_repl::cdc::catalog;
+    use helios_repl::control::job_spec::TenantFilter;
+    use helios_repl::operators::version::SysTime;
+    use helios_repl::sinks::pg_apply::history::{record_snapshot_versions, SnapshotVersions};
+
+    let env = Env::start("SELECT 1");
+    env.on_target(
+        "CREATE TABLE public.docs (tenant_id int NOT NULL, id int NOT NULL, body json,
+                                   place point, note text, PRIMARY KEY (tenant_id, id));
+         INSERT INTO public.docs VALUES (1, 1, '{\"a\": 1}', '(1,2)', NULL),
+                                        (1, 2, '[1, 2]', NULL, 'x'), (2, 1, 'null', '(0,0)', 'y')",
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let record = |lsn: Lsn| {
+        runtime.block_on(async {
+            let client = catalog::connect(&env.target_dsn()).await.expect("connect");
+            let info = catalog::table_info(&client, "public", "docs")
+                .await
+                .expect("table info");
+            let at = SysTime {
+                lsn,
+                micros: lsn as i64,
+            };
+            record_snapshot_versions(&client, &info, "tenant_id", &TenantFilter::All, None, at)
+                .await
+                .expect("record")
+        })
+    };
+    let done = |closed, opened| SnapshotVersions { closed, opened };
+    assert_eq!(record(0x100), done(0, 3));
+    assert_eq!(record(0x200), done(0, 0), "nothing changed");
+    env.on_target("UPDATE public.docs SET body = '{\"a\": 2}' WHERE tenant_id = 1 AND id = 1");
+    env.on_target("UPDATE public.docs SET note = NULL WHERE tenant_id = 2");
+    env.on_target("DELETE FROM public.docs WHERE tenant_id = 1 AND id = 2");
+    assert_eq!(record(0x300), done(3, 2));
+    assert_eq!(
+        env.on_target(
+            "SELECT tenant_id, id, body::text, (system_from_lsn - '0/0')::bigint,
+                    (system_to_lsn - '0/0')::bigint
+             FROM public.docs_history ORDER BY tenant_id, id, system_from_lsn"
+        )
+        .trim(),
+        "1|1|{\"a\": 1}|256|768\n1|1|{\"a\": 2}|768|\n1|2|[1, 2]|256|768\n2|1|null|256|768\n2|1|null|768|"
+    );
+}

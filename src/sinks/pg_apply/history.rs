@@ -289,9 +289,23 @@ pub fn lsn_sql(expr: &str) -> String {
     format!("({expr} - '0/0'::pg_lsn)::bigint")
 }
 
-/// After a snapshot loaded `table`: closes the versions still open for the job's tenants
-/// (from an earlier snapshot) and opens one version per loaded row, known from the
-/// snapshot's consistent point and valid from the row's valid time (or the snapshot time).
+/// What [`record_snapshot_versions`] did to a history table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SnapshotVersions {
+    /// Versions closed: rows the snapshot found changed or gone, and deletions of keys
+    /// it found again.
+    pub closed: u64,
+    /// Versions opened: rows new or changed since the versions still open.
+    pub opened: u64,
+}
+
+/// After a snapshot loaded `table`: brings the versions still open for the job's tenants
+/// (from an earlier snapshot and the stream after it) to the loaded rows, at the
+/// snapshot's consistent point. A row whose open version holds the same values keeps it;
+/// a changed or new row gets a version valid from the row's valid time (or the snapshot
+/// time), its old version closed; a version whose row is gone is closed; a deletion
+/// (tombstone) stays open while its key is still absent. Values are compared as text, so
+/// types without an equality operator (`json`, `point`) compare too.
 pub async fn record_snapshot_versions(
     client: &impl GenericClient,
     table: &TableInfo,
@@ -299,7 +313,7 @@ pub async fn record_snapshot_versions(
     include: &TenantFilter,
     valid_column: Option<&str>,
     at: SysTime,
-) -> Result<u64, SinkError> {
+) -> Result<SnapshotVersions, SinkError> {
     ensure_history_shape(client, table).await?;
     let shape = history_shape(table);
     let history = quote_qualified(&shape.schema, &shape.name);
@@ -307,15 +321,35 @@ pub async fn record_snapshot_versions(
     let filter = tenant_predicate(tenant_column, include);
     let when = quote_literal(&format_timestamptz(at.micros));
     let lsn = quote_literal(&format_lsn(at.lsn));
-    let close = format!(
-        "UPDATE {history} SET system_to = {when}::timestamptz, system_to_lsn = {lsn}::pg_lsn \
-         WHERE system_to_lsn IS NULL{}",
-        filter
-            .as_ref()
-            .map(|f| format!(" AND {f}"))
-            .unwrap_or_default()
-    );
     let names: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let same_key = table
+        .key_columns()
+        .iter()
+        .map(|&i| format!("h.{n} = s.{n}", n = names[i]))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let as_text = |alias: &str| {
+        names
+            .iter()
+            .map(|n| format!("{alias}.{n}::text"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let same_row = format!(
+        "{same_key} AND ({}) IS NOT DISTINCT FROM ({})",
+        as_text("h"),
+        as_text("s")
+    );
+    let and_filter = filter
+        .as_ref()
+        .map(|f| format!(" AND {f}"))
+        .unwrap_or_default();
+    let close = format!(
+        "UPDATE {history} AS h SET system_to = {when}::timestamptz, system_to_lsn = {lsn}::pg_lsn \
+         WHERE system_to_lsn IS NULL{and_filter} AND CASE WHEN tombstone \
+           THEN EXISTS (SELECT 1 FROM {source} AS s WHERE {same_key}) \
+           ELSE NOT EXISTS (SELECT 1 FROM {source} AS s WHERE {same_row}) END"
+    );
     let valid = match valid_column {
         Some(c) => format!(
             "coalesce({}::timestamptz, {when}::timestamptz)",
@@ -325,18 +359,20 @@ pub async fn record_snapshot_versions(
     };
     let open = format!(
         "INSERT INTO {history} ({cols}, valid_from, system_from, system_from_lsn, op) \
-         SELECT {cols}, {valid}, {when}::timestamptz, {lsn}::pg_lsn, 'insert' FROM {source}{}",
-        filter.map(|f| format!(" WHERE {f}")).unwrap_or_default(),
+         SELECT {cols}, {valid}, {when}::timestamptz, {lsn}::pg_lsn, 'insert' FROM {source} AS s \
+         WHERE NOT EXISTS (SELECT 1 FROM {history} AS h \
+           WHERE h.system_to_lsn IS NULL AND NOT h.tombstone AND {same_row}){and_filter}",
         cols = names.join(", "),
     );
-    client
+    let closed = client
         .execute(&close, &[])
         .await
-        .map_err(|e| sink_error("close versions before a new snapshot", &e))?;
-    client
+        .map_err(|e| sink_error("close the versions a new snapshot changed", &e))?;
+    let opened = client
         .execute(&open, &[])
         .await
-        .map_err(|e| sink_error("record snapshot versions", &e))
+        .map_err(|e| sink_error("record snapshot versions", &e))?;
+    Ok(SnapshotVersions { closed, opened })
 }
 
 /// How versions are picked from a history table.
