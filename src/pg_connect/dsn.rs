@@ -2,7 +2,7 @@
 //! tokio-postgres.
 //!
 //! tokio-postgres knows `sslmode` `disable`, `prefer` and `require` only, and no
-//! `sslrootcert`, `sslcert` or `sslkey`. [`PgDsn::parse`] takes those out of the string
+//! `sslrootcert`, `sslcert`, `sslkey`, `sslcrl` or `sslcrldir`. [`PgDsn::parse`] takes those out of the string
 //! (libpq `key=value` form or `postgresql://` URL), keeps them as [`TlsSettings`], and gives
 //! tokio-postgres the rest with the nearest `sslmode` it knows: TLS is required whenever
 //! libpq would require it, and the certificate checks libpq makes are made by our
@@ -104,6 +104,11 @@ pub struct TlsSettings {
     pub client_cert: Option<PathBuf>,
     /// `sslkey`: the client certificate's private key (PEM).
     pub client_key: Option<PathBuf>,
+    /// `sslcrl`: certificate revocation lists (PEM) the server's chain is checked against;
+    /// without it or `sslcrldir`, `~/.postgresql/root.crl` if that exists (`tls.rs`).
+    pub crl_file: Option<PathBuf>,
+    /// `sslcrldir`: a directory whose files hold revocation lists (PEM).
+    pub crl_dir: Option<PathBuf>,
 }
 
 /// A DSN read for connecting: tokio-postgres' configuration and the TLS settings.
@@ -130,7 +135,14 @@ pub enum DsnError {
 }
 
 /// The keys taken out of the DSN before tokio-postgres reads it.
-const TLS_KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
+const TLS_KEYS: [&str; 6] = [
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "sslcrl",
+    "sslcrldir",
+];
 
 impl TlsSettings {
     /// The TLS settings `dsn` asks for; the rest of the DSN is not checked.
@@ -170,6 +182,9 @@ fn split_tls(dsn: &str) -> Result<(String, TlsSettings), DsnError> {
             "sslrootcert" if value == "system" => tls.root_certs = Some(RootCerts::System),
             "sslrootcert" => tls.root_certs = Some(RootCerts::File(value.into())),
             "sslcert" => tls.client_cert = Some(value.into()),
+            // Empty is unset, as in libpq.
+            "sslcrl" => tls.crl_file = (!value.is_empty()).then(|| value.into()),
+            "sslcrldir" => tls.crl_dir = (!value.is_empty()).then(|| value.into()),
             _ => tls.client_key = Some(value.into()),
         }
     }
@@ -259,6 +274,21 @@ mod tests {
         assert_eq!(dsn.config.get_ssl_mode(), DriverMode::Prefer);
         assert_eq!(dsn.config.get_ports(), &[5433]);
         assert_eq!(dsn.config.get_dbname(), Some("d"));
+    }
+
+    #[test]
+    fn revocation_list_keys_are_taken_out_in_both_forms_and_empty_is_unset() {
+        let dsn = PgDsn::parse(
+            "host=h user=u sslmode=verify-ca sslrootcert=/ca.pem sslcrl='/etc/my.crl' sslcrldir=/crls",
+        )
+        .expect("parses");
+        assert_eq!(dsn.tls.crl_file, Some("/etc/my.crl".into()));
+        assert_eq!(dsn.tls.crl_dir, Some("/crls".into()));
+        let dsn = PgDsn::parse("postgresql://u@h/app?sslcrl=%2Fa.crl&sslcrldir=&sslmode=require")
+            .expect("parses");
+        assert_eq!(dsn.tls.crl_file, Some("/a.crl".into()));
+        assert_eq!(dsn.tls.crl_dir, None);
+        assert_eq!(dsn.config.get_dbname(), Some("app"));
     }
 
     #[test]

@@ -11,8 +11,12 @@
 //!   checked ([`NameUnchecked`] without; the handshake's signatures still are).
 //!
 //! Root certificates are `sslrootcert` (a PEM file, or `system` for the system's store),
-//! else `~/.postgresql/root.crt` if it exists, as with libpq. Files are read at each
-//! connect, so a renewed certificate is picked up by the next session.
+//! else `~/.postgresql/root.crt` if it exists, as with libpq. Where the chain is checked,
+//! it is also checked against the certificate revocation lists of `sslcrl` (a PEM file)
+//! and `sslcrldir` (a directory of them), else `~/.postgresql/root.crl` if it exists: as
+//! with libpq (OpenSSL's `CRL_CHECK_ALL`), every certificate of the chain needs a list
+//! from its issuer, and a list past its next update fails the check. Files are read at
+//! each connect, so a renewed certificate or list is picked up by the next session.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,8 +25,12 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::dsn::{RootCerts, SslMode, TlsSettings};
@@ -79,21 +87,32 @@ fn default_root_file() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|home| Path::new(&home).join(".postgresql/root.crt"))
 }
 
-/// The client configuration `settings` ask for, files read now.
-pub fn client_config(settings: &TlsSettings) -> Result<ClientConfig, TlsError> {
-    let provider = provider();
+/// libpq's default revocation list file, `~/.postgresql/root.crl`.
+fn default_crl_file() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|home| Path::new(&home).join(".postgresql/root.crl"))
+}
+
+/// How the server's certificate is checked under `settings` (see the module's doc).
+fn server_verifier(
+    settings: &TlsSettings,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
     let roots = root_store(settings)?;
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    let verifier: Arc<dyn ServerCertVerifier> = match (settings.mode, roots) {
-        (SslMode::VerifyFull, Some(roots)) => {
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| TlsError::Config(e.to_string()))?
+    let chain_checked = |roots: RootCertStore| -> Result<Arc<WebPkiServerVerifier>, TlsError> {
+        let mut verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+        let crls = revocation_lists(settings)?;
+        if !crls.is_empty() {
+            verifier = verifier.with_crls(crls).enforce_revocation_expiration();
         }
+        verifier
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))
+    };
+    let verifier: Arc<dyn ServerCertVerifier> = match (settings.mode, roots) {
+        (SslMode::VerifyFull, Some(roots)) => chain_checked(roots)?,
         (_, Some(roots)) => Arc::new(NameUnchecked {
-            roots: Some(Arc::new(roots)),
+            chain: Some(chain_checked(roots)?),
             algorithms: provider.signature_verification_algorithms,
         }),
         (mode, None) if mode.requires_roots() => {
@@ -103,11 +122,22 @@ pub fn client_config(settings: &TlsSettings) -> Result<ClientConfig, TlsError> {
                     .map_or("~/.postgresql/root.crt".into(), |p| p.display().to_string()),
             })
         }
+        // No chain to check, so no lists to check it against (libpq reads none either).
         (_, None) => Arc::new(NameUnchecked {
-            roots: None,
+            chain: None,
             algorithms: provider.signature_verification_algorithms,
         }),
     };
+    Ok(verifier)
+}
+
+/// The client configuration `settings` ask for, files read now.
+pub fn client_config(settings: &TlsSettings) -> Result<ClientConfig, TlsError> {
+    let provider = provider();
+    let verifier = server_verifier(settings, &provider)?;
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
     let builder = builder
         .dangerous()
         .with_custom_certificate_verifier(verifier);
@@ -154,6 +184,75 @@ fn root_store(settings: &TlsSettings) -> Result<Option<RootCertStore>, TlsError>
     Ok(Some(store))
 }
 
+/// The revocation lists: those of `sslcrl` and of every file of `sslcrldir` (a file
+/// holding none, such as a certificate `openssl rehash` linked there, is passed over),
+/// else the default file if it exists, else none. A file or directory given that holds no
+/// list is an error: with none, no certificate could be checked.
+fn revocation_lists(
+    settings: &TlsSettings,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let mut lists = Vec::new();
+    if let Some(path) = &settings.crl_file {
+        lists.extend(read_crls("revocation list file (sslcrl)", path, true)?);
+    }
+    if let Some(dir) = &settings.crl_dir {
+        let what = "revocation list directory (sslcrldir)";
+        let file_error = |e: std::io::Error| TlsError::File {
+            what,
+            path: dir.clone(),
+            reason: e.to_string(),
+        };
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(file_error)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.is_file())
+            .collect();
+        files.sort();
+        let before = lists.len();
+        for path in &files {
+            lists.extend(read_crls("revocation list (sslcrldir)", path, false)?);
+        }
+        if lists.len() == before {
+            return Err(TlsError::Empty {
+                what,
+                path: dir.clone(),
+                kind: "revocation list",
+            });
+        }
+    }
+    if settings.crl_file.is_none() && settings.crl_dir.is_none() {
+        if let Some(path) = default_crl_file().filter(|p| p.is_file()) {
+            lists.extend(read_crls("revocation list file", &path, true)?);
+        }
+    }
+    Ok(lists)
+}
+
+/// The PEM revocation lists of `path`; none found is [`TlsError::Empty`] when `required`.
+fn read_crls(
+    what: &'static str,
+    path: &Path,
+    required: bool,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let file_error = |reason: String| TlsError::File {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let lists = CertificateRevocationListDer::pem_file_iter(path)
+        .map_err(|e| file_error(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(e.to_string()))?;
+    if lists.is_empty() && required {
+        return Err(TlsError::Empty {
+            what,
+            path: path.to_path_buf(),
+            kind: "revocation list",
+        });
+    }
+    Ok(lists)
+}
+
 fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let file_error = |reason: String| TlsError::File {
         what,
@@ -174,14 +273,14 @@ fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'sta
     Ok(certs)
 }
 
-/// libpq's checks short of `verify-full`: with `roots`, the certificate must chain to one
-/// of them, whatever name it carries (`verify-ca`, and `prefer`/`require` given roots);
-/// without, any certificate is taken (`prefer`/`require` without roots: the session is
-/// encrypted, the server not authenticated). Either way the handshake's signatures are
-/// checked.
+/// libpq's checks short of `verify-full`: with a `chain` verifier (built on the roots and
+/// revocation lists), the certificate must chain to a root and not be revoked, whatever
+/// name it carries (`verify-ca`, and `prefer`/`require` given roots); without, any
+/// certificate is taken (`prefer`/`require` without roots: the session is encrypted, the
+/// server not authenticated). Either way the handshake's signatures are checked.
 #[derive(Debug)]
 struct NameUnchecked {
-    roots: Option<Arc<RootCertStore>>,
+    chain: Option<Arc<WebPkiServerVerifier>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -190,21 +289,21 @@ impl ServerCertVerifier for NameUnchecked {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Some(roots) = &self.roots {
-            let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-            rustls::client::verify_server_cert_signed_by_trust_anchor(
-                &cert,
-                roots,
-                intermediates,
-                now,
-                self.algorithms.all,
-            )?;
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        // The WebPKI verifier checks the name last, after the chain and its revocation:
+        // a name mismatch therefore means everything else checked out.
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            checked => checked,
         }
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -396,6 +495,149 @@ mod tests {
         .expect_err("no certificate")
         .to_string();
         assert!(err.contains("holds no PEM certificate"), "{err}");
+    }
+
+    /// A CA, a server certificate it issued for `localhost` (serial 42), and revocation
+    /// lists written as PEM files in a temporary directory.
+    struct Pki {
+        dir: tempfile::TempDir,
+        ca: rcgen::Certificate,
+        ca_key: rcgen::KeyPair,
+        leaf: CertificateDer<'static>,
+    }
+
+    impl Pki {
+        fn new(ca_name: &str) -> Pki {
+            let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca");
+            ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            ca_params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, ca_name);
+            let ca_key = rcgen::KeyPair::generate().expect("key");
+            let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+            let mut leaf_params =
+                rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("leaf");
+            leaf_params.serial_number = Some(rcgen::SerialNumber::from(42u64));
+            let leaf_key = rcgen::KeyPair::generate().expect("key");
+            let leaf = leaf_params
+                .signed_by(&leaf_key, &ca, &ca_key)
+                .expect("leaf cert");
+            let dir = tempfile::tempdir().expect("temp dir");
+            std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write ca");
+            Pki {
+                dir,
+                ca,
+                ca_key,
+                leaf: leaf.der().clone(),
+            }
+        }
+
+        /// Writes `name`: a list by the CA revoking the serials given, valid until `until`.
+        fn crl(&self, name: &str, revoked: &[u64], until: i32) -> PathBuf {
+            let crl = rcgen::CertificateRevocationListParams {
+                this_update: rcgen::date_time_ymd(2020, 1, 1),
+                next_update: rcgen::date_time_ymd(until, 1, 1),
+                crl_number: rcgen::SerialNumber::from(1u64),
+                issuing_distribution_point: None,
+                revoked_certs: revoked
+                    .iter()
+                    .map(|&serial| rcgen::RevokedCertParams {
+                        serial_number: rcgen::SerialNumber::from(serial),
+                        revocation_time: rcgen::date_time_ymd(2020, 1, 1),
+                        reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                        invalidity_date: None,
+                    })
+                    .collect(),
+                key_identifier_method: rcgen::KeyIdMethod::Sha256,
+            }
+            .signed_by(&self.ca, &self.ca_key)
+            .expect("crl");
+            let path = self.dir.path().join(name);
+            std::fs::write(&path, crl.pem().expect("pem")).expect("write crl");
+            path
+        }
+
+        fn settings(&self, mode: SslMode) -> TlsSettings {
+            settings(mode, Some(RootCerts::File(self.dir.path().join("ca.pem"))))
+        }
+
+        /// Whether the server certificate passes `settings`' checks as `host`.
+        fn check(&self, settings: &TlsSettings, host: &str) -> Result<(), String> {
+            let verifier = server_verifier(settings, &provider()).map_err(|e| e.to_string())?;
+            let name = ServerName::try_from(host.to_string()).expect("name");
+            verifier
+                .verify_server_cert(&self.leaf, &[], &name, &[], UnixTime::now())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    #[test]
+    fn a_revoked_server_certificate_is_refused_wherever_the_chain_is_checked() {
+        let pki = Pki::new("test CA");
+        let revoking = pki.crl("revoking.pem", &[7, 42], 2099);
+        let clean = pki.crl("clean.pem", &[7], 2099);
+        for mode in [SslMode::VerifyFull, SslMode::VerifyCa, SslMode::Require] {
+            let mut settings = pki.settings(mode);
+            assert_eq!(pki.check(&settings, "localhost"), Ok(()), "{mode:?}");
+            settings.crl_file = Some(clean.clone());
+            assert_eq!(pki.check(&settings, "localhost"), Ok(()), "{mode:?}");
+            settings.crl_file = Some(revoking.clone());
+            let err = pki.check(&settings, "localhost").expect_err("revoked");
+            assert!(err.to_lowercase().contains("revoked"), "{mode:?}: {err}");
+        }
+        // Short of verify-full the name is not checked, revocation still is.
+        let mut settings = pki.settings(SslMode::VerifyCa);
+        settings.crl_file = Some(clean.clone());
+        assert_eq!(pki.check(&settings, "db.example"), Ok(()));
+        settings.crl_file = Some(revoking.clone());
+        assert!(pki.check(&settings, "db.example").is_err());
+        let mut settings = pki.settings(SslMode::VerifyFull);
+        settings.crl_file = Some(clean);
+        let err = pki.check(&settings, "db.example").expect_err("name");
+        assert!(err.contains("not valid for name"), "{err}");
+    }
+
+    #[test]
+    fn revocation_lists_come_from_a_directory_and_stale_or_foreign_ones_fail() {
+        let pki = Pki::new("test CA");
+        // A directory as `openssl rehash` leaves it: certificates beside the lists.
+        let lists = pki.dir.path().join("crls");
+        std::fs::create_dir(&lists).expect("dir");
+        std::fs::write(lists.join("0a1b2c3d.0"), pki.ca.pem()).expect("write");
+        let mut settings = pki.settings(SslMode::VerifyFull);
+        settings.crl_dir = Some(lists.clone());
+        let err = pki.check(&settings, "localhost").expect_err("no list");
+        assert!(err.contains("holds no PEM revocation list"), "{err}");
+        assert!(err.contains("sslcrldir"), "{err}");
+        std::fs::rename(
+            pki.crl("revoking.pem", &[42], 2099),
+            lists.join("0a1b2c3d.r0"),
+        )
+        .expect("move");
+        let err = pki.check(&settings, "localhost").expect_err("revoked");
+        assert!(err.to_lowercase().contains("revoked"), "{err}");
+
+        // A list past its next update fails the check, as with libpq.
+        let mut settings = pki.settings(SslMode::VerifyFull);
+        settings.crl_file = Some(pki.crl("stale.pem", &[], 2021));
+        let err = pki.check(&settings, "localhost").expect_err("stale");
+        assert!(err.to_lowercase().contains("expired"), "{err}");
+        // A list from another CA says nothing of this chain: the status is unknown.
+        let other = Pki::new("other CA");
+        settings.crl_file = Some(other.crl("other.pem", &[], 2099));
+        let err = pki.check(&settings, "localhost").expect_err("unknown");
+        assert!(err.contains("UnknownRevocationStatus"), "{err}");
+        // A file given that is missing or holds no list is named.
+        settings.crl_file = Some(pki.dir.path().join("ca.pem"));
+        let err = pki.check(&settings, "localhost").expect_err("no list");
+        assert!(err.contains("revocation list file (sslcrl)"), "{err}");
+        settings.crl_file = Some(pki.dir.path().join("missing.pem"));
+        let err = pki.check(&settings, "localhost").expect_err("missing");
+        assert!(
+            err.contains("cannot read revocation list file (sslcrl)"),
+            "{err}"
+        );
     }
 
     #[test]

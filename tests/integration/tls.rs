@@ -1,5 +1,5 @@
-//! TLS to the source and the target, as libpq's `sslmode`, `sslrootcert`, `sslcert` and
-//! `sslkey` say. Both servers accept TLS sessions only (`hostnossl … reject`); the target
+//! TLS to the source and the target, as libpq's `sslmode`, `sslrootcert`, `sslcert`,
+//! `sslkey` and `sslcrl` say. Both servers accept TLS sessions only (`hostnossl … reject`); the target
 //! lets the replicator's user in by client certificate only. And a NATS sink publishing
 //! to a `nats-server` that takes TLS clients with certificates only. Certificates come
 //! from a test CA made here (rcgen): the servers' name `localhost`, not `127.0.0.1`.
@@ -35,7 +35,8 @@ hostssl all postgres 127.0.0.1/32 trust
 ";
 
 /// A test CA, a server certificate it signed for `localhost`, a client certificate for
-/// user `helios`, and another CA that signed none of them.
+/// user `helios`, another CA that signed none of them, and two revocation lists of the
+/// test CA: one revoking the server certificate, one revoking another.
 struct Pki {
     ca: String,
     server_cert: String,
@@ -43,6 +44,36 @@ struct Pki {
     client_cert: String,
     client_key: String,
     other_ca: String,
+    crl_revoking_server: String,
+    crl_clean: String,
+}
+
+/// The server certificate's serial number.
+const SERVER_SERIAL: u64 = 4242;
+
+/// A revocation list of `ca` revoking the serial numbers `revoked`.
+fn crl(ca: &rcgen::Certificate, key: &KeyPair, revoked: &[u64]) -> String {
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2020, 1, 1),
+        next_update: rcgen::date_time_ymd(2099, 1, 1),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: revoked
+            .iter()
+            .map(|&serial| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(serial),
+                revocation_time: rcgen::date_time_ymd(2020, 1, 1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    params
+        .signed_by(ca, key)
+        .expect("revocation list")
+        .pem()
+        .expect("PEM")
 }
 
 fn ca(name: &str) -> (rcgen::Certificate, KeyPair) {
@@ -60,6 +91,7 @@ fn pki() -> Pki {
     server
         .distinguished_name
         .push(DnType::CommonName, "localhost");
+    server.serial_number = Some(rcgen::SerialNumber::from(SERVER_SERIAL));
     let server_cert = server
         .signed_by(&server_key, &ca_cert, &ca_key)
         .expect("server certificate");
@@ -76,6 +108,8 @@ fn pki() -> Pki {
         client_cert: client_cert.pem(),
         client_key: client_key.serialize_pem(),
         other_ca: ca("another CA").0.pem(),
+        crl_revoking_server: crl(&ca_cert, &ca_key, &[7, SERVER_SERIAL]),
+        crl_clean: crl(&ca_cert, &ca_key, &[7]),
     }
 }
 
@@ -85,6 +119,8 @@ struct Files {
     other_ca: PathBuf,
     client_cert: PathBuf,
     client_key: PathBuf,
+    crl_revoking_server: PathBuf,
+    crl_clean: PathBuf,
 }
 
 fn tls_env(pki: &Pki) -> (Env, Files) {
@@ -117,6 +153,8 @@ fn tls_env(pki: &Pki) -> (Env, Files) {
         other_ca: write("other-ca.pem", &pki.other_ca),
         client_cert: write("client.crt", &pki.client_cert),
         client_key: write("client.key", &pki.client_key),
+        crl_revoking_server: write("revoking.crl", &pki.crl_revoking_server),
+        crl_clean: write("clean.crl", &pki.crl_clean),
     };
     (env, files)
 }
@@ -142,11 +180,13 @@ fn job(dir: &Path, name: &str, source_dsn: &str, target_dsn: &str) -> PathBuf {
 fn replicates_over_verified_tls_with_a_client_certificate() {
     let pki = pki();
     let (env, files) = tls_env(&pki);
-    // The source by address: verify-ca checks the chain, not the name.
+    // The source by address: verify-ca checks the chain (against a revocation list that
+    // does not name the server's certificate), not the name.
     let source = format!(
-        "host=127.0.0.1 port={} user=postgres dbname=app sslmode=verify-ca sslrootcert={}",
+        "host=127.0.0.1 port={} user=postgres dbname=app sslmode=verify-ca sslrootcert={} sslcrl={}",
         env.source.port(),
-        path(&files.ca)
+        path(&files.ca),
+        path(&files.crl_clean)
     );
     // The target by name, with the client certificate as the only way in.
     let target = format!(
@@ -246,6 +286,18 @@ fn tls_settings_that_cannot_work_are_named() {
         ),
         &target,
         &["UnknownIssuer", "retrying"],
+    );
+    // The server's certificate revoked by the CA's list (sslcrl).
+    fails_saying(
+        &env,
+        "tls-revoked",
+        &format!(
+            "host=localhost port={sp} user=postgres dbname=app sslmode=verify-full sslrootcert={} sslcrl={}",
+            path(&files.ca),
+            path(&files.crl_revoking_server)
+        ),
+        &target,
+        &["Revoked", "retrying"],
     );
     // The target without the client certificate.
     fails_saying(
