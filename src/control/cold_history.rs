@@ -2,10 +2,12 @@
 //! PostgreSQL sink): the initial snapshot written as open versions, and the version books
 //! restored from the tier's published files when the stream resumes.
 //!
-//! The same rules as the history table's (see `history_start`): a snapshot closes every
-//! version still open (a re-snapshot after the slot was lost starts the history afresh
-//! from the rows as they are now) and opens one per row, all at the snapshot's consistent
-//! point; on resume, the versions current at the resume position are the books' state
+//! The same rules as the history table's (see `history_start`): a snapshot after the
+//! first (the slot was lost, or a crash cut one short) compares the rows with the
+//! versions still open ([`UnchangedKept`]): an unchanged row keeps its version, a changed
+//! or new row gets a new one and its old one is closed, a row gone has its version
+//! closed, a deleted key's tombstone stays open while the key is absent, all at the
+//! snapshot's consistent point; on resume, the versions current at the resume position are the books' state
 //! there, so replayed transactions produce the same events, which the sink skips by each
 //! table's covered LSN.
 
@@ -25,7 +27,7 @@ use crate::operators::packed_row::PackedRow;
 use crate::operators::partition::TenantPlan;
 use crate::operators::version::SysTime;
 use crate::sinks::parquet::large_txn::{LargeLimits, LargeWrite, LARGE_LIMITS};
-use crate::sinks::parquet::sink::{cold_columns, OpenWriter};
+use crate::sinks::parquet::sink::cold_columns;
 use crate::sinks::parquet::{
     for_each_batch, list_tables, ChangeOp, ColdEvent, ColdRow, ColdTableWriter, ParquetError,
 };
@@ -42,6 +44,11 @@ pub(crate) fn cold_error(root: &Path) -> impl Fn(ParquetError) -> SinkError + '_
 type VersionName = (PackedRow, i64, Lsn);
 
 fn version_name(keys: &[usize], r: &ColdRow) -> VersionName {
+    (key_of(keys, r), r.valid_from, r.system_from_lsn)
+}
+
+/// The key cells of `r`, packed.
+fn key_of(keys: &[usize], r: &ColdRow) -> PackedRow {
     let key: Vec<Cell> = keys
         .iter()
         .map(|&i| match r.values.get(i).cloned().flatten() {
@@ -49,7 +56,187 @@ fn version_name(keys: &[usize], r: &ColdRow) -> VersionName {
             None => Cell::Null,
         })
         .collect();
-    (PackedRow::pack(&key), r.valid_from, r.system_from_lsn)
+    PackedRow::pack(&key)
+}
+
+/// A digest of a row's values (SHA-256, 16 bytes of it): unchanged rows have equal ones.
+fn values_digest(values: &[Option<crate::change::Text>]) -> [u8; 16] {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    for v in values {
+        match v {
+            None => hash.update([0u8]),
+            Some(t) => {
+                hash.update([1u8]);
+                hash.update((t.len() as u64).to_le_bytes());
+                hash.update(t.as_bytes());
+            }
+        }
+    }
+    let full = hash.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full[..16]);
+    out
+}
+
+/// One open version of a key in the tier, as a re-snapshot compares it.
+struct OpenEntry {
+    valid_from: i64,
+    system_from_lsn: Lsn,
+    digest: [u8; 16],
+    tombstone: bool,
+    /// The snapshot found the same row: the version stays open.
+    kept: bool,
+}
+
+/// A key's open versions, and whether the snapshot has a row of it.
+#[derive(Default)]
+struct KeyVersions {
+    seen: bool,
+    versions: Vec<OpenEntry>,
+}
+
+/// A re-snapshot into the tier that keeps what did not change: per root and tenant, the
+/// open versions by key (packed key, a 16-byte digest of the values and a few fields each,
+/// about 100 bytes a version). A snapshot row equal to an open version is not written
+/// and the version stays open; before publishing, the open versions neither kept nor
+/// tombstones of keys still absent are closed at the snapshot's point.
+pub struct UnchangedKept<'a> {
+    roots: &'a [PathBuf],
+    info: &'a TableInfo,
+    keys: Vec<usize>,
+    columns: Vec<crate::sinks::parquet::ColdColumn>,
+    at: SysTime,
+    /// Per root: tenant → key → its open versions.
+    open: Vec<HashMap<String, HashMap<PackedRow, KeyVersions>>>,
+}
+
+impl<'a> UnchangedKept<'a> {
+    /// Reads the open versions of the job's tenants whose directories of `info`'s table
+    /// `table` under each of `roots` do not already cover `at` (those skip the write).
+    fn read(
+        roots: &'a [PathBuf],
+        info: &'a TableInfo,
+        table: &str,
+        include: &TenantFilter,
+        at: SysTime,
+    ) -> Result<UnchangedKept<'a>, SinkError> {
+        let keys = info.key_columns();
+        let columns = cold_columns(info);
+        let mut open = Vec::with_capacity(roots.len());
+        for root in roots {
+            let mut tenants = HashMap::new();
+            for tenant in tier_tenants(root, table, include).map_err(cold_error(root))? {
+                let writer = ColdTableWriter::open(root, &tenant, table, &columns)
+                    .map_err(cold_error(root))?;
+                if writer.covered_lsn() >= at.lsn || writer.manifest().files.is_empty() {
+                    continue;
+                }
+                let mut by_key: HashMap<PackedRow, KeyVersions> = HashMap::new();
+                each_open_version_at(root, &tenant, info, Lsn::MAX, |rows| {
+                    for r in rows {
+                        by_key
+                            .entry(key_of(&keys, &r))
+                            .or_default()
+                            .versions
+                            .push(OpenEntry {
+                                valid_from: r.valid_from,
+                                system_from_lsn: r.system_from_lsn,
+                                digest: values_digest(&r.values),
+                                tombstone: r.tombstone,
+                                kept: false,
+                            });
+                    }
+                })
+                .map_err(cold_error(root))?;
+                tenants.insert(tenant, by_key);
+            }
+            open.push(tenants);
+        }
+        Ok(UnchangedKept {
+            roots,
+            info,
+            keys,
+            columns,
+            at,
+            open,
+        })
+    }
+
+    /// Whether the open version `r` of a key the snapshot did not keep is to be closed.
+    fn closes(&self, versions: Option<&KeyVersions>, r: &ColdRow) -> bool {
+        let Some(k) = versions else {
+            return true;
+        };
+        let entry = k
+            .versions
+            .iter()
+            .find(|e| e.valid_from == r.valid_from && e.system_from_lsn == r.system_from_lsn);
+        match entry {
+            // A tombstone stays open while the snapshot has no row of its key.
+            Some(e) => !e.kept && (!e.tombstone || k.seen),
+            None => true,
+        }
+    }
+}
+
+impl cold_seed::TierSnapshot for UnchangedKept<'_> {
+    fn keep(&mut self, root: usize, tenant: &str, row: &ColdRow) -> bool {
+        let Some(by_key) = self.open.get_mut(root).and_then(|t| t.get_mut(tenant)) else {
+            return true;
+        };
+        let Some(k) = by_key.get_mut(&key_of(&self.keys, row)) else {
+            return true;
+        };
+        k.seen = true;
+        let digest = values_digest(&row.values);
+        match k
+            .versions
+            .iter_mut()
+            .find(|e| !e.tombstone && !e.kept && e.digest == digest)
+        {
+            Some(e) => {
+                e.kept = true;
+                false
+            }
+            None => true,
+        }
+    }
+
+    fn before_publish(
+        &mut self,
+        root: usize,
+        (write, writers): &mut cold_seed::RootWrite<'_>,
+    ) -> Result<(), SinkError> {
+        let path = &self.roots[root];
+        let table = self.info.qualified_name();
+        let Some(tenants) = self.open.get(root) else {
+            return Ok(());
+        };
+        for (tenant, by_key) in tenants {
+            // The tier's open versions read again, a batch at a time: those to close
+            // get a close row each, full values included.
+            let mut added = Ok(());
+            each_open_version_at(path, tenant, self.info, Lsn::MAX, |rows| {
+                let closes: Vec<ColdRow> = rows
+                    .into_iter()
+                    .filter(|r| self.closes(by_key.get(&key_of(&self.keys, r)), r))
+                    .map(|mut c| {
+                        c.event = ColdEvent::Close;
+                        c.system_to = Some(self.at.micros);
+                        c.system_to_lsn = Some(self.at.lsn);
+                        c
+                    })
+                    .collect();
+                if added.is_ok() && !closes.is_empty() {
+                    added = write.add_rows(tenant, &table, &self.columns, &closes, writers);
+                }
+            })
+            .map_err(cold_error(path))?;
+            added.map_err(cold_seed::large_error)?;
+        }
+        Ok(())
+    }
 }
 
 /// Adds to `closed` the names of the versions `rows` close at or before `at`.
@@ -238,8 +425,9 @@ pub async fn snapshot_table(
     .await
 }
 
-/// The blocking side of [`snapshot_table`]: closes the versions open in each root's tier
-/// for the job's tenants, then streams the chunks' rows in ([`cold_seed::stream_into_tier`]).
+/// The blocking side of [`snapshot_table`]: streams the chunks' rows into each root's
+/// tier, keeping the versions of unchanged rows and closing the others' ([`UnchangedKept`],
+/// through [`cold_seed::stream_into_tier`]).
 pub fn write_snapshot(
     roots: &[PathBuf],
     info: &TableInfo,
@@ -250,40 +438,12 @@ pub fn write_snapshot(
     chunks: impl Iterator<Item = SnapshotChunk>,
 ) -> Result<(), SinkError> {
     let columns = cold_columns(info);
-    let mut writes = Vec::with_capacity(roots.len());
-    for root in roots {
-        let mut write = LargeWrite::new(root, at.lsn, limits);
-        let mut writers: HashMap<(String, String), OpenWriter> = HashMap::new();
-        // Tenants in the tier but not in the snapshot (their rows are gone) get closes
-        // only.
-        for tenant in tier_tenants(root, table, include).map_err(cold_error(root))? {
-            let writer =
-                ColdTableWriter::open(root, &tenant, table, &columns).map_err(cold_error(root))?;
-            if writer.covered_lsn() >= at.lsn || writer.manifest().files.is_empty() {
-                continue;
-            }
-            writers.insert(
-                (tenant.clone(), table.to_owned()),
-                (columns.clone(), writer),
-            );
-            // Each batch's open versions closed as they are read.
-            let mut added = Ok(());
-            each_open_version_at(root, &tenant, info, Lsn::MAX, |mut closes| {
-                for c in &mut closes {
-                    c.event = ColdEvent::Close;
-                    c.system_to = Some(at.micros);
-                    c.system_to_lsn = Some(at.lsn);
-                }
-                if added.is_ok() {
-                    added = write.add_rows(&tenant, table, &columns, &closes, &mut writers);
-                }
-            })
-            .map_err(cold_error(root))?;
-            added.map_err(cold_seed::large_error)?;
-        }
-        writes.push((write, writers));
-    }
-    cold_seed::stream_into_tier(writes, table, &columns, chunks)
+    let mut unchanged = UnchangedKept::read(roots, info, table, include, at)?;
+    let writes = roots
+        .iter()
+        .map(|root| (LargeWrite::new(root, at.lsn, limits), HashMap::new()))
+        .collect();
+    cold_seed::stream_into_tier(writes, table, &columns, chunks, &mut unchanged)
 }
 
 #[cfg(test)]
@@ -426,13 +586,16 @@ mod tests {
         for (open, rows, _) in published(&roots, &["1", "2", "3"]) {
             assert_eq!((open, rows), (1000, 1000));
         }
-        // A re-snapshot without tenant 3's rows: every open version is closed, tenants 1
-        // and 2 open their 500 rows, tenant 3 keeps only closed versions.
+        // A re-snapshot without tenant 3's rows: tenants 1 and 2 have 500 rows each, 167
+        // of them (the ids divisible by 6, or 1 more) unchanged, which keep their
+        // versions; the other 833 versions are closed and 333 opened. Tenant 3's are all
+        // closed.
         write(second, &["1", "2"], 1000, true).expect("second snapshot");
         let after = published(&roots, &["1", "2", "3"]);
         for root in 0..2 {
             assert_eq!(after[root * 3].0, 500);
-            assert_eq!(after[root * 3].1, 1000 + 1000 + 500);
+            assert_eq!(after[root * 3].1, 1000 + 833 + 333);
+            assert_eq!(after[root * 3 + 1].0, 500);
             assert_eq!(after[root * 3 + 2].0, 0);
             assert_eq!(after[root * 3 + 2].1, 1000 + 1000);
         }
@@ -456,6 +619,91 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_re_snapshot_keeps_unchanged_rows_and_open_tombstones_of_absent_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let roots = vec![dir.path().to_path_buf()];
+        let (info, name) = (table(), table().qualified_name());
+        let columns = cold_columns(&info);
+        // The tier: key 1 = a, key 2 deleted (an open tombstone), key 3 = c, key 5 = e
+        // with two open versions (a back-dated change split its valid time).
+        let mut tombstone = row(ColdEvent::Open, "2", "", 10, None);
+        tombstone.values[2] = None;
+        tombstone.tombstone = true;
+        let mut earlier_e = row(ColdEvent::Open, "5", "e0", 10, None);
+        earlier_e.valid_from = -5;
+        let tier = [
+            row(ColdEvent::Open, "1", "a", 10, None),
+            tombstone,
+            row(ColdEvent::Open, "3", "c", 10, None),
+            earlier_e,
+            row(ColdEvent::Open, "5", "e", 10, None),
+        ];
+        let mut writers = HashMap::new();
+        let mut seed = LargeWrite::new(dir.path(), 10, LARGE_LIMITS);
+        seed.add_rows("1", &name, &columns, &tier, &mut writers)
+            .expect("seed");
+        seed.finish(&mut writers).expect("publish");
+        // The snapshot: 1 = a (unchanged), 3 = c2 (changed), 4 = d (new), 5 = e; 2 absent.
+        let at = SysTime {
+            lsn: 50,
+            micros: 500,
+        };
+        let rows: Vec<(String, ColdRow)> = [("1", "a"), ("3", "c2"), ("4", "d"), ("5", "e")]
+            .iter()
+            .map(|(id, v)| {
+                let cells = [Cell::text("1"), Cell::text(id), Cell::text(v)];
+                ("1".to_owned(), snapshot_row(&info, None, &cells, at))
+            })
+            .collect();
+        let input = vec![SnapshotChunk::Rows(rows), SnapshotChunk::End].into_iter();
+        write_snapshot(
+            &roots,
+            &info,
+            &name,
+            &TenantFilter::All,
+            at,
+            LARGE_LIMITS,
+            input,
+        )
+        .expect("snapshot");
+        let (_, all) = read_table(dir.path(), "1", &name).expect("read");
+        let open: Vec<(String, Option<String>, Lsn)> =
+            open_versions_at(&info, all.clone(), Lsn::MAX)
+                .iter()
+                .map(|r| {
+                    let id = r.values[1].as_deref().unwrap_or_default().to_owned();
+                    (
+                        id,
+                        r.values[2].as_deref().map(str::to_owned),
+                        r.system_from_lsn,
+                    )
+                })
+                .collect();
+        let text = |v: &str| Some(v.to_owned());
+        assert_eq!(
+            open,
+            [
+                ("1".to_owned(), text("a"), 10),
+                ("2".to_owned(), None, 10),
+                ("5".to_owned(), text("e"), 10),
+                ("3".to_owned(), text("c2"), 50),
+                ("4".to_owned(), text("d"), 50),
+            ]
+        );
+        let closed: Vec<(String, i64)> = all
+            .iter()
+            .filter(|r| r.event == ColdEvent::Close)
+            .map(|r| {
+                (
+                    r.values[1].as_deref().unwrap_or_default().to_owned(),
+                    r.valid_from,
+                )
+            })
+            .collect();
+        assert_eq!(closed, [("3".to_owned(), 0), ("5".to_owned(), -5)]);
     }
 
     #[test]

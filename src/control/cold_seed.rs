@@ -97,13 +97,37 @@ where
     }
 }
 
-/// Streams every chunk's rows into each root's write (of `table`, shaped `columns`) and
-/// publishes them once [`SnapshotChunk::End`] arrives; without it, publishes nothing.
+/// What a snapshot's write does besides streaming its rows into every root: which rows a
+/// root takes, and what it adds once the last row is in, before it publishes.
+pub trait TierSnapshot {
+    /// Whether root number `root` (in the order of the writes) writes `row` of `tenant`.
+    fn keep(&mut self, root: usize, tenant: &str, row: &ColdRow) -> bool;
+    /// Adds what root number `root` writes after the last row, before it publishes.
+    fn before_publish(&mut self, root: usize, write: &mut RootWrite<'_>) -> Result<(), SinkError>;
+}
+
+/// Every row into every root, nothing more.
+pub struct EveryRow;
+
+impl TierSnapshot for EveryRow {
+    fn keep(&mut self, _: usize, _: &str, _: &ColdRow) -> bool {
+        true
+    }
+
+    fn before_publish(&mut self, _: usize, _: &mut RootWrite<'_>) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// Streams every chunk's rows into each root's write (of `table`, shaped `columns`), as
+/// `snapshot` picks them, and publishes them once [`SnapshotChunk::End`] arrives; without
+/// it, publishes nothing.
 pub fn stream_into_tier(
     mut writes: Vec<RootWrite<'_>>,
     table: &str,
     columns: &[ColdColumn],
     chunks: impl Iterator<Item = SnapshotChunk>,
+    snapshot: &mut impl TierSnapshot,
 ) -> Result<(), SinkError> {
     let mut ended = false;
     for chunk in chunks {
@@ -118,8 +142,27 @@ pub fn stream_into_tier(
         for (tenant, row) in rows {
             by_tenant.entry(tenant).or_default().push(row);
         }
-        for (write, writers) in &mut writes {
+        for (root, (write, writers)) in writes.iter_mut().enumerate() {
             for (tenant, rows) in &by_tenant {
+                let keep: Vec<bool> = rows
+                    .iter()
+                    .map(|r| snapshot.keep(root, tenant, r))
+                    .collect();
+                let picked: Vec<ColdRow>;
+                let rows = if keep.iter().all(|k| *k) {
+                    rows.as_slice()
+                } else {
+                    picked = rows
+                        .iter()
+                        .zip(&keep)
+                        .filter(|(_, k)| **k)
+                        .map(|(r, _)| r.clone())
+                        .collect();
+                    picked.as_slice()
+                };
+                if rows.is_empty() {
+                    continue;
+                }
                 write
                     .add_rows(tenant, table, columns, rows, writers)
                     .map_err(large_error)?;
@@ -131,7 +174,9 @@ pub fn stream_into_tier(
             "the snapshot of {table} stopped before its last row; nothing of it was published"
         )));
     }
-    for (write, mut writers) in writes {
+    for (root, mut write) in writes.into_iter().enumerate() {
+        snapshot.before_publish(root, &mut write)?;
+        let (write, mut writers) = write;
         write.finish(&mut writers)?;
     }
     Ok(())

@@ -160,7 +160,8 @@ pub async fn record_snapshot(
                     (write, HashMap::new())
                 })
                 .collect();
-            cold_seed::stream_into_tier(writes, &info.qualified_name(), &columns, chunks)
+            let table = info.qualified_name();
+            cold_seed::stream_into_tier(writes, &table, &columns, chunks, &mut cold_seed::EveryRow)
         })
         .await?;
     }

@@ -7,6 +7,7 @@
 //! open next to its successor, and a second snapshot would reopen every row: both show up
 //! as rows the oracle does not have.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use helios_repl::change::Lsn;
@@ -14,6 +15,9 @@ use helios_repl::control::cold_progress;
 use helios_repl::sinks::parquet::{read_table, table_dir, Manifest};
 use rand::{rngs::StdRng, SeedableRng};
 
+use crate::cold_tier::{
+    assert_only_gap_changes_versioned, cold_versions, VersionFacts, GAP_CHANGES, STREAMED_CHANGES,
+};
 use crate::harness::{wait_for, Env, Replicator};
 use crate::history::{
     day, from_cold_tier, large_transaction, oracle, snapshot_log, workload, SETUP, WAIT,
@@ -166,4 +170,46 @@ fn a_cold_tier_only_job_snapshots_streams_and_resumes_from_its_own_files() {
     assert!(out.contains("not a progress record"), "{out}");
     assert!(out.contains(&path.display().to_string()), "{out}");
     assert_eq!(std::fs::read_to_string(&path).expect("kept"), "{oops");
+}
+
+/// A cold-tier-only job whose slot was dropped while it was stopped takes a new snapshot
+/// into its own files, which versions only what changed in the gap, as a job with a
+/// history table does (`cold_tier::a_new_snapshot_versions_only_what_changed_while_the_slot_was_gone`):
+/// the streamed values and the snapshot's compare equal where the row did not change.
+#[test]
+fn a_cold_tier_only_re_snapshot_versions_only_what_changed() {
+    let env = Env::start(SETUP);
+    let cold = env.dir.path().join("cold");
+    let job = env.dir.path().join("cold_prices.toml");
+    std::fs::write(&job, job_toml(&env, &cold)).expect("job file");
+    let all_versions =
+        || -> BTreeSet<VersionFacts> { (1..=5).flat_map(|t| cold_versions(&cold, t)).collect() };
+    let mut replicator = Replicator::start_inline(&job);
+    wait_for("the snapshot's versions", WAIT, || {
+        (1..=5).all(|t| {
+            read_table(&cold, &t.to_string(), "public.prices").is_ok_and(|(_, r)| r.len() == 5)
+        })
+    });
+    env.on_source(STREAMED_CHANGES);
+    wait_for("the streamed changes in the cold tier", WAIT, || {
+        let versions = all_versions();
+        versions.iter().any(|v| v.0 == (4, 4, None) && v.5)
+            && versions.iter().any(|v| v.0 == (5, 5, Some(555)))
+    });
+    let before = all_versions();
+    assert!(replicator.stop().success(), "{}", replicator.output());
+
+    env.on_source("SELECT pg_drop_replication_slot('slot_cold')");
+    env.on_source(GAP_CHANGES);
+    let mut replicator = Replicator::start_inline(&job);
+    wait_for("the new snapshot in the cold tier", WAIT, || {
+        all_versions().iter().any(|v| v.0 == (4, 4, Some(400)))
+    });
+    assert!(
+        replicator.output().contains("initial snapshot loaded"),
+        "{}",
+        replicator.output()
+    );
+    assert_only_gap_changes_versioned(&before, &all_versions());
+    assert!(replicator.stop().success(), "{}", replicator.output());
 }

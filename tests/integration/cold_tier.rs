@@ -143,7 +143,7 @@ fn assert_pyarrow_agrees(root: &Path, tenants: &[i32]) {
 
 /// One version as both stores can tell it: (tenant, id, price), valid interval, system
 /// LSN interval, tombstone.
-type VersionFacts = (
+pub(crate) type VersionFacts = (
     (i32, i32, Option<i32>),
     i64,
     Option<i64>,
@@ -191,7 +191,7 @@ fn assert_only_listed_files_visible(root: &Path, tenant: &str) {
 
 /// The cold tier's versions of `tenant`, checking that each version was opened and
 /// closed at most once.
-fn cold_versions(root: &Path, tenant: i32) -> BTreeSet<VersionFacts> {
+pub(crate) fn cold_versions(root: &Path, tenant: i32) -> BTreeSet<VersionFacts> {
     let (_, rows) = read_table(root, &tenant.to_string(), TABLE)
         .unwrap_or_else(|e| panic!("cold tier of tenant {tenant}: {e}"));
     let mut events: BTreeMap<EventId, usize> = BTreeMap::new();
@@ -617,10 +617,7 @@ fn a_new_snapshot_versions_only_what_changed_while_the_slot_was_gone() {
             .as_deref()
             == Some("25")
     });
-    env.on_source(
-        "DELETE FROM public.prices WHERE tenant_id = 4 AND id = 4;
-         UPDATE public.prices SET price = 555 WHERE tenant_id = 5 AND id = 5",
-    );
+    env.on_source(STREAMED_CHANGES);
     let converged = "SELECT count(*), sum(price) FROM public.prices WHERE tenant_id <= 5";
     env.wait_converged(converged, WAIT);
     wait_cold_tier_matches_table(&env, &cold);
@@ -634,11 +631,7 @@ fn a_new_snapshot_versions_only_what_changed_while_the_slot_was_gone() {
     server.kill();
 
     env.on_source("SELECT pg_drop_replication_slot('slot_prices')");
-    env.on_source(
-        "INSERT INTO public.prices VALUES (4, 4, 400, '2026-01-01 00:00:00+00');
-         UPDATE public.prices SET price = 333 WHERE tenant_id = 3 AND id = 3;
-         DELETE FROM public.prices WHERE tenant_id = 2 AND id = 2",
-    );
+    env.on_source(GAP_CHANGES);
     let server = Server::start(&env, port);
     wait_for("the new snapshot", WAIT, || {
         server.output().contains("initial snapshot loaded")
@@ -647,7 +640,31 @@ fn a_new_snapshot_versions_only_what_changed_while_the_slot_was_gone() {
     wait_cold_tier_matches_table(&env, &cold);
     let after = all_versions();
 
-    let gone: BTreeSet<_> = before.difference(&after).copied().collect();
+    assert_only_gap_changes_versioned(&before, &after);
+    drop(server);
+}
+
+/// Changes a test's job streams before its slot is dropped: a delete (a tombstone) and an
+/// update.
+pub(crate) const STREAMED_CHANGES: &str =
+    "DELETE FROM public.prices WHERE tenant_id = 4 AND id = 4;
+     UPDATE public.prices SET price = 555 WHERE tenant_id = 5 AND id = 5";
+
+/// Changes made while the slot is gone: the deleted key back, an update, a delete.
+pub(crate) const GAP_CHANGES: &str =
+    "INSERT INTO public.prices VALUES (4, 4, 400, '2026-01-01 00:00:00+00');
+     UPDATE public.prices SET price = 333 WHERE tenant_id = 3 AND id = 3;
+     DELETE FROM public.prices WHERE tenant_id = 2 AND id = 2";
+
+/// After [`STREAMED_CHANGES`], a dropped slot, [`GAP_CHANGES`] and the new snapshot: the
+/// versions `before` it and `after` differ by [`GAP_CHANGES`] alone, all at the
+/// snapshot's point: the versions of (2, 2), (3, 3) and (4, 4)'s tombstone closed, (3, 3)
+/// and (4, 4) opened; every other version as it was.
+pub(crate) fn assert_only_gap_changes_versioned(
+    before: &BTreeSet<VersionFacts>,
+    after: &BTreeSet<VersionFacts>,
+) {
+    let gone: BTreeSet<_> = before.difference(after).copied().collect();
     let keys = |s: &BTreeSet<VersionFacts>| -> BTreeSet<(i32, i32)> {
         s.iter().map(|v| (v.0 .0, v.0 .1)).collect()
     };
@@ -658,7 +675,7 @@ fn a_new_snapshot_versions_only_what_changed_while_the_slot_was_gone() {
     );
     assert!(gone.iter().all(|v| v.4.is_none()), "{gone:?}");
     let snapshot_lsn = after
-        .difference(&before)
+        .difference(before)
         .find_map(|v| v.4)
         .expect("a version closed by the snapshot");
     let mut expected: BTreeSet<VersionFacts> = gone
@@ -673,7 +690,6 @@ fn a_new_snapshot_versions_only_what_changed_while_the_slot_was_gone() {
     for row in [(3, 3, Some(333)), (4, 4, Some(400))] {
         expected.insert((row, day_one, None, snapshot_lsn, None, false));
     }
-    let added: BTreeSet<_> = after.difference(&before).copied().collect();
+    let added: BTreeSet<_> = after.difference(before).copied().collect();
     assert_eq!(added, expected, "the snapshot's closes and opens");
-    drop(server);
 }
