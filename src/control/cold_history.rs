@@ -7,9 +7,9 @@
 //! versions still open ([`UnchangedKept`]): an unchanged row keeps its version, a changed
 //! or new row gets a new one and its old one is closed, a row gone has its version
 //! closed, a deleted key's tombstone stays open while the key is absent, all at the
-//! snapshot's consistent point; on resume, the versions current at the resume position are the books' state
-//! there, so replayed transactions produce the same events, which the sink skips by each
-//! table's covered LSN.
+//! snapshot's consistent point; on resume, the versions current at the resume position
+//! are the books' state there, so replayed transactions produce the same events, which
+//! the sink skips by each table's covered LSN.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -450,6 +450,7 @@ pub fn write_snapshot(
 mod tests {
     use super::*;
     use crate::change::fixtures::table as fixture;
+    use crate::sinks::parquet::fixtures::version_row;
     use crate::sinks::parquet::read_table;
 
     fn table() -> TableInfo {
@@ -461,18 +462,9 @@ mod tests {
     }
 
     fn row(event: ColdEvent, id: &str, v: &str, from: Lsn, to: Option<Lsn>) -> ColdRow {
-        ColdRow {
-            event,
-            op: ChangeOp::Insert,
-            values: vec![Some("1".into()), Some(id.into()), Some(v.into())],
-            valid_from: 0,
-            valid_to: None,
-            system_from: from as i64,
-            system_from_lsn: from,
-            system_to: to.map(|l| l as i64),
-            system_to_lsn: to,
-            tombstone: false,
-        }
+        let mut row = version_row(&["1", id, v], from, to);
+        row.event = event;
+        row
     }
 
     #[test]

@@ -29,6 +29,34 @@ pub mod writer;
 #[cfg(test)]
 mod tests;
 
+/// Cold rows for tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::{ChangeOp, ColdEvent, ColdRow};
+    use crate::change::Lsn;
+
+    /// A row of `values` (all set) opening a version at `from`, or closing it at `to`;
+    /// valid from 0, system times equal to the LSNs.
+    pub(crate) fn version_row(values: &[&str], from: Lsn, to: Option<Lsn>) -> ColdRow {
+        ColdRow {
+            event: if to.is_some() {
+                ColdEvent::Close
+            } else {
+                ColdEvent::Open
+            },
+            op: ChangeOp::Insert,
+            values: values.iter().map(|v| Some((*v).into())).collect(),
+            valid_from: 0,
+            valid_to: None,
+            system_from: from as i64,
+            system_from_lsn: from,
+            system_to: to.map(|l| l as i64),
+            system_to_lsn: to,
+            tombstone: false,
+        }
+    }
+}
+
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;

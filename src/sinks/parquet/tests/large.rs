@@ -290,22 +290,7 @@ fn staged_pieces_are_invisible_until_published_and_an_interrupted_write_leaves_n
 
 /// A cold row of tenant 0's `app.t` for key `id`, opened at `from` (and closed at `to`).
 fn version_row(id: u32, from: Lsn, to: Option<Lsn>) -> ColdRow {
-    ColdRow {
-        event: if to.is_some() {
-            ColdEvent::Close
-        } else {
-            ColdEvent::Open
-        },
-        op: ChangeOp::Insert,
-        values: vec![Some("0".into()), Some(id.to_string().into())],
-        valid_from: 0,
-        valid_to: None,
-        system_from: from as i64,
-        system_from_lsn: from,
-        system_to: to.map(|l| l as i64),
-        system_to_lsn: to,
-        tombstone: false,
-    }
+    super::super::fixtures::version_row(&["0", &id.to_string()], from, to)
 }
 
 #[test]
