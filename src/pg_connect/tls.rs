@@ -234,43 +234,38 @@ fn read_crls(
     path: &Path,
     required: bool,
 ) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
-    let file_error = |reason: String| TlsError::File {
-        what,
-        path: path.to_path_buf(),
-        reason,
-    };
-    let lists = CertificateRevocationListDer::pem_file_iter(path)
-        .map_err(|e| file_error(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_error(e.to_string()))?;
-    if lists.is_empty() && required {
-        return Err(TlsError::Empty {
-            what,
-            path: path.to_path_buf(),
-            kind: "revocation list",
-        });
-    }
-    Ok(lists)
+    read_pem(what, path, "revocation list", required)
 }
 
 fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    read_pem(what, path, "certificate", true)
+}
+
+/// The PEM objects (`kind`) of `path`, the file named as `what` in errors; none found is
+/// [`TlsError::Empty`] when `required`.
+fn read_pem<T: PemObject>(
+    what: &'static str,
+    path: &Path,
+    kind: &'static str,
+    required: bool,
+) -> Result<Vec<T>, TlsError> {
     let file_error = |reason: String| TlsError::File {
         what,
         path: path.to_path_buf(),
         reason,
     };
-    let certs = CertificateDer::pem_file_iter(path)
+    let objects = T::pem_file_iter(path)
         .map_err(|e| file_error(e.to_string()))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_error(e.to_string()))?;
-    if certs.is_empty() {
+    if objects.is_empty() && required {
         return Err(TlsError::Empty {
             what,
             path: path.to_path_buf(),
-            kind: "certificate",
+            kind,
         });
     }
-    Ok(certs)
+    Ok(objects)
 }
 
 /// libpq's checks short of `verify-full`: with a `chain` verifier (built on the roots and
