@@ -117,7 +117,6 @@ impl<'de> Deserialize<'de> for SinkSpec {
         {
             return Err(unexpected(field, kind));
         }
-
         let limits = SinkLimitsSpec {
             max_rows_per_sec: raw.max_rows_per_sec,
             max_bytes_per_sec: raw.max_bytes_per_sec,
