@@ -135,7 +135,13 @@ fn redact_url(s: &str, rest_start: usize) -> String {
     out
 }
 
-/// Redacts `password=` parameters of a URL query (starting with `?`).
+/// Whether a DSN key's value is a secret: the login password, or the client key's
+/// (`sslpassword`).
+fn is_secret_key(key: &str) -> bool {
+    key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("sslpassword")
+}
+
+/// Redacts `password=` and `sslpassword=` parameters of a URL query (starting with `?`).
 fn redact_query(query: &str) -> String {
     let (params, fragment) = match query.find('#') {
         Some(hash) => (&query[..hash], &query[hash..]),
@@ -144,7 +150,7 @@ fn redact_query(query: &str) -> String {
     let body = params[1..]
         .split('&')
         .map(|param| match param.split_once('=') {
-            Some((key, _)) if key.eq_ignore_ascii_case("password") => {
+            Some((key, _)) if is_secret_key(key) => {
                 format!("{key}={REDACTED}")
             }
             _ => param.to_owned(),
@@ -160,7 +166,7 @@ fn redact_conninfo(s: &str) -> String {
     let mut copied = 0;
     let mut i = 0;
     // Walk the string like the tokenizer, but keep going past errors: any
-    // `password` key hides everything up to the end of its value (or of the
+    // `password` (or `sslpassword`) key hides everything up to the end of its value (or of the
     // string when the value is malformed).
     while i < b.len() {
         while i < b.len() && b[i].is_ascii_whitespace() {
@@ -188,7 +194,7 @@ fn redact_conninfo(s: &str) -> String {
             j += 1;
         }
         let end = value_end(b, j).unwrap_or(b.len());
-        if key.eq_ignore_ascii_case("password") {
+        if is_secret_key(key) {
             out.push_str(&s[copied..j]);
             out.push_str(REDACTED);
             copied = end;
@@ -234,6 +240,21 @@ mod tests {
             r#"Dsn("host=h user=u password=*** dbname=app")"#
         );
         assert_hidden("host=h user=u password=secret dbname=app", "secret");
+    }
+
+    #[test]
+    fn redacts_the_client_key_password_in_both_forms() {
+        let dsn = Dsn::new("host=h sslkey=/k.pem sslpassword='key pass' password=pw".into());
+        assert_eq!(
+            dsn.to_string(),
+            "host=h sslkey=/k.pem sslpassword=*** password=***"
+        );
+        let dsn = Dsn::new("postgresql://u@h/app?sslpassword=kp&sslmode=require".into());
+        assert_eq!(
+            dsn.to_string(),
+            "postgresql://u@h/app?sslpassword=***&sslmode=require"
+        );
+        assert_hidden("host=h SSLPASSWORD=topsecret", "topsecret");
     }
 
     #[test]

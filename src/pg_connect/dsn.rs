@@ -2,7 +2,7 @@
 //! tokio-postgres.
 //!
 //! tokio-postgres knows `sslmode` `disable`, `prefer` and `require` only, and no
-//! `sslrootcert`, `sslcert`, `sslkey`, `sslcrl` or `sslcrldir`. [`PgDsn::parse`] takes those out of the string
+//! `sslrootcert`, `sslcert`, `sslkey`, `sslpassword`, `sslcrl` or `sslcrldir`. [`PgDsn::parse`] takes those out of the string
 //! (libpq `key=value` form or `postgresql://` URL), keeps them as [`TlsSettings`], and gives
 //! tokio-postgres the rest with the nearest `sslmode` it knows: TLS is required whenever
 //! libpq would require it, and the certificate checks libpq makes are made by our
@@ -104,11 +104,30 @@ pub struct TlsSettings {
     pub client_cert: Option<PathBuf>,
     /// `sslkey`: the client certificate's private key (PEM).
     pub client_key: Option<PathBuf>,
+    /// `sslpassword`: decrypts `sslkey` when it is encrypted; ignored when it is not.
+    pub key_password: Option<KeyPassword>,
     /// `sslcrl`: certificate revocation lists (PEM) the server's chain is checked against;
     /// without it or `sslcrldir`, `~/.postgresql/root.crl` if that exists (`tls.rs`).
     pub crl_file: Option<PathBuf>,
     /// `sslcrldir`: a directory whose files hold revocation lists (PEM).
     pub crl_dir: Option<PathBuf>,
+}
+
+/// The password of an encrypted client key (`sslpassword`). Printed as `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyPassword(String);
+
+impl KeyPassword {
+    /// The password itself, for decrypting the key only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for KeyPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(crate::control::secret::REDACTED)
+    }
 }
 
 /// A DSN read for connecting: tokio-postgres' configuration and the TLS settings.
@@ -135,11 +154,12 @@ pub enum DsnError {
 }
 
 /// The keys taken out of the DSN before tokio-postgres reads it.
-const TLS_KEYS: [&str; 6] = [
+const TLS_KEYS: [&str; 7] = [
     "sslmode",
     "sslrootcert",
     "sslcert",
     "sslkey",
+    "sslpassword",
     "sslcrl",
     "sslcrldir",
 ];
@@ -185,6 +205,7 @@ fn split_tls(dsn: &str) -> Result<(String, TlsSettings), DsnError> {
             // Empty is unset, as in libpq.
             "sslcrl" => tls.crl_file = (!value.is_empty()).then(|| value.into()),
             "sslcrldir" => tls.crl_dir = (!value.is_empty()).then(|| value.into()),
+            "sslpassword" => tls.key_password = (!value.is_empty()).then_some(KeyPassword(value)),
             _ => tls.client_key = Some(value.into()),
         }
     }
@@ -289,6 +310,27 @@ mod tests {
         assert_eq!(dsn.tls.crl_file, Some("/a.crl".into()));
         assert_eq!(dsn.tls.crl_dir, None);
         assert_eq!(dsn.config.get_dbname(), Some("app"));
+    }
+
+    #[test]
+    fn the_key_password_is_taken_out_in_both_forms_never_printed_and_empty_is_unset() {
+        let dsn =
+            PgDsn::parse("host=h user=u sslcert=/c.pem sslkey=/k.pem sslpassword='s3cret pass'")
+                .expect("parses");
+        let password = dsn.tls.key_password.as_ref().expect("given");
+        assert_eq!(password.expose(), "s3cret pass");
+        let printed = format!("{:?}", dsn.tls);
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("key_password: Some(***)"), "{printed}");
+        let dsn =
+            PgDsn::parse("postgresql://u@h/app?sslpassword=a%26b&sslmode=require").expect("parses");
+        assert_eq!(
+            dsn.tls.key_password.as_ref().map(KeyPassword::expose),
+            Some("a&b")
+        );
+        assert_eq!(dsn.config.get_dbname(), Some("app"));
+        let dsn = PgDsn::parse("host=h sslpassword=''").expect("parses");
+        assert_eq!(dsn.tls.key_password, None);
     }
 
     #[test]

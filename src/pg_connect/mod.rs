@@ -1,7 +1,8 @@
 //! Sessions with PostgreSQL servers (sources, targets, the metadata store), encrypted as
 //! the DSN asks.
 //!
-//! A DSN asks for TLS the way libpq's do (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`):
+//! A DSN asks for TLS the way libpq's do (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`,
+//! `sslpassword`, `sslcrl`, `sslcrldir`):
 //! [`PgDsn::parse`] reads those ([`dsn`]), [`connect`] opens a tokio-postgres session with
 //! TLS as they say ([`tls`], through `tokio-postgres-rustls`). The replication session of
 //! `cdc::transport` speaks the protocol itself and makes the same handshake with

@@ -17,6 +17,9 @@
 //! with libpq (OpenSSL's `CRL_CHECK_ALL`), every certificate of the chain needs a list
 //! from its issuer, and a list past its next update fails the check. Files are read at
 //! each connect, so a renewed certificate or list is picked up by the next session.
+//!
+//! A client key (`sslkey`) in encrypted PKCS#8 is decrypted with `sslpassword` (the
+//! `pkcs8` crate: PBES2 with PBKDF2 or scrypt and AES-CBC, what OpenSSL 3 writes).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,7 +36,7 @@ use rustls::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::dsn::{RootCerts, SslMode, TlsSettings};
+use super::dsn::{KeyPassword, RootCerts, SslMode, TlsSettings};
 
 /// Why a TLS session could not be set up. Names the file or the step, never a secret.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +55,8 @@ pub enum TlsError {
         path: PathBuf,
         kind: &'static str,
     },
+    #[error("client key (sslkey) {path} is encrypted and {reason}")]
+    EncryptedKey { path: PathBuf, reason: String },
     #[error("the system's trust store holds no certificate (sslrootcert=system)")]
     NoSystemRoots,
     #[error("TLS set-up: {0}")]
@@ -144,17 +149,99 @@ pub fn client_config(settings: &TlsSettings) -> Result<ClientConfig, TlsError> {
     match (&settings.client_cert, &settings.client_key) {
         (Some(cert), Some(key)) => {
             let chain = read_certs("client certificate (sslcert)", cert)?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
-                what: "client key (sslkey)",
-                path: key.clone(),
-                reason: e.to_string(),
-            })?;
+            let key = read_client_key(key, settings.key_password.as_ref())?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| TlsError::Config(format!("client certificate: {e}")))
         }
         _ => Ok(builder.with_no_client_auth()),
     }
+}
+
+/// How to turn a key this version cannot decrypt into one it can (OpenSSL 3's default).
+const REENCRYPT: &str =
+    "re-encrypt it with `openssl pkcs8 -topk8 -v2 aes-256-cbc -in <key> -out <new key>`";
+
+/// The client key of `sslkey`: a PEM private key (PKCS#8, PKCS#1 or SEC1), or one in
+/// encrypted PKCS#8 (`ENCRYPTED PRIVATE KEY`: PBES2 with PBKDF2 or scrypt and AES-CBC,
+/// as OpenSSL 3 writes it) decrypted with `sslpassword`. A password given for a key that
+/// is not encrypted is ignored, as in libpq.
+fn read_client_key(
+    path: &Path,
+    password: Option<&KeyPassword>,
+) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|e| TlsError::File {
+        what: "client key (sslkey)",
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let encrypted = |reason: String| TlsError::EncryptedKey {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if let Some(block) = pem_block(&bytes, "ENCRYPTED PRIVATE KEY") {
+        let Some(password) = password else {
+            return Err(encrypted("no sslpassword is given to decrypt it".into()));
+        };
+        return decrypt_pkcs8(block, password).map_err(encrypted);
+    }
+    if find(&bytes, b"Proc-Type: 4,ENCRYPTED").is_some() {
+        return Err(encrypted(format!(
+            "in OpenSSL's traditional form, which this version cannot read: {REENCRYPT}"
+        )));
+    }
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::Empty {
+            what: "client key (sslkey)",
+            path: path.to_path_buf(),
+            kind: "private key",
+        },
+        e => TlsError::File {
+            what: "client key (sslkey)",
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        },
+    })
+}
+
+/// The private key of the encrypted PKCS#8 PEM `block`, or why it cannot be had.
+fn decrypt_pkcs8(block: &[u8], password: &KeyPassword) -> Result<PrivateKeyDer<'static>, String> {
+    use pkcs8::pkcs5::Error as Pkcs5Error;
+    let (_, der) =
+        pkcs8::der::pem::decode_vec(block).map_err(|e| format!("its PEM cannot be read: {e}"))?;
+    let info = pkcs8::EncryptedPrivateKeyInfo::try_from(der.as_slice())
+        .map_err(|e| format!("its encryption cannot be read ({e}): {REENCRYPT}"))?;
+    let wrong_password = || "sslpassword does not decrypt it".to_string();
+    let plain = match info.decrypt(password.expose()) {
+        Ok(plain) => plain,
+        // pkcs5 0.7 reports a bad padding (a wrong password) as `EncryptFailed`.
+        Err(pkcs8::Error::EncryptedPrivateKey(
+            Pkcs5Error::DecryptFailed | Pkcs5Error::EncryptFailed,
+        ))
+        | Err(pkcs8::Error::Asn1(_)) => return Err(wrong_password()),
+        Err(e) => {
+            return Err(format!(
+                "its encryption is not supported ({e}): {REENCRYPT}"
+            ))
+        }
+    };
+    // A wrong password passes the padding check once in 256 tries; what it gives then is
+    // no key.
+    pkcs8::PrivateKeyInfo::try_from(plain.as_bytes()).map_err(|_| wrong_password())?;
+    Ok(PrivateKeyDer::Pkcs8(plain.as_bytes().to_vec().into()))
+}
+
+/// The first PEM block labelled `label` in `bytes`, markers included.
+fn pem_block<'a>(bytes: &'a [u8], label: &str) -> Option<&'a [u8]> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let start = find(bytes, begin.as_bytes())?;
+    let stop = start + find(&bytes[start..], end.as_bytes())? + end.len();
+    Some(&bytes[start..stop])
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The trusted roots: `sslrootcert`, else the default file if it exists, else none.
@@ -490,6 +577,94 @@ mod tests {
         .expect_err("no certificate")
         .to_string();
         assert!(err.contains("holds no PEM certificate"), "{err}");
+    }
+
+    /// Keys written by OpenSSL 3.0 (`testdata/`): one EC key in the clear (`key.pem`) and
+    /// encrypted with password `helios key` in the forms `openssl pkcs8 -topk8` and
+    /// `openssl ec -aes256` write.
+    fn testdata(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/pg_connect/testdata")
+            .join(name)
+    }
+
+    fn key_password(text: &str) -> Option<KeyPassword> {
+        let dsn = format!("host=h sslpassword='{text}'");
+        TlsSettings::of_dsn(&dsn).expect("dsn").key_password
+    }
+
+    #[test]
+    fn encrypted_pkcs8_keys_are_decrypted_with_sslpassword() {
+        let plain = read_client_key(&testdata("key.pem"), None).expect("plain key");
+        let password = key_password("helios key");
+        for name in ["key_pbkdf2_aes256.pem", "key_scrypt.pem"] {
+            let key = read_client_key(&testdata(name), password.as_ref())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(key.secret_der(), plain.secret_der(), "{name}");
+        }
+        // A password given for a key in the clear is ignored, as in libpq.
+        let key = read_client_key(&testdata("key.pem"), password.as_ref()).expect("plain key");
+        assert_eq!(key.secret_der(), plain.secret_der());
+        // Text around the block (a `Bag Attributes` preamble, say) is passed over.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let wrapped = dir.path().join("wrapped.pem");
+        let block = std::fs::read_to_string(testdata("key_pbkdf2_aes256.pem")).expect("read");
+        std::fs::write(
+            &wrapped,
+            format!("Bag Attributes\n    localKeyID: 01\n{block}\n"),
+        )
+        .expect("write");
+        let key = read_client_key(&wrapped, password.as_ref()).expect("wrapped key");
+        assert_eq!(key.secret_der(), plain.secret_der());
+    }
+
+    #[test]
+    fn encrypted_keys_that_cannot_be_read_say_why_and_what_to_do() {
+        let error = |name: &str, password: &str| {
+            let path = testdata(name);
+            let err = read_client_key(&path, key_password(password).as_ref())
+                .expect_err("refused")
+                .to_string();
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            assert!(!err.contains(password) || password.is_empty(), "{err}");
+            err
+        };
+        let err = error("key_pbkdf2_aes256.pem", "");
+        assert!(
+            err.ends_with("is encrypted and no sslpassword is given to decrypt it"),
+            "{err}"
+        );
+        for name in ["key_pbkdf2_aes256.pem", "key_scrypt.pem"] {
+            let err = error(name, "not the password");
+            assert!(
+                err.ends_with("is encrypted and sslpassword does not decrypt it"),
+                "{err}"
+            );
+        }
+        for name in ["key_pbes1.pem", "key_pbes2_des3.pem", "key_traditional.pem"] {
+            let err = error(name, "helios key");
+            assert!(err.contains(REENCRYPT), "{name}: {err}");
+        }
+        assert!(error("key_traditional.pem", "x").contains("OpenSSL's traditional form"));
+        // Not a key at all.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(
+            &junk,
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        )
+        .expect("write");
+        let err = read_client_key(&junk, key_password("x").as_ref())
+            .expect_err("junk")
+            .to_string();
+        assert!(
+            err.contains("is encrypted and its encryption cannot be read"),
+            "{err}"
+        );
+        let none = dir.path().join("none.pem");
+        std::fs::write(&none, "nothing here\n").expect("write");
+        let err = read_client_key(&none, None).expect_err("empty").to_string();
+        assert!(err.contains("holds no PEM private key"), "{err}");
     }
 
     /// A CA, a server certificate it issued for `localhost` (serial 42), and revocation

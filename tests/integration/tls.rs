@@ -1,5 +1,5 @@
 //! TLS to the source and the target, as libpq's `sslmode`, `sslrootcert`, `sslcert`,
-//! `sslkey` and `sslcrl` say. Both servers accept TLS sessions only (`hostnossl … reject`); the target
+//! `sslkey`, `sslpassword` and `sslcrl` say. Both servers accept TLS sessions only (`hostnossl … reject`); the target
 //! lets the replicator's user in by client certificate only. And a NATS sink publishing
 //! to a `nats-server` that takes TLS clients with certificates only. Certificates come
 //! from a test CA made here (rcgen): the servers' name `localhost`, not `127.0.0.1`.
@@ -43,9 +43,31 @@ struct Pki {
     server_key: String,
     client_cert: String,
     client_key: String,
+    /// `client_key` in encrypted PKCS#8 (PBKDF2-SHA256, AES-256-CBC), password
+    /// [`KEY_PASSWORD`].
+    client_key_encrypted: String,
     other_ca: String,
     crl_revoking_server: String,
     crl_clean: String,
+}
+
+/// The password of the encrypted client key.
+const KEY_PASSWORD: &str = "helios key";
+
+/// `key` in encrypted PKCS#8 as OpenSSL 3 writes it by default, password [`KEY_PASSWORD`].
+fn encrypted(key: &KeyPair) -> String {
+    let der = key.serialize_der();
+    let info = pkcs8::PrivateKeyInfo::try_from(der.as_slice()).expect("PKCS#8");
+    let params =
+        pkcs8::pkcs5::pbes2::Parameters::pbkdf2_sha256_aes256cbc(2048, b"test salt", &[7; 16])
+            .expect("parameters");
+    let document = info
+        .encrypt_with_params(params, KEY_PASSWORD)
+        .expect("encrypt");
+    document
+        .to_pem("ENCRYPTED PRIVATE KEY", pkcs8::LineEnding::LF)
+        .expect("PEM")
+        .to_string()
 }
 
 /// The server certificate's serial number.
@@ -107,6 +129,7 @@ fn pki() -> Pki {
         server_key: server_key.serialize_pem(),
         client_cert: client_cert.pem(),
         client_key: client_key.serialize_pem(),
+        client_key_encrypted: encrypted(&client_key),
         other_ca: ca("another CA").0.pem(),
         crl_revoking_server: crl(&ca_cert, &ca_key, &[7, SERVER_SERIAL]),
         crl_clean: crl(&ca_cert, &ca_key, &[7]),
@@ -119,6 +142,7 @@ struct Files {
     other_ca: PathBuf,
     client_cert: PathBuf,
     client_key: PathBuf,
+    client_key_encrypted: PathBuf,
     crl_revoking_server: PathBuf,
     crl_clean: PathBuf,
 }
@@ -153,6 +177,7 @@ fn tls_env(pki: &Pki) -> (Env, Files) {
         other_ca: write("other-ca.pem", &pki.other_ca),
         client_cert: write("client.crt", &pki.client_cert),
         client_key: write("client.key", &pki.client_key),
+        client_key_encrypted: write("client-encrypted.key", &pki.client_key_encrypted),
         crl_revoking_server: write("revoking.crl", &pki.crl_revoking_server),
         crl_clean: write("clean.crl", &pki.crl_clean),
     };
@@ -188,13 +213,15 @@ fn replicates_over_verified_tls_with_a_client_certificate() {
         path(&files.ca),
         path(&files.crl_clean)
     );
-    // The target by name, with the client certificate as the only way in.
+    // The target by name, with the client certificate as the only way in; its key
+    // encrypted (sslpassword, percent-encoded in the URL).
     let target = format!(
-        "postgresql://helios@localhost:{}/replica?sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+        "postgresql://helios@localhost:{}/replica?sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}&sslpassword={}",
         env.target.port(),
         path(&files.ca),
         path(&files.client_cert),
-        path(&files.client_key)
+        path(&files.client_key_encrypted),
+        KEY_PASSWORD.replace(' ', "%20")
     );
     let mut repl = Replicator::start_inline(&job(env.dir.path(), "tls-ok", &source, &target));
     let count = "SELECT count(*) FROM public.orders WHERE tenant_id = 1";
@@ -222,6 +249,10 @@ fn replicates_over_verified_tls_with_a_client_certificate() {
     assert!(
         out.contains("TLS session host=127.0.0.1 mode=verify-ca protocol=TLSv1_3"),
         "the replication session says it is encrypted, and how:\n{out}"
+    );
+    assert!(
+        !out.contains(KEY_PASSWORD) && !out.contains("helios%20key"),
+        "the key's password is never printed:\n{out}"
     );
     assert_eq!(repl.stop().code(), Some(0), "{}", repl.output());
 }
@@ -313,6 +344,32 @@ fn tls_settings_that_cannot_work_are_named() {
             path(&files.ca)
         ),
         &["connection requires a valid client certificate"],
+    );
+    // An encrypted client key and a password that does not decrypt it: named, not
+    // retried, the password not printed.
+    let mut repl = Replicator::start_inline(&job(
+        env.dir.path(),
+        "tls-key-password",
+        &format!(
+            "host=localhost port={sp} user=postgres dbname=app sslmode=verify-full sslrootcert={} sslcert={} sslkey={} sslpassword=not-the-key-pass",
+            path(&files.ca),
+            path(&files.client_cert),
+            path(&files.client_key_encrypted)
+        ),
+        &target,
+    ));
+    wait_for("the job to end", Duration::from_secs(30), || {
+        !repl.is_running()
+    });
+    let out = repl.output();
+    assert!(
+        out.contains("is encrypted and sslpassword does not decrypt it")
+            && out.contains(path(&files.client_key_encrypted)),
+        "{out}"
+    );
+    assert!(
+        !out.contains("retrying") && !out.contains("not-the-key-pass"),
+        "{out}"
     );
     // A root certificate file that is not there: named, and not retried.
     let missing = env.dir.path().join("missing-ca.pem");

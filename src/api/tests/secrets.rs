@@ -181,6 +181,14 @@ fn redact_text_hides_passwords_anywhere() {
             "postgresql://h/db?password=hunter2&sslmode=off x",
             "postgresql://h/db?password=***&sslmode=off x",
         ),
+        (
+            "sslkey=/k sslpassword='hunter2 2' x",
+            "sslkey=/k sslpassword=*** x",
+        ),
+        (
+            "postgresql://h/db?sslpassword=hunter2&sslmode=require x",
+            "postgresql://h/db?sslpassword=***&sslmode=require x",
+        ),
     ];
     for (text, expected) in cases {
         let redacted = redact_text(text);
