@@ -16,11 +16,14 @@ use percent_encoding::percent_decode_str;
 
 use crate::conninfo::{parse_conninfo, unquote, url_rest};
 
-/// libpq's `sslmode`, without `allow` (plain first, TLS only if the server insists).
+/// libpq's `sslmode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SslMode {
     /// Never TLS.
     Disable,
+    /// A plain session first; TLS only when the server refuses it (an error during the
+    /// log-in, as libpq's `allow`). The certificate is checked as with `prefer`.
+    Allow,
     /// TLS when the server offers it, else plain (libpq's default). The certificate is
     /// checked against root certificates when there are some, as libpq does.
     #[default]
@@ -39,6 +42,7 @@ impl SslMode {
     pub fn name(self) -> &'static str {
         match self {
             SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
             SslMode::Prefer => "prefer",
             SslMode::Require => "require",
             SslMode::VerifyCa => "verify-ca",
@@ -49,15 +53,13 @@ impl SslMode {
     fn parse(value: &str) -> Result<SslMode, DsnError> {
         match value {
             "disable" => Ok(SslMode::Disable),
+            "allow" => Ok(SslMode::Allow),
             "prefer" => Ok(SslMode::Prefer),
             "require" => Ok(SslMode::Require),
             "verify-ca" => Ok(SslMode::VerifyCa),
             "verify-full" => Ok(SslMode::VerifyFull),
-            "allow" => Err(DsnError::SslMode(
-                "`allow` is not supported; use `prefer` or `disable`".into(),
-            )),
             other => Err(DsnError::SslMode(format!(
-                "`{other}` is not one of disable, prefer, require, verify-ca, verify-full"
+                "`{other}` is not one of disable, allow, prefer, require, verify-ca, verify-full"
             ))),
         }
     }
@@ -75,10 +77,15 @@ impl SslMode {
         matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
     }
 
-    /// The nearest mode tokio-postgres knows.
+    /// Whether the first session tried is plain (`disable`, and `allow`'s first try).
+    pub fn plain_first(self) -> bool {
+        matches!(self, SslMode::Disable | SslMode::Allow)
+    }
+
+    /// The nearest mode tokio-postgres knows (for `allow`, its first try).
     fn for_driver(self) -> &'static str {
         match self {
-            SslMode::Disable => "disable",
+            SslMode::Disable | SslMode::Allow => "disable",
             SslMode::Prefer => "prefer",
             SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => "require",
         }
@@ -377,6 +384,16 @@ mod tests {
     }
 
     #[test]
+    fn allow_goes_plain_first_and_never_requires_tls() {
+        let dsn = PgDsn::parse("postgres://u@h/d?sslmode=allow").expect("parses");
+        assert_eq!(dsn.tls.mode, SslMode::Allow);
+        assert_eq!(dsn.config.get_ssl_mode(), DriverMode::Disable);
+        assert!(SslMode::Allow.plain_first() && SslMode::Disable.plain_first());
+        assert!(!SslMode::Prefer.plain_first());
+        assert!(!SslMode::Allow.requires_tls() && !SslMode::Allow.requires_roots());
+    }
+
+    #[test]
     fn system_roots_and_the_last_value_win() {
         let tls = tls_of("host=h sslrootcert=/a.pem sslrootcert=system sslmode=require");
         assert_eq!(tls.root_certs, Some(RootCerts::System));
@@ -391,12 +408,7 @@ mod tests {
         let err = PgDsn::parse("host=h password=hunter2 sslmode=bogus").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "sslmode `bogus` is not one of disable, prefer, require, verify-ca, verify-full"
-        );
-        let err = PgDsn::parse("postgres://u:hunter2@h/d?sslmode=allow").unwrap_err();
-        assert!(
-            err.to_string().contains("`allow` is not supported"),
-            "{err}"
+            "sslmode `bogus` is not one of disable, allow, prefer, require, verify-ca, verify-full"
         );
         let err = PgDsn::parse("host=h sslcert=/c.pem").unwrap_err();
         assert_eq!(
@@ -420,6 +432,7 @@ mod tests {
     fn mode() -> impl Strategy<Value = SslMode> {
         prop::sample::select(vec![
             SslMode::Disable,
+            SslMode::Allow,
             SslMode::Prefer,
             SslMode::Require,
             SslMode::VerifyCa,

@@ -54,16 +54,37 @@ pub async fn connect(
     on_close: OnClose,
 ) -> Result<Client, ConnectError> {
     let dsn = PgDsn::parse(dsn)?;
-    if dsn.tls.mode == SslMode::Disable {
-        let (client, connection) = dsn.config.connect(tokio_postgres::NoTls).await?;
-        spawn_connection(connection, role, on_close);
-        Ok(client)
-    } else {
-        let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls::client_config(&dsn.tls)?);
-        let (client, connection) = dsn.config.connect(tls).await?;
-        spawn_connection(connection, role, on_close);
-        Ok(client)
+    if !dsn.tls.mode.plain_first() {
+        return connect_tls(&dsn.config, &dsn.tls, role, on_close).await;
     }
+    let (client, connection) = match dsn.config.connect(tokio_postgres::NoTls).await {
+        Ok(opened) => opened,
+        // `allow`: the server refused the plain session (an error it sent, not a socket
+        // that failed): try TLS.
+        Err(e) if dsn.tls.mode == SslMode::Allow && e.as_db_error().is_some() => {
+            tracing::info!(error = %crate::sql_text::describe_pg_error(&e),
+                "{role}: the server refused a plain session; trying TLS (sslmode=allow)");
+            let mut config = dsn.config.clone();
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+            return connect_tls(&config, &dsn.tls, role, on_close).await;
+        }
+        Err(e) => return Err(e.into()),
+    };
+    spawn_connection(connection, role, on_close);
+    Ok(client)
+}
+
+/// Opens a session over TLS as `settings` ask, `config` saying whether it may go plain.
+async fn connect_tls(
+    config: &tokio_postgres::Config,
+    settings: &TlsSettings,
+    role: &'static str,
+    on_close: OnClose,
+) -> Result<Client, ConnectError> {
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls::client_config(settings)?);
+    let (client, connection) = config.connect(tls).await?;
+    spawn_connection(connection, role, on_close);
+    Ok(client)
 }
 
 fn spawn_connection<C>(connection: C, role: &'static str, on_close: OnClose)

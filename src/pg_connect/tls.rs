@@ -452,6 +452,8 @@ pub fn server_end_point(certificate: &[u8]) -> Option<Vec<u8>> {
 
 /// Asks the server for TLS on a fresh connection to `host` and, if it agrees, makes the
 /// handshake; a server that declines gets a plain session unless the mode requires TLS.
+/// `allow` asks for TLS only on its second try, after the server refused a plain
+/// session: here it requires TLS.
 pub async fn negotiate<S>(
     mut stream: S,
     host: &str,
@@ -473,7 +475,7 @@ where
     let answer = stream.read_u8().await?;
     match answer {
         b'S' => {}
-        b'N' if settings.mode.requires_tls() => {
+        b'N' if settings.mode.requires_tls() || settings.mode == SslMode::Allow => {
             return Err(TlsError::Refused(settings.mode.name()))
         }
         b'N' => {
@@ -822,7 +824,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_server_that_declines_tls_is_refused_only_when_tls_is_required() {
-        for (mode, refused) in [(SslMode::Prefer, false), (SslMode::Require, true)] {
+        // `allow` negotiates only on its second try, after a plain session was refused.
+        for (mode, refused) in [
+            (SslMode::Prefer, false),
+            (SslMode::Require, true),
+            (SslMode::Allow, true),
+        ] {
             let (mut server, client) = tokio::io::duplex(64);
             let answer = tokio::spawn(async move {
                 let mut request = [0u8; 8];
@@ -836,7 +843,7 @@ mod tests {
             match got {
                 Err(TlsError::Refused(name)) => {
                     assert!(refused, "{mode:?} refused");
-                    assert_eq!(name, "require");
+                    assert_eq!(name, mode.name());
                 }
                 Ok(Negotiated::Plain(_)) => assert!(!refused, "{mode:?} went plain"),
                 Ok(Negotiated::Tls { .. }) => panic!("no handshake was offered"),

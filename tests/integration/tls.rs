@@ -12,14 +12,16 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
 use helios_repl::cdc::transport::{ReplicationConnection, SourceAddress, TransportError};
 use helios_repl::embedded::pg_cluster::free_port;
+use helios_repl::pg_connect::OnClose;
 use helios_repl::sinks::nats::access::NatsAccess;
 use helios_repl::sinks::nats::consumer::{StartAt, StreamTail};
 
 use crate::harness::{wait_for, Env, Replicator};
 
-/// Only TLS sessions: `scram_user` by password (SCRAM), the rest trusted (the harness's
-/// `psql` sessions use `prefer`).
+/// Only TLS sessions, but for `plain_ok`: `scram_user` by password (SCRAM), the rest
+/// trusted (the harness's `psql` sessions use `prefer`).
 const SOURCE_HBA: &str = "local all all trust
+hostnossl all plain_ok 127.0.0.1/32 trust
 hostnossl all all all reject
 hostssl all scram_user 127.0.0.1/32 scram-sha-256
 hostssl replication scram_user 127.0.0.1/32 scram-sha-256
@@ -152,7 +154,8 @@ fn tls_env(pki: &Pki) -> (Env, Files) {
         "CREATE TABLE public.orders (tenant_id int, id int, note text, PRIMARY KEY (tenant_id, id));
          INSERT INTO public.orders SELECT 1 + i % 2, i, 'row ' || i FROM generate_series(1, 200) i;
          SET password_encryption = 'scram-sha-256';
-         CREATE ROLE scram_user LOGIN REPLICATION PASSWORD 'p w';",
+         CREATE ROLE scram_user LOGIN REPLICATION PASSWORD 'p w';
+         CREATE ROLE plain_ok LOGIN REPLICATION;",
     );
     env.target
         .psql("postgres", "CREATE ROLE helios LOGIN SUPERUSER")
@@ -485,6 +488,45 @@ fn the_replication_session_makes_the_same_checks() {
     // Required, but the server let us in without a password (trust): refused, as libpq does.
     let err = failure(at("127.0.0.1", "sslmode=require channel_binding=require"));
     assert!(err.to_string().contains("without channel binding"), "{err}");
+
+    // sslmode=allow: plain first, TLS once the server refuses the plain session; the
+    // replication session and an ordinary one alike. `plain_ok` may log in plain.
+    let ordinary = |dsn: String| {
+        runtime.block_on(async {
+            let client = helios_repl::pg_connect::connect(&dsn, "test", OnClose::Debug).await?;
+            let row = client
+                .query_one(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )
+                .await?;
+            Ok::<bool, Box<dyn std::error::Error>>(row.get(0))
+        })
+    };
+    let as_plain_ok =
+        |tls: &str| format!("host=127.0.0.1 port={sp} user=plain_ok dbname=app {tls}");
+    for (dsn, encrypted) in [
+        (at("127.0.0.1", "sslmode=allow"), true),
+        (at("127.0.0.1", &format!("sslmode=allow {ca}")), true),
+        (as_plain_ok("sslmode=allow"), false),
+        (as_plain_ok("sslmode=prefer"), true),
+    ] {
+        let rows = connect(dsn.clone()).unwrap_or_else(|e| panic!("{dsn}: {e}"));
+        let shown = if encrypted { "t" } else { "f" };
+        assert_eq!(rows, vec![vec![Some(shown.to_string())]], "{dsn}");
+        let ssl = ordinary(dsn.clone()).unwrap_or_else(|e| panic!("{dsn}: {e}"));
+        assert_eq!(ssl, encrypted, "{dsn}");
+    }
+    // The TLS try checks what `prefer` would: a root given must have signed the chain.
+    let err = failure(at(
+        "127.0.0.1",
+        &format!("sslmode=allow sslrootcert={}", path(&files.other_ca)),
+    ));
+    assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+    assert!(
+        connect(at(&socket, "sslmode=allow")).is_ok(),
+        "allow stays plain on the Unix-domain socket"
+    );
 }
 
 /// A `nats-server -js` that takes TLS clients with a certificate from the test CA only;

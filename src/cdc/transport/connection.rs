@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::read_batching::{ReadBatching, ReadCounts, BATCH_WAIT};
 use super::TransportError;
 use crate::pg_connect::tls::{self, Negotiated};
-use crate::pg_connect::{PgDsn, TlsSettings};
+use crate::pg_connect::{PgDsn, SslMode, TlsSettings};
 
 /// Bytes asked of the socket per read (one read usually carries many XLogData frames).
 const READ_CHUNK: usize = 128 * 1024;
@@ -174,18 +174,49 @@ pub struct ReplicationConnection {
 }
 
 impl ReplicationConnection {
-    /// Connects and logs in with `replication=database`.
+    /// Connects and logs in with `replication=database`. With `sslmode=allow`, a plain
+    /// session first, and TLS when the server refuses it (as libpq).
     pub async fn connect(address: &SourceAddress) -> Result<ReplicationConnection, TransportError> {
         let opened = async {
-            // The TLS session's channel binding, for SCRAM-SHA-256-PLUS.
-            let mut end_point = None;
-            let mut tcp_fd = None;
-            let socket: Box<dyn Socket> = match &address.host {
-                Host::Tcp(host) => {
-                    let s = connect_tcp(host, address.port, address.receive_buffer).await?;
-                    // Status updates are small writes that must not wait for more.
-                    s.set_nodelay(true)?;
-                    tcp_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&s));
+            let plain_first = address.tls.mode.plain_first();
+            match Self::open(address, !plain_first).await {
+                Err(e @ (TransportError::Auth(_) | TransportError::Server { .. }))
+                    if address.tls.mode == SslMode::Allow
+                        && matches!(address.host, Host::Tcp(_)) =>
+                {
+                    tracing::info!(error = %e,
+                        "the server refused a plain replication session; trying TLS (sslmode=allow)");
+                    Self::open(address, true).await
+                }
+                other => other,
+            }
+        };
+        match address.connect_timeout {
+            Some(limit) => tokio::time::timeout(limit, opened)
+                .await
+                .map_err(|_| TransportError::Timeout(limit))?,
+            None => opened.await,
+        }
+    }
+
+    /// Opens a socket, asks for TLS when `ask_tls` (as `address.tls` says: refused, or a
+    /// plain session, when the server declines), and logs in.
+    async fn open(
+        address: &SourceAddress,
+        ask_tls: bool,
+    ) -> Result<ReplicationConnection, TransportError> {
+        // The TLS session's channel binding, for SCRAM-SHA-256-PLUS.
+        let mut end_point = None;
+        let mut tcp_fd = None;
+        let socket: Box<dyn Socket> = match &address.host {
+            Host::Tcp(host) => {
+                let s = connect_tcp(host, address.port, address.receive_buffer).await?;
+                // Status updates are small writes that must not wait for more.
+                s.set_nodelay(true)?;
+                tcp_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&s));
+                if !ask_tls {
+                    Box::new(s)
+                } else {
                     match tls::negotiate(s, host, &address.tls).await? {
                         Negotiated::Plain(s) => Box::new(s),
                         Negotiated::Tls {
@@ -197,31 +228,25 @@ impl ReplicationConnection {
                         }
                     }
                 }
-                // The server never offers TLS on its Unix-domain socket.
-                Host::Unix(_) if address.tls.mode.requires_tls() => {
-                    return Err(tls::TlsError::UnixSocket(address.tls.mode.name()).into())
-                }
-                Host::Unix(dir) => Box::new(
-                    tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{}", address.port)))
-                        .await?,
-                ),
-            };
-            let mut conn = ReplicationConnection {
-                socket,
-                read: BytesMut::with_capacity(READ_CHUNK),
-                write: BytesMut::new(),
-                server_major: 0,
-                batching: ReadBatching::new(tcp_fd),
-            };
-            conn.start_up(address, end_point).await?;
-            Ok(conn)
+            }
+            // The server never offers TLS on its Unix-domain socket.
+            Host::Unix(_) if address.tls.mode.requires_tls() => {
+                return Err(tls::TlsError::UnixSocket(address.tls.mode.name()).into())
+            }
+            Host::Unix(dir) => Box::new(
+                tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{}", address.port)))
+                    .await?,
+            ),
         };
-        match address.connect_timeout {
-            Some(limit) => tokio::time::timeout(limit, opened)
-                .await
-                .map_err(|_| TransportError::Timeout(limit))?,
-            None => opened.await,
-        }
+        let mut conn = ReplicationConnection {
+            socket,
+            read: BytesMut::with_capacity(READ_CHUNK),
+            write: BytesMut::new(),
+            server_major: 0,
+            batching: ReadBatching::new(tcp_fd),
+        };
+        conn.start_up(address, end_point).await?;
+        Ok(conn)
     }
 
     /// The server's major version (15 for 15.4), 0 when it did not say.

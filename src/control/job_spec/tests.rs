@@ -186,7 +186,7 @@ fn tls_settings_no_connection_could_meet_are_named() {
     );
     assert_eq!(
         err.to_string(),
-        "job spec: source.dsn: sslmode `verify` is not one of disable, prefer, require, verify-ca, verify-full"
+        "job spec: source.dsn: sslmode `verify` is not one of disable, allow, prefer, require, verify-ca, verify-full"
     );
     let err = expect_err(
         &valid_with(
