@@ -21,9 +21,21 @@
 //! NATS sinks get what the progress target lacked as the initial copy does: the rows as
 //! inserts at `S`, after which each subject's checkpoint skips the older changes the
 //! stream sends again; a NATS stream new to the job (`coverage::stream_identity`) gets
-//! every table that way. Supported when no sink is Parquet and no table to load keeps
-//! history; for other jobs a wider spec stops the job with a message saying what is
-//! missing and what to do (the stream alone would never bring the missing rows).
+//! every table that way.
+//!
+//! A table that keeps history gets the loaded rows as versions known from `S`, in the
+//! same history table the stream writes (only rows that differ from versions still open
+//! there: a tenant carried before, dropped and added again, keeps what did not change).
+//! The history operator skips the loaded rows' changes that commit before `S` as the
+//! sinks do (`operators::history`, by the progress target's floors), and its books hold
+//! those rows as of `S` (`history_start::restore_books`). So that one set of books serves
+//! every target, each PostgreSQL target must lack the same rows of such a table, and a
+//! table it already carries cannot be loaded whole again (that would fold its tenants'
+//! changes since the job stopped into one version each).
+//!
+//! Not supported, and a wider spec stops the job with a message saying what is missing
+//! and what to do (the stream alone would never bring the missing rows): jobs with a
+//! Parquet sink, and the history cases above.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
@@ -40,7 +52,9 @@ use crate::control::coverage::{stream_identity, Coverage, Gap, Widening};
 use crate::control::initial_snapshot::{self, SnapshotProgress};
 use crate::control::job_runner::JobError;
 use crate::control::job_spec::{JobSpec, RemovedTenants, SinkSpec, TableSpec, TenantFilter};
+use crate::operators::version::SysTime;
 use crate::sinks::nats::NatsSink;
+use crate::sinks::pg_apply::history::record_snapshot_versions;
 use crate::sinks::pg_apply::snapshot::{load_table, LoadFloor};
 use crate::sinks::pg_apply::{floors, store};
 use crate::sql_text::quote_qualified;
@@ -123,6 +137,7 @@ pub async fn widen(
     if gaps.iter().any(|g| !g.is_empty()) || !new_streams.is_empty() {
         let all: Vec<Widening> = gaps.iter().flatten().cloned().collect();
         check_supported(spec, &all)?;
+        check_history_gaps(spec, &held, &gaps)?;
         for (index, h) in held.iter().enumerate() {
             if h.tables.is_empty() && !gaps[index].is_empty() {
                 tracing::info!(job = %spec.name, target = index, "a target new to the job: every table is loaded into it");
@@ -224,9 +239,6 @@ fn check_supported(spec: &JobSpec, gaps: &[Widening]) -> Result<(), JobError> {
             .collect::<Vec<_>>()
             .join("; ")
     };
-    let what_to_do = "delete the job with its slot (`helios-repl jobs stop <job> --drop-slot`, \
-                      or drop the slot) and start it again to take a new snapshot, or carry \
-                      the new tenants or tables in a job of their own";
     if let Some(other) = spec
         .sinks
         .iter()
@@ -234,24 +246,71 @@ fn check_supported(spec: &JobSpec, gaps: &[Widening]) -> Result<(), JobError> {
     {
         return Err(CdcError::Definite(format!(
             "the job now carries rows its targets lack: {}; loading them into a running job is \
-             supported for PostgreSQL and NATS sinks only, and this job has a {} sink: {what_to_do}",
+             supported for PostgreSQL and NATS sinks only, and this job has a {} sink: {WHAT_TO_DO}",
             missing(),
             other.kind()
         ))
         .into());
     }
-    if let Some(t) = spec
-        .tables
-        .iter()
-        .find(|t| t.history && gaps.iter().any(|g| g.table == t.name))
-    {
-        return Err(CdcError::Definite(format!(
-            "the job now carries rows its targets lack: {}; table {} keeps history, and \
-             loading history into a running job is not supported: {what_to_do}",
-            missing(),
-            t.name
+    Ok(())
+}
+
+/// What to do when a wider spec cannot be loaded into the running job.
+const WHAT_TO_DO: &str =
+    "delete the job with its slot (`helios-repl jobs stop <job> --drop-slot`, \
+                          or drop the slot) and start it again to take a new snapshot, or carry \
+                          the new tenants or tables in a job of their own";
+
+/// Refuses a backfill of a table that keeps history which one set of version books
+/// cannot serve (module doc): targets that lack different rows of it (one new to the
+/// job, say), or a table already carried that would be loaded whole again. `held` and
+/// `gaps` are per target, in the same order.
+fn check_history_gaps(
+    spec: &JobSpec,
+    held: &[Coverage],
+    gaps: &[Vec<Widening>],
+) -> Result<(), JobError> {
+    let refuse = |table: &str, why: String| -> Result<(), JobError> {
+        Err(CdcError::Definite(format!(
+            "the job now carries rows its targets lack of table {table}, which keeps history; \
+             {why}: {WHAT_TO_DO}"
         ))
-        .into());
+        .into())
+    };
+    for table in spec.history_tables() {
+        let of_table = |target: &[Widening]| -> Vec<Widening> {
+            target
+                .iter()
+                .filter(|w| w.table == table.name)
+                .cloned()
+                .collect()
+        };
+        let first = gaps.first().map(|g| of_table(g)).unwrap_or_default();
+        if let Some(index) = gaps.iter().position(|g| of_table(g) != first) {
+            let describe = |g: &[Widening]| match g.first() {
+                Some(w) => w.describe(),
+                None => "nothing".to_string(),
+            };
+            return refuse(
+                &table.name,
+                format!(
+                    "its targets lack different rows of it (target 0: {}; target {index}: {}), \
+                     and one history cannot be loaded into both",
+                    describe(&first),
+                    describe(&of_table(&gaps[index]))
+                ),
+            );
+        }
+        let whole = first.iter().any(|w| matches!(w.gap, Gap::Table));
+        if whole && held.iter().any(|h| h.tables.contains_key(&table.name)) {
+            return refuse(
+                &table.name,
+                "it is carried already and would be loaded whole again (its tenant column \
+                 changed, or its tenants became \"all\"), which would fold its tenants' changes \
+                 since the job stopped into one version each; list the new tenants instead"
+                    .to_string(),
+            );
+        }
     }
     Ok(())
 }
@@ -284,6 +343,11 @@ async fn load_gaps(
         .map_err(|e| CdcError::Connect(e.to_string()))?;
     let snap = snapshot::create_slot_exporting_snapshot(&mut repl, &slot, true).await?;
     let floor_at = snap.consistent_point;
+    // The loaded rows of tables that keep history are versions known from the snapshot.
+    let known_from = SysTime {
+        lsn: floor_at,
+        micros: crate::change::pg_now_micros(),
+    };
     let mut described: Vec<String> = gaps
         .iter()
         .enumerate()
@@ -338,6 +402,9 @@ async fn load_gaps(
                 progress.bytes(),
             )
             .await?;
+            if table.history {
+                record_loaded_versions(spec, target, table, info, filter, known_from).await?;
+            }
             progress.done(loaded.rows);
             rows += loaded.rows;
         }
@@ -364,6 +431,39 @@ async fn load_gaps(
     tracing::info!(job = %spec.name, loads = gaps.iter().map(Vec::len).sum::<usize>(), rows, bytes, published,
         seconds = started.elapsed().as_secs_f32(), floor = %format_lsn(floor_at),
         "backfill loaded: the stream skips the loaded rows' changes committed before the floor");
+    Ok(())
+}
+
+/// Records the rows a backfill just loaded into `target`'s `table` (the tenants of
+/// `loaded`) as history versions known from `at`, in one transaction. A crash before it
+/// leaves the job's coverage unrecorded, so the next start loads and records them again.
+async fn record_loaded_versions(
+    spec: &JobSpec,
+    target: &mut tokio_postgres::Client,
+    table: &TableSpec,
+    info: &TableInfo,
+    loaded: &TenantFilter,
+    at: SysTime,
+) -> Result<(), JobError> {
+    let failed = |what: &'static str| move |e: tokio_postgres::Error| store::sink_error(what, &e);
+    let tx = target
+        .transaction()
+        .await
+        .map_err(failed("begin recording loaded rows as history versions"))?;
+    let recorded = record_snapshot_versions(
+        &tx,
+        info,
+        spec.tenant_column_of(table),
+        loaded,
+        table.valid_time_column.as_deref(),
+        at,
+    )
+    .await?;
+    tx.commit()
+        .await
+        .map_err(failed("commit recording loaded rows as history versions"))?;
+    tracing::info!(job = %spec.name, table = %table.name, opened = recorded.opened, closed = recorded.closed,
+        "backfilled rows recorded as history versions");
     Ok(())
 }
 
@@ -459,9 +559,61 @@ async fn publish_tables<'a, I>(
 
 #[cfg(test)]
 mod tests {
-    use super::{backfill_slot_name, cold_tier_coverage, coverage_json};
+    use super::{backfill_slot_name, check_history_gaps, cold_tier_coverage, coverage_json};
     use crate::control::coverage::Coverage;
     use crate::control::job_spec::JobSpec;
+
+    /// A job into PostgreSQL whose `prices` keeps history and `notes` does not.
+    fn history_job(tenants: &str) -> JobSpec {
+        JobSpec::from_toml_str(&format!(
+            "name = \"h\"\n[source]\ndsn = \"host=127.0.0.1 dbname=app\"\npublication = \"p\"\nslot = \"s\"\n\
+             [tenants]\ninclude = {tenants}\n[[tables]]\nname = \"public.prices\"\nhistory = true\n\
+             [[tables]]\nname = \"public.notes\"\n\
+             [[sinks]]\nkind = \"postgres\"\ndsn = \"host=127.0.0.1 dbname=t1\"\n\
+             [[sinks]]\nkind = \"postgres\"\ndsn = \"host=127.0.0.1 dbname=t2\"\n"
+        ))
+        .expect("spec")
+    }
+
+    /// Whether widening the targets holding `held` (one coverage per target) to `spec`
+    /// is refused, and why.
+    fn history_check(spec: &JobSpec, held: &[Coverage]) -> Result<(), String> {
+        let wanted = Coverage::of(spec);
+        let gaps: Vec<_> = held.iter().map(|h| h.widening_to(&wanted)).collect();
+        check_history_gaps(spec, held, &gaps).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn history_tables_widen_only_the_same_way_on_every_target_and_never_whole_again() {
+        let one = Coverage::of(&history_job("[1]"));
+        let all = history_job("\"all\"");
+        // A tenant added, both targets lacking it: loaded.
+        history_check(&history_job("[1, 2]"), &[one.clone(), one.clone()]).expect("same gaps");
+        // A table new to the job: loaded whole.
+        let mut without_prices = one.clone();
+        without_prices.tables.remove("public.prices");
+        history_check(
+            &history_job("[1]"),
+            &[without_prices.clone(), without_prices],
+        )
+        .expect("a new table");
+        // A target new to the job: it lacks everything, the first target nothing.
+        let err = history_check(&history_job("[1]"), &[one.clone(), Coverage::default()])
+            .expect_err("a new target");
+        assert!(
+            err.contains("table public.prices, which keeps history")
+                && err.contains("target 0: nothing; target 1: public.prices (the whole table)")
+                && err.contains("--drop-slot"),
+            "{err}"
+        );
+        // Carried for tenant 1 and now for all: it would load whole again.
+        let err = history_check(&all, &[one.clone(), one.clone()]).expect_err("whole again");
+        assert!(err.contains("would be loaded whole again"), "{err}");
+        // A table without history is no concern of this check.
+        let mut without_notes = one.clone();
+        without_notes.tables.remove("public.notes");
+        history_check(&history_job("[1]"), &[one, without_notes]).expect("notes keep no history");
+    }
 
     fn cold_job(tenants: &str) -> JobSpec {
         JobSpec::from_toml_str(&format!(

@@ -19,12 +19,13 @@ use crate::change::format_lsn;
 use crate::change::{Lsn, Row, TableInfo};
 use crate::control::cold_seed;
 use crate::control::exports::{cold_row, select_versions_sql};
-use crate::control::job_spec::{JobSpec, SinkSpec, TableSpec};
+use crate::control::job_spec::{JobSpec, SinkSpec, TableSpec, TenantFilter};
 use crate::operators::history::{HistoryBooks, HistoryPlan};
 use crate::operators::partition::TenantPlan;
 use crate::operators::version::SysTime;
 use crate::sinks::parquet::large_txn::{LargeWrite, LARGE_LIMITS};
 use crate::sinks::parquet::sink::cold_columns;
+use crate::sinks::pg_apply::floors::Floors;
 use crate::sinks::pg_apply::history::{
     each_version, ensure_history_shape, history_name, history_problem, record_snapshot_versions,
     tenant_predicate, VersionFilter,
@@ -168,18 +169,23 @@ pub async fn record_snapshot(
     Ok(())
 }
 
-/// Fills `books` with the versions current at `resume` (the stream's start position).
+/// Fills `books` with the versions current at `resume` (the stream's start position),
+/// or, for rows a backfill loaded at a later floor, at that floor: the history operator
+/// skips their changes below it (`floors`, handed to the books too).
 pub async fn restore_books(
     plan: &TenantPlan,
     target: &tokio_postgres::Client,
     tables: &[(TableSpec, Arc<TableInfo>)],
     resume: Lsn,
+    floors: &Floors,
     books: &HistoryBooks,
 ) -> Result<usize, SinkError> {
     let mut restored = 0;
     for (table, info) in tables.iter().filter(|(t, _)| t.history) {
         ensure_history_shape(target, info).await?;
         let column = &plan.tenant_columns[&table.name];
+        let point = floors.table_resume(&table.name, resume);
+        let later = floors.tenants_past(&table.name, point);
         let filter = tenant_predicate(column, &plan.include);
         // One version at a time: the books bound their rows' memory, the table is
         // never held whole.
@@ -187,15 +193,33 @@ pub async fn restore_books(
             target,
             info,
             filter.as_deref(),
-            VersionFilter::CurrentAtLsn(resume),
+            VersionFilter::CurrentAtLsn(point),
             |v| {
                 if let Some(tenant) = tenant_of(plan, info, &v.value) {
-                    books.restore(&tenant, &table.name, v);
-                    restored += 1;
+                    if !later.iter().any(|(t, _)| *t == tenant) {
+                        books.restore(&tenant, &table.name, v);
+                        restored += 1;
+                    }
                 }
             },
         )
         .await?;
+        for (tenant, floor) in &later {
+            let one = TenantFilter::Only(std::iter::once(tenant.clone()).collect());
+            let filter = tenant_predicate(column, &one);
+            each_version(
+                target,
+                info,
+                filter.as_deref(),
+                VersionFilter::CurrentAtLsn(*floor),
+                |v| {
+                    books.restore(tenant, &table.name, v);
+                    restored += 1;
+                },
+            )
+            .await?;
+        }
     }
+    books.set_floors(floors.clone());
     Ok(restored)
 }

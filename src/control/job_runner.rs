@@ -926,8 +926,9 @@ async fn restore_history(
     }
     let restored = match anchor {
         Anchor::Postgres(_) => {
-            history_start::restore_books(plan, anchor_target(targets)?, infos, resume, books)
-                .await?
+            let target = anchor_target(targets)?;
+            let floors = pg_apply::floors::load(target, &spec.name).await?;
+            history_start::restore_books(plan, target, infos, resume, &floors, books).await?
         }
         Anchor::Cold(root) => {
             let (plan, root, infos, books) =

@@ -16,6 +16,10 @@
 //! back from that file stops the operator where it is (it holds its input's times, so
 //! nothing past the transaction is confirmed) and [`HistoryBooks::failure`] says why.
 //! No clocks: commit times are looked up from what the reader recorded for the LSN.
+//!
+//! Rows a backfill loaded (`control::backfill`) have a floor: their changes committed
+//! below it are in the load, whose versions the books were restored with, so they are
+//! skipped here as the sinks skip them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -30,6 +34,7 @@ use crate::change::{
 use crate::operators::packed_row::PackedRow;
 use crate::operators::row_spill::{HeldRow, RowSpillError, RowStore, SpillRef};
 use crate::operators::version::{Edit, SysTime, SystemPoint, Version, VersionBook, VersionDelta};
+use crate::sinks::pg_apply::floors::Floors;
 use crate::time_text::parse_pg_timestamp;
 
 /// Which tables keep history, and where their valid time comes from.
@@ -60,6 +65,9 @@ pub struct Shelf {
     pub books: HashMap<(String, String), Book>,
     /// Where their rows are.
     pub rows: RowStore,
+    /// What backfills loaded (`control::backfill`): a change of those rows committed
+    /// below its floor is in the load, and the books hold the load's versions already.
+    pub floors: Floors,
 }
 
 impl Shelf {
@@ -68,6 +76,7 @@ impl Shelf {
         Shelf {
             books: HashMap::new(),
             rows: RowStore::new(row_budget),
+            floors: Floors::default(),
         }
     }
 
@@ -76,7 +85,7 @@ impl Shelf {
         if !self.rows.walk_due() {
             return;
         }
-        let Shelf { books, rows } = self;
+        let Shelf { books, rows, .. } = self;
         let report = rows.shrink(|visit| {
             // Closed versions first: only as-of queries read them.
             for book in books.values_mut() {
@@ -210,11 +219,19 @@ impl HistoryBooks {
         }
     }
 
+    /// The backfill floors changes are recorded by (after [`HistoryBooks::reset`], which
+    /// forgets them).
+    pub fn set_floors(&self, floors: Floors) {
+        if let Ok(mut shelf) = self.books.lock() {
+            shelf.floors = floors;
+        }
+    }
+
     /// Puts back a version that was current at the resume point.
     pub fn restore(&self, tenant: &str, table: &str, version: Version<Row, Row>) {
         let start = self.start();
         if let Ok(mut shelf) = self.books.lock() {
-            let Shelf { books, rows } = &mut *shelf;
+            let Shelf { books, rows, .. } = &mut *shelf;
             books
                 .entry((tenant.to_owned(), table.to_owned()))
                 .or_insert_with(|| Book::new(start))
@@ -357,7 +374,11 @@ fn record(
     mut owned_new: Option<Row>,
     out: &mut Vec<HistoryEvent>,
 ) -> Result<(), RowSpillError> {
-    let Shelf { books, rows } = shelf;
+    let Shelf {
+        books,
+        rows,
+        floors,
+    } = shelf;
     let table_name = change.table.qualified_name();
     let Some(valid_column) = plan.tables.get(&table_name) else {
         return Ok(());
@@ -445,6 +466,9 @@ fn record(
             }
         }
         _ => {}
+    }
+    if floors.may_cover(system.lsn) {
+        edits.retain(|(tenant, ..)| !floors.covers(&table_name, Some(tenant), system.lsn));
     }
     let tenant_index = plan
         .tenant_columns

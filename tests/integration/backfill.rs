@@ -1,7 +1,9 @@
 //! A job restarted with a wider spec (tenants or tables added) loads what its target
 //! lacks before the stream resumes, and the stream neither doubles nor drops a row of it;
-//! a narrower spec leaves the dropped rows in place; a wider spec the job cannot load
-//! (here: a job with a Parquet sink) stops it with a message saying what to do.
+//! a narrower spec leaves the dropped rows in place; tables that keep history get the
+//! loaded rows as versions from the backfill on; a wider spec the job cannot load (a job
+//! with a Parquet sink, a target added to a job with history) stops it with a message
+//! saying what to do.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -330,4 +332,207 @@ fn a_wider_spec_the_job_cannot_load_stops_it_naming_what_to_do() {
         "0",
         "nothing streamed as if the target held tenant 2"
     );
+}
+
+const ITEMS_1_2: &str = "SELECT tenant_id, count(*), md5(string_agg(v, ',' ORDER BY id)) \
+                         FROM public.items WHERE tenant_id IN (1, 2) GROUP BY 1 ORDER BY 1";
+const NOTES_1_2: &str = "SELECT tenant_id, count(*), md5(string_agg(body, ',' ORDER BY id)) \
+                         FROM public.notes WHERE tenant_id IN (1, 2) GROUP BY 1 ORDER BY 1";
+
+/// A job whose `items` and `notes` keep history, into the target only, carrying `tenants`
+/// of `items` (and `notes` when `with_notes`); `extra_sink` is appended to its sinks.
+fn history_job(env: &Env, tenants: &str, with_notes: bool, extra_sink: &str) -> std::path::PathBuf {
+    let notes = if with_notes {
+        "[[tables]]\nname = \"public.notes\"\nhistory = true\n"
+    } else {
+        ""
+    };
+    let path = env.dir.path().join("versions.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"versions\"\n[source]\ndsn = \"{}\"\npublication = \"pub_versions\"\nslot = \"slot_versions\"\n\
+             [tenants]\ninclude = {tenants}\n[[tables]]\nname = \"public.items\"\nhistory = true\n{notes}\
+             [[sinks]]\nkind = \"postgres\"\ndsn = \"{}\"\n{extra_sink}",
+            env.source_dsn(),
+            env.target_dsn(),
+        ),
+    )
+    .expect("write job file");
+    path
+}
+
+/// Keys of `table`'s history with more than one current version (open in system time,
+/// valid with no end), and current versions whose values differ from the target's row
+/// (or whose row is gone), for `tenants`. (An update also leaves the old value open for
+/// the valid time before it: those versions have an end.)
+fn history_disagreements(env: &Env, table: &str, value: &str, tenants: &str) -> String {
+    env.on_target(&format!(
+        "SELECT (SELECT count(*) FROM (SELECT 1 FROM public.{table}_history \
+                 WHERE system_to_lsn IS NULL AND valid_to IS NULL AND NOT tombstone \
+                   AND tenant_id IN ({tenants}) \
+                 GROUP BY tenant_id, id HAVING count(*) > 1) d) \
+              + (SELECT count(*) FROM public.{table} t FULL JOIN \
+                   (SELECT * FROM public.{table}_history \
+                    WHERE system_to_lsn IS NULL AND valid_to IS NULL AND NOT tombstone) h \
+                   USING (tenant_id, id) \
+                 WHERE coalesce(t.tenant_id, h.tenant_id) IN ({tenants}) \
+                   AND (t.id IS NULL OR h.id IS NULL OR t.{value} IS DISTINCT FROM h.{value}))"
+    ))
+}
+
+#[test]
+fn tenants_and_tables_added_to_a_job_with_history_get_versions_from_the_backfill() {
+    let env = Arc::new(Env::start(SETUP));
+    let mut repl = Replicator::start_inline(&history_job(&env, "[1]", false, ""));
+    env.wait_converged(
+        "SELECT count(*) FROM public.items WHERE tenant_id = 1",
+        Duration::from_secs(60),
+    );
+    env.on_source("UPDATE public.items SET v = 'streamed' WHERE tenant_id = 1 AND id <= 5");
+    wait_for("the streamed versions", Duration::from_secs(30), || {
+        env.try_on_target("SELECT count(*) FROM public.items_history WHERE v = 'streamed'")
+            .as_deref()
+            == Some("5")
+    });
+    assert_eq!(repl.stop().code(), Some(0), "{}", repl.output());
+
+    // While the job is stopped: tenant 1 (carried) and tenant 2 (not yet) change.
+    env.on_source(
+        "UPDATE public.items SET v = 'stopped' WHERE tenant_id = 1 AND id <= 5;
+         UPDATE public.items SET v = 'stopped' WHERE tenant_id = 2 AND id <= 20;
+         DELETE FROM public.items WHERE tenant_id = 2 AND id > 290;",
+    );
+    // Tenant 2 and table `notes` (with history) added. A writer changes both tenants
+    // while the job restarts: its transactions commit before, during and after the
+    // backfill's snapshot, once the publication carries tenant 2.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (env, stop) = (env.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                env.on_source(&format!(
+                    "BEGIN;
+                     UPDATE public.items SET v = 'live {n}' WHERE tenant_id IN (1, 2) AND id = {n} % 280 + 1;
+                     UPDATE public.notes SET body = 'live {n}' WHERE tenant_id = 2 AND id = 2000 + {n} % 50 + 1;
+                     COMMIT;"
+                ));
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut repl = Replicator::start_inline(&history_job(&env, "[1, 2]", true, ""));
+    wait_for("the job to stream", Duration::from_secs(60), || {
+        repl.output().contains("streaming")
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.join().expect("writer");
+    assert!(written > 5, "the writer wrote while the job restarted");
+    env.wait_converged(ITEMS_1_2, Duration::from_secs(60));
+    env.wait_converged(NOTES_1_2, Duration::from_secs(30));
+    let out = repl.output();
+    assert!(
+        out.contains("public.items (tenants 2)")
+            && out.contains("public.notes (the whole table)")
+            && out.contains("backfilled rows recorded as history versions"),
+        "{out}"
+    );
+
+    // Tenant 2's history starts at the backfill: one version per row it loaded, all
+    // known from the same point, none from before (the changes made while the job was
+    // stopped are folded into the load), then the writer's later changes.
+    let floor = env.on_target(
+        "SELECT floor_lsn FROM helios.backfill_floors WHERE job = 'versions' AND table_name = 'public.items'",
+    );
+    assert_eq!(
+        env.on_target(&format!(
+            "SELECT count(*) FROM public.items_history WHERE tenant_id = 2 AND system_from_lsn < '{floor}'"
+        )),
+        "0",
+        "no version of tenant 2 from before the backfill"
+    );
+    assert_eq!(
+        env.on_target(&format!(
+            "SELECT count(*) FROM public.items_history WHERE tenant_id = 2 AND system_from_lsn = '{floor}'"
+        )),
+        "290",
+        "one version per row the backfill loaded"
+    );
+    // Tenant 1's history goes on version by version: its change while the job was
+    // stopped is a version of its own, known from its commit (before the floor), and it
+    // closed the version the job streamed before it stopped.
+    assert_eq!(
+        env.on_target(&format!(
+            "SELECT count(DISTINCT id) FROM public.items_history WHERE tenant_id = 1 \
+             AND v = 'stopped' AND system_from_lsn < '{floor}'"
+        )),
+        "5"
+    );
+    assert_eq!(
+        env.on_target(
+            "SELECT count(DISTINCT id) FROM public.items_history WHERE tenant_id = 1 \
+             AND v = 'streamed' AND valid_to IS NULL AND system_to_lsn IS NOT NULL"
+        ),
+        "5"
+    );
+    assert_eq!(history_disagreements(&env, "items", "v", "1, 2"), "0");
+    assert_eq!(history_disagreements(&env, "notes", "body", "1, 2"), "0");
+
+    // Later changes close the backfilled versions (the books hold them from the floor).
+    env.on_source(
+        "UPDATE public.items SET v = 'after' WHERE tenant_id = 2 AND id BETWEEN 281 AND 285;
+         DELETE FROM public.items WHERE tenant_id = 2 AND id = 286;
+         UPDATE public.notes SET body = 'after' WHERE tenant_id = 1;",
+    );
+    env.wait_converged(ITEMS_1_2, Duration::from_secs(30));
+    env.wait_converged(NOTES_1_2, Duration::from_secs(30));
+    wait_for("the later versions", Duration::from_secs(30), || {
+        history_disagreements(&env, "items", "v", "1, 2") == "0"
+            && history_disagreements(&env, "notes", "body", "1, 2") == "0"
+    });
+    assert_eq!(
+        env.on_target(&format!(
+            "SELECT count(*) FROM public.items_history WHERE tenant_id = 2 AND id BETWEEN 281 AND 286 \
+             AND system_from_lsn = '{floor}' AND system_to_lsn IS NOT NULL"
+        )),
+        "6",
+        "the backfilled versions of the changed rows are closed"
+    );
+    assert_eq!(repl.stop().code(), Some(0), "{}", repl.output());
+
+    // A restart past the floor restores the books from the history table as usual.
+    let mut repl = Replicator::start_inline(&history_job(&env, "[1, 2]", true, ""));
+    wait_for("the job to stream", Duration::from_secs(60), || {
+        repl.output().contains("streaming")
+    });
+    env.on_source("UPDATE public.items SET v = 'restarted' WHERE tenant_id = 2 AND id <= 3");
+    env.wait_converged(ITEMS_1_2, Duration::from_secs(30));
+    wait_for("the restarted versions", Duration::from_secs(30), || {
+        history_disagreements(&env, "items", "v", "1, 2") == "0"
+    });
+    assert_eq!(repl.stop().code(), Some(0), "{}", repl.output());
+
+    // A PostgreSQL target added to the job would hold a history starting at its load
+    // while the first one's goes on: refused, naming what to do.
+    env.target
+        .psql("postgres", "CREATE DATABASE second")
+        .expect("create database");
+    let second = format!(
+        "[[sinks]]\nkind = \"postgres\"\ndsn = \"{}\"\n",
+        env.target.dsn("second")
+    );
+    let mut repl = Replicator::start_inline(&history_job(&env, "[1, 2]", true, &second));
+    wait_for("the job to stop", Duration::from_secs(60), || {
+        !repl.is_running()
+    });
+    let out = repl.output();
+    assert!(
+        out.contains("keeps history; its targets lack different rows of it")
+            && out.contains("--drop-slot"),
+        "{out}"
+    );
+    let _ = repl.stop();
 }

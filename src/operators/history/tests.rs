@@ -268,6 +268,38 @@ fn tenantless_deletes_and_truncates_reach_the_owning_tenants() {
     assert!(again.is_empty());
 }
 
+/// Rows a backfill loaded at a floor: their changes below it are in the load (and the
+/// books), so they record nothing; from the floor on, and for other tenants and tables,
+/// changes record as ever. A change naming no tenant spares the floored tenant only.
+#[test]
+fn changes_below_a_backfill_floor_record_nothing() {
+    let mut run = Run::new(None);
+    run.apply(&upsert("1", row("1", "1", "5", JAN)));
+    run.apply(&upsert("2", row("2", "1", "6", JAN)));
+    // The next changes commit at 130, 140, 150, 160.
+    run.books.floors.insert("app.prices", Some("2"), 160);
+    assert!(run.apply(&upsert("2", row("2", "2", "7", JAN))).is_empty());
+    assert_eq!(
+        opens(&run.apply(&upsert("1", row("1", "2", "7", JAN)))).len(),
+        1
+    );
+    let worker = Scope::Worker { index: 0, peers: 1 };
+    let truncated = run.apply(&change(worker, TenantAction::Truncate));
+    assert!(
+        !truncated.is_empty() && truncated.iter().all(|e| e.tenant == "1"),
+        "{truncated:?}"
+    );
+    // At the floor (commit 160) tenant 2 records again.
+    let at_floor = run.apply(&upsert("2", row("2", "3", "8", JAN)));
+    assert_eq!(opens(&at_floor).len(), 1);
+    let mut other = Run::new(None);
+    other.books.floors.insert("app.other", None, 1000);
+    assert_eq!(
+        opens(&other.apply(&upsert("2", row("2", "1", "6", JAN)))).len(),
+        1
+    );
+}
+
 #[test]
 fn tables_without_history_produce_nothing() {
     let mut run = Run::new(None);

@@ -76,6 +76,29 @@ impl Floors {
             || tenant.is_some_and(|id| t.tenants.get(id).is_some_and(|&f| lsn < f))
     }
 
+    /// Where a version book of `table` resumes when the stream resumes at `resume`: at
+    /// the table's floor when that is later (a whole-table load), else at `resume`.
+    /// Tenants with floors of their own past that are [`Floors::tenants_past`].
+    pub fn table_resume(&self, table: &str, resume: Lsn) -> Lsn {
+        let whole = self.tables.get(table).and_then(|t| t.whole);
+        resume.max(whole.unwrap_or(0))
+    }
+
+    /// The tenants of `table` whose floor is past `point`, with their floors (sorted).
+    pub fn tenants_past(&self, table: &str, point: Lsn) -> Vec<(String, Lsn)> {
+        let Some(t) = self.tables.get(table) else {
+            return Vec::new();
+        };
+        let mut past: Vec<(String, Lsn)> = t
+            .tenants
+            .iter()
+            .filter(|(_, &f)| f > point)
+            .map(|(id, &f)| (id.clone(), f))
+            .collect();
+        past.sort_unstable();
+        past
+    }
+
     /// The tenants of `table` a change naming no tenant, committed at `lsn`, must spare:
     /// those whose floor is above it (sorted, so statements are stable).
     pub fn spared(&self, table: &str, lsn: Lsn) -> Vec<String> {
@@ -188,6 +211,20 @@ mod tests {
         assert!(f.covers("public.b", None, 49));
         assert!(!f.covers("public.b", None, 50));
         assert!(!f.covers("public.c", Some("7"), 1));
+    }
+
+    #[test]
+    fn books_resume_at_the_latest_of_the_stream_and_the_floors() {
+        let mut f = Floors::default();
+        f.insert("public.a", Some("9"), 100);
+        f.insert("public.a", Some("10"), 40);
+        f.insert("public.b", None, 70);
+        assert_eq!(f.table_resume("public.a", 50), 50);
+        assert_eq!(f.tenants_past("public.a", 50), vec![("9".to_string(), 100)]);
+        assert_eq!(f.table_resume("public.b", 50), 70);
+        assert_eq!(f.table_resume("public.b", 80), 80);
+        assert!(f.tenants_past("public.b", 70).is_empty());
+        assert_eq!(f.table_resume("public.c", 5), 5);
     }
 
     #[test]
