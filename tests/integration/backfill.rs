@@ -5,11 +5,10 @@
 //! with a Parquet sink, a target added to a job with history) stops it with a message
 //! saying what to do.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::harness::{wait_for, Env, Replicator};
+use crate::harness::{wait_for, Env, Replicator, SourceWriter};
 
 const SETUP: &str = "
 CREATE TABLE public.items (tenant_id int NOT NULL, id bigint NOT NULL, v text, PRIMARY KEY (tenant_id, id));
@@ -59,33 +58,23 @@ fn a_restarted_job_loads_the_tenants_and_tables_added_to_its_spec() {
     );
     // A writer keeps changing every tenant while the job restarts and backfills: its
     // transactions commit before, during and after the backfill's snapshot.
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (env, stop) = (env.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut n = 1000;
-            while !stop.load(Ordering::Relaxed) {
-                env.on_source(&format!(
-                    "BEGIN;
-                     INSERT INTO public.log SELECT t, {n}, 'live' FROM generate_series(1, 5) t;
-                     UPDATE public.items SET v = 'live {n}' WHERE id = {n} % 250 + 1;
-                     INSERT INTO public.notes SELECT t, 100000 + t * 10000 + {n}, 'live' FROM generate_series(1, 5) t;
-                     COMMIT;"
-                ));
-                n += 1;
-            }
-            n
-        })
-    };
+    let writer = SourceWriter::start(&env, 1000, |n| {
+        format!(
+            "BEGIN;
+             INSERT INTO public.log SELECT t, {n}, 'live' FROM generate_series(1, 5) t;
+             UPDATE public.items SET v = 'live {n}' WHERE id = {n} % 250 + 1;
+             INSERT INTO public.notes SELECT t, 100000 + t * 10000 + {n}, 'live' FROM generate_series(1, 5) t;
+             COMMIT;"
+        )
+    });
     std::thread::sleep(Duration::from_millis(300));
     let mut repl = Replicator::start_inline(&job);
     wait_for("the job to stream", Duration::from_secs(60), || {
         repl.output().contains("streaming")
     });
     std::thread::sleep(Duration::from_millis(800));
-    stop.store(true, Ordering::Relaxed);
-    let written = writer.join().expect("writer");
-    assert!(written > 1005, "the writer wrote while the job restarted");
+    let written = writer.stop();
+    assert!(written > 5, "the writer wrote while the job restarted");
 
     env.wait_converged(LOG, Duration::from_secs(60));
     env.wait_converged(ITEMS, Duration::from_secs(30));
@@ -406,30 +395,20 @@ fn tenants_and_tables_added_to_a_job_with_history_get_versions_from_the_backfill
     // Tenant 2 and table `notes` (with history) added. A writer changes both tenants
     // while the job restarts: its transactions commit before, during and after the
     // backfill's snapshot, once the publication carries tenant 2.
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (env, stop) = (env.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                env.on_source(&format!(
-                    "BEGIN;
-                     UPDATE public.items SET v = 'live {n}' WHERE tenant_id IN (1, 2) AND id = {n} % 280 + 1;
-                     UPDATE public.notes SET body = 'live {n}' WHERE tenant_id = 2 AND id = 2000 + {n} % 50 + 1;
-                     COMMIT;"
-                ));
-                n += 1;
-            }
-            n
-        })
-    };
+    let writer = SourceWriter::start(&env, 0, |n| {
+        format!(
+            "BEGIN;
+             UPDATE public.items SET v = 'live {n}' WHERE tenant_id IN (1, 2) AND id = {n} % 280 + 1;
+             UPDATE public.notes SET body = 'live {n}' WHERE tenant_id = 2 AND id = 2000 + {n} % 50 + 1;
+             COMMIT;"
+        )
+    });
     let mut repl = Replicator::start_inline(&history_job(&env, "[1, 2]", true, ""));
     wait_for("the job to stream", Duration::from_secs(60), || {
         repl.output().contains("streaming")
     });
     std::thread::sleep(Duration::from_millis(800));
-    stop.store(true, Ordering::Relaxed);
-    let written = writer.join().expect("writer");
+    let written = writer.stop();
     assert!(written > 5, "the writer wrote while the job restarted");
     env.wait_converged(ITEMS_1_2, Duration::from_secs(60));
     env.wait_converged(NOTES_1_2, Duration::from_secs(30));

@@ -4,9 +4,45 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use helios_repl::embedded::pg_cluster::PgCluster;
+
+/// A thread that runs SQL on the source over and over (`sql(n)` for n = first, first + 1,
+/// ...) until stopped: transactions that commit while a job starts, snapshots or loads.
+pub struct SourceWriter {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<u64>,
+}
+
+impl SourceWriter {
+    pub fn start(
+        env: &Arc<Env>,
+        first: u64,
+        sql: impl Fn(u64) -> String + Send + 'static,
+    ) -> SourceWriter {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (env, stopped) = (env.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut n = first;
+            while !stopped.load(Ordering::Relaxed) {
+                env.on_source(&sql(n));
+                n += 1;
+            }
+            n - first
+        });
+        SourceWriter { stop, thread }
+    }
+
+    /// Stops it; how many times the SQL ran.
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("source writer")
+    }
+}
 
 /// A source and a target cluster with databases `app` and `replica`.
 pub struct Env {

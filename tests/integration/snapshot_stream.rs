@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::harness::{wait_for, Env, Replicator};
+use crate::harness::{wait_for, Env, Replicator, SourceWriter};
 
 const SETUP: &str = "
 CREATE TABLE public.items (tenant_id int NOT NULL, id bigint NOT NULL, v text, PRIMARY KEY (tenant_id, id));
@@ -21,30 +21,20 @@ fn snapshot_then_stream_delivers_every_row_exactly_once() {
     let job = env.job_file("snap", "[1, 2, 4]", &["public.items", "public.log"]);
 
     // A writer that keeps inserting while the replicator starts and snapshots.
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (env, stop) = (env.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut n = 1000;
-            while !stop.load(Ordering::Relaxed) {
-                env.on_source(&format!(
-                    "BEGIN; INSERT INTO public.items SELECT t, {n}, 'live' FROM generate_series(1, 6) t;
-                     INSERT INTO public.log SELECT t, {n}, 'live' FROM generate_series(1, 6) t; COMMIT;"
-                ));
-                n += 1;
-            }
-            n
-        })
-    };
+    let writer = SourceWriter::start(&env, 1000, |n| {
+        format!(
+            "BEGIN; INSERT INTO public.items SELECT t, {n}, 'live' FROM generate_series(1, 6) t;
+             INSERT INTO public.log SELECT t, {n}, 'live' FROM generate_series(1, 6) t; COMMIT;"
+        )
+    });
     std::thread::sleep(Duration::from_millis(300));
     let mut repl = Replicator::start_inline(&job);
     wait_for("the job to stream", Duration::from_secs(60), || {
         repl.output().contains("streaming")
     });
     std::thread::sleep(Duration::from_millis(800));
-    stop.store(true, Ordering::Relaxed);
-    let written = writer.join().expect("writer");
-    assert!(written > 1000, "the writer wrote during the snapshot");
+    let written = writer.stop();
+    assert!(written > 0, "the writer wrote during the snapshot");
 
     let per_tenant =
         "SELECT tenant_id, count(*), count(DISTINCT n), min(n), max(n) FROM public.log \
@@ -211,27 +201,17 @@ fn a_large_table_loads_in_parts_side_by_side() {
         };
         (reading, handle)
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (env, stop) = (env.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                env.on_source(&format!(
-                    "UPDATE public.events SET pad = 'updated {n}' WHERE tenant_id = 1 AND id = {};",
-                    4 * n + 1
-                ));
-            }
-            n
-        })
-    };
+    let writer = SourceWriter::start(&env, 1, |n| {
+        format!(
+            "UPDATE public.events SET pad = 'updated {n}' WHERE tenant_id = 1 AND id = {};",
+            4 * n + 1
+        )
+    });
     let mut repl = Replicator::start_inline(&job);
     wait_for("the job to stream", Duration::from_secs(90), || {
         repl.output().contains("streaming")
     });
-    stop.store(true, Ordering::Relaxed);
-    let updated = writer.join().expect("writer");
+    let updated = writer.stop();
     assert!(updated > 0, "updates while it loaded");
     fewest.0.store(false, Ordering::Relaxed);
     let fewest = fewest.1.join().expect("reader");

@@ -350,8 +350,8 @@ fn tls_settings_that_cannot_work_are_named() {
     );
     // An encrypted client key and a password that does not decrypt it: named, not
     // retried, the password not printed.
-    let mut repl = Replicator::start_inline(&job(
-        env.dir.path(),
+    let out = ends_saying(
+        &env,
         "tls-key-password",
         &format!(
             "host=localhost port={sp} user=postgres dbname=app sslmode=verify-full sslrootcert={} sslcert={} sslkey={} sslpassword=not-the-key-pass",
@@ -360,41 +360,40 @@ fn tls_settings_that_cannot_work_are_named() {
             path(&files.client_key_encrypted)
         ),
         &target,
-    ));
-    wait_for("the job to end", Duration::from_secs(30), || {
-        !repl.is_running()
-    });
-    let out = repl.output();
-    assert!(
-        out.contains("is encrypted and sslpassword does not decrypt it")
-            && out.contains(path(&files.client_key_encrypted)),
-        "{out}"
+        &[
+            "is encrypted and sslpassword does not decrypt it",
+            path(&files.client_key_encrypted),
+        ],
     );
-    assert!(
-        !out.contains("retrying") && !out.contains("not-the-key-pass"),
-        "{out}"
-    );
+    assert!(!out.contains("not-the-key-pass"), "{out}");
     // A root certificate file that is not there: named, and not retried.
     let missing = env.dir.path().join("missing-ca.pem");
-    let mut repl = Replicator::start_inline(&job(
-        env.dir.path(),
+    ends_saying(
+        &env,
         "tls-missing-file",
         &format!(
             "host=localhost port={sp} user=postgres dbname=app sslmode=verify-full sslrootcert={}",
             path(&missing)
         ),
         &target,
-    ));
+        &[
+            "cannot read root certificate file (sslrootcert)",
+            path(&missing),
+        ],
+    );
+}
+
+/// Runs the replicator on a job until it ends by itself, its output saying `expected` and
+/// no retry (a setting of ours that cannot work is not retried); returns the output.
+fn ends_saying(env: &Env, name: &str, source: &str, target: &str, expected: &[&str]) -> String {
+    let mut repl = Replicator::start_inline(&job(env.dir.path(), name, source, target));
     wait_for("the job to end", Duration::from_secs(30), || {
         !repl.is_running()
     });
     let out = repl.output();
-    assert!(
-        out.contains("cannot read root certificate file (sslrootcert)")
-            && out.contains(path(&missing)),
-        "{out}"
-    );
+    assert!(expected.iter().all(|e| out.contains(e)), "{out}");
     assert!(!out.contains("retrying"), "{out}");
+    out
 }
 
 /// The replication session speaks the protocol itself: the same settings, the same checks.
