@@ -256,10 +256,9 @@ fn check_supported(spec: &JobSpec, gaps: &[Widening]) -> Result<(), JobError> {
 }
 
 /// What to do when a wider spec cannot be loaded into the running job.
-const WHAT_TO_DO: &str =
-    "delete the job with its slot (`helios-repl jobs stop <job> --drop-slot`, \
-                          or drop the slot) and start it again to take a new snapshot, or carry \
-                          the new tenants or tables in a job of their own";
+const WHAT_TO_DO: &str = "delete the job with its slot (`helios-repl jobs stop <job> \
+     --drop-slot`, or drop the slot) and start it again to take a new snapshot, or carry the \
+     new tenants or tables in a job of their own";
 
 /// Refuses a backfill of a table that keeps history which one set of version books
 /// cannot serve (module doc): targets that lack different rows of it (one new to the

@@ -185,7 +185,11 @@ pub async fn restore_books(
         ensure_history_shape(target, info).await?;
         let column = &plan.tenant_columns[&table.name];
         let point = floors.table_resume(&table.name, resume);
-        let later = floors.tenants_past(&table.name, point);
+        let later: Vec<(String, Lsn)> = floors
+            .tenants_past(&table.name, point)
+            .into_iter()
+            .filter(|(tenant, _)| plan.includes(tenant))
+            .collect();
         let filter = tenant_predicate(column, &plan.include);
         // One version at a time: the books bound their rows' memory, the table is
         // never held whole.
