@@ -33,9 +33,14 @@
 //! table it already carries cannot be loaded whole again (that would fold its tenants'
 //! changes since the job stopped into one version each).
 //!
+//! Parquet sinks (the cold tier) get the loaded rows' versions from the progress target's
+//! history table, opened or closed since the stream's resume point, as a snapshot's cold
+//! write does (`history_start::publish_versions_since`); each tenant directory skips what
+//! its manifest covers, so a load a crash cut short is completed by the next.
+//!
 //! Not supported, and a wider spec stops the job with a message saying what is missing
-//! and what to do (the stream alone would never bring the missing rows): jobs with a
-//! Parquet sink, and the history cases above.
+//! and what to do (the stream alone would never bring the missing rows): jobs whose
+//! progress lives in the cold tier (no PostgreSQL sink), and the history cases above.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
@@ -49,6 +54,7 @@ use crate::cdc::stream;
 use crate::cdc::transport::ReplicationConnection;
 use crate::change::{format_lsn, Lsn, TableInfo};
 use crate::control::coverage::{stream_identity, Coverage, Gap, Widening};
+use crate::control::history_start;
 use crate::control::initial_snapshot::{self, SnapshotProgress};
 use crate::control::job_runner::JobError;
 use crate::control::job_spec::{JobSpec, RemovedTenants, SinkSpec, TableSpec, TenantFilter};
@@ -135,15 +141,13 @@ pub async fn widen(
     let gaps: Vec<Vec<Widening>> = held.iter().map(|h| h.widening_to(&wanted)).collect();
     let new_streams = first.new_streams(&wanted);
     if gaps.iter().any(|g| !g.is_empty()) || !new_streams.is_empty() {
-        let all: Vec<Widening> = gaps.iter().flatten().cloned().collect();
-        check_supported(spec, &all)?;
         check_history_gaps(spec, &held, &gaps)?;
         for (index, h) in held.iter().enumerate() {
             if h.tables.is_empty() && !gaps[index].is_empty() {
                 tracing::info!(job = %spec.name, target = index, "a target new to the job: every table is loaded into it");
             }
         }
-        load_gaps(spec, targets, &gaps, &new_streams, progress).await?;
+        load_gaps(spec, targets, &gaps, &new_streams, resume, progress).await?;
     }
     for (target, h) in targets.iter().zip(&held) {
         if *h != wanted {
@@ -224,12 +228,14 @@ pub fn cold_tier_coverage(
         tracing::warn!(job = %spec.name, no_longer_carried = %narrower.join("; "),
             "the job no longer carries these: their rows stay in the cold tier and are no longer kept up to date");
     }
-    check_supported(spec, &held.widening_to(&wanted))?;
+    refuse_cold_tier_widening(spec, &held.widening_to(&wanted))?;
     Ok(Some(coverage_json(&wanted)?))
 }
 
-/// Refuses a backfill this version cannot do, naming what is missing and what to do.
-fn check_supported(spec: &JobSpec, gaps: &[Widening]) -> Result<(), JobError> {
+/// Refuses a backfill of a job whose progress lives in the cold tier (no PostgreSQL sink),
+/// naming what is missing and what to do: without a history table to record the loaded
+/// rows' versions in, it cannot load them.
+fn refuse_cold_tier_widening(spec: &JobSpec, gaps: &[Widening]) -> Result<(), JobError> {
     if gaps.is_empty() {
         return Ok(());
     }
@@ -245,8 +251,9 @@ fn check_supported(spec: &JobSpec, gaps: &[Widening]) -> Result<(), JobError> {
         .find(|s| matches!(s, SinkSpec::Parquet(_)))
     {
         return Err(CdcError::Definite(format!(
-            "the job now carries rows its targets lack: {}; loading them into a running job is \
-             supported for PostgreSQL and NATS sinks only, and this job has a {} sink: {WHAT_TO_DO}",
+            "the job now carries rows its targets lack: {}; loading them into a running job \
+             needs a PostgreSQL sink (the cold tier gets the versions its history table \
+             records), and this job has a {} sink only: {WHAT_TO_DO}",
             missing(),
             other.kind()
         ))
@@ -331,6 +338,7 @@ async fn load_gaps(
     targets: &mut [tokio_postgres::Client],
     gaps: &[Vec<Widening>],
     new_streams: &BTreeSet<String>,
+    resume: Lsn,
     progress: &SnapshotProgress,
 ) -> Result<(), JobError> {
     let started = Instant::now();
@@ -406,6 +414,31 @@ async fn load_gaps(
             }
             progress.done(loaded.rows);
             rows += loaded.rows;
+        }
+    }
+    // The Parquet sinks get the versions of what the progress target lacked, from its
+    // history table (the same on every target): opened or closed since the stream's
+    // resume point (a load a crash cut short left some too), unless a directory has them.
+    if let Some(anchor) = targets.first() {
+        for gap in gaps.first().map_or(&[][..], Vec::as_slice) {
+            let Some(table) = spec
+                .tables
+                .iter()
+                .find(|t| t.history && t.name == gap.table)
+            else {
+                continue;
+            };
+            let info = table_shape(&copier, &mut shapes, table).await?;
+            let loaded = gap.load_filter(&spec.tenants.include);
+            let column = spec.tenant_column_of(table);
+            let versions = history_start::publish_versions_since(
+                spec, anchor, &info, column, &loaded, resume, floor_at,
+            )
+            .await?;
+            if versions > 0 {
+                tracing::info!(job = %spec.name, table = %table.name, versions,
+                    "backfilled history versions brought to the cold tier");
+            }
         }
     }
     // The NATS sinks get what the progress target lacked, as the initial copy does:

@@ -105,68 +105,84 @@ pub async fn record_snapshot(
         .await?;
         tracing::info!(job = %spec.name, table = %table.name, opened = recorded.opened, closed = recorded.closed,
             "snapshot rows recorded as history versions");
-        let roots: Vec<&str> = spec
-            .sinks
-            .iter()
-            .filter_map(|s| match s {
-                SinkSpec::Parquet(p) => Some(p.root.as_str()),
-                SinkSpec::Postgres(_) | SinkSpec::Nats(_) => None,
-            })
-            .collect();
-        if roots.is_empty() {
-            continue;
-        }
-        // The versions opened or closed after `since`: those of this snapshot, and any an
-        // earlier one recorded but never published. A version the tier holds open gets
-        // a close row; one it lacks, one row with all it knows.
-        let filter = tenant_predicate(column, &plan.include);
-        let history = quote_qualified(&info.schema, &history_name(&info.name));
-        let since_lsn = since.min(at.lsn.saturating_sub(1));
-        let after = quote_literal(&format_lsn(since_lsn));
-        let sql = format!(
-            "{} WHERE (system_from_lsn > {after}::pg_lsn OR system_to_lsn > {after}::pg_lsn){} \
-             ORDER BY system_from_lsn",
-            select_versions_sql(info, &history),
-            filter.map(|f| format!(" AND {f}")).unwrap_or_default()
-        );
-        let rows = target
-            .query_raw(
-                &sql,
-                std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>(),
-            )
-            .await
-            .map_err(|e| sink_error("read the snapshot's history versions", &e))?;
-        // Streamed into the tier as they are read: the snapshot is never held whole.
-        let tenant_index = info.column_index(column);
-        let versions = rows.filter_map(|r| {
-            let version = match r {
-                Ok(r) => {
-                    let row = cold_row(info, &r);
-                    tenant_index
-                        .and_then(|i| row.values.get(i)?.as_deref().map(str::to_owned))
-                        .map(|tenant| Ok((tenant, row)))
-                }
-                Err(e) => Some(Err(sink_error("read the snapshot's history versions", &e))),
-            };
-            std::future::ready(version)
-        });
-        let roots: Vec<PathBuf> = roots.iter().map(PathBuf::from).collect();
-        let (info, lsn) = (info.as_ref().clone(), at.lsn);
-        cold_seed::feed(versions, move |chunks| {
-            let columns = cold_columns(&info);
-            let writes = roots
-                .iter()
-                .map(|root| {
-                    let write = LargeWrite::spanning(root, since_lsn + 1, lsn, LARGE_LIMITS);
-                    (write, HashMap::new())
-                })
-                .collect();
-            let table = info.qualified_name();
-            cold_seed::stream_into_tier(writes, &table, &columns, chunks, &mut cold_seed::EveryRow)
-        })
-        .await?;
+        publish_versions_since(spec, target, info, column, &plan.include, since, at.lsn).await?;
     }
     Ok(())
+}
+
+/// Brings every Parquet sink of the job up to `target`'s history table for `table`'s
+/// tenants in `include`: each version opened or closed after `since` (and up to `at`, a
+/// snapshot's or a backfill's point) is written to each tenant's directory unless its
+/// manifest covers it. A version the tier holds open gets a close row; one it lacks, one
+/// row with all it knows. Streamed as read: the versions are never held whole. Returns
+/// the versions read (each tier writes those its directories lack).
+pub async fn publish_versions_since(
+    spec: &JobSpec,
+    target: &tokio_postgres::Client,
+    info: &Arc<TableInfo>,
+    column: &str,
+    include: &TenantFilter,
+    since: Lsn,
+    at: Lsn,
+) -> Result<u64, SinkError> {
+    let roots: Vec<PathBuf> = spec
+        .sinks
+        .iter()
+        .filter_map(|s| match s {
+            SinkSpec::Parquet(p) => Some(PathBuf::from(&p.root)),
+            SinkSpec::Postgres(_) | SinkSpec::Nats(_) => None,
+        })
+        .collect();
+    if roots.is_empty() {
+        return Ok(0);
+    }
+    let filter = tenant_predicate(column, include);
+    let history = quote_qualified(&info.schema, &history_name(&info.name));
+    let since_lsn = since.min(at.saturating_sub(1));
+    let after = quote_literal(&format_lsn(since_lsn));
+    let sql = format!(
+        "{} WHERE (system_from_lsn > {after}::pg_lsn OR system_to_lsn > {after}::pg_lsn){} \
+         ORDER BY system_from_lsn",
+        select_versions_sql(info, &history),
+        filter.map(|f| format!(" AND {f}")).unwrap_or_default()
+    );
+    let rows = target
+        .query_raw(
+            &sql,
+            std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>(),
+        )
+        .await
+        .map_err(|e| sink_error("read history versions for the cold tier", &e))?;
+    let tenant_index = info.column_index(column);
+    let versions = rows.filter_map(|r| {
+        let version = match r {
+            Ok(r) => {
+                let row = cold_row(info, &r);
+                tenant_index
+                    .and_then(|i| row.values.get(i)?.as_deref().map(str::to_owned))
+                    .map(|tenant| Ok((tenant, row)))
+            }
+            Err(e) => Some(Err(sink_error(
+                "read history versions for the cold tier",
+                &e,
+            ))),
+        };
+        std::future::ready(version)
+    });
+    let info = info.as_ref().clone();
+    cold_seed::feed(versions, move |chunks| {
+        let columns = cold_columns(&info);
+        let writes = roots
+            .iter()
+            .map(|root| {
+                let write = LargeWrite::spanning(root, since_lsn + 1, at, LARGE_LIMITS);
+                (write, HashMap::new())
+            })
+            .collect();
+        let table = info.qualified_name();
+        cold_seed::stream_into_tier(writes, &table, &columns, chunks, &mut cold_seed::EveryRow)
+    })
+    .await
 }
 
 /// Fills `books` with the versions current at `resume` (the stream's start position),

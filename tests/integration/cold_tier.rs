@@ -13,7 +13,8 @@
 //! - a retention policy of 0 days: closed versions leave the history table, and as-of
 //!   queries for old points are then answered from the cold tier, unchanged;
 //! - a snapshot whose cold write a crash cut short, after its versions were recorded in
-//!   the history table: the next snapshot brings the cold tier up to the history table.
+//!   the history table: the next snapshot brings the cold tier up to the history table;
+//! - a tenant added to the job: its backfilled versions reach the cold tier.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -26,7 +27,7 @@ use helios_repl::sinks::parquet::manifest::Manifest;
 use helios_repl::sinks::parquet::{read_table, ColdRow, CRASH_ENV};
 use rand::{rngs::StdRng, SeedableRng};
 
-use crate::harness::{wait_for, wait_until, Env};
+use crate::harness::{wait_for, wait_until, Env, Replicator};
 use crate::history::{
     prices_table, start_prices_job, start_prices_job_with, workload, Change, WAIT,
 };
@@ -692,4 +693,77 @@ pub(crate) fn assert_only_gap_changes_versioned(
     }
     let added: BTreeSet<_> = after.difference(before).copied().collect();
     assert_eq!(added, expected, "the snapshot's closes and opens");
+}
+
+/// A tenant added to a job that keeps history in a PostgreSQL target and the cold tier:
+/// the backfill's versions reach the cold tier, which agrees with the history table from
+/// then on, for the new tenant and the others.
+#[test]
+fn a_tenant_added_to_a_job_with_a_cold_tier_gets_its_backfilled_versions_there() {
+    let env = Env::start(crate::history::SETUP);
+    let cold = env.dir.path().join("cold");
+    let job = |tenants: &str| {
+        let path = env.dir.path().join("grow.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "name = \"grow\"\n[source]\ndsn = \"{}\"\npublication = \"pub_grow\"\nslot = \"slot_grow\"\n\
+                 [tenants]\ninclude = {tenants}\n[[tables]]\nname = \"public.prices\"\nhistory = true\n\
+                 valid_time_column = \"effective_at\"\n[[sinks]]\nkind = \"postgres\"\ndsn = \"{}\"\n\
+                 [[sinks]]\nkind = \"parquet\"\nroot = \"{}\"\n",
+                env.source_dsn(),
+                env.target_dsn(),
+                cold.display()
+            ),
+        )
+        .expect("job file");
+        path
+    };
+    let agree = |t: i32| {
+        read_table(&cold, &t.to_string(), TABLE).is_ok()
+            && cold_versions(&cold, t) == table_versions(&env, t)
+    };
+    let mut repl = Replicator::start_inline(&job("[1, 2]"));
+    wait_for("tenants 1 and 2 in the cold tier", WAIT, || {
+        agree(1) && agree(2) && table_versions(&env, 1).len() == 5
+    });
+    env.on_source("UPDATE public.prices SET price = 101 WHERE tenant_id = 1 AND id = 1");
+    wait_for("tenant 1's streamed version in the cold tier", WAIT, || {
+        table_versions(&env, 1).len() > 5 && agree(1)
+    });
+    assert_eq!(repl.stop().code(), Some(0), "{}", repl.output());
+
+    // While the job is stopped, tenant 3 (not carried yet) changes.
+    env.on_source(
+        "UPDATE public.prices SET price = 102 WHERE tenant_id = 3 AND id <= 2;
+         DELETE FROM public.prices WHERE tenant_id = 3 AND id = 5;",
+    );
+    let mut repl = Replicator::start_inline(&job("[1, 2, 3]"));
+    wait_for(
+        "tenant 3's backfilled versions in the cold tier",
+        WAIT,
+        || agree(3),
+    );
+    let loaded = table_versions(&env, 3);
+    assert_eq!(loaded.len(), 4, "one version per row loaded: {loaded:?}");
+    assert!(
+        loaded.iter().all(|v| v.4.is_none() && !v.5),
+        "all open, none a tombstone: {loaded:?}"
+    );
+    // Later changes of the new tenant close its backfilled versions in both places.
+    env.on_source(
+        "UPDATE public.prices SET price = 103, effective_at = '2026-02-01 00:00:00+00' \
+         WHERE tenant_id = 3 AND id = 1;
+         DELETE FROM public.prices WHERE tenant_id = 3 AND id = 2;",
+    );
+    wait_for("tenant 3's later versions in the cold tier", WAIT, || {
+        agree(3) && table_versions(&env, 3).len() > 4
+    });
+    assert!(agree(1) && agree(2), "{}", version_differences(&env, &cold));
+    let out = repl.output();
+    assert!(
+        out.contains("public.prices (tenants 3)") && out.contains("backfill loaded"),
+        "{out}"
+    );
+    assert_eq!(repl.stop().code(), Some(0), "{}", repl.output());
 }
