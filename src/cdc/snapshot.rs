@@ -18,6 +18,7 @@ use crate::cdc::transport::ReplicationConnection;
 use crate::change::{parse_lsn, Lsn, TableInfo};
 use crate::control::job_spec::TenantFilter;
 use crate::sql_text::{quote_ident, quote_literal, quote_qualified};
+use crate::time_text::PG_EPOCH_UNIX_MICROS;
 
 /// A freshly created slot and its exported snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +27,11 @@ pub struct SlotSnapshot {
     pub consistent_point: Lsn,
     /// The exported snapshot's name, for `SET TRANSACTION SNAPSHOT`.
     pub snapshot_name: String,
+    /// The source's clock (µs since 2000-01-01) just before the slot was created: every
+    /// transaction the slot streams committed after it, by the same clock that stamps
+    /// their commits. Versions the snapshot loads are known from then, so a change
+    /// streamed after the snapshot is never stamped before the version it replaces.
+    pub taken_at_micros: i64,
 }
 
 /// Creates a pgoutput slot on the gated session, exporting its snapshot. A `temporary`
@@ -35,6 +41,17 @@ pub async fn create_slot_exporting_snapshot(
     slot: &str,
     temporary: bool,
 ) -> Result<SlotSnapshot, CdcError> {
+    let clock = repl
+        .simple_query(&format!(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint - {PG_EPOCH_UNIX_MICROS}"
+        ))
+        .await
+        .map_err(|e| CdcError::Stream(format!("read the source's clock: {e}")))?;
+    let taken_at_micros = clock
+        .first()
+        .and_then(|row| row.first().cloned().flatten())
+        .and_then(|text| text.parse::<i64>().ok())
+        .ok_or_else(|| CdcError::Stream("the source's clock read as no number".into()))?;
     let rows = repl
         .simple_query(&format!(
             "CREATE_REPLICATION_SLOT {}{} LOGICAL pgoutput (SNAPSHOT 'export')",
@@ -56,6 +73,7 @@ pub async fn create_slot_exporting_snapshot(
     Ok(SlotSnapshot {
         consistent_point,
         snapshot_name,
+        taken_at_micros,
     })
 }
 

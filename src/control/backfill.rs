@@ -350,10 +350,11 @@ async fn load_gaps(
         .map_err(|e| CdcError::Connect(e.to_string()))?;
     let snap = snapshot::create_slot_exporting_snapshot(&mut repl, &slot, true).await?;
     let floor_at = snap.consistent_point;
-    // The loaded rows of tables that keep history are versions known from the snapshot.
+    // The loaded rows of tables that keep history are versions known from the snapshot
+    // (by the source's clock, before any change the stream applies after the floor).
     let known_from = SysTime {
         lsn: floor_at,
-        micros: crate::change::pg_now_micros(),
+        micros: snap.taken_at_micros,
     };
     let mut described: Vec<String> = gaps
         .iter()

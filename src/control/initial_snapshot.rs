@@ -91,10 +91,11 @@ pub(super) async fn take_snapshot(
         .await
         .map_err(|e| CdcError::Connect(e.to_string()))?;
     let snap = snapshot::create_slot_exporting_snapshot(&mut repl, slot, false).await?;
-    // The versions the snapshot loads are known from the moment it was taken.
+    // The versions the snapshot loads are known from the moment it was taken (by the
+    // source's clock, before any change the slot streams).
     let at = SysTime {
         lsn: snap.consistent_point,
-        micros: crate::change::pg_now_micros(),
+        micros: snap.taken_at_micros,
     };
     let started = Instant::now();
     let copier = catalog::connect(dsn).await?;

@@ -441,6 +441,17 @@ fn tenants_and_tables_added_to_a_job_with_history_get_versions_from_the_backfill
         "290",
         "one version per row the backfill loaded"
     );
+    // The loaded versions are known from before anything the stream applied after the
+    // floor (by the source's clock, which stamps the commits), so no later change of
+    // theirs is stamped earlier.
+    assert_eq!(
+        env.on_target(&format!(
+            "SELECT count(*) FROM public.items_history a JOIN public.items_history b \
+             USING (tenant_id, id) WHERE a.system_from_lsn = '{floor}' \
+             AND b.system_from_lsn > '{floor}' AND b.system_from < a.system_from"
+        )),
+        "0"
+    );
     // Tenant 1's history goes on version by version: its change while the job was
     // stopped is a version of its own, known from its commit (before the floor), and it
     // closed the version the job streamed before it stopped.
