@@ -261,6 +261,14 @@ impl HistoryBooks {
             SystemPoint::Lsn(lsn) => lsn >= complete.lsn,
             SystemPoint::Micros(m) => m >= complete.micros,
         };
+        // Rows a backfill loaded are in the books as of its floor only (a tenant added
+        // again has versions the load closed, which the books never held): before it, and
+        // at a clock time (the floor has none), the history table answers.
+        let covered = covered
+            && match shelf.floors.floor_of(&key.1, tenant) {
+                None => true,
+                Some(floor) => matches!(system, SystemPoint::Lsn(lsn) if lsn >= floor),
+            };
         if !covered {
             return None;
         }

@@ -590,3 +590,44 @@ fn a_row_that_does_not_read_back_stops_the_operator_where_it_is() {
         "{why}"
     );
 }
+
+/// A backfilled tenant's books hold its rows as of the floor only: as-of queries before
+/// the floor, or by clock time, go to the history table (`None`); other tenants' do not.
+#[test]
+fn books_answer_for_backfilled_rows_only_from_their_floor() {
+    let books = HistoryBooks::new(SysTime {
+        lsn: 100,
+        micros: 100_000,
+    });
+    let version = |tenant: &str, lsn: Lsn| Version {
+        key: vec![t(tenant), t("1")],
+        value: row(tenant, "1", "5", JAN),
+        valid_from: 0,
+        valid_to: None,
+        system_from: SysTime {
+            lsn,
+            micros: lsn as i64 * 1000,
+        },
+        system_to: None,
+        tombstone: false,
+    };
+    books.restore("1", "app.prices", version("1", 90));
+    books.restore("2", "app.prices", version("2", 150));
+    let mut floors = Floors::default();
+    floors.insert("app.prices", Some("2"), 150);
+    books.set_floors(floors);
+    let rows = |tenant: &str, system: SystemPoint| {
+        books
+            .as_of(tenant, &prices(), system, 1)
+            .map(|rows| rows.len())
+    };
+    assert_eq!(rows("2", SystemPoint::Lsn(140)), None, "before the floor");
+    assert_eq!(rows("2", SystemPoint::Lsn(150)), Some(1));
+    assert_eq!(
+        rows("2", SystemPoint::Micros(i64::MAX / 2)),
+        None,
+        "by clock time"
+    );
+    assert_eq!(rows("1", SystemPoint::Lsn(120)), Some(1));
+    assert_eq!(rows("1", SystemPoint::Micros(i64::MAX / 2)), Some(1));
+}

@@ -84,6 +84,13 @@ impl Floors {
         resume.max(whole.unwrap_or(0))
     }
 
+    /// The floor of `tenant`'s rows of `table` (a whole-table floor or its own, the
+    /// later), if a backfill loaded them.
+    pub fn floor_of(&self, table: &str, tenant: &str) -> Option<Lsn> {
+        let t = self.tables.get(table)?;
+        t.whole.max(t.tenants.get(tenant).copied())
+    }
+
     /// The tenants of `table` whose floor is past `point`, with their floors (sorted).
     pub fn tenants_past(&self, table: &str, point: Lsn) -> Vec<(String, Lsn)> {
         let Some(t) = self.tables.get(table) else {
@@ -225,6 +232,12 @@ mod tests {
         assert_eq!(f.table_resume("public.b", 80), 80);
         assert!(f.tenants_past("public.b", 70).is_empty());
         assert_eq!(f.table_resume("public.c", 5), 5);
+        assert_eq!(f.floor_of("public.a", "9"), Some(100));
+        assert_eq!(f.floor_of("public.a", "11"), None);
+        assert_eq!(f.floor_of("public.b", "9"), Some(70));
+        f.insert("public.b", Some("9"), 90);
+        assert_eq!(f.floor_of("public.b", "9"), Some(90));
+        assert_eq!(f.floor_of("public.c", "9"), None);
     }
 
     #[test]
