@@ -417,9 +417,29 @@ async fn load_gaps(
             rows += loaded.rows;
         }
     }
+    // The NATS sinks get what the progress target lacked, as the initial copy does:
+    // inserts at the snapshot's point, so each subject's checkpoint skips the older
+    // changes the stream sends again.
+    let published = publish_gaps(
+        spec,
+        &copier,
+        &mut shapes,
+        gaps.first().map_or(&[][..], Vec::as_slice),
+        new_streams,
+        floor_at,
+    )
+    .await?;
+    copier
+        .batch_execute("COMMIT")
+        .await
+        .map_err(CdcError::query("end backfill snapshot transaction"))?;
+    // The temporary slot goes with its session.
+    drop(repl);
     // The Parquet sinks get the versions of what the progress target lacked, from its
     // history table (the same on every target): opened or closed since the stream's
     // resume point (a load a crash cut short left some too), unless a directory has them.
+    // Read after the source's snapshot is released: the history table has them all, and
+    // the shapes were read in it by the loads.
     if let Some(anchor) = targets.first() {
         for gap in gaps.first().map_or(&[][..], Vec::as_slice) {
             let Some(table) = spec
@@ -442,24 +462,6 @@ async fn load_gaps(
             }
         }
     }
-    // The NATS sinks get what the progress target lacked, as the initial copy does:
-    // inserts at the snapshot's point, so each subject's checkpoint skips the older
-    // changes the stream sends again.
-    let published = publish_gaps(
-        spec,
-        &copier,
-        &mut shapes,
-        gaps.first().map_or(&[][..], Vec::as_slice),
-        new_streams,
-        floor_at,
-    )
-    .await?;
-    copier
-        .batch_execute("COMMIT")
-        .await
-        .map_err(CdcError::query("end backfill snapshot transaction"))?;
-    // The temporary slot goes with its session.
-    drop(repl);
     let bytes = progress.bytes().load(Relaxed) - bytes_before;
     tracing::info!(job = %spec.name, loads = gaps.iter().map(Vec::len).sum::<usize>(), rows, bytes, published,
         seconds = started.elapsed().as_secs_f32(), floor = %format_lsn(floor_at),
