@@ -99,6 +99,11 @@ enum Command {
         /// Seconds between progress lines (0: none).
         #[arg(long, default_value_t = 5)]
         progress_secs: u64,
+        /// Reload this table of the job whole from the source before streaming on
+        /// (repeatable; `schema.table`, or the bare name): the way out of its error state
+        /// once the target is mended.
+        #[arg(long = "resync", value_name = "TABLE")]
+        resync: Vec<String>,
     },
     /// Run the job service: the REST API, the metadata store and the jobs it holds.
     Serve {
@@ -363,12 +368,20 @@ fn main() -> anyhow::Result<()> {
             job,
             workers,
             progress_secs,
+            resync,
         } => {
             let text = std::fs::read_to_string(&job)
                 .with_context(|| format!("read job file {}", job.display()))?;
             let spec = JobSpec::from_toml_str(&text)
                 .with_context(|| format!("job file {}", job.display()))?;
+            if !resync.is_empty() {
+                // Checked before anything connects: a bad name stops here.
+                helios_repl::control::resync::check(&spec, &resync)?;
+            }
             runtime.block_on(async move {
+                if !resync.is_empty() {
+                    helios_repl::control::resync::request(&spec, &resync).await?;
+                }
                 let (stop_tx, stop_rx) = watch::channel(Desired::Run);
                 tokio::spawn(stop_on_signal(move || {
                     let _ = stop_tx.send(Desired::Stop);

@@ -58,11 +58,13 @@ use crate::control::history_start;
 use crate::control::initial_snapshot::{self, SnapshotProgress};
 use crate::control::job_runner::JobError;
 use crate::control::job_spec::{JobSpec, RemovedTenants, SinkSpec, TableSpec, TenantFilter};
+use crate::control::resync;
 use crate::operators::version::SysTime;
 use crate::sinks::nats::NatsSink;
 use crate::sinks::pg_apply::history::record_snapshot_versions;
 use crate::sinks::pg_apply::snapshot::{load_table, LoadFloor};
 use crate::sinks::pg_apply::{floors, store};
+use crate::sinks::SinkError;
 use crate::sql_text::quote_qualified;
 
 /// A coverage as the JSON kept in `helios.job_progress.coverage`.
@@ -103,7 +105,7 @@ pub async fn widen(
         tracing::info!(job = %spec.name, "what the job's targets hold is recorded from now on (tables and tenants of its spec)");
         return Ok(());
     }
-    let held = held
+    let mut held = held
         .into_iter()
         .map(|recorded| match recorded {
             None => Ok(Coverage::default()),
@@ -116,6 +118,7 @@ pub async fn widen(
             }),
         })
         .collect::<Result<Vec<Coverage>, CdcError>>()?;
+    let resyncs = take_resync_requests(spec, targets, &mut held).await?;
     // What the progress target holds speaks for the job in the log.
     let Some(first) = held.first() else {
         return Ok(());
@@ -147,7 +150,16 @@ pub async fn widen(
                 tracing::info!(job = %spec.name, target = index, "a target new to the job: every table is loaded into it");
             }
         }
-        load_gaps(spec, targets, &gaps, &new_streams, resume, progress).await?;
+        load_gaps(
+            spec,
+            targets,
+            &gaps,
+            &resyncs,
+            &new_streams,
+            resume,
+            progress,
+        )
+        .await?;
     }
     for (target, h) in targets.iter().zip(&held) {
         if *h != wanted {
@@ -155,6 +167,31 @@ pub async fn widen(
         }
     }
     Ok(())
+}
+
+/// Takes each target's resync requests (`control::resync`), in `targets`' order: the
+/// tables to reload whole come out of what the target is taken to hold (`held`), so they
+/// are loaded as gaps; requests the job cannot follow are dropped with a warning.
+async fn take_resync_requests(
+    spec: &JobSpec,
+    targets: &[tokio_postgres::Client],
+    held: &mut [Coverage],
+) -> Result<Vec<BTreeSet<String>>, JobError> {
+    let mut resyncs = Vec::with_capacity(targets.len());
+    for (index, (target, h)) in targets.iter().zip(held.iter_mut()).enumerate() {
+        let requested = store::load_resync_requests(target, &spec.name).await?;
+        let (reload, dropped) = resync::sort_requests(spec, &requested);
+        for (table, why) in dropped {
+            tracing::warn!(job = %spec.name, target = index, table = %table, why, "resync request dropped");
+            store::clear_table_state(target, &spec.name, &table).await?;
+        }
+        for table in &reload {
+            tracing::info!(job = %spec.name, target = index, table = %table, "resync requested: the table is loaded whole again");
+            h.tables.remove(table);
+        }
+        resyncs.push(reload);
+    }
+    Ok(resyncs)
 }
 
 /// Deletes, in one transaction on `target` (the job's target `index`), the rows each
@@ -332,11 +369,13 @@ fn backfill_slot_name(slot: &str) -> String {
 /// Loads each target's `gaps` (in `targets`' order) from a snapshot of a temporary slot
 /// (module doc), counting loads, rows and bytes in `progress` (the job's status shows
 /// them as a snapshot's), and publishes to the NATS sinks the progress target's gaps, or
-/// every table to those in `new_streams`.
+/// every table to those in `new_streams`. A table a target asked to resync (`resyncs`,
+/// per target) that the target refuses goes back to error state, and the rest go on.
 async fn load_gaps(
     spec: &JobSpec,
     targets: &mut [tokio_postgres::Client],
     gaps: &[Vec<Widening>],
+    resyncs: &[BTreeSet<String>],
     new_streams: &BTreeSet<String>,
     resume: Lsn,
     progress: &SnapshotProgress,
@@ -377,7 +416,7 @@ async fn load_gaps(
     let bytes_before = progress.bytes().load(Relaxed);
     let mut rows = 0u64;
     let mut shapes = HashMap::new();
-    for (target, gaps) in targets.iter_mut().zip(gaps) {
+    for (index, (target, gaps)) in targets.iter_mut().zip(gaps).enumerate() {
         for gap in gaps {
             let table = spec
                 .tables
@@ -409,7 +448,22 @@ async fn load_gaps(
                 open_source,
                 progress.bytes(),
             )
-            .await?;
+            .await;
+            let loaded = match loaded {
+                Ok(loaded) => loaded,
+                Err(SinkError::Definite(reason))
+                    if resyncs.get(index).is_some_and(|r| r.contains(&gap.table)) =>
+                {
+                    let reason = format!("resync failed: {reason}");
+                    tracing::error!(job = %spec.name, target = index, table = %gap.table, error = %reason,
+                        "the target refused the table's reload: it stays in error state, and its changes are kept in helios.dead_letters");
+                    store::mark_table_failed(&*target, &spec.name, &gap.table, &reason, floor_at)
+                        .await?;
+                    progress.done(0);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             if table.history {
                 record_loaded_versions(spec, target, table, info, filter, known_from).await?;
             }

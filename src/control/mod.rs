@@ -16,4 +16,5 @@ pub mod job_manager;
 pub mod job_runner;
 pub mod job_spec;
 pub mod metadata;
+pub mod resync;
 pub mod secret;

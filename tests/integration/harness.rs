@@ -172,6 +172,11 @@ impl Replicator {
 
     /// Starts `helios-repl run --job <file> --workers <workers>`.
     pub fn start_with_workers(job: &Path, workers: usize) -> Replicator {
+        Replicator::start_with_args(job, workers, &[])
+    }
+
+    /// Starts `helios-repl run --job <file> --workers <workers> <extra…>`.
+    pub fn start_with_args(job: &Path, workers: usize, extra: &[&str]) -> Replicator {
         let log = job.with_extension(format!("{}.log", rand_suffix()));
         let out = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_helios-repl"))
@@ -181,6 +186,7 @@ impl Replicator {
             // The worker count whatever the machine: most tests run two, to cover tenants
             // split across workers; `start_inline` runs one (the default on 2 cores).
             .args(["--workers", &workers.to_string()])
+            .args(extra)
             .env("HELIOS_LOG", "info,tokio_postgres=warn")
             .stdout(out.try_clone().expect("log"))
             .stderr(out)

@@ -15,6 +15,7 @@ mod nats_sink;
 mod open_files;
 mod qos;
 mod replication_session;
+mod resync;
 mod serve_api;
 mod snapshot_stream;
 mod spill_dir;

@@ -21,7 +21,7 @@ use tokio_postgres::{Client, Transaction};
 use crate::change::{Lsn, TableInfo};
 use crate::control::job_spec::TenantFilter;
 use crate::sinks::pg_apply::floors;
-use crate::sinks::pg_apply::store::sink_error;
+use crate::sinks::pg_apply::store::{self, sink_error};
 use crate::sinks::pg_apply::target_schema::{ensure_shape, target_columns};
 use crate::sinks::SinkError;
 use crate::sql_text::{quote_ident, quote_qualified};
@@ -184,6 +184,11 @@ where
     };
     if let Some(f) = floor {
         floors::record(&tx, f.job, &table.qualified_name(), include, f.whole, f.lsn).await?;
+        if f.whole {
+            // Every row of the job's tenants was just loaded: an error state or a resync
+            // request of the table no longer applies.
+            store::clear_table_state(&tx, f.job, &table.qualified_name()).await?;
+        }
     }
     tx.commit()
         .await

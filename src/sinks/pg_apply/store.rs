@@ -3,7 +3,7 @@
 //! snapshot and confirmed positions, what the target holds of the job
 //! (`control::coverage`), backfill floors (`floors`), table error states and dead letters.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use tokio_postgres::types::{PgLsn, ToSql};
 use tokio_postgres::{Client, GenericClient};
@@ -310,6 +310,72 @@ pub async fn mark_table_failed(
         )
         .await
         .map_err(|e| sink_error("record table error", &e))?;
+    Ok(())
+}
+
+/// The `helios.table_state` state of a table whose reload was asked for (`control::resync`):
+/// the next start loads it whole again; until then the sink applies its changes.
+pub const RESYNC_REQUESTED: &str = "resync";
+
+/// Asks, for each of `tables`, that the job's next start load it whole again
+/// (`control::resync`), in one statement: a table in error state leaves it.
+pub async fn request_resync(
+    client: &Client,
+    job: &str,
+    tables: &BTreeSet<String>,
+) -> Result<(), SinkError> {
+    let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
+    client
+        .execute(
+            "INSERT INTO helios.table_state (job, table_name, state, error, since_lsn, updated_at)
+             SELECT $1, t, $3, NULL, NULL, now() FROM unnest($2::text[]) AS u(t)
+             ON CONFLICT (job, table_name) DO UPDATE SET state = $3, error = NULL, since_lsn = NULL, updated_at = now()",
+            &[&job, &tables, &RESYNC_REQUESTED],
+        )
+        .await
+        .map_err(|e| sink_error("record a resync request", &e))?;
+    Ok(())
+}
+
+/// The tables of the job whose reload was asked for ([`request_resync`]).
+pub async fn load_resync_requests(
+    client: &Client,
+    job: &str,
+) -> Result<BTreeSet<String>, SinkError> {
+    let rows = client
+        .query(
+            "SELECT table_name FROM helios.table_state WHERE job = $1 AND state = $2",
+            &[&job, &RESYNC_REQUESTED],
+        )
+        .await
+        .map_err(|e| sink_error("read resync requests", &e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Forgets what `helios.table_state` says of the job's `table` (inside the caller's
+/// transaction): its rows were just loaded whole, so an error state or a resync request
+/// no longer applies.
+pub async fn clear_table_state(
+    client: &impl GenericClient,
+    job: &str,
+    table: &str,
+) -> Result<(), SinkError> {
+    client
+        .execute(
+            "DELETE FROM helios.table_state WHERE job = $1 AND table_name = $2",
+            &[&job, &table],
+        )
+        .await
+        .map_err(|e| sink_error("clear a table's state", &e))?;
+    Ok(())
+}
+
+/// Forgets every table state of the job: a new snapshot loaded all its tables whole.
+pub async fn clear_table_states(client: &Client, job: &str) -> Result<(), SinkError> {
+    client
+        .execute("DELETE FROM helios.table_state WHERE job = $1", &[&job])
+        .await
+        .map_err(|e| sink_error("clear the job's table states", &e))?;
     Ok(())
 }
 

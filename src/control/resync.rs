@@ -1,0 +1,266 @@
+//! Reloading tables of a job from the source ("resync"): the way out of a table's error
+//! state once what made the target refuse its changes is mended, and a fresh copy of a
+//! table a user suspects has drifted.
+//!
+//! A request is kept where the job's tables are, on every PostgreSQL target
+//! (`helios.table_state`, state `resync`), so it outlives a crash: the job's next start
+//! takes each requested table as one its targets lack (`control::backfill`) and loads it
+//! whole from a snapshot of the source, in one target transaction that first deletes the
+//! job's tenants' rows of it and clears its state; the stream then resumes with the
+//! changes after that snapshot. A table the target still refuses goes back to error
+//! state, with the reason, and the rest of the job runs on. Dead letters stay as a record.
+//!
+//! Tables that keep history cannot be resynced: a whole reload would fold their tenants'
+//! changes since the error into one version each (`backfill::check_history_gaps`).
+
+use std::collections::BTreeSet;
+
+use crate::control::job_spec::{JobSpec, SinkSpec};
+use crate::sinks::pg_apply::{self, store};
+use crate::sinks::SinkError;
+
+/// Why a resync request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ResyncError {
+    /// The request named no table.
+    #[error("resync: name at least one table of the job")]
+    NoTables,
+    /// A name that is not one of the job's tables.
+    #[error("resync: `{name}` is not a table of job `{job}` (its tables: {tables})")]
+    NotAJobTable {
+        name: String,
+        job: String,
+        tables: String,
+    },
+    /// A bare table name that more than one of the job's tables has.
+    #[error(
+        "resync: `{name}` names more than one table of job `{job}` ({tables}); give its schema"
+    )]
+    Ambiguous {
+        name: String,
+        job: String,
+        tables: String,
+    },
+    /// A table that keeps history.
+    #[error(
+        "resync: table {0} keeps history, and reloading it whole would fold its tenants' \
+         changes since into one version each; delete the job with its slot to take a new \
+         snapshot instead"
+    )]
+    KeepsHistory(String),
+    /// A job without a PostgreSQL sink has no table to reload.
+    #[error(
+        "resync: job `{0}` has no PostgreSQL sink; only PostgreSQL targets' tables can be reloaded"
+    )]
+    NoPostgresTarget(String),
+    /// A target could not take the request.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+/// The job's tables `names` name, checked: each one a table of the job, given as in the
+/// spec (`schema.table`) or by its bare name when only one of the job's tables has it;
+/// none keeping history; the job with a PostgreSQL sink.
+pub fn check(spec: &JobSpec, names: &[String]) -> Result<BTreeSet<String>, ResyncError> {
+    if names.is_empty() {
+        return Err(ResyncError::NoTables);
+    }
+    if !spec
+        .sinks
+        .iter()
+        .any(|s| matches!(s, SinkSpec::Postgres(_)))
+    {
+        return Err(ResyncError::NoPostgresTarget(spec.name.clone()));
+    }
+    let all = || {
+        spec.tables
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut tables = BTreeSet::new();
+    for name in names {
+        let name = name.trim();
+        let matching: Vec<_> = if name.contains('.') {
+            spec.tables.iter().filter(|t| t.name == name).collect()
+        } else {
+            spec.tables.iter().filter(|t| t.table() == name).collect()
+        };
+        let table = match matching.as_slice() {
+            [one] => *one,
+            [] => {
+                return Err(ResyncError::NotAJobTable {
+                    name: name.to_string(),
+                    job: spec.name.clone(),
+                    tables: all(),
+                })
+            }
+            many => {
+                return Err(ResyncError::Ambiguous {
+                    name: name.to_string(),
+                    job: spec.name.clone(),
+                    tables: many
+                        .iter()
+                        .map(|t| t.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })
+            }
+        };
+        if table.history {
+            return Err(ResyncError::KeepsHistory(table.name.clone()));
+        }
+        tables.insert(table.name.clone());
+    }
+    Ok(tables)
+}
+
+/// Records on every PostgreSQL target of `spec` that its next start reloads `names`
+/// (checked by [`check`]); returns the tables. The job must not be running: a running
+/// sink could put a table back in error state over the request.
+pub async fn request(spec: &JobSpec, names: &[String]) -> Result<BTreeSet<String>, ResyncError> {
+    let tables = check(spec, names)?;
+    for sink in &spec.sinks {
+        let SinkSpec::Postgres(pg) = sink else {
+            continue;
+        };
+        let client = pg_apply::sink::connect(pg.dsn.expose()).await?;
+        store::migrate(&client).await?;
+        store::request_resync(&client, &spec.name, &tables).await?;
+    }
+    let list: Vec<&str> = tables.iter().map(String::as_str).collect();
+    tracing::info!(job = %spec.name, tables = %list.join(", "),
+        "resync requested: the job's next start reloads these tables from the source");
+    Ok(tables)
+}
+
+/// Sorts the resync requests a target holds for `spec` at start: the tables to reload
+/// whole, and the requests to drop, each with why (a table the job no longer carries, or
+/// one that keeps history, which [`check`] refuses but a hand-made request may name).
+pub fn sort_requests(
+    spec: &JobSpec,
+    requested: &BTreeSet<String>,
+) -> (BTreeSet<String>, Vec<(String, &'static str)>) {
+    let mut reload = BTreeSet::new();
+    let mut dropped = Vec::new();
+    for name in requested {
+        match spec.tables.iter().find(|t| &t.name == name) {
+            None => dropped.push((name.clone(), "not a table of the job")),
+            Some(t) if t.history => dropped.push((
+                name.clone(),
+                "the table keeps history, which a whole reload would fold into one version per row",
+            )),
+            Some(_) => {
+                reload.insert(name.clone());
+            }
+        }
+    }
+    (reload, dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(toml_text: &str) -> JobSpec {
+        JobSpec::from_toml_str(toml_text).expect("valid spec")
+    }
+
+    const JOB: &str = r#"
+name = "j"
+[source]
+dsn = "host=localhost"
+publication = "p"
+slot = "s"
+[tenants]
+include = [1]
+[[tables]]
+name = "public.items"
+[[tables]]
+name = "sales.items"
+[[tables]]
+name = "public.orders"
+[[tables]]
+name = "public.audit"
+history = true
+[[sinks]]
+kind = "postgres"
+dsn = "host=localhost dbname=t"
+"#;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn tables_are_named_as_in_the_spec_or_by_an_unambiguous_bare_name() {
+        let spec = spec(JOB);
+        let got = check(&spec, &names(&["orders", "public.items"])).expect("valid request");
+        assert_eq!(
+            got,
+            BTreeSet::from(["public.items".to_string(), "public.orders".to_string()])
+        );
+    }
+
+    #[test]
+    fn a_bad_request_names_what_is_wrong() {
+        let spec = spec(JOB);
+        let err = check(&spec, &[]).unwrap_err().to_string();
+        assert!(err.contains("at least one table"), "{err}");
+        let err = check(&spec, &names(&["public.nope"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`public.nope` is not a table of job `j`")
+                && err.contains("public.orders"),
+            "{err}"
+        );
+        let err = check(&spec, &names(&["items"])).unwrap_err().to_string();
+        assert!(
+            err.contains("more than one table") && err.contains("sales.items"),
+            "{err}"
+        );
+        let err = check(&spec, &names(&["public.audit"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("keeps history"), "{err}");
+    }
+
+    #[test]
+    fn a_job_without_a_postgres_sink_has_nothing_to_resync() {
+        let cold_only = r#"
+name = "j"
+[source]
+dsn = "host=localhost"
+publication = "p"
+slot = "s"
+[tenants]
+include = "all"
+[[tables]]
+name = "public.audit"
+history = true
+[[sinks]]
+kind = "parquet"
+root = "/tmp/cold"
+"#;
+        let err = check(&spec(cold_only), &names(&["public.audit"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no PostgreSQL sink"), "{err}");
+    }
+
+    #[test]
+    fn requests_at_start_reload_job_tables_and_drop_the_rest() {
+        let spec = spec(JOB);
+        let requested = BTreeSet::from([
+            "public.orders".to_string(),
+            "public.gone".to_string(),
+            "public.audit".to_string(),
+        ]);
+        let (reload, dropped) = sort_requests(&spec, &requested);
+        assert_eq!(reload, BTreeSet::from(["public.orders".to_string()]));
+        let dropped: Vec<&str> = dropped.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(dropped, ["public.audit", "public.gone"]);
+    }
+}
