@@ -703,6 +703,8 @@ async fn stream_large<S: Sink>(
         }
         None
     };
+    // Each part is a burst of memory: give it back as it is freed (`process_memory`).
+    let _prompt_purge = crate::process_memory::PromptPurge::hold();
     let mut spill = match SpilledTxn::create(lsn) {
         Ok(s) => s,
         Err(e) => return stop(e.into()),
