@@ -279,6 +279,14 @@ enum JobsAction {
         /// The new spec (TOML, or JSON if it ends in .json).
         file: PathBuf,
     },
+    /// Reload tables of a job whole from the source (the way out of a table's error
+    /// state once the target is mended); the job restarts and loads them first.
+    Resync {
+        id: String,
+        /// The tables (`schema.table`, or a bare name unique among the job's).
+        #[arg(required = true)]
+        tables: Vec<String>,
+    },
     /// Stop and remove a job.
     Stop {
         id: String,
@@ -521,6 +529,7 @@ fn main() -> anyhow::Result<()> {
                 JobsAction::Pause { id } => print(&api.pause(&id).await?),
                 JobsAction::Resume { id } => print(&api.resume(&id).await?),
                 JobsAction::Replace { file } => print(&api.replace_file(&file).await?),
+                JobsAction::Resync { id, tables } => print(&api.resync(&id, tables).await?),
                 JobsAction::Stop { id, drop_slot } => {
                     api.delete(&id, drop_slot).await?;
                     if client.json {

@@ -6,7 +6,9 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::api::routes::encode_path_segment;
-use crate::control::job_control::{AsOfRows, ExportRequest, ExportStatus, JobStatus};
+use crate::control::job_control::{
+    AsOfRows, ExportRequest, ExportStatus, JobStatus, ResyncRequest,
+};
 use crate::control::job_spec::JobSpec;
 
 /// Why a request to the server failed.
@@ -179,6 +181,18 @@ impl ApiClient {
         self.json(resp).await
     }
 
+    /// Reloads tables of a job whole from the source.
+    pub async fn resync(&self, id: &str, tables: Vec<String>) -> Result<JobStatus, ClientError> {
+        let path = format!("/v1/jobs/{}/resync", encode_path_segment(id));
+        let resp = self
+            .send(
+                self.request(reqwest::Method::POST, &path)
+                    .json(&ResyncRequest { tables }),
+            )
+            .await?;
+        self.json(resp).await
+    }
+
     /// A tenant's rows of a table as of a system time and a valid time.
     pub async fn rows_as_of(
         &self,
@@ -290,6 +304,12 @@ pub fn job_detail(j: &JobStatus) -> String {
         out.push_str(&format!("reason: {r}\n"));
     }
     out.push_str(&format!("tables: {}\n", j.tables.join(", ")));
+    for t in &j.tables_in_error {
+        out.push_str(&format!(
+            "table in error: {} (sink {}): {} (reload it with `jobs resync {} {}` once the target is mended)\n",
+            t.table, t.sink, t.reason, j.id, t.table
+        ));
+    }
     if let Some(s) = &j.snapshot {
         out.push_str(&format!(
             "snapshot: {}/{} table loads, {} rows, {} bytes\n",

@@ -22,7 +22,7 @@ use super::error::{redact_text, ApiError};
 use crate::control::access::AccessEvents;
 use crate::control::job_control::{
     AsOfQuery, AsOfRows, ControlError, ExportRequest, ExportStatus, JobCompression, JobControl,
-    JobId, JobStatus, RetentionPolicy, TenantJob, TimePoint,
+    JobId, JobStatus, ResyncRequest, RetentionPolicy, TenantJob, TimePoint,
 };
 use crate::control::job_spec::JobSpec;
 
@@ -36,6 +36,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/v1/jobs/{id}"),
     ("POST", "/v1/jobs/{id}/pause"),
     ("POST", "/v1/jobs/{id}/resume"),
+    ("POST", "/v1/jobs/{id}/resync"),
     ("GET", "/v1/jobs/{id}/compression"),
     ("GET", "/v1/tenants/{tenant}"),
     ("GET", "/v1/tenants/{tenant}/tables/{table}/rows"),
@@ -128,6 +129,7 @@ fn endpoint(method: &str, path: &str) -> MethodRouter<AppState> {
         ("PUT", "/v1/jobs/{id}") => put(replace_job),
         ("POST", "/v1/jobs/{id}/pause") => post(pause_job),
         ("POST", "/v1/jobs/{id}/resume") => post(resume_job),
+        ("POST", "/v1/jobs/{id}/resync") => post(resync_job),
         ("GET", "/v1/jobs/{id}/compression") => get(job_compression),
         ("GET", "/v1/tenants/{tenant}") => get(tenant_jobs),
         ("GET", "/v1/tenants/{tenant}/tables/{table}/rows") => get(rows_as_of),
@@ -288,6 +290,19 @@ async fn resume_job(
 ) -> Result<Json<JobStatus>, ApiError> {
     let id = path_param(id, "id")?;
     Ok(Json(redact_status(state.control.resume(&id).await?)))
+}
+
+async fn resync_job(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<JobStatus>, ApiError> {
+    let id = path_param(id, "id")?;
+    let body = body.map_err(|e| ApiError::bad_request(e.body_text(), None))?;
+    let request: ResyncRequest = json_body(&body)?;
+    Ok(Json(redact_status(
+        state.control.resync(&id, request).await?,
+    )))
 }
 
 async fn delete_job(

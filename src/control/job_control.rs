@@ -87,8 +87,23 @@ pub struct JobStatus {
     pub snapshot: Option<SnapshotStatus>,
     /// Per-tenant progress (empty for jobs over all tenants).
     pub tenant_status: Vec<TenantStatus>,
+    /// Tables a PostgreSQL target keeps in error state: their changes go to
+    /// `helios.dead_letters` until a resync reloads them.
+    #[serde(default)]
+    pub tables_in_error: Vec<TableInError>,
     /// The spec, with passwords redacted.
     pub spec: serde_json::Value,
+}
+
+/// A table in error state on one of a job's targets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableInError {
+    /// Position of the sink in the spec's `sinks`.
+    pub sink: usize,
+    /// `schema.table`.
+    pub table: String,
+    /// Why the target refused its changes.
+    pub reason: String,
 }
 
 /// One job carrying a tenant, for `GET /v1/tenants/{tenant}`.
@@ -265,6 +280,29 @@ pub struct RetentionPolicy {
     pub days: u32,
 }
 
+/// Body of `POST /v1/jobs/{id}/resync`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResyncRequest {
+    /// The job's tables to reload (`schema.table`, or a bare name unique among them).
+    pub tables: Vec<String>,
+}
+
+impl From<crate::control::resync::ResyncError> for ControlError {
+    /// A request the job cannot follow (422, naming `tables`), or a target that could
+    /// not take it (503).
+    fn from(e: crate::control::resync::ResyncError) -> Self {
+        use crate::control::resync::ResyncError;
+        match e {
+            ResyncError::Sink(e) => ControlError::Unavailable(e.to_string()),
+            other => ControlError::Invalid {
+                field: "tables".to_string(),
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
 /// Why a request to the manager was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -319,6 +357,9 @@ pub trait JobControl: Send + Sync + 'static {
     /// targets) is loaded before it streams (`control::backfill`). The job's own spec
     /// again changes nothing.
     async fn replace(&self, id: &str, spec: JobSpec) -> Result<JobStatus, ControlError>;
+    /// Reloads `request.tables` of a job whole from the source (`control::resync`): the
+    /// job restarts, paused if it was paused, and loads them before it streams on.
+    async fn resync(&self, id: &str, request: ResyncRequest) -> Result<JobStatus, ControlError>;
     /// Which jobs carry a tenant, with their lag.
     async fn tenant(&self, tenant: &str) -> Vec<TenantJob>;
     /// Whether the server can do its work.

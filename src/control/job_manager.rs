@@ -19,13 +19,13 @@ use crate::change::format_lsn;
 use crate::control::access::{AccessHub, STORED_PREDICTIONS};
 use crate::control::job_control::{
     AsOfQuery, AsOfRows, ControlError, ExportRequest, ExportState, ExportStatus, JobCompression,
-    JobControl, JobId, JobState, JobStatus, Readiness, RetentionPolicy, SinkCompression, TenantJob,
-    TenantStatus, TimePoint,
+    JobControl, JobId, JobState, JobStatus, Readiness, ResyncRequest, RetentionPolicy,
+    SinkCompression, TableInError, TenantJob, TenantStatus, TimePoint,
 };
 use crate::control::job_runner::{self, Desired, JobStats};
 use crate::control::job_spec::{JobSpec, SinkSpec, TenantFilter};
 use crate::control::metadata::MetadataStore;
-use crate::control::{exports, history_query};
+use crate::control::{exports, history_query, resync};
 use crate::dataflow::host::DataflowHost;
 use crate::metrics::names::{SIDE_MERGED, SIDE_WRITTEN};
 use crate::metrics::{JobMetrics, MetricsRegistry};
@@ -288,9 +288,25 @@ impl JobManager {
             errors,
             snapshot: job.stats.snapshot.status(),
             tenant_status,
+            tables_in_error: tables_in_error(&job.stats),
             spec: redacted_spec(&job.spec),
         }
     }
+}
+
+/// The tables the job's sinks keep in error state, by sink and table.
+pub fn tables_in_error(stats: &JobStats) -> Vec<TableInError> {
+    let mut out = Vec::new();
+    for (sink, s) in stats.sinks.iter().enumerate() {
+        if let Ok(tables) = s.tables_in_error.lock() {
+            out.extend(tables.iter().map(|(table, reason)| TableInError {
+                sink,
+                table: table.clone(),
+                reason: reason.clone(),
+            }));
+        }
+    }
+    out
 }
 
 /// The spec as JSON with every password shown as `***`.
@@ -425,6 +441,16 @@ async fn monitor(
         }
         if let Err(e) = manager.store.record_checkpoints(&job, &changed).await {
             tracing::warn!(job = %job, error = %e, "cannot mirror checkpoints");
+        }
+        let mut in_error: HashMap<&'static str, usize> = HashMap::new();
+        for (i, sink) in stats.sinks.iter().enumerate() {
+            if kind(i) == "postgres" {
+                let tables = sink.tables_in_error.lock().map_or(0, |t| t.len());
+                *in_error.entry(kind(i)).or_default() += tables;
+            }
+        }
+        for (kind, tables) in in_error {
+            metrics.set_sink_tables_in_error(kind, tables);
         }
         for (i, sink) in stats.sinks.iter().enumerate() {
             let micros = sink.throttled_micros.load(Relaxed);
@@ -671,6 +697,43 @@ impl JobControl for JobManager {
             version,
             "job spec replaced; the job restarts under it"
         );
+        Ok(status)
+    }
+
+    async fn resync(&self, id: &str, request: ResyncRequest) -> Result<JobStatus, ControlError> {
+        // Held until the restarted runner is in place: no other request sees the job missing.
+        let mut jobs = self.jobs.lock().await;
+        let job = jobs
+            .get(id)
+            .ok_or_else(|| ControlError::NotFound(id.to_string()))?;
+        // Checked before the job stops: a bad request leaves it running.
+        let tables = resync::check(&job.spec, &request.tables)?;
+        let (state, _) = job.stats.state();
+        if state == JobState::Stopping {
+            return Err(ControlError::Conflict(format!("job `{id}` is stopping")));
+        }
+        let desired = match *job.control.borrow() {
+            Desired::Pause if state != JobState::Failed => Desired::Pause,
+            _ => Desired::Run,
+        };
+        let version = job.version;
+        let Some(old) = jobs.remove(id) else {
+            return Err(ControlError::NotFound(id.to_string()));
+        };
+        // With the runner stopped, no sink can put a table back in error over the request.
+        let spec = self.stop_runner(id, old).await;
+        let recorded = resync::request(&spec, &request.tables).await;
+        // The job runs on whether the request was recorded or not.
+        let me = self.self_arc().await?;
+        let managed = me.spawn(spec, version, desired);
+        let status = JobManager::status(&managed);
+        jobs.insert(id.to_string(), managed);
+        recorded?;
+        let list: Vec<&str> = tables.iter().map(String::as_str).collect();
+        self.store
+            .record_event(id, "resync requested", Some(&list.join(", ")))
+            .await;
+        tracing::info!(job = id, tables = %list.join(", "), "resync requested; the job restarts and reloads them");
         Ok(status)
     }
 

@@ -30,6 +30,7 @@
 //! | `helios_sink_codec_fast_mode` | gauge | `job`, `sink` |
 //! | `helios_sink_round_trip_seconds` | gauge | `job`, `sink` |
 //! | `helios_sink_max_in_flight` | gauge | `job`, `sink` |
+//! | `helios_sink_tables_in_error` | gauge | `job`, `sink` |
 //! | `helios_cold_compaction_files_total` | counter | `job`, `side` |
 //! | `helios_cold_compaction_bytes_total` | counter | `job`, `side` |
 //! | `helios_history_versions_held` | gauge | `job` |
@@ -166,6 +167,7 @@ struct Families {
     codec_fast: Family<SinkLabels, Gauge>,
     round_trip: Family<SinkLabels, GaugeF64>,
     max_in_flight: Family<SinkLabels, Gauge>,
+    tables_in_error: Family<SinkLabels, Gauge>,
     compaction_files: Family<SideLabels, Counter>,
     compaction_bytes: Family<SideLabels, Counter>,
     versions_held: Family<JobLabels, GaugeU64>,
@@ -207,6 +209,7 @@ impl Families {
             codec_fast: Family::default(),
             round_trip: Family::default(),
             max_in_flight: Family::default(),
+            tables_in_error: Family::default(),
             compaction_files: Family::default(),
             compaction_bytes: Family::default(),
             versions_held: Family::default(),
@@ -334,6 +337,11 @@ impl Families {
             SINK_MAX_IN_FLIGHT,
             "Target transactions a sink may have in flight (its setting, or auto's choice)",
             self.max_in_flight.clone(),
+        );
+        r.register(
+            SINK_TABLES_IN_ERROR,
+            "Tables a sink's targets keep in error state (their changes go to dead letters until a resync)",
+            self.tables_in_error.clone(),
         );
         r.register(
             stem(COLD_COMPACTION_FILES_TOTAL, "_total"),
@@ -534,6 +542,7 @@ pub struct JobMetrics {
     codec_fast: Slots<&'static str, Gauge>,
     round_trip: Slots<&'static str, GaugeF64>,
     max_in_flight: Slots<&'static str, Gauge>,
+    tables_in_error: Slots<&'static str, Gauge>,
     compaction_files: Slots<&'static str, Counter>,
     compaction_bytes: Slots<&'static str, Counter>,
     versions_held: Slots<(), GaugeU64>,
@@ -603,6 +612,7 @@ impl JobMetrics {
             codec_fast: Slots::new(),
             round_trip: Slots::new(),
             max_in_flight: Slots::new(),
+            tables_in_error: Slots::new(),
             compaction_files: Slots::new(),
             compaction_bytes: Slots::new(),
             versions_held: Slots::new(),

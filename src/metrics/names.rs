@@ -49,6 +49,9 @@ pub const SINK_CODEC_FAST_MODE: &str = "helios_sink_codec_fast_mode";
 pub const SINK_ROUND_TRIP_SECONDS: &str = "helios_sink_round_trip_seconds";
 /// Target transactions a sink may have in flight: its setting, or `auto`'s choice.
 pub const SINK_MAX_IN_FLIGHT: &str = "helios_sink_max_in_flight";
+/// Tables the job's PostgreSQL targets keep in error state (their changes go to dead
+/// letters until a resync reloads them).
+pub const SINK_TABLES_IN_ERROR: &str = "helios_sink_tables_in_error";
 /// Files the cold tier's compaction merged away (`side="merged"`) and wrote.
 pub const COLD_COMPACTION_FILES_TOTAL: &str = "helios_cold_compaction_files_total";
 /// Bytes of the files the cold tier's compaction merged away and of those it wrote.
@@ -94,7 +97,7 @@ pub const SIDES: [&str; 2] = [SIDE_MERGED, SIDE_WRITTEN];
 pub const PREDICTORS: [&str; 4] = ["model", "heuristic", "last_window", "round_robin"];
 
 /// Every metric name above.
-pub const ALL_METRICS: [&str; 29] = [
+pub const ALL_METRICS: [&str; 30] = [
     REPLICATION_LAG_SECONDS,
     REPLICATION_LAG_BYTES,
     ROWS_REPLICATED_TOTAL,
@@ -117,6 +120,7 @@ pub const ALL_METRICS: [&str; 29] = [
     SINK_CODEC_FAST_MODE,
     SINK_ROUND_TRIP_SECONDS,
     SINK_MAX_IN_FLIGHT,
+    SINK_TABLES_IN_ERROR,
     COLD_COMPACTION_FILES_TOTAL,
     COLD_COMPACTION_BYTES_TOTAL,
     HISTORY_VERSIONS_HELD,

@@ -68,4 +68,12 @@ impl JobMetrics {
             g.set(i64::try_from(groups).unwrap_or(i64::MAX));
         });
     }
+
+    /// How many tables the sinks of one kind keep in error state.
+    pub fn set_sink_tables_in_error(&self, sink: &'static str, tables: usize) {
+        let family = &self.families.tables_in_error;
+        self.with_sink_series(&self.tables_in_error, family, sink, |g| {
+            g.set(i64::try_from(tables).unwrap_or(i64::MAX));
+        });
+    }
 }

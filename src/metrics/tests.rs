@@ -307,6 +307,7 @@ fn exercise(m: &JobMetrics) {
     m.set_codec_fast_mode("nats", true);
     m.set_sink_round_trip("postgres", 0.0125);
     m.set_sink_max_in_flight("postgres", 8);
+    m.set_sink_tables_in_error("postgres", 2);
     m.cold_compaction(SIDE_MERGED, 16, 4000);
     m.cold_compaction(SIDE_WRITTEN, 1, 3000);
     m.set_history_versions_held(1234);
@@ -398,6 +399,7 @@ fn encode_is_valid_openmetrics_and_names_every_metric() {
     let postgres = [(LABEL_JOB, "orders"), (LABEL_SINK, "postgres")];
     assert_eq!(e.value(SINK_ROUND_TRIP_SECONDS, &postgres), Some(0.0125));
     assert_eq!(e.value(SINK_MAX_IN_FLIGHT, &postgres), Some(8.0));
+    assert_eq!(e.value(SINK_TABLES_IN_ERROR, &postgres), Some(2.0));
     assert!(text.contains("# UNIT helios_sink_round_trip_seconds seconds\n"));
     for (name, side, want) in [
         (COLD_COMPACTION_FILES_TOTAL, SIDE_MERGED, 16.0),

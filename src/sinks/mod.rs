@@ -268,6 +268,12 @@ pub trait Sink: Send + 'static {
         None
     }
 
+    /// The tables the sink keeps in error state, with why (`None`: a sink without them).
+    /// The default: `None`.
+    fn tables_in_error(&self) -> Option<&std::collections::HashMap<String, String>> {
+        None
+    }
+
     /// Re-establishes connections after a transient error.
     fn reconnect(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
 

@@ -14,7 +14,7 @@
 //! back-off. Its size never shows in memory. It is not held back by the bandwidth limits
 //! (the sink is busy with it alone meanwhile).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -70,6 +70,8 @@ pub struct SinkStats {
     pub compression: Arc<crate::sinks::nats::compression_stats::CompressionStats>,
     /// Compaction figures of a cold-tier sink (zero for the others).
     pub compaction: Arc<crate::sinks::parquet::CompactionStats>,
+    /// Tables the sink keeps in error state, with why (those of every worker's sink).
+    pub tables_in_error: Mutex<BTreeMap<String, String>>,
 }
 
 impl SinkStats {
@@ -146,6 +148,22 @@ pub fn auto_in_flight(round_trip: Option<Duration>) -> usize {
     }
 }
 
+/// Copies the tables `sink` keeps in error state into `stats` (for the job's status and
+/// metrics). A table leaves error state only when the job restarts (a resync), so the
+/// set only grows while the stats live.
+fn note_tables_in_error<S: Sink>(sink: &S, stats: &SinkStats) {
+    let Some(failed) = sink.tables_in_error().filter(|f| !f.is_empty()) else {
+        return;
+    };
+    if let Ok(mut known) = stats.tables_in_error.lock() {
+        for (table, why) in failed {
+            if !known.contains_key(table) {
+                known.insert(table.clone(), why.clone());
+            }
+        }
+    }
+}
+
 /// How many groups may be in flight now: the sink's setting, or with `auto` (`None`)
 /// [`auto_in_flight`] of the round trip as the sink last measured it (at each connect and,
 /// for the PostgreSQL sink, every 10 s while connected), so a target that moved, with or
@@ -156,6 +174,7 @@ fn groups_in_flight<S: Sink>(
     chosen: &mut Option<usize>,
     stats: &SinkStats,
 ) -> usize {
+    note_tables_in_error(sink, stats);
     let round_trip = sink.round_trip();
     // A measured round trip is never 0 ns: 0 stands for none.
     let nanos = round_trip.map_or(0, |r| {

@@ -3,7 +3,7 @@
 //! touched), the error state goes, and its changes apply again, with the source written
 //! all along (no gap, no overlap). A reload the target still refuses leaves the table in
 //! error with the reason while the rest of the job streams on; a bad table name is
-//! refused before anything connects.
+//! refused before anything connects. A new snapshot clears error states as well.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -132,5 +132,19 @@ fn a_table_in_error_is_reloaded_by_a_resync_once_the_target_is_mended() {
     let log = repl.output();
     assert!(log.contains("resync requested"), "{log}");
     assert!(repl.is_running(), "{log}");
+
+    // In error again; the slot dropped: the new snapshot loads every table whole, which
+    // clears the error state too.
+    env.on_target("ALTER TABLE public.items ADD CONSTRAINT no_worse CHECK (v <> 'worse')");
+    env.on_source("INSERT INTO public.items VALUES (2, 501, 'worse')");
+    wait_for("the table error to be recorded", WAIT, || {
+        items_state(&env).is_some_and(|s| s.starts_with("error: "))
+    });
+    assert_eq!(repl.stop().code(), Some(0));
+    env.on_target("ALTER TABLE public.items DROP CONSTRAINT no_worse");
+    env.on_source("SELECT pg_drop_replication_slot('slot_resync')");
+    let mut repl = streaming(&job, &[]);
+    env.wait_converged(ITEMS, WAIT);
+    assert_eq!(items_state(&env), Some(String::new()), "{}", repl.output());
     assert_eq!(repl.stop().code(), Some(0));
 }

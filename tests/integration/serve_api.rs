@@ -643,6 +643,79 @@ fn a_replaced_spec_loads_the_added_tenant_and_survives_a_server_restart() {
     converge(&env, "replica_a", "1, 2, 3");
 }
 
+#[test]
+fn a_table_in_error_is_resynced_over_the_api_once_the_target_is_mended() {
+    let (env, server) = setup();
+    submit(&server, &job_file(&env, "job_r", "[1, 2]", "replica_a"));
+    wait_for("the job to stream", WAIT, || {
+        server.job_json("job_r")["state"] == "streaming"
+    });
+    write_load(&env, 1, 100);
+    converge(&env, "replica_a", "1, 2");
+    let state = || {
+        env.target
+            .psql(
+                "replica_a",
+                "SELECT state FROM helios.table_state WHERE table_name = 'public.accounts'",
+            )
+            .unwrap_or_default()
+    };
+    env.target
+        .psql(
+            "replica_a",
+            "ALTER TABLE public.accounts ADD CONSTRAINT not_777 CHECK (balance <> 777)",
+        )
+        .expect("constraint");
+    env.on_source("UPDATE public.accounts SET balance = 777 WHERE tenant_id = 1 AND id = 1");
+    wait_for("the table error to be recorded", WAIT, || {
+        state() == "error"
+    });
+    write_load(&env, 101, 100);
+    // The status and the metrics show it, with what to do.
+    wait_for("jobs show to list the table in error", WAIT, || {
+        let (ok, out) = server.cli(&["jobs", "show", "job_r"]);
+        ok && out.contains("table in error: public.accounts (sink 0)")
+            && out.contains("not_777")
+            && out.contains("jobs resync job_r public.accounts")
+    });
+    wait_for("the metric to count the table in error", WAIT, || {
+        let (_, m) = http(&server.url, "GET", "/metrics", None);
+        sample(&m, "helios_sink_tables_in_error", &["job=\"job_r\""]) == 1.0
+    });
+
+    // A name that is not the job's: 422 naming it, and the job runs on.
+    let (ok, out) = server.cli(&["jobs", "resync", "job_r", "public.nope"]);
+    assert!(
+        !ok && out.contains("422") && out.contains("`public.nope` is not a table of job `job_r`"),
+        "{out}"
+    );
+    assert_eq!(server.job_json("job_r")["state"], "streaming");
+
+    env.target
+        .psql(
+            "replica_a",
+            "ALTER TABLE public.accounts DROP CONSTRAINT not_777",
+        )
+        .expect("drop constraint");
+    let (ok, out) = server.cli(&["jobs", "resync", "job_r", "accounts"]);
+    assert!(ok && out.contains("job_r"), "{out}");
+    wait_for("the job to stream again", WAIT, || {
+        server.job_json("job_r")["state"] == "streaming"
+    });
+    write_load(&env, 201, 100);
+    converge(&env, "replica_a", "1, 2");
+    assert_eq!(state(), "", "the error state is gone");
+    assert_eq!(
+        server.job_json("job_r")["tables_in_error"],
+        serde_json::json!([])
+    );
+    assert!(
+        server.output().contains("resync requested"),
+        "{}",
+        server.output()
+    );
+}
+
 /// Checks the Prometheus text format: every sample belongs to a declared family and has a
 /// numeric value.
 fn check_exposition(text: &str) {

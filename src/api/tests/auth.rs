@@ -33,6 +33,9 @@ async fn call_route(router: &Router, method: &str, path: &str, auth: Option<&str
     } else if (method, path) == ("PUT", "/v1/retention-policies") {
         builder = builder.header(header::CONTENT_TYPE, JSON);
         Body::from(r#"{"tenant": "3", "table": "public.orders", "days": 7}"#)
+    } else if (method, path) == ("POST", "/v1/jobs/{id}/resync") {
+        builder = builder.header(header::CONTENT_TYPE, JSON);
+        Body::from(r#"{"tables": ["public.orders"]}"#)
     } else if (method, path) == ("POST", "/v1/access") {
         builder = builder.header(header::CONTENT_TYPE, JSON);
         Body::from(r#"{"events": [{"tenant": 3, "table": "public.orders", "key": 1}]}"#)
@@ -44,7 +47,7 @@ async fn call_route(router: &Router, method: &str, path: &str, auth: Option<&str
 
 #[tokio::test]
 async fn every_v1_route_requires_the_token() {
-    assert_eq!(protected_routes().count(), 15);
+    assert_eq!(protected_routes().count(), 16);
     let wrong = [
         None,
         Some("Bearer wrong".to_owned()),

@@ -241,3 +241,59 @@ async fn put_replaces_a_job_s_spec_keeping_its_name_slot_and_publication() {
     let answer = put("name = ".into(), "/v1/jobs/grow", TOML).await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn resync_takes_the_job_tables_and_names_what_is_wrong() {
+    let (_control, router) = app(None);
+    submit(&router, Some(TOML), valid_named("rs"), None).await;
+    let answer = call_json(
+        &router,
+        "POST",
+        "/v1/jobs/rs/resync",
+        r#"{"tables": ["orders"]}"#,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.json()["id"], "rs");
+
+    let answer = call_json(
+        &router,
+        "POST",
+        "/v1/jobs/rs/resync",
+        r#"{"tables": ["public.nope"]}"#,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let error = answer.error();
+    assert_eq!(error.field.as_deref(), Some("tables"));
+    assert!(
+        error
+            .error
+            .contains("`public.nope` is not a table of job `rs`"),
+        "{error:?}"
+    );
+    let answer = call_json(&router, "POST", "/v1/jobs/rs/resync", r#"{"tables": []}"#).await;
+    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(answer.error().error.contains("at least one table"));
+
+    for body in [
+        r#"{"table": "orders"}"#,
+        r#"{"tables": "orders"}"#,
+        "not json",
+    ] {
+        let answer = call_json(&router, "POST", "/v1/jobs/rs/resync", body).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            answer.error().error.contains("invalid request body"),
+            "{body}"
+        );
+    }
+    let answer = call_json(
+        &router,
+        "POST",
+        "/v1/jobs/other/resync",
+        r#"{"tables": ["orders"]}"#,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+}

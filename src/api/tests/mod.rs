@@ -18,7 +18,7 @@ use super::routes::{drop_slot_param, encode_path_segment, spec_format, SpecForma
 use super::*;
 use crate::control::job_control::{
     AsOfQuery, AsOfRows, ControlError, ExportRequest, ExportState, ExportStatus, JobControl, JobId,
-    JobState, JobStatus, Readiness, RetentionPolicy, TenantJob, TenantStatus,
+    JobState, JobStatus, Readiness, ResyncRequest, RetentionPolicy, TenantJob, TenantStatus,
 };
 use crate::control::job_spec::{JobSpec, JobSpecError, TenantFilter};
 
@@ -79,6 +79,11 @@ impl FakeControl {
                 })
                 .collect(),
             tenants,
+            tables_in_error: vec![crate::control::job_control::TableInError {
+                sink: 0,
+                table: "public.orders".to_owned(),
+                reason: "violates check constraint".to_owned(),
+            }],
             tables: spec.tables.iter().map(|t| t.name.clone()).collect(),
             confirmed_lsn: "0/16B3748".to_owned(),
             lag_bytes: 0,
@@ -158,6 +163,13 @@ impl JobControl for FakeControl {
                 return Err(ControlError::Conflict(format!("job `{id}` is not paused")));
             }
             job.state = JobState::Streaming;
+            Ok(Self::status(job))
+        })
+    }
+
+    async fn resync(&self, id: &str, request: ResyncRequest) -> Result<JobStatus, ControlError> {
+        self.with_job(id, |job| {
+            crate::control::resync::check(&job.spec, &request.tables)?;
             Ok(Self::status(job))
         })
     }

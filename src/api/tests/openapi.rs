@@ -152,6 +152,7 @@ async fn every_documented_route_is_routed_and_answers_as_documented() {
             ("POST", "/v1/access") => {
                 Some(r#"{"events": [{"tenant": 3, "table": "public.orders", "key": 1}]}"#)
             }
+            ("POST", "/v1/jobs/{id}/resync") => Some(r#"{"tables": ["public.orders"]}"#),
             _ => None,
         };
         let answer = if (method.as_str(), path.as_str()) == ("POST", "/v1/jobs") {

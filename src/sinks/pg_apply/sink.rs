@@ -721,6 +721,10 @@ impl Sink for PgApplySink {
         self.round_trip.current()
     }
 
+    fn tables_in_error(&self) -> Option<&HashMap<String, String>> {
+        Some(&self.failed_tables)
+    }
+
     /// A round-trip sample is due on a live connection.
     fn upkeep_due(&self) -> bool {
         self.round_trip.due(std::time::Instant::now())
