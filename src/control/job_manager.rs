@@ -187,6 +187,19 @@ impl JobManager {
         job.spec
     }
 
+    /// What a job restarted on request (a new spec, a resync) is to do: stay paused if it
+    /// was paused, else run (a failed job too); a job that is stopping cannot restart.
+    fn desired_after_restart(id: &str, job: &ManagedJob) -> Result<Desired, ControlError> {
+        let (state, _) = job.stats.state();
+        if state == JobState::Stopping {
+            return Err(ControlError::Conflict(format!("job `{id}` is stopping")));
+        }
+        Ok(match *job.control.borrow() {
+            Desired::Pause if state != JobState::Failed => Desired::Pause,
+            _ => Desired::Run,
+        })
+    }
+
     fn spawn(self: &Arc<Self>, spec: JobSpec, version: i32, desired: Desired) -> ManagedJob {
         let stats = Arc::new(JobStats::new(spec.sinks.len()));
         if desired == Desired::Pause {
@@ -667,15 +680,8 @@ impl JobControl for JobManager {
             // The same spec again: nothing to replace, and no restart.
             return Ok(JobManager::status(job));
         }
-        let (state, _) = job.stats.state();
-        if state == JobState::Stopping {
-            return Err(ControlError::Conflict(format!("job `{id}` is stopping")));
-        }
         // A failed job runs again under the new spec (which may be what mends it).
-        let desired = match *job.control.borrow() {
-            Desired::Pause if state != JobState::Failed => Desired::Pause,
-            _ => Desired::Run,
-        };
+        let desired = JobManager::desired_after_restart(id, job)?;
         let stored_state = if desired == Desired::Pause {
             "paused"
         } else {
@@ -708,14 +714,7 @@ impl JobControl for JobManager {
             .ok_or_else(|| ControlError::NotFound(id.to_string()))?;
         // Checked before the job stops: a bad request leaves it running.
         let tables = resync::check(&job.spec, &request.tables)?;
-        let (state, _) = job.stats.state();
-        if state == JobState::Stopping {
-            return Err(ControlError::Conflict(format!("job `{id}` is stopping")));
-        }
-        let desired = match *job.control.borrow() {
-            Desired::Pause if state != JobState::Failed => Desired::Pause,
-            _ => Desired::Run,
-        };
+        let desired = JobManager::desired_after_restart(id, job)?;
         let version = job.version;
         let Some(old) = jobs.remove(id) else {
             return Err(ControlError::NotFound(id.to_string()));

@@ -167,7 +167,8 @@ fn note_tables_in_error<S: Sink>(sink: &S, stats: &SinkStats) {
 /// How many groups may be in flight now: the sink's setting, or with `auto` (`None`)
 /// [`auto_in_flight`] of the round trip as the sink last measured it (at each connect and,
 /// for the PostgreSQL sink, every 10 s while connected), so a target that moved, with or
-/// without a reconnect, is decided for again. Logs each new choice in `chosen`.
+/// without a reconnect, is decided for again. Logs each new choice in `chosen`. Notes the
+/// tables the sink keeps in error on the way ([`note_tables_in_error`]).
 fn groups_in_flight<S: Sink>(
     sink: &S,
     setting: Option<usize>,
