@@ -31,7 +31,8 @@
 //! those rows as of `S` (`history_start::restore_books`). So that one set of books serves
 //! every target, each PostgreSQL target must lack the same rows of such a table, and a
 //! table it already carries cannot be loaded whole again (that would fold its tenants'
-//! changes since the job stopped into one version each).
+//! changes since the job stopped into one version each), unless a resync asks for it
+//! (`control::resync`: there the folding is what the user asked for).
 //!
 //! Parquet sinks (the cold tier) get the loaded rows' versions from the progress target's
 //! history table, opened or closed since the stream's resume point, as a snapshot's cold
@@ -177,19 +178,20 @@ async fn take_resync_requests(
     targets: &[tokio_postgres::Client],
     held: &mut [Coverage],
 ) -> Result<Vec<BTreeSet<String>>, JobError> {
-    let mut resyncs = Vec::with_capacity(targets.len());
+    let mut requested = Vec::with_capacity(targets.len());
+    for target in targets {
+        requested.push(store::load_resync_requests(target, &spec.name).await?);
+    }
+    let (resyncs, dropped) = resync::sort_requests(spec, &requested);
     for (index, (target, h)) in targets.iter().zip(held.iter_mut()).enumerate() {
-        let requested = store::load_resync_requests(target, &spec.name).await?;
-        let (reload, dropped) = resync::sort_requests(spec, &requested);
-        for (table, why) in dropped {
-            tracing::warn!(job = %spec.name, target = index, table = %table, why, "resync request dropped");
-            store::clear_table_state(target, &spec.name, &table).await?;
+        for table in &dropped {
+            tracing::warn!(job = %spec.name, target = index, table = %table, "resync request dropped: not a table of the job");
+            store::clear_table_state(target, &spec.name, table).await?;
         }
-        for table in &reload {
+        for table in &resyncs[index] {
             tracing::info!(job = %spec.name, target = index, table = %table, "resync requested: the table is loaded whole again");
             h.tables.remove(table);
         }
-        resyncs.push(reload);
     }
     Ok(resyncs)
 }
@@ -448,10 +450,19 @@ async fn load_gaps(
                 open_source,
                 progress.bytes(),
             )
-            .await;
+            .await
+            .map_err(JobError::from);
+            let loaded = match loaded {
+                Ok(loaded) if table.history => {
+                    record_loaded_versions(spec, target, table, info, filter, known_from)
+                        .await
+                        .map(|()| loaded)
+                }
+                other => other,
+            };
             let loaded = match loaded {
                 Ok(loaded) => loaded,
-                Err(SinkError::Definite(reason))
+                Err(JobError::Sink(SinkError::Definite(reason)))
                     if resyncs.get(index).is_some_and(|r| r.contains(&gap.table)) =>
                 {
                     let reason = format!("resync failed: {reason}");
@@ -462,11 +473,8 @@ async fn load_gaps(
                     progress.done(0);
                     continue;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             };
-            if table.history {
-                record_loaded_versions(spec, target, table, info, filter, known_from).await?;
-            }
             progress.done(loaded.rows);
             rows += loaded.rows;
         }

@@ -10,8 +10,12 @@
 //! changes after that snapshot. A table the target still refuses goes back to error
 //! state, with the reason, and the rest of the job runs on. Dead letters stay as a record.
 //!
-//! Tables that keep history cannot be resynced: a whole reload would fold their tenants'
-//! changes since the error into one version each (`backfill::check_history_gaps`).
+//! A table that keeps history gets the reloaded rows as versions known from the reload's
+//! floor, only where a row differs from its version still open (as a backfill records
+//! them): the changes the target refused since the table went into error (kept as dead
+//! letters), and those committed while the job was stopped, are folded into one version
+//! per row; the books restart from the floor. One set of books serves every target, so
+//! such a table is reloaded on every PostgreSQL target when any of them asks.
 
 use std::collections::BTreeSet;
 
@@ -41,13 +45,6 @@ pub enum ResyncError {
         job: String,
         tables: String,
     },
-    /// A table that keeps history.
-    #[error(
-        "resync: table {0} keeps history, and reloading it whole would fold its tenants' \
-         changes since into one version each; delete the job with its slot to take a new \
-         snapshot instead"
-    )]
-    KeepsHistory(String),
     /// A job without a PostgreSQL sink has no table to reload.
     #[error(
         "resync: job `{0}` has no PostgreSQL sink; only PostgreSQL targets' tables can be reloaded"
@@ -60,7 +57,7 @@ pub enum ResyncError {
 
 /// The job's tables `names` name, checked: each one a table of the job, given as in the
 /// spec (`schema.table`) or by its bare name when only one of the job's tables has it;
-/// none keeping history; the job with a PostgreSQL sink.
+/// the job with a PostgreSQL sink.
 pub fn check(spec: &JobSpec, names: &[String]) -> Result<BTreeSet<String>, ResyncError> {
     if names.is_empty() {
         return Err(ResyncError::NoTables);
@@ -108,9 +105,6 @@ pub fn check(spec: &JobSpec, names: &[String]) -> Result<BTreeSet<String>, Resyn
                 })
             }
         };
-        if table.history {
-            return Err(ResyncError::KeepsHistory(table.name.clone()));
-        }
         tables.insert(table.name.clone());
     }
     Ok(tables)
@@ -135,27 +129,36 @@ pub async fn request(spec: &JobSpec, names: &[String]) -> Result<BTreeSet<String
     Ok(tables)
 }
 
-/// Sorts the resync requests a target holds for `spec` at start: the tables to reload
-/// whole, and the requests to drop, each with why (a table the job no longer carries, or
-/// one that keeps history, which [`check`] refuses but a hand-made request may name).
+/// Sorts the resync requests each target holds for `spec` at start (`requested`, per
+/// target): the tables to reload whole on each, and the requests to drop (tables the job
+/// no longer carries). A table that keeps history is reloaded on every target when one
+/// asks (module doc).
 pub fn sort_requests(
     spec: &JobSpec,
-    requested: &BTreeSet<String>,
-) -> (BTreeSet<String>, Vec<(String, &'static str)>) {
-    let mut reload = BTreeSet::new();
-    let mut dropped = Vec::new();
-    for name in requested {
-        match spec.tables.iter().find(|t| &t.name == name) {
-            None => dropped.push((name.clone(), "not a table of the job")),
-            Some(t) if t.history => dropped.push((
-                name.clone(),
-                "the table keeps history, which a whole reload would fold into one version per row",
-            )),
-            Some(_) => {
-                reload.insert(name.clone());
-            }
-        }
-    }
+    requested: &[BTreeSet<String>],
+) -> (Vec<BTreeSet<String>>, BTreeSet<String>) {
+    let dropped: BTreeSet<String> = requested
+        .iter()
+        .flatten()
+        .filter(|name| !spec.tables.iter().any(|t| &t.name == *name))
+        .cloned()
+        .collect();
+    let everywhere: BTreeSet<&String> = requested
+        .iter()
+        .flatten()
+        .filter(|name| spec.tables.iter().any(|t| t.history && &t.name == *name))
+        .collect();
+    let reload = requested
+        .iter()
+        .map(|asked| {
+            asked
+                .iter()
+                .filter(|name| !dropped.contains(*name))
+                .chain(everywhere.iter().copied())
+                .cloned()
+                .collect()
+        })
+        .collect();
     (reload, dropped)
 }
 
@@ -221,10 +224,6 @@ dsn = "host=localhost dbname=t"
             err.contains("more than one table") && err.contains("sales.items"),
             "{err}"
         );
-        let err = check(&spec, &names(&["public.audit"]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("keeps history"), "{err}");
     }
 
     #[test]
@@ -250,17 +249,30 @@ root = "/tmp/cold"
         assert!(err.contains("no PostgreSQL sink"), "{err}");
     }
 
+    fn set(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
     #[test]
-    fn requests_at_start_reload_job_tables_and_drop_the_rest() {
+    fn requests_at_start_reload_job_tables_on_the_targets_that_ask_and_drop_the_rest() {
         let spec = spec(JOB);
-        let requested = BTreeSet::from([
-            "public.orders".to_string(),
-            "public.gone".to_string(),
-            "public.audit".to_string(),
-        ]);
+        let requested = [
+            set(&["public.orders", "public.gone"]),
+            set(&["public.items", "public.audit"]),
+            set(&[]),
+        ];
         let (reload, dropped) = sort_requests(&spec, &requested);
-        assert_eq!(reload, BTreeSet::from(["public.orders".to_string()]));
-        let dropped: Vec<&str> = dropped.iter().map(|(t, _)| t.as_str()).collect();
-        assert_eq!(dropped, ["public.audit", "public.gone"]);
+        assert_eq!(dropped, set(&["public.gone"]));
+        // A table with history on every target; the others where asked.
+        assert_eq!(
+            reload,
+            [
+                set(&["public.orders", "public.audit"]),
+                set(&["public.items", "public.audit"]),
+                set(&["public.audit"]),
+            ]
+        );
+        let (reload, dropped) = sort_requests(&spec, &[set(&[]), set(&[])]);
+        assert!(dropped.is_empty() && reload.iter().all(BTreeSet::is_empty));
     }
 }

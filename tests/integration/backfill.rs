@@ -356,7 +356,7 @@ fn history_job(env: &Env, tenants: &str, with_notes: bool, extra_sink: &str) -> 
 /// valid with no end), and current versions whose values differ from the target's row
 /// (or whose row is gone), for `tenants`. (An update also leaves the old value open for
 /// the valid time before it: those versions have an end.)
-fn history_disagreements(env: &Env, table: &str, value: &str, tenants: &str) -> String {
+pub(crate) fn history_disagreements(env: &Env, table: &str, value: &str, tenants: &str) -> String {
     env.on_target(&format!(
         "SELECT (SELECT count(*) FROM (SELECT 1 FROM public.{table}_history \
                  WHERE system_to_lsn IS NULL AND valid_to IS NULL AND NOT tombstone \
