@@ -119,7 +119,7 @@ pub async fn widen(
             }),
         })
         .collect::<Result<Vec<Coverage>, CdcError>>()?;
-    let resyncs = take_resync_requests(spec, targets, &mut held).await?;
+    let resyncs = take_resync_requests(spec, targets, &mut held, resume).await?;
     // What the progress target holds speaks for the job in the log.
     let Some(first) = held.first() else {
         return Ok(());
@@ -172,11 +172,13 @@ pub async fn widen(
 
 /// Takes each target's resync requests (`control::resync`), in `targets`' order: the
 /// tables to reload whole come out of what the target is taken to hold (`held`), so they
-/// are loaded as gaps; requests the job cannot follow are dropped with a warning.
+/// are loaded as gaps; requests the job cannot follow are dropped with a warning (a table
+/// of the job stays in error state then: its rows were not reloaded).
 async fn take_resync_requests(
     spec: &JobSpec,
     targets: &[tokio_postgres::Client],
     held: &mut [Coverage],
+    resume: Lsn,
 ) -> Result<Vec<BTreeSet<String>>, JobError> {
     let mut requested = Vec::with_capacity(targets.len());
     for target in targets {
@@ -184,9 +186,14 @@ async fn take_resync_requests(
     }
     let (resyncs, dropped) = resync::sort_requests(spec, &requested);
     for (index, (target, h)) in targets.iter().zip(held.iter_mut()).enumerate() {
-        for table in &dropped {
-            tracing::warn!(job = %spec.name, target = index, table = %table, "resync request dropped: not a table of the job");
-            store::clear_table_state(target, &spec.name, table).await?;
+        for (table, why) in &dropped {
+            tracing::warn!(job = %spec.name, target = index, table = %table, why, "resync request dropped");
+            if spec.tables.iter().any(|t| &t.name == table) {
+                let reason = format!("resync not done: {why}");
+                store::mark_table_failed(target, &spec.name, table, &reason, resume).await?;
+            } else {
+                store::clear_table_state(target, &spec.name, table).await?;
+            }
         }
         for table in &resyncs[index] {
             tracing::info!(job = %spec.name, target = index, table = %table, "resync requested: the table is loaded whole again");

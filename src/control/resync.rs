@@ -15,7 +15,10 @@
 //! them): the changes the target refused since the table went into error (kept as dead
 //! letters), and those committed while the job was stopped, are folded into one version
 //! per row; the books restart from the floor. One set of books serves every target, so
-//! such a table is reloaded on every PostgreSQL target when any of them asks.
+//! such a table is reloaded on every PostgreSQL target when any of them asks. Not in a job
+//! with a Parquet sink: the cold tier took the versions the target refused from the
+//! stream, and the reload's folded versions would close them a second time (the files are
+//! not rewritten).
 
 use std::collections::BTreeSet;
 
@@ -45,6 +48,13 @@ pub enum ResyncError {
         job: String,
         tables: String,
     },
+    /// A table that keeps history in a job with a Parquet sink (module doc).
+    #[error(
+        "resync: table {0} keeps history and the job has a Parquet sink, whose files hold the \
+         versions the stream gave them, which a reload cannot rewrite; delete the job with its \
+         slot to take a new snapshot instead"
+    )]
+    HistoryInColdTier(String),
     /// A job without a PostgreSQL sink has no table to reload.
     #[error(
         "resync: job `{0}` has no PostgreSQL sink; only PostgreSQL targets' tables can be reloaded"
@@ -105,6 +115,9 @@ pub fn check(spec: &JobSpec, names: &[String]) -> Result<BTreeSet<String>, Resyn
                 })
             }
         };
+        if table.history && has_cold_tier(spec) {
+            return Err(ResyncError::HistoryInColdTier(table.name.clone()));
+        }
         tables.insert(table.name.clone());
     }
     Ok(tables)
@@ -129,23 +142,39 @@ pub async fn request(spec: &JobSpec, names: &[String]) -> Result<BTreeSet<String
     Ok(tables)
 }
 
+/// Whether `spec` has a Parquet sink.
+fn has_cold_tier(spec: &JobSpec) -> bool {
+    spec.sinks.iter().any(|s| matches!(s, SinkSpec::Parquet(_)))
+}
+
 /// Sorts the resync requests each target holds for `spec` at start (`requested`, per
-/// target): the tables to reload whole on each, and the requests to drop (tables the job
-/// no longer carries). A table that keeps history is reloaded on every target when one
-/// asks (module doc).
+/// target): the tables to reload whole on each, and the requests to drop with why (a
+/// table the job no longer carries; one that keeps history in a job that now has a
+/// Parquet sink, which [`check`] refuses). A table that keeps history is reloaded on
+/// every target when one asks (module doc).
 pub fn sort_requests(
     spec: &JobSpec,
     requested: &[BTreeSet<String>],
-) -> (Vec<BTreeSet<String>>, BTreeSet<String>) {
-    let dropped: BTreeSet<String> = requested
+) -> (Vec<BTreeSet<String>>, Vec<(String, &'static str)>) {
+    let why_not = |name: &str| match spec.tables.iter().find(|t| t.name == name) {
+        None => Some("not a table of the job"),
+        Some(t) if t.history && has_cold_tier(spec) => {
+            Some("it keeps history and the job has a Parquet sink")
+        }
+        Some(_) => None,
+    };
+    let dropped: Vec<(String, &'static str)> = requested
         .iter()
         .flatten()
-        .filter(|name| !spec.tables.iter().any(|t| &t.name == *name))
-        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .filter_map(|name| why_not(name).map(|why| (name.clone(), why)))
         .collect();
+    let kept = |name: &&String| !dropped.iter().any(|(d, _)| d == *name);
     let everywhere: BTreeSet<&String> = requested
         .iter()
         .flatten()
+        .filter(kept)
         .filter(|name| spec.tables.iter().any(|t| t.history && &t.name == *name))
         .collect();
     let reload = requested
@@ -153,7 +182,7 @@ pub fn sort_requests(
         .map(|asked| {
             asked
                 .iter()
-                .filter(|name| !dropped.contains(*name))
+                .filter(kept)
                 .chain(everywhere.iter().copied())
                 .cloned()
                 .collect()
@@ -227,6 +256,44 @@ dsn = "host=localhost dbname=t"
     }
 
     #[test]
+    fn a_table_with_history_is_not_resynced_in_a_job_with_a_cold_tier() {
+        // A Parquet sink asks every table to keep history.
+        let text = r#"
+name = "j"
+[source]
+dsn = "host=localhost"
+publication = "p"
+slot = "s"
+[tenants]
+include = [1]
+[[tables]]
+name = "public.audit"
+history = true
+[[sinks]]
+kind = "postgres"
+dsn = "host=localhost dbname=t"
+[[sinks]]
+kind = "parquet"
+root = "/tmp/cold"
+"#;
+        let spec = spec(text);
+        let err = check(&spec, &names(&["audit"])).unwrap_err().to_string();
+        assert!(
+            err.contains("public.audit keeps history and the job has a Parquet sink"),
+            "{err}"
+        );
+        let (reload, dropped) = sort_requests(&spec, &[set(&["public.audit"])]);
+        assert_eq!(reload, [set(&[])]);
+        assert_eq!(
+            dropped,
+            [(
+                "public.audit".to_string(),
+                "it keeps history and the job has a Parquet sink"
+            )]
+        );
+    }
+
+    #[test]
     fn a_job_without_a_postgres_sink_has_nothing_to_resync() {
         let cold_only = r#"
 name = "j"
@@ -262,7 +329,10 @@ root = "/tmp/cold"
             set(&[]),
         ];
         let (reload, dropped) = sort_requests(&spec, &requested);
-        assert_eq!(dropped, set(&["public.gone"]));
+        assert_eq!(
+            dropped,
+            [("public.gone".to_string(), "not a table of the job")]
+        );
         // A table with history on every target; the others where asked.
         assert_eq!(
             reload,
