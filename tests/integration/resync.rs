@@ -31,6 +31,26 @@ fn items_state(env: &Env) -> Option<String> {
     )
 }
 
+/// Waits for `public.items` to be in error state.
+fn wait_for_items_error(env: &Env) {
+    wait_for("the table error to be recorded", WAIT, || {
+        items_state(env).is_some_and(|s| s.starts_with("error: "))
+    });
+}
+
+/// Waits for more than one change of `public.items` kept as a dead letter.
+fn wait_for_dead_letters(env: &Env) {
+    wait_for(
+        "the failed table's changes kept as dead letters",
+        WAIT,
+        || {
+            env.on_target(
+                "SELECT count(*) > 1 FROM helios.dead_letters WHERE table_name = 'public.items'",
+            ) == "t"
+        },
+    );
+}
+
 fn streaming(job: &std::path::Path, extra: &[&str]) -> Replicator {
     let repl = Replicator::start_with_args(job, 2, extra);
     wait_for("the job to stream", WAIT, || {
@@ -66,23 +86,13 @@ fn a_table_in_error_is_reloaded_by_a_resync_once_the_target_is_mended() {
     // The target refuses a change: the table goes into error, its changes into dead letters.
     env.on_target("ALTER TABLE public.items ADD CONSTRAINT no_bad CHECK (v <> 'bad')");
     env.on_source("INSERT INTO public.items VALUES (1, 500, 'bad')");
-    wait_for("the table error to be recorded", WAIT, || {
-        items_state(&env).is_some_and(|s| s.starts_with("error: "))
-    });
+    wait_for_items_error(&env);
     env.on_source(
         "UPDATE public.items SET v = 'changed' WHERE id = 7; DELETE FROM public.items WHERE id = 8; \
          INSERT INTO public.other VALUES (1, 1)",
     );
     env.wait_converged(OTHER, WAIT);
-    wait_for(
-        "the failed table's changes kept as dead letters",
-        WAIT,
-        || {
-            env.on_target(
-                "SELECT count(*) > 1 FROM helios.dead_letters WHERE table_name = 'public.items'",
-            ) == "t"
-        },
-    );
+    wait_for_dead_letters(&env);
     assert_eq!(repl.stop().code(), Some(0));
     let dead_letters =
         env.on_target("SELECT count(*) FROM helios.dead_letters WHERE table_name = 'public.items'");
@@ -138,9 +148,7 @@ fn a_table_in_error_is_reloaded_by_a_resync_once_the_target_is_mended() {
     // clears the error state too.
     env.on_target("ALTER TABLE public.items ADD CONSTRAINT no_worse CHECK (v <> 'worse')");
     env.on_source("INSERT INTO public.items VALUES (2, 501, 'worse')");
-    wait_for("the table error to be recorded", WAIT, || {
-        items_state(&env).is_some_and(|s| s.starts_with("error: "))
-    });
+    wait_for_items_error(&env);
     assert_eq!(repl.stop().code(), Some(0));
     env.on_target("ALTER TABLE public.items DROP CONSTRAINT no_worse");
     env.on_source("SELECT pg_drop_replication_slot('slot_resync')");
@@ -183,19 +191,9 @@ fn a_table_with_history_in_error_is_resynced_with_versions_from_the_reload() {
     // In error; changes meanwhile are dead letters, with no versions.
     env.on_target("ALTER TABLE public.items ADD CONSTRAINT no_bad CHECK (v <> 'bad')");
     env.on_source("UPDATE public.items SET v = 'bad' WHERE tenant_id = 1 AND id = 6");
-    wait_for("the table error to be recorded", WAIT, || {
-        items_state(&env).is_some_and(|s| s.starts_with("error: "))
-    });
+    wait_for_items_error(&env);
     env.on_source("UPDATE public.items SET v = 'during' WHERE id IN (7, 8)");
-    wait_for(
-        "the failed table's changes kept as dead letters",
-        WAIT,
-        || {
-            env.on_target(
-                "SELECT count(*) > 1 FROM helios.dead_letters WHERE table_name = 'public.items'",
-            ) == "t"
-        },
-    );
+    wait_for_dead_letters(&env);
     assert_eq!(repl.stop().code(), Some(0));
     env.on_target("ALTER TABLE public.items DROP CONSTRAINT no_bad");
     env.on_source("UPDATE public.items SET v = 'stopped' WHERE id = 9");
