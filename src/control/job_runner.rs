@@ -886,8 +886,9 @@ pub(super) async fn record_snapshot_done(
             let coverage = coverage_json(&Coverage::of(spec))?;
             for target in targets {
                 store::record_coverage(target, &spec.name, &coverage).await?;
-                // Every table was loaded whole: no error state of an earlier run applies.
-                store::clear_table_states(target, &spec.name).await?;
+                // Every table was loaded whole: no error state of an earlier run applies,
+                // nor do the dead letters before it.
+                store::clear_table_states(target, &spec.name, lsn).await?;
             }
             store::record_snapshot(anchor_target(targets)?, &spec.name, slot, lsn).await?
         }

@@ -8,7 +8,8 @@
 //! whole from a snapshot of the source, in one target transaction that first deletes the
 //! job's tenants' rows of it and clears its state; the stream then resumes with the
 //! changes after that snapshot. A table the target still refuses goes back to error
-//! state, with the reason, and the rest of the job runs on. Dead letters stay as a record.
+//! state, with the reason, and the rest of the job runs on. Dead letters stay as a record,
+//! those the reload covers marked with its floor (`superseded_lsn`).
 //!
 //! A table that keeps history gets the reloaded rows as versions known from the reload's
 //! floor, only where a row differs from its version still open (as a backfill records

@@ -108,6 +108,11 @@ fn a_table_in_error_is_reloaded_by_a_resync_once_the_target_is_mended() {
     env.wait_converged(OTHER, WAIT);
     assert!(repl.is_running(), "{}", repl.output());
     assert_eq!(repl.stop().code(), Some(0));
+    assert_eq!(
+        pending_dead_letters(&env),
+        dead_letters,
+        "nothing reloaded: all pending"
+    );
 
     // Mended, and drifted besides (a row of the job deleted by hand): the resync loads
     // the table again while the source is written.
@@ -140,6 +145,16 @@ fn a_table_in_error_is_reloaded_by_a_resync_once_the_target_is_mended() {
         dead_letters,
         "the dead letters stay as a record, and no new ones"
     );
+    // Each marked superseded by the reload, at its floor.
+    assert_eq!(pending_dead_letters(&env), "0");
+    assert_eq!(
+        env.on_target(
+            "SELECT count(DISTINCT superseded_lsn) = 1 AND min(superseded_lsn) = \
+               (SELECT max(floor_lsn) FROM helios.backfill_floors WHERE table_name = 'public.items') \
+             FROM helios.dead_letters WHERE table_name = 'public.items'"
+        ),
+        "t"
+    );
     let log = repl.output();
     assert!(log.contains("resync requested"), "{log}");
     assert!(repl.is_running(), "{log}");
@@ -152,10 +167,24 @@ fn a_table_in_error_is_reloaded_by_a_resync_once_the_target_is_mended() {
     assert_eq!(repl.stop().code(), Some(0));
     env.on_target("ALTER TABLE public.items DROP CONSTRAINT no_worse");
     env.on_source("SELECT pg_drop_replication_slot('slot_resync')");
+    assert_eq!(pending_dead_letters(&env), "1", "the refused insert");
     let mut repl = streaming(&job, &[]);
     env.wait_converged(ITEMS, WAIT);
     assert_eq!(items_state(&env), Some(String::new()), "{}", repl.output());
+    assert_eq!(
+        pending_dead_letters(&env),
+        "0",
+        "superseded by the new snapshot"
+    );
     assert_eq!(repl.stop().code(), Some(0));
+}
+
+/// Dead letters of `public.items` no whole load has superseded.
+fn pending_dead_letters(env: &Env) -> String {
+    env.on_target(
+        "SELECT count(*) FROM helios.dead_letters \
+         WHERE table_name = 'public.items' AND superseded_lsn IS NULL",
+    )
 }
 
 /// A job over `public.items` with history and `public.other`, tenants 1 and 2.

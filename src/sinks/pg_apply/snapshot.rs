@@ -186,8 +186,9 @@ where
         floors::record(&tx, f.job, &table.qualified_name(), include, f.whole, f.lsn).await?;
         if f.whole {
             // Every row of the job's tenants was just loaded: an error state or a resync
-            // request of the table no longer applies.
+            // request of the table no longer applies, nor do its dead letters before it.
             store::clear_table_state(&tx, f.job, &table.qualified_name()).await?;
+            store::supersede_dead_letters(&tx, f.job, &table.qualified_name(), f.lsn).await?;
         }
     }
     tx.commit()

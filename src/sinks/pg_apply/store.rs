@@ -62,6 +62,9 @@ CREATE TABLE IF NOT EXISTS helios.dead_letters (
     reason text NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
+-- Set when a whole load of the table at that LSN (a resync, a new snapshot) holds what
+-- the change would have done: the dead letter is kept as a record, no longer pending.
+ALTER TABLE helios.dead_letters ADD COLUMN IF NOT EXISTS superseded_lsn pg_lsn;
 ";
 
 /// Maps a driver error to a sink error, transient when retrying can help.
@@ -370,13 +373,40 @@ pub async fn clear_table_state(
     Ok(())
 }
 
-/// Forgets every table state of the job: a new snapshot loaded all its tables whole.
-pub async fn clear_table_states(client: &Client, job: &str) -> Result<(), SinkError> {
+/// Forgets every table state of the job, and marks its pending dead letters superseded at
+/// `lsn`: a new snapshot at `lsn` loaded all its tables whole.
+pub async fn clear_table_states(client: &Client, job: &str, lsn: Lsn) -> Result<(), SinkError> {
     client
         .execute("DELETE FROM helios.table_state WHERE job = $1", &[&job])
         .await
         .map_err(|e| sink_error("clear the job's table states", &e))?;
+    client
+        .execute(
+            "UPDATE helios.dead_letters SET superseded_lsn = $2 \
+             WHERE job = $1 AND superseded_lsn IS NULL AND commit_lsn < $2",
+            &[&job, &PgLsn::from(lsn)],
+        )
+        .await
+        .map_err(|e| sink_error("mark the job's dead letters superseded", &e))?;
     Ok(())
+}
+
+/// Marks the pending dead letters of the job's `table` committed before `lsn` superseded
+/// (inside the caller's transaction): the table was just loaded whole at `lsn`.
+pub async fn supersede_dead_letters(
+    client: &impl GenericClient,
+    job: &str,
+    table: &str,
+    lsn: Lsn,
+) -> Result<u64, SinkError> {
+    client
+        .execute(
+            "UPDATE helios.dead_letters SET superseded_lsn = $3 \
+             WHERE job = $1 AND table_name = $2 AND superseded_lsn IS NULL AND commit_lsn < $3",
+            &[&job, &table, &PgLsn::from(lsn)],
+        )
+        .await
+        .map_err(|e| sink_error("mark a table's dead letters superseded", &e))
 }
 
 /// One change kept because it could not be applied.
