@@ -64,7 +64,16 @@ CREATE TABLE IF NOT EXISTS helios.dead_letters (
 );
 -- Set when a whole load of the table at that LSN (a resync, a new snapshot) holds what
 -- the change would have done: the dead letter is kept as a record, no longer pending.
-ALTER TABLE helios.dead_letters ADD COLUMN IF NOT EXISTS superseded_lsn pg_lsn;
+-- Looked up first: ALTER TABLE would take its lock at every start, even with nothing to add.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                   WHERE attrelid = 'helios.dead_letters'::regclass
+                     AND attname = 'superseded_lsn' AND NOT attisdropped) THEN
+        ALTER TABLE helios.dead_letters ADD COLUMN superseded_lsn pg_lsn;
+    END IF;
+END
+$$;
 ";
 
 /// Maps a driver error to a sink error, transient when retrying can help.
