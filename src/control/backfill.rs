@@ -18,10 +18,10 @@
 //! Each target records what it holds (`helios.job_coverage`), so a PostgreSQL target
 //! added to the job's sinks holds nothing and has every table loaded the same way.
 //!
-//! NATS sinks get what the progress target lacked as the initial copy does: the rows as
-//! inserts at `S`, after which each subject's checkpoint skips the older changes the
-//! stream sends again; a NATS stream new to the job (`coverage::stream_identity`) gets
-//! every table that way.
+//! NATS sinks get what the progress target lacked (before any resync, which reloads
+//! PostgreSQL targets only) as the initial copy does: the rows as inserts at `S`, after
+//! which each subject's checkpoint skips the older changes the stream sends again; a NATS
+//! stream new to the job (`coverage::stream_identity`) gets every table that way.
 //!
 //! A table that keeps history gets the loaded rows as versions known from `S`, in the
 //! same history table the stream writes (only rows that differ from versions still open
@@ -119,6 +119,12 @@ pub async fn widen(
             }),
         })
         .collect::<Result<Vec<Coverage>, CdcError>>()?;
+    // The NATS sinks lack what the progress target lacked before any resync: a resync
+    // reloads PostgreSQL targets, and the streams were not in error.
+    let stream_gaps = held
+        .first()
+        .map(|h| h.widening_to(&wanted))
+        .unwrap_or_default();
     let resyncs = take_resync_requests(spec, targets, &mut held, resume).await?;
     // What the progress target holds speaks for the job in the log.
     let Some(first) = held.first() else {
@@ -143,24 +149,18 @@ pub async fn widen(
         }
     }
     let gaps: Vec<Vec<Widening>> = held.iter().map(|h| h.widening_to(&wanted)).collect();
-    let new_streams = first.new_streams(&wanted);
-    if gaps.iter().any(|g| !g.is_empty()) || !new_streams.is_empty() {
+    let streams = StreamGaps {
+        gaps: stream_gaps,
+        new: first.new_streams(&wanted),
+    };
+    if gaps.iter().any(|g| !g.is_empty()) || !streams.new.is_empty() {
         check_history_gaps(spec, &held, &gaps)?;
         for (index, h) in held.iter().enumerate() {
             if h.tables.is_empty() && !gaps[index].is_empty() {
                 tracing::info!(job = %spec.name, target = index, "a target new to the job: every table is loaded into it");
             }
         }
-        load_gaps(
-            spec,
-            targets,
-            &gaps,
-            &resyncs,
-            &new_streams,
-            resume,
-            progress,
-        )
-        .await?;
+        load_gaps(spec, targets, &gaps, &resyncs, &streams, resume, progress).await?;
     }
     for (target, h) in targets.iter().zip(&held) {
         if *h != wanted {
@@ -168,6 +168,14 @@ pub async fn widen(
         }
     }
     Ok(())
+}
+
+/// What a backfill publishes to the job's NATS sinks: the progress target's gaps as they
+/// were before any resync, and every table to the streams new to the job.
+struct StreamGaps {
+    gaps: Vec<Widening>,
+    /// The NATS streams new to the job (`coverage::stream_identity`).
+    new: BTreeSet<String>,
 }
 
 /// Takes each target's resync requests (`control::resync`), in `targets`' order: the
@@ -378,14 +386,14 @@ fn backfill_slot_name(slot: &str) -> String {
 /// Loads each target's `gaps` (in `targets`' order) from a snapshot of a temporary slot
 /// (module doc), counting loads, rows and bytes in `progress` (the job's status shows
 /// them as a snapshot's), and publishes to the NATS sinks the progress target's gaps, or
-/// every table to those in `new_streams`. A table a target asked to resync (`resyncs`,
+/// every table to those new to the job (`streams`). A table a target asked to resync (`resyncs`,
 /// per target) that the target refuses goes back to error state, and the rest go on.
 async fn load_gaps(
     spec: &JobSpec,
     targets: &mut [tokio_postgres::Client],
     gaps: &[Vec<Widening>],
     resyncs: &[BTreeSet<String>],
-    new_streams: &BTreeSet<String>,
+    streams: &StreamGaps,
     resume: Lsn,
     progress: &SnapshotProgress,
 ) -> Result<(), JobError> {
@@ -413,8 +421,8 @@ async fn load_gaps(
             format!("target {i}: {}", list.join("; "))
         })
         .collect();
-    if !new_streams.is_empty() {
-        let list: Vec<&str> = new_streams.iter().map(String::as_str).collect();
+    if !streams.new.is_empty() {
+        let list: Vec<&str> = streams.new.iter().map(String::as_str).collect();
         described.push(format!("new NATS streams: {}", list.join(", ")));
     }
     tracing::info!(job = %spec.name, gaps = %described.join(" | "), snapshot_at = %format_lsn(floor_at),
@@ -486,15 +494,15 @@ async fn load_gaps(
             rows += loaded.rows;
         }
     }
-    // The NATS sinks get what the progress target lacked, as the initial copy does:
-    // inserts at the snapshot's point, so each subject's checkpoint skips the older
-    // changes the stream sends again.
+    // The NATS sinks get what the progress target lacked (before any resync), as the
+    // initial copy does: inserts at the snapshot's point, so each subject's checkpoint
+    // skips the older changes the stream sends again.
     let published = publish_gaps(
         spec,
         &copier,
         &mut shapes,
-        gaps.first().map_or(&[][..], Vec::as_slice),
-        new_streams,
+        &streams.gaps,
+        &streams.new,
         floor_at,
     )
     .await?;

@@ -7,7 +7,8 @@
 //! takes each requested table as one its targets lack (`control::backfill`) and loads it
 //! whole from a snapshot of the source, in one target transaction that first deletes the
 //! job's tenants' rows of it and clears its state; the stream then resumes with the
-//! changes after that snapshot. A table the target still refuses goes back to error
+//! changes after that snapshot. NATS sinks are not sent it again (they were not in error).
+//! A table the target still refuses goes back to error
 //! state, with the reason, and the rest of the job runs on. Dead letters stay as a record,
 //! those the reload covers marked with its floor (`superseded_lsn`).
 //!

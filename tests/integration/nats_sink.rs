@@ -582,3 +582,59 @@ fn a_nats_sink_added_to_a_job_gets_every_row_once() {
     assert_stream_rebuilds(&nats.url, "fanout", &source);
     assert!(repl.stop().success(), "{}", repl.output());
 }
+
+/// A table the PostgreSQL target refused, resynced: the target gets it whole again, and
+/// the NATS stream, which was not in error, is not sent it a second time: replaying the
+/// stream still gives every change exactly once.
+#[test]
+fn a_resync_reloads_the_postgres_target_and_leaves_the_nats_stream_as_it_was() {
+    let env = Env::start(ORDERS);
+    let nats = Nats::start(&env);
+    env.on_source(
+        "INSERT INTO q.orders SELECT 1 + g % 3, 1000000 + g, nextval('q.ver'), 's' FROM generate_series(0, 299) g",
+    );
+    let path = job_file(&env, &nats, "rs", 1024);
+    let streaming = |extra: &[&str]| {
+        let repl = Replicator::start_with_args(&path, 1, extra);
+        wait_for("the job to stream", WAIT, || {
+            repl.output().contains("streaming")
+        });
+        repl
+    };
+    let all = "SELECT count(*), sum(ver) FROM q.orders";
+    let mut repl = streaming(&[]);
+    for k in 0..4 {
+        env.on_source(&transaction(k));
+    }
+    env.wait_converged(all, WAIT);
+    let state = || {
+        env.try_on_target("SELECT state FROM helios.table_state WHERE table_name = 'q.orders'")
+            .unwrap_or_default()
+    };
+    env.on_target("ALTER TABLE q.orders ADD CONSTRAINT no_bad CHECK (note <> 'bad')");
+    env.on_source(
+        "UPDATE q.orders SET ver = nextval('q.ver'), note = 'bad' WHERE tenant_id = 1 AND id = 1000000",
+    );
+    wait_for("the table error to be recorded", WAIT, || {
+        state() == "error"
+    });
+    for k in 4..8 {
+        env.on_source(&transaction(k));
+    }
+    assert!(repl.stop().success(), "{}", repl.output());
+    env.on_target("ALTER TABLE q.orders DROP CONSTRAINT no_bad");
+
+    let mut repl = streaming(&["--resync", "q.orders"]);
+    for k in 8..10 {
+        env.on_source(&transaction(k));
+    }
+    env.wait_converged(all, WAIT);
+    assert_eq!(state(), "", "{}", repl.output());
+    assert_stream_replays_source(&env, &nats.url, "rs");
+    let out = repl.output();
+    assert!(
+        out.contains("resync requested") && out.contains("backfill loaded"),
+        "{out}"
+    );
+    assert!(repl.stop().success(), "{out}");
+}
