@@ -10,7 +10,6 @@
 //! skips by its own checkpoint.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -19,7 +18,8 @@ use crate::change::format_lsn;
 use crate::change::{Lsn, Row, TableInfo};
 use crate::control::cold_seed;
 use crate::control::exports::{cold_row, select_versions_sql};
-use crate::control::job_spec::{JobSpec, SinkSpec, TableSpec, TenantFilter};
+use crate::control::job_runner;
+use crate::control::job_spec::{JobSpec, TableSpec, TenantFilter};
 use crate::operators::history::{HistoryBooks, HistoryPlan};
 use crate::operators::partition::TenantPlan;
 use crate::operators::version::SysTime;
@@ -125,14 +125,7 @@ pub async fn publish_versions_since(
     since: Lsn,
     at: Lsn,
 ) -> Result<u64, SinkError> {
-    let roots: Vec<PathBuf> = spec
-        .sinks
-        .iter()
-        .filter_map(|s| match s {
-            SinkSpec::Parquet(p) => Some(PathBuf::from(&p.root)),
-            SinkSpec::Postgres(_) | SinkSpec::Nats(_) => None,
-        })
-        .collect();
+    let roots = job_runner::parquet_roots(spec);
     if roots.is_empty() {
         return Ok(0);
     }

@@ -24,7 +24,8 @@
 
 use std::collections::BTreeSet;
 
-use crate::control::job_spec::{JobSpec, SinkSpec};
+use crate::control::job_runner::{parquet_roots, postgres_dsns};
+use crate::control::job_spec::JobSpec;
 use crate::sinks::pg_apply::{self, store};
 use crate::sinks::SinkError;
 
@@ -74,11 +75,7 @@ pub fn check(spec: &JobSpec, names: &[String]) -> Result<BTreeSet<String>, Resyn
     if names.is_empty() {
         return Err(ResyncError::NoTables);
     }
-    if !spec
-        .sinks
-        .iter()
-        .any(|s| matches!(s, SinkSpec::Postgres(_)))
-    {
+    if postgres_dsns(spec).is_empty() {
         return Err(ResyncError::NoPostgresTarget(spec.name.clone()));
     }
     let all = || {
@@ -130,11 +127,8 @@ pub fn check(spec: &JobSpec, names: &[String]) -> Result<BTreeSet<String>, Resyn
 /// sink could put a table back in error state over the request.
 pub async fn request(spec: &JobSpec, names: &[String]) -> Result<BTreeSet<String>, ResyncError> {
     let tables = check(spec, names)?;
-    for sink in &spec.sinks {
-        let SinkSpec::Postgres(pg) = sink else {
-            continue;
-        };
-        let client = pg_apply::sink::connect(pg.dsn.expose()).await?;
+    for dsn in postgres_dsns(spec) {
+        let client = pg_apply::sink::connect(&dsn).await?;
         store::migrate(&client).await?;
         store::request_resync(&client, &spec.name, &tables).await?;
     }
@@ -146,7 +140,7 @@ pub async fn request(spec: &JobSpec, names: &[String]) -> Result<BTreeSet<String
 
 /// Whether `spec` has a Parquet sink.
 fn has_cold_tier(spec: &JobSpec) -> bool {
-    spec.sinks.iter().any(|s| matches!(s, SinkSpec::Parquet(_)))
+    !parquet_roots(spec).is_empty()
 }
 
 /// Sorts the resync requests each target holds for `spec` at start (`requested`, per
