@@ -187,8 +187,9 @@ where
         if f.whole {
             // Every row of the job's tenants was just loaded: an error state or a resync
             // request of the table no longer applies, nor do its dead letters before it.
-            store::clear_table_state(&tx, f.job, &table.qualified_name()).await?;
-            store::supersede_dead_letters(&tx, f.job, &table.qualified_name(), f.lsn).await?;
+            let name = table.qualified_name();
+            store::clear_table_state(&tx, f.job, &name).await?;
+            store::supersede_dead_letters(&tx, f.job, Some(&name), f.lsn).await?;
         }
     }
     tx.commit()

@@ -389,33 +389,27 @@ pub async fn clear_table_states(client: &Client, job: &str, lsn: Lsn) -> Result<
         .execute("DELETE FROM helios.table_state WHERE job = $1", &[&job])
         .await
         .map_err(|e| sink_error("clear the job's table states", &e))?;
-    client
-        .execute(
-            "UPDATE helios.dead_letters SET superseded_lsn = $2 \
-             WHERE job = $1 AND superseded_lsn IS NULL AND commit_lsn < $2",
-            &[&job, &PgLsn::from(lsn)],
-        )
-        .await
-        .map_err(|e| sink_error("mark the job's dead letters superseded", &e))?;
+    supersede_dead_letters(client, job, None, lsn).await?;
     Ok(())
 }
 
-/// Marks the pending dead letters of the job's `table` committed before `lsn` superseded
-/// (inside the caller's transaction): the table was just loaded whole at `lsn`.
+/// Marks the job's pending dead letters committed before `lsn` superseded, of `table` or
+/// (`None`) of every table (inside the caller's transaction): loaded whole at `lsn`.
 pub async fn supersede_dead_letters(
     client: &impl GenericClient,
     job: &str,
-    table: &str,
+    table: Option<&str>,
     lsn: Lsn,
 ) -> Result<u64, SinkError> {
     client
         .execute(
             "UPDATE helios.dead_letters SET superseded_lsn = $3 \
-             WHERE job = $1 AND table_name = $2 AND superseded_lsn IS NULL AND commit_lsn < $3",
+             WHERE job = $1 AND ($2::text IS NULL OR table_name = $2) \
+               AND superseded_lsn IS NULL AND commit_lsn < $3",
             &[&job, &table, &PgLsn::from(lsn)],
         )
         .await
-        .map_err(|e| sink_error("mark a table's dead letters superseded", &e))
+        .map_err(|e| sink_error("mark dead letters superseded", &e))
 }
 
 /// One change kept because it could not be applied.
