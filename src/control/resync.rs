@@ -17,13 +17,18 @@
 //! them): the changes the target refused since the table went into error (kept as dead
 //! letters), and those committed while the job was stopped, are folded into one version
 //! per row; the books restart from the floor. One set of books serves every target, so
-//! such a table is reloaded on every PostgreSQL target when any of them asks. Not in a job
-//! with a Parquet sink: the cold tier took the versions the target refused from the
-//! stream, and the reload's folded versions would close them a second time (the files are
-//! not rewritten).
+//! such a table is reloaded on every PostgreSQL target when any of them asks. While a
+//! table is in error its history table still records the stream's versions (the sink
+//! writes them apart from the refused changes), so the changes folded are those of the
+//! worker whose apply failed and those committed while the job was stopped; a Parquet
+//! cold tier, which took the same versions from the stream, gets the reload's versions
+//! as a backfill's. Refused in a job with a Parquet sink when the history table refused
+//! versions too (`history_missed_lsn`): the cold tier holds versions the history table
+//! lacks, and the reload's would close them a second time (the files are not rewritten).
 
 use std::collections::BTreeSet;
 
+use crate::change::format_lsn;
 use crate::control::job_runner::{parquet_roots, postgres_dsns};
 use crate::control::job_spec::JobSpec;
 use crate::sinks::pg_apply::{self, store};
@@ -51,13 +56,14 @@ pub enum ResyncError {
         job: String,
         tables: String,
     },
-    /// A table that keeps history in a job with a Parquet sink (module doc).
+    /// A table whose history table missed versions the job's Parquet sink holds (module
+    /// doc).
     #[error(
-        "resync: table {0} keeps history and the job has a Parquet sink, whose files hold the \
-         versions the stream gave them, which a reload cannot rewrite; delete the job with its \
-         slot to take a new snapshot instead"
+        "resync: the history table of {table} on a target refused versions from {from} on, \
+         which the job's Parquet sink holds and a reload cannot rewrite there; delete the job \
+         with its slot to take a new snapshot instead"
     )]
-    HistoryInColdTier(String),
+    HistoryMissedWithColdTier { table: String, from: String },
     /// A job without a PostgreSQL sink has no table to reload.
     #[error(
         "resync: job `{0}` has no PostgreSQL sink; only PostgreSQL targets' tables can be reloaded"
@@ -114,23 +120,39 @@ pub fn check(spec: &JobSpec, names: &[String]) -> Result<BTreeSet<String>, Resyn
                 })
             }
         };
-        if table.history && has_cold_tier(spec) {
-            return Err(ResyncError::HistoryInColdTier(table.name.clone()));
-        }
         tables.insert(table.name.clone());
     }
     Ok(tables)
 }
 
 /// Records on every PostgreSQL target of `spec` that its next start reloads `names`
-/// (checked by [`check`]); returns the tables. The job must not be running: a running
-/// sink could put a table back in error state over the request.
+/// (checked by [`check`], and refused when a history table missed versions a Parquet sink
+/// holds); returns the tables. The job must not be running: a running sink could put a
+/// table back in error state over the request.
 pub async fn request(spec: &JobSpec, names: &[String]) -> Result<BTreeSet<String>, ResyncError> {
     let tables = check(spec, names)?;
+    let mut clients = Vec::new();
     for dsn in postgres_dsns(spec) {
         let client = pg_apply::sink::connect(&dsn).await?;
         store::migrate(&client).await?;
-        store::request_resync(&client, &spec.name, &tables).await?;
+        if has_cold_tier(spec) {
+            let with_history: BTreeSet<String> = spec
+                .history_tables()
+                .map(|t| t.name.clone())
+                .filter(|name| tables.contains(name))
+                .collect();
+            let missed = store::load_history_missed(&client, &spec.name, &with_history).await?;
+            if let Some((table, from)) = missed.into_iter().next() {
+                return Err(ResyncError::HistoryMissedWithColdTier {
+                    table,
+                    from: format_lsn(from),
+                });
+            }
+        }
+        clients.push(client);
+    }
+    for client in &clients {
+        store::request_resync(client, &spec.name, &tables).await?;
     }
     let list: Vec<&str> = tables.iter().map(String::as_str).collect();
     tracing::info!(job = %spec.name, tables = %list.join(", "),
@@ -145,19 +167,14 @@ fn has_cold_tier(spec: &JobSpec) -> bool {
 
 /// Sorts the resync requests each target holds for `spec` at start (`requested`, per
 /// target): the tables to reload whole on each, and the requests to drop with why (a
-/// table the job no longer carries; one that keeps history in a job that now has a
-/// Parquet sink, which [`check`] refuses). A table that keeps history is reloaded on
-/// every target when one asks (module doc).
+/// table the job no longer carries). A table that keeps history is reloaded on every
+/// target when one asks (module doc).
 pub fn sort_requests(
     spec: &JobSpec,
     requested: &[BTreeSet<String>],
 ) -> (Vec<BTreeSet<String>>, Vec<(String, &'static str)>) {
-    let why_not = |name: &str| match spec.tables.iter().find(|t| t.name == name) {
-        None => Some("not a table of the job"),
-        Some(t) if t.history && has_cold_tier(spec) => {
-            Some("it keeps history and the job has a Parquet sink")
-        }
-        Some(_) => None,
+    let why_not = |name: &str| {
+        (!spec.tables.iter().any(|t| t.name == name)).then_some("not a table of the job")
     };
     let dropped: Vec<(String, &'static str)> = requested
         .iter()
@@ -252,7 +269,7 @@ dsn = "host=localhost dbname=t"
     }
 
     #[test]
-    fn a_table_with_history_is_not_resynced_in_a_job_with_a_cold_tier() {
+    fn a_table_with_history_is_resynced_in_a_job_with_a_cold_tier_on_every_target() {
         // A Parquet sink asks every table to keep history.
         let text = r#"
 name = "j"
@@ -269,24 +286,18 @@ history = true
 kind = "postgres"
 dsn = "host=localhost dbname=t"
 [[sinks]]
+kind = "postgres"
+dsn = "host=localhost dbname=u"
+[[sinks]]
 kind = "parquet"
 root = "/tmp/cold"
 "#;
         let spec = spec(text);
-        let err = check(&spec, &names(&["audit"])).unwrap_err().to_string();
-        assert!(
-            err.contains("public.audit keeps history and the job has a Parquet sink"),
-            "{err}"
-        );
-        let (reload, dropped) = sort_requests(&spec, &[set(&["public.audit"])]);
-        assert_eq!(reload, [set(&[])]);
-        assert_eq!(
-            dropped,
-            [(
-                "public.audit".to_string(),
-                "it keeps history and the job has a Parquet sink"
-            )]
-        );
+        let got = check(&spec, &names(&["audit"])).expect("valid request");
+        assert_eq!(got, set(&["public.audit"]));
+        let (reload, dropped) = sort_requests(&spec, &[set(&["public.audit"]), set(&[])]);
+        assert_eq!(reload, [set(&["public.audit"]), set(&["public.audit"])]);
+        assert!(dropped.is_empty(), "{dropped:?}");
     }
 
     #[test]

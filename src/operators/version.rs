@@ -215,6 +215,15 @@ impl Lattice for Bt {
 }
 
 impl<K, V> VersionDelta<K, V> {
+    /// The system time of the change that made the delta: when the version opened, or
+    /// when it closed.
+    pub fn changed_at(&self) -> SysTime {
+        match self {
+            VersionDelta::Open(v) => v.system_from,
+            VersionDelta::Close { system_to, .. } => *system_to,
+        }
+    }
+
     /// The same delta with its key and value converted.
     pub fn map<K2, V2>(
         self,

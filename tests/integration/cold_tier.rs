@@ -767,3 +767,121 @@ fn a_tenant_added_to_a_job_with_a_cold_tier_gets_its_backfilled_versions_there()
     );
     assert_eq!(repl.stop().code(), Some(0), "{}", repl.output());
 }
+
+/// The `public.prices` table's state on the target (`state: error`, empty when healthy).
+fn prices_state(env: &Env) -> String {
+    env.try_on_target(
+        "SELECT state || ': ' || coalesce(error, '') FROM helios.table_state \
+         WHERE table_name = 'public.prices'",
+    )
+    .unwrap_or_default()
+}
+
+/// A table the target refuses keeps its history in step with the cold tier: while the
+/// table is in error its changes are dead letters, but the history table still records
+/// their versions, as the cold tier does from the same stream. A restart then restores
+/// the books both agree on, so later changes close each version once, in both (before,
+/// the history table lacked those versions, so the books restored from it named versions
+/// the cold tier had closed already). Once the target is mended a resync reloads the
+/// table; the versions already recorded stay as they are. When the history table refuses
+/// the versions too, the first one's LSN is recorded and a resync is refused (the cold
+/// tier holds versions the history table lacks).
+#[test]
+fn a_table_in_error_keeps_its_history_in_step_with_the_cold_tier_across_a_restart() {
+    let (env, cold, port, mut server) = start_prices_job();
+    wait_for("the snapshot's versions", WAIT, || {
+        env.try_on_target("SELECT count(*) FROM public.prices_history")
+            .as_deref()
+            == Some("25")
+    });
+    env.on_target("ALTER TABLE public.prices ADD CONSTRAINT no_999 CHECK (price <> 999)");
+    env.on_source("UPDATE public.prices SET price = 999 WHERE tenant_id = 1 AND id = 1");
+    wait_for("the table error to be recorded", WAIT, || {
+        prices_state(&env).starts_with("error: ")
+    });
+    env.on_source("UPDATE public.prices SET price = 200 WHERE id = 2");
+    wait_for("the changes in error kept as dead letters", WAIT, || {
+        env.on_target("SELECT count(*) FROM helios.dead_letters WHERE table_name = 'public.prices'")
+            == "6"
+    });
+    wait_cold_tier_matches_table(&env, &cold);
+    assert_eq!(
+        env.on_target(
+            "SELECT string_agg(tenant_id || ':' || id || '=' || price, ',' ORDER BY tenant_id, id) \
+             FROM public.prices_history WHERE system_to_lsn IS NULL AND price <> 100 AND tenant_id <= 5"
+        ),
+        "1:1=999,1:2=200,2:2=200,3:2=200,4:2=200,5:2=200",
+        "the history table records the source's versions while the table is in error"
+    );
+    assert_eq!(
+        env.on_target("SELECT count(*) FROM public.prices WHERE price <> 100"),
+        "0",
+        "the table itself took none of them"
+    );
+
+    server.kill();
+    let server = Server::start(&env, port);
+    env.on_source("UPDATE public.prices SET price = 300 WHERE id IN (1, 2)");
+    wait_for("the versions after the restart", WAIT, || {
+        env.on_target(
+            "SELECT count(*) FROM public.prices_history WHERE price = 300 AND tenant_id <= 5",
+        ) == "10"
+    });
+    // `cold_versions` fails on a version closed twice.
+    wait_cold_tier_matches_table(&env, &cold);
+    assert_eq!(
+        env.on_target(
+            "SELECT count(*) FROM public.prices_history WHERE system_to_lsn IS NULL AND tenant_id <= 5"
+        ),
+        "25",
+        "one open version per row"
+    );
+
+    env.on_target("ALTER TABLE public.prices DROP CONSTRAINT no_999");
+    let (ok, out) = server.cli(&["jobs", "resync", "prices", "public.prices"]);
+    assert!(ok, "{out}");
+    env.wait_converged(
+        "SELECT count(*), sum(price) FROM public.prices WHERE tenant_id <= 5",
+        WAIT,
+    );
+    wait_for("the error state to go", WAIT, || {
+        prices_state(&env).is_empty()
+    });
+    assert_eq!(
+        crate::backfill::history_disagreements(&env, "prices", "price", "1, 2, 3, 4, 5"),
+        "0"
+    );
+    env.on_source("UPDATE public.prices SET price = 400 WHERE id = 1");
+    wait_for("the versions after the resync", WAIT, || {
+        env.on_target(
+            "SELECT count(*) FROM public.prices_history WHERE price = 400 AND tenant_id <= 5",
+        ) == "5"
+    });
+    wait_cold_tier_matches_table(&env, &cold);
+    assert_eq!(
+        env.on_target("SELECT count(*) FROM public.prices_history WHERE tenant_id <= 5"),
+        "46",
+        "25 from the snapshot, 6 while in error, 10 after the restart, 5 after the resync, none from the reload"
+    );
+
+    // The history table refuses the versions too: recorded, and a resync refused.
+    env.on_target(
+        "ALTER TABLE public.prices ADD CONSTRAINT no_777 CHECK (price <> 777);
+         ALTER TABLE public.prices_history ADD CONSTRAINT no_777 CHECK (price <> 777)",
+    );
+    env.on_source("UPDATE public.prices SET price = 777 WHERE tenant_id = 3 AND id = 3");
+    wait_for("the missed history versions to be recorded", WAIT, || {
+        env.on_target(
+            "SELECT count(*) FROM helios.table_state \
+             WHERE table_name = 'public.prices' AND state = 'error' AND history_missed_lsn IS NOT NULL",
+        ) == "1"
+    });
+    let (ok, out) = server.cli(&["jobs", "resync", "prices", "prices"]);
+    assert!(
+        !ok && out.contains("422") && out.contains("refused versions from"),
+        "{out}"
+    );
+    let (ok, out) = server.cli(&["jobs", "show", "prices"]);
+    assert!(ok && out.contains("streaming"), "{out}");
+    drop(server);
+}

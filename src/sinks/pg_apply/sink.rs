@@ -537,8 +537,48 @@ impl PgApplySink {
         Ok(report)
     }
 
+    /// The history versions of a table in error state, in a savepoint of `tx`: the
+    /// history table records the source's versions even while the table refuses its
+    /// changes, as the Parquet cold tier does from the same stream, so the version books
+    /// restored from it at the next start are the ones the cold tier holds (and a resync
+    /// versions only what changed after). A history write the target refuses as well is
+    /// rolled back alone and its versions skipped, with an error logged and the first
+    /// LSN missed recorded in the table's state (`history_missed_lsn`).
+    async fn write_history_in_error(
+        &mut self,
+        tx: &Transaction<'_>,
+        table: &str,
+        history: &[&HistoryEvent],
+        bytes: &mut u64,
+    ) -> Result<(), SinkError> {
+        if history.is_empty() {
+            return Ok(());
+        }
+        tx.batch_execute("SAVEPOINT helios_history")
+            .await
+            .map_err(|e| sink_error("savepoint", &e))?;
+        match write_history(tx, &mut self.cache, table, history, bytes).await {
+            Ok(()) => tx
+                .batch_execute("RELEASE SAVEPOINT helios_history")
+                .await
+                .map_err(|e| sink_error("release savepoint", &e)),
+            Err(SinkError::Definite(reason)) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT helios_history")
+                    .await
+                    .map_err(|e| sink_error("rollback to savepoint", &e))?;
+                self.cache.history_shapes.remove(table);
+                tracing::error!(job = %self.job, table = %table, versions = history.len(), error = %reason,
+                    "table in error state: its history table refused the versions too; they are not recorded");
+                let first = history.iter().map(|e| e.delta.changed_at().lsn).min();
+                store::mark_history_missed(tx, &self.job, table, first.unwrap_or(0)).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Every table's steps inside `tx`. Tables in error (known, or in `failing_now`) have
-    /// their changes dead-lettered. An error names the table whose steps failed (`None`
+    /// their changes dead-lettered and their history versions recorded
+    /// ([`Self::write_history_in_error`]). An error names the table whose steps failed (`None`
     /// when it was not one table's).
     async fn write_tables(
         &mut self,
@@ -560,9 +600,9 @@ impl PgApplySink {
                 report.dead_lettered += dead_letter_all(tx, &self.job, table, changes, &reason)
                     .await
                     .map_err(untied)?;
-                if !work.history.is_empty() {
-                    tracing::warn!(job = %self.job, table = %table, versions = work.history.len(), "table in error state: its history versions are not written");
-                }
+                self.write_history_in_error(tx, table, &work.history, &mut report.bytes)
+                    .await
+                    .map_err(untied)?;
                 continue;
             }
             // The isolating fallback never assumes anything about the target's keys.
@@ -609,6 +649,9 @@ impl PgApplySink {
                         .await
                         .map_err(untied)?;
                     report.dead_lettered += dead_letter_all(tx, &self.job, table, changes, &reason)
+                        .await
+                        .map_err(untied)?;
+                    self.write_history_in_error(tx, table, &work.history, &mut report.bytes)
                         .await
                         .map_err(untied)?;
                     self.failed_tables.insert(table.clone(), reason);

@@ -72,6 +72,13 @@ BEGIN
                      AND attname = 'superseded_lsn' AND NOT attisdropped) THEN
         ALTER TABLE helios.dead_letters ADD COLUMN superseded_lsn pg_lsn;
     END IF;
+    -- Set on a table in error whose history table refused versions too: from that LSN
+    -- the history table lacks versions the stream (and a Parquet cold tier) had.
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                   WHERE attrelid = 'helios.table_state'::regclass
+                     AND attname = 'history_missed_lsn' AND NOT attisdropped) THEN
+        ALTER TABLE helios.table_state ADD COLUMN history_missed_lsn pg_lsn;
+    END IF;
 END
 $$;
 ";
@@ -323,6 +330,48 @@ pub async fn mark_table_failed(
         .await
         .map_err(|e| sink_error("record table error", &e))?;
     Ok(())
+}
+
+/// Records that the history table of `table` (in error state) refused the versions of
+/// the change at `lsn` too, keeping the first such LSN.
+pub async fn mark_history_missed(
+    client: &impl GenericClient,
+    job: &str,
+    table: &str,
+    lsn: Lsn,
+) -> Result<(), SinkError> {
+    client
+        .execute(
+            "UPDATE helios.table_state SET history_missed_lsn = coalesce(history_missed_lsn, $3) \
+             WHERE job = $1 AND table_name = $2",
+            &[&job, &table, &PgLsn::from(lsn)],
+        )
+        .await
+        .map_err(|e| sink_error("record missed history versions", &e))?;
+    Ok(())
+}
+
+/// The job's tables among `tables` whose history table missed versions while they were in
+/// error state ([`mark_history_missed`]), with the first LSN missed.
+pub async fn load_history_missed(
+    client: &Client,
+    job: &str,
+    tables: &BTreeSet<String>,
+) -> Result<Vec<(String, Lsn)>, SinkError> {
+    let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
+    let rows = client
+        .query(
+            "SELECT table_name, history_missed_lsn FROM helios.table_state \
+             WHERE job = $1 AND table_name = ANY($2) AND history_missed_lsn IS NOT NULL \
+             ORDER BY table_name",
+            &[&job, &tables],
+        )
+        .await
+        .map_err(|e| sink_error("read missed history versions", &e))?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<_, String>(0), u64::from(r.get::<_, PgLsn>(1))))
+        .collect())
 }
 
 /// The `helios.table_state` state of a table whose reload was asked for (`control::resync`):
