@@ -3,6 +3,7 @@
 //! pipelined on the connection, changes kept as dead letters.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use futures_util::SinkExt;
@@ -29,6 +30,45 @@ pub(super) struct ConnectionCache {
     pub(super) statements: HashMap<String, tokio_postgres::Statement>,
     /// A plain insert of a keyed table met a key the target holds (SQLSTATE 23505).
     pub(super) unique_violation: bool,
+    /// Whether the connection's answers still match its requests ([`OutOfStep`]).
+    pub(super) out_of_step: Arc<OutOfStep>,
+}
+
+/// Marks a connection whose answers no longer match its requests. A `COPY` the server
+/// refuses before its go-ahead (its `Bind` fails, as in a transaction an earlier
+/// pipelined statement aborted) gets two `ReadyForQuery` from the server, and
+/// tokio-postgres takes the second as the answer to the next request: the `Sync` it sends
+/// with `Bind`/`Execute` ends the server's skip after the error, and the `CopyFail` and
+/// `Sync` it sends when the refused copy is dropped get one more. From then on every
+/// answer on the connection belongs to the request before, so nothing more is read from
+/// it: the sink takes a new session. Holds the number of the pipelined group whose `COPY`
+/// was refused (0 outside groups sent in flight); every group after it was sent behind a
+/// failed one and rolled back on the server.
+#[derive(Debug)]
+pub(super) struct OutOfStep(AtomicU64);
+
+impl Default for OutOfStep {
+    fn default() -> Self {
+        OutOfStep(AtomicU64::new(u64::MAX))
+    }
+}
+
+impl OutOfStep {
+    /// Records that the `COPY` of `group` was refused before its go-ahead.
+    pub(super) fn mark(&self, group: u64) {
+        self.0.fetch_min(group, Relaxed);
+    }
+
+    /// Whether a `COPY` on the connection was refused before its go-ahead.
+    pub(super) fn is_set(&self) -> bool {
+        self.0.load(Relaxed) != u64::MAX
+    }
+
+    /// Whether `group`'s answers came after the refused `COPY` of an earlier group (and
+    /// so are not its own).
+    pub(super) fn before(&self, group: u64) -> bool {
+        self.0.load(Relaxed) < group
+    }
 }
 
 pub(super) async fn dead_letter_all(
@@ -74,6 +114,14 @@ pub(super) enum Write<'s> {
 }
 
 impl Write<'_> {
+    /// The write owning its values.
+    pub(super) fn into_owned(self) -> Write<'static> {
+        match self {
+            Write::Statement(stmt, counts) => Write::Statement(stmt.into_owned(), counts),
+            Write::Copy(copy) => Write::Copy(copy),
+        }
+    }
+
     /// Its SQL text.
     pub(super) fn text(&self) -> &str {
         match self {
@@ -104,6 +152,7 @@ pub(super) async fn run_pipelined(
     begin: &str,
     writes: &[Write<'_>],
     prepared: &[tokio_postgres::Statement],
+    (out_of_step, group): (&OutOfStep, u64),
 ) -> Result<ApplyReport, (&'static str, tokio_postgres::Error)> {
     let params: Vec<Vec<&(dyn ToSql + Sync)>> = writes
         .iter()
@@ -119,7 +168,11 @@ pub(super) async fn run_pipelined(
     for ((write, stmt), params) in writes.iter().zip(prepared).zip(&params) {
         requests.push(match write {
             Write::Statement(..) => Box::pin(client.execute(stmt, params.as_slice())),
-            Write::Copy(copy) => Box::pin(send_copy(client.copy_in(stmt), copy.data.clone())),
+            Write::Copy(copy) => {
+                Box::pin(send_copy(client.copy_in(stmt), copy.data.clone(), || {
+                    out_of_step.mark(group)
+                }))
+            }
         });
     }
     requests.push(Box::pin(async move {
@@ -160,14 +213,16 @@ pub(super) fn pipelined_write<'s>(plan: &TenantPlan, step: &'s Step<'_>) -> Opti
 }
 
 /// Starts a `COPY … FROM STDIN` (`sink`), sends `data` once the server accepted it and
-/// ends it; the rows it loaded.
+/// ends it; the rows it loaded. Calls `refused` when the server refuses it before its
+/// go-ahead (the connection is then [`OutOfStep`]).
 pub(super) async fn send_copy(
     sink: impl std::future::Future<
         Output = Result<tokio_postgres::CopyInSink<bytes::Bytes>, tokio_postgres::Error>,
     >,
     data: bytes::Bytes,
+    refused: impl FnOnce(),
 ) -> Result<u64, tokio_postgres::Error> {
-    let sink = sink.await?;
+    let sink = sink.await.inspect_err(|_| refused())?;
     futures_util::pin_mut!(sink);
     sink.send(data).await?;
     sink.finish().await
@@ -339,7 +394,9 @@ pub(super) async fn apply_steps(
                     Some(Write::Copy(copy)) => {
                         report.bytes += copy.data.len() as u64;
                         let prepared = prepared(tx, cache, &copy.text).await?;
-                        let copied = send_copy(tx.copy_in(&prepared), copy.data);
+                        let out_of_step = cache.out_of_step.clone();
+                        let copied =
+                            send_copy(tx.copy_in(&prepared), copy.data, || out_of_step.mark(0));
                         (copied.await, Counts::Upserted)
                     }
                 };

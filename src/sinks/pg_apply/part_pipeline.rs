@@ -131,10 +131,11 @@ pub(super) async fn send<'t>(
             OwnedWrite::Copy(rows) => {
                 let stmt = prepared(tx, cache, &rows.text).await.map_err(tied)?;
                 bytes += rows.data.len() as u64;
-                let sink = tx
-                    .copy_in(&stmt)
-                    .await
-                    .map_err(|e| tied(sink_error("apply", &e)))?;
+                let sink = tx.copy_in(&stmt).await.map_err(|e| {
+                    // The connection's answers are out of step from here on.
+                    cache.out_of_step.mark(0);
+                    tied(sink_error("apply", &e))
+                })?;
                 let mut sink = Box::pin(sink);
                 sink.send(rows.data)
                     .await

@@ -156,7 +156,7 @@ async fn a_group_sent_behind_a_failed_one_rolls_back_with_it() {
 /// A group whose statement is not prepared yet is not sent while a group is in flight
 /// (preparing it would wait behind that group's answers, which the connection hands over
 /// only as its future is polled, after `send` returns): `send` declines it at once
-/// instead of hanging. A group sent this way goes as statements, never `COPY`.
+/// instead of hanging.
 #[tokio::test]
 async fn a_statement_to_prepare_is_not_sent_while_a_group_is_in_flight() {
     use crate::change::{Cell, Scope, TenantAction, TenantChange};
@@ -198,6 +198,162 @@ async fn a_statement_to_prepare_is_not_sent_while_a_group_is_in_flight() {
         .psql("replica", "SELECT count(*) FROM app.t")
         .expect("count");
     assert_eq!(count.trim(), "600");
+}
+
+/// Waits up to 20 s for `app.t` to hold `rows` rows.
+async fn wait_for_rows(cluster: &PgCluster, rows: usize) {
+    let count = || {
+        cluster
+            .psql("replica", "SELECT count(*) FROM app.t")
+            .expect("count")
+            .trim()
+            .to_string()
+    };
+    let started = std::time::Instant::now();
+    while count() != rows.to_string() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "app.t holds {} rows, not {rows}",
+            count()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Groups of plain inserts large enough for `COPY` go in flight as `COPY`, each driven by
+/// a task of its own: one commits while nobody awaits it (a `COPY` sends its rows only
+/// after the server's go-ahead), the groups behind it wait their turn on the connection
+/// and commit in order, and one behind a failed group rolls back with it.
+#[tokio::test]
+async fn copy_groups_in_flight_go_out_on_their_own_and_commit_in_order() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cluster, mut sink) = connected(dir.path(), &fixtures::inserts(10, 0..1)).await;
+    cluster
+        .psql(
+            "replica",
+            "ALTER TABLE app.t ADD CONSTRAINT not_2700 CHECK (id <> 2700)",
+        )
+        .expect("add constraint");
+    let first = fixtures::inserts(20, 1000..1600);
+    sink.set_watermark(first.commit_lsn);
+    let flight = sink.send(std::slice::from_ref(&first)).await.expect("sent");
+    wait_for_rows(&cluster, 601).await;
+    let outcome = flight.await;
+    assert_eq!(outcome.as_ref().expect("copied").upserted, 600);
+    sink.settle(&outcome);
+
+    let ok = fixtures::inserts(30, 2000..2600);
+    let bad = fixtures::inserts(40, 2600..3200);
+    let behind = fixtures::inserts(50, 3200..3800);
+    let mut flights = Vec::new();
+    for g in [&ok, &bad, &behind] {
+        sink.set_watermark(g.commit_lsn);
+        let sent = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            sink.send(std::slice::from_ref(g)),
+        )
+        .await
+        .expect("send does not wait for the groups in flight");
+        flights.push(sent.expect("a COPY group goes in flight"));
+    }
+    let mut outcomes = Vec::new();
+    for flight in flights {
+        let outcome = flight.await;
+        sink.settle(&outcome);
+        outcomes.push(outcome);
+    }
+    assert_eq!(outcomes[0].as_ref().expect("copied").upserted, 600);
+    let err = outcomes[1]
+        .as_ref()
+        .expect_err("the CHECK fails")
+        .to_string();
+    assert!(err.contains("not_2700"), "{err}");
+    assert!(outcomes[2].is_err(), "{:?}", outcomes[2]);
+    wait_for_rows(&cluster, 1201).await;
+    assert_eq!(
+        checkpoint_on(&cluster),
+        "0/1E",
+        "nothing past the failed group"
+    );
+    // The group behind had its `COPY` refused (its transaction aborted by the failed
+    // one's check), which puts the connection's answers out of step: the sink takes a
+    // new session before anything else.
+    sink.set_watermark(behind.commit_lsn);
+    let err = sink
+        .apply(std::slice::from_ref(&behind))
+        .await
+        .expect_err("not on that connection")
+        .to_string();
+    assert!(err.contains("out of step"), "{err}");
+    sink.reconnect().await.expect("a new session");
+    sink.apply(std::slice::from_ref(&behind))
+        .await
+        .expect("applied alone");
+    wait_for_rows(&cluster, 1801).await;
+}
+
+/// `fixtures::inserts` into `app.<name>`.
+fn inserts_into(name: &str, lsn: crate::change::Lsn, ids: std::ops::Range<usize>) -> ApplyBatch {
+    let mut batch = fixtures::inserts(lsn, ids);
+    let table = Arc::new(fixtures::table(name, &[("id", "int")], &[0]));
+    for change in &mut batch.changes {
+        change.table = table.clone();
+    }
+    batch
+}
+
+/// One source transaction writing to both `app.a` (`a` ids) and `app.b` (`b` ids).
+fn into_a_and_b(
+    lsn: crate::change::Lsn,
+    a: std::ops::Range<usize>,
+    b: std::ops::Range<usize>,
+) -> ApplyBatch {
+    let mut batch = inserts_into("a", lsn, a);
+    batch.changes.extend(inserts_into("b", lsn, b).changes);
+    for (seq, change) in batch.changes.iter_mut().enumerate() {
+        change.seq = seq as u32;
+    }
+    batch
+}
+
+/// A group sent as one pipeline whose statement into `app.a` fails before its `COPY`
+/// into `app.b`: the `COPY` is refused in the aborted transaction, which puts the
+/// connection's answers out of step, so the retry that puts `app.a` in error state runs
+/// in a new session, and the sink goes on there (before, the retry read the answers
+/// meant for the requests before it).
+#[tokio::test]
+async fn a_copy_refused_behind_a_failed_statement_moves_the_sink_to_a_new_session() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cluster, mut sink) = connected(dir.path(), &into_a_and_b(10, 0..1, 0..1)).await;
+    cluster
+        .psql(
+            "replica",
+            "ALTER TABLE app.a ADD CONSTRAINT not_7 CHECK (id <> 7)",
+        )
+        .expect("add constraint");
+    let group = into_a_and_b(20, 7..8, 1000..1600);
+    sink.set_watermark(group.commit_lsn);
+    let report = sink
+        .apply(std::slice::from_ref(&group))
+        .await
+        .expect("applied with app.a in error");
+    assert_eq!((report.upserted, report.dead_lettered), (600, 1));
+    let next = into_a_and_b(30, 8..9, 2000..2600);
+    sink.set_watermark(next.commit_lsn);
+    let report = sink
+        .apply(std::slice::from_ref(&next))
+        .await
+        .expect("the next group");
+    assert_eq!((report.upserted, report.dead_lettered), (600, 1));
+    let state = cluster
+        .psql(
+            "replica",
+            "SELECT (SELECT count(*) FROM app.b) || ' ' || (SELECT count(*) FROM app.a) || ' ' || \
+             (SELECT string_agg(table_name || ':' || state, ',') FROM helios.table_state) || ' ' || \
+             (SELECT count(*) FROM helios.dead_letters)",
+        )
+        .expect("query target");
+    assert_eq!(state.trim(), "1201 1 app.a:error 2");
 }
 
 /// `inserts(lsn, ids)` with each row's history version opened at `lsn`.

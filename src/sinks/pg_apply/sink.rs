@@ -19,8 +19,8 @@ use crate::change::{HistoryEvent, Lsn, Scope, TenantAction, TenantChange};
 use crate::operators::partition::{tenant_route, TenantPlan};
 use crate::sinks::large::{LiveParts, PartSource};
 use crate::sinks::pg_apply::execute::{
-    apply_steps, dead_letter_all, pipelined_write, plain_statement, prepared, run_pipelined,
-    ConnectionCache, Counts, Write,
+    apply_steps, dead_letter_all, pipelined_write, prepared, run_pipelined, ConnectionCache,
+    Counts, Write,
 };
 use crate::sinks::pg_apply::floors::{self, Floors};
 use crate::sinks::pg_apply::history::{history_shape_known, history_statements, write_history};
@@ -333,6 +333,9 @@ impl PgApplySink {
                 tracing::warn!(job = %self.job, worker = self.worker, error = %reason, "group failed; applying it again table by table");
                 self.cache.shapes.clear();
                 self.cache.history_shapes.clear();
+                if self.cache.out_of_step.is_set() {
+                    self.fresh_session(client).await?;
+                }
                 self.write(client, &work.by_table, &work.checkpoints, true)
                     .await?
             }
@@ -408,7 +411,8 @@ impl PgApplySink {
         for write in &writes {
             prepared_stmts.push(prepared(client, &mut self.cache, write.text()).await?);
         }
-        match run_pipelined(client, "BEGIN", &writes, &prepared_stmts).await {
+        let out_of_step = self.cache.out_of_step.clone();
+        match run_pipelined(client, "BEGIN", &writes, &prepared_stmts, (&out_of_step, 0)).await {
             Ok(mut report) => {
                 report.bytes = writes.iter().map(Write::bytes).sum();
                 Ok(report)
@@ -429,9 +433,11 @@ impl PgApplySink {
     /// too, so nothing commits past a failed group. `None` when the group needs the
     /// sequential path, or a statement not prepared yet while groups are in flight (the
     /// sequential path prepares it after they are settled), or one that fails to prepare.
-    /// Nothing here waits on the connection while a group is in flight.
+    /// Nothing here waits on the connection while a group is in flight, except a `COPY`
+    /// for the server's go-ahead, in a task of its own ([`spawned`]): the group's rows
+    /// are planned and encoded while the target applies the group before it.
     async fn send_pipelined(&mut self, batches: &[ApplyBatch]) -> Option<InFlight> {
-        let client = self.client.clone().filter(|c| !c.is_closed())?;
+        let client = self.client.clone().filter(|c| self.usable(c))?;
         let work = self.plan_work(batches);
         let mut report = ApplyReport {
             skipped: work.skipped,
@@ -446,13 +452,14 @@ impl PgApplySink {
             return Some(Box::pin(std::future::ready(Ok(report))));
         }
         let (steps, history) = self.pipeline_plan(&work.by_table)?;
-        // Statements only, no `COPY`: a `COPY` waits a round trip for the server's go-ahead
-        // before its rows go out, and holds the connection (every group behind it) meanwhile.
+        // Large plain inserts as `COPY`, as the sequential path writes them (see
+        // `spawned` below for what that asks of the flight).
         let mut writes: Vec<Write<'static>> = steps
             .iter()
-            .filter_map(|step| plain_statement(&self.plan, step))
-            .map(|(stmt, counts)| Write::Statement(stmt.into_owned(), counts))
+            .filter_map(|step| pipelined_write(&self.plan, step))
+            .map(Write::into_owned)
             .collect();
+        let copies = writes.iter().any(|w| matches!(w, Write::Copy(_)));
         writes.extend(versions_writes(
             history.into_iter().map(Statement::into_owned),
         ));
@@ -481,6 +488,7 @@ impl PgApplySink {
             None => format!("BEGIN; {set}"),
         };
         let conflict = Arc::new(AtomicBool::new(false));
+        let out_of_step = self.cache.out_of_step.clone();
         self.unsettled.push_back(Unsettled {
             group: Some(group),
             checkpoints: work.checkpoints,
@@ -489,7 +497,21 @@ impl PgApplySink {
         report.bytes = writes.iter().map(Write::bytes).sum();
         report.tenants = work.tenants;
         let flight = async move {
-            match run_pipelined(&client, &begin, &writes, &prepared_stmts).await {
+            let written = run_pipelined(
+                &client,
+                &begin,
+                &writes,
+                &prepared_stmts,
+                (&out_of_step, group),
+            )
+            .await;
+            if out_of_step.before(group) {
+                return Err(SinkError::Transient(format!(
+                    "group {group} went behind a COPY the target refused before its go-ahead, \
+                     which puts the connection's answers out of step: applying it again on a new session"
+                )));
+            }
+            match written {
                 Ok(written) => {
                     report.upserted += written.upserted;
                     report.deleted += written.deleted;
@@ -503,7 +525,8 @@ impl PgApplySink {
                 }
             }
         };
-        Some(started(Box::pin(flight)).await)
+        let flight = started(Box::pin(flight)).await;
+        Some(if copies { spawned(flight) } else { flight })
     }
 
     /// A unique violation in the pipelined path: plain inserts met a key the target holds;
@@ -672,9 +695,36 @@ impl PgApplySink {
     }
 
     fn take_client(&mut self) -> Result<Arc<Client>, SinkError> {
-        self.client
-            .take()
-            .ok_or_else(|| SinkError::Transient("not connected to the target".into()))
+        match self.client.take() {
+            Some(c) if self.cache.out_of_step.is_set() => {
+                drop(c);
+                Err(SinkError::Transient(
+                    "the connection's answers are out of step after a refused COPY: reconnecting"
+                        .into(),
+                ))
+            }
+            Some(c) => Ok(c),
+            None => Err(SinkError::Transient("not connected to the target".into())),
+        }
+    }
+
+    /// Whether `client` can take requests: open, and its answers in step ([`OutOfStep`]).
+    fn usable(&self, client: &Client) -> bool {
+        !client.is_closed() && !self.cache.out_of_step.is_set()
+    }
+
+    /// Replaces `client`, whose answers are out of step ([`OutOfStep`]), with a new
+    /// session to the target, with fresh caches (the failed transaction rolled back: the
+    /// checkpoints stand).
+    pub(super) async fn fresh_session(&mut self, client: &mut Client) -> Result<(), SinkError> {
+        tracing::warn!(job = %self.job, worker = self.worker,
+            "the target refused a COPY before its go-ahead, which puts the connection's answers out of step; going on in a new session");
+        *client = connect(&self.dsn).await?;
+        self.cache = ConnectionCache {
+            unique_violation: self.cache.unique_violation,
+            ..Default::default()
+        };
+        Ok(())
     }
 
     /// Keeps the connection unless it broke; a failed transaction forgets the shapes
@@ -682,6 +732,7 @@ impl PgApplySink {
     fn put_back<T>(&mut self, client: Arc<Client>, result: &Result<T, SinkError>) {
         match result {
             Err(SinkError::Transient(_)) if client.is_closed() => {}
+            _ if self.cache.out_of_step.is_set() => {}
             _ => self.client = Some(client),
         }
         if result.is_err() {
@@ -771,7 +822,7 @@ impl Sink for PgApplySink {
     /// A round-trip sample is due on a live connection.
     fn upkeep_due(&self) -> bool {
         self.round_trip.due(std::time::Instant::now())
-            && self.client.as_ref().is_some_and(|c| !c.is_closed())
+            && self.client.as_ref().is_some_and(|c| self.usable(c))
     }
 
     /// Samples the round trip again when due, with no group in flight on the connection
@@ -783,7 +834,7 @@ impl Sink for PgApplySink {
             return;
         }
         // Nothing in flight holds the connection either (a group's future owns a clone).
-        let idle = |c: &&Arc<Client>| Arc::strong_count(c) == 1 && !c.is_closed();
+        let idle = |c: &&Arc<Client>| Arc::strong_count(c) == 1 && self.usable(c);
         let Some(client) = self.client.as_ref().filter(idle) else {
             return;
         };
@@ -798,7 +849,7 @@ impl Sink for PgApplySink {
     }
 
     async fn reconnect(&mut self) -> Result<(), SinkError> {
-        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
+        if self.client.as_ref().is_some_and(|c| self.usable(c)) {
             return Ok(());
         }
         self.cache = ConnectionCache::default();
@@ -830,6 +881,25 @@ fn exclusive(client: &mut Arc<Client>) -> Result<&mut Client, SinkError> {
 /// The write of a pipelined transaction that records `checkpoints` (none when empty).
 fn checkpoint_write(job: &str, checkpoints: &HashMap<String, Lsn>) -> Option<Write<'static>> {
     store::checkpoints_statement(job, checkpoints).map(|s| Write::Statement(s, Counts::Bookkeeping))
+}
+
+/// Runs `flight` (already [`started`], so its requests are queued on the connection in
+/// the order the groups were sent) as a task of its own, and returns its outcome to be
+/// awaited later. A group with a `COPY` needs it: the `COPY` sends its rows only once the
+/// server accepted it (after the groups before it), and the requests behind it (its
+/// group's and the next groups') wait on the connection until its end is sent. Driven by
+/// its own task, the group goes out, and its answers are read, while the sink prepares
+/// the next group and without the worker polling it; a flight polled only when settled
+/// would hold the connection until then.
+fn spawned(flight: InFlight) -> InFlight {
+    let task = tokio::spawn(flight);
+    Box::pin(async move {
+        task.await.unwrap_or_else(|e| {
+            Err(SinkError::Transient(format!(
+                "a group's target transaction task ended: {e}"
+            )))
+        })
+    })
 }
 
 /// Polls `flight` once, so its requests go out now (tokio-postgres sends a request when

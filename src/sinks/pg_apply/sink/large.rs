@@ -39,6 +39,9 @@ impl PgApplySink {
                 {
                     self.cache.shapes.clear();
                     self.cache.history_shapes.clear();
+                    if self.cache.out_of_step.is_set() {
+                        self.fresh_session(client).await?;
+                    }
                     tracing::error!(job = %self.job, table = %table, error = %reason, lsn, "table put in error state; its changes in this large transaction are kept in helios.dead_letters");
                     failing_now.insert(table, reason);
                 }
