@@ -164,37 +164,16 @@ fn note_tables_in_error<S: Sink>(sink: &S, stats: &SinkStats) {
     }
 }
 
-/// Rows pending in a sink task from which `auto` keeps a second group in flight on a near
-/// target ([`overlap_in_flight`]): a group of that many is written with `COPY`
-/// ([`crate::sinks::pg_apply::COPY_MIN_ROWS`]).
-pub const AUTO_OVERLAP_ROWS: usize = crate::sinks::pg_apply::COPY_MIN_ROWS;
-
-/// The groups in flight `auto` allows now, given its choice from the round trip (`depth`)
-/// and the rows pending: on a near target (one group), a second one while a backlog of
-/// [`AUTO_OVERLAP_ROWS`] or more is pending, so the target applies one group while the
-/// sink prepares the next (the PostgreSQL sink sends such groups with `COPY`). Caught up,
-/// each group waits for the one before: more target transactions in flight there only
-/// made the target commit more, smaller ones (see `benches/HISTORY.md`).
-pub fn overlap_in_flight(depth: usize, pending_rows: usize) -> usize {
-    if depth == 1 && pending_rows >= AUTO_OVERLAP_ROWS {
-        2
-    } else {
-        depth
-    }
-}
-
 /// How many groups may be in flight now: the sink's setting, or with `auto` (`None`)
 /// [`auto_in_flight`] of the round trip as the sink last measured it (at each connect and,
 /// for the PostgreSQL sink, every 10 s while connected), so a target that moved, with or
-/// without a reconnect, is decided for again, and [`overlap_in_flight`] of the
-/// `pending_rows`. Logs each new choice from the round trip in `chosen`. Notes the
+/// without a reconnect, is decided for again. Logs each new choice in `chosen`. Notes the
 /// tables the sink keeps in error on the way ([`note_tables_in_error`]).
 fn groups_in_flight<S: Sink>(
     sink: &S,
     setting: Option<usize>,
     chosen: &mut Option<usize>,
     stats: &SinkStats,
-    pending_rows: usize,
 ) -> usize {
     note_tables_in_error(sink, stats);
     let round_trip = sink.round_trip();
@@ -204,12 +183,10 @@ fn groups_in_flight<S: Sink>(
     });
     stats.round_trip_nanos.store(nanos, Relaxed);
     let depth = setting.unwrap_or_else(|| auto_in_flight(round_trip));
+    stats.max_in_flight.store(depth as u64, Relaxed);
     if setting.is_some() {
-        stats.max_in_flight.store(depth as u64, Relaxed);
         return depth;
     }
-    let allowed = overlap_in_flight(depth, pending_rows);
-    stats.max_in_flight.store(allowed as u64, Relaxed);
     if *chosen != Some(depth) {
         tracing::info!(
             sink = sink.kind(),
@@ -219,7 +196,7 @@ fn groups_in_flight<S: Sink>(
         );
         *chosen = Some(depth);
     }
-    allowed
+    depth
 }
 
 /// How long a sink whose writes carry a high fixed cost (the Parquet cold tier: files,
@@ -312,7 +289,7 @@ pub async fn run_sink<S: Sink>(
     // `auto`'s last choice, decided again as the round trip changes (and shown in the
     // stats from the start, before any group).
     let mut chosen = None;
-    groups_in_flight(&sink, pacing.pipeline, &mut chosen, &stats, 0);
+    groups_in_flight(&sink, pacing.pipeline, &mut chosen, &stats);
     let mut scheduler = Scheduler::new(pacing.policy.clone()).with_group_bytes(pacing.max_bytes);
     let limiter = pacing.limiter.clone();
     let (max_rows, task) = (pacing.max_rows, pacing.task);
@@ -410,7 +387,7 @@ pub async fn run_sink<S: Sink>(
                         _ = tokio::time::sleep(IDLE_UPKEEP) => {
                             sink.upkeep(true).await;
                             // An idle sink's round trip (sampled in its upkeep) stays current.
-                            groups_in_flight(&sink, pacing.pipeline, &mut chosen, &stats, 0);
+                            groups_in_flight(&sink, pacing.pipeline, &mut chosen, &stats);
                             continue;
                         }
                     };
@@ -435,13 +412,7 @@ pub async fn run_sink<S: Sink>(
         if large.is_some() {
             continue;
         }
-        let depth = groups_in_flight(
-            &sink,
-            pacing.pipeline,
-            &mut chosen,
-            &stats,
-            scheduler.pending_rows(),
-        );
+        let depth = groups_in_flight(&sink, pacing.pipeline, &mut chosen, &stats);
         if in_flight.len() >= depth.max(1) {
             // Room for another group once the oldest is settled; what arrives meanwhile
             // joins the next group.

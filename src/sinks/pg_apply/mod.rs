@@ -31,5 +31,4 @@ pub mod statements;
 pub mod store;
 pub mod target_schema;
 
-pub use execute::COPY_MIN_ROWS;
 pub use sink::PgApplySink;

@@ -19,8 +19,8 @@ use crate::change::{HistoryEvent, Lsn, Scope, TenantAction, TenantChange};
 use crate::operators::partition::{tenant_route, TenantPlan};
 use crate::sinks::large::{LiveParts, PartSource};
 use crate::sinks::pg_apply::execute::{
-    apply_steps, dead_letter_all, pipelined_write, prepared, run_pipelined, ConnectionCache,
-    Counts, Write,
+    apply_steps, dead_letter_all, pipelined_write, plain_statement, prepared, run_pipelined,
+    ConnectionCache, Counts, Write,
 };
 use crate::sinks::pg_apply::floors::{self, Floors};
 use crate::sinks::pg_apply::history::{history_shape_known, history_statements, write_history};
@@ -29,6 +29,7 @@ use crate::sinks::pg_apply::round_trip::{self, RoundTripWindow};
 use crate::sinks::pg_apply::statements::Statement;
 use crate::sinks::pg_apply::store::{self, scope_key, sink_error};
 use crate::sinks::spill::SpilledTxn;
+use crate::sinks::worker::AUTO_PIPELINE_ROUND_TRIP;
 use crate::sinks::{ApplyBatch, ApplyReport, InFlight, Sink, SinkError, TenantApplied};
 
 mod large;
@@ -135,6 +136,13 @@ impl PgApplySink {
     #[cfg(test)]
     pub(crate) fn sample_round_trip_every(&mut self, every: std::time::Duration) {
         self.round_trip = RoundTripWindow::new(every);
+    }
+
+    /// Takes `rtt` as the round trip measured at connect (tests: a target near or far
+    /// whatever this machine's load).
+    #[cfg(test)]
+    pub(crate) fn assume_round_trip(&mut self, rtt: std::time::Duration) {
+        self.round_trip.connected(rtt, std::time::Instant::now());
     }
 
     /// Adds checkpoints that became durable (or were loaded) and keeps the watermarks
@@ -452,11 +460,19 @@ impl PgApplySink {
             return Some(Box::pin(std::future::ready(Ok(report))));
         }
         let (steps, history) = self.pipeline_plan(&work.by_table)?;
-        // Large plain inserts as `COPY`, as the sequential path writes them (see
-        // `spawned` below for what that asks of the flight).
+        // On a near target, large plain inserts as `COPY`, as the sequential path writes
+        // them (see `spawned` below for what that asks of the flight); across a longer
+        // round trip each `COPY`'s go-ahead would hold the connection for a round trip.
+        let near = self
+            .round_trip
+            .current()
+            .is_some_and(|rtt| rtt < AUTO_PIPELINE_ROUND_TRIP);
         let mut writes: Vec<Write<'static>> = steps
             .iter()
-            .filter_map(|step| pipelined_write(&self.plan, step))
+            .filter_map(|step| match near {
+                true => pipelined_write(&self.plan, step),
+                false => plain_statement(&self.plan, step).map(|(s, c)| Write::Statement(s, c)),
+            })
             .map(Write::into_owned)
             .collect();
         let copies = writes.iter().any(|w| matches!(w, Write::Copy(_)));

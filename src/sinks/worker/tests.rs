@@ -677,53 +677,6 @@ async fn run_pipelined_on(target: PipelinedTarget, setting: Option<usize>) -> Pi
         .expect("the task is done with the target")
 }
 
-/// On a near target `auto` keeps a second group in flight while a backlog of a `COPY`'s
-/// worth of rows is pending, so the target applies one group while the sink prepares the
-/// next; caught up, each group is applied alone.
-#[tokio::test(start_paused = true)]
-async fn auto_overlaps_two_groups_on_a_near_target_only_while_behind() {
-    assert_eq!(overlap_in_flight(1, AUTO_OVERLAP_ROWS - 1), 1);
-    assert_eq!(overlap_in_flight(1, AUTO_OVERLAP_ROWS), 2);
-    assert_eq!(
-        overlap_in_flight(AUTO_PIPELINE_DEPTH, 0),
-        AUTO_PIPELINE_DEPTH
-    );
-    let target = Arc::new(Mutex::new(PipelinedTarget {
-        round_trip: Some(Duration::from_micros(300)),
-        ..Default::default()
-    }));
-    let stats: Arc<SinkStats> = Arc::default();
-    let (tx, rx) = mpsc::channel(64);
-    let mut pacing = SinkPacing::fifo(Arc::default(), AUTO_OVERLAP_ROWS, 0);
-    pacing.pipeline = None;
-    let task = spawn_pipelining(&target, rx, &stats, pacing, |_| {});
-    // Behind: ten groups' worth at once.
-    for lsn in 1..=10 {
-        tx.send(batch(lsn, AUTO_OVERLAP_ROWS)).await.unwrap();
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let behind = {
-        let target = target.lock().unwrap();
-        assert_eq!(target.committed, (1..=10).collect::<Vec<_>>());
-        (target.most_in_flight, target.applied_alone.len())
-    };
-    // Caught up: one-row transactions, each arriving after the last is durable.
-    for lsn in 11..=14 {
-        tx.send(batch(lsn, 1)).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    drop(tx);
-    task.await.unwrap();
-    let target = target.lock().unwrap();
-    assert_eq!(target.committed, (1..=14).collect::<Vec<_>>());
-    assert_eq!(behind.0, 2, "two groups in flight while behind");
-    assert_eq!(
-        &target.applied_alone[behind.1..],
-        &[11, 12, 13, 14],
-        "each caught-up transaction applied alone"
-    );
-}
-
 /// Groups go out while earlier ones are in flight, commit in order and are reported
 /// durable only once committed.
 #[tokio::test(start_paused = true)]
