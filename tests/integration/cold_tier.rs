@@ -777,6 +777,15 @@ fn prices_state(env: &Env) -> String {
     .unwrap_or_default()
 }
 
+/// Waits for `n` versions of the job's tenants' rows at `price` in the history table.
+fn wait_for_versions_of_price(env: &Env, price: i32, n: usize) {
+    wait_for(&format!("{n} versions at price {price}"), WAIT, || {
+        env.on_target(&format!(
+            "SELECT count(*) FROM public.prices_history WHERE price = {price} AND tenant_id <= 5"
+        )) == n.to_string()
+    });
+}
+
 /// A table the target refuses keeps its history in step with the cold tier: while the
 /// table is in error its changes are dead letters, but the history table still records
 /// their versions, as the cold tier does from the same stream. A restart then restores
@@ -822,11 +831,7 @@ fn a_table_in_error_keeps_its_history_in_step_with_the_cold_tier_across_a_restar
     server.kill();
     let server = Server::start(&env, port);
     env.on_source("UPDATE public.prices SET price = 300 WHERE id IN (1, 2)");
-    wait_for("the versions after the restart", WAIT, || {
-        env.on_target(
-            "SELECT count(*) FROM public.prices_history WHERE price = 300 AND tenant_id <= 5",
-        ) == "10"
-    });
+    wait_for_versions_of_price(&env, 300, 10);
     // `cold_versions` fails on a version closed twice.
     wait_cold_tier_matches_table(&env, &cold);
     assert_eq!(
@@ -852,11 +857,7 @@ fn a_table_in_error_keeps_its_history_in_step_with_the_cold_tier_across_a_restar
         "0"
     );
     env.on_source("UPDATE public.prices SET price = 400 WHERE id = 1");
-    wait_for("the versions after the resync", WAIT, || {
-        env.on_target(
-            "SELECT count(*) FROM public.prices_history WHERE price = 400 AND tenant_id <= 5",
-        ) == "5"
-    });
+    wait_for_versions_of_price(&env, 400, 5);
     wait_cold_tier_matches_table(&env, &cold);
     assert_eq!(
         env.on_target("SELECT count(*) FROM public.prices_history WHERE tenant_id <= 5"),
