@@ -125,7 +125,7 @@ pub async fn widen(
         .first()
         .map(|h| h.widening_to(&wanted))
         .unwrap_or_default();
-    let resyncs = take_resync_requests(spec, targets, &mut held, resume).await?;
+    let resyncs = take_resync_requests(spec, targets, &mut held).await?;
     // What the progress target holds speaks for the job in the log.
     let Some(first) = held.first() else {
         return Ok(());
@@ -180,13 +180,12 @@ struct StreamGaps {
 
 /// Takes each target's resync requests (`control::resync`), in `targets`' order: the
 /// tables to reload whole come out of what the target is taken to hold (`held`), so they
-/// are loaded as gaps; requests the job cannot follow are dropped with a warning (a table
-/// of the job stays in error state then: its rows were not reloaded).
+/// are loaded as gaps; requests for tables the job no longer carries are dropped with a
+/// warning.
 async fn take_resync_requests(
     spec: &JobSpec,
     targets: &[tokio_postgres::Client],
     held: &mut [Coverage],
-    resume: Lsn,
 ) -> Result<Vec<BTreeSet<String>>, JobError> {
     let mut requested = Vec::with_capacity(targets.len());
     for target in targets {
@@ -196,12 +195,7 @@ async fn take_resync_requests(
     for (index, (target, h)) in targets.iter().zip(held.iter_mut()).enumerate() {
         for (table, why) in &dropped {
             tracing::warn!(job = %spec.name, target = index, table = %table, why, "resync request dropped");
-            if spec.tables.iter().any(|t| &t.name == table) {
-                let reason = format!("resync not done: {why}");
-                store::mark_table_failed(target, &spec.name, table, &reason, resume).await?;
-            } else {
-                store::clear_table_state(target, &spec.name, table).await?;
-            }
+            store::clear_table_state(target, &spec.name, table).await?;
         }
         for table in &resyncs[index] {
             tracing::info!(job = %spec.name, target = index, table = %table, "resync requested: the table is loaded whole again");

@@ -208,18 +208,17 @@ pub fn sort_requests(
 mod tests {
     use super::*;
 
-    fn spec(toml_text: &str) -> JobSpec {
-        JobSpec::from_toml_str(toml_text).expect("valid spec")
+    /// A job `j` of the tenants `include` with `tables_and_sinks` (TOML).
+    fn job(include: &str, tables_and_sinks: &str) -> JobSpec {
+        JobSpec::from_toml_str(&format!(
+            "name = \"j\"\n[source]\ndsn = \"host=localhost\"\npublication = \"p\"\nslot = \"s\"\n\
+             [tenants]\ninclude = {include}\n{tables_and_sinks}"
+        ))
+        .expect("valid spec")
     }
 
-    const JOB: &str = r#"
-name = "j"
-[source]
-dsn = "host=localhost"
-publication = "p"
-slot = "s"
-[tenants]
-include = [1]
+    /// The tables and sink of the tests' usual job (tenant 1).
+    const JOB_TABLES: &str = r#"
 [[tables]]
 name = "public.items"
 [[tables]]
@@ -240,7 +239,7 @@ dsn = "host=localhost dbname=t"
 
     #[test]
     fn tables_are_named_as_in_the_spec_or_by_an_unambiguous_bare_name() {
-        let spec = spec(JOB);
+        let spec = job("[1]", JOB_TABLES);
         let got = check(&spec, &names(&["orders", "public.items"])).expect("valid request");
         assert_eq!(
             got,
@@ -250,7 +249,7 @@ dsn = "host=localhost dbname=t"
 
     #[test]
     fn a_bad_request_names_what_is_wrong() {
-        let spec = spec(JOB);
+        let spec = job("[1]", JOB_TABLES);
         let err = check(&spec, &[]).unwrap_err().to_string();
         assert!(err.contains("at least one table"), "{err}");
         let err = check(&spec, &names(&["public.nope"]))
@@ -271,14 +270,9 @@ dsn = "host=localhost dbname=t"
     #[test]
     fn a_table_with_history_is_resynced_in_a_job_with_a_cold_tier_on_every_target() {
         // A Parquet sink asks every table to keep history.
-        let text = r#"
-name = "j"
-[source]
-dsn = "host=localhost"
-publication = "p"
-slot = "s"
-[tenants]
-include = [1]
+        let spec = job(
+            "[1]",
+            r#"
 [[tables]]
 name = "public.audit"
 history = true
@@ -291,8 +285,8 @@ dsn = "host=localhost dbname=u"
 [[sinks]]
 kind = "parquet"
 root = "/tmp/cold"
-"#;
-        let spec = spec(text);
+"#,
+        );
         let got = check(&spec, &names(&["audit"])).expect("valid request");
         assert_eq!(got, set(&["public.audit"]));
         let (reload, dropped) = sort_requests(&spec, &[set(&["public.audit"]), set(&[])]);
@@ -302,22 +296,18 @@ root = "/tmp/cold"
 
     #[test]
     fn a_job_without_a_postgres_sink_has_nothing_to_resync() {
-        let cold_only = r#"
-name = "j"
-[source]
-dsn = "host=localhost"
-publication = "p"
-slot = "s"
-[tenants]
-include = "all"
+        let cold_only = job(
+            "\"all\"",
+            r#"
 [[tables]]
 name = "public.audit"
 history = true
 [[sinks]]
 kind = "parquet"
 root = "/tmp/cold"
-"#;
-        let err = check(&spec(cold_only), &names(&["public.audit"]))
+"#,
+        );
+        let err = check(&cold_only, &names(&["public.audit"]))
             .unwrap_err()
             .to_string();
         assert!(err.contains("no PostgreSQL sink"), "{err}");
@@ -329,7 +319,7 @@ root = "/tmp/cold"
 
     #[test]
     fn requests_at_start_reload_job_tables_on_the_targets_that_ask_and_drop_the_rest() {
-        let spec = spec(JOB);
+        let spec = job("[1]", JOB_TABLES);
         let requested = [
             set(&["public.orders", "public.gone"]),
             set(&["public.items", "public.audit"]),

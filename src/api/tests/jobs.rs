@@ -242,27 +242,20 @@ async fn put_replaces_a_job_s_spec_keeping_its_name_slot_and_publication() {
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
 }
 
+/// `POST /v1/jobs/{job}/resync` with `body`.
+async fn resync(router: &Router, job: &str, body: &str) -> Answer {
+    call_json(router, "POST", &format!("/v1/jobs/{job}/resync"), body).await
+}
+
 #[tokio::test]
 async fn resync_takes_the_job_tables_and_names_what_is_wrong() {
     let (_control, router) = app(None);
     submit(&router, Some(TOML), valid_named("rs"), None).await;
-    let answer = call_json(
-        &router,
-        "POST",
-        "/v1/jobs/rs/resync",
-        r#"{"tables": ["orders"]}"#,
-    )
-    .await;
+    let answer = resync(&router, "rs", r#"{"tables": ["orders"]}"#).await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.json()["id"], "rs");
 
-    let answer = call_json(
-        &router,
-        "POST",
-        "/v1/jobs/rs/resync",
-        r#"{"tables": ["public.nope"]}"#,
-    )
-    .await;
+    let answer = resync(&router, "rs", r#"{"tables": ["public.nope"]}"#).await;
     assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
     let error = answer.error();
     assert_eq!(error.field.as_deref(), Some("tables"));
@@ -272,7 +265,7 @@ async fn resync_takes_the_job_tables_and_names_what_is_wrong() {
             .contains("`public.nope` is not a table of job `rs`"),
         "{error:?}"
     );
-    let answer = call_json(&router, "POST", "/v1/jobs/rs/resync", r#"{"tables": []}"#).await;
+    let answer = resync(&router, "rs", r#"{"tables": []}"#).await;
     assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(answer.error().error.contains("at least one table"));
 
@@ -281,19 +274,13 @@ async fn resync_takes_the_job_tables_and_names_what_is_wrong() {
         r#"{"tables": "orders"}"#,
         "not json",
     ] {
-        let answer = call_json(&router, "POST", "/v1/jobs/rs/resync", body).await;
+        let answer = resync(&router, "rs", body).await;
         assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{body}");
         assert!(
             answer.error().error.contains("invalid request body"),
             "{body}"
         );
     }
-    let answer = call_json(
-        &router,
-        "POST",
-        "/v1/jobs/other/resync",
-        r#"{"tables": ["orders"]}"#,
-    )
-    .await;
+    let answer = resync(&router, "other", r#"{"tables": ["orders"]}"#).await;
     assert_eq!(answer.status, StatusCode::NOT_FOUND);
 }
