@@ -289,19 +289,21 @@ fn tier_tenants(
         .collect())
 }
 
-/// Fills `books` with the versions current at `resume`, read from the cold tier at
-/// `root`; returns how many.
+/// Fills `books` with the versions current at `at(table, tenant)` (the stream's resume
+/// position, or a later backfill floor), read from the cold tier at `root`; returns how
+/// many.
 pub fn restore_books(
     plan: &TenantPlan,
     root: &Path,
     tables: &[(TableSpec, Arc<TableInfo>)],
-    resume: Lsn,
+    at: impl Fn(&str, &str) -> Lsn,
     books: &HistoryBooks,
 ) -> Result<usize, SinkError> {
     let mut restored = 0;
     for (table, info) in tables.iter().filter(|(t, _)| t.history) {
         for tenant in tier_tenants(root, &table.name, &plan.include).map_err(cold_error(root))? {
-            each_open_version_at(root, &tenant, info, resume, |open| {
+            let point = at(&table.name, &tenant);
+            each_open_version_at(root, &tenant, info, point, |open| {
                 for v in versions_from_cold_rows(info, &open) {
                     books.restore(&tenant, &table.name, v);
                     restored += 1;

@@ -21,6 +21,7 @@
 //! exponential back-off and logged; definite ones end the job with a message naming what
 //! to fix.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -931,17 +932,60 @@ async fn restore_history(
         Anchor::Postgres(_) => {
             let target = anchor_target(targets)?;
             let floors = pg_apply::floors::load(target, &spec.name).await?;
-            history_start::restore_books(plan, target, infos, resume, &floors, books).await?
+            let (root, from_tier) = books_from_cold_tier(spec, target).await?;
+            let (tier_infos, table_infos): (Vec<_>, Vec<_>) = infos
+                .iter()
+                .cloned()
+                .partition(|(t, _)| from_tier.contains(&t.name));
+            let mut restored =
+                history_start::restore_books(plan, target, &table_infos, resume, &floors, books)
+                    .await?;
+            if let (Some(root), false) = (root, tier_infos.is_empty()) {
+                let (plan, books) = (plan.clone(), books.clone());
+                restored += blocking(move || {
+                    let at = |table: &str, tenant: &str| floors.book_point(table, tenant, resume);
+                    cold_history::restore_books(&plan, &root, &tier_infos, at, &books)
+                })
+                .await?;
+            }
+            restored
         }
         Anchor::Cold(root) => {
             let (plan, root, infos, books) =
                 (plan.clone(), root.clone(), infos.to_vec(), books.clone());
-            blocking(move || cold_history::restore_books(&plan, &root, &infos, resume, &books))
-                .await?
+            blocking(move || {
+                cold_history::restore_books(&plan, &root, &infos, |_, _| resume, &books)
+            })
+            .await?
         }
     };
     tracing::info!(job = %spec.name, versions = restored, at = %format_lsn(resume), "history versions restored");
     Ok(())
+}
+
+/// The job's history tables whose books come from the cold tier (its first Parquet
+/// sink's root) rather than their history tables: those whose history table refused
+/// versions while the table was in error (`history_missed_lsn`). The cold tier took
+/// every version from the stream, so books restored from the history table would name
+/// versions the tier has closed already, and the next change would close them twice.
+async fn books_from_cold_tier(
+    spec: &JobSpec,
+    target: &tokio_postgres::Client,
+) -> Result<(Option<PathBuf>, BTreeSet<String>), JobError> {
+    let Some(root) = parquet_roots(spec).into_iter().next() else {
+        return Ok((None, BTreeSet::new()));
+    };
+    let with_history: BTreeSet<String> = spec.history_tables().map(|t| t.name.clone()).collect();
+    let missed = store::load_history_missed(target, &spec.name, &with_history).await?;
+    for (table, from) in &missed {
+        tracing::warn!(
+            job = %spec.name,
+            table = %table,
+            missed_from = %format_lsn(*from),
+            "the history table refused versions while the table was in error; its version books are restored from the cold tier"
+        );
+    }
+    Ok((Some(root), missed.into_iter().map(|(t, _)| t).collect()))
 }
 
 async fn print_progress(job: String, stats: Arc<JobStats>, every: Duration) {

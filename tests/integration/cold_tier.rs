@@ -794,7 +794,8 @@ fn wait_for_versions_of_price(env: &Env, price: i32, n: usize) {
 /// the cold tier had closed already). Once the target is mended a resync reloads the
 /// table; the versions already recorded stay as they are. When the history table refuses
 /// the versions too, the first one's LSN is recorded and a resync is refused (the cold
-/// tier holds versions the history table lacks).
+/// tier holds versions the history table lacks), and the next start restores that
+/// table's books from the cold tier.
 #[test]
 fn a_table_in_error_keeps_its_history_in_step_with_the_cold_tier_across_a_restart() {
     let (env, cold, port, mut server) = start_prices_job();
@@ -884,5 +885,42 @@ fn a_table_in_error_keeps_its_history_in_step_with_the_cold_tier_across_a_restar
     );
     let (ok, out) = server.cli(&["jobs", "show", "prices"]);
     assert!(ok && out.contains("streaming"), "{out}");
+    wait_for("the cold tier to hold the version at 777", WAIT, || {
+        open_prices(&cold, 3).contains(&((3, 3), Some(777)))
+    });
+
+    // A restart restores that table's books from the cold tier, which holds the version
+    // the history table refused: the next change closes it, once (books from the history
+    // table would close the snapshot's version of the row a second time; `cold_versions`
+    // fails on that).
+    let mut server = server;
+    server.kill();
+    let server = Server::start(&env, port);
+    env.on_source("UPDATE public.prices SET price = 888 WHERE tenant_id = 3 AND id = 3");
+    wait_for("the cold tier to hold the version at 888", WAIT, || {
+        open_prices(&cold, 3).contains(&((3, 3), Some(888)))
+    });
+    let open = open_prices(&cold, 3);
+    assert_eq!(
+        open.iter().filter(|(row, _)| *row == (3, 3)).count(),
+        1,
+        "one open version of the row in the cold tier: {open:?}"
+    );
+    assert!(
+        server_logs(env.dir.path()).contains("restored from the cold tier"),
+        "the restart said where the books came from"
+    );
     drop(server);
+}
+
+/// The open versions of `tenant`'s rows in the cold tier at `root`: ((tenant, id), price).
+fn open_prices(root: &Path, tenant: i32) -> Vec<((i32, i32), Option<i32>)> {
+    if read_table(root, &tenant.to_string(), TABLE).is_err() {
+        return Vec::new();
+    }
+    cold_versions(root, tenant)
+        .into_iter()
+        .filter(|(_, _, _, _, closed, tombstone)| closed.is_none() && !tombstone)
+        .map(|((tenant, id, price), ..)| ((tenant, id), price))
+        .collect()
 }

@@ -91,6 +91,12 @@ impl Floors {
         t.whole.max(t.tenants.get(tenant).copied())
     }
 
+    /// Where the version book of `tenant`'s rows of `table` resumes when the stream
+    /// resumes at `resume`: at the rows' floor when that is later, else at `resume`.
+    pub fn book_point(&self, table: &str, tenant: &str, resume: Lsn) -> Lsn {
+        resume.max(self.floor_of(table, tenant).unwrap_or(0))
+    }
+
     /// The tenants of `table` whose floor is past `point`, with their floors (sorted).
     pub fn tenants_past(&self, table: &str, point: Lsn) -> Vec<(String, Lsn)> {
         let Some(t) = self.tables.get(table) else {
@@ -238,6 +244,11 @@ mod tests {
         f.insert("public.b", Some("9"), 90);
         assert_eq!(f.floor_of("public.b", "9"), Some(90));
         assert_eq!(f.floor_of("public.c", "9"), None);
+        assert_eq!(f.book_point("public.a", "9", 50), 100);
+        assert_eq!(f.book_point("public.a", "10", 50), 50);
+        assert_eq!(f.book_point("public.b", "11", 50), 70);
+        assert_eq!(f.book_point("public.b", "9", 95), 95);
+        assert_eq!(f.book_point("public.c", "9", 5), 5);
     }
 
     #[test]
