@@ -104,6 +104,9 @@ enum Command {
         /// once the target is mended.
         #[arg(long = "resync", value_name = "TABLE")]
         resync: Vec<String>,
+        /// With `--resync`: reload only this tenant's rows of those tables (repeatable).
+        #[arg(long = "resync-tenant", value_name = "TENANT", requires = "resync")]
+        resync_tenants: Vec<String>,
     },
     /// Run the job service: the REST API, the metadata store and the jobs it holds.
     Serve {
@@ -279,13 +282,18 @@ enum JobsAction {
         /// The new spec (TOML, or JSON if it ends in .json).
         file: PathBuf,
     },
-    /// Reload tables of a job whole from the source (the way out of a table's error
-    /// state once the target is mended); the job restarts and loads them first.
+    /// Reload tables of a job from the source (the way out of a table's error state once
+    /// the target is mended, or a fresh copy of rows that drifted); the job restarts and
+    /// loads them first.
     Resync {
         id: String,
         /// The tables (`schema.table`, or a bare name unique among the job's).
         #[arg(required = true)]
         tables: Vec<String>,
+        /// Reload only this tenant's rows of the tables (repeatable); none: the tables
+        /// whole.
+        #[arg(long = "tenant", value_name = "TENANT")]
+        tenants: Vec<String>,
     },
     /// Stop and remove a job.
     Stop {
@@ -377,6 +385,7 @@ fn main() -> anyhow::Result<()> {
             workers,
             progress_secs,
             resync,
+            resync_tenants,
         } => {
             let text = std::fs::read_to_string(&job)
                 .with_context(|| format!("read job file {}", job.display()))?;
@@ -385,10 +394,11 @@ fn main() -> anyhow::Result<()> {
             if !resync.is_empty() {
                 // Checked before anything connects: a bad name stops here.
                 helios_repl::control::resync::check(&spec, &resync)?;
+                helios_repl::control::resync::check_tenants(&spec, &resync_tenants)?;
             }
             runtime.block_on(async move {
                 if !resync.is_empty() {
-                    helios_repl::control::resync::request(&spec, &resync).await?;
+                    helios_repl::control::resync::request(&spec, &resync, &resync_tenants).await?;
                 }
                 let (stop_tx, stop_rx) = watch::channel(Desired::Run);
                 tokio::spawn(stop_on_signal(move || {
@@ -529,7 +539,11 @@ fn main() -> anyhow::Result<()> {
                 JobsAction::Pause { id } => print(&api.pause(&id).await?),
                 JobsAction::Resume { id } => print(&api.resume(&id).await?),
                 JobsAction::Replace { file } => print(&api.replace_file(&file).await?),
-                JobsAction::Resync { id, tables } => print(&api.resync(&id, tables).await?),
+                JobsAction::Resync {
+                    id,
+                    tables,
+                    tenants,
+                } => print(&api.resync(&id, tables, tenants).await?),
                 JobsAction::Stop { id, drop_slot } => {
                     api.delete(&id, drop_slot).await?;
                     if client.json {

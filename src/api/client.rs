@@ -181,13 +181,18 @@ impl ApiClient {
         self.json(resp).await
     }
 
-    /// Reloads tables of a job whole from the source.
-    pub async fn resync(&self, id: &str, tables: Vec<String>) -> Result<JobStatus, ClientError> {
+    /// Reloads tables of a job from the source: whole, or only `tenants`' rows.
+    pub async fn resync(
+        &self,
+        id: &str,
+        tables: Vec<String>,
+        tenants: Vec<String>,
+    ) -> Result<JobStatus, ClientError> {
         let path = format!("/v1/jobs/{}/resync", encode_path_segment(id));
         let resp = self
             .send(
                 self.request(reqwest::Method::POST, &path)
-                    .json(&ResyncRequest { tables }),
+                    .json(&ResyncRequest { tables, tenants }),
             )
             .await?;
         self.json(resp).await

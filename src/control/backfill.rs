@@ -64,6 +64,7 @@ use crate::operators::version::SysTime;
 use crate::sinks::nats::NatsSink;
 use crate::sinks::pg_apply::history::record_snapshot_versions;
 use crate::sinks::pg_apply::snapshot::{load_table, LoadFloor};
+use crate::sinks::pg_apply::store::TenantResyncs;
 use crate::sinks::pg_apply::{floors, store};
 use crate::sinks::SinkError;
 use crate::sql_text::quote_qualified;
@@ -125,7 +126,10 @@ pub async fn widen(
         .first()
         .map(|h| h.widening_to(&wanted))
         .unwrap_or_default();
-    let resyncs = take_resync_requests(spec, targets, &mut held).await?;
+    let reloads = Reloads {
+        tables: take_resync_requests(spec, targets, &mut held).await?,
+        tenants: take_tenant_resyncs(spec, targets).await?,
+    };
     // What the progress target holds speaks for the job in the log.
     let Some(first) = held.first() else {
         return Ok(());
@@ -148,7 +152,10 @@ pub async fn widen(
             purge_removed(spec, index, target, &h.removed_rows(&wanted)).await?;
         }
     }
-    let gaps: Vec<Vec<Widening>> = held.iter().map(|h| h.widening_to(&wanted)).collect();
+    let gaps: Vec<Vec<Widening>> = held
+        .iter()
+        .map(|h| with_tenant_reloads(h.widening_to(&wanted), &reloads.tenants))
+        .collect();
     let streams = StreamGaps {
         gaps: stream_gaps,
         new: first.new_streams(&wanted),
@@ -160,14 +167,99 @@ pub async fn widen(
                 tracing::info!(job = %spec.name, target = index, "a target new to the job: every table is loaded into it");
             }
         }
-        load_gaps(spec, targets, &gaps, &resyncs, &streams, resume, progress).await?;
+        load_gaps(spec, targets, &gaps, &reloads, &streams, resume, progress).await?;
     }
     for (target, h) in targets.iter().zip(&held) {
         if *h != wanted {
             store::record_coverage(target, &spec.name, &wanted_json).await?;
         }
+        store::clear_tenant_resyncs(target, &spec.name, &reloads.tenants).await?;
     }
     Ok(())
+}
+
+/// What the targets asked to reload (`control::resync`).
+struct Reloads {
+    /// Whole tables, per target (in `targets`' order).
+    tables: Vec<BTreeSet<String>>,
+    /// Tenants' rows of tables, on every target.
+    tenants: TenantResyncs,
+}
+
+impl Reloads {
+    /// Whether target `index`'s load of `gap` is one only a resync asked for, so a refusal
+    /// of it leaves the job running: a whole table asked for, or tenants all asked for.
+    fn asked_for(&self, index: usize, gap: &Widening) -> Option<ReloadAsked> {
+        if self
+            .tables
+            .get(index)
+            .is_some_and(|t| t.contains(&gap.table))
+        {
+            return Some(ReloadAsked::Table);
+        }
+        match (&gap.gap, self.tenants.get(&gap.table)) {
+            (Gap::Tenants(loaded), Some(asked)) if loaded.is_subset(asked) => {
+                Some(ReloadAsked::Tenants)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What a resync asked to reload.
+enum ReloadAsked {
+    Table,
+    Tenants,
+}
+
+/// `gaps` (a target's, by table) with the tenants' rows `reloads` asks for: added to a
+/// table's tenants gap, or a gap of their own; a table loaded whole takes them already.
+fn with_tenant_reloads(mut gaps: Vec<Widening>, reloads: &TenantResyncs) -> Vec<Widening> {
+    for (table, tenants) in reloads {
+        match gaps.iter_mut().find(|w| &w.table == table) {
+            Some(Widening {
+                gap: Gap::Table, ..
+            }) => {}
+            Some(Widening {
+                gap: Gap::Tenants(gap),
+                ..
+            }) => gap.extend(tenants.iter().cloned()),
+            None => gaps.push(Widening {
+                table: table.clone(),
+                gap: Gap::Tenants(tenants.clone()),
+            }),
+        }
+    }
+    gaps.sort_by(|a, b| a.table.cmp(&b.table));
+    gaps
+}
+
+/// Takes the targets' tenant resync requests (`control::resync`): those for tables and
+/// tenants the job carries, the same on every target; the others are dropped with a
+/// warning.
+async fn take_tenant_resyncs(
+    spec: &JobSpec,
+    targets: &[tokio_postgres::Client],
+) -> Result<TenantResyncs, JobError> {
+    let mut requested = Vec::with_capacity(targets.len());
+    for target in targets {
+        requested.push(store::load_tenant_resyncs(target, &spec.name).await?);
+    }
+    let (reload, dropped) = resync::sort_tenant_requests(spec, &requested);
+    for (table, tenants) in &dropped {
+        let ids: Vec<&str> = tenants.iter().map(String::as_str).collect();
+        tracing::warn!(job = %spec.name, table = %table, tenants = %ids.join(", "),
+            "tenant resync request dropped: the job no longer carries the table or these tenants");
+    }
+    for target in targets {
+        store::clear_tenant_resyncs(target, &spec.name, &dropped).await?;
+    }
+    for (table, tenants) in &reload {
+        let ids: Vec<&str> = tenants.iter().map(String::as_str).collect();
+        tracing::info!(job = %spec.name, table = %table, tenants = %ids.join(", "),
+            "resync requested: these tenants' rows of the table are loaded again");
+    }
+    Ok(reload)
 }
 
 /// What a backfill publishes to the job's NATS sinks: the progress target's gaps as they
@@ -380,13 +472,14 @@ fn backfill_slot_name(slot: &str) -> String {
 /// Loads each target's `gaps` (in `targets`' order) from a snapshot of a temporary slot
 /// (module doc), counting loads, rows and bytes in `progress` (the job's status shows
 /// them as a snapshot's), and publishes to the NATS sinks the progress target's gaps, or
-/// every table to those new to the job (`streams`). A table a target asked to resync (`resyncs`,
-/// per target) that the target refuses goes back to error state, and the rest go on.
+/// every table to those new to the job (`streams`). A table a target asked to resync
+/// (`reloads`) that the target refuses goes back to error state, tenants' rows it refuses
+/// stay as they were, and the rest go on; any other refused load stops the job.
 async fn load_gaps(
     spec: &JobSpec,
     targets: &mut [tokio_postgres::Client],
     gaps: &[Vec<Widening>],
-    resyncs: &[BTreeSet<String>],
+    reloads: &Reloads,
     streams: &StreamGaps,
     resume: Lsn,
     progress: &SnapshotProgress,
@@ -471,14 +564,23 @@ async fn load_gaps(
             };
             let loaded = match loaded {
                 Ok(loaded) => loaded,
-                Err(JobError::Sink(SinkError::Definite(reason)))
-                    if resyncs.get(index).is_some_and(|r| r.contains(&gap.table)) =>
-                {
-                    let reason = format!("resync failed: {reason}");
-                    tracing::error!(job = %spec.name, target = index, table = %gap.table, error = %reason,
-                        "the target refused the table's reload: it stays in error state, and its changes are kept in helios.dead_letters");
-                    store::mark_table_failed(&*target, &spec.name, &gap.table, &reason, floor_at)
-                        .await?;
+                Err(JobError::Sink(SinkError::Definite(reason))) => {
+                    match reloads.asked_for(index, gap) {
+                        Some(ReloadAsked::Table) => {
+                            let reason = format!("resync failed: {reason}");
+                            tracing::error!(job = %spec.name, target = index, table = %gap.table, error = %reason,
+                                "the target refused the table's reload: it stays in error state, and its changes are kept in helios.dead_letters");
+                            store::mark_table_failed(
+                                &*target, &spec.name, &gap.table, &reason, floor_at,
+                            )
+                            .await?;
+                        }
+                        Some(ReloadAsked::Tenants) => {
+                            tracing::error!(job = %spec.name, target = index, table = %gap.table, error = %reason,
+                                "the target refused the reload of these tenants' rows: they stay as they were, and the resync request is dropped");
+                        }
+                        None => return Err(SinkError::Definite(reason).into()),
+                    }
                     progress.done(0);
                     continue;
                 }
@@ -665,9 +767,14 @@ async fn publish_tables<'a, I>(
 
 #[cfg(test)]
 mod tests {
-    use super::{backfill_slot_name, check_history_gaps, cold_tier_coverage, coverage_json};
-    use crate::control::coverage::Coverage;
+    use super::{
+        backfill_slot_name, check_history_gaps, cold_tier_coverage, coverage_json,
+        with_tenant_reloads, ReloadAsked, Reloads,
+    };
+    use crate::control::coverage::{Coverage, Gap, Widening};
     use crate::control::job_spec::JobSpec;
+    use crate::sinks::pg_apply::store::TenantResyncs;
+    use std::collections::BTreeSet;
 
     /// A job into PostgreSQL whose `prices` keeps history and `notes` does not.
     fn history_job(tenants: &str) -> JobSpec {
@@ -754,6 +861,61 @@ mod tests {
             .expect_err("garbage")
             .to_string();
         assert!(err.contains("progress file is not readable"), "{err}");
+    }
+
+    fn ids(list: &[&str]) -> BTreeSet<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn tenants_gap(table: &str, tenants: &[&str]) -> Widening {
+        Widening {
+            table: table.into(),
+            gap: Gap::Tenants(ids(tenants)),
+        }
+    }
+
+    #[test]
+    fn tenant_reloads_join_the_gaps_and_a_refusal_spares_the_job_only_when_all_were_asked() {
+        let reloads: TenantResyncs = [
+            ("public.a".to_string(), ids(&["1"])),
+            ("public.b".to_string(), ids(&["2"])),
+            ("public.c".to_string(), ids(&["3", "4"])),
+        ]
+        .into_iter()
+        .collect();
+        let whole_b = Widening {
+            table: "public.b".into(),
+            gap: Gap::Table,
+        };
+        let gaps = vec![tenants_gap("public.c", &["5"]), whole_b.clone()];
+        let gaps = with_tenant_reloads(gaps, &reloads);
+        assert_eq!(
+            gaps,
+            vec![
+                tenants_gap("public.a", &["1"]),
+                whole_b.clone(),
+                tenants_gap("public.c", &["3", "4", "5"]),
+            ],
+            "a gap of its own, none beside a whole load, added to a tenants gap"
+        );
+        let reloads = Reloads {
+            tables: vec![ids(&["public.b"]), ids(&[])],
+            tenants: reloads,
+        };
+        assert!(matches!(
+            reloads.asked_for(0, &whole_b),
+            Some(ReloadAsked::Table)
+        ));
+        assert!(reloads.asked_for(1, &whole_b).is_none());
+        assert!(matches!(
+            reloads.asked_for(1, &tenants_gap("public.c", &["3"])),
+            Some(ReloadAsked::Tenants)
+        ));
+        // Tenant 5 was added to the job: its load refused stops the job.
+        assert!(reloads.asked_for(1, &gaps[2]).is_none());
+        assert!(reloads
+            .asked_for(0, &tenants_gap("public.d", &["1"]))
+            .is_none());
     }
 
     #[test]

@@ -286,19 +286,31 @@ pub struct RetentionPolicy {
 pub struct ResyncRequest {
     /// The job's tables to reload (`schema.table`, or a bare name unique among them).
     pub tables: Vec<String>,
+    /// Reload only these tenants' rows of the tables (tenants the job carries); none or
+    /// absent: the tables whole.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "crate::control::job_spec::deserialize_tenant_ids"
+    )]
+    pub tenants: Vec<String>,
 }
 
 impl From<crate::control::resync::ResyncError> for ControlError {
-    /// A request the job cannot follow (422, naming `tables`), or a target that could
-    /// not take it (503).
+    /// A request the job cannot follow (422, naming `tables` or `tenants`), or a target
+    /// that could not take it (503).
     fn from(e: crate::control::resync::ResyncError) -> Self {
         use crate::control::resync::ResyncError;
-        match e {
-            ResyncError::Sink(e) => ControlError::Unavailable(e.to_string()),
-            other => ControlError::Invalid {
-                field: "tables".to_string(),
-                message: other.to_string(),
-            },
+        let field = match e {
+            ResyncError::Sink(e) => return ControlError::Unavailable(e.to_string()),
+            ResyncError::EmptyTenant
+            | ResyncError::NotAJobTenant { .. }
+            | ResyncError::TenantsOfTableInError { .. } => "tenants",
+            _ => "tables",
+        };
+        ControlError::Invalid {
+            field: field.to_string(),
+            message: e.to_string(),
         }
     }
 }

@@ -513,6 +513,7 @@ impl JobControl for JobManager {
             .ok_or_else(|| ControlError::NotFound(id.to_string()))?;
         // Checked before the job stops: a bad request leaves it running.
         let tables = resync::check(&job.spec, &request.tables)?;
+        let tenants = resync::check_tenants(&job.spec, &request.tenants)?;
         let desired = JobManager::desired_after_restart(id, job)?;
         let version = job.version;
         let Some(old) = jobs.remove(id) else {
@@ -520,18 +521,26 @@ impl JobControl for JobManager {
         };
         // With the runner stopped, no sink can put a table back in error over the request.
         let spec = self.stop_runner(id, old).await;
-        let recorded = resync::request(&spec, &request.tables).await;
+        let recorded = resync::request(&spec, &request.tables, &request.tenants).await;
         // The job runs on whether the request was recorded or not.
         let me = self.self_arc().await?;
         let managed = me.spawn(spec, version, desired);
         let status = JobManager::status(&managed);
         jobs.insert(id.to_string(), managed);
         recorded?;
-        let list: Vec<&str> = tables.iter().map(String::as_str).collect();
+        let mut what = tables
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        if !tenants.is_empty() {
+            let ids: Vec<&str> = tenants.iter().map(String::as_str).collect();
+            what = format!("{what} (tenants {})", ids.join(", "));
+        }
         self.store
-            .record_event(id, "resync requested", Some(&list.join(", ")))
+            .record_event(id, "resync requested", Some(&what))
             .await;
-        tracing::info!(job = id, tables = %list.join(", "), "resync requested; the job restarts and reloads them");
+        tracing::info!(job = id, tables = %what, "resync requested; the job restarts and reloads them");
         Ok(status)
     }
 

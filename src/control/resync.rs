@@ -25,12 +25,21 @@
 //! as a backfill's. Refused in a job with a Parquet sink when the history table refused
 //! versions too (`history_missed_lsn`): the cold tier holds versions the history table
 //! lacks, and the reload's would close them a second time (the files are not rewritten).
+//!
+//! A request may name tenants: then only their rows of the tables are reloaded (kept in
+//! `helios.tenant_resync`), as a tenant added to the job is loaded (`control::backfill`,
+//! a floor per tenant), on every PostgreSQL target: the way to mend one tenant's rows
+//! that drifted on a target without reloading the others'. Such a reload leaves the
+//! table's state as it is, so it is refused for a table in error state (a whole reload
+//! takes it out). A target that refuses it keeps the tenants' rows as they were: the
+//! error is logged and the request dropped, and the rest of the job streams on.
 
 use std::collections::BTreeSet;
 
 use crate::change::format_lsn;
 use crate::control::job_runner::{parquet_roots, postgres_dsns};
-use crate::control::job_spec::JobSpec;
+use crate::control::job_spec::{JobSpec, TenantFilter};
+use crate::sinks::pg_apply::store::TenantResyncs;
 use crate::sinks::pg_apply::{self, store};
 use crate::sinks::SinkError;
 
@@ -64,6 +73,22 @@ pub enum ResyncError {
          with its slot to take a new snapshot instead"
     )]
     HistoryMissedWithColdTier { table: String, from: String },
+    /// An empty tenant id.
+    #[error("resync: a tenant id is empty")]
+    EmptyTenant,
+    /// A tenant the job does not carry.
+    #[error("resync: tenant `{tenant}` is not one of job `{job}`'s tenants ({tenants})")]
+    NotAJobTenant {
+        tenant: String,
+        job: String,
+        tenants: String,
+    },
+    /// Tenants of a table in error state: a tenants' reload leaves the state as it is.
+    #[error(
+        "resync: {table} is in error state on a target; reload the whole table (name no \
+         tenants) to take it out of error"
+    )]
+    TenantsOfTableInError { table: String },
     /// A job without a PostgreSQL sink has no table to reload.
     #[error(
         "resync: job `{0}` has no PostgreSQL sink; only PostgreSQL targets' tables can be reloaded"
@@ -125,12 +150,43 @@ pub fn check(spec: &JobSpec, names: &[String]) -> Result<BTreeSet<String>, Resyn
     Ok(tables)
 }
 
+/// The tenants `ids` name, checked: none empty, each one the job carries (any, for a job
+/// of all tenants). Empty when `ids` is: the tables are reloaded whole.
+pub fn check_tenants(spec: &JobSpec, ids: &[String]) -> Result<BTreeSet<String>, ResyncError> {
+    let mut tenants = BTreeSet::new();
+    for id in ids {
+        let id = id.trim();
+        if id.is_empty() {
+            return Err(ResyncError::EmptyTenant);
+        }
+        if !spec.includes_tenant(id) {
+            let listed = match &spec.tenants.include {
+                TenantFilter::All => String::new(),
+                TenantFilter::Only(ids) => ids.iter().cloned().collect::<Vec<_>>().join(", "),
+            };
+            return Err(ResyncError::NotAJobTenant {
+                tenant: id.to_string(),
+                job: spec.name.clone(),
+                tenants: listed,
+            });
+        }
+        tenants.insert(id.to_string());
+    }
+    Ok(tenants)
+}
+
 /// Records on every PostgreSQL target of `spec` that its next start reloads `names`
 /// (checked by [`check`], and refused when a history table missed versions a Parquet sink
-/// holds); returns the tables. The job must not be running: a running sink could put a
-/// table back in error state over the request.
-pub async fn request(spec: &JobSpec, names: &[String]) -> Result<BTreeSet<String>, ResyncError> {
+/// holds), whole, or only the rows of `tenants` when it names any ([`check_tenants`];
+/// refused for a table in error state); returns the tables. The job must not be running:
+/// a running sink could put a table back in error state over the request.
+pub async fn request(
+    spec: &JobSpec,
+    names: &[String],
+    tenants: &[String],
+) -> Result<BTreeSet<String>, ResyncError> {
     let tables = check(spec, names)?;
+    let tenants = check_tenants(spec, tenants)?;
     let mut clients = Vec::new();
     for dsn in postgres_dsns(spec) {
         let client = pg_apply::sink::connect(&dsn).await?;
@@ -149,15 +205,58 @@ pub async fn request(spec: &JobSpec, names: &[String]) -> Result<BTreeSet<String
                 });
             }
         }
+        if !tenants.is_empty() {
+            let failed = store::load_failed_tables(&client, &spec.name).await?;
+            if let Some(table) = tables.iter().find(|t| failed.contains_key(*t)) {
+                return Err(ResyncError::TenantsOfTableInError {
+                    table: table.clone(),
+                });
+            }
+        }
         clients.push(client);
     }
     for client in &clients {
-        store::request_resync(client, &spec.name, &tables).await?;
+        if tenants.is_empty() {
+            store::request_resync(client, &spec.name, &tables).await?;
+        } else {
+            store::request_tenant_resync(client, &spec.name, &tables, &tenants).await?;
+        }
     }
     let list: Vec<&str> = tables.iter().map(String::as_str).collect();
-    tracing::info!(job = %spec.name, tables = %list.join(", "),
-        "resync requested: the job's next start reloads these tables from the source");
+    if tenants.is_empty() {
+        tracing::info!(job = %spec.name, tables = %list.join(", "),
+            "resync requested: the job's next start reloads these tables from the source");
+    } else {
+        let ids: Vec<&str> = tenants.iter().map(String::as_str).collect();
+        tracing::info!(job = %spec.name, tables = %list.join(", "), tenants = %ids.join(", "),
+            "resync requested: the job's next start reloads these tenants' rows of these tables from the source");
+    }
     Ok(tables)
+}
+
+/// Sorts the tenant resync requests the targets hold for `spec` at start (`requested`,
+/// per target): what to reload, the same on every target (their union: a request is
+/// recorded on each), and what to drop (a table the job no longer carries, or a tenant).
+pub fn sort_tenant_requests(
+    spec: &JobSpec,
+    requested: &[TenantResyncs],
+) -> (TenantResyncs, TenantResyncs) {
+    let mut reload = TenantResyncs::new();
+    let mut dropped = TenantResyncs::new();
+    for (table, tenants) in requested.iter().flatten() {
+        let carried = spec.tables.iter().any(|t| &t.name == table);
+        for tenant in tenants {
+            let into = if carried && spec.includes_tenant(tenant) {
+                &mut reload
+            } else {
+                &mut dropped
+            };
+            into.entry(table.clone())
+                .or_default()
+                .insert(tenant.clone());
+        }
+    }
+    (reload, dropped)
 }
 
 /// Whether `spec` has a Parquet sink.
@@ -315,6 +414,56 @@ root = "/tmp/cold"
 
     fn set(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn tenants_of_a_resync_are_ones_the_job_carries() {
+        let spec = job("[1, \"b\"]", JOB_TABLES);
+        assert_eq!(
+            check_tenants(&spec, &names(&[" b", "1", "1"])).expect("valid tenants"),
+            set(&["1", "b"])
+        );
+        assert!(check_tenants(&spec, &[]).expect("none").is_empty());
+        let err = check_tenants(&spec, &names(&["1", "2"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tenant `2` is not one of job `j`'s tenants (1, b)"),
+            "{err}"
+        );
+        let err = check_tenants(&spec, &names(&[""])).unwrap_err().to_string();
+        assert!(err.contains("tenant id is empty"), "{err}");
+        let all = job("\"all\"", JOB_TABLES);
+        assert_eq!(
+            check_tenants(&all, &names(&["42"])).expect("any tenant"),
+            set(&["42"])
+        );
+    }
+
+    #[test]
+    fn tenant_requests_at_start_are_the_union_of_the_targets_less_what_the_job_dropped() {
+        let spec = job("[1, 2]", JOB_TABLES);
+        let of = |pairs: &[(&str, &[&str])]| -> TenantResyncs {
+            pairs
+                .iter()
+                .map(|(table, tenants)| (table.to_string(), set(tenants)))
+                .collect()
+        };
+        let requested = [
+            of(&[("public.items", &["1"]), ("public.gone", &["1"])]),
+            of(&[("public.items", &["2", "3"]), ("public.audit", &["2"])]),
+        ];
+        let (reload, dropped) = sort_tenant_requests(&spec, &requested);
+        assert_eq!(
+            reload,
+            of(&[("public.audit", &["2"]), ("public.items", &["1", "2"])])
+        );
+        assert_eq!(
+            dropped,
+            of(&[("public.gone", &["1"]), ("public.items", &["3"])])
+        );
+        let (reload, dropped) = sort_tenant_requests(&spec, &[]);
+        assert!(reload.is_empty() && dropped.is_empty());
     }
 
     #[test]

@@ -866,6 +866,21 @@ fn a_table_in_error_keeps_its_history_in_step_with_the_cold_tier_across_a_restar
         "25 from the snapshot, 6 while in error, 10 after the restart, 5 after the resync, none from the reload"
     );
 
+    // One tenant's rows reloaded over the API: its row that drifted on the target is
+    // mended with no version (the history records the source), and the tier agrees.
+    env.on_target("UPDATE public.prices SET price = 5 WHERE tenant_id = 4");
+    let (ok, out) = server.cli(&["jobs", "resync", "prices", "prices", "--tenant", "4"]);
+    assert!(ok, "{out}");
+    env.wait_converged(
+        "SELECT count(*), sum(price) FROM public.prices WHERE tenant_id <= 5",
+        WAIT,
+    );
+    assert_eq!(
+        env.on_target("SELECT count(*) FROM public.prices_history WHERE tenant_id <= 5"),
+        "46"
+    );
+    wait_cold_tier_matches_table(&env, &cold);
+
     // The history table refuses the versions too: recorded, and a resync refused.
     env.on_target(
         "ALTER TABLE public.prices ADD CONSTRAINT no_777 CHECK (price <> 777);

@@ -5,6 +5,7 @@
 //! error with the reason while the rest of the job streams on; a bad table name is
 //! refused before anything connects. A new snapshot clears error states as well. A table
 //! with history gets versions from the reload where rows changed, and keeps the rest.
+//! `--resync-tenant` reloads only the named tenants' rows.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -179,6 +180,133 @@ fn a_table_in_error_is_reloaded_by_a_resync_once_the_target_is_mended() {
     assert_eq!(repl.stop().code(), Some(0));
 }
 
+/// Tenant 2's rows of `public.items`, compared on source and target.
+const TENANT_2_ITEMS: &str = "SELECT count(*), md5(string_agg(id || '=' || v, ',' ORDER BY id)) \
+                              FROM public.items WHERE tenant_id = 2";
+
+/// The job's pending tenant resync requests, as `table:tenant` lines.
+fn tenant_requests(env: &Env) -> String {
+    env.on_target(
+        "SELECT coalesce(string_agg(table_name || ':' || tenant, ',' ORDER BY 1), '') \
+         FROM helios.tenant_resync",
+    )
+}
+
+/// `run --resync items --resync-tenant 2` reloads only tenant 2's rows of the table, with
+/// the source written all along: rows of tenant 2 that drifted on the target are mended,
+/// tenant 1's drift and another tenant's row stay as they are (only what was asked is
+/// touched), and the table keeps no error state. A tenant the job does not carry is
+/// refused before anything connects; a reload the target refuses leaves the rows as they
+/// were while the job streams on; a tenants' reload of a table in error is refused (a
+/// whole reload takes it out of error).
+#[test]
+fn a_tenants_rows_that_drifted_are_reloaded_by_a_tenant_resync() {
+    let env = Arc::new(Env::start(SETUP));
+    let job = env.job_file("tenant-resync", "[1, 2]", &["public.items", "public.other"]);
+    let resync_tenant =
+        |tenant: &str| ["--resync", "items", "--resync-tenant", tenant].map(String::from);
+
+    let mut bad =
+        Replicator::start_with_args(&job, 2, &resync_tenant("3").each_ref().map(String::as_str));
+    wait_for("the bad tenant to be refused", WAIT, || !bad.is_running());
+    assert!(
+        bad.output()
+            .contains("tenant `3` is not one of job `tenant-resync`'s tenants (1, 2)"),
+        "{}",
+        bad.output()
+    );
+
+    let mut repl = streaming(&job, &[]);
+    env.wait_converged(ITEMS, WAIT);
+    assert_eq!(repl.stop().code(), Some(0));
+    env.on_target(
+        "UPDATE public.items SET v = 'drifted' WHERE id = 3; DELETE FROM public.items WHERE id = 4; \
+         INSERT INTO public.items VALUES (9, 1, 'not the job''s')",
+    );
+    let writer = SourceWriter::start(&env, 1000, |n| {
+        format!(
+            "INSERT INTO public.items VALUES (1 + {n} % 2, {n}, 'w{n}'); \
+             UPDATE public.items SET v = 'u{n}' WHERE id = {n} - 5"
+        )
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let mut repl = streaming(&job, &resync_tenant("2").each_ref().map(String::as_str));
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(writer.stop() > 0);
+    env.on_source("INSERT INTO public.items VALUES (2, 9000, 'after the resync')");
+    env.wait_converged(TENANT_2_ITEMS, WAIT);
+    assert_eq!(
+        env.on_target(
+            "SELECT string_agg(tenant_id || ':' || id || '=' || v, ',' ORDER BY 1, 2) \
+             FROM public.items WHERE id IN (1, 3, 4) AND tenant_id <> 2"
+        ),
+        "1:1=pre-1,1:3=drifted,9:1=not the job's",
+        "tenant 1's drift and another tenant's row are not touched"
+    );
+    assert_eq!(
+        env.on_target(
+            "SELECT count(*) FROM public.items WHERE tenant_id = 1 AND id >= 1000 AND v LIKE 'w%'"
+        ),
+        env.on_source(
+            "SELECT count(*) FROM public.items WHERE tenant_id = 1 AND id >= 1000 AND v LIKE 'w%'"
+        ),
+        "tenant 1's changes stream on"
+    );
+    assert_eq!(items_state(&env), Some(String::new()), "no table state");
+    assert_eq!(tenant_requests(&env), "", "the request is done");
+    assert_eq!(
+        env.on_target("SELECT string_agg(scope, ',') FROM helios.backfill_floors"),
+        "tenant:2"
+    );
+    let log = repl.output();
+    assert!(
+        log.contains("these tenants' rows of the table are loaded again"),
+        "{log}"
+    );
+    assert_eq!(repl.stop().code(), Some(0));
+
+    // A reload the target refuses (a constraint its current rows were not checked
+    // against): tenant 2's rows stay as they were, the request goes, the job streams on.
+    env.on_target(
+        "UPDATE public.items SET v = 'drifted' WHERE tenant_id = 2 AND id = 3; \
+         ALTER TABLE public.items ADD CONSTRAINT no_pre_7 CHECK (v <> 'pre-7') NOT VALID",
+    );
+    let mut repl = streaming(&job, &resync_tenant("2").each_ref().map(String::as_str));
+    wait_for("the refused reload to be logged", WAIT, || {
+        repl.output()
+            .contains("the target refused the reload of these tenants' rows")
+    });
+    env.on_source("INSERT INTO public.other VALUES (2, 2)");
+    env.wait_converged(OTHER, WAIT);
+    assert!(repl.is_running(), "{}", repl.output());
+    assert_eq!(
+        env.on_target("SELECT v FROM public.items WHERE tenant_id = 2 AND id = 3"),
+        "drifted"
+    );
+    assert_eq!(items_state(&env), Some(String::new()), "no table state");
+    assert_eq!(tenant_requests(&env), "", "the request is dropped");
+
+    // A table in error: a tenants' reload is refused, naming what to do.
+    env.on_source("INSERT INTO public.items VALUES (1, 501, 'pre-7')");
+    wait_for_items_error(&env);
+    assert_eq!(repl.stop().code(), Some(0));
+    let mut refused =
+        Replicator::start_with_args(&job, 2, &resync_tenant("1").each_ref().map(String::as_str));
+    wait_for(
+        "the tenants' reload of a table in error to be refused",
+        WAIT,
+        || !refused.is_running(),
+    );
+    assert!(
+        refused
+            .output()
+            .contains("public.items is in error state on a target; reload the whole table"),
+        "{}",
+        refused.output()
+    );
+    assert_eq!(tenant_requests(&env), "");
+}
+
 /// Dead letters of `public.items` no whole load has superseded.
 fn pending_dead_letters(env: &Env) -> String {
     env.on_target(
@@ -280,6 +408,69 @@ fn a_table_with_history_in_error_is_resynced_with_versions_from_the_reload() {
         env.on_target(&format!(
             "SELECT count(*) FROM public.items_history WHERE v = 'after' AND system_from_lsn > '{floor}'"
         )) == "2"
+    });
+    env.wait_converged(ITEMS, WAIT);
+    assert_eq!(
+        crate::backfill::history_disagreements(&env, "items", "v", "1, 2"),
+        "0"
+    );
+    assert!(repl.is_running(), "{}", repl.output());
+    assert_eq!(repl.stop().code(), Some(0));
+}
+
+/// A tenants' resync of a table with history: only that tenant's rows are reloaded, and
+/// they get versions from the reload where they differ from their open versions (the
+/// change made while the job was stopped), while the other tenant's change of that time
+/// gets its version from the stream. A row that drifted on the target alone is mended
+/// with no version (the history records the source).
+#[test]
+fn a_tenant_of_a_table_with_history_is_resynced_with_versions_from_the_reload() {
+    let env = Env::start(SETUP);
+    let job = history_job(&env);
+    let mut repl = streaming(&job, &[]);
+    env.wait_converged(ITEMS, WAIT);
+    wait_for("the snapshot's versions", WAIT, || {
+        env.try_on_target("SELECT count(*) FROM public.items_history WHERE tenant_id IN (1, 2)")
+            .as_deref()
+            == Some("400")
+    });
+    assert_eq!(repl.stop().code(), Some(0));
+    env.on_target("UPDATE public.items SET v = 'drifted' WHERE tenant_id = 2 AND id = 3");
+    env.on_source("UPDATE public.items SET v = 'stopped' WHERE id = 9");
+
+    let mut repl = streaming(&job, &["--resync", "items", "--resync-tenant", "2"]);
+    env.wait_converged(ITEMS, WAIT);
+    let floor = env.on_target(
+        "SELECT max(floor_lsn) FROM helios.backfill_floors WHERE job = 'hresync' AND scope = 'tenant:2'",
+    );
+    assert!(!floor.is_empty(), "{}", repl.output());
+    let versions = |condition: &str| {
+        env.on_target(&format!(
+            "SELECT coalesce(string_agg(tenant_id || ':' || id || '=' || v, ',' ORDER BY tenant_id, id), '') \
+             FROM public.items_history WHERE {condition}"
+        ))
+    };
+    assert_eq!(
+        versions(&format!("system_from_lsn = '{floor}'")),
+        "2:9=stopped"
+    );
+    assert_eq!(
+        versions(&format!("v = 'stopped' AND system_from_lsn < '{floor}'")),
+        "1:9=stopped"
+    );
+    assert_eq!(versions("v = 'drifted'"), "", "no version of the drift");
+    assert_eq!(
+        env.on_target("SELECT v FROM public.items WHERE tenant_id = 2 AND id = 3"),
+        "pre-3"
+    );
+    assert_eq!(
+        crate::backfill::history_disagreements(&env, "items", "v", "1, 2"),
+        "0"
+    );
+
+    env.on_source("UPDATE public.items SET v = 'after' WHERE id = 6");
+    wait_for("the versions after the resync", WAIT, || {
+        versions(&format!("v = 'after' AND system_from_lsn > '{floor}'")) == "1:6=after,2:6=after"
     });
     env.wait_converged(ITEMS, WAIT);
     assert_eq!(

@@ -269,9 +269,36 @@ async fn resync_takes_the_job_tables_and_names_what_is_wrong() {
     assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(answer.error().error.contains("at least one table"));
 
+    // Tenants' rows only: tenants the job carries.
+    for body in [
+        r#"{"tables": ["orders"], "tenants": ["7"]}"#,
+        r#"{"tables": ["orders"], "tenants": [7, 3]}"#,
+    ] {
+        let answer = resync(&router, "rs", body).await;
+        assert_eq!(answer.status, StatusCode::OK, "{body}");
+    }
+    for (body, wanted) in [
+        (
+            r#"{"tables": ["orders"], "tenants": ["8"]}"#,
+            "tenant `8` is not one of job `rs`'s tenants (3, 7)",
+        ),
+        (
+            r#"{"tables": ["orders"], "tenants": [" "]}"#,
+            "a tenant id is empty",
+        ),
+    ] {
+        let answer = resync(&router, "rs", body).await;
+        assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        let error = answer.error();
+        assert_eq!(error.field.as_deref(), Some("tenants"), "{body}");
+        assert!(error.error.contains(wanted), "{body}: {error:?}");
+    }
+
     for body in [
         r#"{"table": "orders"}"#,
         r#"{"tables": "orders"}"#,
+        r#"{"tables": ["orders"], "tenants": [true]}"#,
+        r#"{"tables": ["orders"], "tenants": "7"}"#,
         "not json",
     ] {
         let answer = resync(&router, "rs", body).await;

@@ -170,6 +170,7 @@ impl JobControl for FakeControl {
     async fn resync(&self, id: &str, request: ResyncRequest) -> Result<JobStatus, ControlError> {
         self.with_job(id, |job| {
             crate::control::resync::check(&job.spec, &request.tables)?;
+            crate::control::resync::check_tenants(&job.spec, &request.tenants)?;
             Ok(Self::status(job))
         })
     }

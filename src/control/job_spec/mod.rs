@@ -70,6 +70,7 @@ mod qos;
 mod sink_de;
 mod source;
 mod tenant_filter;
+pub use tenant_filter::deserialize_tenant_ids;
 
 /// Column holding the tenant id when neither `tenants.column` nor a table's
 /// `tenant_column` says otherwise.

@@ -165,6 +165,13 @@ impl<'de> Visitor<'de> for TenantFilterVisitor {
     }
 }
 
+/// A list of tenant ids given as integers or strings, as text (for request bodies that
+/// name tenants as `tenants.include` does).
+pub fn deserialize_tenant_ids<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<String>, D::Error> {
+    let ids: Vec<TenantId> = Vec::deserialize(de)?;
+    Ok(ids.into_iter().map(|TenantId(id)| id).collect())
+}
+
 /// One element of `tenants.include`, as text.
 struct TenantId(String);
 

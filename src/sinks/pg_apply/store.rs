@@ -1,7 +1,8 @@
 //! The sink's bookkeeping tables in the target database (schema `helios`): checkpoints
 //! (job, scope, LSN) written in the same transaction as the rows they cover, the job's
 //! snapshot and confirmed positions, what the target holds of the job
-//! (`control::coverage`), backfill floors (`floors`), table error states and dead letters.
+//! (`control::coverage`), backfill floors (`floors`), table error states, resync requests
+//! and dead letters.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -50,6 +51,14 @@ CREATE TABLE IF NOT EXISTS helios.table_state (
     since_lsn pg_lsn,
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (job, table_name)
+);
+-- Tenants whose rows of a table the job's next start reloads (`control::resync`).
+CREATE TABLE IF NOT EXISTS helios.tenant_resync (
+    job text NOT NULL,
+    table_name text NOT NULL,
+    tenant text NOT NULL,
+    requested_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job, table_name, tenant)
 );
 CREATE TABLE IF NOT EXISTS helios.dead_letters (
     id bigserial PRIMARY KEY,
@@ -374,6 +383,9 @@ pub async fn load_history_missed(
         .collect())
 }
 
+/// Tenant resync requests: per table (`schema.table`), the tenants whose rows to reload.
+pub type TenantResyncs = std::collections::BTreeMap<String, BTreeSet<String>>;
+
 /// The `helios.table_state` state of a table whose reload was asked for (`control::resync`):
 /// the next start loads it whole again; until then the sink applies its changes.
 pub const RESYNC_REQUESTED: &str = "resync";
@@ -411,6 +423,64 @@ pub async fn load_resync_requests(
         .await
         .map_err(|e| sink_error("read resync requests", &e))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Asks that the job's next start reload `tenants`' rows of each of `tables`
+/// (`control::resync`); a request already there stays.
+pub async fn request_tenant_resync(
+    client: &Client,
+    job: &str,
+    tables: &BTreeSet<String>,
+    tenants: &BTreeSet<String>,
+) -> Result<(), SinkError> {
+    let tables: Vec<&str> = tables.iter().map(String::as_str).collect();
+    let tenants: Vec<&str> = tenants.iter().map(String::as_str).collect();
+    client
+        .execute(
+            "INSERT INTO helios.tenant_resync (job, table_name, tenant)
+             SELECT $1, t, n FROM unnest($2::text[]) AS u(t), unnest($3::text[]) AS v(n)
+             ON CONFLICT DO NOTHING",
+            &[&job, &tables, &tenants],
+        )
+        .await
+        .map_err(|e| sink_error("record a tenant resync request", &e))?;
+    Ok(())
+}
+
+/// The job's tenant resync requests ([`request_tenant_resync`]): per table, the tenants
+/// whose rows to reload.
+pub async fn load_tenant_resyncs(client: &Client, job: &str) -> Result<TenantResyncs, SinkError> {
+    let rows = client
+        .query(
+            "SELECT table_name, tenant FROM helios.tenant_resync WHERE job = $1",
+            &[&job],
+        )
+        .await
+        .map_err(|e| sink_error("read tenant resync requests", &e))?;
+    let mut out = TenantResyncs::new();
+    for r in &rows {
+        out.entry(r.get(0)).or_default().insert(r.get(1));
+    }
+    Ok(out)
+}
+
+/// Forgets the job's tenant resync requests in `done` (loaded, or dropped).
+pub async fn clear_tenant_resyncs(
+    client: &Client,
+    job: &str,
+    done: &TenantResyncs,
+) -> Result<(), SinkError> {
+    for (table, tenants) in done {
+        let tenants: Vec<&str> = tenants.iter().map(String::as_str).collect();
+        client
+            .execute(
+                "DELETE FROM helios.tenant_resync WHERE job = $1 AND table_name = $2 AND tenant = ANY($3)",
+                &[&job, table, &tenants],
+            )
+            .await
+            .map_err(|e| sink_error("clear tenant resync requests", &e))?;
+    }
+    Ok(())
 }
 
 /// Forgets what `helios.table_state` says of the job's `table` (inside the caller's
