@@ -198,7 +198,7 @@ fn tenant_requests(env: &Env) -> String {
 /// touched), and the table keeps no error state. A tenant the job does not carry is
 /// refused before anything connects; a reload the target refuses leaves the rows as they
 /// were while the job streams on; a tenants' reload of a table in error is refused (a
-/// whole reload takes it out of error).
+/// whole reload takes it out of error). A new snapshot drops a pending request.
 #[test]
 fn a_tenants_rows_that_drifted_are_reloaded_by_a_tenant_resync() {
     let env = Arc::new(Env::start(SETUP));
@@ -305,6 +305,20 @@ fn a_tenants_rows_that_drifted_are_reloaded_by_a_tenant_resync() {
         refused.output()
     );
     assert_eq!(tenant_requests(&env), "");
+
+    // A new snapshot (the slot dropped) loads every table whole: a pending tenants'
+    // request goes with the error state.
+    env.on_target(
+        "ALTER TABLE public.items DROP CONSTRAINT no_pre_7; \
+         INSERT INTO helios.tenant_resync (job, table_name, tenant) \
+         VALUES ('tenant-resync', 'public.items', '1')",
+    );
+    env.on_source("SELECT pg_drop_replication_slot('slot_tenant_resync')");
+    let mut repl = streaming(&job, &[]);
+    env.wait_converged(ITEMS, WAIT);
+    assert_eq!(items_state(&env), Some(String::new()), "{}", repl.output());
+    assert_eq!(tenant_requests(&env), "", "{}", repl.output());
+    assert_eq!(repl.stop().code(), Some(0));
 }
 
 /// Dead letters of `public.items` no whole load has superseded.

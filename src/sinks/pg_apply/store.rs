@@ -501,13 +501,15 @@ pub async fn clear_table_state(
     Ok(())
 }
 
-/// Forgets every table state of the job, and marks its pending dead letters superseded at
-/// `lsn`: a new snapshot at `lsn` loaded all its tables whole.
+/// Forgets every table state and tenant resync request of the job, and marks its pending
+/// dead letters superseded at `lsn`: a new snapshot at `lsn` loaded all its tables whole.
 pub async fn clear_table_states(client: &Client, job: &str, lsn: Lsn) -> Result<(), SinkError> {
-    client
-        .execute("DELETE FROM helios.table_state WHERE job = $1", &[&job])
-        .await
-        .map_err(|e| sink_error("clear the job's table states", &e))?;
+    for table in ["helios.table_state", "helios.tenant_resync"] {
+        client
+            .execute(&format!("DELETE FROM {table} WHERE job = $1"), &[&job])
+            .await
+            .map_err(|e| sink_error("clear the job's table states", &e))?;
+    }
     supersede_dead_letters(client, job, None, lsn).await?;
     Ok(())
 }
