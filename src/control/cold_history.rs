@@ -271,7 +271,7 @@ pub fn open_versions_at(table: &TableInfo, rows: Vec<ColdRow>, at: Lsn) -> Vec<C
 }
 
 /// The tenants of the job with a directory of `table` under `root`.
-fn tier_tenants(
+pub(crate) fn tier_tenants(
     root: &Path,
     table: &str,
     include: &TenantFilter,

@@ -37,6 +37,7 @@ use crate::change::{format_lsn, Lsn, TableInfo};
 use crate::control::access::{self, AccessHub};
 use crate::control::backfill::{self, coverage_json};
 use crate::control::coverage::Coverage;
+use crate::control::history_repair;
 use crate::control::history_start::{self, check_history_table};
 use crate::control::initial_snapshot::{self, SnapshotProgress};
 use crate::control::job_control::JobState;
@@ -768,6 +769,14 @@ async fn prepare(
             }
             match anchor {
                 Anchor::Postgres(_) => {
+                    history_repair::mend_from_cold_tier(
+                        spec,
+                        &plan.include,
+                        &mut targets,
+                        &infos,
+                        s.confirmed_flush,
+                    )
+                    .await?;
                     backfill::widen(spec, &mut targets, s.confirmed_flush, snapshot).await?
                 }
                 Anchor::Cold(root) => {

@@ -9,6 +9,7 @@ pub mod cold_seed;
 pub mod coverage;
 pub mod exports;
 pub mod history_query;
+pub mod history_repair;
 pub mod history_start;
 pub mod initial_snapshot;
 pub mod job_control;

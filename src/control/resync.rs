@@ -24,7 +24,9 @@
 //! cold tier, which took the same versions from the stream, gets the reload's versions
 //! as a backfill's. Refused in a job with a Parquet sink when the history table refused
 //! versions too (`history_missed_lsn`): the cold tier holds versions the history table
-//! lacks, and the reload's would close them a second time (the files are not rewritten).
+//! lacks, and the reload's would close them a second time (the files are not rewritten);
+//! each start writes them into the history table from the tier once it takes them
+//! (`history_repair`), which lifts the refusal.
 //!
 //! A request may name tenants: then only their rows of the tables are reloaded (kept in
 //! `helios.tenant_resync`), as a tenant added to the job is loaded (`control::backfill`,
@@ -69,8 +71,9 @@ pub enum ResyncError {
     /// doc).
     #[error(
         "resync: the history table of {table} on a target refused versions from {from} on, \
-         which the job's Parquet sink holds and a reload cannot rewrite there; delete the job \
-         with its slot to take a new snapshot instead"
+         which the job's Parquet sink holds and a reload would close there a second time; \
+         once the history table takes them (mend what refused them), the job's next start \
+         writes them into it from the cold tier, and a resync is taken after that"
     )]
     HistoryMissedWithColdTier { table: String, from: String },
     /// An empty tenant id.

@@ -795,7 +795,8 @@ fn wait_for_versions_of_price(env: &Env, price: i32, n: usize) {
 /// table; the versions already recorded stay as they are. When the history table refuses
 /// the versions too, the first one's LSN is recorded and a resync is refused (the cold
 /// tier holds versions the history table lacks), and the next start restores that
-/// table's books from the cold tier.
+/// table's books from the cold tier. Once the history table takes them again, a start
+/// writes the versions it missed from the cold tier, and a resync is taken.
 #[test]
 fn a_table_in_error_keeps_its_history_in_step_with_the_cold_tier_across_a_restart() {
     let (env, cold, port, mut server) = start_prices_job();
@@ -924,6 +925,41 @@ fn a_table_in_error_keeps_its_history_in_step_with_the_cold_tier_across_a_restar
     assert!(
         server_logs(env.dir.path()).contains("restored from the cold tier"),
         "the restart said where the books came from"
+    );
+
+    // Once the history table takes them, the next start writes the versions it missed
+    // from the cold tier and clears the mark: the two agree again, and a resync is taken.
+    env.on_target(
+        "ALTER TABLE public.prices_history DROP CONSTRAINT no_777; \
+         ALTER TABLE public.prices DROP CONSTRAINT no_777",
+    );
+    let mut server = server;
+    server.kill();
+    let server = Server::start(&env, port);
+    wait_for("the missed versions to be mended", WAIT, || {
+        env.on_target(
+            "SELECT count(*) FROM helios.table_state \
+             WHERE table_name = 'public.prices' AND history_missed_lsn IS NOT NULL",
+        ) == "0"
+    });
+    assert!(
+        server_logs(env.dir.path()).contains("history table mended from the cold tier"),
+        "the start said it mended the history table"
+    );
+    wait_cold_tier_matches_table(&env, &cold);
+    let (ok, out) = server.cli(&["jobs", "resync", "prices", "prices"]);
+    assert!(ok, "{out}");
+    env.wait_converged(
+        "SELECT count(*), sum(price) FROM public.prices WHERE tenant_id <= 5",
+        WAIT,
+    );
+    wait_for("the error state to go", WAIT, || {
+        prices_state(&env).is_empty()
+    });
+    wait_cold_tier_matches_table(&env, &cold);
+    assert_eq!(
+        crate::backfill::history_disagreements(&env, "prices", "price", "1, 2, 3, 4, 5"),
+        "0"
     );
     drop(server);
 }

@@ -186,6 +186,21 @@ fn lsns(values: impl Iterator<Item = u64>) -> Param<'static> {
 
 /// `INSERT` of opened versions.
 pub fn insert_versions<'a>(table: &TableInfo, rows: &[OpenRow<'a>]) -> Statement<'a> {
+    versions_insert(table, rows, false)
+}
+
+/// `INSERT` of the opened versions the history table lacks: those no row of it names
+/// (key, valid start and opening LSN), for mending it from another record of them.
+pub fn insert_missing_versions<'a>(table: &TableInfo, rows: &[OpenRow<'a>]) -> Statement<'a> {
+    versions_insert(table, rows, true)
+}
+
+/// [`insert_versions`], or with `only_missing` [`insert_missing_versions`].
+fn versions_insert<'a>(
+    table: &TableInfo,
+    rows: &[OpenRow<'a>],
+    only_missing: bool,
+) -> Statement<'a> {
     let n = table.columns.len();
     let mut names: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let mut values: Vec<String> = (0..n)
@@ -216,10 +231,26 @@ pub fn insert_versions<'a>(table: &TableInfo, rows: &[OpenRow<'a>]) -> Statement
         rows.iter().map(|r| Some(r.tombstone.to_string())).collect(),
     ));
     let shape = history_shape(table);
+    let history = quote_qualified(&shape.schema, &shape.name);
+    let guard = if only_missing {
+        // valid_from and system_from_lsn follow the source's columns (c{n}, c{n+3}).
+        let mut same: Vec<String> = table
+            .key_columns()
+            .iter()
+            .map(|&i| format!("h.{} IS NOT DISTINCT FROM {}", names[i], values[i]))
+            .collect();
+        same.push(format!("h.valid_from = {}", values[n]));
+        same.push(format!("h.system_from_lsn = {}", values[n + 3]));
+        format!(
+            " WHERE NOT EXISTS (SELECT 1 FROM {history} AS h WHERE {})",
+            same.join(" AND ")
+        )
+    } else {
+        String::new()
+    };
     Statement {
         text: format!(
-            "INSERT INTO {} ({}) SELECT {} FROM {}",
-            quote_qualified(&shape.schema, &shape.name),
+            "INSERT INTO {history} ({}) SELECT {} FROM {}{guard}",
             names.join(", "),
             values.join(", "),
             unnest_of(params.len(), 1)
@@ -266,6 +297,55 @@ pub fn close_versions<'a>(table: &TableInfo, rows: &[CloseRow<'a>]) -> Statement
         ),
         params,
     }
+}
+
+/// Most versions one statement of [`mend_versions`] writes.
+const MEND_CHUNK: usize = 1000;
+
+/// Writes another record of `table`'s versions (the cold tier's) into its history table
+/// where it lacks them: `opens` inserted unless a row names them, `closes` closed, then
+/// clears the table's missed mark (`store::clear_history_missed`), all in one
+/// transaction on `client`. Returns the rows inserted and closed.
+pub async fn mend_versions(
+    client: &mut tokio_postgres::Client,
+    job: &str,
+    table: &TableInfo,
+    opens: &[OpenRow<'_>],
+    closes: &[CloseRow<'_>],
+) -> Result<(u64, u64), SinkError> {
+    let failed = |what: &'static str| move |e: tokio_postgres::Error| sink_error(what, &e);
+    let tx = client
+        .transaction()
+        .await
+        .map_err(failed("begin mending a history table"))?;
+    ensure_history_shape(&tx, table).await?;
+    let mut written = (0, 0);
+    let chunks = opens
+        .chunks(MEND_CHUNK)
+        .map(|c| (insert_missing_versions(table, c), true))
+        .chain(
+            closes
+                .chunks(MEND_CHUNK)
+                .map(|c| (close_versions(table, c), false)),
+        );
+    for (stmt, opening) in chunks {
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            stmt.params.iter().map(Param::as_sql).collect();
+        let n = tx
+            .execute(stmt.text.as_str(), &params)
+            .await
+            .map_err(failed("mend a history table"))?;
+        if opening {
+            written.0 += n;
+        } else {
+            written.1 += n;
+        }
+    }
+    crate::sinks::pg_apply::store::clear_history_missed(&tx, job, &table.qualified_name()).await?;
+    tx.commit()
+        .await
+        .map_err(failed("commit mending a history table"))?;
+    Ok(written)
 }
 
 /// `col::text IN (...)` for a tenant filter; `None` for all tenants.

@@ -173,9 +173,7 @@ impl PgApplySink {
                 let route = tenant_route(tenant);
                 self.watermarks
                     .iter()
-                    .filter(|&&(index, peers, _)| {
-                        route % u64::from(peers.max(1)) == u64::from(index)
-                    })
+                    .filter(|&&(index, peers, _)| store::worker_owns(index, peers, route))
                     .map(|w| w.2)
                     .max()
             }

@@ -134,6 +134,31 @@ pub fn watermark_of(key: &str) -> Option<(u32, u32)> {
     (index < peers).then_some((index, peers))
 }
 
+/// Whether worker `index` of `peers` owns the tenants of `route`
+/// (`operators::partition::tenant_route`).
+pub fn worker_owns(index: u32, peers: u32, route: u64) -> bool {
+    route % u64::from(peers.max(1)) == u64::from(index)
+}
+
+/// The commit LSN up to which `tenant`'s changes are applied by `checkpoints` (as
+/// [`load_checkpoints`] reads them): its own row, or the watermark of a worker that owned
+/// it under any worker count the job ran with. A change committed at or below it is not
+/// applied again when the stream sends it again.
+pub fn tenant_applied(checkpoints: &HashMap<String, Lsn>, tenant: &str) -> Option<Lsn> {
+    let own = checkpoints
+        .get(&scope_key(&Scope::Tenant(tenant.into())))
+        .copied();
+    let route = crate::operators::partition::tenant_route(tenant);
+    let by_watermark = checkpoints
+        .iter()
+        .filter_map(|(key, &lsn)| {
+            let (index, peers) = watermark_of(key)?;
+            worker_owns(index, peers, route).then_some(lsn)
+        })
+        .max();
+    own.max(by_watermark)
+}
+
 /// Creates the bookkeeping tables.
 pub async fn migrate(client: &Client) -> Result<(), SinkError> {
     client
@@ -360,6 +385,24 @@ pub async fn mark_history_missed(
     Ok(())
 }
 
+/// Forgets that the history table of `table` missed versions (inside the caller's
+/// transaction): they were written into it since.
+pub async fn clear_history_missed(
+    client: &impl GenericClient,
+    job: &str,
+    table: &str,
+) -> Result<(), SinkError> {
+    client
+        .execute(
+            "UPDATE helios.table_state SET history_missed_lsn = NULL \
+             WHERE job = $1 AND table_name = $2",
+            &[&job, &table],
+        )
+        .await
+        .map_err(|e| sink_error("clear missed history versions", &e))?;
+    Ok(())
+}
+
 /// The job's tables among `tables` whose history table missed versions while they were in
 /// error state ([`mark_history_missed`]), with the first LSN missed.
 pub async fn load_history_missed(
@@ -574,4 +617,37 @@ pub async fn store_dead_letters(
             .map_err(|e| sink_error("store dead letter", &e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operators::partition::tenant_route;
+
+    #[test]
+    fn a_tenant_is_applied_to_its_own_row_or_the_watermark_of_a_worker_that_owned_it() {
+        let tenant = "7";
+        let (owner, other) = if tenant_route(tenant).is_multiple_of(2) {
+            (0, 1)
+        } else {
+            (1, 0)
+        };
+        let mut checkpoints = HashMap::new();
+        assert_eq!(tenant_applied(&checkpoints, tenant), None);
+        checkpoints.insert(watermark_key(other, 2), 90);
+        assert_eq!(tenant_applied(&checkpoints, tenant), None, "not its worker");
+        checkpoints.insert(watermark_key(owner, 2), 40);
+        checkpoints.insert(watermark_key(0, 1), 30);
+        assert_eq!(tenant_applied(&checkpoints, tenant), Some(40));
+        checkpoints.insert(scope_key(&Scope::Tenant(tenant.into())), 60);
+        assert_eq!(tenant_applied(&checkpoints, tenant), Some(60));
+        checkpoints.insert(watermark_key(0, 1), 70);
+        assert_eq!(
+            tenant_applied(&checkpoints, tenant),
+            Some(70),
+            "one worker owns every tenant"
+        );
+        assert!(worker_owns(owner, 2, tenant_route(tenant)));
+        assert!(!worker_owns(other, 2, tenant_route(tenant)));
+    }
 }

@@ -43,7 +43,7 @@ fn inserts_cast_every_column_and_the_times() {
         op: "insert",
         tombstone: false,
     };
-    let stmt = insert_versions(&prices(), &[open]);
+    let stmt = insert_versions(&prices(), std::slice::from_ref(&open));
     assert!(
         stmt.text
             .starts_with("INSERT INTO \"app\".\"prices_history\""),
@@ -61,6 +61,21 @@ fn inserts_cast_every_column_and_the_times() {
         "open-ended valid_to is NULL"
     );
     assert_eq!(stmt.params[6], Param::Column(vec![Some("1/10".into())]));
+    assert!(!stmt.text.contains("NOT EXISTS"), "{}", stmt.text);
+
+    let missing = insert_missing_versions(&prices(), &[open]);
+    assert_eq!(missing.params, stmt.params);
+    assert!(
+        missing.text.starts_with(&stmt.text)
+            && missing.text.ends_with(
+                " WHERE NOT EXISTS (SELECT 1 FROM \"app\".\"prices_history\" AS h WHERE \
+                 h.\"tenant_id\" IS NOT DISTINCT FROM v.c0::integer AND \
+                 h.\"id\" IS NOT DISTINCT FROM v.c1::integer AND \
+                 h.valid_from = v.c3::timestamptz AND h.system_from_lsn = v.c6::pg_lsn)"
+            ),
+        "{}",
+        missing.text
+    );
 }
 
 #[test]
