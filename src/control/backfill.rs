@@ -156,9 +156,11 @@ pub async fn widen(
         .iter()
         .map(|h| with_tenant_reloads(h.widening_to(&wanted), &reloads.tenants))
         .collect();
+    let mut new_streams = first.new_streams(&wanted);
+    new_streams.extend(never_written_streams(spec).await?);
     let streams = StreamGaps {
         gaps: stream_gaps,
-        new: first.new_streams(&wanted),
+        new: new_streams,
     };
     if gaps.iter().any(|g| !g.is_empty()) || !streams.new.is_empty() {
         check_history_gaps(spec, &held, &gaps)?;
@@ -260,6 +262,40 @@ async fn take_tenant_resyncs(
             "resync requested: these tenants' rows of the table are loaded again");
     }
     Ok(reload)
+}
+
+/// The job's NATS streams ([`stream_identity`]) that have never held a message on their
+/// server, whatever the recorded coverage says: a sink pointed at a server new to the job
+/// (its stream created just now), or a stream deleted and created again. Every table is
+/// published to them, as to a stream new to the job; without this they would get only
+/// the changes from the resume position on.
+async fn never_written_streams(spec: &JobSpec) -> Result<BTreeSet<String>, JobError> {
+    let identities = nats_identities(spec);
+    let mut never = BTreeSet::new();
+    if identities.is_empty() {
+        return Ok(never);
+    }
+    // In the order of the job's NATS sinks, as `identities`.
+    let sinks = initial_snapshot::nats_snapshot_sinks(spec).await?;
+    for (mut sink, identity) in sinks.into_iter().zip(identities) {
+        if sink.stream_never_written().await? {
+            tracing::info!(job = %spec.name, stream = %identity,
+                "the NATS stream has never held a message (a server new to the job, or the stream created again): every table is published to it");
+            never.insert(identity);
+        }
+    }
+    Ok(never)
+}
+
+/// The identities of the job's NATS sinks' streams ([`stream_identity`]), in their order.
+fn nats_identities(spec: &JobSpec) -> Vec<String> {
+    spec.sinks
+        .iter()
+        .filter_map(|s| match s {
+            SinkSpec::Nats(n) => Some(stream_identity(&spec.name, n)),
+            SinkSpec::Postgres(_) | SinkSpec::Parquet(_) => None,
+        })
+        .collect()
 }
 
 /// What a backfill publishes to the job's NATS sinks: the progress target's gaps as they
@@ -700,14 +736,7 @@ async fn publish_gaps(
     new_streams: &BTreeSet<String>,
     at: Lsn,
 ) -> Result<u64, JobError> {
-    let identities: Vec<String> = spec
-        .sinks
-        .iter()
-        .filter_map(|s| match s {
-            SinkSpec::Nats(n) => Some(stream_identity(&spec.name, n)),
-            SinkSpec::Postgres(_) | SinkSpec::Parquet(_) => None,
-        })
-        .collect();
+    let identities = nats_identities(spec);
     if identities.is_empty() || (gaps.is_empty() && new_streams.is_empty()) {
         return Ok(0);
     }

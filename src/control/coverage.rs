@@ -21,7 +21,8 @@ pub struct Coverage {
 }
 
 /// What names a NATS sink's copy of the job: its stream and subject prefix (not its URL,
-/// which may hold a password; the same stream on another server is not told apart).
+/// which may hold a password; a stream on another server that never held a message is
+/// told apart at start instead: `backfill` publishes every table to it).
 pub fn stream_identity(job: &str, sink: &NatsSinkSpec) -> String {
     let config = sink.config(job);
     format!("{} {}", config.stream, config.subject_prefix)

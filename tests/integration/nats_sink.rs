@@ -583,6 +583,52 @@ fn a_nats_sink_added_to_a_job_gets_every_row_once() {
     assert!(repl.stop().success(), "{}", repl.output());
 }
 
+/// A NATS sink pointed at another server (its stream there created empty), whose
+/// coverage says the stream got every row: the start sees the stream has never held a
+/// message and publishes every table to it, so the new server's stream rebuilds every
+/// row, none twice; the PostgreSQL target loads nothing again.
+#[test]
+fn a_nats_sink_moved_to_a_new_server_gets_every_row_once() {
+    let env = Env::start(ORDERS);
+    let old = Nats::start(&env);
+    for k in 0..5 {
+        env.on_source(&transaction(k));
+    }
+    let path = job_file(&env, &old, "moved", 1024);
+    let all = "SELECT tenant_id, count(*), sum(ver) FROM q.orders GROUP BY 1 ORDER BY 1";
+    let mut repl = Replicator::start_inline(&path);
+    env.wait_converged(all, WAIT);
+    assert!(repl.stop().success(), "{}", repl.output());
+    for k in 5..10 {
+        env.on_source(&transaction(k));
+    }
+    let new = Nats::start_in(&env, "nats-new");
+    let spec = std::fs::read_to_string(&path).expect("job file");
+    std::fs::write(&path, spec.replace(&old.url, &new.url)).expect("job");
+    drop(old);
+    let mut repl = Replicator::start_inline(&path);
+    wait_for("the job to stream", WAIT, || {
+        repl.output().contains("streaming")
+    });
+    for k in 10..15 {
+        env.on_source(&transaction(k));
+    }
+    env.wait_converged(all, WAIT);
+    let source = source_rows(&env, "SELECT tenant_id, id, ver FROM q.orders");
+    assert_stream_rebuilds(&new.url, "moved", &source);
+    let out = repl.output();
+    assert!(
+        out.contains("the NATS stream has never held a message")
+            && out.contains("new NATS streams: HELIOS_moved"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("target 0:"),
+        "the PostgreSQL target loads nothing:\n{out}"
+    );
+    assert!(repl.stop().success(), "{}", repl.output());
+}
+
 /// A table the PostgreSQL target refused, resynced: the target gets it whole again, and
 /// the NATS stream, which was not in error, is not sent it a second time: replaying the
 /// stream still gives every change exactly once.

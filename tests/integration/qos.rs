@@ -120,10 +120,15 @@ pub(crate) struct Nats {
 
 impl Nats {
     pub(crate) fn start(env: &Env) -> Nats {
+        Nats::start_in(env, "nats")
+    }
+
+    /// A server whose JetStream store is the directory `store` of the test's directory.
+    pub(crate) fn start_in(env: &Env, store: &str) -> Nats {
         let port = free_port().expect("port");
         let child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(env.dir.path().join("nats"))
+            .arg(env.dir.path().join(store))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

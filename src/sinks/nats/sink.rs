@@ -397,6 +397,24 @@ impl NatsSink {
         Ok(bytes)
     }
 
+    /// Whether the job's stream on the server has never held a message (its last sequence
+    /// is 0): created just now on a server new to the job, or deleted and created again.
+    /// Connects first if not connected.
+    pub async fn stream_never_written(&mut self) -> Result<bool, SinkError> {
+        if self.conn.is_none() {
+            self.reconnect().await?;
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(SinkError::Transient("NATS sink not connected".into()));
+        };
+        let info = conn
+            .stream
+            .info()
+            .await
+            .map_err(|e| SinkError::Transient(format!("stream {}: {e}", self.config.stream)))?;
+        Ok(info.state.last_sequence == 0)
+    }
+
     /// Publishes one chunk of the initial copy: `batch` holds rows of the snapshot, all at
     /// the slot's consistent point. Chunks of one snapshot continue each other (every
     /// message says how many snapshot rows its subject has so far); the stream's first
