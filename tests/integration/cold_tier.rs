@@ -777,6 +777,22 @@ fn prices_state(env: &Env) -> String {
     .unwrap_or_default()
 }
 
+/// Resyncs the job `prices` over the CLI (`args` after `jobs resync prices`), and waits
+/// for its tenants' rows to converge and the table's error state to go.
+fn resync_prices(env: &Env, server: &Server, args: &[&str]) {
+    let mut cli = vec!["jobs", "resync", "prices"];
+    cli.extend_from_slice(args);
+    let (ok, out) = server.cli(&cli);
+    assert!(ok, "{out}");
+    env.wait_converged(
+        "SELECT count(*), sum(price) FROM public.prices WHERE tenant_id <= 5",
+        WAIT,
+    );
+    wait_for("the error state to go", WAIT, || {
+        prices_state(env).is_empty()
+    });
+}
+
 /// Waits for `n` versions of the job's tenants' rows at `price` in the history table.
 fn wait_for_versions_of_price(env: &Env, price: i32, n: usize) {
     wait_for(&format!("{n} versions at price {price}"), WAIT, || {
@@ -845,15 +861,7 @@ fn a_table_in_error_keeps_its_history_in_step_with_the_cold_tier_across_a_restar
     );
 
     env.on_target("ALTER TABLE public.prices DROP CONSTRAINT no_999");
-    let (ok, out) = server.cli(&["jobs", "resync", "prices", "public.prices"]);
-    assert!(ok, "{out}");
-    env.wait_converged(
-        "SELECT count(*), sum(price) FROM public.prices WHERE tenant_id <= 5",
-        WAIT,
-    );
-    wait_for("the error state to go", WAIT, || {
-        prices_state(&env).is_empty()
-    });
+    resync_prices(&env, &server, &["public.prices"]);
     assert_eq!(
         crate::backfill::history_disagreements(&env, "prices", "price", "1, 2, 3, 4, 5"),
         "0"
@@ -870,12 +878,7 @@ fn a_table_in_error_keeps_its_history_in_step_with_the_cold_tier_across_a_restar
     // One tenant's rows reloaded over the API: its row that drifted on the target is
     // mended with no version (the history records the source), and the tier agrees.
     env.on_target("UPDATE public.prices SET price = 5 WHERE tenant_id = 4");
-    let (ok, out) = server.cli(&["jobs", "resync", "prices", "prices", "--tenant", "4"]);
-    assert!(ok, "{out}");
-    env.wait_converged(
-        "SELECT count(*), sum(price) FROM public.prices WHERE tenant_id <= 5",
-        WAIT,
-    );
+    resync_prices(&env, &server, &["prices", "--tenant", "4"]);
     assert_eq!(
         env.on_target("SELECT count(*) FROM public.prices_history WHERE tenant_id <= 5"),
         "46"
@@ -947,15 +950,7 @@ fn a_table_in_error_keeps_its_history_in_step_with_the_cold_tier_across_a_restar
         "the start said it mended the history table"
     );
     wait_cold_tier_matches_table(&env, &cold);
-    let (ok, out) = server.cli(&["jobs", "resync", "prices", "prices"]);
-    assert!(ok, "{out}");
-    env.wait_converged(
-        "SELECT count(*), sum(price) FROM public.prices WHERE tenant_id <= 5",
-        WAIT,
-    );
-    wait_for("the error state to go", WAIT, || {
-        prices_state(&env).is_empty()
-    });
+    resync_prices(&env, &server, &["prices"]);
     wait_cold_tier_matches_table(&env, &cold);
     assert_eq!(
         crate::backfill::history_disagreements(&env, "prices", "price", "1, 2, 3, 4, 5"),

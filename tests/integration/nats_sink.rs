@@ -560,26 +560,42 @@ fn a_nats_sink_added_to_a_job_gets_every_row_once() {
         env.on_source(&transaction(k));
     }
     std::fs::write(&path, &spec).expect("job");
-    let mut repl = Replicator::start_inline(&path);
+    restart_with_a_whole_stream(
+        &env,
+        &path,
+        &nats.url,
+        "fanout",
+        "a NATS stream new to the job",
+    );
+}
+
+/// Starts the job `job` at `path` again, its NATS stream at `url` new to it, and writes
+/// while it streams: the stream rebuilds every row of the source, none twice; the start
+/// said `why` and published every table to the stream, and the PostgreSQL target loaded
+/// nothing again.
+fn restart_with_a_whole_stream(env: &Env, path: &std::path::Path, url: &str, job: &str, why: &str) {
+    let mut repl = Replicator::start_inline(path);
     wait_for("the job to stream", WAIT, || {
         repl.output().contains("streaming")
     });
     for k in 10..15 {
         env.on_source(&transaction(k));
     }
-    env.wait_converged(all, WAIT);
+    env.wait_converged(
+        "SELECT tenant_id, count(*), sum(ver) FROM q.orders GROUP BY 1 ORDER BY 1",
+        WAIT,
+    );
+    let source = source_rows(env, "SELECT tenant_id, id, ver FROM q.orders");
+    assert_stream_rebuilds(url, job, &source);
     let out = repl.output();
     assert!(
-        out.contains("a NATS stream new to the job")
-            && out.contains("new NATS streams: HELIOS_fanout"),
+        out.contains(why) && out.contains(&format!("new NATS streams: HELIOS_{job}")),
         "{out}"
     );
     assert!(
         !out.contains("target 0:"),
         "the PostgreSQL target loads nothing:\n{out}"
     );
-    let source = source_rows(&env, "SELECT tenant_id, id, ver FROM q.orders");
-    assert_stream_rebuilds(&nats.url, "fanout", &source);
     assert!(repl.stop().success(), "{}", repl.output());
 }
 
@@ -606,27 +622,13 @@ fn a_nats_sink_moved_to_a_new_server_gets_every_row_once() {
     let spec = std::fs::read_to_string(&path).expect("job file");
     std::fs::write(&path, spec.replace(&old.url, &new.url)).expect("job");
     drop(old);
-    let mut repl = Replicator::start_inline(&path);
-    wait_for("the job to stream", WAIT, || {
-        repl.output().contains("streaming")
-    });
-    for k in 10..15 {
-        env.on_source(&transaction(k));
-    }
-    env.wait_converged(all, WAIT);
-    let source = source_rows(&env, "SELECT tenant_id, id, ver FROM q.orders");
-    assert_stream_rebuilds(&new.url, "moved", &source);
-    let out = repl.output();
-    assert!(
-        out.contains("the NATS stream has never held a message")
-            && out.contains("new NATS streams: HELIOS_moved"),
-        "{out}"
+    restart_with_a_whole_stream(
+        &env,
+        &path,
+        &new.url,
+        "moved",
+        "the NATS stream has never held a message",
     );
-    assert!(
-        !out.contains("target 0:"),
-        "the PostgreSQL target loads nothing:\n{out}"
-    );
-    assert!(repl.stop().success(), "{}", repl.output());
 }
 
 /// A table the PostgreSQL target refused, resynced: the target gets it whole again, and
