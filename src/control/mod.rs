@@ -8,6 +8,7 @@ pub mod cold_progress;
 pub mod cold_seed;
 pub mod coverage;
 pub mod exports;
+pub mod history_books;
 pub mod history_query;
 pub mod history_repair;
 pub mod history_start;
