@@ -148,16 +148,17 @@ pub fn auto_in_flight(round_trip: Option<Duration>) -> usize {
     }
 }
 
-/// Copies the tables `sink` keeps in error state into `stats` (for the job's status and
-/// metrics). A table leaves error state only when the job restarts (a resync), so the
-/// set only grows while the stats live.
+/// Copies the tables `sink` keeps in error state, with their reasons, into `stats` (for
+/// the job's status and metrics). A table leaves error state only when the job restarts
+/// (a resync), so the set only grows while the stats live; a reason may grow (its history
+/// table refusing versions too).
 fn note_tables_in_error<S: Sink>(sink: &S, stats: &SinkStats) {
     let Some(failed) = sink.tables_in_error().filter(|f| !f.is_empty()) else {
         return;
     };
     if let Ok(mut known) = stats.tables_in_error.lock() {
         for (table, why) in failed {
-            if !known.contains_key(table) {
+            if known.get(table) != Some(why) {
                 known.insert(table.clone(), why.clone());
             }
         }

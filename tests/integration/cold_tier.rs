@@ -904,6 +904,14 @@ fn a_table_in_error_keeps_its_history_in_step_with_the_cold_tier_across_a_restar
     );
     let (ok, out) = server.cli(&["jobs", "show", "prices"]);
     assert!(ok && out.contains("streaming"), "{out}");
+    wait_for(
+        "the status to say the history table refused versions",
+        WAIT,
+        || {
+            let (_, out) = server.cli(&["jobs", "show", "prices"]);
+            out.contains("its history table refused the versions too, from")
+        },
+    );
     wait_for("the cold tier to hold the version at 777", WAIT, || {
         open_prices(&cold, 3).contains(&((3, 3), Some(777)))
     });
@@ -949,6 +957,12 @@ fn a_table_in_error_keeps_its_history_in_step_with_the_cold_tier_across_a_restar
         server_logs(env.dir.path()).contains("history table mended from the cold tier"),
         "the start said it mended the history table"
     );
+    // A change reaches the sink, which shows the table in error without the note.
+    env.on_source("UPDATE public.prices SET price = 901 WHERE tenant_id = 5 AND id = 5");
+    wait_for("the status without the note", WAIT, || {
+        let (_, out) = server.cli(&["jobs", "show", "prices"]);
+        out.contains("table in error: public.prices") && !out.contains("history table refused")
+    });
     wait_cold_tier_matches_table(&env, &cold);
     resync_prices(&env, &server, &["prices"]);
     wait_cold_tier_matches_table(&env, &cold);

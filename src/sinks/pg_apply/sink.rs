@@ -493,8 +493,19 @@ impl PgApplySink {
                 self.cache.history_shapes.remove(table);
                 tracing::error!(job = %self.job, table = %table, versions = history.len(), error = %reason,
                     "table in error state: its history table refused the versions too; they are not recorded");
-                let first = history.iter().map(|e| e.delta.changed_at().lsn).min();
-                store::mark_history_missed(tx, &self.job, table, first.unwrap_or(0)).await
+                let first = history
+                    .iter()
+                    .map(|e| e.delta.changed_at().lsn)
+                    .min()
+                    .unwrap_or(0);
+                store::mark_history_missed(tx, &self.job, table, first).await?;
+                // The status says so (the state read at the next connect says it too).
+                if let Some(known) = self.failed_tables.get_mut(table) {
+                    if !known.contains(store::HISTORY_MISSED) {
+                        known.push_str(&store::history_missed_note(first));
+                    }
+                }
+                Ok(())
             }
             Err(e) => Err(e),
         }

@@ -331,19 +331,39 @@ pub async fn store_checkpoints(
     Ok(())
 }
 
-/// Tables of the job in error state, with their reasons.
+/// Tables of the job in error state, with their reasons (each followed by
+/// [`history_missed_note`] when its history table refused versions too).
 pub async fn load_failed_tables(
     client: &Client,
     job: &str,
 ) -> Result<HashMap<String, String>, SinkError> {
     let rows = client
         .query(
-            "SELECT table_name, coalesce(error, '') FROM helios.table_state WHERE job = $1 AND state = 'error'",
+            "SELECT table_name, coalesce(error, ''), history_missed_lsn FROM helios.table_state \
+             WHERE job = $1 AND state = 'error'",
             &[&job],
         )
         .await
         .map_err(|e| sink_error("read table states", &e))?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let mut reason: String = r.get(1);
+            if let Some(lsn) = r.get::<_, Option<PgLsn>>(2) {
+                reason.push_str(&history_missed_note(u64::from(lsn)));
+            }
+            (r.get(0), reason)
+        })
+        .collect())
+}
+
+/// How [`history_missed_note`] begins.
+pub const HISTORY_MISSED: &str = "; its history table refused the versions too";
+
+/// What a table's error reason says once its history table refused versions too, from
+/// `lsn` on ([`mark_history_missed`]).
+pub fn history_missed_note(lsn: Lsn) -> String {
+    format!("{HISTORY_MISSED}, from {} on", format_lsn(lsn))
 }
 
 /// Puts a table in error state (inside the caller's transaction).
