@@ -59,12 +59,11 @@ use crate::control::history_start;
 use crate::control::initial_snapshot::{self, SnapshotProgress};
 use crate::control::job_runner::JobError;
 use crate::control::job_spec::{JobSpec, RemovedTenants, SinkSpec, TableSpec, TenantFilter};
-use crate::control::resync;
+use crate::control::resync::{self, ReloadAsked, Reloads};
 use crate::operators::version::SysTime;
 use crate::sinks::nats::NatsSink;
 use crate::sinks::pg_apply::history::record_snapshot_versions;
 use crate::sinks::pg_apply::snapshot::{load_table, LoadFloor};
-use crate::sinks::pg_apply::store::TenantResyncs;
 use crate::sinks::pg_apply::{floors, store};
 use crate::sinks::SinkError;
 use crate::sql_text::quote_qualified;
@@ -127,8 +126,8 @@ pub async fn widen(
         .map(|h| h.widening_to(&wanted))
         .unwrap_or_default();
     let reloads = Reloads {
-        tables: take_resync_requests(spec, targets, &mut held).await?,
-        tenants: take_tenant_resyncs(spec, targets).await?,
+        tables: resync::take_requests(spec, targets, &mut held).await?,
+        tenants: resync::take_tenant_requests(spec, targets).await?,
     };
     // What the progress target holds speaks for the job in the log.
     let Some(first) = held.first() else {
@@ -154,7 +153,7 @@ pub async fn widen(
     }
     let gaps: Vec<Vec<Widening>> = held
         .iter()
-        .map(|h| with_tenant_reloads(h.widening_to(&wanted), &reloads.tenants))
+        .map(|h| resync::with_tenant_reloads(h.widening_to(&wanted), &reloads.tenants))
         .collect();
     let mut new_streams = first.new_streams(&wanted);
     new_streams.extend(never_written_streams(spec).await?);
@@ -178,90 +177,6 @@ pub async fn widen(
         store::clear_tenant_resyncs(target, &spec.name, &reloads.tenants).await?;
     }
     Ok(())
-}
-
-/// What the targets asked to reload (`control::resync`).
-struct Reloads {
-    /// Whole tables, per target (in `targets`' order).
-    tables: Vec<BTreeSet<String>>,
-    /// Tenants' rows of tables, on every target.
-    tenants: TenantResyncs,
-}
-
-impl Reloads {
-    /// Whether target `index`'s load of `gap` is one only a resync asked for, so a refusal
-    /// of it leaves the job running: a whole table asked for, or tenants all asked for.
-    fn asked_for(&self, index: usize, gap: &Widening) -> Option<ReloadAsked> {
-        if self
-            .tables
-            .get(index)
-            .is_some_and(|t| t.contains(&gap.table))
-        {
-            return Some(ReloadAsked::Table);
-        }
-        match (&gap.gap, self.tenants.get(&gap.table)) {
-            (Gap::Tenants(loaded), Some(asked)) if loaded.is_subset(asked) => {
-                Some(ReloadAsked::Tenants)
-            }
-            _ => None,
-        }
-    }
-}
-
-/// What a resync asked to reload.
-enum ReloadAsked {
-    Table,
-    Tenants,
-}
-
-/// `gaps` (a target's, by table) with the tenants' rows `reloads` asks for: added to a
-/// table's tenants gap, or a gap of their own; a table loaded whole takes them already.
-fn with_tenant_reloads(mut gaps: Vec<Widening>, reloads: &TenantResyncs) -> Vec<Widening> {
-    for (table, tenants) in reloads {
-        match gaps.iter_mut().find(|w| &w.table == table) {
-            Some(Widening {
-                gap: Gap::Table, ..
-            }) => {}
-            Some(Widening {
-                gap: Gap::Tenants(gap),
-                ..
-            }) => gap.extend(tenants.iter().cloned()),
-            None => gaps.push(Widening {
-                table: table.clone(),
-                gap: Gap::Tenants(tenants.clone()),
-            }),
-        }
-    }
-    gaps.sort_by(|a, b| a.table.cmp(&b.table));
-    gaps
-}
-
-/// Takes the targets' tenant resync requests (`control::resync`): those for tables and
-/// tenants the job carries, the same on every target; the others are dropped with a
-/// warning.
-async fn take_tenant_resyncs(
-    spec: &JobSpec,
-    targets: &[tokio_postgres::Client],
-) -> Result<TenantResyncs, JobError> {
-    let mut requested = Vec::with_capacity(targets.len());
-    for target in targets {
-        requested.push(store::load_tenant_resyncs(target, &spec.name).await?);
-    }
-    let (reload, dropped) = resync::sort_tenant_requests(spec, &requested);
-    for (table, tenants) in &dropped {
-        let ids: Vec<&str> = tenants.iter().map(String::as_str).collect();
-        tracing::warn!(job = %spec.name, table = %table, tenants = %ids.join(", "),
-            "tenant resync request dropped: the job no longer carries the table or these tenants");
-    }
-    for target in targets {
-        store::clear_tenant_resyncs(target, &spec.name, &dropped).await?;
-    }
-    for (table, tenants) in &reload {
-        let ids: Vec<&str> = tenants.iter().map(String::as_str).collect();
-        tracing::info!(job = %spec.name, table = %table, tenants = %ids.join(", "),
-            "resync requested: these tenants' rows of the table are loaded again");
-    }
-    Ok(reload)
 }
 
 /// The job's NATS streams ([`stream_identity`]) that have never held a message on their
@@ -304,33 +219,6 @@ struct StreamGaps {
     gaps: Vec<Widening>,
     /// The NATS streams new to the job (`coverage::stream_identity`).
     new: BTreeSet<String>,
-}
-
-/// Takes each target's resync requests (`control::resync`), in `targets`' order: the
-/// tables to reload whole come out of what the target is taken to hold (`held`), so they
-/// are loaded as gaps; requests for tables the job no longer carries are dropped with a
-/// warning.
-async fn take_resync_requests(
-    spec: &JobSpec,
-    targets: &[tokio_postgres::Client],
-    held: &mut [Coverage],
-) -> Result<Vec<BTreeSet<String>>, JobError> {
-    let mut requested = Vec::with_capacity(targets.len());
-    for target in targets {
-        requested.push(store::load_resync_requests(target, &spec.name).await?);
-    }
-    let (resyncs, dropped) = resync::sort_requests(spec, &requested);
-    for (index, (target, h)) in targets.iter().zip(held.iter_mut()).enumerate() {
-        for (table, why) in &dropped {
-            tracing::warn!(job = %spec.name, target = index, table = %table, why, "resync request dropped");
-            store::clear_table_state(target, &spec.name, table).await?;
-        }
-        for table in &resyncs[index] {
-            tracing::info!(job = %spec.name, target = index, table = %table, "resync requested: the table is loaded whole again");
-            h.tables.remove(table);
-        }
-    }
-    Ok(resyncs)
 }
 
 /// Deletes, in one transaction on `target` (the job's target `index`), the rows each
@@ -796,14 +684,9 @@ async fn publish_tables<'a, I>(
 
 #[cfg(test)]
 mod tests {
-    use super::{
-        backfill_slot_name, check_history_gaps, cold_tier_coverage, coverage_json,
-        with_tenant_reloads, ReloadAsked, Reloads,
-    };
-    use crate::control::coverage::{Coverage, Gap, Widening};
+    use super::{backfill_slot_name, check_history_gaps, cold_tier_coverage, coverage_json};
+    use crate::control::coverage::Coverage;
     use crate::control::job_spec::JobSpec;
-    use crate::sinks::pg_apply::store::TenantResyncs;
-    use std::collections::BTreeSet;
 
     /// A job into PostgreSQL whose `prices` keeps history and `notes` does not.
     fn history_job(tenants: &str) -> JobSpec {
@@ -890,61 +773,6 @@ mod tests {
             .expect_err("garbage")
             .to_string();
         assert!(err.contains("progress file is not readable"), "{err}");
-    }
-
-    fn ids(list: &[&str]) -> BTreeSet<String> {
-        list.iter().map(|s| s.to_string()).collect()
-    }
-
-    fn tenants_gap(table: &str, tenants: &[&str]) -> Widening {
-        Widening {
-            table: table.into(),
-            gap: Gap::Tenants(ids(tenants)),
-        }
-    }
-
-    #[test]
-    fn tenant_reloads_join_the_gaps_and_a_refusal_spares_the_job_only_when_all_were_asked() {
-        let reloads: TenantResyncs = [
-            ("public.a".to_string(), ids(&["1"])),
-            ("public.b".to_string(), ids(&["2"])),
-            ("public.c".to_string(), ids(&["3", "4"])),
-        ]
-        .into_iter()
-        .collect();
-        let whole_b = Widening {
-            table: "public.b".into(),
-            gap: Gap::Table,
-        };
-        let gaps = vec![tenants_gap("public.c", &["5"]), whole_b.clone()];
-        let gaps = with_tenant_reloads(gaps, &reloads);
-        assert_eq!(
-            gaps,
-            vec![
-                tenants_gap("public.a", &["1"]),
-                whole_b.clone(),
-                tenants_gap("public.c", &["3", "4", "5"]),
-            ],
-            "a gap of its own, none beside a whole load, added to a tenants gap"
-        );
-        let reloads = Reloads {
-            tables: vec![ids(&["public.b"]), ids(&[])],
-            tenants: reloads,
-        };
-        assert!(matches!(
-            reloads.asked_for(0, &whole_b),
-            Some(ReloadAsked::Table)
-        ));
-        assert!(reloads.asked_for(1, &whole_b).is_none());
-        assert!(matches!(
-            reloads.asked_for(1, &tenants_gap("public.c", &["3"])),
-            Some(ReloadAsked::Tenants)
-        ));
-        // Tenant 5 was added to the job: its load refused stops the job.
-        assert!(reloads.asked_for(1, &gaps[2]).is_none());
-        assert!(reloads
-            .asked_for(0, &tenants_gap("public.d", &["1"]))
-            .is_none());
     }
 
     #[test]

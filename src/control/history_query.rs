@@ -300,6 +300,20 @@ async fn commit_time_at(
     Ok(row.get(0))
 }
 
+/// A cold-tier row's key cells (the columns `keys`) and all its cells.
+pub fn cold_row_cells(keys: &[usize], r: &ColdRow) -> (Row, Row) {
+    let value: Row = r
+        .values
+        .iter()
+        .map(|v| v.as_deref().map_or(Cell::Null, Cell::text))
+        .collect();
+    let key: Row = keys
+        .iter()
+        .map(|&i| value.get(i).cloned().unwrap_or(Cell::Null))
+        .collect();
+    (key, value)
+}
+
 /// Rebuilds versions from cold-tier rows. The continuous sink writes an `open` row when a
 /// version starts and a `close` row when it ends, an export one row per version (a
 /// `close` one if it had ended); rows of one version (same key, valid start and system
@@ -308,15 +322,7 @@ pub fn versions_from_cold_rows(table: &TableInfo, rows: &[ColdRow]) -> Vec<Versi
     let keys = table.key_columns();
     let mut versions: BTreeMap<(Row, i64, Lsn), Version<Row, Row>> = BTreeMap::new();
     for r in rows {
-        let value: Row = r
-            .values
-            .iter()
-            .map(|v| v.as_deref().map_or(Cell::Null, Cell::text))
-            .collect();
-        let key: Row = keys
-            .iter()
-            .map(|&i| value.get(i).cloned().unwrap_or(Cell::Null))
-            .collect();
+        let (key, value) = cold_row_cells(&keys, r);
         let system_to = match (r.system_to, r.system_to_lsn) {
             (Some(micros), Some(lsn)) => Some(SysTime { lsn, micros }),
             _ => None,

@@ -16,9 +16,10 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::change::{format_lsn, Cell, Lsn, Row, TableInfo};
+use crate::change::{format_lsn, Lsn, Row, TableInfo};
 use crate::control::cold_history::{cold_error, tier_tenants};
-use crate::control::job_runner::{parquet_roots, JobError};
+use crate::control::history_query::cold_row_cells;
+use crate::control::job_runner::{blocking, parquet_roots, JobError};
 use crate::control::job_spec::{JobSpec, TableSpec, TenantFilter};
 use crate::operators::version::SysTime;
 use crate::sinks::parquet::{for_each_batch, ColdEvent, ColdRow};
@@ -94,7 +95,7 @@ async fn tier_rows(
         info.qualified_name(),
         include.clone(),
     );
-    tokio::task::spawn_blocking(move || {
+    blocking(move || {
         let mut out = Vec::new();
         for tenant in tier_tenants(&root, &table, &include).map_err(cold_error(&root))? {
             let to = upto(&tenant);
@@ -110,7 +111,6 @@ async fn tier_rows(
         Ok(out)
     })
     .await
-    .map_err(|e| SinkError::Transient(format!("cold-tier task: {e}")))?
 }
 
 /// Cold-tier rows as the history table's rows: values and keys owned, so the versions to
@@ -124,24 +124,7 @@ struct TierVersions<'a> {
 impl<'a> TierVersions<'a> {
     fn of(info: &TableInfo, rows: &'a [ColdRow]) -> TierVersions<'a> {
         let key_columns = info.key_columns();
-        let values: Vec<Row> = rows
-            .iter()
-            .map(|r| {
-                r.values
-                    .iter()
-                    .map(|v| v.as_deref().map_or(Cell::Null, Cell::text))
-                    .collect()
-            })
-            .collect();
-        let keys = values
-            .iter()
-            .map(|value: &Row| {
-                key_columns
-                    .iter()
-                    .map(|&i| value.get(i).cloned().unwrap_or(Cell::Null))
-                    .collect()
-            })
-            .collect();
+        let (keys, values) = rows.iter().map(|r| cold_row_cells(&key_columns, r)).unzip();
         TierVersions { rows, values, keys }
     }
 

@@ -28,6 +28,9 @@
 //! each start writes them into the history table from the tier once it takes them
 //! (`history_repair`), which lifts the refusal.
 //!
+//! At start, [`take_requests`] and [`take_tenant_requests`] turn what the targets hold
+//! into what the backfill loads ([`Reloads`]), dropping requests the job no longer carries.
+//!
 //! A request may name tenants: then only their rows of the tables are reloaded (kept in
 //! `helios.tenant_resync`), as a tenant added to the job is loaded (`control::backfill`,
 //! a floor per tenant), on every PostgreSQL target: the way to mend one tenant's rows
@@ -39,7 +42,8 @@
 use std::collections::BTreeSet;
 
 use crate::change::format_lsn;
-use crate::control::job_runner::{parquet_roots, postgres_dsns};
+use crate::control::coverage::{Coverage, Gap, Widening};
+use crate::control::job_runner::{parquet_roots, postgres_dsns, JobError};
 use crate::control::job_spec::{JobSpec, TenantFilter};
 use crate::sinks::pg_apply::store::TenantResyncs;
 use crate::sinks::pg_apply::{self, store};
@@ -306,6 +310,120 @@ pub fn sort_requests(
     (reload, dropped)
 }
 
+/// Takes each target's resync requests at start, in `targets`' order: the
+/// tables to reload whole come out of what the target is taken to hold (`held`), so they
+/// are loaded as gaps; requests for tables the job no longer carries are dropped with a
+/// warning.
+pub(crate) async fn take_requests(
+    spec: &JobSpec,
+    targets: &[tokio_postgres::Client],
+    held: &mut [Coverage],
+) -> Result<Vec<BTreeSet<String>>, JobError> {
+    let mut requested = Vec::with_capacity(targets.len());
+    for target in targets {
+        requested.push(store::load_resync_requests(target, &spec.name).await?);
+    }
+    let (resyncs, dropped) = sort_requests(spec, &requested);
+    for (index, (target, h)) in targets.iter().zip(held.iter_mut()).enumerate() {
+        for (table, why) in &dropped {
+            tracing::warn!(job = %spec.name, target = index, table = %table, why, "resync request dropped");
+            store::clear_table_state(target, &spec.name, table).await?;
+        }
+        for table in &resyncs[index] {
+            tracing::info!(job = %spec.name, target = index, table = %table, "resync requested: the table is loaded whole again");
+            h.tables.remove(table);
+        }
+    }
+    Ok(resyncs)
+}
+
+/// What the targets asked to reload ([`take_requests`], [`take_tenant_requests`]).
+pub(crate) struct Reloads {
+    /// Whole tables, per target (in `targets`' order).
+    pub tables: Vec<BTreeSet<String>>,
+    /// Tenants' rows of tables, on every target.
+    pub tenants: TenantResyncs,
+}
+
+impl Reloads {
+    /// Whether target `index`'s load of `gap` is one only a resync asked for, so a refusal
+    /// of it leaves the job running: a whole table asked for, or tenants all asked for.
+    pub(crate) fn asked_for(&self, index: usize, gap: &Widening) -> Option<ReloadAsked> {
+        if self
+            .tables
+            .get(index)
+            .is_some_and(|t| t.contains(&gap.table))
+        {
+            return Some(ReloadAsked::Table);
+        }
+        match (&gap.gap, self.tenants.get(&gap.table)) {
+            (Gap::Tenants(loaded), Some(asked)) if loaded.is_subset(asked) => {
+                Some(ReloadAsked::Tenants)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What a resync asked to reload.
+pub(crate) enum ReloadAsked {
+    Table,
+    Tenants,
+}
+
+/// `gaps` (a target's, by table) with the tenants' rows `reloads` asks for: added to a
+/// table's tenants gap, or a gap of their own; a table loaded whole takes them already.
+pub(crate) fn with_tenant_reloads(
+    mut gaps: Vec<Widening>,
+    reloads: &TenantResyncs,
+) -> Vec<Widening> {
+    for (table, tenants) in reloads {
+        match gaps.iter_mut().find(|w| &w.table == table) {
+            Some(Widening {
+                gap: Gap::Table, ..
+            }) => {}
+            Some(Widening {
+                gap: Gap::Tenants(gap),
+                ..
+            }) => gap.extend(tenants.iter().cloned()),
+            None => gaps.push(Widening {
+                table: table.clone(),
+                gap: Gap::Tenants(tenants.clone()),
+            }),
+        }
+    }
+    gaps.sort_by(|a, b| a.table.cmp(&b.table));
+    gaps
+}
+
+/// Takes the targets' tenant resync requests at start: those for tables and
+/// tenants the job carries, the same on every target; the others are dropped with a
+/// warning.
+pub(crate) async fn take_tenant_requests(
+    spec: &JobSpec,
+    targets: &[tokio_postgres::Client],
+) -> Result<TenantResyncs, JobError> {
+    let mut requested = Vec::with_capacity(targets.len());
+    for target in targets {
+        requested.push(store::load_tenant_resyncs(target, &spec.name).await?);
+    }
+    let (reload, dropped) = sort_tenant_requests(spec, &requested);
+    for (table, tenants) in &dropped {
+        let ids: Vec<&str> = tenants.iter().map(String::as_str).collect();
+        tracing::warn!(job = %spec.name, table = %table, tenants = %ids.join(", "),
+            "tenant resync request dropped: the job no longer carries the table or these tenants");
+    }
+    for target in targets {
+        store::clear_tenant_resyncs(target, &spec.name, &dropped).await?;
+    }
+    for (table, tenants) in &reload {
+        let ids: Vec<&str> = tenants.iter().map(String::as_str).collect();
+        tracing::info!(job = %spec.name, table = %table, tenants = %ids.join(", "),
+            "resync requested: these tenants' rows of the table are loaded again");
+    }
+    Ok(reload)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,5 +611,60 @@ root = "/tmp/cold"
         );
         let (reload, dropped) = sort_requests(&spec, &[set(&[]), set(&[])]);
         assert!(dropped.is_empty() && reload.iter().all(BTreeSet::is_empty));
+    }
+
+    fn ids(list: &[&str]) -> BTreeSet<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn tenants_gap(table: &str, tenants: &[&str]) -> Widening {
+        Widening {
+            table: table.into(),
+            gap: Gap::Tenants(ids(tenants)),
+        }
+    }
+
+    #[test]
+    fn tenant_reloads_join_the_gaps_and_a_refusal_spares_the_job_only_when_all_were_asked() {
+        let reloads: TenantResyncs = [
+            ("public.a".to_string(), ids(&["1"])),
+            ("public.b".to_string(), ids(&["2"])),
+            ("public.c".to_string(), ids(&["3", "4"])),
+        ]
+        .into_iter()
+        .collect();
+        let whole_b = Widening {
+            table: "public.b".into(),
+            gap: Gap::Table,
+        };
+        let gaps = vec![tenants_gap("public.c", &["5"]), whole_b.clone()];
+        let gaps = with_tenant_reloads(gaps, &reloads);
+        assert_eq!(
+            gaps,
+            vec![
+                tenants_gap("public.a", &["1"]),
+                whole_b.clone(),
+                tenants_gap("public.c", &["3", "4", "5"]),
+            ],
+            "a gap of its own, none beside a whole load, added to a tenants gap"
+        );
+        let reloads = Reloads {
+            tables: vec![ids(&["public.b"]), ids(&[])],
+            tenants: reloads,
+        };
+        assert!(matches!(
+            reloads.asked_for(0, &whole_b),
+            Some(ReloadAsked::Table)
+        ));
+        assert!(reloads.asked_for(1, &whole_b).is_none());
+        assert!(matches!(
+            reloads.asked_for(1, &tenants_gap("public.c", &["3"])),
+            Some(ReloadAsked::Tenants)
+        ));
+        // Tenant 5 was added to the job: its load refused stops the job.
+        assert!(reloads.asked_for(1, &gaps[2]).is_none());
+        assert!(reloads
+            .asked_for(0, &tenants_gap("public.d", &["1"]))
+            .is_none());
     }
 }

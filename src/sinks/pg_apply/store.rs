@@ -412,14 +412,27 @@ pub async fn clear_history_missed(
     job: &str,
     table: &str,
 ) -> Result<(), SinkError> {
+    execute_for_table(
+        client,
+        "UPDATE helios.table_state SET history_missed_lsn = NULL \
+         WHERE job = $1 AND table_name = $2",
+        (job, table),
+        "clear missed history versions",
+    )
+    .await
+}
+
+/// Runs `sql` with the job and the table as `$1` and `$2`; `what` names it in an error.
+async fn execute_for_table(
+    client: &impl GenericClient,
+    sql: &str,
+    (job, table): (&str, &str),
+    what: &str,
+) -> Result<(), SinkError> {
     client
-        .execute(
-            "UPDATE helios.table_state SET history_missed_lsn = NULL \
-             WHERE job = $1 AND table_name = $2",
-            &[&job, &table],
-        )
+        .execute(sql, &[&job, &table])
         .await
-        .map_err(|e| sink_error("clear missed history versions", &e))?;
+        .map_err(|e| sink_error(what, &e))?;
     Ok(())
 }
 
@@ -554,14 +567,13 @@ pub async fn clear_table_state(
     job: &str,
     table: &str,
 ) -> Result<(), SinkError> {
-    client
-        .execute(
-            "DELETE FROM helios.table_state WHERE job = $1 AND table_name = $2",
-            &[&job, &table],
-        )
-        .await
-        .map_err(|e| sink_error("clear a table's state", &e))?;
-    Ok(())
+    execute_for_table(
+        client,
+        "DELETE FROM helios.table_state WHERE job = $1 AND table_name = $2",
+        (job, table),
+        "clear a table's state",
+    )
+    .await
 }
 
 /// Forgets every table state and tenant resync request of the job, and marks its pending
