@@ -286,6 +286,13 @@ pub enum ParquetError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A reader's consumer stopped taking rows ([`reader::for_each_batch`]'s `each` gave
+    /// up, its own reason given).
+    #[error("reading stopped: {reason}")]
+    Stopped {
+        /// Why the consumer stopped.
+        reason: String,
+    },
     /// A write's LSN range is empty (`lsn_lo > lsn_hi`).
     #[error("invalid LSN range {lo:016X}..{hi:016X}")]
     InvalidRange {

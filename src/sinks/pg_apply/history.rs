@@ -302,16 +302,19 @@ pub fn close_versions<'a>(table: &TableInfo, rows: &[CloseRow<'a>]) -> Statement
 /// Most versions one statement of [`mend_versions`] writes.
 const MEND_CHUNK: usize = 1000;
 
-/// Writes another record of `table`'s versions (the cold tier's) into its history table
-/// where it lacks them: `opens` inserted unless a row names them, `closes` closed, then
-/// clears the table's missed mark (`store::clear_history_missed`), all in one
-/// transaction on `client`. Returns the rows inserted and closed.
+/// Writes part of another record of `table`'s versions (the cold tier's) into its history
+/// table where it lacks them, in one transaction on `client`: `opens` inserted unless a
+/// row names them, `closes` closed where still open. Both are idempotent, so a mend cut
+/// short is taken again from its start. With `clear_mark`, the same transaction then
+/// clears the table's missed mark (`store::clear_history_missed`). Returns the rows
+/// inserted and closed.
 pub async fn mend_versions(
     client: &mut tokio_postgres::Client,
     job: &str,
     table: &TableInfo,
     opens: &[OpenRow<'_>],
     closes: &[CloseRow<'_>],
+    clear_mark: bool,
 ) -> Result<(u64, u64), SinkError> {
     let failed = |what: &'static str| move |e: tokio_postgres::Error| sink_error(what, &e);
     let tx = client
@@ -341,7 +344,10 @@ pub async fn mend_versions(
             written.1 += n;
         }
     }
-    crate::sinks::pg_apply::store::clear_history_missed(&tx, job, &table.qualified_name()).await?;
+    if clear_mark {
+        crate::sinks::pg_apply::store::clear_history_missed(&tx, job, &table.qualified_name())
+            .await?;
+    }
     tx.commit()
         .await
         .map_err(failed("commit mending a history table"))?;
