@@ -15,7 +15,7 @@
 //! tier (`job_runner`), and a resync of the table stays refused (`resync`).
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::change::{format_lsn, Lsn, Row, TableInfo};
