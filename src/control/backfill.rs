@@ -41,7 +41,8 @@
 //!
 //! Not supported, and a wider spec stops the job with a message saying what is missing
 //! and what to do (the stream alone would never bring the missing rows): jobs whose
-//! progress lives in the cold tier (no PostgreSQL sink), and the history cases above.
+//! progress lives in the cold tier (no PostgreSQL sink; `control::cold_resume`), and the
+//! history cases above.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
@@ -156,7 +157,11 @@ pub async fn widen(
         .map(|h| resync::with_tenant_reloads(h.widening_to(&wanted), &reloads.tenants))
         .collect();
     let mut new_streams = first.new_streams(&wanted);
-    new_streams.extend(never_written_streams(spec).await?);
+    for identity in never_written_streams(spec).await? {
+        tracing::info!(job = %spec.name, stream = %identity,
+            "the NATS stream has never held a message (a server new to the job, or the stream created again): every table is published to it");
+        new_streams.insert(identity);
+    }
     let streams = StreamGaps {
         gaps: stream_gaps,
         new: new_streams,
@@ -184,7 +189,7 @@ pub async fn widen(
 /// (its stream created just now), or a stream deleted and created again. Every table is
 /// published to them, as to a stream new to the job; without this they would get only
 /// the changes from the resume position on.
-async fn never_written_streams(spec: &JobSpec) -> Result<BTreeSet<String>, JobError> {
+pub(crate) async fn never_written_streams(spec: &JobSpec) -> Result<BTreeSet<String>, JobError> {
     let identities = nats_identities(spec);
     let mut never = BTreeSet::new();
     if identities.is_empty() {
@@ -194,8 +199,6 @@ async fn never_written_streams(spec: &JobSpec) -> Result<BTreeSet<String>, JobEr
     let sinks = initial_snapshot::nats_snapshot_sinks(spec).await?;
     for (mut sink, identity) in sinks.into_iter().zip(identities) {
         if sink.stream_never_written().await? {
-            tracing::info!(job = %spec.name, stream = %identity,
-                "the NATS stream has never held a message (a server new to the job, or the stream created again): every table is published to it");
             never.insert(identity);
         }
     }
@@ -266,68 +269,8 @@ async fn purge_removed(
     Ok(())
 }
 
-/// What a resuming job whose progress lives in the cold tier (no PostgreSQL sink) does
-/// with its recorded coverage `held`: the coverage to record (`None`: unchanged), or an
-/// error when the spec carries rows the cold tier lacks (it cannot load them).
-pub fn cold_tier_coverage(
-    spec: &JobSpec,
-    held: Option<serde_json::Value>,
-) -> Result<Option<serde_json::Value>, JobError> {
-    let wanted = Coverage::of(spec);
-    let Some(held) = held else {
-        return Ok(Some(coverage_json(&wanted)?));
-    };
-    let held: Coverage = serde_json::from_value(held).map_err(|e| {
-        CdcError::Definite(format!(
-            "the coverage in job `{}`'s progress file is not readable ({e}); move the file \
-             away to take a new snapshot",
-            spec.name
-        ))
-    })?;
-    if held == wanted {
-        return Ok(None);
-    }
-    let narrower = held.narrowing_to(&wanted);
-    if !narrower.is_empty() {
-        tracing::warn!(job = %spec.name, no_longer_carried = %narrower.join("; "),
-            "the job no longer carries these: their rows stay in the cold tier and are no longer kept up to date");
-    }
-    refuse_cold_tier_widening(spec, &held.widening_to(&wanted))?;
-    Ok(Some(coverage_json(&wanted)?))
-}
-
-/// Refuses a backfill of a job whose progress lives in the cold tier (no PostgreSQL sink),
-/// naming what is missing and what to do: without a history table to record the loaded
-/// rows' versions in, it cannot load them.
-fn refuse_cold_tier_widening(spec: &JobSpec, gaps: &[Widening]) -> Result<(), JobError> {
-    if gaps.is_empty() {
-        return Ok(());
-    }
-    let missing = || {
-        gaps.iter()
-            .map(Widening::describe)
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
-    if let Some(other) = spec
-        .sinks
-        .iter()
-        .find(|s| matches!(s, SinkSpec::Parquet(_)))
-    {
-        return Err(CdcError::Definite(format!(
-            "the job now carries rows its targets lack: {}; loading them into a running job \
-             needs a PostgreSQL sink (the cold tier gets the versions its history table \
-             records), and this job has a {} sink only: {WHAT_TO_DO}",
-            missing(),
-            other.kind()
-        ))
-        .into());
-    }
-    Ok(())
-}
-
 /// What to do when a wider spec cannot be loaded into the running job.
-const WHAT_TO_DO: &str = "delete the job with its slot (`helios-repl jobs stop <job> \
+pub(crate) const WHAT_TO_DO: &str = "delete the job with its slot (`helios-repl jobs stop <job> \
      --drop-slot`, or drop the slot) and start it again to take a new snapshot, or carry the \
      new tenants or tables in a job of their own";
 
@@ -684,7 +627,7 @@ async fn publish_tables<'a, I>(
 
 #[cfg(test)]
 mod tests {
-    use super::{backfill_slot_name, check_history_gaps, cold_tier_coverage, coverage_json};
+    use super::{backfill_slot_name, check_history_gaps};
     use crate::control::coverage::Coverage;
     use crate::control::job_spec::JobSpec;
 
@@ -738,41 +681,6 @@ mod tests {
         let mut without_notes = one.clone();
         without_notes.tables.remove("public.notes");
         history_check(&history_job("[1]"), &[one, without_notes]).expect("notes keep no history");
-    }
-
-    fn cold_job(tenants: &str) -> JobSpec {
-        JobSpec::from_toml_str(&format!(
-            "name = \"c\"\n[source]\ndsn = \"host=127.0.0.1 dbname=app\"\npublication = \"p\"\nslot = \"s\"\n\
-             [tenants]\ninclude = {tenants}\n[[tables]]\nname = \"public.prices\"\nhistory = true\n\
-             [[sinks]]\nkind = \"parquet\"\nroot = \"/tmp/cold\"\n"
-        ))
-        .expect("spec")
-    }
-
-    #[test]
-    fn a_cold_tier_job_records_its_coverage_and_refuses_to_widen() {
-        let one = cold_job("[1]");
-        let held = |spec: &JobSpec| Some(coverage_json(&Coverage::of(spec)).expect("json"));
-        // Nothing recorded (an older file): the spec is recorded.
-        assert_eq!(cold_tier_coverage(&one, None).expect("ok"), held(&one));
-        assert_eq!(cold_tier_coverage(&one, held(&one)).expect("ok"), None);
-        // Narrower: recorded; wider: refused, naming what is missing and what to do.
-        let two = cold_job("[1, 2]");
-        assert_eq!(
-            cold_tier_coverage(&one, held(&two)).expect("ok"),
-            held(&one)
-        );
-        let err = cold_tier_coverage(&two, held(&one))
-            .expect_err("wider")
-            .to_string();
-        assert!(
-            err.contains("public.prices (tenants 2)") && err.contains("parquet sink"),
-            "{err}"
-        );
-        let err = cold_tier_coverage(&one, Some(serde_json::json!({"tables": 3})))
-            .expect_err("garbage")
-            .to_string();
-        assert!(err.contains("progress file is not readable"), "{err}");
     }
 
     #[test]

@@ -41,7 +41,7 @@ use crate::control::history_start::{self, check_history_table};
 use crate::control::initial_snapshot::{self, SnapshotProgress};
 use crate::control::job_control::JobState;
 use crate::control::job_spec::{JobSpec, SinkSpec, TenantFilter};
-use crate::control::{history_books, history_repair};
+use crate::control::{cold_resume, history_books, history_repair};
 use crate::dataflow::host::DataflowHost;
 use crate::dataflow::worker::{JobDataflow, SinkPlace, SinkTarget};
 use crate::operators::access::SavedModel;
@@ -782,7 +782,9 @@ async fn prepare(
                     let held =
                         progress_file_step(root, move |r| cold_progress::load_coverage(r, &job))
                             .await?;
-                    if let Some(coverage) = backfill::cold_tier_coverage(spec, held)? {
+                    let coverage = cold_resume::cold_tier_coverage(spec, held)?;
+                    cold_resume::check_streams(spec, root, s.confirmed_flush).await?;
+                    if let Some(coverage) = coverage {
                         let job = spec.name.clone();
                         progress_file_step(root, move |r| {
                             cold_progress::record_coverage(r, &job, &coverage)

@@ -5,6 +5,7 @@ pub mod access_subscriber;
 pub mod backfill;
 pub mod cold_history;
 pub mod cold_progress;
+pub mod cold_resume;
 pub mod cold_seed;
 pub mod coverage;
 pub mod exports;

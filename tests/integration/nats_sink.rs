@@ -631,6 +631,71 @@ fn a_nats_sink_moved_to_a_new_server_gets_every_row_once() {
     );
 }
 
+/// A job whose progress lives in the cold tier (no PostgreSQL sink) cannot publish every
+/// table to a NATS stream that lacks its rows: a stream added to its spec, or its stream
+/// on a server new to the job, stops the start with a message saying what to do, before
+/// anything streams; the stream that holds its rows resumes it.
+#[test]
+fn a_cold_tier_job_refuses_a_nats_stream_that_lacks_its_rows() {
+    let env = Env::start(ORDERS);
+    let old = Nats::start(&env);
+    for k in 0..3 {
+        env.on_source(&transaction(k));
+    }
+    let cold = env.dir.path().join("cold");
+    let path = env.dir.path().join("cold-nats.toml");
+    let spec = |streams: &[(&str, &str)]| {
+        let mut text = format!(
+            "name = \"coldnats\"\n[source]\ndsn = \"{}\"\npublication = \"pub_cn\"\nslot = \"slot_cn\"\n\
+             [tenants]\ninclude = [1, 2, 3]\n[[tables]]\nname = \"q.orders\"\nhistory = true\n\
+             [[sinks]]\nkind = \"parquet\"\nroot = \"{}\"\n",
+            env.source_dsn(),
+            cold.display()
+        );
+        for (url, stream) in streams {
+            text +=
+                &format!("[[sinks]]\nkind = \"nats\"\nurl = \"{url}\"\nstream = \"{stream}\"\n");
+        }
+        std::fs::write(&path, text).expect("job file");
+    };
+    let refused = |why: &[&str]| {
+        let mut repl = Replicator::start_inline(&path);
+        wait_for("the job to stop", WAIT, || !repl.is_running());
+        let out = repl.output();
+        assert!(
+            why.iter().all(|w| out.contains(w))
+                && out.contains("parquet sink only")
+                && out.contains("--drop-slot")
+                && !out.contains("streaming"),
+            "{why:?}:\n{out}"
+        );
+    };
+    spec(&[(&old.url, "COLD")]);
+    let mut repl = Replicator::start_inline(&path);
+    wait_for("the job to stream", WAIT, || {
+        repl.output().contains("streaming")
+    });
+    assert!(repl.stop().success(), "{}", repl.output());
+
+    spec(&[(&old.url, "COLD"), (&old.url, "OTHER")]);
+    refused(&["NATS stream OTHER", "new to the job"]);
+    let new = Nats::start_in(&env, "nats-new");
+    spec(&[(&new.url, "COLD")]);
+    refused(&["NATS stream COLD", "has never held a message"]);
+
+    spec(&[(&old.url, "COLD")]);
+    let mut repl = Replicator::start_inline(&path);
+    wait_for("the job to stream", WAIT, || {
+        repl.output().contains("streaming")
+    });
+    let out = repl.output();
+    assert!(
+        out.contains("resuming from the slot's confirmed position"),
+        "{out}"
+    );
+    assert!(repl.stop().success(), "{}", repl.output());
+}
+
 /// A table the PostgreSQL target refused, resynced: the target gets it whole again, and
 /// the NATS stream, which was not in error, is not sent it a second time: replaying the
 /// stream still gives every change exactly once.
