@@ -46,6 +46,7 @@ fn bench_table() -> TableInfo {
         type_name: ty.into(),
         in_identity: false,
         missing_value: None,
+        attnum: None,
     };
     TableInfo {
         oid: 0,

@@ -122,6 +122,7 @@ fn table(i: usize) -> Arc<TableInfo> {
         type_name: ty.into(),
         in_identity: true,
         missing_value: None,
+        attnum: None,
     };
     Arc::new(TableInfo {
         oid: i as u32 + 1,

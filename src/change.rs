@@ -112,6 +112,12 @@ pub struct ColumnInfo {
     /// (`attmissingval`, PostgreSQL's "fast default"); `None` when there is none.
     #[serde(default)]
     pub missing_value: Option<String>,
+    /// The column's number in the source's catalog (`pg_attribute.attnum`): a rename
+    /// keeps it, and a dropped column's is never given to another, so a sink can tell a
+    /// renamed column from a new one. `None` when the catalog could not vouch for it (it
+    /// changed again between the relation's message and its reading).
+    #[serde(default)]
+    pub attnum: Option<i16>,
 }
 
 /// The shape of a replicated table at some point of the stream.
@@ -422,6 +428,7 @@ pub(crate) mod fixtures {
                     type_name: (*ty).into(),
                     in_identity: false,
                     missing_value: None,
+                    attnum: None,
                 })
                 .collect(),
             primary_key: primary_key.to_vec(),

@@ -19,6 +19,7 @@ pub fn keyed_table(schema: &str, name: &str, columns: &[(&str, &str)], key: usiz
                 type_name: (*ty).into(),
                 in_identity: i < key,
                 missing_value: None,
+                attnum: None,
             })
             .collect(),
         primary_key: (0..key).collect(),

@@ -178,7 +178,7 @@ pub async fn table_info(client: &Client, schema: &str, name: &str) -> Result<Tab
     };
     let cols = client
         .query(
-            "SELECT a.attname::text, a.atttypid, a.atttypmod, format_type(a.atttypid, a.atttypmod)
+            "SELECT a.attname::text, a.atttypid, a.atttypmod, format_type(a.atttypid, a.atttypmod), a.attnum
              FROM pg_attribute a
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
              ORDER BY a.attnum",
@@ -208,6 +208,7 @@ pub async fn table_info(client: &Client, schema: &str, name: &str) -> Result<Tab
                 type_oid: r.get(1),
                 type_modifier: r.get(2),
                 type_name: r.get(3),
+                attnum: Some(r.get(4)),
             }
         })
         .collect();
@@ -248,6 +249,38 @@ async fn primary_key(
             columns.iter().position(|c| c.name == name)
         })
         .collect())
+}
+
+/// A column as the source's catalog has it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CatalogColumn {
+    name: String,
+    type_oid: u32,
+    attnum: i16,
+    /// The "fast default" rows that existed before the column was added read for it.
+    missing_value: Option<String>,
+}
+
+/// Fills `columns` (a Relation message's) from the catalog's `catalog` (in attnum order):
+/// each column's fast default by name (rows that existed before a column was added read
+/// it, so the target must give its existing rows the same value when it adds the
+/// column), and the columns' numbers only if the catalog lists exactly the message's
+/// columns (names and types, in order). Otherwise the catalog has changed again since the
+/// message and a number read now might belong to another column: none is given.
+fn vouch_for_columns(columns: &mut [ColumnInfo], catalog: &[CatalogColumn]) {
+    for col in columns.iter_mut() {
+        if let Some(c) = catalog.iter().find(|c| c.name == col.name) {
+            col.missing_value = c.missing_value.clone();
+        }
+    }
+    let same = columns.len() == catalog.len()
+        && columns
+            .iter()
+            .zip(catalog)
+            .all(|(m, c)| m.name == c.name && m.type_oid == c.type_oid);
+    for (col, c) in columns.iter_mut().zip(catalog) {
+        col.attnum = same.then_some(c.attnum);
+    }
 }
 
 /// Turns pgoutput Relation messages into [`TableInfo`]s, asking the catalog for type names
@@ -294,24 +327,30 @@ impl RelationResolver {
                 type_name,
                 in_identity: c.is_key,
                 missing_value: None,
+                attnum: None,
             });
         }
-        // Rows that existed before a column was added read its "fast default": the target
-        // must give its existing rows the same value when it adds the column.
-        let missing = client
+        let catalog = client
             .query(
-                "SELECT attname::text, (attmissingval::text::text[])[1] FROM pg_attribute
-                 WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND atthasmissing",
+                "SELECT attname::text, atttypid, attnum, \
+                        CASE WHEN atthasmissing THEN (attmissingval::text::text[])[1] END \
+                 FROM pg_attribute \
+                 WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = '' \
+                 ORDER BY attnum",
                 &[&rel.oid],
             )
             .await
-            .map_err(CdcError::query("read column defaults"))?;
-        for row in missing {
-            let name: String = row.get(0);
-            if let Some(col) = columns.iter_mut().find(|c| c.name == name) {
-                col.missing_value = row.get(1);
-            }
-        }
+            .map_err(CdcError::query("read table columns"))?;
+        let catalog: Vec<CatalogColumn> = catalog
+            .iter()
+            .map(|r| CatalogColumn {
+                name: r.get(0),
+                type_oid: r.get(1),
+                attnum: r.get(2),
+                missing_value: r.get(3),
+            })
+            .collect();
+        vouch_for_columns(&mut columns, &catalog);
         let primary_key = primary_key(client, rel.oid, &columns).await?;
         let type_oids: Vec<u32> = columns.iter().map(|c| c.type_oid).collect();
         let type_ddl = self.type_ddl.ddl_for(client, &type_oids).await?;
@@ -334,5 +373,65 @@ impl RelationResolver {
             identity,
             type_ddl,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{vouch_for_columns, CatalogColumn};
+    use crate::change::fixtures;
+
+    fn catalog(columns: &[(&str, u32, i16)]) -> Vec<CatalogColumn> {
+        columns
+            .iter()
+            .map(|&(name, type_oid, attnum)| CatalogColumn {
+                name: name.into(),
+                type_oid,
+                attnum,
+                missing_value: (name == "added").then(|| "7".to_string()),
+            })
+            .collect()
+    }
+
+    fn vouched(catalog: &[CatalogColumn]) -> Vec<(Option<i16>, Option<String>)> {
+        let mut table = fixtures::table("t", &[("id", "integer"), ("added", "integer")], &[0]);
+        for c in &mut table.columns {
+            c.type_oid = 23;
+        }
+        vouch_for_columns(&mut table.columns, catalog);
+        table
+            .columns
+            .into_iter()
+            .map(|c| (c.attnum, c.missing_value))
+            .collect()
+    }
+
+    #[test]
+    fn column_numbers_are_given_only_when_the_catalog_lists_the_messages_columns() {
+        let seven = || Some("7".to_string());
+        // The catalog as the message: numbers (a dropped column's gap kept), and defaults.
+        assert_eq!(
+            vouched(&catalog(&[("id", 23, 1), ("added", 23, 3)])),
+            [(Some(1), None), (Some(3), seven())]
+        );
+        // Changed again since: renamed, retyped, or a column added. No numbers, defaults
+        // by name still.
+        for changed in [
+            catalog(&[("id", 23, 1), ("other", 23, 3)]),
+            catalog(&[("id", 23, 1), ("added", 20, 3)]),
+            catalog(&[("id", 23, 1), ("added", 23, 3), ("more", 23, 4)]),
+        ] {
+            let got = vouched(&changed);
+            assert!(got.iter().all(|(attnum, _)| attnum.is_none()), "{got:?}");
+        }
+        assert_eq!(
+            vouched(&catalog(&[
+                ("id", 23, 1),
+                ("added", 23, 3),
+                ("more", 23, 4)
+            ]))[1]
+                .1,
+            seven()
+        );
     }
 }

@@ -182,6 +182,7 @@ mod tests {
                 type_name: "integer".into(),
                 in_identity: true,
                 missing_value: None,
+                attnum: None,
             }],
             primary_key: vec![0],
             identity: Identity::Default,

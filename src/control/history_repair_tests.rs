@@ -27,6 +27,7 @@ fn table_info() -> TableInfo {
         type_name: type_name.into(),
         in_identity,
         missing_value: None,
+        attnum: None,
     };
     TableInfo {
         oid: 1,

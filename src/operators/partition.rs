@@ -360,6 +360,7 @@ mod tests {
             type_name: "integer".into(),
             in_identity: key,
             missing_value: None,
+            attnum: None,
         };
         Arc::new(TableInfo {
             oid: 1,

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use helios_repl::sinks::parquet::{read_table, ColdEvent};
+
 use crate::harness::{wait_for, Env, Replicator};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -275,6 +277,114 @@ fn alter_table_mid_stream_flows_through_and_failures_are_visible() {
     );
     assert!(repl.is_running(), "no crash:\n{}", repl.output());
     assert_eq!(repl.stop().code(), Some(0));
+}
+
+const RENAMES: &str = "
+CREATE TABLE public.labels (tenant_id int NOT NULL, id int NOT NULL, v text, note text, w int,
+    PRIMARY KEY (tenant_id, id));
+INSERT INTO public.labels SELECT 1 + i % 2, i, 'v' || i, 'n' || i, i FROM generate_series(1, 20) i;
+";
+
+/// Columns renamed on the source are renamed on the target and in its history table,
+/// with their values (not added beside the old ones, empty for the rows already there):
+/// one rename, two columns swapping names in one transaction, and one renamed while the
+/// job was stopped.
+#[test]
+fn columns_renamed_on_the_source_are_renamed_on_the_target_with_their_values() {
+    let env = Env::start(RENAMES);
+    let job = env.job_file("renames", "[1, 2]", &["public.labels"]);
+    let cold = env.dir.path().join("cold");
+    let spec = std::fs::read_to_string(&job).expect("job file");
+    std::fs::write(
+        &job,
+        spec.replace(
+            "name = \"public.labels\"\n",
+            "name = \"public.labels\"\nhistory = true\n",
+        ) + &format!(
+            "[[sinks]]\nkind = \"parquet\"\nroot = \"{}\"\n",
+            cold.display()
+        ),
+    )
+    .expect("job file");
+    let columns = |table: &str| {
+        env.on_target(&format!(
+            "SELECT string_agg(attname, ',' ORDER BY attname) FROM pg_attribute \
+             WHERE attrelid = '{table}'::regclass AND attnum > 0 AND NOT attisdropped"
+        ))
+    };
+    let mut repl = streaming(&env, &job);
+    env.wait_converged("SELECT id, v, note, w FROM public.labels ORDER BY id", WAIT);
+
+    env.on_source("ALTER TABLE public.labels RENAME COLUMN v TO label; UPDATE public.labels SET w = w + 100 WHERE id = 3");
+    let q = "SELECT id, label, note, w FROM public.labels ORDER BY id";
+    env.wait_converged(q, WAIT);
+    assert_eq!(columns("public.labels"), "id,label,note,tenant_id,w");
+
+    env.on_source(
+        "BEGIN; ALTER TABLE public.labels RENAME COLUMN label TO x; \
+         ALTER TABLE public.labels RENAME COLUMN note TO label; \
+         ALTER TABLE public.labels RENAME COLUMN x TO note; \
+         INSERT INTO public.labels VALUES (1, 21, 'n21', 'l21', 21); COMMIT",
+    );
+    env.wait_converged(q, WAIT);
+    assert!(repl.stop().success(), "{}", repl.output());
+
+    env.on_source("ALTER TABLE public.labels RENAME COLUMN note TO memo; UPDATE public.labels SET w = w + 1000 WHERE id = 4");
+    let mut repl = streaming(&env, &job);
+    let q = "SELECT id, label, memo, w FROM public.labels ORDER BY id";
+    env.wait_converged(q, WAIT);
+    assert_eq!(columns("public.labels"), "id,label,memo,tenant_id,w");
+    let history = columns("public.labels_history");
+    assert!(
+        history.starts_with("id,label,memo,op,")
+            && !history.contains("note")
+            && !history.contains(",v,"),
+        "the history table's columns are renamed too: {history}"
+    );
+    assert_eq!(
+        env.on_target("SELECT count(*) FILTER (WHERE memo IS NULL OR label IS NULL) FROM public.labels_history"),
+        "0",
+        "every version keeps its values under the new names"
+    );
+    // The cold tier reads every version, written before the renames or after, under the
+    // new names (the values as the history table has them).
+    let mut history: Vec<String> = env
+        .on_target(
+            "SELECT string_agg(concat_ws('|', id, label, memo), E'\\n' ORDER BY id, label, memo) \
+             FROM public.labels_history WHERE tenant_id = 1",
+        )
+        .lines()
+        .map(str::to_string)
+        .collect();
+    history.sort();
+    wait_for("the cold tier to hold every version", WAIT, || {
+        cold_versions(&cold).len() == history.len()
+    });
+    let mut tier = cold_versions(&cold);
+    tier.sort();
+    assert_eq!(tier, history, "tenant 1's versions in the cold tier");
+    let out = repl.output();
+    assert!(repl.stop().success(), "{out}");
+}
+
+/// Tenant 1's open versions of `public.labels` in the cold tier under `root`, as
+/// `id|label|memo`.
+fn cold_versions(root: &std::path::Path) -> Vec<String> {
+    let Ok((columns, rows)) = read_table(root, "1", "public.labels") else {
+        return Vec::new();
+    };
+    let at = |name: &str| columns.iter().position(|c| c.name == name);
+    let (Some(id), Some(label), Some(memo)) = (at("id"), at("label"), at("memo")) else {
+        return Vec::new();
+    };
+    rows.iter()
+        .filter(|r| r.event == ColdEvent::Open)
+        .map(|r| {
+            [id, label, memo]
+                .map(|i| r.values[i].as_deref().unwrap_or("NULL").to_string())
+                .join("|")
+        })
+        .collect()
 }
 
 #[test]

@@ -78,6 +78,7 @@ pub(crate) fn prices_table() -> TableInfo {
         type_name: ty.into(),
         in_identity: true,
         missing_value: None,
+        attnum: None,
     };
     TableInfo {
         oid: 0,

@@ -83,6 +83,15 @@ pub struct ColdColumn {
     pub name: String,
     /// The column's PostgreSQL type as `format_type` prints it.
     pub pg_type: String,
+    /// The column's number in the source's catalog (`ColumnInfo::attnum`), which a
+    /// rename keeps; written into each file's field metadata, so a file's columns are
+    /// found by it whatever they were called then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attnum: Option<i16>,
+    /// The names the column had before, oldest first (in the manifest only): files
+    /// written before a rename, without numbers, hold its values under one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub former_names: Vec<String>,
 }
 
 impl ColdColumn {
@@ -91,7 +100,32 @@ impl ColdColumn {
         ColdColumn {
             name: name.into(),
             pg_type: pg_type.into(),
+            attnum: None,
+            former_names: Vec::new(),
         }
+    }
+
+    /// `new`'s columns as a manifest keeps them: each with the former names of the column
+    /// of `old` it continues (the one of the same number, or without numbers the one of
+    /// the same name), and that column's name if it was renamed.
+    pub fn with_former_names(old: &[ColdColumn], new: &[ColdColumn]) -> Vec<ColdColumn> {
+        new.iter()
+            .map(|c| {
+                let before = old.iter().find(|o| match (o.attnum, c.attnum) {
+                    (Some(a), Some(b)) => a == b,
+                    _ => o.name == c.name,
+                });
+                let mut column = c.clone();
+                if let Some(before) = before {
+                    column.former_names = before.former_names.clone();
+                    if before.name != c.name {
+                        column.former_names.push(before.name.clone());
+                    }
+                    column.former_names.retain(|n| *n != c.name);
+                }
+                column
+            })
+            .collect()
     }
 }
 

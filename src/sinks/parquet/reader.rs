@@ -17,7 +17,8 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use super::layout::{decode_path_value, table_dir};
 use super::manifest::{verify_open_file, FileEntry, Manifest};
 use super::schema::{
-    arrow_to_pg_micros, bool_to_text, columns_from_schema, f32_to_text, f64_to_text, FIXED_COLUMNS,
+    arrow_to_pg_micros, bool_to_text, column_plan, columns_from_schema, f32_to_text, f64_to_text,
+    FIXED_COLUMNS,
 };
 use super::{ColdColumn, ColdRow, ParquetError};
 use crate::change::Text;
@@ -150,10 +151,7 @@ fn read_file_batches(
             .map_err(|_| bad(format!("fixed column {name:?} is missing")))?;
     }
     // Where each wanted column is in the file, if it is there.
-    let plan: Vec<Option<usize>> = columns
-        .iter()
-        .map(|c| schema.index_of(&c.name).ok())
-        .collect();
+    let plan = column_plan(&schema, columns);
 
     let reader = builder.build().map_err(|source| ParquetError::Parquet {
         path: path.to_path_buf(),

@@ -35,6 +35,10 @@ pub const FIXED_COLUMNS: [&str; 9] = [
 /// Arrow field-metadata key holding a user column's PostgreSQL type name.
 pub const PG_TYPE_KEY: &str = "pg_type";
 
+/// Field metadata key of a user column's number in the source's catalog
+/// ([`ColdColumn::attnum`]), where known.
+pub const ATTNUM_KEY: &str = "helios.attnum";
+
 /// Time zone of the timestamp columns.
 pub const TIMESTAMP_TZ: &str = "UTC";
 
@@ -113,7 +117,10 @@ pub fn arrow_schema(columns: &[ColdColumn]) -> Result<SchemaRef, ParquetError> {
                 column: column.name.clone(),
             });
         }
-        let metadata = HashMap::from([(PG_TYPE_KEY.to_string(), column.pg_type.clone())]);
+        let mut metadata = HashMap::from([(PG_TYPE_KEY.to_string(), column.pg_type.clone())]);
+        if let Some(attnum) = column.attnum {
+            metadata.insert(ATTNUM_KEY.to_string(), attnum.to_string());
+        }
         fields.push(
             Field::new(
                 &column.name,
@@ -150,9 +157,45 @@ pub fn columns_from_schema(schema: &Schema) -> Result<Vec<ColdColumn>, String> {
                 field.name()
             ));
         };
-        columns.push(ColdColumn::new(field.name().clone(), pg_type.clone()));
+        columns.push(ColdColumn {
+            attnum: field_attnum(field),
+            ..ColdColumn::new(field.name().clone(), pg_type.clone())
+        });
     }
     Ok(columns)
+}
+
+/// A field's source column number ([`ATTNUM_KEY`]), if it was written with one.
+pub fn field_attnum(field: &Field) -> Option<i16> {
+    field.metadata().get(ATTNUM_KEY)?.parse().ok()
+}
+
+/// Where each of `columns` is among `schema`'s fields: the field written with the
+/// column's number where both have one (a renamed column's files hold it under the name
+/// it had then, and two columns that swapped names are told apart); else the field of
+/// its name, then of a former name (latest first), unless that field was written with
+/// another column's number.
+pub fn column_plan(schema: &Schema, columns: &[ColdColumn]) -> Vec<Option<usize>> {
+    columns
+        .iter()
+        .map(|c| {
+            let numbered = c.attnum.and_then(|a| {
+                schema
+                    .fields()
+                    .iter()
+                    .position(|f| field_attnum(f) == Some(a))
+            });
+            numbered.or_else(|| {
+                std::iter::once(&c.name)
+                    .chain(c.former_names.iter().rev())
+                    .filter_map(|name| schema.index_of(name).ok())
+                    .find(|&i| match (c.attnum, field_attnum(schema.field(i))) {
+                        (Some(a), Some(f)) => a == f,
+                        _ => true,
+                    })
+            })
+        })
+        .collect()
 }
 
 /// PostgreSQL microseconds (since 2000-01-01) to Arrow's (since 1970-01-01); `None` on

@@ -179,8 +179,8 @@ pub fn cold_columns(table: &TableInfo) -> Vec<ColdColumn> {
         .columns
         .iter()
         .map(|c| ColdColumn {
-            name: c.name.clone(),
-            pg_type: c.type_name.clone(),
+            attnum: c.attnum,
+            ..ColdColumn::new(c.name.clone(), c.type_name.clone())
         })
         .collect()
 }

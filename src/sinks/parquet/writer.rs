@@ -333,7 +333,7 @@ impl ColdTableWriter {
         let temp_dir = self.table_dir.join(TEMP_DIR);
         // Step 2: the commit point.
         let mut next = self.manifest.clone();
-        next.columns = self.columns.clone();
+        next.columns = ColdColumn::with_former_names(&next.columns, &self.columns);
         next.files.extend(entries.iter().cloned());
         next.covered_lsn = next.max_lsn();
         next.store(&self.table_dir)?;
@@ -715,12 +715,13 @@ fn recover_or_init(
             return Ok(manifest);
         }
     };
+    let columns = ColdColumn::with_former_names(&manifest.columns, columns);
     if manifest.columns != columns {
         tracing::info!(
             table_dir = %dir.display(),
             "cold table columns changed; new files use the new column list"
         );
-        manifest.columns = columns.to_vec();
+        manifest.columns = columns;
         manifest.store(dir)?;
     }
     Ok(manifest)

@@ -600,6 +600,7 @@ mod tests {
             type_name: "integer".into(),
             in_identity: false,
             missing_value: None,
+            attnum: None,
         });
         let wider = Arc::new(wider);
         let a = change(&tb, 0, upsert(None, vec![t("1"), t("a"), t("x")]));

@@ -70,6 +70,9 @@ async fn load_with(
 ) -> Result<crate::sinks::pg_apply::snapshot::Loaded, crate::sinks::SinkError> {
     let (copier, info) = source_table(cluster).await;
     let mut target = connect(&cluster.dsn("dst")).await.expect("connect target");
+    crate::sinks::pg_apply::store::migrate(&target)
+        .await
+        .expect("bookkeeping tables");
     let (copier_ref, info_ref) = (&copier, &info);
     let streamed = std::sync::atomic::AtomicU64::new(0);
     let open_source = move |binary: bool| {
@@ -257,6 +260,9 @@ async fn a_table_loaded_in_parts_arrives_whole() {
 
     let include = TenantFilter::Only(["0".to_string(), "1".to_string()].into_iter().collect());
     let mut target = connect(&cluster.dsn("dst")).await.expect("connect target");
+    crate::sinks::pg_apply::store::migrate(&target)
+        .await
+        .expect("bookkeeping tables");
     let held = |tenant: &str| {
         let only = TenantFilter::Only([tenant.to_string()].into_iter().collect());
         let (target, info) = (&target, &info);

@@ -15,7 +15,7 @@ use tokio_postgres::Client;
 use crate::change::TableInfo;
 use crate::sinks::pg_apply::store::sink_error;
 use crate::sinks::pg_apply::target_schema::{
-    create_table_ddl, ensure_types_and_schema, primary_key_list, target_columns,
+    create_table_ddl, ensure_types_and_schema, primary_key_list, record_columns, target_columns,
 };
 use crate::sinks::SinkError;
 use crate::sql_text::{quote_ident, quote_qualified};
@@ -140,6 +140,7 @@ pub async fn publish(
     tx.batch_execute(&sql)
         .await
         .map_err(|e| sink_error(&what("publish the loaded"), &e))?;
+    record_columns(&tx, table).await?;
     tx.commit()
         .await
         .map_err(|e| sink_error(&what("commit publishing"), &e))

@@ -24,6 +24,9 @@ async fn a_missing_table_is_staged_then_published_with_its_key() {
     let dir = tempfile::tempdir().expect("temp dir");
     let cluster = target(dir.path());
     let mut client = connect(&cluster.dsn("dst")).await.expect("connect");
+    crate::sinks::pg_apply::store::migrate(&client)
+        .await
+        .expect("bookkeeping tables");
     let table = fixtures::table(
         "orders",
         &[("tenant_id", "integer"), ("id", "bigint"), ("note", "text")],
@@ -93,6 +96,9 @@ async fn a_table_created_meanwhile_takes_the_staged_rows() {
     let dir = tempfile::tempdir().expect("temp dir");
     let cluster = target(dir.path());
     let mut client = connect(&cluster.dsn("dst")).await.expect("connect");
+    crate::sinks::pg_apply::store::migrate(&client)
+        .await
+        .expect("bookkeeping tables");
     let table = fixtures::table(
         "orders",
         &[("tenant_id", "integer"), ("id", "bigint")],
@@ -133,6 +139,9 @@ async fn a_keyless_table_is_not_staged() {
     let dir = tempfile::tempdir().expect("temp dir");
     let cluster = target(dir.path());
     let client = connect(&cluster.dsn("dst")).await.expect("connect");
+    crate::sinks::pg_apply::store::migrate(&client)
+        .await
+        .expect("bookkeeping tables");
     let table = fixtures::table("log", &[("tenant_id", "integer"), ("n", "bigint")], &[]);
     assert!(stage_if_missing(&client, &table, "job")
         .await
@@ -147,6 +156,9 @@ async fn a_job_s_leftover_staging_tables_are_dropped() {
     let dir = tempfile::tempdir().expect("temp dir");
     let cluster = target(dir.path());
     let client = connect(&cluster.dsn("dst")).await.expect("connect");
+    crate::sinks::pg_apply::store::migrate(&client)
+        .await
+        .expect("bookkeeping tables");
     let mut table = fixtures::table("orders", &[("id", "bigint")], &[0]);
     let mut names = Vec::new();
     for (oid, job) in [(100, "job"), (200, "job"), (100, "other")] {
@@ -191,6 +203,9 @@ async fn the_key_is_named_as_create_table_names_it() {
     let dir = tempfile::tempdir().expect("temp dir");
     let cluster = target(dir.path());
     let mut client = connect(&cluster.dsn("dst")).await.expect("connect");
+    crate::sinks::pg_apply::store::migrate(&client)
+        .await
+        .expect("bookkeeping tables");
     for schema in ["app", "oracle"] {
         cluster
             .psql(

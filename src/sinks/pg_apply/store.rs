@@ -60,6 +60,16 @@ CREATE TABLE IF NOT EXISTS helios.tenant_resync (
     requested_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (job, table_name, tenant)
 );
+-- The target column each source column was last written to, by the column's number in
+-- the source's catalog (which a rename keeps), so a column renamed on the source is
+-- renamed on the target, not added beside it (`target_schema`).
+CREATE TABLE IF NOT EXISTS helios.source_columns (
+    table_name text NOT NULL,
+    source_oid oid NOT NULL,
+    attnum smallint NOT NULL,
+    column_name text NOT NULL,
+    PRIMARY KEY (table_name, source_oid, attnum)
+);
 CREATE TABLE IF NOT EXISTS helios.dead_letters (
     id bigserial PRIMARY KEY,
     job text NOT NULL,

@@ -1,11 +1,19 @@
 //! Keeps target tables in the shape of the source: creates missing tables and applies
 //! what a schema change on the source needs (added columns, changed types).
 //!
+//! A column renamed on the source is renamed on the target, with its values: each target
+//! table records which column each source column (by its number in the source's catalog,
+//! which a rename keeps) was written to (`helios.source_columns`), so a column whose name
+//! the target lacks is told from a new one, also across restarts. Without a recorded
+//! number (a table created before these records, a catalog that changed again before the
+//! relation was read) a new name is taken as a new column.
+//!
 //! Dropped source columns stay on the target (their history is kept; new rows get NULL or
 //! the column default). A change that cannot be applied (a type the target lacks, a
-//! conversion that fails) is an error for the caller to put the table in error state.
+//! conversion that fails, a rename onto a name the target already uses) is an error for
+//! the caller to put the table in error state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tokio_postgres::GenericClient;
 
@@ -131,13 +139,134 @@ pub fn alter_statements(table: &TableInfo, existing: &TargetColumns) -> Vec<Stri
     out
 }
 
+/// The target column each of the source relation's column numbers was last written to
+/// ([`record_source_columns`]).
+pub type KnownColumns = HashMap<i16, String>;
+
+/// Reads what `helios.source_columns` says of target table `table_name` and source
+/// relation `source_oid`.
+async fn known_columns(
+    client: &impl GenericClient,
+    table_name: &str,
+    source_oid: u32,
+) -> Result<KnownColumns, SinkError> {
+    let rows = client
+        .query(
+            "SELECT attnum, column_name FROM helios.source_columns \
+             WHERE table_name = $1 AND source_oid = $2",
+            &[&table_name, &source_oid],
+        )
+        .await
+        .map_err(|e| sink_error("read the source columns' target columns", &e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Records which target column each of `table`'s numbered columns is written to, where
+/// `known` says otherwise.
+async fn record_source_columns(
+    client: &impl GenericClient,
+    table: &TableInfo,
+    known: &KnownColumns,
+) -> Result<(), SinkError> {
+    let (attnums, names): (Vec<i16>, Vec<&str>) = table
+        .columns
+        .iter()
+        .filter_map(|c| Some((c.attnum?, c.name.as_str())))
+        .filter(|(a, name)| known.get(a).map(String::as_str) != Some(*name))
+        .unzip();
+    if attnums.is_empty() {
+        return Ok(());
+    }
+    client
+        .execute(
+            "INSERT INTO helios.source_columns (table_name, source_oid, attnum, column_name) \
+             SELECT $1, $2, a, n FROM unnest($3::int2[], $4::text[]) AS c(a, n) \
+             ON CONFLICT (table_name, source_oid, attnum) DO UPDATE SET column_name = EXCLUDED.column_name",
+            &[&table.qualified_name(), &table.oid, &attnums, &names],
+        )
+        .await
+        .map_err(|e| sink_error("record the source columns' target columns", &e))?;
+    Ok(())
+}
+
+/// Records which target column each of `table`'s numbered columns is written to, for a
+/// table put in place other than by [`ensure_shape`] (a staged load's).
+pub async fn record_columns(
+    client: &impl GenericClient,
+    table: &TableInfo,
+) -> Result<(), SinkError> {
+    let known = known_columns(client, &table.qualified_name(), table.oid).await?;
+    record_source_columns(client, table, &known).await
+}
+
+/// The target's columns to rename for `table`'s shape, as (old, new) names: a column
+/// whose name the target lacks, whose number `known` names a target column of another
+/// name. An error when the new name is taken by a target column not renamed away (a
+/// column dropped on the source, say).
+pub fn renamed_columns(
+    table: &TableInfo,
+    existing: &TargetColumns,
+    known: &KnownColumns,
+) -> Result<Vec<(String, String)>, String> {
+    let renames: Vec<(String, String)> = table
+        .columns
+        .iter()
+        .filter_map(|c| {
+            let old = known.get(&c.attnum?)?;
+            (*old != c.name && existing.contains_key(old)).then(|| (old.clone(), c.name.clone()))
+        })
+        .collect();
+    let moved: HashSet<&str> = renames.iter().map(|(old, _)| old.as_str()).collect();
+    for (old, new) in &renames {
+        if existing.contains_key(new) && !moved.contains(new.as_str()) {
+            return Err(format!(
+                "source column {old:?} of {} was renamed to {new:?}, a name the target table \
+                 already has for another column (one dropped on the source?): rename or drop \
+                 the target's {new:?}, then resync the table",
+                table.qualified_name()
+            ));
+        }
+    }
+    Ok(renames)
+}
+
+/// The DDL that renames `renames` in table `name`: through temporary names when one
+/// rename's new name is another's old one (columns swapped), directly otherwise.
+pub fn rename_statements(name: &str, renames: &[(String, String)]) -> Vec<String> {
+    let rename = |from: &str, to: &str| {
+        format!(
+            "ALTER TABLE {name} RENAME COLUMN {} TO {}",
+            quote_ident(from),
+            quote_ident(to)
+        )
+    };
+    let olds: HashSet<&str> = renames.iter().map(|(old, _)| old.as_str()).collect();
+    if !renames.iter().any(|(_, new)| olds.contains(new.as_str())) {
+        return renames.iter().map(|(old, new)| rename(old, new)).collect();
+    }
+    let temporary = |i: usize| format!("helios_renaming_{i}");
+    let mut out: Vec<String> = renames
+        .iter()
+        .enumerate()
+        .map(|(i, (old, _))| rename(old, &temporary(i)))
+        .collect();
+    out.extend(
+        renames
+            .iter()
+            .enumerate()
+            .map(|(i, (_, new))| rename(&temporary(i), new)),
+    );
+    out
+}
+
 /// Creates the table if missing, else alters it to the source's shape. Returns the DDL run.
 pub async fn ensure_shape(
     client: &impl GenericClient,
     table: &TableInfo,
 ) -> Result<Vec<String>, SinkError> {
     create_types(client, table).await?;
-    match target_columns(client, &table.schema, &table.name).await? {
+    let known = known_columns(client, &table.qualified_name(), table.oid).await?;
+    let ddl = match target_columns(client, &table.schema, &table.name).await? {
         None => {
             let sql = create_table_sql(table);
             client.batch_execute(&sql).await.map_err(|e| {
@@ -146,10 +275,18 @@ pub async fn ensure_shape(
                     &e,
                 )
             })?;
-            Ok(vec![sql])
+            vec![sql]
         }
-        Some(existing) => {
-            let ddl = alter_statements(table, &existing);
+        Some(mut existing) => {
+            let renames = renamed_columns(table, &existing, &known).map_err(SinkError::Definite)?;
+            let name = quote_qualified(&table.schema, &table.name);
+            let mut ddl = rename_statements(&name, &renames);
+            for (old, new) in renames {
+                if let Some(ty) = existing.remove(&old) {
+                    existing.insert(new, ty);
+                }
+            }
+            ddl.extend(alter_statements(table, &existing));
             for sql in &ddl {
                 client.batch_execute(sql).await.map_err(|e| {
                     sink_error(
@@ -158,9 +295,11 @@ pub async fn ensure_shape(
                     )
                 })?;
             }
-            Ok(ddl)
+            ddl
         }
-    }
+    };
+    record_source_columns(client, table, &known).await?;
+    Ok(ddl)
 }
 
 #[cfg(test)]
@@ -198,5 +337,105 @@ mod tests {
         assert_eq!(ddl.len(), 2);
         assert!(ddl[0].contains("ALTER COLUMN \"id\" TYPE bigint USING \"id\"::text::bigint"));
         assert!(ddl[1].contains("ADD COLUMN IF NOT EXISTS \"amount\" numeric(12,2)"));
+    }
+
+    /// `table()` with its columns numbered 1, 2, 3 and named `names`.
+    fn numbered(names: [&str; 3]) -> TableInfo {
+        let mut t = table();
+        for (i, (c, name)) in t.columns.iter_mut().zip(names).enumerate() {
+            c.name = name.into();
+            c.attnum = Some(i as i16 + 1);
+        }
+        t
+    }
+
+    fn target(names: &[&str]) -> TargetColumns {
+        names
+            .iter()
+            .map(|n| (n.to_string(), "integer".to_string()))
+            .collect()
+    }
+
+    fn known(names: [&str; 3]) -> KnownColumns {
+        (1..=3).zip(names.map(String::from)).collect()
+    }
+
+    fn pairs(renames: &[(String, String)]) -> Vec<(&str, &str)> {
+        renames
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn a_column_whose_number_names_another_target_column_is_renamed() {
+        let was = known(["tenant_id", "id", "amount"]);
+        let on_target = target(&["tenant_id", "id", "amount"]);
+        // Same names: nothing to rename.
+        let same = renamed_columns(&numbered(["tenant_id", "id", "amount"]), &on_target, &was);
+        assert_eq!(same, Ok(vec![]));
+        // `amount` is now `total`.
+        let renames =
+            renamed_columns(&numbered(["tenant_id", "id", "total"]), &on_target, &was).expect("ok");
+        assert_eq!(pairs(&renames), [("amount", "total")]);
+        assert_eq!(
+            rename_statements("t", &renames),
+            ["ALTER TABLE t RENAME COLUMN \"amount\" TO \"total\""]
+        );
+        // Nothing recorded, or no number vouched for: a new column, as before.
+        let none = KnownColumns::new();
+        assert_eq!(
+            renamed_columns(&numbered(["tenant_id", "id", "total"]), &on_target, &none),
+            Ok(vec![])
+        );
+        let mut unnumbered = numbered(["tenant_id", "id", "total"]);
+        unnumbered.columns[2].attnum = None;
+        assert_eq!(renamed_columns(&unnumbered, &on_target, &was), Ok(vec![]));
+        // Already renamed on the target (a replay): nothing.
+        let renamed_target = target(&["tenant_id", "id", "total"]);
+        assert_eq!(
+            renamed_columns(
+                &numbered(["tenant_id", "id", "total"]),
+                &renamed_target,
+                &was
+            ),
+            Ok(vec![])
+        );
+    }
+
+    #[test]
+    fn columns_swapping_names_are_renamed_through_temporary_names() {
+        let was = known(["tenant_id", "a", "b"]);
+        let renames = renamed_columns(
+            &numbered(["tenant_id", "b", "a"]),
+            &target(&["tenant_id", "a", "b"]),
+            &was,
+        )
+        .expect("a swap");
+        assert_eq!(pairs(&renames), [("a", "b"), ("b", "a")]);
+        assert_eq!(
+            rename_statements("t", &renames),
+            [
+                "ALTER TABLE t RENAME COLUMN \"a\" TO \"helios_renaming_0\"",
+                "ALTER TABLE t RENAME COLUMN \"b\" TO \"helios_renaming_1\"",
+                "ALTER TABLE t RENAME COLUMN \"helios_renaming_0\" TO \"b\"",
+                "ALTER TABLE t RENAME COLUMN \"helios_renaming_1\" TO \"a\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_rename_onto_a_name_the_target_keeps_for_another_column_is_refused() {
+        // `b` was dropped on the source (the target keeps it), then `a` renamed to `b`.
+        let err = renamed_columns(
+            &numbered(["tenant_id", "id", "b"]),
+            &target(&["tenant_id", "id", "a", "b"]),
+            &known(["tenant_id", "id", "a"]),
+        )
+        .expect_err("the name is taken");
+        assert!(
+            err.contains("\"a\" of app.t was renamed to \"b\"") && err.contains("resync"),
+            "{err}"
+        );
     }
 }

@@ -228,3 +228,131 @@ proptest! {
         assert_clean(&tdir(root.path()));
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Renamed columns.
+// ---------------------------------------------------------------------------------------
+
+/// A column numbered `attnum` in the source's catalog.
+fn numbered(name: &str, attnum: i16) -> ColdColumn {
+    ColdColumn {
+        attnum: Some(attnum),
+        ..ColdColumn::new(name, "text")
+    }
+}
+
+/// Writes one row of `values` under `columns` at `lsn`.
+fn write_one(root: &Path, columns: &[ColdColumn], lsn: Lsn, values: &[&str]) {
+    let mut writer = ColdTableWriter::open(root, TENANT, TABLE, columns).expect("open");
+    let vals: Vec<Option<&str>> = values.iter().map(|v| Some(*v)).collect();
+    writer
+        .write(&[open_row(lsn, pg_ts(2026, 11, 24, 1), &vals)], lsn, lsn)
+        .expect("write");
+}
+
+/// Every row read back, its values joined by `|`.
+fn read_back(root: &Path) -> (Vec<String>, Vec<String>) {
+    let (columns, rows) = read_table(root, TENANT, TABLE).expect("read");
+    let names = columns.iter().map(|c| c.name.clone()).collect();
+    let rows = rows
+        .iter()
+        .map(|r| {
+            r.values
+                .iter()
+                .map(|v| v.as_deref().unwrap_or("NULL"))
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect();
+    (names, rows)
+}
+
+#[test]
+fn a_renamed_column_is_read_from_files_written_under_its_former_name() {
+    let root = tempfile::tempdir().expect("tempdir");
+    write_one(
+        root.path(),
+        &[numbered("id", 1), numbered("v", 2)],
+        10,
+        &["1", "a"],
+    );
+    write_one(
+        root.path(),
+        &[numbered("id", 1), numbered("label", 2)],
+        20,
+        &["2", "b"],
+    );
+    assert_eq!(
+        read_back(root.path()),
+        (
+            vec!["id".into(), "label".into()],
+            vec!["1|a".into(), "2|b".into()]
+        )
+    );
+    let manifest = Manifest::load(&tdir(root.path()))
+        .expect("load")
+        .expect("manifest");
+    assert_eq!(manifest.columns[1].former_names, ["v"]);
+
+    // Renamed back: no former name of its own; renamed again: both kept, oldest first.
+    let back =
+        ColdColumn::with_former_names(&manifest.columns, &[numbered("id", 1), numbered("v", 2)]);
+    assert_eq!(back[1].former_names, ["label"].map(String::from));
+    let again =
+        ColdColumn::with_former_names(&manifest.columns, &[numbered("id", 1), numbered("w", 2)]);
+    assert_eq!(again[1].former_names, ["v", "label"].map(String::from));
+}
+
+#[test]
+fn columns_that_swapped_names_are_told_apart_by_their_numbers() {
+    let root = tempfile::tempdir().expect("tempdir");
+    write_one(
+        root.path(),
+        &[numbered("a", 2), numbered("b", 3)],
+        10,
+        &["a1", "b1"],
+    );
+    // Column 2 is now called `b`, column 3 `a`.
+    write_one(
+        root.path(),
+        &[numbered("b", 2), numbered("a", 3)],
+        20,
+        &["a2", "b2"],
+    );
+    assert_eq!(
+        read_back(root.path()),
+        (
+            vec!["b".into(), "a".into()],
+            vec!["a1|b1".into(), "a2|b2".into()]
+        )
+    );
+}
+
+#[test]
+fn files_without_numbers_are_read_by_name_then_by_former_name() {
+    let root = tempfile::tempdir().expect("tempdir");
+    // Written before columns had numbers.
+    write_one(
+        root.path(),
+        &[ColdColumn::new("id", "text"), ColdColumn::new("v", "text")],
+        10,
+        &["1", "a"],
+    );
+    // The first write with numbers learns them by name; the next renames.
+    write_one(
+        root.path(),
+        &[numbered("id", 1), numbered("v", 2)],
+        20,
+        &["2", "b"],
+    );
+    write_one(
+        root.path(),
+        &[numbered("id", 1), numbered("label", 2)],
+        30,
+        &["3", "c"],
+    );
+    assert_eq!(
+        read_back(root.path()).1,
+        ["1|a", "2|b", "3|c"].map(String::from)
+    );
+}
