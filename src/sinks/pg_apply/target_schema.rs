@@ -144,12 +144,24 @@ pub fn alter_statements(table: &TableInfo, existing: &TargetColumns) -> Vec<Stri
 pub type KnownColumns = HashMap<i16, String>;
 
 /// Reads what `helios.source_columns` says of target table `table_name` and source
-/// relation `source_oid`.
+/// relation `source_oid`; `None` on a target without the job's bookkeeping tables (a
+/// caller that never ran `store::migrate`), where renames are not tracked.
 async fn known_columns(
     client: &impl GenericClient,
     table_name: &str,
     source_oid: u32,
-) -> Result<KnownColumns, SinkError> {
+) -> Result<Option<KnownColumns>, SinkError> {
+    let tracked: bool = client
+        .query_one(
+            "SELECT to_regclass('helios.source_columns') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(|e| sink_error("look for helios.source_columns", &e))?
+        .get(0);
+    if !tracked {
+        return Ok(None);
+    }
     let rows = client
         .query(
             "SELECT attnum, column_name FROM helios.source_columns \
@@ -158,7 +170,7 @@ async fn known_columns(
         )
         .await
         .map_err(|e| sink_error("read the source columns' target columns", &e))?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(Some(rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
 }
 
 /// Records which target column each of `table`'s numbered columns is written to, where
@@ -195,8 +207,10 @@ pub async fn record_columns(
     client: &impl GenericClient,
     table: &TableInfo,
 ) -> Result<(), SinkError> {
-    let known = known_columns(client, &table.qualified_name(), table.oid).await?;
-    record_source_columns(client, table, &known).await
+    match known_columns(client, &table.qualified_name(), table.oid).await? {
+        Some(known) => record_source_columns(client, table, &known).await,
+        None => Ok(()),
+    }
 }
 
 /// The target's columns to rename for `table`'s shape, as (old, new) names: a column
@@ -278,7 +292,12 @@ pub async fn ensure_shape(
             vec![sql]
         }
         Some(mut existing) => {
-            let renames = renamed_columns(table, &existing, &known).map_err(SinkError::Definite)?;
+            let renames = match &known {
+                Some(known) => {
+                    renamed_columns(table, &existing, known).map_err(SinkError::Definite)?
+                }
+                None => Vec::new(),
+            };
             let name = quote_qualified(&table.schema, &table.name);
             let mut ddl = rename_statements(&name, &renames);
             for (old, new) in renames {
@@ -298,7 +317,9 @@ pub async fn ensure_shape(
             ddl
         }
     };
-    record_source_columns(client, table, &known).await?;
+    if let Some(known) = &known {
+        record_source_columns(client, table, known).await?;
+    }
     Ok(ddl)
 }
 
