@@ -166,7 +166,12 @@ pub async fn table_info(client: &Client, schema: &str, name: &str) -> Result<Tab
         .await
         .map_err(CdcError::query("look up table"))?
         .ok_or_else(|| {
-            CdcError::Definite(format!("table {schema}.{name} does not exist on the source"))
+            CdcError::Definite(format!(
+                "table {schema}.{name} does not exist on the source (dropped, or renamed: a \
+                 running job follows a rename, but a start looks tables up by name; name the \
+                 table in the job's spec as the source does now, after renaming the targets' \
+                 table alike to keep its rows in place)"
+            ))
         })?;
     let oid: u32 = row.get(0);
     let ident: String = row.get(1);

@@ -139,6 +139,8 @@ pub struct ReaderState {
     /// Streamed transactions not yet committed or aborted.
     spool: StreamSpool,
     resolver: RelationResolver,
+    /// The job's tables by OID, as its spec names them (schema, name).
+    table_names: HashMap<u32, (String, String)>,
 }
 
 impl ReaderState {
@@ -151,8 +153,40 @@ impl ReaderState {
             relations: HashMap::new(),
             spool: StreamSpool::default(),
             resolver: RelationResolver::default(),
+            table_names: HashMap::new(),
         }
     }
+
+    /// With the job's tables by OID, as its spec names them (schema, name): a table
+    /// renamed on the source (or moved to another schema) keeps the publication and its
+    /// OID, and its changes keep the name the job knows it by ([`keep_job_name`]) instead
+    /// of going unreplicated under a name the job does not carry.
+    pub fn with_table_names(mut self, names: HashMap<u32, (String, String)>) -> ReaderState {
+        self.table_names = names;
+        self
+    }
+}
+
+/// `info` under the name the job knows its relation by, if `names` (by OID) has another
+/// one: the table was renamed on the source while the job ran. Logged, since the job's
+/// next start looks its tables up by name.
+pub fn keep_job_name(
+    info: Arc<TableInfo>,
+    names: &HashMap<u32, (String, String)>,
+) -> Arc<TableInfo> {
+    let Some((schema, name)) = names.get(&info.oid) else {
+        return info;
+    };
+    if info.schema == *schema && info.name == *name {
+        return info;
+    }
+    let job_name = format!("{schema}.{name}");
+    tracing::warn!(source_name = %info.qualified_name(), job_name = %job_name,
+        "a table of the job was renamed on the source: its changes keep going to the job's table of its old name; name it as the source does now in the job's spec (and rename the targets' table) before the job's next start, which looks its tables up by name");
+    let mut renamed = (*info).clone();
+    renamed.schema = schema.clone();
+    renamed.name = name.clone();
+    Arc::new(renamed)
 }
 
 /// Everything [`read_stream`] talks to.
@@ -542,7 +576,10 @@ async fn to_record(
     };
     let record = match message {
         PgOutputMessage::Relation(rel) => {
-            let info = state.resolver.resolve(catalog, &rel).await?;
+            let info = keep_job_name(
+                state.resolver.resolve(catalog, &rel).await?,
+                &state.table_names,
+            );
             if state
                 .relations
                 .get(&rel.oid)
@@ -636,4 +673,31 @@ pub fn to_row(table: &TableInfo, tuple: TupleData) -> Result<Row, CdcError> {
             ))),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use super::keep_job_name;
+    use crate::change::fixtures;
+
+    #[test]
+    fn a_relation_renamed_on_the_source_keeps_the_name_the_job_knows_it_by() {
+        let names = HashMap::from([(1, ("app".to_string(), "t".to_string()))]);
+        let same = Arc::new(fixtures::table("t", &[("id", "integer")], &[0]));
+        assert!(Arc::ptr_eq(&keep_job_name(same.clone(), &names), &same));
+        let mut moved = fixtures::table("t_v2", &[("id", "integer")], &[0]);
+        moved.schema = "archive".into();
+        let kept = keep_job_name(Arc::new(moved.clone()), &names);
+        assert_eq!(kept.qualified_name(), "app.t");
+        assert_eq!(kept.columns, moved.columns);
+        // A relation the job does not know by OID keeps its own name.
+        moved.oid = 2;
+        assert_eq!(
+            keep_job_name(Arc::new(moved), &names).qualified_name(),
+            "archive.t_v2"
+        );
+    }
 }

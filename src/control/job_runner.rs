@@ -21,6 +21,7 @@
 //! exponential back-off and logged; definite ones end the job with a message naming what
 //! to fix.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -403,7 +404,7 @@ async fn run_job_inner(
     // Start-up: retried while transient, until stopped.
     stats.set_state(JobState::Snapshotting, None);
     let mut wait = RETRY_INITIAL;
-    let (client, confirmed) = loop {
+    let (client, confirmed, table_names) = loop {
         if *control.borrow() == Desired::Stop {
             return Ok(());
         }
@@ -475,7 +476,7 @@ async fn run_job_inner(
         anchor,
         client: None,
     };
-    let mut state = ReaderState::new(confirmed);
+    let mut state = ReaderState::new(confirmed).with_table_names(table_names);
     let reading = read_until_stopped(
         spec,
         client,
@@ -708,15 +709,18 @@ pub fn tenant_row_filter(
     }
 }
 
-/// Checks the source, then snapshots or resumes. Returns the started replication session
-/// and the position it starts from.
+/// The job's tables by OID on the source, as its spec names them (schema, name).
+type TableNames = HashMap<u32, (String, String)>;
+
+/// Checks the source, then snapshots or resumes. Returns the started replication session,
+/// the position it starts from and the job's tables by OID.
 async fn prepare(
     spec: &JobSpec,
     plan: &TenantPlan,
     anchor: &Anchor,
     books: &Arc<HistoryBooks>,
     snapshot: &SnapshotProgress,
-) -> Result<(ReplicationStream, Lsn), JobError> {
+) -> Result<(ReplicationStream, Lsn, TableNames), JobError> {
     let dsn = spec.source.dsn.expose();
     let (slot, publication) = (&spec.source.slot, &spec.source.publication);
     let source = catalog::connect(dsn).await?;
@@ -745,6 +749,10 @@ async fn prepare(
         infos.push((table.clone(), Arc::new(info)));
     }
     catalog::ensure_publication(&source, publication, &published).await?;
+    let table_names: TableNames = infos
+        .iter()
+        .map(|(_, info)| (info.oid, (info.schema.clone(), info.name.clone())))
+        .collect();
     let mut targets = Vec::new();
     for dsn in postgres_dsns(spec) {
         let client = pg_apply::sink::connect(&dsn).await?;
@@ -805,7 +813,7 @@ async fn prepare(
             .await?;
             let client = connect_started(spec, s.confirmed_flush).await?;
             tracing::info!(job = %spec.name, from = %format_lsn(s.confirmed_flush), "resuming from the slot's confirmed position");
-            return Ok((client, s.confirmed_flush));
+            return Ok((client, s.confirmed_flush, table_names));
         }
         (Some(_), Some(s)) => {
             tracing::warn!(job = %spec.name, slot, slot_position = %format_lsn(s.confirmed_flush), recorded = %format_lsn(recorded),
@@ -840,7 +848,7 @@ async fn prepare(
     )
     .await?;
     history_books::restore(spec, plan, anchor, &targets, &infos, at, books).await?;
-    Ok((client, at))
+    Ok((client, at, table_names))
 }
 
 /// The target an [`Anchor::Postgres`] names: the first of the job's PostgreSQL targets.

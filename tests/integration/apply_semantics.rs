@@ -279,6 +279,46 @@ fn alter_table_mid_stream_flows_through_and_failures_are_visible() {
     assert_eq!(repl.stop().code(), Some(0));
 }
 
+/// A table renamed on the source while the job runs (the publication and the OID stay)
+/// keeps going to the target's table of the job's name, with a warning, instead of its
+/// changes being dropped as a table the job does not carry; a start whose spec still
+/// names the old table stops, saying why.
+#[test]
+fn a_table_renamed_on_the_source_keeps_replicating_under_the_jobs_name() {
+    let env = Env::start(ALTER);
+    let job = env.job_file("tablerename", "[1]", &["public.items"]);
+    let mut repl = streaming(&env, &job);
+    env.wait_converged("SELECT id, v FROM public.items ORDER BY id", WAIT);
+    env.on_source(
+        "ALTER TABLE public.items RENAME TO items_v2; \
+         INSERT INTO public.items_v2 VALUES (1, 50, 'after'); \
+         UPDATE public.items_v2 SET v = 'changed' WHERE id = 2; \
+         DELETE FROM public.items_v2 WHERE id = 3",
+    );
+    let source = env.on_source("SELECT id, v FROM public.items_v2 ORDER BY id");
+    wait_for("the renamed table's changes on the target", WAIT, || {
+        env.try_on_target("SELECT id, v FROM public.items ORDER BY id")
+            .as_deref()
+            == Some(source.as_str())
+    });
+    assert_eq!(
+        env.on_target("SELECT to_regclass('public.items_v2') IS NULL"),
+        "t",
+        "no table of the new name on the target"
+    );
+    let out = repl.output();
+    assert!(out.contains("renamed on the source"), "{out}");
+    assert!(repl.stop().success(), "{out}");
+
+    let mut repl = Replicator::start(&job);
+    wait_for("the start to stop", WAIT, || !repl.is_running());
+    let out = repl.output();
+    assert!(
+        out.contains("table public.items does not exist on the source (dropped, or renamed"),
+        "{out}"
+    );
+}
+
 const RENAMES: &str = "
 CREATE TABLE public.labels (tenant_id int NOT NULL, id int NOT NULL, v text, note text, w int,
     PRIMARY KEY (tenant_id, id));
