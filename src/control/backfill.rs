@@ -64,7 +64,7 @@ use crate::control::resync::{self, ReloadAsked, Reloads};
 use crate::operators::version::SysTime;
 use crate::sinks::nats::NatsSink;
 use crate::sinks::pg_apply::history::record_snapshot_versions;
-use crate::sinks::pg_apply::snapshot::{load_table, LoadFloor};
+use crate::sinks::pg_apply::snapshot::{holds_tenant_rows, load_table, LoadFloor};
 use crate::sinks::pg_apply::{floors, store};
 use crate::sinks::SinkError;
 use crate::sql_text::quote_qualified;
@@ -157,10 +157,16 @@ pub async fn widen(
         .map(|h| resync::with_tenant_reloads(h.widening_to(&wanted), &reloads.tenants))
         .collect();
     let mut new_streams = first.new_streams(&wanted);
-    for identity in never_written_streams(spec).await? {
-        tracing::info!(job = %spec.name, stream = %identity,
-            "the NATS stream has never held a message (a server new to the job, or the stream created again): every table is published to it");
-        new_streams.insert(identity);
+    let never = never_written_streams(spec).await?;
+    if !never.is_empty() && !source_holds_job_rows(spec).await? {
+        tracing::info!(job = %spec.name, streams = %never.iter().cloned().collect::<Vec<_>>().join("; "),
+            "the NATS stream has never held a message, and the source holds none of the job's tenants' rows: nothing to publish to it");
+    } else {
+        for identity in never {
+            tracing::info!(job = %spec.name, stream = %identity,
+                "the NATS stream has never held a message (a server new to the job, or the stream created again): every table is published to it");
+            new_streams.insert(identity);
+        }
     }
     let streams = StreamGaps {
         gaps: stream_gaps,
@@ -203,6 +209,21 @@ pub(crate) async fn never_written_streams(spec: &JobSpec) -> Result<BTreeSet<Str
         }
     }
     Ok(never)
+}
+
+/// Whether any of the job's tables on the source holds a row of its tenants now. A NATS
+/// stream that never held a message lacks nothing when none does: the rows there were at
+/// the resume position have been deleted since, and the stream sends those deletes.
+async fn source_holds_job_rows(spec: &JobSpec) -> Result<bool, JobError> {
+    let source = catalog::connect(spec.source.dsn.expose()).await?;
+    for table in &spec.tables {
+        let info = catalog::table_info(&source, table.schema(), table.table()).await?;
+        let column = spec.tenant_column_of(table);
+        if holds_tenant_rows(&source, &info, column, &spec.tenants.include).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The identities of the job's NATS sinks' streams ([`stream_identity`]), in their order.

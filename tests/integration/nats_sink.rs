@@ -631,6 +631,44 @@ fn a_nats_sink_moved_to_a_new_server_gets_every_row_once() {
     );
 }
 
+/// A NATS stream that has never held a message because the job has had no row to send
+/// yet is what it should be: a restart does not take a backfill snapshot for it (a
+/// temporary slot, which waits for the source's running transactions), and the rows
+/// written afterwards reach it as any change.
+#[test]
+fn a_stream_empty_because_the_job_had_no_rows_takes_no_backfill_at_restart() {
+    let env = Env::start(ORDERS);
+    let nats = Nats::start(&env);
+    let path = job_file(&env, &nats, "empty", 1024);
+    let streaming = || {
+        let repl = Replicator::start_inline(&path);
+        wait_for("the job to stream", WAIT, || {
+            repl.output().contains("streaming")
+        });
+        repl
+    };
+    let mut repl = streaming();
+    assert!(repl.stop().success(), "{}", repl.output());
+    let mut repl = streaming();
+    for k in 0..3 {
+        env.on_source(&transaction(k));
+    }
+    env.wait_converged(
+        "SELECT tenant_id, count(*), sum(ver) FROM q.orders GROUP BY 1 ORDER BY 1",
+        WAIT,
+    );
+    let source = source_rows(&env, "SELECT tenant_id, id, ver FROM q.orders");
+    assert_stream_rebuilds(&nats.url, "empty", &source);
+    let out = repl.output();
+    assert!(
+        out.contains("the source holds none of the job's tenants' rows: nothing to publish")
+            && !out.contains("every table is published to it")
+            && !out.contains("new NATS streams"),
+        "{out}"
+    );
+    assert!(repl.stop().success(), "{out}");
+}
+
 /// A job whose progress lives in the cold tier (no PostgreSQL sink) cannot publish every
 /// table to a NATS stream that lacks its rows: a stream added to its spec, or its stream
 /// on a server new to the job, stops the start with a message saying what to do, before
