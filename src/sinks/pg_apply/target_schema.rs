@@ -445,6 +445,70 @@ mod tests {
         );
     }
 
+    /// Runs `statements` (renames only) over target columns named `columns`: each must
+    /// rename a column that exists onto a name that does not.
+    fn run_renames(columns: &mut HashSet<String>, statements: &[String]) -> Result<(), String> {
+        for sql in statements {
+            let rest = sql
+                .strip_prefix("ALTER TABLE t RENAME COLUMN ")
+                .ok_or_else(|| format!("not a rename: {sql}"))?;
+            let (from, to) = rest.split_once(" TO ").ok_or("no TO")?;
+            let unquote = |s: &str| s.trim_matches('"').to_string();
+            let (from, to) = (unquote(from), unquote(to));
+            if !columns.remove(&from) || !columns.insert(to.clone()) {
+                return Err(format!("{sql} over {columns:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        /// Whatever names the source's columns take (renames, swaps, chains), the renames
+        /// bring the target's columns to them, each rename valid when it runs; unless a new
+        /// name is one the target keeps for a column dropped on the source, which is
+        /// refused.
+        #[test]
+        fn renames_bring_the_target_to_the_new_names(
+            picks in proptest::collection::vec(0usize..8, 3),
+            stale in proptest::collection::btree_set(5usize..8, 0..2),
+        ) {
+            let pool = |i: usize| format!("c{i}");
+            let old = ["c0", "c1", "c2"];
+            // New names: distinct, from c0..c7 (c5–c7 may be a stale column's name).
+            let mut seen = HashSet::new();
+            let new: Vec<String> = picks
+                .iter()
+                .map(|&i| (i..i + 8).map(|j| pool(j % 8)).find(|n| seen.insert(n.clone())))
+                .map(|n| n.expect("eight names for three columns"))
+                .collect();
+            let mut table = numbered(["c0", "c1", "c2"]);
+            for (c, name) in table.columns.iter_mut().zip(&new) {
+                c.name = name.clone();
+            }
+            let stale: Vec<String> = stale.into_iter().map(pool).collect();
+            let mut existing: Vec<&str> = old.to_vec();
+            existing.extend(stale.iter().map(String::as_str));
+            let existing_columns = target(&existing);
+            let taken = new
+                .iter()
+                .zip(old)
+                .any(|(n, o)| n != o && stale.contains(n));
+            match renamed_columns(&table, &existing_columns, &known(old)) {
+                Err(e) => proptest::prop_assert!(taken, "refused: {e}"),
+                Ok(renames) => {
+                    proptest::prop_assert!(!taken, "a rename onto a stale name: {renames:?}");
+                    let mut columns: HashSet<String> =
+                        existing.iter().map(|s| s.to_string()).collect();
+                    run_renames(&mut columns, &rename_statements("t", &renames))
+                        .map_err(proptest::test_runner::TestCaseError::fail)?;
+                    let mut want: HashSet<String> = new.iter().cloned().collect();
+                    want.extend(stale.iter().cloned());
+                    proptest::prop_assert_eq!(columns, want);
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_rename_onto_a_name_the_target_keeps_for_another_column_is_refused() {
         // `b` was dropped on the source (the target keeps it), then `a` renamed to `b`.
