@@ -315,6 +315,12 @@ pub fn job_detail(j: &JobStatus) -> String {
             t.table, t.sink, t.reason, j.id, t.table
         ));
     }
+    for t in &j.renamed_tables {
+        out.push_str(&format!(
+            "table renamed on the source: {} is {} there now (its changes keep going to {}; name it {} in the spec, after renaming the targets' table alike, before the job's next start)\n",
+            t.table, t.source_name, t.table, t.source_name
+        ));
+    }
     if let Some(s) = &j.snapshot {
         out.push_str(&format!(
             "snapshot: {}/{} table loads, {} rows, {} bytes\n",

@@ -103,7 +103,13 @@ pub struct ReaderStats {
     pub socket_reads: std::sync::atomic::AtomicU64,
     /// Of them, reads that waited for a batch (`cdc::transport`'s read batching).
     pub batched_reads: std::sync::atomic::AtomicU64,
+    /// The job's tables renamed on the source while it runs: the job's name → the
+    /// source's ([`keep_job_name`]).
+    pub renamed_tables: RenamedTables,
 }
+
+/// The job's tables renamed on the source: the job's name → the source's.
+pub type RenamedTables = Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>;
 
 /// Where a job's replication session connects (its slot names the application), with
 /// its socket's receive buffer.
@@ -141,6 +147,8 @@ pub struct ReaderState {
     resolver: RelationResolver,
     /// The job's tables by OID, as its spec names them (schema, name).
     table_names: HashMap<u32, (String, String)>,
+    /// Where the tables found renamed are told ([`ReaderStats::renamed_tables`]).
+    renamed_tables: RenamedTables,
 }
 
 impl ReaderState {
@@ -154,15 +162,22 @@ impl ReaderState {
             spool: StreamSpool::default(),
             resolver: RelationResolver::default(),
             table_names: HashMap::new(),
+            renamed_tables: RenamedTables::default(),
         }
     }
 
     /// With the job's tables by OID, as its spec names them (schema, name): a table
     /// renamed on the source (or moved to another schema) keeps the publication and its
     /// OID, and its changes keep the name the job knows it by ([`keep_job_name`]) instead
-    /// of going unreplicated under a name the job does not carry.
-    pub fn with_table_names(mut self, names: HashMap<u32, (String, String)>) -> ReaderState {
+    /// of going unreplicated under a name the job does not carry. Those found are told
+    /// in `renamed` (the job's status shows them).
+    pub fn with_table_names(
+        mut self,
+        names: HashMap<u32, (String, String)>,
+        renamed: RenamedTables,
+    ) -> ReaderState {
         self.table_names = names;
+        self.renamed_tables = renamed;
         self
     }
 }
@@ -576,10 +591,17 @@ async fn to_record(
     };
     let record = match message {
         PgOutputMessage::Relation(rel) => {
-            let info = keep_job_name(
-                state.resolver.resolve(catalog, &rel).await?,
-                &state.table_names,
-            );
+            let resolved = state.resolver.resolve(catalog, &rel).await?;
+            let info = keep_job_name(resolved.clone(), &state.table_names);
+            if state.table_names.contains_key(&rel.oid) {
+                if let Ok(mut renamed) = state.renamed_tables.lock() {
+                    if Arc::ptr_eq(&info, &resolved) {
+                        renamed.remove(&info.qualified_name());
+                    } else {
+                        renamed.insert(info.qualified_name(), resolved.qualified_name());
+                    }
+                }
+            }
             if state
                 .relations
                 .get(&rel.oid)

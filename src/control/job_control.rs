@@ -91,6 +91,10 @@ pub struct JobStatus {
     /// `helios.dead_letters` until a resync reloads them.
     #[serde(default)]
     pub tables_in_error: Vec<TableInError>,
+    /// The job's tables renamed on the source while it runs: their changes keep going to
+    /// the job's table; the spec must name them as the source does before the next start.
+    #[serde(default)]
+    pub renamed_tables: Vec<RenamedTable>,
     /// The spec, with passwords redacted.
     pub spec: serde_json::Value,
 }
@@ -104,6 +108,15 @@ pub struct TableInError {
     pub table: String,
     /// Why the target refused its changes.
     pub reason: String,
+}
+
+/// A table of a job renamed on the source while the job runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenamedTable {
+    /// `schema.table` as the job's spec names it (and its targets hold it).
+    pub table: String,
+    /// `schema.table` as the source names it now.
+    pub source_name: String,
 }
 
 /// One job carrying a tenant, for `GET /v1/tenants/{tenant}`.

@@ -18,8 +18,8 @@ use crate::change::format_lsn;
 use crate::control::access::{AccessHub, STORED_PREDICTIONS};
 use crate::control::job_control::{
     AsOfQuery, AsOfRows, ControlError, ExportRequest, ExportState, ExportStatus, JobCompression,
-    JobControl, JobId, JobState, JobStatus, Readiness, ResyncRequest, RetentionPolicy,
-    SinkCompression, TableInError, TenantJob, TenantStatus, TimePoint,
+    JobControl, JobId, JobState, JobStatus, Readiness, RenamedTable, ResyncRequest,
+    RetentionPolicy, SinkCompression, TableInError, TenantJob, TenantStatus, TimePoint,
 };
 use crate::control::job_runner::{self, Desired, JobStats};
 use crate::control::job_spec::{JobSpec, SinkSpec, TenantFilter};
@@ -298,6 +298,7 @@ impl JobManager {
             snapshot: job.stats.snapshot.status(),
             tenant_status,
             tables_in_error: tables_in_error(&job.stats),
+            renamed_tables: renamed_tables(&job.stats),
             spec: redacted_spec(&job.spec),
         }
     }
@@ -316,6 +317,24 @@ pub fn tables_in_error(stats: &JobStats) -> Vec<TableInError> {
         }
     }
     out
+}
+
+/// The job's tables renamed on the source while it runs.
+pub fn renamed_tables(stats: &JobStats) -> Vec<RenamedTable> {
+    stats
+        .reader
+        .renamed_tables
+        .lock()
+        .map(|renamed| {
+            renamed
+                .iter()
+                .map(|(table, source_name)| RenamedTable {
+                    table: table.clone(),
+                    source_name: source_name.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The spec as JSON with every password shown as `***`.

@@ -476,7 +476,8 @@ async fn run_job_inner(
         anchor,
         client: None,
     };
-    let mut state = ReaderState::new(confirmed).with_table_names(table_names);
+    let mut state = ReaderState::new(confirmed)
+        .with_table_names(table_names, stats.reader.renamed_tables.clone());
     let reading = read_until_stopped(
         spec,
         client,
@@ -942,8 +943,12 @@ async fn print_progress(job: String, stats: Arc<JobStats>, every: Duration) {
             );
             continue;
         }
+        let renamed: String = crate::control::job_manager::renamed_tables(&stats)
+            .iter()
+            .map(|t| format!(" renamed_on_source={}->{}", t.table, t.source_name))
+            .collect();
         println!(
-            "[{job}] rows/s={rate:.0} rows={rows} lag={:.2}s lag_bytes={} confirmed={} in_flight={} sink_errors={errors}",
+            "[{job}] rows/s={rate:.0} rows={rows} lag={:.2}s lag_bytes={} confirmed={} in_flight={} sink_errors={errors}{renamed}",
             stats.lag_seconds(),
             stats.lag_bytes(),
             format_lsn(stats.reader.confirmed.load(Relaxed)),

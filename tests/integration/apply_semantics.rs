@@ -306,6 +306,10 @@ fn a_table_renamed_on_the_source_keeps_replicating_under_the_jobs_name() {
         "t",
         "no table of the new name on the target"
     );
+    wait_for("the progress line to name the renamed table", WAIT, || {
+        repl.output()
+            .contains("renamed_on_source=public.items->public.items_v2")
+    });
     let out = repl.output();
     assert!(out.contains("renamed on the source"), "{out}");
     assert!(repl.stop().success(), "{out}");

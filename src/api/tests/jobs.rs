@@ -311,3 +311,20 @@ async fn resync_takes_the_job_tables_and_names_what_is_wrong() {
     let answer = resync(&router, "other", r#"{"tables": ["orders"]}"#).await;
     assert_eq!(answer.status, StatusCode::NOT_FOUND);
 }
+
+#[test]
+fn a_jobs_detail_names_its_tables_in_error_and_those_renamed_on_the_source() {
+    let job = FakeJob {
+        spec: spec_named("detail"),
+        state: JobState::Streaming,
+    };
+    let detail = crate::api::client::job_detail(&FakeControl::status(&job));
+    assert!(
+        detail.contains("table in error: public.orders (sink 0): violates check constraint")
+            && detail.contains(
+                "table renamed on the source: public.orders is public.orders_v2 there now"
+            )
+            && detail.contains("name it public.orders_v2 in the spec"),
+        "{detail}"
+    );
+}

@@ -84,6 +84,10 @@ impl FakeControl {
                 table: "public.orders".to_owned(),
                 reason: "violates check constraint".to_owned(),
             }],
+            renamed_tables: vec![crate::control::job_control::RenamedTable {
+                table: "public.orders".to_owned(),
+                source_name: "public.orders_v2".to_owned(),
+            }],
             tables: spec.tables.iter().map(|t| t.name.clone()).collect(),
             confirmed_lsn: "0/16B3748".to_owned(),
             lag_bytes: 0,
