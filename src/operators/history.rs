@@ -29,7 +29,8 @@ use timely::dataflow::operators::{Capability, Operator};
 use timely::dataflow::StreamVec;
 
 use crate::change::{
-    Cell, HistoryEvent, HistoryOp, Lsn, Row, Scope, SinkItem, TableInfo, TenantAction, TenantChange,
+    Cell, ColumnInfo, HistoryEvent, HistoryOp, Lsn, Row, Scope, SinkItem, TableInfo, TenantAction,
+    TenantChange,
 };
 use crate::operators::packed_row::PackedRow;
 use crate::operators::row_spill::{HeldRow, RowSpillError, RowStore, SpillRef};
@@ -68,6 +69,8 @@ pub struct Shelf {
     /// What backfills loaded (`control::backfill`): a change of those rows committed
     /// below its floor is in the load, and the books hold the load's versions already.
     pub floors: Floors,
+    /// The shape each table's held rows are in: the last one its changes came in.
+    pub shapes: HashMap<String, Arc<TableInfo>>,
 }
 
 impl Shelf {
@@ -77,6 +80,7 @@ impl Shelf {
             books: HashMap::new(),
             rows: RowStore::new(row_budget),
             floors: Floors::default(),
+            shapes: HashMap::new(),
         }
     }
 
@@ -386,6 +390,7 @@ fn record(
         books,
         rows,
         floors,
+        shapes,
     } = shelf;
     let table_name = change.table.qualified_name();
     let Some(valid_column) = plan.tables.get(&table_name) else {
@@ -396,6 +401,7 @@ fn record(
         // Checked when the job starts; a table that lost its key keeps no history.
         return Ok(());
     }
+    conform_books(books, rows, shapes, &table_name, &change.table)?;
     let valid_of = |row: &Row| -> i64 {
         valid_column
             .as_ref()
@@ -543,6 +549,97 @@ fn record(
         }
     }
     Ok(())
+}
+
+/// Brings the rows `books` hold of `table` to `shape` when its changes now come in a
+/// shape that moved columns (one dropped from the middle, say): each version keeps its
+/// values under the same columns, found by their source column numbers, else by name
+/// ([`column_map`]). A shape that keeps every column where it was (columns added at the
+/// end, types changed) rewrites nothing. The first shape seen is taken as the one the
+/// books were restored in.
+fn conform_books(
+    books: &mut HashMap<(String, String), Book>,
+    rows: &mut RowStore,
+    shapes: &mut HashMap<String, Arc<TableInfo>>,
+    table: &str,
+    shape: &Arc<TableInfo>,
+) -> Result<(), RowSpillError> {
+    let from = match shapes.get(table) {
+        Some(held) if Arc::ptr_eq(held, shape) => return Ok(()),
+        Some(held) => held.clone(),
+        None => {
+            shapes.insert(table.to_owned(), shape.clone());
+            return Ok(());
+        }
+    };
+    shapes.insert(table.to_owned(), shape.clone());
+    let Some(map) = column_map(&from, shape) else {
+        return Ok(());
+    };
+    let mut conform = |value: &mut HeldRow| -> Result<(), RowSpillError> {
+        let packed = rows.row(value)?;
+        let cells: Vec<Cell> = packed.cells().map(|c| c.to_cell()).collect();
+        let row: Row = map
+            .iter()
+            .map(|at| at.and_then(|j| cells.get(j).cloned()).unwrap_or(Cell::Null))
+            .collect();
+        *value = rows.hold(PackedRow::pack(&row));
+        Ok(())
+    };
+    let mut rewritten = 0usize;
+    for ((_, t), book) in books.iter_mut() {
+        if t != table {
+            continue;
+        }
+        for value in book.current_values_mut() {
+            conform(value)?;
+            rewritten += 1;
+        }
+        for value in book.closed_values_mut() {
+            conform(value)?;
+            rewritten += 1;
+        }
+    }
+    tracing::info!(
+        table,
+        rewritten,
+        "the table's columns moved: the versions held are kept under the same columns"
+    );
+    Ok(())
+}
+
+/// Where each of `to`'s columns is in a row of shape `from`: the column of the same
+/// source number where both have one, else of the same name, else (a column renamed
+/// where numbers are unknown) the one at its place if that one's name is gone; `None`:
+/// not there, NULL. `None` as a whole when every column of `from` is where it was (`to`
+/// renames in place or adds columns after them).
+pub fn column_map(from: &TableInfo, to: &TableInfo) -> Option<Vec<Option<usize>>> {
+    let same = |f: &ColumnInfo, c: &ColumnInfo| match (f.attnum, c.attnum) {
+        (Some(a), Some(b)) => a == b,
+        _ => f.name == c.name,
+    };
+    let kept = from.columns.len() <= to.columns.len()
+        && from.columns.iter().zip(&to.columns).all(|(f, c)| {
+            same(f, c)
+                || ((f.attnum.is_none() || c.attnum.is_none())
+                    && to.column_index(&f.name).is_none())
+        });
+    if kept {
+        return None;
+    }
+    Some(
+        to.columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                from.columns.iter().position(|f| same(f, c)).or_else(|| {
+                    let f = from.columns.get(i)?;
+                    let unnumbered = f.attnum.is_none() || c.attnum.is_none();
+                    (unnumbered && to.column_index(&f.name).is_none()).then_some(i)
+                })
+            })
+            .collect(),
+    )
 }
 
 /// A book's delta as events carry it: keyed by the change's own key cells (every delta of

@@ -407,7 +407,31 @@ fn columns_renamed_on_the_source_are_renamed_on_the_target_with_their_values() {
     let mut tier = cold_versions(&cold);
     tier.sort();
     assert_eq!(tier, history, "tenant 1's versions in the cold tier");
+
+    // A column dropped from the middle (`memo`, before `label` and `w`): the versions held
+    // from before move to the new shape, so the close of id 5's version reaches the cold
+    // tier with its values in place (not shifted into the wrong columns, or refused).
+    let tenant_rows = || {
+        read_table(&cold, "2", "public.labels")
+            .map(|(_, rows)| rows.len())
+            .unwrap_or(0)
+    };
+    let before = tenant_rows();
+    env.on_source(
+        "ALTER TABLE public.labels DROP COLUMN memo; UPDATE public.labels SET w = w + 1 WHERE id = 5",
+    );
+    env.wait_converged("SELECT id, label, w FROM public.labels ORDER BY id", WAIT);
+    let waited = std::time::Instant::now();
+    while tenant_rows() < before + 2 && waited.elapsed() < WAIT {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let read = read_table(&cold, "2", "public.labels").map(|(c, r)| (c.len(), r.len()));
+    assert!(
+        tenant_rows() >= before + 2,
+        "the close and the new versions in the cold tier: {before} before, now {read:?}"
+    );
     let out = repl.output();
+    assert!(!out.contains("cold-tier write failed"), "{out}");
     assert!(repl.stop().success(), "{out}");
 }
 

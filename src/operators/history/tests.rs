@@ -631,3 +631,89 @@ fn books_answer_for_backfilled_rows_only_from_their_floor() {
     assert_eq!(rows("1", SystemPoint::Lsn(120)), Some(1));
     assert_eq!(rows("1", SystemPoint::Micros(i64::MAX / 2)), Some(1));
 }
+
+/// `prices()` with its columns numbered 1–4 as the source's catalog numbers them, without
+/// the columns named in `dropped`.
+fn numbered_prices(dropped: &[&str]) -> Arc<TableInfo> {
+    let mut table = (*prices()).clone();
+    for (i, c) in table.columns.iter_mut().enumerate() {
+        c.attnum = Some(i as i16 + 1);
+    }
+    table
+        .columns
+        .retain(|c| !dropped.contains(&c.name.as_str()));
+    Arc::new(table)
+}
+
+#[test]
+fn column_maps_follow_numbers_then_names_and_keep_places_where_nothing_moved() {
+    let all = numbered_prices(&[]);
+    let without_price = numbered_prices(&["price"]);
+    // Added at the end, or nothing changed: places kept.
+    assert_eq!(column_map(&without_price, &without_price), None);
+    let mut added = (*all).clone();
+    added.columns.push(ColumnInfo {
+        attnum: Some(5),
+        ..added.columns[2].clone()
+    });
+    added.columns[4].name = "note".into();
+    assert_eq!(column_map(&all, &added), None);
+    // Renamed in place: the number says it is the same column.
+    let mut renamed = (*all).clone();
+    renamed.columns[2].name = "amount".into();
+    assert_eq!(column_map(&all, &renamed), None);
+    // Dropped from the middle: the later columns move.
+    assert_eq!(
+        column_map(&all, &without_price),
+        Some(vec![Some(0), Some(1), Some(3)])
+    );
+    // Without numbers: by name, and a renamed column at its place.
+    let plain = |t: &TableInfo| {
+        let mut t = t.clone();
+        t.columns.iter_mut().for_each(|c| c.attnum = None);
+        t
+    };
+    assert_eq!(
+        column_map(&plain(&all), &plain(&without_price)),
+        Some(vec![Some(0), Some(1), Some(3)])
+    );
+    assert_eq!(column_map(&plain(&all), &plain(&renamed)), None);
+}
+
+#[test]
+fn a_column_dropped_from_the_middle_moves_the_held_versions_to_the_new_shape() {
+    let mut run = Run::new(None);
+    let before = numbered_prices(&[]);
+    let after = numbered_prices(&["price"]);
+    let with = |table: &Arc<TableInfo>, new: Row| TenantChange {
+        scope: Scope::Tenant("1".into()),
+        seq: 0,
+        table: table.clone(),
+        action: TenantAction::Upsert {
+            old: None,
+            new,
+            insert: false,
+        },
+    };
+    run.apply(&with(&before, row("1", "1", "5", JAN)));
+    // `price` dropped on the source, then the row updated: the version closed is the one
+    // held from before, now in the new shape (tenant, id, effective_at), not shifted.
+    let events = run.apply(&with(&after, vec![t("1"), t("1"), t(FEB)]));
+    let closed: Vec<Row> = events
+        .iter()
+        .filter_map(|e| match &e.delta {
+            VersionDelta::Close { value, .. } => Some(value.clone()),
+            VersionDelta::Open(_) => None,
+        })
+        .collect();
+    assert_eq!(closed, vec![vec![t("1"), t("1"), t(JAN)]]);
+    // The old version is known again as valid until the change (reopened from the books:
+    // in the new shape too), and the new one from it.
+    assert_eq!(
+        opens(&events),
+        vec![
+            (vec![t("1"), t("1"), t(JAN)], 110 * 1000, Some(120 * 1000)),
+            (vec![t("1"), t("1"), t(FEB)], 120 * 1000, None)
+        ]
+    );
+}
