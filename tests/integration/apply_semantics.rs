@@ -432,6 +432,23 @@ fn columns_renamed_on_the_source_are_renamed_on_the_target_with_their_values() {
     );
     let out = repl.output();
     assert!(!out.contains("cold-tier write failed"), "{out}");
+
+    // `w` dropped on the source (the target keeps it), then `label` renamed to `w`: the
+    // target cannot take the name, so the table goes into error state saying so, and the
+    // job streams on.
+    env.on_source(
+        "ALTER TABLE public.labels DROP COLUMN w; \
+         ALTER TABLE public.labels RENAME COLUMN label TO w; \
+         UPDATE public.labels SET w = 'x' WHERE id = 6",
+    );
+    wait_for("the refused rename to put the table in error", WAIT, || {
+        env.try_on_target(
+            "SELECT error FROM helios.table_state WHERE table_name = 'public.labels' AND state = 'error'",
+        )
+        .is_some_and(|e| e.contains("was renamed to \"w\", a name the target table already has"))
+    });
+    assert!(repl.is_running(), "{}", repl.output());
+    let out = repl.output();
     assert!(repl.stop().success(), "{out}");
 }
 
