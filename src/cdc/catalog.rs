@@ -73,31 +73,16 @@ pub async fn ensure_publication(
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let exists = client
+    let via_root = client
         .query_opt(
-            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            "SELECT pubviaroot FROM pg_publication WHERE pubname = $1",
             &[&publication],
         )
         .await
         .map_err(CdcError::query("look up publication"))?
-        .is_some();
-    let (sql, what) = if exists {
-        (
-            format!(
-                "ALTER PUBLICATION {} SET TABLE {list}",
-                quote_ident(publication)
-            ),
-            "set publication tables",
-        )
-    } else {
-        (
-            format!(
-                "CREATE PUBLICATION {} FOR TABLE {list}",
-                quote_ident(publication)
-            ),
-            "create publication",
-        )
-    };
+        .map(|r| r.get::<_, bool>(0));
+    let exists = via_root.is_some();
+    let (sql, what) = publication_sql(publication, &list, via_root);
     client
         .batch_execute(&sql)
         .await
@@ -116,6 +101,38 @@ pub async fn ensure_publication(
         "publication ready"
     );
     Ok(())
+}
+
+/// The statements that create the publication (`via_root` `None`: it does not exist) or
+/// set its tables, and what they do (for errors). A partitioned table's changes are
+/// published as the partitioned table's (`publish_via_partition_root`), under its name
+/// and in its shape, whichever partition holds the row: the job's spec names the
+/// partitioned table, and a row filter on it needs the option too.
+fn publication_sql(
+    publication: &str,
+    list: &str,
+    via_root: Option<bool>,
+) -> (String, &'static str) {
+    let name = quote_ident(publication);
+    match via_root {
+        None => (
+            format!("CREATE PUBLICATION {name} FOR TABLE {list} WITH (publish_via_partition_root = true)"),
+            "create publication",
+        ),
+        Some(true) => (
+            format!("ALTER PUBLICATION {name} SET TABLE {list}"),
+            "set publication tables",
+        ),
+        // One query, so one transaction: a row filter on a partitioned table needs the
+        // option set first.
+        Some(false) => (
+            format!(
+                "ALTER PUBLICATION {name} SET (publish_via_partition_root = true); \
+                 ALTER PUBLICATION {name} SET TABLE {list}"
+            ),
+            "set publication tables",
+        ),
+    }
 }
 
 /// The slot's state, `None` if it does not exist.
@@ -159,7 +176,8 @@ pub async fn drop_slot(client: &Client, slot: &str) -> Result<(), CdcError> {
 pub async fn table_info(client: &Client, schema: &str, name: &str) -> Result<TableInfo, CdcError> {
     let row = client
         .query_opt(
-            "SELECT c.oid, c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            "SELECT c.oid, c.relreplident::text, c.relkind::text FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = $1 AND c.relname = $2",
             &[&schema, &name],
         )
@@ -175,6 +193,12 @@ pub async fn table_info(client: &Client, schema: &str, name: &str) -> Result<Tab
         })?;
     let oid: u32 = row.get(0);
     let ident: String = row.get(1);
+    let kind: String = row.get(2);
+    if let Some(problem) = not_a_table(&kind) {
+        return Err(CdcError::Definite(format!(
+            "{schema}.{name} is {problem}, not a table: only tables (plain or partitioned) replicate"
+        )));
+    }
     let identity = match ident.as_str() {
         "n" => Identity::Nothing,
         "f" => Identity::Full,
@@ -229,6 +253,44 @@ pub async fn table_info(client: &Client, schema: &str, name: &str) -> Result<Tab
         identity,
         type_ddl,
     })
+}
+
+/// What a relation of `pg_class.relkind` `kind` is, when it is not a table that logical
+/// replication can publish (`r` plain, `p` partitioned).
+fn not_a_table(kind: &str) -> Option<&'static str> {
+    match kind {
+        "r" | "p" => None,
+        "v" => Some("a view"),
+        "m" => Some("a materialized view"),
+        "f" => Some("a foreign table"),
+        "S" => Some("a sequence"),
+        "i" | "I" => Some("an index"),
+        "c" => Some("a composite type"),
+        "t" => Some("a TOAST table"),
+        _ => Some("a relation of an unknown kind"),
+    }
+}
+
+/// Tables of `oids` that are partitions of another table of `oids` (at any depth): the
+/// partition's changes reach the job as its partitioned table's (the publication publishes
+/// through the partition root), so a job carrying both would never see the partition's
+/// own. Pairs of (partition, ancestor), in the order of `oids`.
+pub async fn partitions_of_each_other(
+    client: &Client,
+    oids: &[u32],
+) -> Result<Vec<(u32, u32)>, CdcError> {
+    let rows = client
+        .query(
+            "SELECT t.oid, a.relid::oid
+             FROM unnest($1::oid[]) WITH ORDINALITY AS t(oid, ord)
+             CROSS JOIN LATERAL pg_partition_ancestors(t.oid) AS a(relid)
+             WHERE a.relid::oid <> t.oid AND a.relid::oid = ANY($1::oid[])
+             ORDER BY t.ord",
+            &[&oids],
+        )
+        .await
+        .map_err(CdcError::query("read partition ancestors"))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// Positions of the primary-key columns of table `oid` within `columns`.
@@ -383,8 +445,39 @@ impl RelationResolver {
 
 #[cfg(test)]
 mod tests {
-    use super::{vouch_for_columns, CatalogColumn};
+    use super::{not_a_table, publication_sql, vouch_for_columns, CatalogColumn};
     use crate::change::fixtures;
+
+    #[test]
+    fn publications_publish_partitioned_tables_through_their_root() {
+        let (sql, what) = publication_sql("p", "\"public\".\"t\"", None);
+        assert_eq!(
+            sql,
+            "CREATE PUBLICATION \"p\" FOR TABLE \"public\".\"t\" WITH (publish_via_partition_root = true)"
+        );
+        assert_eq!(what, "create publication");
+        let (sql, _) = publication_sql("p", "\"public\".\"t\"", Some(true));
+        assert_eq!(sql, "ALTER PUBLICATION \"p\" SET TABLE \"public\".\"t\"");
+        let (sql, what) = publication_sql("p", "\"public\".\"t\"", Some(false));
+        assert_eq!(
+            sql,
+            "ALTER PUBLICATION \"p\" SET (publish_via_partition_root = true); \
+             ALTER PUBLICATION \"p\" SET TABLE \"public\".\"t\"",
+            "the option first, in the same query (one transaction)"
+        );
+        assert_eq!(what, "set publication tables");
+    }
+
+    #[test]
+    fn only_plain_and_partitioned_tables_are_tables() {
+        assert_eq!(not_a_table("r"), None);
+        assert_eq!(not_a_table("p"), None);
+        assert_eq!(not_a_table("v"), Some("a view"));
+        assert_eq!(not_a_table("m"), Some("a materialized view"));
+        assert_eq!(not_a_table("f"), Some("a foreign table"));
+        assert_eq!(not_a_table("S"), Some("a sequence"));
+        assert_eq!(not_a_table("?"), Some("a relation of an unknown kind"));
+    }
 
     fn catalog(columns: &[(&str, u32, i16)]) -> Vec<CatalogColumn> {
         columns

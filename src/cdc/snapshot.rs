@@ -106,15 +106,17 @@ pub fn copy_out_sql(
         .into_iter()
         .chain(include.condition_on(table, tenant_column))
         .collect();
-    if conditions.is_empty() {
-        format!("COPY {name} ({}) TO STDOUT{format}", cols.join(", "))
+    // Always a query: `COPY table TO` refuses a partitioned table (a query reads every
+    // partition), and costs the same on a plain one.
+    let filter = if conditions.is_empty() {
+        String::new()
     } else {
-        format!(
-            "COPY (SELECT {} FROM {name} WHERE {}) TO STDOUT{format}",
-            cols.join(", "),
-            conditions.join(" AND ")
-        )
-    }
+        format!(" WHERE {}", conditions.join(" AND "))
+    };
+    format!(
+        "COPY (SELECT {} FROM {name}{filter}) TO STDOUT{format}",
+        cols.join(", ")
+    )
 }
 
 /// The `SELECT` that reads the job's tenants' rows of `table` with every value in its text
@@ -195,11 +197,12 @@ mod tests {
         );
         assert_eq!(
             copy_out_sql(&table, "tenant_id", &TenantFilter::All, None, false),
-            "COPY \"app\".\"t\" (\"tenant_id\") TO STDOUT"
+            "COPY (SELECT \"tenant_id\" FROM \"app\".\"t\") TO STDOUT",
+            "a query, which a partitioned table takes too"
         );
         assert_eq!(
             copy_out_sql(&table, "tenant_id", &TenantFilter::All, None, true),
-            "COPY \"app\".\"t\" (\"tenant_id\") TO STDOUT (FORMAT binary)"
+            "COPY (SELECT \"tenant_id\" FROM \"app\".\"t\") TO STDOUT (FORMAT binary)"
         );
         let part = PageRange {
             from: 10,

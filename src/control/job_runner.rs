@@ -41,7 +41,7 @@ use crate::control::coverage::Coverage;
 use crate::control::history_start::{self, check_history_table};
 use crate::control::initial_snapshot::{self, SnapshotProgress};
 use crate::control::job_control::JobState;
-use crate::control::job_spec::{JobSpec, SinkSpec, TenantFilter};
+use crate::control::job_spec::{JobSpec, SinkSpec, TableSpec, TenantFilter};
 use crate::control::{cold_resume, history_books, history_repair};
 use crate::dataflow::host::DataflowHost;
 use crate::dataflow::worker::{JobDataflow, SinkPlace, SinkTarget};
@@ -710,6 +710,35 @@ pub fn tenant_row_filter(
     }
 }
 
+/// Stops a start whose spec names both a partitioned table and one of its partitions: the
+/// publication publishes a partition's changes as its partitioned table's, so the
+/// partition's own table would silently get none.
+async fn refuse_partitions_of_carried_tables(
+    source: &tokio_postgres::Client,
+    infos: &[(TableSpec, Arc<TableInfo>)],
+) -> Result<(), JobError> {
+    let oids: Vec<u32> = infos.iter().map(|(_, info)| info.oid).collect();
+    let pairs = catalog::partitions_of_each_other(source, &oids).await?;
+    let Some(&(partition, ancestor)) = pairs.first() else {
+        return Ok(());
+    };
+    let name = |oid: u32| {
+        infos
+            .iter()
+            .find(|(_, info)| info.oid == oid)
+            .map(|(_, info)| info.qualified_name())
+            .unwrap_or_else(|| format!("OID {oid}"))
+    };
+    Err(CdcError::Definite(format!(
+        "tables[{partition}]: {partition} is a partition of {ancestor}, which the job also \
+         carries; a partition's changes reach the job as its partitioned table's, so name only \
+         one of them (the partitioned table carries every partition's rows)",
+        partition = name(partition),
+        ancestor = name(ancestor),
+    ))
+    .into())
+}
+
 /// The job's tables by OID on the source, as its spec names them (schema, name).
 type TableNames = HashMap<u32, (String, String)>;
 
@@ -749,6 +778,7 @@ async fn prepare(
         });
         infos.push((table.clone(), Arc::new(info)));
     }
+    refuse_partitions_of_carried_tables(&source, &infos).await?;
     catalog::ensure_publication(&source, publication, &published).await?;
     let table_names: TableNames = infos
         .iter()

@@ -13,6 +13,7 @@ mod job_spec_files;
 mod large_transactions;
 mod nats_sink;
 mod open_files;
+mod partitioned_tables;
 mod qos;
 mod replication_session;
 mod resync;
