@@ -24,16 +24,23 @@ pub async fn connect(dsn: &str) -> Result<Client, SourceStatsError> {
         .map_err(|e| SourceStatsError::Database(format!("connect: {e}")))
 }
 
-/// `seq_scan + idx_scan` of each of `tables` (`schema.table`) the server has statistics for.
+/// `seq_scan + idx_scan` of each of `tables` (`schema.table`) the server has statistics for;
+/// a partitioned table's are its partitions' summed (the server keeps none of its own).
 pub async fn table_reads(
     client: &Client,
     tables: &[String],
 ) -> Result<HashMap<String, i64>, SourceStatsError> {
     let rows = client
         .query(
-            "SELECT schemaname || '.' || relname, coalesce(seq_scan, 0) + coalesce(idx_scan, 0)
-               FROM pg_stat_user_tables
-              WHERE schemaname || '.' || relname = ANY($1)",
+            "SELECT n.nspname || '.' || c.relname,
+                    sum(coalesce(s.seq_scan, 0) + coalesce(s.idx_scan, 0))::int8
+               FROM pg_class c
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+               CROSS JOIN LATERAL (SELECT c.oid AS relid
+                                    UNION SELECT relid FROM pg_partition_tree(c.oid)) AS p
+               JOIN pg_stat_user_tables s ON s.relid = p.relid
+              WHERE n.nspname || '.' || c.relname = ANY($1)
+              GROUP BY 1",
             &[&tables],
         )
         .await

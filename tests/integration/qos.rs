@@ -363,12 +363,21 @@ fn access_events_feed_the_predictor_and_its_model_survives_a_restart() {
 fn source_table_reads_are_read_as_deltas() {
     use helios_repl::cdc::source_stats::{connect, deltas, table_reads};
     let env = Env::start(EVENTS);
-    env.on_source("CREATE TABLE q.other (id int)");
+    env.on_source(
+        "CREATE TABLE q.other (id int); \
+         CREATE TABLE q.parted (id int) PARTITION BY RANGE (id); \
+         CREATE TABLE q.parted_1 PARTITION OF q.parted FOR VALUES FROM (0) TO (10); \
+         CREATE TABLE q.parted_2 PARTITION OF q.parted FOR VALUES FROM (10) TO (20)",
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let tables = vec!["q.events".to_string(), "q.other".to_string()];
+    let tables = vec![
+        "q.events".to_string(),
+        "q.other".to_string(),
+        "q.parted".to_string(),
+    ];
     let dsn = env.source_dsn();
     let read = |client: &tokio_postgres::Client| {
         runtime
@@ -380,6 +389,7 @@ fn source_table_reads_are_read_as_deltas() {
     for _ in 0..5 {
         env.on_source("SELECT count(*) FROM q.events");
     }
+    env.on_source("SELECT count(*) FROM q.parted WHERE id < 10");
     // The statistics collector publishes a backend's counts when its session ends.
     let mut delta = std::collections::HashMap::new();
     wait_for("the reads in pg_stat_user_tables", WAIT, || {
@@ -388,6 +398,11 @@ fn source_table_reads_are_read_as_deltas() {
             .expect("clear snapshot");
         delta = deltas(&before, &read(&client));
         delta.get("q.events").is_some_and(|n| *n >= 5.0)
+            && delta.get("q.parted").is_some_and(|n| *n >= 1.0)
     });
     assert!(!delta.contains_key("q.other"), "{delta:?}");
+    assert!(
+        before.contains_key("q.parted"),
+        "a partitioned table's reads are its partitions': {before:?}"
+    );
 }
