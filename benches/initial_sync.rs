@@ -21,7 +21,11 @@
 //!   again as (a) does;
 //! - (d) the subscription and (e) ours over the same rows in four tables of a quarter
 //!   each (the subscription syncs two tables at a time by default,
-//!   `max_sync_workers_per_subscription`; we load up to one table per core at once).
+//!   `max_sync_workers_per_subscription`; we load up to one table per core at once);
+//! - (g) the subscription (publishing through the partition root) and (h) ours over the
+//!   same rows in a table partitioned by a hash of the tenant into four partitions; (h')
+//!   ours with `snapshot_split_tables = false` (by default a large partitioned table
+//!   loads in groups of its partitions side by side, one per core up to four).
 //!
 //! The cases run one after the other, each into a database of its own, in
 //! `HELIOS_BENCH_SYNC_ROUNDS` rounds (default 3; this machine's noise moves a single
@@ -55,8 +59,23 @@ fn create_table(name: &str) -> String {
 
 fn create_tables() -> String {
     let tables: Vec<String> = TABLES.iter().map(|t| create_table(t)).collect();
-    format!("CREATE SCHEMA bench;\n{}", tables.join("\n"))
+    let parted = create_table("p").replace(");", ") PARTITION BY HASH (tenant_id);");
+    let partitions: Vec<String> = (0..PARTITIONS)
+        .map(|i| {
+            format!(
+                "CREATE TABLE bench.p_{i} PARTITION OF bench.p FOR VALUES WITH (MODULUS {PARTITIONS}, REMAINDER {i});"
+            )
+        })
+        .collect();
+    format!(
+        "CREATE SCHEMA bench;\n{}\n{parted}\n{}",
+        tables.join("\n"),
+        partitions.join("\n")
+    )
 }
+
+/// Partitions of `bench.p` (by a hash of the tenant).
+const PARTITIONS: usize = 4;
 
 /// Rows `$1..=$2` of the catch-up bench's shape into `bench.<name>`.
 fn insert_rows(name: &str) -> String {
@@ -154,9 +173,10 @@ async fn bench(
         let (first, last) = (rows * i / 4 + 1, rows * (i + 1) / 4);
         src.execute(&insert_rows(quarter), &[&first, &last]).await?;
     }
+    src.execute(&insert_rows("p"), &[&1i64, &rows]).await?;
     src.batch_execute("VACUUM ANALYZE").await?;
     println!(
-        "initial_sync: {rows} rows written twice (one table, four tables) in {:.1} s",
+        "initial_sync: {rows} rows written three times (one table, four tables, a partitioned table) in {:.1} s",
         written.elapsed().as_secs_f64()
     );
     source.psql("bench", "CREATE PUBLICATION pub_one FOR TABLE bench.t")?;
@@ -166,6 +186,10 @@ async fn bench(
             "CREATE PUBLICATION pub_four FOR TABLE {}",
             QUARTERS.join(", ")
         ),
+    )?;
+    source.psql(
+        "bench",
+        "CREATE PUBLICATION pub_parted FOR TABLE bench.p WITH (publish_via_partition_root = true)",
     )?;
     let some: Vec<String> = SOME_TENANTS.iter().map(|t| t.to_string()).collect();
     let some_rows = count(
@@ -177,6 +201,7 @@ async fn bench(
     )
     .await?;
     let one = ["bench.t"];
+    let parted = ["bench.p"];
     let all = "\"all\"";
     let whole = "snapshot_split_tables = false\n";
     let mut runs = Vec::with_capacity(rounds);
@@ -184,12 +209,21 @@ async fn bench(
         // Each round into databases, subscriptions, jobs and slots of its own.
         let db = |name: &str| format!("{name}_{round}");
         for name in [
-            "sub_a", "ours_b", "ours_b1", "ours_c", "ours_f", "sub_d", "ours_e",
+            "sub_a", "ours_b", "ours_b1", "ours_c", "ours_f", "sub_d", "ours_e", "sub_g", "ours_h",
+            "ours_h1",
         ] {
             target.create_database(&db(name))?;
         }
         let cases = vec![
-            subscription(source, target, &db("sub_a"), "pub_one", &one, rows).await?,
+            subscription(
+                source,
+                target,
+                ("(a) PostgreSQL subscription (copy_data)", &db("sub_a")),
+                "pub_one",
+                &one,
+                rows,
+            )
+            .await?,
             ours(
                 source,
                 target,
@@ -222,13 +256,55 @@ async fn bench(
             )
             .await?,
             ours_adding_tenants(source, target, &db("ours_f"), rows, some_rows).await?,
-            subscription(source, target, &db("sub_d"), "pub_four", &QUARTERS, rows).await?,
+            subscription(
+                source,
+                target,
+                ("(d) PostgreSQL subscription, four tables", &db("sub_d")),
+                "pub_four",
+                &QUARTERS,
+                rows,
+            )
+            .await?,
             ours(
                 source,
                 target,
                 ("(e) ours, four tables", &db("ours_e"), ""),
                 all,
                 &QUARTERS,
+                rows,
+            )
+            .await?,
+            subscription(
+                source,
+                target,
+                (
+                    "(g) PostgreSQL subscription, partitioned table",
+                    &db("sub_g"),
+                ),
+                "pub_parted",
+                &parted,
+                rows,
+            )
+            .await?,
+            ours(
+                source,
+                target,
+                ("(h) ours, partitioned table", &db("ours_h"), ""),
+                all,
+                &parted,
+                rows,
+            )
+            .await?,
+            ours(
+                source,
+                target,
+                (
+                    "(h') ours, partitioned, one transaction",
+                    &db("ours_h1"),
+                    whole,
+                ),
+                all,
+                &parted,
                 rows,
             )
             .await?,
@@ -254,15 +330,11 @@ async fn rows_in(client: &tokio_postgres::Client, tables: &[&str]) -> anyhow::Re
 async fn subscription(
     source: &PgCluster,
     target: &PgCluster,
-    name: &str,
+    (label, name): (&'static str, &str),
     publication: &str,
     tables: &[&str],
     rows: i64,
 ) -> anyhow::Result<Case> {
-    let label = match tables.len() {
-        1 => "(a) PostgreSQL subscription (copy_data)",
-        _ => "(d) PostgreSQL subscription, four tables",
-    };
     let ddl: Vec<String> = tables
         .iter()
         .map(|t| create_table(t.trim_start_matches("bench.")))

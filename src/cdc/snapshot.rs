@@ -13,7 +13,7 @@ use futures_util::Stream;
 use tokio_postgres::Client;
 
 use crate::cdc::error::CdcError;
-use crate::cdc::table_parts::PageRange;
+use crate::cdc::table_parts::{PageRange, TablePart};
 use crate::cdc::transport::ReplicationConnection;
 use crate::change::{parse_lsn, Lsn, TableInfo};
 use crate::control::job_spec::TenantFilter;
@@ -88,35 +88,49 @@ pub async fn begin_on_snapshot(client: &Client, snapshot_name: &str) -> Result<(
         .map_err(CdcError::query("open snapshot transaction"))
 }
 
-/// The `COPY … TO STDOUT` that reads the job's tenants' rows of `table` (of its pages
-/// `pages` only, for one part of a split table), in COPY's text format or (`binary`) its
+/// The `COPY … TO STDOUT` that reads the job's tenants' rows of `table` (of its part
+/// `part` only, for one part of a split table), in COPY's text format or (`binary`) its
 /// binary one.
 pub fn copy_out_sql(
     table: &TableInfo,
     tenant_column: &str,
     include: &TenantFilter,
-    pages: Option<PageRange>,
+    part: Option<&TablePart>,
     binary: bool,
 ) -> String {
     let cols: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
-    let name = quote_qualified(&table.schema, &table.name);
+    let cols = cols.join(", ");
     let format = if binary { " (FORMAT binary)" } else { "" };
-    let conditions: Vec<String> = pages
-        .map(|p| p.sql_condition())
-        .into_iter()
-        .chain(include.condition_on(table, tenant_column))
-        .collect();
+    let tenants = include.condition_on(table, tenant_column);
+    let select = |from: &str, pages: Option<&PageRange>| {
+        let conditions: Vec<String> = pages
+            .map(|p| p.sql_condition())
+            .into_iter()
+            .chain(tenants.clone())
+            .collect();
+        if conditions.is_empty() {
+            format!("SELECT {cols} FROM {from}")
+        } else {
+            format!(
+                "SELECT {cols} FROM {from} WHERE {}",
+                conditions.join(" AND ")
+            )
+        }
+    };
     // Always a query: `COPY table TO` refuses a partitioned table (a query reads every
     // partition), and costs the same on a plain one.
-    let filter = if conditions.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", conditions.join(" AND "))
+    let query = match part {
+        None => select(&quote_qualified(&table.schema, &table.name), None),
+        Some(TablePart::Pages(pages)) => {
+            select(&quote_qualified(&table.schema, &table.name), Some(pages))
+        }
+        Some(TablePart::Partitions(leaves)) => leaves
+            .iter()
+            .map(|leaf| select(&quote_qualified(&leaf.schema, &leaf.name), None))
+            .collect::<Vec<_>>()
+            .join(" UNION ALL "),
     };
-    format!(
-        "COPY (SELECT {} FROM {name}{filter}) TO STDOUT{format}",
-        cols.join(", ")
-    )
+    format!("COPY ({query}) TO STDOUT{format}")
 }
 
 /// The `SELECT` that reads the job's tenants' rows of `table` with every value in its text
@@ -169,6 +183,7 @@ pub async fn rows_as_text(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cdc::table_parts::Leaf;
     use crate::change::{ColumnInfo, Identity};
 
     #[test]
@@ -204,17 +219,30 @@ mod tests {
             copy_out_sql(&table, "tenant_id", &TenantFilter::All, None, true),
             "COPY (SELECT \"tenant_id\" FROM \"app\".\"t\") TO STDOUT (FORMAT binary)"
         );
-        let part = PageRange {
+        let part = TablePart::Pages(PageRange {
             from: 10,
             to: Some(20),
-        };
+        });
+        let part = Some(&part);
         assert_eq!(
-            copy_out_sql(&table, "tenant_id", &TenantFilter::All, Some(part), true),
+            copy_out_sql(&table, "tenant_id", &TenantFilter::All, part, true),
             "COPY (SELECT \"tenant_id\" FROM \"app\".\"t\" WHERE ctid >= '(10,0)'::tid AND ctid < '(20,0)'::tid) TO STDOUT (FORMAT binary)"
         );
         assert_eq!(
-            copy_out_sql(&table, "tenant_id", &only, Some(part), false),
+            copy_out_sql(&table, "tenant_id", &only, part, false),
             "COPY (SELECT \"tenant_id\" FROM \"app\".\"t\" WHERE ctid >= '(10,0)'::tid AND ctid < '(20,0)'::tid AND \"tenant_id\" IN ('3', '7')) TO STDOUT"
+        );
+        let leaf = |name: &str| Leaf {
+            schema: "app".into(),
+            name: name.into(),
+            pages: 1,
+        };
+        let part = TablePart::Partitions(vec![leaf("t_1"), leaf("t_2")]);
+        assert_eq!(
+            copy_out_sql(&table, "tenant_id", &only, Some(&part), true),
+            "COPY (SELECT \"tenant_id\" FROM \"app\".\"t_1\" WHERE \"tenant_id\" IN ('3', '7') \
+             UNION ALL SELECT \"tenant_id\" FROM \"app\".\"t_2\" WHERE \"tenant_id\" IN ('3', '7')) TO STDOUT (FORMAT binary)",
+            "a group of partitions reads each leaf whole"
         );
     }
 }

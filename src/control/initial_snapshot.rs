@@ -11,7 +11,7 @@ use crate::cdc::catalog;
 use crate::cdc::error::CdcError;
 use crate::cdc::snapshot;
 use crate::cdc::stream;
-use crate::cdc::table_parts::{self, PageRange};
+use crate::cdc::table_parts::{self, PageRange, TablePart};
 use crate::cdc::transport::{ReplicationConnection, ReplicationStream};
 use crate::change::{format_lsn, Lsn, TableInfo};
 use crate::control::cold_history;
@@ -115,12 +115,11 @@ pub(super) async fn take_snapshot(
     for table in &spec.tables {
         let info = Arc::new(catalog::table_info(&copier, table.schema(), table.table()).await?);
         let column = plan.tenant_columns[&table.name].clone();
-        let pages = if targets.is_empty() {
-            0
+        let (pages, parts) = if targets.is_empty() {
+            (0, vec![TablePart::Pages(PageRange { from: 0, to: None })])
         } else {
-            table_parts::table_pages(&copier, &info).await?
+            table_parts::plan_parts(&copier, &info, if split { wanted } else { 1 }).await?
         };
-        let parts = table_parts::split_pages(pages, if split { wanted } else { 1 });
         if parts.len() > 1 {
             tracing::info!(job = %spec.name, table = %table.name, pages, parts = parts.len(), "initial copy of a large table split into parts loaded side by side");
         }
@@ -224,7 +223,7 @@ async fn load_one(
     include: &TenantFilter,
     progress: &SnapshotProgress,
 ) -> Result<u64, JobError> {
-    let (info, column, part) = (&*load.info, &*load.column, load.part);
+    let (info, column, part) = (&*load.info, &*load.column, load.part.as_ref());
     let open_source = move |binary| {
         let sql = snapshot::copy_out_sql(info, column, include, part, binary);
         async move { copier.copy_out(&sql).await }
@@ -252,8 +251,8 @@ struct LaneTable {
     column: String,
     /// Its size in pages when the snapshot began (0 if not read).
     pages: u64,
-    /// The ranges of pages its parts load (one: the whole table, in one transaction).
-    parts: Vec<PageRange>,
+    /// The parts it loads in (one: the whole table, in one transaction).
+    parts: Vec<TablePart>,
 }
 
 /// One load of a lane: a table, or a part of one, into one target.
@@ -265,8 +264,8 @@ struct LaneLoad {
     into: Arc<TableInfo>,
     /// The target's index in `LoadLanes::target_dsns`.
     target: usize,
-    /// The part's pages (`None`: the whole table).
-    part: Option<PageRange>,
+    /// The part it loads (`None`: the whole table).
+    part: Option<TablePart>,
     /// About how many pages it reads (the larger loads go first).
     pages: u64,
 }
@@ -329,10 +328,10 @@ impl LoadLanes<'_> {
                             (table.info.clone(), self.loads_whole(target, table).await?)
                         }
                     };
-                let parts: Vec<Option<PageRange>> = if whole {
+                let parts: Vec<Option<TablePart>> = if whole {
                     vec![None]
                 } else {
-                    table.parts.iter().copied().map(Some).collect()
+                    table.parts.iter().cloned().map(Some).collect()
                 };
                 for part in parts {
                     loads.push(LaneLoad {
@@ -340,8 +339,8 @@ impl LoadLanes<'_> {
                         column: table.column.clone(),
                         into: into.clone(),
                         target: index,
+                        pages: part.as_ref().map_or(table.pages, |p| p.len(table.pages)),
                         part,
-                        pages: part.map_or(table.pages, |p| p.len(table.pages)),
                     });
                 }
             }
