@@ -22,6 +22,8 @@ pub struct SlotState {
     pub confirmed_flush: Lsn,
     /// Whether some session is reading the slot right now.
     pub active: bool,
+    /// Whether the source invalidated it (`wal_status = 'lost'`): it can no longer be read.
+    pub lost: bool,
 }
 
 /// Connects to the source for catalog work; the connection task runs on the current runtime.
@@ -139,7 +141,8 @@ fn publication_sql(
 pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>, CdcError> {
     let row = client
         .query_opt(
-            "SELECT plugin::text, confirmed_flush_lsn::text, active, database::text = current_database()
+            "SELECT plugin::text, confirmed_flush_lsn::text, active, database::text = current_database(),
+                    wal_status = 'lost'
              FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
@@ -157,6 +160,7 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
     Ok(Some(SlotState {
         confirmed_flush: confirmed.as_deref().and_then(parse_lsn).unwrap_or(0),
         active: row.get(2),
+        lost: row.get::<_, Option<bool>>(4).unwrap_or(false),
     }))
 }
 

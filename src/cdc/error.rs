@@ -28,6 +28,11 @@ pub enum CdcError {
     /// Needs a person: wrong configuration, missing table, unusable slot.
     #[error("{0}")]
     Definite(String),
+    /// The source invalidated the job's slot (it removed WAL the slot still needed, past
+    /// `max_slot_wal_keep_size`): the stream cannot resume without a gap, so the job
+    /// starts over with a new slot and snapshot.
+    #[error("replication slot `{0}` was invalidated by the source (it removed WAL the slot still needed: max_slot_wal_keep_size)")]
+    SlotLost(String),
 }
 
 impl CdcError {
@@ -57,7 +62,7 @@ impl CdcError {
         match self {
             CdcError::Connect(_) | CdcError::Stream(_) => true,
             CdcError::Query { transient, .. } => *transient,
-            CdcError::Decode { .. } | CdcError::Definite(_) => false,
+            CdcError::Decode { .. } | CdcError::Definite(_) | CdcError::SlotLost(_) => false,
         }
     }
 }

@@ -10,7 +10,9 @@
 //! - snapshot done, slot present, slot confirmed ≤ recorded → resume at the slot's
 //!   confirmed position (never past what was durable: the sinks skip what they have);
 //! - slot missing, or ahead of what we recorded (it was dropped and recreated behind our
-//!   back, so changes in between are lost to the stream) → new slot, new snapshot;
+//!   back, so changes in between are lost to the stream), or invalidated by the source
+//!   (`wal_status = 'lost'`) → new slot, new snapshot. A slot invalidated while the job
+//!   runs ends its stream; the job then starts over the same way.
 //! - no completed snapshot → (re)create the slot and snapshot.
 //!
 //! On resume, a spec that now carries tenants or tables the targets lack has them loaded
@@ -375,7 +377,16 @@ pub async fn run_job(
     mut control: watch::Receiver<Desired>,
     progress_every: Option<Duration>,
 ) -> Result<(), JobError> {
-    let result = run_job_inner(&spec, host, &stats, &mut control, progress_every).await;
+    let result = loop {
+        match run_job_inner(&spec, host, &stats, &mut control, progress_every).await {
+            // A new slot and snapshot: the start-up finds the slot invalidated.
+            Err(JobError::Source(CdcError::SlotLost(slot))) => {
+                stats.errors.fetch_add(1, Relaxed);
+                tracing::warn!(job = %spec.name, slot, "the source invalidated the replication slot while the job ran; starting over with a new slot and snapshot");
+            }
+            result => break result,
+        }
+    };
     match &result {
         Ok(()) => stats.set_state(JobState::Stopping, None),
         Err(e) => {
@@ -626,7 +637,13 @@ async fn read_until_stopped(
                     back_off(&mut wait, control).await;
                     continue;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    let e = match catalog::connect(dsn).await {
+                        Ok(source) => unless_slot_lost(&source, &spec.source.slot, e).await,
+                        Err(_) => e,
+                    };
+                    return Err(e.into());
+                }
             },
         };
         let outcome = match catalog::connect(dsn).await {
@@ -657,6 +674,22 @@ async fn read_until_stopped(
             }
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// `error` (starting the stream failed for good), or [`CdcError::SlotLost`] when the source
+/// has invalidated the slot: the error PostgreSQL gives then does not say so plainly.
+async fn unless_slot_lost(
+    source: &tokio_postgres::Client,
+    slot: &str,
+    error: CdcError,
+) -> CdcError {
+    match catalog::slot_state(source, slot).await {
+        Ok(Some(state)) if state.lost => {
+            tracing::warn!(slot, error = %error, "the replication stream cannot start: the source invalidated the slot");
+            CdcError::SlotLost(slot.to_string())
+        }
+        _ => error,
     }
 }
 
@@ -797,6 +830,10 @@ async fn prepare(
         .or(progress.snapshot_lsn)
         .unwrap_or(0);
     match (progress.snapshot_lsn, &slot_state) {
+        (Some(_), Some(s)) if s.lost => {
+            tracing::warn!(job = %spec.name, slot, confirmed = %format_lsn(s.confirmed_flush),
+                "the source invalidated the replication slot (it removed WAL the slot still needed: max_slot_wal_keep_size), so the changes since its confirmed position are gone from the stream; taking a new snapshot");
+        }
         (Some(_), Some(s)) if s.confirmed_flush <= recorded => {
             if s.active {
                 return Err(CdcError::Stream(format!(
@@ -842,7 +879,10 @@ async fn prepare(
                 books,
             )
             .await?;
-            let client = connect_started(spec, s.confirmed_flush).await?;
+            let client = match connect_started(spec, s.confirmed_flush).await {
+                Ok(client) => client,
+                Err(e) => return Err(unless_slot_lost(&source, slot, e).await.into()),
+            };
             tracing::info!(job = %spec.name, from = %format_lsn(s.confirmed_flush), "resuming from the slot's confirmed position");
             return Ok((client, s.confirmed_flush, table_names));
         }

@@ -11,6 +11,7 @@ mod history;
 mod isolation_crash_idle;
 mod job_spec_files;
 mod large_transactions;
+mod lost_slot;
 mod nats_sink;
 mod open_files;
 mod partitioned_tables;

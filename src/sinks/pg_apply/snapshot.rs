@@ -156,7 +156,7 @@ where
         match copy_table(&tx, table, true, &mut open_source, streamed, &mut sent).await {
             Ok(copied) => binary_copy = Some(copied),
             Err(SinkError::Definite(reason)) => {
-                tracing::warn!(table = %table.qualified_name(), error = %reason, "the target refused the binary snapshot copy; copying the table as text");
+                tracing::warn!(table = %table.qualified_name(), error = %reason, "the binary snapshot copy failed (the error says on which side); copying the table as text");
                 // Rolled back: those bytes are not loaded.
                 streamed.fetch_sub(sent, Relaxed);
                 tx.batch_execute("ROLLBACK TO SAVEPOINT helios_binary_copy")
