@@ -321,6 +321,18 @@ pub fn job_detail(j: &JobStatus) -> String {
             t.table, t.source_name, t.table, t.source_name
         ));
     }
+    if let Some(slot) = &j.slot {
+        let limit = match slot.safe_wal_bytes {
+            Some(safe) => {
+                format!("the source may write {safe} more before it invalidates the slot")
+            }
+            None => "no max_slot_wal_keep_size: the source keeps it without bound".to_string(),
+        };
+        out.push_str(&format!(
+            "replication slot: {}, keeps {} bytes of WAL ({limit})\n",
+            slot.wal_status, slot.retained_wal_bytes
+        ));
+    }
     if let Some(s) = &j.snapshot {
         out.push_str(&format!(
             "snapshot: {}/{} table loads, {} rows, {} bytes\n",

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod error;
 pub mod event_channel;
 pub mod pgoutput;
+pub mod slot_health;
 pub mod snapshot;
 pub mod source_stats;
 pub mod stream;

@@ -95,6 +95,10 @@ pub struct JobStatus {
     /// the job's table; the spec must name them as the source does before the next start.
     #[serde(default)]
     pub renamed_tables: Vec<RenamedTable>,
+    /// The job's replication slot as the source last showed it while the job ran: the WAL
+    /// it keeps, and how much more before the source invalidates it (`None` until read).
+    #[serde(default)]
+    pub slot: Option<crate::cdc::slot_health::SlotHealth>,
     /// The spec, with passwords redacted.
     pub spec: serde_json::Value,
 }

@@ -71,6 +71,9 @@ pub(super) async fn monitor(
         metrics.set_state(state_name(state.0));
         metrics.set_lag(None, stats.lag_seconds(), stats.lag_bytes());
         metrics.set_confirmed_lsn(stats.reader.confirmed.load(Relaxed));
+        if let Some(slot) = stats.slot() {
+            metrics.set_slot_wal(slot.retained_wal_bytes, slot.safe_wal_bytes);
+        }
         let backlog = stats.backlog.lock().map(|b| b.load()).unwrap_or_default();
         metrics.set_sink_backlog(backlog.rows as u64, backlog.bytes as u64);
         if keeps_history {

@@ -34,6 +34,7 @@ use tokio::sync::watch;
 
 use crate::cdc::catalog::{self, PublishedTable};
 use crate::cdc::error::CdcError;
+use crate::cdc::slot_health::{self, SlotHealth};
 use crate::cdc::stream::{self, ConfirmedStore, ReaderIo, ReaderState, ReaderStats};
 use crate::change::{format_lsn, Lsn, TableInfo};
 use crate::control::access::{self, AccessHub};
@@ -115,6 +116,8 @@ pub struct JobStats {
     pub backlog: std::sync::Mutex<Arc<crate::sinks::backlog::Backlog>>,
     /// The initial snapshot's progress (this process's last one).
     pub snapshot: SnapshotProgress,
+    /// The job's replication slot as the source last showed it while the job ran.
+    pub slot: Mutex<Option<SlotHealth>>,
     /// State and the reason for it (failure, or the last transient error).
     state: Mutex<(JobState, Option<String>)>,
     /// Access signals and hotness predictions of the running job.
@@ -133,6 +136,7 @@ impl JobStats {
             books: Default::default(),
             backlog: Default::default(),
             snapshot: SnapshotProgress::default(),
+            slot: Mutex::new(None),
             state: Mutex::new((JobState::Snapshotting, None)),
             access: Mutex::new(None),
             saved_model: Mutex::new(None),
@@ -166,6 +170,11 @@ impl JobStats {
         if let Ok(mut s) = self.state.lock() {
             *s = (state, reason);
         }
+    }
+
+    /// The job's replication slot as the source last showed it.
+    pub fn slot(&self) -> Option<SlotHealth> {
+        self.slot.lock().ok().and_then(|s| s.clone())
     }
 
     /// The job's state and its reason.
@@ -481,6 +490,7 @@ async fn run_job_inner(
     });
     let progress = progress_every
         .map(|every| tokio::spawn(print_progress(spec.name.clone(), stats.clone(), every)));
+    let slot_watch = tokio::spawn(watch_slot(spec.clone(), stats.clone()));
     let wake = host.waker();
     let mut store = ProgressStore {
         job: spec.name.clone(),
@@ -542,9 +552,43 @@ async fn run_job_inner(
     if let Some(p) = pruner {
         p.abort();
     }
+    slot_watch.abort();
     windows.abort();
     stats.set_access(None);
     result
+}
+
+/// Reads the job's slot's health every [`slot_health::CHECK_EVERY`] into `stats.slot`,
+/// warning when the source is about to invalidate the slot. A failed read is logged and
+/// tried again at the next check (on a new session).
+async fn watch_slot(spec: JobSpec, stats: Arc<JobStats>) {
+    let slot = &spec.source.slot;
+    let mut tick = tokio::time::interval(slot_health::CHECK_EVERY);
+    let mut client = None;
+    let mut before: Option<String> = None;
+    loop {
+        tick.tick().await;
+        if client.is_none() {
+            client = catalog::connect(spec.source.dsn.expose()).await.ok();
+        }
+        let Some(c) = &client else { continue };
+        match slot_health::read(c, slot).await {
+            Ok(Some(health)) => {
+                if let Some(warning) = slot_health::warning(before.as_deref(), &health) {
+                    tracing::warn!(job = %spec.name, slot, safe_wal_bytes = ?health.safe_wal_bytes, "{warning}");
+                }
+                before = Some(health.wal_status.clone());
+                if let Ok(mut s) = stats.slot.lock() {
+                    *s = Some(health);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(job = %spec.name, error = %e, "cannot read the replication slot's health");
+                client = None;
+            }
+        }
+    }
 }
 
 /// Keeps the in-memory history to the hot window: older closed versions are read from the

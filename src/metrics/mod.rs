@@ -20,6 +20,8 @@
 //! | `helios_apply_batch_seconds` | histogram | `job`, `sink` |
 //! | `helios_transaction_stage_seconds` | histogram | `job`, `sink`, `stage` |
 //! | `helios_source_confirmed_lsn` | gauge | `job` |
+//! | `helios_source_slot_retained_wal_bytes` | gauge | `job` |
+//! | `helios_source_slot_safe_wal_bytes` | gauge | `job` |
 //! | `helios_job_state` | gauge | `job`, `state` |
 //! | `helios_tenant_predicted_hotness` | gauge | `job`, `tenant` |
 //! | `helios_prediction_error` | gauge | `job`, `predictor` |
@@ -157,6 +159,8 @@ struct Families {
     apply_batch: HistogramFamily,
     stages: HistogramFamily<StageLabels>,
     confirmed_lsn: Family<JobLabels, GaugeU64>,
+    slot_retained_wal: Family<JobLabels, GaugeU64>,
+    slot_safe_wal: Family<JobLabels, GaugeU64>,
     job_state: Family<StateLabels, Gauge>,
     hotness: Family<TenantLabels, GaugeF64>,
     prediction_error: Family<PredictorLabels, GaugeF64>,
@@ -199,6 +203,8 @@ impl Families {
             apply_batch: Family::new_with_constructor(new_apply_histogram),
             stages: Family::new_with_constructor(new_stage_histogram),
             confirmed_lsn: Family::default(),
+            slot_retained_wal: Family::default(),
+            slot_safe_wal: Family::default(),
             job_state: Family::default(),
             hotness: Family::default(),
             prediction_error: Family::default(),
@@ -286,6 +292,16 @@ impl Families {
             SOURCE_CONFIRMED_LSN,
             "Position confirmed to the source (the LSN as a number)",
             self.confirmed_lsn.clone(),
+        );
+        r.register(
+            SOURCE_SLOT_RETAINED_WAL_BYTES,
+            "WAL bytes the source keeps for the job's replication slot (from its restart_lsn)",
+            self.slot_retained_wal.clone(),
+        );
+        r.register(
+            SOURCE_SLOT_SAFE_WAL_BYTES,
+            "WAL bytes the source may still write before the job's slot is past max_slot_wal_keep_size and invalidated (no series without a limit)",
+            self.slot_safe_wal.clone(),
         );
         r.register(
             JOB_STATE,
@@ -532,6 +548,8 @@ pub struct JobMetrics {
     socket_reads: Counter,
     batched_reads: Counter,
     confirmed_lsn: Slots<(), GaugeU64>,
+    slot_retained_wal: Slots<(), GaugeU64>,
+    slot_safe_wal: Slots<(), GaugeU64>,
     sinks: Slots<&'static str, SinkSeries>,
     states: Slots<&'static str, Gauge>,
     prediction_errors: Slots<&'static str, GaugeF64>,
@@ -602,6 +620,8 @@ impl JobMetrics {
             socket_reads,
             batched_reads,
             confirmed_lsn: Slots::new(),
+            slot_retained_wal: Slots::new(),
+            slot_safe_wal: Slots::new(),
             sinks: Slots::new(),
             states: Slots::new(),
             prediction_errors: Slots::new(),
@@ -850,6 +870,34 @@ impl JobMetrics {
                 g.set(lsn);
             },
         );
+    }
+
+    /// Sets the WAL bytes the source keeps for the job's slot, and (when the source has a
+    /// `max_slot_wal_keep_size`) those it may still write before it invalidates the slot.
+    pub fn set_slot_wal(&self, retained: u64, safe: Option<u64>) {
+        let gauges = [
+            (
+                &self.slot_retained_wal,
+                &self.families.slot_retained_wal,
+                Some(retained),
+            ),
+            (&self.slot_safe_wal, &self.families.slot_safe_wal, safe),
+        ];
+        for (slots, family, value) in gauges {
+            let Some(value) = value else { continue };
+            slots.with(
+                (),
+                || {
+                    let labels = JobLabels {
+                        job: self.job.clone(),
+                    };
+                    self.create(family, labels)
+                },
+                |g| {
+                    g.set(value);
+                },
+            );
+        }
     }
 
     /// Sets the versions the job's history books hold in memory.

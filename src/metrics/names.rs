@@ -27,6 +27,12 @@ pub const APPLY_BATCH_SECONDS: &str = "helios_apply_batch_seconds";
 pub const TRANSACTION_STAGE_SECONDS: &str = "helios_transaction_stage_seconds";
 /// Position confirmed to the source, as a number.
 pub const SOURCE_CONFIRMED_LSN: &str = "helios_source_confirmed_lsn";
+/// WAL bytes the source keeps for the job's replication slot (its write position minus
+/// the slot's `restart_lsn`).
+pub const SOURCE_SLOT_RETAINED_WAL_BYTES: &str = "helios_source_slot_retained_wal_bytes";
+/// WAL bytes the source may still write before the job's slot is past
+/// `max_slot_wal_keep_size` and is invalidated (no series when no limit is set).
+pub const SOURCE_SLOT_SAFE_WAL_BYTES: &str = "helios_source_slot_safe_wal_bytes";
 /// 1 for the job's current state, 0 for the others.
 pub const JOB_STATE: &str = "helios_job_state";
 
@@ -97,7 +103,7 @@ pub const SIDES: [&str; 2] = [SIDE_MERGED, SIDE_WRITTEN];
 pub const PREDICTORS: [&str; 4] = ["model", "heuristic", "last_window", "round_robin"];
 
 /// Every metric name above.
-pub const ALL_METRICS: [&str; 30] = [
+pub const ALL_METRICS: [&str; 32] = [
     REPLICATION_LAG_SECONDS,
     REPLICATION_LAG_BYTES,
     ROWS_REPLICATED_TOTAL,
@@ -110,6 +116,8 @@ pub const ALL_METRICS: [&str; 30] = [
     APPLY_BATCH_SECONDS,
     TRANSACTION_STAGE_SECONDS,
     SOURCE_CONFIRMED_LSN,
+    SOURCE_SLOT_RETAINED_WAL_BYTES,
+    SOURCE_SLOT_SAFE_WAL_BYTES,
     JOB_STATE,
     PREDICTED_HOTNESS,
     PREDICTION_ERROR,

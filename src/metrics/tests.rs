@@ -314,9 +314,23 @@ fn exercise(m: &JobMetrics) {
     m.set_history_row_bytes(4096, 65536);
     m.set_sink_backlog(120, 98_304);
     m.history_row_walks(3);
+    m.set_slot_wal(16 << 20, Some(4 << 20));
 }
 
 // ---------------------------------------------------------------------------------
+
+#[test]
+fn a_slot_without_a_wal_limit_has_no_safe_bytes_series() {
+    let reg = MetricsRegistry::new();
+    let m = reg.register_job("unbounded", None);
+    m.set_slot_wal(1024, None);
+    let e = parse(&reg);
+    assert_eq!(
+        e.value(SOURCE_SLOT_RETAINED_WAL_BYTES, &[(LABEL_JOB, "unbounded")]),
+        Some(1024.0)
+    );
+    assert_eq!(e.find(SOURCE_SLOT_SAFE_WAL_BYTES).count(), 0);
+}
 
 #[test]
 fn the_reader_rejects_malformed_text() {
@@ -386,6 +400,14 @@ fn encode_is_valid_openmetrics_and_names_every_metric() {
     assert_eq!(
         e.value(HISTORY_ROW_WALKS_TOTAL, &[(LABEL_JOB, "orders")]),
         Some(3.0)
+    );
+    assert_eq!(
+        e.value(SOURCE_SLOT_RETAINED_WAL_BYTES, &[(LABEL_JOB, "orders")]),
+        Some(16_777_216.0)
+    );
+    assert_eq!(
+        e.value(SOURCE_SLOT_SAFE_WAL_BYTES, &[(LABEL_JOB, "orders")]),
+        Some(4_194_304.0)
     );
     for (place, want) in [(PLACE_MEMORY, 4096.0), (PLACE_DISK, 65536.0)] {
         assert_eq!(

@@ -3,7 +3,8 @@
 //! are gone from the stream. The job starts over with a new slot and snapshot, whether it
 //! finds the slot invalidated at its start or loses it while it runs, and the target
 //! converges; before, the job failed with "cannot read from logical replication slot" at
-//! every start until someone dropped the slot by hand.
+//! every start until someone dropped the slot by hand. A slot about to be invalidated
+//! (`unreserved`) is warned about while the job runs.
 
 use std::time::Duration;
 
@@ -18,17 +19,21 @@ CREATE TABLE public.filler (x text);
 ";
 const ROWS: &str = "SELECT tenant_id, id, v FROM public.items WHERE tenant_id = 1 ORDER BY 2";
 
-/// Writes WAL (into a table the job does not carry) and checkpoints until the source has
-/// invalidated the job's slot.
-fn until_the_slot_is_lost(env: &Env, slot: &str) {
-    let lost = format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND wal_status = 'lost'");
-    wait_for("the source to invalidate the slot", WAIT, || {
+/// Writes WAL (into a table the job does not carry), with a checkpoint after each step
+/// if `checkpoint`, until the job's slot has the status `status`.
+fn until_the_slot_is(env: &Env, slot: &str, status: &str, checkpoint: bool) {
+    let query = format!(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND wal_status = '{status}'"
+    );
+    wait_for(&format!("the slot's status to be {status}"), WAIT, || {
         env.on_source(
             "INSERT INTO public.filler SELECT repeat('x', 1000) FROM generate_series(1, 5000)",
         );
         env.on_source("SELECT pg_switch_wal()");
-        env.on_source("CHECKPOINT");
-        env.on_source(&lost) == "1"
+        if checkpoint {
+            env.on_source("CHECKPOINT");
+        }
+        env.on_source(&query) == "1"
     });
 }
 
@@ -57,7 +62,7 @@ fn a_slot_the_source_invalidated_is_replaced_with_a_new_snapshot() {
          UPDATE public.items SET v = 'changed' WHERE tenant_id = 1 AND id < 6; \
          DELETE FROM public.items WHERE tenant_id = 1 AND id = 7",
     );
-    until_the_slot_is_lost(&env, "slot_lost");
+    until_the_slot_is(&env, "slot_lost", "lost", true);
     let mut repl = streaming(&job);
     env.wait_converged(ROWS, WAIT);
     assert!(
@@ -86,7 +91,13 @@ fn a_slot_the_source_invalidated_is_replaced_with_a_new_snapshot() {
     env.on_source(
         "INSERT INTO public.items SELECT 1, i, 'while held' FROM generate_series(201, 210) i",
     );
-    until_the_slot_is_lost(&env, "slot_lost");
+    // Past max_slot_wal_keep_size before a checkpoint: the job warns.
+    until_the_slot_is(&env, "slot_lost", "unreserved", false);
+    wait_for("the warning that the slot is about to go", WAIT, || {
+        repl.output()
+            .contains("its next checkpoint invalidates the slot unless the job catches up")
+    });
+    until_the_slot_is(&env, "slot_lost", "lost", true);
     runtime
         .block_on(holder.batch_execute("ROLLBACK"))
         .expect("release the lock");

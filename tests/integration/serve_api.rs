@@ -465,6 +465,17 @@ fn two_jobs_pause_resume_and_delete_with_slot() {
         let auto = if round_trip >= 0.0006 { 8.0 } else { 1.0 };
         round_trip > 0.0 && round_trip < 0.1 && in_flight == auto
     });
+    // The replication slot's WAL, in the metrics and the job's status (no
+    // max_slot_wal_keep_size on the source: no safe-bytes series, null in the status).
+    wait_for("the slot's WAL in /metrics and the status", WAIT, || {
+        let (_, m) = http(&server.url, "GET", "/metrics", None);
+        let job = server.job_json("job_b");
+        m.contains("helios_source_slot_retained_wal_bytes{job=\"job_b\"}")
+            && !m.contains("helios_source_slot_safe_wal_bytes{job=\"job_b\"}")
+            && job["slot"]["wal_status"] == "reserved"
+            && job["slot"]["retained_wal_bytes"].as_u64().is_some()
+            && job["slot"]["safe_wal_bytes"].is_null()
+    });
     let (_, list) = http(&server.url, "GET", "/v1/jobs", Some(TOKEN));
     let (_, json_out) = server.cli(&["jobs", "list", "--json"]);
     let events = env

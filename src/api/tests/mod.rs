@@ -88,6 +88,11 @@ impl FakeControl {
                 table: "public.orders".to_owned(),
                 source_name: "public.orders_v2".to_owned(),
             }],
+            slot: Some(crate::cdc::slot_health::SlotHealth {
+                wal_status: "unreserved".to_owned(),
+                retained_wal_bytes: 5 << 20,
+                safe_wal_bytes: Some(0),
+            }),
             tables: spec.tables.iter().map(|t| t.name.clone()).collect(),
             confirmed_lsn: "0/16B3748".to_owned(),
             lag_bytes: 0,
