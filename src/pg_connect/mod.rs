@@ -46,13 +46,44 @@ pub enum OnClose {
     Warn,
 }
 
-/// Opens a session on `dsn`; its connection task runs on the current runtime until the
-/// client is dropped, and logs why it ended, naming the session by `role`.
+/// The time limits an operator may set on a database or role for applications
+/// (`ALTER ROLE … SET statement_timeout`), which every session of ours lifts for itself:
+/// they would cut a snapshot's `COPY`, a large transaction's apply, a lock wait behind a
+/// user's DDL, or a replication session holding its exported snapshot while others load
+/// short, and the retry would meet the same limit. `pg_dump` lifts the same.
+pub const UNLIMITED: [&str; 3] = [
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+];
+
+/// The `SET`s that lift [`UNLIMITED`] in a session (sent after login rather than in the
+/// startup packet's `options`, which connection poolers such as PgBouncer refuse).
+pub fn session_settings() -> String {
+    UNLIMITED.map(|name| format!("SET {name} = 0")).join("; ")
+}
+
+/// The startup packet's `options` that lift [`UNLIMITED`] (for replication sessions, which
+/// poolers do not carry).
+pub fn startup_options() -> String {
+    UNLIMITED.map(|name| format!("-c {name}=0")).join(" ")
+}
+
+/// Opens a session on `dsn` with [`session_settings`]; its connection task runs on the
+/// current runtime until the client is dropped, and logs why it ended, naming the
+/// session by `role`.
 pub async fn connect(
     dsn: &str,
     role: &'static str,
     on_close: OnClose,
 ) -> Result<Client, ConnectError> {
+    let client = open(dsn, role, on_close).await?;
+    client.batch_execute(&session_settings()).await?;
+    Ok(client)
+}
+
+/// Opens a session on `dsn` as it asks for TLS.
+async fn open(dsn: &str, role: &'static str, on_close: OnClose) -> Result<Client, ConnectError> {
     let dsn = PgDsn::parse(dsn)?;
     if !dsn.tls.mode.plain_first() {
         return connect_tls(&dsn.config, &dsn.tls, role, on_close).await;
@@ -99,4 +130,21 @@ where
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_limit_is_lifted_in_both_forms() {
+        assert_eq!(
+            session_settings(),
+            "SET statement_timeout = 0; SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0"
+        );
+        assert_eq!(
+            startup_options(),
+            "-c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0"
+        );
+    }
 }

@@ -19,6 +19,7 @@ mod qos;
 mod replication_session;
 mod resync;
 mod serve_api;
+mod session_settings;
 mod snapshot_stream;
 mod spill_dir;
 mod streamed_transactions;

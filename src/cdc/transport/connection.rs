@@ -263,12 +263,14 @@ impl ReplicationConnection {
         use tokio_postgres::config::ChannelBinding as Binding;
         let binding_required = address.channel_binding == Binding::Require;
         let mut bound = false;
+        let options = crate::pg_connect::startup_options();
         let params = [
             ("user", address.user.as_str()),
             ("database", address.database.as_str()),
             ("replication", "database"),
             ("client_encoding", "UTF8"),
             ("application_name", address.application_name.as_str()),
+            ("options", options.as_str()),
         ];
         frontend::startup_message(params.iter().copied(), &mut self.write)?;
         self.flush().await?;
