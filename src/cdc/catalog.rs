@@ -75,16 +75,23 @@ pub async fn ensure_publication(
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let via_root = client
+    let existing = client
         .query_opt(
-            "SELECT pubviaroot FROM pg_publication WHERE pubname = $1",
+            "SELECT pubviaroot, pubinsert AND pubupdate AND pubdelete AND pubtruncate
+             FROM pg_publication WHERE pubname = $1",
             &[&publication],
         )
         .await
         .map_err(CdcError::query("look up publication"))?
-        .map(|r| r.get::<_, bool>(0));
-    let exists = via_root.is_some();
-    let (sql, what) = publication_sql(publication, &list, via_root);
+        .map(|r| PublicationOptions {
+            via_root: r.get(0),
+            every_operation: r.get(1),
+        });
+    let exists = existing.is_some();
+    if existing.is_some_and(|o| !o.every_operation) {
+        tracing::warn!(publication, "the job's publication did not publish every kind of change (its `publish` option): set to insert, update, delete and truncate, so none is silently left out");
+    }
+    let (sql, what) = publication_sql(publication, &list, existing);
     client
         .batch_execute(&sql)
         .await
@@ -105,36 +112,55 @@ pub async fn ensure_publication(
     Ok(())
 }
 
-/// The statements that create the publication (`via_root` `None`: it does not exist) or
-/// set its tables, and what they do (for errors). A partitioned table's changes are
-/// published as the partitioned table's (`publish_via_partition_root`), under its name
-/// and in its shape, whichever partition holds the row: the job's spec names the
-/// partitioned table, and a row filter on it needs the option too.
+/// The options of an existing publication that the job depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PublicationOptions {
+    /// `publish_via_partition_root`.
+    via_root: bool,
+    /// `publish` names insert, update, delete and truncate.
+    every_operation: bool,
+}
+
+/// The statements that create the publication (`existing` `None`: it does not exist) or
+/// set its tables, and what they do (for errors).
+/// - A partitioned table's changes are published as the partitioned table's
+///   (`publish_via_partition_root`), under its name and in its shape, whichever partition
+///   holds the row: the job's spec names the partitioned table, and a row filter on it
+///   needs the option too.
+/// - Every kind of change is published (`publish`, which a publication made by hand may
+///   narrow): a job whose publication left out deletes would silently keep deleted rows.
 fn publication_sql(
     publication: &str,
     list: &str,
-    via_root: Option<bool>,
+    existing: Option<PublicationOptions>,
 ) -> (String, &'static str) {
     let name = quote_ident(publication);
-    match via_root {
-        None => (
+    let Some(existing) = existing else {
+        return (
             format!("CREATE PUBLICATION {name} FOR TABLE {list} WITH (publish_via_partition_root = true)"),
             "create publication",
-        ),
-        Some(true) => (
-            format!("ALTER PUBLICATION {name} SET TABLE {list}"),
-            "set publication tables",
-        ),
-        // One query, so one transaction: a row filter on a partitioned table needs the
-        // option set first.
-        Some(false) => (
-            format!(
-                "ALTER PUBLICATION {name} SET (publish_via_partition_root = true); \
-                 ALTER PUBLICATION {name} SET TABLE {list}"
-            ),
-            "set publication tables",
-        ),
+        );
+    };
+    let mut options = Vec::new();
+    if !existing.via_root {
+        options.push("publish_via_partition_root = true");
     }
+    if !existing.every_operation {
+        options.push("publish = 'insert, update, delete, truncate'");
+    }
+    let set_tables = format!("ALTER PUBLICATION {name} SET TABLE {list}");
+    if options.is_empty() {
+        return (set_tables, "set publication tables");
+    }
+    // One query, so one transaction: a row filter on a partitioned table needs the
+    // option set first.
+    (
+        format!(
+            "ALTER PUBLICATION {name} SET ({}); {set_tables}",
+            options.join(", ")
+        ),
+        "set publication tables",
+    )
 }
 
 /// The slot's state, `None` if it does not exist.
@@ -449,27 +475,47 @@ impl RelationResolver {
 
 #[cfg(test)]
 mod tests {
-    use super::{not_a_table, publication_sql, vouch_for_columns, CatalogColumn};
+    use super::{
+        not_a_table, publication_sql, vouch_for_columns, CatalogColumn, PublicationOptions,
+    };
     use crate::change::fixtures;
 
     #[test]
-    fn publications_publish_partitioned_tables_through_their_root() {
-        let (sql, what) = publication_sql("p", "\"public\".\"t\"", None);
+    fn publications_publish_every_change_and_partitioned_tables_through_their_root() {
+        let table = "\"public\".\"t\"";
+        let sql = |via_root, every_operation| {
+            let existing = PublicationOptions {
+                via_root,
+                every_operation,
+            };
+            publication_sql("p", table, Some(existing)).0
+        };
+        let (create, what) = publication_sql("p", table, None);
         assert_eq!(
-            sql,
+            create,
             "CREATE PUBLICATION \"p\" FOR TABLE \"public\".\"t\" WITH (publish_via_partition_root = true)"
         );
         assert_eq!(what, "create publication");
-        let (sql, _) = publication_sql("p", "\"public\".\"t\"", Some(true));
-        assert_eq!(sql, "ALTER PUBLICATION \"p\" SET TABLE \"public\".\"t\"");
-        let (sql, what) = publication_sql("p", "\"public\".\"t\"", Some(false));
         assert_eq!(
-            sql,
+            sql(true, true),
+            "ALTER PUBLICATION \"p\" SET TABLE \"public\".\"t\""
+        );
+        assert_eq!(
+            sql(false, true),
             "ALTER PUBLICATION \"p\" SET (publish_via_partition_root = true); \
              ALTER PUBLICATION \"p\" SET TABLE \"public\".\"t\"",
             "the option first, in the same query (one transaction)"
         );
-        assert_eq!(what, "set publication tables");
+        assert_eq!(
+            sql(true, false),
+            "ALTER PUBLICATION \"p\" SET (publish = 'insert, update, delete, truncate'); \
+             ALTER PUBLICATION \"p\" SET TABLE \"public\".\"t\""
+        );
+        assert_eq!(
+            sql(false, false),
+            "ALTER PUBLICATION \"p\" SET (publish_via_partition_root = true, publish = 'insert, \
+             update, delete, truncate'); ALTER PUBLICATION \"p\" SET TABLE \"public\".\"t\""
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ mod large_transactions;
 mod lost_slot;
 mod nats_sink;
 mod open_files;
-mod partitioned_tables;
+mod publication;
 mod qos;
 mod replication_session;
 mod resync;

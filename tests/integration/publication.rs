@@ -1,8 +1,11 @@
-//! Partitioned source tables: a job names the partitioned table, and every partition's
-//! rows reach the target's table of that name (snapshot and stream, partitions nested or
-//! created mid-stream, rows moving between partitions), with the tenant filter pushed into
-//! the publication or not; a spec naming a partition of a table it carries, or a view, is
-//! refused at start with what to do.
+//! The job's publication and what it carries.
+//! - Partitioned source tables: a job names the partitioned table, and every partition's
+//!   rows reach the target's table of that name (snapshot and stream, partitions nested
+//!   or created mid-stream, rows moving between partitions), with the tenant filter pushed
+//!   into the publication or not; a spec naming a partition of a table it carries, or a
+//!   view, is refused at start with what to do.
+//! - A publication made by hand under the job's name that leaves kinds of change out
+//!   (`publish = 'insert'`) is set to publish every kind.
 
 use std::time::Duration;
 
@@ -145,5 +148,38 @@ fn a_spec_naming_a_partition_of_a_carried_table_or_a_view_is_refused() {
     env.on_source("INSERT INTO public.events VALUES (2, 7, 'new in the low partition')");
     let query = "SELECT tenant_id, id, v FROM public.events_2_low ORDER BY 1, 2";
     env.wait_converged(query, WAIT);
+    assert!(repl.stop().success(), "{}", repl.output());
+}
+
+#[test]
+fn a_publication_made_by_hand_without_deletes_is_set_to_publish_every_change() {
+    let env = Env::start(PARTITIONED);
+    env.on_source(
+        "CREATE TABLE public.plain (tenant_id int NOT NULL, id int NOT NULL, v text, PRIMARY KEY (tenant_id, id)); \
+         INSERT INTO public.plain SELECT 1, i, 'v' || i FROM generate_series(1, 10) i; \
+         CREATE PUBLICATION pub_narrow FOR TABLE public.plain WITH (publish = 'insert')",
+    );
+    let job = env.job_file("narrow", "[1]", &["public.plain"]);
+    let mut repl = streaming(&job);
+    let query = "SELECT tenant_id, id, v FROM public.plain ORDER BY 1, 2";
+    env.wait_converged(query, WAIT);
+    env.on_source(
+        "DELETE FROM public.plain WHERE id IN (1, 2); UPDATE public.plain SET v = 'changed' WHERE id = 3",
+    );
+    env.on_source("INSERT INTO public.plain VALUES (1, 11, 'last')");
+    env.wait_converged(query, WAIT);
+    assert_eq!(
+        env.on_source(
+            "SELECT pubinsert AND pubupdate AND pubdelete AND pubtruncate FROM pg_publication \
+             WHERE pubname = 'pub_narrow'"
+        ),
+        "t"
+    );
+    assert!(
+        repl.output()
+            .contains("the job's publication did not publish every kind of change"),
+        "{}",
+        repl.output()
+    );
     assert!(repl.stop().success(), "{}", repl.output());
 }
