@@ -640,3 +640,48 @@ fn small_transactions_sent_with_several_in_flight_converge() {
     );
     assert_eq!(repl.stop().code(), Some(0));
 }
+
+/// Tables and columns named with capitals, as ORMs such as Prisma create them
+/// (`"Task"`, `"organizationId"`): the tenant column and the valid-time column name them
+/// as the catalog spells them, and every statement quotes them.
+#[test]
+fn mixed_case_tables_and_tenant_columns_replicate_with_history() {
+    let env = Env::start(
+        "CREATE TABLE public.\"Task\" (\"organizationId\" int NOT NULL, id int NOT NULL, \"Title\" text,
+             \"createdAt\" timestamptz NOT NULL DEFAULT '2026-01-01', PRIMARY KEY (\"organizationId\", id));
+         INSERT INTO public.\"Task\" SELECT 1 + i % 2, i, 't' || i FROM generate_series(1, 10) i;",
+    );
+    let text = format!(
+        "name = \"prisma\"\n[source]\ndsn = \"{}\"\npublication = \"pub_prisma\"\nslot = \"slot_prisma\"\n\
+         [tenants]\ncolumn = \"organizationId\"\ninclude = [1]\n\
+         [[tables]]\nname = \"public.Task\"\nhistory = true\nvalid_time_column = \"createdAt\"\n\
+         [[sinks]]\nkind = \"postgres\"\ndsn = \"{}\"\n",
+        env.source_dsn(),
+        env.target_dsn(),
+    );
+    let job = env.dir.path().join("prisma.toml");
+    std::fs::write(&job, text).expect("write job file");
+    let mut repl = streaming(&env, &job);
+    let query =
+        "SELECT \"organizationId\", id, \"Title\" FROM public.\"Task\" WHERE \"organizationId\" = 1 ORDER BY id";
+    env.wait_converged(query, WAIT);
+    env.on_source(
+        "INSERT INTO public.\"Task\" VALUES (1, 100, 'new', '2026-02-01'), (2, 101, 'other', '2026-02-01'); \
+         UPDATE public.\"Task\" SET \"Title\" = 'changed' WHERE id = 4; \
+         DELETE FROM public.\"Task\" WHERE id = 6",
+    );
+    env.wait_converged(query, WAIT);
+    // The update: its first version closed, the new one open; the delete: its version
+    // closed, the valid-time remainder, the tombstone; no other tenant's rows.
+    wait_for("the history table's versions", WAIT, || {
+        env.try_on_target(
+            "SELECT count(*) FILTER (WHERE id = 4), count(*) FILTER (WHERE id = 6), \
+             count(*) FILTER (WHERE \"organizationId\" = 2) FROM public.\"Task_history\"",
+        )
+        .as_deref()
+            == Some("2|3|0")
+    });
+    let out = repl.output();
+    assert!(!out.contains("ERROR"), "{out}");
+    assert!(repl.stop().success(), "{out}");
+}

@@ -445,7 +445,7 @@ impl JobSpec {
 
         self.source.validate()?;
 
-        check_identifier("tenants.column", &self.tenants.column)?;
+        check_column("tenants.column", &self.tenants.column)?;
         if let TenantFilter::Only(ids) = &self.tenants.include {
             if ids.is_empty() {
                 return Err(JobSpecError::invalid(
@@ -498,10 +498,10 @@ impl JobSpec {
         for (i, table) in self.tables.iter().enumerate() {
             check_table_name(&format!("tables[{i}].name"), &table.name)?;
             if let Some(column) = &table.tenant_column {
-                check_identifier(&format!("tables[{i}].tenant_column"), column)?;
+                check_column(&format!("tables[{i}].tenant_column"), column)?;
             }
             if let Some(column) = &table.valid_time_column {
-                check_identifier(&format!("tables[{i}].valid_time_column"), column)?;
+                check_column(&format!("tables[{i}].valid_time_column"), column)?;
                 if !table.history {
                     return Err(JobSpecError::invalid(
                         format!("tables[{i}].valid_time_column"),
@@ -750,7 +750,7 @@ fn is_identifier(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-/// A part of a table name: `[A-Za-z_][A-Za-z0-9_]{0,62}`.
+/// A part of a table name, or a column name: `[A-Za-z_][A-Za-z0-9_]{0,62}`.
 fn is_name_part(s: &str) -> bool {
     (1..=MAX_IDENTIFIER_LEN).contains(&s.len())
         && s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
@@ -764,6 +764,22 @@ fn check_identifier(field: &str, s: &str) -> Result<(), JobSpecError> {
         Err(JobSpecError::invalid(
             field,
             format!("`{s}` is not a valid identifier: expected [a-z_][a-z0-9_]{{0,62}}"),
+        ))
+    }
+}
+
+/// A column name as the source's catalog spells it: `[A-Za-z_][A-Za-z0-9_]{0,62}`, case
+/// kept (a column created as `"organizationId"`, as ORMs such as Prisma do, is named so).
+fn check_column(field: &str, s: &str) -> Result<(), JobSpecError> {
+    if is_name_part(s) {
+        Ok(())
+    } else {
+        Err(JobSpecError::invalid(
+            field,
+            format!(
+                "`{s}` is not a valid column name: expected [A-Za-z_][A-Za-z0-9_]{{0,62}}, \
+                 as the source's catalog spells it"
+            ),
         ))
     }
 }

@@ -489,9 +489,16 @@ fn bad_names() {
     ))
     .is_ok());
     expect_err(
-        &valid_with("include = [3, 7]", "column = \"Org\"\ninclude = [3, 7]"),
+        &valid_with("include = [3, 7]", "column = \"org-id\"\ninclude = [3, 7]"),
         "tenants.column",
     );
+    // Columns keep their case, as ORMs create them (`"organizationId"`).
+    let spec = JobSpec::from_toml_str(&valid_with(
+        "include = [3, 7]",
+        "column = \"organizationId\"\ninclude = [3, 7]",
+    ))
+    .expect("a mixed-case column");
+    assert_eq!(spec.tenants.column, "organizationId");
     expect_err(
         &valid_with(
             "name = \"public.orders\"",
@@ -617,6 +624,10 @@ fn identifier() -> impl Strategy<Value = String> {
     "[a-z_][a-z0-9_]{0,62}"
 }
 
+fn column() -> impl Strategy<Value = String> {
+    "[A-Za-z_][A-Za-z0-9_]{0,62}"
+}
+
 fn dsn() -> impl Strategy<Value = Dsn> {
     prop_oneof![
         (identifier(), 1u16.., "[ -~]{0,12}").prop_map(|(db, port, password)| {
@@ -649,8 +660,8 @@ fn tables() -> impl Strategy<Value = Vec<TableSpec>> {
         .prop_map(|(s, t)| format!("{s}.{t}"));
     proptest::collection::btree_set(name, 1..5).prop_flat_map(|names| {
         let n = names.len();
-        let history = (any::<bool>(), proptest::option::of(identifier()));
-        proptest::collection::vec((proptest::option::of(identifier()), history), n).prop_map(
+        let history = (any::<bool>(), proptest::option::of(column()));
+        proptest::collection::vec((proptest::option::of(column()), history), n).prop_map(
             move |columns| {
                 names
                     .iter()
