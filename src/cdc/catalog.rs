@@ -301,6 +301,27 @@ fn not_a_table(kind: &str) -> Option<&'static str> {
     }
 }
 
+/// The warning for a table whose UPDATE and DELETE the source refuses once it is
+/// published (no primary key under REPLICA IDENTITY DEFAULT, or REPLICA IDENTITY NOTHING:
+/// PostgreSQL then cannot say which row changed and stops the statement), so carrying it
+/// breaks writers of it that update or delete; fine for an append-only table.
+pub fn refused_changes_warning(table: &TableInfo) -> Option<String> {
+    let without = match table.identity {
+        Identity::Default if table.primary_key.is_empty() => {
+            "has no primary key (REPLICA IDENTITY DEFAULT)"
+        }
+        Identity::Nothing => "has REPLICA IDENTITY NOTHING",
+        _ => return None,
+    };
+    Some(format!(
+        "{name} {without}: while the job's publication carries it, the source refuses UPDATE \
+         and DELETE on it (\"cannot update table … because it does not have a replica identity \
+         and publishes updates\"); fine if it is append-only, otherwise give it a primary key \
+         or `ALTER TABLE {name} REPLICA IDENTITY FULL` before writers update it",
+        name = table.qualified_name(),
+    ))
+}
+
 /// Tables of `oids` that are partitions of another table of `oids` (at any depth): the
 /// partition's changes reach the job as its partitioned table's (the publication publishes
 /// through the partition root), so a job carrying both would never see the partition's
@@ -516,6 +537,21 @@ mod tests {
             "ALTER PUBLICATION \"p\" SET (publish_via_partition_root = true, publish = 'insert, \
              update, delete, truncate'); ALTER PUBLICATION \"p\" SET TABLE \"public\".\"t\""
         );
+    }
+
+    #[test]
+    fn tables_whose_updates_the_source_would_refuse_are_warned_about() {
+        use crate::change::Identity;
+        let mut table = fixtures::table("t", &[("id", "integer")], &[]);
+        let warned = super::refused_changes_warning(&table).expect("no key");
+        assert!(warned.contains("app.t has no primary key"), "{warned}");
+        table.identity = Identity::Full;
+        assert_eq!(super::refused_changes_warning(&table), None);
+        table.identity = Identity::Nothing;
+        assert!(super::refused_changes_warning(&table)
+            .is_some_and(|w| w.contains("REPLICA IDENTITY NOTHING")));
+        let keyed = fixtures::table("k", &[("id", "integer")], &[0]);
+        assert_eq!(super::refused_changes_warning(&keyed), None);
     }
 
     #[test]

@@ -836,6 +836,9 @@ async fn prepare(
     let mut infos = Vec::new();
     for table in &spec.tables {
         let info = catalog::table_info(&source, table.schema(), table.table()).await?;
+        if let Some(warning) = catalog::refused_changes_warning(&info) {
+            tracing::warn!(job = %spec.name, table = %table.name, "{warning}");
+        }
         if let Some(problem) = check_history_table(table, &info) {
             return Err(CdcError::Definite(format!("tables[{}]: {problem}", table.name)).into());
         }

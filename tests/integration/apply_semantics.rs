@@ -198,6 +198,13 @@ fn replica_identities_key_changes_deletes_and_truncate() {
         "1",
         "one of two equal rows deleted"
     );
+    assert!(
+        repl.output().contains(
+            "public.appendonly has no primary key (REPLICA IDENTITY DEFAULT): while the job's \
+             publication carries it, the source refuses UPDATE and DELETE on it"
+        ),
+        "the start warns that writers of a keyless table cannot update it"
+    );
 
     // TRUNCATE of a target table shared with rows another job wrote: only our tenants go.
     env.on_target("INSERT INTO public.keyed VALUES (99, 1, 'other job'); INSERT INTO public.bykey VALUES (1000, 99, 'other job')");
