@@ -226,6 +226,18 @@ impl Replicator {
         }
     }
 
+    /// Starts `helios-repl run --job <file> --workers 2` and waits until the job streams
+    /// (its initial snapshot, or its resume, done); panics with its output if it stops
+    /// first.
+    pub fn streaming(job: &Path) -> Replicator {
+        let mut repl = Replicator::start(job);
+        wait_for("the job to stream", Duration::from_secs(90), || {
+            repl.output().contains("streaming") || !repl.is_running()
+        });
+        assert!(repl.is_running(), "{}", repl.output());
+        repl
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -37,22 +37,13 @@ fn until_the_slot_is(env: &Env, slot: &str, status: &str, checkpoint: bool) {
     });
 }
 
-fn streaming(job: &std::path::Path) -> Replicator {
-    let mut repl = Replicator::start(job);
-    wait_for("the job to stream", WAIT, || {
-        repl.output().contains("streaming") || !repl.is_running()
-    });
-    assert!(repl.is_running(), "{}", repl.output());
-    repl
-}
-
 #[test]
 fn a_slot_the_source_invalidated_is_replaced_with_a_new_snapshot() {
     let env = Env::start(ITEMS);
     env.on_source("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'");
     env.on_source("SELECT pg_reload_conf()");
     let job = env.job_file("lost", "[1]", &["public.items"]);
-    let mut repl = streaming(&job);
+    let mut repl = Replicator::streaming(&job);
     env.wait_converged(ROWS, WAIT);
     assert!(repl.stop().success(), "{}", repl.output());
 
@@ -63,7 +54,7 @@ fn a_slot_the_source_invalidated_is_replaced_with_a_new_snapshot() {
          DELETE FROM public.items WHERE tenant_id = 1 AND id = 7",
     );
     until_the_slot_is(&env, "slot_lost", "lost", true);
-    let mut repl = streaming(&job);
+    let mut repl = Replicator::streaming(&job);
     env.wait_converged(ROWS, WAIT);
     assert!(
         repl.output()

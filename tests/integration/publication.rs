@@ -48,15 +48,6 @@ fn every_tenant_job(env: &Env, database: &str, tables: &str) -> std::path::PathB
     path
 }
 
-fn streaming(job: &std::path::Path) -> Replicator {
-    let mut repl = Replicator::start(job);
-    wait_for("the job to stream", WAIT, || {
-        repl.output().contains("streaming") || !repl.is_running()
-    });
-    assert!(repl.is_running(), "{}", repl.output());
-    repl
-}
-
 #[test]
 fn every_partitions_rows_reach_the_partitioned_tables_target() {
     let env = Env::start(PARTITIONED);
@@ -66,8 +57,8 @@ fn every_partitions_rows_reach_the_partitioned_tables_target() {
         "replica_all",
         "[[tables]]\nname = \"public.events\"\n",
     );
-    let mut some_repl = streaming(&some);
-    let mut every_repl = streaming(&every);
+    let mut some_repl = Replicator::streaming(&some);
+    let mut every_repl = Replicator::streaming(&every);
     let every_on_target = |query: &str| env.target.psql("replica_all", query).ok();
     env.wait_converged(SOME_TENANTS, WAIT);
     let expected = env.on_source(EVERY_TENANT);
@@ -112,7 +103,7 @@ fn every_partitions_rows_reach_the_partitioned_tables_target() {
 
     // A restart resumes through the same publication (already publishing via the root).
     env.on_source("INSERT INTO public.events VALUES (2, 3000, 'while stopped')");
-    let mut some_repl = streaming(&some);
+    let mut some_repl = Replicator::streaming(&some);
     env.wait_converged(SOME_TENANTS, WAIT);
     assert!(some_repl.stop().success(), "{}", some_repl.output());
 }
@@ -144,7 +135,7 @@ fn a_spec_naming_a_partition_of_a_carried_table_or_a_view_is_refused() {
 
     // A partition alone is a table like any other.
     let job = env.job_file("leaf", "[2]", &["public.events_2_low"]);
-    let mut repl = streaming(&job);
+    let mut repl = Replicator::streaming(&job);
     env.on_source("INSERT INTO public.events VALUES (2, 7, 'new in the low partition')");
     let query = "SELECT tenant_id, id, v FROM public.events_2_low ORDER BY 1, 2";
     env.wait_converged(query, WAIT);
@@ -160,7 +151,7 @@ fn a_publication_made_by_hand_without_deletes_is_set_to_publish_every_change() {
          CREATE PUBLICATION pub_narrow FOR TABLE public.plain WITH (publish = 'insert')",
     );
     let job = env.job_file("narrow", "[1]", &["public.plain"]);
-    let mut repl = streaming(&job);
+    let mut repl = Replicator::streaming(&job);
     let query = "SELECT tenant_id, id, v FROM public.plain ORDER BY 1, 2";
     env.wait_converged(query, WAIT);
     env.on_source(

@@ -225,6 +225,40 @@ async fn rows_the_target_refuses_fail_the_load_and_leave_its_rows() {
     assert_eq!(reloaded, rows_as_text(&cluster, "src"));
 }
 
+/// Loads each of `parts` of `info` from `copier` into `target` in a transaction of its own,
+/// as the snapshot's lanes do (into a table holding none of `include`'s rows); the rows
+/// each loaded.
+async fn load_parts(
+    copier: &tokio_postgres::Client,
+    target: &mut tokio_postgres::Client,
+    info: &crate::change::TableInfo,
+    include: &TenantFilter,
+    parts: &[crate::cdc::table_parts::TablePart],
+) -> Vec<u64> {
+    let streamed = std::sync::atomic::AtomicU64::new(0);
+    let mut rows = Vec::new();
+    for part in parts {
+        let open_source = move |binary| {
+            let sql = copy_out_sql(info, "tenant_id", include, Some(part), binary);
+            async move { copier.copy_out(&sql).await }
+        };
+        let loaded = load_table(
+            target,
+            info,
+            "tenant_id",
+            include,
+            false,
+            None,
+            open_source,
+            &streamed,
+        )
+        .await
+        .expect("part loaded");
+        rows.push(loaded.rows);
+    }
+    rows
+}
+
 /// A table loaded in parts (ranges of pages, each in a transaction of its own, into a
 /// target table holding none of the job's tenants' rows) arrives whole, each row once;
 /// rows on pages the table grew by after its size was read are in the open-ended last
@@ -283,29 +317,12 @@ async fn a_table_loaded_in_parts_arrives_whole() {
             .expect("looked"),
         "none of tenants 0 and 1"
     );
-    let streamed = std::sync::atomic::AtomicU64::new(0);
-    let mut rows = 0;
-    for part in &parts {
-        let (copier, info, include) = (&copier, &info, &include);
-        let open_source = move |binary| {
-            let sql = copy_out_sql(info, "tenant_id", include, Some(part), binary);
-            async move { copier.copy_out(&sql).await }
-        };
-        let loaded = load_table(
-            &mut target,
-            info,
-            "tenant_id",
-            include,
-            false,
-            None,
-            open_source,
-            &streamed,
-        )
-        .await
-        .expect("part loaded");
-        assert!(loaded.rows > 0, "{part:?}");
-        rows += loaded.rows;
-    }
+    let loaded = load_parts(&copier, &mut target, &info, &include, &parts).await;
+    assert!(
+        loaded.iter().all(|&rows| rows > 0),
+        "{loaded:?} of {parts:?}"
+    );
+    let rows: u64 = loaded.iter().sum();
     // Ids 1..=115,000 with id % 3 in (0, 1): 38,333 + 38,334.
     assert_eq!(rows, 76_667, "tenants 0 and 1, each row once");
     let of_tenants = "SELECT count(*), count(DISTINCT id), md5(string_agg(id || pad, ',' ORDER BY id)) FROM app.t WHERE tenant_id IN (0, 1)";
@@ -370,28 +387,10 @@ async fn a_partitioned_table_loads_in_groups_of_its_partitions() {
 
     let include = TenantFilter::Only(["1".to_string(), "2".to_string()].into_iter().collect());
     let mut target = connect(&cluster.dsn("dst")).await.expect("connect target");
-    let streamed = std::sync::atomic::AtomicU64::new(0);
-    let mut rows = 0;
-    for part in &parts {
-        let (copier, info, include) = (&copier, &info, &include);
-        let open_source = move |binary| {
-            let sql = copy_out_sql(info, "tenant_id", include, Some(part), binary);
-            async move { copier.copy_out(&sql).await }
-        };
-        let loaded = load_table(
-            &mut target,
-            info,
-            "tenant_id",
-            include,
-            false,
-            None,
-            open_source,
-            &streamed,
-        )
+    let rows: u64 = load_parts(&copier, &mut target, &info, &include, &parts)
         .await
-        .expect("part loaded");
-        rows += loaded.rows;
-    }
+        .iter()
+        .sum();
     assert_eq!(rows, 73_334, "tenants 1 and 2 (36,667 each), each row once");
     let of_tenants = "SELECT count(*), count(DISTINCT id), md5(string_agg(id || pad, ',' ORDER BY id)) FROM app.t WHERE tenant_id IN (1, 2)";
     assert_eq!(
