@@ -108,6 +108,14 @@ enum Command {
         #[arg(long = "resync-tenant", value_name = "TENANT", requires = "resync")]
         resync_tenants: Vec<String>,
     },
+    /// Check what a job needs of its source and PostgreSQL targets (wal_level, the role's
+    /// rights, free replication slots and WAL senders, each table, the targets' rights)
+    /// without creating anything; exits 1 if the job cannot run as it is.
+    Check {
+        /// The job spec (TOML).
+        #[arg(long)]
+        job: PathBuf,
+    },
     /// Run the job service: the REST API, the metadata store and the jobs it holds.
     Serve {
         /// Where the HTTP API listens.
@@ -379,6 +387,22 @@ fn main() -> anyhow::Result<()> {
             };
             runtime.block_on(helios_repl::inspect::tail::run(options))?;
             Ok(())
+        }
+        Command::Check { job } => {
+            let text = std::fs::read_to_string(&job)
+                .with_context(|| format!("read job file {}", job.display()))?;
+            let spec = JobSpec::from_toml_str(&text)
+                .with_context(|| format!("job file {}", job.display()))?;
+            let findings = runtime.block_on(helios_repl::control::preflight::check(&spec));
+            for finding in &findings {
+                println!("{finding}");
+            }
+            if helios_repl::control::preflight::passed(&findings) {
+                println!("job `{}` can run", spec.name);
+                Ok(())
+            } else {
+                anyhow::bail!("job `{}` cannot run as it is: see FAIL above", spec.name)
+            }
         }
         Command::Run {
             job,

@@ -20,5 +20,6 @@ pub mod job_monitor;
 pub mod job_runner;
 pub mod job_spec;
 pub mod metadata;
+pub mod preflight;
 pub mod resync;
 pub mod secret;

@@ -14,6 +14,7 @@ mod large_transactions;
 mod lost_slot;
 mod nats_sink;
 mod open_files;
+mod preflight;
 mod publication;
 mod qos;
 mod replication_session;

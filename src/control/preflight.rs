@@ -1,0 +1,324 @@
+//! `helios-repl check`: what a job needs of its source and its PostgreSQL targets, checked
+//! before it runs, without creating or changing anything (no publication, no slot, no
+//! table). Each finding is `ok`, `warn` (the job runs, with a consequence to know about) or
+//! `fail` (the job cannot run as it is), with what to do.
+
+use std::fmt;
+
+use tokio_postgres::Client;
+
+use crate::cdc::catalog;
+use crate::cdc::error::CdcError;
+use crate::control::history_start::check_history_table;
+use crate::control::job_spec::{JobSpec, SinkSpec};
+
+/// How a finding bears on the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One thing checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub level: Level,
+    /// What was checked: `source`, a table, `sinks[1]`.
+    pub subject: String,
+    pub message: String,
+}
+
+impl Finding {
+    fn new(level: Level, subject: impl Into<String>, message: impl Into<String>) -> Finding {
+        Finding {
+            level,
+            subject: subject.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let level = match self.level {
+            Level::Ok => "ok  ",
+            Level::Warn => "warn",
+            Level::Fail => "FAIL",
+        };
+        write!(f, "{level} {}: {}", self.subject, self.message)
+    }
+}
+
+/// Replication slots a job uses at most at once: its own, and a temporary one while it
+/// loads tables, tenants or targets added to it (or a resync).
+const SLOTS_AT_MOST: i64 = 2;
+
+/// Checks `spec`'s source and PostgreSQL targets.
+pub async fn check(spec: &JobSpec) -> Vec<Finding> {
+    let mut out = Vec::new();
+    match catalog::connect(spec.source.dsn.expose()).await {
+        Ok(source) => {
+            if let Err(e) = check_source(spec, &source, &mut out).await {
+                out.push(Finding::new(Level::Fail, "source", e.to_string()));
+            }
+        }
+        Err(e) => out.push(Finding::new(Level::Fail, "source", e.to_string())),
+    }
+    for (i, sink) in spec.sinks.iter().enumerate() {
+        if let SinkSpec::Postgres(p) = sink {
+            let subject = format!("sinks[{i}]");
+            match crate::pg_connect::connect(
+                p.dsn.expose(),
+                "target check",
+                crate::pg_connect::OnClose::Debug,
+            )
+            .await
+            {
+                Ok(target) => out.push(check_target(&target, &subject).await),
+                Err(e) => out.push(Finding::new(
+                    Level::Fail,
+                    subject,
+                    format!("cannot connect: {e}"),
+                )),
+            }
+        }
+    }
+    out
+}
+
+/// One row of a catalog query (the check's queries return one row).
+async fn one_row(
+    client: &Client,
+    what: &'static str,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<tokio_postgres::Row, CdcError> {
+    client
+        .query_one(sql, params)
+        .await
+        .map_err(CdcError::query(what))
+}
+
+async fn check_source(
+    spec: &JobSpec,
+    source: &Client,
+    out: &mut Vec<Finding>,
+) -> Result<(), CdcError> {
+    out.push(match catalog::check_wal_level(source).await {
+        Ok(()) => Finding::new(Level::Ok, "source", "wal_level is logical"),
+        Err(e) => Finding::new(Level::Fail, "source", e.to_string()),
+    });
+    let role = one_row(
+        source,
+        "read the role",
+        "SELECT current_user::text, rolreplication OR rolsuper, rolsuper FROM pg_roles WHERE rolname = current_user",
+        &[],
+    )
+    .await?;
+    let (user, replicates, superuser): (String, bool, bool) =
+        (role.get(0), role.get(1), role.get(2));
+    out.push(if replicates {
+        Finding::new(Level::Ok, "source", format!("role `{user}` may replicate"))
+    } else {
+        Finding::new(
+            Level::Fail,
+            "source",
+            format!(
+                "role `{user}` lacks the REPLICATION attribute: `ALTER ROLE {user} REPLICATION`"
+            ),
+        )
+    });
+    let slots = one_row(
+        source,
+        "count replication slots",
+        "SELECT current_setting('max_replication_slots')::int8 - (SELECT count(*) FROM pg_replication_slots),
+                EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1),
+                current_setting('max_wal_senders')::int8 - (SELECT count(*) FROM pg_stat_replication)",
+        &[&spec.source.slot],
+    )
+    .await?;
+    let (free, has_slot, senders): (i64, bool, i64) = (slots.get(0), slots.get(1), slots.get(2));
+    let needed = if has_slot {
+        SLOTS_AT_MOST - 1
+    } else {
+        SLOTS_AT_MOST
+    };
+    out.push(slot_finding(free, needed, has_slot, &spec.source.slot));
+    out.push(if senders >= SLOTS_AT_MOST {
+        Finding::new(Level::Ok, "source", format!("{senders} WAL senders free"))
+    } else {
+        Finding::new(
+            Level::Fail,
+            "source",
+            format!(
+                "{senders} WAL senders free, the job needs up to {SLOTS_AT_MOST}: raise max_wal_senders (a restart of the source)"
+            ),
+        )
+    });
+    let publication = one_row(
+        source,
+        "look up the publication",
+        "SELECT count(*) = 0 OR bool_and(pg_has_role(current_user, pubowner, 'USAGE')) FROM pg_publication WHERE pubname = $1",
+        &[&spec.source.publication],
+    )
+    .await?;
+    if !publication.get::<_, bool>(0) {
+        out.push(Finding::new(
+            Level::Fail,
+            "source",
+            format!(
+                "publication `{}` belongs to another role: the job sets its tables at each start, so it must own it (or name another)",
+                spec.source.publication
+            ),
+        ));
+    }
+    let mut oids = Vec::new();
+    for table in &spec.tables {
+        let info = match catalog::table_info(source, table.schema(), table.table()).await {
+            Ok(info) => info,
+            Err(e) => {
+                out.push(Finding::new(Level::Fail, &table.name, e.to_string()));
+                continue;
+            }
+        };
+        oids.push(info.oid);
+        let column = spec.tenant_column_of(table);
+        let mut problems = Vec::new();
+        if info.column_index(column).is_none() {
+            problems.push(format!("has no tenant column `{column}`"));
+        }
+        if let Some(problem) = check_history_table(table, &info) {
+            problems.push(problem);
+        }
+        let rights = one_row(
+            source,
+            "read table privileges",
+            "SELECT has_table_privilege($1::oid, 'SELECT'),
+                    pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = $1::oid), 'USAGE')",
+            &[&info.oid],
+        )
+        .await?;
+        if !rights.get::<_, bool>(0) {
+            problems.push(format!(
+                "role `{user}` may not read it (the snapshot copies it): GRANT SELECT"
+            ));
+        }
+        if !superuser && !rights.get::<_, bool>(1) {
+            problems.push(format!(
+                "role `{user}` does not own it: only its owner may add it to a publication"
+            ));
+        }
+        if problems.is_empty() {
+            let identity = catalog::refused_changes_warning(&info);
+            out.push(match identity {
+                Some(warning) => Finding::new(Level::Warn, &table.name, warning),
+                None => Finding::new(Level::Ok, &table.name, "ready to publish"),
+            });
+        } else {
+            out.push(Finding::new(Level::Fail, &table.name, problems.join("; ")));
+        }
+    }
+    for (partition, ancestor) in catalog::partitions_of_each_other(source, &oids).await? {
+        let name = |oid: u32| {
+            spec.tables
+                .iter()
+                .zip(&oids)
+                .find(|(_, o)| **o == oid)
+                .map_or_else(|| format!("OID {oid}"), |(t, _)| t.name.clone())
+        };
+        out.push(Finding::new(
+            Level::Fail,
+            name(partition),
+            format!(
+                "is a partition of {}, which the job also carries: name only one of them",
+                name(ancestor)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the source has the replication slots the job needs (`needed` new ones).
+fn slot_finding(free: i64, needed: i64, has_slot: bool, slot: &str) -> Finding {
+    let held = if has_slot {
+        format!("slot `{slot}` exists (the job resumes from it); ")
+    } else {
+        String::new()
+    };
+    if free >= needed {
+        Finding::new(
+            Level::Ok,
+            "source",
+            format!("{held}{free} replication slots free, the job needs up to {needed} more"),
+        )
+    } else {
+        Finding::new(
+            Level::Fail,
+            "source",
+            format!(
+                "{held}{free} replication slots free, the job needs up to {needed} more (one more \
+                 while it loads added tables or tenants): raise max_replication_slots (a restart \
+                 of the source), or drop slots no one reads"
+            ),
+        )
+    }
+}
+
+/// Whether the target lets the job create its tables and its `helios` schema.
+async fn check_target(target: &Client, subject: &str) -> Finding {
+    let row = target
+        .query_one(
+            "SELECT has_database_privilege(current_database(), 'CREATE')
+                    OR EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'helios'
+                               AND has_schema_privilege(oid, 'CREATE'))",
+            &[],
+        )
+        .await;
+    match row {
+        Ok(row) if row.get::<_, bool>(0) => Finding::new(
+            Level::Ok,
+            subject,
+            "reachable; may create the job's tables and its bookkeeping schema `helios`",
+        ),
+        Ok(_) => Finding::new(
+            Level::Fail,
+            subject,
+            "the role may not create schemas in this database (the job keeps its bookkeeping in \
+             schema `helios` and creates the tables it lacks): GRANT CREATE ON DATABASE",
+        ),
+        Err(e) => Finding::new(Level::Fail, subject, crate::sql_text::describe_pg_error(&e)),
+    }
+}
+
+/// Whether the job can run: no finding failed.
+pub fn passed(findings: &[Finding]) -> bool {
+    findings.iter().all(|f| f.level != Level::Fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_needed_count_the_temporary_one() {
+        assert_eq!(slot_finding(2, 2, false, "s").level, Level::Ok);
+        let short = slot_finding(1, 2, false, "s");
+        assert_eq!(short.level, Level::Fail);
+        assert!(short.message.contains("raise max_replication_slots"));
+        let resumed = slot_finding(1, 1, true, "s");
+        assert_eq!(resumed.level, Level::Ok);
+        assert!(resumed.message.starts_with("slot `s` exists"));
+    }
+
+    #[test]
+    fn a_failure_fails_the_check_and_findings_print_their_level() {
+        let ok = Finding::new(Level::Ok, "source", "wal_level is logical");
+        let warn = Finding::new(Level::Warn, "public.log", "append-only");
+        let fail = Finding::new(Level::Fail, "sinks[0]", "cannot connect");
+        assert!(passed(&[ok.clone(), warn.clone()]));
+        assert!(!passed(&[ok.clone(), fail.clone()]));
+        assert_eq!(ok.to_string(), "ok   source: wal_level is logical");
+        assert_eq!(fail.to_string(), "FAIL sinks[0]: cannot connect");
+    }
+}
