@@ -322,6 +322,41 @@ pub fn refused_changes_warning(table: &TableInfo) -> Option<String> {
     ))
 }
 
+/// The statements that build `table`'s secondary indexes (every valid index but the
+/// primary key's) as the source defines them, each [`index_statement`]'s form.
+pub async fn secondary_indexes(
+    client: &Client,
+    table: &TableInfo,
+) -> Result<Vec<String>, CdcError> {
+    let rows = client
+        .query(
+            "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i
+             WHERE i.indrelid = $1 AND NOT i.indisprimary AND i.indisvalid
+             ORDER BY i.indexrelid",
+            &[&table.oid],
+        )
+        .await
+        .map_err(CdcError::query("read a table's indexes"))?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| index_statement(&r.get::<_, String>(0)))
+        .collect())
+}
+
+/// `pg_get_indexdef`'s `CREATE [UNIQUE] INDEX name ON [ONLY] schema.table …` as a
+/// statement a target can run again: `IF NOT EXISTS`, and without `ONLY` (a partitioned
+/// table's index, for the target's plain table). `None` for anything else.
+pub fn index_statement(definition: &str) -> Option<String> {
+    let (unique, rest) = if let Some(rest) = definition.strip_prefix("CREATE UNIQUE INDEX ") {
+        ("UNIQUE ", rest)
+    } else {
+        ("", definition.strip_prefix("CREATE INDEX ")?)
+    };
+    let (name, on) = rest.split_once(" ON ")?;
+    let on = on.strip_prefix("ONLY ").unwrap_or(on);
+    Some(format!("CREATE {unique}INDEX IF NOT EXISTS {name} ON {on}"))
+}
+
 /// Tables of `oids` that are partitions of another table of `oids` (at any depth): the
 /// partition's changes reach the job as its partitioned table's (the publication publishes
 /// through the partition root), so a job carrying both would never see the partition's
@@ -552,6 +587,31 @@ mod tests {
             .is_some_and(|w| w.contains("REPLICA IDENTITY NOTHING")));
         let keyed = fixtures::table("k", &[("id", "integer")], &[0]);
         assert_eq!(super::refused_changes_warning(&keyed), None);
+    }
+
+    #[test]
+    fn index_definitions_become_statements_a_target_can_run_again() {
+        use super::index_statement;
+        assert_eq!(
+            index_statement("CREATE INDEX items_v_idx ON public.items USING btree (v)").as_deref(),
+            Some("CREATE INDEX IF NOT EXISTS items_v_idx ON public.items USING btree (v)")
+        );
+        assert_eq!(
+            index_statement(
+                "CREATE UNIQUE INDEX \"Task_slug_key\" ON public.\"Task\" USING btree (\"organizationId\", slug)"
+            )
+            .as_deref(),
+            Some(
+                "CREATE UNIQUE INDEX IF NOT EXISTS \"Task_slug_key\" ON public.\"Task\" USING btree (\"organizationId\", slug)"
+            )
+        );
+        assert_eq!(
+            index_statement("CREATE INDEX events_at_idx ON ONLY public.events USING btree (at)")
+                .as_deref(),
+            Some("CREATE INDEX IF NOT EXISTS events_at_idx ON public.events USING btree (at)"),
+            "a partitioned table's index, for the target's plain table"
+        );
+        assert_eq!(index_statement("DROP TABLE x"), None);
     }
 
     #[test]

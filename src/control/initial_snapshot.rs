@@ -123,11 +123,17 @@ pub(super) async fn take_snapshot(
         if parts.len() > 1 {
             tracing::info!(job = %spec.name, table = %table.name, pages, parts = parts.len(), "initial copy of a large table split into parts loaded side by side");
         }
+        let indexes = if targets.is_empty() {
+            Vec::new()
+        } else {
+            catalog::secondary_indexes(&copier, &info).await?
+        };
         shapes.push(LaneTable {
             info: info.clone(),
             column: column.clone(),
             pages,
             parts,
+            indexes,
         });
         tables.push((table, info, column));
     }
@@ -212,6 +218,23 @@ fn snapshot_lanes() -> usize {
         .clamp(1, 4)
 }
 
+/// Builds `table`'s secondary indexes (as the source defines them) on a target the
+/// snapshot created it on, after its load (one build over the rows instead of an insert
+/// per row). One the target cannot build (a function or operator class only the source
+/// has, say) is left out with a warning; the table replicates without it.
+async fn build_indexes(job: &str, target: &tokio_postgres::Client, table: &LaneTable) {
+    for statement in &table.indexes {
+        match target.batch_execute(statement).await {
+            Ok(()) => {
+                tracing::debug!(job, table = %table.info.qualified_name(), statement, "index built")
+            }
+            Err(e) => tracing::warn!(job, table = %table.info.qualified_name(), statement,
+                error = %crate::sql_text::describe_pg_error(&e),
+                "the target cannot build one of the source's indexes of the table: it replicates without it"),
+        }
+    }
+}
+
 /// Loads one table (or, with `part`, one part of a split table that holds none of the
 /// job's tenants' rows on the target) from `copier`'s snapshot into `into` on one target
 /// (the table itself, or its staging table, `staged_table`); returns bytes loaded.
@@ -253,6 +276,9 @@ struct LaneTable {
     pages: u64,
     /// The parts it loads in (one: the whole table, in one transaction).
     parts: Vec<TablePart>,
+    /// Its secondary indexes on the source, built on a target that lacked the table once
+    /// it is loaded (`catalog::secondary_indexes`).
+    indexes: Vec<String>,
 }
 
 /// One load of a lane: a table, or a part of one, into one target.
@@ -320,7 +346,7 @@ impl LoadLanes<'_> {
                     match staged_table::stage_if_missing(target, &table.info, self.job).await? {
                         Some(staging) => {
                             let staging = Arc::new(staging);
-                            staged.push((index, table.info.clone(), staging.clone()));
+                            staged.push((index, table, staging.clone()));
                             (staging, table.parts.len() == 1)
                         }
                         None => {
@@ -349,8 +375,9 @@ impl LoadLanes<'_> {
         loads.sort_by_key(|load| std::cmp::Reverse(load.pages));
         let bytes = self.run(loads, lanes.max(1)).await?;
         for (index, table, staging) in staged {
-            staged_table::publish(&mut targets[index], &staging, &table).await?;
-            tracing::debug!(job = self.job, table = %table.qualified_name(), "loaded table published with its primary key");
+            staged_table::publish(&mut targets[index], &staging, &table.info).await?;
+            tracing::debug!(job = self.job, table = %table.info.qualified_name(), "loaded table published with its primary key");
+            build_indexes(self.job, &targets[index], table).await;
         }
         Ok(bytes)
     }

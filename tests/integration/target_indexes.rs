@@ -1,0 +1,90 @@
+//! A table the initial snapshot creates on a target gets the source's secondary indexes
+//! (plain, unique, partial, on expressions; a partitioned table's too) once its rows are
+//! loaded; one the target cannot build is left out with a warning; a table the target
+//! already had is left as its owner made it.
+
+use std::time::Duration;
+
+use crate::harness::{Env, Replicator};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+const SETUP: &str = "
+CREATE FUNCTION public.shout(text) RETURNS text IMMUTABLE LANGUAGE sql AS 'SELECT upper($1)';
+CREATE TABLE public.items (tenant_id int NOT NULL, id int NOT NULL, slug text NOT NULL, v text,
+    PRIMARY KEY (tenant_id, id));
+CREATE UNIQUE INDEX items_slug_key ON public.items (tenant_id, slug);
+CREATE INDEX items_v_idx ON public.items (v) WHERE v IS NOT NULL;
+CREATE INDEX items_lower_v_idx ON public.items (lower(v));
+CREATE INDEX items_shout_idx ON public.items (public.shout(v));
+CREATE TABLE public.events (tenant_id int NOT NULL, id int NOT NULL, at timestamptz,
+    PRIMARY KEY (tenant_id, id)) PARTITION BY LIST (tenant_id);
+CREATE TABLE public.events_1 PARTITION OF public.events FOR VALUES IN (1);
+CREATE TABLE public.events_2 PARTITION OF public.events FOR VALUES IN (2);
+CREATE INDEX events_at_idx ON public.events (at);
+CREATE TABLE public.kept (tenant_id int NOT NULL, id int NOT NULL, v text, PRIMARY KEY (tenant_id, id));
+CREATE INDEX kept_v_idx ON public.kept (v);
+INSERT INTO public.items SELECT 1 + i % 2, i, 's' || i, 'v' || i FROM generate_series(1, 100) i;
+INSERT INTO public.events SELECT 1 + i % 2, i, now() FROM generate_series(1, 100) i;
+INSERT INTO public.kept SELECT 1 + i % 2, i, 'v' || i FROM generate_series(1, 100) i;
+";
+
+/// The target's indexes of `table`, by name, with `:u` for unique ones.
+fn indexes(env: &Env, table: &str) -> String {
+    env.on_target(&format!(
+        "SELECT string_agg(c.relname || CASE WHEN i.indisunique THEN ':u' ELSE '' END, ',' ORDER BY c.relname)
+         FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = '{table}'::regclass"
+    ))
+}
+
+#[test]
+fn tables_the_snapshot_creates_get_the_sources_indexes() {
+    let env = Env::start(SETUP);
+    env.on_target(
+        "CREATE TABLE public.kept (tenant_id int NOT NULL, id int NOT NULL, v text, PRIMARY KEY (tenant_id, id))",
+    );
+    let job = env.job_file(
+        "indexes",
+        "[1]",
+        &["public.items", "public.events", "public.kept"],
+    );
+    let mut repl = Replicator::streaming(&job);
+    env.wait_converged(
+        "SELECT tenant_id, id, slug, v FROM public.items WHERE tenant_id = 1 ORDER BY 2",
+        WAIT,
+    );
+    assert_eq!(
+        indexes(&env, "public.items"),
+        "items_lower_v_idx,items_pkey:u,items_slug_key:u,items_v_idx",
+        "the source's indexes but the one on a function only the source has"
+    );
+    assert_eq!(
+        env.on_target(
+            "SELECT pg_get_indexdef('public.items_v_idx'::regclass) || ' / ' || pg_get_indexdef('public.items_lower_v_idx'::regclass)"
+        ),
+        "CREATE INDEX items_v_idx ON public.items USING btree (v) WHERE (v IS NOT NULL) / \
+         CREATE INDEX items_lower_v_idx ON public.items USING btree (lower(v))"
+    );
+    assert_eq!(
+        indexes(&env, "public.events"),
+        "events_at_idx,events_pkey:u"
+    );
+    assert_eq!(
+        indexes(&env, "public.kept"),
+        "kept_pkey:u",
+        "a table the target had keeps its own indexes"
+    );
+    let out = repl.output();
+    assert!(
+        out.contains("the target cannot build one of the source's indexes")
+            && out.contains("items_shout_idx"),
+        "{out}"
+    );
+    // The unique index holds for the rows streamed after it.
+    env.on_source("INSERT INTO public.items VALUES (1, 500, 's500', 'new')");
+    env.wait_converged(
+        "SELECT tenant_id, id, slug, v FROM public.items WHERE tenant_id = 1 ORDER BY 2",
+        WAIT,
+    );
+    assert!(repl.stop().success(), "{}", repl.output());
+}
