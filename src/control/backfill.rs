@@ -65,6 +65,7 @@ use crate::operators::version::SysTime;
 use crate::sinks::nats::NatsSink;
 use crate::sinks::pg_apply::history::record_snapshot_versions;
 use crate::sinks::pg_apply::snapshot::{holds_tenant_rows, load_table, LoadFloor};
+use crate::sinks::pg_apply::target_schema;
 use crate::sinks::pg_apply::{floors, store};
 use crate::sinks::SinkError;
 use crate::sql_text::quote_qualified;
@@ -425,6 +426,11 @@ async fn load_gaps(
                 whole: matches!(gap.gap, Gap::Table),
                 lsn: floor_at,
             };
+            // A table the target lacks gets the source's indexes once loaded.
+            let lacked = matches!(gap.gap, Gap::Table)
+                && target_schema::target_columns(&*target, &info.schema, &info.name)
+                    .await?
+                    .is_none();
             let (info, filter, copier) = (&*info, &filter, &copier);
             let open_source = move |binary| {
                 let sql = snapshot::copy_out_sql(info, column, filter, None, binary);
@@ -442,6 +448,10 @@ async fn load_gaps(
             )
             .await
             .map_err(JobError::from);
+            if lacked && loaded.is_ok() {
+                let indexes = catalog::secondary_indexes(copier, info).await?;
+                target_schema::build_indexes(&spec.name, &*target, info, &indexes).await;
+            }
             let loaded = match loaded {
                 Ok(loaded) if table.history => {
                     record_loaded_versions(spec, target, table, info, filter, known_from)

@@ -218,23 +218,6 @@ fn snapshot_lanes() -> usize {
         .clamp(1, 4)
 }
 
-/// Builds `table`'s secondary indexes (as the source defines them) on a target the
-/// snapshot created it on, after its load (one build over the rows instead of an insert
-/// per row). One the target cannot build (a function or operator class only the source
-/// has, say) is left out with a warning; the table replicates without it.
-async fn build_indexes(job: &str, target: &tokio_postgres::Client, table: &LaneTable) {
-    for statement in &table.indexes {
-        match target.batch_execute(statement).await {
-            Ok(()) => {
-                tracing::debug!(job, table = %table.info.qualified_name(), statement, "index built")
-            }
-            Err(e) => tracing::warn!(job, table = %table.info.qualified_name(), statement,
-                error = %crate::sql_text::describe_pg_error(&e),
-                "the target cannot build one of the source's indexes of the table: it replicates without it"),
-        }
-    }
-}
-
 /// Loads one table (or, with `part`, one part of a split table that holds none of the
 /// job's tenants' rows on the target) from `copier`'s snapshot into `into` on one target
 /// (the table itself, or its staging table, `staged_table`); returns bytes loaded.
@@ -377,7 +360,13 @@ impl LoadLanes<'_> {
         for (index, table, staging) in staged {
             staged_table::publish(&mut targets[index], &staging, &table.info).await?;
             tracing::debug!(job = self.job, table = %table.info.qualified_name(), "loaded table published with its primary key");
-            build_indexes(self.job, &targets[index], table).await;
+            pg_apply::target_schema::build_indexes(
+                self.job,
+                &targets[index],
+                &table.info,
+                &table.indexes,
+            )
+            .await;
         }
         Ok(bytes)
     }

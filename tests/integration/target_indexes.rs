@@ -1,6 +1,6 @@
-//! A table the initial snapshot creates on a target gets the source's secondary indexes
-//! (plain, unique, partial, on expressions; a partitioned table's too) once its rows are
-//! loaded; one the target cannot build is left out with a warning; a table the target
+//! A table the initial snapshot (or a later start's backfill of a table added to the job)
+//! creates on a target gets the source's secondary indexes (plain, unique, partial, on
+//! expressions; a partitioned table's too) once its rows are loaded; one the target cannot build is left out with a warning; a table the target
 //! already had is left as its owner made it.
 
 use std::time::Duration;
@@ -24,6 +24,9 @@ CREATE TABLE public.events_2 PARTITION OF public.events FOR VALUES IN (2);
 CREATE INDEX events_at_idx ON public.events (at);
 CREATE TABLE public.kept (tenant_id int NOT NULL, id int NOT NULL, v text, PRIMARY KEY (tenant_id, id));
 CREATE INDEX kept_v_idx ON public.kept (v);
+CREATE TABLE public.later (tenant_id int NOT NULL, id int NOT NULL, v text, PRIMARY KEY (tenant_id, id));
+CREATE INDEX later_v_idx ON public.later (v);
+INSERT INTO public.later SELECT 1 + i % 2, i, 'v' || i FROM generate_series(1, 100) i;
 INSERT INTO public.items SELECT 1 + i % 2, i, 's' || i, 'v' || i FROM generate_series(1, 100) i;
 INSERT INTO public.events SELECT 1 + i % 2, i, now() FROM generate_series(1, 100) i;
 INSERT INTO public.kept SELECT 1 + i % 2, i, 'v' || i FROM generate_series(1, 100) i;
@@ -86,5 +89,19 @@ fn tables_the_snapshot_creates_get_the_sources_indexes() {
         "SELECT tenant_id, id, slug, v FROM public.items WHERE tenant_id = 1 ORDER BY 2",
         WAIT,
     );
+    assert!(repl.stop().success(), "{}", repl.output());
+
+    // A table added to the job later is loaded by the start's backfill: it gets them too.
+    let job = env.job_file(
+        "indexes",
+        "[1]",
+        &["public.items", "public.events", "public.kept", "public.later"],
+    );
+    let mut repl = Replicator::streaming(&job);
+    env.wait_converged(
+        "SELECT tenant_id, id, v FROM public.later WHERE tenant_id = 1 ORDER BY 2",
+        WAIT,
+    );
+    assert_eq!(indexes(&env, "public.later"), "later_pkey:u,later_v_idx");
     assert!(repl.stop().success(), "{}", repl.output());
 }

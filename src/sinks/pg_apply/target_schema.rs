@@ -323,6 +323,29 @@ pub async fn ensure_shape(
     Ok(ddl)
 }
 
+/// Builds `table`'s secondary indexes on a target that lacked the table, once its rows are
+/// loaded (one build over them instead of an insert per row): `statements` are the
+/// source's definitions (`cdc::catalog::secondary_indexes`). One the target cannot build
+/// (a function or operator class only the source has, say) is left out with a warning;
+/// the table replicates without it.
+pub async fn build_indexes(
+    job: &str,
+    target: &impl GenericClient,
+    table: &TableInfo,
+    statements: &[String],
+) {
+    for statement in statements {
+        match target.batch_execute(statement.as_str()).await {
+            Ok(()) => {
+                tracing::debug!(job, table = %table.qualified_name(), statement, "index built")
+            }
+            Err(e) => tracing::warn!(job, table = %table.qualified_name(), statement,
+                error = %crate::sql_text::describe_pg_error(&e),
+                "the target cannot build one of the source's indexes of the table: it replicates without it"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
