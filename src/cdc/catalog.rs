@@ -344,17 +344,18 @@ pub async fn secondary_indexes(
 }
 
 /// `pg_get_indexdef`'s `CREATE [UNIQUE] INDEX name ON [ONLY] schema.table …` as a
-/// statement a target can run again: `IF NOT EXISTS`, and without `ONLY` (a partitioned
-/// table's index, for the target's plain table). `None` for anything else.
+/// statement a target can run again: `IF NOT EXISTS`, without `ONLY` (a partitioned
+/// table's index, for the target's plain table), and without `UNIQUE`: the source already
+/// enforces it, and the apply writes a transaction's last row of each key together, so a
+/// unique index would refuse what the source accepted row by row (two rows swapping a
+/// unique value through a third). `None` for anything else.
 pub fn index_statement(definition: &str) -> Option<String> {
-    let (unique, rest) = if let Some(rest) = definition.strip_prefix("CREATE UNIQUE INDEX ") {
-        ("UNIQUE ", rest)
-    } else {
-        ("", definition.strip_prefix("CREATE INDEX ")?)
-    };
+    let rest = definition
+        .strip_prefix("CREATE UNIQUE INDEX ")
+        .or_else(|| definition.strip_prefix("CREATE INDEX "))?;
     let (name, on) = rest.split_once(" ON ")?;
     let on = on.strip_prefix("ONLY ").unwrap_or(on);
-    Some(format!("CREATE {unique}INDEX IF NOT EXISTS {name} ON {on}"))
+    Some(format!("CREATE INDEX IF NOT EXISTS {name} ON {on}"))
 }
 
 /// Tables of `oids` that are partitions of another table of `oids` (at any depth): the
@@ -602,8 +603,9 @@ mod tests {
             )
             .as_deref(),
             Some(
-                "CREATE UNIQUE INDEX IF NOT EXISTS \"Task_slug_key\" ON public.\"Task\" USING btree (\"organizationId\", slug)"
-            )
+                "CREATE INDEX IF NOT EXISTS \"Task_slug_key\" ON public.\"Task\" USING btree (\"organizationId\", slug)"
+            ),
+            "not unique: the source enforces it, and the apply writes a key's last row"
         );
         assert_eq!(
             index_statement("CREATE INDEX events_at_idx ON ONLY public.events USING btree (at)")

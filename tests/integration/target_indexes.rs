@@ -1,6 +1,7 @@
 //! A table the initial snapshot (or a later start's backfill of a table added to the job)
 //! creates on a target gets the source's secondary indexes (plain, unique, partial, on
-//! expressions; a partitioned table's too) once its rows are loaded; one the target cannot build is left out with a warning; a table the target
+//! expressions; a partitioned table's too; unique ones as plain ones, which the apply's
+//! writes of each key's last row cannot trip) once its rows are loaded; one the target cannot build is left out with a warning; a table the target
 //! already had is left as its owner made it.
 
 use std::time::Duration;
@@ -58,8 +59,9 @@ fn tables_the_snapshot_creates_get_the_sources_indexes() {
     );
     assert_eq!(
         indexes(&env, "public.items"),
-        "items_lower_v_idx,items_pkey:u,items_slug_key:u,items_v_idx",
-        "the source's indexes but the one on a function only the source has"
+        "items_lower_v_idx,items_pkey:u,items_slug_key,items_v_idx",
+        "the source's indexes (a unique one as a plain one) but the one on a function only \
+         the source has"
     );
     assert_eq!(
         env.on_target(
@@ -83,7 +85,13 @@ fn tables_the_snapshot_creates_get_the_sources_indexes() {
             && out.contains("items_shout_idx"),
         "{out}"
     );
-    // The unique index holds for the rows streamed after it.
+    // Two rows swapping a unique value through a third in one source transaction: the
+    // apply writes each key's last row, which a unique index on the target would refuse.
+    env.on_source(
+        "BEGIN; UPDATE public.items SET slug = 'tmp' WHERE tenant_id = 1 AND id = 2; \
+         UPDATE public.items SET slug = 's2' WHERE tenant_id = 1 AND id = 4; \
+         UPDATE public.items SET slug = 's4' WHERE tenant_id = 1 AND id = 2; COMMIT",
+    );
     env.on_source("INSERT INTO public.items VALUES (1, 500, 's500', 'new')");
     env.wait_converged(
         "SELECT tenant_id, id, slug, v FROM public.items WHERE tenant_id = 1 ORDER BY 2",
@@ -95,7 +103,12 @@ fn tables_the_snapshot_creates_get_the_sources_indexes() {
     let job = env.job_file(
         "indexes",
         "[1]",
-        &["public.items", "public.events", "public.kept", "public.later"],
+        &[
+            "public.items",
+            "public.events",
+            "public.kept",
+            "public.later",
+        ],
     );
     let mut repl = Replicator::streaming(&job);
     env.wait_converged(
