@@ -343,6 +343,55 @@ pub async fn secondary_indexes(
         .collect())
 }
 
+/// A stored generated column of a source table (`GENERATED ALWAYS AS (…) STORED`), which
+/// pgoutput does not send: a target computes it from the replicated columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneratedColumn {
+    pub name: String,
+    /// `format_type` of its type.
+    pub type_name: String,
+    /// Its expression as the source's catalog prints it.
+    pub expression: String,
+}
+
+impl GeneratedColumn {
+    /// The statement that adds it to table `schema.name` of a target, if missing.
+    pub fn add_statement(&self, schema: &str, name: &str) -> String {
+        format!(
+            "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {} GENERATED ALWAYS AS ({}) STORED",
+            quote_qualified(schema, name),
+            quote_ident(&self.name),
+            self.type_name,
+            self.expression
+        )
+    }
+}
+
+/// `table`'s stored generated columns on the source, in column order.
+pub async fn generated_columns(
+    client: &Client,
+    table: &TableInfo,
+) -> Result<Vec<GeneratedColumn>, CdcError> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), pg_get_expr(d.adbin, d.adrelid)
+             FROM pg_attribute a JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+             WHERE a.attrelid = $1 AND a.attgenerated = 's' AND NOT a.attisdropped
+             ORDER BY a.attnum",
+            &[&table.oid],
+        )
+        .await
+        .map_err(CdcError::query("read a table's generated columns"))?;
+    Ok(rows
+        .iter()
+        .map(|r| GeneratedColumn {
+            name: r.get(0),
+            type_name: r.get(1),
+            expression: r.get(2),
+        })
+        .collect())
+}
+
 /// `pg_get_indexdef`'s `CREATE [UNIQUE] INDEX name ON [ONLY] schema.table …` as a
 /// statement a target can run again: `IF NOT EXISTS`, without `ONLY` (a partitioned
 /// table's index, for the target's plain table), and without `UNIQUE`: the source already
@@ -614,6 +663,20 @@ mod tests {
             "a partitioned table's index, for the target's plain table"
         );
         assert_eq!(index_statement("DROP TABLE x"), None);
+    }
+
+    #[test]
+    fn generated_columns_are_added_to_the_target_table_named() {
+        let column = super::GeneratedColumn {
+            name: "Search".into(),
+            type_name: "tsvector".into(),
+            expression: "to_tsvector('simple'::regconfig, COALESCE(v, ''::text))".into(),
+        };
+        assert_eq!(
+            column.add_statement("public", "helios_load_1_j"),
+            "ALTER TABLE \"public\".\"helios_load_1_j\" ADD COLUMN IF NOT EXISTS \"Search\" tsvector \
+             GENERATED ALWAYS AS (to_tsvector('simple'::regconfig, COALESCE(v, ''::text))) STORED"
+        );
     }
 
     #[test]

@@ -449,6 +449,14 @@ async fn load_gaps(
             .await
             .map_err(JobError::from);
             if lacked && loaded.is_ok() {
+                // Generated columns first (a rewrite of the loaded rows): an index may be on
+                // one.
+                let generated: Vec<String> = catalog::generated_columns(copier, info)
+                    .await?
+                    .iter()
+                    .map(|g| g.add_statement(&info.schema, &info.name))
+                    .collect();
+                target_schema::add_generated_columns(&spec.name, &*target, info, &generated).await;
                 let indexes = catalog::secondary_indexes(copier, info).await?;
                 target_schema::build_indexes(&spec.name, &*target, info, &indexes).await;
             }

@@ -123,10 +123,13 @@ pub(super) async fn take_snapshot(
         if parts.len() > 1 {
             tracing::info!(job = %spec.name, table = %table.name, pages, parts = parts.len(), "initial copy of a large table split into parts loaded side by side");
         }
-        let indexes = if targets.is_empty() {
-            Vec::new()
+        let (indexes, generated) = if targets.is_empty() {
+            (Vec::new(), Vec::new())
         } else {
-            catalog::secondary_indexes(&copier, &info).await?
+            (
+                catalog::secondary_indexes(&copier, &info).await?,
+                catalog::generated_columns(&copier, &info).await?,
+            )
         };
         shapes.push(LaneTable {
             info: info.clone(),
@@ -134,6 +137,7 @@ pub(super) async fn take_snapshot(
             pages,
             parts,
             indexes,
+            generated,
         });
         tables.push((table, info, column));
     }
@@ -262,6 +266,9 @@ struct LaneTable {
     /// Its secondary indexes on the source, built on a target that lacked the table once
     /// it is loaded (`catalog::secondary_indexes`).
     indexes: Vec<String>,
+    /// Its stored generated columns on the source, added to a target's staging table
+    /// before the load (on an empty table: no rewrite).
+    generated: Vec<catalog::GeneratedColumn>,
 }
 
 /// One load of a lane: a table, or a part of one, into one target.
@@ -328,6 +335,18 @@ impl LoadLanes<'_> {
                 let (into, whole) =
                     match staged_table::stage_if_missing(target, &table.info, self.job).await? {
                         Some(staging) => {
+                            let added: Vec<String> = table
+                                .generated
+                                .iter()
+                                .map(|g| g.add_statement(&staging.schema, &staging.name))
+                                .collect();
+                            pg_apply::target_schema::add_generated_columns(
+                                self.job,
+                                &*target,
+                                &table.info,
+                                &added,
+                            )
+                            .await;
                             let staging = Arc::new(staging);
                             staged.push((index, table, staging.clone()));
                             (staging, table.parts.len() == 1)

@@ -24,5 +24,5 @@ mod session_settings;
 mod snapshot_stream;
 mod spill_dir;
 mod streamed_transactions;
-mod target_indexes;
+mod target_tables;
 mod tls;

@@ -323,6 +323,39 @@ pub async fn ensure_shape(
     Ok(ddl)
 }
 
+/// Adds the source's stored generated columns (`statements`, from
+/// `cdc::catalog::GeneratedColumn::add_statement`) to `table` on a target that lacked it:
+/// pgoutput does not send them, so the target computes them. One the target cannot add
+/// (a function only the source has, say) is left out with a warning.
+pub async fn add_generated_columns(
+    job: &str,
+    target: &impl GenericClient,
+    table: &TableInfo,
+    statements: &[String],
+) {
+    run_each(job, target, table, statements, "generated column added",
+        "the target cannot compute one of the source's generated columns of the table: it replicates without it").await;
+}
+
+/// Runs each of `statements` on `target`, logging `done` at debug level or `failed` as a
+/// warning with the error.
+async fn run_each(
+    job: &str,
+    target: &impl GenericClient,
+    table: &TableInfo,
+    statements: &[String],
+    done: &str,
+    failed: &str,
+) {
+    for statement in statements {
+        match target.batch_execute(statement.as_str()).await {
+            Ok(()) => tracing::debug!(job, table = %table.qualified_name(), statement, "{done}"),
+            Err(e) => tracing::warn!(job, table = %table.qualified_name(), statement,
+                error = %crate::sql_text::describe_pg_error(&e), "{failed}"),
+        }
+    }
+}
+
 /// Builds `table`'s secondary indexes on a target that lacked the table, once its rows are
 /// loaded (one build over them instead of an insert per row): `statements` are the
 /// source's definitions (`cdc::catalog::secondary_indexes`). One the target cannot build
@@ -334,16 +367,8 @@ pub async fn build_indexes(
     table: &TableInfo,
     statements: &[String],
 ) {
-    for statement in statements {
-        match target.batch_execute(statement.as_str()).await {
-            Ok(()) => {
-                tracing::debug!(job, table = %table.qualified_name(), statement, "index built")
-            }
-            Err(e) => tracing::warn!(job, table = %table.qualified_name(), statement,
-                error = %crate::sql_text::describe_pg_error(&e),
-                "the target cannot build one of the source's indexes of the table: it replicates without it"),
-        }
-    }
+    run_each(job, target, table, statements, "index built",
+        "the target cannot build one of the source's indexes of the table: it replicates without it").await;
 }
 
 #[cfg(test)]

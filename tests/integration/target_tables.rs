@@ -1,5 +1,6 @@
 //! A table the initial snapshot (or a later start's backfill of a table added to the job)
-//! creates on a target gets the source's secondary indexes (plain, unique, partial, on
+//! creates on a target gets the source's stored generated columns (which pgoutput does not
+//! send: the target computes them) and secondary indexes (plain, unique, partial, on
 //! expressions; a partitioned table's too; unique ones as plain ones, which the apply's
 //! writes of each key's last row cannot trip) once its rows are loaded; one the target cannot build is left out with a warning; a table the target
 //! already had is left as its owner made it.
@@ -13,7 +14,10 @@ const WAIT: Duration = Duration::from_secs(60);
 const SETUP: &str = "
 CREATE FUNCTION public.shout(text) RETURNS text IMMUTABLE LANGUAGE sql AS 'SELECT upper($1)';
 CREATE TABLE public.items (tenant_id int NOT NULL, id int NOT NULL, slug text NOT NULL, v text,
+    search tsvector GENERATED ALWAYS AS (to_tsvector('simple', coalesce(v, ''))) STORED,
+    loud text GENERATED ALWAYS AS (public.shout(v)) STORED,
     PRIMARY KEY (tenant_id, id));
+CREATE INDEX items_search_idx ON public.items USING gin (search);
 CREATE UNIQUE INDEX items_slug_key ON public.items (tenant_id, slug);
 CREATE INDEX items_v_idx ON public.items (v) WHERE v IS NOT NULL;
 CREATE INDEX items_lower_v_idx ON public.items (lower(v));
@@ -25,10 +29,12 @@ CREATE TABLE public.events_2 PARTITION OF public.events FOR VALUES IN (2);
 CREATE INDEX events_at_idx ON public.events (at);
 CREATE TABLE public.kept (tenant_id int NOT NULL, id int NOT NULL, v text, PRIMARY KEY (tenant_id, id));
 CREATE INDEX kept_v_idx ON public.kept (v);
-CREATE TABLE public.later (tenant_id int NOT NULL, id int NOT NULL, v text, PRIMARY KEY (tenant_id, id));
+CREATE TABLE public.later (tenant_id int NOT NULL, id int NOT NULL, v text,
+    len int GENERATED ALWAYS AS (length(v)) STORED, PRIMARY KEY (tenant_id, id));
 CREATE INDEX later_v_idx ON public.later (v);
+CREATE INDEX later_len_idx ON public.later (len);
 INSERT INTO public.later SELECT 1 + i % 2, i, 'v' || i FROM generate_series(1, 100) i;
-INSERT INTO public.items SELECT 1 + i % 2, i, 's' || i, 'v' || i FROM generate_series(1, 100) i;
+INSERT INTO public.items (tenant_id, id, slug, v) SELECT 1 + i % 2, i, 's' || i, 'v' || i FROM generate_series(1, 100) i;
 INSERT INTO public.events SELECT 1 + i % 2, i, now() FROM generate_series(1, 100) i;
 INSERT INTO public.kept SELECT 1 + i % 2, i, 'v' || i FROM generate_series(1, 100) i;
 ";
@@ -59,7 +65,7 @@ fn tables_the_snapshot_creates_get_the_sources_indexes() {
     );
     assert_eq!(
         indexes(&env, "public.items"),
-        "items_lower_v_idx,items_pkey:u,items_slug_key,items_v_idx",
+        "items_lower_v_idx,items_pkey:u,items_search_idx,items_slug_key,items_v_idx",
         "the source's indexes (a unique one as a plain one) but the one on a function only \
          the source has"
     );
@@ -85,6 +91,20 @@ fn tables_the_snapshot_creates_get_the_sources_indexes() {
             && out.contains("items_shout_idx"),
         "{out}"
     );
+    // The generated column the target can compute, with the source's values; the one on
+    // a function only the source has is left out.
+    let searched = "SELECT id, search::text FROM public.items WHERE tenant_id = 1 ORDER BY id";
+    env.wait_converged(searched, WAIT);
+    assert_eq!(
+        env.on_target(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'items' AND column_name = 'loud'"
+        ),
+        "0"
+    );
+    assert!(
+        out.contains("the target cannot compute one of the source's generated columns"),
+        "{out}"
+    );
     // Two rows swapping a unique value through a third in one source transaction: the
     // apply writes each key's last row, which a unique index on the target would refuse.
     env.on_source(
@@ -92,11 +112,15 @@ fn tables_the_snapshot_creates_get_the_sources_indexes() {
          UPDATE public.items SET slug = 's2' WHERE tenant_id = 1 AND id = 4; \
          UPDATE public.items SET slug = 's4' WHERE tenant_id = 1 AND id = 2; COMMIT",
     );
-    env.on_source("INSERT INTO public.items VALUES (1, 500, 's500', 'new')");
+    env.on_source(
+        "INSERT INTO public.items (tenant_id, id, slug, v) VALUES (1, 500, 's500', 'new')",
+    );
+    env.on_source("UPDATE public.items SET v = 'words here' WHERE tenant_id = 1 AND id = 6");
     env.wait_converged(
         "SELECT tenant_id, id, slug, v FROM public.items WHERE tenant_id = 1 ORDER BY 2",
         WAIT,
     );
+    env.wait_converged(searched, WAIT);
     assert!(repl.stop().success(), "{}", repl.output());
 
     // A table added to the job later is loaded by the start's backfill: it gets them too.
@@ -115,6 +139,14 @@ fn tables_the_snapshot_creates_get_the_sources_indexes() {
         "SELECT tenant_id, id, v FROM public.later WHERE tenant_id = 1 ORDER BY 2",
         WAIT,
     );
-    assert_eq!(indexes(&env, "public.later"), "later_pkey:u,later_v_idx");
+    assert_eq!(
+        indexes(&env, "public.later"),
+        "later_len_idx,later_pkey:u,later_v_idx",
+        "an index on a generated column too"
+    );
+    env.wait_converged(
+        "SELECT id, len FROM public.later WHERE tenant_id = 1 ORDER BY id",
+        WAIT,
+    );
     assert!(repl.stop().success(), "{}", repl.output());
 }
