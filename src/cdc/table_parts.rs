@@ -109,12 +109,11 @@ pub fn group_partitions(mut leaves: Vec<Leaf>, parts: usize) -> Vec<Vec<Leaf>> {
     });
     let mut groups: Vec<(u64, Vec<Leaf>)> = vec![(0, Vec::new()); parts];
     for leaf in leaves {
-        let smallest = groups
-            .iter_mut()
-            .min_by_key(|(pages, _)| *pages)
-            .expect("at least one group");
-        smallest.0 += leaf.pages;
-        smallest.1.push(leaf);
+        // `groups` has at least one entry (`parts` is at least 1).
+        if let Some(smallest) = groups.iter_mut().min_by_key(|(pages, _)| *pages) {
+            smallest.0 += leaf.pages;
+            smallest.1.push(leaf);
+        }
     }
     groups
         .into_iter()

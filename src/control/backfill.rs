@@ -426,7 +426,8 @@ async fn load_gaps(
                 whole: matches!(gap.gap, Gap::Table),
                 lsn: floor_at,
             };
-            // A table the target lacks gets the source's indexes once loaded.
+            // A table the target lacks gets the source's generated columns and indexes once
+            // loaded.
             let lacked = matches!(gap.gap, Gap::Table)
                 && target_schema::target_columns(&*target, &info.schema, &info.name)
                     .await?
