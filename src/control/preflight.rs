@@ -9,6 +9,7 @@ use tokio_postgres::Client;
 
 use crate::cdc::catalog;
 use crate::cdc::error::CdcError;
+use crate::cdc::slot_health::{self, SlotHealth};
 use crate::control::history_start::check_history_table;
 use crate::control::job_spec::{JobSpec, SinkSpec};
 
@@ -145,6 +146,9 @@ async fn check_source(
         SLOTS_AT_MOST
     };
     out.push(slot_finding(free, needed, has_slot, &spec.source.slot));
+    if let Some(health) = slot_health::read(source, &spec.source.slot).await? {
+        out.push(slot_health_finding(&spec.source.slot, &health));
+    }
     out.push(if senders >= SLOTS_AT_MOST {
         Finding::new(Level::Ok, "source", format!("{senders} WAL senders free"))
     } else {
@@ -265,6 +269,27 @@ fn slot_finding(free: i64, needed: i64, has_slot: bool, slot: &str) -> Finding {
     }
 }
 
+/// What the job's existing slot costs the source, and whether it can still be read.
+fn slot_health_finding(slot: &str, health: &SlotHealth) -> Finding {
+    let kept = format!(
+        "slot `{slot}` keeps {} bytes of WAL on the source ({})",
+        health.retained_wal_bytes, health.wal_status
+    );
+    match health.wal_status.as_str() {
+        "lost" => Finding::new(
+            Level::Warn,
+            "source",
+            format!("{kept}: the source invalidated it, so the next start takes a new slot and snapshot"),
+        ),
+        "unreserved" => Finding::new(
+            Level::Warn,
+            "source",
+            format!("{kept}: past max_slot_wal_keep_size, the source's next checkpoint invalidates it unless the job runs and catches up"),
+        ),
+        _ => Finding::new(Level::Ok, "source", kept),
+    }
+}
+
 /// Whether the target lets the job create its tables and its `helios` schema.
 async fn check_target(target: &Client, subject: &str) -> Finding {
     let row = target
@@ -309,6 +334,30 @@ mod tests {
         let resumed = slot_finding(1, 1, true, "s");
         assert_eq!(resumed.level, Level::Ok);
         assert!(resumed.message.starts_with("slot `s` exists"));
+    }
+
+    #[test]
+    fn an_existing_slot_shows_its_wal_and_warns_when_it_is_going_or_gone() {
+        let health = |status: &str| SlotHealth {
+            wal_status: status.into(),
+            retained_wal_bytes: 4096,
+            safe_wal_bytes: None,
+        };
+        let reserved = slot_health_finding("s", &health("reserved"));
+        assert_eq!(reserved.level, Level::Ok);
+        assert_eq!(
+            reserved.message,
+            "slot `s` keeps 4096 bytes of WAL on the source (reserved)"
+        );
+        assert_eq!(
+            slot_health_finding("s", &health("unreserved")).level,
+            Level::Warn
+        );
+        let lost = slot_health_finding("s", &health("lost"));
+        assert_eq!(lost.level, Level::Warn);
+        assert!(lost
+            .message
+            .contains("the next start takes a new slot and snapshot"));
     }
 
     #[test]

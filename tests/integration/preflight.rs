@@ -90,6 +90,17 @@ fn check_reports_what_a_job_needs_without_creating_anything() {
         "0",
         "nothing created on the source"
     );
+
+    // The job's slot, once it exists (a stopped job's): what it keeps.
+    env.on_source("SELECT pg_create_logical_replication_slot('slot_checked', 'pgoutput')");
+    let (ok, out) = check(&env, "postgres", &["public.items"], &target);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("ok   source: slot `slot_checked` exists (the job resumes from it)")
+            && out.contains("ok   source: slot `slot_checked` keeps ")
+            && out.contains("bytes of WAL on the source (reserved)"),
+        "{out}"
+    );
     assert_eq!(
         env.on_target("SELECT count(*) FROM pg_namespace WHERE nspname = 'helios'"),
         "0",
