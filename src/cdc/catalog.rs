@@ -317,8 +317,9 @@ pub fn refused_changes_warning(table: &TableInfo) -> Option<String> {
         "{name} {without}: while the job's publication carries it, the source refuses UPDATE \
          and DELETE on it (\"cannot update table … because it does not have a replica identity \
          and publishes updates\"); fine if it is append-only, otherwise give it a primary key \
-         or `ALTER TABLE {name} REPLICA IDENTITY FULL` before writers update it",
+         or `ALTER TABLE {quoted} REPLICA IDENTITY FULL` before writers update it",
         name = table.qualified_name(),
+        quoted = quote_qualified(&table.schema, &table.name),
     ))
 }
 
