@@ -408,14 +408,15 @@ pub fn index_statement(definition: &str) -> Option<String> {
     Some(format!("CREATE INDEX IF NOT EXISTS {name} ON {on}"))
 }
 
-/// Tables of `oids` that are partitions of another table of `oids` (at any depth): the
-/// partition's changes reach the job as its partitioned table's (the publication publishes
-/// through the partition root), so a job carrying both would never see the partition's
-/// own. Pairs of (partition, ancestor), in the order of `oids`.
+/// Tables of `tables` (name, OID) that are partitions of another table of `tables` (at
+/// any depth): the partition's changes reach the job as its partitioned table's (the
+/// publication publishes through the partition root), so a job carrying both would never
+/// see the partition's own. Pairs of names (partition, ancestor), in the order of `tables`.
 pub async fn partitions_of_each_other(
     client: &Client,
-    oids: &[u32],
-) -> Result<Vec<(u32, u32)>, CdcError> {
+    tables: &[(String, u32)],
+) -> Result<Vec<(String, String)>, CdcError> {
+    let oids: Vec<u32> = tables.iter().map(|(_, oid)| *oid).collect();
     let rows = client
         .query(
             "SELECT t.oid, a.relid::oid
@@ -427,7 +428,16 @@ pub async fn partitions_of_each_other(
         )
         .await
         .map_err(CdcError::query("read partition ancestors"))?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    let name = |oid: u32| {
+        tables
+            .iter()
+            .find(|(_, o)| *o == oid)
+            .map_or_else(|| format!("OID {oid}"), |(name, _)| name.clone())
+    };
+    Ok(rows
+        .iter()
+        .map(|r| (name(r.get(0)), name(r.get(1))))
+        .collect())
 }
 
 /// Positions of the primary-key columns of table `oid` within `columns`.

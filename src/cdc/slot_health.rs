@@ -51,6 +51,43 @@ pub async fn read(client: &Client, slot: &str) -> Result<Option<SlotHealth>, Cdc
     }))
 }
 
+/// Reads `slot`'s health every [`CHECK_EVERY`] into `into` until aborted, warning when the
+/// source is about to invalidate it ([`warning`]). A failed read is logged and tried again
+/// at the next check, on a new session.
+pub async fn watch(
+    job: String,
+    dsn: String,
+    slot: String,
+    into: std::sync::Arc<std::sync::Mutex<Option<SlotHealth>>>,
+) {
+    let mut tick = tokio::time::interval(CHECK_EVERY);
+    let mut client = None;
+    let mut before: Option<String> = None;
+    loop {
+        tick.tick().await;
+        if client.is_none() {
+            client = crate::cdc::catalog::connect(&dsn).await.ok();
+        }
+        let Some(c) = &client else { continue };
+        match read(c, &slot).await {
+            Ok(Some(health)) => {
+                if let Some(warning) = warning(before.as_deref(), &health) {
+                    tracing::warn!(job, slot, safe_wal_bytes = ?health.safe_wal_bytes, "{warning}");
+                }
+                before = Some(health.wal_status.clone());
+                if let Ok(mut s) = into.lock() {
+                    *s = Some(health);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(job, error = %e, "cannot read the replication slot's health");
+                client = None;
+            }
+        }
+    }
+}
+
 /// What to warn about when the slot's status went from `before` to `now`: entering
 /// `unreserved` (the source will invalidate it) once, not at every check.
 pub fn warning(before: Option<&str>, now: &SlotHealth) -> Option<String> {

@@ -117,7 +117,7 @@ pub struct JobStats {
     /// The initial snapshot's progress (this process's last one).
     pub snapshot: SnapshotProgress,
     /// The job's replication slot as the source last showed it while the job ran.
-    pub slot: Mutex<Option<SlotHealth>>,
+    pub slot: Arc<Mutex<Option<SlotHealth>>>,
     /// State and the reason for it (failure, or the last transient error).
     state: Mutex<(JobState, Option<String>)>,
     /// Access signals and hotness predictions of the running job.
@@ -136,7 +136,7 @@ impl JobStats {
             books: Default::default(),
             backlog: Default::default(),
             snapshot: SnapshotProgress::default(),
-            slot: Mutex::new(None),
+            slot: Arc::default(),
             state: Mutex::new((JobState::Snapshotting, None)),
             access: Mutex::new(None),
             saved_model: Mutex::new(None),
@@ -490,7 +490,12 @@ async fn run_job_inner(
     });
     let progress = progress_every
         .map(|every| tokio::spawn(print_progress(spec.name.clone(), stats.clone(), every)));
-    let slot_watch = tokio::spawn(watch_slot(spec.clone(), stats.clone()));
+    let slot_watch = tokio::spawn(slot_health::watch(
+        spec.name.clone(),
+        spec.source.dsn.expose().to_string(),
+        spec.source.slot.clone(),
+        stats.slot.clone(),
+    ));
     let wake = host.waker();
     let mut store = ProgressStore {
         job: spec.name.clone(),
@@ -556,39 +561,6 @@ async fn run_job_inner(
     windows.abort();
     stats.set_access(None);
     result
-}
-
-/// Reads the job's slot's health every [`slot_health::CHECK_EVERY`] into `stats.slot`,
-/// warning when the source is about to invalidate the slot. A failed read is logged and
-/// tried again at the next check (on a new session).
-async fn watch_slot(spec: JobSpec, stats: Arc<JobStats>) {
-    let slot = &spec.source.slot;
-    let mut tick = tokio::time::interval(slot_health::CHECK_EVERY);
-    let mut client = None;
-    let mut before: Option<String> = None;
-    loop {
-        tick.tick().await;
-        if client.is_none() {
-            client = catalog::connect(spec.source.dsn.expose()).await.ok();
-        }
-        let Some(c) = &client else { continue };
-        match slot_health::read(c, slot).await {
-            Ok(Some(health)) => {
-                if let Some(warning) = slot_health::warning(before.as_deref(), &health) {
-                    tracing::warn!(job = %spec.name, slot, safe_wal_bytes = ?health.safe_wal_bytes, "{warning}");
-                }
-                before = Some(health.wal_status.clone());
-                if let Ok(mut s) = stats.slot.lock() {
-                    *s = Some(health);
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::debug!(job = %spec.name, error = %e, "cannot read the replication slot's health");
-                client = None;
-            }
-        }
-    }
 }
 
 /// Keeps the in-memory history to the hot window: older closed versions are read from the
@@ -794,24 +766,18 @@ async fn refuse_partitions_of_carried_tables(
     source: &tokio_postgres::Client,
     infos: &[(TableSpec, Arc<TableInfo>)],
 ) -> Result<(), JobError> {
-    let oids: Vec<u32> = infos.iter().map(|(_, info)| info.oid).collect();
-    let pairs = catalog::partitions_of_each_other(source, &oids).await?;
-    let Some(&(partition, ancestor)) = pairs.first() else {
+    let carried: Vec<(String, u32)> = infos
+        .iter()
+        .map(|(_, info)| (info.qualified_name(), info.oid))
+        .collect();
+    let pairs = catalog::partitions_of_each_other(source, &carried).await?;
+    let Some((partition, ancestor)) = pairs.into_iter().next() else {
         return Ok(());
-    };
-    let name = |oid: u32| {
-        infos
-            .iter()
-            .find(|(_, info)| info.oid == oid)
-            .map(|(_, info)| info.qualified_name())
-            .unwrap_or_else(|| format!("OID {oid}"))
     };
     Err(CdcError::Definite(format!(
         "tables[{partition}]: {partition} is a partition of {ancestor}, which the job also \
          carries; a partition's changes reach the job as its partitioned table's, so name only \
          one of them (the partitioned table carries every partition's rows)",
-        partition = name(partition),
-        ancestor = name(ancestor),
     ))
     .into())
 }

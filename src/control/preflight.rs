@@ -177,7 +177,7 @@ async fn check_source(
             ),
         ));
     }
-    let mut oids = Vec::new();
+    let mut carried = Vec::new();
     for table in &spec.tables {
         let info = match catalog::table_info(source, table.schema(), table.table()).await {
             Ok(info) => info,
@@ -186,7 +186,7 @@ async fn check_source(
                 continue;
             }
         };
-        oids.push(info.oid);
+        carried.push((table.name.clone(), info.oid));
         let column = spec.tenant_column_of(table);
         let mut problems = Vec::new();
         if info.column_index(column).is_none() {
@@ -223,20 +223,12 @@ async fn check_source(
             out.push(Finding::new(Level::Fail, &table.name, problems.join("; ")));
         }
     }
-    for (partition, ancestor) in catalog::partitions_of_each_other(source, &oids).await? {
-        let name = |oid: u32| {
-            spec.tables
-                .iter()
-                .zip(&oids)
-                .find(|(_, o)| **o == oid)
-                .map_or_else(|| format!("OID {oid}"), |(t, _)| t.name.clone())
-        };
+    for (partition, ancestor) in catalog::partitions_of_each_other(source, &carried).await? {
         out.push(Finding::new(
             Level::Fail,
-            name(partition),
+            partition,
             format!(
-                "is a partition of {}, which the job also carries: name only one of them",
-                name(ancestor)
+                "is a partition of {ancestor}, which the job also carries: name only one of them"
             ),
         ));
     }

@@ -858,83 +858,54 @@ impl JobMetrics {
 
     /// Sets the position confirmed to the source (`X/Y` as `X << 32 | Y`).
     pub fn set_confirmed_lsn(&self, lsn: u64) {
-        self.confirmed_lsn.with(
-            (),
-            || {
-                let labels = JobLabels {
-                    job: self.job.clone(),
-                };
-                self.create(&self.families.confirmed_lsn, labels)
-            },
-            |g| {
-                g.set(lsn);
-            },
-        );
+        self.set_job_gauge(&self.confirmed_lsn, &self.families.confirmed_lsn, lsn);
     }
 
     /// Sets the WAL bytes the source keeps for the job's slot, and (when the source has a
     /// `max_slot_wal_keep_size`) those it may still write before it invalidates the slot.
     pub fn set_slot_wal(&self, retained: u64, safe: Option<u64>) {
-        let gauges = [
-            (
-                &self.slot_retained_wal,
-                &self.families.slot_retained_wal,
-                Some(retained),
-            ),
-            (&self.slot_safe_wal, &self.families.slot_safe_wal, safe),
-        ];
-        for (slots, family, value) in gauges {
-            let Some(value) = value else { continue };
-            slots.with(
-                (),
-                || {
-                    let labels = JobLabels {
-                        job: self.job.clone(),
-                    };
-                    self.create(family, labels)
-                },
-                |g| {
-                    g.set(value);
-                },
-            );
+        let families = &self.families;
+        self.set_job_gauge(
+            &self.slot_retained_wal,
+            &families.slot_retained_wal,
+            retained,
+        );
+        if let Some(safe) = safe {
+            self.set_job_gauge(&self.slot_safe_wal, &families.slot_safe_wal, safe);
         }
     }
 
-    /// Sets the versions the job's history books hold in memory.
-    pub fn set_history_versions_held(&self, versions: u64) {
-        self.versions_held.with(
+    /// Sets a gauge whose only label is the job.
+    fn set_job_gauge(
+        &self,
+        slots: &Slots<(), GaugeU64>,
+        family: &Family<JobLabels, GaugeU64>,
+        value: u64,
+    ) {
+        slots.with(
             (),
             || {
                 let labels = JobLabels {
                     job: self.job.clone(),
                 };
-                self.create(&self.families.versions_held, labels)
+                self.create(family, labels)
             },
             |g| {
-                g.set(versions);
+                g.set(value);
             },
         );
     }
 
+    /// Sets the versions the job's history books hold in memory.
+    pub fn set_history_versions_held(&self, versions: u64) {
+        self.set_job_gauge(&self.versions_held, &self.families.versions_held, versions);
+    }
+
     /// Sets the rows and estimated bytes handed to the job's sinks and not yet applied.
     pub fn set_sink_backlog(&self, rows: u64, bytes: u64) {
-        for (slots, family, value) in [
-            (&self.backlog_rows, &self.families.backlog_rows, rows),
-            (&self.backlog_bytes, &self.families.backlog_bytes, bytes),
-        ] {
-            slots.with(
-                (),
-                || {
-                    let labels = JobLabels {
-                        job: self.job.clone(),
-                    };
-                    self.create(family, labels)
-                },
-                |g| {
-                    g.set(value);
-                },
-            );
-        }
+        let families = &self.families;
+        self.set_job_gauge(&self.backlog_rows, &families.backlog_rows, rows);
+        self.set_job_gauge(&self.backlog_bytes, &families.backlog_bytes, bytes);
     }
 
     /// Sets the bytes of the history books' rows in memory and in their spill file.
