@@ -440,6 +440,39 @@ pub async fn partitions_of_each_other(
         .collect())
 }
 
+/// A table of a schema as the source's catalog lists it, for table patterns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaTable {
+    pub name: String,
+    /// Its columns' names, in order.
+    pub columns: Vec<String>,
+}
+
+/// The tables of `schema` a pattern may carry: plain and partitioned tables, not
+/// partitions (their rows reach the job through their partitioned table), by name.
+pub async fn schema_tables(client: &Client, schema: &str) -> Result<Vec<SchemaTable>, CdcError> {
+    let rows = client
+        .query(
+            "SELECT c.relname::text,
+                    array(SELECT a.attname::text FROM pg_attribute a
+                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                          ORDER BY a.attnum)
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+             ORDER BY c.relname COLLATE \"C\"",
+            &[&schema],
+        )
+        .await
+        .map_err(CdcError::query("list a schema's tables"))?;
+    Ok(rows
+        .iter()
+        .map(|r| SchemaTable {
+            name: r.get(0),
+            columns: r.get(1),
+        })
+        .collect())
+}
+
 /// Positions of the primary-key columns of table `oid` within `columns`.
 async fn primary_key(
     client: &Client,

@@ -43,6 +43,16 @@ struct ManagedJob {
     rows_per_second: Arc<std::sync::Mutex<f64>>,
 }
 
+impl ManagedJob {
+    /// The spec the job runs with: its table patterns as its last start resolved them (the
+    /// submitted spec until then).
+    fn carried(&self) -> Arc<JobSpec> {
+        self.stats
+            .carried()
+            .unwrap_or_else(|| Arc::new(self.spec.clone()))
+    }
+}
+
 /// Runs many jobs on one dataflow host.
 pub struct JobManager {
     me: std::sync::Weak<JobManager>,
@@ -288,7 +298,12 @@ impl JobManager {
             reason,
             version: job.version,
             tenants,
-            tables: job.spec.tables.iter().map(|t| t.name.clone()).collect(),
+            tables: job
+                .carried()
+                .tables
+                .iter()
+                .map(|t| t.name.clone())
+                .collect(),
             confirmed_lsn: format_lsn(job.stats.reader.confirmed.load(Relaxed)),
             lag_bytes: job.stats.lag_bytes(),
             lag_seconds: job.stats.lag_seconds(),
@@ -532,7 +547,8 @@ impl JobControl for JobManager {
             .get(id)
             .ok_or_else(|| ControlError::NotFound(id.to_string()))?;
         // Checked before the job stops: a bad request leaves it running.
-        let tables = resync::check(&job.spec, &request.tables)?;
+        let carried = job.carried();
+        let tables = resync::check(&carried, &request.tables)?;
         let tenants = resync::check_tenants(&job.spec, &request.tenants)?;
         let desired = JobManager::desired_after_restart(id, job)?;
         let version = job.version;
@@ -541,7 +557,7 @@ impl JobControl for JobManager {
         };
         // With the runner stopped, no sink can put a table back in error over the request.
         let spec = self.stop_runner(id, old).await;
-        let recorded = resync::request(&spec, &request.tables, &request.tenants).await;
+        let recorded = resync::request(&carried, &request.tables, &request.tenants).await;
         // The job runs on whether the request was recorded or not.
         let me = self.self_arc().await?;
         let managed = me.spawn(spec, version, desired);
@@ -703,11 +719,12 @@ impl JobManager {
             .values()
             .filter(|j| job.is_none_or(|name| j.spec.name == name))
             .filter(|j| {
-                j.spec.includes_tenant(tenant) && j.spec.history_tables().any(|t| t.name == table)
+                j.spec.includes_tenant(tenant)
+                    && j.carried().history_tables().any(|t| t.name == table)
             })
             .collect();
         match matching.as_slice() {
-            [one] => Ok((one.spec.clone(), one.stats.clone())),
+            [one] => Ok(((*one.carried()).clone(), one.stats.clone())),
             [] => Err(ControlError::Missing(match job {
                 Some(name) => {
                     format!("job `{name}` does not keep history of {table} for tenant {tenant}")

@@ -24,6 +24,7 @@
 //! to fix.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -45,7 +46,7 @@ use crate::control::history_start::{self, check_history_table};
 use crate::control::initial_snapshot::{self, SnapshotProgress};
 use crate::control::job_control::JobState;
 use crate::control::job_spec::{JobSpec, SinkSpec, TableSpec, TenantFilter};
-use crate::control::{cold_resume, history_books, history_repair};
+use crate::control::{cold_resume, history_books, history_repair, table_patterns};
 use crate::dataflow::host::DataflowHost;
 use crate::dataflow::worker::{JobDataflow, SinkPlace, SinkTarget};
 use crate::operators::access::SavedModel;
@@ -124,6 +125,8 @@ pub struct JobStats {
     access: Mutex<Option<Arc<AccessHub>>>,
     /// A model saved by an earlier run, for the next start.
     saved_model: Mutex<Option<SavedModel>>,
+    /// The spec the job runs with: its table patterns resolved at the last start.
+    carried: Mutex<Option<Arc<JobSpec>>>,
 }
 
 impl JobStats {
@@ -140,6 +143,19 @@ impl JobStats {
             state: Mutex::new((JobState::Snapshotting, None)),
             access: Mutex::new(None),
             saved_model: Mutex::new(None),
+            carried: Mutex::new(None),
+        }
+    }
+
+    /// The spec the job runs with, its table patterns resolved on the source at its last
+    /// start (`None` before its first start got that far).
+    pub fn carried(&self) -> Option<Arc<JobSpec>> {
+        self.carried.lock().ok().and_then(|c| c.clone())
+    }
+
+    fn set_carried(&self, spec: Arc<JobSpec>) {
+        if let Ok(mut c) = self.carried.lock() {
+            *c = Some(spec);
         }
     }
 
@@ -393,7 +409,12 @@ pub async fn run_job(
                 stats.errors.fetch_add(1, Relaxed);
                 tracing::warn!(job = %spec.name, slot, "the source invalidated the replication slot while the job ran; starting over with a new slot and snapshot");
             }
-            result => break result,
+            // The start-up loads the new tables (`backfill`).
+            Ok(Ended::TablesAdded(what)) => {
+                tracing::info!(job = %spec.name, "{what}; restarting the job to carry them");
+            }
+            Ok(Ended::Stopped) => break Ok(()),
+            Err(e) => break Err(e),
         }
     };
     match &result {
@@ -406,14 +427,22 @@ pub async fn run_job(
     result
 }
 
+/// How one run of the job ended without an error.
+enum Ended {
+    /// As `control` asked.
+    Stopped,
+    /// Tables that the job's patterns match appeared on the source: start over to load them.
+    TablesAdded(String),
+}
+
 async fn run_job_inner(
-    spec: &JobSpec,
+    submitted: &JobSpec,
     host: &DataflowHost,
     stats: &Arc<JobStats>,
-    control: &mut watch::Receiver<Desired>,
+    outer_control: &mut watch::Receiver<Desired>,
     progress_every: Option<Duration>,
-) -> Result<(), JobError> {
-    let plan = Arc::new(tenant_plan(spec, host.workers()));
+) -> Result<Ended, JobError> {
+    let spec = submitted;
     let sinks = sink_places(spec);
     let Some(anchor) = Anchor::of(spec) else {
         return Err(JobError::Dataflow(
@@ -424,21 +453,23 @@ async fn run_job_inner(
     // Start-up: retried while transient, until stopped.
     stats.set_state(JobState::Snapshotting, None);
     let mut wait = RETRY_INITIAL;
-    let (client, confirmed, table_names) = loop {
-        if *control.borrow() == Desired::Stop {
-            return Ok(());
+    let (carried, plan, (client, confirmed, table_names)) = loop {
+        if *outer_control.borrow() == Desired::Stop {
+            return Ok(Ended::Stopped);
         }
-        match prepare(spec, &plan, &anchor, &stats.books, &stats.snapshot).await {
+        match start(submitted, host.workers(), &anchor, stats).await {
             Ok(ready) => break ready,
             Err(e) if is_transient(&e) => {
                 stats.errors.fetch_add(1, Relaxed);
                 stats.set_state(JobState::Snapshotting, Some(e.to_string()));
                 tracing::warn!(job = %spec.name, error = %e, retry_in_s = wait.as_secs_f32(), "cannot start the job yet; retrying");
-                back_off(&mut wait, control).await;
+                back_off(&mut wait, outer_control).await;
             }
             Err(e) => return Err(e),
         }
     };
+    // From here on, the job's tables are the ones its patterns carry this time.
+    let spec: &JobSpec = &carried;
     stats.set_state(JobState::Streaming, None);
     tracing::info!(job = %spec.name, position = %format_lsn(confirmed), "streaming");
 
@@ -504,6 +535,10 @@ async fn run_job_inner(
     };
     let mut state = ReaderState::new(confirmed)
         .with_table_names(table_names, stats.reader.renamed_tables.clone());
+    // The reader obeys `control`, which follows the caller's, and stops on its own when
+    // new tables match the job's patterns.
+    let (control_tx, mut control) = watch::channel(*outer_control.borrow());
+    let tables_added = std::sync::OnceLock::new();
     let reading = read_until_stopped(
         spec,
         client,
@@ -513,11 +548,32 @@ async fn run_job_inner(
         &mut durable_rx,
         &mut store,
         stats,
-        control,
+        &mut control,
     );
+    let follow = async {
+        while outer_control.changed().await.is_ok() {
+            let desired = *outer_control.borrow_and_update();
+            if tables_added.get().is_none() || desired == Desired::Stop {
+                control_tx.send_replace(desired);
+            }
+        }
+        std::future::pending::<Infallible>().await
+    };
+    let new_tables = async {
+        if !submitted.has_table_patterns() {
+            return std::future::pending::<Infallible>().await;
+        }
+        let what =
+            table_patterns::watch_for_new_tables(spec.source.dsn.expose(), submitted, spec).await;
+        let _ = tables_added.set(what);
+        control_tx.send_replace(Desired::Stop);
+        std::future::pending::<Infallible>().await
+    };
     let result = tokio::select! {
         result = reading => result,
         why = history_failure(&stats.books) => Err(JobError::Dataflow(why)),
+        never = follow => match never {},
+        never = new_tables => match never {},
     };
     let (client, result) = match result {
         Ok(client) => (client, Ok(())),
@@ -560,7 +616,10 @@ async fn run_job_inner(
     slot_watch.abort();
     windows.abort();
     stats.set_access(None);
-    result
+    result.map(|()| match tables_added.into_inner() {
+        Some(what) => Ended::TablesAdded(what),
+        None => Ended::Stopped,
+    })
 }
 
 /// Keeps the in-memory history to the hot window: older closed versions are read from the
@@ -780,6 +839,37 @@ async fn refuse_partitions_of_carried_tables(
          one of them (the partitioned table carries every partition's rows)",
     ))
     .into())
+}
+
+/// What a start hands the running job: the spec with its patterns resolved, its tenant
+/// plan, and what [`prepare`] returns.
+type Started = (
+    Arc<JobSpec>,
+    Arc<TenantPlan>,
+    (ReplicationStream, Lsn, TableNames),
+);
+
+/// Resolves the job's table patterns on the source, then [`prepare`]s the job with the
+/// tables they carry.
+async fn start(
+    submitted: &JobSpec,
+    workers: usize,
+    anchor: &Anchor,
+    stats: &JobStats,
+) -> Result<Started, JobError> {
+    let spec = if submitted.has_table_patterns() {
+        let source = catalog::connect(submitted.source.dsn.expose()).await?;
+        let resolution = table_patterns::resolve(&source, submitted).await?;
+        table_patterns::report(&submitted.name, &resolution);
+        resolution.spec
+    } else {
+        submitted.clone()
+    };
+    let spec = Arc::new(spec);
+    stats.set_carried(spec.clone());
+    let plan = Arc::new(tenant_plan(&spec, workers));
+    let ready = prepare(&spec, &plan, anchor, &stats.books, &stats.snapshot).await?;
+    Ok((spec, plan, ready))
 }
 
 /// The job's tables by OID on the source, as its spec names them (schema, name).

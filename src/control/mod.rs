@@ -23,3 +23,4 @@ pub mod metadata;
 pub mod preflight;
 pub mod resync;
 pub mod secret;
+pub mod table_patterns;

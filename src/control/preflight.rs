@@ -12,6 +12,7 @@ use crate::cdc::error::CdcError;
 use crate::cdc::slot_health::{self, SlotHealth};
 use crate::control::history_start::check_history_table;
 use crate::control::job_spec::{JobSpec, SinkSpec};
+use crate::control::table_patterns;
 
 /// How a finding bears on the job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -177,6 +178,31 @@ async fn check_source(
             ),
         ));
     }
+    let resolution = match table_patterns::resolve(source, spec).await {
+        Ok(resolution) => resolution,
+        Err(e) => {
+            out.push(Finding::new(Level::Fail, "tables", e.to_string()));
+            return Ok(());
+        }
+    };
+    for pattern in &resolution.empty {
+        out.push(Finding::new(
+            Level::Warn,
+            pattern,
+            "no table on the source matches this pattern (tables created later join at the next start, or while the job runs)",
+        ));
+    }
+    for left in &resolution.left_out {
+        out.push(Finding::new(
+            Level::Ok,
+            &left.table,
+            format!(
+                "matches {} but is not carried: {}",
+                left.pattern, left.reason
+            ),
+        ));
+    }
+    let spec = &resolution.spec;
     let mut carried = Vec::new();
     for table in &spec.tables {
         let info = match catalog::table_info(source, table.schema(), table.table()).await {

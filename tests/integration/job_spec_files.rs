@@ -130,6 +130,12 @@ fn base_with(from: &str, to: &str) -> String {
 fn base_document_is_valid_for_both() {
     assert!(schema_validator().is_valid(&toml_to_json(BASE)));
     JobSpec::from_toml_str(BASE).unwrap();
+    let pattern = base_with(
+        "name = \"public.orders\"",
+        "name = \"public.order_*\"\nexclude = [\"order_log\", \"public.order_?x\"]",
+    );
+    assert!(schema_validator().is_valid(&toml_to_json(&pattern)));
+    JobSpec::from_toml_str(&pattern).unwrap();
 }
 
 #[test]
@@ -230,6 +236,27 @@ fn invalid_documents_are_rejected_by_schema_and_parser() {
             "quoted table name",
             base_with("name = \"public.orders\"", "name = '\"public\".orders'"),
             "tables[0].name",
+        ),
+        (
+            "a wildcard in the schema part",
+            base_with("name = \"public.orders\"", "name = \"pub*.orders\""),
+            "tables[0].name",
+        ),
+        (
+            "a pattern longer than an identifier",
+            base_with(
+                "name = \"public.orders\"",
+                &format!("name = \"public.{}*\"", "o".repeat(63)),
+            ),
+            "tables[0].name",
+        ),
+        (
+            "exclude beside a table name",
+            base_with(
+                "name = \"public.orders\"",
+                "name = \"public.orders\"\nexclude = [\"x\"]",
+            ),
+            "tables[0].exclude",
         ),
         (
             "empty include list",

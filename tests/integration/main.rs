@@ -24,5 +24,6 @@ mod session_settings;
 mod snapshot_stream;
 mod spill_dir;
 mod streamed_transactions;
+mod table_patterns;
 mod target_tables;
 mod tls;

@@ -652,6 +652,41 @@ fn a_replaced_spec_loads_the_added_tenant_and_survives_a_server_restart() {
     assert_eq!(server.job_json("job_e")["version"], 2);
     write_load(&env, 401, 200);
     converge(&env, "replica_a", "1, 2, 3");
+
+    // The same tables as a pattern: the status lists the tables it carries, and a table
+    // created later joins them.
+    let pattern = job_file(&env, "job_e", "[1, 2, 3]", "replica_a");
+    let text = std::fs::read_to_string(&pattern).unwrap_or_default();
+    let named = "[[tables]]\nname = \"public.accounts\"\n[[tables]]\nname = \"public.ledger\"\n";
+    assert!(text.contains(named), "{text}");
+    std::fs::write(
+        &pattern,
+        text.replace(named, "[[tables]]\nname = \"public.*\"\n"),
+    )
+    .expect("job file");
+    replace(&server, &pattern);
+    let tables = |names: &[&str]| serde_json::json!(names);
+    wait_for("the pattern's tables in the status", WAIT, || {
+        let status = server.job_json("job_e");
+        status["state"] == "streaming"
+            && status["tables"] == tables(&["public.accounts", "public.ledger"])
+    });
+    assert_eq!(server.job_json("job_e")["version"], 3);
+    env.on_source(
+        "CREATE TABLE public.budgets (tenant_id int NOT NULL, id int, cap int, PRIMARY KEY (tenant_id, id)); \
+         INSERT INTO public.budgets SELECT t, 1, 10 * t FROM generate_series(1, 5) t;",
+    );
+    wait_for("the new table in the status", WAIT, || {
+        server.job_json("job_e")["tables"]
+            == tables(&["public.accounts", "public.budgets", "public.ledger"])
+    });
+    let budgets = "SELECT * FROM public.budgets WHERE tenant_id IN (1, 2, 3) ORDER BY 1";
+    let expected = env.on_source(budgets);
+    wait_for("budgets on the target", WAIT, || {
+        env.target.psql("replica_a", budgets).ok().as_deref() == Some(expected.as_str())
+    });
+    write_load(&env, 601, 100);
+    converge(&env, "replica_a", "1, 2, 3");
 }
 
 #[test]

@@ -24,6 +24,9 @@
 //! tenant_column = "org_id"      # optional override
 //! history = true                # keep bi-temporal versions (default false)
 //! valid_time_column = "effective_at"  # optional; default: the commit time
+//! [[tables]]
+//! name = "public.*"             # a pattern: the schema's tables with the tenant column
+//! exclude = ["schema_migrations"]
 //! [history]                     # optional
 //! hot_window_secs = 3600        # closed versions kept in memory for as-of queries
 //! row_memory_mib = 128          # rows the version books keep in memory; the rest on disk
@@ -69,7 +72,9 @@ mod parse_error;
 mod qos;
 mod sink_de;
 mod source;
+mod table_pattern;
 mod tenant_filter;
+pub(crate) use table_pattern::TablePattern;
 pub use tenant_filter::deserialize_tenant_ids;
 
 /// Column holding the tenant id when neither `tenants.column` nor a table's
@@ -165,12 +170,17 @@ pub enum TenantFilter {
     Only(BTreeSet<String>),
 }
 
-/// One replicated table.
+/// One replicated table, or a pattern of them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableSpec {
-    /// `schema.table`, each part `[A-Za-z_][A-Za-z0-9_]{0,62}`.
+    /// `schema.table`, each part `[A-Za-z_][A-Za-z0-9_]{0,62}`; or a pattern,
+    /// `schema.glob` with `*` and `?` in the table part ([`table_pattern`]), which carries
+    /// the schema's matching tables that have the tenant column.
     pub name: String,
+    /// Tables a pattern leaves out (names or patterns); only with a pattern.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
     /// Overrides `tenants.column` for this table.
     #[serde(
         default,
@@ -192,6 +202,23 @@ pub struct TableSpec {
 }
 
 impl TableSpec {
+    /// A table of the given name with the job's defaults (no history, the job's tenant
+    /// column).
+    pub fn named(name: impl Into<String>) -> TableSpec {
+        TableSpec {
+            name: name.into(),
+            exclude: Vec::new(),
+            tenant_column: None,
+            history: false,
+            valid_time_column: None,
+        }
+    }
+
+    /// Whether `name` is a pattern of tables rather than one table.
+    pub fn is_pattern(&self) -> bool {
+        table_pattern::is_pattern(&self.name)
+    }
+
     /// The part before the `.` (empty if the name has none; such a name does
     /// not pass validation).
     pub fn schema(&self) -> &str {
@@ -496,7 +523,21 @@ impl JobSpec {
         }
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, table) in self.tables.iter().enumerate() {
-            check_table_name(&format!("tables[{i}].name"), &table.name)?;
+            if table.is_pattern() {
+                TablePattern::parse(&format!("tables[{i}]"), &table.name, &table.exclude)?;
+            } else {
+                check_table_name(&format!("tables[{i}].name"), &table.name)?;
+                if !table.exclude.is_empty() {
+                    return Err(JobSpecError::invalid(
+                        format!("tables[{i}].exclude"),
+                        format!(
+                            "`{}` names one table; `exclude` goes with a pattern such as `{}.*`",
+                            table.name,
+                            table.schema()
+                        ),
+                    ));
+                }
+            }
             if let Some(column) = &table.tenant_column {
                 check_column(&format!("tables[{i}].tenant_column"), column)?;
             }
@@ -657,6 +698,11 @@ impl JobSpec {
         }
     }
 
+    /// Whether any `tables[].name` is a pattern, resolved on the source at each start.
+    pub fn has_table_patterns(&self) -> bool {
+        self.tables.iter().any(TableSpec::is_pattern)
+    }
+
     /// The tables that keep bi-temporal history.
     pub fn history_tables(&self) -> impl Iterator<Item = &TableSpec> {
         self.tables.iter().filter(|t| t.history)
@@ -751,7 +797,7 @@ fn is_identifier(s: &str) -> bool {
 }
 
 /// A part of a table name, or a column name: `[A-Za-z_][A-Za-z0-9_]{0,62}`.
-fn is_name_part(s: &str) -> bool {
+pub(crate) fn is_name_part(s: &str) -> bool {
     (1..=MAX_IDENTIFIER_LEN).contains(&s.len())
         && s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')

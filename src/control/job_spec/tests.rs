@@ -133,6 +133,39 @@ fn json_form_parses() {
 }
 
 #[test]
+fn table_patterns_parse_and_bad_ones_name_the_field() {
+    let table = "name = \"public.orders\"\n";
+    let spec = JobSpec::from_toml_str(&valid_with(
+        table,
+        "name = \"public.order_*\"\nexclude = [\"order_log\", \"public.order_?x\"]\n",
+    ))
+    .unwrap();
+    assert!(spec.has_table_patterns() && spec.tables[0].is_pattern());
+    assert_eq!(spec.tables[0].exclude, ["order_log", "public.order_?x"]);
+    let json = serde_json::to_string(&spec).unwrap();
+    assert_eq!(JobSpec::from_json_str(&json).unwrap(), spec);
+    assert!(!JobSpec::from_toml_str(VALID).unwrap().has_table_patterns());
+
+    let e = expect_err(
+        &valid_with(table, "name = \"public.orders\"\nexclude = [\"x\"]\n"),
+        "tables[0].exclude",
+    );
+    assert!(e.to_string().contains("`public.*`"), "{e}");
+    expect_err(
+        &valid_with(table, "name = \"pub*.orders\"\n"),
+        "tables[0].name",
+    );
+    expect_err(
+        &valid_with(table, "name = \"public.or-*\"\n"),
+        "tables[0].name",
+    );
+    expect_err(
+        &valid_with(table, "name = \"public.*\"\nexclude = [\"app.x\"]\n"),
+        "tables[0].exclude[0]",
+    );
+}
+
+#[test]
 fn missing_source_dsn() {
     let err = expect_err(
         &valid_with(
@@ -656,21 +689,31 @@ fn tenant_filter() -> impl Strategy<Value = TenantFilter> {
 }
 
 fn tables() -> impl Strategy<Value = Vec<TableSpec>> {
-    let name = ("[A-Za-z_][A-Za-z0-9_]{0,20}", "[A-Za-z_][A-Za-z0-9_]{0,20}")
-        .prop_map(|(s, t)| format!("{s}.{t}"));
+    // Table names, and patterns (`*` or `?` in the table part) beside them.
+    let name = (
+        "[A-Za-z_][A-Za-z0-9_]{0,20}",
+        "[A-Za-z_][A-Za-z0-9_]{0,20}",
+        prop_oneof!["", "[*?][A-Za-z0-9_*?]{0,5}"],
+    )
+        .prop_map(|(s, t, glob)| format!("{s}.{t}{glob}"));
     proptest::collection::btree_set(name, 1..5).prop_flat_map(|names| {
         let n = names.len();
         let history = (any::<bool>(), proptest::option::of(column()));
-        proptest::collection::vec((proptest::option::of(column()), history), n).prop_map(
+        let exclude = proptest::collection::vec("[a-z_][a-z0-9_*]{0,6}", 0..3);
+        proptest::collection::vec((proptest::option::of(column()), history, exclude), n).prop_map(
             move |columns| {
                 names
                     .iter()
                     .zip(columns)
-                    .map(|(name, (tenant_column, (history, valid)))| TableSpec {
-                        name: name.clone(),
-                        tenant_column,
-                        history,
-                        valid_time_column: valid.filter(|_| history),
+                    .map(|(name, (tenant_column, (history, valid), exclude))| {
+                        let pattern = name.contains(['*', '?']);
+                        TableSpec {
+                            name: name.clone(),
+                            exclude: if pattern { exclude } else { Vec::new() },
+                            tenant_column,
+                            history,
+                            valid_time_column: valid.filter(|_| history),
+                        }
                     })
                     .collect()
             },

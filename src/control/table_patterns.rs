@@ -1,0 +1,374 @@
+//! A job's table patterns (`[[tables]] name = "public.*"`) resolved on the source: which
+//! tables each carries this time, and the spec the rest of the job runs with, every
+//! pattern replaced by its tables.
+//!
+//! Resolved at every start. A table a pattern carries for the first time is loaded the way
+//! a table added to the spec is (`control::backfill`), so one created while the job runs
+//! joins when [`watch_for_new_tables`] sees it and the runner starts over. A pattern
+//! carries the plain and partitioned tables (not partitions) of its schema that match,
+//! are not excluded, and have the entry's tenant column (and valid-time column, if it
+//! names one): a table without them (a lookup table shared by every tenant, say) is left
+//! out with the reason. A table an entry names outright takes that entry's settings; one
+//! that two patterns match, the first's.
+
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::cdc::catalog::{self, SchemaTable};
+use crate::cdc::error::CdcError;
+use crate::control::job_spec::{is_name_part, JobSpec, TablePattern, TableSpec};
+
+/// How often a running job with patterns looks for new tables that match them.
+pub const CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// A spec's patterns resolved against the source's tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    /// The spec with every pattern replaced by the tables it carries, sorted by name, at
+    /// its place.
+    pub spec: JobSpec,
+    /// Tables a pattern matched but cannot carry.
+    pub left_out: Vec<LeftOut>,
+    /// Patterns (`tables[i].name`) that carry no table.
+    pub empty: Vec<String>,
+}
+
+/// A table a pattern matched and left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftOut {
+    /// The pattern, as the spec writes it.
+    pub pattern: String,
+    /// `schema.table`.
+    pub table: String,
+    pub reason: String,
+}
+
+/// Replaces `spec`'s patterns by the tables of `schemas` (each schema's tables, by name)
+/// they carry. Fails when no table is left at all.
+pub fn expand(
+    spec: &JobSpec,
+    schemas: &BTreeMap<String, Vec<SchemaTable>>,
+) -> Result<Resolution, CdcError> {
+    let named: BTreeSet<&str> = spec
+        .tables
+        .iter()
+        .filter(|t| !t.is_pattern())
+        .map(|t| t.name.as_str())
+        .collect();
+    let mut carried: BTreeSet<String> = BTreeSet::new();
+    let mut tables = Vec::with_capacity(spec.tables.len());
+    let mut left_out = Vec::new();
+    let mut empty = Vec::new();
+    for (i, entry) in spec.tables.iter().enumerate() {
+        if !entry.is_pattern() {
+            tables.push(entry.clone());
+            continue;
+        }
+        let pattern = TablePattern::parse(&format!("tables[{i}]"), &entry.name, &entry.exclude)
+            .map_err(|e| CdcError::Definite(e.to_string()))?;
+        let tenant_column = spec.tenant_column_of(entry);
+        let mut found = 0;
+        for table in schemas.get(pattern.schema()).into_iter().flatten() {
+            if !pattern.carries(&table.name) {
+                continue;
+            }
+            let name = format!("{}.{}", pattern.schema(), table.name);
+            let has = |column: &str| table.columns.iter().any(|c| c == column);
+            let reason = if !is_name_part(&table.name) {
+                Some(
+                    "its name is not [A-Za-z_][A-Za-z0-9_]{0,62}, which a job spec cannot \
+                     name: rename it to carry it"
+                        .to_string(),
+                )
+            } else if !has(tenant_column) {
+                Some(format!("it has no tenant column `{tenant_column}`"))
+            } else {
+                match &entry.valid_time_column {
+                    Some(valid) if !has(valid) => {
+                        Some(format!("it has no valid-time column `{valid}`"))
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(reason) = reason {
+                left_out.push(LeftOut {
+                    pattern: entry.name.clone(),
+                    table: name,
+                    reason,
+                });
+                continue;
+            }
+            found += 1;
+            if named.contains(name.as_str()) || !carried.insert(name.clone()) {
+                continue;
+            }
+            tables.push(TableSpec {
+                name,
+                exclude: Vec::new(),
+                ..entry.clone()
+            });
+        }
+        if found == 0 {
+            empty.push(entry.name.clone());
+        }
+    }
+    if tables.is_empty() {
+        return Err(CdcError::Definite(format!(
+            "tables: no table on the source matches {} with the tenant column{}",
+            empty.join(", "),
+            if left_out.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({} matched without it: {})",
+                    left_out.len(),
+                    names(left_out.iter().map(|l| l.table.as_str()))
+                )
+            }
+        )));
+    }
+    let mut resolved = spec.clone();
+    resolved.tables = tables;
+    Ok(Resolution {
+        spec: resolved,
+        left_out,
+        empty,
+    })
+}
+
+/// Resolves `spec`'s patterns on the source (`spec` itself when it has none).
+pub async fn resolve(
+    source: &tokio_postgres::Client,
+    spec: &JobSpec,
+) -> Result<Resolution, CdcError> {
+    let mut schemas = BTreeMap::new();
+    for entry in spec.tables.iter().filter(|t| t.is_pattern()) {
+        if let Entry::Vacant(vacant) = schemas.entry(entry.schema().to_string()) {
+            vacant.insert(catalog::schema_tables(source, entry.schema()).await?);
+        }
+    }
+    expand(spec, &schemas)
+}
+
+/// Logs what the patterns carry and leave out, once per start.
+pub fn report(job: &str, resolution: &Resolution) {
+    for pattern in &resolution.empty {
+        tracing::warn!(job, pattern, "no table on the source matches this pattern");
+    }
+    let mut by_reason: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+    for l in &resolution.left_out {
+        by_reason
+            .entry((l.pattern.as_str(), l.reason.as_str()))
+            .or_default()
+            .push(l.table.as_str());
+    }
+    for ((pattern, reason), tables) in by_reason {
+        tracing::info!(job, pattern, tables = %names(tables.into_iter()), "matched tables left out: {reason}");
+    }
+}
+
+/// Waits until a table that `spec`'s patterns carry on the source is not among `carried`'s
+/// tables: one created (or given its tenant column) since the start. Returns what it found,
+/// for the log. Reads the source every [`CHECK_EVERY`]; a failed read is tried again at
+/// the next check on a new session.
+pub async fn watch_for_new_tables(dsn: &str, spec: &JobSpec, carried: &JobSpec) -> String {
+    let known: BTreeSet<&str> = carried.tables.iter().map(|t| t.name.as_str()).collect();
+    let mut client = None;
+    let mut tick = tokio::time::interval(CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if client.is_none() {
+            client = catalog::connect(dsn).await.ok();
+        }
+        let Some(source) = &client else { continue };
+        match resolve(source, spec).await {
+            Ok(now) => {
+                let new: Vec<&str> = now
+                    .spec
+                    .tables
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .filter(|t| !known.contains(t))
+                    .collect();
+                if !new.is_empty() {
+                    return format!(
+                        "new tables match the job's patterns: {}",
+                        names(new.into_iter())
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::debug!(job = %spec.name, error = %e, "cannot read the source's tables for the job's patterns");
+                client = None;
+            }
+        }
+    }
+}
+
+fn names<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    names.collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::job_spec::MINIMAL_SPEC;
+    use proptest::prelude::*;
+
+    fn table(name: &str, columns: &[&str]) -> SchemaTable {
+        SchemaTable {
+            name: name.into(),
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    fn spec_with(tables: &str) -> JobSpec {
+        let toml = MINIMAL_SPEC.replace("[[tables]]\nname = \"public.orders\"\n", tables);
+        JobSpec::from_toml_str(&toml).unwrap()
+    }
+
+    fn source() -> BTreeMap<String, Vec<SchemaTable>> {
+        BTreeMap::from([
+            (
+                "public".to_string(),
+                vec![
+                    table("audit_log", &["id", "tenant_id"]),
+                    table("countries", &["code", "name"]),
+                    table("orders", &["id", "tenant_id", "placed_at"]),
+                    table("schema_migrations", &["version", "tenant_id"]),
+                    table("Weird-Name", &["tenant_id"]),
+                ],
+            ),
+            ("app".to_string(), vec![table("orders", &["id", "org_id"])]),
+        ])
+    }
+
+    fn carried(r: &Resolution) -> Vec<(&str, bool, Option<&str>)> {
+        r.spec
+            .tables
+            .iter()
+            .map(|t| (t.name.as_str(), t.history, t.tenant_column.as_deref()))
+            .collect()
+    }
+
+    #[test]
+    fn a_pattern_carries_its_schemas_tables_with_the_tenant_column() {
+        let spec = spec_with(
+            "[[tables]]\nname = \"public.*\"\nexclude = [\"schema_migrations\"]\nhistory = true\n\
+             [[tables]]\nname = \"app.orders\"\ntenant_column = \"org_id\"\n",
+        );
+        let r = expand(&spec, &source()).unwrap();
+        assert_eq!(
+            carried(&r),
+            [
+                ("public.audit_log", true, None),
+                ("public.orders", true, None),
+                ("app.orders", false, Some("org_id")),
+            ]
+        );
+        assert!(r
+            .spec
+            .tables
+            .iter()
+            .all(|t| !t.is_pattern() && t.exclude.is_empty()));
+        r.spec.validate().unwrap();
+        let left: Vec<(&str, &str)> = r
+            .left_out
+            .iter()
+            .map(|l| (l.table.as_str(), l.reason.as_str()))
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert_eq!(left[0].0, "public.countries");
+        assert!(left[0].1.contains("no tenant column `tenant_id`"));
+        assert_eq!(left[1].0, "public.Weird-Name");
+        assert!(r.empty.is_empty());
+    }
+
+    #[test]
+    fn an_entry_naming_a_table_outright_wins_over_a_pattern_and_the_first_pattern_over_later_ones()
+    {
+        let spec = spec_with(
+            "[[tables]]\nname = \"public.*\"\n\
+             [[tables]]\nname = \"public.orders\"\nhistory = true\nvalid_time_column = \"placed_at\"\n\
+             [[tables]]\nname = \"public.a*\"\nhistory = true\n",
+        );
+        let r = expand(&spec, &source()).unwrap();
+        assert_eq!(
+            carried(&r),
+            [
+                ("public.audit_log", false, None),
+                ("public.schema_migrations", false, None),
+                ("public.orders", true, None),
+            ]
+        );
+        assert_eq!(r.empty, Vec::<String>::new(), "public.a* matched audit_log");
+    }
+
+    #[test]
+    fn a_valid_time_column_a_table_lacks_leaves_it_out() {
+        let spec = spec_with(
+            "[[tables]]\nname = \"public.*\"\nhistory = true\nvalid_time_column = \"placed_at\"\n",
+        );
+        let r = expand(&spec, &source()).unwrap();
+        assert_eq!(carried(&r), [("public.orders", true, None)]);
+        assert!(r
+            .left_out
+            .iter()
+            .any(|l| l.table == "public.audit_log" && l.reason.contains("`placed_at`")));
+    }
+
+    #[test]
+    fn patterns_without_tables_are_reported_and_a_job_with_none_left_is_refused() {
+        let spec = spec_with(
+            "[[tables]]\nname = \"public.nothing_*\"\n[[tables]]\nname = \"app.orders\"\ntenant_column = \"org_id\"\n",
+        );
+        let r = expand(&spec, &source()).unwrap();
+        assert_eq!(r.empty, ["public.nothing_*"]);
+        assert_eq!(carried(&r), [("app.orders", false, Some("org_id"))]);
+
+        let only =
+            spec_with("[[tables]]\nname = \"public.count*\"\n[[tables]]\nname = \"none.*\"\n");
+        let e = expand(&only, &source()).unwrap_err().to_string();
+        assert!(e.contains("public.count*, none.*"), "{e}");
+        assert!(e.contains("1 matched without it: public.countries"), "{e}");
+    }
+
+    proptest! {
+        /// Whatever the source holds, the resolved spec names tables only, each once, each
+        /// with the tenant column, and carries every matching table that has it.
+        #[test]
+        fn resolution_carries_exactly_the_matching_tables_with_the_tenant_column(
+            names in proptest::collection::btree_set("[ab]{1,3}", 0..8),
+            with_column in proptest::collection::vec(any::<bool>(), 8),
+            glob in "[ab*?]{0,2}[*?][ab]?",
+        ) {
+            let tables: Vec<SchemaTable> = names
+                .iter()
+                .zip(&with_column)
+                .map(|(n, has)| table(n, if *has { &["tenant_id"] } else { &["id"] }))
+                .collect();
+            let source = BTreeMap::from([("s".to_string(), tables.clone())]);
+            let spec = spec_with(&format!("[[tables]]\nname = \"s.{glob}\"\n"));
+            let pattern = TablePattern::parse("t", &format!("s.{glob}"), &[]).unwrap();
+            let expected: Vec<String> = tables
+                .iter()
+                .filter(|t| pattern.carries(&t.name) && t.columns[0] == "tenant_id")
+                .map(|t| format!("s.{}", t.name))
+                .collect();
+            match expand(&spec, &source) {
+                Ok(r) => {
+                    let got: Vec<String> = r.spec.tables.iter().map(|t| t.name.clone()).collect();
+                    prop_assert_eq!(&got, &expected);
+                    prop_assert!(r.spec.validate().is_ok());
+                    let left = r.left_out.len();
+                    let matched = tables.iter().filter(|t| pattern.carries(&t.name)).count();
+                    prop_assert_eq!(left + got.len(), matched);
+                }
+                Err(_) => prop_assert!(expected.is_empty()),
+            }
+        }
+    }
+}
