@@ -446,6 +446,11 @@ pub struct SchemaTable {
     pub name: String,
     /// Its columns' names, in order.
     pub columns: Vec<String>,
+    /// Whether the session's role may read it (the snapshot copies it).
+    pub readable: bool,
+    /// Whether the session's role may add it to a publication (it owns it, through a
+    /// role it belongs to, or is a superuser).
+    pub publishable: bool,
 }
 
 /// The tables of `schema` a pattern may carry: plain and partitioned tables, not
@@ -456,7 +461,9 @@ pub async fn schema_tables(client: &Client, schema: &str) -> Result<Vec<SchemaTa
             "SELECT c.relname::text,
                     array(SELECT a.attname::text FROM pg_attribute a
                           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-                          ORDER BY a.attnum)
+                          ORDER BY a.attnum),
+                    has_table_privilege(c.oid, 'SELECT'),
+                    pg_has_role(c.relowner, 'USAGE')
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition
              ORDER BY c.relname COLLATE \"C\"",
@@ -469,6 +476,8 @@ pub async fn schema_tables(client: &Client, schema: &str) -> Result<Vec<SchemaTa
         .map(|r| SchemaTable {
             name: r.get(0),
             columns: r.get(1),
+            readable: r.get(2),
+            publishable: r.get(3),
         })
         .collect())
 }

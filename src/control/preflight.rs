@@ -194,7 +194,11 @@ async fn check_source(
     }
     for left in &resolution.left_out {
         out.push(Finding::new(
-            Level::Ok,
+            if left.needs_rights {
+                Level::Warn
+            } else {
+                Level::Ok
+            },
             &left.table,
             format!(
                 "matches {} but is not carried: {}",

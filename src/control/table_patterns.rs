@@ -8,7 +8,8 @@
 //! carries the plain and partitioned tables (not partitions) of its schema that match,
 //! are not excluded, and have the entry's tenant column (and valid-time column, if it
 //! names one): a table without them (a lookup table shared by every tenant, say) is left
-//! out with the reason. A table an entry names outright takes that entry's settings; one
+//! out with the reason, as is one the job's role may not read or publish (with a warning:
+//! someone should grant the rights). A table an entry names outright takes that entry's settings; one
 //! that two patterns match, the first's.
 
 use std::collections::btree_map::Entry;
@@ -42,6 +43,9 @@ pub struct LeftOut {
     /// `schema.table`.
     pub table: String,
     pub reason: String,
+    /// Whether someone should act: the job's role lacks rights on a table the pattern
+    /// would carry (rather than the table not being a tenant table).
+    pub needs_rights: bool,
 }
 
 /// Replaces `spec`'s patterns by the tables of `schemas` (each schema's tables, by name)
@@ -74,28 +78,12 @@ pub fn expand(
                 continue;
             }
             let name = format!("{}.{}", pattern.schema(), table.name);
-            let has = |column: &str| table.columns.iter().any(|c| c == column);
-            let reason = if !is_name_part(&table.name) {
-                Some(
-                    "its name is not [A-Za-z_][A-Za-z0-9_]{0,62}, which a job spec cannot \
-                     name: rename it to carry it"
-                        .to_string(),
-                )
-            } else if !has(tenant_column) {
-                Some(format!("it has no tenant column `{tenant_column}`"))
-            } else {
-                match &entry.valid_time_column {
-                    Some(valid) if !has(valid) => {
-                        Some(format!("it has no valid-time column `{valid}`"))
-                    }
-                    _ => None,
-                }
-            };
-            if let Some(reason) = reason {
+            if let Some((reason, needs_rights)) = why_left_out(table, entry, tenant_column) {
                 left_out.push(LeftOut {
                     pattern: entry.name.clone(),
                     table: name,
                     reason,
+                    needs_rights,
                 });
                 continue;
             }
@@ -137,6 +125,45 @@ pub fn expand(
     })
 }
 
+/// Why pattern `entry` cannot carry `table`, which it matches, and whether that is for
+/// lack of rights; `None` when it carries it.
+fn why_left_out(
+    table: &SchemaTable,
+    entry: &TableSpec,
+    tenant_column: &str,
+) -> Option<(String, bool)> {
+    let has = |column: &str| table.columns.iter().any(|c| c == column);
+    if !is_name_part(&table.name) {
+        return Some((
+            "its name is not [A-Za-z_][A-Za-z0-9_]{0,62}, which a job spec cannot name: \
+             rename it to carry it"
+                .to_string(),
+            false,
+        ));
+    }
+    if !has(tenant_column) {
+        return Some((format!("it has no tenant column `{tenant_column}`"), false));
+    }
+    if let Some(valid) = entry.valid_time_column.as_deref().filter(|v| !has(v)) {
+        return Some((format!("it has no valid-time column `{valid}`"), false));
+    }
+    if !table.readable {
+        return Some((
+            "the job's role may not read it: GRANT SELECT on it to carry it".to_string(),
+            true,
+        ));
+    }
+    if !table.publishable {
+        return Some((
+            "the job's role does not own it, and only its owner may add it to a \
+             publication: carry it by making the job's role a member of its owner"
+                .to_string(),
+            true,
+        ));
+    }
+    None
+}
+
 /// Resolves `spec`'s patterns on the source (`spec` itself when it has none).
 pub async fn resolve(
     source: &tokio_postgres::Client,
@@ -156,15 +183,20 @@ pub fn report(job: &str, resolution: &Resolution) {
     for pattern in &resolution.empty {
         tracing::warn!(job, pattern, "no table on the source matches this pattern");
     }
-    let mut by_reason: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+    let mut by_reason: BTreeMap<(&str, &str, bool), Vec<&str>> = BTreeMap::new();
     for l in &resolution.left_out {
         by_reason
-            .entry((l.pattern.as_str(), l.reason.as_str()))
+            .entry((l.pattern.as_str(), l.reason.as_str(), l.needs_rights))
             .or_default()
             .push(l.table.as_str());
     }
-    for ((pattern, reason), tables) in by_reason {
-        tracing::info!(job, pattern, tables = %names(tables.into_iter()), "matched tables left out: {reason}");
+    for ((pattern, reason, needs_rights), tables) in by_reason {
+        let tables = names(tables.into_iter());
+        if needs_rights {
+            tracing::warn!(job, pattern, tables = %tables, "matched tables left out: {reason}");
+        } else {
+            tracing::info!(job, pattern, tables = %tables, "matched tables left out: {reason}");
+        }
     }
 }
 
@@ -222,6 +254,8 @@ mod tests {
         SchemaTable {
             name: name.into(),
             columns: columns.iter().map(|c| c.to_string()).collect(),
+            readable: true,
+            publishable: true,
         }
     }
 
@@ -305,6 +339,26 @@ mod tests {
             ]
         );
         assert_eq!(r.empty, Vec::<String>::new(), "public.a* matched audit_log");
+    }
+
+    #[test]
+    fn tables_the_role_may_not_read_or_publish_are_left_out_as_needing_rights() {
+        let mut source = source();
+        let public = source.get_mut("public").unwrap();
+        public[0].readable = false; // audit_log
+        public[2].publishable = false; // orders
+        let r = expand(&spec_with("[[tables]]\nname = \"public.*\"\n"), &source).unwrap();
+        assert_eq!(carried(&r), [("public.schema_migrations", false, None)]);
+        let rights: Vec<(&str, &str)> = r
+            .left_out
+            .iter()
+            .filter(|l| l.needs_rights)
+            .map(|l| (l.table.as_str(), l.reason.as_str()))
+            .collect();
+        assert_eq!(rights.len(), 2, "{rights:?}");
+        assert!(rights[0].0 == "public.audit_log" && rights[0].1.contains("GRANT SELECT"));
+        assert!(rights[1].0 == "public.orders" && rights[1].1.contains("owner"));
+        assert!(r.left_out.iter().filter(|l| !l.needs_rights).count() == 2);
     }
 
     #[test]

@@ -65,18 +65,22 @@ fn a_pattern_carries_its_schemas_tenant_tables_including_ones_created_later() {
     let job = job(&env);
 
     // `check` lists what the pattern carries and leaves out, and creates nothing.
-    let out = Command::new(env!("CARGO_BIN_EXE_helios-repl"))
-        .args(["check", "--job"])
-        .arg(&job)
-        .env("HELIOS_LOG", "warn")
-        .output()
-        .expect("run check");
-    let text = without_colours(&format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    ));
-    assert!(out.status.success(), "{text}");
+    let check = |job: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_helios-repl"))
+            .args(["check", "--job"])
+            .arg(job)
+            .env("HELIOS_LOG", "warn")
+            .output()
+            .expect("run check");
+        let text = without_colours(&format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+        (out.status.success(), text)
+    };
+    let (ok, text) = check(&job);
+    assert!(ok, "{text}");
     for expected in [
         "public.orders",
         "public.order_items",
@@ -90,6 +94,30 @@ fn a_pattern_carries_its_schemas_tenant_tables_including_ones_created_later() {
     }
     assert!(!text.contains("schema_migrations"), "excluded: {text}");
     assert!(!text.contains("other.orders"), "another schema: {text}");
+    // A role without rights on some tables: the pattern leaves them out, with a warning
+    // naming the right it lacks.
+    env.on_source("CREATE ROLE limited LOGIN; GRANT SELECT ON public.orders TO limited;");
+    let limited = env.dir.path().join("limited.toml");
+    let spec = std::fs::read_to_string(&job).expect("job file");
+    assert!(spec.contains("user=postgres"), "{spec}");
+    std::fs::write(&limited, spec.replacen("user=postgres", "user=limited", 1)).expect("job file");
+    let (_, text) = check(&limited);
+    let line = |table: &str| {
+        text.lines()
+            .find(|l| l.contains(table) && l.contains("not carried"))
+            .unwrap_or_else(|| panic!("no line for {table} in:\n{text}"))
+            .to_string()
+    };
+    let items = line("public.order_items:");
+    assert!(
+        items.contains("warn") && items.contains("GRANT SELECT"),
+        "{items}"
+    );
+    let orders = line("public.orders:");
+    assert!(
+        orders.contains("warn") && orders.contains("owner"),
+        "{orders}"
+    );
 
     let mut repl = Replicator::streaming(&job);
     wait_table(&env, "public.orders");
