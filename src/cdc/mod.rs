@@ -3,6 +3,7 @@
 
 pub mod ack;
 pub mod catalog;
+pub mod column_defaults;
 pub mod error;
 pub mod event_channel;
 pub mod pgoutput;

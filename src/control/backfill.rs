@@ -50,6 +50,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::cdc::catalog;
+use crate::cdc::column_defaults;
 use crate::cdc::error::CdcError;
 use crate::cdc::snapshot;
 use crate::cdc::stream;
@@ -458,6 +459,8 @@ async fn load_gaps(
                     .map(|g| g.add_statement(&info.schema, &info.name))
                     .collect();
                 target_schema::add_generated_columns(&spec.name, &*target, info, &generated).await;
+                let defaults = column_defaults::read_statements(copier, info).await?;
+                target_schema::set_defaults(&spec.name, &*target, info, &defaults).await;
                 let indexes = catalog::secondary_indexes(copier, info).await?;
                 target_schema::build_indexes(&spec.name, &*target, info, &indexes).await;
             }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::cdc::catalog;
+use crate::cdc::column_defaults;
 use crate::cdc::error::CdcError;
 use crate::cdc::snapshot;
 use crate::cdc::stream;
@@ -123,12 +124,13 @@ pub(super) async fn take_snapshot(
         if parts.len() > 1 {
             tracing::info!(job = %spec.name, table = %table.name, pages, parts = parts.len(), "initial copy of a large table split into parts loaded side by side");
         }
-        let (indexes, generated) = if targets.is_empty() {
-            (Vec::new(), Vec::new())
+        let (indexes, generated, defaults) = if targets.is_empty() {
+            (Vec::new(), Vec::new(), Vec::new())
         } else {
             (
                 catalog::secondary_indexes(&copier, &info).await?,
                 catalog::generated_columns(&copier, &info).await?,
+                column_defaults::read_statements(&copier, &info).await?,
             )
         };
         shapes.push(LaneTable {
@@ -138,6 +140,7 @@ pub(super) async fn take_snapshot(
             parts,
             indexes,
             generated,
+            defaults,
         });
         tables.push((table, info, column));
     }
@@ -269,6 +272,9 @@ struct LaneTable {
     /// Its stored generated columns on the source, added to a target's staging table
     /// before the load (on an empty table: no rewrite).
     generated: Vec<catalog::GeneratedColumn>,
+    /// The statements that give a target that lacked the table the source's column
+    /// defaults and their sequences, once it is loaded (`cdc::column_defaults`).
+    defaults: Vec<String>,
 }
 
 /// One load of a lane: a table, or a part of one, into one target.
@@ -379,6 +385,13 @@ impl LoadLanes<'_> {
         for (index, table, staging) in staged {
             staged_table::publish(&mut targets[index], &staging, &table.info).await?;
             tracing::debug!(job = self.job, table = %table.info.qualified_name(), "loaded table published with its primary key");
+            pg_apply::target_schema::set_defaults(
+                self.job,
+                &targets[index],
+                &table.info,
+                &table.defaults,
+            )
+            .await;
             pg_apply::target_schema::build_indexes(
                 self.job,
                 &targets[index],

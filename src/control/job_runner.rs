@@ -46,7 +46,7 @@ use crate::control::history_start::{self, check_history_table};
 use crate::control::initial_snapshot::{self, SnapshotProgress};
 use crate::control::job_control::JobState;
 use crate::control::job_spec::{JobSpec, SinkSpec, TableSpec, TenantFilter};
-use crate::control::{cold_resume, history_books, history_repair, table_patterns};
+use crate::control::{cold_resume, history_books, history_repair, sequence_sync, table_patterns};
 use crate::dataflow::host::DataflowHost;
 use crate::dataflow::worker::{JobDataflow, SinkPlace, SinkTarget};
 use crate::operators::access::SavedModel;
@@ -527,6 +527,7 @@ async fn run_job_inner(
         spec.source.slot.clone(),
         stats.slot.clone(),
     ));
+    let sequences = tokio::spawn(sequence_sync::keep_up(spec.clone()));
     let wake = host.waker();
     let mut store = ProgressStore {
         job: spec.name.clone(),
@@ -606,6 +607,9 @@ async fn run_job_inner(
         }
         tracing::info!(job = %spec.name, confirmed = %format_lsn(state.tracker.confirmed()), "stopped");
     }
+    if result.is_ok() && tables_added.get().is_none() {
+        sequence_sync::sync_at_stop(spec).await;
+    }
     host.remove(&spec.name);
     if let Some(p) = progress {
         p.abort();
@@ -614,6 +618,7 @@ async fn run_job_inner(
         p.abort();
     }
     slot_watch.abort();
+    sequences.abort();
     windows.abort();
     stats.set_access(None);
     result.map(|()| match tables_added.into_inner() {

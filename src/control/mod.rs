@@ -23,4 +23,5 @@ pub mod metadata;
 pub mod preflight;
 pub mod resync;
 pub mod secret;
+pub mod sequence_sync;
 pub mod table_patterns;

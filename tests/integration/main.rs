@@ -19,6 +19,7 @@ mod publication;
 mod qos;
 mod replication_session;
 mod resync;
+mod sequences;
 mod serve_api;
 mod session_settings;
 mod snapshot_stream;

@@ -337,6 +337,19 @@ pub async fn add_generated_columns(
         "the target cannot compute one of the source's generated columns of the table: it replicates without it").await;
 }
 
+/// Gives `table`, on a target that lacked it, the source's column defaults and the
+/// sequences behind them (`statements`, from `cdc::column_defaults`). One the target
+/// cannot take (a function only the source has, say) is left out with a warning.
+pub async fn set_defaults(
+    job: &str,
+    target: &impl GenericClient,
+    table: &TableInfo,
+    statements: &[String],
+) {
+    run_each(job, target, table, statements, "column default set",
+        "the target cannot take one of the source's column defaults of the table: it replicates without it").await;
+}
+
 /// Runs each of `statements` on `target`, logging `done` at debug level or `failed` as a
 /// warning with the error.
 async fn run_each(

@@ -1,0 +1,195 @@
+//! Sequences kept in step: logical replication carries rows, not sequence values, so a
+//! target cut over to take a tenant's writes would draw ids its replicated rows already
+//! hold. While a job runs, every [`SYNC_EVERY`] and once more when it stops in order, each
+//! sequence the job's tables draw from on the source (`cdc::column_defaults::sequences`)
+//! is raised on every PostgreSQL target that has a sequence of that name to at least the
+//! source's last value; never lowered, so one a target has drawn further keeps its place.
+//! Sequences are shared by every tenant, so a target's is the source's, whoever drew it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use crate::cdc::catalog;
+use crate::cdc::column_defaults;
+use crate::cdc::error::CdcError;
+use crate::control::job_spec::JobSpec;
+use crate::sinks::pg_apply;
+
+/// How often a running job raises its sequences on its targets.
+pub const SYNC_EVERY: Duration = Duration::from_secs(10);
+
+/// How long a stopping job waits for its last sync.
+pub const LAST_SYNC_LIMIT: Duration = Duration::from_secs(10);
+
+/// The sequences (quoted `schema.name`) the columns of `spec`'s tables draw from on the
+/// source.
+pub async fn job_sequences(source: &Client, spec: &JobSpec) -> Result<Vec<String>, CdcError> {
+    let mut out = BTreeSet::new();
+    for table in &spec.tables {
+        let info = catalog::table_info(source, table.schema(), table.table()).await?;
+        for s in column_defaults::sequences(source, &info).await? {
+            out.insert(s.qualified());
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// Raises `sequence` on `target` to `value` unless it is already there or further; returns
+/// whether the target has such a sequence.
+async fn raise(target: &Client, sequence: &str, value: i64) -> Result<bool, tokio_postgres::Error> {
+    let row = target
+        .query_opt(
+            "SELECT setval(s, greatest($2::int8, coalesce(pg_sequence_last_value(s), $2::int8)))
+             FROM (SELECT to_regclass($1) AS s) found
+             WHERE s IS NOT NULL AND (SELECT relkind FROM pg_class WHERE oid = s) = 'S'",
+            &[&sequence, &value],
+        )
+        .await?;
+    Ok(row.is_some())
+}
+
+/// What a job's syncs remember between rounds.
+#[derive(Debug, Default)]
+pub struct Synced {
+    /// Per sequence, the source's value every target has been raised to.
+    values: HashMap<String, i64>,
+}
+
+/// One round: raises each of `sequences` whose source value moved since the last round on
+/// every target. A sequence the source cannot show (never drawn, no right to read it) or a
+/// target refuses is skipped, logged at debug level, and tried again next round.
+pub async fn sync_once(
+    job: &str,
+    source: &Client,
+    targets: &[Client],
+    sequences: &[String],
+    synced: &mut Synced,
+) -> Result<usize, CdcError> {
+    let mut raised = 0;
+    for sequence in sequences {
+        let Some(value) = column_defaults::last_value(source, sequence).await? else {
+            continue;
+        };
+        if synced.values.get(sequence) == Some(&value) {
+            continue;
+        }
+        let mut everywhere = true;
+        for (index, target) in targets.iter().enumerate() {
+            match raise(target, sequence, value).await {
+                Ok(true) => raised += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    everywhere = false;
+                    tracing::debug!(job, target = index, sequence, error = %crate::sql_text::describe_pg_error(&e), "cannot raise the sequence on the target");
+                }
+            }
+        }
+        if everywhere {
+            synced.values.insert(sequence.clone(), value);
+        }
+    }
+    Ok(raised)
+}
+
+/// Connections and the list a round needs, opened afresh after a failure.
+struct Sessions {
+    source: Client,
+    targets: Vec<Client>,
+    sequences: Vec<String>,
+}
+
+async fn open(spec: &JobSpec) -> Result<Option<Sessions>, String> {
+    let targets_dsns = crate::control::job_runner::postgres_dsns(spec);
+    if targets_dsns.is_empty() {
+        return Ok(None);
+    }
+    let source = catalog::connect(spec.source.dsn.expose())
+        .await
+        .map_err(|e| e.to_string())?;
+    let sequences = job_sequences(&source, spec)
+        .await
+        .map_err(|e| e.to_string())?;
+    if sequences.is_empty() {
+        return Ok(None);
+    }
+    let mut targets = Vec::with_capacity(targets_dsns.len());
+    for dsn in &targets_dsns {
+        targets.push(
+            pg_apply::sink::connect(dsn)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(Some(Sessions {
+        source,
+        targets,
+        sequences,
+    }))
+}
+
+/// Keeps the job's sequences raised on its targets every [`SYNC_EVERY`] until aborted
+/// (`spec`: the job's tables as it carries them). Ends at once for a job without
+/// PostgreSQL targets or sequences.
+pub async fn keep_up(spec: JobSpec) {
+    let mut synced = Synced::default();
+    let mut sessions: Option<Sessions> = None;
+    let mut tick = tokio::time::interval(SYNC_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if sessions.is_none() {
+            match open(&spec).await {
+                Ok(None) => return,
+                Ok(Some(s)) => sessions = Some(s),
+                Err(e) => {
+                    tracing::debug!(job = %spec.name, error = %e, "cannot open sessions to sync sequences");
+                    continue;
+                }
+            }
+        }
+        let Some(s) = &sessions else { continue };
+        match sync_once(&spec.name, &s.source, &s.targets, &s.sequences, &mut synced).await {
+            Ok(raised) if raised > 0 => {
+                tracing::debug!(job = %spec.name, raised, "sequences raised on the targets");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(job = %spec.name, error = %e, "cannot sync sequences");
+                sessions = None;
+            }
+        }
+    }
+}
+
+/// One last round as the job stops in order, so a target cut over right after holds
+/// sequences past every replicated id. Logged, not an error, if it cannot be done in
+/// [`LAST_SYNC_LIMIT`].
+pub async fn sync_at_stop(spec: &JobSpec) {
+    let round = async {
+        let Some(s) = open(spec).await? else {
+            return Ok(0);
+        };
+        sync_once(
+            &spec.name,
+            &s.source,
+            &s.targets,
+            &s.sequences,
+            &mut Synced::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(LAST_SYNC_LIMIT, round).await {
+        Ok(Ok(raised)) => {
+            tracing::debug!(job = %spec.name, raised, "sequences raised on the targets at stop");
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(job = %spec.name, error = %e, "cannot raise the job's sequences on its targets as it stops");
+        }
+        Err(_) => {
+            tracing::warn!(job = %spec.name, "the job's sequences were not raised on its targets within {LAST_SYNC_LIMIT:?} of its stop");
+        }
+    }
+}
