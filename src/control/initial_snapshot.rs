@@ -18,9 +18,9 @@ use crate::change::{format_lsn, Lsn, TableInfo};
 use crate::control::cold_history;
 use crate::control::history_start;
 use crate::control::job_control::SnapshotStatus;
+use crate::control::job_reader::start_stream;
 use crate::control::job_runner::{
-    anchor_target, parquet_roots, postgres_dsns, record_snapshot_done, start_stream, Anchor,
-    JobError,
+    anchor_target, parquet_roots, postgres_dsns, record_snapshot_done, Anchor, JobError,
 };
 use crate::control::job_spec::{JobSpec, SinkSpec, TenantFilter};
 use crate::operators::partition::TenantPlan;
@@ -324,6 +324,8 @@ impl LoadLanes<'_> {
         // same schema or type at once can fail on the catalog's unique indexes.
         let mut loads = Vec::new();
         let mut staged = Vec::new();
+        // Keyless tables the load creates in place (only keyed ones are staged).
+        let mut created_in_place = Vec::new();
         let mut schemas: Vec<&str> = tables.iter().map(|t| t.info.schema.as_str()).collect();
         schemas.sort_unstable();
         schemas.dedup();
@@ -358,7 +360,30 @@ impl LoadLanes<'_> {
                             (staging, table.parts.len() == 1)
                         }
                         None => {
+                            let created = pg_apply::target_schema::target_columns(
+                                &*target,
+                                &table.info.schema,
+                                &table.info.name,
+                            )
+                            .await?
+                            .is_none();
                             pg_apply::target_schema::ensure_shape(&*target, &table.info).await?;
+                            if created {
+                                // Still empty: the generated columns cost no rewrite.
+                                let added: Vec<String> = table
+                                    .generated
+                                    .iter()
+                                    .map(|g| g.add_statement(&table.info.schema, &table.info.name))
+                                    .collect();
+                                pg_apply::target_schema::add_generated_columns(
+                                    self.job,
+                                    &*target,
+                                    &table.info,
+                                    &added,
+                                )
+                                .await;
+                                created_in_place.push((index, table));
+                            }
                             (table.info.clone(), self.loads_whole(target, table).await?)
                         }
                     };
@@ -382,9 +407,14 @@ impl LoadLanes<'_> {
         // Longest first: the lanes end closer together.
         loads.sort_by_key(|load| std::cmp::Reverse(load.pages));
         let bytes = self.run(loads, lanes.max(1)).await?;
+        let mut created = Vec::with_capacity(staged.len() + created_in_place.len());
         for (index, table, staging) in staged {
             staged_table::publish(&mut targets[index], &staging, &table.info).await?;
             tracing::debug!(job = self.job, table = %table.info.qualified_name(), "loaded table published with its primary key");
+            created.push((index, table));
+        }
+        created.extend(created_in_place);
+        for (index, table) in created {
             pg_apply::target_schema::set_defaults(
                 self.job,
                 &targets[index],

@@ -16,7 +16,11 @@
 //! - no completed snapshot → (re)create the slot and snapshot.
 //!
 //! On resume, a spec that now carries tenants or tables the targets lack has them loaded
-//! first (`backfill`).
+//! first (`backfill`). A spec's table patterns are resolved on the source before each
+//! start (`table_patterns`); new tables matching them while the job runs make it stop in
+//! order and start again, which loads them.
+//!
+//! The reader itself (reconnects, pause, stop) is `job_reader`.
 //!
 //! # Error handling
 //! Transient errors (source or target unreachable, connection lost) are retried with
@@ -30,13 +34,13 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::cdc::transport::{ReplicationConnection, ReplicationStream, StreamOptions};
+use crate::cdc::transport::ReplicationStream;
 use tokio::sync::watch;
 
 use crate::cdc::catalog::{self, PublishedTable};
 use crate::cdc::error::CdcError;
 use crate::cdc::slot_health::{self, SlotHealth};
-use crate::cdc::stream::{self, ConfirmedStore, ReaderIo, ReaderState, ReaderStats};
+use crate::cdc::stream::{self, ConfirmedStore, ReaderState, ReaderStats};
 use crate::change::{format_lsn, Lsn, TableInfo};
 use crate::control::access::{self, AccessHub};
 use crate::control::backfill::{self, coverage_json};
@@ -45,6 +49,9 @@ use crate::control::coverage::Coverage;
 use crate::control::history_start::{self, check_history_table};
 use crate::control::initial_snapshot::{self, SnapshotProgress};
 use crate::control::job_control::JobState;
+use crate::control::job_reader::{
+    back_off, connect_started, is_transient, read_until_stopped, unless_slot_lost,
+};
 use crate::control::job_spec::{JobSpec, SinkSpec, TableSpec, TenantFilter};
 use crate::control::{cold_resume, history_books, history_repair, sequence_sync, table_patterns};
 use crate::dataflow::host::DataflowHost;
@@ -55,7 +62,7 @@ use crate::operators::partition::TenantPlan;
 use crate::sinks::parquet::{CompactionPolicy, COMPACTION};
 use crate::sinks::pg_apply::{self, store};
 use crate::sinks::qos::rate_limit::SinkLimiter;
-use crate::sinks::worker::{SinkStats, RETRY_INITIAL, RETRY_MAX};
+use crate::sinks::worker::{SinkStats, RETRY_INITIAL};
 use crate::sinks::SinkError;
 
 /// Default number of dataflow workers: half the machine's cores, at least one.
@@ -333,7 +340,7 @@ async fn progress_file_step<T: Send + 'static>(
 }
 
 /// Records confirmed positions where the job's [`Anchor`] keeps them.
-struct ProgressStore {
+pub(super) struct ProgressStore {
     job: String,
     anchor: Anchor,
     client: Option<tokio_postgres::Client>,
@@ -651,157 +658,6 @@ async fn history_failure(books: &HistoryBooks) -> String {
             return why;
         }
     }
-}
-
-/// Waits `wait` (or until `control` changes), then doubles `wait` up to [`RETRY_MAX`].
-async fn back_off(wait: &mut Duration, control: &mut watch::Receiver<Desired>) {
-    tokio::select! {
-        _ = tokio::time::sleep(*wait) => {}
-        _ = control.changed() => {}
-    }
-    *wait = (*wait * 2).min(RETRY_MAX);
-}
-
-fn is_transient(e: &JobError) -> bool {
-    match e {
-        JobError::Source(e) => e.is_transient(),
-        JobError::Sink(SinkError::Transient(_)) => true,
-        _ => false,
-    }
-}
-
-/// Reads the stream, reconnecting after transient errors and pausing on request, until
-/// `control` says stop (`Ok`, with the open session if there is one) or a definite error.
-#[allow(clippy::too_many_arguments)]
-async fn read_until_stopped(
-    spec: &JobSpec,
-    client: ReplicationStream,
-    state: &mut ReaderState,
-    events: &crate::cdc::event_channel::EventSender,
-    wake: &(dyn Fn() + Send + Sync),
-    durable: &mut watch::Receiver<Lsn>,
-    store: &mut ProgressStore,
-    stats: &JobStats,
-    control: &mut watch::Receiver<Desired>,
-) -> Result<Option<ReplicationStream>, JobError> {
-    let dsn = spec.source.dsn.expose();
-    let mut client = Some(client);
-    let mut wait = RETRY_INITIAL;
-    loop {
-        let desired = *control.borrow_and_update();
-        match desired {
-            // The caller confirms the last durable position, then closes the stream.
-            Desired::Stop => return Ok(client),
-            Desired::Pause => {
-                if let Some(c) = client.take() {
-                    let _ = c.close().await;
-                    tracing::info!(job = %spec.name, position = %format_lsn(state.tracker.confirmed()), "paused");
-                }
-                stats.set_state(JobState::Paused, None);
-                let _ = control.changed().await;
-                continue;
-            }
-            Desired::Run => {}
-        }
-        let mut active = match client.take() {
-            Some(c) => c,
-            None => match connect_started(spec, state.tracker.confirmed()).await {
-                Ok(c) => {
-                    stats.set_state(JobState::Streaming, None);
-                    c
-                }
-                Err(e) if e.is_transient() => {
-                    stats.errors.fetch_add(1, Relaxed);
-                    stats.set_state(JobState::Streaming, Some(e.to_string()));
-                    tracing::warn!(job = %spec.name, error = %e, retry_in_s = wait.as_secs_f32(), "cannot reconnect to the source; retrying");
-                    back_off(&mut wait, control).await;
-                    continue;
-                }
-                Err(e) => {
-                    let e = match catalog::connect(dsn).await {
-                        Ok(source) => unless_slot_lost(&source, &spec.source.slot, e).await,
-                        Err(_) => e,
-                    };
-                    return Err(e.into());
-                }
-            },
-        };
-        let outcome = match catalog::connect(dsn).await {
-            Ok(catalog) => {
-                let io = ReaderIo {
-                    client: &mut active,
-                    catalog: &catalog,
-                    out: events,
-                    wake,
-                    durable,
-                    store,
-                    stats: &stats.reader,
-                    control,
-                };
-                stream::read_stream(io, state).await
-            }
-            Err(e) => Err(e),
-        };
-        match outcome {
-            // `control` changed: handled at the top of the loop.
-            Ok(()) => client = Some(active),
-            Err(e) if e.is_transient() => {
-                stats.errors.fetch_add(1, Relaxed);
-                stats.set_state(JobState::Streaming, Some(e.to_string()));
-                tracing::warn!(job = %spec.name, error = %e, retry_in_s = wait.as_secs_f32(), "replication stream interrupted; reconnecting");
-                drop(active);
-                back_off(&mut wait, control).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// `error` (starting the stream failed for good), or [`CdcError::SlotLost`] when the source
-/// has invalidated the slot: the error PostgreSQL gives then does not say so plainly.
-async fn unless_slot_lost(
-    source: &tokio_postgres::Client,
-    slot: &str,
-    error: CdcError,
-) -> CdcError {
-    match catalog::slot_state(source, slot).await {
-        Ok(Some(state)) if state.lost => {
-            tracing::warn!(slot, error = %error, "the replication stream cannot start: the source invalidated the slot");
-            CdcError::SlotLost(slot.to_string())
-        }
-        _ => error,
-    }
-}
-
-/// Opens a replication session and starts the job's stream from `start`.
-async fn connect_started(spec: &JobSpec, start: Lsn) -> Result<ReplicationStream, CdcError> {
-    let address = stream::replication_address(
-        spec.source.dsn.expose(),
-        &spec.source.slot,
-        spec.source.receive_buffer(),
-    )?;
-    let conn = ReplicationConnection::connect(&address)
-        .await
-        .map_err(|e| match stream::transport_error(e) {
-            CdcError::Stream(m) => CdcError::Connect(m),
-            other => other,
-        })?;
-    start_stream(spec, conn, start).await
-}
-
-/// Starts the job's pgoutput stream on an open session.
-pub(super) async fn start_stream(
-    spec: &JobSpec,
-    conn: ReplicationConnection,
-    start: Lsn,
-) -> Result<ReplicationStream, CdcError> {
-    let options = StreamOptions {
-        publication: spec.source.publication.clone(),
-        streaming: true,
-    };
-    conn.start_logical(&spec.source.slot, start, &options)
-        .await
-        .map_err(stream::transport_error)
 }
 
 /// The publication row filter that keeps other tenants' rows on the source. PostgreSQL

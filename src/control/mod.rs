@@ -17,6 +17,7 @@ pub mod initial_snapshot;
 pub mod job_control;
 pub mod job_manager;
 pub mod job_monitor;
+pub mod job_reader;
 pub mod job_runner;
 pub mod job_spec;
 pub mod metadata;

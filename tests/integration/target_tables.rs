@@ -1,5 +1,6 @@
 //! A table the initial snapshot (or a later start's backfill of a table added to the job)
-//! creates on a target gets the source's stored generated columns (which pgoutput does not
+//! creates on a target (staged, or in place for a table without a key) gets the source's
+//! column defaults, stored generated columns (which pgoutput does not
 //! send: the target computes them) and secondary indexes (plain, unique, partial, on
 //! expressions; a partitioned table's too; unique ones as plain ones, which the apply's
 //! writes of each key's last row cannot trip) once its rows are loaded; one the target cannot build is left out with a warning; a table the target
@@ -30,7 +31,11 @@ CREATE INDEX events_at_idx ON public.events (at);
 CREATE TABLE public.kept (tenant_id int NOT NULL, id int NOT NULL, v text, PRIMARY KEY (tenant_id, id));
 CREATE INDEX kept_v_idx ON public.kept (v);
 CREATE TABLE public.later (tenant_id int NOT NULL, id int NOT NULL, v text,
-    len int GENERATED ALWAYS AS (length(v)) STORED, PRIMARY KEY (tenant_id, id));
+    len int GENERATED ALWAYS AS (length(v)) STORED, tag text DEFAULT 'x', PRIMARY KEY (tenant_id, id));
+CREATE TABLE public.log (tenant_id int NOT NULL, at timestamptz DEFAULT now(), msg text,
+    n int GENERATED ALWAYS AS (length(msg)) STORED);
+CREATE INDEX log_at_idx ON public.log (at);
+INSERT INTO public.log (tenant_id, msg) SELECT 1 + i % 2, 'm' || i FROM generate_series(1, 50) i;
 CREATE INDEX later_v_idx ON public.later (v);
 CREATE INDEX later_len_idx ON public.later (len);
 INSERT INTO public.later SELECT 1 + i % 2, i, 'v' || i FROM generate_series(1, 100) i;
@@ -56,7 +61,7 @@ fn tables_the_snapshot_creates_get_the_sources_indexes() {
     let job = env.job_file(
         "indexes",
         "[1]",
-        &["public.items", "public.events", "public.kept"],
+        &["public.items", "public.events", "public.kept", "public.log"],
     );
     let mut repl = Replicator::streaming(&job);
     env.wait_converged(
@@ -84,6 +89,18 @@ fn tables_the_snapshot_creates_get_the_sources_indexes() {
         indexes(&env, "public.kept"),
         "kept_pkey:u",
         "a table the target had keeps its own indexes"
+    );
+    // A table without a key, created in place rather than staged, gets them too.
+    env.wait_converged(
+        "SELECT at, msg, n FROM public.log WHERE tenant_id = 1 ORDER BY msg",
+        WAIT,
+    );
+    assert_eq!(indexes(&env, "public.log"), "log_at_idx");
+    assert_eq!(
+        env.on_target(
+            "SELECT column_default FROM information_schema.columns WHERE table_name = 'log' AND column_name = 'at'"
+        ),
+        "now()"
     );
     let out = repl.output();
     assert!(
@@ -131,6 +148,7 @@ fn tables_the_snapshot_creates_get_the_sources_indexes() {
             "public.items",
             "public.events",
             "public.kept",
+            "public.log",
             "public.later",
         ],
     );
@@ -147,6 +165,13 @@ fn tables_the_snapshot_creates_get_the_sources_indexes() {
     env.wait_converged(
         "SELECT id, len FROM public.later WHERE tenant_id = 1 ORDER BY id",
         WAIT,
+    );
+    assert_eq!(
+        env.on_target(
+            "SELECT column_default FROM information_schema.columns WHERE table_name = 'later' AND column_name = 'tag'"
+        ),
+        "'x'::text",
+        "a backfilled table gets the source's defaults"
     );
     assert!(repl.stop().success(), "{}", repl.output());
 }
