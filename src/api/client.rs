@@ -315,6 +315,14 @@ pub fn job_detail(j: &JobStatus) -> String {
             t.table, t.sink, t.reason, j.id, t.table
         ));
     }
+    for t in &j.tables_left_out {
+        out.push_str(&format!(
+            "table not carried: {} matches {} but {}\n",
+            t.table,
+            t.pattern,
+            t.reason.strip_prefix("it ").unwrap_or(&t.reason)
+        ));
+    }
     for t in &j.renamed_tables {
         out.push_str(&format!(
             "table renamed on the source: {} is {} there now (its changes keep going to {}; name it {} in the spec, after renaming the targets' table alike, before the job's next start)\n",

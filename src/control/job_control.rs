@@ -95,6 +95,10 @@ pub struct JobStatus {
     /// the job's table; the spec must name them as the source does before the next start.
     #[serde(default)]
     pub renamed_tables: Vec<RenamedTable>,
+    /// Tables the spec's patterns match on the source but do not carry, with why (no
+    /// tenant column, no rights), as the job's last start found them.
+    #[serde(default)]
+    pub tables_left_out: Vec<LeftOutTable>,
     /// The job's replication slot as the source last showed it while the job ran: the WAL
     /// it keeps, and how much more before the source invalidates it (`None` until read).
     #[serde(default)]
@@ -121,6 +125,17 @@ pub struct RenamedTable {
     pub table: String,
     /// `schema.table` as the source names it now.
     pub source_name: String,
+}
+
+/// A table a job's pattern matches on the source and does not carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeftOutTable {
+    /// `schema.table` on the source.
+    pub table: String,
+    /// The spec's pattern that matches it.
+    pub pattern: String,
+    /// Why the pattern does not carry it.
+    pub reason: String,
 }
 
 /// One job carrying a tenant, for `GET /v1/tenants/{tenant}`.

@@ -314,6 +314,7 @@ impl JobManager {
             tenant_status,
             tables_in_error: tables_in_error(&job.stats),
             renamed_tables: renamed_tables(&job.stats),
+            tables_left_out: job.stats.tables_left_out(),
             slot: job.stats.slot(),
             spec: redacted_spec(&job.spec),
         }

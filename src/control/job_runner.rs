@@ -48,7 +48,7 @@ use crate::control::cold_progress;
 use crate::control::coverage::Coverage;
 use crate::control::history_start::{self, check_history_table};
 use crate::control::initial_snapshot::{self, SnapshotProgress};
-use crate::control::job_control::JobState;
+use crate::control::job_control::{JobState, LeftOutTable};
 use crate::control::job_reader::{
     back_off, connect_started, is_transient, read_until_stopped, unless_slot_lost,
 };
@@ -134,6 +134,8 @@ pub struct JobStats {
     saved_model: Mutex<Option<SavedModel>>,
     /// The spec the job runs with: its table patterns resolved at the last start.
     carried: Mutex<Option<Arc<JobSpec>>>,
+    /// Tables the patterns matched and left out at the last start.
+    left_out: Mutex<Vec<LeftOutTable>>,
 }
 
 impl JobStats {
@@ -151,6 +153,7 @@ impl JobStats {
             access: Mutex::new(None),
             saved_model: Mutex::new(None),
             carried: Mutex::new(None),
+            left_out: Mutex::new(Vec::new()),
         }
     }
 
@@ -160,9 +163,17 @@ impl JobStats {
         self.carried.lock().ok().and_then(|c| c.clone())
     }
 
-    fn set_carried(&self, spec: Arc<JobSpec>) {
+    /// Tables the job's patterns matched and left out at its last start.
+    pub fn tables_left_out(&self) -> Vec<LeftOutTable> {
+        self.left_out.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    fn set_carried(&self, spec: Arc<JobSpec>, left_out: Vec<LeftOutTable>) {
         if let Ok(mut c) = self.carried.lock() {
             *c = Some(spec);
+        }
+        if let Ok(mut l) = self.left_out.lock() {
+            *l = left_out;
         }
     }
 
@@ -718,16 +729,25 @@ async fn start(
     anchor: &Anchor,
     stats: &JobStats,
 ) -> Result<Started, JobError> {
-    let spec = if submitted.has_table_patterns() {
+    let (spec, left_out) = if submitted.has_table_patterns() {
         let source = catalog::connect(submitted.source.dsn.expose()).await?;
         let resolution = table_patterns::resolve(&source, submitted).await?;
         table_patterns::report(&submitted.name, &resolution);
-        resolution.spec
+        let left_out = resolution
+            .left_out
+            .into_iter()
+            .map(|l| LeftOutTable {
+                table: l.table,
+                pattern: l.pattern,
+                reason: l.reason,
+            })
+            .collect();
+        (resolution.spec, left_out)
     } else {
-        submitted.clone()
+        (submitted.clone(), Vec::new())
     };
     let spec = Arc::new(spec);
-    stats.set_carried(spec.clone());
+    stats.set_carried(spec.clone(), left_out);
     let plan = Arc::new(tenant_plan(&spec, workers));
     let ready = prepare(&spec, &plan, anchor, &stats.books, &stats.snapshot).await?;
     Ok((spec, plan, ready))

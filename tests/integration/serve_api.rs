@@ -22,6 +22,7 @@ const SHOP: &str = "
 CREATE TABLE public.accounts (tenant_id int NOT NULL, id int NOT NULL, balance numeric NOT NULL, PRIMARY KEY (tenant_id, id));
 CREATE TABLE public.ledger (tenant_id int NOT NULL, n bigint NOT NULL, amount numeric);
 INSERT INTO public.accounts SELECT t, a, 100 FROM generate_series(1, 10) t, generate_series(1, 20) a;
+CREATE TABLE public.plans (code text PRIMARY KEY, price numeric);
 ";
 
 pub(crate) struct Server {
@@ -671,7 +672,14 @@ fn a_replaced_spec_loads_the_added_tenant_and_survives_a_server_restart() {
         status["state"] == "streaming"
             && status["tables"] == tables(&["public.accounts", "public.ledger"])
     });
-    assert_eq!(server.job_json("job_e")["version"], 3);
+    let status = server.job_json("job_e");
+    assert_eq!(status["version"], 3);
+    assert_eq!(
+        status["tables_left_out"],
+        serde_json::json!([{"table": "public.plans", "pattern": "public.*",
+            "reason": "it has no tenant column `tenant_id`"}]),
+        "{status}"
+    );
     env.on_source(
         "CREATE TABLE public.budgets (tenant_id int NOT NULL, id int, cap int, PRIMARY KEY (tenant_id, id)); \
          INSERT INTO public.budgets SELECT t, 1, 10 * t FROM generate_series(1, 5) t;",

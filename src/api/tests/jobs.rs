@@ -313,7 +313,7 @@ async fn resync_takes_the_job_tables_and_names_what_is_wrong() {
 }
 
 #[test]
-fn a_jobs_detail_names_its_tables_in_error_those_renamed_on_the_source_and_its_slot() {
+fn a_jobs_detail_names_its_tables_in_error_renamed_and_left_out_and_its_slot() {
     let job = FakeJob {
         spec: spec_named("detail"),
         state: JobState::Streaming,
@@ -325,6 +325,9 @@ fn a_jobs_detail_names_its_tables_in_error_those_renamed_on_the_source_and_its_s
                 "table renamed on the source: public.orders is public.orders_v2 there now"
             )
             && detail.contains("name it public.orders_v2 in the spec")
+            && detail.contains(
+                "table not carried: public.countries matches public.* but has no tenant column `tenant_id`"
+            )
             && detail.contains(
                 "replication slot: unreserved, keeps 5242880 bytes of WAL (the source may write 0 \
                  more before it invalidates the slot)"

@@ -88,6 +88,11 @@ impl FakeControl {
                 table: "public.orders".to_owned(),
                 source_name: "public.orders_v2".to_owned(),
             }],
+            tables_left_out: vec![crate::control::job_control::LeftOutTable {
+                table: "public.countries".to_owned(),
+                pattern: "public.*".to_owned(),
+                reason: "it has no tenant column `tenant_id`".to_owned(),
+            }],
             slot: Some(crate::cdc::slot_health::SlotHealth {
                 wal_status: "unreserved".to_owned(),
                 retained_wal_bytes: 5 << 20,
