@@ -200,12 +200,15 @@ pub fn report(job: &str, resolution: &Resolution) {
     }
 }
 
-/// Waits until a table that `spec`'s patterns carry on the source is not among `carried`'s
-/// tables: one created (or given its tenant column) since the start. Returns what it found,
-/// for the log. Reads the source every [`CHECK_EVERY`]; a failed read is tried again at
-/// the next check on a new session.
+/// Waits until tables that `spec`'s patterns carry on the source are not among `carried`'s
+/// tables: created (or given their tenant column) since the start. Returns what it found,
+/// for the log. Reads the source every [`CHECK_EVERY`], and returns once two reads in a
+/// row find the same new tables ([`Settling`]): a migration creating tables one after
+/// another restarts the job once, not once per table. A failed read is tried again at the
+/// next check on a new session.
 pub async fn watch_for_new_tables(dsn: &str, spec: &JobSpec, carried: &JobSpec) -> String {
     let known: BTreeSet<&str> = carried.tables.iter().map(|t| t.name.as_str()).collect();
+    let mut settling = Settling::default();
     let mut client = None;
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -218,17 +221,18 @@ pub async fn watch_for_new_tables(dsn: &str, spec: &JobSpec, carried: &JobSpec) 
         let Some(source) = &client else { continue };
         match resolve(source, spec).await {
             Ok(now) => {
-                let new: Vec<&str> = now
+                let new: BTreeSet<String> = now
                     .spec
                     .tables
                     .iter()
                     .map(|t| t.name.as_str())
                     .filter(|t| !known.contains(t))
+                    .map(String::from)
                     .collect();
-                if !new.is_empty() {
+                if let Some(new) = settling.observe(new) {
                     return format!(
                         "new tables match the job's patterns: {}",
-                        names(new.into_iter())
+                        names(new.iter().map(String::as_str))
                     );
                 }
             }
@@ -237,6 +241,21 @@ pub async fn watch_for_new_tables(dsn: &str, spec: &JobSpec, carried: &JobSpec) 
                 client = None;
             }
         }
+    }
+}
+
+/// New tables seen at one check, waiting for the next check to find the same.
+#[derive(Debug, Default)]
+struct Settling {
+    seen: BTreeSet<String>,
+}
+
+impl Settling {
+    /// The new tables once a check finds the same (non-empty) set as the one before.
+    fn observe(&mut self, new: BTreeSet<String>) -> Option<BTreeSet<String>> {
+        let settled = !new.is_empty() && new == self.seen;
+        self.seen = new;
+        settled.then(|| self.seen.clone())
     }
 }
 
@@ -388,6 +407,25 @@ mod tests {
         let e = expand(&only, &source()).unwrap_err().to_string();
         assert!(e.contains("public.count*, none.*"), "{e}");
         assert!(e.contains("1 matched without it: public.countries"), "{e}");
+    }
+
+    #[test]
+    fn new_tables_settle_when_two_checks_in_a_row_find_the_same() {
+        let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+        let mut s = Settling::default();
+        assert_eq!(s.observe(set(&[])), None);
+        assert_eq!(s.observe(set(&[])), None, "nothing new is never settled");
+        assert_eq!(s.observe(set(&["s.a"])), None, "first seen");
+        assert_eq!(s.observe(set(&["s.a", "s.b"])), None, "still growing");
+        assert_eq!(s.observe(set(&["s.a", "s.b"])), Some(set(&["s.a", "s.b"])));
+        let mut gone = Settling::default();
+        assert_eq!(gone.observe(set(&["s.a"])), None);
+        assert_eq!(
+            gone.observe(set(&[])),
+            None,
+            "dropped again before it settled"
+        );
+        assert_eq!(gone.observe(set(&["s.a"])), None);
     }
 
     proptest! {

@@ -145,14 +145,20 @@ fn a_pattern_carries_its_schemas_tenant_tables_including_ones_created_later() {
         "the start says which tables the pattern left out:\n{out}"
     );
 
-    // A table created while the job runs joins: the job restarts and loads it, then
-    // streams its changes.
+    // Tables created while the job runs join: the job restarts once for the two (created
+    // a second apart, as a migration would), loads them, then streams their changes.
     env.on_source(
         "CREATE TABLE public.notes (tenant_id int NOT NULL, id int PRIMARY KEY, body text); \
          INSERT INTO public.notes SELECT 1 + i % 3, i, 'n' || i FROM generate_series(1, 12) i; \
          INSERT INTO public.orders VALUES (1, 100, 'while the table came');",
     );
+    std::thread::sleep(Duration::from_secs(1));
+    env.on_source(
+        "CREATE TABLE public.note_tags (tenant_id int NOT NULL, id int PRIMARY KEY, tag text); \
+         INSERT INTO public.note_tags SELECT 1 + i % 3, i, 't' || i FROM generate_series(1, 6) i;",
+    );
     wait_table(&env, "public.notes");
+    wait_table(&env, "public.note_tags");
     env.on_source(
         "UPDATE public.notes SET body = 'changed' WHERE id < 5; DELETE FROM public.notes WHERE id = 6; \
          INSERT INTO public.orders VALUES (2, 101, 'after');",
@@ -161,8 +167,13 @@ fn a_pattern_carries_its_schemas_tenant_tables_including_ones_created_later() {
     wait_table(&env, "public.orders");
     let out = without_colours(&repl.output());
     assert!(
-        out.contains("new tables match the job's patterns: public.notes"),
+        out.contains("new tables match the job's patterns: public.note_tags, public.notes"),
         "the restart says why:\n{out}"
+    );
+    assert_eq!(
+        out.matches("restarting the job to carry them").count(),
+        1,
+        "one restart for both:\n{out}"
     );
     assert!(!out.contains("ERROR"), "{out}");
     assert!(repl.stop().success(), "{}", repl.output());
