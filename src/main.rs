@@ -303,6 +303,15 @@ enum JobsAction {
         #[arg(long = "tenant", value_name = "TENANT")]
         tenants: Vec<String>,
     },
+    /// Wait until a job holds every change its source committed before this command, then
+    /// raise its sequences on its PostgreSQL targets: the step before a tenant is cut over
+    /// to a target (stop the tenant's writes on the source first).
+    Sync {
+        id: String,
+        /// How long to wait for the job to catch up (1..=3600; default 60).
+        #[arg(long, value_name = "SECONDS")]
+        timeout_secs: Option<u64>,
+    },
     /// Stop and remove a job.
     Stop {
         id: String,
@@ -568,6 +577,17 @@ fn main() -> anyhow::Result<()> {
                     tables,
                     tenants,
                 } => print(&api.resync(&id, tables, tenants).await?),
+                JobsAction::Sync { id, timeout_secs } => {
+                    let synced = api.sync(&id, timeout_secs).await?;
+                    if client.json {
+                        println!("{}", serde_json::to_string_pretty(&synced)?);
+                    } else {
+                        println!(
+                            "job {id} holds every change the source committed before {} (confirmed {}, after {:.1} s); {} sequences raised on its targets",
+                            synced.source_lsn, synced.confirmed_lsn, synced.waited_secs, synced.sequences_raised
+                        );
+                    }
+                }
                 JobsAction::Stop { id, drop_slot } => {
                     api.delete(&id, drop_slot).await?;
                     if client.json {

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::api::routes::encode_path_segment;
 use crate::control::job_control::{
-    AsOfRows, ExportRequest, ExportStatus, JobStatus, ResyncRequest,
+    AsOfRows, ExportRequest, ExportStatus, JobStatus, ResyncRequest, SyncRequest, SyncResult,
 };
 use crate::control::job_spec::JobSpec;
 
@@ -193,6 +193,23 @@ impl ApiClient {
             .send(
                 self.request(reqwest::Method::POST, &path)
                     .json(&ResyncRequest { tables, tenants }),
+            )
+            .await?;
+        self.json(resp).await
+    }
+
+    /// Waits until a job holds every change its source committed, then raises its
+    /// sequences on its targets.
+    pub async fn sync(
+        &self,
+        id: &str,
+        timeout_secs: Option<u64>,
+    ) -> Result<SyncResult, ClientError> {
+        let path = format!("/v1/jobs/{}/sync", encode_path_segment(id));
+        let resp = self
+            .send(
+                self.request(reqwest::Method::POST, &path)
+                    .json(&SyncRequest { timeout_secs }),
             )
             .await?;
         self.json(resp).await

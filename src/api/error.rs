@@ -79,6 +79,7 @@ impl ApiError {
                 ControlError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 ControlError::AlreadyExists(_) | ControlError::Conflict(_) => StatusCode::CONFLICT,
                 ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                ControlError::TimedOut(_) => StatusCode::GATEWAY_TIMEOUT,
             },
             ApiError::Spec(spec) => spec_status(spec),
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,

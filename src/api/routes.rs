@@ -22,7 +22,8 @@ use super::error::{redact_text, ApiError};
 use crate::control::access::AccessEvents;
 use crate::control::job_control::{
     AsOfQuery, AsOfRows, ControlError, ExportRequest, ExportStatus, JobCompression, JobControl,
-    JobId, JobStatus, ResyncRequest, RetentionPolicy, TenantJob, TimePoint,
+    JobId, JobStatus, ResyncRequest, RetentionPolicy, SyncRequest, SyncResult, TenantJob,
+    TimePoint,
 };
 use crate::control::job_spec::JobSpec;
 
@@ -37,6 +38,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/jobs/{id}/pause"),
     ("POST", "/v1/jobs/{id}/resume"),
     ("POST", "/v1/jobs/{id}/resync"),
+    ("POST", "/v1/jobs/{id}/sync"),
     ("GET", "/v1/jobs/{id}/compression"),
     ("GET", "/v1/tenants/{tenant}"),
     ("GET", "/v1/tenants/{tenant}/tables/{table}/rows"),
@@ -130,6 +132,7 @@ fn endpoint(method: &str, path: &str) -> MethodRouter<AppState> {
         ("POST", "/v1/jobs/{id}/pause") => post(pause_job),
         ("POST", "/v1/jobs/{id}/resume") => post(resume_job),
         ("POST", "/v1/jobs/{id}/resync") => post(resync_job),
+        ("POST", "/v1/jobs/{id}/sync") => post(sync_job),
         ("GET", "/v1/jobs/{id}/compression") => get(job_compression),
         ("GET", "/v1/tenants/{tenant}") => get(tenant_jobs),
         ("GET", "/v1/tenants/{tenant}/tables/{table}/rows") => get(rows_as_of),
@@ -303,6 +306,21 @@ async fn resync_job(
     Ok(Json(redact_status(
         state.control.resync(&id, request).await?,
     )))
+}
+
+async fn sync_job(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<SyncResult>, ApiError> {
+    let id = path_param(id, "id")?;
+    let body = body.map_err(|e| ApiError::bad_request(e.body_text(), None))?;
+    let request: SyncRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        SyncRequest::default()
+    } else {
+        json_body(&body)?
+    };
+    Ok(Json(state.control.sync(&id, request).await?))
 }
 
 async fn delete_job(

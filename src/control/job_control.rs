@@ -328,6 +328,34 @@ pub struct ResyncRequest {
     pub tenants: Vec<String>,
 }
 
+/// Body of `POST /v1/jobs/{id}/sync` (may be empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncRequest {
+    /// How long to wait for the job to catch up, `1..=3600` (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+/// Default and largest `timeout_secs` of a [`SyncRequest`].
+pub const SYNC_TIMEOUT_DEFAULT_SECS: u64 = 60;
+pub const SYNC_TIMEOUT_MAX_SECS: u64 = 3600;
+
+/// Answer of `POST /v1/jobs/{id}/sync`: every change the source committed before
+/// `source_lsn` is durable on the job's sinks, and its sequences are raised on its
+/// PostgreSQL targets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncResult {
+    /// The source's WAL position when the request came (`X/Y`).
+    pub source_lsn: String,
+    /// The job's confirmed position once it passed `source_lsn` (`X/Y`).
+    pub confirmed_lsn: String,
+    /// Seconds the request waited for it.
+    pub waited_secs: f64,
+    /// Sequences raised on the targets (a sequence on two targets counts twice).
+    pub sequences_raised: u64,
+}
+
 impl From<crate::control::resync::ResyncError> for ControlError {
     /// A request the job cannot follow (422, naming `tables` or `tenants`), or a target
     /// that could not take it (503).
@@ -372,6 +400,9 @@ pub enum ControlError {
     /// A request value is well-formed but not acceptable, e.g. a time in the future (422).
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
+    /// What the request waits for did not happen in the time it allows (504).
+    #[error("{0}")]
+    TimedOut(String),
 }
 
 impl From<crate::control::metadata::MetadataError> for ControlError {
@@ -404,6 +435,10 @@ pub trait JobControl: Send + Sync + 'static {
     /// Reloads `request.tables` of a job whole from the source (`control::resync`): the
     /// job restarts, paused if it was paused, and loads them before it streams on.
     async fn resync(&self, id: &str, request: ResyncRequest) -> Result<JobStatus, ControlError>;
+    /// Waits until every change the source committed before the request is durable on the
+    /// job's sinks, then raises the job's sequences on its PostgreSQL targets
+    /// (`control::sequence_sync`): the step before a tenant is cut over to a target.
+    async fn sync(&self, id: &str, request: SyncRequest) -> Result<SyncResult, ControlError>;
     /// Which jobs carry a tenant, with their lag.
     async fn tenant(&self, tenant: &str) -> Vec<TenantJob>;
     /// Whether the server can do its work.

@@ -19,12 +19,13 @@ use crate::control::access::{AccessHub, STORED_PREDICTIONS};
 use crate::control::job_control::{
     AsOfQuery, AsOfRows, ControlError, ExportRequest, ExportState, ExportStatus, JobCompression,
     JobControl, JobId, JobState, JobStatus, Readiness, RenamedTable, ResyncRequest,
-    RetentionPolicy, SinkCompression, TableInError, TenantJob, TenantStatus, TimePoint,
+    RetentionPolicy, SinkCompression, SyncRequest, SyncResult, TableInError, TenantJob,
+    TenantStatus, TimePoint,
 };
 use crate::control::job_runner::{self, Desired, JobStats};
 use crate::control::job_spec::{JobSpec, SinkSpec, TenantFilter};
 use crate::control::metadata::MetadataStore;
-use crate::control::{exports, history_query, job_monitor, resync};
+use crate::control::{exports, history_query, job_monitor, job_sync, resync};
 use crate::dataflow::host::DataflowHost;
 use crate::metrics::MetricsRegistry;
 use crate::sinks::pg_apply::{self, staged_table};
@@ -579,6 +580,20 @@ impl JobControl for JobManager {
             .await;
         tracing::info!(job = id, tables = %what, "resync requested; the job restarts and reloads them");
         Ok(status)
+    }
+
+    async fn sync(&self, id: &str, request: SyncRequest) -> Result<SyncResult, ControlError> {
+        let timeout = job_sync::timeout_of(&request)?;
+        let (spec, stats) = {
+            let jobs = self.jobs.lock().await;
+            let job = jobs
+                .get(id)
+                .ok_or_else(|| ControlError::NotFound(id.to_string()))?;
+            (job.carried(), job.stats.clone())
+        };
+        let result = job_sync::sync(&spec, &stats, timeout).await?;
+        tracing::info!(job = id, source_lsn = %result.source_lsn, waited_s = result.waited_secs, sequences_raised = result.sequences_raised, "synced: every change the source committed before the request is durable");
+        Ok(result)
     }
 
     async fn tenant(&self, tenant: &str) -> Vec<TenantJob> {

@@ -163,25 +163,28 @@ pub async fn keep_up(spec: JobSpec) {
     }
 }
 
+/// One round now, on sessions of its own: the sequences raised on the targets (a
+/// sequence on two targets counts twice).
+pub async fn sync_now(spec: &JobSpec) -> Result<usize, String> {
+    let Some(s) = open(spec).await? else {
+        return Ok(0);
+    };
+    sync_once(
+        &spec.name,
+        &s.source,
+        &s.targets,
+        &s.sequences,
+        &mut Synced::default(),
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
 /// One last round as the job stops in order, so a target cut over right after holds
 /// sequences past every replicated id. Logged, not an error, if it cannot be done in
 /// [`LAST_SYNC_LIMIT`].
 pub async fn sync_at_stop(spec: &JobSpec) {
-    let round = async {
-        let Some(s) = open(spec).await? else {
-            return Ok(0);
-        };
-        sync_once(
-            &spec.name,
-            &s.source,
-            &s.targets,
-            &s.sequences,
-            &mut Synced::default(),
-        )
-        .await
-        .map_err(|e| e.to_string())
-    };
-    match tokio::time::timeout(LAST_SYNC_LIMIT, round).await {
+    match tokio::time::timeout(LAST_SYNC_LIMIT, sync_now(spec)).await {
         Ok(Ok(raised)) => {
             tracing::debug!(job = %spec.name, raised, "sequences raised on the targets at stop");
         }

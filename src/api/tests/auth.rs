@@ -47,7 +47,7 @@ async fn call_route(router: &Router, method: &str, path: &str, auth: Option<&str
 
 #[tokio::test]
 async fn every_v1_route_requires_the_token() {
-    assert_eq!(protected_routes().count(), 16);
+    assert_eq!(protected_routes().count(), 17);
     let wrong = [
         None,
         Some("Bearer wrong".to_owned()),

@@ -243,6 +243,45 @@ async fn put_replaces_a_job_s_spec_keeping_its_name_slot_and_publication() {
 }
 
 /// `POST /v1/jobs/{job}/resync` with `body`.
+#[tokio::test]
+async fn sync_answers_with_the_positions_and_names_what_is_wrong() {
+    let (_control, router) = app(None);
+    submit(&router, Some(TOML), valid_named("sy"), None).await;
+    for body in ["", r#"{"timeout_secs": 5}"#] {
+        let answer = call_json(&router, "POST", "/v1/jobs/sy/sync", body).await;
+        assert_eq!(answer.status, StatusCode::OK, "{body}");
+        let json = answer.json();
+        assert_eq!(json["source_lsn"], "0/16B3748");
+        assert_eq!(json["sequences_raised"], 2);
+    }
+    let answer = call_json(
+        &router,
+        "POST",
+        "/v1/jobs/sy/sync",
+        r#"{"timeout_secs": 0}"#,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(answer.error().field.as_deref(), Some("timeout_secs"));
+    let answer = call_json(&router, "POST", "/v1/jobs/sy/sync", r#"{"timeout": 5}"#).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert!(
+        answer.error().error.contains("timeout"),
+        "{:?}",
+        answer.error()
+    );
+    let answer = call_json(&router, "POST", "/v1/jobs/nope/sync", "").await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        call_json(&router, "POST", "/v1/jobs/sy/pause", "")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let answer = call_json(&router, "POST", "/v1/jobs/sy/sync", "").await;
+    assert_eq!(answer.status, StatusCode::CONFLICT);
+}
+
 async fn resync(router: &Router, job: &str, body: &str) -> Answer {
     call_json(router, "POST", &format!("/v1/jobs/{job}/resync"), body).await
 }

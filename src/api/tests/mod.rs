@@ -189,6 +189,23 @@ impl JobControl for FakeControl {
         })
     }
 
+    async fn sync(
+        &self,
+        id: &str,
+        request: crate::control::job_control::SyncRequest,
+    ) -> Result<crate::control::job_control::SyncResult, ControlError> {
+        crate::control::job_sync::timeout_of(&request)?;
+        self.with_job(id, |job| match job.state {
+            JobState::Paused => Err(ControlError::Conflict("the job is paused".into())),
+            _ => Ok(crate::control::job_control::SyncResult {
+                source_lsn: "0/16B3748".into(),
+                confirmed_lsn: "0/16B3790".into(),
+                waited_secs: 0.25,
+                sequences_raised: 2,
+            }),
+        })
+    }
+
     async fn delete(&self, id: &str, drop_slot: bool) -> Result<(), ControlError> {
         self.jobs
             .lock()
