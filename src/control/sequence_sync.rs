@@ -36,14 +36,17 @@ pub async fn job_sequences(source: &Client, spec: &JobSpec) -> Result<Vec<String
     Ok(out.into_iter().collect())
 }
 
-/// Raises `sequence` on `target` to `value` unless it is already there or further; returns
-/// whether the target has such a sequence.
+/// Raises `sequence` on `target` to `value` unless it is already there or further (for a
+/// descending sequence, lowers it unless it is already lower); returns whether the target
+/// has such a sequence.
 async fn raise(target: &Client, sequence: &str, value: i64) -> Result<bool, tokio_postgres::Error> {
     let row = target
         .query_opt(
-            "SELECT setval(s, greatest($2::int8, coalesce(pg_sequence_last_value(s), $2::int8)))
-             FROM (SELECT to_regclass($1) AS s) found
-             WHERE s IS NOT NULL AND (SELECT relkind FROM pg_class WHERE oid = s) = 'S'",
+            // A descending sequence (negative increment) is "raised" downwards.
+            "SELECT setval(s, CASE WHEN q.seqincrement < 0
+                                   THEN least($2::int8, coalesce(pg_sequence_last_value(s), $2::int8))
+                                   ELSE greatest($2::int8, coalesce(pg_sequence_last_value(s), $2::int8)) END)
+             FROM (SELECT to_regclass($1) AS s) found JOIN pg_sequence q ON q.seqrelid = s",
             &[&sequence, &value],
         )
         .await?;

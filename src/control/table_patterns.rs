@@ -9,8 +9,8 @@
 //! are not excluded, and have the entry's tenant column (and valid-time column, if it
 //! names one): a table without them (a lookup table shared by every tenant, say) is left
 //! out with the reason, as is one the job's role may not read or publish (with a warning:
-//! someone should grant the rights). A table an entry names outright takes that entry's settings; one
-//! that two patterns match, the first's.
+//! someone should grant the rights). A table an entry names outright takes that entry's
+//! settings; one that two patterns match, the first's.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
@@ -108,11 +108,11 @@ pub fn expand(
             if left_out.is_empty() {
                 String::new()
             } else {
-                format!(
-                    " ({} matched without it: {})",
-                    left_out.len(),
-                    names(left_out.iter().map(|l| l.table.as_str()))
-                )
+                let why: Vec<String> = left_out
+                    .iter()
+                    .map(|l| format!("{} ({})", l.table, l.reason))
+                    .collect();
+                format!(" (matched and left out: {})", why.join("; "))
             }
         )));
     }
@@ -406,7 +406,12 @@ mod tests {
             spec_with("[[tables]]\nname = \"public.count*\"\n[[tables]]\nname = \"none.*\"\n");
         let e = expand(&only, &source()).unwrap_err().to_string();
         assert!(e.contains("public.count*, none.*"), "{e}");
-        assert!(e.contains("1 matched without it: public.countries"), "{e}");
+        assert!(
+            e.contains(
+                "(matched and left out: public.countries (it has no tenant column `tenant_id`))"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -17,11 +17,12 @@ const WAIT: Duration = Duration::from_secs(60);
 
 const SETUP: &str = "
 CREATE SEQUENCE public.shared_seq START 1000;
+CREATE SEQUENCE public.down_seq INCREMENT -1 START -1 MINVALUE -1000000 MAXVALUE -1;
 CREATE TABLE public.orders (tenant_id int NOT NULL, id bigserial, note text DEFAULT 'none',
     placed_at timestamptz DEFAULT now(), ref int DEFAULT nextval('public.shared_seq'),
     PRIMARY KEY (tenant_id, id));
 CREATE TABLE public.tickets (tenant_id int NOT NULL, id int GENERATED ALWAYS AS IDENTITY (START WITH 500),
-    body text, PRIMARY KEY (tenant_id, id));
+    body text, rank int DEFAULT nextval('public.down_seq'), PRIMARY KEY (tenant_id, id));
 CREATE FUNCTION public.source_only() RETURNS text LANGUAGE sql AS 'SELECT ''x''';
 CREATE TABLE public.misc (tenant_id int NOT NULL, id int PRIMARY KEY, tag text DEFAULT public.source_only());
 INSERT INTO public.orders (tenant_id) SELECT 1 + i % 3 FROM generate_series(1, 30) i;
@@ -47,7 +48,7 @@ fn created_tables_get_the_sources_defaults_and_their_sequences_follow_the_source
     let source_sequences = env.on_source(SEQUENCES);
     assert_eq!(
         source_sequences,
-        "orders_id_seq=30 shared_seq=1029 tickets_id_seq=519"
+        "down_seq=-20 orders_id_seq=30 shared_seq=1029 tickets_id_seq=519"
     );
     wait_for("the sequences on the target", WAIT, || {
         env.try_on_target(SEQUENCES).as_deref() == Some(source_sequences.as_str())
@@ -77,13 +78,13 @@ fn created_tables_get_the_sources_defaults_and_their_sequences_follow_the_source
     assert_eq!(
         env.on_target(
             "INSERT INTO public.orders (tenant_id) VALUES (9) RETURNING id, note, ref; \
-             INSERT INTO public.tickets (tenant_id, body) VALUES (9, 'own') RETURNING id"
+             INSERT INTO public.tickets (tenant_id, body) VALUES (9, 'own') RETURNING id, rank"
         ),
-        "31|none|1030\n520"
+        "31|none|1030\n520|-21"
     );
 
     // The source draws further: the target's sequences follow, except where the target
-    // had already drawn further itself.
+    // had already drawn further itself (a descending one included).
     env.on_source(
         "INSERT INTO public.orders (tenant_id) SELECT 1 + i % 3 FROM generate_series(1, 10) i; \
          SELECT nextval('public.shared_seq') FROM generate_series(1, 5);",
@@ -91,7 +92,7 @@ fn created_tables_get_the_sources_defaults_and_their_sequences_follow_the_source
     env.wait_converged(ORDERS, WAIT);
     wait_for("the sequences raised on the target", WAIT, || {
         env.try_on_target(SEQUENCES).as_deref()
-            == Some("orders_id_seq=40 shared_seq=1044 tickets_id_seq=520")
+            == Some("down_seq=-21 orders_id_seq=40 shared_seq=1044 tickets_id_seq=520")
     });
 
     // A stop in order raises them one last time.
@@ -101,7 +102,7 @@ fn created_tables_get_the_sources_defaults_and_their_sequences_follow_the_source
     assert!(repl.stop().success(), "{}", repl.output());
     assert_eq!(
         env.on_target(SEQUENCES),
-        "orders_id_seq=4000 shared_seq=5000 tickets_id_seq=520"
+        "down_seq=-21 orders_id_seq=4000 shared_seq=5000 tickets_id_seq=520"
     );
 }
 
