@@ -587,6 +587,14 @@ fn main() -> anyhow::Result<()> {
                             synced.source_lsn, synced.confirmed_lsn, synced.waited_secs, synced.sequences_raised
                         );
                     }
+                    // A cutover script stops here: the targets would draw ids the source
+                    // already gave.
+                    if !synced.sequence_problems.is_empty() {
+                        anyhow::bail!(
+                            "not every sequence is in step on the targets:\n{}",
+                            synced.sequence_problems.join("\n")
+                        );
+                    }
                 }
                 JobsAction::Stop { id, drop_slot } => {
                     api.delete(&id, drop_slot).await?;

@@ -208,18 +208,35 @@ pub async fn read_statements(client: &Client, table: &TableInfo) -> Result<Vec<S
     ))
 }
 
-/// The last value the source drew from sequence `schema.name` (`None`: never drawn, or the
-/// job's role may not read it).
-pub async fn last_value(client: &Client, sequence: &str) -> Result<Option<i64>, CdcError> {
+/// What the source shows of a sequence's position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LastValue {
+    /// The last value it drew.
+    Drawn(i64),
+    /// It never drew one.
+    NeverDrawn,
+    /// The job's role may not read it.
+    NotReadable,
+}
+
+/// The last value the source drew from sequence `schema.name`.
+pub async fn last_value(client: &Client, sequence: &str) -> Result<LastValue, CdcError> {
     let row = client
         .query_one(
-            "SELECT CASE WHEN has_sequence_privilege($1::text::regclass, 'SELECT')
+            "SELECT has_sequence_privilege($1::text::regclass, 'SELECT'),
+                    CASE WHEN has_sequence_privilege($1::text::regclass, 'SELECT')
                          THEN pg_sequence_last_value($1::text::regclass) END",
             &[&sequence],
         )
         .await
         .map_err(CdcError::query("read a sequence's last value"))?;
-    Ok(row.get(0))
+    Ok(
+        match (row.get::<_, bool>(0), row.get::<_, Option<i64>>(1)) {
+            (false, _) => LastValue::NotReadable,
+            (true, Some(value)) => LastValue::Drawn(value),
+            (true, None) => LastValue::NeverDrawn,
+        },
+    )
 }
 
 #[cfg(test)]

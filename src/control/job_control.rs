@@ -354,6 +354,10 @@ pub struct SyncResult {
     pub waited_secs: f64,
     /// Sequences raised on the targets (a sequence on two targets counts twice).
     pub sequences_raised: u64,
+    /// Sequences it could not raise, each with why and what to do (empty when all were):
+    /// a target cut over regardless would draw ids the source already gave.
+    #[serde(default)]
+    pub sequence_problems: Vec<String>,
 }
 
 impl From<crate::control::resync::ResyncError> for ControlError {

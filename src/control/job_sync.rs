@@ -92,14 +92,15 @@ pub async fn sync(
         }
         tokio::time::sleep(POLL_EVERY).await;
     }
-    let raised = sequence_sync::sync_now(spec)
+    let round = sequence_sync::sync_now(spec)
         .await
         .map_err(|e| ControlError::Unavailable(format!("cannot raise the job's sequences: {e}")))?;
     Ok(SyncResult {
         source_lsn: format_lsn(goal),
         confirmed_lsn: format_lsn(stats.reader.confirmed.load(Relaxed)),
         waited_secs: started.elapsed().as_secs_f64(),
-        sequences_raised: raised as u64,
+        sequences_raised: round.raised as u64,
+        sequence_problems: round.problems,
     })
 }
 

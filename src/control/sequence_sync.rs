@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use crate::cdc::catalog;
-use crate::cdc::column_defaults;
+use crate::cdc::column_defaults::{self, LastValue};
 use crate::cdc::error::CdcError;
 use crate::control::job_spec::JobSpec;
 use crate::sinks::pg_apply;
@@ -58,22 +58,52 @@ async fn raise(target: &Client, sequence: &str, value: i64) -> Result<bool, toki
 pub struct Synced {
     /// Per sequence, the source's value every target has been raised to.
     values: HashMap<String, i64>,
+    /// Problems already warned about.
+    warned: BTreeSet<String>,
+}
+
+impl Synced {
+    /// Warns about each of `problems` not warned about before.
+    fn warn_new(&mut self, job: &str, problems: &[String]) {
+        for problem in problems {
+            if self.warned.insert(problem.clone()) {
+                tracing::warn!(job, "{problem}");
+            }
+        }
+    }
+}
+
+/// What one round did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Round {
+    /// Sequences raised on the targets (a sequence on two targets counts twice).
+    pub raised: usize,
+    /// Sequences it could not raise, each with why and what to do: a target that would
+    /// then draw ids the source already gave.
+    pub problems: Vec<String>,
 }
 
 /// One round: raises each of `sequences` whose source value moved since the last round on
-/// every target. A sequence the source cannot show (never drawn, no right to read it) or a
-/// target refuses is skipped, logged at debug level, and tried again next round.
+/// every target. A sequence the source cannot show or a target refuses is a problem of
+/// the round, tried again next round.
 pub async fn sync_once(
-    job: &str,
     source: &Client,
     targets: &[Client],
     sequences: &[String],
     synced: &mut Synced,
-) -> Result<usize, CdcError> {
-    let mut raised = 0;
+) -> Result<Round, CdcError> {
+    let mut round = Round::default();
     for sequence in sequences {
-        let Some(value) = column_defaults::last_value(source, sequence).await? else {
-            continue;
+        let value = match column_defaults::last_value(source, sequence).await? {
+            LastValue::Drawn(value) => value,
+            LastValue::NeverDrawn => continue,
+            LastValue::NotReadable => {
+                round.problems.push(format!(
+                    "sequence {sequence} is not kept in step on the targets: the job's role may \
+                     not read it on the source (GRANT SELECT ON SEQUENCE {sequence})"
+                ));
+                continue;
+            }
         };
         if synced.values.get(sequence) == Some(&value) {
             continue;
@@ -81,11 +111,15 @@ pub async fn sync_once(
         let mut everywhere = true;
         for (index, target) in targets.iter().enumerate() {
             match raise(target, sequence, value).await {
-                Ok(true) => raised += 1,
+                Ok(true) => round.raised += 1,
                 Ok(false) => {}
                 Err(e) => {
                     everywhere = false;
-                    tracing::debug!(job, target = index, sequence, error = %crate::sql_text::describe_pg_error(&e), "cannot raise the sequence on the target");
+                    round.problems.push(format!(
+                        "sequence {sequence} is not kept in step on target {index} (its \
+                         postgres sinks in order): the target refused to move it to {value}: {}",
+                        crate::sql_text::describe_pg_error(&e)
+                    ));
                 }
             }
         }
@@ -93,7 +127,7 @@ pub async fn sync_once(
             synced.values.insert(sequence.clone(), value);
         }
     }
-    Ok(raised)
+    Ok(round)
 }
 
 /// Connections and the list a round needs, opened afresh after a failure.
@@ -153,11 +187,13 @@ pub async fn keep_up(spec: JobSpec) {
             }
         }
         let Some(s) = &sessions else { continue };
-        match sync_once(&spec.name, &s.source, &s.targets, &s.sequences, &mut synced).await {
-            Ok(raised) if raised > 0 => {
-                tracing::debug!(job = %spec.name, raised, "sequences raised on the targets");
+        match sync_once(&s.source, &s.targets, &s.sequences, &mut synced).await {
+            Ok(round) => {
+                if round.raised > 0 {
+                    tracing::debug!(job = %spec.name, raised = round.raised, "sequences raised on the targets");
+                }
+                synced.warn_new(&spec.name, &round.problems);
             }
-            Ok(_) => {}
             Err(e) => {
                 tracing::debug!(job = %spec.name, error = %e, "cannot sync sequences");
                 sessions = None;
@@ -166,21 +202,14 @@ pub async fn keep_up(spec: JobSpec) {
     }
 }
 
-/// One round now, on sessions of its own: the sequences raised on the targets (a
-/// sequence on two targets counts twice).
-pub async fn sync_now(spec: &JobSpec) -> Result<usize, String> {
+/// One round now, on sessions of its own.
+pub async fn sync_now(spec: &JobSpec) -> Result<Round, String> {
     let Some(s) = open(spec).await? else {
-        return Ok(0);
+        return Ok(Round::default());
     };
-    sync_once(
-        &spec.name,
-        &s.source,
-        &s.targets,
-        &s.sequences,
-        &mut Synced::default(),
-    )
-    .await
-    .map_err(|e| e.to_string())
+    sync_once(&s.source, &s.targets, &s.sequences, &mut Synced::default())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// One last round as the job stops in order, so a target cut over right after holds
@@ -188,8 +217,9 @@ pub async fn sync_now(spec: &JobSpec) -> Result<usize, String> {
 /// [`LAST_SYNC_LIMIT`].
 pub async fn sync_at_stop(spec: &JobSpec) {
     match tokio::time::timeout(LAST_SYNC_LIMIT, sync_now(spec)).await {
-        Ok(Ok(raised)) => {
-            tracing::debug!(job = %spec.name, raised, "sequences raised on the targets at stop");
+        Ok(Ok(round)) => {
+            tracing::debug!(job = %spec.name, raised = round.raised, "sequences raised on the targets at stop");
+            Synced::default().warn_new(&spec.name, &round.problems);
         }
         Ok(Err(e)) => {
             tracing::warn!(job = %spec.name, error = %e, "cannot raise the job's sequences on its targets as it stops");

@@ -168,3 +168,44 @@ fn sync_returns_once_the_job_holds_every_change_committed_before_it() {
     let (ok, out) = sync(&["--timeout-secs", "0"]);
     assert!(!ok && out.contains("timeout_secs"), "{out}");
 }
+
+#[test]
+fn sync_names_the_sequences_a_target_refused_and_fails_the_command() {
+    let env = Env::start(SETUP);
+    env.target.create_database("meta").expect("meta db");
+    // A target sequence of the same name that cannot hold the source's value.
+    env.on_target("CREATE SEQUENCE public.tickets_id_seq MAXVALUE 510");
+    let job = env.job_file("refused", "[1, 2]", &["public.orders", "public.tickets"]);
+    let server = Server::start(&env, free_port().expect("port"));
+    let (ok, out) = server.cli(&["submit", job.to_str().expect("path")]);
+    assert!(ok, "submit: {out}");
+    let (ok, out) = server.cli(&["jobs", "sync", "refused", "--json"]);
+    assert!(!ok, "{out}");
+    let json_end = out.find("\n}").map_or(out.len(), |i| i + 2);
+    let json: serde_json::Value =
+        serde_json::from_str(&out[..json_end]).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let problems = json["sequence_problems"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(problems.len(), 1, "{json}");
+    let problem = problems[0].as_str().unwrap_or_default();
+    assert!(
+        problem.contains("\"public\".\"tickets_id_seq\"")
+            && problem.contains("target 0")
+            && problem.contains("519"),
+        "{problem}"
+    );
+    assert!(
+        out.contains("not every sequence is in step on the targets"),
+        "{out}"
+    );
+    // The others are raised all the same, and the running job warns about it once.
+    assert!(
+        json["sequences_raised"].as_u64().unwrap_or(0) >= 3,
+        "{json}"
+    );
+    wait_for("the job's warning", WAIT, || {
+        server.output().contains("is not kept in step on target 0")
+    });
+}

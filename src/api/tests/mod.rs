@@ -202,6 +202,7 @@ impl JobControl for FakeControl {
                 confirmed_lsn: "0/16B3790".into(),
                 waited_secs: 0.25,
                 sequences_raised: 2,
+                sequence_problems: Vec::new(),
             }),
         })
     }
