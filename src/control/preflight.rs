@@ -8,6 +8,7 @@ use std::fmt;
 use tokio_postgres::Client;
 
 use crate::cdc::catalog;
+use crate::cdc::column_defaults::{self, LastValue};
 use crate::cdc::error::CdcError;
 use crate::cdc::slot_health::{self, SlotHealth};
 use crate::control::history_start::check_history_table;
@@ -242,6 +243,19 @@ async fn check_source(
             problems.push(format!(
                 "role `{user}` does not own it: only its owner may add it to a publication"
             ));
+        }
+        for sequence in column_defaults::sequences(source, &info).await? {
+            let name = sequence.qualified();
+            if column_defaults::last_value(source, &name).await? == LastValue::NotReadable {
+                out.push(Finding::new(
+                    Level::Warn,
+                    &table.name,
+                    format!(
+                        "role `{user}` may not read sequence {name}, so the job cannot keep it \
+                         in step on the targets for a cutover: GRANT SELECT ON SEQUENCE {name}"
+                    ),
+                ));
+            }
         }
         if problems.is_empty() {
             let identity = catalog::refused_changes_warning(&info);

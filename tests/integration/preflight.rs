@@ -1,14 +1,15 @@
 //! `helios-repl check --job FILE`: what a job needs of its source and targets, reported
 //! before it runs, without creating anything: a ready job passes; a role without the
 //! REPLICATION attribute that owns none of the tables, a missing tenant column, a view and
-//! an unreachable target each fail with what to do; a keyless table warns.
+//! an unreachable target each fail with what to do; a keyless table, and a sequence the
+//! role may not read (so the job cannot keep it in step on the targets), warn.
 
 use std::process::Command;
 
 use crate::harness::Env;
 
 const SETUP: &str = "
-CREATE TABLE public.items (tenant_id int NOT NULL, id int NOT NULL, v text, PRIMARY KEY (tenant_id, id));
+CREATE TABLE public.items (tenant_id int NOT NULL, id int NOT NULL, v text, n bigserial, PRIMARY KEY (tenant_id, id));
 CREATE TABLE public.log (tenant_id int NOT NULL, note text);
 CREATE TABLE public.countries (code text PRIMARY KEY);
 CREATE VIEW public.recent AS SELECT * FROM public.items;
@@ -76,6 +77,7 @@ fn check_reports_what_a_job_needs_without_creating_anything() {
     for line in [
         "FAIL source: role `reader` lacks the REPLICATION attribute",
         "FAIL public.items: role `reader` does not own it",
+        "warn public.items: role `reader` may not read sequence \"public\".\"items_n_seq\"",
         "FAIL public.countries: has no tenant column `tenant_id`",
         "FAIL public.recent: public.recent is a view, not a table",
         "FAIL sinks[0]: cannot connect",
