@@ -343,18 +343,7 @@ impl LoadLanes<'_> {
                 let (into, whole) =
                     match staged_table::stage_if_missing(target, &table.info, self.job).await? {
                         Some(staging) => {
-                            let added: Vec<String> = table
-                                .generated
-                                .iter()
-                                .map(|g| g.add_statement(&staging.schema, &staging.name))
-                                .collect();
-                            pg_apply::target_schema::add_generated_columns(
-                                self.job,
-                                &*target,
-                                &table.info,
-                                &added,
-                            )
-                            .await;
+                            self.add_generated(target, table, &staging).await;
                             let staging = Arc::new(staging);
                             staged.push((index, table, staging.clone()));
                             (staging, table.parts.len() == 1)
@@ -370,18 +359,7 @@ impl LoadLanes<'_> {
                             pg_apply::target_schema::ensure_shape(&*target, &table.info).await?;
                             if created {
                                 // Still empty: the generated columns cost no rewrite.
-                                let added: Vec<String> = table
-                                    .generated
-                                    .iter()
-                                    .map(|g| g.add_statement(&table.info.schema, &table.info.name))
-                                    .collect();
-                                pg_apply::target_schema::add_generated_columns(
-                                    self.job,
-                                    &*target,
-                                    &table.info,
-                                    &added,
-                                )
-                                .await;
+                                self.add_generated(target, table, &table.info).await;
                                 created_in_place.push((index, table));
                             }
                             (table.info.clone(), self.loads_whole(target, table).await?)
@@ -431,6 +409,22 @@ impl LoadLanes<'_> {
             .await;
         }
         Ok(bytes)
+    }
+
+    /// Adds `table`'s stored generated columns to `into` (its staging table, or the table
+    /// itself, created empty) on `target`.
+    async fn add_generated(
+        &self,
+        target: &tokio_postgres::Client,
+        table: &LaneTable,
+        into: &TableInfo,
+    ) {
+        let added: Vec<String> = table
+            .generated
+            .iter()
+            .map(|g| g.add_statement(&into.schema, &into.name))
+            .collect();
+        pg_apply::target_schema::add_generated_columns(self.job, target, &table.info, &added).await;
     }
 
     /// Whether `table`, which the target has, loads in one transaction rather than in its
