@@ -66,12 +66,19 @@ pub async fn sync(
         .await
         .map_err(|e| unavailable("reach", e.to_string()))?;
     let row = source
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        // A standby source (logical decoding on a standby) has no insert position.
+        .query_one(
+            "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                          ELSE pg_current_wal_lsn() END)::text",
+            &[],
+        )
         .await
         .map_err(|e| unavailable("read the WAL position of", e.to_string()))?;
-    let text: String = row.get(0);
-    let goal = parse_lsn(&text)
-        .ok_or_else(|| unavailable("read the WAL position of", format!("`{text}`")))?;
+    let text: Option<String> = row.get(0);
+    let goal = text
+        .as_deref()
+        .and_then(parse_lsn)
+        .ok_or_else(|| unavailable("read the WAL position of", format!("{text:?}")))?;
     drop(source);
     loop {
         let confirmed = stats.reader.confirmed.load(Relaxed);
