@@ -340,6 +340,9 @@ pub fn job_detail(j: &JobStatus) -> String {
             t.reason.strip_prefix("it ").unwrap_or(&t.reason)
         ));
     }
+    for problem in &j.sequence_problems {
+        out.push_str(&format!("{problem}\n"));
+    }
     for t in &j.renamed_tables {
         out.push_str(&format!(
             "table renamed on the source: {} is {} there now (its changes keep going to {}; name it {} in the spec, after renaming the targets' table alike, before the job's next start)\n",

@@ -99,6 +99,10 @@ pub struct JobStatus {
     /// tenant column, no rights), as the job's last start found them.
     #[serde(default)]
     pub tables_left_out: Vec<LeftOutTable>,
+    /// Sequences of the job's tables its last sync round could not keep in step on the
+    /// targets, each with why and what to do: a cutover would draw ids the source gave.
+    #[serde(default)]
+    pub sequence_problems: Vec<String>,
     /// The job's replication slot as the source last showed it while the job ran: the WAL
     /// it keeps, and how much more before the source invalidates it (`None` until read).
     #[serde(default)]

@@ -316,6 +316,7 @@ impl JobManager {
             tables_in_error: tables_in_error(&job.stats),
             renamed_tables: renamed_tables(&job.stats),
             tables_left_out: job.stats.tables_left_out(),
+            sequence_problems: job.stats.sequence_problems(),
             slot: job.stats.slot(),
             spec: redacted_spec(&job.spec),
         }

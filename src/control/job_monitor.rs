@@ -71,6 +71,10 @@ pub(super) async fn monitor(
         metrics.set_state(state_name(state.0));
         metrics.set_lag(None, stats.lag_seconds(), stats.lag_bytes());
         metrics.set_confirmed_lsn(stats.reader.confirmed.load(Relaxed));
+        metrics.set_cutover_gaps(
+            stats.tables_left_out().len() as u64,
+            stats.sequence_problems().len() as u64,
+        );
         if let Some(slot) = stats.slot() {
             metrics.set_slot_wal(slot.retained_wal_bytes, slot.safe_wal_bytes);
         }

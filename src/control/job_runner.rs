@@ -136,6 +136,8 @@ pub struct JobStats {
     carried: Mutex<Option<Arc<JobSpec>>>,
     /// Tables the patterns matched and left out at the last start.
     left_out: Mutex<Vec<LeftOutTable>>,
+    /// Sequences the last sync round could not keep in step on the targets, with why.
+    pub sequence_problems: Arc<Mutex<Vec<String>>>,
 }
 
 impl JobStats {
@@ -154,6 +156,7 @@ impl JobStats {
             saved_model: Mutex::new(None),
             carried: Mutex::new(None),
             left_out: Mutex::new(Vec::new()),
+            sequence_problems: Arc::default(),
         }
     }
 
@@ -161,6 +164,14 @@ impl JobStats {
     /// start (`None` before its first start got that far).
     pub fn carried(&self) -> Option<Arc<JobSpec>> {
         self.carried.lock().ok().and_then(|c| c.clone())
+    }
+
+    /// Sequences the job's last sync round could not keep in step on its targets.
+    pub fn sequence_problems(&self) -> Vec<String> {
+        self.sequence_problems
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default()
     }
 
     /// Tables the job's patterns matched and left out at its last start.
@@ -545,7 +556,10 @@ async fn run_job_inner(
         spec.source.slot.clone(),
         stats.slot.clone(),
     ));
-    let sequences = tokio::spawn(sequence_sync::keep_up(spec.clone()));
+    let sequences = tokio::spawn(sequence_sync::keep_up(
+        spec.clone(),
+        stats.sequence_problems.clone(),
+    ));
     let wake = host.waker();
     let mut store = ProgressStore {
         job: spec.name.clone(),

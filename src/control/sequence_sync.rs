@@ -7,6 +7,7 @@
 //! Sequences are shared by every tenant, so a target's is the source's, whoever drew it.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_postgres::Client;
@@ -167,9 +168,9 @@ async fn open(spec: &JobSpec) -> Result<Option<Sessions>, String> {
 }
 
 /// Keeps the job's sequences raised on its targets every [`SYNC_EVERY`] until aborted
-/// (`spec`: the job's tables as it carries them). Ends at once for a job without
-/// PostgreSQL targets or sequences.
-pub async fn keep_up(spec: JobSpec) {
+/// (`spec`: the job's tables as it carries them), with each round's problems in
+/// `problems`. Ends at once for a job without PostgreSQL targets or sequences.
+pub async fn keep_up(spec: JobSpec, problems: Arc<Mutex<Vec<String>>>) {
     let mut synced = Synced::default();
     let mut sessions: Option<Sessions> = None;
     let mut tick = tokio::time::interval(SYNC_EVERY);
@@ -193,6 +194,9 @@ pub async fn keep_up(spec: JobSpec) {
                     tracing::debug!(job = %spec.name, raised = round.raised, "sequences raised on the targets");
                 }
                 synced.warn_new(&spec.name, &round.problems);
+                if let Ok(mut current) = problems.lock() {
+                    *current = round.problems;
+                }
             }
             Err(e) => {
                 tracing::debug!(job = %spec.name, error = %e, "cannot sync sequences");

@@ -23,6 +23,8 @@
 //! | `helios_source_slot_retained_wal_bytes` | gauge | `job` |
 //! | `helios_source_slot_safe_wal_bytes` | gauge | `job` |
 //! | `helios_job_state` | gauge | `job`, `state` |
+//! | `helios_job_tables_left_out` | gauge | `job` |
+//! | `helios_target_sequences_out_of_step` | gauge | `job` |
 //! | `helios_tenant_predicted_hotness` | gauge | `job`, `tenant` |
 //! | `helios_prediction_error` | gauge | `job`, `predictor` |
 //! | `helios_predictor_in_use` | gauge | `job`, `predictor` |
@@ -162,6 +164,8 @@ struct Families {
     slot_retained_wal: Family<JobLabels, GaugeU64>,
     slot_safe_wal: Family<JobLabels, GaugeU64>,
     job_state: Family<StateLabels, Gauge>,
+    tables_left_out: Family<JobLabels, GaugeU64>,
+    sequences_out_of_step: Family<JobLabels, GaugeU64>,
     hotness: Family<TenantLabels, GaugeF64>,
     prediction_error: Family<PredictorLabels, GaugeF64>,
     predictor_in_use: Family<PredictorLabels, Gauge>,
@@ -206,6 +210,8 @@ impl Families {
             slot_retained_wal: Family::default(),
             slot_safe_wal: Family::default(),
             job_state: Family::default(),
+            tables_left_out: Family::default(),
+            sequences_out_of_step: Family::default(),
             hotness: Family::default(),
             prediction_error: Family::default(),
             predictor_in_use: Family::default(),
@@ -307,6 +313,16 @@ impl Families {
             JOB_STATE,
             "1 for the job's current state, 0 for the others",
             self.job_state.clone(),
+        );
+        r.register(
+            JOB_TABLES_LEFT_OUT,
+            "Tables the job's table patterns match on the source and leave out (no tenant column, no rights), as its last start found them",
+            self.tables_left_out.clone(),
+        );
+        r.register(
+            TARGET_SEQUENCES_OUT_OF_STEP,
+            "Sequences of the job's tables its last sync round could not keep in step on the targets: a cutover would draw ids the source already gave",
+            self.sequences_out_of_step.clone(),
         );
         r.register(
             PREDICTED_HOTNESS,
@@ -550,6 +566,8 @@ pub struct JobMetrics {
     confirmed_lsn: Slots<(), GaugeU64>,
     slot_retained_wal: Slots<(), GaugeU64>,
     slot_safe_wal: Slots<(), GaugeU64>,
+    tables_left_out: Slots<(), GaugeU64>,
+    sequences_out_of_step: Slots<(), GaugeU64>,
     sinks: Slots<&'static str, SinkSeries>,
     states: Slots<&'static str, Gauge>,
     prediction_errors: Slots<&'static str, GaugeF64>,
@@ -622,6 +640,8 @@ impl JobMetrics {
             confirmed_lsn: Slots::new(),
             slot_retained_wal: Slots::new(),
             slot_safe_wal: Slots::new(),
+            tables_left_out: Slots::new(),
+            sequences_out_of_step: Slots::new(),
             sinks: Slots::new(),
             states: Slots::new(),
             prediction_errors: Slots::new(),
@@ -873,6 +893,22 @@ impl JobMetrics {
         if let Some(safe) = safe {
             self.set_job_gauge(&self.slot_safe_wal, &families.slot_safe_wal, safe);
         }
+    }
+
+    /// Sets the tables the job's patterns leave out and the sequences it cannot keep in
+    /// step on its targets.
+    pub fn set_cutover_gaps(&self, tables_left_out: u64, sequences_out_of_step: u64) {
+        let families = &self.families;
+        self.set_job_gauge(
+            &self.tables_left_out,
+            &families.tables_left_out,
+            tables_left_out,
+        );
+        self.set_job_gauge(
+            &self.sequences_out_of_step,
+            &families.sequences_out_of_step,
+            sequences_out_of_step,
+        );
     }
 
     /// Sets a gauge whose only label is the job.

@@ -35,6 +35,12 @@ pub const SOURCE_SLOT_RETAINED_WAL_BYTES: &str = "helios_source_slot_retained_wa
 pub const SOURCE_SLOT_SAFE_WAL_BYTES: &str = "helios_source_slot_safe_wal_bytes";
 /// 1 for the job's current state, 0 for the others.
 pub const JOB_STATE: &str = "helios_job_state";
+/// Tables the job's table patterns match on the source and leave out (no tenant column,
+/// no rights), as its last start found them.
+pub const JOB_TABLES_LEFT_OUT: &str = "helios_job_tables_left_out";
+/// Sequences of the job's tables its last sync round could not keep in step on the
+/// targets (`control::sequence_sync`): a cutover would draw ids the source already gave.
+pub const TARGET_SEQUENCES_OUT_OF_STEP: &str = "helios_target_sequences_out_of_step";
 
 /// Predicted accesses of the tenant's rows in the next prediction window.
 pub const PREDICTED_HOTNESS: &str = "helios_tenant_predicted_hotness";
@@ -103,7 +109,7 @@ pub const SIDES: [&str; 2] = [SIDE_MERGED, SIDE_WRITTEN];
 pub const PREDICTORS: [&str; 4] = ["model", "heuristic", "last_window", "round_robin"];
 
 /// Every metric name above.
-pub const ALL_METRICS: [&str; 32] = [
+pub const ALL_METRICS: [&str; 34] = [
     REPLICATION_LAG_SECONDS,
     REPLICATION_LAG_BYTES,
     ROWS_REPLICATED_TOTAL,
@@ -119,6 +125,8 @@ pub const ALL_METRICS: [&str; 32] = [
     SOURCE_SLOT_RETAINED_WAL_BYTES,
     SOURCE_SLOT_SAFE_WAL_BYTES,
     JOB_STATE,
+    JOB_TABLES_LEFT_OUT,
+    TARGET_SEQUENCES_OUT_OF_STEP,
     PREDICTED_HOTNESS,
     PREDICTION_ERROR,
     PREDICTOR_IN_USE,

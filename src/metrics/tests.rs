@@ -315,6 +315,7 @@ fn exercise(m: &JobMetrics) {
     m.set_sink_backlog(120, 98_304);
     m.history_row_walks(3);
     m.set_slot_wal(16 << 20, Some(4 << 20));
+    m.set_cutover_gaps(2, 1);
 }
 
 // ---------------------------------------------------------------------------------
@@ -408,6 +409,14 @@ fn encode_is_valid_openmetrics_and_names_every_metric() {
     assert_eq!(
         e.value(SOURCE_SLOT_SAFE_WAL_BYTES, &[(LABEL_JOB, "orders")]),
         Some(4_194_304.0)
+    );
+    assert_eq!(
+        e.value(JOB_TABLES_LEFT_OUT, &[(LABEL_JOB, "orders")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        e.value(TARGET_SEQUENCES_OUT_OF_STEP, &[(LABEL_JOB, "orders")]),
+        Some(1.0)
     );
     for (place, want) in [(PLACE_MEMORY, 4096.0), (PLACE_DISK, 65536.0)] {
         assert_eq!(

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use crate::harness::{wait_for, without_colours, Env, Replicator};
-use crate::serve_api::Server;
+use crate::serve_api::{http, Server};
 use helios_repl::embedded::pg_cluster::free_port;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -208,4 +208,25 @@ fn sync_names_the_sequences_a_target_refused_and_fails_the_command() {
     wait_for("the job's warning", WAIT, || {
         server.output().contains("is not kept in step on target 0")
     });
+    // The job's status and metrics show it while it lasts.
+    wait_for("the problem in the status and /metrics", WAIT, || {
+        let (_, m) = http(&server.url, "GET", "/metrics", None);
+        let (ok, status) = server.cli(&["jobs", "show", "refused", "--json"]);
+        let status: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
+        ok && status["sequence_problems"].as_array().map(Vec::len) == Some(1)
+            && m.contains("helios_target_sequences_out_of_step{job=\"refused\"} 1")
+    });
+    env.on_target("ALTER SEQUENCE public.tickets_id_seq MAXVALUE 100000");
+    wait_for(
+        "the problem gone once the target's sequence can hold the value",
+        WAIT,
+        || {
+            let (_, m) = http(&server.url, "GET", "/metrics", None);
+            m.contains("helios_target_sequences_out_of_step{job=\"refused\"} 0")
+        },
+    );
+    assert_eq!(
+        env.on_target("SELECT last_value FROM public.tickets_id_seq"),
+        "519"
+    );
 }

@@ -674,6 +674,10 @@ fn a_replaced_spec_loads_the_added_tenant_and_survives_a_server_restart() {
     });
     let status = server.job_json("job_e");
     assert_eq!(status["version"], 3);
+    wait_for("the left-out table in /metrics", WAIT, || {
+        let (_, m) = http(&server.url, "GET", "/metrics", None);
+        m.contains("helios_job_tables_left_out{job=\"job_e\"} 1")
+    });
     assert_eq!(
         status["tables_left_out"],
         serde_json::json!([{"table": "public.plans", "pattern": "public.*",

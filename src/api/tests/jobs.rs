@@ -367,6 +367,7 @@ fn a_jobs_detail_names_its_tables_in_error_renamed_and_left_out_and_its_slot() {
             && detail.contains(
                 "table not carried: public.countries matches public.* but has no tenant column `tenant_id`"
             )
+            && detail.contains("sequence \"public\".\"orders_id_seq\" is not kept in step on target 0")
             && detail.contains(
                 "replication slot: unreserved, keeps 5242880 bytes of WAL (the source may write 0 \
                  more before it invalidates the slot)"

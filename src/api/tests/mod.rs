@@ -93,6 +93,9 @@ impl FakeControl {
                 pattern: "public.*".to_owned(),
                 reason: "it has no tenant column `tenant_id`".to_owned(),
             }],
+            sequence_problems: vec![
+                "sequence \"public\".\"orders_id_seq\" is not kept in step on target 0".to_owned(),
+            ],
             slot: Some(crate::cdc::slot_health::SlotHealth {
                 wal_status: "unreserved".to_owned(),
                 retained_wal_bytes: 5 << 20,
