@@ -39,6 +39,7 @@ use tokio::sync::watch;
 
 use crate::cdc::catalog::{self, PublishedTable};
 use crate::cdc::error::CdcError;
+use crate::cdc::partition_watch;
 use crate::cdc::slot_health::{self, SlotHealth};
 use crate::cdc::stream::{self, ConfirmedStore, ReaderState, ReaderStats};
 use crate::change::{format_lsn, Lsn, TableInfo};
@@ -556,6 +557,11 @@ async fn run_job_inner(
         spec.source.slot.clone(),
         stats.slot.clone(),
     ));
+    let partitions = tokio::spawn(partition_watch::watch(
+        spec.name.clone(),
+        spec.source.dsn.expose().to_string(),
+        spec.tables.iter().map(|t| t.name.clone()).collect(),
+    ));
     let sequences = tokio::spawn(sequence_sync::keep_up(
         spec.clone(),
         stats.sequence_problems.clone(),
@@ -650,6 +656,7 @@ async fn run_job_inner(
         p.abort();
     }
     slot_watch.abort();
+    partitions.abort();
     sequences.abort();
     windows.abort();
     stats.set_access(None);

@@ -174,3 +174,29 @@ fn a_publication_made_by_hand_without_deletes_is_set_to_publish_every_change() {
     );
     assert!(repl.stop().success(), "{}", repl.output());
 }
+
+/// A partition detached from a carried partitioned table: its rows leave the table on the
+/// source without a delete in the stream, so the target keeps them, and the job says so,
+/// naming the resync that would drop them.
+#[test]
+fn a_detached_partition_is_warned_about_with_the_resync_that_drops_its_rows() {
+    let env = Env::start(PARTITIONED);
+    let job = env.job_file("detach", "[1, 2, 5]", &["public.events"]);
+    let mut repl = Replicator::streaming(&job);
+    env.wait_converged(SOME_TENANTS, WAIT);
+    let tenant_1 = "SELECT count(*) FROM public.events WHERE tenant_id = 1";
+    assert_eq!(env.on_target(tenant_1), "10");
+    // Past the watch's first read of the partitions.
+    std::thread::sleep(Duration::from_secs(1));
+    env.on_source("ALTER TABLE public.events DETACH PARTITION public.events_13");
+    wait_for("the warning", WAIT, || {
+        repl.output().contains(
+            "partition public.events_13 of public.events was detached or dropped on the source",
+        )
+    });
+    let out = repl.output();
+    assert!(out.contains("jobs resync detach public.events"), "{out}");
+    assert_eq!(env.on_source(tenant_1), "0");
+    assert_eq!(env.on_target(tenant_1), "10", "the target keeps them");
+    assert!(repl.stop().success(), "{}", repl.output());
+}
