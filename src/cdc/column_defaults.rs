@@ -84,12 +84,9 @@ pub async fn column_defaults(
         .collect())
 }
 
-/// The sequences `table`'s columns draw from: those its defaults call and those its
-/// columns own (`serial`, identity), each once, by name.
-pub async fn sequences(
-    client: &Client,
-    table: &TableInfo,
-) -> Result<Vec<SourceSequence>, CdcError> {
+/// The sequences the columns of table `table_oid` draw from: those its defaults call and
+/// those its columns own (`serial`, identity), each once, by name.
+pub async fn sequences(client: &Client, table_oid: u32) -> Result<Vec<SourceSequence>, CdcError> {
     let rows = client
         .query(
             "WITH used AS (
@@ -113,7 +110,7 @@ pub async fn sequences(
              JOIN pg_namespace n ON n.oid = c.relnamespace
              JOIN pg_sequence s ON s.seqrelid = c.oid
              ORDER BY 1, 2",
-            &[&table.oid],
+            &[&table_oid],
         )
         .await
         .map_err(CdcError::query("read the sequences of a table's columns"))?;
@@ -204,7 +201,7 @@ pub async fn read_statements(client: &Client, table: &TableInfo) -> Result<Vec<S
     Ok(statements(
         table,
         &defaults,
-        &sequences(client, table).await?,
+        &sequences(client, table.oid).await?,
     ))
 }
 

@@ -244,7 +244,7 @@ async fn check_source(
                 "role `{user}` does not own it: only its owner may add it to a publication"
             ));
         }
-        for sequence in column_defaults::sequences(source, &info).await? {
+        for sequence in column_defaults::sequences(source, info.oid).await? {
             let name = sequence.qualified();
             if column_defaults::last_value(source, &name).await? == LastValue::NotReadable {
                 out.push(Finding::new(

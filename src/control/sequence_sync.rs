@@ -17,6 +17,7 @@ use crate::cdc::column_defaults::{self, LastValue};
 use crate::cdc::error::CdcError;
 use crate::control::job_spec::JobSpec;
 use crate::sinks::pg_apply;
+use crate::sql_text::quote_qualified;
 
 /// How often a running job raises its sequences on its targets.
 pub const SYNC_EVERY: Duration = Duration::from_secs(10);
@@ -25,12 +26,24 @@ pub const SYNC_EVERY: Duration = Duration::from_secs(10);
 pub const LAST_SYNC_LIMIT: Duration = Duration::from_secs(10);
 
 /// The sequences (quoted `schema.name`) the columns of `spec`'s tables draw from on the
-/// source.
+/// source (a table the source no longer has draws from none).
 pub async fn job_sequences(source: &Client, spec: &JobSpec) -> Result<Vec<String>, CdcError> {
+    let names: Vec<String> = spec
+        .tables
+        .iter()
+        .map(|t| quote_qualified(t.schema(), t.table()))
+        .collect();
+    let rows = source
+        .query(
+            "SELECT to_regclass(name)::oid FROM unnest($1::text[]) AS t(name)
+              WHERE to_regclass(name) IS NOT NULL",
+            &[&names],
+        )
+        .await
+        .map_err(CdcError::query("look up the job's tables"))?;
     let mut out = BTreeSet::new();
-    for table in &spec.tables {
-        let info = catalog::table_info(source, table.schema(), table.table()).await?;
-        for s in column_defaults::sequences(source, &info).await? {
+    for row in &rows {
+        for s in column_defaults::sequences(source, row.get(0)).await? {
             out.insert(s.qualified());
         }
     }
