@@ -1,4 +1,5 @@
 //! Unit tests of the parent module.
+use super::families::stem;
 use super::names::*;
 use super::*;
 use std::collections::BTreeMap;
