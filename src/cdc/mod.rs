@@ -16,3 +16,4 @@ pub mod stream_spool;
 pub mod table_parts;
 pub mod transport;
 pub mod user_types;
+pub mod watch_session;

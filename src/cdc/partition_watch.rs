@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use crate::cdc::catalog;
 use crate::cdc::error::CdcError;
+use crate::cdc::watch_session::WatchSession;
 use crate::sql_text::quote_qualified;
 
 /// How often a running job reads its partitioned tables' partitions.
@@ -82,18 +82,16 @@ pub fn warning(job: &str, table: &str, partition: &str) -> String {
 /// Reads the partitions of `tables` every [`CHECK_EVERY`] until aborted, warning once for
 /// each partition that leaves one of them. Partitions added later are watched from then
 /// on. A failed read is tried again at the next check, on a new session.
-pub async fn watch(job: String, dsn: String, tables: Vec<String>) {
+pub async fn watch(job: String, source: WatchSession, tables: Vec<String>) {
     let mut known: Option<BTreeMap<String, BTreeSet<String>>> = None;
-    let mut client: Option<Client> = None;
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if client.is_none() {
-            client = catalog::connect(&dsn).await.ok();
-        }
-        let Some(source) = &client else { continue };
-        match leaves(source, &tables).await {
+        let Ok(client) = source.client().await else {
+            continue;
+        };
+        match leaves(&client, &tables).await {
             Ok(now) => {
                 if let Some(before) = &known {
                     for (table, partition) in gone(before, &now) {
@@ -104,7 +102,7 @@ pub async fn watch(job: String, dsn: String, tables: Vec<String>) {
             }
             Err(e) => {
                 tracing::debug!(job, error = %e, "cannot read the partitions of the job's tables");
-                client = None;
+                source.failed(&client).await;
             }
         }
     }

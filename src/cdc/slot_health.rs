@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use crate::cdc::error::CdcError;
+use crate::cdc::watch_session::WatchSession;
 
 /// How often a running job reads its slot's health.
 pub const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -56,20 +57,18 @@ pub async fn read(client: &Client, slot: &str) -> Result<Option<SlotHealth>, Cdc
 /// at the next check, on a new session.
 pub async fn watch(
     job: String,
-    dsn: String,
+    source: WatchSession,
     slot: String,
     into: std::sync::Arc<std::sync::Mutex<Option<SlotHealth>>>,
 ) {
     let mut tick = tokio::time::interval(CHECK_EVERY);
-    let mut client = None;
     let mut before: Option<String> = None;
     loop {
         tick.tick().await;
-        if client.is_none() {
-            client = crate::cdc::catalog::connect(&dsn).await.ok();
-        }
-        let Some(c) = &client else { continue };
-        match read(c, &slot).await {
+        let Ok(client) = source.client().await else {
+            continue;
+        };
+        match read(&client, &slot).await {
             Ok(Some(health)) => {
                 if let Some(warning) = warning(before.as_deref(), &health) {
                     tracing::warn!(job, slot, safe_wal_bytes = ?health.safe_wal_bytes, "{warning}");
@@ -82,7 +81,7 @@ pub async fn watch(
             Ok(None) => {}
             Err(e) => {
                 tracing::debug!(job, error = %e, "cannot read the replication slot's health");
-                client = None;
+                source.failed(&client).await;
             }
         }
     }

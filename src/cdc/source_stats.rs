@@ -16,14 +16,6 @@ pub enum SourceStatsError {
     Database(String),
 }
 
-/// Connects to the source with a plain (non-replication) session.
-pub async fn connect(dsn: &str) -> Result<Client, SourceStatsError> {
-    use crate::pg_connect::{self, OnClose};
-    pg_connect::connect(dsn, "source statistics", OnClose::Debug)
-        .await
-        .map_err(|e| SourceStatsError::Database(format!("connect: {e}")))
-}
-
 /// `seq_scan + idx_scan` of each of `tables` (`schema.table`) the server has statistics for;
 /// a partitioned table's are its partitions' summed (the server keeps none of its own).
 pub async fn table_reads(

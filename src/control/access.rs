@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cdc::watch_session::WatchSession;
 use crate::control::job_spec::{JobSpec, PredictorChoice};
 use crate::dataflow::worker::JobAccess;
 use crate::operators::access::bucket::{bucket_of_key, buckets_of_range};
@@ -385,12 +386,14 @@ impl AccessHub {
 }
 
 /// Closes a window every `qos.window_secs` until aborted; polls the source's table
-/// statistics when `qos.source_stats_poll_secs` is set.
-pub async fn run_windows(hub: Arc<AccessHub>) {
+/// statistics on `source` (the job's shared session) when `qos.source_stats_poll_secs`
+/// is set.
+pub async fn run_windows(hub: Arc<AccessHub>, source: WatchSession) {
     if hub.spec.qos.source_stats_poll_secs > 0 {
         tokio::spawn(poll_source_stats(
             Arc::downgrade(&hub),
             Duration::from_secs(hub.spec.qos.source_stats_poll_secs),
+            source,
         ));
     }
     let closer = WindowCloser::start(hub.clone());
@@ -456,24 +459,20 @@ impl WindowCloser {
 
 /// Adds the deltas of the source's `seq_scan + idx_scan` per table to the window's
 /// table-level reads, until the hub is gone.
-async fn poll_source_stats(hub: std::sync::Weak<AccessHub>, every: Duration) {
+async fn poll_source_stats(hub: std::sync::Weak<AccessHub>, every: Duration, source: WatchSession) {
     let mut previous: HashMap<String, i64> = HashMap::new();
-    let mut client = None;
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
         let Some(h) = hub.upgrade() else { return };
-        if client.is_none() {
-            match crate::cdc::source_stats::connect(h.spec.source.dsn.expose()).await {
-                Ok(c) => client = Some(c),
-                Err(e) => {
-                    tracing::warn!(job = %h.job, error = %e, "cannot poll source table statistics");
-                    continue;
-                }
+        let c = match source.client().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(job = %h.job, error = %e, "cannot poll source table statistics");
+                continue;
             }
-        }
-        let Some(c) = client.as_ref() else { continue };
-        match crate::cdc::source_stats::table_reads(c, &h.spec_tables).await {
+        };
+        match crate::cdc::source_stats::table_reads(&c, &h.spec_tables).await {
             Ok(now) => {
                 let deltas = crate::cdc::source_stats::deltas(&previous, &now);
                 h.add_table_reads(&deltas);
@@ -481,7 +480,7 @@ async fn poll_source_stats(hub: std::sync::Weak<AccessHub>, every: Duration) {
             }
             Err(e) => {
                 tracing::warn!(job = %h.job, error = %e, "polling source table statistics failed");
-                client = None;
+                source.failed(&c).await;
             }
         }
     }

@@ -42,6 +42,7 @@ use crate::cdc::error::CdcError;
 use crate::cdc::partition_watch;
 use crate::cdc::slot_health::{self, SlotHealth};
 use crate::cdc::stream::{self, ConfirmedStore, ReaderState, ReaderStats};
+use crate::cdc::watch_session::WatchSession;
 use crate::change::{format_lsn, Lsn, TableInfo};
 use crate::control::access::{self, AccessHub};
 use crate::control::backfill::{self, coverage_json};
@@ -507,7 +508,9 @@ async fn run_job_inner(
     let (durable_tx, mut durable_rx) = watch::channel::<Lsn>(0);
     let hub = Arc::new(AccessHub::new(spec, stats.take_saved_model()));
     stats.set_access(Some(hub.clone()));
-    let windows = tokio::spawn(access::run_windows(hub.clone()));
+    // One plain session to the source for everything the job reads there now and then.
+    let watch_session = WatchSession::new(spec.source.dsn.expose());
+    let windows = tokio::spawn(access::run_windows(hub.clone(), watch_session.clone()));
     let now = crate::change::pg_now_micros();
     host.install(JobDataflow {
         job: spec.name.clone(),
@@ -553,17 +556,18 @@ async fn run_job_inner(
         .map(|every| tokio::spawn(print_progress(spec.name.clone(), stats.clone(), every)));
     let slot_watch = tokio::spawn(slot_health::watch(
         spec.name.clone(),
-        spec.source.dsn.expose().to_string(),
+        watch_session.clone(),
         spec.source.slot.clone(),
         stats.slot.clone(),
     ));
     let partitions = tokio::spawn(partition_watch::watch(
         spec.name.clone(),
-        spec.source.dsn.expose().to_string(),
+        watch_session.clone(),
         spec.tables.iter().map(|t| t.name.clone()).collect(),
     ));
     let sequences = tokio::spawn(sequence_sync::keep_up(
         spec.clone(),
+        watch_session.clone(),
         stats.sequence_problems.clone(),
     ));
     let wake = host.waker();
@@ -602,8 +606,7 @@ async fn run_job_inner(
         if !submitted.has_table_patterns() {
             return std::future::pending::<Infallible>().await;
         }
-        let what =
-            table_patterns::watch_for_new_tables(spec.source.dsn.expose(), submitted, spec).await;
+        let what = table_patterns::watch_for_new_tables(&watch_session, submitted, spec).await;
         let _ = tables_added.set(what);
         control_tx.send_replace(Desired::Stop);
         std::future::pending::<Infallible>().await

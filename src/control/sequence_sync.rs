@@ -15,6 +15,7 @@ use tokio_postgres::Client;
 use crate::cdc::catalog;
 use crate::cdc::column_defaults::{self, LastValue};
 use crate::cdc::error::CdcError;
+use crate::cdc::watch_session::WatchSession;
 use crate::control::job_spec::JobSpec;
 use crate::sinks::pg_apply;
 use crate::sql_text::quote_qualified;
@@ -144,27 +145,22 @@ pub async fn sync_once(
     Ok(round)
 }
 
-/// Connections and the list a round needs, opened afresh after a failure.
+/// The target sessions and the list a round needs, opened afresh after a failure.
 struct Sessions {
-    source: Client,
     targets: Vec<Client>,
     sequences: Vec<String>,
 }
 
-async fn open(spec: &JobSpec) -> Result<Option<Sessions>, String> {
-    let targets_dsns = crate::control::job_runner::postgres_dsns(spec);
-    if targets_dsns.is_empty() {
-        return Ok(None);
-    }
-    let source = catalog::connect(spec.source.dsn.expose())
-        .await
-        .map_err(|e| e.to_string())?;
-    let sequences = job_sequences(&source, spec)
+/// Opens the sessions to `spec`'s PostgreSQL targets and lists its sequences on `source`
+/// (`None`: no sequence, nothing to sync).
+async fn open(spec: &JobSpec, source: &Client) -> Result<Option<Sessions>, String> {
+    let sequences = job_sequences(source, spec)
         .await
         .map_err(|e| e.to_string())?;
     if sequences.is_empty() {
         return Ok(None);
     }
+    let targets_dsns = crate::control::job_runner::postgres_dsns(spec);
     let mut targets = Vec::with_capacity(targets_dsns.len());
     for dsn in &targets_dsns {
         targets.push(
@@ -173,35 +169,43 @@ async fn open(spec: &JobSpec) -> Result<Option<Sessions>, String> {
                 .map_err(|e| e.to_string())?,
         );
     }
-    Ok(Some(Sessions {
-        source,
-        targets,
-        sequences,
-    }))
+    Ok(Some(Sessions { targets, sequences }))
 }
 
 /// Keeps the job's sequences raised on its targets every [`SYNC_EVERY`] until aborted
-/// (`spec`: the job's tables as it carries them), with each round's problems in
-/// `problems`. Ends at once for a job without PostgreSQL targets or sequences.
-pub async fn keep_up(spec: JobSpec, problems: Arc<Mutex<Vec<String>>>) {
+/// (`spec`: the job's tables as it carries them; `source`: the job's shared session), with
+/// each round's problems in `problems`. Ends at once for a job without PostgreSQL targets
+/// or sequences.
+pub async fn keep_up(spec: JobSpec, source: WatchSession, problems: Arc<Mutex<Vec<String>>>) {
+    if crate::control::job_runner::postgres_dsns(&spec).is_empty() {
+        return;
+    }
     let mut synced = Synced::default();
     let mut sessions: Option<Sessions> = None;
     let mut tick = tokio::time::interval(SYNC_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let client = match source.client().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(job = %spec.name, error = %e, "cannot open a source session to sync sequences");
+                continue;
+            }
+        };
         if sessions.is_none() {
-            match open(&spec).await {
+            match open(&spec, &client).await {
                 Ok(None) => return,
                 Ok(Some(s)) => sessions = Some(s),
                 Err(e) => {
                     tracing::debug!(job = %spec.name, error = %e, "cannot open sessions to sync sequences");
+                    source.failed(&client).await;
                     continue;
                 }
             }
         }
         let Some(s) = &sessions else { continue };
-        match sync_once(&s.source, &s.targets, &s.sequences, &mut synced).await {
+        match sync_once(&client, &s.targets, &s.sequences, &mut synced).await {
             Ok(round) => {
                 if round.raised > 0 {
                     tracing::debug!(job = %spec.name, raised = round.raised, "sequences raised on the targets");
@@ -214,6 +218,7 @@ pub async fn keep_up(spec: JobSpec, problems: Arc<Mutex<Vec<String>>>) {
             Err(e) => {
                 tracing::debug!(job = %spec.name, error = %e, "cannot sync sequences");
                 sessions = None;
+                source.failed(&client).await;
             }
         }
     }
@@ -221,10 +226,16 @@ pub async fn keep_up(spec: JobSpec, problems: Arc<Mutex<Vec<String>>>) {
 
 /// One round now, on sessions of its own.
 pub async fn sync_now(spec: &JobSpec) -> Result<Round, String> {
-    let Some(s) = open(spec).await? else {
+    if crate::control::job_runner::postgres_dsns(spec).is_empty() {
+        return Ok(Round::default());
+    }
+    let source = catalog::connect(spec.source.dsn.expose())
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(s) = open(spec, &source).await? else {
         return Ok(Round::default());
     };
-    sync_once(&s.source, &s.targets, &s.sequences, &mut Synced::default())
+    sync_once(&source, &s.targets, &s.sequences, &mut Synced::default())
         .await
         .map_err(|e| e.to_string())
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use crate::cdc::catalog::{self, SchemaTable};
 use crate::cdc::error::CdcError;
+use crate::cdc::watch_session::WatchSession;
 use crate::control::job_spec::{is_name_part, JobSpec, TablePattern, TableSpec};
 
 /// How often a running job with patterns looks for new tables that match them.
@@ -206,20 +207,22 @@ pub fn report(job: &str, resolution: &Resolution) {
 /// row find the same new tables ([`Settling`]): a migration creating tables one after
 /// another restarts the job once, not once per table. A failed read is tried again at the
 /// next check on a new session.
-pub async fn watch_for_new_tables(dsn: &str, spec: &JobSpec, carried: &JobSpec) -> String {
+pub async fn watch_for_new_tables(
+    source: &WatchSession,
+    spec: &JobSpec,
+    carried: &JobSpec,
+) -> String {
     let known: BTreeSet<&str> = carried.tables.iter().map(|t| t.name.as_str()).collect();
     let mut settling = Settling::default();
-    let mut client = None;
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
-        if client.is_none() {
-            client = catalog::connect(dsn).await.ok();
-        }
-        let Some(source) = &client else { continue };
-        match resolve(source, spec).await {
+        let Ok(client) = source.client().await else {
+            continue;
+        };
+        match resolve(&client, spec).await {
             Ok(now) => {
                 let new: BTreeSet<String> = now
                     .spec
@@ -238,7 +241,7 @@ pub async fn watch_for_new_tables(dsn: &str, spec: &JobSpec, carried: &JobSpec) 
             }
             Err(e) => {
                 tracing::debug!(job = %spec.name, error = %e, "cannot read the source's tables for the job's patterns");
-                client = None;
+                source.failed(&client).await;
             }
         }
     }

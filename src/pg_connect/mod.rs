@@ -82,9 +82,18 @@ pub async fn connect(
     Ok(client)
 }
 
-/// Opens a session on `dsn` as it asks for TLS.
+/// Names the session `helios-repl <role>` in the server's `pg_stat_activity`, unless the
+/// DSN names it (`application_name`).
+fn name_session(config: &mut tokio_postgres::Config, role: &str) {
+    if config.get_application_name().is_none() {
+        config.application_name(format!("helios-repl {role}"));
+    }
+}
+
+/// Opens a session on `dsn` as it asks for TLS, named as [`name_session`] says.
 async fn open(dsn: &str, role: &'static str, on_close: OnClose) -> Result<Client, ConnectError> {
-    let dsn = PgDsn::parse(dsn)?;
+    let mut dsn = PgDsn::parse(dsn)?;
+    name_session(&mut dsn.config, role);
     if !dsn.tls.mode.plain_first() {
         return connect_tls(&dsn.config, &dsn.tls, role, on_close).await;
     }
@@ -146,5 +155,20 @@ mod tests {
             startup_options(),
             "-c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0"
         );
+    }
+
+    #[test]
+    fn sessions_are_named_by_role_unless_the_dsn_names_them() {
+        let mut unnamed = PgDsn::parse("host=h user=u").expect("dsn").config;
+        name_session(&mut unnamed, "job watch");
+        assert_eq!(
+            unnamed.get_application_name(),
+            Some("helios-repl job watch")
+        );
+        let mut named = PgDsn::parse("postgresql://u@h/app?application_name=billing-sync")
+            .expect("dsn")
+            .config;
+        name_session(&mut named, "job watch");
+        assert_eq!(named.get_application_name(), Some("billing-sync"));
     }
 }

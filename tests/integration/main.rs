@@ -23,6 +23,7 @@ mod sequences;
 mod serve_api;
 mod session_settings;
 mod snapshot_stream;
+mod source_sessions;
 mod spill_dir;
 mod streamed_transactions;
 mod table_patterns;

@@ -361,7 +361,8 @@ fn access_events_feed_the_predictor_and_its_model_survives_a_restart() {
 /// delta of `pg_stat_user_tables` between two polls; other tables do not.
 #[test]
 fn source_table_reads_are_read_as_deltas() {
-    use helios_repl::cdc::source_stats::{connect, deltas, table_reads};
+    use helios_repl::cdc::catalog::connect;
+    use helios_repl::cdc::source_stats::{deltas, table_reads};
     let env = Env::start(EVENTS);
     env.on_source(
         "CREATE TABLE q.other (id int); \
