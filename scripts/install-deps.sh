@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need from the distribution, if missing:
-# PostgreSQL server binaries (initdb, pg_ctl, psql), nats-server and pyarrow. Safe to run
-# again.
+# PostgreSQL server binaries (initdb, pg_ctl, psql), nats-server, pyarrow, and Prometheus
+# with promtool. Safe to run again.
 set -euo pipefail
 
 have_pg() {
@@ -38,4 +38,22 @@ if ! command -v nats-server >/dev/null 2>&1; then
   echo "installing nats-server" >&2
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nats-server >/dev/null
+fi
+
+# prometheus and promtool, for the tests of the alert rules (schemas/prometheus-alerts.yml):
+# the two binaries taken out of Debian's package into a directory of our own (installing
+# the package would also set up and start a Prometheus service). The tests find them
+# through HELIOS_PROMETHEUS_DIR, which test.sh sets.
+PROM_DIR="${HELIOS_PROMETHEUS_DIR:-$HOME/.cache/helios-repl/prometheus}"
+if ! [ -x "$PROM_DIR/prometheus" ] || ! [ -x "$PROM_DIR/promtool" ]; then
+  echo "installing prometheus and promtool into $PROM_DIR" >&2
+  deb_dir="$(mktemp -d)"
+  if ! (cd "$deb_dir" && apt-get download prometheus >/dev/null 2>&1); then
+    as_root apt-get update -qq
+    (cd "$deb_dir" && apt-get download prometheus >/dev/null 2>&1)
+  fi
+  dpkg-deb -x "$deb_dir"/prometheus_*.deb "$deb_dir/root"
+  mkdir -p "$PROM_DIR"
+  cp "$deb_dir/root/usr/bin/prometheus" "$deb_dir/root/usr/bin/promtool" "$PROM_DIR/"
+  rm -rf "$deb_dir"
 fi

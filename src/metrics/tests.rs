@@ -890,6 +890,28 @@ fn the_dashboard_parses_and_uses_every_metric() {
     }
 }
 
+const ALERT_RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/prometheus-alerts.yml");
+
+#[test]
+fn the_alert_rules_name_only_metrics_we_export() {
+    let text =
+        std::fs::read_to_string(ALERT_RULES).unwrap_or_else(|e| panic!("{ALERT_RULES}: {e}"));
+    let names = regex::Regex::new(r"helios_[a-z0-9_]+").expect("regex");
+    // In the expressions and in the descriptions that point at a metric.
+    let used: BTreeSet<&str> = names.find_iter(&text).map(|m| m.as_str()).collect();
+    assert!(used.len() >= 8, "{used:?}");
+    for name in used {
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(name);
+        assert!(
+            ALL_METRICS.contains(&name) || ALL_METRICS.contains(&base),
+            "the alert rules use {name}, which is not a metric we export"
+        );
+    }
+}
+
 #[test]
 fn prediction_series_follow_the_predictor_in_use_and_bound_tenants() {
     let reg = MetricsRegistry::new();

@@ -1,6 +1,7 @@
 //! The one integration-test binary: every test here runs against real PostgreSQL clusters
 //! that the harness starts on free ports, and the real `helios-repl` binary.
 
+mod alerts;
 mod apply_semantics;
 mod backfill;
 mod bad_input;

@@ -114,7 +114,7 @@ impl Server {
         (out.status.success(), text)
     }
 
-    fn job_json(&self, id: &str) -> serde_json::Value {
+    pub(crate) fn job_json(&self, id: &str) -> serde_json::Value {
         let (ok, out) = self.cli(&["jobs", "show", id, "--json"]);
         assert!(ok, "jobs show {id}: {out}");
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad json ({e}): {out}"))
@@ -177,7 +177,7 @@ pub(crate) fn http_with_body(
     (status, body)
 }
 
-fn job_file(env: &Env, name: &str, tenants: &str, target_db: &str) -> PathBuf {
+pub(crate) fn job_file(env: &Env, name: &str, tenants: &str, target_db: &str) -> PathBuf {
     let text = format!(
         "name = \"{name}\"\n[source]\ndsn = \"{} password={PASSWORD}\"\npublication = \"pub_{name}\"\nslot = \"slot_{name}\"\n\
          [tenants]\ninclude = {tenants}\n[[tables]]\nname = \"public.accounts\"\n[[tables]]\nname = \"public.ledger\"\n\
@@ -190,7 +190,7 @@ fn job_file(env: &Env, name: &str, tenants: &str, target_db: &str) -> PathBuf {
     path
 }
 
-fn write_load(env: &Env, from: i64, count: i64) {
+pub(crate) fn write_load(env: &Env, from: i64, count: i64) {
     env.on_source(&format!(
         "INSERT INTO public.ledger SELECT 1 + n % 10, n, n FROM generate_series({from}, {}) n;
          UPDATE public.accounts SET balance = balance + 1 WHERE id % 3 = {};",
@@ -199,7 +199,7 @@ fn write_load(env: &Env, from: i64, count: i64) {
     ));
 }
 
-fn converge(env: &Env, db: &str, tenants: &str) {
+pub(crate) fn converge(env: &Env, db: &str, tenants: &str) {
     for q in [
         format!("SELECT tenant_id, id, balance FROM public.accounts WHERE tenant_id IN ({tenants}) ORDER BY 1, 2"),
         format!("SELECT tenant_id, count(*), count(DISTINCT n), sum(amount) FROM public.ledger WHERE tenant_id IN ({tenants}) GROUP BY 1 ORDER BY 1"),
@@ -220,7 +220,7 @@ fn no_password_in(texts: &[(&str, &str)]) {
     }
 }
 
-fn setup() -> (Env, Server) {
+pub(crate) fn setup() -> (Env, Server) {
     let env = Env::start(SHOP);
     for db in ["meta", "replica_a", "replica_b"] {
         env.target.create_database(db).expect("create db");
@@ -236,7 +236,7 @@ fn replace(server: &Server, path: &Path) -> String {
     out
 }
 
-fn submit(server: &Server, path: &Path) {
+pub(crate) fn submit(server: &Server, path: &Path) {
     let (ok, out) = server.cli(&["submit", path.to_str().unwrap_or_default()]);
     assert!(ok, "submit: {out}");
 }
