@@ -121,6 +121,9 @@ enum Command {
         /// Where the HTTP API listens.
         #[arg(long, default_value = "127.0.0.1:7300")]
         listen: String,
+        /// HTTPS for the API and /metrics.
+        #[command(flatten)]
+        api_tls: ApiTlsArgs,
         /// The metadata store (a PostgreSQL database).
         #[arg(long, env = "HELIOS_META_DSN", hide_env_values = true)]
         meta_dsn: String,
@@ -255,6 +258,30 @@ enum Command {
     },
 }
 
+/// The certificate `serve` answers HTTPS with.
+#[derive(clap::Args)]
+struct ApiTlsArgs {
+    /// Serve the API over HTTPS with this certificate chain (PEM, the server's first); read
+    /// again at the first connection after it changes, so a renewal needs no restart.
+    #[arg(long, env = "HELIOS_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1, not encrypted).
+    #[arg(long, env = "HELIOS_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl ApiTlsArgs {
+    /// The server's TLS configuration, if asked for; a file that cannot be used stops the
+    /// start, named.
+    fn server_config(&self) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let files = Arc::new(api::tls::CertFiles::load(cert, key)?);
+        Ok(Some(files.server_config()?))
+    }
+}
+
 /// How the CLI reaches a server.
 #[derive(clap::Args)]
 struct ClientArgs {
@@ -269,6 +296,10 @@ struct ClientArgs {
     /// Bearer token.
     #[arg(long, env = "HELIOS_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// For an https:// server: trust only the certificates of this PEM file (a private
+    /// CA, or the server's own self-signed certificate) instead of the system's roots.
+    #[arg(long, env = "HELIOS_CA_FILE", global = true)]
+    ca_file: Option<PathBuf>,
     /// Print JSON for scripts instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -454,6 +485,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Serve {
             listen,
+            api_tls,
             meta_dsn,
             token,
             workers,
@@ -462,7 +494,7 @@ fn main() -> anyhow::Result<()> {
             access_subject,
             access_nats,
         } => runtime.block_on(serve(
-            listen,
+            (listen, api_tls.server_config()?),
             meta_dsn,
             token,
             (workers, placement),
@@ -477,7 +509,7 @@ fn main() -> anyhow::Result<()> {
             key,
             client,
         } => runtime.block_on(async move {
-            let api = ApiClient::new(&client.server, client.token);
+            let api = ApiClient::new(&client.server, client.token, client.ca_file.as_deref())?;
             let rows = api
                 .rows_as_of(
                     &tenant,
@@ -502,7 +534,7 @@ fn main() -> anyhow::Result<()> {
             output,
             client,
         } => runtime.block_on(async move {
-            let api = ApiClient::new(&client.server, client.token);
+            let api = ApiClient::new(&client.server, client.token, client.ca_file.as_deref())?;
             let request = ExportRequest {
                 tenant,
                 table,
@@ -541,7 +573,7 @@ fn main() -> anyhow::Result<()> {
             }
         }),
         Command::Submit { file, client } => runtime.block_on(async move {
-            let api = ApiClient::new(&client.server, client.token);
+            let api = ApiClient::new(&client.server, client.token, client.ca_file.as_deref())?;
             let id = api.submit_file(&file).await?;
             if client.json {
                 println!("{}", serde_json::json!({ "id": id }));
@@ -551,7 +583,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }),
         Command::Jobs { action, client } => runtime.block_on(async move {
-            let api = ApiClient::new(&client.server, client.token);
+            let api = ApiClient::new(&client.server, client.token, client.ca_file.as_deref())?;
             let print = |job: &JobStatus| {
                 if client.json {
                     println!("{}", serde_json::to_string_pretty(job).unwrap_or_default());
@@ -662,7 +694,7 @@ fn start_host(workers: usize, placement: WorkerPlacement) -> anyhow::Result<Data
 
 /// `helios-repl serve`: the API, the metadata store and every job, until Ctrl-C.
 async fn serve(
-    listen: String,
+    (listen, tls): (String, Option<Arc<rustls::ServerConfig>>),
     meta_dsn: String,
     token: Option<String>,
     (workers, placement): (usize, WorkerPlacement),
@@ -685,13 +717,13 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("listen on {listen}"))?;
-    tracing::info!(listen = %listener.local_addr()?, auth = token.is_some(), "serving");
+    tracing::info!(listen = %listener.local_addr()?, auth = token.is_some(), https = tls.is_some(), "serving");
     let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::spawn(stop_on_signal(move || {
         let _ = stop_tx.send(true);
     }));
     let router = api::router(manager.clone(), token);
-    api::serve(listener, router, async move {
+    api::serve(listener, tls, router, async move {
         let _ = stop_rx.changed().await;
     })
     .await?;

@@ -27,6 +27,25 @@ pub enum ClientError {
     /// The job file could not be read.
     #[error("cannot read {path}: {detail}")]
     File { path: String, detail: String },
+    /// What the client should trust for `https://` could not be set up.
+    #[error("TLS set-up for the server at {base}: {detail}")]
+    Tls { base: String, detail: String },
+}
+
+/// An error with the causes under it (reqwest's own message leaves out why a connection
+/// failed: the certificate it refused, say).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// A job file's bytes and the media type they are sent as (JSON if the name ends in
@@ -68,13 +87,30 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    /// A client for `base` (e.g. `http://127.0.0.1:7300`).
-    pub fn new(base: &str, token: Option<String>) -> ApiClient {
-        ApiClient {
-            base: base.trim_end_matches('/').to_string(),
-            token,
-            http: reqwest::Client::new(),
-        }
+    /// A client for `base` (`http://127.0.0.1:7300`, or `https://…` for a server with
+    /// `--tls-cert`, trusted through `ca_file` if given, else the system's roots).
+    pub fn new(
+        base: &str,
+        token: Option<String>,
+        ca_file: Option<&Path>,
+    ) -> Result<ApiClient, ClientError> {
+        let base = base.trim_end_matches('/').to_string();
+        let tls_error = |detail: String| ClientError::Tls {
+            base: base.clone(),
+            detail,
+        };
+        let tls = if base.starts_with("https://") || ca_file.is_some() {
+            crate::api::tls::client_config(ca_file).map_err(|e| tls_error(e.to_string()))?
+        } else {
+            // Never used over http://, but reqwest's rustls needs one (it has no
+            // process-wide provider to build its own).
+            crate::api::tls::client_config_without_roots().map_err(|e| tls_error(e.to_string()))?
+        };
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .build()
+            .map_err(|e| tls_error(with_causes(&e)))?;
+        Ok(ApiClient { base, token, http })
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -86,9 +122,18 @@ impl ApiClient {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
-        let resp = req.send().await.map_err(|e| ClientError::Transport {
-            base: self.base.clone(),
-            detail: e.to_string(),
+        let resp = req.send().await.map_err(|e| {
+            let mut detail = with_causes(&e);
+            if detail.contains("invalid peer certificate") {
+                detail.push_str(
+                    " (for a server whose certificate a private CA signed, or a self-signed \
+                     one, give that certificate with --ca-file)",
+                );
+            }
+            ClientError::Transport {
+                base: self.base.clone(),
+                detail,
+            }
         })?;
         if resp.status().is_success() {
             return Ok(resp);

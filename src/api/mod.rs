@@ -25,6 +25,7 @@ mod error;
 mod routes;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 use std::future::Future;
 
@@ -35,19 +36,30 @@ pub use routes::{
 };
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops accepting and
-/// waits for the requests in flight to finish.
+/// waits for the requests in flight to finish; over TLS with `tls` if given (see [`tls`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
     match listener.local_addr() {
-        Ok(addr) => tracing::info!(%addr, "HTTP API listening"),
-        Err(e) => tracing::warn!(%e, "HTTP API listening on an unknown address"),
+        Ok(addr) => tracing::info!(%addr, scheme, "API listening"),
+        Err(e) => tracing::warn!(%e, scheme, "API listening on an unknown address"),
     }
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    tracing::info!("HTTP API stopped");
+    match tls {
+        Some(config) => {
+            axum::serve(tls::TlsListener::new(listener, config), router)
+                .with_graceful_shutdown(shutdown)
+                .await?
+        }
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await?
+        }
+    }
+    tracing::info!("API stopped");
     Ok(())
 }

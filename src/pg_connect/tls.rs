@@ -83,7 +83,7 @@ impl TlsError {
 }
 
 /// The rustls provider every session uses (ring, as the NATS client does).
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -324,7 +324,10 @@ fn read_crls(
     read_pem(what, path, "revocation list", required)
 }
 
-fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn read_certs(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     read_pem(what, path, "certificate", true)
 }
 
@@ -342,9 +345,9 @@ fn read_pem<T: PemObject>(
         reason,
     };
     let objects = T::pem_file_iter(path)
-        .map_err(|e| file_error(e.to_string()))?
+        .map_err(|e| file_error(describe_pem_error(&e)))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_error(e.to_string()))?;
+        .map_err(|e| file_error(describe_pem_error(&e)))?;
     if objects.is_empty() && required {
         return Err(TlsError::Empty {
             what,
@@ -353,6 +356,24 @@ fn read_pem<T: PemObject>(
         });
     }
     Ok(objects)
+}
+
+/// What is wrong with a PEM file, in words (the parser's own message shows the marker
+/// lines as lists of bytes).
+pub(crate) fn describe_pem_error(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { end_marker } => format!(
+            "its PEM section `{}` has no END line (cut short?)",
+            String::from_utf8_lossy(end_marker).trim()
+        ),
+        Error::IllegalSectionStart { line } => format!(
+            "a malformed PEM line: `{}`",
+            String::from_utf8_lossy(line).trim()
+        ),
+        Error::Io(e) => e.to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// libpq's checks short of `verify-full`: with a `chain` verifier (built on the roots and

@@ -2,6 +2,7 @@
 //! that the harness starts on free ports, and the real `helios-repl` binary.
 
 mod alerts;
+mod api_https;
 mod apply_semantics;
 mod backfill;
 mod bad_input;

@@ -220,11 +220,18 @@ fn no_password_in(texts: &[(&str, &str)]) {
     }
 }
 
-pub(crate) fn setup() -> (Env, Server) {
+/// The shop's source, and a target cluster with the metadata store's database and two
+/// replicas.
+pub(crate) fn setup_env() -> Env {
     let env = Env::start(SHOP);
     for db in ["meta", "replica_a", "replica_b"] {
         env.target.create_database(db).expect("create db");
     }
+    env
+}
+
+pub(crate) fn setup() -> (Env, Server) {
+    let env = setup_env();
     let server = Server::start(&env, free_port().expect("port"));
     (env, server)
 }

@@ -100,7 +100,7 @@ fn crl(ca: &rcgen::Certificate, key: &KeyPair, revoked: &[u64]) -> String {
         .expect("PEM")
 }
 
-fn ca(name: &str) -> (rcgen::Certificate, KeyPair) {
+pub(crate) fn ca(name: &str) -> (rcgen::Certificate, KeyPair) {
     let key = KeyPair::generate().expect("CA key");
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);

@@ -50,7 +50,7 @@ async fn serve_answers_over_tcp_and_stops_on_shutdown() {
     let addr = listener.local_addr().unwrap();
     let (_, router) = app(Some(TOKEN));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, router, async {
+    let server = tokio::spawn(serve(listener, None, router, async {
         let _ = stopped.await;
     }));
 
