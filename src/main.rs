@@ -130,6 +130,15 @@ enum Command {
         /// Bearer token required on every /v1 route.
         #[arg(long, env = "HELIOS_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// A second bearer token that may only read (GET and HEAD on /v1), for dashboards
+        /// and scripts that look; anything else with it is refused (403).
+        #[arg(
+            long,
+            env = "HELIOS_READ_TOKEN",
+            hide_env_values = true,
+            requires = "token"
+        )]
+        read_token: Option<String>,
         /// Timely worker threads shared by all jobs (default: half the cores, at least one).
         #[arg(long, default_value_t = job_runner::default_workers(), value_parser = at_least_one)]
         workers: usize,
@@ -311,6 +320,15 @@ enum JobsAction {
     List,
     /// One job in detail.
     Show { id: String },
+    /// What happened to a job, newest first: the states it entered (a failed job's error)
+    /// and the requests made of it.
+    Events {
+        id: String,
+        /// How many (1 to 1000).
+        #[arg(long, default_value_t = helios_repl::control::job_control::EVENTS_DEFAULT,
+              value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+    },
     /// Stop reading a job's source; it keeps its position.
     Pause { id: String },
     /// Start reading again.
@@ -488,6 +506,7 @@ fn main() -> anyhow::Result<()> {
             api_tls,
             meta_dsn,
             token,
+            read_token,
             workers,
             retention_every_secs,
             access_nats_url,
@@ -496,7 +515,10 @@ fn main() -> anyhow::Result<()> {
         } => runtime.block_on(serve(
             (listen, api_tls.server_config()?),
             meta_dsn,
-            token,
+            api::ApiTokens {
+                admin: token,
+                read_only: read_token,
+            },
             (workers, placement),
             Duration::from_secs(retention_every_secs.max(1)),
             access_nats_url.map(|url| (url, access_subject, access_nats)),
@@ -601,6 +623,14 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
                 JobsAction::Show { id } => print(&api.get(&id).await?),
+                JobsAction::Events { id, limit } => {
+                    let events = api.events(&id, limit).await?;
+                    if client.json {
+                        println!("{}", serde_json::to_string_pretty(&events)?);
+                    } else {
+                        print!("{}", client::events_table(&events));
+                    }
+                }
                 JobsAction::Pause { id } => print(&api.pause(&id).await?),
                 JobsAction::Resume { id } => print(&api.resume(&id).await?),
                 JobsAction::Replace { file } => print(&api.replace_file(&file).await?),
@@ -696,7 +726,7 @@ fn start_host(workers: usize, placement: WorkerPlacement) -> anyhow::Result<Data
 async fn serve(
     (listen, tls): (String, Option<Arc<rustls::ServerConfig>>),
     meta_dsn: String,
-    token: Option<String>,
+    tokens: api::ApiTokens,
     (workers, placement): (usize, WorkerPlacement),
     retention_every: Duration,
     access_nats: Option<(String, String, NatsAccess)>,
@@ -717,12 +747,18 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("listen on {listen}"))?;
-    tracing::info!(listen = %listener.local_addr()?, auth = token.is_some(), https = tls.is_some(), "serving");
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        auth = tokens.admin.is_some(),
+        read_only_token = tokens.read_only.is_some(),
+        https = tls.is_some(),
+        "serving"
+    );
     let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::spawn(stop_on_signal(move || {
         let _ = stop_tx.send(true);
     }));
-    let router = api::router(manager.clone(), token);
+    let router = api::router(manager.clone(), tokens);
     api::serve(listener, tls, router, async move {
         let _ = stop_rx.changed().await;
     })

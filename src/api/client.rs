@@ -7,7 +7,8 @@ use serde::Deserialize;
 
 use crate::api::routes::encode_path_segment;
 use crate::control::job_control::{
-    AsOfRows, ExportRequest, ExportStatus, JobStatus, ResyncRequest, SyncRequest, SyncResult,
+    AsOfRows, ExportRequest, ExportStatus, JobEvents, JobStatus, ResyncRequest, SyncRequest,
+    SyncResult,
 };
 use crate::control::job_spec::JobSpec;
 
@@ -210,6 +211,13 @@ impl ApiClient {
         self.json(resp).await
     }
 
+    /// A job's last `limit` events, newest first.
+    pub async fn events(&self, id: &str, limit: u32) -> Result<JobEvents, ClientError> {
+        let path = format!("/v1/jobs/{id}/events?limit={limit}");
+        let resp = self.send(self.request(reqwest::Method::GET, &path)).await?;
+        self.json(resp).await
+    }
+
     /// Pauses a job.
     pub async fn pause(&self, id: &str) -> Result<JobStatus, ClientError> {
         let resp = self
@@ -334,6 +342,35 @@ pub fn rows_table(rows: &AsOfRows) -> String {
         let cells: Vec<&str> = row.iter().map(|c| c.as_deref().unwrap_or("NULL")).collect();
         out.push_str(&cells.join("\t"));
         out.push('\n');
+    }
+    out
+}
+
+/// A job's events as a table for a person: when, what, why; newest first, as they come.
+pub fn events_table(events: &JobEvents) -> String {
+    let mut out = String::new();
+    if events.events.is_empty() {
+        out.push_str(&format!("no events recorded for job {}\n", events.job));
+        return out;
+    }
+    let kind_width = events
+        .events
+        .iter()
+        .map(|e| e.kind.len())
+        .max()
+        .unwrap_or(0)
+        .max("EVENT".len());
+    out.push_str(&format!(
+        "{:<27} {:<kind_width$} DETAIL\n",
+        "AT (UTC)", "EVENT"
+    ));
+    for e in &events.events {
+        out.push_str(&format!(
+            "{:<27} {:<kind_width$} {}\n",
+            e.at,
+            e.kind,
+            e.detail.as_deref().unwrap_or("-")
+        ));
     }
     out
 }

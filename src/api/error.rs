@@ -43,6 +43,9 @@ pub enum ApiError {
     /// No or a wrong bearer token on a `/v1` route (401).
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// The read-only token on a route that changes something (403).
+    #[error("the read-only token may not {method} {path}: only GET and HEAD; this needs the server's admin token")]
+    ReadOnlyToken { method: String, path: String },
     /// No route has this path (404).
     #[error("no route for {method} {path}")]
     NoRoute { method: String, path: String },
@@ -84,6 +87,7 @@ impl ApiError {
             ApiError::Spec(spec) => spec_status(spec),
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::ReadOnlyToken { .. } => StatusCode::FORBIDDEN,
             ApiError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

@@ -9,7 +9,8 @@
 //!
 //! - `routes`: the route list, the handlers, [`router`], request logging (method, path,
 //!   status at debug, never bodies).
-//! - `auth`: the bearer token on `/v1` (constant-time compare).
+//! - `auth`: the bearer tokens on `/v1`: admin, and read-only (`GET`/`HEAD`) (constant-time
+//!   compare).
 //! - `error`: [`ApiError`], the one error type, and its body `{"error", "field"}`.
 //!
 //! What it never does: start, stop or inspect jobs itself (that is the `JobControl`
@@ -29,6 +30,7 @@ pub mod tls;
 
 use std::future::Future;
 
+pub use auth::ApiTokens;
 pub use error::{redact_text, ApiError, ErrorBody};
 pub use routes::{
     router, Health, JobCreated, JobList, TenantJobs, MAX_BODY_BYTES, METRICS_CONTENT_TYPE, ROUTES,

@@ -17,13 +17,13 @@ use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::auth::{self, BearerAuth};
+use super::auth::{self, ApiTokens, BearerAuth};
 use super::error::{redact_text, ApiError};
 use crate::control::access::AccessEvents;
 use crate::control::job_control::{
     AsOfQuery, AsOfRows, ControlError, ExportRequest, ExportStatus, JobCompression, JobControl,
-    JobId, JobStatus, ResyncRequest, RetentionPolicy, SyncRequest, SyncResult, TenantJob,
-    TimePoint,
+    JobEvents, JobId, JobStatus, ResyncRequest, RetentionPolicy, SyncRequest, SyncResult,
+    TenantJob, TimePoint, EVENTS_DEFAULT, EVENTS_MAX,
 };
 use crate::control::job_spec::JobSpec;
 
@@ -40,6 +40,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/jobs/{id}/resync"),
     ("POST", "/v1/jobs/{id}/sync"),
     ("GET", "/v1/jobs/{id}/compression"),
+    ("GET", "/v1/jobs/{id}/events"),
     ("GET", "/v1/tenants/{tenant}"),
     ("GET", "/v1/tenants/{tenant}/tables/{table}/rows"),
     ("POST", "/v1/exports"),
@@ -97,9 +98,10 @@ struct AppState {
     control: Arc<dyn JobControl>,
 }
 
-/// The API's router over `control`. With `token`, every `/v1` path requires
-/// `Authorization: Bearer <token>`; `/healthz`, `/readyz` and `/metrics` never do.
-pub fn router(control: Arc<dyn JobControl>, token: Option<String>) -> Router {
+/// The API's router over `control`. With an admin token, every `/v1` path requires
+/// `Authorization: Bearer <token>`, the read-only token taken on `GET` and `HEAD` (see
+/// `auth`); `/healthz`, `/readyz` and `/metrics` never do.
+pub fn router(control: Arc<dyn JobControl>, tokens: ApiTokens) -> Router {
     let mut router = Router::new();
     for &(method, path) in ROUTES {
         router = router.route(path, endpoint(method, path));
@@ -110,7 +112,7 @@ pub fn router(control: Arc<dyn JobControl>, token: Option<String>) -> Router {
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(
-            BearerAuth::new(token),
+            BearerAuth::new(tokens),
             auth::require_bearer,
         ))
         .layer(middleware::from_fn(log_request))
@@ -134,6 +136,7 @@ fn endpoint(method: &str, path: &str) -> MethodRouter<AppState> {
         ("POST", "/v1/jobs/{id}/resync") => post(resync_job),
         ("POST", "/v1/jobs/{id}/sync") => post(sync_job),
         ("GET", "/v1/jobs/{id}/compression") => get(job_compression),
+        ("GET", "/v1/jobs/{id}/events") => get(job_events),
         ("GET", "/v1/tenants/{tenant}") => get(tenant_jobs),
         ("GET", "/v1/tenants/{tenant}/tables/{table}/rows") => get(rows_as_of),
         ("POST", "/v1/exports") => post(start_export),
@@ -277,6 +280,53 @@ async fn job_compression(
 ) -> Result<Json<JobCompression>, ApiError> {
     let id = path_param(id, "id")?;
     Ok(Json(state.control.compression(&id).await?))
+}
+
+async fn job_events(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    uri: Uri,
+) -> Result<Json<JobEvents>, ApiError> {
+    let id = path_param(id, "id")?;
+    let limit = events_limit_param(&uri)?;
+    let mut answer = state.control.events(&id, limit).await?;
+    for event in &mut answer.events {
+        event.detail = event.detail.as_deref().map(redact_text);
+    }
+    Ok(Json(answer))
+}
+
+/// The `limit` query parameter of `GET /v1/jobs/{id}/events`: absent →
+/// [`EVENTS_DEFAULT`], else `1..=`[`EVENTS_MAX`]; anything else, or another parameter → 400.
+pub(crate) fn events_limit_param(uri: &Uri) -> Result<u32, ApiError> {
+    let Query(params) = Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}"), None))?;
+    let mut limit = None;
+    for (name, value) in params {
+        if name != "limit" {
+            return Err(ApiError::bad_request(
+                format!("unknown query parameter `{name}`; the only one accepted is limit"),
+                Some(&name),
+            ));
+        }
+        let parsed = value
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=EVENTS_MAX).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    format!("limit must be a whole number from 1 to {EVENTS_MAX}, got `{value}`"),
+                    Some("limit"),
+                )
+            })?;
+        if limit.replace(parsed).is_some() {
+            return Err(ApiError::bad_request(
+                "limit is given more than once",
+                Some("limit"),
+            ));
+        }
+    }
+    Ok(limit.unwrap_or(EVENTS_DEFAULT))
 }
 
 async fn pause_job(

@@ -466,12 +466,42 @@ pub trait JobControl: Send + Sync + 'static {
     async fn retention_policies(&self) -> Result<Vec<RetentionPolicy>, ControlError>;
     /// What the codec of each of a job's compressed-stream sinks chose, per stream.
     async fn compression(&self, id: &str) -> Result<JobCompression, ControlError>;
+    /// A job's last `limit` events, newest first; also of a job deleted since, while the
+    /// store keeps them (not found: no such job and no events).
+    async fn events(&self, id: &str, limit: u32) -> Result<JobEvents, ControlError>;
     /// Counts access events (already validated) for the jobs that replicate their rows.
     async fn record_access(
         &self,
         events: crate::control::access::AccessEvents,
     ) -> Result<crate::control::access::AccessAccepted, ControlError>;
 }
+
+/// One thing that happened to a job, as the metadata store recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobEvent {
+    /// When (RFC 3339, UTC, microseconds).
+    pub at: String,
+    /// What: a state the job entered (`snapshotting`, `streaming`, `paused`, `failed`,
+    /// `stopping`) or a request (`submitted`, `replaced`, `pause requested`, `resume
+    /// requested`, `resync requested`, `deleted`).
+    pub kind: String,
+    /// The reason or particulars (a failed job's error, a spec version), if any.
+    pub detail: Option<String>,
+}
+
+/// Body of `GET /v1/jobs/{id}/events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobEvents {
+    /// The job.
+    pub job: String,
+    /// Its events, newest first.
+    pub events: Vec<JobEvent>,
+}
+
+/// How many events `GET /v1/jobs/{id}/events` returns by default, and at most.
+pub const EVENTS_DEFAULT: u32 = 50;
+/// See [`EVENTS_DEFAULT`].
+pub const EVENTS_MAX: u32 = 1000;
 
 /// Body of `GET /v1/jobs/{id}/compression`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -18,7 +18,7 @@ use crate::change::format_lsn;
 use crate::control::access::{AccessHub, STORED_PREDICTIONS};
 use crate::control::job_control::{
     AsOfQuery, AsOfRows, ControlError, ExportRequest, ExportState, ExportStatus, JobCompression,
-    JobControl, JobId, JobState, JobStatus, Readiness, RenamedTable, ResyncRequest,
+    JobControl, JobEvents, JobId, JobState, JobStatus, Readiness, RenamedTable, ResyncRequest,
     RetentionPolicy, SinkCompression, SyncRequest, SyncResult, TableInError, TenantJob,
     TenantStatus, TimePoint,
 };
@@ -164,6 +164,30 @@ impl JobManager {
         for job in jobs {
             let _ = tokio::time::timeout(STOP_LIMIT, job.task).await;
             job.monitor.abort();
+            self.record_state_changes(&job.spec.name, &job.stats).await;
+        }
+    }
+
+    /// Records in the metadata store the states `stats`' job entered since the last call
+    /// (its monitor calls this every tick; a stopped job's last ones are recorded as its
+    /// monitor is stopped).
+    pub(super) async fn record_state_changes(&self, job: &str, stats: &JobStats) {
+        let (changes, dropped) = stats.take_state_changes();
+        if dropped > 0 {
+            let detail = format!("{dropped} state changes were not recorded (too many at once)");
+            self.store
+                .record_event(job, "events dropped", Some(&detail))
+                .await;
+        }
+        for change in changes {
+            self.store
+                .record_event_at(
+                    job,
+                    job_monitor::state_name(change.state),
+                    change.reason.as_deref(),
+                    change.at,
+                )
+                .await;
         }
     }
 
@@ -190,6 +214,7 @@ impl JobManager {
             tracing::warn!(job = id, "job did not stop in time; dropped");
         }
         job.monitor.abort();
+        self.record_state_changes(id, &job.stats).await;
         self.metrics.unregister_job(id);
         job.spec
     }
@@ -382,6 +407,17 @@ impl JobControl for JobManager {
         Ok(job_compression(&job.spec, &job.stats))
     }
 
+    async fn events(&self, id: &str, limit: u32) -> Result<JobEvents, ControlError> {
+        let events = self.store.job_events(id, limit).await?;
+        if events.is_empty() && !self.jobs.lock().await.contains_key(id) {
+            return Err(ControlError::NotFound(id.to_string()));
+        }
+        Ok(JobEvents {
+            job: id.to_string(),
+            events,
+        })
+    }
+
     async fn record_access(
         &self,
         events: crate::control::access::AccessEvents,
@@ -450,9 +486,9 @@ impl JobControl for JobManager {
             )));
         }
         self.store.set_desired_state(id, "paused").await?;
+        self.store.record_event(id, "pause requested", None).await;
         let _ = job.control.send(Desired::Pause);
         job.stats.set_state(JobState::Paused, None);
-        self.store.record_event(id, "pause requested", None).await;
         Ok(JobManager::status(job))
     }
 
@@ -472,6 +508,7 @@ impl JobControl for JobManager {
             let (spec, version) = (job.spec.clone(), job.version);
             if let Some(old) = jobs.remove(id) {
                 old.monitor.abort();
+                self.record_state_changes(id, &old.stats).await;
             }
             let me = self.self_arc().await?;
             let managed = me.spawn(spec, version, Desired::Run);

@@ -17,7 +17,7 @@ use crate::metrics::JobMetrics;
 /// How often each job's figures are sampled.
 pub const MONITOR_EVERY: Duration = Duration::from_secs(2);
 
-fn state_name(state: JobState) -> &'static str {
+pub(super) fn state_name(state: JobState) -> &'static str {
     match state {
         JobState::Snapshotting => "snapshotting",
         JobState::Streaming => "streaming",
@@ -41,7 +41,6 @@ pub(super) async fn monitor(
     let mut tick = tokio::time::interval(MONITOR_EVERY);
     let mut last_rows = stats.rows_applied();
     let mut last_at = Instant::now();
-    let mut last_state: Option<(JobState, Option<String>)> = None;
     let mut mirrored: HashMap<String, u64> = HashMap::new();
     let mut seen_counts: HashMap<(usize, String), (u64, u64)> = HashMap::new();
     let mut seen_bytes = 0u64;
@@ -60,14 +59,8 @@ pub(super) async fn monitor(
         if let Ok(mut r) = rows_per_second.lock() {
             *r = rate;
         }
+        manager.record_state_changes(&job, &stats).await;
         let state = stats.state();
-        if last_state.as_ref() != Some(&state) {
-            manager
-                .store
-                .record_event(&job, state_name(state.0), state.1.as_deref())
-                .await;
-            last_state = Some(state.clone());
-        }
         metrics.set_state(state_name(state.0));
         metrics.set_lag(None, stats.lag_seconds(), stats.lag_bytes());
         metrics.set_confirmed_lsn(stats.reader.confirmed.load(Relaxed));

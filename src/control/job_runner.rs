@@ -55,6 +55,7 @@ use crate::control::job_reader::{
     back_off, connect_started, is_transient, read_until_stopped, unless_slot_lost,
 };
 use crate::control::job_spec::{JobSpec, SinkSpec, TableSpec, TenantFilter};
+use crate::control::state_changes::{StateChange, StateChanges};
 use crate::control::{cold_resume, history_books, history_repair, sequence_sync, table_patterns};
 use crate::dataflow::host::DataflowHost;
 use crate::dataflow::worker::{JobDataflow, SinkPlace, SinkTarget};
@@ -130,6 +131,8 @@ pub struct JobStats {
     pub slot: Arc<Mutex<Option<SlotHealth>>>,
     /// State and the reason for it (failure, or the last transient error).
     state: Mutex<(JobState, Option<String>)>,
+    /// State changes the monitor has not recorded yet, oldest first.
+    state_changes: Mutex<StateChanges>,
     /// Access signals and hotness predictions of the running job.
     access: Mutex<Option<Arc<AccessHub>>>,
     /// A model saved by an earlier run, for the next start.
@@ -154,6 +157,7 @@ impl JobStats {
             snapshot: SnapshotProgress::default(),
             slot: Arc::default(),
             state: Mutex::new((JobState::Snapshotting, None)),
+            state_changes: Mutex::new(StateChanges::starting_with(JobState::Snapshotting)),
             access: Mutex::new(None),
             saved_model: Mutex::new(None),
             carried: Mutex::new(None),
@@ -215,8 +219,22 @@ impl JobStats {
     /// Records the job's state.
     pub fn set_state(&self, state: JobState, reason: Option<String>) {
         if let Ok(mut s) = self.state.lock() {
+            if *s != (state, reason.clone()) {
+                if let Ok(mut changes) = self.state_changes.lock() {
+                    changes.push(state, reason.clone());
+                }
+            }
             *s = (state, reason);
         }
+    }
+
+    /// The state changes since the last call, oldest first, with how many were dropped
+    /// because nobody took them (more than [`StateChanges::KEPT`] in between).
+    pub fn take_state_changes(&self) -> (Vec<StateChange>, u64) {
+        self.state_changes
+            .lock()
+            .map(|mut c| c.take())
+            .unwrap_or_default()
     }
 
     /// The job's replication slot as the source last showed it.

@@ -11,7 +11,9 @@ use tokio_postgres::Client;
 use crate::change::Lsn;
 use crate::control::access::PredictionStatus;
 use crate::control::history_query::Horizon;
-use crate::control::job_control::{ExportRequest, ExportState, ExportStatus, RetentionPolicy};
+use crate::control::job_control::{
+    ExportRequest, ExportState, ExportStatus, JobEvent, RetentionPolicy,
+};
 use crate::control::job_spec::{JobSpec, SinkSpec};
 use crate::control::secret::Dsn;
 use crate::operators::access::{BucketKey, SavedModel};
@@ -467,18 +469,53 @@ impl MetadataStore {
         Ok(Dsn::new(row.get(0)))
     }
 
-    /// Records a state change or error of a job.
+    /// Records something that happened to a job now (a request made of it).
     pub async fn record_event(&self, job: &str, kind: &str, detail: Option<&str>) {
+        self.record_event_at(job, kind, detail, std::time::SystemTime::now())
+            .await;
+    }
+
+    /// Records something that happened to a job at `at` (a state it entered); logged, not
+    /// an error, if the store refuses.
+    pub async fn record_event_at(
+        &self,
+        job: &str,
+        kind: &str,
+        detail: Option<&str>,
+        at: std::time::SystemTime,
+    ) {
         let result = self
             .client
             .execute(
-                "INSERT INTO helios_meta.replication_events (job, kind, detail) VALUES ($1, $2, $3)",
-                &[&job, &kind, &detail],
+                "INSERT INTO helios_meta.replication_events (job, at, kind, detail) VALUES ($1, $2, $3, $4)",
+                &[&job, &at, &kind, &detail],
             )
             .await;
         if let Err(e) = result {
             tracing::warn!(job, error = %describe_pg_error(&e), "cannot record job event");
         }
+    }
+
+    /// A job's last `limit` events (state changes, errors, requests), newest first.
+    pub async fn job_events(&self, job: &str, limit: u32) -> Result<Vec<JobEvent>, MetadataError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), kind, detail
+                   FROM helios_meta.replication_events WHERE job = $1
+                  ORDER BY at DESC, id DESC LIMIT $2",
+                &[&job, &i64::from(limit)],
+            )
+            .await
+            .map_err(db("read job events"))?;
+        Ok(rows
+            .iter()
+            .map(|r| JobEvent {
+                at: r.get(0),
+                kind: r.get(1),
+                detail: r.get(2),
+            })
+            .collect())
     }
 
     /// Mirrors per-tenant durable positions.

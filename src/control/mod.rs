@@ -26,4 +26,5 @@ pub mod preflight;
 pub mod resync;
 pub mod secret;
 pub mod sequence_sync;
+pub mod state_changes;
 pub mod table_patterns;

@@ -47,7 +47,7 @@ async fn call_route(router: &Router, method: &str, path: &str, auth: Option<&str
 
 #[tokio::test]
 async fn every_v1_route_requires_the_token() {
-    assert_eq!(protected_routes().count(), 17);
+    assert_eq!(protected_routes().count(), 18);
     let wrong = [
         None,
         Some("Bearer wrong".to_owned()),
@@ -160,4 +160,86 @@ fn token_parsing_and_comparison() {
     assert_eq!(presented_token(&headers), None);
     assert!(is_protected("/v1/jobs") && is_protected("/v1") && is_protected("/v1/"));
     assert!(!is_protected("/v10") && !is_protected("/healthz") && !is_protected("/metrics"));
+}
+
+const READ_TOKEN: &str = "r3ad-only";
+
+fn app_with_read_token() -> (Arc<FakeControl>, Router) {
+    let control = Arc::new(FakeControl::default());
+    let router = router(
+        control.clone(),
+        ApiTokens {
+            admin: Some(TOKEN.to_owned()),
+            read_only: Some(READ_TOKEN.to_owned()),
+        },
+    );
+    (control, router)
+}
+
+#[tokio::test]
+async fn the_read_only_token_reads_every_route_and_changes_nothing() {
+    let reader = format!("Bearer {READ_TOKEN}");
+    let mut reads = 0;
+    for (method, path) in protected_routes() {
+        let (control, router) = app_with_read_token();
+        let initial = if path.ends_with("/resume") {
+            JobState::Paused
+        } else {
+            JobState::Streaming
+        };
+        control.insert(spec_named("known"), initial);
+        let answer = call_route(&router, method, path, Some(&reader)).await;
+        if method == "GET" {
+            reads += 1;
+            assert!(
+                answer.status.is_success(),
+                "{method} {path}: {} {}",
+                answer.status,
+                answer.text()
+            );
+        } else {
+            assert_eq!(answer.status, StatusCode::FORBIDDEN, "{method} {path}");
+            let error = answer.json()["error"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            assert!(
+                error.contains("read-only token may not") && error.contains(method),
+                "{error}"
+            );
+            // Nothing reached the manager.
+            assert_eq!(control.jobs.lock().unwrap().len(), 1);
+            assert_eq!(control.jobs.lock().unwrap()["known"].state, initial);
+            // The admin token may.
+            let answer = call_route(&router, method, path, Some(&format!("Bearer {TOKEN}"))).await;
+            assert!(
+                answer.status.is_success(),
+                "{method} {path}: {}",
+                answer.status
+            );
+        }
+    }
+    assert!(reads >= 5, "{reads}");
+    // A near miss of either token is no token.
+    let (_, router) = app_with_read_token();
+    for wrong in [format!("{READ_TOKEN}x"), "r3ad".to_owned()] {
+        let answer = call(&router, "GET", "/v1/jobs", Some(&wrong)).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{wrong}");
+    }
+}
+
+#[tokio::test]
+async fn a_read_only_token_without_an_admin_token_opens_nothing_more() {
+    // Routes are open without an admin token; a read-only one then restricts no one.
+    let control = Arc::new(FakeControl::default());
+    let router = router(
+        control.clone(),
+        ApiTokens {
+            admin: None,
+            read_only: Some(READ_TOKEN.to_owned()),
+        },
+    );
+    control.insert(spec_named("known"), JobState::Streaming);
+    let answer = call(&router, "POST", "/v1/jobs/known/pause", Some(READ_TOKEN)).await;
+    assert!(answer.status.is_success(), "{}", answer.status);
 }

@@ -375,3 +375,54 @@ fn a_jobs_detail_names_its_tables_in_error_renamed_and_left_out_and_its_slot() {
         "{detail}"
     );
 }
+
+#[tokio::test]
+async fn events_come_newest_first_redacted_and_limited() {
+    let (control, router) = app(None);
+    control.insert(spec_named("known"), JobState::Streaming);
+    let answer = call(&router, "GET", "/v1/jobs/known/events", None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let body = answer.json();
+    assert_eq!(body["job"], "known");
+    let kinds: Vec<&str> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["failed", "streaming", "submitted"]);
+    let detail = body["events"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("password=***") && !detail.contains("hunter2"),
+        "{detail}"
+    );
+    assert_eq!(body["events"][1]["detail"], Value::Null);
+
+    let answer = call(&router, "GET", "/v1/jobs/known/events?limit=1", None).await;
+    assert_eq!(answer.json()["events"].as_array().unwrap().len(), 1);
+    for query in [
+        "limit=0",
+        "limit=1001",
+        "limit=ten",
+        "limit=-1",
+        "limit=1&limit=2",
+    ] {
+        let answer = call(
+            &router,
+            "GET",
+            &format!("/v1/jobs/known/events?{query}"),
+            None,
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(answer.error().field.as_deref(), Some("limit"), "{query}");
+    }
+    let answer = call(&router, "GET", "/v1/jobs/known/events?since=1", None).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert!(answer
+        .error()
+        .error
+        .contains("unknown query parameter `since`"));
+    let answer = call(&router, "GET", "/v1/jobs/nope/events", None).await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+}

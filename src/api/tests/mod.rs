@@ -336,6 +336,40 @@ impl JobControl for FakeControl {
         Ok(self.policies.lock().unwrap().clone())
     }
 
+    async fn events(
+        &self,
+        id: &str,
+        limit: u32,
+    ) -> Result<crate::control::job_control::JobEvents, ControlError> {
+        use crate::control::job_control::{JobEvent, JobEvents};
+        if !self.jobs.lock().unwrap().contains_key(id) {
+            return Err(ControlError::NotFound(id.to_string()));
+        }
+        let event = |at: &str, kind: &str, detail: Option<&str>| JobEvent {
+            at: at.to_owned(),
+            kind: kind.to_owned(),
+            detail: detail.map(str::to_owned),
+        };
+        let mut events = vec![
+            event(
+                "2026-12-07T10:00:02.000000Z",
+                "failed",
+                Some("cannot connect to host=db password=hunter2"),
+            ),
+            event("2026-12-07T10:00:01.000000Z", "streaming", None),
+            event(
+                "2026-12-07T10:00:00.000000Z",
+                "submitted",
+                Some("version 1"),
+            ),
+        ];
+        events.truncate(limit as usize);
+        Ok(JobEvents {
+            job: id.to_owned(),
+            events,
+        })
+    }
+
     async fn compression(
         &self,
         id: &str,
@@ -397,7 +431,13 @@ fn spec_named(name: &str) -> JobSpec {
 
 fn app(token: Option<&str>) -> (Arc<FakeControl>, Router) {
     let control = Arc::new(FakeControl::default());
-    let router = router(control.clone(), token.map(str::to_owned));
+    let router = router(
+        control.clone(),
+        ApiTokens {
+            admin: token.map(str::to_owned),
+            read_only: None,
+        },
+    );
     (control, router)
 }
 

@@ -292,3 +292,13 @@ async fn unknown_routes_and_methods_get_json_errors() {
     assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
     assert!(answer.error().error.contains("POST"));
 }
+
+#[test]
+fn every_route_that_changes_something_documents_the_read_only_tokens_403() {
+    let doc = openapi();
+    for &(method, path) in ROUTES.iter().filter(|(_, p)| is_protected(p)) {
+        let op = operation(&doc, method, path);
+        let documented = op["responses"].get("403").is_some();
+        assert_eq!(documented, method != "GET", "{method} {path}");
+    }
+}
