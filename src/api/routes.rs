@@ -299,34 +299,42 @@ async fn job_events(
 /// The `limit` query parameter of `GET /v1/jobs/{id}/events`: absent →
 /// [`EVENTS_DEFAULT`], else `1..=`[`EVENTS_MAX`]; anything else, or another parameter → 400.
 pub(crate) fn events_limit_param(uri: &Uri) -> Result<u32, ApiError> {
+    let Some(value) = only_query_param(uri, "limit")? else {
+        return Ok(EVENTS_DEFAULT);
+    };
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=EVENTS_MAX).contains(n))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                format!("limit must be a whole number from 1 to {EVENTS_MAX}, got `{value}`"),
+                Some("limit"),
+            )
+        })
+}
+
+/// The value of the query parameter `name`, the only one a route takes: 400 for another
+/// parameter, or `name` given twice.
+fn only_query_param(uri: &Uri, name: &str) -> Result<Option<String>, ApiError> {
     let Query(params) = Query::<Vec<(String, String)>>::try_from_uri(uri)
         .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}"), None))?;
-    let mut limit = None;
-    for (name, value) in params {
-        if name != "limit" {
+    let mut found = None;
+    for (given, value) in params {
+        if given != name {
             return Err(ApiError::bad_request(
-                format!("unknown query parameter `{name}`; the only one accepted is limit"),
-                Some(&name),
+                format!("unknown query parameter `{given}`; the only one accepted is {name}"),
+                Some(&given),
             ));
         }
-        let parsed = value
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=EVENTS_MAX).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    format!("limit must be a whole number from 1 to {EVENTS_MAX}, got `{value}`"),
-                    Some("limit"),
-                )
-            })?;
-        if limit.replace(parsed).is_some() {
+        if found.replace(value).is_some() {
             return Err(ApiError::bad_request(
-                "limit is given more than once",
-                Some("limit"),
+                format!("{name} is given more than once"),
+                Some(name),
             ));
         }
     }
-    Ok(limit.unwrap_or(EVENTS_DEFAULT))
+    Ok(found)
 }
 
 async fn pause_job(
@@ -387,34 +395,14 @@ async fn delete_job(
 /// The `drop_slot` query parameter of `DELETE /v1/jobs/{id}`: absent → false, `true` or
 /// `false`; any other value, a repeated one, or another parameter → 400.
 pub(crate) fn drop_slot_param(uri: &Uri) -> Result<bool, ApiError> {
-    let Query(params) = Query::<Vec<(String, String)>>::try_from_uri(uri)
-        .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}"), None))?;
-    let mut drop_slot = None;
-    for (name, value) in params {
-        if name != "drop_slot" {
-            return Err(ApiError::bad_request(
-                format!("unknown query parameter `{name}`; the only one accepted is drop_slot"),
-                Some(&name),
-            ));
-        }
-        let parsed = match value.as_str() {
-            "true" => true,
-            "false" => false,
-            _ => {
-                return Err(ApiError::bad_request(
-                    format!("drop_slot must be `true` or `false`, got `{value}`"),
-                    Some("drop_slot"),
-                ))
-            }
-        };
-        if drop_slot.replace(parsed).is_some() {
-            return Err(ApiError::bad_request(
-                "drop_slot is given more than once",
-                Some("drop_slot"),
-            ));
-        }
+    match only_query_param(uri, "drop_slot")?.as_deref() {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(value) => Err(ApiError::bad_request(
+            format!("drop_slot must be `true` or `false`, got `{value}`"),
+            Some("drop_slot"),
+        )),
     }
-    Ok(drop_slot.unwrap_or(false))
 }
 
 // ---------------------------------------------------------------------------

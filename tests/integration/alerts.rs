@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use helios_repl::embedded::pg_cluster::free_port;
 
-use crate::harness::wait_for;
+use crate::harness::{output_of, wait_for};
 use crate::serve_api::{converge, job_file, setup, submit, write_load};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -42,16 +42,7 @@ fn binary(name: &str) -> PathBuf {
 }
 
 fn promtool(args: &[&str]) -> (bool, String) {
-    let out = Command::new(binary("promtool"))
-        .args(args)
-        .output()
-        .expect("run promtool");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    output_of(Command::new(binary("promtool")).args(args))
 }
 
 #[test]

@@ -10,7 +10,7 @@ use rcgen::{CertificateParams, DnType, KeyPair};
 
 use helios_repl::embedded::pg_cluster::free_port;
 
-use crate::harness::wait_for;
+use crate::harness::{output_of, wait_for};
 use crate::serve_api::{converge, job_file, setup_env, write_load, Server, TOKEN};
 use crate::tls::ca;
 
@@ -38,18 +38,12 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 /// Runs the CLI against `url`; returns (success, stdout+stderr).
 fn cli(url: &str, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_helios-repl"))
-        .args(args)
-        .args(["--server", url])
-        .env("HELIOS_TOKEN", TOKEN)
-        .output()
-        .expect("run cli");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    output_of(
+        std::process::Command::new(env!("CARGO_BIN_EXE_helios-repl"))
+            .args(args)
+            .args(["--server", url])
+            .env("HELIOS_TOKEN", TOKEN),
+    )
 }
 
 fn path_str(p: &Path) -> &str {

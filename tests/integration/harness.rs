@@ -132,6 +132,17 @@ impl Env {
     }
 }
 
+/// Runs `command` to its end: whether it succeeded, and its stdout then stderr.
+pub fn output_of(command: &mut std::process::Command) -> (bool, String) {
+    let out = command.output().expect("run the command");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// Polls `check` every 200 ms until true; panics after `limit` naming `what`.
 pub fn wait_for(what: &str, limit: Duration, check: impl FnMut() -> bool) {
     if !wait_until(limit, check) {

@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-use crate::harness::Env;
+use crate::harness::{output_of, Env};
 
 const SETUP: &str = "
 CREATE TABLE public.items (tenant_id int NOT NULL, id int NOT NULL, v text, n bigserial, PRIMARY KEY (tenant_id, id));
@@ -34,18 +34,12 @@ fn check(env: &Env, user: &str, tables: &[&str], target_dsn: &str) -> (bool, Str
     );
     let path = env.dir.path().join(format!("check_{user}.toml"));
     std::fs::write(&path, text).expect("write job file");
-    let out = Command::new(env!("CARGO_BIN_EXE_helios-repl"))
-        .args(["check", "--job"])
-        .arg(&path)
-        .env("HELIOS_LOG", "warn")
-        .output()
-        .expect("run check");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    output_of(
+        Command::new(env!("CARGO_BIN_EXE_helios-repl"))
+            .args(["check", "--job"])
+            .arg(&path)
+            .env("HELIOS_LOG", "warn"),
+    )
 }
 
 #[test]

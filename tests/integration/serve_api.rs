@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use helios_repl::embedded::pg_cluster::free_port;
 
-use crate::harness::{wait_for, Env};
+use crate::harness::{output_of, wait_for, Env};
 
 const WAIT: Duration = Duration::from_secs(90);
 pub(crate) const TOKEN: &str = "t0ken-for-tests";
@@ -100,18 +100,12 @@ impl Server {
 
     /// Runs the CLI against this server; returns (success, stdout+stderr).
     pub(crate) fn cli(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_helios-repl"))
-            .args(args)
-            .args(["--server", &self.url])
-            .env("HELIOS_TOKEN", TOKEN)
-            .output()
-            .expect("run cli");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        output_of(
+            Command::new(env!("CARGO_BIN_EXE_helios-repl"))
+                .args(args)
+                .args(["--server", &self.url])
+                .env("HELIOS_TOKEN", TOKEN),
+        )
     }
 
     pub(crate) fn job_json(&self, id: &str) -> serde_json::Value {
