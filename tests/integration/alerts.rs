@@ -13,7 +13,9 @@ use std::time::Duration;
 use helios_repl::embedded::pg_cluster::free_port;
 
 use crate::harness::{output_of, wait_for};
-use crate::serve_api::{converge, job_file, setup, submit, write_load};
+use crate::serve_api::{
+    converge, job_file, refuse_an_update_on_replica_a, setup, submit, write_load,
+};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -195,13 +197,7 @@ fn prometheus_scraping_a_server_fires_tables_in_error_and_resolves_it_after_the_
         prometheus.target_health()
     );
 
-    env.target
-        .psql(
-            "replica_a",
-            "ALTER TABLE public.accounts ADD CONSTRAINT not_777 CHECK (balance <> 777)",
-        )
-        .expect("constraint");
-    env.on_source("UPDATE public.accounts SET balance = 777 WHERE tenant_id = 1 AND id = 1");
+    refuse_an_update_on_replica_a(&env);
     let expected = (
         "HeliosTablesInError".to_string(),
         "job_al".to_string(),

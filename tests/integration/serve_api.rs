@@ -184,6 +184,18 @@ pub(crate) fn job_file(env: &Env, name: &str, tenants: &str, target_db: &str) ->
     path
 }
 
+/// Makes `replica_a` refuse the next update of `public.accounts` (a CHECK the source does
+/// not have), and makes that update on the source: the table goes into error state.
+pub(crate) fn refuse_an_update_on_replica_a(env: &Env) {
+    env.target
+        .psql(
+            "replica_a",
+            "ALTER TABLE public.accounts ADD CONSTRAINT not_777 CHECK (balance <> 777)",
+        )
+        .expect("constraint");
+    env.on_source("UPDATE public.accounts SET balance = 777 WHERE tenant_id = 1 AND id = 1");
+}
+
 pub(crate) fn write_load(env: &Env, from: i64, count: i64) {
     env.on_source(&format!(
         "INSERT INTO public.ledger SELECT 1 + n % 10, n, n FROM generate_series({from}, {}) n;
@@ -719,13 +731,7 @@ fn a_table_in_error_is_resynced_over_the_api_once_the_target_is_mended() {
             )
             .unwrap_or_default()
     };
-    env.target
-        .psql(
-            "replica_a",
-            "ALTER TABLE public.accounts ADD CONSTRAINT not_777 CHECK (balance <> 777)",
-        )
-        .expect("constraint");
-    env.on_source("UPDATE public.accounts SET balance = 777 WHERE tenant_id = 1 AND id = 1");
+    refuse_an_update_on_replica_a(&env);
     wait_for("the table error to be recorded", WAIT, || {
         state() == "error"
     });
