@@ -146,6 +146,10 @@ enum Command {
         /// the history table).
         #[arg(long, default_value_t = 300)]
         retention_every_secs: u64,
+        /// Events kept per job in the metadata store (`jobs events`); older ones are
+        /// pruned at each retention pass.
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+        events_kept: u32,
         /// A NATS server whose access events (the JSON body of POST /v1/access) feed the
         /// hotness predictor.
         #[arg(long)]
@@ -509,6 +513,7 @@ fn main() -> anyhow::Result<()> {
             read_token,
             workers,
             retention_every_secs,
+            events_kept,
             access_nats_url,
             access_subject,
             access_nats,
@@ -520,7 +525,7 @@ fn main() -> anyhow::Result<()> {
                 read_only: read_token,
             },
             (workers, placement),
-            Duration::from_secs(retention_every_secs.max(1)),
+            (Duration::from_secs(retention_every_secs.max(1)), events_kept),
             access_nats_url.map(|url| (url, access_subject, access_nats)),
         )),
         Command::Query {
@@ -728,14 +733,14 @@ async fn serve(
     meta_dsn: String,
     tokens: api::ApiTokens,
     (workers, placement): (usize, WorkerPlacement),
-    retention_every: Duration,
+    (retention_every, events_kept): (Duration, u32),
     access_nats: Option<(String, String, NatsAccess)>,
 ) -> anyhow::Result<()> {
     let store = MetadataStore::open(&meta_dsn).await?;
     let host = Arc::new(start_host(workers, placement)?);
     let metrics = MetricsRegistry::new();
     let manager = JobManager::start(host.clone(), store, metrics).await?;
-    let retention = manager.start_retention(retention_every);
+    let retention = manager.start_retention(retention_every, events_kept);
     let access = match access_nats {
         Some((url, subject, nats_access)) => Some(
             access_subscriber::start(&url, &nats_access, &subject, manager.clone())

@@ -843,7 +843,12 @@ impl JobManager {
     }
 
     /// Runs [`JobManager::retention_pass`] every `every` until the manager is dropped.
-    pub fn start_retention(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+    /// Each pass also prunes every job's events to its newest `events_kept`.
+    pub fn start_retention(
+        self: &Arc<Self>,
+        every: Duration,
+        events_kept: u32,
+    ) -> tokio::task::JoinHandle<()> {
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -851,6 +856,11 @@ impl JobManager {
                 tick.tick().await;
                 let Some(manager) = me.upgrade() else { return };
                 manager.retention_pass().await;
+                match manager.store.prune_events(events_kept).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(pruned = n, "old job events pruned"),
+                    Err(e) => tracing::warn!(error = %e, "cannot prune old job events"),
+                }
             }
         })
     }

@@ -496,6 +496,20 @@ impl MetadataStore {
         }
     }
 
+    /// Deletes every job's events but its newest `kept`; returns how many went.
+    pub async fn prune_events(&self, kept: u32) -> Result<u64, MetadataError> {
+        self.client
+            .execute(
+                "DELETE FROM helios_meta.replication_events e
+                  USING (SELECT id, row_number() OVER (PARTITION BY job ORDER BY at DESC, id DESC) AS n
+                           FROM helios_meta.replication_events) ranked
+                  WHERE e.id = ranked.id AND ranked.n > $1",
+                &[&i64::from(kept)],
+            )
+            .await
+            .map_err(db("prune job events"))
+    }
+
     /// A job's last `limit` events (state changes, errors, requests), newest first.
     pub async fn job_events(&self, job: &str, limit: u32) -> Result<Vec<JobEvent>, MetadataError> {
         let rows = self

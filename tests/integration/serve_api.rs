@@ -1128,3 +1128,40 @@ fn a_read_only_token_reads_jobs_and_their_events_but_cannot_change_them() {
     let (ok, out) = server.cli(&["jobs", "list", "--token", "dashb0ardx"]);
     assert!(!ok && out.contains("401"), "{out}");
 }
+
+/// `--events-kept N`: each retention pass leaves every job its newest N events.
+#[test]
+fn a_jobs_events_are_pruned_to_the_newest_kept() {
+    let env = setup_env();
+    let server = Server::spawn(
+        &env,
+        free_port().expect("port"),
+        &["--events-kept", "2", "--retention-every-secs", "1"],
+        &[],
+    );
+    server.wait_healthy();
+    submit(&server, &job_file(&env, "job_ev", "[1]", "replica_a"));
+    wait_for("the job to stream", WAIT, || {
+        server.job_json("job_ev")["state"] == "streaming"
+    });
+    let (ok, out) = server.cli(&["jobs", "pause", "job_ev"]);
+    assert!(ok, "{out}");
+    let kinds = || {
+        let (_, out) = server.cli(&["jobs", "events", "job_ev", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&out).map_or(Vec::new(), |v| {
+            v["events"]
+                .as_array()
+                .map(|e| {
+                    e.iter()
+                        .filter_map(|e| e["kind"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+    };
+    wait_for("the events pruned to the newest two", WAIT, || {
+        kinds() == ["paused", "pause requested"]
+    });
+    let (ok, out) = server.cli(&["jobs", "events", "job_ev", "--limit", "0"]);
+    assert!(!ok && out.contains("--limit"), "{out}");
+}
