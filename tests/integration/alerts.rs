@@ -56,7 +56,7 @@ fn the_alert_rules_pass_promtools_check_and_their_unit_tests() {
 }
 
 /// A Prometheus server on a free port, with its data in `dir`; killed when dropped.
-struct Prometheus {
+pub(crate) struct Prometheus {
     child: Child,
     log: PathBuf,
     addr: String,
@@ -64,13 +64,27 @@ struct Prometheus {
 
 impl Prometheus {
     /// Scrapes `target` (`host:port`) every second and evaluates `rules` every second.
-    fn start(dir: &Path, target: &str, rules: &str) -> Prometheus {
+    /// Over HTTPS trusting `https_ca` if given.
+    pub(crate) fn start(
+        dir: &Path,
+        target: &str,
+        rules: &str,
+        https_ca: Option<&Path>,
+    ) -> Prometheus {
         let rules_path = dir.join("rules.yml");
         std::fs::write(&rules_path, rules).expect("write rules");
+        let https = https_ca
+            .map(|ca| {
+                format!(
+                    "    scheme: https\n    tls_config:\n      ca_file: '{}'\n",
+                    ca.display()
+                )
+            })
+            .unwrap_or_default();
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
              rule_files: ['{}']\n\
-             scrape_configs:\n  - job_name: helios\n    honor_labels: true\n    \
+             scrape_configs:\n  - job_name: helios\n    honor_labels: true\n{https}    \
              static_configs:\n      - targets: ['{target}']\n",
             rules_path.display()
         );
@@ -123,7 +137,7 @@ impl Prometheus {
     }
 
     /// The scrape target's health (`up`, `down`, `unknown`) and its last error.
-    fn target_health(&self) -> (String, String) {
+    pub(crate) fn target_health(&self) -> (String, String) {
         let Some((200, body)) = get(&self.addr, "/api/v1/targets") else {
             return (String::new(), String::new());
         };
@@ -160,7 +174,7 @@ fn get(addr: &str, path: &str) -> Option<(u16, String)> {
 }
 
 /// The shipped rules with every `for:` at 0s, so a test need not wait minutes.
-fn rules_without_waits() -> String {
+pub(crate) fn rules_without_waits() -> String {
     let text = std::fs::read_to_string(RULES).expect("read rules");
     text.lines()
         .map(|l| match l.split_once("for: ") {
@@ -178,6 +192,7 @@ fn prometheus_scraping_a_server_fires_tables_in_error_and_resolves_it_after_the_
         env.dir.path(),
         server.url.trim_start_matches("http://"),
         &rules_without_waits(),
+        None,
     );
     submit(&server, &job_file(&env, "job_al", "[1, 2]", "replica_a"));
     wait_for("the job to stream", WAIT, || {

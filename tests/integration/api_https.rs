@@ -10,6 +10,7 @@ use rcgen::{CertificateParams, DnType, KeyPair};
 
 use helios_repl::embedded::pg_cluster::free_port;
 
+use crate::alerts::{rules_without_waits, Prometheus};
 use crate::harness::{output_of, wait_for};
 use crate::serve_api::{converge, job_file, setup_env, write_load, Server, TOKEN};
 use crate::tls::ca;
@@ -89,6 +90,18 @@ fn the_api_is_served_over_https_and_a_renewed_certificate_needs_no_restart() {
     });
     write_load(&env, 1, 50);
     converge(&env, "replica_a", "1, 2");
+
+    // Prometheus scrapes /metrics over HTTPS, trusting the CA.
+    let prometheus = Prometheus::start(
+        dir,
+        &format!("localhost:{port}"),
+        &rules_without_waits(),
+        Some(&ca_a),
+    );
+    wait_for("Prometheus to scrape over HTTPS", WAIT, || {
+        prometheus.target_health().0 == "up"
+    });
+    drop(prometheus);
 
     // Not trusted without the CA (the system's roots), nor with another one; plain http
     // gets no answer.
