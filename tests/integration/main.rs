@@ -3,6 +3,7 @@
 
 mod alerts;
 mod api_https;
+mod api_tokens_and_events;
 mod apply_semantics;
 mod backfill;
 mod bad_input;
