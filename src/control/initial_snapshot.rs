@@ -219,7 +219,7 @@ pub(super) async fn take_snapshot(
 /// targets) and the job does not say (`source.snapshot_parallel_tables`): one per core,
 /// at most four. Each takes a source session importing the exported snapshot and a
 /// connection to its target.
-fn snapshot_lanes() -> usize {
+pub(crate) fn snapshot_lanes() -> usize {
     std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 4)

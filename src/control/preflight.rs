@@ -162,6 +162,21 @@ async fn check_source(
             ),
         )
     });
+    let connections = one_row(
+        source,
+        "count free connections",
+        "SELECT current_setting('max_connections')::int8
+                - (SELECT count(*) FROM pg_stat_activity
+                    WHERE backend_type = 'client backend' AND pid <> pg_backend_pid())
+                - CASE WHEN $1 THEN 0 ELSE current_setting('superuser_reserved_connections')::int8 END",
+        &[&superuser],
+    )
+    .await?;
+    let loading = spec
+        .source
+        .snapshot_parallel_tables
+        .unwrap_or_else(crate::control::initial_snapshot::snapshot_lanes);
+    out.push(connections_finding(connections.get(0), loading));
     let publication = one_row(
         source,
         "look up the publication",
@@ -279,6 +294,33 @@ async fn check_source(
     Ok(())
 }
 
+/// Plain sessions a running job holds on the source: the reader's catalog session and
+/// the watchers' shared one (`cdc::watch_session`).
+const SESSIONS_RUNNING: i64 = 2;
+
+/// Whether the source has the plain sessions the job needs (`free` now): two while it
+/// runs, and while a snapshot loads one more for the snapshot and one per table loaded
+/// at once (`loading`). The replication session is a WAL sender, counted apart.
+fn connections_finding(free: i64, loading: usize) -> Finding {
+    let at_most = SESSIONS_RUNNING + 1 + loading as i64;
+    let what = format!(
+        "{free} connections free (a running job holds {SESSIONS_RUNNING}, up to {at_most} while a \
+         snapshot loads {loading} tables at once)"
+    );
+    if free >= at_most {
+        Finding::new(Level::Ok, "source", what)
+    } else {
+        Finding::new(
+            Level::Warn,
+            "source",
+            format!(
+                "{what}: raise max_connections, close idle sessions, or lower \
+                 source.snapshot_parallel_tables"
+            ),
+        )
+    }
+}
+
 /// Whether the source has the replication slots the job needs (`needed` new ones).
 fn slot_finding(free: i64, needed: i64, has_slot: bool, slot: &str) -> Finding {
     let held = if has_slot {
@@ -360,6 +402,19 @@ pub fn passed(findings: &[Finding]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_count_the_running_sessions_and_the_snapshots() {
+        let ok = connections_finding(7, 4);
+        assert_eq!(ok.level, Level::Ok);
+        assert!(ok
+            .message
+            .contains("7 connections free (a running job holds 2, up to 7"));
+        let short = connections_finding(6, 4);
+        assert_eq!(short.level, Level::Warn);
+        assert!(short.message.contains("raise max_connections"));
+        assert_eq!(connections_finding(3, 0).level, Level::Ok);
+    }
 
     #[test]
     fn slots_needed_count_the_temporary_one() {

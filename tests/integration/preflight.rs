@@ -52,6 +52,7 @@ fn check_reports_what_a_job_needs_without_creating_anything() {
         "ok   source: wal_level is logical",
         "ok   source: role `postgres` may replicate",
         "replication slots free, the job needs up to 2 more",
+        "connections free (a running job holds 2, up to ",
         "ok   public.items: ready to publish",
         "warn public.log: public.log has no primary key",
         "ok   sinks[0]: reachable",
