@@ -20,6 +20,7 @@ pub mod job_monitor;
 pub mod job_reader;
 pub mod job_runner;
 pub mod job_spec;
+pub mod job_stats;
 pub mod job_sync;
 pub mod metadata;
 pub mod preflight;
