@@ -330,7 +330,8 @@ enum JobsAction {
         id: String,
         /// How many (1 to 1000).
         #[arg(long, default_value_t = helios_repl::control::job_control::EVENTS_DEFAULT,
-              value_parser = clap::value_parser!(u32).range(1..=1000))]
+              value_parser = clap::value_parser!(u32)
+                  .range(1..=i64::from(helios_repl::control::job_control::EVENTS_MAX)))]
         limit: u32,
     },
     /// Stop reading a job's source; it keeps its position.
