@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod column_defaults;
 pub mod error;
 pub mod event_channel;
+pub mod hand_over;
 pub mod partition_watch;
 pub mod pgoutput;
 pub mod slot_health;

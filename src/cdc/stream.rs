@@ -25,9 +25,11 @@
 //!
 //! # Error handling
 //! Connection loss ends [`read_stream`] with a transient error: the caller reconnects and
-//! calls it again with `skip_through` set to the last commit already handed over, so the
-//! replayed prefix is not fed twice. Undecodable messages are definite errors: nothing past
-//! them is ever confirmed.
+//! calls it again with the same [`ReaderState`], whose `fed_through` (the last commit
+//! handed over) skips the transactions the dataflow has whole, and whose `hand_over`
+//! skips the changes it has of the one it has in part (a reconnect, or a pause, inside a
+//! transaction): nothing is fed twice. Undecodable messages are definite errors: nothing
+//! past them is ever confirmed.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -40,6 +42,9 @@ use crate::cdc::ack::AckTracker;
 use crate::cdc::catalog::RelationResolver;
 use crate::cdc::error::CdcError;
 use crate::cdc::event_channel::{EventSender, NoRoom};
+use crate::cdc::hand_over::{
+    BeginAction, HandOver, NotResent, ReaderFault, CUT_MID_TRANSACTION, STALL_MID_TRANSACTION,
+};
 use crate::cdc::pgoutput::{self, ColumnValue, OldTuple, PgOutputMessage, TupleData};
 use crate::cdc::stream_spool::StreamSpool;
 use crate::cdc::transport::{
@@ -138,6 +143,9 @@ pub struct ReaderState {
     pub tracker: AckTracker,
     /// The last commit LSN handed to the dataflow; replays up to it are skipped.
     pub fed_through: Lsn,
+    /// The transaction handed to the dataflow in part, if any: after a reconnect its
+    /// changes the dataflow has are not fed again.
+    pub hand_over: HandOver,
     /// Events sent since the workers were last woken.
     unwoken: usize,
     /// Relation cache by OID.
@@ -157,6 +165,7 @@ impl ReaderState {
         ReaderState {
             tracker: AckTracker::new(confirmed),
             fed_through: 0,
+            hand_over: HandOver::from_env(),
             unwoken: 0,
             relations: HashMap::new(),
             spool: StreamSpool::default(),
@@ -351,7 +360,10 @@ pub async fn read_stream<S: ConfirmedStore, C>(
             message => {
                 if let Some(record) = to_record(message, state, io.catalog, &mut txn.seq).await? {
                     if !txn.skipping {
-                        send(&mut io, state, SourceEvent::Record(record)).await?;
+                        feed_change(&mut io, state, record).await?;
+                        if let Some(fault) = state.hand_over.fault_due() {
+                            return at_fault(&mut io, fault).await;
+                        }
                     }
                 }
             }
@@ -391,6 +403,8 @@ fn spool_error(e: crate::cdc::stream_spool::SpoolError) -> CdcError {
 }
 
 /// Hands the start of a transaction to the dataflow.
+/// (A transaction handed over in part before a reconnect, sent again, goes on where the
+/// dataflow's part of it ends: see [`HandOver`].)
 async fn begin_txn<S: ConfirmedStore, C>(
     io: &mut ReaderIo<'_, S, C>,
     state: &mut ReaderState,
@@ -400,11 +414,59 @@ async fn begin_txn<S: ConfirmedStore, C>(
     state.tracker.on_begin();
     // Known from the start: the version books apply a large transaction before its end.
     io.stats.commit_times.record(commit_lsn, commit_time_micros);
-    let event = SourceEvent::Begin {
-        commit_lsn,
-        commit_time_micros,
-    };
-    send(io, state, event).await
+    match state.hand_over.begin(commit_lsn).map_err(not_resent)? {
+        BeginAction::Resume { skip } => {
+            tracing::info!(lsn = %format_lsn(commit_lsn), skip,
+                "the transaction read in part before the reconnect comes again: the changes the dataflow has are skipped");
+            Ok(())
+        }
+        BeginAction::Feed => {
+            let event = SourceEvent::Begin {
+                commit_lsn,
+                commit_time_micros,
+            };
+            send(io, state, event).await
+        }
+    }
+}
+
+/// Hands one change of the open transaction to the dataflow, unless it has it already
+/// (the transaction was read in part before a reconnect).
+async fn feed_change<S: ConfirmedStore, C>(
+    io: &mut ReaderIo<'_, S, C>,
+    state: &mut ReaderState,
+    record: SourceRecord,
+) -> Result<(), CdcError> {
+    if !state.hand_over.take_change() {
+        return Ok(());
+    }
+    send(io, state, SourceEvent::Record(record)).await?;
+    state.hand_over.fed_change();
+    Ok(())
+}
+
+fn not_resent(e: NotResent) -> CdcError {
+    CdcError::Definite(e.to_string())
+}
+
+/// A fault point of the tests (`hand_over`): stall until told to stop or pause, as a stop
+/// landing inside a transaction does, or cut the connection.
+async fn at_fault<S: ConfirmedStore, C>(
+    io: &mut ReaderIo<'_, S, C>,
+    fault: ReaderFault,
+) -> Result<(), CdcError> {
+    match fault {
+        ReaderFault::Stall => {
+            tracing::warn!(
+                "fault point {STALL_MID_TRANSACTION}: the reader stops reading inside a transaction until told to stop or pause"
+            );
+            let _ = io.control.changed().await;
+            Ok(())
+        }
+        ReaderFault::Cut => Err(CdcError::Stream(format!(
+            "fault point {CUT_MID_TRANSACTION}: the connection is cut inside a transaction"
+        ))),
+    }
 }
 
 /// Hands a transaction's commit to the dataflow and starts tracking it for the ack.
@@ -415,6 +477,7 @@ async fn commit_txn<S: ConfirmedStore, C>(
     end_lsn: Lsn,
     commit_time_micros: i64,
 ) -> Result<(), CdcError> {
+    state.hand_over.commit().map_err(not_resent)?;
     state
         .tracker
         .on_commit(commit_lsn, end_lsn, commit_time_micros);
@@ -457,7 +520,7 @@ async fn replay_streamed<S: ConfirmedStore, C>(
         })?;
         if let Some(record) = to_record(streamed.message, state, io.catalog, &mut seq).await? {
             if !skipping {
-                send(io, state, SourceEvent::Record(record)).await?;
+                feed_change(io, state, record).await?;
             }
         }
         if reported.elapsed() >= ACK_INTERVAL {

@@ -470,12 +470,15 @@ async fn run_job_inner(
         Err(e) => (None, Err(e)),
     };
 
-    // Stop feeding; let what is in flight become durable before the dataflow goes.
+    // Stop feeding; let every transaction handed over whole become durable before the
+    // dataflow goes. (One the reader stopped inside of never does: its time stays open,
+    // see `dataflow::worker`, and the next start reads it again.)
     drop(events_tx);
     wake();
     if result.is_ok() {
+        let fed_through = state.fed_through;
         let drained =
-            tokio::time::timeout(DRAIN_LIMIT, durable_rx.wait_for(|&f| f == Lsn::MAX)).await;
+            tokio::time::timeout(DRAIN_LIMIT, durable_rx.wait_for(|&f| f > fed_through)).await;
         if drained.is_err() {
             tracing::warn!(job = %spec.name, "in-flight changes not durable after {DRAIN_LIMIT:?}; they are replayed on the next start");
         }

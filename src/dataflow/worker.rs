@@ -241,6 +241,8 @@ pub struct WorkerJob {
     open: Load,
     /// Skipping a transaction older than the input's time.
     discarding: bool,
+    /// A Begin was fed without its Commit.
+    in_transaction: bool,
     /// A sink task reported durable progress the delivery operator has not seen.
     reports_pending: Arc<AtomicBool>,
     /// Schedules the delivery operator on this worker.
@@ -386,6 +388,7 @@ impl WorkerJob {
             read_ahead: ReadAhead::new(job.read_ahead, worker.peers()),
             open: Load::default(),
             discarding: false,
+            in_transaction: false,
             reports_pending,
             deliver: activators.on_worker,
         }
@@ -401,7 +404,7 @@ impl WorkerJob {
 
     /// Worker 0: moves up to [`EVENTS_PER_STEP`] events or [`BYTES_PER_STEP`] into the
     /// input. Returns whether more may be waiting. Closes the input when the reader's
-    /// channel closes.
+    /// channel closes, unless a transaction is open (its time must never complete).
     pub fn feed(&mut self) -> bool {
         let (Some(input), Some(rx)) = (self.input.as_mut(), self.events.as_mut()) else {
             return false;
@@ -419,6 +422,7 @@ impl WorkerJob {
             match rx.try_recv() {
                 Ok((SourceEvent::Begin { commit_lsn, .. }, _)) => {
                     self.open = Load::default();
+                    self.in_transaction = true;
                     self.discarding = commit_lsn < *input.time();
                     if self.discarding {
                         tracing::error!(
@@ -438,6 +442,7 @@ impl WorkerJob {
                 }
                 Ok((SourceEvent::Commit { commit_lsn, .. }, _)) => {
                     self.open = Load::default();
+                    self.in_transaction = false;
                     if !self.discarding {
                         input.advance_to(commit_lsn + 1);
                     }
@@ -445,7 +450,21 @@ impl WorkerJob {
                 }
                 Err(mpsc::error::TryRecvError::Empty) => return false,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
-                    self.input = None;
+                    // The reader stopped inside a transaction: closing the input would
+                    // complete that transaction's time with only the changes fed so far,
+                    // and the sinks would apply them as if whole (the next start then
+                    // skips the rest, as their checkpoints cover its commit LSN). The
+                    // input stays open at its time, so everything before it completes
+                    // and it never does; the dataflow is dropped with it.
+                    if !self.in_transaction || self.discarding {
+                        self.input = None;
+                    } else {
+                        tracing::info!(
+                            commit_lsn = *input.time(),
+                            rows = self.open.rows,
+                            "the reader stopped inside a transaction: its changes read so far are dropped, and the next start reads it again"
+                        );
+                    }
                     self.events = None;
                     return false;
                 }

@@ -188,9 +188,20 @@ impl Replicator {
 
     /// Starts `helios-repl run --job <file> --workers <workers> <extra…>`.
     pub fn start_with_args(job: &Path, workers: usize, extra: &[&str]) -> Replicator {
+        Replicator::start_with_env(job, workers, extra, &[])
+    }
+
+    /// As [`Replicator::start_with_args`], with these environment variables set too.
+    pub fn start_with_env(
+        job: &Path,
+        workers: usize,
+        extra: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Replicator {
         let log = job.with_extension(format!("{}.log", rand_suffix()));
         let out = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_helios-repl"))
+            .envs(vars.iter().copied())
             .args(["run", "--job"])
             .arg(job)
             .args(["--progress-secs", "1"])

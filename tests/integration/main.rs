@@ -11,6 +11,7 @@ mod cold_only;
 mod cold_tier;
 mod harness;
 mod history;
+mod interrupted_transactions;
 mod isolation_crash_idle;
 mod job_spec_files;
 mod large_transactions;

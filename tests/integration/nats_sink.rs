@@ -16,11 +16,11 @@ use helios_repl::sinks::nats::consumer::{DecodedFrame, StartAt, StreamTail};
 use crate::harness::{wait_for, Env, Replicator};
 use crate::qos::Nats;
 
-const WAIT: Duration = Duration::from_secs(120);
+pub(crate) const WAIT: Duration = Duration::from_secs(120);
 
 /// `ver` takes a new sequence value on every insert and update, so each upsert the stream
 /// carries is identifiable; deletes are logged on the source (the log is not replicated).
-const ORDERS: &str = "CREATE SCHEMA q;
+pub(crate) const ORDERS: &str = "CREATE SCHEMA q;
 CREATE SEQUENCE q.ver;
 CREATE TABLE q.orders (tenant_id int NOT NULL, id bigint NOT NULL, ver bigint NOT NULL,
     note text, PRIMARY KEY (tenant_id, id));
@@ -35,7 +35,12 @@ fn job(env: &Env, nats: &Nats) -> std::path::PathBuf {
 
 /// A job `name` on `q.orders` of tenants 1 to 3 with a PostgreSQL sink (it keeps the
 /// job's progress) and a NATS sink of frames of at most `frame_bytes` Arrow bytes.
-fn job_file(env: &Env, nats: &Nats, name: &str, frame_bytes: usize) -> std::path::PathBuf {
+pub(crate) fn job_file(
+    env: &Env,
+    nats: &Nats,
+    name: &str,
+    frame_bytes: usize,
+) -> std::path::PathBuf {
     let text = format!(
         "name = \"{name}\"\n[source]\ndsn = \"{}\"\npublication = \"pub_{name}\"\nslot = \"slot_{name}\"\n\
          [tenants]\ninclude = [1, 2, 3]\n[[tables]]\nname = \"q.orders\"\n\
@@ -74,7 +79,7 @@ fn transaction(k: u64) -> String {
 }
 
 /// Every frame of job `job`'s stream, from its start.
-fn read_job_stream(url: &str, job: &str) -> Vec<DecodedFrame> {
+pub(crate) fn read_job_stream(url: &str, job: &str) -> Vec<DecodedFrame> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -166,6 +171,46 @@ fn replay(frames: &[DecodedFrame]) -> Replay {
     out
 }
 
+/// For a failure message: the versions (1..=`upserts`) no frame carries, and each frame's
+/// subject, sequence, LSN range, rows and partial count.
+fn describe_stream(frames: &[DecodedFrame], upserts: usize) -> String {
+    let mut seen = HashSet::new();
+    let mut lines = Vec::new();
+    for f in frames {
+        let ver = column::<Int64Array>(f, "ver");
+        let op = column::<StringArray>(f, OP_COLUMN);
+        let lsn = column::<UInt64Array>(f, LSN_COLUMN);
+        let mut vers = Vec::new();
+        for i in 0..f.batch.num_rows() {
+            if op.value(i) != "D" {
+                seen.insert(ver.value(i));
+            }
+            vers.push(format!("{}:{}", lsn.value(i), ver.value(i)));
+        }
+        lines.push(format!(
+            "{} #{} {}..{} rows={} partial={:?} [{}]",
+            f.subject,
+            f.sequence,
+            f.first_lsn,
+            f.last_lsn,
+            f.batch.num_rows(),
+            f.partial_rows,
+            vers.join(" ")
+        ));
+    }
+    let missing: Vec<i64> = (1..=upserts as i64).filter(|v| !seen.contains(v)).collect();
+    const SHOWN: usize = 200;
+    let more = lines.len().saturating_sub(SHOWN);
+    lines.truncate(SHOWN);
+    if more > 0 {
+        lines.push(format!("… and {more} more"));
+    }
+    format!(
+        "versions missing: {missing:?}\nframes:\n{}",
+        lines.join("\n")
+    )
+}
+
 /// (tenant, id) → ver of the source rows `sql` selects (those three columns).
 fn source_rows(env: &Env, sql: &str) -> BTreeMap<(i32, i64), i64> {
     env.on_source(sql)
@@ -203,7 +248,7 @@ fn assert_stream_rebuilds(url: &str, job: &str, source: &BTreeMap<(i32, i64), i6
 /// sink may finish after the PostgreSQL one), and checks that replaying it gives every
 /// insert, update and delete exactly once and rebuilds the source's rows. Returns the
 /// frames.
-fn assert_stream_replays_source(env: &Env, url: &str, job: &str) -> Vec<DecodedFrame> {
+pub(crate) fn assert_stream_replays_source(env: &Env, url: &str, job: &str) -> Vec<DecodedFrame> {
     let source = source_rows(env, "SELECT tenant_id, id, ver FROM q.orders ORDER BY 1, 2");
     let upserts: usize = env
         .on_source("SELECT last_value FROM q.ver")
@@ -229,7 +274,12 @@ fn assert_stream_replays_source(env: &Env, url: &str, job: &str) -> Vec<DecodedF
         std::thread::sleep(Duration::from_millis(500));
     };
     assert_eq!(got.duplicate_versions, 0, "no change published twice");
-    assert_eq!(got.upserts, upserts, "every insert and update exactly once");
+    assert_eq!(
+        got.upserts,
+        upserts,
+        "every insert and update exactly once\n{}",
+        describe_stream(&frames, upserts)
+    );
     assert_eq!(got.deletes, deletes, "every delete exactly once");
     assert!(
         got.rows == source,

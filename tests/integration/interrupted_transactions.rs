@@ -1,0 +1,93 @@
+//! A stop, or a cut connection, landing inside a transaction the reader is reading: the
+//! reader has handed the dataflow the transaction's Begin and some of its changes, not
+//! its Commit. A stop must apply none of it (the next start reads it whole); a reconnect
+//! must not feed its first changes twice. The reader's fault points
+//! (`cdc::hand_over`, `HELIOS_FAULT_AT`) put the stop or the cut there for certain, after
+//! 50 changes of a transaction of 200. A PostgreSQL target and a NATS stream both check:
+//! the target's rows, and every change on the stream exactly once.
+
+use helios_repl::cdc::hand_over::{CUT_MID_TRANSACTION, STALL_MID_TRANSACTION};
+use helios_repl::operators::row_spill::FAULT_ENV;
+
+use crate::harness::{wait_for, Env, Replicator};
+use crate::nats_sink::{assert_stream_replays_source, job_file, read_job_stream, ORDERS, WAIT};
+use crate::qos::Nats;
+
+/// One transaction of 200 new orders over the three tenants.
+const TWO_HUNDRED: &str = "INSERT INTO q.orders SELECT 1 + g % 3, g, nextval('q.ver'), 'n' \
+                           FROM generate_series(1, 200) g";
+
+/// Ten orders (ids apart from the 200's).
+const TEN: &str = "INSERT INTO q.orders SELECT 1 + g % 3, 1000 + g, nextval('q.ver'), 't' \
+                   FROM generate_series(1, 10) g";
+
+/// Then a transaction that updates some and deletes some.
+const UPDATE_AND_DELETE: &str = "BEGIN; \
+    UPDATE q.orders SET ver = nextval('q.ver'), note = 'u' WHERE id % 7 = 0; \
+    DELETE FROM q.orders WHERE id % 11 = 0; COMMIT;";
+
+const COUNT: &str = "SELECT count(*) FROM q.orders";
+
+/// The same on the target as on the source once it has caught up.
+const CONVERGED: &str = "SELECT count(*), sum(ver) FROM q.orders";
+
+/// Starts the job with `fault` set and waits for it to stream.
+fn start_with_fault(path: &std::path::Path, fault: &str) -> Replicator {
+    let repl = Replicator::start_with_env(path, 1, &[], &[(FAULT_ENV, fault)]);
+    wait_for("the job to stream", WAIT, || {
+        repl.output().contains("streaming")
+    });
+    repl
+}
+
+#[test]
+fn a_stop_inside_a_transaction_applies_none_of_it_and_the_next_start_applies_it_whole() {
+    let env = Env::start(ORDERS);
+    let nats = Nats::start(&env);
+    let path = job_file(&env, &nats, "stop_inside", 1024);
+    let mut repl = start_with_fault(&path, STALL_MID_TRANSACTION);
+    // A small transaction first (too small for the fault point), so the stream has
+    // messages: an empty one would be taken for a stream new to the job at the restart.
+    env.on_source(TEN);
+    env.wait_converged(CONVERGED, WAIT);
+    env.on_source(TWO_HUNDRED);
+    wait_for("the reader to stall inside the transaction", WAIT, || {
+        repl.output().contains(STALL_MID_TRANSACTION)
+    });
+    assert!(repl.stop().success(), "{}", repl.output());
+    let out = repl.output();
+    // Nothing of it anywhere: not the 50 changes read before the stop.
+    assert_eq!(env.on_target(COUNT).trim(), "10", "{out}");
+    let frames = read_job_stream(&nats.url, "stop_inside");
+    let rows: usize = frames.iter().map(|f| f.batch.num_rows()).sum();
+    assert_eq!(rows, 10, "no row of the transaction on the stream\n{out}");
+    assert!(
+        out.contains("the reader stopped inside a transaction"),
+        "{out}"
+    );
+
+    let mut repl = Replicator::start_with_args(&path, 1, &[]);
+    env.on_source(UPDATE_AND_DELETE);
+    env.wait_converged(CONVERGED, WAIT);
+    assert_stream_replays_source(&env, &nats.url, "stop_inside");
+    assert!(repl.stop().success(), "{}", repl.output());
+}
+
+#[test]
+fn a_connection_cut_inside_a_transaction_feeds_the_rest_of_it_once() {
+    let env = Env::start(ORDERS);
+    let nats = Nats::start(&env);
+    let path = job_file(&env, &nats, "cut_inside", 1024);
+    let mut repl = start_with_fault(&path, CUT_MID_TRANSACTION);
+    env.on_source(TWO_HUNDRED);
+    env.on_source(UPDATE_AND_DELETE);
+    env.wait_converged(CONVERGED, WAIT);
+    let out = repl.output();
+    assert!(out.contains(CUT_MID_TRANSACTION), "the cut happened: {out}");
+    assert!(
+        out.contains("the transaction read in part before the reconnect comes again"),
+        "{out}"
+    );
+    assert_stream_replays_source(&env, &nats.url, "cut_inside");
+    assert!(repl.stop().success(), "{}", repl.output());
+}
