@@ -28,6 +28,19 @@ pub enum JobState {
     Stopping,
 }
 
+impl JobState {
+    /// Its name, as the API, the metrics and the events give it (its serde name).
+    pub fn name(self) -> &'static str {
+        match self {
+            JobState::Snapshotting => "snapshotting",
+            JobState::Streaming => "streaming",
+            JobState::Paused => "paused",
+            JobState::Failed => "failed",
+            JobState::Stopping => "stopping",
+        }
+    }
+}
+
 /// Per-tenant progress of a job (only tenants the job names).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TenantStatus {
@@ -537,4 +550,23 @@ pub struct SinkCompression {
     pub fallbacks: u64,
     /// Per (tenant, table) stream: the latest frame's codec per column.
     pub streams: Vec<crate::sinks::nats::compression_stats::StreamReport>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::JobState;
+
+    #[test]
+    fn a_states_name_is_its_serde_name() {
+        for state in [
+            JobState::Snapshotting,
+            JobState::Streaming,
+            JobState::Paused,
+            JobState::Failed,
+            JobState::Stopping,
+        ] {
+            let json = serde_json::to_string(&state).expect("serialise");
+            assert_eq!(json, format!("\"{}\"", state.name()));
+        }
+    }
 }

@@ -183,7 +183,7 @@ impl JobManager {
             self.store
                 .record_event_at(
                     job,
-                    job_monitor::state_name(change.state),
+                    change.state.name(),
                     change.reason.as_deref(),
                     change.at,
                 )

@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::control::job_control::JobState;
 use crate::control::job_manager::JobManager;
 use crate::control::job_runner::JobStats;
 use crate::metrics::names::{SIDE_MERGED, SIDE_WRITTEN};
@@ -16,16 +15,6 @@ use crate::metrics::JobMetrics;
 
 /// How often each job's figures are sampled.
 pub const MONITOR_EVERY: Duration = Duration::from_secs(2);
-
-pub(super) fn state_name(state: JobState) -> &'static str {
-    match state {
-        JobState::Snapshotting => "snapshotting",
-        JobState::Streaming => "streaming",
-        JobState::Paused => "paused",
-        JobState::Failed => "failed",
-        JobState::Stopping => "stopping",
-    }
-}
 
 /// Samples one job's figures: rows/s, metrics, events, per-tenant checkpoints.
 pub(super) async fn monitor(
@@ -61,7 +50,7 @@ pub(super) async fn monitor(
         }
         manager.record_state_changes(&job, &stats).await;
         let state = stats.state();
-        metrics.set_state(state_name(state.0));
+        metrics.set_state(state.0.name());
         metrics.set_lag(None, stats.lag_seconds(), stats.lag_bytes());
         metrics.set_confirmed_lsn(stats.reader.confirmed.load(Relaxed));
         metrics.set_cutover_gaps(
