@@ -11,6 +11,24 @@ pub fn quote_qualified(schema: &str, name: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(name))
 }
 
+/// A glob of `*` (any run of characters) and `?` (one character) as a `LIKE` pattern:
+/// every other character, `_`, `%` and `\\` too, matches itself.
+pub fn like_pattern(glob: &str) -> String {
+    let mut like = String::with_capacity(glob.len() + 4);
+    for c in glob.chars() {
+        match c {
+            '*' => like.push('%'),
+            '?' => like.push('_'),
+            '_' | '%' | '\\' => {
+                like.push('\\');
+                like.push(c);
+            }
+            c => like.push(c),
+        }
+    }
+    like
+}
+
 /// Quotes a string literal (`'it''s'`), with standard_conforming_strings on.
 pub fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
@@ -38,6 +56,13 @@ pub fn sqlstate(err: &tokio_postgres::Error) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn like_patterns_match_what_the_glob_matches() {
+        assert_eq!(like_pattern("app_*"), "app\\_%");
+        assert_eq!(like_pattern("t?%"), "t_\\%");
+        assert_eq!(like_pattern("plain"), "plain");
+    }
 
     #[test]
     fn quotes() {

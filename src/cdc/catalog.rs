@@ -453,6 +453,21 @@ pub struct SchemaTable {
     pub publishable: bool,
 }
 
+/// The names of the source's schemas, but the system's (`pg_*`, `information_schema`),
+/// in byte order: where a table pattern with a schema wildcard looks.
+pub async fn schema_names(client: &Client) -> Result<Vec<String>, CdcError> {
+    let rows = client
+        .query(
+            "SELECT nspname::text FROM pg_namespace
+             WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'
+             ORDER BY nspname COLLATE \"C\"",
+            &[],
+        )
+        .await
+        .map_err(CdcError::query("list the source's schemas"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// The tables of `schema` a pattern may carry: plain and partitioned tables, not
 /// partitions (their rows reach the job through their partitioned table), by name.
 pub async fn schema_tables(client: &Client, schema: &str) -> Result<Vec<SchemaTable>, CdcError> {

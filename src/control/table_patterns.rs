@@ -5,8 +5,8 @@
 //! Resolved at every start. A table a pattern carries for the first time is loaded the way
 //! a table added to the spec is (`control::backfill`), so one created while the job runs
 //! joins when [`watch_for_new_tables`] sees it and the runner starts over. A pattern
-//! carries the plain and partitioned tables (not partitions) of its schema that match,
-//! are not excluded, and have the entry's tenant column (and valid-time column, if it
+//! carries the plain and partitioned tables (not partitions) of its schema (or of every
+//! schema its schema part matches, `app_*.orders`) that match, are not excluded, and have the entry's tenant column (and valid-time column, if it
 //! names one): a table without them (a lookup table shared by every tenant, say) is left
 //! out with the reason, as is one the job's role may not read or publish (with a warning:
 //! someone should grant the rights). A table an entry names outright takes that entry's
@@ -19,7 +19,7 @@ use std::time::Duration;
 use crate::cdc::catalog::{self, SchemaTable};
 use crate::cdc::error::CdcError;
 use crate::cdc::watch_session::WatchSession;
-use crate::control::job_spec::{is_name_part, JobSpec, TablePattern, TableSpec};
+use crate::control::job_spec::{is_name_part, is_pattern, JobSpec, TablePattern, TableSpec};
 
 /// How often a running job with patterns looks for new tables that match them.
 pub const CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -74,11 +74,26 @@ pub fn expand(
             .map_err(|e| CdcError::Definite(e.to_string()))?;
         let tenant_column = spec.tenant_column_of(entry);
         let mut found = 0;
-        for table in schemas.get(pattern.schema()).into_iter().flatten() {
-            if !pattern.carries(&table.name) {
+        let covered = schemas
+            .iter()
+            .filter(|(schema, _)| pattern.covers_schema(schema));
+        let matched = covered.flat_map(|(schema, tables)| tables.iter().map(move |t| (schema, t)));
+        for (schema, table) in matched {
+            if !pattern.carries(schema, &table.name) {
                 continue;
             }
-            let name = format!("{}.{}", pattern.schema(), table.name);
+            if !is_name_part(schema) {
+                left_out.push(LeftOut {
+                    pattern: entry.name.clone(),
+                    table: format!("{schema}.{}", table.name),
+                    reason: "its schema's name is not [A-Za-z_][A-Za-z0-9_]{0,62}, which a job \
+                             spec cannot name: rename the schema to carry it"
+                        .to_string(),
+                    needs_rights: false,
+                });
+                continue;
+            }
+            let name = format!("{schema}.{}", table.name);
             if let Some((reason, needs_rights)) = why_left_out(table, entry, tenant_column) {
                 left_out.push(LeftOut {
                     pattern: entry.name.clone(),
@@ -171,9 +186,29 @@ pub async fn resolve(
     spec: &JobSpec,
 ) -> Result<Resolution, CdcError> {
     let mut schemas = BTreeMap::new();
+    // Every schema of the source, read once if a pattern's schema part is a pattern.
+    let mut all_schemas: Option<Vec<String>> = None;
     for entry in spec.tables.iter().filter(|t| t.is_pattern()) {
-        if let Entry::Vacant(vacant) = schemas.entry(entry.schema().to_string()) {
-            vacant.insert(catalog::schema_tables(source, entry.schema()).await?);
+        let looked_in: Vec<String> = if is_pattern(entry.schema()) {
+            let pattern = TablePattern::parse("tables[]", &entry.name, &entry.exclude)
+                .map_err(|e| CdcError::Definite(e.to_string()))?;
+            if all_schemas.is_none() {
+                all_schemas = Some(catalog::schema_names(source).await?);
+            }
+            all_schemas
+                .iter()
+                .flatten()
+                .filter(|s| pattern.covers_schema(s))
+                .cloned()
+                .collect()
+        } else {
+            vec![entry.schema().to_string()]
+        };
+        for schema in looked_in {
+            if let Entry::Vacant(vacant) = schemas.entry(schema) {
+                let tables = catalog::schema_tables(source, vacant.key()).await?;
+                vacant.insert(tables);
+            }
         }
     }
     expand(spec, &schemas)
@@ -438,34 +473,44 @@ mod tests {
 
     proptest! {
         /// Whatever the source holds, the resolved spec names tables only, each once, each
-        /// with the tenant column, and carries every matching table that has it.
+        /// with the tenant column, and carries every matching table that has it, in the
+        /// schemas the pattern's schema part matches, schema by schema.
         #[test]
         fn resolution_carries_exactly_the_matching_tables_with_the_tenant_column(
             names in proptest::collection::btree_set("[ab]{1,3}", 0..8),
             with_column in proptest::collection::vec(any::<bool>(), 8),
             glob in "[ab*?]{0,2}[*?][ab]?",
+            schema in prop_oneof![Just("s"), Just("s*"), Just("*"), Just("?"), Just("s?")],
         ) {
             let tables: Vec<SchemaTable> = names
                 .iter()
                 .zip(&with_column)
                 .map(|(n, has)| table(n, if *has { &["tenant_id"] } else { &["id"] }))
                 .collect();
-            let source = BTreeMap::from([("s".to_string(), tables.clone())]);
-            let spec = spec_with(&format!("[[tables]]\nname = \"s.{glob}\"\n"));
-            let pattern = TablePattern::parse("t", &format!("s.{glob}"), &[]).unwrap();
-            let expected: Vec<String> = tables
+            let source: BTreeMap<String, Vec<SchemaTable>> = ["s", "sx", "t", "pg_x"]
                 .iter()
-                .filter(|t| pattern.carries(&t.name) && t.columns[0] == "tenant_id")
-                .map(|t| format!("s.{}", t.name))
+                .map(|s| (s.to_string(), tables.clone()))
                 .collect();
+            let name = format!("{schema}.{glob}");
+            let spec = spec_with(&format!("[[tables]]\nname = \"{name}\"\n"));
+            let pattern = TablePattern::parse("t", &name, &[]).unwrap();
+            let matching: Vec<(&String, &SchemaTable)> = source
+                .iter()
+                .flat_map(|(s, ts)| ts.iter().map(move |t| (s, t)))
+                .filter(|(s, t)| pattern.carries(s, &t.name))
+                .collect();
+            let expected: Vec<String> = matching
+                .iter()
+                .filter(|(_, t)| t.columns[0] == "tenant_id")
+                .map(|(s, t)| format!("{s}.{}", t.name))
+                .collect();
+            prop_assert!(expected.iter().all(|t| !t.starts_with("pg_")));
             match expand(&spec, &source) {
                 Ok(r) => {
                     let got: Vec<String> = r.spec.tables.iter().map(|t| t.name.clone()).collect();
                     prop_assert_eq!(&got, &expected);
                     prop_assert!(r.spec.validate().is_ok());
-                    let left = r.left_out.len();
-                    let matched = tables.iter().filter(|t| pattern.carries(&t.name)).count();
-                    prop_assert_eq!(left + got.len(), matched);
+                    prop_assert_eq!(r.left_out.len() + got.len(), matching.len());
                 }
                 Err(_) => prop_assert!(expected.is_empty()),
             }

@@ -200,3 +200,78 @@ fn a_pattern_carries_its_schemas_tenant_tables_including_ones_created_later() {
     });
     assert!(repl.stop().success(), "{}", repl.output());
 }
+
+/// Tenant tables of the same name in several schemas (one per region, say).
+const REGIONS: &str = "
+CREATE SCHEMA app_eu;
+CREATE SCHEMA app_us;
+CREATE SCHEMA other;
+CREATE TABLE app_eu.orders (tenant_id int NOT NULL, id int NOT NULL, v text, PRIMARY KEY (tenant_id, id));
+CREATE TABLE app_us.orders (tenant_id int NOT NULL, id int NOT NULL, v text, PRIMARY KEY (tenant_id, id));
+CREATE TABLE app_us.items (tenant_id int NOT NULL, id int PRIMARY KEY);
+CREATE TABLE other.orders (tenant_id int NOT NULL, id int NOT NULL, v text, PRIMARY KEY (tenant_id, id));
+INSERT INTO app_eu.orders SELECT 1 + i % 3, i, 'eu' || i FROM generate_series(1, 20) i;
+INSERT INTO app_us.orders SELECT 1 + i % 3, i, 'us' || i FROM generate_series(1, 20) i;
+INSERT INTO app_us.items SELECT 1 + i % 3, i FROM generate_series(1, 5) i;
+INSERT INTO other.orders SELECT 1 + i % 3, i, 'o' || i FROM generate_series(1, 5) i;
+";
+
+#[test]
+fn a_schema_pattern_carries_the_table_of_every_matching_schema_including_one_created_later() {
+    let env = Env::start(REGIONS);
+    let text = format!(
+        "name = \"regions\"\n[source]\ndsn = \"{}\"\npublication = \"pub_regions\"\nslot = \"slot_regions\"\n\
+         [tenants]\ninclude = [1, 2]\n\
+         [[tables]]\nname = \"app_*.orders\"\n\
+         [[sinks]]\nkind = \"postgres\"\ndsn = \"{}\"\n",
+        env.source_dsn(),
+        env.target_dsn(),
+    );
+    let job = env.dir.path().join("regions.toml");
+    std::fs::write(&job, text).expect("write job file");
+    let (ok, check) = crate::harness::output_of(
+        Command::new(env!("CARGO_BIN_EXE_helios-repl"))
+            .args(["check", "--job"])
+            .arg(&job)
+            .env("HELIOS_LOG", "warn"),
+    );
+    assert!(ok, "{check}");
+    assert!(
+        check.contains("app_eu.orders") && check.contains("app_us.orders"),
+        "{check}"
+    );
+    assert!(
+        !check.contains("other.orders") && !check.contains("app_us.items"),
+        "{check}"
+    );
+
+    let mut repl = Replicator::streaming(&job);
+    wait_table(&env, "app_eu.orders");
+    wait_table(&env, "app_us.orders");
+    for table in ["other.orders", "app_us.items"] {
+        assert_eq!(
+            env.on_target(&format!("SELECT to_regclass('{table}') IS NULL")),
+            "t",
+            "{table} is not carried"
+        );
+    }
+    // A schema created while the job runs joins with its table.
+    env.on_source(
+        "CREATE SCHEMA app_ap; \
+         CREATE TABLE app_ap.orders (tenant_id int NOT NULL, id int NOT NULL, v text, PRIMARY KEY (tenant_id, id)); \
+         INSERT INTO app_ap.orders SELECT 1 + i % 3, i, 'ap' || i FROM generate_series(1, 9) i;",
+    );
+    wait_table(&env, "app_ap.orders");
+    env.on_source(
+        "UPDATE app_eu.orders SET v = 'changed' WHERE id < 4; INSERT INTO app_ap.orders VALUES (1, 100, 'after');",
+    );
+    wait_table(&env, "app_eu.orders");
+    wait_table(&env, "app_ap.orders");
+    let out = without_colours(&repl.output());
+    assert!(
+        out.contains("new tables match the job's patterns: app_ap.orders"),
+        "{out}"
+    );
+    assert!(!out.contains("ERROR"), "{out}");
+    assert!(repl.stop().success(), "{}", repl.output());
+}

@@ -74,7 +74,7 @@ mod sink_de;
 mod source;
 mod table_pattern;
 mod tenant_filter;
-pub(crate) use table_pattern::TablePattern;
+pub(crate) use table_pattern::{is_pattern, TablePattern};
 pub use tenant_filter::deserialize_tenant_ids;
 
 /// Column holding the tenant id when neither `tenants.column` nor a table's

@@ -1,14 +1,20 @@
 //! Table patterns in a job spec: `[[tables]] name = "public.*"` carries every table of
 //! schema `public` that has the tenant column, with the entry's settings.
 //!
-//! The schema part is a literal name; the table part may hold `*` (any run of characters)
-//! and `?` (one character). `exclude` leaves tables out of a pattern, by name or pattern,
-//! with or without the pattern's schema. Which tables a pattern carries is decided on the
-//! source at each start (`control::table_patterns`); this module only parses and matches.
+//! Both parts may hold `*` (any run of characters) and `?` (one character):
+//! `"app_*.orders"` carries the `orders` table of every schema whose name starts with
+//! `app_` (schemas `pg_*`, `information_schema` and our own `helios` are never matched by
+//! a wildcard). `exclude` leaves tables out of a pattern, by name or pattern, with or
+//! without a schema (itself a name or pattern). Which tables a pattern carries is decided
+//! on the source at each start (`control::table_patterns`); this module only parses and
+//! matches.
 
 use regex::Regex;
 
 use super::{is_name_part, JobSpecError, MAX_IDENTIFIER_LEN};
+
+/// Schema of the metadata we keep on targets: never matched by a schema wildcard.
+const OWN_SCHEMA: &str = "helios";
 
 /// Whether a `tables[].name` is a pattern (has a wildcard) rather than one table's name.
 pub fn is_pattern(name: &str) -> bool {
@@ -18,9 +24,20 @@ pub fn is_pattern(name: &str) -> bool {
 /// A compiled `tables[].name` pattern with its exclusions.
 #[derive(Debug, Clone)]
 pub struct TablePattern {
+    /// The schema part as written.
     schema: String,
+    /// The schema part compiled, when it has a wildcard.
+    schema_glob: Option<Regex>,
     table: Regex,
-    exclude: Vec<Regex>,
+    exclude: Vec<Exclusion>,
+}
+
+/// One `exclude` entry: a table name or pattern, in any schema the pattern covers or in
+/// those its own schema part (a name or pattern) matches.
+#[derive(Debug, Clone)]
+struct Exclusion {
+    schema: Option<Regex>,
+    table: Regex,
 }
 
 impl TablePattern {
@@ -30,51 +47,80 @@ impl TablePattern {
         let Some((schema, table)) = name.split_once('.') else {
             return Err(not_a_pattern(&format!("{field}.name"), name));
         };
-        if !is_name_part(schema) || !is_table_pattern(table) {
+        let schema_ok = if is_pattern(schema) {
+            is_table_pattern(schema)
+        } else {
+            is_name_part(schema)
+        };
+        if !schema_ok || !is_table_pattern(table) {
             return Err(not_a_pattern(&format!("{field}.name"), name));
         }
-        let mut excluded = Vec::with_capacity(exclude.len());
+        let schema_glob = is_pattern(schema)
+            .then(|| whole_match(&format!("{field}.name"), schema))
+            .transpose()?;
+        let mut pattern = TablePattern {
+            schema: schema.to_string(),
+            schema_glob,
+            table: whole_match(&format!("{field}.name"), table)?,
+            exclude: Vec::with_capacity(exclude.len()),
+        };
         for (i, entry) in exclude.iter().enumerate() {
             let entry_field = format!("{field}.exclude[{i}]");
-            let part = match entry.split_once('.') {
-                Some((other, _)) if other != schema => {
-                    return Err(JobSpecError::invalid(
-                        entry_field,
-                        format!(
-                            "`{entry}` is in schema `{other}`, but the pattern covers schema \
-                             `{schema}` only"
-                        ),
-                    ))
-                }
-                Some((_, part)) => part,
-                None => entry.as_str(),
+            let (other, part) = match entry.split_once('.') {
+                Some((other, part)) => (Some(other), part),
+                None => (None, entry.as_str()),
             };
-            if !is_table_pattern(part) {
+            if other.is_some_and(|o| !is_table_pattern(o)) || !is_table_pattern(part) {
                 return Err(JobSpecError::invalid(
                     entry_field,
                     format!(
                         "`{entry}` is not a table name or pattern: expected [A-Za-z0-9_*?], \
-                         optionally after `{schema}.`"
+                         optionally after a schema name or pattern and a `.`"
                     ),
                 ));
             }
-            excluded.push(whole_match(&entry_field, part)?);
+            if let Some(other) = other.filter(|o| !is_pattern(o) && !pattern.covers_schema(o)) {
+                return Err(JobSpecError::invalid(
+                    entry_field,
+                    format!(
+                        "`{entry}` is in schema `{other}`, but the pattern covers schema{} \
+                         `{schema}` only",
+                        if pattern.schema_glob.is_some() {
+                            "s"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+            let schema = other.map(|o| whole_match(&entry_field, o)).transpose()?;
+            let table = whole_match(&entry_field, part)?;
+            pattern.exclude.push(Exclusion { schema, table });
         }
-        Ok(TablePattern {
-            schema: schema.to_string(),
-            table: whole_match(&format!("{field}.name"), table)?,
-            exclude: excluded,
-        })
+        Ok(pattern)
     }
 
-    /// The schema the pattern looks in.
-    pub fn schema(&self) -> &str {
-        &self.schema
+    /// Whether the pattern looks in schema `schema`.
+    pub fn covers_schema(&self, schema: &str) -> bool {
+        match &self.schema_glob {
+            None => self.schema == schema,
+            Some(glob) => {
+                glob.is_match(schema)
+                    && schema != OWN_SCHEMA
+                    && schema != "information_schema"
+                    && !schema.starts_with("pg_")
+            }
+        }
     }
 
-    /// Whether the pattern carries table `name` of its schema (matched and not excluded).
-    pub fn carries(&self, name: &str) -> bool {
-        self.table.is_match(name) && !self.exclude.iter().any(|e| e.is_match(name))
+    /// Whether the pattern carries table `name` of schema `schema` (matched and not
+    /// excluded).
+    pub fn carries(&self, schema: &str, name: &str) -> bool {
+        self.covers_schema(schema)
+            && self.table.is_match(name)
+            && !self.exclude.iter().any(|e| {
+                e.schema.as_ref().is_none_or(|s| s.is_match(schema)) && e.table.is_match(name)
+            })
     }
 }
 
@@ -107,8 +153,8 @@ fn not_a_pattern(field: &str, name: &str) -> JobSpecError {
         field,
         format!(
             "`{name}` is not a table pattern: expected `schema.pattern`, the schema a name \
-             [A-Za-z_][A-Za-z0-9_]{{0,62}} and the pattern [A-Za-z0-9_*?] with `*` for any \
-             characters and `?` for one"
+             [A-Za-z_][A-Za-z0-9_]{{0,62}} or a pattern, and a pattern [A-Za-z0-9_*?] with \
+             `*` for any characters and `?` for one"
         ),
     )
 }
@@ -126,26 +172,46 @@ mod tests {
     #[test]
     fn wildcards_match_whole_names_only() {
         let p = pattern("public.order_*", &[]);
-        assert!(p.carries("order_items"));
-        assert!(p.carries("order_"));
-        assert!(!p.carries("orders"));
-        assert!(!p.carries("my_order_items"));
+        assert!(p.carries("public", "order_items"));
+        assert!(p.carries("public", "order_"));
+        assert!(!p.carries("public", "orders"));
+        assert!(!p.carries("public", "my_order_items"));
+        assert!(!p.carries("app", "order_items"), "another schema");
         let q = pattern("app.t?", &[]);
-        assert!(q.carries("t1") && q.carries("tx"));
-        assert!(!q.carries("t") && !q.carries("t12"));
-        assert_eq!(q.schema(), "app");
+        assert!(q.carries("app", "t1") && q.carries("app", "tx"));
+        assert!(!q.carries("app", "t") && !q.carries("app", "t12"));
         // `_` is a literal, unlike in SQL's LIKE.
         let u = pattern("public.a_b*", &[]);
-        assert!(u.carries("a_b") && !u.carries("axb"));
+        assert!(u.carries("public", "a_b") && !u.carries("public", "axb"));
     }
 
     #[test]
     fn exclusions_take_names_or_patterns_with_or_without_the_schema() {
         let p = pattern("public.*", &["schema_migrations", "public.audit_*"]);
-        assert!(p.carries("orders"));
-        assert!(!p.carries("schema_migrations"));
-        assert!(!p.carries("audit_log"));
-        assert!(p.carries("audit"));
+        assert!(p.carries("public", "orders"));
+        assert!(!p.carries("public", "schema_migrations"));
+        assert!(!p.carries("public", "audit_log"));
+        assert!(p.carries("public", "audit"));
+    }
+
+    #[test]
+    fn a_schema_pattern_looks_in_every_schema_it_matches_but_the_systems_and_ours() {
+        let p = pattern("app_*.orders", &[]);
+        assert!(p.carries("app_eu", "orders") && p.carries("app_", "orders"));
+        assert!(!p.carries("app", "orders") && !p.carries("app_eu", "items"));
+        let all = pattern("*.*", &["app_test.*", "*.schema_migrations", "audit"]);
+        assert!(all.carries("public", "orders") && all.carries("app_eu", "items"));
+        assert!(
+            !all.carries("app_test", "orders"),
+            "excluded with its schema"
+        );
+        assert!(!all.carries("public", "schema_migrations"));
+        assert!(!all.carries("app_eu", "audit"), "excluded in every schema");
+        for own in ["pg_catalog", "pg_toast", "information_schema", "helios"] {
+            assert!(!all.covers_schema(own), "{own}");
+        }
+        // Named outright, our schema is one like any other.
+        assert!(pattern("helios.*", &[]).carries("helios", "t"));
     }
 
     #[test]
@@ -156,8 +222,11 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
-        let e = err("pub*.orders", &[]);
+        let e = err("pu-b*.orders", &[]);
         assert!(e.contains("tables[1].name") && e.contains("schema"), "{e}");
+        let e = err("app_*.orders", &["other.t"]);
+        assert!(e.contains("schemas `app_*` only"), "{e}");
+        assert!(TablePattern::parse("t", "app_*.orders", &["app_x.t".into()]).is_ok());
         assert!(err("*", &[]).contains("schema.pattern"));
         assert!(err("public.a-*", &[]).contains("tables[1].name"));
         let e = err("public.*", &["other.t"]);
@@ -191,7 +260,9 @@ mod tests {
             name in "[ab_]{0,10}",
         ) {
             let p = pattern(&format!("s.{glob}"), &[]);
-            prop_assert_eq!(p.carries(&name), glob_matches(glob.as_bytes(), name.as_bytes()));
+            prop_assert_eq!(p.carries("s", &name), glob_matches(glob.as_bytes(), name.as_bytes()));
+            let q = pattern(&format!("{glob}.t"), &[]);
+            prop_assert_eq!(q.carries(&name, "t"), glob_matches(glob.as_bytes(), name.as_bytes()));
         }
 
         #[test]
@@ -202,9 +273,9 @@ mod tests {
         ) {
             let p = pattern(&format!("s.{glob}"), &[excluded.as_str()]);
             if glob_matches(excluded.as_bytes(), name.as_bytes()) {
-                prop_assert!(!p.carries(&name));
+                prop_assert!(!p.carries("s", &name));
             } else {
-                prop_assert_eq!(p.carries(&name), glob_matches(glob.as_bytes(), name.as_bytes()));
+                prop_assert_eq!(p.carries("s", &name), glob_matches(glob.as_bytes(), name.as_bytes()));
             }
         }
     }

@@ -152,9 +152,12 @@ fn table_patterns_parse_and_bad_ones_name_the_field() {
     );
     assert!(e.to_string().contains("`public.*`"), "{e}");
     expect_err(
-        &valid_with(table, "name = \"pub*.orders\"\n"),
+        &valid_with(table, "name = \"pu-b*.orders\"\n"),
         "tables[0].name",
     );
+    // A schema pattern is a pattern too.
+    let spec = JobSpec::from_toml_str(&valid_with(table, "name = \"app_*.orders\"\n")).unwrap();
+    assert!(spec.tables[0].is_pattern());
     expect_err(
         &valid_with(table, "name = \"public.or-*\"\n"),
         "tables[0].name",

@@ -18,7 +18,7 @@ use crate::sinks::pg_apply::target_schema::{
     create_table_ddl, ensure_types_and_schema, primary_key_list, record_columns, target_columns,
 };
 use crate::sinks::SinkError;
-use crate::sql_text::{quote_ident, quote_qualified};
+use crate::sql_text::{like_pattern, quote_ident, quote_qualified};
 
 /// Longest PostgreSQL identifier.
 const MAX_IDENTIFIER: usize = 63;
@@ -38,21 +38,22 @@ fn job_digest(job: &str) -> String {
     hex
 }
 
-/// Drops every staging table `job` left in `schemas` on the target (a cut-short attempt,
-/// of a source table since dropped or recreated under another OID, say); returns how
-/// many. Run before a snapshot stages anything: no load of the job is in flight.
+/// Drops every staging table `job` left in `schemas` (names, or patterns of `*` and `?`)
+/// on the target (a cut-short attempt, of a source table since dropped or recreated under
+/// another OID, say); returns how many. Run before a snapshot stages anything: no load of
+/// the job is in flight.
 pub async fn drop_leftovers(
     client: &Client,
     job: &str,
     schemas: &[&str],
 ) -> Result<u64, SinkError> {
     let pattern = format!("helios\\_load\\_%\\_{}", job_digest(job));
-    let schemas: Vec<String> = schemas.iter().map(|s| s.to_string()).collect();
+    let schemas: Vec<String> = schemas.iter().map(|s| like_pattern(s)).collect();
     let rows = client
         .query(
             "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname)
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.relkind = 'r' AND n.nspname = ANY($1) AND c.relname LIKE $2",
+             WHERE c.relkind = 'r' AND n.nspname LIKE ANY($1) AND c.relname LIKE $2",
             &[&schemas, &pattern],
         )
         .await
