@@ -136,6 +136,18 @@ fn base_document_is_valid_for_both() {
     );
     assert!(schema_validator().is_valid(&toml_to_json(&pattern)));
     JobSpec::from_toml_str(&pattern).unwrap();
+    let schemas = base_with(
+        "name = \"public.orders\"",
+        "name = \"app_*.orders\"\nexclude = [\"app_test.*\", \"*_old.orders\"]",
+    );
+    let validator = schema_validator();
+    let instance = toml_to_json(&schemas);
+    assert!(
+        validator.is_valid(&instance),
+        "{}",
+        schema_errors(&validator, &instance)
+    );
+    JobSpec::from_toml_str(&schemas).unwrap();
 }
 
 #[test]
@@ -238,8 +250,8 @@ fn invalid_documents_are_rejected_by_schema_and_parser() {
             "tables[0].name",
         ),
         (
-            "a wildcard in the schema part",
-            base_with("name = \"public.orders\"", "name = \"pub*.orders\""),
+            "a character no schema pattern takes",
+            base_with("name = \"public.orders\"", "name = \"pu-b*.orders\""),
             "tables[0].name",
         ),
         (
