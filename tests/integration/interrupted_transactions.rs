@@ -1,4 +1,4 @@
-//! A stop, or a cut connection, landing inside a transaction the reader is reading: the
+//! A stop, a cut connection or a pause landing inside a transaction the reader is reading: the
 //! reader has handed the dataflow the transaction's Begin and some of its changes, not
 //! its Commit. A stop must apply none of it (the next start reads it whole); a reconnect
 //! must not feed its first changes twice. The reader's fault points
@@ -7,11 +7,13 @@
 //! the target's rows, and every change on the stream exactly once.
 
 use helios_repl::cdc::hand_over::{CUT_MID_TRANSACTION, STALL_MID_TRANSACTION};
+use helios_repl::embedded::pg_cluster::free_port;
 use helios_repl::operators::row_spill::FAULT_ENV;
 
 use crate::harness::{wait_for, Env, Replicator};
 use crate::nats_sink::{assert_stream_replays_source, job_file, read_job_stream, ORDERS, WAIT};
 use crate::qos::Nats;
+use crate::serve_api::{submit, Server};
 
 /// One transaction of 200 new orders over the three tenants.
 const TWO_HUNDRED: &str = "INSERT INTO q.orders SELECT 1 + g % 3, g, nextval('q.ver'), 'n' \
@@ -90,4 +92,46 @@ fn a_connection_cut_inside_a_transaction_feeds_the_rest_of_it_once() {
     );
     assert_stream_replays_source(&env, &nats.url, "cut_inside");
     assert!(repl.stop().success(), "{}", repl.output());
+}
+
+/// Under `serve`, a pause that lands inside a transaction closes the replication session
+/// with the transaction's first changes in the dataflow; nothing of it is applied while
+/// paused, and the resume reads it again and feeds the rest once.
+#[test]
+fn a_pause_inside_a_transaction_applies_it_once_after_the_resume() {
+    let env = Env::start(ORDERS);
+    env.target.create_database("meta").expect("meta db");
+    let nats = Nats::start(&env);
+    let path = job_file(&env, &nats, "pause_inside", 1024);
+    let port = free_port().expect("port");
+    let mut server = Server::spawn(&env, port, &[], &[(FAULT_ENV, STALL_MID_TRANSACTION)]);
+    server.wait_healthy();
+    submit(&server, &path);
+    env.on_source(TEN);
+    env.wait_converged(CONVERGED, WAIT);
+    env.on_source(TWO_HUNDRED);
+    wait_for("the reader to stall inside the transaction", WAIT, || {
+        server.output().contains(STALL_MID_TRANSACTION)
+    });
+    let (ok, out) = server.cli(&["jobs", "pause", "pause_inside"]);
+    assert!(ok, "pause: {out}");
+    wait_for("the job paused", WAIT, || {
+        server.job_json("pause_inside")["state"] == "paused"
+    });
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(env.on_target(COUNT).trim(), "10", "{}", server.output());
+
+    let (ok, out) = server.cli(&["jobs", "resume", "pause_inside"]);
+    assert!(ok, "resume: {out}");
+    env.on_source(UPDATE_AND_DELETE);
+    env.wait_converged(CONVERGED, WAIT);
+    assert_stream_replays_source(&env, &nats.url, "pause_inside");
+    assert!(
+        server
+            .output()
+            .contains("the transaction read in part before the reconnect comes again"),
+        "{}",
+        server.output()
+    );
+    server.kill();
 }
