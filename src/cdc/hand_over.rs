@@ -12,7 +12,8 @@
 //! Fault points for tests of exactly that (as `HELIOS_CRASH_AT` is for crashes): with
 //! `HELIOS_FAULT_AT` set to [`STALL_MID_TRANSACTION`] or [`CUT_MID_TRANSACTION`], the
 //! reader, once per process, stalls (until told to stop or pause) or cuts its connection
-//! after handing over [`FAULT_AFTER_CHANGES`] changes of a transaction.
+//! after handing over [`FAULT_AFTER_CHANGES`] changes of a transaction (or as many as
+//! [`FAULT_AFTER_ENV`] says: past a part of a large one, say).
 
 use crate::change::{format_lsn, Lsn};
 use crate::operators::row_spill::FAULT_ENV;
@@ -23,8 +24,10 @@ pub const STALL_MID_TRANSACTION: &str = "reader-stall-mid-transaction";
 /// [`FAULT_ENV`] value: the reader's connection is cut inside a transaction (a transient
 /// error: the reader reconnects).
 pub const CUT_MID_TRANSACTION: &str = "reader-cut-mid-transaction";
-/// Changes of a transaction handed over before a fault point fires.
+/// Changes of a transaction handed over before a fault point fires, by default.
 pub const FAULT_AFTER_CHANGES: u64 = 50;
+/// Environment variable with another count of changes before a fault point fires.
+pub const FAULT_AFTER_ENV: &str = "HELIOS_FAULT_AFTER_CHANGES";
 
 /// What the reader does at a fault point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +67,9 @@ pub enum BeginAction {
 pub struct HandOver {
     open: Option<OpenHandOver>,
     fault: Option<ReaderFault>,
+    /// Changes of a transaction before the fault fires ([`FAULT_AFTER_CHANGES`] unless
+    /// [`FAULT_AFTER_ENV`] says otherwise).
+    fault_after: u64,
     fault_fired: bool,
 }
 
@@ -106,8 +112,14 @@ impl HandOver {
             Ok(CUT_MID_TRANSACTION) => Some(ReaderFault::Cut),
             _ => None,
         };
+        let fault_after = std::env::var(FAULT_AFTER_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(FAULT_AFTER_CHANGES);
         HandOver {
             fault,
+            fault_after,
             ..HandOver::default()
         }
     }
@@ -154,12 +166,12 @@ impl HandOver {
     }
 
     /// The fault to act on now, if one is set and the open transaction has just had
-    /// [`FAULT_AFTER_CHANGES`] changes handed over (once per process).
+    /// its fault point's count of changes handed over (once per process).
     pub fn fault_due(&mut self) -> Option<ReaderFault> {
         let due = self
             .open
             .as_ref()
-            .is_some_and(|o| o.fed == FAULT_AFTER_CHANGES && o.to_skip == 0);
+            .is_some_and(|o| o.fed == self.fault_after && o.to_skip == 0);
         if !due || self.fault_fired {
             return None;
         }
@@ -246,6 +258,7 @@ mod tests {
     fn a_fault_point_fires_once_after_its_changes() {
         let mut h = HandOver {
             fault: Some(ReaderFault::Cut),
+            fault_after: FAULT_AFTER_CHANGES,
             ..HandOver::default()
         };
         let feed = |h: &mut HandOver| {

@@ -6,7 +6,8 @@
 //! 50 changes of a transaction of 200. A PostgreSQL target and a NATS stream both check:
 //! the target's rows, and every change on the stream exactly once.
 
-use helios_repl::cdc::hand_over::{CUT_MID_TRANSACTION, STALL_MID_TRANSACTION};
+use helios_repl::cdc::hand_over::{CUT_MID_TRANSACTION, FAULT_AFTER_ENV, STALL_MID_TRANSACTION};
+use helios_repl::dataflow::deliver::PART_ROWS;
 use helios_repl::embedded::pg_cluster::free_port;
 use helios_repl::operators::row_spill::FAULT_ENV;
 
@@ -134,4 +135,58 @@ fn a_pause_inside_a_transaction_applies_it_once_after_the_resume() {
         server.output()
     );
     server.kill();
+}
+
+/// A transaction large enough to reach the sinks in parts, stopped after two parts: the
+/// PostgreSQL sink, which applies parts as they come inside one target transaction,
+/// commits none of it (the stop must not pass for its last part), and the next start
+/// applies it whole; the NATS stream, which publishes parts as they come (marked
+/// partial), gets the rest once. (It passes with the input closed at the stop, as before
+/// the fix, too: it guards the parts' path across a stop rather than reproducing the bug,
+/// which the first test does.)
+#[test]
+fn a_stop_inside_a_transaction_delivered_in_parts_commits_none_of_it() {
+    let env = Env::start(ORDERS);
+    let nats = Nats::start(&env);
+    let path = job_file(&env, &nats, "stop_in_parts", 1 << 20);
+    let rows = 2 * PART_ROWS + PART_ROWS / 2;
+    let stall_after = (2 * PART_ROWS + PART_ROWS / 4).to_string();
+    let mut repl = Replicator::start_with_env(
+        &path,
+        1,
+        &[],
+        &[
+            (FAULT_ENV, STALL_MID_TRANSACTION),
+            (FAULT_AFTER_ENV, stall_after.as_str()),
+        ],
+    );
+    wait_for("the job to stream", WAIT, || {
+        repl.output().contains("streaming")
+    });
+    env.on_source(TEN);
+    env.wait_converged(CONVERGED, WAIT);
+    env.on_source(&format!(
+        "INSERT INTO q.orders SELECT 1 + g % 3, g, nextval('q.ver'), 'big' \
+         FROM generate_series(1, {rows}) g"
+    ));
+    wait_for("the reader to stall inside the transaction", WAIT, || {
+        repl.output().contains(STALL_MID_TRANSACTION)
+    });
+    assert!(repl.stop().success(), "{}", repl.output());
+    let out = repl.output();
+    assert!(
+        out.contains("arriving in parts"),
+        "the transaction reached the sinks in parts: {out}"
+    );
+    assert_eq!(
+        env.on_target(COUNT).trim(),
+        "10",
+        "none of it committed: {out}"
+    );
+
+    let mut repl = Replicator::start_with_args(&path, 1, &[]);
+    env.on_source(UPDATE_AND_DELETE);
+    env.wait_converged(CONVERGED, WAIT);
+    assert_stream_replays_source(&env, &nats.url, "stop_in_parts");
+    assert!(repl.stop().success(), "{}", repl.output());
 }
