@@ -168,6 +168,8 @@ impl HandOver {
     /// The fault to act on now, if one is set and the open transaction has just had
     /// its fault point's count of changes handed over (once per process).
     pub fn fault_due(&mut self) -> Option<ReaderFault> {
+        // Called per change: without a fault point set, nothing else is looked at.
+        self.fault?;
         let due = self
             .open
             .as_ref()

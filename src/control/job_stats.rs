@@ -126,7 +126,7 @@ impl JobStats {
     /// Records the job's state.
     pub fn set_state(&self, state: JobState, reason: Option<String>) {
         if let Ok(mut s) = self.state.lock() {
-            if *s != (state, reason.clone()) {
+            if s.0 != state || s.1 != reason {
                 if let Ok(mut changes) = self.state_changes.lock() {
                     changes.push(state, reason.clone());
                 }

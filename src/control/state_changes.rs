@@ -16,8 +16,7 @@ pub struct StateChange {
     pub reason: Option<String>,
 }
 
-/// State changes waiting to be recorded: every one, not a sample, so a state that lasted
-/// less than the monitor's period (streaming for a second before a pause) is not lost.
+/// State changes waiting to be recorded, oldest first, at most [`StateChanges::KEPT`].
 #[derive(Debug, Default)]
 pub(crate) struct StateChanges {
     pending: std::collections::VecDeque<StateChange>,
