@@ -154,7 +154,10 @@ const CREATE: &str =
 async fn ours(dsn: &str, run: u64, table: &Arc<TableInfo>, rows: i64, case: Case) -> Result<f64> {
     let plan = TenantPlan {
         include: TenantFilter::All,
-        tenant_columns: HashMap::from([(table.qualified_name(), "tenant_id".to_string())]),
+        tenant_keys: HashMap::from([(
+            table.qualified_name(),
+            helios_repl::control::job_spec::TenantKey::Column("tenant_id".to_string()),
+        )]),
         peers: 1,
     };
     let sink = PgApplySink::new(&format!("large_{run}"), dsn, Arc::new(plan), 0);

@@ -21,7 +21,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use helios_repl::cdc::pgoutput::{decode, encode, ColumnValue, Insert, PgOutputMessage, TupleData};
 use helios_repl::cdc::stream::to_row;
 use helios_repl::change::{RowOp, SourceRecord, TableInfo};
-use helios_repl::control::job_spec::TenantFilter;
+use helios_repl::control::job_spec::{TenantFilter, TenantKey};
 use helios_repl::operators::access::features::BucketCounts;
 use helios_repl::operators::access::{BucketKey, Predictor, PredictorConfig};
 use helios_repl::operators::partition::{partition_record, TenantPlan};
@@ -125,9 +125,12 @@ fn bench(c: &mut Criterion) {
                 .map(|t: &i32| t.to_string())
                 .collect::<BTreeSet<_>>(),
         ),
-        tenant_columns: [("public.bench".to_string(), "tenant_id".to_string())]
-            .into_iter()
-            .collect(),
+        tenant_keys: [(
+            "public.bench".to_string(),
+            TenantKey::Column("tenant_id".to_string()),
+        )]
+        .into_iter()
+        .collect(),
         peers: 2,
     };
     let mut group = c.benchmark_group("tenant_partition");

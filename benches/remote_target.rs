@@ -33,7 +33,7 @@ use helios_repl::cdc::stream::ReaderStats;
 use helios_repl::change::{
     Cell, HistoryEvent, HistoryOp, Lsn, Row, Scope, TableInfo, TenantAction, TenantChange,
 };
-use helios_repl::control::job_spec::TenantFilter;
+use helios_repl::control::job_spec::{TenantFilter, TenantKey};
 use helios_repl::embedded::pg_cluster::PgCluster;
 use helios_repl::operators::partition::TenantPlan;
 use helios_repl::operators::version::{SysTime, Version, VersionDelta};
@@ -257,7 +257,10 @@ async fn run_setting(dsn: &str, depth: usize, load: Load, history: bool) -> Resu
     let table = Arc::new(table_info(&format!("orders_{kind}_{depth}{suffix}")));
     let plan = TenantPlan {
         include: TenantFilter::All,
-        tenant_columns: HashMap::from([(table.qualified_name(), "tenant_id".to_string())]),
+        tenant_keys: HashMap::from([(
+            table.qualified_name(),
+            TenantKey::Column("tenant_id".to_string()),
+        )]),
         peers: 1,
     };
     let mut sink = PgApplySink::new(

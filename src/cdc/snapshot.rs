@@ -16,7 +16,7 @@ use crate::cdc::error::CdcError;
 use crate::cdc::table_parts::{PageRange, TablePart};
 use crate::cdc::transport::ReplicationConnection;
 use crate::change::{parse_lsn, Lsn, TableInfo};
-use crate::control::job_spec::TenantFilter;
+use crate::control::job_spec::{TenantFilter, TenantKey};
 use crate::sql_text::{quote_ident, quote_literal, quote_qualified};
 use crate::time_text::PG_EPOCH_UNIX_MICROS;
 
@@ -93,7 +93,7 @@ pub async fn begin_on_snapshot(client: &Client, snapshot_name: &str) -> Result<(
 /// binary one.
 pub fn copy_out_sql(
     table: &TableInfo,
-    tenant_column: &str,
+    tenant_key: &TenantKey,
     include: &TenantFilter,
     part: Option<&TablePart>,
     binary: bool,
@@ -101,7 +101,7 @@ pub fn copy_out_sql(
     let cols: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let cols = cols.join(", ");
     let format = if binary { " (FORMAT binary)" } else { "" };
-    let tenants = include.condition_on(table, tenant_column);
+    let tenants = include.condition_on(table, tenant_key);
     let select = |from: &str, pages: Option<&PageRange>| {
         let conditions: Vec<String> = pages
             .map(|p| p.sql_condition())
@@ -135,7 +135,11 @@ pub fn copy_out_sql(
 
 /// The `SELECT` that reads the job's tenants' rows of `table` with every value in its text
 /// form (for sinks that take rows, not COPY data).
-pub fn select_text_sql(table: &TableInfo, tenant_column: &str, include: &TenantFilter) -> String {
+pub fn select_text_sql(
+    table: &TableInfo,
+    tenant_key: &TenantKey,
+    include: &TenantFilter,
+) -> String {
     let cols: Vec<String> = table
         .columns
         .iter()
@@ -145,7 +149,7 @@ pub fn select_text_sql(table: &TableInfo, tenant_column: &str, include: &TenantF
     format!(
         "SELECT {} FROM {name}{}",
         cols.join(", "),
-        include.where_clause_on(table, tenant_column)
+        include.where_clause_on(table, tenant_key)
     )
 }
 
@@ -206,17 +210,18 @@ mod tests {
             type_ddl: vec![],
         };
         let only = TenantFilter::Only(["3".to_string(), "7".to_string()].into_iter().collect());
+        let tid = crate::control::job_spec::TenantKey::Column("tenant_id".into());
         assert_eq!(
-            copy_out_sql(&table, "tenant_id", &only, None, false),
+            copy_out_sql(&table, &tid, &only, None, false),
             "COPY (SELECT \"tenant_id\" FROM \"app\".\"t\" WHERE \"tenant_id\" IN ('3', '7')) TO STDOUT"
         );
         assert_eq!(
-            copy_out_sql(&table, "tenant_id", &TenantFilter::All, None, false),
+            copy_out_sql(&table, &tid, &TenantFilter::All, None, false),
             "COPY (SELECT \"tenant_id\" FROM \"app\".\"t\") TO STDOUT",
             "a query, which a partitioned table takes too"
         );
         assert_eq!(
-            copy_out_sql(&table, "tenant_id", &TenantFilter::All, None, true),
+            copy_out_sql(&table, &tid, &TenantFilter::All, None, true),
             "COPY (SELECT \"tenant_id\" FROM \"app\".\"t\") TO STDOUT (FORMAT binary)"
         );
         let part = TablePart::Pages(PageRange {
@@ -225,11 +230,11 @@ mod tests {
         });
         let part = Some(&part);
         assert_eq!(
-            copy_out_sql(&table, "tenant_id", &TenantFilter::All, part, true),
+            copy_out_sql(&table, &tid, &TenantFilter::All, part, true),
             "COPY (SELECT \"tenant_id\" FROM \"app\".\"t\" WHERE ctid >= '(10,0)'::tid AND ctid < '(20,0)'::tid) TO STDOUT (FORMAT binary)"
         );
         assert_eq!(
-            copy_out_sql(&table, "tenant_id", &only, part, false),
+            copy_out_sql(&table, &tid, &only, part, false),
             "COPY (SELECT \"tenant_id\" FROM \"app\".\"t\" WHERE ctid >= '(10,0)'::tid AND ctid < '(20,0)'::tid AND \"tenant_id\" IN ('3', '7')) TO STDOUT"
         );
         let leaf = |name: &str| Leaf {
@@ -239,7 +244,7 @@ mod tests {
         };
         let part = TablePart::Partitions(vec![leaf("t_1"), leaf("t_2")]);
         assert_eq!(
-            copy_out_sql(&table, "tenant_id", &only, Some(&part), true),
+            copy_out_sql(&table, &tid, &only, Some(&part), true),
             "COPY (SELECT \"tenant_id\" FROM \"app\".\"t_1\" WHERE \"tenant_id\" IN ('3', '7') \
              UNION ALL SELECT \"tenant_id\" FROM \"app\".\"t_2\" WHERE \"tenant_id\" IN ('3', '7')) TO STDOUT (FORMAT binary)",
             "a group of partitions reads each leaf whole"

@@ -257,7 +257,7 @@ impl AccessHub {
             ledger: Arc::default(),
             hotness: Arc::new(HotnessMap::new(
                 spec.qos.key_bucket_width,
-                crate::control::job_runner::tenant_plan(spec, 1).tenant_columns,
+                crate::control::job_runner::tenant_plan(spec, 1).tenant_keys,
             )),
             width: spec.qos.key_bucket_width,
             window: Duration::from_secs(spec.qos.window_secs),

@@ -220,8 +220,8 @@ async fn source_holds_job_rows(spec: &JobSpec) -> Result<bool, JobError> {
     let source = catalog::connect(spec.source.dsn.expose()).await?;
     for table in &spec.tables {
         let info = catalog::table_info(&source, table.schema(), table.table()).await?;
-        let column = spec.tenant_column_of(table);
-        if holds_tenant_rows(&source, &info, column, &spec.tenants.include).await? {
+        let key = spec.tenant_key_of(table);
+        if holds_tenant_rows(&source, &info, &key, &spec.tenants.include).await? {
             return Ok(true);
         }
     }
@@ -420,7 +420,7 @@ async fn load_gaps(
                     JobError::Dataflow(format!("backfill of {}: not a job table", gap.table))
                 })?;
             let info = table_shape(&copier, &mut shapes, table).await?;
-            let column = spec.tenant_column_of(table);
+            let key = &spec.tenant_key_of(table);
             let filter = gap.load_filter(&spec.tenants.include);
             let floor = LoadFloor {
                 job: &spec.name,
@@ -435,13 +435,13 @@ async fn load_gaps(
                     .is_none();
             let (info, filter, copier) = (&*info, &filter, &copier);
             let open_source = move |binary| {
-                let sql = snapshot::copy_out_sql(info, column, filter, None, binary);
+                let sql = snapshot::copy_out_sql(info, key, filter, None, binary);
                 async move { copier.copy_out(&sql).await }
             };
             let loaded = load_table(
                 target,
                 info,
-                column,
+                key,
                 filter,
                 true,
                 Some(&floor),
@@ -534,9 +534,9 @@ async fn load_gaps(
             };
             let info = table_shape(&copier, &mut shapes, table).await?;
             let loaded = gap.load_filter(&spec.tenants.include);
-            let column = spec.tenant_column_of(table);
+            let key = spec.tenant_key_of(table);
             let versions = history_start::publish_versions_since(
-                spec, anchor, &info, column, &loaded, resume, floor_at,
+                spec, anchor, &info, &key, &loaded, resume, floor_at,
             )
             .await?;
             if versions > 0 {
@@ -571,7 +571,7 @@ async fn record_loaded_versions(
     let recorded = record_snapshot_versions(
         &tx,
         info,
-        spec.tenant_column_of(table),
+        &spec.tenant_key_of(table),
         loaded,
         table.valid_time_column.as_deref(),
         at,
@@ -659,7 +659,7 @@ async fn publish_tables<'a, I>(
             copier,
             &mut sinks,
             info,
-            spec.tenant_column_of(table),
+            &spec.tenant_key_of(table),
             &tenants,
             at,
         )

@@ -385,11 +385,12 @@ pub async fn snapshot_table(
     info: &TableInfo,
     at: SysTime,
 ) -> Result<u64, SinkError> {
-    let column = &plan.tenant_columns[&table.name];
-    let Some(tenant_at) = info.column_index(column) else {
+    let column = &plan.tenant_keys[&table.name];
+    let Some(tenant_at) = column.at(info) else {
         return Err(SinkError::Definite(format!(
-            "{}: no tenant column `{column}`",
-            info.qualified_name()
+            "{}: no {}",
+            info.qualified_name(),
+            column.describe()
         )));
     };
     let valid_at = table
@@ -403,9 +404,8 @@ pub async fn snapshot_table(
     // A NULL tenant belongs to no tenant: the stream drops such rows too.
     let versions = rows.filter_map(|row| {
         let version = match row {
-            Ok(row) => row
-                .get(tenant_at)
-                .and_then(Cell::as_text)
+            Ok(row) => tenant_at
+                .of(&row)
                 .map(|tenant| Ok((tenant.to_owned(), snapshot_row(info, valid_at, &row, at)))),
             Err(e) => Some(Err(SinkError::Transient(e.to_string()))),
         };

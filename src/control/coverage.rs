@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::control::job_spec::{JobSpec, NatsSinkSpec, SinkSpec, TenantFilter};
+use crate::control::job_spec::{
+    JobSpec, NatsSinkSpec, SinkSpec, TableSpec, TenantFilter, TenantKey,
+};
 
 /// Per table (`schema.table`), its tenant column and the tenants the targets hold
 /// (the default: nothing, a target new to the job).
@@ -31,10 +33,47 @@ pub fn stream_identity(job: &str, sink: &NatsSinkSpec) -> String {
 /// One table's share of a [`Coverage`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableCoverage {
-    /// The tenant column the rows were chosen by.
+    /// The tenant column the rows were chosen by (empty for a one-tenant table).
     pub column: String,
+    /// The tenant whose rows the whole table holds (a one-tenant table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// The tenants whose rows were loaded.
     pub include: TenantFilter,
+}
+
+impl TableCoverage {
+    /// What `spec` loads of `table`: its tenants' rows by its tenant column, or a
+    /// one-tenant table whole (for that tenant only, so a tenant added to the job is no
+    /// gap in another tenant's table).
+    pub fn of(spec: &JobSpec, table: &TableSpec) -> TableCoverage {
+        match spec.tenant_key_of(table) {
+            TenantKey::Column(column) => TableCoverage {
+                column,
+                tenant: None,
+                include: spec.tenants.include.clone(),
+            },
+            TenantKey::Table(id) => TableCoverage {
+                column: String::new(),
+                tenant: Some(id.clone()),
+                include: TenantFilter::Only(BTreeSet::from([id])),
+            },
+        }
+    }
+
+    /// Where the rows keep their tenant.
+    pub fn key(&self) -> TenantKey {
+        match &self.tenant {
+            Some(id) => TenantKey::Table(id.clone()),
+            None => TenantKey::Column(self.column.clone()),
+        }
+    }
+
+    /// Whether both chose their rows the same way (the same column, or the same tenant's
+    /// whole table).
+    fn same_key(&self, other: &TableCoverage) -> bool {
+        self.column == other.column && self.tenant == other.tenant
+    }
 }
 
 /// What a target lacks of one table under a wider spec.
@@ -82,15 +121,7 @@ impl Coverage {
             tables: spec
                 .tables
                 .iter()
-                .map(|t| {
-                    (
-                        t.name.clone(),
-                        TableCoverage {
-                            column: spec.tenant_column_of(t).to_string(),
-                            include: spec.tenants.include.clone(),
-                        },
-                    )
-                })
+                .map(|t| (t.name.clone(), TableCoverage::of(spec, t)))
                 .collect(),
             streams: Some(
                 spec.sinks
@@ -120,7 +151,7 @@ impl Coverage {
             .filter_map(|(table, wanted)| {
                 let gap = match self.tables.get(table) {
                     None => Some(Gap::Table),
-                    Some(held) if held.column != wanted.column => Some(Gap::Table),
+                    Some(held) if !held.same_key(wanted) => Some(Gap::Table),
                     Some(held) => match (&held.include, &wanted.include) {
                         (TenantFilter::All, _) => None,
                         (TenantFilter::Only(_), TenantFilter::All) => Some(Gap::Table),
@@ -146,7 +177,7 @@ impl Coverage {
             .iter()
             .filter_map(|(table, held)| match next.tables.get(table) {
                 None => Some(format!("{table} (the whole table)")),
-                Some(wanted) if wanted.column != held.column => None,
+                Some(wanted) if !wanted.same_key(held) => None,
                 Some(wanted) => match (&held.include, &wanted.include) {
                     (_, TenantFilter::All) => None,
                     (TenantFilter::All, TenantFilter::Only(_)) => {
@@ -171,20 +202,21 @@ impl Coverage {
             .iter()
             .filter_map(|(table, held)| {
                 let wanted = next.tables.get(table)?;
-                if wanted.column != held.column {
+                if !wanted.same_key(held) {
                     return None;
                 }
+                let key = held.key();
                 let condition = match (&held.include, &wanted.include) {
                     (_, TenantFilter::All) => None,
-                    (TenantFilter::All, kept @ TenantFilter::Only(_)) => kept
-                        .sql_condition(&held.column)
-                        .map(|c| format!("NOT ({c})")),
+                    (TenantFilter::All, kept @ TenantFilter::Only(_)) => {
+                        kept.sql_condition(&key).map(|c| format!("NOT ({c})"))
+                    }
                     (TenantFilter::Only(had), TenantFilter::Only(want)) => {
                         let gone: BTreeSet<String> = had.difference(want).cloned().collect();
                         if gone.is_empty() {
                             None
                         } else {
-                            TenantFilter::Only(gone).sql_condition(&held.column)
+                            TenantFilter::Only(gone).sql_condition(&key)
                         }
                     }
                 }?;
@@ -227,6 +259,7 @@ mod tests {
                         t.to_string(),
                         TableCoverage {
                             column: c.to_string(),
+                            tenant: None,
                             include: i.clone(),
                         },
                     )
@@ -396,6 +429,7 @@ mod tests {
                             t,
                             TableCoverage {
                                 column: c.to_string(),
+                                tenant: None,
                                 include,
                             },
                         )

@@ -15,7 +15,7 @@ use crate::control::history_query::{history_places, table_shape, Horizon};
 use crate::control::job_control::{
     ControlError, ExportRequest, ExportState, ExportStatus, RetentionPolicy, TimePoint,
 };
-use crate::control::job_spec::JobSpec;
+use crate::control::job_spec::{JobSpec, TenantKey};
 use crate::sinks::parquet::layout::table_dir;
 use crate::sinks::parquet::manifest::Manifest;
 use crate::sinks::parquet::sink::{cold_columns, op_of};
@@ -94,15 +94,14 @@ async fn export(
     let table = table_shape(spec, &request.table)
         .await
         .map_err(|e| e.to_string())?;
-    let tenant_column = spec
-        .tenant_column_for(&table.schema, &table.name)
-        .unwrap_or(&spec.tenants.column)
-        .to_owned();
+    let tenant_key = spec
+        .tenant_key_for(&table.schema, &table.name)
+        .unwrap_or_else(|| TenantKey::Column(spec.tenants.column.clone()));
     let target = connect(&dsn).await.map_err(|e| e.to_string())?;
     let history = quote_qualified(&table.schema, &history_name(&table.name));
     let mut conditions = vec![format!(
         "{}::text = {}",
-        quote_ident(&tenant_column),
+        tenant_key.sql(),
         quote_literal(&request.tenant)
     )];
     if let Some(p) = from {
@@ -258,10 +257,9 @@ pub async fn apply_retention(
         Ok(None) => return Ok(None),
         Err(e) => return Err(e.to_string()),
     };
-    let tenant_column = spec
-        .tenant_column_for(&table.schema, &table.name)
-        .unwrap_or(&spec.tenants.column)
-        .to_owned();
+    let tenant_key = spec
+        .tenant_key_for(&table.schema, &table.name)
+        .unwrap_or_else(|| TenantKey::Column(spec.tenants.column.clone()));
     let cutoff = now_micros - i64::from(policy.days) * 86_400_000_000;
     let history = quote_qualified(&table.schema, &history_name(&table.name));
     let target = connect(&dsn).await.map_err(|e| e.to_string())?;
@@ -272,7 +270,7 @@ pub async fn apply_retention(
                  AND system_to < $2::text::timestamptz AND system_to_lsn <= $3::text::pg_lsn \
                  RETURNING system_to, system_to_lsn) \
                  SELECT count(*), {}, (max(system_to_lsn) - '0/0'::pg_lsn)::bigint FROM gone",
-                quote_ident(&tenant_column),
+                tenant_key.sql(),
                 micros("max(system_to)")
             ),
             &[

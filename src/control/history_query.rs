@@ -15,12 +15,12 @@ use crate::cdc::catalog;
 use crate::change::{format_lsn, pg_now_micros, Cell, Lsn, Row, TableInfo};
 use crate::control::job_control::{AsOfQuery, AsOfRows, ControlError, TimePoint};
 use crate::control::job_runner::JobStats;
-use crate::control::job_spec::{JobSpec, SinkSpec};
+use crate::control::job_spec::{JobSpec, SinkSpec, TenantKey};
 use crate::operators::version::{SysTime, SystemPoint, Version};
 use crate::sinks::parquet::{read_table, ColdRow};
 use crate::sinks::pg_apply::history::{first_version, load_versions, VersionFilter};
 use crate::sinks::pg_apply::sink::connect;
-use crate::sql_text::{quote_ident, quote_literal};
+use crate::sql_text::quote_literal;
 use crate::time_text::format_rfc3339;
 
 /// Where history older than a retention horizon lives.
@@ -130,12 +130,11 @@ pub async fn rows_as_of(
         )));
     };
     let table = table_shape(spec, &query.table).await?;
-    let tenant_column = spec
-        .tenant_column_for(&table.schema, &table.name)
-        .unwrap_or(&spec.tenants.column)
-        .to_owned();
+    let tenant_key = spec
+        .tenant_key_for(&table.schema, &table.name)
+        .unwrap_or_else(|| TenantKey::Column(spec.tenants.column.clone()));
     let target = connect(&dsn).await.map_err(|e| unavailable("target", e))?;
-    let first = first_version(&target, &table, &tenant_column, &query.tenant)
+    let first = first_version(&target, &table, &tenant_key, &query.tenant)
         .await
         .map_err(|e| unavailable("history table", e))?;
     let Some(first) = first else {
@@ -197,7 +196,7 @@ pub async fn rows_as_of(
     } else {
         let filter = format!(
             "{}::text = {}",
-            quote_ident(&tenant_column),
+            tenant_key.sql(),
             quote_literal(&query.tenant)
         );
         let versions = load_versions(
@@ -212,7 +211,7 @@ pub async fn rows_as_of(
         rows.sort_by_key(|r| key_of(&table, r));
         ("history_table", rows)
     };
-    let rows = only_key(&table, &tenant_column, &query.key, rows)?;
+    let rows = only_key(&table, &tenant_key, &query.key, rows)?;
     Ok(AsOfRows {
         job: spec.name.clone(),
         tenant: query.tenant.clone(),
@@ -232,7 +231,7 @@ pub async fn rows_as_of(
 /// `key` is empty); a count of values that does not match those columns is a 422.
 fn only_key(
     table: &TableInfo,
-    tenant_column: &str,
+    tenant_key: &TenantKey,
     key: &[String],
     rows: Vec<Row>,
 ) -> Result<Vec<Row>, ControlError> {
@@ -242,7 +241,7 @@ fn only_key(
     let columns: Vec<usize> = table
         .key_columns()
         .into_iter()
-        .filter(|&i| table.columns[i].name != tenant_column)
+        .filter(|&i| !tenant_key.is_column(&table.columns[i].name))
         .collect();
     if columns.len() != key.len() {
         let names: Vec<&str> = columns

@@ -19,7 +19,7 @@ use crate::change::{Lsn, Row, TableInfo};
 use crate::control::cold_seed;
 use crate::control::exports::{cold_row, select_versions_sql};
 use crate::control::job_runner;
-use crate::control::job_spec::{JobSpec, TableSpec, TenantFilter};
+use crate::control::job_spec::{JobSpec, TableSpec, TenantAt, TenantFilter, TenantKey};
 use crate::operators::history::{HistoryBooks, HistoryPlan};
 use crate::operators::partition::TenantPlan;
 use crate::operators::version::SysTime;
@@ -41,11 +41,11 @@ pub fn history_plan(spec: &JobSpec) -> HistoryPlan {
             .history_tables()
             .map(|t| (t.name.clone(), t.valid_time_column.clone()))
             .collect(),
-        tenant_columns: spec
+        tenant_keys: spec
             .history_tables()
             .filter_map(|t| {
-                let column = spec.tenant_column_for(t.schema(), t.table())?;
-                Some((t.name.clone(), column.to_owned()))
+                let key = spec.tenant_key_for(t.schema(), t.table())?;
+                Some((t.name.clone(), key))
             })
             .collect(),
     }
@@ -69,10 +69,8 @@ pub fn check_history_table(spec: &TableSpec, info: &TableInfo) -> Option<String>
 }
 
 fn tenant_of(plan: &TenantPlan, table: &TableInfo, row: &Row) -> Option<String> {
-    let column = plan.tenant_columns.get(&table.qualified_name())?;
-    row.get(table.column_index(column)?)?
-        .as_text()
-        .map(str::to_owned)
+    let key = plan.tenant_keys.get(&table.qualified_name())?;
+    key.at(table)?.of(row).map(str::to_owned)
 }
 
 /// After a snapshot: records the loaded rows as versions known from `at`, and brings every
@@ -93,7 +91,7 @@ pub async fn record_snapshot(
     since: Lsn,
 ) -> Result<(), SinkError> {
     for (table, info) in tables.iter().filter(|(t, _)| t.history) {
-        let column = &plan.tenant_columns[&table.name];
+        let column = &plan.tenant_keys[&table.name];
         let recorded = record_snapshot_versions(
             target,
             info,
@@ -120,7 +118,7 @@ pub async fn publish_versions_since(
     spec: &JobSpec,
     target: &tokio_postgres::Client,
     info: &Arc<TableInfo>,
-    column: &str,
+    column: &TenantKey,
     include: &TenantFilter,
     since: Lsn,
     at: Lsn,
@@ -146,14 +144,21 @@ pub async fn publish_versions_since(
         )
         .await
         .map_err(|e| sink_error("read history versions for the cold tier", &e))?;
-    let tenant_index = info.column_index(column);
+    let tenant_at = column.at(info);
     let versions = rows.filter_map(|r| {
         let version = match r {
             Ok(r) => {
                 let row = cold_row(info, &r);
-                tenant_index
-                    .and_then(|i| row.values.get(i)?.as_deref().map(str::to_owned))
-                    .map(|tenant| Ok((tenant, row)))
+                let tenant = match tenant_at {
+                    Some(TenantAt::Column(i)) => row
+                        .values
+                        .get(i)
+                        .and_then(|v| v.as_deref())
+                        .map(str::to_owned),
+                    Some(TenantAt::Table(id)) => Some(id.to_owned()),
+                    None => None,
+                };
+                tenant.map(|tenant| Ok((tenant, row)))
             }
             Err(e) => Some(Err(sink_error(
                 "read history versions for the cold tier",
@@ -192,7 +197,7 @@ pub async fn restore_books(
     let mut restored = 0;
     for (table, info) in tables.iter().filter(|(t, _)| t.history) {
         ensure_history_shape(target, info).await?;
-        let column = &plan.tenant_columns[&table.name];
+        let column = &plan.tenant_keys[&table.name];
         let point = floors.table_resume(&table.name, resume);
         let later: Vec<(String, Lsn)> = floors
             .tenants_past(&table.name, point)

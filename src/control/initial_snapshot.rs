@@ -22,7 +22,7 @@ use crate::control::job_reader::start_stream;
 use crate::control::job_runner::{
     anchor_target, parquet_roots, postgres_dsns, record_snapshot_done, Anchor, JobError,
 };
-use crate::control::job_spec::{JobSpec, SinkSpec, TenantFilter};
+use crate::control::job_spec::{JobSpec, SinkSpec, TenantFilter, TenantKey};
 use crate::operators::partition::TenantPlan;
 use crate::operators::version::SysTime;
 use crate::sinks::nats::NatsSink;
@@ -115,7 +115,7 @@ pub(super) async fn take_snapshot(
     let mut shapes = Vec::with_capacity(spec.tables.len());
     for table in &spec.tables {
         let info = Arc::new(catalog::table_info(&copier, table.schema(), table.table()).await?);
-        let column = plan.tenant_columns[&table.name].clone();
+        let column = plan.tenant_keys[&table.name].clone();
         let (pages, parts) = if targets.is_empty() {
             (0, vec![TablePart::Pages(PageRange { from: 0, to: None })])
         } else {
@@ -236,7 +236,7 @@ async fn load_one(
     include: &TenantFilter,
     progress: &SnapshotProgress,
 ) -> Result<u64, JobError> {
-    let (info, column, part) = (&*load.info, &*load.column, load.part.as_ref());
+    let (info, column, part) = (&*load.info, &load.column, load.part.as_ref());
     let open_source = move |binary| {
         let sql = snapshot::copy_out_sql(info, column, include, part, binary);
         async move { copier.copy_out(&sql).await }
@@ -260,8 +260,8 @@ async fn load_one(
 /// A table of a snapshot that loads in lanes.
 struct LaneTable {
     info: Arc<TableInfo>,
-    /// Its tenant column.
-    column: String,
+    /// Where its rows keep their tenant.
+    column: TenantKey,
     /// Its size in pages when the snapshot began (0 if not read).
     pages: u64,
     /// The parts it loads in (one: the whole table, in one transaction).
@@ -281,7 +281,7 @@ struct LaneTable {
 struct LaneLoad {
     /// The source table.
     info: Arc<TableInfo>,
-    column: String,
+    column: TenantKey,
     /// Where its rows go on the target: the table, or its staging table.
     into: Arc<TableInfo>,
     /// The target's index in `LoadLanes::target_dsns`.
@@ -524,18 +524,19 @@ pub(super) async fn publish_snapshot(
     copier: &tokio_postgres::Client,
     sinks: &mut [NatsSink],
     table: Arc<crate::change::TableInfo>,
-    tenant_column: &str,
+    tenant_key: &TenantKey,
     include: &TenantFilter,
     at: Lsn,
 ) -> Result<u64, JobError> {
     use futures_util::StreamExt;
-    let Some(tenant_at) = table.column_index(tenant_column) else {
+    let Some(tenant_at) = tenant_key.at(&table) else {
         return Err(JobError::Dataflow(format!(
-            "{}: no tenant column `{tenant_column}`",
-            table.qualified_name()
+            "{}: no {}",
+            table.qualified_name(),
+            tenant_key.describe()
         )));
     };
-    let sql = snapshot::select_text_sql(&table, tenant_column, include);
+    let sql = snapshot::select_text_sql(&table, tenant_key, include);
     let rows = snapshot::rows_as_text(copier, &sql).await?;
     futures_util::pin_mut!(rows);
     let mut bytes = 0;
@@ -546,11 +547,7 @@ pub(super) async fn publish_snapshot(
         let done = next.is_none();
         if let Some(row) = next {
             let row = row?;
-            let tenant = row
-                .get(tenant_at)
-                .and_then(|c| c.as_text())
-                .unwrap_or_default()
-                .to_string();
+            let tenant = tenant_at.of(&row).unwrap_or_default().to_string();
             let change = crate::change::TenantChange {
                 scope: crate::change::Scope::Tenant(tenant),
                 seq: chunk.len() as u32,

@@ -54,7 +54,7 @@ use crate::control::job_control::{JobState, LeftOutTable};
 use crate::control::job_reader::{
     back_off, connect_started, is_transient, read_until_stopped, unless_slot_lost,
 };
-use crate::control::job_spec::{JobSpec, SinkSpec, TableSpec, TenantFilter};
+use crate::control::job_spec::{JobSpec, SinkSpec, TableSpec, TenantFilter, TenantKey};
 pub use crate::control::job_stats::JobStats;
 use crate::control::{cold_resume, history_books, history_repair, sequence_sync, table_patterns};
 use crate::dataflow::host::DataflowHost;
@@ -112,10 +112,10 @@ pub enum JobError {
 pub fn tenant_plan(spec: &JobSpec, peers: usize) -> TenantPlan {
     TenantPlan {
         include: spec.tenants.include.clone(),
-        tenant_columns: spec
+        tenant_keys: spec
             .tables
             .iter()
-            .map(|t| (t.name.clone(), spec.tenant_column_of(t).to_string()))
+            .map(|t| (t.name.clone(), spec.tenant_key_of(t)))
             .collect(),
         peers: peers.max(1) as u32,
     }
@@ -553,13 +553,14 @@ async fn history_failure(books: &HistoryBooks) -> String {
 pub fn tenant_row_filter(
     include: &TenantFilter,
     table: &TableInfo,
-    column: &str,
+    key: &TenantKey,
 ) -> Option<String> {
-    let in_identity = table
-        .column_index(column)
+    let in_identity = key
+        .column()
+        .and_then(|c| table.column_index(c))
         .is_some_and(|i| table.columns[i].in_identity);
     if in_identity {
-        include.row_filter_on(table, column)
+        include.row_filter_on(table, key)
     } else {
         None
     }
@@ -654,12 +655,13 @@ async fn prepare(
         if let Some(problem) = check_history_table(table, &info) {
             return Err(CdcError::Definite(format!("tables[{}]: {problem}", table.name)).into());
         }
-        let column = &plan.tenant_columns[&info.qualified_name()];
-        if info.column_index(column).is_none() {
+        let column = &plan.tenant_keys[&info.qualified_name()];
+        if column.at(&info).is_none() {
             return Err(CdcError::Definite(format!(
-                "tables[{}]: table {} has no tenant column `{column}`",
+                "tables[{}]: table {} has no {}",
                 info.qualified_name(),
-                info.qualified_name()
+                info.qualified_name(),
+                column.describe()
             ))
             .into());
         }

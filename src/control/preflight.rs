@@ -233,10 +233,10 @@ async fn check_source(
             }
         };
         carried.push((table.name.clone(), info.oid));
-        let column = spec.tenant_column_of(table);
+        let key = spec.tenant_key_of(table);
         let mut problems = Vec::new();
-        if info.column_index(column).is_none() {
-            problems.push(format!("has no tenant column `{column}`"));
+        if key.at(&info).is_none() {
+            problems.push(format!("has no {}", key.describe()));
         }
         if let Some(problem) = check_history_table(table, &info) {
             problems.push(problem);

@@ -19,7 +19,9 @@ use std::time::Duration;
 use crate::cdc::catalog::{self, SchemaTable};
 use crate::cdc::error::CdcError;
 use crate::cdc::watch_session::WatchSession;
-use crate::control::job_spec::{is_name_part, is_pattern, JobSpec, TablePattern, TableSpec};
+use crate::control::job_spec::{
+    is_name_part, is_pattern, JobSpec, TablePattern, TableSpec, TenantFrom,
+};
 
 /// How often a running job with patterns looks for new tables that match them.
 pub const CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -72,7 +74,7 @@ pub fn expand(
         }
         let pattern = TablePattern::parse(&format!("tables[{i}]"), &entry.name, &entry.exclude)
             .map_err(|e| CdcError::Definite(e.to_string()))?;
-        let tenant_column = spec.tenant_column_of(entry);
+        let tenant_key = spec.tenant_key_of(entry);
         let mut found = 0;
         let covered = schemas
             .iter()
@@ -82,10 +84,31 @@ pub fn expand(
             if !pattern.carries(schema, &table.name) {
                 continue;
             }
+            let name = format!("{schema}.{}", table.name);
+            // With `tenant_from = "schema"`, the schema names the tenant: one the job does
+            // not carry is not looked at (a source holds many).
+            let tenant = match entry.tenant_from {
+                Some(TenantFrom::Schema) => match pattern.schema_star(schema) {
+                    Some(id) if !id.is_empty() && !spec.includes_tenant(id) => continue,
+                    Some(id) if !id.is_empty() => Some(id.to_string()),
+                    _ => {
+                        left_out.push(LeftOut {
+                            pattern: entry.name.clone(),
+                            table: name,
+                            reason: "its schema's name holds no tenant id where the \
+                                     pattern's `*` is"
+                                .to_string(),
+                            needs_rights: false,
+                        });
+                        continue;
+                    }
+                },
+                None => None,
+            };
             if !is_name_part(schema) {
                 left_out.push(LeftOut {
                     pattern: entry.name.clone(),
-                    table: format!("{schema}.{}", table.name),
+                    table: name,
                     reason: "its schema's name is not [A-Za-z_][A-Za-z0-9_]{0,62}, which a job \
                              spec cannot name: rename the schema to carry it"
                         .to_string(),
@@ -93,8 +116,8 @@ pub fn expand(
                 });
                 continue;
             }
-            let name = format!("{schema}.{}", table.name);
-            if let Some((reason, needs_rights)) = why_left_out(table, entry, tenant_column) {
+            let column = tenant.is_none().then(|| tenant_key.column()).flatten();
+            if let Some((reason, needs_rights)) = why_left_out(table, entry, column) {
                 left_out.push(LeftOut {
                     pattern: entry.name.clone(),
                     table: name,
@@ -110,6 +133,8 @@ pub fn expand(
             tables.push(TableSpec {
                 name,
                 exclude: Vec::new(),
+                tenant,
+                tenant_from: None,
                 ..entry.clone()
             });
         }
@@ -146,7 +171,7 @@ pub fn expand(
 fn why_left_out(
     table: &SchemaTable,
     entry: &TableSpec,
-    tenant_column: &str,
+    tenant_column: Option<&str>,
 ) -> Option<(String, bool)> {
     let has = |column: &str| table.columns.iter().any(|c| c == column);
     if !is_name_part(&table.name) {
@@ -157,8 +182,8 @@ fn why_left_out(
             false,
         ));
     }
-    if !has(tenant_column) {
-        return Some((format!("it has no tenant column `{tenant_column}`"), false));
+    if let Some(column) = tenant_column.filter(|c| !has(c)) {
+        return Some((format!("it has no tenant column `{column}`"), false));
     }
     if let Some(valid) = entry.valid_time_column.as_deref().filter(|v| !has(v)) {
         return Some((format!("it has no valid-time column `{valid}`"), false));
@@ -343,6 +368,46 @@ mod tests {
             .iter()
             .map(|t| (t.name.as_str(), t.history, t.tenant_column.as_deref()))
             .collect()
+    }
+
+    #[test]
+    fn a_schema_tenant_pattern_carries_the_job_tenants_schemas_each_as_its_tenant() {
+        // MINIMAL_SPEC carries tenants 3 and 7.
+        let spec = spec_with(
+            "[[tables]]\nname = \"tenant_*.*\"\nexclude = [\"audit\"]\ntenant_from = \"schema\"\n",
+        );
+        let one_tenant = |cols: &[&str]| vec![table("orders", cols), table("audit", &["id"])];
+        let source = BTreeMap::from([
+            ("tenant_3".to_string(), one_tenant(&["id"])),
+            ("tenant_5".to_string(), one_tenant(&["id"])),
+            ("tenant_7".to_string(), one_tenant(&["id", "tenant_id"])),
+            ("tenant_".to_string(), one_tenant(&["id"])),
+            ("public".to_string(), one_tenant(&["id", "tenant_id"])),
+        ]);
+        let r = expand(&spec, &source).unwrap();
+        let tables: Vec<(&str, Option<&str>, Option<TenantFrom>)> = r
+            .spec
+            .tables
+            .iter()
+            .map(|t| (t.name.as_str(), t.tenant.as_deref(), t.tenant_from))
+            .collect();
+        assert_eq!(
+            tables,
+            [
+                ("tenant_3.orders", Some("3"), None),
+                ("tenant_7.orders", Some("7"), None)
+            ],
+            "tenant 5 is not the job's, `tenant_` names none, `public` is not matched"
+        );
+        assert_eq!(
+            r.spec.tenant_key_for("tenant_7", "orders"),
+            Some(crate::control::job_spec::TenantKey::Table("7".into())),
+            "the schema names the tenant even where a tenant column exists"
+        );
+        assert_eq!(r.left_out.len(), 1, "{:?}", r.left_out);
+        assert_eq!(r.left_out[0].table, "tenant_.orders");
+        // The resolved spec is valid as it stands: each table names its tenant.
+        r.spec.validate().expect("a resolved spec validates");
     }
 
     #[test]

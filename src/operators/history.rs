@@ -32,6 +32,7 @@ use crate::change::{
     Cell, ColumnInfo, HistoryEvent, HistoryOp, Lsn, Row, Scope, SinkItem, TableInfo, TenantAction,
     TenantChange,
 };
+use crate::control::job_spec::{TenantAt, TenantKey};
 use crate::operators::packed_row::PackedRow;
 use crate::operators::row_spill::{HeldRow, RowSpillError, RowStore, SpillRef};
 use crate::operators::version::{Edit, SysTime, SystemPoint, Version, VersionBook, VersionDelta};
@@ -43,8 +44,9 @@ use crate::time_text::parse_pg_timestamp;
 pub struct HistoryPlan {
     /// `schema.table` → valid-time column (`None`: the commit time).
     pub tables: HashMap<String, Option<String>>,
-    /// `schema.table` → tenant column, whose cell tombstones record beside the key.
-    pub tenant_columns: HashMap<String, String>,
+    /// `schema.table` → where its rows keep their tenant: a tenant column's cell
+    /// tombstones record beside the key.
+    pub tenant_keys: HashMap<String, TenantKey>,
 }
 
 impl HistoryPlan {
@@ -485,9 +487,10 @@ fn record(
         edits.retain(|(tenant, ..)| !floors.covers(&table_name, Some(tenant), system.lsn));
     }
     let tenant_index = plan
-        .tenant_columns
+        .tenant_keys
         .get(&table_name)
-        .and_then(|c| change.table.column_index(c));
+        .and_then(|k| k.at(&change.table))
+        .and_then(TenantAt::column);
     for (tenant, mut key, valid, value, op) in edits {
         let book = books
             .entry((tenant.clone(), table_name.clone()))

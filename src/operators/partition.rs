@@ -22,16 +22,16 @@ use timely::dataflow::StreamVec;
 use crate::change::{
     Lsn, OldRow, RowOp, Scope, SourceRecord, TableInfo, TenantAction, TenantChange,
 };
-use crate::control::job_spec::TenantFilter;
-use crate::sql_text::{quote_ident, quote_literal};
+use crate::control::job_spec::{TenantAt, TenantFilter, TenantKey};
+use crate::sql_text::quote_literal;
 
 /// What the partition needs to know of a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantPlan {
     /// Which tenants the job carries.
     pub include: TenantFilter,
-    /// Tenant column per job table (`schema.table` → column).
-    pub tenant_columns: HashMap<String, String>,
+    /// Where each job table's rows keep their tenant (`schema.table` → key).
+    pub tenant_keys: HashMap<String, TenantKey>,
     /// Number of dataflow workers.
     pub peers: u32,
 }
@@ -86,9 +86,10 @@ fn route_of(plan: &TenantPlan, tenant: &str) -> u64 {
     })
 }
 
-/// A SQL predicate true for rows whose tenant worker `index` owns; `None` when it owns none.
-pub fn owned_tenants_sql(plan: &TenantPlan, column: &str, index: u32) -> Option<String> {
-    let col = quote_ident(column);
+/// A SQL predicate true for rows whose tenant (by `key`) worker `index` owns; `None`
+/// when it owns none.
+pub fn owned_tenants_sql(plan: &TenantPlan, key: &TenantKey, index: u32) -> Option<String> {
+    let col = key.sql();
     match &plan.include {
         TenantFilter::All => Some(format!(
             "(('x' || substr(md5({col}::text), 1, 8))::bit(32)::bigint % {}) = {index}",
@@ -123,11 +124,11 @@ pub fn partition_record(plan: &TenantPlan, record: SourceRecord) -> Vec<Routed> 
 pub fn partition_record_into(plan: &TenantPlan, record: SourceRecord, out: &mut Vec<Routed>) {
     match record {
         SourceRecord::Change { seq, table, op } => {
-            let Some(column) = tenant_column_of(plan, &table) else {
+            let Some(key) = tenant_key_of(plan, &table) else {
                 return;
             };
-            let Some(tc) = table.column_index(column) else {
-                let reason = format!("table has no tenant column `{column}` any more");
+            let Some(at) = key.at(&table) else {
+                let reason = format!("table has no {} any more", key.describe());
                 let change = TenantChange {
                     scope: Scope::Worker {
                         index: 0,
@@ -140,22 +141,38 @@ pub fn partition_record_into(plan: &TenantPlan, record: SourceRecord, out: &mut 
                 out.push((0, change));
                 return;
             };
-            route_op(plan, seq, &table, tc, op, out);
+            route_op(plan, seq, &table, at, op, out);
         }
         SourceRecord::Truncate { seq, tables } => {
             for table in tables {
-                if tenant_column_of(plan, &table).is_none() {
-                    continue;
+                match tenant_key_of(plan, &table) {
+                    None => {}
+                    // A one-tenant table's rows are all its tenant's: its owner clears them.
+                    Some(TenantKey::Table(tenant)) if plan.includes(tenant) => {
+                        out.push((
+                            route_of(plan, tenant),
+                            TenantChange {
+                                scope: Scope::Tenant(tenant.clone()),
+                                seq,
+                                table,
+                                action: TenantAction::Truncate,
+                            },
+                        ));
+                    }
+                    Some(TenantKey::Table(_)) => {}
+                    Some(TenantKey::Column(_)) => {
+                        broadcast(plan, seq, &table, TenantAction::Truncate, out);
+                    }
                 }
-                broadcast(plan, seq, &table, TenantAction::Truncate, out);
             }
         }
     }
 }
 
-/// The job's tenant column of `table`; `None` when the job does not carry the table.
-/// Looked up through a reused buffer: once per row, without formatting a new name.
-fn tenant_column_of<'p>(plan: &'p TenantPlan, table: &TableInfo) -> Option<&'p String> {
+/// Where the job's rows of `table` keep their tenant; `None` when the job does not carry
+/// the table. Looked up through a reused buffer: once per row, without formatting a new
+/// name.
+fn tenant_key_of<'p>(plan: &'p TenantPlan, table: &TableInfo) -> Option<&'p TenantKey> {
     thread_local! {
         static NAME: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
     }
@@ -164,7 +181,7 @@ fn tenant_column_of<'p>(plan: &'p TenantPlan, table: &TableInfo) -> Option<&'p S
         name.push_str(&table.schema);
         name.push('.');
         name.push_str(&table.name);
-        plan.tenant_columns.get(name.as_str())
+        plan.tenant_keys.get(name.as_str())
     })
 }
 
@@ -172,13 +189,10 @@ fn route_op(
     plan: &TenantPlan,
     seq: u32,
     table: &Arc<TableInfo>,
-    tc: usize,
+    at: TenantAt<'_>,
     op: RowOp,
     out: &mut Vec<Routed>,
 ) {
-    fn tenant_of(row: &[crate::change::Cell], tc: usize) -> Option<&str> {
-        row.get(tc).and_then(|c| c.as_text())
-    }
     // The tenant as an owned id, only when the job carries it (rows of other tenants
     // cost no allocation).
     let carried = |tenant: &str| plan.includes(tenant).then(|| tenant.to_owned());
@@ -196,7 +210,7 @@ fn route_op(
     };
     match op {
         RowOp::Insert { new } => {
-            if let Some(t) = tenant_of(&new, tc).and_then(carried) {
+            if let Some(t) = at.of(&new).and_then(carried) {
                 emit(
                     t,
                     TenantAction::Upsert {
@@ -218,8 +232,8 @@ fn route_op(
                 Leaves(Option<String>),
                 None,
             }
-            let new_tenant = tenant_of(&new, tc);
-            let old_tenant = old.as_ref().and_then(|o| tenant_of(o.cells(), tc));
+            let new_tenant = at.of(&new);
+            let old_tenant = old.as_ref().and_then(|o| at.of(o.cells()));
             let change = match (old_tenant, new_tenant) {
                 (Some(o), Some(n)) if o != n => Move::Between(carried(o), carried(n)),
                 (_, Some(n)) => Move::Within(carried(n)),
@@ -262,7 +276,7 @@ fn route_op(
             }
         }
         RowOp::Delete { old } => {
-            let tenant = tenant_of(old.cells(), tc).map(carried);
+            let tenant = at.of(old.cells()).map(carried);
             let cells = match old {
                 OldRow::Key(r) | OldRow::Full(r) => r,
             };
@@ -381,9 +395,12 @@ mod tests {
                     .map(|t| t.to_string())
                     .collect::<BTreeSet<_>>(),
             ),
-            tenant_columns: [("app.t".to_string(), "tenant_id".to_string())]
-                .into_iter()
-                .collect(),
+            tenant_keys: [(
+                "app.t".to_string(),
+                crate::control::job_spec::TenantKey::Column("tenant_id".to_string()),
+            )]
+            .into_iter()
+            .collect(),
             peers,
         }
     }
@@ -543,11 +560,81 @@ mod tests {
     }
 
     #[test]
+    fn a_one_tenant_table_routes_every_change_and_its_truncate_to_its_tenant() {
+        let mut plan = plan(&[1, 2], 3);
+        let one_tenant = |schema: &str, tenant: &str| {
+            let key = crate::control::job_spec::TenantKey::Table(tenant.into());
+            let t = Arc::new(TableInfo {
+                schema: schema.into(),
+                name: "t".into(),
+                // No tenant column: the first column is the key.
+                columns: vec![table(false).columns[1].clone()],
+                primary_key: vec![0],
+                ..(*table(false)).clone()
+            });
+            (t, key)
+        };
+        let (t2, key2) = one_tenant("tenant_2", "2");
+        let (t9, key9) = one_tenant("tenant_9", "9");
+        plan.tenant_keys.insert("tenant_2.t".into(), key2);
+        plan.tenant_keys.insert("tenant_9.t".into(), key9);
+        let id = |n: u8| vec![Cell::Text(n.to_string().into())];
+        let ops = [
+            RowOp::Insert { new: id(5) },
+            RowOp::Update {
+                old: Some(OldRow::Key(id(5))),
+                new: id(6),
+            },
+            RowOp::Delete {
+                old: OldRow::Key(id(6)),
+            },
+        ];
+        for op in ops {
+            for (table, carried) in [(&t2, true), (&t9, false)] {
+                let record = SourceRecord::Change {
+                    seq: 0,
+                    table: table.clone(),
+                    op: op.clone(),
+                };
+                let routed = partition_record(&plan, record);
+                if !carried {
+                    assert!(routed.is_empty(), "tenant 9 is not the job's: {routed:?}");
+                    continue;
+                }
+                assert_eq!(routed.len(), 1, "{op:?}: {routed:?}");
+                assert_eq!(routed[0].1.scope, Scope::Tenant("2".into()));
+                assert_eq!(routed[0].0 % 3, u64::from(plan.worker_of("2")));
+            }
+        }
+        let routed = partition_record(
+            &plan,
+            SourceRecord::Truncate {
+                seq: 0,
+                tables: vec![t2.clone(), t9.clone(), table(true)],
+            },
+        );
+        let scopes: Vec<&Scope> = routed.iter().map(|(_, c)| &c.scope).collect();
+        assert_eq!(
+            scopes.len(),
+            4,
+            "tenant 2's owner, and every worker for app.t"
+        );
+        assert_eq!(scopes[0], &Scope::Tenant("2".into()));
+        assert!(scopes[1..]
+            .iter()
+            .all(|s| matches!(s, Scope::Worker { .. })));
+    }
+
+    #[test]
     fn owned_tenants_sql_matches_the_exchange_route() {
         let plan = plan(&[1, 2, 3, 4, 5, 6], 3);
         let mut seen = BTreeSet::new();
         for w in 0..3 {
-            if let Some(sql) = owned_tenants_sql(&plan, "tenant_id", w) {
+            if let Some(sql) = owned_tenants_sql(
+                &plan,
+                &crate::control::job_spec::TenantKey::Column("tenant_id".into()),
+                w,
+            ) {
                 for t in 1..=6 {
                     if sql.contains(&format!("'{t}'")) {
                         assert_eq!(plan.worker_of(&t.to_string()), w);

@@ -673,7 +673,7 @@ fn a_row_that_does_not_read_back_fails_the_job_and_a_restart_recovers() {
 #[test]
 fn a_snapshot_versions_rows_by_their_values_even_without_equality_operators() {
     use helios_repl::cdc::catalog;
-    use helios_repl::control::job_spec::TenantFilter;
+    use helios_repl::control::job_spec::{TenantFilter, TenantKey};
     use helios_repl::operators::version::SysTime;
     use helios_repl::sinks::pg_apply::history::{record_snapshot_versions, SnapshotVersions};
 
@@ -698,7 +698,8 @@ fn a_snapshot_versions_rows_by_their_values_even_without_equality_operators() {
                 lsn,
                 micros: lsn as i64,
             };
-            record_snapshot_versions(&client, &info, "tenant_id", &TenantFilter::All, None, at)
+            let tenant_id = TenantKey::Column("tenant_id".into());
+            record_snapshot_versions(&client, &info, &tenant_id, &TenantFilter::All, None, at)
                 .await
                 .expect("record")
         })

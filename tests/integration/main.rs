@@ -23,6 +23,7 @@ mod publication;
 mod qos;
 mod replication_session;
 mod resync;
+mod schema_per_tenant;
 mod sequences;
 mod serve_api;
 mod session_settings;

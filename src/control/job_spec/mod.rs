@@ -74,8 +74,10 @@ mod sink_de;
 mod source;
 mod table_pattern;
 mod tenant_filter;
+mod tenant_key;
 pub(crate) use table_pattern::{is_pattern, TablePattern};
 pub use tenant_filter::deserialize_tenant_ids;
+pub use tenant_key::{TenantAt, TenantKey};
 
 /// Column holding the tenant id when neither `tenants.column` nor a table's
 /// `tenant_column` says otherwise.
@@ -188,6 +190,21 @@ pub struct TableSpec {
         deserialize_with = "present"
     )]
     pub tenant_column: Option<String>,
+    /// The tenant whose rows the whole table holds (a schema-per-tenant layout's
+    /// `tenant_7.orders`): then the table needs no tenant column. Only on a table named
+    /// outright; a pattern with `tenant_from = "schema"` sets it on each table it carries.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "tenant_filter::deserialize_one_tenant_id",
+        serialize_with = "tenant_filter::serialize_one_tenant_id"
+    )]
+    pub tenant: Option<String>,
+    /// `"schema"`: each table the pattern carries holds one tenant's rows, the tenant id
+    /// being the part of its schema's name that the `*` of the pattern's schema part
+    /// matched (`tenant_*.orders` carries `tenant_7.orders` as tenant `7`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_from: Option<TenantFrom>,
     /// Keep bi-temporal versions of this table (`<table>_history` on the target).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub history: bool,
@@ -209,6 +226,8 @@ impl TableSpec {
             name: name.into(),
             exclude: Vec::new(),
             tenant_column: None,
+            tenant: None,
+            tenant_from: None,
             history: false,
             valid_time_column: None,
         }
@@ -231,6 +250,14 @@ impl TableSpec {
             .split_once('.')
             .map_or(&self.name, |(_, table)| table)
     }
+}
+
+/// `tables[].tenant_from`: where the tables of a pattern take their tenant id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantFrom {
+    /// The part of the table's schema name that the schema part's `*` matched.
+    Schema,
 }
 
 /// Where the job writes. Deserialization is hand-written (see
@@ -510,6 +537,20 @@ impl JobSpec {
                     ),
                 ));
             }
+            if let Some(t) = self
+                .tables
+                .iter()
+                .find(|t| t.tenant.is_some() || t.tenant_from.is_some())
+            {
+                return Err(JobSpecError::invalid(
+                    "tenants.removed",
+                    format!(
+                        "\"delete\" is not supported with one-tenant tables ({}): a removed \
+                         tenant's tables leave the job whole, and their rows would stay",
+                        t.name
+                    ),
+                ));
+            }
             if let Some(t) = self.tables.iter().find(|t| t.history) {
                 return Err(JobSpecError::invalid(
                     "tenants.removed",
@@ -541,6 +582,7 @@ impl JobSpec {
             if let Some(column) = &table.tenant_column {
                 check_column(&format!("tables[{i}].tenant_column"), column)?;
             }
+            self.check_one_tenant_table(i, table)?;
             if let Some(column) = &table.valid_time_column {
                 check_column(&format!("tables[{i}].valid_time_column"), column)?;
                 if !table.history {
@@ -698,6 +740,69 @@ impl JobSpec {
         }
     }
 
+    /// `tables[i].tenant` and `tables[i].tenant_from`: a one-tenant table names its
+    /// tenant outright (one the job carries), a pattern of them takes it from the one `*`
+    /// of its schema part; neither goes with a tenant column.
+    fn check_one_tenant_table(&self, i: usize, table: &TableSpec) -> Result<(), JobSpecError> {
+        let both = |field: &str| {
+            JobSpecError::invalid(
+                format!("tables[{i}].{field}"),
+                "a one-tenant table has no tenant column: leave `tenant_column` out",
+            )
+        };
+        if let Some(id) = &table.tenant {
+            let field = format!("tables[{i}].tenant");
+            if table.tenant_column.is_some() {
+                return Err(both("tenant"));
+            }
+            if table.is_pattern() {
+                return Err(JobSpecError::invalid(
+                    field,
+                    format!(
+                        "`{}` is a pattern: its tables are not all one tenant's; \
+                         `tenant_from = \"schema\"` takes each one's tenant from its schema",
+                        table.name
+                    ),
+                ));
+            }
+            if id.is_empty() {
+                return Err(JobSpecError::invalid(field, "must not be empty"));
+            }
+            if !self.includes_tenant(id) {
+                return Err(JobSpecError::invalid(
+                    field,
+                    format!("tenant `{id}` is not in `tenants.include`"),
+                ));
+            }
+        }
+        if table.tenant_from.is_some() {
+            let field = format!("tables[{i}].tenant_from");
+            if table.tenant_column.is_some() {
+                return Err(both("tenant_from"));
+            }
+            if table.tenant.is_some() {
+                return Err(JobSpecError::invalid(
+                    field,
+                    "`tenant` names the table's tenant outright: set one of the two",
+                ));
+            }
+            let schema = table.schema();
+            if !table.is_pattern() || schema.matches('*').count() != 1 || schema.contains('?') {
+                return Err(JobSpecError::invalid(
+                    field,
+                    format!(
+                        "\"schema\" takes the tenant id from what the one `*` of the schema \
+                         part matches (`tenant_*.orders`); `{}` has {} `*` and {} `?` there",
+                        table.name,
+                        schema.matches('*').count(),
+                        schema.matches('?').count()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether any `tables[].name` is a pattern, resolved on the source at each start.
     pub fn has_table_patterns(&self) -> bool {
         self.tables.iter().any(TableSpec::is_pattern)
@@ -708,21 +813,27 @@ impl JobSpec {
         self.tables.iter().filter(|t| t.history)
     }
 
-    /// The tenant id column of `schema.table`, or `None` if the table is not
-    /// part of this job.
-    pub fn tenant_column_for(&self, schema: &str, table: &str) -> Option<&str> {
+    /// Where the tenant id of `schema.table`'s rows comes from, or `None` if the table is
+    /// not part of this job.
+    pub fn tenant_key_for(&self, schema: &str, table: &str) -> Option<TenantKey> {
         self.tables
             .iter()
             .find(|t| t.schema() == schema && t.table() == table)
-            .map(|t| t.tenant_column.as_deref().unwrap_or(&self.tenants.column))
+            .map(|t| self.tenant_key_of(t))
     }
 
-    /// The tenant column of `table`: its own, or the job's.
-    pub fn tenant_column_of<'a>(&'a self, table: &'a TableSpec) -> &'a str {
-        table
-            .tenant_column
-            .as_deref()
-            .unwrap_or(&self.tenants.column)
+    /// Where the tenant id of `table`'s rows comes from: the whole table's tenant, or its
+    /// tenant column (its own, or the job's).
+    pub fn tenant_key_of(&self, table: &TableSpec) -> TenantKey {
+        match &table.tenant {
+            Some(id) => TenantKey::Table(id.clone()),
+            None => TenantKey::Column(
+                table
+                    .tenant_column
+                    .clone()
+                    .unwrap_or_else(|| self.tenants.column.clone()),
+            ),
+        }
     }
 
     /// Whether rows of `tenant` (the id as text) are replicated.

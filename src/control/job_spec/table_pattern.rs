@@ -122,6 +122,17 @@ impl TablePattern {
                 e.schema.as_ref().is_none_or(|s| s.is_match(schema)) && e.table.is_match(name)
             })
     }
+
+    /// What the one `*` of the schema part matched in `schema` (a schema it covers), for
+    /// `tenant_from = "schema"`: `7` of `tenant_7` for `tenant_*`. `None` when the schema
+    /// part is not one `*` between literals, or does not cover `schema`.
+    pub fn schema_star<'s>(&self, schema: &'s str) -> Option<&'s str> {
+        let (prefix, suffix) = self.schema.split_once('*')?;
+        if suffix.contains('*') || self.schema.contains('?') || !self.covers_schema(schema) {
+            return None;
+        }
+        schema.strip_prefix(prefix)?.strip_suffix(suffix)
+    }
 }
 
 /// The table part of a pattern: identifier characters and wildcards, 1–63 of them.
@@ -167,6 +178,22 @@ mod tests {
     fn pattern(name: &str, exclude: &[&str]) -> TablePattern {
         let exclude: Vec<String> = exclude.iter().map(|s| s.to_string()).collect();
         TablePattern::parse("tables[0]", name, &exclude).unwrap()
+    }
+
+    #[test]
+    fn the_schema_star_is_what_the_one_star_matched() {
+        let p = pattern("tenant_*.orders", &[]);
+        assert_eq!(p.schema_star("tenant_7"), Some("7"));
+        assert_eq!(p.schema_star("tenant_"), Some(""));
+        assert_eq!(p.schema_star("other_7"), None);
+        assert_eq!(
+            pattern("*_eu.orders", &[]).schema_star("acme_eu"),
+            Some("acme")
+        );
+        assert_eq!(pattern("t*x.orders", &[]).schema_star("tax"), Some("a"));
+        assert_eq!(pattern("*.orders", &[]).schema_star("pg_catalog"), None);
+        assert_eq!(pattern("a*b*.orders", &[]).schema_star("axbx"), None);
+        assert_eq!(pattern("public.*", &[]).schema_star("public"), None);
     }
 
     #[test]

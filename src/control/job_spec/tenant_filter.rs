@@ -9,42 +9,45 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 
-use super::TenantFilter;
+use super::{TenantFilter, TenantKey};
 use crate::change::TableInfo;
 use crate::sql_text::{quote_ident, quote_literal};
 
 impl TenantFilter {
-    /// `"column"::text IN ('id', …)`, the condition that keeps the listed tenants' rows
-    /// (ids compare as text); `None` for all tenants.
-    pub fn sql_condition(&self, column: &str) -> Option<String> {
-        self.listed(|ids| format!("{}::text IN ({ids})", quote_ident(column)))
+    /// `<tenant>::text IN ('id', …)`, the condition that keeps the listed tenants' rows
+    /// (ids compare as text; `<tenant>` is [`TenantKey::sql`]); `None` for all tenants.
+    pub fn sql_condition(&self, key: &TenantKey) -> Option<String> {
+        self.listed(|ids| format!("{}::text IN ({ids})", key.sql()))
     }
 
-    /// ` WHERE <condition>` keeping the job's tenants' rows of `table` by `column`
+    /// ` WHERE <condition>` keeping the job's tenants' rows of `table`
     /// ([`TenantFilter::condition_on`]), to append to a statement; empty for all tenants.
-    pub fn where_clause_on(&self, table: &TableInfo, column: &str) -> String {
-        self.condition_on(table, column)
+    pub fn where_clause_on(&self, table: &TableInfo, key: &TenantKey) -> String {
+        self.condition_on(table, key)
             .map_or_else(String::new, |c| format!(" WHERE {c}"))
     }
 
-    /// The condition that keeps the listed tenants' rows of `table` by its `column`, in a
-    /// form an index on (or a partitioning by) the column can serve where the column's
-    /// type allows: for an integer or UUID column, `"column" IN ('id', …)` with only the
-    /// ids that are a value's text form (canonical decimal within the type's range, or a
-    /// lowercase UUID; no other id can equal a value's text), the literals taking the
-    /// column's type; `false` if no id is. Any other type (or a column `table` lacks):
+    /// The condition that keeps the listed tenants' rows of `table`, in a form an index on
+    /// (or a partitioning by) the tenant column can serve where the column's type allows:
+    /// for an integer or UUID column, `"column" IN ('id', …)` with only the ids that are a
+    /// value's text form (canonical decimal within the type's range, or a lowercase UUID;
+    /// no other id can equal a value's text), the literals taking the column's type;
+    /// `false` if no id is. Any other type, a column `table` lacks, or a one-tenant table:
     /// [`TenantFilter::sql_condition`]. `None` for all tenants.
-    pub fn condition_on(&self, table: &TableInfo, column: &str) -> Option<String> {
-        self.value_condition(table, column)
-            .or_else(|| self.sql_condition(column))
+    pub fn condition_on(&self, table: &TableInfo, key: &TenantKey) -> Option<String> {
+        key.column()
+            .and_then(|column| self.value_condition(table, column))
+            .or_else(|| self.sql_condition(key))
     }
 
     /// A publication row filter keeping the listed tenants' rows: as
     /// [`TenantFilter::condition_on`] for integer and UUID columns; any other type
     /// compares `"column" IN ('id', …)` with the ids as literals of its type (a row filter
     /// allows no cast whose result depends on settings, as `::text` of a time does; the
-    /// dataflow filters by text again, so this only narrows what the source sends).
-    pub fn row_filter_on(&self, table: &TableInfo, column: &str) -> Option<String> {
+    /// dataflow filters by text again, so this only narrows what the source sends). `None`
+    /// for a one-tenant table: the job carries it only for a tenant it carries.
+    pub fn row_filter_on(&self, table: &TableInfo, key: &TenantKey) -> Option<String> {
+        let column = key.column()?;
         self.value_condition(table, column)
             .or_else(|| self.listed(|ids| format!("{} IN ({ids})", quote_ident(column))))
     }
@@ -172,6 +175,26 @@ pub fn deserialize_tenant_ids<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<St
     Ok(ids.into_iter().map(|TenantId(id)| id).collect())
 }
 
+/// `tables[].tenant`: one tenant id given as an integer or a string, as text.
+pub fn deserialize_one_tenant_id<'de, D: Deserializer<'de>>(
+    de: D,
+) -> Result<Option<String>, D::Error> {
+    TenantId::deserialize(de).map(|TenantId(id)| Some(id))
+}
+
+/// `tables[].tenant` as [`TenantFilter`]'s ids are written: an integer when the id is
+/// one's decimal text.
+pub fn serialize_one_tenant_id<S: Serializer>(
+    id: &Option<String>,
+    ser: S,
+) -> Result<S::Ok, S::Error> {
+    match id.as_deref().map(|id| (id, id.parse::<i64>())) {
+        Some((id, Ok(n))) if n.to_string() == id => ser.serialize_i64(n),
+        Some((id, _)) => ser.serialize_str(id),
+        None => ser.serialize_none(),
+    }
+}
+
 /// One element of `tenants.include`, as text.
 struct TenantId(String);
 
@@ -222,6 +245,10 @@ mod tests {
         }
     }
 
+    fn col(name: &str) -> TenantKey {
+        TenantKey::Column(name.to_owned())
+    }
+
     fn only(ids: &[&str]) -> TenantFilter {
         TenantFilter::Only(ids.iter().map(|s| s.to_string()).collect())
     }
@@ -230,18 +257,20 @@ mod tests {
     fn integer_and_uuid_columns_compare_as_values() {
         let ids = only(&["3", "07", "-5", "40000", "x"]);
         assert_eq!(
-            ids.condition_on(&table_with(23), "tenant_id").as_deref(),
+            ids.condition_on(&table_with(23), &col("tenant_id"))
+                .as_deref(),
             Some("\"tenant_id\" IN ('-5', '3', '40000')"),
             "int4: '07' and 'x' are no int4's text"
         );
         assert_eq!(
-            ids.condition_on(&table_with(21), "tenant_id").as_deref(),
+            ids.condition_on(&table_with(21), &col("tenant_id"))
+                .as_deref(),
             Some("\"tenant_id\" IN ('-5', '3')"),
             "int2: 40000 is out of its range"
         );
         assert_eq!(
             only(&["x", "007"])
-                .condition_on(&table_with(20), "tenant_id")
+                .condition_on(&table_with(20), &col("tenant_id"))
                 .as_deref(),
             Some("false")
         );
@@ -251,23 +280,44 @@ mod tests {
         ]);
         assert_eq!(
             uuids
-                .condition_on(&table_with(2950), "tenant_id")
+                .condition_on(&table_with(2950), &col("tenant_id"))
                 .as_deref(),
             Some("\"tenant_id\" IN ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11')"),
             "PostgreSQL writes UUIDs in lowercase"
         );
         // Text, and a column the table lacks: compared as text.
         assert_eq!(
-            ids.condition_on(&table_with(25), "tenant_id"),
-            ids.sql_condition("tenant_id")
+            ids.condition_on(&table_with(25), &col("tenant_id")),
+            ids.sql_condition(&col("tenant_id"))
         );
         assert_eq!(
-            ids.condition_on(&table_with(23), "org_id"),
-            ids.sql_condition("org_id")
+            ids.condition_on(&table_with(23), &col("org_id")),
+            ids.sql_condition(&col("org_id"))
         );
         assert_eq!(
-            TenantFilter::All.condition_on(&table_with(23), "tenant_id"),
+            TenantFilter::All.condition_on(&table_with(23), &col("tenant_id")),
             None
+        );
+    }
+
+    #[test]
+    fn a_one_tenant_table_is_kept_whole_or_not_at_all_and_has_no_row_filter() {
+        let ids = only(&["3", "7"]);
+        let seven = TenantKey::Table("7".into());
+        let five = TenantKey::Table("5".into());
+        assert_eq!(
+            ids.condition_on(&table_with(23), &seven).as_deref(),
+            Some("'7'::text IN ('3', '7')")
+        );
+        assert_eq!(
+            ids.where_clause_on(&table_with(23), &five),
+            " WHERE '5'::text IN ('3', '7')"
+        );
+        assert_eq!(ids.row_filter_on(&table_with(23), &seven), None);
+        assert_eq!(
+            ids.row_filter_on(&table_with(23), &col("tenant_id"))
+                .as_deref(),
+            Some("\"tenant_id\" IN ('3', '7')")
         );
     }
 }

@@ -57,12 +57,15 @@ fn example_all_tenants() {
         .filter(|t| t.tenant_column.is_some())
         .count();
     assert_eq!(overridden, 1);
-    assert_eq!(spec.tenant_column_for("public", "invoices"), Some("org_id"));
     assert_eq!(
-        spec.tenant_column_for("public", "customers"),
-        Some(DEFAULT_TENANT_COLUMN)
+        spec.tenant_key_for("public", "invoices"),
+        Some(TenantKey::Column("org_id".to_string()))
     );
-    assert_eq!(spec.tenant_column_for("public", "nope"), None);
+    assert_eq!(
+        spec.tenant_key_for("public", "customers"),
+        Some(TenantKey::Column(DEFAULT_TENANT_COLUMN.to_string()))
+    );
+    assert_eq!(spec.tenant_key_for("public", "nope"), None);
 }
 
 #[test]
@@ -103,8 +106,8 @@ fn defaults_apply() {
     assert_eq!(spec.tables[0].schema(), "public");
     assert_eq!(spec.tables[0].table(), "orders");
     assert_eq!(
-        spec.tenant_column_for("public", "orders"),
-        Some("tenant_id")
+        spec.tenant_key_for("public", "orders"),
+        Some(TenantKey::Column("tenant_id".to_string()))
     );
     let SinkSpec::Postgres(pg) = &spec.sinks[0] else {
         panic!("the first sink is a postgres sink")
@@ -125,7 +128,10 @@ fn json_form_parses() {
     let spec = JobSpec::from_json_str(json).unwrap();
     assert!(spec.includes_tenant("acme"));
     assert!(spec.includes_tenant("12"));
-    assert_eq!(spec.tenant_column_for("s", "t"), Some("org_id"));
+    assert_eq!(
+        spec.tenant_key_for("s", "t"),
+        Some(TenantKey::Column("org_id".to_string()))
+    );
     let SinkSpec::Postgres(pg) = &spec.sinks[0] else {
         panic!("the first sink is a postgres sink")
     };
@@ -166,6 +172,88 @@ fn table_patterns_parse_and_bad_ones_name_the_field() {
         &valid_with(table, "name = \"public.*\"\nexclude = [\"app.x\"]\n"),
         "tables[0].exclude[0]",
     );
+}
+
+#[test]
+fn one_tenant_tables_name_their_tenant_or_take_it_from_the_schema() {
+    let table = "name = \"public.orders\"\n";
+    // A table named outright, one tenant's whole: an integer or a string id.
+    let spec = JobSpec::from_toml_str(&valid_with(
+        table,
+        "name = \"tenant_7.orders\"\ntenant = 7\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        spec.tenant_key_for("tenant_7", "orders"),
+        Some(TenantKey::Table("7".into()))
+    );
+    let toml = spec.to_toml_string();
+    assert!(toml.contains("tenant = 7"), "{toml}");
+    assert_eq!(JobSpec::from_toml_str(&toml).unwrap(), spec);
+    let json = serde_json::to_string(&spec).unwrap();
+    assert_eq!(JobSpec::from_json_str(&json).unwrap(), spec);
+    // A pattern taking each table's tenant from its schema.
+    let spec = JobSpec::from_toml_str(&valid_with(
+        table,
+        "name = \"tenant_*.orders\"\ntenant_from = \"schema\"\n",
+    ))
+    .unwrap();
+    assert_eq!(spec.tables[0].tenant_from, Some(TenantFrom::Schema));
+    assert_eq!(
+        JobSpec::from_toml_str(&spec.to_toml_string()).unwrap(),
+        spec
+    );
+
+    let not_carried = expect_err(
+        &valid_with(table, "name = \"tenant_5.orders\"\ntenant = \"5\"\n"),
+        "tables[0].tenant",
+    );
+    assert!(
+        not_carried.to_string().contains("not in `tenants.include`"),
+        "{not_carried}"
+    );
+    expect_err(
+        &valid_with(table, "name = \"t7.orders\"\ntenant = \"\"\n"),
+        "tables[0].tenant",
+    );
+    expect_err(
+        &valid_with(
+            table,
+            "name = \"t7.orders\"\ntenant = 7\ntenant_column = \"x\"\n",
+        ),
+        "tables[0].tenant",
+    );
+    expect_err(
+        &valid_with(table, "name = \"t*.orders\"\ntenant = 7\n"),
+        "tables[0].tenant",
+    );
+    for name in ["public.*", "t*_*.orders", "t?*.orders", "tenant_7.orders"] {
+        let e = expect_err(
+            &valid_with(
+                table,
+                &format!("name = \"{name}\"\ntenant_from = \"schema\"\n"),
+            ),
+            "tables[0].tenant_from",
+        );
+        assert!(e.to_string().contains("one `*`"), "{name}: {e}");
+    }
+    expect_err(
+        &valid_with(
+            table,
+            "name = \"t_*.orders\"\ntenant_from = \"schema\"\ntenant_column = \"x\"\n",
+        ),
+        "tables[0].tenant_from",
+    );
+    expect_err(
+        &valid_with(table, "name = \"t_*.orders\"\ntenant_from = \"table\"\n"),
+        "tables[0].tenant_from",
+    );
+    let removed = expect_err(
+        &valid_with(table, "name = \"t_*.orders\"\ntenant_from = \"schema\"\n")
+            .replace("include = [3, 7]", "include = [3, 7]\nremoved = \"delete\""),
+        "tenants.removed",
+    );
+    assert!(removed.to_string().contains("one-tenant"), "{removed}");
 }
 
 #[test]
@@ -714,6 +802,8 @@ fn tables() -> impl Strategy<Value = Vec<TableSpec>> {
                             name: name.clone(),
                             exclude: if pattern { exclude } else { Vec::new() },
                             tenant_column,
+                            tenant: None,
+                            tenant_from: None,
                             history,
                             valid_time_column: valid.filter(|_| history),
                         }

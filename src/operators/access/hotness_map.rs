@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use super::bucket::bucket_of_change;
 use crate::change::Scope;
+use crate::control::job_spec::TenantKey;
 use crate::sinks::ApplyBatch;
 
 /// Foldhash: a sink task looks up every change of every transaction it orders.
@@ -80,18 +81,19 @@ pub struct HotnessMap {
     current: RwLock<Arc<HotnessSnapshot>>,
     /// Key bucket width of the job (integer keys).
     width: std::sync::atomic::AtomicU64,
-    /// Tenant column per `schema.table`, left out of a row's key ([`bucket_of_change`]).
-    tenant_columns: HashMap<String, String>,
+    /// Where each `schema.table` keeps its tenant: a tenant column is left out of a row's
+    /// key ([`bucket_of_change`]).
+    tenant_keys: HashMap<String, TenantKey>,
 }
 
 impl HotnessMap {
-    /// An empty map for buckets of `width` of tables whose tenant columns are
-    /// `tenant_columns` (`schema.table` → column).
-    pub fn new(width: u64, tenant_columns: HashMap<String, String>) -> Self {
+    /// An empty map for buckets of `width` of tables whose tenants are kept as
+    /// `tenant_keys` says (`schema.table` → key).
+    pub fn new(width: u64, tenant_keys: HashMap<String, TenantKey>) -> Self {
         HotnessMap {
             current: RwLock::new(Arc::default()),
             width: width.into(),
-            tenant_columns,
+            tenant_keys,
         }
     }
 
@@ -130,8 +132,11 @@ impl HotnessMap {
             let Some(buckets) = tables.get(table_name.as_str()) else {
                 continue;
             };
-            let tenant_column = self.tenant_columns.get(table_name.as_str());
-            if let Some(b) = bucket_of_change(c, width, tenant_column.map(String::as_str)) {
+            let tenant_column = self
+                .tenant_keys
+                .get(table_name.as_str())
+                .and_then(TenantKey::column);
+            if let Some(b) = bucket_of_change(c, width, tenant_column) {
                 if let Some(&h) = buckets.get(&b) {
                     hottest = hottest.max(h);
                 }

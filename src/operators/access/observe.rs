@@ -17,6 +17,7 @@ use super::bucket::bucket_of_change;
 use super::ledger::AccessLedger;
 use super::BucketKey;
 use crate::change::{Lsn, Scope, TableInfo, TenantChange};
+use crate::control::job_spec::TenantKey;
 use crate::operators::partition::TenantPlan;
 
 /// The observe operator.
@@ -95,7 +96,7 @@ struct Names {
     /// Table shapes by the address of their `Arc` (held here, so the address is not
     /// reused while it is a key), with their `schema.table` and tenant column.
     table_index: HashMap<*const TableInfo, u32, foldhash::fast::RandomState>,
-    tables: Vec<(Arc<TableInfo>, Arc<str>, Option<String>)>,
+    tables: Vec<(Arc<TableInfo>, Arc<str>, Option<TenantKey>)>,
 }
 
 impl Names {
@@ -125,7 +126,7 @@ impl Names {
             return *i;
         }
         let name = table.qualified_name();
-        let tenant_column = self.plan.tenant_columns.get(&name).cloned();
+        let tenant_column = self.plan.tenant_keys.get(&name).cloned();
         self.tables
             .push((table.clone(), Arc::from(name), tenant_column));
         let i = (self.tables.len() - 1) as u32;
@@ -135,7 +136,10 @@ impl Names {
 
     /// The tenant column of table `table` (an index from [`Names::table`]).
     fn tenant_column(&self, table: u32) -> Option<&str> {
-        self.tables[table as usize].2.as_deref()
+        self.tables[table as usize]
+            .2
+            .as_ref()
+            .and_then(TenantKey::column)
     }
 
     /// The ledger key of counted indices.
@@ -174,7 +178,10 @@ mod tests {
         ));
         let plan = Arc::new(TenantPlan {
             include: crate::control::job_spec::TenantFilter::All,
-            tenant_columns: HashMap::from([("app.orders".to_string(), "tenant_id".to_string())]),
+            tenant_keys: HashMap::from([(
+                "app.orders".to_string(),
+                crate::control::job_spec::TenantKey::Column("tenant_id".to_string()),
+            )]),
             peers: 1,
         });
         let change = |tenant: &str, id: &str| TenantChange {

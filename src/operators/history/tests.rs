@@ -18,7 +18,10 @@ fn prices() -> Arc<TableInfo> {
 fn plan(valid: Option<&str>) -> HistoryPlan {
     HistoryPlan {
         tables: HashMap::from([("app.prices".to_string(), valid.map(str::to_owned))]),
-        tenant_columns: HashMap::from([("app.prices".to_string(), "tenant_id".to_string())]),
+        tenant_keys: HashMap::from([(
+            "app.prices".to_string(),
+            crate::control::job_spec::TenantKey::Column("tenant_id".to_string()),
+        )]),
     }
 }
 

@@ -335,7 +335,7 @@ impl ParquetSink {
         let owns = |tenant: &str, table: &str| {
             plan.includes(tenant)
                 && plan.worker_of(tenant) == worker
-                && plan.tenant_columns.contains_key(table)
+                && plan.tenant_keys.contains_key(table)
         };
         let root = &self.root;
         let found = match blocking(|| {
@@ -856,10 +856,15 @@ mod tests {
     async fn idle_upkeep_after_a_restart_compacts_what_an_earlier_run_left() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        let column = |name: &str| (name.to_string(), "tenant_id".to_string());
+        let column = |name: &str| {
+            (
+                name.to_string(),
+                crate::control::job_spec::TenantKey::Column("tenant_id".to_string()),
+            )
+        };
         let plan = Arc::new(TenantPlan {
             include: crate::control::job_spec::TenantFilter::All,
-            tenant_columns: [column("app.t")].into_iter().collect(),
+            tenant_keys: [column("app.t")].into_iter().collect(),
             peers: 2,
         });
         let mine = plan.worker_of("1");

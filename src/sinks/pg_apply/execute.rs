@@ -252,13 +252,13 @@ impl Counts {
 /// A SQL predicate true for the rows of `table` whose tenant worker `index` owns, but for
 /// the `spared` tenants; `None` when it owns none (or the table has no tenant column).
 fn owned(plan: &TenantPlan, table: &TableInfo, index: u32, spared: &[String]) -> Option<String> {
-    let col = plan.tenant_columns.get(&table.qualified_name())?;
-    let owned = owned_tenants_sql(plan, col, index)?;
+    let key = plan.tenant_keys.get(&table.qualified_name())?;
+    let owned = owned_tenants_sql(plan, key, index)?;
     if spared.is_empty() {
         return Some(owned);
     }
     let spared = TenantFilter::Only(spared.iter().cloned().collect());
-    Some(match spared.sql_condition(col) {
+    Some(match spared.sql_condition(key) {
         Some(spare) => format!("({owned}) AND NOT ({spare})"),
         None => owned,
     })
@@ -333,14 +333,14 @@ pub(super) async fn apply_steps(
                 cache.shapes.insert(table_name.to_string(), table);
             }
             Step::TruncateTenant { table, tenant } => {
-                let Some(col) = plan.tenant_columns.get(&table.qualified_name()) else {
+                let Some(key) = plan.tenant_keys.get(&table.qualified_name()) else {
                     continue;
                 };
                 let n = run(
                     tx,
                     cache,
                     &mut report.bytes,
-                    statements::truncate_tenant(&table, col, &tenant),
+                    statements::truncate_tenant(&table, key, &tenant),
                 )
                 .await?;
                 tracing::info!(job, table = table_name, tenant = %tenant, rows = n, "source TRUNCATE applied as a delete of this tenant's rows");
@@ -490,7 +490,11 @@ mod tests {
         let table = fixtures::table("t", &[("tenant_id", "int4"), ("id", "int4")], &[1]);
         let plan = TenantPlan {
             include: TenantFilter::Only(["1", "2", "3"].map(String::from).into()),
-            tenant_columns: [(table.qualified_name(), "tenant_id".to_string())].into(),
+            tenant_keys: [(
+                table.qualified_name(),
+                crate::control::job_spec::TenantKey::Column("tenant_id".to_string()),
+            )]
+            .into(),
             peers: 1,
         };
         assert_eq!(

@@ -12,7 +12,7 @@ use md5::{Digest, Md5};
 use tokio_postgres::{GenericClient, Transaction};
 
 use crate::change::{format_lsn, Cell, HistoryEvent, Lsn, Row, TableInfo};
-use crate::control::job_spec::TenantFilter;
+use crate::control::job_spec::{TenantFilter, TenantKey};
 use crate::operators::version::{SysTime, SystemPoint, Version};
 use crate::sinks::pg_apply::execute::{run, ConnectionCache};
 use crate::sinks::pg_apply::statements::{cell_text, unnest_of, Param, Statement};
@@ -355,8 +355,8 @@ pub async fn mend_versions(
 }
 
 /// `col::text IN (...)` for a tenant filter; `None` for all tenants.
-pub fn tenant_predicate(column: &str, include: &TenantFilter) -> Option<String> {
-    include.sql_condition(column)
+pub fn tenant_predicate(key: &TenantKey, include: &TenantFilter) -> Option<String> {
+    include.sql_condition(key)
 }
 
 /// SQL for a timestamptz column as µs since 2000-01-01 (±infinity as the i64 extremes).
@@ -395,7 +395,7 @@ pub struct SnapshotVersions {
 pub async fn record_snapshot_versions(
     client: &impl GenericClient,
     table: &TableInfo,
-    tenant_column: &str,
+    tenant_key: &TenantKey,
     include: &TenantFilter,
     valid_column: Option<&str>,
     at: SysTime,
@@ -404,7 +404,7 @@ pub async fn record_snapshot_versions(
     let shape = history_shape(table);
     let history = quote_qualified(&shape.schema, &shape.name);
     let source = quote_qualified(&table.schema, &table.name);
-    let filter = tenant_predicate(tenant_column, include);
+    let filter = tenant_predicate(tenant_key, include);
     let when = quote_literal(&format_timestamptz(at.micros));
     let lsn = quote_literal(&format_lsn(at.lsn));
     let names: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
@@ -595,7 +595,7 @@ fn version_of(
 pub async fn first_version(
     client: &impl GenericClient,
     table: &TableInfo,
-    tenant_column: &str,
+    tenant_key: &TenantKey,
     tenant: &str,
 ) -> Result<Option<SysTime>, SinkError> {
     let shape = history_shape(table);
@@ -604,7 +604,7 @@ pub async fn first_version(
         micros_sql("system_from"),
         lsn_sql("system_from_lsn"),
         quote_qualified(&shape.schema, &shape.name),
-        quote_ident(tenant_column)
+        tenant_key.sql()
     );
     let row = client
         .query_opt(&sql, &[&tenant])

@@ -220,7 +220,7 @@ mod tests {
     fn tenant_plan() -> TenantPlan {
         TenantPlan {
             include: TenantFilter::All,
-            tenant_columns: HashMap::new(),
+            tenant_keys: HashMap::new(),
             peers: 1,
         }
     }

@@ -43,7 +43,7 @@ pub(super) async fn connected_with(
     let dsn = dsn_of(&cluster);
     let plan = TenantPlan {
         include: TenantFilter::All,
-        tenant_columns: HashMap::new(),
+        tenant_keys: HashMap::new(),
         peers: 1,
     };
     let mut sink = PgApplySink::new("job", &dsn, Arc::new(plan), 0);

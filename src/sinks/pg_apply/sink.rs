@@ -814,7 +814,10 @@ mod tests {
     fn sink(worker: u32, peers: u32) -> PgApplySink {
         let plan = TenantPlan {
             include: TenantFilter::All,
-            tenant_columns: HashMap::from([("app.t".to_string(), "tenant".to_string())]),
+            tenant_keys: HashMap::from([(
+                "app.t".to_string(),
+                crate::control::job_spec::TenantKey::Column("tenant".to_string()),
+            )]),
             peers,
         };
         PgApplySink::new("job", "host=unused", Arc::new(plan), worker)

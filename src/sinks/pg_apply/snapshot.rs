@@ -19,7 +19,7 @@ use futures_util::{SinkExt, Stream, StreamExt};
 use tokio_postgres::{Client, Transaction};
 
 use crate::change::{Lsn, TableInfo};
-use crate::control::job_spec::TenantFilter;
+use crate::control::job_spec::{TenantFilter, TenantKey};
 use crate::sinks::pg_apply::floors;
 use crate::sinks::pg_apply::store::{self, sink_error};
 use crate::sinks::pg_apply::target_schema::{ensure_shape, target_columns};
@@ -81,13 +81,13 @@ pub struct LoadFloor<'a> {
 pub async fn holds_tenant_rows(
     client: &Client,
     table: &TableInfo,
-    tenant_column: &str,
+    tenant_key: &TenantKey,
     include: &TenantFilter,
 ) -> Result<bool, SinkError> {
     let name = quote_qualified(&table.schema, &table.name);
     let sql = format!(
         "SELECT EXISTS (SELECT 1 FROM {name}{})",
-        include.where_clause_on(table, tenant_column)
+        include.where_clause_on(table, tenant_key)
     );
     let row = client
         .query_one(&sql, &[])
@@ -101,13 +101,13 @@ pub async fn holds_tenant_rows(
 async fn clear_in(
     tx: &Transaction<'_>,
     table: &TableInfo,
-    tenant_column: &str,
+    tenant_key: &TenantKey,
     include: &TenantFilter,
 ) -> Result<(), SinkError> {
     let name = quote_qualified(&table.schema, &table.name);
     let clear = format!(
         "DELETE FROM {name}{}",
-        include.where_clause_on(table, tenant_column)
+        include.where_clause_on(table, tenant_key)
     );
     tx.batch_execute(&clear)
         .await
@@ -126,7 +126,7 @@ async fn clear_in(
 pub async fn load_table<F, Fut, S>(
     client: &mut Client,
     table: &TableInfo,
-    tenant_column: &str,
+    tenant_key: &TenantKey,
     include: &TenantFilter,
     replace: bool,
     floor: Option<&LoadFloor<'_>>,
@@ -144,7 +144,7 @@ where
         .map_err(|e| sink_error("begin snapshot load", &e))?;
     ensure_shape(&tx, table).await?;
     if replace {
-        clear_in(&tx, table, tenant_column, include).await?;
+        clear_in(&tx, table, tenant_key, include).await?;
     }
     // Bytes and rows of a binary copy the target took.
     let mut binary_copy = None;

@@ -3,12 +3,17 @@
 //! way (compared through their text forms on both sides).
 
 use crate::cdc::{catalog, snapshot::copy_out_sql};
-use crate::control::job_spec::TenantFilter;
+use crate::control::job_spec::{TenantFilter, TenantKey};
 use crate::embedded::pg_cluster::PgCluster;
 use crate::sinks::pg_apply::sink::connect;
 use crate::sinks::pg_apply::snapshot::load_table;
 
 /// A cluster with databases `src` (holding `ddl`) and `dst`.
+/// The tables' tenant column.
+fn tid() -> TenantKey {
+    TenantKey::Column("tenant_id".into())
+}
+
 fn cluster(dir: &std::path::Path, ddl: &str) -> PgCluster {
     use std::os::unix::fs::PermissionsExt;
     // The server may run as another user (we are root): let it reach its directory.
@@ -76,7 +81,7 @@ async fn load_with(
     let (copier_ref, info_ref) = (&copier, &info);
     let streamed = std::sync::atomic::AtomicU64::new(0);
     let open_source = move |binary: bool| {
-        let sql = copy_out_sql(info_ref, "tenant_id", include, None, binary);
+        let sql = copy_out_sql(info_ref, &tid(), include, None, binary);
         let damage = binary && damage_binary;
         async move {
             use futures_util::StreamExt;
@@ -92,7 +97,7 @@ async fn load_with(
     let loaded = load_table(
         &mut target,
         &info,
-        "tenant_id",
+        &tid(),
         include,
         true,
         None,
@@ -239,13 +244,13 @@ async fn load_parts(
     let mut rows = Vec::new();
     for part in parts {
         let open_source = move |binary| {
-            let sql = copy_out_sql(info, "tenant_id", include, Some(part), binary);
+            let sql = copy_out_sql(info, &tid(), include, Some(part), binary);
             async move { copier.copy_out(&sql).await }
         };
         let loaded = load_table(
             target,
             info,
-            "tenant_id",
+            &tid(),
             include,
             false,
             None,
@@ -304,7 +309,7 @@ async fn a_table_loaded_in_parts_arrives_whole() {
         let only = TenantFilter::Only([tenant.to_string()].into_iter().collect());
         let (target, info) = (&target, &info);
         async move {
-            holds_tenant_rows(target, info, "tenant_id", &only)
+            holds_tenant_rows(target, info, &tid(), &only)
                 .await
                 .expect("looked")
         }
@@ -312,7 +317,7 @@ async fn a_table_loaded_in_parts_arrives_whole() {
     assert!(held("2").await, "tenant 2 has a row");
     assert!(!held("1").await, "tenant 1 has none");
     assert!(
-        !holds_tenant_rows(&target, &info, "tenant_id", &include)
+        !holds_tenant_rows(&target, &info, &tid(), &include)
             .await
             .expect("looked"),
         "none of tenants 0 and 1"
@@ -459,12 +464,13 @@ async fn a_typed_tenant_condition_keeps_the_same_rows_and_uses_the_index() {
         ("u", vec![u3.as_str(), &u3.to_uppercase(), "{abc}", "3"]),
     ] {
         let include = ids(&list);
-        let typed = include.condition_on(&info, column).expect("a condition");
-        let as_text = include.sql_condition(column).expect("a condition");
+        let column = TenantKey::Column(column.to_string());
+        let typed = include.condition_on(&info, &column).expect("a condition");
+        let as_text = include.sql_condition(&column).expect("a condition");
         assert_eq!(
             count(typed.clone()).await,
             count(as_text).await,
-            "{column} {list:?}: {typed}"
+            "{column:?} {list:?}: {typed}"
         );
     }
     let plan = |condition: String| {
@@ -484,12 +490,12 @@ async fn a_typed_tenant_condition_keeps_the_same_rows_and_uses_the_index() {
         }
     };
     let one = ids(&["42"]);
-    let typed = plan(one.condition_on(&info, "tenant_id").expect("condition")).await;
+    let typed = plan(one.condition_on(&info, &tid()).expect("condition")).await;
     assert!(
         typed.contains("Index"),
         "served by the primary key: {typed}"
     );
-    let as_text = plan(one.sql_condition("tenant_id").expect("condition")).await;
+    let as_text = plan(one.sql_condition(&tid()).expect("condition")).await;
     assert!(
         !as_text.contains("Index"),
         "the text form reads every row: {as_text}"

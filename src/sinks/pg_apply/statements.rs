@@ -11,6 +11,7 @@
 use std::borrow::Borrow;
 
 use crate::change::{Cell, Row, TableInfo};
+use crate::control::job_spec::TenantKey;
 use crate::sql_text::{quote_ident, quote_qualified};
 
 /// A statement parameter: a `text[]` column of values or one `text` value.
@@ -398,13 +399,13 @@ pub fn delete_owned(table: &TableInfo, old: &Row, owned: &str) -> Statement<'sta
     }
 }
 
-/// Delete every row of one tenant.
-pub fn truncate_tenant(table: &TableInfo, tenant_column: &str, tenant: &str) -> Statement<'static> {
+/// Delete every row of one tenant (of the table by `key`).
+pub fn truncate_tenant(table: &TableInfo, key: &TenantKey, tenant: &str) -> Statement<'static> {
     Statement {
         text: format!(
             "DELETE FROM {} WHERE {}::text = $1::text",
             table_name(table),
-            quote_ident(tenant_column)
+            key.sql()
         ),
         params: vec![Param::Value(Some(tenant.to_string()))],
     }

@@ -107,10 +107,20 @@ fn closes_match_the_open_version_by_key_valid_start_and_system_start() {
 #[test]
 fn tenant_predicates_quote_ids() {
     use std::collections::BTreeSet;
-    assert_eq!(tenant_predicate("tenant_id", &TenantFilter::All), None);
+    assert_eq!(
+        tenant_predicate(
+            &crate::control::job_spec::TenantKey::Column("tenant_id".into()),
+            &TenantFilter::All
+        ),
+        None
+    );
     let only = TenantFilter::Only(BTreeSet::from(["3".to_string(), "o'k".to_string()]));
     assert_eq!(
-        tenant_predicate("tenant_id", &only).as_deref(),
+        tenant_predicate(
+            &crate::control::job_spec::TenantKey::Column("tenant_id".into()),
+            &only
+        )
+        .as_deref(),
         Some("\"tenant_id\"::text IN ('3', 'o''k')")
     );
 }
