@@ -479,13 +479,18 @@ fn main() -> anyhow::Result<()> {
             let spec = JobSpec::from_toml_str(&text)
                 .with_context(|| format!("job file {}", job.display()))?;
             if !resync.is_empty() {
-                // Checked before anything connects: a bad name stops here.
-                helios_repl::control::resync::check(&spec, &resync)?;
+                // Checked before anything connects: a bad name stops here (the tables of a
+                // pattern once it is resolved, below).
+                if !spec.has_table_patterns() {
+                    helios_repl::control::resync::check(&spec, &resync)?;
+                }
                 helios_repl::control::resync::check_tenants(&spec, &resync_tenants)?;
             }
             runtime.block_on(async move {
                 if !resync.is_empty() {
-                    helios_repl::control::resync::request(&spec, &resync, &resync_tenants).await?;
+                    let carried = helios_repl::control::resync::carried_spec(&spec).await?;
+                    helios_repl::control::resync::request(&carried, &resync, &resync_tenants)
+                        .await?;
                 }
                 let (stop_tx, stop_rx) = watch::channel(Desired::Run);
                 tokio::spawn(stop_on_signal(move || {

@@ -384,8 +384,10 @@ impl From<crate::control::resync::ResyncError> for ControlError {
         use crate::control::resync::ResyncError;
         let field = match e {
             ResyncError::Sink(e) => return ControlError::Unavailable(e.to_string()),
+            ResyncError::Patterns(e) => return ControlError::Unavailable(e),
             ResyncError::EmptyTenant
             | ResyncError::NotAJobTenant { .. }
+            | ResyncError::NotTheTablesTenant { .. }
             | ResyncError::TenantsOfTableInError { .. } => "tenants",
             _ => "tables",
         };

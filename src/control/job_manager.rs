@@ -590,6 +590,7 @@ impl JobControl for JobManager {
         let carried = job.carried();
         let tables = resync::check(&carried, &request.tables)?;
         let tenants = resync::check_tenants(&job.spec, &request.tenants)?;
+        resync::check_tenants_of_tables(&carried, &tables, &tenants)?;
         let desired = JobManager::desired_after_restart(id, job)?;
         let version = job.version;
         let Some(old) = jobs.remove(id) else {

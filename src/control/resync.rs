@@ -90,6 +90,19 @@ pub enum ResyncError {
         job: String,
         tenants: String,
     },
+    /// Tenants other than its own named for a one-tenant table.
+    #[error(
+        "resync: {table} holds tenant `{owner}`'s rows only; tenant `{tenant}` has none there \
+         (name the table of its own schema)"
+    )]
+    NotTheTablesTenant {
+        table: String,
+        owner: String,
+        tenant: String,
+    },
+    /// The job's table patterns could not be resolved on the source.
+    #[error("resync: the job's table patterns: {0}")]
+    Patterns(String),
     /// Tenants of a table in error state: a tenants' reload leaves the state as it is.
     #[error(
         "resync: {table} is in error state on a target; reload the whole table (name no \
@@ -182,6 +195,45 @@ pub fn check_tenants(spec: &JobSpec, ids: &[String]) -> Result<BTreeSet<String>,
     Ok(tenants)
 }
 
+/// Refuses `tenants` (checked by [`check_tenants`]) for a one-tenant table among `tables`
+/// (checked by [`check`]) when one of them is not the table's tenant: that tenant has no
+/// rows there, and the request would reload nothing.
+pub fn check_tenants_of_tables(
+    spec: &JobSpec,
+    tables: &BTreeSet<String>,
+    tenants: &BTreeSet<String>,
+) -> Result<(), ResyncError> {
+    for table in spec.tables.iter().filter(|t| tables.contains(&t.name)) {
+        let Some(owner) = &table.tenant else {
+            continue;
+        };
+        if let Some(tenant) = tenants.iter().find(|t| *t != owner) {
+            return Err(ResyncError::NotTheTablesTenant {
+                table: table.name.clone(),
+                owner: owner.clone(),
+                tenant: tenant.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `spec` with its table patterns resolved on the source, the tables a resync may name
+/// (`spec` itself when it has none).
+pub async fn carried_spec(spec: &JobSpec) -> Result<JobSpec, ResyncError> {
+    if !spec.has_table_patterns() {
+        return Ok(spec.clone());
+    }
+    let failed = |e: crate::cdc::error::CdcError| ResyncError::Patterns(e.to_string());
+    let source = crate::cdc::catalog::connect(spec.source.dsn.expose())
+        .await
+        .map_err(failed)?;
+    let resolution = crate::control::table_patterns::resolve(&source, spec)
+        .await
+        .map_err(failed)?;
+    Ok(resolution.spec)
+}
+
 /// Records on every PostgreSQL target of `spec` that its next start reloads `names`
 /// (checked by [`check`], and refused when a history table missed versions a Parquet sink
 /// holds), whole, or only the rows of `tenants` when it names any ([`check_tenants`];
@@ -194,6 +246,7 @@ pub async fn request(
 ) -> Result<BTreeSet<String>, ResyncError> {
     let tables = check(spec, names)?;
     let tenants = check_tenants(spec, tenants)?;
+    check_tenants_of_tables(spec, &tables, &tenants)?;
     let mut clients = Vec::new();
     for dsn in postgres_dsns(spec) {
         let client = pg_apply::sink::connect(&dsn).await?;
@@ -535,6 +588,35 @@ root = "/tmp/cold"
 
     fn set(names: &[&str]) -> BTreeSet<String> {
         names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_one_tenant_tables_resync_names_its_own_tenant_only() {
+        let spec = job(
+            "[1, 2]",
+            r#"
+[[tables]]
+name = "tenant_1.orders"
+tenant = 1
+[[tables]]
+name = "public.items"
+[[sinks]]
+kind = "postgres"
+dsn = "host=localhost"
+"#,
+        );
+        let one = set(&["tenant_1.orders"]);
+        check_tenants_of_tables(&spec, &one, &set(&["1"])).expect("its own tenant");
+        check_tenants_of_tables(&spec, &one, &set(&[])).expect("the whole table");
+        check_tenants_of_tables(&spec, &set(&["public.items"]), &set(&["2"]))
+            .expect("a shared table holds every tenant");
+        let err = check_tenants_of_tables(&spec, &one, &set(&["1", "2"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tenant_1.orders holds tenant `1`'s rows only; tenant `2` has none"),
+            "{err}"
+        );
     }
 
     #[test]

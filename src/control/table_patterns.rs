@@ -224,6 +224,14 @@ pub async fn resolve(
                 .iter()
                 .flatten()
                 .filter(|s| pattern.covers_schema(s))
+                // A schema per tenant: other tenants' schemas are not read (there may be
+                // thousands).
+                .filter(|s| {
+                    entry.tenant_from.is_none()
+                        || pattern
+                            .schema_star(s)
+                            .is_none_or(|id| id.is_empty() || spec.includes_tenant(id))
+                })
                 .cloned()
                 .collect()
         } else {

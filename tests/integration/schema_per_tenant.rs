@@ -167,3 +167,141 @@ fn a_schema_per_tenant_source_replicates_the_jobs_tenants_schemas_each_as_its_te
         BTreeSet::from(["1".to_string(), "2".to_string(), "4".to_string()])
     );
 }
+
+/// A job on the tenants' `orders` with history, on the PostgreSQL target and the cold
+/// tier (`cold/` of the test's directory).
+fn history_job(env: &Env, include: &str) -> std::path::PathBuf {
+    let text = format!(
+        "name = \"spth\"\n[source]\ndsn = \"{}\"\npublication = \"pub_spth\"\nslot = \"slot_spth\"\n\
+         [tenants]\ninclude = {include}\n\
+         [[tables]]\nname = \"tenant_*.orders\"\ntenant_from = \"schema\"\nhistory = true\n\
+         [[sinks]]\nkind = \"postgres\"\ndsn = \"{}\"\n\
+         [[sinks]]\nkind = \"parquet\"\nroot = \"{}\"\n",
+        env.source_dsn(),
+        env.target_dsn(),
+        env.dir.path().join("cold").display(),
+    );
+    let job = env.dir.path().join("spth.toml");
+    std::fs::write(&job, text).expect("write job file");
+    job
+}
+
+/// The ids of `table`'s versions in `tenant`'s directory of the cold tier (none when it
+/// has no directory).
+fn cold_ids(env: &Env, tenant: &str, table: &str) -> BTreeSet<String> {
+    let root = env.dir.path().join("cold");
+    match helios_repl::sinks::parquet::read_table(&root, tenant, table) {
+        Ok((_, rows)) => rows
+            .iter()
+            .filter_map(|r| r.values[0].as_ref().map(|v| v.to_string()))
+            .collect(),
+        Err(_) => BTreeSet::new(),
+    }
+}
+
+/// `from..=to` as text.
+fn ids(from: u32, to: u32) -> BTreeSet<String> {
+    (from..=to).map(|i| i.to_string()).collect()
+}
+
+/// Keys of `table`'s history with more than one current version, and current versions
+/// whose value differs from the target's row (or whose row is gone): `0` when the
+/// history agrees with the table.
+fn history_disagreements(env: &Env, table: &str) -> String {
+    env.on_target(&format!(
+        "SELECT (SELECT count(*) FROM (SELECT 1 FROM {table}_history \
+                 WHERE system_to_lsn IS NULL AND valid_to IS NULL AND NOT tombstone \
+                 GROUP BY id HAVING count(*) > 1) d) \
+              + (SELECT count(*) FROM {table} t FULL JOIN \
+                   (SELECT * FROM {table}_history \
+                    WHERE system_to_lsn IS NULL AND valid_to IS NULL AND NOT tombstone) h \
+                   USING (id) \
+                 WHERE t.id IS NULL OR h.id IS NULL OR t.v IS DISTINCT FROM h.v)"
+    ))
+}
+
+#[test]
+fn one_tenant_tables_keep_history_take_a_tenant_added_later_and_resync_one_tenant() {
+    let env = Env::start(&format!(
+        "{}{}{}",
+        tenant_schema(1),
+        tenant_schema(2),
+        tenant_schema(3)
+    ));
+    let mut repl = Replicator::streaming(&history_job(&env, "[1, 2]"));
+    env.on_source(
+        "UPDATE tenant_1.orders SET v = 'u1' WHERE id <= 103;
+         DELETE FROM tenant_2.orders WHERE id = 201;",
+    );
+    wait_same(&env, "tenant_1.orders");
+    wait_same(&env, "tenant_2.orders");
+    for t in ["tenant_1.orders", "tenant_2.orders"] {
+        assert_eq!(history_disagreements(&env, t), "0", "{t}");
+    }
+    assert!(absent_on_target(&env, "tenant_3.orders"));
+    // The cold tier keeps each table's versions in its tenant's directory.
+    wait_for("tenant 1's versions in the cold tier", WAIT, || {
+        cold_ids(&env, "1", "tenant_1.orders") == ids(101, 120)
+    });
+    wait_for("tenant 2's versions in the cold tier", WAIT, || {
+        cold_ids(&env, "2", "tenant_2.orders") == ids(201, 220)
+    });
+    assert!(cold_ids(&env, "2", "tenant_1.orders").is_empty());
+    assert!(cold_ids(&env, "3", "tenant_3.orders").is_empty());
+    assert!(repl.stop().success(), "{}", repl.output());
+
+    // Tenant 3 added: its schema's table is loaded whole, the others are not reloaded, and
+    // the books (restored from the history tables) go on closing the right versions.
+    let job = history_job(&env, "[1, 2, 3]");
+    let mut repl = Replicator::streaming(&job);
+    wait_same(&env, "tenant_3.orders");
+    let out = without_colours(&repl.output());
+    assert!(
+        out.contains("tenant_3.orders (the whole table)"),
+        "tenant 3's table is a gap: {out}"
+    );
+    assert!(
+        !out.contains("tenant_1.orders (") && !out.contains("tenant_2.orders ("),
+        "no other tenant's table is a gap: {out}"
+    );
+    env.on_source(
+        "UPDATE tenant_1.orders SET v = 'u2' WHERE id <= 102;
+         UPDATE tenant_3.orders SET v = 'u3' WHERE id = 305;",
+    );
+    wait_same(&env, "tenant_1.orders");
+    wait_same(&env, "tenant_3.orders");
+    for t in ["tenant_1.orders", "tenant_2.orders", "tenant_3.orders"] {
+        assert_eq!(history_disagreements(&env, t), "0", "{t}");
+    }
+    wait_for("tenant 3's versions in the cold tier", WAIT, || {
+        cold_ids(&env, "3", "tenant_3.orders") == ids(301, 320)
+    });
+    assert_eq!(
+        env.on_target(
+            "SELECT count(*) FROM tenant_1.orders_history WHERE id = 101 AND system_to_lsn IS NOT NULL"
+        ),
+        "2",
+        "id 101's first two versions were closed, one per update"
+    );
+    assert!(repl.stop().success(), "{}", repl.output());
+
+    // Both tables drift on the target; a resync of tenant 1 mends its table only.
+    env.on_target(
+        "UPDATE tenant_1.orders SET v = 'drifted' WHERE id = 110;
+         UPDATE tenant_2.orders SET v = 'drifted' WHERE id = 210;",
+    );
+    let mut repl = Replicator::start_with_args(
+        &job,
+        2,
+        &["--resync", "tenant_1.orders", "--resync-tenant", "1"],
+    );
+    wait_same(&env, "tenant_1.orders");
+    assert_eq!(
+        env.on_target("SELECT v FROM tenant_2.orders WHERE id = 210"),
+        "drifted",
+        "tenant 2's table is not touched"
+    );
+    let out = without_colours(&repl.output());
+    assert!(!out.contains("ERROR"), "{out}");
+    assert!(repl.stop().success(), "{}", repl.output());
+}
