@@ -4,7 +4,7 @@
 //! writes user data; the only objects it creates or drops are the job's publication and
 //! replication slot.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use tokio_postgres::Client;
@@ -468,33 +468,41 @@ pub async fn schema_names(client: &Client) -> Result<Vec<String>, CdcError> {
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// The tables of `schema` a pattern may carry: plain and partitioned tables, not
-/// partitions (their rows reach the job through their partitioned table), by name.
-pub async fn schema_tables(client: &Client, schema: &str) -> Result<Vec<SchemaTable>, CdcError> {
+/// The tables of each of `schemas` a pattern may carry: plain and partitioned tables, not
+/// partitions (their rows reach the job through their partitioned table), by name; every
+/// schema asked for has an entry (empty when it has no table or is gone). One query
+/// however many schemas (a schema per tenant makes thousands).
+pub async fn schemas_tables(
+    client: &Client,
+    schemas: &[String],
+) -> Result<BTreeMap<String, Vec<SchemaTable>>, CdcError> {
     let rows = client
         .query(
-            "SELECT c.relname::text,
+            "SELECT n.nspname::text, c.relname::text,
                     array(SELECT a.attname::text FROM pg_attribute a
                           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                           ORDER BY a.attnum),
                     has_table_privilege(c.oid, 'SELECT'),
                     pg_has_role(c.relowner, 'USAGE')
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition
-             ORDER BY c.relname COLLATE \"C\"",
-            &[&schema],
+             WHERE n.nspname = ANY($1) AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+             ORDER BY n.nspname COLLATE \"C\", c.relname COLLATE \"C\"",
+            &[&schemas],
         )
         .await
-        .map_err(CdcError::query("list a schema's tables"))?;
-    Ok(rows
-        .iter()
-        .map(|r| SchemaTable {
-            name: r.get(0),
-            columns: r.get(1),
-            readable: r.get(2),
-            publishable: r.get(3),
-        })
-        .collect())
+        .map_err(CdcError::query("list the tables of the job's schemas"))?;
+    let mut tables: BTreeMap<String, Vec<SchemaTable>> =
+        schemas.iter().map(|s| (s.clone(), Vec::new())).collect();
+    for r in &rows {
+        let schema: String = r.get(0);
+        tables.entry(schema).or_default().push(SchemaTable {
+            name: r.get(1),
+            columns: r.get(2),
+            readable: r.get(3),
+            publishable: r.get(4),
+        });
+    }
+    Ok(tables)
 }
 
 /// Positions of the primary-key columns of table `oid` within `columns`.

@@ -12,7 +12,6 @@
 //! someone should grant the rights). A table an entry names outright takes that entry's
 //! settings; one that two patterns match, the first's.
 
-use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -210,40 +209,39 @@ pub async fn resolve(
     source: &tokio_postgres::Client,
     spec: &JobSpec,
 ) -> Result<Resolution, CdcError> {
-    let mut schemas = BTreeMap::new();
+    let mut looked_in = BTreeSet::new();
     // Every schema of the source, read once if a pattern's schema part is a pattern.
     let mut all_schemas: Option<Vec<String>> = None;
     for entry in spec.tables.iter().filter(|t| t.is_pattern()) {
-        let looked_in: Vec<String> = if is_pattern(entry.schema()) {
-            let pattern = TablePattern::parse("tables[]", &entry.name, &entry.exclude)
-                .map_err(|e| CdcError::Definite(e.to_string()))?;
-            if all_schemas.is_none() {
-                all_schemas = Some(catalog::schema_names(source).await?);
-            }
-            all_schemas
-                .iter()
-                .flatten()
-                .filter(|s| pattern.covers_schema(s))
-                // A schema per tenant: other tenants' schemas are not read (there may be
-                // thousands).
-                .filter(|s| {
-                    entry.tenant_from.is_none()
-                        || pattern
-                            .schema_star(s)
-                            .is_none_or(|id| id.is_empty() || spec.includes_tenant(id))
-                })
-                .cloned()
-                .collect()
-        } else {
-            vec![entry.schema().to_string()]
-        };
-        for schema in looked_in {
-            if let Entry::Vacant(vacant) = schemas.entry(schema) {
-                let tables = catalog::schema_tables(source, vacant.key()).await?;
-                vacant.insert(tables);
-            }
+        if !is_pattern(entry.schema()) {
+            looked_in.insert(entry.schema().to_string());
+            continue;
         }
+        let pattern = TablePattern::parse("tables[]", &entry.name, &entry.exclude)
+            .map_err(|e| CdcError::Definite(e.to_string()))?;
+        if all_schemas.is_none() {
+            all_schemas = Some(catalog::schema_names(source).await?);
+        }
+        let covered = all_schemas
+            .iter()
+            .flatten()
+            .filter(|s| pattern.covers_schema(s))
+            // A schema per tenant: other tenants' schemas are not read (there may be
+            // thousands).
+            .filter(|s| {
+                entry.tenant_from.is_none()
+                    || pattern
+                        .schema_star(s)
+                        .is_none_or(|id| id.is_empty() || spec.includes_tenant(id))
+            });
+        looked_in.extend(covered.cloned());
     }
+    let looked_in: Vec<String> = looked_in.into_iter().collect();
+    let schemas = if looked_in.is_empty() {
+        BTreeMap::new()
+    } else {
+        catalog::schemas_tables(source, &looked_in).await?
+    };
     expand(spec, &schemas)
 }
 
