@@ -1,5 +1,6 @@
-//! Tenant partition: finds each change's tenant, drops tenants outside the job and sends
-//! each tenant's changes to the one worker that owns it.
+//! Tenant partition: finds each change's tenant (its tenant column's value, or the
+//! tenant of a one-tenant table), drops tenants outside the job and sends each tenant's
+//! changes to the one worker that owns it.
 //!
 //! Ownership is `tenant_route(tenant) % peers`, the same rule timely's exchange applies to
 //! the route we give it; [`owned_tenants_sql`] states the same rule in SQL, so a sink worker
@@ -146,7 +147,9 @@ pub fn partition_record_into(plan: &TenantPlan, record: SourceRecord, out: &mut 
         SourceRecord::Truncate { seq, tables } => {
             for table in tables {
                 match tenant_key_of(plan, &table) {
-                    None => {}
+                    Some(TenantKey::Column(_)) => {
+                        broadcast(plan, seq, &table, TenantAction::Truncate, out);
+                    }
                     // A one-tenant table's rows are all its tenant's: its owner clears them.
                     Some(TenantKey::Table(tenant)) if plan.includes(tenant) => {
                         out.push((
@@ -159,10 +162,8 @@ pub fn partition_record_into(plan: &TenantPlan, record: SourceRecord, out: &mut 
                             },
                         ));
                     }
-                    Some(TenantKey::Table(_)) => {}
-                    Some(TenantKey::Column(_)) => {
-                        broadcast(plan, seq, &table, TenantAction::Truncate, out);
-                    }
+                    // Not a job table, or not a job tenant's.
+                    Some(TenantKey::Table(_)) | None => {}
                 }
             }
         }

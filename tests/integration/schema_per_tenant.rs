@@ -36,6 +36,20 @@ fn wait_same(env: &Env, table: &str) {
     });
 }
 
+/// The tables the first test's job carries (its tenants 1 and 2 have schemas at start).
+const CARRIED: [&str; 4] = [
+    "tenant_1.orders",
+    "tenant_1.items",
+    "tenant_2.orders",
+    "tenant_2.items",
+];
+
+fn wait_all_same(env: &Env, tables: &[&str]) {
+    for table in tables {
+        wait_same(env, table);
+    }
+}
+
 fn absent_on_target(env: &Env, table: &str) -> bool {
     env.on_target(&format!("SELECT to_regclass('{table}') IS NULL")) == "t"
 }
@@ -74,12 +88,7 @@ fn a_schema_per_tenant_source_replicates_the_jobs_tenants_schemas_each_as_its_te
     );
     let check = without_colours(&check);
     assert!(ok, "{check}");
-    for carried in [
-        "tenant_1.orders",
-        "tenant_1.items",
-        "tenant_2.orders",
-        "tenant_2.items",
-    ] {
+    for carried in CARRIED {
         assert!(check.contains(carried), "{carried}: {check}");
     }
     assert!(
@@ -88,14 +97,7 @@ fn a_schema_per_tenant_source_replicates_the_jobs_tenants_schemas_each_as_its_te
     );
 
     let mut repl = Replicator::streaming(&job);
-    for t in [
-        "tenant_1.orders",
-        "tenant_1.items",
-        "tenant_2.orders",
-        "tenant_2.items",
-    ] {
-        wait_same(&env, t);
-    }
+    wait_all_same(&env, &CARRIED);
     for t in ["tenant_3.orders", "tenant_3.items", "public.plans"] {
         assert!(absent_on_target(&env, t), "{t} is not carried");
     }
@@ -121,14 +123,7 @@ fn a_schema_per_tenant_source_replicates_the_jobs_tenants_schemas_each_as_its_te
          TRUNCATE tenant_2.items;
          INSERT INTO tenant_1.items VALUES (150, 5);",
     );
-    for t in [
-        "tenant_1.orders",
-        "tenant_1.items",
-        "tenant_2.orders",
-        "tenant_2.items",
-    ] {
-        wait_same(&env, t);
-    }
+    wait_all_same(&env, &CARRIED);
     assert_eq!(env.on_target("SELECT count(*) FROM tenant_2.items"), "0");
     assert_eq!(env.on_target("SELECT count(*) FROM tenant_1.items"), "11");
 
