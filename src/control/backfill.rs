@@ -145,13 +145,14 @@ pub async fn widen(
             }
             RemovedTenants::Delete => {
                 tracing::info!(job = %spec.name, no_longer_carried = %narrower.join("; "),
-                "the job no longer carries these: removed tenants' rows are deleted from the targets (a table no longer carried keeps its rows)")
+                "the job no longer carries these: removed tenants' rows are deleted from the targets, a removed tenant's own tables emptied (another table no longer carried keeps its rows)")
             }
         }
     }
     if spec.tenants.removed == RemovedTenants::Delete {
         for (index, (target, h)) in targets.iter_mut().zip(&held).enumerate() {
-            purge_removed(spec, index, target, &h.removed_rows(&wanted)).await?;
+            let removed = h.removed_rows(&wanted, &spec.tenants.include);
+            purge_removed(spec, index, target, &removed).await?;
         }
     }
     let gaps: Vec<Vec<Widening>> = held
@@ -265,10 +266,11 @@ async fn purge_removed(
         .await
         .map_err(failed("begin deleting removed tenants' rows"))?;
     for (table, condition) in removed {
-        let Some(t) = spec.tables.iter().find(|t| &t.name == table) else {
+        // A name the coverage recorded from a spec: `schema.table`, both parts valid.
+        let Some((schema, name)) = table.split_once('.') else {
             continue;
         };
-        let name = quote_qualified(t.schema(), t.table());
+        let name = quote_qualified(schema, name);
         let exists: Option<String> = tx
             .query_one("SELECT to_regclass($1)::text", &[&name])
             .await

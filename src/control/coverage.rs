@@ -195,13 +195,21 @@ impl Coverage {
 
 impl Coverage {
     /// For each table that `next` still carries by the same column, the SQL condition
-    /// true for rows of tenants it no longer carries (`tenants.removed = "delete"`).
-    /// Tables `next` drops are not listed: their rows are not the job's to delete.
-    pub fn removed_rows(&self, next: &Coverage) -> Vec<(String, String)> {
+    /// true for rows of tenants it no longer carries (`tenants.removed = "delete"`); and
+    /// for each one-tenant table `next` drops because its tenant is not in `include` (the
+    /// job's), `true`: the whole table was that tenant's. Other tables `next` drops are not
+    /// listed: their rows are not the job's to delete.
+    pub fn removed_rows(&self, next: &Coverage, include: &TenantFilter) -> Vec<(String, String)> {
         self.tables
             .iter()
             .filter_map(|(table, held)| {
-                let wanted = next.tables.get(table)?;
+                let Some(wanted) = next.tables.get(table) else {
+                    let removed = held.tenant.as_ref().is_some_and(|id| match include {
+                        TenantFilter::All => false,
+                        TenantFilter::Only(ids) => !ids.contains(id),
+                    });
+                    return removed.then(|| (table.clone(), "true".to_string()));
+                };
                 if !wanted.same_key(held) {
                     return None;
                 }
@@ -350,8 +358,9 @@ mod tests {
             ("public.c", "t", only(&["1", "9"])),
             ("public.d", "u", only(&["1"])),
         ]);
+        let include = only(&["2", "5", "1", "9"]);
         assert_eq!(
-            held.removed_rows(&next),
+            held.removed_rows(&next, &include),
             vec![
                 (
                     "public.a".to_string(),
@@ -363,7 +372,40 @@ mod tests {
                 ),
             ]
         );
-        assert!(next.removed_rows(&next).is_empty());
+        assert!(next.removed_rows(&next, &include).is_empty());
+    }
+
+    #[test]
+    fn a_removed_tenants_own_table_is_removed_whole_and_only_for_a_removed_tenant() {
+        let one_tenant = |id: &str| TableCoverage {
+            column: String::new(),
+            tenant: Some(id.into()),
+            include: only(&[id]),
+        };
+        let held = Coverage {
+            tables: [
+                ("t_1.a".to_string(), one_tenant("1")),
+                ("t_2.a".to_string(), one_tenant("2")),
+                ("t_3.a".to_string(), one_tenant("3")),
+            ]
+            .into(),
+            streams: None,
+        };
+        // Tenant 2 left the job; tenant 3's table is gone from the source, tenant 3 kept.
+        let next = Coverage {
+            tables: [("t_1.a".to_string(), one_tenant("1"))].into(),
+            streams: None,
+        };
+        assert_eq!(
+            held.removed_rows(&next, &only(&["1", "3"])),
+            vec![("t_2.a".to_string(), "true".to_string())]
+        );
+        assert!(held.removed_rows(&next, &TenantFilter::All).is_empty());
+        assert!(held.widening_to(&next).is_empty());
+        assert!(
+            next.widening_to(&held).len() == 2,
+            "tenants 2 and 3 are whole tables"
+        );
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! column): a pattern with `tenant_from = "schema"` carries the job's tenants' schemas,
 //! each table as its tenant's whole, to a PostgreSQL target and a NATS stream; other
 //! tenants' schemas are not published at all; a tenant's schema created while the job
-//! runs joins; a TRUNCATE clears that tenant's table only.
+//! runs joins; a TRUNCATE clears that tenant's table only. With history, each table's
+//! versions go to its tenant's cold-tier directory, a tenant added later gets its tables
+//! loaded alone, and a tenant resync mends its table only; with `removed = "delete"`, a
+//! tenant leaving the job has its own tables emptied.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -298,5 +301,60 @@ fn one_tenant_tables_keep_history_take_a_tenant_added_later_and_resync_one_tenan
     );
     let out = without_colours(&repl.output());
     assert!(!out.contains("ERROR"), "{out}");
+    assert!(repl.stop().success(), "{}", repl.output());
+}
+
+#[test]
+fn a_tenant_removed_from_the_job_has_its_own_tables_emptied_with_removed_delete() {
+    let env = Env::start(&format!(
+        "{}{}{}",
+        tenant_schema(1),
+        tenant_schema(2),
+        tenant_schema(3)
+    ));
+    let job = |include: &str| {
+        let text = format!(
+            "name = \"sptd\"\n[source]\ndsn = \"{}\"\npublication = \"pub_sptd\"\nslot = \"slot_sptd\"\n\
+             [tenants]\ninclude = {include}\nremoved = \"delete\"\n\
+             [[tables]]\nname = \"tenant_*.*\"\ntenant_from = \"schema\"\n\
+             [[sinks]]\nkind = \"postgres\"\ndsn = \"{}\"\n",
+            env.source_dsn(),
+            env.target_dsn(),
+        );
+        let path = env.dir.path().join("sptd.toml");
+        std::fs::write(&path, text).expect("write job file");
+        path
+    };
+    let mut repl = Replicator::streaming(&job("[1, 2, 3]"));
+    let all = [
+        "tenant_1.orders",
+        "tenant_2.orders",
+        "tenant_3.orders",
+        "tenant_1.items",
+        "tenant_2.items",
+        "tenant_3.items",
+    ];
+    wait_all_same(&env, &all);
+    assert!(repl.stop().success(), "{}", repl.output());
+
+    // Tenant 3's schema is dropped on the source (tenant 3 stays in the job), tenant 2
+    // leaves the job: only tenant 2's tables are emptied.
+    env.on_source("DROP SCHEMA tenant_3 CASCADE");
+    let mut repl = Replicator::streaming(&job("[1, 3]"));
+    let out = without_colours(&repl.output());
+    assert!(
+        out.contains("tenant_2.orders (the whole table)"),
+        "the log names what is no longer carried: {out}"
+    );
+    for t in ["tenant_2.orders", "tenant_2.items"] {
+        assert_eq!(
+            env.on_target(&format!("SELECT count(*) FROM {t}")),
+            "0",
+            "{t}"
+        );
+    }
+    assert_eq!(env.on_target("SELECT count(*) FROM tenant_3.orders"), "20");
+    env.on_source("INSERT INTO tenant_1.orders VALUES (199, 'after')");
+    wait_all_same(&env, &["tenant_1.orders", "tenant_1.items"]);
     assert!(repl.stop().success(), "{}", repl.output());
 }

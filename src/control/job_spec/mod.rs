@@ -537,20 +537,6 @@ impl JobSpec {
                     ),
                 ));
             }
-            if let Some(t) = self
-                .tables
-                .iter()
-                .find(|t| t.tenant.is_some() || t.tenant_from.is_some())
-            {
-                return Err(JobSpecError::invalid(
-                    "tenants.removed",
-                    format!(
-                        "\"delete\" is not supported with one-tenant tables ({}): a removed \
-                         tenant's tables leave the job whole, and their rows would stay",
-                        t.name
-                    ),
-                ));
-            }
             if let Some(t) = self.tables.iter().find(|t| t.history) {
                 return Err(JobSpecError::invalid(
                     "tenants.removed",
