@@ -94,6 +94,16 @@ fn name_session(config: &mut tokio_postgres::Config, role: &str) {
 async fn open(dsn: &str, role: &'static str, on_close: OnClose) -> Result<Client, ConnectError> {
     let mut dsn = PgDsn::parse(dsn)?;
     name_session(&mut dsn.config, role);
+    if over_unix_socket(&dsn.config) {
+        // The server never offers TLS on its Unix-domain socket, and libpq does not ask
+        // there whatever `sslmode` says; a mode that requires TLS cannot be met.
+        if dsn.tls.mode.requires_tls() {
+            return Err(tls::TlsError::UnixSocket(dsn.tls.mode.name()).into());
+        }
+        let (client, connection) = dsn.config.connect(tokio_postgres::NoTls).await?;
+        spawn_connection(connection, role, on_close);
+        return Ok(client);
+    }
     if !dsn.tls.mode.plain_first() {
         return connect_tls(&dsn.config, &dsn.tls, role, on_close).await;
     }
@@ -112,6 +122,15 @@ async fn open(dsn: &str, role: &'static str, on_close: OnClose) -> Result<Client
     };
     spawn_connection(connection, role, on_close);
     Ok(client)
+}
+
+/// Whether every host `config` names is a Unix-domain socket directory.
+fn over_unix_socket(config: &tokio_postgres::Config) -> bool {
+    let hosts = config.get_hosts();
+    !hosts.is_empty()
+        && hosts
+            .iter()
+            .all(|h| !matches!(h, tokio_postgres::config::Host::Tcp(_)))
 }
 
 /// Opens a session over TLS as `settings` ask, `config` saying whether it may go plain.
@@ -155,6 +174,36 @@ mod tests {
             startup_options(),
             "-c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0"
         );
+    }
+
+    /// A DSN naming the server's socket directory connects plain under the default
+    /// `sslmode=prefer` (the server never offers TLS there), and a mode that requires TLS
+    /// is refused with the reason.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_unix_socket_host_connects_plain_and_a_required_tls_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        // The server may run as another user (we are root): let it reach its directory.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let cluster = crate::embedded::pg_cluster::PgCluster::start(&dir.path().join("pg"))
+            .expect("start cluster");
+        let dsn = cluster.socket_dsn("postgres");
+        let client = connect(&dsn, "test", OnClose::Debug)
+            .await
+            .expect("a plain session over the socket");
+        let one: i32 = client
+            .query_one("SELECT 1", &[])
+            .await
+            .expect("query")
+            .get(0);
+        assert_eq!(one, 1);
+        let err = connect(&format!("{dsn} sslmode=require"), "test", OnClose::Debug)
+            .await
+            .err()
+            .expect("require cannot be met over a socket")
+            .to_string();
+        assert!(err.contains("Unix-domain socket"), "{err}");
     }
 
     #[test]
