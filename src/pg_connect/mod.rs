@@ -198,11 +198,11 @@ mod tests {
             .expect("query")
             .get(0);
         assert_eq!(one, 1);
-        let err = connect(&format!("{dsn} sslmode=require"), "test", OnClose::Debug)
-            .await
-            .err()
-            .expect("require cannot be met over a socket")
-            .to_string();
+        let Err(err) = connect(&format!("{dsn} sslmode=require"), "test", OnClose::Debug).await
+        else {
+            panic!("require cannot be met over a socket");
+        };
+        let err = err.to_string();
         assert!(err.contains("Unix-domain socket"), "{err}");
     }
 
