@@ -204,11 +204,14 @@ pub async fn drop_slot(client: &Client, slot: &str) -> Result<(), CdcError> {
 
 /// Reads a table's current shape from the catalog.
 pub async fn table_info(client: &Client, schema: &str, name: &str) -> Result<TableInfo, CdcError> {
+    // The schema's oid first, then one index lookup by name and namespace: a join on
+    // `nspname` was planned as a scan of the namespaces per table of that name, which a
+    // schema per tenant (the same name in every schema) made quadratic.
     let row = client
         .query_opt(
             "SELECT c.oid, c.relreplident::text, c.relkind::text FROM pg_class c
-             JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = $1 AND c.relname = $2",
+             WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1)
+               AND c.relname = $2",
             &[&schema, &name],
         )
         .await

@@ -162,10 +162,13 @@ async fn primary_key_name(
 ) -> Result<String, SinkError> {
     let taken = client
         .prepare(
-            "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                            WHERE n.nspname = $1 AND c.relname = $2)
-                 OR EXISTS (SELECT 1 FROM pg_constraint k JOIN pg_namespace n ON n.oid = k.connamespace
-                            WHERE n.nspname = $1 AND k.conname = $2)",
+            // By the schema's oid (as `catalog::table_info` looks a table up).
+            "SELECT EXISTS (SELECT 1 FROM pg_class c
+                            WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1)
+                              AND c.relname = $2)
+                 OR EXISTS (SELECT 1 FROM pg_constraint k
+                            WHERE k.connamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1)
+                              AND k.conname = $2)",
         )
         .await
         .map_err(|e| sink_error("prepare the primary key's name lookup", &e))?;

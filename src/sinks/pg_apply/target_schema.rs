@@ -33,9 +33,11 @@ pub async fn target_columns(
 ) -> Result<Option<TargetColumns>, SinkError> {
     let rows = client
         .query(
+            // By the schema's oid (as `catalog::table_info` looks a table up).
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
-             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+             WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1)
+               AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
             &[&schema, &name],
         )
         .await
