@@ -58,10 +58,21 @@ pub const UNLIMITED: [&str; 3] = [
 ];
 
 /// The `SET`s that lift [`UNLIMITED`] in a session (sent after login rather than in the
-/// startup packet's `options`, which connection poolers such as PgBouncer refuse).
+/// startup packet's `options`, which connection poolers such as PgBouncer refuse), and
+/// [`QUIET`].
 pub fn session_settings() -> String {
-    UNLIMITED.map(|name| format!("SET {name} = 0")).join("; ")
+    let mut sets: Vec<String> = UNLIMITED
+        .iter()
+        .map(|name| format!("SET {name} = 0"))
+        .collect();
+    sets.push(QUIET.to_string());
+    sets.join("; ")
 }
+
+/// Keeps the server's notices out of our log: the `IF NOT EXISTS` and `IF EXISTS` of
+/// every table load each sent one (three per table, thousands for a schema-per-tenant
+/// job's first start); warnings and errors still come through.
+pub const QUIET: &str = "SET client_min_messages = warning";
 
 /// The startup packet's `options` that lift [`UNLIMITED`] (for replication sessions, which
 /// poolers do not carry).
@@ -168,7 +179,8 @@ mod tests {
     fn every_limit_is_lifted_in_both_forms() {
         assert_eq!(
             session_settings(),
-            "SET statement_timeout = 0; SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0"
+            "SET statement_timeout = 0; SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0; \
+             SET client_min_messages = warning"
         );
         assert_eq!(
             startup_options(),
