@@ -10,7 +10,9 @@
 //! names one): a table without them (a lookup table shared by every tenant, say) is left
 //! out with the reason, as is one the job's role may not read or publish (with a warning:
 //! someone should grant the rights). A table an entry names outright takes that entry's
-//! settings; one that two patterns match, the first's.
+//! settings; one that two patterns match, the first's. With `tenant_from = "schema"`, each
+//! table is its schema's tenant's whole (`tenant = "<id>"` in the resolved spec), and
+//! only the job's tenants' schemas are read.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
