@@ -5,15 +5,19 @@
 //! runs joins; a TRUNCATE clears that tenant's table only. With history, each table's
 //! versions go to its tenant's cold-tier directory, a tenant added later gets its tables
 //! loaded alone, and a tenant resync mends its table only; with `removed = "delete"`, a
-//! tenant leaving the job has its own tables emptied.
+//! tenant leaving the job has its own tables emptied; as-of queries answer a table's
+//! versions for its tenant only.
 
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
+use helios_repl::embedded::pg_cluster::free_port;
+
 use crate::harness::{output_of, wait_for, without_colours, Env, Replicator};
 use crate::nats_sink::read_job_stream;
 use crate::qos::Nats;
+use crate::serve_api::{submit, Server};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -357,4 +361,64 @@ fn a_tenant_removed_from_the_job_has_its_own_tables_emptied_with_removed_delete(
     env.on_source("INSERT INTO tenant_1.orders VALUES (199, 'after')");
     wait_all_same(&env, &["tenant_1.orders", "tenant_1.items"]);
     assert!(repl.stop().success(), "{}", repl.output());
+}
+
+/// The rows `query` answers for `tenant`'s `table` (as of `system`, when given), as
+/// `id=v` in id order.
+fn queried(server: &Server, tenant: &str, table: &str, system: Option<&str>) -> String {
+    let mut args = vec!["query", "--tenant", tenant, "--table", table, "--json"];
+    if let Some(point) = system {
+        args.extend(["--as-of-system", point]);
+    }
+    let (ok, out) = server.cli(&args);
+    assert!(ok, "query: {out}");
+    let answer: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let mut rows: Vec<(i64, String)> = answer["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            let id = r[0].as_str().and_then(|s| s.parse().ok()).expect("id");
+            (id, r[1].as_str().unwrap_or_default().to_string())
+        })
+        .collect();
+    rows.sort();
+    rows.iter()
+        .map(|(id, v)| format!("{id}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn as_of_queries_answer_a_one_tenant_tables_versions_for_its_tenant_only() {
+    let env = Env::start(&format!("{}{}", tenant_schema(1), tenant_schema(2)));
+    env.target.create_database("meta").expect("meta db");
+    let server = Server::start(&env, free_port().expect("port"));
+    submit(&server, &history_job(&env, "[1, 2]"));
+    wait_same(&env, "tenant_1.orders");
+    wait_for("the snapshot's versions", WAIT, || {
+        env.try_on_target("SELECT count(*) FROM tenant_1.orders_history")
+            .as_deref()
+            == Some("20")
+    });
+    let before = env.on_source("SELECT pg_current_wal_insert_lsn()");
+    env.on_source("UPDATE tenant_1.orders SET v = 'later' WHERE id = 101");
+    wait_same(&env, "tenant_1.orders");
+    wait_for("the update's version", WAIT, || {
+        queried(&server, "1", "tenant_1.orders", None).starts_with("101=later,")
+    });
+    let then = queried(&server, "1", "tenant_1.orders", Some(before.trim()));
+    assert!(then.starts_with("101=o1,102=o2,"), "{then}");
+    assert_eq!(then.split(',').count(), 20, "{then}");
+    let (ok, out) = server.cli(&["query", "--tenant", "2", "--table", "tenant_1.orders"]);
+    assert!(
+        !ok && out.contains("422") && out.contains("tenant_1.orders holds tenant `1`'s rows only"),
+        "tenant 2 has no rows in tenant 1's table: {out}"
+    );
+    assert_eq!(
+        queried(&server, "2", "tenant_2.orders", None)
+            .split(',')
+            .count(),
+        20
+    );
 }
