@@ -278,13 +278,7 @@ pub(crate) fn tier_tenants(
 ) -> Result<Vec<String>, ParquetError> {
     Ok(list_tables(root)?
         .into_iter()
-        .filter(|(tenant, t)| {
-            t == table
-                && match include {
-                    TenantFilter::All => true,
-                    TenantFilter::Only(set) => set.contains(tenant),
-                }
-        })
+        .filter(|(tenant, t)| t == table && include.includes(tenant))
         .map(|(tenant, _)| tenant)
         .collect())
 }

@@ -204,10 +204,7 @@ impl Coverage {
             .iter()
             .filter_map(|(table, held)| {
                 let Some(wanted) = next.tables.get(table) else {
-                    let removed = held.tenant.as_ref().is_some_and(|id| match include {
-                        TenantFilter::All => false,
-                        TenantFilter::Only(ids) => !ids.contains(id),
-                    });
+                    let removed = held.tenant.as_ref().is_some_and(|id| !include.includes(id));
                     return removed.then(|| (table.clone(), "true".to_string()));
                 };
                 if !wanted.same_key(held) {

@@ -86,11 +86,12 @@ pub fn expand(
                 continue;
             }
             let name = format!("{schema}.{}", table.name);
-            // With `tenant_from = "schema"`, the schema names the tenant: one the job does
-            // not carry is not looked at (a source holds many).
+            // With `tenant_from = "schema"`, the schema names the tenant.
+            if other_tenants_schema(spec, entry, &pattern, schema) {
+                continue;
+            }
             let tenant = match entry.tenant_from {
                 Some(TenantFrom::Schema) => match pattern.schema_star(schema) {
-                    Some(id) if !id.is_empty() && !spec.includes_tenant(id) => continue,
                     Some(id) if !id.is_empty() => Some(id.to_string()),
                     _ => {
                         left_out.push(LeftOut {
@@ -167,6 +168,21 @@ pub fn expand(
     })
 }
 
+/// Whether `schema` is the schema of a tenant `spec` does not carry, for an entry with
+/// `tenant_from = "schema"`: such schemas are neither read nor listed as left out. Never
+/// for other entries, nor for a schema whose `*` part is empty (left out with the reason).
+fn other_tenants_schema(
+    spec: &JobSpec,
+    entry: &TableSpec,
+    pattern: &TablePattern,
+    schema: &str,
+) -> bool {
+    entry.tenant_from.is_some()
+        && pattern
+            .schema_star(schema)
+            .is_some_and(|id| !id.is_empty() && !spec.includes_tenant(id))
+}
+
 /// Why pattern `entry` cannot carry `table`, which it matches, and whether that is for
 /// lack of rights; `None` when it carries it.
 fn why_left_out(
@@ -230,12 +246,7 @@ pub async fn resolve(
             .filter(|s| pattern.covers_schema(s))
             // A schema per tenant: other tenants' schemas are not read (there may be
             // thousands).
-            .filter(|s| {
-                entry.tenant_from.is_none()
-                    || pattern
-                        .schema_star(s)
-                        .is_none_or(|id| id.is_empty() || spec.includes_tenant(id))
-            });
+            .filter(|s| !other_tenants_schema(spec, entry, &pattern, s));
         looked_in.extend(covered.cloned());
     }
     let looked_in: Vec<String> = looked_in.into_iter().collect();

@@ -40,10 +40,7 @@ pub struct TenantPlan {
 impl TenantPlan {
     /// Whether the job carries `tenant`.
     pub fn includes(&self, tenant: &str) -> bool {
-        match &self.include {
-            TenantFilter::All => true,
-            TenantFilter::Only(set) => set.contains(tenant),
-        }
+        self.include.includes(tenant)
     }
 
     /// The worker that owns `tenant`.

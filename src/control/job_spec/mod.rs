@@ -824,10 +824,7 @@ impl JobSpec {
 
     /// Whether rows of `tenant` (the id as text) are replicated.
     pub fn includes_tenant(&self, tenant: &str) -> bool {
-        match &self.tenants.include {
-            TenantFilter::All => true,
-            TenantFilter::Only(ids) => ids.contains(tenant),
-        }
+        self.tenants.include.includes(tenant)
     }
 
     /// The spec as a TOML document that [`JobSpec::from_toml_str`] reads back

@@ -14,6 +14,14 @@ use crate::change::TableInfo;
 use crate::sql_text::{quote_ident, quote_literal};
 
 impl TenantFilter {
+    /// Whether the filter keeps tenant `id` (compared as text).
+    pub fn includes(&self, id: &str) -> bool {
+        match self {
+            TenantFilter::All => true,
+            TenantFilter::Only(ids) => ids.contains(id),
+        }
+    }
+
     /// `<tenant>::text IN ('id', …)`, the condition that keeps the listed tenants' rows
     /// (ids compare as text; `<tenant>` is [`TenantKey::sql`]); `None` for all tenants.
     pub fn sql_condition(&self, key: &TenantKey) -> Option<String> {
