@@ -238,26 +238,35 @@ pub async fn table_info(client: &Client, schema: &str, name: &str) -> Result<Tab
         "i" => Identity::Index,
         _ => Identity::Default,
     };
-    let cols = client
-        .query(
-            "SELECT a.attname::text, a.atttypid, a.atttypmod, format_type(a.atttypid, a.atttypmod), a.attnum
-             FROM pg_attribute a
-             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-             ORDER BY a.attnum",
-            &[&oid],
-        )
-        .await
-        .map_err(CdcError::query("read table columns"))?;
-    let identity_rows = client
-        .query(
-            "SELECT a.attname::text FROM pg_index i
-             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-             WHERE i.indrelid = $1 AND CASE $2::text WHEN 'd' THEN i.indisprimary
-                                                 WHEN 'i' THEN i.indisreplident ELSE false END",
-            &[&oid, &ident],
-        )
-        .await
-        .map_err(CdcError::query("read replica identity"))?;
+    // The three reads depend only on the oid: sent together, they share round trips (a
+    // job's start reads every table's shape, thousands with a schema per tenant).
+    let (cols, identity_rows, key_rows) = futures_util::try_join!(
+        async {
+            client
+                .query(
+                    "SELECT a.attname::text, a.atttypid, a.atttypmod, format_type(a.atttypid, a.atttypmod), a.attnum
+                     FROM pg_attribute a
+                     WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+                     ORDER BY a.attnum",
+                    &[&oid],
+                )
+                .await
+                .map_err(CdcError::query("read table columns"))
+        },
+        async {
+            client
+                .query(
+                    "SELECT a.attname::text FROM pg_index i
+                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+                     WHERE i.indrelid = $1 AND CASE $2::text WHEN 'd' THEN i.indisprimary
+                                                         WHEN 'i' THEN i.indisreplident ELSE false END",
+                    &[&oid, &ident],
+                )
+                .await
+                .map_err(CdcError::query("read replica identity"))
+        },
+        primary_key_rows(client, oid),
+    )?;
     let identity_names: Vec<String> = identity_rows.iter().map(|r| r.get(0)).collect();
     let columns: Vec<ColumnInfo> = cols
         .iter()
@@ -274,7 +283,7 @@ pub async fn table_info(client: &Client, schema: &str, name: &str) -> Result<Tab
             }
         })
         .collect();
-    let primary_key = primary_key(client, oid, &columns).await?;
+    let primary_key = key_positions(&key_rows, &columns);
     let type_oids: Vec<u32> = columns.iter().map(|c| c.type_oid).collect();
     let type_ddl = TypeDdlCache::default().ddl_for(client, &type_oids).await?;
     Ok(TableInfo {
@@ -286,6 +295,39 @@ pub async fn table_info(client: &Client, schema: &str, name: &str) -> Result<Tab
         identity,
         type_ddl,
     })
+}
+
+/// How many tables' shapes [`tables_info`] reads at once on one session.
+pub const SHAPES_IN_FLIGHT: usize = 16;
+
+/// [`table_info`] of each of `tables` (schema, name), in their order: up to
+/// [`SHAPES_IN_FLIGHT`] read at once, their queries pipelined on `client`, so a start
+/// reading thousands of tables' shapes waits for a round trip per batch, not per query.
+pub async fn tables_info(
+    client: &Client,
+    tables: &[(&str, &str)],
+) -> Result<Vec<TableInfo>, CdcError> {
+    let reads: Vec<_> = tables
+        .iter()
+        .map(|&(schema, name)| table_info(client, schema, name))
+        .collect();
+    pipelined(reads).await
+}
+
+/// Runs `reads` (each some queries on one session) up to [`SHAPES_IN_FLIGHT`] at once,
+/// so their queries are pipelined; their results in `reads`' order, or the first error.
+/// Callers make the futures before the call: a stream or iterator mapping borrowed items
+/// to futures, held across an await, trips the compiler's `Send` check of the spawned
+/// job task.
+pub async fn pipelined<T, E, F>(reads: Vec<F>) -> Result<Vec<T>, E>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    use futures_util::{StreamExt, TryStreamExt};
+    futures_util::stream::iter(reads)
+        .buffered(SHAPES_IN_FLIGHT)
+        .try_collect()
+        .await
 }
 
 /// What a relation of `pg_class.relkind` `kind` is, when it is not a table that logical
@@ -514,7 +556,15 @@ async fn primary_key(
     oid: u32,
     columns: &[ColumnInfo],
 ) -> Result<Vec<usize>, CdcError> {
-    let rows = client
+    Ok(key_positions(
+        &primary_key_rows(client, oid).await?,
+        columns,
+    ))
+}
+
+/// The primary-key columns' names of table `oid`, in key order.
+async fn primary_key_rows(client: &Client, oid: u32) -> Result<Vec<tokio_postgres::Row>, CdcError> {
+    client
         .query(
             "SELECT a.attname::text FROM pg_index i
              JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true
@@ -523,14 +573,17 @@ async fn primary_key(
             &[&oid],
         )
         .await
-        .map_err(CdcError::query("read primary key"))?;
-    Ok(rows
-        .iter()
+        .map_err(CdcError::query("read primary key"))
+}
+
+/// Positions within `columns` of the key columns [`primary_key_rows`] named.
+fn key_positions(rows: &[tokio_postgres::Row], columns: &[ColumnInfo]) -> Vec<usize> {
+    rows.iter()
         .filter_map(|r| {
             let name: String = r.get(0);
             columns.iter().position(|c| c.name == name)
         })
-        .collect())
+        .collect()
 }
 
 /// A column as the source's catalog has it now.

@@ -111,39 +111,30 @@ pub(super) async fn take_snapshot(
         && wanted > 1
         && !targets.is_empty()
         && table_parts::scans_tid_ranges(&copier).await?;
-    let mut tables = Vec::with_capacity(spec.tables.len());
-    let mut shapes = Vec::with_capacity(spec.tables.len());
-    for table in &spec.tables {
-        let info = Arc::new(catalog::table_info(&copier, table.schema(), table.table()).await?);
-        let column = plan.tenant_keys[&table.name].clone();
-        let (pages, parts) = if targets.is_empty() {
-            (0, vec![TablePart::Pages(PageRange { from: 0, to: None })])
-        } else {
-            table_parts::plan_parts(&copier, &info, if split { wanted } else { 1 }).await?
-        };
-        if parts.len() > 1 {
-            tracing::info!(job = %spec.name, table = %table.name, pages, parts = parts.len(), "initial copy of a large table split into parts loaded side by side");
+    let parts_wanted = if split { wanted } else { 1 };
+    let loads_to_postgres = !targets.is_empty();
+    // Each table's reads go out together and up to `SHAPES_IN_FLIGHT` tables' at once,
+    // pipelined on the snapshot session: a schema per tenant makes thousands of tables.
+    let reads: Vec<_> = spec
+        .tables
+        .iter()
+        .map(|table| {
+            let column = plan.tenant_keys[&table.name].clone();
+            plan_lane_table(&copier, table, column, loads_to_postgres, parts_wanted)
+        })
+        .collect();
+    let shapes: Vec<LaneTable> = catalog::pipelined(reads).await?;
+    for (table, shape) in spec.tables.iter().zip(&shapes) {
+        if shape.parts.len() > 1 {
+            tracing::info!(job = %spec.name, table = %table.name, pages = shape.pages, parts = shape.parts.len(), "initial copy of a large table split into parts loaded side by side");
         }
-        let (indexes, generated, defaults) = if targets.is_empty() {
-            (Vec::new(), Vec::new(), Vec::new())
-        } else {
-            (
-                catalog::secondary_indexes(&copier, &info).await?,
-                catalog::generated_columns(&copier, &info).await?,
-                column_defaults::read_statements(&copier, &info).await?,
-            )
-        };
-        shapes.push(LaneTable {
-            info: info.clone(),
-            column: column.clone(),
-            pages,
-            parts,
-            indexes,
-            generated,
-            defaults,
-        });
-        tables.push((table, info, column));
     }
+    let tables: Vec<_> = spec
+        .tables
+        .iter()
+        .zip(&shapes)
+        .map(|(table, shape)| (table, shape.info.clone(), shape.column.clone()))
+        .collect();
     let loads: usize = shapes.iter().map(|t| t.parts.len()).sum::<usize>() * targets.len();
     progress.start(loads as u64);
     // The PostgreSQL targets load on their lanes while the cold tier and NATS read the
@@ -215,6 +206,45 @@ pub(super) async fn take_snapshot(
     Ok((stream, snap.consistent_point))
 }
 
+/// Reads what the snapshot needs of `table` on `copier` (in the exported snapshot): its
+/// shape, and when it loads into PostgreSQL targets (`to_postgres`) its size and parts (at
+/// most `parts_wanted`), secondary indexes, generated columns and column defaults.
+async fn plan_lane_table(
+    copier: &tokio_postgres::Client,
+    table: &crate::control::job_spec::TableSpec,
+    column: TenantKey,
+    to_postgres: bool,
+    parts_wanted: usize,
+) -> Result<LaneTable, JobError> {
+    let info = Arc::new(catalog::table_info(copier, table.schema(), table.table()).await?);
+    if !to_postgres {
+        return Ok(LaneTable {
+            info,
+            column,
+            pages: 0,
+            parts: vec![TablePart::Pages(PageRange { from: 0, to: None })],
+            indexes: Vec::new(),
+            generated: Vec::new(),
+            defaults: Vec::new(),
+        });
+    }
+    let ((pages, parts), indexes, generated, defaults) = futures_util::try_join!(
+        table_parts::plan_parts(copier, &info, parts_wanted),
+        catalog::secondary_indexes(copier, &info),
+        catalog::generated_columns(copier, &info),
+        column_defaults::read_statements(copier, &info),
+    )?;
+    Ok(LaneTable {
+        info,
+        column,
+        pages,
+        parts,
+        indexes,
+        generated,
+        defaults,
+    })
+}
+
 /// How many table loads run at once when a snapshot has several (tables × PostgreSQL
 /// targets) and the job does not say (`source.snapshot_parallel_tables`): one per core,
 /// at most four. Each takes a source session importing the exported snapshot and a
@@ -232,7 +262,7 @@ async fn load_one(
     job: &str,
     copier: &tokio_postgres::Client,
     target: &mut tokio_postgres::Client,
-    load: &LaneLoad,
+    load: &LaneLoad<'_>,
     include: &TenantFilter,
     progress: &SnapshotProgress,
 ) -> Result<u64, JobError> {
@@ -277,8 +307,27 @@ struct LaneTable {
     defaults: Vec<String>,
 }
 
+/// How a target takes a table of the snapshot.
+enum TargetTable {
+    /// It lacked the table: loaded into this staging table, published once loaded.
+    Staged(Arc<TableInfo>),
+    /// It lacked the table, which has no key: created in place; `whole` as for `Held`.
+    Created { whole: bool },
+    /// It has the table; `whole`: loaded in one transaction rather than in its parts.
+    Held { whole: bool },
+}
+
+/// What a lane does on a target that lacked a table once the table's only load there is
+/// committed: gives a staged table its key and name, then the source's column defaults
+/// and indexes (a table loaded in parts gets these after every lane is done).
+struct Finish<'t> {
+    /// The staging table it was loaded into (`None`: a keyless table created in place).
+    staging: Option<Arc<TableInfo>>,
+    table: &'t LaneTable,
+}
+
 /// One load of a lane: a table, or a part of one, into one target.
-struct LaneLoad {
+struct LaneLoad<'t> {
     /// The source table.
     info: Arc<TableInfo>,
     column: TenantKey,
@@ -290,6 +339,9 @@ struct LaneLoad {
     part: Option<TablePart>,
     /// About how many pages it reads (the larger loads go first).
     pages: u64,
+    /// What to do once it is committed, when it is the table's only load on a target that
+    /// lacked the table.
+    finish: Option<Finish<'t>>,
 }
 
 /// Table loads run side by side, each lane on a source session of its own that imports
@@ -320,8 +372,9 @@ impl LoadLanes<'_> {
         tables: &[LaneTable],
         lanes: usize,
     ) -> Result<u64, JobError> {
-        // Tables and types are created one at a time first: two sessions creating the
-        // same schema or type at once can fail on the catalog's unique indexes.
+        // Tables and types are created on one session per target first: two sessions
+        // creating the same schema or type at once can fail on the catalog's unique
+        // indexes.
         let mut loads = Vec::new();
         let mut staged = Vec::new();
         // Keyless tables the load creates in place (only keyed ones are staged).
@@ -339,32 +392,42 @@ impl LoadLanes<'_> {
                     "staging tables of an earlier attempt dropped"
                 );
             }
-            for table in tables {
-                let (into, whole) =
-                    match staged_table::stage_if_missing(target, &table.info, self.job).await? {
-                        Some(staging) => {
-                            self.add_generated(target, table, &staging).await;
-                            let staging = Arc::new(staging);
-                            staged.push((index, table, staging.clone()));
-                            (staging, table.parts.len() == 1)
-                        }
-                        None => {
-                            let created = pg_apply::target_schema::target_columns(
-                                &*target,
-                                &table.info.schema,
-                                &table.info.name,
-                            )
-                            .await?
-                            .is_none();
-                            pg_apply::target_schema::ensure_shape(&*target, &table.info).await?;
-                            if created {
-                                // Still empty: the generated columns cost no rewrite.
-                                self.add_generated(target, table, &table.info).await;
-                                created_in_place.push((index, table));
-                            }
-                            (table.info.clone(), self.loads_whole(target, table).await?)
-                        }
-                    };
+            // Up to `SHAPES_IN_FLIGHT` tables at once, pipelined on the one session: its
+            // statements still run one after another on the target.
+            let target_ref = &*target;
+            let preparing: Vec<_> = tables
+                .iter()
+                .map(|table| self.prepare_target_table(target_ref, table))
+                .collect();
+            let prepared: Vec<TargetTable> = catalog::pipelined(preparing).await?;
+            for (table, prepared) in tables.iter().zip(prepared) {
+                // A table loaded whole that the target lacked is finished by the lane that
+                // loads it; one loaded in parts once every lane is done.
+                let (into, whole, mut finish) = match prepared {
+                    TargetTable::Staged(staging) if table.parts.len() == 1 => {
+                        let finish = Finish {
+                            staging: Some(staging.clone()),
+                            table,
+                        };
+                        (staging, true, Some(finish))
+                    }
+                    TargetTable::Staged(staging) => {
+                        staged.push((index, table, staging.clone()));
+                        (staging, false, None)
+                    }
+                    TargetTable::Created { whole: true } => {
+                        let finish = Finish {
+                            staging: None,
+                            table,
+                        };
+                        (table.info.clone(), true, Some(finish))
+                    }
+                    TargetTable::Created { whole: false } => {
+                        created_in_place.push((index, table));
+                        (table.info.clone(), false, None)
+                    }
+                    TargetTable::Held { whole } => (table.info.clone(), whole, None),
+                };
                 let parts: Vec<Option<TablePart>> = if whole {
                     vec![None]
                 } else {
@@ -378,37 +441,84 @@ impl LoadLanes<'_> {
                         target: index,
                         pages: part.as_ref().map_or(table.pages, |p| p.len(table.pages)),
                         part,
+                        finish: finish.take(),
                     });
                 }
             }
         }
         // Longest first: the lanes end closer together.
         loads.sort_by_key(|load| std::cmp::Reverse(load.pages));
-        let bytes = self.run(loads, lanes.max(1)).await?;
-        let mut created = Vec::with_capacity(staged.len() + created_in_place.len());
+        // Lanes set a target's column defaults one at a time: two sessions creating a
+        // sequence that tables share (`IF NOT EXISTS`) at once can fail on the catalog's
+        // unique index.
+        let defaults_turns: Vec<tokio::sync::Mutex<()>> = targets
+            .iter()
+            .map(|_| tokio::sync::Mutex::new(()))
+            .collect();
+        let bytes = self.run(loads, lanes.max(1), &defaults_turns).await?;
         for (index, table, staging) in staged {
-            staged_table::publish(&mut targets[index], &staging, &table.info).await?;
-            tracing::debug!(job = self.job, table = %table.info.qualified_name(), "loaded table published with its primary key");
-            created.push((index, table));
+            let turn = &defaults_turns[index];
+            self.finish(&mut targets[index], &Some(staging), table, turn)
+                .await?;
         }
-        created.extend(created_in_place);
-        for (index, table) in created {
-            pg_apply::target_schema::set_defaults(
-                self.job,
-                &targets[index],
-                &table.info,
-                &table.defaults,
-            )
-            .await;
-            pg_apply::target_schema::build_indexes(
-                self.job,
-                &targets[index],
-                &table.info,
-                &table.indexes,
-            )
-            .await;
+        for (index, table) in created_in_place {
+            let turn = &defaults_turns[index];
+            self.finish(&mut targets[index], &None, table, turn).await?;
         }
         Ok(bytes)
+    }
+
+    /// Finishes `table` on `target`, which lacked it, once its rows are loaded: publishes
+    /// its `staging` table (`staged_table::publish`), then gives it the source's column
+    /// defaults (on its turn: `defaults_turn`) and builds its indexes.
+    async fn finish(
+        &self,
+        target: &mut tokio_postgres::Client,
+        staging: &Option<Arc<TableInfo>>,
+        table: &LaneTable,
+        defaults_turn: &tokio::sync::Mutex<()>,
+    ) -> Result<(), JobError> {
+        if let Some(staging) = staging {
+            staged_table::publish(target, staging, &table.info).await?;
+            tracing::debug!(job = self.job, table = %table.info.qualified_name(), "loaded table published with its primary key");
+        }
+        if !table.defaults.is_empty() {
+            let _turn = defaults_turn.lock().await;
+            pg_apply::target_schema::set_defaults(self.job, &*target, &table.info, &table.defaults)
+                .await;
+        }
+        pg_apply::target_schema::build_indexes(self.job, &*target, &table.info, &table.indexes)
+            .await;
+        Ok(())
+    }
+
+    /// Gets `target` ready to load `table`: stages it when the target lacks it and it has
+    /// a key, else creates it in place or brings its shape to the source's.
+    async fn prepare_target_table(
+        &self,
+        target: &tokio_postgres::Client,
+        table: &LaneTable,
+    ) -> Result<TargetTable, JobError> {
+        if let Some(staging) = staged_table::stage_if_missing(target, &table.info, self.job).await?
+        {
+            self.add_generated(target, table, &staging).await;
+            return Ok(TargetTable::Staged(Arc::new(staging)));
+        }
+        let created =
+            pg_apply::target_schema::target_columns(target, &table.info.schema, &table.info.name)
+                .await?
+                .is_none();
+        pg_apply::target_schema::ensure_shape(target, &table.info).await?;
+        if created {
+            // Still empty: the generated columns cost no rewrite.
+            self.add_generated(target, table, &table.info).await;
+        }
+        let whole = self.loads_whole(target, table).await?;
+        Ok(if created {
+            TargetTable::Created { whole }
+        } else {
+            TargetTable::Held { whole }
+        })
     }
 
     /// Adds `table`'s stored generated columns to `into` (its staging table, or the table
@@ -452,7 +562,12 @@ impl LoadLanes<'_> {
     /// Runs `loads` on `lanes` lanes, each taking the next load when it is done with one;
     /// returns bytes loaded. The first error ends every lane (their open target
     /// transactions roll back with their connections).
-    async fn run(&self, loads: Vec<LaneLoad>, lanes: usize) -> Result<u64, JobError> {
+    async fn run(
+        &self,
+        loads: Vec<LaneLoad<'_>>,
+        lanes: usize,
+        defaults_turns: &[tokio::sync::Mutex<()>],
+    ) -> Result<u64, JobError> {
         let queue = std::sync::Mutex::new(loads.into_iter());
         let next = || {
             queue
@@ -481,6 +596,11 @@ impl LoadLanes<'_> {
                     self.progress,
                 )
                 .await?;
+                if let Some(finish) = &load.finish {
+                    let turn = &defaults_turns[index];
+                    self.finish(&mut target, &finish.staging, finish.table, turn)
+                        .await?;
+                }
                 targets[index] = Some(target);
             }
             copier

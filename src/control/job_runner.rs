@@ -647,8 +647,13 @@ async fn prepare(
     catalog::check_wal_level(&source).await?;
     let mut published = Vec::new();
     let mut infos = Vec::new();
-    for table in &spec.tables {
-        let info = catalog::table_info(&source, table.schema(), table.table()).await?;
+    let names: Vec<(&str, &str)> = spec
+        .tables
+        .iter()
+        .map(|t| (t.schema(), t.table()))
+        .collect();
+    let shapes = catalog::tables_info(&source, &names).await?;
+    for (table, info) in spec.tables.iter().zip(shapes) {
         if let Some(warning) = catalog::refused_changes_warning(&info) {
             tracing::warn!(job = %spec.name, table = %table.name, "{warning}");
         }

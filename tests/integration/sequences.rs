@@ -230,3 +230,54 @@ fn sync_names_the_sequences_a_target_refused_and_fails_the_command() {
         "519"
     );
 }
+
+/// Tables loaded side by side by the snapshot's lanes, each finished (key, defaults,
+/// indexes) by the lane that loaded it, that share one sequence of another schema: every
+/// table gets the default, none is left out by two lanes creating the sequence at once.
+#[test]
+fn tables_finished_side_by_side_that_share_a_sequence_all_get_its_default() {
+    let tables: Vec<String> = (1..=8).map(|i| format!("public.part_{i}")).collect();
+    let mut setup = String::from("CREATE SCHEMA counters; CREATE SEQUENCE counters.ticket_no;");
+    for t in &tables {
+        setup.push_str(&format!(
+            "CREATE TABLE {t} (tenant_id int NOT NULL, id int, no bigint DEFAULT nextval('counters.ticket_no'), \
+             PRIMARY KEY (tenant_id, id)); CREATE INDEX ON {t} (no); \
+             INSERT INTO {t} (tenant_id, id) SELECT 1, g FROM generate_series(1, 20) g;"
+        ));
+    }
+    let env = Env::start(&setup);
+    let names: Vec<&str> = tables.iter().map(String::as_str).collect();
+    let job = env.job_file("shared-seq", "[1]", &names);
+    let text = std::fs::read_to_string(&job).expect("job file");
+    std::fs::write(
+        &job,
+        text.replace("[source]\n", "[source]\nsnapshot_parallel_tables = 4\n"),
+    )
+    .expect("job file with four lanes");
+    let mut repl = Replicator::streaming(&job);
+    let defaults = env.on_target(
+        "SELECT count(*) FILTER (WHERE column_default = 'nextval(''counters.ticket_no''::regclass)') \
+         FROM information_schema.columns WHERE table_schema = 'public' AND column_name = 'no'",
+    );
+    assert_eq!(defaults, "8", "{}", repl.output());
+    let indexes = env.on_target(
+        "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public' AND indexdef LIKE '%(no)'",
+    );
+    assert_eq!(indexes, "8");
+    let out = without_colours(&repl.output());
+    assert!(
+        !out.contains("cannot take one of the source's column defaults"),
+        "{out}"
+    );
+    // The target draws past every value the source drew (8 tables x 20 rows).
+    wait_for("the shared sequence raised on the target", WAIT, || {
+        env.try_on_target("SELECT last_value FROM counters.ticket_no")
+            .as_deref()
+            == Some("160")
+    });
+    assert_eq!(
+        env.on_target("INSERT INTO public.part_3 (tenant_id, id) VALUES (9, 1) RETURNING no"),
+        "161"
+    );
+    assert!(repl.stop().success(), "{}", repl.output());
+}

@@ -18,7 +18,7 @@ use crate::sinks::pg_apply::target_schema::{
     create_table_ddl, ensure_types_and_schema, primary_key_list, record_columns, target_columns,
 };
 use crate::sinks::SinkError;
-use crate::sql_text::{like_pattern, quote_ident, quote_qualified};
+use crate::sql_text::{like_pattern, quote_ident, quote_literal, quote_qualified};
 
 /// Longest PostgreSQL identifier.
 const MAX_IDENTIFIER: usize = 63;
@@ -118,6 +118,14 @@ pub async fn publish(
         .transaction()
         .await
         .map_err(|e| sink_error(&what("begin publishing"), &e))?;
+    // Publishes into one schema take turns, across sessions and jobs, until commit: two
+    // at once could choose the same free primary key name (`primary_key_name`).
+    tx.batch_execute(&format!(
+        "SELECT pg_advisory_xact_lock({PUBLISH_LOCK_CLASS}, hashtext({}))",
+        quote_literal(&table.schema)
+    ))
+    .await
+    .map_err(|e| sink_error(&what("wait for the turn to publish"), &e))?;
     let staged = quote_qualified(&staging.schema, &staging.name);
     let sql = if target_columns(&tx, &table.schema, &table.name)
         .await?
@@ -146,6 +154,10 @@ pub async fn publish(
         .await
         .map_err(|e| sink_error(&what("commit publishing"), &e))
 }
+
+/// The first key of the advisory lock a publish into a schema holds (the second is the
+/// schema name's hash): "HLPB".
+const PUBLISH_LOCK_CLASS: i32 = 0x484c_5042;
 
 /// Most candidates [`primary_key_name`] tries before giving up.
 const KEY_NAME_TRIES: u32 = 1000;
