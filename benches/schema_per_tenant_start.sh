@@ -4,7 +4,8 @@
 # tenant (`tenant_*.*`, `tenant_from = "schema"`, include "all") to a PostgreSQL target.
 # Prints the seconds from `run` to the log's `streaming` (patterns resolved, publication
 # and slot made, every table snapshotted), then to a change of the last schema's table
-# on the target. Needs the distribution's PostgreSQL 15 (scripts/install-deps.sh), root
+# on the target; with ONBOARD=1, then the seconds until a new tenant schema's rows are on
+# the target. Needs the distribution's PostgreSQL 15 (scripts/install-deps.sh), root
 # (the clusters run as `postgres`) and a built binary (BIN, default the debug one).
 # Usage: SCHEMAS=500 TABLES=2 benches/schema_per_tenant_start.sh
 set -e
@@ -59,6 +60,26 @@ until [ "$(su postgres -c "$P -p 5482 -d replica -At -c \"SELECT v FROM tenant_$
   sleep 0.1
 done
 applied=$(date +%s.%N)
-[ -n "${LOG:-}" ] && cp "$D/repl.log" "$LOG" && cp "$D/src.log" "$LOG.src" && cp "$D/dst.log" "$LOG.dst"
 printf 'schemas %d, tables %d: streaming after %.1f s, a change applied %.2f s later\n' \
   "$SCHEMAS" "$((SCHEMAS * TABLES))" "$(echo "$streaming - $start" | bc)" "$(echo "$applied - $streaming" | bc)"
+if [ -n "${ONBOARD:-}" ]; then
+  # A new tenant's schema created while the job runs: the seconds until its tables' rows
+  # are on the target (found by the job's watch, which restarts it to load them).
+  new=$((SCHEMAS + 1))
+  {
+    echo "CREATE SCHEMA tenant_$new;"
+    for t in $(seq 1 "$TABLES"); do
+      echo "CREATE TABLE tenant_$new.t$t (id int PRIMARY KEY, v text);"
+      echo "INSERT INTO tenant_$new.t$t SELECT i, 'v' || i FROM generate_series(1, 10) i;"
+    done
+  } | su postgres -c "$P -p 5481 -d postgres" >/dev/null
+  created=$(date +%s.%N)
+  until [ "$(su postgres -c "$P -p 5482 -d replica -At -c \"SELECT count(*) FROM tenant_$new.t$TABLES\"" 2>/dev/null)" = 10 ]; do
+    sleep 0.1
+  done
+  onboarded=$(date +%s.%N)
+  printf 'a new tenant schema of %d tables on the target %.1f s after it was created\n' \
+    "$TABLES" "$(echo "$onboarded - $created" | bc)"
+fi
+[ -n "${LOG:-}" ] && cp "$D/repl.log" "$LOG" && cp "$D/src.log" "$LOG.src" && cp "$D/dst.log" "$LOG.dst"
+true

@@ -27,6 +27,11 @@ use crate::control::job_spec::{
 /// How often a running job with patterns looks for new tables that match them.
 pub const CHECK_EVERY: Duration = Duration::from_secs(5);
 
+/// How soon it looks again once it has seen new tables, to tell whether more are coming
+/// (a migration creating tables one after another): a new tenant's schema joins within
+/// [`CHECK_EVERY`] and this, not two full checks.
+pub const SETTLE_EVERY: Duration = Duration::from_secs(2);
+
 /// A spec's patterns resolved against the source's tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolution {
@@ -282,10 +287,10 @@ pub fn report(job: &str, resolution: &Resolution) {
 
 /// Waits until tables that `spec`'s patterns carry on the source are not among `carried`'s
 /// tables: created (or given their tenant column) since the start. Returns what it found,
-/// for the log. Reads the source every [`CHECK_EVERY`], and returns once two reads in a
-/// row find the same new tables ([`Settling`]): a migration creating tables one after
-/// another restarts the job once, not once per table. A failed read is tried again at the
-/// next check on a new session.
+/// for the log. Reads the source every [`CHECK_EVERY`], every [`SETTLE_EVERY`] while it
+/// has seen new tables, and returns once two reads in a row find the same new tables
+/// ([`Settling`]): a migration creating tables one after another restarts the job once,
+/// not once per table. A failed read is tried again at the next check on a new session.
 pub async fn watch_for_new_tables(
     source: &WatchSession,
     spec: &JobSpec,
@@ -293,11 +298,13 @@ pub async fn watch_for_new_tables(
 ) -> String {
     let known: BTreeSet<&str> = carried.tables.iter().map(|t| t.name.as_str()).collect();
     let mut settling = Settling::default();
-    let mut tick = tokio::time::interval(CHECK_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
     loop {
-        tick.tick().await;
+        tokio::time::sleep(if settling.seen.is_empty() {
+            CHECK_EVERY
+        } else {
+            SETTLE_EVERY
+        })
+        .await;
         let Ok(client) = source.client().await else {
             continue;
         };
