@@ -5,7 +5,8 @@
 # Prints the seconds from `run` to the log's `streaming` (patterns resolved, publication
 # and slot made, every table snapshotted), then to a change of the last schema's table
 # on the target; with ONBOARD=1, then the seconds until a new tenant schema's rows are on
-# the target. Needs the distribution's PostgreSQL 15 (scripts/install-deps.sh), root
+# the target; with CHECK=1, first the seconds `check` takes. Needs the distribution's
+# PostgreSQL 15 (scripts/install-deps.sh), root
 # (the clusters run as `postgres`) and a built binary (BIN, default the debug one).
 # Usage: SCHEMAS=500 TABLES=2 benches/schema_per_tenant_start.sh
 set -e
@@ -47,6 +48,12 @@ tenant_from = "schema"
 kind = "postgres"
 dsn = "host=$D port=5482 user=postgres dbname=replica"
 TOML
+if [ -n "${CHECK:-}" ]; then
+  # `check` first: what it reads of every table, timed.
+  before=$(date +%s.%N)
+  "$BIN" check --job "$D/job.toml" > "$D/check.log" 2>&1 || { tail -20 "$D/check.log"; exit 1; }
+  printf 'check of %d tables took %.1f s\n' "$((SCHEMAS * TABLES))" "$(echo "$(date +%s.%N) - $before" | bc)"
+fi
 start=$(date +%s.%N)
 HELIOS_LOG=info "$BIN" run --job "$D/job.toml" > "$D/repl.log" 2>&1 &
 REPL=$!

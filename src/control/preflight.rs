@@ -12,7 +12,7 @@ use crate::cdc::column_defaults::{self, LastValue};
 use crate::cdc::error::CdcError;
 use crate::cdc::slot_health::{self, SlotHealth};
 use crate::control::history_start::check_history_table;
-use crate::control::job_spec::{JobSpec, SinkSpec};
+use crate::control::job_spec::{JobSpec, SinkSpec, TableSpec};
 use crate::control::table_patterns;
 
 /// How a finding bears on the job.
@@ -223,64 +223,19 @@ async fn check_source(
         ));
     }
     let spec = &resolution.spec;
+    // Up to `SHAPES_IN_FLIGHT` tables at once, pipelined on the session: a schema per
+    // tenant makes thousands.
+    let checks: Vec<_> = spec
+        .tables
+        .iter()
+        .map(|table| check_table(source, spec, table, &user, superuser))
+        .collect();
     let mut carried = Vec::new();
-    for table in &spec.tables {
-        let info = match catalog::table_info(source, table.schema(), table.table()).await {
-            Ok(info) => info,
-            Err(e) => {
-                out.push(Finding::new(Level::Fail, &table.name, e.to_string()));
-                continue;
-            }
-        };
-        carried.push((table.name.clone(), info.oid));
-        let key = spec.tenant_key_of(table);
-        let mut problems = Vec::new();
-        if key.at(&info).is_none() {
-            problems.push(format!("has no {}", key.describe()));
+    for (table, (oid, findings)) in spec.tables.iter().zip(catalog::pipelined(checks).await?) {
+        if let Some(oid) = oid {
+            carried.push((table.name.clone(), oid));
         }
-        if let Some(problem) = check_history_table(table, &info) {
-            problems.push(problem);
-        }
-        let rights = one_row(
-            source,
-            "read table privileges",
-            "SELECT has_table_privilege($1::oid, 'SELECT'),
-                    pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = $1::oid), 'USAGE')",
-            &[&info.oid],
-        )
-        .await?;
-        if !rights.get::<_, bool>(0) {
-            problems.push(format!(
-                "role `{user}` may not read it (the snapshot copies it): GRANT SELECT"
-            ));
-        }
-        if !superuser && !rights.get::<_, bool>(1) {
-            problems.push(format!(
-                "role `{user}` does not own it: only its owner may add it to a publication"
-            ));
-        }
-        for sequence in column_defaults::sequences(source, info.oid).await? {
-            let name = sequence.qualified();
-            if column_defaults::last_value(source, &name).await? == LastValue::NotReadable {
-                out.push(Finding::new(
-                    Level::Warn,
-                    &table.name,
-                    format!(
-                        "role `{user}` may not read sequence {name}, so the job cannot keep it \
-                         in step on the targets for a cutover: GRANT SELECT ON SEQUENCE {name}"
-                    ),
-                ));
-            }
-        }
-        if problems.is_empty() {
-            let identity = catalog::refused_changes_warning(&info);
-            out.push(match identity {
-                Some(warning) => Finding::new(Level::Warn, &table.name, warning),
-                None => Finding::new(Level::Ok, &table.name, "ready to publish"),
-            });
-        } else {
-            out.push(Finding::new(Level::Fail, &table.name, problems.join("; ")));
-        }
+        out.extend(findings);
     }
     for (partition, ancestor) in catalog::partitions_of_each_other(source, &carried).await? {
         out.push(Finding::new(
@@ -292,6 +247,74 @@ async fn check_source(
         ));
     }
     Ok(())
+}
+
+/// What `check` finds of one carried table: its oid (`None`: it cannot be read) and the
+/// findings (its shape and tenant key, the role's rights on it and its sequences).
+async fn check_table(
+    source: &Client,
+    spec: &JobSpec,
+    table: &TableSpec,
+    user: &str,
+    superuser: bool,
+) -> Result<(Option<u32>, Vec<Finding>), CdcError> {
+    let mut out = Vec::new();
+    let info = match catalog::table_info(source, table.schema(), table.table()).await {
+        Ok(info) => info,
+        Err(e) => {
+            out.push(Finding::new(Level::Fail, &table.name, e.to_string()));
+            return Ok((None, out));
+        }
+    };
+    let key = spec.tenant_key_of(table);
+    let mut problems = Vec::new();
+    if key.at(&info).is_none() {
+        problems.push(format!("has no {}", key.describe()));
+    }
+    if let Some(problem) = check_history_table(table, &info) {
+        problems.push(problem);
+    }
+    let rights = one_row(
+        source,
+        "read table privileges",
+        "SELECT has_table_privilege($1::oid, 'SELECT'),
+                pg_has_role(current_user, (SELECT relowner FROM pg_class WHERE oid = $1::oid), 'USAGE')",
+        &[&info.oid],
+    )
+    .await?;
+    if !rights.get::<_, bool>(0) {
+        problems.push(format!(
+            "role `{user}` may not read it (the snapshot copies it): GRANT SELECT"
+        ));
+    }
+    if !superuser && !rights.get::<_, bool>(1) {
+        problems.push(format!(
+            "role `{user}` does not own it: only its owner may add it to a publication"
+        ));
+    }
+    for sequence in column_defaults::sequences(source, info.oid).await? {
+        let name = sequence.qualified();
+        if column_defaults::last_value(source, &name).await? == LastValue::NotReadable {
+            out.push(Finding::new(
+                Level::Warn,
+                &table.name,
+                format!(
+                    "role `{user}` may not read sequence {name}, so the job cannot keep it \
+                     in step on the targets for a cutover: GRANT SELECT ON SEQUENCE {name}"
+                ),
+            ));
+        }
+    }
+    if problems.is_empty() {
+        let identity = catalog::refused_changes_warning(&info);
+        out.push(match identity {
+            Some(warning) => Finding::new(Level::Warn, &table.name, warning),
+            None => Finding::new(Level::Ok, &table.name, "ready to publish"),
+        });
+    } else {
+        out.push(Finding::new(Level::Fail, &table.name, problems.join("; ")));
+    }
+    Ok((Some(info.oid), out))
 }
 
 /// Plain sessions a running job holds on the source: the reader's catalog session and
