@@ -5,7 +5,9 @@
 # Prints the seconds from `run` to the log's `streaming` (patterns resolved, publication
 # and slot made, every table snapshotted), then to a change of the last schema's table
 # on the target; with ONBOARD=1, then the seconds until a new tenant schema's rows are on
-# the target; with CHECK=1, first the seconds `check` takes. Needs the distribution's
+# the target; with CHECK=1, first the seconds `check` takes; with ADDED=N, the timed start
+# is one that adds the last N tenants to a job that carried the others (their tables
+# loaded by a backfill). Needs the distribution's
 # PostgreSQL 15 (scripts/install-deps.sh), root
 # (the clusters run as `postgres`) and a built binary (BIN, default the debug one).
 # Usage: SCHEMAS=500 TABLES=2 benches/schema_per_tenant_start.sh
@@ -54,21 +56,35 @@ if [ -n "${CHECK:-}" ]; then
   "$BIN" check --job "$D/job.toml" > "$D/check.log" 2>&1 || { tail -20 "$D/check.log"; exit 1; }
   printf 'check of %d tables took %.1f s\n' "$((SCHEMAS * TABLES))" "$(echo "$(date +%s.%N) - $before" | bc)"
 fi
+# Runs the job until its log says `streaming`.
+run_until_streaming() {
+  HELIOS_LOG=info "$BIN" run --job "$D/job.toml" > "$D/repl.log" 2>&1 &
+  REPL=$!
+  until grep -q "streaming" "$D/repl.log"; do
+    if ! kill -0 $REPL 2>/dev/null; then tail -20 "$D/repl.log"; exit 1; fi
+    sleep 0.2
+  done
+}
+if [ -n "${ADDED:-}" ]; then
+  # A first run carries all but the last ADDED tenants and stops in order; the timed
+  # start then carries every tenant, loading the added ones' tables (a backfill).
+  sed -i "s/^include = .*/include = [$(seq -s ', ' 1 $((SCHEMAS - ADDED)))]/" "$D/job.toml"
+  run_until_streaming
+  kill -TERM $REPL
+  wait $REPL || true
+  sed -i 's/^include = .*/include = "all"/' "$D/job.toml"
+fi
 start=$(date +%s.%N)
-HELIOS_LOG=info "$BIN" run --job "$D/job.toml" > "$D/repl.log" 2>&1 &
-REPL=$!
-until grep -q "streaming" "$D/repl.log"; do
-  if ! kill -0 $REPL 2>/dev/null; then tail -20 "$D/repl.log"; exit 1; fi
-  sleep 0.2
-done
+run_until_streaming
 streaming=$(date +%s.%N)
 su postgres -c "$P -p 5481 -d postgres -c \"UPDATE tenant_$SCHEMAS.t1 SET v = 'changed' WHERE id = 1\""
 until [ "$(su postgres -c "$P -p 5482 -d replica -At -c \"SELECT v FROM tenant_$SCHEMAS.t1 WHERE id = 1\"" 2>/dev/null)" = changed ]; do
   sleep 0.1
 done
 applied=$(date +%s.%N)
-printf 'schemas %d, tables %d: streaming after %.1f s, a change applied %.2f s later\n' \
-  "$SCHEMAS" "$((SCHEMAS * TABLES))" "$(echo "$streaming - $start" | bc)" "$(echo "$applied - $streaming" | bc)"
+printf 'schemas %d, tables %d%s: streaming after %.1f s, a change applied %.2f s later\n' \
+  "$SCHEMAS" "$((SCHEMAS * TABLES))" "${ADDED:+ (a start adding the last $ADDED tenants)}" \
+  "$(echo "$streaming - $start" | bc)" "$(echo "$applied - $streaming" | bc)"
 if [ -n "${ONBOARD:-}" ]; then
   # A new tenant's schema created while the job runs: the seconds until its tables' rows
   # are on the target (found by the job's watch, which restarts it to load them).
