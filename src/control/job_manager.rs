@@ -763,6 +763,8 @@ impl JobControl for JobManager {
 
 impl JobManager {
     /// The job keeping `table`'s history for `tenant` (the one named, when several do).
+    /// For as-of queries, exports and retention policies alike: a table that holds one
+    /// other tenant's rows only is refused for `tenant` (422), naming that tenant.
     async fn history_job(
         &self,
         tenant: &str,
@@ -779,7 +781,18 @@ impl JobManager {
             })
             .collect();
         match matching.as_slice() {
-            [one] => Ok(((*one.carried()).clone(), one.stats.clone())),
+            [one] => {
+                let carried = one.carried();
+                if let Some(owner) = carried.table_owner(table).filter(|o| *o != tenant) {
+                    return Err(ControlError::Invalid {
+                        field: "tenant".into(),
+                        message: format!(
+                            "{table} holds tenant `{owner}`'s rows only: tenant `{tenant}` has none there"
+                        ),
+                    });
+                }
+                Ok(((*carried).clone(), one.stats.clone()))
+            }
             [] => Err(ControlError::Missing(match job {
                 Some(name) => {
                     format!("job `{name}` does not keep history of {table} for tenant {tenant}")

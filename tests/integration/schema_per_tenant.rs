@@ -17,7 +17,7 @@ use helios_repl::embedded::pg_cluster::free_port;
 use crate::harness::{output_of, wait_for, without_colours, Env, Replicator};
 use crate::nats_sink::read_job_stream;
 use crate::qos::Nats;
-use crate::serve_api::{submit, Server};
+use crate::serve_api::{http_with_body, submit, Server, TOKEN};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -393,7 +393,9 @@ fn queried(server: &Server, tenant: &str, table: &str, system: Option<&str>) -> 
 fn as_of_queries_answer_a_one_tenant_tables_versions_for_its_tenant_only() {
     let env = Env::start(&format!("{}{}", tenant_schema(1), tenant_schema(2)));
     env.target.create_database("meta").expect("meta db");
-    let server = Server::start(&env, free_port().expect("port"));
+    let port = free_port().expect("port");
+    let server = Server::spawn(&env, port, &["--retention-every-secs", "1"], &[]);
+    server.wait_healthy();
     submit(&server, &history_job(&env, "[1, 2]"));
     wait_same(&env, "tenant_1.orders");
     wait_for("the snapshot's versions", WAIT, || {
@@ -420,5 +422,76 @@ fn as_of_queries_answer_a_one_tenant_tables_versions_for_its_tenant_only() {
             .split(',')
             .count(),
         20
+    );
+
+    // Retention of 0 days for tenant 1's table (a policy or an export naming tenant 2 for
+    // it is refused): its closed versions leave the history table once the cold tier
+    // holds them, tenant 2's table keeps its own, and the point before the update is
+    // answered from the cold tier as it was.
+    env.on_source("UPDATE tenant_2.orders SET v = 'later' WHERE id = 201");
+    wait_for("tenant 2's update's version", WAIT, || {
+        queried(&server, "2", "tenant_2.orders", None).starts_with("201=later,")
+    });
+    let policy = |tenant: &str| {
+        http_with_body(
+            &server.url,
+            "PUT",
+            "/v1/retention-policies",
+            Some(TOKEN),
+            "application/json",
+            format!(r#"{{"tenant": "{tenant}", "table": "tenant_1.orders", "days": 0}}"#)
+                .as_bytes(),
+        )
+    };
+    let (status, answer) = policy("2");
+    assert_eq!(
+        status, 422,
+        "tenant 2 has no history in tenant 1's table: {answer}"
+    );
+    assert!(answer.contains("holds tenant `1`'s rows only"), "{answer}");
+    let (status, answer) = http_with_body(
+        &server.url,
+        "POST",
+        "/v1/exports",
+        Some(TOKEN),
+        "application/json",
+        format!(
+            r#"{{"tenant": "2", "table": "tenant_1.orders", "output": "{}"}}"#,
+            env.dir.path().join("export").display()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(status, 422, "nor an export of it: {answer}");
+    let (status, answer) = policy("1");
+    assert_eq!(status, 200, "{answer}");
+    let closed = |table: &str| {
+        env.on_target(&format!(
+            "SELECT count(*) FROM {table}_history WHERE system_to IS NOT NULL"
+        ))
+    };
+    wait_for("retention to move tenant 1's closed versions", WAIT, || {
+        closed("tenant_1.orders") == "0"
+    });
+    assert_eq!(
+        closed("tenant_2.orders"),
+        "1",
+        "tenant 2's table keeps its history"
+    );
+    let (ok, out) = server.cli(&[
+        "query",
+        "--tenant",
+        "1",
+        "--table",
+        "tenant_1.orders",
+        "--as-of-system",
+        before.trim(),
+        "--json",
+    ]);
+    assert!(ok, "{out}");
+    let answer: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(answer["source"], "cold_tier", "{answer}");
+    assert_eq!(
+        queried(&server, "1", "tenant_1.orders", Some(before.trim())),
+        then
     );
 }

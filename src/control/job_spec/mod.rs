@@ -808,6 +808,16 @@ impl JobSpec {
             .map(|t| self.tenant_key_of(t))
     }
 
+    /// The tenant whose rows table `name` (as the spec names it) holds, when it is one
+    /// tenant's whole table (`tenant = …`, or carried by a `tenant_from = "schema"`
+    /// pattern): no other tenant has rows or history there.
+    pub fn table_owner(&self, name: &str) -> Option<&str> {
+        self.tables
+            .iter()
+            .find(|t| t.name == name)
+            .and_then(|t| t.tenant.as_deref())
+    }
+
     /// Where the tenant id of `table`'s rows comes from: the whole table's tenant, or its
     /// tenant column (its own, or the job's).
     pub fn tenant_key_of(&self, table: &TableSpec) -> TenantKey {
