@@ -297,11 +297,12 @@ pub async fn table_info(client: &Client, schema: &str, name: &str) -> Result<Tab
     })
 }
 
-/// How many tables' shapes [`tables_info`] reads at once on one session.
-pub const SHAPES_IN_FLIGHT: usize = 16;
+/// How many tables' catalog reads (or preparations on a target) [`pipelined`] runs at
+/// once on one session.
+pub const TABLES_IN_FLIGHT: usize = 16;
 
 /// [`table_info`] of each of `tables` (schema, name), in their order: up to
-/// [`SHAPES_IN_FLIGHT`] read at once, their queries pipelined on `client`, so a start
+/// [`TABLES_IN_FLIGHT`] read at once, their queries pipelined on `client`, so a start
 /// reading thousands of tables' shapes waits for a round trip per batch, not per query.
 pub async fn tables_info(
     client: &Client,
@@ -314,7 +315,7 @@ pub async fn tables_info(
     pipelined(reads).await
 }
 
-/// Runs `reads` (each some queries on one session) up to [`SHAPES_IN_FLIGHT`] at once,
+/// Runs `reads` (each some queries on one session) up to [`TABLES_IN_FLIGHT`] at once,
 /// so their queries are pipelined; their results in `reads`' order, or the first error.
 /// Callers make the futures before the call: a stream or iterator mapping borrowed items
 /// to futures, held across an await, trips the compiler's `Send` check of the spawned
@@ -325,7 +326,7 @@ where
 {
     use futures_util::{StreamExt, TryStreamExt};
     futures_util::stream::iter(reads)
-        .buffered(SHAPES_IN_FLIGHT)
+        .buffered(TABLES_IN_FLIGHT)
         .try_collect()
         .await
 }

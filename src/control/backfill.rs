@@ -411,7 +411,7 @@ async fn load_gaps(
     progress.start(gaps.iter().map(Vec::len).sum::<usize>() as u64);
     let bytes_before = progress.bytes().load(Relaxed);
     let mut rows = 0u64;
-    let mut shapes = HashMap::new();
+    let mut shapes = prefetch_shapes(spec, &copier, gaps).await?;
     for (index, (target, gaps)) in targets.iter_mut().zip(gaps).enumerate() {
         for gap in gaps {
             let table = spec
@@ -455,15 +455,17 @@ async fn load_gaps(
             if lacked && loaded.is_ok() {
                 // Generated columns first (a rewrite of the loaded rows): an index may be on
                 // one.
-                let generated: Vec<String> = catalog::generated_columns(copier, info)
-                    .await?
+                let (generated, defaults, indexes) = futures_util::try_join!(
+                    catalog::generated_columns(copier, info),
+                    column_defaults::read_statements(copier, info),
+                    catalog::secondary_indexes(copier, info),
+                )?;
+                let generated: Vec<String> = generated
                     .iter()
                     .map(|g| g.add_statement(&info.schema, &info.name))
                     .collect();
                 target_schema::add_generated_columns(&spec.name, &*target, info, &generated).await;
-                let defaults = column_defaults::read_statements(copier, info).await?;
                 target_schema::set_defaults(&spec.name, &*target, info, &defaults).await;
-                let indexes = catalog::secondary_indexes(copier, info).await?;
                 target_schema::build_indexes(&spec.name, &*target, info, &indexes).await;
             }
             let loaded = match loaded {
@@ -585,6 +587,32 @@ async fn record_loaded_versions(
     tracing::info!(job = %spec.name, table = %table.name, opened = recorded.opened, closed = recorded.closed,
         "backfilled rows recorded as history versions");
     Ok(())
+}
+
+/// The shapes of the tables of `gaps` in the snapshot `copier` reads, read pipelined
+/// (`catalog::pipelined`): tenants added to a schema-per-tenant job bring many tables.
+async fn prefetch_shapes(
+    spec: &JobSpec,
+    copier: &tokio_postgres::Client,
+    gaps: &[Vec<Widening>],
+) -> Result<HashMap<String, Arc<TableInfo>>, JobError> {
+    let mut names: Vec<&str> = gaps.iter().flatten().map(|g| g.table.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let tables: Vec<&TableSpec> = names
+        .iter()
+        .filter_map(|name| spec.tables.iter().find(|t| t.name == *name))
+        .collect();
+    let reads: Vec<_> = tables
+        .iter()
+        .map(|t| catalog::table_info(copier, t.schema(), t.table()))
+        .collect();
+    let infos = catalog::pipelined(reads).await?;
+    Ok(tables
+        .iter()
+        .zip(infos)
+        .map(|(t, info)| (t.name.clone(), Arc::new(info)))
+        .collect())
 }
 
 /// `table`'s shape in the snapshot `copier` reads, read once per backfill.

@@ -113,7 +113,7 @@ pub(super) async fn take_snapshot(
         && table_parts::scans_tid_ranges(&copier).await?;
     let parts_wanted = if split { wanted } else { 1 };
     let loads_to_postgres = !targets.is_empty();
-    // Each table's reads go out together and up to `SHAPES_IN_FLIGHT` tables' at once,
+    // Each table's reads go out together and up to `TABLES_IN_FLIGHT` tables' at once,
     // pipelined on the snapshot session: a schema per tenant makes thousands of tables.
     let reads: Vec<_> = spec
         .tables
@@ -392,7 +392,7 @@ impl LoadLanes<'_> {
                     "staging tables of an earlier attempt dropped"
                 );
             }
-            // Up to `SHAPES_IN_FLIGHT` tables at once, pipelined on the one session: its
+            // Up to `TABLES_IN_FLIGHT` tables at once, pipelined on the one session: its
             // statements still run one after another on the target.
             let target_ref = &*target;
             let preparing: Vec<_> = tables

@@ -223,7 +223,7 @@ async fn check_source(
         ));
     }
     let spec = &resolution.spec;
-    // Up to `SHAPES_IN_FLIGHT` tables at once, pipelined on the session: a schema per
+    // Up to `TABLES_IN_FLIGHT` tables at once, pipelined on the session: a schema per
     // tenant makes thousands.
     let checks: Vec<_> = spec
         .tables
