@@ -206,7 +206,7 @@ pub fn keep_job_name(
     }
     let job_name = format!("{schema}.{name}");
     tracing::warn!(source_name = %info.qualified_name(), job_name = %job_name,
-        "a table of the job was renamed on the source: its changes keep going to the job's table of its old name; name it as the source does now in the job's spec (and rename the targets' table) before the job's next start, which looks its tables up by name");
+        "a table of the job was renamed on the source: its changes keep going to the job's table of its old name until the job starts again. A table the spec names outright: name it as the source does now in the spec (and rename the targets' table) before then, since a start looks tables up by name. A table a pattern carries: the next start carries the new name if the pattern matches it, as a new table loaded whole (with tenant_from = \"schema\", as the tenant its new schema names), and the targets' table of the old name keeps its rows, no longer kept up to date");
     let mut renamed = (*info).clone();
     renamed.schema = schema.clone();
     renamed.name = name.clone();

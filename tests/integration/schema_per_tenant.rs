@@ -495,3 +495,54 @@ fn as_of_queries_answer_a_one_tenant_tables_versions_for_its_tenant_only() {
         then
     );
 }
+
+/// A tenant's schema renamed while the job runs (include "all"): its changes go on to the
+/// table of the old name at first (with the warning), then the job's watch finds the
+/// table under its new name, as the tenant that name gives, restarts and loads it whole;
+/// the old name's table on the target keeps its rows.
+#[test]
+fn a_tenant_schema_renamed_while_the_job_runs_is_carried_as_the_tenant_its_new_name_gives() {
+    let env = Env::start(&format!("{}{}", tenant_schema(1), tenant_schema(2)));
+    let job = env.dir.path().join("rename.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"spt-rename\"\n[source]\ndsn = \"{}\"\npublication = \"pub_spt_rename\"\n\
+             slot = \"slot_spt_rename\"\n[tenants]\ninclude = \"all\"\n\
+             [[tables]]\nname = \"tenant_*.orders\"\ntenant_from = \"schema\"\n\
+             [[sinks]]\nkind = \"postgres\"\ndsn = \"{}\"\n",
+            env.source_dsn(),
+            env.target_dsn()
+        ),
+    )
+    .expect("write job file");
+    let mut repl = Replicator::streaming(&job);
+    wait_same(&env, "tenant_2.orders");
+    env.on_source(
+        "ALTER SCHEMA tenant_2 RENAME TO tenant_7;
+         UPDATE tenant_7.orders SET v = 'after the rename' WHERE id = 201;",
+    );
+    wait_for("the job carrying tenant_7.orders", WAIT, || {
+        env.try_on_target(&rows("tenant_7.orders")).as_deref()
+            == Some(env.on_source(&rows("tenant_7.orders")).as_str())
+    });
+    env.on_source("INSERT INTO tenant_7.orders VALUES (299, 'after the restart')");
+    wait_same(&env, "tenant_7.orders");
+    let out = without_colours(&repl.output());
+    assert!(
+        out.contains("a table of the job was renamed on the source")
+            && out.contains("new tables match the job's patterns: tenant_7.orders")
+            && out.contains("no_longer_carried=tenant_2.orders (the whole table)"),
+        "{out}"
+    );
+    // The old name's table keeps its rows, with the change made before the restart.
+    assert_eq!(
+        env.on_target("SELECT count(*), max(v) FILTER (WHERE id = 201) FROM tenant_2.orders"),
+        "20|after the rename"
+    );
+    assert!(
+        absent_on_target(&env, "tenant_7.items"),
+        "only orders match"
+    );
+    assert!(repl.stop().success(), "{}", repl.output());
+}
