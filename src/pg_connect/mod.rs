@@ -57,13 +57,33 @@ pub const UNLIMITED: [&str; 3] = [
     "idle_in_transaction_session_timeout",
 ];
 
-/// The `SET`s that lift [`UNLIMITED`] in a session (sent after login rather than in the
-/// startup packet's `options`, which connection poolers such as PgBouncer refuse), and
-/// [`QUIET`].
+/// The value styles every session of ours reads and writes values in, whatever the
+/// operator set on the server, database or role (as PostgreSQL's own apply worker asks of
+/// its walsender): values cross from one server to the other as text, so the source must
+/// print them as the target reads them, whoever set what. Under `SQL, DMY` the source
+/// prints 1 March as `01/03/2026`, which a target under `SQL, MDY` reads as 3 January;
+/// an interval printed in the SQL standard's style reads otherwise under PostgreSQL's;
+/// `extra_float_digits` below 1 drops a float's last digits. ISO dates read the same under
+/// every field order, and `extra_float_digits = 3` prints floats exactly (the shortest
+/// exact form since PostgreSQL 12). [`crate::time_text`] parses ISO too.
+pub const VALUE_STYLES: [(&str, &str); 3] = [
+    ("datestyle", "ISO"),
+    ("intervalstyle", "postgres"),
+    ("extra_float_digits", "3"),
+];
+
+/// The `SET`s that lift [`UNLIMITED`] and fix [`VALUE_STYLES`] in a session (sent after
+/// login rather than in the startup packet's `options`, which connection poolers such as
+/// PgBouncer refuse), and [`QUIET`].
 pub fn session_settings() -> String {
     let mut sets: Vec<String> = UNLIMITED
         .iter()
         .map(|name| format!("SET {name} = 0"))
+        .chain(
+            VALUE_STYLES
+                .iter()
+                .map(|(name, value)| format!("SET {name} = {value}")),
+        )
         .collect();
     sets.push(QUIET.to_string());
     sets.join("; ")
@@ -74,10 +94,20 @@ pub fn session_settings() -> String {
 /// job's first start); warnings and errors still come through.
 pub const QUIET: &str = "SET client_min_messages = warning";
 
-/// The startup packet's `options` that lift [`UNLIMITED`] (for replication sessions, which
-/// poolers do not carry).
+/// The startup packet's `options` that lift [`UNLIMITED`] and fix [`VALUE_STYLES`] (for
+/// replication sessions, which poolers do not carry, and which take no `SET` once
+/// streaming: the walsender prints the stream's values in these styles).
 pub fn startup_options() -> String {
-    UNLIMITED.map(|name| format!("-c {name}=0")).join(" ")
+    UNLIMITED
+        .iter()
+        .map(|name| format!("-c {name}=0"))
+        .chain(
+            VALUE_STYLES
+                .iter()
+                .map(|(name, value)| format!("-c {name}={value}")),
+        )
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Opens a session on `dsn` with [`session_settings`]; its connection task runs on the
@@ -180,11 +210,13 @@ mod tests {
         assert_eq!(
             session_settings(),
             "SET statement_timeout = 0; SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0; \
+             SET datestyle = ISO; SET intervalstyle = postgres; SET extra_float_digits = 3; \
              SET client_min_messages = warning"
         );
         assert_eq!(
             startup_options(),
-            "-c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0"
+            "-c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0 \
+             -c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3"
         );
     }
 
