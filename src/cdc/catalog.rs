@@ -28,7 +28,7 @@ pub struct SlotState {
 
 /// Connects to the source for catalog work; the connection task runs on the current runtime.
 pub async fn connect(dsn: &str) -> Result<Client, CdcError> {
-    crate::pg_connect::connect(dsn, "source catalog", crate::pg_connect::OnClose::Debug)
+    crate::pg_connect::connect_source(dsn, "source catalog", crate::pg_connect::OnClose::Debug)
         .await
         .map_err(CdcError::connect)
 }

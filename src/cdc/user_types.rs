@@ -84,8 +84,11 @@ fn collect<'a>(
         let (schema, name, kind): (String, String, String) = (t.get(0), t.get(1), t.get(2));
         let qualified = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
         if let Some(extension) = t.get::<_, Option<String>>(8) {
+            // In the type's schema, the one the source's catalog names it by (an
+            // extension's objects all live in its schema).
             out.push(format!(
-                "CREATE EXTENSION IF NOT EXISTS {}",
+                "CREATE SCHEMA IF NOT EXISTS {0}; CREATE EXTENSION IF NOT EXISTS {1} SCHEMA {0}",
+                quote_ident(&schema),
                 quote_ident(&extension)
             ));
             return Ok(());

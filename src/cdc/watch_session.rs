@@ -45,7 +45,7 @@ impl WatchSession {
             return Ok(client.clone());
         }
         *slot = None;
-        let client = pg_connect::connect(&self.inner.dsn, "job watch", OnClose::Debug)
+        let client = pg_connect::connect_source(&self.inner.dsn, "job watch", OnClose::Debug)
             .await
             .map_err(CdcError::connect)?;
         let client = Arc::new(client);

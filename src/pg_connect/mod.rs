@@ -123,6 +123,27 @@ pub async fn connect(
     Ok(client)
 }
 
+/// What a source session sets besides [`session_settings`]: an empty `search_path`, as
+/// `pg_dump` runs with. Names the source's catalog prints (`format_type`, `pg_get_expr`,
+/// `pg_get_indexdef`, `pg_get_constraintdef`) leave out the schema of whatever the
+/// session's path finds, and those names are run on a target whose path differs: with
+/// the source database's path on `shop`, an enum of `shop` printed as `status` and a
+/// default as `nextval('orders_id_seq'::regclass)`, which no target session found. With
+/// the path empty every name but `pg_catalog`'s comes with its schema. Target sessions
+/// keep their path: the target's own triggers run in them.
+pub const QUALIFIED_NAMES: &str = "SET search_path = ''";
+
+/// Opens a session on a source's `dsn` as [`connect`] does, with [`QUALIFIED_NAMES`].
+pub async fn connect_source(
+    dsn: &str,
+    role: &'static str,
+    on_close: OnClose,
+) -> Result<Client, ConnectError> {
+    let client = connect(dsn, role, on_close).await?;
+    client.batch_execute(QUALIFIED_NAMES).await?;
+    Ok(client)
+}
+
 /// Names the session `helios-repl <role>` in the server's `pg_stat_activity`, unless the
 /// DSN names it (`application_name`).
 fn name_session(config: &mut tokio_postgres::Config, role: &str) {

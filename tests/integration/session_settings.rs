@@ -119,3 +119,60 @@ fn output_styles_set_on_the_servers_do_not_change_replicated_values() {
     assert_eq!(env.on_target(default), env.on_source(default));
     assert!(repl.stop().success(), "{}", repl.output());
 }
+
+/// A `search_path` an operator set on the source's database does not leave names in what
+/// the job reads from the source's catalog that only resolve there: with the database's
+/// path on `shop`, PostgreSQL prints a type or a sequence of `shop` without its schema
+/// (`status`, `nextval('orders_id_seq'::regclass)`), which a target session on the
+/// default path cannot find. The target gets the table with its enum column, default,
+/// partial index and rows, and takes an insert of its own once the rows are there (a
+/// tenant cut over); a restart leaves the table as it is (a column of `public.mood` is
+/// not taken for one of another type and altered, which would rewrite the table).
+#[test]
+fn a_search_path_set_on_the_source_does_not_leave_names_unqualified_on_the_target() {
+    const SETUP: &str = "
+    CREATE SCHEMA shop;
+    CREATE TYPE shop.status AS ENUM ('new', 'paid');
+    CREATE TYPE public.mood AS ENUM ('calm', 'glad');
+    CREATE TABLE shop.orders (tenant_id int NOT NULL, id serial, state shop.status NOT NULL DEFAULT 'new',
+        feel public.mood, feels public.mood[], note text, PRIMARY KEY (tenant_id, id));
+    CREATE INDEX orders_paid ON shop.orders (note) WHERE state = 'paid';
+    INSERT INTO shop.orders (tenant_id, state, feel, feels, note)
+        SELECT 1 + i % 2, 'paid', 'glad', '{calm,glad}', 'n' || i FROM generate_series(1, 20) i;
+    ALTER DATABASE app SET search_path = shop, public;
+    ";
+    const CHECK: &str = "SELECT count(*), string_agg(concat_ws(':', id, state, feel, feels, note), ',' ORDER BY id) \
+         FROM shop.orders WHERE tenant_id = 1";
+    const FILE: &str = "SELECT relfilenode FROM pg_class WHERE oid = 'shop.orders'::regclass";
+    let env = Env::start(SETUP);
+    assert_eq!(
+        env.on_source("SELECT format_type('shop.status'::regtype, NULL)"),
+        "status",
+        "a new session on the source prints shop's names bare"
+    );
+    let job = env.job_file("paths", "[1]", &["shop.orders"]);
+    let mut repl = Replicator::start(&job);
+    env.wait_converged(CHECK, WAIT);
+    env.on_source("INSERT INTO shop.orders (tenant_id, note) VALUES (1, 'late')");
+    env.wait_converged(CHECK, WAIT);
+    assert!(repl.stop().success(), "{}", repl.output());
+    let index =
+        "SELECT count(*) FROM pg_indexes WHERE schemaname = 'shop' AND indexname = 'orders_paid'";
+    assert_eq!(env.on_target(index), "1", "{}", repl.output());
+    let file = env.on_target(FILE);
+    let mut repl = Replicator::start(&job);
+    env.on_source(
+        "INSERT INTO shop.orders (tenant_id, feel, note) VALUES (1, 'calm', 'after restart')",
+    );
+    env.wait_converged(CHECK, WAIT);
+    assert!(repl.stop().success(), "{}", repl.output());
+    assert_eq!(env.on_target(FILE), file, "a restart rewrote the table");
+    // The tenant writes on the target: the id and the state come from the defaults.
+    env.on_target("SELECT setval('shop.orders_id_seq', (SELECT max(id) FROM shop.orders))");
+    assert_eq!(
+        env.on_target(
+            "INSERT INTO shop.orders (tenant_id, note) VALUES (1, 'cut over') RETURNING state"
+        ),
+        "new"
+    );
+}

@@ -22,10 +22,18 @@ use crate::sinks::pg_apply::store::sink_error;
 use crate::sinks::SinkError;
 use crate::sql_text::{quote_ident, quote_literal, quote_qualified};
 
-/// The target's columns of a table: name → `format_type` name.
+/// The target's columns of a table: name → type name, as `format_type` prints it with an
+/// empty `search_path` (the form the source's catalog session prints, see
+/// [`crate::pg_connect::QUALIFIED_NAMES`]).
 pub type TargetColumns = HashMap<String, String>;
 
 /// Reads the target's columns of `schema.name` (`None` if the table does not exist).
+///
+/// Target sessions keep their `search_path` (the target's triggers run in them), so a type
+/// the path finds comes back from `format_type` without its schema; the query puts the
+/// schema of the type (of its elements, for an array) in front unless that is
+/// `pg_catalog` or already there, so `mood` is `public.mood` as the source prints it, and a
+/// column of the same type is never taken for one to alter.
 pub async fn target_columns(
     client: &impl GenericClient,
     schema: &str,
@@ -34,8 +42,16 @@ pub async fn target_columns(
     let rows = client
         .query(
             // By the schema's oid (as `catalog::table_info` looks a table up).
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
+            "SELECT a.attname::text,
+                    CASE WHEN tn.nspname = 'pg_catalog'
+                              OR starts_with(format_type(a.atttypid, a.atttypmod), quote_ident(tn.nspname) || '.')
+                         THEN format_type(a.atttypid, a.atttypmod)
+                         ELSE quote_ident(tn.nspname) || '.' || format_type(a.atttypid, a.atttypmod) END
              FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+             JOIN pg_type t ON t.oid = a.atttypid
+             JOIN pg_type base ON base.oid = CASE WHEN t.typcategory = 'A' AND t.typelem <> 0
+                                                  THEN t.typelem ELSE t.oid END
+             JOIN pg_namespace tn ON tn.oid = base.typnamespace
              WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1)
                AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
             &[&schema, &name],
