@@ -65,11 +65,17 @@ pub const UNLIMITED: [&str; 3] = [
 /// an interval printed in the SQL standard's style reads otherwise under PostgreSQL's;
 /// `extra_float_digits` below 1 drops a float's last digits. ISO dates read the same under
 /// every field order, and `extra_float_digits = 3` prints floats exactly (the shortest
-/// exact form since PostgreSQL 12). [`crate::time_text`] parses ISO too.
-pub const VALUE_STYLES: [(&str, &str); 3] = [
+/// exact form since PostgreSQL 12). [`crate::time_text`] parses ISO too. The last two
+/// are `pg_dump`'s, for what a session reads: with `standard_conforming_strings` off, a
+/// backslash in a quoted literal (an enum label, a default) is an escape; under
+/// `xmloption = document`, an XML value that is content (`<a/><b/>`, plain text) is
+/// refused.
+pub const VALUE_STYLES: [(&str, &str); 5] = [
     ("datestyle", "ISO"),
     ("intervalstyle", "postgres"),
     ("extra_float_digits", "3"),
+    ("standard_conforming_strings", "on"),
+    ("xmloption", "content"),
 ];
 
 /// The `SET`s that lift [`UNLIMITED`] and fix [`VALUE_STYLES`] in a session (sent after
@@ -232,12 +238,14 @@ mod tests {
             session_settings(),
             "SET statement_timeout = 0; SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0; \
              SET datestyle = ISO; SET intervalstyle = postgres; SET extra_float_digits = 3; \
+             SET standard_conforming_strings = on; SET xmloption = content; \
              SET client_min_messages = warning"
         );
         assert_eq!(
             startup_options(),
             "-c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0 \
-             -c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3"
+             -c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 \
+             -c standard_conforming_strings=on -c xmloption=content"
         );
     }
 

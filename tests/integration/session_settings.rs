@@ -120,6 +120,42 @@ fn output_styles_set_on_the_servers_do_not_change_replicated_values() {
     assert!(repl.stop().success(), "{}", repl.output());
 }
 
+/// Settings on the target's database that change how text reads
+/// (`standard_conforming_strings = off`, `xmloption = document`) change nothing in what
+/// arrives: with the first off, a backslash in a quoted literal is an escape, so an enum
+/// label or a default the job writes as a literal (`'back\slash'`, `'C:\temp'`) would
+/// lose it; with the second, an XML value that is content rather than one document
+/// (`<a/><b/>`, plain text, both valid in a source column under the default
+/// `xmloption = content`) would be refused.
+#[test]
+fn input_settings_on_the_target_do_not_change_replicated_values() {
+    const TABLE: &str = r"
+    CREATE TYPE public.flag AS ENUM ('plain', 'back\slash');
+    CREATE TABLE public.marked (tenant_id int NOT NULL, id int NOT NULL, doc xml,
+        path text DEFAULT 'C:\temp', tag public.flag, PRIMARY KEY (tenant_id, id));
+    INSERT INTO public.marked VALUES (1, 1, '<a/><b/>', 'D:\x', 'back\slash'), (1, 2, 'just text', NULL, 'plain');
+    ";
+    const CHECK: &str = "SET standard_conforming_strings = on; \
+         SELECT count(*), string_agg(concat_ws('|', id, doc::text, path, tag), ',' ORDER BY id) FROM public.marked";
+    const LABELS: &str = "SELECT string_agg(enumlabel, ',' ORDER BY enumsortorder) FROM pg_enum \
+         WHERE enumtypid = 'public.flag'::regtype";
+    const DEFAULT: &str = "SET standard_conforming_strings = on; \
+         SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef WHERE adrelid = 'public.marked'::regclass";
+    let env = Env::start(TABLE);
+    assert_eq!(env.on_source(LABELS), r"plain,back\slash");
+    env.on_target("ALTER DATABASE replica SET standard_conforming_strings = off");
+    env.on_target("ALTER DATABASE replica SET xmloption = document");
+    let job = env.job_file("inputs", "[1]", &["public.marked"]);
+    let mut repl = Replicator::start(&job);
+    env.wait_converged(CHECK, WAIT);
+    env.on_source(r"INSERT INTO public.marked (tenant_id, id, doc, tag) VALUES (1, 3, '<c/>tail', 'back\slash')");
+    env.on_source("UPDATE public.marked SET doc = 'more text' WHERE id = 1");
+    env.wait_converged(CHECK, WAIT);
+    assert!(repl.stop().success(), "{}", repl.output());
+    assert_eq!(env.on_target(LABELS), env.on_source(LABELS));
+    assert_eq!(env.on_target(DEFAULT), env.on_source(DEFAULT));
+}
+
 /// A `search_path` an operator set on the source's database does not leave names in what
 /// the job reads from the source's catalog that only resolve there: with the database's
 /// path on `shop`, PostgreSQL prints a type or a sequence of `shop` without its schema
