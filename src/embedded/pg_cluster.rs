@@ -109,20 +109,7 @@ impl PgCluster {
             )
             .map_err(io)?;
             cluster.port = port;
-            let log = cluster.log_path();
-            match cluster.run(
-                "pg_ctl",
-                &[
-                    "-D",
-                    path_str(&data),
-                    "-l",
-                    path_str(&log),
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ],
-            ) {
+            match cluster.pg_ctl_start() {
                 Ok(_) => {
                     cluster.stopped = false;
                     cluster.wait_ready(Duration::from_secs(30))?;
@@ -265,6 +252,35 @@ impl PgCluster {
             &["-D", path_str(&data), "-m", "immediate", "-w", "stop"],
         )
         .map(|_| ())
+    }
+
+    /// Starts a server [`PgCluster::stop`] took down again, on its port: with `stop`'s
+    /// immediate shutdown, what a server's crash and restart do to its data.
+    pub fn restart(&mut self) -> Result<(), ClusterError> {
+        if !self.stopped {
+            return Ok(());
+        }
+        self.pg_ctl_start()?;
+        self.stopped = false;
+        self.wait_ready(Duration::from_secs(30))
+    }
+
+    /// `pg_ctl start` on the cluster's data, waiting up to a minute.
+    fn pg_ctl_start(&self) -> Result<Output, ClusterError> {
+        let (data, log) = (self.data_dir(), self.log_path());
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                path_str(&data),
+                "-l",
+                path_str(&log),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        )
     }
 
     /// The server log so far (for error messages and debugging).

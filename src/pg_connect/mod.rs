@@ -57,6 +57,12 @@ pub const UNLIMITED: [&str; 3] = [
     "idle_in_transaction_session_timeout",
 ];
 
+/// A limit like [`UNLIMITED`]'s that only PostgreSQL 14 and later know (a `SET` of it
+/// fails on an older target): it ends a session idle that long between statements, and
+/// ours are idle between changes (a target's sink sessions, the source's watch), so each
+/// would end, and be opened again, at every quiet spell. Lifted where the server knows it.
+pub const IDLE_LIMIT: &str = "idle_session_timeout";
+
 /// The value styles every session of ours reads and writes values in, whatever the
 /// operator set on the server, database or role (as PostgreSQL's own apply worker asks of
 /// its walsender): values cross from one server to the other as text, so the source must
@@ -78,9 +84,19 @@ pub const VALUE_STYLES: [(&str, &str); 5] = [
     ("xmloption", "content"),
 ];
 
-/// The `SET`s that lift [`UNLIMITED`] and fix [`VALUE_STYLES`] in a session (sent after
-/// login rather than in the startup packet's `options`, which connection poolers such as
-/// PgBouncer refuse), and [`QUIET`].
+/// What a session of ours commits with when the server, database or role says
+/// `synchronous_commit = off`: `on`. Off, a commit returns before its WAL is flushed and a
+/// crash of the server can lose it; the job confirms a source position to the slot once
+/// the target's commit holding its changes has returned (DESIGN's first invariant), and
+/// the source then drops that WAL, so a lost target commit would be lost for good. Any
+/// other value (`local`, `remote_write`, `on`, `remote_apply`) flushes locally and is
+/// kept as the operator set it.
+pub const DURABLE_COMMIT: &str = "SELECT set_config('synchronous_commit', 'on', false) \
+     WHERE current_setting('synchronous_commit') = 'off'";
+
+/// The statements that lift [`UNLIMITED`] and [`IDLE_LIMIT`], fix [`VALUE_STYLES`] and
+/// [`DURABLE_COMMIT`] in a session (sent after login rather than in the startup packet's
+/// `options`, which connection poolers such as PgBouncer refuse), and [`QUIET`].
 pub fn session_settings() -> String {
     let mut sets: Vec<String> = UNLIMITED
         .iter()
@@ -91,6 +107,11 @@ pub fn session_settings() -> String {
                 .map(|(name, value)| format!("SET {name} = {value}")),
         )
         .collect();
+    sets.push(format!(
+        "SELECT set_config('{IDLE_LIMIT}', '0', false) \
+         WHERE current_setting('{IDLE_LIMIT}', true) IS NOT NULL"
+    ));
+    sets.push(DURABLE_COMMIT.to_string());
     sets.push(QUIET.to_string());
     sets.join("; ")
 }
@@ -100,12 +121,14 @@ pub fn session_settings() -> String {
 /// job's first start); warnings and errors still come through.
 pub const QUIET: &str = "SET client_min_messages = warning";
 
-/// The startup packet's `options` that lift [`UNLIMITED`] and fix [`VALUE_STYLES`] (for
-/// replication sessions, which poolers do not carry, and which take no `SET` once
-/// streaming: the walsender prints the stream's values in these styles).
+/// The startup packet's `options` that lift [`UNLIMITED`] and [`IDLE_LIMIT`] (sources
+/// are PostgreSQL 15 or later) and fix [`VALUE_STYLES`] (for replication sessions, which
+/// poolers do not carry, and which take no `SET` once streaming: the walsender prints the
+/// stream's values in these styles).
 pub fn startup_options() -> String {
     UNLIMITED
         .iter()
+        .chain(std::iter::once(&IDLE_LIMIT))
         .map(|name| format!("-c {name}=0"))
         .chain(
             VALUE_STYLES
@@ -239,12 +262,16 @@ mod tests {
             "SET statement_timeout = 0; SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0; \
              SET datestyle = ISO; SET intervalstyle = postgres; SET extra_float_digits = 3; \
              SET standard_conforming_strings = on; SET xmloption = content; \
+             SELECT set_config('idle_session_timeout', '0', false) \
+             WHERE current_setting('idle_session_timeout', true) IS NOT NULL; \
+             SELECT set_config('synchronous_commit', 'on', false) \
+             WHERE current_setting('synchronous_commit') = 'off'; \
              SET client_min_messages = warning"
         );
         assert_eq!(
             startup_options(),
             "-c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0 \
-             -c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 \
+             -c idle_session_timeout=0 -c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 \
              -c standard_conforming_strings=on -c xmloption=content"
         );
     }

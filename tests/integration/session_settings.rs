@@ -1,8 +1,10 @@
-//! Time limits an operator sets for applications on the source's or the target's database
-//! or role (`statement_timeout`, `idle_in_transaction_session_timeout`, `lock_timeout`)
-//! do not cut the replicator's own work short: a snapshot's `COPY` that reads and loads
-//! for longer than the limit, a snapshot session waiting while other sessions load, and a
-//! large source transaction applied in one target transaction.
+//! Settings an operator makes on the source's or the target's database for applications
+//! change neither how long the replicator's work may take nor what arrives. Time limits
+//! (`statement_timeout`, `idle_in_transaction_session_timeout`, `lock_timeout`,
+//! `idle_session_timeout`) do not cut a snapshot's `COPY`, a snapshot session waiting
+//! while others load, a large source transaction applied in one target transaction, or a
+//! session idle between changes; value styles, input settings and a `search_path` do not
+//! change the values, types and names that reach the target.
 
 use std::time::Duration;
 
@@ -18,12 +20,18 @@ INSERT INTO public.big SELECT 1 + i % 2, i, repeat('p', 100) || i FROM generate_
 const CHECK: &str = "SET statement_timeout = 0; \
      SELECT count(*), md5(string_agg(id::text || pad, ',' ORDER BY id)) FROM public.big WHERE tenant_id = 1";
 
+/// The job's long-lived sessions on a server (its sinks' on a target, its watch on the
+/// source): their process ids.
+const SESSIONS: &str = "SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity \
+     WHERE application_name IN ('helios-repl target', 'helios-repl job watch')";
+
 /// The limits on database `db`, each new session's unless it sets its own.
 fn limits(db: &str) -> Vec<String> {
     [
         "statement_timeout = '50ms'",
         "lock_timeout = '50ms'",
         "idle_in_transaction_session_timeout = '100ms'",
+        "idle_session_timeout = '300ms'",
     ]
     .iter()
     .map(|setting| format!("ALTER DATABASE {db} SET {setting}"))
@@ -56,6 +64,15 @@ fn application_time_limits_on_the_servers_do_not_cut_replication_short() {
         "{out}"
     );
     assert!(!out.contains("idle-in-transaction timeout"), "{out}");
+    // The job's sessions outlive idle spells far longer than the idle-session limit.
+    let target_sessions = env.on_target(SESSIONS);
+    let source_sessions = env.on_source(SESSIONS);
+    assert!(!target_sessions.is_empty() && !source_sessions.is_empty());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(env.on_target(SESSIONS), target_sessions, "target sessions");
+    assert_eq!(env.on_source(SESSIONS), source_sessions, "source sessions");
+    env.on_source("UPDATE public.big SET pad = 'after idle' WHERE id < 100");
+    env.wait_converged(CHECK, WAIT);
     wait_for("the job to keep running", WAIT, || repl.is_running());
     assert!(repl.stop().success(), "{}", repl.output());
 }
@@ -210,5 +227,55 @@ fn a_search_path_set_on_the_source_does_not_leave_names_unqualified_on_the_targe
             "INSERT INTO shop.orders (tenant_id, note) VALUES (1, 'cut over') RETURNING state"
         ),
         "new"
+    );
+}
+
+/// `synchronous_commit = off` on the target's database does not let a target crash lose
+/// what the job confirmed to the source: off, a commit returns before its WAL leaves the
+/// server's memory, the job confirms the source position, the source drops that WAL, and
+/// a crash then loses the commit (the next start, finding the slot ahead of the target's
+/// checkpoint, took it for a recreated slot and loaded every table again). The WAL writer
+/// is held to its slowest pace so that unwritten commits stay in memory until the crash
+/// (`pg_ctl stop -m immediate`).
+#[test]
+fn a_target_crash_loses_nothing_the_job_confirmed_under_asynchronous_commit() {
+    const CHECK: &str =
+        "SELECT count(*), string_agg(id || ':' || v, ',' ORDER BY id) FROM public.kept";
+    let mut env = Env::start(
+        "CREATE TABLE public.kept (tenant_id int NOT NULL, id int NOT NULL, v text, PRIMARY KEY (tenant_id, id));",
+    );
+    env.on_target("ALTER DATABASE replica SET synchronous_commit = off");
+    env.on_target("ALTER SYSTEM SET wal_writer_delay = '10s'");
+    env.on_target("SELECT pg_reload_conf()");
+    let job = env.job_file("durable", "[1]", &["public.kept"]);
+    let mut repl = Replicator::start(&job);
+    env.wait_converged(CHECK, WAIT);
+    // Everything so far written out: the rows' commit is what the WAL writer holds back.
+    env.on_target("SELECT pg_switch_wal()");
+    env.on_source("INSERT INTO public.kept SELECT 1, i, 'row ' || i FROM generate_series(1, 5) i");
+    let written = env.on_source("SELECT pg_current_wal_insert_lsn()");
+    let confirmed = format!(
+        "SELECT confirmed_flush_lsn >= '{written}' FROM pg_replication_slots WHERE slot_name = 'slot_durable'"
+    );
+    wait_for("the job to confirm the rows", WAIT, || {
+        env.on_source(&confirmed) == "t"
+    });
+    repl.kill();
+    env.target.stop().expect("crash the target");
+    env.target.restart().expect("restart the target");
+    assert_eq!(
+        env.on_target(CHECK),
+        env.on_source(CHECK),
+        "the target lost commits the job had confirmed"
+    );
+    // The next start goes on from where the job left off: no new snapshot.
+    let mut repl = Replicator::start(&job);
+    env.on_source("INSERT INTO public.kept VALUES (1, 6, 'after the crash')");
+    env.wait_converged(CHECK, WAIT);
+    assert!(repl.stop().success(), "{}", repl.output());
+    assert!(
+        !repl.output().contains("taking a new snapshot"),
+        "{}",
+        repl.output()
     );
 }
