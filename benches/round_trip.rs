@@ -5,6 +5,8 @@
 //! Two more pipelines show what the checkpoint costs: the same with the replication
 //! origin's commit hook (`pg_replication_origin_xact_setup`, how PostgreSQL's own apply
 //! worker records its progress) in place of the checkpoint row, and with no checkpoint.
+//! A last pipeline commits with `synchronous_commit = on` (what our sessions raise a
+//! target's `off` to), against the clusters' `off`.
 //! Each shape runs back to back and with 2 ms of idle time before each transaction (the
 //! gap between transactions at 5k rows/s of 10-row transactions), in blocks of 200 taking
 //! turns so they share the machine's noise. The idle runs show what a wake-up of an idle
@@ -93,6 +95,13 @@ fn main() -> anyhow::Result<()> {
         let (client, insert, checkpoint) = session(&cluster.dsn("rt")).await?;
         // The same session over the server's Unix-domain socket.
         let (unix, unix_insert, unix_checkpoint) = session(&cluster.socket_dsn("rt")).await?;
+        // The same with the commit waiting for its WAL to be written, as our sessions
+        // commit since they raise the clusters' `synchronous_commit = off` to `on`
+        // (`pg_connect::DURABLE_COMMIT`; fsync is off here, so no disk flush).
+        let (durable, durable_insert, durable_checkpoint) = session(&cluster.dsn("rt")).await?;
+        durable
+            .batch_execute(helios_repl::pg_connect::DURABLE_COMMIT)
+            .await?;
         client
             .batch_execute("SELECT pg_replication_origin_create('rt'); SELECT pg_replication_origin_session_setup('rt')")
             .await?;
@@ -111,6 +120,8 @@ fn main() -> anyhow::Result<()> {
             ("pipelined, bare", true),
             ("pipelined, Unix socket", false),
             ("pipelined, Unix socket", true),
+            ("pipelined, synchronous commit", false),
+            ("pipelined, synchronous commit", true),
         ];
         let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); cases.len()];
         let mut next_id = 0;
@@ -137,11 +148,15 @@ fn main() -> anyhow::Result<()> {
                             pipelined(&client, &insert, Some((&origin, &params)), &rows).await?
                         }
                         "pipelined, bare" => pipelined(&client, &insert, None, &rows).await?,
-                        "pipelined, Unix socket" => {
+                        "pipelined, Unix socket" | "pipelined, synchronous commit" => {
+                            let (session, insert, checkpoint) = if shape.contains("Unix") {
+                                (&unix, &unix_insert, &unix_checkpoint)
+                            } else {
+                                (&durable, &durable_insert, &durable_checkpoint)
+                            };
                             let (job, scopes, lsns) = ("j", vec!["w0"], vec![rows.lsn.as_str()]);
                             let params: [&(dyn ToSql + Sync); 3] = [&job, &scopes, &lsns];
-                            pipelined(&unix, &unix_insert, Some((&unix_checkpoint, &params)), &rows)
-                                .await?
+                            pipelined(session, insert, Some((checkpoint, &params)), &rows).await?
                         }
                         _ => client.batch_execute(&as_simple_query(&rows)).await?,
                     }

@@ -168,8 +168,11 @@ pub async fn connect_source(
     role: &'static str,
     on_close: OnClose,
 ) -> Result<Client, ConnectError> {
-    let client = connect(dsn, role, on_close).await?;
-    client.batch_execute(QUALIFIED_NAMES).await?;
+    let client = open(dsn, role, on_close).await?;
+    // One round trip for both.
+    client
+        .batch_execute(&format!("{}; {QUALIFIED_NAMES}", session_settings()))
+        .await?;
     Ok(client)
 }
 
