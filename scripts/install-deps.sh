@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need from the distribution, if missing:
-# PostgreSQL server binaries (initdb, pg_ctl, psql), nats-server, pyarrow, and Prometheus
-# with promtool. Safe to run again.
+# PostgreSQL server binaries (initdb, pg_ctl, psql), a de_DE.UTF-8 locale, nats-server,
+# pyarrow, and Prometheus with promtool. Safe to run again.
 set -euo pipefail
 
 have_pg() {
@@ -31,6 +31,17 @@ if ! "$PY_VENV/bin/python" -c "import pyarrow.dataset" >/dev/null 2>&1; then
   echo "installing pyarrow into $PY_VENV" >&2
   python3 -m venv "$PY_VENV"
   "$PY_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "pyarrow==18.1.0"
+fi
+
+# A locale whose money format differs from C's, for the test that sets the source's
+# lc_monetary (the server checks a locale exists when it is set).
+if ! locale -a 2>/dev/null | grep -qi '^de_DE\.utf-\?8$'; then
+  echo "installing the de_DE.UTF-8 locale" >&2
+  if ! [ -f /usr/share/i18n/locales/de_DE ]; then
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq locales >/dev/null
+  fi
+  as_root localedef -i de_DE -f UTF-8 de_DE.UTF-8
 fi
 
 # nats-server, for the access-event subscription test (and the NATS sink).

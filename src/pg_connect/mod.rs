@@ -59,8 +59,9 @@ pub const UNLIMITED: [&str; 3] = [
 
 /// A limit like [`UNLIMITED`]'s that only PostgreSQL 14 and later know (a `SET` of it
 /// fails on an older target): it ends a session idle that long between statements, and
-/// ours are idle between changes (a target's sink sessions, the source's watch), so each
-/// would end, and be opened again, at every quiet spell. Lifted where the server knows it.
+/// ours are idle between changes (a target's sink sessions, the source's watch) and while
+/// they wait on one another (with it set at 300 ms on both databases, a job loading and
+/// then applying one large transaction never caught up). Lifted where the server knows it.
 pub const IDLE_LIMIT: &str = "idle_session_timeout";
 
 /// The value styles every session of ours reads and writes values in, whatever the
@@ -75,22 +76,26 @@ pub const IDLE_LIMIT: &str = "idle_session_timeout";
 /// are `pg_dump`'s, for what a session reads: with `standard_conforming_strings` off, a
 /// backslash in a quoted literal (an enum label, a default) is an escape; under
 /// `xmloption = document`, an XML value that is content (`<a/><b/>`, plain text) is
-/// refused.
-pub const VALUE_STYLES: [(&str, &str); 5] = [
+/// refused. `money` prints in the session's `lc_monetary` (`1.234,56 €` under
+/// `de_DE.UTF-8`, which a target under C refuses): C's form on both sides, with C's two
+/// decimals, carries the stored amount as it is.
+pub const VALUE_STYLES: [(&str, &str); 6] = [
     ("datestyle", "ISO"),
     ("intervalstyle", "postgres"),
     ("extra_float_digits", "3"),
     ("standard_conforming_strings", "on"),
     ("xmloption", "content"),
+    ("lc_monetary", "C"),
 ];
 
 /// What a session of ours commits with when the server, database or role says
 /// `synchronous_commit = off`: `on`. Off, a commit returns before its WAL is flushed and a
 /// crash of the server can lose it; the job confirms a source position to the slot once
 /// the target's commit holding its changes has returned (DESIGN's first invariant), and
-/// the source then drops that WAL, so a lost target commit would be lost for good. Any
-/// other value (`local`, `remote_write`, `on`, `remote_apply`) flushes locally and is
-/// kept as the operator set it.
+/// the source then drops that WAL, so a lost target commit cannot be streamed again: the
+/// next start finds the slot ahead of the target's checkpoint and loads every table
+/// anew. Any other value (`local`, `remote_write`, `on`, `remote_apply`) flushes locally
+/// and is kept as the operator set it.
 pub const DURABLE_COMMIT: &str = "SELECT set_config('synchronous_commit', 'on', false) \
      WHERE current_setting('synchronous_commit') = 'off'";
 
@@ -104,7 +109,7 @@ pub fn session_settings() -> String {
         .chain(
             VALUE_STYLES
                 .iter()
-                .map(|(name, value)| format!("SET {name} = {value}")),
+                .map(|(name, value)| format!("SET {name} = '{value}'")),
         )
         .collect();
     sets.push(format!(
@@ -263,8 +268,8 @@ mod tests {
         assert_eq!(
             session_settings(),
             "SET statement_timeout = 0; SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0; \
-             SET datestyle = ISO; SET intervalstyle = postgres; SET extra_float_digits = 3; \
-             SET standard_conforming_strings = on; SET xmloption = content; \
+             SET datestyle = 'ISO'; SET intervalstyle = 'postgres'; SET extra_float_digits = '3'; \
+             SET standard_conforming_strings = 'on'; SET xmloption = 'content'; SET lc_monetary = 'C'; \
              SELECT set_config('idle_session_timeout', '0', false) \
              WHERE current_setting('idle_session_timeout', true) IS NOT NULL; \
              SELECT set_config('synchronous_commit', 'on', false) \
@@ -275,7 +280,7 @@ mod tests {
             startup_options(),
             "-c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0 \
              -c idle_session_timeout=0 -c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 \
-             -c standard_conforming_strings=on -c xmloption=content"
+             -c standard_conforming_strings=on -c xmloption=content -c lc_monetary=C"
         );
     }
 

@@ -81,27 +81,28 @@ fn application_time_limits_on_the_servers_do_not_cut_replication_short() {
 /// (`datestyle`, `intervalstyle`, `extra_float_digits`), and input styles set on the
 /// target's, change nothing in what arrives: `01/03/2026` means 1 March under the source's
 /// `SQL, DMY` and 3 January under the target's `SQL, MDY`, an interval printed in the SQL
-/// standard's style reads otherwise in PostgreSQL's, and floats printed with fewer digits
-/// lose their last ones. Rows of the initial snapshot and of the stream, and a column
+/// standard's style reads otherwise in PostgreSQL's, floats printed with fewer digits
+/// lose their last ones, and `money` printed under `lc_monetary = 'de_DE.UTF-8'`
+/// (`1.234,56 €`) is refused under C. Rows of the initial snapshot and of the stream, and a column
 /// default, are compared.
 #[test]
 fn output_styles_set_on_the_servers_do_not_change_replicated_values() {
     const TABLE: &str = "
     CREATE TABLE public.styled (
         tenant_id int NOT NULL, id int NOT NULL, at timestamptz, day date, local timestamp,
-        span interval, ratio float8, small float4, born date DEFAULT '2026-03-01',
+        span interval, ratio float8, small float4, born date DEFAULT '2026-03-01', price money,
         PRIMARY KEY (tenant_id, id));
     ";
     const ROWS: &str =
-        "INSERT INTO public.styled (tenant_id, id, at, day, local, span, ratio, small)
+        "INSERT INTO public.styled (tenant_id, id, at, day, local, span, ratio, small, price)
         SELECT 1, i + {base}, timestamptz '2026-03-01 12:00:00.25+00' + i * interval '1 day 1 hour',
                date '2026-02-01' + i, timestamp '2026-04-05 06:07:08.5' - i * interval '1 day',
                interval '-1 year 2 mons' + i * interval '1 day -02:03:04.5',
-               (0.1 + 0.2) * i + 1.0 / 3, (0.1 + i)::float4
+               (0.1 + 0.2) * i + 1.0 / 3, (0.1 + i)::float4, (i * 1234.56)::numeric::money
         FROM generate_series(1, 40) i";
     const CHECK: &str = "SET datestyle = ISO; SET intervalstyle = postgres; SET extra_float_digits = 3; \
          SET timezone = UTC; \
-         SELECT count(*), md5(string_agg(concat_ws('|', tenant_id, id, at, day, local, span, ratio, small, born), \
+         SELECT count(*), md5(string_agg(concat_ws('|', tenant_id, id, at, day, local, span, ratio, small, born, price::numeric), \
          ',' ORDER BY tenant_id, id)) FROM public.styled";
     let env = Env::start(TABLE);
     env.on_source(&ROWS.replace("{base}", "0"));
@@ -110,6 +111,8 @@ fn output_styles_set_on_the_servers_do_not_change_replicated_values() {
         "ALTER DATABASE app SET intervalstyle = 'sql_standard'",
         "ALTER DATABASE app SET extra_float_digits = -3",
         "ALTER DATABASE app SET timezone = 'Europe/Berlin'",
+        // scripts/install-deps.sh makes the locale.
+        "ALTER DATABASE app SET lc_monetary = 'de_DE.UTF-8'",
     ] {
         env.on_source(statement);
     }
@@ -129,7 +132,9 @@ fn output_styles_set_on_the_servers_do_not_change_replicated_values() {
     let mut repl = Replicator::start(&job);
     env.wait_converged(CHECK, WAIT);
     env.on_source(&ROWS.replace("{base}", "1000"));
-    env.on_source("UPDATE public.styled SET span = span * 2, ratio = ratio / 7 WHERE id % 3 = 0");
+    env.on_source(
+        "UPDATE public.styled SET span = span * 2, ratio = ratio / 7, price = price * 3 WHERE id % 3 = 0",
+    );
     env.wait_converged(CHECK, WAIT);
     let default = "SET datestyle = ISO; \
         SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef WHERE adrelid = 'public.styled'::regclass";
