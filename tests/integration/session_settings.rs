@@ -22,7 +22,7 @@ const CHECK: &str = "SET statement_timeout = 0; \
 
 /// The job's long-lived sessions on a server (its sinks' on a target, its watch on the
 /// source): their process ids.
-const SESSIONS: &str = "SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity \
+const SESSIONS: &str = "SET statement_timeout = 0; SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity \
      WHERE application_name IN ('helios-repl target', 'helios-repl job watch')";
 
 /// The limits on database `db`, each new session's unless it sets its own.
@@ -71,7 +71,9 @@ fn application_time_limits_on_the_servers_do_not_cut_replication_short() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(env.on_target(SESSIONS), target_sessions, "target sessions");
     assert_eq!(env.on_source(SESSIONS), source_sessions, "source sessions");
-    env.on_source("UPDATE public.big SET pad = 'after idle' WHERE id < 100");
+    env.on_source(
+        "SET statement_timeout = 0; UPDATE public.big SET pad = 'after idle' WHERE id < 100",
+    );
     env.wait_converged(CHECK, WAIT);
     wait_for("the job to keep running", WAIT, || repl.is_running());
     assert!(repl.stop().success(), "{}", repl.output());
