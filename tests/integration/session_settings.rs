@@ -69,8 +69,16 @@ fn application_time_limits_on_the_servers_do_not_cut_replication_short() {
     let source_sessions = env.on_source(SESSIONS);
     assert!(!target_sessions.is_empty() && !source_sessions.is_empty());
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(env.on_target(SESSIONS), target_sessions, "target sessions");
-    assert_eq!(env.on_source(SESSIONS), source_sessions, "source sessions");
+    // Each one still there (the job may have opened others meanwhile).
+    for (side, before, now) in [
+        ("target", target_sessions, env.on_target(SESSIONS)),
+        ("source", source_sessions, env.on_source(SESSIONS)),
+    ] {
+        let now: Vec<&str> = now.split(',').collect();
+        for pid in before.split(',') {
+            assert!(now.contains(&pid), "{side} session {pid} ended: {now:?}");
+        }
+    }
     env.on_source(
         "SET statement_timeout = 0; UPDATE public.big SET pad = 'after idle' WHERE id < 100",
     );
