@@ -152,8 +152,18 @@ pub async fn connect(
     role: &'static str,
     on_close: OnClose,
 ) -> Result<Client, ConnectError> {
+    open_with(dsn, role, on_close, &session_settings()).await
+}
+
+/// Opens a session on `dsn` and runs `settings` in it (one round trip).
+async fn open_with(
+    dsn: &str,
+    role: &'static str,
+    on_close: OnClose,
+    settings: &str,
+) -> Result<Client, ConnectError> {
     let client = open(dsn, role, on_close).await?;
-    client.batch_execute(&session_settings()).await?;
+    client.batch_execute(settings).await?;
     Ok(client)
 }
 
@@ -173,12 +183,8 @@ pub async fn connect_source(
     role: &'static str,
     on_close: OnClose,
 ) -> Result<Client, ConnectError> {
-    let client = open(dsn, role, on_close).await?;
-    // One round trip for both.
-    client
-        .batch_execute(&format!("{}; {QUALIFIED_NAMES}", session_settings()))
-        .await?;
-    Ok(client)
+    let settings = format!("{}; {QUALIFIED_NAMES}", session_settings());
+    open_with(dsn, role, on_close, &settings).await
 }
 
 /// Names the session `helios-repl <role>` in the server's `pg_stat_activity`, unless the
