@@ -62,7 +62,7 @@ use crate::dataflow::worker::{JobDataflow, SinkPlace, SinkTarget};
 use crate::operators::history::HistoryBooks;
 use crate::operators::partition::TenantPlan;
 use crate::sinks::parquet::{CompactionPolicy, COMPACTION};
-use crate::sinks::pg_apply::{self, store};
+use crate::sinks::pg_apply::{self, store, target_rules};
 use crate::sinks::qos::rate_limit::SinkLimiter;
 use crate::sinks::worker::RETRY_INITIAL;
 use crate::sinks::SinkError;
@@ -684,9 +684,18 @@ async fn prepare(
         .map(|(_, info)| (info.oid, (info.schema.clone(), info.name.clone())))
         .collect();
     let mut targets = Vec::new();
-    for dsn in postgres_dsns(spec) {
-        let client = pg_apply::sink::connect(&dsn).await?;
+    let target_tables: Vec<(String, String)> = names
+        .iter()
+        .map(|(s, t)| (s.to_string(), t.to_string()))
+        .collect();
+    for (i, sink) in spec.sinks.iter().enumerate() {
+        let SinkSpec::Postgres(p) = sink else {
+            continue;
+        };
+        let client = pg_apply::sink::connect(p.dsn.expose()).await?;
         store::migrate(&client).await?;
+        let subject = format!("sinks[{i}]");
+        target_rules::check_at_start(&spec.name, &subject, &client, &target_tables).await?;
         targets.push(client);
     }
     let progress = load_progress(spec, anchor, &targets).await?;

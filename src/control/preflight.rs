@@ -14,6 +14,7 @@ use crate::cdc::slot_health::{self, SlotHealth};
 use crate::control::history_start::check_history_table;
 use crate::control::job_spec::{JobSpec, SinkSpec, TableSpec};
 use crate::control::table_patterns;
+use crate::sinks::pg_apply::target_rules;
 
 /// How a finding bears on the job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -60,25 +61,31 @@ const SLOTS_AT_MOST: i64 = 2;
 /// Checks `spec`'s source and PostgreSQL targets.
 pub async fn check(spec: &JobSpec) -> Vec<Finding> {
     let mut out = Vec::new();
+    // The tables the job carries (its patterns resolved on the source), as the targets
+    // name them; without the source, the ones the spec names.
+    let mut carried = named_tables(spec);
     match catalog::connect(spec.source.dsn.expose()).await {
-        Ok(source) => {
-            if let Err(e) = check_source(spec, &source, &mut out).await {
-                out.push(Finding::new(Level::Fail, "source", e.to_string()));
-            }
-        }
+        Ok(source) => match check_source(spec, &source, &mut out).await {
+            Ok(Some(resolved)) => carried = named_tables(&resolved),
+            Ok(None) => {}
+            Err(e) => out.push(Finding::new(Level::Fail, "source", e.to_string())),
+        },
         Err(e) => out.push(Finding::new(Level::Fail, "source", e.to_string())),
     }
     for (i, sink) in spec.sinks.iter().enumerate() {
         if let SinkSpec::Postgres(p) = sink {
             let subject = format!("sinks[{i}]");
-            match crate::pg_connect::connect(
+            match crate::pg_connect::connect_target(
                 p.dsn.expose(),
                 "target check",
                 crate::pg_connect::OnClose::Debug,
             )
             .await
             {
-                Ok(target) => out.push(check_target(&target, &subject).await),
+                Ok(target) => {
+                    out.push(check_target(&target, &subject).await);
+                    out.push(check_target_rules(&target, &subject, &carried).await);
+                }
                 Err(e) => out.push(Finding::new(
                     Level::Fail,
                     subject,
@@ -103,11 +110,21 @@ async fn one_row(
         .map_err(CdcError::query(what))
 }
 
+/// The tables `spec` names (its patterns left out), as (schema, name).
+fn named_tables(spec: &JobSpec) -> Vec<(String, String)> {
+    spec.tables
+        .iter()
+        .filter(|t| !t.is_pattern())
+        .map(|t| (t.schema().to_string(), t.table().to_string()))
+        .collect()
+}
+
+/// Checks the source; the job's spec with its table patterns resolved, when they could be.
 async fn check_source(
     spec: &JobSpec,
     source: &Client,
     out: &mut Vec<Finding>,
-) -> Result<(), CdcError> {
+) -> Result<Option<JobSpec>, CdcError> {
     out.push(match catalog::check_wal_level(source).await {
         Ok(()) => Finding::new(Level::Ok, "source", "wal_level is logical"),
         Err(e) => Finding::new(Level::Fail, "source", e.to_string()),
@@ -198,7 +215,7 @@ async fn check_source(
         Ok(resolution) => resolution,
         Err(e) => {
             out.push(Finding::new(Level::Fail, "tables", e.to_string()));
-            return Ok(());
+            return Ok(None);
         }
     };
     for pattern in &resolution.empty {
@@ -246,7 +263,7 @@ async fn check_source(
             ),
         ));
     }
-    Ok(())
+    Ok(Some(resolution.spec))
 }
 
 /// What `check` finds of one carried table: its oid (`None`: it cannot be read) and the
@@ -414,6 +431,41 @@ async fn check_target(target: &Client, subject: &str) -> Finding {
              schema `helios` and creates the tables it lacks): GRANT CREATE ON DATABASE",
         ),
         Err(e) => Finding::new(Level::Fail, subject, crate::sql_text::describe_pg_error(&e)),
+    }
+}
+
+/// What the target's foreign keys and triggers on the `carried` tables do to the job's
+/// rows ([`target_rules`]).
+async fn check_target_rules(
+    target: &Client,
+    subject: &str,
+    carried: &[(String, String)],
+) -> Finding {
+    let rules = match target_rules::read(target, carried).await {
+        Ok(rules) => rules,
+        Err(e) => return Finding::new(Level::Fail, subject, e.to_string()),
+    };
+    if let Some(refusal) = rules.refusal() {
+        Finding::new(Level::Fail, subject, refusal)
+    } else if let Some(warning) = rules.warning() {
+        Finding::new(Level::Warn, subject, warning)
+    } else if rules.as_replica {
+        Finding::new(
+            Level::Ok,
+            subject,
+            "applies as a replica: the target's foreign keys and ordinary triggers do not fire \
+             on the job's rows (those marked ENABLE REPLICA or ENABLE ALWAYS do)",
+        )
+    } else {
+        Finding::new(
+            Level::Ok,
+            subject,
+            format!(
+                "no foreign key or trigger on the job's tables fires on its rows (role `{}` \
+                 may not apply as a replica, so any added later would)",
+                rules.role
+            ),
+        )
     }
 }
 

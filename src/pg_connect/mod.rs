@@ -187,6 +187,32 @@ pub async fn connect_source(
     open_with(dsn, role, on_close, &settings).await
 }
 
+/// What a target session of ours applies as where its role may say so: a replica
+/// (`session_replication_role = replica`), as PostgreSQL's own apply worker does. The
+/// target's foreign keys and ordinary triggers then do not fire on replicated rows;
+/// triggers the operator marked `ENABLE REPLICA` or `ENABLE ALWAYS` do. The job loads its
+/// tables apart and writes a batch table by table, so a foreign key between two of them
+/// refused a child row written before its parent (the first snapshot of a target whose
+/// schema an operator made with its keys failed), and a trigger that rewrites rows made
+/// the target's values differ from the source's. Setting it needs a superuser or, from
+/// PostgreSQL 15, `GRANT SET ON PARAMETER session_replication_role`: without either the
+/// session stays `origin` (the exception is caught in the server, so its log does not
+/// fill with one refusal per session), and [`crate::sinks::pg_apply::target_rules`] says
+/// what that means for the job's tables.
+pub const AS_REPLICA: &str = "DO $$BEGIN SET session_replication_role = replica; \
+     EXCEPTION WHEN insufficient_privilege THEN NULL; END$$";
+
+/// Opens a session on a target's `dsn` as [`connect`] does, applying [`AS_REPLICA`] where
+/// the role may.
+pub async fn connect_target(
+    dsn: &str,
+    role: &'static str,
+    on_close: OnClose,
+) -> Result<Client, ConnectError> {
+    let settings = format!("{}; {AS_REPLICA}", session_settings());
+    open_with(dsn, role, on_close, &settings).await
+}
+
 /// Names the session `helios-repl <role>` in the server's `pg_stat_activity`, unless the
 /// DSN names it (`application_name`).
 fn name_session(config: &mut tokio_postgres::Config, role: &str) {

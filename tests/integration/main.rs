@@ -32,5 +32,6 @@ mod source_sessions;
 mod spill_dir;
 mod streamed_transactions;
 mod table_patterns;
+mod target_rules;
 mod target_tables;
 mod tls;

@@ -5,7 +5,8 @@
 //! Files: `sink.rs` (the [`crate::sinks::Sink`] implementation), `plan.rs` (reducing
 //! changes to steps), `statements.rs` (SQL for each step), `execute.rs` (running steps in
 //! a target transaction: prepared statements, `COPY`, pipelining, dead letters), `target_schema.rs` (creating and
-//! altering target tables), `store.rs` (checkpoints, progress, table states, dead letters),
+//! altering target tables), `target_rules.rs` (the target's foreign keys and triggers on
+//! them), `store.rs` (checkpoints, progress, table states, dead letters),
 //! `snapshot.rs` (loading the initial snapshot), `floors.rs` (what a backfill loaded, which the
 //! stream must not apply again), `round_trip.rs` (the round trip to the
 //! target that `max_in_flight = "auto"` decides from).
@@ -29,6 +30,7 @@ pub mod staged_table;
 mod staged_table_tests;
 pub mod statements;
 pub mod store;
+pub mod target_rules;
 pub mod target_schema;
 
 pub use sink::PgApplySink;

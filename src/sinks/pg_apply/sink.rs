@@ -34,10 +34,11 @@ use crate::sinks::{ApplyBatch, ApplyReport, InFlight, Sink, SinkError, TenantApp
 mod in_flight;
 mod large;
 
-/// Connects to a target database; the connection task runs on the current runtime.
+/// Connects to a target database (as a replica where the role may:
+/// [`crate::pg_connect::AS_REPLICA`]); the connection task runs on the current runtime.
 pub async fn connect(dsn: &str) -> Result<Client, SinkError> {
     use crate::pg_connect::{self, ConnectError, OnClose};
-    pg_connect::connect(dsn, "target", OnClose::Debug)
+    pg_connect::connect_target(dsn, "target", OnClose::Debug)
         .await
         .map_err(|e| match e {
             ConnectError::Postgres(e) => sink_error("connect to target", &e),
