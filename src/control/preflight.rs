@@ -450,12 +450,14 @@ async fn check_target_rules(
     } else if let Some(warning) = rules.warning() {
         Finding::new(Level::Warn, subject, warning)
     } else if rules.as_replica {
-        Finding::new(
-            Level::Ok,
-            subject,
-            "applies as a replica: the target's foreign keys and ordinary triggers do not fire \
-             on the job's rows (those marked ENABLE REPLICA or ENABLE ALWAYS do)",
-        )
+        let mut message = "applies as a replica: the target's foreign keys and ordinary \
+             triggers do not fire on the job's rows (those marked ENABLE REPLICA or ENABLE \
+             ALWAYS do)"
+            .to_string();
+        if let Some(silenced) = rules.silenced_triggers() {
+            message = format!("{message}; {silenced}");
+        }
+        Finding::new(Level::Ok, subject, message)
     } else {
         Finding::new(
             Level::Ok,

@@ -41,6 +41,9 @@ pub struct TargetRules {
     pub foreign_keys: Vec<ForeignKey>,
     /// User triggers on the job's tables (`name on table`) that fire in the session.
     pub triggers: Vec<String>,
+    /// Ordinary user triggers on the job's tables that a replica's session does not fire
+    /// (and a client's would).
+    pub silenced: Vec<String>,
 }
 
 /// The foreign keys and triggers of the target that fire in the session, on the tables
@@ -73,10 +76,10 @@ WHERE con.contype = 'f' AND con.conparentid = 0
                 WHERE t.tgconstraint = con.oid AND t.tgenabled = ANY (firing.states))
 UNION ALL
 SELECT current_setting('session_replication_role') = 'replica', current_user::text,
-    't', t.tgname::text, t.tgrelid::regclass::text, NULL, false
+    't', t.tgname::text, t.tgrelid::regclass::text, NULL, t.tgenabled = ANY (firing.states)
 FROM pg_trigger t, firing
 WHERE NOT t.tgisinternal AND t.tgrelid IN (SELECT oid FROM job)
-    AND t.tgenabled = ANY (firing.states)
+    AND (t.tgenabled = ANY (firing.states) OR t.tgenabled = 'O')
 UNION ALL
 SELECT current_setting('session_replication_role') = 'replica', current_user::text,
     '-', NULL, NULL, NULL, false
@@ -105,11 +108,14 @@ pub async fn read(
                 references: row.get(5),
                 between_job_tables: row.get(6),
             }),
-            "t" => rules.triggers.push(format!(
-                "{} on {}",
-                row.get::<_, &str>(3),
-                row.get::<_, &str>(4)
-            )),
+            "t" => {
+                let trigger = format!("{} on {}", row.get::<_, &str>(3), row.get::<_, &str>(4));
+                if row.get(6) {
+                    rules.triggers.push(trigger);
+                } else {
+                    rules.silenced.push(trigger);
+                }
+            }
             _ => {}
         }
     }
@@ -138,6 +144,9 @@ pub async fn check_at_start(
             triggers,
             "the target's triggers marked ENABLE REPLICA or ENABLE ALWAYS fire on the job's rows"
         );
+    }
+    if let Some(silenced) = rules.silenced_triggers() {
+        tracing::info!(job, target = subject, "{silenced}");
     }
     Ok(())
 }
@@ -231,6 +240,18 @@ impl TargetRules {
         (self.as_replica && !self.triggers.is_empty())
             .then(|| listed(self.triggers.iter().cloned()))
     }
+
+    /// The ordinary triggers that do not fire on the job's rows because the session is a
+    /// replica, and how to have one fire, for the log and `check`.
+    pub fn silenced_triggers(&self) -> Option<String> {
+        (self.as_replica && !self.silenced.is_empty()).then(|| {
+            format!(
+                "the target's triggers {} do not fire on the job's rows, as under PostgreSQL's \
+                 subscription (`ALTER TABLE … ENABLE ALWAYS TRIGGER …` has one fire)",
+                listed(self.silenced.iter().cloned())
+            )
+        })
+    }
 }
 
 #[cfg(test)]
@@ -256,6 +277,7 @@ mod tests {
                 key("notes_fkey", "notes", "orders", false),
             ],
             triggers: vec!["touch on orders".into()],
+            silenced: Vec::new(),
         };
         let refusal = rules.refusal().expect("refused");
         assert!(
@@ -282,15 +304,23 @@ mod tests {
             role: "postgres".into(),
             foreign_keys: Vec::new(),
             triggers: vec!["stamp on orders".into()],
+            silenced: vec!["touch on orders".into()],
         };
         assert_eq!(rules.refusal(), None);
         assert_eq!(rules.warning(), None);
         assert_eq!(rules.replica_triggers().as_deref(), Some("stamp on orders"));
+        let silenced = rules.silenced_triggers().expect("silenced listed");
+        assert!(
+            silenced.contains("triggers touch on orders do not fire")
+                && silenced.contains("ENABLE ALWAYS TRIGGER"),
+            "{silenced}"
+        );
         let plain = TargetRules {
             as_replica: false,
             ..TargetRules::default()
         };
         assert_eq!((plain.refusal(), plain.warning()), (None, None));
+        assert_eq!(plain.silenced_triggers(), None);
     }
 
     #[test]
