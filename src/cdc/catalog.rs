@@ -11,6 +11,7 @@ use tokio_postgres::Client;
 
 use crate::cdc::error::CdcError;
 use crate::cdc::pgoutput::{Relation, ReplicaIdentity};
+use crate::cdc::type_names::portable_type_name;
 use crate::cdc::user_types::TypeDdlCache;
 use crate::change::{parse_lsn, ColumnInfo, Identity, Lsn, TableInfo};
 use crate::sql_text::{quote_ident, quote_qualified};
@@ -244,10 +245,13 @@ pub async fn table_info(client: &Client, schema: &str, name: &str) -> Result<Tab
         async {
             client
                 .query(
-                    "SELECT a.attname::text, a.atttypid, a.atttypmod, format_type(a.atttypid, a.atttypmod), a.attnum
-                     FROM pg_attribute a
-                     WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-                     ORDER BY a.attnum",
+                    &format!(
+                        "SELECT a.attname::text, a.atttypid, a.atttypmod, {}, a.attnum
+                         FROM pg_attribute a
+                         WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+                         ORDER BY a.attnum",
+                        portable_type_name("a.atttypid", "a.atttypmod")
+                    ),
                     &[&oid],
                 )
                 .await
@@ -395,7 +399,7 @@ pub async fn secondary_indexes(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GeneratedColumn {
     pub name: String,
-    /// `format_type` of its type.
+    /// Its type's name ([`portable_type_name`]).
     pub type_name: String,
     /// Its expression as the source's catalog prints it.
     pub expression: String,
@@ -421,10 +425,13 @@ pub async fn generated_columns(
 ) -> Result<Vec<GeneratedColumn>, CdcError> {
     let rows = client
         .query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), pg_get_expr(d.adbin, d.adrelid)
-             FROM pg_attribute a JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-             WHERE a.attrelid = $1 AND a.attgenerated = 's' AND NOT a.attisdropped
-             ORDER BY a.attnum",
+            &format!(
+                "SELECT a.attname::text, {}, pg_get_expr(d.adbin, d.adrelid)
+                 FROM pg_attribute a JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                 WHERE a.attrelid = $1 AND a.attgenerated = 's' AND NOT a.attisdropped
+                 ORDER BY a.attnum",
+                portable_type_name("a.atttypid", "a.atttypmod")
+            ),
             &[&table.oid],
         )
         .await
@@ -642,16 +649,17 @@ impl RelationResolver {
                 None => {
                     let row = client
                         .query_one(
-                            "SELECT format_type($1::oid, nullif($2::int4, -1))",
+                            &format!(
+                                "SELECT {}",
+                                portable_type_name("$1::oid", "nullif($2::int4, -1)")
+                            ),
                             &[&c.type_oid, &c.type_modifier],
                         )
                         .await
                         .map_err(CdcError::query("resolve column type"))?;
                     let n: Option<String> = row.get(0);
                     // An OID the catalog no longer knows (type dropped since): carry as text.
-                    let n = n
-                        .filter(|n| n != "???")
-                        .unwrap_or_else(|| "text".to_string());
+                    let n = n.unwrap_or_else(|| "text".to_string());
                     self.type_names.insert(key, n.clone());
                     n
                 }

@@ -16,5 +16,6 @@ pub mod stream;
 pub mod stream_spool;
 pub mod table_parts;
 pub mod transport;
+pub mod type_names;
 pub mod user_types;
 pub mod watch_session;

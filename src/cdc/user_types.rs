@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use tokio_postgres::Client;
 
 use crate::cdc::error::CdcError;
+use crate::cdc::type_names::portable_type_name;
 use crate::sql_text::{quote_ident, quote_literal};
 
 /// OIDs below this are built into PostgreSQL (`FirstNormalObjectId`).
@@ -68,12 +69,13 @@ fn collect<'a>(
         let query = CdcError::query("read user-defined type");
         let Some(t) = client
             .query_opt(
-                "SELECT n.nspname::text, t.typname::text, t.typtype::text, t.typelem, t.typbasetype,
-                        format_type(t.typbasetype, t.typtypmod), t.typrelid, t.typnotnull,
+                &format!("SELECT n.nspname::text, t.typname::text, t.typtype::text, t.typelem, t.typbasetype,
+                        {}, t.typrelid, t.typnotnull,
                         (SELECT e.extname::text FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
                           WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e' LIMIT 1),
                         t.typcategory::text
                  FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.oid = $1",
+                    portable_type_name("t.typbasetype", "t.typtypmod")),
                 &[&oid],
             )
             .await
@@ -84,12 +86,17 @@ fn collect<'a>(
         let (schema, name, kind): (String, String, String) = (t.get(0), t.get(1), t.get(2));
         let qualified = format!("{}.{}", quote_ident(&schema), quote_ident(&name));
         if let Some(extension) = t.get::<_, Option<String>>(8) {
-            // In the type's schema, the one the source's catalog names it by (an
-            // extension's objects all live in its schema).
+            // Where the target lacks it, in the schema the source keeps it in; where it
+            // has it, wherever that is. Its types go bare (`type_names`): the session
+            // then puts the extension's schema on its path.
             out.push(format!(
-                "CREATE SCHEMA IF NOT EXISTS {0}; CREATE EXTENSION IF NOT EXISTS {1} SCHEMA {0}",
+                "DO $$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = {}) THEN \
+                 CREATE SCHEMA IF NOT EXISTS {1}; CREATE EXTENSION IF NOT EXISTS {2} SCHEMA {1}; \
+                 END IF; END$$; {3}",
+                quote_literal(&extension),
                 quote_ident(&schema),
-                quote_ident(&extension)
+                quote_ident(&extension),
+                crate::pg_connect::EXTENSIONS_ON_PATH
             ));
             return Ok(());
         }
@@ -141,10 +148,13 @@ fn collect<'a>(
             "c" => {
                 let attrs = client
                     .query(
-                        "SELECT a.attname::text, a.atttypid, format_type(a.atttypid, a.atttypmod)
-                         FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-                         WHERE a.attrelid = $1 AND c.relkind = 'c' AND a.attnum > 0 AND NOT a.attisdropped
-                         ORDER BY a.attnum",
+                        &format!(
+                            "SELECT a.attname::text, a.atttypid, {}
+                             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+                             WHERE a.attrelid = $1 AND c.relkind = 'c' AND a.attnum > 0 AND NOT a.attisdropped
+                             ORDER BY a.attnum",
+                            portable_type_name("a.atttypid", "a.atttypmod")
+                        ),
                         &[&t.get::<_, u32>(6)],
                     )
                     .await
@@ -171,7 +181,10 @@ fn collect<'a>(
             "r" => {
                 let r = client
                     .query_one(
-                        "SELECT rngsubtype, format_type(rngsubtype, NULL) FROM pg_range WHERE rngtypid = $1",
+                        &format!(
+                            "SELECT rngsubtype, {} FROM pg_range WHERE rngtypid = $1",
+                            portable_type_name("rngsubtype", "NULL")
+                        ),
                         &[&oid],
                     )
                     .await

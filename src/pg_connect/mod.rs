@@ -202,14 +202,27 @@ pub async fn connect_source(
 pub const AS_REPLICA: &str = "DO $$BEGIN SET session_replication_role = replica; \
      EXCEPTION WHEN insufficient_privilege THEN NULL; END$$";
 
+/// Puts the schemas that hold the server's extensions at the end of the session's
+/// `search_path` where it lacks them: the job names an extension's types bare
+/// ([`crate::cdc::type_names`]), since a target may keep an extension in another schema
+/// than the source (Supabase keeps them all in `extensions`, off a plain role's path).
+/// Run when a target session opens, and again after the job creates an extension.
+pub const EXTENSIONS_ON_PATH: &str = "SELECT set_config('search_path', \
+     concat_ws(', ', nullif(current_setting('search_path'), ''), \
+               string_agg(quote_ident(n.nspname), ', ' ORDER BY n.nspname)), false) \
+     FROM pg_namespace n \
+     WHERE n.oid IN (SELECT extnamespace FROM pg_extension) \
+       AND n.nspname <> ALL (current_schemas(true)) \
+     HAVING count(*) > 0";
+
 /// Opens a session on a target's `dsn` as [`connect`] does, applying [`AS_REPLICA`] where
-/// the role may.
+/// the role may, with [`EXTENSIONS_ON_PATH`].
 pub async fn connect_target(
     dsn: &str,
     role: &'static str,
     on_close: OnClose,
 ) -> Result<Client, ConnectError> {
-    let settings = format!("{}; {AS_REPLICA}", session_settings());
+    let settings = format!("{}; {AS_REPLICA}; {EXTENSIONS_ON_PATH}", session_settings());
     open_with(dsn, role, on_close, &settings).await
 }
 

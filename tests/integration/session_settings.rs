@@ -245,6 +245,63 @@ fn a_search_path_set_on_the_source_does_not_leave_names_unqualified_on_the_targe
     );
 }
 
+/// An extension's types reach a target that keeps the extension in another schema than
+/// the source (as Supabase keeps every extension in `extensions`, off a plain role's
+/// `search_path` here), and one the target lacks is created in the source's schema for
+/// it, which the job's sessions then find.
+#[test]
+fn extension_types_resolve_where_the_target_keeps_the_extension() {
+    const SETUP: &str = "
+    CREATE SCHEMA ext1;
+    CREATE EXTENSION citext;
+    CREATE EXTENSION hstore SCHEMA ext1;
+    CREATE TABLE public.people (tenant_id int NOT NULL, id int NOT NULL, email citext,
+        emails citext[], attrs ext1.hstore, PRIMARY KEY (tenant_id, id));
+    INSERT INTO public.people SELECT 1 + i % 2, i, 'P' || i || '@X.org', ARRAY['a' || i]::citext[],
+        ext1.hstore('k', i::text) FROM generate_series(1, 20) i;
+    ";
+    const CHECK: &str =
+        "SELECT count(*), string_agg(concat_ws(':', id, email, emails, attrs), ',' ORDER BY id) \
+         FROM public.people WHERE tenant_id = 1";
+    const FILE: &str = "SELECT relfilenode FROM pg_class WHERE oid = 'public.people'::regclass";
+    let env = Env::start(SETUP);
+    env.on_target("CREATE SCHEMA extensions; CREATE EXTENSION citext SCHEMA extensions");
+    let job = env.job_file("extensions", "[1]", &["public.people"]);
+    let mut repl = Replicator::start(&job);
+    env.wait_converged(CHECK, WAIT);
+    env.on_source(
+        "INSERT INTO public.people VALUES (1, 100, 'Late@X.org', '{b}', ext1.hstore('k', 'late'))",
+    );
+    env.wait_converged(CHECK, WAIT);
+    assert!(repl.stop().success(), "{}", repl.output());
+    assert_eq!(
+        env.on_target(
+            "SELECT string_agg(a.attname || ':' || n.nspname, ',' ORDER BY a.attnum) \
+             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+             JOIN pg_type b ON b.oid = CASE WHEN t.typelem <> 0 AND t.typcategory = 'A' THEN t.typelem ELSE t.oid END \
+             JOIN pg_namespace n ON n.oid = b.typnamespace \
+             WHERE a.attrelid = 'public.people'::regclass AND a.attname IN ('email', 'emails', 'attrs')"
+        ),
+        "email:extensions,emails:extensions,attrs:ext1",
+        "the target's own citext, and hstore created in the source's schema for it"
+    );
+    let file = env.on_target(FILE);
+    let mut repl = Replicator::start(&job);
+    env.on_source("UPDATE public.people SET email = 'Changed@X.org' WHERE id = 2");
+    env.wait_converged(CHECK, WAIT);
+    // A column added while the job streams takes its type's name from the stream.
+    env.on_source(
+        "ALTER TABLE public.people ADD COLUMN alias citext; \
+         UPDATE public.people SET alias = 'Al' || id WHERE id < 5",
+    );
+    env.wait_converged(
+        "SELECT string_agg(id || ':' || alias, ',' ORDER BY id) FROM public.people WHERE tenant_id = 1",
+        WAIT,
+    );
+    assert!(repl.stop().success(), "{}", repl.output());
+    assert_eq!(env.on_target(FILE), file, "a restart rewrote the table");
+}
+
 /// `synchronous_commit = off` on the target's database does not let a target crash lose
 /// what the job confirmed to the source: off, a commit returns before its WAL leaves the
 /// server's memory, the job confirms the source position, the source drops that WAL, and

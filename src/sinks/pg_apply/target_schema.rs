@@ -17,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 
 use tokio_postgres::GenericClient;
 
+use crate::cdc::type_names::portable_type_name;
 use crate::change::TableInfo;
 use crate::sinks::pg_apply::store::sink_error;
 use crate::sinks::SinkError;
@@ -30,10 +31,10 @@ pub type TargetColumns = HashMap<String, String>;
 /// Reads the target's columns of `schema.name` (`None` if the table does not exist).
 ///
 /// Target sessions keep their `search_path` (the target's triggers run in them), so a type
-/// the path finds comes back from `format_type` without its schema; the query puts the
-/// schema of the type (of its elements, for an array) in front unless that is
-/// `pg_catalog` or already there, so `mood` is `public.mood` as the source prints it, and a
-/// column of the same type is never taken for one to alter.
+/// the path finds comes back from `format_type` without its schema; the query names each
+/// type as the source's catalog does ([`portable_type_name`]), so `mood` is `public.mood`
+/// and an extension's `extensions.citext` is `citext`, and a column of the same type is
+/// never taken for one to alter.
 pub async fn target_columns(
     client: &impl GenericClient,
     schema: &str,
@@ -42,18 +43,13 @@ pub async fn target_columns(
     let rows = client
         .query(
             // By the schema's oid (as `catalog::table_info` looks a table up).
-            "SELECT a.attname::text,
-                    CASE WHEN tn.nspname = 'pg_catalog'
-                              OR starts_with(format_type(a.atttypid, a.atttypmod), quote_ident(tn.nspname) || '.')
-                         THEN format_type(a.atttypid, a.atttypmod)
-                         ELSE quote_ident(tn.nspname) || '.' || format_type(a.atttypid, a.atttypmod) END
-             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-             JOIN pg_type t ON t.oid = a.atttypid
-             JOIN pg_type base ON base.oid = CASE WHEN t.typcategory = 'A' AND t.typelem <> 0
-                                                  THEN t.typelem ELSE t.oid END
-             JOIN pg_namespace tn ON tn.oid = base.typnamespace
-             WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1)
-               AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+            &format!(
+                "SELECT a.attname::text, {}
+                 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+                 WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1)
+                   AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+                portable_type_name("a.atttypid", "a.atttypmod")
+            ),
             &[&schema, &name],
         )
         .await
