@@ -202,6 +202,15 @@ pub async fn connect_source(
 pub const AS_REPLICA: &str = "DO $$BEGIN SET session_replication_role = replica; \
      EXCEPTION WHEN insufficient_privilege THEN NULL; END$$";
 
+/// What a target session of ours sets so that row-level security never hides rows from
+/// it: `row_security = off`, as `pg_dump` runs. Off, a statement that a policy would
+/// filter fails ("query would be affected by row-level security policy") instead of
+/// updating or deleting fewer rows than the source did without a word; a superuser, a
+/// role with `BYPASSRLS` and a table's owner are not filtered and see no difference. The
+/// job's start refuses tables whose policies apply to its role
+/// ([`crate::sinks::pg_apply::target_rules`]); this covers a policy added while it runs.
+pub const NO_HIDDEN_ROWS: &str = "SET row_security = off";
+
 /// Puts the schemas that hold the server's extensions at the end of the session's
 /// `search_path` where it lacks them: the job names an extension's types bare
 /// ([`crate::cdc::type_names`]), since a target may keep an extension in another schema
@@ -216,13 +225,16 @@ pub const EXTENSIONS_ON_PATH: &str = "SELECT set_config('search_path', \
      HAVING count(*) > 0";
 
 /// Opens a session on a target's `dsn` as [`connect`] does, applying [`AS_REPLICA`] where
-/// the role may, with [`EXTENSIONS_ON_PATH`].
+/// the role may, with [`NO_HIDDEN_ROWS`] and [`EXTENSIONS_ON_PATH`].
 pub async fn connect_target(
     dsn: &str,
     role: &'static str,
     on_close: OnClose,
 ) -> Result<Client, ConnectError> {
-    let settings = format!("{}; {AS_REPLICA}; {EXTENSIONS_ON_PATH}", session_settings());
+    let settings = format!(
+        "{}; {AS_REPLICA}; {NO_HIDDEN_ROWS}; {EXTENSIONS_ON_PATH}",
+        session_settings()
+    );
     open_with(dsn, role, on_close, &settings).await
 }
 

@@ -3,7 +3,9 @@
 //! so a child row written before its parent is not refused and the target's ordinary
 //! triggers do not rewrite replicated rows, while one marked `ENABLE ALWAYS` fires; a role
 //! that may not apply as a replica is refused at the start (and by `check`) with the
-//! foreign key named and the grant that mends it, and runs once granted.
+//! foreign key named and the grant that mends it, and runs once granted. Row-level
+//! security that applies to the role stops the start too, and never hides rows from the
+//! job's statements.
 
 use std::path::Path;
 use std::process::Command;
@@ -162,5 +164,66 @@ fn a_role_that_may_not_apply_as_a_replica_is_refused_with_the_key_named_until_gr
     env.wait_converged(ORDERS, WAIT);
     env.wait_converged(LINES, WAIT);
     assert_eq!(env.on_target("SELECT count(*) FROM public.audit"), "0");
+    assert!(repl.is_running(), "{}", repl.output());
+}
+
+/// Row-level security on a target table whose policies apply to the job's role (not the
+/// owner, no `BYPASSRLS`) would hide rows from its deletes: the start refuses it (and
+/// `check`), naming the table and the way out; a policy switched on while the job runs
+/// turns the delete into an error that puts the table in error state, never into rows
+/// silently left on the target.
+#[test]
+fn row_level_security_that_applies_to_the_role_stops_the_start_and_never_hides_rows() {
+    let env = Env::start(
+        "CREATE TABLE public.notes (tenant_id int NOT NULL, id int NOT NULL, v text,
+             PRIMARY KEY (tenant_id, id));
+         INSERT INTO public.notes SELECT 1 + i % 2, i, 'v' || i FROM generate_series(1, 40) i;",
+    );
+    env.on_target(
+        "CREATE ROLE applier LOGIN; GRANT CREATE ON DATABASE replica TO applier;
+         CREATE TABLE public.notes (tenant_id int NOT NULL, id int NOT NULL, v text,
+             PRIMARY KEY (tenant_id, id));
+         GRANT ALL ON public.notes TO applier;
+         ALTER TABLE public.notes ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY others ON public.notes USING (tenant_id = 2);",
+    );
+    let job = env.job_file("rls", "[1]", &["public.notes"]);
+    let text = std::fs::read_to_string(&job).expect("job file");
+    let target = env.target_dsn();
+    std::fs::write(
+        &job,
+        text.replace(&target, &target.replace("user=postgres", "user=applier")),
+    )
+    .expect("job file");
+    let (ok, out) = check(&job);
+    assert!(
+        !ok && out.contains(
+            "FAIL sinks[0]: row-level security of the target's notes applies to role `applier`"
+        ) && out.contains("BYPASSRLS"),
+        "{out}"
+    );
+    let mut refused = Replicator::start(&job);
+    wait_for("the refused job to stop", WAIT, || !refused.is_running());
+    assert!(
+        refused
+            .output()
+            .contains("row-level security of the target's notes applies to role `applier`"),
+        "{}",
+        refused.output()
+    );
+
+    env.on_target("ALTER TABLE public.notes DISABLE ROW LEVEL SECURITY");
+    let q = "SELECT id, v FROM public.notes WHERE tenant_id = 1 ORDER BY id";
+    let mut repl = Replicator::streaming(&job);
+    env.wait_converged(q, WAIT);
+    // Switched on while the job runs: its delete of tenant 1's rows would match none.
+    env.on_target("ALTER TABLE public.notes ENABLE ROW LEVEL SECURITY");
+    env.on_source("DELETE FROM public.notes WHERE tenant_id = 1 AND id <= 10");
+    wait_for("the table in error state", WAIT, || {
+        env.on_target(
+            "SELECT count(*) FROM helios.table_state WHERE table_name = 'public.notes' \
+             AND state = 'error' AND error LIKE '%row-level security%'",
+        ) == "1"
+    });
     assert!(repl.is_running(), "{}", repl.output());
 }

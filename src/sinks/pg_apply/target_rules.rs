@@ -1,5 +1,6 @@
-//! What the target's own rules do to the rows a job applies: its foreign keys and triggers
-//! on the job's tables, read at the job's start and by `helios-repl check`.
+//! What the target's own rules do to the rows a job applies: its foreign keys, triggers
+//! and row-level security on the job's tables, read at the job's start and by
+//! `helios-repl check`.
 //!
 //! A target session of ours applies as a replica where its role may
 //! ([`crate::pg_connect::AS_REPLICA`]): then no foreign key or ordinary trigger fires, as
@@ -8,7 +9,12 @@
 //! a foreign key between two of the job's tables refuses rows the job writes in another
 //! order than the source did (it loads tables apart and writes a batch table by table), so
 //! the job does not start and says what to grant; other foreign keys and the triggers that
-//! fire are warned about.
+//! fire are warned about. Row-level security that applies to the role (not a superuser,
+//! without `BYPASSRLS`, not the table's owner or under `FORCE ROW LEVEL SECURITY`) would
+//! hide rows from the job's updates and deletes, so such a table stops the start too, as
+//! PostgreSQL's subscription refuses it; a policy added while the job runs meets our
+//! sessions' `row_security = off` ([`crate::pg_connect::NO_HIDDEN_ROWS`]), which turns the
+//! hidden rows into an error that puts the table in error state.
 
 use std::fmt::Write as _;
 
@@ -44,6 +50,8 @@ pub struct TargetRules {
     /// Ordinary user triggers on the job's tables that a replica's session does not fire
     /// (and a client's would).
     pub silenced: Vec<String>,
+    /// The job's tables whose row-level security applies to the session's role.
+    pub row_security: Vec<String>,
 }
 
 /// The foreign keys and triggers of the target that fire in the session, on the tables
@@ -82,6 +90,13 @@ WHERE NOT t.tgisinternal AND t.tgrelid IN (SELECT oid FROM job)
     AND (t.tgenabled = ANY (firing.states) OR t.tgenabled = 'O')
 UNION ALL
 SELECT current_setting('session_replication_role') = 'replica', current_user::text,
+    'r', NULL, c.oid::regclass::text, NULL, false
+FROM pg_class c
+WHERE c.oid IN (SELECT oid FROM named) AND c.relrowsecurity
+    AND NOT (SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user)
+    AND (c.relforcerowsecurity OR NOT pg_has_role(current_user, c.relowner, 'USAGE'))
+UNION ALL
+SELECT current_setting('session_replication_role') = 'replica', current_user::text,
     '-', NULL, NULL, NULL, false
 ORDER BY 3, 5, 4";
 
@@ -108,6 +123,7 @@ pub async fn read(
                 references: row.get(5),
                 between_job_tables: row.get(6),
             }),
+            "r" => rules.row_security.push(row.get(4)),
             "t" => {
                 let trigger = format!("{} on {}", row.get::<_, &str>(3), row.get::<_, &str>(4));
                 if row.get(6) {
@@ -177,25 +193,36 @@ impl TargetRules {
     /// Why the job cannot apply to this target as it is: a foreign key between two of its
     /// tables whose checks fire in our sessions.
     pub fn refusal(&self) -> Option<String> {
+        let mut reasons = Vec::new();
         let between: Vec<&ForeignKey> = self
             .foreign_keys
             .iter()
             .filter(|k| k.between_job_tables)
             .collect();
-        if between.is_empty() {
-            return None;
+        if !between.is_empty() {
+            reasons.push(format!(
+                "the target checks foreign keys between the job's tables ({}), which refuse \
+                 rows the job writes in another order than the source did (it loads tables \
+                 apart and writes a batch table by table): {}, or drop the keys on the target",
+                listed(
+                    between
+                        .iter()
+                        .map(|k| format!("{} on {} referencing {}", k.name, k.table, k.references))
+                ),
+                remedy(&self.role)
+            ));
         }
-        Some(format!(
-            "the target checks foreign keys between the job's tables ({}), which refuse rows \
-             the job writes in another order than the source did (it loads tables apart and \
-             writes a batch table by table): {}, or drop the keys on the target",
-            listed(
-                between
-                    .iter()
-                    .map(|k| format!("{} on {} referencing {}", k.name, k.table, k.references))
-            ),
-            remedy(&self.role)
-        ))
+        if !self.row_security.is_empty() {
+            reasons.push(format!(
+                "row-level security of the target's {} applies to role `{role}`: its policies \
+                 would hide rows from the job's updates and deletes or refuse its inserts \
+                 (PostgreSQL's subscriptions refuse such tables too): `ALTER ROLE \"{role}\" \
+                 BYPASSRLS`, or have the role own the tables (without FORCE ROW LEVEL SECURITY)",
+                listed(self.row_security.iter().cloned()),
+                role = self.role
+            ));
+        }
+        (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 
     /// What the job should know, when it can apply: the other foreign keys and the
@@ -278,6 +305,7 @@ mod tests {
             ],
             triggers: vec!["touch on orders".into()],
             silenced: Vec::new(),
+            row_security: Vec::new(),
         };
         let refusal = rules.refusal().expect("refused");
         assert!(
@@ -305,6 +333,7 @@ mod tests {
             foreign_keys: Vec::new(),
             triggers: vec!["stamp on orders".into()],
             silenced: vec!["touch on orders".into()],
+            row_security: Vec::new(),
         };
         assert_eq!(rules.refusal(), None);
         assert_eq!(rules.warning(), None);
@@ -321,6 +350,23 @@ mod tests {
         };
         assert_eq!((plain.refusal(), plain.warning()), (None, None));
         assert_eq!(plain.silenced_triggers(), None);
+    }
+
+    #[test]
+    fn row_security_that_applies_to_the_role_refuses_and_names_the_way_out() {
+        let rules = TargetRules {
+            as_replica: true,
+            role: "applier".into(),
+            row_security: vec!["orders".into()],
+            ..TargetRules::default()
+        };
+        let refusal = rules.refusal().expect("refused");
+        assert!(
+            refusal.contains("row-level security of the target's orders applies to role `applier`")
+                && refusal.contains("ALTER ROLE \"applier\" BYPASSRLS")
+                && !refusal.contains("foreign keys"),
+            "{refusal}"
+        );
     }
 
     #[test]
