@@ -175,3 +175,37 @@ fn tables_the_snapshot_creates_get_the_sources_indexes() {
     );
     assert!(repl.stop().success(), "{}", repl.output());
 }
+
+/// A table the target's owner made with an identity column `GENERATED ALWAYS` (as an
+/// application's migrations often do) takes the source's ids: the snapshot's `COPY`, the
+/// stream's plain inserts, a `COPY` of many rows and upserts. Without `OVERRIDING SYSTEM
+/// VALUE` the stream's inserts were refused and the table put in error state.
+#[test]
+fn a_target_table_whose_identity_is_generated_always_takes_the_sources_ids() {
+    const TABLE: &str = "CREATE TABLE public.accounts (tenant_id int NOT NULL,
+        id bigint GENERATED ALWAYS AS IDENTITY, v text, PRIMARY KEY (tenant_id, id));";
+    let env = Env::start(&format!(
+        "{TABLE} INSERT INTO public.accounts (tenant_id, v) SELECT 1 + i % 2, 'v' || i FROM generate_series(1, 50) i;"
+    ));
+    env.on_target(TABLE);
+    let job = env.job_file("identity", "[1]", &["public.accounts"]);
+    let mut repl = Replicator::streaming(&job);
+    let q = "SELECT id, v FROM public.accounts WHERE tenant_id = 1 ORDER BY id";
+    env.wait_converged(q, WAIT);
+    env.on_source("INSERT INTO public.accounts (tenant_id, v) VALUES (1, 'one')");
+    env.on_source(
+        "INSERT INTO public.accounts (tenant_id, v) SELECT 1, 'many' || i FROM generate_series(1, 700) i",
+    );
+    env.on_source(
+        "BEGIN; INSERT INTO public.accounts (tenant_id, v) VALUES (1, 'then changed'); \
+         UPDATE public.accounts SET v = 'changed' WHERE tenant_id = 1 AND id <= 10; COMMIT",
+    );
+    env.wait_converged(q, WAIT);
+    assert_eq!(
+        env.on_target("SELECT count(*) FROM helios.table_state"),
+        "0",
+        "{}",
+        repl.output()
+    );
+    assert!(repl.is_running(), "{}", repl.output());
+}

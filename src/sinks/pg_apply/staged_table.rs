@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
 
 use crate::change::TableInfo;
+use crate::sinks::pg_apply::statements::OVERRIDING;
 use crate::sinks::pg_apply::store::sink_error;
 use crate::sinks::pg_apply::target_schema::{
     create_table_ddl, ensure_types_and_schema, primary_key_list, record_columns, target_columns,
@@ -142,7 +143,7 @@ pub async fn publish(
         let cols: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
         let cols = cols.join(", ");
         format!(
-            "INSERT INTO {} ({cols}) SELECT {cols} FROM {staged}; DROP TABLE {staged}",
+            "INSERT INTO {} ({cols}) {OVERRIDING} SELECT {cols} FROM {staged}; DROP TABLE {staged}",
             quote_qualified(&table.schema, &table.name)
         )
     };

@@ -103,6 +103,13 @@ fn columns_of<'a, R: Borrow<Row>>(rows: &'a [R], cols: &[usize]) -> Vec<Param<'a
         .collect()
 }
 
+/// What every `INSERT` of ours says, so that an identity column the target's owner made
+/// `GENERATED ALWAYS` (as migrations often do) takes the source's value rather than
+/// refusing it ("cannot insert a non-DEFAULT value into column"); a no-op for other
+/// columns. `COPY` writes identity columns as given anyway, as PostgreSQL's subscription
+/// does.
+pub const OVERRIDING: &str = "OVERRIDING SYSTEM VALUE";
+
 fn cast(table: &TableInfo, col: usize, expr: &str) -> String {
     format!("{expr}::{}", table.columns[col].type_name)
 }
@@ -129,7 +136,7 @@ pub fn upsert<'a, R: Borrow<Row>>(table: &TableInfo, rows: &'a [R]) -> Statement
     };
     Statement {
         text: format!(
-            "INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {}",
+            "INSERT INTO {} ({}) {OVERRIDING} SELECT {} FROM {} ON CONFLICT ({}) {}",
             table_name(table),
             names.join(", "),
             values.join(", "),
@@ -151,7 +158,7 @@ pub fn append<'a, R: Borrow<Row>>(table: &TableInfo, rows: &'a [R]) -> Statement
         .collect();
     Statement {
         text: format!(
-            "INSERT INTO {} ({}) SELECT {} FROM {}",
+            "INSERT INTO {} ({}) {OVERRIDING} SELECT {} FROM {}",
             table_name(table),
             names.join(", "),
             values.join(", "),
@@ -442,7 +449,7 @@ mod tests {
         let s = upsert(&table(), &rows);
         assert_eq!(
             s.text,
-            "INSERT INTO \"app\".\"orders\" (\"tenant_id\", \"id\", \"note\") SELECT v.c0::integer, v.c1::bigint, v.c2::text \
+            "INSERT INTO \"app\".\"orders\" (\"tenant_id\", \"id\", \"note\") OVERRIDING SYSTEM VALUE SELECT v.c0::integer, v.c1::bigint, v.c2::text \
              FROM unnest($1::text[], $2::text[], $3::text[]) AS v(c0, c1, c2) \
              ON CONFLICT (\"tenant_id\", \"id\") DO UPDATE SET \"note\" = EXCLUDED.\"note\""
         );
