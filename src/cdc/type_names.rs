@@ -41,12 +41,8 @@ mod tests {
     /// path, an extension off it) give them, on a real server.
     #[tokio::test(flavor = "current_thread")]
     async fn extension_types_go_bare_and_others_carry_their_schema_whatever_the_path() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
-        let cluster = crate::embedded::pg_cluster::PgCluster::start(&dir.path().join("pg"))
-            .expect("start cluster");
+        let cluster = crate::embedded::pg_cluster::PgCluster::scratch(&dir);
         cluster
             .psql(
                 "postgres",

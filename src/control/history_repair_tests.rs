@@ -207,11 +207,8 @@ async fn missed_on(client: &tokio_postgres::Client) -> Vec<(String, Lsn)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_history_table_is_mended_a_few_rows_per_transaction_and_again_after_a_refusal() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tempdir");
-    // The server may run as another user (we are root): let it reach its directory.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let cluster = PgCluster::start(&dir.path().join("pg")).expect("start cluster");
+    let cluster = PgCluster::scratch(&dir);
     cluster.create_database("dst").expect("create dst");
     let tenants = ["1", "2"];
     let root = dir.path().join("cold");

@@ -60,6 +60,16 @@ pub struct PgCluster {
 }
 
 impl PgCluster {
+    /// A cluster for a unit test, in `dir/pg`: `dir` is opened to other users first, since
+    /// the server may run as another user than the test (which may be root).
+    #[cfg(test)]
+    pub fn scratch(dir: &tempfile::TempDir) -> PgCluster {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the test's directory");
+        PgCluster::start(&dir.path().join("pg")).expect("start cluster")
+    }
+
     /// Initialises a new cluster in `root` (created if missing; must not hold a cluster
     /// yet) and starts it on a free port.
     pub fn start(root: &Path) -> Result<PgCluster, ClusterError> {

@@ -54,11 +54,13 @@ pub struct TargetRules {
     pub row_security: Vec<String>,
 }
 
-/// The foreign keys and triggers of the target that fire in the session, on the tables
-/// named by `$1[i].$2[i]` and their partitions (`pg_partition_tree` lists
-/// none for a plain table). A foreign key counts when one of
-/// its trigger fires in the session's `session_replication_role` (`O` and `A` triggers
-/// in `origin`, `R` and `A` in `replica`).
+/// The target's rules on the tables named by `$1[i].$2[i]` and their partitions
+/// (`pg_partition_tree` lists none for a plain table), one row each after the session's
+/// mode and role: `f` a foreign key on or to them, when one of its triggers fires in the
+/// session's `session_replication_role` (`O` and `A` triggers in `origin`, `R` and `A` in
+/// `replica`); `t` a user trigger that fires, or an ordinary one the mode silences; `r` a
+/// named table whose row-level security applies to the role; `-` always, for the mode and
+/// role alone.
 const RULES: &str = "
 WITH named AS (
     SELECT c.oid
@@ -111,7 +113,12 @@ pub async fn read(
     let rows = client
         .query(RULES, &[&schemas, &names])
         .await
-        .map_err(|e| sink_error("read the target's foreign keys and triggers", &e))?;
+        .map_err(|e| {
+            sink_error(
+                "read the target's foreign keys, triggers and row-level security",
+                &e,
+            )
+        })?;
     let mut rules = TargetRules::default();
     for row in rows {
         rules.as_replica = row.get(0);
@@ -191,7 +198,8 @@ fn remedy(role: &str) -> String {
 
 impl TargetRules {
     /// Why the job cannot apply to this target as it is: a foreign key between two of its
-    /// tables whose checks fire in our sessions.
+    /// tables whose checks fire in our sessions, or row-level security that applies to
+    /// its role.
     pub fn refusal(&self) -> Option<String> {
         let mut reasons = Vec::new();
         let between: Vec<&ForeignKey> = self
