@@ -167,15 +167,26 @@ async fn open_with(
     Ok(client)
 }
 
-/// What a source session sets besides [`session_settings`]: an empty `search_path`, as
-/// `pg_dump` runs with. Names the source's catalog prints (`format_type`, `pg_get_expr`,
+/// What a source session sets besides [`session_settings`]: a `search_path` of the
+/// schemas that hold the source's extensions, and no other (empty where it has none, as
+/// `pg_dump` runs). Names the source's catalog prints (`format_type`, `pg_get_expr`,
 /// `pg_get_indexdef`, `pg_get_constraintdef`) leave out the schema of whatever the
 /// session's path finds, and those names are run on a target whose path differs: with
 /// the source database's path on `shop`, an enum of `shop` printed as `status` and a
-/// default as `nextval('orders_id_seq'::regclass)`, which no target session found. With
-/// the path empty every name but `pg_catalog`'s comes with its schema. Target sessions
-/// keep their path: the target's own triggers run in them.
-pub const QUALIFIED_NAMES: &str = "SET search_path = ''";
+/// default as `nextval('orders_id_seq'::regclass)`, which no target session found. So
+/// names of other schemas come with their schema. An extension's functions and operator
+/// classes go bare (`uuid_generate_v4()`, `gin_trgm_ops`), as its types do
+/// ([`crate::cdc::type_names`]): a target may keep the extension in another schema
+/// (Supabase keeps them in `extensions`), and its sessions put their extensions' schemas
+/// on their path ([`EXTENSIONS_ON_PATH`]); with the path empty, a default of
+/// `public.uuid_generate_v4()` was left out on such a target. Objects of their own in a
+/// schema that also holds an extension (`public`, often) go bare too, and are found on
+/// a target whose path has that schema (a role's default path has `public`). Target
+/// sessions keep their path: the target's own triggers run in them.
+pub const QUALIFIED_NAMES: &str = "SELECT set_config('search_path', \
+     coalesce(string_agg(quote_ident(n.nspname), ', ' ORDER BY n.nspname), ''), false) \
+     FROM pg_namespace n \
+     WHERE n.oid IN (SELECT extnamespace FROM pg_extension) AND n.nspname <> 'pg_catalog'";
 
 /// Opens a session on a source's `dsn` as [`connect`] does, with [`QUALIFIED_NAMES`].
 pub async fn connect_source(
@@ -346,13 +357,8 @@ mod tests {
     /// is refused with the reason.
     #[tokio::test(flavor = "current_thread")]
     async fn a_unix_socket_host_connects_plain_and_a_required_tls_is_refused() {
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("temp dir");
-        // The server may run as another user (we are root): let it reach its directory.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
-        let cluster = crate::embedded::pg_cluster::PgCluster::start(&dir.path().join("pg"))
-            .expect("start cluster");
+        let cluster = crate::embedded::pg_cluster::PgCluster::scratch(&dir);
         let dsn = cluster.socket_dsn("postgres");
         let client = connect(&dsn, "test", OnClose::Debug)
             .await

@@ -248,15 +248,20 @@ fn a_search_path_set_on_the_source_does_not_leave_names_unqualified_on_the_targe
 /// An extension's types reach a target that keeps the extension in another schema than
 /// the source (as Supabase keeps every extension in `extensions`, off a plain role's
 /// `search_path` here), and one the target lacks is created in the source's schema for
-/// it, which the job's sessions then find.
+/// it, which the job's sessions then find; so are a default and an index that call an
+/// extension's function and operator class.
 #[test]
 fn extension_types_resolve_where_the_target_keeps_the_extension() {
     const SETUP: &str = "
     CREATE SCHEMA ext1;
     CREATE EXTENSION citext;
+    CREATE EXTENSION \"uuid-ossp\";
+    CREATE EXTENSION pg_trgm;
     CREATE EXTENSION hstore SCHEMA ext1;
     CREATE TABLE public.people (tenant_id int NOT NULL, id int NOT NULL, email citext,
-        emails citext[], attrs ext1.hstore, PRIMARY KEY (tenant_id, id));
+        emails citext[], attrs ext1.hstore, uid uuid NOT NULL DEFAULT uuid_generate_v4(),
+        PRIMARY KEY (tenant_id, id));
+    CREATE INDEX people_email_trgm ON public.people USING gin ((email::text) gin_trgm_ops);
     INSERT INTO public.people SELECT 1 + i % 2, i, 'P' || i || '@X.org', ARRAY['a' || i]::citext[],
         ext1.hstore('k', i::text) FROM generate_series(1, 20) i;
     ";
@@ -265,7 +270,10 @@ fn extension_types_resolve_where_the_target_keeps_the_extension() {
          FROM public.people WHERE tenant_id = 1";
     const FILE: &str = "SELECT relfilenode FROM pg_class WHERE oid = 'public.people'::regclass";
     let env = Env::start(SETUP);
-    env.on_target("CREATE SCHEMA extensions; CREATE EXTENSION citext SCHEMA extensions");
+    env.on_target(
+        "CREATE SCHEMA extensions; CREATE EXTENSION citext SCHEMA extensions; \
+         CREATE EXTENSION \"uuid-ossp\" SCHEMA extensions; CREATE EXTENSION pg_trgm SCHEMA extensions",
+    );
     let job = env.job_file("extensions", "[1]", &["public.people"]);
     let mut repl = Replicator::start(&job);
     env.wait_converged(CHECK, WAIT);
@@ -284,6 +292,20 @@ fn extension_types_resolve_where_the_target_keeps_the_extension() {
         ),
         "email:extensions,emails:extensions,attrs:ext1",
         "the target's own citext, and hstore created in the source's schema for it"
+    );
+    // The default and the index that call the extensions' function and operator class.
+    assert_eq!(
+        env.on_target(
+            "SELECT column_default FROM information_schema.columns \
+             WHERE table_name = 'people' AND column_name = 'uid'"
+        ),
+        "extensions.uuid_generate_v4()"
+    );
+    assert_eq!(
+        env.on_target("SELECT count(*) FROM pg_indexes WHERE indexname = 'people_email_trgm'"),
+        "1",
+        "{}",
+        repl.output()
     );
     let file = env.on_target(FILE);
     let mut repl = Replicator::start(&job);

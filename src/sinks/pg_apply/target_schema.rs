@@ -23,9 +23,8 @@ use crate::sinks::pg_apply::store::sink_error;
 use crate::sinks::SinkError;
 use crate::sql_text::{quote_ident, quote_literal, quote_qualified};
 
-/// The target's columns of a table: name → type name, as `format_type` prints it with an
-/// empty `search_path` (the form the source's catalog session prints, see
-/// [`crate::pg_connect::QUALIFIED_NAMES`]).
+/// The target's columns of a table: name → type name, as the source's catalog names it
+/// ([`crate::cdc::type_names`]).
 pub type TargetColumns = HashMap<String, String>;
 
 /// Reads the target's columns of `schema.name` (`None` if the table does not exist).
