@@ -1,6 +1,7 @@
 //! `helios-repl check`: what a job needs of its source and its PostgreSQL targets, checked
 //! before it runs, without creating or changing anything (no publication, no slot, no
-//! table). Each finding is `ok`, `warn` (the job runs, with a consequence to know about) or
+//! table); for a target, also what its own rules and its copies of the tables would do
+//! to the job, or the job to them. Each finding is `ok`, `warn` (the job runs, with a consequence to know about) or
 //! `fail` (the job cannot run as it is), with what to do.
 
 use std::fmt;
@@ -11,10 +12,12 @@ use crate::cdc::catalog;
 use crate::cdc::column_defaults::{self, LastValue};
 use crate::cdc::error::CdcError;
 use crate::cdc::slot_health::{self, SlotHealth};
+use crate::change::TableInfo;
 use crate::control::history_start::check_history_table;
 use crate::control::job_spec::{JobSpec, SinkSpec, TableSpec};
 use crate::control::table_patterns;
-use crate::sinks::pg_apply::target_rules;
+use crate::sinks::pg_apply::{target_rules, target_schema};
+use crate::sinks::SinkError;
 
 /// How a finding bears on the job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -64,9 +67,21 @@ pub async fn check(spec: &JobSpec) -> Vec<Finding> {
     // The tables the job carries (its patterns resolved on the source), as the targets
     // name them; without the source, the ones the spec names.
     let mut carried = named_tables(spec);
+    // Their shapes on the source, when every one could be read.
+    let mut shapes = Vec::new();
     match catalog::connect(spec.source.dsn.expose()).await {
         Ok(source) => match check_source(spec, &source, &mut out).await {
-            Ok(Some(resolved)) => carried = named_tables(&resolved),
+            Ok(Some(resolved)) => {
+                carried = named_tables(&resolved);
+                let names: Vec<(&str, &str)> = carried
+                    .iter()
+                    .map(|(s, t)| (s.as_str(), t.as_str()))
+                    .collect();
+                // A table that cannot be read has its finding already.
+                shapes = catalog::tables_info(&source, &names)
+                    .await
+                    .unwrap_or_default();
+            }
             Ok(None) => {}
             Err(e) => out.push(Finding::new(Level::Fail, "source", e.to_string())),
         },
@@ -85,6 +100,7 @@ pub async fn check(spec: &JobSpec) -> Vec<Finding> {
                 Ok(target) => {
                     out.push(check_target(&target, &subject).await);
                     out.push(check_target_rules(&target, &subject, &carried).await);
+                    out.extend(check_target_tables(&target, &subject, &shapes).await);
                 }
                 Err(e) => out.push(Finding::new(
                     Level::Fail,
@@ -469,6 +485,70 @@ async fn check_target_rules(
             ),
         )
     }
+}
+
+/// What the job's start would do to, or meet in, the target's own copies of the carried
+/// tables (`shapes`, as the source has them): columns whose type it changes, and
+/// columns only the target has that every insert must fill. Tables read pipelined.
+async fn check_target_tables(target: &Client, subject: &str, shapes: &[TableInfo]) -> Vec<Finding> {
+    let reads: Vec<_> = shapes
+        .iter()
+        .map(|table| async move {
+            let Some(existing) =
+                target_schema::target_columns(target, &table.schema, &table.name).await?
+            else {
+                return Ok(Vec::new());
+            };
+            let required = target_schema::required_target_only_columns(target, table).await?;
+            Ok::<_, SinkError>(table_findings(subject, table, &existing, &required))
+        })
+        .collect();
+    match catalog::pipelined(reads).await {
+        Ok(findings) => findings.into_iter().flatten().collect(),
+        Err(e) => vec![Finding::new(Level::Fail, subject, e.to_string())],
+    }
+}
+
+/// The findings of [`check_target_tables`] for one table the target has.
+fn table_findings(
+    subject: &str,
+    table: &TableInfo,
+    existing: &target_schema::TargetColumns,
+    required: &[String],
+) -> Vec<Finding> {
+    let about = format!("{subject} {}", table.qualified_name());
+    let mut out = Vec::new();
+    let retyped = target_schema::retyped_columns(table, existing);
+    if !retyped.is_empty() {
+        let changes: Vec<String> = retyped
+            .iter()
+            .map(|(name, from, to)| format!("{name} from {from} to {to}"))
+            .collect();
+        out.push(Finding::new(
+            Level::Warn,
+            &about,
+            format!(
+                "the target's table has other column types than the source's: the job's \
+                 start changes {} (`ALTER COLUMN … TYPE`, which rewrites the table under a \
+                 lock and fails if a value does not convert)",
+                changes.join(", ")
+            ),
+        ));
+    }
+    if !required.is_empty() {
+        out.push(Finding::new(
+            Level::Warn,
+            &about,
+            format!(
+                "the target's table has required columns the source lacks ({}: NOT NULL \
+                 without a default), so each row the job inserts is refused (the table is \
+                 put in error state) unless a trigger marked ENABLE ALWAYS fills them: give \
+                 them a default or drop NOT NULL",
+                required.join(", ")
+            ),
+        ));
+    }
+    out
 }
 
 /// Whether the job can run: no finding failed.

@@ -209,3 +209,42 @@ fn a_target_table_whose_identity_is_generated_always_takes_the_sources_ids() {
     );
     assert!(repl.is_running(), "{}", repl.output());
 }
+
+/// `check` names what the job's start would change in a table the target's owner made
+/// (a column of another type, which the start retypes) and the required columns only
+/// the target has (each insert of the job would be refused), before anything runs.
+#[test]
+fn check_names_what_the_start_would_change_in_a_target_table_and_what_it_would_trip_on() {
+    let env = Env::start(
+        "CREATE TABLE public.items (tenant_id int NOT NULL, id int NOT NULL, v text, PRIMARY KEY (tenant_id, id));
+         INSERT INTO public.items SELECT 1, i, 'v' || i FROM generate_series(1, 10) i;",
+    );
+    env.on_target(
+        "CREATE TABLE public.items (tenant_id int NOT NULL, id int NOT NULL, v varchar(10),
+             must int NOT NULL, fine int NOT NULL DEFAULT 0, PRIMARY KEY (tenant_id, id))",
+    );
+    let job = env.job_file("shapes", "[1]", &["public.items"]);
+    let check = || {
+        crate::harness::output_of(
+            std::process::Command::new(env!("CARGO_BIN_EXE_helios-repl"))
+                .args(["check", "--job"])
+                .arg(&job)
+                .env("HELIOS_LOG", "warn"),
+        )
+    };
+    let (ok, out) = check();
+    assert!(ok, "warnings only:\n{out}");
+    assert!(
+        out.contains(
+            "warn sinks[0] public.items: the target's table has other column types than the \
+             source's: the job's start changes v from character varying(10) to text"
+        ) && out.contains("required columns the source lacks (must: NOT NULL")
+            && !out.contains("fine"),
+        "{out}"
+    );
+    env.on_target(
+        "ALTER TABLE public.items ALTER COLUMN must SET DEFAULT 0, ALTER COLUMN v TYPE text",
+    );
+    let (ok, out) = check();
+    assert!(ok && !out.contains("warn sinks[0] public.items"), "{out}");
+}

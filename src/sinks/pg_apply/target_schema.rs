@@ -152,6 +152,49 @@ pub fn alter_statements(table: &TableInfo, existing: &TargetColumns) -> Vec<Stri
     out
 }
 
+/// The columns of `table` whose type on the target (`existing`) is not the source's, as
+/// (name, the target's type, the source's), in the source's column order: the ones
+/// [`alter_statements`] retypes.
+pub fn retyped_columns<'a>(
+    table: &'a TableInfo,
+    existing: &'a TargetColumns,
+) -> Vec<(&'a str, &'a str, &'a str)> {
+    table
+        .columns
+        .iter()
+        .filter_map(|c| match existing.get(&c.name) {
+            Some(ty) if *ty != c.type_name => {
+                Some((c.name.as_str(), ty.as_str(), c.type_name.as_str()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The columns of the target's `table` that the source lacks and that every insert of the
+/// job must fill: `NOT NULL` without a default, identity or generation. Such an insert
+/// fails (unless a trigger the operator marked to fire for replicas fills the column).
+pub async fn required_target_only_columns(
+    client: &impl GenericClient,
+    table: &TableInfo,
+) -> Result<Vec<String>, SinkError> {
+    let source: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
+    let rows = client
+        .query(
+            "SELECT a.attname::text FROM pg_attribute a
+             WHERE a.attrelid = (SELECT c.oid FROM pg_class c
+                                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                                 WHERE n.nspname = $1 AND c.relname = $2)
+               AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull AND NOT a.atthasdef
+               AND a.attidentity = '' AND a.attgenerated = '' AND NOT (a.attname::text = ANY ($3::text[]))
+             ORDER BY a.attnum",
+            &[&table.schema, &table.name, &source],
+        )
+        .await
+        .map_err(|e| sink_error("read the target's required columns", &e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// The target column each of the source relation's column numbers was last written to
 /// ([`record_source_columns`]).
 pub type KnownColumns = HashMap<i16, String>;
@@ -432,6 +475,11 @@ mod tests {
         assert_eq!(ddl.len(), 2);
         assert!(ddl[0].contains("ALTER COLUMN \"id\" TYPE bigint USING \"id\"::text::bigint"));
         assert!(ddl[1].contains("ADD COLUMN IF NOT EXISTS \"amount\" numeric(12,2)"));
+        // The retyped one, for `check` to name (a missing column is not retyped).
+        assert_eq!(
+            retyped_columns(&table(), &existing),
+            [("id", "integer", "bigint")]
+        );
     }
 
     /// `table()` with its columns numbered 1, 2, 3 and named `names`.
