@@ -1,8 +1,8 @@
 //! `helios-repl check`: what a job needs of its source and its PostgreSQL targets, checked
 //! before it runs, without creating or changing anything (no publication, no slot, no
 //! table); for a target, also what its own rules and its copies of the tables would do
-//! to the job, or the job to them. Each finding is `ok`, `warn` (the job runs, with a consequence to know about) or
-//! `fail` (the job cannot run as it is), with what to do.
+//! to the job, or the job to them. Each finding is `ok`, `warn` (the job runs, with a
+//! consequence to know about) or `fail` (the job cannot run as it is), with what to do.
 
 use std::fmt;
 
@@ -450,8 +450,8 @@ async fn check_target(target: &Client, subject: &str) -> Finding {
     }
 }
 
-/// What the target's foreign keys and triggers on the `carried` tables do to the job's
-/// rows ([`target_rules`]).
+/// What the target's foreign keys, triggers and row-level security on the `carried`
+/// tables do to the job's rows ([`target_rules`]).
 async fn check_target_rules(
     target: &Client,
     subject: &str,
