@@ -488,8 +488,9 @@ async fn check_target_rules(
 }
 
 /// What the job's start would do to, or meet in, the target's own copies of the carried
-/// tables (`shapes`, as the source has them): columns whose type it changes, and
-/// columns only the target has that every insert must fill. Tables read pipelined.
+/// tables (`shapes`, as the source has them): columns whose type it changes, columns only
+/// the target has that every insert must fill, and identity columns outside the key that
+/// refuse the job's updates. Tables read pipelined.
 async fn check_target_tables(target: &Client, subject: &str, shapes: &[TableInfo]) -> Vec<Finding> {
     let reads: Vec<_> = shapes
         .iter()
@@ -499,8 +500,8 @@ async fn check_target_tables(target: &Client, subject: &str, shapes: &[TableInfo
             else {
                 return Ok(Vec::new());
             };
-            let required = target_schema::required_target_only_columns(target, table).await?;
-            Ok::<_, SinkError>(table_findings(subject, table, &existing, &required))
+            let tripping = target_schema::tripping_columns(target, table).await?;
+            Ok::<_, SinkError>(table_findings(subject, table, &existing, &tripping))
         })
         .collect();
     match catalog::pipelined(reads).await {
@@ -514,7 +515,7 @@ fn table_findings(
     subject: &str,
     table: &TableInfo,
     existing: &target_schema::TargetColumns,
-    required: &[String],
+    tripping: &target_schema::TrippingColumns,
 ) -> Vec<Finding> {
     let about = format!("{subject} {}", table.qualified_name());
     let mut out = Vec::new();
@@ -535,7 +536,7 @@ fn table_findings(
             ),
         ));
     }
-    if !required.is_empty() {
+    if !tripping.required.is_empty() {
         out.push(Finding::new(
             Level::Warn,
             &about,
@@ -544,7 +545,21 @@ fn table_findings(
                  without a default), so each row the job inserts is refused (the table is \
                  put in error state) unless a trigger marked ENABLE ALWAYS fills them: give \
                  them a default or drop NOT NULL",
-                required.join(", ")
+                tripping.required.join(", ")
+            ),
+        ));
+    }
+    if !tripping.always_identity.is_empty() {
+        out.push(Finding::new(
+            Level::Warn,
+            &about,
+            format!(
+                "the target's table makes columns outside the key `GENERATED ALWAYS AS \
+                 IDENTITY` ({}): the job's inserts give them the source's values, but each \
+                 update of such a row is refused (\"can only be updated to DEFAULT\"; the \
+                 table is put in error state): `ALTER TABLE … ALTER COLUMN … SET GENERATED \
+                 BY DEFAULT`, as on the tables the job creates",
+                tripping.always_identity.join(", ")
             ),
         ));
     }

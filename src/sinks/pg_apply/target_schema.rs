@@ -171,28 +171,57 @@ pub fn retyped_columns<'a>(
         .collect()
 }
 
-/// The columns of the target's `table` that the source lacks and that every insert of the
-/// job must fill: `NOT NULL` without a default, identity or generation. Such an insert
-/// fails (unless a trigger the operator marked to fire for replicas fills the column).
-pub async fn required_target_only_columns(
+/// Columns of the target's copy of a table that the job's writes trip on.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TrippingColumns {
+    /// Columns the source lacks that every insert of the job must fill: `NOT NULL`
+    /// without a default, identity or generation. Such an insert fails (unless a trigger
+    /// the operator marked to fire for replicas fills the column).
+    pub required: Vec<String>,
+    /// Columns of the source, outside its key, that the target made `GENERATED ALWAYS AS
+    /// IDENTITY`: the job's inserts give them the source's values (`OVERRIDING SYSTEM
+    /// VALUE`), but an upsert or update that sets one is refused ("can only be updated to
+    /// DEFAULT").
+    pub always_identity: Vec<String>,
+}
+
+/// The [`TrippingColumns`] of the target's copy of `table` (none if it has no copy).
+pub async fn tripping_columns(
     client: &impl GenericClient,
     table: &TableInfo,
-) -> Result<Vec<String>, SinkError> {
+) -> Result<TrippingColumns, SinkError> {
     let source: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
+    let key: Vec<&str> = table
+        .key_columns()
+        .iter()
+        .map(|&i| table.columns[i].name.as_str())
+        .collect();
     let rows = client
         .query(
-            "SELECT a.attname::text FROM pg_attribute a
+            "SELECT a.attname::text, a.attidentity = 'a'
+             FROM pg_attribute a
              WHERE a.attrelid = (SELECT c.oid FROM pg_class c
                                  JOIN pg_namespace n ON n.oid = c.relnamespace
                                  WHERE n.nspname = $1 AND c.relname = $2)
-               AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull AND NOT a.atthasdef
-               AND a.attidentity = '' AND a.attgenerated = '' AND NOT (a.attname::text = ANY ($3::text[]))
+               AND a.attnum > 0 AND NOT a.attisdropped
+               AND CASE WHEN a.attname::text = ANY ($3::text[])
+                        THEN a.attidentity = 'a' AND NOT (a.attname::text = ANY ($4::text[]))
+                        ELSE a.attnotnull AND NOT a.atthasdef AND a.attidentity = ''
+                             AND a.attgenerated = '' END
              ORDER BY a.attnum",
-            &[&table.schema, &table.name, &source],
+            &[&table.schema, &table.name, &source, &key],
         )
         .await
-        .map_err(|e| sink_error("read the target's required columns", &e))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+        .map_err(|e| sink_error("read the target's columns the job trips on", &e))?;
+    let mut out = TrippingColumns::default();
+    for row in rows {
+        if row.get(1) {
+            out.always_identity.push(row.get(0));
+        } else {
+            out.required.push(row.get(0));
+        }
+    }
+    Ok(out)
 }
 
 /// The target column each of the source relation's column numbers was last written to
