@@ -36,6 +36,16 @@ pub struct ForeignKey {
     pub between_job_tables: bool,
 }
 
+impl ForeignKey {
+    /// `name on table referencing other`, for messages.
+    fn describe(&self) -> String {
+        format!(
+            "{} on {} referencing {}",
+            self.name, self.table, self.references
+        )
+    }
+}
+
 /// The target's rules that fire on the job's rows in a session of ours.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TargetRules {
@@ -212,11 +222,7 @@ impl TargetRules {
                 "the target checks foreign keys between the job's tables ({}), which refuse \
                  rows the job writes in another order than the source did (it loads tables \
                  apart and writes a batch table by table): {}, or drop the keys on the target",
-                listed(
-                    between
-                        .iter()
-                        .map(|k| format!("{} on {} referencing {}", k.name, k.table, k.references))
-                ),
+                listed(between.iter().map(|k| k.describe())),
                 remedy(&self.role)
             ));
         }
@@ -243,7 +249,7 @@ impl TargetRules {
             .foreign_keys
             .iter()
             .filter(|k| !k.between_job_tables)
-            .map(|k| format!("{} on {} referencing {}", k.name, k.table, k.references))
+            .map(ForeignKey::describe)
             .collect();
         if others.is_empty() && self.triggers.is_empty() {
             return None;
